@@ -1,0 +1,1 @@
+//! faas-benches: shared helpers for the benchmarks.

@@ -1,0 +1,1 @@
+//! faas-backend-docker: not built yet (see its issue).

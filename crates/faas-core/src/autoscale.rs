@@ -1,0 +1,1 @@
+//! Autoscaling decisions (KPA model). (Being built: see issue 7.)

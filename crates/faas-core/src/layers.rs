@@ -1,0 +1,1 @@
+//! Tower layers for invokers and functions. (Being built: see issue 2.)

@@ -1,0 +1,49 @@
+//! # faas-core
+//!
+//! The contracts of faas-rs, a Function-as-a-Service toolkit you embed in your own Rust
+//! program:
+//!
+//! - [`Function`]: a handler, any tower `Service` from an HTTP request to an HTTP response
+//!   ([`handler_fn`] turns an async fn into one).
+//! - [`Invoker`]: a backend that deploys, scales and invokes functions (in memory, local
+//!   processes, Docker, Kubernetes), object safe for `Arc<dyn Invoker>`.
+//! - [`Scheduler`]: pure placement and routing decisions.
+//! - [`EventSource`] and the queue traits: events and async invocations delivered at least
+//!   once.
+//!
+//! Plus the shared types ([`FunctionSpec`], [`FunctionStatus`], [`Invocation`],
+//! [`Activation`]), one [`Error`] with OpenWhisk's 0-3 taxonomy, the in-memory backend,
+//! tower layers and the conformance suite (feature `conformance`).
+
+pub mod activation;
+pub mod autoscale;
+pub mod body;
+pub mod error;
+pub mod event;
+pub mod function;
+pub mod invocation;
+pub mod invoker;
+pub mod layers;
+pub mod memory;
+pub mod queue;
+pub mod scheduler;
+pub mod spec;
+pub mod util;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use activation::{Activation, ActivationResponse};
+pub use body::{Body, BoxError};
+pub use error::{DeveloperErrorKind, Error, Result, StatusCode};
+pub use event::{Delivery, Event, EventSource, Rule, Trigger};
+pub use function::{boxed, handler_fn, BoxFunction, Function, IntoResponse, Request, Response};
+pub use invocation::{
+    Context, FunctionRef, Invocation, InvocationId, InvocationMeta, LogSink, StartKind,
+};
+pub use invoker::{
+    Invoker, InvokerExt, LogEntry, LogStream, LogsRequest, ProviderInfo, Secret, SecretInfo,
+};
+pub use queue::{QueueConsumer, QueuePublisher, QueuedInvocation};
+pub use scheduler::{Constraint, InstanceView, LeastLoaded, Node, PlacementRequest, Scheduler};
+pub use spec::{FunctionSpec, FunctionStatus, Resources, ScalingMetric, ScalingPolicy, Usage};

@@ -1,0 +1,1 @@
+//! faas-http: not built yet (see its issue).

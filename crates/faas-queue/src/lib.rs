@@ -1,0 +1,1 @@
+//! faas-queue: not built yet (see its issue).

@@ -1,0 +1,1 @@
+//! faas-watchdog: not built yet (see its issue).
