@@ -27,6 +27,7 @@ pub mod layers;
 pub mod memory;
 pub mod queue;
 pub mod scheduler;
+pub mod sim;
 pub mod spec;
 pub mod util;
 

@@ -1,0 +1,1 @@
+//! Deterministic simulation of invocation traces over a cluster. (Being built: see issue 7.)
