@@ -1,2 +1,62 @@
-//! Placeholder: this benchmark is being written.
-fn main() {}
+//! faas-core hot path: a direct handler call, an in-memory invoke, and an in-memory invoke
+//! through the full layer stack (trace + metrics + retry + concurrency limit + timeout).
+//!
+//! Run: `cargo bench -p faas-benches --bench core -- --warm-up-time 1 --measurement-time 3`.
+//! Figures: `benches/results/core.md`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use faas_core::layers::{
+    ConcurrencyLimitLayer, Layered, MetricsLayer, RetryLayer, TimeoutLayer, TraceLayer,
+};
+use faas_core::{
+    boxed, handler_fn, Body, Context, Error, FunctionRef, FunctionSpec, Invocation, Invoker,
+    MemoryInvoker, Request,
+};
+use tower::{ServiceBuilder, ServiceExt};
+
+fn hello() -> faas_core::BoxFunction {
+    boxed(handler_fn(|_req: Request, _ctx: Context| async move { Ok::<_, Error>("hello") }))
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let memory = MemoryInvoker::new();
+    memory.register("hello", hello());
+    rt.block_on(memory.deploy(FunctionSpec::new("hello", "hello"))).unwrap();
+    let fref = FunctionRef::default_ns("hello");
+
+    let backend: Arc<dyn Invoker> = Arc::new(memory.clone());
+    let stack = ServiceBuilder::new()
+        .layer(TraceLayer::new())
+        .layer(MetricsLayer::new())
+        .layer(RetryLayer::new(3))
+        .layer(ConcurrencyLimitLayer::new(1024, 1024))
+        .layer(TimeoutLayer::new(Duration::from_secs(30)).named("gateway"));
+    let layered = Layered::with_layer(backend, stack);
+
+    let mut g = c.benchmark_group("core");
+    let handler = hello();
+    g.bench_function("handler_direct", |b| {
+        b.to_async(&rt).iter(|| async {
+            let resp = handler.clone().oneshot(http::Request::new(Body::from("hi"))).await;
+            resp.unwrap()
+        })
+    });
+    g.bench_function("memory_invoke", |b| {
+        b.to_async(&rt).iter(|| async {
+            memory.invoke(Invocation::post(fref.clone(), "hi")).await.unwrap()
+        })
+    });
+    g.bench_function("memory_invoke_full_stack", |b| {
+        b.to_async(&rt).iter(|| async {
+            layered.invoke(Invocation::post(fref.clone(), "hi")).await.unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

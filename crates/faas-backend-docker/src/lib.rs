@@ -1,1 +1,584 @@
-//! faas-backend-docker: not built yet (see its issue).
+//! # faas-backend-docker
+//!
+//! A [`faas_core::Invoker`] on a real Docker engine: functions are images, instances are
+//! containers, warm containers are paused and resumed.
+//!
+//! ```no_run
+//! # async fn demo() -> faas_core::Result<()> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use faas_backend_docker::DockerInvoker;
+//! use faas_core::{FunctionSpec, Invoker, InvokerExt, LeastLoaded};
+//!
+//! let docker = DockerInvoker::builder()
+//!     .scheduler(Arc::new(LeastLoaded::new()))
+//!     .pause_after(Duration::from_secs(10))
+//!     .prewarm("faas-rs/fixture:latest", 2)
+//!     .start_timeout(Duration::from_secs(30))
+//!     .build()
+//!     .await?;
+//! docker.deploy(FunctionSpec::new("echo", "faas-rs/fixture:latest")).await?;
+//! let out = docker.call("echo", "hi").await?;
+//! # let _ = out; Ok(()) }
+//! ```
+//!
+//! ## How it maps
+//!
+//! - **Images** follow the OpenFaaS convention: a watchdog listening on port 8080 runs the
+//!   function process (`fprocess`, from the spec's `envProcess` or the image's environment).
+//!   Images are never pulled: they must be present in the engine.
+//! - **Replicas** are containers labelled `com.faas-rs.function`, `com.faas-rs.namespace`,
+//!   `com.faas-rs.spec-hash`, `com.faas-rs.role=replica` and OpenFaaS's `faas_function`,
+//!   named `faas-rs.<namespace>.<name>.<suffix>`. Port 8080 is published on 127.0.0.1 only,
+//!   on an ephemeral host port. Env vars, memory and CPU limits and a read-only root
+//!   filesystem come from the spec; secrets are files under the backend's secrets directory,
+//!   bind-mounted read-only at `/var/openfaas/secrets/<name>`.
+//! - **Definitions**: each function also has one created-but-never-started container
+//!   (`faas-rs.<namespace>.<name>`, role `definition`) whose labels hold the spec, so a
+//!   restarted backend adopts its functions, even those at zero replicas.
+//! - **Readiness** is the watchdog's `GET /_/health` answering 200 (a TCP connect to a
+//!   published port succeeds before anything listens, so it proves nothing).
+//! - **Routing** goes through a [`faas_core::Scheduler`] (default
+//!   [`faas_core::LeastLoaded`]); invocations are forwarded over HTTP/1.1 to
+//!   `127.0.0.1:<port>`.
+//! - **Warm paths** (OpenWhisk's container pool): a replica idle for
+//!   [`DockerInvokerBuilder::pause_after`] is paused and unpaused on the next request, before
+//!   forwarding; a prewarm pool of generic containers per image
+//!   ([`DockerInvokerBuilder::prewarm`]), refilled in the background, serves cold starts of
+//!   functions whose container configuration equals the pool's. Every response carries a
+//!   [`faas_core::InvocationMeta`] extension saying whether the start was cold, prewarmed,
+//!   resumed or warm.
+//! - **Faults**: a maintenance loop (every [`DockerInvokerBuilder::health_interval`]) replaces
+//!   replicas killed from outside and restores replica counts. An unreachable engine gives
+//!   [`faas_core::Error::Unavailable`] with the reason; the backend carries on when the engine
+//!   returns.
+
+mod engine;
+mod inner;
+mod logs;
+mod proxy;
+mod secrets;
+mod state;
+pub mod testing;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bollard::query_parameters::StatsOptions;
+use faas_core::{
+    Error, FunctionRef, FunctionSpec, FunctionStatus, Invocation, Invoker, LeastLoaded, LogStream,
+    LogsRequest, ProviderInfo, Response, Result, Scheduler, Secret, SecretInfo, Usage,
+};
+use futures::StreamExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::inner::{Inner, Settings};
+use crate::state::{lock, FunctionState, Pool, Replica, Template};
+
+/// The default namespace list when none is configured.
+const DEFAULT_NAMESPACES: &[&str] = &[faas_core::spec::DEFAULT_NAMESPACE];
+
+/// Builds a [`DockerInvoker`]; see [`DockerInvoker::builder`].
+pub struct DockerInvokerBuilder {
+    socket: Option<String>,
+    scheduler: Option<Arc<dyn Scheduler>>,
+    pause_after: Option<Duration>,
+    prewarm: Vec<(Template, usize)>,
+    start_timeout: Duration,
+    health_interval: Duration,
+    secrets_dir: Option<PathBuf>,
+    namespaces: Option<BTreeSet<String>>,
+    owner: String,
+}
+
+impl std::fmt::Debug for DockerInvokerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerInvokerBuilder")
+            .field("socket", &self.socket)
+            .field("pause_after", &self.pause_after)
+            .field("start_timeout", &self.start_timeout)
+            .field("namespaces", &self.namespaces)
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for DockerInvokerBuilder {
+    fn default() -> Self {
+        DockerInvokerBuilder {
+            socket: None,
+            scheduler: None,
+            pause_after: None,
+            prewarm: Vec::new(),
+            start_timeout: Duration::from_secs(30),
+            health_interval: Duration::from_secs(1),
+            secrets_dir: None,
+            namespaces: None,
+            owner: "faas-rs".to_string(),
+        }
+    }
+}
+
+impl DockerInvokerBuilder {
+    /// The engine's unix socket (default: `DOCKER_HOST` or `/var/run/docker.sock`).
+    pub fn socket(mut self, path: impl Into<String>) -> Self {
+        self.socket = Some(path.into());
+        self
+    }
+
+    /// The scheduler routing invocations over ready replicas (default
+    /// [`faas_core::LeastLoaded`]).
+    pub fn scheduler(mut self, scheduler: Arc<dyn Scheduler>) -> Self {
+        self.scheduler = Some(scheduler);
+        self
+    }
+
+    /// Pause replicas idle for this long; unpause on the next request (default: never).
+    pub fn pause_after(mut self, idle: Duration) -> Self {
+        self.pause_after = Some(idle);
+        self
+    }
+
+    /// Keep `count` generic running containers of `image` (with the image's own
+    /// configuration) ready for cold starts of functions that add no env vars, process,
+    /// secrets or limits of their own.
+    pub fn prewarm(mut self, image: impl Into<String>, count: usize) -> Self {
+        self.prewarm.push((Template::image(image), count));
+        self
+    }
+
+    /// Keep `count` containers prewarmed for functions whose container configuration (image,
+    /// `envProcess`, `envVars`, limits, read-only root filesystem) equals `template`'s. Its
+    /// name, namespace, labels and secrets are ignored.
+    pub fn prewarm_spec(mut self, template: &FunctionSpec, count: usize) -> Self {
+        let limits = template.limits.clone().unwrap_or_default();
+        let t = Template {
+            image: template.image.clone(),
+            env_process: template.env_process.clone(),
+            env: template.env_vars.clone(),
+            binds: Vec::new(),
+            memory: limits.memory_bytes(),
+            nano_cpus: limits.cpu_millis().map(|m| m.saturating_mul(1_000_000)),
+            read_only: template.read_only_root_filesystem,
+        };
+        self.prewarm.push((t, count));
+        self
+    }
+
+    /// How long a replica may take to become ready (and an invocation may wait for one).
+    /// Default 30 s.
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// How often the maintenance loop checks replicas, pauses idle ones and refills pools.
+    /// Default 1 s.
+    pub fn health_interval(mut self, interval: Duration) -> Self {
+        self.health_interval = interval;
+        self
+    }
+
+    /// Where secrets are stored as files (default: `<tmp>/faas-rs-docker/secrets`). Must be
+    /// on the engine's host: they are bind-mounted.
+    pub fn secrets_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.secrets_dir = Some(dir.into());
+        self
+    }
+
+    /// Restricts this backend to these namespaces (default: any). It only adopts, lists and
+    /// manages functions of these namespaces, so several backends can share an engine.
+    pub fn namespaces<I, S>(mut self, namespaces: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.namespaces = Some(namespaces.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The owner name of this backend's prewarm containers (default `faas-rs`); stale
+    /// prewarm containers of the same owner are removed at start.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
+    /// Connects to the engine (negotiating the API version), adopts the functions and
+    /// replicas found there, starts the maintenance loop and fills the prewarm pools.
+    /// [`Error::Unavailable`] when the engine cannot be reached.
+    pub async fn build(self) -> Result<DockerInvoker> {
+        let owner: String = self
+            .owner
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+            .collect();
+        if owner.is_empty() {
+            return Err(Error::invalid("owner", "must not be empty"));
+        }
+        for ns in self.namespaces.iter().flatten() {
+            faas_core::util::validate_dns1123_label(ns).map_err(|r| Error::invalid("namespaces", r))?;
+        }
+        let docker = engine::connect(self.socket.as_deref()).await?;
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        let secrets_dir = self
+            .secrets_dir
+            .unwrap_or_else(|| std::env::temp_dir().join("faas-rs-docker").join("secrets"));
+        let mut pools = std::collections::HashMap::new();
+        for (t, n) in self.prewarm {
+            pools.entry(t).or_insert_with(Pool::default).target += n;
+        }
+        let inner = Arc::new(Inner {
+            docker,
+            scheduler: self.scheduler.unwrap_or_else(|| Arc::new(LeastLoaded::new())),
+            settings: Settings {
+                pause_after: self.pause_after,
+                start_timeout: self.start_timeout,
+                health_interval: self.health_interval,
+                secrets_dir,
+                namespaces: self.namespaces,
+                owner,
+            },
+            http,
+            functions: Mutex::new(Default::default()),
+            pools: Mutex::new(pools),
+            closed: Default::default(),
+            engine_down: Default::default(),
+        });
+        inner.adopt().await?;
+        let templates: Vec<Template> = lock(&inner.pools).keys().cloned().collect();
+        for t in templates {
+            inner.refill_pool(t);
+        }
+        let weak = Arc::downgrade(&inner);
+        let interval = inner.settings.health_interval;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(inner) = weak.upgrade() else { break };
+                if inner.closed.load(Ordering::SeqCst) {
+                    break;
+                }
+                inner.tick().await;
+            }
+        });
+        Ok(DockerInvoker { inner })
+    }
+}
+
+/// One replica as [`DockerInvoker::instances`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InstanceInfo {
+    /// The container name (the instance id in logs and activation records).
+    pub name: String,
+    /// The container id.
+    pub container_id: String,
+    /// The published port on 127.0.0.1.
+    pub port: u16,
+    /// Whether it is paused.
+    pub paused: bool,
+    /// Invocations in flight on it.
+    pub in_flight: u32,
+    /// Whether it is being drained (by a scale down or an update).
+    pub draining: bool,
+    /// Hash of the spec it runs.
+    pub spec_hash: String,
+}
+
+/// The Docker backend. Cheap to clone; see the crate docs.
+#[derive(Clone)]
+pub struct DockerInvoker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DockerInvoker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerInvoker").field("settings", &self.inner.settings).finish_non_exhaustive()
+    }
+}
+
+impl DockerInvoker {
+    /// A builder with the defaults: local engine, least-loaded routing, no pausing, no
+    /// prewarm pool, 30 s start timeout.
+    pub fn builder() -> DockerInvokerBuilder {
+        DockerInvokerBuilder::default()
+    }
+
+    /// A backend with the defaults on the local engine.
+    pub async fn connect() -> Result<DockerInvoker> {
+        Self::builder().build().await
+    }
+
+    /// The replicas of a function.
+    pub fn instances(&self, function: &FunctionRef) -> Result<Vec<InstanceInfo>> {
+        let f = self.inner.function(function)?;
+        Ok(f.snapshot()
+            .iter()
+            .filter(|r| !r.dead.load(Ordering::SeqCst))
+            .map(|r| InstanceInfo {
+                name: r.name.clone(),
+                container_id: r.id.clone(),
+                port: r.port,
+                paused: r.paused.load(Ordering::SeqCst),
+                in_flight: r.in_flight.load(Ordering::SeqCst),
+                draining: r.draining.load(Ordering::SeqCst),
+                spec_hash: r.spec_hash.clone(),
+            })
+            .collect())
+    }
+
+    /// How many prewarmed containers are ready now, over all pools.
+    pub fn prewarmed(&self) -> usize {
+        lock(&self.inner.pools).values().map(|p| p.ready.len()).sum()
+    }
+
+    /// Stops the maintenance loop and removes this backend's prewarm containers. Function
+    /// replicas keep running, so a new backend adopts them; remove functions to stop them.
+    pub async fn shutdown(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.drain_pools().await;
+        // Pool refills in flight remove their container when they see `closed`; wait for
+        // them so nothing is left behind.
+        let deadline = tokio::time::Instant::now() + self.inner.settings.start_timeout;
+        while tokio::time::Instant::now() < deadline
+            && lock(&self.inner.pools).values().any(|p| p.starting > 0)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.inner.drain_pools().await;
+    }
+
+    fn status_of(&self, f: &FunctionState) -> FunctionStatus {
+        let info = f.spec();
+        let mut st = FunctionStatus::from_spec(&info.spec);
+        st.invocation_count = f.invocations.load(Ordering::Relaxed);
+        st.replicas = u64::from(f.desired.load(Ordering::SeqCst));
+        st.available_replicas = f.live().len() as u64;
+        st.created_at = Some(f.created_at);
+        st
+    }
+
+    async fn usage(&self, replicas: &[Arc<Replica>]) -> Usage {
+        let stats = futures::future::join_all(replicas.iter().map(|r| async move {
+            let opts = StatsOptions { stream: false, one_shot: true };
+            let mut s = self.inner.docker.stats(&r.id, Some(opts));
+            let first = tokio::time::timeout(Duration::from_secs(3), s.next()).await;
+            (r, first)
+        }))
+        .await;
+        let mut usage = Usage::default();
+        for (r, s) in stats {
+            let Ok(Some(Ok(s))) = s else { continue };
+            if let Some(m) = &s.memory_stats {
+                let inactive = m
+                    .stats
+                    .as_ref()
+                    .and_then(|st| {
+                        st.get("inactive_file").or_else(|| st.get("total_inactive_file")).copied()
+                    })
+                    .unwrap_or(0);
+                usage.total_memory_bytes += m.usage.unwrap_or(0).saturating_sub(inactive) as f64;
+            }
+            if let Some(c) = &s.cpu_stats {
+                let total = c.cpu_usage.as_ref().and_then(|u| u.total_usage).unwrap_or(0);
+                let system = c.system_cpu_usage.unwrap_or(0);
+                let cpus = f64::from(c.online_cpus.unwrap_or(1).max(1));
+                let mut prev = lock(&r.cpu_sample);
+                if let Some((pt, ps)) = *prev {
+                    if system > ps && total >= pt {
+                        usage.cpu += (total - pt) as f64 / (system - ps) as f64 * cpus;
+                    }
+                }
+                *prev = Some((total, system));
+            }
+        }
+        usage
+    }
+}
+
+#[async_trait]
+impl Invoker for DockerInvoker {
+    async fn deploy(&self, spec: FunctionSpec) -> Result<()> {
+        spec.validate()?;
+        let inner = &self.inner;
+        let fref = spec.function_ref();
+        inner.check_namespace(&fref.namespace)?;
+        let info = inner.spec_info(spec)?;
+        if lock(&inner.functions).contains_key(&fref) {
+            return Err(Error::AlreadyExists { kind: "function", name: fref.to_string() });
+        }
+        inner.check_image(&info.spec.image).await?;
+        let created = SystemTime::now();
+        let desired = info.min_replicas;
+        let def = inner.create_definition(&info, created).await?;
+        let f = Arc::new(FunctionState::new(fref.clone(), info, desired, created));
+        *lock(&f.definition_id) = def.clone();
+        let inserted = {
+            let mut fs = lock(&inner.functions);
+            if fs.contains_key(&fref) {
+                false
+            } else {
+                fs.insert(fref.clone(), Arc::clone(&f));
+                true
+            }
+        };
+        if !inserted {
+            let _ = inner.remove_container(&def).await;
+            return Err(Error::AlreadyExists { kind: "function", name: fref.to_string() });
+        }
+        if desired > 0 {
+            inner.spawn_reconcile(f);
+        }
+        Ok(())
+    }
+
+    async fn update(&self, spec: FunctionSpec) -> Result<()> {
+        spec.validate()?;
+        let inner = &self.inner;
+        let fref = spec.function_ref();
+        inner.check_namespace(&fref.namespace)?;
+        let f = inner.function(&fref)?;
+        let info = inner.spec_info(spec)?;
+        inner.check_image(&info.spec.image).await?;
+        let _g = f.reconcile_lock.lock().await;
+        let old_def = lock(&f.definition_id).clone();
+        // Replace the definition first: it reserves the name and fails early on a bad image.
+        inner.remove_container(&old_def).await?;
+        let def = inner.create_definition(&info, f.created_at).await?;
+        *lock(&f.definition_id) = def;
+        let n = f.live().len().max(f.desired.load(Ordering::SeqCst) as usize);
+        // Start the new replicas before draining the old ones: in-flight requests finish on
+        // the old replicas, new ones go to the new.
+        let fresh = futures::future::join_all((0..n).map(|_| inner.start_replica(&f, &info))).await;
+        let mut started = Vec::new();
+        let mut failure = None;
+        for r in fresh {
+            match r {
+                Ok(r) => started.push(r),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failure {
+            for r in started {
+                let _ = inner.remove_container(&r.id).await;
+            }
+            return Err(e);
+        }
+        let old = f.live();
+        f.set_spec(info);
+        for r in &old {
+            r.draining.store(true, Ordering::SeqCst);
+        }
+        for r in started {
+            f.push(r);
+        }
+        inner.spawn_drain(Arc::clone(&f), old);
+        Ok(())
+    }
+
+    async fn remove(&self, function: &FunctionRef) -> Result<()> {
+        let inner = &self.inner;
+        let f = lock(&inner.functions)
+            .remove(function)
+            .ok_or_else(|| Error::function_not_found(function.to_string()))?;
+        f.removed.store(true, Ordering::SeqCst);
+        f.changed.notify_waiters();
+        let _g = f.reconcile_lock.lock().await;
+        let replicas = f.snapshot();
+        for r in &replicas {
+            r.dead.store(true, Ordering::SeqCst);
+        }
+        let results =
+            futures::future::join_all(replicas.iter().map(|r| inner.remove_container(&r.id))).await;
+        let def = lock(&f.definition_id).clone();
+        inner.remove_container(&def).await?;
+        results.into_iter().collect::<Result<Vec<()>>>()?;
+        Ok(())
+    }
+
+    async fn list(&self, namespace: &str) -> Result<Vec<FunctionStatus>> {
+        self.inner.check_namespace(namespace)?;
+        let fs: Vec<Arc<FunctionState>> = lock(&self.inner.functions)
+            .values()
+            .filter(|f| f.fref.namespace == namespace)
+            .cloned()
+            .collect();
+        let mut out: Vec<FunctionStatus> = fs.iter().map(|f| self.status_of(f)).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn status(&self, function: &FunctionRef) -> Result<FunctionStatus> {
+        let f = self.inner.function(function)?;
+        let mut st = self.status_of(&f);
+        st.usage = Some(self.usage(&f.live()).await);
+        Ok(st)
+    }
+
+    async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<()> {
+        let f = self.inner.function(function)?;
+        f.desired.store(replicas, Ordering::SeqCst);
+        let r = self.inner.reconcile(&f).await;
+        // A concurrent reconcile may have held the lock with an older target.
+        if f.live().len() != replicas as usize && r.is_ok() {
+            return self.inner.reconcile(&f).await;
+        }
+        r
+    }
+
+    async fn invoke(&self, invocation: Invocation) -> Result<Response> {
+        self.inner.invoke(invocation).await
+    }
+
+    async fn logs(&self, request: LogsRequest) -> Result<LogStream> {
+        self.inner.logs(request).await
+    }
+
+    async fn list_secrets(&self, namespace: &str) -> Result<Vec<SecretInfo>> {
+        self.inner.list_secrets(namespace)
+    }
+
+    async fn create_secret(&self, secret: Secret) -> Result<()> {
+        self.inner.create_secret(&secret)
+    }
+
+    async fn update_secret(&self, secret: Secret) -> Result<()> {
+        self.inner.update_secret(&secret)
+    }
+
+    async fn remove_secret(&self, namespace: &str, name: &str) -> Result<()> {
+        self.inner.remove_secret(namespace, name)
+    }
+
+    async fn namespaces(&self) -> Result<Vec<String>> {
+        let set: BTreeSet<String> = match &self.inner.settings.namespaces {
+            Some(s) => s.clone(),
+            None => DEFAULT_NAMESPACES
+                .iter()
+                .map(|s| s.to_string())
+                .chain(lock(&self.inner.functions).keys().map(|f| f.namespace.clone()))
+                .collect(),
+        };
+        Ok(set.into_iter().collect())
+    }
+
+    fn info(&self) -> ProviderInfo {
+        ProviderInfo {
+            provider: "faas-rs-docker".to_string(),
+            orchestration: "docker".to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}

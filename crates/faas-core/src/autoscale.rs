@@ -1,1 +1,800 @@
-//! Autoscaling decisions (KPA model). (Being built: see issue 7.)
+//! Autoscaling for any backend: Knative's KPA decision model, driven by OpenFaaS's scaling
+//! labels, wrapped around any [`Invoker`].
+//!
+//! Two parts:
+//!
+//! - [`Kpa`]: the pure decision core. Each tick it takes an [`Observation`] (average
+//!   concurrency and request rate over the tick, ready replicas) and answers the desired
+//!   replica count. Cheap (amortised O(1) per function per tick) and deterministic, so it is
+//!   unit tested on synthetic clocks and benchmarked alone.
+//! - [`Autoscaled`]: an [`Invoker`] wrapper. It sits in the `invoke` path, measures in-flight
+//!   invocations and the request rate of every function itself, runs a tick loop (a tokio
+//!   task, every 2 s by default) that calls the inner backend's [`Invoker::scale`], and acts
+//!   as the *activator*: an invocation of a function at zero replicas scales it to
+//!   `max(1, min)` and waits (bounded by [`AutoscaleConfig::activation_timeout`]) until a
+//!   replica is ready, then is served. It is never dropped; past the bound the caller gets
+//!   [`Error::Unavailable`] naming the function.
+//!
+//! # The model (REFERENCE.md section 4)
+//!
+//! `desired = ceil(observed / (target x utilisation))`, where `observed` is the average
+//! concurrency (or requests per second) over the *stable window* (60 s). Over the *panic
+//! window* (10% of it, 6 s) the same is computed; when the panic-window demand reaches 200%
+//! of the ready capacity the autoscaler *panics*: it scales to the panic-window figure at
+//! once and never scales down until the demand has stayed below the threshold for a whole
+//! stable window. Per tick, replicas grow at most 1000x and shrink at most 2x, so scaling
+//! down is gradual, never a fall from max to min. After a grace period with no traffic, a
+//! function allowed to scale to zero goes to zero.
+//!
+//! # Labels
+//!
+//! Users set it with OpenFaaS's labels ([`crate::spec::labels`]), read through
+//! [`FunctionSpec::scaling_policy`]:
+//!
+//! | label | meaning | default |
+//! |---|---|---|
+//! | `com.openfaas.scale.min` | replicas while in use | 1 |
+//! | `com.openfaas.scale.max` | maximum replicas | 20 |
+//! | `com.openfaas.scale.zero` | allow scale to zero | false |
+//! | `com.openfaas.scale.zero-duration` | idle time before zero (the grace period) | 15m |
+//! | `com.openfaas.scale.type` | `capacity` (in flight) or `rps` (`cpu` is measured as `capacity`) | capacity |
+//! | `com.openfaas.scale.target` | target per replica | 50 |
+//! | `com.openfaas.scale.target-proportion` | target utilisation, `0 < p <= 1` ([`TARGET_PROPORTION_LABEL`]) | 0.7 |
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use faas_core::autoscale::{AutoscaleConfig, Autoscaled};
+//! use faas_core::{handler_fn, Context, Error, FunctionSpec, Invoker, InvokerExt, MemoryInvoker, Request};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Error> {
+//! let backend = MemoryInvoker::new();
+//! backend.register("echo:1", handler_fn(|_req: Request, _ctx: Context| async { Ok::<_, Error>("hi") }));
+//! let invoker = Autoscaled::with_config(backend, AutoscaleConfig::default().tick(Duration::from_secs(1)));
+//! invoker
+//!     .deploy(FunctionSpec::new("echo", "echo:1").label("com.openfaas.scale.max", "5"))
+//!     .await?;
+//! assert_eq!(invoker.call("echo", "").await?, "hi");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+use crate::function::Response;
+use crate::invocation::{FunctionRef, Invocation};
+use crate::invoker::{Invoker, LogStream, LogsRequest, ProviderInfo, Secret, SecretInfo};
+use crate::spec::{FunctionSpec, FunctionStatus, ScalingMetric, ScalingPolicy};
+
+/// Label for the target utilisation (OpenFaaS Pro's name): the fraction of `target` each
+/// replica should run at, `0 < p <= 1`. Default 0.7 (Knative's 70%).
+pub const TARGET_PROPORTION_LABEL: &str = "com.openfaas.scale.target-proportion";
+
+/// The default tick (Knative's 2 s).
+pub const DEFAULT_TICK: Duration = Duration::from_secs(2);
+
+/// KPA parameters of one function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KpaConfig {
+    /// What is measured: in-flight requests (`Capacity`, also used for `Cpu`) or requests
+    /// per second (`Rps`).
+    pub metric: ScalingMetric,
+    /// Target value of the metric per replica (Knative default 100).
+    pub target: f64,
+    /// Fraction of `target` each replica should run at (Knative default 0.7).
+    pub target_utilization: f64,
+    /// The stable window (60 s).
+    pub stable_window: Duration,
+    /// The panic window as a percentage of the stable window (10).
+    pub panic_window_percentage: f64,
+    /// Panic when panic-window demand reaches this multiple of ready capacity (2.0 = 200%).
+    pub panic_threshold: f64,
+    /// Maximum growth factor per tick (1000).
+    pub max_scale_up_rate: f64,
+    /// Maximum shrink factor per tick (2: at most halve).
+    pub max_scale_down_rate: f64,
+    /// Replicas while in use (at least 1).
+    pub min: u32,
+    /// Maximum replicas.
+    pub max: u32,
+    /// Whether an idle function goes to zero.
+    pub allow_zero: bool,
+    /// Time without traffic before scaling to zero.
+    pub scale_to_zero_grace: Duration,
+}
+
+impl Default for KpaConfig {
+    fn default() -> Self {
+        KpaConfig {
+            metric: ScalingMetric::Capacity,
+            target: 100.0,
+            target_utilization: 0.7,
+            stable_window: Duration::from_secs(60),
+            panic_window_percentage: 10.0,
+            panic_threshold: 2.0,
+            max_scale_up_rate: 1000.0,
+            max_scale_down_rate: 2.0,
+            min: 1,
+            max: 20,
+            allow_zero: false,
+            scale_to_zero_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl KpaConfig {
+    /// These window and rate settings with a function's policy applied (min, max, zero,
+    /// zero-duration, metric, target).
+    pub fn with_policy(mut self, p: &ScalingPolicy) -> Self {
+        self.metric = p.metric;
+        self.target = f64::from(p.target.max(1));
+        self.min = p.min;
+        self.max = p.max.max(1);
+        self.allow_zero = p.allow_zero;
+        self.scale_to_zero_grace = p.idle_timeout();
+        self
+    }
+
+    /// These settings with a spec's scaling policy and labels applied (including
+    /// [`TARGET_PROPORTION_LABEL`]). Bad label values give [`Error::InvalidSpec`] naming the
+    /// label.
+    pub fn with_spec(self, spec: &FunctionSpec) -> Result<Self> {
+        self.with_labels(spec.scaling.clone().unwrap_or_default(), &spec.labels)
+    }
+
+    fn with_labels(
+        self,
+        base: ScalingPolicy,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self> {
+        let p = base.apply_labels(labels)?;
+        p.validate()?;
+        let mut c = self.with_policy(&p);
+        if let Some(v) = labels.get(TARGET_PROPORTION_LABEL) {
+            let field = format!("labels.{TARGET_PROPORTION_LABEL}");
+            let x: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| Error::invalid(field.clone(), format!("{v:?} is not a number")))?;
+            if !(x > 0.0 && x <= 1.0) {
+                return Err(Error::invalid(field, "must be more than 0 and at most 1"));
+            }
+            c.target_utilization = x;
+        }
+        Ok(c)
+    }
+
+    /// The panic window.
+    pub fn panic_window(&self) -> Duration {
+        self.stable_window.mul_f64((self.panic_window_percentage / 100.0).clamp(0.0, 1.0))
+    }
+
+    /// Checks the values: positive target and windows, rates above 1, `min <= max`.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |f: &str, r: &str| Err(Error::invalid(format!("autoscale.{f}"), r));
+        if !(self.target > 0.0 && self.target.is_finite()) {
+            return bad("target", "must be a positive number");
+        }
+        if !(self.target_utilization > 0.0 && self.target_utilization <= 1.0) {
+            return bad("targetUtilization", "must be more than 0 and at most 1");
+        }
+        if self.stable_window.is_zero() {
+            return bad("stableWindow", "must be more than 0");
+        }
+        if !(self.max_scale_up_rate >= 1.0 && self.max_scale_down_rate >= 1.0) {
+            return bad("maxScaleRate", "scale rates must be at least 1");
+        }
+        if !(self.panic_threshold > 0.0) {
+            return bad("panicThreshold", "must be more than 0");
+        }
+        if self.max == 0 || self.min > self.max {
+            return bad("max", "max must be at least 1 and at least min");
+        }
+        Ok(())
+    }
+}
+
+/// What was measured for one function over the last tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Observation {
+    /// Average number of invocations in flight (time-weighted), including those waiting for
+    /// a replica.
+    pub concurrency: f64,
+    /// Requests per second that arrived.
+    pub rps: f64,
+    /// Replicas ready to serve now.
+    pub ready: u32,
+}
+
+/// The KPA decision core for one function: windows of past observations and the panic state.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use faas_core::autoscale::{Kpa, KpaConfig, Observation};
+///
+/// let mut kpa = Kpa::new(KpaConfig { target: 10.0, ..KpaConfig::default() });
+/// let t0 = Instant::now();
+/// // 35 in flight on 1 replica, target 10 x 70%: 5 replicas, at once (panic).
+/// let d = kpa.decide(t0, Observation { concurrency: 35.0, rps: 0.0, ready: 1 });
+/// assert_eq!(d, 5);
+/// assert!(kpa.in_panic());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Kpa {
+    config: KpaConfig,
+    samples: VecDeque<(Instant, f64)>,
+    stable_sum: f64,
+    panic_since: Option<Instant>,
+    max_panic: u32,
+    last_active: Option<Instant>,
+    desired: Option<u32>,
+}
+
+impl Kpa {
+    /// A decision core with `config` and no history.
+    pub fn new(config: KpaConfig) -> Self {
+        Kpa {
+            config,
+            samples: VecDeque::new(),
+            stable_sum: 0.0,
+            panic_since: None,
+            max_panic: 0,
+            last_active: None,
+            desired: None,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &KpaConfig {
+        &self.config
+    }
+
+    /// Replaces the configuration (a function was updated), keeping the history.
+    pub fn set_config(&mut self, config: KpaConfig) {
+        self.config = config;
+    }
+
+    /// Whether it is panicking (scaling for a burst; no scale down).
+    pub fn in_panic(&self) -> bool {
+        self.panic_since.is_some()
+    }
+
+    /// The last decision.
+    pub fn desired(&self) -> Option<u32> {
+        self.desired
+    }
+
+    /// Records traffic at `now` outside an observation (the activator woke the function), so
+    /// the grace period before scale to zero starts again.
+    pub fn note_activity(&mut self, now: Instant) {
+        self.last_active = Some(self.last_active.map_or(now, |t| t.max(now)));
+    }
+
+    /// One tick: adds `obs` to the windows and answers the desired replica count.
+    pub fn decide(&mut self, now: Instant, obs: Observation) -> u32 {
+        let c = self.config.clone();
+        let value = match c.metric {
+            ScalingMetric::Rps => obs.rps,
+            ScalingMetric::Capacity | ScalingMetric::Cpu => obs.concurrency,
+        };
+        let value = if value.is_finite() { value.max(0.0) } else { 0.0 };
+        if obs.concurrency > 0.0 || obs.rps > 0.0 || self.last_active.is_none() {
+            // The first observation starts the grace period.
+            self.note_activity(now);
+        }
+        self.samples.push_back((now, value));
+        self.stable_sum += value;
+        while let Some(&(t, v)) = self.samples.front() {
+            if now.saturating_duration_since(t) >= c.stable_window {
+                self.samples.pop_front();
+                self.stable_sum -= v;
+            } else {
+                break;
+            }
+        }
+        if self.samples.len() == 1 {
+            self.stable_sum = value; // no drift from float cancellation
+        }
+        let stable = (self.stable_sum / self.samples.len() as f64).max(0.0);
+        let panic_window = c.panic_window();
+        let (mut psum, mut pn) = (0.0, 0u32);
+        for &(t, v) in self.samples.iter().rev() {
+            if now.saturating_duration_since(t) >= panic_window && pn > 0 {
+                break;
+            }
+            psum += v;
+            pn += 1;
+        }
+        let panic_avg = psum / f64::from(pn.max(1));
+
+        let per_replica = (c.target * c.target_utilization).max(f64::MIN_POSITIVE);
+        let ready = f64::from(obs.ready.max(1));
+        let max_up = (c.max_scale_up_rate * ready).ceil();
+        let max_down = (ready / c.max_scale_down_rate).floor();
+        let clamp = |d: f64| d.max(max_down).min(max_up);
+        let want_stable = clamp((stable / per_replica).ceil());
+        let want_panic = clamp((panic_avg / per_replica).ceil());
+
+        let over = panic_avg / per_replica / ready >= c.panic_threshold;
+        if over {
+            self.panic_since = Some(now);
+        } else if self
+            .panic_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= c.stable_window)
+        {
+            self.panic_since = None;
+            self.max_panic = 0;
+        }
+        let mut desired = if self.panic_since.is_some() {
+            let p = to_u32(want_panic).max(self.max_panic);
+            self.max_panic = p;
+            p
+        } else {
+            to_u32(want_stable)
+        };
+
+        let idle = self
+            .last_active
+            .is_some_and(|t| now.saturating_duration_since(t) >= c.scale_to_zero_grace);
+        if c.allow_zero && idle && value == 0.0 {
+            desired = 0;
+            self.panic_since = None;
+            self.max_panic = 0;
+        } else {
+            desired = desired.clamp(c.min.max(1), c.max.max(1));
+        }
+        self.desired = Some(desired);
+        desired
+    }
+}
+
+fn to_u32(x: f64) -> u32 {
+    if x.is_nan() || x <= 0.0 {
+        0
+    } else if x >= f64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        x as u32
+    }
+}
+
+/// Settings of an [`Autoscaled`] invoker.
+#[derive(Debug, Clone)]
+pub struct AutoscaleConfig {
+    /// How often decisions are made (2 s).
+    pub tick: Duration,
+    /// How long an invocation of a function at zero waits for a replica before
+    /// [`Error::Unavailable`] (60 s).
+    pub activation_timeout: Duration,
+    /// How often readiness is polled while activating (100 ms, as OpenFaaS).
+    pub readiness_poll: Duration,
+    /// Window and rate settings; each function's labels apply over them.
+    pub kpa: KpaConfig,
+}
+
+impl Default for AutoscaleConfig {
+    fn default() -> Self {
+        AutoscaleConfig {
+            tick: DEFAULT_TICK,
+            activation_timeout: Duration::from_secs(60),
+            readiness_poll: Duration::from_millis(100),
+            kpa: KpaConfig::default(),
+        }
+    }
+}
+
+impl AutoscaleConfig {
+    /// Sets the tick.
+    pub fn tick(mut self, tick: Duration) -> Self {
+        self.tick = tick;
+        self
+    }
+
+    /// Sets the activation timeout.
+    pub fn activation_timeout(mut self, d: Duration) -> Self {
+        self.activation_timeout = d;
+        self
+    }
+}
+
+#[derive(Debug)]
+struct Stats {
+    in_flight: u32,
+    area: f64,
+    last_change: tokio::time::Instant,
+    window_start: tokio::time::Instant,
+    requests: u64,
+}
+
+impl Stats {
+    fn advance(&mut self, now: tokio::time::Instant) {
+        let dt = now.saturating_duration_since(self.last_change).as_secs_f64();
+        self.area += f64::from(self.in_flight) * dt;
+        self.last_change = now;
+    }
+
+    fn take(&mut self, now: tokio::time::Instant) -> (f64, f64) {
+        self.advance(now);
+        let span = now.saturating_duration_since(self.window_start).as_secs_f64();
+        let (conc, rps) = if span > 0.0 {
+            (self.area / span, self.requests as f64 / span)
+        } else {
+            (f64::from(self.in_flight), 0.0)
+        };
+        self.area = 0.0;
+        self.requests = 0;
+        self.window_start = now;
+        (conc, rps)
+    }
+}
+
+#[derive(Debug)]
+struct FnState {
+    stats: Mutex<Stats>,
+    kpa: Mutex<Kpa>,
+    /// The replica count last set (by us or through us); `u32::MAX` = unknown.
+    replicas: AtomicU32,
+    /// Set while the function is at zero or waking from it: invocations go through the
+    /// activator until a replica is seen ready.
+    cold: AtomicBool,
+    waking: tokio::sync::Mutex<()>,
+}
+
+const UNKNOWN: u32 = u32::MAX;
+
+impl FnState {
+    fn new(config: KpaConfig, replicas: u32) -> Self {
+        let now = tokio::time::Instant::now();
+        FnState {
+            stats: Mutex::new(Stats {
+                in_flight: 0,
+                area: 0.0,
+                last_change: now,
+                window_start: now,
+                requests: 0,
+            }),
+            kpa: Mutex::new(Kpa::new(config)),
+            replicas: AtomicU32::new(replicas),
+            cold: AtomicBool::new(replicas == 0),
+            waking: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn set_replicas(&self, n: u32) {
+        if n == 0 {
+            self.cold.store(true, Ordering::Release);
+        }
+        self.replicas.store(n, Ordering::Release);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct InFlight<'a>(&'a FnState);
+
+impl<'a> InFlight<'a> {
+    fn begin(st: &'a FnState) -> Self {
+        let mut s = lock(&st.stats);
+        s.advance(tokio::time::Instant::now());
+        s.in_flight += 1;
+        s.requests += 1;
+        InFlight(st)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut s = lock(&self.0.stats);
+        s.advance(tokio::time::Instant::now());
+        s.in_flight = s.in_flight.saturating_sub(1);
+    }
+}
+
+struct Shared<I> {
+    inner: I,
+    config: AutoscaleConfig,
+    functions: Mutex<HashMap<FunctionRef, Arc<FnState>>>,
+}
+
+/// An [`Invoker`] that autoscales every function of the invoker it wraps (see the
+/// [module docs](self)).
+///
+/// Functions deployed or invoked through it are managed; their policy comes from the spec
+/// (on deploy and update) or from the labels of [`Invoker::status`] (for functions deployed
+/// before). The tick loop is a tokio task started on first use and stopped when the
+/// `Autoscaled` is dropped.
+pub struct Autoscaled<I> {
+    shared: Arc<Shared<I>>,
+    ticker: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl<I> std::fmt::Debug for Autoscaled<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Autoscaled")
+            .field("config", &self.shared.config)
+            .field("functions", &lock(&self.shared.functions).len())
+            .finish()
+    }
+}
+
+impl<I> Drop for Autoscaled<I> {
+    fn drop(&mut self) {
+        if let Some(h) = lock(&self.ticker).take() {
+            h.abort();
+        }
+    }
+}
+
+impl<I: Invoker> Autoscaled<I> {
+    /// Wraps `inner` with the default settings (2 s tick).
+    pub fn new(inner: I) -> Self {
+        Self::with_config(inner, AutoscaleConfig::default())
+    }
+
+    /// Wraps `inner` with `config`.
+    pub fn with_config(inner: I, config: AutoscaleConfig) -> Self {
+        Autoscaled {
+            shared: Arc::new(Shared { inner, config, functions: Mutex::new(HashMap::new()) }),
+            ticker: Mutex::new(None),
+        }
+    }
+
+    /// The wrapped invoker.
+    pub fn inner(&self) -> &I {
+        &self.shared.inner
+    }
+
+    /// The replica count last set for `function` (by a decision, the activator or a manual
+    /// scale through this wrapper), if it is managed and known.
+    pub fn replicas(&self, function: &FunctionRef) -> Option<u32> {
+        let st = lock(&self.shared.functions).get(function).cloned()?;
+        let r = st.replicas.load(Ordering::Acquire);
+        (r != UNKNOWN).then_some(r)
+    }
+
+    /// Whether `function` is panicking (scaling for a burst).
+    pub fn in_panic(&self, function: &FunctionRef) -> bool {
+        lock(&self.shared.functions).get(function).is_some_and(|st| lock(&st.kpa).in_panic())
+    }
+
+    /// Runs one decision round for every managed function now (the tick loop calls this).
+    pub async fn tick(&self) {
+        self.shared.tick().await
+    }
+
+    fn ensure_ticker(&self) {
+        let mut t = lock(&self.ticker);
+        if t.is_some() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak: Weak<Shared<I>> = Arc::downgrade(&self.shared);
+        let period = self.shared.config.tick.max(Duration::from_millis(1));
+        let task = handle.spawn(async move {
+            let start = tokio::time::Instant::now() + period;
+            let mut interval = tokio::time::interval_at(start, period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let Some(shared) = weak.upgrade() else { break };
+                shared.tick().await;
+            }
+        });
+        *t = Some(task.abort_handle());
+    }
+
+    async fn state_for(&self, f: &FunctionRef) -> Option<Arc<FnState>> {
+        if let Some(st) = lock(&self.shared.functions).get(f) {
+            return Some(st.clone());
+        }
+        // Deployed before we wrapped the backend: adopt it with the policy of its labels.
+        let status = self.shared.inner.status(f).await.ok()?;
+        let config = self
+            .shared
+            .config
+            .kpa
+            .clone()
+            .with_labels(ScalingPolicy::default(), &status.labels)
+            .unwrap_or_else(|_| self.shared.config.kpa.clone());
+        Some(self.shared.register(f, config, clamp_u32(status.replicas)))
+    }
+
+    async fn activate(&self, f: &FunctionRef, st: &FnState) -> Result<()> {
+        let shared = &self.shared;
+        {
+            let _one = st.waking.lock().await;
+            if st.replicas.load(Ordering::Acquire) == 0 {
+                let min = lock(&st.kpa).config().min;
+                let n = min.max(1);
+                shared.inner.scale(f, n).await?;
+                st.set_replicas(n);
+                lock(&st.kpa).note_activity(tokio::time::Instant::now().into_std());
+                tracing::debug!(function = %f, replicas = n, "scaling from zero");
+            }
+        }
+        let wait = async {
+            loop {
+                match shared.inner.status(f).await {
+                    Ok(s) if s.available_replicas > 0 => return Ok(()),
+                    Ok(_) => {}
+                    Err(e @ Error::NotFound { .. }) => return Err(e),
+                    Err(e) => tracing::debug!(function = %f, error = %e, "status while activating"),
+                }
+                tokio::time::sleep(shared.config.readiness_poll).await;
+            }
+        };
+        match tokio::time::timeout(shared.config.activation_timeout, wait).await {
+            Ok(Ok(())) => {
+                if st.replicas.load(Ordering::Acquire) != 0 {
+                    st.cold.store(false, Ordering::Release);
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::unavailable(format!(
+                "no replica of {f} became ready within {} of scaling from zero",
+                crate::util::format_duration(shared.config.activation_timeout)
+            ))),
+        }
+    }
+}
+
+fn clamp_u32(x: u64) -> u32 {
+    u32::try_from(x).unwrap_or(u32::MAX - 1)
+}
+
+impl<I: Invoker> Shared<I> {
+    fn register(&self, f: &FunctionRef, config: KpaConfig, replicas: u32) -> Arc<FnState> {
+        if config.metric == ScalingMetric::Cpu {
+            tracing::warn!(function = %f, "scale type cpu is not measured here; scaling on in-flight requests");
+        }
+        let mut fns = lock(&self.functions);
+        if let Some(st) = fns.get(f) {
+            lock(&st.kpa).set_config(config);
+            return st.clone();
+        }
+        let st = Arc::new(FnState::new(config, replicas));
+        fns.insert(f.clone(), st.clone());
+        st
+    }
+
+    async fn tick(&self) {
+        let fns: Vec<(FunctionRef, Arc<FnState>)> =
+            lock(&self.functions).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (f, st) in fns {
+            let status = match self.inner.status(&f).await {
+                Ok(s) => s,
+                Err(Error::NotFound { .. }) => {
+                    lock(&self.functions).remove(&f);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(function = %f, error = %e, "autoscaler cannot read status");
+                    continue;
+                }
+            };
+            let now = tokio::time::Instant::now();
+            let (concurrency, rps) = lock(&st.stats).take(now);
+            let obs = Observation { concurrency, rps, ready: clamp_u32(status.available_replicas) };
+            let desired = lock(&st.kpa).decide(now.into_std(), obs);
+            let current = clamp_u32(status.replicas);
+            // Never scale to zero under an invocation in flight (or waiting to activate).
+            if desired == 0 && lock(&st.stats).in_flight > 0 {
+                continue;
+            }
+            if desired != current {
+                tracing::debug!(function = %f, from = current, to = desired, ?obs, "autoscaling");
+                if let Err(e) = self.inner.scale(&f, desired).await {
+                    tracing::warn!(function = %f, error = %e, "autoscaler cannot scale");
+                    continue;
+                }
+            }
+            st.set_replicas(desired);
+        }
+    }
+}
+
+#[async_trait]
+impl<I: Invoker> Invoker for Autoscaled<I> {
+    async fn deploy(&self, spec: FunctionSpec) -> Result<()> {
+        self.ensure_ticker();
+        let config = self.shared.config.kpa.clone().with_spec(&spec)?;
+        let f = spec.function_ref();
+        self.shared.inner.deploy(spec).await?;
+        let replicas =
+            self.shared.inner.status(&f).await.map(|s| clamp_u32(s.replicas)).unwrap_or(UNKNOWN);
+        self.shared.register(&f, config, replicas);
+        Ok(())
+    }
+
+    async fn update(&self, spec: FunctionSpec) -> Result<()> {
+        self.ensure_ticker();
+        let config = self.shared.config.kpa.clone().with_spec(&spec)?;
+        let f = spec.function_ref();
+        self.shared.inner.update(spec).await?;
+        let st = self.shared.register(&f, config, UNKNOWN);
+        if let Ok(s) = self.shared.inner.status(&f).await {
+            st.set_replicas(clamp_u32(s.replicas));
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, function: &FunctionRef) -> Result<()> {
+        self.shared.inner.remove(function).await?;
+        lock(&self.shared.functions).remove(function);
+        Ok(())
+    }
+
+    async fn list(&self, namespace: &str) -> Result<Vec<FunctionStatus>> {
+        self.shared.inner.list(namespace).await
+    }
+
+    async fn status(&self, function: &FunctionRef) -> Result<FunctionStatus> {
+        self.shared.inner.status(function).await
+    }
+
+    async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<()> {
+        self.shared.inner.scale(function, replicas).await?;
+        if let Some(st) = lock(&self.shared.functions).get(function) {
+            st.set_replicas(replicas);
+        }
+        Ok(())
+    }
+
+    async fn invoke(&self, invocation: Invocation) -> Result<Response> {
+        self.ensure_ticker();
+        let f = invocation.function.clone();
+        let Some(st) = self.state_for(&f).await else {
+            // Unknown to the backend too: let it answer (NotFound).
+            return self.shared.inner.invoke(invocation).await;
+        };
+        let _in_flight = InFlight::begin(&st);
+        if st.cold.load(Ordering::Acquire) {
+            self.activate(&f, &st).await?;
+        }
+        self.shared.inner.invoke(invocation).await
+    }
+
+    async fn logs(&self, request: LogsRequest) -> Result<LogStream> {
+        self.shared.inner.logs(request).await
+    }
+
+    async fn list_secrets(&self, namespace: &str) -> Result<Vec<SecretInfo>> {
+        self.shared.inner.list_secrets(namespace).await
+    }
+
+    async fn create_secret(&self, secret: Secret) -> Result<()> {
+        self.shared.inner.create_secret(secret).await
+    }
+
+    async fn update_secret(&self, secret: Secret) -> Result<()> {
+        self.shared.inner.update_secret(secret).await
+    }
+
+    async fn remove_secret(&self, namespace: &str, name: &str) -> Result<()> {
+        self.shared.inner.remove_secret(namespace, name).await
+    }
+
+    async fn namespaces(&self) -> Result<Vec<String>> {
+        self.shared.inner.namespaces().await
+    }
+
+    fn info(&self) -> ProviderInfo {
+        self.shared.inner.info()
+    }
+}
+
+#[cfg(test)]
+mod tests;

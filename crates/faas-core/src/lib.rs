@@ -45,6 +45,11 @@ pub use invocation::{
 pub use invoker::{
     Invoker, InvokerExt, LogEntry, LogStream, LogsRequest, ProviderInfo, Secret, SecretInfo,
 };
+pub use memory::MemoryInvoker;
 pub use queue::{QueueConsumer, QueuePublisher, QueuedInvocation};
-pub use scheduler::{Constraint, InstanceView, LeastLoaded, Node, PlacementRequest, Scheduler};
+pub use autoscale::{AutoscaleConfig, Autoscaled, Kpa, KpaConfig, Observation};
+pub use scheduler::{
+    check_placement, scheduler_for, Constraint, InstanceView, LeastLoaded, Node,
+    PlacementRequest, Scheduler, Schedulers, Strategy, SCHEDULER_LABEL,
+};
 pub use spec::{FunctionSpec, FunctionStatus, Resources, ScalingMetric, ScalingPolicy, Usage};

@@ -1,1 +1,1203 @@
-//! The in-memory backend: Rust handlers deployed in-process. (Being built: see issue 2.)
+//! The in-memory backend: Rust handlers deployed in-process.
+//!
+//! [`MemoryInvoker`] implements the whole [`Invoker`] contract without sockets, processes or
+//! containers: it is how you unit-test handlers, and the reference backend the conformance
+//! suite is written against.
+//!
+//! - Handlers are registered under an *image* name ([`MemoryInvoker::register`]); deploying a
+//!   [`FunctionSpec`] instantiates the handler registered under `spec.image`.
+//! - Each replica is an *instance*: a clone of the registered handler with an id of its own,
+//!   serving at most `spec.max_concurrency` invocations at once (unlimited when unset).
+//!   Invocations are routed to instances by the [`Scheduler`] (default [`LeastLoaded`]).
+//! - When every instance is busy an invocation **waits** in a per-function queue, bounded in
+//!   length ([`MemoryInvokerBuilder::queue_limit`]) and in time
+//!   ([`MemoryInvokerBuilder::queue_timeout`]); past either bound it fails with
+//!   [`Error::Overloaded`].
+//! - `spec.timeout` bounds each invocation (unset: no limit): past it the handler is dropped
+//!   and the caller gets a developer error of kind [`DeveloperErrorKind::Timeout`] naming the
+//!   timeout. A panicking handler gives a developer error of kind
+//!   [`DeveloperErrorKind::Crash`] and its instance is replaced by a fresh one (a new
+//!   instance id, started with the simulated cold start).
+//! - Scaling: [`Invoker::scale`] sets the replica count (clamped to the policy's `max`).
+//!   When the scaling policy allows zero (`com.openfaas.scale.zero=true`), a function with no
+//!   invocation for its idle time (`com.openfaas.scale.zero-duration`) goes to zero replicas;
+//!   the next invocation scales it back to `max(1, min)` replicas and waits for the
+//!   simulated cold start ([`MemoryInvokerBuilder::cold_start`]). Everything runs on tokio
+//!   time, so tests can use `#[tokio::test(start_paused = true)]`.
+//! - Log lines a handler writes with [`Context::log`] are kept per function and instance
+//!   (bounded), and survive scale to zero; [`Invoker::logs`] reads them, `follow` included.
+//! - Every completed invocation leaves an OpenWhisk [`Activation`] record in a bounded store
+//!   ([`MemoryInvoker::activation`], [`MemoryInvoker::activations`]); the response carries an
+//!   [`InvocationMeta`] in its extensions.
+//! - Env vars and secrets named by the spec reach the handler through its [`Context`].
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use faas_core::{
+//!     handler_fn, Context, Error, FunctionSpec, Invocation, InvocationMeta, Invoker,
+//!     InvokerExt, MemoryInvoker, Request, Secret, StartKind,
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Error> {
+//! let invoker = MemoryInvoker::builder().cold_start(Duration::from_millis(5)).build();
+//! invoker.register("greeter:1", handler_fn(|req: Request, ctx: Context| async move {
+//!     let name = req.into_body().collect_limited(1024).await?;
+//!     let greeting = ctx.env("GREETING").unwrap_or("Hello");
+//!     let key = ctx.secret("api-key").map(|k| k.len()).unwrap_or(0);
+//!     ctx.log(format!("greeting with a {key}-byte key"));
+//!     Ok::<_, Error>(format!("{greeting}, {}!", String::from_utf8_lossy(&name)))
+//! }));
+//!
+//! invoker
+//!     .create_secret(Secret {
+//!         name: "api-key".into(),
+//!         namespace: "openfaas-fn".into(),
+//!         value: "s3cr3t".into(),
+//!     })
+//!     .await?;
+//! invoker
+//!     .deploy(FunctionSpec::new("hello", "greeter:1").env("GREETING", "Hi").secret("api-key"))
+//!     .await?;
+//!
+//! // The simple way: POST a body, get the response body.
+//! assert_eq!(invoker.call("hello", "Ann").await?, "Hi, Ann!");
+//!
+//! // The full way: an HTTP request in, an HTTP response out, with facts about the call.
+//! let inv = Invocation::post("hello", "Bob");
+//! let id = inv.id.clone();
+//! let resp = invoker.invoke(inv).await?;
+//! let meta = resp.extensions().get::<InvocationMeta>().unwrap().clone();
+//! assert_eq!(meta.start, StartKind::Warm);
+//! assert_eq!(resp.into_body().collect_bytes().await?, "Hi, Bob!");
+//!
+//! // The activation record and the logs.
+//! let activation = invoker.activation(&id).unwrap();
+//! assert!(activation.response.success);
+//! assert_eq!(activation.logs, ["greeting with a 6-byte key"]);
+//! let logs = invoker.read_logs(&"hello".into()).await?;
+//! assert_eq!(logs.len(), 2);
+//! assert_eq!(logs[0].instance, meta.instance);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{broadcast, Notify};
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use crate::activation::{Activation, ActivationResponse};
+use crate::error::{DeveloperErrorKind, Error, Result, StatusCode};
+use crate::function::{boxed, BoxFunction, Function, Response};
+use crate::invocation::StartKind;
+use crate::invocation::{Context, FunctionRef, Invocation, InvocationId, InvocationMeta, LogSink};
+use crate::invoker::{Invoker, LogEntry, LogStream, LogsRequest, ProviderInfo, Secret, SecretInfo};
+use crate::scheduler::{InstanceView, LeastLoaded, Scheduler};
+use crate::spec::{
+    validate_secret_name, FunctionSpec, FunctionStatus, ScalingPolicy, DEFAULT_NAMESPACE,
+};
+use crate::util;
+
+/// The provider name [`MemoryInvoker`] reports in [`ProviderInfo`].
+pub const PROVIDER: &str = "faas-rs-memory";
+
+/// Serial numbers of instances, unique in the process.
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Configures a [`MemoryInvoker`]; see [`MemoryInvoker::builder`].
+#[derive(Clone)]
+pub struct MemoryInvokerBuilder {
+    cold_start: Duration,
+    activation_limit: usize,
+    scheduler: Arc<dyn Scheduler>,
+    queue_limit: usize,
+    queue_timeout: Duration,
+    log_limit: usize,
+}
+
+impl std::fmt::Debug for MemoryInvokerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryInvokerBuilder")
+            .field("cold_start", &self.cold_start)
+            .field("activation_limit", &self.activation_limit)
+            .field("queue_limit", &self.queue_limit)
+            .field("queue_timeout", &self.queue_timeout)
+            .field("log_limit", &self.log_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryInvokerBuilder {
+    fn default() -> Self {
+        MemoryInvokerBuilder {
+            cold_start: Duration::ZERO,
+            activation_limit: 10_000,
+            scheduler: Arc::new(LeastLoaded::new()),
+            queue_limit: 1024,
+            queue_timeout: Duration::from_secs(60),
+            log_limit: 10_000,
+        }
+    }
+}
+
+impl MemoryInvokerBuilder {
+    /// Simulated start-up time of a new instance (default zero): instances started by deploy,
+    /// scale, scale from zero or a crash become ready only after it, and invocations that
+    /// waited for it are reported as cold starts with this `initTime`.
+    pub fn cold_start(mut self, d: Duration) -> Self {
+        self.cold_start = d;
+        self
+    }
+
+    /// How many activation records to keep, oldest dropped first (default 10 000; 0 keeps
+    /// none).
+    pub fn activation_limit(mut self, n: usize) -> Self {
+        self.activation_limit = n;
+        self
+    }
+
+    /// The scheduler routing invocations to instances (default [`LeastLoaded`]).
+    pub fn scheduler(mut self, s: Arc<dyn Scheduler>) -> Self {
+        self.scheduler = s;
+        self
+    }
+
+    /// How many invocations of one function may wait for a busy instance (default 1024);
+    /// beyond it invocations fail at once with [`Error::Overloaded`].
+    pub fn queue_limit(mut self, n: usize) -> Self {
+        self.queue_limit = n;
+        self
+    }
+
+    /// How long an invocation may wait for a free or starting instance (default 60 s);
+    /// past it the invocation fails with [`Error::Overloaded`] (every instance busy) or
+    /// [`Error::Unavailable`] (no instance became ready).
+    pub fn queue_timeout(mut self, d: Duration) -> Self {
+        self.queue_timeout = d;
+        self
+    }
+
+    /// How many log lines to keep per function, oldest dropped first (default 10 000).
+    pub fn log_limit(mut self, n: usize) -> Self {
+        self.log_limit = n;
+        self
+    }
+
+    /// Builds the invoker.
+    pub fn build(self) -> MemoryInvoker {
+        MemoryInvoker {
+            inner: Arc::new(Shared {
+                cfg: self,
+                handlers: RwLock::new(HashMap::new()),
+                functions: RwLock::new(HashMap::new()),
+                secrets: Mutex::new(BTreeMap::new()),
+                activations: Mutex::new(VecDeque::new()),
+            }),
+        }
+    }
+}
+
+/// The in-memory backend; see the [module docs](self) for its behaviour and an example.
+///
+/// Cheap to clone: clones share the same functions, secrets, logs and activations.
+#[derive(Clone)]
+pub struct MemoryInvoker {
+    inner: Arc<Shared>,
+}
+
+impl std::fmt::Debug for MemoryInvoker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.inner.functions.read().map(|m| m.len()).unwrap_or(0);
+        f.debug_struct("MemoryInvoker").field("functions", &n).finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryInvoker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct Shared {
+    cfg: MemoryInvokerBuilder,
+    handlers: RwLock<HashMap<String, BoxFunction>>,
+    functions: RwLock<HashMap<FunctionRef, Arc<Deployed>>>,
+    /// (namespace, name) -> value.
+    secrets: Mutex<BTreeMap<(String, String), Bytes>>,
+    activations: Mutex<VecDeque<Record>>,
+}
+
+/// What a running instance sees of its function's configuration.
+struct RunConfig {
+    env: Arc<BTreeMap<String, String>>,
+    secrets: Arc<BTreeMap<String, Bytes>>,
+    timeout: Option<Duration>,
+}
+
+struct Deployed {
+    fref: Arc<FunctionRef>,
+    created: SystemTime,
+    cold_start: Duration,
+    state: Mutex<State>,
+    notify: Notify,
+    logs: Arc<LogBook>,
+}
+
+struct State {
+    spec: FunctionSpec,
+    policy: ScalingPolicy,
+    prototype: BoxFunction,
+    run: Arc<RunConfig>,
+    desired: u32,
+    /// Parallel to `views` (the scheduler's input).
+    instances: Vec<Instance>,
+    views: Vec<InstanceView>,
+    /// Invocations waiting because every instance is busy (bounded by `queue_limit`).
+    queued: usize,
+    /// Invocations waiting on `notify` for any reason.
+    sleepers: usize,
+    invocation_count: u64,
+    last_activity: Instant,
+    removed: bool,
+    reaper: bool,
+}
+
+struct Instance {
+    serial: u64,
+    id: Arc<str>,
+    handler: BoxFunction,
+    logger: LogSink,
+    served: bool,
+}
+
+impl Deployed {
+    /// Starts one instance (ready at once without a cold start, else after it).
+    fn start_instance(self: &Arc<Self>, st: &mut State) {
+        let serial = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
+        let id: Arc<str> = format!("{}-{serial}", self.fref.name).into();
+        let delayed = !self.cold_start.is_zero() && tokio::runtime::Handle::try_current().is_ok();
+        st.views.push(InstanceView {
+            id: id.to_string(),
+            node: None,
+            in_flight: 0,
+            max_concurrency: st.spec.max_concurrency,
+            ready: !delayed,
+        });
+        st.instances.push(Instance {
+            serial,
+            id: id.clone(),
+            handler: st.prototype.clone(),
+            logger: self.logs.sink(id),
+            served: false,
+        });
+        if delayed {
+            let weak = Arc::downgrade(self);
+            let after = self.cold_start;
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                if let Some(d) = weak.upgrade() {
+                    let mut st = lock(&d.state);
+                    if let Some(i) = st.instances.iter().position(|x| x.serial == serial) {
+                        st.views[i].ready = true;
+                    }
+                    drop(st);
+                    d.notify.notify_waiters();
+                }
+            });
+        }
+    }
+
+    /// Sets the instance count to `n`, removing idle or starting instances first. Returns
+    /// whether waiters should be woken.
+    fn set_instances(self: &Arc<Self>, st: &mut State, n: u32) -> bool {
+        let n = n as usize;
+        let grew = st.instances.len() < n;
+        while st.instances.len() < n {
+            self.start_instance(st);
+        }
+        while st.instances.len() > n {
+            let victim = st
+                .views
+                .iter()
+                .rposition(|v| !v.ready)
+                .or_else(|| st.views.iter().rposition(|v| v.in_flight == 0))
+                .unwrap_or(st.views.len() - 1);
+            st.instances.remove(victim);
+            st.views.remove(victim);
+        }
+        grew
+    }
+
+    /// Replaces every instance by a fresh one (after an update).
+    fn restart_all(self: &Arc<Self>, st: &mut State) {
+        st.instances.clear();
+        st.views.clear();
+        let n = st.desired;
+        self.set_instances(st, n);
+    }
+
+    fn ensure_reaper(self: &Arc<Self>, st: &mut State) {
+        if st.reaper || st.removed || !st.policy.allow_zero || st.desired == 0 {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        st.reaper = true;
+        rt.spawn(reap(Arc::downgrade(self)));
+    }
+}
+
+/// Scales an idle function to zero once its policy's idle time has passed.
+async fn reap(weak: Weak<Deployed>) {
+    loop {
+        let wake = {
+            let Some(d) = weak.upgrade() else { return };
+            let mut st = lock(&d.state);
+            if st.removed || !st.policy.allow_zero || st.desired == 0 {
+                st.reaper = false;
+                return;
+            }
+            let idle = st.policy.idle_timeout();
+            let busy = st.sleepers > 0 || st.views.iter().any(|v| v.in_flight > 0);
+            let now = Instant::now();
+            if busy {
+                now + idle
+            } else if now >= st.last_activity + idle {
+                st.desired = 0;
+                st.instances.clear();
+                st.views.clear();
+                st.reaper = false;
+                return;
+            } else {
+                st.last_activity + idle
+            }
+        };
+        tokio::time::sleep_until(wake).await;
+    }
+}
+
+/// An instance slot taken by one invocation; released (even on cancellation) when dropped.
+struct Lease {
+    d: Arc<Deployed>,
+    serial: u64,
+    crashed: bool,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut st = lock(&self.d.state);
+        st.last_activity = Instant::now();
+        let mut wake_all = false;
+        if let Some(i) = st.instances.iter().position(|x| x.serial == self.serial) {
+            if self.crashed {
+                st.instances.remove(i);
+                st.views.remove(i);
+                if !st.removed && st.instances.len() < st.desired as usize {
+                    self.d.start_instance(&mut st);
+                    wake_all = true;
+                }
+            } else {
+                let v = &mut st.views[i];
+                v.in_flight = v.in_flight.saturating_sub(1);
+            }
+        }
+        let wake = st.sleepers > 0;
+        drop(st);
+        if wake_all {
+            self.d.notify.notify_waiters();
+        } else if wake {
+            self.d.notify.notify_one();
+        }
+    }
+}
+
+/// Accounts for an invocation waiting on a function's `notify`.
+struct Waiter {
+    d: Arc<Deployed>,
+    queued: bool,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut st = lock(&self.d.state);
+        st.sleepers = st.sleepers.saturating_sub(1);
+        if self.queued {
+            st.queued = st.queued.saturating_sub(1);
+        }
+        let others = st.sleepers > 0;
+        drop(st);
+        // A wake-up this waiter may have consumed without using goes to the next one.
+        if others {
+            self.d.notify.notify_one();
+        }
+    }
+}
+
+struct Claim {
+    lease: Lease,
+    instance: Arc<str>,
+    handler: BoxFunction,
+    logger: LogSink,
+    run: Arc<RunConfig>,
+    start: StartKind,
+}
+
+/// Takes a slot on the instance the scheduler picks, if any has capacity.
+fn try_claim(
+    d: &Arc<Deployed>,
+    st: &mut State,
+    scheduler: &dyn Scheduler,
+    cold: bool,
+) -> Option<Claim> {
+    let i = scheduler.route(&d.fref, &st.views)?;
+    if !st.views.get(i)?.has_capacity() {
+        return None;
+    }
+    st.views[i].in_flight += 1;
+    st.invocation_count += 1;
+    st.last_activity = Instant::now();
+    let inst = &mut st.instances[i];
+    let first = !inst.served;
+    inst.served = true;
+    Some(Claim {
+        lease: Lease { d: d.clone(), serial: inst.serial, crashed: false },
+        instance: inst.id.clone(),
+        handler: inst.handler.clone(),
+        logger: inst.logger.clone(),
+        run: st.run.clone(),
+        start: if cold && first { StartKind::Cold } else { StartKind::Warm },
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Logs
+
+struct LogBook {
+    fref: Arc<FunctionRef>,
+    limit: usize,
+    next_seq: AtomicU64,
+    entries: Mutex<VecDeque<(u64, LogEntry)>>,
+    tx: Mutex<Option<broadcast::Sender<LogEntry>>>,
+}
+
+impl LogBook {
+    fn new(fref: Arc<FunctionRef>, limit: usize) -> Self {
+        LogBook {
+            fref,
+            limit,
+            next_seq: AtomicU64::new(0),
+            entries: Mutex::new(VecDeque::new()),
+            tx: Mutex::new(Some(broadcast::channel(1024).0)),
+        }
+    }
+
+    fn sink(self: &Arc<Self>, instance: Arc<str>) -> LogSink {
+        let book = self.clone();
+        LogSink::new(move |line| book.push(&instance, line))
+    }
+
+    fn seq(&self) -> u64 {
+        self.next_seq.load(Ordering::Acquire)
+    }
+
+    fn push(&self, instance: &str, line: &str) {
+        let entry = LogEntry {
+            name: self.fref.name.clone(),
+            namespace: self.fref.namespace.clone(),
+            instance: instance.to_string(),
+            timestamp: SystemTime::now(),
+            text: line.trim_end_matches(['\n', '\r']).to_string(),
+        };
+        let mut entries = lock(&self.entries);
+        let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
+        if self.limit > 0 {
+            if entries.len() >= self.limit {
+                entries.pop_front();
+            }
+            entries.push_back((seq, entry.clone()));
+        }
+        if let Some(tx) = lock(&self.tx).as_ref() {
+            let _ = tx.send(entry);
+        }
+    }
+
+    /// Lines of `instance` with sequence numbers in `from..to`.
+    fn lines(&self, instance: &str, from: u64, to: u64) -> Vec<String> {
+        if from == to {
+            return Vec::new();
+        }
+        lock(&self.entries)
+            .iter()
+            .filter(|(s, e)| *s >= from && *s < to && e.instance == instance)
+            .map(|(_, e)| e.text.clone())
+            .collect()
+    }
+
+    fn close(&self) {
+        lock(&self.tx).take();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Activations
+
+struct Record {
+    id: InvocationId,
+    fref: Arc<FunctionRef>,
+    start: SystemTime,
+    end: SystemTime,
+    outcome: std::result::Result<u16, Error>,
+    instance: Arc<str>,
+    kind: StartKind,
+    wait_time: Duration,
+    init_time: Option<Duration>,
+    logs: Arc<LogBook>,
+    seq: (u64, u64),
+}
+
+impl Record {
+    fn to_activation(&self) -> Activation {
+        let response = match &self.outcome {
+            Ok(status) if *status >= 500 => ActivationResponse {
+                status: StatusCode::ApplicationError.as_str().into(),
+                status_code: StatusCode::ApplicationError,
+                success: false,
+                result: serde_json::json!({ "statusCode": status }),
+            },
+            Ok(status) => ActivationResponse::success(serde_json::json!({ "statusCode": status })),
+            Err(e) => ActivationResponse::error(e),
+        };
+        let mut a = Activation::new(self.id.clone(), &self.fref, self.start, self.end, response);
+        a.annotate_meta(&InvocationMeta {
+            instance: self.instance.to_string(),
+            start: self.kind,
+            wait_time: self.wait_time,
+            init_time: self.init_time,
+        });
+        a.annotate("kind", serde_json::json!("rust:memory"));
+        a.logs = self.logs.lines(&self.instance, self.seq.0, self.seq.1);
+        a
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The invoker
+
+impl MemoryInvoker {
+    /// An invoker with default settings (no cold start, least-loaded routing).
+    pub fn new() -> Self {
+        MemoryInvokerBuilder::default().build()
+    }
+
+    /// A builder for custom settings.
+    pub fn builder() -> MemoryInvokerBuilder {
+        MemoryInvokerBuilder::default()
+    }
+
+    /// Registers handler `f` under `image`; specs whose `image` is this name deploy it.
+    /// Registering an image again replaces its handler for later deploys and updates.
+    pub fn register(&self, image: impl Into<String>, f: impl Function) -> &Self {
+        let mut handlers = self.inner.handlers.write().unwrap_or_else(|e| e.into_inner());
+        handlers.insert(image.into(), boxed(f));
+        self
+    }
+
+    /// The activation record of an invocation, while it is in the bounded store.
+    pub fn activation(&self, id: &InvocationId) -> Option<Activation> {
+        let store = lock(&self.inner.activations);
+        store.iter().rev().find(|r| &r.id == id).map(Record::to_activation)
+    }
+
+    /// The latest `limit` activation records of `function`, newest first.
+    pub fn activations(&self, function: &FunctionRef, limit: usize) -> Vec<Activation> {
+        let store = lock(&self.inner.activations);
+        store
+            .iter()
+            .rev()
+            .filter(|r| *r.fref == *function)
+            .take(limit)
+            .map(Record::to_activation)
+            .collect()
+    }
+
+    /// The instances of `function` as the scheduler sees them (id, in-flight count,
+    /// concurrency limit, readiness).
+    pub fn instances(&self, function: &FunctionRef) -> Result<Vec<InstanceView>> {
+        let d = self.inner.function(function)?;
+        let st = lock(&d.state);
+        Ok(st.views.clone())
+    }
+}
+
+impl Shared {
+    fn function(&self, f: &FunctionRef) -> Result<Arc<Deployed>> {
+        let functions = self.functions.read().unwrap_or_else(|e| e.into_inner());
+        functions.get(f).cloned().ok_or_else(|| Error::function_not_found(f.to_string()))
+    }
+
+    fn prototype(&self, image: &str) -> Result<BoxFunction> {
+        let handlers = self.handlers.read().unwrap_or_else(|e| e.into_inner());
+        handlers.get(image).cloned().ok_or_else(|| {
+            Error::invalid(
+                "image",
+                format!(
+                    "no handler is registered under image {image:?}; \
+                     call MemoryInvoker::register({image:?}, handler) first"
+                ),
+            )
+        })
+    }
+
+    fn resolve_secrets(&self, ns: &str, names: &[String]) -> Result<BTreeMap<String, Bytes>> {
+        let secrets = lock(&self.secrets);
+        let mut out = BTreeMap::new();
+        for (i, name) in names.iter().enumerate() {
+            let key = (ns.to_string(), name.clone());
+            let v = secrets.get(&key).ok_or_else(|| {
+                Error::invalid(
+                    format!("secrets[{i}]"),
+                    format!("secret {name:?} does not exist in namespace {ns:?}"),
+                )
+            })?;
+            out.insert(name.clone(), v.clone());
+        }
+        Ok(out)
+    }
+
+    /// Validates `spec` and resolves what an instance needs.
+    fn prepare(&self, spec: &FunctionSpec) -> Result<(ScalingPolicy, BoxFunction, RunConfig)> {
+        spec.validate()?;
+        let policy = spec.scaling_policy()?;
+        let prototype = self.prototype(&spec.image)?;
+        let secrets = self.resolve_secrets(spec.namespace_or_default(), &spec.secrets)?;
+        let run = RunConfig {
+            env: Arc::new(spec.env_vars.clone()),
+            secrets: Arc::new(secrets),
+            timeout: spec.timeout,
+        };
+        Ok((policy, prototype, run))
+    }
+
+    fn record(&self, r: Record) {
+        let limit = self.cfg.activation_limit;
+        if limit == 0 {
+            return;
+        }
+        let mut store = lock(&self.activations);
+        while store.len() >= limit {
+            store.pop_front();
+        }
+        store.push_back(r);
+    }
+
+    fn deployed(&self) -> Vec<Arc<Deployed>> {
+        let functions = self.functions.read().unwrap_or_else(|e| e.into_inner());
+        functions.values().cloned().collect()
+    }
+}
+
+fn validate_namespace(ns: &str) -> Result<()> {
+    util::validate_dns1123_label(ns).map_err(|r| Error::invalid("namespace", r))
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s
+    } else {
+        "(non-string panic payload)"
+    }
+}
+
+fn status_of(d: &Deployed) -> FunctionStatus {
+    let st = lock(&d.state);
+    let mut s = FunctionStatus::from_spec(&st.spec);
+    s.invocation_count = st.invocation_count;
+    s.replicas = u64::from(st.desired);
+    s.available_replicas = st.views.iter().filter(|v| v.ready).count() as u64;
+    s.created_at = Some(d.created);
+    s
+}
+
+#[async_trait]
+impl Invoker for MemoryInvoker {
+    async fn deploy(&self, spec: FunctionSpec) -> Result<()> {
+        let (policy, prototype, run) = self.inner.prepare(&spec)?;
+        let fref = Arc::new(spec.function_ref());
+        let mut functions = self.inner.functions.write().unwrap_or_else(|e| e.into_inner());
+        if functions.contains_key(&*fref) {
+            return Err(Error::AlreadyExists { kind: "function", name: fref.to_string() });
+        }
+        let desired = policy.min;
+        let d = Arc::new(Deployed {
+            fref: fref.clone(),
+            created: SystemTime::now(),
+            cold_start: self.inner.cfg.cold_start,
+            logs: Arc::new(LogBook::new(fref.clone(), self.inner.cfg.log_limit)),
+            notify: Notify::new(),
+            state: Mutex::new(State {
+                spec,
+                policy,
+                prototype,
+                run: Arc::new(run),
+                desired,
+                instances: Vec::new(),
+                views: Vec::new(),
+                queued: 0,
+                sleepers: 0,
+                invocation_count: 0,
+                last_activity: Instant::now(),
+                removed: false,
+                reaper: false,
+            }),
+        });
+        {
+            let mut st = lock(&d.state);
+            d.set_instances(&mut st, desired);
+            d.ensure_reaper(&mut st);
+        }
+        functions.insert((*fref).clone(), d);
+        Ok(())
+    }
+
+    async fn update(&self, spec: FunctionSpec) -> Result<()> {
+        let d = self.inner.function(&spec.function_ref())?;
+        let (policy, prototype, run) = self.inner.prepare(&spec)?;
+        {
+            let mut st = lock(&d.state);
+            if st.removed {
+                return Err(Error::function_not_found(d.fref.to_string()));
+            }
+            st.desired = st.desired.min(policy.max);
+            st.spec = spec;
+            st.policy = policy;
+            st.prototype = prototype;
+            st.run = Arc::new(run);
+            st.last_activity = Instant::now();
+            d.restart_all(&mut st);
+            d.ensure_reaper(&mut st);
+        }
+        d.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn remove(&self, function: &FunctionRef) -> Result<()> {
+        let d = {
+            let mut functions = self.inner.functions.write().unwrap_or_else(|e| e.into_inner());
+            functions
+                .remove(function)
+                .ok_or_else(|| Error::function_not_found(function.to_string()))?
+        };
+        {
+            let mut st = lock(&d.state);
+            st.removed = true;
+            st.desired = 0;
+            st.instances.clear();
+            st.views.clear();
+        }
+        d.logs.close();
+        d.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn list(&self, namespace: &str) -> Result<Vec<FunctionStatus>> {
+        validate_namespace(namespace)?;
+        let mut out: Vec<FunctionStatus> = self
+            .inner
+            .deployed()
+            .iter()
+            .filter(|d| d.fref.namespace == namespace)
+            .map(|d| status_of(d))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn status(&self, function: &FunctionRef) -> Result<FunctionStatus> {
+        let d = self.inner.function(function)?;
+        Ok(status_of(&d))
+    }
+
+    async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<()> {
+        let d = self.inner.function(function)?;
+        let wake = {
+            let mut st = lock(&d.state);
+            let n = replicas.min(st.policy.max);
+            st.desired = n;
+            st.last_activity = Instant::now();
+            let grew = d.set_instances(&mut st, n);
+            d.ensure_reaper(&mut st);
+            grew
+        };
+        if wake {
+            d.notify.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn invoke(&self, invocation: Invocation) -> Result<Response> {
+        let d = self.inner.function(&invocation.function)?;
+        let cfg = &self.inner.cfg;
+        let arrived = Instant::now();
+        let mut waiter: Option<Waiter> = None;
+        let mut cold = false;
+        let claim = loop {
+            let notified = d.notify.notified();
+            tokio::pin!(notified);
+            let waiting_for_start = {
+                let mut st = lock(&d.state);
+                if st.removed {
+                    return Err(Error::function_not_found(d.fref.to_string()));
+                }
+                if let Some(c) = try_claim(&d, &mut st, &*cfg.scheduler, cold) {
+                    break c;
+                }
+                if st.instances.is_empty() {
+                    // Scale from zero.
+                    cold = true;
+                    let n = st.policy.min.max(1).min(st.policy.max);
+                    st.desired = n;
+                    d.set_instances(&mut st, n);
+                    d.ensure_reaper(&mut st);
+                    if let Some(c) = try_claim(&d, &mut st, &*cfg.scheduler, cold) {
+                        break c;
+                    }
+                }
+                let starting = st.views.iter().any(|v| !v.ready);
+                cold |= starting;
+                let w = match &mut waiter {
+                    Some(w) => w,
+                    None => {
+                        st.sleepers += 1;
+                        waiter.insert(Waiter { d: d.clone(), queued: false })
+                    }
+                };
+                if !starting && !w.queued {
+                    if st.queued >= cfg.queue_limit {
+                        return Err(Error::Overloaded {
+                            message: format!(
+                                "every instance of {} is busy and {} invocations are queued",
+                                d.fref, st.queued
+                            ),
+                            retry_after: Some(Duration::from_secs(1)),
+                        });
+                    }
+                    st.queued += 1;
+                    w.queued = true;
+                }
+                notified.as_mut().enable();
+                starting
+            };
+            if tokio::time::timeout_at(arrived + cfg.queue_timeout, notified).await.is_err() {
+                let after = util::format_duration(cfg.queue_timeout);
+                return Err(if waiting_for_start {
+                    Error::unavailable(format!("no instance of {} became ready in {after}", d.fref))
+                } else {
+                    Error::Overloaded {
+                        message: format!("every instance of {} stayed busy for {after}", d.fref),
+                        retry_after: Some(Duration::from_secs(1)),
+                    }
+                });
+            }
+        };
+        drop(waiter);
+        let Claim { mut lease, instance, handler, logger, run, start } = claim;
+        let wait_time = arrived.elapsed();
+        let init_time = (start == StartKind::Cold).then_some(d.cold_start);
+
+        let Invocation { id, function, mut request } = invocation;
+        request.extensions_mut().insert(Context {
+            id: Some(id.clone()),
+            function: Some(function),
+            instance: Some(instance.to_string()),
+            env: run.env.clone(),
+            secrets: run.secrets.clone(),
+            deadline: run.timeout.map(|t| std::time::Instant::now() + t),
+            logger,
+        });
+        let seq0 = d.logs.seq();
+        let started = SystemTime::now();
+        let call = AssertUnwindSafe(handler.oneshot(request)).catch_unwind();
+        let outcome = match run.timeout {
+            None => call.await,
+            Some(t) => match tokio::time::timeout(t, call).await {
+                Ok(r) => r,
+                Err(_) => Ok(Err(Error::timeout(format_args!("function {} exec", d.fref), t))),
+            },
+        };
+        let result = match outcome {
+            Ok(r) => r,
+            Err(panic) => {
+                lease.crashed = true;
+                Err(Error::developer(
+                    DeveloperErrorKind::Crash,
+                    format!(
+                        "function {} crashed (instance {instance} panicked: {}); \
+                         the instance was replaced",
+                        d.fref,
+                        panic_message(&*panic)
+                    ),
+                ))
+            }
+        };
+        let ended = SystemTime::now();
+        drop(lease);
+        self.inner.record(Record {
+            id,
+            fref: d.fref.clone(),
+            start: started,
+            end: ended,
+            outcome: match &result {
+                Ok(r) => Ok(r.status().as_u16()),
+                Err(e) => Err(e.clone()),
+            },
+            instance: instance.clone(),
+            kind: start,
+            wait_time,
+            init_time,
+            logs: d.logs.clone(),
+            seq: (seq0, d.logs.seq()),
+        });
+        let mut resp = result?;
+        resp.extensions_mut().insert(InvocationMeta {
+            instance: instance.to_string(),
+            start,
+            wait_time,
+            init_time,
+        });
+        Ok(resp)
+    }
+
+    async fn logs(&self, request: LogsRequest) -> Result<LogStream> {
+        let function = request
+            .function
+            .as_ref()
+            .ok_or_else(|| Error::invalid("name", "a function name is required"))?;
+        let d = self.inner.function(function)?;
+        let wanted = |e: &LogEntry| {
+            request.instance.as_deref().is_none_or(|i| e.instance == i)
+                && request.since.is_none_or(|s| e.timestamp >= s)
+        };
+        let (snapshot, rx) = {
+            let entries = lock(&d.logs.entries);
+            let mut snap: Vec<LogEntry> =
+                entries.iter().map(|(_, e)| e).filter(|e| wanted(e)).cloned().collect();
+            if let Some(t) = request.tail {
+                let skip = snap.len().saturating_sub(t);
+                snap.drain(..skip);
+            }
+            let rx = if request.follow {
+                lock(&d.logs.tx).as_ref().map(|tx| tx.subscribe())
+            } else {
+                None
+            };
+            (snap, rx)
+        };
+        let head = futures::stream::iter(snapshot.into_iter().map(Ok));
+        let Some(rx) = rx else {
+            return Ok(head.boxed());
+        };
+        let instance = request.instance.clone();
+        let since = request.since;
+        let tail = futures::stream::unfold(rx, move |mut rx| {
+            let instance = instance.clone();
+            async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(e) => {
+                            if instance.as_deref().is_none_or(|i| e.instance == i)
+                                && since.is_none_or(|s| e.timestamp >= s)
+                            {
+                                return Some((Ok(e), rx));
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        });
+        Ok(head.chain(tail).boxed())
+    }
+
+    async fn list_secrets(&self, namespace: &str) -> Result<Vec<SecretInfo>> {
+        validate_namespace(namespace)?;
+        let secrets = lock(&self.inner.secrets);
+        Ok(secrets
+            .keys()
+            .filter(|(ns, _)| ns == namespace)
+            .map(|(ns, name)| SecretInfo { name: name.clone(), namespace: ns.clone() })
+            .collect())
+    }
+
+    async fn create_secret(&self, secret: Secret) -> Result<()> {
+        validate_secret_name(&secret.name).map_err(|r| Error::invalid("name", r))?;
+        validate_namespace(&secret.namespace)?;
+        let mut secrets = lock(&self.inner.secrets);
+        let key = (secret.namespace, secret.name);
+        if secrets.contains_key(&key) {
+            return Err(Error::AlreadyExists { kind: "secret", name: key.1 });
+        }
+        secrets.insert(key, secret.value);
+        Ok(())
+    }
+
+    async fn update_secret(&self, secret: Secret) -> Result<()> {
+        {
+            let mut secrets = lock(&self.inner.secrets);
+            let key = (secret.namespace.clone(), secret.name.clone());
+            match secrets.get_mut(&key) {
+                Some(v) => *v = secret.value.clone(),
+                None => return Err(Error::NotFound { kind: "secret", name: secret.name }),
+            }
+        }
+        // Functions using it see the new value from their next invocation on.
+        for d in self.inner.deployed() {
+            if d.fref.namespace != secret.namespace {
+                continue;
+            }
+            let mut st = lock(&d.state);
+            if st.spec.secrets.contains(&secret.name) {
+                let mut values = (*st.run.secrets).clone();
+                values.insert(secret.name.clone(), secret.value.clone());
+                st.run = Arc::new(RunConfig {
+                    env: st.run.env.clone(),
+                    secrets: Arc::new(values),
+                    timeout: st.run.timeout,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_secret(&self, namespace: &str, name: &str) -> Result<()> {
+        let mut secrets = lock(&self.inner.secrets);
+        secrets
+            .remove(&(namespace.to_string(), name.to_string()))
+            .map(|_| ())
+            .ok_or_else(|| Error::NotFound { kind: "secret", name: name.to_string() })
+    }
+
+    async fn namespaces(&self) -> Result<Vec<String>> {
+        let mut set = BTreeSet::new();
+        set.insert(DEFAULT_NAMESPACE.to_string());
+        for d in self.inner.deployed() {
+            set.insert(d.fref.namespace.clone());
+        }
+        for (ns, _) in lock(&self.inner.secrets).keys() {
+            set.insert(ns.clone());
+        }
+        Ok(set.into_iter().collect())
+    }
+
+    fn info(&self) -> ProviderInfo {
+        ProviderInfo {
+            provider: PROVIDER.into(),
+            orchestration: "memory".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::function::{handler_fn, Request};
+    use crate::invoker::InvokerExt;
+    use crate::scheduler::{Node, PlacementRequest};
+
+    /// Always picks instance 0, full or not.
+    struct Stubborn;
+
+    impl Scheduler for Stubborn {
+        fn place(&self, _: &PlacementRequest<'_>, _: &[Node]) -> Result<usize> {
+            Ok(0)
+        }
+        fn route(&self, _: &FunctionRef, instances: &[InstanceView]) -> Option<usize> {
+            (!instances.is_empty()).then_some(0)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scheduler_cannot_overfill_an_instance() {
+        let inv = MemoryInvoker::builder().scheduler(Arc::new(Stubborn)).build();
+        let peak = Arc::new(AtomicU64::new(0));
+        let now = Arc::new(AtomicU64::new(0));
+        let (p, n) = (peak.clone(), now.clone());
+        inv.register(
+            "count",
+            handler_fn(move |_: Request, _: Context| {
+                let (p, n) = (p.clone(), n.clone());
+                async move {
+                    let v = n.fetch_add(1, Ordering::SeqCst) + 1;
+                    p.fetch_max(v, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    n.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, Error>("ok")
+                }
+            }),
+        );
+        inv.deploy(FunctionSpec::new("c", "count").max_concurrency(2)).await.unwrap();
+        let calls = (0..6).map(|_| inv.call("c", "x"));
+        for r in futures::future::join_all(calls).await {
+            assert_eq!(r.unwrap(), "ok");
+        }
+        assert_eq!(peak.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn log_book_is_bounded_and_ranges_by_sequence() {
+        let book = Arc::new(LogBook::new(Arc::new(FunctionRef::default_ns("f")), 3));
+        let sink = book.sink("i1".into());
+        let other = book.sink("i2".into());
+        sink.log("a\n");
+        let from = book.seq();
+        other.log("b");
+        sink.log("c");
+        let to = book.seq();
+        sink.log("d");
+        sink.log("e");
+        let kept: Vec<_> = lock(&book.entries).iter().map(|(_, e)| e.text.clone()).collect();
+        assert_eq!(kept, ["c", "d", "e"], "oldest dropped, newline trimmed");
+        assert_eq!(book.lines("i1", from, to), ["c"]);
+        assert!(book.lines("i2", from, to).is_empty(), "b was dropped by the bound");
+    }
+
+    #[test]
+    fn panic_messages() {
+        let a: Box<dyn std::any::Any + Send> = Box::new("static");
+        let b: Box<dyn std::any::Any + Send> = Box::new(String::from("owned"));
+        let c: Box<dyn std::any::Any + Send> = Box::new(7u8);
+        assert_eq!(panic_message(&*a), "static");
+        assert_eq!(panic_message(&*b), "owned");
+        assert_eq!(panic_message(&*c), "(non-string panic payload)");
+    }
+
+    #[test]
+    fn works_without_a_tokio_runtime_for_management() {
+        let inv = MemoryInvoker::builder().cold_start(Duration::from_secs(1)).build();
+        inv.register("h", handler_fn(|_: Request, _: Context| async { Ok::<_, Error>("x") }));
+        inv.deploy(FunctionSpec::new("h", "h")).now_or_never().unwrap().unwrap();
+        let st = inv.status(&FunctionRef::default_ns("h")).now_or_never().unwrap().unwrap();
+        // Outside a runtime there is nothing to simulate the start with: ready at once.
+        assert_eq!(st.available_replicas, 1);
+        assert_eq!(inv.info().provider, PROVIDER);
+    }
+}

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::activation::{epoch_millis, Activation};
 use crate::body::Body;
 use crate::error::{Error, Result};
 use crate::event::Delivery;
@@ -131,6 +132,75 @@ impl QueuedInvocation {
     }
 }
 
+/// The header that carries the callback URL on `/async-function` requests.
+pub const CALLBACK_URL_HEADER: &str = "x-callback-url";
+
+impl QueuedInvocation {
+    /// Builds a queued invocation from an incoming request's parts: method, query and headers
+    /// come from `parts`, `path` is the suffix after `/async-function/NAME` (empty for none),
+    /// and the callback URL from the `X-Callback-Url` header (which is not forwarded to the
+    /// function). Header values that are not UTF-8 are dropped. `queued_at` is now.
+    pub fn from_parts(
+        call_id: InvocationId,
+        function: &FunctionRef,
+        parts: &http::request::Parts,
+        path: &str,
+        body: Bytes,
+    ) -> Self {
+        let mut callback_url = None;
+        let mut headers = Vec::with_capacity(parts.headers.len());
+        for (k, v) in &parts.headers {
+            let Ok(v) = v.to_str() else { continue };
+            if k.as_str() == CALLBACK_URL_HEADER {
+                callback_url = Some(v.to_string());
+            } else {
+                headers.push((k.as_str().to_string(), v.to_string()));
+            }
+        }
+        QueuedInvocation {
+            call_id,
+            function: function.name.clone(),
+            namespace: function.namespace.clone(),
+            method: parts.method.as_str().to_string(),
+            path: path.to_string(),
+            query: parts.uri.query().unwrap_or("").to_string(),
+            headers,
+            body,
+            callback_url,
+            attempt: 0,
+            queued_at: epoch_millis(std::time::SystemTime::now()),
+        }
+    }
+
+    /// The partition key: invocations of one function share it, so a backend that orders per
+    /// key (Kafka) delivers them in publish order.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.function)
+    }
+}
+
+/// Checks a callback URL: an absolute `http://` or `https://` URL with a host. Gives
+/// [`Error::InvalidSpec`] naming `callback_url` otherwise, so a gateway can answer 400.
+pub fn parse_callback_url(url: &str) -> Result<http::Uri> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| Error::invalid("callback_url", e.to_string()))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        Some(other) => {
+            return Err(Error::invalid(
+                "callback_url",
+                format!("scheme must be http or https, got {other:?}"),
+            ))
+        }
+        None => return Err(Error::invalid("callback_url", "must be an absolute URL")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(Error::invalid("callback_url", "has no host"));
+    }
+    Ok(uri)
+}
+
 /// Publishes queued invocations. A full queue answers [`Error::Overloaded`]; it never drops
 /// an accepted item.
 #[async_trait]
@@ -138,13 +208,219 @@ pub trait QueuePublisher: Send + Sync + 'static {
     /// Enqueues one invocation. `Ok` means it is durably accepted (as durable as the
     /// backend is).
     async fn publish(&self, item: QueuedInvocation) -> Result<()>;
+
+    /// Enqueues several invocations, one result per item in order. Backends that pipeline
+    /// (Kafka) override it to have them all in flight at once; the default publishes one
+    /// after the other.
+    async fn publish_batch(&self, items: Vec<QueuedInvocation>) -> Vec<Result<()>> {
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            out.push(self.publish(item).await);
+        }
+        out
+    }
 }
 
 /// Consumes queued invocations with explicit acknowledgement (at least once).
+///
+/// Acknowledge a delivery only once its invocation has finished (succeeded, failed for good
+/// or dead-lettered); a delivery dropped unsettled, or a consumer that stops without
+/// acknowledging, leaves the item to be delivered again.
 #[async_trait]
 pub trait QueueConsumer: Send + Sync + 'static {
     /// The next item; `Ok(None)` when the queue is closed.
     async fn next(&self) -> Result<Option<Delivery<QueuedInvocation>>>;
+
+    /// Stops consuming and releases the consumer's share of the queue (for Kafka: commits
+    /// what was acknowledged and leaves the group, so other consumers take over). Items not
+    /// yet acknowledged are delivered again later. The default does nothing.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// An invocation that ran out of attempts, with its last error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    /// The invocation as it was queued (with `attempt` set to the attempts made).
+    pub item: QueuedInvocation,
+    /// The last error (an error message or `status 503: <body>`).
+    pub error: String,
+    /// The HTTP status of the last attempt, if the function answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// When it was dead-lettered (milliseconds since the Unix epoch).
+    pub dead_lettered_at: u64,
+}
+
+/// Where invocations that ran out of attempts go (a dead-letter queue or topic).
+#[async_trait]
+pub trait DeadLetterSink: Send + Sync + 'static {
+    /// Stores one dead letter durably.
+    async fn dead_letter(&self, letter: DeadLetter) -> Result<()>;
+}
+
+/// Where an asynchronous invocation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AsyncState {
+    /// Accepted and waiting in the queue.
+    Queued,
+    /// A worker is invoking it (possibly retrying).
+    Running,
+    /// The function answered 2xx.
+    Succeeded,
+    /// Finished for good without success: a non-retryable status or error, or bad input
+    /// (unknown function, oversized payload, malformed request or callback URL).
+    Failed,
+    /// Retryable failures until the maximum attempts; sent to the dead letters.
+    DeadLettered,
+}
+
+impl AsyncState {
+    /// Whether the invocation is finished (succeeded, failed or dead-lettered).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, AsyncState::Succeeded | AsyncState::Failed | AsyncState::DeadLettered)
+    }
+
+    /// `queued`, `running`, `succeeded`, `failed` or `dead-lettered`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AsyncState::Queued => "queued",
+            AsyncState::Running => "running",
+            AsyncState::Succeeded => "succeeded",
+            AsyncState::Failed => "failed",
+            AsyncState::DeadLettered => "dead-lettered",
+        }
+    }
+}
+
+impl std::fmt::Display for AsyncState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happened to the callback POST of an asynchronous invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallbackOutcome {
+    /// Whether the callback URL answered 2xx.
+    pub delivered: bool,
+    /// POSTs made.
+    pub attempts: u32,
+    /// The last HTTP status the callback URL answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The last error, if not delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The record of one asynchronous invocation, found by its call id (JSON in camelCase:
+/// `callId`, `state`, `attempts`, ..., and `activation`, the OpenWhisk activation record
+/// once it finished).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AsyncActivation {
+    /// The call id (`X-Call-Id`).
+    pub call_id: InvocationId,
+    /// Function name.
+    pub function: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Where it is.
+    pub state: AsyncState,
+    /// Invocation attempts started so far.
+    pub attempts: u32,
+    /// When it was queued (milliseconds since the Unix epoch).
+    pub queued_at: u64,
+    /// When this record was last written (milliseconds since the Unix epoch).
+    pub updated_at: u64,
+    /// The HTTP status of the last attempt (the function's, or the error's mapping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The last error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The callback URL, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    /// What happened to the callback, once attempted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<CallbackOutcome>,
+    /// The activation record (start, end, duration, response), once finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<Activation>,
+}
+
+impl AsyncActivation {
+    /// The `queued` record of an item just accepted.
+    pub fn queued(item: &QueuedInvocation) -> Self {
+        AsyncActivation {
+            call_id: item.call_id.clone(),
+            function: item.function.clone(),
+            namespace: item.namespace.clone(),
+            state: AsyncState::Queued,
+            attempts: item.attempt,
+            queued_at: item.queued_at,
+            updated_at: epoch_millis(std::time::SystemTime::now()),
+            status: None,
+            error: None,
+            callback_url: item.callback_url.clone(),
+            callback: None,
+            activation: None,
+        }
+    }
+
+    /// Whether nothing remains to be done: finished, and the callback (if any) attempted.
+    pub fn is_settled(&self) -> bool {
+        self.state.is_terminal() && (self.callback_url.is_none() || self.callback.is_some())
+    }
+}
+
+/// Stores [`AsyncActivation`] records by call id, so a gateway can tell a caller what
+/// happened to an asynchronous invocation.
+#[async_trait]
+pub trait ActivationStore: Send + Sync + 'static {
+    /// Writes a record. A [`AsyncState::Queued`] record is written only if none exists for
+    /// its call id (a worker may have got there first); any other record replaces the
+    /// existing one.
+    async fn put(&self, record: AsyncActivation) -> Result<()>;
+
+    /// The record of a call id, if known.
+    async fn get(&self, call_id: &InvocationId) -> Result<Option<AsyncActivation>>;
+}
+
+#[async_trait]
+impl<T: ActivationStore + ?Sized> ActivationStore for std::sync::Arc<T> {
+    async fn put(&self, record: AsyncActivation) -> Result<()> {
+        (**self).put(record).await
+    }
+    async fn get(&self, call_id: &InvocationId) -> Result<Option<AsyncActivation>> {
+        (**self).get(call_id).await
+    }
+}
+
+#[async_trait]
+impl<T: QueuePublisher + ?Sized> QueuePublisher for std::sync::Arc<T> {
+    async fn publish(&self, item: QueuedInvocation) -> Result<()> {
+        (**self).publish(item).await
+    }
+    async fn publish_batch(&self, items: Vec<QueuedInvocation>) -> Vec<Result<()>> {
+        (**self).publish_batch(items).await
+    }
+}
+
+#[async_trait]
+impl<T: QueueConsumer + ?Sized> QueueConsumer for std::sync::Arc<T> {
+    async fn next(&self) -> Result<Option<Delivery<QueuedInvocation>>> {
+        (**self).next().await
+    }
+    async fn close(&self) -> Result<()> {
+        (**self).close().await
+    }
 }
 
 #[cfg(test)]

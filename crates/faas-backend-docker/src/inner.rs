@@ -1,0 +1,777 @@
+//! The backend's engine room: containers, readiness, pools, reconciliation, adoption.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, RenameContainerOptions,
+};
+use bollard::Docker;
+use faas_core::{
+    Error, FunctionRef, FunctionSpec, InvocationId, Result, Scheduler, StartKind,
+    DeveloperErrorKind,
+};
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+
+use crate::engine::{self, label, map_err, status_of};
+use crate::state::{lock, FunctionState, Pool, Pooled, Replica, RunState, SpecInfo, Template};
+
+/// The port the watchdog listens on inside every function container.
+pub(crate) const WATCHDOG_PORT: &str = "8080/tcp";
+/// Where secrets appear inside containers.
+pub(crate) const SECRETS_MOUNT: &str = "/var/openfaas/secrets";
+/// The per-invocation timeout when the spec sets none.
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub(crate) type HttpClient = Client<HttpConnector, faas_core::Body>;
+
+/// Settings fixed at build time.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub pause_after: Option<Duration>,
+    pub start_timeout: Duration,
+    pub health_interval: Duration,
+    pub secrets_dir: PathBuf,
+    pub namespaces: Option<BTreeSet<String>>,
+    pub owner: String,
+}
+
+pub(crate) struct Inner {
+    pub docker: Docker,
+    pub scheduler: Arc<dyn Scheduler>,
+    pub settings: Settings,
+    pub http: HttpClient,
+    pub functions: Mutex<HashMap<FunctionRef, Arc<FunctionState>>>,
+    pub pools: Mutex<HashMap<Template, Pool>>,
+    pub closed: AtomicBool,
+    /// Whether the last engine call of the maintenance loop failed (to log transitions once).
+    pub engine_down: AtomicBool,
+}
+
+fn random_suffix() -> String {
+    InvocationId::new().as_str()[..10].to_string()
+}
+
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// `faas-rs.<namespace>.<name>`: the definition container of a function.
+pub(crate) fn definition_name(f: &FunctionRef) -> String {
+    format!("faas-rs.{}.{}", f.namespace, f.name)
+}
+
+/// `faas-rs.<namespace>.<name>.<suffix>`: a replica.
+pub(crate) fn replica_name(f: &FunctionRef, suffix: &str) -> String {
+    format!("faas-rs.{}.{}.{}", f.namespace, f.name, suffix)
+}
+
+/// Parses a container name (with or without its leading `/`) into (namespace, name,
+/// suffix).
+pub(crate) fn parse_name(name: &str) -> Option<(String, String, Option<String>)> {
+    let n = name.strip_prefix('/').unwrap_or(name);
+    let rest = n.strip_prefix("faas-rs.")?;
+    let mut parts = rest.split('.');
+    let ns = parts.next()?.to_string();
+    let fname = parts.next()?.to_string();
+    let suffix = parts.next().map(str::to_string);
+    if parts.next().is_some() || ns.is_empty() || fname.is_empty() {
+        return None;
+    }
+    Some((ns, fname, suffix))
+}
+
+impl Inner {
+    pub fn in_scope(&self, ns: &str) -> bool {
+        self.settings.namespaces.as_ref().is_none_or(|s| s.contains(ns))
+    }
+
+    pub fn check_namespace(&self, ns: &str) -> Result<()> {
+        if self.in_scope(ns) {
+            Ok(())
+        } else {
+            Err(Error::NotFound { kind: "namespace", name: ns.to_string() })
+        }
+    }
+
+    pub fn function(&self, f: &FunctionRef) -> Result<Arc<FunctionState>> {
+        lock(&self.functions)
+            .get(f)
+            .cloned()
+            .ok_or_else(|| Error::function_not_found(f.to_string()))
+    }
+
+    pub fn secret_path(&self, ns: &str, name: &str) -> PathBuf {
+        self.settings.secrets_dir.join(ns).join(name)
+    }
+
+    /// Derives the container template and hash of a validated spec.
+    pub fn spec_info(&self, spec: FunctionSpec) -> Result<SpecInfo> {
+        let ns = spec.namespace_or_default().to_string();
+        let mut binds = Vec::new();
+        for (i, s) in spec.secrets.iter().enumerate() {
+            let p = self.secret_path(&ns, s);
+            if !p.is_file() {
+                return Err(Error::invalid(
+                    format!("secrets[{i}]"),
+                    format!("secret {s:?} does not exist in namespace {ns:?}"),
+                ));
+            }
+            binds.push(format!("{}:{SECRETS_MOUNT}/{s}", p.display()));
+        }
+        let limits = spec.limits.clone().unwrap_or_default();
+        let template = Template {
+            image: spec.image.clone(),
+            env_process: spec.env_process.clone(),
+            env: spec.env_vars.clone(),
+            binds,
+            memory: limits.memory_bytes(),
+            nano_cpus: limits.cpu_millis().map(|m| m.saturating_mul(1_000_000)),
+            read_only: spec.read_only_root_filesystem,
+        };
+        let json = serde_json::to_vec(&spec)
+            .map_err(|e| Error::internal(format!("serialising the spec: {e}")))?;
+        let hash = engine::fnv_hex(&[&json]);
+        let min_replicas = spec.scaling_policy()?.min;
+        Ok(SpecInfo { spec, hash, template, min_replicas })
+    }
+
+    /// Fails with `InvalidSpec(image)` when the image is not in the local engine.
+    pub async fn check_image(&self, image: &str) -> Result<()> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Err(Error::invalid(
+                "image",
+                format!("image {image:?} is not present in the docker engine (images are not pulled)"),
+            )),
+            Err(e) => Err(map_err("image inspect", e)),
+        }
+    }
+
+    fn container_body(
+        &self,
+        tpl: &Template,
+        labels: HashMap<String, String>,
+        publish: bool,
+    ) -> ContainerCreateBody {
+        let mounts: Vec<Mount> = tpl
+            .binds
+            .iter()
+            .filter_map(|b| b.split_once(':'))
+            .map(|(src, dst)| Mount {
+                target: Some(dst.to_string()),
+                source: Some(src.to_string()),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            })
+            .collect();
+        let mut ports = HashMap::new();
+        if publish {
+            ports.insert(
+                WATCHDOG_PORT.to_string(),
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".to_string()),
+                    host_port: Some(String::new()),
+                }]),
+            );
+        }
+        let env = tpl.env_list();
+        ContainerCreateBody {
+            image: Some(tpl.image.clone()),
+            env: if env.is_empty() { None } else { Some(env) },
+            labels: Some(labels),
+            exposed_ports: if publish { Some(vec![WATCHDOG_PORT.to_string()]) } else { None },
+            host_config: Some(HostConfig {
+                port_bindings: if publish { Some(ports) } else { None },
+                mounts: if mounts.is_empty() { None } else { Some(mounts) },
+                memory: tpl.memory.map(|m| m as i64),
+                nano_cpus: tpl.nano_cpus.map(|c| c as i64),
+                readonly_rootfs: Some(tpl.read_only),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn base_labels(&self, role: &str) -> HashMap<String, String> {
+        let mut l = HashMap::new();
+        l.insert(label::MANAGED.to_string(), "true".to_string());
+        l.insert(label::ROLE.to_string(), role.to_string());
+        l
+    }
+
+    fn function_labels(&self, info: &SpecInfo, role: &str) -> HashMap<String, String> {
+        let mut l: HashMap<String, String> =
+            info.spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        l.extend(self.base_labels(role));
+        l.insert(label::FUNCTION.to_string(), info.spec.name.clone());
+        l.insert(label::NAMESPACE.to_string(), info.spec.namespace_or_default().to_string());
+        l.insert(label::SPEC_HASH.to_string(), info.hash.clone());
+        l.insert(label::OPENFAAS_FUNCTION.to_string(), info.spec.name.clone());
+        l
+    }
+
+    /// Force-removes a container (and its anonymous volumes); a missing one is fine.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let opts = RemoveContainerOptions { force: true, v: true, link: false };
+        match self.docker.remove_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(status_of(&e), Some(404)) => Ok(()),
+            // 409: removal already in progress.
+            Err(e) if matches!(status_of(&e), Some(409)) => Ok(()),
+            Err(e) => Err(map_err("container remove", e)),
+        }
+    }
+
+    fn spawn_remove(self: &Arc<Self>, id: String) {
+        let inner = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = inner.remove_container(&id).await {
+                tracing::warn!(container = %id, error = %e, "removing container failed");
+            }
+        });
+    }
+
+    /// Creates the definition container that records a function's spec in its labels (never
+    /// started), so a restarted backend finds functions even at zero replicas.
+    pub async fn create_definition(&self, info: &SpecInfo, created: SystemTime) -> Result<String> {
+        let fref = info.spec.function_ref();
+        let mut labels = self.function_labels(info, engine::ROLE_DEFINITION);
+        labels.remove(label::OPENFAAS_FUNCTION);
+        let json = serde_json::to_string(&info.spec)
+            .map_err(|e| Error::internal(format!("serialising the spec: {e}")))?;
+        labels.insert(label::SPEC.to_string(), json);
+        labels.insert(label::CREATED.to_string(), epoch_ms(created).to_string());
+        let body = ContainerCreateBody {
+            image: Some(info.spec.image.clone()),
+            labels: Some(labels),
+            network_disabled: Some(true),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptions { name: Some(definition_name(&fref)), platform: String::new() };
+        match self.docker.create_container(Some(opts), body).await {
+            Ok(r) => Ok(r.id),
+            Err(e) if status_of(&e) == Some(409) => {
+                Err(Error::AlreadyExists { kind: "function", name: fref.to_string() })
+            }
+            Err(e) if status_of(&e) == Some(404) => Err(Error::invalid(
+                "image",
+                format!("image {:?} is not present in the docker engine", info.spec.image),
+            )),
+            Err(e) => Err(map_err("container create", e)),
+        }
+    }
+
+    /// Creates and starts a container from `tpl`, waits until its watchdog answers its health
+    /// endpoint, and returns (id, port, time taken). Removes the container on failure.
+    pub async fn create_instance(
+        &self,
+        tpl: &Template,
+        name: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(String, u16, Duration)> {
+        let t0 = Instant::now();
+        let deadline = t0 + self.settings.start_timeout;
+        let body = self.container_body(tpl, labels, true);
+        let opts = CreateContainerOptions { name: Some(name.to_string()), platform: String::new() };
+        let id = match self.docker.create_container(Some(opts), body).await {
+            Ok(r) => r.id,
+            Err(e) if status_of(&e) == Some(404) => {
+                return Err(Error::invalid(
+                    "image",
+                    format!("image {:?} is not present in the docker engine", tpl.image),
+                ))
+            }
+            Err(e) if status_of(&e) == Some(400) => {
+                return Err(Error::invalid("spec", format!("docker rejected the container: {e}")))
+            }
+            Err(e) => return Err(map_err("container create", e)),
+        };
+        match self.start_and_wait(&id, name, deadline).await {
+            Ok(port) => Ok((id, port, t0.elapsed())),
+            Err(e) => {
+                let _ = self.remove_container(&id).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_and_wait(&self, id: &str, name: &str, deadline: Instant) -> Result<u16> {
+        if let Err(e) = self.docker.start_container(id, None).await {
+            return Err(if engine::is_unreachable(&e) {
+                map_err("container start", e)
+            } else {
+                Error::developer(DeveloperErrorKind::Init, format!("instance {name} failed to start: {e}"))
+            });
+        }
+        let port = self.published_port(id).await?;
+        self.wait_ready(id, name, port, deadline).await?;
+        Ok(port)
+    }
+
+    async fn published_port(&self, id: &str) -> Result<u16> {
+        let info = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| map_err("container inspect", e))?;
+        info.network_settings
+            .and_then(|n| n.ports)
+            .and_then(|p| p.get(WATCHDOG_PORT).cloned().flatten())
+            .and_then(|b| b.into_iter().find_map(|b| b.host_port?.parse::<u16>().ok()))
+            .ok_or_else(|| Error::internal(format!("container {id} has no published port")))
+    }
+
+    /// Whether the watchdog at `port` answers `GET /_/health` with 200.
+    pub async fn probe(&self, port: u16) -> bool {
+        let Ok(uri) = format!("http://127.0.0.1:{port}/_/health").parse::<http::Uri>() else {
+            return false;
+        };
+        let mut req = http::Request::new(faas_core::Body::empty());
+        *req.uri_mut() = uri;
+        match tokio::time::timeout(Duration::from_secs(2), self.http.request(req)).await {
+            Ok(Ok(resp)) => {
+                let ok = resp.status() == http::StatusCode::OK;
+                let _ = resp.into_body().collect().await;
+                ok
+            }
+            _ => false,
+        }
+    }
+
+    /// Polls the health endpoint until 200 (a TCP connect to the published port proves
+    /// nothing: the proxy accepts before the process listens). Checks now and then that the
+    /// container still runs, so a crashing function fails fast with its last log lines.
+    async fn wait_ready(&self, id: &str, name: &str, port: u16, deadline: Instant) -> Result<()> {
+        let mut delay = Duration::from_millis(2);
+        let mut last_check = Instant::now();
+        loop {
+            if self.probe(port).await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::unavailable(format!(
+                    "instance {name} did not become ready within {}",
+                    faas_core::util::format_duration(self.settings.start_timeout)
+                )));
+            }
+            if last_check.elapsed() >= Duration::from_millis(300) {
+                last_check = Instant::now();
+                let st = self
+                    .docker
+                    .inspect_container(id, None::<InspectContainerOptions>)
+                    .await
+                    .map_err(|e| map_err("container inspect", e))?
+                    .state;
+                let running = st.as_ref().and_then(|s| s.running).unwrap_or(false);
+                if !running {
+                    let code = st.and_then(|s| s.exit_code).unwrap_or(-1);
+                    let tail = self.log_tail(id, 20).await;
+                    return Err(Error::developer(
+                        DeveloperErrorKind::Init,
+                        format!("instance {name} exited with code {code} before becoming ready: {tail}"),
+                    ));
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(40));
+        }
+    }
+
+    async fn log_tail(&self, id: &str, n: usize) -> String {
+        let opts = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: n.to_string(),
+            ..Default::default()
+        };
+        let mut out = String::new();
+        let mut s = self.docker.logs(id, Some(opts));
+        while let Some(Ok(chunk)) = s.next().await {
+            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        out.trim().to_string()
+    }
+
+    /// Takes a prewarmed container matching the function's template, if one is ready.
+    pub fn take_prewarm(self: &Arc<Self>, f: &FunctionState, info: &SpecInfo) -> Option<Arc<Replica>> {
+        let t0 = Instant::now();
+        let pooled = {
+            let mut pools = lock(&self.pools);
+            pools.get_mut(&info.template)?.ready.pop()?
+        };
+        let name = replica_name(&f.fref, &pooled.suffix);
+        let r = Arc::new(Replica::new(
+            pooled.id.clone(),
+            name.clone(),
+            pooled.port,
+            StartKind::Prewarmed,
+            t0.elapsed(),
+            info.hash.clone(),
+            false,
+        ));
+        // Renaming records the new owner for adoption after a restart; off the hot path.
+        let inner = Arc::clone(self);
+        let id = pooled.id;
+        tokio::spawn(async move {
+            if let Err(e) = inner.docker.rename_container(&id, RenameContainerOptions { name }).await {
+                tracing::warn!(container = %id, error = %e, "renaming a taken prewarm container failed");
+            }
+        });
+        self.refill_pool(info.template.clone());
+        Some(r)
+    }
+
+    /// Starts prewarm containers until the pool of `tpl` reaches its target.
+    pub fn refill_pool(self: &Arc<Self>, tpl: Template) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let need = {
+            let mut pools = lock(&self.pools);
+            let Some(pool) = pools.get_mut(&tpl) else { return };
+            let need = pool.target.saturating_sub(pool.ready.len() + pool.starting);
+            pool.starting += need;
+            need
+        };
+        for _ in 0..need {
+            let inner = Arc::clone(self);
+            let tpl = tpl.clone();
+            tokio::spawn(async move {
+                let suffix = random_suffix();
+                let name = format!("faas-rs-prewarm.{}.{suffix}", inner.settings.owner);
+                let mut labels = inner.base_labels(engine::ROLE_PREWARM);
+                labels.insert(label::OWNER.to_string(), inner.settings.owner.clone());
+                labels.insert(label::SPEC_HASH.to_string(), tpl.hash());
+                let res = inner.create_instance(&tpl, &name, labels).await;
+                let mut pools = lock(&inner.pools);
+                let closed = inner.closed.load(Ordering::SeqCst);
+                if let Some(pool) = pools.get_mut(&tpl) {
+                    pool.starting = pool.starting.saturating_sub(1);
+                    match res {
+                        Ok((id, port, _)) if !closed => pool.ready.push(Pooled { id, port, suffix }),
+                        Ok((id, _, _)) => {
+                            drop(pools);
+                            inner.spawn_remove(id);
+                        }
+                        Err(e) => tracing::warn!(image = %tpl.image, error = %e, "prewarm failed"),
+                    }
+                }
+            });
+        }
+    }
+
+    /// Creates one replica: from the prewarm pool when possible, else a new container.
+    pub async fn start_replica(self: &Arc<Self>, f: &FunctionState, info: &SpecInfo) -> Result<Arc<Replica>> {
+        if let Some(r) = self.take_prewarm(f, info) {
+            return Ok(r);
+        }
+        let suffix = random_suffix();
+        let name = replica_name(&f.fref, &suffix);
+        let labels = self.function_labels(info, engine::ROLE_REPLICA);
+        let (id, port, init) = self.create_instance(&info.template, &name, labels).await?;
+        Ok(Arc::new(Replica::new(id, name, port, StartKind::Cold, init, info.hash.clone(), false)))
+    }
+
+    pub fn spawn_reconcile(self: &Arc<Self>, f: Arc<FunctionState>) {
+        let inner = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = inner.reconcile(&f).await {
+                tracing::warn!(function = %f.fref, error = %e, "reconcile failed");
+            }
+        });
+    }
+
+    /// Brings the number of live replicas to the desired count.
+    pub async fn reconcile(self: &Arc<Self>, f: &Arc<FunctionState>) -> Result<()> {
+        let _g = f.reconcile_lock.lock().await;
+        if f.removed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let desired = f.desired.load(Ordering::SeqCst) as usize;
+        let live = f.live();
+        if live.len() < desired {
+            let n = desired - live.len();
+            let info = f.spec();
+            f.starting.fetch_add(n as u32, Ordering::SeqCst);
+            let results =
+                futures::future::join_all((0..n).map(|_| self.start_replica(f, &info))).await;
+            f.starting.fetch_sub(n as u32, Ordering::SeqCst);
+            let mut first_err = None;
+            for r in results {
+                match r {
+                    Ok(r) if f.removed.load(Ordering::SeqCst) => self.spawn_remove(r.id.clone()),
+                    Ok(r) => f.push(r),
+                    Err(e) => {
+                        f.record_start_error(e.clone());
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            f.changed.notify_waiters();
+            if let Some(e) = first_err {
+                return Err(e);
+            }
+        } else if live.len() > desired {
+            let n = live.len() - desired;
+            let mut victims = live;
+            // Idle and running ones first.
+            victims.sort_by_key(|r| {
+                (r.in_flight.load(Ordering::SeqCst), !r.paused.load(Ordering::SeqCst))
+            });
+            let extra: Vec<Arc<Replica>> = victims.into_iter().take(n).collect();
+            for v in &extra {
+                v.draining.store(true, Ordering::SeqCst);
+            }
+            f.changed.notify_waiters();
+            self.spawn_drain(Arc::clone(f), extra);
+        }
+        Ok(())
+    }
+
+    /// Waits for draining replicas to finish their in-flight invocations, then removes them.
+    pub fn spawn_drain(self: &Arc<Self>, f: Arc<FunctionState>, victims: Vec<Arc<Replica>>) {
+        let inner = Arc::clone(self);
+        let bound = f.spec().spec.timeout.unwrap_or(DEFAULT_TIMEOUT) + Duration::from_secs(5);
+        tokio::spawn(async move {
+            futures::future::join_all(victims.into_iter().map(|v| {
+                let inner = Arc::clone(&inner);
+                let f = Arc::clone(&f);
+                async move {
+                    let t0 = Instant::now();
+                    while v.in_flight.load(Ordering::SeqCst) > 0 && t0.elapsed() < bound {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    v.dead.store(true, Ordering::SeqCst);
+                    if let Err(e) = inner.remove_container(&v.id).await {
+                        tracing::warn!(container = %v.name, error = %e, "removing a drained replica failed");
+                    }
+                    f.forget(&v);
+                }
+            }))
+            .await;
+        });
+    }
+
+    /// A replica whose container is gone or stopped: forget it, remove what is left, and
+    /// start a replacement.
+    pub fn replica_died(self: &Arc<Self>, f: &Arc<FunctionState>, r: &Arc<Replica>) {
+        if r.dead.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::warn!(function = %f.fref, instance = %r.name, "replica died; replacing it");
+        f.forget(r);
+        self.spawn_remove(r.id.clone());
+        if !f.removed.load(Ordering::SeqCst) {
+            self.spawn_reconcile(Arc::clone(f));
+        }
+    }
+
+    /// Inspects a replica after a failed request: dead (and replaced) or still running.
+    pub async fn check_replica(self: &Arc<Self>, f: &Arc<FunctionState>, r: &Arc<Replica>) -> bool {
+        let running = match self.docker.inspect_container(&r.id, None::<InspectContainerOptions>).await {
+            Ok(i) => i.state.and_then(|s| s.running).unwrap_or(false),
+            Err(e) if status_of(&e) == Some(404) => false,
+            Err(_) => return false,
+        };
+        if !running {
+            self.replica_died(f, r);
+        }
+        !running
+    }
+
+    /// Unpauses a paused replica; true if it was paused. Must run after the invocation was
+    /// counted in flight (the pauser checks the count under the same lock).
+    pub async fn ensure_running(&self, r: &Replica) -> Result<bool> {
+        let mut st = r.state.lock().await;
+        if *st == RunState::Paused {
+            self.docker
+                .unpause_container(&r.id)
+                .await
+                .map_err(|e| map_err("container unpause", e))?;
+            *st = RunState::Running;
+            r.paused.store(false, Ordering::SeqCst);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Pauses a replica idle for longer than the grace period.
+    async fn maybe_pause(&self, r: &Replica, grace: Duration) {
+        let Ok(mut st) = r.state.try_lock() else { return };
+        if *st != RunState::Running
+            || !r.live()
+            || r.in_flight.load(Ordering::SeqCst) > 0
+            || r.idle_for() < grace
+        {
+            return;
+        }
+        match self.docker.pause_container(&r.id).await {
+            Ok(()) => {
+                *st = RunState::Paused;
+                r.paused.store(true, Ordering::SeqCst);
+            }
+            Err(e) => tracing::debug!(instance = %r.name, error = %e, "pause failed"),
+        }
+    }
+
+    /// One pass of the maintenance loop: detect dead replicas, pause idle ones, restore
+    /// replica counts, refill prewarm pools.
+    pub async fn tick(self: &Arc<Self>) {
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(engine::label_filter(&[format!("{}=true", label::MANAGED)])),
+            ..Default::default()
+        };
+        let listed = match self.docker.list_containers(Some(opts)).await {
+            Ok(l) => {
+                if self.engine_down.swap(false, Ordering::SeqCst) {
+                    tracing::info!("docker engine reachable again");
+                }
+                l
+            }
+            Err(e) => {
+                if !self.engine_down.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(error = %e, "docker engine unreachable");
+                }
+                return;
+            }
+        };
+        let states: HashMap<String, String> = listed
+            .into_iter()
+            .filter_map(|c| Some((c.id?, c.state.map(|s| s.to_string()).unwrap_or_default())))
+            .collect();
+        let alive = |id: &str| matches!(states.get(id).map(String::as_str), Some("running" | "paused"));
+        let functions: Vec<Arc<FunctionState>> = lock(&self.functions).values().cloned().collect();
+        for f in &functions {
+            for r in f.snapshot() {
+                if r.dead.load(Ordering::SeqCst) || r.draining.load(Ordering::SeqCst) {
+                    continue;
+                }
+                if !alive(&r.id) {
+                    self.replica_died(f, &r);
+                    continue;
+                }
+                if let Some(grace) = self.settings.pause_after {
+                    self.maybe_pause(&r, grace).await;
+                }
+            }
+            let live = f.live().len() as u32 + f.starting.load(Ordering::SeqCst);
+            if live < f.desired.load(Ordering::SeqCst) && f.reconcile_lock.try_lock().is_ok() {
+                self.spawn_reconcile(Arc::clone(f));
+            }
+        }
+        let templates: Vec<Template> = {
+            let mut pools = lock(&self.pools);
+            for pool in pools.values_mut() {
+                pool.ready.retain(|p| alive(&p.id));
+            }
+            pools.keys().cloned().collect()
+        };
+        for t in templates {
+            self.refill_pool(t);
+        }
+    }
+
+    /// Rebuilds the view from container labels: functions from their definition containers,
+    /// replicas from running containers named after them. Removes stopped replicas, orphans
+    /// and this owner's stale prewarm containers.
+    pub async fn adopt(self: &Arc<Self>) -> Result<()> {
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(engine::label_filter(&[format!("{}=true", label::MANAGED)])),
+            ..Default::default()
+        };
+        let listed = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| map_err("container list", e))?;
+        let mut adopted: HashMap<FunctionRef, Arc<FunctionState>> = HashMap::new();
+        for c in &listed {
+            let labels = c.labels.clone().unwrap_or_default();
+            if labels.get(label::ROLE).map(String::as_str) != Some(engine::ROLE_DEFINITION) {
+                continue;
+            }
+            let (Some(id), Some(json)) = (c.id.clone(), labels.get(label::SPEC)) else { continue };
+            let Ok(spec) = serde_json::from_str::<FunctionSpec>(json) else { continue };
+            let fref = spec.function_ref();
+            if !self.in_scope(&fref.namespace) {
+                continue;
+            }
+            let info = match self.spec_info(spec) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(function = %fref, error = %e, "cannot adopt function");
+                    continue;
+                }
+            };
+            let created = labels
+                .get(label::CREATED)
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+                .unwrap_or_else(SystemTime::now);
+            let f = FunctionState::new(fref.clone(), info, 0, created);
+            *lock(&f.definition_id) = id;
+            adopted.insert(fref, Arc::new(f));
+        }
+        let mut stale = Vec::new();
+        for c in &listed {
+            let Some(id) = c.id.clone() else { continue };
+            let labels = c.labels.clone().unwrap_or_default();
+            let role = labels.get(label::ROLE).map(String::as_str).unwrap_or("");
+            let name = c.names.as_ref().and_then(|n| n.first()).cloned().unwrap_or_default();
+            let state = c.state.map(|s| s.to_string()).unwrap_or_default();
+            if role == engine::ROLE_PREWARM
+                && labels.get(label::OWNER) == Some(&self.settings.owner)
+                && name.trim_start_matches('/').starts_with("faas-rs-prewarm.")
+            {
+                stale.push(id);
+                continue;
+            }
+            let Some((ns, fname, Some(_))) = parse_name(&name) else { continue };
+            if !self.in_scope(&ns) {
+                continue;
+            }
+            let fref = FunctionRef::new(fname, ns);
+            let port = c.ports.as_ref().and_then(|ps| {
+                ps.iter().find(|p| p.private_port == 8080).and_then(|p| p.public_port)
+            });
+            match (adopted.get(&fref), state.as_str(), port) {
+                (Some(f), "running" | "paused", Some(port)) => {
+                    let hash = labels.get(label::SPEC_HASH).cloned().unwrap_or_default();
+                    let name = name.trim_start_matches('/').to_string();
+                    let r = Replica::new(id, name, port, StartKind::Warm, Duration::ZERO, hash, state == "paused");
+                    lock(&f.replicas).push(Arc::new(r));
+                }
+                _ => stale.push(id),
+            }
+        }
+        for f in adopted.values() {
+            let n = f.live().len() as u32;
+            f.desired.store(n.max(f.spec().min_replicas), Ordering::SeqCst);
+        }
+        futures::future::join_all(stale.iter().map(|id| self.remove_container(id))).await;
+        lock(&self.functions).extend(adopted);
+        Ok(())
+    }
+
+    /// Forgets and removes every prewarm container of this backend.
+    pub async fn drain_pools(&self) {
+        let ids: Vec<String> = lock(&self.pools)
+            .values_mut()
+            .flat_map(|p| p.ready.drain(..).map(|x| x.id))
+            .collect();
+        futures::future::join_all(ids.iter().map(|id| self.remove_container(id))).await;
+    }
+}
+

@@ -1,0 +1,172 @@
+//! Forwarding an invocation to a replica's watchdog over HTTP/1.1.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use faas_core::{Body, DeveloperErrorKind, Error, Invocation, InvocationMeta, Response, Result, StartKind};
+use http_body::{Frame, SizeHint};
+
+use crate::inner::{Inner, DEFAULT_TIMEOUT};
+use crate::state::{FunctionState, Replica};
+
+/// Counts one invocation in flight on a replica until dropped (when the response body is
+/// done with), then wakes waiters for capacity.
+pub(crate) struct InFlight {
+    replica: Arc<Replica>,
+    function: Arc<FunctionState>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.replica.touch();
+        self.replica.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.function.changed.notify_waiters();
+    }
+}
+
+/// A response body that keeps the invocation counted until it is consumed or dropped.
+struct Guarded {
+    inner: hyper::body::Incoming,
+    _guard: InFlight,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Inner {
+    /// Waits for a replica with capacity, scaling from zero when there is none; returns it
+    /// counted in flight, and whether this invocation had to wait for a start.
+    async fn acquire(
+        self: &Arc<Self>,
+        f: &Arc<FunctionState>,
+        deadline: Instant,
+    ) -> Result<(Arc<Replica>, bool)> {
+        let seq = f.start_error_seq();
+        let mut waited = false;
+        loop {
+            let notified = f.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if f.removed.load(Ordering::SeqCst) {
+                return Err(Error::function_not_found(f.fref.to_string()));
+            }
+            let info = f.spec();
+            if let Some(r) = f.route(&*self.scheduler, info.spec.max_concurrency) {
+                return Ok((r, waited));
+            }
+            let live = f.live().len();
+            if live == 0 {
+                waited = true;
+                let _ = f.desired.compare_exchange(
+                    0,
+                    info.min_replicas.max(1),
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
+                if let Some(r) = self.take_prewarm(f, &info) {
+                    f.push(r);
+                    continue;
+                }
+                if f.starting.load(Ordering::SeqCst) == 0 {
+                    self.spawn_reconcile(Arc::clone(f));
+                }
+            }
+            if let Some(e) = f.start_error_since(seq) {
+                return Err(e);
+            }
+            if tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
+                return Err(if live > 0 {
+                    Error::Overloaded {
+                        message: format!("every instance of {} is at its concurrency limit", f.fref),
+                        retry_after: None,
+                    }
+                } else {
+                    Error::unavailable(format!(
+                        "no instance of {} became ready within {}",
+                        f.fref,
+                        faas_core::util::format_duration(self.settings.start_timeout)
+                    ))
+                });
+            }
+        }
+    }
+
+    /// Invokes a function: route (or scale from zero), resume if paused, forward.
+    pub(crate) async fn invoke(self: &Arc<Self>, inv: Invocation) -> Result<Response> {
+        let t0 = Instant::now();
+        let f = self.function(&inv.function)?;
+        f.invocations.fetch_add(1, Ordering::Relaxed);
+        let (replica, waited) = self.acquire(&f, t0 + self.settings.start_timeout).await?;
+        let guard = InFlight { replica: Arc::clone(&replica), function: Arc::clone(&f) };
+        // A paused container's port accepts and then hangs: unpause before forwarding.
+        let resumed = self.ensure_running(&replica).await?;
+        let (start, init_time) = if waited && replica.origin != StartKind::Warm {
+            (replica.origin, Some(replica.init_time))
+        } else if resumed {
+            (StartKind::Resumed, None)
+        } else {
+            (StartKind::Warm, None)
+        };
+        let wait_time = t0.elapsed();
+        let timeout = f.spec().spec.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let id = inv.id.clone();
+        let (mut parts, body) = inv.request.into_parts();
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let pq = if pq.starts_with('/') { pq } else { "/" };
+        parts.uri = format!("http://127.0.0.1:{}{pq}", replica.port)
+            .parse()
+            .map_err(|e| Error::invalid("path", format!("{e}")))?;
+        parts.version = http::Version::HTTP_11;
+        parts.headers.remove(http::header::HOST);
+        parts.headers.remove(http::header::CONNECTION);
+        if !parts.headers.contains_key("x-call-id") {
+            if let Ok(v) = http::HeaderValue::from_str(id.as_str()) {
+                parts.headers.insert("x-call-id", v);
+            }
+        }
+        let req = http::Request::from_parts(parts, body);
+        let resp = match tokio::time::timeout(timeout, self.http.request(req)).await {
+            Err(_) => return Err(Error::timeout("function", timeout)),
+            Ok(Err(e)) => {
+                drop(guard);
+                let died = self.check_replica(&f, &replica).await;
+                let what = if died { "died during the request" } else { "broke the connection" };
+                return Err(Error::developer(
+                    DeveloperErrorKind::Crash,
+                    format!("instance {} of {} {what}: {e}", replica.name, f.fref),
+                ));
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        let (parts, incoming) = resp.into_parts();
+        let mut resp = http::Response::from_parts(parts, Body::new(Guarded { inner: incoming, _guard: guard }));
+        resp.extensions_mut().insert(InvocationMeta {
+            instance: replica.name.clone(),
+            start,
+            wait_time,
+            init_time,
+        });
+        Ok(resp)
+    }
+}

@@ -1,0 +1,267 @@
+//! In-memory view of functions, replicas and prewarm pools.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use faas_core::{Error, FunctionRef, FunctionSpec, InstanceView, Scheduler, StartKind};
+use tokio::sync::Notify;
+
+use crate::engine::fnv_hex;
+
+/// Locks a std mutex, recovering from poisoning (a panicking holder leaves plain data).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Everything that goes into a container's configuration except the function's identity:
+/// two functions with equal templates can share a prewarmed container.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub(crate) struct Template {
+    pub image: String,
+    pub env_process: Option<String>,
+    pub env: BTreeMap<String, String>,
+    /// `host:container:ro` bind mounts of secrets.
+    pub binds: Vec<String>,
+    pub memory: Option<u64>,
+    pub nano_cpus: Option<u64>,
+    pub read_only: bool,
+}
+
+impl Template {
+    /// A template for plain `image` with its own configuration.
+    pub fn image(image: impl Into<String>) -> Self {
+        Template { image: image.into(), ..Default::default() }
+    }
+
+    /// The environment as `KEY=VALUE` strings, `fprocess` included.
+    pub fn env_list(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if let Some(p) = &self.env_process {
+            v.push(format!("fprocess={p}"));
+        }
+        v
+    }
+
+    /// A short stable hash.
+    pub fn hash(&self) -> String {
+        let env = self.env_list().join("\n");
+        let binds = self.binds.join("\n");
+        let mem = format!("{:?}/{:?}/{}", self.memory, self.nano_cpus, self.read_only);
+        fnv_hex(&[self.image.as_bytes(), env.as_bytes(), binds.as_bytes(), mem.as_bytes()])
+    }
+}
+
+/// A deployed spec and what is derived from it.
+#[derive(Debug)]
+pub(crate) struct SpecInfo {
+    pub spec: FunctionSpec,
+    pub hash: String,
+    pub template: Template,
+    pub min_replicas: u32,
+}
+
+/// Whether a replica's container is running or paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RunState {
+    Running,
+    Paused,
+}
+
+/// One container serving a function.
+#[derive(Debug)]
+pub(crate) struct Replica {
+    /// Container id.
+    pub id: String,
+    /// Container name; the instance id users see.
+    pub name: String,
+    /// Published host port (on 127.0.0.1).
+    pub port: u16,
+    /// How it came to be: cold-created, taken from the prewarm pool, or adopted (warm).
+    pub origin: StartKind,
+    /// Time from the start request to ready.
+    pub init_time: Duration,
+    /// Hash of the spec it runs.
+    pub spec_hash: String,
+    pub in_flight: AtomicU32,
+    pub draining: AtomicBool,
+    pub dead: AtomicBool,
+    /// Serialises pause and unpause with invocations.
+    pub state: tokio::sync::Mutex<RunState>,
+    pub paused: AtomicBool,
+    pub last_used: Mutex<Instant>,
+    /// Last CPU sample: (container total ns, system total ns).
+    pub cpu_sample: Mutex<Option<(u64, u64)>>,
+}
+
+impl Replica {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        name: String,
+        port: u16,
+        origin: StartKind,
+        init_time: Duration,
+        spec_hash: String,
+        paused: bool,
+    ) -> Self {
+        let st = if paused { RunState::Paused } else { RunState::Running };
+        Replica {
+            id,
+            name,
+            port,
+            origin,
+            init_time,
+            spec_hash,
+            in_flight: AtomicU32::new(0),
+            draining: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+            state: tokio::sync::Mutex::new(st),
+            paused: AtomicBool::new(paused),
+            last_used: Mutex::new(Instant::now()),
+            cpu_sample: Mutex::new(None),
+        }
+    }
+
+    /// Serving or able to serve: not dead and not draining.
+    pub fn live(&self) -> bool {
+        !self.dead.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn touch(&self) {
+        *lock(&self.last_used) = Instant::now();
+    }
+
+    pub fn idle_for(&self) -> Duration {
+        lock(&self.last_used).elapsed()
+    }
+}
+
+/// One deployed function.
+#[derive(Debug)]
+pub(crate) struct FunctionState {
+    pub fref: FunctionRef,
+    pub spec: RwLock<Arc<SpecInfo>>,
+    pub replicas: Mutex<Vec<Arc<Replica>>>,
+    pub desired: AtomicU32,
+    /// Replicas being started now.
+    pub starting: AtomicU32,
+    pub invocations: AtomicU64,
+    pub created_at: SystemTime,
+    /// Signalled when replicas appear, become free or fail to start.
+    pub changed: Notify,
+    /// Serialises reconcile, scale and update.
+    pub reconcile_lock: tokio::sync::Mutex<()>,
+    pub removed: AtomicBool,
+    /// The last start failure, numbered so waiters only see failures after they began.
+    pub start_error: Mutex<(u64, Option<Error>)>,
+    /// Id of the definition container holding the spec.
+    pub definition_id: Mutex<String>,
+}
+
+impl FunctionState {
+    pub fn new(fref: FunctionRef, info: SpecInfo, desired: u32, created_at: SystemTime) -> Self {
+        FunctionState {
+            fref,
+            spec: RwLock::new(Arc::new(info)),
+            replicas: Mutex::new(Vec::new()),
+            desired: AtomicU32::new(desired),
+            starting: AtomicU32::new(0),
+            invocations: AtomicU64::new(0),
+            created_at,
+            changed: Notify::new(),
+            reconcile_lock: tokio::sync::Mutex::new(()),
+            removed: AtomicBool::new(false),
+            start_error: Mutex::new((0, None)),
+            definition_id: Mutex::new(String::new()),
+        }
+    }
+
+    pub fn spec(&self) -> Arc<SpecInfo> {
+        self.spec.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_spec(&self, info: SpecInfo) {
+        *self.spec.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(info);
+    }
+
+    pub fn snapshot(&self) -> Vec<Arc<Replica>> {
+        lock(&self.replicas).clone()
+    }
+
+    pub fn live(&self) -> Vec<Arc<Replica>> {
+        lock(&self.replicas).iter().filter(|r| r.live()).cloned().collect()
+    }
+
+    pub fn push(&self, r: Arc<Replica>) {
+        lock(&self.replicas).push(r);
+        self.changed.notify_waiters();
+    }
+
+    pub fn forget(&self, r: &Arc<Replica>) {
+        lock(&self.replicas).retain(|x| !Arc::ptr_eq(x, r));
+        self.changed.notify_waiters();
+    }
+
+    pub fn record_start_error(&self, e: Error) {
+        let mut g = lock(&self.start_error);
+        g.0 += 1;
+        g.1 = Some(e);
+        drop(g);
+        self.changed.notify_waiters();
+    }
+
+    pub fn start_error_seq(&self) -> u64 {
+        lock(&self.start_error).0
+    }
+
+    /// The start failure recorded after `seq`, if any.
+    pub fn start_error_since(&self, seq: u64) -> Option<Error> {
+        let g = lock(&self.start_error);
+        if g.0 > seq {
+            g.1.clone()
+        } else {
+            None
+        }
+    }
+
+    /// Picks a live replica with the scheduler and counts the invocation in flight on it.
+    pub fn route(&self, scheduler: &dyn Scheduler, max: Option<u32>) -> Option<Arc<Replica>> {
+        let reps = lock(&self.replicas);
+        let live: Vec<&Arc<Replica>> = reps.iter().filter(|r| r.live()).collect();
+        if live.is_empty() {
+            return None;
+        }
+        let views: Vec<InstanceView> = live
+            .iter()
+            .map(|r| InstanceView {
+                id: r.name.clone(),
+                node: None,
+                in_flight: r.in_flight.load(Ordering::SeqCst),
+                max_concurrency: max,
+                ready: true,
+            })
+            .collect();
+        let i = scheduler.route(&self.fref, &views)?;
+        let r = live.get(i)?;
+        r.in_flight.fetch_add(1, Ordering::SeqCst);
+        Some(Arc::clone(r))
+    }
+}
+
+/// A running prewarmed container waiting to be taken.
+#[derive(Debug, Clone)]
+pub(crate) struct Pooled {
+    pub id: String,
+    pub port: u16,
+    pub suffix: String,
+}
+
+/// The prewarm pool of one template.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    pub target: usize,
+    pub ready: Vec<Pooled>,
+    pub starting: usize,
+}

@@ -1,0 +1,88 @@
+//! Prometheus metrics with the OpenFaaS names, kept in a recorder owned by the gateway (no
+//! global state, so several gateways can live in one process).
+//!
+//! - `gateway_function_invocation_started{function_name}` (counter)
+//! - `gateway_function_invocation_total{function_name,code}` (counter)
+//! - `gateway_functions_seconds{function_name,code}` (histogram)
+//! - `gateway_service_count{function_name}` (gauge: replicas)
+//!
+//! `function_name` is `name.namespace`.
+
+use std::time::Duration;
+
+use metrics::{Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+/// `gateway_function_invocation_started`.
+pub const INVOCATION_STARTED: &str = "gateway_function_invocation_started";
+/// `gateway_function_invocation_total`.
+pub const INVOCATION_TOTAL: &str = "gateway_function_invocation_total";
+/// `gateway_functions_seconds`.
+pub const FUNCTION_SECONDS: &str = "gateway_functions_seconds";
+/// `gateway_service_count`.
+pub const SERVICE_COUNT: &str = "gateway_service_count";
+
+static METADATA: Metadata<'static> =
+    Metadata::new("faas_http::gateway", Level::INFO, Some(module_path!()));
+
+/// The gateway's metrics.
+pub struct GatewayMetrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+impl std::fmt::Debug for GatewayMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GatewayMetrics")
+    }
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GatewayMetrics {
+    /// A fresh recorder with OpenFaaS's histogram buckets for `gateway_functions_seconds`.
+    pub fn new() -> Self {
+        let buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(FUNCTION_SECONDS.to_string()), &buckets)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        GatewayMetrics { recorder, handle }
+    }
+
+    fn fname(name: &str) -> Vec<Label> {
+        vec![Label::new("function_name", name.to_string())]
+    }
+
+    /// Counts a started invocation of `function` (`name.namespace`).
+    pub fn started(&self, function: &str) {
+        let key = Key::from_parts(INVOCATION_STARTED, Self::fname(function));
+        self.recorder.register_counter(&key, &METADATA).increment(1);
+    }
+
+    /// Counts a finished invocation with its HTTP status code and duration.
+    pub fn finished(&self, function: &str, code: u16, took: Duration) {
+        let mut labels = Self::fname(function);
+        labels.push(Label::new("code", code.to_string()));
+        let key = Key::from_parts(INVOCATION_TOTAL, labels.clone());
+        self.recorder.register_counter(&key, &METADATA).increment(1);
+        let key = Key::from_parts(FUNCTION_SECONDS, labels);
+        self.recorder.register_histogram(&key, &METADATA).record(took.as_secs_f64());
+    }
+
+    /// Sets the replica gauge of `function`.
+    pub fn service_count(&self, function: &str, replicas: u64) {
+        let key = Key::from_parts(SERVICE_COUNT, Self::fname(function));
+        self.recorder.register_gauge(&key, &METADATA).set(replicas as f64);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+}

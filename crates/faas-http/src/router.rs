@@ -1,0 +1,859 @@
+//! The routes: [`Router`], a tower `Service`, and [`Gateway`], the default stack of layers
+//! around it.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use faas_core::spec::{validate_secret_name, ScalingPolicy, DEFAULT_NAMESPACE};
+use faas_core::util::format_duration;
+use faas_core::{
+    Body, BoxError, Error, FunctionRef, FunctionSpec, Invocation, InvocationId, Invoker,
+    LogsRequest, QueuePublisher, QueuedInvocation, Request, Response, Result, Secret,
+};
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use serde::Deserialize;
+use tower::{Layer, Service};
+
+use crate::config::GatewayConfig;
+use faas_core::queue::ActivationStore;
+use crate::layers::{BasicAuthLayer, BodyLimit, BodyLimitHit, BodyLimitLayer, RequestSpanLayer};
+use crate::metrics::GatewayMetrics;
+use crate::util::{parse_query, query_get, read_json, valid_route_name};
+use crate::{portal, response};
+
+/// `X-Call-Id`.
+pub const X_CALL_ID: &str = "x-call-id";
+/// `X-Start-Time` (Unix time in nanoseconds when the gateway received the request).
+pub const X_START_TIME: &str = "x-start-time";
+/// `X-Duration-Seconds` (time until the function's response headers).
+pub const X_DURATION_SECONDS: &str = "x-duration-seconds";
+/// `X-Callback-Url`.
+pub const X_CALLBACK_URL: &str = "x-callback-url";
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+struct Inner {
+    invoker: Arc<dyn Invoker>,
+    config: GatewayConfig,
+    metrics: GatewayMetrics,
+    queue: Option<Arc<dyn QueuePublisher>>,
+    activations: Option<Arc<dyn ActivationStore>>,
+    _worker: Option<faas_queue::WorkerHandle>,
+    ready: Mutex<HashMap<FunctionRef, Instant>>,
+}
+
+/// The gateway's routes (REFERENCE.md section 1) over an `Arc<dyn Invoker>`, as a tower
+/// `Service`. No auth or body limit of its own: [`Gateway::service`] adds those layers.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("provider", &self.inner.invoker.info()).finish()
+    }
+}
+
+/// The boxed service type of a whole gateway.
+pub type GatewayService = tower::util::BoxCloneSyncService<Request, Response, Infallible>;
+
+/// Builds a [`Gateway`].
+pub struct GatewayBuilder {
+    invoker: Arc<dyn Invoker>,
+    config: GatewayConfig,
+    queue: Option<Arc<dyn QueuePublisher>>,
+    activations: Option<Arc<dyn ActivationStore>>,
+}
+
+impl GatewayBuilder {
+    /// Sets the configuration.
+    pub fn config(mut self, config: GatewayConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Publishes async invocations to `queue`. Default (when built inside a tokio runtime):
+    /// `faas-queue`'s in-memory queue with an in-process worker and activation store.
+    pub fn queue(mut self, queue: Arc<dyn QueuePublisher>) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// Where `GET /system/activations/{id}` looks records up.
+    pub fn activations(mut self, lookup: Arc<dyn ActivationStore>) -> Self {
+        self.activations = Some(lookup);
+        self
+    }
+
+    /// Builds the gateway.
+    pub fn build(self) -> Gateway {
+        let (mut queue, mut activations, mut worker) = (self.queue, self.activations, None);
+        if queue.is_none() && tokio::runtime::Handle::try_current().is_ok() {
+            let q = faas_queue::MemoryQueue::new(100_000);
+            let store: Arc<dyn ActivationStore> = match &activations {
+                Some(s) => s.clone(),
+                None => Arc::new(faas_queue::MemoryActivationStore::default()),
+            };
+            let config = faas_queue::WorkerConfig {
+                max_payload_bytes: self.config.max_body_bytes,
+                max_response_bytes: self.config.max_async_result_bytes,
+                ..Default::default()
+            };
+            worker = Some(
+                faas_queue::Worker::new(
+                    self.invoker.clone(),
+                    Arc::new(q.consumer()),
+                    store.clone(),
+                    config,
+                )
+                .with_dead_letters(Arc::new(faas_queue::MemoryDeadLetters::default()))
+                .spawn(),
+            );
+            queue = Some(Arc::new(faas_queue::TrackedPublisher::new(
+                Arc::new(q.publisher()),
+                store.clone(),
+            )));
+            activations = Some(store);
+        }
+        let router = Router {
+            inner: Arc::new(Inner {
+                invoker: self.invoker,
+                config: self.config,
+                metrics: GatewayMetrics::new(),
+                queue,
+                activations,
+                _worker: worker,
+                ready: Mutex::new(HashMap::new()),
+            }),
+        };
+        let service = router.clone().layered();
+        Gateway { router, service }
+    }
+}
+
+/// The default gateway: [`Router`] inside [`RequestSpanLayer`], [`BasicAuthLayer`] (when
+/// configured) and [`BodyLimitLayer`]. Itself a tower `Service`.
+#[derive(Clone)]
+pub struct Gateway {
+    router: Router,
+    service: GatewayService,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("router", &self.router).finish()
+    }
+}
+
+impl Gateway {
+    /// Starts building a gateway over `invoker`.
+    pub fn builder(invoker: Arc<dyn Invoker>) -> GatewayBuilder {
+        GatewayBuilder { invoker, config: GatewayConfig::default(), queue: None, activations: None }
+    }
+
+    /// A gateway with the default configuration.
+    pub fn new(invoker: Arc<dyn Invoker>) -> Gateway {
+        Gateway::builder(invoker).build()
+    }
+
+    /// The whole stack as a boxed service (what [`crate::serve`] runs).
+    pub fn service(&self) -> GatewayService {
+        self.service.clone()
+    }
+
+    /// The bare router, to stack other layers around.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.router.inner.metrics
+    }
+}
+
+impl Service<Request> for Gateway {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, std::result::Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<std::result::Result<(), Infallible>> {
+        self.service.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        self.service.call(req)
+    }
+}
+
+impl Router {
+    fn layered(self) -> GatewayService {
+        let limit = BodyLimitLayer::new(self.inner.config.max_body_bytes);
+        match self.inner.config.auth.clone() {
+            Some(creds) => GatewayService::new(
+                RequestSpanLayer.layer(BasicAuthLayer::new(creds).layer(limit.layer(self))),
+            ),
+            None => GatewayService::new(RequestSpanLayer.layer(limit.layer(self))),
+        }
+    }
+}
+
+impl Service<Request> for Router {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, std::result::Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<std::result::Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(route(inner, req).await) })
+    }
+}
+
+fn body_limit(req: &Request, inner: &Inner) -> usize {
+    req.extensions().get::<BodyLimit>().map(|l| l.0).unwrap_or(inner.config.max_body_bytes)
+}
+
+async fn route(inner: Arc<Inner>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    if let Some(rest) = path.strip_prefix("/function/") {
+        let (name, suffix) = split_name(rest);
+        return invoke_sync(&inner, req, name, suffix).await;
+    }
+    if let Some(rest) = path.strip_prefix("/async-function/") {
+        let (name, suffix) = split_name(rest);
+        return invoke_async(&inner, req, name, suffix).await;
+    }
+    let result: Result<Response> = match (path.as_str(), &method) {
+        ("/healthz", &Method::GET | &Method::HEAD) => Ok(response::text(StatusCode::OK, "OK\n")),
+        ("/healthz", _) => Ok(response::method_not_allowed("GET")),
+        ("/metrics", &Method::GET) => Ok(metrics(&inner).await),
+        ("/metrics", _) => Ok(response::method_not_allowed("GET")),
+        ("/system/info", &Method::GET) => Ok(info(&inner)),
+        ("/system/info", _) => Ok(response::method_not_allowed("GET")),
+        ("/system/functions", _) => functions(&inner, req).await,
+        ("/system/secrets", _) => secrets(&inner, req).await,
+        ("/system/logs", &Method::GET) => logs(&inner, req).await,
+        ("/system/logs", _) => Ok(response::method_not_allowed("GET")),
+        ("/system/namespaces", &Method::GET) => {
+            inner.invoker.namespaces().await.map(|ns| response::json(StatusCode::OK, &ns))
+        }
+        ("/system/namespaces", _) => Ok(response::method_not_allowed("GET")),
+        ("/", &Method::GET) | ("/ui", &Method::GET) => Ok(redirect("/ui/")),
+        (p, m) if p.starts_with("/system/function/") => {
+            if m == Method::GET {
+                function_status(&inner, req, &p["/system/function/".len()..]).await
+            } else {
+                Ok(response::method_not_allowed("GET"))
+            }
+        }
+        (p, m) if p.starts_with("/system/scale-function/") => {
+            if m == Method::POST {
+                let name = p["/system/scale-function/".len()..].to_string();
+                scale(&inner, req, &name).await
+            } else {
+                Ok(response::method_not_allowed("POST"))
+            }
+        }
+        (p, m) if p.starts_with("/system/activations/") => {
+            if m == Method::GET {
+                activation(&inner, &p["/system/activations/".len()..]).await
+            } else {
+                Ok(response::method_not_allowed("GET"))
+            }
+        }
+        (p, &Method::GET) if p.starts_with("/ui/") => Ok(portal::asset(&p["/ui/".len()..])
+            .unwrap_or_else(|| response::text(StatusCode::NOT_FOUND, "not found\n"))),
+        _ => Ok(response::text(StatusCode::NOT_FOUND, format!("no route for {path}\n"))),
+    };
+    result.unwrap_or_else(|e| response::error(&e))
+}
+
+fn redirect(to: &'static str) -> Response {
+    let mut r = response::empty(StatusCode::MOVED_PERMANENTLY);
+    r.headers_mut().insert(header::LOCATION, HeaderValue::from_static(to));
+    r
+}
+
+fn split_name(rest: &str) -> (&str, &str) {
+    match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    }
+}
+
+impl Inner {
+    fn fref(&self, name: &str) -> Result<FunctionRef> {
+        if !valid_route_name(name) {
+            return Err(Error::invalid(
+                "function name",
+                format!("{name:?} must match [-a-zA-Z_0-9.]+"),
+            ));
+        }
+        Ok(FunctionRef::parse(name, &self.config.default_namespace))
+    }
+
+    fn namespace(&self, ns: Option<&str>) -> Result<String> {
+        match ns.filter(|s| !s.is_empty()) {
+            Some(ns) => {
+                faas_core::util::validate_dns1123_label(ns)
+                    .map_err(|r| Error::invalid("namespace", r))?;
+                Ok(ns.to_string())
+            }
+            None => Ok(self.config.default_namespace.clone()),
+        }
+    }
+
+    fn is_warm(&self, f: &FunctionRef) -> bool {
+        let ttl = self.config.ready_cache_ttl;
+        self.ready
+            .lock()
+            .ok()
+            .and_then(|m| m.get(f).map(|t| t.elapsed() < ttl))
+            .unwrap_or(false)
+    }
+
+    fn mark_warm(&self, f: &FunctionRef) {
+        if let Ok(mut m) = self.ready.lock() {
+            if m.len() > 100_000 {
+                m.clear();
+            }
+            m.insert(f.clone(), Instant::now());
+        }
+    }
+
+    fn forget(&self, f: &FunctionRef) {
+        if let Ok(mut m) = self.ready.lock() {
+            m.remove(f);
+        }
+    }
+
+    /// Makes sure `f` exists and has a ready replica, scaling it from zero if needed (bounded
+    /// by `scale_from_zero_timeout`, then 503).
+    async fn ensure_ready(&self, f: &FunctionRef) -> Result<()> {
+        if self.is_warm(f) {
+            return Ok(());
+        }
+        let st = self.invoker.status(f).await?;
+        if st.available_replicas > 0 {
+            self.mark_warm(f);
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        if st.replicas == 0 {
+            let min = ScalingPolicy::default().apply_labels(&st.labels).map(|p| p.min).unwrap_or(1);
+            let target = min.max(1);
+            tracing::info!(function = %f, replicas = target, "scaling from zero");
+            self.invoker.scale(f, target).await?;
+        }
+        let limit = self.config.scale_from_zero_timeout;
+        loop {
+            let st = self.invoker.status(f).await?;
+            if st.available_replicas > 0 {
+                tracing::info!(function = %f, took_ms = t0.elapsed().as_millis() as u64, "function ready");
+                self.mark_warm(f);
+                return Ok(());
+            }
+            if t0.elapsed() >= limit {
+                return Err(Error::unavailable(format!(
+                    "function {f} did not become ready within the scale-from-zero timeout of {} \
+                     (replicas {}, available 0)",
+                    format_duration(limit),
+                    st.replicas
+                )));
+            }
+            tokio::time::sleep(self.config.ready_poll_interval.min(limit - t0.elapsed())).await;
+        }
+    }
+}
+
+fn call_id(headers: &HeaderMap) -> InvocationId {
+    headers
+        .get(X_CALL_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .map(InvocationId::from_string)
+        .unwrap_or_default()
+}
+
+fn epoch_nanos(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+fn set_header(h: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(HeaderName::from_static(name), v);
+    }
+}
+
+async fn invoke_sync(inner: &Inner, req: Request, name: &str, suffix: &str) -> Response {
+    let received = SystemTime::now();
+    let t0 = Instant::now();
+    let id = call_id(req.headers());
+    let start_nanos = epoch_nanos(received).to_string();
+    let stamp = |mut r: Response, t0: Instant| {
+        let h = r.headers_mut();
+        set_header(h, X_CALL_ID, id.as_str());
+        set_header(h, X_START_TIME, &start_nanos);
+        set_header(h, X_DURATION_SECONDS, &format!("{:.6}", t0.elapsed().as_secs_f64()));
+        r
+    };
+    let f = match inner.fref(name) {
+        Ok(f) => f,
+        Err(e) => return stamp(response::error(&e), t0),
+    };
+    if let Err(e) = inner.ensure_ready(&f).await {
+        return stamp(response::error(&e), t0);
+    }
+    let limit_hit = req.extensions().get::<BodyLimitHit>().cloned();
+    let (parts, body) = req.into_parts();
+    let pq = match parts.uri.query() {
+        Some(q) => format!("{}?{q}", if suffix.is_empty() { "/" } else { suffix }),
+        None => if suffix.is_empty() { "/" } else { suffix }.to_string(),
+    };
+    let uri = match pq.parse::<http::Uri>() {
+        Ok(u) => u,
+        Err(e) => return stamp(response::error(&Error::invalid("path", e.to_string())), t0),
+    };
+    let mut fwd = http::Request::new(body);
+    *fwd.method_mut() = parts.method;
+    *fwd.uri_mut() = uri;
+    let mut headers = parts.headers;
+    for h in HOP_BY_HOP {
+        headers.remove(*h);
+    }
+    if let Some(host) = parts.uri.authority().map(|a| a.to_string()) {
+        set_header(&mut headers, "x-forwarded-host", &host);
+    }
+    set_header(&mut headers, X_CALL_ID, id.as_str());
+    set_header(&mut headers, X_START_TIME, &start_nanos);
+    *fwd.headers_mut() = headers;
+    let fname = f.to_string();
+    inner.metrics.started(&fname);
+    let inv = Invocation { id: id.clone(), function: f.clone(), request: fwd };
+    let upstream = inner.config.upstream_timeout;
+    let outcome = match tokio::time::timeout(upstream, inner.invoker.invoke(inv)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::timeout("gateway upstream", upstream)),
+    };
+    let resp = match outcome {
+        Ok(mut r) => {
+            for h in ["connection", "keep-alive", "transfer-encoding"] {
+                r.headers_mut().remove(h);
+            }
+            r
+        }
+        Err(e) => {
+            if limit_hit.is_some_and(|h| h.hit()) {
+                response::error(&Error::PayloadTooLarge { limit: inner.config.max_body_bytes as u64 })
+            } else {
+                if matches!(e, Error::NotFound { .. }) {
+                    inner.forget(&f);
+                }
+                tracing::debug!(function = %f, error = %e, "invocation failed");
+                response::error(&e)
+            }
+        }
+    };
+    inner.metrics.finished(&fname, resp.status().as_u16(), t0.elapsed());
+    stamp(resp, t0)
+}
+
+fn validate_callback(url: &str) -> Result<()> {
+    let uri: http::Uri =
+        url.parse().map_err(|e: http::uri::InvalidUri| Error::invalid("X-Callback-Url", e.to_string()))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(_)) => Ok(()),
+        (Some("https"), Some(_)) => Err(Error::invalid(
+            "X-Callback-Url",
+            "https callbacks are not supported by this gateway; use http",
+        )),
+        _ => Err(Error::invalid("X-Callback-Url", format!("{url:?} is not an absolute http URL"))),
+    }
+}
+
+async fn invoke_async(inner: &Inner, req: Request, name: &str, suffix: &str) -> Response {
+    let id = call_id(req.headers());
+    let with_id = |mut r: Response| {
+        set_header(r.headers_mut(), X_CALL_ID, id.as_str());
+        r
+    };
+    let result: Result<()> = async {
+        let f = inner.fref(name)?;
+        let Some(queue) = inner.queue.clone() else {
+            return Err(Error::unavailable("no async queue is configured on this gateway"));
+        };
+        if !inner.is_warm(&f) {
+            inner.invoker.status(&f).await?;
+        }
+        let limit = body_limit(&req, inner);
+        let (parts, body) = req.into_parts();
+        let callback_url = match parts.headers.get(X_CALLBACK_URL) {
+            Some(v) => {
+                let s = v
+                    .to_str()
+                    .map_err(|_| Error::invalid("X-Callback-Url", "must be visible ASCII"))?;
+                validate_callback(s)?;
+                Some(s.to_string())
+            }
+            None => None,
+        };
+        let body = body.collect_limited(limit).await?;
+        let headers = parts
+            .headers
+            .iter()
+            .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()) && k.as_str() != X_CALLBACK_URL)
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_string(), v.to_string())))
+            .chain(std::iter::once((X_CALL_ID.to_string(), id.to_string())))
+            .collect::<Vec<_>>();
+        let item = QueuedInvocation {
+            call_id: id.clone(),
+            function: f.name.clone(),
+            namespace: f.namespace.clone(),
+            method: parts.method.to_string(),
+            path: if suffix.is_empty() { "/".into() } else { suffix.to_string() },
+            query: parts.uri.query().unwrap_or("").to_string(),
+            headers: dedup_call_id(headers),
+            body,
+            callback_url,
+            attempt: 0,
+            queued_at: faas_core::activation::epoch_millis(SystemTime::now()),
+        };
+        queue.publish(item).await
+    }
+    .await;
+    match result {
+        Ok(()) => with_id(response::empty(StatusCode::ACCEPTED)),
+        Err(e) => with_id(response::error(&e)),
+    }
+}
+
+fn dedup_call_id(mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    // Keep only the last X-Call-Id (the one the gateway assigned).
+    if let Some(last) = headers.iter().rposition(|(k, _)| k == X_CALL_ID) {
+        let keep = headers.remove(last);
+        headers.retain(|(k, _)| k != X_CALL_ID);
+        headers.push(keep);
+    }
+    headers
+}
+
+async fn metrics(inner: &Inner) -> Response {
+    let refresh = async {
+        if let Ok(namespaces) = inner.invoker.namespaces().await {
+            for ns in namespaces {
+                if let Ok(list) = inner.invoker.list(&ns).await {
+                    for st in list {
+                        inner
+                            .metrics
+                            .service_count(&format!("{}.{}", st.name, st.namespace), st.replicas);
+                    }
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), refresh).await;
+    let mut r = response::text(StatusCode::OK, inner.metrics.render());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+fn info(inner: &Inner) -> Response {
+    let p = inner.invoker.info();
+    let v = serde_json::json!({
+        "provider": {
+            "provider": p.provider,
+            "orchestration": p.orchestration,
+            "version": { "sha": "", "release": p.version },
+        },
+        "version": {
+            "sha": option_env!("FAAS_GIT_SHA").unwrap_or("unknown"),
+            "release": env!("CARGO_PKG_VERSION"),
+            "commit_message": "",
+        },
+        "arch": std::env::consts::ARCH,
+    });
+    response::json(StatusCode::OK, &v)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeleteFunction {
+    function_name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+async fn functions(inner: &Inner, req: Request) -> Result<Response> {
+    let q = parse_query(req.uri().query());
+    let limit = body_limit(&req, inner);
+    match req.method().clone() {
+        Method::GET => {
+            let ns = inner.namespace(query_get(&q, "namespace"))?;
+            let list = inner.invoker.list(&ns).await?;
+            for st in &list {
+                inner.metrics.service_count(&format!("{}.{}", st.name, st.namespace), st.replicas);
+            }
+            Ok(response::json(StatusCode::OK, &list))
+        }
+        m @ (Method::POST | Method::PUT) => {
+            let mut spec: FunctionSpec = read_json(req.into_body(), limit).await?;
+            if spec.namespace.as_deref().is_none_or(str::is_empty) {
+                spec.namespace = match query_get(&q, "namespace") {
+                    Some(ns) if !ns.is_empty() => Some(ns.to_string()),
+                    _ if inner.config.default_namespace != DEFAULT_NAMESPACE => {
+                        Some(inner.config.default_namespace.clone())
+                    }
+                    _ => None,
+                };
+            }
+            spec.validate()?;
+            if let Some(t) = spec.timeout {
+                let g = inner.config.upstream_timeout;
+                if t > g {
+                    return Err(Error::invalid(
+                        "timeout",
+                        format!(
+                            "the function timeout {} exceeds the gateway's upstream timeout {}; \
+                             lower it or raise the gateway's upstream_timeout so they agree",
+                            format_duration(t),
+                            format_duration(g)
+                        ),
+                    ));
+                }
+            }
+            let f = spec.function_ref();
+            if m == Method::POST {
+                tracing::info!(function = %f, image = %spec.image, "deploying");
+                inner.invoker.deploy(spec).await?;
+            } else {
+                tracing::info!(function = %f, image = %spec.image, "updating");
+                inner.invoker.update(spec).await?;
+            }
+            inner.forget(&f);
+            Ok(response::empty(StatusCode::ACCEPTED))
+        }
+        Method::DELETE => {
+            let d: DeleteFunction = read_json(req.into_body(), limit).await?;
+            if d.function_name.is_empty() {
+                return Err(Error::invalid("functionName", "must not be empty"));
+            }
+            let ns = inner.namespace(d.namespace.as_deref().or(query_get(&q, "namespace")))?;
+            let f = FunctionRef::new(d.function_name, ns);
+            inner.invoker.remove(&f).await?;
+            inner.forget(&f);
+            tracing::info!(function = %f, "removed");
+            Ok(response::empty(StatusCode::ACCEPTED))
+        }
+        _ => Ok(response::method_not_allowed("GET, POST, PUT, DELETE")),
+    }
+}
+
+fn fref_with_ns(inner: &Inner, name: &str, ns: Option<&str>) -> Result<FunctionRef> {
+    let mut f = inner.fref(name)?;
+    if !name.contains('.') {
+        f.namespace = inner.namespace(ns)?;
+    }
+    Ok(f)
+}
+
+async fn function_status(inner: &Inner, req: Request, name: &str) -> Result<Response> {
+    let q = parse_query(req.uri().query());
+    let f = fref_with_ns(inner, name, query_get(&q, "namespace"))?;
+    let st = inner.invoker.status(&f).await?;
+    Ok(response::json(StatusCode::OK, &st))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ScaleRequest {
+    #[serde(default)]
+    service_name: Option<String>,
+    replicas: u64,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+async fn scale(inner: &Inner, req: Request, name: &str) -> Result<Response> {
+    let q = parse_query(req.uri().query());
+    let limit = body_limit(&req, inner);
+    let s: ScaleRequest = read_json(req.into_body(), limit).await?;
+    if let Some(sn) = s.service_name.as_deref().filter(|s| !s.is_empty()) {
+        let path_name = name.split('.').next().unwrap_or(name);
+        if sn != path_name && sn != name {
+            return Err(Error::invalid(
+                "serviceName",
+                format!("{sn:?} does not match the function in the path, {name:?}"),
+            ));
+        }
+    }
+    let replicas = u32::try_from(s.replicas)
+        .map_err(|_| Error::invalid("replicas", format!("{} is too large", s.replicas)))?;
+    let f = fref_with_ns(inner, name, s.namespace.as_deref().or(query_get(&q, "namespace")))?;
+    tracing::info!(function = %f, replicas, "scaling");
+    inner.invoker.scale(&f, replicas).await?;
+    inner.forget(&f);
+    Ok(response::empty(StatusCode::ACCEPTED))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretRequest {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    raw_value: Option<String>,
+}
+
+impl SecretRequest {
+    fn into_secret(self, inner: &Inner) -> Result<Secret> {
+        validate_secret_name(&self.name).map_err(|r| Error::invalid("name", r))?;
+        let namespace = inner.namespace(self.namespace.as_deref())?;
+        let value = match (self.value, self.raw_value) {
+            (Some(v), _) if !v.is_empty() => Bytes::from(v),
+            (_, Some(raw)) => Bytes::from(
+                faas_core::queue::base64_decode(raw.trim())
+                    .map_err(|e| Error::invalid("rawValue", e))?,
+            ),
+            (Some(v), None) => Bytes::from(v),
+            (None, None) => {
+                return Err(Error::invalid("value", "one of value or rawValue is required"))
+            }
+        };
+        Ok(Secret { name: self.name, namespace, value })
+    }
+}
+
+#[derive(Deserialize)]
+struct DeleteSecret {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+async fn secrets(inner: &Inner, req: Request) -> Result<Response> {
+    let q = parse_query(req.uri().query());
+    let limit = body_limit(&req, inner);
+    match req.method().clone() {
+        Method::GET => {
+            let ns = inner.namespace(query_get(&q, "namespace"))?;
+            let list = inner.invoker.list_secrets(&ns).await?;
+            Ok(response::json(StatusCode::OK, &list))
+        }
+        Method::POST => {
+            let s: SecretRequest = read_json(req.into_body(), limit).await?;
+            inner.invoker.create_secret(s.into_secret(inner)?).await?;
+            Ok(response::empty(StatusCode::CREATED))
+        }
+        Method::PUT => {
+            let s: SecretRequest = read_json(req.into_body(), limit).await?;
+            inner.invoker.update_secret(s.into_secret(inner)?).await?;
+            Ok(response::empty(StatusCode::ACCEPTED))
+        }
+        Method::DELETE => {
+            let d: DeleteSecret = read_json(req.into_body(), limit).await?;
+            validate_secret_name(&d.name).map_err(|r| Error::invalid("name", r))?;
+            let ns = inner.namespace(d.namespace.as_deref().or(query_get(&q, "namespace")))?;
+            inner.invoker.remove_secret(&ns, &d.name).await?;
+            Ok(response::empty(StatusCode::ACCEPTED))
+        }
+        _ => Ok(response::method_not_allowed("GET, POST, PUT, DELETE")),
+    }
+}
+
+/// A log stream made `Sync` (hyper bodies must be) by exclusive access.
+struct SyncStream<S>(std::sync::Mutex<S>);
+
+impl<S: futures::Stream + Unpin> futures::Stream for SyncStream<S> {
+    type Item = S::Item;
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<S::Item>> {
+        let inner = match self.get_mut().0.get_mut() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        std::pin::Pin::new(inner).poll_next(cx)
+    }
+}
+
+async fn logs(inner: &Inner, req: Request) -> Result<Response> {
+    let q = parse_query(req.uri().query());
+    let name = query_get(&q, "name")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Error::invalid("name", "the function name is required"))?;
+    let f = fref_with_ns(inner, name, query_get(&q, "namespace"))?;
+    let since = match query_get(&q, "since").filter(|s| !s.is_empty()) {
+        Some(s) => Some(
+            faas_core::spec::rfc3339::parse(s).map_err(|r| Error::invalid("since", r))?,
+        ),
+        None => None,
+    };
+    let tail = match query_get(&q, "tail").filter(|s| !s.is_empty()) {
+        Some(t) => match t.parse::<i64>() {
+            Ok(n) if n < 0 => None,
+            Ok(n) => Some(n as usize),
+            Err(_) => return Err(Error::invalid("tail", format!("{t:?} is not a number"))),
+        },
+        None => None,
+    };
+    let follow = match query_get(&q, "follow") {
+        None | Some("") | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(o) => return Err(Error::invalid("follow", format!("{o:?} is not true or false"))),
+    };
+    let instance = query_get(&q, "instance").filter(|s| !s.is_empty()).map(String::from);
+    let stream = inner
+        .invoker
+        .logs(LogsRequest { function: Some(f), instance, since, tail, follow })
+        .await?;
+    let lines = stream.map(|r| -> std::result::Result<Bytes, BoxError> {
+        let entry = r.map_err(|e| -> BoxError { Box::new(e) })?;
+        let mut v = serde_json::to_vec(&entry).map_err(|e| -> BoxError { Box::new(e) })?;
+        v.push(b'\n');
+        Ok(Bytes::from(v))
+    });
+    let mut r = http::Response::new(Body::from_stream(SyncStream(std::sync::Mutex::new(lines))));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(r)
+}
+
+async fn activation(inner: &Inner, id: &str) -> Result<Response> {
+    if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(Error::invalid("id", "a call id is 1 to 128 letters, digits or '-'"));
+    }
+    let Some(lookup) = &inner.activations else {
+        return Err(Error::NotSupported { operation: "activation records".into() });
+    };
+    match lookup.get(&InvocationId::from_string(id)).await? {
+        Some(a) => Ok(response::json(StatusCode::OK, &a)),
+        None => Err(Error::NotFound { kind: "activation", name: id.to_string() }),
+    }
+}

@@ -1,0 +1,134 @@
+//! Small helpers: query strings, percent decoding, route names, JSON bodies.
+
+use bytes::Bytes;
+use faas_core::{Body, Error, Result};
+use serde::de::DeserializeOwned;
+
+/// Decodes `%XX` escapes and `+` (as a space) in a query component.
+pub(crate) fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses a query string into decoded pairs.
+pub(crate) fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
+    q.unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (percent_decode(k), percent_decode(v)),
+            None => (percent_decode(p), String::new()),
+        })
+        .collect()
+}
+
+/// The first value of `key` in a parsed query.
+pub(crate) fn query_get<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// Whether `s` is a routable function name: `[-a-zA-Z_0-9.]+`.
+pub(crate) fn valid_route_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+}
+
+/// Reads a JSON body up to `limit` bytes; a malformed body gives 400 naming the field.
+pub(crate) async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T> {
+    let bytes = body.collect_limited(limit).await?;
+    parse_json(&bytes)
+}
+
+/// Parses JSON; the error names the offending field path.
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(Error::invalid("body", "expected a JSON object, got an empty body"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.to_string();
+        let path = if inner.is_syntax() || inner.is_eof() || path.starts_with('?') {
+            ".".to_string()
+        } else {
+            path
+        };
+        // serde reports a missing field in the message, with the path of its parent.
+        let field = match msg.strip_prefix("missing field `") {
+            Some(rest) => {
+                let name = rest.split('`').next().unwrap_or("");
+                if path == "." || path.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{path}.{name}")
+                }
+            }
+            None if path == "." || path.is_empty() => "body".to_string(),
+            None => path,
+        };
+        Error::invalid(field, format!("malformed JSON: {msg}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_and_names() {
+        let q = parse_query(Some("name=a%2Eb&since=2026-01-01T00%3A00%3A00Z&x&p=a+b&bad=%zz%"));
+        assert_eq!(query_get(&q, "name"), Some("a.b"));
+        assert_eq!(query_get(&q, "since"), Some("2026-01-01T00:00:00Z"));
+        assert_eq!(query_get(&q, "x"), Some(""));
+        assert_eq!(query_get(&q, "p"), Some("a b"));
+        assert_eq!(query_get(&q, "bad"), Some("%zz%"));
+        assert!(valid_route_name("echo.openfaas-fn_1"));
+        assert!(!valid_route_name("a/b"));
+        assert!(!valid_route_name(""));
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct S {
+            service: String,
+            inner: Inner,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Inner {
+            replicas: u32,
+        }
+        let e = parse_json::<S>(&Bytes::from(r#"{"service":"a","inner":{"replicas":"x"}}"#))
+            .unwrap_err();
+        assert!(matches!(&e, Error::InvalidSpec { field, .. } if field == "inner.replicas"), "{e}");
+        let e = parse_json::<S>(&Bytes::from(r#"{"inner":{"replicas":1}}"#)).unwrap_err();
+        assert!(matches!(&e, Error::InvalidSpec { field, .. } if field == "service"), "{e}");
+        let e = parse_json::<S>(&Bytes::from("{not json")).unwrap_err();
+        assert!(matches!(&e, Error::InvalidSpec { .. }), "{e}");
+        let e = parse_json::<S>(&Bytes::from("")).unwrap_err();
+        assert!(matches!(&e, Error::InvalidSpec { field, .. } if field == "body"), "{e}");
+    }
+}

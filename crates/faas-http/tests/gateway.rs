@@ -1,0 +1,517 @@
+//! End-to-end tests of the gateway over real TCP on 127.0.0.1, with the in-memory backend.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{eventually, start, start_with, memory_invoker};
+use faas_core::conformance::MemoryWorkload;
+use faas_core::conformance::Behaviour;
+use faas_core::{FunctionSpec, FunctionStatus};
+use faas_http::{BasicAuth, GatewayConfig};
+use http::Method;
+
+fn echo(name: &str) -> FunctionSpec {
+    FunctionSpec::new(name, MemoryWorkload::image(Behaviour::Echo))
+}
+
+#[tokio::test]
+async fn health_info_namespaces_and_unknown_routes() {
+    let g = start(GatewayConfig::default()).await;
+    let r = g.req(Method::GET, "/healthz", "").await;
+    assert_eq!(r.status, 200);
+    let r = g.req(Method::GET, "/system/info", "").await;
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["provider"]["provider"], "faas-rs-memory");
+    assert!(v["provider"]["orchestration"].is_string());
+    assert!(v["provider"]["version"]["release"].is_string());
+    assert!(v["provider"]["version"]["sha"].is_string());
+    assert!(v["version"]["release"].is_string());
+    assert!(v["arch"].is_string());
+    let r = g.req(Method::GET, "/system/namespaces", "").await;
+    assert_eq!(r.status, 200);
+    let ns: Vec<String> = serde_json::from_slice(&r.body).unwrap();
+    assert!(ns.contains(&"openfaas-fn".to_string()), "{ns:?}");
+    let r = g.req(Method::GET, "/nope", "").await;
+    assert_eq!(r.status, 404);
+    let r = g.req(Method::POST, "/healthz", "").await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.headers["allow"], "GET");
+    let r = g.req(Method::DELETE, "/system/function/x", "").await;
+    assert_eq!(r.status, 405);
+}
+
+#[tokio::test]
+async fn deploy_list_status_update_remove() {
+    let g = start(GatewayConfig::default()).await;
+    let body = serde_json::json!({
+        "service": "echo1",
+        "image": MemoryWorkload::image(Behaviour::Echo),
+        "envProcess": "cat",
+        "envVars": {"A": "1"},
+        "labels": {"team": "x"},
+        "annotations": {"note": "y"},
+        "limits": {"memory": "128Mi", "cpu": "0.5"},
+        "requests": {"memory": "64Mi"},
+        "constraints": ["type=test"],
+        "secrets": null,
+        "readOnlyRootFilesystem": true
+    });
+    let r = g.req(Method::POST, "/system/functions", serde_json::to_vec(&body).unwrap()).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    // Deploying again conflicts.
+    let r = g.req(Method::POST, "/system/functions", serde_json::to_vec(&body).unwrap()).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+
+    let r = g.req(Method::GET, "/system/functions", "").await;
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let f = &v.as_array().unwrap().iter().find(|f| f["name"] == "echo1").unwrap();
+    for field in [
+        "name", "image", "namespace", "envProcess", "envVars", "labels", "annotations", "limits",
+        "requests", "constraints", "invocationCount", "replicas", "availableReplicas", "createdAt",
+        "readOnlyRootFilesystem",
+    ] {
+        assert!(f.get(field).is_some(), "missing {field} in {f}");
+    }
+    assert_eq!(f["namespace"], "openfaas-fn");
+    assert_eq!(f["envVars"]["A"], "1");
+    assert_eq!(f["limits"]["memory"], "128Mi");
+
+    let r = g.req(Method::GET, "/system/function/echo1", "").await;
+    assert_eq!(r.status, 200);
+    let st: FunctionStatus = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(st.replicas, 1);
+    // name.namespace and ?namespace= address the same function.
+    assert_eq!(g.req(Method::GET, "/system/function/echo1.openfaas-fn", "").await.status, 200);
+    assert_eq!(g.req(Method::GET, "/system/function/echo1?namespace=openfaas-fn", "").await.status, 200);
+    assert_eq!(g.req(Method::GET, "/system/function/nope", "").await.status, 404);
+
+    // Update: PUT replaces the spec; PUT of an unknown function is 404 (faas-cli then POSTs).
+    let mut upd = body.clone();
+    upd["envVars"] = serde_json::json!({"A": "2"});
+    let r = g.req(Method::PUT, "/system/functions", serde_json::to_vec(&upd).unwrap()).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let st: FunctionStatus =
+        serde_json::from_slice(&g.req(Method::GET, "/system/function/echo1", "").await.body).unwrap();
+    assert_eq!(st.env_vars["A"], "2");
+    let mut other = body.clone();
+    other["service"] = "ghost".into();
+    let r = g.req(Method::PUT, "/system/functions", serde_json::to_vec(&other).unwrap()).await;
+    assert_eq!(r.status, 404);
+
+    // The client's deploy does PUT then POST.
+    assert!(!g.client.deploy(&echo("echo2")).await.unwrap());
+    assert!(g.client.deploy(&echo("echo2")).await.unwrap());
+
+    let r = g.req(Method::DELETE, "/system/functions", r#"{"functionName":"echo1"}"#).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(g.req(Method::GET, "/system/function/echo1", "").await.status, 404);
+    let r = g.req(Method::DELETE, "/system/functions", r#"{"functionName":"echo1"}"#).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(g.req(Method::POST, "/function/echo1", "x").await.status, 404);
+}
+
+#[tokio::test]
+async fn malformed_requests_are_400_naming_the_field() {
+    let g = start(GatewayConfig::default()).await;
+    let cases: &[(Method, &str, &str, &str)] = &[
+        (Method::POST, "/system/functions", r#"{"image":"x"}"#, "service"),
+        (Method::POST, "/system/functions", r#"{"service":5,"image":"x"}"#, "service"),
+        (Method::POST, "/system/functions", r#"{"service":"a","image":"x","envVars":[1]}"#, "envVars"),
+        (Method::POST, "/system/functions", r#"{"service":"Bad_Name","image":"x"}"#, "service"),
+        (Method::POST, "/system/functions", r#"{"service":"a","image":"x","limits":{"memory":"lots"}}"#, "limits.memory"),
+        (Method::POST, "/system/functions", r#"{"service":"a","image":"x","labels":{"com.openfaas.scale.min":"two"}}"#, "com.openfaas.scale.min"),
+        (Method::POST, "/system/functions", "{not json", "body"),
+        (Method::POST, "/system/functions", "", "body"),
+        (Method::DELETE, "/system/functions", r#"{"name":"x"}"#, "functionName"),
+        (Method::POST, "/system/scale-function/a", r#"{"replicas":"many"}"#, "replicas"),
+        (Method::POST, "/system/scale-function/a", r#"{"replicas":99999999999}"#, "replicas"),
+        (Method::POST, "/system/secrets", r#"{"name":"Bad!","value":"v"}"#, "name"),
+        (Method::POST, "/system/secrets", r#"{"name":"ok"}"#, "value"),
+        (Method::POST, "/system/secrets", r#"{"name":"ok","rawValue":"%%%"}"#, "rawValue"),
+        (Method::GET, "/system/logs", "", "name"),
+        (Method::GET, "/system/logs?name=a&tail=x", "", "tail"),
+        (Method::GET, "/system/logs?name=a&since=yesterday", "", "since"),
+        (Method::GET, "/system/functions?namespace=Bad_NS", "", "namespace"),
+        (Method::POST, "/function/bad%20name", "", "function name"),
+    ];
+    for (m, path, body, field) in cases {
+        let r = g.req(m.clone(), path, body.to_string()).await;
+        assert_eq!(r.status, 400, "{m} {path} {body}: {}", r.text());
+        assert!(r.text().contains(field), "{m} {path} {body}: {:?} does not name {field}", r.text());
+    }
+}
+
+#[tokio::test]
+async fn invoke_passes_everything_through() {
+    let g = start(GatewayConfig::default()).await;
+    g.deploy(echo("echo")).await;
+    let r = g
+        .req_h(
+            Method::PUT,
+            "/function/echo/some/path?x=1&y=two",
+            &[("x-test-a", "alpha"), ("content-type", "text/plain"), ("x-call-id", "my-call-1")],
+            "hello body",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "hello body");
+    assert_eq!(r.headers["x-echo-method"], "PUT");
+    assert_eq!(r.headers["x-echo-path"], "/some/path");
+    assert_eq!(r.headers["x-echo-query"], "x=1&y=two");
+    assert_eq!(r.headers["x-echo-x-test-a"], "alpha");
+    assert_eq!(r.headers["x-call-id"], "my-call-1");
+    let start: u128 = r.headers["x-start-time"].to_str().unwrap().parse().unwrap();
+    assert!(start > 1_600_000_000_000_000_000, "nanoseconds since the epoch: {start}");
+    let d: f64 = r.headers["x-duration-seconds"].to_str().unwrap().parse().unwrap();
+    assert!((0.0..60.0).contains(&d));
+
+    // Without a suffix the function sees "/", and a call id is generated.
+    let r = g.req(Method::GET, "/function/echo", "").await;
+    assert_eq!(r.headers["x-echo-path"], "/");
+    assert_eq!(r.headers["x-call-id"].len(), 32);
+    // name.namespace.
+    let r = g.req(Method::POST, "/function/echo.openfaas-fn/p", "ns").await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ns"));
+    // Unknown function and unknown namespace: 404.
+    assert_eq!(g.req(Method::POST, "/function/ghost", "").await.status, 404);
+    assert_eq!(g.req(Method::POST, "/function/echo.elsewhere", "").await.status, 404);
+}
+
+#[tokio::test]
+async fn request_and_response_bodies_stream() {
+    let g = start(GatewayConfig::default()).await;
+    g.deploy(FunctionSpec::new("count", "test/count")).await;
+    // A chunked request body, sent while the function reads it.
+    let chunks: Vec<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> =
+        (0..64).map(|_| Ok(hyper::body::Frame::data(Bytes::from(vec![b'x'; 16 * 1024])))).collect();
+    let body = http_body_util::StreamBody::new(futures::stream::iter(chunks));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::StreamBody<_>>();
+    let req = http::Request::post(format!("{}/function/count", g.base)).body(body).unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    use http_body_util::BodyExt;
+    let b = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(b, (64 * 16 * 1024).to_string());
+}
+
+#[tokio::test]
+async fn body_limit_is_413_declared_or_streamed() {
+    let cfg = GatewayConfig { max_body_bytes: 1000, ..Default::default() };
+    let g = start(cfg).await;
+    g.deploy(FunctionSpec::new("count", "test/count")).await;
+    let r = g.req(Method::POST, "/function/count", vec![b'a'; 1001]).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.text().contains("1000"), "{}", r.text());
+    let r = g.req(Method::POST, "/function/count", vec![b'a'; 1000]).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "1000"));
+    // Chunked, no Content-Length: cut while streaming.
+    let chunks: Vec<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> =
+        (0..10).map(|_| Ok(hyper::body::Frame::data(Bytes::from(vec![b'x'; 300])))).collect();
+    let body = http_body_util::StreamBody::new(futures::stream::iter(chunks));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::StreamBody<_>>();
+    let req = http::Request::post(format!("{}/function/count", g.base)).body(body).unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    // A system route buffers its JSON body under the same limit.
+    let big = format!(r#"{{"service":"a","image":"{}"}}"#, "x".repeat(2000));
+    assert_eq!(g.req(Method::POST, "/system/functions", big).await.status, 413);
+}
+
+#[tokio::test]
+async fn function_errors_map_to_statuses() {
+    let cfg = GatewayConfig { upstream_timeout: Duration::from_millis(800), ..Default::default() };
+    let g = start(cfg).await;
+    g.deploy(FunctionSpec::new("fail", "test/fail")).await;
+    g.deploy(FunctionSpec::new("crash", MemoryWorkload::image(Behaviour::Crash))).await;
+    g.deploy(
+        FunctionSpec::new("slowfn", MemoryWorkload::image(Behaviour::Sleep))
+            .timeout(Duration::from_millis(200)),
+    )
+    .await;
+    g.deploy(FunctionSpec::new("slowgw", MemoryWorkload::image(Behaviour::Sleep))).await;
+
+    let r = g.req(Method::POST, "/function/fail", "").await;
+    assert_eq!(r.status, 502, "application error: {}", r.text());
+    assert!(r.text().contains("rejected by the function"), "{}", r.text());
+    let r = g.req(Method::POST, "/function/crash?crash=1", "").await;
+    assert_eq!(r.status, 502, "developer error: {}", r.text());
+    let r = g.req(Method::POST, "/function/slowfn?ms=3000", "").await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("function") && r.text().contains("200ms"), "names the function timeout: {}", r.text());
+    let r = g.req(Method::POST, "/function/slowgw?ms=3000", "").await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("gateway upstream timeout of 800ms"), "names the gateway timeout: {}", r.text());
+    // A function timeout longer than the gateway's is refused at deploy, so they agree.
+    let spec = FunctionSpec::new("toolong", "test/ok").timeout(Duration::from_secs(5));
+    let r = g.req(Method::POST, "/system/functions", serde_json::to_vec(&spec).unwrap()).await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("timeout") && r.text().contains("800ms"), "{}", r.text());
+}
+
+#[tokio::test]
+async fn scale_and_scale_from_zero() {
+    let g = start(GatewayConfig::default()).await;
+    g.deploy(echo("zero")).await;
+    let r = g.req(Method::POST, "/system/scale-function/zero", r#"{"serviceName":"zero","replicas":0}"#).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let st = g.client.describe("zero", None).await.unwrap();
+    assert_eq!((st.replicas, st.available_replicas), (0, 0));
+    // The request is held while the function scales up, then served.
+    let r = g.req(Method::POST, "/function/zero", "back").await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "back"));
+    let st = g.client.describe("zero", None).await.unwrap();
+    assert!(st.replicas >= 1 && st.available_replicas >= 1, "{st:?}");
+    g.client.scale("zero", None, 3).await.unwrap();
+    assert_eq!(g.client.describe("zero", None).await.unwrap().replicas, 3);
+    assert_eq!(g.req(Method::POST, "/system/scale-function/ghost", r#"{"replicas":1}"#).await.status, 404);
+    let r = g.req(Method::POST, "/system/scale-function/zero", r#"{"serviceName":"other","replicas":1}"#).await;
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test]
+async fn scale_from_zero_timeout_is_503_with_a_message() {
+    let invoker = faas_core::MemoryInvoker::builder().cold_start(Duration::from_secs(5)).build();
+    MemoryWorkload::new(&invoker);
+    let cfg = GatewayConfig { scale_from_zero_timeout: Duration::from_millis(300), ..Default::default() };
+    let g = start_with(std::sync::Arc::new(invoker), cfg).await;
+    g.deploy(echo("sleepy").label("com.openfaas.scale.min", "0")).await;
+    g.client.scale("sleepy", None, 0).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let r = g.req(Method::POST, "/function/sleepy", "x").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("scale-from-zero timeout of 300ms"), "{}", r.text());
+    assert!(t0.elapsed() < Duration::from_secs(4), "bounded wait: {:?}", t0.elapsed());
+}
+
+#[tokio::test]
+async fn secrets_lifecycle() {
+    let g = start(GatewayConfig::default()).await;
+    let r = g.req(Method::POST, "/system/secrets", r#"{"name":"api-key","value":"s3cr3t"}"#).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(g.req(Method::POST, "/system/secrets", r#"{"name":"api-key","value":"x"}"#).await.status, 409);
+    let raw = faas_core::queue::base64_encode(b"\x00\x01raw");
+    let r = g.req(Method::POST, "/system/secrets", format!(r#"{{"name":"raw","rawValue":"{raw}","namespace":"openfaas-fn"}}"#)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let list = g.client.list_secrets(None).await.unwrap();
+    let names: Vec<_> = list.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"api-key") && names.contains(&"raw"), "{names:?}");
+    assert!(!String::from_utf8_lossy(&g.req(Method::GET, "/system/secrets", "").await.body).contains("s3cr3t"));
+    // The function sees the secret.
+    g.deploy(FunctionSpec::new("env", MemoryWorkload::image(Behaviour::Env)).secret("api-key")).await;
+    let r = g.req(Method::GET, "/function/env?secret=api-key", "").await;
+    assert_eq!(r.text(), "s3cr3t");
+    let r = g.req(Method::PUT, "/system/secrets", r#"{"name":"api-key","value":"n3w"}"#).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(g.req(Method::PUT, "/system/secrets", r#"{"name":"ghost","value":"n"}"#).await.status, 404);
+    let r = g.req(Method::DELETE, "/system/secrets", r#"{"name":"raw"}"#).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(g.req(Method::DELETE, "/system/secrets", r#"{"name":"raw"}"#).await.status, 404);
+}
+
+#[tokio::test]
+async fn logs_as_json_lines_and_follow() {
+    let g = start(GatewayConfig::default()).await;
+    g.deploy(FunctionSpec::new("logger", MemoryWorkload::image(Behaviour::Log))).await;
+    assert_eq!(g.req(Method::POST, "/function/logger", "first line").await.status, 200);
+    let r = g.req(Method::GET, "/system/logs?name=logger", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.headers["content-type"], "application/x-ndjson");
+    let lines: Vec<serde_json::Value> =
+        r.text().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let first = lines.iter().find(|l| l["text"] == "first line").expect("the logged line");
+    for k in ["name", "namespace", "instance", "timestamp", "text"] {
+        assert!(first.get(k).is_some(), "missing {k}: {first}");
+    }
+    assert_eq!(first["name"], "logger");
+
+    // follow=true keeps the stream open and delivers new lines.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = g.client.clone();
+    let follower = tokio::spawn(async move {
+        client.logs("logger", None, Some(0), true, |e| { let _ = tx.send(e.text); }).await
+    });
+    let line = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            // Keep writing until the follower sees a line written after it connected.
+            assert_eq!(g.req(Method::POST, "/function/logger", "followed line").await.status, 200);
+            match tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+                Ok(Some(t)) if t == "followed line" => return t,
+                Ok(Some(_)) | Err(_) => continue,
+                Ok(None) => panic!("stream ended"),
+            }
+        }
+    })
+    .await
+    .expect("a followed line");
+    assert_eq!(line, "followed line");
+    follower.abort();
+    assert_eq!(g.req(Method::GET, "/system/logs?name=ghost", "").await.status, 404);
+}
+
+#[tokio::test]
+async fn metrics_use_openfaas_names() {
+    let g = start(GatewayConfig::default()).await;
+    g.deploy(echo("metered")).await;
+    for _ in 0..3 {
+        assert_eq!(g.req(Method::POST, "/function/metered", "x").await.status, 200);
+    }
+    g.deploy(FunctionSpec::new("failing", "test/fail")).await;
+    assert_eq!(g.req(Method::POST, "/function/failing", "x").await.status, 502);
+    let r = g.req(Method::GET, "/metrics", "").await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let m = r.text();
+    assert!(m.contains(r#"gateway_function_invocation_total{function_name="metered.openfaas-fn",code="200"} 3"#), "{m}");
+    assert!(m.contains(r#"gateway_function_invocation_total{function_name="failing.openfaas-fn",code="502"} 1"#), "{m}");
+    assert!(m.contains(r#"gateway_function_invocation_started{function_name="metered.openfaas-fn"} 3"#), "{m}");
+    assert!(m.contains(r#"gateway_functions_seconds_bucket{function_name="metered.openfaas-fn",code="200",le="#), "{m}");
+    assert!(m.contains(r#"gateway_functions_seconds_count{function_name="metered.openfaas-fn",code="200"} 3"#), "{m}");
+    assert!(m.contains(r#"gateway_service_count{function_name="metered.openfaas-fn"} 1"#), "{m}");
+}
+
+#[tokio::test]
+async fn basic_auth_protects_system_routes() {
+    let dir = std::env::temp_dir().join(format!("faas-gw-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("basic-auth-user"), "admin\n").unwrap();
+    std::fs::write(dir.join("basic-auth-password"), "hunter2\n").unwrap();
+    let creds = BasicAuth::from_dir(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let g = start(GatewayConfig { auth: Some(creds.clone()), ..Default::default() }).await;
+    g.deploy(echo("open")).await; // the harness client sends the credentials
+    let anon = faas_http::client::GatewayClient::new(&g.base).unwrap();
+    let wrong = faas_http::client::GatewayClient::new(&g.base)
+        .unwrap()
+        .with_auth(Some(BasicAuth::new("admin", "hunter3")));
+    for path in ["/system/functions", "/system/info", "/system/secrets", "/ui/"] {
+        for c in [&anon, &wrong] {
+            let r = c.send(Method::GET, path, &[], Bytes::new()).await.unwrap();
+            assert_eq!(r.status, 401, "{path}");
+            assert_eq!(r.headers["www-authenticate"], "Basic realm=\"Restricted\"");
+        }
+        assert_eq!(g.req(Method::GET, path, "").await.status, 200, "{path} with credentials");
+    }
+    // Functions, health and metrics stay open.
+    let r = anon.send(Method::POST, "/function/open", &[], Bytes::from("hi")).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(anon.send(Method::GET, "/healthz", &[], Bytes::new()).await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn async_invocation_posts_the_result_to_the_callback() {
+    use http_body_util::BodyExt;
+    let g = start(GatewayConfig::default()).await;
+    g.deploy(echo("later")).await;
+    // A real callback listener on 127.0.0.1.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cb = format!("http://{}/done", listener.local_addr().unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                hyper_util::rt::TokioIo::new(s),
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.unwrap().to_bytes();
+                        let _ = tx.send((parts, body));
+                        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(Bytes::new())))
+                    }
+                }),
+            ));
+        }
+    });
+    let r = g
+        .req_h(Method::POST, "/async-function/later/sub?q=1", &[("x-callback-url", &cb), ("x-test-k", "v")], "async body")
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let call_id = r.headers["x-call-id"].to_str().unwrap().to_string();
+    let (parts, body) = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(parts.method, Method::POST);
+    assert_eq!(parts.uri.path(), "/done");
+    assert_eq!(body, "async body");
+    assert_eq!(parts.headers["x-call-id"], call_id.as_str());
+    assert_eq!(parts.headers["x-function-status"], "200");
+    assert_eq!(parts.headers["x-function-name"], "later");
+    let d: f64 = parts.headers["x-duration-seconds"].to_str().unwrap().parse().unwrap();
+    assert!(d >= 0.0);
+    // The activation record, by call id (our extension).
+    let gw = &g;
+    let id = call_id.clone();
+    let v: serde_json::Value = eventually(20, || {
+        let id = id.clone();
+        async move {
+            let r = gw.req(Method::GET, &format!("/system/activations/{id}"), "").await;
+            assert_eq!(r.status, 200, "a published call id is known at once: {}", r.text());
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            (v["state"] == "succeeded" && v.get("callback").is_some()).then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(v["callId"], call_id.as_str());
+    assert_eq!(v["function"], "later");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["activation"]["activationId"], call_id.as_str());
+    assert_eq!(v["activation"]["response"]["success"], true);
+    assert_eq!(g.req(Method::GET, "/system/activations/unknown", "").await.status, 404);
+    // Errors: unknown function, bad callback.
+    assert_eq!(g.req(Method::POST, "/async-function/ghost", "").await.status, 404);
+    let r = g.req_h(Method::POST, "/async-function/later", &[("x-callback-url", "not a url")], "").await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("X-Callback-Url"), "{}", r.text());
+}
+
+#[tokio::test]
+async fn portal_assets_are_served() {
+    let g = start(GatewayConfig::default()).await;
+    let r = g.req(Method::GET, "/ui/", "").await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(r.text().contains("app.js"));
+    assert_eq!(g.req(Method::GET, "/ui/app.js", "").await.status, 200);
+    assert_eq!(g.req(Method::GET, "/ui/style.css", "").await.status, 200);
+    assert_eq!(g.req(Method::GET, "/ui/missing.js", "").await.status, 404);
+    let r = g.req(Method::GET, "/ui", "").await;
+    assert_eq!(r.status, 301);
+    assert_eq!(r.headers["location"], "/ui/");
+}
+
+#[tokio::test]
+async fn garbage_input_never_breaks_the_gateway() {
+    let g = start(GatewayConfig { max_body_bytes: 4096, ..Default::default() }).await;
+    g.deploy(echo("e")).await;
+    let paths = [
+        "/function/", "/function/.", "/function/..", "/function/e.", "/function/.e", "/async-function/",
+        "/system/function/", "/system/scale-function/", "/system/activations/", "/system/logs?name=%",
+        "/system/logs?name=e&follow=maybe", "/system/functions?namespace=", "/function/e/%ff%00?%%",
+        "/ui/../../etc/passwd", "/system/activations/../x", "/function/e?x=%zz",
+    ];
+    let bodies: [&[u8]; 5] = [b"", b"{", b"\xff\xfe\x00", b"[]", b"{\"service\":{}}"];
+    for p in paths {
+        for m in [Method::GET, Method::POST, Method::PUT, Method::DELETE] {
+            for b in bodies {
+                let r = g.client.send(m.clone(), p, &[], Bytes::from_static(b)).await.unwrap();
+                assert!(r.status.as_u16() < 600 && r.status != 500, "{m} {p}: {}", r.status);
+            }
+        }
+    }
+    for b in bodies {
+        for p in ["/system/functions", "/system/secrets", "/system/scale-function/e"] {
+            for m in [Method::POST, Method::PUT, Method::DELETE] {
+                let r = g.client.send(m.clone(), p, &[], Bytes::from_static(b)).await.unwrap();
+                assert!(r.status.is_client_error(), "{m} {p} {b:?}: {} {}", r.status, r.text());
+            }
+        }
+    }
+    assert_eq!(g.req(Method::GET, "/healthz", "").await.status, 200);
+    let _ = memory_invoker;
+}

@@ -1,0 +1,611 @@
+//! The Kafka queue (feature `kafka`): rdkafka with a bundled librdkafka.
+//!
+//! - [`KafkaPublisher`]: an idempotent producer (`enable.idempotence=true`, so `acks=all`
+//!   and no duplicates from producer retries). Each invocation is one JSON message keyed by
+//!   `namespace/function`, so invocations of one function land in one partition and are
+//!   delivered in publish order. A full local producer queue answers
+//!   [`Error::Overloaded`].
+//! - [`KafkaConsumer`]: a member of a consumer group (several workers in one group share
+//!   the partitions and take over each other's on rebalance). Offsets are committed only for
+//!   invocations that were acknowledged, that is finished (succeeded, failed for good, or
+//!   dead-lettered): the consumer tracks the offsets in flight per partition and stores the
+//!   lowest unfinished one for the (periodic and on-close) commit. A worker that dies
+//!   mid-invocation thus leaves the message to be delivered again to whoever gets the
+//!   partition.
+//! - [`KafkaDeadLetters`]: dead letters as JSON on their own topic. Messages that are not a
+//!   valid [`QueuedInvocation`] go there too, raw, with a `faas-error` header, so that they
+//!   never block a partition.
+//!
+//! A nacked delivery is published again at the end of the topic (with a
+//! `faas-redeliveries` header) before its offset counts as done. A delivery dropped
+//! unsettled is nacked the same way when [`KafkaConfig::nack_on_drop`] is set (the
+//! default); otherwise it stays unfinished and is delivered again after the next rebalance
+//! or restart, as after a crash.
+//!
+//! Closing: dropping a subscribed librdkafka consumer blocks until it has left its group,
+//! which never happens if the cluster is gone. [`KafkaConsumer::close`] (or the worker's
+//! shutdown) therefore leaves the group on a blocking thread with a time limit, and a
+//! `KafkaConsumer` dropped unclosed hands its client to a detached thread, so no caller
+//! ever blocks on it. Close consumers before the cluster goes away.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use faas_core::event::{Acknowledge, Delivery};
+use faas_core::queue::{
+    DeadLetter, DeadLetterSink, QueueConsumer, QueuePublisher, QueuedInvocation,
+};
+use faas_core::{Error, Result};
+use futures::future::BoxFuture;
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// The header counting redeliveries of a nacked message.
+pub const REDELIVERIES_HEADER: &str = "faas-redeliveries";
+/// The header carrying the parse error of a malformed message sent to the dead letters.
+pub const ERROR_HEADER: &str = "faas-error";
+
+/// Where and how to reach Kafka.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`, e.g. `127.0.0.1:9092`.
+    pub brokers: String,
+    /// The topic of queued invocations.
+    pub topic: String,
+    /// The dead-letter topic.
+    pub dead_letter_topic: String,
+    /// The consumer group of the workers.
+    pub group_id: String,
+    /// `client.id`.
+    pub client_id: String,
+    /// How long the producer keeps trying to deliver one message
+    /// (`message.timeout.ms`); past it, `publish` fails with [`Error::Unavailable`].
+    pub publish_timeout: Duration,
+    /// How often acknowledged offsets are committed (`auto.commit.interval.ms`); they are
+    /// also committed when a consumer closes or loses partitions.
+    pub commit_interval: Duration,
+    /// Nack (publish again) a delivery dropped unsettled. Off, a dropped delivery waits for
+    /// the next rebalance or restart, as a crash would.
+    pub nack_on_drop: bool,
+    /// How long [`KafkaConsumer::close`] waits for the consumer to leave its group.
+    pub close_timeout: Duration,
+    /// Further librdkafka properties, applied last (to producers and consumers alike),
+    /// e.g. `("session.timeout.ms", "6000")` or security settings.
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    /// Defaults: topic `faas-async`, dead letters `faas-async-dead-letters`, group
+    /// `faas-queue-worker`.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        KafkaConfig {
+            brokers: brokers.into(),
+            topic: "faas-async".into(),
+            dead_letter_topic: "faas-async-dead-letters".into(),
+            group_id: "faas-queue-worker".into(),
+            client_id: "faas-rs".into(),
+            publish_timeout: Duration::from_secs(30),
+            commit_interval: Duration::from_millis(500),
+            nack_on_drop: true,
+            close_timeout: Duration::from_secs(10),
+            properties: Vec::new(),
+        }
+    }
+
+    /// Sets one librdkafka property.
+    pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.push((key.into(), value.into()));
+        self
+    }
+
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers).set("client.id", &self.client_id);
+        c
+    }
+
+    fn apply_properties(&self, c: &mut ClientConfig) {
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+    }
+
+    fn producer(&self) -> Result<FutureProducer> {
+        let mut c = self.base();
+        c.set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", self.publish_timeout.as_millis().max(1).to_string());
+        self.apply_properties(&mut c);
+        c.create().map_err(|e| config_error("producer", e))
+    }
+}
+
+fn config_error(what: &str, e: KafkaError) -> Error {
+    Error::invalid("kafka", format!("cannot create the Kafka {what}: {e}"))
+}
+
+fn produce_error(e: &KafkaError) -> Error {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::QueueFull) => Error::Overloaded {
+            message: "the Kafka producer queue is full".into(),
+            retry_after: Some(Duration::from_secs(1)),
+        },
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+            Error::invalid("body", format!("the message is too large for Kafka: {e}"))
+        }
+        _ => Error::unavailable(format!("kafka: {e}")),
+    }
+}
+
+fn encode(item: &QueuedInvocation) -> Result<Vec<u8>> {
+    serde_json::to_vec(item)
+        .map_err(|e| Error::internal(format!("encoding a queued invocation: {e}")))
+}
+
+/// Publishes queued invocations to a Kafka topic with an idempotent producer.
+#[derive(Clone)]
+pub struct KafkaPublisher {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl std::fmt::Debug for KafkaPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaPublisher").field("topic", &self.topic).finish()
+    }
+}
+
+impl KafkaPublisher {
+    /// A publisher to `config.topic`. Fails with [`Error::InvalidSpec`] (field `kafka`)
+    /// on an invalid configuration; connecting happens in the background.
+    pub fn new(config: &KafkaConfig) -> Result<Self> {
+        Ok(KafkaPublisher { producer: config.producer()?, topic: config.topic.clone() })
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    async fn send(&self, key: &str, payload: &[u8], headers: Option<OwnedHeaders>) -> Result<()> {
+        let mut record = FutureRecord::to(&self.topic).key(key).payload(payload);
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        let fut = self.producer.send_result(record).map_err(|(e, _)| produce_error(&e))?;
+        match fut.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(produce_error(&e)),
+            Err(_) => Err(Error::unavailable("kafka: the producer went away")),
+        }
+    }
+}
+
+#[async_trait]
+impl QueuePublisher for KafkaPublisher {
+    async fn publish(&self, item: QueuedInvocation) -> Result<()> {
+        let payload = encode(&item)?;
+        self.send(&item.key(), &payload, None).await
+    }
+
+    async fn publish_batch(&self, items: Vec<QueuedInvocation>) -> Vec<Result<()>> {
+        // Enqueue everything first, then wait for the acknowledgements together.
+        let mut pending = Vec::with_capacity(items.len());
+        for item in &items {
+            let sent = encode(item).and_then(|payload| {
+                let key = item.key();
+                let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
+                self.producer.send_result(record).map_err(|(e, _)| produce_error(&e))
+            });
+            pending.push(sent);
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for p in pending {
+            out.push(match p {
+                Ok(fut) => match fut.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(produce_error(&e)),
+                    Err(_) => Err(Error::unavailable("kafka: the producer went away")),
+                },
+                Err(e) => Err(e),
+            });
+        }
+        out
+    }
+}
+
+/// Dead letters as JSON messages ([`DeadLetter`]) on `config.dead_letter_topic`, keyed by
+/// `namespace/function`.
+#[derive(Clone, Debug)]
+pub struct KafkaDeadLetters {
+    publisher: KafkaPublisher,
+}
+
+impl KafkaDeadLetters {
+    /// Dead letters to `config.dead_letter_topic`.
+    pub fn new(config: &KafkaConfig) -> Result<Self> {
+        Ok(KafkaDeadLetters {
+            publisher: KafkaPublisher {
+                producer: config.producer()?,
+                topic: config.dead_letter_topic.clone(),
+            },
+        })
+    }
+}
+
+#[async_trait]
+impl DeadLetterSink for KafkaDeadLetters {
+    async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
+        let payload = serde_json::to_vec(&letter)
+            .map_err(|e| Error::internal(format!("encoding a dead letter: {e}")))?;
+        self.publisher.send(&letter.item.key(), &payload, None).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Consumer.
+
+/// Offsets in flight per partition, and what may be committed.
+#[derive(Default)]
+struct Tracker {
+    partitions: HashMap<i32, Track>,
+    /// Bumped per partition on every rebalance, so acknowledgements of deliveries from an
+    /// earlier assignment store nothing.
+    epochs: HashMap<i32, u64>,
+}
+
+#[derive(Default)]
+struct Track {
+    in_flight: BTreeSet<i64>,
+    /// One past the highest offset received.
+    next: i64,
+    /// The last offset stored for commit.
+    stored: i64,
+    epoch: u64,
+}
+
+impl Tracker {
+    fn received(&mut self, partition: i32, offset: i64) -> u64 {
+        let epoch = *self.epochs.get(&partition).unwrap_or(&0);
+        let t = self.partitions.entry(partition).or_insert_with(|| Track {
+            next: offset,
+            stored: offset,
+            epoch,
+            ..Track::default()
+        });
+        t.in_flight.insert(offset);
+        t.next = t.next.max(offset + 1);
+        epoch
+    }
+
+    /// Marks `offset` done; returns the offset to store for commit if it advanced.
+    fn done(&mut self, partition: i32, offset: i64, epoch: u64) -> Option<i64> {
+        let t = self.partitions.get_mut(&partition)?;
+        if t.epoch != epoch || !t.in_flight.remove(&offset) {
+            return None;
+        }
+        let commit = t.next; // MUTANT
+        if commit > t.stored {
+            t.stored = commit;
+            Some(commit)
+        } else {
+            None
+        }
+    }
+
+    fn reset(&mut self, partitions: impl Iterator<Item = i32>) {
+        for p in partitions {
+            self.partitions.remove(&p);
+            *self.epochs.entry(p).or_default() += 1;
+        }
+    }
+}
+
+/// Resets the offset tracking of partitions that change hands.
+struct TrackingContext {
+    tracker: Arc<Mutex<Tracker>>,
+    topic: String,
+}
+
+impl ClientContext for TrackingContext {}
+
+impl ConsumerContext for TrackingContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let tpl = match rebalance {
+            Rebalance::Assign(tpl) | Rebalance::Revoke(tpl) => *tpl,
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "kafka rebalance error");
+                return;
+            }
+        };
+        let parts: Vec<i32> = tpl
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect();
+        tracing::debug!(
+            ?parts,
+            kind = matches!(rebalance, Rebalance::Assign(_)),
+            "kafka rebalance"
+        );
+        lock(&self.tracker).reset(parts.into_iter());
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+type Client = StreamConsumer<TrackingContext>;
+
+struct Shared {
+    consumer: Mutex<Option<Arc<Client>>>,
+    tracker: Arc<Mutex<Tracker>>,
+    /// Republishes nacked items; also sends malformed messages to the dead letters.
+    republish: KafkaPublisher,
+    dead_letters: KafkaPublisher,
+    topic: String,
+    nack_on_drop: bool,
+    close_timeout: Duration,
+}
+
+/// A member of a Kafka consumer group delivering queued invocations; see the
+/// [module docs](self) for the commit and close rules.
+pub struct KafkaConsumer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for KafkaConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConsumer").field("topic", &self.shared.topic).finish()
+    }
+}
+
+impl KafkaConsumer {
+    /// Joins `config.group_id` and subscribes to `config.topic`.
+    pub fn new(config: &KafkaConfig) -> Result<Self> {
+        let tracker = Arc::new(Mutex::new(Tracker::default()));
+        let ctx = TrackingContext { tracker: tracker.clone(), topic: config.topic.clone() };
+        let mut c = config.base();
+        c.set("group.id", &config.group_id)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", config.commit_interval.as_millis().max(1).to_string())
+            .set("auto.offset.reset", "earliest");
+        config.apply_properties(&mut c);
+        let consumer: Client =
+            c.create_with_context(ctx).map_err(|e| config_error("consumer", e))?;
+        consumer.subscribe(&[&config.topic]).map_err(|e| {
+            Error::unavailable(format!("kafka: subscribing to {}: {e}", config.topic))
+        })?;
+        Ok(KafkaConsumer {
+            shared: Arc::new(Shared {
+                consumer: Mutex::new(Some(Arc::new(consumer))),
+                tracker,
+                republish: KafkaPublisher::new(config)?,
+                dead_letters: KafkaPublisher {
+                    producer: config.producer()?,
+                    topic: config.dead_letter_topic.clone(),
+                },
+                topic: config.topic.clone(),
+                nack_on_drop: config.nack_on_drop,
+                close_timeout: config.close_timeout,
+            }),
+        })
+    }
+
+    fn client(&self) -> Option<Arc<Client>> {
+        lock(&self.shared.consumer).clone()
+    }
+}
+
+impl Drop for KafkaConsumer {
+    fn drop(&mut self) {
+        if let Some(c) = lock(&self.shared.consumer).take() {
+            // Never block the dropping thread (see the module docs).
+            let _ =
+                std::thread::Builder::new().name("faas-kafka-close".into()).spawn(move || drop(c));
+        }
+    }
+}
+
+#[async_trait]
+impl QueueConsumer for KafkaConsumer {
+    async fn next(&self) -> Result<Option<Delivery<QueuedInvocation>>> {
+        loop {
+            let Some(client) = self.client() else { return Ok(None) };
+            let (partition, offset, payload, redeliveries) = {
+                let msg =
+                    client.recv().await.map_err(|e| Error::unavailable(format!("kafka: {e}")))?;
+                let redeliveries = msg
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == REDELIVERIES_HEADER))
+                    .and_then(|h| h.value)
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u32>().ok())
+                    .unwrap_or(0);
+                (msg.partition(), msg.offset(), msg.payload().map(<[u8]>::to_vec), redeliveries)
+            };
+            let epoch = lock(&self.shared.tracker).received(partition, offset);
+            let mut ack = KafkaAck {
+                shared: Arc::downgrade(&self.shared),
+                client: Arc::downgrade(&client),
+                partition,
+                offset,
+                epoch,
+                item: None,
+                redeliveries,
+                settled: false,
+            };
+            let payload = payload.unwrap_or_default();
+            match serde_json::from_slice::<QueuedInvocation>(&payload) {
+                Ok(item) => {
+                    ack.item = Some(item.clone());
+                    return Ok(Some(Delivery::new(item, redeliveries, Box::new(ack))));
+                }
+                Err(e) => {
+                    // Not an invocation: park it in the dead letters so it never blocks the
+                    // partition, then count it as done.
+                    tracing::warn!(partition, offset, error = %e, "malformed message sent to the dead letters");
+                    let headers = OwnedHeaders::new().insert(Header {
+                        key: ERROR_HEADER,
+                        value: Some(&format!("not a queued invocation: {e}")),
+                    });
+                    let key = format!("malformed/{partition}/{offset}");
+                    match self.shared.dead_letters.send(&key, &payload, Some(headers)).await {
+                        Ok(()) => {
+                            let _ = Box::new(ack).ack().await;
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "could not dead-letter a malformed message");
+                            // Dropped unsettled: retried after a restart or rebalance.
+                            std::mem::forget(ack);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        let Some(client) = lock(&self.shared.consumer).take() else { return Ok(()) };
+        let timeout = self.shared.close_timeout;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Leaving the group commits the stored (acknowledged) offsets; it blocks, and may
+        // never finish if the cluster is gone: run it on its own thread, bounded.
+        std::thread::Builder::new()
+            .name("faas-kafka-close".into())
+            .spawn(move || {
+                drop(client);
+                let _ = tx.send(());
+            })
+            .map_err(|e| Error::internal(format!("spawning the Kafka close thread: {e}")))?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::unavailable(format!(
+                "kafka: the consumer did not leave its group within {}",
+                faas_core::util::format_duration(timeout)
+            ))),
+        }
+    }
+}
+
+/// Settles one Kafka delivery.
+struct KafkaAck {
+    shared: Weak<Shared>,
+    client: Weak<Client>,
+    partition: i32,
+    offset: i64,
+    epoch: u64,
+    item: Option<QueuedInvocation>,
+    redeliveries: u32,
+    settled: bool,
+}
+
+impl KafkaAck {
+    fn mark_done(&mut self) -> Result<()> {
+        self.settled = true;
+        let Some(shared) = self.shared.upgrade() else { return Ok(()) };
+        let Some(commit) = lock(&shared.tracker).done(self.partition, self.offset, self.epoch)
+        else {
+            return Ok(());
+        };
+        let Some(client) = self.client.upgrade() else { return Ok(()) };
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&shared.topic, self.partition, Offset::Offset(commit))
+            .map_err(|e| Error::internal(format!("kafka: {e}")))?;
+        match client.store_offsets(&tpl) {
+            Ok(()) => Ok(()),
+            // The partition went to another consumer meanwhile: it will deliver the item
+            // again (at least once).
+            Err(e) => {
+                tracing::debug!(error = %e, partition = self.partition, "offset not stored");
+                Ok(())
+            }
+        }
+    }
+
+    fn nack_future(mut self) -> BoxFuture<'static, Result<()>> {
+        self.settled = true;
+        Box::pin(async move {
+            let (Some(shared), Some(item)) = (self.shared.upgrade(), self.item.take()) else {
+                return Ok(());
+            };
+            let payload = encode(&item)?;
+            let n = self.redeliveries.saturating_add(1).to_string();
+            let headers =
+                OwnedHeaders::new().insert(Header { key: REDELIVERIES_HEADER, value: Some(&n) });
+            shared.republish.send(&item.key(), &payload, Some(headers)).await?;
+            drop(shared);
+            self.mark_done()
+        })
+    }
+}
+
+impl Acknowledge for KafkaAck {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        let r = self.mark_done();
+        Box::pin(std::future::ready(r))
+    }
+
+    fn nack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        (*self).nack_future()
+    }
+}
+
+impl Drop for KafkaAck {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let nack = self.shared.upgrade().is_some_and(|s| s.nack_on_drop);
+        if let (true, Ok(rt)) = (nack, tokio::runtime::Handle::try_current()) {
+            let ack = KafkaAck {
+                shared: self.shared.clone(),
+                client: self.client.clone(),
+                partition: self.partition,
+                offset: self.offset,
+                epoch: self.epoch,
+                item: self.item.take(),
+                redeliveries: self.redeliveries,
+                settled: false,
+            };
+            self.settled = true;
+            rt.spawn(async move {
+                if let Err(e) = ack.nack_future().await {
+                    tracing::warn!(error = %e, "nacking a dropped Kafka delivery failed");
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_point_is_lowest_unfinished() {
+        let mut t = Tracker::default();
+        let e = t.received(0, 10);
+        t.received(0, 11);
+        t.received(0, 12);
+        assert_eq!(t.done(0, 11, e), None, "10 is still running");
+        assert_eq!(t.done(0, 10, e), Some(12));
+        assert_eq!(t.done(0, 12, e), Some(13));
+        assert_eq!(t.done(0, 12, e), None, "twice");
+        // After a rebalance, acknowledgements from the old assignment store nothing.
+        t.received(0, 13);
+        t.reset([0].into_iter());
+        assert_eq!(t.done(0, 13, e), None);
+        let e2 = t.received(0, 13);
+        assert_eq!(t.done(0, 13, e2), Some(14));
+    }
+}

@@ -1,0 +1,344 @@
+//! The in-memory queue: bounded, with backpressure, at-least-once delivery with explicit
+//! acknowledgement. The default for tests and the embedded gateway.
+//!
+//! ```
+//! # tokio_test_block_on(async {
+//! use faas_core::queue::{QueueConsumer, QueuePublisher};
+//! use faas_queue::memory::MemoryQueue;
+//!
+//! let queue = MemoryQueue::new(1024);
+//! let (publisher, consumer) = (queue.publisher(), queue.consumer());
+//! # let item = faas_queue::memory::example_item();
+//! publisher.publish(item).await?;
+//! let delivery = consumer.next().await?.expect("an item");
+//! // ... run it ...
+//! delivery.ack().await?;
+//! # Ok::<(), faas_core::Error>(())
+//! # }).unwrap();
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+//! # }
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use faas_core::event::{Acknowledge, Delivery};
+use faas_core::queue::{
+    DeadLetter, DeadLetterSink, QueueConsumer, QueuePublisher, QueuedInvocation,
+};
+use faas_core::{Error, Result};
+use futures::future::BoxFuture;
+use tokio::sync::Notify;
+
+struct Entry {
+    item: QueuedInvocation,
+    redeliveries: u32,
+}
+
+struct Inner {
+    queue: Mutex<VecDeque<Entry>>,
+    capacity: usize,
+    closed: AtomicBool,
+    in_flight: AtomicUsize,
+    /// Wakes consumers waiting for an item.
+    available: Notify,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Entry>> {
+        // A panic while holding the lock cannot leave the deque inconsistent (every
+        // operation on it is a single push or pop), so a poisoned lock is still usable.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts an unacknowledged item back at the front, ignoring the capacity (an accepted
+    /// item is never dropped).
+    fn requeue(&self, mut entry: Entry) {
+        entry.redeliveries = entry.redeliveries.saturating_add(1);
+        self.lock().push_front(entry);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.available.notify_one();
+    }
+}
+
+/// A bounded in-memory queue. Cheap to clone (all clones share the queue).
+///
+/// - [`MemoryQueue::publisher`] publishes; a full queue answers [`Error::Overloaded`].
+/// - [`MemoryQueue::consumer`] consumes; any number of consumers share the items.
+/// - A delivery that is nacked, or dropped unsettled (its worker stopped), goes back to the
+///   front of the queue, so it is the next one delivered.
+/// - Delivery order is publish order (one FIFO for all functions).
+/// - [`MemoryQueue::close`] refuses new items; consumers drain what is left, then get
+///   `None`.
+#[derive(Clone)]
+pub struct MemoryQueue {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MemoryQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryQueue")
+            .field("capacity", &self.inner.capacity)
+            .field("len", &self.len())
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+impl MemoryQueue {
+    /// A queue holding at most `capacity` waiting items (at least 1). Items being processed
+    /// (delivered, not yet acknowledged) do not count against it.
+    pub fn new(capacity: usize) -> Self {
+        MemoryQueue {
+            inner: Arc::new(Inner {
+                queue: Mutex::new(VecDeque::with_capacity(capacity.clamp(1, 4096))),
+                capacity: capacity.max(1),
+                closed: AtomicBool::new(false),
+                in_flight: AtomicUsize::new(0),
+                available: Notify::new(),
+            }),
+        }
+    }
+
+    /// A publisher for this queue.
+    pub fn publisher(&self) -> MemoryPublisher {
+        MemoryPublisher { inner: self.inner.clone() }
+    }
+
+    /// A consumer of this queue.
+    pub fn consumer(&self) -> MemoryConsumer {
+        MemoryConsumer { inner: self.inner.clone() }
+    }
+
+    /// Items waiting (not delivered).
+    pub fn len(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    /// Whether no item is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Items delivered and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Acquire)
+    }
+
+    /// The capacity.
+    pub fn capacity(&self) -> usize {
+        self.inner.capacity
+    }
+
+    /// Refuses new items ([`Error::Unavailable`]); consumers get the waiting items, then
+    /// `None`.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.available.notify_waiters();
+    }
+}
+
+/// Publishes to a [`MemoryQueue`].
+#[derive(Clone)]
+pub struct MemoryPublisher {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MemoryPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryPublisher")
+    }
+}
+
+impl MemoryPublisher {
+    /// Publishes without awaiting (the in-memory queue never waits): [`Error::Overloaded`]
+    /// when full, [`Error::Unavailable`] when closed.
+    pub fn try_publish(&self, item: QueuedInvocation) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::unavailable("the queue is closed"));
+        }
+        {
+            let mut q = self.inner.lock();
+            if q.len() >= self.inner.capacity {
+                return Err(Error::Overloaded {
+                    message: format!("the async queue is full ({} items)", self.inner.capacity),
+                    retry_after: Some(std::time::Duration::from_secs(1)),
+                });
+            }
+            q.push_back(Entry { item, redeliveries: 0 });
+        }
+        self.inner.available.notify_one();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl QueuePublisher for MemoryPublisher {
+    async fn publish(&self, item: QueuedInvocation) -> Result<()> {
+        self.try_publish(item)
+    }
+
+    async fn publish_batch(&self, items: Vec<QueuedInvocation>) -> Vec<Result<()>> {
+        items.into_iter().map(|i| self.try_publish(i)).collect()
+    }
+}
+
+/// Consumes from a [`MemoryQueue`].
+#[derive(Clone)]
+pub struct MemoryConsumer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MemoryConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryConsumer")
+    }
+}
+
+impl MemoryConsumer {
+    /// The next item if one is waiting, without waiting; `None` if the queue is empty.
+    pub fn try_next(&self) -> Option<Delivery<QueuedInvocation>> {
+        let entry = self.inner.lock().pop_front()?;
+        Some(self.deliver(entry))
+    }
+
+    fn deliver(&self, entry: Entry) -> Delivery<QueuedInvocation> {
+        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        let item = entry.item.clone();
+        let redeliveries = entry.redeliveries;
+        Delivery::new(
+            item,
+            redeliveries,
+            Box::new(MemoryAck { inner: self.inner.clone(), entry: Some(entry) }),
+        )
+    }
+}
+
+#[async_trait]
+impl QueueConsumer for MemoryConsumer {
+    async fn next(&self) -> Result<Option<Delivery<QueuedInvocation>>> {
+        loop {
+            let notified = self.inner.available.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(d) = self.try_next() {
+                return Ok(Some(d));
+            }
+            if self.inner.closed.load(Ordering::Acquire) {
+                // Items still in flight may come back (nack, drop); only a queue that is
+                // closed, empty and has nothing in flight is finished.
+                if self.inner.in_flight.load(Ordering::Acquire) == 0 {
+                    return Ok(None);
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Settles one in-memory delivery; dropped unsettled, it puts the item back.
+struct MemoryAck {
+    inner: Arc<Inner>,
+    entry: Option<Entry>,
+}
+
+impl Acknowledge for MemoryAck {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        if self.entry.take().is_some() {
+            self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+            if self.inner.closed.load(Ordering::Acquire) {
+                // A consumer waiting for the last in-flight item to settle may finish now.
+                self.inner.available.notify_waiters();
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn nack(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        if let Some(entry) = self.entry.take() {
+            self.inner.requeue(entry);
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+impl Drop for MemoryAck {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.inner.requeue(entry);
+        }
+    }
+}
+
+/// Dead letters kept in memory (bounded: past `capacity` the oldest are dropped, with a
+/// warning). The activation store keeps each call's final state regardless.
+#[derive(Clone, Debug)]
+pub struct MemoryDeadLetters {
+    letters: Arc<Mutex<VecDeque<DeadLetter>>>,
+    capacity: usize,
+}
+
+impl MemoryDeadLetters {
+    /// Keeps at most `capacity` letters (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        MemoryDeadLetters {
+            letters: Arc::new(Mutex::new(VecDeque::new())),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// A copy of the letters, oldest first.
+    pub fn letters(&self) -> Vec<DeadLetter> {
+        self.letters.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    /// How many letters are kept.
+    pub fn len(&self) -> usize {
+        self.letters.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Default for MemoryDeadLetters {
+    fn default() -> Self {
+        MemoryDeadLetters::new(10_000)
+    }
+}
+
+#[async_trait]
+impl DeadLetterSink for MemoryDeadLetters {
+    async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
+        let mut l = self.letters.lock().unwrap_or_else(|p| p.into_inner());
+        if l.len() >= self.capacity {
+            tracing::warn!(capacity = self.capacity, "dead letters full: dropping the oldest");
+            l.pop_front();
+        }
+        l.push_back(letter);
+        Ok(())
+    }
+}
+
+/// A small queued invocation of function `echo` (for examples and tests).
+#[doc(hidden)]
+pub fn example_item() -> QueuedInvocation {
+    QueuedInvocation {
+        call_id: faas_core::InvocationId::new(),
+        function: "echo".into(),
+        namespace: faas_core::spec::DEFAULT_NAMESPACE.into(),
+        method: "POST".into(),
+        path: String::new(),
+        query: String::new(),
+        headers: Vec::new(),
+        body: bytes::Bytes::from_static(b"hello"),
+        callback_url: None,
+        attempt: 0,
+        queued_at: 0,
+    }
+}

@@ -1,0 +1,1387 @@
+//! The process backend: each function replica is a `faas-watchdog` process on its own
+//! `127.0.0.1` port, running the spec's `envProcess` (`fprocess`). No Docker needed.
+//!
+//! - **Deploy** validates the spec (`envProcess` is required; `image` is recorded but not
+//!   run), places it on the single local node through the [`Scheduler`] (so constraints or
+//!   platforms this machine cannot meet give the scheduler's clear error), and starts
+//!   `com.openfaas.scale.min` replicas in the background. An instance is ready once its
+//!   watchdog answers `/_/health` with 200.
+//! - **Invoke** routes to a ready replica with free capacity through
+//!   [`Scheduler::route`] (default [`LeastLoaded`]); when every replica is busy
+//!   (`spec.max_concurrency` per replica) the invocation waits, bounded by
+//!   [`ProcessInvokerBuilder::queue_timeout`]. A function at zero replicas is scaled from zero
+//!   and the invocation waits for the first replica (bounded by
+//!   [`ProcessInvokerBuilder::start_timeout`]).
+//! - **Mode and variables**: `spec.env_vars` reach the watchdog and the function process, so
+//!   `mode`, `upstream_url`, `exec_timeout`, `max_inflight`... work as for the watchdog. The
+//!   backend sets `port` and `bind_address=127.0.0.1`; in `http` mode it gives each replica
+//!   its own upstream port (the function must listen on the environment variable `port`,
+//!   which the watchdog sets). `spec.timeout` becomes the watchdog's `exec_timeout` (unset:
+//!   no limit). By default `prefix_logs=false` and `healthcheck_interval=0s` (the backend
+//!   stops routing to a replica before it stops it).
+//! - **Secrets** are files `<state>/secrets/<namespace>/<name>`; each function gets a copy of
+//!   the secrets its spec names in its own directory, whose path is in the environment
+//!   variable [`SECRETS_DIR_ENV`] (`OPENFAAS_SECRETS_DIR`). Updating a secret rewrites the
+//!   copies, so functions see the new value on their next read.
+//! - **Logs**: every line a replica writes (stdout and stderr, the watchdog's and the
+//!   function's) is kept per instance (bounded, in memory, surviving scale to zero) and
+//!   appended to `<state>/logs/<namespace>/<name>/<instance>.log`.
+//! - **Crashes**: a replica whose watchdog exits is replaced by a new one (with backoff when
+//!   it keeps failing); in `http` mode the watchdog itself restarts a dead function process.
+//! - **Scale to zero**: with `com.openfaas.scale.zero=true`, a function idle for its
+//!   `com.openfaas.scale.zero-duration` goes to zero replicas.
+//! - **Removal** stops every replica (SIGTERM, then SIGKILL of its process group after
+//!   [`ProcessInvokerBuilder::stop_grace`]) and returns once they have exited. Processes are
+//!   also told to die with their parent, so a crashed backend leaves none behind.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use faas_core::scheduler::Resources as NodeResources;
+use faas_core::spec::{validate_secret_name, ScalingPolicy, DEFAULT_NAMESPACE};
+use faas_core::{
+    Body, BoxError, DeveloperErrorKind, Error, FunctionRef, FunctionSpec, FunctionStatus,
+    InstanceView, Invocation, InvocationMeta, Invoker, LeastLoaded, LogEntry, LogStream,
+    LogsRequest, Node, PlacementRequest, ProviderInfo, Response, Result, Scheduler, Secret,
+    SecretInfo, StartKind,
+};
+use futures::StreamExt;
+use http_body::Frame;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{broadcast, watch, Notify};
+use tokio::time::Instant;
+
+use crate::sys;
+use crate::watchdog::ERROR_HEADER;
+
+/// The environment variable holding the path of the function's secrets directory.
+pub const SECRETS_DIR_ENV: &str = "OPENFAAS_SECRETS_DIR";
+
+/// The provider name in [`ProviderInfo`].
+pub const PROVIDER: &str = "faas-rs-process";
+
+/// Environment variables passed from the backend's own environment to every replica.
+const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn io_err(what: impl std::fmt::Display, e: std::io::Error) -> Error {
+    Error::internal(format!("{what}: {e}"))
+}
+
+/// Configures a [`ProcessInvoker`]; see [`ProcessInvoker::builder`].
+#[derive(Clone)]
+pub struct ProcessInvokerBuilder {
+    watchdog: Vec<OsString>,
+    state_dir: Option<PathBuf>,
+    scheduler: Arc<dyn Scheduler>,
+    start_timeout: Duration,
+    queue_timeout: Duration,
+    stop_grace: Duration,
+    log_limit: usize,
+    node_labels: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for ProcessInvokerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessInvokerBuilder")
+            .field("watchdog", &self.watchdog)
+            .field("state_dir", &self.state_dir)
+            .field("start_timeout", &self.start_timeout)
+            .field("queue_timeout", &self.queue_timeout)
+            .field("stop_grace", &self.stop_grace)
+            .field("log_limit", &self.log_limit)
+            .field("node_labels", &self.node_labels)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ProcessInvokerBuilder {
+    fn default() -> Self {
+        ProcessInvokerBuilder {
+            watchdog: vec!["faas-watchdog".into()],
+            state_dir: None,
+            scheduler: Arc::new(LeastLoaded::new()),
+            start_timeout: Duration::from_secs(30),
+            queue_timeout: Duration::from_secs(60),
+            stop_grace: Duration::from_secs(10),
+            log_limit: 10_000,
+            node_labels: BTreeMap::new(),
+        }
+    }
+}
+
+impl ProcessInvokerBuilder {
+    /// The watchdog command: a program and its leading arguments (default `faas-watchdog`
+    /// found on `PATH`). The `faas` binary passes its own path and `watchdog`; tests pass
+    /// `env!("CARGO_BIN_EXE_faas-watchdog")`.
+    pub fn watchdog_command<I, A>(mut self, program: impl Into<OsString>, args: I) -> Self
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<OsString>,
+    {
+        self.watchdog = std::iter::once(program.into()).chain(args.into_iter().map(Into::into)).collect();
+        self
+    }
+
+    /// The state directory: secrets, per-function secret copies and logs (default a fresh
+    /// `faas-rs-process-<pid>` directory under the system temp directory).
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// The scheduler placing replicas and routing invocations (default [`LeastLoaded`]).
+    pub fn scheduler(mut self, s: Arc<dyn Scheduler>) -> Self {
+        self.scheduler = s;
+        self
+    }
+
+    /// How long a replica may take to become ready, and how long an invocation waits for one
+    /// when none is (default 30 s).
+    pub fn start_timeout(mut self, d: Duration) -> Self {
+        self.start_timeout = d;
+        self
+    }
+
+    /// How long an invocation waits for a busy replica (default 60 s); then
+    /// [`Error::Overloaded`].
+    pub fn queue_timeout(mut self, d: Duration) -> Self {
+        self.queue_timeout = d;
+        self
+    }
+
+    /// How long a stopping replica may drain before its process group is killed (default
+    /// 10 s).
+    pub fn stop_grace(mut self, d: Duration) -> Self {
+        self.stop_grace = d;
+        self
+    }
+
+    /// How many log lines to keep in memory per function (default 10 000).
+    pub fn log_limit(mut self, n: usize) -> Self {
+        self.log_limit = n;
+        self
+    }
+
+    /// Adds a label to the local node, for constraints (`hostname`, `arch` and `os` are set
+    /// already).
+    pub fn node_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.node_labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Creates the state directory and the backend.
+    pub fn build(self) -> Result<ProcessInvoker> {
+        if self.watchdog.is_empty() || self.watchdog[0].is_empty() {
+            return Err(Error::invalid("watchdog", "the watchdog command is empty"));
+        }
+        let state = match &self.state_dir {
+            Some(d) => d.clone(),
+            None => std::env::temp_dir().join(format!("faas-rs-process-{}", std::process::id())),
+        };
+        for sub in ["secrets", "functions", "logs"] {
+            std::fs::create_dir_all(state.join(sub))
+                .map_err(|e| io_err(format!("creating {}", state.join(sub).display()), e))?;
+        }
+        let node = local_node(&self.node_labels);
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Ok(ProcessInvoker {
+            inner: Arc::new(Shared {
+                cfg: self,
+                state,
+                node,
+                client,
+                functions: RwLock::new(HashMap::new()),
+                secrets_lock: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+}
+
+/// The node label values of this machine: `hostname`, `arch` (Go/Docker spelling such as
+/// `amd64`, `arm64`) and `os`.
+fn local_node(extra: &BTreeMap<String, String>) -> Node {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "arm" => "arm",
+        "powerpc64" => "ppc64le",
+        other => other,
+    };
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                let rest = l.strip_prefix("MemTotal:")?;
+                rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|k| k * 1024)
+            })
+        })
+        .unwrap_or(u64::MAX / 2);
+    let mut node = Node::new(
+        hostname.clone(),
+        arch,
+        NodeResources { cpu_millis: cpus * 1000, memory_bytes: memory, slots: u32::MAX / 2 },
+    )
+    .label("hostname", hostname.clone())
+    .label("kubernetes.io/hostname", hostname)
+    .label("arch", arch)
+    .label("kubernetes.io/arch", arch)
+    .label("os", std::env::consts::OS)
+    .label("kubernetes.io/os", std::env::consts::OS);
+    for (k, v) in extra {
+        node = node.label(k.clone(), v.clone());
+    }
+    node
+}
+
+/// The process backend; see the [module docs](self).
+#[derive(Clone)]
+pub struct ProcessInvoker {
+    inner: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ProcessInvoker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessInvoker").field("state", &self.inner.state).finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    cfg: ProcessInvokerBuilder,
+    state: PathBuf,
+    node: Node,
+    client: Client<HttpConnector, Body>,
+    functions: RwLock<HashMap<FunctionRef, Arc<Func>>>,
+    secrets_lock: tokio::sync::Mutex<()>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Best effort: no replica outlives the backend.
+        let functions = self.functions.get_mut().unwrap_or_else(|e| e.into_inner());
+        for f in functions.values() {
+            let st = lock(&f.state);
+            for r in &st.replicas {
+                r.kill_now();
+            }
+        }
+    }
+}
+
+/// One deployed function.
+struct Func {
+    fref: FunctionRef,
+    created: SystemTime,
+    dir: PathBuf,
+    logs: Arc<LogBook>,
+    /// Wakes invocations waiting for a replica (ready or free).
+    notify: Notify,
+    /// Wakes the reconciler.
+    wake: Notify,
+    state: Mutex<FState>,
+}
+
+struct FState {
+    spec: FunctionSpec,
+    policy: ScalingPolicy,
+    generation: u64,
+    desired: u32,
+    replicas: Vec<Arc<Replica>>,
+    invocation_count: u64,
+    last_activity: Instant,
+    in_flight: u32,
+    removed: bool,
+    failures: u32,
+    next_start: Instant,
+}
+
+/// One replica: a watchdog process.
+struct Replica {
+    id: Arc<str>,
+    port: u16,
+    generation: u64,
+    max_concurrency: Option<u32>,
+    pid: AtomicU32,
+    ready: AtomicBool,
+    stopping: AtomicBool,
+    exited: AtomicBool,
+    in_flight: AtomicU32,
+    stop: watch::Sender<bool>,
+    done: watch::Sender<bool>,
+    started: Instant,
+}
+
+impl Replica {
+    fn kill_now(&self) {
+        let pid = self.pid.load(Ordering::SeqCst);
+        if pid != 0 {
+            sys::kill_group(pid, sys::SIGKILL);
+        }
+    }
+
+    fn request_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.ready.store(false, Ordering::SeqCst);
+        self.stop.send_replace(true);
+    }
+
+    async fn wait_done(&self) {
+        let mut rx = self.done.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Logs
+
+struct LogBook {
+    fref: FunctionRef,
+    limit: usize,
+    entries: Mutex<VecDeque<LogEntry>>,
+    tx: Mutex<Option<broadcast::Sender<LogEntry>>>,
+    dir: PathBuf,
+}
+
+impl LogBook {
+    fn push(&self, instance: &str, text: String, file: &mut Option<std::fs::File>) {
+        let entry = LogEntry {
+            name: self.fref.name.clone(),
+            namespace: self.fref.namespace.clone(),
+            instance: instance.to_string(),
+            timestamp: SystemTime::now(),
+            text,
+        };
+        if let Some(f) = file {
+            let _ = writeln!(
+                f,
+                "{} {}",
+                faas_core::spec::rfc3339::format(entry.timestamp),
+                entry.text
+            );
+        }
+        {
+            let mut e = lock(&self.entries);
+            while self.limit > 0 && e.len() >= self.limit {
+                e.pop_front();
+            }
+            if self.limit > 0 {
+                e.push_back(entry.clone());
+            }
+        }
+        if let Some(tx) = lock(&self.tx).as_ref() {
+            let _ = tx.send(entry);
+        }
+    }
+
+    fn close(&self) {
+        lock(&self.tx).take();
+    }
+}
+
+async fn pump_logs<R: AsyncRead + Unpin>(mut r: R, book: Arc<LogBook>, instance: Arc<str>) {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(book.dir.join(format!("{instance}.log")))
+        .ok();
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        match r.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line = buf.split_to(pos + 1);
+                    let line = line[..pos].strip_suffix(b"\r").unwrap_or(&line[..pos]);
+                    book.push(&instance, String::from_utf8_lossy(line).into_owned(), &mut file);
+                }
+                if buf.len() > 64 * 1024 {
+                    let line = buf.split();
+                    book.push(&instance, String::from_utf8_lossy(&line).into_owned(), &mut file);
+                }
+            }
+        }
+    }
+    if !buf.is_empty() {
+        book.push(&instance, String::from_utf8_lossy(&buf).into_owned(), &mut file);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Replicas
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .map_err(|e| io_err("finding a free port on 127.0.0.1", e))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| io_err("finding a free port", e))
+}
+
+fn new_instance_id(name: &str) -> Arc<str> {
+    format!("{name}-{:08x}", rand::random::<u32>()).into()
+}
+
+impl Shared {
+    fn function(&self, f: &FunctionRef) -> Result<Arc<Func>> {
+        let functions = self.functions.read().unwrap_or_else(|e| e.into_inner());
+        functions.get(f).cloned().ok_or_else(|| Error::function_not_found(f.to_string()))
+    }
+
+    fn function_dir(&self, f: &FunctionRef) -> PathBuf {
+        self.state.join("functions").join(&f.namespace).join(&f.name)
+    }
+
+    fn secret_path(&self, ns: &str, name: &str) -> PathBuf {
+        self.state.join("secrets").join(ns).join(name)
+    }
+
+    /// Validates a spec and checks that it can be placed on this machine.
+    fn check(&self, spec: &FunctionSpec) -> Result<ScalingPolicy> {
+        spec.validate()?;
+        match &spec.env_process {
+            Some(p) if !p.trim().is_empty() => {
+                crate::watchdog::split_command(p).map_err(|r| Error::invalid("envProcess", r))?;
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "envProcess",
+                    "the process backend runs envProcess (fprocess); it must be set",
+                ))
+            }
+        }
+        // The watchdog's own configuration, as the replicas will see it.
+        let mut vars: Vec<(String, String)> =
+            spec.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        vars.push(("fprocess".into(), spec.env_process.clone().unwrap_or_default()));
+        if spec.env_vars.get("mode").is_some_and(|m| m.trim() == "http")
+            && !spec.env_vars.contains_key("upstream_url")
+        {
+            vars.push(("upstream_url".into(), "http://127.0.0.1:1".into()));
+        }
+        crate::watchdog::Config::from_vars(vars).map_err(|e| match e {
+            Error::InvalidSpec { field, reason } => {
+                Error::invalid(format!("envVars.{field}"), reason)
+            }
+            other => other,
+        })?;
+        let constraints = spec.parsed_constraints()?;
+        let req = spec.requests.as_ref().or(spec.limits.as_ref());
+        let need = NodeResources {
+            cpu_millis: req.and_then(|r| r.cpu_millis()).unwrap_or(0),
+            memory_bytes: req.and_then(|r| r.memory_bytes()).unwrap_or(0),
+            slots: 1,
+        };
+        let fref = spec.function_ref();
+        let placement = PlacementRequest {
+            function: &fref,
+            constraints: &constraints,
+            platforms: &spec.platforms,
+            need,
+        };
+        self.cfg.scheduler.place(&placement, std::slice::from_ref(&self.node))?;
+        spec.scaling_policy()
+    }
+
+    /// Writes the function's copies of its secrets (missing secret: `secrets[i]`).
+    async fn write_function_secrets(&self, spec: &FunctionSpec) -> Result<PathBuf> {
+        let _g = self.secrets_lock.lock().await;
+        let ns = spec.namespace_or_default();
+        let mut values = Vec::new();
+        for (i, name) in spec.secrets.iter().enumerate() {
+            match tokio::fs::read(self.secret_path(ns, name)).await {
+                Ok(v) => values.push((name.clone(), v)),
+                Err(_) => {
+                    return Err(Error::invalid(
+                        format!("secrets[{i}]"),
+                        format!("secret {name:?} does not exist in namespace {ns:?}"),
+                    ))
+                }
+            }
+        }
+        let dir = self.function_dir(&spec.function_ref()).join("secrets");
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| io_err("creating the secrets dir", e))?;
+        set_private(&dir, 0o700);
+        // Remove copies of secrets the spec no longer names.
+        if let Ok(mut rd) = tokio::fs::read_dir(&dir).await {
+            while let Ok(Some(e)) = rd.next_entry().await {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !spec.secrets.contains(&name) {
+                    let _ = tokio::fs::remove_file(e.path()).await;
+                }
+            }
+        }
+        for (name, v) in values {
+            write_atomic(&dir.join(&name), &v).await?;
+        }
+        Ok(dir)
+    }
+
+    fn log_dir(&self, f: &FunctionRef) -> PathBuf {
+        self.state.join("logs").join(&f.namespace).join(&f.name)
+    }
+}
+
+fn set_private(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+}
+
+async fn write_atomic(path: &Path, value: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{:08x}", rand::random::<u32>()));
+    tokio::fs::write(&tmp, value).await.map_err(|e| io_err("writing a secret", e))?;
+    set_private(&tmp, 0o600);
+    tokio::fs::rename(&tmp, path).await.map_err(|e| io_err("writing a secret", e))
+}
+
+/// What a replica process needs, resolved under the state lock.
+struct Launch {
+    spec: FunctionSpec,
+    secrets_dir: PathBuf,
+}
+
+impl Func {
+    /// Starts one replica of the current generation (caller holds the state lock).
+    fn start_replica(self: &Arc<Self>, shared: &Arc<Shared>, st: &mut FState) {
+        let port = match free_port() {
+            Ok(p) => p,
+            Err(e) => {
+                let mut none = None;
+                self.logs.push("backend", format!("cannot start a replica: {e}"), &mut none);
+                return;
+            }
+        };
+        let (stop, _) = watch::channel(false);
+        let (done, _) = watch::channel(false);
+        let r = Arc::new(Replica {
+            id: new_instance_id(&self.fref.name),
+            port,
+            generation: st.generation,
+            max_concurrency: st.spec.max_concurrency,
+            pid: AtomicU32::new(0),
+            ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            exited: AtomicBool::new(false),
+            in_flight: AtomicU32::new(0),
+            stop,
+            done,
+            started: Instant::now(),
+        });
+        st.replicas.push(r.clone());
+        let launch = Launch { spec: st.spec.clone(), secrets_dir: self.dir.join("secrets") };
+        let f = Arc::downgrade(self);
+        let shared = Arc::downgrade(shared);
+        tokio::spawn(run_replica(shared, f, r, launch));
+    }
+
+    /// Brings the replicas in line with the desired count and the current generation.
+    fn reconcile(self: &Arc<Self>, shared: &Arc<Shared>) {
+        let mut st = lock(&self.state);
+        if st.removed {
+            return;
+        }
+        let now = Instant::now();
+        // Drop exited replicas; an unexpected exit counts as a failure (backoff).
+        let before = st.replicas.len();
+        let mut crashed_early = false;
+        st.replicas.retain(|r| {
+            let gone = r.exited.load(Ordering::SeqCst);
+            if gone && !r.stopping.load(Ordering::SeqCst) && r.started.elapsed() < Duration::from_secs(10) {
+                crashed_early = true;
+            }
+            !gone
+        });
+        if crashed_early {
+            st.failures = st.failures.saturating_add(1);
+            let backoff = Duration::from_millis(100) * 2u32.saturating_pow(st.failures.min(6));
+            st.next_start = now + backoff.min(Duration::from_secs(5));
+        } else if st.replicas.len() != before {
+            st.failures = 0;
+        }
+        // Scale to zero after the idle time.
+        if st.policy.allow_zero
+            && st.desired > 0
+            && st.in_flight == 0
+            && now.duration_since(st.last_activity) >= st.policy.idle_timeout()
+        {
+            let mut none = None;
+            self.logs.push(
+                "backend",
+                format!("idle for {}: scaling to zero", faas_core::util::format_duration(st.policy.idle_timeout())),
+                &mut none,
+            );
+            st.desired = 0;
+        }
+        // Replace replicas of an older generation (after an update).
+        let generation = st.generation;
+        for r in &st.replicas {
+            if r.generation != generation && !r.stopping.load(Ordering::SeqCst) {
+                stop_replica(r.clone());
+            }
+        }
+        let live: Vec<Arc<Replica>> = st
+            .replicas
+            .iter()
+            .filter(|r| !r.stopping.load(Ordering::SeqCst) && r.generation == generation)
+            .cloned()
+            .collect();
+        let desired = st.desired as usize;
+        if live.len() > desired {
+            // Stop the extra ones: not-ready first, then the least busy.
+            let mut order = live.clone();
+            order.sort_by_key(|r| (r.ready.load(Ordering::SeqCst), r.in_flight.load(Ordering::SeqCst)));
+            for r in order.into_iter().take(live.len() - desired) {
+                stop_replica(r);
+            }
+        } else if live.len() < desired && now >= st.next_start {
+            for _ in live.len()..desired {
+                self.start_replica(shared, &mut st);
+            }
+        }
+        drop(st);
+        self.notify.notify_waiters();
+    }
+
+    fn ready_count(&self) -> usize {
+        lock(&self.state)
+            .replicas
+            .iter()
+            .filter(|r| r.ready.load(Ordering::SeqCst) && !r.stopping.load(Ordering::SeqCst))
+            .count()
+    }
+}
+
+fn stop_replica(r: Arc<Replica>) {
+    r.request_stop();
+}
+
+/// The life of one replica: spawn the watchdog, wait for health, wait for exit or stop.
+async fn run_replica(shared: Weak<Shared>, f: Weak<Func>, r: Arc<Replica>, launch: Launch) {
+    let (Some(sh), Some(func)) = (shared.upgrade(), f.upgrade()) else {
+        r.exited.store(true, Ordering::SeqCst);
+        r.done.send_replace(true);
+        return;
+    };
+    let spec = &launch.spec;
+    let mut cmd = tokio::process::Command::new(&sh.cfg.watchdog[0]);
+    cmd.args(&sh.cfg.watchdog[1..]);
+    cmd.env_clear();
+    for k in INHERITED_ENV {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+    cmd.env("prefix_logs", "false").env("healthcheck_interval", "0s");
+    if spec.timeout.is_none() {
+        cmd.env("exec_timeout", "0s").env("write_timeout", "0s");
+    }
+    for (k, v) in &spec.env_vars {
+        cmd.env(k, v);
+    }
+    if let Some(t) = spec.timeout {
+        cmd.env("exec_timeout", faas_core::util::format_duration(t));
+        cmd.env("write_timeout", faas_core::util::format_duration(t + Duration::from_secs(5)));
+    }
+    let is_http = spec.env_vars.get("mode").map(|m| m.trim() == "http").unwrap_or(false);
+    if is_http {
+        let path = spec
+            .env_vars
+            .get("upstream_url")
+            .and_then(|u| u.parse::<http::Uri>().ok())
+            .map(|u| u.path().trim_end_matches('/').to_string())
+            .unwrap_or_default();
+        match free_port() {
+            Ok(up) => {
+                cmd.env("upstream_url", format!("http://127.0.0.1:{up}{path}"));
+            }
+            Err(e) => {
+                let mut none = None;
+                func.logs.push(&r.id, format!("cannot start: {e}"), &mut none);
+                r.exited.store(true, Ordering::SeqCst);
+                r.done.send_replace(true);
+                func.wake.notify_one();
+                return;
+            }
+        }
+    }
+    cmd.env("fprocess", spec.env_process.clone().unwrap_or_default())
+        .env("port", r.port.to_string())
+        .env("bind_address", "127.0.0.1")
+        .env(SECRETS_DIR_ENV, &launch.secrets_dir)
+        .env("OPENFAAS_FUNCTION_NAME", &func.fref.name)
+        .env("OPENFAAS_NAMESPACE", &func.fref.namespace)
+        .env("OPENFAAS_INSTANCE", &*r.id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    sys::die_with_parent(&mut cmd, sys::SIGKILL);
+    let log_dir = sh.log_dir(&func.fref);
+    let _ = std::fs::create_dir_all(&log_dir);
+    let client = sh.client.clone();
+    let start_timeout = sh.cfg.start_timeout;
+    let grace = sh.cfg.stop_grace;
+    drop(sh);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let mut none = None;
+            func.logs.push(&r.id, format!("cannot start the watchdog: {e}"), &mut none);
+            r.exited.store(true, Ordering::SeqCst);
+            r.done.send_replace(true);
+            func.wake.notify_one();
+            return;
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    r.pid.store(pid, Ordering::SeqCst);
+    if let Some(o) = child.stdout.take() {
+        tokio::spawn(pump_logs(o, func.logs.clone(), r.id.clone()));
+    }
+    if let Some(e) = child.stderr.take() {
+        tokio::spawn(pump_logs(e, func.logs.clone(), r.id.clone()));
+    }
+    let mut stop = r.stop.subscribe();
+    let health_url: http::Uri = match format!("http://127.0.0.1:{}/_/health", r.port).parse() {
+        Ok(u) => u,
+        Err(_) => http::Uri::from_static("http://127.0.0.1/_/health"),
+    };
+    let probe = async {
+        let deadline = Instant::now() + start_timeout;
+        loop {
+            let req = http::Request::get(health_url.clone()).body(Body::empty());
+            if let Ok(req) = req {
+                if let Ok(Ok(resp)) =
+                    tokio::time::timeout(Duration::from_secs(2), client.request(req)).await
+                {
+                    if resp.status() == http::StatusCode::OK {
+                        return true;
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let mut status = None;
+    let mut stopped = false;
+    tokio::select! {
+        st = child.wait() => status = Some(st),
+        ok = probe => {
+            if ok {
+                r.ready.store(true, Ordering::SeqCst);
+                func.notify.notify_waiters();
+            } else {
+                let mut none = None;
+                func.logs.push(
+                    &r.id,
+                    format!(
+                        "not healthy within the start timeout of {}; stopping it",
+                        faas_core::util::format_duration(start_timeout)
+                    ),
+                    &mut none,
+                );
+                stopped = true;
+            }
+        }
+        _ = stop.wait_for(|s| *s) => stopped = true,
+    }
+    if status.is_none() && !stopped {
+        tokio::select! {
+            st = child.wait() => status = Some(st),
+            _ = stop.wait_for(|s| *s) => stopped = true,
+        }
+    }
+    r.ready.store(false, Ordering::SeqCst);
+    if stopped {
+        sys::kill_pid(pid, sys::SIGTERM);
+        if tokio::time::timeout(grace, child.wait()).await.is_err() {
+            sys::kill_group(pid, sys::SIGKILL);
+            let _ = child.wait().await;
+        }
+    } else if let Some(st) = status {
+        let how = match st {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        };
+        let mut none = None;
+        func.logs.push(&r.id, format!("replica exited unexpectedly ({how}); replacing it"), &mut none);
+    }
+    // Nothing of the replica's process group survives it.
+    sys::kill_group(pid, sys::SIGKILL);
+    r.exited.store(true, Ordering::SeqCst);
+    r.done.send_replace(true);
+    func.wake.notify_one();
+    func.notify.notify_waiters();
+}
+
+/// Reconciles a function every 200 ms and whenever woken, until it is removed.
+async fn reconciler(shared: Weak<Shared>, f: Weak<Func>) {
+    loop {
+        let (Some(sh), Some(func)) = (shared.upgrade(), f.upgrade()) else { return };
+        if lock(&func.state).removed {
+            return;
+        }
+        func.reconcile(&sh);
+        let wake = func.wake.notified();
+        drop(sh);
+        let func2 = func.clone();
+        drop(func);
+        tokio::select! {
+            _ = wake => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        drop(func2);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Invocation
+
+/// Holds a replica slot until the response body is done.
+struct Lease {
+    func: Arc<Func>,
+    replica: Arc<Replica>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.replica.in_flight.fetch_sub(1, Ordering::SeqCst);
+        {
+            let mut st = lock(&self.func.state);
+            st.in_flight = st.in_flight.saturating_sub(1);
+            st.last_activity = Instant::now();
+        }
+        self.func.notify.notify_waiters();
+    }
+}
+
+struct LeasedBody {
+    inner: Body,
+    _lease: Lease,
+}
+
+impl http_body::Body for LeasedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl ProcessInvoker {
+    /// A builder.
+    pub fn builder() -> ProcessInvokerBuilder {
+        ProcessInvokerBuilder::default()
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.state
+    }
+
+    /// The local node replicas are placed on.
+    pub fn node(&self) -> &Node {
+        &self.inner.node
+    }
+
+    /// The process ids of a function's running watchdog processes (each leads a process
+    /// group holding its function processes).
+    pub fn instance_pids(&self, function: &FunctionRef) -> Result<Vec<(String, u32)>> {
+        let f = self.inner.function(function)?;
+        let st = lock(&f.state);
+        Ok(st
+            .replicas
+            .iter()
+            .filter(|r| !r.exited.load(Ordering::SeqCst))
+            .filter_map(|r| {
+                let pid = r.pid.load(Ordering::SeqCst);
+                (pid != 0).then(|| (r.id.to_string(), pid))
+            })
+            .collect())
+    }
+
+    /// A function's instances as the router sees them.
+    pub fn instances(&self, function: &FunctionRef) -> Result<Vec<InstanceView>> {
+        let f = self.inner.function(function)?;
+        let st = lock(&f.state);
+        Ok(views(&self.inner, &st))
+    }
+}
+
+fn views(shared: &Shared, st: &FState) -> Vec<InstanceView> {
+    st.replicas
+        .iter()
+        .map(|r| InstanceView {
+            id: r.id.to_string(),
+            node: Some(shared.node.id.clone()),
+            in_flight: r.in_flight.load(Ordering::SeqCst),
+            max_concurrency: r.max_concurrency,
+            ready: r.ready.load(Ordering::SeqCst)
+                && !r.stopping.load(Ordering::SeqCst)
+                && !r.exited.load(Ordering::SeqCst),
+        })
+        .collect()
+}
+
+fn status_of(f: &Func) -> FunctionStatus {
+    let st = lock(&f.state);
+    let mut s = FunctionStatus::from_spec(&st.spec);
+    s.invocation_count = st.invocation_count;
+    s.replicas = u64::from(st.desired);
+    s.available_replicas = st
+        .replicas
+        .iter()
+        .filter(|r| r.ready.load(Ordering::SeqCst) && !r.stopping.load(Ordering::SeqCst))
+        .count() as u64;
+    s.created_at = Some(f.created);
+    s
+}
+
+fn validate_namespace(ns: &str) -> Result<()> {
+    faas_core::util::validate_dns1123_label(ns).map_err(|r| Error::invalid("namespace", r))
+}
+
+/// Maps an answer the watchdog produced itself to the error taxonomy.
+async fn watchdog_error(
+    reason: &str,
+    resp: Response,
+    fref: &FunctionRef,
+    instance: &str,
+) -> std::result::Result<Response, Error> {
+    let kind = match reason {
+        "exec_timeout" | "write_timeout" => Some(DeveloperErrorKind::Timeout),
+        "upstream" | "exit" | "wait" => Some(DeveloperErrorKind::Crash),
+        "spawn" => Some(DeveloperErrorKind::Init),
+        "inflight" => {
+            return Err(Error::Overloaded {
+                message: format!("instance {instance} of {fref} is at its max_inflight"),
+                retry_after: Some(Duration::from_secs(1)),
+            })
+        }
+        _ => None,
+    };
+    let Some(kind) = kind else { return Ok(resp) };
+    let body = resp.into_body().collect_limited(64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let message = match kind {
+        DeveloperErrorKind::Timeout => format!("function {fref} exec timeout: {text}"),
+        DeveloperErrorKind::Crash => {
+            format!("function {fref} crashed (instance {instance}): {text}")
+        }
+        _ => format!("function {fref} could not start (instance {instance}): {text}"),
+    };
+    Err(Error::developer(kind, message))
+}
+
+#[async_trait]
+impl Invoker for ProcessInvoker {
+    async fn deploy(&self, spec: FunctionSpec) -> Result<()> {
+        let sh = &self.inner;
+        let policy = sh.check(&spec)?;
+        let fref = spec.function_ref();
+        if sh.functions.read().unwrap_or_else(|e| e.into_inner()).contains_key(&fref) {
+            return Err(Error::AlreadyExists { kind: "function", name: fref.to_string() });
+        }
+        sh.write_function_secrets(&spec).await?;
+        let log_dir = sh.log_dir(&fref);
+        std::fs::create_dir_all(&log_dir).map_err(|e| io_err("creating the log dir", e))?;
+        let desired = policy.min.min(policy.max);
+        let func = Arc::new(Func {
+            fref: fref.clone(),
+            created: SystemTime::now(),
+            dir: sh.function_dir(&fref),
+            logs: Arc::new(LogBook {
+                fref: fref.clone(),
+                limit: sh.cfg.log_limit,
+                entries: Mutex::new(VecDeque::new()),
+                tx: Mutex::new(Some(broadcast::channel(1024).0)),
+                dir: log_dir,
+            }),
+            notify: Notify::new(),
+            wake: Notify::new(),
+            state: Mutex::new(FState {
+                spec,
+                policy,
+                generation: 1,
+                desired,
+                replicas: Vec::new(),
+                invocation_count: 0,
+                last_activity: Instant::now(),
+                in_flight: 0,
+                removed: false,
+                failures: 0,
+                next_start: Instant::now(),
+            }),
+        });
+        {
+            let mut functions = sh.functions.write().unwrap_or_else(|e| e.into_inner());
+            if functions.contains_key(&fref) {
+                return Err(Error::AlreadyExists { kind: "function", name: fref.to_string() });
+            }
+            functions.insert(fref, func.clone());
+        }
+        func.reconcile(sh);
+        tokio::spawn(reconciler(Arc::downgrade(sh), Arc::downgrade(&func)));
+        Ok(())
+    }
+
+    async fn update(&self, spec: FunctionSpec) -> Result<()> {
+        let sh = &self.inner;
+        let func = sh.function(&spec.function_ref())?;
+        let policy = sh.check(&spec)?;
+        sh.write_function_secrets(&spec).await?;
+        {
+            let mut st = lock(&func.state);
+            if st.removed {
+                return Err(Error::function_not_found(func.fref.to_string()));
+            }
+            st.desired = st.desired.min(policy.max);
+            st.spec = spec;
+            st.policy = policy;
+            st.generation += 1;
+            st.last_activity = Instant::now();
+            st.failures = 0;
+            st.next_start = Instant::now();
+        }
+        func.reconcile(sh);
+        Ok(())
+    }
+
+    async fn remove(&self, function: &FunctionRef) -> Result<()> {
+        let sh = &self.inner;
+        let func = {
+            let mut functions = sh.functions.write().unwrap_or_else(|e| e.into_inner());
+            functions.remove(function).ok_or_else(|| Error::function_not_found(function.to_string()))?
+        };
+        let replicas = {
+            let mut st = lock(&func.state);
+            st.removed = true;
+            st.desired = 0;
+            std::mem::take(&mut st.replicas)
+        };
+        for r in &replicas {
+            r.request_stop();
+        }
+        func.notify.notify_waiters();
+        func.wake.notify_one();
+        let bound = sh.cfg.stop_grace + Duration::from_secs(5);
+        for r in &replicas {
+            if tokio::time::timeout(bound, r.wait_done()).await.is_err() {
+                r.kill_now();
+            }
+        }
+        func.logs.close();
+        let _ = tokio::fs::remove_dir_all(sh.function_dir(function)).await;
+        Ok(())
+    }
+
+    async fn list(&self, namespace: &str) -> Result<Vec<FunctionStatus>> {
+        validate_namespace(namespace)?;
+        let funcs: Vec<Arc<Func>> = {
+            let functions = self.inner.functions.read().unwrap_or_else(|e| e.into_inner());
+            functions.values().filter(|f| f.fref.namespace == namespace).cloned().collect()
+        };
+        let mut out: Vec<FunctionStatus> = funcs.iter().map(|f| status_of(f)).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn status(&self, function: &FunctionRef) -> Result<FunctionStatus> {
+        Ok(status_of(&self.inner.function(function)?))
+    }
+
+    async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<()> {
+        let func = self.inner.function(function)?;
+        {
+            let mut st = lock(&func.state);
+            st.desired = replicas.min(st.policy.max);
+            st.last_activity = Instant::now();
+            st.next_start = Instant::now();
+        }
+        func.reconcile(&self.inner);
+        Ok(())
+    }
+
+    async fn invoke(&self, invocation: Invocation) -> Result<Response> {
+        let sh = &self.inner;
+        let func = sh.function(&invocation.function)?;
+        let arrived = Instant::now();
+        let mut cold = false;
+        let (replica, timeout) = loop {
+            let notified = func.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let starting = {
+                let mut st = lock(&func.state);
+                if st.removed {
+                    return Err(Error::function_not_found(func.fref.to_string()));
+                }
+                st.last_activity = Instant::now();
+                let vs = views(sh, &st);
+                if let Some(i) = sh.cfg.scheduler.route(&func.fref, &vs) {
+                    if let Some(r) = st.replicas.get(i).cloned() {
+                        r.in_flight.fetch_add(1, Ordering::SeqCst);
+                        st.in_flight += 1;
+                        st.invocation_count += 1;
+                        break (r, st.spec.timeout);
+                    }
+                }
+                if st.desired == 0 {
+                    // Scale from zero.
+                    st.desired = st.policy.min.max(1).min(st.policy.max);
+                    st.next_start = Instant::now();
+                    cold = true;
+                    func.wake.notify_one();
+                }
+                let any_ready = vs.iter().any(|v| v.ready);
+                cold |= !any_ready;
+                !any_ready
+            };
+            let bound = if starting { sh.cfg.start_timeout } else { sh.cfg.queue_timeout };
+            if tokio::time::timeout_at(arrived + bound, notified).await.is_err() {
+                let after = faas_core::util::format_duration(bound);
+                return Err(if starting {
+                    Error::unavailable(format!("no instance of {} became ready in {after}", func.fref))
+                } else {
+                    Error::Overloaded {
+                        message: format!("every instance of {} stayed busy for {after}", func.fref),
+                        retry_after: Some(Duration::from_secs(1)),
+                    }
+                });
+            }
+        };
+        let lease = Lease { func: func.clone(), replica: replica.clone() };
+        let wait_time = arrived.elapsed();
+        let Invocation { id, function: _, request } = invocation;
+        let (mut parts, body) = request.into_parts();
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let pq = if pq.starts_with('/') { pq.to_string() } else { format!("/{pq}") };
+        parts.uri = format!("http://127.0.0.1:{}{pq}", replica.port)
+            .parse()
+            .map_err(|e| Error::invalid("path", format!("{pq:?}: {e}")))?;
+        if let Ok(v) = http::HeaderValue::from_str(id.as_str()) {
+            parts.headers.insert("x-call-id", v);
+        }
+        parts.headers.remove(http::header::HOST);
+        let fut = sh.client.request(http::Request::from_parts(parts, body));
+        let result = match timeout {
+            // The watchdog enforces the timeout (and kills the process); this is the backstop.
+            Some(t) => match tokio::time::timeout(t + Duration::from_secs(10), fut).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(Error::timeout(format_args!("function {} exec", func.fref), t))
+                }
+            },
+            None => fut.await,
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let died = replica.exited.load(Ordering::SeqCst) || replica.stopping.load(Ordering::SeqCst);
+                func.wake.notify_one();
+                return Err(if died {
+                    Error::developer(
+                        DeveloperErrorKind::Crash,
+                        format!("instance {} of {} exited during the invocation: {e}", replica.id, func.fref),
+                    )
+                } else {
+                    Error::unavailable(format!(
+                        "instance {} of {} did not answer: {e}",
+                        replica.id, func.fref
+                    ))
+                });
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let resp = Response::from_parts(parts, Body::new(body));
+        let reason = resp.headers().get(ERROR_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let resp = match reason {
+            Some(reason) => watchdog_error(&reason, resp, &func.fref, &replica.id).await?,
+            None => resp,
+        };
+        let (mut parts, body) = resp.into_parts();
+        parts.extensions.insert(InvocationMeta {
+            instance: replica.id.to_string(),
+            start: if cold { StartKind::Cold } else { StartKind::Warm },
+            wait_time,
+            init_time: cold.then_some(wait_time),
+        });
+        Ok(Response::from_parts(parts, Body::new(LeasedBody { inner: body, _lease: lease })))
+    }
+
+    async fn logs(&self, request: LogsRequest) -> Result<LogStream> {
+        let function = request
+            .function
+            .as_ref()
+            .ok_or_else(|| Error::invalid("name", "a function name is required"))?;
+        let func = self.inner.function(function)?;
+        let book = func.logs.clone();
+        let wanted = |e: &LogEntry| {
+            request.instance.as_deref().is_none_or(|i| e.instance == i)
+                && request.since.is_none_or(|s| e.timestamp >= s)
+        };
+        let (snapshot, rx) = {
+            let entries = lock(&book.entries);
+            let mut snap: Vec<LogEntry> = entries.iter().filter(|e| wanted(e)).cloned().collect();
+            if let Some(t) = request.tail {
+                let skip = snap.len().saturating_sub(t);
+                snap.drain(..skip);
+            }
+            let rx = if request.follow { lock(&book.tx).as_ref().map(|tx| tx.subscribe()) } else { None };
+            (snap, rx)
+        };
+        let head = futures::stream::iter(snapshot.into_iter().map(Ok));
+        let Some(rx) = rx else { return Ok(head.boxed()) };
+        let instance = request.instance.clone();
+        let since = request.since;
+        let tail = futures::stream::unfold(rx, move |mut rx| {
+            let instance = instance.clone();
+            async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(e) => {
+                            if instance.as_deref().is_none_or(|i| e.instance == i)
+                                && since.is_none_or(|s| e.timestamp >= s)
+                            {
+                                return Some((Ok(e), rx));
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        });
+        Ok(head.chain(tail).boxed())
+    }
+
+    async fn list_secrets(&self, namespace: &str) -> Result<Vec<SecretInfo>> {
+        validate_namespace(namespace)?;
+        let dir = self.inner.state.join("secrets").join(namespace);
+        let mut out = Vec::new();
+        if let Ok(mut rd) = tokio::fs::read_dir(&dir).await {
+            while let Ok(Some(e)) = rd.next_entry().await {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if validate_secret_name(&name).is_ok() {
+                    out.push(SecretInfo { name, namespace: namespace.to_string() });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn create_secret(&self, secret: Secret) -> Result<()> {
+        validate_secret_name(&secret.name).map_err(|r| Error::invalid("name", r))?;
+        validate_namespace(&secret.namespace)?;
+        let _g = self.inner.secrets_lock.lock().await;
+        let path = self.inner.secret_path(&secret.namespace, &secret.name);
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Err(Error::AlreadyExists { kind: "secret", name: secret.name });
+        }
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(|e| io_err("creating the secrets dir", e))?;
+            set_private(parent, 0o700);
+        }
+        write_atomic(&path, &secret.value).await
+    }
+
+    async fn update_secret(&self, secret: Secret) -> Result<()> {
+        validate_secret_name(&secret.name).map_err(|r| Error::invalid("name", r))?;
+        validate_namespace(&secret.namespace)?;
+        let _g = self.inner.secrets_lock.lock().await;
+        let path = self.inner.secret_path(&secret.namespace, &secret.name);
+        if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Err(Error::NotFound { kind: "secret", name: secret.name });
+        }
+        write_atomic(&path, &secret.value).await?;
+        // Functions using it see the new value from their next read on.
+        let funcs: Vec<Arc<Func>> = {
+            let functions = self.inner.functions.read().unwrap_or_else(|e| e.into_inner());
+            functions.values().filter(|f| f.fref.namespace == secret.namespace).cloned().collect()
+        };
+        for f in funcs {
+            let uses = lock(&f.state).spec.secrets.contains(&secret.name);
+            if uses {
+                write_atomic(&f.dir.join("secrets").join(&secret.name), &secret.value).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_secret(&self, namespace: &str, name: &str) -> Result<()> {
+        validate_namespace(namespace)?;
+        if validate_secret_name(name).is_err() {
+            return Err(Error::NotFound { kind: "secret", name: name.to_string() });
+        }
+        let _g = self.inner.secrets_lock.lock().await;
+        match tokio::fs::remove_file(self.inner.secret_path(namespace, name)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(Error::NotFound { kind: "secret", name: name.to_string() })
+            }
+            Err(e) => Err(io_err("removing a secret", e)),
+        }
+    }
+
+    async fn namespaces(&self) -> Result<Vec<String>> {
+        let mut set = BTreeSet::new();
+        set.insert(DEFAULT_NAMESPACE.to_string());
+        {
+            let functions = self.inner.functions.read().unwrap_or_else(|e| e.into_inner());
+            for f in functions.keys() {
+                set.insert(f.namespace.clone());
+            }
+        }
+        if let Ok(mut rd) = tokio::fs::read_dir(self.inner.state.join("secrets")).await {
+            while let Ok(Some(e)) = rd.next_entry().await {
+                let ns = e.file_name().to_string_lossy().into_owned();
+                if validate_namespace(&ns).is_ok() {
+                    set.insert(ns);
+                }
+            }
+        }
+        Ok(set.into_iter().collect())
+    }
+
+    fn info(&self) -> ProviderInfo {
+        ProviderInfo {
+            provider: PROVIDER.into(),
+            orchestration: "process".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}

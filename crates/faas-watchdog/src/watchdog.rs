@@ -1,0 +1,1417 @@
+//! The watchdog: an HTTP server that turns any process into a function, compatible with the
+//! OpenFaaS watchdogs (REFERENCE.md section 2).
+//!
+//! # Modes (`mode`)
+//!
+//! - `streaming` (default): for each request start `fprocess` (split on whitespace, simple
+//!   `'`/`"` quoting allowed; no shell), stream the request body to its stdin and its stdout
+//!   back as the response body as it is produced. If the process exits non-zero before
+//!   writing anything the answer is 500; after the response has started, a failure aborts
+//!   the response.
+//! - `serializing`: the same, but the request body is read whole first and the response is
+//!   sent once the process has exited: 200 with its stdout, or 500 on a non-zero exit.
+//! - `http`: start `fprocess` once; it serves HTTP at `upstream_url` and the watchdog proxies
+//!   every request to it over pooled keep-alive connections. The process sees the environment
+//!   variable `port` set to the upstream port. If it dies it is restarted (with backoff),
+//!   and requests wait (within their timeout) until it is back.
+//! - `static`: serve the files under `static_path` (default `/home/app/public`).
+//!
+//! In the fork modes the process receives every request header as an environment variable
+//! `Http_<Header_Name>` (`X-Test-A` becomes `Http_X_Test_A`) plus `Http_Method`, `Http_Path`,
+//! `Http_Query` (when there is a query) and `Http_ContentLength` (when known). Its stderr is
+//! logged (one line per line, on the watchdog's stderr).
+//!
+//! # Environment variables
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `fprocess` / `function_process` | (required but in `static`) | the command |
+//! | `mode` | `streaming` | `streaming`, `serializing`, `http`, `static` |
+//! | `upstream_url` | (required in `http`) | where the process serves, e.g. `http://127.0.0.1:8081` |
+//! | `port` | `8080` | the port the watchdog listens on |
+//! | `bind_address` | `0.0.0.0` | (ours) the address it listens on |
+//! | `read_timeout` | `10s` | reading a request's headers (and its whole body in `serializing` mode) |
+//! | `write_timeout` | `10s` | producing a response; 504 when exceeded |
+//! | `exec_timeout` | `10s` | a request's run time; on expiry the process group is killed (fork modes) and the answer is 504 saying which timeout fired; `0` disables it |
+//! | `max_inflight` | `0` (unlimited) | concurrent requests; beyond it 429 |
+//! | `healthcheck_interval` | `write_timeout` | after SIGTERM, how long health answers 503 while requests are still served, before the listener closes |
+//! | `prefix_logs` | `true` | prefix the function's log lines with a timestamp and the stream name |
+//! | `combine_output` | `false` | also send the process's stderr in the response body |
+//! | `content_type` | | response `Content-Type` in the fork and static modes (default: the request's, else `application/octet-stream`) |
+//! | `static_path` | `/home/app/public` | the directory of `static` mode |
+//! | `log_requests` | `false` | (ours) one log line per request |
+//!
+//! Durations are Go-style (`10s`, `500ms`, `1m`) or plain seconds.
+//!
+//! # Endpoints and signals
+//!
+//! `/_/health` answers 200 when the watchdog can serve (in `http` mode: once the upstream
+//! accepts connections), 503 otherwise. `/_/ready` answers the same, but 429 while
+//! `max_inflight` requests are in flight. On SIGTERM (or SIGINT) health answers 503 at once;
+//! requests are still served for `healthcheck_interval` (so load balancers notice), then the
+//! listener closes, in-flight requests drain (bounded by the timeouts), the `http` mode's
+//! process is stopped and the watchdog exits 0.
+//!
+//! Answers the watchdog produces itself (not the function) carry the header
+//! [`ERROR_HEADER`], naming the reason (`exec_timeout`, `write_timeout`, `exit`, `inflight`,
+//! `upstream`, `spawn`...), so callers can tell a function's 500 from a watchdog's.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::future::Future;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use faas_core::{Body, BoxError, Error};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::sys;
+
+/// The response header on answers the watchdog produced itself; the value names the reason.
+pub const ERROR_HEADER: &str = "x-watchdog-error";
+
+/// How the watchdog runs the function process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Fork per request, stream stdin and stdout.
+    #[default]
+    Streaming,
+    /// Fork per request, buffer the request and the response.
+    Serializing,
+    /// Start once, proxy HTTP to it.
+    Http,
+    /// Serve static files.
+    Static,
+}
+
+impl Mode {
+    /// Parses a mode name as OpenFaaS writes them.
+    pub fn parse(s: &str) -> Result<Mode, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "streaming" | "stream" => Ok(Mode::Streaming),
+            "serializing" | "serialize" | "afterburn" => Ok(Mode::Serializing),
+            "http" => Ok(Mode::Http),
+            "static" => Ok(Mode::Static),
+            other => {
+                Err(format!("{other:?} is not a mode; use streaming, serializing, http or static"))
+            }
+        }
+    }
+
+    /// The mode's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Streaming => "streaming",
+            Mode::Serializing => "serializing",
+            Mode::Http => "http",
+            Mode::Static => "static",
+        }
+    }
+}
+
+/// The watchdog's configuration; see the [module docs](self) for each variable.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `mode`.
+    pub mode: Mode,
+    /// `fprocess` (or `function_process`), split into program and arguments.
+    pub fprocess: Vec<String>,
+    /// `upstream_url` (required in `http` mode).
+    pub upstream_url: Option<http::Uri>,
+    /// `port`.
+    pub port: u16,
+    /// `bind_address`.
+    pub bind_address: IpAddr,
+    /// `read_timeout` (zero: none).
+    pub read_timeout: Duration,
+    /// `write_timeout` (zero: none).
+    pub write_timeout: Duration,
+    /// `exec_timeout` (zero: none).
+    pub exec_timeout: Duration,
+    /// `max_inflight` (zero: unlimited).
+    pub max_inflight: usize,
+    /// `healthcheck_interval`.
+    pub healthcheck_interval: Duration,
+    /// `prefix_logs`.
+    pub prefix_logs: bool,
+    /// `combine_output`.
+    pub combine_output: bool,
+    /// `content_type`.
+    pub content_type: Option<String>,
+    /// `static_path`.
+    pub static_path: PathBuf,
+    /// `log_requests`.
+    pub log_requests: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mode: Mode::Streaming,
+            fprocess: Vec::new(),
+            upstream_url: None,
+            port: 8080,
+            bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            exec_timeout: Duration::from_secs(10),
+            max_inflight: 0,
+            healthcheck_interval: Duration::from_secs(10),
+            prefix_logs: true,
+            combine_output: false,
+            content_type: None,
+            static_path: PathBuf::from("/home/app/public"),
+            log_requests: false,
+        }
+    }
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        other => Err(Error::invalid(key, format!("{other:?} is not true or false"))),
+    }
+}
+
+/// Splits a command line on whitespace, honouring `'...'`, `"..."` and `\` escapes (no other
+/// shell syntax: no variables, globs, pipes or redirections).
+pub fn split_command(s: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => cur.push(c),
+                        None => return Err(format!("unterminated ' in {s:?}")),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c) => cur.push(c),
+                            None => return Err(format!("unterminated \" in {s:?}")),
+                        },
+                        Some(c) => cur.push(c),
+                        None => return Err(format!("unterminated \" in {s:?}")),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                if let Some(c) = chars.next() {
+                    cur.push(c);
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Config, Error> {
+        Config::from_vars(std::env::vars_os().filter_map(|(k, v)| {
+            Some((k.into_string().ok()?, v.into_string().ok()?))
+        }))
+    }
+
+    /// Reads the configuration from variables (name, value); unknown names are ignored.
+    /// A bad value gives [`Error::InvalidSpec`] naming the variable.
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Config, Error>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let vars: HashMap<String, String> =
+            vars.into_iter().map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string())).collect();
+        let get = |k: &str| vars.get(k).map(String::as_str).filter(|v| !v.trim().is_empty());
+        let dur = |k: &str, default: Duration| -> Result<Duration, Error> {
+            match get(k) {
+                None => Ok(default),
+                Some(v) => faas_core::util::parse_duration(v).map_err(|r| Error::invalid(k, r)),
+            }
+        };
+        let mut c = Config::default();
+        if let Some(m) = get("mode") {
+            c.mode = Mode::parse(m).map_err(|r| Error::invalid("mode", r))?;
+        }
+        let (fkey, fproc) = match (get("fprocess"), get("function_process")) {
+            (Some(p), _) => ("fprocess", Some(p)),
+            (None, Some(p)) => ("function_process", Some(p)),
+            (None, None) => ("fprocess", None),
+        };
+        if let Some(p) = fproc {
+            c.fprocess = split_command(p).map_err(|r| Error::invalid(fkey, r))?;
+        }
+        if c.fprocess.is_empty() && c.mode != Mode::Static {
+            return Err(Error::invalid(
+                "fprocess",
+                format!("the command to run is required in {} mode", c.mode.as_str()),
+            ));
+        }
+        if let Some(u) = get("upstream_url") {
+            let uri: http::Uri = u
+                .trim()
+                .parse()
+                .map_err(|e| Error::invalid("upstream_url", format!("{u:?}: {e}")))?;
+            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                return Err(Error::invalid(
+                    "upstream_url",
+                    format!("{u:?} must be an http:// URL with a host and port"),
+                ));
+            }
+            c.upstream_url = Some(uri);
+        }
+        if c.mode == Mode::Http && c.upstream_url.is_none() {
+            return Err(Error::invalid("upstream_url", "is required in http mode"));
+        }
+        if let Some(p) = get("port") {
+            c.port =
+                p.trim().parse().map_err(|_| Error::invalid("port", format!("{p:?} is not a port")))?;
+        }
+        if let Some(a) = get("bind_address") {
+            c.bind_address = a
+                .trim()
+                .parse()
+                .map_err(|_| Error::invalid("bind_address", format!("{a:?} is not an IP address")))?;
+        }
+        c.read_timeout = dur("read_timeout", c.read_timeout)?;
+        c.write_timeout = dur("write_timeout", c.write_timeout)?;
+        c.exec_timeout = dur("exec_timeout", c.exec_timeout)?;
+        c.healthcheck_interval = dur("healthcheck_interval", c.write_timeout)?;
+        if let Some(m) = get("max_inflight") {
+            c.max_inflight = m.trim().parse().map_err(|_| {
+                Error::invalid("max_inflight", format!("{m:?} is not a whole number"))
+            })?;
+        }
+        if let Some(v) = get("prefix_logs") {
+            c.prefix_logs = parse_bool("prefix_logs", v)?;
+        }
+        if let Some(v) = get("combine_output") {
+            c.combine_output = parse_bool("combine_output", v)?;
+        }
+        if let Some(v) = get("log_requests") {
+            c.log_requests = parse_bool("log_requests", v)?;
+        }
+        if let Some(v) = get("content_type") {
+            HeaderValue::from_str(v.trim())
+                .map_err(|_| Error::invalid("content_type", format!("{v:?} is not a header value")))?;
+            c.content_type = Some(v.trim().to_string());
+        }
+        if let Some(v) = get("static_path") {
+            c.static_path = PathBuf::from(v);
+        }
+        Ok(c)
+    }
+
+    /// The address to listen on (`bind_address`:`port`).
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind_address, self.port)
+    }
+
+    /// The per-request deadline: the smaller of the non-zero `exec_timeout` and
+    /// `write_timeout`, with the variable's name.
+    fn deadline(&self) -> Option<(Duration, &'static str)> {
+        let e = (!self.exec_timeout.is_zero()).then_some((self.exec_timeout, "exec_timeout"));
+        let w = (!self.write_timeout.is_zero()).then_some((self.write_timeout, "write_timeout"));
+        match (e, w) {
+            (Some(e), Some(w)) => Some(if w.0 < e.0 { w } else { e }),
+            (e, w) => e.or(w),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Logging
+
+fn now_stamp() -> String {
+    faas_core::spec::rfc3339::format(std::time::SystemTime::now())
+}
+
+/// One line of the watchdog's own log (stderr).
+fn log(msg: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr().lock(), "{} watchdog: {msg}", now_stamp());
+}
+
+/// Copies a child's output to ours line by line (prefixed when `prefix_logs`).
+async fn pump_lines<R: AsyncRead + Unpin>(mut r: R, stream: &'static str, prefix: bool) {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        match r.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line = buf.split_to(pos + 1);
+                    emit_line(stream, prefix, &line[..pos]);
+                }
+                if buf.len() > 64 * 1024 {
+                    let line = buf.split();
+                    emit_line(stream, prefix, &line);
+                }
+            }
+        }
+    }
+    if !buf.is_empty() {
+        emit_line(stream, prefix, &buf);
+    }
+}
+
+fn emit_line(stream: &'static str, prefix: bool, line: &[u8]) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let text = String::from_utf8_lossy(line);
+    if stream == "stdout" {
+        let mut o = std::io::stdout().lock();
+        let _ = if prefix {
+            writeln!(o, "{} stdout: {text}", now_stamp())
+        } else {
+            writeln!(o, "{text}")
+        };
+        let _ = o.flush();
+    } else {
+        let mut o = std::io::stderr().lock();
+        let _ = if prefix {
+            writeln!(o, "{} stderr: {text}", now_stamp())
+        } else {
+            writeln!(o, "{text}")
+        };
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Server
+
+struct Shared {
+    cfg: Config,
+    /// argv[0] resolved against PATH once, then the arguments.
+    program: OsString,
+    args: Vec<String>,
+    deadline: Option<(Duration, &'static str)>,
+    inflight: AtomicUsize,
+    draining: AtomicBool,
+    upstream: Option<Upstream>,
+}
+
+fn text(status: StatusCode, reason: &'static str, msg: impl Into<String>) -> Response<Body> {
+    let mut msg = msg.into();
+    if !msg.ends_with('\n') {
+        msg.push('\n');
+    }
+    let mut r = Response::new(Body::from(msg));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(ERROR_HEADER, HeaderValue::from_static(reason));
+    r
+}
+
+fn timeout_response(which: &str, d: Duration) -> Response<Body> {
+    let reason = if which == "exec_timeout" { "exec_timeout" } else { "write_timeout" };
+    text(
+        StatusCode::GATEWAY_TIMEOUT,
+        reason,
+        format!("{which} of {} exceeded", faas_core::util::format_duration(d)),
+    )
+}
+
+/// Finds `program` on `PATH` when it has no slash, so that spawning skips the search.
+fn resolve_program(program: &str) -> OsString {
+    if program.contains('/') {
+        return program.into();
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let p = dir.join(program);
+            if let Ok(m) = std::fs::metadata(&p) {
+                use std::os::unix::fs::PermissionsExt;
+                if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+                    return p.into_os_string();
+                }
+            }
+        }
+    }
+    program.into()
+}
+
+/// Runs the watchdog on `listener` until `shutdown` completes, then drains and returns.
+///
+/// `shutdown` plays the role of SIGTERM: health answers 503 at once, requests are served for
+/// `healthcheck_interval` more, then the listener closes and in-flight requests drain.
+pub async fn serve<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), Error>
+where
+    F: Future<Output = ()> + Send,
+{
+    let deadline = config.deadline();
+    let (program, args) = match config.fprocess.split_first() {
+        Some((p, rest)) => (resolve_program(p), rest.to_vec()),
+        None => (OsString::new(), Vec::new()),
+    };
+    let upstream = match (config.mode, &config.upstream_url) {
+        (Mode::Http, Some(u)) => Some(Upstream::new(u).await?),
+        (Mode::Http, None) => return Err(Error::invalid("upstream_url", "is required in http mode")),
+        _ => None,
+    };
+    let shared = Arc::new(Shared {
+        cfg: config,
+        program,
+        args,
+        deadline,
+        inflight: AtomicUsize::new(0),
+        draining: AtomicBool::new(false),
+        upstream,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let supervisor = shared.upstream.is_some().then(|| {
+        let s = shared.clone();
+        tokio::spawn(async move { supervise_upstream(s, stop_rx).await })
+    });
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new());
+    if !shared.cfg.read_timeout.is_zero() {
+        http.header_read_timeout(shared.cfg.read_timeout);
+    }
+    tokio::pin!(shutdown);
+    let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown, if grace.is_none() => {
+                shared.draining.store(true, Ordering::SeqCst);
+                log(format!(
+                    "shutting down: health answers 503, closing the listener in {}",
+                    faas_core::util::format_duration(shared.cfg.healthcheck_interval)
+                ));
+                grace = Some(Box::pin(tokio::time::sleep(shared.cfg.healthcheck_interval)));
+            }
+            _ = async { grace.as_mut().expect("guarded").await }, if grace.is_some() => break,
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        log(format!("accept: {e}"));
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let s = shared.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let s = s.clone();
+                    async move { Ok::<_, Infallible>(handle(s, req).await) }
+                });
+                let conn = http.serve_connection(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        }
+    }
+    drop(listener);
+    let inflight = shared.inflight.load(Ordering::SeqCst);
+    log(format!("listener closed; draining {inflight} in-flight request(s)"));
+    let drain_bound = shared
+        .deadline
+        .map(|(d, _)| d.max(shared.cfg.write_timeout) + Duration::from_secs(1));
+    match drain_bound {
+        Some(b) => {
+            if tokio::time::timeout(b, graceful.shutdown()).await.is_err() {
+                log("drain bound reached; closing remaining connections");
+            }
+        }
+        None => graceful.shutdown().await,
+    }
+    let _ = stop_tx.send(true);
+    if let Some(h) = supervisor {
+        let _ = h.await;
+    }
+    log("stopped");
+    Ok(())
+}
+
+/// Reads [`Config::from_env`], listens on its address and serves until SIGTERM or SIGINT.
+pub async fn run_from_env() -> Result<(), Error> {
+    let config = Config::from_env()?;
+    let addr = config.listen_addr();
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::unavailable(format!("cannot listen on {addr}: {e}")))?;
+    log(format!(
+        "listening on {addr}, mode {}, fprocess {:?}",
+        config.mode.as_str(),
+        config.fprocess.join(" ")
+    ));
+    serve(config, listener, termination()).await
+}
+
+/// Completes on SIGTERM or SIGINT (a watchdog running as PID 1 gets no default handling, so
+/// this is what makes `docker stop` work).
+pub async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The whole watchdog program: builds a runtime, runs [`run_from_env`], and returns the exit
+/// code (1 with a message on stderr when the configuration is invalid). Another binary can
+/// call it from a subcommand (the `faas` binary's `faas watchdog`).
+pub fn main_from_env() -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            log(format!("cannot start the runtime: {e}"));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run_from_env()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            log(format!("error: {e}"));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+struct InflightGuard(Arc<Shared>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A body holding the in-flight slot until it is fully sent (or dropped).
+struct Guarded {
+    inner: Body,
+    _guard: InflightGuard,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/_/health" => return health(&shared, false),
+        "/_/ready" => return health(&shared, true),
+        _ => {}
+    }
+    let n = shared.inflight.fetch_add(1, Ordering::AcqRel) + 1;
+    let guard = InflightGuard(shared.clone());
+    let max = shared.cfg.max_inflight;
+    if max > 0 && n > max {
+        return text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "inflight",
+            format!("concurrent request limit (max_inflight={max}) exceeded"),
+        );
+    }
+    let log_req = shared.cfg.log_requests.then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
+    let resp = match shared.cfg.mode {
+        Mode::Streaming => fork(&shared, req, true).await,
+        Mode::Serializing => fork(&shared, req, false).await,
+        Mode::Http => proxy(&shared, req).await,
+        Mode::Static => serve_static(&shared, req).await,
+    };
+    if let Some((m, u, t0)) = log_req {
+        log(format!("{m} {u} {} {:?}", resp.status().as_u16(), t0.elapsed()));
+    }
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, Body::new(Guarded { inner: body, _guard: guard }))
+}
+
+fn health(shared: &Shared, ready: bool) -> Response<Body> {
+    if shared.draining.load(Ordering::SeqCst) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutdown", "shutting down");
+    }
+    if let Some(up) = &shared.upstream {
+        if !*up.ready.borrow() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "upstream", "upstream not ready");
+        }
+    }
+    let max = shared.cfg.max_inflight;
+    if ready && max > 0 && shared.inflight.load(Ordering::Acquire) >= max {
+        return text(StatusCode::TOO_MANY_REQUESTS, "inflight", "at max_inflight");
+    }
+    let mut r = Response::new(Body::from("OK"));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+// ---------------------------------------------------------------------------------------
+// Fork modes
+
+/// `x-test-a` -> `Http_X_Test_A` (Go's canonical header form, `-` as `_`).
+fn header_env_name(name: &str) -> String {
+    let mut out = String::with_capacity(5 + name.len());
+    out.push_str("Http_");
+    let mut upper = true;
+    for c in name.chars() {
+        if c == '-' {
+            out.push('_');
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+/// Kills the child's process group when dropped before being disarmed (timeout, client gone).
+struct GroupKill(Option<u32>);
+
+impl GroupKill {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            sys::kill_group(pgid, sys::SIGKILL);
+        }
+    }
+}
+
+fn exit_message(status: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("signal {s}"),
+        _ => "unknown status".into(),
+    }
+}
+
+fn response_content_type(shared: &Shared, req_ct: Option<&HeaderValue>) -> HeaderValue {
+    if let Some(ct) = &shared.cfg.content_type {
+        if let Ok(v) = HeaderValue::from_str(ct) {
+            return v;
+        }
+    }
+    req_ct.cloned().unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"))
+}
+
+enum Event {
+    Data(Bytes),
+    Exit(ExitStatus),
+    Failed(String),
+    TimedOut,
+}
+
+
+enum Input {
+    Full(Bytes),
+    Stream(Incoming),
+}
+
+type Deadline = Option<(Instant, Duration, &'static str)>;
+
+async fn fork(shared: &Arc<Shared>, req: Request<Incoming>, streaming: bool) -> Response<Body> {
+    use std::os::unix::ffi::OsStrExt;
+    let deadline: Deadline = shared.deadline.map(|(d, name)| (Instant::now() + d, d, name));
+    let (parts, body) = req.into_parts();
+    let ct = response_content_type(shared, parts.headers.get(header::CONTENT_TYPE));
+
+    let input = if streaming {
+        Input::Stream(body)
+    } else {
+        // Serializing mode reads the whole body first, bounded by read_timeout.
+        let collect = body.collect();
+        let r = if shared.cfg.read_timeout.is_zero() {
+            Ok(collect.await)
+        } else {
+            tokio::time::timeout(shared.cfg.read_timeout, collect).await
+        };
+        match r {
+            Ok(Ok(b)) => Input::Full(b.to_bytes()),
+            Ok(Err(e)) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "body",
+                    format!("reading the request body: {e}"),
+                )
+            }
+            Err(_) => {
+                return text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "read_timeout",
+                    format!(
+                        "read_timeout of {} exceeded while reading the request body",
+                        faas_core::util::format_duration(shared.cfg.read_timeout)
+                    ),
+                )
+            }
+        }
+    };
+
+    let mut cmd = Command::new(&shared.program);
+    cmd.args(&shared.args);
+    for (name, value) in &parts.headers {
+        cmd.env(header_env_name(name.as_str()), std::ffi::OsStr::from_bytes(value.as_bytes()));
+    }
+    cmd.env("Http_Method", parts.method.as_str());
+    cmd.env("Http_Path", parts.uri.path());
+    if let Some(q) = parts.uri.query() {
+        cmd.env("Http_Query", q);
+    }
+    let len = match &input {
+        Input::Full(b) => Some(b.len() as u64),
+        Input::Stream(b) => http_body::Body::size_hint(b).exact(),
+    };
+    if let Some(n) = len {
+        cmd.env("Http_ContentLength", n.to_string());
+    }
+    let combine = shared.cfg.combine_output;
+    let pipe_stderr = combine || shared.cfg.prefix_logs;
+    cmd.stdin(std::process::Stdio::piped());
+    cmd.stdout(std::process::Stdio::piped());
+    cmd.stderr(if pipe_stderr {
+        std::process::Stdio::piped()
+    } else {
+        std::process::Stdio::inherit()
+    });
+    cmd.process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            log(format!("cannot start {:?}: {e}", shared.program));
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "spawn",
+                format!("cannot start the function process: {e}"),
+            );
+        }
+    };
+    let mut kill = GroupKill(child.id());
+    let stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    if !combine {
+        if let Some(e) = stderr.take() {
+            tokio::spawn(pump_lines(e, "stderr", shared.cfg.prefix_logs));
+        }
+    }
+    if let Some(mut stdin) = child.stdin.take() {
+        match input {
+            Input::Full(b) if b.len() <= 16 * 1024 => {
+                // Fits in the pipe buffer: no task needed.
+                let _ = stdin.write_all(&b).await;
+            }
+            Input::Full(b) => {
+                tokio::spawn(async move {
+                    let _ = stdin.write_all(&b).await;
+                });
+            }
+            Input::Stream(mut body) => {
+                tokio::spawn(async move {
+                    while let Some(frame) = body.frame().await {
+                        match frame {
+                            Ok(f) => {
+                                if let Ok(d) = f.into_data() {
+                                    if stdin.write_all(&d).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    if !streaming {
+        let mut stdout = stdout;
+        let fut = async {
+            let mut out = Vec::new();
+            let mut err = Vec::new();
+            let read_out = async {
+                if let Some(o) = stdout.as_mut() {
+                    let _ = o.read_to_end(&mut out).await;
+                }
+            };
+            let read_err = async {
+                if let Some(e) = stderr.as_mut() {
+                    let _ = e.read_to_end(&mut err).await;
+                }
+            };
+            tokio::join!(read_out, read_err);
+            let status = child.wait().await;
+            (out, err, status)
+        };
+        let r = match deadline {
+            Some((at, _, _)) => tokio::time::timeout_at(at, fut).await,
+            None => Ok(fut.await),
+        };
+        return match r {
+            Err(_) => {
+                drop(kill);
+                let _ = child.wait().await;
+                let (_, d, name) = deadline.unwrap_or((Instant::now(), Duration::ZERO, "exec_timeout"));
+                log(format!("{name} exceeded; killed the function process group"));
+                timeout_response(name, d)
+            }
+            Ok((_, _, Err(e))) => {
+                text(StatusCode::INTERNAL_SERVER_ERROR, "wait", format!("waiting for the function process: {e}"))
+            }
+            Ok((mut out, err, Ok(status))) => {
+                kill.disarm();
+                if combine {
+                    out.extend_from_slice(&err);
+                }
+                if status.success() {
+                    let mut r = Response::new(Body::from(out));
+                    r.headers_mut().insert(header::CONTENT_TYPE, ct);
+                    r
+                } else {
+                    let m = exit_message(&status);
+                    log(format!("function process failed with {m} (its stderr is logged above)"));
+                    let mut msg = format!("function process exited with {m}\n");
+                    if combine {
+                        msg.push_str(&String::from_utf8_lossy(&out));
+                    }
+                    text(StatusCode::INTERNAL_SERVER_ERROR, "exit", msg)
+                }
+            }
+        };
+    }
+
+    let (tx, mut rx) = mpsc::channel::<Event>(4);
+    tokio::spawn(run_streaming(child, stdout, stderr, deadline, tx, kill));
+    match rx.recv().await {
+        Some(Event::Data(first)) => {
+            let mut r = Response::new(Body::new(ChanBody { first: Some(first), rx, done: false }));
+            r.headers_mut().insert(header::CONTENT_TYPE, ct);
+            r
+        }
+        Some(Event::Exit(status)) if status.success() => {
+            let mut r = Response::new(Body::empty());
+            r.headers_mut().insert(header::CONTENT_TYPE, ct);
+            r
+        }
+        Some(Event::Exit(status)) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "exit",
+            format!("function process exited with {}", exit_message(&status)),
+        ),
+        Some(Event::TimedOut) => {
+            let (_, d, name) = deadline.unwrap_or((Instant::now(), Duration::ZERO, "exec_timeout"));
+            timeout_response(name, d)
+        }
+        Some(Event::Failed(m)) => text(StatusCode::INTERNAL_SERVER_ERROR, "wait", m),
+        None => text(StatusCode::INTERNAL_SERVER_ERROR, "wait", "the function process vanished"),
+    }
+}
+
+async fn read_some<R: AsyncRead + Unpin>(r: &mut Option<R>, buf: &mut BytesMut) -> usize {
+    buf.reserve(16 * 1024);
+    match r {
+        Some(r) => r.read_buf(buf).await.unwrap_or(0),
+        None => std::future::pending().await,
+    }
+}
+
+async fn run_streaming(
+    mut child: tokio::process::Child,
+    mut stdout: Option<tokio::process::ChildStdout>,
+    mut stderr: Option<tokio::process::ChildStderr>,
+    deadline: Deadline,
+    tx: mpsc::Sender<Event>,
+    mut kill: GroupKill,
+) {
+    let sleep = tokio::time::sleep_until(
+        deadline.map(|(at, _, _)| at).unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365)),
+    );
+    tokio::pin!(sleep);
+    let mut obuf = BytesMut::new();
+    let mut ebuf = BytesMut::new();
+    let timed_out = |name: &'static str| async move {
+        log(format!("{name} exceeded; killed the function process group"));
+    };
+    while stdout.is_some() || stderr.is_some() {
+        tokio::select! {
+            _ = &mut sleep, if deadline.is_some() => {
+                drop(kill);
+                let _ = child.wait().await;
+                timed_out(deadline.map(|d| d.2).unwrap_or("exec_timeout")).await;
+                let _ = tx.send(Event::TimedOut).await;
+                return;
+            }
+            n = read_some(&mut stdout, &mut obuf), if stdout.is_some() => {
+                if n == 0 {
+                    stdout = None;
+                } else if tx.send(Event::Data(obuf.split().freeze())).await.is_err() {
+                    return; // the client went away: `kill` ends the process group
+                }
+            }
+            n = read_some(&mut stderr, &mut ebuf), if stderr.is_some() => {
+                if n == 0 {
+                    stderr = None;
+                } else if tx.send(Event::Data(ebuf.split().freeze())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    tokio::select! {
+        st = child.wait() => {
+            kill.disarm();
+            match st {
+                Ok(s) => {
+                    if !s.success() {
+                        log(format!(
+                            "function process failed with {} (its stderr is logged above)",
+                            exit_message(&s)
+                        ));
+                    }
+                    let _ = tx.send(Event::Exit(s)).await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Event::Failed(format!("waiting for the function process: {e}"))).await;
+                }
+            }
+        }
+        _ = &mut sleep, if deadline.is_some() => {
+            drop(kill);
+            let _ = child.wait().await;
+            timed_out(deadline.map(|d| d.2).unwrap_or("exec_timeout")).await;
+            let _ = tx.send(Event::TimedOut).await;
+        }
+    }
+}
+
+/// The streaming response body: the process's output as it comes; an error frame (which
+/// aborts the response) if it then fails or times out.
+struct ChanBody {
+    first: Option<Bytes>,
+    rx: mpsc::Receiver<Event>,
+    done: bool,
+}
+
+impl http_body::Body for ChanBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(b) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Event::Data(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Poll::Ready(Some(Event::Exit(s))) => {
+                self.done = true;
+                if s.success() {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Err(format!("function process exited with {}", exit_message(&s)).into())))
+                }
+            }
+            Poll::Ready(Some(Event::TimedOut)) => {
+                self.done = true;
+                Poll::Ready(Some(Err("the function process timed out".into())))
+            }
+            Poll::Ready(Some(Event::Failed(m))) => {
+                self.done = true;
+                Poll::Ready(Some(Err(m.into())))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(Some(Err("the function process vanished".into())))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP mode
+
+struct Upstream {
+    authority: String,
+    prefix: String,
+    addr: SocketAddr,
+    client: Client<HttpConnector, Incoming>,
+    ready: watch::Sender<bool>,
+}
+
+impl Upstream {
+    async fn new(uri: &http::Uri) -> Result<Upstream, Error> {
+        let authority = uri
+            .authority()
+            .ok_or_else(|| Error::invalid("upstream_url", "needs a host and port"))?;
+        let port = authority.port_u16().unwrap_or(80);
+        let addr = tokio::net::lookup_host((authority.host(), port))
+            .await
+            .map_err(|e| Error::invalid("upstream_url", format!("cannot resolve {authority}: {e}")))?
+            .next()
+            .ok_or_else(|| Error::invalid("upstream_url", format!("{authority} has no address")))?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Ok(Upstream {
+            authority: authority.to_string(),
+            prefix: uri.path().trim_end_matches('/').to_string(),
+            addr,
+            client,
+            ready: watch::channel(false).0,
+        })
+    }
+}
+
+async fn stop_child(child: &mut tokio::process::Child, pgid: Option<u32>) {
+    if let Some(p) = pgid {
+        sys::kill_group(p, sys::SIGTERM);
+    }
+    if tokio::time::timeout(Duration::from_secs(3), child.wait()).await.is_err() {
+        if let Some(p) = pgid {
+            sys::kill_group(p, sys::SIGKILL);
+        }
+        let _ = child.wait().await;
+    }
+    if let Some(p) = pgid {
+        sys::kill_group(p, sys::SIGKILL);
+    }
+}
+
+async fn supervise_upstream(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let Some(up) = shared.upstream.as_ref() else { return };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let mut cmd = Command::new(&shared.program);
+        cmd.args(&shared.args)
+            .env("port", up.addr.port().to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0);
+        sys::die_with_parent(&mut cmd, sys::SIGKILL);
+        let started = Instant::now();
+        match cmd.spawn() {
+            Err(e) => log(format!("cannot start {:?}: {e}", shared.program)),
+            Ok(mut child) => {
+                let pgid = child.id();
+                if let Some(o) = child.stdout.take() {
+                    tokio::spawn(pump_lines(o, "stdout", shared.cfg.prefix_logs));
+                }
+                if let Some(e) = child.stderr.take() {
+                    tokio::spawn(pump_lines(e, "stderr", shared.cfg.prefix_logs));
+                }
+                let addr = up.addr;
+                let probe = async move {
+                    loop {
+                        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                };
+                let early = tokio::select! {
+                    st = child.wait() => Some(st),
+                    _ = probe => None,
+                    _ = stop.changed() => {
+                        stop_child(&mut child, pgid).await;
+                        return;
+                    }
+                };
+                let status = match early {
+                    Some(st) => st,
+                    None => {
+                        up.ready.send_replace(true);
+                        log(format!("upstream ready at {}", up.addr));
+                        tokio::select! {
+                            st = child.wait() => st,
+                            _ = stop.changed() => {
+                                up.ready.send_replace(false);
+                                stop_child(&mut child, pgid).await;
+                                return;
+                            }
+                        }
+                    }
+                };
+                up.ready.send_replace(false);
+                if let Some(p) = pgid {
+                    sys::kill_group(p, sys::SIGKILL);
+                }
+                let how = match &status {
+                    Ok(s) => exit_message(s),
+                    Err(e) => e.to_string(),
+                };
+                log(format!("function process exited ({how}); restarting it"));
+            }
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(50);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn proxy(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let Some(up) = shared.upstream.as_ref() else {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "upstream", "no upstream configured");
+    };
+    let deadline: Deadline = shared.deadline.map(|(d, name)| (Instant::now() + d, d, name));
+    if !*up.ready.borrow() {
+        let mut rx = up.ready.subscribe();
+        let wait = async move { rx.wait_for(|r| *r).await.is_ok() };
+        let ok = match deadline {
+            Some((at, _, _)) => tokio::time::timeout_at(at, wait).await.unwrap_or(false),
+            None => wait.await,
+        };
+        if !ok {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream",
+                "the function process is not ready (it is starting or restarting)",
+            );
+        }
+    }
+    let (mut parts, body) = req.into_parts();
+    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let uri = format!("http://{}{}{}", up.authority, up.prefix, pq);
+    parts.uri = match uri.parse() {
+        Ok(u) => u,
+        Err(e) => return text(StatusCode::BAD_REQUEST, "uri", format!("bad request URI: {e}")),
+    };
+    parts.headers.remove(header::CONNECTION);
+    parts.headers.remove("keep-alive");
+    let fut = up.client.request(Request::from_parts(parts, body));
+    let r = match deadline {
+        Some((at, d, name)) => match tokio::time::timeout_at(at, fut).await {
+            Ok(r) => r,
+            Err(_) => return timeout_response(name, d),
+        },
+        None => fut.await,
+    };
+    match r {
+        Ok(resp) => {
+            let (mut p, b) = resp.into_parts();
+            p.headers.remove(header::CONNECTION);
+            p.headers.remove("keep-alive");
+            Response::from_parts(p, Body::new(b))
+        }
+        Err(e) => {
+            let mut msg = format!("upstream request failed: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            text(StatusCode::BAD_GATEWAY, "upstream", msg)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Static mode
+
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+fn guess_type(p: &Path) -> &'static str {
+    match p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+        Some("html" | "htm") => "text/html; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("js" | "mjs") => "text/javascript; charset=utf-8",
+        Some("json") => "application/json",
+        Some("txt") => "text/plain; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("ico") => "image/x-icon",
+        Some("wasm") => "application/wasm",
+        Some("xml") => "application/xml",
+        Some("pdf") => "application/pdf",
+        _ => "application/octet-stream",
+    }
+}
+
+async fn serve_static(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    use std::os::unix::ffi::OsStrExt;
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method", "static mode serves GET and HEAD");
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let Some(decoded) = percent_decode(req.uri().path()) else {
+        return text(StatusCode::BAD_REQUEST, "path", "malformed percent-encoding in the path");
+    };
+    let mut path = shared.cfg.static_path.clone();
+    for seg in decoded.split(|b| *b == b'/') {
+        if seg.is_empty() || seg == b"." {
+            continue;
+        }
+        if seg == b".." || seg.contains(&0) {
+            return text(StatusCode::NOT_FOUND, "path", "not found");
+        }
+        path.push(std::ffi::OsStr::from_bytes(seg));
+    }
+    if tokio::fs::metadata(&path).await.map(|m| m.is_dir()).unwrap_or(false) {
+        path.push("index.html");
+    }
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => {
+            let ct = match &shared.cfg.content_type {
+                Some(c) => HeaderValue::from_str(c).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+                None => HeaderValue::from_static(guess_type(&path)),
+            };
+            let len = bytes.len();
+            let mut r = if req.method() == Method::HEAD {
+                Response::new(Body::empty())
+            } else {
+                Response::new(Body::from(bytes))
+            };
+            r.headers_mut().insert(header::CONTENT_TYPE, ct);
+            r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            r
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => text(StatusCode::NOT_FOUND, "path", "not found"),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            text(StatusCode::FORBIDDEN, "path", "forbidden")
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "io", format!("reading the file: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_names_and_commands() {
+        assert_eq!(header_env_name("x-test-a"), "Http_X_Test_A");
+        assert_eq!(header_env_name("content-type"), "Http_Content_Type");
+        assert_eq!(split_command("cat").unwrap(), vec!["cat"]);
+        assert_eq!(
+            split_command("sh -c 'echo hi >&2; exit 3'").unwrap(),
+            vec!["sh", "-c", "echo hi >&2; exit 3"]
+        );
+        assert_eq!(split_command(r#"a "b c" d\ e"#).unwrap(), vec!["a", "b c", "d e"]);
+        assert!(split_command("a 'b").is_err());
+    }
+
+    #[test]
+    fn config_errors_name_the_variable() {
+        let field = |vars: &[(&str, &str)]| match Config::from_vars(vars.iter().copied()) {
+            Err(Error::InvalidSpec { field, .. }) => field,
+            other => panic!("expected an error, got {other:?}"),
+        };
+        assert_eq!(field(&[]), "fprocess");
+        assert_eq!(field(&[("fprocess", "cat"), ("mode", "fast")]), "mode");
+        assert_eq!(field(&[("fprocess", "cat"), ("mode", "http")]), "upstream_url");
+        assert_eq!(field(&[("fprocess", "cat"), ("exec_timeout", "soon")]), "exec_timeout");
+        assert_eq!(field(&[("fprocess", "cat"), ("max_inflight", "-1")]), "max_inflight");
+        assert_eq!(field(&[("fprocess", "cat"), ("port", "99999")]), "port");
+        assert_eq!(field(&[("fprocess", "cat"), ("prefix_logs", "maybe")]), "prefix_logs");
+        let c = Config::from_vars([("function_process", "cat -"), ("write_timeout", "3s")]).unwrap();
+        assert_eq!(c.fprocess, vec!["cat", "-"]);
+        assert_eq!(c.healthcheck_interval, Duration::from_secs(3));
+        assert_eq!(c.deadline(), Some((Duration::from_secs(3), "write_timeout")));
+        let c = Config::from_vars([("mode", "static")]).unwrap();
+        assert_eq!(c.mode, Mode::Static);
+    }
+}

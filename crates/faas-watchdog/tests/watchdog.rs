@@ -1,0 +1,364 @@
+//! The watchdog binary over real sockets, one test per mode and environment variable.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn streaming_mode_with_cat_echoes_small_and_large_bodies() {
+    let w = spawn_watchdog(&[("fprocess", "cat"), ("mode", "streaming")]).await;
+    let r = post(&w.url("/"), "hello watchdog").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "hello watchdog");
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    // Larger than any pipe buffer: only works if stdin and stdout stream concurrently.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let r = post(&w.url("/"), big.clone()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.len(), big.len());
+    assert!(r.body == big, "the body came back altered");
+}
+
+#[tokio::test]
+async fn fork_mode_exposes_headers_method_path_and_query_as_env() {
+    let w = spawn_watchdog(&[("function_process", "env")]).await;
+    let r = request(
+        Method::PUT,
+        &w.url("/some/path?a=1&b=two"),
+        &[("x-test-a", "alpha"), ("content-type", "text/plain")],
+        "x",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let env = r.text();
+    for want in [
+        "Http_X_Test_A=alpha",
+        "Http_Content_Type=text/plain",
+        "Http_Method=PUT",
+        "Http_Path=/some/path",
+        "Http_Query=a=1&b=two",
+        "Http_ContentLength=1",
+    ] {
+        assert!(env.lines().any(|l| l == want), "missing {want} in:\n{env}");
+    }
+    // The request's content type is mirrored when content_type is not set.
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    let r = get(&w.url("/")).await;
+    assert!(!r.text().contains("Http_Query="), "no query, no Http_Query");
+}
+
+#[tokio::test]
+async fn serializing_mode_buffers_and_sets_content_type() {
+    let w = spawn_watchdog(&[
+        ("fprocess", "cat"),
+        ("mode", "serializing"),
+        ("content_type", "application/json"),
+    ])
+    .await;
+    let r = post(&w.url("/"), r#"{"a":1}"#).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), r#"{"a":1}"#);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("content-length"), Some("7"));
+}
+
+#[tokio::test]
+async fn non_zero_exit_is_500_with_stderr_logged_in_both_fork_modes() {
+    for mode in ["streaming", "serializing"] {
+        let w = spawn_watchdog(&[
+            ("fprocess", "sh -c 'echo partial-out; echo oops-on-stderr >&2; exit 3'"),
+            ("mode", mode),
+            ("prefix_logs", "true"),
+        ])
+        .await;
+        let r = try_post(&w.url("/"), "").await;
+        if mode == "streaming" {
+            // The output had started (200), so the failure aborts the response body.
+            assert!(r.is_err(), "a failure after output must abort the response");
+        } else {
+            let r = r.unwrap();
+            assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{mode}");
+            assert!(r.text().contains("exit code 3"), "{mode}: {}", r.text());
+            assert_eq!(r.header("x-watchdog-error"), Some("exit"));
+            assert!(!r.text().contains("oops"), "stderr stays out of the body");
+        }
+        w.wait_for_line("with the prefixed stderr", |l| {
+            l.contains("stderr: oops-on-stderr")
+        })
+        .await;
+        w.wait_for_line("reporting the exit code", |l| l.contains("exit code 3")).await;
+    }
+    // Failing before any output: 500 in streaming mode too.
+    let w = spawn_watchdog(&[("fprocess", "sh -c 'echo bad >&2; exit 7'"), ("prefix_logs", "false")])
+        .await;
+    let r = post(&w.url("/"), "").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(r.text().contains("exit code 7"), "{}", r.text());
+    // prefix_logs=false: the line is copied as it is.
+    w.wait_for_line("unprefixed", |l| l == "bad").await;
+}
+
+#[tokio::test]
+async fn combine_output_puts_stderr_in_the_body() {
+    let w = spawn_watchdog(&[
+        ("fprocess", "sh -c 'echo out; echo err >&2'"),
+        ("mode", "serializing"),
+        ("combine_output", "true"),
+    ])
+    .await;
+    let r = post(&w.url("/"), "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "out\nerr\n");
+    let w = spawn_watchdog(&[("fprocess", "sh -c 'echo err >&2'"), ("combine_output", "true")])
+        .await;
+    let r = post(&w.url("/"), "").await;
+    assert_eq!(r.text(), "err\n");
+}
+
+#[tokio::test]
+async fn exec_timeout_answers_504_and_kills_the_process_group() {
+    for mode in ["streaming", "serializing"] {
+        let dir = temp_dir("exec-timeout");
+        let pidfile = dir.join("bg.pid");
+        let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+        let fprocess = format!("sh -c '{script}'");
+        let w = spawn_watchdog(&[
+            ("fprocess", &fprocess),
+            ("mode", mode),
+            ("exec_timeout", "1s"),
+            ("write_timeout", "30s"),
+        ])
+        .await;
+        let r = post(&w.url("/"), "").await;
+        assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{mode}");
+        assert_eq!(r.text().trim(), "exec_timeout of 1s exceeded", "{mode}");
+        assert_eq!(r.header("x-watchdog-error"), Some("exec_timeout"));
+        let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        assert!(
+            wait_gone(pid, Duration::from_secs(10)).await,
+            "{mode}: the background child {pid} of the function survived the timeout"
+        );
+    }
+}
+
+#[tokio::test]
+async fn write_timeout_bounds_the_response_too() {
+    let w = spawn_watchdog(&[
+        ("fprocess", "sleep 30"),
+        ("exec_timeout", "0"),
+        ("write_timeout", "1s"),
+    ])
+    .await;
+    let r = post(&w.url("/"), "").await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(r.text().trim(), "write_timeout of 1s exceeded");
+}
+
+#[tokio::test]
+async fn max_inflight_gives_429_and_ready_reports_capacity() {
+    let dir = temp_dir("inflight");
+    let gate = dir.join("go");
+    let script = format!("while [ ! -e {} ]; do sleep 0.05; done; echo done", gate.display());
+    let fprocess = format!("sh -c '{script}'");
+    let w = spawn_watchdog(&[("fprocess", &fprocess), ("max_inflight", "1")]).await;
+    assert_eq!(get(&w.url("/_/ready")).await.status, StatusCode::OK);
+    let url = w.url("/");
+    let first = tokio::spawn(async move { post(&url, "").await });
+    // Wait until the first request holds the only slot.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while get(&w.url("/_/ready")).await.status != StatusCode::TOO_MANY_REQUESTS {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("ready never reported 429 at capacity");
+    assert_eq!(get(&w.url("/_/health")).await.status, StatusCode::OK, "health ignores load");
+    let second = post(&w.url("/"), "").await;
+    assert_eq!(second.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(second.header("x-watchdog-error"), Some("inflight"));
+    std::fs::write(&gate, "").unwrap();
+    let first = first.await.unwrap();
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.text(), "done\n");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while get(&w.url("/_/ready")).await.status != StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("ready never recovered");
+    assert_eq!(post(&w.url("/"), "").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn http_mode_proxies_and_restarts_a_dead_upstream() {
+    let up = free_port();
+    let upstream_url = format!("http://127.0.0.1:{up}");
+    let w = spawn_watchdog(&[
+        ("fprocess", FIXTURE),
+        ("mode", "http"),
+        ("upstream_url", &upstream_url),
+        ("FIXTURE_BEHAVIOUR", "echo"),
+    ])
+    .await;
+    let r = request(Method::PATCH, &w.url("/a/b?x=1"), &[("x-test-k", "v")], "payload").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "payload");
+    assert_eq!(r.header("x-echo-method"), Some("PATCH"));
+    assert_eq!(r.header("x-echo-path"), Some("/a/b"));
+    assert_eq!(r.header("x-echo-query"), Some("x=1"));
+    assert_eq!(r.header("x-echo-x-test-k"), Some("v"));
+    // Many requests over the pooled connections.
+    for i in 0..50 {
+        let r = post(&w.url("/"), format!("n{i}")).await;
+        assert_eq!(r.text(), format!("n{i}"));
+    }
+
+    let w = spawn_watchdog(&[
+        ("fprocess", FIXTURE),
+        ("mode", "http"),
+        ("upstream_url", &format!("http://127.0.0.1:{}", free_port())),
+        ("FIXTURE_BEHAVIOUR", "crash"),
+    ])
+    .await;
+    assert_eq!(get(&w.url("/")).await.text(), "alive");
+    let r = get(&w.url("/?crash=1")).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.header("x-watchdog-error"), Some("upstream"));
+    w.wait_for_line("about the restart", |l| l.contains("restarting")).await;
+    // Requests wait for the restarted upstream (within exec_timeout).
+    let r = get(&w.url("/")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.text(), "alive");
+    assert_eq!(get(&w.url("/_/health")).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn http_mode_health_waits_for_the_upstream() {
+    // An upstream that never listens: health stays 503, requests time out with a message.
+    let w = spawn_watchdog_expect(
+        &[
+            ("fprocess", "sleep 60"),
+            ("mode", "http"),
+            ("upstream_url", &format!("http://127.0.0.1:{}", free_port())),
+            ("exec_timeout", "500ms"),
+        ],
+        Some(StatusCode::SERVICE_UNAVAILABLE),
+    )
+    .await;
+    let r = get(&w.url("/")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.text().contains("not ready"), "{}", r.text());
+}
+
+#[tokio::test]
+async fn static_mode_serves_files_safely() {
+    let dir = temp_dir("static");
+    std::fs::write(dir.join("index.html"), "<h1>hi</h1>").unwrap();
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/a b.txt"), "text").unwrap();
+    let w = spawn_watchdog(&[("mode", "static"), ("static_path", dir.to_str().unwrap())]).await;
+    let r = get(&w.url("/")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "<h1>hi</h1>");
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    let r = get(&w.url("/sub/a%20b.txt")).await;
+    assert_eq!(r.text(), "text");
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(get(&w.url("/missing")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(get(&w.url("/sub/%2e%2e/%2e%2e/etc/passwd")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(post(&w.url("/"), "").await.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn read_timeout_closes_slow_header_writers() {
+    let w = spawn_watchdog(&[("fprocess", "cat"), ("read_timeout", "500ms")]).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", w.port)).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "the connection stayed open past read_timeout");
+}
+
+#[tokio::test]
+async fn log_requests_writes_one_line_per_request() {
+    let w = spawn_watchdog(&[("fprocess", "cat"), ("log_requests", "true")]).await;
+    post(&w.url("/logged-path"), "x").await;
+    w.wait_for_line("for the request", |l| l.contains("POST /logged-path 200")).await;
+}
+
+#[tokio::test]
+async fn invalid_configuration_exits_with_a_message_naming_the_variable() {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(WATCHDOG)
+            .env("fprocess", "cat")
+            .env("exec_timeout", "ten seconds")
+            .env("port", free_port().to_string())
+            .env("bind_address", "127.0.0.1")
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exec_timeout"), "{err}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits() {
+    let dir = temp_dir("sigterm");
+    let marker = dir.join("started");
+    let fprocess = format!("sh -c 'touch {}; sleep 3; echo finished'", marker.display());
+    let mut w = spawn_watchdog(&[("fprocess", &fprocess), ("healthcheck_interval", "2s")]).await;
+    let url = w.url("/");
+    let slow = tokio::spawn(async move { post(&url, "").await });
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !marker.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the slow request never started its process");
+    let pid = w.pid();
+    assert!(std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap().success());
+    w.wait_for_line("announcing the shutdown", |l| l.contains("shutting down")).await;
+    let h = get(&w.url("/_/health")).await;
+    assert_eq!(h.status, StatusCode::SERVICE_UNAVAILABLE);
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.status, StatusCode::OK);
+    assert_eq!(slow.text(), "finished\n");
+    let status = tokio::time::timeout(Duration::from_secs(30), w.child.wait())
+        .await
+        .expect("the watchdog did not exit after draining")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", w.port)).await.is_err());
+}
+
+#[tokio::test]
+async fn in_process_serve_stops_on_the_shutdown_future() {
+    use faas_watchdog::watchdog::{serve, Config};
+    let cfg = Config::from_vars([
+        ("fprocess", "cat"),
+        ("healthcheck_interval", "0s"),
+        ("bind_address", "127.0.0.1"),
+    ])
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(cfg, listener, async move {
+        let _ = rx.await;
+    }));
+    let r = post(&format!("http://127.0.0.1:{port}/"), Bytes::from_static(b"in-process")).await;
+    assert_eq!(r.text(), "in-process");
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), server).await.unwrap().unwrap().unwrap();
+}
