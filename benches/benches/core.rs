@@ -46,14 +46,12 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("memory_invoke", |b| {
-        b.to_async(&rt).iter(|| async {
-            memory.invoke(Invocation::post(fref.clone(), "hi")).await.unwrap()
-        })
+        b.to_async(&rt)
+            .iter(|| async { memory.invoke(Invocation::post(fref.clone(), "hi")).await.unwrap() })
     });
     g.bench_function("memory_invoke_full_stack", |b| {
-        b.to_async(&rt).iter(|| async {
-            layered.invoke(Invocation::post(fref.clone(), "hi")).await.unwrap()
-        })
+        b.to_async(&rt)
+            .iter(|| async { layered.invoke(Invocation::post(fref.clone(), "hi")).await.unwrap() })
     });
     g.finish();
 }

@@ -128,10 +128,19 @@ impl Inner {
             binds.push(format!("{}:{SECRETS_MOUNT}/{s}", p.display()));
         }
         let limits = spec.limits.clone().unwrap_or_default();
+        let mut env = spec.env_vars.clone();
+        if let Some(t) = spec.timeout {
+            // One timeout for every layer: ours fires at `t`; the watchdog's a little later
+            // (it would otherwise cut at its default of 10 s), unless the spec sets its own.
+            let w = faas_core::util::format_duration(t + Duration::from_secs(1));
+            for key in ["exec_timeout", "write_timeout", "read_timeout"] {
+                env.entry(key.to_string()).or_insert_with(|| w.clone());
+            }
+        }
         let template = Template {
             image: spec.image.clone(),
             env_process: spec.env_process.clone(),
-            env: spec.env_vars.clone(),
+            env,
             binds,
             memory: limits.memory_bytes(),
             nano_cpus: limits.cpu_millis().map(|m| m.saturating_mul(1_000_000)),
@@ -359,10 +368,14 @@ impl Inner {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(Error::unavailable(format!(
-                    "instance {name} did not become ready within {}",
-                    faas_core::util::format_duration(self.settings.start_timeout)
-                )));
+                let tail = self.log_tail(id, 20).await;
+                return Err(Error::developer(
+                    DeveloperErrorKind::Init,
+                    format!(
+                        "instance {name} did not answer its health check within {}: {tail}",
+                        faas_core::util::format_duration(self.settings.start_timeout)
+                    ),
+                ));
             }
             if last_check.elapsed() >= Duration::from_millis(300) {
                 last_check = Instant::now();
@@ -548,7 +561,7 @@ impl Inner {
                 let f = Arc::clone(&f);
                 async move {
                     let t0 = Instant::now();
-                    while v.in_flight.load(Ordering::SeqCst) > 0 && t0.elapsed() < bound {
+                    while !v.idle() && t0.elapsed() < bound {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                     v.dead.store(true, Ordering::SeqCst);
@@ -610,7 +623,7 @@ impl Inner {
         let Ok(mut st) = r.state.try_lock() else { return };
         if *st != RunState::Running
             || !r.live()
-            || r.in_flight.load(Ordering::SeqCst) > 0
+            || !r.idle()
             || r.idle_for() < grace
         {
             return;

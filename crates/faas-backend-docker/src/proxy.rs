@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use faas_core::{Body, DeveloperErrorKind, Error, Invocation, InvocationMeta, Response, Result, StartKind};
@@ -28,10 +28,23 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps the invocation counted until it is consumed or dropped.
+/// Counts a response body streaming from a replica until dropped: the replica is not paused
+/// or removed meanwhile (its routing slot is already free).
+struct Streaming {
+    replica: Arc<Replica>,
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.replica.touch();
+        self.replica.streams.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that keeps the replica marked as streaming until consumed or dropped.
 struct Guarded {
     inner: hyper::body::Incoming,
-    _guard: InFlight,
+    _guard: Streaming,
 }
 
 impl http_body::Body for Guarded {
@@ -52,6 +65,42 @@ impl http_body::Body for Guarded {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The header the faas-rs watchdog sets on answers it produces itself (not the function).
+const WATCHDOG_ERROR: &str = "x-watchdog-error";
+
+/// Maps a watchdog's own error answer to the error taxonomy (as the process backend does):
+/// timeouts and crashes are developer errors, `inflight` is overload.
+async fn watchdog_error(
+    reason: &str,
+    resp: Response,
+    f: &FunctionState,
+    instance: &str,
+) -> Result<Response> {
+    let kind = match reason {
+        "exec_timeout" | "write_timeout" => DeveloperErrorKind::Timeout,
+        "upstream" | "exit" | "wait" => DeveloperErrorKind::Crash,
+        "spawn" => DeveloperErrorKind::Init,
+        "inflight" => {
+            return Err(Error::Overloaded {
+                message: format!("instance {instance} of {} is at its max_inflight", f.fref),
+                retry_after: Some(Duration::from_secs(1)),
+            })
+        }
+        _ => return Ok(resp),
+    };
+    let body = resp.into_body().collect_limited(64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let fref = &f.fref;
+    Err(Error::developer(
+        kind,
+        match kind {
+            DeveloperErrorKind::Timeout => format!("function {fref} exec timeout: {text}"),
+            DeveloperErrorKind::Crash => format!("function {fref} crashed (instance {instance}): {text}"),
+            _ => format!("function {fref} could not start (instance {instance}): {text}"),
+        },
+    ))
 }
 
 impl Inner {
@@ -117,7 +166,7 @@ impl Inner {
         let t0 = Instant::now();
         let f = self.function(&inv.function)?;
         f.invocations.fetch_add(1, Ordering::Relaxed);
-        let (replica, waited) = self.acquire(&f, t0 + self.settings.start_timeout).await?;
+        let (replica, waited) = self.acquire(&f, t0 + self.settings.start_timeout + Duration::from_secs(5)).await?;
         let guard = InFlight { replica: Arc::clone(&replica), function: Arc::clone(&f) };
         // A paused container's port accepts and then hangs: unpause before forwarding.
         let resumed = self.ensure_running(&replica).await?;
@@ -159,8 +208,18 @@ impl Inner {
             }
             Ok(Ok(resp)) => resp,
         };
+        // The function has answered: its routing slot is free (as in the other backends);
+        // the body keeps the replica from being paused or removed while it streams.
+        replica.streams.fetch_add(1, Ordering::SeqCst);
+        drop(guard);
+        let streaming = Streaming { replica: Arc::clone(&replica) };
         let (parts, incoming) = resp.into_parts();
-        let mut resp = http::Response::from_parts(parts, Body::new(Guarded { inner: incoming, _guard: guard }));
+        let mut resp =
+            http::Response::from_parts(parts, Body::new(Guarded { inner: incoming, _guard: streaming }));
+        if let Some(reason) = resp.headers().get(WATCHDOG_ERROR).and_then(|v| v.to_str().ok()) {
+            let reason = reason.to_string();
+            resp = watchdog_error(&reason, resp, &f, &replica.name).await?;
+        }
         resp.extensions_mut().insert(InvocationMeta {
             instance: replica.name.clone(),
             start,

@@ -85,6 +85,8 @@ pub(crate) struct Replica {
     /// Hash of the spec it runs.
     pub spec_hash: String,
     pub in_flight: AtomicU32,
+    /// Response bodies still streaming from it (it must not be paused or removed meanwhile).
+    pub streams: AtomicU32,
     pub draining: AtomicBool,
     pub dead: AtomicBool,
     /// Serialises pause and unpause with invocations.
@@ -115,6 +117,7 @@ impl Replica {
             init_time,
             spec_hash,
             in_flight: AtomicU32::new(0),
+            streams: AtomicU32::new(0),
             draining: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             state: tokio::sync::Mutex::new(st),
@@ -127,6 +130,11 @@ impl Replica {
     /// Serving or able to serve: not dead and not draining.
     pub fn live(&self) -> bool {
         !self.dead.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+    }
+
+    /// No invocation in flight and no response body streaming.
+    pub fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) == 0 && self.streams.load(Ordering::SeqCst) == 0
     }
 
     pub fn touch(&self) {

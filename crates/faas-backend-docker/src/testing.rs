@@ -338,6 +338,13 @@ pub async fn kill_container(id: &str) -> Result<()> {
         .map_err(|e| map_err("container kill", e))
 }
 
+/// The name of a container (without the leading `/`).
+pub async fn container_name(id: &str) -> Result<String> {
+    let d = docker().await?;
+    let i = d.inspect_container(id, None).await.map_err(|e| map_err("container inspect", e))?;
+    Ok(i.name.unwrap_or_default().trim_start_matches('/').to_string())
+}
+
 /// The labels of a container.
 pub async fn container_labels(id: &str) -> Result<HashMap<String, String>> {
     let d = docker().await?;

@@ -89,15 +89,17 @@ async fn bad_specs_and_images_are_named() {
     let err = docker.deploy(env.spec("dup", "echo")).await.unwrap_err();
     assert!(matches!(err, faas_core::Error::AlreadyExists { .. }), "{err}");
     // A process that exits at once: the start fails with its exit code, not a hang.
+    let quick = env.builder().start_timeout(Duration::from_secs(5)).build().await.unwrap();
     let bad = env.spec("crashy", "echo").process("/bin/false");
-    docker.deploy(bad).await.unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(90), docker.call(&format!("crashy.{}", env.ns), "x"))
+    quick.deploy(bad).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(90), quick.call(&format!("crashy.{}", env.ns), "x"))
         .await
         .unwrap()
         .unwrap_err();
     assert!(matches!(err, faas_core::Error::Developer { .. }), "{err}");
     docker.remove(&env.fref("dup")).await.unwrap();
-    docker.remove(&env.fref("crashy")).await.unwrap();
+    quick.remove(&env.fref("crashy")).await.unwrap();
+    quick.shutdown().await;
     docker.shutdown().await;
     assert_eq!(env.leftovers().await, Vec::<String>::new());
 }

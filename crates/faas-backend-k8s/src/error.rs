@@ -126,9 +126,18 @@ mod tests {
         let upd = Target { action: "update deployments", ..t() };
         assert!(map_kube_error(api(409, "Conflict"), upd).is_retryable());
         let e = map_kube_error(api(403, "Forbidden"), t()).to_string();
-        assert!(e.contains("RBAC") && e.contains("create deployments") && e.contains("\"ns\""), "{e}");
-        assert!(matches!(map_kube_error(api(429, "TooManyRequests"), t()), Error::Overloaded { .. }));
-        assert!(matches!(map_kube_error(api(503, "ServiceUnavailable"), t()), Error::Unavailable { .. }));
+        assert!(
+            e.contains("RBAC") && e.contains("create deployments") && e.contains("\"ns\""),
+            "{e}"
+        );
+        assert!(matches!(
+            map_kube_error(api(429, "TooManyRequests"), t()),
+            Error::Overloaded { .. }
+        ));
+        assert!(matches!(
+            map_kube_error(api(503, "ServiceUnavailable"), t()),
+            Error::Unavailable { .. }
+        ));
         let invalid = Status::failure("Deployment.apps \"f\" is invalid", "Invalid")
             .with_code(422)
             .with_details(StatusDetails {

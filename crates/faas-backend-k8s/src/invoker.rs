@@ -285,9 +285,14 @@ impl KubernetesInvoker {
     }
 
     async fn get_deployment(&self, f: &FunctionRef) -> Result<Deployment> {
-        let t =
-            Target { kind: "function", name: &f.name, namespace: &f.namespace, action: "get deployments" };
-        let d = self.deployments(&f.namespace).get(&f.name).await.map_err(|e| map_kube_error(e, t))?;
+        let t = Target {
+            kind: "function",
+            name: &f.name,
+            namespace: &f.namespace,
+            action: "get deployments",
+        };
+        let d =
+            self.deployments(&f.namespace).get(&f.name).await.map_err(|e| map_kube_error(e, t))?;
         let ours = d.metadata.labels.as_ref().is_some_and(|l| l.contains_key(FUNCTION_LABEL));
         if !ours {
             return Err(Error::function_not_found(f.name.clone()));
@@ -464,7 +469,8 @@ impl KubernetesInvoker {
         let Invocation { id, function, request } = invocation;
         let (mut parts, body) = request.into_parts();
         let suffix = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let suffix = if suffix.starts_with('/') { suffix.to_string() } else { format!("/{suffix}") };
+        let suffix =
+            if suffix.starts_with('/') { suffix.to_string() } else { format!("/{suffix}") };
         let base = base.trim_end_matches('/');
         let url = format!("{base}{suffix}");
         let uri: http::Uri = url
@@ -581,7 +587,12 @@ impl Invoker for KubernetesInvoker {
         let deployment = manifests::deployment(&spec)?;
         let service = manifests::service(&spec);
         self.check_secrets_exist(&spec).await?;
-        let t = Target { kind: "function", name: &spec.name, namespace: &ns, action: "create deployments" };
+        let t = Target {
+            kind: "function",
+            name: &spec.name,
+            namespace: &ns,
+            action: "create deployments",
+        };
         self.deployments(&ns)
             .create(&PostParams::default(), &deployment)
             .await
@@ -607,7 +618,12 @@ impl Invoker for KubernetesInvoker {
         let ns = f.namespace.clone();
         let mut desired = manifests::deployment(&spec)?;
         self.check_secrets_exist(&spec).await?;
-        let t = Target { kind: "function", name: &spec.name, namespace: &ns, action: "update deployments" };
+        let t = Target {
+            kind: "function",
+            name: &spec.name,
+            namespace: &ns,
+            action: "update deployments",
+        };
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -617,7 +633,8 @@ impl Invoker for KubernetesInvoker {
                 d.replicas = e.replicas;
             }
             desired.metadata.resource_version = existing.metadata.resource_version.clone();
-            match self.deployments(&ns).replace(&spec.name, &PostParams::default(), &desired).await {
+            match self.deployments(&ns).replace(&spec.name, &PostParams::default(), &desired).await
+            {
                 Ok(_) => break,
                 Err(kube::Error::Api(s)) if s.code == 409 && attempts < 3 => continue,
                 Err(e) => return Err(map_kube_error(e, t)),
@@ -648,7 +665,12 @@ impl Invoker for KubernetesInvoker {
         let ns = self.ns(&function.namespace).to_string();
         let f = FunctionRef::new(function.name.clone(), ns.clone());
         self.forget(&f);
-        let t = Target { kind: "function", name: &f.name, namespace: &ns, action: "delete deployments" };
+        let t = Target {
+            kind: "function",
+            name: &f.name,
+            namespace: &ns,
+            action: "delete deployments",
+        };
         self.deployments(&ns)
             .delete(&f.name, &DeleteParams::background())
             .await
@@ -745,7 +767,12 @@ impl Invoker for KubernetesInvoker {
         // NotFound for a function that does not exist (rather than no logs).
         self.get_deployment(&f).await?;
         let pods = self.pods(&f.namespace);
-        let t = Target { kind: "function", name: &f.name, namespace: &f.namespace, action: "list pods" };
+        let t = Target {
+            kind: "function",
+            name: &f.name,
+            namespace: &f.namespace,
+            action: "list pods",
+        };
         let list = pods
             .list(&ListParams::default().labels(&format!("{FUNCTION_LABEL}={}", f.name)))
             .await
@@ -877,7 +904,12 @@ impl Invoker for KubernetesInvoker {
             Err(kube::Error::Api(s)) if s.code == 403 => {}
             Err(e) => {
                 let ns = &self.inner.namespace;
-                let t = Target { kind: "namespace", name: ns, namespace: ns, action: "list namespaces" };
+                let t = Target {
+                    kind: "namespace",
+                    name: ns,
+                    namespace: ns,
+                    action: "list namespaces",
+                };
                 return Err(map_kube_error(e, t));
             }
         }

@@ -31,11 +31,10 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
-    NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodSpec,
-    PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, Secret as K8sSecret,
-    SecretProjection, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeProjection,
+    Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, ResourceRequirements, Secret as K8sSecret, SecretProjection,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -542,11 +541,8 @@ pub fn status_from_deployment(d: &Deployment) -> Result<FunctionStatus> {
             status.limits = parse_quantities(r.limits.as_ref());
             status.requests = parse_quantities(r.requests.as_ref());
         }
-        status.read_only_root_filesystem = c
-            .security_context
-            .as_ref()
-            .and_then(|s| s.read_only_root_filesystem)
-            .unwrap_or(false);
+        status.read_only_root_filesystem =
+            c.security_context.as_ref().and_then(|s| s.read_only_root_filesystem).unwrap_or(false);
     }
     if let Some(p) = pod {
         for v in p.volumes.iter().flatten() {
@@ -633,7 +629,10 @@ mod tests {
         assert_eq!(v["metadata"]["labels"]["team"], "x");
         assert_eq!(v["metadata"]["annotations"]["topic"], "orders");
         assert_eq!(v["spec"]["replicas"], 2);
-        assert_eq!(v["spec"]["selector"]["matchLabels"], serde_json::json!({"faas_function": "nodeinfo"}));
+        assert_eq!(
+            v["spec"]["selector"]["matchLabels"],
+            serde_json::json!({"faas_function": "nodeinfo"})
+        );
         let pod = &v["spec"]["template"]["spec"];
         assert_eq!(v["spec"]["template"]["metadata"]["labels"]["faas_function"], "nodeinfo");
         let c = &pod["containers"][0];

@@ -28,8 +28,30 @@ fn stack() -> Vec<FunctionSpec> {
 
 /// Values go-yaml (YAML 1.1, what kubectl uses) would read as something other than a string
 /// if printed bare.
-const YAML11_TRAPS: &[&str] =
-    &["on", "off", "yes", "no", "y", "n", "NO", "True", "~", "null", "0x1F", "0o17", "017", "1e3", "1_000", ".inf", "12:30", "2026-01-01", "", " lead", "a: b", "#x"];
+const YAML11_TRAPS: &[&str] = &[
+    "on",
+    "off",
+    "yes",
+    "no",
+    "y",
+    "n",
+    "NO",
+    "True",
+    "~",
+    "null",
+    "0x1F",
+    "0o17",
+    "017",
+    "1e3",
+    "1_000",
+    ".inf",
+    "12:30",
+    "2026-01-01",
+    "",
+    " lead",
+    "a: b",
+    "#x",
+];
 
 /// Checks that `doc` is exactly the typed object `T` serialised (no unknown or misspelled
 /// field, every value of the right type), and returns it.
@@ -47,12 +69,11 @@ fn check(docs: &[serde_json::Value]) {
     let expected = manifests::deployment(&stack()[0].clone().namespace("openfaas-fn")).unwrap();
     assert_eq!(d, expected);
     assert_eq!(d.spec.as_ref().unwrap().replicas, Some(0));
-    let env = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
-        .env
-        .clone()
-        .unwrap();
-    assert!(env.iter().any(|e| e.name == "MESSAGE"
-        && e.value.as_deref() == Some("hello: \"world\"\nsecond line")));
+    let env =
+        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].env.clone().unwrap();
+    assert!(env.iter().any(
+        |e| e.name == "MESSAGE" && e.value.as_deref() == Some("hello: \"world\"\nsecond line")
+    ));
     let s: Service = typed(&docs[1]);
     assert_eq!(s.metadata.namespace.as_deref(), Some("openfaas-fn"));
     let d2: Deployment = typed(&docs[2]);
@@ -86,8 +107,12 @@ fn default_namespace_option_applies_to_specs_without_one() {
     let opts = ManifestOptions::new().namespace("team-a").format(ManifestFormat::JsonList);
     let json = faas_backend_k8s::render_manifests(&stack(), &opts).unwrap();
     let list: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let ns: Vec<&str> =
-        list["items"].as_array().unwrap().iter().map(|o| o["metadata"]["namespace"].as_str().unwrap()).collect();
+    let ns: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["metadata"]["namespace"].as_str().unwrap())
+        .collect();
     assert_eq!(ns, ["team-a", "team-a", "staging", "staging"]);
 }
 

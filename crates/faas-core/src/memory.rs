@@ -839,6 +839,9 @@ impl Invoker for MemoryInvoker {
         let d = self.inner.function(function)?;
         let wake = {
             let mut st = lock(&d.state);
+            if st.removed {
+                return Err(Error::function_not_found(d.fref.to_string()));
+            }
             let n = replicas.min(st.policy.max);
             st.desired = n;
             st.last_activity = Instant::now();

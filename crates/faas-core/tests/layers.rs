@@ -235,9 +235,12 @@ impl metrics::HistogramFn for Hist {
 /// A recorder keeping counters and histograms by `name{sorted labels}`.
 #[derive(Default, Clone)]
 struct TestRecorder {
-    counters: Arc<Mutex<HashMap<String, Arc<AtomicU64>>>>,
-    histograms: Arc<Mutex<HashMap<String, Arc<Hist>>>>,
+    counters: Arc<Mutex<Counters>>,
+    histograms: Arc<Mutex<Histograms>>,
 }
+
+type Counters = HashMap<String, Arc<AtomicU64>>;
+type Histograms = HashMap<String, Arc<Hist>>;
 
 fn key_string(k: &metrics::Key) -> String {
     let mut labels: Vec<String> =
@@ -338,8 +341,10 @@ async fn metrics_use_openfaas_names() {
 // Trace
 
 /// A subscriber recording each span's name and fields.
+type SpanLog = Vec<(String, HashMap<String, String>)>;
+
 #[derive(Default, Clone)]
-struct Spans(Arc<Mutex<Vec<(String, HashMap<String, String>)>>>);
+struct Spans(Arc<Mutex<SpanLog>>);
 
 struct Fields<'a>(&'a mut HashMap<String, String>);
 

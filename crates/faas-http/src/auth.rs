@@ -14,7 +14,10 @@ pub struct BasicAuth {
 
 impl std::fmt::Debug for BasicAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BasicAuth").field("user", &self.user).field("password", &"<redacted>").finish()
+        f.debug_struct("BasicAuth")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
     }
 }
 

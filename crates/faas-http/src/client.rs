@@ -74,8 +74,9 @@ impl GatewayClient {
     /// A client of the gateway at `url` (`http://127.0.0.1:8080`).
     pub fn new(url: &str) -> Result<Self> {
         let base = url.trim_end_matches('/').to_string();
-        let uri: http::Uri =
-            base.parse().map_err(|e: http::uri::InvalidUri| Error::invalid("gateway", e.to_string()))?;
+        let uri: http::Uri = base
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| Error::invalid("gateway", e.to_string()))?;
         if uri.scheme_str() != Some("http") || uri.authority().is_none() {
             return Err(Error::invalid("gateway", format!("{url:?} must be an http:// URL")));
         }
@@ -137,20 +138,29 @@ impl GatewayClient {
         for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        let req = req.body(Full::new(body)).map_err(|e| Error::invalid("request", e.to_string()))?;
+        let req =
+            req.body(Full::new(body)).map_err(|e| Error::invalid("request", e.to_string()))?;
         tokio::time::timeout(self.timeout, self.http.request(req))
             .await
             .map_err(|_| Error::unavailable(format!("no answer from {} in time", self.base)))?
-            .map_err(|e| Error::unavailable(format!("cannot reach the gateway at {}: {e}", self.base)))
+            .map_err(|e| {
+                Error::unavailable(format!("cannot reach the gateway at {}: {e}", self.base))
+            })
     }
 
     async fn json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
         let r = self.send(Method::GET, path, &[], Bytes::new()).await?.ok()?;
-        serde_json::from_slice(&r.body)
-            .map_err(|e| Error::internal(format!("the gateway's answer to {path} is not valid: {e}")))
+        serde_json::from_slice(&r.body).map_err(|e| {
+            Error::internal(format!("the gateway's answer to {path} is not valid: {e}"))
+        })
     }
 
-    async fn send_json<T: serde::Serialize>(&self, method: Method, path: &str, v: &T) -> Result<Reply> {
+    async fn send_json<T: serde::Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        v: &T,
+    ) -> Result<Reply> {
         let body = serde_json::to_vec(v).map_err(|e| Error::internal(e.to_string()))?;
         let h = [("content-type".to_string(), "application/json".to_string())];
         self.send(method, path, &h, Bytes::from(body)).await?.ok()

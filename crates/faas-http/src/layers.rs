@@ -67,10 +67,8 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = futures::future::Either<
-        S::Future,
-        futures::future::Ready<Result<Response, Infallible>>,
-    >;
+    type Future =
+        futures::future::Either<S::Future, futures::future::Ready<Result<Response, Infallible>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -190,10 +188,8 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = futures::future::Either<
-        S::Future,
-        futures::future::Ready<Result<Response, Infallible>>,
-    >;
+    type Future =
+        futures::future::Either<S::Future, futures::future::Ready<Result<Response, Infallible>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)

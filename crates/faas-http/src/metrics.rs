@@ -11,7 +11,9 @@
 use std::time::Duration;
 
 use metrics::{Key, Label, Level, Metadata, Recorder};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 /// `gateway_function_invocation_started`.
 pub const INVOCATION_STARTED: &str = "gateway_function_invocation_started";

@@ -54,7 +54,8 @@ pub fn error(err: &Error) -> Response {
 
 /// 401 with `WWW-Authenticate: Basic realm="Restricted"`.
 pub fn unauthorized() -> Response {
-    let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized: valid basic auth credentials required\n");
+    let mut r =
+        text(StatusCode::UNAUTHORIZED, "unauthorized: valid basic auth credentials required\n");
     r.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"Restricted\""));
     r

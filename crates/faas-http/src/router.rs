@@ -21,11 +21,11 @@ use serde::Deserialize;
 use tower::{Layer, Service};
 
 use crate::config::GatewayConfig;
-use faas_core::queue::ActivationStore;
 use crate::layers::{BasicAuthLayer, BodyLimit, BodyLimitHit, BodyLimitLayer, RequestSpanLayer};
 use crate::metrics::GatewayMetrics;
 use crate::util::{parse_query, query_get, read_json, valid_route_name};
 use crate::{portal, response};
+use faas_core::queue::ActivationStore;
 
 /// `X-Call-Id`.
 pub const X_CALL_ID: &str = "x-call-id";
@@ -195,7 +195,10 @@ impl Service<Request> for Gateway {
     type Error = Infallible;
     type Future = BoxFuture<'static, std::result::Result<Response, Infallible>>;
 
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<std::result::Result<(), Infallible>> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::result::Result<(), Infallible>> {
         self.service.poll_ready(cx)
     }
 
@@ -221,7 +224,10 @@ impl Service<Request> for Router {
     type Error = Infallible;
     type Future = BoxFuture<'static, std::result::Result<Response, Infallible>>;
 
-    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<std::result::Result<(), Infallible>> {
+    fn poll_ready(
+        &mut self,
+        _cx: &mut TaskContext<'_>,
+    ) -> Poll<std::result::Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
@@ -328,11 +334,7 @@ impl Inner {
 
     fn is_warm(&self, f: &FunctionRef) -> bool {
         let ttl = self.config.ready_cache_ttl;
-        self.ready
-            .lock()
-            .ok()
-            .and_then(|m| m.get(f).map(|t| t.elapsed() < ttl))
-            .unwrap_or(false)
+        self.ready.lock().ok().and_then(|m| m.get(f).map(|t| t.elapsed() < ttl)).unwrap_or(false)
     }
 
     fn mark_warm(&self, f: &FunctionRef) {
@@ -467,7 +469,9 @@ async fn invoke_sync(inner: &Inner, req: Request, name: &str, suffix: &str) -> R
         }
         Err(e) => {
             if limit_hit.is_some_and(|h| h.hit()) {
-                response::error(&Error::PayloadTooLarge { limit: inner.config.max_body_bytes as u64 })
+                response::error(&Error::PayloadTooLarge {
+                    limit: inner.config.max_body_bytes as u64,
+                })
             } else {
                 if matches!(e, Error::NotFound { .. }) {
                     inner.forget(&f);
@@ -482,8 +486,9 @@ async fn invoke_sync(inner: &Inner, req: Request, name: &str, suffix: &str) -> R
 }
 
 fn validate_callback(url: &str) -> Result<()> {
-    let uri: http::Uri =
-        url.parse().map_err(|e: http::uri::InvalidUri| Error::invalid("X-Callback-Url", e.to_string()))?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| Error::invalid("X-Callback-Url", e.to_string()))?;
     match (uri.scheme_str(), uri.authority()) {
         (Some("http"), Some(_)) => Ok(()),
         (Some("https"), Some(_)) => Err(Error::invalid(
@@ -794,7 +799,10 @@ struct SyncStream<S>(std::sync::Mutex<S>);
 
 impl<S: futures::Stream + Unpin> futures::Stream for SyncStream<S> {
     type Item = S::Item;
-    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<S::Item>> {
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<S::Item>> {
         let inner = match self.get_mut().0.get_mut() {
             Ok(s) => s,
             Err(p) => p.into_inner(),
@@ -810,9 +818,9 @@ async fn logs(inner: &Inner, req: Request) -> Result<Response> {
         .ok_or_else(|| Error::invalid("name", "the function name is required"))?;
     let f = fref_with_ns(inner, name, query_get(&q, "namespace"))?;
     let since = match query_get(&q, "since").filter(|s| !s.is_empty()) {
-        Some(s) => Some(
-            faas_core::spec::rfc3339::parse(s).map_err(|r| Error::invalid("since", r))?,
-        ),
+        Some(s) => {
+            Some(faas_core::spec::rfc3339::parse(s).map_err(|r| Error::invalid("since", r))?)
+        }
         None => None,
     };
     let tail = match query_get(&q, "tail").filter(|s| !s.is_empty()) {
@@ -846,7 +854,10 @@ async fn logs(inner: &Inner, req: Request) -> Result<Response> {
 }
 
 async fn activation(inner: &Inner, id: &str) -> Result<Response> {
-    if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    if id.is_empty()
+        || id.len() > 128
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
         return Err(Error::invalid("id", "a call id is 1 to 128 letters, digits or '-'"));
     }
     let Some(lookup) = &inner.activations else {

@@ -222,7 +222,9 @@ impl StackFunction {
             platforms: self
                 .platforms
                 .as_deref()
-                .map(|p| p.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+                .map(|p| {
+                    p.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+                })
                 .unwrap_or_default(),
             ..Default::default()
         };

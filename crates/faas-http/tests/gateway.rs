@@ -5,9 +5,9 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{eventually, start, start_with, memory_invoker};
-use faas_core::conformance::MemoryWorkload;
+use common::{eventually, memory_invoker, start, start_with};
 use faas_core::conformance::Behaviour;
+use faas_core::conformance::MemoryWorkload;
 use faas_core::{FunctionSpec, FunctionStatus};
 use faas_http::{BasicAuth, GatewayConfig};
 use http::Method;
@@ -70,8 +70,20 @@ async fn deploy_list_status_update_remove() {
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let f = &v.as_array().unwrap().iter().find(|f| f["name"] == "echo1").unwrap();
     for field in [
-        "name", "image", "namespace", "envProcess", "envVars", "labels", "annotations", "limits",
-        "requests", "constraints", "invocationCount", "replicas", "availableReplicas", "createdAt",
+        "name",
+        "image",
+        "namespace",
+        "envProcess",
+        "envVars",
+        "labels",
+        "annotations",
+        "limits",
+        "requests",
+        "constraints",
+        "invocationCount",
+        "replicas",
+        "availableReplicas",
+        "createdAt",
         "readOnlyRootFilesystem",
     ] {
         assert!(f.get(field).is_some(), "missing {field} in {f}");
@@ -86,7 +98,10 @@ async fn deploy_list_status_update_remove() {
     assert_eq!(st.replicas, 1);
     // name.namespace and ?namespace= address the same function.
     assert_eq!(g.req(Method::GET, "/system/function/echo1.openfaas-fn", "").await.status, 200);
-    assert_eq!(g.req(Method::GET, "/system/function/echo1?namespace=openfaas-fn", "").await.status, 200);
+    assert_eq!(
+        g.req(Method::GET, "/system/function/echo1?namespace=openfaas-fn", "").await.status,
+        200
+    );
     assert_eq!(g.req(Method::GET, "/system/function/nope", "").await.status, 404);
 
     // Update: PUT replaces the spec; PUT of an unknown function is 404 (faas-cli then POSTs).
@@ -95,7 +110,8 @@ async fn deploy_list_status_update_remove() {
     let r = g.req(Method::PUT, "/system/functions", serde_json::to_vec(&upd).unwrap()).await;
     assert_eq!(r.status, 202, "{}", r.text());
     let st: FunctionStatus =
-        serde_json::from_slice(&g.req(Method::GET, "/system/function/echo1", "").await.body).unwrap();
+        serde_json::from_slice(&g.req(Method::GET, "/system/function/echo1", "").await.body)
+            .unwrap();
     assert_eq!(st.env_vars["A"], "2");
     let mut other = body.clone();
     other["service"] = "ghost".into();
@@ -120,10 +136,25 @@ async fn malformed_requests_are_400_naming_the_field() {
     let cases: &[(Method, &str, &str, &str)] = &[
         (Method::POST, "/system/functions", r#"{"image":"x"}"#, "service"),
         (Method::POST, "/system/functions", r#"{"service":5,"image":"x"}"#, "service"),
-        (Method::POST, "/system/functions", r#"{"service":"a","image":"x","envVars":[1]}"#, "envVars"),
+        (
+            Method::POST,
+            "/system/functions",
+            r#"{"service":"a","image":"x","envVars":[1]}"#,
+            "envVars",
+        ),
         (Method::POST, "/system/functions", r#"{"service":"Bad_Name","image":"x"}"#, "service"),
-        (Method::POST, "/system/functions", r#"{"service":"a","image":"x","limits":{"memory":"lots"}}"#, "limits.memory"),
-        (Method::POST, "/system/functions", r#"{"service":"a","image":"x","labels":{"com.openfaas.scale.min":"two"}}"#, "com.openfaas.scale.min"),
+        (
+            Method::POST,
+            "/system/functions",
+            r#"{"service":"a","image":"x","limits":{"memory":"lots"}}"#,
+            "limits.memory",
+        ),
+        (
+            Method::POST,
+            "/system/functions",
+            r#"{"service":"a","image":"x","labels":{"com.openfaas.scale.min":"two"}}"#,
+            "com.openfaas.scale.min",
+        ),
         (Method::POST, "/system/functions", "{not json", "body"),
         (Method::POST, "/system/functions", "", "body"),
         (Method::DELETE, "/system/functions", r#"{"name":"x"}"#, "functionName"),
@@ -141,7 +172,11 @@ async fn malformed_requests_are_400_naming_the_field() {
     for (m, path, body, field) in cases {
         let r = g.req(m.clone(), path, body.to_string()).await;
         assert_eq!(r.status, 400, "{m} {path} {body}: {}", r.text());
-        assert!(r.text().contains(field), "{m} {path} {body}: {:?} does not name {field}", r.text());
+        assert!(
+            r.text().contains(field),
+            "{m} {path} {body}: {:?} does not name {field}",
+            r.text()
+        );
     }
 }
 
@@ -243,10 +278,18 @@ async fn function_errors_map_to_statuses() {
     assert_eq!(r.status, 502, "developer error: {}", r.text());
     let r = g.req(Method::POST, "/function/slowfn?ms=3000", "").await;
     assert_eq!(r.status, 504, "{}", r.text());
-    assert!(r.text().contains("function") && r.text().contains("200ms"), "names the function timeout: {}", r.text());
+    assert!(
+        r.text().contains("function") && r.text().contains("200ms"),
+        "names the function timeout: {}",
+        r.text()
+    );
     let r = g.req(Method::POST, "/function/slowgw?ms=3000", "").await;
     assert_eq!(r.status, 504, "{}", r.text());
-    assert!(r.text().contains("gateway upstream timeout of 800ms"), "names the gateway timeout: {}", r.text());
+    assert!(
+        r.text().contains("gateway upstream timeout of 800ms"),
+        "names the gateway timeout: {}",
+        r.text()
+    );
     // A function timeout longer than the gateway's is refused at deploy, so they agree.
     let spec = FunctionSpec::new("toolong", "test/ok").timeout(Duration::from_secs(5));
     let r = g.req(Method::POST, "/system/functions", serde_json::to_vec(&spec).unwrap()).await;
@@ -258,7 +301,9 @@ async fn function_errors_map_to_statuses() {
 async fn scale_and_scale_from_zero() {
     let g = start(GatewayConfig::default()).await;
     g.deploy(echo("zero")).await;
-    let r = g.req(Method::POST, "/system/scale-function/zero", r#"{"serviceName":"zero","replicas":0}"#).await;
+    let r = g
+        .req(Method::POST, "/system/scale-function/zero", r#"{"serviceName":"zero","replicas":0}"#)
+        .await;
     assert_eq!(r.status, 202, "{}", r.text());
     let st = g.client.describe("zero", None).await.unwrap();
     assert_eq!((st.replicas, st.available_replicas), (0, 0));
@@ -269,8 +314,13 @@ async fn scale_and_scale_from_zero() {
     assert!(st.replicas >= 1 && st.available_replicas >= 1, "{st:?}");
     g.client.scale("zero", None, 3).await.unwrap();
     assert_eq!(g.client.describe("zero", None).await.unwrap().replicas, 3);
-    assert_eq!(g.req(Method::POST, "/system/scale-function/ghost", r#"{"replicas":1}"#).await.status, 404);
-    let r = g.req(Method::POST, "/system/scale-function/zero", r#"{"serviceName":"other","replicas":1}"#).await;
+    assert_eq!(
+        g.req(Method::POST, "/system/scale-function/ghost", r#"{"replicas":1}"#).await.status,
+        404
+    );
+    let r = g
+        .req(Method::POST, "/system/scale-function/zero", r#"{"serviceName":"other","replicas":1}"#)
+        .await;
     assert_eq!(r.status, 400);
 }
 
@@ -278,7 +328,8 @@ async fn scale_and_scale_from_zero() {
 async fn scale_from_zero_timeout_is_503_with_a_message() {
     let invoker = faas_core::MemoryInvoker::builder().cold_start(Duration::from_secs(5)).build();
     MemoryWorkload::new(&invoker);
-    let cfg = GatewayConfig { scale_from_zero_timeout: Duration::from_millis(300), ..Default::default() };
+    let cfg =
+        GatewayConfig { scale_from_zero_timeout: Duration::from_millis(300), ..Default::default() };
     let g = start_with(std::sync::Arc::new(invoker), cfg).await;
     g.deploy(echo("sleepy").label("com.openfaas.scale.min", "0")).await;
     g.client.scale("sleepy", None, 0).await.unwrap();
@@ -294,21 +345,35 @@ async fn secrets_lifecycle() {
     let g = start(GatewayConfig::default()).await;
     let r = g.req(Method::POST, "/system/secrets", r#"{"name":"api-key","value":"s3cr3t"}"#).await;
     assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(g.req(Method::POST, "/system/secrets", r#"{"name":"api-key","value":"x"}"#).await.status, 409);
+    assert_eq!(
+        g.req(Method::POST, "/system/secrets", r#"{"name":"api-key","value":"x"}"#).await.status,
+        409
+    );
     let raw = faas_core::queue::base64_encode(b"\x00\x01raw");
-    let r = g.req(Method::POST, "/system/secrets", format!(r#"{{"name":"raw","rawValue":"{raw}","namespace":"openfaas-fn"}}"#)).await;
+    let r = g
+        .req(
+            Method::POST,
+            "/system/secrets",
+            format!(r#"{{"name":"raw","rawValue":"{raw}","namespace":"openfaas-fn"}}"#),
+        )
+        .await;
     assert_eq!(r.status, 201, "{}", r.text());
     let list = g.client.list_secrets(None).await.unwrap();
     let names: Vec<_> = list.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"api-key") && names.contains(&"raw"), "{names:?}");
-    assert!(!String::from_utf8_lossy(&g.req(Method::GET, "/system/secrets", "").await.body).contains("s3cr3t"));
+    assert!(!String::from_utf8_lossy(&g.req(Method::GET, "/system/secrets", "").await.body)
+        .contains("s3cr3t"));
     // The function sees the secret.
-    g.deploy(FunctionSpec::new("env", MemoryWorkload::image(Behaviour::Env)).secret("api-key")).await;
+    g.deploy(FunctionSpec::new("env", MemoryWorkload::image(Behaviour::Env)).secret("api-key"))
+        .await;
     let r = g.req(Method::GET, "/function/env?secret=api-key", "").await;
     assert_eq!(r.text(), "s3cr3t");
     let r = g.req(Method::PUT, "/system/secrets", r#"{"name":"api-key","value":"n3w"}"#).await;
     assert_eq!(r.status, 202, "{}", r.text());
-    assert_eq!(g.req(Method::PUT, "/system/secrets", r#"{"name":"ghost","value":"n"}"#).await.status, 404);
+    assert_eq!(
+        g.req(Method::PUT, "/system/secrets", r#"{"name":"ghost","value":"n"}"#).await.status,
+        404
+    );
     let r = g.req(Method::DELETE, "/system/secrets", r#"{"name":"raw"}"#).await;
     assert_eq!(r.status, 202, "{}", r.text());
     assert_eq!(g.req(Method::DELETE, "/system/secrets", r#"{"name":"raw"}"#).await.status, 404);
@@ -334,7 +399,11 @@ async fn logs_as_json_lines_and_follow() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let client = g.client.clone();
     let follower = tokio::spawn(async move {
-        client.logs("logger", None, Some(0), true, |e| { let _ = tx.send(e.text); }).await
+        client
+            .logs("logger", None, Some(0), true, |e| {
+                let _ = tx.send(e.text);
+            })
+            .await
     });
     let line = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
@@ -367,11 +436,34 @@ async fn metrics_use_openfaas_names() {
     assert_eq!(r.status, 200);
     assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
     let m = r.text();
-    assert!(m.contains(r#"gateway_function_invocation_total{function_name="metered.openfaas-fn",code="200"} 3"#), "{m}");
-    assert!(m.contains(r#"gateway_function_invocation_total{function_name="failing.openfaas-fn",code="502"} 1"#), "{m}");
-    assert!(m.contains(r#"gateway_function_invocation_started{function_name="metered.openfaas-fn"} 3"#), "{m}");
-    assert!(m.contains(r#"gateway_functions_seconds_bucket{function_name="metered.openfaas-fn",code="200",le="#), "{m}");
-    assert!(m.contains(r#"gateway_functions_seconds_count{function_name="metered.openfaas-fn",code="200"} 3"#), "{m}");
+    assert!(
+        m.contains(
+            r#"gateway_function_invocation_total{function_name="metered.openfaas-fn",code="200"} 3"#
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            r#"gateway_function_invocation_total{function_name="failing.openfaas-fn",code="502"} 1"#
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"gateway_function_invocation_started{function_name="metered.openfaas-fn"} 3"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            r#"gateway_functions_seconds_bucket{function_name="metered.openfaas-fn",code="200",le="#
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            r#"gateway_functions_seconds_count{function_name="metered.openfaas-fn",code="200"} 3"#
+        ),
+        "{m}"
+    );
     assert!(m.contains(r#"gateway_service_count{function_name="metered.openfaas-fn"} 1"#), "{m}");
 }
 
@@ -424,18 +516,26 @@ async fn async_invocation_posts_the_result_to_the_callback() {
                         let (parts, body) = req.into_parts();
                         let body = body.collect().await.unwrap().to_bytes();
                         let _ = tx.send((parts, body));
-                        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(Bytes::new())))
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::new()),
+                        ))
                     }
                 }),
             ));
         }
     });
     let r = g
-        .req_h(Method::POST, "/async-function/later/sub?q=1", &[("x-callback-url", &cb), ("x-test-k", "v")], "async body")
+        .req_h(
+            Method::POST,
+            "/async-function/later/sub?q=1",
+            &[("x-callback-url", &cb), ("x-test-k", "v")],
+            "async body",
+        )
         .await;
     assert_eq!(r.status, 202, "{}", r.text());
     let call_id = r.headers["x-call-id"].to_str().unwrap().to_string();
-    let (parts, body) = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.unwrap().unwrap();
+    let (parts, body) =
+        tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.unwrap().unwrap();
     assert_eq!(parts.method, Method::POST);
     assert_eq!(parts.uri.path(), "/done");
     assert_eq!(body, "async body");
@@ -465,7 +565,9 @@ async fn async_invocation_posts_the_result_to_the_callback() {
     assert_eq!(g.req(Method::GET, "/system/activations/unknown", "").await.status, 404);
     // Errors: unknown function, bad callback.
     assert_eq!(g.req(Method::POST, "/async-function/ghost", "").await.status, 404);
-    let r = g.req_h(Method::POST, "/async-function/later", &[("x-callback-url", "not a url")], "").await;
+    let r = g
+        .req_h(Method::POST, "/async-function/later", &[("x-callback-url", "not a url")], "")
+        .await;
     assert_eq!(r.status, 400);
     assert!(r.text().contains("X-Callback-Url"), "{}", r.text());
 }
@@ -490,10 +592,22 @@ async fn garbage_input_never_breaks_the_gateway() {
     let g = start(GatewayConfig { max_body_bytes: 4096, ..Default::default() }).await;
     g.deploy(echo("e")).await;
     let paths = [
-        "/function/", "/function/.", "/function/..", "/function/e.", "/function/.e", "/async-function/",
-        "/system/function/", "/system/scale-function/", "/system/activations/", "/system/logs?name=%",
-        "/system/logs?name=e&follow=maybe", "/system/functions?namespace=", "/function/e/%ff%00?%%",
-        "/ui/../../etc/passwd", "/system/activations/../x", "/function/e?x=%zz",
+        "/function/",
+        "/function/.",
+        "/function/..",
+        "/function/e.",
+        "/function/.e",
+        "/async-function/",
+        "/system/function/",
+        "/system/scale-function/",
+        "/system/activations/",
+        "/system/logs?name=%",
+        "/system/logs?name=e&follow=maybe",
+        "/system/functions?namespace=",
+        "/function/e/%ff%00?%%",
+        "/ui/../../etc/passwd",
+        "/system/activations/../x",
+        "/function/e?x=%zz",
     ];
     let bodies: [&[u8]; 5] = [b"", b"{", b"\xff\xfe\x00", b"[]", b"{\"service\":{}}"];
     for p in paths {

@@ -291,7 +291,7 @@ impl Tracker {
         if t.epoch != epoch || !t.in_flight.remove(&offset) {
             return None;
         }
-        let commit = t.next; // MUTANT
+        let commit = t.in_flight.first().copied().unwrap_or(t.next);
         if commit > t.stored {
             t.stored = commit;
             Some(commit)
@@ -400,6 +400,22 @@ impl KafkaConsumer {
                 close_timeout: config.close_timeout,
             }),
         })
+    }
+
+    /// The partitions of the topic currently assigned to this consumer (empty before it
+    /// joined its group, or after [`QueueConsumer::close`]). Assignments change while the
+    /// consumer is being polled ([`QueueConsumer::next`]).
+    pub fn assignment(&self) -> Vec<i32> {
+        let Some(client) = self.client() else { return Vec::new() };
+        match client.assignment() {
+            Ok(tpl) => tpl
+                .elements()
+                .iter()
+                .filter(|e| e.topic() == self.shared.topic)
+                .map(|e| e.partition())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     fn client(&self) -> Option<Arc<Client>> {
@@ -584,6 +600,42 @@ impl Drop for KafkaAck {
                 }
             });
         }
+    }
+}
+
+/// An in-process Kafka cluster (librdkafka's mock cluster: the real Kafka protocol on a
+/// loopback port), for tests, benchmarks and demos without a broker.
+///
+/// Not `Send`: keep it on the thread that made it, and close every consumer of it before
+/// dropping it (see the module docs).
+pub struct MockKafka {
+    cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+}
+
+impl std::fmt::Debug for MockKafka {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockKafka").field("bootstrap", &self.bootstrap_servers()).finish()
+    }
+}
+
+impl MockKafka {
+    /// Starts a cluster of `brokers` brokers (at least 1) listening on 127.0.0.1.
+    pub fn new(brokers: i32) -> Result<Self> {
+        let cluster = rdkafka::mocking::MockCluster::new(brokers.max(1))
+            .map_err(|e| Error::internal(format!("starting the mock Kafka cluster: {e}")))?;
+        Ok(MockKafka { cluster })
+    }
+
+    /// The `bootstrap.servers` to give [`KafkaConfig::new`].
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    /// Creates a topic with `partitions` partitions.
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {
+        self.cluster
+            .create_topic(topic, partitions.max(1), 1)
+            .map_err(|e| Error::internal(format!("creating topic {topic}: {e}")))
     }
 }
 

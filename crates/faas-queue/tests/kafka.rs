@@ -101,7 +101,11 @@ impl QueueHarness for Kafka {
     async fn consumer(&self) -> Arc<dyn QueueConsumer> {
         self.new_consumer()
     }
-    async fn crash(&self, consumer: Arc<dyn QueueConsumer>, unsettled: Vec<Delivery<QueuedInvocation>>) {
+    async fn crash(
+        &self,
+        consumer: Arc<dyn QueueConsumer>,
+        unsettled: Vec<Delivery<QueuedInvocation>>,
+    ) {
         // A crashed process settles nothing; its group membership ends (here by leaving,
         // which commits only what was acknowledged).
         for d in unsettled {
@@ -174,6 +178,159 @@ async fn kafka_worker_bad_input() {
 async fn kafka_crash_loses_nothing() {
     let (cluster, k) = Kafka::new(false);
     crash_loses_nothing(&k, 400).await;
+    k.finish().await;
+    drop(cluster);
+}
+
+/// Several workers in one group share the partitions; members joining and leaving
+/// rebalance them; every invocation completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_rebalance_across_workers() {
+    use faas_core::queue::AsyncState;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let (cluster, k) = Kafka::new(true);
+    let store = Arc::new(faas_queue::MemoryActivationStore::default());
+    let per_worker: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let done: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let make_worker = |i: usize, consumer: Arc<KafkaConsumer>| {
+        let inv = TestInvoker::new();
+        for f in 0..16 {
+            let (count, done) = (per_worker[i].clone(), done.clone());
+            inv.register(&format!("f{f}"), move |req| {
+                let (count, done) = (count.clone(), done.clone());
+                async move {
+                    let body = req.into_body().collect_bytes().await?;
+                    count.fetch_add(1, Ordering::SeqCst);
+                    *done
+                        .lock()
+                        .unwrap()
+                        .entry(String::from_utf8_lossy(&body).into_owned())
+                        .or_default() += 1;
+                    Ok(response(200, "ok"))
+                }
+            });
+        }
+        faas_queue::Worker::new(inv, consumer, store.clone(), fast_config()).spawn()
+    };
+    let c0 = k.new_consumer();
+    let c1 = k.new_consumer();
+    let w0 = make_worker(0, c0.clone());
+    let w1 = make_worker(1, c1.clone());
+    bounded("both workers to get partitions", async {
+        while c0.assignment().is_empty() || c1.assignment().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let mut a0 = c0.assignment();
+    a0.extend(c1.assignment());
+    a0.sort();
+    assert_eq!(a0, (0..PARTITIONS).collect::<Vec<_>>(), "the partitions are split between them");
+
+    let items: Vec<_> =
+        (0..600).map(|i| item(&format!("f{}", i % 16), format!("job-{i}"))).collect();
+    let p = faas_queue::TrackedPublisher::new(k.publisher.clone(), store.clone());
+    assert!(p.publish_batch(items[..300].to_vec()).await.iter().all(Result::is_ok));
+    bounded("both workers to invoke", async {
+        while per_worker[0].load(Ordering::SeqCst) == 0 || per_worker[1].load(Ordering::SeqCst) == 0
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // A third worker joins, then the first leaves, while work is going on.
+    let c2 = k.new_consumer();
+    let w2 = make_worker(2, c2.clone());
+    assert!(p.publish_batch(items[300..].to_vec()).await.iter().all(Result::is_ok));
+    bounded("the third worker to get partitions", async {
+        while c2.assignment().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    bounded("worker 0 to shut down", w0.shutdown()).await.unwrap();
+    bounded("every invocation to complete", async {
+        loop {
+            let n = items
+                .iter()
+                .filter(|i| {
+                    store.get_now(&i.call_id).is_some_and(|r| r.state == AsyncState::Succeeded)
+                })
+                .count();
+            if n == items.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let done = done.lock().unwrap().clone();
+    assert_eq!(done.len(), items.len());
+    let counts: Vec<u64> = per_worker.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    eprintln!(
+        "rebalance: invocations per worker {counts:?}, {} completions for {} items",
+        done.values().sum::<u32>(),
+        items.len()
+    );
+    bounded("worker 1 to shut down", w1.shutdown()).await.unwrap();
+    bounded("worker 2 to shut down", w2.shutdown()).await.unwrap();
+    k.finish().await;
+    drop(cluster);
+}
+
+/// A message that is not a queued invocation goes to the dead-letter topic (with the
+/// parse error) instead of blocking its partition; an invocation out of attempts goes
+/// there as a `DeadLetter` with its last error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_dead_letter_topic() {
+    use faas_core::queue::{AsyncState, DeadLetter};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let (cluster, k) = Kafka::new(true);
+    let raw: FutureProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &k.config.brokers).create().unwrap();
+    let key = "openfaas-fn/echo"; // the partition of the valid item below: it must not block it
+    raw.send(
+        FutureRecord::to(&k.config.topic).key(key).payload("{not json"),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+
+    let rig = Rig::new();
+    rig.invoker.register("down", |_req| async { Ok(response(503, "still down")) });
+    let worker = faas_queue::Worker::new(
+        rig.invoker.clone(),
+        k.new_consumer(),
+        rig.store.clone(),
+        faas_queue::WorkerConfig { max_attempts: 2, ..fast_config() },
+    )
+    .with_dead_letters(Arc::new(faas_queue::kafka::KafkaDeadLetters::new(&k.config).unwrap()))
+    .spawn();
+    let good = item("echo", "fine");
+    let down = item("down", "x");
+    k.publisher.publish(good.clone()).await.unwrap();
+    k.publisher.publish(down.clone()).await.unwrap();
+    assert_eq!(wait_settled(&rig.store, &good.call_id).await.state, AsyncState::Succeeded);
+    assert_eq!(wait_settled(&rig.store, &down.call_id).await.state, AsyncState::DeadLettered);
+
+    let letters = k.dead_letters(2).await;
+    let malformed = letters.iter().find(|(p, _)| p == b"{not json").expect("the malformed message");
+    assert!(
+        malformed.1.as_deref().unwrap().contains("not a queued invocation"),
+        "{:?}",
+        malformed.1
+    );
+    let letter: DeadLetter =
+        letters.iter().find_map(|(p, _)| serde_json::from_slice(p).ok()).expect("a dead letter");
+    assert_eq!(letter.item.call_id, down.call_id);
+    assert_eq!(letter.item.attempt, 2);
+    assert_eq!(letter.status, Some(503));
+    assert!(letter.error.contains("still down"), "{}", letter.error);
+    bounded("worker shutdown", worker.shutdown()).await.unwrap();
+    drop(raw);
     k.finish().await;
     drop(cluster);
 }

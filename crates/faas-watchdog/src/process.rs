@@ -40,21 +40,19 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
-use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use faas_core::scheduler::Resources as NodeResources;
 use faas_core::spec::{validate_secret_name, ScalingPolicy, DEFAULT_NAMESPACE};
 use faas_core::{
-    Body, BoxError, DeveloperErrorKind, Error, FunctionRef, FunctionSpec, FunctionStatus,
+    Body, DeveloperErrorKind, Error, FunctionRef, FunctionSpec, FunctionStatus,
     InstanceView, Invocation, InvocationMeta, Invoker, LeastLoaded, LogEntry, LogStream,
     LogsRequest, Node, PlacementRequest, ProviderInfo, Response, Result, Scheduler, Secret,
     SecretInfo, StartKind,
 };
 use futures::StreamExt;
-use http_body::Frame;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -336,10 +334,12 @@ struct Replica {
 }
 
 impl Replica {
+    /// Kills the watchdog, its process group, and every descendant's process group (the
+    /// watchdog starts each function process in a group of its own).
     fn kill_now(&self) {
         let pid = self.pid.load(Ordering::SeqCst);
         if pid != 0 {
-            sys::kill_group(pid, sys::SIGKILL);
+            kill_tree(pid);
         }
     }
 
@@ -432,6 +432,46 @@ async fn pump_logs<R: AsyncRead + Unpin>(mut r: R, book: Arc<LogBook>, instance:
 
 // ---------------------------------------------------------------------------------------
 // Replicas
+
+/// The descendants of `pid` (children, grandchildren...), from one scan of `/proc`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of: Vec<(u32, u32)> = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+            // Fields after the parenthesised name: state, ppid, ...
+            let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+            let mut fields = rest.split_whitespace();
+            let _state = fields.next();
+            if let Some(ppid) = fields.next().and_then(|x| x.parse::<u32>().ok()) {
+                parent_of.push((p, ppid));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for (child, _) in parent_of.iter().filter(|(_, pp)| *pp == p) {
+            if !out.contains(child) {
+                out.push(*child);
+                frontier.push(*child);
+            }
+        }
+    }
+    out
+}
+
+/// SIGKILLs `pid`'s descendants' process groups and its own.
+fn kill_tree(pid: u32) {
+    for d in descendants(pid) {
+        sys::kill_group(d, sys::SIGKILL);
+        sys::kill_pid(d, sys::SIGKILL);
+    }
+    sys::kill_group(pid, sys::SIGKILL);
+}
 
 fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind(("127.0.0.1", 0))
@@ -662,14 +702,6 @@ impl Func {
         drop(st);
         self.notify.notify_waiters();
     }
-
-    fn ready_count(&self) -> usize {
-        lock(&self.state)
-            .replicas
-            .iter()
-            .filter(|r| r.ready.load(Ordering::SeqCst) && !r.stopping.load(Ordering::SeqCst))
-            .count()
-    }
 }
 
 fn stop_replica(r: Arc<Replica>) {
@@ -819,7 +851,7 @@ async fn run_replica(shared: Weak<Shared>, f: Weak<Func>, r: Arc<Replica>, launc
     if stopped {
         sys::kill_pid(pid, sys::SIGTERM);
         if tokio::time::timeout(grace, child.wait()).await.is_err() {
-            sys::kill_group(pid, sys::SIGKILL);
+            kill_tree(pid);
             let _ = child.wait().await;
         }
     } else if let Some(st) = status {
@@ -841,27 +873,26 @@ async fn run_replica(shared: Weak<Shared>, f: Weak<Func>, r: Arc<Replica>, launc
 /// Reconciles a function every 200 ms and whenever woken, until it is removed.
 async fn reconciler(shared: Weak<Shared>, f: Weak<Func>) {
     loop {
-        let (Some(sh), Some(func)) = (shared.upgrade(), f.upgrade()) else { return };
-        if lock(&func.state).removed {
-            return;
+        let Some(func) = f.upgrade() else { return };
+        {
+            let Some(sh) = shared.upgrade() else { return };
+            if lock(&func.state).removed {
+                return;
+            }
+            func.reconcile(&sh);
         }
-        func.reconcile(&sh);
         let wake = func.wake.notified();
-        drop(sh);
-        let func2 = func.clone();
-        drop(func);
         tokio::select! {
             _ = wake => {}
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
-        drop(func2);
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // Invocation
 
-/// Holds a replica slot until the response body is done.
+/// Holds a replica slot until the function has answered.
 struct Lease {
     func: Arc<Func>,
     replica: Arc<Replica>,
@@ -876,28 +907,6 @@ impl Drop for Lease {
             st.last_activity = Instant::now();
         }
         self.func.notify.notify_waiters();
-    }
-}
-
-struct LeasedBody {
-    inner: Body,
-    _lease: Lease,
-}
-
-impl http_body::Body for LeasedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<std::result::Result<Frame<Bytes>, BoxError>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -1120,7 +1129,8 @@ impl Invoker for ProcessInvoker {
     }
 
     async fn status(&self, function: &FunctionRef) -> Result<FunctionStatus> {
-        Ok(status_of(&self.inner.function(function)?))
+        let f = self.inner.function(function)?;
+        Ok(status_of(&f))
     }
 
     async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<()> {
@@ -1239,7 +1249,10 @@ impl Invoker for ProcessInvoker {
             wait_time,
             init_time: cold.then_some(wait_time),
         });
-        Ok(Response::from_parts(parts, Body::new(LeasedBody { inner: body, _lease: lease })))
+        // The slot is free once the function has answered (as the in-memory backend does):
+        // a caller may hold an unread body as long as it likes.
+        drop(lease);
+        Ok(Response::from_parts(parts, body))
     }
 
     async fn logs(&self, request: LogsRequest) -> Result<LogStream> {

@@ -434,6 +434,7 @@ struct Shared {
     inflight: AtomicUsize,
     draining: AtomicBool,
     upstream: Option<Upstream>,
+    groups: Groups,
 }
 
 fn text(status: StatusCode, reason: &'static str, msg: impl Into<String>) -> Response<Body> {
@@ -502,6 +503,7 @@ where
         inflight: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
         upstream,
+        groups: Groups::default(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let supervisor = shared.upstream.is_some().then(|| {
@@ -565,6 +567,10 @@ where
             }
         }
         None => graceful.shutdown().await,
+    }
+    let left: Vec<u32> = groups_lock(&shared.groups).drain().collect();
+    for pgid in left {
+        sys::kill_group(pgid, sys::SIGKILL);
     }
     let _ = stop_tx.send(true);
     if let Some(h) = supervisor {
@@ -729,19 +735,40 @@ fn header_env_name(name: &str) -> String {
     out
 }
 
+/// The process groups of the fork-mode processes running now (killed when the watchdog
+/// stops).
+type Groups = Arc<std::sync::Mutex<std::collections::HashSet<u32>>>;
+
+fn groups_lock(g: &Groups) -> std::sync::MutexGuard<'_, std::collections::HashSet<u32>> {
+    g.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Kills the child's process group when dropped before being disarmed (timeout, client gone).
-struct GroupKill(Option<u32>);
+struct GroupKill {
+    pgid: Option<u32>,
+    groups: Groups,
+}
 
 impl GroupKill {
+    fn new(pgid: Option<u32>, groups: &Groups) -> Self {
+        if let Some(p) = pgid {
+            groups_lock(groups).insert(p);
+        }
+        GroupKill { pgid, groups: groups.clone() }
+    }
+
     fn disarm(&mut self) {
-        self.0 = None;
+        if let Some(p) = self.pgid.take() {
+            groups_lock(&self.groups).remove(&p);
+        }
     }
 }
 
 impl Drop for GroupKill {
     fn drop(&mut self) {
-        if let Some(pgid) = self.0.take() {
+        if let Some(pgid) = self.pgid.take() {
             sys::kill_group(pgid, sys::SIGKILL);
+            groups_lock(&self.groups).remove(&pgid);
         }
     }
 }
@@ -855,7 +882,7 @@ async fn fork(shared: &Arc<Shared>, req: Request<Incoming>, streaming: bool) -> 
             );
         }
     };
-    let mut kill = GroupKill(child.id());
+    let mut kill = GroupKill::new(child.id(), &shared.groups);
     let stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
     if !combine {

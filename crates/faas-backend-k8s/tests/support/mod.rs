@@ -135,9 +135,7 @@ fn query_map(query: &str) -> HashMap<String, String> {
         .filter(|s| !s.is_empty())
         .map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            let dec = |s: &str| {
-                percent_decode(&s.replace('+', " "))
-            };
+            let dec = |s: &str| percent_decode(&s.replace('+', " "));
             (dec(k), dec(v))
         })
         .collect()
@@ -351,7 +349,10 @@ impl FakeApi {
             _ => None,
         };
         let Some((res, ns, name, sub)) = route else {
-            return respond(404, &status(404, "NotFound", "the server could not find the requested resource"));
+            return respond(
+                404,
+                &status(404, "NotFound", "the server could not find the requested resource"),
+            );
         };
         let (api_version, kind) = api_kind(res);
         let key = |n: &str| (res.to_string(), ns.to_string(), n.to_string());
@@ -401,14 +402,19 @@ impl FakeApi {
                 let items: Vec<Value> = st
                     .objects
                     .iter()
-                    .filter(|((r, n, _), o)| r == res && (ns.is_empty() || n == ns) && labels_match(o, &selector))
+                    .filter(|((r, n, _), o)| {
+                        r == res && (ns.is_empty() || n == ns) && labels_match(o, &selector)
+                    })
                     .map(|(_, o)| o.clone())
                     .collect();
                 let rv = st.rv.to_string();
-                respond(200, &json!({
-                    "apiVersion": api_version, "kind": format!("{kind}List"),
-                    "metadata": {"resourceVersion": rv}, "items": items
-                }))
+                respond(
+                    200,
+                    &json!({
+                        "apiVersion": api_version, "kind": format!("{kind}List"),
+                        "metadata": {"resourceVersion": rv}, "items": items
+                    }),
+                )
             }
             ("POST", None, None) => {
                 let Some(mut obj) = body else {
@@ -421,7 +427,11 @@ impl FakeApi {
                     } else {
                         res.to_string()
                     };
-                    let mut s = status(409, "AlreadyExists", &format!("{group_res} \"{n}\" already exists"));
+                    let mut s = status(
+                        409,
+                        "AlreadyExists",
+                        &format!("{group_res} \"{n}\" already exists"),
+                    );
                     s["details"] = json!({"name": n, "kind": res});
                     return respond(409, &s);
                 }
@@ -457,7 +467,8 @@ impl FakeApi {
                 st.rv += 1;
                 obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
                 obj["metadata"]["uid"] = existing["metadata"]["uid"].clone();
-                obj["metadata"]["creationTimestamp"] = existing["metadata"]["creationTimestamp"].clone();
+                obj["metadata"]["creationTimestamp"] =
+                    existing["metadata"]["creationTimestamp"].clone();
                 if res == "deployments" {
                     obj["status"] = existing["status"].clone();
                 }
@@ -495,15 +506,19 @@ impl FakeApi {
                 d["spec"]["replicas"] = json!(replicas);
                 st.rv += 1;
                 let rv = st.rv.to_string();
-                st.objects.get_mut(&key(n)).expect("present")["metadata"]["resourceVersion"] = json!(rv);
+                st.objects.get_mut(&key(n)).expect("present")["metadata"]["resourceVersion"] =
+                    json!(rv);
                 Self::reconcile(&mut st, ns, n);
                 let d = &st.objects[&key(n)];
-                respond(200, &json!({
-                    "apiVersion": "autoscaling/v1", "kind": "Scale",
-                    "metadata": {"name": n, "namespace": ns, "resourceVersion": d["metadata"]["resourceVersion"]},
-                    "spec": {"replicas": replicas},
-                    "status": {"replicas": d["status"]["replicas"], "selector": format!("faas_function={n}")}
-                }))
+                respond(
+                    200,
+                    &json!({
+                        "apiVersion": "autoscaling/v1", "kind": "Scale",
+                        "metadata": {"name": n, "namespace": ns, "resourceVersion": d["metadata"]["resourceVersion"]},
+                        "spec": {"replicas": replicas},
+                        "status": {"replicas": d["status"]["replicas"], "selector": format!("faas_function={n}")}
+                    }),
+                )
             }
             ("DELETE", Some(n), None) => match st.objects.remove(&key(n)) {
                 Some(o) => {
@@ -611,13 +626,16 @@ impl FixtureServer {
                 let fake = fake.clone();
                 let handlers = handlers.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let fake = fake.clone();
-                        let handlers = handlers.clone();
-                        async move { Ok::<_, Infallible>(Self::serve(fake, handlers, req).await) }
-                    });
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let fake = fake.clone();
+                            let handlers = handlers.clone();
+                            async move { Ok::<_, Infallible>(Self::serve(fake, handlers, req).await) }
+                        },
+                    );
                     let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
                 });
             }
         });
@@ -637,7 +655,8 @@ impl FixtureServer {
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path().to_string();
         let mut segs = path.trim_start_matches('/').splitn(3, '/');
-        let (ns, name) = (segs.next().unwrap_or("").to_string(), segs.next().unwrap_or("").to_string());
+        let (ns, name) =
+            (segs.next().unwrap_or("").to_string(), segs.next().unwrap_or("").to_string());
         let rest = format!("/{}", segs.next().unwrap_or(""));
         let Some(d) = fake.get("deployments", &ns, &name) else {
             return plain(404, "no such deployment");
@@ -654,7 +673,12 @@ impl FixtureServer {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|e| (e["name"].as_str().unwrap_or("").to_string(), e["value"].as_str().unwrap_or("").to_string()))
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap_or("").to_string(),
+                    e["value"].as_str().unwrap_or("").to_string(),
+                )
+            })
             .collect();
         // Secrets as the kubelet would project them: every key of every named Secret.
         let mut secrets = BTreeMap::new();

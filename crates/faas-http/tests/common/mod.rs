@@ -51,7 +51,8 @@ pub fn memory_invoker() -> Arc<MemoryInvoker> {
             Ok::<_, Error>(n.to_string())
         }),
     );
-    invoker.register("test/ok", handler_fn(|_r: Request, _c: Context| async { Ok::<_, Error>("ok") }));
+    invoker
+        .register("test/ok", handler_fn(|_r: Request, _c: Context| async { Ok::<_, Error>("ok") }));
     Arc::new(invoker)
 }
 
@@ -69,7 +70,8 @@ pub async fn start_with(invoker: Arc<MemoryInvoker>, config: GatewayConfig) -> T
         let _ = rx.await;
     }));
     let base = format!("http://{addr}");
-    let client = GatewayClient::new(&base).unwrap().with_auth(auth).with_timeout(Duration::from_secs(60));
+    let client =
+        GatewayClient::new(&base).unwrap().with_auth(auth).with_timeout(Duration::from_secs(60));
     TestGateway { base, invoker, client, shutdown: Some(tx) }
 }
 
@@ -91,7 +93,8 @@ impl TestGateway {
     }
 
     pub async fn deploy(&self, spec: FunctionSpec) {
-        let r = self.req(Method::POST, "/system/functions", serde_json::to_vec(&spec).unwrap()).await;
+        let r =
+            self.req(Method::POST, "/system/functions", serde_json::to_vec(&spec).unwrap()).await;
         assert_eq!(r.status, 202, "deploy {}: {}", spec.name, r.text());
     }
 }

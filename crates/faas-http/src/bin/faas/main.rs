@@ -1,1 +1,660 @@
-fn main() {}
+//! `faas`: run an OpenFaaS stack locally (`faas up -f stack.yml`) and talk to any
+//! OpenFaaS-compatible gateway (`list`, `describe`, `deploy`, `invoke`, `remove`, `logs`,
+//! `secret`, `scale`).
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use faas_core::{Error, FunctionSpec, Invoker, Result};
+use faas_http::client::GatewayClient;
+use faas_http::stack::Stack;
+use faas_http::{BasicAuth, Gateway, GatewayConfig};
+use http::Method;
+
+const DEFAULT_GATEWAY: &str = "http://127.0.0.1:8080";
+
+#[derive(Parser)]
+#[command(
+    name = "faas",
+    version,
+    about = "faas-rs: run functions locally, talk to OpenFaaS-compatible gateways"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct GatewayOpts {
+    /// Gateway URL (env OPENFAAS_URL).
+    #[arg(short = 'g', long, env = "OPENFAAS_URL", default_value = DEFAULT_GATEWAY)]
+    gateway: String,
+    /// Basic auth user (env OPENFAAS_USER; default admin when a password is given).
+    #[arg(long, env = "OPENFAAS_USER")]
+    user: Option<String>,
+    /// Basic auth password (env OPENFAAS_PASSWORD).
+    #[arg(long, env = "OPENFAAS_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Namespace (default: the gateway's).
+    #[arg(short = 'n', long, env = "OPENFAAS_NAMESPACE")]
+    namespace: Option<String>,
+}
+
+impl GatewayOpts {
+    fn client(&self) -> Result<GatewayClient> {
+        let auth = self.password.as_ref().map(|p| {
+            BasicAuth::new(self.user.clone().unwrap_or_else(|| "admin".into()), p.clone())
+        });
+        Ok(GatewayClient::new(&self.gateway)?.with_auth(auth))
+    }
+    fn ns(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendKind {
+    /// Local processes behind the embedded watchdog (no Docker needed).
+    Process,
+    /// Docker containers.
+    Docker,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the functions of a stack file on a local gateway.
+    Up {
+        /// The stack file.
+        #[arg(short = 'f', long = "yaml", default_value = "stack.yml")]
+        file: PathBuf,
+        /// Address to listen on.
+        #[arg(long, env = "FAAS_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// The backend that runs the functions.
+        #[arg(long, value_enum, default_value = "process")]
+        backend: BackendKind,
+        /// Directory for the process backend's state (secrets, logs).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Only these functions (comma separated).
+        #[arg(long, value_delimiter = ',')]
+        filter: Vec<String>,
+    },
+    /// List functions.
+    #[command(alias = "ls")]
+    List {
+        #[command(flatten)]
+        gw: GatewayOpts,
+        /// Also show image and availability.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Show one function.
+    Describe {
+        /// Function name.
+        name: String,
+        #[command(flatten)]
+        gw: GatewayOpts,
+    },
+    /// Deploy the functions of a stack file, or one function from flags.
+    Deploy {
+        #[command(flatten)]
+        gw: GatewayOpts,
+        /// Stack file.
+        #[arg(short = 'f', long = "yaml")]
+        file: Option<PathBuf>,
+        /// Only these functions of the stack file (comma separated).
+        #[arg(long, value_delimiter = ',')]
+        filter: Vec<String>,
+        /// Function name (without a stack file).
+        #[arg(long)]
+        name: Option<String>,
+        /// Image.
+        #[arg(long)]
+        image: Option<String>,
+        /// The process to run (fprocess).
+        #[arg(long)]
+        fprocess: Option<String>,
+        /// Environment variable KEY=VALUE (repeatable).
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        /// Label KEY=VALUE (repeatable).
+        #[arg(short = 'l', long = "label")]
+        labels: Vec<String>,
+        /// Annotation KEY=VALUE (repeatable).
+        #[arg(long = "annotation")]
+        annotations: Vec<String>,
+        /// Secret name (repeatable).
+        #[arg(long = "secret")]
+        secrets: Vec<String>,
+        /// Constraint (repeatable).
+        #[arg(long = "constraint")]
+        constraints: Vec<String>,
+    },
+    /// Invoke a function with stdin as the body.
+    Invoke {
+        /// Function name (`name` or `name.namespace`).
+        name: String,
+        #[command(flatten)]
+        gw: GatewayOpts,
+        /// Queue the call (202 and an X-Call-Id) instead of waiting.
+        #[arg(short = 'a', long = "async")]
+        async_: bool,
+        /// Where the gateway POSTs the async result.
+        #[arg(long)]
+        callback_url: Option<String>,
+        /// HTTP method.
+        #[arg(short = 'm', long, default_value = "POST")]
+        method: String,
+        /// Header KEY=VALUE (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Content-Type.
+        #[arg(long, default_value = "text/plain")]
+        content_type: String,
+        /// Body (instead of stdin).
+        #[arg(short = 'd', long)]
+        data: Option<String>,
+        /// Print the status and headers too.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Remove functions (by name, or every function of a stack file).
+    #[command(alias = "rm", alias = "delete")]
+    Remove {
+        /// Function names.
+        names: Vec<String>,
+        #[command(flatten)]
+        gw: GatewayOpts,
+        /// Stack file.
+        #[arg(short = 'f', long = "yaml")]
+        file: Option<PathBuf>,
+    },
+    /// Print a function's logs.
+    Logs {
+        /// Function name.
+        name: String,
+        #[command(flatten)]
+        gw: GatewayOpts,
+        /// Keep streaming new lines.
+        #[arg(long, default_value_t = false)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Manage secrets.
+    Secret {
+        #[command(subcommand)]
+        action: SecretCmd,
+    },
+    /// Set a function's replica count.
+    Scale {
+        /// Function name.
+        name: String,
+        #[command(flatten)]
+        gw: GatewayOpts,
+        /// Replicas.
+        #[arg(short = 'r', long)]
+        replicas: u32,
+    },
+    /// Run the watchdog (used by the process backend; reads the OpenFaaS watchdog env vars).
+    #[command(hide = true)]
+    Watchdog,
+}
+
+#[derive(Subcommand)]
+enum SecretCmd {
+    /// Create a secret (value from --from-literal, --from-file or stdin).
+    Create {
+        /// Secret name.
+        name: String,
+        #[command(flatten)]
+        gw: GatewayOpts,
+        /// The value.
+        #[arg(long)]
+        from_literal: Option<String>,
+        /// Read the value from a file.
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+    },
+    /// Replace a secret's value.
+    Update {
+        /// Secret name.
+        name: String,
+        #[command(flatten)]
+        gw: GatewayOpts,
+        /// The value.
+        #[arg(long)]
+        from_literal: Option<String>,
+        /// Read the value from a file.
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+    },
+    /// List secrets.
+    #[command(alias = "ls")]
+    List {
+        #[command(flatten)]
+        gw: GatewayOpts,
+    },
+    /// Remove a secret.
+    #[command(alias = "rm")]
+    Remove {
+        /// Secret name.
+        name: String,
+        #[command(flatten)]
+        gw: GatewayOpts,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Watchdog = cli.command {
+        return faas_watchdog::watchdog::main_from_env();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn kv(items: &[String], what: &str) -> Result<std::collections::BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| Error::invalid(what, format!("{s:?} is not KEY=VALUE")))
+        })
+        .collect()
+}
+
+fn stack_specs(file: &std::path::Path, filter: &[String]) -> Result<Vec<FunctionSpec>> {
+    let stack = Stack::load(file)?;
+    let mut specs = stack.specs()?;
+    if !filter.is_empty() {
+        specs.retain(|s| filter.contains(&s.name));
+        if specs.is_empty() {
+            return Err(Error::invalid(
+                "filter",
+                format!("no function of {} matches {filter:?}", file.display()),
+            ));
+        }
+    }
+    Ok(specs)
+}
+
+fn secret_value(from_literal: Option<String>, from_file: Option<PathBuf>) -> Result<Vec<u8>> {
+    if let Some(v) = from_literal {
+        return Ok(v.into_bytes());
+    }
+    if let Some(p) = from_file {
+        return std::fs::read(&p)
+            .map_err(|e| Error::invalid("from-file", format!("{}: {e}", p.display())));
+    }
+    if std::io::stdin().is_terminal() {
+        eprintln!("Reading the secret value from stdin (end with Ctrl-D)...");
+    }
+    let mut buf = Vec::new();
+    std::io::stdin().read_to_end(&mut buf).map_err(|e| Error::invalid("stdin", e.to_string()))?;
+    Ok(buf)
+}
+
+async fn run(cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Up { file, listen, backend, state_dir, filter } => {
+            up(file, listen, backend, state_dir, filter).await?;
+        }
+        Command::List { gw, verbose } => {
+            let list = gw.client()?.list(gw.ns()).await?;
+            if verbose {
+                println!(
+                    "{:<28} {:<36} {:>12} {:>9} {:>9}",
+                    "Function", "Image", "Invocations", "Replicas", "Available"
+                );
+                for f in list {
+                    println!(
+                        "{:<28} {:<36} {:>12} {:>9} {:>9}",
+                        f.name, f.image, f.invocation_count, f.replicas, f.available_replicas
+                    );
+                }
+            } else {
+                println!("{:<28} {:>12} {:>9}", "Function", "Invocations", "Replicas");
+                for f in list {
+                    println!("{:<28} {:>12} {:>9}", f.name, f.invocation_count, f.replicas);
+                }
+            }
+        }
+        Command::Describe { name, gw } => {
+            let f = gw.client()?.describe(&name, gw.ns()).await?;
+            let status = if f.available_replicas > 0 { "Ready" } else { "Not Ready" };
+            println!("Name:               {}", f.name);
+            println!("Namespace:          {}", f.namespace);
+            println!("Status:             {status}");
+            println!("Replicas:           {}", f.replicas);
+            println!("Available replicas: {}", f.available_replicas);
+            println!("Invocations:        {}", f.invocation_count);
+            println!("Image:              {}", f.image);
+            println!("Process:            {}", f.env_process.as_deref().unwrap_or(""));
+            println!(
+                "URL:                {}/function/{}.{}",
+                gw.gateway.trim_end_matches('/'),
+                f.name,
+                f.namespace
+            );
+            if !f.labels.is_empty() {
+                println!("Labels:             {:?}", f.labels);
+            }
+            if !f.annotations.is_empty() {
+                println!("Annotations:        {:?}", f.annotations);
+            }
+            if !f.env_vars.is_empty() {
+                println!("Environment:        {:?}", f.env_vars);
+            }
+            if !f.secrets.is_empty() {
+                println!("Secrets:            {}", f.secrets.join(", "));
+            }
+        }
+        Command::Deploy {
+            gw,
+            file,
+            filter,
+            name,
+            image,
+            fprocess,
+            env,
+            labels,
+            annotations,
+            secrets,
+            constraints,
+        } => {
+            let client = gw.client()?;
+            let mut specs = match (&file, &name) {
+                (Some(f), _) => stack_specs(f, &filter)?,
+                (None, Some(n)) => {
+                    let mut s =
+                        FunctionSpec::new(n.clone(), image.clone().unwrap_or_else(|| n.clone()));
+                    s.env_process = fprocess.clone();
+                    s.env_vars = kv(&env, "env")?;
+                    s.labels = kv(&labels, "label")?;
+                    s.annotations = kv(&annotations, "annotation")?;
+                    s.secrets = secrets.clone();
+                    s.constraints = constraints.clone();
+                    s.validate()?;
+                    vec![s]
+                }
+                (None, None) => {
+                    return Err(Error::invalid(
+                        "yaml",
+                        "give a stack file with -f or a function with --name",
+                    ))
+                }
+            };
+            for s in &mut specs {
+                if s.namespace.is_none() {
+                    s.namespace = gw.namespace.clone();
+                }
+                print!("Deploying: {} ... ", s.name);
+                let _ = std::io::stdout().flush();
+                let t0 = Instant::now();
+                let updated = client.deploy(s).await?;
+                println!(
+                    "{} in {} ms",
+                    if updated { "updated" } else { "deployed" },
+                    t0.elapsed().as_millis()
+                );
+                println!("URL: {}/function/{}", client.base(), s.name);
+            }
+        }
+        Command::Invoke {
+            name,
+            gw,
+            async_,
+            callback_url,
+            method,
+            headers,
+            content_type,
+            data,
+            verbose,
+        } => {
+            let client = gw.client()?;
+            let method = Method::from_bytes(method.as_bytes())
+                .map_err(|e| Error::invalid("method", e.to_string()))?;
+            let mut h: Vec<(String, String)> = kv(&headers, "header")?.into_iter().collect();
+            h.push(("content-type".into(), content_type));
+            if let Some(cb) = callback_url {
+                h.push(("x-callback-url".into(), cb));
+            }
+            let body = match data {
+                Some(d) => Bytes::from(d),
+                None if method == Method::GET => Bytes::new(),
+                None => {
+                    if std::io::stdin().is_terminal() {
+                        eprintln!("Reading the request body from stdin (end with Ctrl-D)...");
+                    }
+                    let mut buf = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut buf)
+                        .map_err(|e| Error::invalid("stdin", e.to_string()))?;
+                    Bytes::from(buf)
+                }
+            };
+            let name = match gw.ns() {
+                Some(ns) if !name.contains('.') => format!("{name}.{ns}"),
+                _ => name,
+            };
+            let r = client.invoke(&name, method, &h, body, async_).await?;
+            if verbose || async_ {
+                eprintln!("{}", r.status);
+                let mut keys: Vec<_> = r.headers.iter().collect();
+                keys.sort_by_key(|(k, _)| k.as_str());
+                for (k, v) in keys {
+                    if verbose || k.as_str() == "x-call-id" {
+                        eprintln!("{k}: {}", v.to_str().unwrap_or("<binary>"));
+                    }
+                }
+            }
+            std::io::stdout().write_all(&r.body).map_err(|e| Error::internal(e.to_string()))?;
+            if !r.status.is_success() {
+                eprintln!("Server returned unexpected status code: {}", r.status.as_u16());
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Remove { names, gw, file } => {
+            let client = gw.client()?;
+            let mut all = names;
+            if let Some(f) = file {
+                all.extend(stack_specs(&f, &[])?.into_iter().map(|s| s.name));
+            }
+            if all.is_empty() {
+                return Err(Error::invalid("name", "give function names or a stack file with -f"));
+            }
+            for n in all {
+                print!("Deleting: {n} ... ");
+                let _ = std::io::stdout().flush();
+                match client.remove(&n, gw.ns()).await {
+                    Ok(()) => println!("removed"),
+                    Err(Error::NotFound { .. }) => println!("not found"),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Command::Logs { name, gw, follow, tail } => {
+            let client = gw.client()?.with_timeout(if follow {
+                Duration::from_secs(365 * 24 * 3600)
+            } else {
+                Duration::from_secs(120)
+            });
+            let mut out = std::io::stdout();
+            client
+                .logs(&name, gw.ns(), tail, follow, |e| {
+                    let _ = writeln!(
+                        out,
+                        "{} {} ({}) {}",
+                        faas_core::spec::rfc3339::format(e.timestamp),
+                        e.name,
+                        e.instance,
+                        e.text
+                    );
+                })
+                .await?;
+        }
+        Command::Secret { action } => match action {
+            SecretCmd::Create { name, gw, from_literal, from_file } => {
+                let v = secret_value(from_literal, from_file)?;
+                gw.client()?.create_secret(&name, gw.ns(), &v, false).await?;
+                println!("Created: {name}");
+            }
+            SecretCmd::Update { name, gw, from_literal, from_file } => {
+                let v = secret_value(from_literal, from_file)?;
+                gw.client()?.create_secret(&name, gw.ns(), &v, true).await?;
+                println!("Updated: {name}");
+            }
+            SecretCmd::List { gw } => {
+                println!("NAME");
+                for s in gw.client()?.list_secrets(gw.ns()).await? {
+                    println!("{}", s.name);
+                }
+            }
+            SecretCmd::Remove { name, gw } => {
+                gw.client()?.remove_secret(&name, gw.ns()).await?;
+                println!("Removed: {name}");
+            }
+        },
+        Command::Scale { name, gw, replicas } => {
+            gw.client()?.scale(&name, gw.ns(), replicas).await?;
+            println!("Scaled {name} to {replicas} replica(s)");
+        }
+        Command::Watchdog => unreachable!("handled before the runtime starts"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn backend(kind: BackendKind, state_dir: Option<PathBuf>) -> Result<Arc<dyn Invoker>> {
+    match kind {
+        BackendKind::Process => {
+            let exe = std::env::current_exe()
+                .map_err(|e| Error::internal(format!("cannot find the faas executable: {e}")))?;
+            let mut b = faas_watchdog::process::ProcessInvoker::builder().watchdog_command(exe, ["watchdog"]);
+            if let Some(d) = state_dir {
+                b = b.state_dir(d);
+            }
+            Ok(Arc::new(b.build()?))
+        }
+        BackendKind::Docker => Err(Error::NotSupported {
+            operation: "the docker backend in `faas up` (not wired in this build yet); use --backend process".into(),
+        }),
+    }
+}
+
+async fn up(
+    file: PathBuf,
+    listen: String,
+    kind: BackendKind,
+    state_dir: Option<PathBuf>,
+    filter: Vec<String>,
+) -> Result<()> {
+    init_tracing();
+    let specs = stack_specs(&file, &filter)?;
+    let config = GatewayConfig::from_env()?;
+    let addr: std::net::SocketAddr =
+        listen.parse().map_err(|e| Error::invalid("listen", format!("{listen:?}: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::unavailable(format!("cannot listen on {addr}: {e}")))?;
+    let invoker = backend(kind, state_dir).await?;
+    let info = invoker.info();
+    eprintln!(
+        "faas-rs {}: {} functions from {} on the {} backend",
+        env!("CARGO_PKG_VERSION"),
+        specs.len(),
+        file.display(),
+        info.orchestration
+    );
+    let start_timeout = config.scale_from_zero_timeout;
+    for spec in &specs {
+        let f = spec.function_ref();
+        eprint!("  deploying {:<20} ", spec.name);
+        let _ = std::io::stderr().flush();
+        let t0 = Instant::now();
+        match invoker.deploy(spec.clone()).await {
+            Ok(()) => {}
+            Err(Error::AlreadyExists { .. }) => invoker.update(spec.clone()).await?,
+            Err(e) => {
+                eprintln!("failed");
+                return Err(e);
+            }
+        }
+        // Wait (bounded) for the first replica, showing progress.
+        let min = spec.scaling_policy().map(|p| p.min).unwrap_or(1);
+        if min == 0 {
+            eprintln!("deployed (scaled to zero; starts on the first request)");
+            continue;
+        }
+        let mut ready = false;
+        while t0.elapsed() < start_timeout {
+            let st = invoker.status(&f).await?;
+            if st.available_replicas > 0 {
+                ready = true;
+                break;
+            }
+            eprint!(".");
+            let _ = std::io::stderr().flush();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if ready {
+            eprintln!(" ready in {} ms", t0.elapsed().as_millis());
+        } else {
+            eprintln!(
+                " not ready after {} ms (it will keep starting; see `faas logs {}`)",
+                t0.elapsed().as_millis(),
+                spec.name
+            );
+        }
+    }
+    let gateway = Gateway::builder(invoker.clone()).config(config.clone()).build();
+    let base = format!("http://{addr}");
+    eprintln!();
+    eprintln!(
+        "Gateway: {base}   (basic auth {})",
+        if config.auth.is_some() { "on" } else { "off" }
+    );
+    eprintln!("Portal:  {base}/ui/");
+    for spec in &specs {
+        eprintln!("  {base}/function/{}", spec.name);
+    }
+    eprintln!("Press Ctrl-C to stop.");
+    faas_http::serve(listener, gateway.service(), async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+    .map_err(|e| Error::internal(format!("server: {e}")))?;
+    eprintln!("Stopping: removing functions...");
+    for spec in &specs {
+        let _ = tokio::time::timeout(Duration::from_secs(15), invoker.remove(&spec.function_ref()))
+            .await;
+    }
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! The process backend passes the whole conformance suite, one test per case.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{temp_dir, FIXTURE, WATCHDOG};
+use faas_core::conformance;
+use faas_watchdog::process::ProcessInvoker;
+use faas_watchdog::testing::FixtureWorkload;
+
+fn invoker(tag: &str) -> ProcessInvoker {
+    ProcessInvoker::builder()
+        .watchdog_command(WATCHDOG, Vec::<String>::new())
+        .state_dir(temp_dir(tag))
+        .stop_grace(Duration::from_secs(5))
+        .build()
+        .expect("building the process backend")
+}
+
+fn workload() -> FixtureWorkload {
+    FixtureWorkload::new(FIXTURE)
+}
+
+macro_rules! case {
+    ($name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let inv = invoker(stringify!($name));
+            let w = workload();
+            tokio::time::timeout(Duration::from_secs(300), conformance::$name(&inv, &w))
+                .await
+                .expect("the case did not finish in 300 s");
+        }
+    };
+}
+
+case!(deploy_round_trip);
+case!(invalid_specs_rejected);
+case!(duplicate_deploy_rejected);
+case!(unknown_function_not_found);
+case!(invoke_preserves_request);
+case!(env_and_secrets);
+case!(secrets_round_trip);
+case!(timeout_is_developer_error);
+case!(crash_is_developer_error);
+case!(concurrency_cap_holds);
+case!(scale_up_and_to_zero);
+case!(scale_from_zero);
+case!(logs_readable);
+case!(many_concurrent_invocations);
