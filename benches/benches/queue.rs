@@ -59,11 +59,8 @@ fn worker_config() -> WorkerConfig {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
 
     // --- publish throughput -------------------------------------------------------------
     let mut g = c.benchmark_group("queue_publish");
@@ -203,7 +200,7 @@ fn bench(c: &mut Criterion) {
         kafka.create_topic(&config.topic, 4).unwrap();
         let publisher = rt.block_on(async { KafkaPublisher::new(&config).unwrap() });
         let p = TrackedPublisher::new(Arc::new(publisher), store.clone());
-        let consumer = Arc::new(KafkaConsumer::new(&config).unwrap());
+        let consumer = rt.block_on(async { Arc::new(KafkaConsumer::new(&config).unwrap()) });
         let worker = rt.block_on(async {
             Worker::new(memory.clone(), consumer, store.clone(), worker_config()).spawn()
         });

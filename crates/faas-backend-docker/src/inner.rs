@@ -13,8 +13,8 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use faas_core::{
-    Error, FunctionRef, FunctionSpec, InvocationId, Result, Scheduler, StartKind,
-    DeveloperErrorKind,
+    DeveloperErrorKind, Error, FunctionRef, FunctionSpec, InvocationId, Result, Scheduler,
+    StartKind,
 };
 use futures::StreamExt;
 use http_body_util::BodyExt;
@@ -159,7 +159,9 @@ impl Inner {
             Ok(_) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Err(Error::invalid(
                 "image",
-                format!("image {image:?} is not present in the docker engine (images are not pulled)"),
+                format!(
+                    "image {image:?} is not present in the docker engine (images are not pulled)"
+                ),
             )),
             Err(e) => Err(map_err("image inspect", e)),
         }
@@ -266,7 +268,8 @@ impl Inner {
             network_disabled: Some(true),
             ..Default::default()
         };
-        let opts = CreateContainerOptions { name: Some(definition_name(&fref)), platform: String::new() };
+        let opts =
+            CreateContainerOptions { name: Some(definition_name(&fref)), platform: String::new() };
         match self.docker.create_container(Some(opts), body).await {
             Ok(r) => Ok(r.id),
             Err(e) if status_of(&e) == Some(409) => {
@@ -319,7 +322,10 @@ impl Inner {
             return Err(if engine::is_unreachable(&e) {
                 map_err("container start", e)
             } else {
-                Error::developer(DeveloperErrorKind::Init, format!("instance {name} failed to start: {e}"))
+                Error::developer(
+                    DeveloperErrorKind::Init,
+                    format!("instance {name} failed to start: {e}"),
+                )
             });
         }
         let port = self.published_port(id).await?;
@@ -391,7 +397,9 @@ impl Inner {
                     let tail = self.log_tail(id, 20).await;
                     return Err(Error::developer(
                         DeveloperErrorKind::Init,
-                        format!("instance {name} exited with code {code} before becoming ready: {tail}"),
+                        format!(
+                            "instance {name} exited with code {code} before becoming ready: {tail}"
+                        ),
                     ));
                 }
             }
@@ -401,12 +409,8 @@ impl Inner {
     }
 
     async fn log_tail(&self, id: &str, n: usize) -> String {
-        let opts = LogsOptions {
-            stdout: true,
-            stderr: true,
-            tail: n.to_string(),
-            ..Default::default()
-        };
+        let opts =
+            LogsOptions { stdout: true, stderr: true, tail: n.to_string(), ..Default::default() };
         let mut out = String::new();
         let mut s = self.docker.logs(id, Some(opts));
         while let Some(Ok(chunk)) = s.next().await {
@@ -416,7 +420,11 @@ impl Inner {
     }
 
     /// Takes a prewarmed container matching the function's template, if one is ready.
-    pub fn take_prewarm(self: &Arc<Self>, f: &FunctionState, info: &SpecInfo) -> Option<Arc<Replica>> {
+    pub fn take_prewarm(
+        self: &Arc<Self>,
+        f: &FunctionState,
+        info: &SpecInfo,
+    ) -> Option<Arc<Replica>> {
         let t0 = Instant::now();
         let pooled = {
             let mut pools = lock(&self.pools);
@@ -436,7 +444,9 @@ impl Inner {
         let inner = Arc::clone(self);
         let id = pooled.id;
         tokio::spawn(async move {
-            if let Err(e) = inner.docker.rename_container(&id, RenameContainerOptions { name }).await {
+            if let Err(e) =
+                inner.docker.rename_container(&id, RenameContainerOptions { name }).await
+            {
                 tracing::warn!(container = %id, error = %e, "renaming a taken prewarm container failed");
             }
         });
@@ -471,7 +481,9 @@ impl Inner {
                 if let Some(pool) = pools.get_mut(&tpl) {
                     pool.starting = pool.starting.saturating_sub(1);
                     match res {
-                        Ok((id, port, _)) if !closed => pool.ready.push(Pooled { id, port, suffix }),
+                        Ok((id, port, _)) if !closed => {
+                            pool.ready.push(Pooled { id, port, suffix })
+                        }
                         Ok((id, _, _)) => {
                             drop(pools);
                             inner.spawn_remove(id);
@@ -484,7 +496,11 @@ impl Inner {
     }
 
     /// Creates one replica: from the prewarm pool when possible, else a new container.
-    pub async fn start_replica(self: &Arc<Self>, f: &FunctionState, info: &SpecInfo) -> Result<Arc<Replica>> {
+    pub async fn start_replica(
+        self: &Arc<Self>,
+        f: &FunctionState,
+        info: &SpecInfo,
+    ) -> Result<Arc<Replica>> {
         if let Some(r) = self.take_prewarm(f, info) {
             return Ok(r);
         }
@@ -522,7 +538,9 @@ impl Inner {
             let mut first_err = None;
             for r in results {
                 match r {
-                    Ok(r) if f.removed.load(Ordering::SeqCst) => self.spawn_remove(r.id.clone()),
+                    Ok(r) if f.removed.load(Ordering::SeqCst) => {
+                        let _ = self.remove_container(&r.id).await;
+                    }
                     Ok(r) => f.push(r),
                     Err(e) => {
                         f.record_start_error(e.clone());
@@ -591,11 +609,12 @@ impl Inner {
 
     /// Inspects a replica after a failed request: dead (and replaced) or still running.
     pub async fn check_replica(self: &Arc<Self>, f: &Arc<FunctionState>, r: &Arc<Replica>) -> bool {
-        let running = match self.docker.inspect_container(&r.id, None::<InspectContainerOptions>).await {
-            Ok(i) => i.state.and_then(|s| s.running).unwrap_or(false),
-            Err(e) if status_of(&e) == Some(404) => false,
-            Err(_) => return false,
-        };
+        let running =
+            match self.docker.inspect_container(&r.id, None::<InspectContainerOptions>).await {
+                Ok(i) => i.state.and_then(|s| s.running).unwrap_or(false),
+                Err(e) if status_of(&e) == Some(404) => false,
+                Err(_) => return false,
+            };
         if !running {
             self.replica_died(f, r);
         }
@@ -621,11 +640,7 @@ impl Inner {
     /// Pauses a replica idle for longer than the grace period.
     async fn maybe_pause(&self, r: &Replica, grace: Duration) {
         let Ok(mut st) = r.state.try_lock() else { return };
-        if *st != RunState::Running
-            || !r.live()
-            || !r.idle()
-            || r.idle_for() < grace
-        {
+        if *st != RunState::Running || !r.live() || !r.idle() || r.idle_for() < grace {
             return;
         }
         match self.docker.pause_container(&r.id).await {
@@ -663,7 +678,8 @@ impl Inner {
             .into_iter()
             .filter_map(|c| Some((c.id?, c.state.map(|s| s.to_string()).unwrap_or_default())))
             .collect();
-        let alive = |id: &str| matches!(states.get(id).map(String::as_str), Some("running" | "paused"));
+        let alive =
+            |id: &str| matches!(states.get(id).map(String::as_str), Some("running" | "paused"));
         let functions: Vec<Arc<FunctionState>> = lock(&self.functions).values().cloned().collect();
         for f in &functions {
             for r in f.snapshot() {
@@ -763,7 +779,15 @@ impl Inner {
                 (Some(f), "running" | "paused", Some(port)) => {
                     let hash = labels.get(label::SPEC_HASH).cloned().unwrap_or_default();
                     let name = name.trim_start_matches('/').to_string();
-                    let r = Replica::new(id, name, port, StartKind::Warm, Duration::ZERO, hash, state == "paused");
+                    let r = Replica::new(
+                        id,
+                        name,
+                        port,
+                        StartKind::Warm,
+                        Duration::ZERO,
+                        hash,
+                        state == "paused",
+                    );
                     lock(&f.replicas).push(Arc::new(r));
                 }
                 _ => stale.push(id),
@@ -778,13 +802,37 @@ impl Inner {
         Ok(())
     }
 
+    /// Removes every container named after function `f` (replicas, taken prewarm
+    /// containers, the definition), whatever this backend's view says.
+    pub async fn remove_all_named(&self, f: &FunctionRef) -> Result<()> {
+        let mut filters = HashMap::new();
+        filters.insert("name".to_string(), vec![definition_name(f)]);
+        let opts =
+            ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+        let listed = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| map_err("container list", e))?;
+        let ids: Vec<String> = listed
+            .into_iter()
+            .filter(|c| {
+                c.names.iter().flatten().any(|n| {
+                    parse_name(n).is_some_and(|(ns, name, _)| ns == f.namespace && name == f.name)
+                })
+            })
+            .filter_map(|c| c.id)
+            .collect();
+        for r in futures::future::join_all(ids.iter().map(|id| self.remove_container(id))).await {
+            r?;
+        }
+        Ok(())
+    }
+
     /// Forgets and removes every prewarm container of this backend.
     pub async fn drain_pools(&self) {
-        let ids: Vec<String> = lock(&self.pools)
-            .values_mut()
-            .flat_map(|p| p.ready.drain(..).map(|x| x.id))
-            .collect();
+        let ids: Vec<String> =
+            lock(&self.pools).values_mut().flat_map(|p| p.ready.drain(..).map(|x| x.id)).collect();
         futures::future::join_all(ids.iter().map(|id| self.remove_container(id))).await;
     }
 }
-

@@ -222,7 +222,8 @@ impl DockerInvokerBuilder {
             return Err(Error::invalid("owner", "must not be empty"));
         }
         for ns in self.namespaces.iter().flatten() {
-            faas_core::util::validate_dns1123_label(ns).map_err(|r| Error::invalid("namespaces", r))?;
+            faas_core::util::validate_dns1123_label(ns)
+                .map_err(|r| Error::invalid("namespaces", r))?;
         }
         let docker = engine::connect(self.socket.as_deref()).await?;
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -303,7 +304,9 @@ pub struct DockerInvoker {
 
 impl std::fmt::Debug for DockerInvoker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DockerInvoker").field("settings", &self.inner.settings).finish_non_exhaustive()
+        f.debug_struct("DockerInvoker")
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
     }
 }
 
@@ -505,7 +508,8 @@ impl Invoker for DockerInvoker {
         let def = lock(&f.definition_id).clone();
         inner.remove_container(&def).await?;
         results.into_iter().collect::<Result<Vec<()>>>()?;
-        Ok(())
+        // Replicas being replaced or renamed in the background are caught by name.
+        inner.remove_all_named(function).await
     }
 
     async fn list(&self, namespace: &str) -> Result<Vec<FunctionStatus>> {

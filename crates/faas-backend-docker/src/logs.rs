@@ -37,7 +37,10 @@ fn entries(function: &str, namespace: &str, instance: &str, chunk: &[u8]) -> Vec
 
 impl Inner {
     pub(crate) async fn logs(self: &Arc<Self>, req: LogsRequest) -> Result<LogStream> {
-        let fref = req.function.clone().ok_or_else(|| Error::invalid("name", "a function name is required"))?;
+        let fref = req
+            .function
+            .clone()
+            .ok_or_else(|| Error::invalid("name", "a function name is required"))?;
         let f = self.function(&fref)?;
         let replicas: Vec<_> = f
             .snapshot()
@@ -77,7 +80,27 @@ impl Inner {
             })
             .collect();
         if req.follow {
-            return Ok(futures::stream::select_all(streams).try_filter(move |e| futures::future::ready(keep(e))).boxed());
+            // Start every instance's request now (streams are lazy), forwarding into one
+            // channel; the tasks end when the caller drops the stream.
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<LogEntry>>(1024);
+            for mut s in streams {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while let Some(item) = s.next().await {
+                        if item.as_ref().is_ok_and(|e| !keep(e)) {
+                            continue;
+                        }
+                        if tx.send(item).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            return Ok(futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            })
+            .boxed());
         }
         let mut all = Vec::new();
         for s in streams {

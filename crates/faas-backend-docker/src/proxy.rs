@@ -7,7 +7,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use faas_core::{Body, DeveloperErrorKind, Error, Invocation, InvocationMeta, Response, Result, StartKind};
+use faas_core::{
+    Body, DeveloperErrorKind, Error, Invocation, InvocationMeta, Response, Result, StartKind,
+};
 use http_body::{Frame, SizeHint};
 
 use crate::inner::{Inner, DEFAULT_TIMEOUT};
@@ -97,7 +99,9 @@ async fn watchdog_error(
         kind,
         match kind {
             DeveloperErrorKind::Timeout => format!("function {fref} exec timeout: {text}"),
-            DeveloperErrorKind::Crash => format!("function {fref} crashed (instance {instance}): {text}"),
+            DeveloperErrorKind::Crash => {
+                format!("function {fref} crashed (instance {instance}): {text}")
+            }
             _ => format!("function {fref} could not start (instance {instance}): {text}"),
         },
     ))
@@ -147,7 +151,10 @@ impl Inner {
             if tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
                 return Err(if live > 0 {
                     Error::Overloaded {
-                        message: format!("every instance of {} is at its concurrency limit", f.fref),
+                        message: format!(
+                            "every instance of {} is at its concurrency limit",
+                            f.fref
+                        ),
                         retry_after: None,
                     }
                 } else {
@@ -166,7 +173,8 @@ impl Inner {
         let t0 = Instant::now();
         let f = self.function(&inv.function)?;
         f.invocations.fetch_add(1, Ordering::Relaxed);
-        let (replica, waited) = self.acquire(&f, t0 + self.settings.start_timeout + Duration::from_secs(5)).await?;
+        let (replica, waited) =
+            self.acquire(&f, t0 + self.settings.start_timeout + Duration::from_secs(5)).await?;
         let guard = InFlight { replica: Arc::clone(&replica), function: Arc::clone(&f) };
         // A paused container's port accepts and then hangs: unpause before forwarding.
         let resumed = self.ensure_running(&replica).await?;
@@ -214,8 +222,10 @@ impl Inner {
         drop(guard);
         let streaming = Streaming { replica: Arc::clone(&replica) };
         let (parts, incoming) = resp.into_parts();
-        let mut resp =
-            http::Response::from_parts(parts, Body::new(Guarded { inner: incoming, _guard: streaming }));
+        let mut resp = http::Response::from_parts(
+            parts,
+            Body::new(Guarded { inner: incoming, _guard: streaming }),
+        );
         if let Some(reason) = resp.headers().get(WATCHDOG_ERROR).and_then(|v| v.to_str().ok()) {
             let reason = reason.to_string();
             resp = watchdog_error(&reason, resp, &f, &replica.name).await?;

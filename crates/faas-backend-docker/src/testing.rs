@@ -131,7 +131,11 @@ fn rootfs(busybox: &[u8], extra: &[(&str, u32, &[u8])]) -> Vec<u8> {
     for applet in ["sh", "cat", "ls", "sleep", "echo", "env", "wget", "httpd", "true", "kill"] {
         t.symlink(&format!("bin/{applet}"), "busybox");
     }
-    t.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n");
+    t.file(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    );
     t.file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n");
     for (path, mode, data) in extra {
         if let Some((parent, _)) = path.rsplit_once('/') {
@@ -141,7 +145,8 @@ fn rootfs(busybox: &[u8], extra: &[(&str, u32, &[u8])]) -> Vec<u8> {
                     acc.push('/');
                 }
                 acc.push_str(part);
-                if !["bin", "usr", "usr/bin", "etc", "var", "var/openfaas"].contains(&acc.as_str()) {
+                if !["bin", "usr", "usr/bin", "etc", "var", "var/openfaas"].contains(&acc.as_str())
+                {
                     t.dir(&acc, 0o755);
                 }
             }
@@ -153,7 +158,12 @@ fn rootfs(busybox: &[u8], extra: &[(&str, u32, &[u8])]) -> Vec<u8> {
 
 /// Imports a root filesystem tar as `repo:tag` with the given Dockerfile-style `changes`
 /// (`CMD [...]`, `ENV k=v`, `EXPOSE 8080`), unless an image with that tag exists.
-pub async fn import_rootfs(repo: &str, tag: &str, tar: Vec<u8>, changes: Vec<String>) -> Result<String> {
+pub async fn import_rootfs(
+    repo: &str,
+    tag: &str,
+    tar: Vec<u8>,
+    changes: Vec<String>,
+) -> Result<String> {
     let d = docker().await?;
     let image = format!("{repo}:{tag}");
     if d.inspect_image(&image).await.is_ok() {
@@ -182,7 +192,10 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 /// that needs nothing but busybox-static (static files only, no function protocol).
 pub async fn stand_in_image() -> Result<String> {
     let busybox = read(Path::new(BUSYBOX))?;
-    let tar = rootfs(&busybox, &[("www/_/health", 0o644, b"OK\n"), ("www/index.html", 0o644, b"stand-in\n")]);
+    let tar = rootfs(
+        &busybox,
+        &[("www/_/health", 0o644, b"OK\n"), ("www/index.html", 0o644, b"stand-in\n")],
+    );
     let tag = fnv_hex(&[&tar]);
     let changes = vec![
         r#"CMD ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]"#.to_string(),
@@ -209,7 +222,8 @@ pub async fn static_binaries() -> Result<(PathBuf, PathBuf)> {
     if let Some(p) = cached.as_ref() {
         return Ok(p.clone());
     }
-    if let (Ok(w), Ok(f)) = (std::env::var("FAAS_WATCHDOG_BIN"), std::env::var("FAAS_FIXTURE_BIN")) {
+    if let (Ok(w), Ok(f)) = (std::env::var("FAAS_WATCHDOG_BIN"), std::env::var("FAAS_FIXTURE_BIN"))
+    {
         let p = (PathBuf::from(w), PathBuf::from(f));
         *cached = Some(p.clone());
         return Ok(p);
@@ -246,7 +260,10 @@ pub async fn fixture_image() -> Result<String> {
     let (watchdog, fixture) = static_binaries().await?;
     let busybox = read(Path::new(BUSYBOX))?;
     let (w, f) = (read(&watchdog)?, read(&fixture)?);
-    let tar = rootfs(&busybox, &[("usr/bin/faas-watchdog", 0o755, &w), ("usr/bin/faas-fixture", 0o755, &f)]);
+    let tar = rootfs(
+        &busybox,
+        &[("usr/bin/faas-watchdog", 0o755, &w), ("usr/bin/faas-fixture", 0o755, &f)],
+    );
     let tag = fnv_hex(&[&tar]);
     let p = FIXTURE_UPSTREAM_PORT;
     let changes = vec![
@@ -292,9 +309,7 @@ pub async fn leftovers(namespace: &str, owner: &str) -> Result<Vec<String>> {
         .list_volumes(Some(ListVolumesOptions { filters: Some(filters) }))
         .await
         .map_err(|e| map_err("volume list", e))?;
-    out.extend(
-        vols.volumes.unwrap_or_default().into_iter().map(|v| format!("volume {}", v.name)),
-    );
+    out.extend(vols.volumes.unwrap_or_default().into_iter().map(|v| format!("volume {}", v.name)));
     Ok(out)
 }
 
@@ -313,7 +328,11 @@ pub async fn cleanup(namespace: &str, owner: &str) -> Result<()> {
             || labels.get(label::OWNER).map(String::as_str) == Some(owner)
             || name.contains(&format!("faas-rs.{namespace}."));
         if let (true, Some(id)) = (ours, c.id) {
-            let opts = bollard::query_parameters::RemoveContainerOptions { force: true, v: true, link: false };
+            let opts = bollard::query_parameters::RemoveContainerOptions {
+                force: true,
+                v: true,
+                link: false,
+            };
             let _ = d.remove_container(&id, Some(opts)).await;
         }
     }
@@ -380,5 +399,11 @@ pub async fn container_host_facts(id: &str) -> Result<(i64, i64, bool, Vec<Strin
             )
         })
         .collect();
-    Ok((hc.memory.unwrap_or(0), hc.nano_cpus.unwrap_or(0), hc.readonly_rootfs.unwrap_or(false), ports, mounts))
+    Ok((
+        hc.memory.unwrap_or(0),
+        hc.nano_cpus.unwrap_or(0),
+        hc.readonly_rootfs.unwrap_or(false),
+        ports,
+        mounts,
+    ))
 }

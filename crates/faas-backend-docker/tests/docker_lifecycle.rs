@@ -74,12 +74,21 @@ async fn bad_specs_and_images_are_named() {
     let _g = env.guard();
     let docker = env.builder().build().await.unwrap();
     let err = docker
-        .deploy(faas_core::FunctionSpec::new("nope", "faas-rs/does-not-exist:1").namespace(env.ns.clone()))
+        .deploy(
+            faas_core::FunctionSpec::new("nope", "faas-rs/does-not-exist:1")
+                .namespace(env.ns.clone()),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(&err, faas_core::Error::InvalidSpec { field, .. } if field == "image"), "{err}");
+    assert!(
+        matches!(&err, faas_core::Error::InvalidSpec { field, .. } if field == "image"),
+        "{err}"
+    );
     let err = docker.deploy(env.spec("x", "echo").secret("missing")).await.unwrap_err();
-    assert!(matches!(&err, faas_core::Error::InvalidSpec { field, .. } if field == "secrets[0]"), "{err}");
+    assert!(
+        matches!(&err, faas_core::Error::InvalidSpec { field, .. } if field == "secrets[0]"),
+        "{err}"
+    );
     let err = docker
         .deploy(faas_core::FunctionSpec::new("x", env.image.clone()).namespace("other-ns"))
         .await
@@ -88,18 +97,23 @@ async fn bad_specs_and_images_are_named() {
     docker.deploy(env.spec("dup", "echo")).await.unwrap();
     let err = docker.deploy(env.spec("dup", "echo")).await.unwrap_err();
     assert!(matches!(err, faas_core::Error::AlreadyExists { .. }), "{err}");
-    // A process that exits at once: the start fails with its exit code, not a hang.
+    docker.remove(&env.fref("dup")).await.unwrap();
+    docker.shutdown().await;
+    drop(docker);
+    // A process that never becomes healthy: the start fails as a developer error naming
+    // it, not a hang. (One backend per namespace at a time: they would fight over it.)
     let quick = env.builder().start_timeout(Duration::from_secs(5)).build().await.unwrap();
     let bad = env.spec("crashy", "echo").process("/bin/false");
     quick.deploy(bad).await.unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(90), quick.call(&format!("crashy.{}", env.ns), "x"))
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = tokio::time::timeout(
+        Duration::from_secs(90),
+        quick.call(&format!("crashy.{}", env.ns), "x"),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
     assert!(matches!(err, faas_core::Error::Developer { .. }), "{err}");
-    docker.remove(&env.fref("dup")).await.unwrap();
     quick.remove(&env.fref("crashy")).await.unwrap();
     quick.shutdown().await;
-    docker.shutdown().await;
     assert_eq!(env.leftovers().await, Vec::<String>::new());
 }

@@ -42,10 +42,13 @@ async fn idle_replica_is_paused_and_resumed_on_the_next_request() {
     .await;
     assert_eq!(testing::container_state(&id).await.unwrap(), "paused", "paused in the engine");
 
-    let r = tokio::time::timeout(Duration::from_secs(30), docker.invoke(Invocation::post(f.clone(), "two")))
-        .await
-        .expect("a paused replica must be resumed, not hang")
-        .unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        docker.invoke(Invocation::post(f.clone(), "two")),
+    )
+    .await
+    .expect("a paused replica must be resumed, not hang")
+    .unwrap();
     let m = meta(&r);
     assert_eq!(m.start, StartKind::Resumed);
     assert_eq!(m.instance, docker.instances(&f).unwrap()[0].name);
@@ -135,7 +138,8 @@ async fn invocations_are_balanced_over_ready_replicas() {
         seen.insert(meta(&r).instance);
         fixture_ids.insert(r.headers()["x-instance"].to_str().unwrap().to_string());
     }
-    let names: BTreeSet<String> = docker.instances(&f).unwrap().into_iter().map(|i| i.name).collect();
+    let names: BTreeSet<String> =
+        docker.instances(&f).unwrap().into_iter().map(|i| i.name).collect();
     assert_eq!(seen, names, "every replica served");
     assert_eq!(fixture_ids.len(), 3, "three distinct processes answered");
     let st = docker.status(&f).await.unwrap();
@@ -147,7 +151,8 @@ async fn invocations_are_balanced_over_ready_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_rolls_replicas_without_dropping_in_flight_requests() {
-    let Some(env) = common::setup("update_rolls_replicas_without_dropping_in_flight_requests").await
+    let Some(env) =
+        common::setup("update_rolls_replicas_without_dropping_in_flight_requests").await
     else {
         return;
     };

@@ -85,6 +85,8 @@ struct Inner {
     ready: Mutex<HashMap<FunctionRef, ReadyEntry>>,
     /// In-flight invocations per pod endpoint (`ip:port`), for the scheduler.
     in_flight: Arc<Mutex<HashMap<String, u32>>>,
+    /// One scale-from-zero at a time per function; later callers wait for it.
+    waking: Mutex<HashMap<FunctionRef, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Builds a [`KubernetesInvoker`]; see [`KubernetesInvoker::builder`].
@@ -184,16 +186,26 @@ impl KubernetesInvokerBuilder {
                 cache_ttl: self.cache_ttl,
                 ready: Mutex::new(HashMap::new()),
                 in_flight: Arc::new(Mutex::new(HashMap::new())),
+                waking: Mutex::new(HashMap::new()),
             }),
         }
     }
 }
 
-/// A function seen with an available replica, and its per-invocation timeout.
+/// What invocations need to know of a function, read from its Deployment.
+#[derive(Debug, Clone, Copy, Default)]
+struct FnInfo {
+    /// The watchdog's `exec_timeout`.
+    timeout: Option<Duration>,
+    /// The watchdog's `max_inflight` (per instance).
+    max_inflight: Option<u32>,
+}
+
+/// A function seen with an available replica.
 #[derive(Debug, Clone, Copy)]
 struct ReadyEntry {
     at: Instant,
-    timeout: Option<Duration>,
+    info: FnInfo,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -301,20 +313,31 @@ impl KubernetesInvoker {
     }
 
     /// Makes sure `f` has an available replica, scaling it from zero if needed. Returns how
-    /// the instance was obtained and the function's timeout.
-    async fn ensure_ready(&self, f: &FunctionRef) -> Result<(StartKind, Option<Duration>)> {
-        let ttl = self.inner.cache_ttl;
-        if let Some(e) = lock(&self.inner.ready).get(f) {
-            if e.at.elapsed() < ttl {
-                return Ok((StartKind::Warm, e.timeout));
-            }
+    /// the instance was obtained and what invocations need to know of the function.
+    async fn ensure_ready(&self, f: &FunctionRef) -> Result<(StartKind, FnInfo)> {
+        if let Some(warm) = self.cached_ready(f, self.inner.cache_ttl) {
+            return Ok(warm);
         }
         let d = self.get_deployment(f).await?;
-        let timeout = exec_timeout(&d);
+        let info = fn_info(&d);
         if available(&d) > 0 {
-            lock(&self.inner.ready).insert(f.clone(), ReadyEntry { at: Instant::now(), timeout });
-            return Ok((StartKind::Warm, timeout));
+            lock(&self.inner.ready).insert(f.clone(), ReadyEntry { at: Instant::now(), info });
+            return Ok((StartKind::Warm, info));
         }
+        // Not available: one caller scales and waits; the others wait for it, then see the
+        // cache it filled.
+        let gate = lock(&self.inner.waking).entry(f.clone()).or_default().clone();
+        let (_one, d) = match gate.clone().try_lock_owned() {
+            Ok(g) => (g, d),
+            Err(_) => {
+                let g = gate.lock_owned().await;
+                let fresh = self.inner.cache_ttl.max(Duration::from_secs(1));
+                if let Some((_, info)) = self.cached_ready(f, fresh) {
+                    return Ok((StartKind::Cold, info));
+                }
+                (g, self.get_deployment(f).await?)
+            }
+        };
         let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         if desired == 0 {
             let labels = d.metadata.labels.clone().unwrap_or_default();
@@ -334,8 +357,14 @@ impl KubernetesInvoker {
                 )))
             }
         }
-        lock(&self.inner.ready).insert(f.clone(), ReadyEntry { at: Instant::now(), timeout });
-        Ok((StartKind::Cold, timeout))
+        lock(&self.inner.ready).insert(f.clone(), ReadyEntry { at: Instant::now(), info });
+        Ok((StartKind::Cold, info))
+    }
+
+    /// The cached "available" answer for `f`, if still fresh.
+    fn cached_ready(&self, f: &FunctionRef, ttl: Duration) -> Option<(StartKind, FnInfo)> {
+        let e = *lock(&self.inner.ready).get(f)?;
+        (e.at.elapsed() < ttl).then_some((StartKind::Warm, e.info))
     }
 
     /// Waits until the Deployment reports an available replica: reads it, then watches it
@@ -558,11 +587,21 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// The watchdog's `exec_timeout` from the Deployment's container environment.
-fn exec_timeout(d: &Deployment) -> Option<Duration> {
-    let c = d.spec.as_ref()?.template.spec.as_ref()?.containers.first()?;
-    let v = c.env.iter().flatten().find(|e| e.name == "exec_timeout")?.value.as_deref()?;
-    faas_core::util::parse_duration(v).ok().filter(|t| !t.is_zero())
+/// The watchdog's `exec_timeout` and `max_inflight` from the Deployment's container
+/// environment.
+fn fn_info(d: &Deployment) -> FnInfo {
+    let env = |key: &str| -> Option<String> {
+        let c = d.spec.as_ref()?.template.spec.as_ref()?.containers.first()?;
+        c.env.iter().flatten().find(|e| e.name == key)?.value.clone()
+    };
+    FnInfo {
+        timeout: env("exec_timeout")
+            .and_then(|v| faas_core::util::parse_duration(&v).ok())
+            .filter(|t| !t.is_zero()),
+        max_inflight: env("max_inflight")
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|n| *n > 0),
+    }
 }
 
 fn available(d: &Deployment) -> i32 {
@@ -718,11 +757,12 @@ impl Invoker for KubernetesInvoker {
         );
         validate_dns1123_label(&f.name).map_err(|r| Error::invalid("service", r))?;
         invocation.function = f.clone();
-        let start = self.ensure_ready(&f).await?;
+        let (start, info) = self.ensure_ready(&f).await?;
         match &self.inner.scheduler {
             None => {
                 let base = self.base_for(&f);
-                self.forward(invocation, base, f.name.clone(), start, started, None).await
+                let meta = (start, info.timeout);
+                self.forward(invocation, base, f.name.clone(), meta, started, None).await
             }
             Some(scheduler) => {
                 let endpoints = self.ready_endpoints(&f).await?;
@@ -730,7 +770,7 @@ impl Invoker for KubernetesInvoker {
                     self.forget(&f);
                     return Err(Error::unavailable(format!("{f} has no ready endpoint")));
                 }
-                let (views, guard) = {
+                let (chosen, guard) = {
                     let mut in_flight = lock(&self.inner.in_flight);
                     let views: Vec<InstanceView> = endpoints
                         .iter()
@@ -738,7 +778,7 @@ impl Invoker for KubernetesInvoker {
                             id: instance.clone(),
                             node: None,
                             in_flight: in_flight.get(addr).copied().unwrap_or(0),
-                            max_concurrency: None,
+                            max_concurrency: info.max_inflight,
                             ready: true,
                         })
                         .collect();
@@ -747,13 +787,20 @@ impl Invoker for KubernetesInvoker {
                             "every ready instance of {f} is at its concurrency limit"
                         )));
                     };
-                    let key = endpoints[i].0.clone();
+                    let Some(chosen) = endpoints.get(i).cloned() else {
+                        return Err(Error::internal(format!(
+                            "the scheduler routed {f} to instance {i} of {}",
+                            endpoints.len()
+                        )));
+                    };
+                    let key = chosen.0.clone();
                     *in_flight.entry(key.clone()).or_insert(0) += 1;
-                    (i, InFlightGuard { map: self.inner.in_flight.clone(), key })
+                    (chosen, InFlightGuard { map: self.inner.in_flight.clone(), key })
                 };
-                let (addr, instance) = endpoints[views].clone();
+                let (addr, instance) = chosen;
                 let base = format!("http://{addr}");
-                self.forward(invocation, base, instance, start, started, Some(guard)).await
+                let meta = (start, info.timeout);
+                self.forward(invocation, base, instance, meta, started, Some(guard)).await
             }
         }
     }

@@ -581,6 +581,33 @@ async fn invoke_at_zero_scales_up_and_reestablishes_a_broken_watch() {
 }
 
 #[tokio::test]
+async fn concurrent_invocations_at_zero_scale_once() {
+    let fake = FakeApi::new();
+    fake.set_auto_ready(false);
+    let server = FixtureServer::start(fake.clone()).await;
+    let inv = KubernetesInvoker::builder(fake.client()).base_url(server.base_url()).build();
+    inv.deploy(FunctionSpec::new("burst", "conformance/echo").label("com.openfaas.scale.min", "0"))
+        .await
+        .unwrap();
+    assert_eq!(inv.status(&f("burst")).await.unwrap().replicas, 0, "min 0 deploys at zero");
+    fake.take_requests();
+    let calls = (0..20).map(|i| {
+        let inv = inv.clone();
+        async move { inv.call("burst", format!("call {i}")).await }
+    });
+    let results = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(calls))
+        .await
+        .expect("answered in time");
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), format!("call {i}"));
+    }
+    let scales: Vec<_> =
+        fake.take_requests().into_iter().filter(|r| r.uri.ends_with("/scale?")).collect();
+    assert_eq!(scales.len(), 1, "one scale-from-zero for the whole burst");
+    assert_eq!(scales[0].body, Some(json!({"spec": {"replicas": 1}})));
+}
+
+#[tokio::test]
 async fn scale_from_zero_gives_up_with_unavailable_after_the_ready_timeout() {
     let fake = FakeApi::new();
     fake.set_auto_ready(false);
@@ -718,4 +745,35 @@ async fn a_kube_client_from_an_https_config_builds_without_a_crypto_provider_pan
     let inv = KubernetesInvoker::new(client);
     assert_eq!(inv.info().orchestration, "kubernetes");
     assert_eq!(inv.namespace(), "openfaas-fn");
+}
+
+#[tokio::test]
+async fn with_a_scheduler_max_inflight_is_respected_per_endpoint() {
+    let fake = FakeApi::new();
+    let (a, task) = instance_server("pod-a").await;
+    let inv =
+        KubernetesInvoker::builder(fake.client()).scheduler(Arc::new(LeastLoaded::new())).build();
+    inv.deploy(FunctionSpec::new("f", "img").max_concurrency(1)).await.unwrap();
+    fake.insert(
+        "endpointslices",
+        NS,
+        json!({
+            "metadata": {"name": "f-0", "namespace": NS,
+                         "labels": {"kubernetes.io/service-name": "f"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
+                           "targetRef": {"kind": "Pod", "name": "pod-a"}}],
+            "ports": [{"name": "http", "port": a.port()}]
+        }),
+    );
+    // The first response is held (its body unread): its instance counts as busy.
+    let held = inv.invoke(Invocation::post(f("f"), "1")).await.unwrap();
+    match inv.invoke(Invocation::post(f("f"), "2")).await {
+        Err(Error::Overloaded { message, .. }) => assert!(message.contains("f.openfaas-fn")),
+        other => panic!("expected Overloaded, got {:?}", other.map(|r| r.status())),
+    }
+    assert_eq!(held.into_body().collect_bytes().await.unwrap(), "pod-a /");
+    let again = inv.invoke(Invocation::post(f("f"), "3")).await.unwrap();
+    assert_eq!(again.into_body().collect_bytes().await.unwrap(), "pod-a /");
+    task.abort();
 }

@@ -192,7 +192,7 @@ impl KpaConfig {
         if !(self.max_scale_up_rate >= 1.0 && self.max_scale_down_rate >= 1.0) {
             return bad("maxScaleRate", "scale rates must be at least 1");
         }
-        if !(self.panic_threshold > 0.0) {
+        if self.panic_threshold.is_nan() || self.panic_threshold <= 0.0 {
             return bad("panicThreshold", "must be more than 0");
         }
         if self.max == 0 || self.min > self.max {

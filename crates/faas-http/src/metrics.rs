@@ -8,9 +8,11 @@
 //!
 //! `function_name` is `name.namespace`.
 
+use std::collections::HashMap;
+use std::sync::RwLock;
 use std::time::Duration;
 
-use metrics::{Key, Label, Level, Metadata, Recorder};
+use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
@@ -31,6 +33,9 @@ static METADATA: Metadata<'static> =
 pub struct GatewayMetrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    // Registered handles, so the hot path does not build keys.
+    started: RwLock<HashMap<String, Counter>>,
+    finished: RwLock<HashMap<(String, u16), (Counter, Histogram)>>,
 }
 
 impl std::fmt::Debug for GatewayMetrics {
@@ -54,7 +59,7 @@ impl GatewayMetrics {
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
-        GatewayMetrics { recorder, handle }
+        GatewayMetrics { recorder, handle, started: RwLock::default(), finished: RwLock::default() }
     }
 
     fn fname(name: &str) -> Vec<Label> {
@@ -63,18 +68,43 @@ impl GatewayMetrics {
 
     /// Counts a started invocation of `function` (`name.namespace`).
     pub fn started(&self, function: &str) {
+        if let Some(c) = self.started.read().ok().and_then(|m| m.get(function).cloned()) {
+            c.increment(1);
+            return;
+        }
         let key = Key::from_parts(INVOCATION_STARTED, Self::fname(function));
-        self.recorder.register_counter(&key, &METADATA).increment(1);
+        let c = self.recorder.register_counter(&key, &METADATA);
+        c.increment(1);
+        if let Ok(mut m) = self.started.write() {
+            if m.len() < 10_000 {
+                m.insert(function.to_string(), c);
+            }
+        }
     }
 
     /// Counts a finished invocation with its HTTP status code and duration.
     pub fn finished(&self, function: &str, code: u16, took: Duration) {
-        let mut labels = Self::fname(function);
-        labels.push(Label::new("code", code.to_string()));
-        let key = Key::from_parts(INVOCATION_TOTAL, labels.clone());
-        self.recorder.register_counter(&key, &METADATA).increment(1);
-        let key = Key::from_parts(FUNCTION_SECONDS, labels);
-        self.recorder.register_histogram(&key, &METADATA).record(took.as_secs_f64());
+        let cached =
+            self.finished.read().ok().and_then(|m| m.get(&(function.to_string(), code)).cloned());
+        let (c, h) = match cached {
+            Some(v) => v,
+            None => {
+                let mut labels = Self::fname(function);
+                labels.push(Label::new("code", code.to_string()));
+                let key = Key::from_parts(INVOCATION_TOTAL, labels.clone());
+                let c = self.recorder.register_counter(&key, &METADATA);
+                let key = Key::from_parts(FUNCTION_SECONDS, labels);
+                let h = self.recorder.register_histogram(&key, &METADATA);
+                if let Ok(mut m) = self.finished.write() {
+                    if m.len() < 10_000 {
+                        m.insert((function.to_string(), code), (c.clone(), h.clone()));
+                    }
+                }
+                (c, h)
+            }
+        };
+        c.increment(1);
+        h.record(took.as_secs_f64());
     }
 
     /// Sets the replica gauge of `function`.

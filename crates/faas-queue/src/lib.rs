@@ -45,6 +45,7 @@
 //! ```
 
 pub mod callback;
+pub mod gateway;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;

@@ -123,3 +123,27 @@ async fn memory_worker_stops_when_queue_closes() {
     assert_eq!(rec.state, faas_core::queue::AsyncState::Succeeded);
     handle.shutdown().await.unwrap();
 }
+
+/// The gateway invoker (used by the `faas-queue-worker` binary) forwards method, path,
+/// query, headers and body to `/function/NAME.NAMESPACE` and returns the answer.
+#[tokio::test]
+async fn gateway_invoker_forwards_to_the_function_route() {
+    use faas_core::Invoker;
+    let gw = CallbackServer::start(vec![]).await;
+    let base = gw.url.trim_end_matches("/cb").to_string();
+    let invoker =
+        faas_queue::gateway::GatewayInvoker::new(&base, std::time::Duration::from_secs(30))
+            .unwrap();
+    let inv = item("echo", "payload").to_invocation().unwrap();
+    let resp = bounded("invoke", invoker.invoke(inv)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = gw.wait_for(1).await;
+    assert_eq!(got[0].uri.to_string(), "/function/echo.openfaas-fn/sub/path?a=1&b=two");
+    assert_eq!(got[0].method, http::Method::POST);
+    assert_eq!(got[0].headers["x-custom"], "v");
+    assert_eq!(&got[0].body[..], b"payload");
+    assert!(matches!(
+        faas_queue::gateway::GatewayInvoker::new("ftp://x", std::time::Duration::from_secs(1)),
+        Err(Error::InvalidSpec { field, .. }) if field == "gateway"
+    ));
+}

@@ -47,10 +47,9 @@ use bytes::BytesMut;
 use faas_core::scheduler::Resources as NodeResources;
 use faas_core::spec::{validate_secret_name, ScalingPolicy, DEFAULT_NAMESPACE};
 use faas_core::{
-    Body, DeveloperErrorKind, Error, FunctionRef, FunctionSpec, FunctionStatus,
-    InstanceView, Invocation, InvocationMeta, Invoker, LeastLoaded, LogEntry, LogStream,
-    LogsRequest, Node, PlacementRequest, ProviderInfo, Response, Result, Scheduler, Secret,
-    SecretInfo, StartKind,
+    Body, DeveloperErrorKind, Error, FunctionRef, FunctionSpec, FunctionStatus, InstanceView,
+    Invocation, InvocationMeta, Invoker, LeastLoaded, LogEntry, LogStream, LogsRequest, Node,
+    PlacementRequest, ProviderInfo, Response, Result, Scheduler, Secret, SecretInfo, StartKind,
 };
 use futures::StreamExt;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -110,7 +109,7 @@ impl std::fmt::Debug for ProcessInvokerBuilder {
 impl Default for ProcessInvokerBuilder {
     fn default() -> Self {
         ProcessInvokerBuilder {
-            watchdog: vec!["faas-watchdog".into()],
+            watchdog: vec![default_watchdog()],
             state_dir: None,
             scheduler: Arc::new(LeastLoaded::new()),
             start_timeout: Duration::from_secs(30),
@@ -122,16 +121,28 @@ impl Default for ProcessInvokerBuilder {
     }
 }
 
+/// `faas-watchdog` next to the running executable if there is one, else `faas-watchdog`
+/// (found on `PATH`).
+fn default_watchdog() -> OsString {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("faas-watchdog")))
+        .filter(|p| p.is_file())
+        .map(PathBuf::into_os_string)
+        .unwrap_or_else(|| "faas-watchdog".into())
+}
+
 impl ProcessInvokerBuilder {
-    /// The watchdog command: a program and its leading arguments (default `faas-watchdog`
-    /// found on `PATH`). The `faas` binary passes its own path and `watchdog`; tests pass
+    /// The watchdog command: a program and its leading arguments (default: `faas-watchdog`
+    /// next to the running executable, else on `PATH`). The `faas` binary passes its own path and `watchdog`; tests pass
     /// `env!("CARGO_BIN_EXE_faas-watchdog")`.
     pub fn watchdog_command<I, A>(mut self, program: impl Into<OsString>, args: I) -> Self
     where
         I: IntoIterator<Item = A>,
         A: Into<OsString>,
     {
-        self.watchdog = std::iter::once(program.into()).chain(args.into_iter().map(Into::into)).collect();
+        self.watchdog =
+            std::iter::once(program.into()).chain(args.into_iter().map(Into::into)).collect();
         self
     }
 
@@ -376,12 +387,8 @@ impl LogBook {
             text,
         };
         if let Some(f) = file {
-            let _ = writeln!(
-                f,
-                "{} {}",
-                faas_core::spec::rfc3339::format(entry.timestamp),
-                entry.text
-            );
+            let _ =
+                writeln!(f, "{} {}", faas_core::spec::rfc3339::format(entry.timestamp), entry.text);
         }
         {
             let mut e = lock(&self.entries);
@@ -647,7 +654,10 @@ impl Func {
         let mut crashed_early = false;
         st.replicas.retain(|r| {
             let gone = r.exited.load(Ordering::SeqCst);
-            if gone && !r.stopping.load(Ordering::SeqCst) && r.started.elapsed() < Duration::from_secs(10) {
+            if gone
+                && !r.stopping.load(Ordering::SeqCst)
+                && r.started.elapsed() < Duration::from_secs(10)
+            {
                 crashed_early = true;
             }
             !gone
@@ -668,7 +678,10 @@ impl Func {
             let mut none = None;
             self.logs.push(
                 "backend",
-                format!("idle for {}: scaling to zero", faas_core::util::format_duration(st.policy.idle_timeout())),
+                format!(
+                    "idle for {}: scaling to zero",
+                    faas_core::util::format_duration(st.policy.idle_timeout())
+                ),
                 &mut none,
             );
             st.desired = 0;
@@ -690,7 +703,9 @@ impl Func {
         if live.len() > desired {
             // Stop the extra ones: not-ready first, then the least busy.
             let mut order = live.clone();
-            order.sort_by_key(|r| (r.ready.load(Ordering::SeqCst), r.in_flight.load(Ordering::SeqCst)));
+            order.sort_by_key(|r| {
+                (r.ready.load(Ordering::SeqCst), r.in_flight.load(Ordering::SeqCst))
+            });
             for r in order.into_iter().take(live.len() - desired) {
                 stop_replica(r);
             }
@@ -860,7 +875,11 @@ async fn run_replica(shared: Weak<Shared>, f: Weak<Func>, r: Arc<Replica>, launc
             Err(e) => e.to_string(),
         };
         let mut none = None;
-        func.logs.push(&r.id, format!("replica exited unexpectedly ({how}); replacing it"), &mut none);
+        func.logs.push(
+            &r.id,
+            format!("replica exited unexpectedly ({how}); replacing it"),
+            &mut none,
+        );
     }
     // Nothing of the replica's process group survives it.
     sys::kill_group(pid, sys::SIGKILL);
@@ -1093,7 +1112,9 @@ impl Invoker for ProcessInvoker {
         let sh = &self.inner;
         let func = {
             let mut functions = sh.functions.write().unwrap_or_else(|e| e.into_inner());
-            functions.remove(function).ok_or_else(|| Error::function_not_found(function.to_string()))?
+            functions
+                .remove(function)
+                .ok_or_else(|| Error::function_not_found(function.to_string()))?
         };
         let replicas = {
             let mut st = lock(&func.state);
@@ -1184,7 +1205,10 @@ impl Invoker for ProcessInvoker {
             if tokio::time::timeout_at(arrived + bound, notified).await.is_err() {
                 let after = faas_core::util::format_duration(bound);
                 return Err(if starting {
-                    Error::unavailable(format!("no instance of {} became ready in {after}", func.fref))
+                    Error::unavailable(format!(
+                        "no instance of {} became ready in {after}",
+                        func.fref
+                    ))
                 } else {
                     Error::Overloaded {
                         message: format!("every instance of {} stayed busy for {after}", func.fref),
@@ -1220,12 +1244,16 @@ impl Invoker for ProcessInvoker {
         let resp = match result {
             Ok(r) => r,
             Err(e) => {
-                let died = replica.exited.load(Ordering::SeqCst) || replica.stopping.load(Ordering::SeqCst);
+                let died = replica.exited.load(Ordering::SeqCst)
+                    || replica.stopping.load(Ordering::SeqCst);
                 func.wake.notify_one();
                 return Err(if died {
                     Error::developer(
                         DeveloperErrorKind::Crash,
-                        format!("instance {} of {} exited during the invocation: {e}", replica.id, func.fref),
+                        format!(
+                            "instance {} of {} exited during the invocation: {e}",
+                            replica.id, func.fref
+                        ),
                     )
                 } else {
                     Error::unavailable(format!(
@@ -1237,7 +1265,8 @@ impl Invoker for ProcessInvoker {
         };
         let (parts, body) = resp.into_parts();
         let resp = Response::from_parts(parts, Body::new(body));
-        let reason = resp.headers().get(ERROR_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let reason =
+            resp.headers().get(ERROR_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
         let resp = match reason {
             Some(reason) => watchdog_error(&reason, resp, &func.fref, &replica.id).await?,
             None => resp,
@@ -1273,7 +1302,11 @@ impl Invoker for ProcessInvoker {
                 let skip = snap.len().saturating_sub(t);
                 snap.drain(..skip);
             }
-            let rx = if request.follow { lock(&book.tx).as_ref().map(|tx| tx.subscribe()) } else { None };
+            let rx = if request.follow {
+                lock(&book.tx).as_ref().map(|tx| tx.subscribe())
+            } else {
+                None
+            };
             (snap, rx)
         };
         let head = futures::stream::iter(snapshot.into_iter().map(Ok));
@@ -1326,7 +1359,9 @@ impl Invoker for ProcessInvoker {
             return Err(Error::AlreadyExists { kind: "secret", name: secret.name });
         }
         if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(|e| io_err("creating the secrets dir", e))?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| io_err("creating the secrets dir", e))?;
             set_private(parent, 0o700);
         }
         write_atomic(&path, &secret.value).await

@@ -254,9 +254,10 @@ pub fn split_command(s: &str) -> Result<Vec<String>, String> {
 impl Config {
     /// Reads the configuration from the process environment.
     pub fn from_env() -> Result<Config, Error> {
-        Config::from_vars(std::env::vars_os().filter_map(|(k, v)| {
-            Some((k.into_string().ok()?, v.into_string().ok()?))
-        }))
+        Config::from_vars(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
     }
 
     /// Reads the configuration from variables (name, value); unknown names are ignored.
@@ -267,8 +268,10 @@ impl Config {
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        let vars: HashMap<String, String> =
-            vars.into_iter().map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string())).collect();
+        let vars: HashMap<String, String> = vars
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string()))
+            .collect();
         let get = |k: &str| vars.get(k).map(String::as_str).filter(|v| !v.trim().is_empty());
         let dur = |k: &str, default: Duration| -> Result<Duration, Error> {
             match get(k) {
@@ -311,14 +314,15 @@ impl Config {
             return Err(Error::invalid("upstream_url", "is required in http mode"));
         }
         if let Some(p) = get("port") {
-            c.port =
-                p.trim().parse().map_err(|_| Error::invalid("port", format!("{p:?} is not a port")))?;
-        }
-        if let Some(a) = get("bind_address") {
-            c.bind_address = a
+            c.port = p
                 .trim()
                 .parse()
-                .map_err(|_| Error::invalid("bind_address", format!("{a:?} is not an IP address")))?;
+                .map_err(|_| Error::invalid("port", format!("{p:?} is not a port")))?;
+        }
+        if let Some(a) = get("bind_address") {
+            c.bind_address = a.trim().parse().map_err(|_| {
+                Error::invalid("bind_address", format!("{a:?} is not an IP address"))
+            })?;
         }
         c.read_timeout = dur("read_timeout", c.read_timeout)?;
         c.write_timeout = dur("write_timeout", c.write_timeout)?;
@@ -339,8 +343,9 @@ impl Config {
             c.log_requests = parse_bool("log_requests", v)?;
         }
         if let Some(v) = get("content_type") {
-            HeaderValue::from_str(v.trim())
-                .map_err(|_| Error::invalid("content_type", format!("{v:?} is not a header value")))?;
+            HeaderValue::from_str(v.trim()).map_err(|_| {
+                Error::invalid("content_type", format!("{v:?} is not a header value"))
+            })?;
             c.content_type = Some(v.trim().to_string());
         }
         if let Some(v) = get("static_path") {
@@ -444,7 +449,8 @@ fn text(status: StatusCode, reason: &'static str, msg: impl Into<String>) -> Res
     }
     let mut r = Response::new(Body::from(msg));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r.headers_mut().insert(ERROR_HEADER, HeaderValue::from_static(reason));
     r
 }
@@ -492,7 +498,9 @@ where
     };
     let upstream = match (config.mode, &config.upstream_url) {
         (Mode::Http, Some(u)) => Some(Upstream::new(u).await?),
-        (Mode::Http, None) => return Err(Error::invalid("upstream_url", "is required in http mode")),
+        (Mode::Http, None) => {
+            return Err(Error::invalid("upstream_url", "is required in http mode"))
+        }
         _ => None,
     };
     let shared = Arc::new(Shared {
@@ -557,9 +565,8 @@ where
     drop(listener);
     let inflight = shared.inflight.load(Ordering::SeqCst);
     log(format!("listener closed; draining {inflight} in-flight request(s)"));
-    let drain_bound = shared
-        .deadline
-        .map(|(d, _)| d.max(shared.cfg.write_timeout) + Duration::from_secs(1));
+    let drain_bound =
+        shared.deadline.map(|(d, _)| d.max(shared.cfg.write_timeout) + Duration::from_secs(1));
     match drain_bound {
         Some(b) => {
             if tokio::time::timeout(b, graceful.shutdown()).await.is_err() {
@@ -681,7 +688,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             format!("concurrent request limit (max_inflight={max}) exceeded"),
         );
     }
-    let log_req = shared.cfg.log_requests.then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
+    let log_req =
+        shared.cfg.log_requests.then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
     let resp = match shared.cfg.mode {
         Mode::Streaming => fork(&shared, req, true).await,
         Mode::Serializing => fork(&shared, req, false).await,
@@ -798,7 +806,6 @@ enum Event {
     TimedOut,
 }
 
-
 enum Input {
     Full(Bytes),
     Stream(Incoming),
@@ -812,7 +819,10 @@ async fn fork(shared: &Arc<Shared>, req: Request<Incoming>, streaming: bool) -> 
     let (parts, body) = req.into_parts();
     let ct = response_content_type(shared, parts.headers.get(header::CONTENT_TYPE));
 
-    let input = if streaming {
+    // A small body of known length is read before spawning even in streaming mode (it has
+    // usually arrived with the headers): one task fewer per request.
+    let small = http_body::Body::size_hint(&body).exact().is_some_and(|n| n <= 16 * 1024);
+    let input = if streaming && !small {
         Input::Stream(body)
     } else {
         // Serializing mode reads the whole body first, bounded by read_timeout.
@@ -947,13 +957,16 @@ async fn fork(shared: &Arc<Shared>, req: Request<Incoming>, streaming: bool) -> 
             Err(_) => {
                 drop(kill);
                 let _ = child.wait().await;
-                let (_, d, name) = deadline.unwrap_or((Instant::now(), Duration::ZERO, "exec_timeout"));
+                let (_, d, name) =
+                    deadline.unwrap_or((Instant::now(), Duration::ZERO, "exec_timeout"));
                 log(format!("{name} exceeded; killed the function process group"));
                 timeout_response(name, d)
             }
-            Ok((_, _, Err(e))) => {
-                text(StatusCode::INTERNAL_SERVER_ERROR, "wait", format!("waiting for the function process: {e}"))
-            }
+            Ok((_, _, Err(e))) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "wait",
+                format!("waiting for the function process: {e}"),
+            ),
             Ok((mut out, err, Ok(status))) => {
                 kill.disarm();
                 if combine {
@@ -1020,7 +1033,9 @@ async fn run_streaming(
     mut kill: GroupKill,
 ) {
     let sleep = tokio::time::sleep_until(
-        deadline.map(|(at, _, _)| at).unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365)),
+        deadline
+            .map(|(at, _, _)| at)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365)),
     );
     tokio::pin!(sleep);
     let mut obuf = BytesMut::new();
@@ -1109,7 +1124,11 @@ impl http_body::Body for ChanBody {
                 if s.success() {
                     Poll::Ready(None)
                 } else {
-                    Poll::Ready(Some(Err(format!("function process exited with {}", exit_message(&s)).into())))
+                    Poll::Ready(Some(Err(format!(
+                        "function process exited with {}",
+                        exit_message(&s)
+                    )
+                    .into())))
                 }
             }
             Poll::Ready(Some(Event::TimedOut)) => {
@@ -1145,11 +1164,24 @@ impl Upstream {
             .authority()
             .ok_or_else(|| Error::invalid("upstream_url", "needs a host and port"))?;
         let port = authority.port_u16().unwrap_or(80);
-        let addr = tokio::net::lookup_host((authority.host(), port))
-            .await
-            .map_err(|e| Error::invalid("upstream_url", format!("cannot resolve {authority}: {e}")))?
-            .next()
-            .ok_or_else(|| Error::invalid("upstream_url", format!("{authority} has no address")))?;
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        // Literal addresses and localhost need no resolver (a static binary in a scratch
+        // image has no NSS configuration).
+        let addr = if let Ok(ip) = host.parse::<IpAddr>() {
+            SocketAddr::new(ip, port)
+        } else if host.eq_ignore_ascii_case("localhost") {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+        } else {
+            tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| {
+                    Error::invalid("upstream_url", format!("cannot resolve {authority}: {e}"))
+                })?
+                .next()
+                .ok_or_else(|| {
+                    Error::invalid("upstream_url", format!("{authority} has no address"))
+                })?
+        };
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.enforce_http(true);
@@ -1360,7 +1392,8 @@ fn guess_type(p: &Path) -> &'static str {
 async fn serve_static(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     use std::os::unix::ffi::OsStrExt;
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method", "static mode serves GET and HEAD");
+        let mut r =
+            text(StatusCode::METHOD_NOT_ALLOWED, "method", "static mode serves GET and HEAD");
         r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
@@ -1383,7 +1416,8 @@ async fn serve_static(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<
     match tokio::fs::read(&path).await {
         Ok(bytes) => {
             let ct = match &shared.cfg.content_type {
-                Some(c) => HeaderValue::from_str(c).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+                Some(c) => HeaderValue::from_str(c)
+                    .unwrap_or(HeaderValue::from_static("application/octet-stream")),
                 None => HeaderValue::from_static(guess_type(&path)),
             };
             let len = bytes.len();
@@ -1396,7 +1430,9 @@ async fn serve_static(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<
             r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             r
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => text(StatusCode::NOT_FOUND, "path", "not found"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            text(StatusCode::NOT_FOUND, "path", "not found")
+        }
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             text(StatusCode::FORBIDDEN, "path", "forbidden")
         }
@@ -1434,7 +1470,8 @@ mod tests {
         assert_eq!(field(&[("fprocess", "cat"), ("max_inflight", "-1")]), "max_inflight");
         assert_eq!(field(&[("fprocess", "cat"), ("port", "99999")]), "port");
         assert_eq!(field(&[("fprocess", "cat"), ("prefix_logs", "maybe")]), "prefix_logs");
-        let c = Config::from_vars([("function_process", "cat -"), ("write_timeout", "3s")]).unwrap();
+        let c =
+            Config::from_vars([("function_process", "cat -"), ("write_timeout", "3s")]).unwrap();
         assert_eq!(c.fprocess, vec!["cat", "-"]);
         assert_eq!(c.healthcheck_interval, Duration::from_secs(3));
         assert_eq!(c.deadline(), Some((Duration::from_secs(3), "write_timeout")));

@@ -123,7 +123,11 @@ async fn a_crashed_replica_is_replaced() {
     let before = inv.instance_pids(&f).unwrap();
     assert_eq!(before.len(), 1);
     let (old_id, old_pid) = before[0].clone();
-    assert!(std::process::Command::new("kill").args(["-KILL", &old_pid.to_string()]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-KILL", &old_pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
     assert!(wait_gone(old_pid, Duration::from_secs(10)).await);
     tokio::time::timeout(Duration::from_secs(60), async {
         loop {
@@ -148,9 +152,13 @@ async fn a_crashed_replica_is_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fork_mode_functions_get_env_and_a_secrets_directory() {
     let inv = invoker("fork-env");
-    inv.create_secret(Secret { name: "api-key".into(), namespace: "openfaas-fn".into(), value: "k1".into() })
-        .await
-        .unwrap();
+    inv.create_secret(Secret {
+        name: "api-key".into(),
+        namespace: "openfaas-fn".into(),
+        value: "k1".into(),
+    })
+    .await
+    .unwrap();
     inv.deploy(
         FunctionSpec::new("show", "none")
             .process(r#"sh -c 'echo "$GREETING"; cat "$OPENFAAS_SECRETS_DIR/api-key"; echo; echo "$Http_X_Test_A"'"#)
@@ -168,15 +176,21 @@ async fn fork_mode_functions_get_env_and_a_secrets_directory() {
     let body = resp.into_body().collect_bytes().await.unwrap();
     assert_eq!(body, "hello\nk1\nheader-value\n");
     // An updated secret is visible on the next read.
-    inv.update_secret(Secret { name: "api-key".into(), namespace: "openfaas-fn".into(), value: "k2".into() })
-        .await
-        .unwrap();
+    inv.update_secret(Secret {
+        name: "api-key".into(),
+        namespace: "openfaas-fn".into(),
+        value: "k2".into(),
+    })
+    .await
+    .unwrap();
     let body = inv.call("show", "").await.unwrap();
     assert!(String::from_utf8_lossy(&body).contains("k2"), "{body:?}");
     // A non-zero exit is a developer error (crash) carrying the watchdog's message.
     inv.deploy(FunctionSpec::new("fails", "none").process("sh -c 'exit 4'")).await.unwrap();
     match inv.invoke(Invocation::post("fails", "")).await {
-        Err(Error::Developer { message, .. }) => assert!(message.contains("exit code 4"), "{message}"),
+        Err(Error::Developer { message, .. }) => {
+            assert!(message.contains("exit code 4"), "{message}")
+        }
         other => panic!("expected a developer error, got {other:?}"),
     }
 }

@@ -87,15 +87,13 @@ async fn non_zero_exit_is_500_with_stderr_logged_in_both_fork_modes() {
             assert_eq!(r.header("x-watchdog-error"), Some("exit"));
             assert!(!r.text().contains("oops"), "stderr stays out of the body");
         }
-        w.wait_for_line("with the prefixed stderr", |l| {
-            l.contains("stderr: oops-on-stderr")
-        })
-        .await;
+        w.wait_for_line("with the prefixed stderr", |l| l.contains("stderr: oops-on-stderr")).await;
         w.wait_for_line("reporting the exit code", |l| l.contains("exit code 3")).await;
     }
     // Failing before any output: 500 in streaming mode too.
-    let w = spawn_watchdog(&[("fprocess", "sh -c 'echo bad >&2; exit 7'"), ("prefix_logs", "false")])
-        .await;
+    let w =
+        spawn_watchdog(&[("fprocess", "sh -c 'echo bad >&2; exit 7'"), ("prefix_logs", "false")])
+            .await;
     let r = post(&w.url("/"), "").await;
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(r.text().contains("exit code 7"), "{}", r.text());
@@ -114,8 +112,8 @@ async fn combine_output_puts_stderr_in_the_body() {
     let r = post(&w.url("/"), "").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.text(), "out\nerr\n");
-    let w = spawn_watchdog(&[("fprocess", "sh -c 'echo err >&2'"), ("combine_output", "true")])
-        .await;
+    let w =
+        spawn_watchdog(&[("fprocess", "sh -c 'echo err >&2'"), ("combine_output", "true")]).await;
     let r = post(&w.url("/"), "").await;
     assert_eq!(r.text(), "err\n");
 }
@@ -148,12 +146,9 @@ async fn exec_timeout_answers_504_and_kills_the_process_group() {
 
 #[tokio::test]
 async fn write_timeout_bounds_the_response_too() {
-    let w = spawn_watchdog(&[
-        ("fprocess", "sleep 30"),
-        ("exec_timeout", "0"),
-        ("write_timeout", "1s"),
-    ])
-    .await;
+    let w =
+        spawn_watchdog(&[("fprocess", "sleep 30"), ("exec_timeout", "0"), ("write_timeout", "1s")])
+            .await;
     let r = post(&w.url("/"), "").await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(r.text().trim(), "write_timeout of 1s exceeded");
@@ -327,7 +322,12 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     .await
     .expect("the slow request never started its process");
     let pid = w.pid();
-    assert!(std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success());
     w.wait_for_line("announcing the shutdown", |l| l.contains("shutting down")).await;
     let h = get(&w.url("/_/health")).await;
     assert_eq!(h.status, StatusCode::SERVICE_UNAVAILABLE);

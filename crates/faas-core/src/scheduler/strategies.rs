@@ -330,6 +330,9 @@ impl Spread {
     }
 }
 
+/// Per label value: allocated slots, capacity slots, best node and its utilisation after.
+type Group = (u64, u64, Option<(usize, f64)>);
+
 impl Scheduler for Spread {
     fn place(&self, request: &PlacementRequest<'_>, nodes: &[Node]) -> Result<usize> {
         let n = nodes.len();
@@ -355,7 +358,7 @@ impl Scheduler for Spread {
             return best.map(|(i, _)| i).ok_or_else(|| request.unplaceable(nodes));
         };
         // Per group: (allocated slots, capacity slots, best node, its utilisation after).
-        let mut groups: HashMap<&str, (u64, u64, Option<(usize, f64)>)> = HashMap::new();
+        let mut groups: HashMap<&str, Group> = HashMap::new();
         for k in 0..n {
             let i = if offset + k >= n { offset + k - n } else { offset + k };
             let node = &nodes[i];

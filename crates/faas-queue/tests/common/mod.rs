@@ -134,6 +134,8 @@ pub fn response(status: u16, body: impl Into<Bytes>) -> Response {
 /// One callback POST received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    pub uri: http::Uri,
+    pub method: http::Method,
     pub headers: http::HeaderMap,
     pub body: Bytes,
 }
@@ -176,7 +178,12 @@ impl CallbackServer {
                                 body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
                             let status = s.lock().unwrap().pop_front().unwrap_or(200);
                             if status == 200 {
-                                r.lock().unwrap().push(Received { headers: parts.headers, body });
+                                r.lock().unwrap().push(Received {
+                                    uri: parts.uri,
+                                    method: parts.method,
+                                    headers: parts.headers,
+                                    body,
+                                });
                                 n.notify_waiters();
                             }
                             let mut resp =

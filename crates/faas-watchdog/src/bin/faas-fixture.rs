@@ -82,7 +82,9 @@ fn main() -> std::process::ExitCode {
         .or_else(|| std::env::var("FIXTURE_BEHAVIOUR").ok())
         .unwrap_or_else(|| "echo".into());
     let Some(behaviour) = parse_behaviour(&b) else {
-        return fail(format!("--behaviour/FIXTURE_BEHAVIOUR: {b:?} is not echo, env, sleep, crash or log"));
+        return fail(format!(
+            "--behaviour/FIXTURE_BEHAVIOUR: {b:?} is not echo, env, sleep, crash or log"
+        ));
     };
     let state = Arc::new(State {
         behaviour,
@@ -141,7 +143,10 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'%' if i + 2 < b.len() => {
-                match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     Some(v) => {
                         out.push(v);
                         i += 3;
@@ -192,7 +197,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Resp {
             let mut echoed = Vec::new();
             for (name, value) in req.headers() {
                 if name.as_str().starts_with("x-test-") {
-                    if let Ok(n) = HeaderName::from_bytes(format!("x-echo-{}", name.as_str()).as_bytes()) {
+                    if let Ok(n) =
+                        HeaderName::from_bytes(format!("x-echo-{}", name.as_str()).as_bytes())
+                    {
                         echoed.push((n, value.clone()));
                     }
                 }
@@ -249,13 +256,16 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Resp {
             let n = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             let _g = InFlight(&state);
             state.peak.fetch_max(n, Ordering::SeqCst);
-            let ms = query_param(query.as_deref(), "ms").and_then(|v| v.parse::<u64>().ok()).unwrap_or(100);
+            let ms = query_param(query.as_deref(), "ms")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(100);
             tokio::time::sleep(Duration::from_millis(ms)).await;
             let mut r = resp(StatusCode::OK, "slept");
             if let Ok(v) = HeaderValue::from_str(&state.instance) {
                 r.headers_mut().insert("x-instance", v);
             }
-            r.headers_mut().insert("x-max-inflight", HeaderValue::from(state.peak.load(Ordering::SeqCst)));
+            r.headers_mut()
+                .insert("x-max-inflight", HeaderValue::from(state.peak.load(Ordering::SeqCst)));
             r
         }
         Behaviour::Crash => {

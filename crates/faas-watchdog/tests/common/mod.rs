@@ -181,8 +181,11 @@ pub async fn wait_gone(pid: u32, bound: Duration) -> bool {
 
 /// A fresh temporary directory under the system temp dir.
 pub fn temp_dir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir()
-        .join(format!("faas-watchdog-test-{tag}-{}-{:x}", std::process::id(), rand_u64()));
+    let d = std::env::temp_dir().join(format!(
+        "faas-watchdog-test-{tag}-{}-{:x}",
+        std::process::id(),
+        rand_u64()
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -190,7 +193,10 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    h.write_u64(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            as u64,
+    );
     h.finish()
 }
 

@@ -1,0 +1,32 @@
+//! The gateway benchmark's subject: the full default gateway (tracing span, body limit,
+//! routing, metrics, call-id headers) invoking an in-memory function `ok` that answers `ok`.
+//!
+//! `bench-gateway-memory [ADDR]` (default `127.0.0.1:18082`); the function is at
+//! `/function/ok`. See `benches/wrk/gateway.sh`.
+
+use std::sync::Arc;
+
+use faas_core::{handler_fn, Context, Error, FunctionSpec, Invoker, MemoryInvoker, Request};
+use faas_http::{Gateway, GatewayConfig};
+
+fn main() -> std::io::Result<()> {
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:18082".into());
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let invoker = MemoryInvoker::new();
+        invoker.register(
+            "bench/ok",
+            handler_fn(|_r: Request, _c: Context| async { Ok::<_, Error>("ok") }),
+        );
+        invoker
+            .deploy(FunctionSpec::new("ok", "bench/ok"))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let gateway = Gateway::builder(Arc::new(invoker) as Arc<dyn Invoker>)
+            .config(GatewayConfig::default())
+            .build();
+        let listener = tokio::net::TcpListener::bind(&addr).await?;
+        eprintln!("gateway on memory listening on http://{addr}/function/ok");
+        faas_http::serve(listener, gateway.service(), std::future::pending()).await
+    })
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Gateway overhead benchmark: in one run, a bare hyper server answering `ok` versus the full
+# faas-rs gateway invoking an in-memory function answering `ok`. Same wrk settings for both.
+#
+#   benches/wrk/gateway.sh [DURATION] [CONNECTIONS] [THREADS]     (defaults 10s 64 2)
+#
+# Needs `wrk`. Targets only 127.0.0.1. Target: gateway >= 70% of bare throughput, p99 <= 2x.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DUR=${1:-10s}; CONNS=${2:-64}; THREADS=${3:-2}
+BARE=127.0.0.1:18081; GW=127.0.0.1:18082
+cargo build --release -q -p faas-benches --bin bench-bare-hyper --bin bench-gateway-memory
+BIN="${CARGO_TARGET_DIR:-target}/release"
+"$BIN/bench-bare-hyper" "$BARE" 2>/dev/null & P1=$!
+"$BIN/bench-gateway-memory" "$GW" 2>/dev/null & P2=$!
+trap 'kill $P1 $P2 2>/dev/null || true' EXIT
+for url in "http://$BARE/" "http://$GW/function/ok"; do
+  for _ in $(seq 1 100); do curl -sf -o /dev/null "$url" && break; sleep 0.1; done
+done
+run() { # url -> "rps p99_ms"
+  local out; out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DUR" --latency "$1")
+  local rps; rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  local p99; p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out")
+  echo "$rps $p99"
+}
+# Warm up both, then measure.
+wrk -t1 -c8 -d2s "http://$BARE/" >/dev/null; wrk -t1 -c8 -d2s "http://$GW/function/ok" >/dev/null
+read -r BRPS BP99 < <(run "http://$BARE/")
+read -r GRPS GP99 < <(run "http://$GW/function/ok")
+echo "wrk -t$THREADS -c$CONNS -d$DUR --latency"
+printf "%-28s %12s %10s\n" "server" "req/s" "p99 ms"
+printf "%-28s %12s %10s\n" "bare hyper (ok)" "$BRPS" "$BP99"
+printf "%-28s %12s %10s\n" "gateway -> memory fn (ok)" "$GRPS" "$GP99"
+awk -v b="$BRPS" -v g="$GRPS" -v bp="$BP99" -v gp="$GP99" 'BEGIN {
+  printf "gateway/bare throughput: %.1f%% (target >= 70%%)\n", 100*g/b;
+  printf "gateway/bare p99: %.2fx (target <= 2x)\n", gp/bp }'

@@ -1,0 +1,157 @@
+//! The `faas` binary end to end: `faas up -f examples/stack.yml` on the embedded process
+//! backend, then the client subcommands against it, over real TCP on 127.0.0.1.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use faas_http::client::GatewayClient;
+use http::Method;
+
+fn faas(gateway: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_faas"))
+        .args(args)
+        .env("OPENFAAS_URL", gateway)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run faas")
+}
+
+fn ok(gateway: &str, args: &[&str]) -> String {
+    let out = faas(gateway, args);
+    assert!(
+        out.status.success(),
+        "faas {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Up(std::process::Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // SIGINT first (what Ctrl-C sends), so `up` removes its functions; then kill.
+        let _ = Command::new("kill").arg("-INT").arg(self.0.id().to_string()).status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faas_up_serves_the_example_stack_and_the_cli_drives_it() {
+    let stack = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/stack.yml");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let gw = format!("http://127.0.0.1:{port}");
+    let state = std::env::temp_dir().join(format!("faas-cli-test-{}", std::process::id()));
+    let child = Command::new(env!("CARGO_BIN_EXE_faas"))
+        .args(["up", "-f"])
+        .arg(&stack)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
+        .arg(&state)
+        .env_remove("basic_auth")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start faas up");
+    let _up = Up(child);
+
+    let client = GatewayClient::new(&gw).unwrap().with_timeout(Duration::from_secs(30));
+    // Ready once every example function is listed with an available replica.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Ok(list) = client.list(None).await {
+                if list.len() == 4 && list.iter().all(|f| f.available_replicas > 0) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("faas up serves the example functions");
+
+    let call = |name: &'static str, body: &'static str| {
+        let client = client.clone();
+        async move {
+            let r = client.invoke(name, Method::POST, &[], Bytes::from(body), false).await.unwrap();
+            assert_eq!(r.status, 200, "{name}: {}", r.text());
+            r
+        }
+    };
+    assert_eq!(call("uppercase", "hello world").await.text(), "HELLO WORLD");
+    assert_eq!(call("wordcount", "one two three").await.text().trim(), "3");
+    assert_eq!(
+        call("sha256", "abc").await.text().trim(),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    let r = call("echo-json", r#"{"a":1}"#).await;
+    assert_eq!(r.text(), r#"{"a":1}"#);
+    assert_eq!(r.headers["content-type"], "application/json");
+
+    // The client subcommands.
+    let list = ok(&gw, &["list"]);
+    for f in ["uppercase", "wordcount", "sha256", "echo-json"] {
+        assert!(list.contains(f), "{list}");
+    }
+    let d = ok(&gw, &["describe", "sha256"]);
+    assert!(d.contains("Status:             Ready") && d.contains("sha256sum"), "{d}");
+    assert_eq!(ok(&gw, &["invoke", "uppercase", "-d", "cli"]), "CLI");
+    let out = faas(&gw, &["invoke", "uppercase", "--async", "-d", "later"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("202"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // --gateway overrides OPENFAAS_URL.
+    let out = Command::new(env!("CARGO_BIN_EXE_faas"))
+        .args(["list", "--gateway", &gw])
+        .env("OPENFAAS_URL", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    ok(&gw, &["deploy", "--name", "rev", "--image", "faas-rs/rev", "--fprocess", "rev"]);
+    assert_eq!(ok(&gw, &["invoke", "rev", "-d", "abc"]).trim(), "cba");
+    ok(&gw, &["scale", "rev", "--replicas", "2"]);
+    let st = client.describe("rev", None).await.unwrap();
+    assert_eq!(st.replicas, 2);
+    ok(&gw, &["secret", "create", "api-key", "--from-literal", "s3cr3t"]);
+    assert!(ok(&gw, &["secret", "list"]).contains("api-key"));
+    ok(&gw, &["secret", "remove", "api-key"]);
+    assert!(!ok(&gw, &["secret", "list"]).contains("api-key"));
+    let logs = ok(&gw, &["logs", "rev"]);
+    assert!(logs.contains("rev"), "{logs}");
+    ok(&gw, &["remove", "rev"]);
+    let out = faas(&gw, &["invoke", "rev", "-d", "x"]);
+    assert!(!out.status.success(), "invoking a removed function fails");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    // A bad stack file is a clear error naming the field.
+    let bad = state.join("bad.yml");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(&bad, "functions:\n  Bad_Name:\n    fprocess: cat\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_faas"))
+        .args(["deploy", "-f"])
+        .arg(&bad)
+        .env("OPENFAAS_URL", &gw)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("functions.Bad_Name.name"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
