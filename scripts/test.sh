@@ -24,6 +24,12 @@ fi
 
 bash scripts/ensure-docker.sh
 
+# The Docker tests put a static faas-watchdog and faas-fixture into a busybox image. Build them
+# up front (in their own target dir, so the test processes never wait on cargo's lock).
+echo "== building the static watchdog for test images"
+CARGO_TARGET_DIR=target/static RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build -p faas-watchdog --bins --target x86_64-unknown-linux-gnu
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
   cargo test --workspace --doc

@@ -167,7 +167,10 @@ pub struct InvocationMeta {
 
 /// A log sink a handler writes to; lines end up in the instance's logs.
 #[derive(Clone, Default)]
-pub struct LogSink(Option<Arc<dyn Fn(&str) + Send + Sync>>);
+pub struct LogSink(Option<LogFn>);
+
+/// The function behind a [`LogSink`].
+type LogFn = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl LogSink {
     /// A sink calling `f` for each line.

@@ -35,6 +35,7 @@ pub mod util;
 pub mod conformance;
 
 pub use activation::{Activation, ActivationResponse};
+pub use autoscale::{AutoscaleConfig, Autoscaled, Kpa, KpaConfig, Observation};
 pub use body::{Body, BoxError};
 pub use error::{DeveloperErrorKind, Error, Result, StatusCode};
 pub use event::{Delivery, Event, EventSource, Rule, Trigger};
@@ -47,9 +48,8 @@ pub use invoker::{
 };
 pub use memory::MemoryInvoker;
 pub use queue::{QueueConsumer, QueuePublisher, QueuedInvocation};
-pub use autoscale::{AutoscaleConfig, Autoscaled, Kpa, KpaConfig, Observation};
 pub use scheduler::{
-    check_placement, scheduler_for, Constraint, InstanceView, LeastLoaded, Node,
-    PlacementRequest, Scheduler, Schedulers, Strategy, SCHEDULER_LABEL,
+    check_placement, scheduler_for, Constraint, InstanceView, LeastLoaded, Node, PlacementRequest,
+    Scheduler, Schedulers, Strategy, SCHEDULER_LABEL,
 };
 pub use spec::{FunctionSpec, FunctionStatus, Resources, ScalingMetric, ScalingPolicy, Usage};

@@ -72,7 +72,7 @@ pub enum ScalingMetric {
 }
 
 /// Scaling knobs of one function. OpenFaaS users set them with the `com.openfaas.scale.*`
-/// labels ([`ScalingPolicy::from_labels`]).
+/// labels ([`ScalingPolicy::apply_labels`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ScalingPolicy {

@@ -203,9 +203,33 @@ enum Command {
         #[arg(short = 'r', long)]
         replicas: u32,
     },
+    /// Print the Kubernetes manifests (Deployment + Service per function) of a stack file,
+    /// for review or `kubectl apply -f -`.
+    Generate {
+        /// The stack file.
+        #[arg(short = 'f', long = "yaml", default_value = "stack.yml")]
+        file: PathBuf,
+        /// Namespace for functions that name none.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "yaml")]
+        format: ManifestFormatArg,
+        /// Only these functions (comma separated).
+        #[arg(long, value_delimiter = ',')]
+        filter: Vec<String>,
+    },
     /// Run the watchdog (used by the process backend; reads the OpenFaaS watchdog env vars).
     #[command(hide = true)]
     Watchdog,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ManifestFormatArg {
+    /// Multi-document YAML.
+    Yaml,
+    /// One JSON `v1` `List`.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -540,6 +564,17 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             gw.client()?.scale(&name, gw.ns(), replicas).await?;
             println!("Scaled {name} to {replicas} replica(s)");
         }
+        Command::Generate { file, namespace, format, filter } => {
+            let specs = stack_specs(&file, &filter)?;
+            let mut opts = faas_backend_k8s::ManifestOptions::new().format(match format {
+                ManifestFormatArg::Yaml => faas_backend_k8s::ManifestFormat::Yaml,
+                ManifestFormatArg::Json => faas_backend_k8s::ManifestFormat::JsonList,
+            });
+            if let Some(ns) = namespace {
+                opts = opts.namespace(ns);
+            }
+            print!("{}", faas_backend_k8s::render_manifests(&specs, &opts)?);
+        }
         Command::Watchdog => unreachable!("handled before the runtime starts"),
     }
     Ok(ExitCode::SUCCESS)
@@ -560,15 +595,17 @@ async fn backend(kind: BackendKind, state_dir: Option<PathBuf>) -> Result<Arc<dy
         BackendKind::Process => {
             let exe = std::env::current_exe()
                 .map_err(|e| Error::internal(format!("cannot find the faas executable: {e}")))?;
-            let mut b = faas_watchdog::process::ProcessInvoker::builder().watchdog_command(exe, ["watchdog"]);
+            let mut b = faas_watchdog::process::ProcessInvoker::builder()
+                .watchdog_command(exe, ["watchdog"]);
             if let Some(d) = state_dir {
                 b = b.state_dir(d);
             }
             Ok(Arc::new(b.build()?))
         }
-        BackendKind::Docker => Err(Error::NotSupported {
-            operation: "the docker backend in `faas up` (not wired in this build yet); use --backend process".into(),
-        }),
+        BackendKind::Docker => {
+            eprintln!("Connecting to the Docker engine...");
+            Ok(Arc::new(faas_backend_docker::DockerInvoker::builder().build().await?))
+        }
     }
 }
 
