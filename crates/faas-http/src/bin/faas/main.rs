@@ -84,6 +84,13 @@ enum Command {
         /// Only these functions (comma separated).
         #[arg(long, value_delimiter = ',')]
         filter: Vec<String>,
+        /// Routing/placement strategy: least-loaded, hash, two-choices, best-fit, spread,
+        /// warm-affinity.
+        #[arg(long, default_value = "least-loaded")]
+        scheduler: String,
+        /// Do not run the autoscaler (KPA driven by the `com.openfaas.scale.*` labels).
+        #[arg(long)]
+        no_autoscale: bool,
     },
     /// List functions.
     #[command(alias = "ls")]
@@ -341,8 +348,11 @@ fn secret_value(from_literal: Option<String>, from_file: Option<PathBuf>) -> Res
 
 async fn run(cmd: Command) -> Result<ExitCode> {
     match cmd {
-        Command::Up { file, listen, backend, state_dir, filter } => {
-            up(file, listen, backend, state_dir, filter).await?;
+        Command::Up { file, listen, backend, state_dir, filter, scheduler, no_autoscale } => {
+            let scheduler = faas_core::scheduler_for(&scheduler)?;
+            let backend =
+                UpBackend { kind: backend, state_dir, scheduler, autoscale: !no_autoscale };
+            up(file, listen, backend, filter).await?;
         }
         Command::List { gw, verbose } => {
             let list = gw.client()?.list(gw.ns()).await?;
@@ -590,7 +600,28 @@ fn init_tracing() {
         .try_init();
 }
 
-async fn backend(kind: BackendKind, state_dir: Option<PathBuf>) -> Result<Arc<dyn Invoker>> {
+/// How `faas up` runs functions.
+struct UpBackend {
+    kind: BackendKind,
+    state_dir: Option<PathBuf>,
+    scheduler: Arc<dyn faas_core::Scheduler>,
+    autoscale: bool,
+}
+
+async fn backend(up: UpBackend) -> Result<Arc<dyn Invoker>> {
+    let inner = raw_backend(up.kind, up.state_dir, up.scheduler).await?;
+    if up.autoscale {
+        Ok(Arc::new(faas_core::Autoscaled::new(inner)))
+    } else {
+        Ok(inner)
+    }
+}
+
+async fn raw_backend(
+    kind: BackendKind,
+    state_dir: Option<PathBuf>,
+    scheduler: Arc<dyn faas_core::Scheduler>,
+) -> Result<Arc<dyn Invoker>> {
     match kind {
         BackendKind::Process => {
             let exe = std::env::current_exe()
@@ -604,7 +635,9 @@ async fn backend(kind: BackendKind, state_dir: Option<PathBuf>) -> Result<Arc<dy
         }
         BackendKind::Docker => {
             eprintln!("Connecting to the Docker engine...");
-            Ok(Arc::new(faas_backend_docker::DockerInvoker::builder().build().await?))
+            Ok(Arc::new(
+                faas_backend_docker::DockerInvoker::builder().scheduler(scheduler).build().await?,
+            ))
         }
     }
 }
@@ -612,8 +645,7 @@ async fn backend(kind: BackendKind, state_dir: Option<PathBuf>) -> Result<Arc<dy
 async fn up(
     file: PathBuf,
     listen: String,
-    kind: BackendKind,
-    state_dir: Option<PathBuf>,
+    up_backend: UpBackend,
     filter: Vec<String>,
 ) -> Result<()> {
     init_tracing();
@@ -624,7 +656,7 @@ async fn up(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::unavailable(format!("cannot listen on {addr}: {e}")))?;
-    let invoker = backend(kind, state_dir).await?;
+    let invoker = backend(up_backend).await?;
     let info = invoker.info();
     eprintln!(
         "faas-rs {}: {} functions from {} on the {} backend",
