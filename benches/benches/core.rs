@@ -2,7 +2,7 @@
 //! through the full layer stack (trace + metrics + retry + concurrency limit + timeout).
 //!
 //! Run: `cargo bench -p faas-benches --bench core -- --warm-up-time 1 --measurement-time 3`.
-//! Figures: `benches/results/core.md`.
+//! Figures: `BENCHMARKS.md`.
 
 use std::sync::Arc;
 use std::time::Duration;

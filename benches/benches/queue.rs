@@ -3,7 +3,7 @@
 //! path (the same in-memory function invoked directly through `Invoker::invoke`).
 //!
 //! Run: `cargo bench -p faas-benches --bench queue -- --warm-up-time 1 --measurement-time 3`.
-//! Figures: `benches/results/queue.md`.
+//! Figures: `BENCHMARKS.md`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -53,3 +53,8 @@ pub use scheduler::{
     Scheduler, Schedulers, Strategy, SCHEDULER_LABEL,
 };
 pub use spec::{FunctionSpec, FunctionStatus, Resources, ScalingMetric, ScalingPolicy, Usage};
+
+/// The README's Rust examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
