@@ -12,6 +12,7 @@ use bollard::query_parameters::{
     RemoveContainerOptions, RenameContainerOptions,
 };
 use bollard::Docker;
+use faas_core::scheduler::Schedulers;
 use faas_core::{
     DeveloperErrorKind, Error, FunctionRef, FunctionSpec, InvocationId, Result, Scheduler,
     StartKind,
@@ -46,7 +47,9 @@ pub(crate) struct Settings {
 
 pub(crate) struct Inner {
     pub docker: Docker,
-    pub scheduler: Arc<dyn Scheduler>,
+    /// The builder's scheduler as the default, and the strategies functions choose with the
+    /// label `com.faas-rs.scheduler`.
+    pub schedulers: Schedulers,
     pub settings: Settings,
     pub http: HttpClient,
     pub functions: Mutex<HashMap<FunctionRef, Arc<FunctionState>>>,
@@ -113,8 +116,14 @@ impl Inner {
         self.settings.secrets_dir.join(ns).join(name)
     }
 
-    /// Derives the container template and hash of a validated spec.
-    pub fn spec_info(&self, spec: FunctionSpec) -> Result<SpecInfo> {
+    /// The scheduler a spec selects with the label `com.faas-rs.scheduler` (else the
+    /// backend's); a bad value is an `InvalidSpec` naming the label.
+    pub fn scheduler_for(&self, spec: &FunctionSpec) -> Result<Arc<dyn Scheduler>> {
+        self.schedulers.for_spec(spec)
+    }
+
+    /// Derives the container template and hash of a validated spec routed by `scheduler`.
+    pub fn spec_info(&self, spec: FunctionSpec, scheduler: Arc<dyn Scheduler>) -> Result<SpecInfo> {
         let ns = spec.namespace_or_default().to_string();
         let mut binds = Vec::new();
         for (i, s) in spec.secrets.iter().enumerate() {
@@ -150,7 +159,7 @@ impl Inner {
             .map_err(|e| Error::internal(format!("serialising the spec: {e}")))?;
         let hash = engine::fnv_hex(&[&json]);
         let min_replicas = spec.scaling_policy()?.min;
-        Ok(SpecInfo { spec, hash, template, min_replicas })
+        Ok(SpecInfo { spec, hash, template, min_replicas, scheduler })
     }
 
     /// Fails with `InvalidSpec(image)` when the image is not in the local engine.
@@ -237,8 +246,18 @@ impl Inner {
         match self.docker.remove_container(id, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(e) if matches!(status_of(&e), Some(404)) => Ok(()),
-            // 409: removal already in progress.
-            Err(e) if matches!(status_of(&e), Some(409)) => Ok(()),
+            // 409: removal already in progress (a drain or a replacement racing with us):
+            // wait until it is really gone, so "removed" means removed.
+            Err(e) if matches!(status_of(&e), Some(409)) => {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while Instant::now() < deadline {
+                    match self.docker.inspect_container(id, None::<InspectContainerOptions>).await {
+                        Err(e) if status_of(&e) == Some(404) => return Ok(()),
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+                Err(Error::unavailable(format!("container {id} was still being removed after 30s")))
+            }
             Err(e) => Err(map_err("container remove", e)),
         }
     }
@@ -737,7 +756,13 @@ impl Inner {
             if !self.in_scope(&fref.namespace) {
                 continue;
             }
-            let info = match self.spec_info(spec) {
+            // A label written before it was checked falls back to the default scheduler
+            // rather than orphaning the function.
+            let scheduler = self.scheduler_for(&spec).unwrap_or_else(|e| {
+                tracing::warn!(function = %fref, error = %e, "using the default scheduler");
+                self.schedulers.default_scheduler().clone()
+            });
+            let info = match self.spec_info(spec, scheduler) {
                 Ok(i) => i,
                 Err(e) => {
                     tracing::warn!(function = %fref, error = %e, "cannot adopt function");

@@ -38,9 +38,12 @@
 //!   restarted backend adopts its functions, even those at zero replicas.
 //! - **Readiness** is the watchdog's `GET /_/health` answering 200 (a TCP connect to a
 //!   published port succeeds before anything listens, so it proves nothing).
-//! - **Routing** goes through a [`faas_core::Scheduler`] (default
-//!   [`faas_core::LeastLoaded`]); invocations are forwarded over HTTP/1.1 to
-//!   `127.0.0.1:<port>`.
+//! - **Routing** goes through a [`faas_core::Scheduler`]: the builder's (default
+//!   [`faas_core::LeastLoaded`]), or the strategy a function chooses with the label
+//!   `com.faas-rs.scheduler` ([`faas_core::scheduler::SCHEDULER_LABEL`], e.g. `hash` for
+//!   sticky routing; a bad value is rejected at deploy and update naming the label).
+//!   Replicas are offered to it in a stable order (by name). Invocations are forwarded over
+//!   HTTP/1.1 to `127.0.0.1:<port>`.
 //! - **Warm paths** (OpenWhisk's container pool): a replica idle for
 //!   [`DockerInvokerBuilder::pause_after`] is paused and unpaused on the next request, before
 //!   forwarding; a prewarm pool of generic containers per image
@@ -69,6 +72,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bollard::query_parameters::StatsOptions;
+use faas_core::scheduler::Schedulers;
 use faas_core::{
     Error, FunctionRef, FunctionSpec, FunctionStatus, Invocation, Invoker, LeastLoaded, LogStream,
     LogsRequest, ProviderInfo, Response, Result, Scheduler, Secret, SecretInfo, Usage,
@@ -132,7 +136,8 @@ impl DockerInvokerBuilder {
     }
 
     /// The scheduler routing invocations over ready replicas (default
-    /// [`faas_core::LeastLoaded`]).
+    /// [`faas_core::LeastLoaded`]) of functions without the label
+    /// [`faas_core::scheduler::SCHEDULER_LABEL`]; functions with it use that strategy.
     pub fn scheduler(mut self, scheduler: Arc<dyn Scheduler>) -> Self {
         self.scheduler = Some(scheduler);
         self
@@ -240,7 +245,9 @@ impl DockerInvokerBuilder {
         }
         let inner = Arc::new(Inner {
             docker,
-            scheduler: self.scheduler.unwrap_or_else(|| Arc::new(LeastLoaded::new())),
+            schedulers: Schedulers::new(
+                self.scheduler.unwrap_or_else(|| Arc::new(LeastLoaded::new())),
+            ),
             settings: Settings {
                 pause_after: self.pause_after,
                 start_timeout: self.start_timeout,
@@ -416,7 +423,8 @@ impl Invoker for DockerInvoker {
         let inner = &self.inner;
         let fref = spec.function_ref();
         inner.check_namespace(&fref.namespace)?;
-        let info = inner.spec_info(spec)?;
+        let scheduler = inner.scheduler_for(&spec)?;
+        let info = inner.spec_info(spec, scheduler)?;
         if lock(&inner.functions).contains_key(&fref) {
             return Err(Error::AlreadyExists { kind: "function", name: fref.to_string() });
         }
@@ -451,7 +459,8 @@ impl Invoker for DockerInvoker {
         let fref = spec.function_ref();
         inner.check_namespace(&fref.namespace)?;
         let f = inner.function(&fref)?;
-        let info = inner.spec_info(spec)?;
+        let scheduler = inner.scheduler_for(&spec)?;
+        let info = inner.spec_info(spec, scheduler)?;
         inner.check_image(&info.spec.image).await?;
         let _g = f.reconcile_lock.lock().await;
         let old_def = lock(&f.definition_id).clone();

@@ -125,7 +125,7 @@ impl Inner {
                 return Err(Error::function_not_found(f.fref.to_string()));
             }
             let info = f.spec();
-            if let Some(r) = f.route(&*self.scheduler, info.spec.max_concurrency) {
+            if let Some(r) = f.route(&*info.scheduler, info.spec.max_concurrency) {
                 return Ok((r, waited));
             }
             let live = f.live().len();

@@ -60,6 +60,9 @@ pub(crate) struct SpecInfo {
     pub hash: String,
     pub template: Template,
     pub min_replicas: u32,
+    /// Routes its invocations: the one its `com.faas-rs.scheduler` label chose, else the
+    /// backend's.
+    pub scheduler: Arc<dyn Scheduler>,
 }
 
 /// Whether a replica's container is running or paused.
@@ -237,10 +240,12 @@ impl FunctionState {
     /// Picks a live replica with the scheduler and counts the invocation in flight on it.
     pub fn route(&self, scheduler: &dyn Scheduler, max: Option<u32>) -> Option<Arc<Replica>> {
         let reps = lock(&self.replicas);
-        let live: Vec<&Arc<Replica>> = reps.iter().filter(|r| r.live()).collect();
+        let mut live: Vec<&Arc<Replica>> = reps.iter().filter(|r| r.live()).collect();
         if live.is_empty() {
             return None;
         }
+        // A stable order (by name), so hashing strategies stay sticky.
+        live.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         let views: Vec<InstanceView> = live
             .iter()
             .map(|r| InstanceView {

@@ -117,3 +117,48 @@ async fn bad_specs_and_images_are_named() {
     quick.shutdown().await;
     assert_eq!(env.leftovers().await, Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_scheduler_label_is_rejected_before_anything_is_created() {
+    use faas_core::scheduler::SCHEDULER_LABEL;
+
+    let Some(env) =
+        common::setup("a_bad_scheduler_label_is_rejected_before_anything_is_created").await
+    else {
+        return;
+    };
+    let _g = env.guard();
+    let docker = env.builder().build().await.unwrap();
+    let field = format!("labels.{SCHEDULER_LABEL}");
+    let err = docker
+        .deploy(env.spec("badsched", "echo").label(SCHEDULER_LABEL, "fastest"))
+        .await
+        .unwrap_err();
+    match &err {
+        faas_core::Error::InvalidSpec { field: f, reason } => {
+            assert_eq!(f, &field);
+            assert!(reason.contains("fastest") && reason.contains("hash"), "{reason}");
+        }
+        other => panic!("expected InvalidSpec({field}), got {other:?}"),
+    }
+    assert!(matches!(
+        docker.status(&env.fref("badsched")).await,
+        Err(faas_core::Error::NotFound { .. })
+    ));
+    assert_eq!(env.leftovers().await, Vec::<String>::new(), "no container for a rejected spec");
+
+    // An update with a bad label changes nothing: same containers, same replica serving.
+    docker.deploy(env.spec("ok", "echo")).await.unwrap();
+    let f = env.fref("ok");
+    assert_eq!(docker.call(&format!("ok.{}", env.ns), "a").await.unwrap(), "a");
+    let before = env.leftovers().await;
+    let replicas = docker.instances(&f).unwrap();
+    let err = docker.update(env.spec("ok", "echo").label(SCHEDULER_LABEL, "")).await.unwrap_err();
+    assert!(matches!(&err, faas_core::Error::InvalidSpec { field: f, .. } if *f == field), "{err}");
+    assert_eq!(env.leftovers().await, before);
+    assert_eq!(docker.instances(&f).unwrap(), replicas);
+    assert_eq!(docker.call(&format!("ok.{}", env.ns), "b").await.unwrap(), "b");
+    docker.remove(&f).await.unwrap();
+    docker.shutdown().await;
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
+}

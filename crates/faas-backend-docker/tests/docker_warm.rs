@@ -207,3 +207,104 @@ async fn update_rolls_replicas_without_dropping_in_flight_requests() {
     docker.shutdown().await;
     assert_eq!(env.leftovers().await, Vec::<String>::new());
 }
+
+/// Sequential invocations of `f`: the replica each landed on ([`InvocationMeta`]), checking
+/// that each replica is one fixture process (`x-instance`) and the other way round.
+async fn sequential_instances(
+    docker: &faas_backend_docker::DockerInvoker,
+    f: &faas_core::FunctionRef,
+    n: usize,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut fixtures = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let r = tokio::time::timeout(
+            Duration::from_secs(60),
+            docker.invoke(Invocation::get(f.clone(), "/?ms=1")),
+        )
+        .await
+        .expect("invocation timed out")
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        let fixture = r.headers()["x-instance"].to_str().unwrap().to_string();
+        let m = meta(&r);
+        assert_eq!(fixtures.entry(m.instance.clone()).or_insert(fixture.clone()), &fixture);
+        out.push(m.instance);
+    }
+    let distinct: BTreeSet<&String> = fixtures.values().collect();
+    assert_eq!(distinct.len(), fixtures.len(), "fixture ids per replica: {fixtures:?}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_label_picks_hash_routing_per_function() {
+    use faas_core::scheduler::{HashSharding, SCHEDULER_LABEL};
+    use faas_core::{InstanceView, Scheduler as _};
+
+    let Some(env) = common::setup("the_scheduler_label_picks_hash_routing_per_function").await
+    else {
+        return;
+    };
+    let _g = env.guard();
+    let docker = env.builder().build().await.unwrap();
+    let spec = env.spec("sticky", "sleep").label(SCHEDULER_LABEL, "hash");
+    docker.deploy(spec.clone()).await.unwrap();
+    let f = env.fref("sticky");
+    docker.scale(&f, 3).await.unwrap();
+    let mut names: Vec<String> =
+        docker.instances(&f).unwrap().into_iter().map(|i| i.name).collect();
+    assert_eq!(names.len(), 3);
+
+    // Hash routing is sticky: every sequential call lands on the home replica, the one
+    // hashing picks over the replicas in name order.
+    names.sort();
+    let views: Vec<InstanceView> = names
+        .iter()
+        .map(|n| InstanceView {
+            id: n.clone(),
+            node: None,
+            in_flight: 0,
+            max_concurrency: None,
+            ready: true,
+        })
+        .collect();
+    let home = names[HashSharding::new().route(&f, &views).unwrap()].clone();
+    let landed = sequential_instances(&docker, &f, 12).await;
+    assert!(landed.iter().all(|i| *i == home), "hash routing to {home}, got {landed:?}");
+
+    // Concurrent calls stay home too.
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let (d, f) = (docker.clone(), f.clone());
+            tokio::spawn(async move {
+                let r = d.invoke(Invocation::get(f, "/?ms=3000")).await.unwrap();
+                assert_eq!(r.status(), 200);
+                meta(&r).instance
+            })
+        })
+        .collect();
+    let loads = eventually(Duration::from_secs(30), "three calls in flight", || async {
+        let loads: Vec<(String, u32)> =
+            docker.instances(&f).unwrap().into_iter().map(|i| (i.name, i.in_flight)).collect();
+        (loads.iter().map(|(_, n)| n).sum::<u32>() == 3).then_some(loads)
+    })
+    .await;
+    assert!(loads.contains(&(home.clone(), 3)), "all three at home: {loads:?}");
+    for c in calls {
+        let at = tokio::time::timeout(Duration::from_secs(60), c).await.unwrap().unwrap();
+        assert_eq!(at, home);
+    }
+
+    // An update stores the new choice: least-loaded spreads sequential calls again.
+    docker.update(spec.label(SCHEDULER_LABEL, "least-loaded")).await.unwrap();
+    let fresh: BTreeSet<String> =
+        docker.instances(&f).unwrap().into_iter().filter(|i| !i.draining).map(|i| i.name).collect();
+    assert_eq!(fresh.len(), 3, "three new replicas");
+    let landed: BTreeSet<String> =
+        sequential_instances(&docker, &f, 12).await.into_iter().collect();
+    assert_eq!(landed, fresh, "least-loaded used every new replica");
+
+    docker.remove(&f).await.unwrap();
+    docker.shutdown().await;
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
+}

@@ -182,7 +182,31 @@ impl QueuePublisher for MemoryPublisher {
     }
 
     async fn publish_batch(&self, items: Vec<QueuedInvocation>) -> Vec<Result<()>> {
-        items.into_iter().map(|i| self.try_publish(i)).collect()
+        if self.inner.closed.load(Ordering::Acquire) {
+            return items.iter().map(|_| Err(Error::unavailable("the queue is closed"))).collect();
+        }
+        // One lock for the whole batch; items past the capacity are refused one by one.
+        let mut results = Vec::with_capacity(items.len());
+        let mut pushed = 0usize;
+        {
+            let mut q = self.inner.lock();
+            for item in items {
+                if q.len() >= self.inner.capacity {
+                    results.push(Err(Error::Overloaded {
+                        message: format!("the async queue is full ({} items)", self.inner.capacity),
+                        retry_after: Some(std::time::Duration::from_secs(1)),
+                    }));
+                } else {
+                    q.push_back(Entry { item, redeliveries: 0 });
+                    results.push(Ok(()));
+                    pushed += 1;
+                }
+            }
+        }
+        for _ in 0..pushed {
+            self.inner.available.notify_one();
+        }
+        results
     }
 }
 

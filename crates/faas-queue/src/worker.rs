@@ -165,14 +165,19 @@ pub struct WorkerStats {
     /// Deliveries given back unfinished (shutdown during a backoff, store failures).
     pub nacked: AtomicU64,
     finished_notify: Notify,
+    /// The lowest count a [`WorkerStats::wait_finished`] caller waits for (`u64::MAX`, or
+    /// 0 before the first finish, when none): finishing below it wakes no one, so a waiter
+    /// is woken once when its count is reached rather than on every finish.
+    wake_at: AtomicU64,
 }
 
 impl WorkerStats {
     /// Invocations finished (succeeded, failed or dead-lettered).
     pub fn finished(&self) -> u64 {
-        self.succeeded.load(Ordering::Acquire)
-            + self.failed.load(Ordering::Acquire)
-            + self.dead_lettered.load(Ordering::Acquire)
+        // SeqCst pairs with `wake_at` (see `finish` and `wait_finished`).
+        self.succeeded.load(Ordering::SeqCst)
+            + self.failed.load(Ordering::SeqCst)
+            + self.dead_lettered.load(Ordering::SeqCst)
     }
 
     /// Waits until at least `n` invocations have finished.
@@ -181,6 +186,9 @@ impl WorkerStats {
             let notified = self.finished_notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // Registered after `enable`: a finisher that misses this target (overwriting
+            // it) notifies after that, so this waiter still wakes and registers again.
+            self.wake_at.fetch_min(n, Ordering::SeqCst);
             if self.finished() >= n {
                 return;
             }
@@ -194,8 +202,11 @@ impl WorkerStats {
             AsyncState::DeadLettered => &self.dead_lettered,
             _ => &self.failed,
         };
-        c.fetch_add(1, Ordering::AcqRel);
-        self.finished_notify.notify_waiters();
+        c.fetch_add(1, Ordering::SeqCst);
+        if self.finished() >= self.wake_at.load(Ordering::SeqCst) {
+            self.wake_at.store(u64::MAX, Ordering::SeqCst);
+            self.finished_notify.notify_waiters();
+        }
     }
 }
 
@@ -218,7 +229,8 @@ struct Inner {
     dead_letters: Option<Arc<dyn DeadLetterSink>>,
     callbacks: Arc<dyn CallbackSender>,
     config: WorkerConfig,
-    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Per-function limits by namespace, then function name (looked up without allocating).
+    limits: Mutex<HashMap<String, HashMap<String, Arc<Semaphore>>>>,
     stats: Arc<WorkerStats>,
 }
 
@@ -422,10 +434,15 @@ impl WorkerHandle {
 }
 
 impl Inner {
-    fn function_limit(&self, key: String) -> Arc<Semaphore> {
+    fn function_limit(&self, item: &QueuedInvocation) -> Arc<Semaphore> {
         let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = limits.get(&item.namespace).and_then(|m| m.get(&item.function)) {
+            return s.clone();
+        }
         limits
-            .entry(key)
+            .entry(item.namespace.clone())
+            .or_default()
+            .entry(item.function.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(self.config.function_concurrency.max(1))))
             .clone()
     }
@@ -441,7 +458,21 @@ impl Inner {
         }
     }
 
-    fn validate(&self, item: &QueuedInvocation) -> Result<(), Error> {
+    /// [`Inner::put`] of a record not needed afterwards (no clone).
+    async fn put_owned(&self, mut rec: AsyncActivation) -> bool {
+        rec.updated_at = epoch_millis(SystemTime::now());
+        let call_id = rec.call_id.clone();
+        match self.store.put(rec).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(call_id = %call_id.as_str(), error = %e, "activation store write failed");
+                false
+            }
+        }
+    }
+
+    /// Checks `item` and builds its first attempt's invocation.
+    fn validate(&self, item: &QueuedInvocation) -> Result<faas_core::Invocation, Error> {
         if item.body.len() > self.config.max_payload_bytes {
             return Err(Error::PayloadTooLarge { limit: self.config.max_payload_bytes as u64 });
         }
@@ -451,12 +482,12 @@ impl Inner {
         if item.function.is_empty() {
             return Err(Error::invalid("function", "must not be empty"));
         }
-        item.to_invocation().map(|_| ())
+        item.to_invocation()
     }
 
     async fn process(&self, item: QueuedInvocation, mut stop: watch::Receiver<bool>) -> Settle {
         // Held until the invocation is finished (through retries).
-        let _permit = self.function_limit(item.key()).acquire_owned().await;
+        let _permit = self.function_limit(&item).acquire_owned().await;
         let existing = match self.store.get(&item.call_id).await {
             Ok(r) => r,
             Err(e) => {
@@ -478,10 +509,14 @@ impl Inner {
         }
         rec.attempts = prior;
 
-        if let Err(e) = self.validate(&item) {
-            let at = Attempt::from_error(e, false, SystemTime::now(), Instant::now());
-            return self.finish(item, rec, AsyncState::Failed, at).await;
-        }
+        // The first attempt uses the invocation built while validating; retries rebuild it.
+        let mut first = match self.validate(&item) {
+            Ok(inv) => Some(inv),
+            Err(e) => {
+                let at = Attempt::from_error(e, false, SystemTime::now(), Instant::now());
+                return self.finish(item, rec, AsyncState::Failed, at).await;
+            }
+        };
         let max = self.config.max_attempts.max(1);
         let mut attempt = prior;
         let mut last: Option<Attempt> = None;
@@ -509,7 +544,11 @@ impl Inner {
                 // Without a record the call would be invisible: try again later.
                 return Settle::Nack;
             }
-            let at = match item.to_invocation() {
+            let inv = match first.take() {
+                Some(inv) => Ok(inv),
+                None => item.to_invocation(),
+            };
+            let at = match inv {
                 Ok(inv) => self.attempt(inv).await,
                 Err(e) => Attempt::from_error(e, false, SystemTime::now(), Instant::now()),
             };
@@ -621,6 +660,14 @@ impl Inner {
             }
         }
         rec.state = state;
+        if item.callback_url.is_none() {
+            // Nothing more is written to this record: hand it over without a copy.
+            if !self.put_owned(rec).await {
+                return Settle::Nack;
+            }
+            self.stats.finish(state);
+            return Settle::Ack;
+        }
         if !self.put(&mut rec).await {
             return Settle::Nack;
         }

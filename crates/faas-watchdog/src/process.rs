@@ -7,7 +7,11 @@
 //!   `com.openfaas.scale.min` replicas in the background. An instance is ready once its
 //!   watchdog answers `/_/health` with 200.
 //! - **Invoke** routes to a ready replica with free capacity through
-//!   [`Scheduler::route`] (default [`LeastLoaded`]); when every replica is busy
+//!   [`Scheduler::route`]: the builder's scheduler (default [`LeastLoaded`]), or the
+//!   strategy the function chooses with the label `com.faas-rs.scheduler`
+//!   ([`faas_core::scheduler::SCHEDULER_LABEL`], e.g. `hash` for sticky routing; a bad value
+//!   is rejected at deploy and update naming the label, before anything starts). Replicas are
+//!   offered to the scheduler sorted by id. When every replica is busy
 //!   (`spec.max_concurrency` per replica) the invocation waits, bounded by
 //!   [`ProcessInvokerBuilder::queue_timeout`]. A function at zero replicas is scaled from zero
 //!   and the invocation waits for the first replica (bounded by
@@ -44,7 +48,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::BytesMut;
-use faas_core::scheduler::Resources as NodeResources;
+use faas_core::scheduler::{Resources as NodeResources, Schedulers};
 use faas_core::spec::{validate_secret_name, ScalingPolicy, DEFAULT_NAMESPACE};
 use faas_core::{
     Body, DeveloperErrorKind, Error, FunctionRef, FunctionSpec, FunctionStatus, InstanceView,
@@ -153,7 +157,9 @@ impl ProcessInvokerBuilder {
         self
     }
 
-    /// The scheduler placing replicas and routing invocations (default [`LeastLoaded`]).
+    /// The scheduler placing replicas and routing invocations (default [`LeastLoaded`]) of
+    /// functions without the label [`faas_core::scheduler::SCHEDULER_LABEL`]; functions with
+    /// it use that strategy.
     pub fn scheduler(mut self, s: Arc<dyn Scheduler>) -> Self {
         self.scheduler = s;
         self
@@ -207,6 +213,7 @@ impl ProcessInvokerBuilder {
                 .map_err(|e| io_err(format!("creating {}", state.join(sub).display()), e))?;
         }
         let node = local_node(&self.node_labels);
+        let schedulers = Schedulers::new(self.scheduler.clone());
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
@@ -216,6 +223,7 @@ impl ProcessInvokerBuilder {
         Ok(ProcessInvoker {
             inner: Arc::new(Shared {
                 cfg: self,
+                schedulers,
                 state,
                 node,
                 client,
@@ -281,6 +289,9 @@ impl std::fmt::Debug for ProcessInvoker {
 
 struct Shared {
     cfg: ProcessInvokerBuilder,
+    /// The builder's scheduler as the default, and the strategies functions choose with the
+    /// label `com.faas-rs.scheduler`.
+    schedulers: Schedulers,
     state: PathBuf,
     node: Node,
     client: Client<HttpConnector, Body>,
@@ -317,8 +328,13 @@ struct Func {
 struct FState {
     spec: FunctionSpec,
     policy: ScalingPolicy,
+    /// Places and routes this function: the strategy its `com.faas-rs.scheduler` label
+    /// chose, else the backend's.
+    scheduler: Arc<dyn Scheduler>,
     generation: u64,
     desired: u32,
+    /// Sorted by id, so the scheduler sees instances in a stable order (hashing strategies
+    /// stay sticky).
     replicas: Vec<Arc<Replica>>,
     invocation_count: u64,
     last_activity: Instant,
@@ -504,9 +520,11 @@ impl Shared {
         self.state.join("secrets").join(ns).join(name)
     }
 
-    /// Validates a spec and checks that it can be placed on this machine.
-    fn check(&self, spec: &FunctionSpec) -> Result<ScalingPolicy> {
+    /// Validates a spec, resolves its scheduler (label `com.faas-rs.scheduler`) and checks
+    /// that it can be placed on this machine.
+    fn check(&self, spec: &FunctionSpec) -> Result<(ScalingPolicy, Arc<dyn Scheduler>)> {
         spec.validate()?;
+        let scheduler = self.schedulers.for_spec(spec)?;
         match &spec.env_process {
             Some(p) if !p.trim().is_empty() => {
                 crate::watchdog::split_command(p).map_err(|r| Error::invalid("envProcess", r))?;
@@ -547,8 +565,11 @@ impl Shared {
             platforms: &spec.platforms,
             need,
         };
-        self.cfg.scheduler.place(&placement, std::slice::from_ref(&self.node))?;
-        spec.scaling_policy()
+        let nodes = std::slice::from_ref(&self.node);
+        // The standard field-named errors first, whatever the scheduler answers.
+        faas_core::scheduler::check_placement(spec, nodes)?;
+        scheduler.place(&placement, nodes)?;
+        Ok((spec.scaling_policy()?, scheduler))
     }
 
     /// Writes the function's copies of its secrets (missing secret: `secrets[i]`).
@@ -635,7 +656,8 @@ impl Func {
             done,
             started: Instant::now(),
         });
-        st.replicas.push(r.clone());
+        let at = st.replicas.partition_point(|x| x.id < r.id);
+        st.replicas.insert(at, r.clone());
         let launch = Launch { spec: st.spec.clone(), secrets_dir: self.dir.join("secrets") };
         let f = Arc::downgrade(self);
         let shared = Arc::downgrade(shared);
@@ -1038,7 +1060,7 @@ async fn watchdog_error(
 impl Invoker for ProcessInvoker {
     async fn deploy(&self, spec: FunctionSpec) -> Result<()> {
         let sh = &self.inner;
-        let policy = sh.check(&spec)?;
+        let (policy, scheduler) = sh.check(&spec)?;
         let fref = spec.function_ref();
         if sh.functions.read().unwrap_or_else(|e| e.into_inner()).contains_key(&fref) {
             return Err(Error::AlreadyExists { kind: "function", name: fref.to_string() });
@@ -1063,6 +1085,7 @@ impl Invoker for ProcessInvoker {
             state: Mutex::new(FState {
                 spec,
                 policy,
+                scheduler,
                 generation: 1,
                 desired,
                 replicas: Vec::new(),
@@ -1089,7 +1112,7 @@ impl Invoker for ProcessInvoker {
     async fn update(&self, spec: FunctionSpec) -> Result<()> {
         let sh = &self.inner;
         let func = sh.function(&spec.function_ref())?;
-        let policy = sh.check(&spec)?;
+        let (policy, scheduler) = sh.check(&spec)?;
         sh.write_function_secrets(&spec).await?;
         {
             let mut st = lock(&func.state);
@@ -1099,6 +1122,7 @@ impl Invoker for ProcessInvoker {
             st.desired = st.desired.min(policy.max);
             st.spec = spec;
             st.policy = policy;
+            st.scheduler = scheduler;
             st.generation += 1;
             st.last_activity = Instant::now();
             st.failures = 0;
@@ -1182,7 +1206,7 @@ impl Invoker for ProcessInvoker {
                 }
                 st.last_activity = Instant::now();
                 let vs = views(sh, &st);
-                if let Some(i) = sh.cfg.scheduler.route(&func.fref, &vs) {
+                if let Some(i) = st.scheduler.route(&func.fref, &vs) {
                     if let Some(r) = st.replicas.get(i).cloned() {
                         r.in_flight.fetch_add(1, Ordering::SeqCst);
                         st.in_flight += 1;

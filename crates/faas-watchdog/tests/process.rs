@@ -261,3 +261,170 @@ async fn idle_functions_scale_to_zero_and_back() {
     assert!(inv.status(&f).await.unwrap().replicas >= 1);
     assert!(!process_gone(inv.instance_pids(&f).unwrap()[0].1));
 }
+
+/// Sequential invocations of `f`: the instance each landed on, as the backend reports it
+/// ([`faas_core::InvocationMeta`]) and as the fixture process does (`x-instance`).
+async fn sequential_instances(inv: &ProcessInvoker, f: &FunctionRef, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut fixtures = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let resp = tokio::time::timeout(
+            Duration::from_secs(60),
+            inv.invoke(Invocation::get(f.clone(), "/?ms=1")),
+        )
+        .await
+        .expect("invocation timed out")
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        let meta = resp.extensions().get::<faas_core::InvocationMeta>().cloned().unwrap();
+        let fixture = resp.headers()["x-instance"].to_str().unwrap().to_string();
+        // One fixture process per backend instance, and the other way round.
+        assert_eq!(fixtures.entry(meta.instance.clone()).or_insert(fixture.clone()), &fixture);
+        out.push(meta.instance);
+    }
+    let distinct: std::collections::BTreeSet<&String> = fixtures.values().collect();
+    assert_eq!(distinct.len(), fixtures.len(), "fixture ids per instance: {fixtures:?}");
+    out
+}
+
+/// Starts `n` concurrent `?ms=ms` invocations of `f`, waits until all are in flight, and
+/// returns the in-flight count per instance then, and the join handles.
+async fn concurrent_in_flight(
+    inv: &ProcessInvoker,
+    f: &FunctionRef,
+    n: u32,
+    ms: u64,
+) -> (Vec<u32>, Vec<tokio::task::JoinHandle<String>>) {
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (inv, f) = (inv.clone(), f.clone());
+            tokio::spawn(async move {
+                let resp = inv.invoke(Invocation::get(f, &format!("/?ms={ms}"))).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.headers()["x-instance"].to_str().unwrap().to_string()
+            })
+        })
+        .collect();
+    let loads = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let loads: Vec<u32> = inv.instances(f).unwrap().iter().map(|v| v.in_flight).collect();
+            if loads.iter().sum::<u32>() == n {
+                return loads;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the concurrent invocations were never all in flight");
+    (loads, handles)
+}
+
+async fn fixture_ids(handles: Vec<tokio::task::JoinHandle<String>>) -> Vec<String> {
+    let mut ids = Vec::new();
+    for h in handles {
+        ids.push(tokio::time::timeout(Duration::from_secs(60), h).await.unwrap().unwrap());
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_label_picks_hash_routing_per_function() {
+    use faas_core::scheduler::{HashSharding, SCHEDULER_LABEL};
+    use faas_core::Scheduler as _;
+
+    let inv = invoker("sched-label");
+    let three = |name: &str| fixture_spec(name, "sleep").label(labels::SCALE_MIN, "3");
+    inv.deploy(three("sticky").label(SCHEDULER_LABEL, "hash")).await.unwrap();
+    inv.deploy(three("spread")).await.unwrap();
+    let sticky = FunctionRef::default_ns("sticky");
+    let spread = FunctionRef::default_ns("spread");
+    wait_available(&inv, &sticky, 3).await;
+    wait_available(&inv, &spread, 3).await;
+
+    // Hash routing is sticky: every sequential call lands on the function's home instance,
+    // the one hashing picks over the instances in id order.
+    let views = inv.instances(&sticky).unwrap();
+    assert!(views.windows(2).all(|w| w[0].id < w[1].id), "instances sorted by id: {views:?}");
+    let home = &views[HashSharding::new().route(&sticky, &views).unwrap()].id;
+    let landed = sequential_instances(&inv, &sticky, 12).await;
+    assert!(landed.iter().all(|i| i == home), "hash routing to {home}, got {landed:?}");
+    // The backend's default (least-loaded) spreads the same sequence over every replica.
+    let landed: std::collections::BTreeSet<String> =
+        sequential_instances(&inv, &spread, 12).await.into_iter().collect();
+    assert_eq!(landed.len(), 3, "least-loaded used every replica: {landed:?}");
+
+    // Concurrent calls: least-loaded gives each its own replica, hash keeps them home.
+    let (loads, handles) = concurrent_in_flight(&inv, &spread, 3, 3000).await;
+    assert_eq!(loads, vec![1, 1, 1], "least-loaded spread the concurrent calls");
+    assert_eq!(fixture_ids(handles).await.len(), 3);
+    let (loads, handles) = concurrent_in_flight(&inv, &sticky, 3, 3000).await;
+    let at_home: Vec<u32> = inv
+        .instances(&sticky)
+        .unwrap()
+        .iter()
+        .zip(&loads)
+        .filter(|(v, _)| &v.id == home)
+        .map(|(_, l)| *l)
+        .collect();
+    assert_eq!(at_home, vec![3], "hash kept the concurrent calls home: {loads:?}");
+    assert_eq!(fixture_ids(handles).await.len(), 1);
+
+    // An update stores the function's new choice: least-loaded spreads it again.
+    inv.update(three("sticky").label(SCHEDULER_LABEL, "least-loaded")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let views = inv.instances(&sticky).unwrap();
+            if views.len() == 3 && views.iter().all(|v| v.ready && &v.id != home) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the update never rolled to three new ready replicas");
+    let landed: std::collections::BTreeSet<String> =
+        sequential_instances(&inv, &sticky, 12).await.into_iter().collect();
+    assert_eq!(landed.len(), 3, "after the update, least-loaded: {landed:?}");
+
+    inv.remove(&sticky).await.unwrap();
+    inv.remove(&spread).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_scheduler_label_is_rejected_before_anything_starts() {
+    use faas_core::scheduler::SCHEDULER_LABEL;
+
+    let inv = invoker("sched-bad");
+    let field = format!("labels.{SCHEDULER_LABEL}");
+    let spec = fixture_spec("badsched", "sleep").label(labels::SCALE_MIN, "2");
+    match inv.deploy(spec.label(SCHEDULER_LABEL, "fastest")).await {
+        Err(Error::InvalidSpec { field: f, reason }) => {
+            assert_eq!(f, field);
+            assert!(reason.contains("fastest") && reason.contains("hash"), "{reason}");
+        }
+        other => panic!("expected InvalidSpec({field}), got {other:?}"),
+    }
+    let f = FunctionRef::default_ns("badsched");
+    assert!(matches!(inv.status(&f).await, Err(Error::NotFound { .. })));
+    assert!(inv.instance_pids(&f).is_err(), "no replica of a rejected function");
+    let state = inv.state_dir();
+    for dir in ["functions/default/badsched", "logs/default/badsched"] {
+        assert!(!state.join(dir).exists(), "{dir} created for a rejected function");
+    }
+
+    // An update with a bad label changes nothing: the same replica keeps serving.
+    let cat = FunctionRef::default_ns("cat");
+    inv.deploy(FunctionSpec::new("cat", "none").process("cat")).await.unwrap();
+    wait_available(&inv, &cat, 1).await;
+    let pids = inv.instance_pids(&cat).unwrap();
+    let bad = FunctionSpec::new("cat", "none").process("cat").label(SCHEDULER_LABEL, "");
+    match inv.update(bad).await {
+        Err(Error::InvalidSpec { field: f, .. }) => assert_eq!(f, field),
+        other => panic!("expected InvalidSpec({field}), got {other:?}"),
+    }
+    assert_eq!(inv.call("cat", "still here").await.unwrap(), "still here");
+    assert_eq!(inv.instance_pids(&cat).unwrap(), pids);
+    inv.remove(&cat).await.unwrap();
+}
