@@ -25,17 +25,4 @@ macro_rules! case {
     };
 }
 
-case!(deploy_round_trip);
-case!(invalid_specs_rejected);
-case!(duplicate_deploy_rejected);
-case!(unknown_function_not_found);
-case!(invoke_preserves_request);
-case!(env_and_secrets);
-case!(secrets_round_trip);
-case!(timeout_is_developer_error);
-case!(crash_is_developer_error);
-case!(concurrency_cap_holds);
-case!(scale_up_and_to_zero);
-case!(scale_from_zero);
-case!(logs_readable);
-case!(many_concurrent_invocations);
+faas_core::for_each_conformance_case!(case);

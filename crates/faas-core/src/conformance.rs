@@ -835,3 +835,35 @@ pub async fn run_all(inv: &dyn Invoker, w: &dyn Workload) {
     logs_readable(inv, w).await;
     many_concurrent_invocations(inv, w).await;
 }
+
+/// Calls macro `$case!(name)` once for every conformance case, so a backend's test file
+/// gets one test per case, and a case added to the suite reaches every backend:
+///
+/// ```ignore
+/// macro_rules! case {
+///     ($name:ident) => {
+///         #[tokio::test]
+///         async fn $name() { faas_core::conformance::$name(&backend(), &workload()).await }
+///     };
+/// }
+/// faas_core::for_each_conformance_case!(case);
+/// ```
+#[macro_export]
+macro_rules! for_each_conformance_case {
+    ($case:ident) => {
+        $case!(deploy_round_trip);
+        $case!(invalid_specs_rejected);
+        $case!(duplicate_deploy_rejected);
+        $case!(unknown_function_not_found);
+        $case!(invoke_preserves_request);
+        $case!(env_and_secrets);
+        $case!(secrets_round_trip);
+        $case!(timeout_is_developer_error);
+        $case!(crash_is_developer_error);
+        $case!(concurrency_cap_holds);
+        $case!(scale_up_and_to_zero);
+        $case!(scale_from_zero);
+        $case!(logs_readable);
+        $case!(many_concurrent_invocations);
+    };
+}
