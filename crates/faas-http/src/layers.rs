@@ -210,11 +210,12 @@ where
             return too_large();
         }
         let (mut parts, body) = req.into_parts();
-        parts.extensions.insert(BodyLimit(self.limit));
         let body = match body.as_bytes() {
             Some(b) if b.len() > self.limit => return too_large(),
+            // Already in memory and within the limit: nothing to enforce downstream.
             Some(_) => body,
             None => {
+                parts.extensions.insert(BodyLimit(self.limit));
                 let hit = BodyLimitHit::default();
                 let limited =
                     LimitedBody { inner: body, seen: 0, limit: self.limit, hit: hit.0.clone() };
@@ -251,7 +252,8 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+    type Future =
+        futures::future::Either<S::Future, BoxFuture<'static, Result<Response, Infallible>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -265,13 +267,17 @@ where
             status = tracing::field::Empty,
             took_ms = tracing::field::Empty,
         );
+        if span.is_disabled() {
+            // No subscriber wants it: no timing, no boxing.
+            return futures::future::Either::Left(self.inner.call(req));
+        }
         let t0 = Instant::now();
         let fut = {
             let _g = span.enter();
             self.inner.call(req)
         };
         let span2 = span.clone();
-        Box::pin(
+        futures::future::Either::Right(Box::pin(
             async move {
                 let resp = fut.await;
                 if let Ok(r) = &resp {
@@ -282,6 +288,6 @@ where
                 resp
             }
             .instrument(span),
-        )
+        ))
     }
 }

@@ -66,6 +66,27 @@ impl GatewayMetrics {
         vec![Label::new("function_name", name.to_string())]
     }
 
+    /// The registered handles of `function` (`name.namespace`), for a caller that counts
+    /// many invocations of it: [`FunctionMetrics::started`] and [`FunctionMetrics::finished`]
+    /// build no keys and take no gateway-wide lock.
+    pub fn function(&self, function: &str) -> FunctionMetrics {
+        let key = Key::from_parts(INVOCATION_STARTED, Self::fname(function));
+        FunctionMetrics {
+            name: function.into(),
+            started: self.recorder.register_counter(&key, &METADATA),
+            by_code: RwLock::new(Vec::new()),
+        }
+    }
+
+    fn register_finished(&self, function: &str, code: u16) -> (Counter, Histogram) {
+        let mut labels = Self::fname(function);
+        labels.push(Label::new("code", code.to_string()));
+        let key = Key::from_parts(INVOCATION_TOTAL, labels.clone());
+        let c = self.recorder.register_counter(&key, &METADATA);
+        let key = Key::from_parts(FUNCTION_SECONDS, labels);
+        (c, self.recorder.register_histogram(&key, &METADATA))
+    }
+
     /// Counts a started invocation of `function` (`name.namespace`).
     pub fn started(&self, function: &str) {
         if let Some(c) = self.started.read().ok().and_then(|m| m.get(function).cloned()) {
@@ -89,12 +110,7 @@ impl GatewayMetrics {
         let (c, h) = match cached {
             Some(v) => v,
             None => {
-                let mut labels = Self::fname(function);
-                labels.push(Label::new("code", code.to_string()));
-                let key = Key::from_parts(INVOCATION_TOTAL, labels.clone());
-                let c = self.recorder.register_counter(&key, &METADATA);
-                let key = Key::from_parts(FUNCTION_SECONDS, labels);
-                let h = self.recorder.register_histogram(&key, &METADATA);
+                let (c, h) = self.register_finished(function, code);
                 if let Ok(mut m) = self.finished.write() {
                     if m.len() < 10_000 {
                         m.insert((function.to_string(), code), (c.clone(), h.clone()));
@@ -116,5 +132,47 @@ impl GatewayMetrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         self.handle.render()
+    }
+}
+
+/// One function's metric handles (see [`GatewayMetrics::function`]).
+pub struct FunctionMetrics {
+    name: Box<str>,
+    started: Counter,
+    // A handful of status codes per function: a short list beats a map.
+    by_code: RwLock<Vec<(u16, Counter, Histogram)>>,
+}
+
+impl std::fmt::Debug for FunctionMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FunctionMetrics").field("function", &self.name).finish()
+    }
+}
+
+impl FunctionMetrics {
+    /// Counts a started invocation.
+    pub fn started(&self) {
+        self.started.increment(1);
+    }
+
+    /// Counts a finished invocation with its HTTP status code and duration; `metrics` is the
+    /// recorder these handles came from.
+    pub fn finished(&self, metrics: &GatewayMetrics, code: u16, took: Duration) {
+        let secs = took.as_secs_f64();
+        if let Ok(v) = self.by_code.read() {
+            if let Some((_, c, h)) = v.iter().find(|(k, _, _)| *k == code) {
+                c.increment(1);
+                h.record(secs);
+                return;
+            }
+        }
+        let (c, h) = metrics.register_finished(&self.name, code);
+        if let Ok(mut v) = self.by_code.write() {
+            if v.len() < 64 && !v.iter().any(|(k, _, _)| *k == code) {
+                v.push((code, c.clone(), h.clone()));
+            }
+        }
+        c.increment(1);
+        h.record(secs);
     }
 }

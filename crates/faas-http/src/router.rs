@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +23,7 @@ use tower::{Layer, Service};
 
 use crate::config::GatewayConfig;
 use crate::layers::{BasicAuthLayer, BodyLimit, BodyLimitHit, BodyLimitLayer, RequestSpanLayer};
-use crate::metrics::GatewayMetrics;
+use crate::metrics::{FunctionMetrics, GatewayMetrics};
 use crate::util::{parse_query, query_get, read_json, valid_route_name};
 use crate::{portal, response};
 use faas_core::queue::ActivationStore;
@@ -35,6 +36,20 @@ pub const X_START_TIME: &str = "x-start-time";
 pub const X_DURATION_SECONDS: &str = "x-duration-seconds";
 /// `X-Callback-Url`.
 pub const X_CALLBACK_URL: &str = "x-callback-url";
+
+/// Hop-by-hop headers (and `Host`, sent on as `X-Forwarded-Host`), not passed to functions.
+const HOP_BY_HOP_NAMES: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HOST,
+];
 
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -56,8 +71,23 @@ struct Inner {
     queue: Option<Arc<dyn QueuePublisher>>,
     activations: Option<Arc<dyn ActivationStore>>,
     _worker: Option<faas_queue::WorkerHandle>,
-    ready: Mutex<HashMap<FunctionRef, Instant>>,
+    /// Functions routed to recently, by the name they were addressed with.
+    routes: RwLock<HashMap<Box<str>, Arc<Routed>>>,
+    /// The clock [`Routed::ready_until`] counts from.
+    epoch: Instant,
 }
+
+/// What the gateway keeps of a function it has routed to: the parsed reference, its metric
+/// handles, and until when it is trusted to have a ready replica without asking the backend.
+struct Routed {
+    fref: FunctionRef,
+    metrics: FunctionMetrics,
+    /// Nanoseconds after [`Inner::epoch`]; 0 once forgotten.
+    ready_until: AtomicU64,
+}
+
+/// The most functions whose routing the gateway remembers (the cache starts over beyond).
+const MAX_ROUTES: usize = 10_000;
 
 /// The gateway's routes (REFERENCE.md section 1) over an `Arc<dyn Invoker>`, as a tower
 /// `Service`. No auth or body limit of its own: [`Gateway::service`] adds those layers.
@@ -141,7 +171,8 @@ impl GatewayBuilder {
                 queue,
                 activations,
                 _worker: worker,
-                ready: Mutex::new(HashMap::new()),
+                routes: RwLock::new(HashMap::new()),
+                epoch: Instant::now(),
             }),
         };
         let service = router.clone().layered();
@@ -242,7 +273,9 @@ fn body_limit(req: &Request, inner: &Inner) -> usize {
 }
 
 async fn route(inner: Arc<Inner>, req: Request) -> Response {
-    let path = req.uri().path().to_string();
+    // A clone of the URI shares its bytes: the path stays borrowable while `req` moves on.
+    let uri = req.uri().clone();
+    let path = uri.path();
     let method = req.method().clone();
     if let Some(rest) = path.strip_prefix("/function/") {
         let (name, suffix) = split_name(rest);
@@ -252,7 +285,7 @@ async fn route(inner: Arc<Inner>, req: Request) -> Response {
         let (name, suffix) = split_name(rest);
         return invoke_async(&inner, req, name, suffix).await;
     }
-    let result: Result<Response> = match (path.as_str(), &method) {
+    let result: Result<Response> = match (path, &method) {
         ("/healthz", &Method::GET | &Method::HEAD) => Ok(response::text(StatusCode::OK, "OK\n")),
         ("/healthz", _) => Ok(response::method_not_allowed("GET")),
         ("/metrics", &Method::GET) => Ok(metrics(&inner).await),
@@ -332,35 +365,61 @@ impl Inner {
         }
     }
 
-    fn is_warm(&self, f: &FunctionRef) -> bool {
-        let ttl = self.config.ready_cache_ttl;
-        self.ready.lock().ok().and_then(|m| m.get(f).map(|t| t.elapsed() < ttl)).unwrap_or(false)
+    fn now_nanos(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn mark_warm(&self, f: &FunctionRef) {
-        if let Ok(mut m) = self.ready.lock() {
-            if m.len() > 100_000 {
+    /// The cached routing of `name` (as addressed), if it is trusted to be ready now.
+    fn warm(&self, name: &str) -> Option<Arc<Routed>> {
+        let r = self.routes.read().ok()?.get(name).cloned()?;
+        (self.now_nanos() < r.ready_until.load(Ordering::Relaxed)).then_some(r)
+    }
+
+    fn mark_ready(&self, r: &Routed) {
+        let ttl = u64::try_from(self.config.ready_cache_ttl.as_nanos()).unwrap_or(u64::MAX);
+        r.ready_until.store(self.now_nanos().saturating_add(ttl), Ordering::Relaxed);
+    }
+
+    /// Resolves `name` (`name` or `name.namespace`) to a function with a ready replica,
+    /// scaling it from zero if needed; cached for `ready_cache_ttl`.
+    async fn ready(&self, name: &str) -> Result<Arc<Routed>> {
+        if let Some(r) = self.warm(name) {
+            return Ok(r);
+        }
+        let cached = self.routes.read().ok().and_then(|m| m.get(name).cloned());
+        let r = match cached {
+            Some(r) => r,
+            None => {
+                let fref = self.fref(name)?;
+                let metrics = self.metrics.function(&fref.to_string());
+                Arc::new(Routed { fref, metrics, ready_until: AtomicU64::new(0) })
+            }
+        };
+        self.ensure_ready(&r.fref).await?;
+        self.mark_ready(&r);
+        if let Ok(mut m) = self.routes.write() {
+            if m.len() >= MAX_ROUTES && !m.contains_key(name) {
                 m.clear();
             }
-            m.insert(f.clone(), Instant::now());
+            m.entry(name.into()).or_insert_with(|| r.clone());
         }
+        Ok(r)
     }
 
+    /// Forgets that `f` was ready (after a deploy, update, scale, removal or a 404).
     fn forget(&self, f: &FunctionRef) {
-        if let Ok(mut m) = self.ready.lock() {
-            m.remove(f);
+        if let Ok(m) = self.routes.read() {
+            for r in m.values().filter(|r| r.fref == *f) {
+                r.ready_until.store(0, Ordering::Relaxed);
+            }
         }
     }
 
     /// Makes sure `f` exists and has a ready replica, scaling it from zero if needed (bounded
     /// by `scale_from_zero_timeout`, then 503).
     async fn ensure_ready(&self, f: &FunctionRef) -> Result<()> {
-        if self.is_warm(f) {
-            return Ok(());
-        }
         let st = self.invoker.status(f).await?;
         if st.available_replicas > 0 {
-            self.mark_warm(f);
             return Ok(());
         }
         let t0 = Instant::now();
@@ -375,7 +434,6 @@ impl Inner {
             let st = self.invoker.status(f).await?;
             if st.available_replicas > 0 {
                 tracing::info!(function = %f, took_ms = t0.elapsed().as_millis() as u64, "function ready");
-                self.mark_warm(f);
                 return Ok(());
             }
             if t0.elapsed() >= limit {
@@ -410,51 +468,86 @@ fn set_header(h: &mut HeaderMap, name: &'static str, value: &str) {
     }
 }
 
+/// `X-Duration-Seconds`: seconds with microsecond precision (`0.000124`).
+fn duration_value(d: Duration) -> HeaderValue {
+    let us = d.as_micros();
+    HeaderValue::try_from(format!("{}.{:06}", us / 1_000_000, us % 1_000_000))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// Removes the hop-by-hop headers and `Host`; returns the `Host` value.
+fn strip_hop_by_hop(h: &mut HeaderMap) -> Option<HeaderValue> {
+    let host = h.remove(header::HOST);
+    if h.keys().any(|k| HOP_BY_HOP_NAMES.contains(k)) {
+        for n in &HOP_BY_HOP_NAMES {
+            h.remove(n);
+        }
+    }
+    host
+}
+
+/// Removes the headers a function's response must not pass on (hyper frames the body).
+fn strip_response_framing(h: &mut HeaderMap) {
+    const FRAMING: [HeaderName; 3] =
+        [header::CONNECTION, HeaderName::from_static("keep-alive"), header::TRANSFER_ENCODING];
+    if h.keys().any(|k| FRAMING.contains(k)) {
+        for n in &FRAMING {
+            h.remove(n);
+        }
+    }
+}
+
 async fn invoke_sync(inner: &Inner, req: Request, name: &str, suffix: &str) -> Response {
     let received = SystemTime::now();
     let t0 = Instant::now();
     let id = call_id(req.headers());
-    let start_nanos = epoch_nanos(received).to_string();
-    let stamp = |mut r: Response, t0: Instant| {
+    let id_value = HeaderValue::from_str(id.as_str()).ok();
+    let start_value = HeaderValue::from(u64::try_from(epoch_nanos(received)).unwrap_or(0));
+    let stamp = |mut r: Response, took: Duration| {
         let h = r.headers_mut();
-        set_header(h, X_CALL_ID, id.as_str());
-        set_header(h, X_START_TIME, &start_nanos);
-        set_header(h, X_DURATION_SECONDS, &format!("{:.6}", t0.elapsed().as_secs_f64()));
+        if let Some(v) = &id_value {
+            h.insert(HeaderName::from_static(X_CALL_ID), v.clone());
+        }
+        h.insert(HeaderName::from_static(X_START_TIME), start_value.clone());
+        h.insert(HeaderName::from_static(X_DURATION_SECONDS), duration_value(took));
         r
     };
-    let f = match inner.fref(name) {
-        Ok(f) => f,
-        Err(e) => return stamp(response::error(&e), t0),
+    let routed = match inner.ready(name).await {
+        Ok(r) => r,
+        Err(e) => return stamp(response::error(&e), t0.elapsed()),
     };
-    if let Err(e) = inner.ensure_ready(&f).await {
-        return stamp(response::error(&e), t0);
-    }
     let limit_hit = req.extensions().get::<BodyLimitHit>().cloned();
     let (parts, body) = req.into_parts();
-    let pq = match parts.uri.query() {
-        Some(q) => format!("{}?{q}", if suffix.is_empty() { "/" } else { suffix }),
-        None => if suffix.is_empty() { "/" } else { suffix }.to_string(),
+    let path = if suffix.is_empty() { "/" } else { suffix };
+    let uri = match parts.uri.query() {
+        None if suffix.is_empty() => Ok(http::Uri::from_static("/")),
+        None => path.parse::<http::Uri>(),
+        Some(q) => format!("{path}?{q}").parse::<http::Uri>(),
     };
-    let uri = match pq.parse::<http::Uri>() {
+    let uri = match uri {
         Ok(u) => u,
-        Err(e) => return stamp(response::error(&Error::invalid("path", e.to_string())), t0),
+        Err(e) => {
+            return stamp(response::error(&Error::invalid("path", e.to_string())), t0.elapsed())
+        }
     };
     let mut fwd = http::Request::new(body);
     *fwd.method_mut() = parts.method;
     *fwd.uri_mut() = uri;
     let mut headers = parts.headers;
-    for h in HOP_BY_HOP {
-        headers.remove(*h);
+    let host = strip_hop_by_hop(&mut headers);
+    let forwarded_host =
+        host.or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    if let Some(host) = forwarded_host {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
-    if let Some(host) = parts.uri.authority().map(|a| a.to_string()) {
-        set_header(&mut headers, "x-forwarded-host", &host);
+    if let Some(v) = &id_value {
+        headers.insert(HeaderName::from_static(X_CALL_ID), v.clone());
     }
-    set_header(&mut headers, X_CALL_ID, id.as_str());
-    set_header(&mut headers, X_START_TIME, &start_nanos);
+    headers.insert(HeaderName::from_static(X_START_TIME), start_value.clone());
     *fwd.headers_mut() = headers;
-    let fname = f.to_string();
-    inner.metrics.started(&fname);
-    let inv = Invocation { id: id.clone(), function: f.clone(), request: fwd };
+    routed.metrics.started();
+    let f = &routed.fref;
+    let inv = Invocation { id, function: f.clone(), request: fwd };
     let upstream = inner.config.upstream_timeout;
     let outcome = match tokio::time::timeout(upstream, inner.invoker.invoke(inv)).await {
         Ok(r) => r,
@@ -462,9 +555,7 @@ async fn invoke_sync(inner: &Inner, req: Request, name: &str, suffix: &str) -> R
     };
     let resp = match outcome {
         Ok(mut r) => {
-            for h in ["connection", "keep-alive", "transfer-encoding"] {
-                r.headers_mut().remove(h);
-            }
+            strip_response_framing(r.headers_mut());
             r
         }
         Err(e) => {
@@ -474,15 +565,16 @@ async fn invoke_sync(inner: &Inner, req: Request, name: &str, suffix: &str) -> R
                 })
             } else {
                 if matches!(e, Error::NotFound { .. }) {
-                    inner.forget(&f);
+                    inner.forget(f);
                 }
                 tracing::debug!(function = %f, error = %e, "invocation failed");
                 response::error(&e)
             }
         }
     };
-    inner.metrics.finished(&fname, resp.status().as_u16(), t0.elapsed());
-    stamp(resp, t0)
+    let took = t0.elapsed();
+    routed.metrics.finished(&inner.metrics, resp.status().as_u16(), took);
+    stamp(resp, took)
 }
 
 fn validate_callback(url: &str) -> Result<()> {
@@ -510,7 +602,7 @@ async fn invoke_async(inner: &Inner, req: Request, name: &str, suffix: &str) -> 
         let Some(queue) = inner.queue.clone() else {
             return Err(Error::unavailable("no async queue is configured on this gateway"));
         };
-        if !inner.is_warm(&f) {
+        if inner.warm(name).is_none() {
             inner.invoker.status(&f).await?;
         }
         let limit = body_limit(&req, inner);

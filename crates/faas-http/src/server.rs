@@ -40,7 +40,14 @@ where
         let hyper_svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let svc = svc.clone();
             async move {
-                let req = req.map(Body::new);
+                // A request without a body (a GET, say) needs no boxed stream.
+                let req = req.map(|b| {
+                    if http_body::Body::is_end_stream(&b) {
+                        Body::empty()
+                    } else {
+                        Body::new(b)
+                    }
+                });
                 svc.oneshot(req).await
             }
         });

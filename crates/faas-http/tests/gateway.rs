@@ -204,6 +204,19 @@ async fn invoke_passes_everything_through() {
     let d: f64 = r.headers["x-duration-seconds"].to_str().unwrap().parse().unwrap();
     assert!((0.0..60.0).contains(&d));
 
+    // Host is sent on as X-Forwarded-Host; hop-by-hop headers are not passed.
+    g.deploy(FunctionSpec::new("fwd", "test/forwarded")).await;
+    let r = g
+        .req_h(
+            Method::GET,
+            "/function/fwd",
+            &[("host", "gw.example:8080"), ("connection", "keep-alive")],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "x-forwarded-host=gw.example:8080 host=- connection=- x-call-id=32");
+
     // Without a suffix the function sees "/", and a call id is generated.
     let r = g.req(Method::GET, "/function/echo", "").await;
     assert_eq!(r.headers["x-echo-path"], "/");

@@ -36,6 +36,21 @@ pub fn memory_invoker() -> Arc<MemoryInvoker> {
         }),
     );
     invoker.register(
+        "test/forwarded",
+        handler_fn(|req: Request, _ctx: Context| async move {
+            // Reports what the gateway forwarded of the request's routing headers.
+            let h = req.headers();
+            let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+            Ok::<_, Error>(format!(
+                "x-forwarded-host={} host={} connection={} x-call-id={}",
+                get("x-forwarded-host"),
+                get("host"),
+                get("connection"),
+                get("x-call-id").len()
+            ))
+        }),
+    );
+    invoker.register(
         "test/count",
         handler_fn(|req: Request, _ctx: Context| async move {
             // Reads a streamed body chunk by chunk and answers its length.
