@@ -435,7 +435,8 @@ impl ReadLoop {
         self.consumer.consumer.clone()
     }
 
-    /// The partitions of the topic and their high watermarks, retried until known.
+    /// The partitions of the topic and their high watermarks (0 for an empty partition),
+    /// retried until known.
     async fn partitions(&self) -> Vec<(i32, i64)> {
         let mut warned = false;
         loop {
@@ -458,10 +459,11 @@ impl ReadLoop {
                 }
                 let mut out = Vec::with_capacity(t.partitions().len());
                 for p in t.partitions() {
-                    let (_, high) = client
+                    let (low, high) = client
                         .fetch_watermarks(&topic, p.id(), METADATA_TIMEOUT)
                         .map_err(|e| format!("watermarks of {topic}/{}: {e}", p.id()))?;
-                    out.push((p.id(), high));
+                    // Nothing to read when every record is gone (retention).
+                    out.push((p.id(), if high > low { high } else { 0 }));
                 }
                 Ok(out)
             })
