@@ -257,6 +257,11 @@ async fn start_kafka(
     let records_topic =
         options.activations_topic.clone().unwrap_or_else(|| default_activations_topic(topic));
     let store = KafkaActivationStore::new(&kafka, &records_topic)?;
+    // Known records let the worker skip a redelivered call that already finished; a
+    // cluster that is down is worth saying at start-up (the store keeps trying).
+    if let Err(e) = store.wait_caught_up(std::time::Duration::from_secs(10)).await {
+        tracing::warn!(error = %e, "activation records not read yet");
+    }
     let activations: Arc<dyn ActivationStore> = Arc::new(store.clone());
     let publisher: Arc<dyn QueuePublisher> = Arc::new(faas_queue::TrackedPublisher::new(
         Arc::new(KafkaPublisher::new(&kafka)?),

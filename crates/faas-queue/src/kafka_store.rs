@@ -345,7 +345,8 @@ impl KafkaActivationStore {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::unavailable("kafka: the activation store reader stopped")),
             Err(_) => Err(Error::unavailable(format!(
-                "kafka: the activation store has not read topic {} within {}",
+                "kafka: the activation store has not read topic {} within {} (is Kafka up, \
+                 and does the topic exist? create it with cleanup.policy=compact)",
                 self.shared.topic,
                 faas_core::util::format_duration(timeout)
             ))),
