@@ -34,6 +34,7 @@ pub mod config;
 pub mod layers;
 pub mod metrics;
 mod portal;
+pub mod queue;
 pub mod response;
 pub mod router;
 pub mod server;

@@ -105,13 +105,13 @@ impl KafkaConfig {
         self
     }
 
-    fn base(&self) -> ClientConfig {
+    pub(crate) fn base(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers).set("client.id", &self.client_id);
         c
     }
 
-    fn apply_properties(&self, c: &mut ClientConfig) {
+    pub(crate) fn apply_properties(&self, c: &mut ClientConfig) {
         for (k, v) in &self.properties {
             c.set(k, v);
         }
@@ -127,11 +127,11 @@ impl KafkaConfig {
     }
 }
 
-fn config_error(what: &str, e: KafkaError) -> Error {
+pub(crate) fn config_error(what: &str, e: KafkaError) -> Error {
     Error::invalid("kafka", format!("cannot create the Kafka {what}: {e}"))
 }
 
-fn produce_error(e: &KafkaError) -> Error {
+pub(crate) fn produce_error(e: &KafkaError) -> Error {
     match e.rdkafka_error_code() {
         Some(RDKafkaErrorCode::QueueFull) => Error::Overloaded {
             message: "the Kafka producer queue is full".into(),

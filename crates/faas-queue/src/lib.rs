@@ -13,6 +13,8 @@
 //!   exponential backoff and jitter (honouring `Retry-After`), dead letters, callbacks, and
 //!   an [`AsyncActivation`] record per call id in an [`ActivationStore`].
 //! - [`store::MemoryActivationStore`]: those records in memory.
+//! - `kafka_store::KafkaActivationStore` (feature `kafka`): those records on a compacted
+//!   Kafka topic, so a gateway answers for calls a worker in another process ran.
 //! - [`TrackedPublisher`]: a publisher that also writes the `queued` record, which is what a
 //!   gateway's `/async-function` should publish through.
 //!
@@ -48,6 +50,8 @@ pub mod callback;
 pub mod gateway;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "kafka")]
+pub mod kafka_store;
 pub mod memory;
 pub mod store;
 pub mod worker;

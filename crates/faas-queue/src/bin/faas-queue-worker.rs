@@ -8,8 +8,14 @@
 //!     [--group faas-queue-worker] [--max-attempts 5] [--retry-statuses 408,429,500,502,503,504] \
 //!     [--backoff 100ms] [--max-backoff 30s] [--function-concurrency 16] \
 //!     [--max-in-flight 256] [--invoke-timeout 60s] [--max-payload-bytes 1048576] \
+//!     [--activations kafka|memory] [--activations-topic faas-async-activations] \
 //!     [--kafka-property KEY=VALUE]...
 //! ```
+//!
+//! Activation records (what `GET /system/activations/{call-id}` shows) go to the Kafka
+//! topic `--activations-topic` (default: the queue topic followed by `-activations`), where
+//! a gateway started with `faas up --queue kafka://...` reads them; `--activations memory`
+//! keeps them in this process only. Create that topic compacted (`cleanup.policy=compact`).
 //!
 //! Every option can also be given as an environment variable: `--max-attempts` is
 //! `FAAS_QUEUE_MAX_ATTEMPTS`, `--brokers` is `FAAS_QUEUE_BROKERS`, and so on. SIGINT or
@@ -19,10 +25,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use faas_core::queue::ActivationStore;
 use faas_core::util::{format_duration, parse_duration};
 use faas_core::{Error, Result};
 use faas_queue::gateway::GatewayInvoker;
 use faas_queue::kafka::{KafkaConfig, KafkaConsumer, KafkaDeadLetters};
+use faas_queue::kafka_store::{default_activations_topic, KafkaActivationStore};
 use faas_queue::{MemoryActivationStore, Worker, WorkerConfig};
 
 const FLAGS: &[&str] = &[
@@ -39,6 +47,8 @@ const FLAGS: &[&str] = &[
     "max-in-flight",
     "invoke-timeout",
     "max-payload-bytes",
+    "activations",
+    "activations-topic",
 ];
 
 struct Options {
@@ -124,7 +134,36 @@ fn usage() -> String {
         ));
     }
     s.push_str("  --kafka-property KEY=VALUE   any librdkafka property (repeatable)\n");
+    s.push_str(
+        "\nActivation records: --activations kafka (default) publishes them to\n\
+         --activations-topic (default: the queue topic + \"-activations\", a compacted topic)\n\
+         where gateways (faas up --queue kafka://...) read them; --activations memory keeps\n\
+         them in this process only.\n",
+    );
     s
+}
+
+/// Where the worker keeps activation records.
+enum Records {
+    /// On a Kafka topic, shared with gateways.
+    Kafka(String),
+    /// In this process only.
+    Memory,
+}
+
+fn records(o: &Options, kafka: &KafkaConfig) -> Result<Records> {
+    match o.get("activations").unwrap_or("kafka") {
+        "kafka" => Ok(Records::Kafka(
+            o.get("activations-topic")
+                .map(str::to_string)
+                .unwrap_or_else(|| default_activations_topic(&kafka.topic)),
+        )),
+        "memory" => Ok(Records::Memory),
+        other => Err(Error::invalid(
+            "activations",
+            format!("{other:?} is not a store (kafka or memory)"),
+        )),
+    }
 }
 
 fn config(o: &Options) -> Result<(KafkaConfig, WorkerConfig, String, Duration)> {
@@ -173,19 +212,36 @@ async fn run() -> Result<()> {
     let invoker = Arc::new(GatewayInvoker::new(&gateway, invoke_timeout)?);
     let consumer = Arc::new(KafkaConsumer::new(&kafka)?);
     let dead_letters = Arc::new(KafkaDeadLetters::new(&kafka)?);
-    let store = Arc::new(MemoryActivationStore::default());
+    let (store, kafka_store): (Arc<dyn ActivationStore>, _) = match records(&o, &kafka)? {
+        Records::Kafka(topic) => {
+            let s = KafkaActivationStore::new(&kafka, &topic)?;
+            // Known records let a redelivered, already finished call be skipped.
+            if let Err(e) = s.wait_caught_up(Duration::from_secs(30)).await {
+                eprintln!("faas-queue-worker: {e} (going on; it keeps reading)");
+            }
+            (Arc::new(s.clone()), Some(s))
+        }
+        Records::Memory => (Arc::new(MemoryActivationStore::default()), None),
+    };
     eprintln!(
-        "faas-queue-worker: topic {} group {} on {}, invoking through {gateway} (max attempts {}, timeout {})",
+        "faas-queue-worker: topic {} group {} on {}, invoking through {gateway} (max attempts {}, timeout {}), activation records {}",
         kafka.topic,
         kafka.group_id,
         kafka.brokers,
         worker_config.max_attempts,
-        format_duration(invoke_timeout)
+        format_duration(invoke_timeout),
+        kafka_store.as_ref().map_or("in memory".to_string(), |s| format!("on topic {}", s.topic())),
     );
     let worker =
         Worker::new(invoker, consumer, store, worker_config).with_dead_letters(dead_letters);
     let stats = worker.stats();
-    worker.run_until(shutdown_signal()).await?;
+    let result = worker.run_until(shutdown_signal()).await;
+    if let Some(s) = kafka_store {
+        if let Err(e) = s.close().await {
+            eprintln!("faas-queue-worker: {e}");
+        }
+    }
+    result?;
     eprintln!(
         "faas-queue-worker: stopped after {} succeeded, {} failed, {} dead-lettered",
         stats.succeeded.load(std::sync::atomic::Ordering::Relaxed),

@@ -91,6 +91,23 @@ enum Command {
         /// Do not run the autoscaler (KPA driven by the `com.openfaas.scale.*` labels).
         #[arg(long)]
         no_autoscale: bool,
+        /// Where `/async-function` queues calls: `memory` (in-process queue and worker) or
+        /// `kafka://HOST:PORT[,HOST:PORT...][/TOPIC]` (TOPIC default `faas-async`; needs a
+        /// faas built with `--features kafka`). With Kafka, activation records go to the
+        /// compacted topic `TOPIC-activations`, shared with `faas-queue-worker`.
+        #[arg(long, env = "FAAS_QUEUE", default_value = "memory", value_name = "URL")]
+        queue: faas_http::queue::QueueUrl,
+        /// The Kafka topic of activation records (default `TOPIC-activations`; same
+        /// variable as faas-queue-worker's).
+        #[arg(long, env = "FAAS_QUEUE_ACTIVATIONS_TOPIC", value_name = "TOPIC")]
+        activations_topic: Option<String>,
+        /// With a Kafka queue, run no worker in this process: an external
+        /// `faas-queue-worker` consumes the topic.
+        #[arg(long)]
+        no_worker: bool,
+        /// A librdkafka property KEY=VALUE for the Kafka queue (repeatable).
+        #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
+        kafka_properties: Vec<String>,
     },
     /// List functions.
     #[command(alias = "ls")]
@@ -348,11 +365,35 @@ fn secret_value(from_literal: Option<String>, from_file: Option<PathBuf>) -> Res
 
 async fn run(cmd: Command) -> Result<ExitCode> {
     match cmd {
-        Command::Up { file, listen, backend, state_dir, filter, scheduler, no_autoscale } => {
+        Command::Up {
+            file,
+            listen,
+            backend,
+            state_dir,
+            filter,
+            scheduler,
+            no_autoscale,
+            queue,
+            activations_topic,
+            no_worker,
+            kafka_properties,
+        } => {
+            // Before anything starts: a Kafka queue needs the `kafka` feature.
+            queue.check()?;
             let scheduler = faas_core::scheduler_for(&scheduler)?;
             let backend =
                 UpBackend { kind: backend, state_dir, scheduler, autoscale: !no_autoscale };
-            up(file, listen, backend, filter).await?;
+            let queue = UpQueue {
+                url: queue,
+                options: faas_http::queue::QueueOptions {
+                    activations_topic,
+                    run_worker: !no_worker,
+                    kafka_properties: kv(&kafka_properties, "kafka-property")?
+                        .into_iter()
+                        .collect(),
+                },
+            };
+            up(file, listen, backend, filter, queue).await?;
         }
         Command::List { gw, verbose } => {
             let list = gw.client()?.list(gw.ns()).await?;
@@ -600,6 +641,12 @@ fn init_tracing() {
         .try_init();
 }
 
+/// How `faas up` queues async calls.
+struct UpQueue {
+    url: faas_http::queue::QueueUrl,
+    options: faas_http::queue::QueueOptions,
+}
+
 /// How `faas up` runs functions.
 struct UpBackend {
     kind: BackendKind,
@@ -647,6 +694,7 @@ async fn up(
     listen: String,
     up_backend: UpBackend,
     filter: Vec<String>,
+    up_queue: UpQueue,
 ) -> Result<()> {
     init_tracing();
     let specs = stack_specs(&file, &filter)?;
@@ -706,12 +754,27 @@ async fn up(
             );
         }
     }
-    let gateway = Gateway::builder(invoker.clone()).config(config.clone()).build();
+    let queue = faas_http::queue::AsyncQueue::start(
+        &up_queue.url,
+        &up_queue.options,
+        invoker.clone(),
+        &config,
+    )
+    .await?;
+    let mut builder = Gateway::builder(invoker.clone()).config(config.clone());
+    if let Some(q) = &queue {
+        builder = q.apply(builder);
+    }
+    let gateway = builder.build();
     let base = format!("http://{addr}");
     eprintln!();
     eprintln!(
         "Gateway: {base}   (basic auth {})",
         if config.auth.is_some() { "on" } else { "off" }
+    );
+    eprintln!(
+        "Async:   {}",
+        queue.as_ref().map_or("in-memory queue, worker in process", |q| q.description())
     );
     eprintln!("Portal:  {base}/ui/");
     for spec in &specs {
@@ -723,6 +786,12 @@ async fn up(
     })
     .await
     .map_err(|e| Error::internal(format!("server: {e}")))?;
+    if let Some(q) = queue {
+        eprintln!("Stopping: the async worker...");
+        if let Err(e) = q.shutdown().await {
+            eprintln!("  {e}");
+        }
+    }
     eprintln!("Stopping: removing functions...");
     for spec in &specs {
         let _ = tokio::time::timeout(Duration::from_secs(15), invoker.remove(&spec.function_ref()))

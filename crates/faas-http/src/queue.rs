@@ -1,0 +1,350 @@
+//! The async queue of a gateway, as `faas up --queue` names it: `memory` (the default, an
+//! in-process queue and worker) or `kafka://HOST:PORT[,HOST:PORT...][/TOPIC]` (feature
+//! `kafka`): `/async-function` publishes to TOPIC (default `faas-async`), activation
+//! records go through the Kafka activation store on `TOPIC-activations` (so records of
+//! calls run by a `faas-queue-worker` in another process are found too), and an in-process
+//! worker consumes TOPIC unless [`QueueOptions::run_worker`] is off.
+//!
+//! ```
+//! use faas_http::queue::QueueUrl;
+//! let url: QueueUrl = "kafka://10.0.0.1:9092,10.0.0.2:9092/orders".parse().unwrap();
+//! assert_eq!(
+//!     url,
+//!     QueueUrl::Kafka { brokers: vec!["10.0.0.1:9092".into(), "10.0.0.2:9092".into()], topic: "orders".into() }
+//! );
+//! assert_eq!("memory".parse::<QueueUrl>().unwrap(), QueueUrl::Memory);
+//! ```
+
+use std::sync::Arc;
+
+use faas_core::queue::{ActivationStore, QueuePublisher};
+use faas_core::{Error, Invoker, Result};
+
+use crate::{GatewayBuilder, GatewayConfig};
+
+/// The Kafka topic of queued invocations when the URL names none.
+pub const DEFAULT_TOPIC: &str = "faas-async";
+
+/// Where a gateway queues async invocations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QueueUrl {
+    /// `memory`: a bounded in-process queue with an in-process worker.
+    Memory,
+    /// `kafka://HOST:PORT[,HOST:PORT...][/TOPIC]`.
+    Kafka {
+        /// The bootstrap brokers, `HOST:PORT` each.
+        brokers: Vec<String>,
+        /// The topic of queued invocations.
+        topic: String,
+    },
+}
+
+impl std::fmt::Display for QueueUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueueUrl::Memory => f.write_str("memory"),
+            QueueUrl::Kafka { brokers, topic } => {
+                write!(f, "kafka://{}/{topic}", brokers.join(","))
+            }
+        }
+    }
+}
+
+fn bad(message: impl Into<String>) -> Error {
+    Error::invalid("queue", message)
+}
+
+const FORMS: &str = "expected `memory` or `kafka://HOST:PORT[,HOST:PORT...][/TOPIC]`";
+
+/// A Kafka topic name: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+fn valid_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn valid_broker(b: &str) -> bool {
+    let Some((host, port)) = b.rsplit_once(':') else { return false };
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    !host.is_empty()
+        && host.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b':'))
+        && port.parse::<u16>().is_ok_and(|p| p > 0)
+}
+
+impl std::str::FromStr for QueueUrl {
+    type Err = Error;
+
+    /// Parses `memory` or `kafka://HOST:PORT[,HOST:PORT...][/TOPIC]`; anything else is
+    /// [`Error::InvalidSpec`] (field `queue`) saying what is wrong.
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("memory") || s.eq_ignore_ascii_case("memory://") {
+            return Ok(QueueUrl::Memory);
+        }
+        let Some(rest) = s.strip_prefix("kafka://") else {
+            return Err(bad(format!("{s:?}: {FORMS}")));
+        };
+        let (hosts, topic) = match rest.split_once('/') {
+            Some((h, t)) => (h, t),
+            None => (rest, ""),
+        };
+        let brokers: Vec<String> =
+            hosts.split(',').map(str::trim).filter(|b| !b.is_empty()).map(String::from).collect();
+        if brokers.is_empty() {
+            return Err(bad(format!("{s:?} names no broker: {FORMS}")));
+        }
+        if let Some(b) = brokers.iter().find(|b| !valid_broker(b)) {
+            return Err(bad(format!("broker {b:?} is not HOST:PORT: {FORMS}")));
+        }
+        let topic = if topic.is_empty() { DEFAULT_TOPIC } else { topic };
+        if !valid_topic(topic) {
+            return Err(bad(format!(
+                "topic {topic:?} is not a Kafka topic name (1 to 249 letters, digits, '.', '_', '-')"
+            )));
+        }
+        Ok(QueueUrl::Kafka { brokers, topic: topic.to_string() })
+    }
+}
+
+/// The error for a Kafka queue in a build without the `kafka` feature.
+pub fn kafka_not_compiled() -> Error {
+    Error::NotSupported {
+        operation: "the Kafka queue (--queue kafka://...): this faas was built without the \
+                    `kafka` feature of faas-http; rebuild it with `cargo build -p faas-http \
+                    --features kafka` (or `cargo run -p faas-http --features kafka --bin faas \
+                    -- up ...`)"
+            .into(),
+    }
+}
+
+impl QueueUrl {
+    /// Checks that this build can use the queue: a Kafka URL needs the `kafka` feature
+    /// (`compiled` is whether it is in; [`QueueUrl::check`] passes this build's).
+    pub fn check_with(&self, compiled: bool) -> Result<()> {
+        match self {
+            QueueUrl::Kafka { .. } if !compiled => Err(kafka_not_compiled()),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`QueueUrl::check_with`] for this build.
+    pub fn check(&self) -> Result<()> {
+        self.check_with(cfg!(feature = "kafka"))
+    }
+}
+
+/// How [`AsyncQueue::start`] sets a queue up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueOptions {
+    /// The topic of activation records; default `TOPIC-activations`, which is also what
+    /// `faas-queue-worker` uses by default.
+    pub activations_topic: Option<String>,
+    /// Run a worker in this process consuming the queue (default). Off, an external
+    /// `faas-queue-worker` consumes it.
+    pub run_worker: bool,
+    /// Further librdkafka properties (security settings and such).
+    pub kafka_properties: Vec<(String, String)>,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions { activations_topic: None, run_worker: true, kafka_properties: Vec::new() }
+    }
+}
+
+/// A queue set up for a gateway: give it to the gateway with [`AsyncQueue::apply`], and
+/// [`AsyncQueue::shutdown`] it once the gateway stopped.
+pub struct AsyncQueue {
+    publisher: Arc<dyn QueuePublisher>,
+    activations: Arc<dyn ActivationStore>,
+    worker: Option<faas_queue::WorkerHandle>,
+    #[cfg(feature = "kafka")]
+    kafka_store: Option<faas_queue::kafka_store::KafkaActivationStore>,
+    description: String,
+}
+
+impl std::fmt::Debug for AsyncQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncQueue").field("description", &self.description).finish()
+    }
+}
+
+impl AsyncQueue {
+    /// Sets up the queue of `url` for a gateway over `invoker` with `config`. For
+    /// [`QueueUrl::Memory`] it answers `None`: the gateway's built-in default is that queue.
+    /// A Kafka URL in a build without the `kafka` feature is [`kafka_not_compiled`].
+    /// Must be called within a tokio runtime.
+    pub async fn start(
+        url: &QueueUrl,
+        options: &QueueOptions,
+        invoker: Arc<dyn Invoker>,
+        config: &GatewayConfig,
+    ) -> Result<Option<AsyncQueue>> {
+        url.check()?;
+        match url {
+            QueueUrl::Memory => Ok(None),
+            #[cfg(feature = "kafka")]
+            QueueUrl::Kafka { brokers, topic } => {
+                start_kafka(brokers, topic, options, invoker, config).await.map(Some)
+            }
+            #[cfg(not(feature = "kafka"))]
+            QueueUrl::Kafka { .. } => {
+                let _ = (options, invoker, config);
+                Err(kafka_not_compiled())
+            }
+        }
+    }
+
+    /// The gateway's `/async-function` publishes here (writing the `queued` record) and
+    /// `GET /system/activations/{id}` reads from the activation store.
+    pub fn apply(&self, builder: GatewayBuilder) -> GatewayBuilder {
+        builder.queue(self.publisher.clone()).activations(self.activations.clone())
+    }
+
+    /// The publisher (it writes the `queued` record of each accepted call).
+    pub fn publisher(&self) -> Arc<dyn QueuePublisher> {
+        self.publisher.clone()
+    }
+
+    /// The activation store.
+    pub fn activations(&self) -> Arc<dyn ActivationStore> {
+        self.activations.clone()
+    }
+
+    /// Whether a worker runs in this process.
+    pub fn runs_worker(&self) -> bool {
+        self.worker.is_some()
+    }
+
+    /// One line saying what this is, for start-up messages.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Stops the in-process worker (in-flight invocations finish; the consumer leaves its
+    /// group) and closes the activation store.
+    pub async fn shutdown(self) -> Result<()> {
+        let mut result = Ok(());
+        if let Some(w) = self.worker {
+            result = w.shutdown().await;
+        }
+        #[cfg(feature = "kafka")]
+        if let Some(s) = self.kafka_store {
+            let closed = s.close().await;
+            result = result.and(closed);
+        }
+        result
+    }
+}
+
+#[cfg(feature = "kafka")]
+async fn start_kafka(
+    brokers: &[String],
+    topic: &str,
+    options: &QueueOptions,
+    invoker: Arc<dyn Invoker>,
+    config: &GatewayConfig,
+) -> Result<AsyncQueue> {
+    use faas_queue::kafka::{KafkaConfig, KafkaConsumer, KafkaDeadLetters, KafkaPublisher};
+    use faas_queue::kafka_store::{default_activations_topic, KafkaActivationStore};
+
+    let mut kafka = KafkaConfig::new(brokers.join(","));
+    kafka.topic = topic.to_string();
+    kafka.properties = options.kafka_properties.clone();
+    let records_topic =
+        options.activations_topic.clone().unwrap_or_else(|| default_activations_topic(topic));
+    let store = KafkaActivationStore::new(&kafka, &records_topic)?;
+    // Known records let the worker skip a redelivered call that already finished; a
+    // cluster that is down is worth saying at start-up (the store keeps trying).
+    if let Err(e) = store.wait_caught_up(std::time::Duration::from_secs(10)).await {
+        tracing::warn!(error = %e, "activation records not read yet");
+    }
+    let activations: Arc<dyn ActivationStore> = Arc::new(store.clone());
+    let publisher: Arc<dyn QueuePublisher> = Arc::new(faas_queue::TrackedPublisher::new(
+        Arc::new(KafkaPublisher::new(&kafka)?),
+        activations.clone(),
+    ));
+    let worker = if options.run_worker {
+        let worker_config = faas_queue::WorkerConfig {
+            max_payload_bytes: config.max_body_bytes,
+            max_response_bytes: config.max_async_result_bytes,
+            ..Default::default()
+        };
+        Some(
+            faas_queue::Worker::new(
+                invoker,
+                Arc::new(KafkaConsumer::new(&kafka)?),
+                activations.clone(),
+                worker_config,
+            )
+            .with_dead_letters(Arc::new(KafkaDeadLetters::new(&kafka)?))
+            .spawn(),
+        )
+    } else {
+        None
+    };
+    let description = format!(
+        "kafka topic {topic} on {}, records on {records_topic}, {}",
+        kafka.brokers,
+        if worker.is_some() {
+            format!("worker in process (group {})", kafka.group_id)
+        } else {
+            "no worker in process (run faas-queue-worker)".to_string()
+        }
+    );
+    Ok(AsyncQueue { publisher, activations, worker, kafka_store: Some(store), description })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_accepted_forms() {
+        assert_eq!("memory".parse::<QueueUrl>().unwrap(), QueueUrl::Memory);
+        assert_eq!(
+            "kafka://127.0.0.1:9092".parse::<QueueUrl>().unwrap(),
+            QueueUrl::Kafka { brokers: vec!["127.0.0.1:9092".into()], topic: DEFAULT_TOPIC.into() }
+        );
+        assert_eq!(
+            "kafka://a:1,b.example:2/my.topic_1".parse::<QueueUrl>().unwrap(),
+            QueueUrl::Kafka {
+                brokers: vec!["a:1".into(), "b.example:2".into()],
+                topic: "my.topic_1".into()
+            }
+        );
+        let u = "kafka://[::1]:9092/t".parse::<QueueUrl>().unwrap();
+        assert_eq!(u.to_string(), "kafka://[::1]:9092/t");
+        for bad in [
+            "",
+            "nats://x:4222",
+            "kafka://",
+            "kafka:///t",
+            "kafka://host/t",
+            "kafka://host:0/t",
+            "kafka://host:99999/t",
+            "kafka://h:1/bad topic",
+            "kafka://h:1/a/b",
+        ] {
+            let e = bad.parse::<QueueUrl>().unwrap_err();
+            assert!(
+                matches!(&e, Error::InvalidSpec { field, .. } if field == "queue"),
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn kafka_without_the_feature_is_a_clear_error() {
+        let url: QueueUrl = "kafka://127.0.0.1:9092/t".parse().unwrap();
+        let e = url.check_with(false).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("`kafka` feature") && msg.contains("--features kafka"), "{msg}");
+        assert!(url.check_with(true).is_ok());
+        assert!(QueueUrl::Memory.check_with(false).is_ok());
+        assert_eq!(url.check().is_ok(), cfg!(feature = "kafka"));
+    }
+}
