@@ -63,8 +63,14 @@ pub struct InvocationId(Arc<str>);
 impl InvocationId {
     /// A new random id.
     pub fn new() -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let v: u128 = rand::random();
-        InvocationId(format!("{v:032x}").into())
+        let mut buf = [0u8; 32];
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = HEX[((v >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        // Only ASCII hex digits were written.
+        InvocationId(std::str::from_utf8(&buf).unwrap_or_default().into())
     }
 
     /// Uses a given id (for example an `X-Call-Id` header a caller sent).
@@ -246,6 +252,7 @@ mod tests {
         assert_eq!(FunctionRef::parse("echo", "x").namespace, "x");
         let id = InvocationId::new();
         assert_eq!(id.as_str().len(), 32);
+        assert!(id.as_str().bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_ne!(id, InvocationId::new());
     }
 

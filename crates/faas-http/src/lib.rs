@@ -44,4 +44,4 @@ mod util;
 pub use auth::BasicAuth;
 pub use config::GatewayConfig;
 pub use router::{Gateway, GatewayBuilder, GatewayService, Router};
-pub use server::serve;
+pub use server::{serve, serve_with, ServeConfig};

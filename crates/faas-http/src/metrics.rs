@@ -129,6 +129,13 @@ impl GatewayMetrics {
         self.recorder.register_gauge(&key, &METADATA).set(replicas as f64);
     }
 
+    /// Folds recorded histogram samples into their buckets. Without it samples pile up in
+    /// memory between scrapes; a [`crate::Gateway`] built inside a tokio runtime runs it every
+    /// 5 s.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         self.handle.render()

@@ -86,6 +86,9 @@ struct Routed {
     ready_until: AtomicU64,
 }
 
+/// How often histogram samples are folded into their buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 /// The most functions whose routing the gateway remembers (the cache starts over beyond).
 const MAX_ROUTES: usize = 10_000;
 
@@ -175,6 +178,22 @@ impl GatewayBuilder {
                 epoch: Instant::now(),
             }),
         };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            // Histogram samples are kept until folded into buckets: fold them regularly,
+            // for as long as the gateway lives.
+            let weak = Arc::downgrade(&router.inner);
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(METRICS_UPKEEP);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    match weak.upgrade() {
+                        Some(inner) => inner.metrics.run_upkeep(),
+                        None => return,
+                    }
+                }
+            });
+        }
         let service = router.clone().layered();
         Gateway { router, service }
     }
@@ -264,6 +283,16 @@ impl Service<Request> for Router {
 
     fn call(&mut self, req: Request) -> Self::Future {
         let inner = self.inner.clone();
+        if req.uri().path().starts_with("/function/") {
+            // The hot path gets a future of its own, much smaller than one that could also
+            // hold any of the admin routes' states (and so cheaper to box and move).
+            let uri = req.uri().clone();
+            return Box::pin(async move {
+                let rest = uri.path().strip_prefix("/function/").unwrap_or_default();
+                let (name, suffix) = split_name(rest);
+                Ok(invoke_sync(&inner, req, name, suffix).await)
+            });
+        }
         Box::pin(async move { Ok(route(inner, req).await) })
     }
 }
@@ -497,39 +526,49 @@ fn strip_response_framing(h: &mut HeaderMap) {
     }
 }
 
-async fn invoke_sync(inner: &Inner, req: Request, name: &str, suffix: &str) -> Response {
-    let received = SystemTime::now();
-    let t0 = Instant::now();
-    let id = call_id(req.headers());
-    let id_value = HeaderValue::from_str(id.as_str()).ok();
-    let start_value = HeaderValue::from(u64::try_from(epoch_nanos(received)).unwrap_or(0));
-    let stamp = |mut r: Response, took: Duration| {
+/// The headers every synchronous invocation's response gets (and the function sees).
+struct Stamp {
+    id: Option<HeaderValue>,
+    start: HeaderValue,
+    t0: Instant,
+}
+
+impl Stamp {
+    fn new(id: &InvocationId) -> Stamp {
+        let received = SystemTime::now();
+        Stamp {
+            id: HeaderValue::from_str(id.as_str()).ok(),
+            start: HeaderValue::from(u64::try_from(epoch_nanos(received)).unwrap_or(0)),
+            t0: Instant::now(),
+        }
+    }
+
+    fn apply(&self, mut r: Response, took: Duration) -> Response {
         let h = r.headers_mut();
-        if let Some(v) = &id_value {
+        if let Some(v) = &self.id {
             h.insert(HeaderName::from_static(X_CALL_ID), v.clone());
         }
-        h.insert(HeaderName::from_static(X_START_TIME), start_value.clone());
+        h.insert(HeaderName::from_static(X_START_TIME), self.start.clone());
         h.insert(HeaderName::from_static(X_DURATION_SECONDS), duration_value(took));
         r
-    };
-    let routed = match inner.ready(name).await {
-        Ok(r) => r,
-        Err(e) => return stamp(response::error(&e), t0.elapsed()),
-    };
-    let limit_hit = req.extensions().get::<BodyLimitHit>().cloned();
+    }
+
+    fn error(&self, e: &Error) -> Response {
+        self.apply(response::error(e), self.t0.elapsed())
+    }
+}
+
+/// The request as the function receives it: the path suffix and query, the headers less
+/// hop-by-hop ones, plus `X-Forwarded-Host`, `X-Call-Id` and `X-Start-Time`.
+fn forwarded(req: Request, suffix: &str, stamp: &Stamp) -> Result<Request> {
     let (parts, body) = req.into_parts();
     let path = if suffix.is_empty() { "/" } else { suffix };
     let uri = match parts.uri.query() {
         None if suffix.is_empty() => Ok(http::Uri::from_static("/")),
         None => path.parse::<http::Uri>(),
         Some(q) => format!("{path}?{q}").parse::<http::Uri>(),
-    };
-    let uri = match uri {
-        Ok(u) => u,
-        Err(e) => {
-            return stamp(response::error(&Error::invalid("path", e.to_string())), t0.elapsed())
-        }
-    };
+    }
+    .map_err(|e| Error::invalid("path", e.to_string()))?;
     let mut fwd = http::Request::new(body);
     *fwd.method_mut() = parts.method;
     *fwd.uri_mut() = uri;
@@ -540,14 +579,35 @@ async fn invoke_sync(inner: &Inner, req: Request, name: &str, suffix: &str) -> R
     if let Some(host) = forwarded_host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
-    if let Some(v) = &id_value {
+    if let Some(v) = &stamp.id {
         headers.insert(HeaderName::from_static(X_CALL_ID), v.clone());
     }
-    headers.insert(HeaderName::from_static(X_START_TIME), start_value.clone());
+    headers.insert(HeaderName::from_static(X_START_TIME), stamp.start.clone());
     *fwd.headers_mut() = headers;
+    Ok(fwd)
+}
+
+// Kept small on purpose: only a few values live across its awaits (the request is rebuilt
+// in the synchronous `forwarded`), so the future is cheap to box and move.
+async fn invoke_sync(inner: &Inner, req: Request, name: &str, suffix: &str) -> Response {
+    let id = call_id(req.headers());
+    let stamp = Stamp::new(&id);
+    let routed = match inner.warm(name) {
+        Some(r) => r,
+        // The slow path (status polls, scale from zero) is boxed so that its large state
+        // does not bloat this future.
+        None => match Box::pin(inner.ready(name)).await {
+            Ok(r) => r,
+            Err(e) => return stamp.error(&e),
+        },
+    };
+    let limit_hit = req.extensions().get::<BodyLimitHit>().cloned();
+    let request = match forwarded(req, suffix, &stamp) {
+        Ok(r) => r,
+        Err(e) => return stamp.error(&e),
+    };
     routed.metrics.started();
-    let f = &routed.fref;
-    let inv = Invocation { id, function: f.clone(), request: fwd };
+    let inv = Invocation { id, function: routed.fref.clone(), request };
     let upstream = inner.config.upstream_timeout;
     let outcome = match tokio::time::timeout(upstream, inner.invoker.invoke(inv)).await {
         Ok(r) => r,
@@ -565,16 +625,16 @@ async fn invoke_sync(inner: &Inner, req: Request, name: &str, suffix: &str) -> R
                 })
             } else {
                 if matches!(e, Error::NotFound { .. }) {
-                    inner.forget(f);
+                    inner.forget(&routed.fref);
                 }
-                tracing::debug!(function = %f, error = %e, "invocation failed");
+                tracing::debug!(function = %routed.fref, error = %e, "invocation failed");
                 response::error(&e)
             }
         }
     };
-    let took = t0.elapsed();
+    let took = stamp.t0.elapsed();
     routed.metrics.finished(&inner.metrics, resp.status().as_u16(), took);
-    stamp(resp, took)
+    stamp.apply(resp, took)
 }
 
 fn validate_callback(url: &str) -> Result<()> {

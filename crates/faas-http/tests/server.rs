@@ -1,0 +1,114 @@
+//! `faas_http::serve_with` over real TCP on 127.0.0.1: quiet connections (idle keep-alive,
+//! slowly sent headers) are closed, while slow responses and keep-alive use are not cut.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use faas_core::{Body, Request, Response};
+use faas_http::ServeConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// `/slow` streams five chunks 100 ms apart; anything else answers `ok`.
+async fn handler(req: Request) -> Result<Response, Infallible> {
+    if req.uri().path() == "/slow" {
+        let chunks = futures::stream::unfold(0u8, |i| async move {
+            if i == 5 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Some((Ok::<_, faas_core::BoxError>(Bytes::from(format!("chunk{i};"))), i + 1))
+        });
+        return Ok(http::Response::new(Body::from_stream(chunks)));
+    }
+    Ok(http::Response::new(Body::from("ok")))
+}
+
+async fn start(idle: Duration) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = tower::service_fn(handler);
+    let config = ServeConfig::default().idle_timeout(idle);
+    tokio::spawn(faas_http::serve_with(listener, svc, std::future::pending(), config));
+    addr
+}
+
+/// Reads until the peer closes, at most `limit`; returns what was read and whether it closed.
+async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let addr = start(Duration::from_millis(200)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    let t0 = Instant::now();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(closed, "the server kept a connection with unfinished headers open");
+    assert_eq!(got, "", "nothing is answered to an unfinished request");
+    // Closed after one or two quiet periods, not at once.
+    assert!(t0.elapsed() >= Duration::from_millis(200), "closed after {:?}", t0.elapsed());
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_its_request() {
+    let addr = start(Duration::from_millis(200)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
+    assert!(got.ends_with("ok"), "{got}");
+    assert!(closed, "an idle keep-alive connection stayed open");
+}
+
+#[tokio::test]
+async fn a_response_streaming_longer_than_the_idle_timeout_is_not_cut() {
+    let addr = start(Duration::from_millis(100)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(closed);
+    for i in 0..5 {
+        assert!(got.contains(&format!("chunk{i};")), "chunk {i} missing from {got:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_busy_keep_alive_connection_stays_open() {
+    let addr = start(Duration::from_millis(100)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // Requests keep coming for longer than several quiet periods: the connection serves all.
+    let t0 = Instant::now();
+    let mut n = 0;
+    while t0.elapsed() < Duration::from_millis(600) {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 1024];
+        let mut got = Vec::new();
+        while !got.ends_with(b"ok") {
+            let k = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("answer in time")
+                .unwrap();
+            assert!(k > 0, "closed while busy, after {n} requests");
+            got.extend_from_slice(&buf[..k]);
+        }
+        n += 1;
+        // Pace the requests so they span several quiet periods with few of them.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(n > 10);
+}
