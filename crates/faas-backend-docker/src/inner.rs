@@ -23,6 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 
 use crate::engine::{self, label, map_err, status_of};
+use crate::logs::LogRetention;
 use crate::state::{lock, FunctionState, Pool, Pooled, Replica, RunState, SpecInfo, Template};
 
 /// The port the watchdog listens on inside every function container.
@@ -43,6 +44,8 @@ pub(crate) struct Settings {
     pub secrets_dir: PathBuf,
     pub namespaces: Option<BTreeSet<String>>,
     pub owner: String,
+    /// How much of its removed replicas' logs each function keeps.
+    pub log_retention: LogRetention,
 }
 
 pub(crate) struct Inner {
@@ -602,7 +605,7 @@ impl Inner {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                     v.dead.store(true, Ordering::SeqCst);
-                    if let Err(e) = inner.remove_container(&v.id).await {
+                    if let Err(e) = inner.retire_container(&f, &v.id, &v.name).await {
                         tracing::warn!(container = %v.name, error = %e, "removing a drained replica failed");
                     }
                     f.forget(&v);
@@ -612,15 +615,22 @@ impl Inner {
         });
     }
 
-    /// A replica whose container is gone or stopped: forget it, remove what is left, and
-    /// start a replacement.
+    /// A replica whose container is gone or stopped: forget it, remove what is left (keeping
+    /// its log lines, which tell why it died), and start a replacement.
     pub fn replica_died(self: &Arc<Self>, f: &Arc<FunctionState>, r: &Arc<Replica>) {
         if r.dead.swap(true, Ordering::SeqCst) {
             return;
         }
         tracing::warn!(function = %f.fref, instance = %r.name, "replica died; replacing it");
-        f.forget(r);
-        self.spawn_remove(r.id.clone());
+        // Its lines are retained before it leaves the replica list, so `logs` always finds
+        // them in one place or the other.
+        let (inner, fs, r2) = (Arc::clone(self), Arc::clone(f), Arc::clone(r));
+        tokio::spawn(async move {
+            if let Err(e) = inner.retire_container(&fs, &r2.id, &r2.name).await {
+                tracing::warn!(container = %r2.id, error = %e, "removing container failed");
+            }
+            fs.forget(&r2);
+        });
         if !f.removed.load(Ordering::SeqCst) {
             self.spawn_reconcile(Arc::clone(f));
         }
@@ -774,11 +784,13 @@ impl Inner {
                 .and_then(|v| v.parse::<u64>().ok())
                 .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
                 .unwrap_or_else(SystemTime::now);
-            let f = FunctionState::new(fref.clone(), info, 0, created);
+            let f = FunctionState::new(fref.clone(), info, 0, created, self.settings.log_retention);
             *lock(&f.definition_id) = id;
             adopted.insert(fref, Arc::new(f));
         }
         let mut stale = Vec::new();
+        // Stopped replicas of adopted functions: their lines are retained before removal.
+        let mut stale_replicas = Vec::new();
         for c in &listed {
             let Some(id) = c.id.clone() else { continue };
             let labels = c.labels.clone().unwrap_or_default();
@@ -815,6 +827,11 @@ impl Inner {
                     );
                     lock(&f.replicas).push(Arc::new(r));
                 }
+                (Some(f), _, _) => stale_replicas.push((
+                    Arc::clone(f),
+                    id,
+                    name.trim_start_matches('/').to_string(),
+                )),
                 _ => stale.push(id),
             }
         }
@@ -823,6 +840,10 @@ impl Inner {
             f.desired.store(n.max(f.spec().min_replicas), Ordering::SeqCst);
         }
         futures::future::join_all(stale.iter().map(|id| self.remove_container(id))).await;
+        futures::future::join_all(
+            stale_replicas.iter().map(|(f, id, name)| self.retire_container(f, id, name)),
+        )
+        .await;
         lock(&self.functions).extend(adopted);
         Ok(())
     }

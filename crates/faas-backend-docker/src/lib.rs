@@ -55,6 +55,12 @@
 //!   replicas killed from outside and restores replica counts. An unreachable engine gives
 //!   [`faas_core::Error::Unavailable`] with the reason; the backend carries on when the engine
 //!   returns.
+//! - **Logs** are the containers' `docker logs` (with timestamps), one stream per replica,
+//!   merged by timestamp. Before a replica's container is removed (scale down, scale to zero,
+//!   update, crash replacement) its last lines are copied into a per-function in-memory ring,
+//!   bounded by [`DockerInvokerBuilder::log_retention`] (default 10 000 lines and 8 MiB per
+//!   function), so [`faas_core::Invoker::logs`] keeps returning them, with their instance
+//!   names, until the function is removed (or the backend restarts).
 
 mod engine;
 mod inner;
@@ -82,6 +88,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::inner::{Inner, Settings};
+pub use crate::logs::{LogRetention, DEFAULT_RETAINED_LOG_BYTES, DEFAULT_RETAINED_LOG_LINES};
 use crate::state::{lock, FunctionState, Pool, Replica, Template};
 
 /// The default namespace list when none is configured.
@@ -98,6 +105,7 @@ pub struct DockerInvokerBuilder {
     secrets_dir: Option<PathBuf>,
     namespaces: Option<BTreeSet<String>>,
     owner: String,
+    log_retention: LogRetention,
 }
 
 impl std::fmt::Debug for DockerInvokerBuilder {
@@ -108,6 +116,7 @@ impl std::fmt::Debug for DockerInvokerBuilder {
             .field("start_timeout", &self.start_timeout)
             .field("namespaces", &self.namespaces)
             .field("owner", &self.owner)
+            .field("log_retention", &self.log_retention)
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +133,7 @@ impl Default for DockerInvokerBuilder {
             secrets_dir: None,
             namespaces: None,
             owner: "faas-rs".to_string(),
+            log_retention: LogRetention::default(),
         }
     }
 }
@@ -214,6 +224,18 @@ impl DockerInvokerBuilder {
         self
     }
 
+    /// How much of its removed replicas' logs each function keeps (default
+    /// [`DEFAULT_RETAINED_LOG_LINES`] lines and [`DEFAULT_RETAINED_LOG_BYTES`] bytes per
+    /// function; see [`LogRetention`]). A replica removed by a scale down, a scale to zero,
+    /// an update or a crash replacement has its last lines (at most `lines`) copied before
+    /// its container goes, and [`Invoker::logs`] keeps returning them, merged by timestamp
+    /// with the live replicas' lines, until the function is removed. A zero bound disables
+    /// it (removed replicas' logs then go with their containers).
+    pub fn log_retention(mut self, retention: LogRetention) -> Self {
+        self.log_retention = retention;
+        self
+    }
+
     /// Connects to the engine (negotiating the API version), adopts the functions and
     /// replicas found there, starts the maintenance loop and fills the prewarm pools.
     /// [`Error::Unavailable`] when the engine cannot be reached.
@@ -255,6 +277,7 @@ impl DockerInvokerBuilder {
                 secrets_dir,
                 namespaces: self.namespaces,
                 owner,
+                log_retention: self.log_retention,
             },
             http,
             functions: Mutex::new(Default::default()),
@@ -432,7 +455,13 @@ impl Invoker for DockerInvoker {
         let created = SystemTime::now();
         let desired = info.min_replicas;
         let def = inner.create_definition(&info, created).await?;
-        let f = Arc::new(FunctionState::new(fref.clone(), info, desired, created));
+        let f = Arc::new(FunctionState::new(
+            fref.clone(),
+            info,
+            desired,
+            created,
+            inner.settings.log_retention,
+        ));
         *lock(&f.definition_id) = def.clone();
         let inserted = {
             let mut fs = lock(&inner.functions);

@@ -9,6 +9,7 @@ use faas_core::{Error, FunctionRef, FunctionSpec, InstanceView, Scheduler, Start
 use tokio::sync::Notify;
 
 use crate::engine::fnv_hex;
+use crate::logs::{LogRetention, RetainedLogs};
 
 /// Locks a std mutex, recovering from poisoning (a panicking holder leaves plain data).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -169,10 +170,18 @@ pub(crate) struct FunctionState {
     pub start_error: Mutex<(u64, Option<Error>)>,
     /// Id of the definition container holding the spec.
     pub definition_id: Mutex<String>,
+    /// The last lines of its removed replicas (bounded; dropped with the function).
+    pub retained: Mutex<RetainedLogs>,
 }
 
 impl FunctionState {
-    pub fn new(fref: FunctionRef, info: SpecInfo, desired: u32, created_at: SystemTime) -> Self {
+    pub fn new(
+        fref: FunctionRef,
+        info: SpecInfo,
+        desired: u32,
+        created_at: SystemTime,
+        retention: LogRetention,
+    ) -> Self {
         FunctionState {
             fref,
             spec: RwLock::new(Arc::new(info)),
@@ -186,6 +195,7 @@ impl FunctionState {
             removed: AtomicBool::new(false),
             start_error: Mutex::new((0, None)),
             definition_id: Mutex::new(String::new()),
+            retained: Mutex::new(RetainedLogs::new(retention)),
         }
     }
 

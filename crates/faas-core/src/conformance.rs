@@ -795,6 +795,116 @@ pub async fn logs_readable(inv: &dyn Invoker, w: &dyn Workload) {
     cleanup(inv, &f).await;
 }
 
+/// The log lines a replica wrote stay readable through `logs` once the function is scaled to
+/// zero and that replica is gone: with their instance, selected by the `instance` filter and
+/// by `tail`, and merged in time order with a later replica's lines after a scale from zero.
+/// A function removed and deployed again starts with no lines. Waits are bounded polls.
+pub async fn logs_survive_scale_to_zero(inv: &dyn Invoker, w: &dyn Workload) {
+    use crate::invoker::LogsRequest;
+    let name = case_name(w, "logs-zero");
+    let spec = w.spec(&name, Behaviour::Log).label(labels::SCALE_ZERO, "true");
+    let f = fresh_deploy(inv, spec.clone()).await;
+    wait_available(inv, w, &f).await;
+    let first = format!("{name}: logged before scale to zero");
+    let resp = invoke_ok(inv, Invocation::post(f.clone(), first.clone())).await;
+    assert_eq!(read_body(resp).await, "logged", "conformance: log fixture answer");
+    let entry = poll(&format!("{f}'s first log line"), w.start_timeout(), || async {
+        inv.read_logs(&f).await.ok()?.into_iter().find(|e| e.text.contains(&first))
+    })
+    .await;
+    let old = entry.instance.clone();
+    assert!(!old.is_empty(), "conformance: log entry has no instance");
+
+    inv.scale(&f, 0).await.expect("conformance: scale to 0 failed");
+    poll(&format!("{f} to have 0 replicas"), w.start_timeout(), || async {
+        let s = inv.status(&f).await.ok()?;
+        (s.replicas == 0 && s.available_replicas == 0).then_some(())
+    })
+    .await;
+    let logs = inv.read_logs(&f).await.expect("conformance: logs at zero replicas failed");
+    let kept = logs.iter().find(|e| e.text.contains(&first)).unwrap_or_else(|| {
+        panic!("conformance: the line of a replica scaled away is gone; logs: {logs:?}")
+    });
+    assert_eq!(kept.instance, old, "conformance: instance of a line kept after scale to zero");
+    assert_eq!(kept.name, f.name, "conformance: name of a line kept after scale to zero");
+
+    // Scale from zero: a new replica logs a second line; both are listed, in time order.
+    let second = format!("{name}: logged after scale from zero");
+    let resp = tokio::time::timeout(
+        w.start_timeout(),
+        inv.invoke(Invocation::post(f.clone(), second.clone())),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("conformance: invoking {f} at zero did not answer in time"))
+    .unwrap_or_else(|e| panic!("conformance: invoking {f} at zero failed: {e}"));
+    assert_eq!(read_body(resp).await, "logged", "conformance: log fixture answer");
+    let logs = poll(&format!("{f}'s second log line"), w.start_timeout(), || async {
+        let logs = inv.read_logs(&f).await.ok()?;
+        logs.iter().any(|e| e.text.contains(&second)).then_some(logs)
+    })
+    .await;
+    let at = |marker: &str| logs.iter().position(|e| e.text.contains(marker));
+    let (Some(i), Some(j)) = (at(&first), at(&second)) else {
+        panic!("conformance: expected both lines after scale from zero; logs: {logs:?}")
+    };
+    assert!(i < j, "conformance: the older replica's line comes first; logs: {logs:?}");
+    assert_eq!(logs[i].instance, old, "conformance: instance of the older line");
+    assert!(
+        logs.windows(2).all(|p| p[0].timestamp <= p[1].timestamp),
+        "conformance: logs not in time order: {logs:?}"
+    );
+
+    // Filters apply to the kept lines as to live ones.
+    let only_old =
+        LogsRequest { instance: Some(old.clone()), ..LogsRequest::for_function(f.clone()) };
+    let only_old: Vec<_> = collect_logs(inv, only_old).await;
+    assert!(
+        only_old.iter().any(|e| e.text.contains(&first)),
+        "conformance: instance={old} lacks its line: {only_old:?}"
+    );
+    assert!(
+        only_old.iter().all(|e| e.instance == old),
+        "conformance: instance={old} gave other instances' lines: {only_old:?}"
+    );
+    let last =
+        collect_logs(inv, LogsRequest { tail: Some(1), ..LogsRequest::for_function(f.clone()) })
+            .await;
+    assert_eq!(last.len(), 1, "conformance: tail=1 gave {last:?}");
+    let t = logs[j].timestamp;
+    let since =
+        collect_logs(inv, LogsRequest { since: Some(t), ..LogsRequest::for_function(f.clone()) })
+            .await;
+    assert!(
+        since.iter().all(|e| e.timestamp >= t) && since.iter().any(|e| e.text.contains(&second)),
+        "conformance: since={t:?} gave {since:?}"
+    );
+
+    // Removing the function drops its lines: a new function of the same name has none.
+    cleanup(inv, &f).await;
+    let f = fresh_deploy(inv, spec).await;
+    let logs = inv.read_logs(&f).await.expect("conformance: logs of a redeployed function");
+    assert!(
+        !logs.iter().any(|e| e.text.contains(&first) || e.text.contains(&second)),
+        "conformance: a removed function's lines outlived it: {logs:?}"
+    );
+    cleanup(inv, &f).await;
+}
+
+async fn collect_logs(
+    inv: &dyn Invoker,
+    request: crate::invoker::LogsRequest,
+) -> Vec<crate::invoker::LogEntry> {
+    use futures::TryStreamExt;
+    let what = format!("{request:?}");
+    match inv.logs(request).await {
+        Ok(s) => s
+            .try_collect()
+            .await
+            .unwrap_or_else(|e| panic!("conformance: reading logs {what} failed: {e}")),
+        Err(e) => panic!("conformance: logs {what} failed: {e}"),
+    }
+}
+
 /// 1000 concurrent invocations are all answered, each with its own body.
 pub async fn many_concurrent_invocations(inv: &dyn Invoker, w: &dyn Workload) {
     let f = fresh_deploy(inv, w.spec(&case_name(w, "many"), Behaviour::Echo)).await;
@@ -833,6 +943,7 @@ pub async fn run_all(inv: &dyn Invoker, w: &dyn Workload) {
     scale_up_and_to_zero(inv, w).await;
     scale_from_zero(inv, w).await;
     logs_readable(inv, w).await;
+    logs_survive_scale_to_zero(inv, w).await;
     many_concurrent_invocations(inv, w).await;
 }
 
@@ -864,6 +975,7 @@ macro_rules! for_each_conformance_case {
         $case!(scale_up_and_to_zero);
         $case!(scale_from_zero);
         $case!(logs_readable);
+        $case!(logs_survive_scale_to_zero);
         $case!(many_concurrent_invocations);
     };
 }

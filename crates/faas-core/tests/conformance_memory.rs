@@ -32,6 +32,7 @@ cases!(
     scale_up_and_to_zero,
     scale_from_zero,
     logs_readable,
+    logs_survive_scale_to_zero,
     many_concurrent_invocations,
 );
 

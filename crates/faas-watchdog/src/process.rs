@@ -28,8 +28,12 @@
 //!   variable [`SECRETS_DIR_ENV`] (`OPENFAAS_SECRETS_DIR`). Updating a secret rewrites the
 //!   copies, so functions see the new value on their next read.
 //! - **Logs**: every line a replica writes (stdout and stderr, the watchdog's and the
-//!   function's) is kept per instance (bounded, in memory, surviving scale to zero) and
-//!   appended to `<state>/logs/<namespace>/<name>/<instance>.log`.
+//!   function's) is kept in memory per function, tagged with its instance, and appended to
+//!   `<state>/logs/<namespace>/<name>/<instance>.log`. The lines of replicas stopped by a
+//!   scale down, a scale to zero, an update or a crash stay listed (instance filter
+//!   included) until the function is removed, within
+//!   [`ProcessInvokerBuilder::log_limit`] lines and [`ProcessInvokerBuilder::log_bytes_limit`]
+//!   bytes per function (default 10 000 lines and 8 MiB; the oldest lines go first).
 //! - **Crashes**: a replica whose watchdog exits is replaced by a new one (with backoff when
 //!   it keeps failing); in `http` mode the watchdog itself restarts a dead function process.
 //! - **Scale to zero**: with `com.openfaas.scale.zero=true`, a function idle for its
@@ -72,6 +76,9 @@ pub const SECRETS_DIR_ENV: &str = "OPENFAAS_SECRETS_DIR";
 /// The provider name in [`ProviderInfo`].
 pub const PROVIDER: &str = "faas-rs-process";
 
+/// The default of [`ProcessInvokerBuilder::log_bytes_limit`]: 8 MiB of log lines per function.
+pub const DEFAULT_LOG_BYTES_LIMIT: usize = 8 << 20;
+
 /// Environment variables passed from the backend's own environment to every replica.
 const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
@@ -93,6 +100,7 @@ pub struct ProcessInvokerBuilder {
     queue_timeout: Duration,
     stop_grace: Duration,
     log_limit: usize,
+    log_bytes_limit: usize,
     node_labels: BTreeMap<String, String>,
 }
 
@@ -105,6 +113,7 @@ impl std::fmt::Debug for ProcessInvokerBuilder {
             .field("queue_timeout", &self.queue_timeout)
             .field("stop_grace", &self.stop_grace)
             .field("log_limit", &self.log_limit)
+            .field("log_bytes_limit", &self.log_bytes_limit)
             .field("node_labels", &self.node_labels)
             .finish_non_exhaustive()
     }
@@ -120,6 +129,7 @@ impl Default for ProcessInvokerBuilder {
             queue_timeout: Duration::from_secs(60),
             stop_grace: Duration::from_secs(10),
             log_limit: 10_000,
+            log_bytes_limit: DEFAULT_LOG_BYTES_LIMIT,
             node_labels: BTreeMap::new(),
         }
     }
@@ -186,9 +196,18 @@ impl ProcessInvokerBuilder {
         self
     }
 
-    /// How many log lines to keep in memory per function (default 10 000).
+    /// How many log lines to keep in memory per function (default 10 000; 0 keeps none).
     pub fn log_limit(mut self, n: usize) -> Self {
         self.log_limit = n;
+        self
+    }
+
+    /// How many bytes of log lines to keep in memory per function (default
+    /// [`DEFAULT_LOG_BYTES_LIMIT`], 8 MiB; 0 keeps none). A line counts its text, its
+    /// function, namespace and instance names and the entry's fixed size; the oldest lines
+    /// go first. Holds together with [`ProcessInvokerBuilder::log_limit`].
+    pub fn log_bytes_limit(mut self, bytes: usize) -> Self {
+        self.log_bytes_limit = bytes;
         self
     }
 
@@ -388,9 +407,26 @@ impl Replica {
 struct LogBook {
     fref: FunctionRef,
     limit: usize,
-    entries: Mutex<VecDeque<LogEntry>>,
+    bytes_limit: usize,
+    entries: Mutex<LogLines>,
     tx: Mutex<Option<broadcast::Sender<LogEntry>>>,
     dir: PathBuf,
+}
+
+/// A function's kept lines, oldest first, and the bytes they count.
+#[derive(Default)]
+struct LogLines {
+    lines: VecDeque<LogEntry>,
+    bytes: usize,
+}
+
+/// What a kept line counts against [`ProcessInvokerBuilder::log_bytes_limit`].
+fn entry_bytes(e: &LogEntry) -> usize {
+    std::mem::size_of::<LogEntry>()
+        + e.name.len()
+        + e.namespace.len()
+        + e.instance.len()
+        + e.text.len()
 }
 
 impl LogBook {
@@ -408,11 +444,13 @@ impl LogBook {
         }
         {
             let mut e = lock(&self.entries);
-            while self.limit > 0 && e.len() >= self.limit {
-                e.pop_front();
-            }
-            if self.limit > 0 {
-                e.push_back(entry.clone());
+            e.bytes += entry_bytes(&entry);
+            e.lines.push_back(entry.clone());
+            while !e.lines.is_empty() && (e.lines.len() > self.limit || e.bytes > self.bytes_limit)
+            {
+                if let Some(old) = e.lines.pop_front() {
+                    e.bytes -= entry_bytes(&old);
+                }
             }
         }
         if let Some(tx) = lock(&self.tx).as_ref() {
@@ -1076,7 +1114,8 @@ impl Invoker for ProcessInvoker {
             logs: Arc::new(LogBook {
                 fref: fref.clone(),
                 limit: sh.cfg.log_limit,
-                entries: Mutex::new(VecDeque::new()),
+                bytes_limit: sh.cfg.log_bytes_limit,
+                entries: Mutex::new(LogLines::default()),
                 tx: Mutex::new(Some(broadcast::channel(1024).0)),
                 dir: log_dir,
             }),
@@ -1321,7 +1360,8 @@ impl Invoker for ProcessInvoker {
         };
         let (snapshot, rx) = {
             let entries = lock(&book.entries);
-            let mut snap: Vec<LogEntry> = entries.iter().filter(|e| wanted(e)).cloned().collect();
+            let mut snap: Vec<LogEntry> =
+                entries.lines.iter().filter(|e| wanted(e)).cloned().collect();
             if let Some(t) = request.tail {
                 let skip = snap.len().saturating_sub(t);
                 snap.drain(..skip);

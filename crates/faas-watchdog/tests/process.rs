@@ -1,5 +1,6 @@
 //! Process-backend behaviour beyond the conformance suite: no process left behind, crashed
-//! replicas restarted, fork-mode functions, secrets directory, constraints, idle scale to zero.
+//! replicas restarted, fork-mode functions, secrets directory, constraints, idle scale to zero,
+//! logs kept after scale to zero and bounded in bytes.
 
 mod common;
 
@@ -427,4 +428,100 @@ async fn a_bad_scheduler_label_is_rejected_before_anything_starts() {
     assert_eq!(inv.call("cat", "still here").await.unwrap(), "still here");
     assert_eq!(inv.instance_pids(&cat).unwrap(), pids);
     inv.remove(&cat).await.unwrap();
+}
+
+/// Polls `f` every 20 ms until it gives `Some`, failing after `bound`.
+async fn eventually<T, F, Fut>(bound: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    tokio::time::timeout(bound, async {
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out after {bound:?} waiting for {what}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_of_replicas_scaled_to_zero_stay_listed_within_the_bounds() {
+    use faas_core::LogsRequest;
+    use futures::TryStreamExt;
+    let inv = invoker("logs-zero");
+    inv.deploy(fixture_spec("lz", "log").label(labels::SCALE_ZERO, "true")).await.unwrap();
+    let f = FunctionRef::default_ns("lz");
+    wait_available(&inv, &f, 1).await;
+    let pids = inv.instance_pids(&f).unwrap();
+    assert_eq!(inv.call("lz", "before-zero-line").await.unwrap(), "logged");
+    let line = eventually(Duration::from_secs(30), "the logged line", || async {
+        inv.read_logs(&f).await.ok()?.into_iter().find(|e| e.text == "before-zero-line")
+    })
+    .await;
+    assert_eq!(line.instance, pids[0].0, "the line carries its instance");
+
+    inv.scale(&f, 0).await.unwrap();
+    // The replica's processes are gone for good: what is listed now comes from the backend.
+    for (_, pid) in &pids {
+        assert!(wait_gone(*pid, Duration::from_secs(30)).await, "replica {pid} still runs");
+    }
+    eventually(Duration::from_secs(30), "no replica left", || async {
+        inv.instance_pids(&f).ok()?.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(inv.status(&f).await.unwrap().available_replicas, 0);
+    let logs = inv.read_logs(&f).await.unwrap();
+    let kept = logs.iter().find(|e| e.text == "before-zero-line").expect("line kept at zero");
+    assert_eq!(kept.instance, line.instance);
+    let req = LogsRequest {
+        instance: Some(line.instance.clone()),
+        ..LogsRequest::for_function(f.clone())
+    };
+    let only: Vec<_> = inv.logs(req).await.unwrap().try_collect().await.unwrap();
+    assert!(only.iter().any(|e| e.text == "before-zero-line"), "{only:#?}");
+    assert!(only.iter().all(|e| e.instance == line.instance), "{only:#?}");
+    inv.remove(&f).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_log_lines_are_bounded_in_bytes() {
+    let inv = ProcessInvoker::builder()
+        .watchdog_command(WATCHDOG, Vec::<String>::new())
+        .state_dir(temp_dir("logs-bytes"))
+        .stop_grace(Duration::from_secs(2))
+        .log_bytes_limit(16 << 10)
+        .build()
+        .unwrap();
+    inv.deploy(fixture_spec("lb", "log")).await.unwrap();
+    let f = FunctionRef::default_ns("lb");
+    wait_available(&inv, &f, 1).await;
+    // 40 lines of 1 KiB each: far over the 16 KiB bound.
+    for i in 0..40 {
+        let body = format!("big-{i:02}-{}", "x".repeat(1024));
+        assert_eq!(inv.call("lb", body).await.unwrap(), "logged");
+    }
+    let logs = eventually(Duration::from_secs(30), "the last big line", || async {
+        let logs = inv.read_logs(&f).await.ok()?;
+        logs.iter().any(|e| e.text.starts_with("big-39-")).then_some(logs)
+    })
+    .await;
+    let bytes: usize = logs
+        .iter()
+        .map(|e| {
+            std::mem::size_of::<faas_core::LogEntry>()
+                + e.name.len()
+                + e.namespace.len()
+                + e.instance.len()
+                + e.text.len()
+        })
+        .sum();
+    assert!(bytes <= 16 << 10, "kept {bytes} bytes over a 16 KiB bound");
+    let big = logs.iter().filter(|e| e.text.starts_with("big-")).count();
+    assert!((5..40).contains(&big), "kept {big} of 40 big lines");
+    assert!(!logs.iter().any(|e| e.text.starts_with("big-00-")), "the oldest line went first");
+    inv.remove(&f).await.unwrap();
 }
