@@ -11,7 +11,8 @@
 //! - `serializing`: the same, but the request body is read whole first and the response is
 //!   sent once the process has exited: 200 with its stdout, or 500 on a non-zero exit.
 //! - `http`: start `fprocess` once; it serves HTTP at `upstream_url` and the watchdog proxies
-//!   every request to it over pooled keep-alive connections. The process sees the environment
+//!   every request to it over keep-alive connections (each client connection gets its own
+//!   upstream connection, reused for its requests). The process sees the environment
 //!   variable `port` set to the upstream port. If it dies it is restarted (with backoff),
 //!   and requests wait (within their timeout) until it is back.
 //! - `static`: serve the files under `static_path` (default `/home/app/public`).
