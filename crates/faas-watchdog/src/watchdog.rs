@@ -2042,6 +2042,10 @@ mod tests {
         assert_eq!(field(&[("fprocess", "cat"), ("max_inflight", "-1")]), "max_inflight");
         assert_eq!(field(&[("fprocess", "cat"), ("port", "99999")]), "port");
         assert_eq!(field(&[("fprocess", "cat"), ("prefix_logs", "maybe")]), "prefix_logs");
+        assert_eq!(field(&[("fprocess", "cat"), ("watchdog_threads", "0")]), "watchdog_threads");
+        assert_eq!(field(&[("fprocess", "cat"), ("watchdog_threads", "x")]), "watchdog_threads");
+        let c = Config::from_vars([("fprocess", "cat"), ("watchdog_threads", "3")]).unwrap();
+        assert_eq!(c.threads, 3);
         let c =
             Config::from_vars([("function_process", "cat -"), ("write_timeout", "3s")]).unwrap();
         assert_eq!(c.fprocess, vec!["cat", "-"]);
