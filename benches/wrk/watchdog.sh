@@ -44,7 +44,10 @@ TCK=$(getconf CLK_TCK)
 # Clock ticks (user+system, own and reaped children) of a process and its live descendants.
 tree_ticks() {
   local p=$1 t=0 c
-  [ -r "/proc/$p/stat" ] && t=$(awk '{sub(/.*\) /,""); print $12+$13+$14+$15}' "/proc/$p/stat")
+  # (a child may exit while this runs: then it counts as 0 here and in its parent's
+  # reaped-children figures once reaped)
+  t=$(awk '{sub(/.*\) /,""); print $12+$13+$14+$15}' "/proc/$p/stat" 2>/dev/null) || true
+  t=${t:-0}
   for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do t=$((t + $(tree_ticks "$c"))); done
   echo "$t"
 }
