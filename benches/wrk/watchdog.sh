@@ -3,6 +3,11 @@
 # upstream, (c) that upstream alone (the baseline), all in one run, with the same wrk
 # settings (a small POST). Everything listens on 127.0.0.1 only.
 #
+# Besides wrk's figures each row gives the CPU time per request of the server (the process
+# and all its descendants: the fork-mode processes once reaped, the http-mode upstream) and
+# of wrk itself, from /proc and getrusage: on a shared machine throughput depends on what
+# else runs, CPU per request much less.
+#
 # Usage: benches/wrk/watchdog.sh [duration] [connections] [threads]
 #        (defaults 10s 32 2; needs `wrk` from Debian: apt-get install wrk)
 # Env:   CARGO_TARGET_DIR (default target), SKIP_BUILD=1 to use existing release binaries.
@@ -35,6 +40,18 @@ wrk.body   = "hello, watchdog"
 wrk.headers["Content-Type"] = "text/plain"
 LUA
 
+TCK=$(getconf CLK_TCK)
+# Clock ticks (user+system, own and reaped children) of a process and its live descendants.
+tree_ticks() {
+  local p=$1 t=0 c
+  # (a child may exit while this runs: then it counts as 0 here and in its parent's
+  # reaped-children figures once reaped)
+  t=$(awk '{sub(/.*\) /,""); print $12+$13+$14+$15}' "/proc/$p/stat" 2>/dev/null) || true
+  t=${t:-0}
+  for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do t=$((t + $(tree_ticks "$c"))); done
+  echo "$t"
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 wait_ok() { # url
@@ -45,36 +62,43 @@ wait_ok() { # url
   echo "not answering: $1" >&2; exit 1
 }
 
-run() { # label url
-  local out
-  out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$2")
-  local rps p50 p99 errs
+run() { # label url server-pid
+  local out t0 t1
+  t0=$(tree_ticks "$3")
+  out=$( { /usr/bin/time -f "WRKCPU %U %S" \
+    wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$2"; } 2>&1)
+  t1=$(tree_ticks "$3")
+  local rps p50 p99 errs reqs wcpu
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  wcpu=$(awk '/WRKCPU/ {print $2+$3}' <<<"$out")
   errs=$(grep -E 'Non-2xx|Socket errors' <<<"$out" | tr '\n' ' ' || true)
-  printf '| %s | %s | %s | %s | %s |\n' "$1" "$rps" "$p50" "$p99" "${errs:-none}"
+  printf '| %s | %s | %s | %s | %s | %.1f | %.1f |\n' "$1" "$rps" "$p50" "$p99" "${errs:-none}" \
+    "$(awk -v t="$((t1 - t0))" -v k="$TCK" -v n="$reqs" 'BEGIN {print t / k * 1e6 / n}')" \
+    "$(awk -v w="$wcpu" -v n="$reqs" 'BEGIN {print w * 1e6 / n}')"
 }
 
 UP=$(free_port); WD_HTTP=$(free_port); WD_FORK=$(free_port); WD_FORK2=$(free_port)
 
 # (c) the bare upstream: faas-fixture (a hyper server) echoing the body.
 port=$UP FIXTURE_BEHAVIOUR=echo "$BIN/faas-fixture" >/dev/null 2>&1 &
-PIDS+=($!)
+PIDS+=($!); PID_C=$!
 # (b) the watchdog in http mode in front of its own fixture (it starts the fixture itself).
 UP2=$(free_port)
 env mode=http fprocess="$BIN/faas-fixture" upstream_url="http://127.0.0.1:$UP2" \
   FIXTURE_BEHAVIOUR=echo port=$WD_HTTP bind_address=127.0.0.1 prefix_logs=false \
   "$BIN/faas-watchdog" >/dev/null 2>&1 &
-PIDS+=($!)
+PIDS+=($!); PID_B=$!
 # (a) the watchdog in fork (streaming) mode with cat.
 env mode=streaming fprocess=cat port=$WD_FORK bind_address=127.0.0.1 \
   "$BIN/faas-watchdog" >/dev/null 2>&1 &
-PIDS+=($!)
+PIDS+=($!); PID_A=$!
 # (a2) the same with prefix_logs=false (stderr inherited: no pipe, no log task).
 env mode=streaming fprocess=cat prefix_logs=false port=$WD_FORK2 bind_address=127.0.0.1 \
   "$BIN/faas-watchdog" >/dev/null 2>&1 &
-PIDS+=($!)
+PIDS+=($!); PID_A2=$!
 
 wait_ok "http://127.0.0.1:$UP/"
 wait_ok "http://127.0.0.1:$WD_HTTP/"
@@ -85,9 +109,10 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
 echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency -s post.lua (POST, 15-byte body)"
 echo
-echo "| what | req/s | p50 | p99 | errors |"
-echo "|---|---|---|---|---|"
-run "(a) fork mode, fprocess=cat" "http://127.0.0.1:$WD_FORK/"
-run "(a2) fork mode, fprocess=cat, prefix_logs=false" "http://127.0.0.1:$WD_FORK2/"
-run "(b) http mode -> faas-fixture" "http://127.0.0.1:$WD_HTTP/"
-run "(c) faas-fixture alone (baseline)" "http://127.0.0.1:$UP/"
+echo "| what | req/s | p50 | p99 | errors | server CPU us/req | wrk CPU us/req |"
+echo "|---|---|---|---|---|---|---|"
+run "(a) fork mode, fprocess=cat" "http://127.0.0.1:$WD_FORK/" "$PID_A"
+run "(a2) fork mode, fprocess=cat, prefix_logs=false" "http://127.0.0.1:$WD_FORK2/" "$PID_A2"
+run "(b) http mode -> faas-fixture" "http://127.0.0.1:$WD_HTTP/" "$PID_B"
+run "(c) faas-fixture alone (baseline)" "http://127.0.0.1:$UP/" "$PID_C"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

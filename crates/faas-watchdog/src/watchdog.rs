@@ -11,7 +11,8 @@
 //! - `serializing`: the same, but the request body is read whole first and the response is
 //!   sent once the process has exited: 200 with its stdout, or 500 on a non-zero exit.
 //! - `http`: start `fprocess` once; it serves HTTP at `upstream_url` and the watchdog proxies
-//!   every request to it over pooled keep-alive connections. The process sees the environment
+//!   every request to it over keep-alive connections (each client connection gets its own
+//!   upstream connection, reused for its requests). The process sees the environment
 //!   variable `port` set to the upstream port. If it dies it is restarted (with backoff),
 //!   and requests wait (within their timeout) until it is back.
 //! - `static`: serve the files under `static_path` (default `/home/app/public`).
@@ -40,6 +41,7 @@
 //! | `content_type` | | response `Content-Type` in the fork and static modes (default: the request's, else `application/octet-stream`) |
 //! | `static_path` | `/home/app/public` | the directory of `static` mode |
 //! | `log_requests` | `false` | (ours) one log line per request |
+//! | `watchdog_threads` | the number of CPUs | (ours) threads serving connections, each with its own single-threaded runtime |
 //!
 //! Durations are Go-style (`10s`, `500ms`, `1m`) or plain seconds.
 //!
@@ -76,9 +78,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::process::Command;
@@ -162,6 +162,12 @@ pub struct Config {
     pub static_path: PathBuf,
     /// `log_requests`.
     pub log_requests: bool,
+    /// `watchdog_threads`: how many threads serve connections (at least 1). Each accepted
+    /// connection is handed to one of them round-robin and stays there, together with
+    /// everything its requests do (the fork-mode process's pipes, the `http` mode's upstream
+    /// connection), so a request never wakes another thread. Connections handed to the
+    /// first "thread" run on the runtime that called [`serve`].
+    pub threads: usize,
 }
 
 impl Default for Config {
@@ -182,6 +188,7 @@ impl Default for Config {
             content_type: None,
             static_path: PathBuf::from("/home/app/public"),
             log_requests: false,
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         }
     }
 }
@@ -341,6 +348,17 @@ impl Config {
         }
         if let Some(v) = get("log_requests") {
             c.log_requests = parse_bool("log_requests", v)?;
+        }
+        if let Some(v) = get("watchdog_threads") {
+            c.threads = match v.trim().parse::<usize>() {
+                Ok(n) if (1..=256).contains(&n) => n,
+                _ => {
+                    return Err(Error::invalid(
+                        "watchdog_threads",
+                        format!("{v:?} is not a whole number from 1 to 256"),
+                    ))
+                }
+            };
         }
         if let Some(v) = get("content_type") {
             HeaderValue::from_str(v.trim()).map_err(|_| {
@@ -525,6 +543,11 @@ where
     if !shared.cfg.read_timeout.is_zero() {
         http.header_read_timeout(shared.cfg.read_timeout);
     }
+    let workers = match Worker::start_many(shared.cfg.threads.saturating_sub(1)) {
+        Ok(w) => w,
+        Err(e) => return Err(Error::unavailable(format!("cannot start the worker threads: {e}"))),
+    };
+    let mut next = 0usize;
     tokio::pin!(shutdown);
     let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
@@ -549,16 +572,26 @@ where
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let s = shared.clone();
-                let svc = hyper::service::service_fn(move |req| {
-                    let s = s.clone();
-                    async move { Ok::<_, Infallible>(handle(s, req).await) }
-                });
-                let conn = http.serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                let (s, http, watcher) = (shared.clone(), http.clone(), graceful.watcher());
+                next = (next + 1) % (workers.len() + 1);
+                match next.checked_sub(1).and_then(|i| workers.get(i)) {
+                    None => {
+                        tokio::spawn(serve_conn(s, http, watcher, stream));
+                    }
+                    Some(w) => {
+                        // Moved to the worker's runtime: deregistered here, registered there.
+                        match stream.into_std() {
+                            Ok(std) => {
+                                w.handle.spawn(async move {
+                                    if let Ok(stream) = tokio::net::TcpStream::from_std(std) {
+                                        serve_conn(s, http, watcher, stream).await;
+                                    }
+                                });
+                            }
+                            Err(e) => log(format!("accept: {e}")),
+                        }
+                    }
+                }
             }
         }
     }
@@ -575,6 +608,9 @@ where
         }
         None => graceful.shutdown().await,
     }
+    for w in workers {
+        w.stop().await;
+    }
     let left: Vec<u32> = groups_lock(&shared.groups).drain().collect();
     for pgid in left {
         sys::kill_group(pgid, sys::SIGKILL);
@@ -585,6 +621,55 @@ where
     }
     log("stopped");
     Ok(())
+}
+
+/// One connection, from its first request to its close, on the runtime it was spawned on.
+async fn serve_conn(
+    shared: Arc<Shared>,
+    http: hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    stream: tokio::net::TcpStream,
+) {
+    // In http mode the connection's upstream connection, kept between its requests.
+    let slot = ConnSlot::default();
+    let svc = hyper::service::service_fn(move |req| {
+        let (s, slot) = (shared.clone(), slot.clone());
+        async move { Ok::<_, Infallible>(handle(s, req, &slot).await) }
+    });
+    let _ = watcher.watch(http.serve_connection(TokioIo::new(stream), svc)).await;
+}
+
+/// A thread running a single-threaded runtime that serves the connections handed to it.
+struct Worker {
+    handle: tokio::runtime::Handle,
+    stop: tokio::sync::oneshot::Sender<()>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Worker {
+    fn start_many(n: usize) -> std::io::Result<Vec<Worker>> {
+        (0..n).map(Worker::start).collect()
+    }
+
+    fn start(i: usize) -> std::io::Result<Worker> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = rt.handle().clone();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stopped_tx, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new().name(format!("watchdog-{}", i + 1)).spawn(move || {
+            // Spawned tasks run while this thread is inside block_on.
+            let _ = rt.block_on(stop_rx);
+            drop(rt);
+            let _ = stopped_tx.send(());
+        })?;
+        Ok(Worker { handle, stop, stopped })
+    }
+
+    /// Stops the thread once its connections are gone (dropping any left) and waits for it.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.stopped.await;
+    }
 }
 
 /// Reads [`Config::from_env`], listens on its address and serves until SIGTERM or SIGINT.
@@ -625,7 +710,9 @@ pub async fn termination() {
 /// code (1 with a message on stderr when the configuration is invalid). Another binary can
 /// call it from a subcommand (the `faas` binary's `faas watchdog`).
 pub fn main_from_env() -> std::process::ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Single-threaded: `serve` starts `watchdog_threads - 1` more threads, each with its own
+    // single-threaded runtime, and spreads the connections over them and this one.
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             log(format!("cannot start the runtime: {e}"));
@@ -672,7 +759,7 @@ impl http_body::Body for Guarded {
     }
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>, slot: &ConnSlot) -> Response<Body> {
     match req.uri().path() {
         "/_/health" => return health(&shared, false),
         "/_/ready" => return health(&shared, true),
@@ -693,7 +780,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let resp = match shared.cfg.mode {
         Mode::Streaming => fork(&shared, req, true).await,
         Mode::Serializing => fork(&shared, req, false).await,
-        Mode::Http => proxy(&shared, req).await,
+        Mode::Http => proxy(&shared, req, slot).await,
         Mode::Static => serve_static(&shared, req).await,
     };
     if let Some((m, u, t0)) = log_req {
@@ -1154,7 +1241,6 @@ struct Upstream {
     authority: String,
     prefix: String,
     addr: SocketAddr,
-    client: Client<HttpConnector, Incoming>,
     ready: watch::Sender<bool>,
 }
 
@@ -1182,18 +1268,10 @@ impl Upstream {
                     Error::invalid("upstream_url", format!("{authority} has no address"))
                 })?
         };
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
         Ok(Upstream {
             authority: authority.to_string(),
             prefix: uri.path().trim_end_matches('/').to_string(),
             addr,
-            client,
             ready: watch::channel(false).0,
         })
     }
@@ -1294,7 +1372,7 @@ async fn supervise_upstream(shared: Arc<Shared>, mut stop: watch::Receiver<bool>
     }
 }
 
-async fn proxy(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+async fn proxy(shared: &Arc<Shared>, req: Request<Incoming>, slot: &ConnSlot) -> Response<Body> {
     let Some(up) = shared.upstream.as_ref() else {
         return text(StatusCode::INTERNAL_SERVER_ERROR, "upstream", "no upstream configured");
     };
@@ -1314,16 +1392,7 @@ async fn proxy(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             );
         }
     }
-    let (mut parts, body) = req.into_parts();
-    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let uri = format!("http://{}{}{}", up.authority, up.prefix, pq);
-    parts.uri = match uri.parse() {
-        Ok(u) => u,
-        Err(e) => return text(StatusCode::BAD_REQUEST, "uri", format!("bad request URI: {e}")),
-    };
-    parts.headers.remove(header::CONNECTION);
-    parts.headers.remove("keep-alive");
-    let fut = up.client.request(Request::from_parts(parts, body));
+    let fut = forward(up, req, slot);
     let r = match deadline {
         Some((at, d, name)) => match tokio::time::timeout_at(at, fut).await {
             Ok(r) => r,
@@ -1332,20 +1401,523 @@ async fn proxy(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         None => fut.await,
     };
     match r {
-        Ok(resp) => {
-            let (mut p, b) = resp.into_parts();
-            p.headers.remove(header::CONNECTION);
-            p.headers.remove("keep-alive");
-            Response::from_parts(p, Body::new(b))
-        }
+        Ok(resp) => resp,
         Err(e) => {
-            let mut msg = format!("upstream request failed: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
+            text(StatusCode::BAD_GATEWAY, "upstream", format!("upstream request failed: {e}"))
+        }
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection to the upstream and the bytes read from it but not yet
+/// used.
+struct UpConn {
+    io: tokio::net::TcpStream,
+    buf: BytesMut,
+}
+
+/// The upstream connection of one downstream connection, kept between its requests (which
+/// hyper serves one at a time). Requests on different downstream connections never share
+/// an upstream connection, so there is no pool to lock and no connection task to wake: the
+/// request's own task writes the request and reads the response.
+#[derive(Clone, Default)]
+struct ConnSlot(Arc<std::sync::Mutex<Option<UpConn>>>);
+
+impl ConnSlot {
+    /// The kept connection, unless the upstream closed it (or sent something unasked) while
+    /// it was idle.
+    fn take_live(&self) -> Option<UpConn> {
+        let c = self.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        let mut probe = [0u8; 1];
+        match c.io.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(c),
+            _ => None,
+        }
+    }
+
+    fn put(&self, c: UpConn) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+    }
+}
+
+/// A request body up to this size (of known length) is read before forwarding, so that head
+/// and body go out in one write and the request can be retried on a fresh connection.
+const BUFFER_BODY_UP_TO: u64 = 64 * 1024;
+
+/// Hop-by-hop headers the proxy does not forward (it frames bodies itself).
+fn is_hop_by_hop(name: &header::HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::TE
+        || name == header::UPGRADE
+        || name == header::TRAILER
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// How the upstream's response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes remain.
+    Length(u64),
+    /// Chunked transfer coding, in this state.
+    Chunked(Chunk),
+    /// Until the upstream closes the connection.
+    Eof,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty line.
+    Trailer,
+}
+
+/// Forwards one request over the connection's upstream connection (opening one if needed).
+async fn forward(
+    up: &Upstream,
+    req: Request<Incoming>,
+    slot: &ConnSlot,
+) -> Result<Response<Body>, String> {
+    let (parts, body) = req.into_parts();
+    let exact = http_body::Body::size_hint(&body).exact();
+    let mut head = BytesMut::with_capacity(512);
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.extend_from_slice(b" ");
+    head.extend_from_slice(up.prefix.as_bytes());
+    head.extend_from_slice(
+        parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").as_bytes(),
+    );
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if is_hop_by_hop(name) || (name == header::CONTENT_LENGTH && exact.is_none()) {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(header::HOST) {
+        head.extend_from_slice(b"host: ");
+        head.extend_from_slice(up.authority.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    let has_cl = parts.headers.contains_key(header::CONTENT_LENGTH);
+    // Some(body) when the body is streamed after the head (then no retry is possible).
+    let (mut stream_body, chunked) = match exact {
+        Some(n) if n <= BUFFER_BODY_UP_TO => {
+            let b = body
+                .collect()
+                .await
+                .map_err(|e| format!("reading the request body: {e}"))?
+                .to_bytes();
+            if !has_cl && !b.is_empty() {
+                head.extend_from_slice(format!("content-length: {}\r\n", b.len()).as_bytes());
             }
-            text(StatusCode::BAD_GATEWAY, "upstream", msg)
+            head.extend_from_slice(b"\r\n");
+            head.extend_from_slice(&b);
+            (None, false)
+        }
+        Some(n) => {
+            if !has_cl {
+                head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+            }
+            head.extend_from_slice(b"\r\n");
+            (Some(body), false)
+        }
+        None => {
+            head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+            (Some(body), true)
+        }
+    };
+    let idempotent = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    let no_body = parts.method == Method::HEAD;
+    let mut retried = false;
+    loop {
+        let (mut conn, reused) = match slot.take_live() {
+            Some(c) => (c, true),
+            None => (connect_upstream(up.addr).await?, false),
+        };
+        // A kept connection the upstream closed just now fails before any byte of a
+        // response: then a buffered request is sent again on a fresh connection.
+        let may_retry = reused && !retried && stream_body.is_none();
+        let written = conn.io.write_all(&head).await;
+        if let Err(e) = written {
+            if may_retry {
+                retried = true;
+                continue;
+            }
+            return Err(format!("writing to the upstream: {e}"));
+        }
+        let mut body_done = stream_body.is_none();
+        let got = if let Some(body) = stream_body.as_mut() {
+            let (mut rh, mut wh) = conn.io.split();
+            let write = async {
+                let r = write_body(&mut wh, body, chunked).await;
+                // The response is not complete before the request is: wait for the read.
+                if r.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::pin!(write);
+            let read = read_head(&mut rh, &mut conn.buf, no_body);
+            tokio::pin!(read);
+            loop {
+                tokio::select! {
+                    r = &mut read => break r,
+                    _ = &mut write, if !body_done => body_done = true,
+                }
+            }
+        } else {
+            read_head(&mut conn.io, &mut conn.buf, no_body).await
+        };
+        let (resp, framing, keep) = match got {
+            Ok(x) => x,
+            Err(HeadError::Closed(e)) if may_retry && idempotent => {
+                let _ = e;
+                retried = true;
+                continue;
+            }
+            Err(HeadError::Closed(e)) | Err(HeadError::Bad(e)) => return Err(e),
+        };
+        let keep = keep && body_done;
+        let (mut p, ()) = resp.into_parts();
+        let body = match framing {
+            Framing::Length(n) if (conn.buf.len() as u64) >= n => {
+                let b = conn.buf.split_to(n as usize).freeze();
+                if keep && conn.buf.is_empty() {
+                    slot.put(conn);
+                }
+                if b.is_empty() {
+                    Body::empty()
+                } else {
+                    Body::from(b)
+                }
+            }
+            framing => {
+                if framing == Framing::Eof {
+                    p.headers.remove(header::CONTENT_LENGTH);
+                }
+                Body::new(UpBody { conn: Some(conn), slot: slot.clone(), framing, keep })
+            }
+        };
+        return Ok(Response::from_parts(p, body));
+    }
+}
+
+async fn connect_upstream(addr: SocketAddr) -> Result<UpConn, String> {
+    let io = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let _ = io.set_nodelay(true);
+    Ok(UpConn { io, buf: BytesMut::with_capacity(8 * 1024) })
+}
+
+/// Streams a request body after its head (chunked when its length is unknown).
+async fn write_body<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    body: &mut Incoming,
+    chunked: bool,
+) -> Result<(), ()> {
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| ())?.into_data() else { continue };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            w.write_all(format!("{:x}\r\n", data.len()).as_bytes()).await.map_err(|_| ())?;
+            w.write_all(&data).await.map_err(|_| ())?;
+            w.write_all(b"\r\n").await.map_err(|_| ())?;
+        } else {
+            w.write_all(&data).await.map_err(|_| ())?;
+        }
+    }
+    if chunked {
+        w.write_all(b"0\r\n\r\n").await.map_err(|_| ())?;
+    }
+    w.flush().await.map_err(|_| ())
+}
+
+enum HeadError {
+    /// The connection ended (or failed) before any byte of a response.
+    Closed(String),
+    /// Anything else.
+    Bad(String),
+}
+
+/// The largest response head accepted from the upstream.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Reads a response head (skipping 1xx interim responses). Returns the response without
+/// body, how its body is framed and whether the connection can be kept afterwards.
+async fn read_head<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<(Response<()>, Framing, bool), HeadError> {
+    let mut got_any = !buf.is_empty();
+    loop {
+        if !buf.is_empty() {
+            let mut hs = [httparse::EMPTY_HEADER; 100];
+            let mut parsed = httparse::Response::new(&mut hs);
+            match parsed.parse(buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let code = parsed.code.unwrap_or(0);
+                    if (100..200).contains(&code) {
+                        if code == 101 {
+                            return Err(HeadError::Bad(
+                                "the upstream switched protocols, which the proxy does not support"
+                                    .into(),
+                            ));
+                        }
+                        let _ = buf.split_to(n);
+                        continue;
+                    }
+                    let status = StatusCode::from_u16(code)
+                        .map_err(|_| HeadError::Bad(format!("bad status {code}")))?;
+                    let mut keep = parsed.version == Some(1);
+                    let mut chunked = false;
+                    let mut length: Option<u64> = None;
+                    let mut headers = http::HeaderMap::with_capacity(parsed.headers.len());
+                    for h in parsed.headers.iter() {
+                        let name = header::HeaderName::from_bytes(h.name.as_bytes())
+                            .map_err(|_| HeadError::Bad(format!("bad header name {:?}", h.name)))?;
+                        if name == header::CONNECTION {
+                            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+                            if v.split(',').any(|t| t.trim() == "close") {
+                                keep = false;
+                            } else if v.split(',').any(|t| t.trim() == "keep-alive") {
+                                keep = true;
+                            }
+                            continue;
+                        }
+                        if name == header::TRANSFER_ENCODING {
+                            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+                            chunked = v.rsplit(',').next().is_some_and(|t| t.trim() == "chunked");
+                            continue;
+                        }
+                        if is_hop_by_hop(&name) {
+                            continue;
+                        }
+                        if name == header::CONTENT_LENGTH {
+                            let v = std::str::from_utf8(h.value)
+                                .ok()
+                                .and_then(|v| v.trim().parse::<u64>().ok())
+                                .ok_or_else(|| HeadError::Bad("bad content-length".into()))?;
+                            if length.is_some_and(|l| l != v) {
+                                return Err(HeadError::Bad("conflicting content-length".into()));
+                            }
+                            length = Some(v);
+                        }
+                        let value = HeaderValue::from_bytes(h.value)
+                            .map_err(|_| HeadError::Bad(format!("bad value of {name}")))?;
+                        headers.append(name, value);
+                    }
+                    let _ = buf.split_to(n);
+                    let framing = if head_request
+                        || status == StatusCode::NO_CONTENT
+                        || status == StatusCode::NOT_MODIFIED
+                    {
+                        Framing::Length(0)
+                    } else if chunked {
+                        headers.remove(header::CONTENT_LENGTH);
+                        Framing::Chunked(Chunk::Size)
+                    } else if let Some(l) = length {
+                        Framing::Length(l)
+                    } else {
+                        keep = false;
+                        Framing::Eof
+                    };
+                    let mut resp = Response::new(());
+                    *resp.status_mut() = status;
+                    *resp.headers_mut() = headers;
+                    return Ok((resp, framing, keep));
+                }
+                Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => {}
+                Ok(httparse::Status::Partial) => {
+                    return Err(HeadError::Bad("the response head is too large".into()))
+                }
+                Err(e) => return Err(HeadError::Bad(format!("malformed response: {e}"))),
+            }
+        }
+        buf.reserve(8 * 1024);
+        match r.read_buf(buf).await {
+            Ok(0) if got_any => {
+                return Err(HeadError::Bad("connection closed in the middle of a response".into()))
+            }
+            Ok(0) => return Err(HeadError::Closed("connection closed before a response".into())),
+            Ok(_) => got_any = true,
+            Err(e) if got_any => return Err(HeadError::Bad(format!("reading: {e}"))),
+            Err(e) => return Err(HeadError::Closed(format!("reading: {e}"))),
+        }
+    }
+}
+
+/// A response body still arriving from the upstream. When it is complete the connection
+/// goes back to its slot for the next request; dropped before that, it is closed.
+struct UpBody {
+    conn: Option<UpConn>,
+    slot: ConnSlot,
+    framing: Framing,
+    keep: bool,
+}
+
+impl UpBody {
+    /// Reads more from the upstream into the buffer; Ok(false) at end of stream.
+    fn poll_fill(conn: &mut UpConn, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        loop {
+            conn.buf.reserve(16 * 1024);
+            match conn.io.try_read_buf(&mut conn.buf) {
+                Ok(0) => return Poll::Ready(Ok(false)),
+                Ok(_) => return Poll::Ready(Ok(true)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Err(e) = std::task::ready!(conn.io.poll_read_ready(cx)) {
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// The body is complete: give the connection back if it can serve another request.
+    fn finish(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(c) = self.conn.take() {
+            if self.keep && c.buf.is_empty() {
+                self.slot.put(c);
+            }
+        }
+        Poll::Ready(None)
+    }
+}
+
+/// The position of the first CRLF in `b`.
+fn find_crlf(b: &[u8]) -> Option<usize> {
+    b.windows(2).position(|w| w == b"\r\n")
+}
+
+impl http_body::Body for UpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
+            match this.framing {
+                Framing::Length(0) => return this.finish(),
+                Framing::Length(n) => {
+                    if !conn.buf.is_empty() {
+                        let take = (conn.buf.len() as u64).min(n) as usize;
+                        this.framing = Framing::Length(n - take as u64);
+                        let data = conn.buf.split_to(take).freeze();
+                        if this.framing == Framing::Length(0) {
+                            // hyper stops polling once is_end_stream says so.
+                            let _ = this.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Framing::Eof => {
+                    if !conn.buf.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(conn.buf.split().freeze()))));
+                    }
+                }
+                Framing::Chunked(Chunk::Data(0)) => {
+                    this.framing = Framing::Chunked(Chunk::DataEnd);
+                    continue;
+                }
+                Framing::Chunked(Chunk::Data(n)) => {
+                    if !conn.buf.is_empty() {
+                        let take = (conn.buf.len() as u64).min(n) as usize;
+                        this.framing = Framing::Chunked(Chunk::Data(n - take as u64));
+                        return Poll::Ready(Some(Ok(Frame::data(
+                            conn.buf.split_to(take).freeze(),
+                        ))));
+                    }
+                }
+                Framing::Chunked(Chunk::DataEnd) => {
+                    if conn.buf.len() >= 2 {
+                        if &conn.buf[..2] != b"\r\n" {
+                            this.conn = None;
+                            return Poll::Ready(Some(Err("bad chunked encoding".into())));
+                        }
+                        let _ = conn.buf.split_to(2);
+                        this.framing = Framing::Chunked(Chunk::Size);
+                        continue;
+                    }
+                }
+                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&conn.buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        let _ = conn.buf.split_to(used);
+                        this.framing = Framing::Chunked(if size == 0 {
+                            Chunk::Trailer
+                        } else {
+                            Chunk::Data(size)
+                        });
+                        continue;
+                    }
+                    Ok(httparse::Status::Partial) if conn.buf.len() < 1024 => {}
+                    _ => {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err("bad chunked encoding".into())));
+                    }
+                },
+                Framing::Chunked(Chunk::Trailer) => {
+                    // Trailers are dropped; an empty line ends the body.
+                    if let Some(i) = find_crlf(&conn.buf) {
+                        let _ = conn.buf.split_to(i + 2);
+                        if i == 0 {
+                            return this.finish();
+                        }
+                        continue;
+                    }
+                    if conn.buf.len() > MAX_HEAD {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err("the trailers are too large".into())));
+                    }
+                }
+            }
+            match std::task::ready!(Self::poll_fill(conn, cx)) {
+                Ok(true) => {}
+                Ok(false) if this.framing == Framing::Eof => {
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(false) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(
+                        "the upstream closed the connection in the middle of the body".into(),
+                    )));
+                }
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(
+                        Err(format!("reading from the upstream: {e}").into()),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || self.framing == Framing::Length(0)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self.framing {
+            Framing::Length(n) => http_body::SizeHint::with_exact(n),
+            _ => http_body::SizeHint::default(),
         }
     }
 }
@@ -1470,6 +2042,10 @@ mod tests {
         assert_eq!(field(&[("fprocess", "cat"), ("max_inflight", "-1")]), "max_inflight");
         assert_eq!(field(&[("fprocess", "cat"), ("port", "99999")]), "port");
         assert_eq!(field(&[("fprocess", "cat"), ("prefix_logs", "maybe")]), "prefix_logs");
+        assert_eq!(field(&[("fprocess", "cat"), ("watchdog_threads", "0")]), "watchdog_threads");
+        assert_eq!(field(&[("fprocess", "cat"), ("watchdog_threads", "x")]), "watchdog_threads");
+        let c = Config::from_vars([("fprocess", "cat"), ("watchdog_threads", "3")]).unwrap();
+        assert_eq!(c.threads, 3);
         let c =
             Config::from_vars([("function_process", "cat -"), ("write_timeout", "3s")]).unwrap();
         assert_eq!(c.fprocess, vec!["cat", "-"]);
