@@ -626,6 +626,8 @@ impl Inner {
     /// valid invocation without callback, with attempts left, whose function has room. It
     /// does what [`Inner::process`] does for it; anything else (and anything that turns
     /// out to need retries) is handed to [`Inner::process`] or [`Inner::run_attempts`].
+    // Not an `async fn`: see the comment on the block.
+    #[allow(clippy::manual_async_fn)]
     fn fast(
         self: Arc<Self>,
         delivery: Delivery<QueuedInvocation>,
