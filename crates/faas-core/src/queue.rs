@@ -107,20 +107,21 @@ impl QueuedInvocation {
     pub fn to_invocation(&self) -> Result<Invocation> {
         let method = http::Method::from_bytes(self.method.as_bytes())
             .map_err(|e| Error::invalid("method", e.to_string()))?;
-        let pq = if self.query.is_empty() {
-            if self.path.is_empty() {
-                "/".to_string()
-            } else {
-                self.path.clone()
-            }
+        let uri = if self.query.is_empty() && (self.path.is_empty() || self.path == "/") {
+            http::Uri::from_static("/")
         } else {
-            format!("{}?{}", if self.path.is_empty() { "/" } else { &self.path }, self.query)
+            let pq = if self.query.is_empty() {
+                self.path.clone()
+            } else {
+                format!("{}?{}", if self.path.is_empty() { "/" } else { &self.path }, self.query)
+            };
+            http::Uri::try_from(pq)
+                .map_err(|e: http::uri::InvalidUri| Error::invalid("path", e.to_string()))?
         };
-        let uri: http::Uri =
-            pq.parse().map_err(|e: http::uri::InvalidUri| Error::invalid("path", e.to_string()))?;
         let mut req = http::Request::new(Body::from(self.body.clone()));
         *req.method_mut() = method;
         *req.uri_mut() = uri;
+        req.headers_mut().reserve(self.headers.len());
         for (k, v) in &self.headers {
             let name = http::HeaderName::from_bytes(k.as_bytes())
                 .map_err(|e| Error::invalid(format!("headers.{k}"), e.to_string()))?;
@@ -230,6 +231,16 @@ pub trait QueuePublisher: Send + Sync + 'static {
 pub trait QueueConsumer: Send + Sync + 'static {
     /// The next item; `Ok(None)` when the queue is closed.
     async fn next(&self) -> Result<Option<Delivery<QueuedInvocation>>>;
+
+    /// Waits for at least one item, then also takes whatever else is ready, up to `max`
+    /// items in all (at least 1); an empty vector when the queue is closed. Each delivery
+    /// is settled on its own, as one from [`QueueConsumer::next`]. Backends that can hand
+    /// out several items per wake-up (the in-memory queue) override it; the default is one
+    /// [`QueueConsumer::next`].
+    async fn next_batch(&self, max: usize) -> Result<Vec<Delivery<QueuedInvocation>>> {
+        let _ = max;
+        Ok(self.next().await?.into_iter().collect())
+    }
 
     /// Stops consuming and releases the consumer's share of the queue (for Kafka: commits
     /// what was acknowledged and leaves the group, so other consumers take over). Items not
@@ -391,6 +402,18 @@ pub trait ActivationStore: Send + Sync + 'static {
 
     /// The record of a call id, if known.
     async fn get(&self, call_id: &InvocationId) -> Result<Option<AsyncActivation>>;
+
+    /// Writes several records (each by the rules of [`ActivationStore::put`], in order),
+    /// one result per record. Stores that can write many at once (the in-memory store,
+    /// which takes each of its locks once per batch) override it; the default puts them
+    /// one after the other.
+    async fn put_batch(&self, records: Vec<AsyncActivation>) -> Vec<Result<()>> {
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            out.push(self.put(record).await);
+        }
+        out
+    }
 }
 
 #[async_trait]
@@ -400,6 +423,9 @@ impl<T: ActivationStore + ?Sized> ActivationStore for std::sync::Arc<T> {
     }
     async fn get(&self, call_id: &InvocationId) -> Result<Option<AsyncActivation>> {
         (**self).get(call_id).await
+    }
+    async fn put_batch(&self, records: Vec<AsyncActivation>) -> Vec<Result<()>> {
+        (**self).put_batch(records).await
     }
 }
 
@@ -417,6 +443,9 @@ impl<T: QueuePublisher + ?Sized> QueuePublisher for std::sync::Arc<T> {
 impl<T: QueueConsumer + ?Sized> QueueConsumer for std::sync::Arc<T> {
     async fn next(&self) -> Result<Option<Delivery<QueuedInvocation>>> {
         (**self).next().await
+    }
+    async fn next_batch(&self, max: usize) -> Result<Vec<Delivery<QueuedInvocation>>> {
+        (**self).next_batch(max).await
     }
     async fn close(&self) -> Result<()> {
         (**self).close().await

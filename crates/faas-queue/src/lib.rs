@@ -100,15 +100,19 @@ impl QueuePublisher for TrackedPublisher {
         self.store.put(record).await
     }
 
+    /// Publishes the batch, then writes the `queued` records of the accepted items in one
+    /// [`ActivationStore::put_batch`].
     async fn publish_batch(&self, items: Vec<QueuedInvocation>) -> Vec<Result<()>> {
         let records: Vec<_> = items.iter().map(AsyncActivation::queued).collect();
-        let results = self.inner.publish_batch(items).await;
-        let mut out = Vec::with_capacity(results.len());
-        for (r, rec) in results.into_iter().zip(records) {
-            out.push(match r {
-                Ok(()) => self.store.put(rec).await,
-                Err(e) => Err(e),
-            });
+        let mut out = self.inner.publish_batch(items).await;
+        let accepted: Vec<_> =
+            records.into_iter().zip(&out).filter_map(|(rec, r)| r.is_ok().then_some(rec)).collect();
+        let mut written = self.store.put_batch(accepted).await.into_iter();
+        for r in out.iter_mut().filter(|r| r.is_ok()) {
+            // A store that answers fewer results than records wrote none of the rest.
+            *r = written
+                .next()
+                .unwrap_or_else(|| Err(faas_core::Error::internal("activation store: no result")));
         }
         out
     }

@@ -229,8 +229,26 @@ impl MemoryConsumer {
         Some(self.deliver(entry))
     }
 
+    /// Takes up to `max` waiting items at once (under one lock) into `out`, without
+    /// waiting; how many were taken.
+    pub fn try_next_batch(&self, max: usize, out: &mut Vec<Delivery<QueuedInvocation>>) -> usize {
+        let mut q = self.inner.lock();
+        let n = max.min(q.len());
+        if n > 0 {
+            self.inner.in_flight.fetch_add(n, Ordering::AcqRel);
+            out.reserve(n);
+            out.extend(q.drain(..n).map(|e| self.delivery(e)));
+        }
+        n
+    }
+
     fn deliver(&self, entry: Entry) -> Delivery<QueuedInvocation> {
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.delivery(entry)
+    }
+
+    /// A delivery of `entry`, already counted in flight.
+    fn delivery(&self, entry: Entry) -> Delivery<QueuedInvocation> {
         let item = entry.item.clone();
         let redeliveries = entry.redeliveries;
         Delivery::new(
@@ -244,18 +262,33 @@ impl MemoryConsumer {
 #[async_trait]
 impl QueueConsumer for MemoryConsumer {
     async fn next(&self) -> Result<Option<Delivery<QueuedInvocation>>> {
+        Ok(self.next_batch(1).await?.pop())
+    }
+
+    async fn next_batch(&self, max: usize) -> Result<Vec<Delivery<QueuedInvocation>>> {
+        let max = max.max(1);
+        let mut out = Vec::new();
+        // Fast path: items are waiting, no need to register for a wake-up.
+        if self.try_next_batch(max, &mut out) > 0 {
+            return Ok(out);
+        }
         loop {
             let notified = self.inner.available.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(d) = self.try_next() {
-                return Ok(Some(d));
+            if self.try_next_batch(max, &mut out) > 0 {
+                if !self.inner.lock().is_empty() {
+                    // This consumer may have taken a wake-up meant for another one: pass it
+                    // on, as items are left.
+                    self.inner.available.notify_one();
+                }
+                return Ok(out);
             }
             if self.inner.closed.load(Ordering::Acquire) {
                 // Items still in flight may come back (nack, drop); only a queue that is
                 // closed, empty and has nothing in flight is finished.
                 if self.inner.in_flight.load(Ordering::Acquire) == 0 {
-                    return Ok(None);
+                    return Ok(out);
                 }
             }
             notified.await;

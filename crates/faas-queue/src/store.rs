@@ -1,24 +1,121 @@
 //! The in-memory [`ActivationStore`]: async activation records by call id.
+//!
+//! The records are split over independently locked shards (by a hash of the call id), so a
+//! gateway publishing, a worker recording and readers looking up do not queue behind one
+//! store-wide lock; a batch write ([`ActivationStore::put_batch`]) takes each shard's lock
+//! once.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::sync::Arc;
+use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use faas_core::queue::{ActivationStore, AsyncActivation, AsyncState};
 use faas_core::{InvocationId, Result};
 
-struct Inner {
-    records: HashMap<InvocationId, AsyncActivation>,
+/// Records per shard below which a store is not split: small stores keep one shard, so
+/// their eviction order is exact.
+const RECORDS_PER_SHARD: usize = 4096;
+/// The most shards a store is split into.
+const MAX_SHARDS: usize = 64;
+/// How far past the oldest record eviction looks for a finished one.
+const EVICTION_WINDOW: usize = 64;
+
+/// A call id with its hash, computed once (with the store's random key) and used both to
+/// pick the shard and inside the shard's map.
+#[derive(Clone, PartialEq, Eq)]
+struct Key {
+    hash: u64,
+    id: InvocationId,
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// Passes a [`Key`]'s precomputed hash through.
+#[derive(Default)]
+struct PassHasher(u64);
+
+impl Hasher for PassHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (by `Key`); fold anything else in anyway.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Boxed, so that growing the map moves pointers, not records.
+    records: HashMap<Key, Box<AsyncActivation>, BuildHasherDefault<PassHasher>>,
     /// Call ids in insertion order, for eviction.
-    order: VecDeque<InvocationId>,
+    order: VecDeque<Key>,
+}
+
+impl Shard {
+    /// Writes one record by the rules of [`ActivationStore::put`], keeping at most
+    /// `capacity` records.
+    fn put(&mut self, key: Key, record: AsyncActivation, capacity: usize) {
+        match self.records.get_mut(&key) {
+            Some(_) if record.state == AsyncState::Queued => {}
+            Some(existing) => **existing = record,
+            None => {
+                if self.records.len() >= capacity {
+                    self.evict();
+                }
+                self.order.push_back(key.clone());
+                self.records.insert(key, Box::new(record));
+            }
+        }
+    }
+
+    /// Removes one record: the oldest finished one among the oldest few, else the oldest.
+    fn evict(&mut self) {
+        // Ids whose record is gone already are skipped.
+        while self.order.front().is_some_and(|k| !self.records.contains_key(k)) {
+            self.order.pop_front();
+        }
+        let pos = self
+            .order
+            .iter()
+            .take(EVICTION_WINDOW)
+            .position(|k| self.records.get(k).is_some_and(|r| r.state.is_terminal()))
+            .unwrap_or(0);
+        if let Some(k) = self.order.remove(pos) {
+            self.records.remove(&k);
+        }
+    }
+}
+
+struct Inner {
+    shards: Box<[Mutex<Shard>]>,
+    /// Picks a shard (randomly keyed, so chosen call ids cannot pile into one shard).
+    hasher: RandomState,
+    /// Records kept per shard at most.
+    shard_capacity: usize,
 }
 
 /// Activation records in memory, bounded: past `capacity` records the oldest are evicted
 /// (finished ones first if the oldest is still pending, so a live invocation keeps its
-/// record). Cheap to clone; clones share the records.
+/// record). A large store is split into shards that evict on their own, so "oldest" is
+/// then the oldest of the shard the new record falls in (records spread evenly over the
+/// shards, so it is close to the oldest overall); the store never holds more than
+/// `capacity` records. Cheap to clone; clones share the records.
 #[derive(Clone)]
 pub struct MemoryActivationStore {
-    inner: Arc<Mutex<Inner>>,
+    inner: Arc<Inner>,
     capacity: usize,
 }
 
@@ -26,6 +123,7 @@ impl std::fmt::Debug for MemoryActivationStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryActivationStore")
             .field("capacity", &self.capacity)
+            .field("shards", &self.inner.shards.len())
             .field("len", &self.len())
             .finish()
     }
@@ -37,23 +135,45 @@ impl Default for MemoryActivationStore {
     }
 }
 
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // Every operation leaves the maps consistent before it could panic.
+    shard.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl MemoryActivationStore {
     /// A store keeping at most `capacity` records (at least 1).
     pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        // A power of two, so that every shard holds `capacity / shards` at most and the
+        // total stays within `capacity`.
+        let shards = (capacity / RECORDS_PER_SHARD).clamp(1, MAX_SHARDS);
+        let shards = if shards.is_power_of_two() { shards } else { shards.next_power_of_two() / 2 };
         MemoryActivationStore {
-            inner: Arc::new(Mutex::new(Inner { records: HashMap::new(), order: VecDeque::new() })),
-            capacity: capacity.max(1),
+            inner: Arc::new(Inner {
+                shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+                hasher: RandomState::new(),
+                shard_capacity: capacity / shards,
+            }),
+            capacity,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // Every operation leaves the maps consistent before it could panic.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn key(&self, call_id: &InvocationId) -> Key {
+        Key { hash: self.inner.hasher.hash_one(call_id.as_str()), id: call_id.clone() }
+    }
+
+    fn shard(&self, key: &Key) -> MutexGuard<'_, Shard> {
+        lock(&self.inner.shards[self.shard_index(key)])
+    }
+
+    fn shard_index(&self, key: &Key) -> usize {
+        // The high bits: the shard's map uses the low ones (and the top seven).
+        (key.hash >> 32) as usize & (self.inner.shards.len() - 1)
     }
 
     /// How many records are kept.
     pub fn len(&self) -> usize {
-        self.lock().records.len()
+        self.inner.shards.iter().map(|s| lock(s).records.len()).sum()
     }
 
     /// Whether there are none.
@@ -63,51 +183,64 @@ impl MemoryActivationStore {
 
     /// Copies of all records (in no particular order).
     pub fn records(&self) -> Vec<AsyncActivation> {
-        self.lock().records.values().cloned().collect()
+        let mut out = Vec::new();
+        for s in self.inner.shards.iter() {
+            out.extend(lock(s).records.values().map(|r| AsyncActivation::clone(r)));
+        }
+        out
     }
 
     /// How many records are in `state`.
     pub fn count(&self, state: AsyncState) -> usize {
-        self.lock().records.values().filter(|r| r.state == state).count()
+        let count =
+            |s: &Mutex<Shard>| lock(s).records.values().filter(|r| r.state == state).count();
+        self.inner.shards.iter().map(count).sum()
     }
 
     /// Reads one record without awaiting.
     pub fn get_now(&self, call_id: &InvocationId) -> Option<AsyncActivation> {
-        self.lock().records.get(call_id).cloned()
+        let key = self.key(call_id);
+        self.shard(&key).records.get(&key).map(|r| AsyncActivation::clone(r))
     }
 
     /// Writes one record without awaiting (same rules as [`ActivationStore::put`]).
     pub fn put_now(&self, record: AsyncActivation) {
-        let mut g = self.lock();
-        let inner = &mut *g;
-        match inner.records.get_mut(&record.call_id) {
-            Some(_) if record.state == AsyncState::Queued => {}
-            Some(existing) => *existing = record,
-            None => {
-                if inner.records.len() >= self.capacity {
-                    evict(inner);
-                }
-                inner.order.push_back(record.call_id.clone());
-                inner.records.insert(record.call_id.clone(), record);
+        let capacity = self.inner.shard_capacity;
+        let key = self.key(&record.call_id);
+        self.shard(&key).put(key, record, capacity);
+    }
+
+    /// Writes several records without awaiting (same rules as
+    /// [`ActivationStore::put_batch`]), taking each shard's lock once.
+    pub fn put_batch_now(&self, records: Vec<AsyncActivation>) {
+        let n = self.inner.shards.len();
+        let capacity = self.inner.shard_capacity;
+        if n == 1 || records.len() < 2 * n {
+            for r in records {
+                self.put_now(r);
+            }
+            return;
+        }
+        // Group by shard (keeping each shard's records in order), then one lock per shard.
+        let mut groups: Vec<Vec<(Key, AsyncActivation)>> = (0..n).map(|_| Vec::new()).collect();
+        let per = records.len() / n * 2;
+        for r in records {
+            let key = self.key(&r.call_id);
+            let g = &mut groups[self.shard_index(&key)];
+            if g.capacity() == 0 {
+                g.reserve(per);
+            }
+            g.push((key, r));
+        }
+        for (shard, group) in self.inner.shards.iter().zip(groups) {
+            if group.is_empty() {
+                continue;
+            }
+            let mut s = lock(shard);
+            for (key, r) in group {
+                s.put(key, r, capacity);
             }
         }
-    }
-}
-
-/// Removes one record: the oldest finished one among the oldest few, else the oldest.
-fn evict(inner: &mut Inner) {
-    // Ids whose record is gone already are skipped.
-    while inner.order.front().is_some_and(|id| !inner.records.contains_key(id)) {
-        inner.order.pop_front();
-    }
-    let pos = inner
-        .order
-        .iter()
-        .take(64)
-        .position(|id| inner.records.get(id).is_some_and(|r| r.state.is_terminal()))
-        .unwrap_or(0);
-    if let Some(id) = inner.order.remove(pos) {
-        inner.records.remove(&id);
     }
 }
 
@@ -120,6 +253,12 @@ impl ActivationStore for MemoryActivationStore {
 
     async fn get(&self, call_id: &InvocationId) -> Result<Option<AsyncActivation>> {
         Ok(self.get_now(call_id))
+    }
+
+    async fn put_batch(&self, records: Vec<AsyncActivation>) -> Vec<Result<()>> {
+        let n = records.len();
+        self.put_batch_now(records);
+        (0..n).map(|_| Ok(())).collect()
     }
 }
 
@@ -151,5 +290,44 @@ mod tests {
         assert!(store.get(&a.call_id).await.unwrap().is_some());
         assert!(store.get(&b.call_id).await.unwrap().is_none());
         assert!(store.get(&c.call_id).await.unwrap().is_some());
+    }
+
+    /// A sharded store: batches and single writes follow the same rules, the bound holds
+    /// overall, and pending records outlive finished ones.
+    #[tokio::test]
+    async fn sharded_batches_and_bound() {
+        let capacity = 16 * RECORDS_PER_SHARD;
+        let store = MemoryActivationStore::new(capacity);
+        assert_eq!(store.inner.shards.len(), 16);
+        let items: Vec<_> = (0..200).map(|_| example_item()).collect();
+        let queued: Vec<_> = items.iter().map(AsyncActivation::queued).collect();
+        assert!(store.put_batch(queued.clone()).await.iter().all(Result::is_ok));
+        assert_eq!(store.len(), 200);
+        assert_eq!(store.count(AsyncState::Queued), 200);
+        // `running` replaces, a later batch of `queued` does not regress it.
+        let mut running = queued[7].clone();
+        running.state = AsyncState::Running;
+        store.put(running).await.unwrap();
+        store.put_batch(queued.clone()).await;
+        assert_eq!(store.get_now(&items[7].call_id).unwrap().state, AsyncState::Running);
+        // In one batch, a later record of a call id wins over an earlier one.
+        let mut done = queued[8].clone();
+        done.state = AsyncState::Succeeded;
+        let mut failed = done.clone();
+        failed.state = AsyncState::Failed;
+        store.put_batch(vec![done; 40].into_iter().chain([failed]).collect()).await;
+        assert_eq!(store.get_now(&items[8].call_id).unwrap().state, AsyncState::Failed);
+
+        // Over the capacity: never more than `capacity`, and the running record stays.
+        let more: Vec<_> =
+            (0..capacity + 5000).map(|_| AsyncActivation::queued(&example_item())).collect();
+        let mut finished = more;
+        for r in &mut finished {
+            r.state = AsyncState::Succeeded;
+        }
+        store.put_batch(finished).await;
+        assert!(store.len() <= capacity, "{} > {capacity}", store.len());
+        assert!(store.len() > capacity - 16, "shards fill up to their share");
+        assert_eq!(store.get_now(&items[7].call_id).unwrap().state, AsyncState::Running);
     }
 }

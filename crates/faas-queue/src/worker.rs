@@ -9,7 +9,9 @@
 //! 2. checks the input: payload size, callback URL, method, path and headers; bad input ends
 //!    in a `failed` record (and a callback, if the URL is usable), never in a stuck message;
 //! 3. invokes it, at most [`WorkerConfig::function_concurrency`] at once per function,
-//!    recording `running` and the attempt number first; an answer with one of
+//!    recording `running` and the attempt number as soon as the attempt has to wait (an
+//!    attempt that finishes without waiting, as an in-process function may, goes straight
+//!    to its final record: no reader could have seen it running); an answer with one of
 //!    [`WorkerConfig::retry_statuses`] (or an error mapping to one) is retried after an
 //!    exponential backoff with jitter, or after the `Retry-After` the function asked for,
 //!    until [`WorkerConfig::max_attempts`];
@@ -20,21 +22,32 @@
 //!    what happened;
 //! 6. acknowledges the delivery. A worker stopped before that (crash, abort) leaves the item
 //!    to be delivered again; the attempts already made are counted from the record, so a
-//!    message that keeps killing workers is dead-lettered after `max_attempts`.
+//!    message that keeps killing workers while it runs is dead-lettered after
+//!    `max_attempts`.
+//!
+//! The worker runs one loop per runtime thread; together they take up to
+//! [`WorkerConfig::max_in_flight`] deliveries at a time (several per wake-up when the
+//! consumer has them ready, see [`QueueConsumer::next_batch`]). Each delivery is first
+//! processed in its loop; only one that has to wait (for its function's concurrency limit,
+//! a slow function, a retry's backoff, a callback) goes on in a task of its own, so
+//! in-process functions that answer at once cost no task each.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use faas_core::activation::{epoch_millis, Activation, ActivationResponse};
+use faas_core::event::Acknowledge;
 use faas_core::queue::{
     parse_callback_url, ActivationStore, AsyncActivation, AsyncState, CallbackOutcome, DeadLetter,
     DeadLetterSink, QueueConsumer, QueuedInvocation,
 };
-use faas_core::{Error, InvocationMeta, Invoker, StatusCode};
+use faas_core::{Delivery, Error, InvocationId, InvocationMeta, Invoker, StatusCode};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
@@ -91,6 +104,13 @@ impl Default for CallbackPolicy {
     }
 }
 
+/// Deliveries taken from the consumer at most per wake-up of the worker loop.
+const DELIVERIES_PER_WAKEUP: usize = 64;
+/// Worker loops at most (one per runtime thread).
+const MAX_LANES: usize = 16;
+/// Deliveries processed in the worker loop between two yields to the runtime.
+const DELIVERIES_PER_YIELD: usize = 1024;
+
 /// The HTTP statuses retried by default: 408, 429, 500, 502, 503, 504.
 pub const DEFAULT_RETRY_STATUSES: [u16; 6] = [408, 429, 500, 502, 503, 504];
 
@@ -107,7 +127,8 @@ pub struct WorkerConfig {
     pub max_retry_after: Duration,
     /// Invocations of one function running at once.
     pub function_concurrency: usize,
-    /// Deliveries being processed at once, all functions together.
+    /// Deliveries being processed at once, all functions together. The worker runs one
+    /// loop per runtime thread (at most this many), each with its share of them.
     pub max_in_flight: usize,
     /// Larger request bodies fail (413) without being invoked.
     pub max_payload_bytes: usize,
@@ -239,6 +260,38 @@ enum Settle {
     Nack,
 }
 
+/// One attempt's future.
+type AttemptFuture<'a> = Pin<Box<dyn Future<Output = Attempt> + Send + 'a>>;
+
+/// Where [`Inner::fast`] goes on after the first attempt.
+enum Outcome<'a> {
+    /// The call is settled already.
+    Duplicate,
+    /// Not the common case: [`Inner::handle`] it.
+    Fallback,
+    /// The final record of the one attempt, being written.
+    Write(AsyncState, Pin<Box<dyn Future<Output = faas_core::Result<()>> + Send + 'a>>),
+    /// The rest of the attempts.
+    Attempts(Pin<Box<dyn Future<Output = Settle> + Send + 'a>>),
+}
+
+/// Allocated per delivery: [`Inner::fast`]'s state is kept below glibc's small-allocation
+/// limit (about 1 KiB), past which every allocation costs a slow path.
+#[cfg(test)]
+const FAST_STATE_BOUND: usize = 1000;
+
+/// How [`Inner::run_attempts`] starts.
+// Passed by value once per delivery that needs it; boxing the invocation would cost more.
+#[allow(clippy::large_enum_variant)]
+enum First<'a> {
+    /// With this invocation (built while validating).
+    Fresh(faas_core::Invocation),
+    /// With the first attempt started by the caller and waiting.
+    InFlight(AttemptFuture<'a>),
+    /// With the first attempt made by the caller, and retryable.
+    Done(Attempt),
+}
+
 /// One attempt's outcome.
 struct Attempt {
     status: u16,
@@ -317,68 +370,24 @@ impl Worker {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> faas_core::Result<()> {
         let inner = self.inner;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let global = Arc::new(Semaphore::new(inner.config.max_in_flight.max(1)));
-        let mut tasks = JoinSet::new();
+        // One lane per runtime thread, each with its share of `max_in_flight`.
+        let max_in_flight = inner.config.max_in_flight.max(1);
+        let threads =
+            tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers());
+        let lanes = threads.clamp(1, MAX_LANES).min(max_in_flight);
+        let mut running = JoinSet::new();
+        for _ in 0..lanes {
+            running.spawn(inner.clone().lane(max_in_flight / lanes, stop_rx.clone()));
+        }
         tokio::pin!(shutdown);
-        loop {
-            while tasks.try_join_next().is_some() {}
-            let permit = tokio::select! {
-                p = global.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-                _ = &mut shutdown => break,
-            };
-            let next = tokio::select! {
-                n = inner.consumer.next() => n,
-                _ = &mut shutdown => break,
-            };
-            match next {
-                Ok(Some(delivery)) => {
-                    inner.stats.received.fetch_add(1, Ordering::Relaxed);
-                    let inner = inner.clone();
-                    let stop = stop_rx.clone();
-                    tasks.spawn(async move {
-                        let (item, acker) = delivery.into_parts();
-                        let settle = inner.process(item, stop).await;
-                        let r = match settle {
-                            Settle::Ack => acker.ack().await,
-                            Settle::Nack => {
-                                inner.stats.nacked.fetch_add(1, Ordering::Relaxed);
-                                acker.nack().await
-                            }
-                        };
-                        if let Err(e) = r {
-                            tracing::warn!(error = %e, "settling a queue delivery failed");
-                        }
-                        drop(permit);
-                    });
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "queue consumer failed; retrying");
-                    drop(permit);
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                        _ = &mut shutdown => break,
-                    }
-                }
-            }
+        tokio::select! {
+            // A lane ends by itself when the consumer is closed.
+            _ = running.join_next() => {}
+            _ = &mut shutdown => {}
         }
-        // Drain: invocations in progress finish; ones waiting for a retry are given back.
+        // The others stop taking deliveries and drain.
         let _ = stop_tx.send(true);
-        let drained = tokio::time::timeout(inner.config.drain_timeout, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                remaining = tasks.len(),
-                "drain timeout: abandoning in-flight invocations (they will be delivered again)"
-            );
-            tasks.abort_all();
-            while tasks.join_next().await.is_some() {}
-        }
+        while running.join_next().await.is_some() {}
         inner.consumer.close().await
     }
 
@@ -434,6 +443,87 @@ impl WorkerHandle {
 }
 
 impl Inner {
+    /// One worker loop: takes deliveries (at most `max_in_flight` in progress) until the
+    /// consumer is closed or `stop` turns true, then lets the ones in progress finish (at
+    /// most [`WorkerConfig::drain_timeout`]; ones waiting for a retry are given back).
+    async fn lane(self: Arc<Self>, max_in_flight: usize, mut stop: watch::Receiver<bool>) {
+        let max_in_flight = max_in_flight.max(1);
+        // Deliveries whose processing had to wait (for the function, a slot, a retry, a
+        // callback...) go on in tasks of their own; the others finished in this loop.
+        let mut tasks = JoinSet::new();
+        let mut since_yield = 0usize;
+        'run: loop {
+            while tasks.try_join_next().is_some() {}
+            if tasks.len() >= max_in_flight {
+                tokio::select! {
+                    _ = tasks.join_next() => continue,
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+            let room = max_in_flight - tasks.len();
+            let next = tokio::select! {
+                n = self.consumer.next_batch(room.min(DELIVERIES_PER_WAKEUP)) => n,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            match next {
+                Ok(batch) if batch.is_empty() => break,
+                Ok(batch) => {
+                    self.stats.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    since_yield += batch.len();
+                    for delivery in batch {
+                        let mut handling = Box::pin(self.clone().fast(delivery, stop.clone()));
+                        // Most invocations of in-process functions finish without waiting:
+                        // those are done here, without a task. The first poll is not held to
+                        // this loop's cooperative budget (the loop yields now and then).
+                        let first = tokio::task::unconstrained(std::future::poll_fn(|cx| {
+                            Poll::Ready(handling.as_mut().poll(cx))
+                        }))
+                        .await;
+                        if first.is_pending() {
+                            tasks.spawn(handling);
+                        }
+                    }
+                    if since_yield >= DELIVERIES_PER_YIELD {
+                        // Let other tasks on this thread run now and then.
+                        since_yield = 0;
+                        tokio::task::yield_now().await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "queue consumer failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = stop.wait_for(|s| *s) => break 'run,
+                    }
+                }
+            }
+        }
+        // Drain: invocations in progress finish; ones waiting for a retry are given back.
+        let drained = tokio::time::timeout(self.config.drain_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                remaining = tasks.len(),
+                "drain timeout: abandoning in-flight invocations (they will be delivered again)"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+
+    /// Processes one delivery and settles it.
+    async fn handle(
+        self: Arc<Self>,
+        delivery: Delivery<QueuedInvocation>,
+        stop: watch::Receiver<bool>,
+    ) {
+        let (item, acker) = delivery.into_parts();
+        let settle = self.process(item, stop).await;
+        self.settle(settle, acker).await
+    }
+
     fn function_limit(&self, item: &QueuedInvocation) -> Arc<Semaphore> {
         let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = limits.get(&item.namespace).and_then(|m| m.get(&item.function)) {
@@ -485,72 +575,255 @@ impl Inner {
         item.to_invocation()
     }
 
-    async fn process(&self, item: QueuedInvocation, mut stop: watch::Receiver<bool>) -> Settle {
-        // Held until the invocation is finished (through retries).
-        let _permit = self.function_limit(&item).acquire_owned().await;
-        let existing = match self.store.get(&item.call_id).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "activation store read failed");
-                None
-            }
-        };
+    /// What a delivery's record says before it runs: `None` if it is settled already (a
+    /// duplicate), else the record to go on with and the attempts made so far.
+    fn begin(
+        &self,
+        item: &QueuedInvocation,
+        existing: Option<AsyncActivation>,
+    ) -> Option<(AsyncActivation, u32)> {
         if existing.as_ref().is_some_and(AsyncActivation::is_settled) {
-            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-            return Settle::Ack;
+            return None;
         }
         let prior = match &existing {
             Some(r) if !r.state.is_terminal() => r.attempts.max(item.attempt),
             _ => item.attempt,
         };
-        let mut rec = AsyncActivation::queued(&item);
-        if let Some(e) = &existing {
-            rec.queued_at = e.queued_at;
-        }
+        let mut rec = match existing {
+            // The `queued` record of this very item (the usual case): go on from it.
+            Some(e)
+                if e.state == AsyncState::Queued
+                    && e.function == item.function
+                    && e.namespace == item.namespace
+                    && e.callback_url == item.callback_url =>
+            {
+                e
+            }
+            Some(e) => AsyncActivation { queued_at: e.queued_at, ..AsyncActivation::queued(item) },
+            None => AsyncActivation::queued(item),
+        };
         rec.attempts = prior;
+        Some((rec, prior))
+    }
 
-        // The first attempt uses the invocation built while validating; retries rebuild it.
-        let mut first = match self.validate(&item) {
-            Ok(inv) => Some(inv),
-            Err(e) => {
-                let at = Attempt::from_error(e, false, SystemTime::now(), Instant::now());
-                return self.finish(item, rec, AsyncState::Failed, at).await;
+    fn read_record<'a>(
+        &'a self,
+        call_id: &'a InvocationId,
+    ) -> impl Future<Output = Option<AsyncActivation>> + Send + 'a {
+        let get = self.store.get(call_id);
+        async move {
+            match get.await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "activation store read failed");
+                    None
+                }
+            }
+        }
+    }
+
+    /// The common case in few bytes of future state (it is allocated per delivery): a
+    /// valid invocation without callback, with attempts left, whose function has room. It
+    /// does what [`Inner::process`] does for it; anything else (and anything that turns
+    /// out to need retries) is handed to [`Inner::process`] or [`Inner::run_attempts`].
+    // Not an `async fn`: see the comment on the block.
+    #[allow(clippy::manual_async_fn)]
+    fn fast(
+        self: Arc<Self>,
+        delivery: Delivery<QueuedInvocation>,
+        stop: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send {
+        // An async block rather than an `async fn`: its captures are not copied into
+        // locals, which keeps the state small.
+        async move {
+            if delivery.item.callback_url.is_some() {
+                return Box::pin(self.handle(delivery, stop)).await;
+            }
+            let Ok(permit) = self.function_limit(&delivery.item).try_acquire_owned() else {
+                return Box::pin(self.handle(delivery, stop)).await;
+            };
+            let existing = self.read_record(&delivery.item.call_id).await;
+            // The records and the invocation stay inside this block, so that the awaits
+            // after it keep none of them (the state stays small).
+            let settle = {
+                let outcome = 'fast: {
+                    let Some((mut rec, prior)) = self.begin(&delivery.item, existing) else {
+                        break 'fast Outcome::Duplicate;
+                    };
+                    let max = self.config.max_attempts.max(1);
+                    let inv = match self.validate(&delivery.item) {
+                        Ok(inv) if prior < max => inv,
+                        // Bad input or no attempt left: nothing was written, start over there.
+                        _ => break 'fast Outcome::Fallback,
+                    };
+                    rec.state = AsyncState::Running;
+                    rec.attempts = prior + 1;
+                    if prior > 0 {
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let mut call: AttemptFuture<'_> = Box::pin(self.attempt(inv));
+                    let first = match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx)))
+                        .await
+                    {
+                        Poll::Ready(at) if !at.retryable => {
+                            let state = self.complete(&delivery.item, &mut rec, at);
+                            break 'fast Outcome::Write(state, self.store.put(rec));
+                        }
+                        Poll::Ready(at) => First::Done(at),
+                        Poll::Pending => First::InFlight(call),
+                    };
+                    let item = &delivery.item;
+                    Outcome::Attempts(Box::pin(self.run_attempts(
+                        item,
+                        rec,
+                        prior,
+                        first,
+                        stop.clone(),
+                    )))
+                };
+                match outcome {
+                    duplicate @ Outcome::Duplicate => {
+                        drop(duplicate);
+                        self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                        Settle::Ack
+                    }
+                    fallback @ Outcome::Fallback => {
+                        drop((fallback, permit));
+                        return Box::pin(self.handle(delivery, stop)).await;
+                    }
+                    Outcome::Write(state, put) => match put.await {
+                        Ok(()) => {
+                            self.stats.finish(state);
+                            Settle::Ack
+                        }
+                        Err(e) => {
+                            tracing::warn!(call_id = %delivery.item.call_id.as_str(), error = %e, "activation store write failed");
+                            Settle::Nack
+                        }
+                    },
+                    Outcome::Attempts(attempts) => attempts.await,
+                }
+            };
+            drop(permit);
+            let acker = delivery.into_parts().1;
+            self.settle(settle, acker).await
+        }
+    }
+
+    /// Makes `rec` the final record of a last attempt that was not retryable.
+    fn complete(
+        &self,
+        item: &QueuedInvocation,
+        rec: &mut AsyncActivation,
+        at: Attempt,
+    ) -> AsyncState {
+        let state = if at.is_success() { AsyncState::Succeeded } else { AsyncState::Failed };
+        self.final_record(item, rec, &at);
+        rec.state = state;
+        rec.updated_at = epoch_millis(SystemTime::now());
+        state
+    }
+
+    /// Acknowledges or gives back a delivery.
+    fn settle(
+        &self,
+        settle: Settle,
+        acker: Box<dyn Acknowledge>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let fut = match settle {
+            Settle::Ack => acker.ack(),
+            Settle::Nack => {
+                self.stats.nacked.fetch_add(1, Ordering::Relaxed);
+                acker.nack()
             }
         };
+        async move {
+            if let Err(e) = fut.await {
+                tracing::warn!(error = %e, "settling a queue delivery failed");
+            }
+        }
+    }
+
+    async fn process(&self, item: QueuedInvocation, stop: watch::Receiver<bool>) -> Settle {
+        // Held until the invocation is finished (through retries).
+        let limit = self.function_limit(&item);
+        let _permit = limit.acquire().await;
+        let existing = self.read_record(&item.call_id).await;
+        let Some((rec, prior)) = self.begin(&item, existing) else {
+            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Settle::Ack;
+        };
+        // The first attempt uses the invocation built while validating; retries rebuild it.
+        match self.validate(&item) {
+            Ok(inv) => self.run_attempts(&item, rec, prior, First::Fresh(inv), stop).await,
+            Err(e) => {
+                let at = Attempt::from_error(e, false, SystemTime::now(), Instant::now());
+                self.finish(&item, rec, AsyncState::Failed, at).await
+            }
+        }
+    }
+
+    /// Attempts until success, a final failure or the last attempt, after `prior`
+    /// attempts made earlier, starting with `first`.
+    async fn run_attempts(
+        &self,
+        item: &QueuedInvocation,
+        mut rec: AsyncActivation,
+        prior: u32,
+        first: First<'_>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Settle {
         let max = self.config.max_attempts.max(1);
         let mut attempt = prior;
         let mut last: Option<Attempt> = None;
+        let mut first = Some(first);
         loop {
             attempt += 1;
-            if attempt > max {
-                let at = last.unwrap_or_else(|| {
-                    Attempt::from_error(
-                        Error::internal(format!(
-                            "gave up after {prior} attempts (the worker stopped during earlier ones)"
-                        )),
-                        true,
-                        SystemTime::now(),
-                        Instant::now(),
-                    )
-                });
-                return self.finish(item, rec, AsyncState::DeadLettered, at).await;
-            }
-            rec.state = AsyncState::Running;
-            rec.attempts = attempt;
-            if attempt > 1 {
-                self.stats.retries.fetch_add(1, Ordering::Relaxed);
-            }
-            if !self.put(&mut rec).await && attempt == prior + 1 {
-                // Without a record the call would be invisible: try again later.
-                return Settle::Nack;
-            }
-            let inv = match first.take() {
-                Some(inv) => Ok(inv),
-                None => item.to_invocation(),
-            };
-            let at = match inv {
-                Ok(inv) => self.attempt(inv).await,
-                Err(e) => Attempt::from_error(e, false, SystemTime::now(), Instant::now()),
+            let at = match first.take() {
+                // Started by the caller, which set `rec` to running.
+                Some(First::Done(at)) => at,
+                // Started and waiting: make `running`, with the attempt number, visible
+                // while it does. A failed write is logged; the final record decides
+                // whether the delivery is settled.
+                Some(First::InFlight(call)) => tokio::join!(self.put(&mut rec), call).1,
+                fresh => {
+                    if attempt > max {
+                        let at = last.unwrap_or_else(|| {
+                            Attempt::from_error(
+                                Error::internal(format!(
+                                    "gave up after {prior} attempts (the worker stopped during earlier ones)"
+                                )),
+                                true,
+                                SystemTime::now(),
+                                Instant::now(),
+                            )
+                        });
+                        return self.finish(item, rec, AsyncState::DeadLettered, at).await;
+                    }
+                    rec.state = AsyncState::Running;
+                    rec.attempts = attempt;
+                    if attempt > 1 {
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let inv = match fresh {
+                        Some(First::Fresh(inv)) => Ok(inv),
+                        _ => item.to_invocation(),
+                    };
+                    match inv {
+                        Ok(inv) => {
+                            let mut call = std::pin::pin!(self.attempt(inv));
+                            match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx)))
+                                .await
+                            {
+                                // Finished without waiting: no reader could have seen it
+                                // running, so the final record is the next write.
+                                Poll::Ready(at) => at,
+                                Poll::Pending => tokio::join!(self.put(&mut rec), call).1,
+                            }
+                        }
+                        Err(e) => Attempt::from_error(e, false, SystemTime::now(), Instant::now()),
+                    }
+                }
             };
             if !at.retryable {
                 let state =
@@ -572,46 +845,71 @@ impl Inner {
             if *stop.borrow() {
                 return Settle::Nack;
             }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = stop.wait_for(|s| *s) => return Settle::Nack,
+            let stopped = Box::pin(async {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => false,
+                    _ = stop.wait_for(|s| *s) => true,
+                }
+            });
+            if stopped.await {
+                return Settle::Nack;
             }
         }
     }
 
-    async fn attempt(&self, inv: faas_core::Invocation) -> Attempt {
+    /// One attempt. The invocation moves into the invoker's future at once, so that the
+    /// returned future stays small.
+    fn attempt(&self, inv: faas_core::Invocation) -> impl Future<Output = Attempt> + Send + '_ {
         let start = SystemTime::now();
         let t0 = Instant::now();
         let fut = self.invoker.invoke(inv);
-        let res = match self.config.invoke_timeout {
-            Some(t) => tokio::time::timeout(t, fut)
-                .await
-                .unwrap_or_else(|_| Err(Error::timeout("async invocation", t))),
-            None => fut.await,
-        };
+        async move {
+            let res = match self.config.invoke_timeout {
+                Some(t) => tokio::time::timeout(t, fut)
+                    .await
+                    .unwrap_or_else(|_| Err(Error::timeout("async invocation", t))),
+                None => fut.await,
+            };
+            self.outcome(res, start, t0).await
+        }
+    }
+
+    async fn outcome(
+        &self,
+        res: faas_core::Result<faas_core::Response>,
+        start: SystemTime,
+        t0: Instant,
+    ) -> Attempt {
         match res {
             Err(e) => {
                 let retryable = self.config.retry_statuses.contains(&e.http_status().as_u16());
                 Attempt::from_error(e, retryable, start, t0)
             }
             Ok(resp) => {
-                let (parts, body) = resp.into_parts();
-                let meta = parts.extensions.get::<InvocationMeta>().cloned();
+                let (mut parts, body) = resp.into_parts();
+                let meta = parts.extensions.remove::<InvocationMeta>();
                 let limit = self.config.max_response_bytes;
                 match body.collect_limited(limit).await {
                     Ok(body) => {
                         let status = parts.status.as_u16();
+                        let elapsed = t0.elapsed();
+                        let end = start + elapsed;
+                        let retry_after = if parts.headers.contains_key(http::header::RETRY_AFTER) {
+                            parse_retry_after(&parts.headers, end)
+                        } else {
+                            None
+                        };
                         Attempt {
                             status,
-                            content_type: parts.headers.get(http::header::CONTENT_TYPE).cloned(),
+                            content_type: parts.headers.remove(http::header::CONTENT_TYPE),
                             body,
                             error: None,
                             retryable: self.config.retry_statuses.contains(&status),
-                            retry_after: parse_retry_after(&parts.headers, SystemTime::now()),
+                            retry_after,
                             meta,
                             start,
-                            end: SystemTime::now(),
-                            elapsed: t0.elapsed(),
+                            end,
+                            elapsed,
                         }
                     }
                     Err(Error::PayloadTooLarge { limit }) => Attempt::from_error(
@@ -633,16 +931,42 @@ impl Inner {
         }
     }
 
+    /// Fills in the outcome of the last attempt: status, error, activation record.
+    fn final_record(&self, item: &QueuedInvocation, rec: &mut AsyncActivation, at: &Attempt) {
+        rec.status = Some(at.status);
+        rec.error = if at.is_success() { None } else { Some(at.error_text()) };
+        rec.activation = Some(self.activation(item, rec, at));
+    }
+
     async fn finish(
         &self,
-        item: QueuedInvocation,
+        item: &QueuedInvocation,
         mut rec: AsyncActivation,
         state: AsyncState,
         at: Attempt,
     ) -> Settle {
-        rec.status = Some(at.status);
-        rec.error = if at.is_success() { None } else { Some(at.error_text()) };
-        rec.activation = Some(self.activation(&item, &rec, &at));
+        self.final_record(item, &mut rec, &at);
+        if state == AsyncState::DeadLettered || item.callback_url.is_some() {
+            // Boxed: keeps the common path's future (held per delivery) small.
+            return Box::pin(self.finish_slow(item, rec, state, at)).await;
+        }
+        rec.state = state;
+        // Nothing more is written to this record: hand it over without a copy.
+        if !self.put_owned(rec).await {
+            return Settle::Nack;
+        }
+        self.stats.finish(state);
+        Settle::Ack
+    }
+
+    /// [`Inner::finish`] of a dead-lettered invocation or one with a callback.
+    async fn finish_slow(
+        &self,
+        item: &QueuedInvocation,
+        mut rec: AsyncActivation,
+        state: AsyncState,
+        at: Attempt,
+    ) -> Settle {
         if state == AsyncState::DeadLettered {
             if let Some(sink) = &self.dead_letters {
                 let letter = DeadLetter {
@@ -661,7 +985,6 @@ impl Inner {
         }
         rec.state = state;
         if item.callback_url.is_none() {
-            // Nothing more is written to this record: hand it over without a copy.
             if !self.put_owned(rec).await {
                 return Settle::Nack;
             }
@@ -674,7 +997,7 @@ impl Inner {
         self.stats.finish(state);
         if let Some(url) = &item.callback_url {
             if let Ok(uri) = parse_callback_url(url) {
-                let outcome = self.callback(&item, uri, &at).await;
+                let outcome = self.callback(item, uri, &at).await;
                 rec.callback = Some(outcome);
                 self.put(&mut rec).await;
             } else {
@@ -913,5 +1236,25 @@ mod tests {
         assert_eq!(parse_retry_after(&h, t), Some(Duration::from_secs(3)));
         h.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("soon"));
         assert_eq!(parse_retry_after(&h, SystemTime::now()), None);
+    }
+}
+
+#[cfg(test)]
+mod state_size {
+    use super::*;
+
+    /// The common path's future is allocated per delivery: it stays small.
+    #[test]
+    fn fast_state_is_small() {
+        let q = crate::memory::MemoryQueue::new(10);
+        let inv = Arc::new(faas_core::MemoryInvoker::builder().build());
+        let store = Arc::new(crate::store::MemoryActivationStore::default());
+        let w = Worker::new(inv, Arc::new(q.consumer()), store, WorkerConfig::default());
+        q.publisher().try_publish(crate::memory::example_item()).unwrap();
+        let delivery = q.consumer().try_next().unwrap();
+        let (_tx, stop) = watch::channel(false);
+        let fast = w.inner.clone().fast(delivery, stop);
+        let size = std::mem::size_of_val(&fast);
+        assert!(size <= FAST_STATE_BOUND, "{size} bytes");
     }
 }

@@ -147,3 +147,170 @@ async fn gateway_invoker_forwards_to_the_function_route() {
         Err(Error::InvalidSpec { field, .. }) if field == "gateway"
     ));
 }
+
+/// `next_batch` hands out what is ready (up to its limit) under one wake-up; each delivery
+/// is still settled on its own, and a closed queue ends batches once drained.
+#[tokio::test]
+async fn memory_next_batch() {
+    let q = MemoryQueue::new(100);
+    let p = q.publisher();
+    let c = q.consumer();
+    let items: Vec<_> = (0..5).map(|i| item("f", format!("{i}"))).collect();
+    assert!(p.publish_batch(items.clone()).await.iter().all(Result::is_ok));
+    let first = bounded("batch", c.next_batch(3)).await.unwrap();
+    assert_eq!(
+        first.iter().map(|d| d.item.call_id.clone()).collect::<Vec<_>>(),
+        [items[0].call_id.clone(), items[1].call_id.clone(), items[2].call_id.clone()]
+    );
+    let rest = bounded("batch", c.next_batch(10)).await.unwrap();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(q.in_flight(), 5);
+    // Nacked and dropped deliveries come back, first.
+    let mut first = first.into_iter();
+    first.next().unwrap().nack().await.unwrap();
+    drop(first.next());
+    let again = bounded("batch", c.next_batch(10)).await.unwrap();
+    assert_eq!(again.len(), 2);
+    for d in again.into_iter().chain(first).chain(rest) {
+        d.ack().await.unwrap();
+    }
+    assert_eq!(q.in_flight(), 0);
+    // A waiting batch is woken by a publish.
+    let waiting = tokio::spawn({
+        let c = c.clone();
+        async move { c.next_batch(10).await.unwrap().len() }
+    });
+    tokio::task::yield_now().await;
+    p.publish(item("f", "late")).await.unwrap();
+    let n = bounded("woken batch", waiting).await.unwrap();
+    assert_eq!(n, 1);
+    q.close();
+    // The delivery of "late" was dropped with the task's vector: it is back, then the end.
+    let last = bounded("batch", c.next_batch(10)).await.unwrap();
+    assert_eq!(last.len(), 1);
+    drop(last);
+    let last = bounded("batch", c.next_batch(10)).await.unwrap();
+    for d in last {
+        d.ack().await.unwrap();
+    }
+    assert!(bounded("end", c.next_batch(10)).await.unwrap().is_empty());
+}
+
+/// A function that waits until released, counting how many run at once.
+struct Gate {
+    running: Arc<std::sync::atomic::AtomicUsize>,
+    most: Arc<std::sync::atomic::AtomicUsize>,
+    started: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+impl Gate {
+    fn register(rig: &Rig, name: &str) -> Gate {
+        let gate = Gate {
+            running: Arc::default(),
+            most: Arc::default(),
+            started: Arc::default(),
+            release: Arc::new(tokio::sync::Semaphore::new(0)),
+        };
+        let (running, most, started, release) =
+            (gate.running.clone(), gate.most.clone(), gate.started.clone(), gate.release.clone());
+        rig.invoker.register(name, move |_req| {
+            let (running, most, started, release) =
+                (running.clone(), most.clone(), started.clone(), release.clone());
+            async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                let now = running.fetch_add(1, SeqCst) + 1;
+                most.fetch_max(now, SeqCst);
+                started.notify_waiters();
+                release.acquire().await.unwrap().forget();
+                running.fetch_sub(1, SeqCst);
+                Ok(response(200, "done"))
+            }
+        });
+        gate
+    }
+
+    /// Waits (bounded) until `n` invocations are running at once.
+    async fn wait_running(&self, n: usize) {
+        bounded("invocations to start", async {
+            loop {
+                let started = self.started.notified();
+                tokio::pin!(started);
+                started.as_mut().enable();
+                if self.running.load(std::sync::atomic::Ordering::SeqCst) >= n {
+                    return;
+                }
+                started.await;
+            }
+        })
+        .await
+    }
+}
+
+/// The record of an accepted invocation is there at once (`queued`, or further along);
+/// while a long invocation runs, readers see `running` with its attempt; then `succeeded`.
+#[tokio::test]
+async fn memory_records_visible_while_queued_and_running() {
+    use faas_core::queue::AsyncState;
+    let rig = Rig::new();
+    let gate = Gate::register(&rig, "long");
+    let q = MemoryQueue::new(100);
+    let worker = rig.worker(Arc::new(q.consumer()), fast_config()).spawn();
+    let publisher = faas_queue::TrackedPublisher::new(Arc::new(q.publisher()), rig.store.clone());
+    let it = item("long", "x");
+    publisher.publish(it.clone()).await.unwrap();
+    let rec = rig.store.get_now(&it.call_id).expect("a record right after publishing");
+    assert!(matches!(rec.state, AsyncState::Queued | AsyncState::Running), "{:?}", rec.state);
+    // Also for a batch.
+    let batch: Vec<_> = (0..3).map(|i| item("echo", format!("{i}"))).collect();
+    assert!(publisher.publish_batch(batch.clone()).await.iter().all(Result::is_ok));
+    for b in &batch {
+        assert!(rig.store.get_now(&b.call_id).is_some(), "a record right after publishing");
+    }
+    gate.wait_running(1).await;
+    let rec = bounded("the running record", async {
+        loop {
+            match rig.store.get_now(&it.call_id) {
+                Some(r) if r.state == AsyncState::Running => return r,
+                _ => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(rec.attempts, 1);
+    gate.release.add_permits(1);
+    let rec = wait_settled(&rig.store, &it.call_id).await;
+    assert_eq!(rec.state, AsyncState::Succeeded);
+    assert_eq!(rec.attempts, 1);
+    for b in &batch {
+        assert_eq!(wait_settled(&rig.store, &b.call_id).await.state, AsyncState::Succeeded);
+    }
+    worker.shutdown().await.unwrap();
+}
+
+/// No more than `function_concurrency` invocations of one function run at once (others
+/// wait their turn, on one or several worker loops); other functions are not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_per_function_concurrency_bound() {
+    use faas_core::queue::AsyncState;
+    let rig = Rig::new();
+    let gate = Gate::register(&rig, "bounded");
+    let q = MemoryQueue::new(100);
+    let config = faas_queue::WorkerConfig { function_concurrency: 2, ..fast_config() };
+    let worker = rig.worker(Arc::new(q.consumer()), config).spawn();
+    let publisher = faas_queue::TrackedPublisher::new(Arc::new(q.publisher()), rig.store.clone());
+    let bounded_items: Vec<_> = (0..6).map(|i| item("bounded", format!("{i}"))).collect();
+    assert!(publisher.publish_batch(bounded_items.clone()).await.iter().all(Result::is_ok));
+    gate.wait_running(2).await;
+    // Meanwhile another function goes through.
+    let other = item("echo", "other");
+    publisher.publish(other.clone()).await.unwrap();
+    assert_eq!(wait_settled(&rig.store, &other.call_id).await.state, AsyncState::Succeeded);
+    assert_eq!(gate.running.load(std::sync::atomic::Ordering::SeqCst), 2);
+    gate.release.add_permits(6);
+    for i in &bounded_items {
+        assert_eq!(wait_settled(&rig.store, &i.call_id).await.state, AsyncState::Succeeded);
+    }
+    assert_eq!(gate.most.load(std::sync::atomic::Ordering::SeqCst), 2, "at most 2 at once");
+    worker.shutdown().await.unwrap();
+}
