@@ -197,8 +197,17 @@ impl<T: Invoker + ?Sized> Invoker for Arc<T> {
     async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<()> {
         (**self).scale(function, replicas).await
     }
-    async fn invoke(&self, invocation: Invocation) -> Result<Response> {
-        (**self).invoke(invocation).await
+    // Written out (not `async fn`) so the inner invoker's boxed future is handed on as it is:
+    // an `Arc<dyn Invoker>` on the hot path then costs one boxed future, not two.
+    fn invoke<'life0, 'async_trait>(
+        &'life0 self,
+        invocation: Invocation,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        (**self).invoke(invocation)
     }
     async fn logs(&self, request: LogsRequest) -> Result<LogStream> {
         (**self).logs(request).await

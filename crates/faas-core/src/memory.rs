@@ -88,6 +88,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -99,7 +100,7 @@ use tower::ServiceExt;
 
 use crate::activation::{Activation, ActivationResponse};
 use crate::error::{DeveloperErrorKind, Error, Result, StatusCode};
-use crate::function::{boxed, BoxFunction, Function, Response};
+use crate::function::{boxed, BoxFunction, Function, Request, Response};
 use crate::invocation::StartKind;
 use crate::invocation::{Context, FunctionRef, Invocation, InvocationId, InvocationMeta, LogSink};
 use crate::invoker::{Invoker, LogEntry, LogStream, LogsRequest, ProviderInfo, Secret, SecretInfo};
@@ -554,6 +555,215 @@ impl LogBook {
     }
 }
 
+/// Waits until an instance of `d` can take an invocation that arrived at `arrived`: scales
+/// from zero, queues behind busy instances (bounded by `queue_limit` and `queue_timeout`).
+/// The slow path of [`MemoryInvoker::invoke`], boxed there so its state stays out of the
+/// common path's future.
+async fn wait_for_claim(
+    d: &Arc<Deployed>,
+    cfg: &MemoryInvokerBuilder,
+    arrived: Instant,
+) -> Result<Claim> {
+    let mut waiter: Option<Waiter> = None;
+    let mut cold = false;
+    let claim = loop {
+        let notified = d.notify.notified();
+        tokio::pin!(notified);
+        let waiting_for_start = {
+            let mut st = lock(&d.state);
+            if st.removed {
+                return Err(Error::function_not_found(d.fref.to_string()));
+            }
+            if let Some(c) = try_claim(d, &mut st, &*cfg.scheduler, cold) {
+                break c;
+            }
+            if st.instances.is_empty() {
+                // Scale from zero.
+                cold = true;
+                let n = st.policy.min.max(1).min(st.policy.max);
+                st.desired = n;
+                d.set_instances(&mut st, n);
+                d.ensure_reaper(&mut st);
+                if let Some(c) = try_claim(d, &mut st, &*cfg.scheduler, cold) {
+                    break c;
+                }
+            }
+            let starting = st.views.iter().any(|v| !v.ready);
+            cold |= starting;
+            let w = match &mut waiter {
+                Some(w) => w,
+                None => {
+                    st.sleepers += 1;
+                    waiter.insert(Waiter { d: d.clone(), queued: false })
+                }
+            };
+            if !starting && !w.queued {
+                if st.queued >= cfg.queue_limit {
+                    return Err(Error::Overloaded {
+                        message: format!(
+                            "every instance of {} is busy and {} invocations are queued",
+                            d.fref, st.queued
+                        ),
+                        retry_after: Some(Duration::from_secs(1)),
+                    });
+                }
+                st.queued += 1;
+                w.queued = true;
+            }
+            notified.as_mut().enable();
+            starting
+        };
+        if tokio::time::timeout_at(arrived + cfg.queue_timeout, notified).await.is_err() {
+            let after = util::format_duration(cfg.queue_timeout);
+            return Err(if waiting_for_start {
+                Error::unavailable(format!("no instance of {} became ready in {after}", d.fref))
+            } else {
+                Error::Overloaded {
+                    message: format!("every instance of {} stayed busy for {after}", d.fref),
+                    retry_after: Some(Duration::from_secs(1)),
+                }
+            });
+        }
+    };
+    drop(waiter);
+    Ok(claim)
+}
+
+pin_project_lite::pin_project! {
+    /// An invocation an instance has taken: the handler's call, its exec timeout, and what
+    /// the activation record needs once it ends.
+    struct Running<'a> {
+        shared: &'a Shared,
+        d: Arc<Deployed>,
+        meta: Option<RunMeta>,
+        #[pin]
+        call: futures::future::CatchUnwind<AssertUnwindSafe<tower::util::Oneshot<BoxFunction, Request>>>,
+        #[pin]
+        deadline: Option<tokio::time::Sleep>,
+    }
+}
+
+/// What [`Running`] keeps for the activation record.
+struct RunMeta {
+    lease: Lease,
+    instance: Arc<str>,
+    id: InvocationId,
+    start: StartKind,
+    wait_time: Duration,
+    init_time: Option<Duration>,
+    timeout: Option<Duration>,
+    seq0: u64,
+    started: SystemTime,
+}
+
+impl<'a> Running<'a> {
+    fn start(
+        shared: &'a Shared,
+        d: Arc<Deployed>,
+        claim: Claim,
+        arrived: Instant,
+        invocation: Invocation,
+    ) -> Running<'a> {
+        let Claim { lease, instance, handler, logger, run, start } = claim;
+        let wait_time = arrived.elapsed();
+        let init_time = (start == StartKind::Cold).then_some(d.cold_start);
+        let Invocation { id, function, mut request } = invocation;
+        request.extensions_mut().insert(Context {
+            id: Some(id.clone()),
+            function: Some(function),
+            instance: Some(instance.to_string()),
+            env: run.env.clone(),
+            secrets: run.secrets.clone(),
+            deadline: run.timeout.map(|t| std::time::Instant::now() + t),
+            logger,
+        });
+        let seq0 = d.logs.seq();
+        let started = SystemTime::now();
+        let call = AssertUnwindSafe(handler.oneshot(request)).catch_unwind();
+        let deadline = run.timeout.map(tokio::time::sleep);
+        let meta = RunMeta {
+            lease,
+            instance,
+            id,
+            start,
+            wait_time,
+            init_time,
+            timeout: run.timeout,
+            seq0,
+            started,
+        };
+        Running { shared, d, meta: Some(meta), call, deadline }
+    }
+}
+
+impl std::future::Future for Running<'_> {
+    type Output = Result<Response>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let outcome = match this.call.poll(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                let Some(deadline) = this.deadline.as_pin_mut() else { return Poll::Pending };
+                if deadline.poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let t = this.meta.as_ref().and_then(|m| m.timeout).unwrap_or_default();
+                Ok(Err(Error::timeout(format_args!("function {} exec", this.d.fref), t)))
+            }
+        };
+        // Polled again after completion (a contract violation): answer, never panic.
+        let Some(meta) = this.meta.take() else {
+            return Poll::Ready(Err(Error::internal("invocation polled after it completed")));
+        };
+        let RunMeta { mut lease, instance, id, start, wait_time, init_time, seq0, started, .. } =
+            meta;
+        let d = &*this.d;
+        let result = match outcome {
+            Ok(r) => r,
+            Err(panic) => {
+                lease.crashed = true;
+                Err(Error::developer(
+                    DeveloperErrorKind::Crash,
+                    format!(
+                        "function {} crashed (instance {instance} panicked: {}); \
+                         the instance was replaced",
+                        d.fref,
+                        panic_message(&*panic)
+                    ),
+                ))
+            }
+        };
+        let ended = SystemTime::now();
+        drop(lease);
+        this.shared.record(Record {
+            id,
+            fref: d.fref.clone(),
+            start: started,
+            end: ended,
+            outcome: match &result {
+                Ok(r) => Ok(r.status().as_u16()),
+                Err(e) => Err(e.clone()),
+            },
+            instance: instance.clone(),
+            kind: start,
+            wait_time,
+            init_time,
+            logs: d.logs.clone(),
+            seq: (seq0, d.logs.seq()),
+        });
+        Poll::Ready(result.map(|mut resp| {
+            resp.extensions_mut().insert(InvocationMeta {
+                instance: instance.to_string(),
+                start,
+                wait_time,
+                init_time,
+            });
+            resp
+        }))
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Activations
 
@@ -855,137 +1065,38 @@ impl Invoker for MemoryInvoker {
         Ok(())
     }
 
-    async fn invoke(&self, invocation: Invocation) -> Result<Response> {
-        let d = self.inner.function(&invocation.function)?;
-        let cfg = &self.inner.cfg;
+    // Written out rather than `async fn`: an invocation that an instance can take at once
+    // (the common case) runs as the small hand-written `Running` future; only one that has
+    // to wait (scale from zero, busy instances) gets the larger general future.
+    fn invoke<'life0, 'async_trait>(
+        &'life0 self,
+        invocation: Invocation,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        let shared = &*self.inner;
+        let d = match shared.function(&invocation.function) {
+            Ok(d) => d,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
         let arrived = Instant::now();
-        let mut waiter: Option<Waiter> = None;
-        let mut cold = false;
-        let claim = loop {
-            let notified = d.notify.notified();
-            tokio::pin!(notified);
-            let waiting_for_start = {
-                let mut st = lock(&d.state);
-                if st.removed {
-                    return Err(Error::function_not_found(d.fref.to_string()));
-                }
-                if let Some(c) = try_claim(&d, &mut st, &*cfg.scheduler, cold) {
-                    break c;
-                }
-                if st.instances.is_empty() {
-                    // Scale from zero.
-                    cold = true;
-                    let n = st.policy.min.max(1).min(st.policy.max);
-                    st.desired = n;
-                    d.set_instances(&mut st, n);
-                    d.ensure_reaper(&mut st);
-                    if let Some(c) = try_claim(&d, &mut st, &*cfg.scheduler, cold) {
-                        break c;
-                    }
-                }
-                let starting = st.views.iter().any(|v| !v.ready);
-                cold |= starting;
-                let w = match &mut waiter {
-                    Some(w) => w,
-                    None => {
-                        st.sleepers += 1;
-                        waiter.insert(Waiter { d: d.clone(), queued: false })
-                    }
-                };
-                if !starting && !w.queued {
-                    if st.queued >= cfg.queue_limit {
-                        return Err(Error::Overloaded {
-                            message: format!(
-                                "every instance of {} is busy and {} invocations are queued",
-                                d.fref, st.queued
-                            ),
-                            retry_after: Some(Duration::from_secs(1)),
-                        });
-                    }
-                    st.queued += 1;
-                    w.queued = true;
-                }
-                notified.as_mut().enable();
-                starting
-            };
-            if tokio::time::timeout_at(arrived + cfg.queue_timeout, notified).await.is_err() {
-                let after = util::format_duration(cfg.queue_timeout);
-                return Err(if waiting_for_start {
-                    Error::unavailable(format!("no instance of {} became ready in {after}", d.fref))
-                } else {
-                    Error::Overloaded {
-                        message: format!("every instance of {} stayed busy for {after}", d.fref),
-                        retry_after: Some(Duration::from_secs(1)),
-                    }
-                });
+        let claim = {
+            let mut st = lock(&d.state);
+            if st.removed {
+                let e = Error::function_not_found(d.fref.to_string());
+                return Box::pin(std::future::ready(Err(e)));
             }
+            try_claim(&d, &mut st, &*shared.cfg.scheduler, false)
         };
-        drop(waiter);
-        let Claim { mut lease, instance, handler, logger, run, start } = claim;
-        let wait_time = arrived.elapsed();
-        let init_time = (start == StartKind::Cold).then_some(d.cold_start);
-
-        let Invocation { id, function, mut request } = invocation;
-        request.extensions_mut().insert(Context {
-            id: Some(id.clone()),
-            function: Some(function),
-            instance: Some(instance.to_string()),
-            env: run.env.clone(),
-            secrets: run.secrets.clone(),
-            deadline: run.timeout.map(|t| std::time::Instant::now() + t),
-            logger,
-        });
-        let seq0 = d.logs.seq();
-        let started = SystemTime::now();
-        let call = AssertUnwindSafe(handler.oneshot(request)).catch_unwind();
-        let outcome = match run.timeout {
-            None => call.await,
-            Some(t) => match tokio::time::timeout(t, call).await {
-                Ok(r) => r,
-                Err(_) => Ok(Err(Error::timeout(format_args!("function {} exec", d.fref), t))),
-            },
-        };
-        let result = match outcome {
-            Ok(r) => r,
-            Err(panic) => {
-                lease.crashed = true;
-                Err(Error::developer(
-                    DeveloperErrorKind::Crash,
-                    format!(
-                        "function {} crashed (instance {instance} panicked: {}); \
-                         the instance was replaced",
-                        d.fref,
-                        panic_message(&*panic)
-                    ),
-                ))
-            }
-        };
-        let ended = SystemTime::now();
-        drop(lease);
-        self.inner.record(Record {
-            id,
-            fref: d.fref.clone(),
-            start: started,
-            end: ended,
-            outcome: match &result {
-                Ok(r) => Ok(r.status().as_u16()),
-                Err(e) => Err(e.clone()),
-            },
-            instance: instance.clone(),
-            kind: start,
-            wait_time,
-            init_time,
-            logs: d.logs.clone(),
-            seq: (seq0, d.logs.seq()),
-        });
-        let mut resp = result?;
-        resp.extensions_mut().insert(InvocationMeta {
-            instance: instance.to_string(),
-            start,
-            wait_time,
-            init_time,
-        });
-        Ok(resp)
+        match claim {
+            Some(claim) => Box::pin(Running::start(shared, d, claim, arrived, invocation)),
+            None => Box::pin(async move {
+                let claim = wait_for_claim(&d, &shared.cfg, arrived).await?;
+                Running::start(shared, d, claim, arrived, invocation).await
+            }),
+        }
     }
 
     async fn logs(&self, request: LogsRequest) -> Result<LogStream> {

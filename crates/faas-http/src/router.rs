@@ -283,10 +283,26 @@ impl Service<Request> for Router {
 
     fn call(&mut self, req: Request) -> Self::Future {
         let inner = self.inner.clone();
-        if req.uri().path().starts_with("/function/") {
-            // The hot path gets a future of its own, much smaller than one that could also
-            // hold any of the admin routes' states (and so cheaper to box and move).
-            let uri = req.uri().clone();
+        // A clone of the URI shares its bytes: the path stays borrowable while `req` moves.
+        let uri = req.uri().clone();
+        if let Some(rest) = uri.path().strip_prefix("/function/") {
+            // The hot path: a function known to be ready is invoked from here, with a small
+            // future of its own (cheap to box and move: the allocator's fast path is for
+            // blocks under 1 KiB); anything else takes the general path.
+            let (name, suffix) = split_name(rest);
+            if let Some(routed) = inner.warm(name) {
+                let (inv, stamp, limit_hit) = match prepare(&routed, req, suffix) {
+                    Ok(p) => p,
+                    Err(resp) => return Box::pin(std::future::ready(Ok(resp))),
+                };
+                // Only the invocation's own (boxed) future and a few values are kept across
+                // the await: no copies of the request.
+                return Box::pin(async move {
+                    let upstream = inner.config.upstream_timeout;
+                    let outcome = tokio::time::timeout(upstream, inner.invoker.invoke(inv)).await;
+                    Ok(finish(&inner, &routed, &stamp, limit_hit, outcome))
+                });
+            }
             return Box::pin(async move {
                 let rest = uri.path().strip_prefix("/function/").unwrap_or_default();
                 let (name, suffix) = split_name(rest);
@@ -587,32 +603,48 @@ fn forwarded(req: Request, suffix: &str, stamp: &Stamp) -> Result<Request> {
     Ok(fwd)
 }
 
-// Kept small on purpose: only a few values live across its awaits (the request is rebuilt
-// in the synchronous `forwarded`), so the future is cheap to box and move.
+/// `/function/NAME[/...]`: makes sure the function is ready (scaling it from zero if need
+/// be), then invokes it.
 async fn invoke_sync(inner: &Inner, req: Request, name: &str, suffix: &str) -> Response {
-    let id = call_id(req.headers());
-    let stamp = Stamp::new(&id);
     let routed = match inner.warm(name) {
         Some(r) => r,
         // The slow path (status polls, scale from zero) is boxed so that its large state
         // does not bloat this future.
         None => match Box::pin(inner.ready(name)).await {
             Ok(r) => r,
-            Err(e) => return stamp.error(&e),
+            Err(e) => return Stamp::new(&call_id(req.headers())).error(&e),
         },
     };
+    invoke_warm(inner, routed, req, suffix).await
+}
+
+/// Builds the invocation of a ready function: call id, the forwarded request, metrics.
+fn prepare(
+    routed: &Routed,
+    req: Request,
+    suffix: &str,
+) -> std::result::Result<(Invocation, Stamp, Option<BodyLimitHit>), Response> {
+    let id = call_id(req.headers());
+    let stamp = Stamp::new(&id);
     let limit_hit = req.extensions().get::<BodyLimitHit>().cloned();
     let request = match forwarded(req, suffix, &stamp) {
         Ok(r) => r,
-        Err(e) => return stamp.error(&e),
+        Err(e) => return Err(stamp.error(&e)),
     };
     routed.metrics.started();
-    let inv = Invocation { id, function: routed.fref.clone(), request };
+    Ok((Invocation { id, function: routed.fref.clone(), request }, stamp, limit_hit))
+}
+
+/// The response to a finished (or timed out) invocation, with metrics and stamp headers.
+fn finish(
+    inner: &Inner,
+    routed: &Routed,
+    stamp: &Stamp,
+    limit_hit: Option<BodyLimitHit>,
+    outcome: std::result::Result<Result<Response>, tokio::time::error::Elapsed>,
+) -> Response {
     let upstream = inner.config.upstream_timeout;
-    let outcome = match tokio::time::timeout(upstream, inner.invoker.invoke(inv)).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::timeout("gateway upstream", upstream)),
-    };
+    let outcome = outcome.unwrap_or_else(|_| Err(Error::timeout("gateway upstream", upstream)));
     let resp = match outcome {
         Ok(mut r) => {
             strip_response_framing(r.headers_mut());
@@ -635,6 +667,16 @@ async fn invoke_sync(inner: &Inner, req: Request, name: &str, suffix: &str) -> R
     let took = stamp.t0.elapsed();
     routed.metrics.finished(&inner.metrics, resp.status().as_u16(), took);
     stamp.apply(resp, took)
+}
+
+async fn invoke_warm(inner: &Inner, routed: Arc<Routed>, req: Request, suffix: &str) -> Response {
+    let (inv, stamp, limit_hit) = match prepare(&routed, req, suffix) {
+        Ok(p) => p,
+        Err(resp) => return resp,
+    };
+    let upstream = inner.config.upstream_timeout;
+    let outcome = tokio::time::timeout(upstream, inner.invoker.invoke(inv)).await;
+    finish(inner, &routed, &stamp, limit_hit, outcome)
 }
 
 fn validate_callback(url: &str) -> Result<()> {
