@@ -391,6 +391,98 @@ impl AsyncActivation {
     }
 }
 
+/// How far a call has got, as [`ActivationStore::progress`] answers it: what a worker needs
+/// to know of a record before it runs a delivery, without a copy of the whole record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Where it is.
+    pub state: AsyncState,
+    /// Invocation attempts started so far.
+    pub attempts: u32,
+    /// When it was queued (milliseconds since the Unix epoch).
+    pub queued_at: u64,
+    /// Whether nothing remains to be done (see [`AsyncActivation::is_settled`]).
+    pub settled: bool,
+    /// Whether the record has a callback URL.
+    pub has_callback: bool,
+}
+
+impl Progress {
+    /// The progress a record shows.
+    pub fn of(record: &AsyncActivation) -> Self {
+        Progress {
+            state: record.state,
+            attempts: record.attempts,
+            queued_at: record.queued_at,
+            settled: record.is_settled(),
+            has_callback: record.callback_url.is_some(),
+        }
+    }
+}
+
+/// The outcome of an attempt of a queued invocation, written onto its record by
+/// [`ActivationStore::put_update`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordUpdate {
+    /// The new state.
+    pub state: AsyncState,
+    /// Invocation attempts started so far.
+    pub attempts: u32,
+    /// The HTTP status of the last attempt.
+    pub status: Option<u16>,
+    /// The last error.
+    pub error: Option<String>,
+    /// The activation record, once finished.
+    pub activation: Option<Activation>,
+    /// When the record is written (milliseconds since the Unix epoch).
+    pub updated_at: u64,
+}
+
+impl RecordUpdate {
+    /// The record `update` makes of `item`'s call, given the record it has now: that of
+    /// [`AsyncActivation::queued`] of `item`, with the existing record's `queued_at`, and
+    /// the update's fields.
+    pub fn apply_to(
+        self,
+        item: &QueuedInvocation,
+        existing: Option<&AsyncActivation>,
+    ) -> AsyncActivation {
+        let queued_at = existing.map_or(item.queued_at, |e| e.queued_at);
+        AsyncActivation {
+            state: self.state,
+            attempts: self.attempts,
+            queued_at,
+            updated_at: self.updated_at,
+            status: self.status,
+            error: self.error,
+            activation: self.activation,
+            ..AsyncActivation::queued(item)
+        }
+    }
+
+    /// [`RecordUpdate::apply_to`] in place, onto the record `record` of `item`'s call: if it
+    /// is `item`'s (same call id, function, namespace and callback URL) only the fields
+    /// that change are written, else it is replaced.
+    pub fn apply_in_place(self, item: &QueuedInvocation, record: &mut AsyncActivation) {
+        if record.call_id != item.call_id
+            || record.function != item.function
+            || record.namespace != item.namespace
+            || record.callback_url != item.callback_url
+        {
+            let new = self.apply_to(item, Some(record));
+            *record = new;
+            return;
+        }
+        record.state = self.state;
+        record.attempts = self.attempts;
+        record.updated_at = self.updated_at;
+        record.status = self.status;
+        record.error = self.error;
+        record.activation = self.activation;
+        record.callback = None;
+    }
+}
+
 /// Stores [`AsyncActivation`] records by call id, so a gateway can tell a caller what
 /// happened to an asynchronous invocation.
 #[async_trait]
@@ -414,6 +506,23 @@ pub trait ActivationStore: Send + Sync + 'static {
         }
         out
     }
+
+    /// How far the call has got, if its record is known: a [`ActivationStore::get`] that
+    /// answers only what a worker checks before running a delivery. Stores that can answer
+    /// without copying the record (the in-memory store) override it; the default is a
+    /// `get`.
+    async fn progress(&self, call_id: &InvocationId) -> Result<Option<Progress>> {
+        Ok(self.get(call_id).await?.as_ref().map(Progress::of))
+    }
+
+    /// Writes the outcome of an attempt of `item` (not [`AsyncState::Queued`]): the record
+    /// becomes [`RecordUpdate::apply_to`] of the one there is. Stores that can update a
+    /// record in place (the in-memory store) override it; the default is a `get`, then a
+    /// `put`.
+    async fn put_update(&self, item: &QueuedInvocation, update: RecordUpdate) -> Result<()> {
+        let existing = self.get(&item.call_id).await?;
+        self.put(update.apply_to(item, existing.as_ref())).await
+    }
 }
 
 #[async_trait]
@@ -426,6 +535,12 @@ impl<T: ActivationStore + ?Sized> ActivationStore for std::sync::Arc<T> {
     }
     async fn put_batch(&self, records: Vec<AsyncActivation>) -> Vec<Result<()>> {
         (**self).put_batch(records).await
+    }
+    async fn progress(&self, call_id: &InvocationId) -> Result<Option<Progress>> {
+        (**self).progress(call_id).await
+    }
+    async fn put_update(&self, item: &QueuedInvocation, update: RecordUpdate) -> Result<()> {
+        (**self).put_update(item, update).await
     }
 }
 

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use faas_core::queue::{ActivationStore, AsyncActivation, AsyncState};
+use faas_core::queue::{
+    ActivationStore, AsyncActivation, AsyncState, Progress, QueuedInvocation, RecordUpdate,
+};
 use faas_core::{InvocationId, Result};
 
 /// Records per shard below which a store is not split: small stores keep one shard, so
@@ -203,6 +205,26 @@ impl MemoryActivationStore {
         self.shard(&key).records.get(&key).map(|r| AsyncActivation::clone(r))
     }
 
+    /// [`ActivationStore::progress`] without awaiting: no copy of the record.
+    pub fn progress_now(&self, call_id: &InvocationId) -> Option<Progress> {
+        let key = self.key(call_id);
+        self.shard(&key).records.get(&key).map(|r| Progress::of(r))
+    }
+
+    /// [`ActivationStore::put_update`] without awaiting: the record of `item`'s call is
+    /// updated in place (only a missing or foreign record is built anew).
+    pub fn put_update_now(&self, item: &QueuedInvocation, update: RecordUpdate) {
+        let capacity = self.inner.shard_capacity;
+        let key = self.key(&item.call_id);
+        let mut shard = self.shard(&key);
+        if let Some(rec) = shard.records.get_mut(&key) {
+            update.apply_in_place(item, rec);
+            return;
+        }
+        let rec = update.apply_to(item, None);
+        shard.put(key, rec, capacity);
+    }
+
     /// Writes one record without awaiting (same rules as [`ActivationStore::put`]).
     pub fn put_now(&self, record: AsyncActivation) {
         let capacity = self.inner.shard_capacity;
@@ -260,6 +282,15 @@ impl ActivationStore for MemoryActivationStore {
         self.put_batch_now(records);
         (0..n).map(|_| Ok(())).collect()
     }
+
+    async fn progress(&self, call_id: &InvocationId) -> Result<Option<Progress>> {
+        Ok(self.progress_now(call_id))
+    }
+
+    async fn put_update(&self, item: &QueuedInvocation, update: RecordUpdate) -> Result<()> {
+        self.put_update_now(item, update);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -290,6 +321,74 @@ mod tests {
         assert!(store.get(&a.call_id).await.unwrap().is_some());
         assert!(store.get(&b.call_id).await.unwrap().is_none());
         assert!(store.get(&c.call_id).await.unwrap().is_some());
+    }
+
+    /// Only `put` and `get`: the trait's provided `progress` and `put_update`.
+    struct Plain(MemoryActivationStore);
+
+    #[async_trait]
+    impl ActivationStore for Plain {
+        async fn put(&self, record: AsyncActivation) -> Result<()> {
+            self.0.put(record).await
+        }
+        async fn get(&self, call_id: &InvocationId) -> Result<Option<AsyncActivation>> {
+            self.0.get(call_id).await
+        }
+    }
+
+    /// `progress` and `put_update` answer and write the same in the in-memory store (in
+    /// place) as the trait's provided methods (get, then put).
+    #[tokio::test]
+    async fn progress_and_put_update_match_the_provided_methods() {
+        let memory = MemoryActivationStore::new(100);
+        let plain = Plain(MemoryActivationStore::new(100));
+        let stores: [&dyn ActivationStore; 2] = [&memory, &plain];
+        let update = |state, attempts| RecordUpdate {
+            state,
+            attempts,
+            status: Some(200),
+            error: None,
+            activation: None,
+            updated_at: 77,
+        };
+        let mut results = Vec::new();
+        for store in stores {
+            let mut item = example_item();
+            item.queued_at = 5;
+            assert_eq!(store.progress(&item.call_id).await.unwrap(), None);
+            store.put(AsyncActivation::queued(&item)).await.unwrap();
+            let p = store.progress(&item.call_id).await.unwrap().unwrap();
+            assert_eq!((p.state, p.attempts, p.queued_at), (AsyncState::Queued, 0, 5));
+            assert!(!p.settled && !p.has_callback);
+            // Onto the item's own record.
+            store.put_update(&item, update(AsyncState::Succeeded, 1)).await.unwrap();
+            let mut rec = store.get(&item.call_id).await.unwrap().unwrap();
+            rec.call_id = InvocationId::from_string("x");
+            let p = store.progress(&item.call_id).await.unwrap().unwrap();
+            assert!(p.settled && p.state == AsyncState::Succeeded && p.attempts == 1);
+            // No record: one is made of the item.
+            let fresh = example_item();
+            store.put_update(&fresh, update(AsyncState::Failed, 2)).await.unwrap();
+            let mut made = store.get(&fresh.call_id).await.unwrap().unwrap();
+            made.call_id = InvocationId::from_string("y");
+            // A record that is not the item's (another function): rebuilt, `queued_at` kept.
+            let mut other = example_item();
+            other.function = "other".into();
+            other.queued_at = 9;
+            store.put(AsyncActivation::queued(&other)).await.unwrap();
+            let mut item2 = other.clone();
+            item2.function = "echo".into();
+            item2.queued_at = 10;
+            store.put_update(&item2, update(AsyncState::Running, 1)).await.unwrap();
+            let mut rebuilt = store.get(&other.call_id).await.unwrap().unwrap();
+            assert_eq!((rebuilt.function.as_str(), rebuilt.queued_at), ("echo", 9));
+            rebuilt.call_id = InvocationId::from_string("z");
+            results.push((rec, made, rebuilt));
+        }
+        assert_eq!(results[0], results[1]);
+        assert_eq!(results[0].0.state, AsyncState::Succeeded);
+        assert_eq!(results[0].0.updated_at, 77);
+        assert_eq!(results[0].1.state, AsyncState::Failed);
     }
 
     /// A sharded store: batches and single writes follow the same rules, the bound holds

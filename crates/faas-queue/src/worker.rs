@@ -45,7 +45,7 @@ use faas_core::activation::{epoch_millis, Activation, ActivationResponse};
 use faas_core::event::Acknowledge;
 use faas_core::queue::{
     parse_callback_url, ActivationStore, AsyncActivation, AsyncState, CallbackOutcome, DeadLetter,
-    DeadLetterSink, QueueConsumer, QueuedInvocation,
+    DeadLetterSink, Progress, QueueConsumer, QueuedInvocation, RecordUpdate,
 };
 use faas_core::{Delivery, Error, InvocationId, InvocationMeta, Invoker, StatusCode};
 use tokio::sync::{watch, Notify, Semaphore};
@@ -606,6 +606,22 @@ impl Inner {
         Some((rec, prior))
     }
 
+    fn read_progress<'a>(
+        &'a self,
+        call_id: &'a InvocationId,
+    ) -> impl Future<Output = Option<Progress>> + Send + 'a {
+        let get = self.store.progress(call_id);
+        async move {
+            match get.await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "activation store read failed");
+                    None
+                }
+            }
+        }
+    }
+
     fn read_record<'a>(
         &'a self,
         call_id: &'a InvocationId,
@@ -642,13 +658,21 @@ impl Inner {
             let Ok(permit) = self.function_limit(&delivery.item).try_acquire_owned() else {
                 return Box::pin(self.handle(delivery, stop)).await;
             };
-            let existing = self.read_record(&delivery.item.call_id).await;
+            // Only the record's state and attempts: no copy of it.
+            let progress = self.read_progress(&delivery.item.call_id).await;
             // The records and the invocation stay inside this block, so that the awaits
             // after it keep none of them (the state stays small).
             let settle = {
                 let outcome = 'fast: {
-                    let Some((mut rec, prior)) = self.begin(&delivery.item, existing) else {
-                        break 'fast Outcome::Duplicate;
+                    let prior = match progress {
+                        Some(p) if p.settled => break 'fast Outcome::Duplicate,
+                        // Finished with its callback pending, or a record with a callback:
+                        // not the common case.
+                        Some(p) if p.state.is_terminal() || p.has_callback => {
+                            break 'fast Outcome::Fallback
+                        }
+                        Some(p) => p.attempts.max(delivery.item.attempt),
+                        None => delivery.item.attempt,
                     };
                     let max = self.config.max_attempts.max(1);
                     let inv = match self.validate(&delivery.item) {
@@ -656,8 +680,6 @@ impl Inner {
                         // Bad input or no attempt left: nothing was written, start over there.
                         _ => break 'fast Outcome::Fallback,
                     };
-                    rec.state = AsyncState::Running;
-                    rec.attempts = prior + 1;
                     if prior > 0 {
                         self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     }
@@ -666,11 +688,22 @@ impl Inner {
                         .await
                     {
                         Poll::Ready(at) if !at.retryable => {
-                            let state = self.complete(&delivery.item, &mut rec, at);
-                            break 'fast Outcome::Write(state, self.store.put(rec));
+                            // The final record, written onto the `queued` one in place.
+                            let (state, update) = self.final_update(&delivery.item, prior + 1, at);
+                            break 'fast Outcome::Write(
+                                state,
+                                self.store.put_update(&delivery.item, update),
+                            );
                         }
                         Poll::Ready(at) => First::Done(at),
                         Poll::Pending => First::InFlight(call),
+                    };
+                    // What `begin` makes of the record (no callback on either side).
+                    let rec = AsyncActivation {
+                        state: AsyncState::Running,
+                        attempts: prior + 1,
+                        queued_at: progress.map_or(delivery.item.queued_at, |p| p.queued_at),
+                        ..AsyncActivation::queued(&delivery.item)
                     };
                     let item = &delivery.item;
                     Outcome::Attempts(Box::pin(self.run_attempts(
@@ -710,18 +743,25 @@ impl Inner {
         }
     }
 
-    /// Makes `rec` the final record of a last attempt that was not retryable.
-    fn complete(
+    /// The final record of a last attempt (number `attempts`) that was not retryable, as an
+    /// update of the call's record.
+    fn final_update(
         &self,
         item: &QueuedInvocation,
-        rec: &mut AsyncActivation,
+        attempts: u32,
         at: Attempt,
-    ) -> AsyncState {
-        let state = if at.is_success() { AsyncState::Succeeded } else { AsyncState::Failed };
-        self.final_record(item, rec, &at);
-        rec.state = state;
-        rec.updated_at = epoch_millis(SystemTime::now());
-        state
+    ) -> (AsyncState, RecordUpdate) {
+        let success = at.is_success();
+        let state = if success { AsyncState::Succeeded } else { AsyncState::Failed };
+        let update = RecordUpdate {
+            state,
+            attempts,
+            status: Some(at.status),
+            error: if success { None } else { Some(at.error_text()) },
+            activation: Some(self.activation(item, attempts, &at)),
+            updated_at: epoch_millis(SystemTime::now()),
+        };
+        (state, update)
     }
 
     /// Acknowledges or gives back a delivery.
@@ -935,7 +975,7 @@ impl Inner {
     fn final_record(&self, item: &QueuedInvocation, rec: &mut AsyncActivation, at: &Attempt) {
         rec.status = Some(at.status);
         rec.error = if at.is_success() { None } else { Some(at.error_text()) };
-        rec.activation = Some(self.activation(item, rec, at));
+        rec.activation = Some(self.activation(item, rec.attempts, at));
     }
 
     async fn finish(
@@ -1013,12 +1053,7 @@ impl Inner {
         Settle::Ack
     }
 
-    fn activation(
-        &self,
-        item: &QueuedInvocation,
-        rec: &AsyncActivation,
-        at: &Attempt,
-    ) -> Activation {
+    fn activation(&self, item: &QueuedInvocation, attempts: u32, at: &Attempt) -> Activation {
         let mut result = serde_json::Map::new();
         result.insert("statusCode".into(), at.status.into());
         if at.body.len() <= self.config.record_body_limit {
@@ -1042,12 +1077,23 @@ impl Inner {
                 result: result.into(),
             },
         };
-        let mut a =
-            Activation::new(item.call_id.clone(), &item.function_ref(), at.start, at.end, response);
+        // As `Activation::new`, without a `FunctionRef` copied only to be copied again.
+        let (start, end) = (epoch_millis(at.start), epoch_millis(at.end));
+        let mut a = Activation {
+            activation_id: item.call_id.clone(),
+            namespace: item.namespace.clone(),
+            name: item.function.clone(),
+            start,
+            end: end.max(start),
+            duration: end.saturating_sub(start),
+            logs: Vec::new(),
+            annotations: Vec::with_capacity(5),
+            response,
+        };
         if let Some(meta) = &at.meta {
             a.annotate_meta(meta);
         }
-        a.annotate("attempts", rec.attempts.into());
+        a.annotate("attempts", attempts.into());
         a.annotate("kind", "async".into());
         a
     }
