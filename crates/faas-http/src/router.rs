@@ -293,7 +293,7 @@ impl Service<Request> for Router {
             if let Some(routed) = inner.warm(name) {
                 let (inv, stamp, limit_hit) = match prepare(&routed, req, suffix) {
                     Ok(p) => p,
-                    Err(resp) => return Box::pin(std::future::ready(Ok(resp))),
+                    Err(resp) => return Box::pin(std::future::ready(Ok(*resp))),
                 };
                 // Only the invocation's own (boxed) future and a few values are kept across
                 // the await: no copies of the request.
@@ -623,13 +623,13 @@ fn prepare(
     routed: &Routed,
     req: Request,
     suffix: &str,
-) -> std::result::Result<(Invocation, Stamp, Option<BodyLimitHit>), Response> {
+) -> std::result::Result<(Invocation, Stamp, Option<BodyLimitHit>), Box<Response>> {
     let id = call_id(req.headers());
     let stamp = Stamp::new(&id);
     let limit_hit = req.extensions().get::<BodyLimitHit>().cloned();
     let request = match forwarded(req, suffix, &stamp) {
         Ok(r) => r,
-        Err(e) => return Err(stamp.error(&e)),
+        Err(e) => return Err(Box::new(stamp.error(&e))),
     };
     routed.metrics.started();
     Ok((Invocation { id, function: routed.fref.clone(), request }, stamp, limit_hit))
@@ -672,7 +672,7 @@ fn finish(
 async fn invoke_warm(inner: &Inner, routed: Arc<Routed>, req: Request, suffix: &str) -> Response {
     let (inv, stamp, limit_hit) = match prepare(&routed, req, suffix) {
         Ok(p) => p,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let upstream = inner.config.upstream_timeout;
     let outcome = tokio::time::timeout(upstream, inner.invoker.invoke(inv)).await;
