@@ -176,6 +176,11 @@ pub trait InvokerExt: Invoker {
 
 impl<T: Invoker + ?Sized> InvokerExt for T {}
 
+/// The future [`Invoker::invoke`] returns, for implementations that write the method out
+/// rather than as an `async fn` (to hand on a future they already have, say).
+pub type InvokeFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response>> + Send + 'a>>;
+
 /// Forwards every method, so an `Arc<dyn Invoker>` is an invoker too.
 #[async_trait]
 impl<T: Invoker + ?Sized> Invoker for Arc<T> {
@@ -202,7 +207,7 @@ impl<T: Invoker + ?Sized> Invoker for Arc<T> {
     fn invoke<'life0, 'async_trait>(
         &'life0 self,
         invocation: Invocation,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response>> + Send + 'async_trait>>
+    ) -> InvokeFuture<'async_trait>
     where
         'life0: 'async_trait,
         Self: 'async_trait,

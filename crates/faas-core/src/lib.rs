@@ -44,7 +44,8 @@ pub use invocation::{
     Context, FunctionRef, Invocation, InvocationId, InvocationMeta, LogSink, StartKind,
 };
 pub use invoker::{
-    Invoker, InvokerExt, LogEntry, LogStream, LogsRequest, ProviderInfo, Secret, SecretInfo,
+    InvokeFuture, Invoker, InvokerExt, LogEntry, LogStream, LogsRequest, ProviderInfo, Secret,
+    SecretInfo,
 };
 pub use memory::MemoryInvoker;
 pub use queue::{QueueConsumer, QueuePublisher, QueuedInvocation};

@@ -1071,7 +1071,7 @@ impl Invoker for MemoryInvoker {
     fn invoke<'life0, 'async_trait>(
         &'life0 self,
         invocation: Invocation,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response>> + Send + 'async_trait>>
+    ) -> crate::invoker::InvokeFuture<'async_trait>
     where
         'life0: 'async_trait,
         Self: 'async_trait,

@@ -610,32 +610,14 @@ impl Inner {
         &'a self,
         call_id: &'a InvocationId,
     ) -> impl Future<Output = Option<Progress>> + Send + 'a {
-        let get = self.store.progress(call_id);
-        async move {
-            match get.await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(error = %e, "activation store read failed");
-                    None
-                }
-            }
-        }
+        logged_read(self.store.progress(call_id))
     }
 
     fn read_record<'a>(
         &'a self,
         call_id: &'a InvocationId,
     ) -> impl Future<Output = Option<AsyncActivation>> + Send + 'a {
-        let get = self.store.get(call_id);
-        async move {
-            match get.await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(error = %e, "activation store read failed");
-                    None
-                }
-            }
-        }
+        logged_read(self.store.get(call_id))
     }
 
     /// The common case in few bytes of future state (it is allocated per delivery): a
@@ -1302,5 +1284,17 @@ mod state_size {
         let fast = w.inner.clone().fast(delivery, stop);
         let size = std::mem::size_of_val(&fast);
         assert!(size <= FAST_STATE_BOUND, "{size} bytes");
+    }
+}
+
+/// Awaits an activation-store read; a failure is logged and read as "no record" (the
+/// caller then proceeds as for a first delivery, which at-least-once allows).
+async fn logged_read<T>(get: impl Future<Output = faas_core::Result<Option<T>>>) -> Option<T> {
+    match get.await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "activation store read failed");
+            None
+        }
     }
 }
