@@ -493,6 +493,15 @@ impl QueueConsumer for KafkaConsumer {
     async fn close(&self) -> Result<()> {
         let Some(client) = lock(&self.shared.consumer).take() else { return Ok(()) };
         let timeout = self.shared.close_timeout;
+        // A `next` still running elsewhere holds the client too; if its copy were the last,
+        // the blocking leave would run where that one is dropped. Give such copies a moment
+        // to go (bounded), so the leave below is the real one.
+        let waited = tokio::time::Instant::now();
+        while Arc::strong_count(&client) > 1
+            && waited.elapsed() < timeout.min(Duration::from_secs(1))
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         // Leaving the group commits the stored (acknowledged) offsets; it blocks, and may
         // never finish if the cluster is gone: run it on its own thread, bounded.

@@ -25,7 +25,8 @@
 //!    message that keeps killing workers while it runs is dead-lettered after
 //!    `max_attempts`.
 //!
-//! The worker runs one loop per runtime thread; together they take up to
+//! The worker runs one loop per runtime thread (all polled by the worker's own task, so
+//! that aborting it drops them at once); together they take up to
 //! [`WorkerConfig::max_in_flight`] deliveries at a time (several per wake-up when the
 //! consumer has them ready, see [`QueueConsumer::next_batch`]). Each delivery is first
 //! processed in its loop; only one that has to wait (for its function's concurrency limit,
@@ -370,24 +371,28 @@ impl Worker {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> faas_core::Result<()> {
         let inner = self.inner;
         let (stop_tx, stop_rx) = watch::channel(false);
-        // One lane per runtime thread, each with its share of `max_in_flight`.
+        // One lane per runtime thread, each with its share of `max_in_flight`; the
+        // deliveries that have to wait go on in tasks of their own, spread over the threads.
         let max_in_flight = inner.config.max_in_flight.max(1);
         let threads =
             tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers());
         let lanes = threads.clamp(1, MAX_LANES).min(max_in_flight);
-        let mut running = JoinSet::new();
-        for _ in 0..lanes {
-            running.spawn(inner.clone().lane(max_in_flight / lanes, stop_rx.clone()));
-        }
+        // The lanes are polled by this task, not spawned: aborting the worker (a crash) then
+        // drops every lane, and with them every handle on the consumer, before the abort
+        // returns. A spawned lane could outlive it for a moment and keep a Kafka consumer
+        // alive, whose drop then leaves the group from a runtime thread and may hang there.
+        let mut running: futures::stream::FuturesUnordered<_> = (0..lanes)
+            .map(|_| inner.clone().lane(max_in_flight / lanes, stop_rx.clone()))
+            .collect();
         tokio::pin!(shutdown);
         tokio::select! {
             // A lane ends by itself when the consumer is closed.
-            _ = running.join_next() => {}
+            _ = futures::StreamExt::next(&mut running) => {}
             _ = &mut shutdown => {}
         }
         // The others stop taking deliveries and drain.
         let _ = stop_tx.send(true);
-        while running.join_next().await.is_some() {}
+        while futures::StreamExt::next(&mut running).await.is_some() {}
         inner.consumer.close().await
     }
 
