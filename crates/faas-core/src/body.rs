@@ -191,6 +191,44 @@ impl http_body::Body for Body {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A body that keeps a value alive until the body is fully sent or dropped: an
+    /// in-flight mark released only once the response is out, say. The body itself passes
+    /// through unchanged.
+    pub struct Guarded<G> {
+        #[pin]
+        body: Body,
+        guard: G,
+    }
+}
+
+impl<G> Guarded<G> {
+    /// Wraps `body`, keeping `guard` until it is done.
+    pub fn new(body: Body, guard: G) -> Self {
+        Guarded { body, guard }
+    }
+}
+
+impl<G> http_body::Body for Guarded<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

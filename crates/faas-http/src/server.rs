@@ -2,15 +2,12 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use faas_core::{Body, BoxError, Request, Response};
-use http_body::{Frame, SizeHint};
+use faas_core::body::Guarded;
+use faas_core::{Body, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -84,35 +81,6 @@ impl Drop for InFlight {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The response body as hyper sends it: the service's body, plus the in-flight mark.
-    struct Tracked {
-        #[pin]
-        body: Body,
-        _in_flight: InFlight,
-    }
-}
-
-impl http_body::Body for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.project().body.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
 /// Resolves once the connection has been quiet (no request started, none in flight) for a
 /// whole period of `idle`.
 async fn quiet(activity: &Activity, idle: Duration) {
@@ -172,7 +140,7 @@ where
                     }
                 });
                 let resp = svc.oneshot(req).await?;
-                Ok::<_, Infallible>(resp.map(|body| Tracked { body, _in_flight: mark }))
+                Ok::<_, Infallible>(resp.map(|body| Guarded::new(body, mark)))
             }
         });
         // No hyper timer: the quiet-connection check below replaces its per-request header

@@ -736,29 +736,6 @@ impl Drop for InflightGuard {
     }
 }
 
-/// A body holding the in-flight slot until it is fully sent (or dropped).
-struct Guarded {
-    inner: Body,
-    _guard: InflightGuard,
-}
-
-impl http_body::Body for Guarded {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>, slot: &ConnSlot) -> Response<Body> {
     match req.uri().path() {
         "/_/health" => return health(&shared, false),
@@ -787,7 +764,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, slot: &ConnSlot) ->
         log(format!("{m} {u} {} {:?}", resp.status().as_u16(), t0.elapsed()));
     }
     let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, Body::new(Guarded { inner: body, _guard: guard }))
+    Response::from_parts(parts, Body::new(faas_core::body::Guarded::new(body, guard)))
 }
 
 fn health(shared: &Shared, ready: bool) -> Response<Body> {
