@@ -322,10 +322,7 @@ async fn route(inner: Arc<Inner>, req: Request) -> Response {
     let uri = req.uri().clone();
     let path = uri.path();
     let method = req.method().clone();
-    if let Some(rest) = path.strip_prefix("/function/") {
-        let (name, suffix) = split_name(rest);
-        return invoke_sync(&inner, req, name, suffix).await;
-    }
+    // `/function/*` never gets here: `Router::call` takes it first.
     if let Some(rest) = path.strip_prefix("/async-function/") {
         let (name, suffix) = split_name(rest);
         return invoke_async(&inner, req, name, suffix).await;
@@ -606,14 +603,10 @@ fn forwarded(req: Request, suffix: &str, stamp: &Stamp) -> Result<Request> {
 /// `/function/NAME[/...]`: makes sure the function is ready (scaling it from zero if need
 /// be), then invokes it.
 async fn invoke_sync(inner: &Inner, req: Request, name: &str, suffix: &str) -> Response {
-    let routed = match inner.warm(name) {
-        Some(r) => r,
-        // The slow path (status polls, scale from zero) is boxed so that its large state
-        // does not bloat this future.
-        None => match Box::pin(inner.ready(name)).await {
-            Ok(r) => r,
-            Err(e) => return Stamp::new(&call_id(req.headers())).error(&e),
-        },
+    // Boxed: the slow path's state (status polls, scale from zero) stays out of this future.
+    let routed = match Box::pin(inner.ready(name)).await {
+        Ok(r) => r,
+        Err(e) => return Stamp::new(&call_id(req.headers())).error(&e),
     };
     invoke_warm(inner, routed, req, suffix).await
 }
@@ -669,6 +662,8 @@ fn finish(
     stamp.apply(resp, took)
 }
 
+/// Invokes a function known to be ready. (`Router::call` does the same inline for its hot
+/// path, to keep that future small.)
 async fn invoke_warm(inner: &Inner, routed: Arc<Routed>, req: Request, suffix: &str) -> Response {
     let (inv, stamp, limit_hit) = match prepare(&routed, req, suffix) {
         Ok(p) => p,
