@@ -77,6 +77,9 @@ pub struct HandlerFn<F> {
 
 /// Turns `async fn(Request, Context) -> Result<impl IntoResponse, Error>` into a [`Function`].
 ///
+/// The [`Context`] is taken out of the request's extensions (no copy is made) and passed as
+/// the second argument; a request without one gets an empty context.
+///
 /// ```
 /// use faas_core::{handler_fn, Body, Context, Error, Request};
 /// let upper = handler_fn(|req: Request, _ctx: Context| async move {
@@ -108,8 +111,8 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
-        let ctx = Context::of(&req);
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let ctx = req.extensions_mut().remove::<Context>().unwrap_or_default();
         HandlerFuture { inner: (self.f)(req, ctx) }
     }
 }

@@ -26,6 +26,7 @@ pub mod invoker;
 pub mod layers;
 pub mod memory;
 pub mod queue;
+pub mod runtime;
 pub mod scheduler;
 pub mod sim;
 pub mod spec;

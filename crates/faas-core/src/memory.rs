@@ -166,7 +166,8 @@ impl MemoryInvokerBuilder {
     }
 
     /// How many activation records to keep, oldest dropped first (default 10 000; 0 keeps
-    /// none).
+    /// none). The store has a shard per thread that records (up to one per CPU), each
+    /// keeping this many, so a single-threaded runtime keeps exactly the latest `n`.
     pub fn activation_limit(mut self, n: usize) -> Self {
         self.activation_limit = n;
         self
@@ -207,7 +208,7 @@ impl MemoryInvokerBuilder {
                 handlers: RwLock::new(HashMap::new()),
                 functions: RwLock::new(HashMap::new()),
                 secrets: Mutex::new(BTreeMap::new()),
-                activations: Mutex::new(VecDeque::new()),
+                activations: Activations::new(),
             }),
         }
     }
@@ -240,7 +241,33 @@ struct Shared {
     functions: RwLock<HashMap<FunctionRef, Arc<Deployed>>>,
     /// (namespace, name) -> value.
     secrets: Mutex<BTreeMap<(String, String), Bytes>>,
-    activations: Mutex<VecDeque<Record>>,
+    activations: Activations,
+}
+
+/// The activation records, in one shard per recording thread (up to the number of CPUs), so
+/// invocations finishing on different threads don't contend for one lock. Each shard keeps
+/// the latest `activation_limit` records it was given.
+struct Activations {
+    shards: Box<[Mutex<VecDeque<Record>>]>,
+}
+
+impl Activations {
+    fn new() -> Self {
+        let n = crate::runtime::shard_count();
+        Activations { shards: (0..n).map(|_| Mutex::new(VecDeque::new())).collect() }
+    }
+
+    /// The calling thread's shard.
+    fn local(&self) -> &Mutex<VecDeque<Record>> {
+        &self.shards[crate::runtime::thread_index() % self.shards.len()]
+    }
+
+    /// Visits every shard's records.
+    fn each(&self, mut f: impl FnMut(&VecDeque<Record>)) {
+        for s in self.shards.iter() {
+            f(&lock(s));
+        }
+    }
 }
 
 /// What a running instance sees of its function's configuration.
@@ -452,36 +479,54 @@ impl Drop for Waiter {
 
 struct Claim {
     lease: Lease,
+    slot: Slot,
+}
+
+/// What an invocation takes from the instance it was given (besides the lease).
+struct Slot {
+    serial: u64,
     instance: Arc<str>,
     handler: BoxFunction,
     logger: LogSink,
-    run: Arc<RunConfig>,
+    env: Arc<BTreeMap<String, String>>,
+    secrets: Arc<BTreeMap<String, Bytes>>,
+    timeout: Option<Duration>,
     start: StartKind,
+}
+
+impl Slot {
+    /// The claim of this slot, holding `d` (the handle of the slot's function).
+    fn leased(self, d: Arc<Deployed>) -> Claim {
+        Claim { lease: Lease { d, serial: self.serial, crashed: false }, slot: self }
+    }
 }
 
 /// Takes a slot on the instance the scheduler picks, if any has capacity.
 fn try_claim(
-    d: &Arc<Deployed>,
+    d: &Deployed,
     st: &mut State,
     scheduler: &dyn Scheduler,
     cold: bool,
-) -> Option<Claim> {
+    now: Instant,
+) -> Option<Slot> {
     let i = scheduler.route(&d.fref, &st.views)?;
     if !st.views.get(i)?.has_capacity() {
         return None;
     }
     st.views[i].in_flight += 1;
     st.invocation_count += 1;
-    st.last_activity = Instant::now();
+    st.last_activity = now;
     let inst = &mut st.instances[i];
     let first = !inst.served;
     inst.served = true;
-    Some(Claim {
-        lease: Lease { d: d.clone(), serial: inst.serial, crashed: false },
+    Some(Slot {
+        serial: inst.serial,
         instance: inst.id.clone(),
         handler: inst.handler.clone(),
         logger: inst.logger.clone(),
-        run: st.run.clone(),
+        env: st.run.env.clone(),
+        secrets: st.run.secrets.clone(),
+        timeout: st.run.timeout,
         start: if cold && first { StartKind::Cold } else { StartKind::Warm },
     })
 }
@@ -574,8 +619,8 @@ async fn wait_for_claim(
             if st.removed {
                 return Err(Error::function_not_found(d.fref.to_string()));
             }
-            if let Some(c) = try_claim(d, &mut st, &*cfg.scheduler, cold) {
-                break c;
+            if let Some(c) = try_claim(d, &mut st, &*cfg.scheduler, cold, Instant::now()) {
+                break c.leased(d.clone());
             }
             if st.instances.is_empty() {
                 // Scale from zero.
@@ -584,8 +629,8 @@ async fn wait_for_claim(
                 st.desired = n;
                 d.set_instances(&mut st, n);
                 d.ensure_reaper(&mut st);
-                if let Some(c) = try_claim(d, &mut st, &*cfg.scheduler, cold) {
-                    break c;
+                if let Some(c) = try_claim(d, &mut st, &*cfg.scheduler, cold, Instant::now()) {
+                    break c.leased(d.clone());
                 }
             }
             let starting = st.views.iter().any(|v| !v.ready);
@@ -634,7 +679,7 @@ pin_project_lite::pin_project! {
     /// the activation record needs once it ends.
     struct Running<'a> {
         shared: &'a Shared,
-        d: Arc<Deployed>,
+        // Holds the lease (and through it the function): `None` once completed.
         meta: Option<RunMeta>,
         #[pin]
         call: futures::future::CatchUnwind<AssertUnwindSafe<tower::util::Oneshot<BoxFunction, Request>>>,
@@ -659,40 +704,34 @@ struct RunMeta {
 impl<'a> Running<'a> {
     fn start(
         shared: &'a Shared,
-        d: Arc<Deployed>,
         claim: Claim,
         arrived: Instant,
+        wait_time: Duration,
         invocation: Invocation,
     ) -> Running<'a> {
-        let Claim { lease, instance, handler, logger, run, start } = claim;
-        let wait_time = arrived.elapsed();
+        let Claim { lease, slot } = claim;
+        let Slot { instance, handler, logger, env, secrets, timeout, start, .. } = slot;
+        let d = &lease.d;
+        // The exec timeout counts from when the instance took the invocation.
+        let began = arrived + wait_time;
         let init_time = (start == StartKind::Cold).then_some(d.cold_start);
         let Invocation { id, function, mut request } = invocation;
         request.extensions_mut().insert(Context {
             id: Some(id.clone()),
             function: Some(function),
             instance: Some(instance.to_string()),
-            env: run.env.clone(),
-            secrets: run.secrets.clone(),
-            deadline: run.timeout.map(|t| std::time::Instant::now() + t),
+            env,
+            secrets,
+            deadline: timeout.map(|t| began.into_std() + t),
             logger,
         });
         let seq0 = d.logs.seq();
         let started = SystemTime::now();
         let call = AssertUnwindSafe(handler.oneshot(request)).catch_unwind();
-        let deadline = run.timeout.map(tokio::time::sleep);
-        let meta = RunMeta {
-            lease,
-            instance,
-            id,
-            start,
-            wait_time,
-            init_time,
-            timeout: run.timeout,
-            seq0,
-            started,
-        };
-        Running { shared, d, meta: Some(meta), call, deadline }
+        let deadline = timeout.map(|t| tokio::time::sleep_until(began + t));
+        let meta =
+            RunMeta { lease, instance, id, start, wait_time, init_time, timeout, seq0, started };
+        Running { shared, meta: Some(meta), call, deadline }
     }
 }
 
@@ -708,8 +747,13 @@ impl std::future::Future for Running<'_> {
                 if deadline.poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                let t = this.meta.as_ref().and_then(|m| m.timeout).unwrap_or_default();
-                Ok(Err(Error::timeout(format_args!("function {} exec", this.d.fref), t)))
+                Ok(Err(match this.meta.as_ref() {
+                    Some(m) => Error::timeout(
+                        format_args!("function {} exec", m.lease.d.fref),
+                        m.timeout.unwrap_or_default(),
+                    ),
+                    None => Error::internal("invocation polled after it completed"),
+                }))
             }
         };
         // Polled again after completion (a contract violation): answer, never panic.
@@ -718,7 +762,7 @@ impl std::future::Future for Running<'_> {
         };
         let RunMeta { mut lease, instance, id, start, wait_time, init_time, seq0, started, .. } =
             meta;
-        let d = &*this.d;
+        let d = &*lease.d;
         let result = match outcome {
             Ok(r) => r,
             Err(panic) => {
@@ -735,26 +779,29 @@ impl std::future::Future for Running<'_> {
             }
         };
         let ended = SystemTime::now();
+        let (fref, logs, seq1) = (d.fref.clone(), d.logs.clone(), d.logs.seq());
+        // The slot is free for the next invocation before the record is written.
         drop(lease);
+        let instance_name = result.is_ok().then(|| instance.to_string());
         this.shared.record(Record {
             id,
-            fref: d.fref.clone(),
-            start: started,
-            end: ended,
+            fref,
+            start: Nanos::of_time(started),
+            end: Nanos::of_time(ended),
             outcome: match &result {
                 Ok(r) => Ok(r.status().as_u16()),
-                Err(e) => Err(e.clone()),
+                Err(e) => Err(Box::new(e.clone())),
             },
-            instance: instance.clone(),
+            instance,
             kind: start,
-            wait_time,
-            init_time,
-            logs: d.logs.clone(),
-            seq: (seq0, d.logs.seq()),
+            wait_time: Nanos::of(wait_time),
+            init_time: init_time.map_or(Nanos::NONE, Nanos::of),
+            logs,
+            seq: (seq0, seq1),
         });
         Poll::Ready(result.map(|mut resp| {
             resp.extensions_mut().insert(InvocationMeta {
-                instance: instance.to_string(),
+                instance: instance_name.unwrap_or_default(),
                 start,
                 wait_time,
                 init_time,
@@ -767,18 +814,47 @@ impl std::future::Future for Running<'_> {
 // ---------------------------------------------------------------------------------------
 // Activations
 
+/// One finished invocation, kept small (two cache lines): the store is a ring written on
+/// every invocation.
+#[repr(align(64))]
 struct Record {
     id: InvocationId,
     fref: Arc<FunctionRef>,
-    start: SystemTime,
-    end: SystemTime,
-    outcome: std::result::Result<u16, Error>,
+    /// Since the Unix epoch.
+    start: Nanos,
+    end: Nanos,
+    outcome: std::result::Result<u16, Box<Error>>,
     instance: Arc<str>,
     kind: StartKind,
-    wait_time: Duration,
-    init_time: Option<Duration>,
+    wait_time: Nanos,
+    init_time: Nanos,
     logs: Arc<LogBook>,
     seq: (u64, u64),
+}
+
+/// A duration (or a time since the Unix epoch) in nanoseconds, in 8 bytes; [`Nanos::NONE`]
+/// for none.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Nanos(u64);
+
+impl Nanos {
+    const NONE: Nanos = Nanos(u64::MAX);
+
+    fn of(d: Duration) -> Nanos {
+        Nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1))
+    }
+
+    fn of_time(t: SystemTime) -> Nanos {
+        Nanos::of(t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
+    }
+
+    fn duration(self) -> Option<Duration> {
+        (self != Nanos::NONE).then(|| Duration::from_nanos(self.0))
+    }
+
+    fn time(self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + self.duration().unwrap_or_default()
+    }
 }
 
 impl Record {
@@ -793,12 +869,13 @@ impl Record {
             Ok(status) => ActivationResponse::success(serde_json::json!({ "statusCode": status })),
             Err(e) => ActivationResponse::error(e),
         };
-        let mut a = Activation::new(self.id.clone(), &self.fref, self.start, self.end, response);
+        let (start, end) = (self.start.time(), self.end.time());
+        let mut a = Activation::new(self.id.clone(), &self.fref, start, end, response);
         a.annotate_meta(&InvocationMeta {
             instance: self.instance.to_string(),
             start: self.kind,
-            wait_time: self.wait_time,
-            init_time: self.init_time,
+            wait_time: self.wait_time.duration().unwrap_or_default(),
+            init_time: self.init_time.duration(),
         });
         a.annotate("kind", serde_json::json!("rust:memory"));
         a.logs = self.logs.lines(&self.instance, self.seq.0, self.seq.1);
@@ -830,20 +907,31 @@ impl MemoryInvoker {
 
     /// The activation record of an invocation, while it is in the bounded store.
     pub fn activation(&self, id: &InvocationId) -> Option<Activation> {
-        let store = lock(&self.inner.activations);
-        store.iter().rev().find(|r| &r.id == id).map(Record::to_activation)
+        let mut found = None;
+        self.inner.activations.each(|store| {
+            if found.is_none() {
+                found = store.iter().rev().find(|r| &r.id == id).map(Record::to_activation);
+            }
+        });
+        found
     }
 
     /// The latest `limit` activation records of `function`, newest first.
     pub fn activations(&self, function: &FunctionRef, limit: usize) -> Vec<Activation> {
-        let store = lock(&self.inner.activations);
-        store
-            .iter()
-            .rev()
-            .filter(|r| *r.fref == *function)
-            .take(limit)
-            .map(Record::to_activation)
-            .collect()
+        // Newest first across shards: each shard's latest `limit`, merged by end time.
+        let mut latest: Vec<(Nanos, Activation)> = Vec::new();
+        self.inner.activations.each(|store| {
+            latest.extend(
+                store
+                    .iter()
+                    .rev()
+                    .filter(|r| *r.fref == *function)
+                    .take(limit)
+                    .map(|r| (r.end, r.to_activation())),
+            );
+        });
+        latest.sort_by_key(|a| std::cmp::Reverse(a.0));
+        latest.into_iter().take(limit).map(|(_, a)| a).collect()
     }
 
     /// The instances of `function` as the scheduler sees them (id, in-flight count,
@@ -909,7 +997,7 @@ impl Shared {
         if limit == 0 {
             return;
         }
-        let mut store = lock(&self.activations);
+        let mut store = lock(self.activations.local());
         while store.len() >= limit {
             store.pop_front();
         }
@@ -1082,19 +1170,23 @@ impl Invoker for MemoryInvoker {
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
         let arrived = Instant::now();
-        let claim = {
+        let slot = {
             let mut st = lock(&d.state);
             if st.removed {
                 let e = Error::function_not_found(d.fref.to_string());
                 return Box::pin(std::future::ready(Err(e)));
             }
-            try_claim(&d, &mut st, &*shared.cfg.scheduler, false)
+            try_claim(&d, &mut st, &*shared.cfg.scheduler, false, arrived)
         };
-        match claim {
-            Some(claim) => Box::pin(Running::start(shared, d, claim, arrived, invocation)),
+        match slot {
+            // Claimed at once: it did not wait, and the lease takes this handle.
+            Some(slot) => {
+                let claim = slot.leased(d);
+                Box::pin(Running::start(shared, claim, arrived, Duration::ZERO, invocation))
+            }
             None => Box::pin(async move {
                 let claim = wait_for_claim(&d, &shared.cfg, arrived).await?;
-                Running::start(shared, d, claim, arrived, invocation).await
+                Running::start(shared, claim, arrived, arrived.elapsed(), invocation).await
             }),
         }
     }

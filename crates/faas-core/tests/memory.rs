@@ -515,3 +515,35 @@ async fn a_five_hundred_is_an_application_error_activation() {
     assert_eq!(a.response.status_code.as_u8(), 1);
     assert!(inv.call("f", "x").await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn activations_recorded_on_many_threads_are_all_found_newest_first() {
+    let inv = MemoryInvoker::new();
+    inv.register("echo", fixtures::echo());
+    inv.deploy(FunctionSpec::new("echo", "echo")).await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let inv = inv.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..25 {
+                    let call = Invocation::post("echo", format!("{t}-{i}"));
+                    ids.push(call.id.clone());
+                    inv.invoke(call).await.unwrap();
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    for id in &ids {
+        assert!(inv.activation(id).is_some(), "no record of {id}");
+    }
+    let listed = inv.activations(&f("echo"), 1000);
+    assert_eq!(listed.len(), 200);
+    assert!(listed.windows(2).all(|w| w[0].end >= w[1].end), "not newest first");
+    assert_eq!(inv.activations(&f("echo"), 7).len(), 7);
+}

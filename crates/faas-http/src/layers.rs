@@ -209,20 +209,20 @@ where
         if declared.is_some_and(|n| n > self.limit as u64) {
             return too_large();
         }
-        let (mut parts, body) = req.into_parts();
-        let body = match body.as_bytes() {
-            Some(b) if b.len() > self.limit => return too_large(),
-            // Already in memory and within the limit: nothing to enforce downstream.
-            Some(_) => body,
-            None => {
-                parts.extensions.insert(BodyLimit(self.limit));
-                let hit = BodyLimitHit::default();
-                let limited =
-                    LimitedBody { inner: body, seen: 0, limit: self.limit, hit: hit.0.clone() };
-                parts.extensions.insert(hit);
-                Body::new(limited)
+        // Already in memory (a GET's empty body, say): checked here, nothing to enforce
+        // downstream, and the request is passed on as it is.
+        if let Some(b) = req.body().as_bytes() {
+            if b.len() > self.limit {
+                return too_large();
             }
-        };
+            return futures::future::Either::Left(self.inner.call(req));
+        }
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(BodyLimit(self.limit));
+        let hit = BodyLimitHit::default();
+        let limited = LimitedBody { inner: body, seen: 0, limit: self.limit, hit: hit.0.clone() };
+        parts.extensions.insert(hit);
+        let body = Body::new(limited);
         futures::future::Either::Left(self.inner.call(Request::from_parts(parts, body)))
     }
 }

@@ -22,7 +22,10 @@ use serde::Deserialize;
 use tower::{Layer, Service};
 
 use crate::config::GatewayConfig;
-use crate::layers::{BasicAuthLayer, BodyLimit, BodyLimitHit, BodyLimitLayer, RequestSpanLayer};
+use crate::layers::{
+    BasicAuthLayer, BasicAuthService, BodyLimit, BodyLimitHit, BodyLimitLayer, BodyLimitService,
+    RequestSpan, RequestSpanLayer,
+};
 use crate::metrics::{FunctionMetrics, GatewayMetrics};
 use crate::util::{parse_query, query_get, read_json, valid_route_name};
 use crate::{portal, response};
@@ -105,8 +108,53 @@ impl std::fmt::Debug for Router {
     }
 }
 
-/// The boxed service type of a whole gateway.
-pub type GatewayService = tower::util::BoxCloneSyncService<Request, Response, Infallible>;
+/// The whole default stack of a [`Gateway`] as one service (what [`Gateway::service`]
+/// returns): concrete types all the way down, so a request is not boxed at every layer.
+/// Cheap to clone; always ready.
+#[derive(Clone)]
+pub struct GatewayService {
+    stack: Stack,
+}
+
+type OpenStack = RequestSpan<BodyLimitService<Router>>;
+type AuthStack = RequestSpan<BasicAuthService<BodyLimitService<Router>>>;
+
+#[derive(Clone)]
+enum Stack {
+    Open(OpenStack),
+    Auth(AuthStack),
+}
+
+impl std::fmt::Debug for GatewayService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let auth = matches!(self.stack, Stack::Auth(_));
+        f.debug_struct("GatewayService").field("basic_auth", &auth).finish_non_exhaustive()
+    }
+}
+
+impl Service<Request> for GatewayService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures::future::Either<
+        <OpenStack as Service<Request>>::Future,
+        <AuthStack as Service<Request>>::Future,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut TaskContext<'_>,
+    ) -> Poll<std::result::Result<(), Infallible>> {
+        // Every layer of the stack is always ready (the router answers overload itself).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        match &mut self.stack {
+            Stack::Open(s) => futures::future::Either::Left(s.call(req)),
+            Stack::Auth(s) => futures::future::Either::Right(s.call(req)),
+        }
+    }
+}
 
 /// Builds a [`Gateway`].
 pub struct GatewayBuilder {
@@ -243,7 +291,7 @@ impl Gateway {
 impl Service<Request> for Gateway {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxFuture<'static, std::result::Result<Response, Infallible>>;
+    type Future = <GatewayService as Service<Request>>::Future;
 
     fn poll_ready(
         &mut self,
@@ -260,12 +308,13 @@ impl Service<Request> for Gateway {
 impl Router {
     fn layered(self) -> GatewayService {
         let limit = BodyLimitLayer::new(self.inner.config.max_body_bytes);
-        match self.inner.config.auth.clone() {
-            Some(creds) => GatewayService::new(
+        let stack = match self.inner.config.auth.clone() {
+            Some(creds) => Stack::Auth(
                 RequestSpanLayer.layer(BasicAuthLayer::new(creds).layer(limit.layer(self))),
             ),
-            None => GatewayService::new(RequestSpanLayer.layer(limit.layer(self))),
-        }
+            None => Stack::Open(RequestSpanLayer.layer(limit.layer(self))),
+        };
+        GatewayService { stack }
     }
 }
 
@@ -290,16 +339,16 @@ impl Service<Request> for Router {
             // future of its own (cheap to box and move: the allocator's fast path is for
             // blocks under 1 KiB); anything else takes the general path.
             let (name, suffix) = split_name(rest);
-            if let Some(routed) = inner.warm(name) {
-                let (inv, stamp, limit_hit) = match prepare(&routed, req, suffix) {
+            let t0 = Instant::now();
+            if let Some(routed) = inner.warm_at(name, t0) {
+                let (inv, stamp, limit_hit) = match prepare(&routed, req, suffix, t0) {
                     Ok(p) => p,
                     Err(resp) => return Box::pin(std::future::ready(Ok(*resp))),
                 };
                 // Only the invocation's own (boxed) future and a few values are kept across
                 // the await: no copies of the request.
                 return Box::pin(async move {
-                    let upstream = inner.config.upstream_timeout;
-                    let outcome = tokio::time::timeout(upstream, inner.invoker.invoke(inv)).await;
+                    let outcome = upstream_timeout(&inner, &stamp, inner.invoker.invoke(inv)).await;
                     Ok(finish(&inner, &routed, &stamp, limit_hit, outcome))
                 });
             }
@@ -413,8 +462,15 @@ impl Inner {
 
     /// The cached routing of `name` (as addressed), if it is trusted to be ready now.
     fn warm(&self, name: &str) -> Option<Arc<Routed>> {
+        self.warm_at(name, Instant::now())
+    }
+
+    /// [`Inner::warm`] at `now`.
+    fn warm_at(&self, name: &str, now: Instant) -> Option<Arc<Routed>> {
         let r = self.routes.read().ok()?.get(name).cloned()?;
-        (self.now_nanos() < r.ready_until.load(Ordering::Relaxed)).then_some(r)
+        let now =
+            u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        (now < r.ready_until.load(Ordering::Relaxed)).then_some(r)
     }
 
     fn mark_ready(&self, r: &Routed) {
@@ -513,8 +569,29 @@ fn set_header(h: &mut HeaderMap, name: &'static str, value: &str) {
 /// `X-Duration-Seconds`: seconds with microsecond precision (`0.000124`).
 fn duration_value(d: Duration) -> HeaderValue {
     let us = d.as_micros();
-    HeaderValue::try_from(format!("{}.{:06}", us / 1_000_000, us % 1_000_000))
-        .unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let (secs, micros) = (us / 1_000_000, us % 1_000_000);
+    // Written by hand into a stack buffer (this runs on every request): digits of the
+    // seconds, a dot, six digits of microseconds.
+    let mut buf = [0u8; 48];
+    let mut i = buf.len();
+    let mut m = micros;
+    for _ in 0..6 {
+        i -= 1;
+        buf[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+    }
+    i -= 1;
+    buf[i] = b'.';
+    let mut s = secs;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (s % 10) as u8;
+        s /= 10;
+        if s == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&buf[i..]).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Removes the hop-by-hop headers and `Host`; returns the `Host` value.
@@ -547,12 +624,33 @@ struct Stamp {
 }
 
 impl Stamp {
-    fn new(id: &InvocationId) -> Stamp {
+    /// The stamp of a request that arrived at `t0`.
+    fn new(id: &InvocationId, t0: Instant) -> Stamp {
         let received = SystemTime::now();
+        let nanos = u64::try_from(epoch_nanos(received)).unwrap_or(0);
+        // Both values in one buffer that the header values share (and their copies in the
+        // request and the response).
+        let id = id.as_str().as_bytes();
+        let mut buf = Vec::with_capacity(id.len() + 20);
+        buf.extend_from_slice(id);
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut n = nanos;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        buf.extend_from_slice(&digits[i..]);
+        let buf = Bytes::from(buf);
         Stamp {
-            id: HeaderValue::from_str(id.as_str()).ok(),
-            start: HeaderValue::from(u64::try_from(epoch_nanos(received)).unwrap_or(0)),
-            t0: Instant::now(),
+            id: HeaderValue::from_maybe_shared(buf.slice(..id.len())).ok(),
+            start: HeaderValue::from_maybe_shared(buf.slice(id.len()..))
+                .unwrap_or_else(|_| HeaderValue::from_static("0")),
+            t0,
         }
     }
 
@@ -606,7 +704,7 @@ async fn invoke_sync(inner: &Inner, req: Request, name: &str, suffix: &str) -> R
     // Boxed: the slow path's state (status polls, scale from zero) stays out of this future.
     let routed = match Box::pin(inner.ready(name)).await {
         Ok(r) => r,
-        Err(e) => return Stamp::new(&call_id(req.headers())).error(&e),
+        Err(e) => return Stamp::new(&call_id(req.headers()), Instant::now()).error(&e),
     };
     invoke_warm(inner, routed, req, suffix).await
 }
@@ -616,9 +714,10 @@ fn prepare(
     routed: &Routed,
     req: Request,
     suffix: &str,
+    t0: Instant,
 ) -> std::result::Result<(Invocation, Stamp, Option<BodyLimitHit>), Box<Response>> {
     let id = call_id(req.headers());
-    let stamp = Stamp::new(&id);
+    let stamp = Stamp::new(&id, t0);
     let limit_hit = req.extensions().get::<BodyLimitHit>().cloned();
     let request = match forwarded(req, suffix, &stamp) {
         Ok(r) => r,
@@ -665,13 +764,22 @@ fn finish(
 /// Invokes a function known to be ready. (`Router::call` does the same inline for its hot
 /// path, to keep that future small.)
 async fn invoke_warm(inner: &Inner, routed: Arc<Routed>, req: Request, suffix: &str) -> Response {
-    let (inv, stamp, limit_hit) = match prepare(&routed, req, suffix) {
+    let (inv, stamp, limit_hit) = match prepare(&routed, req, suffix, Instant::now()) {
         Ok(p) => p,
         Err(resp) => return *resp,
     };
-    let upstream = inner.config.upstream_timeout;
-    let outcome = tokio::time::timeout(upstream, inner.invoker.invoke(inv)).await;
+    let outcome = upstream_timeout(inner, &stamp, inner.invoker.invoke(inv)).await;
     finish(inner, &routed, &stamp, limit_hit, outcome)
+}
+
+/// Runs `call` under the gateway's upstream timeout, counted from the request's arrival.
+fn upstream_timeout<F: std::future::Future>(
+    inner: &Inner,
+    stamp: &Stamp,
+    call: F,
+) -> tokio::time::Timeout<F> {
+    let deadline = tokio::time::Instant::from_std(stamp.t0) + inner.config.upstream_timeout;
+    tokio::time::timeout_at(deadline, call)
 }
 
 fn validate_callback(url: &str) -> Result<()> {
@@ -1055,5 +1163,30 @@ async fn activation(inner: &Inner, id: &str) -> Result<Response> {
     match lookup.get(&InvocationId::from_string(id)).await? {
         Some(a) => Ok(response::json(StatusCode::OK, &a)),
         None => Err(Error::NotFound { kind: "activation", name: id.to_string() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duration_header_has_microsecond_precision() {
+        let v = |d| duration_value(d).to_str().unwrap().to_string();
+        assert_eq!(v(Duration::ZERO), "0.000000");
+        assert_eq!(v(Duration::from_micros(124)), "0.000124");
+        assert_eq!(v(Duration::from_millis(1500)), "1.500000");
+        assert_eq!(v(Duration::from_secs(3600) + Duration::from_nanos(999)), "3600.000000");
+    }
+
+    #[test]
+    fn stamp_values_are_the_id_and_the_start_time() {
+        let id = InvocationId::from_string("abc-123");
+        let before = epoch_nanos(SystemTime::now());
+        let s = Stamp::new(&id, Instant::now());
+        let after = epoch_nanos(SystemTime::now());
+        assert_eq!(s.id.unwrap().to_str().unwrap(), "abc-123");
+        let start: u128 = s.start.to_str().unwrap().parse().unwrap();
+        assert!(before <= start && start <= after, "{before} <= {start} <= {after}");
     }
 }

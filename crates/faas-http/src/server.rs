@@ -1,5 +1,6 @@
 //! Serving a gateway service with hyper 1 over TCP.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use faas_core::body::Guarded;
+use faas_core::runtime::RuntimeThreads;
 use faas_core::{Body, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -25,6 +27,13 @@ pub struct ServeConfig {
     pub idle_timeout: Duration,
     /// How long open connections may take to finish after shutdown starts. Default 10 s.
     pub shutdown_grace: Duration,
+    /// How many threads serve connections. Default 1: every connection is served on the
+    /// runtime `serve_with` runs on. With more, `threads - 1` threads are started, each with
+    /// its own single-threaded runtime ([`faas_core::runtime::RuntimeThreads`]), and accepted
+    /// connections are handed out round-robin to them and the calling runtime; a connection
+    /// stays on its thread. Run `serve_with` itself on a single-threaded runtime and set this
+    /// to the number of CPUs for one runtime per CPU with no work stealing between them.
+    pub threads: usize,
 }
 
 impl Default for ServeConfig {
@@ -32,6 +41,7 @@ impl Default for ServeConfig {
         ServeConfig {
             idle_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            threads: 1,
         }
     }
 }
@@ -46,6 +56,12 @@ impl ServeConfig {
     /// Sets [`ServeConfig::shutdown_grace`].
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
         self.shutdown_grace = d;
+        self
+    }
+
+    /// Sets [`ServeConfig::threads`] (0 counts as 1).
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = n.max(1);
         self
     }
 }
@@ -107,6 +123,8 @@ where
     S::Future: Send + 'static,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let workers = RuntimeThreads::start(config.threads.saturating_sub(1), "faas-http")?;
+    let mut next = 0usize;
     tokio::pin!(shutdown);
     loop {
         let (stream, _peer) = tokio::select! {
@@ -122,48 +140,135 @@ where
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = service.clone();
-        let activity = Arc::new(Activity::default());
-        let conn_activity = activity.clone();
-        let hyper_svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-            let svc = svc.clone();
-            activity.started.fetch_add(1, Ordering::Relaxed);
-            activity.in_flight.fetch_add(1, Ordering::Relaxed);
-            let mark = InFlight(activity.clone());
-            async move {
-                // A request without a body (a GET, say) needs no boxed stream.
-                let req = req.map(|b| {
+        let (svc, watcher, idle) = (service.clone(), graceful.watcher(), config.idle_timeout);
+        next = (next + 1) % (workers.len() + 1);
+        match next.checked_sub(1) {
+            None => {
+                tokio::spawn(serve_conn(stream, svc, watcher, idle));
+            }
+            // Moved to that thread's runtime: deregistered here, registered there.
+            Some(i) => match stream.into_std() {
+                Ok(std) => {
+                    workers.handle(i).spawn(async move {
+                        match tokio::net::TcpStream::from_std(std) {
+                            Ok(stream) => serve_conn(stream, svc, watcher, idle).await,
+                            Err(e) => tracing::warn!(error = %e, "cannot move a connection"),
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot move a connection"),
+            },
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await;
+    workers.stop().await;
+    Ok(())
+}
+
+/// One connection, from its first request until it closes or goes quiet, on the runtime it
+/// was spawned on.
+async fn serve_conn<S>(
+    stream: tokio::net::TcpStream,
+    service: S,
+    watcher: hyper_util::server::graceful::Watcher,
+    idle: Duration,
+) where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    let activity = Arc::new(Activity::default());
+    let conn_activity = activity.clone();
+    let hyper_svc = ConnService { service: RefCell::new(service), activity };
+    // No hyper timer: the quiet-connection check below replaces its per-request header read
+    // timeout with one timer per connection.
+    // One buffer per response rather than a vectored write of head and body: a single
+    // small copy, and one iovec for the kernel.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .writev(false)
+        .serve_connection(TokioIo::new(stream), hyper_svc);
+    tokio::select! {
+        r = watcher.watch(conn) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection closed with error");
+            }
+        }
+        _ = quiet(&conn_activity, idle) => {
+            tracing::debug!("closing a quiet connection");
+        }
+    }
+}
+
+/// The hyper side of one connection: calls the connection's own copy of the service (no
+/// clone per request while it is ready) and marks each response in flight until sent.
+struct ConnService<S> {
+    /// Borrowed only inside `call`, which hyper never calls reentrantly.
+    service: RefCell<S>,
+    activity: Arc<Activity>,
+}
+
+impl<S> hyper::service::Service<http::Request<Incoming>> for ConnService<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Guarded<Option<InFlight>>>;
+    type Error = Infallible;
+    type Future = Answer<futures::future::Either<S::Future, tower::util::Oneshot<S, Request>>>;
+
+    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+        self.activity.started.fetch_add(1, Ordering::Relaxed);
+        self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        let mark = InFlight(self.activity.clone());
+        // A request without a body (a GET, say) needs no boxed stream.
+        let req =
+            req.map(
+                |b| {
                     if http_body::Body::is_end_stream(&b) {
                         Body::empty()
                     } else {
                         Body::new(b)
                     }
-                });
-                let resp = svc.oneshot(req).await?;
-                Ok::<_, Infallible>(resp.map(|body| Guarded::new(body, mark)))
+                },
+            );
+        let mut service = self.service.borrow_mut();
+        // Ready now (the gateway's services always are): call this copy. Otherwise a clone
+        // waits for readiness with the task's real waker.
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        let fut = match service.poll_ready(&mut cx) {
+            std::task::Poll::Ready(Ok(())) => futures::future::Either::Left(service.call(req)),
+            std::task::Poll::Ready(Err(never)) => match never {},
+            std::task::Poll::Pending => {
+                futures::future::Either::Right(service.clone().oneshot(req))
             }
-        });
-        // No hyper timer: the quiet-connection check below replaces its per-request header
-        // read timeout with one timer per connection.
-        let conn = hyper::server::conn::http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), hyper_svc);
-        let conn = graceful.watch(conn);
-        let idle = config.idle_timeout;
-        tokio::spawn(async move {
-            tokio::select! {
-                r = conn => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "connection closed with error");
-                    }
-                }
-                _ = quiet(&conn_activity, idle) => {
-                    tracing::debug!("closing a quiet connection");
-                }
-            }
-        });
+        };
+        Answer { fut, mark: Some(mark) }
     }
-    drop(listener);
-    let _ = tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await;
-    Ok(())
+}
+
+pin_project_lite::pin_project! {
+    /// A response future whose body, once answered, keeps the in-flight mark until sent.
+    struct Answer<F> {
+        #[pin]
+        fut: F,
+        mark: Option<InFlight>,
+    }
+}
+
+impl<F> Future for Answer<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<http::Response<Guarded<Option<InFlight>>>, Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let resp = std::task::ready!(this.fut.poll(cx))?;
+        let mark = this.mark.take();
+        std::task::Poll::Ready(Ok(resp.map(|body| Guarded::new(body, mark))))
+    }
 }

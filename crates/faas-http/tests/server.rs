@@ -112,3 +112,48 @@ async fn a_busy_keep_alive_connection_stays_open() {
     }
     assert!(n > 10);
 }
+
+/// Sends `GET /` on its own connection and returns the body.
+async fn get_body(addr: std::net::SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(closed && got.starts_with("HTTP/1.1 200 OK"), "{got}");
+    got.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn with_threads_connections_are_spread_over_their_runtimes_and_shutdown_stops_them() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Answers with the name of the thread serving the connection.
+    let svc = tower::service_fn(|_req: Request| async {
+        let name = std::thread::current().name().unwrap_or("unnamed").to_string();
+        Ok::<Response, Infallible>(http::Response::new(Body::from(name)))
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = ServeConfig::default().threads(3).shutdown_grace(Duration::from_secs(5));
+    let server = tokio::spawn(faas_http::serve_with(
+        listener,
+        svc,
+        async {
+            let _ = stopped.await;
+        },
+        config,
+    ));
+    let mut names = Vec::new();
+    for _ in 0..6 {
+        names.push(get_body(addr).await);
+    }
+    // Round-robin: the calling runtime's thread, then the two started ones, twice over.
+    let started: Vec<&String> = names.iter().filter(|n| n.starts_with("faas-http-")).collect();
+    assert_eq!(started.len(), 4, "{names:?}");
+    assert!(names.iter().any(|n| n == "faas-http-1") && names.iter().any(|n| n == "faas-http-2"));
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("serve_with returned after shutdown")
+        .unwrap()
+        .unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed");
+}

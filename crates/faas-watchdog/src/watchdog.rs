@@ -73,6 +73,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use faas_core::runtime::RuntimeThreads;
 use faas_core::{Body, BoxError, Error};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
@@ -543,7 +544,7 @@ where
     if !shared.cfg.read_timeout.is_zero() {
         http.header_read_timeout(shared.cfg.read_timeout);
     }
-    let workers = match Worker::start_many(shared.cfg.threads.saturating_sub(1)) {
+    let workers = match RuntimeThreads::start(shared.cfg.threads.saturating_sub(1), "watchdog") {
         Ok(w) => w,
         Err(e) => return Err(Error::unavailable(format!("cannot start the worker threads: {e}"))),
     };
@@ -574,15 +575,15 @@ where
                 let _ = stream.set_nodelay(true);
                 let (s, http, watcher) = (shared.clone(), http.clone(), graceful.watcher());
                 next = (next + 1) % (workers.len() + 1);
-                match next.checked_sub(1).and_then(|i| workers.get(i)) {
+                match next.checked_sub(1) {
                     None => {
                         tokio::spawn(serve_conn(s, http, watcher, stream));
                     }
-                    Some(w) => {
+                    Some(i) => {
                         // Moved to the worker's runtime: deregistered here, registered there.
                         match stream.into_std() {
                             Ok(std) => {
-                                w.handle.spawn(async move {
+                                workers.handle(i).spawn(async move {
                                     if let Ok(stream) = tokio::net::TcpStream::from_std(std) {
                                         serve_conn(s, http, watcher, stream).await;
                                     }
@@ -608,9 +609,7 @@ where
         }
         None => graceful.shutdown().await,
     }
-    for w in workers {
-        w.stop().await;
-    }
+    workers.stop().await;
     let left: Vec<u32> = groups_lock(&shared.groups).drain().collect();
     for pgid in left {
         sys::kill_group(pgid, sys::SIGKILL);
@@ -637,39 +636,6 @@ async fn serve_conn(
         async move { Ok::<_, Infallible>(handle(s, req, &slot).await) }
     });
     let _ = watcher.watch(http.serve_connection(TokioIo::new(stream), svc)).await;
-}
-
-/// A thread running a single-threaded runtime that serves the connections handed to it.
-struct Worker {
-    handle: tokio::runtime::Handle,
-    stop: tokio::sync::oneshot::Sender<()>,
-    stopped: tokio::sync::oneshot::Receiver<()>,
-}
-
-impl Worker {
-    fn start_many(n: usize) -> std::io::Result<Vec<Worker>> {
-        (0..n).map(Worker::start).collect()
-    }
-
-    fn start(i: usize) -> std::io::Result<Worker> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let handle = rt.handle().clone();
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (stopped_tx, stopped) = tokio::sync::oneshot::channel::<()>();
-        std::thread::Builder::new().name(format!("watchdog-{}", i + 1)).spawn(move || {
-            // Spawned tasks run while this thread is inside block_on.
-            let _ = rt.block_on(stop_rx);
-            drop(rt);
-            let _ = stopped_tx.send(());
-        })?;
-        Ok(Worker { handle, stop, stopped })
-    }
-
-    /// Stops the thread once its connections are gone (dropping any left) and waits for it.
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.stopped.await;
-    }
 }
 
 /// Reads [`Config::from_env`], listens on its address and serves until SIGTERM or SIGINT.
