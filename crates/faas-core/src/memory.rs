@@ -147,7 +147,7 @@ impl Default for MemoryInvokerBuilder {
     fn default() -> Self {
         MemoryInvokerBuilder {
             cold_start: Duration::ZERO,
-            activation_limit: 10_000,
+            activation_limit: 1_000,
             scheduler: Arc::new(LeastLoaded::new()),
             queue_limit: 1024,
             queue_timeout: Duration::from_secs(60),
@@ -165,9 +165,12 @@ impl MemoryInvokerBuilder {
         self
     }
 
-    /// How many activation records to keep, oldest dropped first (default 10 000; 0 keeps
+    /// How many activation records to keep, oldest dropped first (default 1 000; 0 keeps
     /// none). The store has a shard per thread that records (up to one per CPU), each
-    /// keeping this many, so a single-threaded runtime keeps exactly the latest `n`.
+    /// keeping this many, so a single-threaded runtime keeps exactly the latest `n`. The
+    /// default keeps a shard (128 bytes a record) within a CPU's cache: every invocation
+    /// writes one record and evicts the oldest, and with 10 000 per shard that alone cost
+    /// about a tenth of the gateway benchmark's throughput (BENCHMARKS.md).
     pub fn activation_limit(mut self, n: usize) -> Self {
         self.activation_limit = n;
         self
@@ -206,7 +209,7 @@ impl MemoryInvokerBuilder {
             inner: Arc::new(Shared {
                 cfg: self,
                 handlers: RwLock::new(HashMap::new()),
-                functions: RwLock::new(HashMap::new()),
+                functions: RwLock::new(HashMap::default()),
                 secrets: Mutex::new(BTreeMap::new()),
                 activations: Activations::new(),
             }),
@@ -238,7 +241,8 @@ impl Default for MemoryInvoker {
 struct Shared {
     cfg: MemoryInvokerBuilder,
     handlers: RwLock<HashMap<String, BoxFunction>>,
-    functions: RwLock<HashMap<FunctionRef, Arc<Deployed>>>,
+    /// Looked up on every invocation; only deploys insert (so a fast hasher is safe).
+    functions: RwLock<HashMap<FunctionRef, Arc<Deployed>, util::FastBuildHasher>>,
     /// (namespace, name) -> value.
     secrets: Mutex<BTreeMap<(String, String), Bytes>>,
     activations: Activations,
@@ -425,12 +429,14 @@ struct Lease {
     d: Arc<Deployed>,
     serial: u64,
     crashed: bool,
+    /// When the invocation ended, if the holder read the clock already.
+    ended: Option<Instant>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         let mut st = lock(&self.d.state);
-        st.last_activity = Instant::now();
+        st.last_activity = self.ended.unwrap_or_else(Instant::now);
         let mut wake_all = false;
         if let Some(i) = st.instances.iter().position(|x| x.serial == self.serial) {
             if self.crashed {
@@ -497,7 +503,7 @@ struct Slot {
 impl Slot {
     /// The claim of this slot, holding `d` (the handle of the slot's function).
     fn leased(self, d: Arc<Deployed>) -> Claim {
-        Claim { lease: Lease { d, serial: self.serial, crashed: false }, slot: self }
+        Claim { lease: Lease { d, serial: self.serial, crashed: false, ended: None }, slot: self }
     }
 }
 
@@ -698,7 +704,9 @@ struct RunMeta {
     init_time: Option<Duration>,
     timeout: Option<Duration>,
     seq0: u64,
+    /// When it started, by the wall clock and by the monotonic one.
     started: SystemTime,
+    began: Instant,
 }
 
 impl<'a> Running<'a> {
@@ -729,8 +737,18 @@ impl<'a> Running<'a> {
         let started = SystemTime::now();
         let call = AssertUnwindSafe(handler.oneshot(request)).catch_unwind();
         let deadline = timeout.map(|t| tokio::time::sleep_until(began + t));
-        let meta =
-            RunMeta { lease, instance, id, start, wait_time, init_time, timeout, seq0, started };
+        let meta = RunMeta {
+            lease,
+            instance,
+            id,
+            start,
+            wait_time,
+            init_time,
+            timeout,
+            seq0,
+            started,
+            began,
+        };
         Running { shared, meta: Some(meta), call, deadline }
     }
 }
@@ -760,8 +778,18 @@ impl std::future::Future for Running<'_> {
         let Some(meta) = this.meta.take() else {
             return Poll::Ready(Err(Error::internal("invocation polled after it completed")));
         };
-        let RunMeta { mut lease, instance, id, start, wait_time, init_time, seq0, started, .. } =
-            meta;
+        let RunMeta {
+            mut lease,
+            instance,
+            id,
+            start,
+            wait_time,
+            init_time,
+            seq0,
+            started,
+            began,
+            ..
+        } = meta;
         let d = &*lease.d;
         let result = match outcome {
             Ok(r) => r,
@@ -778,14 +806,16 @@ impl std::future::Future for Running<'_> {
                 ))
             }
         };
-        let ended = SystemTime::now();
-        let (fref, logs, seq1) = (d.fref.clone(), d.logs.clone(), d.logs.seq());
+        // One clock read for the end: the wall-clock end follows from the start.
+        let done = Instant::now();
+        let ended = started + done.saturating_duration_since(began);
+        lease.ended = Some(done);
+        let (logs, seq1) = (d.logs.clone(), d.logs.seq());
         // The slot is free for the next invocation before the record is written.
         drop(lease);
         let instance_name = result.is_ok().then(|| instance.to_string());
         this.shared.record(Record {
             id,
-            fref,
             start: Nanos::of_time(started),
             end: Nanos::of_time(ended),
             outcome: match &result {
@@ -819,7 +849,6 @@ impl std::future::Future for Running<'_> {
 #[repr(align(64))]
 struct Record {
     id: InvocationId,
-    fref: Arc<FunctionRef>,
     /// Since the Unix epoch.
     start: Nanos,
     end: Nanos,
@@ -828,6 +857,7 @@ struct Record {
     kind: StartKind,
     wait_time: Nanos,
     init_time: Nanos,
+    /// The function's logs (and through them the function's reference).
     logs: Arc<LogBook>,
     seq: (u64, u64),
 }
@@ -870,7 +900,7 @@ impl Record {
             Err(e) => ActivationResponse::error(e),
         };
         let (start, end) = (self.start.time(), self.end.time());
-        let mut a = Activation::new(self.id.clone(), &self.fref, start, end, response);
+        let mut a = Activation::new(self.id.clone(), &self.logs.fref, start, end, response);
         a.annotate_meta(&InvocationMeta {
             instance: self.instance.to_string(),
             start: self.kind,
@@ -925,7 +955,7 @@ impl MemoryInvoker {
                 store
                     .iter()
                     .rev()
-                    .filter(|r| *r.fref == *function)
+                    .filter(|r| *r.logs.fref == *function)
                     .take(limit)
                     .map(|r| (r.end, r.to_activation())),
             );

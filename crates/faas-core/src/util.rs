@@ -235,3 +235,70 @@ mod tests {
         assert!(validate_dns1123_label("").is_err());
     }
 }
+
+/// A fast, not DoS-resistant hasher (the Fx hash of rustc) for maps whose keys only trusted
+/// callers insert: looking up an attacker's key costs one hash, but only inserted keys can
+/// collide. The gateway's and the in-memory backend's per-request lookups use it.
+#[derive(Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+/// A [`std::hash::BuildHasher`] of [`FastHasher`].
+pub type FastBuildHasher = std::hash::BuildHasherDefault<FastHasher>;
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FastHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
+    }
+}
+
+impl std::hash::Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod fast_hasher_tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn fast_hasher_tells_keys_apart_and_is_stable() {
+        let b = FastBuildHasher::default();
+        let h = |s: &str| b.hash_one(s);
+        assert_eq!(h("hello.openfaas-fn"), h("hello.openfaas-fn"));
+        let keys = ["", "a", "b", "ab", "ba", "a\0", "abcdefgh", "abcdefgi", "abcdefghi"];
+        let hashes: std::collections::BTreeSet<u64> = keys.iter().map(|k| h(k)).collect();
+        assert_eq!(hashes.len(), keys.len());
+        let mut m: std::collections::HashMap<String, usize, FastBuildHasher> = Default::default();
+        for (i, k) in keys.iter().enumerate() {
+            m.insert(k.to_string(), i);
+        }
+        assert!(keys.iter().enumerate().all(|(i, k)| m.get(*k) == Some(&i)));
+    }
+}

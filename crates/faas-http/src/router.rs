@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use faas_core::spec::{validate_secret_name, ScalingPolicy, DEFAULT_NAMESPACE};
-use faas_core::util::format_duration;
+use faas_core::util::{format_duration, FastBuildHasher};
 use faas_core::{
     Body, BoxError, Error, FunctionRef, FunctionSpec, Invocation, InvocationId, Invoker,
     LogsRequest, QueuePublisher, QueuedInvocation, Request, Response, Result, Secret,
@@ -74,8 +74,9 @@ struct Inner {
     queue: Option<Arc<dyn QueuePublisher>>,
     activations: Option<Arc<dyn ActivationStore>>,
     _worker: Option<faas_queue::WorkerHandle>,
-    /// Functions routed to recently, by the name they were addressed with.
-    routes: RwLock<HashMap<Box<str>, Arc<Routed>>>,
+    /// Functions routed to recently, by the name they were addressed with (only names of
+    /// functions found ready are inserted, so a fast hasher is safe).
+    routes: RwLock<HashMap<Box<str>, Arc<Routed>, FastBuildHasher>>,
     /// The clock [`Routed::ready_until`] counts from.
     epoch: Instant,
 }
@@ -97,9 +98,51 @@ const MAX_ROUTES: usize = 10_000;
 
 /// The gateway's routes (REFERENCE.md section 1) over an `Arc<dyn Invoker>`, as a tower
 /// `Service`. No auth or body limit of its own: [`Gateway::service`] adds those layers.
-#[derive(Clone)]
+///
+/// Each clone keeps a small cache of its own of the functions it routed to (`serve` gives
+/// every connection its own clone), so that the warm path writes no lock or reference count
+/// that copies on other threads write too.
 pub struct Router {
     inner: Arc<Inner>,
+    local: Arc<Local>,
+}
+
+impl Clone for Router {
+    fn clone(&self) -> Self {
+        Router::over(self.inner.clone())
+    }
+}
+
+/// What one copy of the router keeps to itself.
+struct Local {
+    inner: Arc<Inner>,
+    /// The same entries as [`Inner::routes`], as this copy met them, each behind a handle
+    /// of this copy's own.
+    routes: Mutex<HashMap<Box<str>, Arc<LocalRoute>, FastBuildHasher>>,
+}
+
+/// This router copy's handle on a shared [`Routed`] entry (cloned per request instead of
+/// the shared entry).
+struct LocalRoute(Arc<Routed>);
+
+impl Local {
+    /// The cached routing of `name`, if trusted to be ready at `now`.
+    fn warm_at(&self, name: &str, now: Instant) -> Option<Arc<LocalRoute>> {
+        let r = self.routes.lock().ok()?.get(name).cloned()?;
+        self.inner.is_ready(&r.0, now).then_some(r)
+    }
+
+    fn remember(&self, name: &str, r: &Arc<Routed>) {
+        if let Ok(mut m) = self.routes.lock() {
+            if m.len() >= MAX_ROUTES && !m.contains_key(name) {
+                m.clear();
+            }
+            let fresh = m.get(name).is_none_or(|l| !Arc::ptr_eq(&l.0, r));
+            if fresh {
+                m.insert(name.into(), Arc::new(LocalRoute(r.clone())));
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Router {
@@ -214,18 +257,16 @@ impl GatewayBuilder {
             )));
             activations = Some(store);
         }
-        let router = Router {
-            inner: Arc::new(Inner {
-                invoker: self.invoker,
-                config: self.config,
-                metrics: GatewayMetrics::new(),
-                queue,
-                activations,
-                _worker: worker,
-                routes: RwLock::new(HashMap::new()),
-                epoch: Instant::now(),
-            }),
-        };
+        let router = Router::over(Arc::new(Inner {
+            invoker: self.invoker,
+            config: self.config,
+            metrics: GatewayMetrics::new(),
+            queue,
+            activations,
+            _worker: worker,
+            routes: RwLock::new(HashMap::default()),
+            epoch: Instant::now(),
+        }));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             // Histogram samples are kept until folded into buckets: fold them regularly,
             // for as long as the gateway lives.
@@ -306,6 +347,11 @@ impl Service<Request> for Gateway {
 }
 
 impl Router {
+    fn over(inner: Arc<Inner>) -> Router {
+        let local = Arc::new(Local { inner: inner.clone(), routes: Mutex::default() });
+        Router { inner, local }
+    }
+
     fn layered(self) -> GatewayService {
         let limit = BodyLimitLayer::new(self.inner.config.max_body_bytes);
         let stack = match self.inner.config.auth.clone() {
@@ -331,33 +377,36 @@ impl Service<Request> for Router {
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let inner = self.inner.clone();
         // A clone of the URI shares its bytes: the path stays borrowable while `req` moves.
         let uri = req.uri().clone();
         if let Some(rest) = uri.path().strip_prefix("/function/") {
             // The hot path: a function known to be ready is invoked from here, with a small
             // future of its own (cheap to box and move: the allocator's fast path is for
-            // blocks under 1 KiB); anything else takes the general path.
+            // blocks under 1 KiB); anything else takes the general path. Only this copy's
+            // own handles are cloned.
+            let local = self.local.clone();
             let (name, suffix) = split_name(rest);
             let t0 = Instant::now();
-            if let Some(routed) = inner.warm_at(name, t0) {
-                let (inv, stamp, limit_hit) = match prepare(&routed, req, suffix, t0) {
+            if let Some(route) = local.warm_at(name, t0) {
+                let (inv, stamp, limit_hit) = match prepare(&route.0, req, suffix, t0) {
                     Ok(p) => p,
                     Err(resp) => return Box::pin(std::future::ready(Ok(*resp))),
                 };
                 // Only the invocation's own (boxed) future and a few values are kept across
                 // the await: no copies of the request.
                 return Box::pin(async move {
-                    let outcome = upstream_timeout(&inner, &stamp, inner.invoker.invoke(inv)).await;
-                    Ok(finish(&inner, &routed, &stamp, limit_hit, outcome))
+                    let inner = &*local.inner;
+                    let outcome = upstream_timeout(inner, &stamp, inner.invoker.invoke(inv)).await;
+                    Ok(finish(inner, &route.0, &stamp, limit_hit, outcome))
                 });
             }
             return Box::pin(async move {
                 let rest = uri.path().strip_prefix("/function/").unwrap_or_default();
                 let (name, suffix) = split_name(rest);
-                Ok(invoke_sync(&inner, req, name, suffix).await)
+                Ok(invoke_sync(&local, req, name, suffix).await)
             });
         }
+        let inner = self.inner.clone();
         Box::pin(async move { Ok(route(inner, req).await) })
     }
 }
@@ -468,9 +517,14 @@ impl Inner {
     /// [`Inner::warm`] at `now`.
     fn warm_at(&self, name: &str, now: Instant) -> Option<Arc<Routed>> {
         let r = self.routes.read().ok()?.get(name).cloned()?;
+        self.is_ready(&r, now).then_some(r)
+    }
+
+    /// Whether `r` is trusted to have a ready replica at `now`.
+    fn is_ready(&self, r: &Routed, now: Instant) -> bool {
         let now =
             u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
-        (now < r.ready_until.load(Ordering::Relaxed)).then_some(r)
+        now < r.ready_until.load(Ordering::Relaxed)
     }
 
     fn mark_ready(&self, r: &Routed) {
@@ -497,6 +551,10 @@ impl Inner {
         self.mark_ready(&r);
         if let Ok(mut m) = self.routes.write() {
             if m.len() >= MAX_ROUTES && !m.contains_key(name) {
+                // Forgotten first: the routers' own caches may still hold these entries.
+                for old in m.values() {
+                    old.ready_until.store(0, Ordering::Relaxed);
+                }
                 m.clear();
             }
             m.entry(name.into()).or_insert_with(|| r.clone());
@@ -700,12 +758,14 @@ fn forwarded(req: Request, suffix: &str, stamp: &Stamp) -> Result<Request> {
 
 /// `/function/NAME[/...]`: makes sure the function is ready (scaling it from zero if need
 /// be), then invokes it.
-async fn invoke_sync(inner: &Inner, req: Request, name: &str, suffix: &str) -> Response {
+async fn invoke_sync(local: &Local, req: Request, name: &str, suffix: &str) -> Response {
+    let inner = &*local.inner;
     // Boxed: the slow path's state (status polls, scale from zero) stays out of this future.
     let routed = match Box::pin(inner.ready(name)).await {
         Ok(r) => r,
         Err(e) => return Stamp::new(&call_id(req.headers()), Instant::now()).error(&e),
     };
+    local.remember(name, &routed);
     invoke_warm(inner, routed, req, suffix).await
 }
 
