@@ -163,7 +163,9 @@ fn bench(c: &mut Criterion) {
     // In-memory queue + in-process worker.
     {
         let q = MemoryQueue::new(1 << 20);
-        let store = Arc::new(MemoryActivationStore::new(1 << 20));
+        // The gateway's default store (100 000 records, oldest evicted): a store big enough
+        // for every iteration's records grew across iterations and slowed later samples.
+        let store = Arc::new(MemoryActivationStore::default());
         let p = TrackedPublisher::new(Arc::new(q.publisher()), store.clone());
         let worker = rt.block_on(async {
             Worker::new(memory.clone(), Arc::new(q.consumer()), store.clone(), worker_config())
@@ -194,7 +196,7 @@ fn bench(c: &mut Criterion) {
 
     // Kafka (mock cluster) + worker in the consumer group.
     {
-        let store = Arc::new(MemoryActivationStore::new(1 << 20));
+        let store = Arc::new(MemoryActivationStore::default());
         let mut config = config.clone();
         config.topic = "faas-async-e2e".into();
         kafka.create_topic(&config.topic, 4).unwrap();
