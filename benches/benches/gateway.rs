@@ -9,18 +9,13 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use faas_core::{
-    handler_fn, Body, Context, Error, FunctionRef, FunctionSpec, Invocation, Invoker,
-    MemoryInvoker, Request,
-};
+use faas_core::{Body, FunctionRef, Invocation, Invoker};
 use faas_http::{Gateway, GatewayConfig};
 use tower::ServiceExt;
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let memory = MemoryInvoker::new();
-    memory.register("hello", handler_fn(|_r: Request, _c: Context| async { Ok::<_, Error>("ok") }));
-    rt.block_on(memory.deploy(FunctionSpec::new("hello", "hello"))).unwrap();
+    let memory = rt.block_on(faas_benches::memory_ok("hello")).unwrap();
     let fref = FunctionRef::default_ns("hello");
     let gateway = rt.block_on(async {
         Gateway::builder(Arc::new(memory.clone()) as Arc<dyn Invoker>)

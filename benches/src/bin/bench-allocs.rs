@@ -12,10 +12,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use faas_core::{
-    handler_fn, Body, Context, Error, FunctionRef, FunctionSpec, Invocation, Invoker,
-    MemoryInvoker, Request,
-};
+use faas_core::{Body, FunctionRef, Invocation, Invoker};
 use faas_http::{Gateway, GatewayConfig};
 use tower::{Service, ServiceExt};
 
@@ -57,13 +54,7 @@ fn main() -> std::io::Result<()> {
     const N: u64 = 10_000;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let memory = MemoryInvoker::new();
-        memory.register(
-            "hello",
-            handler_fn(|_r: Request, _c: Context| async { Ok::<_, Error>("ok") }),
-        );
-        memory
-            .deploy(FunctionSpec::new("hello", "hello"))
+        let memory = faas_benches::memory_ok("hello")
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let gateway = Gateway::builder(Arc::new(memory.clone()) as Arc<dyn Invoker>)

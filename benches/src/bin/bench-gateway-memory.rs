@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use faas_core::{handler_fn, Context, Error, FunctionSpec, Invoker, MemoryInvoker, Request};
+use faas_core::Invoker;
 use faas_http::{Gateway, GatewayConfig};
 
 fn main() -> std::io::Result<()> {
@@ -16,13 +16,7 @@ fn main() -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     rt.block_on(async move {
-        let invoker = MemoryInvoker::new();
-        invoker.register(
-            "bench/ok",
-            handler_fn(|_r: Request, _c: Context| async { Ok::<_, Error>("ok") }),
-        );
-        invoker
-            .deploy(FunctionSpec::new("ok", "bench/ok"))
+        let invoker = faas_benches::memory_ok("ok")
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let gateway = Gateway::builder(Arc::new(invoker) as Arc<dyn Invoker>)

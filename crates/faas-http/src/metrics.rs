@@ -93,7 +93,7 @@ impl GatewayMetrics {
 
     /// Counts a finished invocation with its HTTP status code and duration.
     pub fn finished(&self, function: &str, code: u16, took: Duration) {
-        self.function(function).finished(self, code, took);
+        self.function(function).finished(code, took);
     }
 
     /// Sets the replica gauge of `function`.
@@ -241,9 +241,8 @@ impl FunctionMetrics {
         self.shard().started.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a finished invocation with its HTTP status code and duration. (`metrics`, the
-    /// set these handles came from, is not needed any more; kept for callers.)
-    pub fn finished(&self, _metrics: &GatewayMetrics, code: u16, took: Duration) {
+    /// Counts a finished invocation with its HTTP status code and duration.
+    pub fn finished(&self, code: u16, took: Duration) {
         let shard = self.shard();
         if let Ok(v) = shard.codes.read() {
             if let Some((_, h)) = v.iter().find(|(k, _)| *k == code) {
@@ -291,7 +290,7 @@ mod tests {
                         let code = if i % 10 == 0 { 500 } else { 200 };
                         // 0.5 ms on thread 0, 20 ms elsewhere.
                         let took = Duration::from_micros(if t == 0 { 500 } else { 20_000 });
-                        f.finished(&m, code, took);
+                        f.finished(code, took);
                     }
                 })
             })

@@ -625,6 +625,20 @@ fn set_header(h: &mut HeaderMap, name: &'static str, value: &str) {
 }
 
 /// `X-Duration-Seconds`: seconds with microsecond precision (`0.000124`).
+/// Writes `n` in decimal at the end of `buf` (which must hold its digits: 39 for any
+/// `u128`); returns where the digits start.
+fn decimal_into(buf: &mut [u8], mut n: u128) -> usize {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return i;
+        }
+    }
+}
+
 fn duration_value(d: Duration) -> HeaderValue {
     let us = d.as_micros();
     let (secs, micros) = (us / 1_000_000, us % 1_000_000);
@@ -640,15 +654,7 @@ fn duration_value(d: Duration) -> HeaderValue {
     }
     i -= 1;
     buf[i] = b'.';
-    let mut s = secs;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (s % 10) as u8;
-        s /= 10;
-        if s == 0 {
-            break;
-        }
-    }
+    i = decimal_into(&mut buf[..i], secs);
     HeaderValue::from_bytes(&buf[i..]).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
@@ -691,18 +697,9 @@ impl Stamp {
         let id = id.as_str().as_bytes();
         let mut buf = Vec::with_capacity(id.len() + 20);
         buf.extend_from_slice(id);
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        let mut n = nanos;
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        buf.extend_from_slice(&digits[i..]);
+        let mut digits = [0u8; 40];
+        let at = decimal_into(&mut digits, u128::from(nanos));
+        buf.extend_from_slice(&digits[at..]);
         let buf = Bytes::from(buf);
         Stamp {
             id: HeaderValue::from_maybe_shared(buf.slice(..id.len())).ok(),
@@ -817,7 +814,7 @@ fn finish(
         }
     };
     let took = stamp.t0.elapsed();
-    routed.metrics.finished(&inner.metrics, resp.status().as_u16(), took);
+    routed.metrics.finished(resp.status().as_u16(), took);
     stamp.apply(resp, took)
 }
 
