@@ -114,8 +114,8 @@ impl GatewayMetrics {
             let map = self.functions.read().unwrap_or_else(|e| e.into_inner());
             map.values().cloned().collect()
         };
-        let totals: Vec<(&str, Totals)> =
-            functions.iter().map(|f| (&*f.inner.name, f.inner.totals())).collect();
+        let totals: Vec<(String, Totals)> =
+            functions.iter().map(|f| (label_value(&f.inner.name), f.inner.totals())).collect();
         let mut out = String::new();
         let _ = writeln!(out, "# TYPE {INVOCATION_STARTED} counter");
         for (name, t) in &totals {
@@ -154,6 +154,20 @@ impl GatewayMetrics {
         out.push_str(&self.handle.render());
         out
     }
+}
+
+/// `v` escaped for a label value of the text exposition (`\`, `"` and newlines).
+fn label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// One function's invocation metrics (see [`GatewayMetrics::function`]); clones share them.
@@ -311,6 +325,10 @@ mod tests {
         has(r#"gateway_functions_seconds_count{function_name="f.ns",code="500"} 40"#);
         // 90 x 0.5 ms + 270 x 20 ms = 5.445 s.
         has(r#"gateway_functions_seconds_sum{function_name="f.ns",code="200"} 5.445"#);
+        // Label values are escaped.
+        m.function("odd\"name\\\n").started();
+        let text = m.render();
+        assert!(text.contains(r#"{function_name="odd\"name\\\n"} 1"#), "{text}");
         // One TYPE line per metric.
         assert_eq!(text.matches("# TYPE gateway_functions_seconds histogram").count(), 1);
     }
