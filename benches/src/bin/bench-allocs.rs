@@ -1,6 +1,9 @@
 //! Counts heap allocations per request on the gateway's warm path, in process: the default
-//! `Gateway` service called for `GET /function/hello` on an in-memory function, and the
-//! in-memory invoke alone. Prints allocations and bytes per request.
+//! `Gateway` service called for `GET /function/hello` on an in-memory function, the
+//! in-memory invoke alone, and one asynchronous invocation end to end (published through a
+//! `TrackedPublisher` onto the in-memory queue, run by a `Worker`, recorded in the
+//! in-memory activation store, the store full so that every record evicts an old one).
+//! Prints allocations and bytes per request.
 //!
 //! `cargo run --release -p faas-benches --bin bench-allocs`. Figures: `BENCHMARKS.md`.
 
@@ -12,8 +15,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use faas_core::{Body, FunctionRef, Invocation, Invoker};
+use faas_core::queue::{QueuePublisher, QueuedInvocation};
+use faas_core::{Body, FunctionRef, Invocation, InvocationId, Invoker};
 use faas_http::{Gateway, GatewayConfig};
+use faas_queue::{MemoryActivationStore, MemoryQueue, TrackedPublisher, Worker, WorkerConfig};
 use tower::{Service, ServiceExt};
 
 struct Counting;
@@ -45,6 +50,23 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
+
+/// A queued invocation as the gateway's `/async-function/hello` makes one.
+fn item(i: usize) -> QueuedInvocation {
+    QueuedInvocation {
+        call_id: InvocationId::new(),
+        function: "hello".into(),
+        namespace: faas_core::spec::DEFAULT_NAMESPACE.into(),
+        method: "POST".into(),
+        path: String::new(),
+        query: String::new(),
+        headers: vec![("content-type".into(), "text/plain".into())],
+        body: bytes::Bytes::from(format!("payload {i}")),
+        callback_url: None,
+        attempt: 0,
+        queued_at: 0,
+    }
+}
 
 fn counted() -> (u64, u64) {
     (ALLOCS.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed))
@@ -95,6 +117,35 @@ fn main() -> std::io::Result<()> {
         let (ma, mb) = per(a3 - a2, b3 - b2);
         println!("gateway GET /function/hello: {ga:.2} allocations, {gb:.0} bytes per request");
         println!("MemoryInvoker::invoke alone:  {ma:.2} allocations, {mb:.0} bytes per request");
+
+        // Asynchronous: publish, then wait for the worker to finish them all.
+        let queue = MemoryQueue::new(N as usize * 4);
+        let store = Arc::new(MemoryActivationStore::new(N as usize));
+        let publisher = TrackedPublisher::new(Arc::new(queue.publisher()), store.clone());
+        let worker = Worker::new(
+            Arc::new(memory.clone()),
+            Arc::new(queue.consumer()),
+            store.clone(),
+            WorkerConfig::default(),
+        )
+        .spawn();
+        let stats = worker.stats().clone();
+        let batch = || (0..N).map(|i| item(i as usize)).collect::<Vec<_>>();
+        // Warm up, and fill the store so that the measured records evict old ones.
+        for round in 1..=2 {
+            let r = publisher.publish_batch(batch()).await;
+            assert!(r.iter().all(Result::is_ok));
+            stats.wait_finished(round * N).await;
+        }
+        let items = batch();
+        let (a4, b4) = counted();
+        let r = publisher.publish_batch(items).await;
+        stats.wait_finished(3 * N).await;
+        let (a5, b5) = counted();
+        assert!(r.iter().all(Result::is_ok));
+        let (qa, qb) = per(a5 - a4, b5 - b4);
+        println!("async invocation end to end:  {qa:.2} allocations, {qb:.0} bytes per invocation");
+        worker.shutdown().await.map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(())
     })
 }

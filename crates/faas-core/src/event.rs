@@ -1,5 +1,7 @@
 //! Events that trigger functions: [`EventSource`], and OpenWhisk's triggers and rules.
 
+use std::any::Any;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -9,46 +11,98 @@ use crate::error::Result;
 use crate::invocation::FunctionRef;
 
 /// Settles one delivered item: acknowledge (done) or reject (deliver again later).
+///
+/// A source that keeps no copy of the items it delivered (the in-memory queue hands its
+/// only copy out) asks for the item back on a reject, or when its delivery is dropped
+/// unsettled: [`Acknowledge::takes_item_back`], [`Acknowledge::nack_with`] and
+/// [`Acknowledge::dropped`]. [`Delivery`] does that handing back.
 pub trait Acknowledge: Send + 'static {
     /// The item is done (succeeded, failed for good, or dead-lettered): never deliver it again.
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
     /// The item was not processed: make it available for delivery again.
     fn nack(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+    /// Whether this source wants the item handed back when it is rejected or dropped
+    /// unsettled (through [`Acknowledge::nack_with`] and [`Acknowledge::dropped`]). The
+    /// default is `false`: the source has its own copy.
+    fn takes_item_back(&self) -> bool {
+        false
+    }
+    /// [`Acknowledge::nack`], handed the item back (the `T` of the `Delivery<T>`, boxed).
+    /// Called instead of `nack` when [`Acknowledge::takes_item_back`]; the default drops the
+    /// item and nacks.
+    fn nack_with(self: Box<Self>, item: Box<dyn Any + Send>) -> BoxFuture<'static, Result<()>> {
+        drop(item);
+        self.nack()
+    }
+    /// The delivery was dropped unsettled (its worker stopped), and the item is handed back
+    /// (when [`Acknowledge::takes_item_back`]): the source should deliver it again. It must
+    /// not block. The default drops both (a source with its own copy redelivers from its
+    /// own `Drop`).
+    fn dropped(self: Box<Self>, item: Box<dyn Any + Send>) {
+        drop(item);
+    }
 }
 
 /// An item delivered with at-least-once semantics: settle it with [`Delivery::ack`] or
-/// [`Delivery::nack`]. Dropping it unsettled counts as a nack for sources that can tell.
-pub struct Delivery<T> {
-    /// The item.
-    pub item: T,
+/// [`Delivery::nack`]. Dropping it unsettled counts as a nack for sources that can tell
+/// (the item is handed back to sources that keep no copy of it).
+pub struct Delivery<T: Send + 'static> {
+    /// `Some` until the delivery is settled or dropped.
+    item: Option<T>,
     /// How many times it has been delivered before (0 on the first delivery).
     pub redeliveries: u32,
-    acker: Box<dyn Acknowledge>,
+    /// `Some` until the delivery is settled or dropped.
+    acker: Option<Box<dyn Acknowledge>>,
 }
 
-impl<T> Delivery<T> {
+impl<T: Send + 'static> Delivery<T> {
     /// Wraps an item with the handle that settles it.
     pub fn new(item: T, redeliveries: u32, acker: Box<dyn Acknowledge>) -> Self {
-        Delivery { item, redeliveries, acker }
+        Delivery { item: Some(item), redeliveries, acker: Some(acker) }
+    }
+
+    /// The item.
+    pub fn item(&self) -> &T {
+        self.item.as_ref().expect("a delivery holds its item until it is settled")
+    }
+
+    /// The item, to change it (a change is what a source taking items back gets back).
+    pub fn item_mut(&mut self) -> &mut T {
+        self.item.as_mut().expect("a delivery holds its item until it is settled")
     }
 
     /// Marks the item done.
-    pub async fn ack(self) -> Result<()> {
-        self.acker.ack().await
+    pub fn ack(mut self) -> BoxFuture<'static, Result<()>> {
+        drop(self.item.take());
+        match self.acker.take() {
+            Some(acker) => acker.ack(),
+            None => Box::pin(std::future::ready(Ok(()))),
+        }
     }
 
     /// Gives the item back for redelivery.
-    pub async fn nack(self) -> Result<()> {
-        self.acker.nack().await
-    }
-
-    /// Splits into the item and its settle handle.
-    pub fn into_parts(self) -> (T, Box<dyn Acknowledge>) {
-        (self.item, self.acker)
+    pub fn nack(mut self) -> BoxFuture<'static, Result<()>> {
+        let item = self.item.take();
+        match (self.acker.take(), item) {
+            (Some(acker), Some(item)) if acker.takes_item_back() => acker.nack_with(Box::new(item)),
+            (Some(acker), _) => acker.nack(),
+            (None, _) => Box::pin(std::future::ready(Ok(()))),
+        }
     }
 }
 
-impl<T: std::fmt::Debug> std::fmt::Debug for Delivery<T> {
+impl<T: Send + 'static> Drop for Delivery<T> {
+    fn drop(&mut self) {
+        if let Some(acker) = self.acker.take() {
+            match self.item.take() {
+                Some(item) if acker.takes_item_back() => acker.dropped(Box::new(item)),
+                _ => drop(acker),
+            }
+        }
+    }
+}
+
+impl<T: Send + std::fmt::Debug + 'static> std::fmt::Debug for Delivery<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Delivery")
             .field("item", &self.item)

@@ -5,11 +5,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::activation::{epoch_millis, Activation};
+use crate::activation::{epoch_millis, Activation, ActivationResponse};
 use crate::body::Body;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StatusCode};
 use crate::event::Delivery;
-use crate::invocation::{FunctionRef, Invocation, InvocationId};
+use crate::invocation::{FunctionRef, Invocation, InvocationId, InvocationMeta};
 
 /// An invocation waiting in a queue: everything needed to replay the HTTP request later.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -432,10 +432,101 @@ pub struct RecordUpdate {
     pub status: Option<u16>,
     /// The last error.
     pub error: Option<String>,
-    /// The activation record, once finished.
-    pub activation: Option<Activation>,
+    /// The last attempt, once finished: the record's activation is made of it
+    /// ([`FinalAttempt::activation`]), by the store when it is read if the store can keep it
+    /// compact.
+    pub outcome: Option<FinalAttempt>,
     /// When the record is written (milliseconds since the Unix epoch).
     pub updated_at: u64,
+}
+
+/// The last attempt of a finished asynchronous invocation: what its OpenWhisk activation
+/// record is made of, kept compact, so that a store can build that record only when it is
+/// read ([`FinalAttempt::activation`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinalAttempt {
+    /// The HTTP status: the function's, or the error's mapping.
+    pub status: u16,
+    /// For an attempt that ended in an error rather than an answer: the error's OpenWhisk
+    /// status code and its message.
+    pub error: Option<(StatusCode, String)>,
+    /// The response body kept in the record's `result.body`, if any: UTF-8 text (a body
+    /// that is not UTF-8 is not kept).
+    pub body: Option<Bytes>,
+    /// When the attempt started (milliseconds since the Unix epoch).
+    pub start: u64,
+    /// When it ended (milliseconds since the Unix epoch).
+    pub end: u64,
+    /// What the backend reported of the attempt (instance, start kind, wait and init times).
+    pub meta: Option<InvocationMeta>,
+    /// Invocation attempts made, this one included.
+    pub attempts: u32,
+}
+
+impl FinalAttempt {
+    /// Whether the attempt succeeded (no error, a 2xx status).
+    pub fn is_success(&self) -> bool {
+        self.error.is_none() && (200..300).contains(&self.status)
+    }
+
+    /// The OpenWhisk activation record of the call `call_id` of `function` in `namespace`
+    /// that this attempt finished: `response.result` holds `statusCode` and the kept
+    /// `body` (or `error` and `statusCode` for an error), and the annotations the backend's
+    /// report (`waitTime`, `initTime`, `start`), `attempts` and `kind: async`.
+    pub fn activation(
+        &self,
+        call_id: &InvocationId,
+        function: &str,
+        namespace: &str,
+    ) -> Activation {
+        let response = match &self.error {
+            Some((code, message)) => {
+                let mut result = serde_json::Map::new();
+                result.insert("error".into(), message.as_str().into());
+                result.insert("statusCode".into(), self.status.into());
+                ActivationResponse {
+                    status: code.as_str().into(),
+                    status_code: *code,
+                    success: false,
+                    result: result.into(),
+                }
+            }
+            None => {
+                let mut result = serde_json::Map::new();
+                result.insert("statusCode".into(), self.status.into());
+                if let Some(text) = self.body.as_ref().and_then(|b| std::str::from_utf8(b).ok()) {
+                    result.insert("body".into(), text.into());
+                }
+                if self.is_success() {
+                    ActivationResponse::success(result.into())
+                } else {
+                    ActivationResponse {
+                        status: StatusCode::ApplicationError.as_str().into(),
+                        status_code: StatusCode::ApplicationError,
+                        success: false,
+                        result: result.into(),
+                    }
+                }
+            }
+        };
+        let mut a = Activation {
+            activation_id: call_id.clone(),
+            namespace: namespace.to_string(),
+            name: function.to_string(),
+            start: self.start,
+            end: self.end.max(self.start),
+            duration: self.end.saturating_sub(self.start),
+            logs: Vec::new(),
+            annotations: Vec::with_capacity(5),
+            response,
+        };
+        if let Some(meta) = &self.meta {
+            a.annotate_meta(meta);
+        }
+        a.annotate("attempts", self.attempts.into());
+        a.annotate("kind", "async".into());
+        a
+    }
 }
 
 impl RecordUpdate {
@@ -455,7 +546,9 @@ impl RecordUpdate {
             updated_at: self.updated_at,
             status: self.status,
             error: self.error,
-            activation: self.activation,
+            activation: self
+                .outcome
+                .map(|o| o.activation(&item.call_id, &item.function, &item.namespace)),
             ..AsyncActivation::queued(item)
         }
     }
@@ -478,7 +571,8 @@ impl RecordUpdate {
         record.updated_at = self.updated_at;
         record.status = self.status;
         record.error = self.error;
-        record.activation = self.activation;
+        record.activation =
+            self.outcome.map(|o| o.activation(&item.call_id, &item.function, &item.namespace));
         record.callback = None;
     }
 }

@@ -450,7 +450,7 @@ impl QueueConsumer for KafkaConsumer {
                 (msg.partition(), msg.offset(), msg.payload().map(<[u8]>::to_vec), redeliveries)
             };
             let epoch = lock(&self.shared.tracker).received(partition, offset);
-            let mut ack = KafkaAck {
+            let ack = KafkaAck {
                 shared: Arc::downgrade(&self.shared),
                 client: Arc::downgrade(&client),
                 partition,
@@ -463,7 +463,7 @@ impl QueueConsumer for KafkaConsumer {
             let payload = payload.unwrap_or_default();
             match serde_json::from_slice::<QueuedInvocation>(&payload) {
                 Ok(item) => {
-                    ack.item = Some(item.clone());
+                    // The item comes back through the acknowledger if it is to be republished.
                     return Ok(Some(Delivery::new(item, redeliveries, Box::new(ack))));
                 }
                 Err(e) => {
@@ -529,6 +529,7 @@ struct KafkaAck {
     partition: i32,
     offset: i64,
     epoch: u64,
+    /// The item, once handed back by its delivery (to republish it).
     item: Option<QueuedInvocation>,
     redeliveries: u32,
     settled: bool,
@@ -582,6 +583,23 @@ impl Acknowledge for KafkaAck {
 
     fn nack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         (*self).nack_future()
+    }
+
+    fn takes_item_back(&self) -> bool {
+        true
+    }
+
+    fn nack_with(
+        mut self: Box<Self>,
+        item: Box<dyn std::any::Any + Send>,
+    ) -> BoxFuture<'static, Result<()>> {
+        self.item = item.downcast::<QueuedInvocation>().ok().map(|i| *i);
+        (*self).nack_future()
+    }
+
+    fn dropped(mut self: Box<Self>, item: Box<dyn std::any::Any + Send>) {
+        // Dropping it republishes the item (when `nack_on_drop`), from a task.
+        self.item = item.downcast::<QueuedInvocation>().ok().map(|i| *i);
     }
 }
 

@@ -20,6 +20,7 @@
 //! # }
 //! ```
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -247,14 +248,17 @@ impl MemoryConsumer {
         self.delivery(entry)
     }
 
-    /// A delivery of `entry`, already counted in flight.
+    /// A delivery of `entry`, already counted in flight. The queue keeps no copy: the item
+    /// comes back through the acknowledger if it is rejected or dropped unsettled.
     fn delivery(&self, entry: Entry) -> Delivery<QueuedInvocation> {
-        let item = entry.item.clone();
-        let redeliveries = entry.redeliveries;
         Delivery::new(
-            item,
-            redeliveries,
-            Box::new(MemoryAck { inner: self.inner.clone(), entry: Some(entry) }),
+            entry.item,
+            entry.redeliveries,
+            Box::new(MemoryAck {
+                inner: self.inner.clone(),
+                redeliveries: entry.redeliveries,
+                settled: false,
+            }),
         )
     }
 }
@@ -296,36 +300,71 @@ impl QueueConsumer for MemoryConsumer {
     }
 }
 
-/// Settles one in-memory delivery; dropped unsettled, it puts the item back.
+/// Settles one in-memory delivery. The queue holds no copy of a delivered item: a
+/// rejected one, or one whose delivery is dropped unsettled, is handed back and put at the
+/// front of the queue.
 struct MemoryAck {
     inner: Arc<Inner>,
-    entry: Option<Entry>,
+    redeliveries: u32,
+    settled: bool,
+}
+
+impl MemoryAck {
+    /// Puts a handed-back item at the front of the queue.
+    fn requeue(&mut self, item: Box<dyn Any + Send>) {
+        self.settled = true;
+        match item.downcast::<QueuedInvocation>() {
+            Ok(item) => self.inner.requeue(Entry { item: *item, redeliveries: self.redeliveries }),
+            Err(_) => {
+                // Only a `Delivery<QueuedInvocation>` holds this acknowledger.
+                tracing::error!("an in-memory delivery was handed back something else");
+                self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
 }
 
 impl Acknowledge for MemoryAck {
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
-        if self.entry.take().is_some() {
-            self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
-            if self.inner.closed.load(Ordering::Acquire) {
-                // A consumer waiting for the last in-flight item to settle may finish now.
-                self.inner.available.notify_waiters();
-            }
+        self.settled = true;
+        self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.inner.closed.load(Ordering::Acquire) {
+            // A consumer waiting for the last in-flight item to settle may finish now.
+            self.inner.available.notify_waiters();
         }
         Box::pin(std::future::ready(Ok(())))
     }
 
     fn nack(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
-        if let Some(entry) = self.entry.take() {
-            self.inner.requeue(entry);
-        }
+        // Without the item (a `Delivery` always hands it back through `nack_with`).
+        self.settled = true;
+        tracing::error!("an in-memory delivery was rejected without its item");
+        self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+        Box::pin(std::future::ready(Err(Error::internal(
+            "an in-memory delivery was rejected without its item",
+        ))))
+    }
+
+    fn takes_item_back(&self) -> bool {
+        true
+    }
+
+    fn nack_with(mut self: Box<Self>, item: Box<dyn Any + Send>) -> BoxFuture<'static, Result<()>> {
+        self.requeue(item);
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn dropped(mut self: Box<Self>, item: Box<dyn Any + Send>) {
+        self.requeue(item);
     }
 }
 
 impl Drop for MemoryAck {
     fn drop(&mut self) {
-        if let Some(entry) = self.entry.take() {
-            self.inner.requeue(entry);
+        if !self.settled {
+            // Unreachable through `Delivery`, which settles or hands the item back.
+            tracing::error!("an in-memory delivery was dropped without its item");
+            self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }

@@ -13,7 +13,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use faas_core::queue::{
-    ActivationStore, AsyncActivation, AsyncState, Progress, QueuedInvocation, RecordUpdate,
+    ActivationStore, AsyncActivation, AsyncState, FinalAttempt, Progress, QueuedInvocation,
+    RecordUpdate,
 };
 use faas_core::{InvocationId, Result};
 
@@ -58,10 +59,42 @@ impl Hasher for PassHasher {
     }
 }
 
+/// One record as kept: a finished call's activation is kept as the compact
+/// [`FinalAttempt`] it is made of, and built when the record is read.
+struct Stored {
+    /// The record (its `activation` is `None` while `outcome` is kept instead).
+    record: AsyncActivation,
+    /// The last attempt, for a record written by [`ActivationStore::put_update`].
+    outcome: Option<FinalAttempt>,
+}
+
+impl Stored {
+    fn new(record: AsyncActivation) -> Box<Self> {
+        Box::new(Stored { record, outcome: None })
+    }
+
+    /// The record as readers see it.
+    fn read(&self) -> AsyncActivation {
+        let mut record = self.record.clone();
+        if let Some(o) = &self.outcome {
+            record.activation =
+                Some(o.activation(&record.call_id, &record.function, &record.namespace));
+        }
+        record
+    }
+
+    /// [`RecordUpdate::apply_in_place`], keeping the outcome compact.
+    fn update(&mut self, item: &QueuedInvocation, mut update: RecordUpdate) {
+        let outcome = update.outcome.take();
+        update.apply_in_place(item, &mut self.record);
+        self.outcome = outcome;
+    }
+}
+
 #[derive(Default)]
 struct Shard {
     /// Boxed, so that growing the map moves pointers, not records.
-    records: HashMap<Key, Box<AsyncActivation>, BuildHasherDefault<PassHasher>>,
+    records: HashMap<Key, Box<Stored>, BuildHasherDefault<PassHasher>>,
     /// Call ids in insertion order, for eviction.
     order: VecDeque<Key>,
 }
@@ -72,15 +105,21 @@ impl Shard {
     fn put(&mut self, key: Key, record: AsyncActivation, capacity: usize) {
         match self.records.get_mut(&key) {
             Some(_) if record.state == AsyncState::Queued => {}
-            Some(existing) => **existing = record,
-            None => {
-                if self.records.len() >= capacity {
-                    self.evict();
-                }
-                self.order.push_back(key.clone());
-                self.records.insert(key, Box::new(record));
+            Some(existing) => {
+                existing.record = record;
+                existing.outcome = None;
             }
+            None => self.insert(key, Stored::new(record), capacity),
         }
+    }
+
+    /// Adds a record of a call id it does not hold, keeping at most `capacity` records.
+    fn insert(&mut self, key: Key, stored: Box<Stored>, capacity: usize) {
+        if self.records.len() >= capacity {
+            self.evict();
+        }
+        self.order.push_back(key.clone());
+        self.records.insert(key, stored);
     }
 
     /// Removes one record: the oldest finished one among the oldest few, else the oldest.
@@ -93,7 +132,7 @@ impl Shard {
             .order
             .iter()
             .take(EVICTION_WINDOW)
-            .position(|k| self.records.get(k).is_some_and(|r| r.state.is_terminal()))
+            .position(|k| self.records.get(k).is_some_and(|r| r.record.state.is_terminal()))
             .unwrap_or(0);
         if let Some(k) = self.order.remove(pos) {
             self.records.remove(&k);
@@ -187,7 +226,7 @@ impl MemoryActivationStore {
     pub fn records(&self) -> Vec<AsyncActivation> {
         let mut out = Vec::new();
         for s in self.inner.shards.iter() {
-            out.extend(lock(s).records.values().map(|r| AsyncActivation::clone(r)));
+            out.extend(lock(s).records.values().map(|r| r.read()));
         }
         out
     }
@@ -195,20 +234,20 @@ impl MemoryActivationStore {
     /// How many records are in `state`.
     pub fn count(&self, state: AsyncState) -> usize {
         let count =
-            |s: &Mutex<Shard>| lock(s).records.values().filter(|r| r.state == state).count();
+            |s: &Mutex<Shard>| lock(s).records.values().filter(|r| r.record.state == state).count();
         self.inner.shards.iter().map(count).sum()
     }
 
     /// Reads one record without awaiting.
     pub fn get_now(&self, call_id: &InvocationId) -> Option<AsyncActivation> {
         let key = self.key(call_id);
-        self.shard(&key).records.get(&key).map(|r| AsyncActivation::clone(r))
+        self.shard(&key).records.get(&key).map(|r| r.read())
     }
 
     /// [`ActivationStore::progress`] without awaiting: no copy of the record.
     pub fn progress_now(&self, call_id: &InvocationId) -> Option<Progress> {
         let key = self.key(call_id);
-        self.shard(&key).records.get(&key).map(|r| Progress::of(r))
+        self.shard(&key).records.get(&key).map(|r| Progress::of(&r.record))
     }
 
     /// [`ActivationStore::put_update`] without awaiting: the record of `item`'s call is
@@ -217,12 +256,14 @@ impl MemoryActivationStore {
         let capacity = self.inner.shard_capacity;
         let key = self.key(&item.call_id);
         let mut shard = self.shard(&key);
-        if let Some(rec) = shard.records.get_mut(&key) {
-            update.apply_in_place(item, rec);
+        if let Some(stored) = shard.records.get_mut(&key) {
+            stored.update(item, update);
             return;
         }
-        let rec = update.apply_to(item, None);
-        shard.put(key, rec, capacity);
+        let mut update = update;
+        let outcome = update.outcome.take();
+        let record = update.apply_to(item, None);
+        shard.insert(key, Box::new(Stored { record, outcome }), capacity);
     }
 
     /// Writes one record without awaiting (same rules as [`ActivationStore::put`]).
@@ -348,8 +389,25 @@ mod tests {
             attempts,
             status: Some(200),
             error: None,
-            activation: None,
+            // Kept compact by the in-memory store, built at once by the provided method:
+            // the same activation either way.
+            outcome: Some(FinalAttempt {
+                status: 200,
+                error: None,
+                body: Some(bytes::Bytes::from_static(b"done")),
+                start: 70,
+                end: 75,
+                meta: None,
+                attempts,
+            }),
             updated_at: 77,
+        };
+        // The call ids differ between the two stores' runs.
+        let rename = |r: &mut AsyncActivation, id: &str| {
+            r.call_id = InvocationId::from_string(id);
+            if let Some(a) = &mut r.activation {
+                a.activation_id = r.call_id.clone();
+            }
         };
         let mut results = Vec::new();
         for store in stores {
@@ -363,14 +421,14 @@ mod tests {
             // Onto the item's own record.
             store.put_update(&item, update(AsyncState::Succeeded, 1)).await.unwrap();
             let mut rec = store.get(&item.call_id).await.unwrap().unwrap();
-            rec.call_id = InvocationId::from_string("x");
+            rename(&mut rec, "x");
             let p = store.progress(&item.call_id).await.unwrap().unwrap();
             assert!(p.settled && p.state == AsyncState::Succeeded && p.attempts == 1);
             // No record: one is made of the item.
             let fresh = example_item();
             store.put_update(&fresh, update(AsyncState::Failed, 2)).await.unwrap();
             let mut made = store.get(&fresh.call_id).await.unwrap().unwrap();
-            made.call_id = InvocationId::from_string("y");
+            rename(&mut made, "y");
             // A record that is not the item's (another function): rebuilt, `queued_at` kept.
             let mut other = example_item();
             other.function = "other".into();
@@ -382,12 +440,17 @@ mod tests {
             store.put_update(&item2, update(AsyncState::Running, 1)).await.unwrap();
             let mut rebuilt = store.get(&other.call_id).await.unwrap().unwrap();
             assert_eq!((rebuilt.function.as_str(), rebuilt.queued_at), ("echo", 9));
-            rebuilt.call_id = InvocationId::from_string("z");
+            rename(&mut rebuilt, "z");
             results.push((rec, made, rebuilt));
         }
         assert_eq!(results[0], results[1]);
         assert_eq!(results[0].0.state, AsyncState::Succeeded);
         assert_eq!(results[0].0.updated_at, 77);
+        let activation =
+            results[0].0.activation.as_ref().expect("the finished record's activation");
+        assert_eq!(activation.response.result["body"], "done");
+        assert_eq!((activation.start, activation.duration), (70, 5));
+        assert_eq!(activation.annotation("attempts"), Some(&serde_json::json!(1)));
         assert_eq!(results[0].1.state, AsyncState::Failed);
     }
 

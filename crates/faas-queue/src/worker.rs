@@ -42,13 +42,12 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use faas_core::activation::{epoch_millis, Activation, ActivationResponse};
-use faas_core::event::Acknowledge;
+use faas_core::activation::epoch_millis;
 use faas_core::queue::{
     parse_callback_url, ActivationStore, AsyncActivation, AsyncState, CallbackOutcome, DeadLetter,
-    DeadLetterSink, Progress, QueueConsumer, QueuedInvocation, RecordUpdate,
+    DeadLetterSink, FinalAttempt, Progress, QueueConsumer, QueuedInvocation, RecordUpdate,
 };
-use faas_core::{Delivery, Error, InvocationId, InvocationMeta, Invoker, StatusCode};
+use faas_core::{Delivery, Error, InvocationId, InvocationMeta, Invoker};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
@@ -524,9 +523,8 @@ impl Inner {
         delivery: Delivery<QueuedInvocation>,
         stop: watch::Receiver<bool>,
     ) {
-        let (item, acker) = delivery.into_parts();
-        let settle = self.process(item, stop).await;
-        self.settle(settle, acker).await
+        let settle = self.process(delivery.item(), stop).await;
+        self.settle(settle, delivery).await
     }
 
     fn function_limit(&self, item: &QueuedInvocation) -> Arc<Semaphore> {
@@ -639,14 +637,14 @@ impl Inner {
         // An async block rather than an `async fn`: its captures are not copied into
         // locals, which keeps the state small.
         async move {
-            if delivery.item.callback_url.is_some() {
+            if delivery.item().callback_url.is_some() {
                 return Box::pin(self.handle(delivery, stop)).await;
             }
-            let Ok(permit) = self.function_limit(&delivery.item).try_acquire_owned() else {
+            let Ok(permit) = self.function_limit(delivery.item()).try_acquire_owned() else {
                 return Box::pin(self.handle(delivery, stop)).await;
             };
             // Only the record's state and attempts: no copy of it.
-            let progress = self.read_progress(&delivery.item.call_id).await;
+            let progress = self.read_progress(&delivery.item().call_id).await;
             // The records and the invocation stay inside this block, so that the awaits
             // after it keep none of them (the state stays small).
             let settle = {
@@ -658,11 +656,11 @@ impl Inner {
                         Some(p) if p.state.is_terminal() || p.has_callback => {
                             break 'fast Outcome::Fallback
                         }
-                        Some(p) => p.attempts.max(delivery.item.attempt),
-                        None => delivery.item.attempt,
+                        Some(p) => p.attempts.max(delivery.item().attempt),
+                        None => delivery.item().attempt,
                     };
                     let max = self.config.max_attempts.max(1);
-                    let inv = match self.validate(&delivery.item) {
+                    let inv = match self.validate(delivery.item()) {
                         Ok(inv) if prior < max => inv,
                         // Bad input or no attempt left: nothing was written, start over there.
                         _ => break 'fast Outcome::Fallback,
@@ -676,10 +674,10 @@ impl Inner {
                     {
                         Poll::Ready(at) if !at.retryable => {
                             // The final record, written onto the `queued` one in place.
-                            let (state, update) = self.final_update(&delivery.item, prior + 1, at);
+                            let (state, update) = self.final_update(prior + 1, at);
                             break 'fast Outcome::Write(
                                 state,
-                                self.store.put_update(&delivery.item, update),
+                                self.store.put_update(delivery.item(), update),
                             );
                         }
                         Poll::Ready(at) => First::Done(at),
@@ -689,10 +687,10 @@ impl Inner {
                     let rec = AsyncActivation {
                         state: AsyncState::Running,
                         attempts: prior + 1,
-                        queued_at: progress.map_or(delivery.item.queued_at, |p| p.queued_at),
-                        ..AsyncActivation::queued(&delivery.item)
+                        queued_at: progress.map_or(delivery.item().queued_at, |p| p.queued_at),
+                        ..AsyncActivation::queued(delivery.item())
                     };
-                    let item = &delivery.item;
+                    let item = delivery.item();
                     Outcome::Attempts(Box::pin(self.run_attempts(
                         item,
                         rec,
@@ -717,7 +715,7 @@ impl Inner {
                             Settle::Ack
                         }
                         Err(e) => {
-                            tracing::warn!(call_id = %delivery.item.call_id.as_str(), error = %e, "activation store write failed");
+                            tracing::warn!(call_id = %delivery.item().call_id.as_str(), error = %e, "activation store write failed");
                             Settle::Nack
                         }
                     },
@@ -725,27 +723,22 @@ impl Inner {
                 }
             };
             drop(permit);
-            let acker = delivery.into_parts().1;
-            self.settle(settle, acker).await
+            self.settle(settle, delivery).await
         }
     }
 
     /// The final record of a last attempt (number `attempts`) that was not retryable, as an
     /// update of the call's record.
-    fn final_update(
-        &self,
-        item: &QueuedInvocation,
-        attempts: u32,
-        at: Attempt,
-    ) -> (AsyncState, RecordUpdate) {
+    fn final_update(&self, attempts: u32, mut at: Attempt) -> (AsyncState, RecordUpdate) {
         let success = at.is_success();
         let state = if success { AsyncState::Succeeded } else { AsyncState::Failed };
+        let meta = at.meta.take();
         let update = RecordUpdate {
             state,
             attempts,
             status: Some(at.status),
             error: if success { None } else { Some(at.error_text()) },
-            activation: Some(self.activation(item, attempts, &at)),
+            outcome: Some(self.final_attempt(attempts, &at, meta)),
             updated_at: epoch_millis(SystemTime::now()),
         };
         (state, update)
@@ -755,13 +748,13 @@ impl Inner {
     fn settle(
         &self,
         settle: Settle,
-        acker: Box<dyn Acknowledge>,
+        delivery: Delivery<QueuedInvocation>,
     ) -> impl Future<Output = ()> + Send + 'static {
         let fut = match settle {
-            Settle::Ack => acker.ack(),
+            Settle::Ack => delivery.ack(),
             Settle::Nack => {
                 self.stats.nacked.fetch_add(1, Ordering::Relaxed);
-                acker.nack()
+                delivery.nack()
             }
         };
         async move {
@@ -771,21 +764,21 @@ impl Inner {
         }
     }
 
-    async fn process(&self, item: QueuedInvocation, stop: watch::Receiver<bool>) -> Settle {
+    async fn process(&self, item: &QueuedInvocation, stop: watch::Receiver<bool>) -> Settle {
         // Held until the invocation is finished (through retries).
-        let limit = self.function_limit(&item);
+        let limit = self.function_limit(item);
         let _permit = limit.acquire().await;
         let existing = self.read_record(&item.call_id).await;
-        let Some((rec, prior)) = self.begin(&item, existing) else {
+        let Some((rec, prior)) = self.begin(item, existing) else {
             self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
             return Settle::Ack;
         };
         // The first attempt uses the invocation built while validating; retries rebuild it.
-        match self.validate(&item) {
-            Ok(inv) => self.run_attempts(&item, rec, prior, First::Fresh(inv), stop).await,
+        match self.validate(item) {
+            Ok(inv) => self.run_attempts(item, rec, prior, First::Fresh(inv), stop).await,
             Err(e) => {
                 let at = Attempt::from_error(e, false, SystemTime::now(), Instant::now());
-                self.finish(&item, rec, AsyncState::Failed, at).await
+                self.finish(item, rec, AsyncState::Failed, at).await
             }
         }
     }
@@ -962,7 +955,8 @@ impl Inner {
     fn final_record(&self, item: &QueuedInvocation, rec: &mut AsyncActivation, at: &Attempt) {
         rec.status = Some(at.status);
         rec.error = if at.is_success() { None } else { Some(at.error_text()) };
-        rec.activation = Some(self.activation(item, rec.attempts, at));
+        let fa = self.final_attempt(rec.attempts, at, at.meta.clone());
+        rec.activation = Some(fa.activation(&item.call_id, &item.function, &item.namespace));
     }
 
     async fn finish(
@@ -1040,49 +1034,30 @@ impl Inner {
         Settle::Ack
     }
 
-    fn activation(&self, item: &QueuedInvocation, attempts: u32, at: &Attempt) -> Activation {
-        let mut result = serde_json::Map::new();
-        result.insert("statusCode".into(), at.status.into());
-        if at.body.len() <= self.config.record_body_limit {
-            if let Ok(text) = std::str::from_utf8(&at.body) {
-                result.insert("body".into(), text.into());
-            }
+    /// What the activation record of a call finished by `at` (attempt number `attempts`)
+    /// is made of. `meta` is the attempt's (moved out by the caller when it has no more use
+    /// of `at`).
+    fn final_attempt(
+        &self,
+        attempts: u32,
+        at: &Attempt,
+        meta: Option<InvocationMeta>,
+    ) -> FinalAttempt {
+        let body = (at.error.is_none()
+            && at.body.len() <= self.config.record_body_limit
+            && std::str::from_utf8(&at.body).is_ok())
+        // A copy: the body may be a slice of a much larger buffer (a connection's), which
+        // the record would keep alive.
+        .then(|| Bytes::copy_from_slice(&at.body));
+        FinalAttempt {
+            status: at.status,
+            error: at.error.as_ref().map(|e| (e.status_code(), e.to_string())),
+            body,
+            start: epoch_millis(at.start),
+            end: epoch_millis(at.end),
+            meta,
+            attempts,
         }
-        let response = match &at.error {
-            Some(e) => {
-                let mut r = ActivationResponse::error(e);
-                if let serde_json::Value::Object(m) = &mut r.result {
-                    m.insert("statusCode".into(), at.status.into());
-                }
-                r
-            }
-            None if at.is_success() => ActivationResponse::success(result.into()),
-            None => ActivationResponse {
-                status: StatusCode::ApplicationError.as_str().into(),
-                status_code: StatusCode::ApplicationError,
-                success: false,
-                result: result.into(),
-            },
-        };
-        // As `Activation::new`, without a `FunctionRef` copied only to be copied again.
-        let (start, end) = (epoch_millis(at.start), epoch_millis(at.end));
-        let mut a = Activation {
-            activation_id: item.call_id.clone(),
-            namespace: item.namespace.clone(),
-            name: item.function.clone(),
-            start,
-            end: end.max(start),
-            duration: end.saturating_sub(start),
-            logs: Vec::new(),
-            annotations: Vec::with_capacity(5),
-            response,
-        };
-        if let Some(meta) = &at.meta {
-            a.annotate_meta(meta);
-        }
-        a.annotate("attempts", attempts.into());
-        a.annotate("kind", "async".into());
-        a
     }
 
     async fn callback(

@@ -89,7 +89,7 @@ async fn memory_backpressure_and_close() {
     assert_eq!(q.len(), 3);
     let c = q.consumer();
     let d = c.next().await.unwrap().unwrap();
-    assert_eq!(&d.item.body[..], b"0");
+    assert_eq!(&d.item().body[..], b"0");
     // In-flight items do not count against the capacity.
     p.publish(item("f", "3")).await.unwrap();
     assert_eq!(q.in_flight(), 1);
@@ -98,7 +98,7 @@ async fn memory_backpressure_and_close() {
     assert!(matches!(p.publish(item("f", "late")).await, Err(Error::Unavailable { .. })));
     let mut bodies = Vec::new();
     while let Some(d) = bounded("drain", c.next()).await.unwrap() {
-        bodies.push(String::from_utf8(d.item.body.to_vec()).unwrap());
+        bodies.push(String::from_utf8(d.item().body.to_vec()).unwrap());
         d.ack().await.unwrap();
     }
     assert_eq!(bodies, ["1", "2", "3"]);
@@ -159,7 +159,7 @@ async fn memory_next_batch() {
     assert!(p.publish_batch(items.clone()).await.iter().all(Result::is_ok));
     let first = bounded("batch", c.next_batch(3)).await.unwrap();
     assert_eq!(
-        first.iter().map(|d| d.item.call_id.clone()).collect::<Vec<_>>(),
+        first.iter().map(|d| d.item().call_id.clone()).collect::<Vec<_>>(),
         [items[0].call_id.clone(), items[1].call_id.clone(), items[2].call_id.clone()]
     );
     let rest = bounded("batch", c.next_batch(10)).await.unwrap();

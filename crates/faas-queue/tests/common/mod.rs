@@ -318,7 +318,7 @@ pub async fn round_trip(h: &dyn QueueHarness) {
     for _ in 0..sent.len() {
         let d = next(&*c).await;
         assert_eq!(d.redeliveries, 0);
-        got.insert(d.item.call_id.clone(), d.item.clone());
+        got.insert(d.item().call_id.clone(), d.item().clone());
         d.ack().await.unwrap();
     }
     for i in &sent {
@@ -328,7 +328,7 @@ pub async fn round_trip(h: &dyn QueueHarness) {
     let marker = item("marker", "m");
     p.publish(marker.clone()).await.unwrap();
     let d = next(&*c).await;
-    assert_eq!(d.item.call_id, marker.call_id, "an acknowledged item was delivered again");
+    assert_eq!(d.item().call_id, marker.call_id, "an acknowledged item was delivered again");
     d.ack().await.unwrap();
     c.close().await.unwrap();
 }
@@ -345,8 +345,8 @@ pub async fn per_function_order(h: &dyn QueueHarness) {
     let mut seen: HashMap<String, Vec<u32>> = HashMap::new();
     for _ in 0..2 * n {
         let d = next(&*c).await;
-        let v: u32 = std::str::from_utf8(&d.item.body).unwrap().parse().unwrap();
-        seen.entry(d.item.function.clone()).or_default().push(v);
+        let v: u32 = std::str::from_utf8(&d.item().body).unwrap().parse().unwrap();
+        seen.entry(d.item().function.clone()).or_default().push(v);
         d.ack().await.unwrap();
     }
     for f in ["f", "g"] {
@@ -362,14 +362,14 @@ pub async fn nack_and_drop_redeliver(h: &dyn QueueHarness) {
     let a = item("a", "nacked");
     p.publish(a.clone()).await.unwrap();
     let d = next(&*c).await;
-    assert_eq!(d.item.call_id, a.call_id);
+    assert_eq!(d.item().call_id, a.call_id);
     d.nack().await.unwrap();
     let d = next(&*c).await;
-    assert_eq!(d.item, a);
+    assert_eq!(*d.item(), a);
     assert!(d.redeliveries >= 1, "redelivery counted");
     drop(d);
     let d = next(&*c).await;
-    assert_eq!(d.item, a);
+    assert_eq!(*d.item(), a);
     assert!(d.redeliveries >= 2, "redelivery counted");
     d.ack().await.unwrap();
     c.close().await.unwrap();
@@ -399,8 +399,12 @@ pub async fn unsettled_go_to_next_consumer(h: &dyn QueueHarness) {
     let mut got = HashSet::new();
     while got.len() < want.len() {
         let d = next(&*c2).await;
-        assert!(want.contains(&d.item.call_id), "acknowledged item {:?} came back", d.item.body);
-        got.insert(d.item.call_id.clone());
+        assert!(
+            want.contains(&d.item().call_id),
+            "acknowledged item {:?} came back",
+            d.item().body
+        );
+        got.insert(d.item().call_id.clone());
         d.ack().await.unwrap();
     }
     c2.close().await.unwrap();
@@ -598,7 +602,7 @@ pub async fn worker_bad_input(h: &dyn QueueHarness) {
     let marker = item("marker", "m");
     p.publish(marker.clone()).await.unwrap();
     let d = next(&*c).await;
-    assert_eq!(d.item.call_id, marker.call_id, "a bad-input message was left in the queue");
+    assert_eq!(d.item().call_id, marker.call_id, "a bad-input message was left in the queue");
     d.ack().await.unwrap();
     c.close().await.unwrap();
 }
