@@ -361,9 +361,10 @@ pub struct AsyncActivation {
     /// What happened to the callback, once attempted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<CallbackOutcome>,
-    /// The activation record (start, end, duration, response), once finished.
+    /// The activation record (start, end, duration, response), once finished (boxed: a
+    /// record carries none until then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub activation: Option<Activation>,
+    pub activation: Option<Box<Activation>>,
 }
 
 impl AsyncActivation {
@@ -548,7 +549,7 @@ impl RecordUpdate {
             error: self.error,
             activation: self
                 .outcome
-                .map(|o| o.activation(&item.call_id, &item.function, &item.namespace)),
+                .map(|o| Box::new(o.activation(&item.call_id, &item.function, &item.namespace))),
             ..AsyncActivation::queued(item)
         }
     }
@@ -571,8 +572,9 @@ impl RecordUpdate {
         record.updated_at = self.updated_at;
         record.status = self.status;
         record.error = self.error;
-        record.activation =
-            self.outcome.map(|o| o.activation(&item.call_id, &item.function, &item.namespace));
+        record.activation = self
+            .outcome
+            .map(|o| Box::new(o.activation(&item.call_id, &item.function, &item.namespace)));
         record.callback = None;
     }
 }
@@ -617,6 +619,24 @@ pub trait ActivationStore: Send + Sync + 'static {
         let existing = self.get(&item.call_id).await?;
         self.put(update.apply_to(item, existing.as_ref())).await
     }
+
+    /// The store's operations that never wait, if it has them (the in-memory store does):
+    /// a worker then reads and writes records without a future per operation. `None` by
+    /// default.
+    fn immediate(&self) -> Option<&dyn ImmediateActivationStore> {
+        None
+    }
+}
+
+/// An [`ActivationStore`] whose reads and writes never wait (it keeps the records in
+/// memory): the same operations, answered at once. They follow the rules of the
+/// [`ActivationStore`] methods of the same names.
+pub trait ImmediateActivationStore: Send + Sync {
+    /// [`ActivationStore::progress`], at once.
+    fn progress_now(&self, call_id: &InvocationId) -> Option<Progress>;
+
+    /// [`ActivationStore::put_update`], at once.
+    fn put_update_now(&self, item: &QueuedInvocation, update: RecordUpdate);
 }
 
 #[async_trait]
@@ -635,6 +655,9 @@ impl<T: ActivationStore + ?Sized> ActivationStore for std::sync::Arc<T> {
     }
     async fn put_update(&self, item: &QueuedInvocation, update: RecordUpdate) -> Result<()> {
         (**self).put_update(item, update).await
+    }
+    fn immediate(&self) -> Option<&dyn ImmediateActivationStore> {
+        (**self).immediate()
     }
 }
 

@@ -103,10 +103,12 @@ impl QueuePublisher for TrackedPublisher {
     /// Publishes the batch, then writes the `queued` records of the accepted items in one
     /// [`ActivationStore::put_batch`].
     async fn publish_batch(&self, items: Vec<QueuedInvocation>) -> Vec<Result<()>> {
-        let records: Vec<_> = items.iter().map(AsyncActivation::queued).collect();
+        let mut records: Vec<_> = items.iter().map(AsyncActivation::queued).collect();
         let mut out = self.inner.publish_batch(items).await;
-        let accepted: Vec<_> =
-            records.into_iter().zip(&out).filter_map(|(rec, r)| r.is_ok().then_some(rec)).collect();
+        // Usually all were accepted: then the records go as they are.
+        let mut accepted = out.iter().map(Result::is_ok);
+        records.retain(|_| accepted.next().unwrap_or(false));
+        let accepted = records;
         let mut written = self.store.put_batch(accepted).await.into_iter();
         for r in out.iter_mut().filter(|r| r.is_ok()) {
             // A store that answers fewer results than records wrote none of the rest.

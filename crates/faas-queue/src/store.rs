@@ -13,8 +13,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use faas_core::queue::{
-    ActivationStore, AsyncActivation, AsyncState, FinalAttempt, Progress, QueuedInvocation,
-    RecordUpdate,
+    ActivationStore, AsyncActivation, AsyncState, FinalAttempt, ImmediateActivationStore, Progress,
+    QueuedInvocation, RecordUpdate,
 };
 use faas_core::{InvocationId, Result};
 
@@ -78,7 +78,7 @@ impl Stored {
         let mut record = self.record.clone();
         if let Some(o) = &self.outcome {
             record.activation =
-                Some(o.activation(&record.call_id, &record.function, &record.namespace));
+                Some(Box::new(o.activation(&record.call_id, &record.function, &record.namespace)));
         }
         record
     }
@@ -110,6 +110,15 @@ impl Shard {
                 existing.outcome = None;
             }
             None => self.insert(key, Stored::new(record), capacity),
+        }
+    }
+
+    /// [`Shard::put`] of a record boxed already.
+    fn put_stored(&mut self, key: Key, stored: Box<Stored>, capacity: usize) {
+        match self.records.get_mut(&key) {
+            Some(_) if stored.record.state == AsyncState::Queued => {}
+            Some(existing) => *existing = stored,
+            None => self.insert(key, stored, capacity),
         }
     }
 
@@ -285,7 +294,8 @@ impl MemoryActivationStore {
             return;
         }
         // Group by shard (keeping each shard's records in order), then one lock per shard.
-        let mut groups: Vec<Vec<(Key, AsyncActivation)>> = (0..n).map(|_| Vec::new()).collect();
+        // Each record is boxed at once, so that the grouping moves pointers.
+        let mut groups: Vec<Vec<(Key, Box<Stored>)>> = (0..n).map(|_| Vec::new()).collect();
         let per = records.len() / n * 2;
         for r in records {
             let key = self.key(&r.call_id);
@@ -293,7 +303,7 @@ impl MemoryActivationStore {
             if g.capacity() == 0 {
                 g.reserve(per);
             }
-            g.push((key, r));
+            g.push((key, Stored::new(r)));
         }
         for (shard, group) in self.inner.shards.iter().zip(groups) {
             if group.is_empty() {
@@ -301,7 +311,7 @@ impl MemoryActivationStore {
             }
             let mut s = lock(shard);
             for (key, r) in group {
-                s.put(key, r, capacity);
+                s.put_stored(key, r, capacity);
             }
         }
     }
@@ -331,6 +341,20 @@ impl ActivationStore for MemoryActivationStore {
     async fn put_update(&self, item: &QueuedInvocation, update: RecordUpdate) -> Result<()> {
         self.put_update_now(item, update);
         Ok(())
+    }
+
+    fn immediate(&self) -> Option<&dyn ImmediateActivationStore> {
+        Some(self)
+    }
+}
+
+impl ImmediateActivationStore for MemoryActivationStore {
+    fn progress_now(&self, call_id: &InvocationId) -> Option<Progress> {
+        MemoryActivationStore::progress_now(self, call_id)
+    }
+
+    fn put_update_now(&self, item: &QueuedInvocation, update: RecordUpdate) {
+        MemoryActivationStore::put_update_now(self, item, update)
     }
 }
 

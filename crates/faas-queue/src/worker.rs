@@ -255,6 +255,36 @@ struct Inner {
     stats: Arc<WorkerStats>,
 }
 
+/// A worker loop's copies of the per-function limits it used last: most deliveries are of
+/// a few functions, found here without the shared map's lock.
+#[derive(Default)]
+struct LimitCache {
+    entries: Vec<(String, String, Arc<Semaphore>)>,
+    /// The entry replaced next when full.
+    next: usize,
+}
+
+impl LimitCache {
+    const SIZE: usize = 8;
+
+    fn get(&mut self, inner: &Inner, item: &QueuedInvocation) -> Arc<Semaphore> {
+        let hit =
+            self.entries.iter().find(|(ns, f, _)| *f == item.function && *ns == item.namespace);
+        if let Some((_, _, limit)) = hit {
+            return limit.clone();
+        }
+        let limit = inner.function_limit(item);
+        let entry = (item.namespace.clone(), item.function.clone(), limit.clone());
+        if self.entries.len() < Self::SIZE {
+            self.entries.push(entry);
+        } else {
+            self.entries[self.next] = entry;
+            self.next = (self.next + 1) % Self::SIZE;
+        }
+        limit
+    }
+}
+
 enum Settle {
     Ack,
     Nack,
@@ -269,6 +299,8 @@ enum Outcome<'a> {
     Duplicate,
     /// Not the common case: [`Inner::handle`] it.
     Fallback,
+    /// The final record of the one attempt, written (to an immediate store).
+    Written(AsyncState),
     /// The final record of the one attempt, being written.
     Write(AsyncState, Pin<Box<dyn Future<Output = faas_core::Result<()>> + Send + 'a>>),
     /// The rest of the attempts.
@@ -456,6 +488,7 @@ impl Inner {
         // callback...) go on in tasks of their own; the others finished in this loop.
         let mut tasks = JoinSet::new();
         let mut since_yield = 0usize;
+        let mut limits = LimitCache::default();
         'run: loop {
             while tasks.try_join_next().is_some() {}
             if tasks.len() >= max_in_flight {
@@ -475,7 +508,9 @@ impl Inner {
                     self.stats.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     since_yield += batch.len();
                     for delivery in batch {
-                        let mut handling = Box::pin(self.clone().fast(delivery, stop.clone()));
+                        let limit = limits.get(&self, delivery.item());
+                        let mut handling =
+                            Box::pin(self.clone().fast(delivery, limit, stop.clone()));
                         // Most invocations of in-process functions finish without waiting:
                         // those are done here, without a task. The first poll is not held to
                         // this loop's cooperative budget (the loop yields now and then).
@@ -632,6 +667,7 @@ impl Inner {
     fn fast(
         self: Arc<Self>,
         delivery: Delivery<QueuedInvocation>,
+        limit: Arc<Semaphore>,
         stop: watch::Receiver<bool>,
     ) -> impl Future<Output = ()> + Send {
         // An async block rather than an `async fn`: its captures are not copied into
@@ -640,11 +676,14 @@ impl Inner {
             if delivery.item().callback_url.is_some() {
                 return Box::pin(self.handle(delivery, stop)).await;
             }
-            let Ok(permit) = self.function_limit(delivery.item()).try_acquire_owned() else {
+            let Ok(permit) = limit.try_acquire_owned() else {
                 return Box::pin(self.handle(delivery, stop)).await;
             };
             // Only the record's state and attempts: no copy of it.
-            let progress = self.read_progress(&delivery.item().call_id).await;
+            let progress = match self.store.immediate() {
+                Some(store) => store.progress_now(&delivery.item().call_id),
+                None => self.read_progress(&delivery.item().call_id).await,
+            };
             // The records and the invocation stay inside this block, so that the awaits
             // after it keep none of them (the state stays small).
             let settle = {
@@ -675,6 +714,10 @@ impl Inner {
                         Poll::Ready(at) if !at.retryable => {
                             // The final record, written onto the `queued` one in place.
                             let (state, update) = self.final_update(prior + 1, at);
+                            if let Some(store) = self.store.immediate() {
+                                store.put_update_now(delivery.item(), update);
+                                break 'fast Outcome::Written(state);
+                            }
                             break 'fast Outcome::Write(
                                 state,
                                 self.store.put_update(delivery.item(), update),
@@ -709,6 +752,10 @@ impl Inner {
                         drop((fallback, permit));
                         return Box::pin(self.handle(delivery, stop)).await;
                     }
+                    Outcome::Written(state) => {
+                        self.stats.finish(state);
+                        Settle::Ack
+                    }
                     Outcome::Write(state, put) => match put.await {
                         Ok(()) => {
                             self.stats.finish(state);
@@ -739,7 +786,8 @@ impl Inner {
             status: Some(at.status),
             error: if success { None } else { Some(at.error_text()) },
             outcome: Some(self.final_attempt(attempts, &at, meta)),
-            updated_at: epoch_millis(SystemTime::now()),
+            // Written right after the attempt ended: no clock read of its own.
+            updated_at: epoch_millis(at.end),
         };
         (state, update)
     }
@@ -956,7 +1004,8 @@ impl Inner {
         rec.status = Some(at.status);
         rec.error = if at.is_success() { None } else { Some(at.error_text()) };
         let fa = self.final_attempt(rec.attempts, at, at.meta.clone());
-        rec.activation = Some(fa.activation(&item.call_id, &item.function, &item.namespace));
+        rec.activation =
+            Some(Box::new(fa.activation(&item.call_id, &item.function, &item.namespace)));
     }
 
     async fn finish(
@@ -1261,7 +1310,8 @@ mod state_size {
         q.publisher().try_publish(crate::memory::example_item()).unwrap();
         let delivery = q.consumer().try_next().unwrap();
         let (_tx, stop) = watch::channel(false);
-        let fast = w.inner.clone().fast(delivery, stop);
+        let limit = w.inner.function_limit(delivery.item());
+        let fast = w.inner.clone().fast(delivery, limit, stop);
         let size = std::mem::size_of_val(&fast);
         assert!(size <= FAST_STATE_BOUND, "{size} bytes");
     }
