@@ -25,8 +25,9 @@
 //!    message that keeps killing workers while it runs is dead-lettered after
 //!    `max_attempts`.
 //!
-//! The worker runs one loop per runtime thread (all polled by the worker's own task, so
-//! that aborting it drops them at once); together they take up to
+//! The worker runs one loop per runtime thread, each a task of its own (so they run in
+//! parallel; aborting the worker aborts them, and [`WorkerHandle::abort`] returns once they
+//! are gone); together they take up to
 //! [`WorkerConfig::max_in_flight`] deliveries at a time (several per wake-up when the
 //! consumer has them ready, see [`QueueConsumer::next_batch`]). Each delivery is first
 //! processed in its loop; only one that has to wait (for its function's concurrency limit,
@@ -108,6 +109,8 @@ impl Default for CallbackPolicy {
 const DELIVERIES_PER_WAKEUP: usize = 64;
 /// Worker loops at most (one per runtime thread).
 const MAX_LANES: usize = 16;
+/// How long [`WorkerHandle::abort`] waits for the worker's lanes to be dropped.
+const ABORT_WAIT: Duration = Duration::from_secs(5);
 /// Deliveries processed in the worker loop between two yields to the runtime.
 const DELIVERIES_PER_YIELD: usize = 1024;
 
@@ -408,22 +411,22 @@ impl Worker {
         let threads =
             tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers());
         let lanes = threads.clamp(1, MAX_LANES).min(max_in_flight);
-        // The lanes are polled by this task, not spawned: aborting the worker (a crash) then
-        // drops every lane, and with them every handle on the consumer, before the abort
-        // returns. A spawned lane could outlive it for a moment and keep a Kafka consumer
-        // alive, whose drop then leaves the group from a runtime thread and may hang there.
-        let mut running: futures::stream::FuturesUnordered<_> = (0..lanes)
-            .map(|_| inner.clone().lane(max_in_flight / lanes, stop_rx.clone()))
-            .collect();
+        // The lanes are tasks of their own, so that they run on every runtime thread. They
+        // are held in a `JoinSet`: aborting the worker (a crash) drops this future, which
+        // aborts them; `WorkerHandle::abort` waits until every lane is gone.
+        let mut running = JoinSet::new();
+        for _ in 0..lanes {
+            running.spawn(inner.clone().lane(max_in_flight / lanes, stop_rx.clone()));
+        }
         tokio::pin!(shutdown);
         tokio::select! {
             // A lane ends by itself when the consumer is closed.
-            _ = futures::StreamExt::next(&mut running) => {}
+            _ = running.join_next() => {}
             _ = &mut shutdown => {}
         }
         // The others stop taking deliveries and drain.
         let _ = stop_tx.send(true);
-        while futures::StreamExt::next(&mut running).await.is_some() {}
+        while running.join_next().await.is_some() {}
         inner.consumer.close().await
     }
 
@@ -431,11 +434,12 @@ impl Worker {
     /// (graceful) or [`WorkerHandle::abort`] (abrupt, as a crash).
     pub fn spawn(self) -> WorkerHandle {
         let stats = self.stats();
+        let alive = Arc::downgrade(&self.inner);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let join = tokio::spawn(self.run_until(async move {
             let _ = rx.await;
         }));
-        WorkerHandle { stop: Some(tx), join, stats }
+        WorkerHandle { stop: Some(tx), join, stats, alive }
     }
 }
 
@@ -445,6 +449,8 @@ pub struct WorkerHandle {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     join: tokio::task::JoinHandle<faas_core::Result<()>>,
     stats: Arc<WorkerStats>,
+    /// Gone once every lane and delivery task (each holds the worker) is dropped.
+    alive: std::sync::Weak<Inner>,
 }
 
 impl WorkerHandle {
@@ -470,6 +476,16 @@ impl WorkerHandle {
     pub async fn abort(self) {
         self.join.abort();
         let _ = self.join.await;
+        // Aborting the worker's task aborted its lanes; a lane running on another thread
+        // is dropped when it next yields. Wait for that (bounded), so that on return no
+        // handle on the consumer is left (another worker can take its share over).
+        let deadline = Instant::now() + ABORT_WAIT;
+        while self.alive.strong_count() > 0 && Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
+        if self.alive.strong_count() > 0 {
+            tracing::warn!("queue worker: lanes still running after the abort");
+        }
     }
 
     /// Whether the worker has stopped (its consumer closed or failed).
