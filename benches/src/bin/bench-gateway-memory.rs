@@ -1,30 +1,83 @@
 //! The gateway benchmark's subject: the full default gateway (tracing span, body limit,
-//! routing, metrics, call-id headers) invoking an in-memory function `ok` that answers `ok`.
+//! routing, metrics, call-id headers) invoking an in-memory function `ok` that answers `ok`,
+//! synchronously at `/function/ok` and asynchronously at `/async-function/ok`.
 //!
-//! `bench-gateway-memory [ADDR]` (default `127.0.0.1:18082`); the function is at
-//! `/function/ok`. Served with `faas_http::serve_with` and `ServeConfig::threads` set to the
-//! number of CPUs, from a single-threaded runtime: one runtime per CPU. See
-//! `benches/wrk/gateway.sh`.
+//! `bench-gateway-memory [ADDR] [STATS_FILE]` (default `127.0.0.1:18082`). Served with
+//! `faas_http::serve_with` and `ServeConfig::threads` set to the number of CPUs, from a
+//! single-threaded runtime: one runtime per CPU. The async path is the gateway's default
+//! (an in-memory queue of 100 000 items, an in-process worker on the main runtime, the
+//! default activation store of 100 000 records), built here so that its counters can be
+//! read: with `STATS_FILE`, a line `<unix ms> <finished> <received>` is appended to it
+//! every 20 ms. See `benches/wrk/gateway.sh` and `benches/wrk/async.sh`.
 
+use std::io::Write;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use faas_core::Invoker;
 use faas_http::{Gateway, GatewayConfig};
 
 fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:18082".into());
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:18082".into());
+    let stats_file = args.next();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     rt.block_on(async move {
-        let invoker = faas_benches::memory_ok("ok")
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let gateway = Gateway::builder(Arc::new(invoker) as Arc<dyn Invoker>)
-            .config(GatewayConfig::default())
+        let invoker: Arc<dyn Invoker> = Arc::new(
+            faas_benches::memory_ok("ok")
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+        );
+        let config = GatewayConfig::default();
+        // What `GatewayBuilder::build` makes by default, with the worker's counters kept.
+        let queue = faas_queue::MemoryQueue::new(100_000);
+        let store = Arc::new(faas_queue::MemoryActivationStore::default());
+        let worker = faas_queue::Worker::new(
+            invoker.clone(),
+            Arc::new(queue.consumer()),
+            store.clone(),
+            faas_queue::WorkerConfig {
+                max_payload_bytes: config.max_body_bytes,
+                max_response_bytes: config.max_async_result_bytes,
+                ..Default::default()
+            },
+        )
+        .with_dead_letters(Arc::new(faas_queue::MemoryDeadLetters::default()))
+        .spawn();
+        if let Some(path) = stats_file {
+            let stats = worker.stats().clone();
+            let mut out = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+            std::thread::spawn(move || loop {
+                let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+                let line = format!(
+                    "{ms} {} {}\n",
+                    stats.finished(),
+                    stats.received.load(Ordering::Relaxed)
+                );
+                if out.write_all(line.as_bytes()).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            });
+        }
+        let publisher =
+            faas_queue::TrackedPublisher::new(Arc::new(queue.publisher()), store.clone());
+        let gateway = Gateway::builder(invoker)
+            .config(config)
+            .queue(Arc::new(publisher))
+            .activations(store)
             .build();
         let listener = tokio::net::TcpListener::bind(&addr).await?;
-        eprintln!("gateway on memory listening on http://{addr}/function/ok");
+        eprintln!(
+            "gateway on memory listening on http://{addr}/function/ok and /async-function/ok"
+        );
         let config = faas_http::ServeConfig::default().threads(cpus);
-        faas_http::serve_with(listener, gateway.service(), std::future::pending(), config).await
+        let served =
+            faas_http::serve_with(listener, gateway.service(), std::future::pending(), config)
+                .await;
+        drop(worker);
+        served
     })
 }

@@ -198,6 +198,64 @@ pub fn fire<'a>(
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::sync::{Arc, Mutex};
+
+    /// Records how it was settled, and what it was handed back.
+    struct Taker {
+        log: Arc<Mutex<Vec<String>>>,
+        takes: bool,
+    }
+
+    impl Taker {
+        fn push(&self, what: String) {
+            self.log.lock().unwrap().push(what);
+        }
+        fn item(item: Box<dyn Any + Send>) -> String {
+            item.downcast::<String>().map_or_else(|_| "not a String".into(), |s| *s)
+        }
+    }
+
+    impl Acknowledge for Taker {
+        fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+            self.push("ack".into());
+            Box::pin(async { Ok(()) })
+        }
+        fn nack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+            self.push("nack".into());
+            Box::pin(async { Ok(()) })
+        }
+        fn takes_item_back(&self) -> bool {
+            self.takes
+        }
+        fn nack_with(self: Box<Self>, item: Box<dyn Any + Send>) -> BoxFuture<'static, Result<()>> {
+            self.push(format!("nack_with {}", Taker::item(item)));
+            Box::pin(async { Ok(()) })
+        }
+        fn dropped(self: Box<Self>, item: Box<dyn Any + Send>) {
+            self.push(format!("dropped {}", Taker::item(item)));
+        }
+    }
+
+    #[tokio::test]
+    async fn deliveries_hand_their_item_back_to_sources_that_take_it() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let delivery = |item: &str, takes| {
+            Delivery::new(item.to_string(), 0, Box::new(Taker { log: log.clone(), takes }))
+        };
+        {
+            delivery("a", true).ack().await.unwrap();
+            // A changed item is what comes back.
+            let mut d = delivery("b", true);
+            d.item_mut().push('!');
+            assert_eq!(d.item(), "b!");
+            d.nack().await.unwrap();
+            drop(delivery("c", true));
+            // A source with its own copy gets plain nacks, and its own `Drop` on a drop.
+            delivery("d", false).nack().await.unwrap();
+            drop(delivery("e", false));
+        }
+        assert_eq!(*log.lock().unwrap(), ["ack", "nack_with b!", "dropped c", "nack"]);
+    }
 
     #[test]
     fn rules_merge_params() {

@@ -314,3 +314,37 @@ async fn memory_per_function_concurrency_bound() {
     assert_eq!(gate.most.load(std::sync::atomic::Ordering::SeqCst), 2, "at most 2 at once");
     worker.shutdown().await.unwrap();
 }
+
+/// An aborted worker (a crash) leaves nothing in flight once `abort` returns: its lanes run
+/// on several runtime threads, and every delivery they held, whether its invocation was
+/// running or waiting for the function, is back in the queue, whole, for the next worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_abort_hands_every_delivery_back() {
+    let rig = Rig::new();
+    let gate = Gate::register(&rig, "stuck");
+    let q = MemoryQueue::new(100);
+    let config = faas_queue::WorkerConfig { function_concurrency: 3, ..fast_config() };
+    let worker = rig.worker(Arc::new(q.consumer()), config).spawn();
+    let items: Vec<_> = (0..10).map(|i| item("stuck", format!("{i}"))).collect();
+    assert!(q.publisher().publish_batch(items.clone()).await.iter().all(Result::is_ok));
+    gate.wait_running(3).await;
+    bounded("every item delivered", async {
+        while worker.stats().received.load(std::sync::atomic::Ordering::SeqCst) < 10 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(q.in_flight(), 10);
+    worker.abort().await;
+    assert_eq!(q.in_flight(), 0, "a delivery outlived the aborted worker");
+    assert_eq!(q.len(), 10);
+    let consumer = q.consumer();
+    let mut back = Vec::new();
+    while let Some(d) = consumer.try_next() {
+        assert_eq!(d.redeliveries, 1);
+        back.push(d.item().clone());
+        d.ack().await.unwrap();
+    }
+    back.sort_by(|a, b| a.body.cmp(&b.body));
+    assert_eq!(back, items, "the items came back as they were published");
+}
