@@ -620,6 +620,14 @@ pub trait ActivationStore: Send + Sync + 'static {
         self.put(update.apply_to(item, existing.as_ref())).await
     }
 
+    /// Writes the `queued` records of `items` (each [`AsyncActivation::queued`], by the
+    /// rules of [`ActivationStore::put`]: never over an existing record), one result per
+    /// item. Stores that can make a record straight from an item (the in-memory store)
+    /// override it; the default is a [`ActivationStore::put_batch`].
+    async fn put_queued(&self, items: &[QueuedInvocation]) -> Vec<Result<()>> {
+        self.put_batch(items.iter().map(AsyncActivation::queued).collect()).await
+    }
+
     /// The store's operations that never wait, if it has them (the in-memory store does):
     /// a worker then reads and writes records without a future per operation. `None` by
     /// default.
@@ -655,6 +663,9 @@ impl<T: ActivationStore + ?Sized> ActivationStore for std::sync::Arc<T> {
     }
     async fn put_update(&self, item: &QueuedInvocation, update: RecordUpdate) -> Result<()> {
         (**self).put_update(item, update).await
+    }
+    async fn put_queued(&self, items: &[QueuedInvocation]) -> Vec<Result<()>> {
+        (**self).put_queued(items).await
     }
     fn immediate(&self) -> Option<&dyn ImmediateActivationStore> {
         (**self).immediate()

@@ -59,8 +59,9 @@ pub mod worker;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use faas_core::queue::{ActivationStore, AsyncActivation, QueuePublisher, QueuedInvocation};
-use faas_core::Result;
+use faas_core::activation::epoch_millis;
+use faas_core::queue::{ActivationStore, QueuePublisher, QueuedInvocation};
+use faas_core::{InvocationId, Result};
 
 pub use faas_core::queue::{
     AsyncState, CallbackOutcome, DeadLetter, DeadLetterSink, QueueConsumer,
@@ -69,9 +70,11 @@ pub use memory::{MemoryConsumer, MemoryDeadLetters, MemoryPublisher, MemoryQueue
 pub use store::MemoryActivationStore;
 pub use worker::{Backoff, CallbackPolicy, Worker, WorkerConfig, WorkerHandle, WorkerStats};
 
-/// A publisher that records each accepted item as `queued` in an [`ActivationStore`], so
-/// that its call id can be looked up at once. An item the queue refuses (full, closed)
-/// gets no record.
+/// A publisher that records each item as `queued` in an [`ActivationStore`] before it
+/// publishes it, so that its call id can be looked up at once (the worker finds it too).
+/// An item the queue refuses (full, closed) is recorded as `failed` with the refusal as its
+/// error; an item whose record cannot be written is not published (the store's error is
+/// the answer).
 #[derive(Clone)]
 pub struct TrackedPublisher {
     inner: Arc<dyn QueuePublisher>,
@@ -89,32 +92,77 @@ impl TrackedPublisher {
     pub fn new(inner: Arc<dyn QueuePublisher>, store: Arc<dyn ActivationStore>) -> Self {
         TrackedPublisher { inner, store }
     }
+
+    /// Turns the `queued` record of a refused item into a `failed` one.
+    async fn refused(&self, call_id: &InvocationId, error: &faas_core::Error) {
+        let Ok(Some(mut record)) = self.store.get(call_id).await else { return };
+        if record.state != AsyncState::Queued {
+            return;
+        }
+        record.state = AsyncState::Failed;
+        record.error = Some(format!("refused by the queue: {error}"));
+        record.status = Some(error.http_status().as_u16());
+        record.updated_at = epoch_millis(std::time::SystemTime::now());
+        if let Err(e) = self.store.put(record).await {
+            tracing::warn!(call_id = %call_id.as_str(), error = %e, "activation store write failed");
+        }
+    }
 }
 
 #[async_trait]
 impl QueuePublisher for TrackedPublisher {
     async fn publish(&self, item: QueuedInvocation) -> Result<()> {
-        let record = AsyncActivation::queued(&item);
-        self.inner.publish(item).await?;
-        // A worker may have written `running` already; a `queued` put never overwrites.
-        self.store.put(record).await
+        let written = self.store.put_queued(std::slice::from_ref(&item)).await;
+        if let Some(Err(e)) = written.into_iter().next() {
+            return Err(e);
+        }
+        let call_id = item.call_id.clone();
+        let published = self.inner.publish(item).await;
+        if let Err(e) = &published {
+            self.refused(&call_id, e).await;
+        }
+        published
     }
 
-    /// Publishes the batch, then writes the `queued` records of the accepted items in one
-    /// [`ActivationStore::put_batch`].
-    async fn publish_batch(&self, items: Vec<QueuedInvocation>) -> Vec<Result<()>> {
-        let mut records: Vec<_> = items.iter().map(AsyncActivation::queued).collect();
-        let mut out = self.inner.publish_batch(items).await;
-        // Usually all were accepted: then the records go as they are.
-        let mut accepted = out.iter().map(Result::is_ok);
-        records.retain(|_| accepted.next().unwrap_or(false));
-        let accepted = records;
-        let mut written = self.store.put_batch(accepted).await.into_iter();
-        for r in out.iter_mut().filter(|r| r.is_ok()) {
-            // A store that answers fewer results than records wrote none of the rest.
-            *r = written
+    /// Writes the `queued` records of the batch in one [`ActivationStore::put_queued`],
+    /// then publishes the items recorded.
+    async fn publish_batch(&self, mut items: Vec<QueuedInvocation>) -> Vec<Result<()>> {
+        let written = self.store.put_queued(&items).await;
+        let all_written = written.len() == items.len() && written.iter().all(Result::is_ok);
+        let ids: Vec<InvocationId> = items.iter().map(|i| i.call_id.clone()).collect();
+        if all_written {
+            // The usual case: every item goes, in one batch.
+            let out = self.inner.publish_batch(items).await;
+            for (id, r) in ids.iter().zip(&out) {
+                if let Err(e) = r {
+                    self.refused(id, e).await;
+                }
+            }
+            return out;
+        }
+        // Only the recorded items are published; the others answer the store's error.
+        let mut out: Vec<Result<()>> = Vec::with_capacity(items.len());
+        let mut written = written.into_iter();
+        let mut keep = Vec::with_capacity(items.len());
+        for _ in 0..items.len() {
+            let w = written
                 .next()
                 .unwrap_or_else(|| Err(faas_core::Error::internal("activation store: no result")));
+            keep.push(w.is_ok());
+            out.push(w);
+        }
+        let mut k = keep.iter();
+        items.retain(|_| k.next().copied().unwrap_or(false));
+        let mut published = self.inner.publish_batch(items).await.into_iter();
+        for (i, r) in out.iter_mut().enumerate() {
+            if keep[i] {
+                *r = published.next().unwrap_or_else(|| {
+                    Err(faas_core::Error::internal("queue publisher: no result"))
+                });
+                if let Err(e) = r {
+                    self.refused(&ids[i], e).await;
+                }
+            }
         }
         out
     }

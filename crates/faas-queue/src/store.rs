@@ -6,15 +6,16 @@
 //! once.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use faas_core::activation::{epoch_millis, Activation};
 use faas_core::queue::{
-    ActivationStore, AsyncActivation, AsyncState, FinalAttempt, ImmediateActivationStore, Progress,
-    QueuedInvocation, RecordUpdate,
+    ActivationStore, AsyncActivation, AsyncState, CallbackOutcome, FinalAttempt,
+    ImmediateActivationStore, Progress, QueuedInvocation, RecordUpdate,
 };
 use faas_core::{InvocationId, Result};
 
@@ -59,44 +60,165 @@ impl Hasher for PassHasher {
     }
 }
 
-/// One record as kept: a finished call's activation is kept as the compact
-/// [`FinalAttempt`] it is made of, and built when the record is read.
+/// Function and namespace names a shard shares between its records (at most this many;
+/// past it, records keep names of their own).
+const MAX_NAMES: usize = 1024;
+
+/// One record as kept, compact: the call id is the map's key, the function and namespace
+/// names are shared, and a finished call's activation is kept as the [`FinalAttempt`] it
+/// is made of, built when the record is read.
 struct Stored {
-    /// The record (its `activation` is `None` while `outcome` is kept instead).
-    record: AsyncActivation,
+    function: Arc<str>,
+    namespace: Arc<str>,
+    state: AsyncState,
+    attempts: u32,
+    queued_at: u64,
+    updated_at: u64,
+    status: Option<u16>,
+    error: Option<String>,
+    callback_url: Option<String>,
+    callback: Option<CallbackOutcome>,
+    /// The activation of a record written whole ([`ActivationStore::put`]).
+    activation: Option<Box<Activation>>,
     /// The last attempt, for a record written by [`ActivationStore::put_update`].
     outcome: Option<FinalAttempt>,
 }
 
+/// The names a shard shares (see [`MAX_NAMES`]).
+#[derive(Default)]
+struct Names(HashSet<Arc<str>>);
+
+impl Names {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.0.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        if self.0.len() < MAX_NAMES {
+            self.0.insert(n.clone());
+        }
+        n
+    }
+}
+
 impl Stored {
-    fn new(record: AsyncActivation) -> Box<Self> {
-        Box::new(Stored { record, outcome: None })
+    /// The record [`AsyncActivation::queued`] makes of `item`, written at `now`.
+    fn queued(item: &QueuedInvocation, names: &mut Names, now: u64) -> Self {
+        Stored {
+            function: names.get(&item.function),
+            namespace: names.get(&item.namespace),
+            state: AsyncState::Queued,
+            attempts: item.attempt,
+            queued_at: item.queued_at,
+            updated_at: now,
+            status: None,
+            error: None,
+            callback_url: item.callback_url.clone(),
+            callback: None,
+            activation: None,
+            outcome: None,
+        }
+    }
+
+    fn from_record(r: AsyncActivation, names: &mut Names) -> Self {
+        Stored {
+            function: names.get(&r.function),
+            namespace: names.get(&r.namespace),
+            state: r.state,
+            attempts: r.attempts,
+            queued_at: r.queued_at,
+            updated_at: r.updated_at,
+            status: r.status,
+            error: r.error,
+            callback_url: r.callback_url,
+            callback: r.callback,
+            activation: r.activation,
+            outcome: None,
+        }
     }
 
     /// The record as readers see it.
-    fn read(&self) -> AsyncActivation {
-        let mut record = self.record.clone();
-        if let Some(o) = &self.outcome {
-            record.activation =
-                Some(Box::new(o.activation(&record.call_id, &record.function, &record.namespace)));
+    fn read(&self, call_id: &InvocationId) -> AsyncActivation {
+        let activation = match (&self.activation, &self.outcome) {
+            (Some(a), _) => Some(a.clone()),
+            (None, Some(o)) => {
+                Some(Box::new(o.activation(call_id, &self.function, &self.namespace)))
+            }
+            (None, None) => None,
+        };
+        AsyncActivation {
+            call_id: call_id.clone(),
+            function: self.function.to_string(),
+            namespace: self.namespace.to_string(),
+            state: self.state,
+            attempts: self.attempts,
+            queued_at: self.queued_at,
+            updated_at: self.updated_at,
+            status: self.status,
+            error: self.error.clone(),
+            callback_url: self.callback_url.clone(),
+            callback: self.callback.clone(),
+            activation,
         }
-        record
     }
 
-    /// [`RecordUpdate::apply_in_place`], keeping the outcome compact.
-    fn update(&mut self, item: &QueuedInvocation, mut update: RecordUpdate) {
-        let outcome = update.outcome.take();
-        update.apply_in_place(item, &mut self.record);
-        self.outcome = outcome;
+    fn progress(&self) -> Progress {
+        Progress {
+            state: self.state,
+            attempts: self.attempts,
+            queued_at: self.queued_at,
+            settled: self.state.is_terminal()
+                && (self.callback_url.is_none() || self.callback.is_some()),
+            has_callback: self.callback_url.is_some(),
+        }
+    }
+
+    /// [`RecordUpdate::apply_in_place`] (or [`RecordUpdate::apply_to`] for `None`), the
+    /// outcome kept compact.
+    fn updated(
+        existing: Option<&mut Stored>,
+        item: &QueuedInvocation,
+        update: RecordUpdate,
+        names: &mut Names,
+    ) -> Option<Stored> {
+        let apply = |s: &mut Stored| {
+            s.state = update.state;
+            s.attempts = update.attempts;
+            s.updated_at = update.updated_at;
+            s.status = update.status;
+            s.error = update.error;
+            s.callback = None;
+            s.activation = None;
+            s.outcome = update.outcome;
+        };
+        match existing {
+            Some(s) => {
+                if *s.function != *item.function
+                    || *s.namespace != *item.namespace
+                    || s.callback_url != item.callback_url
+                {
+                    // Not the item's record: replaced (its `queued_at` kept).
+                    let queued_at = s.queued_at;
+                    *s = Stored { queued_at, ..Stored::queued(item, names, 0) };
+                }
+                apply(s);
+                None
+            }
+            None => {
+                let mut s = Stored::queued(item, names, 0);
+                apply(&mut s);
+                Some(s)
+            }
+        }
     }
 }
 
 #[derive(Default)]
 struct Shard {
-    /// Boxed, so that growing the map moves pointers, not records.
-    records: HashMap<Key, Box<Stored>, BuildHasherDefault<PassHasher>>,
+    records: HashMap<Key, Stored, BuildHasherDefault<PassHasher>>,
     /// Call ids in insertion order, for eviction.
     order: VecDeque<Key>,
+    names: Names,
 }
 
 impl Shard {
@@ -105,25 +227,24 @@ impl Shard {
     fn put(&mut self, key: Key, record: AsyncActivation, capacity: usize) {
         match self.records.get_mut(&key) {
             Some(_) if record.state == AsyncState::Queued => {}
-            Some(existing) => {
-                existing.record = record;
-                existing.outcome = None;
+            Some(existing) => *existing = Stored::from_record(record, &mut self.names),
+            None => {
+                let stored = Stored::from_record(record, &mut self.names);
+                self.insert(key, stored, capacity)
             }
-            None => self.insert(key, Stored::new(record), capacity),
         }
     }
 
-    /// [`Shard::put`] of a record boxed already.
-    fn put_stored(&mut self, key: Key, stored: Box<Stored>, capacity: usize) {
-        match self.records.get_mut(&key) {
-            Some(_) if stored.record.state == AsyncState::Queued => {}
-            Some(existing) => *existing = stored,
-            None => self.insert(key, stored, capacity),
+    /// Writes the `queued` record of `item` (if the call has none), written at `now`.
+    fn put_queued(&mut self, key: Key, item: &QueuedInvocation, now: u64, capacity: usize) {
+        if !self.records.contains_key(&key) {
+            let stored = Stored::queued(item, &mut self.names, now);
+            self.insert(key, stored, capacity);
         }
     }
 
     /// Adds a record of a call id it does not hold, keeping at most `capacity` records.
-    fn insert(&mut self, key: Key, stored: Box<Stored>, capacity: usize) {
+    fn insert(&mut self, key: Key, stored: Stored, capacity: usize) {
         if self.records.len() >= capacity {
             self.evict();
         }
@@ -141,7 +262,7 @@ impl Shard {
             .order
             .iter()
             .take(EVICTION_WINDOW)
-            .position(|k| self.records.get(k).is_some_and(|r| r.record.state.is_terminal()))
+            .position(|k| self.records.get(k).is_some_and(|r| r.state.is_terminal()))
             .unwrap_or(0);
         if let Some(k) = self.order.remove(pos) {
             self.records.remove(&k);
@@ -235,7 +356,7 @@ impl MemoryActivationStore {
     pub fn records(&self) -> Vec<AsyncActivation> {
         let mut out = Vec::new();
         for s in self.inner.shards.iter() {
-            out.extend(lock(s).records.values().map(|r| r.read()));
+            out.extend(lock(s).records.iter().map(|(k, r)| r.read(&k.id)));
         }
         out
     }
@@ -243,20 +364,20 @@ impl MemoryActivationStore {
     /// How many records are in `state`.
     pub fn count(&self, state: AsyncState) -> usize {
         let count =
-            |s: &Mutex<Shard>| lock(s).records.values().filter(|r| r.record.state == state).count();
+            |s: &Mutex<Shard>| lock(s).records.values().filter(|r| r.state == state).count();
         self.inner.shards.iter().map(count).sum()
     }
 
     /// Reads one record without awaiting.
     pub fn get_now(&self, call_id: &InvocationId) -> Option<AsyncActivation> {
         let key = self.key(call_id);
-        self.shard(&key).records.get(&key).map(|r| r.read())
+        self.shard(&key).records.get(&key).map(|r| r.read(call_id))
     }
 
     /// [`ActivationStore::progress`] without awaiting: no copy of the record.
     pub fn progress_now(&self, call_id: &InvocationId) -> Option<Progress> {
         let key = self.key(call_id);
-        self.shard(&key).records.get(&key).map(|r| Progress::of(&r.record))
+        self.shard(&key).records.get(&key).map(Stored::progress)
     }
 
     /// [`ActivationStore::put_update`] without awaiting: the record of `item`'s call is
@@ -264,15 +385,46 @@ impl MemoryActivationStore {
     pub fn put_update_now(&self, item: &QueuedInvocation, update: RecordUpdate) {
         let capacity = self.inner.shard_capacity;
         let key = self.key(&item.call_id);
-        let mut shard = self.shard(&key);
-        if let Some(stored) = shard.records.get_mut(&key) {
-            stored.update(item, update);
+        let mut guard = self.shard(&key);
+        let shard = &mut *guard;
+        let existing = shard.records.get_mut(&key);
+        if let Some(new) = Stored::updated(existing, item, update, &mut shard.names) {
+            shard.insert(key, new, capacity);
+        }
+    }
+
+    /// [`ActivationStore::put_queued`] without awaiting: the `queued` records of `items`
+    /// made straight from them, taking each shard's lock once per batch.
+    pub fn put_queued_now(&self, items: &[QueuedInvocation]) {
+        let now = epoch_millis(std::time::SystemTime::now());
+        let n = self.inner.shards.len();
+        let capacity = self.inner.shard_capacity;
+        if n == 1 || items.len() < 2 * n {
+            for item in items {
+                let key = self.key(&item.call_id);
+                self.shard(&key).put_queued(key, item, now, capacity);
+            }
             return;
         }
-        let mut update = update;
-        let outcome = update.outcome.take();
-        let record = update.apply_to(item, None);
-        shard.insert(key, Box::new(Stored { record, outcome }), capacity);
+        let mut groups: Vec<Vec<(Key, &QueuedInvocation)>> = (0..n).map(|_| Vec::new()).collect();
+        let per = items.len() / n * 2;
+        for item in items {
+            let key = self.key(&item.call_id);
+            let g = &mut groups[self.shard_index(&key)];
+            if g.capacity() == 0 {
+                g.reserve(per);
+            }
+            g.push((key, item));
+        }
+        for (shard, group) in self.inner.shards.iter().zip(groups) {
+            if group.is_empty() {
+                continue;
+            }
+            let mut s = lock(shard);
+            for (key, item) in group {
+                s.put_queued(key, item, now, capacity);
+            }
+        }
     }
 
     /// Writes one record without awaiting (same rules as [`ActivationStore::put`]).
@@ -294,8 +446,7 @@ impl MemoryActivationStore {
             return;
         }
         // Group by shard (keeping each shard's records in order), then one lock per shard.
-        // Each record is boxed at once, so that the grouping moves pointers.
-        let mut groups: Vec<Vec<(Key, Box<Stored>)>> = (0..n).map(|_| Vec::new()).collect();
+        let mut groups: Vec<Vec<(Key, AsyncActivation)>> = (0..n).map(|_| Vec::new()).collect();
         let per = records.len() / n * 2;
         for r in records {
             let key = self.key(&r.call_id);
@@ -303,7 +454,7 @@ impl MemoryActivationStore {
             if g.capacity() == 0 {
                 g.reserve(per);
             }
-            g.push((key, Stored::new(r)));
+            g.push((key, r));
         }
         for (shard, group) in self.inner.shards.iter().zip(groups) {
             if group.is_empty() {
@@ -311,7 +462,7 @@ impl MemoryActivationStore {
             }
             let mut s = lock(shard);
             for (key, r) in group {
-                s.put_stored(key, r, capacity);
+                s.put(key, r, capacity);
             }
         }
     }
@@ -341,6 +492,11 @@ impl ActivationStore for MemoryActivationStore {
     async fn put_update(&self, item: &QueuedInvocation, update: RecordUpdate) -> Result<()> {
         self.put_update_now(item, update);
         Ok(())
+    }
+
+    async fn put_queued(&self, items: &[QueuedInvocation]) -> Vec<Result<()>> {
+        self.put_queued_now(items);
+        items.iter().map(|_| Ok(())).collect()
     }
 
     fn immediate(&self) -> Option<&dyn ImmediateActivationStore> {

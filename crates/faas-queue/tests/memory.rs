@@ -348,3 +348,32 @@ async fn memory_abort_hands_every_delivery_back() {
     back.sort_by(|a, b| a.body.cmp(&b.body));
     assert_eq!(back, items, "the items came back as they were published");
 }
+
+/// Through a `TrackedPublisher`, every call id has a record from the moment it is
+/// published: `queued` when accepted, `failed` with the refusal when the queue is full,
+/// one by one and in a batch.
+#[tokio::test]
+async fn memory_tracked_refusals_are_recorded_failed() {
+    use faas_core::queue::AsyncState;
+    let q = MemoryQueue::new(2);
+    let store = Arc::new(faas_queue::MemoryActivationStore::new(100));
+    let p = faas_queue::TrackedPublisher::new(Arc::new(q.publisher()), store.clone());
+    let first = item("f", "0");
+    p.publish(first.clone()).await.unwrap();
+    assert_eq!(store.get_now(&first.call_id).unwrap().state, AsyncState::Queued);
+    let batch: Vec<_> = (1..4).map(|i| item("f", format!("{i}"))).collect();
+    let results = p.publish_batch(batch.clone()).await;
+    assert!(results[0].is_ok());
+    for (b, r) in batch.iter().zip(&results).skip(1) {
+        assert!(matches!(r, Err(Error::Overloaded { .. })), "{r:?}");
+        let rec = store.get_now(&b.call_id).expect("a refused call's record");
+        assert_eq!(rec.state, AsyncState::Failed);
+        assert_eq!(rec.status, Some(429));
+        assert!(rec.error.as_deref().unwrap_or("").contains("refused by the queue"), "{rec:?}");
+    }
+    assert_eq!(store.get_now(&batch[0].call_id).unwrap().state, AsyncState::Queued);
+    let one = item("f", "4");
+    assert!(p.publish(one.clone()).await.is_err());
+    assert_eq!(store.get_now(&one.call_id).unwrap().state, AsyncState::Failed);
+    assert_eq!(q.len(), 2);
+}
