@@ -124,9 +124,32 @@ impl QueuePublisher for TrackedPublisher {
         published
     }
 
-    /// Writes the `queued` records of the batch in one [`ActivationStore::put_queued`],
-    /// then publishes the items recorded.
+    /// Writes the `queued` records of the batch with [`ActivationStore::put_queued`], then
+    /// publishes the items recorded: in chunks of [`TRACKED_CHUNK`] items, so that no
+    /// temporary is large (large allocations are slow paths for most allocators).
     async fn publish_batch(&self, mut items: Vec<QueuedInvocation>) -> Vec<Result<()>> {
+        if items.len() <= TRACKED_CHUNK {
+            return self.publish_chunk(items).await;
+        }
+        let mut out = Vec::with_capacity(items.len());
+        let mut rest = items.drain(..);
+        loop {
+            let chunk: Vec<_> = rest.by_ref().take(TRACKED_CHUNK).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            out.extend(self.publish_chunk(chunk).await);
+        }
+        out
+    }
+}
+
+/// Items a [`TrackedPublisher`] records and publishes at once.
+pub const TRACKED_CHUNK: usize = 256;
+
+impl TrackedPublisher {
+    /// [`QueuePublisher::publish_batch`] of one chunk.
+    async fn publish_chunk(&self, mut items: Vec<QueuedInvocation>) -> Vec<Result<()>> {
         let written = self.store.put_queued(&items).await;
         let all_written = written.len() == items.len() && written.iter().all(Result::is_ok);
         let ids: Vec<InvocationId> = items.iter().map(|i| i.call_id.clone()).collect();

@@ -377,3 +377,35 @@ async fn memory_tracked_refusals_are_recorded_failed() {
     assert_eq!(store.get_now(&one.call_id).unwrap().state, AsyncState::Failed);
     assert_eq!(q.len(), 2);
 }
+
+/// A batch larger than a `TrackedPublisher`'s chunk: one result per item, in order, and
+/// every item recorded by what happened to it.
+#[tokio::test]
+async fn memory_tracked_large_batch_results_in_order() {
+    use faas_core::queue::AsyncState;
+    let n = 2 * faas_queue::TRACKED_CHUNK + 88;
+    let room = faas_queue::TRACKED_CHUNK + 10;
+    let q = MemoryQueue::new(room);
+    let store = Arc::new(faas_queue::MemoryActivationStore::new(10_000));
+    let p = faas_queue::TrackedPublisher::new(Arc::new(q.publisher()), store.clone());
+    let batch: Vec<_> = (0..n).map(|i| item("f", format!("{i}"))).collect();
+    let results = p.publish_batch(batch.clone()).await;
+    assert_eq!(results.len(), n);
+    for (i, (b, r)) in batch.iter().zip(&results).enumerate() {
+        let state = store.get_now(&b.call_id).expect("a record").state;
+        if i < room {
+            assert!(r.is_ok(), "{i}: {r:?}");
+            assert_eq!(state, AsyncState::Queued, "{i}");
+        } else {
+            assert!(matches!(r, Err(Error::Overloaded { .. })), "{i}: {r:?}");
+            assert_eq!(state, AsyncState::Failed, "{i}");
+        }
+    }
+    let c = q.consumer();
+    for b in batch.iter().take(room) {
+        let d = c.try_next().expect("the accepted items, in order");
+        assert_eq!(d.item().call_id, b.call_id);
+        d.ack().await.unwrap();
+    }
+    assert!(c.try_next().is_none());
+}
