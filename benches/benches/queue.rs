@@ -8,12 +8,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use faas_core::queue::{QueuePublisher, QueuedInvocation};
 use faas_core::{
-    handler_fn, Context, Error, FunctionSpec, Invocation, InvocationId, Invoker, MemoryInvoker,
-    Request,
+    handler_fn, Context, Error, FunctionSpec, Invocation, Invoker, MemoryInvoker, Request,
 };
 use faas_queue::kafka::{KafkaConfig, KafkaConsumer, KafkaPublisher, MockKafka};
 use faas_queue::{MemoryActivationStore, MemoryQueue, TrackedPublisher, Worker, WorkerConfig};
@@ -25,19 +23,7 @@ const BATCH: usize = 10_000;
 const SYNC_CONCURRENCY: usize = 256;
 
 fn item(i: usize) -> QueuedInvocation {
-    QueuedInvocation {
-        call_id: InvocationId::new(),
-        function: "hello".into(),
-        namespace: faas_core::spec::DEFAULT_NAMESPACE.into(),
-        method: "POST".into(),
-        path: String::new(),
-        query: String::new(),
-        headers: vec![("content-type".into(), "text/plain".into())],
-        body: Bytes::from(format!("payload {i}")),
-        callback_url: None,
-        attempt: 0,
-        queued_at: 0,
-    }
+    faas_benches::queued("hello", i)
 }
 
 fn items(n: usize) -> Vec<QueuedInvocation> {

@@ -10,3 +10,22 @@ pub async fn memory_ok(name: &str) -> Result<MemoryInvoker, Error> {
     invoker.deploy(FunctionSpec::new(name, name)).await?;
     Ok(invoker)
 }
+
+/// Queued invocation number `i` of function `function` in the default namespace, as the
+/// gateway's `/async-function/NAME` makes one: a POST with a `content-type` header and a
+/// small text body, a fresh call id.
+pub fn queued(function: &str, i: usize) -> faas_core::queue::QueuedInvocation {
+    faas_core::queue::QueuedInvocation {
+        call_id: faas_core::InvocationId::new(),
+        function: function.into(),
+        namespace: faas_core::spec::DEFAULT_NAMESPACE.into(),
+        method: "POST".into(),
+        path: String::new(),
+        query: String::new(),
+        headers: vec![("content-type".into(), "text/plain".into())],
+        body: bytes::Bytes::from(format!("payload {i}")),
+        callback_url: None,
+        attempt: 0,
+        queued_at: 0,
+    }
+}

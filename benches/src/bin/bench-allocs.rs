@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use faas_core::queue::{QueuePublisher, QueuedInvocation};
-use faas_core::{Body, FunctionRef, Invocation, InvocationId, Invoker};
+use faas_core::{Body, FunctionRef, Invocation, Invoker};
 use faas_http::{Gateway, GatewayConfig};
 use faas_queue::{MemoryActivationStore, MemoryQueue, TrackedPublisher, Worker, WorkerConfig};
 use tower::{Service, ServiceExt};
@@ -51,21 +51,8 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// A queued invocation as the gateway's `/async-function/hello` makes one.
 fn item(i: usize) -> QueuedInvocation {
-    QueuedInvocation {
-        call_id: InvocationId::new(),
-        function: "hello".into(),
-        namespace: faas_core::spec::DEFAULT_NAMESPACE.into(),
-        method: "POST".into(),
-        path: String::new(),
-        query: String::new(),
-        headers: vec![("content-type".into(), "text/plain".into())],
-        body: bytes::Bytes::from(format!("payload {i}")),
-        callback_url: None,
-        attempt: 0,
-        queued_at: 0,
-    }
+    faas_benches::queued("hello", i)
 }
 
 fn counted() -> (u64, u64) {

@@ -222,6 +222,14 @@ struct Shard {
 }
 
 impl Shard {
+    fn with_capacity(n: usize) -> Self {
+        Shard {
+            records: HashMap::with_capacity_and_hasher(n, Default::default()),
+            order: VecDeque::with_capacity(n),
+            names: Names::default(),
+        }
+    }
+
     /// Writes one record by the rules of [`ActivationStore::put`], keeping at most
     /// `capacity` records.
     fn put(&mut self, key: Key, record: AsyncActivation, capacity: usize) {
@@ -321,7 +329,12 @@ impl MemoryActivationStore {
         let shards = if shards.is_power_of_two() { shards } else { shards.next_power_of_two() / 2 };
         MemoryActivationStore {
             inner: Arc::new(Inner {
-                shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+                // Sized for a full shard at once: a bounded store fills up, and growing a
+                // map of inline records would move them all at every doubling. Memory the
+                // records do not use yet is reserved, not touched.
+                shards: (0..shards)
+                    .map(|_| Mutex::new(Shard::with_capacity(capacity / shards)))
+                    .collect(),
                 hasher: RandomState::new(),
                 shard_capacity: capacity / shards,
             }),
@@ -397,34 +410,10 @@ impl MemoryActivationStore {
     /// made straight from them, taking each shard's lock once per batch.
     pub fn put_queued_now(&self, items: &[QueuedInvocation]) {
         let now = epoch_millis(std::time::SystemTime::now());
-        let n = self.inner.shards.len();
         let capacity = self.inner.shard_capacity;
-        if n == 1 || items.len() < 2 * n {
-            for item in items {
-                let key = self.key(&item.call_id);
-                self.shard(&key).put_queued(key, item, now, capacity);
-            }
-            return;
-        }
-        let mut groups: Vec<Vec<(Key, &QueuedInvocation)>> = (0..n).map(|_| Vec::new()).collect();
-        let per = items.len() / n * 2;
-        for item in items {
-            let key = self.key(&item.call_id);
-            let g = &mut groups[self.shard_index(&key)];
-            if g.capacity() == 0 {
-                g.reserve(per);
-            }
-            g.push((key, item));
-        }
-        for (shard, group) in self.inner.shards.iter().zip(groups) {
-            if group.is_empty() {
-                continue;
-            }
-            let mut s = lock(shard);
-            for (key, item) in group {
-                s.put_queued(key, item, now, capacity);
-            }
-        }
+        self.write_grouped(items.iter().map(|i| (&i.call_id, i)), |shard, key, item| {
+            shard.put_queued(key, item, now, capacity)
+        });
     }
 
     /// Writes one record without awaiting (same rules as [`ActivationStore::put`]).
@@ -437,32 +426,46 @@ impl MemoryActivationStore {
     /// Writes several records without awaiting (same rules as
     /// [`ActivationStore::put_batch`]), taking each shard's lock once.
     pub fn put_batch_now(&self, records: Vec<AsyncActivation>) {
-        let n = self.inner.shards.len();
         let capacity = self.inner.shard_capacity;
-        if n == 1 || records.len() < 2 * n {
-            for r in records {
-                self.put_now(r);
+        let keyed = records.into_iter().map(|r| (r.call_id.clone(), r));
+        self.write_grouped(keyed, |shard, key, r| shard.put(key, r, capacity));
+    }
+
+    /// Calls `write` for every `(call id, value)` with its shard locked: grouped by shard
+    /// (each shard's values in order) and each lock taken once, for batches large enough
+    /// to be worth it.
+    fn write_grouped<I, T>(
+        &self,
+        values: impl ExactSizeIterator<Item = (I, T)>,
+        write: impl Fn(&mut Shard, Key, T),
+    ) where
+        I: std::borrow::Borrow<InvocationId>,
+    {
+        let n = self.inner.shards.len();
+        if n == 1 || values.len() < 2 * n {
+            for (id, v) in values {
+                let key = self.key(id.borrow());
+                write(&mut self.shard(&key), key, v);
             }
             return;
         }
-        // Group by shard (keeping each shard's records in order), then one lock per shard.
-        let mut groups: Vec<Vec<(Key, AsyncActivation)>> = (0..n).map(|_| Vec::new()).collect();
-        let per = records.len() / n * 2;
-        for r in records {
-            let key = self.key(&r.call_id);
+        let mut groups: Vec<Vec<(Key, T)>> = (0..n).map(|_| Vec::new()).collect();
+        let per = values.len() / n * 2;
+        for (id, v) in values {
+            let key = self.key(id.borrow());
             let g = &mut groups[self.shard_index(&key)];
             if g.capacity() == 0 {
                 g.reserve(per);
             }
-            g.push((key, r));
+            g.push((key, v));
         }
         for (shard, group) in self.inner.shards.iter().zip(groups) {
             if group.is_empty() {
                 continue;
             }
             let mut s = lock(shard);
-            for (key, r) in group {
-                s.put(key, r, capacity);
+            for (key, v) in group {
+                write(&mut s, key, v);
             }
         }
     }
