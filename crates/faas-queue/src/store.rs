@@ -215,7 +215,9 @@ impl Stored {
 
 #[derive(Default)]
 struct Shard {
-    records: HashMap<Key, Stored, BuildHasherDefault<PassHasher>>,
+    /// Boxed: in a full store each new record takes the memory of the one just evicted,
+    /// still in cache, and the table stays small.
+    records: HashMap<Key, Box<Stored>, BuildHasherDefault<PassHasher>>,
     /// Call ids in insertion order, for eviction.
     order: VecDeque<Key>,
     names: Names,
@@ -235,7 +237,7 @@ impl Shard {
     fn put(&mut self, key: Key, record: AsyncActivation, capacity: usize) {
         match self.records.get_mut(&key) {
             Some(_) if record.state == AsyncState::Queued => {}
-            Some(existing) => *existing = Stored::from_record(record, &mut self.names),
+            Some(existing) => **existing = Stored::from_record(record, &mut self.names),
             None => {
                 let stored = Stored::from_record(record, &mut self.names);
                 self.insert(key, stored, capacity)
@@ -257,7 +259,7 @@ impl Shard {
             self.evict();
         }
         self.order.push_back(key.clone());
-        self.records.insert(key, stored);
+        self.records.insert(key, Box::new(stored));
     }
 
     /// Removes one record: the oldest finished one among the oldest few, else the oldest.
@@ -329,9 +331,8 @@ impl MemoryActivationStore {
         let shards = if shards.is_power_of_two() { shards } else { shards.next_power_of_two() / 2 };
         MemoryActivationStore {
             inner: Arc::new(Inner {
-                // Sized for a full shard at once: a bounded store fills up, and growing a
-                // map of inline records would move them all at every doubling. Memory the
-                // records do not use yet is reserved, not touched.
+                // Sized for a full shard at once (a bounded store fills up): the tables
+                // never grow, 32 bytes a record.
                 shards: (0..shards)
                     .map(|_| Mutex::new(Shard::with_capacity(capacity / shards)))
                     .collect(),
@@ -390,7 +391,7 @@ impl MemoryActivationStore {
     /// [`ActivationStore::progress`] without awaiting: no copy of the record.
     pub fn progress_now(&self, call_id: &InvocationId) -> Option<Progress> {
         let key = self.key(call_id);
-        self.shard(&key).records.get(&key).map(Stored::progress)
+        self.shard(&key).records.get(&key).map(|r| r.progress())
     }
 
     /// [`ActivationStore::put_update`] without awaiting: the record of `item`'s call is
@@ -400,7 +401,7 @@ impl MemoryActivationStore {
         let key = self.key(&item.call_id);
         let mut guard = self.shard(&key);
         let shard = &mut *guard;
-        let existing = shard.records.get_mut(&key);
+        let existing = shard.records.get_mut(&key).map(|b| &mut **b);
         if let Some(new) = Stored::updated(existing, item, update, &mut shard.names) {
             shard.insert(key, new, capacity);
         }
