@@ -11,7 +11,8 @@
 //! - [`worker::Worker`]: invokes what a queue delivers through any
 //!   [`Invoker`](faas_core::Invoker), with per-function concurrency, retries with
 //!   exponential backoff and jitter (honouring `Retry-After`), dead letters, callbacks, and
-//!   an [`AsyncActivation`](faas_core::queue::AsyncActivation) record per call id in an [`ActivationStore`].
+//!   an [`AsyncActivation`](faas_core::queue::AsyncActivation) record per call id in an
+//!   [`ActivationStore`].
 //! - [`store::MemoryActivationStore`]: those records in memory.
 //! - `kafka_store::KafkaActivationStore` (feature `kafka`): those records on a compacted
 //!   Kafka topic, so a gateway answers for calls a worker in another process ran.

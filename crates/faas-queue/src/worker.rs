@@ -109,6 +109,9 @@ impl Default for CallbackPolicy {
 const DELIVERIES_PER_WAKEUP: usize = 64;
 /// Worker loops at most (one per runtime thread).
 const MAX_LANES: usize = 16;
+/// Per-function limits kept at most before the idle ones are forgotten (every function
+/// name ever queued would otherwise keep one).
+const MAX_LIMITS: usize = 4096;
 /// How long [`WorkerHandle::abort`] waits for the worker's lanes to be dropped.
 const ABORT_WAIT: Duration = Duration::from_secs(5);
 /// Deliveries processed in the worker loop between two yields to the runtime.
@@ -582,6 +585,14 @@ impl Inner {
         let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = limits.get(&item.namespace).and_then(|m| m.get(&item.function)) {
             return s.clone();
+        }
+        if limits.values().map(HashMap::len).sum::<usize>() >= MAX_LIMITS {
+            // Forget the limits nothing holds (no permit out, no one waiting, no cache): one
+            // made again later starts with every permit free, as they have.
+            for functions in limits.values_mut() {
+                functions.retain(|_, s| Arc::strong_count(s) > 1);
+            }
+            limits.retain(|_, functions| !functions.is_empty());
         }
         limits
             .entry(item.namespace.clone())
@@ -1309,6 +1320,29 @@ mod tests {
         assert_eq!(parse_retry_after(&h, t), Some(Duration::from_secs(3)));
         h.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("soon"));
         assert_eq!(parse_retry_after(&h, SystemTime::now()), None);
+    }
+}
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+
+    /// The per-function limits stay bounded however many function names are queued; one
+    /// in use is kept.
+    #[test]
+    fn idle_limits_are_forgotten() {
+        let q = crate::memory::MemoryQueue::new(10);
+        let inv = Arc::new(faas_core::MemoryInvoker::builder().build());
+        let store = Arc::new(crate::store::MemoryActivationStore::default());
+        let w = Worker::new(inv, Arc::new(q.consumer()), store, WorkerConfig::default());
+        let named = |f: String| QueuedInvocation { function: f, ..crate::memory::example_item() };
+        let held = w.inner.function_limit(&named("held".into()));
+        for i in 0..3 * MAX_LIMITS {
+            drop(w.inner.function_limit(&named(format!("f{i}"))));
+        }
+        let kept = w.inner.limits.lock().unwrap().values().map(HashMap::len).sum::<usize>();
+        assert!(kept <= MAX_LIMITS, "{kept} limits kept");
+        assert!(Arc::ptr_eq(&held, &w.inner.function_limit(&named("held".into()))));
     }
 }
 
