@@ -295,6 +295,12 @@ impl AsyncState {
         matches!(self, AsyncState::Succeeded | AsyncState::Failed | AsyncState::DeadLettered)
     }
 
+    /// Whether a call in `state` has nothing left to do: finished, and its callback (if it
+    /// has one, `has_callback`) attempted (`callback_attempted`).
+    pub fn settled(state: AsyncState, has_callback: bool, callback_attempted: bool) -> bool {
+        state.is_terminal() && (!has_callback || callback_attempted)
+    }
+
     /// `queued`, `running`, `succeeded`, `failed` or `dead-lettered`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -388,7 +394,7 @@ impl AsyncActivation {
 
     /// Whether nothing remains to be done: finished, and the callback (if any) attempted.
     pub fn is_settled(&self) -> bool {
-        self.state.is_terminal() && (self.callback_url.is_none() || self.callback.is_some())
+        AsyncState::settled(self.state, self.callback_url.is_some(), self.callback.is_some())
     }
 }
 
@@ -552,30 +558,6 @@ impl RecordUpdate {
                 .map(|o| Box::new(o.activation(&item.call_id, &item.function, &item.namespace))),
             ..AsyncActivation::queued(item)
         }
-    }
-
-    /// [`RecordUpdate::apply_to`] in place, onto the record `record` of `item`'s call: if it
-    /// is `item`'s (same call id, function, namespace and callback URL) only the fields
-    /// that change are written, else it is replaced.
-    pub fn apply_in_place(self, item: &QueuedInvocation, record: &mut AsyncActivation) {
-        if record.call_id != item.call_id
-            || record.function != item.function
-            || record.namespace != item.namespace
-            || record.callback_url != item.callback_url
-        {
-            let new = self.apply_to(item, Some(record));
-            *record = new;
-            return;
-        }
-        record.state = self.state;
-        record.attempts = self.attempts;
-        record.updated_at = self.updated_at;
-        record.status = self.status;
-        record.error = self.error;
-        record.activation = self
-            .outcome
-            .map(|o| Box::new(o.activation(&item.call_id, &item.function, &item.namespace)));
-        record.callback = None;
     }
 }
 

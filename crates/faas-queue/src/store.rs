@@ -167,14 +167,19 @@ impl Stored {
             state: self.state,
             attempts: self.attempts,
             queued_at: self.queued_at,
-            settled: self.state.is_terminal()
-                && (self.callback_url.is_none() || self.callback.is_some()),
+            settled: AsyncState::settled(
+                self.state,
+                self.callback_url.is_some(),
+                self.callback.is_some(),
+            ),
             has_callback: self.callback_url.is_some(),
         }
     }
 
-    /// [`RecordUpdate::apply_in_place`] (or [`RecordUpdate::apply_to`] for `None`), the
-    /// outcome kept compact.
+    /// The record [`RecordUpdate::apply_to`] makes of `existing` (`None`: of none), the
+    /// outcome kept compact. An existing record that is `item`'s (same function, namespace
+    /// and callback URL) is updated in place and `None` answered; one that is not is
+    /// replaced in place, keeping its `queued_at`; with none, the new record is answered.
     fn updated(
         existing: Option<&mut Stored>,
         item: &QueuedInvocation,

@@ -1324,6 +1324,14 @@ mod tests {
 }
 
 #[cfg(test)]
+/// A worker on an empty in-memory invoker, queue and store, for unit tests of its parts.
+fn test_worker(q: &crate::memory::MemoryQueue) -> Worker {
+    let inv = Arc::new(faas_core::MemoryInvoker::builder().build());
+    let store = Arc::new(crate::store::MemoryActivationStore::default());
+    Worker::new(inv, Arc::new(q.consumer()), store, WorkerConfig::default())
+}
+
+#[cfg(test)]
 mod limits {
     use super::*;
 
@@ -1332,9 +1340,7 @@ mod limits {
     #[test]
     fn idle_limits_are_forgotten() {
         let q = crate::memory::MemoryQueue::new(10);
-        let inv = Arc::new(faas_core::MemoryInvoker::builder().build());
-        let store = Arc::new(crate::store::MemoryActivationStore::default());
-        let w = Worker::new(inv, Arc::new(q.consumer()), store, WorkerConfig::default());
+        let w = test_worker(&q);
         let named = |f: String| QueuedInvocation { function: f, ..crate::memory::example_item() };
         let held = w.inner.function_limit(&named("held".into()));
         for i in 0..3 * MAX_LIMITS {
@@ -1354,9 +1360,7 @@ mod state_size {
     #[test]
     fn fast_state_is_small() {
         let q = crate::memory::MemoryQueue::new(10);
-        let inv = Arc::new(faas_core::MemoryInvoker::builder().build());
-        let store = Arc::new(crate::store::MemoryActivationStore::default());
-        let w = Worker::new(inv, Arc::new(q.consumer()), store, WorkerConfig::default());
+        let w = test_worker(&q);
         q.publisher().try_publish(crate::memory::example_item()).unwrap();
         let delivery = q.consumer().try_next().unwrap();
         let (_tx, stop) = watch::channel(false);
