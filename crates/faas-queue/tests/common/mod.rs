@@ -675,7 +675,10 @@ pub async fn crash_loses_nothing(h: &dyn QueueHarness, n: usize) {
     assert!(done_before < n as u64);
 
     let worker_b = Worker::new(inv_b, h.consumer().await, store.clone(), config).spawn();
+    let stats_b = worker_b.stats().clone();
     bounded("worker B to finish every invocation", async {
+        let started = std::time::Instant::now();
+        let mut next_report = Duration::from_secs(15);
         loop {
             let missing = {
                 let c = completions.lock().unwrap();
@@ -686,6 +689,18 @@ pub async fn crash_loses_nothing(h: &dyn QueueHarness, n: usize) {
             };
             if missing == 0 {
                 break;
+            }
+            if started.elapsed() >= next_report {
+                // Only printed when slow: what a failure would need to be understood.
+                eprintln!(
+                    "crash test after {:?}: {missing} of {n} not completed; worker B received {}, finished {}, duplicates {}, nacked {}",
+                    started.elapsed(),
+                    stats_b.received.load(Ordering::SeqCst),
+                    stats_b.finished(),
+                    stats_b.duplicates.load(Ordering::SeqCst),
+                    stats_b.nacked.load(Ordering::SeqCst),
+                );
+                next_report += Duration::from_secs(15);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
