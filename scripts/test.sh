@@ -24,6 +24,14 @@ fi
 
 bash scripts/ensure-docker.sh
 
+# The gateway library links no backend: embedding it must not compile kube, bollard or
+# librdkafka (only the `faas` binary links them).
+echo "== checking faas-http's dependency boundary"
+if cargo tree -p faas-http -e normal --prefix none | grep -E '^(kube|k8s-openapi|bollard|rdkafka|faas-backend-|faas-watchdog) '; then
+  echo "!! faas-http depends on a backend (above); move that code into the faas binary crate" >&2
+  exit 1
+fi
+
 # The Docker tests put a static faas-watchdog and faas-fixture into a busybox image. Build them
 # up front (in their own target dir, so the test processes never wait on cargo's lock).
 echo "== building the static watchdog for test images"

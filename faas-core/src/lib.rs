@@ -58,5 +58,5 @@ pub use spec::{FunctionSpec, FunctionStatus, Resources, ScalingMetric, ScalingPo
 
 /// The README's Rust examples, compiled as doctests so they stay true.
 #[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
+#[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;

@@ -205,9 +205,9 @@ pub async fn stand_in_image() -> Result<String> {
     import_rootfs("faas-rs/stand-in", &tag, tar, changes).await
 }
 
-/// The workspace root (two levels above this crate).
+/// The workspace root (one level above this crate).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 static BUILD: tokio::sync::Mutex<Option<(PathBuf, PathBuf)>> = tokio::sync::Mutex::const_new(None);

@@ -113,9 +113,8 @@ impl std::str::FromStr for QueueUrl {
 pub fn kafka_not_compiled() -> Error {
     Error::NotSupported {
         operation: "the Kafka queue (--queue kafka://...): this faas was built without the \
-                    `kafka` feature of faas-http; rebuild it with `cargo build -p faas-http \
-                    --features kafka` (or `cargo run -p faas-http --features kafka --bin faas \
-                    -- up ...`)"
+                    `kafka` feature; rebuild it with `cargo build -p faas --features kafka` \
+                    (or `cargo run -p faas --features kafka -- up ...`)"
             .into(),
     }
 }

@@ -1,7 +1,8 @@
 //! # faas-http
 //!
 //! An OpenFaaS-compatible HTTP gateway over any [`faas_core::Invoker`], built from tower
-//! layers, plus the `faas` binary (`faas up -f stack.yml` and the client subcommands).
+//! layers. It depends on no backend: the `faas` binary (crate `faas`) is where the process,
+//! Docker and Kubernetes backends are linked in.
 //!
 //! - [`Router`]: the routes of the OpenFaaS gateway and provider API (`/system/*`,
 //!   `/function/*`, `/async-function/*`, `/healthz`, `/metrics`, `/ui/`), a tower `Service`

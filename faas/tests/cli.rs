@@ -48,7 +48,7 @@ impl Drop for Up {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faas_up_serves_the_example_stack_and_the_cli_drives_it() {
-    let stack = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/stack.yml");
+    let stack = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/stack.yml");
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()

@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 fn stack() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/stack.yml")
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/stack.yml")
 }
 
 /// Runs `faas ARGS` to completion, killing it if it takes longer than a bound.
