@@ -38,6 +38,11 @@ echo "== building the static watchdog for test images"
 CARGO_TARGET_DIR=target/static RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build -p faas-watchdog --bins --target x86_64-unknown-linux-gnu
 
+# Examples that check their own result run too (bounded: each ends by itself).
+echo "== running the self-checking examples"
+cargo run -q -p faas-examples --example custom_gateway
+cargo run -q -p faas-examples --example custom_scheduler -- 1 1000
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
   cargo test --workspace --doc

@@ -11,8 +11,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use faas_core::layers::{
     ConcurrencyLimitLayer, Layered, MetricsLayer, RetryLayer, TimeoutLayer, TraceLayer,
 };
+use faas_core::prelude::*;
 use faas_core::{
-    boxed, handler_fn, Body, Context, Error, FunctionRef, FunctionSpec, Invocation, Invoker,
+    boxed, handler_fn, Backend, Body, Context, Error, FunctionRef, FunctionSpec, Invocation,
     MemoryInvoker, Request,
 };
 use tower::{ServiceBuilder, ServiceExt};
@@ -28,7 +29,7 @@ fn bench(c: &mut Criterion) {
     rt.block_on(memory.deploy(FunctionSpec::new("hello", "hello"))).unwrap();
     let fref = FunctionRef::default_ns("hello");
 
-    let backend: Arc<dyn Invoker> = Arc::new(memory.clone());
+    let backend: Arc<dyn Backend> = Arc::new(memory.clone());
     let stack = ServiceBuilder::new()
         .layer(TraceLayer::new())
         .layer(MetricsLayer::new())

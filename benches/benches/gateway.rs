@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use faas_core::{Body, FunctionRef, Invocation, Invoker};
+use faas_core::prelude::*;
+use faas_core::{Backend, Body, FunctionRef, Invocation};
 use faas_http::{Gateway, GatewayConfig};
 use tower::ServiceExt;
 
@@ -18,7 +19,7 @@ fn bench(c: &mut Criterion) {
     let memory = rt.block_on(faas_benches::memory_ok("hello")).unwrap();
     let fref = FunctionRef::default_ns("hello");
     let gateway = rt.block_on(async {
-        Gateway::builder(Arc::new(memory.clone()) as Arc<dyn Invoker>)
+        Gateway::builder(Arc::new(memory.clone()) as Arc<dyn Backend>)
             .config(GatewayConfig::default())
             .build()
     });

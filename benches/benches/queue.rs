@@ -1,6 +1,6 @@
 //! faas-queue: publish throughput and end-to-end async invocations per second, for the
 //! in-memory queue and Kafka (librdkafka's mock cluster on loopback), against the sync
-//! path (the same in-memory function invoked directly through `Invoker::invoke`).
+//! path (the same in-memory function invoked directly through `Invoke::invoke`).
 //!
 //! Run: `cargo bench -p faas-benches --bench queue -- --warm-up-time 1 --measurement-time 3`.
 //! Figures: `BENCHMARKS.md`.
@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use faas_core::prelude::*;
 use faas_core::queue::{QueuePublisher, QueuedInvocation};
-use faas_core::{
-    handler_fn, Context, Error, FunctionSpec, Invocation, Invoker, MemoryInvoker, Request,
-};
+use faas_core::{handler_fn, Context, Error, FunctionSpec, Invocation, MemoryInvoker, Request};
 use faas_queue::kafka::{KafkaConfig, KafkaConsumer, KafkaPublisher, MockKafka};
 use faas_queue::{MemoryActivationStore, MemoryQueue, TrackedPublisher, Worker, WorkerConfig};
 use futures::StreamExt;

@@ -1,6 +1,7 @@
 //! faas-benches: shared helpers for the benchmarks.
 
-use faas_core::{handler_fn, Context, Error, FunctionSpec, Invoker, MemoryInvoker, Request};
+use faas_core::prelude::*;
+use faas_core::{handler_fn, Context, Error, FunctionSpec, MemoryInvoker, Request};
 
 /// An in-memory invoker (default settings) with function `name` deployed: a handler that
 /// answers `ok` to everything, registered under image `name`.

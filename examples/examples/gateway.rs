@@ -8,7 +8,8 @@
 
 use std::sync::Arc;
 
-use faas_core::{handler_fn, Context, Error, FunctionSpec, Invoker, MemoryInvoker, Request};
+use faas_core::prelude::*;
+use faas_core::{handler_fn, Backend, Context, Error, FunctionSpec, MemoryInvoker, Request};
 use faas_http::{Gateway, GatewayConfig};
 
 #[tokio::main]
@@ -22,7 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }),
     );
     invoker.deploy(FunctionSpec::new("upper", "example/upper")).await?;
-    let gateway = Gateway::builder(Arc::new(invoker) as Arc<dyn Invoker>)
+    let gateway = Gateway::builder(Arc::new(invoker) as Arc<dyn Backend>)
         .config(GatewayConfig::from_env()?)
         .build();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;

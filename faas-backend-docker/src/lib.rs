@@ -1,6 +1,6 @@
 //! # faas-backend-docker
 //!
-//! A [`faas_core::Invoker`] on a real Docker engine: functions are images, instances are
+//! A [`faas_core::Backend`] on a real Docker engine: functions are images, instances are
 //! containers, warm containers are paused and resumed.
 //!
 //! ```no_run
@@ -8,7 +8,8 @@
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use faas_backend_docker::DockerInvoker;
-//! use faas_core::{FunctionSpec, Invoker, InvokerExt, LeastLoaded};
+//! use faas_core::prelude::*;
+//! use faas_core::{FunctionSpec, LeastLoaded};
 //!
 //! let docker = DockerInvoker::builder()
 //!     .scheduler(Arc::new(LeastLoaded::new()))
@@ -59,7 +60,7 @@
 //!   merged by timestamp. Before a replica's container is removed (scale down, scale to zero,
 //!   update, crash replacement) its last lines are copied into a per-function in-memory ring,
 //!   bounded by [`DockerInvokerBuilder::log_retention`] (default 10 000 lines and 8 MiB per
-//!   function), so [`faas_core::Invoker::logs`] keeps returning them, with their instance
+//!   function), so [`faas_core::Logs::logs`] keeps returning them, with their instance
 //!   names, until the function is removed (or the backend restarts).
 
 mod engine;
@@ -78,9 +79,10 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bollard::query_parameters::StatsOptions;
+use faas_core::prelude::*;
 use faas_core::scheduler::Schedulers;
 use faas_core::{
-    Error, FunctionRef, FunctionSpec, FunctionStatus, Invocation, Invoker, LeastLoaded, LogStream,
+    Error, FunctionRef, FunctionSpec, FunctionStatus, Invocation, LeastLoaded, LogStream,
     LogsRequest, ProviderInfo, Response, Result, Scheduler, Secret, SecretInfo, Usage,
 };
 use futures::StreamExt;
@@ -228,7 +230,7 @@ impl DockerInvokerBuilder {
     /// [`DEFAULT_RETAINED_LOG_LINES`] lines and [`DEFAULT_RETAINED_LOG_BYTES`] bytes per
     /// function; see [`LogRetention`]). A replica removed by a scale down, a scale to zero,
     /// an update or a crash replacement has its last lines (at most `lines`) copied before
-    /// its container goes, and [`Invoker::logs`] keeps returning them, merged by timestamp
+    /// its container goes, and [`Logs::logs`] keeps returning them, merged by timestamp
     /// with the live replicas' lines, until the function is removed. A zero bound disables
     /// it (removed replicas' logs then go with their containers).
     pub fn log_retention(mut self, retention: LogRetention) -> Self {
@@ -440,7 +442,14 @@ impl DockerInvoker {
 }
 
 #[async_trait]
-impl Invoker for DockerInvoker {
+impl Invoke for DockerInvoker {
+    async fn invoke(&self, invocation: Invocation) -> Result<Response> {
+        self.inner.invoke(invocation).await
+    }
+}
+
+#[async_trait]
+impl Deploy for DockerInvoker {
     async fn deploy(&self, spec: FunctionSpec) -> Result<()> {
         spec.validate()?;
         let inner = &self.inner;
@@ -580,30 +589,6 @@ impl Invoker for DockerInvoker {
         r
     }
 
-    async fn invoke(&self, invocation: Invocation) -> Result<Response> {
-        self.inner.invoke(invocation).await
-    }
-
-    async fn logs(&self, request: LogsRequest) -> Result<LogStream> {
-        self.inner.logs(request).await
-    }
-
-    async fn list_secrets(&self, namespace: &str) -> Result<Vec<SecretInfo>> {
-        self.inner.list_secrets(namespace)
-    }
-
-    async fn create_secret(&self, secret: Secret) -> Result<()> {
-        self.inner.create_secret(&secret)
-    }
-
-    async fn update_secret(&self, secret: Secret) -> Result<()> {
-        self.inner.update_secret(&secret)
-    }
-
-    async fn remove_secret(&self, namespace: &str, name: &str) -> Result<()> {
-        self.inner.remove_secret(namespace, name)
-    }
-
     async fn namespaces(&self) -> Result<Vec<String>> {
         let set: BTreeSet<String> = match &self.inner.settings.namespaces {
             Some(s) => s.clone(),
@@ -622,5 +607,31 @@ impl Invoker for DockerInvoker {
             orchestration: "docker".to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
+    }
+}
+
+#[async_trait]
+impl Secrets for DockerInvoker {
+    async fn list_secrets(&self, namespace: &str) -> Result<Vec<SecretInfo>> {
+        self.inner.list_secrets(namespace)
+    }
+
+    async fn create_secret(&self, secret: Secret) -> Result<()> {
+        self.inner.create_secret(&secret)
+    }
+
+    async fn update_secret(&self, secret: Secret) -> Result<()> {
+        self.inner.update_secret(&secret)
+    }
+
+    async fn remove_secret(&self, namespace: &str, name: &str) -> Result<()> {
+        self.inner.remove_secret(namespace, name)
+    }
+}
+
+#[async_trait]
+impl Logs for DockerInvoker {
+    async fn logs(&self, request: LogsRequest) -> Result<LogStream> {
+        self.inner.logs(request).await
     }
 }

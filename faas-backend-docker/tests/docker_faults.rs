@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use common::eventually;
 use faas_backend_docker::testing;
+use faas_core::prelude::*;
 use faas_core::spec::labels;
-use faas_core::{Error, Invocation, InvocationMeta, Invoker, InvokerExt, LogsRequest, StartKind};
+use faas_core::{Error, Invocation, InvocationMeta, InvokeExt, LogsRequest, StartKind};
 use futures::StreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

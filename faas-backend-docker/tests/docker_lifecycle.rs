@@ -5,7 +5,8 @@ mod common;
 use std::time::Duration;
 
 use faas_backend_docker::testing;
-use faas_core::{Invocation, InvocationMeta, Invoker, InvokerExt, Resources, StartKind};
+use faas_core::prelude::*;
+use faas_core::{Invocation, InvocationMeta, InvokeExt, Resources, StartKind};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_configures_containers_and_remove_leaves_nothing() {

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use common::eventually;
 use faas_backend_docker::{testing, DockerInvoker, LogRetention};
+use faas_core::prelude::*;
 use faas_core::spec::labels;
-use faas_core::{FunctionRef, Invocation, Invoker, InvokerExt, LogEntry, LogsRequest};
+use faas_core::{FunctionRef, Invocation, InvokeExt, LogEntry, LogsRequest};
 use futures::{StreamExt, TryStreamExt};
 
 const BOUND: Duration = Duration::from_secs(60);

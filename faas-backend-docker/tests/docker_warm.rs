@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use common::eventually;
 use faas_backend_docker::testing;
+use faas_core::prelude::*;
 use faas_core::spec::labels;
-use faas_core::{Invocation, InvocationMeta, Invoker, StartKind};
+use faas_core::{Invocation, InvocationMeta, StartKind};
 
 fn meta(resp: &faas_core::Response) -> InvocationMeta {
     resp.extensions().get::<InvocationMeta>().cloned().expect("InvocationMeta in the response")

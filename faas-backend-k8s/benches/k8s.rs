@@ -15,7 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use faas_backend_k8s::{render_manifests, KubernetesInvoker, ManifestFormat, ManifestOptions};
-use faas_core::{FunctionSpec, Invocation, Invoker, Resources};
+use faas_core::prelude::*;
+use faas_core::{FunctionSpec, Invocation, Resources};
 use http_body_util::{BodyExt, Full};
 
 async fn echo_server() -> std::net::SocketAddr {

@@ -1,4 +1,4 @@
-//! [`KubernetesInvoker`]: the [`Invoker`] over the Kubernetes API.
+//! [`KubernetesInvoker`]: the [`Backend`] over the Kubernetes API.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,12 +19,13 @@ use kube::api::{
 };
 
 use faas_core::invocation::InvocationMeta;
+use faas_core::prelude::*;
 use faas_core::spec::{rfc3339, validate_secret_name, ScalingPolicy};
 use faas_core::util::validate_dns1123_label;
 use faas_core::{
-    Body, Error, FunctionRef, FunctionSpec, FunctionStatus, InstanceView, Invocation, Invoker,
-    LogEntry, LogStream, LogsRequest, ProviderInfo, Response, Result, Scheduler, Secret,
-    SecretInfo, StartKind,
+    Body, Error, FunctionRef, FunctionSpec, FunctionStatus, InstanceView, Invocation, LogEntry,
+    LogStream, LogsRequest, ProviderInfo, Response, Result, Scheduler, Secret, SecretInfo,
+    StartKind,
 };
 
 use crate::error::{map_kube_error, Target};
@@ -117,7 +118,7 @@ impl KubernetesInvokerBuilder {
         self
     }
 
-    /// The label selector of the namespaces [`Invoker::namespaces`] lists (default
+    /// The label selector of the namespaces [`Deploy::namespaces`] lists (default
     /// `openfaas=1`); the default function namespace is always listed.
     pub fn namespace_selector(mut self, selector: impl Into<String>) -> Self {
         self.namespace_selector = selector.into();
@@ -619,7 +620,66 @@ fn parse_log_line(line: &str) -> (SystemTime, String) {
 }
 
 #[async_trait]
-impl Invoker for KubernetesInvoker {
+impl Invoke for KubernetesInvoker {
+    async fn invoke(&self, mut invocation: Invocation) -> Result<Response> {
+        let started = Instant::now();
+        let f = FunctionRef::new(
+            invocation.function.name.clone(),
+            self.ns(&invocation.function.namespace),
+        );
+        validate_dns1123_label(&f.name).map_err(|r| Error::invalid("service", r))?;
+        invocation.function = f.clone();
+        let (start, info) = self.ensure_ready(&f).await?;
+        match &self.inner.scheduler {
+            None => {
+                let base = self.base_for(&f);
+                let meta = (start, info.timeout);
+                self.forward(invocation, base, f.name.clone(), meta, started, None).await
+            }
+            Some(scheduler) => {
+                let endpoints = self.ready_endpoints(&f).await?;
+                if endpoints.is_empty() {
+                    self.forget(&f);
+                    return Err(Error::unavailable(format!("{f} has no ready endpoint")));
+                }
+                let (chosen, guard) = {
+                    let mut in_flight = lock(&self.inner.in_flight);
+                    let views: Vec<InstanceView> = endpoints
+                        .iter()
+                        .map(|(addr, instance)| InstanceView {
+                            id: instance.clone(),
+                            node: None,
+                            in_flight: in_flight.get(addr).copied().unwrap_or(0),
+                            max_concurrency: info.max_inflight,
+                            ready: true,
+                        })
+                        .collect();
+                    let Some(i) = scheduler.route(&f, &views) else {
+                        return Err(Error::overloaded(format!(
+                            "every ready instance of {f} is at its concurrency limit"
+                        )));
+                    };
+                    let Some(chosen) = endpoints.get(i).cloned() else {
+                        return Err(Error::internal(format!(
+                            "the scheduler routed {f} to instance {i} of {}",
+                            endpoints.len()
+                        )));
+                    };
+                    let key = chosen.0.clone();
+                    *in_flight.entry(key.clone()).or_insert(0) += 1;
+                    (chosen, InFlightGuard { map: self.inner.in_flight.clone(), key })
+                };
+                let (addr, instance) = chosen;
+                let base = format!("http://{addr}");
+                let meta = (start, info.timeout);
+                self.forward(invocation, base, instance, meta, started, Some(guard)).await
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Deploy for KubernetesInvoker {
     async fn deploy(&self, spec: FunctionSpec) -> Result<()> {
         let spec = self.resolve(spec)?;
         let ns = spec.namespace_or_default().to_string();
@@ -749,62 +809,105 @@ impl Invoker for KubernetesInvoker {
         self.scale_deployment(&f, replicas).await
     }
 
-    async fn invoke(&self, mut invocation: Invocation) -> Result<Response> {
-        let started = Instant::now();
-        let f = FunctionRef::new(
-            invocation.function.name.clone(),
-            self.ns(&invocation.function.namespace),
-        );
-        validate_dns1123_label(&f.name).map_err(|r| Error::invalid("service", r))?;
-        invocation.function = f.clone();
-        let (start, info) = self.ensure_ready(&f).await?;
-        match &self.inner.scheduler {
-            None => {
-                let base = self.base_for(&f);
-                let meta = (start, info.timeout);
-                self.forward(invocation, base, f.name.clone(), meta, started, None).await
-            }
-            Some(scheduler) => {
-                let endpoints = self.ready_endpoints(&f).await?;
-                if endpoints.is_empty() {
-                    self.forget(&f);
-                    return Err(Error::unavailable(format!("{f} has no ready endpoint")));
-                }
-                let (chosen, guard) = {
-                    let mut in_flight = lock(&self.inner.in_flight);
-                    let views: Vec<InstanceView> = endpoints
-                        .iter()
-                        .map(|(addr, instance)| InstanceView {
-                            id: instance.clone(),
-                            node: None,
-                            in_flight: in_flight.get(addr).copied().unwrap_or(0),
-                            max_concurrency: info.max_inflight,
-                            ready: true,
-                        })
-                        .collect();
-                    let Some(i) = scheduler.route(&f, &views) else {
-                        return Err(Error::overloaded(format!(
-                            "every ready instance of {f} is at its concurrency limit"
-                        )));
-                    };
-                    let Some(chosen) = endpoints.get(i).cloned() else {
-                        return Err(Error::internal(format!(
-                            "the scheduler routed {f} to instance {i} of {}",
-                            endpoints.len()
-                        )));
-                    };
-                    let key = chosen.0.clone();
-                    *in_flight.entry(key.clone()).or_insert(0) += 1;
-                    (chosen, InFlightGuard { map: self.inner.in_flight.clone(), key })
+    async fn namespaces(&self) -> Result<Vec<String>> {
+        let api: Api<Namespace> = Api::all(self.inner.client.clone());
+        let lp = ListParams::default().labels(&self.inner.namespace_selector);
+        let mut out = vec![self.inner.namespace.clone()];
+        match api.list(&lp).await {
+            Ok(list) => out.extend(list.items.into_iter().filter_map(|n| n.metadata.name)),
+            // Without a ClusterRole to list namespaces, only the function namespace is usable
+            // (as faas-netes does).
+            Err(kube::Error::Api(s)) if s.code == 403 => {}
+            Err(e) => {
+                let ns = &self.inner.namespace;
+                let t = Target {
+                    kind: "namespace",
+                    name: ns,
+                    namespace: ns,
+                    action: "list namespaces",
                 };
-                let (addr, instance) = chosen;
-                let base = format!("http://{addr}");
-                let meta = (start, info.timeout);
-                self.forward(invocation, base, instance, meta, started, Some(guard)).await
+                return Err(map_kube_error(e, t));
             }
         }
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 
+    fn info(&self) -> ProviderInfo {
+        ProviderInfo {
+            provider: "faas-rs-kubernetes".to_string(),
+            orchestration: "kubernetes".to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl Secrets for KubernetesInvoker {
+    async fn list_secrets(&self, namespace: &str) -> Result<Vec<SecretInfo>> {
+        let ns = self.ns(namespace);
+        validate_dns1123_label(ns).map_err(|r| Error::invalid("namespace", r))?;
+        let t = Target { kind: "namespace", name: ns, namespace: ns, action: "list secrets" };
+        let lp = ListParams::default()
+            .labels(&format!("{SECRET_MANAGED_BY_LABEL}={SECRET_MANAGED_BY_VALUE}"));
+        let list = self.secrets(ns).list(&lp).await.map_err(|e| map_kube_error(e, t))?;
+        let mut out: Vec<SecretInfo> = list
+            .items
+            .into_iter()
+            .filter_map(|s| s.metadata.name)
+            .map(|name| SecretInfo { name, namespace: ns.to_string() })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn create_secret(&self, mut secret: Secret) -> Result<()> {
+        secret.namespace = self.ns(&secret.namespace).to_string();
+        check_secret(&secret)?;
+        let t = Target {
+            kind: "secret",
+            name: &secret.name,
+            namespace: &secret.namespace,
+            action: "create secrets",
+        };
+        self.secrets(&secret.namespace)
+            .create(&PostParams::default(), &manifests::secret(&secret))
+            .await
+            .map_err(|e| map_kube_error(e, t))?;
+        Ok(())
+    }
+
+    async fn update_secret(&self, mut secret: Secret) -> Result<()> {
+        secret.namespace = self.ns(&secret.namespace).to_string();
+        check_secret(&secret)?;
+        let t = Target {
+            kind: "secret",
+            name: &secret.name,
+            namespace: &secret.namespace,
+            action: "update secrets",
+        };
+        self.secrets(&secret.namespace)
+            .replace(&secret.name, &PostParams::default(), &manifests::secret(&secret))
+            .await
+            .map_err(|e| map_kube_error(e, t))?;
+        Ok(())
+    }
+
+    async fn remove_secret(&self, namespace: &str, name: &str) -> Result<()> {
+        let ns = self.ns(namespace);
+        validate_secret_name(name).map_err(|r| Error::invalid("name", r))?;
+        let t = Target { kind: "secret", name, namespace: ns, action: "delete secrets" };
+        self.secrets(ns)
+            .delete(name, &DeleteParams::default())
+            .await
+            .map_err(|e| map_kube_error(e, t))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Logs for KubernetesInvoker {
     async fn logs(&self, request: LogsRequest) -> Result<LogStream> {
         let Some(function) = request.function.clone() else {
             return Err(Error::invalid("name", "the function whose logs to read is required"));
@@ -878,99 +981,6 @@ impl Invoker for KubernetesInvoker {
             all.drain(..skip);
         }
         Ok(futures::stream::iter(all.into_iter().map(Ok)).boxed())
-    }
-
-    async fn list_secrets(&self, namespace: &str) -> Result<Vec<SecretInfo>> {
-        let ns = self.ns(namespace);
-        validate_dns1123_label(ns).map_err(|r| Error::invalid("namespace", r))?;
-        let t = Target { kind: "namespace", name: ns, namespace: ns, action: "list secrets" };
-        let lp = ListParams::default()
-            .labels(&format!("{SECRET_MANAGED_BY_LABEL}={SECRET_MANAGED_BY_VALUE}"));
-        let list = self.secrets(ns).list(&lp).await.map_err(|e| map_kube_error(e, t))?;
-        let mut out: Vec<SecretInfo> = list
-            .items
-            .into_iter()
-            .filter_map(|s| s.metadata.name)
-            .map(|name| SecretInfo { name, namespace: ns.to_string() })
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
-    }
-
-    async fn create_secret(&self, mut secret: Secret) -> Result<()> {
-        secret.namespace = self.ns(&secret.namespace).to_string();
-        check_secret(&secret)?;
-        let t = Target {
-            kind: "secret",
-            name: &secret.name,
-            namespace: &secret.namespace,
-            action: "create secrets",
-        };
-        self.secrets(&secret.namespace)
-            .create(&PostParams::default(), &manifests::secret(&secret))
-            .await
-            .map_err(|e| map_kube_error(e, t))?;
-        Ok(())
-    }
-
-    async fn update_secret(&self, mut secret: Secret) -> Result<()> {
-        secret.namespace = self.ns(&secret.namespace).to_string();
-        check_secret(&secret)?;
-        let t = Target {
-            kind: "secret",
-            name: &secret.name,
-            namespace: &secret.namespace,
-            action: "update secrets",
-        };
-        self.secrets(&secret.namespace)
-            .replace(&secret.name, &PostParams::default(), &manifests::secret(&secret))
-            .await
-            .map_err(|e| map_kube_error(e, t))?;
-        Ok(())
-    }
-
-    async fn remove_secret(&self, namespace: &str, name: &str) -> Result<()> {
-        let ns = self.ns(namespace);
-        validate_secret_name(name).map_err(|r| Error::invalid("name", r))?;
-        let t = Target { kind: "secret", name, namespace: ns, action: "delete secrets" };
-        self.secrets(ns)
-            .delete(name, &DeleteParams::default())
-            .await
-            .map_err(|e| map_kube_error(e, t))?;
-        Ok(())
-    }
-
-    async fn namespaces(&self) -> Result<Vec<String>> {
-        let api: Api<Namespace> = Api::all(self.inner.client.clone());
-        let lp = ListParams::default().labels(&self.inner.namespace_selector);
-        let mut out = vec![self.inner.namespace.clone()];
-        match api.list(&lp).await {
-            Ok(list) => out.extend(list.items.into_iter().filter_map(|n| n.metadata.name)),
-            // Without a ClusterRole to list namespaces, only the function namespace is usable
-            // (as faas-netes does).
-            Err(kube::Error::Api(s)) if s.code == 403 => {}
-            Err(e) => {
-                let ns = &self.inner.namespace;
-                let t = Target {
-                    kind: "namespace",
-                    name: ns,
-                    namespace: ns,
-                    action: "list namespaces",
-                };
-                return Err(map_kube_error(e, t));
-            }
-        }
-        out.sort();
-        out.dedup();
-        Ok(out)
-    }
-
-    fn info(&self) -> ProviderInfo {
-        ProviderInfo {
-            provider: "faas-rs-kubernetes".to_string(),
-            orchestration: "kubernetes".to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-        }
     }
 }
 

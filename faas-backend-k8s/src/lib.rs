@@ -1,7 +1,7 @@
 //! # faas-backend-k8s
 //!
 //! The Kubernetes backend of faas-rs: [`KubernetesInvoker`] implements
-//! [`faas_core::Invoker`] over the Kubernetes API with [`kube`], the way OpenFaaS's
+//! [`faas_core::Backend`] over the Kubernetes API with [`kube`], the way OpenFaaS's
 //! faas-netes does. A function is a Deployment plus a Service labelled
 //! `faas_function=<name>` in the function namespace (default `openfaas-fn`); secrets are
 //! Kubernetes Secrets mounted at `/var/openfaas/secrets/<name>`; replicas go through the

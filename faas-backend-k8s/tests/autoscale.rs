@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use faas_backend_k8s::KubernetesInvoker;
 use faas_core::autoscale::{AutoscaleConfig, Autoscaled};
-use faas_core::{FunctionRef, FunctionSpec, Invocation, Invoker};
+use faas_core::prelude::*;
+use faas_core::{FunctionRef, FunctionSpec, Invocation};
 use serde_json::json;
 use support::{FakeApi, FixtureServer};
 

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use faas_backend_k8s::KubernetesInvoker;
 use faas_core::conformance::{self as conf, Behaviour, Workload};
-use faas_core::{FunctionSpec, Invocation, Invoker, InvokerExt, Secret};
+use faas_core::prelude::*;
+use faas_core::{FunctionSpec, Invocation, InvokeExt, Secret};
 
 fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string())

@@ -1,5 +1,5 @@
 //! Request-level tests: the exact requests (verbs, paths and queries, content types, JSON
-//! bodies) the backend sends to the Kubernetes API for every `Invoker` operation, against a
+//! bodies) the backend sends to the Kubernetes API for every `Backend` operation, against a
 //! stateful fake API server that answers as the real one does (no cluster needed).
 
 mod support;
@@ -10,8 +10,9 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use faas_backend_k8s::{manifests, KubernetesInvoker};
 use faas_core::invocation::InvocationMeta;
+use faas_core::prelude::*;
 use faas_core::{
-    Error, FunctionRef, FunctionSpec, InstanceView, Invocation, Invoker, InvokerExt, LeastLoaded,
+    Error, FunctionRef, FunctionSpec, InstanceView, Invocation, InvokeExt, LeastLoaded,
     LogsRequest, PlacementRequest, Scheduler, Secret, StartKind,
 };
 use futures::StreamExt;

@@ -1,5 +1,5 @@
 //! Autoscaling for any backend: Knative's KPA decision model, driven by OpenFaaS's scaling
-//! labels, wrapped around any [`Invoker`].
+//! labels, wrapped around any [`Backend`].
 //!
 //! Two parts:
 //!
@@ -7,9 +7,9 @@
 //!   concurrency and request rate over the tick, ready replicas) and answers the desired
 //!   replica count. Cheap (amortised O(1) per function per tick) and deterministic, so it is
 //!   unit tested on synthetic clocks and benchmarked alone.
-//! - [`Autoscaled`]: an [`Invoker`] wrapper. It sits in the `invoke` path, measures in-flight
+//! - [`Autoscaled`]: an [`Backend`] wrapper. It sits in the `invoke` path, measures in-flight
 //!   invocations and the request rate of every function itself, runs a tick loop (a tokio
-//!   task, every 2 s by default) that calls the inner backend's [`Invoker::scale`], and acts
+//!   task, every 2 s by default) that calls the inner backend's [`Deploy::scale`], and acts
 //!   as the *activator*: an invocation of a function at zero replicas scales it to
 //!   `max(1, min)` and waits (bounded by [`AutoscaleConfig::activation_timeout`]) until a
 //!   replica is ready, then is served. It is never dropped; past the bound the caller gets
@@ -46,7 +46,8 @@
 //! ```
 //! use std::time::Duration;
 //! use faas_core::autoscale::{AutoscaleConfig, Autoscaled};
-//! use faas_core::{handler_fn, Context, Error, FunctionSpec, Invoker, InvokerExt, MemoryInvoker, Request};
+//! use faas_core::prelude::*;
+//! use faas_core::{handler_fn, Context, Error, FunctionSpec, MemoryInvoker, Request};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Error> {
@@ -71,7 +72,8 @@ use async_trait::async_trait;
 use crate::error::{Error, Result};
 use crate::function::Response;
 use crate::invocation::{FunctionRef, Invocation};
-use crate::invoker::{Invoker, LogStream, LogsRequest, ProviderInfo, Secret, SecretInfo};
+use crate::invoker::{Backend, LogStream, LogsRequest, ProviderInfo, Secret, SecretInfo};
+use crate::prelude::*;
 use crate::spec::{FunctionSpec, FunctionStatus, ScalingMetric, ScalingPolicy};
 
 /// Label for the target utilisation (OpenFaaS Pro's name): the fraction of `target` each
@@ -372,10 +374,9 @@ pub struct AutoscaleConfig {
     /// How often decisions are made (2 s).
     pub tick: Duration,
     /// How long an invocation of a function at zero waits for a replica before
-    /// [`Error::Unavailable`] (60 s).
+    /// [`Error::Unavailable`] (60 s). The wait is the backend's [`Deploy::wait_ready`]
+    /// (woken as a replica becomes ready where the backend can).
     pub activation_timeout: Duration,
-    /// How often readiness is polled while activating (100 ms, as OpenFaaS).
-    pub readiness_poll: Duration,
     /// Window and rate settings; each function's labels apply over them.
     pub kpa: KpaConfig,
 }
@@ -385,7 +386,6 @@ impl Default for AutoscaleConfig {
         AutoscaleConfig {
             tick: DEFAULT_TICK,
             activation_timeout: Duration::from_secs(60),
-            readiness_poll: Duration::from_millis(100),
             kpa: KpaConfig::default(),
         }
     }
@@ -506,11 +506,11 @@ struct Shared<I> {
     functions: Mutex<HashMap<FunctionRef, Arc<FnState>>>,
 }
 
-/// An [`Invoker`] that autoscales every function of the invoker it wraps (see the
+/// An [`Backend`] that autoscales every function of the invoker it wraps (see the
 /// [module docs](self)).
 ///
 /// Functions deployed or invoked through it are managed; their policy comes from the spec
-/// (on deploy and update) or from the labels of [`Invoker::status`] (for functions deployed
+/// (on deploy and update) or from the labels of [`Deploy::status`] (for functions deployed
 /// before). The tick loop is a tokio task started on first use and stopped when the
 /// `Autoscaled` is dropped.
 pub struct Autoscaled<I> {
@@ -535,7 +535,7 @@ impl<I> Drop for Autoscaled<I> {
     }
 }
 
-impl<I: Invoker> Autoscaled<I> {
+impl<I: Backend> Autoscaled<I> {
     /// Wraps `inner` with the default settings (2 s tick).
     pub fn new(inner: I) -> Self {
         Self::with_config(inner, AutoscaleConfig::default())
@@ -624,26 +624,15 @@ impl<I: Invoker> Autoscaled<I> {
                 tracing::debug!(function = %f, replicas = n, "scaling from zero");
             }
         }
-        let wait = async {
-            loop {
-                match shared.inner.status(f).await {
-                    Ok(s) if s.available_replicas > 0 => return Ok(()),
-                    Ok(_) => {}
-                    Err(e @ Error::NotFound { .. }) => return Err(e),
-                    Err(e) => tracing::debug!(function = %f, error = %e, "status while activating"),
-                }
-                tokio::time::sleep(shared.config.readiness_poll).await;
-            }
-        };
-        match tokio::time::timeout(shared.config.activation_timeout, wait).await {
-            Ok(Ok(())) => {
+        match shared.inner.wait_ready(f, shared.config.activation_timeout).await {
+            Ok(true) => {
                 if st.replicas.load(Ordering::Acquire) != 0 {
                     st.cold.store(false, Ordering::Release);
                 }
                 Ok(())
             }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(Error::unavailable(format!(
+            Err(e) => Err(e),
+            Ok(false) => Err(Error::unavailable(format!(
                 "no replica of {f} became ready within {} of scaling from zero",
                 crate::util::format_duration(shared.config.activation_timeout)
             ))),
@@ -655,7 +644,7 @@ fn clamp_u32(x: u64) -> u32 {
     u32::try_from(x).unwrap_or(u32::MAX - 1)
 }
 
-impl<I: Invoker> Shared<I> {
+impl<I: Backend> Shared<I> {
     fn register(&self, f: &FunctionRef, config: KpaConfig, replicas: u32) -> Arc<FnState> {
         if config.metric == ScalingMetric::Cpu {
             tracing::warn!(function = %f, "scale type cpu is not measured here; scaling on in-flight requests");
@@ -707,7 +696,24 @@ impl<I: Invoker> Shared<I> {
 }
 
 #[async_trait]
-impl<I: Invoker> Invoker for Autoscaled<I> {
+impl<I: Backend> Invoke for Autoscaled<I> {
+    async fn invoke(&self, invocation: Invocation) -> Result<Response> {
+        self.ensure_ticker();
+        let f = invocation.function.clone();
+        let Some(st) = self.state_for(&f).await else {
+            // Unknown to the backend too: let it answer (NotFound).
+            return self.shared.inner.invoke(invocation).await;
+        };
+        let _in_flight = InFlight::begin(&st);
+        if st.cold.load(Ordering::Acquire) {
+            self.activate(&f, &st).await?;
+        }
+        self.shared.inner.invoke(invocation).await
+    }
+}
+
+#[async_trait]
+impl<I: Backend> Deploy for Autoscaled<I> {
     async fn deploy(&self, spec: FunctionSpec) -> Result<()> {
         self.ensure_ticker();
         let config = self.shared.config.kpa.clone().with_spec(&spec)?;
@@ -753,24 +759,21 @@ impl<I: Invoker> Invoker for Autoscaled<I> {
         Ok(())
     }
 
-    async fn invoke(&self, invocation: Invocation) -> Result<Response> {
-        self.ensure_ticker();
-        let f = invocation.function.clone();
-        let Some(st) = self.state_for(&f).await else {
-            // Unknown to the backend too: let it answer (NotFound).
-            return self.shared.inner.invoke(invocation).await;
-        };
-        let _in_flight = InFlight::begin(&st);
-        if st.cold.load(Ordering::Acquire) {
-            self.activate(&f, &st).await?;
-        }
-        self.shared.inner.invoke(invocation).await
+    async fn namespaces(&self) -> Result<Vec<String>> {
+        self.shared.inner.namespaces().await
     }
 
-    async fn logs(&self, request: LogsRequest) -> Result<LogStream> {
-        self.shared.inner.logs(request).await
+    fn info(&self) -> ProviderInfo {
+        self.shared.inner.info()
     }
 
+    async fn wait_ready(&self, function: &FunctionRef, timeout: Duration) -> Result<bool> {
+        self.shared.inner.wait_ready(function, timeout).await
+    }
+}
+
+#[async_trait]
+impl<I: Backend> Secrets for Autoscaled<I> {
     async fn list_secrets(&self, namespace: &str) -> Result<Vec<SecretInfo>> {
         self.shared.inner.list_secrets(namespace).await
     }
@@ -786,13 +789,12 @@ impl<I: Invoker> Invoker for Autoscaled<I> {
     async fn remove_secret(&self, namespace: &str, name: &str) -> Result<()> {
         self.shared.inner.remove_secret(namespace, name).await
     }
+}
 
-    async fn namespaces(&self) -> Result<Vec<String>> {
-        self.shared.inner.namespaces().await
-    }
-
-    fn info(&self) -> ProviderInfo {
-        self.shared.inner.info()
+#[async_trait]
+impl<I: Backend> Logs for Autoscaled<I> {
+    async fn logs(&self, request: LogsRequest) -> Result<LogStream> {
+        self.shared.inner.logs(request).await
     }
 }
 

@@ -53,7 +53,8 @@ use crate::body::Body;
 use crate::error::{DeveloperErrorKind, Error};
 use crate::function::Response;
 use crate::invocation::{FunctionRef, Invocation};
-use crate::invoker::{Invoker, InvokerExt, Secret};
+use crate::invoker::{Backend, Secret};
+use crate::prelude::*;
 use crate::spec::{labels, FunctionSpec};
 
 /// A test function behaviour; see the module docs for the exact protocol.
@@ -320,7 +321,7 @@ where
 }
 
 /// Deploys `spec` after removing a leftover of the same name; panics on failure.
-async fn fresh_deploy(inv: &dyn Invoker, spec: FunctionSpec) -> FunctionRef {
+async fn fresh_deploy(inv: &dyn Backend, spec: FunctionSpec) -> FunctionRef {
     let f = spec.function_ref();
     let _ = inv.remove(&f).await;
     if let Err(e) = inv.deploy(spec).await {
@@ -329,7 +330,7 @@ async fn fresh_deploy(inv: &dyn Invoker, spec: FunctionSpec) -> FunctionRef {
     f
 }
 
-async fn wait_available(inv: &dyn Invoker, w: &dyn Workload, f: &FunctionRef) {
+async fn wait_available(inv: &dyn Backend, w: &dyn Workload, f: &FunctionRef) {
     poll(&format!("{f} to have an available replica"), w.start_timeout(), || async {
         match inv.status(f).await {
             Ok(s) if s.available_replicas >= 1 => Some(()),
@@ -339,7 +340,7 @@ async fn wait_available(inv: &dyn Invoker, w: &dyn Workload, f: &FunctionRef) {
     .await
 }
 
-async fn cleanup(inv: &dyn Invoker, f: &FunctionRef) {
+async fn cleanup(inv: &dyn Backend, f: &FunctionRef) {
     if let Err(e) = inv.remove(f).await {
         panic!("conformance: removing {f} at the end of the case failed: {e}");
     }
@@ -377,7 +378,7 @@ fn request(
     Invocation::new(f.clone(), req)
 }
 
-async fn invoke_ok(inv: &dyn Invoker, invocation: Invocation) -> Response {
+async fn invoke_ok(inv: &dyn Backend, invocation: Invocation) -> Response {
     let f = invocation.function.clone();
     let uri = invocation.request.uri().clone();
     match inv.invoke(invocation).await {
@@ -387,7 +388,7 @@ async fn invoke_ok(inv: &dyn Invoker, invocation: Invocation) -> Response {
 }
 
 /// Invokes `GET uri` and returns (status, body).
-async fn get(inv: &dyn Invoker, f: &FunctionRef, uri: &str) -> (u16, Bytes) {
+async fn get(inv: &dyn Backend, f: &FunctionRef, uri: &str) -> (u16, Bytes) {
     let resp = invoke_ok(inv, request(f, http::Method::GET, uri, &[], Body::empty())).await;
     let status = resp.status().as_u16();
     (status, read_body(resp).await)
@@ -414,7 +415,7 @@ fn expect_not_found<T: std::fmt::Debug>(what: &str, r: Result<T, Error>) {
 
 /// Deploy, list, status, update, invoke, remove; then the function is gone. Also checks
 /// `info` and that the function's namespace is listed by `namespaces`.
-pub async fn deploy_round_trip(inv: &dyn Invoker, w: &dyn Workload) {
+pub async fn deploy_round_trip(inv: &dyn Backend, w: &dyn Workload) {
     let name = case_name(w, "round-trip");
     let spec = w
         .spec(&name, Behaviour::Echo)
@@ -470,7 +471,7 @@ pub async fn deploy_round_trip(inv: &dyn Invoker, w: &dyn Workload) {
 
 /// Invalid specs are rejected with [`Error::InvalidSpec`] naming the field, at deploy and at
 /// update.
-pub async fn invalid_specs_rejected(inv: &dyn Invoker, w: &dyn Workload) {
+pub async fn invalid_specs_rejected(inv: &dyn Backend, w: &dyn Workload) {
     let name = case_name(w, "invalid");
     let base = w.spec(&name, Behaviour::Echo);
     let _ = inv.remove(&base.function_ref()).await;
@@ -510,7 +511,7 @@ pub async fn invalid_specs_rejected(inv: &dyn Invoker, w: &dyn Workload) {
 }
 
 /// Deploying a function twice gives [`Error::AlreadyExists`].
-pub async fn duplicate_deploy_rejected(inv: &dyn Invoker, w: &dyn Workload) {
+pub async fn duplicate_deploy_rejected(inv: &dyn Backend, w: &dyn Workload) {
     let spec = w.spec(&case_name(w, "duplicate"), Behaviour::Echo);
     let f = fresh_deploy(inv, spec.clone()).await;
     match inv.deploy(spec).await {
@@ -522,7 +523,7 @@ pub async fn duplicate_deploy_rejected(inv: &dyn Invoker, w: &dyn Workload) {
 
 /// Invoke, status, remove, scale, update and logs of an unknown function give
 /// [`Error::NotFound`].
-pub async fn unknown_function_not_found(inv: &dyn Invoker, w: &dyn Workload) {
+pub async fn unknown_function_not_found(inv: &dyn Backend, w: &dyn Workload) {
     let spec = w.spec(&case_name(w, "never-deployed"), Behaviour::Echo);
     let f = spec.function_ref();
     let _ = inv.remove(&f).await;
@@ -539,7 +540,7 @@ pub async fn unknown_function_not_found(inv: &dyn Invoker, w: &dyn Workload) {
 
 /// Invoke passes method, path suffix, query, `x-test-*` headers and an 8 MiB binary body
 /// through unchanged.
-pub async fn invoke_preserves_request(inv: &dyn Invoker, w: &dyn Workload) {
+pub async fn invoke_preserves_request(inv: &dyn Backend, w: &dyn Workload) {
     let f = fresh_deploy(inv, w.spec(&case_name(w, "echo"), Behaviour::Echo)).await;
     wait_available(inv, w, &f).await;
     let mut x: u32 = 0x1234_5678;
@@ -590,7 +591,7 @@ pub async fn invoke_preserves_request(inv: &dyn Invoker, w: &dyn Workload) {
 }
 
 /// Env vars and secrets named by the spec reach the function; updates change them.
-pub async fn env_and_secrets(inv: &dyn Invoker, w: &dyn Workload) {
+pub async fn env_and_secrets(inv: &dyn Backend, w: &dyn Workload) {
     let name = case_name(w, "env");
     let secret_name = format!("{name}-key");
     let spec = w.spec(&name, Behaviour::Env).env("CONF_GREETING", "hello").secret(&secret_name);
@@ -628,7 +629,7 @@ pub async fn env_and_secrets(inv: &dyn Invoker, w: &dyn Workload) {
 }
 
 /// Secrets: create, list, duplicate, update, remove, and invalid names.
-pub async fn secrets_round_trip(inv: &dyn Invoker, w: &dyn Workload) {
+pub async fn secrets_round_trip(inv: &dyn Backend, w: &dyn Workload) {
     let name = case_name(w, "secret");
     let ns = w.spec(&name, Behaviour::Echo).namespace_or_default().to_string();
     let _ = inv.remove_secret(&ns, &name).await;
@@ -659,7 +660,7 @@ pub async fn secrets_round_trip(inv: &dyn Invoker, w: &dyn Workload) {
 }
 
 /// A function exceeding its timeout gives a developer error of kind timeout.
-pub async fn timeout_is_developer_error(inv: &dyn Invoker, w: &dyn Workload) {
+pub async fn timeout_is_developer_error(inv: &dyn Backend, w: &dyn Workload) {
     let spec = w.spec(&case_name(w, "timeout"), Behaviour::Sleep).timeout(Duration::from_secs(1));
     let f = fresh_deploy(inv, spec).await;
     wait_available(inv, w, &f).await;
@@ -676,7 +677,7 @@ pub async fn timeout_is_developer_error(inv: &dyn Invoker, w: &dyn Workload) {
 }
 
 /// A crash gives a developer error, and the function answers again afterwards.
-pub async fn crash_is_developer_error(inv: &dyn Invoker, w: &dyn Workload) {
+pub async fn crash_is_developer_error(inv: &dyn Backend, w: &dyn Workload) {
     let f = fresh_deploy(inv, w.spec(&case_name(w, "crash"), Behaviour::Crash)).await;
     wait_available(inv, w, &f).await;
     assert_eq!(get(inv, &f, "/").await, (200, Bytes::from("alive")));
@@ -698,7 +699,7 @@ pub async fn crash_is_developer_error(inv: &dyn Invoker, w: &dyn Workload) {
 /// With `max_concurrency = 2` no instance ever has more than 2 invocations in flight
 /// (reported by the sleep fixture's `x-max-inflight`); invocations beyond the cap wait or
 /// fail with [`Error::Overloaded`], never anything else.
-pub async fn concurrency_cap_holds(inv: &dyn Invoker, w: &dyn Workload) {
+pub async fn concurrency_cap_holds(inv: &dyn Backend, w: &dyn Workload) {
     let spec = w
         .spec(&case_name(w, "concurrency"), Behaviour::Sleep)
         .max_concurrency(2)
@@ -733,7 +734,7 @@ pub async fn concurrency_cap_holds(inv: &dyn Invoker, w: &dyn Workload) {
 }
 
 /// Scale to 3 replicas (all available), then to 0.
-pub async fn scale_up_and_to_zero(inv: &dyn Invoker, w: &dyn Workload) {
+pub async fn scale_up_and_to_zero(inv: &dyn Backend, w: &dyn Workload) {
     let spec = w.spec(&case_name(w, "scale"), Behaviour::Echo).label(labels::SCALE_ZERO, "true");
     let f = fresh_deploy(inv, spec).await;
     wait_available(inv, w, &f).await;
@@ -753,7 +754,7 @@ pub async fn scale_up_and_to_zero(inv: &dyn Invoker, w: &dyn Workload) {
 }
 
 /// Invoking a function at zero replicas scales it from zero and answers.
-pub async fn scale_from_zero(inv: &dyn Invoker, w: &dyn Workload) {
+pub async fn scale_from_zero(inv: &dyn Backend, w: &dyn Workload) {
     let spec =
         w.spec(&case_name(w, "from-zero"), Behaviour::Echo).label(labels::SCALE_ZERO, "true");
     let f = fresh_deploy(inv, spec).await;
@@ -777,7 +778,7 @@ pub async fn scale_from_zero(inv: &dyn Invoker, w: &dyn Workload) {
 }
 
 /// A line a function logs is readable through `logs` (polled with a bound).
-pub async fn logs_readable(inv: &dyn Invoker, w: &dyn Workload) {
+pub async fn logs_readable(inv: &dyn Backend, w: &dyn Workload) {
     let name = case_name(w, "logs");
     let f = fresh_deploy(inv, w.spec(&name, Behaviour::Log)).await;
     wait_available(inv, w, &f).await;
@@ -799,7 +800,7 @@ pub async fn logs_readable(inv: &dyn Invoker, w: &dyn Workload) {
 /// zero and that replica is gone: with their instance, selected by the `instance` filter and
 /// by `tail`, and merged in time order with a later replica's lines after a scale from zero.
 /// A function removed and deployed again starts with no lines. Waits are bounded polls.
-pub async fn logs_survive_scale_to_zero(inv: &dyn Invoker, w: &dyn Workload) {
+pub async fn logs_survive_scale_to_zero(inv: &dyn Backend, w: &dyn Workload) {
     use crate::invoker::LogsRequest;
     let name = case_name(w, "logs-zero");
     let spec = w.spec(&name, Behaviour::Log).label(labels::SCALE_ZERO, "true");
@@ -891,7 +892,7 @@ pub async fn logs_survive_scale_to_zero(inv: &dyn Invoker, w: &dyn Workload) {
 }
 
 async fn collect_logs(
-    inv: &dyn Invoker,
+    inv: &dyn Backend,
     request: crate::invoker::LogsRequest,
 ) -> Vec<crate::invoker::LogEntry> {
     use futures::TryStreamExt;
@@ -906,7 +907,7 @@ async fn collect_logs(
 }
 
 /// 1000 concurrent invocations are all answered, each with its own body.
-pub async fn many_concurrent_invocations(inv: &dyn Invoker, w: &dyn Workload) {
+pub async fn many_concurrent_invocations(inv: &dyn Backend, w: &dyn Workload) {
     let f = fresh_deploy(inv, w.spec(&case_name(w, "many"), Behaviour::Echo)).await;
     wait_available(inv, w, &f).await;
     let calls = (0..1000).map(|i| {
@@ -929,7 +930,7 @@ pub async fn many_concurrent_invocations(inv: &dyn Invoker, w: &dyn Workload) {
 }
 
 /// Runs every case in turn.
-pub async fn run_all(inv: &dyn Invoker, w: &dyn Workload) {
+pub async fn run_all(inv: &dyn Backend, w: &dyn Workload) {
     deploy_round_trip(inv, w).await;
     invalid_specs_rejected(inv, w).await;
     duplicate_deploy_rejected(inv, w).await;

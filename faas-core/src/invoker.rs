@@ -1,7 +1,10 @@
-//! The backend contract: [`Invoker`].
+//! The backend contracts, split by capability as a backend can offer them: [`Invoke`] (the
+//! one every backend has), [`Deploy`], [`Secrets`] and [`Logs`]; [`Backend`] is all four, as a
+//! gateway needs them. Conveniences live in the extension traits [`InvokeExt`] and
+//! [`LogsExt`].
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -98,13 +101,21 @@ pub struct ProviderInfo {
     pub version: String,
 }
 
-/// A backend that runs functions: deploy, update, remove, list, status, scale, invoke, logs,
-/// secrets, namespaces.
+/// Invoking a function: the one capability every backend has, and all that a caller which
+/// only invokes (a queue worker, a trigger, a sequence) depends on.
 ///
-/// Object safe: gateways hold an `Arc<dyn Invoker>`. Every backend passes the conformance
-/// suite (`faas_core::conformance`, feature `conformance`).
+/// Object safe (`Arc<dyn Invoke>`). As a tower service it is [`InvokeService`]: wrap it in
+/// the layers of [`crate::layers`]; any cloneable `Service<Invocation>` is an `Invoke` again
+/// through [`ServiceInvoke`].
 #[async_trait]
-pub trait Invoker: Send + Sync + 'static {
+pub trait Invoke: Send + Sync + 'static {
+    /// Invokes a function. A function at zero replicas is scaled from zero first.
+    async fn invoke(&self, invocation: Invocation) -> Result<Response>;
+}
+
+/// Managing functions: deploy, update, remove, list, status, scale, and what the backend is.
+#[async_trait]
+pub trait Deploy: Send + Sync + 'static {
     /// Deploys a new function. [`Error::AlreadyExists`] if it exists, [`Error::InvalidSpec`]
     /// if the spec is invalid.
     async fn deploy(&self, spec: FunctionSpec) -> Result<()>;
@@ -124,12 +135,53 @@ pub trait Invoker: Send + Sync + 'static {
     /// Sets the desired replica count (0 allowed).
     async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<()>;
 
-    /// Invokes a function. A function at zero replicas is scaled from zero first.
-    async fn invoke(&self, invocation: Invocation) -> Result<Response>;
+    /// The namespaces functions may be deployed to.
+    async fn namespaces(&self) -> Result<Vec<String>>;
 
-    /// Reads logs.
-    async fn logs(&self, request: LogsRequest) -> Result<LogStream>;
+    /// What this backend is.
+    fn info(&self) -> ProviderInfo;
 
+    /// Waits until `function` has a ready replica: `Ok(true)` once it has, `Ok(false)` if
+    /// `timeout` passed first, [`Error::NotFound`] if there is no such function. This is how
+    /// a scale from zero waits.
+    ///
+    /// The default asks [`Deploy::status`] at growing intervals (1 ms, doubling up to
+    /// 50 ms). A backend that learns of readiness as it happens overrides it to wake the
+    /// waiter at once (the in-memory and process backends do), and a wrapper forwards it.
+    async fn wait_ready(&self, function: &FunctionRef, timeout: Duration) -> Result<bool> {
+        poll_ready(self, function, timeout).await
+    }
+}
+
+/// [`Deploy::wait_ready`] by asking [`Deploy::status`] at intervals growing from 1 ms to
+/// 50 ms, for backends that have no notification of their own.
+pub async fn poll_ready<D: Deploy + ?Sized>(
+    backend: &D,
+    function: &FunctionRef,
+    timeout: Duration,
+) -> Result<bool> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut interval = Duration::from_millis(1);
+    loop {
+        match backend.status(function).await {
+            Ok(s) if s.available_replicas > 0 => return Ok(true),
+            Ok(_) => {}
+            Err(e @ Error::NotFound { .. }) => return Err(e),
+            // A passing failure to read the status is not the end of the wait.
+            Err(e) => tracing::debug!(function = %function, error = %e, "status while waiting"),
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep_until((now + interval).min(deadline)).await;
+        interval = (interval * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Secrets functions can read (OpenFaaS `/system/secrets`).
+#[async_trait]
+pub trait Secrets: Send + Sync + 'static {
     /// Lists secrets of a namespace (names only).
     async fn list_secrets(&self, namespace: &str) -> Result<Vec<SecretInfo>>;
 
@@ -141,17 +193,26 @@ pub trait Invoker: Send + Sync + 'static {
 
     /// Removes a secret.
     async fn remove_secret(&self, namespace: &str, name: &str) -> Result<()>;
-
-    /// The namespaces functions may be deployed to.
-    async fn namespaces(&self) -> Result<Vec<String>>;
-
-    /// What this backend is.
-    fn info(&self) -> ProviderInfo;
 }
 
-/// Conveniences over any [`Invoker`].
+/// Functions' logs (OpenFaaS `/system/logs`).
 #[async_trait]
-pub trait InvokerExt: Invoker {
+pub trait Logs: Send + Sync + 'static {
+    /// Reads logs.
+    async fn logs(&self, request: LogsRequest) -> Result<LogStream>;
+}
+
+/// A backend with every capability a gateway serves: [`Invoke`], [`Deploy`], [`Secrets`] and
+/// [`Logs`]. Implemented for every type that has the four; gateways hold an
+/// `Arc<dyn Backend>`. Every backend passes the conformance suite (`faas_core::conformance`,
+/// feature `conformance`).
+pub trait Backend: Invoke + Deploy + Secrets + Logs {}
+
+impl<T: Invoke + Deploy + Secrets + Logs + ?Sized> Backend for T {}
+
+/// Conveniences over any [`Invoke`].
+#[async_trait]
+pub trait InvokeExt: Invoke {
     /// POSTs `body` to `function` and returns the response body; a non-2xx status gives
     /// [`Error::Application`] with the body as message.
     async fn call(&self, function: &str, body: impl Into<Body> + Send) -> Result<Bytes> {
@@ -166,7 +227,13 @@ pub trait InvokerExt: Invoker {
         }
         Ok(bytes)
     }
+}
 
+impl<T: Invoke + ?Sized> InvokeExt for T {}
+
+/// Conveniences over any [`Logs`].
+#[async_trait]
+pub trait LogsExt: Logs {
     /// Reads all current log entries of a function (not following).
     async fn read_logs(&self, function: &FunctionRef) -> Result<Vec<LogEntry>> {
         use futures::TryStreamExt;
@@ -174,16 +241,33 @@ pub trait InvokerExt: Invoker {
     }
 }
 
-impl<T: Invoker + ?Sized> InvokerExt for T {}
+impl<T: Logs + ?Sized> LogsExt for T {}
 
-/// The future [`Invoker::invoke`] returns, for implementations that write the method out
+/// The future [`Invoke::invoke`] returns, for implementations that write the method out
 /// rather than as an `async fn` (to hand on a future they already have, say).
 pub type InvokeFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response>> + Send + 'a>>;
 
-/// Forwards every method, so an `Arc<dyn Invoker>` is an invoker too.
+/// Forwards to the shared value, so an `Arc<dyn Invoke>` invokes too.
 #[async_trait]
-impl<T: Invoker + ?Sized> Invoker for Arc<T> {
+impl<T: Invoke + ?Sized> Invoke for Arc<T> {
+    // Written out (not `async fn`) so the inner invoker's boxed future is handed on as it is:
+    // an `Arc<dyn Backend>` on the hot path then costs one boxed future, not two.
+    fn invoke<'life0, 'async_trait>(
+        &'life0 self,
+        invocation: Invocation,
+    ) -> InvokeFuture<'async_trait>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        (**self).invoke(invocation)
+    }
+}
+
+/// Forwards every method to the shared value.
+#[async_trait]
+impl<T: Deploy + ?Sized> Deploy for Arc<T> {
     async fn deploy(&self, spec: FunctionSpec) -> Result<()> {
         (**self).deploy(spec).await
     }
@@ -202,21 +286,20 @@ impl<T: Invoker + ?Sized> Invoker for Arc<T> {
     async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<()> {
         (**self).scale(function, replicas).await
     }
-    // Written out (not `async fn`) so the inner invoker's boxed future is handed on as it is:
-    // an `Arc<dyn Invoker>` on the hot path then costs one boxed future, not two.
-    fn invoke<'life0, 'async_trait>(
-        &'life0 self,
-        invocation: Invocation,
-    ) -> InvokeFuture<'async_trait>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        (**self).invoke(invocation)
+    async fn namespaces(&self) -> Result<Vec<String>> {
+        (**self).namespaces().await
     }
-    async fn logs(&self, request: LogsRequest) -> Result<LogStream> {
-        (**self).logs(request).await
+    fn info(&self) -> ProviderInfo {
+        (**self).info()
     }
+    async fn wait_ready(&self, function: &FunctionRef, timeout: Duration) -> Result<bool> {
+        (**self).wait_ready(function, timeout).await
+    }
+}
+
+/// Forwards every method to the shared value.
+#[async_trait]
+impl<T: Secrets + ?Sized> Secrets for Arc<T> {
     async fn list_secrets(&self, namespace: &str) -> Result<Vec<SecretInfo>> {
         (**self).list_secrets(namespace).await
     }
@@ -229,10 +312,96 @@ impl<T: Invoker + ?Sized> Invoker for Arc<T> {
     async fn remove_secret(&self, namespace: &str, name: &str) -> Result<()> {
         (**self).remove_secret(namespace, name).await
     }
-    async fn namespaces(&self) -> Result<Vec<String>> {
-        (**self).namespaces().await
+}
+
+/// Forwards to the shared value.
+#[async_trait]
+impl<T: Logs + ?Sized> Logs for Arc<T> {
+    async fn logs(&self, request: LogsRequest) -> Result<LogStream> {
+        (**self).logs(request).await
     }
-    fn info(&self) -> ProviderInfo {
-        (**self).info()
+}
+
+/// Any [`Invoke`] as a `tower::Service<Invocation>`: the bottom of a layer stack. Cloning it
+/// clones an `Arc`; it is always ready.
+pub struct InvokeService<I: ?Sized = dyn Invoke> {
+    invoker: Arc<I>,
+}
+
+impl<I: ?Sized> Clone for InvokeService<I> {
+    fn clone(&self) -> Self {
+        InvokeService { invoker: self.invoker.clone() }
+    }
+}
+
+impl<I: ?Sized> std::fmt::Debug for InvokeService<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InvokeService").finish_non_exhaustive()
+    }
+}
+
+impl<I: Invoke + ?Sized> InvokeService<I> {
+    /// Wraps a shared invoker.
+    pub fn new(invoker: Arc<I>) -> Self {
+        InvokeService { invoker }
+    }
+
+    /// The wrapped invoker.
+    pub fn invoker(&self) -> &Arc<I> {
+        &self.invoker
+    }
+}
+
+impl<I: Invoke + ?Sized> tower::Service<Invocation> for InvokeService<I> {
+    type Response = Response;
+    type Error = Error;
+    type Future = InvokeFuture<'static>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, inv: Invocation) -> Self::Future {
+        let invoker = self.invoker.clone();
+        Box::pin(async move { invoker.invoke(inv).await })
+    }
+}
+
+/// A boxed, cloneable invoke service: what a layer stack over an [`InvokeService`] can be
+/// erased to.
+pub type BoxInvokeService = tower::util::BoxCloneSyncService<Invocation, Response, Error>;
+
+/// A cloneable `tower::Service<Invocation>` (a layer stack, say) as an [`Invoke`]: each
+/// invocation goes through a clone of the service, polled ready first.
+#[derive(Clone, Debug)]
+pub struct ServiceInvoke<S> {
+    service: S,
+}
+
+impl<S> ServiceInvoke<S> {
+    /// Invokes through `service`.
+    pub fn new(service: S) -> Self {
+        ServiceInvoke { service }
+    }
+
+    /// The service.
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+}
+
+#[async_trait]
+impl<S> Invoke for ServiceInvoke<S>
+where
+    S: tower::Service<Invocation, Response = Response, Error = Error>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    async fn invoke(&self, invocation: Invocation) -> Result<Response> {
+        use tower::ServiceExt;
+        self.service.clone().oneshot(invocation).await
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Every layer here works over two kinds of service:
 //!
-//! - an invoker seen as a service of [`Invocation`]s ([`InvokerService`]), which is how a
+//! - an invoker seen as a service of [`Invocation`]s ([`InvokeService`]), which is how a
 //!   gateway stacks timeouts, limits, retries, metrics and tracing in front of a backend;
 //! - a [`Function`](crate::Function) (a service of `http::Request<Body>`), which is how a
 //!   handler gets the same treatment in-process.
@@ -11,17 +11,18 @@
 //! faas-core [`Error`]s throughout, so a timeout reads as a developer error naming the
 //! timeout that fired, and a full limiter as [`Error::Overloaded`] (HTTP 429).
 //!
-//! A layered invoker stack is an [`Invoker`] again through [`Layered`]: `invoke` goes through
-//! the stack, every other method goes straight to the inner invoker.
+//! A layered invoker stack is a [`Backend`] again through [`Layered`]: `invoke` goes through
+//! the stack, every other method goes straight to the inner backend.
 //!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use faas_core::layers::{
-//!     ConcurrencyLimitLayer, InvokerService, Layered, MetricsLayer, RetryLayer, TimeoutLayer,
+//!     ConcurrencyLimitLayer, InvokeService, Layered, MetricsLayer, RetryLayer, TimeoutLayer,
 //!     TraceLayer,
 //! };
-//! use faas_core::{handler_fn, Context, Error, FunctionSpec, Invoker, InvokerExt, MemoryInvoker, Request};
+//! use faas_core::prelude::*;
+//! use faas_core::{handler_fn, Context, Error, FunctionSpec, MemoryInvoker, Request};
 //! use tower::ServiceBuilder;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -30,14 +31,14 @@
 //! memory.register("echo", handler_fn(|req: Request, _: Context| async move {
 //!     Ok::<_, Error>(req.into_body())
 //! }));
-//! let backend: Arc<dyn Invoker> = Arc::new(memory);
+//! let backend: Arc<dyn Backend> = Arc::new(memory);
 //! let stack = ServiceBuilder::new()
 //!     .layer(TraceLayer::new())
 //!     .layer(MetricsLayer::new())
 //!     .layer(RetryLayer::new(3))
 //!     .layer(ConcurrencyLimitLayer::new(100, 1000))
 //!     .layer(TimeoutLayer::new(Duration::from_secs(30)).named("gateway"))
-//!     .service(InvokerService::new(backend.clone()));
+//!     .service(InvokeService::new(backend.clone()));
 //! let invoker = Layered::new(backend, stack);
 //! invoker.deploy(FunctionSpec::new("echo", "echo")).await?;
 //! assert_eq!(invoker.call("echo", "hi").await?, "hi");
@@ -61,7 +62,10 @@ use crate::body::Body;
 use crate::error::{Error, Result};
 use crate::function::Response;
 use crate::invocation::{Context, FunctionRef, Invocation, InvocationId};
-use crate::invoker::{Invoker, LogStream, LogsRequest, ProviderInfo, Secret, SecretInfo};
+use crate::invoker::{
+    Backend, Deploy, Invoke, LogStream, Logs, LogsRequest, ProviderInfo, Secret, SecretInfo,
+    Secrets,
+};
 use crate::spec::{FunctionSpec, FunctionStatus};
 
 /// What the layers need to know about a request, for [`Invocation`] and for a function's
@@ -114,58 +118,16 @@ fn take_ready<S: Clone>(s: &mut S) -> S {
 }
 
 // ---------------------------------------------------------------------------------------
-// InvokerService and Layered
+// Layered
 
-/// An invoker as a `tower::Service<Invocation>`, the bottom of a gateway's layer stack.
-#[derive(Clone)]
-pub struct InvokerService {
-    invoker: Arc<dyn Invoker>,
-}
-
-impl std::fmt::Debug for InvokerService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InvokerService").field("provider", &self.invoker.info().provider).finish()
-    }
-}
-
-impl InvokerService {
-    /// Wraps a shared invoker.
-    pub fn new(invoker: Arc<dyn Invoker>) -> Self {
-        InvokerService { invoker }
-    }
-
-    /// Wraps an invoker by value.
-    pub fn from_invoker(invoker: impl Invoker) -> Self {
-        InvokerService { invoker: Arc::new(invoker) }
-    }
-
-    /// The wrapped invoker.
-    pub fn invoker(&self) -> &Arc<dyn Invoker> {
-        &self.invoker
-    }
-}
-
-impl Service<Invocation> for InvokerService {
-    type Response = Response;
-    type Error = Error;
-    type Future = BoxFuture<'static, Result<Response>>;
-
-    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, inv: Invocation) -> Self::Future {
-        let invoker = self.invoker.clone();
-        Box::pin(async move { invoker.invoke(inv).await })
-    }
-}
+pub use crate::invoker::InvokeService;
 
 /// An invoker whose `invoke` goes through a service stack (usually layers over an
-/// [`InvokerService`]) while every other method goes to the inner invoker.
+/// [`InvokeService`]) while every other method goes to the inner invoker.
 #[derive(Clone)]
 pub struct Layered<S> {
     service: S,
-    invoker: Arc<dyn Invoker>,
+    invoker: Arc<dyn Backend>,
 }
 
 impl<S> std::fmt::Debug for Layered<S> {
@@ -176,7 +138,7 @@ impl<S> std::fmt::Debug for Layered<S> {
 
 impl<S> Layered<S> {
     /// `invoker` with invocations going through `service`.
-    pub fn new(invoker: Arc<dyn Invoker>, service: S) -> Self {
+    pub fn new(invoker: Arc<dyn Backend>, service: S) -> Self {
         Layered { service, invoker }
     }
 
@@ -186,25 +148,36 @@ impl<S> Layered<S> {
     }
 
     /// The inner invoker.
-    pub fn invoker(&self) -> &Arc<dyn Invoker> {
+    pub fn invoker(&self) -> &Arc<dyn Backend> {
         &self.invoker
     }
 }
 
 impl Layered<()> {
-    /// `invoker` with `layer` applied to its [`InvokerService`]; for several layers pass a
+    /// `invoker` with `layer` applied to its [`InvokeService`]; for several layers pass a
     /// `tower::ServiceBuilder` (it is a layer).
-    pub fn with_layer<L>(invoker: Arc<dyn Invoker>, layer: L) -> Layered<L::Service>
+    pub fn with_layer<L>(invoker: Arc<dyn Backend>, layer: L) -> Layered<L::Service>
     where
-        L: Layer<InvokerService>,
+        L: Layer<InvokeService>,
     {
-        let service = layer.layer(InvokerService::new(invoker.clone()));
+        let service = layer.layer(InvokeService::new(invoker.clone() as Arc<dyn Invoke>));
         Layered { service, invoker }
     }
 }
 
 #[async_trait]
-impl<S> Invoker for Layered<S>
+impl<S> Invoke for Layered<S>
+where
+    S: Service<Invocation, Response = Response, Error = Error> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    async fn invoke(&self, invocation: Invocation) -> Result<Response> {
+        self.service.clone().oneshot(invocation).await
+    }
+}
+
+#[async_trait]
+impl<S> Deploy for Layered<S>
 where
     S: Service<Invocation, Response = Response, Error = Error> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
@@ -227,12 +200,23 @@ where
     async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<()> {
         self.invoker.scale(function, replicas).await
     }
-    async fn invoke(&self, invocation: Invocation) -> Result<Response> {
-        self.service.clone().oneshot(invocation).await
+    async fn namespaces(&self) -> Result<Vec<String>> {
+        self.invoker.namespaces().await
     }
-    async fn logs(&self, request: LogsRequest) -> Result<LogStream> {
-        self.invoker.logs(request).await
+    fn info(&self) -> ProviderInfo {
+        self.invoker.info()
     }
+    async fn wait_ready(&self, function: &FunctionRef, timeout: Duration) -> Result<bool> {
+        self.invoker.wait_ready(function, timeout).await
+    }
+}
+
+#[async_trait]
+impl<S> Secrets for Layered<S>
+where
+    S: Service<Invocation, Response = Response, Error = Error> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
     async fn list_secrets(&self, namespace: &str) -> Result<Vec<SecretInfo>> {
         self.invoker.list_secrets(namespace).await
     }
@@ -245,11 +229,16 @@ where
     async fn remove_secret(&self, namespace: &str, name: &str) -> Result<()> {
         self.invoker.remove_secret(namespace, name).await
     }
-    async fn namespaces(&self) -> Result<Vec<String>> {
-        self.invoker.namespaces().await
-    }
-    fn info(&self) -> ProviderInfo {
-        self.invoker.info()
+}
+
+#[async_trait]
+impl<S> Logs for Layered<S>
+where
+    S: Service<Invocation, Response = Response, Error = Error> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    async fn logs(&self, request: LogsRequest) -> Result<LogStream> {
+        self.invoker.logs(request).await
     }
 }
 

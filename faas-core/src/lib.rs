@@ -5,8 +5,10 @@
 //!
 //! - [`Function`]: a handler, any tower `Service` from an HTTP request to an HTTP response
 //!   ([`handler_fn`] turns an async fn into one).
-//! - [`Invoker`]: a backend that deploys, scales and invokes functions (in memory, local
-//!   processes, Docker, Kubernetes), object safe for `Arc<dyn Invoker>`.
+//! - [`Invoke`]: invoking a function, the one capability every backend has (a tower service
+//!   through [`InvokeService`]); [`Deploy`], [`Secrets`] and [`Logs`]: the capabilities a
+//!   backend adds as it can; [`Backend`]: all four, as a gateway holds them
+//!   (`Arc<dyn Backend>`). Backends: in memory, local processes, Docker, Kubernetes.
 //! - [`Scheduler`]: pure placement and routing decisions.
 //! - [`EventSource`] and the queue traits: events and async invocations delivered at least
 //!   once.
@@ -45,8 +47,9 @@ pub use invocation::{
     Context, FunctionRef, Invocation, InvocationId, InvocationMeta, LogSink, StartKind,
 };
 pub use invoker::{
-    InvokeFuture, Invoker, InvokerExt, LogEntry, LogStream, LogsRequest, ProviderInfo, Secret,
-    SecretInfo,
+    Backend, BoxInvokeService, Deploy, Invoke, InvokeExt, InvokeFuture, InvokeService, LogEntry,
+    LogStream, Logs, LogsExt, LogsRequest, ProviderInfo, Secret, SecretInfo, Secrets,
+    ServiceInvoke,
 };
 pub use memory::MemoryInvoker;
 pub use queue::{QueueConsumer, QueuePublisher, QueuedInvocation};
@@ -60,3 +63,9 @@ pub use spec::{FunctionSpec, FunctionStatus, Resources, ScalingMetric, ScalingPo
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The contracts' traits, for `use faas_core::prelude::*;`: their methods are then callable on
+/// any backend, `Arc<dyn Backend>` included.
+pub mod prelude {
+    pub use crate::invoker::{Backend, Deploy, Invoke, InvokeExt, Logs, LogsExt, Secrets};
+}

@@ -1,6 +1,6 @@
 //! The in-memory backend: Rust handlers deployed in-process.
 //!
-//! [`MemoryInvoker`] implements the whole [`Invoker`] contract without sockets, processes or
+//! [`MemoryInvoker`] implements the whole [`Backend`] contract without sockets, processes or
 //! containers: it is how you unit-test handlers, and the reference backend the conformance
 //! suite is written against.
 //!
@@ -18,14 +18,14 @@
 //!   timeout. A panicking handler gives a developer error of kind
 //!   [`DeveloperErrorKind::Crash`] and its instance is replaced by a fresh one (a new
 //!   instance id, started with the simulated cold start).
-//! - Scaling: [`Invoker::scale`] sets the replica count (clamped to the policy's `max`).
+//! - Scaling: [`Deploy::scale`] sets the replica count (clamped to the policy's `max`).
 //!   When the scaling policy allows zero (`com.openfaas.scale.zero=true`), a function with no
 //!   invocation for its idle time (`com.openfaas.scale.zero-duration`) goes to zero replicas;
 //!   the next invocation scales it back to `max(1, min)` replicas and waits for the
 //!   simulated cold start ([`MemoryInvokerBuilder::cold_start`]). Everything runs on tokio
 //!   time, so tests can use `#[tokio::test(start_paused = true)]`.
 //! - Log lines a handler writes with [`Context::log`] are kept per function and instance
-//!   (bounded), and survive scale to zero; [`Invoker::logs`] reads them, `follow` included.
+//!   (bounded), and survive scale to zero; [`Logs::logs`] reads them, `follow` included.
 //! - Every completed invocation leaves an OpenWhisk [`Activation`] record in a bounded store
 //!   ([`MemoryInvoker::activation`], [`MemoryInvoker::activations`]); the response carries an
 //!   [`InvocationMeta`] in its extensions.
@@ -35,9 +35,10 @@
 //!
 //! ```
 //! use std::time::Duration;
+//! use faas_core::prelude::*;
 //! use faas_core::{
-//!     handler_fn, Context, Error, FunctionSpec, Invocation, InvocationMeta, Invoker,
-//!     InvokerExt, MemoryInvoker, Request, Secret, StartKind,
+//!     handler_fn, Context, Error, FunctionSpec, Invocation, InvocationMeta, MemoryInvoker,
+//!     Request, Secret, StartKind,
 //! };
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -103,7 +104,8 @@ use crate::error::{DeveloperErrorKind, Error, Result, StatusCode};
 use crate::function::{boxed, BoxFunction, Function, Request, Response};
 use crate::invocation::StartKind;
 use crate::invocation::{Context, FunctionRef, Invocation, InvocationId, InvocationMeta, LogSink};
-use crate::invoker::{Invoker, LogEntry, LogStream, LogsRequest, ProviderInfo, Secret, SecretInfo};
+use crate::invoker::{LogEntry, LogStream, LogsRequest, ProviderInfo, Secret, SecretInfo};
+use crate::prelude::*;
 use crate::scheduler::{InstanceView, LeastLoaded, Scheduler};
 use crate::spec::{
     validate_secret_name, FunctionSpec, FunctionStatus, ScalingPolicy, DEFAULT_NAMESPACE,
@@ -1065,7 +1067,48 @@ fn status_of(d: &Deployed) -> FunctionStatus {
 }
 
 #[async_trait]
-impl Invoker for MemoryInvoker {
+impl Invoke for MemoryInvoker {
+    // Written out rather than `async fn`: an invocation that an instance can take at once
+    // (the common case) runs as the small hand-written `Running` future; only one that has
+    // to wait (scale from zero, busy instances) gets the larger general future.
+    fn invoke<'life0, 'async_trait>(
+        &'life0 self,
+        invocation: Invocation,
+    ) -> crate::invoker::InvokeFuture<'async_trait>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        let shared = &*self.inner;
+        let d = match shared.function(&invocation.function) {
+            Ok(d) => d,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let arrived = Instant::now();
+        let slot = {
+            let mut st = lock(&d.state);
+            if st.removed {
+                let e = Error::function_not_found(d.fref.to_string());
+                return Box::pin(std::future::ready(Err(e)));
+            }
+            try_claim(&d, &mut st, &*shared.cfg.scheduler, false, arrived)
+        };
+        match slot {
+            // Claimed at once: it did not wait, and the lease takes this handle.
+            Some(slot) => {
+                let claim = slot.leased(d);
+                Box::pin(Running::start(shared, claim, arrived, Duration::ZERO, invocation))
+            }
+            None => Box::pin(async move {
+                let claim = wait_for_claim(&d, &shared.cfg, arrived).await?;
+                Running::start(shared, claim, arrived, arrived.elapsed(), invocation).await
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Deploy for MemoryInvoker {
     async fn deploy(&self, spec: FunctionSpec) -> Result<()> {
         let (policy, prototype, run) = self.inner.prepare(&spec)?;
         let fref = Arc::new(spec.function_ref());
@@ -1183,96 +1226,52 @@ impl Invoker for MemoryInvoker {
         Ok(())
     }
 
-    // Written out rather than `async fn`: an invocation that an instance can take at once
-    // (the common case) runs as the small hand-written `Running` future; only one that has
-    // to wait (scale from zero, busy instances) gets the larger general future.
-    fn invoke<'life0, 'async_trait>(
-        &'life0 self,
-        invocation: Invocation,
-    ) -> crate::invoker::InvokeFuture<'async_trait>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        let shared = &*self.inner;
-        let d = match shared.function(&invocation.function) {
-            Ok(d) => d,
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
-        };
-        let arrived = Instant::now();
-        let slot = {
-            let mut st = lock(&d.state);
-            if st.removed {
-                let e = Error::function_not_found(d.fref.to_string());
-                return Box::pin(std::future::ready(Err(e)));
-            }
-            try_claim(&d, &mut st, &*shared.cfg.scheduler, false, arrived)
-        };
-        match slot {
-            // Claimed at once: it did not wait, and the lease takes this handle.
-            Some(slot) => {
-                let claim = slot.leased(d);
-                Box::pin(Running::start(shared, claim, arrived, Duration::ZERO, invocation))
-            }
-            None => Box::pin(async move {
-                let claim = wait_for_claim(&d, &shared.cfg, arrived).await?;
-                Running::start(shared, claim, arrived, arrived.elapsed(), invocation).await
-            }),
+    async fn namespaces(&self) -> Result<Vec<String>> {
+        let mut set = BTreeSet::new();
+        set.insert(DEFAULT_NAMESPACE.to_string());
+        for d in self.inner.deployed() {
+            set.insert(d.fref.namespace.clone());
+        }
+        for (ns, _) in lock(&self.inner.secrets).keys() {
+            set.insert(ns.clone());
+        }
+        Ok(set.into_iter().collect())
+    }
+
+    fn info(&self) -> ProviderInfo {
+        ProviderInfo {
+            provider: PROVIDER.into(),
+            orchestration: "memory".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
         }
     }
 
-    async fn logs(&self, request: LogsRequest) -> Result<LogStream> {
-        let function = request
-            .function
-            .as_ref()
-            .ok_or_else(|| Error::invalid("name", "a function name is required"))?;
+    /// Woken by the instance that turns ready (no polling).
+    async fn wait_ready(&self, function: &FunctionRef, timeout: Duration) -> Result<bool> {
         let d = self.inner.function(function)?;
-        let wanted = |e: &LogEntry| {
-            request.instance.as_deref().is_none_or(|i| e.instance == i)
-                && request.since.is_none_or(|s| e.timestamp >= s)
-        };
-        let (snapshot, rx) = {
-            let entries = lock(&d.logs.entries);
-            let mut snap: Vec<LogEntry> =
-                entries.iter().map(|(_, e)| e).filter(|e| wanted(e)).cloned().collect();
-            if let Some(t) = request.tail {
-                let skip = snap.len().saturating_sub(t);
-                snap.drain(..skip);
-            }
-            let rx = if request.follow {
-                lock(&d.logs.tx).as_ref().map(|tx| tx.subscribe())
-            } else {
-                None
-            };
-            (snap, rx)
-        };
-        let head = futures::stream::iter(snapshot.into_iter().map(Ok));
-        let Some(rx) = rx else {
-            return Ok(head.boxed());
-        };
-        let instance = request.instance.clone();
-        let since = request.since;
-        let tail = futures::stream::unfold(rx, move |mut rx| {
-            let instance = instance.clone();
-            async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(e) => {
-                            if instance.as_deref().is_none_or(|i| e.instance == i)
-                                && since.is_none_or(|s| e.timestamp >= s)
-                            {
-                                return Some((Ok(e), rx));
-                            }
-                        }
-                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = d.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = lock(&d.state);
+                if st.removed {
+                    return Err(Error::function_not_found(function.to_string()));
+                }
+                if st.views.iter().any(|v| v.ready) {
+                    return Ok(true);
                 }
             }
-        });
-        Ok(head.chain(tail).boxed())
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(false);
+            }
+        }
     }
+}
 
+#[async_trait]
+impl Secrets for MemoryInvoker {
     async fn list_secrets(&self, namespace: &str) -> Result<Vec<SecretInfo>> {
         validate_namespace(namespace)?;
         let secrets = lock(&self.inner.secrets);
@@ -1330,25 +1329,60 @@ impl Invoker for MemoryInvoker {
             .map(|_| ())
             .ok_or_else(|| Error::NotFound { kind: "secret", name: name.to_string() })
     }
+}
 
-    async fn namespaces(&self) -> Result<Vec<String>> {
-        let mut set = BTreeSet::new();
-        set.insert(DEFAULT_NAMESPACE.to_string());
-        for d in self.inner.deployed() {
-            set.insert(d.fref.namespace.clone());
-        }
-        for (ns, _) in lock(&self.inner.secrets).keys() {
-            set.insert(ns.clone());
-        }
-        Ok(set.into_iter().collect())
-    }
-
-    fn info(&self) -> ProviderInfo {
-        ProviderInfo {
-            provider: PROVIDER.into(),
-            orchestration: "memory".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-        }
+#[async_trait]
+impl Logs for MemoryInvoker {
+    async fn logs(&self, request: LogsRequest) -> Result<LogStream> {
+        let function = request
+            .function
+            .as_ref()
+            .ok_or_else(|| Error::invalid("name", "a function name is required"))?;
+        let d = self.inner.function(function)?;
+        let wanted = |e: &LogEntry| {
+            request.instance.as_deref().is_none_or(|i| e.instance == i)
+                && request.since.is_none_or(|s| e.timestamp >= s)
+        };
+        let (snapshot, rx) = {
+            let entries = lock(&d.logs.entries);
+            let mut snap: Vec<LogEntry> =
+                entries.iter().map(|(_, e)| e).filter(|e| wanted(e)).cloned().collect();
+            if let Some(t) = request.tail {
+                let skip = snap.len().saturating_sub(t);
+                snap.drain(..skip);
+            }
+            let rx = if request.follow {
+                lock(&d.logs.tx).as_ref().map(|tx| tx.subscribe())
+            } else {
+                None
+            };
+            (snap, rx)
+        };
+        let head = futures::stream::iter(snapshot.into_iter().map(Ok));
+        let Some(rx) = rx else {
+            return Ok(head.boxed());
+        };
+        let instance = request.instance.clone();
+        let since = request.since;
+        let tail = futures::stream::unfold(rx, move |mut rx| {
+            let instance = instance.clone();
+            async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(e) => {
+                            if instance.as_deref().is_none_or(|i| e.instance == i)
+                                && since.is_none_or(|s| e.timestamp >= s)
+                            {
+                                return Some((Ok(e), rx));
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        });
+        Ok(head.chain(tail).boxed())
     }
 }
 
@@ -1356,7 +1390,7 @@ impl Invoker for MemoryInvoker {
 mod tests {
     use super::*;
     use crate::function::{handler_fn, Request};
-    use crate::invoker::InvokerExt;
+    use crate::invoker::InvokeExt;
     use crate::scheduler::{Node, PlacementRequest};
 
     /// Always picks instance 0, full or not.

@@ -12,7 +12,7 @@ macro_rules! cases {
                 .build();
             let workload = MemoryWorkload::new(&invoker);
             conformance::$case(&invoker, &workload).await;
-            let left = faas_core::Invoker::list(&invoker, "openfaas-fn").await.unwrap();
+            let left = faas_core::Deploy::list(&invoker, "openfaas-fn").await.unwrap();
             assert!(left.is_empty(), "case left functions behind: {left:?}");
         }
     )*};

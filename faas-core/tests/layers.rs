@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use faas_core::conformance::fixtures;
 use faas_core::layers::{
-    ConcurrencyLimitLayer, InvokerService, Layered, MetricsLayer, RetryLayer, TimeoutLayer,
+    ConcurrencyLimitLayer, InvokeService, Layered, MetricsLayer, RetryLayer, TimeoutLayer,
     TraceLayer,
 };
+use faas_core::prelude::*;
 use faas_core::{
-    handler_fn, Body, BoxError, Context, Error, FunctionRef, FunctionSpec, Invocation, Invoker,
-    InvokerExt, MemoryInvoker, Request, Response,
+    handler_fn, Backend, Body, BoxError, Context, Error, FunctionRef, FunctionSpec, Invocation,
+    InvokeExt, MemoryInvoker, Request, Response,
 };
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
@@ -413,7 +414,7 @@ async fn trace_span_carries_function_id_and_status() {
 async fn layered_invoker_goes_through_the_stack() {
     let memory = MemoryInvoker::new();
     memory.register("sleep", fixtures::sleep());
-    let backend: Arc<dyn Invoker> = Arc::new(memory.clone());
+    let backend: Arc<dyn Backend> = Arc::new(memory.clone());
     let stack = ServiceBuilder::new()
         .layer(TraceLayer::new())
         .layer(MetricsLayer::new())
@@ -431,7 +432,7 @@ async fn layered_invoker_goes_through_the_stack() {
     let resp = layered.invoke(Invocation::get("s", "/?ms=10")).await.unwrap();
     assert_eq!(resp.status(), 200);
     // And the plain service form works too.
-    let svc = InvokerService::from_invoker(memory);
+    let svc = InvokeService::new(Arc::new(memory));
     let resp = svc.oneshot(Invocation::get("s", "/?ms=1")).await.unwrap();
     assert_eq!(text(resp).await, "slept");
 }

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use faas_core::conformance::fixtures;
+use faas_core::prelude::*;
 use faas_core::spec::labels;
 use faas_core::{
     handler_fn, Context, DeveloperErrorKind, Error, FunctionRef, FunctionSpec, InstanceView,
-    Invocation, InvocationMeta, Invoker, InvokerExt, LogsRequest, MemoryInvoker, Request,
-    Scheduler, Secret, StartKind,
+    Invocation, InvocationMeta, InvokeExt, LogsRequest, MemoryInvoker, Request, Scheduler, Secret,
+    StartKind,
 };
 use futures::StreamExt;
 
@@ -546,4 +547,80 @@ async fn activations_recorded_on_many_threads_are_all_found_newest_first() {
     assert_eq!(listed.len(), 200);
     assert!(listed.windows(2).all(|w| w[0].end >= w[1].end), "not newest first");
     assert_eq!(inv.activations(&f("echo"), 7).len(), 7);
+}
+
+/// `wait_ready` wakes when the instance turns ready (one cold start after the scale), and a
+/// function that never turns ready within the bound gives `false`; an unknown one NotFound.
+#[tokio::test(start_paused = true)]
+async fn wait_ready_wakes_at_readiness() {
+    let cold = Duration::from_millis(37);
+    let inv = MemoryInvoker::builder().cold_start(cold).build();
+    inv.register("echo", fixtures::echo());
+    inv.deploy(FunctionSpec::new("z", "echo").label(labels::SCALE_MIN, "0")).await.unwrap();
+    inv.scale(&f("z"), 0).await.unwrap();
+    assert!(!inv.wait_ready(&f("z"), Duration::from_secs(5)).await.unwrap(), "nothing to wait for");
+    inv.scale(&f("z"), 1).await.unwrap();
+    let t0 = tokio::time::Instant::now();
+    assert!(inv.wait_ready(&f("z"), Duration::from_secs(5)).await.unwrap());
+    assert_eq!(tokio::time::Instant::now() - t0, cold);
+    let e = inv.wait_ready(&f("nope"), Duration::from_secs(1)).await.unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e:?}");
+}
+
+/// The default `wait_ready` (for backends without a notification) polls `status` at growing
+/// intervals: it sees readiness within 50 ms of it, and gives `false` at the bound.
+#[tokio::test(start_paused = true)]
+async fn default_wait_ready_polls_status() {
+    /// Forwards `status` only, so `wait_ready` is the trait's default.
+    struct StatusOnly(MemoryInvoker);
+    #[async_trait::async_trait]
+    impl Deploy for StatusOnly {
+        async fn deploy(&self, spec: FunctionSpec) -> faas_core::Result<()> {
+            self.0.deploy(spec).await
+        }
+        async fn update(&self, spec: FunctionSpec) -> faas_core::Result<()> {
+            self.0.update(spec).await
+        }
+        async fn remove(&self, function: &FunctionRef) -> faas_core::Result<()> {
+            self.0.remove(function).await
+        }
+        async fn list(&self, ns: &str) -> faas_core::Result<Vec<faas_core::FunctionStatus>> {
+            self.0.list(ns).await
+        }
+        async fn status(
+            &self,
+            function: &FunctionRef,
+        ) -> faas_core::Result<faas_core::FunctionStatus> {
+            self.0.status(function).await
+        }
+        async fn scale(&self, function: &FunctionRef, n: u32) -> faas_core::Result<()> {
+            self.0.scale(function, n).await
+        }
+        async fn namespaces(&self) -> faas_core::Result<Vec<String>> {
+            self.0.namespaces().await
+        }
+        fn info(&self) -> faas_core::ProviderInfo {
+            self.0.info()
+        }
+    }
+    let cold = Duration::from_millis(300);
+    let inv = MemoryInvoker::builder().cold_start(cold).build();
+    inv.register("echo", fixtures::echo());
+    let b = StatusOnly(inv);
+    b.deploy(FunctionSpec::new("z", "echo").label(labels::SCALE_MIN, "0")).await.unwrap();
+    b.scale(&f("z"), 0).await.unwrap();
+    let t0 = tokio::time::Instant::now();
+    assert!(!b.wait_ready(&f("z"), Duration::from_millis(120)).await.unwrap());
+    assert_eq!(
+        tokio::time::Instant::now() - t0,
+        Duration::from_millis(120),
+        "gives up at the bound"
+    );
+    b.scale(&f("z"), 1).await.unwrap();
+    let t0 = tokio::time::Instant::now();
+    assert!(b.wait_ready(&f("z"), Duration::from_secs(5)).await.unwrap());
+    let took = tokio::time::Instant::now() - t0;
+    assert!(took >= cold && took <= cold + Duration::from_millis(50), "{took:?}");
+    let e = b.wait_ready(&f("nope"), Duration::from_secs(1)).await.unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e:?}");
 }

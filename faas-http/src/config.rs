@@ -19,8 +19,6 @@ pub struct GatewayConfig {
     pub upstream_timeout: Duration,
     /// How long a request may wait for a function to scale from zero (503 beyond it).
     pub scale_from_zero_timeout: Duration,
-    /// How often readiness is polled while scaling from zero (OpenFaaS: 100 ms).
-    pub ready_poll_interval: Duration,
     /// How long a function that answered is trusted to be ready without asking the backend.
     pub ready_cache_ttl: Duration,
     /// Basic auth for `/system/*` and `/ui/*`; `None` disables it.
@@ -37,7 +35,6 @@ impl Default for GatewayConfig {
             max_body_bytes: 32 * 1024 * 1024,
             upstream_timeout: Duration::from_secs(60),
             scale_from_zero_timeout: Duration::from_secs(30),
-            ready_poll_interval: Duration::from_millis(100),
             ready_cache_ttl: Duration::from_secs(2),
             auth: None,
             max_async_result_bytes: 8 * 1024 * 1024,

@@ -1,6 +1,6 @@
 //! # faas-http
 //!
-//! An OpenFaaS-compatible HTTP gateway over any [`faas_core::Invoker`], built from tower
+//! An OpenFaaS-compatible HTTP gateway over any [`faas_core::Backend`], built from tower
 //! layers. It depends on no backend: the `faas` binary (crate `faas`) is where the process,
 //! Docker and Kubernetes backends are linked in.
 //!
@@ -13,7 +13,7 @@
 //! - [`stack`]: the OpenFaaS stack file (`stack.yml`); [`client`]: a gateway client.
 //!
 //! ```no_run
-//! # async fn run(invoker: std::sync::Arc<dyn faas_core::Invoker>) -> std::io::Result<()> {
+//! # async fn run(invoker: std::sync::Arc<dyn faas_core::Backend>) -> std::io::Result<()> {
 //! use faas_http::{Gateway, GatewayConfig};
 //! let gateway = Gateway::builder(invoker).config(GatewayConfig::default()).build();
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use faas_core::queue::{ActivationStore, QueuePublisher};
-use faas_core::{Error, Invoker, Result};
+use faas_core::{Backend, Error, Result};
 
 use crate::{GatewayBuilder, GatewayConfig};
 
@@ -179,7 +179,7 @@ impl AsyncQueue {
     pub async fn start(
         url: &QueueUrl,
         options: &QueueOptions,
-        invoker: Arc<dyn Invoker>,
+        invoker: Arc<dyn Backend>,
         config: &GatewayConfig,
     ) -> Result<Option<AsyncQueue>> {
         url.check()?;
@@ -244,7 +244,7 @@ async fn start_kafka(
     brokers: &[String],
     topic: &str,
     options: &QueueOptions,
-    invoker: Arc<dyn Invoker>,
+    invoker: Arc<dyn Backend>,
     config: &GatewayConfig,
 ) -> Result<AsyncQueue> {
     use faas_queue::kafka::{KafkaConfig, KafkaConsumer, KafkaDeadLetters, KafkaPublisher};

@@ -9,12 +9,14 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use faas_core::prelude::*;
 use faas_core::spec::{validate_secret_name, ScalingPolicy, DEFAULT_NAMESPACE};
 use faas_core::util::{format_duration, FastBuildHasher};
 use faas_core::{
-    Body, BoxError, Error, FunctionRef, FunctionSpec, Invocation, InvocationId, Invoker,
+    Backend, Body, BoxError, Error, FunctionRef, FunctionSpec, Invocation, InvocationId,
     LogsRequest, QueuePublisher, QueuedInvocation, Request, Response, Result, Secret,
 };
+use faas_core::{InvokeService, ServiceInvoke};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -68,7 +70,10 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 struct Inner {
-    invoker: Arc<dyn Invoker>,
+    invoker: Arc<dyn Backend>,
+    /// What `/function/*` and the async worker invoke through: the backend itself, or the
+    /// layer stack over it given to [`GatewayBuilder::invoke_layer`].
+    invoke: Arc<dyn Invoke>,
     config: GatewayConfig,
     metrics: GatewayMetrics,
     queue: Option<Arc<dyn QueuePublisher>>,
@@ -96,7 +101,7 @@ const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 /// The most functions whose routing the gateway remembers (the cache starts over beyond).
 const MAX_ROUTES: usize = 10_000;
 
-/// The gateway's routes (REFERENCE.md section 1) over an `Arc<dyn Invoker>`, as a tower
+/// The gateway's routes (REFERENCE.md section 1) over an `Arc<dyn Backend>`, as a tower
 /// `Service`. No auth or body limit of its own: [`Gateway::service`] adds those layers.
 ///
 /// Each clone keeps a small cache of its own of the functions it routed to (`serve` gives
@@ -201,7 +206,8 @@ impl Service<Request> for GatewayService {
 
 /// Builds a [`Gateway`].
 pub struct GatewayBuilder {
-    invoker: Arc<dyn Invoker>,
+    invoker: Arc<dyn Backend>,
+    invoke: Arc<dyn Invoke>,
     config: GatewayConfig,
     queue: Option<Arc<dyn QueuePublisher>>,
     activations: Option<Arc<dyn ActivationStore>>,
@@ -211,6 +217,22 @@ impl GatewayBuilder {
     /// Sets the configuration.
     pub fn config(mut self, config: GatewayConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Invokes functions (sync and async) through `layer` over the backend: any tower layer,
+    /// or a `tower::ServiceBuilder` of several, over an [`InvokeService`], such as the
+    /// layers of [`faas_core::layers`] (concurrency limits, retries, timeouts, metrics,
+    /// tracing) or a user's own. Called again, the new layer wraps the earlier ones.
+    /// Management routes (`/system/*`) go to the backend directly.
+    pub fn invoke_layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<InvokeService>,
+        L::Service:
+            Service<Invocation, Response = Response, Error = Error> + Clone + Send + Sync + 'static,
+        <L::Service as Service<Invocation>>::Future: Send + 'static,
+    {
+        self.invoke = Arc::new(ServiceInvoke::new(layer.layer(InvokeService::new(self.invoke))));
         self
     }
 
@@ -243,7 +265,7 @@ impl GatewayBuilder {
             };
             worker = Some(
                 faas_queue::Worker::new(
-                    self.invoker.clone(),
+                    self.invoke.clone(),
                     Arc::new(q.consumer()),
                     store.clone(),
                     config,
@@ -259,6 +281,7 @@ impl GatewayBuilder {
         }
         let router = Router::over(Arc::new(Inner {
             invoker: self.invoker,
+            invoke: self.invoke,
             config: self.config,
             metrics: GatewayMetrics::new(),
             queue,
@@ -304,12 +327,19 @@ impl std::fmt::Debug for Gateway {
 
 impl Gateway {
     /// Starts building a gateway over `invoker`.
-    pub fn builder(invoker: Arc<dyn Invoker>) -> GatewayBuilder {
-        GatewayBuilder { invoker, config: GatewayConfig::default(), queue: None, activations: None }
+    pub fn builder(invoker: Arc<dyn Backend>) -> GatewayBuilder {
+        let invoke: Arc<dyn Invoke> = invoker.clone();
+        GatewayBuilder {
+            invoker,
+            invoke,
+            config: GatewayConfig::default(),
+            queue: None,
+            activations: None,
+        }
     }
 
     /// A gateway with the default configuration.
-    pub fn new(invoker: Arc<dyn Invoker>) -> Gateway {
+    pub fn new(invoker: Arc<dyn Backend>) -> Gateway {
         Gateway::builder(invoker).build()
     }
 
@@ -396,7 +426,7 @@ impl Service<Request> for Router {
                 // the await: no copies of the request.
                 return Box::pin(async move {
                     let inner = &*local.inner;
-                    let outcome = upstream_timeout(inner, &stamp, inner.invoker.invoke(inv)).await;
+                    let outcome = upstream_timeout(inner, &stamp, inner.invoke.invoke(inv)).await;
                     Ok(finish(inner, &route.0, &stamp, limit_hit, outcome))
                 });
             }
@@ -586,22 +616,17 @@ impl Inner {
             self.invoker.scale(f, target).await?;
         }
         let limit = self.config.scale_from_zero_timeout;
-        loop {
-            let st = self.invoker.status(f).await?;
-            if st.available_replicas > 0 {
-                tracing::info!(function = %f, took_ms = t0.elapsed().as_millis() as u64, "function ready");
-                return Ok(());
-            }
-            if t0.elapsed() >= limit {
-                return Err(Error::unavailable(format!(
-                    "function {f} did not become ready within the scale-from-zero timeout of {} \
-                     (replicas {}, available 0)",
-                    format_duration(limit),
-                    st.replicas
-                )));
-            }
-            tokio::time::sleep(self.config.ready_poll_interval.min(limit - t0.elapsed())).await;
+        // Woken as soon as a replica is ready, where the backend can tell (no fixed poll).
+        if self.invoker.wait_ready(f, limit).await? {
+            tracing::info!(function = %f, took_ms = t0.elapsed().as_millis() as u64, "function ready");
+            return Ok(());
         }
+        let replicas = self.invoker.status(f).await.map(|s| s.replicas).unwrap_or_default();
+        Err(Error::unavailable(format!(
+            "function {f} did not become ready within the scale-from-zero timeout of {} \
+             (replicas {replicas}, available 0)",
+            format_duration(limit),
+        )))
     }
 }
 
@@ -825,7 +850,7 @@ async fn invoke_warm(inner: &Inner, routed: Arc<Routed>, req: Request, suffix: &
         Ok(p) => p,
         Err(resp) => return *resp,
     };
-    let outcome = upstream_timeout(inner, &stamp, inner.invoker.invoke(inv)).await;
+    let outcome = upstream_timeout(inner, &stamp, inner.invoke.invoke(inv)).await;
     finish(inner, &routed, &stamp, limit_hit, outcome)
 }
 

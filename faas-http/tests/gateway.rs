@@ -642,3 +642,25 @@ async fn garbage_input_never_breaks_the_gateway() {
     assert_eq!(g.req(Method::GET, "/healthz", "").await.status, 200);
     let _ = memory_invoker;
 }
+
+/// Scale from zero is woken by the backend as the replica turns ready: on paused time the
+/// request completes exactly one cold start after it arrived, not on a fixed poll's tick
+/// (the router polled status every 100 ms).
+#[tokio::test(start_paused = true)]
+async fn scale_from_zero_is_woken_when_the_replica_is_ready() {
+    use faas_core::prelude::*;
+    use tower::ServiceExt;
+
+    let cold = Duration::from_millis(37);
+    let invoker = std::sync::Arc::new(faas_core::MemoryInvoker::builder().cold_start(cold).build());
+    MemoryWorkload::new(&invoker);
+    invoker.deploy(echo("sleepy").label("com.openfaas.scale.min", "0")).await.unwrap();
+    let f = faas_core::FunctionRef::new("sleepy", faas_core::spec::DEFAULT_NAMESPACE);
+    invoker.scale(&f, 0).await.unwrap();
+    let router = faas_http::Gateway::new(invoker.clone()).router();
+    let t0 = tokio::time::Instant::now();
+    let req = http::Request::post("/function/sleepy").body(faas_core::Body::from("x")).unwrap();
+    let resp = router.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(tokio::time::Instant::now() - t0, cold, "woken at readiness, not on a poll tick");
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::{eventually, memory_invoker};
 use faas_core::conformance::{Behaviour, MemoryWorkload};
 use faas_core::queue::{ActivationStore, QueuePublisher};
-use faas_core::{FunctionSpec, Invoker};
+use faas_core::{Backend, FunctionSpec};
 use faas_http::client::GatewayClient;
 use faas_http::Gateway;
 use faas_queue::gateway::GatewayInvoker;
@@ -48,7 +48,7 @@ async fn gateway_answers_for_calls_a_separate_worker_ran() {
         Arc::new(gateway_store.clone()),
     ));
     let invoker = memory_invoker();
-    let gateway = Gateway::builder(invoker.clone() as Arc<dyn Invoker>)
+    let gateway = Gateway::builder(invoker.clone() as Arc<dyn Backend>)
         .queue(publisher)
         .activations(Arc::new(gateway_store.clone()) as Arc<dyn ActivationStore>)
         .build();

@@ -1,4 +1,4 @@
-//! [`GatewayInvoker`]: an [`Invoker`] that invokes functions through an OpenFaaS-compatible
+//! [`GatewayInvoker`]: an [`Invoke`] that invokes functions through an OpenFaaS-compatible
 //! gateway's `/function/NAME.NAMESPACE` route, for a queue worker running as its own process
 //! (the way OpenFaaS's queue-worker calls the gateway).
 
@@ -6,17 +6,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use faas_core::invoker::{LogStream, LogsRequest, ProviderInfo, Secret, SecretInfo};
-use faas_core::{
-    Body, Error, FunctionRef, FunctionSpec, FunctionStatus, Invocation, Invoker, Response, Result,
-};
+use faas_core::{Body, Error, Invocation, Invoke, Response, Result};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-/// Invokes through a gateway over HTTP/1 (`http://` only). Only [`Invoker::invoke`] is
-/// supported; everything else answers [`Error::NotSupported`].
+/// Invokes through a gateway over HTTP/1 (`http://` only). It implements [`Invoke`] only:
+/// the queue worker needs nothing else.
 #[derive(Clone)]
 pub struct GatewayInvoker {
     base: String,
@@ -47,31 +44,8 @@ impl GatewayInvoker {
     }
 }
 
-fn unsupported<T>(operation: &str) -> Result<T> {
-    Err(Error::NotSupported { operation: format!("{operation} through a gateway invoker") })
-}
-
 #[async_trait]
-impl Invoker for GatewayInvoker {
-    async fn deploy(&self, _spec: FunctionSpec) -> Result<()> {
-        unsupported("deploy")
-    }
-    async fn update(&self, _spec: FunctionSpec) -> Result<()> {
-        unsupported("update")
-    }
-    async fn remove(&self, _function: &FunctionRef) -> Result<()> {
-        unsupported("remove")
-    }
-    async fn list(&self, _namespace: &str) -> Result<Vec<FunctionStatus>> {
-        unsupported("list")
-    }
-    async fn status(&self, _function: &FunctionRef) -> Result<FunctionStatus> {
-        unsupported("status")
-    }
-    async fn scale(&self, _function: &FunctionRef, _replicas: u32) -> Result<()> {
-        unsupported("scale")
-    }
-
+impl Invoke for GatewayInvoker {
     async fn invoke(&self, invocation: Invocation) -> Result<Response> {
         let (mut parts, body) = invocation.request.into_parts();
         let f = &invocation.function;
@@ -102,32 +76,6 @@ impl Invoker for GatewayInvoker {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(Error::timeout("queue worker invocation", self.timeout)),
-        }
-    }
-
-    async fn logs(&self, _request: LogsRequest) -> Result<LogStream> {
-        unsupported("logs")
-    }
-    async fn list_secrets(&self, _namespace: &str) -> Result<Vec<SecretInfo>> {
-        unsupported("list_secrets")
-    }
-    async fn create_secret(&self, _secret: Secret) -> Result<()> {
-        unsupported("create_secret")
-    }
-    async fn update_secret(&self, _secret: Secret) -> Result<()> {
-        unsupported("update_secret")
-    }
-    async fn remove_secret(&self, _namespace: &str, _name: &str) -> Result<()> {
-        unsupported("remove_secret")
-    }
-    async fn namespaces(&self) -> Result<Vec<String>> {
-        unsupported("namespaces")
-    }
-    fn info(&self) -> ProviderInfo {
-        ProviderInfo {
-            provider: "faas-rs-gateway-invoker".into(),
-            orchestration: "gateway".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
         }
     }
 }

@@ -9,7 +9,7 @@
 //!   idempotent producer, a consumer group, and offsets committed only once an invocation
 //!   has finished.
 //! - [`worker::Worker`]: invokes what a queue delivers through any
-//!   [`Invoker`](faas_core::Invoker), with per-function concurrency, retries with
+//!   [`Invoke`](faas_core::Invoke) (all it needs of a backend), with per-function concurrency, retries with
 //!   exponential backoff and jitter (honouring `Retry-After`), dead letters, callbacks, and
 //!   an [`AsyncActivation`](faas_core::queue::AsyncActivation) record per call id in an
 //!   [`ActivationStore`].
@@ -32,7 +32,7 @@
 //! use faas_queue::worker::{Worker, WorkerConfig};
 //! use faas_queue::TrackedPublisher;
 //!
-//! # async fn wire(invoker: Arc<dyn faas_core::Invoker>) {
+//! # async fn wire(invoker: Arc<dyn faas_core::Invoke>) {
 //! let queue = MemoryQueue::new(100_000);
 //! let store = Arc::new(MemoryActivationStore::default());
 //! // The gateway publishes through this (202 + X-Call-Id, or 429 when the queue is full)

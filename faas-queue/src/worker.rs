@@ -1,5 +1,5 @@
 //! The queue worker: takes queued invocations from a [`QueueConsumer`], invokes them through
-//! any [`Invoker`], retries, dead-letters, posts callbacks and keeps an activation record per
+//! any [`Invoke`], retries, dead-letters, posts callbacks and keeps an activation record per
 //! call id.
 //!
 //! For each delivery the worker:
@@ -48,7 +48,7 @@ use faas_core::queue::{
     parse_callback_url, ActivationStore, AsyncActivation, AsyncState, CallbackOutcome, DeadLetter,
     DeadLetterSink, FinalAttempt, Progress, QueueConsumer, QueuedInvocation, RecordUpdate,
 };
-use faas_core::{Delivery, Error, InvocationId, InvocationMeta, Invoker};
+use faas_core::{Delivery, Error, InvocationId, InvocationMeta, Invoke};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
@@ -250,7 +250,7 @@ impl std::fmt::Debug for Worker {
 }
 
 struct Inner {
-    invoker: Arc<dyn Invoker>,
+    invoker: Arc<dyn Invoke>,
     consumer: Arc<dyn QueueConsumer>,
     store: Arc<dyn ActivationStore>,
     dead_letters: Option<Arc<dyn DeadLetterSink>>,
@@ -349,7 +349,7 @@ impl Worker {
     /// `store`. Dead letters go to the record only until [`Worker::with_dead_letters`];
     /// callbacks use [`HttpCallbackClient`] until [`Worker::with_callback_sender`].
     pub fn new(
-        invoker: Arc<dyn Invoker>,
+        invoker: Arc<dyn Invoke>,
         consumer: Arc<dyn QueueConsumer>,
         store: Arc<dyn ActivationStore>,
         config: WorkerConfig,

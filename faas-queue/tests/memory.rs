@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use common::*;
+use faas_core::prelude::*;
 use faas_core::queue::{QueueConsumer, QueuePublisher, QueuedInvocation};
 use faas_core::{Delivery, Error};
 use faas_queue::memory::MemoryQueue;
@@ -128,7 +129,6 @@ async fn memory_worker_stops_when_queue_closes() {
 /// query, headers and body to `/function/NAME.NAMESPACE` and returns the answer.
 #[tokio::test]
 async fn gateway_invoker_forwards_to_the_function_route() {
-    use faas_core::Invoker;
     let gw = CallbackServer::start(vec![]).await;
     let base = gw.url.trim_end_matches("/cb").to_string();
     let invoker =

@@ -9,7 +9,7 @@
 //!   variables as the OpenFaaS watchdogs (`fprocess`, `mode`, `upstream_url`, `port`,
 //!   `exec_timeout`, `max_inflight`...). See [`watchdog::Config`].
 //! - [`process`]: the process backend, [`process::ProcessInvoker`], a
-//!   [`faas_core::Invoker`] that runs each function replica as a watchdog-managed local
+//!   [`faas_core::Backend`] that runs each function replica as a watchdog-managed local
 //!   process on its own `127.0.0.1` port. It needs no Docker.
 //! - `testing` (feature `testing`): the conformance workload for the process backend, built on
 //!   the `faas-fixture` binary of this crate.

@@ -52,11 +52,12 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::BytesMut;
+use faas_core::prelude::*;
 use faas_core::scheduler::{Resources as NodeResources, Schedulers};
 use faas_core::spec::{validate_secret_name, ScalingPolicy, DEFAULT_NAMESPACE};
 use faas_core::{
     Body, DeveloperErrorKind, Error, FunctionRef, FunctionSpec, FunctionStatus, InstanceView,
-    Invocation, InvocationMeta, Invoker, LeastLoaded, LogEntry, LogStream, LogsRequest, Node,
+    Invocation, InvocationMeta, LeastLoaded, LogEntry, LogStream, LogsRequest, Node,
     PlacementRequest, ProviderInfo, Response, Result, Scheduler, Secret, SecretInfo, StartKind,
 };
 use futures::StreamExt;
@@ -1095,7 +1096,128 @@ async fn watchdog_error(
 }
 
 #[async_trait]
-impl Invoker for ProcessInvoker {
+impl Invoke for ProcessInvoker {
+    async fn invoke(&self, invocation: Invocation) -> Result<Response> {
+        let sh = &self.inner;
+        let func = sh.function(&invocation.function)?;
+        let arrived = Instant::now();
+        let mut cold = false;
+        let (replica, timeout) = loop {
+            let notified = func.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let starting = {
+                let mut st = lock(&func.state);
+                if st.removed {
+                    return Err(Error::function_not_found(func.fref.to_string()));
+                }
+                st.last_activity = Instant::now();
+                let vs = views(sh, &st);
+                if let Some(i) = st.scheduler.route(&func.fref, &vs) {
+                    if let Some(r) = st.replicas.get(i).cloned() {
+                        r.in_flight.fetch_add(1, Ordering::SeqCst);
+                        st.in_flight += 1;
+                        st.invocation_count += 1;
+                        break (r, st.spec.timeout);
+                    }
+                }
+                if st.desired == 0 {
+                    // Scale from zero.
+                    st.desired = st.policy.min.max(1).min(st.policy.max);
+                    st.next_start = Instant::now();
+                    cold = true;
+                    func.wake.notify_one();
+                }
+                let any_ready = vs.iter().any(|v| v.ready);
+                cold |= !any_ready;
+                !any_ready
+            };
+            let bound = if starting { sh.cfg.start_timeout } else { sh.cfg.queue_timeout };
+            if tokio::time::timeout_at(arrived + bound, notified).await.is_err() {
+                let after = faas_core::util::format_duration(bound);
+                return Err(if starting {
+                    Error::unavailable(format!(
+                        "no instance of {} became ready in {after}",
+                        func.fref
+                    ))
+                } else {
+                    Error::Overloaded {
+                        message: format!("every instance of {} stayed busy for {after}", func.fref),
+                        retry_after: Some(Duration::from_secs(1)),
+                    }
+                });
+            }
+        };
+        let lease = Lease { func: func.clone(), replica: replica.clone() };
+        let wait_time = arrived.elapsed();
+        let Invocation { id, function: _, request } = invocation;
+        let (mut parts, body) = request.into_parts();
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let pq = if pq.starts_with('/') { pq.to_string() } else { format!("/{pq}") };
+        parts.uri = format!("http://127.0.0.1:{}{pq}", replica.port)
+            .parse()
+            .map_err(|e| Error::invalid("path", format!("{pq:?}: {e}")))?;
+        if let Ok(v) = http::HeaderValue::from_str(id.as_str()) {
+            parts.headers.insert("x-call-id", v);
+        }
+        parts.headers.remove(http::header::HOST);
+        let fut = sh.client.request(http::Request::from_parts(parts, body));
+        let result = match timeout {
+            // The watchdog enforces the timeout (and kills the process); this is the backstop.
+            Some(t) => match tokio::time::timeout(t + Duration::from_secs(10), fut).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(Error::timeout(format_args!("function {} exec", func.fref), t))
+                }
+            },
+            None => fut.await,
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let died = replica.exited.load(Ordering::SeqCst)
+                    || replica.stopping.load(Ordering::SeqCst);
+                func.wake.notify_one();
+                return Err(if died {
+                    Error::developer(
+                        DeveloperErrorKind::Crash,
+                        format!(
+                            "instance {} of {} exited during the invocation: {e}",
+                            replica.id, func.fref
+                        ),
+                    )
+                } else {
+                    Error::unavailable(format!(
+                        "instance {} of {} did not answer: {e}",
+                        replica.id, func.fref
+                    ))
+                });
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let resp = Response::from_parts(parts, Body::new(body));
+        let reason =
+            resp.headers().get(ERROR_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let resp = match reason {
+            Some(reason) => watchdog_error(&reason, resp, &func.fref, &replica.id).await?,
+            None => resp,
+        };
+        let (mut parts, body) = resp.into_parts();
+        parts.extensions.insert(InvocationMeta {
+            instance: replica.id.to_string(),
+            start: if cold { StartKind::Cold } else { StartKind::Warm },
+            wait_time,
+            init_time: cold.then_some(wait_time),
+        });
+        // The slot is free once the function has answered (as the in-memory backend does):
+        // a caller may hold an unread body as long as it likes.
+        drop(lease);
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+#[async_trait]
+impl Deploy for ProcessInvoker {
     async fn deploy(&self, spec: FunctionSpec) -> Result<()> {
         let sh = &self.inner;
         let (policy, scheduler) = sh.check(&spec)?;
@@ -1229,175 +1351,64 @@ impl Invoker for ProcessInvoker {
         Ok(())
     }
 
-    async fn invoke(&self, invocation: Invocation) -> Result<Response> {
-        let sh = &self.inner;
-        let func = sh.function(&invocation.function)?;
-        let arrived = Instant::now();
-        let mut cold = false;
-        let (replica, timeout) = loop {
+    async fn namespaces(&self) -> Result<Vec<String>> {
+        let mut set = BTreeSet::new();
+        set.insert(DEFAULT_NAMESPACE.to_string());
+        {
+            let functions = self.inner.functions.read().unwrap_or_else(|e| e.into_inner());
+            for f in functions.keys() {
+                set.insert(f.namespace.clone());
+            }
+        }
+        if let Ok(mut rd) = tokio::fs::read_dir(self.inner.state.join("secrets")).await {
+            while let Ok(Some(e)) = rd.next_entry().await {
+                let ns = e.file_name().to_string_lossy().into_owned();
+                if validate_namespace(&ns).is_ok() {
+                    set.insert(ns);
+                }
+            }
+        }
+        Ok(set.into_iter().collect())
+    }
+
+    fn info(&self) -> ProviderInfo {
+        ProviderInfo {
+            provider: PROVIDER.into(),
+            orchestration: "process".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    /// Woken by the replica that turns ready (no polling).
+    async fn wait_ready(&self, function: &FunctionRef, timeout: Duration) -> Result<bool> {
+        let func = self.inner.function(function)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
             let notified = func.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let starting = {
-                let mut st = lock(&func.state);
+            {
+                let st = lock(&func.state);
                 if st.removed {
-                    return Err(Error::function_not_found(func.fref.to_string()));
+                    return Err(Error::function_not_found(function.to_string()));
                 }
-                st.last_activity = Instant::now();
-                let vs = views(sh, &st);
-                if let Some(i) = st.scheduler.route(&func.fref, &vs) {
-                    if let Some(r) = st.replicas.get(i).cloned() {
-                        r.in_flight.fetch_add(1, Ordering::SeqCst);
-                        st.in_flight += 1;
-                        st.invocation_count += 1;
-                        break (r, st.spec.timeout);
-                    }
+                if st
+                    .replicas
+                    .iter()
+                    .any(|r| r.ready.load(Ordering::SeqCst) && !r.stopping.load(Ordering::SeqCst))
+                {
+                    return Ok(true);
                 }
-                if st.desired == 0 {
-                    // Scale from zero.
-                    st.desired = st.policy.min.max(1).min(st.policy.max);
-                    st.next_start = Instant::now();
-                    cold = true;
-                    func.wake.notify_one();
-                }
-                let any_ready = vs.iter().any(|v| v.ready);
-                cold |= !any_ready;
-                !any_ready
-            };
-            let bound = if starting { sh.cfg.start_timeout } else { sh.cfg.queue_timeout };
-            if tokio::time::timeout_at(arrived + bound, notified).await.is_err() {
-                let after = faas_core::util::format_duration(bound);
-                return Err(if starting {
-                    Error::unavailable(format!(
-                        "no instance of {} became ready in {after}",
-                        func.fref
-                    ))
-                } else {
-                    Error::Overloaded {
-                        message: format!("every instance of {} stayed busy for {after}", func.fref),
-                        retry_after: Some(Duration::from_secs(1)),
-                    }
-                });
             }
-        };
-        let lease = Lease { func: func.clone(), replica: replica.clone() };
-        let wait_time = arrived.elapsed();
-        let Invocation { id, function: _, request } = invocation;
-        let (mut parts, body) = request.into_parts();
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let pq = if pq.starts_with('/') { pq.to_string() } else { format!("/{pq}") };
-        parts.uri = format!("http://127.0.0.1:{}{pq}", replica.port)
-            .parse()
-            .map_err(|e| Error::invalid("path", format!("{pq:?}: {e}")))?;
-        if let Ok(v) = http::HeaderValue::from_str(id.as_str()) {
-            parts.headers.insert("x-call-id", v);
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(false);
+            }
         }
-        parts.headers.remove(http::header::HOST);
-        let fut = sh.client.request(http::Request::from_parts(parts, body));
-        let result = match timeout {
-            // The watchdog enforces the timeout (and kills the process); this is the backstop.
-            Some(t) => match tokio::time::timeout(t + Duration::from_secs(10), fut).await {
-                Ok(r) => r,
-                Err(_) => {
-                    return Err(Error::timeout(format_args!("function {} exec", func.fref), t))
-                }
-            },
-            None => fut.await,
-        };
-        let resp = match result {
-            Ok(r) => r,
-            Err(e) => {
-                let died = replica.exited.load(Ordering::SeqCst)
-                    || replica.stopping.load(Ordering::SeqCst);
-                func.wake.notify_one();
-                return Err(if died {
-                    Error::developer(
-                        DeveloperErrorKind::Crash,
-                        format!(
-                            "instance {} of {} exited during the invocation: {e}",
-                            replica.id, func.fref
-                        ),
-                    )
-                } else {
-                    Error::unavailable(format!(
-                        "instance {} of {} did not answer: {e}",
-                        replica.id, func.fref
-                    ))
-                });
-            }
-        };
-        let (parts, body) = resp.into_parts();
-        let resp = Response::from_parts(parts, Body::new(body));
-        let reason =
-            resp.headers().get(ERROR_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let resp = match reason {
-            Some(reason) => watchdog_error(&reason, resp, &func.fref, &replica.id).await?,
-            None => resp,
-        };
-        let (mut parts, body) = resp.into_parts();
-        parts.extensions.insert(InvocationMeta {
-            instance: replica.id.to_string(),
-            start: if cold { StartKind::Cold } else { StartKind::Warm },
-            wait_time,
-            init_time: cold.then_some(wait_time),
-        });
-        // The slot is free once the function has answered (as the in-memory backend does):
-        // a caller may hold an unread body as long as it likes.
-        drop(lease);
-        Ok(Response::from_parts(parts, body))
     }
+}
 
-    async fn logs(&self, request: LogsRequest) -> Result<LogStream> {
-        let function = request
-            .function
-            .as_ref()
-            .ok_or_else(|| Error::invalid("name", "a function name is required"))?;
-        let func = self.inner.function(function)?;
-        let book = func.logs.clone();
-        let wanted = |e: &LogEntry| {
-            request.instance.as_deref().is_none_or(|i| e.instance == i)
-                && request.since.is_none_or(|s| e.timestamp >= s)
-        };
-        let (snapshot, rx) = {
-            let entries = lock(&book.entries);
-            let mut snap: Vec<LogEntry> =
-                entries.lines.iter().filter(|e| wanted(e)).cloned().collect();
-            if let Some(t) = request.tail {
-                let skip = snap.len().saturating_sub(t);
-                snap.drain(..skip);
-            }
-            let rx = if request.follow {
-                lock(&book.tx).as_ref().map(|tx| tx.subscribe())
-            } else {
-                None
-            };
-            (snap, rx)
-        };
-        let head = futures::stream::iter(snapshot.into_iter().map(Ok));
-        let Some(rx) = rx else { return Ok(head.boxed()) };
-        let instance = request.instance.clone();
-        let since = request.since;
-        let tail = futures::stream::unfold(rx, move |mut rx| {
-            let instance = instance.clone();
-            async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(e) => {
-                            if instance.as_deref().is_none_or(|i| e.instance == i)
-                                && since.is_none_or(|s| e.timestamp >= s)
-                            {
-                                return Some((Ok(e), rx));
-                            }
-                        }
-                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            }
-        });
-        Ok(head.chain(tail).boxed())
-    }
-
+#[async_trait]
+impl Secrets for ProcessInvoker {
     async fn list_secrets(&self, namespace: &str) -> Result<Vec<SecretInfo>> {
         validate_namespace(namespace)?;
         let dir = self.inner.state.join("secrets").join(namespace);
@@ -1468,32 +1479,58 @@ impl Invoker for ProcessInvoker {
             Err(e) => Err(io_err("removing a secret", e)),
         }
     }
+}
 
-    async fn namespaces(&self) -> Result<Vec<String>> {
-        let mut set = BTreeSet::new();
-        set.insert(DEFAULT_NAMESPACE.to_string());
-        {
-            let functions = self.inner.functions.read().unwrap_or_else(|e| e.into_inner());
-            for f in functions.keys() {
-                set.insert(f.namespace.clone());
+#[async_trait]
+impl Logs for ProcessInvoker {
+    async fn logs(&self, request: LogsRequest) -> Result<LogStream> {
+        let function = request
+            .function
+            .as_ref()
+            .ok_or_else(|| Error::invalid("name", "a function name is required"))?;
+        let func = self.inner.function(function)?;
+        let book = func.logs.clone();
+        let wanted = |e: &LogEntry| {
+            request.instance.as_deref().is_none_or(|i| e.instance == i)
+                && request.since.is_none_or(|s| e.timestamp >= s)
+        };
+        let (snapshot, rx) = {
+            let entries = lock(&book.entries);
+            let mut snap: Vec<LogEntry> =
+                entries.lines.iter().filter(|e| wanted(e)).cloned().collect();
+            if let Some(t) = request.tail {
+                let skip = snap.len().saturating_sub(t);
+                snap.drain(..skip);
             }
-        }
-        if let Ok(mut rd) = tokio::fs::read_dir(self.inner.state.join("secrets")).await {
-            while let Ok(Some(e)) = rd.next_entry().await {
-                let ns = e.file_name().to_string_lossy().into_owned();
-                if validate_namespace(&ns).is_ok() {
-                    set.insert(ns);
+            let rx = if request.follow {
+                lock(&book.tx).as_ref().map(|tx| tx.subscribe())
+            } else {
+                None
+            };
+            (snap, rx)
+        };
+        let head = futures::stream::iter(snapshot.into_iter().map(Ok));
+        let Some(rx) = rx else { return Ok(head.boxed()) };
+        let instance = request.instance.clone();
+        let since = request.since;
+        let tail = futures::stream::unfold(rx, move |mut rx| {
+            let instance = instance.clone();
+            async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(e) => {
+                            if instance.as_deref().is_none_or(|i| e.instance == i)
+                                && since.is_none_or(|s| e.timestamp >= s)
+                            {
+                                return Some((Ok(e), rx));
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
                 }
             }
-        }
-        Ok(set.into_iter().collect())
-    }
-
-    fn info(&self) -> ProviderInfo {
-        ProviderInfo {
-            provider: PROVIDER.into(),
-            orchestration: "process".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-        }
+        });
+        Ok(head.chain(tail).boxed())
     }
 }

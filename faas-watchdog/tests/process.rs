@@ -7,8 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::{process_gone, temp_dir, wait_gone, FIXTURE, WATCHDOG};
+use faas_core::prelude::*;
 use faas_core::spec::labels;
-use faas_core::{Error, FunctionRef, FunctionSpec, Invocation, Invoker, InvokerExt, Secret};
+use faas_core::{Error, FunctionRef, FunctionSpec, Invocation, InvokeExt, Secret};
 use faas_watchdog::process::ProcessInvoker;
 
 fn invoker(tag: &str) -> ProcessInvoker {

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use faas_core::{Error, FunctionSpec, Invoker, Result};
+use faas_core::prelude::*;
+use faas_core::{Backend, Error, FunctionSpec, Result};
 use faas_http::client::GatewayClient;
 use faas_http::stack::Stack;
 use faas_http::{BasicAuth, Gateway, GatewayConfig};
@@ -655,7 +656,7 @@ struct UpBackend {
     autoscale: bool,
 }
 
-async fn backend(up: UpBackend) -> Result<Arc<dyn Invoker>> {
+async fn backend(up: UpBackend) -> Result<Arc<dyn Backend>> {
     let inner = raw_backend(up.kind, up.state_dir, up.scheduler).await?;
     if up.autoscale {
         Ok(Arc::new(faas_core::Autoscaled::new(inner)))
@@ -668,7 +669,7 @@ async fn raw_backend(
     kind: BackendKind,
     state_dir: Option<PathBuf>,
     scheduler: Arc<dyn faas_core::Scheduler>,
-) -> Result<Arc<dyn Invoker>> {
+) -> Result<Arc<dyn Backend>> {
     match kind {
         BackendKind::Process => {
             let exe = std::env::current_exe()

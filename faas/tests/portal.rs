@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use faas_core::Invoker;
+use faas_core::prelude::*;
+use faas_core::Backend;
 use faas_http::{Gateway, GatewayConfig};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -135,7 +136,7 @@ async fn portal_deploys_and_invokes_in_chromium() {
         .state_dir(&state)
         .build()
         .unwrap();
-    let invoker: Arc<dyn Invoker> = Arc::new(invoker);
+    let invoker: Arc<dyn Backend> = Arc::new(invoker);
     let gateway = Gateway::builder(invoker.clone()).config(GatewayConfig::default()).build();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gw_url = format!("http://{}", listener.local_addr().unwrap());

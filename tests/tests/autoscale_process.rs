@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use faas_core::prelude::*;
 use faas_core::{
-    scheduler_for, AutoscaleConfig, Autoscaled, FunctionRef, FunctionSpec, Invoker, InvokerExt,
+    scheduler_for, AutoscaleConfig, Autoscaled, Backend, FunctionRef, FunctionSpec, InvokeExt,
 };
 
 fn backend(tag: &str) -> (faas_watchdog::process::ProcessInvoker, std::path::PathBuf) {
@@ -20,7 +21,7 @@ fn backend(tag: &str) -> (faas_watchdog::process::ProcessInvoker, std::path::Pat
     (invoker, state)
 }
 
-async fn replicas(inv: &dyn Invoker, f: &FunctionRef) -> u64 {
+async fn replicas(inv: &dyn Backend, f: &FunctionRef) -> u64 {
     inv.status(f).await.expect("status").replicas
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use faas_core::{FunctionSpec, Invoker};
+use faas_core::{Backend, FunctionSpec};
 use faas_http::client::GatewayClient;
 use faas_http::{Gateway, GatewayConfig};
 use http::Method;
@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 
 struct Env {
     client: GatewayClient,
-    invoker: Arc<dyn Invoker>,
+    invoker: Arc<dyn Backend>,
     state: std::path::PathBuf,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -31,7 +31,7 @@ async fn start(tag: &str, config: GatewayConfig) -> Env {
         .state_dir(&state)
         .build()
         .unwrap();
-    let invoker: Arc<dyn Invoker> = Arc::new(invoker);
+    let invoker: Arc<dyn Backend> = Arc::new(invoker);
     let gateway = Gateway::builder(invoker.clone()).config(config).build();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

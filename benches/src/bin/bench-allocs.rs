@@ -15,8 +15,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use faas_core::prelude::*;
 use faas_core::queue::{QueuePublisher, QueuedInvocation};
-use faas_core::{Body, FunctionRef, Invocation, Invoker};
+use faas_core::{Backend, Body, FunctionRef, Invocation};
 use faas_http::{Gateway, GatewayConfig};
 use faas_queue::{MemoryActivationStore, MemoryQueue, TrackedPublisher, Worker, WorkerConfig};
 use tower::{Service, ServiceExt};
@@ -66,7 +67,7 @@ fn main() -> std::io::Result<()> {
         let memory = faas_benches::memory_ok("hello")
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let gateway = Gateway::builder(Arc::new(memory.clone()) as Arc<dyn Invoker>)
+        let gateway = Gateway::builder(Arc::new(memory.clone()) as Arc<dyn Backend>)
             .config(GatewayConfig::default())
             .build();
         let mut service = gateway.service();

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use faas_core::Invoker;
+use faas_core::Backend;
 use faas_http::{Gateway, GatewayConfig};
 
 fn main() -> std::io::Result<()> {
@@ -25,7 +25,7 @@ fn main() -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     rt.block_on(async move {
-        let invoker: Arc<dyn Invoker> = Arc::new(
+        let invoker: Arc<dyn Backend> = Arc::new(
             faas_benches::memory_ok("ok")
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))?,

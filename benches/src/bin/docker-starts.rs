@@ -8,8 +8,9 @@
 use std::time::{Duration, Instant};
 
 use faas_backend_docker::{testing, DockerInvoker};
+use faas_core::prelude::*;
 use faas_core::spec::labels;
-use faas_core::{FunctionRef, FunctionSpec, Invocation, InvocationMeta, Invoker, StartKind};
+use faas_core::{FunctionRef, FunctionSpec, Invocation, InvocationMeta, StartKind};
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

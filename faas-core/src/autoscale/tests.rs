@@ -2,7 +2,7 @@
 //! paused tokio time over a recording backend (every `scale` call is logged with its time).
 
 use super::*;
-use crate::invoker::InvokerExt;
+use crate::invoker::InvokeExt;
 use crate::spec::labels;
 use std::collections::BTreeMap;
 
@@ -147,6 +147,8 @@ struct Recorder {
     start_delay: Duration,
     work: Duration,
     state: Arc<Mutex<RecState>>,
+    /// Woken when replicas turn ready, for `wait_ready`.
+    became_ready: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Default)]
@@ -167,6 +169,7 @@ impl Recorder {
             start_delay,
             work,
             state: Arc::new(Mutex::new(RecState::default())),
+            became_ready: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -176,7 +179,23 @@ impl Recorder {
 }
 
 #[async_trait]
-impl Invoker for Recorder {
+impl Invoke for Recorder {
+    async fn invoke(&self, inv: Invocation) -> Result<Response> {
+        if !lock(&self.state).deployed {
+            return Err(Error::function_not_found(inv.function.to_string()));
+        }
+        if lock(&self.state).ready == 0 {
+            lock(&self.state).failed_no_replica += 1;
+            return Err(Error::unavailable(format!("{} has no replica", inv.function)));
+        }
+        tokio::time::sleep(self.work).await;
+        lock(&self.state).served += 1;
+        Ok(http::Response::new(crate::body::Body::from("ok")))
+    }
+}
+
+#[async_trait]
+impl Deploy for Recorder {
     async fn deploy(&self, spec: FunctionSpec) -> Result<()> {
         let p = spec.scaling_policy()?;
         let mut s = lock(&self.state);
@@ -225,29 +244,47 @@ impl Invoker for Recorder {
         if up {
             let state = self.state.clone();
             let delay = self.start_delay;
+            let became_ready = self.became_ready.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                let mut s = lock(&state);
-                s.ready = s.desired;
+                {
+                    let mut s = lock(&state);
+                    s.ready = s.desired;
+                }
+                became_ready.notify_waiters();
             });
         }
         Ok(())
     }
-    async fn invoke(&self, inv: Invocation) -> Result<Response> {
-        if !lock(&self.state).deployed {
-            return Err(Error::function_not_found(inv.function.to_string()));
-        }
-        if lock(&self.state).ready == 0 {
-            lock(&self.state).failed_no_replica += 1;
-            return Err(Error::unavailable(format!("{} has no replica", inv.function)));
-        }
-        tokio::time::sleep(self.work).await;
-        lock(&self.state).served += 1;
-        Ok(http::Response::new(crate::body::Body::from("ok")))
+    async fn namespaces(&self) -> Result<Vec<String>> {
+        Ok(vec![])
     }
-    async fn logs(&self, _r: LogsRequest) -> Result<LogStream> {
-        Err(Error::NotSupported { operation: "logs".into() })
+    fn info(&self) -> ProviderInfo {
+        ProviderInfo {
+            provider: "recorder".into(),
+            orchestration: "test".into(),
+            version: "0".into(),
+        }
     }
+    /// Woken as replicas turn ready, so activation ends exactly at the cold start.
+    async fn wait_ready(&self, f: &FunctionRef, timeout: Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.became_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.status(f).await?.available_replicas > 0 {
+                return Ok(true);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(false);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Secrets for Recorder {
     async fn list_secrets(&self, _ns: &str) -> Result<Vec<SecretInfo>> {
         Ok(vec![])
     }
@@ -260,15 +297,12 @@ impl Invoker for Recorder {
     async fn remove_secret(&self, _ns: &str, _n: &str) -> Result<()> {
         Ok(())
     }
-    async fn namespaces(&self) -> Result<Vec<String>> {
-        Ok(vec![])
-    }
-    fn info(&self) -> ProviderInfo {
-        ProviderInfo {
-            provider: "recorder".into(),
-            orchestration: "test".into(),
-            version: "0".into(),
-        }
+}
+
+#[async_trait]
+impl Logs for Recorder {
+    async fn logs(&self, _r: LogsRequest) -> Result<LogStream> {
+        Err(Error::NotSupported { operation: "logs".into() })
     }
 }
 

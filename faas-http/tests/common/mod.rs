@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use faas_core::conformance::MemoryWorkload;
-use faas_core::{handler_fn, Context, Error, FunctionSpec, Invoker, MemoryInvoker, Request};
+use faas_core::{handler_fn, Backend, Context, Error, FunctionSpec, MemoryInvoker, Request};
 use faas_http::client::{GatewayClient, Reply};
 use faas_http::{Gateway, GatewayConfig};
 use http::Method;
@@ -77,7 +77,7 @@ pub async fn start(config: GatewayConfig) -> TestGateway {
 
 pub async fn start_with(invoker: Arc<MemoryInvoker>, config: GatewayConfig) -> TestGateway {
     let auth = config.auth.clone();
-    let gateway = Gateway::builder(invoker.clone() as Arc<dyn Invoker>).config(config).build();
+    let gateway = Gateway::builder(invoker.clone() as Arc<dyn Backend>).config(config).build();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

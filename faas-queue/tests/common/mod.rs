@@ -1,5 +1,5 @@
 //! The queue test suite shared by the in-memory and the Kafka queue, plus test helpers: a
-//! small `Invoker`, a callback listener on 127.0.0.1.
+//! small `Backend`, a callback listener on 127.0.0.1.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
@@ -10,14 +10,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use faas_core::invoker::{LogStream, LogsRequest, ProviderInfo, Secret, SecretInfo};
+use faas_core::prelude::*;
 use faas_core::queue::{
     ActivationStore, AsyncState, QueueConsumer, QueuePublisher, QueuedInvocation,
 };
-use faas_core::{
-    Body, Error, FunctionRef, FunctionSpec, FunctionStatus, Invocation, InvocationId, Invoker,
-    Response, Result,
-};
+use faas_core::{Body, Error, Invocation, InvocationId, Response, Result};
 use faas_queue::memory::MemoryDeadLetters;
 use faas_queue::store::MemoryActivationStore;
 use faas_queue::worker::{Backoff, CallbackPolicy, Worker, WorkerConfig};
@@ -63,61 +60,14 @@ impl TestInvoker {
     }
 }
 
-fn unsupported<T>(op: &str) -> Result<T> {
-    Err(Error::NotSupported { operation: op.to_string() })
-}
-
 #[async_trait]
-impl Invoker for TestInvoker {
-    async fn deploy(&self, _: FunctionSpec) -> Result<()> {
-        unsupported("deploy")
-    }
-    async fn update(&self, _: FunctionSpec) -> Result<()> {
-        unsupported("update")
-    }
-    async fn remove(&self, _: &FunctionRef) -> Result<()> {
-        unsupported("remove")
-    }
-    async fn list(&self, _: &str) -> Result<Vec<FunctionStatus>> {
-        unsupported("list")
-    }
-    async fn status(&self, _: &FunctionRef) -> Result<FunctionStatus> {
-        unsupported("status")
-    }
-    async fn scale(&self, _: &FunctionRef, _: u32) -> Result<()> {
-        unsupported("scale")
-    }
+impl Invoke for TestInvoker {
     async fn invoke(&self, invocation: Invocation) -> Result<Response> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let h = self.handlers.lock().unwrap().get(&invocation.function.name).cloned();
         match h {
             Some(h) => h(invocation.request).await,
             None => Err(Error::function_not_found(invocation.function.name)),
-        }
-    }
-    async fn logs(&self, _: LogsRequest) -> Result<LogStream> {
-        unsupported("logs")
-    }
-    async fn list_secrets(&self, _: &str) -> Result<Vec<SecretInfo>> {
-        unsupported("list_secrets")
-    }
-    async fn create_secret(&self, _: Secret) -> Result<()> {
-        unsupported("create_secret")
-    }
-    async fn update_secret(&self, _: Secret) -> Result<()> {
-        unsupported("update_secret")
-    }
-    async fn remove_secret(&self, _: &str, _: &str) -> Result<()> {
-        unsupported("remove_secret")
-    }
-    async fn namespaces(&self) -> Result<Vec<String>> {
-        Ok(vec![faas_core::spec::DEFAULT_NAMESPACE.to_string()])
-    }
-    fn info(&self) -> ProviderInfo {
-        ProviderInfo {
-            provider: "test".into(),
-            orchestration: "memory".into(),
-            version: "0".into(),
         }
     }
 }
