@@ -469,6 +469,9 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                     p
                 }
                 (None, true) => {
+                    if std::io::stdin().is_terminal() {
+                        eprintln!("Reading the password from stdin (end with Ctrl-D)...");
+                    }
                     let mut buf = String::new();
                     std::io::stdin()
                         .read_to_string(&mut buf)
@@ -764,8 +767,25 @@ struct UpAccess {
     shutdown_grace: Duration,
 }
 
+/// What `faas up` prints about access: a summary after the gateway's URL, and lines below.
+struct AccessNote {
+    summary: String,
+    details: Vec<String>,
+}
+
+/// `s` as one shell word: unchanged when it is made of safe characters, else in single
+/// quotes.
+fn shell_word(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+:@,=~".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
 /// How `faas up` protects `/system/*` and `/ui/`, and what it prints about it.
-fn up_access(config: &mut GatewayConfig, access: &UpAccess, base: &str) -> Result<Vec<String>> {
+fn up_access(config: &mut GatewayConfig, access: &UpAccess, base: &str) -> Result<AccessNote> {
     config.cross_site.allowed_hosts.extend(access.allowed_hosts.iter().cloned());
     config.cross_site.allowed_origins.extend(access.allowed_origins.iter().cloned());
     if access.no_auth {
@@ -774,11 +794,14 @@ fn up_access(config: &mut GatewayConfig, access: &UpAccess, base: &str) -> Resul
             "basic auth is off (--no-auth): anyone who can reach {base} can deploy functions \
              and so run commands as this user"
         );
-        return Ok(vec!["basic auth OFF (--no-auth)".into()]);
+        return Ok(AccessNote { summary: "basic auth OFF (--no-auth)".into(), details: vec![] });
     }
     if config.auth.is_some() {
         // OpenFaaS's `basic_auth=true` with its user and password variables or files.
-        return Ok(vec!["basic auth on (credentials from the basic_auth variables)".into()]);
+        return Ok(AccessNote {
+            summary: "basic auth on, credentials from the basic_auth variables".into(),
+            details: vec![],
+        });
     }
     let default_dir = credentials::default_state_dir();
     let dir = access.state_dir.clone().or(default_dir.clone()).ok_or_else(|| {
@@ -789,23 +812,23 @@ fn up_access(config: &mut GatewayConfig, access: &UpAccess, base: &str) -> Resul
     })?;
     let stored = faas_http::BasicAuth::load_or_create(&dir)?;
     let file = stored.password_file.display().to_string();
-    let mut lines = vec![
-        format!(
-            "basic auth on: user {}, password {} in {file}",
-            stored.auth.user(),
-            if stored.created { "generated" } else { "kept" }
-        ),
-        format!("Log in:  faas login -g {base} --password-stdin < {file}"),
-        format!("         (faas-cli login takes the same flags)"),
+    let summary = format!(
+        "basic auth on: user {}, password {} in {file}",
+        stored.auth.user(),
+        if stored.created { "generated" } else { "kept" }
+    );
+    let mut details = vec![
+        format!("Log in:  faas login -g {base} --password-stdin < {}", shell_word(&file)),
+        "         (faas-cli login takes the same flags)".to_string(),
     ];
     if default_dir.as_deref() == Some(dir.as_path()) {
-        lines.push(
+        details.push(
             "         faas list and the other subcommands on this machine find it themselves"
                 .into(),
         );
     }
     config.auth = Some(stored.auth);
-    Ok(lines)
+    Ok(AccessNote { summary, details })
 }
 
 /// Resolves on the first SIGTERM (what Docker, Kubernetes and systemd send) or SIGINT
@@ -896,7 +919,7 @@ async fn up(
     let addr: std::net::SocketAddr =
         listen.parse().map_err(|e| Error::invalid("listen", format!("{listen:?}: {e}")))?;
     let base = format!("http://{addr}");
-    let access_lines = up_access(&mut config, &access, &base)?;
+    let access_note = up_access(&mut config, &access, &base)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::unavailable(format!("cannot listen on {addr}: {e}")))?;
@@ -963,8 +986,8 @@ async fn up(
     }
     let gateway = builder.build();
     eprintln!();
-    eprintln!("Gateway: {base}   ({})", access_lines[0]);
-    for line in &access_lines[1..] {
+    eprintln!("Gateway: {base}   ({})", access_note.summary);
+    for line in &access_note.details {
         eprintln!("{line}");
     }
     eprintln!(
@@ -1000,4 +1023,20 @@ async fn up(
             .await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn paths_are_quoted_for_the_shell_only_when_needed() {
+        assert_eq!(
+            shell_word("/home/ann/.local/state/faas-rs/x"),
+            "/home/ann/.local/state/faas-rs/x"
+        );
+        assert_eq!(shell_word("/home/ann/my state/x"), "'/home/ann/my state/x'");
+        assert_eq!(shell_word("/tmp/it's"), r"'/tmp/it'\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
 }
