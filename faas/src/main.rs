@@ -913,7 +913,12 @@ async fn up(
     access: UpAccess,
 ) -> Result<()> {
     init_tracing();
+    // The first SIGTERM or SIGINT, from now on: it cuts the start-up short too.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(None::<&'static str>);
     let stop = stop_signal()?;
+    tokio::spawn(async move {
+        let _ = stop_tx.send(Some(stop.await));
+    });
     let specs = stack_specs(&file, &filter)?;
     let mut config = GatewayConfig::from_env()?;
     let addr: std::net::SocketAddr =
@@ -934,6 +939,9 @@ async fn up(
     );
     let start_timeout = config.scale_from_zero_timeout;
     for spec in &specs {
+        if stop_rx.borrow().is_some() {
+            break;
+        }
         let f = spec.function_ref();
         eprint!("  deploying {:<20} ", spec.name);
         let _ = std::io::stderr().flush();
@@ -953,7 +961,7 @@ async fn up(
             continue;
         }
         let mut ready = false;
-        while t0.elapsed() < start_timeout {
+        while t0.elapsed() < start_timeout && stop_rx.borrow().is_none() {
             let st = invoker.status(&f).await?;
             if st.available_replicas > 0 {
                 ready = true;
@@ -965,6 +973,8 @@ async fn up(
         }
         if ready {
             eprintln!(" ready in {} ms", t0.elapsed().as_millis());
+        } else if stop_rx.borrow().is_some() {
+            eprintln!(" stopped before it was ready");
         } else {
             eprintln!(
                 " not ready after {} ms (it will keep starting; see `faas logs {}`)",
@@ -972,6 +982,16 @@ async fn up(
                 spec.name
             );
         }
+    }
+    let stopped_early = *stop_rx.borrow();
+    if let Some(name) = stopped_early {
+        eprintln!("{name} while starting: removing the functions");
+        for spec in &specs {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(15), invoker.remove(&spec.function_ref()))
+                    .await;
+        }
+        return Ok(());
     }
     let queue = faas_http::queue::AsyncQueue::start(
         &up_queue.url,
@@ -1001,7 +1021,10 @@ async fn up(
     eprintln!("Press Ctrl-C to stop.");
     let grace = access.shutdown_grace;
     let shutdown = async move {
-        let name = stop.await;
+        let name = match stop_rx.wait_for(Option::is_some).await {
+            Ok(name) => name.unwrap_or("signal"),
+            Err(_) => "signal",
+        };
         eprintln!(
             "{name}: stopping; no new connections, in-flight requests get up to {} to finish",
             faas_core::util::format_duration(grace)

@@ -62,6 +62,11 @@ impl Sandbox {
 
     /// Starts `faas up` on a free port with `args`; its stderr goes to `up-N.log`.
     fn up(&self, args: &[&str]) -> Up {
+        self.up_stack(&self.root.join("stack.yml"), args)
+    }
+
+    /// [`Sandbox::up`] with another stack file.
+    fn up_stack(&self, stack: &Path, args: &[&str]) -> Up {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -71,7 +76,7 @@ impl Sandbox {
         let child = self
             .command()
             .args(["up", "-f"])
-            .arg(self.root.join("stack.yml"))
+            .arg(stack)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
             .stdout(Stdio::null())
@@ -343,4 +348,28 @@ async fn sigterm_drains_in_flight_calls_and_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_drains_in_flight_calls_and_exits_0() {
     signal_drains_in_flight_calls("INT").await;
+}
+
+/// A signal while `faas up` is still waiting for a function to become ready (up to 30 s)
+/// cuts the start-up short: the function is removed and the process exits 0 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_start_up_stops_at_once_and_exits_0() {
+    let sb = Sandbox::new("start");
+    // An http-mode function whose process never listens: never ready.
+    let stack = sb.root.join("never.yml");
+    std::fs::write(
+        &stack,
+        "functions:\n  never:\n    image: faas-rs/never\n    fprocess: sleep 60\n    \
+         environment:\n      mode: http\n",
+    )
+    .unwrap();
+    let mut up = sb.up_stack(&stack, &["--no-auth"]);
+    eventually(30, "faas up deploys", || async {
+        up.log().contains("deploying never").then_some(())
+    })
+    .await;
+    up.signal("TERM");
+    let st = up.wait_exit(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "log:\n{}", up.log());
+    assert!(up.log().contains("SIGTERM while starting"), "{}", up.log());
 }
