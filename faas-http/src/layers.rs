@@ -162,7 +162,7 @@ impl CrossSiteLayer {
     }
 
     /// Why `req` is refused, if it is.
-    pub fn check(&self, req: &Request) -> Result<(), String> {
+    pub fn check(&self, req: &Request) -> Result<(), Refused> {
         let c = &*self.config;
         if !c.enabled || !(self.protect)(req.uri().path()) {
             return Ok(());
@@ -171,22 +171,24 @@ impl CrossSiteLayer {
         let host = headers
             .get(http::header::HOST)
             .map(|v| {
-                v.to_str()
-                    .ok()
-                    .and_then(|s| s.parse::<http::uri::Authority>().ok())
-                    .ok_or_else(|| "the Host header is not a valid host".to_string())
+                v.to_str().ok().and_then(|s| s.parse::<http::uri::Authority>().ok()).ok_or_else(
+                    || Refused {
+                        status: http::StatusCode::BAD_REQUEST,
+                        reason: "invalid Host header: not a host name or address".into(),
+                    },
+                )
             })
             .transpose()?
             .or_else(|| req.uri().authority().cloned());
         if let Some(h) = &host {
             if !host_allowed(c, h.host()) {
-                return Err(format!(
+                return Err(Refused::forbidden(format!(
                     "Host {:?} is not one of this gateway's allowed hosts (IP addresses, \
                      localhost and those configured: faas up --allowed-host, \
                      GatewayConfig::cross_site.allowed_hosts); refused to protect against \
                      DNS rebinding",
                     h.host()
-                ));
+                )));
             }
         }
         if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE) {
@@ -195,27 +197,43 @@ impl CrossSiteLayer {
         if let Some(site) = headers.get("sec-fetch-site") {
             let site = site.as_bytes();
             if site.eq_ignore_ascii_case(b"cross-site") || site.eq_ignore_ascii_case(b"same-site") {
-                return Err(format!(
+                return Err(Refused::forbidden(format!(
                     "cross-site request refused: {} {} was sent by a page of another site \
                      (Sec-Fetch-Site: {})",
                     req.method(),
                     req.uri().path(),
                     String::from_utf8_lossy(site)
-                ));
+                )));
             }
         }
         if let Some(origin) = headers.get(http::header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("").trim();
             if !origin_allowed(c, origin, host.as_ref()) {
-                return Err(format!(
+                return Err(Refused::forbidden(format!(
                     "cross-site request refused: Origin {origin:?} is not this gateway's own \
                      ({}) nor an allowed origin (faas up --allowed-origin, \
                      GatewayConfig::cross_site.allowed_origins)",
                     host.as_ref().map_or("no Host header", |h| h.as_str())
-                ));
+                )));
             }
         }
         Ok(())
+    }
+}
+
+/// Why [`CrossSiteLayer`] refuses a request: 403 for a request from elsewhere, 400 for a
+/// malformed `Host`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The status answered.
+    pub status: http::StatusCode,
+    /// Why, as answered in the body.
+    pub reason: String,
+}
+
+impl Refused {
+    fn forbidden(reason: String) -> Refused {
+        Refused { status: http::StatusCode::FORBIDDEN, reason }
     }
 }
 
@@ -289,12 +307,14 @@ where
     fn call(&mut self, req: Request) -> Self::Future {
         match self.layer.check(&req) {
             Ok(()) => futures::future::Either::Left(self.inner.call(req)),
-            Err(why) => {
+            Err(Refused { status, reason }) => {
                 let path = req.uri().path();
                 let client = crate::server::client_addr(&req)
                     .map_or_else(|| "unknown".to_string(), |a| a.to_string());
-                tracing::warn!(%client, %path, reason = %why, "request refused");
-                let r = response::text(http::StatusCode::FORBIDDEN, format!("forbidden: {why}\n"));
+                tracing::warn!(%client, %path, %reason, "request refused");
+                let word =
+                    if status == http::StatusCode::FORBIDDEN { "forbidden" } else { "bad request" };
+                let r = response::text(status, format!("{word}: {reason}\n"));
                 futures::future::Either::Right(futures::future::ready(Ok(r)))
             }
         }

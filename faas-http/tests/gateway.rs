@@ -564,6 +564,10 @@ async fn host_allow_list_refuses_rebound_names() {
             assert!(r.text().contains("evil.example"), "{}", r.text());
         }
     }
+    // A Host that is no host at all is bad input.
+    let r = g.req_h(Method::GET, "/system/functions", &[("host", "a b")], "").await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("invalid Host header"), "{}", r.text());
     for host in ["127.0.0.1:8080", "localhost:8080", "LOCALHOST", "app.localhost", "[::1]:80"] {
         let r = g.req_h(Method::GET, "/system/functions", &[("host", host)], "").await;
         assert_eq!(r.status, 200, "{host}");
