@@ -300,8 +300,10 @@ async fn repeated_wrong_passwords_get_429() {
 /// connections, the call still gets its 200, and the process exits 0.
 async fn signal_drains_in_flight_calls(signal: &str) {
     let sb = Sandbox::new(&format!("drain-{signal}"));
-    let up = sb.up(&["--no-auth", "--shutdown-grace", "20s"]);
+    let up = sb.up(&["--shutdown-grace", "20s"]);
     let client = serving(&up).await;
+    // Written before the gateway listens.
+    let client = client.with_auth(Some(BasicAuth::from_dir(&sb.state_dir()).unwrap()));
     eventually(30, "slow is ready", || async {
         let f = client.describe("slow", None).await.ok()?;
         (f.available_replicas > 0).then_some(())
