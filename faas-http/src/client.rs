@@ -40,8 +40,21 @@ impl Reply {
             StatusCode::CONFLICT => Error::AlreadyExists { kind: "resource", name: msg },
             StatusCode::UNAUTHORIZED => Error::invalid(
                 "credentials",
-                format!("{msg} (set OPENFAAS_USER/OPENFAAS_PASSWORD or --user/--password)"),
+                format!(
+                    "{msg} (log in with `faas login --password-stdin`, or set \
+                     OPENFAAS_USER/OPENFAAS_PASSWORD or --user/--password)"
+                ),
             ),
+            StatusCode::FORBIDDEN => Error::invalid("request", msg),
+            StatusCode::TOO_MANY_REQUESTS => Error::Overloaded {
+                message: msg,
+                retry_after: self
+                    .headers
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse().ok())
+                    .map(Duration::from_secs),
+            },
             StatusCode::SERVICE_UNAVAILABLE => Error::unavailable(msg),
             s => Error::internal(format!("gateway answered {s}: {msg}")),
         })
@@ -86,6 +99,11 @@ impl GatewayClient {
             http: Client::builder(TokioExecutor::new()).build_http(),
             timeout: Duration::from_secs(120),
         })
+    }
+
+    /// The credentials sent, if any.
+    pub fn auth(&self) -> Option<&BasicAuth> {
+        self.auth.as_ref()
     }
 
     /// Sends basic auth credentials.

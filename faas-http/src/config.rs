@@ -4,9 +4,11 @@ use std::time::Duration;
 
 use faas_core::spec::DEFAULT_NAMESPACE;
 
-use crate::auth::BasicAuth;
+use crate::auth::{BasicAuth, LoginThrottleConfig};
 
-/// How the gateway behaves. `Default` gives OpenFaaS-like settings with auth off.
+/// How the gateway behaves. `Default` gives OpenFaaS-like settings with auth off (set
+/// [`GatewayConfig::auth`] to turn it on), cross-site protection on and failed logins
+/// throttled.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// Namespace of functions addressed without one (`name` rather than `name.namespace`).
@@ -23,6 +25,12 @@ pub struct GatewayConfig {
     pub ready_cache_ttl: Duration,
     /// Basic auth for `/system/*` and `/ui/*`; `None` disables it.
     pub auth: Option<BasicAuth>,
+    /// Failed logins allowed per client address before it is answered 429 (when `auth` is
+    /// set); `None` does not throttle.
+    pub login_throttle: Option<LoginThrottleConfig>,
+    /// Protection of `/system/*` and `/ui/*` against cross-site requests and DNS
+    /// rebinding, whether or not `auth` is set.
+    pub cross_site: CrossSiteConfig,
     /// Largest response body kept by the built-in async queue for callbacks and activation
     /// records.
     pub max_async_result_bytes: usize,
@@ -37,8 +45,50 @@ impl Default for GatewayConfig {
             scale_from_zero_timeout: Duration::from_secs(30),
             ready_cache_ttl: Duration::from_secs(2),
             auth: None,
+            login_throttle: Some(LoginThrottleConfig::default()),
+            cross_site: CrossSiteConfig::default(),
             max_async_result_bytes: 8 * 1024 * 1024,
         }
+    }
+}
+
+/// How the gateway tells its own clients from web pages elsewhere, for `/system/*` and the
+/// portal `/ui/*` (see [`crate::layers::CrossSiteLayer`]).
+///
+/// - `Host` must name an allowed host, whatever the method: an IP address (a page can
+///   only make a browser send one when it was itself loaded from that address), `localhost`
+///   or a `*.localhost` name, or one of [`CrossSiteConfig::allowed_hosts`]. A DNS name of
+///   an attacker's that resolves to the gateway (DNS rebinding) is refused.
+/// - A state-changing request (any method but GET, HEAD, OPTIONS, TRACE) is refused when it
+///   has `Sec-Fetch-Site: cross-site` or `same-site`, or an `Origin` that is neither the
+///   gateway's own (the host and port of its `Host`) nor one of
+///   [`CrossSiteConfig::allowed_origins`].
+///
+/// Clients that send neither `Origin` nor `Sec-Fetch-Site` (`curl`, `faas-cli`, `faas`)
+/// are not affected by the second rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrossSiteConfig {
+    /// Whether the checks run (default true).
+    pub enabled: bool,
+    /// Host names accepted in `Host` besides IP addresses and `localhost` names, without
+    /// port (`faas.example.com`); `*` accepts any.
+    pub allowed_hosts: Vec<String>,
+    /// Origins accepted for state-changing requests besides the gateway's own, as a
+    /// browser sends them (`https://faas.example.com`, no trailing slash): the public
+    /// address of a gateway behind a proxy that rewrites `Host`, say.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for CrossSiteConfig {
+    fn default() -> Self {
+        CrossSiteConfig { enabled: true, allowed_hosts: Vec::new(), allowed_origins: Vec::new() }
+    }
+}
+
+impl CrossSiteConfig {
+    /// No checks at all.
+    pub fn disabled() -> Self {
+        CrossSiteConfig { enabled: false, ..Default::default() }
     }
 }
 

@@ -13,19 +13,25 @@ use std::time::Instant;
 use bytes::Bytes;
 use faas_core::{Body, BoxError, Error, Request, Response};
 use futures::future::BoxFuture;
+use http::Method;
 use http_body::Frame;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::auth::BasicAuth;
+use crate::auth::{BasicAuth, LoginThrottle, LoginThrottleConfig};
+use crate::config::CrossSiteConfig;
 use crate::response;
 
 /// Requires basic auth on paths for which `protect` answers true (by default `/system/*`
-/// and `/ui/*`); answers 401 with `WWW-Authenticate` otherwise.
+/// and `/ui/*`); answers 401 with `WWW-Authenticate` otherwise. Failed logins are logged
+/// with the client's address and, with a [`LoginThrottle`] (on by default), a client that
+/// has failed too often is answered 429 with `Retry-After` before its credentials are
+/// checked.
 #[derive(Clone)]
 pub struct BasicAuthLayer {
     creds: Arc<BasicAuth>,
     protect: fn(&str) -> bool,
+    throttle: Option<Arc<LoginThrottle>>,
 }
 
 /// The default set of protected paths: `/system/*` and the portal `/ui/*`.
@@ -34,9 +40,14 @@ pub fn protected_by_default(path: &str) -> bool {
 }
 
 impl BasicAuthLayer {
-    /// Protects the default paths with `creds`.
+    /// Protects the default paths with `creds`, throttling failed logins with the default
+    /// [`LoginThrottleConfig`].
     pub fn new(creds: BasicAuth) -> Self {
-        BasicAuthLayer { creds: Arc::new(creds), protect: protected_by_default }
+        BasicAuthLayer {
+            creds: Arc::new(creds),
+            protect: protected_by_default,
+            throttle: Some(Arc::new(LoginThrottle::new(LoginThrottleConfig::default()))),
+        }
     }
 
     /// Chooses which paths are protected.
@@ -44,6 +55,49 @@ impl BasicAuthLayer {
         self.protect = protect;
         self
     }
+
+    /// Throttles failed logins with `config`, or not at all with `None`.
+    pub fn throttle(mut self, config: Option<LoginThrottleConfig>) -> Self {
+        self.throttle = config.map(|c| Arc::new(LoginThrottle::new(c)));
+        self
+    }
+
+    /// The answer to a request for a protected path: `None` to let it through.
+    fn refuse(&self, req: &Request) -> Option<Response> {
+        // No credentials sent: no guess made, nothing to count.
+        let Some(value) = req.headers().get(http::header::AUTHORIZATION) else {
+            return Some(response::unauthorized());
+        };
+        let client = crate::server::client_addr(req);
+        let ip = client.map(|a| a.ip());
+        let now = Instant::now();
+        if let Some(wait) = self.throttle.as_ref().and_then(|t| t.retry_after(ip, now)) {
+            return Some(too_many_failed_logins(wait));
+        }
+        if self.creds.check_header(value.as_bytes()) {
+            return None;
+        }
+        let client = client.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let path = req.uri().path();
+        tracing::warn!(%client, %path, "failed login: wrong basic auth credentials");
+        if let Some(wait) = self.throttle.as_ref().and_then(|t| t.record_failure(ip, now)) {
+            tracing::warn!(
+                %client,
+                retry_after_s = wait.as_secs_f64().ceil(),
+                "too many failed logins: refusing this client's logins for now"
+            );
+        }
+        Some(response::unauthorized())
+    }
+}
+
+/// 429 for a client that must wait `wait` before logging in again.
+fn too_many_failed_logins(wait: std::time::Duration) -> Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    response::error(&Error::Overloaded {
+        message: format!("too many failed logins from this address; retry in {secs} s"),
+        retry_after: Some(std::time::Duration::from_secs(secs.max(1))),
+    })
 }
 
 impl<S> Layer<S> for BasicAuthLayer {
@@ -76,18 +130,194 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         if (self.layer.protect)(req.uri().path()) {
-            let ok = req
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .map(|v| self.layer.creds.check_header(v.as_bytes()))
-                .unwrap_or(false);
-            if !ok {
-                return futures::future::Either::Right(futures::future::ready(Ok(
-                    response::unauthorized(),
-                )));
+            if let Some(r) = self.layer.refuse(&req) {
+                return futures::future::Either::Right(futures::future::ready(Ok(r)));
             }
         }
         futures::future::Either::Left(self.inner.call(req))
+    }
+}
+
+/// Refuses requests for the paths `protect` names (by default `/system/*` and `/ui/*`)
+/// that come from web pages elsewhere, with 403 and a message saying why; see
+/// [`CrossSiteConfig`] for the rules. Stops a page on another site from deploying a
+/// function through the visitor's browser (a `text/plain` POST needs no CORS preflight),
+/// and a DNS rebinding attack from reaching the management API under its own host name.
+#[derive(Clone, Debug)]
+pub struct CrossSiteLayer {
+    config: Arc<CrossSiteConfig>,
+    protect: fn(&str) -> bool,
+}
+
+impl CrossSiteLayer {
+    /// Applies `config` to the default paths.
+    pub fn new(config: CrossSiteConfig) -> Self {
+        CrossSiteLayer { config: Arc::new(config), protect: protected_by_default }
+    }
+
+    /// Chooses which paths are checked.
+    pub fn protecting(mut self, protect: fn(&str) -> bool) -> Self {
+        self.protect = protect;
+        self
+    }
+
+    /// Why `req` is refused, if it is.
+    pub fn check(&self, req: &Request) -> Result<(), Refused> {
+        let c = &*self.config;
+        if !c.enabled || !(self.protect)(req.uri().path()) {
+            return Ok(());
+        }
+        let headers = req.headers();
+        let host = headers
+            .get(http::header::HOST)
+            .map(|v| {
+                v.to_str().ok().and_then(|s| s.parse::<http::uri::Authority>().ok()).ok_or_else(
+                    || Refused {
+                        status: http::StatusCode::BAD_REQUEST,
+                        reason: "invalid Host header: not a host name or address".into(),
+                    },
+                )
+            })
+            .transpose()?
+            .or_else(|| req.uri().authority().cloned());
+        if let Some(h) = &host {
+            if !host_allowed(c, h.host()) {
+                return Err(Refused::forbidden(format!(
+                    "Host {:?} is not one of this gateway's allowed hosts (IP addresses, \
+                     localhost and those configured: faas up --allowed-host, \
+                     GatewayConfig::cross_site.allowed_hosts); refused to protect against \
+                     DNS rebinding",
+                    h.host()
+                )));
+            }
+        }
+        if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE) {
+            return Ok(());
+        }
+        if let Some(site) = headers.get("sec-fetch-site") {
+            let site = site.as_bytes();
+            if site.eq_ignore_ascii_case(b"cross-site") || site.eq_ignore_ascii_case(b"same-site") {
+                return Err(Refused::forbidden(format!(
+                    "cross-site request refused: {} {} was sent by a page of another site \
+                     (Sec-Fetch-Site: {})",
+                    req.method(),
+                    req.uri().path(),
+                    String::from_utf8_lossy(site)
+                )));
+            }
+        }
+        if let Some(origin) = headers.get(http::header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or("").trim();
+            if !origin_allowed(c, origin, host.as_ref()) {
+                return Err(Refused::forbidden(format!(
+                    "cross-site request refused: Origin {origin:?} is not this gateway's own \
+                     ({}) nor an allowed origin (faas up --allowed-origin, \
+                     GatewayConfig::cross_site.allowed_origins)",
+                    host.as_ref().map_or("no Host header", |h| h.as_str())
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why [`CrossSiteLayer`] refuses a request: 403 for a request from elsewhere, 400 for a
+/// malformed `Host`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The status answered.
+    pub status: http::StatusCode,
+    /// Why, as answered in the body.
+    pub reason: String,
+}
+
+impl Refused {
+    fn forbidden(reason: String) -> Refused {
+        Refused { status: http::StatusCode::FORBIDDEN, reason }
+    }
+}
+
+/// Whether `host` (from `Host`, without port) may address the protected paths.
+fn host_allowed(c: &CrossSiteConfig, host: &str) -> bool {
+    let name = host.trim_end_matches('.');
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let lower = name.to_ascii_lowercase();
+    if lower == "localhost" || lower.ends_with(".localhost") {
+        return true;
+    }
+    c.allowed_hosts.iter().any(|a| a == "*" || a.trim_end_matches('.').eq_ignore_ascii_case(name))
+}
+
+fn default_port(scheme: Option<&str>) -> Option<u16> {
+    match scheme {
+        Some("http") => Some(80),
+        Some("https") => Some(443),
+        _ => None,
+    }
+}
+
+/// Whether a state-changing request with `Origin: origin` may go on: the origin is one of
+/// the allowed ones, or the gateway's own (same host as `Host`, and same port, a missing
+/// port being the origin scheme's default).
+fn origin_allowed(c: &CrossSiteConfig, origin: &str, host: Option<&http::uri::Authority>) -> bool {
+    let trimmed = origin.trim_end_matches('/');
+    if c.allowed_origins.iter().any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(trimmed)) {
+        return true;
+    }
+    // `null` (sandboxed frames, local files) and anything unparsable are not ours.
+    let Ok(uri) = trimmed.parse::<http::Uri>() else { return false };
+    let (Some(o), Some(h)) = (uri.authority(), host) else { return false };
+    let default = default_port(uri.scheme_str());
+    o.host().eq_ignore_ascii_case(h.host())
+        && o.port_u16().or(default).is_some()
+        && o.port_u16().or(default) == h.port_u16().or(default)
+}
+
+impl<S> Layer<S> for CrossSiteLayer {
+    type Service = CrossSiteService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        CrossSiteService { inner, layer: self.clone() }
+    }
+}
+
+/// The service of [`CrossSiteLayer`].
+#[derive(Clone)]
+pub struct CrossSiteService<S> {
+    inner: S,
+    layer: CrossSiteLayer,
+}
+
+impl<S> Service<Request> for CrossSiteService<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future =
+        futures::future::Either<S::Future, futures::future::Ready<Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        match self.layer.check(&req) {
+            Ok(()) => futures::future::Either::Left(self.inner.call(req)),
+            Err(Refused { status, reason }) => {
+                let path = req.uri().path();
+                let client = crate::server::client_addr(&req)
+                    .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+                tracing::warn!(%client, %path, %reason, "request refused");
+                let word =
+                    if status == http::StatusCode::FORBIDDEN { "forbidden" } else { "bad request" };
+                let r = response::text(status, format!("{word}: {reason}\n"));
+                futures::future::Either::Right(futures::future::ready(Ok(r)))
+            }
+        }
     }
 }
 

@@ -7,8 +7,9 @@
 //! - [`Router`]: the routes of the OpenFaaS gateway and provider API (`/system/*`,
 //!   `/function/*`, `/async-function/*`, `/healthz`, `/metrics`, `/ui/`), a tower `Service`
 //!   that tests call with `oneshot`, no socket needed.
-//! - [`layers`]: the tower layers the default gateway is assembled from (basic auth, body
-//!   limit, a tracing span per request); a host application stacks its own variant.
+//! - [`layers`]: the tower layers the default gateway is assembled from (cross-site and DNS
+//!   rebinding protection, basic auth with failed logins throttled, body limit, a tracing
+//!   span per request); a host application stacks its own variant.
 //! - [`Gateway`]: the default stack, and [`serve`] runs any such service with hyper 1.
 //! - [`stack`]: the OpenFaaS stack file (`stack.yml`); [`client`]: a gateway client.
 //!
@@ -42,7 +43,7 @@ pub mod server;
 pub mod stack;
 mod util;
 
-pub use auth::BasicAuth;
-pub use config::GatewayConfig;
+pub use auth::{BasicAuth, LoginThrottleConfig};
+pub use config::{CrossSiteConfig, GatewayConfig};
 pub use router::{Gateway, GatewayBuilder, GatewayService, Router};
 pub use server::{serve, serve_with, ServeConfig};

@@ -68,10 +68,15 @@ pub fn method_not_allowed(allow: &'static str) -> Response {
     r
 }
 
-/// A static asset.
+/// A static asset of the portal. Other sites may not frame it (so a page cannot trick a
+/// visitor into clicking its buttons), and its type is not sniffed.
 pub fn asset(content_type: &'static str, body: &'static str) -> Response {
     let mut r = http::Response::new(Body::from(Bytes::from_static(body.as_bytes())));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("frame-ancestors 'none'"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     r
 }

@@ -26,7 +26,7 @@ use tower::{Layer, Service};
 use crate::config::GatewayConfig;
 use crate::layers::{
     BasicAuthLayer, BasicAuthService, BodyLimit, BodyLimitHit, BodyLimitLayer, BodyLimitService,
-    RequestSpan, RequestSpanLayer,
+    CrossSiteLayer, CrossSiteService, RequestSpan, RequestSpanLayer,
 };
 use crate::metrics::{FunctionMetrics, GatewayMetrics};
 use crate::util::{parse_query, query_get, read_json, valid_route_name};
@@ -164,8 +164,8 @@ pub struct GatewayService {
     stack: Stack,
 }
 
-type OpenStack = RequestSpan<BodyLimitService<Router>>;
-type AuthStack = RequestSpan<BasicAuthService<BodyLimitService<Router>>>;
+type OpenStack = RequestSpan<CrossSiteService<BodyLimitService<Router>>>;
+type AuthStack = RequestSpan<CrossSiteService<BasicAuthService<BodyLimitService<Router>>>>;
 
 #[derive(Clone)]
 enum Stack {
@@ -311,8 +311,8 @@ impl GatewayBuilder {
     }
 }
 
-/// The default gateway: [`Router`] inside [`RequestSpanLayer`], [`BasicAuthLayer`] (when
-/// configured) and [`BodyLimitLayer`]. Itself a tower `Service`.
+/// The default gateway: [`Router`] inside [`RequestSpanLayer`], [`CrossSiteLayer`],
+/// [`BasicAuthLayer`] (when configured) and [`BodyLimitLayer`]. Itself a tower `Service`.
 #[derive(Clone)]
 pub struct Gateway {
     router: Router,
@@ -383,12 +383,15 @@ impl Router {
     }
 
     fn layered(self) -> GatewayService {
-        let limit = BodyLimitLayer::new(self.inner.config.max_body_bytes);
-        let stack = match self.inner.config.auth.clone() {
-            Some(creds) => Stack::Auth(
-                RequestSpanLayer.layer(BasicAuthLayer::new(creds).layer(limit.layer(self))),
-            ),
-            None => Stack::Open(RequestSpanLayer.layer(limit.layer(self))),
+        let config = &self.inner.config;
+        let limit = BodyLimitLayer::new(config.max_body_bytes);
+        let cross_site = CrossSiteLayer::new(config.cross_site.clone());
+        let stack = match config.auth.clone() {
+            Some(creds) => {
+                let auth = BasicAuthLayer::new(creds).throttle(config.login_throttle);
+                Stack::Auth(RequestSpanLayer.layer(cross_site.layer(auth.layer(limit.layer(self)))))
+            }
+            None => Stack::Open(RequestSpanLayer.layer(cross_site.layer(limit.layer(self)))),
         };
         GatewayService { stack }
     }

@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,30 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tower::{Service, ServiceExt};
+
+tokio::task_local! {
+    /// The client address of the connection the current task serves.
+    static PEER: SocketAddr;
+}
+
+/// The address of the client a request came from, for services that want it (failed
+/// logins are throttled and logged by it). A host application serving the gateway its
+/// own way puts it in the request's extensions; [`serve`] and [`serve_with`] instead make
+/// it available through [`peer_addr`], which costs nothing per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// While a request served by [`serve`] or [`serve_with`] is being handled on its
+/// connection's task (in a service's `call` and the futures the connection polls), the
+/// client's address; `None` elsewhere.
+pub fn peer_addr() -> Option<SocketAddr> {
+    PEER.try_with(|a| *a).ok()
+}
+
+/// The client address of `req`: its [`ClientAddr`] extension, else [`peer_addr`].
+pub fn client_addr(req: &Request) -> Option<SocketAddr> {
+    req.extensions().get::<ClientAddr>().map(|c| c.0).or_else(peer_addr)
+}
 
 /// How [`serve_with`] treats connections.
 #[derive(Debug, Clone)]
@@ -127,7 +152,7 @@ where
     let mut next = 0usize;
     tokio::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
@@ -144,14 +169,16 @@ where
         next = (next + 1) % (workers.len() + 1);
         match next.checked_sub(1) {
             None => {
-                tokio::spawn(serve_conn(stream, svc, watcher, idle));
+                tokio::spawn(PEER.scope(peer, serve_conn(stream, svc, watcher, idle)));
             }
             // Moved to that thread's runtime: deregistered here, registered there.
             Some(i) => match stream.into_std() {
                 Ok(std) => {
                     workers.handle(i).spawn(async move {
                         match tokio::net::TcpStream::from_std(std) {
-                            Ok(stream) => serve_conn(stream, svc, watcher, idle).await,
+                            Ok(stream) => {
+                                PEER.scope(peer, serve_conn(stream, svc, watcher, idle)).await
+                            }
                             Err(e) => tracing::warn!(error = %e, "cannot move a connection"),
                         }
                     });

@@ -508,6 +508,142 @@ async fn basic_auth_protects_system_routes() {
     assert_eq!(anon.send(Method::GET, "/healthz", &[], Bytes::new()).await.unwrap().status, 200);
 }
 
+/// A `text/plain` POST from a page elsewhere needs no CORS preflight; with auth off it
+/// would deploy a function. Refused by its `Origin` or `Sec-Fetch-Site`, while the
+/// gateway's own portal (same origin) and tools sending neither header go on.
+#[tokio::test]
+async fn cross_site_requests_to_system_routes_are_refused() {
+    let g = start(GatewayConfig::default()).await;
+    let host = g.base.trim_start_matches("http://").to_string();
+    let spec = serde_json::to_vec(&echo("planted")).unwrap();
+    let text = ("content-type", "text/plain");
+    for headers in [
+        vec![text, ("origin", "http://evil.example")],
+        vec![text, ("origin", "null")],
+        vec![text, ("origin", "http://evil.example"), ("sec-fetch-site", "cross-site")],
+        vec![text, ("sec-fetch-site", "same-site")],
+        // Same host, another port: another origin.
+        vec![text, ("origin", "http://127.0.0.1:1")],
+    ] {
+        let r = g.req_h(Method::POST, "/system/functions", &headers, spec.clone()).await;
+        assert_eq!(r.status, 403, "{headers:?}: {}", r.text());
+        assert!(r.text().contains("cross-site request refused"), "{}", r.text());
+    }
+    let r = g.req_h(Method::DELETE, "/system/secrets", &[("origin", "http://evil.example")], "");
+    assert_eq!(r.await.status, 403);
+    // Nothing was deployed.
+    assert_eq!(g.req(Method::GET, "/system/function/planted", "").await.status, 404);
+    // Reads and function calls are not state changes of the gateway: not refused.
+    let r = g.req_h(Method::GET, "/system/functions", &[("origin", "http://evil.example")], "");
+    assert_eq!(r.await.status, 200);
+    // The portal's own request: same origin.
+    let origin = format!("http://{host}");
+    let own = [("origin", origin.as_str()), ("sec-fetch-site", "same-origin")];
+    let r = g.req_h(Method::POST, "/system/functions", &own, spec.clone()).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    // curl and faas-cli send neither header.
+    let r = g.req(Method::POST, "/system/functions", serde_json::to_vec(&echo("cli")).unwrap());
+    assert_eq!(r.await.status, 202);
+    // The portal may not be framed by another site.
+    let r = g.req(Method::GET, "/ui/", "").await;
+    assert_eq!(r.headers["x-frame-options"], "DENY");
+    assert_eq!(r.headers["content-security-policy"], "frame-ancestors 'none'");
+}
+
+/// DNS rebinding: a name of the attacker's resolving to 127.0.0.1 makes the browser send
+/// `Host: evil.example`. Refused on `/system/*` and `/ui/*`; IP addresses, `localhost`
+/// and configured names are served; the check can be configured and turned off.
+#[tokio::test]
+async fn host_allow_list_refuses_rebound_names() {
+    let g = start(GatewayConfig::default()).await;
+    for host in ["evil.example", "evil.example:8080", "localhost.evil.example"] {
+        for path in ["/system/functions", "/ui/", "/system/info"] {
+            let r = g.req_h(Method::GET, path, &[("host", host)], "").await;
+            assert_eq!(r.status, 403, "{host} {path}");
+            assert!(r.text().contains("allowed hosts"), "{}", r.text());
+            assert!(r.text().contains("evil.example"), "{}", r.text());
+        }
+    }
+    // A Host that is no host at all is bad input.
+    let r = g.req_h(Method::GET, "/system/functions", &[("host", "a b")], "").await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("invalid Host header"), "{}", r.text());
+    for host in ["127.0.0.1:8080", "localhost:8080", "LOCALHOST", "app.localhost", "[::1]:80"] {
+        let r = g.req_h(Method::GET, "/system/functions", &[("host", host)], "").await;
+        assert_eq!(r.status, 200, "{host}");
+    }
+    // Functions and health stay reachable under any name, as in OpenFaaS.
+    g.deploy(echo("open")).await;
+    let r = g.req_h(Method::POST, "/function/open", &[("host", "evil.example")], "hi").await;
+    assert_eq!(r.status, 200);
+    let r = g.req_h(Method::GET, "/healthz", &[("host", "evil.example")], "").await;
+    assert_eq!(r.status, 200);
+
+    let mut config = GatewayConfig::default();
+    config.cross_site.allowed_hosts = vec!["faas.example.com".into()];
+    config.cross_site.allowed_origins = vec!["https://faas.example.com".into()];
+    let g = start(config).await;
+    let r = g.req_h(Method::GET, "/system/functions", &[("host", "FAAS.example.com")], "").await;
+    assert_eq!(r.status, 200);
+    let r = g.req_h(Method::GET, "/system/functions", &[("host", "evil.example")], "").await;
+    assert_eq!(r.status, 403);
+    // Behind a TLS proxy that keeps Host: the https origin on the default port.
+    let spec = serde_json::to_vec(&echo("proxied")).unwrap();
+    let proxied = [("host", "faas.example.com"), ("origin", "https://faas.example.com")];
+    let r = g.req_h(Method::POST, "/system/functions", &proxied, spec).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+
+    let g = start(GatewayConfig {
+        cross_site: faas_http::CrossSiteConfig::disabled(),
+        ..Default::default()
+    })
+    .await;
+    let r = g.req_h(Method::GET, "/system/functions", &[("host", "evil.example")], "").await;
+    assert_eq!(r.status, 200);
+}
+
+/// Failed logins are counted per client address: after `burst` failures the next attempt
+/// is answered 429 with `Retry-After`, even with the right password (so guessing on tells
+/// nothing), while requests without credentials and functions are unaffected.
+#[tokio::test]
+async fn failed_logins_are_throttled_per_client() {
+    let creds = BasicAuth::new("admin", "correct horse");
+    let g = start(GatewayConfig {
+        auth: Some(creds.clone()),
+        login_throttle: Some(faas_http::LoginThrottleConfig {
+            burst: 3,
+            refill: Duration::from_secs(600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    g.deploy(echo("open")).await;
+    let wrong = faas_http::client::GatewayClient::new(&g.base)
+        .unwrap()
+        .with_auth(Some(BasicAuth::new("admin", "battery staple")));
+    for i in 0..3 {
+        let r = wrong.send(Method::GET, "/system/functions", &[], Bytes::new()).await.unwrap();
+        assert_eq!(r.status, 401, "failure {i}");
+    }
+    let r = wrong.send(Method::GET, "/system/functions", &[], Bytes::new()).await.unwrap();
+    assert_eq!(r.status, 429, "{}", r.text());
+    let secs: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((590..=600).contains(&secs), "{secs}");
+    assert!(r.text().contains("too many failed logins"), "{}", r.text());
+    // The right password from the same address waits too.
+    assert_eq!(g.req(Method::GET, "/system/functions", "").await.status, 429);
+    // No credentials: a plain 401, as before.
+    let anon = faas_http::client::GatewayClient::new(&g.base).unwrap();
+    let r = anon.send(Method::GET, "/system/functions", &[], Bytes::new()).await.unwrap();
+    assert_eq!(r.status, 401);
+    let r = anon.send(Method::POST, "/function/open", &[], Bytes::from("hi")).await.unwrap();
+    assert_eq!(r.status, 200);
+    // The client surfaces it as overloaded with the wait.
+    let e = wrong.list(None).await.unwrap_err();
+    assert!(matches!(&e, faas_core::Error::Overloaded { retry_after: Some(_), .. }), "{e:?}");
+}
+
 #[tokio::test]
 async fn async_invocation_posts_the_result_to_the_callback() {
     use http_body_util::BodyExt;

@@ -157,3 +157,27 @@ async fn with_threads_connections_are_spread_over_their_runtimes_and_shutdown_st
         .unwrap();
     assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed");
 }
+
+/// The client's address is known while its request is handled, on every serving thread:
+/// what the login throttle counts failures against.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_address_is_known_on_every_serving_thread() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = tower::service_fn(|req: Request| async move {
+        // Read in `call`, as the auth layer does, and reported in the body.
+        let peer = faas_http::server::client_addr(&req);
+        Ok::<Response, Infallible>(http::Response::new(Body::from(format!("{peer:?}"))))
+    });
+    let config = ServeConfig::default().threads(3);
+    tokio::spawn(faas_http::serve_with(listener, svc, std::future::pending(), config));
+    // Outside any connection there is none.
+    assert_eq!(faas_http::server::peer_addr(), None);
+    for _ in 0..6 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let me = s.local_addr().unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let (got, _) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+        assert!(got.ends_with(&format!("Some({me})")), "{got}");
+    }
+}

@@ -1,6 +1,8 @@
 //! `faas`: run an OpenFaaS stack locally (`faas up -f stack.yml`) and talk to any
-//! OpenFaaS-compatible gateway (`list`, `describe`, `deploy`, `invoke`, `remove`, `logs`,
-//! `secret`, `scale`).
+//! OpenFaaS-compatible gateway (`login`, `list`, `describe`, `deploy`, `invoke`, `remove`,
+//! `logs`, `secret`, `scale`).
+
+mod credentials;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -38,7 +40,9 @@ struct GatewayOpts {
     /// Basic auth user (env OPENFAAS_USER; default admin when a password is given).
     #[arg(long, env = "OPENFAAS_USER")]
     user: Option<String>,
-    /// Basic auth password (env OPENFAAS_PASSWORD).
+    /// Basic auth password (env OPENFAAS_PASSWORD). Without it: what `faas login` saved
+    /// for the gateway, else, for a gateway on this machine, the password `faas up` keeps
+    /// in its default state directory.
     #[arg(long, env = "OPENFAAS_PASSWORD", hide_env_values = true)]
     password: Option<String>,
     /// Namespace (default: the gateway's).
@@ -48,9 +52,8 @@ struct GatewayOpts {
 
 impl GatewayOpts {
     fn client(&self) -> Result<GatewayClient> {
-        let auth = self.password.as_ref().map(|p| {
-            BasicAuth::new(self.user.clone().unwrap_or_else(|| "admin".into()), p.clone())
-        });
+        let auth =
+            credentials::resolve(&self.gateway, self.user.as_deref(), self.password.as_deref())?;
         Ok(GatewayClient::new(&self.gateway)?.with_auth(auth))
     }
     fn ns(&self) -> Option<&str> {
@@ -79,9 +82,32 @@ enum Command {
         /// The backend that runs the functions.
         #[arg(long, value_enum, default_value = "process")]
         backend: BackendKind,
-        /// Directory for the process backend's state (secrets, logs).
+        /// Directory of the gateway's credentials (`basic-auth-user`,
+        /// `basic-auth-password`) and of the process backend's state (secrets, logs).
+        /// Default: credentials in ~/.local/state/faas-rs, where `faas list` and the other
+        /// client subcommands on this machine find them, and the process backend's state
+        /// in a fresh temporary directory.
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Serve without basic auth: anyone who can reach the gateway can deploy functions
+        /// and so run commands as this user. Without it, `/system/*` and `/ui/` need the
+        /// password generated on first start (or the OpenFaaS `basic_auth` variables).
+        #[arg(long)]
+        no_auth: bool,
+        /// A host name (without port) clients may use for `/system/*` and `/ui/` besides IP
+        /// addresses and localhost, e.g. the name of this machine (repeatable, comma
+        /// separated; `*` for any). Other names are refused (DNS rebinding protection).
+        #[arg(long = "allowed-host", env = "FAAS_ALLOWED_HOSTS", value_delimiter = ',')]
+        allowed_hosts: Vec<String>,
+        /// An origin (`https://faas.example.com`) whose pages may change state through
+        /// `/system/*` besides the gateway's own, e.g. the public address of a proxy in
+        /// front of it that rewrites Host (repeatable, comma separated).
+        #[arg(long = "allowed-origin", env = "FAAS_ALLOWED_ORIGINS", value_delimiter = ',')]
+        allowed_origins: Vec<String>,
+        /// On SIGTERM or SIGINT, how long in-flight requests may take to finish before the
+        /// gateway stops (`30s`, `1m`).
+        #[arg(long, default_value = "30s", value_parser = parse_grace)]
+        shutdown_grace: Duration,
         /// Only these functions (comma separated).
         #[arg(long, value_delimiter = ',')]
         filter: Vec<String>,
@@ -109,6 +135,29 @@ enum Command {
         /// A librdkafka property KEY=VALUE for the Kafka queue (repeatable).
         #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
         kafka_properties: Vec<String>,
+    },
+    /// Check credentials against a gateway and save them (mode 0600) for the other
+    /// subcommands.
+    Login {
+        /// Gateway URL (env OPENFAAS_URL).
+        #[arg(short = 'g', long, env = "OPENFAAS_URL", default_value = DEFAULT_GATEWAY)]
+        gateway: String,
+        /// User name.
+        #[arg(short = 'u', long, alias = "user", default_value = faas_http::auth::DEFAULT_USER)]
+        username: String,
+        /// The password (visible to other users in the process list: prefer
+        /// --password-stdin).
+        #[arg(short = 'p', long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        /// Read the password from stdin (`faas login --password-stdin < basic-auth-password`).
+        #[arg(short = 's', long)]
+        password_stdin: bool,
+    },
+    /// Forget the credentials `faas login` saved for a gateway.
+    Logout {
+        /// Gateway URL (env OPENFAAS_URL).
+        #[arg(short = 'g', long, env = "OPENFAAS_URL", default_value = DEFAULT_GATEWAY)]
+        gateway: String,
     },
     /// List functions.
     #[command(alias = "ls")]
@@ -322,6 +371,10 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_grace(s: &str) -> std::result::Result<Duration, String> {
+    faas_core::util::parse_duration(s)
+}
+
 fn kv(items: &[String], what: &str) -> Result<std::collections::BTreeMap<String, String>> {
     items
         .iter()
@@ -378,10 +431,21 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             activations_topic,
             no_worker,
             kafka_properties,
+            no_auth,
+            allowed_hosts,
+            allowed_origins,
+            shutdown_grace,
         } => {
             // Before anything starts: a Kafka queue needs the `kafka` feature.
             queue.check()?;
             let scheduler = faas_core::scheduler_for(&scheduler)?;
+            let access = UpAccess {
+                state_dir: state_dir.clone(),
+                no_auth,
+                allowed_hosts,
+                allowed_origins,
+                shutdown_grace,
+            };
             let backend =
                 UpBackend { kind: backend, state_dir, scheduler, autoscale: !no_autoscale };
             let queue = UpQueue {
@@ -394,7 +458,60 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                         .collect(),
                 },
             };
-            up(file, listen, backend, filter, queue).await?;
+            up(file, listen, backend, filter, queue, access).await?;
+        }
+        Command::Login { gateway, username, password, password_stdin } => {
+            let password = match (password, password_stdin) {
+                (Some(p), _) => {
+                    eprintln!(
+                        "warning: --password is visible to other users of this machine; \
+                         prefer --password-stdin"
+                    );
+                    p
+                }
+                (None, true) => {
+                    if std::io::stdin().is_terminal() {
+                        eprintln!("Reading the password from stdin (end with Ctrl-D)...");
+                    }
+                    let mut buf = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut buf)
+                        .map_err(|e| Error::invalid("password-stdin", e.to_string()))?;
+                    buf.trim().to_string()
+                }
+                (None, false) => {
+                    return Err(Error::invalid(
+                        "password",
+                        "give --password-stdin (the password on stdin) or --password",
+                    ))
+                }
+            };
+            if password.is_empty() {
+                return Err(Error::invalid("password", "the password is empty"));
+            }
+            let auth = BasicAuth::new(username, password);
+            let client = GatewayClient::new(&gateway)?.with_auth(Some(auth.clone()));
+            // Checked before saving, as faas-cli does: a wrong password is never kept.
+            client.list(None).await.map_err(|e| match e {
+                Error::InvalidSpec { field, .. } if field == "credentials" => Error::invalid(
+                    "credentials",
+                    format!("{gateway} refused user {:?} with this password", auth.user()),
+                ),
+                e => e,
+            })?;
+            let path = credentials::save(&gateway, &auth)?;
+            println!(
+                "Logged in to {gateway} as {}; credentials saved in {}",
+                auth.user(),
+                path.display()
+            );
+        }
+        Command::Logout { gateway } => {
+            if credentials::forget(&gateway)? {
+                println!("Forgot the credentials saved for {gateway}");
+            } else {
+                println!("No credentials were saved for {gateway}");
+            }
         }
         Command::List { gw, verbose } => {
             let list = gw.client()?.list(gw.ns()).await?;
@@ -642,6 +759,104 @@ fn init_tracing() {
         .try_init();
 }
 
+/// Who `faas up` lets in, and how it stops.
+struct UpAccess {
+    state_dir: Option<PathBuf>,
+    no_auth: bool,
+    allowed_hosts: Vec<String>,
+    allowed_origins: Vec<String>,
+    shutdown_grace: Duration,
+}
+
+/// What `faas up` prints about access: a summary after the gateway's URL, and lines below.
+struct AccessNote {
+    summary: String,
+    details: Vec<String>,
+}
+
+/// `s` as one shell word: unchanged when it is made of safe characters, else in single
+/// quotes.
+fn shell_word(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+:@,=~".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// How `faas up` protects `/system/*` and `/ui/`, and what it prints about it.
+fn up_access(config: &mut GatewayConfig, access: &UpAccess, base: &str) -> Result<AccessNote> {
+    config.cross_site.allowed_hosts.extend(access.allowed_hosts.iter().cloned());
+    config.cross_site.allowed_origins.extend(access.allowed_origins.iter().cloned());
+    if access.no_auth {
+        config.auth = None;
+        tracing::warn!(
+            "basic auth is off (--no-auth): anyone who can reach {base} can deploy functions \
+             and so run commands as this user"
+        );
+        return Ok(AccessNote { summary: "basic auth OFF (--no-auth)".into(), details: vec![] });
+    }
+    if config.auth.is_some() {
+        // OpenFaaS's `basic_auth=true` with its user and password variables or files.
+        return Ok(AccessNote {
+            summary: "basic auth on, credentials from the basic_auth variables".into(),
+            details: vec![],
+        });
+    }
+    let default_dir = credentials::default_state_dir();
+    let dir = access.state_dir.clone().or(default_dir.clone()).ok_or_else(|| {
+        Error::invalid(
+            "state-dir",
+            "no state directory for the gateway's password (is HOME set?): give --state-dir",
+        )
+    })?;
+    let stored = faas_http::BasicAuth::load_or_create(&dir)?;
+    let file = stored.password_file.display().to_string();
+    let summary = format!(
+        "basic auth on: user {}, password {} in {file}",
+        stored.auth.user(),
+        if stored.created { "generated" } else { "kept" }
+    );
+    let mut details = vec![
+        format!("Log in:  faas login -g {base} --password-stdin < {}", shell_word(&file)),
+        "         (faas-cli login takes the same flags)".to_string(),
+    ];
+    if default_dir.as_deref() == Some(dir.as_path()) {
+        details.push(
+            "         faas list and the other subcommands on this machine find it themselves"
+                .into(),
+        );
+    }
+    config.auth = Some(stored.auth);
+    Ok(AccessNote { summary, details })
+}
+
+/// Resolves on the first SIGTERM (what Docker, Kubernetes and systemd send) or SIGINT
+/// (Ctrl-C), naming it. Handlers are installed by this call, before anything awaits.
+fn stop_signal() -> Result<impl std::future::Future<Output = &'static str>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let handler = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| Error::internal(format!("cannot handle {name}: {e}")))
+        };
+        let mut term = handler(SignalKind::terminate(), "SIGTERM")?;
+        let mut int = handler(SignalKind::interrupt(), "SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    })
+}
+
 /// How `faas up` queues async calls.
 struct UpQueue {
     url: faas_http::queue::QueueUrl,
@@ -696,12 +911,21 @@ async fn up(
     up_backend: UpBackend,
     filter: Vec<String>,
     up_queue: UpQueue,
+    access: UpAccess,
 ) -> Result<()> {
     init_tracing();
+    // The first SIGTERM or SIGINT, from now on: it cuts the start-up short too.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(None::<&'static str>);
+    let stop = stop_signal()?;
+    tokio::spawn(async move {
+        let _ = stop_tx.send(Some(stop.await));
+    });
     let specs = stack_specs(&file, &filter)?;
-    let config = GatewayConfig::from_env()?;
+    let mut config = GatewayConfig::from_env()?;
     let addr: std::net::SocketAddr =
         listen.parse().map_err(|e| Error::invalid("listen", format!("{listen:?}: {e}")))?;
+    let base = format!("http://{addr}");
+    let access_note = up_access(&mut config, &access, &base)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::unavailable(format!("cannot listen on {addr}: {e}")))?;
@@ -716,6 +940,9 @@ async fn up(
     );
     let start_timeout = config.scale_from_zero_timeout;
     for spec in &specs {
+        if stop_rx.borrow().is_some() {
+            break;
+        }
         let f = spec.function_ref();
         eprint!("  deploying {:<20} ", spec.name);
         let _ = std::io::stderr().flush();
@@ -735,7 +962,7 @@ async fn up(
             continue;
         }
         let mut ready = false;
-        while t0.elapsed() < start_timeout {
+        while t0.elapsed() < start_timeout && stop_rx.borrow().is_none() {
             let st = invoker.status(&f).await?;
             if st.available_replicas > 0 {
                 ready = true;
@@ -747,6 +974,8 @@ async fn up(
         }
         if ready {
             eprintln!(" ready in {} ms", t0.elapsed().as_millis());
+        } else if stop_rx.borrow().is_some() {
+            eprintln!(" stopped before it was ready");
         } else {
             eprintln!(
                 " not ready after {} ms (it will keep starting; see `faas logs {}`)",
@@ -754,6 +983,16 @@ async fn up(
                 spec.name
             );
         }
+    }
+    let stopped_early = *stop_rx.borrow();
+    if let Some(name) = stopped_early {
+        eprintln!("{name} while starting: removing the functions");
+        for spec in &specs {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(15), invoker.remove(&spec.function_ref()))
+                    .await;
+        }
+        return Ok(());
     }
     let queue = faas_http::queue::AsyncQueue::start(
         &up_queue.url,
@@ -767,12 +1006,11 @@ async fn up(
         builder = q.apply(builder);
     }
     let gateway = builder.build();
-    let base = format!("http://{addr}");
     eprintln!();
-    eprintln!(
-        "Gateway: {base}   (basic auth {})",
-        if config.auth.is_some() { "on" } else { "off" }
-    );
+    eprintln!("Gateway: {base}   ({})", access_note.summary);
+    for line in &access_note.details {
+        eprintln!("{line}");
+    }
     eprintln!(
         "Async:   {}",
         queue.as_ref().map_or("in-memory queue, worker in process", |q| q.description())
@@ -782,11 +1020,21 @@ async fn up(
         eprintln!("  {base}/function/{}", spec.name);
     }
     eprintln!("Press Ctrl-C to stop.");
-    faas_http::serve(listener, gateway.service(), async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
-    .map_err(|e| Error::internal(format!("server: {e}")))?;
+    let grace = access.shutdown_grace;
+    let shutdown = async move {
+        let name = match stop_rx.wait_for(Option::is_some).await {
+            Ok(name) => name.unwrap_or("signal"),
+            Err(_) => "signal",
+        };
+        eprintln!(
+            "{name}: stopping; no new connections, in-flight requests get up to {} to finish",
+            faas_core::util::format_duration(grace)
+        );
+    };
+    let serve_config = faas_http::ServeConfig::default().shutdown_grace(grace);
+    faas_http::serve_with(listener, gateway.service(), shutdown, serve_config)
+        .await
+        .map_err(|e| Error::internal(format!("server: {e}")))?;
     if let Some(q) = queue {
         eprintln!("Stopping: the async worker...");
         if let Err(e) = q.shutdown().await {
@@ -799,4 +1047,20 @@ async fn up(
             .await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn paths_are_quoted_for_the_shell_only_when_needed() {
+        assert_eq!(
+            shell_word("/home/ann/.local/state/faas-rs/x"),
+            "/home/ann/.local/state/faas-rs/x"
+        );
+        assert_eq!(shell_word("/home/ann/my state/x"), "'/home/ann/my state/x'");
+        assert_eq!(shell_word("/tmp/it's"), r"'/tmp/it'\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
 }

@@ -1,5 +1,7 @@
 //! The `faas` binary end to end: `faas up -f examples/stack.yml` on the embedded process
-//! backend, then the client subcommands against it, over real TCP on 127.0.0.1.
+//! backend, then `faas login` and the client subcommands against it, over real TCP on
+//! 127.0.0.1. HOME and the XDG directories point into a temporary directory, so
+//! `faas login` never touches the user's own.
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -7,15 +9,47 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use faas_http::client::GatewayClient;
+use faas_http::BasicAuth;
 use http::Method;
 
+/// The directory the test's processes take as HOME (and XDG directories under it).
+fn home() -> PathBuf {
+    std::env::temp_dir().join(format!("faas-cli-test-home-{}", std::process::id()))
+}
+
+/// `faas` with HOME and the XDG directories in [`home`], and no credentials from the
+/// environment.
+fn command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_faas"));
+    c.env("HOME", home())
+        .env("XDG_STATE_HOME", home().join("state"))
+        .env("XDG_CONFIG_HOME", home().join("config"))
+        .env_remove("OPENFAAS_USER")
+        .env_remove("OPENFAAS_PASSWORD");
+    c
+}
+
 fn faas(gateway: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_faas"))
+    command()
         .args(args)
         .env("OPENFAAS_URL", gateway)
         .stdin(Stdio::null())
         .output()
         .expect("run faas")
+}
+
+/// `faas login --password-stdin` with `password` on stdin.
+fn login(gateway: &str, password: &str) -> Output {
+    use std::io::Write;
+    let mut child = command()
+        .args(["login", "--gateway", gateway, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run faas login");
+    child.stdin.take().unwrap().write_all(password.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 fn ok(gateway: &str, args: &[&str]) -> String {
@@ -55,7 +89,9 @@ async fn faas_up_serves_the_example_stack_and_the_cli_drives_it() {
     };
     let gw = format!("http://127.0.0.1:{port}");
     let state = std::env::temp_dir().join(format!("faas-cli-test-{}", std::process::id()));
-    let child = Command::new(env!("CARGO_BIN_EXE_faas"))
+    let _ = std::fs::remove_dir_all(home());
+    let _ = std::fs::remove_dir_all(&state);
+    let child = command()
         .args(["up", "-f"])
         .arg(&stack)
         .args(["--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
@@ -67,7 +103,20 @@ async fn faas_up_serves_the_example_stack_and_the_cli_drives_it() {
         .expect("start faas up");
     let _up = Up(child);
 
-    let client = GatewayClient::new(&gw).unwrap().with_timeout(Duration::from_secs(30));
+    // Auth is on: the password is generated into the state directory on start.
+    let client = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Ok(creds) = BasicAuth::from_dir(&state) {
+                break GatewayClient::new(&gw)
+                    .unwrap()
+                    .with_timeout(Duration::from_secs(30))
+                    .with_auth(Some(creds));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("faas up writes its password");
     // Ready once every example function is listed with an available replica.
     tokio::time::timeout(Duration::from_secs(60), async {
         loop {
@@ -100,7 +149,25 @@ async fn faas_up_serves_the_example_stack_and_the_cli_drives_it() {
     assert_eq!(r.text(), r#"{"a":1}"#);
     assert_eq!(r.headers["content-type"], "application/json");
 
-    // The client subcommands.
+    // The client subcommands need credentials: this gateway's password is in --state-dir,
+    // not the default state directory, so they log in first.
+    let out = faas(&gw, &["list"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("faas login"));
+    let out = login(&gw, "wrong\n");
+    assert!(!out.status.success(), "a wrong password is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused"));
+    let saved = home().join("config/faas-rs/credentials.json");
+    assert!(!saved.exists(), "a wrong password is not saved");
+    let password = client.auth().unwrap().password().to_string();
+    let out = login(&gw, &format!("{password}\n"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
     let list = ok(&gw, &["list"]);
     for f in ["uppercase", "wordcount", "sha256", "echo-json"] {
         assert!(list.contains(f), "{list}");
@@ -116,7 +183,7 @@ async fn faas_up_serves_the_example_stack_and_the_cli_drives_it() {
         String::from_utf8_lossy(&out.stderr)
     );
     // --gateway overrides OPENFAAS_URL.
-    let out = Command::new(env!("CARGO_BIN_EXE_faas"))
+    let out = command()
         .args(["list", "--gateway", &gw])
         .env("OPENFAAS_URL", "http://127.0.0.1:1")
         .output()
@@ -142,16 +209,15 @@ async fn faas_up_serves_the_example_stack_and_the_cli_drives_it() {
     let bad = state.join("bad.yml");
     std::fs::create_dir_all(&state).unwrap();
     std::fs::write(&bad, "functions:\n  Bad_Name:\n    fprocess: cat\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_faas"))
-        .args(["deploy", "-f"])
-        .arg(&bad)
-        .env("OPENFAAS_URL", &gw)
-        .output()
-        .unwrap();
+    let out = command().args(["deploy", "-f"]).arg(&bad).env("OPENFAAS_URL", &gw).output().unwrap();
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("functions.Bad_Name.name"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // After `faas logout` the subcommands have no credentials again.
+    ok(&gw, &["logout"]);
+    assert!(!faas(&gw, &["list"]).status.success());
+    let _ = std::fs::remove_dir_all(home());
 }

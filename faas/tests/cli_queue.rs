@@ -115,6 +115,7 @@ async fn faas_up_with_a_kafka_queue_runs_async_calls() {
     let gw = format!("http://127.0.0.1:{port}");
     let state = std::env::temp_dir().join(format!("faas-cli-queue-test-{}", std::process::id()));
     let queue = format!("kafka://{}/jobs", kafka.bootstrap_servers());
+    let _ = std::fs::remove_dir_all(&state);
     let child = Command::new(env!("CARGO_BIN_EXE_faas"))
         .args(["up", "-f"])
         .arg(stack())
@@ -136,7 +137,20 @@ async fn faas_up_with_a_kafka_queue_runs_async_calls() {
         .expect("start faas up");
     let up = Up(child);
 
-    let client = GatewayClient::new(&gw).unwrap().with_timeout(Duration::from_secs(30));
+    // Auth is on: log in with the password `faas up` generates into its state directory.
+    let client = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Ok(creds) = faas_http::BasicAuth::from_dir(&state) {
+                break GatewayClient::new(&gw)
+                    .unwrap()
+                    .with_timeout(Duration::from_secs(30))
+                    .with_auth(Some(creds));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("faas up writes its password");
     tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             if let Ok(list) = client.list(None).await {
