@@ -8,7 +8,9 @@
 //! (an in-memory queue of 100 000 items, an in-process worker on the main runtime, the
 //! default activation store of 100 000 records), built here so that its counters can be
 //! read: with `STATS_FILE`, a line `<unix ms> <finished> <received>` is appended to it
-//! every 20 ms. See `benches/wrk/gateway.sh` and `benches/wrk/async.sh`.
+//! every 20 ms. With `FAAS_BENCH_AUTH=1` basic auth is on (as `faas up` has it by default:
+//! `/system/*` protected, `/function/*` open). See `benches/wrk/gateway.sh` and
+//! `benches/wrk/async.sh`.
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
@@ -30,7 +32,10 @@ fn main() -> std::io::Result<()> {
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))?,
         );
-        let config = GatewayConfig::default();
+        let mut config = GatewayConfig::default();
+        if std::env::var("FAAS_BENCH_AUTH").is_ok_and(|v| v == "1") {
+            config.auth = Some(faas_http::BasicAuth::new("admin", "bench-password"));
+        }
         // What `GatewayBuilder::build` makes by default, with the worker's counters kept.
         let queue = faas_queue::MemoryQueue::new(100_000);
         let store = Arc::new(faas_queue::MemoryActivationStore::default());
