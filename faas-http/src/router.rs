@@ -231,7 +231,7 @@ impl GatewayBuilder {
     pub fn build(self) -> Gateway {
         let (mut queue, mut activations, mut worker) = (self.queue, self.activations, None);
         if queue.is_none() && tokio::runtime::Handle::try_current().is_ok() {
-            let q = faas_queue::MemoryQueue::new(100_000);
+            let q = faas_queue::MemoryQueue::with_limits(self.config.async_queue);
             let store: Arc<dyn ActivationStore> = match &activations {
                 Some(s) => s.clone(),
                 None => Arc::new(faas_queue::MemoryActivationStore::default()),
