@@ -646,7 +646,9 @@ async fn wait_for_claim(
     d: &Arc<Deployed>,
     cfg: &MemoryInvokerBuilder,
     arrived: Instant,
+    budget: Option<Duration>,
 ) -> Result<Claim> {
+    let bound = budget.map_or(cfg.queue_timeout, |b| b.min(cfg.queue_timeout));
     let mut waiter: Option<Waiter> = None;
     let mut cold = false;
     let claim = loop {
@@ -704,8 +706,8 @@ async fn wait_for_claim(
             notified.as_mut().enable();
             starting
         };
-        if tokio::time::timeout_at(arrived + cfg.queue_timeout, notified).await.is_err() {
-            let after = util::format_duration(cfg.queue_timeout);
+        if tokio::time::timeout_at(arrived + bound, notified).await.is_err() {
+            let after = util::format_duration(bound);
             return Err(if waiting_for_start {
                 Error::unavailable(format!("no instance of {} became ready in {after}", d.fref))
             } else {
@@ -1257,7 +1259,8 @@ impl Invoker for MemoryInvoker {
                 Box::pin(Running::start(shared, claim, arrived, Duration::ZERO, invocation))
             }
             None => Box::pin(async move {
-                let claim = wait_for_claim(&d, &shared.cfg, arrived).await?;
+                let budget = crate::invocation::WaitBudget::of(&invocation.request);
+                let claim = wait_for_claim(&d, &shared.cfg, arrived, budget).await?;
                 Running::start(shared, claim, arrived, arrived.elapsed(), invocation).await
             }),
         }

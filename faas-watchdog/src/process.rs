@@ -12,8 +12,10 @@
 //!   ([`faas_core::scheduler::SCHEDULER_LABEL`], e.g. `hash` for sticky routing; a bad value
 //!   is rejected at deploy and update naming the label, before anything starts). Replicas are
 //!   offered to the scheduler sorted by id. When every replica is busy
-//!   (`spec.max_concurrency` per replica) the invocation waits, bounded by
-//!   [`ProcessInvokerBuilder::queue_timeout`]. A function at zero replicas is scaled from zero
+//!   (`spec.max_concurrency` per replica) the invocation waits in line (first come, first
+//!   served), bounded by [`ProcessInvokerBuilder::queue_timeout`] and by the caller's
+//!   [`faas_core::invocation::WaitBudget`] (the gateway's is half its upstream timeout), then
+//!   gets [`Error::Overloaded`] (429 with `Retry-After`). A function at zero replicas is scaled from zero
 //!   and the invocation waits for the first replica (bounded by
 //!   [`ProcessInvokerBuilder::start_timeout`]).
 //! - **Mode and variables**: `spec.env_vars` reach the watchdog and the function process, so
@@ -405,6 +407,10 @@ struct FState {
     next_start: Instant,
     /// Whether the node cap's refusal was logged since this function last started a replica.
     node_full_logged: bool,
+    /// Tickets of the invocations waiting for a replica, oldest first: only the oldest may
+    /// take a free replica, so waiters are served in arrival order.
+    waiters: VecDeque<u64>,
+    next_ticket: u64,
 }
 
 /// One replica: a watchdog process.
@@ -1063,6 +1069,51 @@ async fn reconciler(shared: Weak<Shared>, f: Weak<Func>) {
 // ---------------------------------------------------------------------------------------
 // Invocation
 
+/// An invocation's place in a function's line of waiters; leaves the line when dropped
+/// (served, timed out or cancelled), waking the next in line.
+struct Ticket {
+    func: Arc<Func>,
+    id: u64,
+    done: bool,
+}
+
+impl Ticket {
+    /// Leaves the line, served (caller holds the state lock). The waiters are woken so the
+    /// next in line may take a replica that is still free.
+    fn served(mut self, st: &mut FState) {
+        self.done = true;
+        leave_line(st, self.id);
+        if !st.waiters.is_empty() {
+            self.func.notify.notify_waiters();
+        }
+    }
+}
+
+fn leave_line(st: &mut FState, id: u64) {
+    if st.waiters.front() == Some(&id) {
+        st.waiters.pop_front();
+    } else if let Some(i) = st.waiters.iter().position(|t| *t == id) {
+        st.waiters.remove(i);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let was_first = {
+            let mut st = lock(&self.func.state);
+            let first = st.waiters.front() == Some(&self.id);
+            leave_line(&mut st, self.id);
+            first && !st.waiters.is_empty()
+        };
+        if was_first {
+            self.func.notify.notify_waiters();
+        }
+    }
+}
+
 /// Holds a replica slot until the function has answered.
 struct Lease {
     func: Arc<Func>,
@@ -1227,6 +1278,8 @@ impl Invoker for ProcessInvoker {
                 failures: 0,
                 next_start: Instant::now(),
                 node_full_logged: false,
+                waiters: VecDeque::new(),
+                next_ticket: 0,
             }),
         });
         {
@@ -1328,7 +1381,11 @@ impl Invoker for ProcessInvoker {
         let sh = &self.inner;
         let func = sh.function(&invocation.function)?;
         let arrived = Instant::now();
+        let budget = faas_core::invocation::WaitBudget::of(&invocation.request);
+        let queue_timeout = budget.map_or(sh.cfg.queue_timeout, |b| b.min(sh.cfg.queue_timeout));
         let mut cold = false;
+        // This invocation's place in line once it has had to wait.
+        let mut ticket: Option<Ticket> = None;
         let (replica, timeout) = loop {
             let notified = func.notify.notified();
             tokio::pin!(notified);
@@ -1340,13 +1397,26 @@ impl Invoker for ProcessInvoker {
                 }
                 st.last_activity = Instant::now();
                 let vs = views(sh, &st);
-                if let Some(i) = st.scheduler.route(&func.fref, &vs) {
-                    if let Some(r) = st.replicas.get(i).cloned() {
-                        r.in_flight.fetch_add(1, Ordering::SeqCst);
-                        st.in_flight += 1;
-                        st.invocation_count += 1;
-                        break (r, st.spec.timeout);
+                // First come, first served: a newcomer goes behind anyone waiting.
+                let my_turn = match &ticket {
+                    None => st.waiters.is_empty(),
+                    Some(t) => st.waiters.front() == Some(&t.id),
+                };
+                let routed = if my_turn { st.scheduler.route(&func.fref, &vs) } else { None };
+                if let Some(r) = routed.and_then(|i| st.replicas.get(i).cloned()) {
+                    r.in_flight.fetch_add(1, Ordering::SeqCst);
+                    st.in_flight += 1;
+                    st.invocation_count += 1;
+                    if let Some(t) = ticket.take() {
+                        t.served(&mut st);
                     }
+                    break (r, st.spec.timeout);
+                }
+                if ticket.is_none() {
+                    let id = st.next_ticket;
+                    st.next_ticket += 1;
+                    st.waiters.push_back(id);
+                    ticket = Some(Ticket { func: func.clone(), id, done: false });
                 }
                 if st.desired == 0 {
                     // Scale from zero.
@@ -1359,7 +1429,7 @@ impl Invoker for ProcessInvoker {
                 cold |= !any_ready;
                 !any_ready
             };
-            let bound = if starting { sh.cfg.start_timeout } else { sh.cfg.queue_timeout };
+            let bound = if starting { sh.cfg.start_timeout } else { queue_timeout };
             if tokio::time::timeout_at(arrived + bound, notified).await.is_err() {
                 let after = faas_core::util::format_duration(bound);
                 return Err(if starting {

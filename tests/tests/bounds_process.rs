@@ -27,6 +27,10 @@ impl Drop for Env {
 }
 
 async fn start(tag: &str, limits: ReplicaLimits) -> Env {
+    start_with(tag, limits, GatewayConfig::default()).await
+}
+
+async fn start_with(tag: &str, limits: ReplicaLimits, config: GatewayConfig) -> Env {
     let state = std::env::temp_dir().join(format!("faas-bounds-{tag}-{}", std::process::id()));
     let invoker = ProcessInvoker::builder()
         .watchdog_command(env!("CARGO_BIN_EXE_faas-e2e-watchdog"), std::iter::empty::<&str>())
@@ -36,7 +40,7 @@ async fn start(tag: &str, limits: ReplicaLimits) -> Env {
         .build()
         .unwrap();
     let shared: Arc<dyn Invoker> = Arc::new(invoker.clone());
-    let gateway = Gateway::builder(shared).config(GatewayConfig::default()).build();
+    let gateway = Gateway::builder(shared).config(config).build();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -221,4 +225,65 @@ async fn the_gateway_answers_healthz_while_a_function_scales_to_its_cap() {
     );
     assert_eq!(running(&env, "wide"), 8);
     env.client.remove("wide", None).await.unwrap();
+}
+
+/// A call waiting behind `maxConcurrency` gets a 429 with `Retry-After` before the gateway's
+/// upstream timeout, not that timeout's 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_behind_max_concurrency_gets_429_before_the_upstream_timeout() {
+    let cfg = GatewayConfig { upstream_timeout: Duration::from_secs(4), ..Default::default() };
+    let env = start_with("busy", ReplicaLimits::new(4, 8), cfg).await;
+    let spec = FunctionSpec::new("busy", "x/busy")
+        .process("sleep 6")
+        .max_concurrency(1)
+        .label(labels::SCALE_MIN, "1")
+        .label(labels::SCALE_MAX, "1");
+    env.client.deploy(&spec).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while available(&env, "busy").await < 1 {
+        assert!(Instant::now() < deadline, "no replica in 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let occupant = {
+        let client = env.client.clone();
+        tokio::spawn(
+            async move { client.invoke("busy", Method::POST, &[], Bytes::new(), false).await },
+        )
+    };
+    // The occupant is in once the replica reports it in flight.
+    let f = FunctionRef::new("busy", "openfaas-fn");
+    while env.invoker.instances(&f).unwrap().iter().all(|i| i.in_flight == 0) {
+        assert!(Instant::now() < deadline, "the first call never reached the replica");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t0 = Instant::now();
+    let r = env.client.invoke("busy", Method::POST, &[], Bytes::new(), false).await.unwrap();
+    let took = t0.elapsed();
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
+    assert!(
+        took < Duration::from_secs(4),
+        "answered after {took:?}, not before the upstream timeout"
+    );
+    let _ = occupant.await;
+    env.client.remove("busy", None).await.unwrap();
+}
+
+/// A header too large to become a fork-mode function's environment variable is 431 through
+/// the gateway, naming the header (was a 502 "Argument list too long").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_300_kb_header_to_a_fork_mode_function_is_431() {
+    let env = start("header", ReplicaLimits::new(4, 8)).await;
+    env.client.deploy(&capped("fork", 1, 1)).await.unwrap();
+    let big = "x".repeat(300 * 1024);
+    let r = env
+        .client
+        .invoke("fork", Method::POST, &[("x-big".to_string(), big)], Bytes::from("hi"), false)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 431, "{}", r.text());
+    assert!(r.text().contains("X-Big"), "{}", r.text());
+    let r = env.client.invoke("fork", Method::POST, &[], Bytes::from("hi"), false).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "hi"));
+    env.client.remove("fork", None).await.unwrap();
 }
