@@ -62,3 +62,45 @@ async fn replica_caps_refuse_hostile_scaling_and_hold_across_functions() {
     docker.remove(&env.fref("b")).await.unwrap();
     docker.shutdown().await;
 }
+
+/// A call waiting behind `maxConcurrency` gets a 429 (`Overloaded` with a retry hint) once
+/// its caller's wait budget runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_behind_max_concurrency_is_overloaded_within_its_wait_budget() {
+    let Some(env) =
+        common::setup("a_waiter_behind_max_concurrency_is_overloaded_within_its_wait_budget").await
+    else {
+        return;
+    };
+    let _g = env.guard();
+    let docker = std::sync::Arc::new(env.builder().build().await.unwrap());
+    docker.deploy(env.spec("busy", "sleep").max_concurrency(1)).await.unwrap();
+    let f = env.fref("busy");
+    // Warm it first, so the wait below is behind a busy replica, not for a start.
+    docker.invoke(faas_core::Invocation::get(f.clone(), "/?ms=1")).await.unwrap();
+    let occupant = {
+        let (d, f) = (docker.clone(), f.clone());
+        tokio::spawn(async move { d.invoke(faas_core::Invocation::get(f, "/?ms=6000")).await })
+    };
+    eventually(Duration::from_secs(30), "the first call in flight", || async {
+        docker.instances(&f).ok()?.iter().any(|i| i.in_flight > 0).then_some(())
+    })
+    .await;
+    let mut waiter = faas_core::Invocation::get(f.clone(), "/?ms=1");
+    waiter
+        .request
+        .extensions_mut()
+        .insert(faas_core::invocation::WaitBudget(Duration::from_secs(1)));
+    let t0 = std::time::Instant::now();
+    match docker.invoke(waiter).await {
+        Err(e @ Error::Overloaded { .. }) => {
+            assert_eq!(e.http_status(), 429);
+            assert!(matches!(e, Error::Overloaded { retry_after: Some(_), .. }));
+        }
+        other => panic!("expected Overloaded, got {other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5), "waited {:?}", t0.elapsed());
+    occupant.await.unwrap().unwrap();
+    docker.remove(&f).await.unwrap();
+    docker.shutdown().await;
+}

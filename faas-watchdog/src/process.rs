@@ -13,10 +13,11 @@
 //!   is rejected at deploy and update naming the label, before anything starts). Replicas are
 //!   offered to the scheduler sorted by id. When every replica is busy
 //!   (`spec.max_concurrency` per replica) the invocation waits in line (first come, first
-//!   served), bounded by [`ProcessInvokerBuilder::queue_timeout`] and by the caller's
+//!   served; at most [`ProcessInvokerBuilder::queue_limit`] waiting), bounded by
+//!   [`ProcessInvokerBuilder::queue_timeout`] and by the caller's
 //!   [`faas_core::invocation::WaitBudget`] (the gateway's is half its upstream timeout), then
-//!   gets [`Error::Overloaded`] (429 with `Retry-After`). A function at zero replicas is scaled from zero
-//!   and the invocation waits for the first replica (bounded by
+//!   gets [`Error::Overloaded`] (429 with `Retry-After`). A function at zero replicas is
+//!   scaled from zero and the invocation waits for the first replica (bounded by
 //!   [`ProcessInvokerBuilder::start_timeout`]).
 //! - **Mode and variables**: `spec.env_vars` reach the watchdog and the function process, so
 //!   `mode`, `upstream_url`, `exec_timeout`, `max_inflight`... work as for the watchdog. The
@@ -114,6 +115,7 @@ pub struct ProcessInvokerBuilder {
     node_labels: BTreeMap<String, String>,
     limits: ReplicaLimits,
     start_concurrency: usize,
+    queue_limit: usize,
 }
 
 impl std::fmt::Debug for ProcessInvokerBuilder {
@@ -129,6 +131,7 @@ impl std::fmt::Debug for ProcessInvokerBuilder {
             .field("node_labels", &self.node_labels)
             .field("limits", &self.limits)
             .field("start_concurrency", &self.start_concurrency)
+            .field("queue_limit", &self.queue_limit)
             .finish_non_exhaustive()
     }
 }
@@ -147,6 +150,7 @@ impl Default for ProcessInvokerBuilder {
             node_labels: BTreeMap::new(),
             limits: ReplicaLimits::detect(),
             start_concurrency: default_start_concurrency(),
+            queue_limit: 1024,
         }
     }
 }
@@ -243,6 +247,13 @@ impl ProcessInvokerBuilder {
     /// [`ReplicaLimits::detect`]: from the CPUs and memory, see [`ReplicaLimits`]).
     pub fn replica_limits(mut self, limits: ReplicaLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// How many invocations of one function may wait for a replica (default 1024); beyond it
+    /// invocations fail at once with [`Error::Overloaded`].
+    pub fn queue_limit(mut self, n: usize) -> Self {
+        self.queue_limit = n;
         self
     }
 
@@ -1413,6 +1424,16 @@ impl Invoker for ProcessInvoker {
                     break (r, st.spec.timeout);
                 }
                 if ticket.is_none() {
+                    if st.waiters.len() >= sh.cfg.queue_limit {
+                        return Err(Error::Overloaded {
+                            message: format!(
+                                "{} invocations of {} are waiting for a replica already",
+                                st.waiters.len(),
+                                func.fref
+                            ),
+                            retry_after: Some(Duration::from_secs(1)),
+                        });
+                    }
                     let id = st.next_ticket;
                     st.next_ticket += 1;
                     st.waiters.push_back(id);

@@ -563,3 +563,42 @@ async fn waiters_are_served_in_arrival_order() {
     assert_eq!(order, ["w0", "w1", "w2", "w3", "w4", "late"]);
     inv.remove(&f).await.unwrap();
 }
+
+/// The line of invocations waiting for a replica is bounded: past `queue_limit` a call is
+/// refused at once with a retry hint.
+#[tokio::test]
+async fn waiters_past_the_queue_limit_are_refused_at_once() {
+    let inv = ProcessInvoker::builder()
+        .watchdog_command(WATCHDOG, Vec::<String>::new())
+        .state_dir(temp_dir("qlimit"))
+        .stop_grace(Duration::from_secs(2))
+        .queue_limit(2)
+        .build()
+        .unwrap();
+    let spec = FunctionSpec::new("one", "x/one")
+        .process("sh -c 'sleep 0.2; cat'")
+        .max_concurrency(1)
+        .label(labels::SCALE_MIN, "1")
+        .label(labels::SCALE_MAX, "1");
+    inv.deploy(spec).await.unwrap();
+    let f = FunctionRef::default_ns("one");
+    wait_available(&inv, &f, 1).await;
+    let call = |body: &str| inv.invoke(Invocation::post(f.clone(), body.to_string()));
+    let mut first = call("first");
+    assert!(futures::poll!(&mut first).is_pending());
+    let mut waiting: Vec<_> = (0..2).map(|i| call(&format!("w{i}"))).collect();
+    for w in &mut waiting {
+        assert!(futures::poll!(w).is_pending());
+    }
+    match futures::poll!(call("third")) {
+        std::task::Poll::Ready(Err(Error::Overloaded { message, retry_after: Some(_) })) => {
+            assert!(message.contains("2 invocations"), "{message}")
+        }
+        other => panic!("expected an immediate Overloaded, got {other:?}"),
+    }
+    first.await.unwrap();
+    for w in waiting {
+        w.await.unwrap();
+    }
+    inv.remove(&f).await.unwrap();
+}
