@@ -693,7 +693,12 @@ fn replica_limits(
 async fn backend(up: UpBackend) -> Result<Arc<dyn Invoker>> {
     let inner = raw_backend(up.kind, up.state_dir, up.scheduler, up.limits).await?;
     if up.autoscale {
-        Ok(Arc::new(faas_core::Autoscaled::new(inner)))
+        // The autoscaler asks no function for more replicas than the backend's cap.
+        let mut config = faas_core::AutoscaleConfig::default();
+        if let Some(l) = up.limits {
+            config = config.max_replicas(l.per_function());
+        }
+        Ok(Arc::new(faas_core::Autoscaled::with_config(inner, config)))
     } else {
         Ok(inner)
     }
