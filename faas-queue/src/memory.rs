@@ -97,7 +97,11 @@ pub fn item_bytes(item: &QueuedInvocation) -> usize {
         + item.path.len()
         + item.query.len()
         + item.callback_url.as_ref().map_or(0, String::len)
-        + item.headers.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>()
+        + item
+            .headers
+            .iter()
+            .map(|(k, v)| std::mem::size_of::<(String, String)>() + k.len() + v.len())
+            .sum::<usize>()
 }
 
 struct Entry {
