@@ -14,13 +14,14 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use faas_core::scheduler::Schedulers;
 use faas_core::{
-    DeveloperErrorKind, Error, FunctionRef, FunctionSpec, InvocationId, Result, Scheduler,
-    StartKind,
+    DeveloperErrorKind, Error, FunctionRef, FunctionSpec, InvocationId, ReplicaLimits, Result,
+    Scheduler, StartKind,
 };
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::{self, label, map_err, status_of};
 use crate::logs::LogRetention;
@@ -46,6 +47,10 @@ pub(crate) struct Settings {
     pub owner: String,
     /// How much of its removed replicas' logs each function keeps.
     pub log_retention: LogRetention,
+    /// Caps on replicas per function and on the Docker host.
+    pub limits: ReplicaLimits,
+    /// How many containers one reconcile or update starts at once.
+    pub start_concurrency: usize,
 }
 
 pub(crate) struct Inner {
@@ -60,6 +65,9 @@ pub(crate) struct Inner {
     pub closed: AtomicBool,
     /// Whether the last engine call of the maintenance loop failed (to log transitions once).
     pub engine_down: AtomicBool,
+    /// One permit per replica, [`ReplicaLimits::per_node`] in all; each replica holds its
+    /// own ([`Replica::hold_slot`]).
+    pub node_slots: Arc<Semaphore>,
 }
 
 fn random_suffix() -> String {
@@ -533,6 +541,30 @@ impl Inner {
         Ok(Arc::new(Replica::new(id, name, port, StartKind::Cold, init, info.hash.clone(), false)))
     }
 
+    /// Up to `n` places under the node's replica cap (fewer when the node is near it).
+    pub fn node_slots(&self, n: usize) -> Vec<OwnedSemaphorePermit> {
+        (0..n).map_while(|_| self.node_slots.clone().try_acquire_owned().ok()).collect()
+    }
+
+    /// Starts one replica per slot, `start_concurrency` at a time; each started replica
+    /// holds its slot.
+    pub async fn start_replicas(
+        self: &Arc<Self>,
+        f: &FunctionState,
+        info: &SpecInfo,
+        slots: Vec<OwnedSemaphorePermit>,
+    ) -> Vec<Result<Arc<Replica>>> {
+        futures::stream::iter(slots)
+            .map(|slot| async move {
+                let r = self.start_replica(f, info).await?;
+                r.hold_slot(slot);
+                Ok(r)
+            })
+            .buffer_unordered(self.settings.start_concurrency.max(1))
+            .collect()
+            .await
+    }
+
     pub fn spawn_reconcile(self: &Arc<Self>, f: Arc<FunctionState>) {
         let inner = Arc::clone(self);
         tokio::spawn(async move {
@@ -551,11 +583,21 @@ impl Inner {
         let desired = f.desired.load(Ordering::SeqCst) as usize;
         let live = f.live();
         if live.len() < desired {
-            let n = desired - live.len();
+            // As many as the node cap leaves room for; the maintenance loop starts the rest
+            // as slots free up.
+            let slots = self.node_slots(desired - live.len());
+            let n = slots.len();
+            if n < desired - live.len() {
+                // Debug: the maintenance loop retries every health interval.
+                tracing::debug!(
+                    function = %f.fref,
+                    cap = self.settings.limits.per_node(),
+                    "the node is at its replica cap; waiting for free slots"
+                );
+            }
             let info = f.spec();
             f.starting.fetch_add(n as u32, Ordering::SeqCst);
-            let results =
-                futures::future::join_all((0..n).map(|_| self.start_replica(f, &info))).await;
+            let results = self.start_replicas(f, &info, slots).await;
             f.starting.fetch_sub(n as u32, Ordering::SeqCst);
             let mut first_err = None;
             for r in results {
@@ -825,6 +867,10 @@ impl Inner {
                         hash,
                         state == "paused",
                     );
+                    // Running already: counted under the node cap while there is room.
+                    if let Ok(slot) = self.node_slots.clone().try_acquire_owned() {
+                        r.hold_slot(slot);
+                    }
                     lock(&f.replicas).push(Arc::new(r));
                 }
                 (Some(f), _, _) => stale_replicas.push((

@@ -83,7 +83,8 @@ use faas_core::prelude::*;
 use faas_core::scheduler::Schedulers;
 use faas_core::{
     Error, FunctionRef, FunctionSpec, FunctionStatus, Invocation, LeastLoaded, LogStream,
-    LogsRequest, ProviderInfo, Response, Result, Scheduler, Secret, SecretInfo, Usage,
+    LogsRequest, ProviderInfo, ReplicaLimits, Response, Result, Scheduler, Secret, SecretInfo,
+    Usage,
 };
 use futures::StreamExt;
 use hyper_util::client::legacy::Client;
@@ -108,6 +109,8 @@ pub struct DockerInvokerBuilder {
     namespaces: Option<BTreeSet<String>>,
     owner: String,
     log_retention: LogRetention,
+    limits: Option<ReplicaLimits>,
+    start_concurrency: usize,
 }
 
 impl std::fmt::Debug for DockerInvokerBuilder {
@@ -119,6 +122,8 @@ impl std::fmt::Debug for DockerInvokerBuilder {
             .field("namespaces", &self.namespaces)
             .field("owner", &self.owner)
             .field("log_retention", &self.log_retention)
+            .field("limits", &self.limits)
+            .field("start_concurrency", &self.start_concurrency)
             .finish_non_exhaustive()
     }
 }
@@ -136,6 +141,8 @@ impl Default for DockerInvokerBuilder {
             namespaces: None,
             owner: "faas-rs".to_string(),
             log_retention: LogRetention::default(),
+            limits: None,
+            start_concurrency: 4,
         }
     }
 }
@@ -238,10 +245,27 @@ impl DockerInvokerBuilder {
         self
     }
 
+    /// Caps on replicas per function and on the Docker host over all functions (default:
+    /// [`ReplicaLimits::for_machine`] of the host's CPUs and memory as the engine reports
+    /// them, else of this machine). Scaling labels or a scale request over the per-function
+    /// cap are refused naming the field and the cap; past the host's cap no container starts
+    /// until another is gone.
+    pub fn replica_limits(mut self, limits: ReplicaLimits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    /// How many containers one deploy, scale or update starts at once (default 4).
+    pub fn start_concurrency(mut self, n: usize) -> Self {
+        self.start_concurrency = n.max(1);
+        self
+    }
+
     /// Connects to the engine (negotiating the API version), adopts the functions and
     /// replicas found there, starts the maintenance loop and fills the prewarm pools.
     /// [`Error::Unavailable`] when the engine cannot be reached.
     pub async fn build(self) -> Result<DockerInvoker> {
+        let docker_limits = self.limits;
         let owner: String = self
             .owner
             .chars()
@@ -255,6 +279,10 @@ impl DockerInvokerBuilder {
                 .map_err(|r| Error::invalid("namespaces", r))?;
         }
         let docker = engine::connect(self.socket.as_deref()).await?;
+        let limits = match docker_limits {
+            Some(l) => l,
+            None => host_limits(&docker).await,
+        };
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_nodelay(true);
         let http = Client::builder(TokioExecutor::new())
@@ -280,12 +308,15 @@ impl DockerInvokerBuilder {
                 namespaces: self.namespaces,
                 owner,
                 log_retention: self.log_retention,
+                limits,
+                start_concurrency: self.start_concurrency.max(1),
             },
             http,
             functions: Mutex::new(Default::default()),
             pools: Mutex::new(pools),
             closed: Default::default(),
             engine_down: Default::default(),
+            node_slots: Arc::new(tokio::sync::Semaphore::new(limits.per_node() as usize)),
         });
         inner.adopt().await?;
         let templates: Vec<Template> = lock(&inner.pools).keys().cloned().collect();
@@ -305,6 +336,19 @@ impl DockerInvokerBuilder {
             }
         });
         Ok(DockerInvoker { inner })
+    }
+}
+
+/// The default replica caps of the engine's host (its CPUs and memory), else of this machine.
+async fn host_limits(docker: &bollard::Docker) -> ReplicaLimits {
+    match docker.info().await {
+        Ok(info) => match (info.ncpu, info.mem_total) {
+            (Some(cpus), Some(mem)) if cpus > 0 && mem > 0 => {
+                ReplicaLimits::for_machine(cpus as u64, mem as u64)
+            }
+            _ => ReplicaLimits::detect(),
+        },
+        Err(_) => ReplicaLimits::detect(),
     }
 }
 
@@ -453,6 +497,7 @@ impl Deploy for DockerInvoker {
     async fn deploy(&self, spec: FunctionSpec) -> Result<()> {
         spec.validate()?;
         let inner = &self.inner;
+        spec.scaling_policy_within(&inner.settings.limits)?;
         let fref = spec.function_ref();
         inner.check_namespace(&fref.namespace)?;
         let scheduler = inner.scheduler_for(&spec)?;
@@ -494,6 +539,7 @@ impl Deploy for DockerInvoker {
     async fn update(&self, spec: FunctionSpec) -> Result<()> {
         spec.validate()?;
         let inner = &self.inner;
+        spec.scaling_policy_within(&inner.settings.limits)?;
         let fref = spec.function_ref();
         inner.check_namespace(&fref.namespace)?;
         let f = inner.function(&fref)?;
@@ -509,7 +555,9 @@ impl Deploy for DockerInvoker {
         let n = f.live().len().max(f.desired.load(Ordering::SeqCst) as usize);
         // Start the new replicas before draining the old ones: in-flight requests finish on
         // the old replicas, new ones go to the new.
-        let fresh = futures::future::join_all((0..n).map(|_| inner.start_replica(&f, &info))).await;
+        // Within the node cap: replicas the cap leaves no room for now are started by the
+        // maintenance loop once the old ones are gone.
+        let fresh = inner.start_replicas(&f, &info, inner.node_slots(n)).await;
         let mut started = Vec::new();
         let mut failure = None;
         for r in fresh {
@@ -579,6 +627,7 @@ impl Deploy for DockerInvoker {
     }
 
     async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<()> {
+        self.inner.settings.limits.check_scale(replicas)?;
         let f = self.inner.function(function)?;
         f.desired.store(replicas, Ordering::SeqCst);
         let r = self.inner.reconcile(&f).await;

@@ -109,11 +109,13 @@ async fn watchdog_error(
 
 impl Inner {
     /// Waits for a replica with capacity, scaling from zero when there is none; returns it
-    /// counted in flight, and whether this invocation had to wait for a start.
+    /// counted in flight, and whether this invocation had to wait for a start. A wait for a
+    /// start ends at `deadline`, a wait behind busy replicas at `busy_deadline` if sooner.
     async fn acquire(
         self: &Arc<Self>,
         f: &Arc<FunctionState>,
         deadline: Instant,
+        busy_deadline: Instant,
     ) -> Result<(Arc<Replica>, bool)> {
         let seq = f.start_error_seq();
         let mut waited = false;
@@ -148,14 +150,15 @@ impl Inner {
             if let Some(e) = f.start_error_since(seq) {
                 return Err(e);
             }
-            if tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
+            let until = if live > 0 { deadline.min(busy_deadline) } else { deadline };
+            if tokio::time::timeout_at(until.into(), notified).await.is_err() {
                 return Err(if live > 0 {
                     Error::Overloaded {
                         message: format!(
                             "every instance of {} is at its concurrency limit",
                             f.fref
                         ),
-                        retry_after: None,
+                        retry_after: Some(Duration::from_secs(1)),
                     }
                 } else {
                     Error::unavailable(format!(
@@ -173,8 +176,12 @@ impl Inner {
         let t0 = Instant::now();
         let f = self.function(&inv.function)?;
         f.invocations.fetch_add(1, Ordering::Relaxed);
-        let (replica, waited) =
-            self.acquire(&f, t0 + self.settings.start_timeout + Duration::from_secs(5)).await?;
+        let deadline = t0 + self.settings.start_timeout + Duration::from_secs(5);
+        // The caller's wait budget bounds a wait behind busy replicas (a 429, not the
+        // caller's own timeout).
+        let busy_deadline =
+            faas_core::invocation::WaitBudget::of(&inv.request).map_or(deadline, |b| t0 + b);
+        let (replica, waited) = self.acquire(&f, deadline, busy_deadline).await?;
         let guard = InFlight { replica: Arc::clone(&replica), function: Arc::clone(&f) };
         // A paused container's port accepts and then hangs: unpause before forwarding.
         let resumed = self.ensure_running(&replica).await?;

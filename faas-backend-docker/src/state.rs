@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use faas_core::{Error, FunctionRef, FunctionSpec, InstanceView, Scheduler, StartKind};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::engine::fnv_hex;
 use crate::logs::{LogRetention, RetainedLogs};
@@ -99,6 +99,8 @@ pub(crate) struct Replica {
     pub last_used: Mutex<Instant>,
     /// Last CPU sample: (container total ns, system total ns).
     pub cpu_sample: Mutex<Option<(u64, u64)>>,
+    /// Its place under the node's replica cap, released when the replica is dropped.
+    pub slot: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl Replica {
@@ -128,7 +130,13 @@ impl Replica {
             paused: AtomicBool::new(paused),
             last_used: Mutex::new(Instant::now()),
             cpu_sample: Mutex::new(None),
+            slot: Mutex::new(None),
         }
+    }
+
+    /// Gives the replica its place under the node's replica cap.
+    pub fn hold_slot(&self, slot: OwnedSemaphorePermit) {
+        *lock(&self.slot) = Some(slot);
     }
 
     /// Serving or able to serve: not dead and not draining.

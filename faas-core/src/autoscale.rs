@@ -379,6 +379,11 @@ pub struct AutoscaleConfig {
     pub activation_timeout: Duration,
     /// Window and rate settings; each function's labels apply over them.
     pub kpa: KpaConfig,
+    /// The most replicas asked for any function, whatever its policy says (no bound by
+    /// default). Set it to the backend's per-function replica cap
+    /// ([`crate::ReplicaLimits::per_function`]), so a function without a
+    /// `com.openfaas.scale.max` scales up to the cap rather than asking past it in vain.
+    pub max_replicas: u32,
 }
 
 impl Default for AutoscaleConfig {
@@ -387,6 +392,7 @@ impl Default for AutoscaleConfig {
             tick: DEFAULT_TICK,
             activation_timeout: Duration::from_secs(60),
             kpa: KpaConfig::default(),
+            max_replicas: u32::MAX,
         }
     }
 }
@@ -401,6 +407,12 @@ impl AutoscaleConfig {
     /// Sets the activation timeout.
     pub fn activation_timeout(mut self, d: Duration) -> Self {
         self.activation_timeout = d;
+        self
+    }
+
+    /// Sets [`AutoscaleConfig::max_replicas`] (at least 1).
+    pub fn max_replicas(mut self, n: u32) -> Self {
+        self.max_replicas = n.max(1);
         self
     }
 }
@@ -645,7 +657,10 @@ fn clamp_u32(x: u64) -> u32 {
 }
 
 impl<I: Backend> Shared<I> {
-    fn register(&self, f: &FunctionRef, config: KpaConfig, replicas: u32) -> Arc<FnState> {
+    fn register(&self, f: &FunctionRef, mut config: KpaConfig, replicas: u32) -> Arc<FnState> {
+        // Never past the backend's cap, whatever the function's policy says.
+        config.max = config.max.min(self.config.max_replicas).max(1);
+        config.min = config.min.min(config.max);
         if config.metric == ScalingMetric::Cpu {
             tracing::warn!(function = %f, "scale type cpu is not measured here; scaling on in-flight requests");
         }

@@ -79,8 +79,12 @@ impl Body {
             Kind::Stream(mut s) => {
                 let mut buf = bytes::BytesMut::new();
                 while let Some(frame) = s.frame().await {
-                    let frame =
-                        frame.map_err(|e| Error::invalid("body", format!("reading body: {e}")))?;
+                    // A limit enforced further up (the gateway's body limit) stays a 413.
+                    let frame = frame.map_err(|e| match e.downcast::<Error>() {
+                        Ok(e) if matches!(*e, Error::PayloadTooLarge { .. }) => *e,
+                        Ok(e) => Error::invalid("body", format!("reading body: {e}")),
+                        Err(e) => Error::invalid("body", format!("reading body: {e}")),
+                    })?;
                     if let Ok(data) = frame.into_data() {
                         if buf.len() + data.len() > limit {
                             return Err(Error::PayloadTooLarge { limit: limit as u64 });

@@ -157,6 +157,21 @@ pub enum StartKind {
     Cold,
 }
 
+/// How long a backend may hold an invocation waiting for a busy instance, put in the
+/// request's extensions by the caller. The gateway gives half its upstream timeout, so a
+/// caller kept waiting behind `maxConcurrency` gets a prompt 429 with `Retry-After` from the
+/// backend rather than the gateway's 504 for a request that never started. Backends wait the
+/// shorter of this and their own queue timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitBudget(pub std::time::Duration);
+
+impl WaitBudget {
+    /// The budget in `request`'s extensions, if any.
+    pub fn of<B>(request: &http::Request<B>) -> Option<std::time::Duration> {
+        request.extensions().get::<WaitBudget>().map(|b| b.0)
+    }
+}
+
 /// Facts about how an invocation was served; backends insert it into the response's
 /// extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]

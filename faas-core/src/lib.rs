@@ -57,7 +57,9 @@ pub use scheduler::{
     check_placement, scheduler_for, Constraint, InstanceView, LeastLoaded, Node, PlacementRequest,
     Scheduler, Schedulers, Strategy, SCHEDULER_LABEL,
 };
-pub use spec::{FunctionSpec, FunctionStatus, Resources, ScalingMetric, ScalingPolicy, Usage};
+pub use spec::{
+    FunctionSpec, FunctionStatus, ReplicaLimits, Resources, ScalingMetric, ScalingPolicy, Usage,
+};
 
 /// The README's Rust examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

@@ -19,6 +19,11 @@
 //!   [`DeveloperErrorKind::Crash`] and its instance is replaced by a fresh one (a new
 //!   instance id, started with the simulated cold start).
 //! - Scaling: [`Deploy::scale`] sets the replica count (clamped to the policy's `max`).
+//!   Replicas are capped ([`MemoryInvokerBuilder::replica_limits`], default
+//!   [`ReplicaLimits::detect`]): scaling labels or a scale request over the per-function cap
+//!   are refused with [`Error::InvalidSpec`] naming the field and the cap, and no more than
+//!   the node cap of instances exist over all functions (a function held below its count
+//!   gets the missing instances as others free them, at its next scale or busy invocation).
 //!   When the scaling policy allows zero (`com.openfaas.scale.zero=true`), a function with no
 //!   invocation for its idle time (`com.openfaas.scale.zero-duration`) goes to zero replicas;
 //!   the next invocation scales it back to `max(1, min)` replicas and waits for the
@@ -95,7 +100,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -108,7 +113,8 @@ use crate::invoker::{LogEntry, LogStream, LogsRequest, ProviderInfo, Secret, Sec
 use crate::prelude::*;
 use crate::scheduler::{InstanceView, LeastLoaded, Scheduler};
 use crate::spec::{
-    validate_secret_name, FunctionSpec, FunctionStatus, ScalingPolicy, DEFAULT_NAMESPACE,
+    validate_secret_name, FunctionSpec, FunctionStatus, ReplicaLimits, ScalingPolicy,
+    DEFAULT_NAMESPACE,
 };
 use crate::util;
 
@@ -131,6 +137,7 @@ pub struct MemoryInvokerBuilder {
     queue_limit: usize,
     queue_timeout: Duration,
     log_limit: usize,
+    limits: ReplicaLimits,
 }
 
 impl std::fmt::Debug for MemoryInvokerBuilder {
@@ -141,6 +148,7 @@ impl std::fmt::Debug for MemoryInvokerBuilder {
             .field("queue_limit", &self.queue_limit)
             .field("queue_timeout", &self.queue_timeout)
             .field("log_limit", &self.log_limit)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -154,6 +162,7 @@ impl Default for MemoryInvokerBuilder {
             queue_limit: 1024,
             queue_timeout: Duration::from_secs(60),
             log_limit: 10_000,
+            limits: ReplicaLimits::detect(),
         }
     }
 }
@@ -205,10 +214,19 @@ impl MemoryInvokerBuilder {
         self
     }
 
+    /// Caps on replicas per function and over all functions (default
+    /// [`ReplicaLimits::detect`], from this machine's CPUs and memory).
+    pub fn replica_limits(mut self, limits: ReplicaLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Builds the invoker.
     pub fn build(self) -> MemoryInvoker {
+        let node_slots = Arc::new(Semaphore::new(self.limits.per_node() as usize));
         MemoryInvoker {
             inner: Arc::new(Shared {
+                node_slots,
                 cfg: self,
                 handlers: RwLock::new(HashMap::new()),
                 functions: RwLock::new(HashMap::default()),
@@ -242,6 +260,9 @@ impl Default for MemoryInvoker {
 
 struct Shared {
     cfg: MemoryInvokerBuilder,
+    /// One permit per instance, [`ReplicaLimits::per_node`] in all: an instance holds its
+    /// permit until it is dropped.
+    node_slots: Arc<Semaphore>,
     handlers: RwLock<HashMap<String, BoxFunction>>,
     /// Looked up on every invocation; only deploys insert (so a fast hasher is safe).
     functions: RwLock<HashMap<FunctionRef, Arc<Deployed>, util::FastBuildHasher>>,
@@ -285,6 +306,7 @@ struct RunConfig {
 
 struct Deployed {
     fref: Arc<FunctionRef>,
+    node_slots: Arc<Semaphore>,
     created: SystemTime,
     cold_start: Duration,
     state: Mutex<State>,
@@ -317,11 +339,17 @@ struct Instance {
     handler: BoxFunction,
     logger: LogSink,
     served: bool,
+    /// This instance's place under the node cap.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Deployed {
-    /// Starts one instance (ready at once without a cold start, else after it).
-    fn start_instance(self: &Arc<Self>, st: &mut State) {
+    /// Starts one instance (ready at once without a cold start, else after it). False when
+    /// the node is at its cap of instances.
+    fn start_instance(self: &Arc<Self>, st: &mut State) -> bool {
+        let Ok(slot) = self.node_slots.clone().try_acquire_owned() else {
+            return false;
+        };
         let serial = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
         let id: Arc<str> = format!("{}-{serial}", self.fref.name).into();
         let delayed = !self.cold_start.is_zero() && tokio::runtime::Handle::try_current().is_ok();
@@ -338,6 +366,7 @@ impl Deployed {
             handler: st.prototype.clone(),
             logger: self.logs.sink(id),
             served: false,
+            _slot: slot,
         });
         if delayed {
             let weak = Arc::downgrade(self);
@@ -354,6 +383,7 @@ impl Deployed {
                 }
             });
         }
+        true
     }
 
     /// Sets the instance count to `n`, removing idle or starting instances first. Returns
@@ -362,7 +392,9 @@ impl Deployed {
         let n = n as usize;
         let grew = st.instances.len() < n;
         while st.instances.len() < n {
-            self.start_instance(st);
+            if !self.start_instance(st) {
+                break;
+            }
         }
         while st.instances.len() > n {
             let victim = st
@@ -616,7 +648,9 @@ async fn wait_for_claim(
     d: &Arc<Deployed>,
     cfg: &MemoryInvokerBuilder,
     arrived: Instant,
+    budget: Option<Duration>,
 ) -> Result<Claim> {
+    let bound = budget.map_or(cfg.queue_timeout, |b| b.min(cfg.queue_timeout));
     let mut waiter: Option<Waiter> = None;
     let mut cold = false;
     let claim = loop {
@@ -639,6 +673,14 @@ async fn wait_for_claim(
                 d.ensure_reaper(&mut st);
                 if let Some(c) = try_claim(d, &mut st, &*cfg.scheduler, cold, Instant::now()) {
                     break c.leased(d.clone());
+                }
+            } else if st.instances.len() < st.desired as usize {
+                // Held below its count by the node cap: take the slots freed since.
+                let n = st.desired;
+                if d.set_instances(&mut st, n) {
+                    if let Some(c) = try_claim(d, &mut st, &*cfg.scheduler, cold, Instant::now()) {
+                        break c.leased(d.clone());
+                    }
                 }
             }
             let starting = st.views.iter().any(|v| !v.ready);
@@ -666,8 +708,8 @@ async fn wait_for_claim(
             notified.as_mut().enable();
             starting
         };
-        if tokio::time::timeout_at(arrived + cfg.queue_timeout, notified).await.is_err() {
-            let after = util::format_duration(cfg.queue_timeout);
+        if tokio::time::timeout_at(arrived + bound, notified).await.is_err() {
+            let after = util::format_duration(bound);
             return Err(if waiting_for_start {
                 Error::unavailable(format!("no instance of {} became ready in {after}", d.fref))
             } else {
@@ -1013,7 +1055,7 @@ impl Shared {
     /// Validates `spec` and resolves what an instance needs.
     fn prepare(&self, spec: &FunctionSpec) -> Result<(ScalingPolicy, BoxFunction, RunConfig)> {
         spec.validate()?;
-        let policy = spec.scaling_policy()?;
+        let policy = spec.scaling_policy_within(&self.cfg.limits)?;
         let prototype = self.prototype(&spec.image)?;
         let secrets = self.resolve_secrets(spec.namespace_or_default(), &spec.secrets)?;
         let run = RunConfig {
@@ -1100,7 +1142,8 @@ impl Invoke for MemoryInvoker {
                 Box::pin(Running::start(shared, claim, arrived, Duration::ZERO, invocation))
             }
             None => Box::pin(async move {
-                let claim = wait_for_claim(&d, &shared.cfg, arrived).await?;
+                let budget = crate::invocation::WaitBudget::of(&invocation.request);
+                let claim = wait_for_claim(&d, &shared.cfg, arrived, budget).await?;
                 Running::start(shared, claim, arrived, arrived.elapsed(), invocation).await
             }),
         }
@@ -1119,6 +1162,7 @@ impl Deploy for MemoryInvoker {
         let desired = policy.min;
         let d = Arc::new(Deployed {
             fref: fref.clone(),
+            node_slots: self.inner.node_slots.clone(),
             created: SystemTime::now(),
             cold_start: self.inner.cfg.cold_start,
             logs: Arc::new(LogBook::new(fref.clone(), self.inner.cfg.log_limit)),
@@ -1207,6 +1251,7 @@ impl Deploy for MemoryInvoker {
     }
 
     async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<()> {
+        self.inner.cfg.limits.check_scale(replicas)?;
         let d = self.inner.function(function)?;
         let wake = {
             let mut st = lock(&d.state);

@@ -217,6 +217,107 @@ impl ScalingPolicy {
     }
 }
 
+/// Caps on how many replicas a backend runs: per function, and on the node (the machine, or
+/// the Docker host) over all functions together.
+///
+/// A deploy or update whose `com.openfaas.scale.min`/`max` (or `scaling.min`/`max`) exceed
+/// [`ReplicaLimits::per_function`] is refused with [`Error::InvalidSpec`] naming the field
+/// and the cap ([`FunctionSpec::scaling_policy_within`]), and so is a scale request over it
+/// ([`ReplicaLimits::check_scale`]). The node cap is held when replicas start: a backend never
+/// runs more than [`ReplicaLimits::per_node`] replicas at once, whatever the functions ask
+/// for together.
+///
+/// The defaults come from the machine ([`ReplicaLimits::for_machine`]):
+///
+/// - per node: total memory / [`ReplicaLimits::MEMORY_PER_REPLICA`] (64 MiB), at least 1;
+/// - per function: [`ReplicaLimits::REPLICAS_PER_CPU`] (8) x CPUs, at least the default
+///   `com.openfaas.scale.max` (20), and never above the node cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaLimits {
+    per_function: u32,
+    per_node: u32,
+}
+
+impl ReplicaLimits {
+    /// The memory each replica is allowed in the default node cap: 64 MiB.
+    pub const MEMORY_PER_REPLICA: u64 = 64 << 20;
+    /// Replicas per CPU in the default per-function cap.
+    pub const REPLICAS_PER_CPU: u32 = 8;
+
+    /// Caps of `per_function` and `per_node` replicas (each at least 1; the per-function cap
+    /// never above the node's).
+    pub fn new(per_function: u32, per_node: u32) -> Self {
+        let per_node = per_node.max(1);
+        ReplicaLimits { per_function: per_function.clamp(1, per_node), per_node }
+    }
+
+    /// The default caps of a machine with `cpus` CPUs and `memory_bytes` of memory (see the
+    /// type's docs for the formula).
+    pub fn for_machine(cpus: u64, memory_bytes: u64) -> Self {
+        let per_node = (memory_bytes / Self::MEMORY_PER_REPLICA).clamp(1, u64::from(u32::MAX));
+        let per_function = cpus
+            .saturating_mul(u64::from(Self::REPLICAS_PER_CPU))
+            .max(u64::from(ScalingPolicy::default().max))
+            .min(u64::from(u32::MAX));
+        Self::new(per_function as u32, per_node as u32)
+    }
+
+    /// The default caps of this machine: its available CPUs and its total memory (Linux
+    /// `/proc/meminfo`; elsewhere 4 GiB is assumed).
+    pub fn detect() -> Self {
+        let cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
+        Self::for_machine(cpus, machine_memory_bytes().unwrap_or(4 << 30))
+    }
+
+    /// The same caps with the per-function one replaced (clamped to the node's).
+    pub fn with_per_function(self, n: u32) -> Self {
+        Self::new(n, self.per_node)
+    }
+
+    /// The same caps with the node's replaced (the per-function cap clamped to it).
+    pub fn with_per_node(self, n: u32) -> Self {
+        Self::new(self.per_function, n)
+    }
+
+    /// The most replicas one function may ask for.
+    pub fn per_function(&self) -> u32 {
+        self.per_function
+    }
+
+    /// The most replicas the node runs over all functions.
+    pub fn per_node(&self) -> u32 {
+        self.per_node
+    }
+
+    /// Refuses a scale request over the per-function cap, naming the field `replicas`.
+    pub fn check_scale(&self, replicas: u32) -> Result<()> {
+        if replicas > self.per_function {
+            return Err(Error::invalid("replicas", self.over(replicas)));
+        }
+        Ok(())
+    }
+
+    fn over(&self, n: u32) -> String {
+        format!("{n} is over this backend's cap of {} replicas per function", self.per_function)
+    }
+}
+
+impl Default for ReplicaLimits {
+    /// [`ReplicaLimits::detect`].
+    fn default() -> Self {
+        Self::detect()
+    }
+}
+
+/// Total memory of this machine from `/proc/meminfo` (`MemTotal`), if readable.
+fn machine_memory_bytes() -> Option<u64> {
+    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
+    m.lines().find_map(|l| {
+        let rest = l.strip_prefix("MemTotal:")?;
+        rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|k| k * 1024)
+    })
+}
+
 /// A function deployment: OpenFaaS's `FunctionDeployment` plus typed knobs.
 ///
 /// Serialises with OpenFaaS's JSON field names (`service`, `envProcess`, `envVars`...), so the
@@ -343,6 +444,33 @@ impl FunctionSpec {
     /// labels applied.
     pub fn scaling_policy(&self) -> Result<ScalingPolicy> {
         self.scaling.clone().unwrap_or_default().apply_labels(&self.labels)
+    }
+
+    /// The effective scaling policy held to `limits`: a `com.openfaas.scale.min`/`max` label
+    /// (or `scaling.min`/`max`) over [`ReplicaLimits::per_function`] is refused with
+    /// [`Error::InvalidSpec`] naming that field and the cap; a default max over it is lowered
+    /// to the cap.
+    pub fn scaling_policy_within(&self, limits: &ReplicaLimits) -> Result<ScalingPolicy> {
+        let mut policy = self.scaling_policy()?;
+        let cap = limits.per_function();
+        let explicit = self.scaling.as_ref();
+        for (label, value, from_scaling, field) in [
+            (labels::SCALE_MIN, policy.min, explicit.map(|p| p.min), "scaling.min"),
+            (labels::SCALE_MAX, policy.max, explicit.map(|p| p.max), "scaling.max"),
+        ] {
+            if value <= cap {
+                continue;
+            }
+            if self.labels.contains_key(label) {
+                return Err(Error::invalid(format!("labels.{label}"), limits.over(value)));
+            }
+            if from_scaling == Some(value) {
+                return Err(Error::invalid(field, limits.over(value)));
+            }
+        }
+        policy.max = policy.max.min(cap);
+        policy.min = policy.min.min(policy.max);
+        Ok(policy)
     }
 
     /// Validates every field; the error names the first bad field in OpenFaaS's JSON spelling.
@@ -689,6 +817,69 @@ mod tests {
             },
             "envVars.A=B",
         );
+    }
+
+    #[test]
+    fn replica_caps_refuse_the_labels_and_the_scale_naming_the_cap() {
+        let limits = ReplicaLimits::new(16, 100);
+        let bomb = FunctionSpec::new("bomb", "img")
+            .label(labels::SCALE_MIN, "1000000000")
+            .label(labels::SCALE_MAX, "1000000000");
+        bomb.validate().unwrap();
+        match bomb.scaling_policy_within(&limits) {
+            Err(Error::InvalidSpec { field, reason }) => {
+                assert_eq!(field, "labels.com.openfaas.scale.min");
+                assert!(reason.contains("cap of 16 replicas per function"), "{reason}");
+            }
+            other => panic!("expected InvalidSpec, got {other:?}"),
+        }
+        let max_only = FunctionSpec::new("f", "img").label(labels::SCALE_MAX, "17");
+        match max_only.scaling_policy_within(&limits) {
+            Err(Error::InvalidSpec { field, .. }) => {
+                assert_eq!(field, "labels.com.openfaas.scale.max")
+            }
+            other => panic!("expected InvalidSpec, got {other:?}"),
+        }
+        let explicit = FunctionSpec::new("f", "img").scaling(ScalingPolicy {
+            min: 1,
+            max: 40,
+            ..Default::default()
+        });
+        match explicit.scaling_policy_within(&limits) {
+            Err(Error::InvalidSpec { field, .. }) => assert_eq!(field, "scaling.max"),
+            other => panic!("expected InvalidSpec, got {other:?}"),
+        }
+        // At the cap is fine; a default max over a small cap is lowered to it.
+        let at = FunctionSpec::new("f", "img")
+            .label(labels::SCALE_MIN, "16")
+            .label(labels::SCALE_MAX, "16");
+        assert_eq!(at.scaling_policy_within(&limits).unwrap().max, 16);
+        let small = ReplicaLimits::new(5, 5);
+        let p = FunctionSpec::new("f", "img").scaling_policy_within(&small).unwrap();
+        assert_eq!((p.min, p.max), (1, 5));
+        assert!(limits.check_scale(16).is_ok());
+        match limits.check_scale(17) {
+            Err(Error::InvalidSpec { field, reason }) => {
+                assert_eq!(field, "replicas");
+                assert!(reason.contains("16"), "{reason}");
+            }
+            other => panic!("expected InvalidSpec, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn replica_caps_follow_the_machine() {
+        // 2 CPUs, 8 GiB: 128 per node, max(16, 20) = 20 per function.
+        let l = ReplicaLimits::for_machine(2, 8 << 30);
+        assert_eq!((l.per_function(), l.per_node()), (20, 128));
+        // 64 CPUs, 2 GiB: the function cap never exceeds the node's 32.
+        let l = ReplicaLimits::for_machine(64, 2 << 30);
+        assert_eq!((l.per_function(), l.per_node()), (32, 32));
+        let l = ReplicaLimits::for_machine(1, 0);
+        assert_eq!((l.per_function(), l.per_node()), (1, 1));
+        assert_eq!(ReplicaLimits::new(50, 10).per_function(), 10);
+        let d = ReplicaLimits::detect();
+        assert!(d.per_function() >= 1 && d.per_function() <= d.per_node());
     }
 
     #[test]

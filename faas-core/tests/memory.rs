@@ -624,3 +624,35 @@ async fn default_wait_ready_polls_status() {
     let e = b.wait_ready(&f("nope"), Duration::from_secs(1)).await.unwrap_err();
     assert!(matches!(e, Error::NotFound { .. }), "{e:?}");
 }
+
+#[tokio::test]
+async fn replica_caps_refuse_hostile_scaling_and_hold_across_functions() {
+    let inv = MemoryInvoker::builder().replica_limits(faas_core::ReplicaLimits::new(3, 4)).build();
+    inv.register("echo", fixtures::echo());
+    let bomb = FunctionSpec::new("bomb", "echo")
+        .label(labels::SCALE_MIN, "1000000000")
+        .label(labels::SCALE_MAX, "1000000000");
+    match inv.deploy(bomb).await {
+        Err(Error::InvalidSpec { field, reason }) => {
+            assert_eq!(field, "labels.com.openfaas.scale.min");
+            assert!(reason.contains("cap of 3 replicas per function"), "{reason}");
+        }
+        other => panic!("expected InvalidSpec, got {other:?}"),
+    }
+    let at_cap = |name: &str| {
+        FunctionSpec::new(name, "echo").label(labels::SCALE_MIN, "3").label(labels::SCALE_MAX, "3")
+    };
+    inv.deploy(at_cap("a")).await.unwrap();
+    inv.deploy(at_cap("b")).await.unwrap();
+    let count = |name: &str| inv.instances(&f(name)).unwrap().len();
+    assert_eq!((count("a"), count("b")), (3, 1), "the node cap of 4 holds across functions");
+    match inv.scale(&f("a"), 4).await {
+        Err(Error::InvalidSpec { field, .. }) => assert_eq!(field, "replicas"),
+        other => panic!("expected InvalidSpec(replicas), got {other:?}"),
+    }
+    // Freed slots go to the function held below its count at its next scale.
+    inv.scale(&f("a"), 1).await.unwrap();
+    inv.scale(&f("b"), 3).await.unwrap();
+    assert_eq!((count("a"), count("b")), (1, 3));
+    assert_eq!(inv.call("b", "hi").await.unwrap(), "hi");
+}

@@ -34,6 +34,10 @@ pub struct GatewayConfig {
     /// Largest response body kept by the built-in async queue for callbacks and activation
     /// records.
     pub max_async_result_bytes: usize,
+    /// Bounds of the built-in in-memory async queue: items, bytes, and one function's share
+    /// of each (default 100 000 items, 256 MiB, a function at most 25 %). A call refused by
+    /// them answers 429.
+    pub async_queue: faas_queue::QueueLimits,
 }
 
 impl Default for GatewayConfig {
@@ -48,6 +52,7 @@ impl Default for GatewayConfig {
             login_throttle: Some(LoginThrottleConfig::default()),
             cross_site: CrossSiteConfig::default(),
             max_async_result_bytes: 8 * 1024 * 1024,
+            async_queue: faas_queue::QueueLimits::default(),
         }
     }
 }
@@ -95,7 +100,9 @@ impl CrossSiteConfig {
 impl GatewayConfig {
     /// Reads the OpenFaaS environment variables over the defaults: `basic_auth`
     /// and `secret_mount_path` (see [`BasicAuth::from_env`]), `upstream_timeout`
-    /// (e.g. `60s`), `max_body_bytes`, `scale_from_zero_timeout`, `default_namespace`.
+    /// (e.g. `60s`), `max_body_bytes`, `scale_from_zero_timeout`, `default_namespace`, and
+    /// ours for the in-memory async queue: `async_queue_bytes`, `async_queue_items` and
+    /// `async_queue_function_percent` (one function's share of each, 1 to 100).
     /// A malformed value gives [`faas_core::Error::InvalidSpec`] naming the variable.
     pub fn from_env() -> faas_core::Result<Self> {
         let mut c = GatewayConfig::default();
@@ -122,6 +129,36 @@ impl GatewayConfig {
             faas_core::util::validate_dns1123_label(&v)
                 .map_err(|r| faas_core::Error::invalid("default_namespace", r))?;
             c.default_namespace = v;
+        }
+        let num = |key: &str| -> faas_core::Result<Option<usize>> {
+            match std::env::var(key) {
+                Ok(v) => v.trim().parse::<usize>().map(Some).map_err(|_| {
+                    faas_core::Error::invalid(key, format!("{v:?} is not a whole number"))
+                }),
+                Err(_) => Ok(None),
+            }
+        };
+        let (items, bytes, percent) = (
+            num("async_queue_items")?,
+            num("async_queue_bytes")?,
+            num("async_queue_function_percent")?,
+        );
+        if items.is_some() || bytes.is_some() || percent.is_some() {
+            let percent = match percent {
+                Some(p @ 1..=100) => p as u8,
+                Some(p) => {
+                    return Err(faas_core::Error::invalid(
+                        "async_queue_function_percent",
+                        format!("{p} is not within 1..=100"),
+                    ))
+                }
+                None => faas_queue::QueueLimits::DEFAULT_FUNCTION_PERCENT,
+            };
+            c.async_queue = faas_queue::QueueLimits::new(
+                items.unwrap_or(faas_queue::QueueLimits::DEFAULT_ITEMS),
+                bytes.unwrap_or(faas_queue::QueueLimits::DEFAULT_BYTES),
+            )
+            .function_percent(percent);
         }
         c.auth = BasicAuth::from_env()?;
         Ok(c)

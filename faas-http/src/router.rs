@@ -9,6 +9,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use faas_core::invocation::WaitBudget;
 use faas_core::prelude::*;
 use faas_core::spec::{validate_secret_name, ScalingPolicy, DEFAULT_NAMESPACE};
 use faas_core::util::{format_duration, FastBuildHasher};
@@ -253,7 +254,7 @@ impl GatewayBuilder {
     pub fn build(self) -> Gateway {
         let (mut queue, mut activations, mut worker) = (self.queue, self.activations, None);
         if queue.is_none() && tokio::runtime::Handle::try_current().is_ok() {
-            let q = faas_queue::MemoryQueue::new(100_000);
+            let q = faas_queue::MemoryQueue::with_limits(self.config.async_queue);
             let store: Arc<dyn ActivationStore> = match &activations {
                 Some(s) => s.clone(),
                 None => Arc::new(faas_queue::MemoryActivationStore::default()),
@@ -421,7 +422,8 @@ impl Service<Request> for Router {
             let (name, suffix) = split_name(rest);
             let t0 = Instant::now();
             if let Some(route) = local.warm_at(name, t0) {
-                let (inv, stamp, limit_hit) = match prepare(&route.0, req, suffix, t0) {
+                let wait = local.inner.config.upstream_timeout / 2;
+                let (inv, stamp, limit_hit) = match prepare(&route.0, req, suffix, t0, wait) {
                     Ok(p) => p,
                     Err(resp) => return Box::pin(std::future::ready(Ok(*resp))),
                 };
@@ -795,19 +797,23 @@ async fn invoke_sync(local: &Local, req: Request, name: &str, suffix: &str) -> R
 }
 
 /// Builds the invocation of a ready function: call id, the forwarded request, metrics.
+/// `wait` bounds how long the backend may hold it waiting for a busy instance
+/// ([`WaitBudget`]): less than the upstream timeout, so that wait ends in a 429, not a 504.
 fn prepare(
     routed: &Routed,
     req: Request,
     suffix: &str,
     t0: Instant,
+    wait: Duration,
 ) -> std::result::Result<(Invocation, Stamp, Option<BodyLimitHit>), Box<Response>> {
     let id = call_id(req.headers());
     let stamp = Stamp::new(&id, t0);
     let limit_hit = req.extensions().get::<BodyLimitHit>().cloned();
-    let request = match forwarded(req, suffix, &stamp) {
+    let mut request = match forwarded(req, suffix, &stamp) {
         Ok(r) => r,
         Err(e) => return Err(Box::new(stamp.error(&e))),
     };
+    request.extensions_mut().insert(WaitBudget(wait));
     routed.metrics.started();
     Ok((Invocation { id, function: routed.fref.clone(), request }, stamp, limit_hit))
 }
@@ -849,7 +855,8 @@ fn finish(
 /// Invokes a function known to be ready. (`Router::call` does the same inline for its hot
 /// path, to keep that future small.)
 async fn invoke_warm(inner: &Inner, routed: Arc<Routed>, req: Request, suffix: &str) -> Response {
-    let (inv, stamp, limit_hit) = match prepare(&routed, req, suffix, Instant::now()) {
+    let wait = inner.config.upstream_timeout / 2;
+    let (inv, stamp, limit_hit) = match prepare(&routed, req, suffix, Instant::now(), wait) {
         Ok(p) => p,
         Err(resp) => return *resp,
     };

@@ -800,3 +800,70 @@ async fn scale_from_zero_is_woken_when_the_replica_is_ready() {
     assert_eq!(resp.status(), 200);
     assert_eq!(tokio::time::Instant::now() - t0, cold, "woken at readiness, not on a poll tick");
 }
+
+#[tokio::test]
+async fn oversized_streamed_bodies_are_413_on_async_and_system_routes() {
+    let cfg = GatewayConfig { max_body_bytes: 1000, ..Default::default() };
+    let g = start(cfg).await;
+    g.deploy(echo("e")).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::StreamBody<_>>();
+    for (method, path) in [
+        (Method::POST, "/async-function/e"),
+        (Method::POST, "/system/functions"),
+        (Method::PUT, "/system/functions"),
+        (Method::POST, "/system/secrets"),
+        (Method::POST, "/system/scale-function/e"),
+    ] {
+        // Chunked, no Content-Length: over the limit only while streaming.
+        let chunks: Vec<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> =
+            (0..10).map(|_| Ok(hyper::body::Frame::data(Bytes::from(vec![b' '; 300])))).collect();
+        let body = http_body_util::StreamBody::new(futures::stream::iter(chunks));
+        let req = http::Request::builder()
+            .method(method.clone())
+            .uri(format!("{}{path}", g.base))
+            .body(body)
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        let status = resp.status();
+        use http_body_util::BodyExt;
+        let text = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(status, 413, "{method} {path}: {}", String::from_utf8_lossy(&text));
+        assert!(
+            String::from_utf8_lossy(&text).contains("1000"),
+            "{method} {path}: names the limit"
+        );
+    }
+}
+
+#[tokio::test]
+async fn async_queue_is_bounded_in_bytes_with_a_share_per_function() {
+    // 200 kB in all, 100 kB per function: a flood of 10 kB calls to one slow function is
+    // refused with 429 long before memory grows, and another function still gets in.
+    let cfg = GatewayConfig {
+        async_queue: faas_queue::QueueLimits::new(100_000, 200_000).function_percent(50),
+        ..Default::default()
+    };
+    let g = start(cfg).await;
+    g.deploy(FunctionSpec::new("slow", MemoryWorkload::image(Behaviour::Sleep))).await;
+    g.deploy(echo("other")).await;
+    let body = vec![b'x'; 10_000];
+    let mut accepted = 0;
+    let refused = loop {
+        let r = g.req(Method::POST, "/async-function/slow?ms=60000", body.clone()).await;
+        if r.status != 202 {
+            break r;
+        }
+        accepted += 1;
+        assert!(accepted <= 10, "more than 100 kB of one function's calls were queued");
+    };
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert!(
+        refused.text().contains("slow") && refused.text().contains("share"),
+        "{}",
+        refused.text()
+    );
+    assert!(accepted >= 5, "only {accepted} calls of 10 kB fit in a 100 kB share");
+    let r = g.req(Method::POST, "/async-function/other", body.clone()).await;
+    assert_eq!(r.status, 202, "another function is not starved: {}", r.text());
+}

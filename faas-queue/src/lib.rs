@@ -67,7 +67,7 @@ use faas_core::{InvocationId, Result};
 pub use faas_core::queue::{
     AsyncState, CallbackOutcome, DeadLetter, DeadLetterSink, QueueConsumer,
 };
-pub use memory::{MemoryConsumer, MemoryDeadLetters, MemoryPublisher, MemoryQueue};
+pub use memory::{MemoryConsumer, MemoryDeadLetters, MemoryPublisher, MemoryQueue, QueueLimits};
 pub use store::MemoryActivationStore;
 pub use worker::{Backoff, CallbackPolicy, Worker, WorkerConfig, WorkerHandle, WorkerStats};
 

@@ -21,7 +21,7 @@
 //! ```
 
 use std::any::Any;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -34,14 +34,173 @@ use faas_core::{Error, Result};
 use futures::future::BoxFuture;
 use tokio::sync::Notify;
 
+/// The bounds of a [`MemoryQueue`]: waiting items, and bytes held, in all and per function.
+///
+/// Items count the items waiting (not delivered). Bytes count every item accepted and not
+/// yet acknowledged (waiting or being processed): its body, headers, path, query, names and
+/// callback URL, plus a fixed overhead ([`item_bytes`]). A function's share bounds the items
+/// and bytes of one function in the same way, so a flood of calls to one function cannot
+/// fill the queue and starve the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Items waiting (not delivered) in all.
+    pub items: usize,
+    /// Bytes held in all.
+    pub bytes: usize,
+    /// Items of one function waiting.
+    pub function_items: usize,
+    /// Bytes one function holds.
+    pub function_bytes: usize,
+}
+
+impl QueueLimits {
+    /// The default byte bound: 256 MiB.
+    pub const DEFAULT_BYTES: usize = 256 << 20;
+    /// The default item bound: 100 000.
+    pub const DEFAULT_ITEMS: usize = 100_000;
+    /// The default share of one function, in percent of each bound: 25.
+    pub const DEFAULT_FUNCTION_PERCENT: u8 = 25;
+
+    /// At most `items` waiting items and `bytes` bytes (each at least 1), one function
+    /// allowed all of it; see [`QueueLimits::function_percent`].
+    pub fn new(items: usize, bytes: usize) -> Self {
+        let (items, bytes) = (items.max(1), bytes.max(1));
+        QueueLimits { items, bytes, function_items: items, function_bytes: bytes }
+    }
+
+    /// The same bounds with one function allowed `percent` % of the items and of the bytes
+    /// (1 to 100; at least one item and one byte).
+    pub fn function_percent(mut self, percent: u8) -> Self {
+        let share = |n: usize| (n as u128 * u128::from(percent.clamp(1, 100)) / 100) as usize;
+        self.function_items = share(self.items).max(1);
+        self.function_bytes = share(self.bytes).max(1);
+        self
+    }
+}
+
+impl Default for QueueLimits {
+    /// 100 000 items, 256 MiB, a function at most a quarter of each.
+    fn default() -> Self {
+        QueueLimits::new(Self::DEFAULT_ITEMS, Self::DEFAULT_BYTES)
+            .function_percent(Self::DEFAULT_FUNCTION_PERCENT)
+    }
+}
+
+/// What an item counts against [`QueueLimits::bytes`]: its variable-size fields plus the
+/// size of the item itself.
+pub fn item_bytes(item: &QueuedInvocation) -> usize {
+    std::mem::size_of::<QueuedInvocation>()
+        + item.body.len()
+        + item.function.len()
+        + item.namespace.len()
+        + item.method.len()
+        + item.path.len()
+        + item.query.len()
+        + item.callback_url.as_ref().map_or(0, String::len)
+        + item
+            .headers
+            .iter()
+            .map(|(k, v)| std::mem::size_of::<(String, String)>() + k.len() + v.len())
+            .sum::<usize>()
+}
+
 struct Entry {
     item: QueuedInvocation,
     redeliveries: u32,
+    /// [`item_bytes`] of the item, counted until it is acknowledged.
+    size: usize,
+}
+
+/// One function's waiting items and the bytes of its unacknowledged ones.
+#[derive(Debug, Default, Clone, Copy)]
+struct Held {
+    waiting: usize,
+    bytes: usize,
+}
+
+/// The waiting items and what every accepted, unacknowledged item holds.
+struct Waiting {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    /// Per (namespace, function); a function holding nothing has no entry.
+    functions: HashMap<(String, String), Held>,
+}
+
+fn function_key(item: &QueuedInvocation) -> (String, String) {
+    (item.namespace.clone(), item.function.clone())
+}
+
+impl Waiting {
+    /// Admits `item` within `limits`: [`Error::Overloaded`] when the queue or the function's
+    /// share is full, [`Error::PayloadTooLarge`] when the item alone is over the function's
+    /// byte share.
+    fn admit(&mut self, limits: &QueueLimits, item: QueuedInvocation) -> Result<()> {
+        let size = item_bytes(&item);
+        if size > limits.function_bytes {
+            return Err(Error::PayloadTooLarge { limit: limits.function_bytes as u64 });
+        }
+        let full = |message: String| Error::Overloaded {
+            message,
+            retry_after: Some(std::time::Duration::from_secs(1)),
+        };
+        if self.entries.len() >= limits.items {
+            return Err(full(format!("the async queue is full ({} items)", limits.items)));
+        }
+        if self.bytes + size > limits.bytes {
+            return Err(full(format!("the async queue is full ({} bytes)", limits.bytes)));
+        }
+        let key = function_key(&item);
+        let held = self.functions.get(&key).copied().unwrap_or_default();
+        if held.waiting >= limits.function_items || held.bytes + size > limits.function_bytes {
+            return Err(full(format!(
+                "{}.{} has {} items waiting and holds {} bytes of the async queue, its share \
+                 is {} items and {} bytes",
+                key.1,
+                key.0,
+                held.waiting,
+                held.bytes,
+                limits.function_items,
+                limits.function_bytes
+            )));
+        }
+        self.bytes += size;
+        let h = self.functions.entry(key).or_default();
+        h.waiting += 1;
+        h.bytes += size;
+        self.entries.push_back(Entry { item, redeliveries: 0, size });
+        Ok(())
+    }
+
+    /// Takes the first waiting item (it keeps its bytes until acknowledged).
+    fn pop(&mut self) -> Option<Entry> {
+        let entry = self.entries.pop_front()?;
+        if let Some(h) = self.functions.get_mut(&function_key(&entry.item)) {
+            h.waiting = h.waiting.saturating_sub(1);
+        }
+        Some(entry)
+    }
+
+    /// Puts a delivered item back first in line.
+    fn push_front(&mut self, entry: Entry) {
+        self.functions.entry(function_key(&entry.item)).or_default().waiting += 1;
+        self.entries.push_front(entry);
+    }
+
+    /// Forgets an acknowledged item of `key` that held `size` bytes.
+    fn release(&mut self, key: &(String, String), size: usize) {
+        self.bytes = self.bytes.saturating_sub(size);
+        if let Some(h) = self.functions.get_mut(key) {
+            h.bytes = h.bytes.saturating_sub(size);
+            if h.waiting == 0 && h.bytes == 0 {
+                self.functions.remove(key);
+            }
+        }
+    }
 }
 
 struct Inner {
-    queue: Mutex<VecDeque<Entry>>,
-    capacity: usize,
+    queue: Mutex<Waiting>,
+    limits: QueueLimits,
     closed: AtomicBool,
     in_flight: AtomicUsize,
     /// Wakes consumers waiting for an item.
@@ -49,25 +208,33 @@ struct Inner {
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Entry>> {
-        // A panic while holding the lock cannot leave the deque inconsistent (every
-        // operation on it is a single push or pop), so a poisoned lock is still usable.
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        // A panic while holding the lock cannot leave the state inconsistent (every
+        // operation on it completes its bookkeeping before it can panic), so a poisoned lock
+        // is still usable.
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Puts an unacknowledged item back at the front, ignoring the capacity (an accepted
-    /// item is never dropped).
+    /// Puts an unacknowledged item back at the front, ignoring the bounds (an accepted item
+    /// is never dropped; it still counts what it held).
     fn requeue(&self, mut entry: Entry) {
         entry.redeliveries = entry.redeliveries.saturating_add(1);
         self.lock().push_front(entry);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.available.notify_one();
     }
+
+    /// An item of `key` holding `size` bytes is settled for good.
+    fn settled(&self, key: &(String, String), size: usize) {
+        self.lock().release(key, size);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A bounded in-memory queue. Cheap to clone (all clones share the queue).
 ///
-/// - [`MemoryQueue::publisher`] publishes; a full queue answers [`Error::Overloaded`].
+/// - [`MemoryQueue::publisher`] publishes; a full queue, or a function over its share
+///   ([`QueueLimits`]), answers [`Error::Overloaded`].
 /// - [`MemoryQueue::consumer`] consumes; any number of consumers share the items.
 /// - A delivery that is nacked, or dropped unsettled (its worker stopped), goes back to the
 ///   front of the queue, so it is the next one delivered.
@@ -82,7 +249,7 @@ pub struct MemoryQueue {
 impl std::fmt::Debug for MemoryQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryQueue")
-            .field("capacity", &self.inner.capacity)
+            .field("limits", &self.inner.limits)
             .field("len", &self.len())
             .field("in_flight", &self.in_flight())
             .finish()
@@ -90,13 +257,24 @@ impl std::fmt::Debug for MemoryQueue {
 }
 
 impl MemoryQueue {
-    /// A queue holding at most `capacity` waiting items (at least 1). Items being processed
-    /// (delivered, not yet acknowledged) do not count against it.
+    /// A queue holding at most `capacity` waiting items (at least 1) and
+    /// [`QueueLimits::DEFAULT_BYTES`], any function allowed all of it. Items being processed
+    /// (delivered, not yet acknowledged) do not count against the items, but do against the
+    /// bytes.
     pub fn new(capacity: usize) -> Self {
+        Self::with_limits(QueueLimits::new(capacity, QueueLimits::DEFAULT_BYTES))
+    }
+
+    /// A queue within `limits`.
+    pub fn with_limits(limits: QueueLimits) -> Self {
         MemoryQueue {
             inner: Arc::new(Inner {
-                queue: Mutex::new(VecDeque::with_capacity(capacity.clamp(1, 4096))),
-                capacity: capacity.max(1),
+                queue: Mutex::new(Waiting {
+                    entries: VecDeque::with_capacity(limits.items.clamp(1, 4096)),
+                    bytes: 0,
+                    functions: HashMap::new(),
+                }),
+                limits,
                 closed: AtomicBool::new(false),
                 in_flight: AtomicUsize::new(0),
                 available: Notify::new(),
@@ -116,7 +294,12 @@ impl MemoryQueue {
 
     /// Items waiting (not delivered).
     pub fn len(&self) -> usize {
-        self.inner.lock().len()
+        self.inner.lock().entries.len()
+    }
+
+    /// Bytes held by accepted items not yet acknowledged ([`item_bytes`]).
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().bytes
     }
 
     /// Whether no item is waiting.
@@ -129,9 +312,14 @@ impl MemoryQueue {
         self.inner.in_flight.load(Ordering::Acquire)
     }
 
-    /// The capacity.
+    /// The capacity in waiting items.
     pub fn capacity(&self) -> usize {
-        self.inner.capacity
+        self.inner.limits.items
+    }
+
+    /// The bounds.
+    pub fn limits(&self) -> QueueLimits {
+        self.inner.limits
     }
 
     /// Refuses new items ([`Error::Unavailable`]); consumers get the waiting items, then
@@ -156,21 +344,13 @@ impl std::fmt::Debug for MemoryPublisher {
 
 impl MemoryPublisher {
     /// Publishes without awaiting (the in-memory queue never waits): [`Error::Overloaded`]
-    /// when full, [`Error::Unavailable`] when closed.
+    /// when full or the function is over its share, [`Error::PayloadTooLarge`] when the item
+    /// alone is over a function's byte share, [`Error::Unavailable`] when closed.
     pub fn try_publish(&self, item: QueuedInvocation) -> Result<()> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::unavailable("the queue is closed"));
         }
-        {
-            let mut q = self.inner.lock();
-            if q.len() >= self.inner.capacity {
-                return Err(Error::Overloaded {
-                    message: format!("the async queue is full ({} items)", self.inner.capacity),
-                    retry_after: Some(std::time::Duration::from_secs(1)),
-                });
-            }
-            q.push_back(Entry { item, redeliveries: 0 });
-        }
+        self.inner.lock().admit(&self.inner.limits, item)?;
         self.inner.available.notify_one();
         Ok(())
     }
@@ -186,22 +366,15 @@ impl QueuePublisher for MemoryPublisher {
         if self.inner.closed.load(Ordering::Acquire) {
             return items.iter().map(|_| Err(Error::unavailable("the queue is closed"))).collect();
         }
-        // One lock for the whole batch; items past the capacity are refused one by one.
+        // One lock for the whole batch; items past the bounds are refused one by one.
         let mut results = Vec::with_capacity(items.len());
         let mut pushed = 0usize;
         {
             let mut q = self.inner.lock();
             for item in items {
-                if q.len() >= self.inner.capacity {
-                    results.push(Err(Error::Overloaded {
-                        message: format!("the async queue is full ({} items)", self.inner.capacity),
-                        retry_after: Some(std::time::Duration::from_secs(1)),
-                    }));
-                } else {
-                    q.push_back(Entry { item, redeliveries: 0 });
-                    results.push(Ok(()));
-                    pushed += 1;
-                }
+                let r = q.admit(&self.inner.limits, item);
+                pushed += usize::from(r.is_ok());
+                results.push(r);
             }
         }
         for _ in 0..pushed {
@@ -226,7 +399,7 @@ impl std::fmt::Debug for MemoryConsumer {
 impl MemoryConsumer {
     /// The next item if one is waiting, without waiting; `None` if the queue is empty.
     pub fn try_next(&self) -> Option<Delivery<QueuedInvocation>> {
-        let entry = self.inner.lock().pop_front()?;
+        let entry = self.inner.lock().pop()?;
         Some(self.deliver(entry))
     }
 
@@ -234,11 +407,11 @@ impl MemoryConsumer {
     /// waiting; how many were taken.
     pub fn try_next_batch(&self, max: usize, out: &mut Vec<Delivery<QueuedInvocation>>) -> usize {
         let mut q = self.inner.lock();
-        let n = max.min(q.len());
+        let n = max.min(q.entries.len());
         if n > 0 {
             self.inner.in_flight.fetch_add(n, Ordering::AcqRel);
             out.reserve(n);
-            out.extend(q.drain(..n).map(|e| self.delivery(e)));
+            out.extend(std::iter::from_fn(|| q.pop()).take(n).map(|e| self.delivery(e)));
         }
         n
     }
@@ -251,12 +424,15 @@ impl MemoryConsumer {
     /// A delivery of `entry`, already counted in flight. The queue keeps no copy: the item
     /// comes back through the acknowledger if it is rejected or dropped unsettled.
     fn delivery(&self, entry: Entry) -> Delivery<QueuedInvocation> {
+        let key = function_key(&entry.item);
         Delivery::new(
             entry.item,
             entry.redeliveries,
             Box::new(MemoryAck {
                 inner: self.inner.clone(),
                 redeliveries: entry.redeliveries,
+                key,
+                size: entry.size,
                 settled: false,
             }),
         )
@@ -281,7 +457,7 @@ impl QueueConsumer for MemoryConsumer {
             tokio::pin!(notified);
             notified.as_mut().enable();
             if self.try_next_batch(max, &mut out) > 0 {
-                if !self.inner.lock().is_empty() {
+                if !self.inner.lock().entries.is_empty() {
                     // This consumer may have taken a wake-up meant for another one: pass it
                     // on, as items are left.
                     self.inner.available.notify_one();
@@ -306,6 +482,9 @@ impl QueueConsumer for MemoryConsumer {
 struct MemoryAck {
     inner: Arc<Inner>,
     redeliveries: u32,
+    /// The item's function and size, released from the bounds when it is settled for good.
+    key: (String, String),
+    size: usize,
     settled: bool,
 }
 
@@ -314,11 +493,15 @@ impl MemoryAck {
     fn requeue(&mut self, item: Box<dyn Any + Send>) {
         self.settled = true;
         match item.downcast::<QueuedInvocation>() {
-            Ok(item) => self.inner.requeue(Entry { item: *item, redeliveries: self.redeliveries }),
+            Ok(item) => self.inner.requeue(Entry {
+                item: *item,
+                redeliveries: self.redeliveries,
+                size: self.size,
+            }),
             Err(_) => {
                 // Only a `Delivery<QueuedInvocation>` holds this acknowledger.
                 tracing::error!("an in-memory delivery was handed back something else");
-                self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+                self.inner.settled(&self.key, self.size);
             }
         }
     }
@@ -327,7 +510,7 @@ impl MemoryAck {
 impl Acknowledge for MemoryAck {
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         self.settled = true;
-        self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.inner.settled(&self.key, self.size);
         if self.inner.closed.load(Ordering::Acquire) {
             // A consumer waiting for the last in-flight item to settle may finish now.
             self.inner.available.notify_waiters();
@@ -339,7 +522,7 @@ impl Acknowledge for MemoryAck {
         // Without the item (a `Delivery` always hands it back through `nack_with`).
         self.settled = true;
         tracing::error!("an in-memory delivery was rejected without its item");
-        self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.inner.settled(&self.key, self.size);
         Box::pin(std::future::ready(Err(Error::internal(
             "an in-memory delivery was rejected without its item",
         ))))
@@ -364,7 +547,7 @@ impl Drop for MemoryAck {
         if !self.settled {
             // Unreachable through `Delivery`, which settles or hands the item back.
             tracing::error!("an in-memory delivery was dropped without its item");
-            self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.inner.settled(&self.key, self.size);
         }
     }
 }

@@ -105,6 +105,67 @@ async fn memory_backpressure_and_close() {
     assert_eq!(bodies, ["1", "2", "3"]);
 }
 
+#[tokio::test]
+async fn memory_bounded_in_bytes_held_until_acknowledged() {
+    use faas_queue::memory::{item_bytes, QueueLimits};
+    let one = item_bytes(&item("f", vec![b'x'; 10_000]));
+    // Room for three such items in bytes, far more in items.
+    let q = MemoryQueue::with_limits(QueueLimits::new(1000, 3 * one + one / 2));
+    let p = q.publisher();
+    for _ in 0..3 {
+        p.publish(item("f", vec![b'x'; 10_000])).await.unwrap();
+    }
+    assert_eq!(q.bytes(), 3 * one);
+    let err = p.publish(item("f", vec![b'x'; 10_000])).await.unwrap_err();
+    assert_eq!(err.http_status(), 429, "{err:?}");
+    assert!(err.to_string().contains("bytes"), "{err}");
+    // A delivered item still holds its bytes until it is acknowledged.
+    let c = q.consumer();
+    let d = c.next().await.unwrap().unwrap();
+    assert_eq!(p.publish(item("f", vec![b'x'; 10_000])).await.unwrap_err().http_status(), 429);
+    d.ack().await.unwrap();
+    assert_eq!(q.bytes(), 2 * one);
+    p.publish(item("f", vec![b'x'; 10_000])).await.unwrap();
+    // A redelivered (dropped) item keeps its bytes counted, and nothing leaks at the end.
+    let d = c.next().await.unwrap().unwrap();
+    drop(d);
+    assert_eq!(q.bytes(), 3 * one);
+    while let Some(d) = c.try_next() {
+        d.ack().await.unwrap();
+    }
+    assert_eq!((q.bytes(), q.len(), q.in_flight()), (0, 0, 0));
+    // An item over a function's whole byte share can never fit: 413.
+    let err = p.publish(item("f", vec![b'x'; 4 * one])).await.unwrap_err();
+    assert_eq!(err.http_status(), 413, "{err:?}");
+}
+
+#[tokio::test]
+async fn memory_one_function_cannot_starve_the_others() {
+    use faas_queue::memory::QueueLimits;
+    let q = MemoryQueue::with_limits(QueueLimits::new(100, 1 << 20).function_percent(25));
+    let p = q.publisher();
+    for i in 0..25 {
+        p.publish(item("flood", format!("{i}"))).await.unwrap();
+    }
+    let err = p.publish(item("flood", "more")).await.unwrap_err();
+    assert_eq!(err.http_status(), 429, "{err:?}");
+    assert!(err.to_string().contains("flood") && err.to_string().contains("share"), "{err}");
+    // Another function still gets in; so does the flood once its items are taken.
+    p.publish(item("quiet", "hello")).await.unwrap();
+    let c = q.consumer();
+    let d = c.next().await.unwrap().unwrap();
+    assert_eq!(d.item().function, "flood");
+    p.publish(item("flood", "again")).await.unwrap();
+    assert_eq!(p.publish(item("flood", "more")).await.unwrap_err().http_status(), 429);
+    d.ack().await.unwrap();
+    // Batches are held to the same shares.
+    let results = p.publish_batch((0..3).map(|i| item("flood", format!("b{i}"))).collect()).await;
+    assert!(results.iter().all(|r| r.as_ref().is_err_and(|e| e.http_status() == 429)));
+    let defaults = QueueLimits::default();
+    assert_eq!((defaults.items, defaults.bytes), (100_000, 256 << 20));
+    assert_eq!((defaults.function_items, defaults.function_bytes), (25_000, 64 << 20));
+}
+
 /// A worker whose queue closes drains and stops by itself.
 #[tokio::test]
 async fn memory_worker_stops_when_queue_closes() {

@@ -12,9 +12,12 @@
 //!   ([`faas_core::scheduler::SCHEDULER_LABEL`], e.g. `hash` for sticky routing; a bad value
 //!   is rejected at deploy and update naming the label, before anything starts). Replicas are
 //!   offered to the scheduler sorted by id. When every replica is busy
-//!   (`spec.max_concurrency` per replica) the invocation waits, bounded by
-//!   [`ProcessInvokerBuilder::queue_timeout`]. A function at zero replicas is scaled from zero
-//!   and the invocation waits for the first replica (bounded by
+//!   (`spec.max_concurrency` per replica) the invocation waits in line (first come, first
+//!   served; at most [`ProcessInvokerBuilder::queue_limit`] waiting), bounded by
+//!   [`ProcessInvokerBuilder::queue_timeout`] and by the caller's
+//!   [`faas_core::invocation::WaitBudget`] (the gateway's is half its upstream timeout), then
+//!   gets [`Error::Overloaded`] (429 with `Retry-After`). A function at zero replicas is
+//!   scaled from zero and the invocation waits for the first replica (bounded by
 //!   [`ProcessInvokerBuilder::start_timeout`]).
 //! - **Mode and variables**: `spec.env_vars` reach the watchdog and the function process, so
 //!   `mode`, `upstream_url`, `exec_timeout`, `max_inflight`... work as for the watchdog. The
@@ -34,6 +37,14 @@
 //!   included) until the function is removed, within
 //!   [`ProcessInvokerBuilder::log_limit`] lines and [`ProcessInvokerBuilder::log_bytes_limit`]
 //!   bytes per function (default 10 000 lines and 8 MiB; the oldest lines go first).
+//! - **Replica caps**: [`ProcessInvokerBuilder::replica_limits`] (default
+//!   [`ReplicaLimits::detect`]: per node, memory / 64 MiB; per function, 8 x CPUs and at
+//!   least 20). Scaling labels or a scale request over the per-function cap are refused with
+//!   [`Error::InvalidSpec`] naming the field and the cap; the node never runs more than its
+//!   cap of replicas over all functions (a function asking for more waits for free slots).
+//! - **Starting replicas** happens off the request path: deploy, update and scale record the
+//!   desired count and wake the function's reconciler, which starts replicas in the
+//!   background, at most [`ProcessInvokerBuilder::start_concurrency`] at once on the node.
 //! - **Crashes**: a replica whose watchdog exits is replaced by a new one (with backoff when
 //!   it keeps failing); in `http` mode the watchdog itself restarts a dead function process.
 //! - **Scale to zero**: with `com.openfaas.scale.zero=true`, a function idle for its
@@ -54,7 +65,7 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use faas_core::prelude::*;
 use faas_core::scheduler::{Resources as NodeResources, Schedulers};
-use faas_core::spec::{validate_secret_name, ScalingPolicy, DEFAULT_NAMESPACE};
+use faas_core::spec::{validate_secret_name, ReplicaLimits, ScalingPolicy, DEFAULT_NAMESPACE};
 use faas_core::{
     Body, DeveloperErrorKind, Error, FunctionRef, FunctionSpec, FunctionStatus, InstanceView,
     Invocation, InvocationMeta, LeastLoaded, LogEntry, LogStream, LogsRequest, Node,
@@ -65,7 +76,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::{broadcast, watch, Notify};
+use tokio::sync::{broadcast, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::sys;
@@ -103,6 +114,9 @@ pub struct ProcessInvokerBuilder {
     log_limit: usize,
     log_bytes_limit: usize,
     node_labels: BTreeMap<String, String>,
+    limits: ReplicaLimits,
+    start_concurrency: usize,
+    queue_limit: usize,
 }
 
 impl std::fmt::Debug for ProcessInvokerBuilder {
@@ -116,6 +130,9 @@ impl std::fmt::Debug for ProcessInvokerBuilder {
             .field("log_limit", &self.log_limit)
             .field("log_bytes_limit", &self.log_bytes_limit)
             .field("node_labels", &self.node_labels)
+            .field("limits", &self.limits)
+            .field("start_concurrency", &self.start_concurrency)
+            .field("queue_limit", &self.queue_limit)
             .finish_non_exhaustive()
     }
 }
@@ -132,8 +149,16 @@ impl Default for ProcessInvokerBuilder {
             log_limit: 10_000,
             log_bytes_limit: DEFAULT_LOG_BYTES_LIMIT,
             node_labels: BTreeMap::new(),
+            limits: ReplicaLimits::detect(),
+            start_concurrency: default_start_concurrency(),
+            queue_limit: 1024,
         }
     }
+}
+
+/// The default of [`ProcessInvokerBuilder::start_concurrency`]: the CPUs, at least 2.
+fn default_start_concurrency() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(2)
 }
 
 /// `faas-watchdog` next to the running executable if there is one, else `faas-watchdog`
@@ -219,6 +244,27 @@ impl ProcessInvokerBuilder {
         self
     }
 
+    /// Caps on replicas per function and on this machine over all functions (default
+    /// [`ReplicaLimits::detect`]: from the CPUs and memory, see [`ReplicaLimits`]).
+    pub fn replica_limits(mut self, limits: ReplicaLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How many invocations of one function may wait for a replica (default 1024); beyond it
+    /// invocations fail at once with [`Error::Overloaded`].
+    pub fn queue_limit(mut self, n: usize) -> Self {
+        self.queue_limit = n;
+        self
+    }
+
+    /// How many replicas may be starting (spawned, not yet healthy) at once on the node
+    /// (default the number of CPUs, at least 2; 0 is taken as 1).
+    pub fn start_concurrency(mut self, n: usize) -> Self {
+        self.start_concurrency = n.max(1);
+        self
+    }
+
     /// Creates the state directory and the backend.
     pub fn build(self) -> Result<ProcessInvoker> {
         if self.watchdog.is_empty() || self.watchdog[0].is_empty() {
@@ -232,7 +278,7 @@ impl ProcessInvokerBuilder {
             std::fs::create_dir_all(state.join(sub))
                 .map_err(|e| io_err(format!("creating {}", state.join(sub).display()), e))?;
         }
-        let node = local_node(&self.node_labels);
+        let node = local_node(&self.node_labels, self.limits.per_node());
         let schedulers = Schedulers::new(self.scheduler.clone());
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -240,8 +286,12 @@ impl ProcessInvokerBuilder {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector);
+        let node_slots = Arc::new(Semaphore::new(self.limits.per_node() as usize));
+        let starts = Arc::new(Semaphore::new(self.start_concurrency));
         Ok(ProcessInvoker {
             inner: Arc::new(Shared {
+                node_slots,
+                starts,
                 cfg: self,
                 schedulers,
                 state,
@@ -255,8 +305,8 @@ impl ProcessInvokerBuilder {
 }
 
 /// The node label values of this machine: `hostname`, `arch` (Go/Docker spelling such as
-/// `amd64`, `arm64`) and `os`.
-fn local_node(extra: &BTreeMap<String, String>) -> Node {
+/// `amd64`, `arm64`) and `os`; `slots` is the node's replica cap.
+fn local_node(extra: &BTreeMap<String, String>, slots: u32) -> Node {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
@@ -281,7 +331,7 @@ fn local_node(extra: &BTreeMap<String, String>) -> Node {
     let mut node = Node::new(
         hostname.clone(),
         arch,
-        NodeResources { cpu_millis: cpus * 1000, memory_bytes: memory, slots: u32::MAX / 2 },
+        NodeResources { cpu_millis: cpus * 1000, memory_bytes: memory, slots },
     )
     .label("hostname", hostname.clone())
     .label("kubernetes.io/hostname", hostname)
@@ -309,6 +359,11 @@ impl std::fmt::Debug for ProcessInvoker {
 
 struct Shared {
     cfg: ProcessInvokerBuilder,
+    /// One permit per running replica, [`ReplicaLimits::per_node`] in all; a replica's task
+    /// holds its permit until the process has exited.
+    node_slots: Arc<Semaphore>,
+    /// One permit per replica being started (spawned, not yet healthy).
+    starts: Arc<Semaphore>,
     /// The builder's scheduler as the default, and the strategies functions choose with the
     /// label `com.faas-rs.scheduler`.
     schedulers: Schedulers,
@@ -362,6 +417,12 @@ struct FState {
     removed: bool,
     failures: u32,
     next_start: Instant,
+    /// Whether the node cap's refusal was logged since this function last started a replica.
+    node_full_logged: bool,
+    /// Tickets of the invocations waiting for a replica, oldest first: only the oldest may
+    /// take a free replica, so waiters are served in arrival order.
+    waiters: VecDeque<u64>,
+    next_ticket: u64,
 }
 
 /// One replica: a watchdog process.
@@ -608,7 +669,7 @@ impl Shared {
         // The standard field-named errors first, whatever the scheduler answers.
         faas_core::scheduler::check_placement(spec, nodes)?;
         scheduler.place(&placement, nodes)?;
-        Ok((spec.scaling_policy()?, scheduler))
+        Ok((spec.scaling_policy_within(&self.cfg.limits)?, scheduler))
     }
 
     /// Writes the function's copies of its secrets (missing secret: `secrets[i]`).
@@ -669,16 +730,33 @@ struct Launch {
 }
 
 impl Func {
-    /// Starts one replica of the current generation (caller holds the state lock).
-    fn start_replica(self: &Arc<Self>, shared: &Arc<Shared>, st: &mut FState) {
+    /// Starts one replica of the current generation (caller holds the state lock). False
+    /// when it could not: the node is at its replica cap, or no port was free.
+    fn start_replica(self: &Arc<Self>, shared: &Arc<Shared>, st: &mut FState) -> bool {
+        let Ok(slot) = shared.node_slots.clone().try_acquire_owned() else {
+            if !st.node_full_logged {
+                st.node_full_logged = true;
+                let mut none = None;
+                self.logs.push(
+                    "backend",
+                    format!(
+                        "the node is at its cap of {} replicas; waiting for a free slot",
+                        shared.cfg.limits.per_node()
+                    ),
+                    &mut none,
+                );
+            }
+            return false;
+        };
         let port = match free_port() {
             Ok(p) => p,
             Err(e) => {
                 let mut none = None;
                 self.logs.push("backend", format!("cannot start a replica: {e}"), &mut none);
-                return;
+                return false;
             }
         };
+        st.node_full_logged = false;
         let (stop, _) = watch::channel(false);
         let (done, _) = watch::channel(false);
         let r = Arc::new(Replica {
@@ -700,7 +778,8 @@ impl Func {
         let launch = Launch { spec: st.spec.clone(), secrets_dir: self.dir.join("secrets") };
         let f = Arc::downgrade(self);
         let shared = Arc::downgrade(shared);
-        tokio::spawn(run_replica(shared, f, r, launch));
+        tokio::spawn(run_replica(shared, f, r, launch, slot));
+        true
     }
 
     /// Brings the replicas in line with the desired count and the current generation.
@@ -771,8 +850,13 @@ impl Func {
                 stop_replica(r);
             }
         } else if live.len() < desired && now >= st.next_start {
-            for _ in live.len()..desired {
-                self.start_replica(shared, &mut st);
+            // A few at a time: the reconciler comes back as each becomes ready (or fails).
+            let starting = live.iter().filter(|r| !r.ready.load(Ordering::SeqCst)).count();
+            let room = shared.cfg.start_concurrency.saturating_sub(starting);
+            for _ in 0..(desired - live.len()).min(room) {
+                if !self.start_replica(shared, &mut st) {
+                    break;
+                }
             }
         }
         drop(st);
@@ -785,7 +869,16 @@ fn stop_replica(r: Arc<Replica>) {
 }
 
 /// The life of one replica: spawn the watchdog, wait for health, wait for exit or stop.
-async fn run_replica(shared: Weak<Shared>, f: Weak<Func>, r: Arc<Replica>, launch: Launch) {
+///
+/// `slot` is the replica's place under the node cap, held until the process has exited.
+async fn run_replica(
+    shared: Weak<Shared>,
+    f: Weak<Func>,
+    r: Arc<Replica>,
+    launch: Launch,
+    slot: OwnedSemaphorePermit,
+) {
+    let _slot = slot;
     let (Some(sh), Some(func)) = (shared.upgrade(), f.upgrade()) else {
         r.exited.store(true, Ordering::SeqCst);
         r.done.send_replace(true);
@@ -850,7 +943,20 @@ async fn run_replica(shared: Weak<Shared>, f: Weak<Func>, r: Arc<Replica>, launc
     let client = sh.client.clone();
     let start_timeout = sh.cfg.start_timeout;
     let grace = sh.cfg.stop_grace;
+    let starts = sh.starts.clone();
     drop(sh);
+    // At most `start_concurrency` replicas between spawn and health on the node.
+    let Ok(start_permit) = starts.acquire_owned().await else {
+        r.exited.store(true, Ordering::SeqCst);
+        r.done.send_replace(true);
+        return;
+    };
+    if r.stopping.load(Ordering::SeqCst) {
+        r.exited.store(true, Ordering::SeqCst);
+        r.done.send_replace(true);
+        func.wake.notify_one();
+        return;
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -902,6 +1008,8 @@ async fn run_replica(shared: Weak<Shared>, f: Weak<Func>, r: Arc<Replica>, launc
             if ok {
                 r.ready.store(true, Ordering::SeqCst);
                 func.notify.notify_waiters();
+                // The reconciler may start the next replicas.
+                func.wake.notify_one();
             } else {
                 let mut none = None;
                 func.logs.push(
@@ -917,6 +1025,7 @@ async fn run_replica(shared: Weak<Shared>, f: Weak<Func>, r: Arc<Replica>, launc
         }
         _ = stop.wait_for(|s| *s) => stopped = true,
     }
+    drop(start_permit);
     if status.is_none() && !stopped {
         tokio::select! {
             st = child.wait() => status = Some(st),
@@ -971,6 +1080,51 @@ async fn reconciler(shared: Weak<Shared>, f: Weak<Func>) {
 
 // ---------------------------------------------------------------------------------------
 // Invocation
+
+/// An invocation's place in a function's line of waiters; leaves the line when dropped
+/// (served, timed out or cancelled), waking the next in line.
+struct Ticket {
+    func: Arc<Func>,
+    id: u64,
+    done: bool,
+}
+
+impl Ticket {
+    /// Leaves the line, served (caller holds the state lock). The waiters are woken so the
+    /// next in line may take a replica that is still free.
+    fn served(mut self, st: &mut FState) {
+        self.done = true;
+        leave_line(st, self.id);
+        if !st.waiters.is_empty() {
+            self.func.notify.notify_waiters();
+        }
+    }
+}
+
+fn leave_line(st: &mut FState, id: u64) {
+    if st.waiters.front() == Some(&id) {
+        st.waiters.pop_front();
+    } else if let Some(i) = st.waiters.iter().position(|t| *t == id) {
+        st.waiters.remove(i);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let was_first = {
+            let mut st = lock(&self.func.state);
+            let first = st.waiters.front() == Some(&self.id);
+            leave_line(&mut st, self.id);
+            first && !st.waiters.is_empty()
+        };
+        if was_first {
+            self.func.notify.notify_waiters();
+        }
+    }
+}
 
 /// Holds a replica slot until the function has answered.
 struct Lease {
@@ -1101,7 +1255,11 @@ impl Invoke for ProcessInvoker {
         let sh = &self.inner;
         let func = sh.function(&invocation.function)?;
         let arrived = Instant::now();
+        let budget = faas_core::invocation::WaitBudget::of(&invocation.request);
+        let queue_timeout = budget.map_or(sh.cfg.queue_timeout, |b| b.min(sh.cfg.queue_timeout));
         let mut cold = false;
+        // This invocation's place in line once it has had to wait.
+        let mut ticket: Option<Ticket> = None;
         let (replica, timeout) = loop {
             let notified = func.notify.notified();
             tokio::pin!(notified);
@@ -1113,13 +1271,36 @@ impl Invoke for ProcessInvoker {
                 }
                 st.last_activity = Instant::now();
                 let vs = views(sh, &st);
-                if let Some(i) = st.scheduler.route(&func.fref, &vs) {
-                    if let Some(r) = st.replicas.get(i).cloned() {
-                        r.in_flight.fetch_add(1, Ordering::SeqCst);
-                        st.in_flight += 1;
-                        st.invocation_count += 1;
-                        break (r, st.spec.timeout);
+                // First come, first served: a newcomer goes behind anyone waiting.
+                let my_turn = match &ticket {
+                    None => st.waiters.is_empty(),
+                    Some(t) => st.waiters.front() == Some(&t.id),
+                };
+                let routed = if my_turn { st.scheduler.route(&func.fref, &vs) } else { None };
+                if let Some(r) = routed.and_then(|i| st.replicas.get(i).cloned()) {
+                    r.in_flight.fetch_add(1, Ordering::SeqCst);
+                    st.in_flight += 1;
+                    st.invocation_count += 1;
+                    if let Some(t) = ticket.take() {
+                        t.served(&mut st);
                     }
+                    break (r, st.spec.timeout);
+                }
+                if ticket.is_none() {
+                    if st.waiters.len() >= sh.cfg.queue_limit {
+                        return Err(Error::Overloaded {
+                            message: format!(
+                                "{} invocations of {} are waiting for a replica already",
+                                st.waiters.len(),
+                                func.fref
+                            ),
+                            retry_after: Some(Duration::from_secs(1)),
+                        });
+                    }
+                    let id = st.next_ticket;
+                    st.next_ticket += 1;
+                    st.waiters.push_back(id);
+                    ticket = Some(Ticket { func: func.clone(), id, done: false });
                 }
                 if st.desired == 0 {
                     // Scale from zero.
@@ -1132,7 +1313,7 @@ impl Invoke for ProcessInvoker {
                 cold |= !any_ready;
                 !any_ready
             };
-            let bound = if starting { sh.cfg.start_timeout } else { sh.cfg.queue_timeout };
+            let bound = if starting { sh.cfg.start_timeout } else { queue_timeout };
             if tokio::time::timeout_at(arrived + bound, notified).await.is_err() {
                 let after = faas_core::util::format_duration(bound);
                 return Err(if starting {
@@ -1256,6 +1437,9 @@ impl Deploy for ProcessInvoker {
                 removed: false,
                 failures: 0,
                 next_start: Instant::now(),
+                node_full_logged: false,
+                waiters: VecDeque::new(),
+                next_ticket: 0,
             }),
         });
         {
@@ -1265,7 +1449,7 @@ impl Deploy for ProcessInvoker {
             }
             functions.insert(fref, func.clone());
         }
-        func.reconcile(sh);
+        // The reconciler starts the replicas, off the request path.
         tokio::spawn(reconciler(Arc::downgrade(sh), Arc::downgrade(&func)));
         Ok(())
     }
@@ -1289,7 +1473,7 @@ impl Deploy for ProcessInvoker {
             st.failures = 0;
             st.next_start = Instant::now();
         }
-        func.reconcile(sh);
+        func.wake.notify_one();
         Ok(())
     }
 
@@ -1340,6 +1524,7 @@ impl Deploy for ProcessInvoker {
     }
 
     async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<()> {
+        self.inner.cfg.limits.check_scale(replicas)?;
         let func = self.inner.function(function)?;
         {
             let mut st = lock(&func.state);
@@ -1347,7 +1532,8 @@ impl Deploy for ProcessInvoker {
             st.last_activity = Instant::now();
             st.next_start = Instant::now();
         }
-        func.reconcile(&self.inner);
+        // The reconciler starts or stops replicas, off the request path.
+        func.wake.notify_one();
         Ok(())
     }
 

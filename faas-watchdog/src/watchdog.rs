@@ -754,6 +754,41 @@ fn health(shared: &Shared, ready: bool) -> Response<Body> {
 // ---------------------------------------------------------------------------------------
 // Fork modes
 
+/// The longest environment string (`NAME=value` and its NUL) Linux passes to a new process
+/// (`MAX_ARG_STRLEN`, 32 pages), less the NUL.
+pub const MAX_ENV_VAR_BYTES: usize = 128 * 1024 - 1;
+
+/// The most bytes of `Http_*` variables the fork modes pass to one process, well within the
+/// usual `ARG_MAX` (2 MiB) that the environment and arguments share.
+pub const MAX_HEADER_ENV_BYTES: usize = 256 * 1024;
+
+/// Checks that the headers fit in the environment of a fork-mode process: each as its
+/// `Http_*` variable within [`MAX_ENV_VAR_BYTES`], all together within
+/// [`MAX_HEADER_ENV_BYTES`]. The error names the header and the limit.
+fn check_header_env(headers: &http::HeaderMap) -> Result<(), String> {
+    let mut total = 0usize;
+    for (name, value) in headers {
+        let var = header_env_name(name.as_str());
+        let len = var.len() + 1 + value.len();
+        if len > MAX_ENV_VAR_BYTES {
+            return Err(format!(
+                "header {} ({} bytes) is too large for a fork-mode function, which gets it as \
+                 the environment variable {var}: the limit is {MAX_ENV_VAR_BYTES} bytes",
+                &var["Http_".len()..].replace('_', "-"),
+                value.len()
+            ));
+        }
+        total += len + 1;
+    }
+    if total > MAX_HEADER_ENV_BYTES {
+        return Err(format!(
+            "the request headers ({total} bytes as Http_* environment variables) are too \
+             large for a fork-mode function: the limit is {MAX_HEADER_ENV_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
+
 /// `x-test-a` -> `Http_X_Test_A` (Go's canonical header form, `-` as `_`).
 fn header_env_name(name: &str) -> String {
     let mut out = String::with_capacity(5 + name.len());
@@ -884,6 +919,9 @@ async fn fork(shared: &Arc<Shared>, req: Request<Incoming>, streaming: bool) -> 
         }
     };
 
+    if let Err(msg) = check_header_env(&parts.headers) {
+        return text(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers", msg);
+    }
     let mut cmd = Command::new(&shared.program);
     cmd.args(&shared.args);
     for (name, value) in &parts.headers {
@@ -913,6 +951,14 @@ async fn fork(shared: &Arc<Shared>, req: Request<Incoming>, streaming: bool) -> 
     cmd.process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::ArgumentListTooLong => {
+            // The environment (headers included) was over the system's limit after all.
+            return text(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers",
+                format!("the request headers are too large to pass to the function: {e}"),
+            );
+        }
         Err(e) => {
             log(format!("cannot start {:?}: {e}", shared.program));
             return text(

@@ -526,3 +526,80 @@ async fn kept_log_lines_are_bounded_in_bytes() {
     assert!(!logs.iter().any(|e| e.text.starts_with("big-00-")), "the oldest line went first");
     inv.remove(&f).await.unwrap();
 }
+
+/// Invocations waiting behind `maxConcurrency` are served in arrival order: one arriving
+/// just as a replica frees up goes behind those already waiting.
+#[tokio::test]
+async fn waiters_are_served_in_arrival_order() {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let inv = invoker("fifo");
+    let spec = FunctionSpec::new("one", "x/one")
+        .process("sh -c 'sleep 0.2; cat'")
+        .max_concurrency(1)
+        .label(labels::SCALE_MIN, "1")
+        .label(labels::SCALE_MAX, "1");
+    inv.deploy(spec).await.unwrap();
+    let f = FunctionRef::default_ns("one");
+    wait_available(&inv, &f, 1).await;
+    let call = |body: &str| inv.invoke(Invocation::post(f.clone(), body.to_string()));
+    // The first call takes the only slot; five more wait, in this order (each first poll
+    // puts it in line).
+    let mut first = call("first");
+    assert!(futures::poll!(&mut first).is_pending());
+    let mut waiting: Vec<_> = (0..5).map(|i| call(&format!("w{i}"))).collect();
+    for w in &mut waiting {
+        assert!(futures::poll!(w).is_pending());
+    }
+    // The slot frees up; before any waiter runs, a newcomer arrives.
+    let r = first.await.unwrap();
+    assert_eq!(r.into_body().collect_bytes().await.unwrap(), "first");
+    let mut late = call("late");
+    let _ = futures::poll!(&mut late);
+    let mut all: FuturesUnordered<_> = waiting.into_iter().chain(std::iter::once(late)).collect();
+    let mut order = Vec::new();
+    while let Some(r) = tokio::time::timeout(Duration::from_secs(30), all.next()).await.unwrap() {
+        let body = r.unwrap().into_body().collect_bytes().await.unwrap();
+        order.push(String::from_utf8(body.to_vec()).unwrap());
+    }
+    assert_eq!(order, ["w0", "w1", "w2", "w3", "w4", "late"]);
+    inv.remove(&f).await.unwrap();
+}
+
+/// The line of invocations waiting for a replica is bounded: past `queue_limit` a call is
+/// refused at once with a retry hint.
+#[tokio::test]
+async fn waiters_past_the_queue_limit_are_refused_at_once() {
+    let inv = ProcessInvoker::builder()
+        .watchdog_command(WATCHDOG, Vec::<String>::new())
+        .state_dir(temp_dir("qlimit"))
+        .stop_grace(Duration::from_secs(2))
+        .queue_limit(2)
+        .build()
+        .unwrap();
+    let spec = FunctionSpec::new("one", "x/one")
+        .process("sh -c 'sleep 0.2; cat'")
+        .max_concurrency(1)
+        .label(labels::SCALE_MIN, "1")
+        .label(labels::SCALE_MAX, "1");
+    inv.deploy(spec).await.unwrap();
+    let f = FunctionRef::default_ns("one");
+    wait_available(&inv, &f, 1).await;
+    let call = |body: &str| inv.invoke(Invocation::post(f.clone(), body.to_string()));
+    let mut first = call("first");
+    assert!(futures::poll!(&mut first).is_pending());
+    let mut waiting: Vec<_> = (0..2).map(|i| call(&format!("w{i}"))).collect();
+    for w in &mut waiting {
+        assert!(futures::poll!(w).is_pending());
+    }
+    match futures::poll!(call("third")) {
+        std::task::Poll::Ready(Err(Error::Overloaded { message, retry_after: Some(_) })) => {
+            assert!(message.contains("2 invocations"), "{message}")
+        }
+        other => panic!("expected an immediate Overloaded, got {other:?}"),
+    }
+    first.await.unwrap();
+    for w in waiting {
+        w.await.unwrap();
+    }
+    inv.remove(&f).await.unwrap();
+}

@@ -362,3 +362,27 @@ async fn in_process_serve_stops_on_the_shutdown_future() {
     tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(30), server).await.unwrap().unwrap().unwrap();
 }
+
+/// Headers become environment variables in the fork modes; one too large for an
+/// environment variable is refused with 431 naming the header, before anything starts.
+#[tokio::test]
+async fn a_header_too_large_for_the_environment_is_431() {
+    for mode in ["streaming", "serializing"] {
+        let w = spawn_watchdog(&[("fprocess", "cat"), ("mode", mode)]).await;
+        let big = "x".repeat(300 * 1024);
+        let r = request(Method::POST, &w.url("/"), &[("x-big", big.as_str())], "hi").await;
+        assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "{mode}: {}", r.text());
+        assert!(r.text().contains("X-Big") && r.text().contains("131071"), "{mode}: {}", r.text());
+        // Headers each under the per-variable limit but over 256 KiB together: 431 as well.
+        let part = "y".repeat(100 * 1024);
+        let names: Vec<String> = (0..3).map(|i| format!("x-part-{i}")).collect();
+        let headers: Vec<(&str, &str)> =
+            names.iter().map(|n| (n.as_str(), part.as_str())).collect();
+        let r = request(Method::POST, &w.url("/"), &headers, "hi").await;
+        assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "{mode}: {}", r.text());
+        // A header within the limit still reaches the function.
+        let fine = "z".repeat(64 * 1024);
+        let r = request(Method::POST, &w.url("/"), &[("x-fine", fine.as_str())], "hi").await;
+        assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "hi"), "{mode}");
+    }
+}

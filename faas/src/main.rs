@@ -135,6 +135,16 @@ enum Command {
         /// A librdkafka property KEY=VALUE for the Kafka queue (repeatable).
         #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
         kafka_properties: Vec<String>,
+        /// The most replicas one function may ask for (default 8 x CPUs, at least 20, at
+        /// most the node cap); scaling labels or scale requests over it are refused (400).
+        #[arg(long, env = "FAAS_MAX_REPLICAS_PER_FUNCTION", value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..))]
+        max_replicas_per_function: Option<u32>,
+        /// The most replicas running on the node over all functions (default total memory
+        /// / 64 MiB).
+        #[arg(long, env = "FAAS_MAX_REPLICAS_PER_NODE", value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..))]
+        max_replicas_per_node: Option<u32>,
     },
     /// Check credentials against a gateway and save them (mode 0600) for the other
     /// subcommands.
@@ -435,6 +445,8 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             allowed_hosts,
             allowed_origins,
             shutdown_grace,
+            max_replicas_per_function,
+            max_replicas_per_node,
         } => {
             // Before anything starts: a Kafka queue needs the `kafka` feature.
             queue.check()?;
@@ -446,8 +458,9 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 allowed_origins,
                 shutdown_grace,
             };
+            let limits = replica_limits(max_replicas_per_function, max_replicas_per_node);
             let backend =
-                UpBackend { kind: backend, state_dir, scheduler, autoscale: !no_autoscale };
+                UpBackend { kind: backend, state_dir, scheduler, autoscale: !no_autoscale, limits };
             let queue = UpQueue {
                 url: queue,
                 options: faas_http::queue::QueueOptions {
@@ -869,12 +882,39 @@ struct UpBackend {
     state_dir: Option<PathBuf>,
     scheduler: Arc<dyn faas_core::Scheduler>,
     autoscale: bool,
+    /// The replica caps the flags set; `None` for the backend's defaults.
+    limits: Option<faas_core::ReplicaLimits>,
+}
+
+/// The replica caps of `--max-replicas-per-function`/`--max-replicas-per-node`, over this
+/// machine's defaults; `None` when neither flag is given (the backend then derives its own,
+/// the Docker backend from the engine's host).
+fn replica_limits(
+    per_function: Option<u32>,
+    per_node: Option<u32>,
+) -> Option<faas_core::ReplicaLimits> {
+    if per_function.is_none() && per_node.is_none() {
+        return None;
+    }
+    let mut limits = faas_core::ReplicaLimits::detect();
+    if let Some(n) = per_node {
+        limits = limits.with_per_node(n);
+    }
+    if let Some(n) = per_function {
+        limits = limits.with_per_function(n);
+    }
+    Some(limits)
 }
 
 async fn backend(up: UpBackend) -> Result<Arc<dyn Backend>> {
-    let inner = raw_backend(up.kind, up.state_dir, up.scheduler).await?;
+    let inner = raw_backend(up.kind, up.state_dir, up.scheduler, up.limits).await?;
     if up.autoscale {
-        Ok(Arc::new(faas_core::Autoscaled::new(inner)))
+        // The autoscaler asks no function for more replicas than the backend's cap.
+        let mut config = faas_core::AutoscaleConfig::default();
+        if let Some(l) = up.limits {
+            config = config.max_replicas(l.per_function());
+        }
+        Ok(Arc::new(faas_core::Autoscaled::with_config(inner, config)))
     } else {
         Ok(inner)
     }
@@ -884,6 +924,7 @@ async fn raw_backend(
     kind: BackendKind,
     state_dir: Option<PathBuf>,
     scheduler: Arc<dyn faas_core::Scheduler>,
+    limits: Option<faas_core::ReplicaLimits>,
 ) -> Result<Arc<dyn Backend>> {
     match kind {
         BackendKind::Process => {
@@ -894,13 +935,18 @@ async fn raw_backend(
             if let Some(d) = state_dir {
                 b = b.state_dir(d);
             }
+            if let Some(l) = limits {
+                b = b.replica_limits(l);
+            }
             Ok(Arc::new(b.build()?))
         }
         BackendKind::Docker => {
             eprintln!("Connecting to the Docker engine...");
-            Ok(Arc::new(
-                faas_backend_docker::DockerInvoker::builder().scheduler(scheduler).build().await?,
-            ))
+            let mut b = faas_backend_docker::DockerInvoker::builder().scheduler(scheduler);
+            if let Some(l) = limits {
+                b = b.replica_limits(l);
+            }
+            Ok(Arc::new(b.build().await?))
         }
     }
 }

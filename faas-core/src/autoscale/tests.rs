@@ -551,3 +551,19 @@ async fn drives_the_memory_backend() {
     tokio::time::sleep(Duration::from_secs(300)).await;
     assert_eq!(auto.inner().status(&f).await.unwrap().replicas, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn never_asks_past_the_replica_cap() {
+    // Demand for 10 replicas (70 in flight, 7 per replica), no scale.max label, a cap of 6.
+    let rec = Recorder::new(Duration::ZERO, Duration::from_secs(1));
+    let auto = Arc::new(Autoscaled::with_config(rec, AutoscaleConfig::default().max_replicas(6)));
+    auto.deploy(FunctionSpec::new("f", "img").label(labels::SCALE_TARGET, "10")).await.unwrap();
+    let workers = load(&auto, 70, 10, 60);
+    run_until(&auto, 59).await;
+    let log = auto.inner().log();
+    assert!(log.iter().all(|&(_, r)| r <= 6), "past the cap: {log:?}");
+    assert_eq!(log.last().map(|x| x.1), Some(6), "up to the cap: {log:?}");
+    for w in workers {
+        w.await.unwrap();
+    }
+}
