@@ -153,6 +153,29 @@ pub trait Deploy: Send + Sync + 'static {
     }
 }
 
+/// [`Deploy::wait_ready`] for a backend that wakes `notify` whenever an instance's readiness
+/// may have changed: `ready` is asked before each wait (an error ends the wait with it), and
+/// the wait gives `Ok(false)` once `timeout` has passed.
+pub async fn wait_notified(
+    notify: &tokio::sync::Notify,
+    timeout: Duration,
+    mut ready: impl FnMut() -> Result<bool>,
+) -> Result<bool> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a wake between the check and the wait is kept.
+        notified.as_mut().enable();
+        if ready()? {
+            return Ok(true);
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Ok(false);
+        }
+    }
+}
+
 /// [`Deploy::wait_ready`] by asking [`Deploy::status`] at intervals growing from 1 ms to
 /// 50 ms, for backends that have no notification of their own.
 pub async fn poll_ready<D: Deploy + ?Sized>(

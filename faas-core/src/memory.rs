@@ -1294,24 +1294,14 @@ impl Deploy for MemoryInvoker {
     /// Woken by the instance that turns ready (no polling).
     async fn wait_ready(&self, function: &FunctionRef, timeout: Duration) -> Result<bool> {
         let d = self.inner.function(function)?;
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = d.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let st = lock(&d.state);
-                if st.removed {
-                    return Err(Error::function_not_found(function.to_string()));
-                }
-                if st.views.iter().any(|v| v.ready) {
-                    return Ok(true);
-                }
+        crate::invoker::wait_notified(&d.notify, timeout, || {
+            let st = lock(&d.state);
+            if st.removed {
+                return Err(Error::function_not_found(function.to_string()));
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Ok(false);
-            }
-        }
+            Ok(st.views.iter().any(|v| v.ready))
+        })
+        .await
     }
 }
 

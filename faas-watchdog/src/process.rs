@@ -1568,28 +1568,17 @@ impl Deploy for ProcessInvoker {
     /// Woken by the replica that turns ready (no polling).
     async fn wait_ready(&self, function: &FunctionRef, timeout: Duration) -> Result<bool> {
         let func = self.inner.function(function)?;
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = func.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let st = lock(&func.state);
-                if st.removed {
-                    return Err(Error::function_not_found(function.to_string()));
-                }
-                if st
-                    .replicas
-                    .iter()
-                    .any(|r| r.ready.load(Ordering::SeqCst) && !r.stopping.load(Ordering::SeqCst))
-                {
-                    return Ok(true);
-                }
+        faas_core::invoker::wait_notified(&func.notify, timeout, || {
+            let st = lock(&func.state);
+            if st.removed {
+                return Err(Error::function_not_found(function.to_string()));
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Ok(false);
-            }
-        }
+            Ok(st
+                .replicas
+                .iter()
+                .any(|r| r.ready.load(Ordering::SeqCst) && !r.stopping.load(Ordering::SeqCst)))
+        })
+        .await
     }
 }
 

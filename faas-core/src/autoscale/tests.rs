@@ -268,18 +268,14 @@ impl Deploy for Recorder {
     }
     /// Woken as replicas turn ready, so activation ends exactly at the cold start.
     async fn wait_ready(&self, f: &FunctionRef, timeout: Duration) -> Result<bool> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.became_ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.status(f).await?.available_replicas > 0 {
-                return Ok(true);
+        crate::invoker::wait_notified(&self.became_ready, timeout, || {
+            let s = lock(&self.state);
+            if !s.deployed {
+                return Err(Error::function_not_found(f.to_string()));
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Ok(false);
-            }
-        }
+            Ok(s.ready > 0)
+        })
+        .await
     }
 }
 
