@@ -4,29 +4,11 @@ use bytes::Bytes;
 use faas_core::{Body, Error, Result};
 use serde::de::DeserializeOwned;
 
-/// Decodes `%XX` escapes and `+` (as a space) in a query component.
+/// Decodes `%XX` escapes and `+` (as a space) in a query component; a `%` not followed by
+/// two hex digits stays as it is, and invalid UTF-8 becomes U+FFFD.
 pub(crate) fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    // `+` is replaced first so that an encoded plus (`%2B`) decodes to `+`, not a space.
+    percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
 /// Parses a query string into decoded pairs.
@@ -106,6 +88,16 @@ mod tests {
         assert!(valid_route_name("echo.openfaas-fn_1"));
         assert!(!valid_route_name("a/b"));
         assert!(!valid_route_name(""));
+    }
+
+    #[test]
+    fn percent_decode_edge_cases() {
+        assert_eq!(percent_decode("a+b%2Bc"), "a b+c");
+        assert_eq!(percent_decode("%41%4a%4B"), "AJK");
+        assert_eq!(percent_decode("%"), "%");
+        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(percent_decode("%+1%zz"), "% 1%zz");
+        assert_eq!(percent_decode("%FF%C3%A9"), "\u{FFFD}\u{e9}");
     }
 
     #[test]

@@ -136,38 +136,10 @@ fn resp(status: StatusCode, body: impl Into<Bytes>) -> Resp {
     r
 }
 
+/// Decodes a query component: `%XX` escapes and `+` as a space; a malformed escape stays as
+/// it is and invalid UTF-8 becomes U+FFFD.
 fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
 fn query_param(query: Option<&str>, key: &str) -> Option<String> {
@@ -286,5 +258,21 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Resp {
             let _ = out.flush();
             resp(StatusCode::OK, "logged")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_components_decode_leniently() {
+        assert_eq!(percent_decode("a+b%2Bc%41"), "a b+cA");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%FF"), "\u{FFFD}");
+        assert_eq!(query_param(Some("ms=10&env=MY%5FVAR"), "env").as_deref(), Some("MY_VAR"));
+        assert_eq!(query_param(Some("crash"), "crash").as_deref(), Some(""));
+        assert_eq!(query_param(Some("a=1"), "b"), None);
+        assert_eq!(query_param(None, "a"), None);
     }
 }
