@@ -4,23 +4,11 @@ use bytes::Bytes;
 use faas_core::{Body, Error, Result};
 use serde::de::DeserializeOwned;
 
-/// Decodes `%XX` escapes and `+` (as a space) in a query component; a `%` not followed by
-/// two hex digits stays as it is, and invalid UTF-8 becomes U+FFFD.
-pub(crate) fn percent_decode(s: &str) -> String {
-    // `+` is replaced first so that an encoded plus (`%2B`) decodes to `+`, not a space.
-    percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
-}
-
-/// Parses a query string into decoded pairs.
+/// Parses a query string (`application/x-www-form-urlencoded`) into decoded pairs: `+` is a
+/// space, a malformed `%` escape stays as it is, invalid UTF-8 becomes U+FFFD, a pair
+/// without `=` has an empty value.
 pub(crate) fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
-    q.unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (percent_decode(k), percent_decode(v)),
-            None => (percent_decode(p), String::new()),
-        })
-        .collect()
+    form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned().collect()
 }
 
 /// The first value of `key` in a parsed query.
@@ -91,13 +79,18 @@ mod tests {
     }
 
     #[test]
-    fn percent_decode_edge_cases() {
-        assert_eq!(percent_decode("a+b%2Bc"), "a b+c");
-        assert_eq!(percent_decode("%41%4a%4B"), "AJK");
-        assert_eq!(percent_decode("%"), "%");
-        assert_eq!(percent_decode("%4"), "%4");
-        assert_eq!(percent_decode("%+1%zz"), "% 1%zz");
-        assert_eq!(percent_decode("%FF%C3%A9"), "\u{FFFD}\u{e9}");
+    fn query_decoding_edge_cases() {
+        let q = parse_query(Some("a=x+y%2Bz&&b=%41%4a%4B&c=%&d=%4&e=%+1&f=%FF%C3%A9&g=1=2&a=2"));
+        assert_eq!(query_get(&q, "a"), Some("x y+z"));
+        assert_eq!(query_get(&q, "b"), Some("AJK"));
+        assert_eq!(query_get(&q, "c"), Some("%"));
+        assert_eq!(query_get(&q, "d"), Some("%4"));
+        assert_eq!(query_get(&q, "e"), Some("% 1"));
+        assert_eq!(query_get(&q, "f"), Some("\u{FFFD}\u{e9}"));
+        assert_eq!(query_get(&q, "g"), Some("1=2"));
+        assert_eq!(q.len(), 8, "empty pairs are skipped, repeated keys kept: {q:?}");
+        assert!(parse_query(None).is_empty());
+        assert_eq!(parse_query(Some("%6E%61me=v")), vec![("name".into(), "v".into())]);
     }
 
     #[test]

@@ -130,19 +130,7 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 fn query_map(query: &str) -> HashMap<String, String> {
-    query
-        .split('&')
-        .filter(|s| !s.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            let dec = |s: &str| percent_decode(&s.replace('+', " "));
-            (dec(k), dec(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
+    form_urlencoded::parse(query.as_bytes()).into_owned().collect()
 }
 
 fn now_rfc3339() -> String {
