@@ -1,7 +1,20 @@
-//! Small parsers shared by every crate: Go-style durations, Kubernetes quantities, DNS-1123
-//! names.
+//! Small helpers shared by every crate: Go-style durations, Kubernetes quantities, DNS-1123
+//! names, a poison-tolerant mutex lock.
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+
+/// Locks a std mutex, taking the guard even if the mutex is poisoned.
+///
+/// A mutex is poisoned when a thread panicked while holding it. The mutexes of this
+/// workspace guard plain bookkeeping (maps, counters, handles) that each critical section
+/// leaves consistent before anything in it can panic, and none of them holds a lock across
+/// user code, so the data is still valid: refusing it would turn one panicked request or
+/// task into failures of every later caller, for example a gateway that answers 500 to
+/// everything after one handler panicked.
+pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Parses a Go-style duration as OpenFaaS writes them: `10s`, `1m30s`, `500ms`, `1.5s`, `2h`,
 /// `250us`, `100ns`. A bare number is read as seconds (`"30"` = 30 s), as the OpenFaaS
@@ -279,6 +292,28 @@ impl std::hash::Hasher for FastHasher {
 
     fn finish(&self) -> u64 {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn lock_recovers_a_poisoned_mutex() {
+        let m = std::sync::Arc::new(Mutex::new(1));
+        let m2 = m.clone();
+        let panicked = std::thread::spawn(move || {
+            let mut g = m2.lock().unwrap();
+            *g = 2;
+            panic!("poison the mutex");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(m.is_poisoned());
+        assert_eq!(*lock(&m), 2, "the value written before the panic is kept");
+        *lock(&m) = 3;
+        assert_eq!(*lock(&m), 3);
     }
 }
 
