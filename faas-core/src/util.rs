@@ -249,51 +249,14 @@ mod tests {
     }
 }
 
-/// A fast, not DoS-resistant hasher (the Fx hash of rustc) for maps whose keys only trusted
-/// callers insert: looking up an attacker's key costs one hash, but only inserted keys can
-/// collide. The gateway's and the in-memory backend's per-request lookups use it.
-#[derive(Default, Clone, Copy)]
-pub struct FastHasher(u64);
+/// A fast, not DoS-resistant hasher (rustc's Fx hash, from `rustc-hash`) for maps whose keys
+/// only trusted callers insert: looking up an attacker's key costs one hash, but only
+/// inserted keys can collide. The gateway's and the in-memory backend's per-request lookups
+/// use it.
+pub type FastHasher = rustc_hash::FxHasher;
 
 /// A [`std::hash::BuildHasher`] of [`FastHasher`].
-pub type FastBuildHasher = std::hash::BuildHasherDefault<FastHasher>;
-
-const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl FastHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
-    }
-}
-
-impl std::hash::Hasher for FastHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
-        }
-    }
-
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+pub type FastBuildHasher = rustc_hash::FxBuildHasher;
 
 #[cfg(test)]
 mod lock_tests {
