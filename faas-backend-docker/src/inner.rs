@@ -13,6 +13,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use faas_core::scheduler::Schedulers;
+use faas_core::util::lock;
 use faas_core::{
     DeveloperErrorKind, Error, FunctionRef, FunctionSpec, InvocationId, ReplicaLimits, Result,
     Scheduler, StartKind,
@@ -25,7 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::{self, label, map_err, status_of};
 use crate::logs::LogRetention;
-use crate::state::{lock, FunctionState, Pool, Pooled, Replica, RunState, SpecInfo, Template};
+use crate::state::{FunctionState, Pool, Pooled, Replica, RunState, SpecInfo, Template};
 
 /// The port the watchdog listens on inside every function container.
 pub(crate) const WATCHDOG_PORT: &str = "8080/tcp";

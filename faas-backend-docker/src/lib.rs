@@ -81,6 +81,7 @@ use async_trait::async_trait;
 use bollard::query_parameters::StatsOptions;
 use faas_core::prelude::*;
 use faas_core::scheduler::Schedulers;
+use faas_core::util::lock;
 use faas_core::{
     Error, FunctionRef, FunctionSpec, FunctionStatus, Invocation, LeastLoaded, LogStream,
     LogsRequest, ProviderInfo, ReplicaLimits, Response, Result, Scheduler, Secret, SecretInfo,
@@ -92,7 +93,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::inner::{Inner, Settings};
 pub use crate::logs::{LogRetention, DEFAULT_RETAINED_LOG_BYTES, DEFAULT_RETAINED_LOG_LINES};
-use crate::state::{lock, FunctionState, Pool, Replica, Template};
+use crate::state::{FunctionState, Pool, Replica, Template};
 
 /// The default namespace list when none is configured.
 const DEFAULT_NAMESPACES: &[&str] = &[faas_core::spec::DEFAULT_NAMESPACE];

@@ -14,12 +14,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::query_parameters::{KillContainerOptions, LogsOptions};
 use faas_core::spec::rfc3339;
+use faas_core::util::lock;
 use faas_core::{Error, LogEntry, LogStream, LogsRequest, Result};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::engine::{map_err, status_of};
 use crate::inner::Inner;
-use crate::state::{lock, FunctionState};
+use crate::state::FunctionState;
 
 /// Default of [`LogRetention::lines`]: lines kept per function from its removed replicas.
 pub const DEFAULT_RETAINED_LOG_LINES: usize = 10_000;

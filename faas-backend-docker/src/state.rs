@@ -5,16 +5,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use faas_core::util::lock;
 use faas_core::{Error, FunctionRef, FunctionSpec, InstanceView, Scheduler, StartKind};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::engine::fnv_hex;
 use crate::logs::{LogRetention, RetainedLogs};
-
-/// Locks a std mutex, recovering from poisoning (a panicking holder leaves plain data).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Everything that goes into a container's configuration except the function's identity:
 /// two functions with equal templates can share a prewarmed container.

@@ -21,7 +21,7 @@ use kube::api::{
 use faas_core::invocation::InvocationMeta;
 use faas_core::prelude::*;
 use faas_core::spec::{rfc3339, validate_secret_name, ScalingPolicy};
-use faas_core::util::validate_dns1123_label;
+use faas_core::util::{lock, validate_dns1123_label};
 use faas_core::{
     Body, Error, FunctionRef, FunctionSpec, FunctionStatus, InstanceView, Invocation, LogEntry,
     LogStream, LogsRequest, ProviderInfo, Response, Result, Scheduler, Secret, SecretInfo,
@@ -207,10 +207,6 @@ struct FnInfo {
 struct ReadyEntry {
     at: Instant,
     info: FnInfo,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl KubernetesInvoker {

@@ -75,6 +75,7 @@ use crate::invocation::{FunctionRef, Invocation};
 use crate::invoker::{Backend, LogStream, LogsRequest, ProviderInfo, Secret, SecretInfo};
 use crate::prelude::*;
 use crate::spec::{FunctionSpec, FunctionStatus, ScalingMetric, ScalingPolicy};
+use crate::util::lock;
 
 /// Label for the target utilisation (OpenFaaS Pro's name): the fraction of `target` each
 /// replica should run at, `0 < p <= 1`. Default 0.7 (Knative's 70%).
@@ -486,10 +487,6 @@ impl FnState {
         }
         self.replicas.store(n, Ordering::Release);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct InFlight<'a>(&'a FnState);

@@ -94,6 +94,7 @@ pub trait Workload: Send + Sync {
 /// Handlers implementing every [`Behaviour`] exactly as the protocol says, as in-process
 /// [`Function`](crate::Function)s. Gateway tests use them too.
 pub mod fixtures {
+    use std::borrow::Cow;
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
@@ -108,13 +109,11 @@ pub mod fixtures {
     /// Largest request body the fixtures read (64 MiB).
     pub const BODY_LIMIT: usize = 64 << 20;
 
-    /// The value of query parameter `key` (no percent-decoding).
-    pub fn query_param<'a>(req: &'a Request, key: &str) -> Option<&'a str> {
-        req.uri()
-            .query()?
-            .split('&')
-            .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-            .find(|(k, _)| *k == key)
+    /// The first value of query parameter `key`, decoded as a form (`+` is a space, `%XX`
+    /// escapes decoded), as the process backend's fixture decodes it.
+    pub fn query_param<'a>(req: &'a Request, key: &str) -> Option<Cow<'a, str>> {
+        form_urlencoded::parse(req.uri().query()?.as_bytes())
+            .find(|(k, _)| k == key)
             .map(|(_, v)| v)
     }
 
@@ -166,13 +165,13 @@ pub mod fixtures {
     pub fn env() -> BoxFunction {
         boxed(handler_fn(|req: Request, ctx: Context| async move {
             if let Some(name) = query_param(&req, "env") {
-                return Ok::<_, Error>(match ctx.env(name) {
+                return Ok::<_, Error>(match ctx.env(&name) {
                     Some(v) => text(200, v.to_string()),
                     None => text(404, format!("env {name} is not set")),
                 });
             }
             if let Some(name) = query_param(&req, "secret") {
-                return Ok(match ctx.secret(name) {
+                return Ok(match ctx.secret(&name) {
                     Some(v) => text(200, v.clone()),
                     None => text(404, format!("secret {name} is absent")),
                 });
@@ -235,7 +234,7 @@ pub mod fixtures {
     /// crash and answers by replacing the instance.
     pub fn crash() -> BoxFunction {
         boxed(handler_fn(|req: Request, _ctx: Context| async move {
-            if query_param(&req, "crash") == Some("1") {
+            if query_param(&req, "crash").as_deref() == Some("1") {
                 panic!("crash requested by the conformance suite");
             }
             Ok::<_, Error>("alive")

@@ -93,7 +93,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
@@ -116,17 +116,13 @@ use crate::spec::{
     validate_secret_name, FunctionSpec, FunctionStatus, ReplicaLimits, ScalingPolicy,
     DEFAULT_NAMESPACE,
 };
-use crate::util;
+use crate::util::{self, lock};
 
 /// The provider name [`MemoryInvoker`] reports in [`ProviderInfo`].
 pub const PROVIDER: &str = "faas-rs-memory";
 
 /// Serial numbers of instances, unique in the process.
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Configures a [`MemoryInvoker`]; see [`MemoryInvoker::builder`].
 #[derive(Clone)]

@@ -41,47 +41,31 @@ pub struct QueuedInvocation {
 
 mod bytes_b64 {
     //! Bytes as a JSON array of numbers would be bulky; use a compact base64.
+    use base64::alphabet;
+    use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+    use base64::engine::{DecodePaddingMode, Engine};
     use bytes::Bytes;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    /// Standard alphabet (`+`, `/`); encodes with `=` padding, decodes with or without it
+    /// and ignores nonzero bits after the last byte, as lenient as the clients (Basic auth,
+    /// `rawValue` secrets) that send it.
+    const ENGINE: GeneralPurpose = GeneralPurpose::new(
+        &alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_encode_padding(true)
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
 
     /// Standard base64 with padding.
     pub fn encode(input: &[u8]) -> String {
-        let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-        for chunk in input.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
+        ENGINE.encode(input)
     }
 
-    /// Decodes standard base64.
+    /// Decodes standard base64, padded or not.
     pub fn decode(input: &str) -> Result<Vec<u8>, String> {
-        let mut out = Vec::with_capacity(input.len() / 4 * 3);
-        let mut buf = 0u32;
-        let mut bits = 0;
-        for c in input.bytes() {
-            if c == b'=' {
-                break;
-            }
-            let v = ALPHABET.iter().position(|&a| a == c).ok_or("invalid base64")? as u32;
-            buf = (buf << 6) | v;
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((buf >> bits) as u8);
-                buf &= (1 << bits) - 1;
-            }
-        }
-        Ok(out)
+        ENGINE.decode(input).map_err(|e| format!("invalid base64: {e}"))
     }
 
     pub fn serialize<S: Serializer>(v: &Bytes, s: S) -> Result<S::Ok, S::Error> {
@@ -680,6 +664,23 @@ impl<T: QueueConsumer + ?Sized> QueueConsumer for std::sync::Arc<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_alphabet_padding_and_leniency() {
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"h"), "aA==");
+        assert_eq!(base64_encode(b"he"), "aGU=");
+        assert_eq!(base64_encode(b"hel"), "aGVs");
+        assert_eq!(base64_encode(&[0xfb, 0xff, 0xbf]), "+/+/");
+        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(base64_decode("aGVsbG8").unwrap(), b"hello");
+        assert_eq!(base64_decode("aA").unwrap(), b"h");
+        assert_eq!(base64_decode("aB==").unwrap(), b"h", "nonzero trailing bits are ignored");
+        assert_eq!(base64_decode("").unwrap(), b"");
+        for bad in ["aGVs bG8=", "aGVsbG8-", "aGVsbG8_", "a", "aGVsbG8=aGk=", "aGk==="] {
+            assert!(base64_decode(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn base64_round_trip_and_invocation() {

@@ -1,7 +1,20 @@
-//! Small parsers shared by every crate: Go-style durations, Kubernetes quantities, DNS-1123
-//! names.
+//! Small helpers shared by every crate: Go-style durations, Kubernetes quantities, DNS-1123
+//! names, a poison-tolerant mutex lock.
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+
+/// Locks a std mutex, taking the guard even if the mutex is poisoned.
+///
+/// A mutex is poisoned when a thread panicked while holding it. The mutexes of this
+/// workspace guard plain bookkeeping (maps, counters, handles) that each critical section
+/// leaves consistent before anything in it can panic, and none of them holds a lock across
+/// user code, so the data is still valid: refusing it would turn one panicked request or
+/// task into failures of every later caller, for example a gateway that answers 500 to
+/// everything after one handler panicked.
+pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Parses a Go-style duration as OpenFaaS writes them: `10s`, `1m30s`, `500ms`, `1.5s`, `2h`,
 /// `250us`, `100ns`. A bare number is read as seconds (`"30"` = 30 s), as the OpenFaaS
@@ -236,49 +249,34 @@ mod tests {
     }
 }
 
-/// A fast, not DoS-resistant hasher (the Fx hash of rustc) for maps whose keys only trusted
-/// callers insert: looking up an attacker's key costs one hash, but only inserted keys can
-/// collide. The gateway's and the in-memory backend's per-request lookups use it.
-#[derive(Default, Clone, Copy)]
-pub struct FastHasher(u64);
+/// A fast, not DoS-resistant hasher (rustc's Fx hash, from `rustc-hash`) for maps whose keys
+/// only trusted callers insert: looking up an attacker's key costs one hash, but only
+/// inserted keys can collide. The gateway's and the in-memory backend's per-request lookups
+/// use it.
+pub type FastHasher = rustc_hash::FxHasher;
 
 /// A [`std::hash::BuildHasher`] of [`FastHasher`].
-pub type FastBuildHasher = std::hash::BuildHasherDefault<FastHasher>;
+pub type FastBuildHasher = rustc_hash::FxBuildHasher;
 
-const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
 
-impl FastHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
-    }
-}
-
-impl std::hash::Hasher for FastHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
-        }
-    }
-
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
+    #[test]
+    fn lock_recovers_a_poisoned_mutex() {
+        let m = std::sync::Arc::new(Mutex::new(1));
+        let m2 = m.clone();
+        let panicked = std::thread::spawn(move || {
+            let mut g = m2.lock().unwrap();
+            *g = 2;
+            panic!("poison the mutex");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(m.is_poisoned());
+        assert_eq!(*lock(&m), 2, "the value written before the panic is kept");
+        *lock(&m) = 3;
+        assert_eq!(*lock(&m), 3);
     }
 }
 

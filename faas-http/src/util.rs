@@ -4,41 +4,11 @@ use bytes::Bytes;
 use faas_core::{Body, Error, Result};
 use serde::de::DeserializeOwned;
 
-/// Decodes `%XX` escapes and `+` (as a space) in a query component.
-pub(crate) fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Parses a query string into decoded pairs.
+/// Parses a query string (`application/x-www-form-urlencoded`) into decoded pairs: `+` is a
+/// space, a malformed `%` escape stays as it is, invalid UTF-8 becomes U+FFFD, a pair
+/// without `=` has an empty value.
 pub(crate) fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
-    q.unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (percent_decode(k), percent_decode(v)),
-            None => (percent_decode(p), String::new()),
-        })
-        .collect()
+    form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned().collect()
 }
 
 /// The first value of `key` in a parsed query.
@@ -106,6 +76,16 @@ mod tests {
         assert!(valid_route_name("echo.openfaas-fn_1"));
         assert!(!valid_route_name("a/b"));
         assert!(!valid_route_name(""));
+        // Edge cases of the form decoding: `+`, short and bad escapes, invalid UTF-8, a
+        // second `=`, empty and repeated pairs.
+        let q = parse_query(Some("a=x+y%2Bz&&b=%41%4a%4B&c=%&d=%4&e=%+1&f=%FF%C3%A9&g=1=2&a=2"));
+        let expected = [("a", "x y+z"), ("b", "AJK"), ("c", "%"), ("d", "%4"), ("e", "% 1")];
+        for (k, v) in expected.into_iter().chain([("f", "\u{FFFD}\u{e9}"), ("g", "1=2")]) {
+            assert_eq!(query_get(&q, k), Some(v), "{k}");
+        }
+        assert_eq!(q.len(), 8, "empty pairs are skipped, repeated keys kept: {q:?}");
+        assert!(parse_query(None).is_empty());
+        assert_eq!(parse_query(Some("%6E%61me=v")), vec![("name".into(), "v".into())]);
     }
 
     #[test]

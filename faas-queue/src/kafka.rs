@@ -37,6 +37,7 @@ use faas_core::event::{Acknowledge, Delivery};
 use faas_core::queue::{
     DeadLetter, DeadLetterSink, QueueConsumer, QueuePublisher, QueuedInvocation,
 };
+use faas_core::util::lock;
 use faas_core::{Error, Result};
 use futures::future::BoxFuture;
 use rdkafka::client::ClientContext;
@@ -338,10 +339,6 @@ impl ConsumerContext for TrackingContext {
         );
         lock(&self.tracker).reset(parts.into_iter());
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 type Client = StreamConsumer<TrackingContext>;

@@ -30,11 +30,12 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use faas_core::queue::{ActivationStore, AsyncActivation, AsyncState};
+use faas_core::util::lock;
 use faas_core::{Error, InvocationId, Result};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -162,11 +163,6 @@ impl Records {
             })
             .collect()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every operation leaves the maps consistent before it could panic.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Counters of one store.

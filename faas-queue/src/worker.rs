@@ -1237,52 +1237,17 @@ impl Attempt {
     }
 }
 
-/// Parses `Retry-After`: delay seconds, or an HTTP date (IMF-fixdate) relative to `now`.
+/// Parses `Retry-After`: delay seconds, or an HTTP date relative to `now` (any of the three
+/// formats RFC 9110 has recipients accept: IMF-fixdate, RFC 850, asctime). A date whose
+/// weekday does not match it, or which is not a real date, is ignored like any other
+/// unparseable value.
 pub fn parse_retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<Duration> {
     let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let at = parse_http_date(v)?;
+    let at = httpdate::parse_http_date(v).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
-fn parse_http_date(s: &str) -> Option<SystemTime> {
-    let rest = s.split_once(", ")?.1;
-    let mut parts = rest.split(' ');
-    let day: u64 = parts.next()?.parse().ok()?;
-    let month = match parts.next()? {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
-    let year: i64 = parts.next()?.parse().ok()?;
-    let mut hms = parts.next()?.split(':').map(|p| p.parse::<u64>().ok());
-    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
-    if parts.next()? != "GMT" || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
-        return None;
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + m * 60 + sec;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 #[cfg(test)]
@@ -1320,6 +1285,37 @@ mod tests {
         assert_eq!(parse_retry_after(&h, t), Some(Duration::from_secs(3)));
         h.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("soon"));
         assert_eq!(parse_retry_after(&h, SystemTime::now()), None);
+    }
+
+    #[test]
+    fn retry_after_date_formats_and_edge_cases() {
+        let at = |v: &'static str, now: SystemTime| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static(v));
+            parse_retry_after(&h, now)
+        };
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777 - 3);
+        // RFC 850 and asctime, which RFC 9110 has recipients accept too.
+        assert_eq!(at("Sunday, 06-Nov-94 08:49:37 GMT", t), Some(Duration::from_secs(3)));
+        assert_eq!(at("Sun Nov  6 08:49:37 1994", t), Some(Duration::from_secs(3)));
+        assert_eq!(at("  Sun, 06 Nov 1994 08:49:37 GMT  ", t), Some(Duration::from_secs(3)));
+        // A date in the past is no wait at all.
+        assert_eq!(at("Sun, 06 Nov 1994 08:49:37 GMT", SystemTime::now()), Some(Duration::ZERO));
+        assert_eq!(
+            at("Thu, 29 Feb 2024 00:00:00 GMT", t),
+            Some(Duration::from_secs(1_709_164_800 - 784_111_774))
+        );
+        for bad in [
+            "Mon, 06 Nov 1994 08:49:37 GMT", // wrong weekday
+            "Fri, 30 Feb 2024 00:00:00 GMT", // no such day
+            "Sun, 06 Nov 1994 24:00:00 GMT",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 6 Nov 1994 08:49:37 GMT",
+            "-1",
+            "",
+        ] {
+            assert_eq!(at(bad, t), None, "{bad}");
+        }
     }
 }
 

@@ -118,3 +118,37 @@ async fn the_worker_binary_publishes_activation_records() {
     gateway_task.abort();
     drop(cluster);
 }
+
+/// `--help` exits 0 and shows each option with its `FAAS_QUEUE_*` variable (the unit tests
+/// of the binary pin the option names themselves).
+#[test]
+fn the_worker_binary_lists_its_options_and_variables() {
+    let out = Command::new(env!("CARGO_BIN_EXE_faas-queue-worker")).arg("--help").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let options: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.strip_prefix("      --")?.split(' ').next())
+        .filter(|o| !["help", "kafka-property"].contains(o))
+        .collect();
+    assert_eq!(options.len(), 15, "{help}");
+    for o in options {
+        let env = format!("[env: FAAS_QUEUE_{}=", o.to_uppercase().replace('-', "_"));
+        assert!(help.contains(&env), "{env} in {help}");
+    }
+    assert!(help.contains("--kafka-property <KEY=VALUE>"), "{help}");
+    assert!(help.contains("--activations memory keeps"), "{help}");
+}
+
+/// An option given as a variable is read (and checked) like the flag.
+#[test]
+fn the_worker_binary_reads_its_environment_variables() {
+    let out = Command::new(env!("CARGO_BIN_EXE_faas-queue-worker"))
+        .args(["--brokers", "127.0.0.1:1", "--gateway", "http://127.0.0.1:1"])
+        .env("FAAS_QUEUE_MAX_ATTEMPTS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--max-attempts"), "{err}");
+}

@@ -58,7 +58,7 @@ use std::ffi::OsString;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -66,6 +66,7 @@ use bytes::BytesMut;
 use faas_core::prelude::*;
 use faas_core::scheduler::{Resources as NodeResources, Schedulers};
 use faas_core::spec::{validate_secret_name, ReplicaLimits, ScalingPolicy, DEFAULT_NAMESPACE};
+use faas_core::util::lock;
 use faas_core::{
     Body, DeveloperErrorKind, Error, FunctionRef, FunctionSpec, FunctionStatus, InstanceView,
     Invocation, InvocationMeta, LeastLoaded, LogEntry, LogStream, LogsRequest, Node,
@@ -93,10 +94,6 @@ pub const DEFAULT_LOG_BYTES_LIMIT: usize = 8 << 20;
 
 /// Environment variables passed from the backend's own environment to every replica.
 const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn io_err(what: impl std::fmt::Display, e: std::io::Error) -> Error {
     Error::internal(format!("{what}: {e}"))

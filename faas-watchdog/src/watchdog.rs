@@ -1914,21 +1914,16 @@ impl http_body::Body for UpBody {
 // ---------------------------------------------------------------------------------------
 // Static mode
 
+/// Decodes the `%XX` escapes of a URL path into bytes (which need not be UTF-8; `+` is a
+/// plus in a path). `None` if a `%` is not followed by two hex digits: a malformed path is
+/// refused rather than served under a guessed name.
 fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(h, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    Some(out)
+    let hex_at = |i: usize| b.get(i).is_some_and(u8::is_ascii_hexdigit);
+    // The crate keeps a malformed escape as it is; check for one first.
+    let malformed =
+        b.iter().enumerate().any(|(i, &c)| c == b'%' && !(hex_at(i + 1) && hex_at(i + 2)));
+    (!malformed).then(|| percent_encoding::percent_decode(b).collect())
 }
 
 fn guess_type(p: &Path) -> &'static str {
@@ -2004,6 +1999,17 @@ async fn serve_static(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn static_paths_decode_strictly() {
+        assert_eq!(percent_decode("/a%20b/c+d").as_deref(), Some(&b"/a b/c+d"[..]));
+        assert_eq!(percent_decode("/%2e%2E/%2f").as_deref(), Some(&b"/..//"[..]));
+        assert_eq!(percent_decode("/%FF%00").as_deref(), Some(&[b'/', 0xFF, 0][..]));
+        assert_eq!(percent_decode("/plain").as_deref(), Some(&b"/plain"[..]));
+        for bad in ["/%", "/%4", "/a%zz", "/%+1", "/%%41", "/%4%41"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn header_names_and_commands() {

@@ -21,129 +21,108 @@
 //! `FAAS_QUEUE_MAX_ATTEMPTS`, `--brokers` is `FAAS_QUEUE_BROKERS`, and so on. SIGINT or
 //! SIGTERM stops it gracefully (in-flight invocations finish, the group is left).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::{Parser, ValueEnum};
 use faas_core::queue::ActivationStore;
 use faas_core::util::{format_duration, parse_duration};
-use faas_core::{Error, Result};
+use faas_core::Result;
 use faas_queue::gateway::GatewayInvoker;
 use faas_queue::kafka::{KafkaConfig, KafkaConsumer, KafkaDeadLetters};
 use faas_queue::kafka_store::{default_activations_topic, KafkaActivationStore};
 use faas_queue::{MemoryActivationStore, Worker, WorkerConfig};
 
-const FLAGS: &[&str] = &[
-    "brokers",
-    "gateway",
-    "topic",
-    "dead-letter-topic",
-    "group",
-    "max-attempts",
-    "retry-statuses",
-    "backoff",
-    "max-backoff",
-    "function-concurrency",
-    "max-in-flight",
-    "invoke-timeout",
-    "max-payload-bytes",
-    "activations",
-    "activations-topic",
-];
-
-struct Options {
-    values: HashMap<String, String>,
-    properties: Vec<(String, String)>,
+/// The command line; every option but `--kafka-property` can also be given as the
+/// environment variable `FAAS_QUEUE_` + its name in upper case with `_` for `-` (the command
+/// line wins). Unset options keep the defaults of [`KafkaConfig::new`] and
+/// [`WorkerConfig::default`], which the help text repeats.
+#[derive(Parser, Debug)]
+#[command(
+    name = "faas-queue-worker",
+    about = "faas-queue-worker: invokes queued async invocations from Kafka through a gateway",
+    after_help = "Activation records: --activations kafka (default) publishes them to\n\
+                  --activations-topic (default: the queue topic + \"-activations\", a compacted topic)\n\
+                  where gateways (faas up --queue kafka://...) read them; --activations memory keeps\n\
+                  them in this process only."
+)]
+struct Args {
+    /// Kafka bootstrap servers (HOST:PORT, comma-separated).
+    #[arg(long, env = "FAAS_QUEUE_BROKERS", value_name = "HOST:PORT")]
+    brokers: String,
+    /// The gateway whose /function/NAME route invokes the functions.
+    #[arg(long, env = "FAAS_QUEUE_GATEWAY", value_name = "http://HOST:PORT")]
+    gateway: String,
+    /// The topic of queued invocations [default: faas-async].
+    #[arg(long, env = "FAAS_QUEUE_TOPIC")]
+    topic: Option<String>,
+    /// The dead-letter topic [default: faas-async-dead-letters].
+    #[arg(long, env = "FAAS_QUEUE_DEAD_LETTER_TOPIC")]
+    dead_letter_topic: Option<String>,
+    /// The consumer group the workers share [default: faas-queue-worker].
+    #[arg(long, env = "FAAS_QUEUE_GROUP")]
+    group: Option<String>,
+    /// Attempts per invocation, at least 1 [default: 5].
+    #[arg(long, env = "FAAS_QUEUE_MAX_ATTEMPTS", value_parser = clap::value_parser!(u32).range(1..))]
+    max_attempts: Option<u32>,
+    /// HTTP statuses that are retried, comma-separated [default: 408,429,500,502,503,504].
+    #[arg(long, env = "FAAS_QUEUE_RETRY_STATUSES", value_name = "STATUS,...", value_parser = parse_statuses)]
+    retry_statuses: Option<Statuses>,
+    /// First retry delay, doubled on each retry [default: 100ms].
+    #[arg(long, env = "FAAS_QUEUE_BACKOFF", value_name = "DURATION", value_parser = parse_duration)]
+    backoff: Option<Duration>,
+    /// Longest retry delay [default: 30s].
+    #[arg(long, env = "FAAS_QUEUE_MAX_BACKOFF", value_name = "DURATION", value_parser = parse_duration)]
+    max_backoff: Option<Duration>,
+    /// Invocations of one function running at once [default: 16].
+    #[arg(long, env = "FAAS_QUEUE_FUNCTION_CONCURRENCY", value_name = "N")]
+    function_concurrency: Option<usize>,
+    /// Deliveries held at once, all functions together [default: 256].
+    #[arg(long, env = "FAAS_QUEUE_MAX_IN_FLIGHT", value_name = "N")]
+    max_in_flight: Option<usize>,
+    /// Timeout of one invocation through the gateway [default: 60s].
+    #[arg(long, env = "FAAS_QUEUE_INVOKE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    invoke_timeout: Option<Duration>,
+    /// Largest queued request body accepted, in bytes [default: 1048576].
+    #[arg(long, env = "FAAS_QUEUE_MAX_PAYLOAD_BYTES", value_name = "BYTES")]
+    max_payload_bytes: Option<usize>,
+    /// Where activation records go [default: kafka].
+    #[arg(long, env = "FAAS_QUEUE_ACTIVATIONS", value_enum)]
+    activations: Option<Activations>,
+    /// The topic of activation records [default: the queue topic + "-activations"].
+    #[arg(long, env = "FAAS_QUEUE_ACTIVATIONS_TOPIC")]
+    activations_topic: Option<String>,
+    /// Any librdkafka property (repeatable).
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
+    kafka_properties: Vec<(String, String)>,
 }
 
-impl Options {
-    fn parse(args: impl Iterator<Item = String>) -> Result<Options> {
-        let mut values = HashMap::new();
-        let mut properties = Vec::new();
-        for flag in FLAGS {
-            let env = format!("FAAS_QUEUE_{}", flag.to_uppercase().replace('-', "_"));
-            if let Ok(v) = std::env::var(&env) {
-                values.insert(flag.to_string(), v);
-            }
-        }
-        let mut args = args.peekable();
-        while let Some(arg) = args.next() {
-            if arg == "-h" || arg == "--help" {
-                println!("{}", usage());
-                std::process::exit(0);
-            }
-            let Some(name) = arg.strip_prefix("--") else {
-                return Err(Error::invalid("arguments", format!("unexpected argument {arg:?}")));
-            };
-            let (name, inline) = match name.split_once('=') {
-                Some((n, v)) => (n.to_string(), Some(v.to_string())),
-                None => (name.to_string(), None),
-            };
-            let value = match inline.or_else(|| args.next()) {
-                Some(v) => v,
-                None => return Err(Error::invalid(name, "needs a value")),
-            };
-            if name == "kafka-property" {
-                let (k, v) = value
-                    .split_once('=')
-                    .ok_or_else(|| Error::invalid("kafka-property", "must be KEY=VALUE"))?;
-                properties.push((k.to_string(), v.to_string()));
-            } else if FLAGS.contains(&name.as_str()) {
-                values.insert(name, value);
-            } else {
-                return Err(Error::invalid(name, "unknown option (see --help)"));
-            }
-        }
-        Ok(Options { values, properties })
-    }
+/// The list of `--retry-statuses`, one value to clap.
+#[derive(Debug, Clone)]
+struct Statuses(Vec<u16>);
 
-    fn get(&self, name: &str) -> Option<&str> {
-        self.values.get(name).map(String::as_str)
-    }
-
-    fn required(&self, name: &str) -> Result<&str> {
-        self.get(name).ok_or_else(|| Error::invalid(name, "is required"))
-    }
-
-    fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) => {
-                v.parse().map_err(|_| Error::invalid(name, format!("{v:?} is not a number")))
-            }
-        }
-    }
-
-    fn duration(&self, name: &str, default: Duration) -> Result<Duration> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) => parse_duration(v).map_err(|e| Error::invalid(name, e)),
-        }
-    }
+fn parse_statuses(list: &str) -> std::result::Result<Statuses, String> {
+    list.split(',')
+        .map(|s| s.trim().parse::<u16>().map_err(|_| format!("{s:?} is not a status")))
+        .collect::<std::result::Result<_, _>>()
+        .map(Statuses)
 }
 
-fn usage() -> String {
-    let mut s = String::from(
-        "faas-queue-worker: invokes queued async invocations from Kafka through a gateway\n\n\
-         Usage: faas-queue-worker --brokers HOST:PORT --gateway http://HOST:PORT [OPTIONS]\n\nOptions:\n",
-    );
-    for f in FLAGS {
-        s.push_str(&format!(
-            "  --{f} <VALUE>   (env FAAS_QUEUE_{})\n",
-            f.to_uppercase().replace('-', "_")
-        ));
-    }
-    s.push_str("  --kafka-property KEY=VALUE   any librdkafka property (repeatable)\n");
-    s.push_str(
-        "\nActivation records: --activations kafka (default) publishes them to\n\
-         --activations-topic (default: the queue topic + \"-activations\", a compacted topic)\n\
-         where gateways (faas up --queue kafka://...) read them; --activations memory keeps\n\
-         them in this process only.\n",
-    );
-    s
+fn parse_property(kv: &str) -> std::result::Result<(String, String), String> {
+    let (k, v) = kv.split_once('=').ok_or("must be KEY=VALUE")?;
+    Ok((k.to_string(), v.to_string()))
 }
 
-/// Where the worker keeps activation records.
+/// Where the worker keeps activation records (`--activations`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Activations {
+    /// On a Kafka topic, shared with gateways.
+    Kafka,
+    /// In this process only.
+    Memory,
+}
+
+/// Where the worker keeps activation records, resolved.
 enum Records {
     /// On a Kafka topic, shared with gateways.
     Kafka(String),
@@ -151,68 +130,51 @@ enum Records {
     Memory,
 }
 
-fn records(o: &Options, kafka: &KafkaConfig) -> Result<Records> {
-    match o.get("activations").unwrap_or("kafka") {
-        "kafka" => Ok(Records::Kafka(
-            o.get("activations-topic")
-                .map(str::to_string)
-                .unwrap_or_else(|| default_activations_topic(&kafka.topic)),
-        )),
-        "memory" => Ok(Records::Memory),
-        other => Err(Error::invalid(
-            "activations",
-            format!("{other:?} is not a store (kafka or memory)"),
-        )),
+fn records(a: &Args, kafka: &KafkaConfig) -> Records {
+    match a.activations.unwrap_or(Activations::Kafka) {
+        Activations::Kafka => Records::Kafka(
+            a.activations_topic.clone().unwrap_or_else(|| default_activations_topic(&kafka.topic)),
+        ),
+        Activations::Memory => Records::Memory,
     }
 }
 
-fn config(o: &Options) -> Result<(KafkaConfig, WorkerConfig, String, Duration)> {
-    let mut kafka = KafkaConfig::new(o.required("brokers")?);
-    if let Some(t) = o.get("topic") {
-        kafka.topic = t.to_string();
+fn config(a: &Args) -> (KafkaConfig, WorkerConfig, Duration) {
+    let mut kafka = KafkaConfig::new(&a.brokers);
+    if let Some(t) = &a.topic {
+        kafka.topic.clone_from(t);
     }
-    if let Some(t) = o.get("dead-letter-topic") {
-        kafka.dead_letter_topic = t.to_string();
+    if let Some(t) = &a.dead_letter_topic {
+        kafka.dead_letter_topic.clone_from(t);
     }
-    if let Some(g) = o.get("group") {
-        kafka.group_id = g.to_string();
+    if let Some(g) = &a.group {
+        kafka.group_id.clone_from(g);
     }
-    kafka.properties = o.properties.clone();
+    kafka.properties = a.kafka_properties.clone();
     let d = WorkerConfig::default();
     let mut w = WorkerConfig {
-        max_attempts: o.number("max-attempts", d.max_attempts)?,
-        function_concurrency: o.number("function-concurrency", d.function_concurrency)?,
-        max_in_flight: o.number("max-in-flight", d.max_in_flight)?,
-        max_payload_bytes: o.number("max-payload-bytes", d.max_payload_bytes)?,
+        max_attempts: a.max_attempts.unwrap_or(d.max_attempts),
+        function_concurrency: a.function_concurrency.unwrap_or(d.function_concurrency),
+        max_in_flight: a.max_in_flight.unwrap_or(d.max_in_flight),
+        max_payload_bytes: a.max_payload_bytes.unwrap_or(d.max_payload_bytes),
         ..d
     };
-    if w.max_attempts == 0 {
-        return Err(Error::invalid("max-attempts", "must be at least 1"));
+    if let Some(Statuses(list)) = &a.retry_statuses {
+        w.retry_statuses.clone_from(list);
     }
-    if let Some(list) = o.get("retry-statuses") {
-        w.retry_statuses = list
-            .split(',')
-            .map(|s| {
-                s.trim()
-                    .parse::<u16>()
-                    .map_err(|_| Error::invalid("retry-statuses", format!("{s:?} is not a status")))
-            })
-            .collect::<Result<_>>()?;
-    }
-    w.backoff.initial = o.duration("backoff", w.backoff.initial)?;
-    w.backoff.max = o.duration("max-backoff", w.backoff.max)?;
-    let invoke_timeout = o.duration("invoke-timeout", Duration::from_secs(60))?;
-    let gateway = o.required("gateway")?.to_string();
-    Ok((kafka, w, gateway, invoke_timeout))
+    w.backoff.initial = a.backoff.unwrap_or(w.backoff.initial);
+    w.backoff.max = a.max_backoff.unwrap_or(w.backoff.max);
+    let invoke_timeout = a.invoke_timeout.unwrap_or(Duration::from_secs(60));
+    (kafka, w, invoke_timeout)
 }
 
-async fn run() -> Result<()> {
-    let o = Options::parse(std::env::args().skip(1))?;
-    let (kafka, worker_config, gateway, invoke_timeout) = config(&o)?;
-    let invoker = Arc::new(GatewayInvoker::new(&gateway, invoke_timeout)?);
+async fn run(args: Args) -> Result<()> {
+    let (kafka, worker_config, invoke_timeout) = config(&args);
+    let gateway = &args.gateway;
+    let invoker = Arc::new(GatewayInvoker::new(gateway, invoke_timeout)?);
     let consumer = Arc::new(KafkaConsumer::new(&kafka)?);
     let dead_letters = Arc::new(KafkaDeadLetters::new(&kafka)?);
-    let (store, kafka_store): (Arc<dyn ActivationStore>, _) = match records(&o, &kafka)? {
+    let (store, kafka_store): (Arc<dyn ActivationStore>, _) = match records(&args, &kafka) {
         Records::Kafka(topic) => {
             let s = KafkaActivationStore::new(&kafka, &topic)?;
             // Known records let a redelivered, already finished call be skipped.
@@ -273,6 +235,7 @@ async fn shutdown_signal() {
 }
 
 fn main() {
+    let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
@@ -283,8 +246,120 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(run()) {
+    if let Err(e) = rt.block_on(run(args)) {
         eprintln!("faas-queue-worker: {e}");
         std::process::exit(2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The options every earlier release accepted, each also read from `FAAS_QUEUE_*`.
+    const FLAGS: &[&str] = &[
+        "brokers",
+        "gateway",
+        "topic",
+        "dead-letter-topic",
+        "group",
+        "max-attempts",
+        "retry-statuses",
+        "backoff",
+        "max-backoff",
+        "function-concurrency",
+        "max-in-flight",
+        "invoke-timeout",
+        "max-payload-bytes",
+        "activations",
+        "activations-topic",
+    ];
+
+    #[test]
+    fn every_option_keeps_its_flag_and_environment_variable() {
+        Args::command().debug_assert();
+        let cmd = Args::command();
+        let options: Vec<(String, Option<String>)> = cmd
+            .get_arguments()
+            .filter_map(|a| {
+                let env = a.get_env().map(|e| e.to_string_lossy().into_owned());
+                Some((a.get_long()?.to_string(), env))
+            })
+            .filter(|(long, _)| long != "help")
+            .collect();
+        for flag in FLAGS {
+            let env = format!("FAAS_QUEUE_{}", flag.to_uppercase().replace('-', "_"));
+            assert!(options.contains(&(flag.to_string(), Some(env))), "{flag}: {options:?}");
+        }
+        assert!(options.contains(&("kafka-property".to_string(), None)), "{options:?}");
+        assert_eq!(options.len(), FLAGS.len() + 1, "{options:?}");
+    }
+
+    #[test]
+    fn values_parse_into_the_configs() {
+        let a = Args::try_parse_from([
+            "faas-queue-worker",
+            "--brokers",
+            "b:9092",
+            "--gateway=http://g:8080",
+            "--topic",
+            "jobs",
+            "--retry-statuses",
+            "500, 503",
+            "--backoff",
+            "250ms",
+            "--max-backoff=1m",
+            "--max-attempts",
+            "3",
+            "--max-payload-bytes",
+            "10",
+            "--invoke-timeout",
+            "5s",
+            "--kafka-property",
+            "a=b=c",
+            "--kafka-property",
+            "x=",
+            "--activations",
+            "memory",
+        ])
+        .unwrap();
+        assert_eq!(a.gateway, "http://g:8080");
+        let (kafka, w, timeout) = config(&a);
+        assert_eq!((kafka.brokers.as_str(), kafka.topic.as_str()), ("b:9092", "jobs"));
+        assert_eq!(
+            kafka.properties,
+            vec![("a".to_string(), "b=c".to_string()), ("x".to_string(), String::new())]
+        );
+        assert_eq!(w.retry_statuses, vec![500, 503]);
+        assert_eq!(w.backoff.initial, Duration::from_millis(250));
+        assert_eq!(w.backoff.max, Duration::from_secs(60));
+        assert_eq!((w.max_attempts, w.max_payload_bytes), (3, 10));
+        assert_eq!(timeout, Duration::from_secs(5));
+        assert!(matches!(records(&a, &kafka), Records::Memory));
+        let a = Args { activations: Some(Activations::Kafka), activations_topic: None, ..a };
+        assert!(matches!(records(&a, &kafka), Records::Kafka(t) if t == "jobs-activations"));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let base = ["faas-queue-worker", "--brokers", "b:9092", "--gateway", "http://g"];
+        for bad in [
+            &["--max-attempts", "0"][..],
+            &["--max-in-flight", "-1"],
+            &["--kafka-property", "novalue"],
+            &["--retry-statuses", "500,abc"],
+            &["--backoff", "soon"],
+            &["--activations", "disk"],
+            &["--bogus", "1"],
+            &["stray"],
+            &["--topic"],
+        ] {
+            let args = base.iter().chain(bad);
+            assert!(Args::try_parse_from(args).is_err(), "{bad:?}");
+        }
+        if std::env::var_os("FAAS_QUEUE_BROKERS").is_none() {
+            assert!(Args::try_parse_from(["faas-queue-worker", "--gateway", "http://g"]).is_err());
+        }
     }
 }

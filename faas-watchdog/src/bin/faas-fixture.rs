@@ -136,45 +136,9 @@ fn resp(status: StatusCode, body: impl Into<Bytes>) -> Resp {
     r
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
+/// The first value of `key` in a query string, decoded as a form (`+` is a space).
 fn query_param(query: Option<&str>, key: &str) -> Option<String> {
-    query?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (percent_decode(k) == key).then(|| percent_decode(v))
-    })
+    form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
 }
 
 struct InFlight<'a>(&'a State);
@@ -286,5 +250,22 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Resp {
             let _ = out.flush();
             resp(StatusCode::OK, "logged")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_components_decode_leniently() {
+        assert_eq!(query_param(Some("v=a+b%2Bc%41"), "v").as_deref(), Some("a b+cA"));
+        assert_eq!(query_param(Some("v=%zz%4"), "v").as_deref(), Some("%zz%4"));
+        assert_eq!(query_param(Some("v=%FF"), "v").as_deref(), Some("\u{FFFD}"));
+        assert_eq!(query_param(Some("m%73=5&ms=6"), "ms").as_deref(), Some("5"));
+        assert_eq!(query_param(Some("ms=10&env=MY%5FVAR"), "env").as_deref(), Some("MY_VAR"));
+        assert_eq!(query_param(Some("crash"), "crash").as_deref(), Some(""));
+        assert_eq!(query_param(Some("a=1"), "b"), None);
+        assert_eq!(query_param(None, "a"), None);
     }
 }
