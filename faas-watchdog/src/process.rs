@@ -980,6 +980,9 @@ async fn run_replica(
     };
     let probe = async {
         let deadline = Instant::now() + start_timeout;
+        // A watchdog answers its health check a few ms after the spawn: probe at 1 ms, then
+        // at intervals doubling up to 10 ms, so a scale from zero is not held by the probe.
+        let mut interval = Duration::from_millis(1);
         loop {
             let req = http::Request::get(health_url.clone()).body(Body::empty());
             if let Ok(req) = req {
@@ -994,7 +997,8 @@ async fn run_replica(
             if Instant::now() >= deadline {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(interval).await;
+            interval = (interval * 2).min(Duration::from_millis(10));
         }
     };
     let mut status = None;
