@@ -478,8 +478,8 @@ impl QueueConsumer for KafkaConsumer {
                         }
                         Err(err) => {
                             tracing::warn!(error = %err, "could not dead-letter a malformed message");
-                            // Dropped unsettled: retried after a restart or rebalance.
-                            std::mem::forget(ack);
+                            // Left unsettled: retried after a restart or rebalance.
+                            ack.abandon();
                         }
                     }
                 }
@@ -533,6 +533,13 @@ struct KafkaAck {
 }
 
 impl KafkaAck {
+    /// Goes without settling and without the nack of `Drop` (which would republish the
+    /// message): its offset stays uncommitted, so it comes back after a restart or a
+    /// rebalance.
+    fn abandon(mut self) {
+        self.settled = true;
+    }
+
     fn mark_done(&mut self) -> Result<()> {
         self.settled = true;
         let Some(shared) = self.shared.upgrade() else { return Ok(()) };
