@@ -948,7 +948,10 @@ async fn fork(shared: &Arc<Shared>, req: Request<Incoming>, streaming: bool) -> 
     } else {
         std::process::Stdio::inherit()
     });
+    // A group of its own, so a timeout kills the function's whole tree; and killed with the
+    // watchdog, which a kill of the watchdog's own group would not reach.
     cmd.process_group(0);
+    sys::die_with_parent(&mut cmd, sys::SIGKILL);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::ArgumentListTooLong => {

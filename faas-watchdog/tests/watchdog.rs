@@ -386,3 +386,43 @@ async fn a_header_too_large_for_the_environment_is_431() {
         assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "hi"), "{mode}");
     }
 }
+
+/// The children of /proc entries whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).ok().is_some_and(|s| {
+                // The parent pid is the second field after the parenthesised command name.
+                let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+                rest.split_whitespace().nth(1).and_then(|v| v.parse::<u32>().ok()) == Some(pid)
+            })
+        })
+        .collect()
+}
+
+/// A fork-mode child runs in a process group of its own (so a timeout can kill its whole
+/// tree), which a kill of the watchdog's group does not reach: when the watchdog is killed
+/// outright (SIGKILL, no drain), the child must die with it rather than run on, orphaned.
+#[tokio::test]
+async fn a_fork_child_dies_with_a_killed_watchdog() {
+    let mut wd = spawn_watchdog(&[("fprocess", "sleep 100"), ("exec_timeout", "0s")]).await;
+    let url = wd.url("/");
+    let call = tokio::spawn(async move { common::try_post(&url, "x").await });
+    let pid = wd.pid();
+    let t0 = std::time::Instant::now();
+    let child = loop {
+        if let Some(c) = children_of(pid).into_iter().next() {
+            break c;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the watchdog never forked its child");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    wd.child.start_kill().expect("SIGKILL the watchdog");
+    let _ = wd.child.wait().await;
+    assert!(
+        wait_gone(child, Duration::from_secs(10)).await,
+        "fork child {child} outlived its watchdog"
+    );
+    assert!(call.await.unwrap().is_err(), "the call had no answer to get");
+}
