@@ -931,7 +931,8 @@ async fn raw_backend(
             let exe = std::env::current_exe()
                 .map_err(|e| Error::internal(format!("cannot find the faas executable: {e}")))?;
             let mut b = faas_watchdog::process::ProcessInvoker::builder()
-                .watchdog_command(exe, ["watchdog"]);
+                .watchdog_command(exe, ["watchdog"])
+                .scheduler(scheduler);
             if let Some(d) = state_dir {
                 b = b.state_dir(d);
             }

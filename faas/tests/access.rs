@@ -375,3 +375,39 @@ async fn sigterm_during_start_up_stops_at_once_and_exits_0() {
     assert_eq!(st.code(), Some(0), "log:\n{}", up.log());
     assert!(up.log().contains("SIGTERM while starting"), "{}", up.log());
 }
+
+/// `faas up --scheduler NAME` reaches the process backend: with `hash` (OpenWhisk's home
+/// invoker) every call of a function goes to its one home replica, where the default
+/// (least-loaded, ties in rotation) spreads sequential calls over both replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_routes_with_the_scheduler_it_is_given() {
+    const WHO: &str = r#"
+functions:
+  who:
+    image: faas-rs/who
+    fprocess: printenv OPENFAAS_INSTANCE
+    labels:
+      com.openfaas.scale.min: "2"
+      com.openfaas.scale.max: "2"
+"#;
+    let sandbox = Sandbox::new("scheduler");
+    let stack = sandbox.root.join("who.yml");
+    std::fs::write(&stack, WHO).unwrap();
+    for (scheduler, distinct) in [("hash", 1), ("least-loaded", 2)] {
+        let up = sandbox.up_stack(&stack, &["--no-auth", "--scheduler", scheduler]);
+        let client = GatewayClient::new(&up.base).unwrap();
+        eventually(30, "two ready replicas", || async {
+            let st = client.describe("who", None).await.ok()?;
+            (st.available_replicas == 2).then_some(())
+        })
+        .await;
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..10 {
+            let r = client.invoke("who", Method::POST, &[], Bytes::new(), false).await.unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            seen.insert(r.text().trim().to_string());
+        }
+        assert_eq!(seen.len(), distinct, "{scheduler}: {seen:?}; log:\n{}", up.log());
+        up.stop();
+    }
+}
