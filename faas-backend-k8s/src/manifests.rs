@@ -47,7 +47,7 @@ use faas_core::util::format_duration;
 use faas_core::{Error, FunctionSpec, FunctionStatus, Resources, Result, Secret};
 
 /// The label every function object carries: `faas_function=<name>` (as faas-netes).
-pub const FUNCTION_LABEL: &str = "faas_function";
+pub use faas_core::spec::FUNCTION_LABEL;
 /// The label on Secrets this backend manages (as faas-netes:
 /// `app.kubernetes.io/managed-by=openfaas`).
 pub const SECRET_MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -513,9 +513,8 @@ pub fn status_from_deployment(d: &Deployment) -> Result<FunctionStatus> {
     annotations.retain(|k, _| !k.starts_with("deployment.kubernetes.io/"));
     annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     status.annotations = annotations;
-    let mut labels = meta.labels.clone().unwrap_or_default();
-    labels.remove(FUNCTION_LABEL);
-    status.labels = labels;
+    // The user's labels plus `faas_function`, as OpenFaaS reports them.
+    status.labels = meta.labels.clone().unwrap_or_default();
     status.created_at = meta.creation_timestamp.as_ref().and_then(|t| {
         let v = serde_json::to_value(t).ok()?;
         rfc3339::parse(v.as_str()?).ok()

@@ -565,19 +565,31 @@ pub struct FunctionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_process: Option<String>,
     /// Environment variables.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub env_vars: BTreeMap<String, String>,
     /// Constraints.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<String>,
     /// Secret names.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
     /// Labels.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub labels: BTreeMap<String, String>,
     /// Annotations.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub annotations: BTreeMap<String, String>,
     /// Limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -605,9 +617,15 @@ pub struct FunctionStatus {
     pub usage: Option<Usage>,
 }
 
+/// The label OpenFaaS puts on every function, with the function's name as its value.
+pub const FUNCTION_LABEL: &str = "faas_function";
+
 impl FunctionStatus {
-    /// A status for `spec` with zero counters.
+    /// A status for `spec` with zero counters. Its labels carry `faas_function` = the name,
+    /// as OpenFaaS's providers put on every function.
     pub fn from_spec(spec: &FunctionSpec) -> Self {
+        let mut labels = spec.labels.clone();
+        labels.entry(FUNCTION_LABEL.to_string()).or_insert_with(|| spec.name.clone());
         FunctionStatus {
             name: spec.name.clone(),
             image: spec.image.clone(),
@@ -616,7 +634,7 @@ impl FunctionStatus {
             env_vars: spec.env_vars.clone(),
             constraints: spec.constraints.clone(),
             secrets: spec.secrets.clone(),
-            labels: spec.labels.clone(),
+            labels,
             annotations: spec.annotations.clone(),
             limits: spec.limits.clone(),
             requests: spec.requests.clone(),

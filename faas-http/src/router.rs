@@ -979,14 +979,16 @@ async fn metrics(inner: &Inner) -> Response {
 
 fn info(inner: &Inner) -> Response {
     let p = inner.invoker.info();
+    // The commit this gateway (and the backends linked with it) was built from (build.rs).
+    let sha = option_env!("FAAS_GIT_SHA").unwrap_or("unknown");
     let v = serde_json::json!({
         "provider": {
             "provider": p.provider,
             "orchestration": p.orchestration,
-            "version": { "sha": "", "release": p.version },
+            "version": { "sha": sha, "release": p.version },
         },
         "version": {
-            "sha": option_env!("FAAS_GIT_SHA").unwrap_or("unknown"),
+            "sha": sha,
             "release": env!("CARGO_PKG_VERSION"),
             "commit_message": "",
         },

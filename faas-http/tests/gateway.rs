@@ -867,3 +867,34 @@ async fn async_queue_is_bounded_in_bytes_with_a_share_per_function() {
     let r = g.req(Method::POST, "/async-function/other", body.clone()).await;
     assert_eq!(r.status, 202, "another function is not starved: {}", r.text());
 }
+
+/// The JSON shapes the OpenFaaS certifier compares: empty collections omitted (Go's
+/// `omitempty`), the `faas_function` label on every function, and a provider sha from the
+/// build in `/system/info`.
+#[tokio::test]
+async fn openfaas_json_shapes_omit_empty_fields_and_carry_the_function_label_and_sha() {
+    let g = start(GatewayConfig::default()).await;
+    g.deploy(echo("plain")).await;
+    let r = g.req(Method::GET, "/system/functions", "").await;
+    assert_eq!(r.status, 200);
+    let list: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let f = list.as_array().unwrap().iter().find(|f| f["name"] == "plain").unwrap();
+    for field in ["envVars", "constraints", "secrets", "annotations"] {
+        assert!(f.get(field).is_none(), "{field} should be omitted when empty: {f}");
+    }
+    assert_eq!(f["labels"]["faas_function"], "plain", "{f}");
+    let r = g.req(Method::GET, "/system/function/plain", "").await;
+    let one: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(one["labels"]["faas_function"], "plain", "{one}");
+    assert!(one.get("envVars").is_none(), "{one}");
+
+    let r = g.req(Method::GET, "/system/info", "").await;
+    let info: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let sha = info["provider"]["version"]["sha"].as_str().unwrap_or_default();
+    assert_eq!(info["version"]["sha"], sha, "{info}");
+    // Built from a git checkout (as here and in CI): the commit, not a placeholder.
+    assert!(
+        sha.len() == 12 && sha.chars().all(|c| c.is_ascii_hexdigit()),
+        "provider sha {sha:?}: {info}"
+    );
+}
