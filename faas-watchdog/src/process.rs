@@ -890,7 +890,9 @@ async fn run_replica(
             cmd.env(k, v);
         }
     }
-    cmd.env("prefix_logs", "false").env("healthcheck_interval", "0s");
+    // A log line per request, as OpenFaaS's watchdogs write (`faas logs` shows the calls);
+    // the spec's envVars, applied below, may turn it off.
+    cmd.env("prefix_logs", "false").env("healthcheck_interval", "0s").env("log_requests", "true");
     if spec.timeout.is_none() {
         cmd.env("exec_timeout", "0s").env("write_timeout", "0s");
     }

@@ -40,7 +40,7 @@
 //! | `combine_output` | `false` | also send the process's stderr in the response body |
 //! | `content_type` | | response `Content-Type` in the fork and static modes (default: the request's, else `application/octet-stream`) |
 //! | `static_path` | `/home/app/public` | the directory of `static` mode |
-//! | `log_requests` | `false` | (ours) one log line per request |
+//! | `log_requests` | `false` | (ours) one log line per request, in of-watchdog's format (`POST / - 200 OK - ContentLength: 5B (0.0012s)`); the process backend turns it on |
 //! | `watchdog_threads` | the number of CPUs | (ours) threads serving connections, each with its own single-threaded runtime |
 //!
 //! Durations are Go-style (`10s`, `500ms`, `1m`) or plain seconds.
@@ -727,7 +727,17 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, slot: &ConnSlot) ->
         Mode::Static => serve_static(&shared, req).await,
     };
     if let Some((m, u, t0)) = log_req {
-        log(format!("{m} {u} {} {:?}", resp.status().as_u16(), t0.elapsed()));
+        // OpenFaaS's of-watchdog line: `POST /path - 200 OK - ContentLength: 5B (0.0012s)`.
+        let status = resp.status();
+        let len = http_body::Body::size_hint(resp.body())
+            .exact()
+            .map_or_else(|| "-".to_string(), |n| format!("{n}B"));
+        log(format!(
+            "{m} {u} - {} {} - ContentLength: {len} ({:.4}s)",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            t0.elapsed().as_secs_f64()
+        ));
     }
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, Body::new(faas_core::body::Guarded::new(body, guard)))

@@ -603,3 +603,28 @@ async fn waiters_past_the_queue_limit_are_refused_at_once() {
     }
     inv.remove(&f).await.unwrap();
 }
+
+/// Every call leaves a line in the function's logs, in the format OpenFaaS's watchdog writes
+/// (`faas logs` and `faas-cli logs` show calls, not only start and stop lines); a function
+/// can turn it off with `log_requests=false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_call_is_logged_as_openfaas_watchdogs_log_it() {
+    let inv = invoker("request-lines");
+    inv.deploy(FunctionSpec::new("up", "local").process("tr a-z A-Z")).await.unwrap();
+    let mut quiet = FunctionSpec::new("quiet", "local").process("cat");
+    quiet.env_vars.insert("log_requests".into(), "false".into());
+    inv.deploy(quiet).await.unwrap();
+    // The quiet call first: by the time the other's line is in, its line would be too.
+    assert_eq!(inv.call("quiet", "abc").await.unwrap(), "abc");
+    assert_eq!(inv.call("up", "abc").await.unwrap(), "ABC");
+    let up = FunctionRef::new("up", "openfaas-fn");
+    let line = eventually(Duration::from_secs(10), "the call's log line", || async {
+        let logs = inv.read_logs(&up).await.ok()?;
+        logs.into_iter().find(|e| e.text.contains("POST / - 200 OK - ContentLength: "))
+    })
+    .await;
+    assert!(line.text.ends_with("s)"), "{}", line.text);
+    let quiet_logs = inv.read_logs(&FunctionRef::new("quiet", "openfaas-fn")).await.unwrap();
+    assert!(!quiet_logs.iter().any(|e| e.text.contains("POST /")), "{quiet_logs:#?}");
+    inv.remove(&up).await.unwrap();
+}
