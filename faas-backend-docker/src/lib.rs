@@ -658,6 +658,15 @@ impl Deploy for DockerInvoker {
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
+
+    /// Asks the backend's own view of the replicas (no engine call: `status` also reads
+    /// container stats, about a second), at intervals growing from 1 ms to 50 ms.
+    async fn wait_ready(&self, function: &FunctionRef, timeout: Duration) -> Result<bool> {
+        faas_core::invoker::poll_with_backoff(timeout, || async {
+            Ok(!self.inner.function(function)?.live().is_empty())
+        })
+        .await
+    }
 }
 
 #[async_trait]

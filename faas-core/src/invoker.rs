@@ -183,15 +183,32 @@ pub async fn poll_ready<D: Deploy + ?Sized>(
     function: &FunctionRef,
     timeout: Duration,
 ) -> Result<bool> {
+    poll_with_backoff(timeout, || async {
+        match backend.status(function).await {
+            Ok(s) => Ok(s.available_replicas > 0),
+            Err(e @ Error::NotFound { .. }) => Err(e),
+            // A passing failure to read the status is not the end of the wait.
+            Err(e) => {
+                tracing::debug!(function = %function, error = %e, "status while waiting");
+                Ok(false)
+            }
+        }
+    })
+    .await
+}
+
+/// Asks `ready` at intervals growing from 1 ms to 50 ms until it says `true` (`Ok(true)`),
+/// fails (its error), or `timeout` has passed (`Ok(false)`; it is asked at least once).
+pub async fn poll_with_backoff<F, Fut>(timeout: Duration, mut ready: F) -> Result<bool>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
     let deadline = tokio::time::Instant::now() + timeout;
     let mut interval = Duration::from_millis(1);
     loop {
-        match backend.status(function).await {
-            Ok(s) if s.available_replicas > 0 => return Ok(true),
-            Ok(_) => {}
-            Err(e @ Error::NotFound { .. }) => return Err(e),
-            // A passing failure to read the status is not the end of the wait.
-            Err(e) => tracing::debug!(function = %function, error = %e, "status while waiting"),
+        if ready().await? {
+            return Ok(true);
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {

@@ -609,6 +609,11 @@ impl Inner {
     /// Makes sure `f` exists and has a ready replica, scaling it from zero if needed (bounded
     /// by `scale_from_zero_timeout`, then 503).
     async fn ensure_ready(&self, f: &FunctionRef) -> Result<()> {
+        // Ready now? Asked through `wait_ready`, which backends answer from their own state
+        // (a full `status` may call the engine: the Docker backend's reads container stats).
+        if self.invoker.wait_ready(f, Duration::ZERO).await? {
+            return Ok(());
+        }
         let st = self.invoker.status(f).await?;
         if st.available_replicas > 0 {
             return Ok(());

@@ -898,3 +898,93 @@ async fn openfaas_json_shapes_omit_empty_fields_and_carry_the_function_label_and
         "provider sha {sha:?}: {info}"
     );
 }
+
+/// A ready function is invoked without asking the backend for its full `status`, even with
+/// no readiness cache: `status` may call the engine (the Docker backend reads container
+/// stats, about a second), and calls stalled every time the cache expired.
+#[tokio::test]
+async fn a_ready_function_is_invoked_without_a_status_call() {
+    use faas_core::prelude::*;
+    use faas_core::{FunctionRef, LogStream, LogsRequest, ProviderInfo, Secret, SecretInfo};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// The in-memory backend, counting `status` calls.
+    struct Counting(Arc<faas_core::MemoryInvoker>, AtomicUsize);
+    #[async_trait::async_trait]
+    impl Invoke for Counting {
+        async fn invoke(
+            &self,
+            inv: faas_core::Invocation,
+        ) -> faas_core::Result<faas_core::Response> {
+            self.0.invoke(inv).await
+        }
+    }
+    #[async_trait::async_trait]
+    impl Deploy for Counting {
+        async fn deploy(&self, spec: FunctionSpec) -> faas_core::Result<()> {
+            self.0.deploy(spec).await
+        }
+        async fn update(&self, spec: FunctionSpec) -> faas_core::Result<()> {
+            self.0.update(spec).await
+        }
+        async fn remove(&self, f: &FunctionRef) -> faas_core::Result<()> {
+            self.0.remove(f).await
+        }
+        async fn list(&self, ns: &str) -> faas_core::Result<Vec<FunctionStatus>> {
+            self.0.list(ns).await
+        }
+        async fn status(&self, f: &FunctionRef) -> faas_core::Result<FunctionStatus> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            self.0.status(f).await
+        }
+        async fn scale(&self, f: &FunctionRef, n: u32) -> faas_core::Result<()> {
+            self.0.scale(f, n).await
+        }
+        async fn namespaces(&self) -> faas_core::Result<Vec<String>> {
+            self.0.namespaces().await
+        }
+        fn info(&self) -> ProviderInfo {
+            self.0.info()
+        }
+        async fn wait_ready(&self, f: &FunctionRef, t: Duration) -> faas_core::Result<bool> {
+            self.0.wait_ready(f, t).await
+        }
+    }
+    #[async_trait::async_trait]
+    impl Secrets for Counting {
+        async fn list_secrets(&self, ns: &str) -> faas_core::Result<Vec<SecretInfo>> {
+            self.0.list_secrets(ns).await
+        }
+        async fn create_secret(&self, s: Secret) -> faas_core::Result<()> {
+            self.0.create_secret(s).await
+        }
+        async fn update_secret(&self, s: Secret) -> faas_core::Result<()> {
+            self.0.update_secret(s).await
+        }
+        async fn remove_secret(&self, ns: &str, name: &str) -> faas_core::Result<()> {
+            self.0.remove_secret(ns, name).await
+        }
+    }
+    #[async_trait::async_trait]
+    impl Logs for Counting {
+        async fn logs(&self, r: LogsRequest) -> faas_core::Result<LogStream> {
+            self.0.logs(r).await
+        }
+    }
+
+    let memory = memory_invoker();
+    memory.deploy(echo("hot")).await.unwrap();
+    let f = FunctionRef::new("hot", faas_core::spec::DEFAULT_NAMESPACE);
+    assert!(memory.wait_ready(&f, Duration::from_secs(5)).await.unwrap());
+    let backend = Arc::new(Counting(memory, AtomicUsize::new(0)));
+    let cfg = GatewayConfig { ready_cache_ttl: Duration::ZERO, ..Default::default() };
+    let gateway = faas_http::Gateway::builder(backend.clone()).config(cfg).build();
+    for _ in 0..5 {
+        use tower::ServiceExt;
+        let req = http::Request::post("/function/hot").body(faas_core::Body::from("x")).unwrap();
+        let resp = gateway.router().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(backend.1.load(Ordering::SeqCst), 0, "status asked on the invoke path");
+}
