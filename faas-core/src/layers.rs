@@ -55,7 +55,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use metrics::SharedString;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::body::Body;
@@ -68,6 +67,9 @@ use crate::invoker::{
 };
 use crate::spec::{FunctionSpec, FunctionStatus};
 
+pub use crate::activator::{Activation, Activator, Readiness};
+pub use crate::metrics::{FunctionMetrics, InvocationMetrics};
+
 /// What the layers need to know about a request, for [`Invocation`] and for a function's
 /// `http::Request<Body>` (whose [`Context`] extension carries the function and id).
 pub trait InvocationRequest: Send + Sized + 'static {
@@ -77,6 +79,8 @@ pub trait InvocationRequest: Send + Sized + 'static {
     fn invocation_id(&self) -> Option<&InvocationId>;
     /// A copy for a retry, if the body is in memory.
     fn try_clone_request(&self) -> Option<Self>;
+    /// The request's extensions (where a caller passes [`FunctionHandles`]).
+    fn extensions(&self) -> &http::Extensions;
 }
 
 impl InvocationRequest for Invocation {
@@ -88,6 +92,9 @@ impl InvocationRequest for Invocation {
     }
     fn try_clone_request(&self) -> Option<Self> {
         self.try_clone()
+    }
+    fn extensions(&self) -> &http::Extensions {
+        self.request.extensions()
     }
 }
 
@@ -107,6 +114,9 @@ impl InvocationRequest for http::Request<Body> {
         *req.headers_mut() = self.headers().clone();
         *req.extensions_mut() = self.extensions().clone();
         Some(req)
+    }
+    fn extensions(&self) -> &http::Extensions {
+        http::Request::extensions(self)
     }
 }
 
@@ -401,22 +411,18 @@ where
 {
     type Response = S::Response;
     type Error = Error;
-    type Future = BoxFuture<'static, Result<S::Response>>;
+    type Future = LimitFuture<S::Future, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
-        let limiter = self.limiter.clone();
+        let limiter = &self.limiter;
         if let Ok(permit) = limiter.semaphore.clone().try_acquire_owned() {
-            let fut = inner.call(req);
-            return Box::pin(async move {
-                let r = fut.await;
-                drop(permit);
-                r
-            });
+            // Under the limit: the inner call runs at once, holding the permit.
+            let state = LimitState::Running { inner: self.inner.call(req), permit: Some(permit) };
+            return LimitFuture { state };
         }
         if limiter.queued.fetch_add(1, Ordering::AcqRel) >= limiter.max_queued {
             limiter.queued.fetch_sub(1, Ordering::AcqRel);
@@ -427,9 +433,11 @@ where
                 ),
                 retry_after: None,
             };
-            return Box::pin(futures::future::ready(Err(err)));
+            return LimitFuture { state: LimitState::Rejected { error: Some(err) } };
         }
-        Box::pin(async move {
+        let inner = take_ready(&mut self.inner);
+        let limiter = limiter.clone();
+        let queued = Box::pin(async move {
             let permit = {
                 let _slot = QueueSlot(&limiter.queued);
                 limiter
@@ -439,10 +447,52 @@ where
                     .await
                     .map_err(|_| Error::internal("concurrency limiter closed"))?
             };
-            let r = inner.call(req).await;
+            let r = inner.oneshot(req).await;
             drop(permit);
             r
-        })
+        });
+        LimitFuture { state: LimitState::Queued { inner: queued } }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`ConcurrencyLimit`].
+    pub struct LimitFuture<F, T> {
+        #[pin]
+        state: LimitState<F, T>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = LimitProj]
+    enum LimitState<F, T> {
+        // Holding a permit: the inner call.
+        Running { #[pin] inner: F, permit: Option<tokio::sync::OwnedSemaphorePermit> },
+        // Over the limit with no room to wait.
+        Rejected { error: Option<Error> },
+        // Waiting for a permit, then the inner call.
+        Queued { inner: BoxFuture<'static, Result<T>> },
+    }
+}
+
+impl<F, T> Future for LimitFuture<F, T>
+where
+    F: Future<Output = Result<T>>,
+{
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            LimitProj::Running { inner, permit } => {
+                let r = std::task::ready!(inner.poll(cx));
+                drop(permit.take());
+                Poll::Ready(r)
+            }
+            LimitProj::Rejected { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| Error::internal("concurrency limit future polled again")))),
+            LimitProj::Queued { inner } => inner.as_mut().poll(cx),
+        }
     }
 }
 
@@ -563,27 +613,38 @@ where
 // ---------------------------------------------------------------------------------------
 // Metrics
 
-/// Counts and times invocations with the `metrics` crate under the names OpenFaaS dashboards
-/// use: `gateway_function_invocation_started{function_name}` (counter, at the start),
-/// `gateway_function_invocation_total{function_name,code}` (counter) and
-/// `gateway_functions_seconds{function_name,code}` (histogram, seconds). `function_name` is
-/// `name.namespace`; `code` is the HTTP status (for errors, [`Error::http_status`]).
-#[derive(Debug, Clone, Copy, Default)]
+/// Counts and times invocations under the names OpenFaaS dashboards use, into an
+/// [`InvocationMetrics`] registry (sharded per thread; see [`crate::metrics`]):
+/// `gateway_function_invocation_started{function_name}` (at the start),
+/// `gateway_function_invocation_total{function_name,code}` and
+/// `gateway_functions_seconds{function_name,code}`. `function_name` is `name.namespace`;
+/// `code` is the HTTP status (for errors, [`Error::http_status`]).
+#[derive(Debug, Clone, Default)]
 pub struct MetricsLayer {
-    _priv: (),
+    registry: InvocationMetrics,
 }
 
 impl MetricsLayer {
-    /// The metrics layer.
+    /// The metrics layer, counting into a registry of its own ([`MetricsLayer::registry`]).
     pub fn new() -> Self {
-        MetricsLayer { _priv: () }
+        MetricsLayer::default()
+    }
+
+    /// The metrics layer, counting into `registry` (which a gateway renders at `/metrics`).
+    pub fn with_registry(registry: InvocationMetrics) -> Self {
+        MetricsLayer { registry }
+    }
+
+    /// The registry counted into.
+    pub fn registry(&self) -> &InvocationMetrics {
+        &self.registry
     }
 }
 
 impl<S> Layer<S> for MetricsLayer {
     type Service = Metrics<S>;
     fn layer(&self, inner: S) -> Metrics<S> {
-        Metrics { inner }
+        Metrics { inner, registry: self.registry.clone() }
     }
 }
 
@@ -591,47 +652,40 @@ impl<S> Layer<S> for MetricsLayer {
 #[derive(Debug, Clone)]
 pub struct Metrics<S> {
     inner: S,
+    registry: InvocationMetrics,
 }
 
 /// Metric names (OpenFaaS's).
-pub mod metric_names {
-    /// Counter of invocations started.
-    pub const STARTED: &str = "gateway_function_invocation_started";
-    /// Counter of invocations completed, by status code.
-    pub const TOTAL: &str = "gateway_function_invocation_total";
-    /// Histogram of invocation durations in seconds, by status code.
-    pub const SECONDS: &str = "gateway_functions_seconds";
+pub use crate::metrics::names as metric_names;
+
+/// A function's metric handles, from the caller's [`FunctionHandles`] or the registry.
+enum Counted {
+    Handles(Arc<FunctionHandles>),
+    Metrics(FunctionMetrics),
 }
 
-fn function_label<R: InvocationRequest>(req: &R) -> SharedString {
-    match req.function() {
-        Some(f) => {
-            let mut s = String::with_capacity(f.name.len() + f.namespace.len() + 1);
-            s.push_str(&f.name);
-            s.push('.');
-            s.push_str(&f.namespace);
-            SharedString::from_shared(Arc::from(s))
+impl Counted {
+    fn of<R: InvocationRequest>(req: &R, registry: &InvocationMetrics) -> Counted {
+        if let Some(h) = req.extensions().get::<Arc<FunctionHandles>>() {
+            return Counted::Handles(h.clone());
         }
-        None => SharedString::const_str("unknown"),
+        let unknown;
+        let f = match req.function() {
+            Some(f) => f,
+            None => {
+                unknown = FunctionRef::new("unknown", "");
+                &unknown
+            }
+        };
+        Counted::Metrics(registry.function(f))
     }
-}
 
-fn code_label(code: http::StatusCode) -> SharedString {
-    let s = match code.as_u16() {
-        200 => "200",
-        201 => "201",
-        202 => "202",
-        204 => "204",
-        400 => "400",
-        404 => "404",
-        429 => "429",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        other => return SharedString::from_owned(other.to_string()),
-    };
-    SharedString::const_str(s)
+    fn get(&self) -> &FunctionMetrics {
+        match self {
+            Counted::Handles(h) => &h.metrics,
+            Counted::Metrics(m) => m,
+        }
+    }
 }
 
 impl<S, R, B> Service<R> for Metrics<S>
@@ -648,12 +702,12 @@ where
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        let function = function_label(&req);
-        metrics::counter!(metric_names::STARTED, "function_name" => function.clone()).increment(1);
+        let counted = Counted::of(&req, &self.registry);
+        counted.get().started();
         MetricsFuture {
             inner: self.inner.call(req),
             start: std::time::Instant::now(),
-            function: Some(function),
+            counted: Some(counted),
         }
     }
 }
@@ -664,7 +718,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         start: std::time::Instant,
-        function: Option<SharedString>,
+        counted: Option<Counted>,
     }
 }
 
@@ -680,20 +734,181 @@ where
             Poll::Ready(r) => r,
             Poll::Pending => return Poll::Pending,
         };
-        if let Some(function) = this.function.take() {
-            let code = code_label(match &r {
+        if let Some(counted) = this.counted.take() {
+            let code = match &r {
                 Ok(resp) => resp.status(),
                 Err(e) => e.http_status(),
-            });
-            let secs = this.start.elapsed().as_secs_f64();
-            metrics::counter!(metric_names::TOTAL,
-                "function_name" => function.clone(), "code" => code.clone())
-            .increment(1);
-            metrics::histogram!(metric_names::SECONDS,
-                "function_name" => function, "code" => code)
-            .record(secs);
+            };
+            counted.get().finished(code.as_u16(), this.start.elapsed());
         }
         Poll::Ready(r)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Activator
+
+/// What the layers here keep per function, for a caller that routes many invocations of one
+/// function (a gateway's router): looked up once, then passed along in each invocation's
+/// extensions as an `Arc<FunctionHandles>`, so that [`MetricsLayer`] and [`ActivatorLayer`]
+/// find their state without a lookup. Without it they look the function up themselves.
+#[derive(Debug, Clone)]
+pub struct FunctionHandles {
+    /// The function's invocation metrics.
+    pub metrics: FunctionMetrics,
+    /// The function's readiness, as the activator knows it.
+    pub readiness: Arc<Readiness>,
+}
+
+impl FunctionHandles {
+    /// The handles of `function` in `metrics` and `activator`.
+    pub fn new(metrics: &InvocationMetrics, activator: &Activator, function: &FunctionRef) -> Self {
+        FunctionHandles {
+            metrics: metrics.function(function),
+            readiness: activator.readiness(function),
+        }
+    }
+}
+
+/// Holds each invocation of a function that has no ready replica while the
+/// [`Activator`] scales it from zero, then lets it through (503 naming the timeout when no
+/// replica is ready in time). A function found ready passes at once, without a call to the
+/// backend, for the activator's `ready_ttl`; a 404 from below makes it ask again.
+#[derive(Clone)]
+pub struct ActivatorLayer {
+    activator: Activator,
+    backend: Arc<dyn Deploy>,
+}
+
+impl std::fmt::Debug for ActivatorLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActivatorLayer").field("activator", &self.activator).finish()
+    }
+}
+
+impl ActivatorLayer {
+    /// Scales functions of `backend` from zero with `activator`.
+    pub fn new(backend: Arc<dyn Deploy>, activator: Activator) -> Self {
+        ActivatorLayer { activator, backend }
+    }
+
+    /// The activator (to [`Activator::forget`] a function after managing it).
+    pub fn activator(&self) -> &Activator {
+        &self.activator
+    }
+}
+
+impl<S> Layer<S> for ActivatorLayer {
+    type Service = Activate<S>;
+    fn layer(&self, inner: S) -> Activate<S> {
+        Activate { inner, layer: self.clone() }
+    }
+}
+
+/// The service of [`ActivatorLayer`].
+#[derive(Clone)]
+pub struct Activate<S> {
+    inner: S,
+    layer: ActivatorLayer,
+}
+
+impl<S> std::fmt::Debug for Activate<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Activate").finish_non_exhaustive()
+    }
+}
+
+/// The readiness an [`Activate`] future resets on a 404.
+enum ReadyHint {
+    Handles(Arc<FunctionHandles>),
+    Readiness(Arc<Readiness>),
+}
+
+impl ReadyHint {
+    fn get(&self) -> &Arc<Readiness> {
+        match self {
+            ReadyHint::Handles(h) => &h.readiness,
+            ReadyHint::Readiness(r) => r,
+        }
+    }
+}
+
+impl<S> Service<Invocation> for Activate<S>
+where
+    S: Service<Invocation, Response = Response, Error = Error> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Error;
+    type Future = ActivateFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Invocation) -> Self::Future {
+        let activator = &self.layer.activator;
+        let hint = match req.request.extensions().get::<Arc<FunctionHandles>>() {
+            Some(h) => ReadyHint::Handles(h.clone()),
+            None => ReadyHint::Readiness(activator.readiness(&req.function)),
+        };
+        if activator.is_ready(hint.get()) {
+            let state = ActivateState::Ready { inner: self.inner.call(req), hint: Some(hint) };
+            return ActivateFuture { state };
+        }
+        let inner = take_ready(&mut self.inner);
+        let layer = self.layer.clone();
+        let state = ActivateState::Activating {
+            inner: Box::pin(async move {
+                let activator = &layer.activator;
+                let f = req.function.clone();
+                activator.activate_with(&*layer.backend, &f, hint.get()).await?;
+                let r = inner.oneshot(req).await;
+                if matches!(r, Err(Error::NotFound { .. })) {
+                    activator.forget(&f);
+                }
+                r
+            }),
+        };
+        ActivateFuture { state }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Activate`].
+    pub struct ActivateFuture<F> {
+        #[pin]
+        state: ActivateState<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = ActivateProj]
+    enum ActivateState<F> {
+        // The function is known ready: the inner call.
+        Ready { #[pin] inner: F, hint: Option<ReadyHint> },
+        // Waiting for the function to scale from zero, then the inner call.
+        Activating { inner: BoxFuture<'static, Result<Response>> },
+    }
+}
+
+impl<F> Future for ActivateFuture<F>
+where
+    F: Future<Output = Result<Response>>,
+{
+    type Output = Result<Response>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            ActivateProj::Ready { inner, hint } => {
+                let r = std::task::ready!(inner.poll(cx));
+                if let (Err(Error::NotFound { .. }), Some(hint)) = (&r, hint.take()) {
+                    hint.get().forget();
+                }
+                Poll::Ready(r)
+            }
+            ActivateProj::Activating { inner } => inner.as_mut().poll(cx),
+        }
     }
 }
 
@@ -844,11 +1059,5 @@ mod tests {
         assert_eq!(copy.body().as_bytes(), Some(&b"x"[..]));
         let streamed = http::Request::new(Body::from_stream(futures::stream::empty()));
         assert!(streamed.try_clone_request().is_none());
-    }
-
-    #[test]
-    fn code_labels() {
-        assert_eq!(&*code_label(http::StatusCode::OK), "200");
-        assert_eq!(&*code_label(http::StatusCode::IM_A_TEAPOT), "418");
     }
 }

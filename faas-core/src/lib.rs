@@ -18,6 +18,7 @@
 //! tower layers and the conformance suite (feature `conformance`).
 
 pub mod activation;
+pub mod activator;
 pub mod autoscale;
 pub mod body;
 pub mod error;
@@ -27,6 +28,7 @@ pub mod invocation;
 pub mod invoker;
 pub mod layers;
 pub mod memory;
+pub mod metrics;
 pub mod queue;
 pub mod runtime;
 pub mod scheduler;
