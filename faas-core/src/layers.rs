@@ -66,6 +66,7 @@ use crate::invoker::{
     Secrets,
 };
 use crate::spec::{FunctionSpec, FunctionStatus};
+use crate::util::Backoff;
 
 pub use crate::activator::{Activation, Activator, Readiness};
 pub use crate::metrics::{FunctionMetrics, InvocationMetrics};
@@ -502,23 +503,20 @@ where
 #[derive(Debug, Clone)]
 struct RetryPolicy {
     max_attempts: u32,
-    base_delay: Duration,
-    max_delay: Duration,
+    backoff: Backoff,
 }
 
 impl RetryPolicy {
-    /// Full jitter: a random delay up to `base * 2^(attempt-1)` capped at `max`, but at
-    /// least the server's `Retry-After` hint (also capped).
+    /// The [`Backoff`] after `attempt` failed attempts, but at least the server's
+    /// `Retry-After` hint (also capped).
     fn delay(&self, attempt: u32, hint: Option<Duration>) -> Duration {
-        let exp = self.base_delay.saturating_mul(1u32 << (attempt - 1).min(20));
-        let cap = exp.min(self.max_delay);
-        let jittered = cap.mul_f64(rand::random::<f64>());
-        jittered.max(hint.unwrap_or(Duration::ZERO).min(self.max_delay))
+        let hint = hint.unwrap_or(Duration::ZERO).min(self.backoff.max);
+        self.backoff.delay(attempt).max(hint)
     }
 }
 
 /// Retries invocations that failed with a retryable error ([`Error::is_retryable`]:
-/// overload, unavailability), with exponential backoff and full jitter, honouring an
+/// overload, unavailability), with exponential backoff and jitter ([`Backoff`]), honouring an
 /// [`Error::Overloaded`] `retry_after` hint. Only requests whose body is in memory are
 /// retried (streams cannot be replayed).
 #[derive(Debug, Clone)]
@@ -532,21 +530,20 @@ impl RetryLayer {
         RetryLayer {
             policy: Arc::new(RetryPolicy {
                 max_attempts: max_attempts.max(1),
-                base_delay: Duration::from_millis(10),
-                max_delay: Duration::from_secs(1),
+                backoff: Backoff::new(Duration::from_millis(10), Duration::from_secs(1)),
             }),
         }
     }
 
     /// The backoff before the first retry (doubling after each attempt).
     pub fn base_delay(mut self, d: Duration) -> Self {
-        Arc::make_mut(&mut self.policy).base_delay = d;
+        Arc::make_mut(&mut self.policy).backoff.initial = d;
         self
     }
 
     /// The longest backoff.
     pub fn max_delay(mut self, d: Duration) -> Self {
-        Arc::make_mut(&mut self.policy).max_delay = d;
+        Arc::make_mut(&mut self.policy).backoff.max = d;
         self
     }
 }
@@ -1025,8 +1022,7 @@ mod tests {
     fn backoff_is_jittered_below_an_exponential_cap_and_honours_hints() {
         let p = RetryPolicy {
             max_attempts: 10,
-            base_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(100),
+            backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(100)),
         };
         for _ in 0..200 {
             assert!(p.delay(1, None) <= Duration::from_millis(10));
