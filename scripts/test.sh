@@ -42,6 +42,7 @@ CARGO_TARGET_DIR=target/static RUSTFLAGS="-C target-feature=+crt-static" \
 echo "== running the self-checking examples"
 cargo run -q -p faas-examples --example custom_gateway
 cargo run -q -p faas-examples --example custom_scheduler -- 1 1000
+cargo run -q -p faas-examples --example handler_tests
 
 # Every feature (the Kafka queue of `faas up` included, on librdkafka's mock cluster), then
 # the one test that needs a build without Kafka (its refusal names the feature).

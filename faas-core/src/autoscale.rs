@@ -17,7 +17,7 @@
 //!   is never dropped; past the bound the caller gets [`Error::Unavailable`] naming the
 //!   function.
 //!
-//! # The model (REFERENCE.md section 4)
+//! # The model (Knative's KPA, as its autoscaler documentation describes it)
 //!
 //! `desired = ceil(observed / (target x utilisation))`, where `observed` is the average
 //! concurrency (or requests per second) over the *stable window* (60 s). Over the *panic

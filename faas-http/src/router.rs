@@ -109,7 +109,7 @@ const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 /// The most functions whose routing the gateway remembers (the cache starts over beyond).
 const MAX_ROUTES: usize = 10_000;
 
-/// The gateway's routes (REFERENCE.md section 1) over an `Arc<dyn Backend>`, as a tower
+/// The gateway's routes (the OpenFaaS gateway API that `faas-cli` calls) over an `Arc<dyn Backend>`, as a tower
 /// `Service`. No auth or body limit of its own: [`Gateway::service`] adds those layers.
 ///
 /// Each clone keeps a small cache of its own of the functions it routed to (`serve` gives

@@ -1,5 +1,5 @@
 //! The watchdog: an HTTP server that turns any process into a function, compatible with the
-//! OpenFaaS watchdogs (REFERENCE.md section 2).
+//! OpenFaaS watchdogs (the classic and of-watchdog modes: fork, http, static).
 //!
 //! # Modes (`mode`)
 //!

@@ -22,6 +22,10 @@
 //!
 //! `cargo run -p faas-examples --example simulate` prints the comparison table.
 
+/// A criterion harness for any scheduler (feature `bench`).
+#[cfg(feature = "bench")]
+pub mod bench;
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt::Write as _;
