@@ -15,7 +15,7 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, Throughput};
 
 use crate::invocation::FunctionRef;
-use crate::scheduler::{InstanceView, Node, PlacementRequest, Resources, Scheduler};
+use crate::scheduler::{Capacity, InstanceView, Node, PlacementRequest, Scheduler};
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
@@ -36,10 +36,10 @@ pub fn cluster(n: usize) -> Vec<Node> {
                 ("amd64", 16 * GIB, 64, "cloud")
             };
             let used = (x % u64::from(slots)) as u32;
-            Node::new(format!("node-{i}"), arch, Resources::new(8000, mem, slots))
+            Node::new(format!("node-{i}"), arch, Capacity::new(8000, mem, slots))
                 .label("type", kind)
                 .label("zone", if i % 2 == 0 { "a" } else { "b" })
-                .with_allocated(Resources::new(
+                .with_allocated(Capacity::new(
                     u64::from(used) * 100,
                     u64::from(used) * 128 * MIB,
                     used,
@@ -63,7 +63,7 @@ pub fn functions() -> Vec<FunctionRef> {
 pub fn schedulers(c: &mut Criterion, schedulers: &[(&str, &dyn Scheduler)]) {
     let fns = functions();
     let platforms = vec!["linux/amd64".to_string(), "linux/arm64".to_string()];
-    let need = Resources::new(100, 128 * MIB, 1);
+    let need = Capacity::new(100, 128 * MIB, 1);
     for n in [10usize, 1_000, 100_000] {
         let nodes = cluster(n);
         let mut g = c.benchmark_group(format!("place/{n}-nodes"));
