@@ -57,7 +57,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::body::Body;
+use crate::body::{Body, CallerFault};
 use crate::error::{Error, Result};
 use crate::function::Response;
 use crate::invocation::{Context, FunctionRef, Invocation, InvocationId};
@@ -701,10 +701,12 @@ where
     fn call(&mut self, req: R) -> Self::Future {
         let counted = Counted::of(&req, &self.registry);
         counted.get().started();
+        let fault = req.extensions().get::<CallerFault>().cloned();
         MetricsFuture {
             inner: self.inner.call(req),
             start: std::time::Instant::now(),
             counted: Some(counted),
+            fault,
         }
     }
 }
@@ -716,6 +718,7 @@ pin_project_lite::pin_project! {
         inner: F,
         start: std::time::Instant,
         counted: Option<Counted>,
+        fault: Option<CallerFault>,
     }
 }
 
@@ -732,9 +735,11 @@ where
             Poll::Pending => return Poll::Pending,
         };
         if let Some(counted) = this.counted.take() {
+            // A failure caused by the caller's body counts as the caller's (413 or 400).
+            let caller = || this.fault.as_ref().and_then(CallerFault::error);
             let code = match &r {
                 Ok(resp) => resp.status(),
-                Err(e) => e.http_status(),
+                Err(e) => caller().map_or_else(|| e.http_status(), |c| c.http_status()),
             };
             counted.get().finished(code.as_u16(), this.start.elapsed());
         }

@@ -41,7 +41,7 @@ pub mod conformance;
 
 pub use activation::{Activation, ActivationResponse};
 pub use autoscale::{AutoscaleConfig, Autoscaled, Kpa, KpaConfig, Observation};
-pub use body::{Body, BoxError};
+pub use body::{Body, BoxError, CallerFault};
 pub use error::{DeveloperErrorKind, Error, Result, StatusCode};
 pub use event::{Delivery, Event, EventSource, Rule, Trigger};
 pub use function::{boxed, handler_fn, BoxFunction, Function, IntoResponse, Request, Response};

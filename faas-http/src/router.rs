@@ -17,8 +17,8 @@ use faas_core::prelude::*;
 use faas_core::spec::{validate_secret_name, DEFAULT_NAMESPACE};
 use faas_core::util::{format_duration, FastBuildHasher};
 use faas_core::{
-    Backend, Body, BoxError, Error, FunctionRef, FunctionSpec, Invocation, InvocationId,
-    LogsRequest, QueuePublisher, QueuedInvocation, Request, Response, Result, Secret,
+    Backend, Body, BoxError, CallerFault, Error, FunctionRef, FunctionSpec, Invocation,
+    InvocationId, LogsRequest, QueuePublisher, QueuedInvocation, Request, Response, Result, Secret,
 };
 use faas_core::{InvokeService, ServiceInvoke};
 use futures::future::BoxFuture;
@@ -29,8 +29,8 @@ use tower::{Layer, Service, ServiceBuilder};
 
 use crate::config::GatewayConfig;
 use crate::layers::{
-    BasicAuthLayer, BasicAuthService, BodyLimit, BodyLimitHit, BodyLimitLayer, BodyLimitService,
-    CrossSiteLayer, CrossSiteService, RequestSpan, RequestSpanLayer,
+    BasicAuthLayer, BasicAuthService, BodyLimit, BodyLimitLayer, BodyLimitService, CrossSiteLayer,
+    CrossSiteService, RequestSpan, RequestSpanLayer,
 };
 use crate::metrics::GatewayMetrics;
 use crate::util::{parse_query, query_get, read_json, valid_route_name};
@@ -453,14 +453,13 @@ impl Service<Request> for Router {
                 }
             };
             let wait = self.inner.config.upstream_timeout / 2;
-            let (inv, stamp, limit_hit) = match prepare(&route, req, suffix, t0, wait) {
+            let (inv, stamp, fault) = match prepare(&route, req, suffix, t0, wait) {
                 Ok(p) => p,
                 Err(resp) => return Box::pin(std::future::ready(Ok(*resp))),
             };
             // The stack is always ready (see `InvokeStack`).
             let call = self.stack.call(inv);
-            let inner = self.inner.clone();
-            return Box::pin(async move { Ok(finish(&inner, &stamp, limit_hit, call.await)) });
+            return Box::pin(async move { Ok(finish(&stamp, fault, call.await)) });
         }
         let inner = self.inner.clone();
         Box::pin(async move { Ok(route(inner, req).await) })
@@ -743,10 +742,10 @@ fn prepare(
     suffix: &str,
     t0: Instant,
     wait: Duration,
-) -> std::result::Result<(Invocation, Stamp, Option<BodyLimitHit>), Box<Response>> {
+) -> std::result::Result<(Invocation, Stamp, Option<CallerFault>), Box<Response>> {
     let id = call_id(req.headers());
     let stamp = Stamp::new(&id, t0);
-    let limit_hit = req.extensions().get::<BodyLimitHit>().cloned();
+    let fault = req.extensions().get::<CallerFault>().cloned();
     let mut request = match forwarded(req, suffix, &stamp) {
         Ok(r) => r,
         Err(e) => return Err(Box::new(stamp.error(&e))),
@@ -754,29 +753,27 @@ fn prepare(
     let ext = request.extensions_mut();
     ext.insert(WaitBudget(wait));
     ext.insert(route.handles.clone());
-    Ok((Invocation { id, function: route.routed.fref.clone(), request }, stamp, limit_hit))
+    if let Some(f) = &fault {
+        ext.insert(f.clone());
+    }
+    Ok((Invocation { id, function: route.routed.fref.clone(), request }, stamp, fault))
 }
 
 /// The response to a finished invocation, with the stamp headers.
-fn finish(
-    inner: &Inner,
-    stamp: &Stamp,
-    limit_hit: Option<BodyLimitHit>,
-    outcome: Result<Response>,
-) -> Response {
+fn finish(stamp: &Stamp, fault: Option<CallerFault>, outcome: Result<Response>) -> Response {
     let resp = match outcome {
         Ok(mut r) => {
             strip_response_framing(r.headers_mut());
             r
         }
         Err(e) => {
-            if limit_hit.is_some_and(|h| h.hit()) {
-                response::error(&Error::PayloadTooLarge {
-                    limit: inner.config.max_body_bytes as u64,
-                })
-            } else {
-                tracing::debug!(error = %e, "invocation failed");
-                response::error(&e)
+            // A failure caused by the caller's body is answered as the caller's.
+            match fault.as_ref().and_then(CallerFault::error) {
+                Some(caller) => response::error(&caller),
+                None => {
+                    tracing::debug!(error = %e, "invocation failed");
+                    response::error(&e)
+                }
             }
         }
     };

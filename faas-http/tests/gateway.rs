@@ -988,3 +988,30 @@ async fn a_ready_function_is_invoked_without_a_status_call() {
     }
     assert_eq!(backend.1.load(Ordering::SeqCst), 0, "status asked on the invoke path");
 }
+
+/// A request body that breaks off (a malformed chunk) is the caller's fault: answered and
+/// counted 400, never as the function's 503.
+#[tokio::test]
+async fn a_broken_request_body_counts_as_the_callers_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let g = start(GatewayConfig::default()).await;
+    g.deploy(FunctionSpec::new("relay", "test/relay")).await;
+    let addr = g.base.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let req = "POST /function/relay HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+               5\r\nhello\r\nnot-a-size\r\n";
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let series =
+        r#"gateway_function_invocation_total{function_name="relay.openfaas-fn",code="400"} 1"#;
+    let text = eventually(10, || async {
+        let r = g.req(Method::GET, "/metrics", "").await;
+        let text = r.text();
+        text.contains(series).then_some(text)
+    })
+    .await;
+    assert!(!text.contains(r#"function_name="relay.openfaas-fn",code="503""#), "{text}");
+}
