@@ -1015,3 +1015,31 @@ async fn a_broken_request_body_counts_as_the_callers_400() {
     .await;
     assert!(!text.contains(r#"function_name="relay.openfaas-fn",code="503""#), "{text}");
 }
+
+/// The gateway's concurrency limit: with `max_in_flight` invocations running, one more is
+/// answered 429 at once naming the limit; once they finish, calls get in again.
+#[tokio::test]
+async fn invocations_over_max_in_flight_get_429() {
+    let g = start(GatewayConfig { max_in_flight: 2, ..Default::default() }).await;
+    g.deploy(FunctionSpec::new("slow", MemoryWorkload::image(Behaviour::Sleep))).await;
+    let busy = |ms: u64| {
+        let c = g.client.clone();
+        let path = format!("/function/slow?ms={ms}");
+        async move { c.send(Method::POST, &path, &[], Bytes::new()).await }
+    };
+    let (a, b) = (tokio::spawn(busy(3000)), tokio::spawn(busy(3000)));
+    // Both have started (counted by the metrics layer, outside the limit) ...
+    let started = r#"gateway_function_invocation_started{function_name="slow.openfaas-fn"} 2"#;
+    eventually(10, || async {
+        g.req(Method::GET, "/metrics", "").await.text().contains(started).then_some(())
+    })
+    .await;
+    // ... so a third, while they sleep, is refused at once.
+    let r = g.req(Method::POST, "/function/slow?ms=1", "").await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.text().contains("2 invocations in flight"), "{}", r.text());
+    assert_eq!(a.await.unwrap().unwrap().status, 200);
+    assert_eq!(b.await.unwrap().unwrap().status, 200);
+    let r = g.req(Method::POST, "/function/slow?ms=1", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
