@@ -11,6 +11,12 @@
 //! faas-core [`Error`]s throughout, so a timeout reads as a developer error naming the
 //! timeout that fired, and a full limiter as [`Error::Overloaded`] (HTTP 429).
 //!
+//! [`ActivatorLayer`] (invocations only) holds an invocation of a function with no ready
+//! replica while the [`Activator`] scales it from zero. A gateway's default stack is
+//! `TraceLayer` → `MetricsLayer` → `ConcurrencyLimitLayer` → `ActivatorLayer` →
+//! `TimeoutLayer` over the backend; a caller that routes many invocations of one function
+//! passes the layers' per-function state along as [`FunctionHandles`].
+//!
 //! A layered invoker stack is a [`Backend`] again through [`Layered`]: `invoke` goes through
 //! the stack, every other method goes straight to the inner backend.
 //!
