@@ -27,11 +27,13 @@ pub mod invocation;
 pub mod invoker;
 pub mod layers;
 pub mod memory;
+pub mod persisted;
 pub mod queue;
 pub mod runtime;
 pub mod scheduler;
 pub mod sim;
 pub mod spec;
+pub mod state;
 pub mod util;
 
 #[cfg(feature = "conformance")]
