@@ -39,8 +39,20 @@ use crate::store::MemoryActivationStore;
 /// The table of unacknowledged items: key the publish sequence number (8 bytes, big
 /// endian, so that key order is publish order), value the item as JSON.
 pub const QUEUE_TABLE: &str = "async-queue";
-/// The table of activation records: key the call id, value the record as JSON.
+/// The table of activation records: key the call's `queued_at` (8 bytes, big endian) then
+/// its call id, so that records are written near each other (at the end of the table) as
+/// calls come in, rather than all over it as random call ids would; value the record as
+/// JSON. An item waiting in [`QUEUE_TABLE`] needs no record here: at start it gets its
+/// `queued` record from the item.
 pub const ACTIVATIONS_TABLE: &str = "async-activations";
+
+/// The key of `call_id`'s record, queued at `queued_at`, in [`ACTIVATIONS_TABLE`].
+fn record_key(queued_at: u64, call_id: &InvocationId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + call_id.as_str().len());
+    key.extend_from_slice(&queued_at.to_be_bytes());
+    key.extend_from_slice(call_id.as_str().as_bytes());
+    key
+}
 
 /// The activation records a [`StoredQueue`] keeps by default (as
 /// [`MemoryActivationStore::default`]).
@@ -89,12 +101,14 @@ impl StoredQueue {
         let queue = MemoryQueue::with_journal(limits, Some(journal));
         let mut next = 1u64;
         let mut restored = 0;
+        let mut waiting = Vec::new();
         for (key, value) in store.scan(QUEUE_TABLE)? {
             let seq = <[u8; 8]>::try_from(key.as_slice()).map(u64::from_be_bytes);
             let item = serde_json::from_slice::<QueuedInvocation>(&value);
             match (seq, item) {
                 (Ok(seq), Ok(item)) => {
                     next = next.max(seq.saturating_add(1));
+                    waiting.push(item.clone());
                     queue.restore(item, seq);
                     restored += 1;
                 }
@@ -108,6 +122,8 @@ impl StoredQueue {
                 }
             }
         }
+        // Records kept of them (`running`...) stay; the others are `queued`.
+        activations.mem.put_queued_now(&waiting);
         Ok(StoredQueue { queue, activations, store, seq: Arc::new(AtomicU64::new(next)), restored })
     }
 
@@ -162,9 +178,8 @@ impl QueuePublisher for StoredPublisher {
         let mut accepted = Vec::with_capacity(items.len());
         let mut room = Vec::with_capacity(items.len());
         let mut ops = Vec::with_capacity(2 * items.len());
-        let mut ids = Vec::with_capacity(items.len());
+        let mut refused = Vec::new();
         for item in items {
-            ids.push(item.call_id.clone());
             let reserved = q.queue.reserve(&item).and_then(|size| {
                 let value = encode("a queued item", &item).inspect_err(|_| {
                     q.queue.unreserve(&item, size);
@@ -181,13 +196,16 @@ impl QueuePublisher for StoredPublisher {
                 }
                 Err(e) => {
                     q.activations.refused(&item, &format!("refused by the queue: {e}"), &e);
+                    refused.push(item.call_id);
                     results.push(Err(e));
                 }
             }
         }
         q.activations.mem.put_queued_now(&accepted);
         q.activations.count_new(accepted.len());
-        ops.extend(ids.iter().filter_map(|id| q.activations.record_op(id)));
+        // The accepted items need no record written (see `ACTIVATIONS_TABLE`); the refused
+        // ones get their `failed` record.
+        ops.extend(refused.iter().filter_map(|id| q.activations.record_op(id)));
         match q.store.commit(ops).await {
             Ok(()) => {
                 let items = accepted.into_iter().zip(room).map(|(i, (s, n))| (i, s, n)).collect();
@@ -211,9 +229,9 @@ impl QueuePublisher for StoredPublisher {
 }
 
 /// Activation records in memory ([`MemoryActivationStore`], which answers every read)
-/// and in a [`StateStore`] (which keeps them across restarts). The store holds what memory
-/// holds: records evicted from memory are removed from it now and then, so it stays
-/// within about the same bound.
+/// and in a [`StateStore`] (which keeps them across restarts, and gives them back to
+/// memory at start). The store holds what memory holds: records evicted from memory are
+/// removed from it now and then, so it stays within about the same bound.
 #[derive(Clone)]
 pub struct StoredActivations {
     mem: MemoryActivationStore,
@@ -263,7 +281,9 @@ impl StoredActivations {
     fn record_op(&self, call_id: &InvocationId) -> Option<StateOp> {
         let record = self.mem.get_now(call_id)?;
         match encode("an activation record", &record) {
-            Ok(value) => Some(StateOp::put(ACTIVATIONS_TABLE, call_id.as_str(), value)),
+            Ok(value) => {
+                Some(StateOp::put(ACTIVATIONS_TABLE, record_key(record.queued_at, call_id), value))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "activation record not stored");
                 None
@@ -307,7 +327,8 @@ impl StoredActivations {
                     let gone: Vec<StateOp> = entries
                         .into_iter()
                         .filter(|(k, _)| {
-                            let id = InvocationId::from_string(String::from_utf8_lossy(k));
+                            let id = String::from_utf8_lossy(k.get(8..).unwrap_or_default());
+                            let id = InvocationId::from_string(id);
                             this.mem.progress_now(&id).is_none()
                         })
                         .map(|(k, _)| StateOp::delete(ACTIVATIONS_TABLE, k))
@@ -324,15 +345,6 @@ impl StoredActivations {
             Ok(rt) => drop(rt.spawn_blocking(prune)),
             Err(_) => prune(),
         }
-    }
-
-    fn read_store(&self, call_id: &InvocationId) -> Result<Option<AsyncActivation>> {
-        let Some(value) = self.store.get(ACTIVATIONS_TABLE, call_id.as_str().as_bytes())? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&value)
-            .map(Some)
-            .map_err(|e| Error::internal(format!("unreadable activation record: {e}")))
     }
 
     async fn commit(&self, ops: Vec<StateOp>) -> Result<()> {
@@ -359,10 +371,7 @@ impl ActivationStore for StoredActivations {
     }
 
     async fn get(&self, call_id: &InvocationId) -> Result<Option<AsyncActivation>> {
-        match self.mem.get_now(call_id) {
-            Some(r) => Ok(Some(r)),
-            None => self.read_store(call_id),
-        }
+        Ok(self.mem.get_now(call_id))
     }
 
     async fn put_batch(&self, records: Vec<AsyncActivation>) -> Vec<Result<()>> {
@@ -375,10 +384,7 @@ impl ActivationStore for StoredActivations {
     }
 
     async fn progress(&self, call_id: &InvocationId) -> Result<Option<Progress>> {
-        match self.mem.progress_now(call_id) {
-            Some(p) => Ok(Some(p)),
-            None => Ok(self.read_store(call_id)?.as_ref().map(Progress::of)),
-        }
+        Ok(self.mem.progress_now(call_id))
     }
 
     async fn put_update(&self, item: &QueuedInvocation, update: RecordUpdate) -> Result<()> {

@@ -908,14 +908,18 @@ fn up_state_store(
     if !durable && !persist {
         return Ok(None);
     }
-    let dir =
-        access.state_dir.clone().or_else(credentials::default_state_dir).ok_or_else(|| {
-            Error::invalid(
-                "state-dir",
-                "no state directory for the durable queue and the deployed functions (is HOME \
+    let Some(dir) = access.state_dir.clone().or_else(credentials::default_state_dir) else {
+        let e = Error::invalid(
+            "state-dir",
+            "no state directory for the durable queue and the deployed functions (is HOME \
              set?): give --state-dir",
-            )
-        })?;
+        );
+        if durable {
+            return Err(e);
+        }
+        tracing::warn!("functions deployed through the API are not kept: {e}");
+        return Ok(None);
+    };
     match open_state_store(&dir) {
         Ok(store) => Ok(Some(store)),
         Err(e @ Error::NotSupported { .. }) if !durable => {
