@@ -5,6 +5,7 @@
 //!   directory: every call's callback arrives (duplicates allowed, counted and printed);
 //! - the same with SIGTERM: every callback exactly once;
 //! - a function and a secret deployed through the API are there after a restart.
+//! - `--queue memory` still serves async calls.
 //!
 //! Every wait is a bounded poll. Each test runs with its own HOME and state directory.
 
@@ -54,6 +55,11 @@ impl Sandbox {
 
     /// Starts `faas up` on a free port with the sandbox's state directory.
     fn up(&self) -> Up {
+        self.up_with(&[])
+    }
+
+    /// [`Sandbox::up`] with more arguments.
+    fn up_with(&self, args: &[&str]) -> Up {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -71,6 +77,7 @@ impl Sandbox {
             .arg(self.root.join("stack.yml"))
             .args(["--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
             .arg(self.state_dir())
+            .args(args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -292,4 +299,18 @@ async fn api_deployed_function_and_secret_survive_a_restart() {
     assert_eq!(secrets, ["token"]);
     assert_eq!(read(client.clone()).await, "s3cret");
     drop(again);
+}
+
+/// `--queue memory` is still there: async calls run (and nothing is kept for a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_queue_is_still_available() {
+    let sb = Sandbox::new("memory");
+    let callbacks = Callbacks::start().await;
+    let up = sb.up_with(&["--queue", "memory"]);
+    let client = serving(&up, &sb.state_dir()).await;
+    let h = vec![("x-callback-url".to_string(), callbacks.url.clone())];
+    let r = client.invoke("work", Method::POST, &h, Bytes::from("job-0"), true).await.unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    eventually(60, "the callback", || async { (callbacks.distinct() == 1).then_some(()) }).await;
+    assert!(up.log().contains("in-memory queue"), "log:\n{}", up.log());
 }
