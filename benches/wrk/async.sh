@@ -8,6 +8,10 @@
 #
 #   benches/wrk/async.sh [DURATION] [CONNECTIONS] [THREADS]     (defaults 10s 64 2)
 #
+# QUEUE=durable (the default) measures `faas up`'s default queue: every accepted call on
+# disk (a redb file in a fresh temporary directory) before its 202, with group commit;
+# QUEUE=memory the in-memory queue.
+#
 # Needs `wrk`. Targets only 127.0.0.1. Target (issue #6): async >= 50% of the sync rate.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,8 +20,14 @@ GW=127.0.0.1:18085
 cargo build --release -q -p faas-benches --bin bench-gateway-memory
 BIN="${CARGO_TARGET_DIR:-target}/release"
 STATS=$(mktemp); : >"$STATS"
+QDIR=$(mktemp -d)
+case "${QUEUE:-durable}" in
+  durable) export FAAS_BENCH_QUEUE_DIR="$QDIR" ;;
+  memory) unset FAAS_BENCH_QUEUE_DIR ;;
+  *) echo "QUEUE must be durable or memory" >&2; exit 2 ;;
+esac
 "$BIN/bench-gateway-memory" "$GW" "$STATS" 2>/dev/null & P=$!
-trap 'kill $P 2>/dev/null || true; rm -f "$STATS"' EXIT
+trap 'kill $P 2>/dev/null || true; rm -f "$STATS"; rm -rf "$QDIR"' EXIT
 for _ in $(seq 1 100); do curl -sf -o /dev/null "http://$GW/function/ok" && break; sleep 0.1; done
 last() { tail -n 2 "$STATS" | head -n 1; } # a complete line: "<ms> <finished> <received>"
 drain() { # waits until every received delivery finished and nothing came for 1 s (<= 120 s)
@@ -35,7 +45,7 @@ wrk -t1 -c8 -d2s "http://$GW/function/ok" >/dev/null
 wrk -t1 -c8 -d2s "http://$GW/async-function/ok" >/dev/null
 drain
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
-echo "wrk -t$THREADS -c$CONNS -d$DUR"
+echo "queue: ${QUEUE:-durable}; wrk -t$THREADS -c$CONNS -d$DUR"
 SYNC=$(wrk -t"$THREADS" -c"$CONNS" -d"$DUR" "http://$GW/function/ok" | awk '/Requests\/sec/ {print $2}')
 drain
 read -r T0 F0 _ < <(last)

@@ -29,11 +29,13 @@ pub mod invoker;
 pub mod layers;
 pub mod memory;
 pub mod metrics;
+pub mod persisted;
 pub mod queue;
 pub mod runtime;
 pub mod scheduler;
 pub mod sim;
 pub mod spec;
+pub mod state;
 pub mod util;
 
 #[cfg(feature = "conformance")]

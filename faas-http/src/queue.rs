@@ -1,5 +1,8 @@
-//! The async queue of a gateway, as `faas up --queue` names it: `memory` (the default, an
-//! in-process queue and worker) or `kafka://HOST:PORT[,HOST:PORT...][/TOPIC]` (feature
+//! The async queue of a gateway, as `faas up --queue` names it: `durable` (`faas up`'s
+//! default: the bounded in-process queue and worker, with every accepted call and its
+//! record kept in a [`StateStore`] in the state directory, see [`AsyncQueue::durable`]),
+//! `memory` (the same in memory only: the gateway library's default) or
+//! `kafka://HOST:PORT[,HOST:PORT...][/TOPIC]` (feature
 //! `kafka`): `/async-function` publishes to TOPIC (default `faas-async`), activation
 //! records go through the Kafka activation store on `TOPIC-activations` (so records of
 //! calls run by a `faas-queue-worker` in another process are found too), and an in-process
@@ -13,11 +16,13 @@
 //!     QueueUrl::Kafka { brokers: vec!["10.0.0.1:9092".into(), "10.0.0.2:9092".into()], topic: "orders".into() }
 //! );
 //! assert_eq!("memory".parse::<QueueUrl>().unwrap(), QueueUrl::Memory);
+//! assert_eq!("durable".parse::<QueueUrl>().unwrap(), QueueUrl::Durable);
 //! ```
 
 use std::sync::Arc;
 
 use faas_core::queue::{ActivationStore, QueuePublisher};
+use faas_core::state::StateStore;
 use faas_core::{Backend, Error, Result};
 
 use crate::{GatewayBuilder, GatewayConfig};
@@ -31,6 +36,9 @@ pub const DEFAULT_TOPIC: &str = "faas-async";
 pub enum QueueUrl {
     /// `memory`: a bounded in-process queue with an in-process worker.
     Memory,
+    /// `durable`: the same queue and worker, every accepted call and its activation record
+    /// kept in the gateway's [`StateStore`] (see [`AsyncQueue::durable`]).
+    Durable,
     /// `kafka://HOST:PORT[,HOST:PORT...][/TOPIC]`.
     Kafka {
         /// The bootstrap brokers, `HOST:PORT` each.
@@ -44,6 +52,7 @@ impl std::fmt::Display for QueueUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             QueueUrl::Memory => f.write_str("memory"),
+            QueueUrl::Durable => f.write_str("durable"),
             QueueUrl::Kafka { brokers, topic } => {
                 write!(f, "kafka://{}/{topic}", brokers.join(","))
             }
@@ -55,7 +64,7 @@ fn bad(message: impl Into<String>) -> Error {
     Error::invalid("queue", message)
 }
 
-const FORMS: &str = "expected `memory` or `kafka://HOST:PORT[,HOST:PORT...][/TOPIC]`";
+const FORMS: &str = "expected `durable`, `memory` or `kafka://HOST:PORT[,HOST:PORT...][/TOPIC]`";
 
 /// A Kafka topic name: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
 fn valid_topic(t: &str) -> bool {
@@ -77,12 +86,15 @@ fn valid_broker(b: &str) -> bool {
 impl std::str::FromStr for QueueUrl {
     type Err = Error;
 
-    /// Parses `memory` or `kafka://HOST:PORT[,HOST:PORT...][/TOPIC]`; anything else is
+    /// Parses `durable`, `memory` or `kafka://HOST:PORT[,HOST:PORT...][/TOPIC]`; anything else is
     /// [`Error::InvalidSpec`] (field `queue`) saying what is wrong.
     fn from_str(s: &str) -> Result<Self> {
         let s = s.trim();
         if s.eq_ignore_ascii_case("memory") || s.eq_ignore_ascii_case("memory://") {
             return Ok(QueueUrl::Memory);
+        }
+        if s.eq_ignore_ascii_case("durable") {
+            return Ok(QueueUrl::Durable);
         }
         let Some(rest) = s.strip_prefix("kafka://") else {
             return Err(bad(format!("{s:?}: {FORMS}")));
@@ -174,6 +186,8 @@ impl std::fmt::Debug for AsyncQueue {
 impl AsyncQueue {
     /// Sets up the queue of `url` for a gateway over `invoker` with `config`. For
     /// [`QueueUrl::Memory`] it answers `None`: the gateway's built-in default is that queue.
+    /// [`QueueUrl::Durable`] needs the gateway's state store: use [`AsyncQueue::durable`]
+    /// (here it is [`Error::InvalidSpec`]).
     /// A Kafka URL in a build without the `kafka` feature is [`kafka_not_compiled`].
     /// Must be called within a tokio runtime.
     pub async fn start(
@@ -185,6 +199,9 @@ impl AsyncQueue {
         url.check()?;
         match url {
             QueueUrl::Memory => Ok(None),
+            QueueUrl::Durable => {
+                Err(bad("the durable queue needs a state store: use AsyncQueue::durable"))
+            }
             #[cfg(feature = "kafka")]
             QueueUrl::Kafka { brokers, topic } => {
                 start_kafka(brokers, topic, options, invoker, config).await.map(Some)
@@ -195,6 +212,46 @@ impl AsyncQueue {
                 Err(kafka_not_compiled())
             }
         }
+    }
+
+    /// The durable queue over `store`: the bounded in-process queue (`config.async_queue`)
+    /// and worker invoking through `invoker`, each accepted call written to `store` (with
+    /// its `queued` record, in one commit shared with concurrent calls) before it is
+    /// answered 202, and removed once the worker acknowledges it; the worker's records go
+    /// to `store` too. Calls accepted before a restart and not acknowledged run again.
+    /// Must be called within a tokio runtime.
+    pub fn durable(
+        store: Arc<dyn StateStore>,
+        invoker: Arc<dyn Backend>,
+        config: &GatewayConfig,
+    ) -> Result<AsyncQueue> {
+        let queue = faas_queue::StoredQueue::open(
+            store.clone(),
+            config.async_queue,
+            faas_queue::stored::DEFAULT_RECORDS,
+        )?;
+        let activations: Arc<dyn ActivationStore> = Arc::new(queue.activations());
+        let worker = faas_queue::Worker::new(
+            invoker,
+            Arc::new(queue.consumer()),
+            activations.clone(),
+            worker_config(config),
+        )
+        .with_dead_letters(Arc::new(faas_queue::MemoryDeadLetters::default()))
+        .spawn();
+        let description = format!(
+            "durable queue in {} ({} calls carried over), worker in process",
+            store.describe(),
+            queue.restored()
+        );
+        Ok(AsyncQueue {
+            publisher: Arc::new(queue.publisher()),
+            activations,
+            worker: Some(worker),
+            #[cfg(feature = "kafka")]
+            kafka_store: None,
+            description,
+        })
     }
 
     /// The gateway's `/async-function` publishes here (writing the `queued` record) and
@@ -239,6 +296,15 @@ impl AsyncQueue {
     }
 }
 
+/// The in-process worker's settings for a gateway with `config`.
+fn worker_config(config: &GatewayConfig) -> faas_queue::WorkerConfig {
+    faas_queue::WorkerConfig {
+        max_payload_bytes: config.max_body_bytes,
+        max_response_bytes: config.max_async_result_bytes,
+        ..Default::default()
+    }
+}
+
 #[cfg(feature = "kafka")]
 async fn start_kafka(
     brokers: &[String],
@@ -267,17 +333,12 @@ async fn start_kafka(
         activations.clone(),
     ));
     let worker = if options.run_worker {
-        let worker_config = faas_queue::WorkerConfig {
-            max_payload_bytes: config.max_body_bytes,
-            max_response_bytes: config.max_async_result_bytes,
-            ..Default::default()
-        };
         Some(
             faas_queue::Worker::new(
                 invoker,
                 Arc::new(KafkaConsumer::new(&kafka)?),
                 activations.clone(),
-                worker_config,
+                worker_config(config),
             )
             .with_dead_letters(Arc::new(KafkaDeadLetters::new(&kafka)?))
             .spawn(),
@@ -304,6 +365,8 @@ mod tests {
     #[test]
     fn parses_the_accepted_forms() {
         assert_eq!("memory".parse::<QueueUrl>().unwrap(), QueueUrl::Memory);
+        assert_eq!("durable".parse::<QueueUrl>().unwrap(), QueueUrl::Durable);
+        assert_eq!(QueueUrl::Durable.to_string(), "durable");
         assert_eq!(
             "kafka://127.0.0.1:9092".parse::<QueueUrl>().unwrap(),
             QueueUrl::Kafka { brokers: vec!["127.0.0.1:9092".into()], topic: DEFAULT_TOPIC.into() }

@@ -16,6 +16,10 @@
 //! - [`store::MemoryActivationStore`]: those records in memory.
 //! - `kafka_store::KafkaActivationStore` (feature `kafka`): those records on a compacted
 //!   Kafka topic, so a gateway answers for calls a worker in another process ran.
+//! - [`stored::StoredQueue`]: the in-memory queue and records kept in a
+//!   [`faas_core::state::StateStore`] as well, so that accepted calls survive a restart;
+//!   over `redb_store::RedbStore` (feature `durable`), an embedded database file with
+//!   group commit, it is the default queue of `faas up`.
 //! - [`TrackedPublisher`]: a publisher that also writes the `queued` record, which is what a
 //!   gateway's `/async-function` should publish through.
 //!
@@ -54,7 +58,10 @@ pub mod kafka;
 #[cfg(feature = "kafka")]
 pub mod kafka_store;
 pub mod memory;
+#[cfg(feature = "durable")]
+pub mod redb_store;
 pub mod store;
+pub mod stored;
 pub mod worker;
 
 use std::sync::Arc;
@@ -69,6 +76,7 @@ pub use faas_core::queue::{
 };
 pub use memory::{MemoryConsumer, MemoryDeadLetters, MemoryPublisher, MemoryQueue, QueueLimits};
 pub use store::MemoryActivationStore;
+pub use stored::{StoredActivations, StoredPublisher, StoredQueue};
 pub use worker::{Backoff, CallbackPolicy, Worker, WorkerConfig, WorkerHandle, WorkerStats};
 
 /// A publisher that records each item as `queued` in an [`ActivationStore`] before it

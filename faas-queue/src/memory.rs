@@ -109,6 +109,15 @@ struct Entry {
     redeliveries: u32,
     /// [`item_bytes`] of the item, counted until it is acknowledged.
     size: usize,
+    /// Where a journal keeps the item (see [`Journal`]); 0 without one.
+    seq: u64,
+}
+
+/// Told of every item acknowledged, so that a queue kept elsewhere too (on disk) forgets it
+/// there: the durable queue (`crate::stored`) is this queue over a journal.
+pub(crate) trait Journal: Send + Sync + 'static {
+    /// The item kept as `seq` was acknowledged.
+    fn acknowledged(&self, seq: u64);
 }
 
 /// One function's waiting items and the bytes of its unacknowledged ones.
@@ -121,6 +130,8 @@ struct Held {
 /// The waiting items and what every accepted, unacknowledged item holds.
 struct Waiting {
     entries: VecDeque<Entry>,
+    /// Items admitted but not yet waiting (see [`Waiting::reserve`]).
+    reserved: usize,
     bytes: usize,
     /// Per (namespace, function); a function holding nothing has no entry.
     functions: HashMap<(String, String), Held>,
@@ -135,7 +146,16 @@ impl Waiting {
     /// share is full, [`Error::PayloadTooLarge`] when the item alone is over the function's
     /// byte share.
     fn admit(&mut self, limits: &QueueLimits, item: QueuedInvocation) -> Result<()> {
-        let size = item_bytes(&item);
+        let size = self.reserve(limits, &item)?;
+        self.push_reserved(Entry { item, redeliveries: 0, size, seq: 0 });
+        Ok(())
+    }
+
+    /// Counts `item` against `limits` (as [`Waiting::admit`] does) without making it
+    /// waiting yet: [`Waiting::push_reserved`] does, or [`Waiting::unreserve`] gives the
+    /// room back. Answers the item's size.
+    fn reserve(&mut self, limits: &QueueLimits, item: &QueuedInvocation) -> Result<usize> {
+        let size = item_bytes(item);
         if size > limits.function_bytes {
             return Err(Error::PayloadTooLarge { limit: limits.function_bytes as u64 });
         }
@@ -143,13 +163,13 @@ impl Waiting {
             message,
             retry_after: Some(std::time::Duration::from_secs(1)),
         };
-        if self.entries.len() >= limits.items {
+        if self.entries.len() + self.reserved >= limits.items {
             return Err(full(format!("the async queue is full ({} items)", limits.items)));
         }
         if self.bytes + size > limits.bytes {
             return Err(full(format!("the async queue is full ({} bytes)", limits.bytes)));
         }
-        let key = function_key(&item);
+        let key = function_key(item);
         let held = self.functions.get(&key).copied().unwrap_or_default();
         if held.waiting >= limits.function_items || held.bytes + size > limits.function_bytes {
             return Err(full(format!(
@@ -167,8 +187,24 @@ impl Waiting {
         let h = self.functions.entry(key).or_default();
         h.waiting += 1;
         h.bytes += size;
-        self.entries.push_back(Entry { item, redeliveries: 0, size });
-        Ok(())
+        self.reserved += 1;
+        Ok(size)
+    }
+
+    /// Makes a reserved item waiting, last in line.
+    fn push_reserved(&mut self, entry: Entry) {
+        self.reserved = self.reserved.saturating_sub(1);
+        self.entries.push_back(entry);
+    }
+
+    /// Gives back the room of a reserved item that will not be pushed.
+    fn unreserve(&mut self, item: &QueuedInvocation, size: usize) {
+        self.reserved = self.reserved.saturating_sub(1);
+        let key = function_key(item);
+        if let Some(h) = self.functions.get_mut(&key) {
+            h.waiting = h.waiting.saturating_sub(1);
+        }
+        self.release(&key, size);
     }
 
     /// Takes the first waiting item (it keeps its bytes until acknowledged).
@@ -205,6 +241,7 @@ struct Inner {
     in_flight: AtomicUsize,
     /// Wakes consumers waiting for an item.
     available: Notify,
+    journal: Option<Arc<dyn Journal>>,
 }
 
 impl Inner {
@@ -267,10 +304,16 @@ impl MemoryQueue {
 
     /// A queue within `limits`.
     pub fn with_limits(limits: QueueLimits) -> Self {
+        Self::with_journal(limits, None)
+    }
+
+    /// A queue within `limits` that tells `journal` of every acknowledgement.
+    pub(crate) fn with_journal(limits: QueueLimits, journal: Option<Arc<dyn Journal>>) -> Self {
         MemoryQueue {
             inner: Arc::new(Inner {
                 queue: Mutex::new(Waiting {
                     entries: VecDeque::with_capacity(limits.items.clamp(1, 4096)),
+                    reserved: 0,
                     bytes: 0,
                     functions: HashMap::new(),
                 }),
@@ -278,8 +321,50 @@ impl MemoryQueue {
                 closed: AtomicBool::new(false),
                 in_flight: AtomicUsize::new(0),
                 available: Notify::new(),
+                journal,
             }),
         }
+    }
+
+    /// Counts `item` against the bounds without making it waiting yet (see
+    /// [`MemoryPublisher::try_publish`] for the errors); answers its size, for
+    /// [`MemoryQueue::push_reserved`] or [`MemoryQueue::unreserve`].
+    pub(crate) fn reserve(&self, item: &QueuedInvocation) -> Result<usize> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::unavailable("the queue is closed"));
+        }
+        self.inner.lock().reserve(&self.inner.limits, item)
+    }
+
+    /// Makes reserved items waiting, in order: `(item, size, seq)` each.
+    pub(crate) fn push_reserved(&self, items: Vec<(QueuedInvocation, usize, u64)>) {
+        let n = items.len();
+        {
+            let mut q = self.inner.lock();
+            for (item, size, seq) in items {
+                q.push_reserved(Entry { item, redeliveries: 0, size, seq });
+            }
+        }
+        for _ in 0..n {
+            self.inner.available.notify_one();
+        }
+    }
+
+    /// Gives back the room of a reserved item.
+    pub(crate) fn unreserve(&self, item: &QueuedInvocation, size: usize) {
+        self.inner.lock().unreserve(item, size);
+    }
+
+    /// Puts back an item accepted before a restart, whatever the bounds (it was accepted
+    /// within them, and is never dropped); it counts against them as any other.
+    pub(crate) fn restore(&self, item: QueuedInvocation, seq: u64) {
+        let size = item_bytes(&item);
+        let mut q = self.inner.lock();
+        q.bytes += size;
+        let h = q.functions.entry(function_key(&item)).or_default();
+        h.waiting += 1;
+        h.bytes += size;
+        q.entries.push_back(Entry { item, redeliveries: 1, size, seq });
     }
 
     /// A publisher for this queue.
@@ -433,6 +518,7 @@ impl MemoryConsumer {
                 redeliveries: entry.redeliveries,
                 key,
                 size: entry.size,
+                seq: entry.seq,
                 settled: false,
             }),
         )
@@ -485,6 +571,8 @@ struct MemoryAck {
     /// The item's function and size, released from the bounds when it is settled for good.
     key: (String, String),
     size: usize,
+    /// Where the journal keeps the item.
+    seq: u64,
     settled: bool,
 }
 
@@ -497,6 +585,7 @@ impl MemoryAck {
                 item: *item,
                 redeliveries: self.redeliveries,
                 size: self.size,
+                seq: self.seq,
             }),
             Err(_) => {
                 // Only a `Delivery<QueuedInvocation>` holds this acknowledger.
@@ -511,6 +600,9 @@ impl Acknowledge for MemoryAck {
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         self.settled = true;
         self.inner.settled(&self.key, self.size);
+        if let Some(journal) = &self.inner.journal {
+            journal.acknowledged(self.seq);
+        }
         if self.inner.closed.load(Ordering::Acquire) {
             // A consumer waiting for the last in-flight item to settle may finish now.
             self.inner.available.notify_waiters();

@@ -4,76 +4,21 @@ mod common;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use common::*;
 use faas_core::prelude::*;
-use faas_core::queue::{QueueConsumer, QueuePublisher, QueuedInvocation};
-use faas_core::{Delivery, Error};
+use faas_core::queue::{QueueConsumer, QueuePublisher};
+use faas_core::Error;
 use faas_queue::memory::MemoryQueue;
 
-struct Memory(MemoryQueue);
-
-#[async_trait]
-impl QueueHarness for Memory {
-    fn publisher(&self) -> Arc<dyn QueuePublisher> {
-        Arc::new(self.0.publisher())
-    }
-    async fn consumer(&self) -> Arc<dyn QueueConsumer> {
-        Arc::new(self.0.consumer())
-    }
-    async fn crash(
-        &self,
-        _consumer: Arc<dyn QueueConsumer>,
-        unsettled: Vec<Delivery<QueuedInvocation>>,
-    ) {
-        // In one process a stopped consumer's deliveries are dropped, which puts them back.
-        drop(unsettled);
+fn harness() -> InProcess {
+    let q = MemoryQueue::new(10_000);
+    InProcess {
+        publisher: Arc::new(q.publisher()),
+        consumer: Box::new(move || Arc::new(q.consumer())),
     }
 }
 
-fn harness() -> Memory {
-    Memory(MemoryQueue::new(10_000))
-}
-
-#[tokio::test]
-async fn memory_round_trip() {
-    round_trip(&harness()).await;
-}
-
-#[tokio::test]
-async fn memory_per_function_order() {
-    per_function_order(&harness()).await;
-}
-
-#[tokio::test]
-async fn memory_nack_and_drop_redeliver() {
-    nack_and_drop_redeliver(&harness()).await;
-}
-
-#[tokio::test]
-async fn memory_unsettled_go_to_next_consumer() {
-    unsettled_go_to_next_consumer(&harness()).await;
-}
-
-#[tokio::test]
-async fn memory_worker_success_and_callback() {
-    worker_success_and_callback(&harness()).await;
-}
-
-#[tokio::test]
-async fn memory_worker_retries_and_dead_letters() {
-    worker_retries_and_dead_letters(&harness()).await;
-}
-
-#[tokio::test]
-async fn memory_worker_bad_input() {
-    worker_bad_input(&harness()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_crash_loses_nothing() {
-    crash_loses_nothing(&harness(), 400).await;
-}
+queue_suite!(harness());
 
 /// A full queue answers Overloaded (nothing is dropped silently); room frees as items are
 /// consumed; a closed queue refuses new items and ends consumers once drained.

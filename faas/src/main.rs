@@ -83,10 +83,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "process")]
         backend: BackendKind,
         /// Directory of the gateway's credentials (`basic-auth-user`,
-        /// `basic-auth-password`) and of the process backend's state (secrets, logs).
-        /// Default: credentials in ~/.local/state/faas-rs, where `faas list` and the other
-        /// client subcommands on this machine find them, and the process backend's state
-        /// in a fresh temporary directory.
+        /// `basic-auth-password`), its state store (`state.redb`: the durable queue's calls
+        /// and records, and on the process backend the functions and secrets deployed
+        /// through the API) and of the process backend's files (secrets, logs).
+        /// Default: credentials and store in ~/.local/state/faas-rs, where `faas list` and
+        /// the other client subcommands on this machine find them, and the process
+        /// backend's files in a fresh temporary directory.
         #[arg(long)]
         state_dir: Option<PathBuf>,
         /// Serve without basic auth: anyone who can reach the gateway can deploy functions
@@ -118,11 +120,13 @@ enum Command {
         /// Do not run the autoscaler (KPA driven by the `com.openfaas.scale.*` labels).
         #[arg(long)]
         no_autoscale: bool,
-        /// Where `/async-function` queues calls: `memory` (in-process queue and worker) or
+        /// Where `/async-function` queues calls: `durable` (in-process queue and worker,
+        /// every accepted call on disk in the state directory before its 202, run after a
+        /// restart if it had not finished), `memory` (the same, lost on a restart) or
         /// `kafka://HOST:PORT[,HOST:PORT...][/TOPIC]` (TOPIC default `faas-async`; needs a
         /// faas built with `--features kafka`). With Kafka, activation records go to the
         /// compacted topic `TOPIC-activations`, shared with `faas-queue-worker`.
-        #[arg(long, env = "FAAS_QUEUE", default_value = "memory", value_name = "URL")]
+        #[arg(long, env = "FAAS_QUEUE", default_value = "durable", value_name = "URL")]
         queue: faas_http::queue::QueueUrl,
         /// The Kafka topic of activation records (default `TOPIC-activations`; same
         /// variable as faas-queue-worker's).
@@ -876,6 +880,56 @@ struct UpQueue {
     options: faas_http::queue::QueueOptions,
 }
 
+/// The state store in `dir` (the redb file of `faas-queue`'s `durable` feature).
+#[cfg(feature = "durable")]
+fn open_state_store(dir: &std::path::Path) -> Result<Arc<dyn faas_core::state::StateStore>> {
+    Ok(Arc::new(faas_queue::redb_store::RedbStore::open_dir(dir)?))
+}
+
+/// Without the `durable` feature there is no state store.
+#[cfg(not(feature = "durable"))]
+fn open_state_store(_dir: &std::path::Path) -> Result<Arc<dyn faas_core::state::StateStore>> {
+    Err(Error::NotSupported {
+        operation: "the state store (--queue durable, functions kept across restarts): this \
+                    faas was built without the `durable` feature; use --queue memory"
+            .into(),
+    })
+}
+
+/// The state store `faas up` keeps its queue, functions and secrets in: needed by the
+/// durable queue and by a backend that forgets its functions when it stops (the process
+/// backend), in the state directory (`--state-dir`, else the default one).
+fn up_state_store(
+    access: &UpAccess,
+    queue: &faas_http::queue::QueueUrl,
+    persist: bool,
+) -> Result<Option<Arc<dyn faas_core::state::StateStore>>> {
+    let durable = *queue == faas_http::queue::QueueUrl::Durable;
+    if !durable && !persist {
+        return Ok(None);
+    }
+    let Some(dir) = access.state_dir.clone().or_else(credentials::default_state_dir) else {
+        let e = Error::invalid(
+            "state-dir",
+            "no state directory for the durable queue and the deployed functions (is HOME \
+             set?): give --state-dir",
+        );
+        if durable {
+            return Err(e);
+        }
+        tracing::warn!("functions deployed through the API are not kept: {e}");
+        return Ok(None);
+    };
+    match open_state_store(&dir) {
+        Ok(store) => Ok(Some(store)),
+        Err(e @ Error::NotSupported { .. }) if !durable => {
+            tracing::warn!("functions deployed through the API are not kept: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// How `faas up` runs functions.
 struct UpBackend {
     kind: BackendKind,
@@ -973,10 +1027,32 @@ async fn up(
         listen.parse().map_err(|e| Error::invalid("listen", format!("{listen:?}: {e}")))?;
     let base = format!("http://{addr}");
     let access_note = up_access(&mut config, &access, &base)?;
+    // Docker and Kubernetes keep deployed functions in the engine; the process backend
+    // forgets them when it stops, so they are kept in the state store.
+    let persist = matches!(up_backend.kind, BackendKind::Process);
+    let store = up_state_store(&access, &up_queue.url, persist)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::unavailable(format!("cannot listen on {addr}: {e}")))?;
     let invoker = backend(up_backend).await?;
+    // What the API deploys goes through `api` (kept in the store); the stack's functions,
+    // deployed from the file at every start, through `invoker`.
+    let api: Arc<dyn Backend> = match store.as_ref().filter(|_| persist) {
+        Some(store) => {
+            let persisted = faas_core::persisted::Persisted::new(invoker.clone(), store.clone());
+            let restored = persisted.restore().await?;
+            if restored.functions + restored.secrets > 0 || !restored.failures.is_empty() {
+                eprintln!(
+                    "Restored {} functions and {} secrets deployed through the API ({} failed)",
+                    restored.functions,
+                    restored.secrets,
+                    restored.failures.len()
+                );
+            }
+            Arc::new(persisted)
+        }
+        None => invoker.clone(),
+    };
     let info = invoker.info();
     eprintln!(
         "faas-rs {}: {} functions from {} on the {} backend",
@@ -1041,14 +1117,21 @@ async fn up(
         }
         return Ok(());
     }
-    let queue = faas_http::queue::AsyncQueue::start(
-        &up_queue.url,
-        &up_queue.options,
-        invoker.clone(),
-        &config,
-    )
-    .await?;
-    let mut builder = Gateway::builder(invoker.clone()).config(config.clone());
+    let queue = match (&up_queue.url, &store) {
+        (faas_http::queue::QueueUrl::Durable, Some(store)) => {
+            Some(faas_http::queue::AsyncQueue::durable(store.clone(), api.clone(), &config)?)
+        }
+        _ => {
+            faas_http::queue::AsyncQueue::start(
+                &up_queue.url,
+                &up_queue.options,
+                api.clone(),
+                &config,
+            )
+            .await?
+        }
+    };
+    let mut builder = Gateway::builder(api.clone()).config(config.clone());
     if let Some(q) = &queue {
         builder = q.apply(builder);
     }
@@ -1092,6 +1175,12 @@ async fn up(
     for spec in &specs {
         let _ = tokio::time::timeout(Duration::from_secs(15), invoker.remove(&spec.function_ref()))
             .await;
+    }
+    if let Some(store) = store {
+        // What the worker acknowledged last reaches the disk before the exit.
+        if let Err(e) = store.close().await {
+            eprintln!("  {e}");
+        }
     }
     Ok(())
 }

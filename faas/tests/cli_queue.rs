@@ -50,7 +50,8 @@ fn up_help_documents_the_queue_flags() {
         "--no-worker",
         "--activations-topic",
         "FAAS_QUEUE",
-        "[default: memory]",
+        "[default: durable]",
+        "memory",
     ] {
         assert!(help.contains(s), "`faas up --help` lacks {s:?}:\n{help}");
     }

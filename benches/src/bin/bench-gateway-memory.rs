@@ -9,14 +9,17 @@
 //! default activation store of 100 000 records), built here so that its counters can be
 //! read: with `STATS_FILE`, a line `<unix ms> <finished> <received>` is appended to it
 //! every 20 ms. With `FAAS_BENCH_AUTH=1` basic auth is on (as `faas up` has it by default:
-//! `/system/*` protected, `/function/*` open). See `benches/wrk/gateway.sh` and
-//! `benches/wrk/async.sh`.
+//! `/system/*` protected, `/function/*` open). With `FAAS_BENCH_QUEUE_DIR=DIR` the async
+//! path is `faas up`'s default instead: the durable queue (`faas_queue::StoredQueue`) in a
+//! redb file in DIR, every accepted call on disk before its 202 (group commit). See
+//! `benches/wrk/gateway.sh` and `benches/wrk/async.sh`.
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use faas_core::queue::{ActivationStore, QueueConsumer, QueuePublisher};
 use faas_core::Backend;
 use faas_http::{Gateway, GatewayConfig};
 
@@ -36,12 +39,40 @@ fn main() -> std::io::Result<()> {
         if std::env::var("FAAS_BENCH_AUTH").is_ok_and(|v| v == "1") {
             config.auth = Some(faas_http::BasicAuth::new("admin", "bench-password"));
         }
-        // What `GatewayBuilder::build` makes by default, with the worker's counters kept.
-        let queue = faas_queue::MemoryQueue::new(100_000);
-        let store = Arc::new(faas_queue::MemoryActivationStore::default());
+        // What `GatewayBuilder::build` makes by default (or `faas up`, durable), with the
+        // worker's counters kept.
+        let (publisher, consumer, store): (
+            Arc<dyn QueuePublisher>,
+            Arc<dyn QueueConsumer>,
+            Arc<dyn ActivationStore>,
+        ) = match std::env::var_os("FAAS_BENCH_QUEUE_DIR") {
+            Some(dir) => {
+                let state = faas_queue::redb_store::RedbStore::open_dir(dir.as_ref())
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                let queue = faas_queue::StoredQueue::open(
+                    Arc::new(state),
+                    config.async_queue,
+                    faas_queue::stored::DEFAULT_RECORDS,
+                )
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+                eprintln!("durable queue in {}", dir.to_string_lossy());
+                (
+                    Arc::new(queue.publisher()),
+                    Arc::new(queue.consumer()),
+                    Arc::new(queue.activations()),
+                )
+            }
+            None => {
+                let queue = faas_queue::MemoryQueue::new(100_000);
+                let store = Arc::new(faas_queue::MemoryActivationStore::default());
+                let publisher =
+                    faas_queue::TrackedPublisher::new(Arc::new(queue.publisher()), store.clone());
+                (Arc::new(publisher), Arc::new(queue.consumer()), store)
+            }
+        };
         let worker = faas_queue::Worker::new(
             invoker.clone(),
-            Arc::new(queue.consumer()),
+            consumer,
             store.clone(),
             faas_queue::WorkerConfig {
                 max_payload_bytes: config.max_body_bytes,
@@ -67,13 +98,8 @@ fn main() -> std::io::Result<()> {
                 std::thread::sleep(Duration::from_millis(20));
             });
         }
-        let publisher =
-            faas_queue::TrackedPublisher::new(Arc::new(queue.publisher()), store.clone());
-        let gateway = Gateway::builder(invoker)
-            .config(config)
-            .queue(Arc::new(publisher))
-            .activations(store)
-            .build();
+        let gateway =
+            Gateway::builder(invoker).config(config).queue(publisher).activations(store).build();
         let listener = tokio::net::TcpListener::bind(&addr).await?;
         eprintln!(
             "gateway on memory listening on http://{addr}/function/ok and /async-function/ok"

@@ -21,6 +21,57 @@ use faas_queue::worker::{Backoff, CallbackPolicy, Worker, WorkerConfig};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
+/// The shared queue and worker suite as tests of module `suite`, each over a new
+/// `$harness` (an expression making a [`QueueHarness`]).
+#[macro_export]
+macro_rules! queue_suite {
+    ($harness:expr) => {
+        mod suite {
+            use super::*;
+
+            #[tokio::test]
+            async fn round_trip() {
+                common::round_trip(&$harness).await;
+            }
+
+            #[tokio::test]
+            async fn per_function_order() {
+                common::per_function_order(&$harness).await;
+            }
+
+            #[tokio::test]
+            async fn nack_and_drop_redeliver() {
+                common::nack_and_drop_redeliver(&$harness).await;
+            }
+
+            #[tokio::test]
+            async fn unsettled_go_to_next_consumer() {
+                common::unsettled_go_to_next_consumer(&$harness).await;
+            }
+
+            #[tokio::test]
+            async fn worker_success_and_callback() {
+                common::worker_success_and_callback(&$harness).await;
+            }
+
+            #[tokio::test]
+            async fn worker_retries_and_dead_letters() {
+                common::worker_retries_and_dead_letters(&$harness).await;
+            }
+
+            #[tokio::test]
+            async fn worker_bad_input() {
+                common::worker_bad_input(&$harness).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn crash_loses_nothing() {
+                common::crash_loses_nothing(&$harness, 400).await;
+            }
+        }
+    };
+}
+
 /// Fails a test that takes longer than this.
 pub const BOUND: Duration = Duration::from_secs(90);
 
@@ -247,6 +298,31 @@ pub trait QueueHarness: Send + Sync + 'static {
         consumer: Arc<dyn QueueConsumer>,
         unsettled: Vec<faas_core::Delivery<QueuedInvocation>>,
     );
+}
+
+/// A harness for a queue living in this process (the in-memory queue, the durable queue):
+/// a publisher, and a way to make consumers; a crashed consumer's deliveries are dropped,
+/// which puts them back.
+pub struct InProcess {
+    pub publisher: Arc<dyn QueuePublisher>,
+    pub consumer: Box<dyn Fn() -> Arc<dyn QueueConsumer> + Send + Sync>,
+}
+
+#[async_trait]
+impl QueueHarness for InProcess {
+    fn publisher(&self) -> Arc<dyn QueuePublisher> {
+        self.publisher.clone()
+    }
+    async fn consumer(&self) -> Arc<dyn QueueConsumer> {
+        (self.consumer)()
+    }
+    async fn crash(
+        &self,
+        _consumer: Arc<dyn QueueConsumer>,
+        unsettled: Vec<faas_core::Delivery<QueuedInvocation>>,
+    ) {
+        drop(unsettled);
+    }
 }
 
 async fn next(c: &dyn QueueConsumer) -> faas_core::Delivery<QueuedInvocation> {

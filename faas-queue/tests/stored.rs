@@ -1,0 +1,258 @@
+//! The durable queue ([`StoredQueue`]) against the shared queue suite, over the in-memory
+//! state store, plus restarts: over the in-memory state store (a second `open` of the same
+//! store) and over the embedded redb file (closed and opened again), with group commit.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use faas_core::queue::{ActivationStore, AsyncState, QueueConsumer, QueuePublisher};
+use faas_core::state::{MemoryStateStore, StateStore};
+use faas_core::Error;
+use faas_queue::memory::QueueLimits;
+use faas_queue::stored::{StoredQueue, ACTIVATIONS_TABLE, QUEUE_TABLE};
+
+fn open(store: &Arc<dyn StateStore>) -> StoredQueue {
+    StoredQueue::open(store.clone(), QueueLimits::default(), 10_000).unwrap()
+}
+
+fn harness() -> InProcess {
+    let q = open(&(Arc::new(MemoryStateStore::default()) as Arc<dyn StateStore>));
+    InProcess {
+        publisher: Arc::new(q.publisher()),
+        consumer: Box::new(move || Arc::new(q.consumer())),
+    }
+}
+
+queue_suite!(harness());
+
+/// A restart (a second `open` of the same store) finds every item not acknowledged, in
+/// publish order, whether it was waiting or delivered and never settled, and the records.
+#[tokio::test]
+async fn restart_redelivers_the_unacknowledged_in_order() {
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::default());
+    let q = open(&store);
+    let items: Vec<_> = (0..5).map(|i| item("echo", format!("job-{i}"))).collect();
+    for r in q.publisher().publish_batch(items.clone()).await {
+        r.unwrap();
+    }
+    let c = q.consumer();
+    let first = c.next().await.unwrap().unwrap();
+    first.ack().await.unwrap();
+    // Delivered, never settled: the process "dies" with it (held past the restart, so
+    // that it is not handed back to the old queue first).
+    let _unsettled = c.next().await.unwrap().unwrap();
+    drop(q);
+
+    let again = open(&store);
+    assert_eq!(again.restored(), 4);
+    let mut bodies = Vec::new();
+    for _ in 0..4 {
+        let d = again.consumer().next().await.unwrap().unwrap();
+        bodies.push(String::from_utf8(d.item().body.to_vec()).unwrap());
+        assert!(d.redeliveries >= 1, "a restored item counts as a redelivery");
+        d.ack().await.unwrap();
+    }
+    assert_eq!(bodies, ["job-1", "job-2", "job-3", "job-4"]);
+    // The unacknowledged items have their `queued` record again (made from the item).
+    let records = again.activations();
+    for it in &items[1..] {
+        let rec = records.get(&it.call_id).await.unwrap().expect("the record is back");
+        assert_eq!(rec.state, AsyncState::Queued);
+    }
+    assert!(store.scan(QUEUE_TABLE).unwrap().is_empty(), "acknowledged items are gone");
+    // Published after the restart: numbered after the restored ones.
+    again.publisher().publish(item("echo", "late")).await.unwrap();
+    drop(again);
+    let third = open(&store);
+    let d = third.consumer().next().await.unwrap().unwrap();
+    assert_eq!(&d.item().body[..], b"late");
+}
+
+/// The byte bound and a function's share hold as in memory; a refused item gets a
+/// `failed` record and is not kept.
+#[tokio::test]
+async fn stored_bounds_hold_and_refusals_are_recorded() {
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::default());
+    let limits = QueueLimits::new(100, 64 * 1024).function_percent(50);
+    let q = StoredQueue::open(store.clone(), limits, 100).unwrap();
+    let p = q.publisher();
+    let mut accepted = 0;
+    let mut refused = None;
+    for _ in 0..10 {
+        let it = item("hog", vec![0u8; 8 * 1024]);
+        match p.publish(it.clone()).await {
+            Ok(()) => accepted += 1,
+            Err(e) => {
+                assert!(matches!(e, Error::Overloaded { .. }), "{e}");
+                refused = Some(it);
+                break;
+            }
+        }
+    }
+    assert!((3..=4).contains(&accepted), "{accepted} of 8 KiB within a 32 KiB share");
+    let refused = refused.expect("the share ran out");
+    let rec = q.activations().get(&refused.call_id).await.unwrap().unwrap();
+    assert_eq!(rec.state, AsyncState::Failed);
+    assert_eq!(rec.status, Some(429));
+    assert_eq!(store.scan(QUEUE_TABLE).unwrap().len(), accepted);
+    // Another function still gets in.
+    p.publish(item("other", vec![0u8; 8 * 1024])).await.unwrap();
+}
+
+#[cfg(feature = "durable")]
+mod redb {
+    use super::*;
+    use faas_queue::redb_store::RedbStore;
+    use faas_queue::worker::{Worker, WorkerConfig};
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "faas-stored-{name}-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn rand_suffix() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos().into())
+    }
+
+    /// Concurrent publishes share commits (group commit); everything is there after the
+    /// file is closed and opened again; the file is 0600 and a second opener is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redb_group_commits_and_survives_reopening() {
+        let dir = temp_dir("reopen");
+        let redb = RedbStore::open_dir(&dir).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(redb.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+        let e = RedbStore::open_dir(&dir).unwrap_err().to_string();
+        assert!(e.contains("already in use"), "{e}");
+        let store: Arc<dyn StateStore> = Arc::new(redb.clone());
+        let q = open(&store);
+        let n = 400;
+        let items: Vec<_> = (0..n).map(|i| item("echo", format!("job-{i}"))).collect();
+        let publisher = Arc::new(q.publisher());
+        let before = redb.commits();
+        let tasks: Vec<_> = items
+            .iter()
+            .cloned()
+            .map(|it| {
+                let p = publisher.clone();
+                tokio::spawn(async move { p.publish(it).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let commits = redb.commits() - before;
+        println!("{n} concurrent publishes in {commits} commits");
+        assert!(commits < n as u64, "{commits} commits for {n} publishes: no group commit");
+        // Half are run and acknowledged.
+        let c = q.consumer();
+        for _ in 0..n / 2 {
+            c.next().await.unwrap().unwrap().ack().await.unwrap();
+        }
+        drop((q, publisher, c));
+        store.close().await.unwrap();
+        assert!(store.commit(vec![]).await.is_err(), "a closed store takes no writes");
+        drop(store);
+        drop(redb);
+
+        let redb = RedbStore::open_dir(&dir).unwrap();
+        let store: Arc<dyn StateStore> = Arc::new(redb);
+        let q = open(&store);
+        assert_eq!(q.restored(), n / 2);
+        // Items only: their `queued` records are made from them at start (no worker ran,
+        // so there is no other record).
+        assert!(store.scan(ACTIVATIONS_TABLE).unwrap().is_empty());
+        assert_eq!(q.activations().memory().count(AsyncState::Queued), n / 2);
+        store.close().await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A worker runs what was accepted; after a graceful stop and a reopen nothing is left
+    /// to run, and the records say succeeded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redb_worker_outcomes_are_kept() {
+        let dir = temp_dir("worker");
+        let store: Arc<dyn StateStore> = Arc::new(RedbStore::open_dir(&dir).unwrap());
+        let q = open(&store);
+        let rig = Rig::new();
+        let records = Arc::new(q.activations());
+        let worker = Worker::new(
+            rig.invoker.clone(),
+            Arc::new(q.consumer()),
+            records,
+            WorkerConfig::default(),
+        )
+        .spawn();
+        let items: Vec<_> = (0..200).map(|i| item("echo", format!("job-{i}"))).collect();
+        for r in q.publisher().publish_batch(items.clone()).await {
+            r.unwrap();
+        }
+        bounded("the worker to finish", worker.stats().wait_finished(200)).await;
+        worker.shutdown().await.unwrap();
+        drop(q);
+        store.close().await.unwrap();
+        drop(store);
+
+        let store: Arc<dyn StateStore> = Arc::new(RedbStore::open_dir(&dir).unwrap());
+        let q = open(&store);
+        assert_eq!(q.restored(), 0, "every acknowledged item is gone");
+        for it in &items {
+            let rec = q.activations().get(&it.call_id).await.unwrap().unwrap();
+            assert_eq!(rec.state, AsyncState::Succeeded, "{rec:?}");
+            assert!(rec.activation.is_some());
+        }
+        store.close().await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// A store that takes no writes (a full or failing disk).
+struct Refusing(MemoryStateStore);
+
+#[async_trait::async_trait]
+impl StateStore for Refusing {
+    fn get(&self, table: &'static str, key: &[u8]) -> faas_core::Result<Option<Vec<u8>>> {
+        self.0.get(table, key)
+    }
+    fn scan(&self, table: &'static str) -> faas_core::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.0.scan(table)
+    }
+    async fn commit(&self, _ops: Vec<faas_core::state::StateOp>) -> faas_core::Result<()> {
+        Err(Error::unavailable("no space left on device"))
+    }
+    fn apply(&self, _ops: Vec<faas_core::state::StateOp>) {}
+    fn describe(&self) -> String {
+        "refusing".into()
+    }
+}
+
+/// A call that cannot be written is not accepted (the store's error, 503), gives its room
+/// back, and is recorded `failed`; nothing is delivered.
+#[tokio::test]
+async fn an_unwritable_store_refuses_the_call_and_keeps_no_room() {
+    let store: Arc<dyn StateStore> = Arc::new(Refusing(MemoryStateStore::default()));
+    let q = open(&store);
+    let it = item("echo", "x");
+    let e = q.publisher().publish(it.clone()).await.unwrap_err();
+    assert_eq!(e.http_status(), 503, "{e}");
+    assert_eq!((q.queue().len(), q.queue().bytes()), (0, 0));
+    let rec = q.activations().get(&it.call_id).await.unwrap().unwrap();
+    assert_eq!(rec.state, AsyncState::Failed);
+    assert!(rec.error.unwrap().contains("no space left"));
+    assert!(q.consumer().try_next().is_none(), "nothing is delivered");
+}
