@@ -45,5 +45,5 @@ mod util;
 
 pub use auth::{BasicAuth, LoginThrottleConfig};
 pub use config::{CrossSiteConfig, GatewayConfig};
-pub use router::{Gateway, GatewayBuilder, GatewayService, Router};
+pub use router::{Gateway, GatewayBuilder, GatewayService, GatewayStack, InvokeStack, Router};
 pub use server::{serve, serve_with, ServeConfig};

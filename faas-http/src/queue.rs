@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use faas_core::queue::{ActivationStore, QueuePublisher};
 use faas_core::state::StateStore;
-use faas_core::{Backend, Error, Result};
+use faas_core::{Error, Invoke, Result};
 
 use crate::{GatewayBuilder, GatewayConfig};
 
@@ -184,7 +184,8 @@ impl std::fmt::Debug for AsyncQueue {
 }
 
 impl AsyncQueue {
-    /// Sets up the queue of `url` for a gateway over `invoker` with `config`. For
+    /// Sets up the queue of `url`, its worker invoking through `invoker` (the gateway's
+    /// stack: [`GatewayBuilder::stack`]), with `config`. For
     /// [`QueueUrl::Memory`] it answers `None`: the gateway's built-in default is that queue.
     /// [`QueueUrl::Durable`] needs the gateway's state store: use [`AsyncQueue::durable`]
     /// (here it is [`Error::InvalidSpec`]).
@@ -193,7 +194,7 @@ impl AsyncQueue {
     pub async fn start(
         url: &QueueUrl,
         options: &QueueOptions,
-        invoker: Arc<dyn Backend>,
+        invoker: Arc<dyn Invoke>,
         config: &GatewayConfig,
     ) -> Result<Option<AsyncQueue>> {
         url.check()?;
@@ -215,14 +216,15 @@ impl AsyncQueue {
     }
 
     /// The durable queue over `store`: the bounded in-process queue (`config.async_queue`)
-    /// and worker invoking through `invoker`, each accepted call written to `store` (with
+    /// and worker invoking through `invoker` (the gateway's stack: [`GatewayBuilder::stack`]),
+    /// each accepted call written to `store` (with
     /// its `queued` record, in one commit shared with concurrent calls) before it is
     /// answered 202, and removed once the worker acknowledges it; the worker's records go
     /// to `store` too. Calls accepted before a restart and not acknowledged run again.
     /// Must be called within a tokio runtime.
     pub fn durable(
         store: Arc<dyn StateStore>,
-        invoker: Arc<dyn Backend>,
+        invoker: Arc<dyn Invoke>,
         config: &GatewayConfig,
     ) -> Result<AsyncQueue> {
         let queue = faas_queue::StoredQueue::open(
@@ -310,7 +312,7 @@ async fn start_kafka(
     brokers: &[String],
     topic: &str,
     options: &QueueOptions,
-    invoker: Arc<dyn Backend>,
+    invoker: Arc<dyn Invoke>,
     config: &GatewayConfig,
 ) -> Result<AsyncQueue> {
     use faas_queue::kafka::{KafkaConfig, KafkaConsumer, KafkaDeadLetters, KafkaPublisher};

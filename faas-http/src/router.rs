@@ -216,10 +216,55 @@ impl Service<Request> for GatewayService {
     }
 }
 
+/// A gateway's invocation stack ([`InvokeStack`]) with the state its layers share: the
+/// metrics registry `/metrics` renders and the activator that management routes tell about
+/// changes. Cheap to clone; clones share the state.
+#[derive(Clone)]
+pub struct GatewayStack {
+    service: InvokeStack,
+    registry: InvocationMetrics,
+    activator: Activator,
+}
+
+impl std::fmt::Debug for GatewayStack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayStack").field("activator", &self.activator).finish_non_exhaustive()
+    }
+}
+
+impl GatewayStack {
+    fn new(invoker: &Arc<dyn Backend>, invoke: Arc<dyn Invoke>, config: &GatewayConfig) -> Self {
+        let registry = InvocationMetrics::new();
+        let activator = Activator::new()
+            .timeout(config.scale_from_zero_timeout)
+            .ready_ttl(config.ready_cache_ttl);
+        let service = ServiceBuilder::new()
+            .layer(TraceLayer::new())
+            .layer(MetricsLayer::with_registry(registry.clone()))
+            .layer(ConcurrencyLimitLayer::new(config.max_in_flight, 0))
+            .layer(ActivatorLayer::new(invoker.clone(), activator.clone()))
+            .layer(TimeoutLayer::new(config.upstream_timeout).named("gateway upstream"))
+            .service(InvokeService::new(invoke));
+        GatewayStack { service, registry, activator }
+    }
+
+    /// The stack as a tower service.
+    pub fn service(&self) -> InvokeStack {
+        self.service.clone()
+    }
+
+    /// The stack as an [`Invoke`]: what a queue worker invokes through, so that async calls
+    /// take the sync path's layers (metrics, activator, limits, timeout).
+    pub fn invoke(&self) -> Arc<dyn Invoke> {
+        Arc::new(ServiceInvoke::new(self.service.clone()))
+    }
+}
+
 /// Builds a [`Gateway`].
 pub struct GatewayBuilder {
     invoker: Arc<dyn Backend>,
     invoke: Arc<dyn Invoke>,
+    stack: Option<GatewayStack>,
     config: GatewayConfig,
     queue: Option<Arc<dyn QueuePublisher>>,
     activations: Option<Arc<dyn ActivationStore>>,
@@ -229,7 +274,22 @@ impl GatewayBuilder {
     /// Sets the configuration.
     pub fn config(mut self, config: GatewayConfig) -> Self {
         self.config = config;
+        self.stack = None;
         self
+    }
+
+    /// The invocation stack the gateway will use, built from the configuration and the
+    /// layers given so far (call it after [`GatewayBuilder::config`] and
+    /// [`GatewayBuilder::invoke_layer`], which start it over): give
+    /// [`GatewayStack::invoke`] to the worker of a queue set up outside the gateway
+    /// ([`crate::queue::AsyncQueue`]) so that its calls take the same path.
+    pub fn stack(&mut self) -> GatewayStack {
+        let stack = self
+            .stack
+            .take()
+            .unwrap_or_else(|| GatewayStack::new(&self.invoker, self.invoke.clone(), &self.config));
+        self.stack = Some(stack.clone());
+        stack
     }
 
     /// Invokes functions (sync and async) through `layer` over the backend: any tower layer,
@@ -245,6 +305,7 @@ impl GatewayBuilder {
         <L::Service as Service<Invocation>>::Future: Send + 'static,
     {
         self.invoke = Arc::new(ServiceInvoke::new(layer.layer(InvokeService::new(self.invoke))));
+        self.stack = None;
         self
     }
 
@@ -262,19 +323,8 @@ impl GatewayBuilder {
     }
 
     /// Builds the gateway.
-    pub fn build(self) -> Gateway {
-        let config = &self.config;
-        let registry = InvocationMetrics::new();
-        let activator = Activator::new()
-            .timeout(config.scale_from_zero_timeout)
-            .ready_ttl(config.ready_cache_ttl);
-        let stack = ServiceBuilder::new()
-            .layer(TraceLayer::new())
-            .layer(MetricsLayer::with_registry(registry.clone()))
-            .layer(ConcurrencyLimitLayer::new(config.max_in_flight, 0))
-            .layer(ActivatorLayer::new(self.invoker.clone(), activator.clone()))
-            .layer(TimeoutLayer::new(config.upstream_timeout).named("gateway upstream"))
-            .service(InvokeService::new(self.invoke));
+    pub fn build(mut self) -> Gateway {
+        let GatewayStack { service: stack, registry, activator } = self.stack();
         let invoke: Arc<dyn Invoke> = Arc::new(ServiceInvoke::new(stack.clone()));
         let (mut queue, mut activations, mut worker) = (self.queue, self.activations, None);
         if queue.is_none() && tokio::runtime::Handle::try_current().is_ok() {
@@ -357,6 +407,7 @@ impl Gateway {
         GatewayBuilder {
             invoker,
             invoke,
+            stack: None,
             config: GatewayConfig::default(),
             queue: None,
             activations: None,

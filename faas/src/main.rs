@@ -1117,21 +1117,19 @@ async fn up(
         }
         return Ok(());
     }
+    // The queue's worker invokes through the gateway's own stack (metrics, activator,
+    // limits, timeout), as the sync path does.
+    let mut builder = Gateway::builder(api.clone()).config(config.clone());
+    let invoke = builder.stack().invoke();
     let queue = match (&up_queue.url, &store) {
         (faas_http::queue::QueueUrl::Durable, Some(store)) => {
-            Some(faas_http::queue::AsyncQueue::durable(store.clone(), api.clone(), &config)?)
+            Some(faas_http::queue::AsyncQueue::durable(store.clone(), invoke, &config)?)
         }
         _ => {
-            faas_http::queue::AsyncQueue::start(
-                &up_queue.url,
-                &up_queue.options,
-                api.clone(),
-                &config,
-            )
-            .await?
+            faas_http::queue::AsyncQueue::start(&up_queue.url, &up_queue.options, invoke, &config)
+                .await?
         }
     };
-    let mut builder = Gateway::builder(api.clone()).config(config.clone());
     if let Some(q) = &queue {
         builder = q.apply(builder);
     }
