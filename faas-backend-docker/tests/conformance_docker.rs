@@ -6,7 +6,7 @@ mod common;
 use faas_core::conformance;
 
 /// Runs one conformance case on a fresh backend scoped to a fresh namespace, then checks that
-/// nothing carrying our labels is left.
+/// nothing carrying our labels is left. Every case of the one list runs: no exclusions.
 macro_rules! case {
     ($name:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

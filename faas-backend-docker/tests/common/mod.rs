@@ -92,14 +92,9 @@ pub struct DockerWorkload {
 
 impl Workload for DockerWorkload {
     fn spec(&self, name: &str, behaviour: Behaviour) -> FunctionSpec {
-        let b = match behaviour {
-            Behaviour::Echo => "echo",
-            Behaviour::Env => "env",
-            Behaviour::Sleep => "sleep",
-            Behaviour::Crash => "crash",
-            Behaviour::Log => "log",
-            _ => "echo",
-        };
+        // No catch-all: the fixture refuses a name it does not know, so a new behaviour fails
+        // loudly instead of running as another one.
+        let b = behaviour.name();
         FunctionSpec::new(name, self.image.clone())
             .namespace(self.namespace.clone())
             .env("FIXTURE_BEHAVIOUR", b)
