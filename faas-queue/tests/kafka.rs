@@ -185,7 +185,8 @@ async fn kafka_crash_loses_nothing() {
 }
 
 /// Several workers in one group share the partitions; members joining and leaving
-/// rebalance them; every invocation completes.
+/// rebalance them; every invocation completes, and each worker gets its share: the third,
+/// joining late, runs part of what is published after it joined, the one that left none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_rebalance_across_workers() {
     use faas_core::queue::AsyncState;
@@ -242,10 +243,9 @@ async fn kafka_rebalance_across_workers() {
         }
     })
     .await;
-    // A third worker joins, then the first leaves, while work is going on.
+    // A third worker joins while work is going on, then the first leaves.
     let c2 = k.new_consumer();
     let w2 = make_worker(2, c2.clone());
-    assert!(p.publish_batch(items[300..].to_vec()).await.iter().all(Result::is_ok));
     bounded("the third worker to get partitions", async {
         while c2.assignment().is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -253,6 +253,22 @@ async fn kafka_rebalance_across_workers() {
     })
     .await;
     bounded("worker 0 to shut down", w0.shutdown()).await.unwrap();
+    // Once the group has settled on workers 1 and 2 (each some partitions, all covered,
+    // none twice), the second half goes to them alone.
+    bounded("workers 1 and 2 to share every partition", async {
+        loop {
+            let (a1, a2) = (c1.assignment(), c2.assignment());
+            let mut all: Vec<_> = a1.iter().chain(&a2).copied().collect();
+            all.sort();
+            if !a1.is_empty() && !a2.is_empty() && all == (0..PARTITIONS).collect::<Vec<_>>() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let before: Vec<u64> = per_worker.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    assert!(p.publish_batch(items[300..].to_vec()).await.iter().all(Result::is_ok));
     bounded("every invocation to complete", async {
         loop {
             let n = items
@@ -271,11 +287,16 @@ async fn kafka_rebalance_across_workers() {
     let done = done.lock().unwrap().clone();
     assert_eq!(done.len(), items.len());
     let counts: Vec<u64> = per_worker.iter().map(|c| c.load(Ordering::SeqCst)).collect();
-    eprintln!(
-        "rebalance: invocations per worker {counts:?}, {} completions for {} items",
-        done.values().sum::<u32>(),
-        items.len()
-    );
+    let second: Vec<u64> = counts.iter().zip(&before).map(|(c, b)| c - b).collect();
+    eprintln!("rebalance: invocations per worker {counts:?}, of the second half {second:?}");
+    // Each worker's share: 0 and 1 both worked on the first half; of the second half, the
+    // departed worker 0 ran none, and workers 1 and 2 each ran some, together all of it
+    // (more only if a rebalance redelivered some).
+    assert!(before[0] > 0 && before[1] > 0, "first half per worker: {before:?}");
+    assert_eq!(second[0], 0, "worker 0 ran invocations after it left: {second:?}");
+    assert!(second[1] > 0, "worker 1 ran none of the second half: {second:?}");
+    assert!(second[2] > 0, "the third worker ran none of the second half: {second:?}");
+    assert!(second[1] + second[2] >= 300, "second half not all run: {second:?}");
     bounded("worker 1 to shut down", w1.shutdown()).await.unwrap();
     bounded("worker 2 to shut down", w2.shutdown()).await.unwrap();
     k.finish().await;
