@@ -106,8 +106,9 @@ impl QueueHarness for Kafka {
         consumer: Arc<dyn QueueConsumer>,
         unsettled: Vec<Delivery<QueuedInvocation>>,
     ) {
-        // A crashed process settles nothing; its group membership ends (here by leaving,
-        // which commits only what was acknowledged).
+        // An aborted worker settles nothing; its group membership ends by leaving (which
+        // commits only what was acknowledged). A crash, which leaves no group, is tested with
+        // a killed worker process in worker_bin.rs.
         for d in unsettled {
             // A crash runs no destructor: a dropped delivery would nack (settle) itself.
             #[allow(clippy::mem_forget)]
@@ -173,11 +174,14 @@ async fn kafka_worker_bad_input() {
     drop(cluster);
 }
 
-/// Worker A is stopped abruptly mid-invocation (its deliveries are never settled, not even
-/// nacked: only the uncommitted offsets bring them back); worker B in the same group takes
-/// the partitions over; every accepted invocation completes.
+/// Worker A is aborted mid-invocation (its deliveries are never settled, not even nacked:
+/// only the uncommitted offsets bring them back); its consumer then leaves the group
+/// cleanly; worker B in the same group takes the partitions over; every accepted invocation
+/// completes. This is an abort, not a crash: a crashed process leaves no group, and the real
+/// crash (SIGKILL of a worker process, its session timing out) is `worker_bin.rs`'s
+/// `a_killed_worker_loses_nothing`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_crash_loses_nothing() {
+async fn kafka_aborted_worker_loses_nothing() {
     let (cluster, k) = Kafka::new(false);
     crash_loses_nothing(&k, 400).await;
     k.finish().await;
