@@ -51,6 +51,21 @@ async fn fake_gateway() -> (String, tokio::task::JoinHandle<()>) {
 
 struct Worker(std::process::Child);
 
+impl Worker {
+    /// Waits (bounded) for the process to exit, and gives its status.
+    async fn exited(&mut self, what: &str) -> std::process::ExitStatus {
+        bounded(what, async {
+            loop {
+                if let Ok(Some(s)) = self.0.try_wait() {
+                    break s;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
         if let Ok(Some(_)) = self.0.try_wait() {
@@ -105,15 +120,7 @@ async fn the_worker_binary_publishes_activation_records() {
     // SIGTERM: it stops gracefully (leaves its group, closes its store) while the cluster
     // is up.
     let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-    let status = bounded("the worker to exit", async {
-        loop {
-            if let Ok(Some(s)) = worker.0.try_wait() {
-                break s;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let status = worker.exited("the worker to exit").await;
     assert!(status.success(), "{status:?}");
     bounded("closing the store", store.close()).await.unwrap();
     gateway_task.abort();
@@ -254,29 +261,14 @@ async fn a_killed_worker_loses_nothing() {
 
     // The crash: SIGKILL, so no destructor, no LeaveGroup, no final commit.
     let _ = Command::new("kill").arg("-KILL").arg(a.0.id().to_string()).status();
-    let status = bounded("worker A to die", async {
-        loop {
-            if let Ok(Some(s)) = a.0.try_wait() {
-                break s;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let status = a.exited("worker A to die").await;
     assert_eq!(status.signal(), Some(9), "A was killed, not stopped: {status:?}");
 
     ledger.release.store(true, Ordering::SeqCst);
     let b = spawn_worker();
     bounded("worker B to answer every accepted call", async {
         loop {
-            let missing = {
-                let answered = ledger.answered.lock().unwrap();
-                items
-                    .iter()
-                    .filter(|i| !answered.contains_key(std::str::from_utf8(&i.body).unwrap()))
-                    .count()
-            };
-            if missing == 0 {
+            if common::not_completed(&items, &ledger.answered.lock().unwrap()) == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -562,6 +562,11 @@ pub async fn worker_bad_input(h: &dyn QueueHarness) {
     c.close().await.unwrap();
 }
 
+/// How many of `items` have no completion in `completions` (keyed by body).
+pub fn not_completed(items: &[QueuedInvocation], completions: &HashMap<String, u32>) -> usize {
+    items.iter().filter(|i| !completions.contains_key(&*String::from_utf8_lossy(&i.body))).count()
+}
+
 /// A worker stopped abruptly mid-invocation; another takes over; every one of `n` accepted
 /// invocations completes (duplicates allowed, losses not).
 pub async fn crash_loses_nothing(h: &dyn QueueHarness, n: usize) {
@@ -635,13 +640,7 @@ pub async fn crash_loses_nothing(h: &dyn QueueHarness, n: usize) {
         let started = std::time::Instant::now();
         let mut next_report = Duration::from_secs(15);
         loop {
-            let missing = {
-                let c = completions.lock().unwrap();
-                items
-                    .iter()
-                    .filter(|i| !c.contains_key(std::str::from_utf8(&i.body).unwrap()))
-                    .count()
-            };
+            let missing = not_completed(&items, &completions.lock().unwrap());
             if missing == 0 {
                 break;
             }
