@@ -24,7 +24,9 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   fi
 fi
 
-bash scripts/ensure-docker.sh
+# Without an engine the Docker tests fail (they never skip); run the rest anyway, so one
+# missing part does not hide every other result.
+bash scripts/ensure-docker.sh || echo "!! Docker is not usable: the Docker tests will fail" >&2
 
 # The gateway library links no backend: embedding it must not compile kube, bollard or
 # librdkafka (only the `faas` binary links them).
