@@ -46,6 +46,8 @@ CARGO_TARGET_DIR=target/static RUSTFLAGS="-C target-feature=+crt-static" \
 echo "== running the self-checking examples"
 cargo run -q -p faas-examples --example custom_gateway
 cargo run -q -p faas-examples --example custom_scheduler -- 1 1000
+cargo run -q -p faas-examples --example gateway -- --check
+cargo run -q -p faas-examples --example simulate -- 1 500
 
 # Benches are not run here (they take minutes and print numbers, not verdicts), but they must
 # compile, so they do not rot.
