@@ -46,6 +46,7 @@ CARGO_TARGET_DIR=target/static RUSTFLAGS="-C target-feature=+crt-static" \
 echo "== running the self-checking examples"
 cargo run -q -p faas-examples --example custom_gateway
 cargo run -q -p faas-examples --example custom_scheduler -- 1 1000
+cargo run -q -p faas-examples --example handler_tests
 cargo run -q -p faas-examples --example gateway -- --check
 cargo run -q -p faas-examples --example simulate -- 1 500
 

@@ -1,5 +1,7 @@
-//! faas-core hot path: a direct handler call, an in-memory invoke, and an in-memory invoke
-//! through the full layer stack (trace + metrics + retry + concurrency limit + timeout).
+//! faas-core hot path: a direct handler call, an in-memory invoke, an in-memory invoke
+//! through the full layer stack (trace + metrics + retry + concurrency limit + timeout), and
+//! through the gateway's default stack (trace + metrics + concurrency limit + activator +
+//! timeout, with the router's per-function handles).
 //!
 //! Run: `cargo bench -p faas-benches --bench core -- --warm-up-time 1 --measurement-time 3`.
 //! Figures: `BENCHMARKS.md`.
@@ -9,7 +11,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use faas_core::layers::{
-    ConcurrencyLimitLayer, Layered, MetricsLayer, RetryLayer, TimeoutLayer, TraceLayer,
+    Activator, ActivatorLayer, ConcurrencyLimitLayer, FunctionHandles, InvocationMetrics,
+    InvokeService, Layered, MetricsLayer, RetryLayer, TimeoutLayer, TraceLayer,
 };
 use faas_core::prelude::*;
 use faas_core::{
@@ -36,7 +39,18 @@ fn bench(c: &mut Criterion) {
         .layer(RetryLayer::new(3))
         .layer(ConcurrencyLimitLayer::new(1024, 1024))
         .layer(TimeoutLayer::new(Duration::from_secs(30)).named("gateway"));
-    let layered = Layered::with_layer(backend, stack);
+    let layered = Layered::with_layer(backend.clone(), stack);
+
+    let registry = InvocationMetrics::new();
+    let activator = Activator::new();
+    let gateway_stack = ServiceBuilder::new()
+        .layer(TraceLayer::new())
+        .layer(MetricsLayer::with_registry(registry.clone()))
+        .layer(ConcurrencyLimitLayer::new(10_000, 0))
+        .layer(ActivatorLayer::new(backend.clone(), activator.clone()))
+        .layer(TimeoutLayer::new(Duration::from_secs(60)).named("gateway upstream"))
+        .service(InvokeService::new(backend as Arc<dyn Invoke>));
+    let handles = Arc::new(FunctionHandles::new(&registry, &activator, &fref));
 
     let mut g = c.benchmark_group("core");
     let handler = hello();
@@ -53,6 +67,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("memory_invoke_full_stack", |b| {
         b.to_async(&rt)
             .iter(|| async { layered.invoke(Invocation::post(fref.clone(), "hi")).await.unwrap() })
+    });
+    g.bench_function("memory_invoke_gateway_stack", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut inv = Invocation::post(fref.clone(), "hi");
+            inv.request.extensions_mut().insert(handles.clone());
+            gateway_stack.clone().oneshot(inv).await.unwrap()
+        })
     });
     g.finish();
 }

@@ -5,7 +5,8 @@
 //! cargo run --release -p faas-examples --example custom_scheduler -- [SEED] [INVOCATIONS]
 //! ```
 //!
-//! `CloudFirst` places new instances on the amd64 node with the most free slots and falls
+//! `CloudFirst` (in `examples/src/lib.rs`, shared with the criterion bench
+//! `cargo bench -p faas-examples --bench custom_scheduler`) places new instances on the amd64 node with the most free slots and falls
 //! back to the Raspberry Pis (arm64) only when no cloud node has room; it routes to the ready
 //! instance with the fewest invocations in flight. `faas_core::sim::simulate` replays one
 //! synthetic trace (the same for every scheduler, deterministic for a seed) against it and
@@ -15,39 +16,9 @@
 //! `ProcessInvoker::builder().scheduler(Arc::new(CloudFirst))`. The example exits non-zero if
 //! the simulation served nothing, so CI runs it.
 
-use faas_core::scheduler::{InstanceView, Node, PlacementRequest, Scheduler, Strategy};
+use faas_core::scheduler::Strategy;
 use faas_core::sim::{simulate, SimConfig, SimReport, Trace};
-use faas_core::FunctionRef;
-
-/// Cloud (amd64) nodes first, then the rest; the least busy instance serves.
-struct CloudFirst;
-
-impl Scheduler for CloudFirst {
-    fn place(&self, request: &PlacementRequest<'_>, nodes: &[Node]) -> faas_core::Result<usize> {
-        nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| request.admits(n))
-            .max_by_key(|(_, n)| (n.arch == "amd64", n.free_slots()))
-            .map(|(i, _)| i)
-            // "No room now" (Unavailable: wait) or "never" (a constraint or platform no node
-            // meets: refuse), as every scheduler must tell them apart.
-            .ok_or_else(|| request.unplaceable(nodes))
-    }
-
-    fn route(&self, _function: &FunctionRef, instances: &[InstanceView]) -> Option<usize> {
-        instances
-            .iter()
-            .enumerate()
-            .filter(|(_, i)| i.has_capacity())
-            .min_by_key(|(_, i)| i.in_flight)
-            .map(|(i, _)| i)
-    }
-
-    fn name(&self) -> &str {
-        "cloud-first"
-    }
-}
+use faas_examples::CloudFirst;
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -9,13 +9,15 @@
 //!   unit tested on synthetic clocks and benchmarked alone.
 //! - [`Autoscaled`]: an [`Backend`] wrapper. It sits in the `invoke` path, measures in-flight
 //!   invocations and the request rate of every function itself, runs a tick loop (a tokio
-//!   task, every 2 s by default) that calls the inner backend's [`Deploy::scale`], and acts
-//!   as the *activator*: an invocation of a function at zero replicas scales it to
-//!   `max(1, min)` and waits (bounded by [`AutoscaleConfig::activation_timeout`]) until a
-//!   replica is ready, then is served. It is never dropped; past the bound the caller gets
-//!   [`Error::Unavailable`] naming the function.
+//!   task, every 2 s by default) that calls the inner backend's [`Deploy::scale`], and
+//!   activates: an invocation of a function at zero replicas goes through the
+//!   [`crate::activator::Activator`] (the one scale-from-zero path, shared with the
+//!   gateway's layer stack), which scales it to `max(1, min)` and waits (bounded by
+//!   [`AutoscaleConfig::activation_timeout`]) until a replica is ready, then is served. It
+//!   is never dropped; past the bound the caller gets [`Error::Unavailable`] naming the
+//!   function.
 //!
-//! # The model (REFERENCE.md section 4)
+//! # The model (Knative's KPA, as its autoscaler documentation describes it)
 //!
 //! `desired = ceil(observed / (target x utilisation))`, where `observed` is the average
 //! concurrency (or requests per second) over the *stable window* (60 s). Over the *panic
@@ -69,6 +71,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use crate::activator::{Activation, Activator};
 use crate::error::{Error, Result};
 use crate::function::Response;
 use crate::invocation::{FunctionRef, Invocation};
@@ -458,7 +461,6 @@ struct FnState {
     /// Set while the function is at zero or waking from it: invocations go through the
     /// activator until a replica is seen ready.
     cold: AtomicBool,
-    waking: tokio::sync::Mutex<()>,
 }
 
 const UNKNOWN: u32 = u32::MAX;
@@ -477,7 +479,6 @@ impl FnState {
             kpa: Mutex::new(Kpa::new(config)),
             replicas: AtomicU32::new(replicas),
             cold: AtomicBool::new(replicas == 0),
-            waking: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -511,6 +512,7 @@ impl Drop for InFlight<'_> {
 
 struct Shared<I> {
     inner: I,
+    activator: Activator,
     config: AutoscaleConfig,
     functions: Mutex<HashMap<FunctionRef, Arc<FnState>>>,
 }
@@ -553,7 +555,15 @@ impl<I: Backend> Autoscaled<I> {
     /// Wraps `inner` with `config`.
     pub fn with_config(inner: I, config: AutoscaleConfig) -> Self {
         Autoscaled {
-            shared: Arc::new(Shared { inner, config, functions: Mutex::new(HashMap::new()) }),
+            shared: Arc::new(Shared {
+                inner,
+                // Trusted for no time: `cold` says when to ask.
+                activator: Activator::new()
+                    .timeout(config.activation_timeout)
+                    .ready_ttl(Duration::ZERO),
+                config,
+                functions: Mutex::new(HashMap::new()),
+            }),
             ticker: Mutex::new(None),
         }
     }
@@ -620,32 +630,18 @@ impl<I: Backend> Autoscaled<I> {
         Some(self.shared.register(f, config, clamp_u32(status.replicas)))
     }
 
+    /// Scales `f` from zero through the shared [`Activator`] (one place for scale from
+    /// zero), then records the replicas it asked for.
     async fn activate(&self, f: &FunctionRef, st: &FnState) -> Result<()> {
         let shared = &self.shared;
-        {
-            let _one = st.waking.lock().await;
-            if st.replicas.load(Ordering::Acquire) == 0 {
-                let min = lock(&st.kpa).config().min;
-                let n = min.max(1);
-                shared.inner.scale(f, n).await?;
-                st.set_replicas(n);
-                lock(&st.kpa).note_activity(tokio::time::Instant::now().into_std());
-                tracing::debug!(function = %f, replicas = n, "scaling from zero");
-            }
+        if let Activation::Scaled(n) = shared.activator.activate(&shared.inner, f).await? {
+            st.set_replicas(n);
+            lock(&st.kpa).note_activity(tokio::time::Instant::now().into_std());
         }
-        match shared.inner.wait_ready(f, shared.config.activation_timeout).await {
-            Ok(true) => {
-                if st.replicas.load(Ordering::Acquire) != 0 {
-                    st.cold.store(false, Ordering::Release);
-                }
-                Ok(())
-            }
-            Err(e) => Err(e),
-            Ok(false) => Err(Error::unavailable(format!(
-                "no replica of {f} became ready within {} of scaling from zero",
-                crate::util::format_duration(shared.config.activation_timeout)
-            ))),
+        if st.replicas.load(Ordering::Acquire) != 0 {
+            st.cold.store(false, Ordering::Release);
         }
+        Ok(())
     }
 }
 

@@ -1,6 +1,8 @@
 //! The request and response body type: bytes in memory, or any boxed streaming body.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -251,5 +253,55 @@ mod tests {
         assert_eq!(s.collect_bytes().await.unwrap(), "abcd");
         let s = Body::from_stream(futures::stream::iter(vec![Ok(Bytes::from("abcdef"))]));
         assert!(matches!(s.collect_limited(3).await, Err(Error::PayloadTooLarge { limit: 3 })));
+    }
+}
+
+/// Marks an invocation whose request body failed on the caller's side: it went past the
+/// size limit while streaming, or broke off before its end (a malformed chunk, a closed
+/// connection). Whoever streams the caller's body puts it in the request's extensions and
+/// records the fault; the failure that reaches the function is then answered, and counted,
+/// as the caller's (413 or 400), not the function's.
+#[derive(Clone, Debug)]
+pub struct CallerFault {
+    state: Arc<AtomicU8>,
+    limit: u64,
+}
+
+const FAULT_NONE: u8 = 0;
+const FAULT_TOO_LARGE: u8 = 1;
+const FAULT_BROKEN: u8 = 2;
+
+impl CallerFault {
+    /// No fault yet, for a body limited to `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        CallerFault { state: Arc::new(AtomicU8::new(FAULT_NONE)), limit }
+    }
+
+    /// Records that the body went past its limit.
+    pub fn too_large(&self) {
+        self.state.store(FAULT_TOO_LARGE, Ordering::Relaxed);
+    }
+
+    /// Records that the body broke off (unless it was already too large).
+    pub fn broken(&self) {
+        let _ = self.state.compare_exchange(
+            FAULT_NONE,
+            FAULT_BROKEN,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The caller's error, if the body failed: 413 naming the limit, or 400 naming the body.
+    pub fn error(&self) -> Option<Error> {
+        match self.state.load(Ordering::Relaxed) {
+            FAULT_TOO_LARGE => Some(Error::PayloadTooLarge { limit: self.limit }),
+            FAULT_BROKEN => Some(Error::invalid(
+                "body",
+                "the request body broke off before its end (a malformed chunk or a closed \
+                 connection)",
+            )),
+            _ => None,
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// OpenWhisk activation status code (REFERENCE.md section 3).
+/// OpenWhisk activation status code (`response.statusCode` of an activation record).
 ///
 /// `0` success, `1` application error, `2` developer error, `3` internal (platform) error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -205,7 +205,9 @@ where
     Fut: std::future::Future<Output = Result<bool>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut interval = Duration::from_millis(1);
+    let backoff = crate::util::Backoff::new(Duration::from_millis(1), Duration::from_millis(50));
+    let backoff = backoff.exact();
+    let mut tries = 0;
     loop {
         if ready().await? {
             return Ok(true);
@@ -214,8 +216,8 @@ where
         if now >= deadline {
             return Ok(false);
         }
-        tokio::time::sleep_until((now + interval).min(deadline)).await;
-        interval = (interval * 2).min(Duration::from_millis(50));
+        tries += 1;
+        tokio::time::sleep_until((now + backoff.delay(tries)).min(deadline)).await;
     }
 }
 

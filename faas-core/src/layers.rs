@@ -11,6 +11,12 @@
 //! faas-core [`Error`]s throughout, so a timeout reads as a developer error naming the
 //! timeout that fired, and a full limiter as [`Error::Overloaded`] (HTTP 429).
 //!
+//! [`ActivatorLayer`] (invocations only) holds an invocation of a function with no ready
+//! replica while the [`Activator`] scales it from zero. A gateway's default stack is
+//! `TraceLayer` → `MetricsLayer` → `ConcurrencyLimitLayer` → `ActivatorLayer` →
+//! `TimeoutLayer` over the backend; a caller that routes many invocations of one function
+//! passes the layers' per-function state along as [`FunctionHandles`].
+//!
 //! A layered invoker stack is a [`Backend`] again through [`Layered`]: `invoke` goes through
 //! the stack, every other method goes straight to the inner backend.
 //!
@@ -55,10 +61,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use metrics::SharedString;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::body::Body;
+use crate::body::{Body, CallerFault};
 use crate::error::{Error, Result};
 use crate::function::Response;
 use crate::invocation::{Context, FunctionRef, Invocation, InvocationId};
@@ -67,6 +72,10 @@ use crate::invoker::{
     Secrets,
 };
 use crate::spec::{FunctionSpec, FunctionStatus};
+use crate::util::Backoff;
+
+pub use crate::activator::{Activation, Activator, Readiness};
+pub use crate::metrics::{FunctionMetrics, InvocationMetrics};
 
 /// What the layers need to know about a request, for [`Invocation`] and for a function's
 /// `http::Request<Body>` (whose [`Context`] extension carries the function and id).
@@ -77,6 +86,8 @@ pub trait InvocationRequest: Send + Sized + 'static {
     fn invocation_id(&self) -> Option<&InvocationId>;
     /// A copy for a retry, if the body is in memory.
     fn try_clone_request(&self) -> Option<Self>;
+    /// The request's extensions (where a caller passes [`FunctionHandles`]).
+    fn extensions(&self) -> &http::Extensions;
 }
 
 impl InvocationRequest for Invocation {
@@ -88,6 +99,9 @@ impl InvocationRequest for Invocation {
     }
     fn try_clone_request(&self) -> Option<Self> {
         self.try_clone()
+    }
+    fn extensions(&self) -> &http::Extensions {
+        self.request.extensions()
     }
 }
 
@@ -107,6 +121,9 @@ impl InvocationRequest for http::Request<Body> {
         *req.headers_mut() = self.headers().clone();
         *req.extensions_mut() = self.extensions().clone();
         Some(req)
+    }
+    fn extensions(&self) -> &http::Extensions {
+        http::Request::extensions(self)
     }
 }
 
@@ -401,22 +418,18 @@ where
 {
     type Response = S::Response;
     type Error = Error;
-    type Future = BoxFuture<'static, Result<S::Response>>;
+    type Future = LimitFuture<S::Future, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
-        let limiter = self.limiter.clone();
+        let limiter = &self.limiter;
         if let Ok(permit) = limiter.semaphore.clone().try_acquire_owned() {
-            let fut = inner.call(req);
-            return Box::pin(async move {
-                let r = fut.await;
-                drop(permit);
-                r
-            });
+            // Under the limit: the inner call runs at once, holding the permit.
+            let state = LimitState::Running { inner: self.inner.call(req), permit: Some(permit) };
+            return LimitFuture { state };
         }
         if limiter.queued.fetch_add(1, Ordering::AcqRel) >= limiter.max_queued {
             limiter.queued.fetch_sub(1, Ordering::AcqRel);
@@ -427,9 +440,11 @@ where
                 ),
                 retry_after: None,
             };
-            return Box::pin(futures::future::ready(Err(err)));
+            return LimitFuture { state: LimitState::Rejected { error: Some(err) } };
         }
-        Box::pin(async move {
+        let inner = take_ready(&mut self.inner);
+        let limiter = limiter.clone();
+        let queued = Box::pin(async move {
             let permit = {
                 let _slot = QueueSlot(&limiter.queued);
                 limiter
@@ -439,10 +454,52 @@ where
                     .await
                     .map_err(|_| Error::internal("concurrency limiter closed"))?
             };
-            let r = inner.call(req).await;
+            let r = inner.oneshot(req).await;
             drop(permit);
             r
-        })
+        });
+        LimitFuture { state: LimitState::Queued { inner: queued } }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`ConcurrencyLimit`].
+    pub struct LimitFuture<F, T> {
+        #[pin]
+        state: LimitState<F, T>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = LimitProj]
+    enum LimitState<F, T> {
+        // Holding a permit: the inner call.
+        Running { #[pin] inner: F, permit: Option<tokio::sync::OwnedSemaphorePermit> },
+        // Over the limit with no room to wait.
+        Rejected { error: Option<Error> },
+        // Waiting for a permit, then the inner call.
+        Queued { inner: BoxFuture<'static, Result<T>> },
+    }
+}
+
+impl<F, T> Future for LimitFuture<F, T>
+where
+    F: Future<Output = Result<T>>,
+{
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            LimitProj::Running { inner, permit } => {
+                let r = std::task::ready!(inner.poll(cx));
+                drop(permit.take());
+                Poll::Ready(r)
+            }
+            LimitProj::Rejected { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| Error::internal("concurrency limit future polled again")))),
+            LimitProj::Queued { inner } => inner.as_mut().poll(cx),
+        }
     }
 }
 
@@ -452,23 +509,20 @@ where
 #[derive(Debug, Clone)]
 struct RetryPolicy {
     max_attempts: u32,
-    base_delay: Duration,
-    max_delay: Duration,
+    backoff: Backoff,
 }
 
 impl RetryPolicy {
-    /// Full jitter: a random delay up to `base * 2^(attempt-1)` capped at `max`, but at
-    /// least the server's `Retry-After` hint (also capped).
+    /// The [`Backoff`] after `attempt` failed attempts, but at least the server's
+    /// `Retry-After` hint (also capped).
     fn delay(&self, attempt: u32, hint: Option<Duration>) -> Duration {
-        let exp = self.base_delay.saturating_mul(1u32 << (attempt - 1).min(20));
-        let cap = exp.min(self.max_delay);
-        let jittered = cap.mul_f64(rand::random::<f64>());
-        jittered.max(hint.unwrap_or(Duration::ZERO).min(self.max_delay))
+        let hint = hint.unwrap_or(Duration::ZERO).min(self.backoff.max);
+        self.backoff.delay(attempt).max(hint)
     }
 }
 
 /// Retries invocations that failed with a retryable error ([`Error::is_retryable`]:
-/// overload, unavailability), with exponential backoff and full jitter, honouring an
+/// overload, unavailability), with exponential backoff and jitter ([`Backoff`]), honouring an
 /// [`Error::Overloaded`] `retry_after` hint. Only requests whose body is in memory are
 /// retried (streams cannot be replayed).
 #[derive(Debug, Clone)]
@@ -482,21 +536,20 @@ impl RetryLayer {
         RetryLayer {
             policy: Arc::new(RetryPolicy {
                 max_attempts: max_attempts.max(1),
-                base_delay: Duration::from_millis(10),
-                max_delay: Duration::from_secs(1),
+                backoff: Backoff::new(Duration::from_millis(10), Duration::from_secs(1)),
             }),
         }
     }
 
     /// The backoff before the first retry (doubling after each attempt).
     pub fn base_delay(mut self, d: Duration) -> Self {
-        Arc::make_mut(&mut self.policy).base_delay = d;
+        Arc::make_mut(&mut self.policy).backoff.initial = d;
         self
     }
 
     /// The longest backoff.
     pub fn max_delay(mut self, d: Duration) -> Self {
-        Arc::make_mut(&mut self.policy).max_delay = d;
+        Arc::make_mut(&mut self.policy).backoff.max = d;
         self
     }
 }
@@ -563,27 +616,38 @@ where
 // ---------------------------------------------------------------------------------------
 // Metrics
 
-/// Counts and times invocations with the `metrics` crate under the names OpenFaaS dashboards
-/// use: `gateway_function_invocation_started{function_name}` (counter, at the start),
-/// `gateway_function_invocation_total{function_name,code}` (counter) and
-/// `gateway_functions_seconds{function_name,code}` (histogram, seconds). `function_name` is
-/// `name.namespace`; `code` is the HTTP status (for errors, [`Error::http_status`]).
-#[derive(Debug, Clone, Copy, Default)]
+/// Counts and times invocations under the names OpenFaaS dashboards use, into an
+/// [`InvocationMetrics`] registry (sharded per thread; see [`crate::metrics`]):
+/// `gateway_function_invocation_started{function_name}` (at the start),
+/// `gateway_function_invocation_total{function_name,code}` and
+/// `gateway_functions_seconds{function_name,code}`. `function_name` is `name.namespace`;
+/// `code` is the HTTP status (for errors, [`Error::http_status`]).
+#[derive(Debug, Clone, Default)]
 pub struct MetricsLayer {
-    _priv: (),
+    registry: InvocationMetrics,
 }
 
 impl MetricsLayer {
-    /// The metrics layer.
+    /// The metrics layer, counting into a registry of its own ([`MetricsLayer::registry`]).
     pub fn new() -> Self {
-        MetricsLayer { _priv: () }
+        MetricsLayer::default()
+    }
+
+    /// The metrics layer, counting into `registry` (which a gateway renders at `/metrics`).
+    pub fn with_registry(registry: InvocationMetrics) -> Self {
+        MetricsLayer { registry }
+    }
+
+    /// The registry counted into.
+    pub fn registry(&self) -> &InvocationMetrics {
+        &self.registry
     }
 }
 
 impl<S> Layer<S> for MetricsLayer {
     type Service = Metrics<S>;
     fn layer(&self, inner: S) -> Metrics<S> {
-        Metrics { inner }
+        Metrics { inner, registry: self.registry.clone() }
     }
 }
 
@@ -591,47 +655,40 @@ impl<S> Layer<S> for MetricsLayer {
 #[derive(Debug, Clone)]
 pub struct Metrics<S> {
     inner: S,
+    registry: InvocationMetrics,
 }
 
 /// Metric names (OpenFaaS's).
-pub mod metric_names {
-    /// Counter of invocations started.
-    pub const STARTED: &str = "gateway_function_invocation_started";
-    /// Counter of invocations completed, by status code.
-    pub const TOTAL: &str = "gateway_function_invocation_total";
-    /// Histogram of invocation durations in seconds, by status code.
-    pub const SECONDS: &str = "gateway_functions_seconds";
+pub use crate::metrics::names as metric_names;
+
+/// A function's metric handles, from the caller's [`FunctionHandles`] or the registry.
+enum Counted {
+    Handles(Arc<FunctionHandles>),
+    Metrics(FunctionMetrics),
 }
 
-fn function_label<R: InvocationRequest>(req: &R) -> SharedString {
-    match req.function() {
-        Some(f) => {
-            let mut s = String::with_capacity(f.name.len() + f.namespace.len() + 1);
-            s.push_str(&f.name);
-            s.push('.');
-            s.push_str(&f.namespace);
-            SharedString::from_shared(Arc::from(s))
+impl Counted {
+    fn of<R: InvocationRequest>(req: &R, registry: &InvocationMetrics) -> Counted {
+        if let Some(h) = req.extensions().get::<Arc<FunctionHandles>>() {
+            return Counted::Handles(h.clone());
         }
-        None => SharedString::const_str("unknown"),
+        let unknown;
+        let f = match req.function() {
+            Some(f) => f,
+            None => {
+                unknown = FunctionRef::new("unknown", "");
+                &unknown
+            }
+        };
+        Counted::Metrics(registry.function(f))
     }
-}
 
-fn code_label(code: http::StatusCode) -> SharedString {
-    let s = match code.as_u16() {
-        200 => "200",
-        201 => "201",
-        202 => "202",
-        204 => "204",
-        400 => "400",
-        404 => "404",
-        429 => "429",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        other => return SharedString::from_owned(other.to_string()),
-    };
-    SharedString::const_str(s)
+    fn get(&self) -> &FunctionMetrics {
+        match self {
+            Counted::Handles(h) => &h.metrics,
+            Counted::Metrics(m) => m,
+        }
+    }
 }
 
 impl<S, R, B> Service<R> for Metrics<S>
@@ -648,12 +705,14 @@ where
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        let function = function_label(&req);
-        metrics::counter!(metric_names::STARTED, "function_name" => function.clone()).increment(1);
+        let counted = Counted::of(&req, &self.registry);
+        counted.get().started();
+        let fault = req.extensions().get::<CallerFault>().cloned();
         MetricsFuture {
             inner: self.inner.call(req),
             start: std::time::Instant::now(),
-            function: Some(function),
+            counted: Some(counted),
+            fault,
         }
     }
 }
@@ -664,7 +723,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         start: std::time::Instant,
-        function: Option<SharedString>,
+        counted: Option<Counted>,
+        fault: Option<CallerFault>,
     }
 }
 
@@ -680,20 +740,183 @@ where
             Poll::Ready(r) => r,
             Poll::Pending => return Poll::Pending,
         };
-        if let Some(function) = this.function.take() {
-            let code = code_label(match &r {
+        if let Some(counted) = this.counted.take() {
+            // A failure caused by the caller's body counts as the caller's (413 or 400).
+            let caller = || this.fault.as_ref().and_then(CallerFault::error);
+            let code = match &r {
                 Ok(resp) => resp.status(),
-                Err(e) => e.http_status(),
-            });
-            let secs = this.start.elapsed().as_secs_f64();
-            metrics::counter!(metric_names::TOTAL,
-                "function_name" => function.clone(), "code" => code.clone())
-            .increment(1);
-            metrics::histogram!(metric_names::SECONDS,
-                "function_name" => function, "code" => code)
-            .record(secs);
+                Err(e) => caller().map_or_else(|| e.http_status(), |c| c.http_status()),
+            };
+            counted.get().finished(code.as_u16(), this.start.elapsed());
         }
         Poll::Ready(r)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Activator
+
+/// What the layers here keep per function, for a caller that routes many invocations of one
+/// function (a gateway's router): looked up once, then passed along in each invocation's
+/// extensions as an `Arc<FunctionHandles>`, so that [`MetricsLayer`] and [`ActivatorLayer`]
+/// find their state without a lookup. Without it they look the function up themselves.
+#[derive(Debug, Clone)]
+pub struct FunctionHandles {
+    /// The function's invocation metrics.
+    pub metrics: FunctionMetrics,
+    /// The function's readiness, as the activator knows it.
+    pub readiness: Arc<Readiness>,
+}
+
+impl FunctionHandles {
+    /// The handles of `function` in `metrics` and `activator`.
+    pub fn new(metrics: &InvocationMetrics, activator: &Activator, function: &FunctionRef) -> Self {
+        FunctionHandles {
+            metrics: metrics.function(function),
+            readiness: activator.readiness(function),
+        }
+    }
+}
+
+/// Holds each invocation of a function that has no ready replica while the
+/// [`Activator`] scales it from zero, then lets it through (503 naming the timeout when no
+/// replica is ready in time). A function found ready passes at once, without a call to the
+/// backend, for the activator's `ready_ttl`; a 404 from below makes it ask again.
+#[derive(Clone)]
+pub struct ActivatorLayer {
+    activator: Activator,
+    backend: Arc<dyn Deploy>,
+}
+
+impl std::fmt::Debug for ActivatorLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActivatorLayer").field("activator", &self.activator).finish()
+    }
+}
+
+impl ActivatorLayer {
+    /// Scales functions of `backend` from zero with `activator`.
+    pub fn new(backend: Arc<dyn Deploy>, activator: Activator) -> Self {
+        ActivatorLayer { activator, backend }
+    }
+
+    /// The activator (to [`Activator::forget`] a function after managing it).
+    pub fn activator(&self) -> &Activator {
+        &self.activator
+    }
+}
+
+impl<S> Layer<S> for ActivatorLayer {
+    type Service = Activate<S>;
+    fn layer(&self, inner: S) -> Activate<S> {
+        Activate { inner, layer: self.clone() }
+    }
+}
+
+/// The service of [`ActivatorLayer`].
+#[derive(Clone)]
+pub struct Activate<S> {
+    inner: S,
+    layer: ActivatorLayer,
+}
+
+impl<S> std::fmt::Debug for Activate<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Activate").finish_non_exhaustive()
+    }
+}
+
+/// The readiness an [`Activate`] future resets on a 404.
+enum ReadyHint {
+    Handles(Arc<FunctionHandles>),
+    Readiness(Arc<Readiness>),
+}
+
+impl ReadyHint {
+    fn get(&self) -> &Arc<Readiness> {
+        match self {
+            ReadyHint::Handles(h) => &h.readiness,
+            ReadyHint::Readiness(r) => r,
+        }
+    }
+}
+
+impl<S> Service<Invocation> for Activate<S>
+where
+    S: Service<Invocation, Response = Response, Error = Error> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Error;
+    type Future = ActivateFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Invocation) -> Self::Future {
+        let activator = &self.layer.activator;
+        let hint = match req.request.extensions().get::<Arc<FunctionHandles>>() {
+            Some(h) => ReadyHint::Handles(h.clone()),
+            None => ReadyHint::Readiness(activator.readiness(&req.function)),
+        };
+        if activator.is_ready(hint.get()) {
+            let state = ActivateState::Ready { inner: self.inner.call(req), hint: Some(hint) };
+            return ActivateFuture { state };
+        }
+        let inner = take_ready(&mut self.inner);
+        let layer = self.layer.clone();
+        let state = ActivateState::Activating {
+            inner: Box::pin(async move {
+                let activator = &layer.activator;
+                let f = req.function.clone();
+                activator.activate_with(&*layer.backend, &f, hint.get()).await?;
+                let r = inner.oneshot(req).await;
+                if matches!(r, Err(Error::NotFound { .. })) {
+                    activator.forget(&f);
+                }
+                r
+            }),
+        };
+        ActivateFuture { state }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Activate`].
+    pub struct ActivateFuture<F> {
+        #[pin]
+        state: ActivateState<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = ActivateProj]
+    enum ActivateState<F> {
+        // The function is known ready: the inner call.
+        Ready { #[pin] inner: F, hint: Option<ReadyHint> },
+        // Waiting for the function to scale from zero, then the inner call.
+        Activating { inner: BoxFuture<'static, Result<Response>> },
+    }
+}
+
+impl<F> Future for ActivateFuture<F>
+where
+    F: Future<Output = Result<Response>>,
+{
+    type Output = Result<Response>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            ActivateProj::Ready { inner, hint } => {
+                let r = std::task::ready!(inner.poll(cx));
+                if let (Err(Error::NotFound { .. }), Some(hint)) = (&r, hint.take()) {
+                    hint.get().forget();
+                }
+                Poll::Ready(r)
+            }
+            ActivateProj::Activating { inner } => inner.as_mut().poll(cx),
+        }
     }
 }
 
@@ -810,8 +1033,7 @@ mod tests {
     fn backoff_is_jittered_below_an_exponential_cap_and_honours_hints() {
         let p = RetryPolicy {
             max_attempts: 10,
-            base_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(100),
+            backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(100)),
         };
         for _ in 0..200 {
             assert!(p.delay(1, None) <= Duration::from_millis(10));
@@ -844,11 +1066,5 @@ mod tests {
         assert_eq!(copy.body().as_bytes(), Some(&b"x"[..]));
         let streamed = http::Request::new(Body::from_stream(futures::stream::empty()));
         assert!(streamed.try_clone_request().is_none());
-    }
-
-    #[test]
-    fn code_labels() {
-        assert_eq!(&*code_label(http::StatusCode::OK), "200");
-        assert_eq!(&*code_label(http::StatusCode::IM_A_TEAPOT), "418");
     }
 }

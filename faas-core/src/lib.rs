@@ -18,6 +18,7 @@
 //! tower layers and the conformance suite (feature `conformance`).
 
 pub mod activation;
+pub mod activator;
 pub mod autoscale;
 pub mod body;
 pub mod error;
@@ -27,6 +28,7 @@ pub mod invocation;
 pub mod invoker;
 pub mod layers;
 pub mod memory;
+pub mod metrics;
 pub mod queue;
 pub mod runtime;
 pub mod scheduler;
@@ -39,7 +41,7 @@ pub mod conformance;
 
 pub use activation::{Activation, ActivationResponse};
 pub use autoscale::{AutoscaleConfig, Autoscaled, Kpa, KpaConfig, Observation};
-pub use body::{Body, BoxError};
+pub use body::{Body, BoxError, CallerFault};
 pub use error::{DeveloperErrorKind, Error, Result, StatusCode};
 pub use event::{Delivery, Event, EventSource, Rule, Trigger};
 pub use function::{boxed, handler_fn, BoxFunction, Function, IntoResponse, Request, Response};

@@ -9,7 +9,7 @@
 //!
 //! A [`Node`] has labels, an architecture (`amd64`, `arm64`, `arm/v7`; spellings such as
 //! `x86_64`, `aarch64` or `armhf` are normalised by [`normalize_arch`]), a capacity and an
-//! allocation (CPU millicores, memory bytes, instance slots: [`Resources`]) and a health flag.
+//! allocation (CPU millicores, memory bytes, instance slots: [`Capacity`]) and a health flag.
 //! A function's image declares the platforms it supports ([`crate::FunctionSpec::platforms`]).
 //!
 //! # Constraints
@@ -171,9 +171,9 @@ impl std::fmt::Display for Constraint {
     }
 }
 
-/// Resources of a node: CPU in millicores, memory in bytes, and instance slots.
+/// Capacity of a node: CPU in millicores, memory in bytes, and instance slots.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Resources {
+pub struct Capacity {
     /// CPU in millicores.
     pub cpu_millis: u64,
     /// Memory in bytes.
@@ -182,10 +182,10 @@ pub struct Resources {
     pub slots: u32,
 }
 
-impl Resources {
+impl Capacity {
     /// CPU, memory and slots.
     pub const fn new(cpu_millis: u64, memory_bytes: u64, slots: u32) -> Self {
-        Resources { cpu_millis, memory_bytes, slots }
+        Capacity { cpu_millis, memory_bytes, slots }
     }
 
     /// What one instance of `spec` needs: its `requests` (else its `limits`) for CPU and
@@ -195,7 +195,7 @@ impl Resources {
         let pick = |f: &dyn Fn(&crate::spec::Resources) -> Option<u64>| {
             spec.requests.as_ref().and_then(f).or_else(|| spec.limits.as_ref().and_then(f))
         };
-        Resources {
+        Capacity {
             cpu_millis: pick(&|r| r.cpu_millis()).unwrap_or(0),
             memory_bytes: pick(&|r| r.memory_bytes()).unwrap_or(0),
             slots: 1,
@@ -203,15 +203,15 @@ impl Resources {
     }
 
     /// Whether every dimension of `need` is at most this one's.
-    pub fn covers(&self, need: &Resources) -> bool {
+    pub fn covers(&self, need: &Capacity) -> bool {
         need.slots <= self.slots
             && need.cpu_millis <= self.cpu_millis
             && need.memory_bytes <= self.memory_bytes
     }
 
     /// Component-wise saturating addition.
-    pub fn saturating_add(self, o: Resources) -> Resources {
-        Resources {
+    pub fn saturating_add(self, o: Capacity) -> Capacity {
+        Capacity {
             cpu_millis: self.cpu_millis.saturating_add(o.cpu_millis),
             memory_bytes: self.memory_bytes.saturating_add(o.memory_bytes),
             slots: self.slots.saturating_add(o.slots),
@@ -219,8 +219,8 @@ impl Resources {
     }
 
     /// Component-wise saturating subtraction.
-    pub fn saturating_sub(self, o: Resources) -> Resources {
-        Resources {
+    pub fn saturating_sub(self, o: Capacity) -> Capacity {
+        Capacity {
             cpu_millis: self.cpu_millis.saturating_sub(o.cpu_millis),
             memory_bytes: self.memory_bytes.saturating_sub(o.memory_bytes),
             slots: self.slots.saturating_sub(o.slots),
@@ -238,22 +238,22 @@ pub struct Node {
     /// Architecture: `amd64`, `arm64`, `arm/v7`...
     pub arch: String,
     /// What the node has.
-    pub capacity: Resources,
+    pub capacity: Capacity,
     /// What is already allocated on it.
-    pub allocated: Resources,
+    pub allocated: Capacity,
     /// Whether it accepts new instances.
     pub healthy: bool,
 }
 
 impl Node {
     /// A healthy node of `arch` with the given capacity and nothing allocated.
-    pub fn new(id: impl Into<String>, arch: impl Into<String>, capacity: Resources) -> Self {
+    pub fn new(id: impl Into<String>, arch: impl Into<String>, capacity: Capacity) -> Self {
         Node {
             id: id.into(),
             labels: BTreeMap::new(),
             arch: arch.into(),
             capacity,
-            allocated: Resources::default(),
+            allocated: Capacity::default(),
             healthy: true,
         }
     }
@@ -270,7 +270,7 @@ impl Node {
     }
 
     /// Whether `need` fits in what is free.
-    pub fn fits(&self, need: &Resources) -> bool {
+    pub fn fits(&self, need: &Capacity) -> bool {
         self.allocated.slots.saturating_add(need.slots) <= self.capacity.slots
             && self.allocated.cpu_millis.saturating_add(need.cpu_millis) <= self.capacity.cpu_millis
             && self.allocated.memory_bytes.saturating_add(need.memory_bytes)
@@ -284,18 +284,18 @@ impl Node {
     }
 
     /// Sets what is already allocated (builder style).
-    pub fn with_allocated(mut self, allocated: Resources) -> Self {
+    pub fn with_allocated(mut self, allocated: Capacity) -> Self {
         self.allocated = allocated;
         self
     }
 
     /// Adds `need` to the allocation (an instance started here).
-    pub fn allocate(&mut self, need: &Resources) {
+    pub fn allocate(&mut self, need: &Capacity) {
         self.allocated = self.allocated.saturating_add(*need);
     }
 
     /// Removes `need` from the allocation (an instance stopped here).
-    pub fn release(&mut self, need: &Resources) {
+    pub fn release(&mut self, need: &Capacity) {
         self.allocated = self.allocated.saturating_sub(*need);
     }
 
@@ -322,7 +322,7 @@ impl Node {
     }
 }
 
-pub(crate) fn utilisation_of(alloc: &Resources, cap: &Resources) -> f64 {
+pub(crate) fn utilisation_of(alloc: &Capacity, cap: &Capacity) -> f64 {
     let mut u = 0f64;
     if cap.slots > 0 {
         u = u.max(alloc.slots as f64 / cap.slots as f64);
@@ -345,14 +345,14 @@ pub struct PlacementRequest<'a> {
     pub constraints: &'a [Constraint],
     /// Platforms its image supports (`linux/amd64`, `arm64`...); empty = any.
     pub platforms: &'a [String],
-    /// Resources one instance needs.
-    pub need: Resources,
+    /// Capacity one instance needs.
+    pub need: Capacity,
 }
 
 impl<'a> PlacementRequest<'a> {
     /// A request for one instance of `function` needing `need`, with no constraints and any
     /// platform.
-    pub fn new(function: &'a FunctionRef, need: Resources) -> Self {
+    pub fn new(function: &'a FunctionRef, need: Capacity) -> Self {
         PlacementRequest { function, constraints: &[], platforms: &[], need }
     }
 
@@ -457,7 +457,7 @@ impl PlacementRequest<'_> {
 pub fn check_placement(spec: &FunctionSpec, nodes: &[Node]) -> Result<()> {
     let constraints = spec.parsed_constraints()?;
     let f = spec.function_ref();
-    PlacementRequest::new(&f, Resources::for_spec(spec))
+    PlacementRequest::new(&f, Capacity::for_spec(spec))
         .with_constraints(&constraints)
         .with_platforms(&spec.platforms)
         .satisfiable(nodes)
@@ -593,7 +593,7 @@ mod tests {
     }
 
     fn node(id: &str, arch: &str, slots: u32) -> Node {
-        Node::new(id, arch, Resources { cpu_millis: 4000, memory_bytes: 8 << 30, slots })
+        Node::new(id, arch, Capacity { cpu_millis: 4000, memory_bytes: 8 << 30, slots })
     }
 
     #[test]
@@ -601,7 +601,7 @@ mod tests {
         let f = FunctionRef::default_ns("f");
         let nodes = vec![node("a", "amd64", 2).label("type", "rpi"), node("b", "arm64", 4)];
         let s = LeastLoaded::new();
-        let need = Resources { cpu_millis: 100, memory_bytes: 1 << 20, slots: 1 };
+        let need = Capacity { cpu_millis: 100, memory_bytes: 1 << 20, slots: 1 };
         let any = PlacementRequest { function: &f, constraints: &[], platforms: &[], need };
         assert_eq!(s.place(&any, &nodes).unwrap(), 1);
         let rpi = [Constraint::parse("type=rpi").unwrap()];

@@ -644,100 +644,23 @@ impl FunctionStatus {
     }
 }
 
-/// RFC 3339 timestamps (UTC, `2026-11-23T09:08:25.123Z`) for `SystemTime`, without a date
-/// crate.
+/// RFC 3339 timestamps (UTC, `2026-11-23T09:08:25.123Z`) for `SystemTime`, through `jiff`.
 pub mod rfc3339 {
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    use std::time::SystemTime;
 
     /// Formats a time as RFC 3339 in UTC with millisecond precision.
     pub fn format(t: SystemTime) -> String {
-        let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-        let secs = d.as_secs() as i64;
-        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-        let (y, m, day) = civil_from_days(days);
-        format!(
-            "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-            rem / 3600,
-            (rem % 3600) / 60,
-            rem % 60,
-            d.subsec_millis()
-        )
+        match jiff::Timestamp::try_from(t) {
+            Ok(ts) => format!("{ts:.3}"),
+            Err(_) => "1970-01-01T00:00:00.000Z".to_string(),
+        }
     }
 
-    /// Parses `YYYY-MM-DDTHH:MM:SS[.fff][Z|+hh:mm]`.
+    /// Parses an RFC 3339 timestamp with an offset (`Z` or `+hh:mm`).
     pub fn parse(s: &str) -> Result<SystemTime, String> {
-        let err = || format!("{s:?} is not an RFC 3339 timestamp");
-        let b = s.as_bytes();
-        if b.len() < 19
-            || b[4] != b'-'
-            || b[7] != b'-'
-            || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ')
-        {
-            return Err(err());
-        }
-        let n = |r: std::ops::Range<usize>| {
-            s.get(r).and_then(|x| x.parse::<i64>().ok()).ok_or_else(err)
-        };
-        let (y, mo, d, h, mi, se) =
-            (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
-        if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-            return Err(err());
-        }
-        let mut rest = &s[19..];
-        let mut nanos = 0u32;
-        if let Some(frac) = rest.strip_prefix('.') {
-            let end = frac.find(|c: char| !c.is_ascii_digit()).unwrap_or(frac.len());
-            let digits = &frac[..end];
-            if digits.is_empty() {
-                return Err(err());
-            }
-            let padded: String = digits.chars().chain(std::iter::repeat('0')).take(9).collect();
-            nanos = padded.parse().map_err(|_| err())?;
-            rest = &frac[end..];
-        }
-        let offset = match rest {
-            "Z" | "z" | "" => 0,
-            tz if tz.len() == 6 && (tz.starts_with('+') || tz.starts_with('-')) => {
-                let hh: i64 = tz[1..3].parse().map_err(|_| err())?;
-                let mm: i64 = tz[4..6].parse().map_err(|_| err())?;
-                let o = hh * 3600 + mm * 60;
-                if tz.starts_with('-') {
-                    -o
-                } else {
-                    o
-                }
-            }
-            _ => return Err(err()),
-        };
-        let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset;
-        if secs < 0 {
-            return Err(err());
-        }
-        Ok(UNIX_EPOCH + Duration::new(secs as u64, nanos))
-    }
-
-    // Howard Hinnant's algorithms.
-    fn civil_from_days(z: i64) -> (i64, u32, u32) {
-        let z = z + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let y = yoe + era * 400;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        (if m <= 2 { y + 1 } else { y }, m, d)
-    }
-
-    fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y.rem_euclid(400);
-        let mp = if m > 2 { m - 3 } else { m + 9 };
-        let doy = (153 * mp + 2) / 5 + d - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        era * 146_097 + doe - 719_468
+        s.parse::<jiff::Timestamp>()
+            .map(SystemTime::from)
+            .map_err(|e| format!("{s:?} is not an RFC 3339 timestamp: {e}"))
     }
 }
 
@@ -908,6 +831,11 @@ mod tests {
         assert_eq!(t, t2);
         assert!(rfc3339::parse("yesterday").is_err());
         assert_eq!(rfc3339::format(std::time::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        // Docker's nanosecond timestamps; milliseconds are always written.
+        let t3 = rfc3339::parse("2026-11-23T09:08:25.123456789Z").unwrap();
+        assert_eq!(rfc3339::format(t3), "2026-11-23T09:08:25.123Z");
+        let t4 = rfc3339::parse("2026-11-23T09:08:25Z").unwrap();
+        assert_eq!(rfc3339::format(t4), "2026-11-23T09:08:25.000Z");
     }
 }
 

@@ -206,6 +206,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).exact();
+        assert_eq!(b.delay(1), Duration::from_millis(100));
+        assert_eq!(b.delay(3), Duration::from_millis(400));
+        assert_eq!(b.delay(10), Duration::from_secs(1));
+        assert_eq!(b.delay(u32::MAX), Duration::from_secs(1), "no overflow");
+        let j = Backoff { jitter: true, ..b };
+        for _ in 0..100 {
+            let d = j.delay(2);
+            assert!(d >= Duration::from_millis(100) && d <= Duration::from_millis(200), "{d:?}");
+            assert!(j.delay(20) >= Duration::from_millis(500), "jitter keeps at least half");
+        }
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
@@ -298,5 +313,50 @@ mod fast_hasher_tests {
             m.insert(k.to_string(), i);
         }
         assert!(keys.iter().enumerate().all(|(i, k)| m.get(*k) == Some(&i)));
+    }
+}
+
+/// Exponential backoff, the one used wherever faas-rs waits between tries (retries of an
+/// invocation, async redeliveries and callbacks, readiness polls, restarts of a crashed
+/// process): the `n`th wait is `initial * multiplier^(n-1)`, capped at `max`; with jitter, a
+/// uniformly random time between half of that and all of it, so that waits spread out but
+/// still grow and never pass `max`. (Written here rather than taken from `backon`, whose
+/// jitter adds up to a whole delay on top, past the cap.)
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backoff {
+    /// The wait before the first retry.
+    pub initial: Duration,
+    /// The longest wait.
+    pub max: Duration,
+    /// Growth per retry (at least 1).
+    pub multiplier: f64,
+    /// Randomise each wait (between 50% and 100% of it).
+    pub jitter: bool,
+}
+
+impl Default for Backoff {
+    /// 100 ms doubling to 30 s, with jitter.
+    fn default() -> Self {
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(30))
+    }
+}
+
+impl Backoff {
+    /// Doubling from `initial` to `max`, with jitter.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff { initial, max, multiplier: 2.0, jitter: true }
+    }
+
+    /// The same without jitter.
+    pub fn exact(self) -> Self {
+        Backoff { jitter: false, ..self }
+    }
+
+    /// The wait before retry number `retry` (1 for the first retry).
+    pub fn delay(&self, retry: u32) -> Duration {
+        let exp = self.multiplier.max(1.0).powi(retry.saturating_sub(1).min(64) as i32);
+        let secs = (self.initial.as_secs_f64() * exp).min(self.max.as_secs_f64());
+        let secs = if self.jitter { secs * (0.5 + rand::random::<f64>() * 0.5) } else { secs };
+        Duration::try_from_secs_f64(secs).unwrap_or(self.max)
     }
 }

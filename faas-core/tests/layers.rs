@@ -2,14 +2,13 @@
 //! over the in-memory backend and over a function.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use faas_core::conformance::fixtures;
 use faas_core::layers::{
-    ConcurrencyLimitLayer, InvokeService, Layered, MetricsLayer, RetryLayer, TimeoutLayer,
-    TraceLayer,
+    ConcurrencyLimitLayer, InvocationMetrics, InvokeService, Layered, MetricsLayer, RetryLayer,
+    TimeoutLayer, TraceLayer,
 };
 use faas_core::prelude::*;
 use faas_core::{
@@ -246,93 +245,34 @@ async fn retry_backoff_grows_and_is_capped() {
 // ---------------------------------------------------------------------------------------
 // Metrics
 
-#[derive(Default)]
-struct Hist(Mutex<Vec<f64>>);
-
-impl metrics::HistogramFn for Hist {
-    fn record(&self, v: f64) {
-        self.0.lock().unwrap().push(v);
-    }
-}
-
-/// A recorder keeping counters and histograms by `name{sorted labels}`.
-#[derive(Default, Clone)]
-struct TestRecorder {
-    counters: Arc<Mutex<Counters>>,
-    histograms: Arc<Mutex<Histograms>>,
-}
-
-type Counters = HashMap<String, Arc<AtomicU64>>;
-type Histograms = HashMap<String, Arc<Hist>>;
-
-fn key_string(k: &metrics::Key) -> String {
-    let mut labels: Vec<String> =
-        k.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
-    labels.sort();
-    format!("{}{{{}}}", k.name(), labels.join(","))
-}
-
-impl TestRecorder {
-    fn counter(&self, key: &str) -> u64 {
-        self.counters.lock().unwrap().get(key).map(|c| c.load(Ordering::SeqCst)).unwrap_or(0)
-    }
-    fn samples(&self, key: &str) -> usize {
-        self.histograms.lock().unwrap().get(key).map(|h| h.0.lock().unwrap().len()).unwrap_or(0)
-    }
-}
-
-impl metrics::Recorder for TestRecorder {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        let c = self.counters.lock().unwrap().entry(key_string(key)).or_default().clone();
-        metrics::Counter::from_arc(c)
-    }
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
-    }
-    fn register_histogram(
-        &self,
-        key: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        let h = self.histograms.lock().unwrap().entry(key_string(key)).or_default().clone();
-        metrics::Histogram::from_arc(h)
-    }
+/// The value of one series in the registry's Prometheus text (0 when absent).
+fn series(reg: &InvocationMetrics, series: &str) -> u64 {
+    let text = reg.render();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(0)
 }
 
 #[tokio::test(start_paused = true)]
 async fn metrics_use_openfaas_names() {
-    let rec = TestRecorder::default();
-    let _guard = metrics::set_default_local_recorder(&rec);
-    let (svc, mut handle) = over_mock(MetricsLayer::new());
+    let layer = MetricsLayer::new();
+    let rec = layer.registry().clone();
+    let (svc, mut handle) = over_mock(layer);
 
     let fref = FunctionRef::new("echo", "dev");
     let call = svc.clone().oneshot(Invocation::post(fref.clone(), "x"));
     let answer = async {
         let (_, reply) = next(&mut handle).await;
-        assert_eq!(rec.counter("gateway_function_invocation_started{function_name=echo.dev}"), 1);
         assert_eq!(
-            rec.counter("gateway_function_invocation_total{code=200,function_name=echo.dev}"),
+            series(&rec, r#"gateway_function_invocation_started{function_name="echo.dev"}"#),
+            1
+        );
+        assert_eq!(
+            series(
+                &rec,
+                r#"gateway_function_invocation_total{function_name="echo.dev",code="200"}"#
+            ),
             0
         );
         reply.send_response(ok("x"));
@@ -340,10 +280,13 @@ async fn metrics_use_openfaas_names() {
     let (r, ()) = tokio::join!(call, answer);
     r.unwrap();
     assert_eq!(
-        rec.counter("gateway_function_invocation_total{code=200,function_name=echo.dev}"),
+        series(&rec, r#"gateway_function_invocation_total{function_name="echo.dev",code="200"}"#),
         1
     );
-    assert_eq!(rec.samples("gateway_functions_seconds{code=200,function_name=echo.dev}"), 1);
+    assert_eq!(
+        series(&rec, r#"gateway_functions_seconds_count{function_name="echo.dev",code="200"}"#),
+        1
+    );
 
     // An error counts under its HTTP status.
     let call = svc.oneshot(Invocation::post(fref, "x"));
@@ -352,12 +295,15 @@ async fn metrics_use_openfaas_names() {
     };
     let (r, ()) = tokio::join!(call, answer);
     assert!(r.is_err());
-    assert_eq!(rec.counter("gateway_function_invocation_started{function_name=echo.dev}"), 2);
+    assert_eq!(series(&rec, r#"gateway_function_invocation_started{function_name="echo.dev"}"#), 2);
     assert_eq!(
-        rec.counter("gateway_function_invocation_total{code=504,function_name=echo.dev}"),
+        series(&rec, r#"gateway_function_invocation_total{function_name="echo.dev",code="504"}"#),
         1
     );
-    assert_eq!(rec.samples("gateway_functions_seconds{code=504,function_name=echo.dev}"), 1);
+    assert_eq!(
+        series(&rec, r#"gateway_functions_seconds_count{function_name="echo.dev",code="504"}"#),
+        1
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -461,15 +407,15 @@ async fn layered_invoker_goes_through_the_stack() {
 
 #[tokio::test(start_paused = true)]
 async fn layers_wrap_a_function_too() {
-    let rec = TestRecorder::default();
-    let _guard = metrics::set_default_local_recorder(&rec);
+    let metrics = MetricsLayer::new();
+    let rec = metrics.registry().clone();
     let slow = handler_fn(|req: Request, _ctx: Context| async move {
         let ms: u64 = fixtures::query_param(&req, "ms").and_then(|v| v.parse().ok()).unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Ok::<_, Error>("done")
     });
     let function = ServiceBuilder::new()
-        .layer(MetricsLayer::new())
+        .layer(metrics)
         .layer(TraceLayer::new())
         .layer(RetryLayer::new(2))
         .layer(ConcurrencyLimitLayer::new(4, 4))
@@ -484,11 +430,17 @@ async fn layers_wrap_a_function_too() {
     assert!(err.to_string().contains("handler timeout of 500ms"), "{err}");
     // Inside the backend the request's Context names the function for the metrics.
     assert_eq!(
-        rec.counter("gateway_function_invocation_total{code=200,function_name=slow.openfaas-fn}"),
+        series(
+            &rec,
+            r#"gateway_function_invocation_total{function_name="slow.openfaas-fn",code="200"}"#
+        ),
         1
     );
     assert_eq!(
-        rec.counter("gateway_function_invocation_total{code=504,function_name=slow.openfaas-fn}"),
+        series(
+            &rec,
+            r#"gateway_function_invocation_total{function_name="slow.openfaas-fn",code="504"}"#
+        ),
         1
     );
 }

@@ -23,6 +23,9 @@ pub struct GatewayConfig {
     pub scale_from_zero_timeout: Duration,
     /// How long a function that answered is trusted to be ready without asking the backend.
     pub ready_cache_ttl: Duration,
+    /// The most invocations in flight through the gateway at once, sync and async together
+    /// (429 beyond it). Default 10 000.
+    pub max_in_flight: usize,
     /// Basic auth for `/system/*` and `/ui/*`; `None` disables it.
     pub auth: Option<BasicAuth>,
     /// Failed logins allowed per client address before it is answered 429 (when `auth` is
@@ -48,6 +51,7 @@ impl Default for GatewayConfig {
             upstream_timeout: Duration::from_secs(60),
             scale_from_zero_timeout: Duration::from_secs(30),
             ready_cache_ttl: Duration::from_secs(2),
+            max_in_flight: 10_000,
             auth: None,
             login_throttle: Some(LoginThrottleConfig::default()),
             cross_site: CrossSiteConfig::default(),

@@ -5,13 +5,12 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use faas_core::{Body, BoxError, Error, Request, Response};
+use faas_core::{Body, BoxError, CallerFault, Error, Request, Response};
 use futures::future::BoxFuture;
 use http::Method;
 use http_body::Frame;
@@ -321,18 +320,6 @@ where
     }
 }
 
-/// Marks a request whose body went past the limit while streaming (the router turns the
-/// resulting failure into 413). Found in the request's extensions.
-#[derive(Clone, Debug, Default)]
-pub struct BodyLimitHit(pub Arc<AtomicBool>);
-
-impl BodyLimitHit {
-    /// Whether the limit was exceeded.
-    pub fn hit(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 /// The configured limit, in the request's extensions, for handlers that buffer.
 #[derive(Clone, Copy, Debug)]
 pub struct BodyLimit(pub usize);
@@ -372,7 +359,7 @@ pin_project_lite::pin_project! {
         inner: Body,
         seen: usize,
         limit: usize,
-        hit: Arc<AtomicBool>,
+        fault: CallerFault,
     }
 }
 
@@ -390,13 +377,17 @@ impl http_body::Body for LimitedBody {
                 if let Some(d) = frame.data_ref() {
                     *this.seen += d.len();
                     if *this.seen > *this.limit {
-                        this.hit.store(true, Ordering::Relaxed);
+                        this.fault.too_large();
                         let e: BoxError =
                             Box::new(Error::PayloadTooLarge { limit: *this.limit as u64 });
                         return Poll::Ready(Some(Err(e)));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.fault.broken();
+                Poll::Ready(Some(Err(e)))
             }
             other => other,
         }
@@ -449,9 +440,9 @@ where
         }
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(BodyLimit(self.limit));
-        let hit = BodyLimitHit::default();
-        let limited = LimitedBody { inner: body, seen: 0, limit: self.limit, hit: hit.0.clone() };
-        parts.extensions.insert(hit);
+        let fault = CallerFault::new(self.limit as u64);
+        let limited = LimitedBody { inner: body, seen: 0, limit: self.limit, fault: fault.clone() };
+        parts.extensions.insert(fault);
         let body = Body::new(limited);
         futures::future::Either::Left(self.inner.call(Request::from_parts(parts, body)))
     }

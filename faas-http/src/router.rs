@@ -3,33 +3,36 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use faas_core::invocation::WaitBudget;
+use faas_core::layers::{
+    Activate, Activator, ActivatorLayer, ConcurrencyLimit, ConcurrencyLimitLayer, FunctionHandles,
+    InvocationMetrics, Metrics, MetricsLayer, Timeout, TimeoutLayer, Trace, TraceLayer,
+};
 use faas_core::prelude::*;
-use faas_core::spec::{validate_secret_name, ScalingPolicy, DEFAULT_NAMESPACE};
+use faas_core::spec::{validate_secret_name, DEFAULT_NAMESPACE};
 use faas_core::util::{format_duration, FastBuildHasher};
 use faas_core::{
-    Backend, Body, BoxError, Error, FunctionRef, FunctionSpec, Invocation, InvocationId,
-    LogsRequest, QueuePublisher, QueuedInvocation, Request, Response, Result, Secret,
+    Backend, Body, BoxError, CallerFault, Error, FunctionRef, FunctionSpec, Invocation,
+    InvocationId, LogsRequest, QueuePublisher, QueuedInvocation, Request, Response, Result, Secret,
 };
 use faas_core::{InvokeService, ServiceInvoke};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use serde::Deserialize;
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceBuilder};
 
 use crate::config::GatewayConfig;
 use crate::layers::{
-    BasicAuthLayer, BasicAuthService, BodyLimit, BodyLimitHit, BodyLimitLayer, BodyLimitService,
-    CrossSiteLayer, CrossSiteService, RequestSpan, RequestSpanLayer,
+    BasicAuthLayer, BasicAuthService, BodyLimit, BodyLimitLayer, BodyLimitService, CrossSiteLayer,
+    CrossSiteService, RequestSpan, RequestSpanLayer,
 };
-use crate::metrics::{FunctionMetrics, GatewayMetrics};
+use crate::metrics::GatewayMetrics;
 use crate::util::{parse_query, query_get, read_json, valid_route_name};
 use crate::{portal, response};
 use faas_core::queue::ActivationStore;
@@ -72,28 +75,32 @@ const HOP_BY_HOP: &[&str] = &[
 
 struct Inner {
     invoker: Arc<dyn Backend>,
-    /// What `/function/*` and the async worker invoke through: the backend itself, or the
-    /// layer stack over it given to [`GatewayBuilder::invoke_layer`].
-    invoke: Arc<dyn Invoke>,
+    /// The core's layers over the backend (see [`InvokeStack`]): what `/function/*` and the
+    /// async worker invoke through.
+    stack: InvokeStack,
+    /// The stack's activator (forgotten functions after deploys, scales and removals).
+    activator: Activator,
     config: GatewayConfig,
     metrics: GatewayMetrics,
     queue: Option<Arc<dyn QueuePublisher>>,
     activations: Option<Arc<dyn ActivationStore>>,
     _worker: Option<faas_queue::WorkerHandle>,
-    /// Functions routed to recently, by the name they were addressed with (only names of
-    /// functions found ready are inserted, so a fast hasher is safe).
+    /// Functions routed to, by the name they were addressed with (only valid names are
+    /// inserted, so a fast hasher is safe).
     routes: RwLock<HashMap<Box<str>, Arc<Routed>, FastBuildHasher>>,
-    /// The clock [`Routed::ready_until`] counts from.
-    epoch: Instant,
 }
 
-/// What the gateway keeps of a function it has routed to: the parsed reference, its metric
-/// handles, and until when it is trusted to have a ready replica without asking the backend.
+/// The default invocation stack of a gateway, outermost first: trace, metrics (OpenFaaS's
+/// names), a gateway-wide concurrency limit, the activator (scale from zero), the upstream
+/// timeout, then the backend (or the layers given to [`GatewayBuilder::invoke_layer`] over
+/// it). Every layer is always ready.
+pub type InvokeStack = Trace<Metrics<ConcurrencyLimit<Activate<Timeout<InvokeService>>>>>;
+
+/// What the gateway keeps of a function it has routed to: the parsed reference and the
+/// layers' handles on it.
 struct Routed {
     fref: FunctionRef,
-    metrics: FunctionMetrics,
-    /// Nanoseconds after [`Inner::epoch`]; 0 once forgotten.
-    ready_until: AtomicU64,
+    handles: FunctionHandles,
 }
 
 /// How often histogram samples are folded into their buckets.
@@ -102,7 +109,7 @@ const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 /// The most functions whose routing the gateway remembers (the cache starts over beyond).
 const MAX_ROUTES: usize = 10_000;
 
-/// The gateway's routes (REFERENCE.md section 1) over an `Arc<dyn Backend>`, as a tower
+/// The gateway's routes (the OpenFaaS gateway API that `faas-cli` calls) over an `Arc<dyn Backend>`, as a tower
 /// `Service`. No auth or body limit of its own: [`Gateway::service`] adds those layers.
 ///
 /// Each clone keeps a small cache of its own of the functions it routed to (`serve` gives
@@ -111,6 +118,8 @@ const MAX_ROUTES: usize = 10_000;
 pub struct Router {
     inner: Arc<Inner>,
     local: Arc<Local>,
+    /// This copy's clone of the invocation stack.
+    stack: InvokeStack,
 }
 
 impl Clone for Router {
@@ -127,27 +136,29 @@ struct Local {
     routes: Mutex<HashMap<Box<str>, Arc<LocalRoute>, FastBuildHasher>>,
 }
 
-/// This router copy's handle on a shared [`Routed`] entry (cloned per request instead of
+/// This router copy's handles on a shared [`Routed`] entry (cloned per request instead of
 /// the shared entry).
-struct LocalRoute(Arc<Routed>);
+struct LocalRoute {
+    routed: Arc<Routed>,
+    /// Passed along with each invocation, for the layers.
+    handles: Arc<FunctionHandles>,
+}
 
 impl Local {
-    /// The cached routing of `name`, if trusted to be ready at `now`.
-    fn warm_at(&self, name: &str, now: Instant) -> Option<Arc<LocalRoute>> {
-        let r = self.routes.lock().ok()?.get(name).cloned()?;
-        self.inner.is_ready(&r.0, now).then_some(r)
-    }
-
-    fn remember(&self, name: &str, r: &Arc<Routed>) {
+    /// The routing of `name`: this copy's, else the gateway's, else a new one.
+    fn route(&self, name: &str) -> Result<Arc<LocalRoute>> {
+        if let Some(r) = self.routes.lock().ok().and_then(|m| m.get(name).cloned()) {
+            return Ok(r);
+        }
+        let routed = self.inner.routed(name)?;
+        let local = Arc::new(LocalRoute { handles: Arc::new(routed.handles.clone()), routed });
         if let Ok(mut m) = self.routes.lock() {
             if m.len() >= MAX_ROUTES && !m.contains_key(name) {
                 m.clear();
             }
-            let fresh = m.get(name).is_none_or(|l| !Arc::ptr_eq(&l.0, r));
-            if fresh {
-                m.insert(name.into(), Arc::new(LocalRoute(r.clone())));
-            }
+            m.insert(name.into(), local.clone());
         }
+        Ok(local)
     }
 }
 
@@ -252,6 +263,19 @@ impl GatewayBuilder {
 
     /// Builds the gateway.
     pub fn build(self) -> Gateway {
+        let config = &self.config;
+        let registry = InvocationMetrics::new();
+        let activator = Activator::new()
+            .timeout(config.scale_from_zero_timeout)
+            .ready_ttl(config.ready_cache_ttl);
+        let stack = ServiceBuilder::new()
+            .layer(TraceLayer::new())
+            .layer(MetricsLayer::with_registry(registry.clone()))
+            .layer(ConcurrencyLimitLayer::new(config.max_in_flight, 0))
+            .layer(ActivatorLayer::new(self.invoker.clone(), activator.clone()))
+            .layer(TimeoutLayer::new(config.upstream_timeout).named("gateway upstream"))
+            .service(InvokeService::new(self.invoke));
+        let invoke: Arc<dyn Invoke> = Arc::new(ServiceInvoke::new(stack.clone()));
         let (mut queue, mut activations, mut worker) = (self.queue, self.activations, None);
         if queue.is_none() && tokio::runtime::Handle::try_current().is_ok() {
             let q = faas_queue::MemoryQueue::with_limits(self.config.async_queue);
@@ -266,7 +290,7 @@ impl GatewayBuilder {
             };
             worker = Some(
                 faas_queue::Worker::new(
-                    self.invoke.clone(),
+                    invoke.clone(),
                     Arc::new(q.consumer()),
                     store.clone(),
                     config,
@@ -282,14 +306,14 @@ impl GatewayBuilder {
         }
         let router = Router::over(Arc::new(Inner {
             invoker: self.invoker,
-            invoke: self.invoke,
+            stack,
+            activator,
             config: self.config,
-            metrics: GatewayMetrics::new(),
+            metrics: GatewayMetrics::new(registry),
             queue,
             activations,
             _worker: worker,
             routes: RwLock::new(HashMap::default()),
-            epoch: Instant::now(),
         }));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             // Histogram samples are kept until folded into buckets: fold them regularly,
@@ -380,7 +404,8 @@ impl Service<Request> for Gateway {
 impl Router {
     fn over(inner: Arc<Inner>) -> Router {
         let local = Arc::new(Local { inner: inner.clone(), routes: Mutex::default() });
-        Router { inner, local }
+        let stack = inner.stack.clone();
+        Router { inner, local, stack }
     }
 
     fn layered(self) -> GatewayService {
@@ -414,32 +439,27 @@ impl Service<Request> for Router {
         // A clone of the URI shares its bytes: the path stays borrowable while `req` moves.
         let uri = req.uri().clone();
         if let Some(rest) = uri.path().strip_prefix("/function/") {
-            // The hot path: a function known to be ready is invoked from here, with a small
-            // future of its own (cheap to box and move: the allocator's fast path is for
-            // blocks under 1 KiB); anything else takes the general path. Only this copy's
-            // own handles are cloned.
-            let local = self.local.clone();
+            // The hot path: the request becomes an invocation that goes down this copy's
+            // invocation stack, in a small future of its own (cheap to box and move: the
+            // allocator's fast path is for blocks under 1 KiB). Only this copy's own
+            // handles are cloned.
             let (name, suffix) = split_name(rest);
             let t0 = Instant::now();
-            if let Some(route) = local.warm_at(name, t0) {
-                let wait = local.inner.config.upstream_timeout / 2;
-                let (inv, stamp, limit_hit) = match prepare(&route.0, req, suffix, t0, wait) {
-                    Ok(p) => p,
-                    Err(resp) => return Box::pin(std::future::ready(Ok(*resp))),
-                };
-                // Only the invocation's own (boxed) future and a few values are kept across
-                // the await: no copies of the request.
-                return Box::pin(async move {
-                    let inner = &*local.inner;
-                    let outcome = upstream_timeout(inner, &stamp, inner.invoke.invoke(inv)).await;
-                    Ok(finish(inner, &route.0, &stamp, limit_hit, outcome))
-                });
-            }
-            return Box::pin(async move {
-                let rest = uri.path().strip_prefix("/function/").unwrap_or_default();
-                let (name, suffix) = split_name(rest);
-                Ok(invoke_sync(&local, req, name, suffix).await)
-            });
+            let route = match self.local.route(name) {
+                Ok(r) => r,
+                Err(e) => {
+                    let stamp = Stamp::new(&call_id(req.headers()), t0);
+                    return Box::pin(std::future::ready(Ok(stamp.error(&e))));
+                }
+            };
+            let wait = self.inner.config.upstream_timeout / 2;
+            let (inv, stamp, fault) = match prepare(&route, req, suffix, t0, wait) {
+                Ok(p) => p,
+                Err(resp) => return Box::pin(std::future::ready(Ok(*resp))),
+            };
+            // The stack is always ready (see `InvokeStack`).
+            let call = self.stack.call(inv);
+            return Box::pin(async move { Ok(finish(&stamp, fault, call.await)) });
         }
         let inner = self.inner.clone();
         Box::pin(async move { Ok(route(inner, req).await) })
@@ -540,103 +560,27 @@ impl Inner {
         }
     }
 
-    fn now_nanos(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// The cached routing of `name` (as addressed), if it is trusted to be ready now.
-    fn warm(&self, name: &str) -> Option<Arc<Routed>> {
-        self.warm_at(name, Instant::now())
-    }
-
-    /// [`Inner::warm`] at `now`.
-    fn warm_at(&self, name: &str, now: Instant) -> Option<Arc<Routed>> {
-        let r = self.routes.read().ok()?.get(name).cloned()?;
-        self.is_ready(&r, now).then_some(r)
-    }
-
-    /// Whether `r` is trusted to have a ready replica at `now`.
-    fn is_ready(&self, r: &Routed, now: Instant) -> bool {
-        let now =
-            u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
-        now < r.ready_until.load(Ordering::Relaxed)
-    }
-
-    fn mark_ready(&self, r: &Routed) {
-        let ttl = u64::try_from(self.config.ready_cache_ttl.as_nanos()).unwrap_or(u64::MAX);
-        r.ready_until.store(self.now_nanos().saturating_add(ttl), Ordering::Relaxed);
-    }
-
-    /// Resolves `name` (`name` or `name.namespace`) to a function with a ready replica,
-    /// scaling it from zero if needed; cached for `ready_cache_ttl`.
-    async fn ready(&self, name: &str) -> Result<Arc<Routed>> {
-        if let Some(r) = self.warm(name) {
+    /// The routing of `name` (`name` or `name.namespace`), shared by the router copies.
+    fn routed(&self, name: &str) -> Result<Arc<Routed>> {
+        if let Some(r) = self.routes.read().ok().and_then(|m| m.get(name).cloned()) {
             return Ok(r);
         }
-        let cached = self.routes.read().ok().and_then(|m| m.get(name).cloned());
-        let r = match cached {
-            Some(r) => r,
-            None => {
-                let fref = self.fref(name)?;
-                let metrics = self.metrics.function(&fref.to_string());
-                Arc::new(Routed { fref, metrics, ready_until: AtomicU64::new(0) })
-            }
-        };
-        self.ensure_ready(&r.fref).await?;
-        self.mark_ready(&r);
+        let fref = self.fref(name)?;
+        let registry = self.metrics.invocations();
+        let handles = FunctionHandles::new(registry, &self.activator, &fref);
+        let r = Arc::new(Routed { fref, handles });
         if let Ok(mut m) = self.routes.write() {
             if m.len() >= MAX_ROUTES && !m.contains_key(name) {
-                // Forgotten first: the routers' own caches may still hold these entries.
-                for old in m.values() {
-                    old.ready_until.store(0, Ordering::Relaxed);
-                }
                 m.clear();
             }
-            m.entry(name.into()).or_insert_with(|| r.clone());
+            return Ok(m.entry(name.into()).or_insert(r).clone());
         }
         Ok(r)
     }
 
-    /// Forgets that `f` was ready (after a deploy, update, scale, removal or a 404).
+    /// Forgets that `f` was ready (after a deploy, update, scale or removal).
     fn forget(&self, f: &FunctionRef) {
-        if let Ok(m) = self.routes.read() {
-            for r in m.values().filter(|r| r.fref == *f) {
-                r.ready_until.store(0, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Makes sure `f` exists and has a ready replica, scaling it from zero if needed (bounded
-    /// by `scale_from_zero_timeout`, then 503).
-    async fn ensure_ready(&self, f: &FunctionRef) -> Result<()> {
-        // Ready now? Asked through `wait_ready`, which backends answer from their own state
-        // (a full `status` may call the engine: the Docker backend's reads container stats).
-        if self.invoker.wait_ready(f, Duration::ZERO).await? {
-            return Ok(());
-        }
-        let st = self.invoker.status(f).await?;
-        if st.available_replicas > 0 {
-            return Ok(());
-        }
-        let t0 = Instant::now();
-        if st.replicas == 0 {
-            let min = ScalingPolicy::default().apply_labels(&st.labels).map(|p| p.min).unwrap_or(1);
-            let target = min.max(1);
-            tracing::info!(function = %f, replicas = target, "scaling from zero");
-            self.invoker.scale(f, target).await?;
-        }
-        let limit = self.config.scale_from_zero_timeout;
-        // Woken as soon as a replica is ready, where the backend can tell (no fixed poll).
-        if self.invoker.wait_ready(f, limit).await? {
-            tracing::info!(function = %f, took_ms = t0.elapsed().as_millis() as u64, "function ready");
-            return Ok(());
-        }
-        let replicas = self.invoker.status(f).await.map(|s| s.replicas).unwrap_or_default();
-        Err(Error::unavailable(format!(
-            "function {f} did not become ready within the scale-from-zero timeout of {} \
-             (replicas {replicas}, available 0)",
-            format_duration(limit),
-        )))
+        self.activator.forget(f);
     }
 }
 
@@ -788,95 +732,52 @@ fn forwarded(req: Request, suffix: &str, stamp: &Stamp) -> Result<Request> {
     Ok(fwd)
 }
 
-/// `/function/NAME[/...]`: makes sure the function is ready (scaling it from zero if need
-/// be), then invokes it.
-async fn invoke_sync(local: &Local, req: Request, name: &str, suffix: &str) -> Response {
-    let inner = &*local.inner;
-    // Boxed: the slow path's state (status polls, scale from zero) stays out of this future.
-    let routed = match Box::pin(inner.ready(name)).await {
-        Ok(r) => r,
-        Err(e) => return Stamp::new(&call_id(req.headers()), Instant::now()).error(&e),
-    };
-    local.remember(name, &routed);
-    invoke_warm(inner, routed, req, suffix).await
-}
-
-/// Builds the invocation of a ready function: call id, the forwarded request, metrics.
-/// `wait` bounds how long the backend may hold it waiting for a busy instance
-/// ([`WaitBudget`]): less than the upstream timeout, so that wait ends in a 429, not a 504.
+/// Builds the invocation of a function: call id, the forwarded request, and the layers'
+/// handles on the function. `wait` bounds how long the backend may hold it waiting for a
+/// busy instance ([`WaitBudget`]): less than the upstream timeout, so that wait ends in a
+/// 429, not a 504.
 fn prepare(
-    routed: &Routed,
+    route: &LocalRoute,
     req: Request,
     suffix: &str,
     t0: Instant,
     wait: Duration,
-) -> std::result::Result<(Invocation, Stamp, Option<BodyLimitHit>), Box<Response>> {
+) -> std::result::Result<(Invocation, Stamp, Option<CallerFault>), Box<Response>> {
     let id = call_id(req.headers());
     let stamp = Stamp::new(&id, t0);
-    let limit_hit = req.extensions().get::<BodyLimitHit>().cloned();
+    let fault = req.extensions().get::<CallerFault>().cloned();
     let mut request = match forwarded(req, suffix, &stamp) {
         Ok(r) => r,
         Err(e) => return Err(Box::new(stamp.error(&e))),
     };
-    request.extensions_mut().insert(WaitBudget(wait));
-    routed.metrics.started();
-    Ok((Invocation { id, function: routed.fref.clone(), request }, stamp, limit_hit))
+    let ext = request.extensions_mut();
+    ext.insert(WaitBudget(wait));
+    ext.insert(route.handles.clone());
+    if let Some(f) = &fault {
+        ext.insert(f.clone());
+    }
+    Ok((Invocation { id, function: route.routed.fref.clone(), request }, stamp, fault))
 }
 
-/// The response to a finished (or timed out) invocation, with metrics and stamp headers.
-fn finish(
-    inner: &Inner,
-    routed: &Routed,
-    stamp: &Stamp,
-    limit_hit: Option<BodyLimitHit>,
-    outcome: std::result::Result<Result<Response>, tokio::time::error::Elapsed>,
-) -> Response {
-    let upstream = inner.config.upstream_timeout;
-    let outcome = outcome.unwrap_or_else(|_| Err(Error::timeout("gateway upstream", upstream)));
+/// The response to a finished invocation, with the stamp headers.
+fn finish(stamp: &Stamp, fault: Option<CallerFault>, outcome: Result<Response>) -> Response {
     let resp = match outcome {
         Ok(mut r) => {
             strip_response_framing(r.headers_mut());
             r
         }
         Err(e) => {
-            if limit_hit.is_some_and(|h| h.hit()) {
-                response::error(&Error::PayloadTooLarge {
-                    limit: inner.config.max_body_bytes as u64,
-                })
-            } else {
-                if matches!(e, Error::NotFound { .. }) {
-                    inner.forget(&routed.fref);
+            // A failure caused by the caller's body is answered as the caller's.
+            match fault.as_ref().and_then(CallerFault::error) {
+                Some(caller) => response::error(&caller),
+                None => {
+                    tracing::debug!(error = %e, "invocation failed");
+                    response::error(&e)
                 }
-                tracing::debug!(function = %routed.fref, error = %e, "invocation failed");
-                response::error(&e)
             }
         }
     };
-    let took = stamp.t0.elapsed();
-    routed.metrics.finished(resp.status().as_u16(), took);
-    stamp.apply(resp, took)
-}
-
-/// Invokes a function known to be ready. (`Router::call` does the same inline for its hot
-/// path, to keep that future small.)
-async fn invoke_warm(inner: &Inner, routed: Arc<Routed>, req: Request, suffix: &str) -> Response {
-    let wait = inner.config.upstream_timeout / 2;
-    let (inv, stamp, limit_hit) = match prepare(&routed, req, suffix, Instant::now(), wait) {
-        Ok(p) => p,
-        Err(resp) => return *resp,
-    };
-    let outcome = upstream_timeout(inner, &stamp, inner.invoke.invoke(inv)).await;
-    finish(inner, &routed, &stamp, limit_hit, outcome)
-}
-
-/// Runs `call` under the gateway's upstream timeout, counted from the request's arrival.
-fn upstream_timeout<F: std::future::Future>(
-    inner: &Inner,
-    stamp: &Stamp,
-    call: F,
-) -> tokio::time::Timeout<F> {
-    let deadline = tokio::time::Instant::from_std(stamp.t0) + inner.config.upstream_timeout;
-    tokio::time::timeout_at(deadline, call)
+    stamp.apply(resp, stamp.t0.elapsed())
 }
 
 fn validate_callback(url: &str) -> Result<()> {
@@ -904,7 +805,7 @@ async fn invoke_async(inner: &Inner, req: Request, name: &str, suffix: &str) -> 
         let Some(queue) = inner.queue.clone() else {
             return Err(Error::unavailable("no async queue is configured on this gateway"));
         };
-        if inner.warm(name).is_none() {
+        if !inner.activator.is_ready(&inner.activator.readiness(&f)) {
             inner.invoker.status(&f).await?;
         }
         let limit = body_limit(&req, inner);

@@ -996,3 +996,58 @@ async fn a_ready_function_is_invoked_without_a_status_call() {
     }
     assert_eq!(backend.1.load(Ordering::SeqCst), 0, "status asked on the invoke path");
 }
+
+/// A request body that breaks off (a malformed chunk) is the caller's fault: answered and
+/// counted 400, never as the function's 503.
+#[tokio::test]
+async fn a_broken_request_body_counts_as_the_callers_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let g = start(GatewayConfig::default()).await;
+    g.deploy(FunctionSpec::new("relay", "test/relay")).await;
+    let addr = g.base.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let req = "POST /function/relay HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+               5\r\nhello\r\nnot-a-size\r\n";
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let series =
+        r#"gateway_function_invocation_total{function_name="relay.openfaas-fn",code="400"} 1"#;
+    let text = eventually(10, || async {
+        let r = g.req(Method::GET, "/metrics", "").await;
+        let text = r.text();
+        text.contains(series).then_some(text)
+    })
+    .await;
+    assert!(!text.contains(r#"function_name="relay.openfaas-fn",code="503""#), "{text}");
+}
+
+/// The gateway's concurrency limit: with `max_in_flight` invocations running, one more is
+/// answered 429 at once naming the limit; once they finish, calls get in again.
+#[tokio::test]
+async fn invocations_over_max_in_flight_get_429() {
+    let g = start(GatewayConfig { max_in_flight: 2, ..Default::default() }).await;
+    g.deploy(FunctionSpec::new("slow", MemoryWorkload::image(Behaviour::Sleep))).await;
+    let busy = |ms: u64| {
+        let c = g.client.clone();
+        let path = format!("/function/slow?ms={ms}");
+        async move { c.send(Method::POST, &path, &[], Bytes::new()).await }
+    };
+    let (a, b) = (tokio::spawn(busy(3000)), tokio::spawn(busy(3000)));
+    // Both have started (counted by the metrics layer, outside the limit) ...
+    let started = r#"gateway_function_invocation_started{function_name="slow.openfaas-fn"} 2"#;
+    eventually(10, || async {
+        g.req(Method::GET, "/metrics", "").await.text().contains(started).then_some(())
+    })
+    .await;
+    // ... so a third, while they sleep, is refused at once.
+    let r = g.req(Method::POST, "/function/slow?ms=1", "").await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.text().contains("2 invocations in flight"), "{}", r.text());
+    assert_eq!(a.await.unwrap().unwrap().status, 200);
+    assert_eq!(b.await.unwrap().unwrap().status, 200);
+    let r = g.req(Method::POST, "/function/slow?ms=1", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

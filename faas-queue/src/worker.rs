@@ -54,41 +54,7 @@ use tokio::task::JoinSet;
 
 use crate::callback::{CallbackRequest, CallbackSender, HttpCallbackClient};
 
-/// Exponential backoff with jitter: the `n`th retry waits `initial * multiplier^(n-1)`,
-/// capped at `max`; with jitter, a uniformly random time between half of that and all of
-/// it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Backoff {
-    /// The wait before the first retry.
-    pub initial: Duration,
-    /// The longest wait.
-    pub max: Duration,
-    /// Growth per retry (at least 1).
-    pub multiplier: f64,
-    /// Randomise each wait (between 50% and 100% of it) so that retries spread out.
-    pub jitter: bool,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(30),
-            multiplier: 2.0,
-            jitter: true,
-        }
-    }
-}
-
-impl Backoff {
-    /// The wait before retry number `retry` (1 for the first retry).
-    pub fn delay(&self, retry: u32) -> Duration {
-        let exp = self.multiplier.max(1.0).powi(retry.saturating_sub(1).min(64) as i32);
-        let secs = (self.initial.as_secs_f64() * exp).min(self.max.as_secs_f64());
-        let secs = if self.jitter { secs * (0.5 + rand::random::<f64>() * 0.5) } else { secs };
-        Duration::try_from_secs_f64(secs).unwrap_or(self.max)
-    }
-}
+pub use faas_core::util::Backoff;
 
 /// How callbacks are retried.
 #[derive(Debug, Clone, PartialEq)]
@@ -1253,24 +1219,6 @@ pub fn parse_retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<D
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_caps_and_jitters() {
-        let b = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-            multiplier: 2.0,
-            jitter: false,
-        };
-        assert_eq!(b.delay(1), Duration::from_millis(100));
-        assert_eq!(b.delay(3), Duration::from_millis(400));
-        assert_eq!(b.delay(10), Duration::from_secs(1));
-        let j = Backoff { jitter: true, ..b };
-        for _ in 0..100 {
-            let d = j.delay(2);
-            assert!(d >= Duration::from_millis(100) && d <= Duration::from_millis(200), "{d:?}");
-        }
-    }
 
     #[test]
     fn retry_after_seconds_and_dates() {

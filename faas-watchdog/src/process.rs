@@ -64,7 +64,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::BytesMut;
 use faas_core::prelude::*;
-use faas_core::scheduler::{Resources as NodeResources, Schedulers};
+use faas_core::scheduler::{Capacity as NodeResources, Schedulers};
 use faas_core::spec::{validate_secret_name, ReplicaLimits, ScalingPolicy, DEFAULT_NAMESPACE};
 use faas_core::util::lock;
 use faas_core::{

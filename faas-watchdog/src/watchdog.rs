@@ -1,5 +1,5 @@
 //! The watchdog: an HTTP server that turns any process into a function, compatible with the
-//! OpenFaaS watchdogs (REFERENCE.md section 2).
+//! OpenFaaS watchdogs (the classic and of-watchdog modes: fork, http, static).
 //!
 //! # Modes (`mode`)
 //!
@@ -1296,7 +1296,9 @@ async fn stop_child(child: &mut tokio::process::Child, pgid: Option<u32>) {
 
 async fn supervise_upstream(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let Some(up) = shared.upstream.as_ref() else { return };
-    let mut backoff = Duration::from_millis(50);
+    let backoff = faas_core::util::Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    let backoff = backoff.exact();
+    let mut restarts = 0;
     loop {
         if *stop.borrow() {
             return;
@@ -1363,14 +1365,12 @@ async fn supervise_upstream(shared: Arc<Shared>, mut stop: watch::Receiver<bool>
                 log(format!("function process exited ({how}); restarting it"));
             }
         }
-        if started.elapsed() > Duration::from_secs(10) {
-            backoff = Duration::from_millis(50);
-        }
+        // A process that ran for a while starts the backoff over.
+        restarts = if started.elapsed() > Duration::from_secs(10) { 1 } else { restarts + 1 };
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.delay(restarts)) => {}
             _ = stop.changed() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -261,7 +261,7 @@ impl BestFit {
     }
 }
 
-fn leftover(node: &Node, need: &super::Resources) -> f64 {
+fn leftover(node: &Node, need: &super::Capacity) -> f64 {
     let c = &node.capacity;
     let a = node.allocated.saturating_add(*need);
     let mut s = 0f64;
@@ -637,14 +637,14 @@ impl Schedulers {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{check_placement, Constraint, Resources};
+    use super::super::{check_placement, Capacity, Constraint};
     use super::*;
 
     const GB: u64 = 1 << 30;
     const MB: u64 = 1 << 20;
 
     fn node(id: &str, arch: &str, slots: u32) -> Node {
-        Node::new(id, arch, Resources::new(4000, 8 * GB, slots))
+        Node::new(id, arch, Capacity::new(4000, 8 * GB, slots))
     }
 
     fn inst(id: &str, in_flight: u32) -> InstanceView {
@@ -674,7 +674,7 @@ mod tests {
     fn hash_is_sticky_and_skips_full_nodes() {
         let s = HashSharding::new();
         let f = FunctionRef::default_ns("resize");
-        let need = Resources::new(100, 128 * MB, 1);
+        let need = Capacity::new(100, 128 * MB, 1);
         let req = PlacementRequest::new(&f, need);
         let mut nodes = cluster(10);
         let home = s.place(&req, &nodes).unwrap();
@@ -712,7 +712,7 @@ mod tests {
     fn two_choices_prefers_less_utilised_and_respects_constraints() {
         let s = TwoChoices::with_seed(7);
         let f = FunctionRef::default_ns("f");
-        let need = Resources::new(0, 0, 1);
+        let need = Capacity::new(0, 0, 1);
         let mut nodes = cluster(2);
         nodes[0].allocated.slots = 6;
         let req = PlacementRequest::new(&f, need);
@@ -749,16 +749,16 @@ mod tests {
     fn best_fit_packs() {
         let s = BestFit::new();
         let f = FunctionRef::default_ns("f");
-        let need = Resources::new(500, 512 * MB, 1);
+        let need = Capacity::new(500, 512 * MB, 1);
         let nodes = vec![
             node("empty", "amd64", 8),
-            node("half", "amd64", 8).with_allocated(Resources::new(2000, 4 * GB, 4)),
-            node("nearly", "amd64", 8).with_allocated(Resources::new(3500, 7 * GB, 7)),
-            node("full", "amd64", 8).with_allocated(Resources::new(3900, 8 * GB, 8)),
+            node("half", "amd64", 8).with_allocated(Capacity::new(2000, 4 * GB, 4)),
+            node("nearly", "amd64", 8).with_allocated(Capacity::new(3500, 7 * GB, 7)),
+            node("full", "amd64", 8).with_allocated(Capacity::new(3900, 8 * GB, 8)),
         ];
         let req = PlacementRequest::new(&f, need);
         assert_eq!(s.place(&req, &nodes).unwrap(), 2, "the tightest node that fits");
-        let big = Resources::new(1000, 2 * GB, 1);
+        let big = Capacity::new(1000, 2 * GB, 1);
         assert_eq!(s.place(&PlacementRequest::new(&f, big), &nodes).unwrap(), 1);
         let insts = vec![inst("a", 1), inst("b", 3), inst("c", 4), inst("d", 0)];
         assert_eq!(s.route(&f, &insts), Some(1), "busiest with room");
@@ -767,21 +767,21 @@ mod tests {
     #[test]
     fn spread_balances_utilisation_and_zones() {
         let f = FunctionRef::default_ns("f");
-        let need = Resources::new(0, 0, 1);
+        let need = Capacity::new(0, 0, 1);
         // A Pi with 4 slots, one used (25%), and a VM with 32 slots, 16 used (50%):
         // least-loaded picks the VM (more free slots), spread the Pi (lower ratio).
         let nodes = vec![
-            node("pi", "arm64", 4).with_allocated(Resources::new(0, 0, 1)),
-            node("vm", "amd64", 32).with_allocated(Resources::new(0, 0, 16)),
+            node("pi", "arm64", 4).with_allocated(Capacity::new(0, 0, 1)),
+            node("vm", "amd64", 32).with_allocated(Capacity::new(0, 0, 16)),
         ];
         let req = PlacementRequest::new(&f, need);
         assert_eq!(Spread::new().place(&req, &nodes).unwrap(), 0);
         assert_eq!(LeastLoaded::new().place(&req, &nodes).unwrap(), 1);
         // Zones: a busy zone with an empty node loses to a lighter zone.
         let nodes = vec![
-            node("a1", "amd64", 8).label("zone", "a").with_allocated(Resources::new(0, 0, 7)),
+            node("a1", "amd64", 8).label("zone", "a").with_allocated(Capacity::new(0, 0, 7)),
             node("a2", "amd64", 8).label("zone", "a"),
-            node("b1", "amd64", 8).label("zone", "b").with_allocated(Resources::new(0, 0, 3)),
+            node("b1", "amd64", 8).label("zone", "b").with_allocated(Capacity::new(0, 0, 3)),
         ];
         assert_eq!(Spread::new().place(&req, &nodes).unwrap(), 1);
         assert_eq!(Spread::across("zone").place(&req, &nodes).unwrap(), 2);
@@ -858,7 +858,7 @@ mod tests {
             node("pi-dead", "arm64", 4).label("type", "rpi").label("gpu", "yes").unhealthy(),
         ];
         let f = FunctionRef::default_ns("f");
-        let need = Resources::new(100, 64 * MB, 1);
+        let need = Capacity::new(100, 64 * MB, 1);
         let arm7 = vec!["linux/arm/v7".to_string()];
         for s in Strategy::ALL {
             let sched = s.build_seeded(1);

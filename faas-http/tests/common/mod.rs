@@ -66,6 +66,16 @@ pub fn memory_invoker() -> Arc<MemoryInvoker> {
             Ok::<_, Error>(n.to_string())
         }),
     );
+    invoker.register(
+        "test/relay",
+        handler_fn(|req: Request, _ctx: Context| async move {
+            // Reads the body as a forwarding backend does: a body that breaks fails the call
+            // as the instance's 503, whoever broke it.
+            let body = req.into_body().collect_bytes().await;
+            let body = body.map_err(|e| Error::unavailable(format!("relaying the body: {e}")))?;
+            Ok::<_, Error>(body.len().to_string())
+        }),
+    );
     invoker
         .register("test/ok", handler_fn(|_r: Request, _c: Context| async { Ok::<_, Error>("ok") }));
     Arc::new(invoker)

@@ -22,13 +22,17 @@
 //!
 //! `cargo run -p faas-examples --example simulate` prints the comparison table.
 
+/// A criterion harness for any scheduler (feature `bench`).
+#[cfg(feature = "bench")]
+pub mod bench;
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 
 use crate::error::Error;
 use crate::invocation::FunctionRef;
-use crate::scheduler::{Constraint, InstanceView, Node, PlacementRequest, Resources, Scheduler};
+use crate::scheduler::{Capacity, Constraint, InstanceView, Node, PlacementRequest, Scheduler};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -132,20 +136,20 @@ pub fn mixed_cluster(cloud: usize, pi4: usize, pi3: usize) -> Vec<Node> {
     let zone = |i: usize| if i % 2 == 0 { "a" } else { "b" };
     for i in 0..cloud {
         nodes.push(
-            Node::new(format!("cloud-{i}"), "amd64", Resources::new(8000, 16 * GIB, 64))
+            Node::new(format!("cloud-{i}"), "amd64", Capacity::new(8000, 16 * GIB, 64))
                 .label("type", "cloud")
                 .label("zone", zone(i)),
         );
     }
     for i in 0..pi4 {
         nodes.push(
-            Node::new(format!("pi4-{i}"), "arm64", Resources::new(4000, 4 * GIB, 16))
+            Node::new(format!("pi4-{i}"), "arm64", Capacity::new(4000, 4 * GIB, 16))
                 .label("type", "rpi")
                 .label("zone", zone(i)),
         );
     }
     for i in 0..pi3 {
-        let mut n = Node::new(format!("pi3-{i}"), "arm/v7", Resources::new(4000, GIB, 8))
+        let mut n = Node::new(format!("pi3-{i}"), "arm/v7", Capacity::new(4000, GIB, 8))
             .label("type", "rpi")
             .label("zone", zone(i));
         n.healthy = i + 1 < pi3;
@@ -160,7 +164,7 @@ pub struct SimFunction {
     /// Its reference.
     pub function: FunctionRef,
     /// What one instance needs.
-    pub need: Resources,
+    pub need: Capacity,
     /// Platforms its image supports.
     pub platforms: Vec<String>,
     /// Its placement constraints.
@@ -221,7 +225,7 @@ impl Trace {
                     * (config.duration_sigma * rng.normal()).exp();
                 SimFunction {
                     function: FunctionRef::new(format!("fn-{i}"), "sim"),
-                    need: Resources::new(cpu, memory, 1),
+                    need: Capacity::new(cpu, memory, 1),
                     platforms,
                     constraints,
                     median_us: median_us.clamp(1000.0, 10e6),
@@ -363,7 +367,7 @@ struct Sim<'a> {
     /// evicted on demand, as OpenWhisk's invokers do).
     nodes: Vec<Node>,
     /// What is really allocated per node (busy and idle instances).
-    real: Vec<Resources>,
+    real: Vec<Capacity>,
     on_node: Vec<Vec<usize>>,
     insts: Vec<Option<Inst>>,
     free_slots: Vec<usize>,
