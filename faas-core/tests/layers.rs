@@ -191,11 +191,12 @@ async fn retry_backs_off_on_retryable_errors_only() {
     call.await.unwrap().unwrap();
 }
 
-/// Full jitter: the gap before retry `n` is uniform in `[0, min(base * 2^(n-1), max)]`. Over
-/// 200 calls of 6 attempts each (paused time, so the gaps are exact), every gap stays under
-/// its cap, the mean gap before each retry is half its cap (within 15% of the cap: ~7
-/// standard errors), so the means grow 50, 100, 200 ms and then stay at 200 ms, and the
-/// largest gaps come near the cap. No delay at all, a constant delay or an uncapped one fails.
+/// The gap before retry `n` is uniform in `[cap/2, cap]` with `cap = min(base * 2^(n-1), max)`
+/// ([`faas_core::util::Backoff`]'s jitter). Over 200 calls of 6 attempts each (paused time,
+/// so the gaps are exact), every gap lies in its range (a lower bound as well as an upper
+/// one), the mean gap before each retry is three quarters of its cap (within 10% of the cap:
+/// ~8 standard errors), so the means grow 75, 150, 300 ms and then stay at 300 ms, and the
+/// gaps spread over the range. No delay at all, a constant delay or an uncapped one fails.
 #[tokio::test(start_paused = true)]
 async fn retry_backoff_grows_and_is_capped() {
     const CALLS: usize = 200;
@@ -228,17 +229,20 @@ async fn retry_backoff_grows_and_is_capped() {
         let retry = retry + 1;
         for gap in gaps {
             assert!(*gap <= cap, "retry {retry}: gap {gap:?} above the cap {cap:?}");
+            assert!(*gap >= cap / 2, "retry {retry}: gap {gap:?} below half the cap {cap:?}");
         }
         let mean = gaps.iter().sum::<Duration>() / CALLS as u32;
         assert!(
-            mean >= cap.mul_f64(0.35) && mean <= cap.mul_f64(0.65),
-            "retry {retry}: mean gap {mean:?}, expected about half of {cap:?}"
+            mean >= cap.mul_f64(0.65) && mean <= cap.mul_f64(0.85),
+            "retry {retry}: mean gap {mean:?}, expected about 3/4 of {cap:?}"
         );
         let longest = gaps.iter().max().copied().unwrap_or_default();
-        assert!(longest >= cap.mul_f64(0.9), "retry {retry}: longest gap {longest:?} of {cap:?}");
+        let shortest = gaps.iter().min().copied().unwrap_or_default();
+        assert!(longest >= cap.mul_f64(0.95), "retry {retry}: longest gap {longest:?} of {cap:?}");
+        assert!(shortest <= cap.mul_f64(0.55), "retry {retry}: shortest {shortest:?} of {cap:?}");
         means.push(mean);
     }
-    // Growth: each mean is above the one before until the cap (means ~50, 100, 200 ms).
+    // Growth: each mean is above the one before until the cap (means ~75, 150, 300 ms).
     assert!(means[0] < means[1] && means[1] < means[2], "backoff does not grow: {means:?}");
 }
 
