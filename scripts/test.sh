@@ -51,9 +51,11 @@ cargo run -q -p faas-examples --example gateway -- --check
 cargo run -q -p faas-examples --example simulate -- 1 500
 
 # Benches are not run here (they take minutes and print numbers, not verdicts), but they must
-# compile, so they do not rot.
+# compile, so they do not rot. Built in the dev profile, whose artifacts the tests share: the
+# same check as `cargo bench --no-run` without optimising the whole workspace a second time
+# (which alone would take much of .ci/run's 30 minutes on a 2-core machine).
 echo "== compiling the benches"
-cargo bench --workspace --all-features --no-run
+cargo build --workspace --all-features --benches
 
 # Every feature (the Kafka queue of `faas up` included, on librdkafka's mock cluster), then
 # the one test that needs a build without Kafka (its refusal names the feature).
