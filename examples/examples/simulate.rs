@@ -6,7 +6,9 @@
 //!
 //! Replays one synthetic trace (heavy-tailed popularity and durations, bursts, some
 //! unsatisfiable constraints) per strategy and prints cold starts, waiting time percentiles,
-//! node utilisation and rejected placements. Deterministic for a seed.
+//! node utilisation and rejected placements. Deterministic for a seed. It checks its own
+//! result (every strategy accounts for every invocation of the trace, served or rejected)
+//! and exits non-zero if not, so CI runs it (with a small trace: `-- 1 500`).
 
 use faas_core::scheduler::Strategy;
 use faas_core::sim::{compare, SimConfig, SimReport};
@@ -49,6 +51,20 @@ fn main() {
     let started = std::time::Instant::now();
     let reports = compare(&config, &Strategy::ALL);
     print!("{}", SimReport::table(&reports));
+    let mut wrong = Vec::new();
+    for r in &reports {
+        // The trace is at least the steady invocations (bursts come on top).
+        if r.served + r.rejected != r.invocations || r.invocations < config.invocations as u64 {
+            wrong.push(format!(
+                "{}: {} served + {} rejected of {} invocations ({} asked)",
+                r.strategy, r.served, r.rejected, r.invocations, config.invocations
+            ));
+        }
+    }
+    if !wrong.is_empty() {
+        eprintln!("simulate: {}", wrong.join("; "));
+        std::process::exit(1);
+    }
     println!(
         "\nsimulated {:.0} s of traffic per strategy in {:.1} s of wall time",
         reports.first().map_or(0.0, |r| r.sim_seconds),

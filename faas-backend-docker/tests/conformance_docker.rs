@@ -6,15 +6,12 @@ mod common;
 use faas_core::conformance;
 
 /// Runs one conformance case on a fresh backend scoped to a fresh namespace, then checks that
-/// nothing carrying our labels is left.
+/// nothing carrying our labels is left. Every case of the one list runs: no exclusions.
 macro_rules! case {
     ($name:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            let Some(env) = common::setup(concat!("conformance_docker::", stringify!($name))).await
-            else {
-                return;
-            };
+            let env = common::setup(concat!("conformance_docker::", stringify!($name))).await;
             let _cleanup = env.guard();
             let docker = env.builder().build().await.expect("building the docker backend");
             let w = common::DockerWorkload { image: env.image.clone(), namespace: env.ns.clone() };

@@ -12,11 +12,7 @@ use faas_core::{Error, ReplicaLimits};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_caps_refuse_hostile_scaling_and_hold_across_functions() {
-    let Some(env) =
-        common::setup("replica_caps_refuse_hostile_scaling_and_hold_across_functions").await
-    else {
-        return;
-    };
+    let env = common::setup("replica_caps_refuse_hostile_scaling_and_hold_across_functions").await;
     let _g = env.guard();
     let docker = env.builder().replica_limits(ReplicaLimits::new(2, 3)).build().await.unwrap();
     let bomb = env
@@ -68,11 +64,8 @@ async fn replica_caps_refuse_hostile_scaling_and_hold_across_functions() {
 /// its caller's wait budget runs out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_behind_max_concurrency_is_overloaded_within_its_wait_budget() {
-    let Some(env) =
-        common::setup("a_waiter_behind_max_concurrency_is_overloaded_within_its_wait_budget").await
-    else {
-        return;
-    };
+    let env =
+        common::setup("a_waiter_behind_max_concurrency_is_overloaded_within_its_wait_budget").await;
     let _g = env.guard();
     let docker = std::sync::Arc::new(env.builder().build().await.unwrap());
     docker.deploy(env.spec("busy", "sleep").max_concurrency(1)).await.unwrap();

@@ -18,10 +18,7 @@ use futures::StreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_killed_from_outside_is_detected_and_replaced() {
-    let Some(env) = common::setup("replica_killed_from_outside_is_detected_and_replaced").await
-    else {
-        return;
-    };
+    let env = common::setup("replica_killed_from_outside_is_detected_and_replaced").await;
     let _g = env.guard();
     let docker = env.builder().build().await.unwrap();
     docker.deploy(env.spec("k", "echo")).await.unwrap();
@@ -45,9 +42,7 @@ async fn replica_killed_from_outside_is_detected_and_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_backend_adopts_functions_from_labels() {
-    let Some(env) = common::setup("restarted_backend_adopts_functions_from_labels").await else {
-        return;
-    };
+    let env = common::setup("restarted_backend_adopts_functions_from_labels").await;
     let _g = env.guard();
     let first = env
         .builder()
@@ -150,11 +145,7 @@ impl EngineProxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_engine_is_unavailable_and_the_backend_recovers() {
-    let Some(env) =
-        common::setup("unreachable_engine_is_unavailable_and_the_backend_recovers").await
-    else {
-        return;
-    };
+    let env = common::setup("unreachable_engine_is_unavailable_and_the_backend_recovers").await;
     let _g = env.guard();
     let proxy = EngineProxy::start().await;
     let docker =
@@ -193,9 +184,7 @@ async fn unreachable_engine_is_unavailable_and_the_backend_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_come_per_instance_and_can_be_followed() {
-    let Some(env) = common::setup("logs_come_per_instance_and_can_be_followed").await else {
-        return;
-    };
+    let env = common::setup("logs_come_per_instance_and_can_be_followed").await;
     let _g = env.guard();
     let docker = env.builder().build().await.unwrap();
     docker.deploy(env.spec("lg", "log")).await.unwrap();

@@ -10,10 +10,7 @@ use faas_core::{Invocation, InvocationMeta, InvokeExt, Resources, StartKind};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_configures_containers_and_remove_leaves_nothing() {
-    let Some(env) = common::setup("deploy_configures_containers_and_remove_leaves_nothing").await
-    else {
-        return;
-    };
+    let env = common::setup("deploy_configures_containers_and_remove_leaves_nothing").await;
     let _g = env.guard();
     let docker = env.builder().build().await.unwrap();
     let mut spec = env.spec("echo", "echo").env("GREETING", "hello");
@@ -71,7 +68,7 @@ async fn deploy_configures_containers_and_remove_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_specs_and_images_are_named() {
-    let Some(env) = common::setup("bad_specs_and_images_are_named").await else { return };
+    let env = common::setup("bad_specs_and_images_are_named").await;
     let _g = env.guard();
     let docker = env.builder().build().await.unwrap();
     let err = docker
@@ -123,11 +120,7 @@ async fn bad_specs_and_images_are_named() {
 async fn a_bad_scheduler_label_is_rejected_before_anything_is_created() {
     use faas_core::scheduler::SCHEDULER_LABEL;
 
-    let Some(env) =
-        common::setup("a_bad_scheduler_label_is_rejected_before_anything_is_created").await
-    else {
-        return;
-    };
+    let env = common::setup("a_bad_scheduler_label_is_rejected_before_anything_is_created").await;
     let _g = env.guard();
     let docker = env.builder().build().await.unwrap();
     let field = format!("labels.{SCHEDULER_LABEL}");

@@ -42,10 +42,7 @@ fn live(docker: &DockerInvoker, f: &FunctionRef) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_of_replicas_scaled_down_and_to_zero_stay_listed() {
-    let Some(env) = common::setup("logs_of_replicas_scaled_down_and_to_zero_stay_listed").await
-    else {
-        return;
-    };
+    let env = common::setup("logs_of_replicas_scaled_down_and_to_zero_stay_listed").await;
     let _g = env.guard();
     let docker = env.builder().build().await.unwrap();
     docker.deploy(env.spec("lz", "log").label(labels::SCALE_ZERO, "true")).await.unwrap();
@@ -167,9 +164,7 @@ async fn logs_of_replicas_scaled_down_and_to_zero_stay_listed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_keeps_its_last_lines() {
-    let Some(env) = common::setup("a_killed_replica_keeps_its_last_lines").await else {
-        return;
-    };
+    let env = common::setup("a_killed_replica_keeps_its_last_lines").await;
     let _g = env.guard();
     let docker = env.builder().build().await.unwrap();
     docker.deploy(env.spec("cr", "crash")).await.unwrap();
@@ -204,9 +199,7 @@ async fn a_killed_replica_keeps_its_last_lines() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_retention_the_lines_go_with_the_container() {
-    let Some(env) = common::setup("without_retention_the_lines_go_with_the_container").await else {
-        return;
-    };
+    let env = common::setup("without_retention_the_lines_go_with_the_container").await;
     let _g = env.guard();
     let docker =
         env.builder().log_retention(LogRetention { lines: 0, bytes: 0 }).build().await.unwrap();

@@ -18,10 +18,7 @@ fn meta(resp: &faas_core::Response) -> InvocationMeta {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_replica_is_paused_and_resumed_on_the_next_request() {
-    let Some(env) = common::setup("idle_replica_is_paused_and_resumed_on_the_next_request").await
-    else {
-        return;
-    };
+    let env = common::setup("idle_replica_is_paused_and_resumed_on_the_next_request").await;
     let _g = env.guard();
     let docker = env
         .builder()
@@ -66,9 +63,7 @@ async fn idle_replica_is_paused_and_resumed_on_the_next_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prewarm_pool_serves_cold_starts_and_refills() {
-    let Some(env) = common::setup("prewarm_pool_serves_cold_starts_and_refills").await else {
-        return;
-    };
+    let env = common::setup("prewarm_pool_serves_cold_starts_and_refills").await;
     let _g = env.guard();
     let template = env.spec("template", "echo");
     let docker = env
@@ -122,9 +117,7 @@ async fn prewarm_pool_serves_cold_starts_and_refills() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invocations_are_balanced_over_ready_replicas() {
-    let Some(env) = common::setup("invocations_are_balanced_over_ready_replicas").await else {
-        return;
-    };
+    let env = common::setup("invocations_are_balanced_over_ready_replicas").await;
     let _g = env.guard();
     let docker = env.builder().build().await.unwrap();
     docker.deploy(env.spec("bal", "sleep")).await.unwrap();
@@ -152,11 +145,7 @@ async fn invocations_are_balanced_over_ready_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_rolls_replicas_without_dropping_in_flight_requests() {
-    let Some(env) =
-        common::setup("update_rolls_replicas_without_dropping_in_flight_requests").await
-    else {
-        return;
-    };
+    let env = common::setup("update_rolls_replicas_without_dropping_in_flight_requests").await;
     let _g = env.guard();
     let docker = env.builder().build().await.unwrap();
     let spec = env.spec("roll", "sleep").env("VERSION", "1");
@@ -242,10 +231,7 @@ async fn the_scheduler_label_picks_hash_routing_per_function() {
     use faas_core::scheduler::{HashSharding, SCHEDULER_LABEL};
     use faas_core::{InstanceView, Scheduler as _};
 
-    let Some(env) = common::setup("the_scheduler_label_picks_hash_routing_per_function").await
-    else {
-        return;
-    };
+    let env = common::setup("the_scheduler_label_picks_hash_routing_per_function").await;
     let _g = env.guard();
     let docker = env.builder().build().await.unwrap();
     let spec = env.spec("sticky", "sleep").label(SCHEDULER_LABEL, "hash");

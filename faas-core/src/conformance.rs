@@ -73,6 +73,25 @@ pub enum Behaviour {
     Log,
 }
 
+impl Behaviour {
+    /// Every behaviour, in declaration order.
+    pub const ALL: [Behaviour; 5] =
+        [Behaviour::Echo, Behaviour::Env, Behaviour::Sleep, Behaviour::Crash, Behaviour::Log];
+
+    /// The behaviour's lowercase name (`echo`, `env`, `sleep`, `crash`, `log`): what a fixture
+    /// outside this crate is told to implement. A workload maps behaviours through this, never
+    /// with a catch-all, so a behaviour added here cannot silently become another one.
+    pub fn name(self) -> &'static str {
+        match self {
+            Behaviour::Echo => "echo",
+            Behaviour::Env => "env",
+            Behaviour::Sleep => "sleep",
+            Behaviour::Crash => "crash",
+            Behaviour::Log => "log",
+        }
+    }
+}
+
 /// How a backend supplies test functions to the suite.
 pub trait Workload: Send + Sync {
     /// A deployable spec for a function called `name` that behaves as `behaviour`.
@@ -261,9 +280,7 @@ pub struct MemoryWorkload {
 impl MemoryWorkload {
     /// Registers every fixture into `invoker`.
     pub fn new(invoker: &crate::MemoryInvoker) -> Self {
-        for b in
-            [Behaviour::Echo, Behaviour::Env, Behaviour::Sleep, Behaviour::Crash, Behaviour::Log]
-        {
+        for b in Behaviour::ALL {
             invoker.register(Self::image(b), fixtures::function(b));
         }
         MemoryWorkload { start_timeout: Duration::from_secs(10) }
@@ -319,10 +336,34 @@ where
     }
 }
 
+/// Removes a function left by an earlier, failed run of a case (against a real backend), so
+/// the case starts clean. Absent is the normal answer; a leftover is removed and reported on
+/// stderr; any other answer fails the case, and so does a leftover that is still there after
+/// its removal.
+async fn remove_leftover(inv: &dyn Backend, f: &FunctionRef) {
+    match inv.remove(f).await {
+        Err(Error::NotFound { .. }) => return,
+        Ok(()) => eprintln!("conformance: removed {f}, left behind by an earlier run"),
+        Err(e) => panic!("conformance: removing a leftover {f} failed: {e}"),
+    }
+    expect_not_found(&format!("status of {f} after removing a leftover"), inv.status(f).await);
+}
+
+/// Removes a secret left by an earlier, failed run (see [`remove_leftover`]).
+async fn remove_leftover_secret(inv: &dyn Backend, namespace: &str, name: &str) {
+    match inv.remove_secret(namespace, name).await {
+        Err(Error::NotFound { .. }) => {}
+        Ok(()) => {
+            eprintln!("conformance: removed secret {namespace}/{name}, left by an earlier run")
+        }
+        Err(e) => panic!("conformance: removing a leftover secret {namespace}/{name} failed: {e}"),
+    }
+}
+
 /// Deploys `spec` after removing a leftover of the same name; panics on failure.
 async fn fresh_deploy(inv: &dyn Backend, spec: FunctionSpec) -> FunctionRef {
     let f = spec.function_ref();
-    let _ = inv.remove(&f).await;
+    remove_leftover(inv, &f).await;
     if let Err(e) = inv.deploy(spec).await {
         panic!("conformance: deploying {f} failed: {e}");
     }
@@ -473,7 +514,7 @@ pub async fn deploy_round_trip(inv: &dyn Backend, w: &dyn Workload) {
 pub async fn invalid_specs_rejected(inv: &dyn Backend, w: &dyn Workload) {
     let name = case_name(w, "invalid");
     let base = w.spec(&name, Behaviour::Echo);
-    let _ = inv.remove(&base.function_ref()).await;
+    remove_leftover(inv, &base.function_ref()).await;
     type Mutation = fn(&mut FunctionSpec, &str);
     let cases: Vec<(Mutation, &str)> = vec![
         (|s, _| s.name = "Bad_Name".into(), "service"),
@@ -495,10 +536,22 @@ pub async fn invalid_specs_rejected(inv: &dyn Backend, w: &dyn Workload) {
         (|s, _| s.timeout = Some(Duration::ZERO), "timeout"),
         (|s, n| s.secrets = vec![format!("{n}-no-such-secret")], "secrets[0]"),
     ];
+    let ns = base.namespace_or_default().to_string();
     for (mutate, field) in &cases {
         let mut spec = base.clone();
         mutate(&mut spec, &name);
+        let refused = spec.name.clone();
         expect_invalid(&format!("deploy with bad {field}"), inv.deploy(spec).await, field);
+        // A refused deploy leaves nothing behind: no function, listed or not.
+        expect_not_found(
+            &format!("status after the deploy with bad {field} was refused"),
+            inv.status(&base.function_ref()).await,
+        );
+        let list = inv.list(&ns).await.expect("conformance: list failed");
+        assert!(
+            !list.iter().any(|s| s.name == name || s.name == refused),
+            "conformance: the refused deploy with bad {field} left a function behind: {list:?}"
+        );
     }
     let f = fresh_deploy(inv, base.clone()).await;
     let mut bad = base.clone();
@@ -506,6 +559,9 @@ pub async fn invalid_specs_rejected(inv: &dyn Backend, w: &dyn Workload) {
     expect_invalid("update with bad constraints", inv.update(bad).await, "constraints[0]");
     let st = inv.status(&f).await.expect("conformance: status after rejected update");
     assert!(st.constraints.is_empty(), "conformance: a rejected update changed the function");
+    let list = inv.list(&ns).await.expect("conformance: list failed");
+    let copies = list.iter().filter(|s| s.name == name).count();
+    assert_eq!(copies, 1, "conformance: {name} listed {copies} times after a rejected update");
     cleanup(inv, &f).await;
 }
 
@@ -525,7 +581,7 @@ pub async fn duplicate_deploy_rejected(inv: &dyn Backend, w: &dyn Workload) {
 pub async fn unknown_function_not_found(inv: &dyn Backend, w: &dyn Workload) {
     let spec = w.spec(&case_name(w, "never-deployed"), Behaviour::Echo);
     let f = spec.function_ref();
-    let _ = inv.remove(&f).await;
+    remove_leftover(inv, &f).await;
     expect_not_found("invoke", inv.invoke(Invocation::post(f.clone(), "x")).await);
     expect_not_found("status", inv.status(&f).await);
     expect_not_found("remove", inv.remove(&f).await);
@@ -595,8 +651,8 @@ pub async fn env_and_secrets(inv: &dyn Backend, w: &dyn Workload) {
     let secret_name = format!("{name}-key");
     let spec = w.spec(&name, Behaviour::Env).env("CONF_GREETING", "hello").secret(&secret_name);
     let ns = spec.namespace_or_default().to_string();
-    let _ = inv.remove(&spec.function_ref()).await;
-    let _ = inv.remove_secret(&ns, &secret_name).await;
+    remove_leftover(inv, &spec.function_ref()).await;
+    remove_leftover_secret(inv, &ns, &secret_name).await;
     let secret = Secret {
         name: secret_name.clone(),
         namespace: ns.clone(),
@@ -631,7 +687,7 @@ pub async fn env_and_secrets(inv: &dyn Backend, w: &dyn Workload) {
 pub async fn secrets_round_trip(inv: &dyn Backend, w: &dyn Workload) {
     let name = case_name(w, "secret");
     let ns = w.spec(&name, Behaviour::Echo).namespace_or_default().to_string();
-    let _ = inv.remove_secret(&ns, &name).await;
+    remove_leftover_secret(inv, &ns, &name).await;
     let secret = Secret { name: name.clone(), namespace: ns.clone(), value: "v1".into() };
     inv.create_secret(secret.clone()).await.expect("conformance: create_secret failed");
     match inv.create_secret(secret.clone()).await {
@@ -675,13 +731,26 @@ pub async fn timeout_is_developer_error(inv: &dyn Backend, w: &dyn Workload) {
     cleanup(inv, &f).await;
 }
 
-/// A crash gives a developer error, and the function answers again afterwards.
+/// A crash gives a developer error of kind crash (not a timeout, a protocol violation or a
+/// platform error), and the function answers again afterwards. The function's timeout is far
+/// longer than the case may take, so a backend that noticed the crash only when the timeout
+/// fired would fail this case's bound too.
 pub async fn crash_is_developer_error(inv: &dyn Backend, w: &dyn Workload) {
-    let f = fresh_deploy(inv, w.spec(&case_name(w, "crash"), Behaviour::Crash)).await;
+    let spec = w.spec(&case_name(w, "crash"), Behaviour::Crash).timeout(w.start_timeout() * 4);
+    let f = fresh_deploy(inv, spec).await;
     wait_available(inv, w, &f).await;
     assert_eq!(get(inv, &f, "/").await, (200, Bytes::from("alive")));
-    match inv.invoke(Invocation::get(f.clone(), "/?crash=1")).await {
-        Err(Error::Developer { .. }) => {}
+    let crashed = tokio::time::timeout(
+        w.start_timeout(),
+        inv.invoke(Invocation::get(f.clone(), "/?crash=1")),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("conformance: a crash of {f} was not reported in time"));
+    match crashed {
+        Err(Error::Developer { kind: DeveloperErrorKind::Crash, .. }) => {}
+        Err(other @ Error::Developer { .. }) => {
+            panic!("conformance: a crash should be a developer error of kind crash, got {other}")
+        }
         Err(other) => panic!("conformance: a crash should be a developer error, got {other}"),
         Ok(r) => panic!("conformance: a crash should fail, got status {}", r.status()),
     }
@@ -695,9 +764,12 @@ pub async fn crash_is_developer_error(inv: &dyn Backend, w: &dyn Workload) {
     cleanup(inv, &f).await;
 }
 
-/// With `max_concurrency = 2` no instance ever has more than 2 invocations in flight
-/// (reported by the sleep fixture's `x-max-inflight`); invocations beyond the cap wait or
-/// fail with [`Error::Overloaded`], never anything else.
+/// With `max_concurrency = 2` and one replica at most (`scale.min = scale.max = 1`), the
+/// function never has more than 2 invocations in flight: every answer comes from the one
+/// instance (`x-instance`), which never had more than 2 in flight (`x-max-inflight`), and the
+/// function still has one replica afterwards. So a backend that ignores the cap, on one
+/// instance or by starting more instances than `scale.max`, fails. Invocations beyond the cap
+/// wait or fail with [`Error::Overloaded`], never anything else.
 pub async fn concurrency_cap_holds(inv: &dyn Backend, w: &dyn Workload) {
     let spec = w
         .spec(&case_name(w, "concurrency"), Behaviour::Sleep)
@@ -711,6 +783,7 @@ pub async fn concurrency_cap_holds(inv: &dyn Backend, w: &dyn Workload) {
         .await
         .expect("conformance: concurrent sleeps did not finish in time");
     let mut ok = 0;
+    let mut instances = std::collections::BTreeSet::new();
     for r in results {
         match r {
             Ok(resp) => {
@@ -720,6 +793,7 @@ pub async fn concurrency_cap_holds(inv: &dyn Backend, w: &dyn Workload) {
                     peak <= 2,
                     "conformance: an instance had {peak} invocations in flight, cap 2"
                 );
+                instances.insert(header(&resp, "x-instance").to_string());
                 ok += 1;
             }
             Err(Error::Overloaded { .. }) => {}
@@ -729,6 +803,15 @@ pub async fn concurrency_cap_holds(inv: &dyn Backend, w: &dyn Workload) {
         }
     }
     assert!(ok >= 2, "conformance: only {ok} of 8 invocations succeeded under a cap of 2");
+    assert_eq!(
+        instances.len(),
+        1,
+        "conformance: scale.max is 1, but {} instances answered ({instances:?}): the cap of 2 \
+         per function was exceeded by starting more instances",
+        instances.len()
+    );
+    let st = inv.status(&f).await.expect("conformance: status failed");
+    assert!(st.replicas <= 1, "conformance: {} replicas with scale.max 1", st.replicas);
     cleanup(inv, &f).await;
 }
 
@@ -958,6 +1041,17 @@ pub async fn run_all(inv: &dyn Backend, w: &dyn Workload) {
 ///     };
 /// }
 /// faas_core::for_each_conformance_case!(case);
+/// ```
+///
+/// A backend that cannot run a case excludes it explicitly, by name, with the reason, in a
+/// rule of its `case!` macro placed before the general one:
+///
+/// ```ignore
+/// macro_rules! case {
+///     // Excluded: the fake pods do not enforce max_inflight (runs on the process backend).
+///     (concurrency_cap_holds) => {};
+///     ($name:ident) => { /* one test, as above */ };
+/// }
 /// ```
 #[macro_export]
 macro_rules! for_each_conformance_case {

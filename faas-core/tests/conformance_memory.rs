@@ -3,38 +3,23 @@
 use faas_core::conformance::{self, MemoryWorkload};
 use faas_core::MemoryInvoker;
 
-macro_rules! cases {
-    ($($case:ident),* $(,)?) => {$(
+/// One test per case of [`faas_core::for_each_conformance_case!`], the one list every
+/// backend takes its cases from. The in-memory backend runs them all: no exclusions.
+macro_rules! case {
+    ($case:ident) => {
         #[tokio::test(start_paused = true)]
         async fn $case() {
-            let invoker = MemoryInvoker::builder()
-                .cold_start(std::time::Duration::from_millis(50))
-                .build();
+            let invoker =
+                MemoryInvoker::builder().cold_start(std::time::Duration::from_millis(50)).build();
             let workload = MemoryWorkload::new(&invoker);
             conformance::$case(&invoker, &workload).await;
             let left = faas_core::Deploy::list(&invoker, "openfaas-fn").await.unwrap();
             assert!(left.is_empty(), "case left functions behind: {left:?}");
         }
-    )*};
+    };
 }
 
-cases!(
-    deploy_round_trip,
-    invalid_specs_rejected,
-    duplicate_deploy_rejected,
-    unknown_function_not_found,
-    invoke_preserves_request,
-    env_and_secrets,
-    secrets_round_trip,
-    timeout_is_developer_error,
-    crash_is_developer_error,
-    concurrency_cap_holds,
-    scale_up_and_to_zero,
-    scale_from_zero,
-    logs_readable,
-    logs_survive_scale_to_zero,
-    many_concurrent_invocations,
-);
+faas_core::for_each_conformance_case!(case);
 
 /// The whole suite on one invoker, in real time with no cold start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -191,33 +191,59 @@ async fn retry_backs_off_on_retryable_errors_only() {
     call.await.unwrap().unwrap();
 }
 
+/// The gap before retry `n` is uniform in `[cap/2, cap]` with `cap = min(base * 2^(n-1), max)`
+/// ([`faas_core::util::Backoff`]'s jitter). Over 200 calls of 6 attempts each (paused time,
+/// so the gaps are exact), every gap lies in its range (a lower bound as well as an upper
+/// one), the mean gap before each retry is three quarters of its cap (within 10% of the cap:
+/// ~8 standard errors), so the means grow 75, 150, 300 ms and then stay at 300 ms, and the
+/// gaps spread over the range. No delay at all, a constant delay or an uncapped one fails.
 #[tokio::test(start_paused = true)]
 async fn retry_backoff_grows_and_is_capped() {
+    const CALLS: usize = 200;
     let layer = RetryLayer::new(6)
         .base_delay(Duration::from_millis(100))
         .max_delay(Duration::from_millis(400));
     let (svc, mut handle) = over_mock(layer);
-    let call = tokio::spawn(svc.oneshot(Invocation::post("f", "x")));
-    let mut last = Instant::now();
-    let mut gaps = Vec::new();
-    for i in 0..6 {
-        let (_, reply) = next(&mut handle).await;
-        if i > 0 {
-            gaps.push(last.elapsed());
+    let caps = [100u64, 200, 400, 400, 400];
+    let mut gaps: Vec<Vec<Duration>> = vec![Vec::new(); caps.len()];
+    for _ in 0..CALLS {
+        let call = tokio::spawn(svc.clone().oneshot(Invocation::post("f", "x")));
+        let mut last = Instant::now();
+        for i in 0..6 {
+            let (_, reply) = next(&mut handle).await;
+            if i > 0 {
+                gaps[i - 1].push(last.elapsed());
+            }
+            last = Instant::now();
+            if i < 5 {
+                reply.send_error(Error::overloaded("busy"));
+            } else {
+                reply.send_response(ok("ok"));
+            }
         }
-        last = Instant::now();
-        if i < 5 {
-            reply.send_error(Error::overloaded("busy"));
-        } else {
-            reply.send_response(ok("ok"));
+        call.await.unwrap().unwrap();
+    }
+    let mut means = Vec::new();
+    for (retry, (gaps, cap)) in gaps.iter().zip(caps).enumerate() {
+        let cap = Duration::from_millis(cap);
+        let retry = retry + 1;
+        for gap in gaps {
+            assert!(*gap <= cap, "retry {retry}: gap {gap:?} above the cap {cap:?}");
+            assert!(*gap >= cap / 2, "retry {retry}: gap {gap:?} below half the cap {cap:?}");
         }
+        let mean = gaps.iter().sum::<Duration>() / CALLS as u32;
+        assert!(
+            mean >= cap.mul_f64(0.65) && mean <= cap.mul_f64(0.85),
+            "retry {retry}: mean gap {mean:?}, expected about 3/4 of {cap:?}"
+        );
+        let longest = gaps.iter().max().copied().unwrap_or_default();
+        let shortest = gaps.iter().min().copied().unwrap_or_default();
+        assert!(longest >= cap.mul_f64(0.95), "retry {retry}: longest gap {longest:?} of {cap:?}");
+        assert!(shortest <= cap.mul_f64(0.55), "retry {retry}: shortest {shortest:?} of {cap:?}");
+        means.push(mean);
     }
-    call.await.unwrap().unwrap();
-    // Full jitter: each gap is at most base * 2^(n-1), capped at 400 ms.
-    let caps = [100, 200, 400, 400, 400];
-    for (gap, cap) in gaps.iter().zip(caps) {
-        assert!(*gap <= Duration::from_millis(cap), "gap {gap:?} above {cap} ms");
-    }
+    // Growth: each mean is above the one before until the cap (means ~75, 150, 300 ms).
+    assert!(means[0] < means[1] && means[1] < means[2], "backoff does not grow: {means:?}");
 }
 
 // ---------------------------------------------------------------------------------------

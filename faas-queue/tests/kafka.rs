@@ -106,8 +106,9 @@ impl QueueHarness for Kafka {
         consumer: Arc<dyn QueueConsumer>,
         unsettled: Vec<Delivery<QueuedInvocation>>,
     ) {
-        // A crashed process settles nothing; its group membership ends (here by leaving,
-        // which commits only what was acknowledged).
+        // An aborted worker settles nothing; its group membership ends by leaving (which
+        // commits only what was acknowledged). A crash, which leaves no group, is tested with
+        // a killed worker process in worker_bin.rs.
         for d in unsettled {
             // A crash runs no destructor: a dropped delivery would nack (settle) itself.
             #[allow(clippy::mem_forget)]
@@ -173,11 +174,14 @@ async fn kafka_worker_bad_input() {
     drop(cluster);
 }
 
-/// Worker A is stopped abruptly mid-invocation (its deliveries are never settled, not even
-/// nacked: only the uncommitted offsets bring them back); worker B in the same group takes
-/// the partitions over; every accepted invocation completes.
+/// Worker A is aborted mid-invocation (its deliveries are never settled, not even nacked:
+/// only the uncommitted offsets bring them back); its consumer then leaves the group
+/// cleanly; worker B in the same group takes the partitions over; every accepted invocation
+/// completes. This is an abort, not a crash: a crashed process leaves no group, and the real
+/// crash (SIGKILL of a worker process, its session timing out) is `worker_bin.rs`'s
+/// `a_killed_worker_loses_nothing`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_crash_loses_nothing() {
+async fn kafka_aborted_worker_loses_nothing() {
     let (cluster, k) = Kafka::new(false);
     crash_loses_nothing(&k, 400).await;
     k.finish().await;
@@ -185,7 +189,8 @@ async fn kafka_crash_loses_nothing() {
 }
 
 /// Several workers in one group share the partitions; members joining and leaving
-/// rebalance them; every invocation completes.
+/// rebalance them; every invocation completes, and each worker gets its share: the third,
+/// joining late, runs part of what is published after it joined, the one that left none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_rebalance_across_workers() {
     use faas_core::queue::AsyncState;
@@ -242,10 +247,9 @@ async fn kafka_rebalance_across_workers() {
         }
     })
     .await;
-    // A third worker joins, then the first leaves, while work is going on.
+    // A third worker joins while work is going on, then the first leaves.
     let c2 = k.new_consumer();
     let w2 = make_worker(2, c2.clone());
-    assert!(p.publish_batch(items[300..].to_vec()).await.iter().all(Result::is_ok));
     bounded("the third worker to get partitions", async {
         while c2.assignment().is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -253,6 +257,22 @@ async fn kafka_rebalance_across_workers() {
     })
     .await;
     bounded("worker 0 to shut down", w0.shutdown()).await.unwrap();
+    // Once the group has settled on workers 1 and 2 (each some partitions, all covered,
+    // none twice), the second half goes to them alone.
+    bounded("workers 1 and 2 to share every partition", async {
+        loop {
+            let (a1, a2) = (c1.assignment(), c2.assignment());
+            let mut all: Vec<_> = a1.iter().chain(&a2).copied().collect();
+            all.sort();
+            if !a1.is_empty() && !a2.is_empty() && all == (0..PARTITIONS).collect::<Vec<_>>() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let before: Vec<u64> = per_worker.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    assert!(p.publish_batch(items[300..].to_vec()).await.iter().all(Result::is_ok));
     bounded("every invocation to complete", async {
         loop {
             let n = items
@@ -271,11 +291,16 @@ async fn kafka_rebalance_across_workers() {
     let done = done.lock().unwrap().clone();
     assert_eq!(done.len(), items.len());
     let counts: Vec<u64> = per_worker.iter().map(|c| c.load(Ordering::SeqCst)).collect();
-    eprintln!(
-        "rebalance: invocations per worker {counts:?}, {} completions for {} items",
-        done.values().sum::<u32>(),
-        items.len()
-    );
+    let second: Vec<u64> = counts.iter().zip(&before).map(|(c, b)| c - b).collect();
+    eprintln!("rebalance: invocations per worker {counts:?}, of the second half {second:?}");
+    // Each worker's share: 0 and 1 both worked on the first half; of the second half, the
+    // departed worker 0 ran none, and workers 1 and 2 each ran some, together all of it
+    // (more only if a rebalance redelivered some).
+    assert!(before[0] > 0 && before[1] > 0, "first half per worker: {before:?}");
+    assert_eq!(second[0], 0, "worker 0 ran invocations after it left: {second:?}");
+    assert!(second[1] > 0, "worker 1 ran none of the second half: {second:?}");
+    assert!(second[2] > 0, "the third worker ran none of the second half: {second:?}");
+    assert!(second[1] + second[2] >= 300, "second half not all run: {second:?}");
     bounded("worker 1 to shut down", w1.shutdown()).await.unwrap();
     bounded("worker 2 to shut down", w2.shutdown()).await.unwrap();
     k.finish().await;

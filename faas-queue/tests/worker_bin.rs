@@ -1,6 +1,7 @@
 //! The `faas-queue-worker` binary as its own process, on librdkafka's mock cluster: it runs
 //! a queued call through a gateway over HTTP and publishes the activation records to the
-//! activations topic, where a store in another process (this test) reads them.
+//! activations topic, where a store in another process (this test) reads them; and a worker
+//! process killed with SIGKILL (a real consumer crash) loses no accepted call.
 #![cfg(all(feature = "kafka", feature = "bin"))]
 
 mod common;
@@ -49,6 +50,21 @@ async fn fake_gateway() -> (String, tokio::task::JoinHandle<()>) {
 }
 
 struct Worker(std::process::Child);
+
+impl Worker {
+    /// Waits (bounded) for the process to exit, and gives its status.
+    async fn exited(&mut self, what: &str) -> std::process::ExitStatus {
+        bounded(what, async {
+            loop {
+                if let Ok(Some(s)) = self.0.try_wait() {
+                    break s;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+}
 
 impl Drop for Worker {
     fn drop(&mut self) {
@@ -104,15 +120,7 @@ async fn the_worker_binary_publishes_activation_records() {
     // SIGTERM: it stops gracefully (leaves its group, closes its store) while the cluster
     // is up.
     let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-    let status = bounded("the worker to exit", async {
-        loop {
-            if let Ok(Some(s)) = worker.0.try_wait() {
-                break s;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let status = worker.exited("the worker to exit").await;
     assert!(status.success(), "{status:?}");
     bounded("closing the store", store.close()).await.unwrap();
     gateway_task.abort();
@@ -151,4 +159,126 @@ fn the_worker_binary_reads_its_environment_variables() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--max-attempts"), "{err}");
+}
+
+/// What the crash test's gateway has seen: the bodies of the calls it answered, how many it
+/// is holding unanswered, and whether it still holds calls past `quota`.
+#[derive(Default)]
+struct Ledger {
+    answered: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    held: std::sync::atomic::AtomicU64,
+    release: std::sync::atomic::AtomicBool,
+}
+
+/// A gateway that answers the first `quota` calls and holds every later one unanswered until
+/// `release` is set (then it answers all).
+async fn holding_gateway(
+    quota: usize,
+    ledger: std::sync::Arc<Ledger>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let ledger = ledger.clone();
+                    async move {
+                        use http_body_util::BodyExt;
+                        let body = req.into_body().collect().await.map(|c| c.to_bytes());
+                        let body = String::from_utf8_lossy(&body.unwrap_or_default()).into_owned();
+                        let over_quota = ledger.answered.lock().unwrap().len() >= quota;
+                        if over_quota && !ledger.release.load(Ordering::SeqCst) {
+                            ledger.held.fetch_add(1, Ordering::SeqCst);
+                            std::future::pending::<()>().await;
+                        }
+                        *ledger.answered.lock().unwrap().entry(body).or_default() += 1;
+                        let resp = http::Response::new(http_body_util::Full::new(Bytes::new()));
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (url, task)
+}
+
+/// A real consumer crash: worker A, a `faas-queue-worker` process in group `crash`, is killed
+/// with SIGKILL while holding unanswered calls. It leaves no group and commits nothing on the
+/// way out; the group coordinator notices only when A's session times out (2.5 s), and only
+/// then can worker B, a second process in the same group, take A's partitions from their last
+/// committed offsets. Every accepted call is answered (duplicates allowed, losses not), and
+/// B answers calls A had taken but never finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_loses_nothing() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    const N: usize = 200;
+
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let config = KafkaConfig::new(cluster.bootstrap_servers());
+    cluster.create_topic("crash-jobs", 4, 1).unwrap();
+    cluster.create_topic(&config.dead_letter_topic, 1, 1).unwrap();
+    let ledger = Arc::new(Ledger::default());
+    let (gateway, gateway_task) = holding_gateway(N / 4, ledger.clone()).await;
+    let spawn_worker = || {
+        let child = Command::new(env!("CARGO_BIN_EXE_faas-queue-worker"))
+            .args(["--brokers", &config.brokers, "--gateway", &gateway])
+            .args(["--topic", "crash-jobs", "--group", "crash", "--activations", "memory"])
+            .args(["--kafka-property", "session.timeout.ms=2500"])
+            .args(["--kafka-property", "heartbeat.interval.ms=250"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start faas-queue-worker");
+        Worker(child)
+    };
+
+    let mut a = spawn_worker();
+    let publisher =
+        KafkaPublisher::new(&KafkaConfig { topic: "crash-jobs".into(), ..config.clone() }).unwrap();
+    let items: Vec<_> = (0..N).map(|i| item(&format!("f{}", i % 8), format!("job-{i}"))).collect();
+    for it in &items {
+        publisher.publish(it.clone()).await.unwrap();
+    }
+    bounded("worker A to hold calls past its quota", async {
+        while ledger.held.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let answered_by_a = ledger.answered.lock().unwrap().clone();
+    assert!(answered_by_a.len() < N, "A answered everything before the crash");
+
+    // The crash: SIGKILL, so no destructor, no LeaveGroup, no final commit.
+    let _ = Command::new("kill").arg("-KILL").arg(a.0.id().to_string()).status();
+    let status = a.exited("worker A to die").await;
+    assert_eq!(status.signal(), Some(9), "A was killed, not stopped: {status:?}");
+
+    ledger.release.store(true, Ordering::SeqCst);
+    let b = spawn_worker();
+    bounded("worker B to answer every accepted call", async {
+        loop {
+            if common::not_completed(&items, &ledger.answered.lock().unwrap()) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let answered = ledger.answered.lock().unwrap().clone();
+    let taken_over = answered.keys().filter(|k| !answered_by_a.contains_key(*k)).count();
+    assert_eq!(taken_over, N - answered_by_a.len(), "B answered what A left");
+    drop(b);
+    gateway_task.abort();
+    drop(cluster);
 }

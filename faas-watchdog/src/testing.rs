@@ -40,7 +40,7 @@ impl FixtureWorkload {
 
 /// The fixture's name for a behaviour (`echo`, `env`, `sleep`, `crash`, `log`).
 pub fn behaviour_name(b: Behaviour) -> String {
-    format!("{b:?}").to_ascii_lowercase()
+    b.name().to_string()
 }
 
 impl Workload for FixtureWorkload {

@@ -22,6 +22,7 @@ fn workload() -> FixtureWorkload {
     FixtureWorkload::new(FIXTURE)
 }
 
+/// One test per case of the one list; every case runs: no exclusions.
 macro_rules! case {
     ($name:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -273,11 +273,20 @@ async fn static_mode_serves_files_safely() {
 #[tokio::test]
 async fn read_timeout_closes_slow_header_writers() {
     let w = spawn_watchdog(&[("fprocess", "cat"), ("read_timeout", "500ms")]).await;
+    // The watchdog's clock for this connection starts at accept, after this instant: the
+    // connection must stay open at least read_timeout from here (a lower bound, which a
+    // loaded machine cannot break), and close well before 15 s.
+    let t0 = std::time::Instant::now();
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", w.port)).await.unwrap();
     s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let mut buf = Vec::new();
     let r = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf)).await;
+    let open = t0.elapsed();
     assert!(r.is_ok(), "the connection stayed open past read_timeout");
+    assert!(
+        open >= Duration::from_millis(500),
+        "the connection closed after {open:?}, before read_timeout (500 ms)"
+    );
 }
 
 #[tokio::test]

@@ -37,9 +37,7 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20);
-    if !testing::docker_available("docker-starts").await {
-        return;
-    }
+    testing::require_docker("docker-starts").await;
     let image = testing::fixture_image().await.expect("fixture image");
     let ns = testing::unique("bench");
     let owner = testing::unique("bench");

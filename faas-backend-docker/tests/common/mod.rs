@@ -1,4 +1,4 @@
-//! Shared helpers of the Docker tests: skip-or-fail, a unique namespace and prewarm owner
+//! Shared helpers of the Docker tests: fail when Docker is missing, a unique namespace and prewarm owner
 //! per test, a backend builder scoped to them, and cleanup that runs even when a test panics.
 #![allow(dead_code)]
 
@@ -17,19 +17,17 @@ pub struct Env {
     pub image: String,
 }
 
-/// `None` when the test must skip (no Docker outside CI). Panics under `CI=true` when Docker
-/// is unusable.
-pub async fn setup(test: &str) -> Option<Env> {
-    if !testing::docker_available(test).await {
-        return None;
-    }
+/// A fresh namespace, owner and fixture image for `test`. Panics when Docker is unusable:
+/// a missing engine fails the test, it never skips.
+pub async fn setup(test: &str) -> Env {
+    testing::require_docker(test).await;
     let ns = testing::unique("t");
     let owner = testing::unique("o");
     let secrets_dir = std::env::temp_dir().join("faas-rs-docker-tests").join(&ns);
     let image = testing::fixture_image().await.expect("building the fixture image");
     let env = Env { ns, owner, secrets_dir, image };
     assert_eq!(env.leftovers().await, Vec::<String>::new(), "fresh namespace has containers");
-    Some(env)
+    env
 }
 
 impl Env {
@@ -94,14 +92,9 @@ pub struct DockerWorkload {
 
 impl Workload for DockerWorkload {
     fn spec(&self, name: &str, behaviour: Behaviour) -> FunctionSpec {
-        let b = match behaviour {
-            Behaviour::Echo => "echo",
-            Behaviour::Env => "env",
-            Behaviour::Sleep => "sleep",
-            Behaviour::Crash => "crash",
-            Behaviour::Log => "log",
-            _ => "echo",
-        };
+        // No catch-all: the fixture refuses a name it does not know, so a new behaviour fails
+        // loudly instead of running as another one.
+        let b = behaviour.name();
         FunctionSpec::new(name, self.image.clone())
             .namespace(self.namespace.clone())
             .env("FIXTURE_BEHAVIOUR", b)
