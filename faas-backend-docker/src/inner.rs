@@ -383,45 +383,52 @@ impl Inner {
     /// nothing: the proxy accepts before the process listens). Checks now and then that the
     /// container still runs, so a crashing function fails fast with its last log lines.
     async fn wait_ready(&self, id: &str, name: &str, port: u16, deadline: Instant) -> Result<()> {
-        let mut delay = Duration::from_millis(2);
-        let mut last_check = Instant::now();
-        loop {
-            if self.probe(port).await {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let tail = self.log_tail(id, 20).await;
-                return Err(Error::developer(
-                    DeveloperErrorKind::Init,
-                    format!(
-                        "instance {name} did not answer its health check within {}: {tail}",
-                        faas_core::util::format_duration(self.settings.start_timeout)
-                    ),
-                ));
-            }
-            if last_check.elapsed() >= Duration::from_millis(300) {
-                last_check = Instant::now();
+        // When the container was last inspected (a Mutex: the future must be Send).
+        let last_check = std::sync::Mutex::new(Instant::now());
+        let ready = faas_core::invoker::poll_with_backoff(
+            deadline.saturating_duration_since(Instant::now()),
+            || async {
+                if self.probe(port).await {
+                    return Ok(true);
+                }
+                {
+                    let mut last = faas_core::util::lock(&last_check);
+                    if last.elapsed() < Duration::from_millis(300) {
+                        return Ok(false);
+                    }
+                    *last = Instant::now();
+                }
                 let st = self
                     .docker
                     .inspect_container(id, None::<InspectContainerOptions>)
                     .await
                     .map_err(|e| map_err("container inspect", e))?
                     .state;
-                let running = st.as_ref().and_then(|s| s.running).unwrap_or(false);
-                if !running {
-                    let code = st.and_then(|s| s.exit_code).unwrap_or(-1);
-                    let tail = self.log_tail(id, 20).await;
-                    return Err(Error::developer(
-                        DeveloperErrorKind::Init,
-                        format!(
-                            "instance {name} exited with code {code} before becoming ready: {tail}"
-                        ),
-                    ));
+                if st.as_ref().and_then(|s| s.running).unwrap_or(false) {
+                    return Ok(false);
                 }
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(40));
+                let code = st.and_then(|s| s.exit_code).unwrap_or(-1);
+                let tail = self.log_tail(id, 20).await;
+                Err(Error::developer(
+                    DeveloperErrorKind::Init,
+                    format!(
+                        "instance {name} exited with code {code} before becoming ready: {tail}"
+                    ),
+                ))
+            },
+        )
+        .await?;
+        if ready {
+            return Ok(());
         }
+        let tail = self.log_tail(id, 20).await;
+        Err(Error::developer(
+            DeveloperErrorKind::Init,
+            format!(
+                "instance {name} did not answer its health check within {}: {tail}",
+                faas_core::util::format_duration(self.settings.start_timeout)
+            ),
+        ))
     }
 
     async fn log_tail(&self, id: &str, n: usize) -> String {

@@ -971,21 +971,14 @@ async fn run_replica(
         tokio::spawn(pump_logs(e, func.logs.clone(), r.id.clone()));
     }
     let mut stop = r.stop.subscribe();
+    // A watchdog answers its health check a few ms after the spawn: the one backoff (1 ms
+    // doubling to 50 ms) keeps a scale from zero from being held by the probe.
     let probe = async {
-        let deadline = Instant::now() + start_timeout;
-        // A watchdog answers its health check a few ms after the spawn: probe at 1 ms, then
-        // at intervals doubling up to 10 ms, so a scale from zero is not held by the probe.
-        let mut interval = Duration::from_millis(1);
-        loop {
-            if client.healthy(&r.base, Duration::from_secs(2)).await {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(interval).await;
-            interval = (interval * 2).min(Duration::from_millis(10));
-        }
+        faas_core::invoker::poll_with_backoff(start_timeout, || async {
+            Ok(client.healthy(&r.base, Duration::from_secs(2)).await)
+        })
+        .await
+        .unwrap_or(false)
     };
     let mut status = None;
     let mut stopped = false;
