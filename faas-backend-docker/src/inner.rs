@@ -12,6 +12,7 @@ use bollard::query_parameters::{
     RemoveContainerOptions, RenameContainerOptions,
 };
 use bollard::Docker;
+use faas_core::instance::InstanceClient;
 use faas_core::scheduler::Schedulers;
 use faas_core::util::lock;
 use faas_core::{
@@ -19,9 +20,6 @@ use faas_core::{
     Scheduler, StartKind,
 };
 use futures::StreamExt;
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::{self, label, map_err, status_of};
@@ -34,8 +32,6 @@ pub(crate) const WATCHDOG_PORT: &str = "8080/tcp";
 pub(crate) const SECRETS_MOUNT: &str = "/var/openfaas/secrets";
 /// The per-invocation timeout when the spec sets none.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-
-pub(crate) type HttpClient = Client<HttpConnector, faas_core::Body>;
 
 /// Settings fixed at build time.
 #[derive(Debug, Clone)]
@@ -60,7 +56,8 @@ pub(crate) struct Inner {
     /// label `com.faas-rs.scheduler`.
     pub schedulers: Schedulers,
     pub settings: Settings,
-    pub http: HttpClient,
+    /// Forwards invocations and probes health.
+    pub client: InstanceClient,
     pub functions: Mutex<HashMap<FunctionRef, Arc<FunctionState>>>,
     pub pools: Mutex<HashMap<Template, Pool>>,
     pub closed: AtomicBool,
@@ -379,64 +376,59 @@ impl Inner {
 
     /// Whether the watchdog at `port` answers `GET /_/health` with 200.
     pub async fn probe(&self, port: u16) -> bool {
-        let Ok(uri) = format!("http://127.0.0.1:{port}/_/health").parse::<http::Uri>() else {
-            return false;
-        };
-        let mut req = http::Request::new(faas_core::Body::empty());
-        *req.uri_mut() = uri;
-        match tokio::time::timeout(Duration::from_secs(2), self.http.request(req)).await {
-            Ok(Ok(resp)) => {
-                let ok = resp.status() == http::StatusCode::OK;
-                let _ = resp.into_body().collect().await;
-                ok
-            }
-            _ => false,
-        }
+        self.client.healthy(&format!("http://127.0.0.1:{port}"), Duration::from_secs(2)).await
     }
 
     /// Polls the health endpoint until 200 (a TCP connect to the published port proves
     /// nothing: the proxy accepts before the process listens). Checks now and then that the
     /// container still runs, so a crashing function fails fast with its last log lines.
     async fn wait_ready(&self, id: &str, name: &str, port: u16, deadline: Instant) -> Result<()> {
-        let mut delay = Duration::from_millis(2);
-        let mut last_check = Instant::now();
-        loop {
-            if self.probe(port).await {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let tail = self.log_tail(id, 20).await;
-                return Err(Error::developer(
-                    DeveloperErrorKind::Init,
-                    format!(
-                        "instance {name} did not answer its health check within {}: {tail}",
-                        faas_core::util::format_duration(self.settings.start_timeout)
-                    ),
-                ));
-            }
-            if last_check.elapsed() >= Duration::from_millis(300) {
-                last_check = Instant::now();
+        // When the container was last inspected (a Mutex: the future must be Send).
+        let last_check = std::sync::Mutex::new(Instant::now());
+        let ready = faas_core::invoker::poll_with_backoff(
+            deadline.saturating_duration_since(Instant::now()),
+            || async {
+                if self.probe(port).await {
+                    return Ok(true);
+                }
+                {
+                    let mut last = faas_core::util::lock(&last_check);
+                    if last.elapsed() < Duration::from_millis(300) {
+                        return Ok(false);
+                    }
+                    *last = Instant::now();
+                }
                 let st = self
                     .docker
                     .inspect_container(id, None::<InspectContainerOptions>)
                     .await
                     .map_err(|e| map_err("container inspect", e))?
                     .state;
-                let running = st.as_ref().and_then(|s| s.running).unwrap_or(false);
-                if !running {
-                    let code = st.and_then(|s| s.exit_code).unwrap_or(-1);
-                    let tail = self.log_tail(id, 20).await;
-                    return Err(Error::developer(
-                        DeveloperErrorKind::Init,
-                        format!(
-                            "instance {name} exited with code {code} before becoming ready: {tail}"
-                        ),
-                    ));
+                if st.as_ref().and_then(|s| s.running).unwrap_or(false) {
+                    return Ok(false);
                 }
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(40));
+                let code = st.and_then(|s| s.exit_code).unwrap_or(-1);
+                let tail = self.log_tail(id, 20).await;
+                Err(Error::developer(
+                    DeveloperErrorKind::Init,
+                    format!(
+                        "instance {name} exited with code {code} before becoming ready: {tail}"
+                    ),
+                ))
+            },
+        )
+        .await?;
+        if ready {
+            return Ok(());
         }
+        let tail = self.log_tail(id, 20).await;
+        Err(Error::developer(
+            DeveloperErrorKind::Init,
+            format!(
+                "instance {name} did not answer its health check within {}: {tail}",
+                faas_core::util::format_duration(self.settings.start_timeout)
+            ),
+        ))
     }
 
     async fn log_tail(&self, id: &str, n: usize) -> String {

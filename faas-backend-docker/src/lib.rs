@@ -88,8 +88,6 @@ use faas_core::{
     Usage,
 };
 use futures::StreamExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::inner::{Inner, Settings};
 pub use crate::logs::{LogRetention, DEFAULT_RETAINED_LOG_BYTES, DEFAULT_RETAINED_LOG_LINES};
@@ -284,11 +282,6 @@ impl DockerInvokerBuilder {
             Some(l) => l,
             None => host_limits(&docker).await,
         };
-        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        connector.set_nodelay(true);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
         let secrets_dir = self
             .secrets_dir
             .unwrap_or_else(|| std::env::temp_dir().join("faas-rs-docker").join("secrets"));
@@ -312,7 +305,7 @@ impl DockerInvokerBuilder {
                 limits,
                 start_concurrency: self.start_concurrency.max(1),
             },
-            http,
+            client: faas_core::instance::InstanceClient::new(),
             functions: Mutex::new(Default::default()),
             pools: Mutex::new(pools),
             closed: Default::default(),

@@ -1,16 +1,12 @@
-//! Forwarding an invocation to a replica's watchdog over HTTP/1.1.
+//! Invoking a function: routing to a replica with capacity (or scaling from zero), resuming
+//! it if paused, and forwarding through the shared [`faas_core::instance::InstanceClient`].
 
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use faas_core::{
-    Body, DeveloperErrorKind, Error, Invocation, InvocationMeta, Response, Result, StartKind,
-};
-use http_body::{Frame, SizeHint};
+use faas_core::instance::{CallTimeout, Target};
+use faas_core::{Error, Invocation, InvocationMeta, Response, Result, StartKind};
 
 use crate::inner::{Inner, DEFAULT_TIMEOUT};
 use crate::state::{FunctionState, Replica};
@@ -41,70 +37,6 @@ impl Drop for Streaming {
         self.replica.touch();
         self.replica.streams.fetch_sub(1, Ordering::SeqCst);
     }
-}
-
-/// A response body that keeps the replica marked as streaming until consumed or dropped.
-struct Guarded {
-    inner: hyper::body::Incoming,
-    _guard: Streaming,
-}
-
-impl http_body::Body for Guarded {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<std::result::Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The header the faas-rs watchdog sets on answers it produces itself (not the function).
-const WATCHDOG_ERROR: &str = "x-watchdog-error";
-
-/// Maps a watchdog's own error answer to the error taxonomy (as the process backend does):
-/// timeouts and crashes are developer errors, `inflight` is overload.
-async fn watchdog_error(
-    reason: &str,
-    resp: Response,
-    f: &FunctionState,
-    instance: &str,
-) -> Result<Response> {
-    let kind = match reason {
-        "exec_timeout" | "write_timeout" => DeveloperErrorKind::Timeout,
-        "upstream" | "exit" | "wait" => DeveloperErrorKind::Crash,
-        "spawn" => DeveloperErrorKind::Init,
-        "inflight" => {
-            return Err(Error::Overloaded {
-                message: format!("instance {instance} of {} is at its max_inflight", f.fref),
-                retry_after: Some(Duration::from_secs(1)),
-            })
-        }
-        _ => return Ok(resp),
-    };
-    let body = resp.into_body().collect_limited(64 * 1024).await.unwrap_or_default();
-    let text = String::from_utf8_lossy(&body).trim().to_string();
-    let fref = &f.fref;
-    Err(Error::developer(
-        kind,
-        match kind {
-            DeveloperErrorKind::Timeout => format!("function {fref} exec timeout: {text}"),
-            DeveloperErrorKind::Crash => {
-                format!("function {fref} crashed (instance {instance}): {text}")
-            }
-            _ => format!("function {fref} could not start (instance {instance}): {text}"),
-        },
-    ))
 }
 
 impl Inner {
@@ -194,49 +126,27 @@ impl Inner {
         };
         let wait_time = t0.elapsed();
         let timeout = f.spec().spec.timeout.unwrap_or(DEFAULT_TIMEOUT);
-        let id = inv.id.clone();
-        let (mut parts, body) = inv.request.into_parts();
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let pq = if pq.starts_with('/') { pq } else { "/" };
-        parts.uri = format!("http://127.0.0.1:{}{pq}", replica.port)
-            .parse()
-            .map_err(|e| Error::invalid("path", format!("{e}")))?;
-        parts.version = http::Version::HTTP_11;
-        parts.headers.remove(http::header::HOST);
-        parts.headers.remove(http::header::CONNECTION);
-        if !parts.headers.contains_key("x-call-id") {
-            if let Ok(v) = http::HeaderValue::from_str(id.as_str()) {
-                parts.headers.insert("x-call-id", v);
-            }
-        }
-        let req = http::Request::from_parts(parts, body);
-        let resp = match tokio::time::timeout(timeout, self.http.request(req)).await {
-            Err(_) => return Err(Error::timeout("function", timeout)),
-            Ok(Err(e)) => {
-                drop(guard);
-                let died = self.check_replica(&f, &replica).await;
-                let what = if died { "died during the request" } else { "broke the connection" };
-                return Err(Error::developer(
-                    DeveloperErrorKind::Crash,
-                    format!("instance {} of {} {what}: {e}", replica.name, f.fref),
-                ));
-            }
-            Ok(Ok(resp)) => resp,
+        let base = format!("http://127.0.0.1:{}", replica.port);
+        let target = Target {
+            base: &base,
+            function: &f.fref,
+            instance: &replica.name,
+            timeout: Some(CallTimeout { name: "exec", after: timeout, grace: Duration::ZERO }),
         };
-        // The function has answered: its routing slot is free (as in the other backends);
-        // the body keeps the replica from being paused or removed while it streams.
+        // Counted from before the call: the body keeps the replica from being paused or
+        // removed while it streams, after its routing slot is freed.
         replica.streams.fetch_add(1, Ordering::SeqCst);
-        drop(guard);
         let streaming = Streaming { replica: Arc::clone(&replica) };
-        let (parts, incoming) = resp.into_parts();
-        let mut resp = http::Response::from_parts(
-            parts,
-            Body::new(Guarded { inner: incoming, _guard: streaming }),
-        );
-        if let Some(reason) = resp.headers().get(WATCHDOG_ERROR).and_then(|v| v.to_str().ok()) {
-            let reason = reason.to_string();
-            resp = watchdog_error(&reason, resp, &f, &replica.name).await?;
-        }
+        let mut resp = match self.client.forward(inv, &target, streaming).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                drop(guard);
+                let exited = e.is_transport() && self.check_replica(&f, &replica).await;
+                return Err(e.into_error(exited));
+            }
+        };
+        // The function has answered: its routing slot is free (as in the other backends).
+        drop(guard);
         resp.extensions_mut().insert(InvocationMeta {
             instance: replica.name.clone(),
             start,

@@ -6,10 +6,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret as K8sSecret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -18,12 +14,13 @@ use kube::api::{
     WatchParams,
 };
 
+use faas_core::instance::{self, CallTimeout, InstanceClient};
 use faas_core::invocation::InvocationMeta;
 use faas_core::prelude::*;
 use faas_core::spec::{rfc3339, validate_secret_name, ScalingPolicy};
 use faas_core::util::{lock, validate_dns1123_label};
 use faas_core::{
-    Body, Error, FunctionRef, FunctionSpec, FunctionStatus, InstanceView, Invocation, LogEntry,
+    Error, FunctionRef, FunctionSpec, FunctionStatus, InstanceView, Invocation, LogEntry,
     LogStream, LogsRequest, ProviderInfo, Response, Result, Scheduler, Secret, SecretInfo,
     StartKind,
 };
@@ -35,8 +32,6 @@ use crate::manifests::{self, FUNCTION_LABEL, SECRET_MANAGED_BY_LABEL, SECRET_MAN
 pub const DEFAULT_BASE_URL: &str = "http://{name}.{namespace}.svc.cluster.local:8080";
 /// The default label selector of the namespaces functions may use (as faas-netes).
 pub const DEFAULT_NAMESPACE_SELECTOR: &str = "openfaas=1";
-
-type Http = HttpClient<HttpConnector, Body>;
 
 /// A function runner on Kubernetes: each function is a Deployment plus a Service (see
 /// [`crate::manifests`] for the exact objects), scaled through the Deployment's `scale`
@@ -78,7 +73,8 @@ struct Inner {
     namespace_selector: String,
     base_url: String,
     scheduler: Option<Arc<dyn Scheduler>>,
-    http: Http,
+    /// Forwards invocations to the function's Service or pods.
+    http: InstanceClient,
     ready_timeout: Duration,
     invoke_timeout: Option<Duration>,
     cache_ttl: Duration,
@@ -168,12 +164,10 @@ impl KubernetesInvokerBuilder {
 
     /// Builds the invoker.
     pub fn build(self) -> KubernetesInvoker {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
-        let http = HttpClient::builder(TokioExecutor::new())
+        let http = InstanceClient::builder()
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+            .connect_timeout(Some(Duration::from_secs(10)))
+            .build();
         KubernetesInvoker {
             inner: Arc::new(Inner {
                 client: self.client,
@@ -492,75 +486,35 @@ impl KubernetesInvoker {
         started: Instant,
         guard: Option<InFlightGuard>,
     ) -> Result<Response> {
-        let Invocation { id, function, request } = invocation;
-        let (mut parts, body) = request.into_parts();
-        let suffix = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let suffix =
-            if suffix.starts_with('/') { suffix.to_string() } else { format!("/{suffix}") };
         let base = base.trim_end_matches('/');
-        let url = format!("{base}{suffix}");
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| Error::internal(format!("invoke URL {url:?} is not a valid URI: {e}")))?;
-        if uri.scheme_str() != Some("http") {
+        if !base.starts_with("http://") {
             return Err(Error::internal(format!(
-                "invoke URL {url:?}: only http:// base URLs are supported"
+                "invoke URL {base:?}: only http:// base URLs are supported"
             )));
         }
-        parts.uri = uri;
-        for h in [
-            http::header::HOST,
-            http::header::CONNECTION,
-            http::header::TE,
-            http::header::UPGRADE,
-            http::header::PROXY_AUTHORIZATION,
-        ] {
-            parts.headers.remove(h);
-        }
-        parts.headers.remove("keep-alive");
-        if !parts.headers.contains_key("x-call-id") {
-            if let Ok(v) = http::HeaderValue::from_str(id.as_str()) {
-                parts.headers.insert("x-call-id", v);
-            }
-        }
-        parts.version = http::Version::HTTP_11;
-        let req = http::Request::from_parts(parts, body);
+        let function = invocation.function.clone();
         let wait_time = started.elapsed();
-        let fut = self.inner.http.request(req);
         // The function's own timeout (the watchdog's exec_timeout) bounds the exchange too, so
         // a hung instance is reported as a timeout even if the watchdog does not answer.
         let bound = match (timeout, self.inner.invoke_timeout) {
             (Some(a), Some(b)) if b < a => Some(("invoke", b)),
-            (Some(a), _) => Some(("function", a)),
+            (Some(a), _) => Some(("exec", a)),
             (None, Some(b)) => Some(("invoke", b)),
             (None, None) => None,
         };
-        let resp = match bound {
-            Some((which, t)) => match tokio::time::timeout(t, fut).await {
-                Ok(r) => r,
-                Err(_) => return Err(Error::timeout(which, t)),
-            },
-            None => fut.await,
+        let target = instance::Target {
+            base,
+            function: &function,
+            instance: &instance,
+            timeout: bound.map(|(name, after)| CallTimeout { name, after, grace: Duration::ZERO }),
         };
-        let resp = resp.map_err(|e| {
+        let resp = self.inner.http.forward(invocation, &target, guard).await.map_err(|e| {
             if e.is_connect() {
                 self.forget(&function);
-                Error::unavailable(format!("cannot connect to {function} at {url}: {e}"))
-            } else {
-                Error::developer(
-                    faas_core::DeveloperErrorKind::Crash,
-                    format!("{function} at {url} failed mid-request: {e}"),
-                )
             }
+            Error::from(e)
         })?;
-        let (mut parts, incoming) = resp.into_parts();
-        let body = match guard {
-            Some(g) => Body::new(incoming.map_frame(move |f| {
-                let _keep = &g;
-                f
-            })),
-            None => Body::new(incoming),
-        };
+        let (mut parts, body) = resp.into_parts();
         parts.extensions.insert(InvocationMeta { instance, start, wait_time, init_time: None });
         Ok(http::Response::from_parts(parts, body))
     }

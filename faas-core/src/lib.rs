@@ -15,7 +15,8 @@
 //!
 //! Plus the shared types ([`FunctionSpec`], [`FunctionStatus`], [`Invocation`],
 //! [`Activation`]), one [`Error`] with OpenWhisk's 0-3 taxonomy, the in-memory backend,
-//! tower layers and the conformance suite (feature `conformance`).
+//! tower layers, the conformance suite (feature `conformance`), and the one HTTP client to
+//! function instances ([`instance`], the client behind feature `instance-client`).
 
 pub mod activation;
 pub mod activator;
@@ -24,6 +25,7 @@ pub mod body;
 pub mod error;
 pub mod event;
 pub mod function;
+pub mod instance;
 pub mod invocation;
 pub mod invoker;
 pub mod layers;

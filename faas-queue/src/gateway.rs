@@ -6,18 +6,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use faas_core::instance::{InstanceClient, Target};
 use faas_core::{Body, Error, Invocation, Invoke, Response, Result};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
-/// Invokes through a gateway over HTTP/1 (`http://` only). It implements [`Invoke`] only:
-/// the queue worker needs nothing else.
+/// Invokes through a gateway over HTTP/1 (`http://` only), with the instance client every
+/// backend forwards with (the same headers, `X-Call-Id` and error mapping). It implements
+/// [`Invoke`] only: the queue worker needs nothing else.
 #[derive(Clone)]
 pub struct GatewayInvoker {
     base: String,
-    client: Client<HttpConnector, Body>,
+    client: InstanceClient,
     timeout: Duration,
 }
 
@@ -37,32 +36,23 @@ impl GatewayInvoker {
         if uri.scheme_str() != Some("http") || uri.host().is_none() {
             return Err(Error::invalid("gateway", "must be an http:// URL with a host"));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(GatewayInvoker { base: base_url.trim_end_matches('/').to_string(), client, timeout })
+        Ok(GatewayInvoker {
+            base: base_url.trim_end_matches('/').to_string(),
+            client: InstanceClient::new(),
+            timeout,
+        })
     }
 }
 
 #[async_trait]
 impl Invoke for GatewayInvoker {
     async fn invoke(&self, invocation: Invocation) -> Result<Response> {
-        let (mut parts, body) = invocation.request.into_parts();
-        let f = &invocation.function;
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let pq = if pq == "/" { "" } else { pq };
-        let url = format!("{}/function/{}.{}{}", self.base, f.name, f.namespace, pq);
-        parts.uri = url
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| Error::invalid("path", e.to_string()))?;
-        parts.headers.remove(http::header::HOST);
-        let req = http::Request::from_parts(parts, body);
+        let f = invocation.function.clone();
+        let base = format!("{}/function/{}.{}", self.base, f.name, f.namespace);
+        // The timeout covers reading the answer too: the worker records it whole.
+        let target = Target { base: &base, function: &f, instance: &self.base, timeout: None };
         let fut = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| Error::unavailable(format!("gateway {}: {e}", self.base)))?;
+            let resp = self.client.forward(invocation, &target, ()).await?;
             let (parts, body) = resp.into_parts();
             let bytes: Bytes = body
                 .collect()

@@ -63,25 +63,22 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::BytesMut;
+use faas_core::instance::{CallTimeout, InstanceClient, Target};
 use faas_core::prelude::*;
 use faas_core::scheduler::{Capacity as NodeResources, Schedulers};
 use faas_core::spec::{validate_secret_name, ReplicaLimits, ScalingPolicy, DEFAULT_NAMESPACE};
 use faas_core::util::lock;
 use faas_core::{
-    Body, DeveloperErrorKind, Error, FunctionRef, FunctionSpec, FunctionStatus, InstanceView,
-    Invocation, InvocationMeta, LeastLoaded, LogEntry, LogStream, LogsRequest, Node,
-    PlacementRequest, ProviderInfo, Response, Result, Scheduler, Secret, SecretInfo, StartKind,
+    Error, FunctionRef, FunctionSpec, FunctionStatus, InstanceView, Invocation, InvocationMeta,
+    LeastLoaded, LogEntry, LogStream, LogsRequest, Node, PlacementRequest, ProviderInfo, Response,
+    Result, Scheduler, Secret, SecretInfo, StartKind,
 };
 use futures::StreamExt;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{broadcast, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::sys;
-use crate::watchdog::ERROR_HEADER;
 
 /// The environment variable holding the path of the function's secrets directory.
 pub const SECRETS_DIR_ENV: &str = "OPENFAAS_SECRETS_DIR";
@@ -277,12 +274,7 @@ impl ProcessInvokerBuilder {
         }
         let node = local_node(&self.node_labels, self.limits.per_node());
         let schedulers = Schedulers::new(self.scheduler.clone());
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let client = InstanceClient::new();
         let node_slots = Arc::new(Semaphore::new(self.limits.per_node() as usize));
         let starts = Arc::new(Semaphore::new(self.start_concurrency));
         Ok(ProcessInvoker {
@@ -366,7 +358,7 @@ struct Shared {
     schedulers: Schedulers,
     state: PathBuf,
     node: Node,
-    client: Client<HttpConnector, Body>,
+    client: InstanceClient,
     functions: RwLock<HashMap<FunctionRef, Arc<Func>>>,
     secrets_lock: tokio::sync::Mutex<()>,
 }
@@ -426,6 +418,8 @@ struct FState {
 struct Replica {
     id: Arc<str>,
     port: u16,
+    /// `http://127.0.0.1:PORT`, what invocations are forwarded to.
+    base: Box<str>,
     generation: u64,
     max_concurrency: Option<u32>,
     pid: AtomicU32,
@@ -759,6 +753,7 @@ impl Func {
         let r = Arc::new(Replica {
             id: new_instance_id(&self.fref.name),
             port,
+            base: format!("http://127.0.0.1:{port}").into(),
             generation: st.generation,
             max_concurrency: st.spec.max_concurrency,
             pid: AtomicU32::new(0),
@@ -976,32 +971,14 @@ async fn run_replica(
         tokio::spawn(pump_logs(e, func.logs.clone(), r.id.clone()));
     }
     let mut stop = r.stop.subscribe();
-    let health_url: http::Uri = match format!("http://127.0.0.1:{}/_/health", r.port).parse() {
-        Ok(u) => u,
-        Err(_) => http::Uri::from_static("http://127.0.0.1/_/health"),
-    };
+    // A watchdog answers its health check a few ms after the spawn: the one backoff (1 ms
+    // doubling to 50 ms) keeps a scale from zero from being held by the probe.
     let probe = async {
-        let deadline = Instant::now() + start_timeout;
-        // A watchdog answers its health check a few ms after the spawn: probe at 1 ms, then
-        // at intervals doubling up to 10 ms, so a scale from zero is not held by the probe.
-        let mut interval = Duration::from_millis(1);
-        loop {
-            let req = http::Request::get(health_url.clone()).body(Body::empty());
-            if let Ok(req) = req {
-                if let Ok(Ok(resp)) =
-                    tokio::time::timeout(Duration::from_secs(2), client.request(req)).await
-                {
-                    if resp.status() == http::StatusCode::OK {
-                        return true;
-                    }
-                }
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(interval).await;
-            interval = (interval * 2).min(Duration::from_millis(10));
-        }
+        faas_core::invoker::poll_with_backoff(start_timeout, || async {
+            Ok(client.healthy(&r.base, Duration::from_secs(2)).await)
+        })
+        .await
+        .unwrap_or(false)
     };
     let mut status = None;
     let mut stopped = false;
@@ -1220,38 +1197,6 @@ fn validate_namespace(ns: &str) -> Result<()> {
     faas_core::util::validate_dns1123_label(ns).map_err(|r| Error::invalid("namespace", r))
 }
 
-/// Maps an answer the watchdog produced itself to the error taxonomy.
-async fn watchdog_error(
-    reason: &str,
-    resp: Response,
-    fref: &FunctionRef,
-    instance: &str,
-) -> std::result::Result<Response, Error> {
-    let kind = match reason {
-        "exec_timeout" | "write_timeout" => Some(DeveloperErrorKind::Timeout),
-        "upstream" | "exit" | "wait" => Some(DeveloperErrorKind::Crash),
-        "spawn" => Some(DeveloperErrorKind::Init),
-        "inflight" => {
-            return Err(Error::Overloaded {
-                message: format!("instance {instance} of {fref} is at its max_inflight"),
-                retry_after: Some(Duration::from_secs(1)),
-            })
-        }
-        _ => None,
-    };
-    let Some(kind) = kind else { return Ok(resp) };
-    let body = resp.into_body().collect_limited(64 * 1024).await.unwrap_or_default();
-    let text = String::from_utf8_lossy(&body).trim().to_string();
-    let message = match kind {
-        DeveloperErrorKind::Timeout => format!("function {fref} exec timeout: {text}"),
-        DeveloperErrorKind::Crash => {
-            format!("function {fref} crashed (instance {instance}): {text}")
-        }
-        _ => format!("function {fref} could not start (instance {instance}): {text}"),
-    };
-    Err(Error::developer(kind, message))
-}
-
 #[async_trait]
 impl Invoke for ProcessInvoker {
     async fn invoke(&self, invocation: Invocation) -> Result<Response> {
@@ -1334,57 +1279,28 @@ impl Invoke for ProcessInvoker {
         };
         let lease = Lease { func: func.clone(), replica: replica.clone() };
         let wait_time = arrived.elapsed();
-        let Invocation { id, function: _, request } = invocation;
-        let (mut parts, body) = request.into_parts();
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let pq = if pq.starts_with('/') { pq.to_string() } else { format!("/{pq}") };
-        parts.uri = format!("http://127.0.0.1:{}{pq}", replica.port)
-            .parse()
-            .map_err(|e| Error::invalid("path", format!("{pq:?}: {e}")))?;
-        if let Ok(v) = http::HeaderValue::from_str(id.as_str()) {
-            parts.headers.insert("x-call-id", v);
-        }
-        parts.headers.remove(http::header::HOST);
-        let fut = sh.client.request(http::Request::from_parts(parts, body));
-        let result = match timeout {
+        let target = Target {
+            base: &replica.base,
+            function: &func.fref,
+            instance: &replica.id,
             // The watchdog enforces the timeout (and kills the process); this is the backstop.
-            Some(t) => match tokio::time::timeout(t + Duration::from_secs(10), fut).await {
-                Ok(r) => r,
-                Err(_) => {
-                    return Err(Error::timeout(format_args!("function {} exec", func.fref), t))
-                }
-            },
-            None => fut.await,
+            timeout: timeout.map(|after| CallTimeout {
+                name: "exec",
+                after,
+                grace: Duration::from_secs(10),
+            }),
         };
-        let resp = match result {
+        let resp = match sh.client.forward(invocation, &target, ()).await {
             Ok(r) => r,
             Err(e) => {
-                let died = replica.exited.load(Ordering::SeqCst)
-                    || replica.stopping.load(Ordering::SeqCst);
-                func.wake.notify_one();
-                return Err(if died {
-                    Error::developer(
-                        DeveloperErrorKind::Crash,
-                        format!(
-                            "instance {} of {} exited during the invocation: {e}",
-                            replica.id, func.fref
-                        ),
-                    )
-                } else {
-                    Error::unavailable(format!(
-                        "instance {} of {} did not answer: {e}",
-                        replica.id, func.fref
-                    ))
-                });
+                let exited = e.is_transport()
+                    && (replica.exited.load(Ordering::SeqCst)
+                        || replica.stopping.load(Ordering::SeqCst));
+                if e.is_transport() {
+                    func.wake.notify_one();
+                }
+                return Err(e.into_error(exited));
             }
-        };
-        let (parts, body) = resp.into_parts();
-        let resp = Response::from_parts(parts, Body::new(body));
-        let reason =
-            resp.headers().get(ERROR_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let resp = match reason {
-            Some(reason) => watchdog_error(&reason, resp, &func.fref, &replica.id).await?,
-            None => resp,
         };
         let (mut parts, body) = resp.into_parts();
         parts.extensions.insert(InvocationMeta {

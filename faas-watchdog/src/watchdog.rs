@@ -87,9 +87,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::sys;
+// The one hop-by-hop list: the proxy does not forward these (it frames bodies itself).
+use faas_core::instance::is_hop_by_hop;
 
-/// The response header on answers the watchdog produced itself; the value names the reason.
-pub const ERROR_HEADER: &str = "x-watchdog-error";
+/// The response header on answers the watchdog produced itself; the value names the reason
+/// (the protocol is [`faas_core::instance::WatchdogError`], defined with the client that reads
+/// it).
+pub const ERROR_HEADER: &str = faas_core::instance::WATCHDOG_ERROR_HEADER;
 
 /// How the watchdog runs the function process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -1444,17 +1448,6 @@ impl ConnSlot {
 /// A request body up to this size (of known length) is read before forwarding, so that head
 /// and body go out in one write and the request can be retried on a fresh connection.
 const BUFFER_BODY_UP_TO: u64 = 64 * 1024;
-
-/// Hop-by-hop headers the proxy does not forward (it frames bodies itself).
-fn is_hop_by_hop(name: &header::HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::TE
-        || name == header::UPGRADE
-        || name == header::TRAILER
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-}
 
 /// How the upstream's response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
