@@ -10,6 +10,7 @@ use bytes::Bytes;
 use faas_core::spec::ReplicaLimits;
 use faas_core::{
     handler_fn, Backend, Body, Context, Deploy, Error, FunctionSpec, MemoryInvoker, Request,
+    Secret, Secrets,
 };
 use faas_http::{BasicAuth, Gateway, GatewayConfig};
 use http_body_util::BodyExt;
@@ -24,6 +25,10 @@ pub const PASSWORD: &str = "secret";
 /// enough for every timeout of the gateway (upstream 60 s, scale from zero 30 s) to fire.
 const REQUEST_BUDGET: Duration = Duration::from_secs(600);
 
+/// Set (to anything), the harness prints each request line and its answer to stderr: run a
+/// target on one input with it to see what the gateway made of it.
+pub const TRACE_ENV: &str = "FAAS_FUZZ_TRACE";
+
 /// The largest response body read back.
 const RESPONSE_LIMIT: usize = 1 << 20;
 
@@ -37,8 +42,8 @@ pub struct Answer {
 }
 
 /// Builds a fresh gateway (auth on with [`USER`]/[`PASSWORD`] if `auth`) over an in-memory
-/// backend holding a function `echo` (image `echo`, answers its body) and runs `f` with a
-/// sender of requests, on a runtime of its own.
+/// backend holding a function `echo` (image `echo`, answers its body) and a secret `s1`
+/// (namespace `openfaas-fn`), and runs `f` with a sender of requests, on a runtime of its own.
 pub fn with_gateway<F, Fut>(auth: bool, f: F)
 where
     F: FnOnce(Sender) -> Fut,
@@ -65,6 +70,14 @@ where
         if let Err(e) = invoker.deploy(FunctionSpec::new("echo", "echo")).await {
             panic!("deploying the echo function: {e}");
         }
+        let secret = Secret {
+            name: "s1".into(),
+            namespace: faas_core::spec::DEFAULT_NAMESPACE.into(),
+            value: Bytes::from_static(b"v"),
+        };
+        if let Err(e) = invoker.create_secret(secret).await {
+            panic!("creating the secret s1: {e}");
+        }
         let config = GatewayConfig {
             auth: auth.then(|| BasicAuth::new(USER, PASSWORD)),
             max_body_bytes: 64 * 1024,
@@ -90,6 +103,7 @@ impl Sender {
             req.headers_mut()
                 .insert(http::header::HOST, http::HeaderValue::from_static("localhost"));
         }
+        let line = format!("{} {}", req.method(), req.uri());
         let call = self.gateway.service().oneshot(req);
         let resp = match tokio::time::timeout(REQUEST_BUDGET, call).await {
             Ok(Ok(resp)) => resp,
@@ -103,6 +117,10 @@ impl Sender {
             // A streamed body (`/system/logs?follow=true`) may go on for ever.
             Err(_) => None,
         };
+        if std::env::var_os(TRACE_ENV).is_some() {
+            let text = body.as_deref().map(String::from_utf8_lossy);
+            eprintln!("{line} -> {status} {text:?}");
+        }
         Answer { status, body }
     }
 
