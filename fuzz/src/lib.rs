@@ -111,12 +111,11 @@ impl Sender {
             Err(_) => panic!("the gateway did not answer within {REQUEST_BUDGET:?}"),
         };
         let status = resp.status();
-        let body = match tokio::time::timeout(REQUEST_BUDGET, read_limited(resp.into_body())).await
-        {
-            Ok(body) => body,
-            // A streamed body (`/system/logs?follow=true`) may go on for ever.
-            Err(_) => None,
-        };
+        // A streamed body (`/system/logs?follow=true`) may go on for ever: `None` then.
+        let body: Option<Bytes> =
+            tokio::time::timeout(REQUEST_BUDGET, read_limited(resp.into_body()))
+                .await
+                .unwrap_or_default();
         if std::env::var_os(TRACE_ENV).is_some() {
             let text = body.as_deref().map(String::from_utf8_lossy);
             eprintln!("{line} -> {status} {text:?}");
