@@ -67,3 +67,11 @@ else
   cargo test --workspace --all-features --no-fail-fast "$@"
   cargo test -p faas --test cli_queue --no-fail-fast
 fi
+
+# Every fuzz target, briefly (seconds each), so that they keep compiling and the committed
+# seeds still pass; `scripts/fuzz.sh` alone runs them longer. FUZZ_SECONDS=0 skips this.
+fuzz_secs="${FUZZ_SECONDS:-5}"
+if [ "$fuzz_secs" != 0 ]; then
+  echo "== fuzzing each target for ${fuzz_secs}s"
+  bash scripts/fuzz.sh "$fuzz_secs"
+fi

@@ -1756,6 +1756,52 @@ async fn read_head<R: AsyncRead + Unpin>(
     }
 }
 
+/// How a response body is delimited, as [`parse_response_head`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A response head as the `http` mode reads it from its upstream.
+#[derive(Debug)]
+pub struct ResponseHead {
+    /// Status and headers, hop-by-hop headers removed.
+    pub response: Response<()>,
+    /// How the body that follows is delimited.
+    pub framing: BodyFraming,
+    /// Whether the connection can serve another request after this response.
+    pub keep_alive: bool,
+    /// The bytes of the input after the head (and any 1xx responses before it).
+    pub rest: Bytes,
+}
+
+/// Parses a response head from `bytes` exactly as the `http` mode's proxy parses what its
+/// upstream sends (1xx responses skipped, the same limits and checks); `head_request` says
+/// whether the request was a `HEAD`. For fuzzing and tests: the input is all there is, so a
+/// head that is not complete within it is an error. Never panics, whatever the input.
+pub fn parse_response_head(bytes: &[u8], head_request: bool) -> Result<ResponseHead, String> {
+    use futures::FutureExt as _;
+    let mut buf = BytesMut::from(bytes);
+    let mut nothing_more: &[u8] = &[];
+    let parsed = read_head(&mut nothing_more, &mut buf, head_request)
+        .now_or_never()
+        .ok_or_else(|| "reading the head did not finish".to_string())?;
+    let (response, framing, keep_alive) = parsed.map_err(|e| match e {
+        HeadError::Closed(m) | HeadError::Bad(m) => m,
+    })?;
+    let framing = match framing {
+        Framing::Length(n) => BodyFraming::Length(n),
+        Framing::Chunked(_) => BodyFraming::Chunked,
+        Framing::Eof => BodyFraming::UntilClose,
+    };
+    Ok(ResponseHead { response, framing, keep_alive, rest: buf.freeze() })
+}
+
 /// A response body still arriving from the upstream. When it is complete the connection
 /// goes back to its slot for the next request; dropped before that, it is closed.
 struct UpBody {
