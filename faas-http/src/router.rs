@@ -46,33 +46,6 @@ pub const X_DURATION_SECONDS: &str = "x-duration-seconds";
 /// `X-Callback-Url`.
 pub const X_CALLBACK_URL: &str = "x-callback-url";
 
-/// Hop-by-hop headers (and `Host`, sent on as `X-Forwarded-Host`), not passed to functions.
-const HOP_BY_HOP_NAMES: [HeaderName; 10] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::HOST,
-];
-
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-];
-
 struct Inner {
     invoker: Arc<dyn Backend>,
     /// The core's layers over the backend (see [`InvokeStack`]): what `/function/*` and the
@@ -688,14 +661,11 @@ fn duration_value(d: Duration) -> HeaderValue {
     HeaderValue::from_bytes(&buf[i..]).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-/// Removes the hop-by-hop headers and `Host`; returns the `Host` value.
+/// Removes the hop-by-hop headers (the one list, `faas_core::instance`) and `Host`;
+/// returns the `Host` value.
 fn strip_hop_by_hop(h: &mut HeaderMap) -> Option<HeaderValue> {
     let host = h.remove(header::HOST);
-    if h.keys().any(|k| HOP_BY_HOP_NAMES.contains(k)) {
-        for n in &HOP_BY_HOP_NAMES {
-            h.remove(n);
-        }
-    }
+    faas_core::instance::strip_hop_by_hop(h);
     host
 }
 
@@ -875,7 +845,11 @@ async fn invoke_async(inner: &Inner, req: Request, name: &str, suffix: &str) -> 
         let headers = parts
             .headers
             .iter()
-            .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()) && k.as_str() != X_CALLBACK_URL)
+            .filter(|(k, _)| {
+                !faas_core::instance::is_hop_by_hop(k)
+                    && *k != header::HOST
+                    && k.as_str() != X_CALLBACK_URL
+            })
             .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_string(), v.to_string())))
             .chain(std::iter::once((X_CALL_ID.to_string(), id.to_string())))
             .collect::<Vec<_>>();
