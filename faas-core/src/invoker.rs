@@ -68,6 +68,52 @@ impl LogsRequest {
     pub fn for_function(function: FunctionRef) -> Self {
         LogsRequest { function: Some(function), ..Default::default() }
     }
+
+    /// Whether `entry` passes the `instance` and `since` filters.
+    pub fn wants(&self, entry: &LogEntry) -> bool {
+        self.instance.as_deref().is_none_or(|i| entry.instance == i)
+            && self.since.is_none_or(|s| entry.timestamp >= s)
+    }
+
+    /// The entries of `kept` (oldest first) this request reads before following: those
+    /// that pass the filters, the last `tail` of them.
+    pub fn select<'a>(&self, kept: impl Iterator<Item = &'a LogEntry>) -> Vec<LogEntry> {
+        let mut selected: Vec<LogEntry> = kept.filter(|e| self.wants(e)).cloned().collect();
+        if let Some(t) = self.tail {
+            let skip = selected.len().saturating_sub(t);
+            selected.drain(..skip);
+        }
+        selected
+    }
+
+    /// The answer of a backend that keeps logs in memory: `selected` (from
+    /// [`LogsRequest::select`]), then, when `follow` is given (subscribed while the entries
+    /// were selected, so that none falls in between), each new entry that passes the
+    /// filters; a reader that lags behind skips what it missed, and the stream ends when the
+    /// sender goes.
+    pub fn stream(
+        &self,
+        selected: Vec<LogEntry>,
+        follow: Option<tokio::sync::broadcast::Receiver<LogEntry>>,
+    ) -> LogStream {
+        use futures::StreamExt;
+        use tokio::sync::broadcast::error::RecvError;
+        let head = futures::stream::iter(selected.into_iter().map(Ok));
+        let Some(rx) = follow else {
+            return head.boxed();
+        };
+        let filter = LogsRequest { function: None, tail: None, follow: true, ..self.clone() };
+        let tail = futures::stream::unfold((rx, filter), |(mut rx, filter)| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) if filter.wants(&e) => return Some((Ok(e), (rx, filter))),
+                    Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        });
+        head.chain(tail).boxed()
+    }
 }
 
 /// One log line (OpenFaaS log message JSON: `name`, `namespace`, `instance`, `timestamp`,

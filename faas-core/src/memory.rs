@@ -99,7 +99,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use tokio::sync::{broadcast, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -1370,50 +1370,17 @@ impl Logs for MemoryInvoker {
             .as_ref()
             .ok_or_else(|| Error::invalid("name", "a function name is required"))?;
         let d = self.inner.function(function)?;
-        let wanted = |e: &LogEntry| {
-            request.instance.as_deref().is_none_or(|i| e.instance == i)
-                && request.since.is_none_or(|s| e.timestamp >= s)
-        };
-        let (snapshot, rx) = {
+        let (selected, follow) = {
             let entries = lock(&d.logs.entries);
-            let mut snap: Vec<LogEntry> =
-                entries.iter().map(|(_, e)| e).filter(|e| wanted(e)).cloned().collect();
-            if let Some(t) = request.tail {
-                let skip = snap.len().saturating_sub(t);
-                snap.drain(..skip);
-            }
-            let rx = if request.follow {
+            let selected = request.select(entries.iter().map(|(_, e)| e));
+            let follow = if request.follow {
                 lock(&d.logs.tx).as_ref().map(|tx| tx.subscribe())
             } else {
                 None
             };
-            (snap, rx)
+            (selected, follow)
         };
-        let head = futures::stream::iter(snapshot.into_iter().map(Ok));
-        let Some(rx) = rx else {
-            return Ok(head.boxed());
-        };
-        let instance = request.instance.clone();
-        let since = request.since;
-        let tail = futures::stream::unfold(rx, move |mut rx| {
-            let instance = instance.clone();
-            async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(e) => {
-                            if instance.as_deref().is_none_or(|i| e.instance == i)
-                                && since.is_none_or(|s| e.timestamp >= s)
-                            {
-                                return Some((Ok(e), rx));
-                            }
-                        }
-                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            }
-        });
-        Ok(head.chain(tail).boxed())
+        Ok(request.stream(selected, follow))
     }
 }
 

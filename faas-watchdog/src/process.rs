@@ -73,7 +73,6 @@ use faas_core::{
     LeastLoaded, LogEntry, LogStream, LogsRequest, Node, PlacementRequest, ProviderInfo, Response,
     Result, Scheduler, Secret, SecretInfo, StartKind,
 };
-use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{broadcast, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -1584,47 +1583,16 @@ impl Logs for ProcessInvoker {
             .ok_or_else(|| Error::invalid("name", "a function name is required"))?;
         let func = self.inner.function(function)?;
         let book = func.logs.clone();
-        let wanted = |e: &LogEntry| {
-            request.instance.as_deref().is_none_or(|i| e.instance == i)
-                && request.since.is_none_or(|s| e.timestamp >= s)
-        };
-        let (snapshot, rx) = {
+        let (selected, follow) = {
             let entries = lock(&book.entries);
-            let mut snap: Vec<LogEntry> =
-                entries.lines.iter().filter(|e| wanted(e)).cloned().collect();
-            if let Some(t) = request.tail {
-                let skip = snap.len().saturating_sub(t);
-                snap.drain(..skip);
-            }
-            let rx = if request.follow {
+            let selected = request.select(entries.lines.iter());
+            let follow = if request.follow {
                 lock(&book.tx).as_ref().map(|tx| tx.subscribe())
             } else {
                 None
             };
-            (snap, rx)
+            (selected, follow)
         };
-        let head = futures::stream::iter(snapshot.into_iter().map(Ok));
-        let Some(rx) = rx else { return Ok(head.boxed()) };
-        let instance = request.instance.clone();
-        let since = request.since;
-        let tail = futures::stream::unfold(rx, move |mut rx| {
-            let instance = instance.clone();
-            async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(e) => {
-                            if instance.as_deref().is_none_or(|i| e.instance == i)
-                                && since.is_none_or(|s| e.timestamp >= s)
-                            {
-                                return Some((Ok(e), rx));
-                            }
-                        }
-                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            }
-        });
-        Ok(head.chain(tail).boxed())
+        Ok(request.stream(selected, follow))
     }
 }
