@@ -154,6 +154,12 @@ impl Activator {
         self.now_nanos() < readiness.ready_until.load(Ordering::Relaxed)
     }
 
+    /// Whether `function` is trusted to be ready now, without remembering it if unknown.
+    pub fn is_known_ready(&self, function: &FunctionRef) -> bool {
+        let fns = &self.shared.functions;
+        fns.read().ok().and_then(|m| m.get(function).cloned()).is_some_and(|r| self.is_ready(&r))
+    }
+
     fn mark_ready(&self, readiness: &Readiness) {
         let ttl = u64::try_from(self.shared.ready_ttl.as_nanos()).unwrap_or(u64::MAX);
         readiness.ready_until.store(self.now_nanos().saturating_add(ttl), Ordering::Relaxed);

@@ -826,7 +826,7 @@ async fn invoke_async(inner: &Inner, req: Request, name: &str, suffix: &str) -> 
         let Some(queue) = inner.queue.clone() else {
             return Err(Error::unavailable("no async queue is configured on this gateway"));
         };
-        if !inner.activator.is_ready(&inner.activator.readiness(&f)) {
+        if !inner.activator.is_known_ready(&f) {
             inner.invoker.status(&f).await?;
         }
         let limit = body_limit(&req, inner);
