@@ -8,7 +8,7 @@
 //!
 //! - [`InstanceSet::insert`], [`InstanceSet::set_ready`], [`InstanceSet::remove`] and
 //!   [`InstanceSet::reconcile`] tell it what the backend has; each change wakes the first
-//!   waiter.
+//!   waiter. Instances are kept in id order, so hashing strategies stay sticky.
 //! - [`InstanceSet::acquire`] routes with the scheduler and returns an [`InstanceLease`]
 //!   (the instance's in-flight count is held until the lease drops, cancellation included).
 //!   While no instance can serve, the invocation queues behind earlier ones; the backend's
@@ -97,6 +97,14 @@ impl<T> SetState<T> {
         }
     }
 
+    /// Inserts in id order: the scheduler sees instances in a stable order, so hashing
+    /// strategies stay sticky whatever order instances started in.
+    fn insert_sorted(&mut self, slot: Slot<T>, view: InstanceView) {
+        let at = self.views.partition_point(|v| v.id < view.id);
+        self.slots.insert(at, slot);
+        self.views.insert(at, view);
+    }
+
     fn remove_at(&mut self, i: usize) -> T {
         self.views.remove(i);
         self.slots.remove(i).handle
@@ -151,10 +159,21 @@ impl<T: Clone> InstanceSet<T> {
         let mut st = lock(&self.state);
         let key = InstanceKey(st.next_key);
         st.next_key += 1;
-        st.slots.push(Slot { key, handle });
-        st.views.push(view);
+        st.insert_sorted(Slot { key, handle }, view);
         st.wake_front();
         key
+    }
+
+    /// Adds an instance whose handle needs its own key (built by `make`), as
+    /// [`InstanceSet::insert`] does; the handle.
+    pub fn insert_with(&self, view: InstanceView, make: impl FnOnce(InstanceKey) -> T) -> T {
+        let mut st = lock(&self.state);
+        let key = InstanceKey(st.next_key);
+        st.next_key += 1;
+        let handle = make(key);
+        st.insert_sorted(Slot { key, handle: handle.clone() }, view);
+        st.wake_front();
+        handle
     }
 
     /// Marks an instance ready (or not); false when it is not in the set.
@@ -191,8 +210,7 @@ impl<T: Clone> InstanceSet<T> {
     /// instances from an engine's list (Kubernetes endpoints).
     pub fn reconcile(&self, instances: impl IntoIterator<Item = (InstanceView, T)>) {
         let mut st = lock(&self.state);
-        let mut next_slots = Vec::new();
-        let mut next_views = Vec::new();
+        let mut next: Vec<(InstanceView, Slot<T>)> = Vec::new();
         for (view, handle) in instances {
             let known = st.views.iter().position(|v| v.id == view.id);
             let (key, in_flight) = match known {
@@ -203,11 +221,10 @@ impl<T: Clone> InstanceSet<T> {
                     (key, view.in_flight)
                 }
             };
-            next_slots.push(Slot { key, handle });
-            next_views.push(InstanceView { in_flight, ..view });
+            next.push((InstanceView { in_flight, ..view }, Slot { key, handle }));
         }
-        st.slots = next_slots;
-        st.views = next_views;
+        next.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        (st.views, st.slots) = next.into_iter().unzip();
         st.wake_front();
     }
 
@@ -252,6 +269,17 @@ impl<T: Clone> InstanceSet<T> {
     /// Invocations in flight on the set's instances now.
     pub fn in_flight(&self) -> u32 {
         lock(&self.state).in_flight
+    }
+
+    /// Invocations in flight on one instance, if it is in the set.
+    pub fn in_flight_of(&self, key: InstanceKey) -> Option<u32> {
+        let st = lock(&self.state);
+        st.position(key).map(|i| st.views[i].in_flight)
+    }
+
+    /// Restarts the idle clock (a scale or an update is activity too).
+    pub fn touch(&self) {
+        lock(&self.state).last_activity = Instant::now();
     }
 
     /// Invocations waiting for an instance now.
