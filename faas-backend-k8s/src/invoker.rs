@@ -389,7 +389,10 @@ impl KubernetesInvoker {
     /// re-established from a fresh read.
     async fn wait_available(&self, f: &FunctionRef, deadline: Instant) -> Result<()> {
         let api = self.deployments(&f.namespace);
-        let mut backoff = Duration::from_millis(100);
+        // Re-establishing pauses, so a failing API is not hammered: 100 ms doubling to 2 s.
+        let backoff =
+            faas_core::util::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut retries = 0;
         loop {
             let d = self.get_deployment(f).await?;
             if available(&d) > 0 {
@@ -438,9 +441,8 @@ impl KubernetesInvoker {
                     }
                 }
             }
-            // Re-establish after a short pause, so a failing API is not hammered.
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            retries += 1;
+            tokio::time::sleep(backoff.delay(retries)).await;
         }
     }
 
