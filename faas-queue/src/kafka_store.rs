@@ -39,11 +39,11 @@ use faas_core::util::lock;
 use faas_core::{Error, InvocationId, Result};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use crate::kafka::{config_error, produce_error, KafkaConfig};
+use crate::kafka::{config_error, produce_error, KafkaConfig, TracedProducer, TracingContext};
 
 /// The suffix of the default activations topic: records of the queue topic `faas-async`
 /// go to `faas-async-activations`.
@@ -180,7 +180,7 @@ pub struct KafkaStoreStats {
     pub malformed: AtomicU64,
 }
 
-type Reader = StreamConsumer;
+type Reader = StreamConsumer<TracingContext>;
 
 /// Drops the reader on a detached thread (librdkafka may block while closing), then
 /// signals `done`.
@@ -204,7 +204,7 @@ impl Drop for DetachOnDrop {
 
 struct Shared {
     records: Arc<Mutex<Records>>,
-    producer: FutureProducer,
+    producer: TracedProducer,
     topic: String,
     ready: watch::Receiver<bool>,
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -261,7 +261,8 @@ impl KafkaActivationStore {
             .set("linger.ms", "1")
             .set("message.timeout.ms", config.publish_timeout.as_millis().max(1).to_string());
         config.apply_properties(&mut p);
-        let producer: FutureProducer = p.create().map_err(|e| config_error("producer", e))?;
+        let producer: TracedProducer =
+            p.create_with_context(TracingContext).map_err(|e| config_error("producer", e))?;
 
         let mut c = config.base();
         config.apply_properties(&mut c);
@@ -271,7 +272,8 @@ impl KafkaActivationStore {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest");
-        let consumer: Reader = c.create().map_err(|e| config_error("consumer", e))?;
+        let consumer: Reader =
+            c.create_with_context(TracingContext).map_err(|e| config_error("consumer", e))?;
 
         let records = Arc::new(Mutex::new(Records::new(capacity)));
         let stats = Arc::new(KafkaStoreStats::default());
@@ -382,7 +384,7 @@ impl KafkaActivationStore {
     }
 }
 
-async fn send(producer: &FutureProducer, topic: &str, record: &AsyncActivation) -> Result<()> {
+async fn send(producer: &TracedProducer, topic: &str, record: &AsyncActivation) -> Result<()> {
     let payload = serde_json::to_vec(record)
         .map_err(|e| Error::internal(format!("encoding an activation record: {e}")))?;
     let r = FutureRecord::to(topic).key(record.call_id.as_str()).payload(&payload);
@@ -419,7 +421,7 @@ struct ReadLoop {
     consumer: DetachOnDrop,
     topic: String,
     records: Arc<Mutex<Records>>,
-    producer: FutureProducer,
+    producer: TracedProducer,
     ready: watch::Sender<bool>,
     stats: Arc<KafkaStoreStats>,
 }
