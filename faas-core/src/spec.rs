@@ -511,6 +511,8 @@ impl FunctionSpec {
             return Err(Error::invalid("maxConcurrency", "must be at least 1"));
         }
         self.scaling_policy()?.validate()?;
+        // An OpenWhisk action's kind must be in the runtime manifest.
+        crate::runtimes::kind_of(self)?;
         Ok(())
     }
 

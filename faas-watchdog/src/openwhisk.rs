@@ -669,6 +669,53 @@ pub(crate) async fn supervise(rt: Arc<OwRuntime>, mut stop: watch::Receiver<bool
     }
 }
 
+/// The runtimes of [`faas_core::runtimes::MANIFEST`] that run as local processes, as
+/// `(script path under <state>/runtimes/, contents)`: the files of `runtimes/` in the
+/// repository, built into the binary.
+pub const RUNTIME_SCRIPTS: &[(&str, &str)] = &[
+    ("python/runtime.py", include_str!("../../runtimes/python/runtime.py")),
+    ("nodejs/runtime.js", include_str!("../../runtimes/nodejs/runtime.js")),
+];
+
+/// The command the process backend runs for `spec`: its `envProcess`, else, for an OpenWhisk
+/// action whose kind has a local runtime, that runtime (its script written under
+/// `<state>/runtimes/` when missing or different). Neither is [`Error::InvalidSpec`] naming
+/// `envProcess`.
+pub fn process_command(spec: &faas_core::FunctionSpec, state: &std::path::Path) -> Result<String, Error> {
+    if let Some(p) = spec.env_process.as_deref().filter(|p| !p.trim().is_empty()) {
+        return Ok(p.to_string());
+    }
+    let local = faas_core::runtimes::kind_of(spec)?.and_then(|k| k.process);
+    let Some(rt) = local else {
+        return Err(Error::invalid(
+            "envProcess",
+            "the process backend runs envProcess (fprocess); it must be set (an OpenWhisk \
+             action of a kind with a local runtime, envVars.ow_kind, may leave it out)",
+        ));
+    };
+    let contents = RUNTIME_SCRIPTS
+        .iter()
+        .find(|(p, _)| *p == rt.script)
+        .map(|(_, c)| *c)
+        .ok_or_else(|| Error::internal(format!("no built-in runtime script {}", rt.script)))?;
+    let path = state.join("runtimes").join(rt.script);
+    if std::fs::read(&path).ok().as_deref() != Some(contents.as_bytes()) {
+        let io = |e: std::io::Error| Error::internal(format!("writing {}: {e}", path.display()));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        // Written aside and renamed: a runtime starting now reads the old file or the new.
+        let tmp = path.with_extension(format!("tmp-{:08x}", rand::random::<u32>()));
+        std::fs::write(&tmp, contents).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+    }
+    let path = path.to_string_lossy();
+    if path.contains('\'') {
+        return Err(Error::internal(format!("the state directory {path:?} contains a quote")));
+    }
+    Ok(format!("{} '{path}'", rt.program))
+}
+
 /// The header value of `lines`: a JSON array in ASCII, within [`MAX_LOGS_HEADER_BYTES`].
 fn logs_header(lines: &[String]) -> HeaderValue {
     let mut kept: Vec<&str> = Vec::new();
@@ -736,6 +783,10 @@ fn params(parts: &http::request::Parts, body: &Bytes) -> Result<Map<String, Valu
     }
     let mut headers = Map::new();
     for (name, value) in &parts.headers {
+        // The platform's own headers are not the web request's.
+        if name.as_str().starts_with("x-openwhisk-") {
+            continue;
+        }
         let Ok(v) = value.to_str() else { continue };
         match headers.get_mut(name.as_str()) {
             Some(Value::String(prev)) => {

@@ -615,21 +615,12 @@ impl Shared {
     fn check(&self, spec: &FunctionSpec) -> Result<(ScalingPolicy, Arc<dyn Scheduler>)> {
         spec.validate()?;
         let scheduler = self.schedulers.for_spec(spec)?;
-        match &spec.env_process {
-            Some(p) if !p.trim().is_empty() => {
-                crate::watchdog::split_command(p).map_err(|r| Error::invalid("envProcess", r))?;
-            }
-            _ => {
-                return Err(Error::invalid(
-                    "envProcess",
-                    "the process backend runs envProcess (fprocess); it must be set",
-                ))
-            }
-        }
+        let fprocess = crate::openwhisk::process_command(spec, &self.state)?;
+        crate::watchdog::split_command(&fprocess).map_err(|r| Error::invalid("envProcess", r))?;
         // The watchdog's own configuration, as the replicas will see it.
         let mut vars: Vec<(String, String)> =
             spec.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        vars.push(("fprocess".into(), spec.env_process.clone().unwrap_or_default()));
+        vars.push(("fprocess".into(), fprocess));
         if spec.env_vars.get("mode").is_some_and(|m| m.trim() == "http")
             && !spec.env_vars.contains_key("upstream_url")
         {
@@ -898,7 +889,8 @@ async fn run_replica(
         cmd.env("write_timeout", faas_core::util::format_duration(t + Duration::from_secs(5)));
     }
     let is_http = spec.env_vars.get("mode").map(|m| m.trim() == "http").unwrap_or(false);
-    if is_http {
+    // An OpenWhisk action's runtime gets its own port as an http-mode upstream does.
+    if is_http || faas_core::runtimes::is_action(spec) {
         let path = spec
             .env_vars
             .get("upstream_url")
@@ -919,7 +911,8 @@ async fn run_replica(
             }
         }
     }
-    cmd.env("fprocess", spec.env_process.clone().unwrap_or_default())
+    let fprocess = crate::openwhisk::process_command(spec, &sh.state).unwrap_or_default();
+    cmd.env("fprocess", fprocess)
         .env("port", r.port.to_string())
         .env("bind_address", "127.0.0.1")
         .env(SECRETS_DIR_ENV, &launch.secrets_dir)
