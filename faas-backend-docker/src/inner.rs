@@ -133,6 +133,8 @@ impl Inner {
 
     /// Derives the container template and hash of a validated spec routed by `scheduler`.
     pub fn spec_info(&self, spec: FunctionSpec, scheduler: Arc<dyn Scheduler>) -> Result<SpecInfo> {
+        // An OpenWhisk action without an image runs its kind's (`faas_core::runtimes`).
+        let spec = faas_core::runtimes::apply_image(spec)?;
         let ns = spec.namespace_or_default().to_string();
         let mut binds = Vec::new();
         for (i, s) in spec.secrets.iter().enumerate() {

@@ -241,6 +241,8 @@ fn health_probe(period: i32) -> Probe {
 /// Validates the spec first ([`Error::InvalidSpec`] naming the field).
 pub fn deployment(spec: &FunctionSpec) -> Result<Deployment> {
     spec.validate()?;
+    // An OpenWhisk action without an image runs its kind's (`faas_core::runtimes`).
+    let spec = &faas_core::runtimes::apply_image(spec.clone())?;
     let namespace = spec.namespace_or_default().to_string();
     let policy = spec.scaling_policy()?;
     let labels = function_labels(spec);
