@@ -368,9 +368,7 @@ mod tests {
                 WatchdogError::ExecTimeout | WatchdogError::WriteTimeout => {
                     Some(DeveloperErrorKind::Timeout)
                 }
-                WatchdogError::Spawn | WatchdogError::ActionInit => {
-                    Some(DeveloperErrorKind::Init)
-                }
+                WatchdogError::Spawn | WatchdogError::ActionInit => Some(DeveloperErrorKind::Init),
                 WatchdogError::ActionResult => Some(DeveloperErrorKind::Protocol),
                 WatchdogError::ActionTimeout => Some(DeveloperErrorKind::Timeout),
                 WatchdogError::Inflight => None,
@@ -389,7 +387,10 @@ mod tests {
         let mut resp = Response::new(Body::from("The action did not return a dictionary.\n"));
         resp.headers_mut().insert(WATCHDOG_ERROR_HEADER, HeaderValue::from_static("action_result"));
         let e = check_watchdog_error(resp, &f, "f-1").await.unwrap_err();
-        assert_eq!(e.to_string(), "developer error (protocol violation): The action did not return a dictionary.");
+        assert_eq!(
+            e.to_string(),
+            "developer error (protocol violation): The action did not return a dictionary."
+        );
         let mut resp = Response::new(Body::from("mine"));
         resp.headers_mut().insert(WATCHDOG_ERROR_HEADER, HeaderValue::from_static("novel"));
         assert!(check_watchdog_error(resp, &f, "f-1").await.is_ok());

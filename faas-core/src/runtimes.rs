@@ -128,9 +128,8 @@ mod tests {
 
     #[test]
     fn kinds_and_images() {
-        let action = |kind: &str| {
-            FunctionSpec::new("a", "").env("mode", "openwhisk").env(KIND_VAR, kind)
-        };
+        let action =
+            |kind: &str| FunctionSpec::new("a", "").env("mode", "openwhisk").env(KIND_VAR, kind);
         assert_eq!(apply_image(action("python:3")).unwrap().image, PYTHON_IMAGE);
         assert_eq!(apply_image(action("nodejs:20")).unwrap().image, NODEJS_IMAGE);
         let own = FunctionSpec::new("a", "mine:1").env("mode", "openwhisk");

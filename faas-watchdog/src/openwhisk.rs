@@ -228,7 +228,9 @@ impl OwConfig {
             None => false,
             Some(v) if v == "true" || v == "1" => true,
             Some(v) if v == "false" || v == "0" => false,
-            Some(v) => return Err(Error::invalid("ow_binary", format!("{v:?} is not true or false"))),
+            Some(v) => {
+                return Err(Error::invalid("ow_binary", format!("{v:?} is not true or false")))
+            }
         };
         if binary {
             base64::engine::general_purpose::STANDARD.decode(code.trim()).map_err(|e| {
@@ -470,8 +472,14 @@ impl OwRuntime {
     }
 
     /// POSTs `body` to `path` on a fresh connection, reading at most `limit` bytes back.
-    async fn post(&self, path: &str, body: Vec<u8>, limit: usize) -> Result<(StatusCode, Bytes), CallFail> {
-        let stream = tokio::net::TcpStream::connect(self.addr).await.map_err(|_| CallFail::Connect)?;
+    async fn post(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        limit: usize,
+    ) -> Result<(StatusCode, Bytes), CallFail> {
+        let stream =
+            tokio::net::TcpStream::connect(self.addr).await.map_err(|_| CallFail::Connect)?;
         let _ = stream.set_nodelay(true);
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -516,9 +524,8 @@ impl OwRuntime {
         let limit = self.init_timeout();
         let t0 = Instant::now();
         let fail = |reason, message: String| State::Failed { gen, reason, message };
-        let timed_out = || {
-            fail(WatchdogError::ActionTimeout, messages::timed_out(limit.as_millis(), true))
-        };
+        let timed_out =
+            || fail(WatchdogError::ActionTimeout, messages::timed_out(limit.as_millis(), true));
         match tokio::time::timeout(limit, self.listening(child)).await {
             Err(_) => return timed_out(),
             Ok(Some(how)) => {
@@ -538,7 +545,9 @@ impl OwRuntime {
         let left = limit.saturating_sub(t0.elapsed());
         match tokio::time::timeout(left, self.post("/init", body, MAX_RESULT_BYTES)).await {
             Err(_) => timed_out(),
-            Ok(Err(CallFail::TooLarge)) => fail(WatchdogError::ActionInit, messages::invalid_init("")),
+            Ok(Err(CallFail::TooLarge)) => {
+                fail(WatchdogError::ActionInit, messages::invalid_init(""))
+            }
             Ok(Err(_)) => fail(WatchdogError::ActionInit, messages::ABNORMAL_INIT.into()),
             Ok(Ok((status, body))) if status.is_success() => {
                 let _ = body;
@@ -549,8 +558,9 @@ impl OwRuntime {
                 }
             }
             Ok(Ok((_, body))) => {
-                let message = error_field(&body)
-                    .unwrap_or_else(|| messages::invalid_init(String::from_utf8_lossy(&body).trim()));
+                let message = error_field(&body).unwrap_or_else(|| {
+                    messages::invalid_init(String::from_utf8_lossy(&body).trim())
+                });
                 fail(WatchdogError::ActionInit, message)
             }
         }
@@ -571,7 +581,8 @@ fn error_field(body: &[u8]) -> Option<String> {
 /// Runs the runtime until `stop`: starts and initialises it, replaces it when it exits or an
 /// activation asks (a crash, a timeout, a failed init), with backoff when it keeps failing.
 pub(crate) async fn supervise(rt: Arc<OwRuntime>, mut stop: watch::Receiver<bool>) {
-    let backoff = faas_core::util::Backoff::new(Duration::from_millis(20), Duration::from_secs(5)).exact();
+    let backoff =
+        faas_core::util::Backoff::new(Duration::from_millis(20), Duration::from_secs(5)).exact();
     let mut restarts = 0u32;
     let mut gen = 0u64;
     let mut restart = rt.restart.subscribe();
@@ -681,7 +692,10 @@ pub const RUNTIME_SCRIPTS: &[(&str, &str)] = &[
 /// action whose kind has a local runtime, that runtime (its script written under
 /// `<state>/runtimes/` when missing or different). Neither is [`Error::InvalidSpec`] naming
 /// `envProcess`.
-pub fn process_command(spec: &faas_core::FunctionSpec, state: &std::path::Path) -> Result<String, Error> {
+pub fn process_command(
+    spec: &faas_core::FunctionSpec,
+    state: &std::path::Path,
+) -> Result<String, Error> {
     if let Some(p) = spec.env_process.as_deref().filter(|p| !p.trim().is_empty()) {
         return Ok(p.to_string());
     }
@@ -760,7 +774,10 @@ fn params(parts: &http::request::Parts, body: &Bytes) -> Result<Map<String, Valu
         }
         return match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(m)) => Ok(m),
-            _ => Err("the body of an OpenWhisk activation must be a JSON object of parameters".into()),
+            _ => {
+                Err("the body of an OpenWhisk activation must be a JSON object of parameters"
+                    .into())
+            }
         };
     }
     let mut m = Map::new();
@@ -828,39 +845,53 @@ pub(crate) async fn handle(rt: &Arc<OwRuntime>, req: Request<Incoming>) -> Respo
                 format!("the parameters are over the limit of {MAX_PAYLOAD_BYTES} bytes"),
             )
         }
-        Ok(Err(e)) => return text(StatusCode::BAD_REQUEST, "body", format!("reading the request body: {e}")),
+        Ok(Err(e)) => {
+            return text(StatusCode::BAD_REQUEST, "body", format!("reading the request body: {e}"))
+        }
         Err(_) => {
-            return text(StatusCode::REQUEST_TIMEOUT, "read_timeout", "read_timeout exceeded while reading the request body")
+            return text(
+                StatusCode::REQUEST_TIMEOUT,
+                "read_timeout",
+                "read_timeout exceeded while reading the request body",
+            )
         }
     };
     let params = match params(&parts, &body) {
         Ok(p) => p,
         Err(m) => return text(StatusCode::BAD_REQUEST, "body", m),
     };
-    let wants_logs = header_str(&parts, LOGS_HEADER).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let wants_logs =
+        header_str(&parts, LOGS_HEADER).is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let limit = rt.exec_timeout;
-    let wait_until = t0 + if limit.is_zero() { Duration::from_secs(86400) } else { limit } + rt.init_timeout();
+    let wait_until =
+        t0 + if limit.is_zero() { Duration::from_secs(86400) } else { limit } + rt.init_timeout();
 
     // One of the action's slots.
     let Ok(Ok(_slot)) = tokio::time::timeout_at(wait_until, rt.slots.acquire()).await else {
         return text(
             StatusCode::TOO_MANY_REQUESTS,
             WatchdogError::Inflight.as_str(),
-            format!("the action runs {} activation(s) at once and none became free in time", rt.cfg.concurrency),
+            format!(
+                "the action runs {} activation(s) at once and none became free in time",
+                rt.cfg.concurrency
+            ),
         );
     };
     // An initialised runtime (or the failure to get one).
     let mut rx = rt.state.subscribe();
-    let st = match tokio::time::timeout_at(wait_until, rx.wait_for(|s| !matches!(s, State::Starting))).await {
-        Ok(Ok(s)) => s.clone(),
-        _ => {
-            return developer_error(
-                WatchdogError::ActionTimeout,
-                messages::timed_out(rt.init_timeout().as_millis(), true),
-                None,
-            )
-        }
-    };
+    let st =
+        match tokio::time::timeout_at(wait_until, rx.wait_for(|s| !matches!(s, State::Starting)))
+            .await
+        {
+            Ok(Ok(s)) => s.clone(),
+            _ => {
+                return developer_error(
+                    WatchdogError::ActionTimeout,
+                    messages::timed_out(rt.init_timeout().as_millis(), true),
+                    None,
+                )
+            }
+        };
     drop(rx);
     let (gen, init_ms, fresh) = match st {
         State::Failed { gen, reason, message } => {
@@ -873,9 +904,14 @@ pub(crate) async fn handle(rt: &Arc<OwRuntime>, req: Request<Incoming>) -> Respo
     let collect_logs = rt.cfg.concurrency == 1;
     let since = collect_logs.then(|| rt.logs.begin());
     let call_id = header_str(&parts, "x-call-id").unwrap_or("").to_string();
-    let activation_id = header_str(&parts, ACTIVATION_ID_HEADER)
-        .map(str::to_string)
-        .unwrap_or_else(|| if call_id.is_empty() { format!("{:032x}", rand::random::<u128>()) } else { call_id.clone() });
+    let activation_id =
+        header_str(&parts, ACTIVATION_ID_HEADER).map(str::to_string).unwrap_or_else(|| {
+            if call_id.is_empty() {
+                format!("{:032x}", rand::random::<u128>())
+            } else {
+                call_id.clone()
+            }
+        });
     let namespace = header_str(&parts, NAMESPACE_HEADER).unwrap_or(&rt.cfg.namespace).to_string();
     let run_limit = if limit.is_zero() { Duration::from_secs(86400 * 365) } else { limit };
     let run = json!({
@@ -888,24 +924,30 @@ pub(crate) async fn handle(rt: &Arc<OwRuntime>, req: Request<Incoming>) -> Respo
         "transaction_id": header_str(&parts, TRANSACTION_ID_HEADER).unwrap_or(&call_id),
     });
     let body = serde_json::to_vec(&run).unwrap_or_default();
-    let outcome = match tokio::time::timeout(run_limit, rt.post("/run", body, MAX_RESULT_BYTES)).await {
-        Err(_) => {
-            rt.request_restart(gen);
-            Err((WatchdogError::ActionTimeout, messages::timed_out(limit.as_millis(), false)))
-        }
-        Ok(Err(CallFail::TooLarge)) => Err((WatchdogError::ActionResult, messages::truncated(MAX_RESULT_BYTES))),
-        Ok(Err(CallFail::Connect | CallFail::Broken)) => {
-            rt.request_restart(gen);
-            Err((WatchdogError::ActionCrash, messages::ABNORMAL_RUN.to_string()))
-        }
-        Ok(Ok((status, body))) => match serde_json::from_slice::<Value>(&body) {
-            Ok(Value::Object(m)) if status == StatusCode::OK => Ok(m),
-            _ if status != StatusCode::OK && error_field(&body).is_some() => {
-                Err((WatchdogError::ActionResult, error_field(&body).unwrap_or_default()))
+    let outcome =
+        match tokio::time::timeout(run_limit, rt.post("/run", body, MAX_RESULT_BYTES)).await {
+            Err(_) => {
+                rt.request_restart(gen);
+                Err((WatchdogError::ActionTimeout, messages::timed_out(limit.as_millis(), false)))
             }
-            _ => Err((WatchdogError::ActionResult, messages::invalid_run(String::from_utf8_lossy(&body).trim()))),
-        },
-    };
+            Ok(Err(CallFail::TooLarge)) => {
+                Err((WatchdogError::ActionResult, messages::truncated(MAX_RESULT_BYTES)))
+            }
+            Ok(Err(CallFail::Connect | CallFail::Broken)) => {
+                rt.request_restart(gen);
+                Err((WatchdogError::ActionCrash, messages::ABNORMAL_RUN.to_string()))
+            }
+            Ok(Ok((status, body))) => match serde_json::from_slice::<Value>(&body) {
+                Ok(Value::Object(m)) if status == StatusCode::OK => Ok(m),
+                _ if status != StatusCode::OK && error_field(&body).is_some() => {
+                    Err((WatchdogError::ActionResult, error_field(&body).unwrap_or_default()))
+                }
+                _ => Err((
+                    WatchdogError::ActionResult,
+                    messages::invalid_run(String::from_utf8_lossy(&body).trim()),
+                )),
+            },
+        };
     // The runtime's output up to its markers (none to wait for when it crashed or hung).
     let logs = match since {
         Some(since) => {
@@ -920,10 +962,12 @@ pub(crate) async fn handle(rt: &Arc<OwRuntime>, req: Request<Incoming>) -> Respo
     let logs = logs.filter(|_| wants_logs);
     let mut resp = match outcome {
         Ok(result) => {
-            let status = if result.contains_key("error") { StatusCode::BAD_GATEWAY } else { StatusCode::OK };
+            let status =
+                if result.contains_key("error") { StatusCode::BAD_GATEWAY } else { StatusCode::OK };
             let mut r = Response::new(Body::from(serde_json::to_vec(&result).unwrap_or_default()));
             *r.status_mut() = status;
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             if let Some(l) = &logs {
                 r.headers_mut().insert(LOGS_HEADER, logs_header(l));
             }
@@ -938,7 +982,11 @@ pub(crate) async fn handle(rt: &Arc<OwRuntime>, req: Request<Incoming>) -> Respo
 }
 
 /// The watchdog's answer for a developer error, logged with OpenWhisk's warning line.
-fn developer_error(reason: WatchdogError, message: String, logs: Option<Vec<String>>) -> Response<Body> {
+fn developer_error(
+    reason: WatchdogError,
+    message: String,
+    logs: Option<Vec<String>>,
+) -> Response<Body> {
     log(messages::LOG_WARNING_DEVELOPER_ERROR);
     let status = match reason {
         WatchdogError::ActionTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -1026,11 +1074,17 @@ mod tests {
 
     #[test]
     fn messages_are_openwhisks() {
-        assert_eq!(messages::timed_out(100, false), "The action exceeded its time limits of 100 milliseconds.");
+        assert_eq!(
+            messages::timed_out(100, false),
+            "The action exceeded its time limits of 100 milliseconds."
+        );
         assert_eq!(
             messages::timed_out(100, true),
             "The action exceeded its time limits of 100 milliseconds during initialization."
         );
-        assert_eq!(messages::invalid_run("[1]"), "The action did not produce a valid JSON response: [1]");
+        assert_eq!(
+            messages::invalid_run("[1]"),
+            "The action did not produce a valid JSON response: [1]"
+        );
     }
 }

@@ -339,7 +339,8 @@ impl Config {
         }
         if c.mode == Mode::OpenWhisk {
             if c.upstream_url.is_none() {
-                c.upstream_url = Some(http::Uri::from_static(crate::openwhisk::DEFAULT_RUNTIME_URL));
+                c.upstream_url =
+                    Some(http::Uri::from_static(crate::openwhisk::DEFAULT_RUNTIME_URL));
             }
             c.openwhisk = Some(crate::openwhisk::OwConfig::from_vars(get)?);
         }
@@ -484,7 +485,11 @@ struct Shared {
     openwhisk: Option<Arc<crate::openwhisk::OwRuntime>>,
 }
 
-pub(crate) fn text(status: StatusCode, reason: &'static str, msg: impl Into<String>) -> Response<Body> {
+pub(crate) fn text(
+    status: StatusCode,
+    reason: &'static str,
+    msg: impl Into<String>,
+) -> Response<Body> {
     let mut msg = msg.into();
     if !msg.ends_with('\n') {
         msg.push('\n');
@@ -573,9 +578,10 @@ where
         openwhisk,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let ow_supervisor = shared.openwhisk.clone().map(|rt| {
-        tokio::spawn(crate::openwhisk::supervise(rt, stop_rx.clone()))
-    });
+    let ow_supervisor = shared
+        .openwhisk
+        .clone()
+        .map(|rt| tokio::spawn(crate::openwhisk::supervise(rt, stop_rx.clone())));
     let supervisor = shared.upstream.is_some().then(|| {
         let s = shared.clone();
         tokio::spawn(async move { supervise_upstream(s, stop_rx).await })

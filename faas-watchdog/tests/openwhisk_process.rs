@@ -42,10 +42,7 @@ def main(p):
 "#;
 
 fn action(name: &str, kind: &str, code: &str) -> FunctionSpec {
-    FunctionSpec::new(name, "")
-        .env("mode", "openwhisk")
-        .env("ow_kind", kind)
-        .env("ow_code", code)
+    FunctionSpec::new(name, "").env("mode", "openwhisk").env("ow_kind", kind).env("ow_code", code)
 }
 
 /// An API activation of `name` with `params`, asking for its logs.
@@ -115,7 +112,8 @@ async fn a_python_code_action_runs_with_its_params_and_logs_per_activation() {
     req.headers_mut().insert("x-test", "t".parse().unwrap());
     let resp = inv.invoke(Invocation::new("greet", req)).await.unwrap();
     assert_eq!(resp.headers()["content-type"], "application/json");
-    let r: Value = serde_json::from_slice(&resp.into_body().collect_bytes().await.unwrap()).unwrap();
+    let r: Value =
+        serde_json::from_slice(&resp.into_body().collect_bytes().await.unwrap()).unwrap();
     let p = &r["params"];
     assert_eq!((&p["name"], &p["x"]), (&json!("cy"), &json!("1")), "{p}");
     assert_eq!(p["__ow_method"], "put");
@@ -144,7 +142,10 @@ print(base64.b64encode(buf.getvalue()).decode())
 async fn a_zip_action_and_its_main() {
     let inv = invoker("ow-zip");
     let zip = zip_base64(&[
-        ("__main__.py", "from helper import twice\ndef entry(p):\n    return {'n': twice(p['n'])}\n"),
+        (
+            "__main__.py",
+            "from helper import twice\ndef entry(p):\n    return {'n': twice(p['n'])}\n",
+        ),
         ("helper.py", "def twice(n):\n    return 2 * n\n"),
     ]);
     inv.deploy(action("zipped", "python:3", &zip).env("ow_binary", "true").env("ow_main", "entry"))
@@ -272,7 +273,11 @@ async fn developer_errors_have_openwhisks_messages_and_a_new_runtime_follows() {
     .await
     .unwrap();
     let e = activate(&inv, "gone", "g-1", json!({})).await.unwrap_err();
-    developer(e, DeveloperErrorKind::Init, "The action did not initialize and exited unexpectedly.");
+    developer(
+        e,
+        DeveloperErrorKind::Init,
+        "The action did not initialize and exited unexpectedly.",
+    );
     for f in ["act", "broken", "gone"] {
         inv.remove(&FunctionRef::default_ns(f)).await.unwrap();
     }
