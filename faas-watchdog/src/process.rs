@@ -1,9 +1,11 @@
 //! The process backend: each function replica is a `faas-watchdog` process on its own
 //! `127.0.0.1` port, running the spec's `envProcess` (`fprocess`). No Docker needed.
 //!
-//! - **Deploy** validates the spec (`envProcess` is required; `image` is recorded but not
-//!   run), places it on the single local node through the [`Scheduler`] (so constraints or
-//!   platforms this machine cannot meet give the scheduler's clear error), and starts
+//! - **Deploy** validates the spec (`envProcess` is required, except for an OpenWhisk action
+//!   whose kind has a local runtime in [`faas_core::runtimes`]: then that runtime is the
+//!   command; `image` is recorded but not run), places it on the single local node through
+//!   the [`Scheduler`] (so constraints or platforms this machine cannot meet give the
+//!   scheduler's clear error), and starts
 //!   `com.openfaas.scale.min` replicas in the background. An instance is ready once its
 //!   watchdog answers `/_/health` with 200.
 //! - **Invoke** routes to a ready replica with free capacity through
