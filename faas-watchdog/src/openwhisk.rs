@@ -194,7 +194,8 @@ pub mod messages {
 }
 
 /// The `openwhisk` mode's settings (the `ow_*` variables of the module docs).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct OwConfig {
     /// `ow_action_name`.
     pub action_name: String,
@@ -212,6 +213,44 @@ pub struct OwConfig {
     pub concurrency: usize,
     /// `ow_api_key`.
     pub api_key: String,
+    /// `ow_stem`: start the runtime but wait for [`SPECIALISE_PATH`] before `/init` (a stem
+    /// cell).
+    #[serde(skip)]
+    pub stem: bool,
+}
+
+impl Default for OwConfig {
+    fn default() -> Self {
+        OwConfig {
+            action_name: "action".into(),
+            namespace: "_".into(),
+            main: "main".into(),
+            code: String::new(),
+            binary: false,
+            env: Map::new(),
+            concurrency: 1,
+            api_key: String::new(),
+            stem: false,
+        }
+    }
+}
+
+/// `POST` here (JSON [`Specialisation`]) turns a stem cell (`ow_stem=true`) into an instance
+/// of one action: the watchdog calls `/init` with it and answers once that is done (200
+/// `{"initTime": ms}`, or the init failure as the watchdog's error answer, which the first
+/// activation gets too). Refused (409) on a watchdog that is no stem cell or was specialised
+/// already.
+pub const SPECIALISE_PATH: &str = "/_/openwhisk/specialise";
+
+/// What specialises a stem cell: the action and its time limit.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Specialisation {
+    /// The action (`ow_*` settings).
+    #[serde(flatten)]
+    pub action: OwConfig,
+    /// The time limit of `/init` and of each `/run`, in ms (0: none).
+    #[serde(default)]
+    pub exec_timeout_ms: u64,
 }
 
 impl OwConfig {
@@ -257,7 +296,16 @@ impl OwConfig {
             },
         };
         let main = get("ow_main").unwrap_or("main").trim().to_string();
+        let stem = match get("ow_stem").map(|v| v.trim().to_ascii_lowercase()) {
+            None => false,
+            Some(v) if v == "true" || v == "1" => true,
+            Some(v) if v == "false" || v == "0" => false,
+            Some(v) => {
+                return Err(Error::invalid("ow_stem", format!("{v:?} is not true or false")))
+            }
+        };
         Ok(OwConfig {
+            stem,
             action_name: get("ow_action_name")
                 .or_else(|| get("OPENFAAS_FUNCTION_NAME"))
                 .unwrap_or("action")
@@ -290,6 +338,8 @@ enum State {
     },
     /// Failed to start or initialise; the next activation gets this failure.
     Failed { gen: u64, reason: WatchdogError, message: String },
+    /// A stem cell: listening, waiting to be specialised.
+    Stem,
 }
 
 /// One activation's log lines, split by the markers.
@@ -392,13 +442,17 @@ async fn pump<R: AsyncRead + Unpin>(mut r: R, stream: usize, sink: Arc<LogSink>,
 
 /// The runtime of an `openwhisk`-mode watchdog: its process, its state and its slots.
 pub(crate) struct OwRuntime {
-    cfg: OwConfig,
+    /// The action; replaced once when a stem cell is specialised.
+    cfg: Mutex<Arc<OwConfig>>,
+    /// `exec_timeout` in ms (0: none).
+    exec_ms: std::sync::atomic::AtomicU64,
+    stem: bool,
+    specialised: watch::Sender<bool>,
     program: OsString,
     args: Vec<String>,
     addr: SocketAddr,
     /// `upstream_url`'s path, before `/init` and `/run`.
     prefix: String,
-    exec_timeout: Duration,
     read_timeout: Duration,
     prefix_logs: bool,
     state: watch::Sender<State>,
@@ -408,8 +462,39 @@ pub(crate) struct OwRuntime {
     logs: Arc<LogSink>,
 }
 
+/// POSTs the JSON `body` to `path` at `addr` on a fresh connection, reading at most `limit`
+/// bytes back.
+pub(crate) async fn post(
+    addr: SocketAddr,
+    path: &str,
+    body: Vec<u8>,
+    limit: usize,
+) -> Result<(StatusCode, Bytes), CallFail> {
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|_| CallFail::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| CallFail::Connect)?;
+    let conn = tokio::spawn(conn);
+    let req = Request::post(path)
+        .header(header::HOST, addr.to_string())
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(Bytes::from(body)))
+        .map_err(|_| CallFail::Broken)?;
+    let resp = send.send_request(req).await.map_err(|_| CallFail::Broken)?;
+    let status = resp.status();
+    let body = http_body_util::Limited::new(resp.into_body(), limit).collect().await;
+    conn.abort();
+    match body {
+        Ok(b) => Ok((status, b.to_bytes())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(CallFail::TooLarge),
+        Err(_) => Err(CallFail::Broken),
+    }
+}
+
 /// How a call to the runtime failed below HTTP.
-enum CallFail {
+#[derive(Debug)]
+pub(crate) enum CallFail {
     /// Nothing was sent: the runtime does not listen.
     Connect,
     /// The connection broke (the runtime crashed).
@@ -432,12 +517,14 @@ impl OwRuntime {
     ) -> OwRuntime {
         let slots = Semaphore::new(cfg.concurrency);
         OwRuntime {
-            cfg,
+            stem: cfg.stem,
+            specialised: watch::channel(!cfg.stem).0,
+            cfg: Mutex::new(Arc::new(cfg)),
+            exec_ms: (exec_timeout.as_millis() as u64).into(),
             program,
             args,
             addr,
             prefix,
-            exec_timeout,
             read_timeout,
             prefix_logs,
             state: watch::channel(State::Starting).0,
@@ -453,11 +540,18 @@ impl OwRuntime {
         !matches!(*self.state.borrow(), State::Starting)
     }
 
+    fn cfg(&self) -> Arc<OwConfig> {
+        self.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn exec_timeout(&self) -> Duration {
+        Duration::from_millis(self.exec_ms.load(Ordering::Acquire))
+    }
+
     fn init_timeout(&self) -> Duration {
-        if self.exec_timeout.is_zero() {
-            DEFAULT_INIT_TIMEOUT
-        } else {
-            self.exec_timeout
+        match self.exec_timeout() {
+            d if d.is_zero() => DEFAULT_INIT_TIMEOUT,
+            d => d,
         }
     }
 
@@ -478,27 +572,7 @@ impl OwRuntime {
         body: Vec<u8>,
         limit: usize,
     ) -> Result<(StatusCode, Bytes), CallFail> {
-        let stream =
-            tokio::net::TcpStream::connect(self.addr).await.map_err(|_| CallFail::Connect)?;
-        let _ = stream.set_nodelay(true);
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| CallFail::Connect)?;
-        let conn = tokio::spawn(conn);
-        let req = Request::post(format!("{}{path}", self.prefix))
-            .header(header::HOST, self.addr.to_string())
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(http_body_util::Full::new(Bytes::from(body)))
-            .map_err(|_| CallFail::Broken)?;
-        let resp = send.send_request(req).await.map_err(|_| CallFail::Broken)?;
-        let status = resp.status();
-        let body = http_body_util::Limited::new(resp.into_body(), limit).collect().await;
-        conn.abort();
-        match body {
-            Ok(b) => Ok((status, b.to_bytes())),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(CallFail::TooLarge),
-            Err(_) => Err(CallFail::Broken),
-        }
+        post(self.addr, &format!("{}{path}", self.prefix), body, limit).await
     }
 
     /// Waits until the runtime accepts connections (`None`) or exits (its status).
@@ -521,30 +595,49 @@ impl OwRuntime {
 
     /// Starts the runtime and initialises it: the state it is in afterwards.
     async fn start(&self, gen: u64, child: &mut tokio::process::Child) -> State {
-        let limit = self.init_timeout();
-        let t0 = Instant::now();
+        let mut limit = self.init_timeout();
+        let mut t0 = Instant::now();
         let fail = |reason, message: String| State::Failed { gen, reason, message };
-        let timed_out =
-            || fail(WatchdogError::ActionTimeout, messages::timed_out(limit.as_millis(), true));
+        let timed_out = |limit: Duration| {
+            fail(WatchdogError::ActionTimeout, messages::timed_out(limit.as_millis(), true))
+        };
         match tokio::time::timeout(limit, self.listening(child)).await {
-            Err(_) => return timed_out(),
+            Err(_) => return timed_out(limit),
             Ok(Some(how)) => {
                 log(format!("the action runtime exited before listening ({how})"));
                 return fail(WatchdogError::ActionInit, messages::ABNORMAL_INIT.into());
             }
             Ok(None) => {}
         }
+        if !*self.specialised.borrow() {
+            // A stem cell: /init waits for the action (the runtime may exit meanwhile).
+            self.state.send_replace(State::Stem);
+            let mut specialised = self.specialised.subscribe();
+            tokio::select! {
+                _ = async { let _ = specialised.wait_for(|s| *s).await; } => {}
+                st = child.wait() => {
+                    log(format!("the stem cell's runtime exited ({})", match st {
+                        Ok(s) => exit_message(&s),
+                        Err(e) => e.to_string(),
+                    }));
+                    return fail(WatchdogError::ActionInit, messages::ABNORMAL_INIT.into());
+                }
+            }
+            limit = self.init_timeout();
+            t0 = Instant::now();
+        }
+        let cfg = self.cfg();
         let init = json!({"value": {
-            "name": self.cfg.action_name,
-            "main": self.cfg.main,
-            "code": self.cfg.code,
-            "binary": self.cfg.binary,
-            "env": self.cfg.env,
+            "name": cfg.action_name,
+            "main": cfg.main,
+            "code": cfg.code,
+            "binary": cfg.binary,
+            "env": cfg.env,
         }});
         let body = serde_json::to_vec(&init).unwrap_or_default();
         let left = limit.saturating_sub(t0.elapsed());
         match tokio::time::timeout(left, self.post("/init", body, MAX_RESULT_BYTES)).await {
-            Err(_) => timed_out(),
+            Err(_) => timed_out(limit),
             Ok(Err(CallFail::TooLarge)) => {
                 fail(WatchdogError::ActionInit, messages::invalid_init(""))
             }
@@ -730,6 +823,32 @@ pub fn process_command(
     Ok(format!("{} '{path}'", rt.program))
 }
 
+/// The [`Specialisation`] that makes a stem cell an instance of `spec`: its `ow_*` settings
+/// (names defaulted from the spec), `extra_env` and the spec's other `envVars` as `/init`'s
+/// `env` (the runtime was started before the action was known), and its timeout.
+pub fn specialisation(
+    spec: &faas_core::FunctionSpec,
+    extra_env: &[(&str, String)],
+) -> Result<Specialisation, Error> {
+    let fref = spec.function_ref();
+    let get = |k: &str| match k {
+        "OPENFAAS_FUNCTION_NAME" => Some(fref.name.as_str()),
+        "OPENFAAS_NAMESPACE" => Some(fref.namespace.as_str()),
+        k => spec.env_vars.get(k).map(String::as_str).filter(|v| !v.trim().is_empty()),
+    };
+    let mut action = OwConfig::from_vars(get)?;
+    for (k, v) in &spec.env_vars {
+        if !k.starts_with("ow_") && k != "mode" {
+            action.env.entry(k.clone()).or_insert_with(|| Value::String(v.clone()));
+        }
+    }
+    for (k, v) in extra_env {
+        action.env.insert((*k).to_string(), Value::String(v.clone()));
+    }
+    let exec_timeout_ms = spec.timeout.map_or(0, |t| t.as_millis() as u64);
+    Ok(Specialisation { action, exec_timeout_ms })
+}
+
 /// The header value of `lines`: a JSON array in ASCII, within [`MAX_LOGS_HEADER_BYTES`].
 fn logs_header(lines: &[String]) -> HeaderValue {
     let mut kept: Vec<&str> = Vec::new();
@@ -862,7 +981,8 @@ pub(crate) async fn handle(rt: &Arc<OwRuntime>, req: Request<Incoming>) -> Respo
     };
     let wants_logs =
         header_str(&parts, LOGS_HEADER).is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let limit = rt.exec_timeout;
+    let cfg = rt.cfg();
+    let limit = rt.exec_timeout();
     let wait_until =
         t0 + if limit.is_zero() { Duration::from_secs(86400) } else { limit } + rt.init_timeout();
 
@@ -873,25 +993,27 @@ pub(crate) async fn handle(rt: &Arc<OwRuntime>, req: Request<Incoming>) -> Respo
             WatchdogError::Inflight.as_str(),
             format!(
                 "the action runs {} activation(s) at once and none became free in time",
-                rt.cfg.concurrency
+                cfg.concurrency
             ),
         );
     };
     // An initialised runtime (or the failure to get one).
     let mut rx = rt.state.subscribe();
-    let st =
-        match tokio::time::timeout_at(wait_until, rx.wait_for(|s| !matches!(s, State::Starting)))
-            .await
-        {
-            Ok(Ok(s)) => s.clone(),
-            _ => {
-                return developer_error(
-                    WatchdogError::ActionTimeout,
-                    messages::timed_out(rt.init_timeout().as_millis(), true),
-                    None,
-                )
-            }
-        };
+    let st = match tokio::time::timeout_at(
+        wait_until,
+        rx.wait_for(|s| !matches!(s, State::Starting | State::Stem)),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s.clone(),
+        _ => {
+            return developer_error(
+                WatchdogError::ActionTimeout,
+                messages::timed_out(rt.init_timeout().as_millis(), true),
+                None,
+            )
+        }
+    };
     drop(rx);
     let (gen, init_ms, fresh) = match st {
         State::Failed { gen, reason, message } => {
@@ -899,9 +1021,9 @@ pub(crate) async fn handle(rt: &Arc<OwRuntime>, req: Request<Incoming>) -> Respo
             return developer_error(reason, message, None);
         }
         State::Ready { gen, init_ms, fresh } => (gen, init_ms, fresh),
-        State::Starting => unreachable!("waited for"),
+        State::Starting | State::Stem => unreachable!("waited for"),
     };
-    let collect_logs = rt.cfg.concurrency == 1;
+    let collect_logs = cfg.concurrency == 1;
     let since = collect_logs.then(|| rt.logs.begin());
     let call_id = header_str(&parts, "x-call-id").unwrap_or("").to_string();
     let activation_id =
@@ -912,14 +1034,14 @@ pub(crate) async fn handle(rt: &Arc<OwRuntime>, req: Request<Incoming>) -> Respo
                 call_id.clone()
             }
         });
-    let namespace = header_str(&parts, NAMESPACE_HEADER).unwrap_or(&rt.cfg.namespace).to_string();
+    let namespace = header_str(&parts, NAMESPACE_HEADER).unwrap_or(&cfg.namespace).to_string();
     let run_limit = if limit.is_zero() { Duration::from_secs(86400 * 365) } else { limit };
     let run = json!({
         "value": params,
         "activation_id": activation_id,
-        "action_name": format!("/{namespace}/{}", rt.cfg.action_name),
+        "action_name": format!("/{namespace}/{}", cfg.action_name),
         "deadline": (epoch_ms(SystemTime::now()) + run_limit.as_millis()).to_string(),
-        "api_key": header_str(&parts, API_KEY_HEADER).unwrap_or(&rt.cfg.api_key),
+        "api_key": header_str(&parts, API_KEY_HEADER).unwrap_or(&cfg.api_key),
         "namespace": namespace,
         "transaction_id": header_str(&parts, TRANSACTION_ID_HEADER).unwrap_or(&call_id),
     });
@@ -979,6 +1101,82 @@ pub(crate) async fn handle(rt: &Arc<OwRuntime>, req: Request<Incoming>) -> Respo
         resp.headers_mut().insert(INIT_TIME_HEADER, HeaderValue::from(init_ms));
     }
     resp
+}
+
+/// Answers [`SPECIALISE_PATH`]: specialises a stem cell and waits for its `/init`.
+pub(crate) async fn specialise(rt: &Arc<OwRuntime>, req: Request<Incoming>) -> Response<Body> {
+    if req.method() != http::Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method", "POST a specialisation");
+    }
+    if !rt.stem || *rt.specialised.borrow() {
+        return text(
+            StatusCode::CONFLICT,
+            "specialise",
+            "this instance is no stem cell waiting for an action",
+        );
+    }
+    let body =
+        match http_body_util::Limited::new(req.into_body(), MAX_PAYLOAD_BYTES).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "body",
+                    format!("reading the specialisation: {e}"),
+                )
+            }
+        };
+    let spec: Specialisation = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => {
+            return text(StatusCode::BAD_REQUEST, "body", format!("not a specialisation: {e}"))
+        }
+    };
+    if !(1..=MAX_CONCURRENCY).contains(&spec.action.concurrency) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "body",
+            format!("concurrency must be from 1 to {MAX_CONCURRENCY}"),
+        );
+    }
+    {
+        // Under the lock: of two concurrent specialisations only the first counts.
+        let mut cfg = rt.cfg.lock().unwrap_or_else(|e| e.into_inner());
+        if *rt.specialised.borrow() {
+            return text(StatusCode::CONFLICT, "specialise", "specialised already");
+        }
+        rt.slots.add_permits(spec.action.concurrency - 1);
+        rt.exec_ms.store(spec.exec_timeout_ms, Ordering::Release);
+        *cfg = Arc::new(spec.action);
+        rt.specialised.send_replace(true);
+    }
+    let mut rx = rt.state.subscribe();
+    let bound = rt.init_timeout() + Duration::from_secs(5);
+    let st = match tokio::time::timeout(
+        bound,
+        rx.wait_for(|s| matches!(s, State::Ready { .. } | State::Failed { .. })),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s.clone(),
+        _ => {
+            return developer_error(
+                WatchdogError::ActionTimeout,
+                messages::timed_out(rt.init_timeout().as_millis(), true),
+                None,
+            )
+        }
+    };
+    match st {
+        State::Ready { init_ms, .. } => {
+            let mut r = Response::new(Body::from(json!({"initTime": init_ms}).to_string()));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        State::Failed { reason, message, .. } => developer_error(reason, message, None),
+        _ => unreachable!("waited for"),
+    }
 }
 
 /// The watchdog's answer for a developer error, logged with OpenWhisk's warning line.

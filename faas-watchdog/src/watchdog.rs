@@ -758,6 +758,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, slot: &ConnSlot) ->
     match req.uri().path() {
         "/_/health" => return health(&shared, false),
         "/_/ready" => return health(&shared, true),
+        crate::openwhisk::SPECIALISE_PATH => {
+            if let Some(rt) = &shared.openwhisk {
+                return crate::openwhisk::specialise(rt, req).await;
+            }
+        }
         _ => {}
     }
     let n = shared.inflight.fetch_add(1, Ordering::AcqRel) + 1;

@@ -298,3 +298,88 @@ async fn bad_action_settings_are_refused_naming_the_field() {
         }
     }
 }
+
+/// Polls `f` every 10 ms until it gives `Some`, failing after 60 s.
+async fn eventually<T, F: FnMut() -> Option<T>>(what: &str, mut f: F) -> T {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stem_cell_is_taken_initialised_and_refilled() {
+    let inv = ProcessInvoker::builder()
+        .watchdog_command(WATCHDOG, Vec::<String>::new())
+        .state_dir(temp_dir("ow-stem"))
+        .stop_grace(Duration::from_secs(2))
+        .stem_cells("python:3", 1)
+        .build()
+        .unwrap();
+    let stem = eventually("a stem cell", || inv.stem_cell_pids("python:3").first().copied()).await;
+    inv.deploy(
+        action("st", "python:3", PY_ACTION)
+            .env("GREETING", "from the spec")
+            .timeout(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    let (r, logs, init) = activate(&inv, "st", "s-1", json!({"name": "stem"})).await.unwrap();
+    assert_eq!(r["greeting"], "hi stem");
+    assert!(init.is_some(), "the stem cell was initialised for the action");
+    assert!(logs.iter().any(|l| l.ends_with("stdout: hello stem")), "{logs:?}");
+    // The replica is the stem cell's watchdog.
+    let f = FunctionRef::default_ns("st");
+    let pids: Vec<u32> = inv.instance_pids(&f).unwrap().into_iter().map(|(_, p)| p).collect();
+    assert_eq!(pids, vec![stem]);
+    // The spec's envVars reach the runtime through /init, and so do the platform's names.
+    let code = "import os\ndef main(p):\n    return {k: os.environ.get(k) for k in \
+                ['GREETING', 'OPENFAAS_FUNCTION_NAME', 'OPENFAAS_SECRETS_DIR']}\n";
+    let fresh = eventually("a new stem cell", || {
+        inv.stem_cell_pids("python:3").first().copied().filter(|p| *p != stem)
+    })
+    .await;
+    inv.deploy(action("env", "python:3", code).env("GREETING", "hello")).await.unwrap();
+    let (r, _, _) = activate(&inv, "env", "s-2", json!({})).await.unwrap();
+    assert_eq!((&r["GREETING"], &r["OPENFAAS_FUNCTION_NAME"]), (&json!("hello"), &json!("env")));
+    assert!(r["OPENFAAS_SECRETS_DIR"].as_str().unwrap().ends_with("secrets"), "{r}");
+    let env_pids: Vec<u32> = inv
+        .instance_pids(&FunctionRef::default_ns("env"))
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(env_pids, vec![fresh], "the refilled stem cell was taken in turn");
+    // A crash of a specialised instance: a new runtime with the action's code, in place.
+    let e = activate(&inv, "st", "s-3", json!({"crash": true})).await.unwrap_err();
+    assert!(matches!(e, Error::Developer { kind: DeveloperErrorKind::Crash, .. }), "{e}");
+    let (r, _, init) = activate(&inv, "st", "s-4", json!({"name": "again"})).await.unwrap();
+    assert_eq!((r["greeting"].as_str(), init.is_some()), (Some("hi again"), true));
+    // Refilled again.
+    eventually("the pool refilled", || {
+        inv.stem_cell_pids("python:3").first().copied().filter(|p| *p != fresh)
+    })
+    .await;
+    for f in ["st", "env"] {
+        inv.remove(&FunctionRef::default_ns(f)).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stem_cells_of_a_kind_without_a_local_runtime_are_refused() {
+    for kind in ["blackbox", "cobol:1"] {
+        let e = ProcessInvoker::builder()
+            .watchdog_command(WATCHDOG, Vec::<String>::new())
+            .state_dir(temp_dir("ow-stem-bad"))
+            .stem_cells(kind, 1)
+            .build()
+            .unwrap_err();
+        assert!(matches!(&e, Error::InvalidSpec { field, .. } if field == "stem_cells"), "{e}");
+    }
+}
