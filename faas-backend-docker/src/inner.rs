@@ -156,6 +156,12 @@ impl Inner {
             for key in ["exec_timeout", "write_timeout", "read_timeout"] {
                 env.entry(key.to_string()).or_insert_with(|| w.clone());
             }
+            // An OpenWhisk action's time limit is the watchdog's exec_timeout, exactly (its
+            // message names it); the backend's own timer waits a little longer for it.
+            if faas_core::runtimes::is_action(&spec) && !spec.env_vars.contains_key("exec_timeout")
+            {
+                env.insert("exec_timeout".into(), faas_core::util::format_duration(t));
+            }
         }
         let template = Template {
             image: spec.image.clone(),

@@ -1,8 +1,8 @@
 //! OpenWhisk actions on the Docker backend: an image of the static watchdog in `openwhisk`
 //! mode with our busybox-sh runtime (`runtimes/blackbox/runtime.sh`) runs a blackbox action
 //! (the image's built-in `/action/exec`) and native code actions (`ow_code`); a result that is
-//! no dictionary and a crash mid-activation give OpenWhisk's developer errors, and a new
-//! runtime (a fresh `/init`) serves the next activation.
+//! no dictionary, a crash mid-activation and a timeout give OpenWhisk's developer errors, and
+//! a new runtime (a fresh `/init`) serves the next activation.
 
 mod common;
 
@@ -77,6 +77,7 @@ async fn blackbox_and_native_code_actions_run_in_containers() {
         case \"$1\" in\n\
         *crash*) busybox killall -9 busybox; kill -9 $PPID ;;\n\
         *list*) echo '[1, 2]' ;;\n\
+        *sleep*) sleep 30 ;;\n\
         *) echo \"{\\\"native\\\": $1}\" ;;\n\
         esac\n";
     docker.deploy(spec("native").env("ow_code", code)).await.unwrap();
@@ -97,6 +98,24 @@ async fn blackbox_and_native_code_actions_run_in_containers() {
     assert_eq!(r, json!({"native": {"b": 2}}));
     assert!(init, "the replacement runtime was initialised");
 
+    // A timeout: OpenWhisk's message (the watchdog's limit is the spec's timeout), then a
+    // new runtime.
+    docker
+        .deploy(spec("slow").env("ow_code", code).timeout(std::time::Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let slow = env.fref("slow");
+    let e = activate(&docker, &slow, "t-1", json!({"sleep": 1})).await.unwrap_err();
+    assert_eq!((e.status_code().as_u8(), e.http_status().as_u16()), (2, 504), "{e}");
+    match e {
+        Error::Developer { kind: DeveloperErrorKind::Timeout, message } => {
+            assert_eq!(message, "The action exceeded its time limits of 2000 milliseconds.")
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    let (r, _, init) = activate(&docker, &slow, "t-2", json!({"c": 3})).await.unwrap();
+    assert_eq!((r, init), (json!({"native": {"c": 3}}), true));
+
     // An init failure: the runtime's message.
     docker.deploy(spec("badcode").env("ow_code", "no shebang")).await.unwrap();
     let e = activate(&docker, &env.fref("badcode"), "b-1", json!({})).await.unwrap_err();
@@ -106,7 +125,7 @@ async fn blackbox_and_native_code_actions_run_in_containers() {
         }
         other => panic!("expected an init error, got {other:?}"),
     }
-    for f in ["bb", "native", "badcode"] {
+    for f in ["bb", "native", "slow", "badcode"] {
         docker.remove(&env.fref(f)).await.unwrap();
     }
     docker.shutdown().await;
