@@ -83,7 +83,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use faas_core::instance::WatchdogError;
 use faas_core::{Body, Error};
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -91,13 +91,13 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 use tokio::process::Command;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::sys;
-use crate::watchdog::{emit_line, exit_message, log, now_stamp, stop_child, text};
+use crate::watchdog::{emit_line, exit_message, for_each_line, log, now_stamp, stop_child, text};
 
 /// Where the runtime serves when `upstream_url` is not set.
 pub const DEFAULT_RUNTIME_URL: &str = "http://127.0.0.1:8081";
@@ -418,26 +418,8 @@ impl LogSink {
     }
 }
 
-async fn pump<R: AsyncRead + Unpin>(mut r: R, stream: usize, sink: Arc<LogSink>, prefix: bool) {
-    let mut buf = BytesMut::with_capacity(4096);
-    loop {
-        match r.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line = buf.split_to(pos + 1);
-                    sink.line(stream, &line[..pos], prefix);
-                }
-                if buf.len() > 64 * 1024 {
-                    let line = buf.split();
-                    sink.line(stream, &line, prefix);
-                }
-            }
-        }
-    }
-    if !buf.is_empty() {
-        sink.line(stream, &buf, prefix);
-    }
+async fn pump<R: AsyncRead + Unpin>(r: R, stream: usize, sink: Arc<LogSink>, prefix: bool) {
+    for_each_line(r, |line| sink.line(stream, line, prefix)).await
 }
 
 /// The runtime of an `openwhisk`-mode watchdog: its process, its state and its slots.
@@ -553,6 +535,24 @@ impl OwRuntime {
             d if d.is_zero() => DEFAULT_INIT_TIMEOUT,
             d => d,
         }
+    }
+
+    /// The state once `/init` has been tried (ready or failed), waiting until `until`; after
+    /// that the init timeout's answer.
+    async fn settled(&self, until: Instant) -> Result<State, Response<Body>> {
+        let mut rx = self.state.subscribe();
+        let settled = rx.wait_for(|s| matches!(s, State::Ready { .. } | State::Failed { .. }));
+        let state = match tokio::time::timeout_at(until, settled).await {
+            Ok(Ok(s)) => Some(s.clone()),
+            _ => None,
+        };
+        state.ok_or_else(|| {
+            developer_error(
+                WatchdogError::ActionTimeout,
+                messages::timed_out(self.init_timeout().as_millis(), true),
+                None,
+            )
+        })
     }
 
     fn request_restart(&self, gen: u64) {
@@ -998,30 +998,23 @@ pub(crate) async fn handle(rt: &Arc<OwRuntime>, req: Request<Incoming>) -> Respo
         );
     };
     // An initialised runtime (or the failure to get one).
-    let mut rx = rt.state.subscribe();
-    let st = match tokio::time::timeout_at(
-        wait_until,
-        rx.wait_for(|s| !matches!(s, State::Starting | State::Stem)),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s.clone(),
-        _ => {
-            return developer_error(
-                WatchdogError::ActionTimeout,
-                messages::timed_out(rt.init_timeout().as_millis(), true),
-                None,
-            )
-        }
+    let st = match rt.settled(wait_until).await {
+        Ok(s) => s,
+        Err(timed_out) => return timed_out,
     };
-    drop(rx);
     let (gen, init_ms, fresh) = match st {
         State::Failed { gen, reason, message } => {
             rt.request_restart(gen);
             return developer_error(reason, message, None);
         }
         State::Ready { gen, init_ms, fresh } => (gen, init_ms, fresh),
-        State::Starting | State::Stem => unreachable!("waited for"),
+        State::Starting | State::Stem => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "upstream",
+                "the runtime is not settled",
+            )
+        }
     };
     let collect_logs = cfg.concurrency == 1;
     let since = collect_logs.then(|| rt.logs.begin());
@@ -1150,22 +1143,9 @@ pub(crate) async fn specialise(rt: &Arc<OwRuntime>, req: Request<Incoming>) -> R
         *cfg = Arc::new(spec.action);
         rt.specialised.send_replace(true);
     }
-    let mut rx = rt.state.subscribe();
-    let bound = rt.init_timeout() + Duration::from_secs(5);
-    let st = match tokio::time::timeout(
-        bound,
-        rx.wait_for(|s| matches!(s, State::Ready { .. } | State::Failed { .. })),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s.clone(),
-        _ => {
-            return developer_error(
-                WatchdogError::ActionTimeout,
-                messages::timed_out(rt.init_timeout().as_millis(), true),
-                None,
-            )
-        }
+    let st = match rt.settled(Instant::now() + rt.init_timeout() + Duration::from_secs(5)).await {
+        Ok(s) => s,
+        Err(timed_out) => return timed_out,
     };
     match st {
         State::Ready { init_ms, .. } => {
@@ -1175,7 +1155,9 @@ pub(crate) async fn specialise(rt: &Arc<OwRuntime>, req: Request<Incoming>) -> R
             r
         }
         State::Failed { reason, message, .. } => developer_error(reason, message, None),
-        _ => unreachable!("waited for"),
+        State::Starting | State::Stem => {
+            text(StatusCode::INTERNAL_SERVER_ERROR, "upstream", "the runtime is not settled")
+        }
     }
 }
 

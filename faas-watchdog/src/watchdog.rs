@@ -426,7 +426,13 @@ pub(crate) fn log(msg: impl std::fmt::Display) {
 }
 
 /// Copies a child's output to ours line by line (prefixed when `prefix_logs`).
-async fn pump_lines<R: AsyncRead + Unpin>(mut r: R, stream: &'static str, prefix: bool) {
+async fn pump_lines<R: AsyncRead + Unpin>(r: R, stream: &'static str, prefix: bool) {
+    for_each_line(r, |line| emit_line(stream, prefix, line)).await
+}
+
+/// Calls `f` with each line `r` gives (without its `\n`; a line over 64 KiB in parts), until
+/// the end or an error.
+pub(crate) async fn for_each_line<R: AsyncRead + Unpin>(mut r: R, mut f: impl FnMut(&[u8])) {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         match r.read_buf(&mut buf).await {
@@ -434,17 +440,17 @@ async fn pump_lines<R: AsyncRead + Unpin>(mut r: R, stream: &'static str, prefix
             Ok(_) => {
                 while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                     let line = buf.split_to(pos + 1);
-                    emit_line(stream, prefix, &line[..pos]);
+                    f(&line[..pos]);
                 }
                 if buf.len() > 64 * 1024 {
                     let line = buf.split();
-                    emit_line(stream, prefix, &line);
+                    f(&line);
                 }
             }
         }
     }
     if !buf.is_empty() {
-        emit_line(stream, prefix, &buf);
+        f(&buf);
     }
 }
 

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{temp_dir, WATCHDOG};
+use common::{eventually, temp_dir, WATCHDOG};
 use faas_core::prelude::*;
 use faas_core::{DeveloperErrorKind, Error, FunctionRef, FunctionSpec, Invocation};
 use faas_watchdog::openwhisk::{ACTIVATION_ID_HEADER, INIT_TIME_HEADER, LOGS_HEADER};
@@ -299,20 +299,6 @@ async fn bad_action_settings_are_refused_naming_the_field() {
     }
 }
 
-/// Polls `f` every 10 ms until it gives `Some`, failing after 60 s.
-async fn eventually<T, F: FnMut() -> Option<T>>(what: &str, mut f: F) -> T {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stem_cell_is_taken_initialised_and_refilled() {
     let inv = ProcessInvoker::builder()
@@ -322,7 +308,10 @@ async fn a_stem_cell_is_taken_initialised_and_refilled() {
         .stem_cells("python:3", 1)
         .build()
         .unwrap();
-    let stem = eventually("a stem cell", || inv.stem_cell_pids("python:3").first().copied()).await;
+    let stem = eventually(Duration::from_secs(60), "a stem cell", || async {
+        inv.stem_cell_pids("python:3").first().copied()
+    })
+    .await;
     inv.deploy(
         action("st", "python:3", PY_ACTION)
             .env("GREETING", "from the spec")
@@ -341,7 +330,7 @@ async fn a_stem_cell_is_taken_initialised_and_refilled() {
     // The spec's envVars reach the runtime through /init, and so do the platform's names.
     let code = "import os\ndef main(p):\n    return {k: os.environ.get(k) for k in \
                 ['GREETING', 'OPENFAAS_FUNCTION_NAME', 'OPENFAAS_SECRETS_DIR']}\n";
-    let fresh = eventually("a new stem cell", || {
+    let fresh = eventually(Duration::from_secs(60), "a new stem cell", || async {
         inv.stem_cell_pids("python:3").first().copied().filter(|p| *p != stem)
     })
     .await;
@@ -362,7 +351,7 @@ async fn a_stem_cell_is_taken_initialised_and_refilled() {
     let (r, _, init) = activate(&inv, "st", "s-4", json!({"name": "again"})).await.unwrap();
     assert_eq!((r["greeting"].as_str(), init.is_some()), (Some("hi again"), true));
     // Refilled again.
-    eventually("the pool refilled", || {
+    eventually(Duration::from_secs(60), "the pool refilled", || async {
         inv.stem_cell_pids("python:3").first().copied().filter(|p| *p != fresh)
     })
     .await;
