@@ -97,7 +97,9 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::sys;
-use crate::watchdog::{emit_line, exit_message, for_each_line, log, now_stamp, stop_child, text};
+use crate::watchdog::{
+    emit_line, exit_message, for_each_line, log, now_stamp, parse_bool, stop_child, text,
+};
 
 /// Where the runtime serves when `upstream_url` is not set.
 pub const DEFAULT_RUNTIME_URL: &str = "http://127.0.0.1:8081";
@@ -263,14 +265,8 @@ impl OwConfig {
                 .map_err(|e| Error::invalid("ow_code_file", format!("{path:?}: {e}")))?,
             (None, None) => String::new(),
         };
-        let binary = match get("ow_binary").map(|v| v.trim().to_ascii_lowercase()) {
-            None => false,
-            Some(v) if v == "true" || v == "1" => true,
-            Some(v) if v == "false" || v == "0" => false,
-            Some(v) => {
-                return Err(Error::invalid("ow_binary", format!("{v:?} is not true or false")))
-            }
-        };
+        let binary =
+            get("ow_binary").map(|v| parse_bool("ow_binary", v)).transpose()?.unwrap_or(false);
         if binary {
             base64::engine::general_purpose::STANDARD.decode(code.trim()).map_err(|e| {
                 Error::invalid("ow_code", format!("ow_binary=true needs base64 (a zip): {e}"))
@@ -296,14 +292,7 @@ impl OwConfig {
             },
         };
         let main = get("ow_main").unwrap_or("main").trim().to_string();
-        let stem = match get("ow_stem").map(|v| v.trim().to_ascii_lowercase()) {
-            None => false,
-            Some(v) if v == "true" || v == "1" => true,
-            Some(v) if v == "false" || v == "0" => false,
-            Some(v) => {
-                return Err(Error::invalid("ow_stem", format!("{v:?} is not true or false")))
-            }
-        };
+        let stem = get("ow_stem").map(|v| parse_bool("ow_stem", v)).transpose()?.unwrap_or(false);
         Ok(OwConfig {
             stem,
             action_name: get("ow_action_name")

@@ -210,7 +210,7 @@ impl Default for Config {
     }
 }
 
-fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
+pub(crate) fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
     match v.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" | "" => Ok(false),

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, temp_dir, WATCHDOG};
+use common::{eventually, temp_dir};
 use faas_core::prelude::*;
 use faas_core::{DeveloperErrorKind, Error, FunctionRef, FunctionSpec, Invocation};
 use faas_watchdog::openwhisk::{ACTIVATION_ID_HEADER, INIT_TIME_HEADER, LOGS_HEADER};
@@ -16,12 +16,7 @@ use faas_watchdog::process::ProcessInvoker;
 use serde_json::{json, Value};
 
 fn invoker(tag: &str) -> ProcessInvoker {
-    ProcessInvoker::builder()
-        .watchdog_command(WATCHDOG, Vec::<String>::new())
-        .state_dir(temp_dir(tag))
-        .stop_grace(Duration::from_secs(2))
-        .build()
-        .unwrap()
+    common::invoker_builder(tag).build().unwrap()
 }
 
 const PY_ACTION: &str = r#"
@@ -301,13 +296,7 @@ async fn bad_action_settings_are_refused_naming_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stem_cell_is_taken_initialised_and_refilled() {
-    let inv = ProcessInvoker::builder()
-        .watchdog_command(WATCHDOG, Vec::<String>::new())
-        .state_dir(temp_dir("ow-stem"))
-        .stop_grace(Duration::from_secs(2))
-        .stem_cells("python:3", 1)
-        .build()
-        .unwrap();
+    let inv = common::invoker_builder("ow-stem").stem_cells("python:3", 1).build().unwrap();
     let stem = eventually(Duration::from_secs(60), "a stem cell", || async {
         inv.stem_cell_pids("python:3").first().copied()
     })
@@ -363,12 +352,7 @@ async fn a_stem_cell_is_taken_initialised_and_refilled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stem_cells_of_a_kind_without_a_local_runtime_are_refused() {
     for kind in ["blackbox", "cobol:1"] {
-        let e = ProcessInvoker::builder()
-            .watchdog_command(WATCHDOG, Vec::<String>::new())
-            .state_dir(temp_dir("ow-stem-bad"))
-            .stem_cells(kind, 1)
-            .build()
-            .unwrap_err();
+        let e = common::invoker_builder("ow-stem-bad").stem_cells(kind, 1).build().unwrap_err();
         assert!(matches!(&e, Error::InvalidSpec { field, .. } if field == "stem_cells"), "{e}");
     }
 }

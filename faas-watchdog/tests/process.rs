@@ -13,12 +13,7 @@ use faas_core::{Error, FunctionRef, FunctionSpec, Invocation, InvokeExt, Secret}
 use faas_watchdog::process::ProcessInvoker;
 
 fn invoker(tag: &str) -> ProcessInvoker {
-    ProcessInvoker::builder()
-        .watchdog_command(WATCHDOG, Vec::<String>::new())
-        .state_dir(temp_dir(tag))
-        .stop_grace(Duration::from_secs(2))
-        .build()
-        .unwrap()
+    common::invoker_builder(tag).build().unwrap()
 }
 
 async fn wait_available(inv: &ProcessInvoker, f: &FunctionRef, n: u64) {

@@ -229,3 +229,12 @@ where
     .await
     .unwrap_or_else(|_| panic!("timed out after {bound:?} waiting for {what}"))
 }
+
+/// A process backend running this crate's watchdog, its state in a fresh directory named
+/// after `tag`, stopping replicas within 2 s.
+pub fn invoker_builder(tag: &str) -> faas_watchdog::process::ProcessInvokerBuilder {
+    faas_watchdog::process::ProcessInvoker::builder()
+        .watchdog_command(WATCHDOG, Vec::<String>::new())
+        .state_dir(temp_dir(tag))
+        .stop_grace(Duration::from_secs(2))
+}
