@@ -142,8 +142,11 @@ const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an activation's answer waits for both log markers.
 const MARKER_WAIT: Duration = Duration::from_secs(1);
 
-/// Lines kept per activation (beyond them, lines are still logged but not collected).
+/// Lines and bytes kept per stream and activation (beyond them, lines are still logged but
+/// not collected; with `ow_concurrency` over 1, where activations are not told apart, the
+/// same bounds hold until the runtime's next activation starts).
 const MAX_COLLECTED_LINES: usize = 10_000;
+const MAX_COLLECTED_BYTES: usize = 1 << 20;
 
 /// OpenWhisk's messages (`Messages.scala` of apache/openwhisk), word for word.
 pub mod messages {
@@ -340,6 +343,8 @@ struct LogState {
     done: [Vec<String>; 2],
     /// Markers seen, per stream.
     markers: [u64; 2],
+    /// Bytes of `pending` and `done`, per stream.
+    bytes: [usize; 2],
 }
 
 #[derive(Default)]
@@ -367,7 +372,9 @@ impl LogSink {
         }
         emit_line(name, prefix, text.as_bytes());
         let mut st = self.lock();
-        if st.pending[stream].len() < MAX_COLLECTED_LINES {
+        let n = st.pending[stream].len() + st.done[stream].len();
+        if n < MAX_COLLECTED_LINES && st.bytes[stream] + text.len() <= MAX_COLLECTED_BYTES {
+            st.bytes[stream] += text.len();
             st.pending[stream].push(format!("{} {name}: {text}", now_stamp()));
         }
     }
@@ -377,6 +384,7 @@ impl LogSink {
         let mut st = self.lock();
         st.pending = Default::default();
         st.done = Default::default();
+        st.bytes = [0; 2];
         st.markers
     }
 
@@ -400,6 +408,7 @@ impl LogSink {
         let [o, e] = std::mem::take(&mut st.done);
         // Lines of a stream whose marker never came are the activation's too.
         let [po, pe] = std::mem::take(&mut st.pending);
+        st.bytes = [0; 2];
         let mut lines: Vec<String> = o.into_iter().chain(po).chain(e).chain(pe).collect();
         // RFC 3339 stamps of one clock sort as text; the sort is stable within a stream.
         lines.sort_by(|a, b| a.split(' ').next().cmp(&b.split(' ').next()));

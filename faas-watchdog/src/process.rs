@@ -939,6 +939,15 @@ async fn run_replica(
     for (k, v) in &spec.env_vars {
         cmd.env(k, v);
     }
+    // An action's code can be over what one environment variable may hold: given as a file.
+    if let Some(code) = spec.env_vars.get("ow_code").filter(|c| c.len() > 16 * 1024) {
+        let path = sh.function_dir(&func.fref).join(format!("ow_code-{}", r.generation));
+        if let Err(e) = write_atomic(&path, code.as_bytes()).await {
+            let mut none = None;
+            func.logs.push(&r.id, format!("cannot write the action's code: {e}"), &mut none);
+        }
+        cmd.env_remove("ow_code").env("ow_code_file", &path);
+    }
     if let Some(t) = spec.timeout {
         cmd.env("exec_timeout", faas_core::util::format_duration(t));
         cmd.env("write_timeout", faas_core::util::format_duration(t + Duration::from_secs(5)));

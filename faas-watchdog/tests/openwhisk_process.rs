@@ -134,7 +134,7 @@ print(base64.b64encode(buf.getvalue()).decode())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_zip_action_and_its_main() {
+async fn a_zip_action_its_main_and_big_code() {
     let inv = invoker("ow-zip");
     let zip = zip_base64(&[
         (
@@ -148,6 +148,12 @@ async fn a_zip_action_and_its_main() {
         .unwrap();
     let (r, _, _) = activate(&inv, "zipped", "z-1", json!({"n": 21})).await.unwrap();
     assert_eq!(r, json!({"n": 42}));
+    // Code over what one environment variable holds (128 KiB) reaches the runtime too.
+    let big = format!("{PY_ACTION}\n# {}\n", "x".repeat(200 * 1024));
+    inv.deploy(action("big", "python:3", &big)).await.unwrap();
+    let (r, _, _) = activate(&inv, "big", "z-2", json!({"name": "big"})).await.unwrap();
+    assert_eq!(r["greeting"], "hi big");
+    inv.remove(&FunctionRef::default_ns("big")).await.unwrap();
     inv.remove(&FunctionRef::default_ns("zipped")).await.unwrap();
 }
 
