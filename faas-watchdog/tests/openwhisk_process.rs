@@ -29,6 +29,8 @@ def main(p):
         os._exit(3)
     if p.get("list"):
         return [1, 2]
+    if p.get("apperror"):
+        return {"error": "bad input"}
     if p.get("sleep"):
         time.sleep(float(p["sleep"]))
     return {"greeting": "hi " + str(p.get("name")), "pid": os.getpid(),
@@ -95,6 +97,15 @@ async fn a_python_code_action_runs_with_its_params_and_logs_per_activation() {
     assert_eq!(init, None);
     assert_eq!(logs.len(), 2, "{logs:?}");
     assert!(logs.iter().all(|l| l.ends_with("bob")), "{logs:?}");
+    // A result with an `error` field is an application error: 502 with the object, no
+    // developer error.
+    let mut req = http::Request::new(faas_core::Body::from(r#"{"apperror": true}"#));
+    *req.method_mut() = http::Method::POST;
+    req.headers_mut().insert(ACTIVATION_ID_HEADER, "act-e".parse().unwrap());
+    let resp = inv.invoke(Invocation::new("greet", req)).await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let body = resp.into_body().collect_bytes().await.unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), json!({"error": "bad input"}));
     // The logs capability has every line, without the markers.
     let all = inv.read_logs(&FunctionRef::default_ns("greet")).await.unwrap();
     assert!(all.iter().any(|e| e.text.contains("hello ann")), "{all:#?}");
@@ -360,5 +371,40 @@ async fn stem_cells_of_a_kind_without_a_local_runtime_are_refused() {
     for kind in ["blackbox", "cobol:1"] {
         let e = common::invoker_builder("ow-stem-bad").stem_cells(kind, 1).build().unwrap_err();
         assert!(matches!(&e, Error::InvalidSpec { field, .. } if field == "stem_cells"), "{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_activation_at_a_time_unless_the_action_allows_more() {
+    let inv = invoker("ow-concurrency");
+    let code =
+        "import time\ndef main(p):\n    t0 = time.time()\n    time.sleep(float(p['s']))\n    \
+                return {'start': t0, 'end': time.time()}\n";
+    inv.deploy(action("one", "python:3", code)).await.unwrap();
+    inv.deploy(action("two", "python:3", code).env("ow_concurrency", "2")).await.unwrap();
+    // Warm both first, so that the timed activations find their runtimes ready.
+    for f in ["one", "two"] {
+        activate(&inv, f, "warm", json!({"s": 0})).await.unwrap();
+    }
+    let pair = |f: &'static str, s: f64| {
+        let (a, b) = (inv.clone(), inv.clone());
+        async move {
+            let (x, y) = tokio::join!(
+                activate(&a, f, "p-1", json!({ "s": s })),
+                activate(&b, f, "p-2", json!({ "s": s }))
+            );
+            let (x, y) = (x.unwrap().0, y.unwrap().0);
+            let span = |r: &Value| (r["start"].as_f64().unwrap(), r["end"].as_f64().unwrap());
+            let (mut p, mut q) = (span(&x), span(&y));
+            if q.0 < p.0 {
+                std::mem::swap(&mut p, &mut q);
+            }
+            q.0 < p.1 // the second started before the first ended
+        }
+    };
+    assert!(!pair("one", 0.3).await, "ow_concurrency 1 runs one /run at a time");
+    assert!(pair("two", 3.0).await, "ow_concurrency 2 runs two at once");
+    for f in ["one", "two"] {
+        inv.remove(&FunctionRef::default_ns(f)).await.unwrap();
     }
 }
