@@ -5,8 +5,8 @@
 //!
 //! The watchdog starts `fprocess` (the action's runtime: `runtimes/python/runtime.py` for
 //! `python:3`, a blackbox image's own proxy...; see [`faas_core::runtimes`]) with the
-//! environment variable `port` set to the port of `upstream_url` (default
-//! `http://127.0.0.1:8081`), waits until it accepts connections, then calls
+//! environment variables `port` and `bind` set to the port and address of `upstream_url`
+//! (default `http://127.0.0.1:8081`), waits until it accepts connections, then calls
 //! `POST /init` once with `{"value": {"name", "main", "code", "binary", "env"}}`. For each
 //! request it calls `POST /run` with `{"value": params, "activation_id", "action_name",
 //! "deadline", "api_key", "namespace", "transaction_id"}` and answers with the JSON object the
@@ -687,6 +687,8 @@ pub(crate) async fn supervise(rt: Arc<OwRuntime>, mut stop: watch::Receiver<bool
         let mut cmd = Command::new(&rt.program);
         cmd.args(&rt.args)
             .env("port", rt.addr.port().to_string())
+            // Our runtimes listen on this address (only the watchdog calls them).
+            .env("bind", rt.addr.ip().to_string())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

@@ -16,7 +16,8 @@ Written from the action runtime protocol (apache/openwhisk docs/actions-new.md):
   ..."}. After each activation the line XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX is written to
   stdout and to stderr.
 
-Listens on 127.0.0.1 or 0.0.0.0 (env `bind`, default 0.0.0.0) at the port in the environment
+Listens on the address in the environment variable `bind` (the watchdog sets its loopback
+address), default 0.0.0.0, at the port in the environment
 variable `port` (what the faas-rs watchdog sets), else 8080 as OpenWhisk's runtimes do.
 """
 
