@@ -8,7 +8,6 @@
 //! `target/release/faas-watchdog` (override with `FAAS_WATCHDOG_BIN`); `python3` must be on
 //! `PATH`. Prints a markdown table of p50/p99 in milliseconds.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use faas_core::prelude::*;
@@ -17,23 +16,10 @@ use faas_watchdog::process::ProcessInvoker;
 
 const CODE: &str = "def main(p):\n    return {'hello': p.get('name', 'x')}\n";
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i.min(v.len() - 1)]
-}
-
-fn watchdog() -> PathBuf {
-    std::env::var_os("FAAS_WATCHDOG_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        let exe = std::env::current_exe().expect("current exe");
-        exe.parent().expect("exe dir").join("faas-watchdog")
-    })
-}
-
 fn invoker(tag: &str, stems: usize) -> ProcessInvoker {
     let dir = std::env::temp_dir().join(format!("faas-rs-ow-bench-{tag}-{}", std::process::id()));
     let mut b = ProcessInvoker::builder()
-        .watchdog_command(watchdog(), Vec::<String>::new())
+        .watchdog_command(faas_benches::watchdog_bin(), Vec::<String>::new())
         .state_dir(dir)
         .stop_grace(Duration::from_secs(2));
     if stems > 0 {
@@ -94,7 +80,7 @@ async fn main() {
         ("stem cell: deploy to first answer (specialise, /init, /run)", &mut stem),
         ("warm activation", &mut warm),
     ] {
-        let (p50, p99) = (pct(v, 0.5), pct(v, 0.99));
+        let (p50, p99) = (faas_benches::pct(v, 0.5), faas_benches::pct(v, 0.99));
         println!("| {what} | {} | {p50:.1} | {p99:.1} |", v.len());
     }
 }
