@@ -678,6 +678,19 @@ mod tests {
     }
 
     #[test]
+    fn an_openwhisk_code_action_runs_its_kinds_image() {
+        let spec = FunctionSpec::new("hello", "")
+            .env("mode", "openwhisk")
+            .env("ow_kind", "python:3")
+            .env("ow_code", "def main(p):\n    return p\n");
+        let v = serde_json::to_value(deployment(&spec).unwrap()).unwrap();
+        let c = &v["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["image"], faas_core::runtimes::PYTHON_IMAGE);
+        let blackbox = FunctionSpec::new("bb", "").env("mode", "openwhisk");
+        assert!(deployment(&blackbox).is_err(), "a blackbox names its image");
+    }
+
+    #[test]
     fn status_round_trips_the_spec() {
         let spec = full_spec();
         let mut d = deployment(&spec).unwrap();
