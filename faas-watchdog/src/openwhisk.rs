@@ -756,7 +756,8 @@ pub(crate) async fn supervise(rt: Arc<OwRuntime>, mut stop: watch::Receiver<bool
         if let Some(c) = child.as_mut() {
             let _ = c.wait().await;
         }
-        if failed && exited.is_some() {
+        // A stem cell's runtime that died before any action was given is simply replaced.
+        if failed && exited.is_some() && *rt.specialised.borrow() {
             // The failure stays visible until an activation has been given it.
             tokio::select! {
                 _ = async { let _ = restart.wait_for(|g| *g >= gen).await; } => {}
