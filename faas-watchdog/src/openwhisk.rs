@@ -75,6 +75,7 @@
 //! | `ow_env` | `{}` | a JSON object passed as `/init`'s `env` |
 //! | `ow_concurrency` | `1` | activations one runtime runs at once (1 to [`MAX_CONCURRENCY`]); more wait in line |
 //! | `ow_api_key` | `""` | the `api_key` of activations that bring none |
+//! | `ow_web` | `false` | a web action: the result of a web request is its HTTP answer (`statusCode`, `headers`, `body`; see `web_response`), as OpenWhisk's `web-export` actions |
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -218,6 +219,8 @@ pub struct OwConfig {
     pub concurrency: usize,
     /// `ow_api_key`.
     pub api_key: String,
+    /// `ow_web`: a web action (its result is the HTTP answer of web requests).
+    pub web: bool,
     /// `ow_stem`: start the runtime but wait for [`SPECIALISE_PATH`] before `/init` (a stem
     /// cell).
     #[serde(skip)]
@@ -235,6 +238,7 @@ impl Default for OwConfig {
             env: Map::new(),
             concurrency: 1,
             api_key: String::new(),
+            web: false,
             stem: false,
         }
     }
@@ -296,8 +300,10 @@ impl OwConfig {
         };
         let main = get("ow_main").unwrap_or("main").trim().to_string();
         let stem = get("ow_stem").map(|v| parse_bool("ow_stem", v)).transpose()?.unwrap_or(false);
+        let web = get("ow_web").map(|v| parse_bool("ow_web", v)).transpose()?.unwrap_or(false);
         Ok(OwConfig {
             stem,
+            web,
             action_name: get("ow_action_name")
                 .or_else(|| get("OPENFAAS_FUNCTION_NAME"))
                 .unwrap_or("action")
@@ -980,6 +986,7 @@ pub(crate) async fn handle(rt: &Arc<OwRuntime>, req: Request<Incoming>) -> Respo
         Ok(p) => p,
         Err(m) => return text(StatusCode::BAD_REQUEST, "body", m),
     };
+    let api = parts.headers.contains_key(ACTIVATION_ID_HEADER);
     let wants_logs =
         header_str(&parts, LOGS_HEADER).is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let cfg = rt.cfg();
@@ -1078,12 +1085,22 @@ pub(crate) async fn handle(rt: &Arc<OwRuntime>, req: Request<Incoming>) -> Respo
     let logs = logs.filter(|_| wants_logs);
     let mut resp = match outcome {
         Ok(result) => {
-            let status =
-                if result.contains_key("error") { StatusCode::BAD_GATEWAY } else { StatusCode::OK };
-            let mut r = Response::new(Body::from(serde_json::to_vec(&result).unwrap_or_default()));
-            *r.status_mut() = status;
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            let web = cfg.web && !api && !result.contains_key("error");
+            let mut r = if web {
+                web_response(result)
+            } else {
+                let status = if result.contains_key("error") {
+                    StatusCode::BAD_GATEWAY
+                } else {
+                    StatusCode::OK
+                };
+                let body = serde_json::to_vec(&result).unwrap_or_default();
+                let mut r = Response::new(Body::from(body));
+                *r.status_mut() = status;
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r
+            };
             if let Some(l) = &logs {
                 r.headers_mut().insert(LOGS_HEADER, logs_header(l));
             }
@@ -1160,6 +1177,64 @@ pub(crate) async fn specialise(rt: &Arc<OwRuntime>, req: Request<Incoming>) -> R
             text(StatusCode::INTERNAL_SERVER_ERROR, "upstream", "the runtime is not settled")
         }
     }
+}
+
+/// A web action's HTTP answer from its result (OpenWhisk's `docs/webactions.md`):
+/// `statusCode` (default 200, 204 without a body), `headers` (string values), and `body`: a
+/// string (base64-decoded when the `Content-Type` is neither text nor JSON nor XML; default
+/// type `text/html`), or any other JSON value (`application/json`).
+fn web_response(result: Map<String, Value>) -> Response<Body> {
+    let mut headers = http::HeaderMap::new();
+    if let Some(Value::Object(h)) = result.get("headers") {
+        for (k, v) in h {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if let (Ok(n), Ok(v)) =
+                (http::HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v))
+            {
+                headers.insert(n, v);
+            }
+        }
+    }
+    let body: Bytes = match result.get("body") {
+        None | Some(Value::Null) => Bytes::new(),
+        Some(Value::String(s)) => {
+            let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            let textual = ct.is_none_or(|ct| {
+                let ct = ct.to_ascii_lowercase();
+                ct.starts_with("text/") || ct.contains("json") || ct.contains("xml")
+            });
+            if ct.is_none() {
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+            }
+            match textual {
+                true => Bytes::from(s.clone()),
+                false => base64::engine::general_purpose::STANDARD
+                    .decode(s.trim())
+                    .map(Bytes::from)
+                    .unwrap_or_else(|_| Bytes::from(s.clone())),
+            }
+        }
+        Some(other) => {
+            headers
+                .entry(header::CONTENT_TYPE)
+                .or_insert(HeaderValue::from_static("application/json"));
+            Bytes::from(serde_json::to_vec(other).unwrap_or_default())
+        }
+    };
+    let default = if body.is_empty() { StatusCode::NO_CONTENT } else { StatusCode::OK };
+    let status = result
+        .get("statusCode")
+        .and_then(Value::as_u64)
+        .and_then(|c| u16::try_from(c).ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(default);
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    r
 }
 
 /// The watchdog's answer for a developer error, logged with OpenWhisk's warning line.

@@ -408,3 +408,50 @@ async fn one_activation_at_a_time_unless_the_action_allows_more() {
         inv.remove(&FunctionRef::default_ns(f)).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_action_answers_with_its_status_headers_and_body() {
+    let inv = invoker("ow-web");
+    let code = r#"
+import base64
+def main(p):
+    kind = p.get("kind")
+    if kind == "text":
+        return {"statusCode": 201, "headers": {"x-made": "yes", "content-type": "text/plain"},
+                "body": "made " + p["__ow_path"]}
+    if kind == "binary":
+        return {"headers": {"content-type": "application/octet-stream"},
+                "body": base64.b64encode(b"\x00\x01").decode()}
+    if kind == "empty":
+        return {}
+    return {"body": {"method": p["__ow_method"]}}
+"#;
+    inv.deploy(action("web", "python:3", code).env("ow_web", "true")).await.unwrap();
+    let web = |uri: &str| {
+        let mut req = http::Request::new(faas_core::Body::empty());
+        *req.uri_mut() = uri.parse().unwrap();
+        Invocation::new("web", req)
+    };
+    let resp = inv.invoke(web("/p?kind=text")).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(
+        (&resp.headers()["x-made"], &resp.headers()["content-type"]),
+        (
+            &"yes".parse::<http::HeaderValue>().unwrap(),
+            &"text/plain".parse::<http::HeaderValue>().unwrap()
+        )
+    );
+    assert_eq!(resp.into_body().collect_bytes().await.unwrap(), "made /p");
+    let resp = inv.invoke(web("/?kind=binary")).await.unwrap();
+    assert_eq!(resp.into_body().collect_bytes().await.unwrap(), &[0u8, 1][..]);
+    let resp = inv.invoke(web("/?kind=empty")).await.unwrap();
+    assert_eq!(resp.status(), 204);
+    let resp = inv.invoke(web("/")).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let body = resp.into_body().collect_bytes().await.unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), json!({"method": "get"}));
+    // An API activation of the same action gets the result itself.
+    let (r, _, _) = activate(&inv, "web", "w-1", json!({"kind": "empty"})).await.unwrap();
+    assert_eq!(r, json!({}));
+    inv.remove(&FunctionRef::default_ns("web")).await.unwrap();
+}
