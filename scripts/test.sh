@@ -14,6 +14,9 @@ need_pkgs=()
 command -v busybox >/dev/null 2>&1 || [ -x /bin/busybox ] || need_pkgs+=(busybox-static)
 command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_pkgs+=(chromium-driver)
+# The OpenWhisk runtimes of the process backend (python:3, nodejs:20) run on these.
+command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
+command -v node >/dev/null 2>&1 || need_pkgs+=(nodejs)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing ${need_pkgs[*]}"

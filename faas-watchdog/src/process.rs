@@ -1,9 +1,11 @@
 //! The process backend: each function replica is a `faas-watchdog` process on its own
 //! `127.0.0.1` port, running the spec's `envProcess` (`fprocess`). No Docker needed.
 //!
-//! - **Deploy** validates the spec (`envProcess` is required; `image` is recorded but not
-//!   run), places it on the single local node through the [`Scheduler`] (so constraints or
-//!   platforms this machine cannot meet give the scheduler's clear error), and starts
+//! - **Deploy** validates the spec (`envProcess` is required, except for an OpenWhisk action
+//!   whose kind has a local runtime in [`faas_core::runtimes`]: then that runtime is the
+//!   command; `image` is recorded but not run), places it on the single local node through
+//!   the [`Scheduler`] (so constraints or platforms this machine cannot meet give the
+//!   scheduler's clear error), and starts
 //!   `com.openfaas.scale.min` replicas in the background. An instance is ready once its
 //!   watchdog answers `/_/health` with 200.
 //! - **Invoke** routes to a ready replica with free capacity through
@@ -121,6 +123,7 @@ pub struct ProcessInvokerBuilder {
     limits: ReplicaLimits,
     start_concurrency: usize,
     queue_limit: usize,
+    stem_cells: BTreeMap<String, usize>,
 }
 
 impl std::fmt::Debug for ProcessInvokerBuilder {
@@ -156,6 +159,7 @@ impl Default for ProcessInvokerBuilder {
             limits: ReplicaLimits::detect(),
             start_concurrency: default_start_concurrency(),
             queue_limit: 1024,
+            stem_cells: BTreeMap::new(),
         }
     }
 }
@@ -269,10 +273,41 @@ impl ProcessInvokerBuilder {
         self
     }
 
+    /// Keeps `n` stem cells of the OpenWhisk `kind` (one with a local runtime in
+    /// [`faas_core::runtimes`], such as `python:3`): watchdogs in `openwhisk` mode whose
+    /// runtime is started but not initialised (`ow_stem=true`). A replica of an action of that
+    /// kind takes one when there is one (instead of starting a watchdog and a runtime), and it
+    /// becomes the action's by [`crate::openwhisk::SPECIALISE_PATH`] (`/init` with the action's
+    /// code; the spec's `envVars`, its secrets directory and names reach the runtime through
+    /// `/init`'s `env`); a background task starts new ones as they are taken or die. Actions
+    /// that set their own `envProcess` or watchdog variables (`max_inflight`,
+    /// `upstream_url`...) start cold. Stem cells are not counted under the node's replica cap;
+    /// at most 64 per kind. They need a tokio runtime when [`build`](Self::build) is called.
+    pub fn stem_cells(mut self, kind: &str, n: usize) -> Self {
+        self.stem_cells.insert(kind.trim().to_string(), n);
+        self
+    }
+
     /// Creates the state directory and the backend.
     pub fn build(self) -> Result<ProcessInvoker> {
         if self.watchdog.is_empty() || self.watchdog[0].is_empty() {
             return Err(Error::invalid("watchdog", "the watchdog command is empty"));
+        }
+        for (kind, n) in &self.stem_cells {
+            let local = faas_core::runtimes::lookup(kind).and_then(|k| k.process);
+            if local.is_none() {
+                return Err(Error::invalid(
+                    "stem_cells",
+                    format!("{kind:?} is no OpenWhisk kind with a local runtime"),
+                ));
+            }
+            if *n > 64 {
+                return Err(Error::invalid("stem_cells", format!("{n} is over 64 for {kind}")));
+            }
+        }
+        let keep_stems = !self.stem_cells.is_empty();
+        if keep_stems && tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::invalid("stem_cells", "need a tokio runtime at build"));
         }
         let state = match &self.state_dir {
             Some(d) => d.clone(),
@@ -287,8 +322,15 @@ impl ProcessInvokerBuilder {
         let client = InstanceClient::new();
         let node_slots = Arc::new(Semaphore::new(self.limits.per_node() as usize));
         let starts = Arc::new(Semaphore::new(self.start_concurrency));
-        Ok(ProcessInvoker {
+        let stems = self
+            .stem_cells
+            .iter()
+            .map(|(k, n)| (k.clone(), StemPool { want: *n, ..Default::default() }))
+            .collect();
+        let inv = ProcessInvoker {
             inner: Arc::new(Shared {
+                stems: Mutex::new(stems),
+                stem_wake: Arc::new(Notify::new()),
                 node_slots,
                 starts,
                 cfg: self,
@@ -299,7 +341,12 @@ impl ProcessInvokerBuilder {
                 functions: RwLock::new(HashMap::new()),
                 secrets_lock: tokio::sync::Mutex::new(()),
             }),
-        })
+        };
+        if keep_stems {
+            let wake = inv.inner.stem_wake.clone();
+            tokio::spawn(stem_keeper(Arc::downgrade(&inv.inner), wake));
+        }
+        Ok(inv)
     }
 }
 
@@ -358,6 +405,10 @@ impl std::fmt::Debug for ProcessInvoker {
 
 struct Shared {
     cfg: ProcessInvokerBuilder,
+    /// Stem cells per OpenWhisk kind.
+    stems: Mutex<HashMap<String, StemPool>>,
+    /// Wakes the task that refills the stem cells.
+    stem_wake: Arc<Notify>,
     /// One permit per running replica, [`ReplicaLimits::per_node`] in all; a replica's task
     /// holds its permit until the process has exited.
     node_slots: Arc<Semaphore>,
@@ -621,21 +672,12 @@ impl Shared {
     fn check(&self, spec: &FunctionSpec) -> Result<(ScalingPolicy, Arc<dyn Scheduler>)> {
         spec.validate()?;
         let scheduler = self.schedulers.for_spec(spec)?;
-        match &spec.env_process {
-            Some(p) if !p.trim().is_empty() => {
-                crate::watchdog::split_command(p).map_err(|r| Error::invalid("envProcess", r))?;
-            }
-            _ => {
-                return Err(Error::invalid(
-                    "envProcess",
-                    "the process backend runs envProcess (fprocess); it must be set",
-                ))
-            }
-        }
+        let fprocess = crate::openwhisk::process_command(spec, &self.state)?;
+        crate::watchdog::split_command(&fprocess).map_err(|r| Error::invalid("envProcess", r))?;
         // The watchdog's own configuration, as the replicas will see it.
         let mut vars: Vec<(String, String)> =
             spec.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        vars.push(("fprocess".into(), spec.env_process.clone().unwrap_or_default()));
+        vars.push(("fprocess".into(), fprocess));
         if spec.env_vars.get("mode").is_some_and(|m| m.trim() == "http")
             && !spec.env_vars.contains_key("upstream_url")
         {
@@ -723,6 +765,8 @@ async fn write_atomic(path: &Path, value: &[u8]) -> Result<()> {
 struct Launch {
     spec: FunctionSpec,
     secrets_dir: PathBuf,
+    /// A stem cell to specialise instead of starting a watchdog.
+    stem: Option<StemCell>,
 }
 
 impl Func {
@@ -744,9 +788,11 @@ impl Func {
             }
             return false;
         };
-        let port = match free_port() {
-            Ok(p) => p,
-            Err(e) => {
+        let stem = stem_kind(&st.spec).and_then(|k| shared.take_stem(k));
+        let port = match (&stem, free_port()) {
+            (Some(cell), _) => cell.port,
+            (None, Ok(p)) => p,
+            (None, Err(e)) => {
                 let mut none = None;
                 self.logs.push("backend", format!("cannot start a replica: {e}"), &mut none);
                 return false;
@@ -780,7 +826,7 @@ impl Func {
             })
         });
         st.replicas.push(r.clone());
-        let launch = Launch { spec: st.spec.clone(), secrets_dir: self.dir.join("secrets") };
+        let launch = Launch { spec: st.spec.clone(), secrets_dir: self.dir.join("secrets"), stem };
         let f = Arc::downgrade(self);
         let shared = Arc::downgrade(shared);
         tokio::spawn(run_replica(shared, f, r, launch, slot));
@@ -897,7 +943,7 @@ async fn run_replica(
     shared: Weak<Shared>,
     f: Weak<Func>,
     r: Arc<Replica>,
-    launch: Launch,
+    mut launch: Launch,
     slot: OwnedSemaphorePermit,
 ) {
     let _slot = slot;
@@ -924,12 +970,22 @@ async fn run_replica(
     for (k, v) in &spec.env_vars {
         cmd.env(k, v);
     }
+    // An action's code can be over what one environment variable may hold: given as a file.
+    if let Some(code) = spec.env_vars.get("ow_code").filter(|c| c.len() > 16 * 1024) {
+        let path = sh.function_dir(&func.fref).join(format!("ow_code-{}", r.generation));
+        if let Err(e) = write_atomic(&path, code.as_bytes()).await {
+            let mut none = None;
+            func.logs.push(&r.id, format!("cannot write the action's code: {e}"), &mut none);
+        }
+        cmd.env_remove("ow_code").env("ow_code_file", &path);
+    }
     if let Some(t) = spec.timeout {
         cmd.env("exec_timeout", faas_core::util::format_duration(t));
         cmd.env("write_timeout", faas_core::util::format_duration(t + Duration::from_secs(5)));
     }
     let is_http = spec.env_vars.get("mode").map(|m| m.trim() == "http").unwrap_or(false);
-    if is_http {
+    // An OpenWhisk action's runtime gets its own port as an http-mode upstream does.
+    if is_http || faas_core::runtimes::is_action(spec) {
         let path = spec
             .env_vars
             .get("upstream_url")
@@ -950,7 +1006,8 @@ async fn run_replica(
             }
         }
     }
-    cmd.env("fprocess", spec.env_process.clone().unwrap_or_default())
+    let fprocess = crate::openwhisk::process_command(spec, &sh.state).unwrap_or_default();
+    cmd.env("fprocess", fprocess)
         .env("port", r.port.to_string())
         .env("bind_address", "127.0.0.1")
         .env(SECRETS_DIR_ENV, &launch.secrets_dir)
@@ -981,7 +1038,15 @@ async fn run_replica(
         func.wake.notify_one();
         return;
     }
-    let mut child = match cmd.spawn() {
+    let adopted = match launch.stem.take() {
+        Some(cell) => adopt(cell, &launch.spec, &launch.secrets_dir, &r.id).await,
+        None => None,
+    };
+    let spawned = match adopted {
+        Some(c) => Ok(c),
+        None => cmd.spawn(),
+    };
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let mut none = None;
@@ -1071,6 +1136,205 @@ async fn run_replica(
     func.notify.notify_waiters();
 }
 
+// ---------------------------------------------------------------------------------------
+// Stem cells
+
+/// The watchdog variables a stem cell cannot take after it started: an action setting one
+/// starts cold.
+const WATCHDOG_VARS: &[&str] = &[
+    "fprocess",
+    "function_process",
+    "upstream_url",
+    "port",
+    "bind_address",
+    "read_timeout",
+    "write_timeout",
+    "exec_timeout",
+    "max_inflight",
+    "healthcheck_interval",
+    "prefix_logs",
+    "combine_output",
+    "content_type",
+    "static_path",
+    "log_requests",
+    "watchdog_threads",
+    "ow_stem",
+];
+
+/// The stem cells of one kind.
+#[derive(Default)]
+struct StemPool {
+    want: usize,
+    ready: VecDeque<StemCell>,
+    starting: usize,
+}
+
+/// A watchdog whose runtime is started but not initialised; killed when dropped unless its
+/// process was adopted.
+struct StemCell {
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl StemCell {
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for StemCell {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            kill_tree(pid);
+        }
+    }
+}
+
+/// The kind whose stem cell a replica of `spec` may take.
+fn stem_kind(spec: &FunctionSpec) -> Option<&'static str> {
+    if spec.env_process.as_deref().is_some_and(|p| !p.trim().is_empty()) {
+        return None;
+    }
+    let kind = faas_core::runtimes::kind_of(spec).ok()??;
+    kind.process?;
+    if spec.env_vars.keys().any(|k| WATCHDOG_VARS.contains(&k.as_str())) {
+        return None;
+    }
+    Some(kind.kind)
+}
+
+impl Shared {
+    /// A live stem cell of `kind`, if there is one (the keeper is told to refill).
+    fn take_stem(&self, kind: &str) -> Option<StemCell> {
+        let cell = {
+            let mut pools = lock(&self.stems);
+            let pool = pools.get_mut(kind)?;
+            let mut found = None;
+            while let Some(mut c) = pool.ready.pop_front() {
+                if c.alive() {
+                    found = Some(c);
+                    break;
+                }
+            }
+            found
+        };
+        self.stem_wake.notify_one();
+        cell
+    }
+
+    /// Starts a stem cell of `kind` and waits until its watchdog is healthy (its runtime
+    /// listens).
+    async fn spawn_stem(&self, kind: &str) -> Result<StemCell> {
+        let spec = FunctionSpec::new("stem-cell", "")
+            .env("mode", faas_core::runtimes::OPENWHISK_MODE)
+            .env(faas_core::runtimes::KIND_VAR, kind);
+        let fprocess = crate::openwhisk::process_command(&spec, &self.state)?;
+        let port = free_port()?;
+        let upstream = free_port()?;
+        let mut cmd = tokio::process::Command::new(&self.cfg.watchdog[0]);
+        cmd.args(&self.cfg.watchdog[1..]).env_clear();
+        for k in INHERITED_ENV {
+            if let Some(v) = std::env::var_os(k) {
+                cmd.env(k, v);
+            }
+        }
+        cmd.env("prefix_logs", "false")
+            .env("healthcheck_interval", "0s")
+            .env("log_requests", "true")
+            .env("exec_timeout", "0s")
+            .env("write_timeout", "0s")
+            .env("mode", faas_core::runtimes::OPENWHISK_MODE)
+            .env("ow_stem", "true")
+            .env("fprocess", fprocess)
+            .env("port", port.to_string())
+            .env("bind_address", "127.0.0.1")
+            .env("upstream_url", format!("http://127.0.0.1:{upstream}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0);
+        sys::die_with_parent(&mut cmd, sys::SIGKILL);
+        let child = cmd.spawn().map_err(|e| io_err("starting a stem cell", e))?;
+        let cell = StemCell { port, child: Some(child) };
+        let base = format!("http://127.0.0.1:{port}");
+        let healthy = faas_core::invoker::poll_with_backoff(self.cfg.start_timeout, || async {
+            Ok(self.client.healthy(&base, Duration::from_secs(2)).await)
+        })
+        .await
+        .unwrap_or(false);
+        if !healthy {
+            return Err(Error::unavailable(format!("the {kind} stem cell did not become healthy")));
+        }
+        Ok(cell)
+    }
+}
+
+/// Keeps every kind's stem cells at their count, until the backend is dropped.
+async fn stem_keeper(shared: Weak<Shared>, wake: Arc<Notify>) {
+    loop {
+        {
+            let Some(sh) = shared.upgrade() else { return };
+            let mut pools = lock(&sh.stems);
+            for (kind, pool) in pools.iter_mut() {
+                pool.ready.retain_mut(StemCell::alive);
+                while pool.ready.len() + pool.starting < pool.want {
+                    pool.starting += 1;
+                    tokio::spawn(start_stem(Arc::downgrade(&sh), kind.clone()));
+                }
+            }
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn start_stem(shared: Weak<Shared>, kind: String) {
+    let Some(sh) = shared.upgrade() else { return };
+    let cell = sh.spawn_stem(&kind).await;
+    if cell.is_err() {
+        // Not at once again: a kind whose runtime cannot start would spin.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if let Some(pool) = lock(&sh.stems).get_mut(&kind) {
+        pool.starting = pool.starting.saturating_sub(1);
+        if let Ok(c) = cell {
+            pool.ready.push_back(c);
+        }
+    }
+    sh.stem_wake.notify_one();
+}
+
+/// Makes `cell` an instance of `spec` ([`crate::openwhisk::SPECIALISE_PATH`]): its watchdog
+/// process, or `None` (the cell killed) when the specialisation was not taken.
+async fn adopt(
+    mut cell: StemCell,
+    spec: &FunctionSpec,
+    secrets_dir: &Path,
+    instance: &str,
+) -> Option<tokio::process::Child> {
+    let fref = spec.function_ref();
+    let extra = [
+        (SECRETS_DIR_ENV, secrets_dir.display().to_string()),
+        ("OPENFAAS_FUNCTION_NAME", fref.name.clone()),
+        ("OPENFAAS_NAMESPACE", fref.namespace.clone()),
+        ("OPENFAAS_INSTANCE", instance.to_string()),
+    ];
+    let body = serde_json::to_vec(&crate::openwhisk::specialisation(spec, &extra).ok()?).ok()?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], cell.port));
+    let path = crate::openwhisk::SPECIALISE_PATH;
+    match crate::openwhisk::post(addr, path, body, 64 * 1024).await {
+        // 502/504: the action's init failed; the instance reports it to its first activation.
+        Ok((status, _)) if matches!(status.as_u16(), 200 | 502 | 504) => cell.child.take(),
+        _ => None,
+    }
+}
+
 /// Reconciles a function every 200 ms and whenever woken, until it is removed.
 async fn reconciler(shared: Weak<Shared>, f: Weak<Func>) {
     loop {
@@ -1107,6 +1371,16 @@ impl ProcessInvoker {
     /// The local node replicas are placed on.
     pub fn node(&self) -> &Node {
         &self.inner.node
+    }
+
+    /// The watchdog process ids of the ready stem cells of `kind` (see
+    /// [`ProcessInvokerBuilder::stem_cells`]).
+    pub fn stem_cell_pids(&self, kind: &str) -> Vec<u32> {
+        let pools = lock(&self.inner.stems);
+        pools
+            .get(kind)
+            .map(|p| p.ready.iter().filter_map(StemCell::pid).collect())
+            .unwrap_or_default()
     }
 
     /// The process ids of a function's running watchdog processes (each leads a process
