@@ -215,6 +215,13 @@ pub trait QueuePublisher: Send + Sync + 'static {
         }
         out
     }
+
+    /// Whether the queue can take calls now, as far as the publisher knows: `Err` names
+    /// why not (a gateway answers `/healthz` with 503 and the reason). Wrappers forward
+    /// it; the default is healthy.
+    fn health(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Consumes queued invocations with explicit acknowledgement (at least once).
@@ -656,6 +663,9 @@ impl<T: QueuePublisher + ?Sized> QueuePublisher for std::sync::Arc<T> {
     }
     async fn publish_batch(&self, items: Vec<QueuedInvocation>) -> Vec<Result<()>> {
         (**self).publish_batch(items).await
+    }
+    fn health(&self) -> Result<()> {
+        (**self).health()
     }
 }
 

@@ -14,6 +14,9 @@ pub use faas_core::metrics::names::{
 };
 pub use faas_core::metrics::SECONDS_BUCKETS as FUNCTION_SECONDS_BUCKETS;
 
+/// The async queue's health gauge (1 healthy, 0 not), set when `/metrics` is read.
+pub const QUEUE_HEALTHY: &str = "gateway_queue_healthy";
+
 static METADATA: Metadata<'static> =
     Metadata::new("faas_http::gateway", Level::INFO, Some(module_path!()));
 
@@ -55,6 +58,13 @@ impl GatewayMetrics {
         let labels = vec![Label::new("function_name", function.to_string())];
         let key = Key::from_parts(SERVICE_COUNT, labels);
         self.recorder.register_gauge(&key, &METADATA).set(replicas as f64);
+    }
+
+    /// Sets the gauge `gateway_queue_healthy` (1 while the async queue can take calls, 0
+    /// while its publisher reports it cannot: see `QueuePublisher::health`).
+    pub fn queue_healthy(&self, healthy: bool) {
+        let key = Key::from_name(QUEUE_HEALTHY);
+        self.recorder.register_gauge(&key, &METADATA).set(if healthy { 1.0 } else { 0.0 });
     }
 
     /// Housekeeping for the recorder (a [`crate::Gateway`] built inside a tokio runtime runs

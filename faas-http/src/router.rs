@@ -505,7 +505,7 @@ async fn route(inner: Arc<Inner>, req: Request) -> Response {
         return invoke_async(&inner, req, name, suffix).await;
     }
     let result: Result<Response> = match (path, &method) {
-        ("/healthz", &Method::GET | &Method::HEAD) => Ok(response::text(StatusCode::OK, "OK\n")),
+        ("/healthz", &Method::GET | &Method::HEAD) => Ok(healthz(&inner)),
         ("/healthz", _) => Ok(response::method_not_allowed("GET")),
         ("/metrics", &Method::GET) => Ok(metrics(&inner).await),
         ("/metrics", _) => Ok(response::method_not_allowed("GET")),
@@ -900,6 +900,9 @@ async fn metrics(inner: &Inner) -> Response {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), refresh).await;
+    if let Some(q) = &inner.queue {
+        inner.metrics.queue_healthy(q.health().is_ok());
+    }
     let mut r = response::text(StatusCode::OK, inner.metrics.render());
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -926,6 +929,14 @@ fn info(inner: &Inner) -> Response {
         "arch": std::env::consts::ARCH,
     });
     response::json(StatusCode::OK, &v)
+}
+
+/// `/healthz`: 200 `OK`, or 503 naming why the async queue cannot take calls now.
+fn healthz(inner: &Inner) -> Response {
+    match inner.queue.as_ref().map_or(Ok(()), |q| q.health()) {
+        Ok(()) => response::text(StatusCode::OK, "OK\n"),
+        Err(e) => response::text(StatusCode::SERVICE_UNAVAILABLE, format!("async queue: {e}\n")),
+    }
 }
 
 #[derive(Deserialize)]

@@ -139,3 +139,64 @@ async fn gateway_answers_for_calls_a_separate_worker_ran() {
     let _ = bounded("gateway shutdown", server).await;
     drop(kafka);
 }
+
+/// A broker that refuses the gateway's publications turns `/healthz` to 503 naming it and
+/// `gateway_queue_healthy` to 0, until a call goes through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_reports_a_queue_that_cannot_publish() {
+    let kafka = MockKafka::new(1).expect("mock cluster");
+    let config = KafkaConfig::new(kafka.bootstrap_servers());
+    kafka.create_topic(&config.topic, 1).unwrap();
+    let publisher: Arc<dyn QueuePublisher> = Arc::new(TrackedPublisher::new(
+        Arc::new(KafkaPublisher::new(&config).unwrap()),
+        Arc::new(faas_queue::MemoryActivationStore::new(1000)),
+    ));
+    let invoker = memory_invoker();
+    let gateway = Gateway::builder(invoker.clone() as Arc<dyn Backend>).queue(publisher).build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(faas_http::serve(listener, gateway.service(), async move {
+        let _ = stop_rx.await;
+    }));
+    let client = GatewayClient::new(&base).unwrap().with_timeout(Duration::from_secs(30));
+    let spec = FunctionSpec::new("later", MemoryWorkload::image(Behaviour::Echo));
+    let body = serde_json::to_vec(&spec).unwrap().into();
+    let r = client.send(Method::POST, "/system/functions", &[], body).await.unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let get = |path: &'static str| {
+        let c = &client;
+        async move { c.send(Method::GET, path, &[], "".into()).await.unwrap() }
+    };
+    let healthy_gauge = |text: &str, v: &str| {
+        assert!(
+            text.lines().any(|l| l == format!("gateway_queue_healthy {v}")),
+            "gateway_queue_healthy {v} in\n{text}"
+        )
+    };
+    assert_eq!(get("/healthz").await.status, 200);
+
+    kafka.refuse_produce(5);
+    let r = client.send(Method::POST, "/async-function/later", &[], "x".into()).await.unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    let h = get("/healthz").await;
+    assert_eq!(h.status, 503, "{}", h.text());
+    assert!(h.text().contains("async queue") && h.text().contains("faas-async"), "{}", h.text());
+    healthy_gauge(&get("/metrics").await.text(), "0");
+
+    // Once the broker takes calls again, the next call goes through and health is back.
+    let c = &client;
+    bounded(
+        "an async call accepted again",
+        eventually(60, || async move {
+            let r = c.send(Method::POST, "/async-function/later", &[], "y".into()).await.unwrap();
+            (r.status == 202).then_some(())
+        }),
+    )
+    .await;
+    assert_eq!(get("/healthz").await.status, 200);
+    healthy_gauge(&get("/metrics").await.text(), "1");
+    let _ = stop_tx.send(());
+    let _ = bounded("gateway shutdown", server).await;
+    drop(kafka);
+}

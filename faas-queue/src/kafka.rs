@@ -38,6 +38,7 @@
 //! ever blocks on it. Close consumers before the cluster goes away.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -54,7 +55,7 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// The header counting redeliveries of a nacked message.
@@ -199,15 +200,29 @@ fn encode(item: &QueuedInvocation) -> Result<Vec<u8>> {
 }
 
 /// Publishes queued invocations to a Kafka topic with an idempotent producer.
+///
+/// A producer that librdkafka declares fatally failed (an idempotent producer whose
+/// sequence the broker lost, as after a broker restarted empty) can send nothing again:
+/// the publisher then builds a new one from the same configuration and sends again, so the
+/// queue recovers without a restart. [`QueuePublisher::health`] reports a fatal producer or
+/// a broker that has refused the last publication.
 #[derive(Clone)]
 pub struct KafkaPublisher {
-    producer: TracedProducer,
+    inner: Arc<PublisherInner>,
+}
+
+struct PublisherInner {
+    producer: Mutex<TracedProducer>,
+    config: KafkaConfig,
     topic: String,
+    rebuilds: AtomicU64,
+    /// Why the last publication failed, until one succeeds.
+    failing: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaPublisher").field("topic", &self.topic).finish()
+        f.debug_struct("KafkaPublisher").field("topic", &self.inner.topic).finish()
     }
 }
 
@@ -215,25 +230,90 @@ impl KafkaPublisher {
     /// A publisher to `config.topic`. Fails with [`Error::InvalidSpec`] (field `kafka`)
     /// on an invalid configuration; connecting happens in the background.
     pub fn new(config: &KafkaConfig) -> Result<Self> {
-        Ok(KafkaPublisher { producer: config.producer()?, topic: config.topic.clone() })
+        Self::to_topic(config, &config.topic)
+    }
+
+    fn to_topic(config: &KafkaConfig, topic: &str) -> Result<Self> {
+        Ok(KafkaPublisher {
+            inner: Arc::new(PublisherInner {
+                producer: Mutex::new(config.producer()?),
+                config: config.clone(),
+                topic: topic.to_string(),
+                rebuilds: AtomicU64::new(0),
+                failing: Mutex::new(None),
+            }),
+        })
     }
 
     /// The topic.
     pub fn topic(&self) -> &str {
-        &self.topic
+        &self.inner.topic
     }
 
-    async fn send(&self, key: &str, payload: &[u8], headers: Option<OwnedHeaders>) -> Result<()> {
-        let mut record = FutureRecord::to(&self.topic).key(key).payload(payload);
+    /// How many times the producer was replaced after a fatal error.
+    pub fn rebuilds(&self) -> u64 {
+        self.inner.rebuilds.load(Ordering::Relaxed)
+    }
+
+    /// The current producer, replaced first if librdkafka declared it fatally failed.
+    fn producer(&self) -> TracedProducer {
+        let mut p = lock(&self.inner.producer);
+        if let Some((code, reason)) = p.client().fatal_error() {
+            match self.inner.config.producer() {
+                Ok(fresh) => {
+                    tracing::warn!(topic = %self.inner.topic, %code, %reason, "the Kafka producer failed fatally; replaced it with a new one");
+                    *p = fresh;
+                    self.inner.rebuilds.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the Kafka producer failed fatally and cannot be rebuilt")
+                }
+            }
+        }
+        p.clone()
+    }
+
+    /// Notes the outcome of a publication for [`QueuePublisher::health`].
+    fn outcome(&self, r: &Result<()>) {
+        let mut failing = lock(&self.inner.failing);
+        match r {
+            Ok(()) => *failing = None,
+            Err(Error::Unavailable { reason }) => *failing = Some(reason.clone()),
+            Err(_) => {}
+        }
+    }
+
+    async fn send_once(
+        &self,
+        key: &str,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> (Result<()>, bool) {
+        let producer = self.producer();
+        let mut record = FutureRecord::to(&self.inner.topic).key(key).payload(payload);
         if let Some(h) = headers {
             record = record.headers(h);
         }
-        let fut = self.producer.send_result(record).map_err(|(e, _)| produce_error(&e))?;
-        match fut.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(produce_error(&e)),
-            Err(_) => Err(Error::unavailable("kafka: the producer went away")),
+        let r = match producer.send_result(record) {
+            Err((e, _)) => Err(produce_error(&e)),
+            Ok(fut) => match fut.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(produce_error(&e)),
+                Err(_) => Err(Error::unavailable("kafka: the producer went away")),
+            },
+        };
+        let fatal = r.is_err() && producer.client().fatal_error().is_some();
+        (r, fatal)
+    }
+
+    async fn send(&self, key: &str, payload: &[u8], headers: Option<OwnedHeaders>) -> Result<()> {
+        let (mut r, fatal) = self.send_once(key, payload, headers.clone()).await;
+        if fatal {
+            // The message never reached the log: send it again with a new producer.
+            r = self.send_once(key, payload, headers).await.0;
         }
+        self.outcome(&r);
+        r
     }
 }
 
@@ -246,12 +326,13 @@ impl QueuePublisher for KafkaPublisher {
 
     async fn publish_batch(&self, items: Vec<QueuedInvocation>) -> Vec<Result<()>> {
         // Enqueue everything first, then wait for the acknowledgements together.
+        let producer = self.producer();
         let mut pending = Vec::with_capacity(items.len());
         for item in &items {
             let sent = encode(item).and_then(|payload| {
                 let key = item.key();
-                let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
-                self.producer.send_result(record).map_err(|(e, _)| produce_error(&e))
+                let record = FutureRecord::to(&self.inner.topic).key(&key).payload(&payload);
+                producer.send_result(record).map_err(|(e, _)| produce_error(&e))
             });
             pending.push(sent);
         }
@@ -266,7 +347,39 @@ impl QueuePublisher for KafkaPublisher {
                 Err(e) => Err(e),
             });
         }
+        if producer.client().fatal_error().is_some() {
+            // The producer failed fatally under this batch: send what did not get through
+            // again, one by one, with a new one.
+            for (item, r) in items.iter().zip(out.iter_mut()) {
+                if r.is_err() {
+                    *r = match encode(item) {
+                        Ok(payload) => self.send(&item.key(), &payload, None).await,
+                        Err(e) => Err(e),
+                    };
+                }
+            }
+        }
+        if let Some(last) = out.last() {
+            self.outcome(last);
+        }
         out
+    }
+
+    fn health(&self) -> Result<()> {
+        let p = lock(&self.inner.producer);
+        if let Some((code, reason)) = p.client().fatal_error() {
+            return Err(Error::unavailable(format!(
+                "kafka: the producer failed fatally ({code}: {reason}); the next call replaces it"
+            )));
+        }
+        drop(p);
+        match &*lock(&self.inner.failing) {
+            Some(reason) => Err(Error::unavailable(format!(
+                "the last publication to {} failed: {reason}",
+                self.inner.topic
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -281,10 +394,7 @@ impl KafkaDeadLetters {
     /// Dead letters to `config.dead_letter_topic`.
     pub fn new(config: &KafkaConfig) -> Result<Self> {
         Ok(KafkaDeadLetters {
-            publisher: KafkaPublisher {
-                producer: config.producer()?,
-                topic: config.dead_letter_topic.clone(),
-            },
+            publisher: KafkaPublisher::to_topic(config, &config.dead_letter_topic)?,
         })
     }
 }
@@ -451,10 +561,7 @@ impl KafkaConsumer {
                 consumer: Mutex::new(Some(Arc::new(consumer))),
                 tracker,
                 republish: KafkaPublisher::new(config)?,
-                dead_letters: KafkaPublisher {
-                    producer: config.producer()?,
-                    topic: config.dead_letter_topic.clone(),
-                },
+                dead_letters: KafkaPublisher::to_topic(config, &config.dead_letter_topic)?,
                 topic: config.topic.clone(),
                 nack_on_drop: config.nack_on_drop,
                 close_timeout: config.close_timeout,
@@ -730,6 +837,15 @@ impl MockKafka {
         self.cluster
             .create_topic(topic, partitions.max(1), 1)
             .map_err(|e| Error::internal(format!("creating topic {topic}: {e}")))
+    }
+
+    /// Refuses the next `n` produce requests as a broker that denies writing to the topic
+    /// does (`TOPIC_AUTHORIZATION_FAILED`, not retried): a broker the gateway cannot publish
+    /// to, for tests of the queue's health.
+    pub fn refuse_produce(&self, n: usize) {
+        let errors =
+            vec![rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; n];
+        self.cluster.request_errors(rdkafka::types::RDKafkaApiKey::Produce, &errors);
     }
 }
 

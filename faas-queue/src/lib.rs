@@ -136,6 +136,10 @@ impl QueuePublisher for TrackedPublisher {
     /// Writes the `queued` records of the batch with [`ActivationStore::put_queued`], then
     /// publishes the items recorded: in chunks of [`TRACKED_CHUNK`] items, so that no
     /// temporary is large (large allocations are slow paths for most allocators).
+    fn health(&self) -> Result<()> {
+        self.inner.health()
+    }
+
     async fn publish_batch(&self, mut items: Vec<QueuedInvocation>) -> Vec<Result<()>> {
         if items.len() <= TRACKED_CHUNK {
             return self.publish_chunk(items).await;

@@ -393,3 +393,30 @@ async fn kafka_dead_letter_topic() {
     k.finish().await;
     drop(cluster);
 }
+
+/// A producer librdkafka declares fatally failed (here: the broker answers a sequence error
+/// to a gapless idempotent producer, as a broker that lost its state does) is replaced, the
+/// call goes through with the new one, and the publisher's health says what happened until
+/// then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatally_failed_producer_is_replaced_and_the_call_goes_through() {
+    use faas_core::queue::QueuePublisher as _;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let config =
+        KafkaConfig::new(cluster.bootstrap_servers()).property("enable.gapless.guarantee", "true");
+    cluster.create_topic(&config.topic, 1, 1).expect("topic");
+    let publisher = KafkaPublisher::new(&config).expect("publisher");
+    publisher.publish(common::item("f", "before")).await.expect("a first call");
+    assert!(publisher.health().is_ok());
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let r = bounded("publishing through a fatal error", publisher.publish(common::item("f", "x")))
+        .await;
+    assert_eq!(publisher.rebuilds(), 1, "the producer was replaced ({r:?})");
+    r.expect("the call went through with the new producer");
+    assert!(publisher.health().is_ok(), "{:?}", publisher.health());
+    drop(cluster);
+}
