@@ -394,3 +394,70 @@ pub async fn container_host_facts(id: &str) -> Result<(i64, i64, bool, Vec<Strin
         mounts,
     ))
 }
+
+/// Names of the containers (any state) of backend instance `instance` (the label
+/// `com.faas-rs.instance`), sorted.
+pub async fn instance_containers(instance: &str) -> Result<Vec<String>> {
+    let d = docker().await?;
+    let opts = ListContainersOptions {
+        all: true,
+        filters: Some(engine::label_filter(&[format!("{}={instance}", label::INSTANCE)])),
+        ..Default::default()
+    };
+    let listed = d.list_containers(Some(opts)).await.map_err(|e| map_err("container list", e))?;
+    let mut names: Vec<String> = listed
+        .into_iter()
+        .filter_map(|c| c.names.and_then(|n| n.into_iter().next()))
+        .map(|n| n.trim_start_matches('/').to_string())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Force-removes the containers of backend instance `instance` (test cleanup).
+pub async fn cleanup_instance(instance: &str) -> Result<()> {
+    let d = docker().await?;
+    let opts = ListContainersOptions {
+        all: true,
+        filters: Some(engine::label_filter(&[format!("{}={instance}", label::INSTANCE)])),
+        ..Default::default()
+    };
+    for c in d.list_containers(Some(opts)).await.map_err(|e| map_err("container list", e))? {
+        if let Some(id) = c.id {
+            let opts = bollard::query_parameters::RemoveContainerOptions {
+                force: true,
+                v: true,
+                link: false,
+            };
+            let _ = d.remove_container(&id, Some(opts)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Tags `image` as `repo:tag` too (a name a test can take away again with
+/// [`untag_image`] without removing the image).
+pub async fn tag_image(image: &str, repo: &str, tag: &str) -> Result<String> {
+    let d = docker().await?;
+    let opts = bollard::query_parameters::TagImageOptions {
+        repo: Some(repo.to_string()),
+        tag: Some(tag.to_string()),
+    };
+    d.tag_image(image, Some(opts)).await.map_err(|e| map_err("image tag", e))?;
+    Ok(format!("{repo}:{tag}"))
+}
+
+/// Removes the name `image` (`repo:tag`) only: the image stays under its other names.
+pub async fn untag_image(image: &str) -> Result<()> {
+    let d = docker().await?;
+    let opts = bollard::query_parameters::RemoveImageOptions {
+        force: false,
+        noprune: true,
+        ..Default::default()
+    };
+    match d.remove_image(image, Some(opts), None).await {
+        Ok(_) => Ok(()),
+        Err(e) if engine::status_of(&e) == Some(404) => Ok(()),
+        Err(e) => Err(map_err("image untag", e)),
+    }
+}

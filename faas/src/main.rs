@@ -85,8 +85,10 @@ enum Command {
         /// Directory of the gateway's credentials (`basic-auth-user`,
         /// `basic-auth-password`), its state store (`state.redb`: the durable queue's calls
         /// and records, and on the process backend the functions and secrets deployed
-        /// through the API) and of the process backend's files (secrets, logs).
-        /// Default: credentials and store in ~/.local/state/faas-rs, where `faas list` and
+        /// through the API), of the process backend's files (secrets, logs) and of the
+        /// Docker backend's instance id (`docker-instance`: the label that marks this
+        /// gateway's containers, so a restart adopts them and other gateways' stay alone).
+        /// Default: credentials, store and id in ~/.local/state/faas-rs, where `faas list` and
         /// the other client subcommands on this machine find them, and the process
         /// backend's files in a fresh temporary directory.
         #[arg(long)]
@@ -998,6 +1000,11 @@ async fn raw_backend(
         BackendKind::Docker => {
             eprintln!("Connecting to the Docker engine...");
             let mut b = faas_backend_docker::DockerInvoker::builder().scheduler(scheduler);
+            // The gateway's instance id (the label on its containers) is kept in its state
+            // directory: a restart adopts its own containers, another gateway's stay alone.
+            if let Some(d) = state_dir.or_else(credentials::default_state_dir) {
+                b = b.state_dir(d);
+            }
             if let Some(l) = limits {
                 b = b.replica_limits(l);
             }
