@@ -295,6 +295,44 @@ async fn no_container_outlives_a_delete_racing_replacements() {
         let left = of(&f);
         assert_eq!(left(testing::instance_containers(&inst).await.unwrap()), Vec::<String>::new());
     }
+    // At zero replicas an invocation takes a prewarmed container outside the reconcile
+    // lock; deletes racing those.
+    for round in 0..6u32 {
+        let f = env.fref(&format!("cold{round}"));
+        docker.deploy(env.spec(&f.name, "echo").label(labels::SCALE_MIN, "0")).await.unwrap();
+        eventually(Duration::from_secs(60), "a full prewarm pool", || async {
+            (docker.prewarmed() >= 2).then_some(())
+        })
+        .await;
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                let (d, f) = (docker.clone(), f.clone());
+                tokio::spawn(async move { d.invoke(Invocation::post(f, "x")).await })
+            })
+            .collect();
+        for _ in 0..round {
+            tokio::task::yield_now().await;
+        }
+        docker.remove(&f).await.unwrap();
+        for c in calls {
+            let _ = c.await.unwrap();
+        }
+        let left = of(&f);
+        eventually(Duration::from_secs(30), "no container of the deleted function", || async {
+            left(testing::instance_containers(&inst).await.ok()?).is_empty().then_some(())
+        })
+        .await;
+        // Taken prewarm containers are renamed in the background: count what is neither
+        // the pool's nor a function's of this test that still lives.
+        let pool_and_live = || async {
+            let names = testing::instance_containers(&inst).await.unwrap();
+            names.len() - names.iter().filter(|n| n.starts_with("faas-rs-prewarm.")).count()
+        };
+        eventually(Duration::from_secs(30), "only the pool left", || async {
+            (pool_and_live().await == 0).then_some(())
+        })
+        .await;
+    }
     docker.shutdown().await;
     assert_eq!(testing::instance_containers(&inst).await.unwrap(), Vec::<String>::new());
 }
