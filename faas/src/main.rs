@@ -1044,7 +1044,7 @@ async fn up(
     let invoker = backend(up_backend).await?;
     // What the API deploys goes through `api` (kept in the store); the stack's functions,
     // deployed from the file at every start, through `invoker`.
-    let api: Arc<dyn Backend> = match store.as_ref().filter(|_| persist) {
+    let persisted = match store.as_ref().filter(|_| persist) {
         Some(store) => {
             let persisted = faas_core::persisted::Persisted::new(invoker.clone(), store.clone());
             let restored = persisted.restore().await?;
@@ -1056,8 +1056,12 @@ async fn up(
                     restored.failures.len()
                 );
             }
-            Arc::new(persisted)
+            Some(Arc::new(persisted))
         }
+        None => None,
+    };
+    let api: Arc<dyn Backend> = match &persisted {
+        Some(p) => p.clone(),
         None => invoker.clone(),
     };
     let info = invoker.info();
@@ -1123,6 +1127,18 @@ async fn up(
                     .await;
         }
         return Ok(());
+    }
+    // The replica counts `scale` requests had set on the stack's functions (those of the
+    // API's were set again by `restore`).
+    if let Some(p) = &persisted {
+        let r = p.restore_replicas().await?;
+        if r.replicas > 0 || !r.failures.is_empty() {
+            eprintln!(
+                "Restored the replica counts of {} functions ({} failed)",
+                r.replicas,
+                r.failures.len()
+            );
+        }
     }
     // The queue's worker invokes through the gateway's own stack (metrics, activator,
     // limits, timeout), as the sync path does.
