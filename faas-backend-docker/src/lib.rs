@@ -730,12 +730,14 @@ impl Deploy for DockerInvoker {
         self.inner.settings.limits.check_scale(replicas)?;
         let f = self.inner.function(function)?;
         f.desired.store(replicas, Ordering::SeqCst);
-        let r = self.inner.reconcile(&f).await;
+        let mut r = self.inner.reconcile(&f).await;
         // A concurrent reconcile may have held the lock with an older target.
         if f.live().len() != replicas as usize && r.is_ok() {
-            return self.inner.reconcile(&f).await;
+            r = self.inner.reconcile(&f).await;
         }
-        r
+        // The request was valid: a start the engine refused is the function's failed
+        // state (503 naming the reason), not the caller's 400.
+        r.map_err(|e| f.failure_error().unwrap_or_else(|| f.start_failed(&e, None)))
     }
 
     async fn namespaces(&self) -> Result<Vec<String>> {

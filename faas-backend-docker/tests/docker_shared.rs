@@ -177,7 +177,10 @@ async fn engine_refusals_reach_the_api() {
     docker.deploy(spec).await.unwrap();
     testing::untag_image(&image).await.unwrap();
     let f = env.fref("gone");
+    // The scale request was valid: the engine's refusal is a 503 naming the image, not
+    // the caller's 400.
     let err = docker.scale(&f, 1).await.unwrap_err();
+    assert_eq!(err.http_status(), 503, "{err}");
     assert!(err.to_string().contains(&image), "the scale names the image: {err}");
     let failure = docker.status(&f).await.unwrap().failure.expect("a failed state");
     assert!(failure.reason.contains(&image), "{failure:?}");
