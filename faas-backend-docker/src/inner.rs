@@ -156,7 +156,9 @@ impl Inner {
                     format!("{cpus} CPU is under the Docker engine's minimum of 0.01"),
                 ));
             }
-            if let Some(host) = self.settings.host_cpus.filter(|h| c > h.saturating_mul(1_000_000_000)) {
+            if let Some(host) =
+                self.settings.host_cpus.filter(|h| c > h.saturating_mul(1_000_000_000))
+            {
                 return Err(Error::invalid(
                     "limits.cpu",
                     format!("{cpus} CPUs is over the {host} CPUs of the Docker host"),

@@ -227,7 +227,8 @@ impl FunctionState {
             None => (1, SystemTime::now()),
         };
         let retry_in = backoff.delay(attempts);
-        let f = StartFailure { error, attempts, since, retry_in, retry_at: Instant::now() + retry_in };
+        let f =
+            StartFailure { error, attempts, since, retry_in, retry_at: Instant::now() + retry_in };
         *g = Some(f.clone());
         f
     }

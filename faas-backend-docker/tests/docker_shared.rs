@@ -41,8 +41,8 @@ impl Drop for Instances {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_engine_list_adopt_and_remove_only_their_own() {
-    let env = common::setup("two_instances_on_one_engine_list_adopt_and_remove_only_their_own")
-        .await;
+    let env =
+        common::setup("two_instances_on_one_engine_list_adopt_and_remove_only_their_own").await;
     let _g = env.guard();
     let (ia, ib) = (testing::unique("ia"), testing::unique("ib"));
     let _i = Instances { ids: vec![ia.clone(), ib.clone()], tags: vec![] };
@@ -101,8 +101,7 @@ async fn two_instances_on_one_engine_list_adopt_and_remove_only_their_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_instance_id_is_kept_in_the_state_dir_so_a_restart_adopts_its_own() {
     let env =
-        common::setup("the_instance_id_is_kept_in_the_state_dir_so_a_restart_adopts_its_own")
-            .await;
+        common::setup("the_instance_id_is_kept_in_the_state_dir_so_a_restart_adopts_its_own").await;
     let _g = env.guard();
     let dir = env.secrets_dir.join("state");
     let first = env.builder().state_dir(&dir).build().await.unwrap();
@@ -196,7 +195,10 @@ async fn engine_refusals_reach_the_api() {
         }
         other => panic!("expected Unavailable naming the image, got {other:?}"),
     }
-    assert!(matches!(docker.wait_ready(&f, Duration::from_secs(60)).await, Err(Error::Unavailable { .. })));
+    assert!(matches!(
+        docker.wait_ready(&f, Duration::from_secs(60)).await,
+        Err(Error::Unavailable { .. })
+    ));
 
     // Retried with a growing backoff, not at every pass of the maintenance loop (200 ms).
     let third = eventually(Duration::from_secs(60), "three failed starts", || async {
@@ -244,8 +246,10 @@ async fn no_container_outlives_a_delete_racing_replacements() {
             .unwrap(),
     );
     let of = |f: &FunctionRef| {
-        let (replica, definition) =
-            (format!("faas-rs.{}.{}.", f.namespace, f.name), format!(".{}.{}", f.namespace, f.name));
+        let (replica, definition) = (
+            format!("faas-rs.{}.{}.", f.namespace, f.name),
+            format!(".{}.{}", f.namespace, f.name),
+        );
         move |names: Vec<String>| -> Vec<String> {
             names
                 .into_iter()

@@ -193,8 +193,10 @@ impl Deploy for Persisted {
         let removed = self.inner.remove(function).await;
         if removed.is_ok() || matches!(removed, Err(Error::NotFound { .. })) {
             let k = key(&function.namespace, &function.name);
-            let ops =
-                vec![StateOp::delete(FUNCTIONS_TABLE, k.clone()), StateOp::delete(REPLICAS_TABLE, k)];
+            let ops = vec![
+                StateOp::delete(FUNCTIONS_TABLE, k.clone()),
+                StateOp::delete(REPLICAS_TABLE, k),
+            ];
             self.store.commit(ops).await?;
         }
         removed

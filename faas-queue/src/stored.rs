@@ -186,7 +186,8 @@ impl QueuePublisher for StoredPublisher {
             // after a restart. The gateway gives a reused `X-Call-Id` a new id first; this
             // catches two calls racing with the same new one. No record is written: the
             // existing one stays as it is.
-            if q.activations.mem.get_now(&item.call_id).is_some() || !ids.insert(item.call_id.clone())
+            if q.activations.mem.get_now(&item.call_id).is_some()
+                || !ids.insert(item.call_id.clone())
             {
                 results.push(Err(Error::AlreadyExists {
                     kind: "call with this X-Call-Id",

@@ -41,7 +41,8 @@ impl Drop for Cleanup {
 async fn engine_refusals_reach_the_gateway_api() {
     testing::require_docker("engine_refusals_reach_the_gateway_api").await;
     let fixture = testing::fixture_image().await.unwrap();
-    let (ns, instance, tag) = (testing::unique("t"), testing::unique("ig"), testing::unique("gone"));
+    let (ns, instance, tag) =
+        (testing::unique("t"), testing::unique("ig"), testing::unique("gone"));
     let image = format!("faas-rs/refused:{tag}");
     let _c = Cleanup { instance: instance.clone(), image: image.clone() };
     let docker = DockerInvoker::builder()
@@ -96,7 +97,10 @@ async fn engine_refusals_reach_the_gateway_api() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains(&image), "the 503 names the reason: {}", r.text());
     // The failed state, in the function's status.
-    let r = client.send(Method::GET, &format!("/system/function/gone?namespace={ns}"), &[], Bytes::new()).await.unwrap();
+    let r = client
+        .send(Method::GET, &format!("/system/function/gone?namespace={ns}"), &[], Bytes::new())
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let st: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let reason = st["failure"]["reason"].as_str().unwrap_or_default();
