@@ -844,8 +844,10 @@ impl Inner {
         }
         let templates: Vec<Template> = {
             let mut pools = lock(&self.pools);
+            // Only what the listing saw stopped is dropped: a container missing from it was
+            // started after it (dropping that one would leave it running, forgotten).
             for pool in pools.values_mut() {
-                pool.ready.retain(|p| alive(&p.id));
+                pool.ready.retain(|p| !states.contains_key(&p.id) || alive(&p.id));
             }
             pools.keys().cloned().collect()
         };

@@ -14,38 +14,13 @@ use faas_core::prelude::*;
 use faas_core::spec::labels;
 use faas_core::{Error, FunctionRef, Invocation, Resources};
 
-/// Removes a test's instances' containers and image tags when dropped (even on panic).
-struct Instances {
-    ids: Vec<String>,
-    tags: Vec<String>,
-}
-
-impl Drop for Instances {
-    fn drop(&mut self) {
-        let (ids, tags) = (self.ids.clone(), self.tags.clone());
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                rt.block_on(async {
-                    for id in &ids {
-                        let _ = testing::cleanup_instance(id).await;
-                    }
-                    for t in &tags {
-                        let _ = testing::untag_image(t).await;
-                    }
-                });
-            }
-        })
-        .join();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_engine_list_adopt_and_remove_only_their_own() {
     let env =
         common::setup("two_instances_on_one_engine_list_adopt_and_remove_only_their_own").await;
     let _g = env.guard();
     let (ia, ib) = (testing::unique("ia"), testing::unique("ib"));
-    let _i = Instances { ids: vec![ia.clone(), ib.clone()], tags: vec![] };
+    let _i = testing::InstanceGuard { instances: vec![ia.clone(), ib.clone()], images: vec![] };
     // Both in the same namespace: only the instance label tells their containers apart.
     let a = env.builder().instance(ia.clone()).build().await.unwrap();
     let b = env.builder().instance(ib.clone()).build().await.unwrap();
@@ -106,7 +81,7 @@ async fn the_instance_id_is_kept_in_the_state_dir_so_a_restart_adopts_its_own() 
     let dir = env.secrets_dir.join("state");
     let first = env.builder().state_dir(&dir).build().await.unwrap();
     let id = first.instance_id().to_string();
-    let _i = Instances { ids: vec![id.clone()], tags: vec![] };
+    let _i = testing::InstanceGuard { instances: vec![id.clone()], images: vec![] };
     assert_ne!(id, faas_backend_docker::DEFAULT_INSTANCE);
     assert_eq!(std::fs::read_to_string(dir.join("docker-instance")).unwrap().trim(), id);
     first.deploy(env.spec("kept", "echo")).await.unwrap();
@@ -120,7 +95,7 @@ async fn the_instance_id_is_kept_in_the_state_dir_so_a_restart_adopts_its_own() 
     // Another state directory is another gateway: it sees none of the first one's.
     let other = env.builder().state_dir(env.secrets_dir.join("other")).build().await.unwrap();
     let other_id = other.instance_id().to_string();
-    let _j = Instances { ids: vec![other_id.clone()], tags: vec![] };
+    let _j = testing::InstanceGuard { instances: vec![other_id.clone()], images: vec![] };
     assert_ne!(other_id, id);
     assert!(other.list(&env.ns).await.unwrap().is_empty());
     other.shutdown().await;
@@ -143,7 +118,7 @@ async fn engine_refusals_reach_the_api() {
     let inst = testing::unique("ir");
     let tag = testing::unique("gone");
     let image = format!("faas-rs/refused:{tag}");
-    let _i = Instances { ids: vec![inst.clone()], tags: vec![image.clone()] };
+    let _i = testing::InstanceGuard { instances: vec![inst.clone()], images: vec![image.clone()] };
     let docker = env.builder().instance(inst.clone()).build().await.unwrap();
 
     // Known up front: a memory limit under the engine's 6 MiB minimum is a 400 naming it.
@@ -233,7 +208,7 @@ async fn no_container_outlives_a_delete_racing_replacements() {
     let env = common::setup("no_container_outlives_a_delete_racing_replacements").await;
     let _g = env.guard();
     let inst = testing::unique("id");
-    let _i = Instances { ids: vec![inst.clone()], tags: vec![] };
+    let _i = testing::InstanceGuard { instances: vec![inst.clone()], images: vec![] };
     let docker = Arc::new(
         env.builder()
             .instance(inst.clone())

@@ -815,8 +815,9 @@ fn validate_callback(url: &str) -> Result<()> {
     }
 }
 
-/// The header that carries a caller's `X-Call-Id` on to the function when the call is
-/// stored under another id (see [`async_call_id`]).
+/// The header that carries a caller's `X-Call-Id` on to the function and back on the
+/// callback when an async call is stored under another id: a reused `X-Call-Id` (one that
+/// names a call already) gets a new id, so the earlier call's record is never overwritten.
 pub const X_CALLER_CALL_ID: &str = "x-caller-call-id";
 
 /// The id an async call is stored under: the caller's `X-Call-Id` when it names no record

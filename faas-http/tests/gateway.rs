@@ -650,17 +650,13 @@ async fn failed_logins_are_throttled_per_client() {
     assert!(matches!(&e, faas_core::Error::Overloaded { retry_after: Some(_), .. }), "{e:?}");
 }
 
-/// A reused `X-Call-Id` does not overwrite the earlier call's record: the second call is
-/// stored under a new id (the 202 says which), and the caller's id comes back with its
-/// callback as `X-Caller-Call-Id`.
-#[tokio::test]
-async fn a_reused_call_id_gets_a_new_id_and_keeps_the_first_record() {
+/// A callback listener on 127.0.0.1: its URL (`/done`) and the requests it receives.
+async fn callback_listener(
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<(http::request::Parts, Bytes)>) {
     use http_body_util::BodyExt;
-    let g = start(GatewayConfig::default()).await;
-    g.deploy(echo("traced")).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let cb = format!("http://{}/done", listener.local_addr().unwrap());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
             let (s, _) = listener.accept().await.unwrap();
@@ -681,6 +677,17 @@ async fn a_reused_call_id_gets_a_new_id_and_keeps_the_first_record() {
             ));
         }
     });
+    (cb, rx)
+}
+
+/// A reused `X-Call-Id` does not overwrite the earlier call's record: the second call is
+/// stored under a new id (the 202 says which), and the caller's id comes back with its
+/// callback as `X-Caller-Call-Id`.
+#[tokio::test]
+async fn a_reused_call_id_gets_a_new_id_and_keeps_the_first_record() {
+    let g = start(GatewayConfig::default()).await;
+    g.deploy(echo("traced")).await;
+    let (cb, mut rx) = callback_listener().await;
     let send = |body: &'static str| {
         let (g, cb) = (&g, cb.clone());
         async move {
@@ -716,33 +723,10 @@ async fn a_reused_call_id_gets_a_new_id_and_keeps_the_first_record() {
 
 #[tokio::test]
 async fn async_invocation_posts_the_result_to_the_callback() {
-    use http_body_util::BodyExt;
     let g = start(GatewayConfig::default()).await;
     g.deploy(echo("later")).await;
     // A real callback listener on 127.0.0.1.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let cb = format!("http://{}/done", listener.local_addr().unwrap());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = listener.accept().await.unwrap();
-            let tx = tx.clone();
-            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
-                hyper_util::rt::TokioIo::new(s),
-                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let tx = tx.clone();
-                    async move {
-                        let (parts, body) = req.into_parts();
-                        let body = body.collect().await.unwrap().to_bytes();
-                        let _ = tx.send((parts, body));
-                        Ok::<_, std::convert::Infallible>(http::Response::new(
-                            http_body_util::Full::new(Bytes::new()),
-                        ))
-                    }
-                }),
-            ));
-        }
-    });
+    let (cb, mut rx) = callback_listener().await;
     let r = g
         .req_h(
             Method::POST,

@@ -16,27 +16,6 @@ use faas_http::client::GatewayClient;
 use faas_http::{Gateway, GatewayConfig};
 use http::Method;
 
-/// Removes the test's containers and image name when dropped (even on panic).
-struct Cleanup {
-    instance: String,
-    image: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let (instance, image) = (self.instance.clone(), self.image.clone());
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                rt.block_on(async {
-                    let _ = testing::cleanup_instance(&instance).await;
-                    let _ = testing::untag_image(&image).await;
-                });
-            }
-        })
-        .join();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_refusals_reach_the_gateway_api() {
     testing::require_docker("engine_refusals_reach_the_gateway_api").await;
@@ -44,7 +23,8 @@ async fn engine_refusals_reach_the_gateway_api() {
     let (ns, instance, tag) =
         (testing::unique("t"), testing::unique("ig"), testing::unique("gone"));
     let image = format!("faas-rs/refused:{tag}");
-    let _c = Cleanup { instance: instance.clone(), image: image.clone() };
+    let _c =
+        testing::InstanceGuard { instances: vec![instance.clone()], images: vec![image.clone()] };
     let docker = DockerInvoker::builder()
         .instance(instance.clone())
         .namespaces([ns.clone()])
