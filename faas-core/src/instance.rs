@@ -14,6 +14,9 @@
 //! - **Transport failures** ([`transport_error`]): an instance that exited during the call
 //!   crashed, one that refused the connection is unavailable, one that broke the connection
 //!   after the request was sent crashed.
+//! - **The instances of a function** ([`InstanceSet`]): routing through the scheduler,
+//!   in-flight leases, first-come-first-served waiting for a free or ready instance, and the
+//!   idle clock, shared by the backends that run instances.
 //! - **The client** (feature `instance-client`): [`InstanceClient`], a pooled keep-alive
 //!   hyper client applying all of the above with a per-call timeout.
 
@@ -25,6 +28,9 @@ use crate::body::Body;
 use crate::error::{DeveloperErrorKind, Error, Result};
 use crate::function::Response;
 use crate::invocation::{FunctionRef, Invocation};
+
+mod set;
+pub use set::{AcquireLimits, InstanceKey, InstanceLease, InstanceSet, Shortage};
 
 #[cfg(feature = "instance-client")]
 mod client;

@@ -63,7 +63,9 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::BytesMut;
-use faas_core::instance::{CallTimeout, InstanceClient, Target};
+use faas_core::instance::{
+    AcquireLimits, CallTimeout, InstanceClient, InstanceKey, InstanceSet, Target,
+};
 use faas_core::prelude::*;
 use faas_core::scheduler::{Capacity as NodeResources, Schedulers};
 use faas_core::spec::{validate_secret_name, ReplicaLimits, ScalingPolicy, DEFAULT_NAMESPACE};
@@ -87,6 +89,15 @@ pub const PROVIDER: &str = "faas-rs-process";
 
 /// The default of [`ProcessInvokerBuilder::log_bytes_limit`]: 8 MiB of log lines per function.
 pub const DEFAULT_LOG_BYTES_LIMIT: usize = 8 << 20;
+
+/// The pause before replacing a replica that crashed within 10 s of its start: 200 ms
+/// doubling to 5 s, without jitter (one function's restarts need no spreading).
+const RESTART_BACKOFF: faas_core::util::Backoff = faas_core::util::Backoff {
+    initial: Duration::from_millis(200),
+    max: Duration::from_secs(5),
+    multiplier: 2.0,
+    jitter: false,
+};
 
 /// Environment variables passed from the backend's own environment to every replica.
 const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
@@ -381,8 +392,11 @@ struct Func {
     created: SystemTime,
     dir: PathBuf,
     logs: Arc<LogBook>,
-    /// Wakes invocations waiting for a replica (ready or free).
+    /// Wakes `wait_ready` callers when a replica turns ready.
     notify: Notify,
+    /// The replicas that can serve (not stopping), as the scheduler routes over them, and
+    /// the invocations waiting for one.
+    instances: Arc<InstanceSet<Arc<Replica>>>,
     /// Wakes the reconciler.
     wake: Notify,
     state: Mutex<FState>,
@@ -396,36 +410,28 @@ struct FState {
     scheduler: Arc<dyn Scheduler>,
     generation: u64,
     desired: u32,
-    /// Sorted by id, so the scheduler sees instances in a stable order (hashing strategies
-    /// stay sticky).
+    /// Every replica not yet exited, stopping ones included.
     replicas: Vec<Arc<Replica>>,
-    invocation_count: u64,
-    last_activity: Instant,
-    in_flight: u32,
     removed: bool,
     failures: u32,
     next_start: Instant,
     /// Whether the node cap's refusal was logged since this function last started a replica.
     node_full_logged: bool,
-    /// Tickets of the invocations waiting for a replica, oldest first: only the oldest may
-    /// take a free replica, so waiters are served in arrival order.
-    waiters: VecDeque<u64>,
-    next_ticket: u64,
 }
 
 /// One replica: a watchdog process.
 struct Replica {
+    /// Its key in the function's instance set.
+    key: InstanceKey,
     id: Arc<str>,
     port: u16,
     /// `http://127.0.0.1:PORT`, what invocations are forwarded to.
     base: Box<str>,
     generation: u64,
-    max_concurrency: Option<u32>,
     pid: AtomicU32,
     ready: AtomicBool,
     stopping: AtomicBool,
     exited: AtomicBool,
-    in_flight: AtomicU32,
     stop: watch::Sender<bool>,
     done: watch::Sender<bool>,
     started: Instant,
@@ -749,23 +755,31 @@ impl Func {
         st.node_full_logged = false;
         let (stop, _) = watch::channel(false);
         let (done, _) = watch::channel(false);
-        let r = Arc::new(Replica {
-            id: new_instance_id(&self.fref.name),
-            port,
-            base: format!("http://127.0.0.1:{port}").into(),
-            generation: st.generation,
+        let id = new_instance_id(&self.fref.name);
+        let view = InstanceView {
+            id: id.to_string(),
+            node: Some(shared.node.id.clone()),
+            in_flight: 0,
             max_concurrency: st.spec.max_concurrency,
-            pid: AtomicU32::new(0),
-            ready: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
-            exited: AtomicBool::new(false),
-            in_flight: AtomicU32::new(0),
-            stop,
-            done,
-            started: Instant::now(),
+            ready: false,
+        };
+        let r = self.instances.insert_with(view, |key| {
+            Arc::new(Replica {
+                key,
+                id,
+                port,
+                base: format!("http://127.0.0.1:{port}").into(),
+                generation: st.generation,
+                pid: AtomicU32::new(0),
+                ready: AtomicBool::new(false),
+                stopping: AtomicBool::new(false),
+                exited: AtomicBool::new(false),
+                stop,
+                done,
+                started: Instant::now(),
+            })
         });
-        let at = st.replicas.partition_point(|x| x.id < r.id);
-        st.replicas.insert(at, r.clone());
+        st.replicas.push(r.clone());
         let launch = Launch { spec: st.spec.clone(), secrets_dir: self.dir.join("secrets") };
         let f = Arc::downgrade(self);
         let shared = Arc::downgrade(shared);
@@ -785,6 +799,9 @@ impl Func {
         let mut crashed_early = false;
         st.replicas.retain(|r| {
             let gone = r.exited.load(Ordering::SeqCst);
+            if gone {
+                self.instances.remove(r.key);
+            }
             if gone
                 && !r.stopping.load(Ordering::SeqCst)
                 && r.started.elapsed() < Duration::from_secs(10)
@@ -795,16 +812,14 @@ impl Func {
         });
         if crashed_early {
             st.failures = st.failures.saturating_add(1);
-            let backoff = Duration::from_millis(100) * 2u32.saturating_pow(st.failures.min(6));
-            st.next_start = now + backoff.min(Duration::from_secs(5));
+            st.next_start = now + RESTART_BACKOFF.delay(st.failures);
         } else if st.replicas.len() != before {
             st.failures = 0;
         }
         // Scale to zero after the idle time.
         if st.policy.allow_zero
             && st.desired > 0
-            && st.in_flight == 0
-            && now.duration_since(st.last_activity) >= st.policy.idle_timeout()
+            && self.instances.idle_deadline(st.policy.idle_timeout()).is_some_and(|at| at <= now)
         {
             let mut none = None;
             self.logs.push(
@@ -821,7 +836,7 @@ impl Func {
         let generation = st.generation;
         for r in &st.replicas {
             if r.generation != generation && !r.stopping.load(Ordering::SeqCst) {
-                stop_replica(r.clone());
+                self.stop_replica(r);
             }
         }
         let live: Vec<Arc<Replica>> = st
@@ -835,10 +850,10 @@ impl Func {
             // Stop the extra ones: not-ready first, then the least busy.
             let mut order = live.clone();
             order.sort_by_key(|r| {
-                (r.ready.load(Ordering::SeqCst), r.in_flight.load(Ordering::SeqCst))
+                (r.ready.load(Ordering::SeqCst), self.instances.in_flight_of(r.key).unwrap_or(0))
             });
-            for r in order.into_iter().take(live.len() - desired) {
-                stop_replica(r);
+            for r in order.iter().take(live.len() - desired) {
+                self.stop_replica(r);
             }
         } else if live.len() < desired && now >= st.next_start {
             // A few at a time: the reconciler comes back as each becomes ready (or fails).
@@ -853,10 +868,26 @@ impl Func {
         drop(st);
         self.notify.notify_waiters();
     }
-}
 
-fn stop_replica(r: Arc<Replica>) {
-    r.request_stop();
+    /// Stops a replica: it takes no new invocation from now on.
+    fn stop_replica(&self, r: &Replica) {
+        self.instances.remove(r.key);
+        r.request_stop();
+    }
+
+    /// Scales from zero for an invocation that found no replica: the reconciler starts the
+    /// policy's minimum (at least one).
+    fn scale_from_zero(&self) {
+        {
+            let mut st = lock(&self.state);
+            if st.removed || st.desired > 0 {
+                return;
+            }
+            st.desired = st.policy.min.max(1).min(st.policy.max);
+            st.next_start = Instant::now();
+        }
+        self.wake.notify_one();
+    }
 }
 
 /// The life of one replica: spawn the watchdog, wait for health, wait for exit or stop.
@@ -986,6 +1017,7 @@ async fn run_replica(
         ok = probe => {
             if ok {
                 r.ready.store(true, Ordering::SeqCst);
+                func.instances.set_ready(r.key, true);
                 func.notify.notify_waiters();
                 // The reconciler may start the next replicas.
                 func.wake.notify_one();
@@ -1032,6 +1064,7 @@ async fn run_replica(
     }
     // Nothing of the replica's process group survives it.
     sys::kill_group(pid, sys::SIGKILL);
+    func.instances.remove(r.key);
     r.exited.store(true, Ordering::SeqCst);
     r.done.send_replace(true);
     func.wake.notify_one();
@@ -1059,69 +1092,6 @@ async fn reconciler(shared: Weak<Shared>, f: Weak<Func>) {
 
 // ---------------------------------------------------------------------------------------
 // Invocation
-
-/// An invocation's place in a function's line of waiters; leaves the line when dropped
-/// (served, timed out or cancelled), waking the next in line.
-struct Ticket {
-    func: Arc<Func>,
-    id: u64,
-    done: bool,
-}
-
-impl Ticket {
-    /// Leaves the line, served (caller holds the state lock). The waiters are woken so the
-    /// next in line may take a replica that is still free.
-    fn served(mut self, st: &mut FState) {
-        self.done = true;
-        leave_line(st, self.id);
-        if !st.waiters.is_empty() {
-            self.func.notify.notify_waiters();
-        }
-    }
-}
-
-fn leave_line(st: &mut FState, id: u64) {
-    if st.waiters.front() == Some(&id) {
-        st.waiters.pop_front();
-    } else if let Some(i) = st.waiters.iter().position(|t| *t == id) {
-        st.waiters.remove(i);
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let was_first = {
-            let mut st = lock(&self.func.state);
-            let first = st.waiters.front() == Some(&self.id);
-            leave_line(&mut st, self.id);
-            first && !st.waiters.is_empty()
-        };
-        if was_first {
-            self.func.notify.notify_waiters();
-        }
-    }
-}
-
-/// Holds a replica slot until the function has answered.
-struct Lease {
-    func: Arc<Func>,
-    replica: Arc<Replica>,
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.replica.in_flight.fetch_sub(1, Ordering::SeqCst);
-        {
-            let mut st = lock(&self.func.state);
-            st.in_flight = st.in_flight.saturating_sub(1);
-            st.last_activity = Instant::now();
-        }
-        self.func.notify.notify_waiters();
-    }
-}
 
 impl ProcessInvoker {
     /// A builder.
@@ -1157,31 +1127,14 @@ impl ProcessInvoker {
 
     /// A function's instances as the router sees them.
     pub fn instances(&self, function: &FunctionRef) -> Result<Vec<InstanceView>> {
-        let f = self.inner.function(function)?;
-        let st = lock(&f.state);
-        Ok(views(&self.inner, &st))
+        Ok(self.inner.function(function)?.instances.views())
     }
-}
-
-fn views(shared: &Shared, st: &FState) -> Vec<InstanceView> {
-    st.replicas
-        .iter()
-        .map(|r| InstanceView {
-            id: r.id.to_string(),
-            node: Some(shared.node.id.clone()),
-            in_flight: r.in_flight.load(Ordering::SeqCst),
-            max_concurrency: r.max_concurrency,
-            ready: r.ready.load(Ordering::SeqCst)
-                && !r.stopping.load(Ordering::SeqCst)
-                && !r.exited.load(Ordering::SeqCst),
-        })
-        .collect()
 }
 
 fn status_of(f: &Func) -> FunctionStatus {
     let st = lock(&f.state);
     let mut s = FunctionStatus::from_spec(&st.spec);
-    s.invocation_count = st.invocation_count;
+    s.invocation_count = f.instances.served();
     s.replicas = u64::from(st.desired);
     s.available_replicas = st
         .replicas
@@ -1204,79 +1157,24 @@ impl Invoke for ProcessInvoker {
         let arrived = Instant::now();
         let budget = faas_core::invocation::WaitBudget::of(&invocation.request);
         let queue_timeout = budget.map_or(sh.cfg.queue_timeout, |b| b.min(sh.cfg.queue_timeout));
-        let mut cold = false;
-        // This invocation's place in line once it has had to wait.
-        let mut ticket: Option<Ticket> = None;
-        let (replica, timeout) = loop {
-            let notified = func.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let starting = {
-                let mut st = lock(&func.state);
-                if st.removed {
-                    return Err(Error::function_not_found(func.fref.to_string()));
-                }
-                st.last_activity = Instant::now();
-                let vs = views(sh, &st);
-                // First come, first served: a newcomer goes behind anyone waiting.
-                let my_turn = match &ticket {
-                    None => st.waiters.is_empty(),
-                    Some(t) => st.waiters.front() == Some(&t.id),
-                };
-                let routed = if my_turn { st.scheduler.route(&func.fref, &vs) } else { None };
-                if let Some(r) = routed.and_then(|i| st.replicas.get(i).cloned()) {
-                    r.in_flight.fetch_add(1, Ordering::SeqCst);
-                    st.in_flight += 1;
-                    st.invocation_count += 1;
-                    if let Some(t) = ticket.take() {
-                        t.served(&mut st);
-                    }
-                    break (r, st.spec.timeout);
-                }
-                if ticket.is_none() {
-                    if st.waiters.len() >= sh.cfg.queue_limit {
-                        return Err(Error::Overloaded {
-                            message: format!(
-                                "{} invocations of {} are waiting for a replica already",
-                                st.waiters.len(),
-                                func.fref
-                            ),
-                            retry_after: Some(Duration::from_secs(1)),
-                        });
-                    }
-                    let id = st.next_ticket;
-                    st.next_ticket += 1;
-                    st.waiters.push_back(id);
-                    ticket = Some(Ticket { func: func.clone(), id, done: false });
-                }
-                if st.desired == 0 {
-                    // Scale from zero.
-                    st.desired = st.policy.min.max(1).min(st.policy.max);
-                    st.next_start = Instant::now();
-                    cold = true;
-                    func.wake.notify_one();
-                }
-                let any_ready = vs.iter().any(|v| v.ready);
-                cold |= !any_ready;
-                !any_ready
-            };
-            let bound = if starting { sh.cfg.start_timeout } else { queue_timeout };
-            if tokio::time::timeout_at(arrived + bound, notified).await.is_err() {
-                let after = faas_core::util::format_duration(bound);
-                return Err(if starting {
-                    Error::unavailable(format!(
-                        "no instance of {} became ready in {after}",
-                        func.fref
-                    ))
-                } else {
-                    Error::Overloaded {
-                        message: format!("every instance of {} stayed busy for {after}", func.fref),
-                        retry_after: Some(Duration::from_secs(1)),
-                    }
-                });
+        let (scheduler, timeout) = {
+            let st = lock(&func.state);
+            if st.removed {
+                return Err(Error::function_not_found(func.fref.to_string()));
             }
+            (st.scheduler.clone(), st.spec.timeout)
         };
-        let lease = Lease { func: func.clone(), replica: replica.clone() };
+        let limits = AcquireLimits {
+            queue_limit: sh.cfg.queue_limit,
+            busy_timeout: queue_timeout,
+            start_timeout: sh.cfg.start_timeout,
+        };
+        let lease = func
+            .instances
+            .acquire(&*scheduler, &limits, arrived, |_| func.scale_from_zero())
+            .await?;
+        let cold = lease.cold();
+        let replica = lease.handle().clone();
         let wait_time = arrived.elapsed();
         let target = Target {
             base: &replica.base,
@@ -1341,6 +1239,7 @@ impl Deploy for ProcessInvoker {
                 dir: log_dir,
             }),
             notify: Notify::new(),
+            instances: Arc::new(InstanceSet::new(fref.clone())),
             wake: Notify::new(),
             state: Mutex::new(FState {
                 spec,
@@ -1349,15 +1248,10 @@ impl Deploy for ProcessInvoker {
                 generation: 1,
                 desired,
                 replicas: Vec::new(),
-                invocation_count: 0,
-                last_activity: Instant::now(),
-                in_flight: 0,
                 removed: false,
                 failures: 0,
                 next_start: Instant::now(),
                 node_full_logged: false,
-                waiters: VecDeque::new(),
-                next_ticket: 0,
             }),
         });
         {
@@ -1387,10 +1281,10 @@ impl Deploy for ProcessInvoker {
             st.policy = policy;
             st.scheduler = scheduler;
             st.generation += 1;
-            st.last_activity = Instant::now();
             st.failures = 0;
             st.next_start = Instant::now();
         }
+        func.instances.touch();
         func.wake.notify_one();
         Ok(())
     }
@@ -1409,6 +1303,8 @@ impl Deploy for ProcessInvoker {
             st.desired = 0;
             std::mem::take(&mut st.replicas)
         };
+        func.instances.close();
+        func.instances.clear();
         for r in &replicas {
             r.request_stop();
         }
@@ -1447,9 +1343,9 @@ impl Deploy for ProcessInvoker {
         {
             let mut st = lock(&func.state);
             st.desired = replicas.min(st.policy.max);
-            st.last_activity = Instant::now();
             st.next_start = Instant::now();
         }
+        func.instances.touch();
         // The reconciler starts or stops replicas, off the request path.
         func.wake.notify_one();
         Ok(())
