@@ -730,6 +730,10 @@ impl Deploy for DockerInvoker {
         self.inner.settings.limits.check_scale(replicas)?;
         let f = self.inner.function(function)?;
         f.desired.store(replicas, Ordering::SeqCst);
+        if replicas == 0 {
+            // Nothing left to start: no failed state to report.
+            f.clear_failure();
+        }
         let mut r = self.inner.reconcile(&f).await;
         // A concurrent reconcile may have held the lock with an older target.
         if f.live().len() != replicas as usize && r.is_ok() {
