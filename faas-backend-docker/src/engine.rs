@@ -24,6 +24,9 @@ pub(crate) mod label {
     pub const OWNER: &str = "com.faas-rs.owner";
     /// Marks everything we manage.
     pub const MANAGED: &str = "com.faas-rs.managed";
+    /// The backend instance (gateway) that owns the container: a backend lists, adopts,
+    /// replaces and removes only containers with its own.
+    pub const INSTANCE: &str = "com.faas-rs.instance";
     /// OpenFaaS's own function label.
     pub const OPENFAAS_FUNCTION: &str = "faas_function";
 }

@@ -48,7 +48,19 @@ pub(crate) struct Settings {
     pub limits: ReplicaLimits,
     /// How many containers one reconcile or update starts at once.
     pub start_concurrency: usize,
+    /// The value of [`label::INSTANCE`] on this backend's containers.
+    pub instance: String,
+    /// The engine host's CPUs, if it said (a CPU limit over them is refused).
+    pub host_cpus: Option<u64>,
+    /// The waits between attempts to start a function whose starts keep failing.
+    pub start_backoff: faas_core::util::Backoff,
 }
+
+/// The smallest memory limit the Docker engine accepts (its error: "Minimum memory limit
+/// allowed is 6MB").
+pub(crate) const MIN_MEMORY_BYTES: u64 = 6 << 20;
+/// The smallest CPU limit the Docker engine accepts (0.01 CPU), in nano CPUs.
+pub(crate) const MIN_NANO_CPUS: u64 = 10_000_000;
 
 pub(crate) struct Inner {
     pub docker: Docker,
@@ -76,9 +88,11 @@ fn epoch_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// `faas-rs.<namespace>.<name>`: the definition container of a function.
-pub(crate) fn definition_name(f: &FunctionRef) -> String {
-    format!("faas-rs.{}.{}", f.namespace, f.name)
+/// `faas-rs-def.<instance>.<namespace>.<name>`: the definition container of a function
+/// (the instance in it, so that gateways sharing an engine can each have a function of
+/// that name).
+pub(crate) fn definition_name(instance: &str, f: &FunctionRef) -> String {
+    format!("faas-rs-def.{instance}.{}.{}", f.namespace, f.name)
 }
 
 /// `faas-rs.<namespace>.<name>.<suffix>`: a replica.
@@ -112,6 +126,46 @@ impl Inner {
         } else {
             Err(Error::NotFound { kind: "namespace", name: ns.to_string() })
         }
+    }
+
+    /// A list filter for this backend's containers: managed, with its instance id.
+    pub fn own_containers(&self) -> HashMap<String, Vec<String>> {
+        engine::label_filter(&[
+            format!("{}=true", label::MANAGED),
+            format!("{}={}", label::INSTANCE, self.settings.instance),
+        ])
+    }
+
+    /// Refuses, naming the field, a container configuration the engine would refuse: a
+    /// memory limit under its minimum, a CPU limit under 0.01 or over the host's CPUs.
+    pub fn check_engine_limits(&self, tpl: &Template) -> Result<()> {
+        if let Some(m) = tpl.memory.filter(|m| *m < MIN_MEMORY_BYTES) {
+            return Err(Error::invalid(
+                "limits.memory",
+                format!(
+                    "{m} bytes is under the Docker engine's minimum memory limit of 6 MiB \
+                     ({MIN_MEMORY_BYTES} bytes)"
+                ),
+            ));
+        }
+        if let Some(c) = tpl.nano_cpus.filter(|c| *c > 0) {
+            let cpus = c as f64 / 1e9;
+            if c < MIN_NANO_CPUS {
+                return Err(Error::invalid(
+                    "limits.cpu",
+                    format!("{cpus} CPU is under the Docker engine's minimum of 0.01"),
+                ));
+            }
+            if let Some(host) =
+                self.settings.host_cpus.filter(|h| c > h.saturating_mul(1_000_000_000))
+            {
+                return Err(Error::invalid(
+                    "limits.cpu",
+                    format!("{cpus} CPUs is over the {host} CPUs of the Docker host"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn function(&self, f: &FunctionRef) -> Result<Arc<FunctionState>> {
@@ -242,6 +296,7 @@ impl Inner {
     fn base_labels(&self, role: &str) -> HashMap<String, String> {
         let mut l = HashMap::new();
         l.insert(label::MANAGED.to_string(), "true".to_string());
+        l.insert(label::INSTANCE.to_string(), self.settings.instance.clone());
         l.insert(label::ROLE.to_string(), role.to_string());
         l
     }
@@ -304,8 +359,10 @@ impl Inner {
             network_disabled: Some(true),
             ..Default::default()
         };
-        let opts =
-            CreateContainerOptions { name: Some(definition_name(&fref)), platform: String::new() };
+        let opts = CreateContainerOptions {
+            name: Some(definition_name(&self.settings.instance, &fref)),
+            platform: String::new(),
+        };
         match self.docker.create_container(Some(opts), body).await {
             Ok(r) => Ok(r.id),
             Err(e) if status_of(&e) == Some(409) => {
@@ -613,6 +670,23 @@ impl Inner {
                     }
                 }
             }
+            match &first_err {
+                // An unreachable engine is not the function's failure: the maintenance
+                // loop notices the engine and retries as it comes back.
+                Some(Error::Unavailable { .. }) => {}
+                Some(e) => {
+                    let failed = f.fail_start(e.clone(), &self.settings.start_backoff);
+                    tracing::warn!(
+                        function = %f.fref,
+                        error = %e,
+                        attempts = failed.attempts,
+                        retry_in = %faas_core::util::format_duration(failed.retry_in),
+                        "starting a replica failed"
+                    );
+                }
+                None if n > 0 => f.clear_failure(),
+                None => {}
+            }
             f.changed.notify_waiters();
             if let Some(e) = first_err {
                 return Err(e);
@@ -729,7 +803,7 @@ impl Inner {
     pub async fn tick(self: &Arc<Self>) {
         let opts = ListContainersOptions {
             all: true,
-            filters: Some(engine::label_filter(&[format!("{}=true", label::MANAGED)])),
+            filters: Some(self.own_containers()),
             ..Default::default()
         };
         let listed = match self.docker.list_containers(Some(opts)).await {
@@ -767,14 +841,21 @@ impl Inner {
                 }
             }
             let live = f.live().len() as u32 + f.starting.load(Ordering::SeqCst);
-            if live < f.desired.load(Ordering::SeqCst) && f.reconcile_lock.try_lock().is_ok() {
+            // A function whose starts keep failing is tried again only when its backoff
+            // says so, not at every pass.
+            if live < f.desired.load(Ordering::SeqCst)
+                && f.start_due()
+                && f.reconcile_lock.try_lock().is_ok()
+            {
                 self.spawn_reconcile(Arc::clone(f));
             }
         }
         let templates: Vec<Template> = {
             let mut pools = lock(&self.pools);
+            // Only what the listing saw stopped is dropped: a container missing from it was
+            // started after it (dropping that one would leave it running, forgotten).
             for pool in pools.values_mut() {
-                pool.ready.retain(|p| alive(&p.id));
+                pool.ready.retain(|p| !states.contains_key(&p.id) || alive(&p.id));
             }
             pools.keys().cloned().collect()
         };
@@ -783,13 +864,14 @@ impl Inner {
         }
     }
 
-    /// Rebuilds the view from container labels: functions from their definition containers,
-    /// replicas from running containers named after them. Removes stopped replicas, orphans
-    /// and this owner's stale prewarm containers.
+    /// Rebuilds the view from the labels of this instance's containers: functions from their
+    /// definition containers, replicas from running containers named after them. Removes
+    /// its stopped replicas, orphans and this owner's stale prewarm containers; containers
+    /// of other instances are not even listed.
     pub async fn adopt(self: &Arc<Self>) -> Result<()> {
         let opts = ListContainersOptions {
             all: true,
-            filters: Some(engine::label_filter(&[format!("{}=true", label::MANAGED)])),
+            filters: Some(self.own_containers()),
             ..Default::default()
         };
         let listed = self
@@ -895,23 +977,27 @@ impl Inner {
         Ok(())
     }
 
-    /// Removes every container named after function `f` (replicas, taken prewarm
-    /// containers, the definition), whatever this backend's view says.
+    /// Removes every container of this instance named after function `f` (replicas, taken
+    /// prewarm containers, the definition), whatever this backend's view says.
     pub async fn remove_all_named(&self, f: &FunctionRef) -> Result<()> {
-        let mut filters = HashMap::new();
-        filters.insert("name".to_string(), vec![definition_name(f)]);
-        let opts =
-            ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(self.own_containers()),
+            ..Default::default()
+        };
         let listed = self
             .docker
             .list_containers(Some(opts))
             .await
             .map_err(|e| map_err("container list", e))?;
+        let definition = format!("/{}", definition_name(&self.settings.instance, f));
         let ids: Vec<String> = listed
             .into_iter()
             .filter(|c| {
                 c.names.iter().flatten().any(|n| {
-                    parse_name(n).is_some_and(|(ns, name, _)| ns == f.namespace && name == f.name)
+                    *n == definition
+                        || parse_name(n)
+                            .is_some_and(|(ns, name, _)| ns == f.namespace && name == f.name)
                 })
             })
             .filter_map(|c| c.id)

@@ -35,8 +35,23 @@
 //!   filesystem come from the spec; secrets are files under the backend's secrets directory,
 //!   bind-mounted read-only at `/var/openfaas/secrets/<name>`.
 //! - **Definitions**: each function also has one created-but-never-started container
-//!   (`faas-rs.<namespace>.<name>`, role `definition`) whose labels hold the spec, so a
-//!   restarted backend adopts its functions, even those at zero replicas.
+//!   (`faas-rs-def.<instance>.<namespace>.<name>`, role `definition`) whose labels hold the
+//!   spec, so a restarted backend adopts its functions, even those at zero replicas.
+//! - **Sharing an engine**: every container carries the backend's instance id in the label
+//!   `com.faas-rs.instance` ([`DockerInvokerBuilder::instance`], or kept in
+//!   [`DockerInvokerBuilder::state_dir`]). A backend lists, adopts, replaces and removes only
+//!   containers with its own id, so several gateways (or a gateway and other tools) share one
+//!   engine without touching each other's functions; a restarted gateway with the same id
+//!   adopts its own. Containers without the label are never touched.
+//! - **Engine refusals**: what the engine would refuse and can be known up front is refused
+//!   at deploy and update naming the field (`limits.memory` under the engine's 6 MiB
+//!   minimum, `limits.cpu` under 0.01 or over the host's CPUs, an image not in the engine).
+//!   A start that fails later (the image untagged since, the process exits before it is
+//!   ready) puts the function in a failed state: [`faas_core::FunctionStatus::failure`]
+//!   names the reason, invocations fail at once with it (503, or the developer error of the
+//!   start), and the maintenance loop retries with [`faas_core::util::Backoff`] (from
+//!   [`DockerInvokerBuilder::health_interval`] doubling to 5 minutes) until a start
+//!   succeeds, an update or a scale request asks again.
 //! - **Readiness** is the watchdog's `GET /_/health` answering 200 (a TCP connect to a
 //!   published port succeeds before anything listens, so it proves nothing).
 //! - **Routing** goes through a [`faas_core::Scheduler`]: the builder's (default
@@ -110,6 +125,8 @@ pub struct DockerInvokerBuilder {
     log_retention: LogRetention,
     limits: Option<ReplicaLimits>,
     start_concurrency: usize,
+    instance: Option<String>,
+    state_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for DockerInvokerBuilder {
@@ -123,6 +140,8 @@ impl std::fmt::Debug for DockerInvokerBuilder {
             .field("log_retention", &self.log_retention)
             .field("limits", &self.limits)
             .field("start_concurrency", &self.start_concurrency)
+            .field("instance", &self.instance)
+            .field("state_dir", &self.state_dir)
             .finish_non_exhaustive()
     }
 }
@@ -142,6 +161,8 @@ impl Default for DockerInvokerBuilder {
             log_retention: LogRetention::default(),
             limits: None,
             start_concurrency: 4,
+            instance: None,
+            state_dir: None,
         }
     }
 }
@@ -260,6 +281,26 @@ impl DockerInvokerBuilder {
         self
     }
 
+    /// This backend's instance id (letters, digits, `-` and `_`, at most 64; other
+    /// characters become `-`): the value of the label `com.faas-rs.instance` on every
+    /// container it creates, and the only containers it lists, adopts, replaces or removes.
+    /// Give each gateway on an engine its own, and a restarted gateway the same. Default: the
+    /// one kept in [`DockerInvokerBuilder::state_dir`], else `default`.
+    pub fn instance(mut self, id: impl Into<String>) -> Self {
+        self.instance = Some(id.into());
+        self
+    }
+
+    /// Where the instance id is kept (the file `docker-instance` in `dir`, created with a
+    /// random id on the first start, read on the later ones) when
+    /// [`DockerInvokerBuilder::instance`] gives none: one id per state directory, so a
+    /// gateway restarted on the same directory adopts its own containers and one on another
+    /// directory leaves them alone.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
     /// Connects to the engine (negotiating the API version), adopts the functions and
     /// replicas found there, starts the maintenance loop and fills the prewarm pools.
     /// [`Error::Unavailable`] when the engine cannot be reached.
@@ -277,11 +318,14 @@ impl DockerInvokerBuilder {
             faas_core::util::validate_dns1123_label(ns)
                 .map_err(|r| Error::invalid("namespaces", r))?;
         }
-        let docker = engine::connect(self.socket.as_deref()).await?;
-        let limits = match docker_limits {
-            Some(l) => l,
-            None => host_limits(&docker).await,
+        let instance = match (&self.instance, &self.state_dir) {
+            (Some(id), _) => instance_id(id)?,
+            (None, Some(dir)) => kept_instance_id(dir)?,
+            (None, None) => DEFAULT_INSTANCE.to_string(),
         };
+        let docker = engine::connect(self.socket.as_deref()).await?;
+        let (host_limits, host_cpus) = host_limits(&docker).await;
+        let limits = docker_limits.unwrap_or(host_limits);
         let secrets_dir = self
             .secrets_dir
             .unwrap_or_else(|| std::env::temp_dir().join("faas-rs-docker").join("secrets"));
@@ -304,6 +348,12 @@ impl DockerInvokerBuilder {
                 log_retention: self.log_retention,
                 limits,
                 start_concurrency: self.start_concurrency.max(1),
+                instance,
+                host_cpus,
+                start_backoff: faas_core::util::Backoff::new(
+                    self.health_interval.max(Duration::from_millis(10)),
+                    MAX_START_BACKOFF,
+                ),
             },
             client: faas_core::instance::InstanceClient::new(),
             functions: Mutex::new(Default::default()),
@@ -333,16 +383,62 @@ impl DockerInvokerBuilder {
     }
 }
 
-/// The default replica caps of the engine's host (its CPUs and memory), else of this machine.
-async fn host_limits(docker: &bollard::Docker) -> ReplicaLimits {
+/// The instance id when neither [`DockerInvokerBuilder::instance`] nor
+/// [`DockerInvokerBuilder::state_dir`] gives one.
+pub const DEFAULT_INSTANCE: &str = "default";
+
+/// The file in the state directory that keeps the instance id.
+const INSTANCE_FILE: &str = "docker-instance";
+
+/// The longest wait between two attempts to start a function that keeps failing.
+const MAX_START_BACKOFF: Duration = Duration::from_secs(300);
+
+/// `id` as an instance id: letters, digits, `-` and `_` (anything else becomes `-`),
+/// 1 to 64 of them.
+fn instance_id(id: &str) -> Result<String> {
+    let id: String = id
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .collect();
+    if id.is_empty() || id.len() > 64 {
+        return Err(Error::invalid("instance", "must be 1 to 64 letters, digits, '-' or '_'"));
+    }
+    Ok(id)
+}
+
+/// The instance id kept in `dir`, created (random) on first use.
+fn kept_instance_id(dir: &std::path::Path) -> Result<String> {
+    let path = dir.join(INSTANCE_FILE);
+    let io = |e: std::io::Error| Error::internal(format!("{}: {e}", path.display()));
+    match std::fs::read_to_string(&path) {
+        Ok(s) => instance_id(&s).map_err(|e| {
+            Error::invalid("state-dir", format!("{} holds no instance id: {e}", path.display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            let id = format!("gw-{}", &faas_core::InvocationId::new().as_str()[..12]);
+            // Written aside and renamed, so a crash never leaves a half-written id.
+            let tmp = dir.join(format!("{INSTANCE_FILE}.tmp"));
+            std::fs::write(&tmp, format!("{id}\n")).map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            instance_id(&id)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// The default replica caps of the engine's host (its CPUs and memory), else of this
+/// machine, and the host's CPUs if the engine says.
+async fn host_limits(docker: &bollard::Docker) -> (ReplicaLimits, Option<u64>) {
     match docker.info().await {
         Ok(info) => match (info.ncpu, info.mem_total) {
             (Some(cpus), Some(mem)) if cpus > 0 && mem > 0 => {
-                ReplicaLimits::for_machine(cpus as u64, mem as u64)
+                (ReplicaLimits::for_machine(cpus as u64, mem as u64), Some(cpus as u64))
             }
-            _ => ReplicaLimits::detect(),
+            _ => (ReplicaLimits::detect(), None),
         },
-        Err(_) => ReplicaLimits::detect(),
+        Err(_) => (ReplicaLimits::detect(), None),
     }
 }
 
@@ -431,9 +527,15 @@ impl DockerInvoker {
         self.inner.drain_pools().await;
     }
 
+    /// This backend's instance id (the label `com.faas-rs.instance` of its containers).
+    pub fn instance_id(&self) -> &str {
+        &self.inner.settings.instance
+    }
+
     fn status_of(&self, f: &FunctionState) -> FunctionStatus {
         let info = f.spec();
         let mut st = FunctionStatus::from_spec(&info.spec);
+        st.failure = f.failure();
         st.invocation_count = f.invocations.load(Ordering::Relaxed);
         st.replicas = u64::from(f.desired.load(Ordering::SeqCst));
         st.available_replicas = f.live().len() as u64;
@@ -496,6 +598,7 @@ impl Deploy for DockerInvoker {
         inner.check_namespace(&fref.namespace)?;
         let scheduler = inner.scheduler_for(&spec)?;
         let info = inner.spec_info(spec, scheduler)?;
+        inner.check_engine_limits(&info.template)?;
         if lock(&inner.functions).contains_key(&fref) {
             return Err(Error::AlreadyExists { kind: "function", name: fref.to_string() });
         }
@@ -539,8 +642,11 @@ impl Deploy for DockerInvoker {
         let f = inner.function(&fref)?;
         let scheduler = inner.scheduler_for(&spec)?;
         let info = inner.spec_info(spec, scheduler)?;
+        inner.check_engine_limits(&info.template)?;
         inner.check_image(&info.spec.image).await?;
         let _g = f.reconcile_lock.lock().await;
+        // A new spec is a new chance: the old spec's start failures no longer count.
+        f.clear_failure();
         let old_def = lock(&f.definition_id).clone();
         // Replace the definition first: it reserves the name and fails early on a bad image.
         inner.remove_container(&old_def).await?;
@@ -624,12 +730,18 @@ impl Deploy for DockerInvoker {
         self.inner.settings.limits.check_scale(replicas)?;
         let f = self.inner.function(function)?;
         f.desired.store(replicas, Ordering::SeqCst);
-        let r = self.inner.reconcile(&f).await;
+        if replicas == 0 {
+            // Nothing left to start: no failed state to report.
+            f.clear_failure();
+        }
+        let mut r = self.inner.reconcile(&f).await;
         // A concurrent reconcile may have held the lock with an older target.
         if f.live().len() != replicas as usize && r.is_ok() {
-            return self.inner.reconcile(&f).await;
+            r = self.inner.reconcile(&f).await;
         }
-        r
+        // The request was valid: a start the engine refused is the function's failed
+        // state (503 naming the reason), not the caller's 400.
+        r.map_err(|e| f.failure_error().unwrap_or_else(|| f.start_failed(&e, None)))
     }
 
     async fn namespaces(&self) -> Result<Vec<String>> {
@@ -653,10 +765,19 @@ impl Deploy for DockerInvoker {
     }
 
     /// Asks the backend's own view of the replicas (no engine call: `status` also reads
-    /// container stats, about a second), at intervals growing from 1 ms to 50 ms.
+    /// container stats, about a second), at intervals growing from 1 ms to 50 ms. A
+    /// function in a failed state with no replica ends the wait at once with the reason
+    /// (503, or the start's developer error).
     async fn wait_ready(&self, function: &FunctionRef, timeout: Duration) -> Result<bool> {
         faas_core::invoker::poll_with_backoff(timeout, || async {
-            Ok(!self.inner.function(function)?.live().is_empty())
+            let f = self.inner.function(function)?;
+            if !f.live().is_empty() {
+                return Ok(true);
+            }
+            match f.failure_error() {
+                Some(e) => Err(e),
+                None => Ok(false),
+            }
         })
         .await
     }

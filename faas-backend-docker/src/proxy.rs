@@ -64,6 +64,11 @@ impl Inner {
             }
             let live = f.live().len();
             if live == 0 {
+                // A function whose starts keep failing answers at once with the reason,
+                // rather than waiting for a start the backoff has not scheduled.
+                if let Some(e) = f.failure_error() {
+                    return Err(e);
+                }
                 waited = true;
                 let _ = f.desired.compare_exchange(
                     0,
@@ -72,7 +77,13 @@ impl Inner {
                     Ordering::SeqCst,
                 );
                 if let Some(r) = self.take_prewarm(f, &info) {
-                    f.push(r);
+                    f.push(Arc::clone(&r));
+                    // A removal that began after the check above may have taken its
+                    // snapshot of the replicas already, without this container.
+                    if f.removed.load(Ordering::SeqCst) {
+                        r.dead.store(true, Ordering::SeqCst);
+                        let _ = self.remove_container(&r.id).await;
+                    }
                     continue;
                 }
                 if f.starting.load(Ordering::SeqCst) == 0 {
@@ -80,7 +91,7 @@ impl Inner {
                 }
             }
             if let Some(e) = f.start_error_since(seq) {
-                return Err(e);
+                return Err(f.start_failed(&e, None));
             }
             let until = if live > 0 { deadline.min(busy_deadline) } else { deadline };
             if tokio::time::timeout_at(until.into(), notified).await.is_err() {

@@ -176,6 +176,20 @@ pub(crate) struct FunctionState {
     pub definition_id: Mutex<String>,
     /// The last lines of its removed replicas (bounded; dropped with the function).
     pub retained: Mutex<RetainedLogs>,
+    /// Set while its starts keep failing (cleared by a start that succeeds or an update).
+    pub failure: Mutex<Option<StartFailure>>,
+}
+
+/// Starts of a function failing in a row, and when to try again.
+#[derive(Debug, Clone)]
+pub(crate) struct StartFailure {
+    /// The last start's error.
+    pub error: Error,
+    pub attempts: u32,
+    pub since: SystemTime,
+    /// The wait after the last failure, and when it ends.
+    pub retry_in: Duration,
+    pub retry_at: Instant,
 }
 
 impl FunctionState {
@@ -200,6 +214,66 @@ impl FunctionState {
             start_error: Mutex::new((0, None)),
             definition_id: Mutex::new(String::new()),
             retained: Mutex::new(RetainedLogs::new(retention)),
+            failure: Mutex::new(None),
+        }
+    }
+
+    /// Counts a failed start (an engine refusal or an instance that never became ready),
+    /// to be retried after `backoff`'s wait for that many failures in a row.
+    pub fn fail_start(&self, error: Error, backoff: &faas_core::util::Backoff) -> StartFailure {
+        let mut g = lock(&self.failure);
+        let (attempts, since) = match g.as_ref() {
+            Some(f) => (f.attempts.saturating_add(1), f.since),
+            None => (1, SystemTime::now()),
+        };
+        let retry_in = backoff.delay(attempts);
+        let f =
+            StartFailure { error, attempts, since, retry_in, retry_at: Instant::now() + retry_in };
+        *g = Some(f.clone());
+        f
+    }
+
+    /// Forgets the failed starts (a start succeeded, or a new spec or scale asks again).
+    pub fn clear_failure(&self) {
+        *lock(&self.failure) = None;
+    }
+
+    /// Whether the maintenance loop may try to start replicas now: no failure, or its
+    /// wait is over.
+    pub fn start_due(&self) -> bool {
+        lock(&self.failure).as_ref().is_none_or(|f| Instant::now() >= f.retry_at)
+    }
+
+    /// The failure as [`faas_core::FunctionStatus::failure`] reports it.
+    pub fn failure(&self) -> Option<faas_core::FunctionFailure> {
+        lock(&self.failure).as_ref().map(|f| {
+            faas_core::FunctionFailure::new(f.error.to_string(), f.attempts, f.since, f.retry_in)
+        })
+    }
+
+    /// What an invocation of the function gets while it is in a failed state: the start's
+    /// developer error (the function's own fault: 502) as it is, anything else (an engine
+    /// refusal) as 503 naming it.
+    pub fn failure_error(&self) -> Option<Error> {
+        let g = lock(&self.failure);
+        let f = g.as_ref()?;
+        Some(self.start_failed(&f.error, Some(f.retry_at)))
+    }
+
+    /// A start error as the invocation waiting for it gets it (see
+    /// [`FunctionState::failure_error`]).
+    pub fn start_failed(&self, e: &Error, retry_at: Option<Instant>) -> Error {
+        match e {
+            Error::Developer { .. } | Error::Unavailable { .. } => e.clone(),
+            other => {
+                let next = retry_at
+                    .map(|t| {
+                        let wait = t.saturating_duration_since(Instant::now());
+                        format!("; next attempt in {}", faas_core::util::format_duration(wait))
+                    })
+                    .unwrap_or_default();
+                Error::unavailable(format!("function {} cannot start: {other}{next}", self.fref))
+            }
         }
     }
 

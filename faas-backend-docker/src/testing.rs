@@ -352,15 +352,17 @@ pub async fn cleanup(namespace: &str, owner: &str) -> Result<()> {
             || labels.get(label::OWNER).map(String::as_str) == Some(owner)
             || name.contains(&format!("faas-rs.{namespace}."));
         if let (true, Some(id)) = (ours, c.id) {
-            let opts = bollard::query_parameters::RemoveContainerOptions {
-                force: true,
-                v: true,
-                link: false,
-            };
-            let _ = d.remove_container(&id, Some(opts)).await;
+            force_remove(&d, &id).await;
         }
     }
     Ok(())
+}
+
+/// Force-removes a container and its anonymous volumes, whatever the answer.
+async fn force_remove(d: &Docker, id: &str) {
+    let opts =
+        bollard::query_parameters::RemoveContainerOptions { force: true, v: true, link: false };
+    let _ = d.remove_container(id, Some(opts)).await;
 }
 
 /// The engine's state of a container (`running`, `paused`, `exited`...), or `missing`.
@@ -430,4 +432,95 @@ pub async fn container_host_facts(id: &str) -> Result<(i64, i64, bool, Vec<Strin
         ports,
         mounts,
     ))
+}
+
+/// The containers (any state) of backend instance `instance` (the label
+/// `com.faas-rs.instance`).
+async fn of_instance(d: &Docker, instance: &str) -> Result<Vec<bollard::models::ContainerSummary>> {
+    let opts = ListContainersOptions {
+        all: true,
+        filters: Some(engine::label_filter(&[format!("{}={instance}", label::INSTANCE)])),
+        ..Default::default()
+    };
+    d.list_containers(Some(opts)).await.map_err(|e| map_err("container list", e))
+}
+
+/// Names of the containers (any state) of backend instance `instance` (the label
+/// `com.faas-rs.instance`), sorted.
+pub async fn instance_containers(instance: &str) -> Result<Vec<String>> {
+    let d = docker().await?;
+    let mut names: Vec<String> = of_instance(&d, instance)
+        .await?
+        .into_iter()
+        .filter_map(|c| c.names.and_then(|n| n.into_iter().next()))
+        .map(|n| n.trim_start_matches('/').to_string())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Force-removes the containers of backend instance `instance` (test cleanup).
+pub async fn cleanup_instance(instance: &str) -> Result<()> {
+    let d = docker().await?;
+    for id in of_instance(&d, instance).await?.into_iter().filter_map(|c| c.id) {
+        force_remove(&d, &id).await;
+    }
+    Ok(())
+}
+
+/// A test's backend instances and image names, removed when dropped (even when the test
+/// panics): the containers with those instance ids, and the names with [`untag_image`].
+/// Only what the test made is touched, so tests sharing an engine stay apart.
+#[derive(Debug, Default)]
+pub struct InstanceGuard {
+    /// Instance ids whose containers go.
+    pub instances: Vec<String>,
+    /// Image names (`repo:tag`) that go.
+    pub images: Vec<String>,
+}
+
+impl Drop for InstanceGuard {
+    fn drop(&mut self) {
+        let (instances, images) = (self.instances.clone(), self.images.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(async {
+                    for id in &instances {
+                        let _ = cleanup_instance(id).await;
+                    }
+                    for image in &images {
+                        let _ = untag_image(image).await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// Tags `image` as `repo:tag` too (a name a test can take away again with
+/// [`untag_image`] without removing the image).
+pub async fn tag_image(image: &str, repo: &str, tag: &str) -> Result<String> {
+    let d = docker().await?;
+    let opts = bollard::query_parameters::TagImageOptions {
+        repo: Some(repo.to_string()),
+        tag: Some(tag.to_string()),
+    };
+    d.tag_image(image, Some(opts)).await.map_err(|e| map_err("image tag", e))?;
+    Ok(format!("{repo}:{tag}"))
+}
+
+/// Removes the name `image` (`repo:tag`) only: the image stays under its other names.
+pub async fn untag_image(image: &str) -> Result<()> {
+    let d = docker().await?;
+    let opts = bollard::query_parameters::RemoveImageOptions {
+        force: false,
+        noprune: true,
+        ..Default::default()
+    };
+    match d.remove_image(image, Some(opts), None).await {
+        Ok(_) => Ok(()),
+        Err(e) if engine::status_of(&e) == Some(404) => Ok(()),
+        Err(e) => Err(map_err("image untag", e)),
+    }
 }

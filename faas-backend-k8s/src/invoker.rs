@@ -23,8 +23,8 @@ use faas_core::spec::{rfc3339, validate_secret_name, ScalingPolicy};
 use faas_core::util::{lock, validate_dns1123_label};
 use faas_core::{
     Error, FunctionRef, FunctionSpec, FunctionStatus, InstanceView, Invocation, LogEntry,
-    LogStream, LogsRequest, ProviderInfo, Response, Result, Scheduler, Secret, SecretInfo,
-    StartKind,
+    LogStream, LogsRequest, ProviderInfo, ReplicaLimits, Response, Result, Scheduler, Secret,
+    SecretInfo, StartKind,
 };
 
 use crate::error::{map_kube_error, Target};
@@ -90,6 +90,9 @@ struct Inner {
     instances: Mutex<HashMap<FunctionRef, Arc<InstanceSet<String>>>>,
     /// One scale-from-zero at a time per function; later callers wait for it.
     waking: Mutex<HashMap<FunctionRef, Arc<tokio::sync::Mutex<()>>>>,
+    /// The cap on replicas per function (scaling labels and scale requests over it are
+    /// refused).
+    limits: ReplicaLimits,
 }
 
 /// Builds a [`KubernetesInvoker`]; see [`KubernetesInvoker::builder`].
@@ -103,6 +106,7 @@ pub struct KubernetesInvokerBuilder {
     invoke_timeout: Option<Duration>,
     cache_ttl: Duration,
     queue: AcquireLimits,
+    limits: Option<ReplicaLimits>,
 }
 
 impl std::fmt::Debug for KubernetesInvokerBuilder {
@@ -178,8 +182,22 @@ impl KubernetesInvokerBuilder {
         self
     }
 
+    /// The cap on replicas per function (default: the per-function cap of
+    /// [`ReplicaLimits::detect`], as the process backend's). A `com.openfaas.scale.min` or
+    /// `max` label (or `scaling.min`/`max`) over it is refused at deploy and update, and a
+    /// scale request over it, with [`Error::InvalidSpec`] naming the field and the cap
+    /// (400), before anything is sent to the cluster. The node cap is not applied here:
+    /// the cluster's scheduler places pods (and a `ResourceQuota` bounds a namespace).
+    pub fn replica_limits(mut self, limits: ReplicaLimits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
     /// Builds the invoker.
     pub fn build(self) -> KubernetesInvoker {
+        let limits = self.limits.unwrap_or_else(|| {
+            ReplicaLimits::new(ReplicaLimits::detect().per_function(), u32::MAX)
+        });
         let http = InstanceClient::builder()
             .pool_idle_timeout(Duration::from_secs(90))
             .connect_timeout(Some(Duration::from_secs(10)))
@@ -199,6 +217,7 @@ impl KubernetesInvokerBuilder {
                 ready: Mutex::new(HashMap::new()),
                 instances: Mutex::new(HashMap::new()),
                 waking: Mutex::new(HashMap::new()),
+                limits,
             }),
         }
     }
@@ -235,6 +254,7 @@ impl KubernetesInvoker {
             queue: AcquireLimits::default(),
             invoke_timeout: None,
             cache_ttl: Duration::from_secs(2),
+            limits: None,
         }
     }
 
@@ -290,6 +310,7 @@ impl KubernetesInvoker {
             spec.namespace = Some(self.inner.namespace.clone());
         }
         spec.validate()?;
+        spec.scaling_policy_within(&self.inner.limits)?;
         Ok(spec)
     }
 
@@ -759,6 +780,7 @@ impl Deploy for KubernetesInvoker {
     }
 
     async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<()> {
+        self.inner.limits.check_scale(replicas)?;
         let f = FunctionRef::new(function.name.clone(), self.ns(&function.namespace));
         self.forget(&f);
         self.scale_deployment(&f, replicas).await

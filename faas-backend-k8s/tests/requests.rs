@@ -239,6 +239,62 @@ async fn scale_patches_the_scale_subresource() {
     assert!(matches!(inv.scale(&f("ghost"), 1).await, Err(Error::NotFound { .. })));
 }
 
+/// The fork bomb on Kubernetes: scaling labels or a scale request over the per-function cap
+/// are a 400 naming the field and the cap, and nothing reaches the cluster.
+#[tokio::test]
+async fn replica_caps_refuse_hostile_scaling_before_any_request() {
+    use faas_core::spec::labels;
+    use faas_core::ReplicaLimits;
+
+    let fake = FakeApi::new();
+    let inv = KubernetesInvoker::builder(fake.client())
+        .replica_limits(ReplicaLimits::new(4, 100))
+        .build();
+    let bomb = FunctionSpec::new("bomb", "img")
+        .label(labels::SCALE_MIN, "1000000000")
+        .label(labels::SCALE_MAX, "1000000000");
+    let over = |e: Error, want: &str| match e {
+        e @ Error::InvalidSpec { .. } => {
+            assert_eq!(e.http_status(), 400);
+            let Error::InvalidSpec { field, reason } = e else { unreachable!() };
+            assert_eq!(field, want);
+            assert!(reason.contains("cap of 4 replicas per function"), "{reason}");
+        }
+        other => panic!("expected InvalidSpec({want}), got {other:?}"),
+    };
+    over(inv.deploy(bomb.clone()).await.unwrap_err(), "labels.com.openfaas.scale.min");
+    assert_eq!(fake.take_requests().len(), 0, "nothing sent for a refused deploy");
+
+    // At the cap is fine; an update or a scale over it is refused the same way.
+    let at_cap =
+        FunctionSpec::new("f", "img").label(labels::SCALE_MIN, "4").label(labels::SCALE_MAX, "4");
+    inv.deploy(at_cap).await.unwrap();
+    let reqs = fake.take_requests();
+    assert_eq!(reqs[0].body.as_ref().unwrap()["spec"]["replicas"], 4);
+    let raised = FunctionSpec::new("f", "img").label(labels::SCALE_MAX, "5");
+    over(inv.update(raised).await.unwrap_err(), "labels.com.openfaas.scale.max");
+    over(inv.scale(&f("f"), 5).await.unwrap_err(), "replicas");
+    over(inv.scale(&f("f"), 1_000_000_000).await.unwrap_err(), "replicas");
+    assert_eq!(fake.take_requests().len(), 0, "nothing sent for a refused update or scale");
+    inv.scale(&f("f"), 4).await.unwrap();
+    assert_eq!(fake.take_requests().len(), 1);
+
+    // Without a cap given, the default (the process backend's) still refuses the bomb.
+    over_default(invoker(&fake).deploy(bomb).await.unwrap_err());
+    assert_eq!(fake.take_requests().len(), 0);
+}
+
+fn over_default(e: Error) {
+    let cap = faas_core::ReplicaLimits::detect().per_function();
+    match e {
+        Error::InvalidSpec { field, reason } => {
+            assert_eq!(field, "labels.com.openfaas.scale.min");
+            assert!(reason.contains(&format!("cap of {cap} replicas per function")), "{reason}");
+        }
+        other => panic!("expected InvalidSpec, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn remove_deletes_the_deployment_and_the_service_in_the_background() {
     let fake = FakeApi::new();

@@ -65,7 +65,8 @@ pub use scheduler::{
     Scheduler, Schedulers, Strategy, SCHEDULER_LABEL,
 };
 pub use spec::{
-    FunctionSpec, FunctionStatus, ReplicaLimits, Resources, ScalingMetric, ScalingPolicy, Usage,
+    FunctionFailure, FunctionSpec, FunctionStatus, ReplicaLimits, Resources, ScalingMetric,
+    ScalingPolicy, Usage,
 };
 
 /// The README's Rust examples, compiled as doctests so they stay true.

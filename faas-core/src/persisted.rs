@@ -2,7 +2,10 @@
 //! [`StateStore`]: [`Persisted`] wraps a backend that forgets them when it stops (the
 //! process and in-memory backends; Docker and Kubernetes keep them in the engine), writes
 //! each deploy, update, removal and secret change to the store, and
-//! [`Persisted::restore`] deploys them again at start.
+//! [`Persisted::restore`] deploys them again at start. The replica count a `scale` request
+//! sets is kept too (for any function, API-deployed or not) and set again by
+//! [`Persisted::restore_replicas`]; the autoscaler's own changes are not (it works below
+//! the wrapper and decides again after a restart).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +25,9 @@ use crate::state::{StateOp, StateStore};
 pub const FUNCTIONS_TABLE: &str = "functions";
 /// The table of secrets (key `NAMESPACE/NAME`, value the secret's bytes).
 pub const SECRETS_TABLE: &str = "secrets";
+/// The table of replica counts set by `scale` (key `NAMESPACE/NAME`, value the count in
+/// decimal).
+pub const REPLICAS_TABLE: &str = "replicas";
 
 fn key(namespace: &str, name: &str) -> Vec<u8> {
     format!("{namespace}/{name}").into_bytes()
@@ -47,6 +53,8 @@ pub struct Restored {
     pub functions: usize,
     /// Secrets created again.
     pub secrets: usize,
+    /// Functions scaled again to the replica count a `scale` request had set.
+    pub replicas: usize,
     /// What could not be restored, one line each (also logged).
     pub failures: Vec<String>,
 }
@@ -97,8 +105,43 @@ impl Persisted {
                 Err(e) => out.failures.push(format!("function {k}: {e}")),
             }
         }
+        let replicas = self.restore_replicas().await?;
+        out.replicas = replicas.replicas;
+        out.failures.extend(replicas.failures);
         for f in &out.failures {
             tracing::warn!("not restored: {f}");
+        }
+        Ok(out)
+    }
+
+    /// Scales each function the backend has to the replica count a `scale` request set
+    /// last, as kept in the store. Functions it does not have (yet) are left for a later
+    /// call: [`Persisted::restore`] calls it for the functions it deployed, and a caller
+    /// that deploys more of its own (`faas up`'s stack file) calls it again afterwards.
+    pub async fn restore_replicas(&self) -> Result<Restored> {
+        let mut out = Restored::default();
+        for (k, value) in self.store.scan(REPLICAS_TABLE)? {
+            let k = String::from_utf8_lossy(&k).into_owned();
+            let Some((namespace, name)) = k.split_once('/') else { continue };
+            let Some(n) = std::str::from_utf8(&value).ok().and_then(|v| v.parse::<u32>().ok())
+            else {
+                out.failures.push(format!("replicas of {k}: unreadable record"));
+                continue;
+            };
+            let f = FunctionRef::new(name, namespace);
+            match self.inner.status(&f).await {
+                Ok(st) if st.replicas == u64::from(n) => continue,
+                Ok(_) => {}
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => {
+                    out.failures.push(format!("replicas of {k}: {e}"));
+                    continue;
+                }
+            }
+            match self.inner.scale(&f, n).await {
+                Ok(()) => out.replicas += 1,
+                Err(e) => out.failures.push(format!("replicas of {k}: {e}")),
+            }
         }
         Ok(out)
     }
@@ -149,8 +192,12 @@ impl Deploy for Persisted {
     async fn remove(&self, function: &FunctionRef) -> Result<()> {
         let removed = self.inner.remove(function).await;
         if removed.is_ok() || matches!(removed, Err(Error::NotFound { .. })) {
-            let op = StateOp::delete(FUNCTIONS_TABLE, key(&function.namespace, &function.name));
-            self.store.commit(vec![op]).await?;
+            let k = key(&function.namespace, &function.name);
+            let ops = vec![
+                StateOp::delete(FUNCTIONS_TABLE, k.clone()),
+                StateOp::delete(REPLICAS_TABLE, k),
+            ];
+            self.store.commit(ops).await?;
         }
         removed
     }
@@ -161,7 +208,9 @@ impl Deploy for Persisted {
         self.inner.status(function).await
     }
     async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<()> {
-        self.inner.scale(function, replicas).await
+        self.inner.scale(function, replicas).await?;
+        let k = key(&function.namespace, &function.name);
+        self.store.commit(vec![StateOp::put(REPLICAS_TABLE, k, replicas.to_string())]).await
     }
     async fn namespaces(&self) -> Result<Vec<String>> {
         self.inner.namespaces().await
@@ -248,7 +297,7 @@ mod tests {
 
         let second = Persisted::new(backend(), store.clone());
         let restored = second.restore().await.unwrap();
-        assert_eq!(restored, Restored { functions: 1, secrets: 1, failures: vec![] });
+        assert_eq!(restored, Restored { functions: 1, secrets: 1, replicas: 0, failures: vec![] });
         let names: Vec<String> =
             second.list(&namespace).await.unwrap().into_iter().map(|s| s.name).collect();
         assert_eq!(names, ["kept"]);
@@ -257,5 +306,38 @@ mod tests {
         assert_eq!(store.get(SECRETS_TABLE, b"openfaas-fn/token").unwrap().unwrap(), b"v2");
         second.remove_secret(&namespace, "token").await.unwrap();
         assert!(store.scan(SECRETS_TABLE).unwrap().is_empty());
+    }
+
+    /// Replica counts set by `scale` come back after a restart: for an API-deployed
+    /// function with `restore`, for one deployed beside the wrapper (a stack file's) with
+    /// `restore_replicas` once it is deployed again; a removal forgets them.
+    #[tokio::test]
+    async fn scaled_replica_counts_survive_a_new_backend() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::default());
+        let inner = backend();
+        let first = Persisted::new(inner.clone(), store.clone());
+        let api = FunctionSpec::new("api", "echo");
+        let stack = FunctionSpec::new("stack", "echo");
+        first.deploy(api.clone()).await.unwrap();
+        inner.deploy(stack.clone()).await.unwrap();
+        first.scale(&api.function_ref(), 3).await.unwrap();
+        first.scale(&stack.function_ref(), 2).await.unwrap();
+        // A refused scale is not kept.
+        assert!(first.scale(&FunctionRef::new("ghost", "openfaas-fn"), 4).await.is_err());
+        assert_eq!(store.scan(REPLICAS_TABLE).unwrap().len(), 2);
+
+        let inner2 = backend();
+        let second = Persisted::new(inner2.clone(), store.clone());
+        let restored = second.restore().await.unwrap();
+        assert_eq!((restored.functions, restored.replicas), (1, 1), "{restored:?}");
+        assert_eq!(second.status(&api.function_ref()).await.unwrap().replicas, 3);
+        inner2.deploy(stack.clone()).await.unwrap();
+        let again = second.restore_replicas().await.unwrap();
+        assert_eq!((again.replicas, again.failures.len()), (1, 0), "{again:?}");
+        assert_eq!(second.status(&stack.function_ref()).await.unwrap().replicas, 2);
+
+        second.remove(&api.function_ref()).await.unwrap();
+        second.remove(&stack.function_ref()).await.unwrap();
+        assert!(store.scan(REPLICAS_TABLE).unwrap().is_empty());
     }
 }

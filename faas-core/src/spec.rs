@@ -618,6 +618,47 @@ pub struct FunctionStatus {
     /// Resource usage, if the backend measures it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Why the backend cannot start the function's replicas, while it cannot (absent once
+    /// a replica starts). Not in OpenFaaS's `FunctionStatus`; its clients ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FunctionFailure>,
+}
+
+/// A function the backend keeps failing to start (an engine refusal, a missing image, a
+/// process that exits before it is ready): what [`FunctionStatus::failure`] reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct FunctionFailure {
+    /// The last start's error, as the engine or the instance gave it.
+    pub reason: String,
+    /// Failed starts in a row.
+    pub attempts: u32,
+    /// When the first of them failed (RFC 3339).
+    #[serde(default, with = "rfc3339_opt", skip_serializing_if = "Option::is_none")]
+    pub since: Option<SystemTime>,
+    /// How long the backend waits after the last failed start before it tries again
+    /// (milliseconds; it grows with each failure, up to the backend's maximum).
+    #[serde(default)]
+    pub retry_in_ms: u64,
+}
+
+impl FunctionFailure {
+    /// A failure with `reason` after `attempts` failed starts since `since`, retried in
+    /// `retry_in`.
+    pub fn new(
+        reason: impl Into<String>,
+        attempts: u32,
+        since: SystemTime,
+        retry_in: Duration,
+    ) -> Self {
+        FunctionFailure {
+            reason: reason.into(),
+            attempts,
+            since: Some(since),
+            retry_in_ms: u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
 }
 
 /// The label OpenFaaS puts on every function, with the function's name as its value.

@@ -815,8 +815,37 @@ fn validate_callback(url: &str) -> Result<()> {
     }
 }
 
+/// The header that carries a caller's `X-Call-Id` on to the function and back on the
+/// callback when an async call is stored under another id: a reused `X-Call-Id` (one that
+/// names a call already) gets a new id, so the earlier call's record is never overwritten.
+pub const X_CALLER_CALL_ID: &str = "x-caller-call-id";
+
+/// The id an async call is stored under: the caller's `X-Call-Id` when it names no record
+/// yet, else a new one, with the caller's then carried on as `X-Caller-Call-Id`.
+///
+/// OpenFaaS callers set `X-Call-Id` themselves to trace a call through their systems, and
+/// reuse it (a retry, one trace id for several calls). Refusing a reused id with a 409
+/// would break those callers; storing the new call under it would overwrite the older
+/// call's record (and after a restart a settled record under that id would make the
+/// durable queue skip the new call as already done). So the record, the 202's `X-Call-Id`
+/// and what the function and the callback see as `X-Call-Id` are the new, unique id, and
+/// the caller's value is not lost. Two calls racing with the same new id are caught by
+/// the durable queue itself (409 naming `X-Call-Id` for the second).
+async fn async_call_id(inner: &Inner, headers: &HeaderMap) -> (InvocationId, Option<String>) {
+    let id = call_id(headers);
+    let Some(store) = &inner.activations else { return (id, None) };
+    if headers.get(X_CALL_ID).is_none() {
+        return (id, None);
+    }
+    match store.get(&id).await {
+        Ok(None) => (id, None),
+        // Taken (or unknown because the store failed: a fresh id is safe either way).
+        _ => (InvocationId::new(), Some(id.as_str().to_string())),
+    }
+}
+
 async fn invoke_async(inner: &Inner, req: Request, name: &str, suffix: &str) -> Response {
-    let id = call_id(req.headers());
+    let (id, caller_id) = async_call_id(inner, req.headers()).await;
     let with_id = |mut r: Response| {
         set_header(r.headers_mut(), X_CALL_ID, id.as_str());
         r
@@ -850,7 +879,9 @@ async fn invoke_async(inner: &Inner, req: Request, name: &str, suffix: &str) -> 
                     && *k != header::HOST
                     && k.as_str() != X_CALLBACK_URL
             })
+            .filter(|(k, _)| k.as_str() != X_CALLER_CALL_ID)
             .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_string(), v.to_string())))
+            .chain(caller_id.map(|c| (X_CALLER_CALL_ID.to_string(), c)))
             .chain(std::iter::once((X_CALL_ID.to_string(), id.to_string())))
             .collect::<Vec<_>>();
         let item = QueuedInvocation {

@@ -650,15 +650,13 @@ async fn failed_logins_are_throttled_per_client() {
     assert!(matches!(&e, faas_core::Error::Overloaded { retry_after: Some(_), .. }), "{e:?}");
 }
 
-#[tokio::test]
-async fn async_invocation_posts_the_result_to_the_callback() {
+/// A callback listener on 127.0.0.1: its URL (`/done`) and the requests it receives.
+async fn callback_listener(
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<(http::request::Parts, Bytes)>) {
     use http_body_util::BodyExt;
-    let g = start(GatewayConfig::default()).await;
-    g.deploy(echo("later")).await;
-    // A real callback listener on 127.0.0.1.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let cb = format!("http://{}/done", listener.local_addr().unwrap());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
             let (s, _) = listener.accept().await.unwrap();
@@ -679,6 +677,56 @@ async fn async_invocation_posts_the_result_to_the_callback() {
             ));
         }
     });
+    (cb, rx)
+}
+
+/// A reused `X-Call-Id` does not overwrite the earlier call's record: the second call is
+/// stored under a new id (the 202 says which), and the caller's id comes back with its
+/// callback as `X-Caller-Call-Id`.
+#[tokio::test]
+async fn a_reused_call_id_gets_a_new_id_and_keeps_the_first_record() {
+    let g = start(GatewayConfig::default()).await;
+    g.deploy(echo("traced")).await;
+    let (cb, mut rx) = callback_listener().await;
+    let send = |body: &'static str| {
+        let (g, cb) = (&g, cb.clone());
+        async move {
+            let h = [("x-call-id", "trace-1"), ("x-callback-url", cb.as_str())];
+            let r = g.req_h(Method::POST, "/async-function/traced", &h, body).await;
+            assert_eq!(r.status, 202, "{}", r.text());
+            r.headers["x-call-id"].to_str().unwrap().to_string()
+        }
+    };
+    let first = send("first").await;
+    assert_eq!(first, "trace-1", "an unused id is kept");
+    let mut callbacks = std::collections::HashMap::new();
+    let (parts, body) =
+        tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.unwrap().unwrap();
+    callbacks.insert(body, parts.headers);
+    let second = send("second").await;
+    assert_ne!(second, "trace-1", "a reused id is not stored over the first call's");
+    let (parts, body) =
+        tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.unwrap().unwrap();
+    callbacks.insert(body, parts.headers);
+    assert_eq!(callbacks[&Bytes::from("first")]["x-call-id"], "trace-1");
+    assert!(!callbacks[&Bytes::from("first")].contains_key("x-caller-call-id"));
+    assert_eq!(callbacks[&Bytes::from("second")]["x-call-id"], second.as_str());
+    assert_eq!(callbacks[&Bytes::from("second")]["x-caller-call-id"], "trace-1");
+    // Both records are there, each under its own id.
+    for id in [first.as_str(), second.as_str()] {
+        let r = g.req(Method::GET, &format!("/system/activations/{id}"), "").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["callId"], id);
+    }
+}
+
+#[tokio::test]
+async fn async_invocation_posts_the_result_to_the_callback() {
+    let g = start(GatewayConfig::default()).await;
+    g.deploy(echo("later")).await;
+    // A real callback listener on 127.0.0.1.
+    let (cb, mut rx) = callback_listener().await;
     let r = g
         .req_h(
             Method::POST,

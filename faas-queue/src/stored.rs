@@ -179,7 +179,22 @@ impl QueuePublisher for StoredPublisher {
         let mut room = Vec::with_capacity(items.len());
         let mut ops = Vec::with_capacity(2 * items.len());
         let mut refused = Vec::new();
+        let mut ids = HashSet::with_capacity(items.len());
         for item in items {
+            // A record under this id already (or earlier in this batch): storing the call
+            // would overwrite it, and a settled one would make the worker skip this call
+            // after a restart. The gateway gives a reused `X-Call-Id` a new id first; this
+            // catches two calls racing with the same new one. No record is written: the
+            // existing one stays as it is.
+            if q.activations.mem.get_now(&item.call_id).is_some()
+                || !ids.insert(item.call_id.clone())
+            {
+                results.push(Err(Error::AlreadyExists {
+                    kind: "call with this X-Call-Id",
+                    name: item.call_id.as_str().to_string(),
+                }));
+                continue;
+            }
             let reserved = q.queue.reserve(&item).and_then(|size| {
                 let value = encode("a queued item", &item).inspect_err(|_| {
                     q.queue.unreserve(&item, size);

@@ -1125,6 +1125,13 @@ impl Inner {
                 headers.insert(http::HeaderName::from_static(k), v);
             }
         }
+        // A caller's reused `X-Call-Id` (stored under a new id by the gateway) comes back
+        // with the result, so the caller's tracing finds it.
+        if let Some((_, v)) = item.headers.iter().find(|(k, _)| k == "x-caller-call-id") {
+            if let Ok(v) = http::HeaderValue::from_str(v) {
+                headers.insert(http::HeaderName::from_static("x-caller-call-id"), v);
+            }
+        }
         if let Some(ct) = &at.content_type {
             headers.insert(http::header::CONTENT_TYPE, ct.clone());
         }

@@ -70,6 +70,33 @@ async fn restart_redelivers_the_unacknowledged_in_order() {
     assert_eq!(&d.item().body[..], b"late");
 }
 
+/// A call published under an id that already has a record is refused with a 409 naming
+/// `X-Call-Id`, and the existing record and item stay as they were (the gateway gives a
+/// reused caller id a new one first; this holds when two calls race with the same).
+#[tokio::test]
+async fn a_call_id_with_a_record_is_refused_and_the_record_kept() {
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::default());
+    let q = open(&store);
+    let first = item("echo", "first");
+    q.publisher().publish(first.clone()).await.unwrap();
+    let mut again = item("echo", "second");
+    again.call_id = first.call_id.clone();
+    let e = q.publisher().publish(again.clone()).await.unwrap_err();
+    assert_eq!(e.http_status(), 409);
+    assert!(e.to_string().contains("X-Call-Id"), "{e}");
+    // Twice in one batch: the first is taken, the second refused.
+    let a = item("echo", "a");
+    let mut b = item("echo", "b");
+    b.call_id = a.call_id.clone();
+    let r = q.publisher().publish_batch(vec![a.clone(), b]).await;
+    assert!(r[0].is_ok() && matches!(r[1], Err(Error::AlreadyExists { .. })), "{r:?}");
+    assert_eq!(store.scan(QUEUE_TABLE).unwrap().len(), 2, "only the first of each id queued");
+    let rec = q.activations().get(&first.call_id).await.unwrap().unwrap();
+    assert_eq!(rec.state, AsyncState::Queued);
+    let d = q.consumer().next().await.unwrap().unwrap();
+    assert_eq!(&d.item().body[..], b"first");
+}
+
 /// The byte bound and a function's share hold as in memory; a refused item gets a
 /// `failed` record and is not kept.
 #[tokio::test]

@@ -85,8 +85,10 @@ enum Command {
         /// Directory of the gateway's credentials (`basic-auth-user`,
         /// `basic-auth-password`), its state store (`state.redb`: the durable queue's calls
         /// and records, and on the process backend the functions and secrets deployed
-        /// through the API) and of the process backend's files (secrets, logs).
-        /// Default: credentials and store in ~/.local/state/faas-rs, where `faas list` and
+        /// through the API), of the process backend's files (secrets, logs) and of the
+        /// Docker backend's instance id (`docker-instance`: the label that marks this
+        /// gateway's containers, so a restart adopts them and other gateways' stay alone).
+        /// Default: credentials, store and id in ~/.local/state/faas-rs, where `faas list` and
         /// the other client subcommands on this machine find them, and the process
         /// backend's files in a fresh temporary directory.
         #[arg(long)]
@@ -998,6 +1000,11 @@ async fn raw_backend(
         BackendKind::Docker => {
             eprintln!("Connecting to the Docker engine...");
             let mut b = faas_backend_docker::DockerInvoker::builder().scheduler(scheduler);
+            // The gateway's instance id (the label on its containers) is kept in its state
+            // directory: a restart adopts its own containers, another gateway's stay alone.
+            if let Some(d) = state_dir.or_else(credentials::default_state_dir) {
+                b = b.state_dir(d);
+            }
             if let Some(l) = limits {
                 b = b.replica_limits(l);
             }
@@ -1037,7 +1044,7 @@ async fn up(
     let invoker = backend(up_backend).await?;
     // What the API deploys goes through `api` (kept in the store); the stack's functions,
     // deployed from the file at every start, through `invoker`.
-    let api: Arc<dyn Backend> = match store.as_ref().filter(|_| persist) {
+    let persisted = match store.as_ref().filter(|_| persist) {
         Some(store) => {
             let persisted = faas_core::persisted::Persisted::new(invoker.clone(), store.clone());
             let restored = persisted.restore().await?;
@@ -1049,8 +1056,12 @@ async fn up(
                     restored.failures.len()
                 );
             }
-            Arc::new(persisted)
+            Some(Arc::new(persisted))
         }
+        None => None,
+    };
+    let api: Arc<dyn Backend> = match &persisted {
+        Some(p) => p.clone(),
         None => invoker.clone(),
     };
     let info = invoker.info();
@@ -1116,6 +1127,18 @@ async fn up(
                     .await;
         }
         return Ok(());
+    }
+    // The replica counts `scale` requests had set on the stack's functions (those of the
+    // API's were set again by `restore`).
+    if let Some(p) = &persisted {
+        let r = p.restore_replicas().await?;
+        if r.replicas > 0 || !r.failures.is_empty() {
+            eprintln!(
+                "Restored the replica counts of {} functions ({} failed)",
+                r.replicas,
+                r.failures.len()
+            );
+        }
     }
     // The queue's worker invokes through the gateway's own stack (metrics, activator,
     // limits, timeout), as the sync path does.

@@ -280,6 +280,9 @@ async fn api_deployed_function_and_secret_survive_a_restart() {
         .await
     };
     assert_eq!(read(client.clone()).await, "s3cret");
+    // Replica counts set by `scale`, of an API-deployed function and of the stack's.
+    client.scale("reader", None, 2).await.unwrap();
+    client.scale("work", None, 3).await.unwrap();
     up.signal("TERM");
     assert!(wait_exit(&mut up).success(), "log:\n{}", up.log());
     #[cfg(unix)]
@@ -298,6 +301,10 @@ async fn api_deployed_function_and_secret_survive_a_restart() {
         client.list_secrets(None).await.unwrap().into_iter().map(|s| s.name).collect();
     assert_eq!(secrets, ["token"]);
     assert_eq!(read(client.clone()).await, "s3cret");
+    for (name, replicas) in [("reader", 2), ("work", 3)] {
+        let st = client.describe(name, None).await.unwrap();
+        assert_eq!(st.replicas, replicas, "{name}'s scale survives; log:\n{}", again.log());
+    }
     drop(again);
 }
 

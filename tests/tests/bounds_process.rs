@@ -89,7 +89,6 @@ async fn a_fork_bomb_deploy_is_refused_naming_the_cap() {
             "com.openfaas.scale.max": "1000000000",
         },
     });
-    let t0 = Instant::now();
     let r = env
         .client
         .send(Method::POST, "/system/functions", &json(), Bytes::from(bomb.to_string()))
@@ -102,7 +101,15 @@ async fn a_fork_bomb_deploy_is_refused_naming_the_cap() {
         "the message names the field and the cap: {}",
         r.text()
     );
-    assert!(t0.elapsed() < Duration::from_secs(5), "refused promptly: {:?}", t0.elapsed());
+    // Refused before anything started: the backend never knew the function, so no replica
+    // of it was ever spawned (the fork bomb started them inside the request).
+    assert!(
+        matches!(
+            env.invoker.instance_pids(&FunctionRef::new("bomb", "openfaas-fn")),
+            Err(faas_core::Error::NotFound { .. })
+        ),
+        "the refused function has no replicas"
+    );
     assert!(env.client.list(None).await.unwrap().is_empty(), "nothing was deployed");
 
     // The same over an update, and over a scale request.
@@ -257,15 +264,12 @@ async fn a_waiter_behind_max_concurrency_gets_429_before_the_upstream_timeout() 
         assert!(Instant::now() < deadline, "the first call never reached the replica");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let t0 = Instant::now();
     let r = env.client.invoke("busy", Method::POST, &[], Bytes::new(), false).await.unwrap();
-    let took = t0.elapsed();
+    // A 429 (the upstream timeout would have given a 504), while the occupant still runs:
+    // the wait ended on its own budget, not when the slot freed up (no clock is read).
     assert_eq!(r.status, 429, "{}", r.text());
     assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
-    assert!(
-        took < Duration::from_secs(4),
-        "answered after {took:?}, not before the upstream timeout"
-    );
+    assert!(!occupant.is_finished(), "answered only after the occupant had finished");
     let _ = occupant.await;
     env.client.remove("busy", None).await.unwrap();
 }
