@@ -22,6 +22,7 @@
 //! ([`process::SECRETS_DIR_ENV`]). (In containers the Docker and Kubernetes backends mount the
 //! same files at `/var/openfaas/secrets/<name>`.)
 
+pub mod lambda;
 pub mod process;
 mod sys;
 #[cfg(feature = "testing")]

@@ -16,6 +16,9 @@
 //!   variable `port` set to the upstream port. If it dies it is restarted (with backoff),
 //!   and requests wait (within their timeout) until it is back.
 //! - `static`: serve the files under `static_path` (default `/home/app/public`).
+//! - `lambda`: start `fprocess` once as an AWS Lambda runtime (its `bootstrap`, or a runtime
+//!   interface client such as `python3 -m awslambdaric app.handler`) and serve it the Lambda
+//!   Runtime API; each request is one invocation. See [`crate::lambda`].
 //!
 //! In the fork modes the process receives every request header as an environment variable
 //! `Http_<Header_Name>` (`X-Test-A` becomes `Http_X_Test_A`) plus `Http_Method`, `Http_Path`,
@@ -27,7 +30,7 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `fprocess` / `function_process` | (required but in `static`) | the command |
-//! | `mode` | `streaming` | `streaming`, `serializing`, `http`, `static` |
+//! | `mode` | `streaming` | `streaming`, `serializing`, `http`, `static`, `lambda` |
 //! | `upstream_url` | (required in `http`) | where the process serves, e.g. `http://127.0.0.1:8081` |
 //! | `port` | `8080` | the port the watchdog listens on |
 //! | `bind_address` | `0.0.0.0` | (ours) the address it listens on |
@@ -40,6 +43,7 @@
 //! | `combine_output` | `false` | also send the process's stderr in the response body |
 //! | `content_type` | | response `Content-Type` in the fork and static modes (default: the request's, else `application/octet-stream`) |
 //! | `static_path` | `/home/app/public` | the directory of `static` mode |
+//! | `handler`, `lambda_event`, `lambda_queue` | | the `lambda` mode's `_HANDLER`, event format (`http` or `raw`) and line length; see [`crate::lambda`] |
 //! | `log_requests` | `false` | (ours) one log line per request, in of-watchdog's format (`POST / - 200 OK - ContentLength: 5B (0.0012s)`); the process backend turns it on |
 //! | `watchdog_threads` | the number of CPUs | (ours) threads serving connections, each with its own single-threaded runtime |
 //!
@@ -107,6 +111,8 @@ pub enum Mode {
     Http,
     /// Serve static files.
     Static,
+    /// Start once as an AWS Lambda runtime and serve it the Runtime API.
+    Lambda,
 }
 
 impl Mode {
@@ -117,9 +123,10 @@ impl Mode {
             "serializing" | "serialize" | "afterburn" => Ok(Mode::Serializing),
             "http" => Ok(Mode::Http),
             "static" => Ok(Mode::Static),
-            other => {
-                Err(format!("{other:?} is not a mode; use streaming, serializing, http or static"))
-            }
+            "lambda" => Ok(Mode::Lambda),
+            other => Err(format!(
+                "{other:?} is not a mode; use streaming, serializing, http, static or lambda"
+            )),
         }
     }
 
@@ -130,6 +137,7 @@ impl Mode {
             Mode::Serializing => "serializing",
             Mode::Http => "http",
             Mode::Static => "static",
+            Mode::Lambda => "lambda",
         }
     }
 }
@@ -173,6 +181,8 @@ pub struct Config {
     /// connection), so a request never wakes another thread. Connections handed to the
     /// first "thread" run on the runtime that called [`serve`].
     pub threads: usize,
+    /// The `lambda` mode's settings (in that mode).
+    pub lambda: Option<crate::lambda::LambdaConfig>,
 }
 
 impl Default for Config {
@@ -194,6 +204,7 @@ impl Default for Config {
             static_path: PathBuf::from("/home/app/public"),
             log_requests: false,
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            lambda: None,
         }
     }
 }
@@ -374,6 +385,9 @@ impl Config {
         if let Some(v) = get("static_path") {
             c.static_path = PathBuf::from(v);
         }
+        if c.mode == Mode::Lambda {
+            c.lambda = Some(crate::lambda::LambdaConfig::from_vars(&vars)?);
+        }
         Ok(c)
     }
 
@@ -402,12 +416,12 @@ fn now_stamp() -> String {
 }
 
 /// One line of the watchdog's own log (stderr).
-fn log(msg: impl std::fmt::Display) {
+pub(crate) fn log(msg: impl std::fmt::Display) {
     let _ = writeln!(std::io::stderr().lock(), "{} watchdog: {msg}", now_stamp());
 }
 
 /// Copies a child's output to ours line by line (prefixed when `prefix_logs`).
-async fn pump_lines<R: AsyncRead + Unpin>(mut r: R, stream: &'static str, prefix: bool) {
+pub(crate) async fn pump_lines<R: AsyncRead + Unpin>(mut r: R, stream: &'static str, prefix: bool) {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         match r.read_buf(&mut buf).await {
@@ -463,9 +477,10 @@ struct Shared {
     draining: AtomicBool,
     upstream: Option<Upstream>,
     groups: Groups,
+    lambda: Option<Arc<crate::lambda::LambdaRuntime>>,
 }
 
-fn text(status: StatusCode, reason: &'static str, msg: impl Into<String>) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, reason: &'static str, msg: impl Into<String>) -> Response<Body> {
     let mut msg = msg.into();
     if !msg.ends_with('\n') {
         msg.push('\n');
@@ -478,7 +493,7 @@ fn text(status: StatusCode, reason: &'static str, msg: impl Into<String>) -> Res
     r
 }
 
-fn timeout_response(which: &str, d: Duration) -> Response<Body> {
+pub(crate) fn timeout_response(which: &str, d: Duration) -> Response<Body> {
     let reason = if which == "exec_timeout" { "exec_timeout" } else { "write_timeout" };
     text(
         StatusCode::GATEWAY_TIMEOUT,
@@ -526,6 +541,9 @@ where
         }
         _ => None,
     };
+    let lambda = config.lambda.clone().filter(|_| config.mode == Mode::Lambda).map(|l| {
+        crate::lambda::LambdaRuntime::new(l, program.clone(), args.clone(), config.prefix_logs)
+    });
     let shared = Arc::new(Shared {
         cfg: config,
         program,
@@ -535,12 +553,17 @@ where
         draining: AtomicBool::new(false),
         upstream,
         groups: Groups::default(),
+        lambda,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let supervisor = shared.upstream.is_some().then(|| {
-        let s = shared.clone();
-        tokio::spawn(async move { supervise_upstream(s, stop_rx).await })
-    });
+    let supervisor = if let Some(l) = shared.lambda.clone() {
+        Some(tokio::spawn(crate::lambda::supervise(l, stop_rx)))
+    } else {
+        shared.upstream.is_some().then(|| {
+            let s = shared.clone();
+            tokio::spawn(async move { supervise_upstream(s, stop_rx).await })
+        })
+    };
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -729,6 +752,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, slot: &ConnSlot) ->
         Mode::Serializing => fork(&shared, req, false).await,
         Mode::Http => proxy(&shared, req, slot).await,
         Mode::Static => serve_static(&shared, req).await,
+        Mode::Lambda => match &shared.lambda {
+            Some(l) => l.invoke(req, shared.deadline).await,
+            None => text(StatusCode::INTERNAL_SERVER_ERROR, "spawn", "lambda mode is not set up"),
+        },
     };
     if let Some((m, u, t0)) = log_req {
         // OpenFaaS's of-watchdog line: `POST /path - 200 OK - ContentLength: 5B (0.0012s)`.
@@ -755,6 +782,9 @@ fn health(shared: &Shared, ready: bool) -> Response<Body> {
         if !*up.ready.borrow() {
             return text(StatusCode::SERVICE_UNAVAILABLE, "upstream", "upstream not ready");
         }
+    }
+    if shared.lambda.as_ref().is_some_and(|l| !l.settled()) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "upstream", "the Lambda runtime is starting");
     }
     let max = shared.cfg.max_inflight;
     if ready && max > 0 && shared.inflight.load(Ordering::Acquire) >= max {
@@ -860,7 +890,7 @@ impl Drop for GroupKill {
     }
 }
 
-fn exit_message(status: &ExitStatus) -> String {
+pub(crate) fn exit_message(status: &ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(c), _) => format!("exit code {c}"),
@@ -1283,7 +1313,7 @@ impl Upstream {
     }
 }
 
-async fn stop_child(child: &mut tokio::process::Child, pgid: Option<u32>) {
+pub(crate) async fn stop_child(child: &mut tokio::process::Child, pgid: Option<u32>) {
     if let Some(p) = pgid {
         sys::kill_group(p, sys::SIGTERM);
     }
