@@ -351,17 +351,22 @@ impl LambdaRuntime {
         let now = SystemTime::now();
         let raw = self.cfg.event == EventFormat::Raw || is_invoke_api(&req);
         let (parts, body) = req.into_parts();
+        let too_large = || {
+            api_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                &format!(
+                    "the request body is over Lambda's payload limit of {MAX_PAYLOAD_BYTES} bytes"
+                ),
+            )
+        };
+        // A declared length over the limit is refused before anything is read.
+        if http_body::Body::size_hint(&body).lower() > MAX_PAYLOAD_BYTES as u64 {
+            return too_large();
+        }
         let body = match http_body_util::Limited::new(body, MAX_PAYLOAD_BYTES).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return api_error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "RequestEntityTooLarge",
-                    &format!(
-                        "the request body is over Lambda's payload limit of {MAX_PAYLOAD_BYTES} bytes"
-                    ),
-                )
-            }
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
             Err(e) => {
                 return text(StatusCode::BAD_REQUEST, "body", format!("reading the request: {e}"))
             }
@@ -482,7 +487,8 @@ impl LambdaRuntime {
                          size ({MAX_PAYLOAD_BYTES} bytes)."
                     ),
                 );
-                r.headers_mut().insert("x-amz-function-error", HeaderValue::from_static("Unhandled"));
+                r.headers_mut()
+                    .insert("x-amz-function-error", HeaderValue::from_static("Unhandled"));
                 r
             }
             Outcome::Crashed(m) => text(StatusCode::BAD_GATEWAY, "exit", m),
@@ -553,7 +559,8 @@ pub(crate) async fn supervise(rt: Arc<LambdaRuntime>, mut stop: watch::Receiver<
             Err(e) => e.to_string(),
         };
         if let Some(cur) = lock(&rt.current).take() {
-            let msg = format!("Runtime.ExitError: Runtime exited with error: {how}{}", tail_note(&tail));
+            let msg =
+                format!("Runtime.ExitError: Runtime exited with error: {how}{}", tail_note(&tail));
             log(format!("the Lambda runtime exited during invocation {} ({how})", cur.id));
             let _ = cur.reply.send(Outcome::Crashed(msg));
         }
@@ -936,7 +943,9 @@ fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
 fn function_error(kind: Option<String>, body: Bytes) -> Response<Body> {
     let is_error_object = serde_json::from_slice::<Value>(&body)
         .ok()
-        .and_then(|v| v.as_object().map(|o| o.contains_key("errorMessage") || o.contains_key("errorType")))
+        .and_then(|v| {
+            v.as_object().map(|o| o.contains_key("errorMessage") || o.contains_key("errorType"))
+        })
         .unwrap_or(false);
     let body = if is_error_object {
         body
@@ -969,11 +978,7 @@ fn uuid_v4() -> String {
 fn trace_id(now: SystemTime) -> String {
     let secs = epoch_ms(now) / 1000;
     let r: u128 = rand::random();
-    format!(
-        "Root=1-{secs:08x}-{:024x};Parent={:016x};Sampled=0",
-        r >> 32,
-        rand::random::<u64>()
-    )
+    format!("Root=1-{secs:08x}-{:024x};Parent={:016x};Sampled=0", r >> 32, rand::random::<u64>())
 }
 
 /// `05/Dec/2026:15:03:32 +0000`, API Gateway's `requestContext.time`.
@@ -1019,9 +1024,8 @@ fn http_event(parts: &http::request::Parts, body: &[u8], now: SystemTime) -> Res
             parts.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
         if name == header::COOKIE {
             for v in values {
-                cookies.extend(
-                    v.split(';').map(str::trim).filter(|c| !c.is_empty()).map(Value::from),
-                );
+                cookies
+                    .extend(v.split(';').map(str::trim).filter(|c| !c.is_empty()).map(Value::from));
             }
             continue;
         }
@@ -1047,7 +1051,8 @@ fn http_event(parts: &http::request::Parts, body: &[u8], now: SystemTime) -> Res
         .and_then(|v| v.split(',').next().map(|s| s.trim().to_string()))
         .or_else(|| first("x-real-ip"))
         .unwrap_or_else(|| "127.0.0.1".into());
-    let domain = first("x-forwarded-host").or_else(|| first("host")).unwrap_or_else(|| "localhost".into());
+    let domain =
+        first("x-forwarded-host").or_else(|| first("host")).unwrap_or_else(|| "localhost".into());
     let request_id = first("x-call-id").unwrap_or_else(uuid_v4);
     let path = parts.uri.path();
     let mut event = json!({
@@ -1124,7 +1129,9 @@ fn structured_response(obj: &Map<String, Value>) -> Result<Response<Body>, Strin
         .and_then(|s| s.as_u64().or_else(|| s.as_str().and_then(|s| s.trim().parse().ok())))
         .and_then(|s| u16::try_from(s).ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
-        .ok_or_else(|| format!("the function's statusCode {} is not an HTTP status", obj["statusCode"]))?;
+        .ok_or_else(|| {
+            format!("the function's statusCode {} is not an HTTP status", obj["statusCode"])
+        })?;
     let mut headers = HeaderMap::new();
     let mut add = |name: &str, v: &Value| -> Result<(), String> {
         let v = match v {
@@ -1136,7 +1143,8 @@ fn structured_response(obj: &Map<String, Value>) -> Result<Response<Body>, Strin
         };
         let n = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("{name:?} is not a header name"))?;
-        let v = HeaderValue::from_str(&v).map_err(|_| format!("header {name}: {v:?} is not a header value"))?;
+        let v = HeaderValue::from_str(&v)
+            .map_err(|_| format!("header {name}: {v:?} is not a header value"))?;
         if !faas_core::instance::is_hop_by_hop(&n) && n != header::CONTENT_LENGTH {
             headers.append(n, v);
         }
@@ -1152,11 +1160,7 @@ fn structured_response(obj: &Map<String, Value>) -> Result<Response<Body>, Strin
     if let Some(Value::Object(m)) = obj.get("headers") {
         for (k, v) in m {
             // A header in both maps keeps the multi-value one.
-            if !obj
-                .get("multiValueHeaders")
-                .and_then(|mv| mv.get(k.as_str()))
-                .is_some()
-            {
+            if !obj.get("multiValueHeaders").and_then(|mv| mv.get(k.as_str())).is_some() {
                 add(k, v)?;
             }
         }
@@ -1202,7 +1206,11 @@ mod tests {
     fn requests_become_http_api_events() {
         let p = parts(
             "/a/b?x=1&y=2&x=3",
-            &[("cookie", "a=1; b=2"), ("content-type", "text/plain"), ("x-forwarded-for", "10.0.0.9, 1.1.1.1")],
+            &[
+                ("cookie", "a=1; b=2"),
+                ("content-type", "text/plain"),
+                ("x-forwarded-for", "10.0.0.9, 1.1.1.1"),
+            ],
         );
         let e: Value = serde_json::from_slice(&http_event(&p, b"hi", UNIX_EPOCH).unwrap()).unwrap();
         assert_eq!(e["version"], "2.0");
@@ -1217,8 +1225,12 @@ mod tests {
         assert_eq!(e["requestContext"]["time"], "01/Jan/1970:00:00:00 +0000");
         assert_eq!((e["body"].as_str(), e["isBase64Encoded"].as_bool()), (Some("hi"), Some(false)));
         let p = parts("/", &[("content-type", "application/octet-stream")]);
-        let e: Value = serde_json::from_slice(&http_event(&p, &[0, 255], UNIX_EPOCH).unwrap()).unwrap();
-        assert_eq!((e["body"].as_str(), e["isBase64Encoded"].as_bool()), (Some("AP8="), Some(true)));
+        let e: Value =
+            serde_json::from_slice(&http_event(&p, &[0, 255], UNIX_EPOCH).unwrap()).unwrap();
+        assert_eq!(
+            (e["body"].as_str(), e["isBase64Encoded"].as_bool()),
+            (Some("AP8="), Some(true))
+        );
     }
 
     #[tokio::test]

@@ -480,7 +480,11 @@ struct Shared {
     lambda: Option<Arc<crate::lambda::LambdaRuntime>>,
 }
 
-pub(crate) fn text(status: StatusCode, reason: &'static str, msg: impl Into<String>) -> Response<Body> {
+pub(crate) fn text(
+    status: StatusCode,
+    reason: &'static str,
+    msg: impl Into<String>,
+) -> Response<Body> {
     let mut msg = msg.into();
     if !msg.ends_with('\n') {
         msg.push('\n');
