@@ -429,7 +429,7 @@ impl LambdaRuntime {
                         _ => None,
                     };
                     if let Some(m) = failed {
-                        if !lock(&self.current).as_ref().is_some_and(|c| c.id == id) {
+                        if lock(&self.current).as_ref().is_none_or(|c| c.id != id) {
                             break Some(Outcome::InitFailed(m.to_string()));
                         }
                     }
@@ -829,11 +829,7 @@ async fn answer(
         }
         Some(_) => {}
     }
-    let kind = req
-        .headers()
-        .get("lambda-runtime-function-error-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let kind = error_type(&req);
     let (body, too_large) = read_limited(req.into_body()).await;
     // The invocation may have timed out while the body arrived.
     let Some(cur) = rt.take_current(id) else {
@@ -850,6 +846,12 @@ async fn answer(
     let outcome = if error { Outcome::FunctionError(kind, body) } else { Outcome::Response(body) };
     let _ = cur.reply.send(outcome);
     accepted()
+}
+
+/// The `Lambda-Runtime-Function-Error-Type` of an error report.
+fn error_type(req: &Request<Incoming>) -> Option<String> {
+    let v = req.headers().get("lambda-runtime-function-error-type")?;
+    v.to_str().ok().map(str::to_string)
 }
 
 /// Reads a body up to [`MAX_PAYLOAD_BYTES`]; over it, the size read so far.
@@ -872,11 +874,7 @@ async fn init_error(rt: &Arc<LambdaRuntime>, gen: u64, req: Request<Incoming>) -
     if *rt.phase.borrow() != Phase::Starting {
         return invalid_transition("Ready", "InitError");
     }
-    let kind = req
-        .headers()
-        .get("lambda-runtime-function-error-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let kind = error_type(&req);
     let (body, _) = read_limited(req.into_body()).await;
     let msg = error_summary(kind.as_deref(), &body, "Runtime.InitError");
     rt.init_error.send_replace((gen, Some(msg.into())));
@@ -1160,7 +1158,7 @@ fn structured_response(obj: &Map<String, Value>) -> Result<Response<Body>, Strin
     if let Some(Value::Object(m)) = obj.get("headers") {
         for (k, v) in m {
             // A header in both maps keeps the multi-value one.
-            if !obj.get("multiValueHeaders").and_then(|mv| mv.get(k.as_str())).is_some() {
+            if obj.get("multiValueHeaders").and_then(|mv| mv.get(k.as_str())).is_none() {
                 add(k, v)?;
             }
         }

@@ -39,28 +39,30 @@ async fn runtime_api(file: &Path) -> String {
     format!("http://{addr}{PREFIX}")
 }
 
+/// A watchdog in lambda mode (with `vars` too) running the stand-in runtime: its temporary
+/// directory, the watchdog, and the Runtime API's base URL.
+async fn with_stand_in(tag: &str, vars: &[(&str, &str)]) -> (std::path::PathBuf, Running, String) {
+    let dir = temp_dir(tag);
+    let file = dir.join("api");
+    let cmd = stand_in(&file);
+    let mut all = vec![("mode", "lambda"), ("fprocess", cmd.as_str()), ("exec_timeout", "30s")];
+    all.extend_from_slice(vars);
+    let wd = spawn_watchdog_expect(&all, None).await;
+    let api = runtime_api(&file).await;
+    (dir, wd, api)
+}
+
 fn json(r: &Reply) -> Value {
     serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runtime_api_answers_as_lambda_does() {
-    let dir = temp_dir("lambda-api");
-    let file = dir.join("api");
-    let cmd = stand_in(&file);
-    let wd = spawn_watchdog_expect(
-        &[
-            ("mode", "lambda"),
-            ("fprocess", &cmd),
-            ("lambda_event", "raw"),
-            ("exec_timeout", "30s"),
-            ("write_timeout", "40s"),
-            ("AWS_LAMBDA_FUNCTION_NAME", "probe"),
-        ],
-        None,
+    let (dir, wd, api) = with_stand_in(
+        "lambda-api",
+        &[("lambda_event", "raw"), ("write_timeout", "40s"), ("AWS_LAMBDA_FUNCTION_NAME", "probe")],
     )
     .await;
-    let api = runtime_api(&file).await;
     // Not yet initialised: health says so.
     assert_eq!(get(&wd.url("/_/health")).await.status, StatusCode::SERVICE_UNAVAILABLE);
 
@@ -185,15 +187,7 @@ async fn runtime_api_answers_as_lambda_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_error_fails_the_invocations_with_the_runtime_message() {
-    let dir = temp_dir("lambda-init");
-    let file = dir.join("api");
-    let cmd = stand_in(&file);
-    let wd = spawn_watchdog_expect(
-        &[("mode", "lambda"), ("fprocess", &cmd), ("exec_timeout", "30s")],
-        None,
-    )
-    .await;
-    let api = runtime_api(&file).await;
+    let (dir, wd, api) = with_stand_in("lambda-init", &[]).await;
     // An invocation waits for the start, which then fails (the runtime is killed after a
     // grace period, as it does not exit by itself).
     let invoke = tokio::spawn({
