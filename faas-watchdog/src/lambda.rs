@@ -120,7 +120,7 @@ pub const RUNTIME_API_PREFIX: &str = "/2018-06-01/runtime";
 pub const MAX_PAYLOAD_BYTES: usize = 6 * 1024 * 1024 + 100;
 
 /// The default of `lambda_queue`: how many invocations may wait for a busy runtime.
-pub const DEFAULT_QUEUE: usize = 128;
+pub const DEFAULT_QUEUE: usize = 64;
 
 /// The Lambda Invoke API's path prefix: a `POST` to `/2015-03-31/functions/{name}/invocations`
 /// is always a raw invocation.
@@ -263,6 +263,8 @@ enum Outcome {
 struct Current {
     id: String,
     reply: oneshot::Sender<Outcome>,
+    /// The start of the runtime that took it.
+    gen: u64,
 }
 
 /// Where the runtime is in its life.
@@ -289,7 +291,7 @@ pub(crate) struct LambdaRuntime {
     phase: watch::Sender<Phase>,
     /// Set once the first start has initialised or failed (health answers 200 from then).
     settled: AtomicBool,
-    /// The start (generation) to kill: an invocation of it timed out.
+    /// The start (generation, counted from 1) to kill: an invocation of it timed out.
     kill: watch::Sender<u64>,
     /// The start (generation) that reported `/init/error`, and its message.
     init_error: watch::Sender<(u64, Option<Arc<str>>)>,
@@ -444,10 +446,10 @@ impl LambdaRuntime {
 
     /// The answer to an invocation whose deadline passed.
     fn timed_out(&self, id: &str, (d, name): (Duration, &'static str)) -> Response<Body> {
-        if self.take_current(id).is_some() {
+        if let Some(cur) = self.take_current(id) {
             // The runtime is still working on it: Lambda stops the runtime; the next start
             // serves the next invocation.
-            self.kill.send_replace(1);
+            self.kill.send_replace(cur.gen);
             log(format!(
                 "{name} exceeded by Lambda invocation {id}; stopping the runtime to start it again"
             ));
@@ -553,7 +555,7 @@ pub(crate) async fn supervise(rt: Arc<LambdaRuntime>, mut stop: watch::Receiver<
         let _ = api.await;
         let Some(status) = status else { return };
         let was_ready = *rt.phase.borrow() == Phase::Ready;
-        let timed_out = *rt.kill.borrow() != 0;
+        let timed_out = *rt.kill.borrow() == gen;
         let how = match &status {
             Ok(s) => exit_message(s),
             Err(e) => e.to_string(),
@@ -641,7 +643,7 @@ async fn run_once(
     let mut init_error = rt.init_error.subscribe();
     let status = tokio::select! {
         st = child.wait() => Some(st),
-        _ = async { kill.wait_for(|k| *k != 0).await.is_ok() } => {
+        _ = async { kill.wait_for(|k| *k == gen).await.is_ok() } => {
             if let Some(p) = pgid {
                 sys::kill_group(p, sys::SIGKILL);
             }
@@ -746,7 +748,7 @@ async fn api(rt: &Arc<LambdaRuntime>, gen: u64, req: Request<Incoming>) -> Respo
         return not_found(&path);
     };
     match (req.method(), rest) {
-        (&Method::GET, "/invocation/next") => next(rt).await,
+        (&Method::GET, "/invocation/next") => next(rt, gen).await,
         (&Method::POST, "/init/error") => init_error(rt, gen, req).await,
         (_, "/invocation/next") => method_not_allowed("GET"),
         (_, "/init/error") => method_not_allowed("POST"),
@@ -768,7 +770,7 @@ async fn api(rt: &Arc<LambdaRuntime>, gen: u64, req: Request<Incoming>) -> Respo
 }
 
 /// `GET /invocation/next`: the long poll for the next invocation.
-async fn next(rt: &Arc<LambdaRuntime>) -> Response<Body> {
+async fn next(rt: &Arc<LambdaRuntime>, gen: u64) -> Response<Body> {
     if lock(&rt.current).is_some() {
         return invalid_transition("Running", "Ready");
     }
@@ -809,7 +811,7 @@ async fn next(rt: &Arc<LambdaRuntime>) -> Response<Body> {
         if let Some(c) = &job.cognito_identity {
             set("lambda-runtime-cognito-identity", c);
         }
-        *lock(&rt.current) = Some(Current { id: job.id, reply: job.reply });
+        *lock(&rt.current) = Some(Current { id: job.id, reply: job.reply, gen });
         return r;
     }
 }
@@ -830,6 +832,25 @@ async fn answer(
         Some(_) => {}
     }
     let kind = error_type(&req);
+    let streaming = req
+        .headers()
+        .get("lambda-runtime-function-response-mode")
+        .is_some_and(|m| m.as_bytes().eq_ignore_ascii_case(b"streaming"));
+    if streaming && !error {
+        // Response streaming is not served: the invocation fails with a clear error rather
+        // than passing on the stream's framing as a body.
+        if let Some(cur) = rt.take_current(id) {
+            let m = "the watchdog's lambda mode does not support Lambda response streaming; \
+                     answer with a buffered response";
+            let body = json!({ "errorType": "Function.StreamingNotSupported", "errorMessage": m });
+            let _ = cur.reply.send(Outcome::FunctionError(None, Bytes::from(body.to_string())));
+        }
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidFunctionResponseMode",
+            "Invalid function response mode",
+        );
+    }
     let (body, too_large) = read_limited(req.into_body()).await;
     // The invocation may have timed out while the body arrived.
     let Some(cur) = rt.take_current(id) else {

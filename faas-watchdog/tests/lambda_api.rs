@@ -226,3 +226,53 @@ async fn a_runtime_exiting_before_next_fails_with_its_exit_and_output() {
     assert!(t.starts_with("Runtime.ExitError: Runtime exited with error: exit code 4"), "{t}");
     assert!(t.contains("missing handler module"), "{t}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocations_wait_in_a_bounded_line_one_at_a_time() {
+    let (dir, wd, api) =
+        with_stand_in("lambda-line", &[("lambda_event", "raw"), ("lambda_queue", "1")]).await;
+    let call = |body: &'static str| {
+        let url = wd.url("/");
+        tokio::spawn(async move { post(&url, body).await })
+    };
+    // The first goes to the runtime.
+    let first = call("1");
+    let ev = get(&format!("{api}/invocation/next")).await;
+    assert_eq!(&ev.body[..], b"1");
+    let id1 = ev.header("lambda-runtime-aws-request-id").unwrap().to_string();
+    // Two more: the line holds one, so one of them is refused at once and the other waits.
+    let mut second = call("2");
+    let mut third = call("3");
+    let (refused, waiting, waiting_body) = tokio::select! {
+        r = &mut second => (r.unwrap(), third, "3"),
+        r = &mut third => (r.unwrap(), second, "2"),
+    };
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.text());
+    assert_eq!(refused.header("x-watchdog-error"), Some("inflight"));
+    assert!(refused.text().contains("lambda_queue=1"), "{}", refused.text());
+
+    // A streaming response is refused, and its invocation fails clearly.
+    let r = request(
+        Method::POST,
+        &format!("{api}/invocation/{id1}/response"),
+        &[("lambda-runtime-function-response-mode", "streaming")],
+        "{}",
+    )
+    .await;
+    assert_eq!(
+        (r.status, json(&r)["errorType"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("InvalidFunctionResponseMode"))
+    );
+    let out = first.await.unwrap();
+    assert_eq!(out.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(json(&out)["errorType"], "Function.StreamingNotSupported");
+
+    // Then the one that waited.
+    let ev = get(&format!("{api}/invocation/next")).await;
+    assert_eq!(&ev.body[..], waiting_body.as_bytes());
+    let id2 = ev.header("lambda-runtime-aws-request-id").unwrap().to_string();
+    let r = post(&format!("{api}/invocation/{id2}/response"), "\"done\"").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(waiting.await.unwrap().text(), "\"done\"");
+    let _ = std::fs::remove_dir_all(&dir);
+}
