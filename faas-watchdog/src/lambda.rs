@@ -77,7 +77,7 @@
 //! | `AWS_LAMBDA_RUNTIME_API` | `127.0.0.1:PORT` |
 //! | `AWS_LAMBDA_FUNCTION_NAME` | as set, else the function's name (`OPENFAAS_FUNCTION_NAME`), else `function` |
 //! | `AWS_LAMBDA_FUNCTION_VERSION` | as set, else `$LATEST` |
-//! | `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` | as set, else `128` |
+//! | `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` | as set (the process backend sets the function's memory limit in MiB), else `128` |
 //! | `AWS_LAMBDA_LOG_GROUP_NAME`, `AWS_LAMBDA_LOG_STREAM_NAME` | `/aws/lambda/NAME`, `YYYY/MM/DD/[VERSION]INSTANCE` |
 //! | `AWS_REGION`, `AWS_DEFAULT_REGION` | as set, else `us-east-1` |
 //! | `_HANDLER` | the variable `handler` (or `_HANDLER`), when set |
