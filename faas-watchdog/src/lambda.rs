@@ -366,11 +366,21 @@ impl LambdaRuntime {
         if http_body::Body::size_hint(&body).lower() > MAX_PAYLOAD_BYTES as u64 {
             return too_large();
         }
-        let body = match http_body_util::Limited::new(body, MAX_PAYLOAD_BYTES).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-            Err(e) => {
+        let limit = deadline.map(|(d, _)| d).unwrap_or(Duration::from_secs(900));
+        // Reading the body counts against the deadline too.
+        let read = http_body_util::Limited::new(body, MAX_PAYLOAD_BYTES).collect();
+        let body = match tokio::time::timeout_at(arrived + limit, read).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+            Ok(Err(e)) => {
                 return text(StatusCode::BAD_REQUEST, "body", format!("reading the request: {e}"))
+            }
+            Err(_) => {
+                return text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "read_timeout",
+                    "the request body did not arrive within the function's deadline",
+                )
             }
         };
         let id = uuid_v4();
@@ -382,17 +392,27 @@ impl LambdaRuntime {
                 Err(m) => return api_error(StatusCode::BAD_REQUEST, "InvalidRequest", &m),
             }
         };
-        let limit = deadline.map(|(d, _)| d).unwrap_or(Duration::from_secs(900));
         let deadline_ms = epoch_ms(now) + limit.as_millis() as u64;
         let header = |name: &str| {
             parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).map(str::to_string)
         };
-        let client_context = header("x-amz-client-context").and_then(|c| {
-            base64::engine::general_purpose::STANDARD
+        let client_context = match header("x-amz-client-context") {
+            None => None,
+            Some(c) => match base64::engine::general_purpose::STANDARD
                 .decode(c.as_bytes())
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-        });
+            {
+                Some(c) => Some(c),
+                None => {
+                    return api_error(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidRequestContentException",
+                        "X-Amz-Client-Context must be base64-encoded JSON",
+                    )
+                }
+            },
+        };
         let (reply, mut answer) = oneshot::channel();
         let job = Job {
             id: id.clone(),

@@ -172,6 +172,11 @@ async fn runtime_api_answers_as_lambda_does() {
         (Some("Custom.Failure"), Some("it went wrong"))
     );
 
+    // A client context that is not base64 is the caller's error.
+    let r = request(Method::POST, &wd.url("/"), &[("x-amz-client-context", "%%%")], "{}").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("X-Amz-Client-Context"), "{}", r.text());
+
     // An event over the payload limit never reaches the runtime.
     // (Its head alone: the answer comes before any of the body is read.)
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", wd.port)).await.unwrap();
