@@ -656,9 +656,9 @@ async fn run_once(
     if let Some(o) = child.stdout.take() {
         tokio::spawn(pump_lines(o, "stdout", prefix));
     }
-    if let Some(e) = child.stderr.take() {
-        tokio::spawn(pump_lines(TailReader { inner: e, tail: tail.clone() }, "stderr", prefix));
-    }
+    let stderr = child.stderr.take().map(|e| {
+        tokio::spawn(pump_lines(TailReader { inner: e, tail: tail.clone() }, "stderr", prefix))
+    });
     let mut kill = rt.kill.subscribe();
     let mut init_error = rt.init_error.subscribe();
     let status = tokio::select! {
@@ -688,6 +688,11 @@ async fn run_once(
     };
     if let Some(p) = pgid {
         sys::kill_group(p, sys::SIGKILL);
+    }
+    // The last lines it wrote, once its stderr has been read to the end (bounded: a process
+    // that escaped the group may still hold the pipe).
+    if let Some(h) = stderr {
+        let _ = tokio::time::timeout(Duration::from_secs(1), h).await;
     }
     let tail = String::from_utf8_lossy(&lock(&tail)).trim().to_string();
     (status, tail)
