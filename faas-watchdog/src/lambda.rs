@@ -57,7 +57,8 @@
 //!   error type and message the runtime reported (or its exit status and last lines of
 //!   stderr), until a new start (after a backoff from 50 ms to 5 s) initialises.
 //! - A runtime that exits during an invocation answers it with the watchdog's `exit` error,
-//!   and is started again.
+//!   and is started again (with the same backoff while it keeps exiting within 10 s of its
+//!   start); the invocations waiting in line go to the new start.
 //!
 //! `/_/health` answers 503 until the first start has initialised or failed.
 //!
@@ -547,19 +548,16 @@ pub(crate) async fn supervise(rt: Arc<LambdaRuntime>, mut stop: watch::Receiver<
         // A timeout's kill request and an /init/error are for the start they happened in.
         rt.kill.send_replace(0);
         rt.init_error.send_replace((0, None));
-        let listener = match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await {
-            Ok(l) => l,
+        let bound = match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await {
+            Ok(l) => l.local_addr().map(|a| (l, a)),
+            Err(e) => Err(e),
+        };
+        let (listener, addr) = match bound {
+            Ok(x) => x,
             Err(e) => {
                 log(format!("cannot listen for the Lambda Runtime API: {e}"));
                 failures += 1;
                 tokio::time::sleep(backoff.delay(failures)).await;
-                continue;
-            }
-        };
-        let addr = match listener.local_addr() {
-            Ok(a) => a,
-            Err(e) => {
-                log(format!("cannot listen for the Lambda Runtime API: {e}"));
                 continue;
             }
         };
@@ -569,6 +567,7 @@ pub(crate) async fn supervise(rt: Arc<LambdaRuntime>, mut stop: watch::Receiver<
             *p = Phase::Starting;
             changed
         });
+        let started = Instant::now();
         let (status, tail) = run_once(&rt, addr, gen, &mut stop).await;
         // Its Runtime API goes with it (a long poll for /next included).
         api.abort();
@@ -586,11 +585,13 @@ pub(crate) async fn supervise(rt: Arc<LambdaRuntime>, mut stop: watch::Receiver<
             log(format!("the Lambda runtime exited during invocation {} ({how})", cur.id));
             let _ = cur.reply.send(Outcome::Crashed(msg));
         }
-        if was_ready || timed_out {
+        if timed_out {
             failures = 0;
-            if !timed_out {
-                log(format!("the Lambda runtime exited ({how}); starting it again"));
-            }
+        } else if was_ready {
+            // A runtime that ran for a while starts the backoff over; one that keeps exiting
+            // soon after its start is started again ever more slowly.
+            failures = if started.elapsed() > Duration::from_secs(10) { 1 } else { failures + 1 };
+            log(format!("the Lambda runtime exited ({how}); starting it again"));
         } else {
             failures += 1;
             let msg: Arc<str> = match rt.init_error.borrow().1.clone() {
