@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need on a fresh Debian machine (Docker,
-# Chromium + chromedriver for the portal test, busybox-static for test images), starts dockerd,
+# Chromium + chromedriver for the portal test, busybox-static for test images, awslambdaric
+# for the Lambda test), starts dockerd,
 # then runs every test of the workspace.
 #
 # Usage: scripts/test.sh [extra nextest/cargo-test args]
@@ -25,6 +26,13 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   else
     echo "!! cannot install ${need_pkgs[*]} (not root or no apt-get); the tests that need them will fail" >&2
   fi
+fi
+
+# The Lambda tests run a Python function on awslambdaric, the AWS Lambda runtime interface
+# client (PyPI; a wheel for x86_64), unmodified. Without it that test fails, never skips.
+if ! python3 -c 'import awslambdaric' >/dev/null 2>&1; then
+  echo "== installing awslambdaric"
+  python3 -m pip install -q awslambdaric || echo "!! cannot install awslambdaric: the Lambda Python test will fail" >&2
 fi
 
 # Without an engine the Docker tests fail (they never skip); run the rest anyway, so one

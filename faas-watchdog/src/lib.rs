@@ -3,14 +3,17 @@
 //! "Any process can become a serverless function through the watchdog."
 //!
 //! - [`watchdog`]: an OpenFaaS-compatible watchdog (the `faas-watchdog` binary). It is a small
-//!   HTTP server in front of a process, in one of four modes: `streaming` and `serializing`
+//!   HTTP server in front of a process, in one of its modes: `streaming` and `serializing`
 //!   (fork the process per request: body on stdin, stdout as response), `http` (start the
-//!   process once and proxy to it) and `static` (serve files). It reads the same environment
+//!   process once and proxy to it), `static` (serve files), `openwhisk` and `lambda`. It reads the same environment
 //!   variables as the OpenFaaS watchdogs (`fprocess`, `mode`, `upstream_url`, `port`,
 //!   `exec_timeout`, `max_inflight`...). See [`watchdog::Config`].
-//! - [`openwhisk`]: the watchdog's fifth mode, `openwhisk`: an OpenWhisk action runtime
+//! - [`openwhisk`]: the watchdog's `openwhisk` mode: an OpenWhisk action runtime
 //!   (`/init` once, `/run` per request) behind the watchdog, so OpenWhisk actions run
 //!   unmodified on every backend.
+//! - [`lambda`]: the watchdog's `lambda` mode, which runs AWS Lambda functions unmodified: it
+//!   serves the Lambda Runtime API to the function's runtime and turns requests into
+//!   invocations (API Gateway HTTP API events, or raw events).
 //! - [`process`]: the process backend, [`process::ProcessInvoker`], a
 //!   [`faas_core::Backend`] that runs each function replica as a watchdog-managed local
 //!   process on its own `127.0.0.1` port. It needs no Docker.
@@ -25,6 +28,7 @@
 //! ([`process::SECRETS_DIR_ENV`]). (In containers the Docker and Kubernetes backends mount the
 //! same files at `/var/openfaas/secrets/<name>`.)
 
+pub mod lambda;
 pub mod openwhisk;
 pub mod process;
 mod sys;

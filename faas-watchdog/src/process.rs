@@ -26,8 +26,9 @@
 //!   backend sets `port` and `bind_address=127.0.0.1`; in `http` mode it gives each replica
 //!   its own upstream port (the function must listen on the environment variable `port`,
 //!   which the watchdog sets). `spec.timeout` becomes the watchdog's `exec_timeout` (unset:
-//!   no limit). By default `prefix_logs=false` and `healthcheck_interval=0s` (the backend
-//!   stops routing to a replica before it stops it).
+//!   no limit); in `lambda` mode its memory limit becomes `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`
+//!   (in MiB) unless that is set. By default `prefix_logs=false` and
+//!   `healthcheck_interval=0s` (the backend stops routing to a replica before it stops it).
 //! - **Secrets** are files `<state>/secrets/<namespace>/<name>`; each function gets a copy of
 //!   the secrets its spec names in its own directory, whose path is in the environment
 //!   variable [`SECRETS_DIR_ENV`] (`OPENFAAS_SECRETS_DIR`). Updating a secret rewrites the
@@ -983,7 +984,14 @@ async fn run_replica(
         cmd.env("exec_timeout", faas_core::util::format_duration(t));
         cmd.env("write_timeout", faas_core::util::format_duration(t + Duration::from_secs(5)));
     }
-    let is_http = spec.env_vars.get("mode").map(|m| m.trim() == "http").unwrap_or(false);
+    // A Lambda function's memory size is its memory limit, unless set outright.
+    let mode = spec.env_vars.get("mode").map(|m| m.trim());
+    if mode == Some("lambda") && !spec.env_vars.contains_key("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") {
+        if let Some(b) = spec.limits.as_ref().and_then(|l| l.memory_bytes()) {
+            cmd.env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", (b >> 20).max(1).to_string());
+        }
+    }
+    let is_http = mode == Some("http");
     // An OpenWhisk action's runtime gets its own port as an http-mode upstream does.
     if is_http || faas_core::runtimes::is_action(spec) {
         let path = spec

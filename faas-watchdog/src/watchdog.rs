@@ -20,6 +20,9 @@
 //!   `/run` at `upstream_url` (default `http://127.0.0.1:8081`), initialise it once, and run
 //!   an activation per request: see [`crate::openwhisk`] for the protocol, the parameters, the
 //!   errors, the logs and the `ow_*` variables.
+//! - `lambda`: start `fprocess` once as an AWS Lambda runtime (its `bootstrap`, or a runtime
+//!   interface client such as `python3 -m awslambdaric app.handler`) and serve it the Lambda
+//!   Runtime API; each request is one invocation. See [`crate::lambda`].
 //!
 //! In the fork modes the process receives every request header as an environment variable
 //! `Http_<Header_Name>` (`X-Test-A` becomes `Http_X_Test_A`) plus `Http_Method`, `Http_Path`,
@@ -31,7 +34,7 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `fprocess` / `function_process` | (required but in `static`) | the command |
-//! | `mode` | `streaming` | `streaming`, `serializing`, `http`, `static`, `openwhisk` |
+//! | `mode` | `streaming` | `streaming`, `serializing`, `http`, `static`, `openwhisk`, `lambda` |
 //! | `upstream_url` | (required in `http`) | where the process serves, e.g. `http://127.0.0.1:8081` |
 //! | `port` | `8080` | the port the watchdog listens on |
 //! | `bind_address` | `0.0.0.0` | (ours) the address it listens on |
@@ -44,6 +47,7 @@
 //! | `combine_output` | `false` | also send the process's stderr in the response body |
 //! | `content_type` | | response `Content-Type` in the fork and static modes (default: the request's, else `application/octet-stream`) |
 //! | `static_path` | `/home/app/public` | the directory of `static` mode |
+//! | `handler`, `lambda_event`, `lambda_queue` | | the `lambda` mode's `_HANDLER`, event format (`http` or `raw`) and line length; see [`crate::lambda`] |
 //! | `log_requests` | `false` | (ours) one log line per request, in of-watchdog's format (`POST / - 200 OK - ContentLength: 5B (0.0012s)`); the process backend turns it on |
 //! | `watchdog_threads` | the number of CPUs | (ours) threads serving connections, each with its own single-threaded runtime |
 //!
@@ -114,6 +118,8 @@ pub enum Mode {
     /// Run an OpenWhisk action runtime (`/init` once, `/run` per request): see
     /// [`crate::openwhisk`].
     OpenWhisk,
+    /// Start once as an AWS Lambda runtime and serve it the Runtime API.
+    Lambda,
 }
 
 impl Mode {
@@ -125,8 +131,9 @@ impl Mode {
             "http" => Ok(Mode::Http),
             "static" => Ok(Mode::Static),
             "openwhisk" => Ok(Mode::OpenWhisk),
+            "lambda" => Ok(Mode::Lambda),
             other => Err(format!(
-                "{other:?} is not a mode; use streaming, serializing, http, static or openwhisk"
+                "{other:?} is not a mode; use streaming, serializing, http, static, openwhisk or lambda"
             )),
         }
     }
@@ -139,6 +146,7 @@ impl Mode {
             Mode::Http => "http",
             Mode::Static => "static",
             Mode::OpenWhisk => "openwhisk",
+            Mode::Lambda => "lambda",
         }
     }
 }
@@ -184,6 +192,8 @@ pub struct Config {
     pub threads: usize,
     /// The `ow_*` settings of `openwhisk` mode (set in that mode only).
     pub openwhisk: Option<crate::openwhisk::OwConfig>,
+    /// The `lambda` mode's settings (in that mode).
+    pub lambda: Option<crate::lambda::LambdaConfig>,
 }
 
 impl Default for Config {
@@ -206,6 +216,7 @@ impl Default for Config {
             log_requests: false,
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             openwhisk: None,
+            lambda: None,
         }
     }
 }
@@ -393,6 +404,9 @@ impl Config {
         if let Some(v) = get("static_path") {
             c.static_path = PathBuf::from(v);
         }
+        if c.mode == Mode::Lambda {
+            c.lambda = Some(crate::lambda::LambdaConfig::from_vars(&vars)?);
+        }
         Ok(c)
     }
 
@@ -426,7 +440,7 @@ pub(crate) fn log(msg: impl std::fmt::Display) {
 }
 
 /// Copies a child's output to ours line by line (prefixed when `prefix_logs`).
-async fn pump_lines<R: AsyncRead + Unpin>(r: R, stream: &'static str, prefix: bool) {
+pub(crate) async fn pump_lines<R: AsyncRead + Unpin>(r: R, stream: &'static str, prefix: bool) {
     for_each_line(r, |line| emit_line(stream, prefix, line)).await
 }
 
@@ -489,6 +503,7 @@ struct Shared {
     upstream: Option<Upstream>,
     groups: Groups,
     openwhisk: Option<Arc<crate::openwhisk::OwRuntime>>,
+    lambda: Option<Arc<crate::lambda::LambdaRuntime>>,
 }
 
 pub(crate) fn text(
@@ -508,7 +523,7 @@ pub(crate) fn text(
     r
 }
 
-fn timeout_response(which: &str, d: Duration) -> Response<Body> {
+pub(crate) fn timeout_response(which: &str, d: Duration) -> Response<Body> {
     let reason = if which == "exec_timeout" { "exec_timeout" } else { "write_timeout" };
     text(
         StatusCode::GATEWAY_TIMEOUT,
@@ -572,6 +587,9 @@ where
         }
         _ => None,
     };
+    let lambda = config.lambda.clone().filter(|_| config.mode == Mode::Lambda).map(|l| {
+        crate::lambda::LambdaRuntime::new(l, program.clone(), args.clone(), config.prefix_logs)
+    });
     let shared = Arc::new(Shared {
         cfg: config,
         program,
@@ -582,16 +600,21 @@ where
         upstream,
         groups: Groups::default(),
         openwhisk,
+        lambda,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let ow_supervisor = shared
         .openwhisk
         .clone()
         .map(|rt| tokio::spawn(crate::openwhisk::supervise(rt, stop_rx.clone())));
-    let supervisor = shared.upstream.is_some().then(|| {
-        let s = shared.clone();
-        tokio::spawn(async move { supervise_upstream(s, stop_rx).await })
-    });
+    let supervisor = if let Some(l) = shared.lambda.clone() {
+        Some(tokio::spawn(crate::lambda::supervise(l, stop_rx)))
+    } else {
+        shared.upstream.is_some().then(|| {
+            let s = shared.clone();
+            tokio::spawn(async move { supervise_upstream(s, stop_rx).await })
+        })
+    };
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -792,6 +815,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, slot: &ConnSlot) ->
             Some(rt) => crate::openwhisk::handle(rt, req).await,
             None => text(StatusCode::INTERNAL_SERVER_ERROR, "upstream", "no action runtime"),
         },
+        Mode::Lambda => match &shared.lambda {
+            Some(l) => l.invoke(req, shared.deadline).await,
+            None => text(StatusCode::INTERNAL_SERVER_ERROR, "spawn", "lambda mode is not set up"),
+        },
     };
     if let Some((m, u, t0)) = log_req {
         // OpenFaaS's of-watchdog line: `POST /path - 200 OK - ContentLength: 5B (0.0012s)`.
@@ -823,6 +850,9 @@ fn health(shared: &Shared, ready: bool) -> Response<Body> {
         if !rt.started() {
             return text(StatusCode::SERVICE_UNAVAILABLE, "upstream", "the action is starting");
         }
+    }
+    if shared.lambda.as_ref().is_some_and(|l| !l.settled()) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "upstream", "the Lambda runtime is starting");
     }
     let max = shared.cfg.max_inflight;
     if ready && max > 0 && shared.inflight.load(Ordering::Acquire) >= max {

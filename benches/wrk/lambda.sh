@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Lambda mode against http mode, through the gateway on the process backend: one handler
+# (`faas_lambda_fns::web`, GET /hello answering `hello, world`) served two ways by
+# `lambda-bench-gateway` with REPLICAS replicas each: `lambda`, the `lambda-web` binary on
+# the unmodified `lambda_http` crate in the watchdog's `lambda` mode (event in, answer out
+# over the Lambda Runtime API, one invocation at a time per runtime), and `http`, the same
+# handler behind a plain hyper server in the watchdog's `http` mode. Two loads: one
+# connection per replica (Lambda's model: one invocation per instance), then CONNECTIONS.
+# All warm: the replicas have started and answered before the runs.
+#
+#   benches/wrk/lambda.sh [DURATION] [CONNECTIONS] [THREADS] [REPLICAS]  (defaults 10s 64 2 2)
+#
+# Needs `wrk`. Targets only 127.0.0.1. Target (issue #17): lambda >= 0.7x http throughput.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DUR=${1:-10s}; CONNS=${2:-64}; THREADS=${3:-2}; REPLICAS=${4:-2}
+GW=127.0.0.1:18091
+cargo build --release -q -p faas-lambda-fns --bins
+BIN="${CARGO_TARGET_DIR:-target}/release"
+OUT=$(mktemp)
+"$BIN/lambda-bench-gateway" "$GW" "$REPLICAS" >"$OUT" 2>/dev/null & P=$!
+trap 'kill $P 2>/dev/null || true; rm -f "$OUT"' EXIT
+for _ in $(seq 1 300); do grep -q ready "$OUT" && break; sleep 0.1; done
+grep -q ready "$OUT" || { echo "the bench gateway did not get ready" >&2; exit 1; }
+run() { # url conns -> "rps p99_ms"
+  local out; out=$(wrk -t"$THREADS" -c"$2" -d"$DUR" --latency "$1")
+  local rps; rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  local p99; p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out")
+  local bad; bad=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+  [ -z "$bad" ] || echo "!! $bad non-2xx answers from $1" >&2
+  echo "$rps $p99"
+}
+L="http://$GW/function/lambda/hello"; H="http://$GW/function/http/hello"
+wrk -t1 -c"$REPLICAS" -d2s "$L" >/dev/null; wrk -t1 -c"$REPLICAS" -d2s "$H" >/dev/null
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
+echo "wrk -t$THREADS -d$DUR --latency; $REPLICAS replica(s) per function"
+printf "%-34s %12s %10s\n" "function" "req/s" "p99 ms"
+for c in "$REPLICAS" "$CONNS"; do
+  t=$THREADS; [ "$c" -lt "$t" ] && t=$c
+  read -r LR LP < <(THREADS=$t run "$L" "$c")
+  read -r HR HP < <(THREADS=$t run "$H" "$c")
+  printf "%-34s %12s %10s\n" "lambda mode (lambda_http), -c$c" "$LR" "$LP"
+  printf "%-34s %12s %10s\n" "http mode (same handler), -c$c" "$HR" "$HP"
+  awk -v l="$LR" -v h="$HR" -v c="$c" 'BEGIN { printf "lambda/http throughput at -c%d: %.2fx (target >= 0.7x)\n", c, l/h }'
+done
