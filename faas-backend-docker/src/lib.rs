@@ -66,9 +66,11 @@
 mod engine;
 mod inner;
 mod logs;
+mod placement;
 mod proxy;
 mod secrets;
 mod state;
+pub mod swarm;
 pub mod testing;
 
 use std::collections::BTreeSet;
@@ -500,6 +502,7 @@ impl Deploy for DockerInvoker {
             return Err(Error::AlreadyExists { kind: "function", name: fref.to_string() });
         }
         inner.check_image(&info.spec.image).await?;
+        placement::check_local(&inner.docker, &info.spec).await?;
         let created = SystemTime::now();
         let desired = info.min_replicas;
         let def = inner.create_definition(&info, created).await?;
@@ -540,6 +543,7 @@ impl Deploy for DockerInvoker {
         let scheduler = inner.scheduler_for(&spec)?;
         let info = inner.spec_info(spec, scheduler)?;
         inner.check_image(&info.spec.image).await?;
+        placement::check_local(&inner.docker, &info.spec).await?;
         let _g = f.reconcile_lock.lock().await;
         let old_def = lock(&f.definition_id).clone();
         // Replace the definition first: it reserves the name and fails early on a bad image.

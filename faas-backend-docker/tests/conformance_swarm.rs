@@ -1,0 +1,39 @@
+//! The faas-core conformance suite against the Swarm backend on a live one-node swarm (see
+//! `swarm_live.rs`), one test per case, each in its own namespace; every case of the one list
+//! runs: no exclusions.
+
+mod common;
+#[path = "common/swarm.rs"]
+mod swarm_common;
+
+use std::time::Duration;
+
+use faas_backend_docker::swarm::SwarmInvoker;
+use faas_core::conformance;
+
+macro_rules! case {
+    ($name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let env = common::setup(concat!("conformance_swarm::", stringify!($name))).await;
+            let guard = swarm_common::join().await;
+            let _cleanup = swarm_common::SwarmCleanup {
+                namespace: env.ns.clone(),
+                node: guard.node.clone(),
+                label: None,
+            };
+            let swarm = SwarmInvoker::builder()
+                .namespaces([env.ns.clone()])
+                .refresh_interval(Duration::from_millis(100))
+                .build()
+                .await
+                .expect("building the swarm backend");
+            let w = common::DockerWorkload { image: env.image.clone(), namespace: env.ns.clone() };
+            conformance::$name(&swarm, &w).await;
+            swarm.shutdown();
+            assert_eq!(swarm_common::services(&env.ns).await, Vec::<String>::new(), "services left");
+        }
+    };
+}
+
+faas_core::for_each_conformance_case!(case);

@@ -1,0 +1,163 @@
+//! The Swarm backend on a live one-node swarm (initialised on 127.0.0.1 when the engine is in
+//! none): placement constraints in both syntaxes keep a function pending with the engine's
+//! reason, invocations fail fast naming it, a node label lets the engine place it, it serves,
+//! scales to 3 and is removed without leaving a service.
+
+mod common;
+#[path = "common/swarm.rs"]
+mod swarm_common;
+
+use std::time::Duration;
+
+use faas_backend_docker::swarm::{Placement, SwarmInvoker};
+use faas_core::prelude::*;
+use faas_core::{Error, FunctionRef, Invocation};
+
+use common::eventually;
+
+const BOUND: Duration = Duration::from_secs(60);
+
+async fn placement_of(swarm: &SwarmInvoker, f: &FunctionRef) -> Placement {
+    swarm.placement(f).expect("placement of a deployed function")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn constrained_function_pends_with_the_reason_then_serves_once_a_node_is_labelled() {
+    let env = common::setup("swarm_live::constrained").await;
+    let guard = swarm_common::join().await;
+    // A label key of this test alone: other tests share the node.
+    let key = format!("faas-rs-test-{}", env.ns);
+    let _cleanup = swarm_common::SwarmCleanup {
+        namespace: env.ns.clone(),
+        node: guard.node.clone(),
+        label: Some(key.clone()),
+    };
+    let swarm = SwarmInvoker::builder()
+        .namespaces([env.ns.clone()])
+        .refresh_interval(Duration::from_millis(100))
+        .build()
+        .await
+        .expect("building the swarm backend");
+
+    // The thesis's syntax and OpenFaaS's nodeSelector syntax.
+    let mut thesis = env.spec("rpi", "echo");
+    thesis.constraints = vec![format!("node.labels.{key} == rpi")];
+    let mut selector = env.spec("rpi-selector", "echo");
+    selector.constraints = vec![format!("{key}=rpi")];
+    swarm.deploy(thesis).await.expect("deploy with the thesis's constraint");
+    swarm.deploy(selector).await.expect("deploy with a nodeSelector constraint");
+    let (f, g) = (env.fref("rpi"), env.fref("rpi-selector"));
+    for fr in [&f, &g] {
+        let reason = eventually(BOUND, "the engine's pending reason", || async {
+            match placement_of(&swarm, fr).await {
+                Placement::Pending(r) => Some(r),
+                _ => None,
+            }
+        })
+        .await;
+        assert!(reason.contains("no suitable node"), "reason: {reason}");
+    }
+    let service = swarm.service_name(&f).unwrap();
+    let svc = bollard::Docker::connect_with_local_defaults()
+        .unwrap()
+        .negotiate_version()
+        .await
+        .unwrap()
+        .inspect_service(&service, None)
+        .await
+        .expect("the function's service");
+    let constraints = svc.spec.unwrap().task_template.unwrap().placement.unwrap().constraints;
+    assert_eq!(constraints, Some(vec![format!("node.labels.{key} == rpi")]));
+
+    // Invocations fail at once (not after the 60 s start timeout) with a 503 naming it, and so
+    // does the activator's readiness question.
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        swarm.invoke(Invocation::post(f.clone(), "x")),
+    )
+    .await
+    .expect("an invocation of a pending function answers at once")
+    .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert_eq!(err.http_status(), 503);
+    assert!(err.to_string().contains("no suitable node"), "{err}");
+    let ready = swarm.wait_ready(&f, Duration::ZERO).await;
+    assert!(
+        matches!(ready, Err(ref e) if e.to_string().contains("no suitable node")),
+        "{ready:?}"
+    );
+    let st = swarm.status(&f).await.unwrap();
+    assert_eq!((st.replicas, st.available_replicas), (1, 0));
+
+    // `docker node update --label-add KEY=rpi <node>`: the engine places both.
+    swarm_common::node_label(&guard.node, &key, Some("rpi"));
+    for fr in [&f, &g] {
+        eventually(BOUND, "the function to become ready", || async {
+            matches!(placement_of(&swarm, fr).await, Placement::Ready(1)).then_some(())
+        })
+        .await;
+        let resp = swarm.invoke(Invocation::post(fr.clone(), "hello swarm")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.into_body().collect_bytes().await.unwrap(), "hello swarm");
+    }
+    assert!(swarm.wait_ready(&f, Duration::ZERO).await.unwrap());
+
+    // Scale to 3: three tasks, each serving.
+    swarm.scale(&f, 3).await.unwrap();
+    eventually(BOUND, "3 ready tasks", || async {
+        let st = swarm.status(&f).await.ok()?;
+        (st.replicas == 3 && st.available_replicas == 3).then_some(())
+    })
+    .await;
+    let mut instances = std::collections::BTreeSet::new();
+    for i in 0..30 {
+        let resp = swarm.invoke(Invocation::post(f.clone(), format!("call {i}"))).await.unwrap();
+        let meta = resp.extensions().get::<faas_core::InvocationMeta>().cloned().unwrap();
+        instances.insert(meta.instance);
+        assert_eq!(resp.into_body().collect_bytes().await.unwrap(), format!("call {i}"));
+    }
+    assert_eq!(instances.len(), 3, "calls spread over the 3 tasks: {instances:?}");
+
+    // Remove: no service is left, and the function is gone.
+    swarm.remove(&f).await.unwrap();
+    swarm.remove(&g).await.unwrap();
+    assert_eq!(swarm_common::services(&env.ns).await, Vec::<String>::new());
+    assert!(matches!(swarm.status(&f).await, Err(Error::NotFound { .. })));
+    swarm.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_report_labels_and_architecture_and_a_missing_image_is_a_clear_pending_reason() {
+    let env = common::setup("swarm_live::nodes").await;
+    let guard = swarm_common::join().await;
+    let _cleanup =
+        swarm_common::SwarmCleanup { namespace: env.ns.clone(), node: guard.node.clone(), label: None };
+    let swarm = SwarmInvoker::builder()
+        .namespaces([env.ns.clone()])
+        .refresh_interval(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    let nodes = swarm.nodes().await.unwrap();
+    let me = nodes.iter().find(|n| n.id == guard.node).expect("the manager is a node");
+    assert!(me.healthy);
+    assert_eq!(me.arch, faas_core::scheduler::normalize_arch(std::env::consts::ARCH));
+    assert!(me.capacity.cpu_millis >= 1000 && me.capacity.memory_bytes > 0, "{me:?}");
+
+    // An image no node has and no registry serves: the task is rejected, and the engine's
+    // error is the function's pending reason (not an endless silent wait).
+    let spec = faas_core::FunctionSpec::new("ghost", "127.0.0.1:9/faas-rs/absent:1")
+        .namespace(env.ns.clone());
+    swarm.deploy(spec).await.unwrap();
+    let f = env.fref("ghost");
+    let reason = eventually(BOUND, "the pull failure as the pending reason", || async {
+        match placement_of(&swarm, &f).await {
+            Placement::Pending(r) => Some(r),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(reason.to_lowercase().contains("image") || reason.contains("127.0.0.1:9"), "{reason}");
+    swarm.remove(&f).await.unwrap();
+    swarm.shutdown();
+}
