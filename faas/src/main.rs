@@ -67,6 +67,9 @@ enum BackendKind {
     Process,
     /// Docker containers.
     Docker,
+    /// Docker Swarm services (the engine must be a swarm manager): placement constraints,
+    /// replicas and rolling updates by the engine.
+    Swarm,
 }
 
 #[derive(Subcommand)]
@@ -1001,6 +1004,11 @@ async fn raw_backend(
             if let Some(l) = limits {
                 b = b.replica_limits(l);
             }
+            Ok(Arc::new(b.build().await?))
+        }
+        BackendKind::Swarm => {
+            eprintln!("Connecting to the Docker Swarm manager...");
+            let b = faas_backend_docker::swarm::SwarmInvoker::builder().scheduler(scheduler);
             Ok(Arc::new(b.build().await?))
         }
     }
