@@ -27,7 +27,8 @@
 //!
 //! - **Images** follow the OpenFaaS convention: a watchdog listening on port 8080 runs the
 //!   function process (`fprocess`, from the spec's `envProcess` or the image's environment).
-//!   Images are never pulled: they must be present in the engine.
+//!   An image the engine lacks is pulled from its registry at deploy (progress in the log);
+//!   the registry's error fails the deploy naming the image.
 //! - **Replicas** are containers labelled `com.faas-rs.function`, `com.faas-rs.namespace`,
 //!   `com.faas-rs.spec-hash`, `com.faas-rs.role=replica` and OpenFaaS's `faas_function`,
 //!   named `faas-rs.<namespace>.<name>.<suffix>`. Port 8080 is published on 127.0.0.1 only,
@@ -68,6 +69,7 @@ mod inner;
 mod logs;
 mod placement;
 mod proxy;
+mod pull;
 mod secrets;
 mod state;
 pub mod swarm;

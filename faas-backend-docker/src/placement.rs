@@ -91,6 +91,32 @@ pub(crate) async fn image_platforms(docker: &Docker, image: &str) -> Result<Opti
     }
 }
 
+/// The platforms of an image as its registry serves it, asked through the engine
+/// (`/distribution/{image}/json`): every platform of a manifest list, or the one of a single
+/// manifest. An image the registry does not have, or a registry that cannot be reached, is an
+/// [`faas_core::Error::InvalidSpec`] of `image` with the engine's words.
+pub(crate) async fn registry_platforms(docker: &Docker, image: &str) -> Result<Vec<String>> {
+    match docker.inspect_registry_image(image, None).await {
+        Ok(d) => Ok(d
+            .platforms
+            .iter()
+            .filter_map(|p| {
+                let arch = p.architecture.as_deref().filter(|a| !a.is_empty())?;
+                let os = p.os.as_deref().unwrap_or("linux");
+                Some(match p.variant.as_deref().filter(|v| !v.is_empty()) {
+                    Some(v) if !normalize_arch(arch).contains('/') => format!("{os}/{arch}/{v}"),
+                    _ => format!("{os}/{arch}"),
+                })
+            })
+            .collect()),
+        Err(e) if crate::engine::is_unreachable(&e) => Err(map_err("registry image inspect", e)),
+        Err(e) => Err(faas_core::Error::invalid(
+            "image",
+            format!("image {image:?} is not in the engine and its registry does not serve it: {e}"),
+        )),
+    }
+}
+
 /// The spec's platforms, else the image's (when it is present), for placement checks.
 pub(crate) async fn platforms_of(
     docker: &Docker,

@@ -238,6 +238,10 @@ pub enum Placement {
     /// A task cannot be placed or started, with the engine's reason (`no suitable node
     /// (scheduling constraints not satisfied on 1 node)`, `No such image: ...`).
     Pending(String),
+    /// The engine rejected the function's tasks again and again (an image no node can pull),
+    /// with its last reason: retries stopped (the service is at zero replicas) until an
+    /// update or a scale.
+    Failed(String),
 }
 
 /// The Docker Swarm backend. Cheap to clone; see the [module docs](self).
@@ -274,6 +278,8 @@ struct Deployed {
     spec: FunctionSpec,
     scheduler: Arc<dyn Scheduler>,
     min: u32,
+    /// The task template's `ForceUpdate`, raised by every update: tasks of this spec carry it.
+    generation: u64,
 }
 
 struct SwarmFunction {
@@ -295,7 +301,14 @@ struct View {
     ready: Vec<Arc<TaskInstance>>,
     /// Why a task cannot be placed or started, when none is ready.
     pending: Option<String>,
+    /// Why the function failed: its tasks were rejected [`MAX_REJECTED`] times (an image no
+    /// node can pull). The service is then scaled to zero, so the engine stops retrying,
+    /// until an update or a scale.
+    failed: Option<String>,
 }
+
+/// How many tasks of one spec the engine may reject before the function is failed.
+const MAX_REJECTED: usize = 3;
 
 /// A running, healthy task.
 struct TaskInstance {
@@ -427,6 +440,11 @@ impl SwarmInner {
                 .and_then(|c| c.parse::<u64>().ok())
                 .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
                 .unwrap_or_else(SystemTime::now);
+            let generation = spec
+                .task_template
+                .as_ref()
+                .and_then(|t| t.force_update)
+                .unwrap_or(0);
             let replicas = spec
                 .mode
                 .as_ref()
@@ -437,7 +455,7 @@ impl SwarmInner {
                 fref.clone(),
                 id,
                 spec.name.clone().unwrap_or_else(|| service_name(&fref)),
-                Deployed { spec: fspec, scheduler, min },
+                Deployed { spec: fspec, scheduler, min, generation },
                 replicas.clamp(0, i64::from(u32::MAX)) as u32,
                 created,
             );
@@ -493,6 +511,15 @@ impl SwarmInner {
         let mut ready = Vec::new();
         let mut probes = Vec::new();
         let mut pending = None;
+        let generation = f.deployed().generation;
+        let rejected: Vec<&str> = tasks
+            .iter()
+            .filter(|t| {
+                t.spec.as_ref().and_then(|s| s.force_update).unwrap_or(0) == generation
+                    && t.status.as_ref().and_then(|s| s.state) == Some(TaskState::REJECTED)
+            })
+            .filter_map(|t| t.status.as_ref()?.err.as_deref())
+            .collect();
         for t in tasks.iter().copied().filter(|t| wanted(t)) {
             let Some(id) = t.id.clone() else { continue };
             let status = t.status.as_ref();
@@ -553,10 +580,26 @@ impl SwarmInner {
         .await;
         ready.extend(checked.into_iter().flatten().map(Arc::new));
         ready.sort_by(|a, b| a.name.cmp(&b.name));
-        {
+        let fail = (ready.is_empty() && rejected.len() >= MAX_REJECTED)
+            .then(|| rejected.last().map(|r| r.to_string()))
+            .flatten();
+        let newly_failed = {
             let mut v = lock(&f.view);
             v.ready = ready;
             v.pending = pending;
+            let newly = fail.is_some() && v.failed.is_none();
+            if fail.is_some() {
+                v.failed = fail.clone();
+            }
+            newly
+        };
+        if newly_failed {
+            let reason = fail.unwrap_or_default();
+            tracing::warn!(function = %f.fref, %reason, "tasks rejected {MAX_REJECTED} times: failed, scaled to zero");
+            // Stop the engine's retries; an update or a scale starts again.
+            if let Err(e) = self.set_replicas(f, 0).await {
+                tracing::warn!(function = %f.fref, error = %e, "scaling a failed function to zero");
+            }
         }
         f.changed.notify_waiters();
     }
@@ -634,6 +677,7 @@ impl SwarmInner {
         spec: &FunctionSpec,
         replicas: u32,
         created: SystemTime,
+        generation: u64,
     ) -> Result<ServiceSpec> {
         let fref = spec.function_ref();
         let name = service_name(&fref);
@@ -668,7 +712,15 @@ impl SwarmInner {
         }
         let constraints: Vec<String> =
             spec.parsed_constraints()?.iter().map(swarm_constraint).collect();
-        let platforms = crate::placement::platforms_of(&self.docker, spec).await?;
+        // Declared, else the image's own where the manager has it, else its registry's
+        // (which also refuses, naming the image, one no registry serves).
+        let platforms = match crate::placement::platforms_of(&self.docker, spec).await? {
+            p if !p.is_empty() => p,
+            _ if crate::placement::image_platforms(&self.docker, &spec.image).await?.is_some() => {
+                Vec::new()
+            }
+            _ => crate::placement::registry_platforms(&self.docker, &spec.image).await?,
+        };
         let mut env = spec.env_vars.clone();
         if let Some(p) = &spec.env_process {
             env.insert("fprocess".to_string(), p.clone());
@@ -734,6 +786,8 @@ impl SwarmInner {
                     platforms: Some(platforms.iter().map(|p| swarm_platform(p)).collect()),
                     ..Default::default()
                 }),
+                // Tells this spec's tasks from an older one's (and replaces every task).
+                force_update: Some(generation),
                 ..Default::default()
             }),
             mode: Some(ServiceSpecMode {
@@ -826,7 +880,7 @@ impl SwarmInner {
                 if let Some(t) = route(&f.fref, &v.ready, &*deployed.scheduler, deployed.spec.max_concurrency) {
                     return Ok((t, waited));
                 }
-                (v.ready.len(), v.pending.clone())
+                (v.ready.len(), v.failed.clone().or_else(|| v.pending.clone()))
             };
             if ready == 0 {
                 if let Some(reason) = pending {
@@ -1012,10 +1066,11 @@ impl SwarmFunction {
 
     fn placement(&self) -> Placement {
         let v = lock(&self.view);
-        match (&v.pending, v.ready.len()) {
-            (_, n) if n > 0 => Placement::Ready(n),
-            (Some(reason), _) => Placement::Pending(reason.clone()),
-            (None, _) => Placement::Starting,
+        match (&v.failed, &v.pending, v.ready.len()) {
+            (_, _, n) if n > 0 => Placement::Ready(n),
+            (Some(reason), _, _) => Placement::Failed(reason.clone()),
+            (None, Some(reason), _) => Placement::Pending(reason.clone()),
+            (None, None, _) => Placement::Starting,
         }
     }
 }
@@ -1093,7 +1148,7 @@ impl Deploy for SwarmInvoker {
             return Err(Error::AlreadyExists { kind: "function", name: fref.to_string() });
         }
         let created = SystemTime::now();
-        let svc = inner.service_spec(&spec, min, created).await?;
+        let svc = inner.service_spec(&spec, min, created, 0).await?;
         let name = service_name(&fref);
         let id = match inner.docker.create_service(svc, None).await {
             Ok(r) => r.id.unwrap_or_default(),
@@ -1106,7 +1161,7 @@ impl Deploy for SwarmInvoker {
             fref.clone(),
             id,
             name,
-            Deployed { spec, scheduler, min },
+            Deployed { spec, scheduler, min, generation: 0 },
             min,
             created,
         ));
@@ -1124,7 +1179,8 @@ impl Deploy for SwarmInvoker {
         let scheduler = inner.schedulers.for_spec(&spec)?;
         let min = spec.scaling_policy()?.min;
         let replicas = f.desired.load(Ordering::SeqCst);
-        let new = inner.service_spec(&spec, replicas, f.created_at).await?;
+        let generation = f.deployed().generation + 1;
+        let new = inner.service_spec(&spec, replicas, f.created_at, generation).await?;
         inner
             .update_service(&f, |current| {
                 // Keep the replicas the engine has now (a scale may have happened meanwhile).
@@ -1135,7 +1191,8 @@ impl Deploy for SwarmInvoker {
                 }
             })
             .await?;
-        *lock(&f.deployed) = Arc::new(Deployed { spec, scheduler, min });
+        *lock(&f.deployed) = Arc::new(Deployed { spec, scheduler, min, generation });
+        lock(&f.view).failed = None;
         Ok(())
     }
 
@@ -1173,6 +1230,7 @@ impl Deploy for SwarmInvoker {
 
     async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<()> {
         let f = self.inner.function(function)?;
+        lock(&f.view).failed = None;
         self.inner.set_replicas(&f, replicas).await
     }
 
@@ -1203,7 +1261,7 @@ impl Deploy for SwarmInvoker {
         }
         faas_core::invoker::wait_notified(&f.changed, timeout, || match f.placement() {
             Placement::Ready(_) => Ok(true),
-            Placement::Pending(reason) => Err(Error::unavailable(format!(
+            Placement::Pending(reason) | Placement::Failed(reason) => Err(Error::unavailable(format!(
                 "function {} has no task running: {reason}",
                 f.fref
             ))),

@@ -127,7 +127,7 @@ async fn constrained_function_pends_with_the_reason_then_serves_once_a_node_is_l
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_report_labels_and_architecture_and_a_missing_image_is_a_clear_pending_reason() {
+async fn nodes_report_labels_and_architecture_and_an_unreachable_registry_is_refused() {
     let env = common::setup("swarm_live::nodes").await;
     let guard = swarm_common::join().await;
     let _cleanup =
@@ -143,21 +143,16 @@ async fn nodes_report_labels_and_architecture_and_a_missing_image_is_a_clear_pen
     assert!(me.healthy);
     assert_eq!(me.arch, faas_core::scheduler::normalize_arch(std::env::consts::ARCH));
     assert!(me.capacity.cpu_millis >= 1000 && me.capacity.memory_bytes > 0, "{me:?}");
+    assert_eq!(me.labels.get("node.role").map(String::as_str), Some("manager"));
 
-    // An image no node has and no registry serves: the task is rejected, and the engine's
-    // error is the function's pending reason (not an endless silent wait).
-    let spec = faas_core::FunctionSpec::new("ghost", "127.0.0.1:9/faas-rs/absent:1")
-        .namespace(env.ns.clone());
-    swarm.deploy(spec).await.unwrap();
-    let f = env.fref("ghost");
-    let reason = eventually(BOUND, "the pull failure as the pending reason", || async {
-        match placement_of(&swarm, &f).await {
-            Placement::Pending(r) => Some(r),
-            _ => None,
-        }
-    })
-    .await;
-    assert!(reason.to_lowercase().contains("image") || reason.contains("127.0.0.1:9"), "{reason}");
-    swarm.remove(&f).await.unwrap();
+    // An image neither the engine has nor any registry serves is refused at deploy, naming
+    // the image, instead of a service retrying forever.
+    let image = "127.0.0.1:9/faas-rs/absent:1";
+    let spec = faas_core::FunctionSpec::new("ghost", image).namespace(env.ns.clone());
+    match swarm.deploy(spec).await {
+        Err(e @ Error::InvalidSpec { .. }) => assert!(e.to_string().contains(image), "{e}"),
+        other => panic!("expected a refusal naming the image, got {other:?}"),
+    }
+    assert_eq!(swarm_common::services(&env.ns).await, Vec::<String>::new());
     swarm.shutdown();
 }
