@@ -73,6 +73,7 @@ mod pull;
 mod secrets;
 mod state;
 pub mod swarm;
+pub mod swarm_testing;
 pub mod testing;
 
 use std::collections::BTreeSet;

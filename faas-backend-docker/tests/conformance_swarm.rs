@@ -3,11 +3,10 @@
 //! runs: no exclusions.
 
 mod common;
-#[path = "common/swarm.rs"]
-mod swarm_common;
 
 use std::time::Duration;
 
+use faas_backend_docker::swarm_testing as swarm_common;
 use faas_backend_docker::swarm::SwarmInvoker;
 use faas_core::conformance;
 

@@ -7,11 +7,10 @@
 mod common;
 #[path = "common/registry.rs"]
 mod registry;
-#[path = "common/swarm.rs"]
-mod swarm_common;
 
 use std::time::Duration;
 
+use faas_backend_docker::swarm_testing as swarm_common;
 use faas_backend_docker::swarm::{Placement, SwarmInvoker};
 use faas_core::prelude::*;
 use faas_core::{Error, FunctionSpec, Invocation};

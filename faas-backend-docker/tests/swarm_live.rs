@@ -4,11 +4,10 @@
 //! scales to 3 and is removed without leaving a service.
 
 mod common;
-#[path = "common/swarm.rs"]
-mod swarm_common;
 
 use std::time::Duration;
 
+use faas_backend_docker::swarm_testing as swarm_common;
 use faas_backend_docker::swarm::{Placement, SwarmInvoker};
 use faas_core::prelude::*;
 use faas_core::{Error, FunctionRef, Invocation};

@@ -1,12 +1,11 @@
-//! A one-node swarm for the Swarm tests: joined (initialised on 127.0.0.1) when the engine is
-//! not in a swarm yet, and left again by the last test process using it, only when a test
-//! initialised it. Plain containers of other tests are not affected by either.
+//! Test support for the Swarm tests (this crate's and the `faas` binary's): a one-node swarm,
+//! joined (initialised on 127.0.0.1) when the engine is not in a swarm yet, and left again by
+//! the last test process using it, only when a test initialised it. Plain containers of other tests are not affected by either.
 //!
 //! Test processes run at once (nextest), so each holds a shared lock on a file while it uses
 //! the swarm; a process that finds no other holder (an exclusive lock succeeds) and the mark
 //! of a test-made swarm leaves it.
-#![allow(dead_code)]
-// The std file locks are newer than the workspace's MSRV; only the tests use them.
+// The std file locks are newer than the workspace's MSRV; only tests use this module.
 #![allow(clippy::incompatible_msrv)]
 
 use std::fs::File;
@@ -33,11 +32,7 @@ pub struct SwarmGuard {
 }
 
 async fn docker() -> bollard::Docker {
-    bollard::Docker::connect_with_local_defaults()
-        .expect("docker client")
-        .negotiate_version()
-        .await
-        .expect("docker engine answers")
+    crate::engine::connect(None).await.expect("docker engine answers")
 }
 
 /// Makes sure the engine is a swarm manager, initialising a one-node swarm on 127.0.0.1 when
@@ -131,10 +126,14 @@ pub async fn services(namespace: &str) -> Vec<String> {
         .collect()
 }
 
-/// Removes the services and secrets of `namespace` (a failed test's), and a node label.
+/// Removes the services and secrets of `namespace` (a failed test's), and a node label, when
+/// dropped.
 pub struct SwarmCleanup {
+    /// The test's namespace.
     pub namespace: String,
+    /// The node the label is on.
     pub node: String,
+    /// The node label the test added, if any.
     pub label: Option<String>,
 }
 
