@@ -1178,7 +1178,9 @@ impl Deploy for SwarmInvoker {
         let f = inner.function(&fref)?;
         let scheduler = inner.schedulers.for_spec(&spec)?;
         let min = spec.scaling_policy()?.min;
-        let replicas = f.desired.load(Ordering::SeqCst);
+        // A failed function (scaled to zero by the backend) starts again at its minimum.
+        let failed = lock(&f.view).failed.is_some();
+        let replicas = if failed { min } else { f.desired.load(Ordering::SeqCst) };
         let generation = f.deployed().generation + 1;
         let new = inner.service_spec(&spec, replicas, f.created_at, generation).await?;
         inner
@@ -1186,11 +1188,14 @@ impl Deploy for SwarmInvoker {
                 // Keep the replicas the engine has now (a scale may have happened meanwhile).
                 let mode = current.mode.clone();
                 *current = new.clone();
-                if mode.is_some() {
+                if mode.is_some() && !failed {
                     current.mode = mode;
                 }
             })
             .await?;
+        if failed {
+            f.desired.store(min, Ordering::SeqCst);
+        }
         *lock(&f.deployed) = Arc::new(Deployed { spec, scheduler, min, generation });
         lock(&f.view).failed = None;
         Ok(())

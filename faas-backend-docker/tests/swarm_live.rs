@@ -155,3 +155,45 @@ async fn nodes_report_labels_and_architecture_and_an_unreachable_registry_is_ref
     assert_eq!(swarm_common::services(&env.ns).await, Vec::<String>::new());
     swarm.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_updated_secret_reaches_the_function_through_a_new_swarm_secret_version() {
+    let env = common::setup("swarm_live::secrets").await;
+    let guard = swarm_common::join().await;
+    let _cleanup =
+        swarm_common::SwarmCleanup { namespace: env.ns.clone(), node: guard.node.clone(), label: None };
+    let swarm = SwarmInvoker::builder()
+        .namespaces([env.ns.clone()])
+        .refresh_interval(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    let secret = |v: &'static str| faas_core::Secret {
+        name: "api-key".into(),
+        namespace: env.ns.clone(),
+        value: bytes::Bytes::from_static(v.as_bytes()),
+    };
+    swarm.create_secret(secret("v1")).await.unwrap();
+    swarm.deploy(env.spec("reader", "env").secret("api-key")).await.unwrap();
+    let f = env.fref("reader");
+    let read = || async {
+        let r = swarm.invoke(Invocation::get(f.clone(), "/?secret=api-key")).await.ok()?;
+        Some(r.into_body().collect_bytes().await.ok()?)
+    };
+    eventually(BOUND, "the secret's first value", || async {
+        (read().await? == "v1").then_some(())
+    })
+    .await;
+    // Swarm secrets cannot change: the update is a new version the service rolls over to.
+    swarm.update_secret(secret("v2")).await.unwrap();
+    eventually(BOUND, "the secret's new value", || async {
+        (read().await? == "v2").then_some(())
+    })
+    .await;
+    let listed = swarm.list_secrets(&env.ns).await.unwrap();
+    assert_eq!(listed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["api-key"]);
+    swarm.remove(&f).await.unwrap();
+    swarm.remove_secret(&env.ns, "api-key").await.unwrap();
+    assert!(swarm.list_secrets(&env.ns).await.unwrap().is_empty());
+    swarm.shutdown();
+}
