@@ -89,7 +89,10 @@ fn engine_message(e: &bollard::errors::Error) -> String {
 }
 
 fn refused(image: &str, message: &str) -> Error {
-    Error::invalid("image", format!("image {image:?} is not in the engine and its pull failed: {message}"))
+    Error::invalid(
+        "image",
+        format!("image {image:?} is not in the engine and its pull failed: {message}"),
+    )
 }
 
 #[cfg(test)]

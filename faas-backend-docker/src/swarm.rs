@@ -64,7 +64,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use base64::Engine as _;
 use bollard::models::{
-    EndpointPortConfig, EndpointPortConfigPublishModeEnum, EndpointPortConfigProtocolEnum,
+    EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
     EndpointSpec, Limit, Platform, ResourceObject, SecretSpec, ServiceSpec, ServiceSpecMode,
     ServiceSpecModeReplicated, ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
     ServiceSpecUpdateConfigOrderEnum, TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecFile,
@@ -440,11 +440,7 @@ impl SwarmInner {
                 .and_then(|c| c.parse::<u64>().ok())
                 .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
                 .unwrap_or_else(SystemTime::now);
-            let generation = spec
-                .task_template
-                .as_ref()
-                .and_then(|t| t.force_update)
-                .unwrap_or(0);
+            let generation = spec.task_template.as_ref().and_then(|t| t.force_update).unwrap_or(0);
             let replicas = spec
                 .mode
                 .as_ref()
@@ -484,7 +480,8 @@ impl SwarmInner {
                 Some((s.id.clone()?, r))
             })
             .collect();
-        let ids: Vec<(&str, String)> = fs.iter().map(|f| ("service", f.service_id.clone())).collect();
+        let ids: Vec<(&str, String)> =
+            fs.iter().map(|f| ("service", f.service_id.clone())).collect();
         let opts = ListTasksOptions { filters: Some(filters(&ids)) };
         let Ok(tasks) = self.docker.list_tasks(Some(opts)).await else { return };
         let mut by_service: HashMap<&str, Vec<&bollard::models::Task>> = HashMap::new();
@@ -635,10 +632,7 @@ impl SwarmInner {
         let mut found =
             self.docker.list_secrets(Some(opts)).await.map_err(|e| map_err("secret list", e))?;
         found.sort_by_key(|s| s.version.as_ref().and_then(|v| v.index).unwrap_or(0));
-        Ok(found
-            .into_iter()
-            .filter_map(|s| Some((s.id?, s.spec?.name?)))
-            .collect())
+        Ok(found.into_iter().filter_map(|s| Some((s.id?, s.spec?.name?))).collect())
     }
 
     fn check_secret(&self, namespace: &str, name: &str) -> Result<()> {
@@ -877,7 +871,9 @@ impl SwarmInner {
             let deployed = f.deployed();
             let (ready, pending) = {
                 let v = lock(&f.view);
-                if let Some(t) = route(&f.fref, &v.ready, &*deployed.scheduler, deployed.spec.max_concurrency) {
+                if let Some(t) =
+                    route(&f.fref, &v.ready, &*deployed.scheduler, deployed.spec.max_concurrency)
+                {
                     return Ok((t, waited));
                 }
                 (v.ready.len(), v.failed.clone().or_else(|| v.pending.clone()))
@@ -1266,10 +1262,9 @@ impl Deploy for SwarmInvoker {
         }
         faas_core::invoker::wait_notified(&f.changed, timeout, || match f.placement() {
             Placement::Ready(_) => Ok(true),
-            Placement::Pending(reason) | Placement::Failed(reason) => Err(Error::unavailable(format!(
-                "function {} has no task running: {reason}",
-                f.fref
-            ))),
+            Placement::Pending(reason) | Placement::Failed(reason) => Err(Error::unavailable(
+                format!("function {} has no task running: {reason}", f.fref),
+            )),
             Placement::Starting => Ok(false),
         })
         .await
@@ -1292,10 +1287,8 @@ impl Secrets for SwarmInvoker {
             .list_secrets(Some(opts))
             .await
             .map_err(|e| map_err("secret list", e))?;
-        let names: BTreeSet<String> = found
-            .into_iter()
-            .filter_map(|s| s.spec?.labels?.get(SECRET_LABEL).cloned())
-            .collect();
+        let names: BTreeSet<String> =
+            found.into_iter().filter_map(|s| s.spec?.labels?.get(SECRET_LABEL).cloned()).collect();
         Ok(names
             .into_iter()
             .map(|name| SecretInfo { name, namespace: namespace.to_string() })
@@ -1370,12 +1363,15 @@ impl Logs for SwarmInvoker {
             .clone()
             .ok_or_else(|| Error::invalid("name", "logs need a function name"))?;
         let f = inner.function(&fref)?;
-        let opts = ListTasksOptions { filters: Some(filters(&[("service", f.service_id.clone())])) };
-        let tasks = inner.docker.list_tasks(Some(opts)).await.map_err(|e| map_err("task list", e))?;
+        let opts =
+            ListTasksOptions { filters: Some(filters(&[("service", f.service_id.clone())])) };
+        let tasks =
+            inner.docker.list_tasks(Some(opts)).await.map_err(|e| map_err("task list", e))?;
         let mut streams = Vec::new();
         for t in tasks {
             let Some(id) = t.id.clone() else { continue };
-            let slot = t.slot.map(|s| s.to_string()).unwrap_or_else(|| t.node_id.unwrap_or_default());
+            let slot =
+                t.slot.map(|s| s.to_string()).unwrap_or_else(|| t.node_id.unwrap_or_default());
             let instance = format!("{}.{slot}.{id}", f.service_name);
             if request.instance.as_deref().is_some_and(|i| i != instance && !id.starts_with(i)) {
                 continue;

@@ -115,7 +115,8 @@ pub fn node_label(node: &str, key: &str, value: Option<&str>) {
 pub async fn services(namespace: &str) -> Vec<String> {
     let mut filters = std::collections::HashMap::new();
     filters.insert("label".to_string(), vec![format!("com.faas-rs.namespace={namespace}")]);
-    let opts = bollard::query_parameters::ListServicesOptions { filters: Some(filters), status: None };
+    let opts =
+        bollard::query_parameters::ListServicesOptions { filters: Some(filters), status: None };
     docker()
         .await
         .list_services(Some(opts))
@@ -140,7 +141,9 @@ pub struct SwarmCleanup {
 impl Drop for SwarmCleanup {
     fn drop(&mut self) {
         if let Some(l) = &self.label {
-            let _ = Command::new("docker").args(["node", "update", "--label-rm", l, &self.node]).output();
+            let _ = Command::new("docker")
+                .args(["node", "update", "--label-rm", l, &self.node])
+                .output();
         }
         let ns = self.namespace.clone();
         let _ = std::thread::spawn(move || {

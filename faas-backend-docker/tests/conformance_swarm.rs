@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use faas_backend_docker::swarm_testing as swarm_common;
 use faas_backend_docker::swarm::SwarmInvoker;
+use faas_backend_docker::swarm_testing as swarm_common;
 use faas_core::conformance;
 
 macro_rules! case {
@@ -30,7 +30,11 @@ macro_rules! case {
             let w = common::DockerWorkload { image: env.image.clone(), namespace: env.ns.clone() };
             conformance::$name(&swarm, &w).await;
             swarm.shutdown();
-            assert_eq!(swarm_common::services(&env.ns).await, Vec::<String>::new(), "services left");
+            assert_eq!(
+                swarm_common::services(&env.ns).await,
+                Vec::<String>::new(),
+                "services left"
+            );
         }
     };
 }

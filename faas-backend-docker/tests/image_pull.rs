@@ -10,8 +10,8 @@ mod registry;
 
 use std::time::Duration;
 
-use faas_backend_docker::swarm_testing as swarm_common;
 use faas_backend_docker::swarm::{Placement, SwarmInvoker};
+use faas_backend_docker::swarm_testing as swarm_common;
 use faas_core::prelude::*;
 use faas_core::{Error, FunctionSpec, Invocation};
 

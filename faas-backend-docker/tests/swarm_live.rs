@@ -7,8 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use faas_backend_docker::swarm_testing as swarm_common;
 use faas_backend_docker::swarm::{Placement, SwarmInvoker};
+use faas_backend_docker::swarm_testing as swarm_common;
 use faas_core::prelude::*;
 use faas_core::{Error, FunctionRef, Invocation};
 
@@ -81,10 +81,7 @@ async fn constrained_function_pends_with_the_reason_then_serves_once_a_node_is_l
     assert_eq!(err.http_status(), 503);
     assert!(err.to_string().contains("no suitable node"), "{err}");
     let ready = swarm.wait_ready(&f, Duration::ZERO).await;
-    assert!(
-        matches!(ready, Err(ref e) if e.to_string().contains("no suitable node")),
-        "{ready:?}"
-    );
+    assert!(matches!(ready, Err(ref e) if e.to_string().contains("no suitable node")), "{ready:?}");
     let st = swarm.status(&f).await.unwrap();
     assert_eq!((st.replicas, st.available_replicas), (1, 0));
 
@@ -129,8 +126,11 @@ async fn constrained_function_pends_with_the_reason_then_serves_once_a_node_is_l
 async fn nodes_report_labels_and_architecture_and_an_unreachable_registry_is_refused() {
     let env = common::setup("swarm_live::nodes").await;
     let guard = swarm_common::join().await;
-    let _cleanup =
-        swarm_common::SwarmCleanup { namespace: env.ns.clone(), node: guard.node.clone(), label: None };
+    let _cleanup = swarm_common::SwarmCleanup {
+        namespace: env.ns.clone(),
+        node: guard.node.clone(),
+        label: None,
+    };
     let swarm = SwarmInvoker::builder()
         .namespaces([env.ns.clone()])
         .refresh_interval(Duration::from_millis(100))
@@ -160,8 +160,11 @@ async fn nodes_report_labels_and_architecture_and_an_unreachable_registry_is_ref
 async fn an_updated_secret_reaches_the_function_through_a_new_swarm_secret_version() {
     let env = common::setup("swarm_live::secrets").await;
     let guard = swarm_common::join().await;
-    let _cleanup =
-        swarm_common::SwarmCleanup { namespace: env.ns.clone(), node: guard.node.clone(), label: None };
+    let _cleanup = swarm_common::SwarmCleanup {
+        namespace: env.ns.clone(),
+        node: guard.node.clone(),
+        label: None,
+    };
     let swarm = SwarmInvoker::builder()
         .namespaces([env.ns.clone()])
         .refresh_interval(Duration::from_millis(100))
@@ -178,7 +181,7 @@ async fn an_updated_secret_reaches_the_function_through_a_new_swarm_secret_versi
     let f = env.fref("reader");
     let read = || async {
         let r = swarm.invoke(Invocation::get(f.clone(), "/?secret=api-key")).await.ok()?;
-        Some(r.into_body().collect_bytes().await.ok()?)
+        r.into_body().collect_bytes().await.ok()
     };
     eventually(BOUND, "the secret's first value", || async {
         (read().await? == "v1").then_some(())
@@ -186,10 +189,8 @@ async fn an_updated_secret_reaches_the_function_through_a_new_swarm_secret_versi
     .await;
     // Swarm secrets cannot change: the update is a new version the service rolls over to.
     swarm.update_secret(secret("v2")).await.unwrap();
-    eventually(BOUND, "the secret's new value", || async {
-        (read().await? == "v2").then_some(())
-    })
-    .await;
+    eventually(BOUND, "the secret's new value", || async { (read().await? == "v2").then_some(()) })
+        .await;
     let listed = swarm.list_secrets(&env.ns).await.unwrap();
     assert_eq!(listed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["api-key"]);
     swarm.remove(&f).await.unwrap();

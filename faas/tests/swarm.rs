@@ -66,19 +66,20 @@ async fn faas_up_on_swarm_answers_503_naming_the_pending_reason_then_serves() {
     let path = format!("/function/pi.{ns}");
 
     // Pending: a 503 naming the engine's reason, at once (the start timeout is 60 s).
-    let (status, body) = common::eventually(60, "faas up to answer for the pending function", || {
-        let (base, path) = (base.clone(), path.clone());
-        async move {
-            let t0 = Instant::now();
-            let client = tokio::time::timeout(Duration::from_secs(10), post(&base, &path, "x"));
-            let Ok(answer) = client.await else {
-                panic!("a call of a pending function waited {:?}", t0.elapsed())
-            };
-            let (status, body) = answer?;
-            (status == 503 && body.contains("no suitable node")).then_some((status, body))
-        }
-    })
-    .await;
+    let (status, body) =
+        common::eventually(60, "faas up to answer for the pending function", || {
+            let (base, path) = (base.clone(), path.clone());
+            async move {
+                let t0 = Instant::now();
+                let client = tokio::time::timeout(Duration::from_secs(10), post(&base, &path, "x"));
+                let Ok(answer) = client.await else {
+                    panic!("a call of a pending function waited {:?}", t0.elapsed())
+                };
+                let (status, body) = answer?;
+                (status == 503 && body.contains("no suitable node")).then_some((status, body))
+            }
+        })
+        .await;
     assert_eq!(status, 503, "{body}");
 
     swarm_testing::node_label(&guard.node, &key, Some("rpi"));
