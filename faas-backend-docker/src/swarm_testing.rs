@@ -168,3 +168,33 @@ impl Drop for SwarmCleanup {
         .join();
     }
 }
+
+/// One Swarm test's hold on the swarm: the swarm joined, a backend scoped to `namespace`
+/// (refreshing every 100 ms), and the cleanup of the namespace's services and secrets and of
+/// a node label when dropped (the cleanup before the swarm is left).
+pub struct SwarmTest {
+    /// The backend.
+    pub swarm: crate::swarm::SwarmInvoker,
+    /// Removes what the test left, first.
+    pub cleanup: SwarmCleanup,
+    /// Leaves the swarm if this is the last test and a test made it, last.
+    pub guard: SwarmGuard,
+}
+
+/// Joins the swarm ([`join`]) and builds a backend scoped to `namespace`; `label` is a node
+/// label the test will add, removed again at the end.
+pub async fn setup(namespace: &str, label: Option<&str>) -> SwarmTest {
+    let guard = join().await;
+    let cleanup = SwarmCleanup {
+        namespace: namespace.to_string(),
+        node: guard.node.clone(),
+        label: label.map(str::to_string),
+    };
+    let swarm = crate::swarm::SwarmInvoker::builder()
+        .namespaces([namespace.to_string()])
+        .refresh_interval(std::time::Duration::from_millis(100))
+        .build()
+        .await
+        .expect("building the swarm backend");
+    SwarmTest { swarm, cleanup, guard }
+}

@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
-use faas_backend_docker::swarm::SwarmInvoker;
 use faas_backend_docker::swarm_testing as swarm_common;
 use faas_core::conformance;
 
@@ -15,21 +12,10 @@ macro_rules! case {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
             let env = common::setup(concat!("conformance_swarm::", stringify!($name))).await;
-            let guard = swarm_common::join().await;
-            let _cleanup = swarm_common::SwarmCleanup {
-                namespace: env.ns.clone(),
-                node: guard.node.clone(),
-                label: None,
-            };
-            let swarm = SwarmInvoker::builder()
-                .namespaces([env.ns.clone()])
-                .refresh_interval(Duration::from_millis(100))
-                .build()
-                .await
-                .expect("building the swarm backend");
+            let t = swarm_common::setup(&env.ns, None).await;
             let w = common::DockerWorkload { image: env.image.clone(), namespace: env.ns.clone() };
-            conformance::$name(&swarm, &w).await;
-            swarm.shutdown();
+            conformance::$name(&t.swarm, &w).await;
+            t.swarm.shutdown();
             assert_eq!(
                 swarm_common::services(&env.ns).await,
                 Vec::<String>::new(),

@@ -10,7 +10,7 @@ mod registry;
 
 use std::time::Duration;
 
-use faas_backend_docker::swarm::{Placement, SwarmInvoker};
+use faas_backend_docker::swarm::Placement;
 use faas_backend_docker::swarm_testing as swarm_common;
 use faas_core::prelude::*;
 use faas_core::{Error, FunctionSpec, Invocation};
@@ -62,21 +62,11 @@ async fn docker_pulls_an_absent_image_from_the_registry_and_refuses_one_it_lacks
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swarm_nodes_pull_from_the_registry_and_an_unpullable_image_fails_the_function() {
     let env = common::setup("image_pull::swarm").await;
-    let guard = swarm_common::join().await;
     let key = format!("faas-rs-test-{}", env.ns);
-    let _cleanup = swarm_common::SwarmCleanup {
-        namespace: env.ns.clone(),
-        node: guard.node.clone(),
-        label: Some(key.clone()),
-    };
+    let t = swarm_common::setup(&env.ns, Some(&key)).await;
+    let (swarm, guard) = (&t.swarm, &t.guard);
     let mut reg = registry::start();
     let image = reg.push(&env.image, &format!("faas-rs/swarm-pulled:{}", env.ns));
-    let swarm = SwarmInvoker::builder()
-        .namespaces([env.ns.clone()])
-        .refresh_interval(Duration::from_millis(100))
-        .build()
-        .await
-        .unwrap();
 
     // The node pulls the image when it starts the task.
     let spec = FunctionSpec::new("pulled", image.clone())

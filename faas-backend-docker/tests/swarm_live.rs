@@ -23,20 +23,10 @@ async fn placement_of(swarm: &SwarmInvoker, f: &FunctionRef) -> Placement {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn constrained_function_pends_with_the_reason_then_serves_once_a_node_is_labelled() {
     let env = common::setup("swarm_live::constrained").await;
-    let guard = swarm_common::join().await;
     // A label key of this test alone: other tests share the node.
     let key = format!("faas-rs-test-{}", env.ns);
-    let _cleanup = swarm_common::SwarmCleanup {
-        namespace: env.ns.clone(),
-        node: guard.node.clone(),
-        label: Some(key.clone()),
-    };
-    let swarm = SwarmInvoker::builder()
-        .namespaces([env.ns.clone()])
-        .refresh_interval(Duration::from_millis(100))
-        .build()
-        .await
-        .expect("building the swarm backend");
+    let t = swarm_common::setup(&env.ns, Some(&key)).await;
+    let (swarm, guard) = (&t.swarm, &t.guard);
 
     // The thesis's syntax and OpenFaaS's nodeSelector syntax.
     let mut thesis = env.spec("rpi", "echo");
@@ -48,7 +38,7 @@ async fn constrained_function_pends_with_the_reason_then_serves_once_a_node_is_l
     let (f, g) = (env.fref("rpi"), env.fref("rpi-selector"));
     for fr in [&f, &g] {
         let reason = eventually(BOUND, "the engine's pending reason", || async {
-            match placement_of(&swarm, fr).await {
+            match placement_of(swarm, fr).await {
                 Placement::Pending(r) => Some(r),
                 _ => None,
             }
@@ -89,7 +79,7 @@ async fn constrained_function_pends_with_the_reason_then_serves_once_a_node_is_l
     swarm_common::node_label(&guard.node, &key, Some("rpi"));
     for fr in [&f, &g] {
         eventually(BOUND, "the function to become ready", || async {
-            matches!(placement_of(&swarm, fr).await, Placement::Ready(1)).then_some(())
+            matches!(placement_of(swarm, fr).await, Placement::Ready(1)).then_some(())
         })
         .await;
         let resp = swarm.invoke(Invocation::post(fr.clone(), "hello swarm")).await.unwrap();
@@ -125,18 +115,8 @@ async fn constrained_function_pends_with_the_reason_then_serves_once_a_node_is_l
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_report_labels_and_architecture_and_an_unreachable_registry_is_refused() {
     let env = common::setup("swarm_live::nodes").await;
-    let guard = swarm_common::join().await;
-    let _cleanup = swarm_common::SwarmCleanup {
-        namespace: env.ns.clone(),
-        node: guard.node.clone(),
-        label: None,
-    };
-    let swarm = SwarmInvoker::builder()
-        .namespaces([env.ns.clone()])
-        .refresh_interval(Duration::from_millis(100))
-        .build()
-        .await
-        .unwrap();
+    let t = swarm_common::setup(&env.ns, None).await;
+    let (swarm, guard) = (&t.swarm, &t.guard);
     let nodes = swarm.nodes().await.unwrap();
     let me = nodes.iter().find(|n| n.id == guard.node).expect("the manager is a node");
     assert!(me.healthy);
@@ -159,18 +139,8 @@ async fn nodes_report_labels_and_architecture_and_an_unreachable_registry_is_ref
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_updated_secret_reaches_the_function_through_a_new_swarm_secret_version() {
     let env = common::setup("swarm_live::secrets").await;
-    let guard = swarm_common::join().await;
-    let _cleanup = swarm_common::SwarmCleanup {
-        namespace: env.ns.clone(),
-        node: guard.node.clone(),
-        label: None,
-    };
-    let swarm = SwarmInvoker::builder()
-        .namespaces([env.ns.clone()])
-        .refresh_interval(Duration::from_millis(100))
-        .build()
-        .await
-        .unwrap();
+    let t = swarm_common::setup(&env.ns, None).await;
+    let swarm = &t.swarm;
     let secret = |v: &'static str| faas_core::Secret {
         name: "api-key".into(),
         namespace: env.ns.clone(),
