@@ -82,8 +82,8 @@ use faas_core::scheduler::Schedulers;
 use faas_core::util::lock;
 use faas_core::{
     Constraint, Error, FunctionRef, FunctionSpec, FunctionStatus, InstanceView, Invocation,
-    InvocationMeta, LeastLoaded, LogEntry, LogStream, LogsRequest, ProviderInfo, Response, Result,
-    Scheduler, Secret, SecretInfo, StartKind,
+    InvocationMeta, LeastLoaded, LogEntry, LogStream, LogsRequest, ProviderInfo, ReplicaLimits,
+    Response, Result, Scheduler, Secret, SecretInfo, StartKind,
 };
 use futures::StreamExt;
 
@@ -108,6 +108,7 @@ pub struct SwarmInvokerBuilder {
     start_timeout: Duration,
     refresh_interval: Duration,
     namespaces: Option<BTreeSet<String>>,
+    limits: Option<ReplicaLimits>,
 }
 
 impl std::fmt::Debug for SwarmInvokerBuilder {
@@ -129,6 +130,7 @@ impl Default for SwarmInvokerBuilder {
             start_timeout: Duration::from_secs(60),
             refresh_interval: Duration::from_millis(250),
             namespaces: None,
+            limits: None,
         }
     }
 }
@@ -171,6 +173,15 @@ impl SwarmInvokerBuilder {
         self
     }
 
+    /// Caps on replicas per function (scaling labels or a scale request over it are refused
+    /// naming the field and the cap). Default: [`ReplicaLimits::for_machine`] of the CPUs and
+    /// memory of the swarm's nodes together, as the engine reports them when the backend is
+    /// built.
+    pub fn replica_limits(mut self, limits: ReplicaLimits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
     /// Connects to the engine, which must be a swarm manager ([`Error::Unavailable`] saying
     /// so otherwise), adopts the functions found there and starts the refresh loop.
     pub async fn build(self) -> Result<SwarmInvoker> {
@@ -189,7 +200,12 @@ impl SwarmInvokerBuilder {
                 swarm.local_node_state.map(|s| s.to_string()).unwrap_or_default()
             )));
         }
+        let limits = match self.limits {
+            Some(l) => l,
+            None => swarm_limits(&docker).await?,
+        };
         let inner = Arc::new(SwarmInner {
+            limits,
             docker,
             schedulers: Schedulers::new(
                 self.scheduler.unwrap_or_else(|| Arc::new(LeastLoaded::new())),
@@ -258,6 +274,8 @@ impl std::fmt::Debug for SwarmInvoker {
 
 struct SwarmInner {
     docker: Docker,
+    /// Caps on replicas per function.
+    limits: ReplicaLimits,
     schedulers: Schedulers,
     client: InstanceClient,
     start_timeout: Duration,
@@ -330,6 +348,20 @@ impl Drop for InFlight {
         self.task.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.function.changed.notify_waiters();
     }
+}
+
+/// The default caps of the swarm's ready nodes together.
+async fn swarm_limits(docker: &Docker) -> Result<ReplicaLimits> {
+    let nodes =
+        docker.list_nodes(None::<ListNodesOptions>).await.map_err(|e| map_err("node list", e))?;
+    let (cpus, memory) = nodes
+        .iter()
+        .map(crate::placement::swarm_node)
+        .filter(|n| n.healthy)
+        .fold((0u64, 0u64), |(c, m), n| {
+            (c + n.capacity.cpu_millis / 1000, m.saturating_add(n.capacity.memory_bytes))
+        });
+    Ok(ReplicaLimits::for_machine(cpus.max(1), memory))
 }
 
 fn epoch_ms(t: SystemTime) -> u64 {
@@ -1084,6 +1116,11 @@ impl SwarmInvoker {
         Ok(self.inner.function(function)?.placement())
     }
 
+    /// The caps on replicas this backend enforces.
+    pub fn replica_limits(&self) -> ReplicaLimits {
+        self.inner.limits
+    }
+
     /// The name of the function's swarm service.
     pub fn service_name(&self, function: &FunctionRef) -> Result<String> {
         Ok(self.inner.function(function)?.service_name.clone())
@@ -1139,7 +1176,7 @@ impl Deploy for SwarmInvoker {
         let fref = spec.function_ref();
         inner.check_namespace(&fref.namespace)?;
         let scheduler = inner.schedulers.for_spec(&spec)?;
-        let min = spec.scaling_policy()?.min;
+        let min = spec.scaling_policy_within(&inner.limits)?.min;
         if lock(&inner.functions).contains_key(&fref) {
             return Err(Error::AlreadyExists { kind: "function", name: fref.to_string() });
         }
@@ -1173,7 +1210,7 @@ impl Deploy for SwarmInvoker {
         inner.check_namespace(&fref.namespace)?;
         let f = inner.function(&fref)?;
         let scheduler = inner.schedulers.for_spec(&spec)?;
-        let min = spec.scaling_policy()?.min;
+        let min = spec.scaling_policy_within(&inner.limits)?.min;
         // A failed function (scaled to zero by the backend) starts again at its minimum.
         let failed = lock(&f.view).failed.is_some();
         let replicas = if failed { min } else { f.desired.load(Ordering::SeqCst) };
@@ -1230,6 +1267,7 @@ impl Deploy for SwarmInvoker {
     }
 
     async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<()> {
+        self.inner.limits.check_scale(replicas)?;
         let f = self.inner.function(function)?;
         lock(&f.view).failed = None;
         self.inner.set_replicas(&f, replicas).await

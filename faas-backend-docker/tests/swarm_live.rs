@@ -104,6 +104,14 @@ async fn constrained_function_pends_with_the_reason_then_serves_once_a_node_is_l
     }
     assert_eq!(instances.len(), 3, "calls spread over the 3 tasks: {instances:?}");
 
+    // A scale past the per-function cap (from the swarm's CPUs and memory) is refused.
+    let cap = swarm.replica_limits().per_function();
+    let over = swarm.scale(&f, cap + 1).await;
+    assert!(
+        matches!(over, Err(Error::InvalidSpec { ref field, .. }) if field == "replicas"),
+        "{over:?}"
+    );
+
     // Remove: no service is left, and the function is gone.
     swarm.remove(&f).await.unwrap();
     swarm.remove(&g).await.unwrap();

@@ -1008,7 +1008,10 @@ async fn raw_backend(
         }
         BackendKind::Swarm => {
             eprintln!("Connecting to the Docker Swarm manager...");
-            let b = faas_backend_docker::swarm::SwarmInvoker::builder().scheduler(scheduler);
+            let mut b = faas_backend_docker::swarm::SwarmInvoker::builder().scheduler(scheduler);
+            if let Some(l) = limits {
+                b = b.replica_limits(l);
+            }
             Ok(Arc::new(b.build().await?))
         }
     }
