@@ -1127,16 +1127,31 @@ impl SwarmInvoker {
     }
 
     /// The swarm's nodes as placement sees them: labels (`Spec.Labels`, plus `node.hostname`
-    /// and `node.role`), architecture, the CPUs and memory their engines report, and whether
-    /// they are ready and active.
+    /// and `node.role`), architecture, the CPUs and memory their engines report, whether they
+    /// are ready and active, and as allocated what the tasks meant to run on them (of every
+    /// service, ours or not) reserve: their CPU and memory reservations and one slot each.
     pub async fn nodes(&self) -> Result<Vec<faas_core::Node>> {
-        let nodes = self
-            .inner
-            .docker
+        let docker = &self.inner.docker;
+        let nodes = docker
             .list_nodes(None::<ListNodesOptions>)
             .await
             .map_err(|e| map_err("node list", e))?;
-        Ok(nodes.iter().map(crate::placement::swarm_node).collect())
+        let opts = ListTasksOptions {
+            filters: Some(filters(&[("desired-state", "running".to_string())])),
+        };
+        let tasks = docker.list_tasks(Some(opts)).await.map_err(|e| map_err("task list", e))?;
+        let mut nodes: Vec<faas_core::Node> =
+            nodes.iter().map(crate::placement::swarm_node).collect();
+        for t in &tasks {
+            let Some(node) = nodes.iter_mut().find(|n| Some(&n.id) == t.node_id.as_ref()) else {
+                continue;
+            };
+            let r = t.spec.as_ref().and_then(|s| s.resources.as_ref()?.reservations.as_ref());
+            let nanos = r.and_then(|r| r.nano_cpus).unwrap_or(0).max(0) as u64;
+            let memory = r.and_then(|r| r.memory_bytes).unwrap_or(0).max(0) as u64;
+            node.allocate(&faas_core::scheduler::Capacity::new(nanos / 1_000_000, memory, 1));
+        }
+        Ok(nodes)
     }
 
     /// Refreshes the view of every function now (after a change made outside the backend,

@@ -121,7 +121,7 @@ async fn constrained_function_pends_with_the_reason_then_serves_once_a_node_is_l
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_report_labels_and_architecture_and_an_unreachable_registry_is_refused() {
+async fn nodes_report_labels_architecture_and_reservations_and_an_unreachable_registry_is_refused() {
     let env = common::setup("swarm_live::nodes").await;
     let t = swarm_common::setup(&env.ns, None).await;
     let (swarm, guard) = (&t.swarm, &t.guard);
@@ -131,6 +131,21 @@ async fn nodes_report_labels_and_architecture_and_an_unreachable_registry_is_ref
     assert_eq!(me.arch, faas_core::scheduler::normalize_arch(std::env::consts::ARCH));
     assert!(me.capacity.cpu_millis >= 1000 && me.capacity.memory_bytes > 0, "{me:?}");
     assert_eq!(me.labels.get("node.role").map(String::as_str), Some("manager"));
+
+    // Free resources: a task's reservations (the spec's requests) count as allocated on its
+    // node while it is meant to run.
+    let mut reserving = env.spec("reserving", "echo");
+    reserving.requests =
+        Some(faas_core::Resources { memory: Some("64Mi".into()), cpu: Some("100m".into()) });
+    swarm.deploy(reserving).await.unwrap();
+    let me = eventually(BOUND, "the task's reservation on the node", || async {
+        let nodes = swarm.nodes().await.ok()?;
+        let me = nodes.into_iter().find(|n| n.id == guard.node)?;
+        (me.allocated.memory_bytes >= 64 << 20).then_some(me)
+    })
+    .await;
+    assert!(me.allocated.cpu_millis >= 100 && me.allocated.slots >= 1, "{me:?}");
+    swarm.remove(&env.fref("reserving")).await.unwrap();
 
     // An image neither the engine has nor any registry serves is refused at deploy, naming
     // the image, instead of a service retrying forever.
