@@ -121,7 +121,8 @@ async fn constrained_function_pends_with_the_reason_then_serves_once_a_node_is_l
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_report_labels_architecture_and_reservations_and_an_unreachable_registry_is_refused() {
+async fn nodes_report_labels_architecture_and_reservations_and_an_unreachable_registry_is_refused()
+{
     let env = common::setup("swarm_live::nodes").await;
     let t = swarm_common::setup(&env.ns, None).await;
     let (swarm, guard) = (&t.swarm, &t.guard);
