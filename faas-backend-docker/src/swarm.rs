@@ -1466,3 +1466,33 @@ impl Logs for SwarmInvoker {
         Ok(keep.stream(keep.select(all.iter()), None))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(s: &str) -> String {
+        swarm_constraint(&Constraint::parse(s).unwrap())
+    }
+
+    #[test]
+    fn constraints_map_to_the_engine_s_keys_and_spellings() {
+        assert_eq!(c("node.labels.type == rpi"), "node.labels.type == rpi");
+        assert_eq!(c("type=rpi"), "node.labels.type == rpi");
+        assert_eq!(c("node.labels.type != rpi"), "node.labels.type != rpi");
+        assert_eq!(c("arch=arm64"), "node.platform.arch == aarch64");
+        assert_eq!(c("kubernetes.io/arch=amd64"), "node.platform.arch == x86_64");
+        assert_eq!(c("node.platform.arch == x86_64"), "node.platform.arch == x86_64");
+        assert_eq!(c("node.platform.os == linux"), "node.platform.os == linux");
+        assert_eq!(c("kubernetes.io/hostname=pi-1"), "node.hostname == pi-1");
+        assert_eq!(c("node.role == manager"), "node.role == manager");
+    }
+
+    #[test]
+    fn platforms_map_to_the_engine_s_spelling() {
+        let p = swarm_platform("linux/arm64");
+        assert_eq!((p.os.as_deref(), p.architecture.as_deref()), (Some("linux"), Some("aarch64")));
+        let p = swarm_platform("arm/v7");
+        assert_eq!((p.os.as_deref(), p.architecture.as_deref()), (Some("linux"), Some("armv7l")));
+    }
+}

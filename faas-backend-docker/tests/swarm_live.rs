@@ -32,7 +32,10 @@ async fn constrained_function_pends_with_the_reason_then_serves_once_a_node_is_l
     let mut thesis = env.spec("rpi", "echo");
     thesis.constraints = vec![format!("node.labels.{key} == rpi")];
     let mut selector = env.spec("rpi-selector", "echo");
-    selector.constraints = vec![format!("{key}=rpi")];
+    // With the node's architecture in the Kubernetes spelling, which the engine knows as
+    // `node.platform.arch` in its own (`x86_64`).
+    let arch = faas_core::scheduler::normalize_arch(std::env::consts::ARCH);
+    selector.constraints = vec![format!("{key}=rpi"), format!("kubernetes.io/arch={arch}")];
     swarm.deploy(thesis).await.expect("deploy with the thesis's constraint");
     swarm.deploy(selector).await.expect("deploy with a nodeSelector constraint");
     let (f, g) = (env.fref("rpi"), env.fref("rpi-selector"));
