@@ -29,7 +29,13 @@
 //!   satisfied on 1 node)"), which [`SwarmInvoker::placement`], [`Deploy::wait_ready`] and
 //!   invocations report (an invocation fails at once with [`Error::Unavailable`], a 503,
 //!   naming it). Adding the label to a node (`docker node update --label-add`) lets the
-//!   engine place it, and it serves.
+//!   engine place it, and it serves. A function labelled [`PLACEMENT_LABEL`]` = scheduler`
+//!   that names no node is placed by the backend's [`faas_core::Scheduler::place`] instead:
+//!   over [`SwarmInvoker::nodes`] (labels, architecture, CPU and memory free after the
+//!   reservations of the tasks already there), for its requests on an architecture its image
+//!   supports, and the service is constrained to the node picked (`node.id == ...`); a
+//!   function no node can take is then refused at deploy naming the constraint, the platforms
+//!   or the requests.
 //! - **Replicas, restarts and rolling updates** are the engine's: `scale` sets the service's
 //!   replicas; `update` replaces the task template, started first and then the old task
 //!   stopped, one task at a time.
@@ -96,6 +102,11 @@ const SWARM_LABEL: &str = "com.faas-rs.swarm";
 const SECRET_LABEL: &str = "com.faas-rs.secret";
 /// The label on containers naming the function's namespace (`faas_function` names it).
 const CONTAINER_NAMESPACE_LABEL: &str = "com.faas-rs.swarm-namespace";
+/// The label choosing who places a function's tasks: `engine` (the default: the swarm's own
+/// scheduler, given the constraints, platforms and reservations) or `scheduler` (the
+/// backend's [`Scheduler::place`] picks a node, by architecture and free resources, and the
+/// service is constrained to it).
+pub const PLACEMENT_LABEL: &str = "com.faas-rs.placement";
 /// Longest service name swarm accepts.
 const MAX_SERVICE_NAME: usize = 63;
 /// Longest secret name swarm accepts.
@@ -704,6 +715,7 @@ impl SwarmInner {
         replicas: u32,
         created: SystemTime,
         generation: u64,
+        scheduler: &Arc<dyn Scheduler>,
     ) -> Result<ServiceSpec> {
         let fref = spec.function_ref();
         let name = service_name(&fref);
@@ -736,7 +748,7 @@ impl SwarmInner {
                 secret_name: Some(sname),
             });
         }
-        let constraints: Vec<String> =
+        let mut constraints: Vec<String> =
             spec.parsed_constraints()?.iter().map(swarm_constraint).collect();
         // Declared, else the image's own where the manager has it, else its registry's
         // (which also refuses, naming the image, one no registry serves).
@@ -747,6 +759,9 @@ impl SwarmInner {
             }
             _ => crate::placement::registry_platforms(&self.docker, &spec.image).await?,
         };
+        if let Some(node) = self.pick_node(spec, scheduler.as_ref(), &platforms).await? {
+            constraints.push(format!("node.id == {node}"));
+        }
         let mut env = spec.env_vars.clone();
         if let Some(p) = &spec.env_process {
             env.insert("fprocess".to_string(), p.clone());
@@ -1131,7 +1146,20 @@ impl SwarmInvoker {
     /// are ready and active, and as allocated what the tasks meant to run on them (of every
     /// service, ours or not) reserve: their CPU and memory reservations and one slot each.
     pub async fn nodes(&self) -> Result<Vec<faas_core::Node>> {
-        let docker = &self.inner.docker;
+        self.inner.nodes().await
+    }
+
+    /// Refreshes the view of every function now (after a change made outside the backend,
+    /// such as a node label added).
+    pub async fn refresh(&self) {
+        self.inner.refresh().await;
+    }
+}
+
+impl SwarmInner {
+    /// See [`SwarmInvoker::nodes`].
+    async fn nodes(&self) -> Result<Vec<faas_core::Node>> {
+        let docker = &self.docker;
         let nodes = docker
             .list_nodes(None::<ListNodesOptions>)
             .await
@@ -1154,12 +1182,50 @@ impl SwarmInvoker {
         Ok(nodes)
     }
 
-    /// Refreshes the view of every function now (after a change made outside the backend,
-    /// such as a node label added).
-    pub async fn refresh(&self) {
-        self.inner.refresh().await;
+    /// The node the function's scheduler picks for it when the function asks for the
+    /// backend's placement ([`PLACEMENT_LABEL`]` = scheduler`) and names no node itself:
+    /// [`Scheduler::place`] over the swarm's nodes (their labels, architectures, and free
+    /// CPU and memory after the reservations of the tasks on them) for one instance of its
+    /// requests on an architecture its image supports. `None` when the engine places it.
+    /// No node eligible: [`Error::InvalidSpec`] naming the constraint, the platforms or the
+    /// requests; eligible nodes all full: [`Error::Unavailable`].
+    async fn pick_node(
+        &self,
+        spec: &FunctionSpec,
+        scheduler: &dyn Scheduler,
+        platforms: &[String],
+    ) -> Result<Option<String>> {
+        match spec.labels.get(PLACEMENT_LABEL).map(String::as_str) {
+            None | Some("engine") => return Ok(None),
+            Some("scheduler") => {}
+            Some(other) => {
+                return Err(Error::invalid(
+                    format!("labels.{PLACEMENT_LABEL}"),
+                    format!("{other:?} is not a placement; use `engine` or `scheduler`"),
+                ))
+            }
+        }
+        let constraints = spec.parsed_constraints()?;
+        if constraints.iter().any(|c| {
+            matches!(c, Constraint::Eq { key, .. } if matches!(key.as_str(),
+                "node.id" | "node.hostname" | "hostname" | "kubernetes.io/hostname"))
+        }) {
+            return Ok(None);
+        }
+        let nodes = self.nodes().await?;
+        let fref = spec.function_ref();
+        let req =
+            faas_core::PlacementRequest::new(&fref, faas_core::scheduler::Capacity::for_spec(spec))
+                .with_constraints(&constraints)
+                .with_platforms(platforms);
+        match scheduler.place(&req, &nodes) {
+            Ok(i) if nodes.get(i).is_some_and(|n| req.admits(n)) => Ok(Some(nodes[i].id.clone())),
+            _ => Err(req.unplaceable(&nodes)),
+        }
     }
+}
 
+impl SwarmInvoker {
     /// Stops the refresh loop. Services keep running; a new backend adopts them.
     pub fn shutdown(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
@@ -1196,7 +1262,7 @@ impl Deploy for SwarmInvoker {
             return Err(Error::AlreadyExists { kind: "function", name: fref.to_string() });
         }
         let created = SystemTime::now();
-        let svc = inner.service_spec(&spec, min, created, 0).await?;
+        let svc = inner.service_spec(&spec, min, created, 0, &scheduler).await?;
         let name = service_name(&fref);
         let id = match inner.docker.create_service(svc, None).await {
             Ok(r) => r.id.unwrap_or_default(),
@@ -1230,7 +1296,7 @@ impl Deploy for SwarmInvoker {
         let failed = lock(&f.view).failed.is_some();
         let replicas = if failed { min } else { f.desired.load(Ordering::SeqCst) };
         let generation = f.deployed().generation + 1;
-        let new = inner.service_spec(&spec, replicas, f.created_at, generation).await?;
+        let new = inner.service_spec(&spec, replicas, f.created_at, generation, &scheduler).await?;
         inner
             .update_service(&f, |current| {
                 // Keep the replicas the engine has now (a scale may have happened meanwhile).

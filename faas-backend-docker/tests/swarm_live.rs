@@ -195,3 +195,60 @@ async fn an_updated_secret_reaches_the_function_through_a_new_swarm_secret_versi
     assert!(swarm.list_secrets(&env.ns).await.unwrap().is_empty());
     swarm.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_s_scheduler_places_a_function_that_asks_for_it_by_arch_and_free_resources() {
+    use faas_backend_docker::swarm::PLACEMENT_LABEL;
+    let env = common::setup("swarm_live::scheduler_placement").await;
+    let t = swarm_common::setup(&env.ns, None).await;
+    let (swarm, guard) = (&t.swarm, &t.guard);
+    let host = faas_core::scheduler::normalize_arch(std::env::consts::ARCH);
+    let other = if host == "arm64" { "amd64" } else { "arm64" };
+    let placed = |name: &str| {
+        let mut s = env.spec(name, "echo").label(PLACEMENT_LABEL, "scheduler");
+        s.requests = Some(faas_core::Resources { memory: Some("32Mi".into()), cpu: None });
+        s
+    };
+
+    // Picked by the scheduler: the one node that fits, pinned by its id.
+    swarm.deploy(placed("placed")).await.unwrap();
+    let f = env.fref("placed");
+    let svc = bollard::Docker::connect_with_local_defaults()
+        .unwrap()
+        .negotiate_version()
+        .await
+        .unwrap()
+        .inspect_service(&swarm.service_name(&f).unwrap(), None)
+        .await
+        .unwrap();
+    let constraints = svc.spec.unwrap().task_template.unwrap().placement.unwrap().constraints;
+    assert_eq!(constraints, Some(vec![format!("node.id == {}", guard.node)]));
+    eventually(BOUND, "the placed function to be ready", || async {
+        matches!(swarm.placement(&f).ok()?, Placement::Ready(_)).then_some(())
+    })
+    .await;
+    let resp = swarm.invoke(Invocation::post(f.clone(), "placed")).await.unwrap();
+    assert_eq!(resp.into_body().collect_bytes().await.unwrap(), "placed");
+
+    // No node of the image's architecture, no node meeting the constraint, more memory than
+    // any node has: refused at deploy naming why (the engine would leave it pending).
+    let expect = |r: faas_core::Result<()>, field: &str| match r {
+        Err(Error::InvalidSpec { field: got, .. }) if got == field => {}
+        other => panic!("expected a refusal naming {field}, got {other:?}"),
+    };
+    let mut arm = placed("arm");
+    arm.platforms = vec![format!("linux/{other}")];
+    expect(swarm.deploy(arm).await, "platforms");
+    let mut nowhere = placed("nowhere");
+    nowhere.constraints = vec![format!("type=none-{}", env.ns)];
+    expect(swarm.deploy(nowhere).await, "constraints");
+    let mut huge = placed("huge");
+    huge.requests = Some(faas_core::Resources { memory: Some("100Ti".into()), cpu: None });
+    expect(swarm.deploy(huge).await, "requests");
+    let bad = env.spec("bad", "echo").label(PLACEMENT_LABEL, "anywhere");
+    expect(swarm.deploy(bad).await, &format!("labels.{PLACEMENT_LABEL}"));
+    assert_eq!(swarm_common::services(&env.ns).await, vec![swarm.service_name(&f).unwrap()]);
+
+    swarm.remove(&f).await.unwrap();
+    swarm.shutdown();
+}
