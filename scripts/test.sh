@@ -19,6 +19,9 @@ command -v chromedriver >/dev/null 2>&1 || need_pkgs+=(chromium-driver)
 # The image-pull tests push to and pull from a real registry on loopback (started by the
 # tests themselves on a free port of 127.0.0.1, never as the package's system service).
 [ -x /usr/bin/docker-registry ] || need_pkgs+=(docker-registry)
+# The OpenWhisk runtimes of the process backend (python:3, nodejs:20) run on these.
+command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
+command -v node >/dev/null 2>&1 || need_pkgs+=(nodejs)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing ${need_pkgs[*]}"

@@ -30,3 +30,19 @@ pub fn queued(function: &str, i: usize) -> faas_core::queue::QueuedInvocation {
         queued_at: 0,
     }
 }
+
+/// The `p` quantile (0 to 1) of `v`, nearest rank; sorts `v`.
+pub fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+/// The watchdog binary for the process-backend benches: `FAAS_WATCHDOG_BIN`, else
+/// `faas-watchdog` beside the running executable (`target/release/`).
+pub fn watchdog_bin() -> std::path::PathBuf {
+    std::env::var_os("FAAS_WATCHDOG_BIN").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        let exe = std::env::current_exe().expect("current exe");
+        exe.parent().expect("exe dir").join("faas-watchdog")
+    })
+}

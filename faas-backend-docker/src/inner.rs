@@ -133,6 +133,8 @@ impl Inner {
 
     /// Derives the container template and hash of a validated spec routed by `scheduler`.
     pub fn spec_info(&self, spec: FunctionSpec, scheduler: Arc<dyn Scheduler>) -> Result<SpecInfo> {
+        // An OpenWhisk action without an image runs its kind's (`faas_core::runtimes`).
+        let spec = faas_core::runtimes::apply_image(spec)?;
         let ns = spec.namespace_or_default().to_string();
         let mut binds = Vec::new();
         for (i, s) in spec.secrets.iter().enumerate() {
@@ -153,6 +155,12 @@ impl Inner {
             let w = faas_core::util::format_duration(t + Duration::from_secs(1));
             for key in ["exec_timeout", "write_timeout", "read_timeout"] {
                 env.entry(key.to_string()).or_insert_with(|| w.clone());
+            }
+            // An OpenWhisk action's time limit is the watchdog's exec_timeout, exactly (its
+            // message names it); the backend's own timer waits a little longer for it.
+            if faas_core::runtimes::is_action(&spec) && !spec.env_vars.contains_key("exec_timeout")
+            {
+                env.insert("exec_timeout".into(), faas_core::util::format_duration(t));
             }
         }
         let template = Template {

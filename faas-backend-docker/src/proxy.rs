@@ -126,12 +126,19 @@ impl Inner {
         };
         let wait_time = t0.elapsed();
         let timeout = f.spec().spec.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        // An OpenWhisk action's watchdog answers its time limit itself, with OpenWhisk's
+        // message: ours is the backstop then.
+        let grace = if faas_core::runtimes::is_action(&f.spec().spec) {
+            Duration::from_secs(2)
+        } else {
+            Duration::ZERO
+        };
         let base = format!("http://127.0.0.1:{}", replica.port);
         let target = Target {
             base: &base,
             function: &f.fref,
             instance: &replica.name,
-            timeout: Some(CallTimeout { name: "exec", after: timeout, grace: Duration::ZERO }),
+            timeout: Some(CallTimeout { name: "exec", after: timeout, grace }),
         };
         // Counted from before the call: the body keeps the replica from being paused or
         // removed while it streams, after its routing slot is freed.

@@ -264,6 +264,43 @@ pub async fn fixture_image() -> Result<String> {
     import_rootfs("faas-rs/fixture", &tag, tar, changes).await
 }
 
+/// The built-in action of [`openwhisk_image`] (`/action/exec`): answers its parameters and
+/// activation id, logging a line on stdout and one on stderr.
+pub const OPENWHISK_BUILTIN_ACTION: &str = "#!/bin/sh\n\
+echo \"built-in got $1\"\n\
+echo \"built-in stderr\" >&2\n\
+echo \"{\\\"builtin\\\": $1, \\\"id\\\": \\\"$__OW_ACTIVATION_ID\\\"}\"\n";
+
+/// An OpenWhisk action image: the static `faas-watchdog` in `mode=openwhisk` running our
+/// busybox-sh runtime (`runtimes/blackbox/runtime.sh`, at `/runtime/runtime.sh`) on
+/// 127.0.0.1:8081, with a built-in action ([`OPENWHISK_BUILTIN_ACTION`]) at `/action/exec`:
+/// a blackbox action as it is, a native code action when the spec gives `ow_code`. Tagged
+/// `faas-rs/openwhisk-fixture:<content hash>`.
+pub async fn openwhisk_image() -> Result<String> {
+    let (watchdog, _) = static_binaries().await?;
+    let busybox = read(Path::new(BUSYBOX))?;
+    let w = read(&watchdog)?;
+    let runtime = include_bytes!("../../runtimes/blackbox/runtime.sh");
+    let tar = rootfs(
+        &busybox,
+        &[
+            ("usr/bin/faas-watchdog", 0o755, &w),
+            ("runtime/runtime.sh", 0o755, runtime),
+            ("action/exec", 0o755, OPENWHISK_BUILTIN_ACTION.as_bytes()),
+        ],
+    );
+    let tag = fnv_hex(&[&tar]);
+    let changes = vec![
+        r#"CMD ["/usr/bin/faas-watchdog"]"#.to_string(),
+        "ENV PATH=/usr/bin:/bin".to_string(),
+        "ENV mode=openwhisk".to_string(),
+        "ENV upstream_url=http://127.0.0.1:8081".to_string(),
+        "ENV fprocess=\"sh /runtime/runtime.sh\"".to_string(),
+        "EXPOSE 8080".to_string(),
+    ];
+    import_rootfs("faas-rs/openwhisk-fixture", &tag, tar, changes).await
+}
+
 /// Containers, networks and volumes carrying our labels that belong to `namespace` or to
 /// prewarm `owner` (by label or by name), as `kind name` strings.
 pub async fn leftovers(namespace: &str, owner: &str) -> Result<Vec<String>> {

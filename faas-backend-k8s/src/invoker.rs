@@ -14,7 +14,9 @@ use kube::api::{
     WatchParams,
 };
 
-use faas_core::instance::{self, CallTimeout, InstanceClient};
+use faas_core::instance::{
+    self, AcquireLimits, CallTimeout, InstanceClient, InstanceLease, InstanceSet,
+};
 use faas_core::invocation::InvocationMeta;
 use faas_core::prelude::*;
 use faas_core::spec::{rfc3339, validate_secret_name, ScalingPolicy};
@@ -78,10 +80,14 @@ struct Inner {
     ready_timeout: Duration,
     invoke_timeout: Option<Duration>,
     cache_ttl: Duration,
+    /// How invocations wait behind busy pods (with a scheduler).
+    queue: AcquireLimits,
     /// Functions recently seen with an available replica.
     ready: Mutex<HashMap<FunctionRef, ReadyEntry>>,
-    /// In-flight invocations per pod endpoint (`ip:port`), for the scheduler.
-    in_flight: Arc<Mutex<HashMap<String, u32>>>,
+    /// Each routed function's pod endpoints (`ip:port`) with their in-flight counts, for the
+    /// scheduler: the instance runtime every backend shares, reconciled with the endpoints
+    /// Kubernetes reports.
+    instances: Mutex<HashMap<FunctionRef, Arc<InstanceSet<String>>>>,
     /// One scale-from-zero at a time per function; later callers wait for it.
     waking: Mutex<HashMap<FunctionRef, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -96,6 +102,7 @@ pub struct KubernetesInvokerBuilder {
     ready_timeout: Duration,
     invoke_timeout: Option<Duration>,
     cache_ttl: Duration,
+    queue: AcquireLimits,
 }
 
 impl std::fmt::Debug for KubernetesInvokerBuilder {
@@ -148,6 +155,15 @@ impl KubernetesInvokerBuilder {
         self
     }
 
+    /// With a scheduler: how many invocations may wait while every ready pod is at its
+    /// concurrency limit (default 1024; 0 refuses at once with [`Error::Overloaded`]), and how
+    /// long each waits (default 30 s, or the invocation's own wait budget when shorter).
+    pub fn queue(mut self, limit: usize, timeout: Duration) -> Self {
+        self.queue =
+            AcquireLimits { queue_limit: limit, busy_timeout: timeout, start_timeout: timeout };
+        self
+    }
+
     /// Upper bound on one invocation's HTTP exchange (until response headers), default none
     /// (the watchdog's own `exec_timeout` applies).
     pub fn invoke_timeout(mut self, timeout: Duration) -> Self {
@@ -177,10 +193,11 @@ impl KubernetesInvokerBuilder {
                 scheduler: self.scheduler,
                 http,
                 ready_timeout: self.ready_timeout,
+                queue: self.queue,
                 invoke_timeout: self.invoke_timeout,
                 cache_ttl: self.cache_ttl,
                 ready: Mutex::new(HashMap::new()),
-                in_flight: Arc::new(Mutex::new(HashMap::new())),
+                instances: Mutex::new(HashMap::new()),
                 waking: Mutex::new(HashMap::new()),
             }),
         }
@@ -215,6 +232,7 @@ impl KubernetesInvoker {
             base_url: DEFAULT_BASE_URL.to_string(),
             scheduler: None,
             ready_timeout: Duration::from_secs(120),
+            queue: AcquireLimits::default(),
             invoke_timeout: None,
             cache_ttl: Duration::from_secs(2),
         }
@@ -256,6 +274,14 @@ impl KubernetesInvoker {
 
     fn forget(&self, f: &FunctionRef) {
         lock(&self.inner.ready).remove(f);
+    }
+
+    /// The instance set of `f`, made on first use.
+    fn instance_set(&self, f: &FunctionRef) -> Arc<InstanceSet<String>> {
+        lock(&self.inner.instances)
+            .entry(f.clone())
+            .or_insert_with(|| Arc::new(InstanceSet::new(f.clone())))
+            .clone()
     }
 
     /// The spec with its namespace resolved and checked.
@@ -363,7 +389,10 @@ impl KubernetesInvoker {
     /// re-established from a fresh read.
     async fn wait_available(&self, f: &FunctionRef, deadline: Instant) -> Result<()> {
         let api = self.deployments(&f.namespace);
-        let mut backoff = Duration::from_millis(100);
+        // Re-establishing pauses, so a failing API is not hammered: 100 ms doubling to 2 s.
+        let backoff =
+            faas_core::util::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut retries = 0;
         loop {
             let d = self.get_deployment(f).await?;
             if available(&d) > 0 {
@@ -412,9 +441,8 @@ impl KubernetesInvoker {
                     }
                 }
             }
-            // Re-establish after a short pause, so a failing API is not hammered.
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            retries += 1;
+            tokio::time::sleep(backoff.delay(retries)).await;
         }
     }
 
@@ -484,7 +512,7 @@ impl KubernetesInvoker {
         instance: String,
         (start, timeout): (StartKind, Option<Duration>),
         started: Instant,
-        guard: Option<InFlightGuard>,
+        lease: Option<InstanceLease<String>>,
     ) -> Result<Response> {
         let base = base.trim_end_matches('/');
         if !base.starts_with("http://") {
@@ -508,7 +536,7 @@ impl KubernetesInvoker {
             instance: &instance,
             timeout: bound.map(|(name, after)| CallTimeout { name, after, grace: Duration::ZERO }),
         };
-        let resp = self.inner.http.forward(invocation, &target, guard).await.map_err(|e| {
+        let resp = self.inner.http.forward(invocation, &target, lease).await.map_err(|e| {
             if e.is_connect() {
                 self.forget(&function);
             }
@@ -517,24 +545,6 @@ impl KubernetesInvoker {
         let (mut parts, body) = resp.into_parts();
         parts.extensions.insert(InvocationMeta { instance, start, wait_time, init_time: None });
         Ok(http::Response::from_parts(parts, body))
-    }
-}
-
-/// Decrements an endpoint's in-flight count when dropped (with the response body).
-struct InFlightGuard {
-    map: Arc<Mutex<HashMap<String, u32>>>,
-    key: String,
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        let mut m = lock(&self.map);
-        if let Some(n) = m.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.key);
-            }
-        }
     }
 }
 
@@ -592,37 +602,29 @@ impl Invoke for KubernetesInvoker {
                     self.forget(&f);
                     return Err(Error::unavailable(format!("{f} has no ready endpoint")));
                 }
-                let (chosen, guard) = {
-                    let mut in_flight = lock(&self.inner.in_flight);
-                    let views: Vec<InstanceView> = endpoints
-                        .iter()
-                        .map(|(addr, instance)| InstanceView {
-                            id: instance.clone(),
-                            node: None,
-                            in_flight: in_flight.get(addr).copied().unwrap_or(0),
-                            max_concurrency: info.max_inflight,
-                            ready: true,
-                        })
-                        .collect();
-                    let Some(i) = scheduler.route(&f, &views) else {
-                        return Err(Error::overloaded(format!(
-                            "every ready instance of {f} is at its concurrency limit"
-                        )));
+                let set = self.instance_set(&f);
+                set.reconcile(endpoints.into_iter().map(|(addr, instance)| {
+                    let view = InstanceView {
+                        id: instance,
+                        node: None,
+                        in_flight: 0,
+                        max_concurrency: info.max_inflight,
+                        ready: true,
                     };
-                    let Some(chosen) = endpoints.get(i).cloned() else {
-                        return Err(Error::internal(format!(
-                            "the scheduler routed {f} to instance {i} of {}",
-                            endpoints.len()
-                        )));
-                    };
-                    let key = chosen.0.clone();
-                    *in_flight.entry(key.clone()).or_insert(0) += 1;
-                    (chosen, InFlightGuard { map: self.inner.in_flight.clone(), key })
+                    (view, addr)
+                }));
+                let budget = faas_core::invocation::WaitBudget::of(&invocation.request);
+                let q = self.inner.queue;
+                let limits = AcquireLimits {
+                    busy_timeout: budget.map_or(q.busy_timeout, |b| b.min(q.busy_timeout)),
+                    start_timeout: budget.map_or(q.start_timeout, |b| b.min(q.start_timeout)),
+                    ..q
                 };
-                let (addr, instance) = chosen;
-                let base = format!("http://{addr}");
+                let lease = set.acquire(&**scheduler, &limits, started.into(), |_| {}).await?;
+                let base = format!("http://{}", lease.handle());
+                let instance = lease.instance().to_string();
                 let meta = (start, info.timeout);
-                self.forward(invocation, base, instance, meta, started, Some(guard)).await
+                self.forward(invocation, base, instance, meta, started, Some(lease)).await
             }
         }
     }
@@ -714,6 +716,9 @@ impl Deploy for KubernetesInvoker {
         let ns = self.ns(&function.namespace).to_string();
         let f = FunctionRef::new(function.name.clone(), ns.clone());
         self.forget(&f);
+        if let Some(set) = lock(&self.inner.instances).remove(&f) {
+            set.close();
+        }
         let t = Target {
             kind: "function",
             name: &f.name,

@@ -241,6 +241,8 @@ fn health_probe(period: i32) -> Probe {
 /// Validates the spec first ([`Error::InvalidSpec`] naming the field).
 pub fn deployment(spec: &FunctionSpec) -> Result<Deployment> {
     spec.validate()?;
+    // An OpenWhisk action without an image runs its kind's (`faas_core::runtimes`).
+    let spec = &faas_core::runtimes::apply_image(spec.clone())?;
     let namespace = spec.namespace_or_default().to_string();
     let policy = spec.scaling_policy()?;
     let labels = function_labels(spec);
@@ -673,6 +675,19 @@ mod tests {
             ])
         );
         assert_eq!(pod["enableServiceLinks"], false);
+    }
+
+    #[test]
+    fn an_openwhisk_code_action_runs_its_kinds_image() {
+        let spec = FunctionSpec::new("hello", "")
+            .env("mode", "openwhisk")
+            .env("ow_kind", "python:3")
+            .env("ow_code", "def main(p):\n    return p\n");
+        let v = serde_json::to_value(deployment(&spec).unwrap()).unwrap();
+        let c = &v["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["image"], faas_core::runtimes::PYTHON_IMAGE);
+        let blackbox = FunctionSpec::new("bb", "").env("mode", "openwhisk");
+        assert!(deployment(&blackbox).is_err(), "a blackbox names its image");
     }
 
     #[test]

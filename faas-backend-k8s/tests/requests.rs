@@ -752,22 +752,14 @@ async fn a_kube_client_from_an_https_config_builds_without_a_crypto_provider_pan
 async fn with_a_scheduler_max_inflight_is_respected_per_endpoint() {
     let fake = FakeApi::new();
     let (a, task) = instance_server("pod-a").await;
-    let inv =
-        KubernetesInvoker::builder(fake.client()).scheduler(Arc::new(LeastLoaded::new())).build();
+    let inv = KubernetesInvoker::builder(fake.client())
+        .scheduler(Arc::new(LeastLoaded::new()))
+        .queue(0, Duration::from_secs(30))
+        .build();
     inv.deploy(FunctionSpec::new("f", "img").max_concurrency(1)).await.unwrap();
-    fake.insert(
-        "endpointslices",
-        NS,
-        json!({
-            "metadata": {"name": "f-0", "namespace": NS,
-                         "labels": {"kubernetes.io/service-name": "f"}},
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
-                           "targetRef": {"kind": "Pod", "name": "pod-a"}}],
-            "ports": [{"name": "http", "port": a.port()}]
-        }),
-    );
-    // The first response is held (its body unread): its instance counts as busy.
+    fake.insert("endpointslices", NS, one_endpoint("pod-a", a.port()));
+    // The first response is held (its body unread): its instance counts as busy, and with
+    // no queue the second is refused at once.
     let held = inv.invoke(Invocation::post(f("f"), "1")).await.unwrap();
     match inv.invoke(Invocation::post(f("f"), "2")).await {
         Err(Error::Overloaded { message, .. }) => assert!(message.contains("f.openfaas-fn")),
@@ -777,4 +769,40 @@ async fn with_a_scheduler_max_inflight_is_respected_per_endpoint() {
     let again = inv.invoke(Invocation::post(f("f"), "3")).await.unwrap();
     assert_eq!(again.into_body().collect_bytes().await.unwrap(), "pod-a /");
     task.abort();
+}
+
+#[tokio::test]
+async fn with_a_scheduler_invocations_wait_in_line_for_a_busy_endpoint() {
+    let fake = FakeApi::new();
+    let (a, task) = instance_server("pod-a").await;
+    let inv = Arc::new(
+        KubernetesInvoker::builder(fake.client()).scheduler(Arc::new(LeastLoaded::new())).build(),
+    );
+    inv.deploy(FunctionSpec::new("f", "img").max_concurrency(1)).await.unwrap();
+    fake.insert("endpointslices", NS, one_endpoint("pod-a", a.port()));
+    let held = inv.invoke(Invocation::post(f("f"), "1")).await.unwrap();
+    let waiting = {
+        let inv = inv.clone();
+        tokio::spawn(async move { inv.invoke(Invocation::post(f("f"), "2")).await })
+    };
+    // Releasing the first call's hold on the pod lets the waiting one through.
+    assert_eq!(held.into_body().collect_bytes().await.unwrap(), "pod-a /");
+    let second = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the waiting call is served once the pod is free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.into_body().collect_bytes().await.unwrap(), "pod-a /");
+    task.abort();
+}
+
+fn one_endpoint(pod: &str, port: u16) -> serde_json::Value {
+    json!({
+        "metadata": {"name": "f-0", "namespace": NS,
+                     "labels": {"kubernetes.io/service-name": "f"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
+                       "targetRef": {"kind": "Pod", "name": pod}}],
+        "ports": [{"name": "http", "port": port}]
+    })
 }

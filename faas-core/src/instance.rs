@@ -14,6 +14,9 @@
 //! - **Transport failures** ([`transport_error`]): an instance that exited during the call
 //!   crashed, one that refused the connection is unavailable, one that broke the connection
 //!   after the request was sent crashed.
+//! - **The instances of a function** ([`InstanceSet`]): routing through the scheduler,
+//!   in-flight leases, first-come-first-served waiting for a free or ready instance, and the
+//!   idle clock, shared by the backends that run instances.
 //! - **The client** (feature `instance-client`): [`InstanceClient`], a pooled keep-alive
 //!   hyper client applying all of the above with a per-call timeout.
 
@@ -25,6 +28,9 @@ use crate::body::Body;
 use crate::error::{DeveloperErrorKind, Error, Result};
 use crate::function::Response;
 use crate::invocation::{FunctionRef, Invocation};
+
+mod set;
+pub use set::{AcquireLimits, InstanceKey, InstanceLease, InstanceSet, Shortage};
 
 #[cfg(feature = "instance-client")]
 mod client;
@@ -142,11 +148,23 @@ pub enum WatchdogError {
     Spawn,
     /// `inflight`: the watchdog is at its `max_inflight` (overload, retry after 1 s).
     Inflight,
+    /// `action_init`: an OpenWhisk action failed its `/init` (developer error, init); the
+    /// text is OpenWhisk's message, used as the error's message unchanged.
+    ActionInit,
+    /// `action_result`: an OpenWhisk action's `/run` answered an error or no JSON object
+    /// (developer error, protocol); the text is OpenWhisk's message, unchanged.
+    ActionResult,
+    /// `action_crash`: an OpenWhisk runtime exited or broke the connection during an
+    /// activation (developer error, crash); the text is OpenWhisk's message, unchanged.
+    ActionCrash,
+    /// `action_timeout`: an OpenWhisk action ran past its time limit (developer error,
+    /// timeout); the text is OpenWhisk's message, unchanged.
+    ActionTimeout,
 }
 
 impl WatchdogError {
     /// Every reason, for tests and documentation.
-    pub const ALL: [WatchdogError; 7] = [
+    pub const ALL: [WatchdogError; 11] = [
         WatchdogError::ExecTimeout,
         WatchdogError::WriteTimeout,
         WatchdogError::Upstream,
@@ -154,6 +172,10 @@ impl WatchdogError {
         WatchdogError::Wait,
         WatchdogError::Spawn,
         WatchdogError::Inflight,
+        WatchdogError::ActionInit,
+        WatchdogError::ActionResult,
+        WatchdogError::ActionCrash,
+        WatchdogError::ActionTimeout,
     ];
 
     /// The reason as the header spells it.
@@ -166,6 +188,10 @@ impl WatchdogError {
             WatchdogError::Wait => "wait",
             WatchdogError::Spawn => "spawn",
             WatchdogError::Inflight => "inflight",
+            WatchdogError::ActionInit => "action_init",
+            WatchdogError::ActionResult => "action_result",
+            WatchdogError::ActionCrash => "action_crash",
+            WatchdogError::ActionTimeout => "action_timeout",
         }
     }
 
@@ -187,6 +213,15 @@ impl WatchdogError {
                     message: format!("instance {instance} of {function} is at its max_inflight"),
                     retry_after: Some(Duration::from_secs(1)),
                 }
+            }
+            // OpenWhisk's own messages are the activation's error result: kept verbatim.
+            WatchdogError::ActionInit => return Error::developer(DeveloperErrorKind::Init, text),
+            WatchdogError::ActionResult => {
+                return Error::developer(DeveloperErrorKind::Protocol, text)
+            }
+            WatchdogError::ActionCrash => return Error::developer(DeveloperErrorKind::Crash, text),
+            WatchdogError::ActionTimeout => {
+                return Error::developer(DeveloperErrorKind::Timeout, text)
             }
         };
         let message = match kind {
@@ -339,7 +374,9 @@ mod tests {
                 WatchdogError::ExecTimeout | WatchdogError::WriteTimeout => {
                     Some(DeveloperErrorKind::Timeout)
                 }
-                WatchdogError::Spawn => Some(DeveloperErrorKind::Init),
+                WatchdogError::Spawn | WatchdogError::ActionInit => Some(DeveloperErrorKind::Init),
+                WatchdogError::ActionResult => Some(DeveloperErrorKind::Protocol),
+                WatchdogError::ActionTimeout => Some(DeveloperErrorKind::Timeout),
                 WatchdogError::Inflight => None,
                 _ => Some(DeveloperErrorKind::Crash),
             };
@@ -352,6 +389,14 @@ mod tests {
                 _ => panic!("{reason}: {e:?}"),
             }
         }
+        // OpenWhisk's messages are the error's message, unchanged.
+        let mut resp = Response::new(Body::from("The action did not return a dictionary.\n"));
+        resp.headers_mut().insert(WATCHDOG_ERROR_HEADER, HeaderValue::from_static("action_result"));
+        let e = check_watchdog_error(resp, &f, "f-1").await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "developer error (protocol violation): The action did not return a dictionary."
+        );
         let mut resp = Response::new(Body::from("mine"));
         resp.headers_mut().insert(WATCHDOG_ERROR_HEADER, HeaderValue::from_static("novel"));
         assert!(check_watchdog_error(resp, &f, "f-1").await.is_ok());

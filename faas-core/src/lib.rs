@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod persisted;
 pub mod queue;
 pub mod runtime;
+pub mod runtimes;
 pub mod scheduler;
 pub mod sim;
 pub mod spec;

@@ -11,6 +11,11 @@ use crate::error::{Error, Result, StatusCode};
 use crate::event::Delivery;
 use crate::invocation::{FunctionRef, Invocation, InvocationId, InvocationMeta};
 
+/// The request header that asks for ordering: asynchronous calls of one function with the
+/// same value are delivered in the order they were accepted (see [`QueuedInvocation::key`]);
+/// calls without it are spread over the queue's partitions.
+pub const QUEUE_KEY_HEADER: &str = "x-queue-key";
+
 /// An invocation waiting in a queue: everything needed to replay the HTTP request later.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueuedInvocation {
@@ -157,10 +162,16 @@ impl QueuedInvocation {
         }
     }
 
-    /// The partition key: invocations of one function share it, so a backend that orders per
-    /// key (Kafka) delivers them in publish order.
+    /// The partition key. By default the call id, so a backend that partitions by key
+    /// (Kafka) spreads even one function's calls over every partition and every worker;
+    /// calls that carry the header [`QUEUE_KEY_HEADER`] share the key
+    /// `namespace/function/value`, so such a backend delivers the calls with one value in
+    /// publish order.
     pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.function)
+        match self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(QUEUE_KEY_HEADER)) {
+            Some((_, v)) => format!("{}/{}/{}", self.namespace, self.function, v),
+            None => self.call_id.as_str().to_string(),
+        }
     }
 }
 
@@ -664,6 +675,28 @@ impl<T: QueueConsumer + ?Sized> QueueConsumer for std::sync::Arc<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_spread_calls_unless_the_caller_asks_for_an_order() {
+        let call = |id: &str, headers: Vec<(String, String)>| QueuedInvocation {
+            call_id: InvocationId::from_string(id),
+            function: "hot".into(),
+            namespace: "openfaas-fn".into(),
+            method: "POST".into(),
+            path: String::new(),
+            query: String::new(),
+            headers,
+            body: Bytes::new(),
+            callback_url: None,
+            attempt: 0,
+            queued_at: 0,
+        };
+        assert_eq!(call("c1", vec![]).key(), "c1");
+        assert_ne!(call("c1", vec![]).key(), call("c2", vec![]).key());
+        let ordered = |id| call(id, vec![("X-Queue-Key".into(), "user-7".into())]);
+        assert_eq!(ordered("c1").key(), "openfaas-fn/hot/user-7");
+        assert_eq!(ordered("c1").key(), ordered("c2").key());
+    }
 
     #[test]
     fn base64_alphabet_padding_and_leniency() {

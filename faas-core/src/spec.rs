@@ -479,7 +479,10 @@ impl FunctionSpec {
         if let Some(ns) = &self.namespace {
             util::validate_dns1123_label(ns).map_err(|r| Error::invalid("namespace", r))?;
         }
-        if self.image.trim().is_empty() {
+        // An OpenWhisk code action's kind must be in the runtime manifest, and its image may
+        // be left out (the kind's is used).
+        let kind_image = crate::runtimes::kind_of(self)?.and_then(|k| k.image);
+        if self.image.trim().is_empty() && kind_image.is_none() {
             return Err(Error::invalid("image", "must not be empty"));
         }
         for key in self.env_vars.keys() {

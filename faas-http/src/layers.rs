@@ -99,24 +99,45 @@ fn too_many_failed_logins(wait: std::time::Duration) -> Response {
     })
 }
 
+impl Screen for BasicAuthLayer {
+    fn screen(&self, req: &Request) -> Option<Response> {
+        if (self.protect)(req.uri().path()) {
+            self.refuse(req)
+        } else {
+            None
+        }
+    }
+}
+
 impl<S> Layer<S> for BasicAuthLayer {
     type Service = BasicAuthService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        BasicAuthService { inner, layer: self.clone() }
+        Screened { inner, screen: self.clone() }
     }
 }
 
 /// The service of [`BasicAuthLayer`].
-#[derive(Clone)]
-pub struct BasicAuthService<S> {
-    inner: S,
-    layer: BasicAuthLayer,
+pub type BasicAuthService<S> = Screened<S, BasicAuthLayer>;
+
+/// Decides, from a request alone, whether a [`Screened`] service answers it itself.
+pub trait Screen {
+    /// The answer to `req` when it is refused; `None` lets it through to the inner service.
+    fn screen(&self, req: &Request) -> Option<Response>;
 }
 
-impl<S> Service<Request> for BasicAuthService<S>
+/// A service that answers the requests its [`Screen`] refuses and passes the others on:
+/// the service of [`BasicAuthLayer`] and of [`CrossSiteLayer`].
+#[derive(Clone)]
+pub struct Screened<S, G> {
+    inner: S,
+    screen: G,
+}
+
+impl<S, G> Service<Request> for Screened<S, G>
 where
     S: Service<Request, Response = Response, Error = Infallible>,
     S::Future: Send + 'static,
+    G: Screen,
 {
     type Response = Response;
     type Error = Infallible;
@@ -128,12 +149,10 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        if (self.layer.protect)(req.uri().path()) {
-            if let Some(r) = self.layer.refuse(&req) {
-                return futures::future::Either::Right(futures::future::ready(Ok(r)));
-            }
+        match self.screen.screen(&req) {
+            Some(r) => futures::future::Either::Right(futures::future::ready(Ok(r))),
+            None => futures::future::Either::Left(self.inner.call(req)),
         }
-        futures::future::Either::Left(self.inner.call(req))
     }
 }
 
@@ -275,50 +294,27 @@ fn origin_allowed(c: &CrossSiteConfig, origin: &str, host: Option<&http::uri::Au
         && o.port_u16().or(default) == h.port_u16().or(default)
 }
 
+impl Screen for CrossSiteLayer {
+    fn screen(&self, req: &Request) -> Option<Response> {
+        let Refused { status, reason } = self.check(req).err()?;
+        let path = req.uri().path();
+        let client = crate::server::client_addr(req)
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        tracing::warn!(%client, %path, %reason, "request refused");
+        let word = if status == http::StatusCode::FORBIDDEN { "forbidden" } else { "bad request" };
+        Some(response::text(status, format!("{word}: {reason}\n")))
+    }
+}
+
 impl<S> Layer<S> for CrossSiteLayer {
     type Service = CrossSiteService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        CrossSiteService { inner, layer: self.clone() }
+        Screened { inner, screen: self.clone() }
     }
 }
 
 /// The service of [`CrossSiteLayer`].
-#[derive(Clone)]
-pub struct CrossSiteService<S> {
-    inner: S,
-    layer: CrossSiteLayer,
-}
-
-impl<S> Service<Request> for CrossSiteService<S>
-where
-    S: Service<Request, Response = Response, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future =
-        futures::future::Either<S::Future, futures::future::Ready<Result<Response, Infallible>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        match self.layer.check(&req) {
-            Ok(()) => futures::future::Either::Left(self.inner.call(req)),
-            Err(Refused { status, reason }) => {
-                let path = req.uri().path();
-                let client = crate::server::client_addr(&req)
-                    .map_or_else(|| "unknown".to_string(), |a| a.to_string());
-                tracing::warn!(%client, %path, %reason, "request refused");
-                let word =
-                    if status == http::StatusCode::FORBIDDEN { "forbidden" } else { "bad request" };
-                let r = response::text(status, format!("{word}: {reason}\n"));
-                futures::future::Either::Right(futures::future::ready(Ok(r)))
-            }
-        }
-    }
-}
+pub type CrossSiteService<S> = Screened<S, CrossSiteLayer>;
 
 /// The configured limit, in the request's extensions, for handlers that buffer.
 #[derive(Clone, Copy, Debug)]

@@ -201,14 +201,24 @@ impl Stack {
 }
 
 impl StackFunction {
-    /// The spec of this function under `name`. The image defaults to the name; the
-    /// `timeout` environment variable (or `exec_timeout`) sets the per-invocation timeout.
+    /// The spec of this function under `name`. The image defaults to the name (for an
+    /// OpenWhisk code action, `mode: openwhisk` with an `ow_kind` that has an image, to the
+    /// kind's image); the `timeout` environment variable (or `exec_timeout`) sets the
+    /// per-invocation timeout.
     pub fn to_spec(&self, name: &str) -> Result<FunctionSpec> {
         let field = |f: &str| format!("functions.{name}.{f}");
         let env = texts(&self.environment);
+        let code_action = env.get("mode").is_some_and(|m| m.trim() == "openwhisk")
+            && env.get("ow_kind").and_then(|k| faas_core::runtimes::lookup(k)?.image).is_some();
         let mut spec = FunctionSpec {
             name: name.to_string(),
-            image: self.image.clone().unwrap_or_else(|| name.to_string()),
+            image: self.image.clone().unwrap_or_else(|| {
+                if code_action {
+                    String::new()
+                } else {
+                    name.to_string()
+                }
+            }),
             namespace: self.namespace.clone().filter(|s| !s.is_empty()),
             env_process: self.fprocess.clone(),
             env_vars: env.clone(),
@@ -293,6 +303,36 @@ functions:
         assert_eq!(w.secrets, vec!["api-key"]);
         assert!(w.read_only_root_filesystem);
         assert_eq!(w.scaling_policy().unwrap().min, 2);
+    }
+
+    #[test]
+    fn openwhisk_code_actions_default_to_their_kinds_image() {
+        // The README's example.
+        let s = Stack::parse(
+            r#"
+functions:
+  hello:
+    environment:
+      mode: openwhisk
+      ow_kind: "python:3"
+      ow_main: main
+      ow_code: |
+        def main(params):
+            return {"greeting": "Hello " + params.get("name", "stranger")}
+  legacy:
+    image: ghcr.io/me/legacy-action:1
+    environment: { mode: openwhisk, ow_kind: blackbox }
+"#,
+        )
+        .unwrap();
+        let specs = s.specs().unwrap();
+        let hello = specs.iter().find(|s| s.name == "hello").unwrap();
+        assert_eq!(hello.image, "");
+        assert!(hello.env_vars["ow_code"].starts_with("def main(params):\n"));
+        let hello = faas_core::runtimes::apply_image(hello.clone()).unwrap();
+        assert_eq!(hello.image, faas_core::runtimes::PYTHON_IMAGE);
+        let legacy = specs.iter().find(|s| s.name == "legacy").unwrap();
+        assert_eq!(legacy.image, "ghcr.io/me/legacy-action:1");
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //!
 //! - [`KafkaPublisher`]: an idempotent producer (`enable.idempotence=true`, so `acks=all`
 //!   and no duplicates from producer retries). Each invocation is one JSON message keyed by
-//!   `namespace/function`, so invocations of one function land in one partition and are
-//!   delivered in publish order. A full local producer queue answers
-//!   [`Error::Overloaded`].
+//!   [`QueuedInvocation::key`]: its call id, so that even one function's calls spread over
+//!   every partition and every worker, or, for calls that ask for an order with
+//!   `X-Queue-Key`, `namespace/function/value`, so that those land in one partition and are
+//!   delivered in publish order. A full local producer queue answers [`Error::Overloaded`].
 //! - [`KafkaConsumer`]: a member of a consumer group (several workers in one group share
 //!   the partitions and take over each other's on rebalance). Offsets are committed only for
 //!   invocations that were acknowledged, that is finished (succeeded, failed for good, or
@@ -21,6 +22,14 @@
 //! unsettled is nacked the same way when [`KafkaConfig::nack_on_drop`] is set (the
 //! default); otherwise it stays unfinished and is delivered again after the next rebalance
 //! or restart, as after a crash.
+//!
+//! Group membership: cooperative-sticky assignment (a rebalance moves only the partitions
+//! that change hands) and a session timeout of 6 s, so the partitions of a worker that died
+//! without leaving go to the others within about 6 s; both can be changed with
+//! [`KafkaConfig::property`] (`partition.assignment.strategy`, `session.timeout.ms`,
+//! `heartbeat.interval.ms`).
+//!
+//! librdkafka's own log lines and error events go through `tracing` (target `librdkafka`).
 //!
 //! Closing: dropping a subscribed librdkafka consumer blocks until it has left its group,
 //! which never happens if the cluster is gone. [`KafkaConsumer::close`] (or the worker's
@@ -41,7 +50,7 @@ use faas_core::util::lock;
 use faas_core::{Error, Result};
 use futures::future::BoxFuture;
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -118,15 +127,54 @@ impl KafkaConfig {
         }
     }
 
-    fn producer(&self) -> Result<FutureProducer> {
+    fn producer(&self) -> Result<TracedProducer> {
         let mut c = self.base();
         c.set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("message.timeout.ms", self.publish_timeout.as_millis().max(1).to_string());
         self.apply_properties(&mut c);
-        c.create().map_err(|e| config_error("producer", e))
+        c.create_with_context(TracingContext).map_err(|e| config_error("producer", e))
     }
 }
+
+/// librdkafka's log lines and error events as `tracing` events (target `librdkafka`), so
+/// they reach the gateway's log like every other line.
+pub(crate) fn log_to_tracing(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", facility, "{message}")
+        }
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", facility, "{message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+    }
+}
+
+/// The context of every Kafka client here but the consumer's (which adds rebalance
+/// tracking): librdkafka's logs and errors through `tracing`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TracingContext;
+
+impl ClientContext for TracingContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log_to_tracing(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(target: "librdkafka", %error, "{reason}");
+    }
+}
+
+/// The activation store's reader is a plain (unsubscribed) consumer.
+impl ConsumerContext for TracingContext {}
+
+/// The producer type of the Kafka queue and store.
+pub(crate) type TracedProducer = FutureProducer<TracingContext>;
 
 pub(crate) fn config_error(what: &str, e: KafkaError) -> Error {
     Error::invalid("kafka", format!("cannot create the Kafka {what}: {e}"))
@@ -153,7 +201,7 @@ fn encode(item: &QueuedInvocation) -> Result<Vec<u8>> {
 /// Publishes queued invocations to a Kafka topic with an idempotent producer.
 #[derive(Clone)]
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    producer: TracedProducer,
     topic: String,
 }
 
@@ -315,7 +363,15 @@ struct TrackingContext {
     topic: String,
 }
 
-impl ClientContext for TrackingContext {}
+impl ClientContext for TrackingContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log_to_tracing(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(target: "librdkafka", %error, "{reason}");
+    }
+}
 
 impl ConsumerContext for TrackingContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -376,7 +432,14 @@ impl KafkaConsumer {
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set("auto.commit.interval.ms", config.commit_interval.as_millis().max(1).to_string())
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            // Incremental rebalancing: a member joining or leaving moves only the partitions
+            // that change hands, the others keep being consumed.
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            // A worker that dies without leaving is noticed after 6 s (the broker's default
+            // minimum; librdkafka's default is 45 s), and its partitions go to the others.
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "2000");
         config.apply_properties(&mut c);
         let consumer: Client =
             c.create_with_context(ctx).map_err(|e| config_error("consumer", e))?;

@@ -39,11 +39,11 @@ use faas_core::util::lock;
 use faas_core::{Error, InvocationId, Result};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use crate::kafka::{config_error, produce_error, KafkaConfig};
+use crate::kafka::{config_error, produce_error, KafkaConfig, TracedProducer, TracingContext};
 
 /// The suffix of the default activations topic: records of the queue topic `faas-async`
 /// go to `faas-async-activations`.
@@ -86,6 +86,9 @@ struct Entry {
     /// The last record read from the topic for this call id was older than `record`
     /// (compaction would keep that older one): publish `record` again.
     stale_on_topic: bool,
+    /// This store's own publications of this call id not read back yet: a record read
+    /// meanwhile precedes them on the topic, so an older one is not stale there.
+    unread_own: u32,
 }
 
 struct Records {
@@ -125,9 +128,18 @@ impl Records {
                     self.evict();
                 }
                 self.order.push_back(record.call_id.clone());
-                self.map.insert(record.call_id.clone(), Entry { record, stale_on_topic: false });
+                let entry = Entry { record, stale_on_topic: false, unread_own: 0 };
+                self.map.insert(entry.record.call_id.clone(), entry);
                 Merge::Kept
             }
+        }
+    }
+
+    /// Counts one more (`true`) or one less of this store's own publications of `call_id`
+    /// on their way through the topic.
+    fn own_in_flight(&mut self, call_id: &InvocationId, more: bool) {
+        if let Some(e) = self.map.get_mut(call_id) {
+            e.unread_own = if more { e.unread_own + 1 } else { e.unread_own.saturating_sub(1) };
         }
     }
 
@@ -180,7 +192,7 @@ pub struct KafkaStoreStats {
     pub malformed: AtomicU64,
 }
 
-type Reader = StreamConsumer;
+type Reader = StreamConsumer<TracingContext>;
 
 /// Drops the reader on a detached thread (librdkafka may block while closing), then
 /// signals `done`.
@@ -204,7 +216,7 @@ impl Drop for DetachOnDrop {
 
 struct Shared {
     records: Arc<Mutex<Records>>,
-    producer: FutureProducer,
+    producer: TracedProducer,
     topic: String,
     ready: watch::Receiver<bool>,
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -261,7 +273,8 @@ impl KafkaActivationStore {
             .set("linger.ms", "1")
             .set("message.timeout.ms", config.publish_timeout.as_millis().max(1).to_string());
         config.apply_properties(&mut p);
-        let producer: FutureProducer = p.create().map_err(|e| config_error("producer", e))?;
+        let producer: TracedProducer =
+            p.create_with_context(TracingContext).map_err(|e| config_error("producer", e))?;
 
         let mut c = config.base();
         config.apply_properties(&mut c);
@@ -271,7 +284,8 @@ impl KafkaActivationStore {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest");
-        let consumer: Reader = c.create().map_err(|e| config_error("consumer", e))?;
+        let consumer: Reader =
+            c.create_with_context(TracingContext).map_err(|e| config_error("consumer", e))?;
 
         let records = Arc::new(Mutex::new(Records::new(capacity)));
         let stats = Arc::new(KafkaStoreStats::default());
@@ -382,7 +396,7 @@ impl KafkaActivationStore {
     }
 }
 
-async fn send(producer: &FutureProducer, topic: &str, record: &AsyncActivation) -> Result<()> {
+async fn send(producer: &TracedProducer, topic: &str, record: &AsyncActivation) -> Result<()> {
     let payload = serde_json::to_vec(record)
         .map_err(|e| Error::internal(format!("encoding an activation record: {e}")))?;
     let r = FutureRecord::to(topic).key(record.call_id.as_str()).payload(&payload);
@@ -402,10 +416,23 @@ impl ActivationStore for KafkaActivationStore {
     /// published. Fails with [`Error::Unavailable`] when Kafka does not acknowledge it
     /// within the publish timeout.
     async fn put(&self, record: AsyncActivation) -> Result<()> {
-        let merged = lock(&self.shared.records).merge(record.clone(), false);
+        let merged = {
+            let mut g = lock(&self.shared.records);
+            let merged = g.merge(record.clone(), false);
+            if let Merge::Kept = merged {
+                g.own_in_flight(&record.call_id, true);
+            }
+            merged
+        };
         match merged {
             Merge::Older => Ok(()),
-            Merge::Kept => self.publish(&record).await,
+            Merge::Kept => {
+                let sent = self.publish(&record).await;
+                if sent.is_err() {
+                    lock(&self.shared.records).own_in_flight(&record.call_id, false);
+                }
+                sent
+            }
         }
     }
 
@@ -419,7 +446,7 @@ struct ReadLoop {
     consumer: DetachOnDrop,
     topic: String,
     records: Arc<Mutex<Records>>,
-    producer: FutureProducer,
+    producer: TracedProducer,
     ready: watch::Sender<bool>,
     stats: Arc<KafkaStoreStats>,
 }
@@ -521,8 +548,21 @@ impl ReadLoop {
                         self.stats.read.fetch_add(1, Ordering::Relaxed);
                         let id = record.call_id.clone();
                         let mut g = lock(&self.records);
+                        let own_unread = g.map.get(&id).map_or(0, |e| e.unread_own);
                         match g.merge(record, true) {
-                            Merge::Kept => None,
+                            Merge::Kept => {
+                                // Most likely this store's own write read back.
+                                g.own_in_flight(&id, false);
+                                None
+                            }
+                            Merge::Older if own_unread > 0 => {
+                                // This store's newer write follows on the topic: not stale.
+                                self.stats.older_ignored.fetch_add(1, Ordering::Relaxed);
+                                if let Some(e) = g.map.get_mut(&id) {
+                                    e.stale_on_topic = false;
+                                }
+                                None
+                            }
                             Merge::Older => {
                                 self.stats.older_ignored.fetch_add(1, Ordering::Relaxed);
                                 if behind.is_empty() {

@@ -134,6 +134,38 @@ async fn kafka_per_function_order() {
     drop(cluster);
 }
 
+/// Without `X-Queue-Key`, one function's calls are spread over every partition (so every
+/// worker of the group shares a hot function).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_one_functions_calls_spread_over_every_partition() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (cluster, k) = Kafka::new(true);
+    let items: Vec<_> = (0..64).map(|i| common::item("hot", format!("{i}"))).collect();
+    let results = k.publisher.publish_batch(items).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let reader: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &k.config.brokers)
+        .create()
+        .expect("reader");
+    let topic = k.config.topic.clone();
+    let counts = tokio::task::spawn_blocking(move || {
+        (0..PARTITIONS)
+            .map(|p| {
+                let (low, high) = reader
+                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                    .expect("watermarks");
+                high - low
+            })
+            .collect::<Vec<i64>>()
+    })
+    .await
+    .expect("reading watermarks");
+    assert_eq!(counts.iter().sum::<i64>(), 64, "{counts:?}");
+    assert!(counts.iter().all(|n| *n > 0), "every partition has some of them: {counts:?}");
+    k.finish().await;
+    drop(cluster);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_nack_and_drop_redeliver() {
     let (cluster, k) = Kafka::new(true);

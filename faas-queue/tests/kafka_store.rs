@@ -107,6 +107,58 @@ async fn records_written_by_one_store_are_read_by_another() {
     drop(cluster);
 }
 
+/// One record per state change: a store reading its own earlier states back (queued, then
+/// running, behind the final one it already holds) publishes nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_on_the_topic_are_one_per_state_change() {
+    let (cluster, config, topic) = cluster(3);
+    let s = store(&config, &topic).await;
+    let n = 30u64;
+    for _ in 0..n {
+        let mut r = record(AsyncState::Queued, 0);
+        s.put(r.clone()).await.expect("queued");
+        r.state = AsyncState::Running;
+        r.attempts = 1;
+        s.put(r.clone()).await.expect("running");
+        r.state = AsyncState::Succeeded;
+        r.status = Some(200);
+        s.put(r).await.expect("succeeded");
+    }
+    let stats = s.stats().clone();
+    until("the store read its own records back", || stats.read.load(Ordering::Relaxed) >= 3 * n)
+        .await;
+    // A last write read back after all the others: any repair of the first ones would have
+    // been sent by then.
+    let last = record(AsyncState::Queued, 0);
+    s.put(last).await.expect("barrier");
+    until("the barrier read back", || stats.read.load(Ordering::Relaxed) > 3 * n).await;
+    assert_eq!(stats.written.load(Ordering::Relaxed), 3 * n + 1);
+    assert_eq!(stats.republished.load(Ordering::Relaxed), 0, "nothing published twice");
+    let on_topic = topic_len(&config.brokers, &topic, 3).await;
+    assert_eq!(on_topic, 3 * n as i64 + 1, "records on the topic = state changes");
+    bounded("closing the store", s.close()).await.expect("closed");
+    drop(cluster);
+}
+
+/// Messages on `topic` (all partitions), from the watermarks.
+async fn topic_len(brokers: &str, topic: &str, partitions: i32) -> i64 {
+    use rdkafka::consumer::BaseConsumer;
+    let reader: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("reader");
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        (0..partitions)
+            .map(|p| {
+                let (low, high) =
+                    reader.fetch_watermarks(&topic, p, Duration::from_secs(10)).expect("marks");
+                high - low
+            })
+            .sum()
+    })
+    .await
+    .expect("reading watermarks")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_older_states_never_overwrite_newer_ones() {
     let (cluster, config, topic) = cluster(1);

@@ -8,6 +8,9 @@
 //!   process once and proxy to it) and `static` (serve files). It reads the same environment
 //!   variables as the OpenFaaS watchdogs (`fprocess`, `mode`, `upstream_url`, `port`,
 //!   `exec_timeout`, `max_inflight`...). See [`watchdog::Config`].
+//! - [`openwhisk`]: the watchdog's fifth mode, `openwhisk`: an OpenWhisk action runtime
+//!   (`/init` once, `/run` per request) behind the watchdog, so OpenWhisk actions run
+//!   unmodified on every backend.
 //! - [`process`]: the process backend, [`process::ProcessInvoker`], a
 //!   [`faas_core::Backend`] that runs each function replica as a watchdog-managed local
 //!   process on its own `127.0.0.1` port. It needs no Docker.
@@ -22,6 +25,7 @@
 //! ([`process::SECRETS_DIR_ENV`]). (In containers the Docker and Kubernetes backends mount the
 //! same files at `/var/openfaas/secrets/<name>`.)
 
+pub mod openwhisk;
 pub mod process;
 mod sys;
 #[cfg(feature = "testing")]

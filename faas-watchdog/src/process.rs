@@ -1,9 +1,11 @@
 //! The process backend: each function replica is a `faas-watchdog` process on its own
 //! `127.0.0.1` port, running the spec's `envProcess` (`fprocess`). No Docker needed.
 //!
-//! - **Deploy** validates the spec (`envProcess` is required; `image` is recorded but not
-//!   run), places it on the single local node through the [`Scheduler`] (so constraints or
-//!   platforms this machine cannot meet give the scheduler's clear error), and starts
+//! - **Deploy** validates the spec (`envProcess` is required, except for an OpenWhisk action
+//!   whose kind has a local runtime in [`faas_core::runtimes`]: then that runtime is the
+//!   command; `image` is recorded but not run), places it on the single local node through
+//!   the [`Scheduler`] (so constraints or platforms this machine cannot meet give the
+//!   scheduler's clear error), and starts
 //!   `com.openfaas.scale.min` replicas in the background. An instance is ready once its
 //!   watchdog answers `/_/health` with 200.
 //! - **Invoke** routes to a ready replica with free capacity through
@@ -63,7 +65,9 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::BytesMut;
-use faas_core::instance::{CallTimeout, InstanceClient, Target};
+use faas_core::instance::{
+    AcquireLimits, CallTimeout, InstanceClient, InstanceKey, InstanceSet, Target,
+};
 use faas_core::prelude::*;
 use faas_core::scheduler::{Capacity as NodeResources, Schedulers};
 use faas_core::spec::{validate_secret_name, ReplicaLimits, ScalingPolicy, DEFAULT_NAMESPACE};
@@ -88,6 +92,15 @@ pub const PROVIDER: &str = "faas-rs-process";
 /// The default of [`ProcessInvokerBuilder::log_bytes_limit`]: 8 MiB of log lines per function.
 pub const DEFAULT_LOG_BYTES_LIMIT: usize = 8 << 20;
 
+/// The pause before replacing a replica that crashed within 10 s of its start: 200 ms
+/// doubling to 5 s, without jitter (one function's restarts need no spreading).
+const RESTART_BACKOFF: faas_core::util::Backoff = faas_core::util::Backoff {
+    initial: Duration::from_millis(200),
+    max: Duration::from_secs(5),
+    multiplier: 2.0,
+    jitter: false,
+};
+
 /// Environment variables passed from the backend's own environment to every replica.
 const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
@@ -110,6 +123,7 @@ pub struct ProcessInvokerBuilder {
     limits: ReplicaLimits,
     start_concurrency: usize,
     queue_limit: usize,
+    stem_cells: BTreeMap<String, usize>,
 }
 
 impl std::fmt::Debug for ProcessInvokerBuilder {
@@ -145,6 +159,7 @@ impl Default for ProcessInvokerBuilder {
             limits: ReplicaLimits::detect(),
             start_concurrency: default_start_concurrency(),
             queue_limit: 1024,
+            stem_cells: BTreeMap::new(),
         }
     }
 }
@@ -258,10 +273,41 @@ impl ProcessInvokerBuilder {
         self
     }
 
+    /// Keeps `n` stem cells of the OpenWhisk `kind` (one with a local runtime in
+    /// [`faas_core::runtimes`], such as `python:3`): watchdogs in `openwhisk` mode whose
+    /// runtime is started but not initialised (`ow_stem=true`). A replica of an action of that
+    /// kind takes one when there is one (instead of starting a watchdog and a runtime), and it
+    /// becomes the action's by [`crate::openwhisk::SPECIALISE_PATH`] (`/init` with the action's
+    /// code; the spec's `envVars`, its secrets directory and names reach the runtime through
+    /// `/init`'s `env`); a background task starts new ones as they are taken or die. Actions
+    /// that set their own `envProcess` or watchdog variables (`max_inflight`,
+    /// `upstream_url`...) start cold. Stem cells are not counted under the node's replica cap;
+    /// at most 64 per kind. They need a tokio runtime when [`build`](Self::build) is called.
+    pub fn stem_cells(mut self, kind: &str, n: usize) -> Self {
+        self.stem_cells.insert(kind.trim().to_string(), n);
+        self
+    }
+
     /// Creates the state directory and the backend.
     pub fn build(self) -> Result<ProcessInvoker> {
         if self.watchdog.is_empty() || self.watchdog[0].is_empty() {
             return Err(Error::invalid("watchdog", "the watchdog command is empty"));
+        }
+        for (kind, n) in &self.stem_cells {
+            let local = faas_core::runtimes::lookup(kind).and_then(|k| k.process);
+            if local.is_none() {
+                return Err(Error::invalid(
+                    "stem_cells",
+                    format!("{kind:?} is no OpenWhisk kind with a local runtime"),
+                ));
+            }
+            if *n > 64 {
+                return Err(Error::invalid("stem_cells", format!("{n} is over 64 for {kind}")));
+            }
+        }
+        let keep_stems = !self.stem_cells.is_empty();
+        if keep_stems && tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::invalid("stem_cells", "need a tokio runtime at build"));
         }
         let state = match &self.state_dir {
             Some(d) => d.clone(),
@@ -276,8 +322,15 @@ impl ProcessInvokerBuilder {
         let client = InstanceClient::new();
         let node_slots = Arc::new(Semaphore::new(self.limits.per_node() as usize));
         let starts = Arc::new(Semaphore::new(self.start_concurrency));
-        Ok(ProcessInvoker {
+        let stems = self
+            .stem_cells
+            .iter()
+            .map(|(k, n)| (k.clone(), StemPool { want: *n, ..Default::default() }))
+            .collect();
+        let inv = ProcessInvoker {
             inner: Arc::new(Shared {
+                stems: Mutex::new(stems),
+                stem_wake: Arc::new(Notify::new()),
                 node_slots,
                 starts,
                 cfg: self,
@@ -288,7 +341,12 @@ impl ProcessInvokerBuilder {
                 functions: RwLock::new(HashMap::new()),
                 secrets_lock: tokio::sync::Mutex::new(()),
             }),
-        })
+        };
+        if keep_stems {
+            let wake = inv.inner.stem_wake.clone();
+            tokio::spawn(stem_keeper(Arc::downgrade(&inv.inner), wake));
+        }
+        Ok(inv)
     }
 }
 
@@ -347,6 +405,10 @@ impl std::fmt::Debug for ProcessInvoker {
 
 struct Shared {
     cfg: ProcessInvokerBuilder,
+    /// Stem cells per OpenWhisk kind.
+    stems: Mutex<HashMap<String, StemPool>>,
+    /// Wakes the task that refills the stem cells.
+    stem_wake: Arc<Notify>,
     /// One permit per running replica, [`ReplicaLimits::per_node`] in all; a replica's task
     /// holds its permit until the process has exited.
     node_slots: Arc<Semaphore>,
@@ -381,8 +443,11 @@ struct Func {
     created: SystemTime,
     dir: PathBuf,
     logs: Arc<LogBook>,
-    /// Wakes invocations waiting for a replica (ready or free).
+    /// Wakes `wait_ready` callers when a replica turns ready.
     notify: Notify,
+    /// The replicas that can serve (not stopping), as the scheduler routes over them, and
+    /// the invocations waiting for one.
+    instances: Arc<InstanceSet<Arc<Replica>>>,
     /// Wakes the reconciler.
     wake: Notify,
     state: Mutex<FState>,
@@ -396,36 +461,28 @@ struct FState {
     scheduler: Arc<dyn Scheduler>,
     generation: u64,
     desired: u32,
-    /// Sorted by id, so the scheduler sees instances in a stable order (hashing strategies
-    /// stay sticky).
+    /// Every replica not yet exited, stopping ones included.
     replicas: Vec<Arc<Replica>>,
-    invocation_count: u64,
-    last_activity: Instant,
-    in_flight: u32,
     removed: bool,
     failures: u32,
     next_start: Instant,
     /// Whether the node cap's refusal was logged since this function last started a replica.
     node_full_logged: bool,
-    /// Tickets of the invocations waiting for a replica, oldest first: only the oldest may
-    /// take a free replica, so waiters are served in arrival order.
-    waiters: VecDeque<u64>,
-    next_ticket: u64,
 }
 
 /// One replica: a watchdog process.
 struct Replica {
+    /// Its key in the function's instance set.
+    key: InstanceKey,
     id: Arc<str>,
     port: u16,
     /// `http://127.0.0.1:PORT`, what invocations are forwarded to.
     base: Box<str>,
     generation: u64,
-    max_concurrency: Option<u32>,
     pid: AtomicU32,
     ready: AtomicBool,
     stopping: AtomicBool,
     exited: AtomicBool,
-    in_flight: AtomicU32,
     stop: watch::Sender<bool>,
     done: watch::Sender<bool>,
     started: Instant,
@@ -615,21 +672,12 @@ impl Shared {
     fn check(&self, spec: &FunctionSpec) -> Result<(ScalingPolicy, Arc<dyn Scheduler>)> {
         spec.validate()?;
         let scheduler = self.schedulers.for_spec(spec)?;
-        match &spec.env_process {
-            Some(p) if !p.trim().is_empty() => {
-                crate::watchdog::split_command(p).map_err(|r| Error::invalid("envProcess", r))?;
-            }
-            _ => {
-                return Err(Error::invalid(
-                    "envProcess",
-                    "the process backend runs envProcess (fprocess); it must be set",
-                ))
-            }
-        }
+        let fprocess = crate::openwhisk::process_command(spec, &self.state)?;
+        crate::watchdog::split_command(&fprocess).map_err(|r| Error::invalid("envProcess", r))?;
         // The watchdog's own configuration, as the replicas will see it.
         let mut vars: Vec<(String, String)> =
             spec.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        vars.push(("fprocess".into(), spec.env_process.clone().unwrap_or_default()));
+        vars.push(("fprocess".into(), fprocess));
         if spec.env_vars.get("mode").is_some_and(|m| m.trim() == "http")
             && !spec.env_vars.contains_key("upstream_url")
         {
@@ -717,6 +765,8 @@ async fn write_atomic(path: &Path, value: &[u8]) -> Result<()> {
 struct Launch {
     spec: FunctionSpec,
     secrets_dir: PathBuf,
+    /// A stem cell to specialise instead of starting a watchdog.
+    stem: Option<StemCell>,
 }
 
 impl Func {
@@ -738,9 +788,11 @@ impl Func {
             }
             return false;
         };
-        let port = match free_port() {
-            Ok(p) => p,
-            Err(e) => {
+        let stem = stem_kind(&st.spec).and_then(|k| shared.take_stem(k));
+        let port = match (&stem, free_port()) {
+            (Some(cell), _) => cell.port,
+            (None, Ok(p)) => p,
+            (None, Err(e)) => {
                 let mut none = None;
                 self.logs.push("backend", format!("cannot start a replica: {e}"), &mut none);
                 return false;
@@ -749,24 +801,32 @@ impl Func {
         st.node_full_logged = false;
         let (stop, _) = watch::channel(false);
         let (done, _) = watch::channel(false);
-        let r = Arc::new(Replica {
-            id: new_instance_id(&self.fref.name),
-            port,
-            base: format!("http://127.0.0.1:{port}").into(),
-            generation: st.generation,
+        let id = new_instance_id(&self.fref.name);
+        let view = InstanceView {
+            id: id.to_string(),
+            node: Some(shared.node.id.clone()),
+            in_flight: 0,
             max_concurrency: st.spec.max_concurrency,
-            pid: AtomicU32::new(0),
-            ready: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
-            exited: AtomicBool::new(false),
-            in_flight: AtomicU32::new(0),
-            stop,
-            done,
-            started: Instant::now(),
+            ready: false,
+        };
+        let r = self.instances.insert_with(view, |key| {
+            Arc::new(Replica {
+                key,
+                id,
+                port,
+                base: format!("http://127.0.0.1:{port}").into(),
+                generation: st.generation,
+                pid: AtomicU32::new(0),
+                ready: AtomicBool::new(false),
+                stopping: AtomicBool::new(false),
+                exited: AtomicBool::new(false),
+                stop,
+                done,
+                started: Instant::now(),
+            })
         });
-        let at = st.replicas.partition_point(|x| x.id < r.id);
-        st.replicas.insert(at, r.clone());
-        let launch = Launch { spec: st.spec.clone(), secrets_dir: self.dir.join("secrets") };
+        st.replicas.push(r.clone());
+        let launch = Launch { spec: st.spec.clone(), secrets_dir: self.dir.join("secrets"), stem };
         let f = Arc::downgrade(self);
         let shared = Arc::downgrade(shared);
         tokio::spawn(run_replica(shared, f, r, launch, slot));
@@ -785,6 +845,9 @@ impl Func {
         let mut crashed_early = false;
         st.replicas.retain(|r| {
             let gone = r.exited.load(Ordering::SeqCst);
+            if gone {
+                self.instances.remove(r.key);
+            }
             if gone
                 && !r.stopping.load(Ordering::SeqCst)
                 && r.started.elapsed() < Duration::from_secs(10)
@@ -795,16 +858,14 @@ impl Func {
         });
         if crashed_early {
             st.failures = st.failures.saturating_add(1);
-            let backoff = Duration::from_millis(100) * 2u32.saturating_pow(st.failures.min(6));
-            st.next_start = now + backoff.min(Duration::from_secs(5));
+            st.next_start = now + RESTART_BACKOFF.delay(st.failures);
         } else if st.replicas.len() != before {
             st.failures = 0;
         }
         // Scale to zero after the idle time.
         if st.policy.allow_zero
             && st.desired > 0
-            && st.in_flight == 0
-            && now.duration_since(st.last_activity) >= st.policy.idle_timeout()
+            && self.instances.idle_deadline(st.policy.idle_timeout()).is_some_and(|at| at <= now)
         {
             let mut none = None;
             self.logs.push(
@@ -821,7 +882,7 @@ impl Func {
         let generation = st.generation;
         for r in &st.replicas {
             if r.generation != generation && !r.stopping.load(Ordering::SeqCst) {
-                stop_replica(r.clone());
+                self.stop_replica(r);
             }
         }
         let live: Vec<Arc<Replica>> = st
@@ -835,10 +896,10 @@ impl Func {
             // Stop the extra ones: not-ready first, then the least busy.
             let mut order = live.clone();
             order.sort_by_key(|r| {
-                (r.ready.load(Ordering::SeqCst), r.in_flight.load(Ordering::SeqCst))
+                (r.ready.load(Ordering::SeqCst), self.instances.in_flight_of(r.key).unwrap_or(0))
             });
-            for r in order.into_iter().take(live.len() - desired) {
-                stop_replica(r);
+            for r in order.iter().take(live.len() - desired) {
+                self.stop_replica(r);
             }
         } else if live.len() < desired && now >= st.next_start {
             // A few at a time: the reconciler comes back as each becomes ready (or fails).
@@ -853,10 +914,26 @@ impl Func {
         drop(st);
         self.notify.notify_waiters();
     }
-}
 
-fn stop_replica(r: Arc<Replica>) {
-    r.request_stop();
+    /// Stops a replica: it takes no new invocation from now on.
+    fn stop_replica(&self, r: &Replica) {
+        self.instances.remove(r.key);
+        r.request_stop();
+    }
+
+    /// Scales from zero for an invocation that found no replica: the reconciler starts the
+    /// policy's minimum (at least one).
+    fn scale_from_zero(&self) {
+        {
+            let mut st = lock(&self.state);
+            if st.removed || st.desired > 0 {
+                return;
+            }
+            st.desired = st.policy.min.max(1).min(st.policy.max);
+            st.next_start = Instant::now();
+        }
+        self.wake.notify_one();
+    }
 }
 
 /// The life of one replica: spawn the watchdog, wait for health, wait for exit or stop.
@@ -866,7 +943,7 @@ async fn run_replica(
     shared: Weak<Shared>,
     f: Weak<Func>,
     r: Arc<Replica>,
-    launch: Launch,
+    mut launch: Launch,
     slot: OwnedSemaphorePermit,
 ) {
     let _slot = slot;
@@ -893,12 +970,22 @@ async fn run_replica(
     for (k, v) in &spec.env_vars {
         cmd.env(k, v);
     }
+    // An action's code can be over what one environment variable may hold: given as a file.
+    if let Some(code) = spec.env_vars.get("ow_code").filter(|c| c.len() > 16 * 1024) {
+        let path = sh.function_dir(&func.fref).join(format!("ow_code-{}", r.generation));
+        if let Err(e) = write_atomic(&path, code.as_bytes()).await {
+            let mut none = None;
+            func.logs.push(&r.id, format!("cannot write the action's code: {e}"), &mut none);
+        }
+        cmd.env_remove("ow_code").env("ow_code_file", &path);
+    }
     if let Some(t) = spec.timeout {
         cmd.env("exec_timeout", faas_core::util::format_duration(t));
         cmd.env("write_timeout", faas_core::util::format_duration(t + Duration::from_secs(5)));
     }
     let is_http = spec.env_vars.get("mode").map(|m| m.trim() == "http").unwrap_or(false);
-    if is_http {
+    // An OpenWhisk action's runtime gets its own port as an http-mode upstream does.
+    if is_http || faas_core::runtimes::is_action(spec) {
         let path = spec
             .env_vars
             .get("upstream_url")
@@ -919,7 +1006,8 @@ async fn run_replica(
             }
         }
     }
-    cmd.env("fprocess", spec.env_process.clone().unwrap_or_default())
+    let fprocess = crate::openwhisk::process_command(spec, &sh.state).unwrap_or_default();
+    cmd.env("fprocess", fprocess)
         .env("port", r.port.to_string())
         .env("bind_address", "127.0.0.1")
         .env(SECRETS_DIR_ENV, &launch.secrets_dir)
@@ -950,7 +1038,15 @@ async fn run_replica(
         func.wake.notify_one();
         return;
     }
-    let mut child = match cmd.spawn() {
+    let adopted = match launch.stem.take() {
+        Some(cell) => adopt(cell, &launch.spec, &launch.secrets_dir, &r.id).await,
+        None => None,
+    };
+    let spawned = match adopted {
+        Some(c) => Ok(c),
+        None => cmd.spawn(),
+    };
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let mut none = None;
@@ -986,6 +1082,7 @@ async fn run_replica(
         ok = probe => {
             if ok {
                 r.ready.store(true, Ordering::SeqCst);
+                func.instances.set_ready(r.key, true);
                 func.notify.notify_waiters();
                 // The reconciler may start the next replicas.
                 func.wake.notify_one();
@@ -1032,10 +1129,210 @@ async fn run_replica(
     }
     // Nothing of the replica's process group survives it.
     sys::kill_group(pid, sys::SIGKILL);
+    func.instances.remove(r.key);
     r.exited.store(true, Ordering::SeqCst);
     r.done.send_replace(true);
     func.wake.notify_one();
     func.notify.notify_waiters();
+}
+
+// ---------------------------------------------------------------------------------------
+// Stem cells
+
+/// The watchdog variables a stem cell cannot take after it started: an action setting one
+/// starts cold.
+const WATCHDOG_VARS: &[&str] = &[
+    "fprocess",
+    "function_process",
+    "upstream_url",
+    "port",
+    "bind_address",
+    "read_timeout",
+    "write_timeout",
+    "exec_timeout",
+    "max_inflight",
+    "healthcheck_interval",
+    "prefix_logs",
+    "combine_output",
+    "content_type",
+    "static_path",
+    "log_requests",
+    "watchdog_threads",
+    "ow_stem",
+];
+
+/// The stem cells of one kind.
+#[derive(Default)]
+struct StemPool {
+    want: usize,
+    ready: VecDeque<StemCell>,
+    starting: usize,
+}
+
+/// A watchdog whose runtime is started but not initialised; killed when dropped unless its
+/// process was adopted.
+struct StemCell {
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl StemCell {
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for StemCell {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            kill_tree(pid);
+        }
+    }
+}
+
+/// The kind whose stem cell a replica of `spec` may take.
+fn stem_kind(spec: &FunctionSpec) -> Option<&'static str> {
+    if spec.env_process.as_deref().is_some_and(|p| !p.trim().is_empty()) {
+        return None;
+    }
+    let kind = faas_core::runtimes::kind_of(spec).ok()??;
+    kind.process?;
+    if spec.env_vars.keys().any(|k| WATCHDOG_VARS.contains(&k.as_str())) {
+        return None;
+    }
+    Some(kind.kind)
+}
+
+impl Shared {
+    /// A live stem cell of `kind`, if there is one (the keeper is told to refill).
+    fn take_stem(&self, kind: &str) -> Option<StemCell> {
+        let cell = {
+            let mut pools = lock(&self.stems);
+            let pool = pools.get_mut(kind)?;
+            let mut found = None;
+            while let Some(mut c) = pool.ready.pop_front() {
+                if c.alive() {
+                    found = Some(c);
+                    break;
+                }
+            }
+            found
+        };
+        self.stem_wake.notify_one();
+        cell
+    }
+
+    /// Starts a stem cell of `kind` and waits until its watchdog is healthy (its runtime
+    /// listens).
+    async fn spawn_stem(&self, kind: &str) -> Result<StemCell> {
+        let spec = FunctionSpec::new("stem-cell", "")
+            .env("mode", faas_core::runtimes::OPENWHISK_MODE)
+            .env(faas_core::runtimes::KIND_VAR, kind);
+        let fprocess = crate::openwhisk::process_command(&spec, &self.state)?;
+        let port = free_port()?;
+        let upstream = free_port()?;
+        let mut cmd = tokio::process::Command::new(&self.cfg.watchdog[0]);
+        cmd.args(&self.cfg.watchdog[1..]).env_clear();
+        for k in INHERITED_ENV {
+            if let Some(v) = std::env::var_os(k) {
+                cmd.env(k, v);
+            }
+        }
+        cmd.env("prefix_logs", "false")
+            .env("healthcheck_interval", "0s")
+            .env("log_requests", "true")
+            .env("exec_timeout", "0s")
+            .env("write_timeout", "0s")
+            .env("mode", faas_core::runtimes::OPENWHISK_MODE)
+            .env("ow_stem", "true")
+            .env("fprocess", fprocess)
+            .env("port", port.to_string())
+            .env("bind_address", "127.0.0.1")
+            .env("upstream_url", format!("http://127.0.0.1:{upstream}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0);
+        sys::die_with_parent(&mut cmd, sys::SIGKILL);
+        let child = cmd.spawn().map_err(|e| io_err("starting a stem cell", e))?;
+        let cell = StemCell { port, child: Some(child) };
+        let base = format!("http://127.0.0.1:{port}");
+        let healthy = faas_core::invoker::poll_with_backoff(self.cfg.start_timeout, || async {
+            Ok(self.client.healthy(&base, Duration::from_secs(2)).await)
+        })
+        .await
+        .unwrap_or(false);
+        if !healthy {
+            return Err(Error::unavailable(format!("the {kind} stem cell did not become healthy")));
+        }
+        Ok(cell)
+    }
+}
+
+/// Keeps every kind's stem cells at their count, until the backend is dropped.
+async fn stem_keeper(shared: Weak<Shared>, wake: Arc<Notify>) {
+    loop {
+        {
+            let Some(sh) = shared.upgrade() else { return };
+            let mut pools = lock(&sh.stems);
+            for (kind, pool) in pools.iter_mut() {
+                pool.ready.retain_mut(StemCell::alive);
+                while pool.ready.len() + pool.starting < pool.want {
+                    pool.starting += 1;
+                    tokio::spawn(start_stem(Arc::downgrade(&sh), kind.clone()));
+                }
+            }
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn start_stem(shared: Weak<Shared>, kind: String) {
+    let Some(sh) = shared.upgrade() else { return };
+    let cell = sh.spawn_stem(&kind).await;
+    if cell.is_err() {
+        // Not at once again: a kind whose runtime cannot start would spin.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if let Some(pool) = lock(&sh.stems).get_mut(&kind) {
+        pool.starting = pool.starting.saturating_sub(1);
+        if let Ok(c) = cell {
+            pool.ready.push_back(c);
+        }
+    }
+    sh.stem_wake.notify_one();
+}
+
+/// Makes `cell` an instance of `spec` ([`crate::openwhisk::SPECIALISE_PATH`]): its watchdog
+/// process, or `None` (the cell killed) when the specialisation was not taken.
+async fn adopt(
+    mut cell: StemCell,
+    spec: &FunctionSpec,
+    secrets_dir: &Path,
+    instance: &str,
+) -> Option<tokio::process::Child> {
+    let fref = spec.function_ref();
+    let extra = [
+        (SECRETS_DIR_ENV, secrets_dir.display().to_string()),
+        ("OPENFAAS_FUNCTION_NAME", fref.name.clone()),
+        ("OPENFAAS_NAMESPACE", fref.namespace.clone()),
+        ("OPENFAAS_INSTANCE", instance.to_string()),
+    ];
+    let body = serde_json::to_vec(&crate::openwhisk::specialisation(spec, &extra).ok()?).ok()?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], cell.port));
+    let path = crate::openwhisk::SPECIALISE_PATH;
+    match crate::openwhisk::post(addr, path, body, 64 * 1024).await {
+        // 502/504: the action's init failed; the instance reports it to its first activation.
+        Ok((status, _)) if matches!(status.as_u16(), 200 | 502 | 504) => cell.child.take(),
+        _ => None,
+    }
 }
 
 /// Reconciles a function every 200 ms and whenever woken, until it is removed.
@@ -1060,69 +1357,6 @@ async fn reconciler(shared: Weak<Shared>, f: Weak<Func>) {
 // ---------------------------------------------------------------------------------------
 // Invocation
 
-/// An invocation's place in a function's line of waiters; leaves the line when dropped
-/// (served, timed out or cancelled), waking the next in line.
-struct Ticket {
-    func: Arc<Func>,
-    id: u64,
-    done: bool,
-}
-
-impl Ticket {
-    /// Leaves the line, served (caller holds the state lock). The waiters are woken so the
-    /// next in line may take a replica that is still free.
-    fn served(mut self, st: &mut FState) {
-        self.done = true;
-        leave_line(st, self.id);
-        if !st.waiters.is_empty() {
-            self.func.notify.notify_waiters();
-        }
-    }
-}
-
-fn leave_line(st: &mut FState, id: u64) {
-    if st.waiters.front() == Some(&id) {
-        st.waiters.pop_front();
-    } else if let Some(i) = st.waiters.iter().position(|t| *t == id) {
-        st.waiters.remove(i);
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let was_first = {
-            let mut st = lock(&self.func.state);
-            let first = st.waiters.front() == Some(&self.id);
-            leave_line(&mut st, self.id);
-            first && !st.waiters.is_empty()
-        };
-        if was_first {
-            self.func.notify.notify_waiters();
-        }
-    }
-}
-
-/// Holds a replica slot until the function has answered.
-struct Lease {
-    func: Arc<Func>,
-    replica: Arc<Replica>,
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.replica.in_flight.fetch_sub(1, Ordering::SeqCst);
-        {
-            let mut st = lock(&self.func.state);
-            st.in_flight = st.in_flight.saturating_sub(1);
-            st.last_activity = Instant::now();
-        }
-        self.func.notify.notify_waiters();
-    }
-}
-
 impl ProcessInvoker {
     /// A builder.
     pub fn builder() -> ProcessInvokerBuilder {
@@ -1137,6 +1371,16 @@ impl ProcessInvoker {
     /// The local node replicas are placed on.
     pub fn node(&self) -> &Node {
         &self.inner.node
+    }
+
+    /// The watchdog process ids of the ready stem cells of `kind` (see
+    /// [`ProcessInvokerBuilder::stem_cells`]).
+    pub fn stem_cell_pids(&self, kind: &str) -> Vec<u32> {
+        let pools = lock(&self.inner.stems);
+        pools
+            .get(kind)
+            .map(|p| p.ready.iter().filter_map(StemCell::pid).collect())
+            .unwrap_or_default()
     }
 
     /// The process ids of a function's running watchdog processes (each leads a process
@@ -1157,31 +1401,14 @@ impl ProcessInvoker {
 
     /// A function's instances as the router sees them.
     pub fn instances(&self, function: &FunctionRef) -> Result<Vec<InstanceView>> {
-        let f = self.inner.function(function)?;
-        let st = lock(&f.state);
-        Ok(views(&self.inner, &st))
+        Ok(self.inner.function(function)?.instances.views())
     }
-}
-
-fn views(shared: &Shared, st: &FState) -> Vec<InstanceView> {
-    st.replicas
-        .iter()
-        .map(|r| InstanceView {
-            id: r.id.to_string(),
-            node: Some(shared.node.id.clone()),
-            in_flight: r.in_flight.load(Ordering::SeqCst),
-            max_concurrency: r.max_concurrency,
-            ready: r.ready.load(Ordering::SeqCst)
-                && !r.stopping.load(Ordering::SeqCst)
-                && !r.exited.load(Ordering::SeqCst),
-        })
-        .collect()
 }
 
 fn status_of(f: &Func) -> FunctionStatus {
     let st = lock(&f.state);
     let mut s = FunctionStatus::from_spec(&st.spec);
-    s.invocation_count = st.invocation_count;
+    s.invocation_count = f.instances.served();
     s.replicas = u64::from(st.desired);
     s.available_replicas = st
         .replicas
@@ -1204,79 +1431,24 @@ impl Invoke for ProcessInvoker {
         let arrived = Instant::now();
         let budget = faas_core::invocation::WaitBudget::of(&invocation.request);
         let queue_timeout = budget.map_or(sh.cfg.queue_timeout, |b| b.min(sh.cfg.queue_timeout));
-        let mut cold = false;
-        // This invocation's place in line once it has had to wait.
-        let mut ticket: Option<Ticket> = None;
-        let (replica, timeout) = loop {
-            let notified = func.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let starting = {
-                let mut st = lock(&func.state);
-                if st.removed {
-                    return Err(Error::function_not_found(func.fref.to_string()));
-                }
-                st.last_activity = Instant::now();
-                let vs = views(sh, &st);
-                // First come, first served: a newcomer goes behind anyone waiting.
-                let my_turn = match &ticket {
-                    None => st.waiters.is_empty(),
-                    Some(t) => st.waiters.front() == Some(&t.id),
-                };
-                let routed = if my_turn { st.scheduler.route(&func.fref, &vs) } else { None };
-                if let Some(r) = routed.and_then(|i| st.replicas.get(i).cloned()) {
-                    r.in_flight.fetch_add(1, Ordering::SeqCst);
-                    st.in_flight += 1;
-                    st.invocation_count += 1;
-                    if let Some(t) = ticket.take() {
-                        t.served(&mut st);
-                    }
-                    break (r, st.spec.timeout);
-                }
-                if ticket.is_none() {
-                    if st.waiters.len() >= sh.cfg.queue_limit {
-                        return Err(Error::Overloaded {
-                            message: format!(
-                                "{} invocations of {} are waiting for a replica already",
-                                st.waiters.len(),
-                                func.fref
-                            ),
-                            retry_after: Some(Duration::from_secs(1)),
-                        });
-                    }
-                    let id = st.next_ticket;
-                    st.next_ticket += 1;
-                    st.waiters.push_back(id);
-                    ticket = Some(Ticket { func: func.clone(), id, done: false });
-                }
-                if st.desired == 0 {
-                    // Scale from zero.
-                    st.desired = st.policy.min.max(1).min(st.policy.max);
-                    st.next_start = Instant::now();
-                    cold = true;
-                    func.wake.notify_one();
-                }
-                let any_ready = vs.iter().any(|v| v.ready);
-                cold |= !any_ready;
-                !any_ready
-            };
-            let bound = if starting { sh.cfg.start_timeout } else { queue_timeout };
-            if tokio::time::timeout_at(arrived + bound, notified).await.is_err() {
-                let after = faas_core::util::format_duration(bound);
-                return Err(if starting {
-                    Error::unavailable(format!(
-                        "no instance of {} became ready in {after}",
-                        func.fref
-                    ))
-                } else {
-                    Error::Overloaded {
-                        message: format!("every instance of {} stayed busy for {after}", func.fref),
-                        retry_after: Some(Duration::from_secs(1)),
-                    }
-                });
+        let (scheduler, timeout) = {
+            let st = lock(&func.state);
+            if st.removed {
+                return Err(Error::function_not_found(func.fref.to_string()));
             }
+            (st.scheduler.clone(), st.spec.timeout)
         };
-        let lease = Lease { func: func.clone(), replica: replica.clone() };
+        let limits = AcquireLimits {
+            queue_limit: sh.cfg.queue_limit,
+            busy_timeout: queue_timeout,
+            start_timeout: sh.cfg.start_timeout,
+        };
+        let lease = func
+            .instances
+            .acquire(&*scheduler, &limits, arrived, |_| func.scale_from_zero())
+            .await?;
+        let cold = lease.cold();
+        let replica = lease.handle().clone();
         let wait_time = arrived.elapsed();
         let target = Target {
             base: &replica.base,
@@ -1341,6 +1513,7 @@ impl Deploy for ProcessInvoker {
                 dir: log_dir,
             }),
             notify: Notify::new(),
+            instances: Arc::new(InstanceSet::new(fref.clone())),
             wake: Notify::new(),
             state: Mutex::new(FState {
                 spec,
@@ -1349,15 +1522,10 @@ impl Deploy for ProcessInvoker {
                 generation: 1,
                 desired,
                 replicas: Vec::new(),
-                invocation_count: 0,
-                last_activity: Instant::now(),
-                in_flight: 0,
                 removed: false,
                 failures: 0,
                 next_start: Instant::now(),
                 node_full_logged: false,
-                waiters: VecDeque::new(),
-                next_ticket: 0,
             }),
         });
         {
@@ -1387,10 +1555,10 @@ impl Deploy for ProcessInvoker {
             st.policy = policy;
             st.scheduler = scheduler;
             st.generation += 1;
-            st.last_activity = Instant::now();
             st.failures = 0;
             st.next_start = Instant::now();
         }
+        func.instances.touch();
         func.wake.notify_one();
         Ok(())
     }
@@ -1409,6 +1577,8 @@ impl Deploy for ProcessInvoker {
             st.desired = 0;
             std::mem::take(&mut st.replicas)
         };
+        func.instances.close();
+        func.instances.clear();
         for r in &replicas {
             r.request_stop();
         }
@@ -1447,9 +1617,9 @@ impl Deploy for ProcessInvoker {
         {
             let mut st = lock(&func.state);
             st.desired = replicas.min(st.policy.max);
-            st.last_activity = Instant::now();
             st.next_start = Instant::now();
         }
+        func.instances.touch();
         // The reconciler starts or stops replicas, off the request path.
         func.wake.notify_one();
         Ok(())

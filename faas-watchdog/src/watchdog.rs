@@ -16,6 +16,10 @@
 //!   variable `port` set to the upstream port. If it dies it is restarted (with backoff),
 //!   and requests wait (within their timeout) until it is back.
 //! - `static`: serve the files under `static_path` (default `/home/app/public`).
+//! - `openwhisk`: start `fprocess` once as an OpenWhisk action runtime serving `/init` and
+//!   `/run` at `upstream_url` (default `http://127.0.0.1:8081`), initialise it once, and run
+//!   an activation per request: see [`crate::openwhisk`] for the protocol, the parameters, the
+//!   errors, the logs and the `ow_*` variables.
 //!
 //! In the fork modes the process receives every request header as an environment variable
 //! `Http_<Header_Name>` (`X-Test-A` becomes `Http_X_Test_A`) plus `Http_Method`, `Http_Path`,
@@ -27,7 +31,7 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `fprocess` / `function_process` | (required but in `static`) | the command |
-//! | `mode` | `streaming` | `streaming`, `serializing`, `http`, `static` |
+//! | `mode` | `streaming` | `streaming`, `serializing`, `http`, `static`, `openwhisk` |
 //! | `upstream_url` | (required in `http`) | where the process serves, e.g. `http://127.0.0.1:8081` |
 //! | `port` | `8080` | the port the watchdog listens on |
 //! | `bind_address` | `0.0.0.0` | (ours) the address it listens on |
@@ -107,6 +111,9 @@ pub enum Mode {
     Http,
     /// Serve static files.
     Static,
+    /// Run an OpenWhisk action runtime (`/init` once, `/run` per request): see
+    /// [`crate::openwhisk`].
+    OpenWhisk,
 }
 
 impl Mode {
@@ -117,9 +124,10 @@ impl Mode {
             "serializing" | "serialize" | "afterburn" => Ok(Mode::Serializing),
             "http" => Ok(Mode::Http),
             "static" => Ok(Mode::Static),
-            other => {
-                Err(format!("{other:?} is not a mode; use streaming, serializing, http or static"))
-            }
+            "openwhisk" => Ok(Mode::OpenWhisk),
+            other => Err(format!(
+                "{other:?} is not a mode; use streaming, serializing, http, static or openwhisk"
+            )),
         }
     }
 
@@ -130,6 +138,7 @@ impl Mode {
             Mode::Serializing => "serializing",
             Mode::Http => "http",
             Mode::Static => "static",
+            Mode::OpenWhisk => "openwhisk",
         }
     }
 }
@@ -173,6 +182,8 @@ pub struct Config {
     /// connection), so a request never wakes another thread. Connections handed to the
     /// first "thread" run on the runtime that called [`serve`].
     pub threads: usize,
+    /// The `ow_*` settings of `openwhisk` mode (set in that mode only).
+    pub openwhisk: Option<crate::openwhisk::OwConfig>,
 }
 
 impl Default for Config {
@@ -194,11 +205,12 @@ impl Default for Config {
             static_path: PathBuf::from("/home/app/public"),
             log_requests: false,
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            openwhisk: None,
         }
     }
 }
 
-fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
+pub(crate) fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
     match v.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" | "" => Ok(false),
@@ -325,6 +337,13 @@ impl Config {
         if c.mode == Mode::Http && c.upstream_url.is_none() {
             return Err(Error::invalid("upstream_url", "is required in http mode"));
         }
+        if c.mode == Mode::OpenWhisk {
+            if c.upstream_url.is_none() {
+                c.upstream_url =
+                    Some(http::Uri::from_static(crate::openwhisk::DEFAULT_RUNTIME_URL));
+            }
+            c.openwhisk = Some(crate::openwhisk::OwConfig::from_vars(get)?);
+        }
         if let Some(p) = get("port") {
             c.port = p
                 .trim()
@@ -397,17 +416,23 @@ impl Config {
 // ---------------------------------------------------------------------------------------
 // Logging
 
-fn now_stamp() -> String {
+pub(crate) fn now_stamp() -> String {
     faas_core::spec::rfc3339::format(std::time::SystemTime::now())
 }
 
 /// One line of the watchdog's own log (stderr).
-fn log(msg: impl std::fmt::Display) {
+pub(crate) fn log(msg: impl std::fmt::Display) {
     let _ = writeln!(std::io::stderr().lock(), "{} watchdog: {msg}", now_stamp());
 }
 
 /// Copies a child's output to ours line by line (prefixed when `prefix_logs`).
-async fn pump_lines<R: AsyncRead + Unpin>(mut r: R, stream: &'static str, prefix: bool) {
+async fn pump_lines<R: AsyncRead + Unpin>(r: R, stream: &'static str, prefix: bool) {
+    for_each_line(r, |line| emit_line(stream, prefix, line)).await
+}
+
+/// Calls `f` with each line `r` gives (without its `\n`; a line over 64 KiB in parts), until
+/// the end or an error.
+pub(crate) async fn for_each_line<R: AsyncRead + Unpin>(mut r: R, mut f: impl FnMut(&[u8])) {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         match r.read_buf(&mut buf).await {
@@ -415,21 +440,21 @@ async fn pump_lines<R: AsyncRead + Unpin>(mut r: R, stream: &'static str, prefix
             Ok(_) => {
                 while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                     let line = buf.split_to(pos + 1);
-                    emit_line(stream, prefix, &line[..pos]);
+                    f(&line[..pos]);
                 }
                 if buf.len() > 64 * 1024 {
                     let line = buf.split();
-                    emit_line(stream, prefix, &line);
+                    f(&line);
                 }
             }
         }
     }
     if !buf.is_empty() {
-        emit_line(stream, prefix, &buf);
+        f(&buf);
     }
 }
 
-fn emit_line(stream: &'static str, prefix: bool, line: &[u8]) {
+pub(crate) fn emit_line(stream: &'static str, prefix: bool, line: &[u8]) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let text = String::from_utf8_lossy(line);
     if stream == "stdout" {
@@ -463,9 +488,14 @@ struct Shared {
     draining: AtomicBool,
     upstream: Option<Upstream>,
     groups: Groups,
+    openwhisk: Option<Arc<crate::openwhisk::OwRuntime>>,
 }
 
-fn text(status: StatusCode, reason: &'static str, msg: impl Into<String>) -> Response<Body> {
+pub(crate) fn text(
+    status: StatusCode,
+    reason: &'static str,
+    msg: impl Into<String>,
+) -> Response<Body> {
     let mut msg = msg.into();
     if !msg.ends_with('\n') {
         msg.push('\n');
@@ -526,6 +556,22 @@ where
         }
         _ => None,
     };
+    let openwhisk = match (&config.openwhisk, &config.upstream_url) {
+        (Some(ow), Some(u)) if config.mode == Mode::OpenWhisk => {
+            let up = Upstream::new(u).await?;
+            Some(Arc::new(crate::openwhisk::OwRuntime::new(
+                ow.clone(),
+                program.clone(),
+                args.clone(),
+                up.addr,
+                up.prefix,
+                config.exec_timeout,
+                config.read_timeout,
+                config.prefix_logs,
+            )))
+        }
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         cfg: config,
         program,
@@ -535,8 +581,13 @@ where
         draining: AtomicBool::new(false),
         upstream,
         groups: Groups::default(),
+        openwhisk,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
+    let ow_supervisor = shared
+        .openwhisk
+        .clone()
+        .map(|rt| tokio::spawn(crate::openwhisk::supervise(rt, stop_rx.clone())));
     let supervisor = shared.upstream.is_some().then(|| {
         let s = shared.clone();
         tokio::spawn(async move { supervise_upstream(s, stop_rx).await })
@@ -620,6 +671,9 @@ where
     }
     let _ = stop_tx.send(true);
     if let Some(h) = supervisor {
+        let _ = h.await;
+    }
+    if let Some(h) = ow_supervisor {
         let _ = h.await;
     }
     log("stopped");
@@ -710,6 +764,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, slot: &ConnSlot) ->
     match req.uri().path() {
         "/_/health" => return health(&shared, false),
         "/_/ready" => return health(&shared, true),
+        crate::openwhisk::SPECIALISE_PATH => {
+            if let Some(rt) = &shared.openwhisk {
+                return crate::openwhisk::specialise(rt, req).await;
+            }
+        }
         _ => {}
     }
     let n = shared.inflight.fetch_add(1, Ordering::AcqRel) + 1;
@@ -729,6 +788,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, slot: &ConnSlot) ->
         Mode::Serializing => fork(&shared, req, false).await,
         Mode::Http => proxy(&shared, req, slot).await,
         Mode::Static => serve_static(&shared, req).await,
+        Mode::OpenWhisk => match &shared.openwhisk {
+            Some(rt) => crate::openwhisk::handle(rt, req).await,
+            None => text(StatusCode::INTERNAL_SERVER_ERROR, "upstream", "no action runtime"),
+        },
     };
     if let Some((m, u, t0)) = log_req {
         // OpenFaaS's of-watchdog line: `POST /path - 200 OK - ContentLength: 5B (0.0012s)`.
@@ -754,6 +817,11 @@ fn health(shared: &Shared, ready: bool) -> Response<Body> {
     if let Some(up) = &shared.upstream {
         if !*up.ready.borrow() {
             return text(StatusCode::SERVICE_UNAVAILABLE, "upstream", "upstream not ready");
+        }
+    }
+    if let Some(rt) = &shared.openwhisk {
+        if !rt.started() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "upstream", "the action is starting");
         }
     }
     let max = shared.cfg.max_inflight;
@@ -860,7 +928,7 @@ impl Drop for GroupKill {
     }
 }
 
-fn exit_message(status: &ExitStatus) -> String {
+pub(crate) fn exit_message(status: &ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(c), _) => format!("exit code {c}"),
@@ -1283,7 +1351,7 @@ impl Upstream {
     }
 }
 
-async fn stop_child(child: &mut tokio::process::Child, pgid: Option<u32>) {
+pub(crate) async fn stop_child(child: &mut tokio::process::Child, pgid: Option<u32>) {
     if let Some(p) = pgid {
         sys::kill_group(p, sys::SIGTERM);
     }

@@ -6,19 +6,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{process_gone, temp_dir, wait_gone, FIXTURE, WATCHDOG};
+use common::{eventually, process_gone, temp_dir, wait_gone, FIXTURE, WATCHDOG};
 use faas_core::prelude::*;
 use faas_core::spec::labels;
 use faas_core::{Error, FunctionRef, FunctionSpec, Invocation, InvokeExt, Secret};
 use faas_watchdog::process::ProcessInvoker;
 
 fn invoker(tag: &str) -> ProcessInvoker {
-    ProcessInvoker::builder()
-        .watchdog_command(WATCHDOG, Vec::<String>::new())
-        .state_dir(temp_dir(tag))
-        .stop_grace(Duration::from_secs(2))
-        .build()
-        .unwrap()
+    common::invoker_builder(tag).build().unwrap()
 }
 
 async fn wait_available(inv: &ProcessInvoker, f: &FunctionRef, n: u64) {
@@ -429,24 +424,6 @@ async fn a_bad_scheduler_label_is_rejected_before_anything_starts() {
     assert_eq!(inv.call("cat", "still here").await.unwrap(), "still here");
     assert_eq!(inv.instance_pids(&cat).unwrap(), pids);
     inv.remove(&cat).await.unwrap();
-}
-
-/// Polls `f` every 20 ms until it gives `Some`, failing after `bound`.
-async fn eventually<T, F, Fut>(bound: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    tokio::time::timeout(bound, async {
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out after {bound:?} waiting for {what}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

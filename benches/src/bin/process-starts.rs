@@ -21,19 +21,6 @@ use faas_http::{Gateway, GatewayConfig};
 use faas_watchdog::process::ProcessInvoker;
 use http::Method;
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i.min(v.len() - 1)]
-}
-
-fn watchdog() -> PathBuf {
-    std::env::var_os("FAAS_WATCHDOG_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        let exe = std::env::current_exe().expect("current exe");
-        exe.parent().expect("exe dir").join("faas-watchdog")
-    })
-}
-
 async fn call(client: &GatewayClient) -> f64 {
     let t0 = Instant::now();
     let r = client
@@ -78,7 +65,7 @@ async fn bare_start(bin: &PathBuf) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20);
-    let bin = watchdog();
+    let bin = faas_benches::watchdog_bin();
     assert!(bin.exists(), "no watchdog at {}: build it first (see the usage)", bin.display());
     let state = std::env::temp_dir().join(format!("faas-process-starts-{}", std::process::id()));
     let backend = Arc::new(
@@ -122,6 +109,11 @@ async fn main() {
         ("warm call, through the gateway", &mut warm),
         ("baseline: spawn the watchdog by hand until /_/health answers", &mut bare),
     ] {
-        println!("| {what} | {} | {:.1} | {:.1} |", v.len(), pct(v, 0.5), pct(v, 0.99));
+        println!(
+            "| {what} | {} | {:.1} | {:.1} |",
+            v.len(),
+            faas_benches::pct(v, 0.5),
+            faas_benches::pct(v, 0.99)
+        );
     }
 }

@@ -211,3 +211,30 @@ pub async fn try_post(url: &str, body: impl Into<Bytes>) -> Result<Reply, String
     };
     tokio::time::timeout(Duration::from_secs(60), fut).await.expect("request timed out")
 }
+
+/// Polls `f` every 20 ms until it gives `Some`, failing after `bound`.
+pub async fn eventually<T, F, Fut>(bound: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    tokio::time::timeout(bound, async {
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out after {bound:?} waiting for {what}"))
+}
+
+/// A process backend running this crate's watchdog, its state in a fresh directory named
+/// after `tag`, stopping replicas within 2 s.
+pub fn invoker_builder(tag: &str) -> faas_watchdog::process::ProcessInvokerBuilder {
+    faas_watchdog::process::ProcessInvoker::builder()
+        .watchdog_command(WATCHDOG, Vec::<String>::new())
+        .state_dir(temp_dir(tag))
+        .stop_grace(Duration::from_secs(2))
+}
