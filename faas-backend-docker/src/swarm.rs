@@ -43,8 +43,10 @@
 //!   task, and the engine reports it in the task's status. A task on the manager's own node is
 //!   called at `127.0.0.1:<port>`, one on another node at that node's address. The routing
 //!   mesh (ingress) would balance over tasks itself, hiding which task serves a call; with a
-//!   port per task the backend's [`faas_core::Scheduler`] picks the task, counts invocations
-//!   in flight per task (so `max_concurrency` holds) and forwards through the shared
+//!   port per task the ready tasks are reconciled into the shared instance runtime
+//!   ([`faas_core::instance::InstanceSet`]), which routes with the backend's
+//!   [`faas_core::Scheduler`], counts invocations in flight per task (so `max_concurrency`
+//!   holds) and queues callers while none can serve; calls go through the shared
 //!   [`faas_core::instance::InstanceClient`]. Host-mode ports are bound on every interface of
 //!   the node (swarm has no host IP option); block them at the node's firewall if the node is
 //!   reachable from outside.
@@ -82,7 +84,9 @@ use bollard::query_parameters::{
     ListServicesOptions, ListTasksOptions, LogsOptions, UpdateServiceOptions,
 };
 use bollard::Docker;
-use faas_core::instance::{CallTimeout, InstanceClient, Target};
+use faas_core::instance::{
+    AcquireLimits, CallTimeout, InstanceClient, InstanceLease, InstanceSet, Shortage, Target,
+};
 use faas_core::prelude::*;
 use faas_core::scheduler::Schedulers;
 use faas_core::util::lock;
@@ -317,17 +321,19 @@ struct SwarmFunction {
     service_name: String,
     deployed: Mutex<Arc<Deployed>>,
     desired: AtomicU32,
+    /// The ready tasks, routed, counted in flight and waited for by the shared instance
+    /// runtime.
+    tasks: Arc<InstanceSet<Arc<TaskInstance>>>,
     view: Mutex<View>,
+    /// Woken after every refresh of the function's view.
     changed: tokio::sync::Notify,
     invocations: AtomicU64,
     created_at: SystemTime,
-    removed: AtomicBool,
 }
 
 /// The tasks as the last refresh saw them.
 #[derive(Default)]
 struct View {
-    ready: Vec<Arc<TaskInstance>>,
     /// Why a task cannot be placed or started, when none is ready.
     pending: Option<String>,
     /// Why the function failed: its tasks were rejected [`MAX_REJECTED`] times (an image no
@@ -339,26 +345,14 @@ struct View {
 /// How many tasks of one spec the engine may reject before the function is failed.
 const MAX_REJECTED: usize = 3;
 
-/// A running, healthy task.
+/// A running task that answered its health check: the handle the instance set keeps.
 struct TaskInstance {
     id: String,
+    /// `<service>.<slot>.<task id>`, the container's name: the instance id.
     name: String,
+    node: String,
     container: String,
     base: String,
-    in_flight: AtomicU32,
-}
-
-/// One invocation in flight on a task until dropped.
-struct InFlight {
-    task: Arc<TaskInstance>,
-    function: Arc<SwarmFunction>,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.task.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.function.changed.notify_waiters();
-    }
 }
 
 /// The default caps of the swarm's ready nodes together.
@@ -547,7 +541,7 @@ impl SwarmInner {
             matches!(t.desired_state, Some(TaskState::RUNNING) | Some(TaskState::READY))
         };
         let known: HashMap<String, Arc<TaskInstance>> =
-            lock(&f.view).ready.iter().map(|t| (t.id.clone(), Arc::clone(t))).collect();
+            f.tasks.handles().into_iter().map(|(_, t)| (t.id.clone(), t)).collect();
         let mut ready = Vec::new();
         let mut probes = Vec::new();
         let mut pending = None;
@@ -591,12 +585,12 @@ impl SwarmInner {
                 probes.push(TaskInstance {
                     name: format!("{}.{slot}.{id}", f.service_name),
                     id,
+                    node: t.node_id.clone().unwrap_or_default(),
                     container: status
                         .and_then(|s| s.container_status.as_ref())
                         .and_then(|c| c.container_id.clone())
                         .unwrap_or_default(),
                     base: format!("http://{host}:{port}"),
-                    in_flight: AtomicU32::new(0),
                 });
             } else if let Some(err) = status.and_then(|s| s.err.clone()).filter(|e| !e.is_empty()) {
                 // Pending with a reason (no suitable node), or rejected at start (no image).
@@ -619,13 +613,22 @@ impl SwarmInner {
         }))
         .await;
         ready.extend(checked.into_iter().flatten().map(Arc::new));
-        ready.sort_by(|a, b| a.name.cmp(&b.name));
         let fail = (ready.is_empty() && rejected.len() >= MAX_REJECTED)
             .then(|| rejected.last().map(|r| r.to_string()))
             .flatten();
+        let max_concurrency = f.deployed().spec.max_concurrency;
+        f.tasks.reconcile(ready.into_iter().map(|t| {
+            let view = InstanceView {
+                id: t.name.clone(),
+                node: Some(t.node.clone()),
+                in_flight: 0,
+                max_concurrency,
+                ready: true,
+            };
+            (view, t)
+        }));
         let newly_failed = {
             let mut v = lock(&f.view);
-            v.ready = ready;
             v.pending = pending;
             let newly = fail.is_some() && v.failed.is_none();
             if fail.is_some() {
@@ -899,72 +902,69 @@ impl SwarmInner {
         .await
     }
 
-    /// Waits for a ready task with capacity, scaling from zero when there is none; fails at
-    /// once when the engine says why no task can be placed or started.
+    /// Why the function has no task and will not get one by waiting: failed, or pending
+    /// with the engine's reason.
+    fn stuck(f: &SwarmFunction) -> Option<Error> {
+        if f.tasks.ready() > 0 {
+            return None;
+        }
+        let v = lock(&f.view);
+        let reason = v.failed.clone().or_else(|| v.pending.clone())?;
+        Some(Error::unavailable(format!("function {} has no task running: {reason}", f.fref)))
+    }
+
+    /// Waits (in the shared instance runtime's line) for a ready task with capacity, scaling
+    /// from zero when there is none; fails at once, and as soon as the engine says it, when
+    /// no task can be placed or started.
     async fn acquire(
         self: &Arc<Self>,
         f: &Arc<SwarmFunction>,
-        deadline: Instant,
-        busy_deadline: Instant,
-    ) -> Result<(Arc<TaskInstance>, bool)> {
-        let mut waited = false;
-        loop {
-            let notified = f.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if f.removed.load(Ordering::SeqCst) {
-                return Err(Error::function_not_found(f.fref.to_string()));
-            }
-            let deployed = f.deployed();
-            let (ready, pending) = {
-                let v = lock(&f.view);
-                if let Some(t) =
-                    route(&f.fref, &v.ready, &*deployed.scheduler, deployed.spec.max_concurrency)
-                {
-                    return Ok((t, waited));
-                }
-                (v.ready.len(), v.failed.clone().or_else(|| v.pending.clone()))
-            };
-            if ready == 0 {
-                if let Some(reason) = pending {
-                    return Err(Error::unavailable(format!(
-                        "function {} has no task running: {reason}",
-                        f.fref
-                    )));
-                }
-                waited = true;
-                let to = deployed.min.max(1);
-                if f.desired.compare_exchange(0, to, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-                    let (inner, f2) = (Arc::clone(self), Arc::clone(f));
-                    tokio::spawn(async move {
-                        if let Err(e) = inner.set_replicas(&f2, to).await {
-                            tracing::warn!(function = %f2.fref, error = %e, "scale from zero");
-                        }
-                    });
-                }
-                self.kick.notify_one();
-            }
-            let until = if ready > 0 { deadline.min(busy_deadline) } else { deadline };
-            if tokio::time::timeout_at(until.into(), notified).await.is_err() {
-                return Err(if ready > 0 {
-                    Error::Overloaded {
-                        message: format!("every task of {} is at its concurrency limit", f.fref),
-                        retry_after: Some(Duration::from_secs(1)),
+        arrived: Instant,
+        budget: Option<Duration>,
+    ) -> Result<InstanceLease<Arc<TaskInstance>>> {
+        if let Some(e) = Self::stuck(f) {
+            return Err(e);
+        }
+        let deployed = f.deployed();
+        let limits = AcquireLimits {
+            start_timeout: self.start_timeout,
+            busy_timeout: budget.unwrap_or(self.start_timeout),
+            ..AcquireLimits::default()
+        };
+        let scale_from_zero = |_: Shortage| {
+            let to = deployed.min.max(1);
+            if f.desired.compare_exchange(0, to, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                let (inner, f2) = (Arc::clone(self), Arc::clone(f));
+                tokio::spawn(async move {
+                    if let Err(e) = inner.set_replicas(&f2, to).await {
+                        tracing::warn!(function = %f2.fref, error = %e, "scale from zero");
                     }
-                } else {
-                    Error::unavailable(format!(
-                        "no task of {} became ready within {}",
-                        f.fref,
-                        faas_core::util::format_duration(self.start_timeout)
-                    ))
                 });
             }
+            self.kick.notify_one();
+        };
+        let lease = f.tasks.acquire(&*deployed.scheduler, &limits, arrived.into(), scale_from_zero);
+        // The engine may say meanwhile that no task can be placed: stop waiting then.
+        let stuck = async {
+            loop {
+                let changed = f.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if let Some(e) = Self::stuck(f) {
+                    return e;
+                }
+                changed.await;
+            }
+        };
+        tokio::select! {
+            lease = lease => lease,
+            e = stuck => Err(e),
         }
     }
 
     /// Whether a task's container has exited (after a failed call): its container's state
-    /// where the container is local, else the task's. An exited task leaves the view.
-    async fn task_exited(&self, f: &SwarmFunction, t: &TaskInstance) -> bool {
+    /// where the container is local, else the task's.
+    async fn task_exited(&self, t: &TaskInstance) -> bool {
         let exited = match self
             .docker
             .inspect_container(&t.container, None::<InspectContainerOptions>)
@@ -977,7 +977,6 @@ impl SwarmInner {
             },
         };
         if exited {
-            lock(&f.view).ready.retain(|r| r.id != t.id);
             self.kick.notify_one();
         }
         exited
@@ -987,11 +986,10 @@ impl SwarmInner {
         let t0 = Instant::now();
         let f = self.function(&inv.function)?;
         f.invocations.fetch_add(1, Ordering::Relaxed);
-        let deadline = t0 + self.start_timeout;
-        let busy_deadline =
-            faas_core::invocation::WaitBudget::of(&inv.request).map_or(deadline, |b| t0 + b);
-        let (task, waited) = self.acquire(&f, deadline, busy_deadline).await?;
-        let guard = InFlight { task: Arc::clone(&task), function: Arc::clone(&f) };
+        let budget = faas_core::invocation::WaitBudget::of(&inv.request);
+        let mut lease = self.acquire(&f, t0, budget).await?;
+        let task = Arc::clone(lease.handle());
+        let waited = lease.cold();
         let wait_time = t0.elapsed();
         let timeout = f.deployed().spec.timeout.unwrap_or(DEFAULT_TIMEOUT);
         let target = Target {
@@ -1003,12 +1001,17 @@ impl SwarmInner {
         let mut resp = match self.client.forward(inv, &target, ()).await {
             Ok(r) => r,
             Err(e) => {
-                drop(guard);
-                let exited = e.is_transport() && self.task_exited(&f, &task).await;
+                let exited = e.is_transport() && self.task_exited(&task).await;
+                if exited {
+                    // It leaves the set when the lease drops.
+                    lease.crashed();
+                }
+                drop(lease);
                 return Err(e.into_error(exited));
             }
         };
-        drop(guard);
+        // The function has answered: its routing slot is free.
+        drop(lease);
         resp.extensions_mut().insert(InvocationMeta {
             instance: task.name.clone(),
             start: if waited { StartKind::Cold } else { StartKind::Warm },
@@ -1048,31 +1051,6 @@ impl SwarmInner {
     }
 }
 
-/// Routes over `ready` with the scheduler and counts the invocation in flight.
-fn route(
-    f: &FunctionRef,
-    ready: &[Arc<TaskInstance>],
-    scheduler: &dyn Scheduler,
-    max: Option<u32>,
-) -> Option<Arc<TaskInstance>> {
-    if ready.is_empty() {
-        return None;
-    }
-    let views: Vec<InstanceView> = ready
-        .iter()
-        .map(|t| InstanceView {
-            id: t.name.clone(),
-            node: None,
-            in_flight: t.in_flight.load(Ordering::SeqCst),
-            max_concurrency: max,
-            ready: true,
-        })
-        .collect();
-    let t = ready.get(scheduler.route(f, &views)?)?;
-    t.in_flight.fetch_add(1, Ordering::SeqCst);
-    Some(Arc::clone(t))
-}
-
 /// A new version's swarm name of a secret: `faas-rs_<namespace>_<name>_<random>`.
 fn secret_name(namespace: &str, name: &str) -> String {
     let id = faas_core::InvocationId::new();
@@ -1090,6 +1068,7 @@ impl SwarmFunction {
         created_at: SystemTime,
     ) -> Self {
         SwarmFunction {
+            tasks: Arc::new(InstanceSet::new(fref.clone())),
             fref,
             service_id,
             service_name,
@@ -1099,7 +1078,6 @@ impl SwarmFunction {
             changed: tokio::sync::Notify::new(),
             invocations: AtomicU64::new(0),
             created_at,
-            removed: AtomicBool::new(false),
         }
     }
 
@@ -1108,8 +1086,9 @@ impl SwarmFunction {
     }
 
     fn placement(&self) -> Placement {
+        let ready = self.tasks.ready();
         let v = lock(&self.view);
-        match (&v.failed, &v.pending, v.ready.len()) {
+        match (&v.failed, &v.pending, ready) {
             (_, _, n) if n > 0 => Placement::Ready(n),
             (Some(reason), _, _) => Placement::Failed(reason.clone()),
             (None, Some(reason), _) => Placement::Pending(reason.clone()),
@@ -1236,7 +1215,7 @@ impl SwarmInvoker {
         let mut st = FunctionStatus::from_spec(&f.deployed().spec);
         st.invocation_count = f.invocations.load(Ordering::Relaxed);
         st.replicas = u64::from(f.desired.load(Ordering::SeqCst));
-        st.available_replicas = lock(&f.view).ready.len() as u64;
+        st.available_replicas = f.tasks.ready() as u64;
         st.created_at = Some(f.created_at);
         st
     }
@@ -1320,7 +1299,7 @@ impl Deploy for SwarmInvoker {
         let f = lock(&inner.functions)
             .remove(function)
             .ok_or_else(|| Error::function_not_found(function.to_string()))?;
-        f.removed.store(true, Ordering::SeqCst);
+        f.tasks.close();
         f.changed.notify_waiters();
         match inner.docker.delete_service(&f.service_id).await {
             Ok(()) => {}
