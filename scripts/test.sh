@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need on a fresh Debian machine (Docker,
-# Chromium + chromedriver for the portal test, busybox-static for test images, awslambdaric
-# for the Lambda test), starts dockerd,
-# then runs every test of the workspace.
+# Chromium + chromedriver for the portal test, busybox-static for test images, docker-registry
+# for the image-pull tests, awslambdaric for the Lambda test), starts dockerd, then runs every
+# test of the workspace. The Swarm tests initialise a one-node swarm on 127.0.0.1 themselves
+# when the engine is in none, and the last of them leaves it again.
 #
 # Usage: scripts/test.sh [extra nextest/cargo-test args]
 # A test that needs Docker or Chromium fails when that is missing (never skips, CI or not).
@@ -15,6 +16,9 @@ need_pkgs=()
 command -v busybox >/dev/null 2>&1 || [ -x /bin/busybox ] || need_pkgs+=(busybox-static)
 command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_pkgs+=(chromium-driver)
+# The image-pull tests push to and pull from a real registry on loopback (started by the
+# tests themselves on a free port of 127.0.0.1, never as the package's system service).
+[ -x /usr/bin/docker-registry ] || need_pkgs+=(docker-registry)
 # The OpenWhisk runtimes of the process backend (python:3, nodejs:20) run on these.
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
 command -v node >/dev/null 2>&1 || need_pkgs+=(nodejs)

@@ -233,18 +233,10 @@ impl Inner {
         Ok(SpecInfo { spec, hash, template, min_replicas, scheduler })
     }
 
-    /// Fails with `InvalidSpec(image)` when the image is not in the local engine.
+    /// Pulls the image when the engine lacks it; `InvalidSpec(image)` with the registry's
+    /// error when the pull fails.
     pub async fn check_image(&self, image: &str) -> Result<()> {
-        match self.docker.inspect_image(image).await {
-            Ok(_) => Ok(()),
-            Err(e) if status_of(&e) == Some(404) => Err(Error::invalid(
-                "image",
-                format!(
-                    "image {image:?} is not present in the docker engine (images are not pulled)"
-                ),
-            )),
-            Err(e) => Err(map_err("image inspect", e)),
-        }
+        crate::pull::ensure_image(&self.docker, image).await.map(|_| ())
     }
 
     fn container_body(

@@ -27,7 +27,8 @@
 //!
 //! - **Images** follow the OpenFaaS convention: a watchdog listening on port 8080 runs the
 //!   function process (`fprocess`, from the spec's `envProcess` or the image's environment).
-//!   Images are never pulled: they must be present in the engine.
+//!   An image the engine lacks is pulled from its registry at deploy (progress in the log);
+//!   the registry's error fails the deploy naming the image.
 //! - **Replicas** are containers labelled `com.faas-rs.function`, `com.faas-rs.namespace`,
 //!   `com.faas-rs.spec-hash`, `com.faas-rs.role=replica` and OpenFaaS's `faas_function`,
 //!   named `faas-rs.<namespace>.<name>.<suffix>`. Port 8080 is published on 127.0.0.1 only,
@@ -81,9 +82,13 @@
 mod engine;
 mod inner;
 mod logs;
+mod placement;
 mod proxy;
+mod pull;
 mod secrets;
 mod state;
+pub mod swarm;
+pub mod swarm_testing;
 pub mod testing;
 
 use std::collections::BTreeSet;
@@ -603,6 +608,7 @@ impl Deploy for DockerInvoker {
             return Err(Error::AlreadyExists { kind: "function", name: fref.to_string() });
         }
         inner.check_image(&info.spec.image).await?;
+        placement::check_local(&inner.docker, &info.spec).await?;
         let created = SystemTime::now();
         let desired = info.min_replicas;
         let def = inner.create_definition(&info, created).await?;
@@ -644,6 +650,7 @@ impl Deploy for DockerInvoker {
         let info = inner.spec_info(spec, scheduler)?;
         inner.check_engine_limits(&info.template)?;
         inner.check_image(&info.spec.image).await?;
+        placement::check_local(&inner.docker, &info.spec).await?;
         let _g = f.reconcile_lock.lock().await;
         // A new spec is a new chance: the old spec's start failures no longer count.
         f.clear_failure();

@@ -145,7 +145,12 @@ impl RetainedLogs {
 }
 
 /// Splits one chunk of `docker logs --timestamps` output into entries.
-fn entries(function: &str, namespace: &str, instance: &str, chunk: &[u8]) -> Vec<LogEntry> {
+pub(crate) fn entries(
+    function: &str,
+    namespace: &str,
+    instance: &str,
+    chunk: &[u8],
+) -> Vec<LogEntry> {
     String::from_utf8_lossy(chunk)
         .lines()
         .filter(|l| !l.is_empty())

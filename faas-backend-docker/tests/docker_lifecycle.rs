@@ -73,7 +73,8 @@ async fn bad_specs_and_images_are_named() {
     let docker = env.builder().build().await.unwrap();
     let err = docker
         .deploy(
-            faas_core::FunctionSpec::new("nope", "faas-rs/does-not-exist:1")
+            // A registry on loopback where nothing listens: the pull fails at once, offline.
+            faas_core::FunctionSpec::new("nope", "127.0.0.1:9/faas-rs/does-not-exist:1")
                 .namespace(env.ns.clone()),
         )
         .await

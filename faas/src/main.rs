@@ -67,6 +67,9 @@ enum BackendKind {
     Process,
     /// Docker containers.
     Docker,
+    /// Docker Swarm services (the engine must be a swarm manager): placement constraints,
+    /// replicas and rolling updates by the engine.
+    Swarm,
 }
 
 #[derive(Subcommand)]
@@ -1010,6 +1013,14 @@ async fn raw_backend(
             }
             Ok(Arc::new(b.build().await?))
         }
+        BackendKind::Swarm => {
+            eprintln!("Connecting to the Docker Swarm manager...");
+            let mut b = faas_backend_docker::swarm::SwarmInvoker::builder().scheduler(scheduler);
+            if let Some(l) = limits {
+                b = b.replica_limits(l);
+            }
+            Ok(Arc::new(b.build().await?))
+        }
     }
 }
 
@@ -1096,18 +1107,29 @@ async fn up(
             continue;
         }
         let mut ready = false;
+        // A function the backend cannot place now (a swarm constraint no node meets) is
+        // reported and served as pending (its calls answer 503 naming why), not waited for.
+        let mut pending = None;
         while t0.elapsed() < start_timeout && stop_rx.borrow().is_none() {
-            let st = invoker.status(&f).await?;
-            if st.available_replicas > 0 {
-                ready = true;
-                break;
+            match invoker.wait_ready(&f, Duration::from_millis(100)).await {
+                Ok(true) => {
+                    ready = true;
+                    break;
+                }
+                Ok(false) => {}
+                Err(Error::Unavailable { reason }) => {
+                    pending = Some(reason);
+                    break;
+                }
+                Err(e) => return Err(e),
             }
             eprint!(".");
             let _ = std::io::stderr().flush();
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if ready {
             eprintln!(" ready in {} ms", t0.elapsed().as_millis());
+        } else if let Some(reason) = pending {
+            eprintln!(" pending: {reason}");
         } else if stop_rx.borrow().is_some() {
             eprintln!(" stopped before it was ready");
         } else {
