@@ -39,6 +39,7 @@ pub mod sim;
 pub mod spec;
 pub mod state;
 pub mod util;
+pub mod whisk;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -47,7 +48,8 @@ pub use activation::{Activation, ActivationResponse};
 pub use autoscale::{AutoscaleConfig, Autoscaled, Kpa, KpaConfig, Observation};
 pub use body::{Body, BoxError, CallerFault};
 pub use error::{DeveloperErrorKind, Error, Result, StatusCode};
-pub use event::{Delivery, Event, EventSource, Rule, Trigger};
+pub use event::{Delivery, Event, EventSource};
+pub use whisk::{Rule, Trigger};
 pub use function::{boxed, handler_fn, BoxFunction, Function, IntoResponse, Request, Response};
 pub use invocation::{
     Context, FunctionRef, Invocation, InvocationId, InvocationMeta, LogSink, StartKind,
