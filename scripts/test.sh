@@ -24,6 +24,17 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   fi
 fi
 
+# The official `openwhisk` npm client drives the OpenWhisk API in faas/tests/whisk.rs (which
+# fails, never skips, when it is missing): installed from the committed lock file.
+if [ ! -d tests/js/node_modules/openwhisk ]; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "== installing the openwhisk npm client (tests/js)"
+    (cd tests/js && npm ci --no-audit --no-fund)
+  else
+    echo "!! npm is missing: the OpenWhisk client test will fail" >&2
+  fi
+fi
+
 # Without an engine the Docker tests fail (they never skip); run the rest anyway, so one
 # missing part does not hide every other result.
 bash scripts/ensure-docker.sh || echo "!! Docker is not usable: the Docker tests will fail" >&2

@@ -149,6 +149,11 @@ enum Command {
         #[arg(long, env = "FAAS_MAX_REPLICAS_PER_NODE", value_name = "N",
               value_parser = clap::value_parser!(u32).range(1..))]
         max_replicas_per_node: Option<u32>,
+        /// The most activation records kept (the OpenWhisk API's `/activations`; the
+        /// oldest go first; kept in the state store across restarts).
+        #[arg(long, env = "FAAS_MAX_ACTIVATIONS", value_name = "N", default_value_t = 100_000,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        max_activations: u64,
     },
     /// Check credentials against a gateway and save them (mode 0600) for the other
     /// subcommands.
@@ -451,6 +456,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             shutdown_grace,
             max_replicas_per_function,
             max_replicas_per_node,
+            max_activations,
         } => {
             // Before anything starts: a Kafka queue needs the `kafka` feature.
             queue.check()?;
@@ -461,6 +467,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 allowed_hosts,
                 allowed_origins,
                 shutdown_grace,
+                max_activations: usize::try_from(max_activations).unwrap_or(usize::MAX),
             };
             let limits = replica_limits(max_replicas_per_function, max_replicas_per_node);
             let backend =
@@ -783,6 +790,8 @@ struct UpAccess {
     allowed_hosts: Vec<String>,
     allowed_origins: Vec<String>,
     shutdown_grace: Duration,
+    /// The most activation records kept.
+    max_activations: usize,
 }
 
 /// What `faas up` prints about access: a summary after the gateway's URL, and lines below.
@@ -847,6 +856,21 @@ fn up_access(config: &mut GatewayConfig, access: &UpAccess, base: &str) -> Resul
     }
     config.auth = Some(stored.auth);
     Ok(AccessNote { summary, details })
+}
+
+/// The OpenWhisk key `faas up` accepts (kept in the state directory, generated on first
+/// start), or none with `--no-auth`.
+fn whisk_access(access: &UpAccess) -> Result<Option<(faas_http::WhiskKey, PathBuf)>> {
+    if access.no_auth {
+        return Ok(None);
+    }
+    let dir = access.state_dir.clone().or_else(credentials::default_state_dir).ok_or_else(|| {
+        Error::invalid(
+            "state-dir",
+            "no state directory for the OpenWhisk key (is HOME set?): give --state-dir",
+        )
+    })?;
+    faas_http::WhiskKey::load_or_create(&dir).map(Some)
 }
 
 /// Resolves on the first SIGTERM (what Docker, Kubernetes and systemd send) or SIGINT
@@ -1030,7 +1054,8 @@ async fn up(
     // Docker and Kubernetes keep deployed functions in the engine; the process backend
     // forgets them when it stops, so they are kept in the state store.
     let persist = matches!(up_backend.kind, BackendKind::Process);
-    let store = up_state_store(&access, &up_queue.url, persist)?;
+    // The OpenWhisk API's entities and activation records are kept there on every backend.
+    let store = up_state_store(&access, &up_queue.url, true)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::unavailable(format!("cannot listen on {addr}: {e}")))?;
@@ -1120,6 +1145,33 @@ async fn up(
     // The queue's worker invokes through the gateway's own stack (metrics, activator,
     // limits, timeout), as the sync path does.
     let mut builder = Gateway::builder(api.clone()).config(config.clone());
+    let retention = faas_core::whisk::Retention {
+        max_records: access.max_activations,
+        ..Default::default()
+    };
+    let activation_log = match &store {
+        Some(store) => {
+            builder = builder.whisk_store(store.clone());
+            faas_core::whisk::ActivationLog::open(store.clone(), retention)?
+        }
+        None => faas_core::whisk::ActivationLog::in_memory(retention),
+    };
+    builder = builder.activation_log(activation_log.clone());
+    let whisk_note = match whisk_access(&access) {
+        Ok(Some((key, file))) => {
+            let note = format!(
+                "OpenWhisk: {base}/api/v1   (namespace {}, key in {}: wsk property set \
+                 --apihost {base} --auth \"$(cat {})\")",
+                key.namespace(),
+                file.display(),
+                shell_word(&file.display().to_string())
+            );
+            builder = builder.whisk_key(key);
+            note
+        }
+        Ok(None) => format!("OpenWhisk: {base}/api/v1   (no credentials: --no-auth)"),
+        Err(e) => return Err(e),
+    };
     let invoke = builder.stack().invoke();
     let queue = match (&up_queue.url, &store) {
         (faas_http::queue::QueueUrl::Durable, Some(store)) => {
@@ -1143,6 +1195,7 @@ async fn up(
         "Async:   {}",
         queue.as_ref().map_or("in-memory queue, worker in process", |q| q.description())
     );
+    eprintln!("{whisk_note}");
     eprintln!("Portal:  {base}/ui/");
     for spec in &specs {
         eprintln!("  {base}/function/{}", spec.name);
@@ -1173,6 +1226,9 @@ async fn up(
     for spec in &specs {
         let _ = tokio::time::timeout(Duration::from_secs(15), invoker.remove(&spec.function_ref()))
             .await;
+    }
+    if let Err(e) = activation_log.flush().await {
+        eprintln!("  writing the last activation records: {e}");
     }
     if let Some(store) = store {
         // What the worker acknowledged last reaches the disk before the exit.

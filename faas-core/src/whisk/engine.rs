@@ -320,6 +320,11 @@ impl Whisk {
             }
             spec.annotations.insert(spec_keys::BINARY.into(), exec.binary.to_string());
         }
+        // Our extension: a blackbox action annotated `fprocess` runs that command under the
+        // watchdog (the process backend needs one; images may carry their own).
+        if let Some(Value::String(p)) = super::entity::lookup(&action.annotations, "fprocess") {
+            spec.env_process = Some(p.clone());
+        }
         spec.timeout = Some(Duration::from_millis(action.limits.timeout));
         spec.limits = Some(Resources { memory: Some(format!("{}Mi", action.limits.memory)), cpu: None });
         spec
