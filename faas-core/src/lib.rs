@@ -49,7 +49,6 @@ pub use autoscale::{AutoscaleConfig, Autoscaled, Kpa, KpaConfig, Observation};
 pub use body::{Body, BoxError, CallerFault};
 pub use error::{DeveloperErrorKind, Error, Result, StatusCode};
 pub use event::{Delivery, Event, EventSource};
-pub use whisk::{Rule, Trigger};
 pub use function::{boxed, handler_fn, BoxFunction, Function, IntoResponse, Request, Response};
 pub use invocation::{
     Context, FunctionRef, Invocation, InvocationId, InvocationMeta, LogSink, StartKind,
@@ -68,6 +67,7 @@ pub use scheduler::{
 pub use spec::{
     FunctionSpec, FunctionStatus, ReplicaLimits, Resources, ScalingMetric, ScalingPolicy, Usage,
 };
+pub use whisk::{Rule, Trigger};
 
 /// The README's Rust examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

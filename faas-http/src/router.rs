@@ -15,14 +15,14 @@ use faas_core::layers::{
 };
 use faas_core::prelude::*;
 use faas_core::spec::{validate_secret_name, DEFAULT_NAMESPACE};
+use faas_core::state::{MemoryStateStore, StateStore};
 use faas_core::util::{format_duration, FastBuildHasher};
+use faas_core::whisk::record::Record;
+use faas_core::whisk::{ActivationLayer, ActivationLog, EntityStore, Whisk, WhiskConfig};
 use faas_core::{
     Backend, Body, BoxError, CallerFault, Error, FunctionRef, FunctionSpec, Invocation,
     InvocationId, LogsRequest, QueuePublisher, QueuedInvocation, Request, Response, Result, Secret,
 };
-use faas_core::state::{MemoryStateStore, StateStore};
-use faas_core::whisk::record::Record;
-use faas_core::whisk::{ActivationLayer, ActivationLog, EntityStore, Whisk, WhiskConfig};
 use faas_core::{InvokeService, ServiceInvoke};
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -74,8 +74,7 @@ struct Inner {
 /// ([`ActivationLayer`]), the activator (scale from zero), the upstream
 /// timeout, then the backend (or the layers given to [`GatewayBuilder::invoke_layer`] over
 /// it). Every layer is always ready.
-pub type InvokeStack =
-    Trace<Metrics<ConcurrencyLimit<Record<Activate<Timeout<InvokeService>>>>>>;
+pub type InvokeStack = Trace<Metrics<ConcurrencyLimit<Record<Activate<Timeout<InvokeService>>>>>>;
 
 /// What the gateway keeps of a function it has routed to: the parsed reference and the
 /// layers' handles on it.
@@ -304,12 +303,9 @@ impl GatewayBuilder {
     /// [`GatewayStack::invoke`] to the worker of a queue set up outside the gateway
     /// ([`crate::queue::AsyncQueue`]) so that its calls take the same path.
     pub fn stack(&mut self) -> GatewayStack {
-        let stack = self
-            .stack
-            .take()
-            .unwrap_or_else(|| {
-                GatewayStack::new(&self.invoker, self.invoke.clone(), &self.config, &self.log)
-            });
+        let stack = self.stack.take().unwrap_or_else(|| {
+            GatewayStack::new(&self.invoker, self.invoke.clone(), &self.config, &self.log)
+        });
         self.stack = Some(stack.clone());
         stack
     }

@@ -38,7 +38,11 @@ pub struct WhiskKey {
 
 impl WhiskKey {
     /// `uuid:key` owning `namespace`.
-    pub fn new(uuid: impl Into<String>, key: impl Into<String>, namespace: impl Into<String>) -> Self {
+    pub fn new(
+        uuid: impl Into<String>,
+        key: impl Into<String>,
+        namespace: impl Into<String>,
+    ) -> Self {
         WhiskKey { auth: BasicAuth::new(uuid, key), namespace: namespace.into() }
     }
 
@@ -73,7 +77,8 @@ impl WhiskKey {
             std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
             let id = InvocationId::new();
             let s = id.as_str();
-            let uuid = format!("{}-{}-{}-{}-{}", &s[..8], &s[8..12], &s[12..16], &s[16..20], &s[20..]);
+            let uuid =
+                format!("{}-{}-{}-{}-{}", &s[..8], &s[8..12], &s[12..16], &s[16..20], &s[20..]);
             let key = Alphanumeric.sample_string(&mut rand::rng(), 64);
             let mut opts = std::fs::OpenOptions::new();
             opts.write(true).create_new(true);
@@ -159,7 +164,10 @@ impl WhiskApi {
             return Some(DEFAULT_WHISK_NAMESPACE.to_string());
         }
         let value = req.headers().get(header::AUTHORIZATION)?;
-        self.keys.iter().find(|k| k.auth.check_header(value.as_bytes())).map(|k| k.namespace.clone())
+        self.keys
+            .iter()
+            .find(|k| k.auth.check_header(value.as_bytes()))
+            .map(|k| k.namespace.clone())
     }
 
     /// Answers a request whose path starts with `/api/v1`.
@@ -173,8 +181,12 @@ impl WhiskApi {
             };
         }
         let Some(caller) = self.caller(&req) else {
-            let mut r = whisk_error(StatusCode::UNAUTHORIZED, "The supplied authentication is invalid");
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"whisk rest service\""));
+            let mut r =
+                whisk_error(StatusCode::UNAUTHORIZED, "The supplied authentication is invalid");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"whisk rest service\""),
+            );
             return r;
         };
         let segments: Vec<String> = rest.split('/').map(decode).collect();
@@ -200,7 +212,12 @@ impl WhiskApi {
                     "triggers" => Collection::Triggers,
                     "rules" => Collection::Rules,
                     "activations" => Collection::Activations,
-                    _ => return Ok(whisk_error(StatusCode::NOT_FOUND, "The requested resource does not exist.")),
+                    _ => {
+                        return Ok(whisk_error(
+                            StatusCode::NOT_FOUND,
+                            "The requested resource does not exist.",
+                        ))
+                    }
                 };
                 self.collection(req, caller, collection, rest).await
             }
@@ -213,7 +230,13 @@ impl WhiskApi {
         req.into_body().collect_limited(limit).await
     }
 
-    async fn collection(&self, req: Request, ns: &str, c: Collection, rest: &[&str]) -> Result<Response> {
+    async fn collection(
+        &self,
+        req: Request,
+        ns: &str,
+        c: Collection,
+        rest: &[&str],
+    ) -> Result<Response> {
         let query = parse_query(req.uri().query());
         let flag = |k: &str| query_get(&query, k).is_some_and(|v| v == "true");
         let method = req.method().clone();
@@ -230,7 +253,12 @@ impl WhiskApi {
             (Collection::Actions, [name]) => EntityPath::new(ns, None, name),
             (Collection::Actions, [pkg, name]) => EntityPath::new(ns, Some(pkg), name),
             (_, [name]) => EntityPath::new(ns, None, name),
-            _ => return Ok(whisk_error(StatusCode::NOT_FOUND, "The requested resource does not exist.")),
+            _ => {
+                return Ok(whisk_error(
+                    StatusCode::NOT_FOUND,
+                    "The requested resource does not exist.",
+                ))
+            }
         };
         let w = &self.whisk;
         let ok = |v: &dyn erased::Json| response::json(StatusCode::OK, &v.value());
@@ -256,7 +284,9 @@ impl WhiskApi {
                     Invoked::Done(a) => {
                         let status = match a.response.status_code {
                             faas_core::StatusCode::Success => StatusCode::OK,
-                            faas_core::StatusCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+                            faas_core::StatusCode::InternalError => {
+                                StatusCode::INTERNAL_SERVER_ERROR
+                            }
                             _ => StatusCode::BAD_GATEWAY,
                         };
                         if flag("result") {
@@ -285,7 +315,9 @@ impl WhiskApi {
                 Ok(ok(&w.put_package(&path, put, flag("overwrite")).await?))
             }
             (Collection::Packages, Method::DELETE) => Ok(ok(&w.delete_package(&path).await?)),
-            (Collection::Triggers, Method::GET) => Ok(ok(&w.entities().require::<Trigger>(&path)?)),
+            (Collection::Triggers, Method::GET) => {
+                Ok(ok(&w.entities().require::<Trigger>(&path)?))
+            }
             (Collection::Triggers, Method::PUT) => {
                 let put: TriggerPut = parse(&self.body(req).await?)?;
                 Ok(ok(&w.put_trigger(&path, put, flag("overwrite")).await?))
@@ -294,7 +326,9 @@ impl WhiskApi {
             (Collection::Triggers, Method::POST) => {
                 let params = Whisk::params_of(&self.body(req).await?)?;
                 match w.fire(ns, &path, params).await? {
-                    Some(id) => Ok(response::json(StatusCode::ACCEPTED, &json!({ "activationId": id }))),
+                    Some(id) => {
+                        Ok(response::json(StatusCode::ACCEPTED, &json!({ "activationId": id })))
+                    }
                     None => Ok(response::empty(StatusCode::NO_CONTENT)),
                 }
             }
@@ -312,7 +346,10 @@ impl WhiskApi {
                 let s: Status = parse(&self.body(req).await?)?;
                 Ok(ok(&w.set_rule_status(&path, s.status).await?))
             }
-            _ => Ok(whisk_error(StatusCode::METHOD_NOT_ALLOWED, "The requested method is not allowed.")),
+            _ => Ok(whisk_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "The requested method is not allowed.",
+            )),
         }
     }
 
@@ -359,7 +396,14 @@ impl WhiskApi {
                 let (skip, limit) = paging(query)?;
                 let millis = |k: &str| -> Result<Option<u64>> {
                     query_get(query, k)
-                        .map(|v| v.parse::<u64>().map_err(|_| Error::invalid(k, format!("{v:?} is not a time in epoch milliseconds"))))
+                        .map(|v| {
+                            v.parse::<u64>().map_err(|_| {
+                                Error::invalid(
+                                    k,
+                                    format!("{v:?} is not a time in epoch milliseconds"),
+                                )
+                            })
+                        })
                         .transpose()
                 };
                 let q = ActivationQuery {
@@ -372,7 +416,10 @@ impl WhiskApi {
                 };
                 let found = log.list(&q);
                 if query_get(query, "count") == Some("true") {
-                    return Ok(response::json(StatusCode::OK, &json!({ "activations": found.len() })));
+                    return Ok(response::json(
+                        StatusCode::OK,
+                        &json!({ "activations": found.len() }),
+                    ));
                 }
                 if query_get(query, "docs") == Some("true") {
                     Ok(response::json(StatusCode::OK, &found))
@@ -396,14 +443,19 @@ impl WhiskApi {
 fn paging(query: &[(String, String)]) -> Result<(usize, usize)> {
     let num = |k: &str| -> Result<Option<usize>> {
         query_get(query, k)
-            .map(|v| v.parse::<usize>().map_err(|_| Error::invalid(k, format!("{v:?} is not a number"))))
+            .map(|v| {
+                v.parse::<usize>().map_err(|_| Error::invalid(k, format!("{v:?} is not a number")))
+            })
             .transpose()
     };
     let skip = num("skip")?.unwrap_or(0);
     let limit = match num("limit")? {
         None | Some(0) => 30,
         Some(n) if n > MAX_LIST_LIMIT => {
-            return Err(Error::invalid("limit", format!("The value '{n}' is not in the range of 0 to {MAX_LIST_LIMIT}.")))
+            return Err(Error::invalid(
+                "limit",
+                format!("The value '{n}' is not in the range of 0 to {MAX_LIST_LIMIT}."),
+            ))
         }
         Some(n) => n,
     };

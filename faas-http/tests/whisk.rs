@@ -40,7 +40,9 @@ fn backend() -> Arc<MemoryInvoker> {
     );
     m.register(
         "whisk/count",
-        json_handler(|p| Ok(json!({ "count": p.get("words").and_then(Value::as_array).map_or(0, Vec::len) }))),
+        json_handler(|p| {
+            Ok(json!({ "count": p.get("words").and_then(Value::as_array).map_or(0, Vec::len) }))
+        }),
     );
     m.register("whisk/refuse", json_handler(|_| Err(Error::application("refused by the action"))));
     Arc::new(m)
@@ -64,7 +66,10 @@ impl Whisk {
             let _ = rx.await;
         }));
         let client = GatewayClient::new(&base).unwrap().with_timeout(Duration::from_secs(30));
-        let auth = format!("Basic {}", faas_core::queue::base64_encode(format!("{UUID}:{KEY}").as_bytes()));
+        let auth = format!(
+            "Basic {}",
+            faas_core::queue::base64_encode(format!("{UUID}:{KEY}").as_bytes())
+        );
         Whisk { client, auth, _shutdown: tx }
     }
 
@@ -80,11 +85,15 @@ impl Whisk {
             h.push(("authorization".to_string(), self.auth.clone()));
         }
         let body = if body.is_null() { Vec::new() } else { serde_json::to_vec(&body).unwrap() };
-        self.client.send(method, &format!("/api/v1/namespaces/_/{path}"), &h, body.into()).await.unwrap()
+        self.client
+            .send(method, &format!("/api/v1/namespaces/_/{path}"), &h, body.into())
+            .await
+            .unwrap()
     }
 
     async fn action(&self, name: &str, image: &str, params: Value) {
-        let body = json!({ "exec": { "kind": "blackbox", "image": image }, "parameters": kv(params) });
+        let body =
+            json!({ "exec": { "kind": "blackbox", "image": image }, "parameters": kv(params) });
         let (s, v) = self.call(Method::PUT, &format!("actions/{name}"), body).await;
         assert_eq!(s, 200, "{v}");
     }
@@ -93,11 +102,15 @@ impl Whisk {
     async fn activations_of(&self, name: &str, n: usize) -> Vec<Value> {
         tokio::time::timeout(Duration::from_secs(10), async {
             loop {
-                let (s, v) = self.call(Method::GET, &format!("activations?name={name}&docs=true"), Value::Null).await;
+                let (s, v) = self
+                    .call(Method::GET, &format!("activations?name={name}&docs=true"), Value::Null)
+                    .await;
                 assert_eq!(s, 200);
                 let list = v.as_array().cloned().unwrap_or_default();
                 // An action's record shows its result once the API has read it.
-                if list.len() >= n && list.iter().all(|a| a["response"]["result"].get("statusCode").is_none()) {
+                if list.len() >= n
+                    && list.iter().all(|a| a["response"]["result"].get("statusCode").is_none())
+                {
                     return list;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -129,18 +142,27 @@ async fn trigger_with_two_rules_fires_both_actions_with_merged_parameters() {
     w.action("welcome", "whisk/echo", json!({"greeting": "hello", "from": "action"})).await;
     w.action("audit", "whisk/echo", json!({})).await;
     let (s, v) = w
-        .call(Method::PUT, "triggers/new-user", json!({"parameters": kv(json!({"source": "signup", "from": "trigger"}))}))
+        .call(
+            Method::PUT,
+            "triggers/new-user",
+            json!({"parameters": kv(json!({"source": "signup", "from": "trigger"}))}),
+        )
         .await;
     assert_eq!(s, 200, "{v}");
     for (rule, action) in [("r-welcome", "welcome"), ("r-audit", "audit")] {
         let (s, v) = w
-            .call(Method::PUT, &format!("rules/{rule}"), json!({"trigger": "/_/new-user", "action": format!("/_/{action}")}))
+            .call(
+                Method::PUT,
+                &format!("rules/{rule}"),
+                json!({"trigger": "/_/new-user", "action": format!("/_/{action}")}),
+            )
             .await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["status"], "active");
     }
 
-    let (s, fired) = w.call(Method::POST, "triggers/new-user", json!({"user": "ann", "from": "event"})).await;
+    let (s, fired) =
+        w.call(Method::POST, "triggers/new-user", json!({"user": "ann", "from": "event"})).await;
     assert_eq!(s, 202, "{fired}");
     let trigger_id = fired["activationId"].as_str().unwrap().to_string();
 
@@ -162,7 +184,12 @@ async fn trigger_with_two_rules_fires_both_actions_with_merged_parameters() {
     // The trigger's activation lists the rules it fired and their actions' activations.
     let (s, t) = w.call(Method::GET, &format!("activations/{trigger_id}"), Value::Null).await;
     assert_eq!(s, 200);
-    let logs: Vec<Value> = t["logs"].as_array().unwrap().iter().map(|l| serde_json::from_str(l.as_str().unwrap()).unwrap()).collect();
+    let logs: Vec<Value> = t["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str(l.as_str().unwrap()).unwrap())
+        .collect();
     assert_eq!(logs.len(), 2);
     let mut rules: Vec<&str> = logs.iter().map(|l| l["rule"].as_str().unwrap()).collect();
     rules.sort();
@@ -175,7 +202,13 @@ async fn trigger_with_two_rules_fires_both_actions_with_merged_parameters() {
     assert_eq!(v["status"], "inactive");
     let (s, fired) = w.call(Method::POST, "triggers/new-user", json!({"user": "bob"})).await;
     assert_eq!(s, 202);
-    let (_, t) = w.call(Method::GET, &format!("activations/{}", fired["activationId"].as_str().unwrap()), Value::Null).await;
+    let (_, t) = w
+        .call(
+            Method::GET,
+            &format!("activations/{}", fired["activationId"].as_str().unwrap()),
+            Value::Null,
+        )
+        .await;
     assert_eq!(t["logs"].as_array().unwrap().len(), 1);
     let welcome = w.activations_of("welcome", 2).await;
     assert_eq!(welcome[0]["response"]["result"]["user"], "bob");
@@ -198,9 +231,7 @@ async fn sequences_compose_and_stop_at_a_failure() {
     w.action("count", "whisk/count", json!({})).await;
     w.action("echo", "whisk/echo", json!({"tag": "echoed"})).await;
     w.action("refuse", "whisk/refuse", json!({})).await;
-    let seq = |components: &[&str]| {
-        json!({"exec": {"kind": "sequence", "components": components.iter().map(|c| format!("/guest/{c}")).collect::<Vec<_>>()}})
-    };
+    let seq = |components: &[&str]| json!({"exec": {"kind": "sequence", "components": components.iter().map(|c| format!("/guest/{c}")).collect::<Vec<_>>()}});
     let (s, v) = w.call(Method::PUT, "actions/wc", seq(&["split", "count", "echo"])).await;
     assert_eq!(s, 200, "{v}");
     let (s, a) = w.call(Method::POST, "actions/wc?blocking=true", json!({"text": "a b c d"})).await;
@@ -211,7 +242,9 @@ async fn sequences_compose_and_stop_at_a_failure() {
     let ids = a["logs"].as_array().unwrap();
     assert_eq!(ids.len(), 3);
     for id in ids {
-        let (s, c) = w.call(Method::GET, &format!("activations/{}", id.as_str().unwrap()), Value::Null).await;
+        let (s, c) = w
+            .call(Method::GET, &format!("activations/{}", id.as_str().unwrap()), Value::Null)
+            .await;
         assert_eq!(s, 200);
         assert_eq!(annotation(&c, "causedBy"), Some(&json!("sequence")));
         assert_eq!(c["cause"], a["activationId"]);
@@ -219,7 +252,8 @@ async fn sequences_compose_and_stop_at_a_failure() {
     }
 
     // result=true answers only the result.
-    let (s, r) = w.call(Method::POST, "actions/wc?blocking=true&result=true", json!({"text": "x y"})).await;
+    let (s, r) =
+        w.call(Method::POST, "actions/wc?blocking=true&result=true", json!({"text": "x y"})).await;
     assert_eq!((s, r), (200, json!({"count": 2, "tag": "echoed"})));
 
     // A failing middle component: the chain stops, its error is the sequence's.
@@ -244,28 +278,42 @@ async fn sequences_compose_and_stop_at_a_failure() {
 #[tokio::test]
 async fn parameters_merge_through_packages_and_final_is_enforced() {
     let w = Whisk::start().await;
-    let (s, v) = w.call(Method::PUT, "packages/utils", json!({"parameters": kv(json!({"a": "package", "b": "package", "c": "package"}))})).await;
+    let (s, v) = w
+        .call(
+            Method::PUT,
+            "packages/utils",
+            json!({"parameters": kv(json!({"a": "package", "b": "package", "c": "package"}))}),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     let body = json!({"exec": {"kind": "blackbox", "image": "whisk/echo"}, "parameters": kv(json!({"b": "action", "c": "action"}))});
     let (s, v) = w.call(Method::PUT, "actions/utils/echo", body).await;
     assert_eq!(s, 200, "{v}");
-    let (s, r) = w.call(Method::POST, "actions/utils/echo?blocking=true&result=true", json!({"c": "caller"})).await;
+    let (s, r) = w
+        .call(Method::POST, "actions/utils/echo?blocking=true&result=true", json!({"c": "caller"}))
+        .await;
     assert_eq!((s, r), (200, json!({"a": "package", "b": "action", "c": "caller"})));
 
     // A binding's parameters come over its package's.
     let (s, v) = w.call(Method::PUT, "packages/mine", json!({"binding": {"namespace": "guest", "name": "utils"}, "parameters": kv(json!({"a": "binding"}))})).await;
     assert_eq!(s, 200, "{v}");
-    let (s, r) = w.call(Method::POST, "actions/mine/echo?blocking=true&result=true", json!({})).await;
+    let (s, r) =
+        w.call(Method::POST, "actions/mine/echo?blocking=true&result=true", json!({})).await;
     assert_eq!((s, r), (200, json!({"a": "binding", "b": "action", "c": "action"})));
 
     // final: the caller may add parameters but not change bound ones.
     let body = json!({"exec": {"kind": "blackbox", "image": "whisk/echo"}, "parameters": kv(json!({"token": "bound"})), "annotations": kv(json!({"final": true}))});
     w.call(Method::PUT, "actions/locked", body).await;
-    let (s, e) = w.call(Method::POST, "actions/locked?blocking=true", json!({"token": "mine"})).await;
+    let (s, e) =
+        w.call(Method::POST, "actions/locked?blocking=true", json!({"token": "mine"})).await;
     assert_eq!(s, 400, "{e}");
-    assert_eq!(e["error"], "Request defines parameters that are not allowed (e.g., reserved properties).");
+    assert_eq!(
+        e["error"],
+        "Request defines parameters that are not allowed (e.g., reserved properties)."
+    );
     assert!(e["code"].is_string());
-    let (s, r) = w.call(Method::POST, "actions/locked?blocking=true&result=true", json!({"x": 1})).await;
+    let (s, r) =
+        w.call(Method::POST, "actions/locked?blocking=true&result=true", json!({"x": 1})).await;
     assert_eq!((s, r), (200, json!({"token": "bound", "x": 1})));
 }
 
@@ -280,7 +328,9 @@ async fn crud_limits_errors_and_credentials() {
     let (s, e) = w.call(Method::PUT, "actions/echo", body.clone()).await;
     assert_eq!(s, 409, "{e}");
     assert!(e["error"].is_string() && e["code"].is_string());
-    let (s, a) = w.call(Method::PUT, "actions/echo?overwrite=true", json!({"limits": {"timeout": 1000}})).await;
+    let (s, a) = w
+        .call(Method::PUT, "actions/echo?overwrite=true", json!({"limits": {"timeout": 1000}}))
+        .await;
     assert_eq!(s, 200, "{a}");
     assert_eq!(a["version"], "0.0.2");
     assert_eq!(a["limits"]["timeout"], 1000);
@@ -293,7 +343,9 @@ async fn crud_limits_errors_and_credentials() {
         (json!({"memory": 1024}), "limits.memory"),
         (json!({"logs": 11}), "limits.logs"),
     ] {
-        let (s, e) = w.call(Method::PUT, "actions/bad", json!({"exec": body["exec"], "limits": limits})).await;
+        let (s, e) = w
+            .call(Method::PUT, "actions/bad", json!({"exec": body["exec"], "limits": limits}))
+            .await;
         assert_eq!(s, 400, "{limits}: {e}");
         assert!(e["error"].as_str().unwrap().contains(field), "{e}");
     }
@@ -308,7 +360,10 @@ async fn crud_limits_errors_and_credentials() {
     assert_eq!(s, 200);
     assert_eq!(list.as_array().unwrap().len(), 1);
     let (s, got) = w.call(Method::GET, "actions/echo", Value::Null).await;
-    assert_eq!((s, got["name"].clone(), got["namespace"].clone()), (200, json!("echo"), json!("guest")));
+    assert_eq!(
+        (s, got["name"].clone(), got["namespace"].clone()),
+        (200, json!("echo"), json!("guest"))
+    );
     let (s, e) = w.call(Method::GET, "actions/nope", Value::Null).await;
     assert_eq!(s, 404, "{e}");
     let (s, e) = w.call(Method::GET, "activations?limit=201", Value::Null).await;
@@ -320,7 +375,8 @@ async fn crud_limits_errors_and_credentials() {
     let id = v["activationId"].as_str().unwrap().to_string();
     let rec = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let (s, r) = w.call(Method::GET, &format!("activations/{id}/result"), Value::Null).await;
+            let (s, r) =
+                w.call(Method::GET, &format!("activations/{id}/result"), Value::Null).await;
             if s == 200 && r["result"].get("n").is_some() {
                 return r;
             }
@@ -334,7 +390,19 @@ async fn crud_limits_errors_and_credentials() {
     let (s, l) = w.call(Method::GET, &format!("activations/{id}/logs"), Value::Null).await;
     assert_eq!((s, l["logs"].is_array()), (200, true));
     let (_, full) = w.call(Method::GET, &format!("activations/{id}"), Value::Null).await;
-    for field in ["activationId", "namespace", "name", "subject", "version", "start", "end", "duration", "logs", "annotations", "response"] {
+    for field in [
+        "activationId",
+        "namespace",
+        "name",
+        "subject",
+        "version",
+        "start",
+        "end",
+        "duration",
+        "logs",
+        "annotations",
+        "response",
+    ] {
         assert!(full.get(field).is_some(), "{field} missing from {full}");
     }
     for key in ["path", "waitTime", "kind", "limits"] {
@@ -350,9 +418,27 @@ async fn crud_limits_errors_and_credentials() {
     // Credentials.
     let r = w.raw(Method::GET, "actions", Value::Null, false).await;
     assert_eq!(r.status, 401);
-    let r = w.client.send(Method::GET, "/api/v1/namespaces/other/actions", &[("authorization".into(), w.auth.clone())], bytes::Bytes::new()).await.unwrap();
+    let r = w
+        .client
+        .send(
+            Method::GET,
+            "/api/v1/namespaces/other/actions",
+            &[("authorization".into(), w.auth.clone())],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
     assert_eq!(r.status, 403);
-    let r = w.client.send(Method::GET, "/api/v1/namespaces", &[("authorization".into(), w.auth.clone())], bytes::Bytes::new()).await.unwrap();
+    let r = w
+        .client
+        .send(
+            Method::GET,
+            "/api/v1/namespaces",
+            &[("authorization".into(), w.auth.clone())],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
     assert_eq!(serde_json::from_slice::<Value>(&r.body).unwrap(), json!(["guest"]));
     let r = w.client.send(Method::GET, "/api/v1", &[], bytes::Bytes::new()).await.unwrap();
     let info: Value = serde_json::from_slice(&r.body).unwrap();
@@ -365,7 +451,11 @@ async fn crud_limits_errors_and_credentials() {
 async fn openfaas_invocations_are_recorded() {
     let w = Whisk::start().await;
     w.action("echo", "whisk/echo", json!({})).await;
-    let r = w.client.send(Method::POST, "/function/echo.guest", &[], bytes::Bytes::from_static(b"{}")).await.unwrap();
+    let r = w
+        .client
+        .send(Method::POST, "/function/echo.guest", &[], bytes::Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let call_id = r.headers.get("x-call-id").unwrap().to_str().unwrap().to_string();
     let rec = tokio::time::timeout(Duration::from_secs(10), async {

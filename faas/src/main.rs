@@ -864,12 +864,13 @@ fn whisk_access(access: &UpAccess) -> Result<Option<(faas_http::WhiskKey, PathBu
     if access.no_auth {
         return Ok(None);
     }
-    let dir = access.state_dir.clone().or_else(credentials::default_state_dir).ok_or_else(|| {
-        Error::invalid(
-            "state-dir",
-            "no state directory for the OpenWhisk key (is HOME set?): give --state-dir",
-        )
-    })?;
+    let dir =
+        access.state_dir.clone().or_else(credentials::default_state_dir).ok_or_else(|| {
+            Error::invalid(
+                "state-dir",
+                "no state directory for the OpenWhisk key (is HOME set?): give --state-dir",
+            )
+        })?;
     faas_http::WhiskKey::load_or_create(&dir).map(Some)
 }
 
@@ -1145,10 +1146,8 @@ async fn up(
     // The queue's worker invokes through the gateway's own stack (metrics, activator,
     // limits, timeout), as the sync path does.
     let mut builder = Gateway::builder(api.clone()).config(config.clone());
-    let retention = faas_core::whisk::Retention {
-        max_records: access.max_activations,
-        ..Default::default()
-    };
+    let retention =
+        faas_core::whisk::Retention { max_records: access.max_activations, ..Default::default() };
     let activation_log = match &store {
         Some(store) => {
             builder = builder.whisk_store(store.clone());

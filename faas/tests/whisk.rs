@@ -67,7 +67,10 @@ impl Drop for Sandbox {
 
 /// The OpenWhisk key `faas up` generated in its state directory.
 fn key(state: &Path) -> String {
-    std::fs::read_to_string(state.join(faas_http::whisk::WHISK_AUTH_FILE)).unwrap().trim().to_string()
+    std::fs::read_to_string(state.join(faas_http::whisk::WHISK_AUTH_FILE))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 /// GET of `path` under the caller's namespace, with the key; waits until `faas up` serves.

@@ -75,12 +75,16 @@ mod opt_binding {
     use super::Binding;
     use serde::{Deserialize, Deserializer};
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Binding>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<Binding>>, D::Error> {
         let v = serde_json::Value::deserialize(d)?;
         match v {
             serde_json::Value::Null => Ok(Some(None)),
             serde_json::Value::Object(m) if m.is_empty() => Ok(Some(None)),
-            other => Binding::deserialize(other).map(|b| Some(Some(b))).map_err(serde::de::Error::custom),
+            other => {
+                Binding::deserialize(other).map(|b| Some(Some(b))).map_err(serde::de::Error::custom)
+            }
         }
     }
 }
@@ -143,7 +147,10 @@ pub struct Whisk {
 
 impl std::fmt::Debug for Whisk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Whisk").field("entities", &self.entities).field("config", &self.config).finish()
+        f.debug_struct("Whisk")
+            .field("entities", &self.entities)
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -243,12 +250,20 @@ impl Whisk {
     /// Creates (or with `overwrite` replaces) an action; a blackbox or code action's
     /// function is deployed (an existing function of that name is taken over as it is on
     /// create, updated on overwrite). 409 if it exists without `overwrite`.
-    pub async fn put_action(&self, path: &EntityPath, put: ActionPut, overwrite: bool) -> Result<Action> {
+    pub async fn put_action(
+        &self,
+        path: &EntityPath,
+        put: ActionPut,
+        overwrite: bool,
+    ) -> Result<Action> {
         Self::check_path(path)?;
         if let Some(p) = &path.package {
             let pkg: Package = self.entities.require(&EntityPath::new(&path.namespace, None, p))?;
             if pkg.binding.is_some() {
-                return Err(Error::invalid("package", "actions cannot be created in a package binding"));
+                return Err(Error::invalid(
+                    "package",
+                    "actions cannot be created in a package binding",
+                ));
             }
         }
         let existing: Option<Action> = self.entities.get(path)?;
@@ -268,8 +283,14 @@ impl Whisk {
             name: path.name.clone(),
             version: existing.as_ref().map_or_else(|| "0.0.1".into(), |a| bump_version(&a.version)),
             publish: put.publish.or(existing.as_ref().map(|a| a.publish)).unwrap_or(false),
-            parameters: put.parameters.or(existing.as_ref().map(|a| a.parameters.clone())).unwrap_or_default(),
-            annotations: put.annotations.or(existing.as_ref().map(|a| a.annotations.clone())).unwrap_or_default(),
+            parameters: put
+                .parameters
+                .or(existing.as_ref().map(|a| a.parameters.clone()))
+                .unwrap_or_default(),
+            annotations: put
+                .annotations
+                .or(existing.as_ref().map(|a| a.annotations.clone()))
+                .unwrap_or_default(),
             exec,
             limits,
             updated: now_millis(),
@@ -282,17 +303,25 @@ impl Whisk {
             for (i, c) in action.exec.components.iter().flatten().enumerate() {
                 let cp = EntityPath::parse(&format!("exec.components[{i}]"), c, &path.namespace)?;
                 if cp == *path {
-                    return Err(Error::invalid("exec.components", "a sequence cannot contain itself"));
+                    return Err(Error::invalid(
+                        "exec.components",
+                        "a sequence cannot contain itself",
+                    ));
                 }
                 self.resolve(&cp).map_err(|_| {
-                    Error::invalid(format!("exec.components[{i}]"), format!("Sequence component does not exist: {c}"))
+                    Error::invalid(
+                        format!("exec.components[{i}]"),
+                        format!("Sequence component does not exist: {c}"),
+                    )
                 })?;
             }
         } else {
             let spec = self.spec_of(path, &action);
             match self.deploy.deploy(spec.clone()).await {
                 Ok(()) => {}
-                Err(Error::AlreadyExists { .. }) if existing.is_some() => self.deploy.update(spec).await?,
+                Err(Error::AlreadyExists { .. }) if existing.is_some() => {
+                    self.deploy.update(spec).await?
+                }
                 Err(Error::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -326,7 +355,8 @@ impl Whisk {
             spec.env_process = Some(p.clone());
         }
         spec.timeout = Some(Duration::from_millis(action.limits.timeout));
-        spec.limits = Some(Resources { memory: Some(format!("{}Mi", action.limits.memory)), cpu: None });
+        spec.limits =
+            Some(Resources { memory: Some(format!("{}Mi", action.limits.memory)), cpu: None });
         spec
     }
 
@@ -401,9 +431,8 @@ impl Whisk {
         let this = self.clone();
         let caller = caller.to_string();
         let run_id = id.clone();
-        let task = tokio::spawn(async move {
-            this.run(&caller, resolved, params, run_id, None, 0).await
-        });
+        let task =
+            tokio::spawn(async move { this.run(&caller, resolved, params, run_id, None, 0).await });
         if !blocking {
             return Ok(Invoked::Accepted(id));
         }
@@ -434,7 +463,12 @@ impl Whisk {
         })
     }
 
-    fn call_of(&self, caller: &str, r: &Resolved, cause: &Option<(InvocationId, &'static str)>) -> WhiskCall {
+    fn call_of(
+        &self,
+        caller: &str,
+        r: &Resolved,
+        cause: &Option<(InvocationId, &'static str)>,
+    ) -> WhiskCall {
         let real = Self::real_path(&r.action);
         WhiskCall {
             namespace: caller.to_string(),
@@ -489,7 +523,13 @@ impl Whisk {
         if !self.log.update(&id, finish) {
             // Refused before it reached the stack's record layer (too large, or timed out
             // before the stack answered): recorded here.
-            let mut a = Activation::new(id.clone(), &function_of(&Self::real_path(&r.action)), start, end, response.clone());
+            let mut a = Activation::new(
+                id.clone(),
+                &function_of(&Self::real_path(&r.action)),
+                start,
+                end,
+                response.clone(),
+            );
             a.namespace = call.namespace.clone();
             a.subject = call.namespace.clone();
             a.name = call.name.clone();
@@ -505,7 +545,13 @@ impl Whisk {
             self.log.insert(a);
         }
         self.log.get(&id).unwrap_or_else(|| {
-            Activation::new(id.clone(), &function_of(&Self::real_path(&r.action)), start, end, response)
+            Activation::new(
+                id.clone(),
+                &function_of(&Self::real_path(&r.action)),
+                start,
+                end,
+                response,
+            )
         })
     }
 
@@ -560,11 +606,18 @@ impl Whisk {
         let mut input = params;
         let mut response = ActivationResponse::success(Value::Object(input.clone()));
         if depth >= super::entity::MAX_SEQUENCE_LENGTH {
-            response = ActivationResponse::error(&Error::invalid("exec.components", "sequence nesting is too deep"));
+            response = ActivationResponse::error(&Error::invalid(
+                "exec.components",
+                "sequence nesting is too deep",
+            ));
         }
         let components = r.action.exec.components.clone().unwrap_or_default();
         let real = Self::real_path(&r.action);
-        for c in components.iter().take(if depth >= super::entity::MAX_SEQUENCE_LENGTH { 0 } else { usize::MAX }) {
+        for c in components.iter().take(if depth >= super::entity::MAX_SEQUENCE_LENGTH {
+            0
+        } else {
+            usize::MAX
+        }) {
             let component = EntityPath::parse("exec.components", c, &real.namespace)
                 .and_then(|p| self.resolve(&p));
             let component = match component {
@@ -587,7 +640,14 @@ impl Whisk {
             };
             let child_id = InvocationId::new();
             let child = self
-                .run(caller, component, merged, child_id.clone(), Some((id.clone(), "sequence")), depth + 1)
+                .run(
+                    caller,
+                    component,
+                    merged,
+                    child_id.clone(),
+                    Some((id.clone(), "sequence")),
+                    depth + 1,
+                )
                 .await;
             logs.push(child_id.to_string());
             response = child.response.clone();
@@ -624,7 +684,12 @@ impl Whisk {
 
     /// Creates (or with `overwrite` replaces) a package or a binding (whose package must
     /// exist and not be a binding itself).
-    pub async fn put_package(&self, path: &EntityPath, put: PackagePut, overwrite: bool) -> Result<Package> {
+    pub async fn put_package(
+        &self,
+        path: &EntityPath,
+        put: PackagePut,
+        overwrite: bool,
+    ) -> Result<Package> {
         Self::check_path(path)?;
         let existing: Option<Package> = self.entities.get(path)?;
         if existing.is_some() && !overwrite {
@@ -638,7 +703,15 @@ impl Whisk {
             let target: Package = self
                 .entities
                 .get(&EntityPath::new(&b.namespace, None, &b.name))?
-                .ok_or_else(|| Error::invalid("binding", format!("binding references a package that does not exist: /{}/{}", b.namespace, b.name)))?;
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "binding",
+                        format!(
+                            "binding references a package that does not exist: /{}/{}",
+                            b.namespace, b.name
+                        ),
+                    )
+                })?;
             if target.binding.is_some() {
                 return Err(Error::invalid("binding", "cannot bind to another package binding"));
             }
@@ -649,8 +722,14 @@ impl Whisk {
             version: existing.as_ref().map_or_else(|| "0.0.1".into(), |p| bump_version(&p.version)),
             publish: put.publish.or(existing.as_ref().map(|p| p.publish)).unwrap_or(false),
             binding,
-            parameters: put.parameters.or(existing.as_ref().map(|p| p.parameters.clone())).unwrap_or_default(),
-            annotations: put.annotations.or(existing.as_ref().map(|p| p.annotations.clone())).unwrap_or_default(),
+            parameters: put
+                .parameters
+                .or(existing.as_ref().map(|p| p.parameters.clone()))
+                .unwrap_or_default(),
+            annotations: put
+                .annotations
+                .or(existing.as_ref().map(|p| p.annotations.clone()))
+                .unwrap_or_default(),
             updated: now_millis(),
         };
         self.entities.put(path, &package).await?;
@@ -664,7 +743,11 @@ impl Whisk {
         if !actions.is_empty() {
             return Err(Error::AlreadyExists {
                 kind: "package",
-                name: format!("{} still has {} actions; delete them first", path.fqn(), actions.len()),
+                name: format!(
+                    "{} still has {} actions; delete them first",
+                    path.fqn(),
+                    actions.len()
+                ),
             });
         }
         self.entities.delete::<Package>(path).await?;
@@ -675,7 +758,12 @@ impl Whisk {
     // Triggers and rules
 
     /// Creates (or with `overwrite` replaces) a trigger.
-    pub async fn put_trigger(&self, path: &EntityPath, put: TriggerPut, overwrite: bool) -> Result<Trigger> {
+    pub async fn put_trigger(
+        &self,
+        path: &EntityPath,
+        put: TriggerPut,
+        overwrite: bool,
+    ) -> Result<Trigger> {
         Self::check_path(path)?;
         let existing: Option<Trigger> = self.entities.get(path)?;
         if existing.is_some() && !overwrite {
@@ -686,8 +774,14 @@ impl Whisk {
             name: path.name.clone(),
             version: existing.as_ref().map_or_else(|| "0.0.1".into(), |t| bump_version(&t.version)),
             publish: put.publish.or(existing.as_ref().map(|t| t.publish)).unwrap_or(false),
-            parameters: put.parameters.or(existing.as_ref().map(|t| t.parameters.clone())).unwrap_or_default(),
-            annotations: put.annotations.or(existing.as_ref().map(|t| t.annotations.clone())).unwrap_or_default(),
+            parameters: put
+                .parameters
+                .or(existing.as_ref().map(|t| t.parameters.clone()))
+                .unwrap_or_default(),
+            annotations: put
+                .annotations
+                .or(existing.as_ref().map(|t| t.annotations.clone()))
+                .unwrap_or_default(),
             limits: Map::new(),
             updated: now_millis(),
         };
@@ -709,10 +803,15 @@ impl Whisk {
         if existing.is_some() && !overwrite {
             return Err(Error::AlreadyExists { kind: "rule", name: path.fqn() });
         }
-        let pick = |given: Option<String>, old: Option<&PathName>, field: &str| -> Result<EntityPath> {
+        let pick = |given: Option<String>,
+                    old: Option<&PathName>,
+                    field: &str|
+         -> Result<EntityPath> {
             match (given, old) {
                 (Some(s), _) => EntityPath::parse(field, &s, &path.namespace),
-                (None, Some(p)) => EntityPath::parse(field, &format!("/{}/{}", p.path, p.name), &path.namespace),
+                (None, Some(p)) => {
+                    EntityPath::parse(field, &format!("/{}/{}", p.path, p.name), &path.namespace)
+                }
                 (None, None) => Err(Error::invalid(field, format!("the rule needs a {field}"))),
             }
         };
@@ -727,8 +826,14 @@ impl Whisk {
             publish: put.publish.or(existing.as_ref().map(|r| r.publish)).unwrap_or(false),
             trigger: PathName { path: trigger.path(), name: trigger.name.clone() },
             action: PathName { path: action.path(), name: action.name.clone() },
-            status: put.status.or(existing.as_ref().map(|r| r.status)).unwrap_or(RuleStatus::Active),
-            annotations: put.annotations.or(existing.as_ref().map(|r| r.annotations.clone())).unwrap_or_default(),
+            status: put
+                .status
+                .or(existing.as_ref().map(|r| r.status))
+                .unwrap_or(RuleStatus::Active),
+            annotations: put
+                .annotations
+                .or(existing.as_ref().map(|r| r.annotations.clone()))
+                .unwrap_or_default(),
             updated: now_millis(),
         };
         self.entities.put(path, &rule).await?;
@@ -756,13 +861,22 @@ impl Whisk {
     /// Answers the trigger's activation id, or `None` when no rule is active (OpenWhisk's
     /// 204). The trigger's record lists each rule fired and its action's activation id;
     /// the actions run on after this returns.
-    pub async fn fire(&self, caller: &str, path: &EntityPath, params: Map<String, Value>) -> Result<Option<InvocationId>> {
+    pub async fn fire(
+        &self,
+        caller: &str,
+        path: &EntityPath,
+        params: Map<String, Value>,
+    ) -> Result<Option<InvocationId>> {
         let trigger: Trigger = self.entities.require(path)?;
         let rules: Vec<Rule> = self.entities.list(&format!("{}/", path.namespace))?;
         let trigger_path = path.path();
         let active: Vec<Rule> = rules
             .into_iter()
-            .filter(|r| r.status == RuleStatus::Active && r.trigger.path == trigger_path && r.trigger.name == path.name)
+            .filter(|r| {
+                r.status == RuleStatus::Active
+                    && r.trigger.path == trigger_path
+                    && r.trigger.name == path.name
+            })
             .collect();
         if active.is_empty() {
             return Ok(None);
@@ -774,8 +888,15 @@ impl Whisk {
         payload.extend(params.clone());
         let mut logs = Vec::with_capacity(active.len());
         for rule in &active {
-            let action_path = EntityPath::parse("action", &format!("/{}/{}", rule.action.path, rule.action.name), &path.namespace);
-            let entry = |status: StatusCode, success: bool, action_id: Option<&InvocationId>, error: Option<String>| {
+            let action_path = EntityPath::parse(
+                "action",
+                &format!("/{}/{}", rule.action.path, rule.action.name),
+                &path.namespace,
+            );
+            let entry = |status: StatusCode,
+                         success: bool,
+                         action_id: Option<&InvocationId>,
+                         error: Option<String>| {
                 let mut m = Map::new();
                 m.insert("statusCode".into(), json!(status.as_u8()));
                 m.insert("success".into(), json!(success));
@@ -783,14 +904,18 @@ impl Whisk {
                     m.insert("activationId".into(), json!(a));
                 }
                 m.insert("rule".into(), json!(format!("{}/{}", rule.namespace, rule.name)));
-                m.insert("action".into(), json!(format!("{}/{}", rule.action.path, rule.action.name)));
+                m.insert(
+                    "action".into(),
+                    json!(format!("{}/{}", rule.action.path, rule.action.name)),
+                );
                 if let Some(e) = error {
                     m.insert("error".into(), json!(e));
                 }
                 Value::Object(m).to_string()
             };
             let resolved = action_path.and_then(|p| self.resolve(&p));
-            match resolved.and_then(|r| r.bound.merge(&[&defaults, &params], false).map(|m| (r, m))) {
+            match resolved.and_then(|r| r.bound.merge(&[&defaults, &params], false).map(|m| (r, m)))
+            {
                 Ok((resolved, merged)) => {
                     let action_id = InvocationId::new();
                     logs.push(entry(StatusCode::Success, true, Some(&action_id), None));
@@ -798,7 +923,8 @@ impl Whisk {
                     let caller = caller.to_string();
                     let cause = id.clone();
                     tokio::spawn(async move {
-                        this.run(&caller, resolved, merged, action_id, Some((cause, "trigger")), 0).await;
+                        this.run(&caller, resolved, merged, action_id, Some((cause, "trigger")), 0)
+                            .await;
                     });
                 }
                 Err(e) => logs.push(entry(e.status_code(), false, None, Some(e.to_string()))),
@@ -830,7 +956,9 @@ impl Whisk {
         match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(m)) => Ok(m),
             Ok(_) => Err(Error::invalid("parameters", "the request content must be a JSON object")),
-            Err(e) => Err(Error::invalid("parameters", format!("the request content was malformed: {e}"))),
+            Err(e) => {
+                Err(Error::invalid("parameters", format!("the request content was malformed: {e}")))
+            }
         }
     }
 }

@@ -124,7 +124,9 @@ impl Exec {
                 if n > MAX_SEQUENCE_LENGTH {
                     return Err(Error::invalid(
                         "exec.components",
-                        format!("too many actions in the sequence: {n} (at most {MAX_SEQUENCE_LENGTH})"),
+                        format!(
+                            "too many actions in the sequence: {n} (at most {MAX_SEQUENCE_LENGTH})"
+                        ),
                     ));
                 }
                 Ok(())
@@ -408,7 +410,10 @@ mod tests {
     #[test]
     fn names_parse_in_openwhisk_forms() {
         let p = EntityPath::parse("action", "/guest/hello", "me").unwrap();
-        assert_eq!((p.namespace.as_str(), p.package.as_deref(), p.name.as_str()), ("guest", None, "hello"));
+        assert_eq!(
+            (p.namespace.as_str(), p.package.as_deref(), p.name.as_str()),
+            ("guest", None, "hello")
+        );
         let p = EntityPath::parse("action", "utils/cat", "me").unwrap();
         assert_eq!(p.fqn(), "/me/utils/cat");
         let p = EntityPath::parse("action", "/_/hello", "me").unwrap();

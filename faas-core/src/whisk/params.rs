@@ -38,7 +38,11 @@ impl Bound {
     /// them in order (the trigger's, then the event's or caller's). For a `final` action,
     /// an override of a bound parameter is an error if `refuse` (a caller's request), else
     /// ignored (a trigger's firing).
-    pub fn merge(&self, overrides: &[&Map<String, Value>], refuse: bool) -> Result<Map<String, Value>> {
+    pub fn merge(
+        &self,
+        overrides: &[&Map<String, Value>],
+        refuse: bool,
+    ) -> Result<Map<String, Value>> {
         let mut out = self.params.clone();
         for layer in overrides {
             for (k, v) in layer.iter() {
@@ -76,7 +80,10 @@ mod tests {
         let trigger = json!({"c": "trigger", "d": "trigger"}).as_object().unwrap().clone();
         let event = json!({"d": "event"}).as_object().unwrap().clone();
         let out = bound.merge(&[&trigger, &event], true).unwrap();
-        assert_eq!(Value::Object(out), json!({"a":"package","b":"action","c":"trigger","d":"event"}));
+        assert_eq!(
+            Value::Object(out),
+            json!({"a":"package","b":"action","c":"trigger","d":"event"})
+        );
     }
 
     #[test]

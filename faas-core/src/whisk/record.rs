@@ -82,7 +82,9 @@ struct Raw {
 impl Raw {
     fn into_activation(self) -> Activation {
         let response = match &self.outcome {
-            Ok(status) if *status < 400 => ActivationResponse::success(json!({ "statusCode": status })),
+            Ok(status) if *status < 400 => {
+                ActivationResponse::success(json!({ "statusCode": status }))
+            }
             Ok(status) => ActivationResponse {
                 status: StatusCode::ApplicationError.as_str().into(),
                 status_code: StatusCode::ApplicationError,
@@ -496,7 +498,9 @@ where
         };
         if let Some(n) = this.noted.take() {
             let (outcome, meta) = match &r {
-                Ok(resp) => (Ok(resp.status().as_u16()), resp.extensions().get::<InvocationMeta>().cloned()),
+                Ok(resp) => {
+                    (Ok(resp.status().as_u16()), resp.extensions().get::<InvocationMeta>().cloned())
+                }
                 Err(e) => (Err(e.clone()), None),
             };
             let raw = Raw {
@@ -541,10 +545,16 @@ mod tests {
 
     fn backend() -> Arc<MemoryInvoker> {
         let m = MemoryInvoker::new();
-        m.register("echo", handler_fn(|req: Request, _: Context| async move { Ok::<_, Error>(req.into_body()) }));
-        m.register("fail", handler_fn(|_: Request, _: Context| async move {
-            Err::<bytes::Bytes, _>(Error::application("no"))
-        }));
+        m.register(
+            "echo",
+            handler_fn(|req: Request, _: Context| async move { Ok::<_, Error>(req.into_body()) }),
+        );
+        m.register(
+            "fail",
+            handler_fn(|_: Request, _: Context| async move {
+                Err::<bytes::Bytes, _>(Error::application("no"))
+            }),
+        );
         Arc::new(m)
     }
 
@@ -614,8 +624,17 @@ mod tests {
         assert_eq!(page[0].activation_id.as_str(), "id3");
         // Age: everything older than the limit goes at the next flush.
         let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
-        let aged = ActivationLog::in_memory(Retention { max_records: 10, max_age: Duration::from_secs(60) });
-        aged.insert(Activation::new(InvocationId::new(), &f, old, old, ActivationResponse::success(json!({}))));
+        let aged = ActivationLog::in_memory(Retention {
+            max_records: 10,
+            max_age: Duration::from_secs(60),
+        });
+        aged.insert(Activation::new(
+            InvocationId::new(),
+            &f,
+            old,
+            old,
+            ActivationResponse::success(json!({})),
+        ));
         aged.flush().await.unwrap();
         assert!(aged.is_empty());
     }
