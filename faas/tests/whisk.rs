@@ -6,64 +6,16 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{eventually, Up};
+use common::{eventually, Sandbox, Up};
 use faas_http::client::GatewayClient;
 use http::Method;
 use serde_json::Value;
 
 const STACK: &str = "functions: {}\n";
-
-struct Sandbox {
-    root: PathBuf,
-}
-
-impl Sandbox {
-    fn new(name: &str) -> Sandbox {
-        let root = std::env::temp_dir().join(format!("faas-whisk-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(root.join("stack.yml"), STACK).unwrap();
-        Sandbox { root }
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.root.join("state")
-    }
-
-    fn up(&self) -> Up {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let n = std::fs::read_dir(&self.root).unwrap().count();
-        let log = self.root.join(format!("up-{n}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_faas"))
-            .env("HOME", self.root.join("home"))
-            .env("XDG_STATE_HOME", self.root.join("xdg-state"))
-            .env("XDG_CONFIG_HOME", self.root.join("config"))
-            .env_remove("FAAS_QUEUE")
-            .env_remove("basic_auth")
-            .args(["up", "-f"])
-            .arg(self.root.join("stack.yml"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
-            .arg(self.state_dir())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start faas up");
-        Up { child: Some(child), base: format!("http://127.0.0.1:{port}"), log }
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
 
 /// The OpenWhisk key `faas up` generated in its state directory.
 fn key(state: &Path) -> String {
@@ -100,7 +52,7 @@ async fn openwhisk_client_drives_the_api_and_state_survives_a_restart() {
         "the openwhisk npm client is missing: run `npm ci` in {} (scripts/test.sh does)",
         js.display()
     );
-    let sb = Sandbox::new("client");
+    let sb = Sandbox::new("whisk", STACK, "client");
     let up = sb.up();
     // Serving (the key file exists once it does).
     let auth = eventually(60, "the OpenWhisk key", || async {

@@ -530,17 +530,7 @@ impl Whisk {
                 end,
                 response.clone(),
             );
-            a.namespace = call.namespace.clone();
-            a.subject = call.namespace.clone();
-            a.name = call.name.clone();
-            a.version = call.version.clone();
-            a.cause = call.cause.clone();
-            a.annotate("path", call.path.clone().into());
-            a.annotate("kind", call.kind.clone().into());
-            a.annotate("limits", serde_json::to_value(call.limits).unwrap_or(Value::Null));
-            if let Some(by) = call.caused_by {
-                a.annotate("causedBy", by.into());
-            }
+            call.describe(&mut a);
             a.annotate("waitTime", 0.into());
             self.log.insert(a);
         }
@@ -662,18 +652,10 @@ impl Whisk {
         let end = SystemTime::now();
         let call = self.call_of(caller, &r, &cause);
         let mut a = Activation::new(id, &function_of(&real), start, end, response);
-        a.namespace = call.namespace.clone();
-        a.subject = call.namespace;
-        a.name = call.name;
-        a.version = call.version;
-        a.cause = call.cause;
+        call.describe(&mut a);
         a.logs = logs;
-        a.annotate("path", call.path.into());
-        a.annotate("kind", "sequence".into());
-        a.annotate("limits", serde_json::to_value(call.limits).unwrap_or(Value::Null));
-        match call.caused_by {
-            Some(by) => a.annotate("causedBy", by.into()),
-            None => a.annotate("topmost", true.into()),
+        if call.caused_by.is_none() {
+            a.annotate("topmost", true.into());
         }
         self.log.insert(a.clone());
         a

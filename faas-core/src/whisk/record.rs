@@ -53,6 +53,25 @@ pub struct WhiskCall {
     pub caused_by: Option<&'static str>,
 }
 
+impl WhiskCall {
+    /// Writes what this call says of the action into its activation record: namespace,
+    /// subject, name, version, cause, and the `path`, `kind`, `limits` and `causedBy`
+    /// annotations.
+    pub fn describe(&self, a: &mut Activation) {
+        a.namespace = self.namespace.clone();
+        a.subject = self.namespace.clone();
+        a.name = self.name.clone();
+        a.version = self.version.clone();
+        a.cause = self.cause.clone();
+        a.annotate("path", self.path.clone().into());
+        a.annotate("kind", self.kind.clone().into());
+        a.annotate("limits", serde_json::to_value(self.limits).unwrap_or(Value::Null));
+        if let Some(by) = self.caused_by {
+            a.annotate("causedBy", by.into());
+        }
+    }
+}
+
 /// How many records the log keeps, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
@@ -95,19 +114,7 @@ impl Raw {
         };
         let mut a = Activation::new(self.id, &self.function, self.start, self.end, response);
         match &self.whisk {
-            Some(w) => {
-                a.namespace = w.namespace.clone();
-                a.subject = w.namespace.clone();
-                a.name = w.name.clone();
-                a.version = w.version.clone();
-                a.cause = w.cause.clone();
-                a.annotate("path", w.path.clone().into());
-                a.annotate("kind", w.kind.clone().into());
-                a.annotate("limits", serde_json::to_value(w.limits).unwrap_or(Value::Null));
-                if let Some(by) = w.caused_by {
-                    a.annotate("causedBy", by.into());
-                }
-            }
+            Some(w) => w.describe(&mut a),
             None => {
                 let path = format!("{}/{}", self.function.namespace, self.function.name);
                 a.annotate("path", path.into());
