@@ -382,6 +382,13 @@ impl GatewayBuilder {
             self.whisk_config,
         );
         self.log.spawn_flusher(Duration::from_millis(200));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            match whisk.restore_feeds() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("{n} feeds (alarms) started again"),
+                Err(e) => tracing::warn!("the kept feeds could not be read: {e}"),
+            }
+        }
         let router = Router::over(Arc::new(Inner {
             whisk: WhiskApi::new(whisk, self.whisk_keys),
             invoker: self.invoker,

@@ -198,6 +198,11 @@ impl WhiskApi {
         let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
         match seg.as_slice() {
             ["namespaces"] => Ok(response::json(StatusCode::OK, &[caller])),
+            ["namespaces", faas_core::whisk::feeds::SYSTEM_NAMESPACE, "actions", "alarms", feed]
+                if req.method() == Method::POST =>
+            {
+                self.feed(req, caller, feed).await
+            }
             ["namespaces", ns, collection, rest @ ..] => {
                 let ns = if *ns == "_" { caller } else { ns };
                 if ns != caller {
@@ -223,6 +228,29 @@ impl WhiskApi {
             }
             _ => Ok(whisk_error(StatusCode::NOT_FOUND, "The requested resource does not exist.")),
         }
+    }
+
+    /// A built-in feed action (`/whisk.system/alarms/alarm` or `once`), invoked by the
+    /// clients' `feeds.create` and the CLI's `trigger create --feed`: answered as a
+    /// blocking invocation (the record, 200), and recorded.
+    async fn feed(&self, req: Request, caller: &str, feed: &str) -> Result<Response> {
+        let start = std::time::SystemTime::now();
+        let params = Whisk::params_of(&self.body(req).await?)?;
+        let result = self.whisk.feed(caller, feed, params).await?;
+        let mut a = faas_core::Activation::new(
+            InvocationId::new(),
+            &faas_core::FunctionRef::new(feed, caller),
+            start,
+            std::time::SystemTime::now(),
+            faas_core::ActivationResponse::success(result),
+        );
+        a.annotate(
+            "path",
+            format!("{}/alarms/{feed}", faas_core::whisk::feeds::SYSTEM_NAMESPACE).into(),
+        );
+        a.annotate("kind", "nodejs:default".into());
+        self.whisk.log().insert(a.clone());
+        Ok(response::json(StatusCode::OK, &a))
     }
 
     async fn body(&self, req: Request) -> Result<bytes::Bytes> {

@@ -473,3 +473,83 @@ async fn openfaas_invocations_are_recorded() {
     assert_eq!(rec["response"]["statusCode"], 0);
     assert_eq!(annotation(&rec, "path"), Some(&json!("guest/echo")));
 }
+
+/// An alarm feed (`/whisk.system/alarms/alarm`, as the clients' `feeds.create` invokes it)
+/// fires its trigger on its cron schedule with its payload; paused or deleted, it stops.
+#[tokio::test]
+async fn alarm_feed_fires_its_trigger_until_deleted() {
+    let w = Whisk::start().await;
+    w.action("echo", "whisk/echo", json!({})).await;
+    w.call(Method::PUT, "triggers/tick", json!({})).await;
+    w.call(Method::PUT, "rules/on-tick", json!({"trigger": "tick", "action": "echo"})).await;
+    let feed = |event: &str, extra: Value| {
+        let mut body = json!({"lifecycleEvent": event, "triggerName": "/_/tick", "authKey": format!("{UUID}:{KEY}")});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let feed_path = "/api/v1/namespaces/whisk.system/actions/alarms/alarm?blocking=true";
+    let send = |body: Value| {
+        let h = vec![
+            ("authorization".to_string(), w.auth.clone()),
+            ("content-type".into(), "application/json".into()),
+        ];
+        let c = w.client.clone();
+        async move {
+            let r = c
+                .send(Method::POST, feed_path, &h, serde_json::to_vec(&body).unwrap().into())
+                .await
+                .unwrap();
+            (r.status.as_u16(), serde_json::from_slice::<Value>(&r.body).unwrap_or(Value::Null))
+        }
+    };
+    let (s, v) = send(feed("CREATE", json!({"cron": "nonsense"}))).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) =
+        send(feed("CREATE", json!({"cron": "* * * * * *", "trigger_payload": {"from": "alarm"}})))
+            .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["response"]["success"], true);
+    let list = w.activations_of("echo", 2).await;
+    assert!(list.iter().all(|a| a["response"]["result"]["from"] == "alarm"), "{list:?}");
+    let (s, v) = send(feed("READ", json!({}))).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["response"]["result"]["config"]["cron"], "* * * * * *");
+
+    // Deleting the trigger stops its alarm.
+    let (s, _) = w.call(Method::DELETE, "triggers/tick", Value::Null).await;
+    assert_eq!(s, 200);
+    let (s, _) = send(feed("READ", json!({}))).await;
+    assert_eq!(s, 404);
+}
+
+/// Firing a trigger is the webhook: a POST with the namespace's key fires it; without
+/// the key, or with a wrong one, it is refused and nothing runs.
+#[tokio::test]
+async fn webhook_fires_with_auth_and_is_refused_without() {
+    let w = Whisk::start().await;
+    w.action("echo", "whisk/echo", json!({})).await;
+    w.call(Method::PUT, "triggers/hook", json!({})).await;
+    w.call(Method::PUT, "rules/on-hook", json!({"trigger": "hook", "action": "echo"})).await;
+    let r = w.raw(Method::POST, "triggers/hook", json!({"n": 1}), false).await;
+    assert_eq!(r.status, 401);
+    let wrong =
+        format!("Basic {}", faas_core::queue::base64_encode(format!("{UUID}:wrong").as_bytes()));
+    let r = w
+        .client
+        .send(
+            Method::POST,
+            "/api/v1/namespaces/_/triggers/hook",
+            &[("authorization".into(), wrong)],
+            bytes::Bytes::from_static(b"{}"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    let (s, v) = w.call(Method::POST, "triggers/hook", json!({"n": 2})).await;
+    assert_eq!(s, 202, "{v}");
+    let list = w.activations_of("echo", 1).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["response"]["result"]["n"], 2);
+}

@@ -143,6 +143,7 @@ pub struct Whisk {
     invoke: Arc<dyn Invoke>,
     deploy: Arc<dyn Deploy>,
     config: WhiskConfig,
+    feeds: super::feeds::Feeds,
 }
 
 impl std::fmt::Debug for Whisk {
@@ -218,7 +219,12 @@ impl Whisk {
         deploy: Arc<dyn Deploy>,
         config: WhiskConfig,
     ) -> Self {
-        Whisk { entities, log, invoke, deploy, config }
+        Whisk { entities, log, invoke, deploy, config, feeds: Default::default() }
+    }
+
+    /// The feeds running.
+    pub fn feeds(&self) -> &super::feeds::Feeds {
+        &self.feeds
     }
 
     /// The entity store.
@@ -774,6 +780,7 @@ impl Whisk {
     /// Removes a trigger.
     pub async fn delete_trigger(&self, path: &EntityPath) -> Result<Trigger> {
         let trigger: Trigger = self.entities.require(path)?;
+        self.drop_feed(path).await?;
         self.entities.delete::<Trigger>(path).await?;
         Ok(trigger)
     }

@@ -5,10 +5,15 @@
 //! ([`record`]: a layer of the invocation stack and a bounded log), and the operations
 //! of the REST API ([`engine::Whisk`]: create, invoke, sequences, trigger firing).
 //!
+//! Triggers fire from the API, and from event sources ([`feeds`]: the alarms of
+//! [`alarm`], or any [`crate::EventSource`]).
+//!
 //! The REST routes themselves (`/api/v1/...`) are in `faas-http`.
 
+pub mod alarm;
 pub mod engine;
 pub mod entity;
+pub mod feeds;
 pub mod params;
 pub mod record;
 pub mod store;

@@ -54,6 +54,11 @@ impl EntityStore {
         EntityStore { store }
     }
 
+    /// The store underneath (for the tables kept beside the entities: feeds).
+    pub fn state(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
     /// The entity at `path`.
     pub fn get<E: Entity>(&self, path: &EntityPath) -> Result<Option<E>> {
         match self.store.get(E::TABLE, path.key().as_bytes())? {
