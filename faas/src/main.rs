@@ -3,6 +3,7 @@
 //! `logs`, `secret`, `scale`).
 
 mod credentials;
+mod whisk_cli;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use faas_http::stack::Stack;
 use faas_http::{BasicAuth, Gateway, GatewayConfig};
 use http::Method;
 
+/// The gateway the client subcommands talk to by default.
 const DEFAULT_GATEWAY: &str = "http://127.0.0.1:8080";
 
 #[derive(Parser)]
@@ -312,6 +314,41 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         filter: Vec<String>,
     },
+    /// OpenWhisk actions (the gateway's /api/v1), as `wsk action`.
+    Action {
+        #[command(flatten)]
+        ow: whisk_cli::WhiskOpts,
+        #[command(subcommand)]
+        cmd: whisk_cli::ActionCmd,
+    },
+    /// OpenWhisk triggers, as `wsk trigger`.
+    Trigger {
+        #[command(flatten)]
+        ow: whisk_cli::WhiskOpts,
+        #[command(subcommand)]
+        cmd: whisk_cli::TriggerCmd,
+    },
+    /// OpenWhisk rules, as `wsk rule`.
+    Rule {
+        #[command(flatten)]
+        ow: whisk_cli::WhiskOpts,
+        #[command(subcommand)]
+        cmd: whisk_cli::RuleCmd,
+    },
+    /// OpenWhisk activation records (of every invocation), as `wsk activation`.
+    Activation {
+        #[command(flatten)]
+        ow: whisk_cli::WhiskOpts,
+        #[command(subcommand)]
+        cmd: whisk_cli::ActivationCmd,
+    },
+    /// OpenWhisk packages, as `wsk package`.
+    Package {
+        #[command(flatten)]
+        ow: whisk_cli::WhiskOpts,
+        #[command(subcommand)]
+        cmd: whisk_cli::PackageCmd,
+    },
     /// Run the watchdog (used by the process backend; reads the OpenFaaS watchdog env vars).
     #[command(hide = true)]
     Watchdog,
@@ -436,6 +473,11 @@ fn secret_value(from_literal: Option<String>, from_file: Option<PathBuf>) -> Res
     Ok(buf)
 }
 
+/// Runs an OpenWhisk verb: exit 1 when an invoked action failed.
+async fn whisk(ow: &whisk_cli::WhiskOpts, cmd: whisk_cli::WhiskCmd) -> Result<ExitCode> {
+    Ok(if whisk_cli::run(ow, cmd).await? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
 async fn run(cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Up {
@@ -484,6 +526,13 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             };
             up(file, listen, backend, filter, queue, access).await?;
         }
+        Command::Action { ow, cmd } => return whisk(&ow, whisk_cli::WhiskCmd::Action(cmd)).await,
+        Command::Trigger { ow, cmd } => return whisk(&ow, whisk_cli::WhiskCmd::Trigger(cmd)).await,
+        Command::Rule { ow, cmd } => return whisk(&ow, whisk_cli::WhiskCmd::Rule(cmd)).await,
+        Command::Activation { ow, cmd } => {
+            return whisk(&ow, whisk_cli::WhiskCmd::Activation(cmd)).await
+        }
+        Command::Package { ow, cmd } => return whisk(&ow, whisk_cli::WhiskCmd::Package(cmd)).await,
         Command::Login { gateway, username, password, password_stdin } => {
             let password = match (password, password_stdin) {
                 (Some(p), _) => {

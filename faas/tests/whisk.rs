@@ -122,3 +122,79 @@ async fn openwhisk_client_drives_the_api_and_state_survives_a_restart() {
     assert_eq!(serde_json::from_slice::<Value>(&r.body).unwrap(), serde_json::json!({"A": "B"}));
     again.stop();
 }
+
+/// Runs `faas ARGS` against `up` with its OpenWhisk key; answers (success, stdout).
+fn faas(up: &Up, state: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_faas"))
+        .args(args)
+        .args(["--apihost", &up.base, "--auth-file"])
+        .arg(state.join(faas_http::whisk::WHISK_AUTH_FILE))
+        .env_remove("WHISK_AUTH")
+        .env_remove("WHISK_APIHOST")
+        .output()
+        .expect("run faas");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.success(), format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn json_of(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// The `wsk`-style verbs of `faas`: actions (a shell command on the process backend),
+/// parameters, a trigger with a rule, firing, activations, rules disabled, packages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wsk_verbs_drive_the_api() {
+    let sb = Sandbox::new("whisk", STACK, "cli");
+    let up = sb.up();
+    let state = sb.state_dir();
+    let auth = eventually(60, "the OpenWhisk key", || async {
+        std::fs::read_to_string(state.join(faas_http::whisk::WHISK_AUTH_FILE)).ok()
+    })
+    .await;
+    get(&up, auth.trim(), "actions").await;
+    let run = |args: &[&str]| {
+        let (ok, out) = faas(&up, &state, args);
+        assert!(ok, "faas {args:?}: {out}\nlog:\n{}", up.log());
+        out
+    };
+
+    run(&["action", "create", "hello", "--fprocess", "cat", "-p", "greeting", "hi"]);
+    let out = run(&["action", "invoke", "hello", "-p", "name", "ann", "--result"]);
+    assert_eq!(json_of(&out), serde_json::json!({"greeting": "hi", "name": "ann"}));
+    let (ok, out) = faas(&up, &state, &["action", "create", "hello", "--fprocess", "cat"]);
+    assert!(!ok && out.contains("already exists"), "{out}");
+    run(&["action", "update", "hello", "-t", "5000"]);
+    assert_eq!(json_of(&run(&["action", "get", "hello"]))["limits"]["timeout"], 5000);
+    let (ok, out) = faas(&up, &state, &["action", "update", "hello", "-m", "4096"]);
+    assert!(!ok && out.contains("limits.memory"), "{out}");
+
+    run(&["trigger", "create", "ping", "-p", "source", "cli"]);
+    run(&["rule", "create", "on-ping", "ping", "hello"]);
+    let fired = json_of(&run(&["trigger", "fire", "ping", "-p", "n", "1"]));
+    assert!(fired["activationId"].is_string(), "{fired}");
+    let list = eventually(30, "the rule's action ran", || async {
+        let l = json_of(&faas(&up, &state, &["activation", "list", "hello", "--full"]).1);
+        let done = l.as_array()?.iter().any(|a| a["response"]["result"]["source"] == "cli");
+        done.then_some(l)
+    })
+    .await;
+    let id = list[0]["activationId"].as_str().unwrap().to_string();
+    let result = json_of(&run(&["activation", "result", &id]));
+    assert_eq!(result["result"]["n"], 1);
+    run(&["rule", "disable", "on-ping"]);
+    assert_eq!(json_of(&run(&["rule", "get", "on-ping"]))["status"], "inactive");
+    assert!(run(&["trigger", "fire", "ping"]).contains("nothing fired"));
+
+    run(&["package", "create", "tools", "-p", "who", "package"]);
+    run(&["action", "create", "tools/echo", "--fprocess", "cat"]);
+    run(&["package", "bind", "tools", "mytools", "-p", "who", "binding"]);
+    let out = run(&["action", "invoke", "mytools/echo", "--result"]);
+    assert_eq!(json_of(&out), serde_json::json!({"who": "binding"}));
+    assert_eq!(json_of(&run(&["package", "get", "tools"]))["actions"][0]["name"], "echo");
+    run(&["action", "delete", "tools/echo"]);
+    run(&["package", "delete", "mytools"]);
+    run(&["package", "delete", "tools"]);
+    assert_eq!(json_of(&run(&["package", "list"])), serde_json::json!([]));
+    up.stop();
+}
