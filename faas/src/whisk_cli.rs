@@ -43,6 +43,13 @@ fn key_values(m: &Map<String, Value>) -> Value {
     Value::Array(m.iter().map(|(k, v)| json!({"key": k, "value": v})).collect())
 }
 
+/// An entity named on the command line.
+#[derive(Args, Debug)]
+pub struct Named {
+    /// Its name.
+    name: String,
+}
+
 /// `faas action ...`.
 #[derive(Subcommand, Debug)]
 pub enum ActionCmd {
@@ -66,15 +73,9 @@ pub enum ActionCmd {
         result: bool,
     },
     /// Show an action.
-    Get {
-        /// The action.
-        name: String,
-    },
+    Get(Named),
     /// Delete an action.
-    Delete {
-        /// The action.
-        name: String,
-    },
+    Delete(Named),
     /// List the actions.
     List,
 }
@@ -131,15 +132,9 @@ pub enum TriggerCmd {
         params: Vec<String>,
     },
     /// Show a trigger.
-    Get {
-        /// The trigger.
-        name: String,
-    },
+    Get(Named),
     /// Delete a trigger (and its feed).
-    Delete {
-        /// The trigger.
-        name: String,
-    },
+    Delete(Named),
     /// List the triggers.
     List,
 }
@@ -157,25 +152,13 @@ pub enum RuleCmd {
         action: String,
     },
     /// Enable a rule.
-    Enable {
-        /// The rule.
-        name: String,
-    },
+    Enable(Named),
     /// Disable a rule.
-    Disable {
-        /// The rule.
-        name: String,
-    },
+    Disable(Named),
     /// Show a rule.
-    Get {
-        /// The rule.
-        name: String,
-    },
+    Get(Named),
     /// Delete a rule.
-    Delete {
-        /// The rule.
-        name: String,
-    },
+    Delete(Named),
     /// List the rules.
     List,
 }
@@ -236,15 +219,9 @@ pub enum PackageCmd {
         params: Vec<String>,
     },
     /// Show a package and its actions.
-    Get {
-        /// The package.
-        name: String,
-    },
+    Get(Named),
     /// Delete a package.
-    Delete {
-        /// The package.
-        name: String,
-    },
+    Delete(Named),
     /// List the packages.
     List,
 }
@@ -366,10 +343,10 @@ pub async fn run(opts: &WhiskOpts, cmd: WhiskCmd) -> Result<bool> {
                 print(&v);
                 return Ok(status < 400);
             }
-            ActionCmd::Get { name } => {
+            ActionCmd::Get(Named { name }) => {
                 print(&api.call(Method::GET, &get("actions", &name), None).await?.1)
             }
-            ActionCmd::Delete { name } => {
+            ActionCmd::Delete(Named { name }) => {
                 print(&api.call(Method::DELETE, &get("actions", &name), None).await?.1)
             }
             ActionCmd::List => print(&api.call(Method::GET, "actions?limit=200", None).await?.1),
@@ -428,10 +405,10 @@ pub async fn run(opts: &WhiskOpts, cmd: WhiskCmd) -> Result<bool> {
                     print(&v);
                 }
             }
-            TriggerCmd::Get { name } => {
+            TriggerCmd::Get(Named { name }) => {
                 print(&api.call(Method::GET, &get("triggers", &name), None).await?.1)
             }
-            TriggerCmd::Delete { name } => {
+            TriggerCmd::Delete(Named { name }) => {
                 print(&api.call(Method::DELETE, &get("triggers", &name), None).await?.1)
             }
             TriggerCmd::List => print(&api.call(Method::GET, "triggers?limit=200", None).await?.1),
@@ -441,20 +418,20 @@ pub async fn run(opts: &WhiskOpts, cmd: WhiskCmd) -> Result<bool> {
                 let body = json!({"trigger": trigger, "action": action});
                 print(&api.call(Method::PUT, &get("rules", &name), Some(body)).await?.1)
             }
-            RuleCmd::Enable { name } => print(
+            RuleCmd::Enable(Named { name }) => print(
                 &api.call(Method::POST, &get("rules", &name), Some(json!({"status": "active"})))
                     .await?
                     .1,
             ),
-            RuleCmd::Disable { name } => print(
+            RuleCmd::Disable(Named { name }) => print(
                 &api.call(Method::POST, &get("rules", &name), Some(json!({"status": "inactive"})))
                     .await?
                     .1,
             ),
-            RuleCmd::Get { name } => {
+            RuleCmd::Get(Named { name }) => {
                 print(&api.call(Method::GET, &get("rules", &name), None).await?.1)
             }
-            RuleCmd::Delete { name } => {
+            RuleCmd::Delete(Named { name }) => {
                 print(&api.call(Method::DELETE, &get("rules", &name), None).await?.1)
             }
             RuleCmd::List => print(&api.call(Method::GET, "rules?limit=200", None).await?.1),
@@ -502,10 +479,10 @@ pub async fn run(opts: &WhiskOpts, cmd: WhiskCmd) -> Result<bool> {
                 let body = json!({"binding": {"namespace": ns, "name": pkg}, "parameters": key_values(&kv_pairs(&params, "param")?)});
                 print(&api.call(Method::PUT, &get("packages", &name), Some(body)).await?.1)
             }
-            PackageCmd::Get { name } => {
+            PackageCmd::Get(Named { name }) => {
                 print(&api.call(Method::GET, &get("packages", &name), None).await?.1)
             }
-            PackageCmd::Delete { name } => {
+            PackageCmd::Delete(Named { name }) => {
                 print(&api.call(Method::DELETE, &get("packages", &name), None).await?.1)
             }
             PackageCmd::List => print(&api.call(Method::GET, "packages?limit=200", None).await?.1),

@@ -1,7 +1,7 @@
 //! Feeds: event sources attached to triggers through OpenWhisk's feed actions and their
 //! lifecycle events (`CREATE`, `READ`, `UPDATE`, `DELETE`, `PAUSE`, `UNPAUSE`). The built-in
 //! feeds are the alarms of `/whisk.system/alarms` (`alarm`, `once`): an
-//! [`AlarmSource`] per trigger, driven by [`drive`], kept in the [`StateStore`] (table
+//! [`AlarmSource`] per trigger, driven by [`drive`], kept in the [`crate::state::StateStore`] (table
 //! [`FEEDS_TABLE`]) so that they start again after a restart ([`Whisk::restore_feeds`]).
 //!
 //! Any [`EventSource`] can fire triggers the same way: hand it to [`drive`] with the
