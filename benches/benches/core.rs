@@ -49,8 +49,19 @@ fn bench(c: &mut Criterion) {
         .layer(ConcurrencyLimitLayer::new(10_000, 0))
         .layer(ActivatorLayer::new(backend.clone(), activator.clone()))
         .layer(TimeoutLayer::new(Duration::from_secs(60)).named("gateway upstream"))
-        .service(InvokeService::new(backend as Arc<dyn Invoke>));
+        .service(InvokeService::new(backend.clone() as Arc<dyn Invoke>));
     let handles = Arc::new(FunctionHandles::new(&registry, &activator, &fref));
+    // The gateway's stack as `faas-http` builds it now: with the activation record layer
+    // (records indexed in batches; the log bounded at its default 100 000 records).
+    let log = faas_core::whisk::ActivationLog::default();
+    let recorded_stack = ServiceBuilder::new()
+        .layer(TraceLayer::new())
+        .layer(MetricsLayer::with_registry(registry.clone()))
+        .layer(ConcurrencyLimitLayer::new(10_000, 0))
+        .layer(faas_core::whisk::ActivationLayer::new(log.clone()))
+        .layer(ActivatorLayer::new(backend.clone(), activator.clone()))
+        .layer(TimeoutLayer::new(Duration::from_secs(60)).named("gateway upstream"))
+        .service(InvokeService::new(backend.clone() as Arc<dyn Invoke>));
 
     let mut g = c.benchmark_group("core");
     let handler = hello();
@@ -73,6 +84,13 @@ fn bench(c: &mut Criterion) {
             let mut inv = Invocation::post(fref.clone(), "hi");
             inv.request.extensions_mut().insert(handles.clone());
             gateway_stack.clone().oneshot(inv).await.unwrap()
+        })
+    });
+    g.bench_function("memory_invoke_gateway_stack_recorded", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut inv = Invocation::post(fref.clone(), "hi");
+            inv.request.extensions_mut().insert(handles.clone());
+            recorded_stack.clone().oneshot(inv).await.unwrap()
         })
     });
     g.finish();

@@ -63,6 +63,18 @@ pub struct Activation {
     pub namespace: String,
     /// Function name.
     pub name: String,
+    /// Who ran it (the namespace, for OpenWhisk's `subject`).
+    #[serde(default)]
+    pub subject: String,
+    /// The version of the action that ran.
+    #[serde(default = "default_version")]
+    pub version: String,
+    /// Whether the action is shared.
+    #[serde(default)]
+    pub publish: bool,
+    /// The activation that caused this one (a sequence's, for its components).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<InvocationId>,
     /// Start, in milliseconds since the Unix epoch.
     pub start: u64,
     /// End, in milliseconds since the Unix epoch.
@@ -78,6 +90,13 @@ pub struct Activation {
     /// The outcome.
     pub response: ActivationResponse,
 }
+
+fn default_version() -> String {
+    DEFAULT_VERSION.to_string()
+}
+
+/// The version of an activation of a function that has none (an OpenFaaS function).
+pub const DEFAULT_VERSION: &str = "0.0.1";
 
 /// Milliseconds since the Unix epoch.
 pub fn epoch_millis(t: SystemTime) -> u64 {
@@ -98,6 +117,10 @@ impl Activation {
             activation_id: id,
             namespace: function.namespace.clone(),
             name: function.name.clone(),
+            subject: function.namespace.clone(),
+            version: default_version(),
+            publish: false,
+            cause: None,
             start: s,
             end: e.max(s),
             duration: e.saturating_sub(s),

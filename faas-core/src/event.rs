@@ -1,4 +1,5 @@
-//! Events that trigger functions: [`EventSource`], and OpenWhisk's triggers and rules.
+//! Events that trigger functions: [`EventSource`] and at-least-once [`Delivery`]. OpenWhisk's
+//! triggers and rules are in [`crate::whisk`].
 
 use std::any::Any;
 
@@ -8,7 +9,6 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::invocation::FunctionRef;
 
 /// Settles one delivered item: acknowledge (done) or reject (deliver again later).
 ///
@@ -151,53 +151,9 @@ pub trait EventSource: Send + Sync + 'static {
     async fn next_event(&self) -> Result<Option<Delivery<Event>>>;
 }
 
-/// A named event channel with default parameters (OpenWhisk trigger).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Trigger {
-    /// Name.
-    pub name: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Default parameters.
-    #[serde(default)]
-    pub parameters: serde_json::Map<String, serde_json::Value>,
-}
-
-/// Binds one trigger to one function (OpenWhisk rule).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Rule {
-    /// Name.
-    pub name: String,
-    /// The trigger's name (same namespace as the rule).
-    pub trigger: String,
-    /// The function to invoke.
-    pub action: FunctionRef,
-    /// Disabled rules do not fire.
-    pub enabled: bool,
-}
-
-/// The invocations an event causes: for every enabled rule on the event's trigger, the rule's
-/// action with the event's parameters merged over the trigger's defaults.
-pub fn fire<'a>(
-    trigger: &Trigger,
-    rules: impl IntoIterator<Item = &'a Rule>,
-    event: &Event,
-) -> Vec<(FunctionRef, serde_json::Map<String, serde_json::Value>)> {
-    let mut params = trigger.parameters.clone();
-    for (k, v) in &event.params {
-        params.insert(k.clone(), v.clone());
-    }
-    rules
-        .into_iter()
-        .filter(|r| r.enabled && r.trigger == trigger.name)
-        .map(|r| (r.action.clone(), params.clone()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
     use std::sync::{Arc, Mutex};
 
     /// Records how it was settled, and what it was handed back.
@@ -255,35 +211,5 @@ mod tests {
             drop(delivery("e", false));
         }
         assert_eq!(*log.lock().unwrap(), ["ack", "nack_with b!", "dropped c", "nack"]);
-    }
-
-    #[test]
-    fn rules_merge_params() {
-        let t = Trigger {
-            name: "new-user".into(),
-            namespace: "guest".into(),
-            parameters: json!({"greeting": "hello", "lang": "en"}).as_object().unwrap().clone(),
-        };
-        let rule = |name: &str, action: &str, enabled| Rule {
-            name: name.into(),
-            trigger: "new-user".into(),
-            action: FunctionRef::new(action, "guest"),
-            enabled,
-        };
-        let rules =
-            [rule("r1", "welcome", true), rule("r2", "audit", true), rule("r3", "off", false)];
-        let ev = Event {
-            id: "e1".into(),
-            trigger: "new-user".into(),
-            namespace: "guest".into(),
-            params: json!({"lang": "de", "user": "ann"}).as_object().unwrap().clone(),
-            payload: None,
-        };
-        let out = fire(&t, &rules, &ev);
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[0].0.name, "welcome");
-        assert_eq!(out[0].1["lang"], "de");
-        assert_eq!(out[0].1["greeting"], "hello");
-        assert_eq!(out[1].1["user"], "ann");
     }
 }

@@ -40,6 +40,7 @@ pub mod sim;
 pub mod spec;
 pub mod state;
 pub mod util;
+pub mod whisk;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -48,7 +49,7 @@ pub use activation::{Activation, ActivationResponse};
 pub use autoscale::{AutoscaleConfig, Autoscaled, Kpa, KpaConfig, Observation};
 pub use body::{Body, BoxError, CallerFault};
 pub use error::{DeveloperErrorKind, Error, Result, StatusCode};
-pub use event::{Delivery, Event, EventSource, Rule, Trigger};
+pub use event::{Delivery, Event, EventSource};
 pub use function::{boxed, handler_fn, BoxFunction, Function, IntoResponse, Request, Response};
 pub use invocation::{
     Context, FunctionRef, Invocation, InvocationId, InvocationMeta, LogSink, StartKind,
@@ -68,6 +69,7 @@ pub use spec::{
     FunctionFailure, FunctionSpec, FunctionStatus, ReplicaLimits, Resources, ScalingMetric,
     ScalingPolicy, Usage,
 };
+pub use whisk::{Rule, Trigger};
 
 /// The README's Rust examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

@@ -29,6 +29,9 @@
 //! Our extensions to the OpenFaaS API, documented as such: `GET /system/activations/{id}`
 //! returns the record of an async invocation by its `X-Call-Id` (`state`, `attempts`,
 //! `status`, `callback`, and the OpenWhisk-style `activation` once finished).
+//!
+//! The OpenWhisk REST API is served under `/api/v1` ([`whisk`]); every invocation, from
+//! any route, gets an OpenWhisk activation record there.
 
 pub mod auth;
 pub mod client;
@@ -42,8 +45,10 @@ pub mod router;
 pub mod server;
 pub mod stack;
 mod util;
+pub mod whisk;
 
 pub use auth::{BasicAuth, LoginThrottleConfig};
 pub use config::{CrossSiteConfig, GatewayConfig};
 pub use router::{Gateway, GatewayBuilder, GatewayService, GatewayStack, InvokeStack, Router};
 pub use server::{serve, serve_with, ServeConfig};
+pub use whisk::{WhiskApi, WhiskKey};

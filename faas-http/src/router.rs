@@ -15,7 +15,10 @@ use faas_core::layers::{
 };
 use faas_core::prelude::*;
 use faas_core::spec::{validate_secret_name, DEFAULT_NAMESPACE};
+use faas_core::state::{MemoryStateStore, StateStore};
 use faas_core::util::{format_duration, FastBuildHasher};
+use faas_core::whisk::record::Record;
+use faas_core::whisk::{ActivationLayer, ActivationLog, EntityStore, Whisk, WhiskConfig};
 use faas_core::{
     Backend, Body, BoxError, CallerFault, Error, FunctionRef, FunctionSpec, Invocation,
     InvocationId, LogsRequest, QueuePublisher, QueuedInvocation, Request, Response, Result, Secret,
@@ -34,6 +37,7 @@ use crate::layers::{
 };
 use crate::metrics::GatewayMetrics;
 use crate::util::{parse_query, query_get, read_json, valid_route_name};
+use crate::whisk::{WhiskApi, WhiskKey};
 use crate::{portal, response};
 use faas_core::queue::ActivationStore;
 
@@ -58,16 +62,19 @@ struct Inner {
     queue: Option<Arc<dyn QueuePublisher>>,
     activations: Option<Arc<dyn ActivationStore>>,
     _worker: Option<faas_queue::WorkerHandle>,
+    /// The OpenWhisk API (`/api/v1`).
+    whisk: WhiskApi,
     /// Functions routed to, by the name they were addressed with (only valid names are
     /// inserted, so a fast hasher is safe).
     routes: RwLock<HashMap<Box<str>, Arc<Routed>, FastBuildHasher>>,
 }
 
 /// The default invocation stack of a gateway, outermost first: trace, metrics (OpenFaaS's
-/// names), a gateway-wide concurrency limit, the activator (scale from zero), the upstream
+/// names), a gateway-wide concurrency limit, the activation record of every call admitted
+/// ([`ActivationLayer`]), the activator (scale from zero), the upstream
 /// timeout, then the backend (or the layers given to [`GatewayBuilder::invoke_layer`] over
 /// it). Every layer is always ready.
-pub type InvokeStack = Trace<Metrics<ConcurrencyLimit<Activate<Timeout<InvokeService>>>>>;
+pub type InvokeStack = Trace<Metrics<ConcurrencyLimit<Record<Activate<Timeout<InvokeService>>>>>>;
 
 /// What the gateway keeps of a function it has routed to: the parsed reference and the
 /// layers' handles on it.
@@ -206,7 +213,12 @@ impl std::fmt::Debug for GatewayStack {
 }
 
 impl GatewayStack {
-    fn new(invoker: &Arc<dyn Backend>, invoke: Arc<dyn Invoke>, config: &GatewayConfig) -> Self {
+    fn new(
+        invoker: &Arc<dyn Backend>,
+        invoke: Arc<dyn Invoke>,
+        config: &GatewayConfig,
+        log: &ActivationLog,
+    ) -> Self {
         let registry = InvocationMetrics::new();
         let activator = Activator::new()
             .timeout(config.scale_from_zero_timeout)
@@ -215,6 +227,7 @@ impl GatewayStack {
             .layer(TraceLayer::new())
             .layer(MetricsLayer::with_registry(registry.clone()))
             .layer(ConcurrencyLimitLayer::new(config.max_in_flight, 0))
+            .layer(ActivationLayer::new(log.clone()))
             .layer(ActivatorLayer::new(invoker.clone(), activator.clone()))
             .layer(TimeoutLayer::new(config.upstream_timeout).named("gateway upstream"))
             .service(InvokeService::new(invoke));
@@ -241,9 +254,42 @@ pub struct GatewayBuilder {
     config: GatewayConfig,
     queue: Option<Arc<dyn QueuePublisher>>,
     activations: Option<Arc<dyn ActivationStore>>,
+    log: ActivationLog,
+    whisk_store: Option<Arc<dyn StateStore>>,
+    whisk_keys: Vec<WhiskKey>,
+    whisk_config: WhiskConfig,
 }
 
 impl GatewayBuilder {
+    /// Where the activation record of every invocation goes (what `/api/v1/.../activations`
+    /// lists). Default: a log in memory with the default retention.
+    pub fn activation_log(mut self, log: ActivationLog) -> Self {
+        self.log = log;
+        self.stack = None;
+        self
+    }
+
+    /// Where the OpenWhisk API keeps its entities (actions, packages, triggers, rules).
+    /// Default: in memory.
+    pub fn whisk_store(mut self, store: Arc<dyn StateStore>) -> Self {
+        self.whisk_store = Some(store);
+        self
+    }
+
+    /// Allows an OpenWhisk key (`uuid:key` as basic auth) to call `/api/v1` in its
+    /// namespace. With none given, the API needs no credentials and every caller is in
+    /// namespace `guest`.
+    pub fn whisk_key(mut self, key: WhiskKey) -> Self {
+        self.whisk_keys.push(key);
+        self
+    }
+
+    /// The OpenWhisk API's settings (blocking wait, payload limit).
+    pub fn whisk_config(mut self, config: WhiskConfig) -> Self {
+        self.whisk_config = config;
+        self
+    }
+
     /// Sets the configuration.
     pub fn config(mut self, config: GatewayConfig) -> Self {
         self.config = config;
@@ -257,10 +303,9 @@ impl GatewayBuilder {
     /// [`GatewayStack::invoke`] to the worker of a queue set up outside the gateway
     /// ([`crate::queue::AsyncQueue`]) so that its calls take the same path.
     pub fn stack(&mut self) -> GatewayStack {
-        let stack = self
-            .stack
-            .take()
-            .unwrap_or_else(|| GatewayStack::new(&self.invoker, self.invoke.clone(), &self.config));
+        let stack = self.stack.take().unwrap_or_else(|| {
+            GatewayStack::new(&self.invoker, self.invoke.clone(), &self.config, &self.log)
+        });
         self.stack = Some(stack.clone());
         stack
     }
@@ -327,7 +372,25 @@ impl GatewayBuilder {
             )));
             activations = Some(store);
         }
+        let whisk_store: Arc<dyn StateStore> =
+            self.whisk_store.unwrap_or_else(|| Arc::new(MemoryStateStore::default()));
+        let whisk = Whisk::new(
+            EntityStore::new(whisk_store),
+            self.log.clone(),
+            invoke.clone(),
+            self.invoker.clone(),
+            self.whisk_config,
+        );
+        self.log.spawn_flusher(Duration::from_millis(200));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            match whisk.restore_feeds() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("{n} feeds (alarms) started again"),
+                Err(e) => tracing::warn!("the kept feeds could not be read: {e}"),
+            }
+        }
         let router = Router::over(Arc::new(Inner {
+            whisk: WhiskApi::new(whisk, self.whisk_keys),
             invoker: self.invoker,
             stack,
             activator,
@@ -384,6 +447,10 @@ impl Gateway {
             config: GatewayConfig::default(),
             queue: None,
             activations: None,
+            log: ActivationLog::default(),
+            whisk_store: None,
+            whisk_keys: Vec::new(),
+            whisk_config: WhiskConfig::default(),
         }
     }
 
@@ -503,6 +570,9 @@ async fn route(inner: Arc<Inner>, req: Request) -> Response {
     if let Some(rest) = path.strip_prefix("/async-function/") {
         let (name, suffix) = split_name(rest);
         return invoke_async(&inner, req, name, suffix).await;
+    }
+    if crate::whisk::is_whisk_path(path) {
+        return inner.whisk.handle(req).await;
     }
     let result: Result<Response> = match (path, &method) {
         ("/healthz", &Method::GET | &Method::HEAD) => Ok(healthz(&inner)),

@@ -3,6 +3,7 @@
 //! `logs`, `secret`, `scale`).
 
 mod credentials;
+mod whisk_cli;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use faas_http::stack::Stack;
 use faas_http::{BasicAuth, Gateway, GatewayConfig};
 use http::Method;
 
+/// The gateway the client subcommands talk to by default.
 const DEFAULT_GATEWAY: &str = "http://127.0.0.1:8080";
 
 #[derive(Parser)]
@@ -154,6 +156,11 @@ enum Command {
         #[arg(long, env = "FAAS_MAX_REPLICAS_PER_NODE", value_name = "N",
               value_parser = clap::value_parser!(u32).range(1..))]
         max_replicas_per_node: Option<u32>,
+        /// The most activation records kept (the OpenWhisk API's `/activations`; the
+        /// oldest go first; kept in the state store across restarts).
+        #[arg(long, env = "FAAS_MAX_ACTIVATIONS", value_name = "N", default_value_t = 100_000,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        max_activations: u64,
     },
     /// Check credentials against a gateway and save them (mode 0600) for the other
     /// subcommands.
@@ -312,6 +319,41 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         filter: Vec<String>,
     },
+    /// OpenWhisk actions (the gateway's /api/v1), as `wsk action`.
+    Action {
+        #[command(flatten)]
+        ow: whisk_cli::WhiskOpts,
+        #[command(subcommand)]
+        cmd: whisk_cli::ActionCmd,
+    },
+    /// OpenWhisk triggers, as `wsk trigger`.
+    Trigger {
+        #[command(flatten)]
+        ow: whisk_cli::WhiskOpts,
+        #[command(subcommand)]
+        cmd: whisk_cli::TriggerCmd,
+    },
+    /// OpenWhisk rules, as `wsk rule`.
+    Rule {
+        #[command(flatten)]
+        ow: whisk_cli::WhiskOpts,
+        #[command(subcommand)]
+        cmd: whisk_cli::RuleCmd,
+    },
+    /// OpenWhisk activation records (of every invocation), as `wsk activation`.
+    Activation {
+        #[command(flatten)]
+        ow: whisk_cli::WhiskOpts,
+        #[command(subcommand)]
+        cmd: whisk_cli::ActivationCmd,
+    },
+    /// OpenWhisk packages, as `wsk package`.
+    Package {
+        #[command(flatten)]
+        ow: whisk_cli::WhiskOpts,
+        #[command(subcommand)]
+        cmd: whisk_cli::PackageCmd,
+    },
     /// Run the watchdog (used by the process backend; reads the OpenFaaS watchdog env vars).
     #[command(hide = true)]
     Watchdog,
@@ -436,6 +478,11 @@ fn secret_value(from_literal: Option<String>, from_file: Option<PathBuf>) -> Res
     Ok(buf)
 }
 
+/// Runs an OpenWhisk verb: exit 1 when an invoked action failed.
+async fn whisk(ow: &whisk_cli::WhiskOpts, cmd: whisk_cli::WhiskCmd) -> Result<ExitCode> {
+    Ok(if whisk_cli::run(ow, cmd).await? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
 async fn run(cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Up {
@@ -456,6 +503,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             shutdown_grace,
             max_replicas_per_function,
             max_replicas_per_node,
+            max_activations,
         } => {
             // Before anything starts: a Kafka queue needs the `kafka` feature.
             queue.check()?;
@@ -466,6 +514,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 allowed_hosts,
                 allowed_origins,
                 shutdown_grace,
+                max_activations: usize::try_from(max_activations).unwrap_or(usize::MAX),
             };
             let limits = replica_limits(max_replicas_per_function, max_replicas_per_node);
             let backend =
@@ -482,6 +531,13 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             };
             up(file, listen, backend, filter, queue, access).await?;
         }
+        Command::Action { ow, cmd } => return whisk(&ow, whisk_cli::WhiskCmd::Action(cmd)).await,
+        Command::Trigger { ow, cmd } => return whisk(&ow, whisk_cli::WhiskCmd::Trigger(cmd)).await,
+        Command::Rule { ow, cmd } => return whisk(&ow, whisk_cli::WhiskCmd::Rule(cmd)).await,
+        Command::Activation { ow, cmd } => {
+            return whisk(&ow, whisk_cli::WhiskCmd::Activation(cmd)).await
+        }
+        Command::Package { ow, cmd } => return whisk(&ow, whisk_cli::WhiskCmd::Package(cmd)).await,
         Command::Login { gateway, username, password, password_stdin } => {
             let password = match (password, password_stdin) {
                 (Some(p), _) => {
@@ -788,6 +844,8 @@ struct UpAccess {
     allowed_hosts: Vec<String>,
     allowed_origins: Vec<String>,
     shutdown_grace: Duration,
+    /// The most activation records kept.
+    max_activations: usize,
 }
 
 /// What `faas up` prints about access: a summary after the gateway's URL, and lines below.
@@ -852,6 +910,22 @@ fn up_access(config: &mut GatewayConfig, access: &UpAccess, base: &str) -> Resul
     }
     config.auth = Some(stored.auth);
     Ok(AccessNote { summary, details })
+}
+
+/// The OpenWhisk key `faas up` accepts (kept in the state directory, generated on first
+/// start), or none with `--no-auth`.
+fn whisk_access(access: &UpAccess) -> Result<Option<(faas_http::WhiskKey, PathBuf)>> {
+    if access.no_auth {
+        return Ok(None);
+    }
+    let dir =
+        access.state_dir.clone().or_else(credentials::default_state_dir).ok_or_else(|| {
+            Error::invalid(
+                "state-dir",
+                "no state directory for the OpenWhisk key (is HOME set?): give --state-dir",
+            )
+        })?;
+    faas_http::WhiskKey::load_or_create(&dir).map(Some)
 }
 
 /// Resolves on the first SIGTERM (what Docker, Kubernetes and systemd send) or SIGINT
@@ -1048,7 +1122,8 @@ async fn up(
     // Docker and Kubernetes keep deployed functions in the engine; the process backend
     // forgets them when it stops, so they are kept in the state store.
     let persist = matches!(up_backend.kind, BackendKind::Process);
-    let store = up_state_store(&access, &up_queue.url, persist)?;
+    // The OpenWhisk API's entities and activation records are kept there on every backend.
+    let store = up_state_store(&access, &up_queue.url, true)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::unavailable(format!("cannot listen on {addr}: {e}")))?;
@@ -1165,6 +1240,31 @@ async fn up(
     // The queue's worker invokes through the gateway's own stack (metrics, activator,
     // limits, timeout), as the sync path does.
     let mut builder = Gateway::builder(api.clone()).config(config.clone());
+    let retention =
+        faas_core::whisk::Retention { max_records: access.max_activations, ..Default::default() };
+    let activation_log = match &store {
+        Some(store) => {
+            builder = builder.whisk_store(store.clone());
+            faas_core::whisk::ActivationLog::open(store.clone(), retention)?
+        }
+        None => faas_core::whisk::ActivationLog::in_memory(retention),
+    };
+    builder = builder.activation_log(activation_log.clone());
+    let whisk_note = match whisk_access(&access) {
+        Ok(Some((key, file))) => {
+            let note = format!(
+                "OpenWhisk: {base}/api/v1   (namespace {}, key in {}: wsk property set \
+                 --apihost {base} --auth \"$(cat {})\")",
+                key.namespace(),
+                file.display(),
+                shell_word(&file.display().to_string())
+            );
+            builder = builder.whisk_key(key);
+            note
+        }
+        Ok(None) => format!("OpenWhisk: {base}/api/v1   (no credentials: --no-auth)"),
+        Err(e) => return Err(e),
+    };
     let invoke = builder.stack().invoke();
     let queue = match (&up_queue.url, &store) {
         (faas_http::queue::QueueUrl::Durable, Some(store)) => {
@@ -1188,6 +1288,7 @@ async fn up(
         "Async:   {}",
         queue.as_ref().map_or("in-memory queue, worker in process", |q| q.description())
     );
+    eprintln!("{whisk_note}");
     eprintln!("Portal:  {base}/ui/");
     for spec in &specs {
         eprintln!("  {base}/function/{}", spec.name);
@@ -1218,6 +1319,9 @@ async fn up(
     for spec in &specs {
         let _ = tokio::time::timeout(Duration::from_secs(15), invoker.remove(&spec.function_ref()))
             .await;
+    }
+    if let Err(e) = activation_log.flush().await {
+        eprintln!("  writing the last activation records: {e}");
     }
     if let Some(store) = store {
         // What the worker acknowledged last reaches the disk before the exit.

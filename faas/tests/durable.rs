@@ -13,13 +13,12 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{eventually, Up};
+use common::{eventually, Sandbox, Up};
 use faas_core::FunctionSpec;
 use faas_http::client::GatewayClient;
 use faas_http::BasicAuth;
@@ -35,62 +34,6 @@ functions:
 "#;
 
 const CALLS: usize = 1000;
-
-struct Sandbox {
-    root: PathBuf,
-}
-
-impl Sandbox {
-    fn new(name: &str) -> Sandbox {
-        let root = std::env::temp_dir().join(format!("faas-durable-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(root.join("stack.yml"), STACK).unwrap();
-        Sandbox { root }
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.root.join("state")
-    }
-
-    /// Starts `faas up` on a free port with the sandbox's state directory.
-    fn up(&self) -> Up {
-        self.up_with(&[])
-    }
-
-    /// [`Sandbox::up`] with more arguments.
-    fn up_with(&self, args: &[&str]) -> Up {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let n = std::fs::read_dir(&self.root).unwrap().count();
-        let log = self.root.join(format!("up-{n}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_faas"))
-            .env("HOME", self.root.join("home"))
-            .env("XDG_STATE_HOME", self.root.join("xdg-state"))
-            .env("XDG_CONFIG_HOME", self.root.join("config"))
-            .env("RUST_LOG", "info")
-            .env_remove("FAAS_QUEUE")
-            .env_remove("basic_auth")
-            .args(["up", "-f"])
-            .arg(self.root.join("stack.yml"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
-            .arg(self.state_dir())
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start faas up");
-        Up { child: Some(child), base: format!("http://127.0.0.1:{port}"), log }
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
 
 /// Waits (bounded) until `up` serves `work`, and answers a client with its credentials.
 async fn serving(up: &Up, state: &Path) -> GatewayClient {
@@ -201,7 +144,7 @@ async fn publish_all(client: &GatewayClient, callback: &str) {
 /// `faas up` with the signal once about half the callbacks arrived, restarts it, and waits
 /// for every callback. Answers the duplicates.
 async fn cut_short_and_restart(name: &str, signal: &str) -> u32 {
-    let sb = Sandbox::new(name);
+    let sb = Sandbox::new("durable", STACK, name);
     let callbacks = Callbacks::start().await;
     let mut up = sb.up();
     let client = serving(&up, &sb.state_dir()).await;
@@ -264,7 +207,7 @@ async fn sigterm_halfway_loses_none_and_runs_none_twice() {
 /// restart, the function serving; the state file is private.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_deployed_function_and_secret_survive_a_restart() {
-    let sb = Sandbox::new("api");
+    let sb = Sandbox::new("durable", STACK, "api");
     let mut up = sb.up();
     let client = serving(&up, &sb.state_dir()).await;
     client.create_secret("token", None, b"s3cret", false).await.unwrap();
@@ -311,7 +254,7 @@ async fn api_deployed_function_and_secret_survive_a_restart() {
 /// `--queue memory` is still there: async calls run (and nothing is kept for a restart).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_queue_is_still_available() {
-    let sb = Sandbox::new("memory");
+    let sb = Sandbox::new("durable", STACK, "memory");
     let callbacks = Callbacks::start().await;
     let up = sb.up_with(&["--queue", "memory"]);
     let client = serving(&up, &sb.state_dir()).await;

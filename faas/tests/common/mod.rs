@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A running `faas up`: killed when dropped.
@@ -75,4 +75,64 @@ where
     })
     .await
     .unwrap_or_else(|_| panic!("{what}: not within {secs} s"))
+}
+
+/// A directory of its own for one `faas up`: the stack file and the state directory.
+pub struct Sandbox {
+    root: PathBuf,
+}
+
+impl Sandbox {
+    /// A fresh directory `faas-PREFIX-NAME-PID` holding `stack` as `stack.yml`.
+    pub fn new(prefix: &str, stack: &str, name: &str) -> Sandbox {
+        let root =
+            std::env::temp_dir().join(format!("faas-{prefix}-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("stack.yml"), stack).unwrap();
+        Sandbox { root }
+    }
+
+    /// Its state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join("state")
+    }
+
+    /// Starts `faas up` on a free port with the sandbox's state directory.
+    pub fn up(&self) -> Up {
+        self.up_with(&[])
+    }
+
+    /// [`Sandbox::up`] with more arguments.
+    pub fn up_with(&self, args: &[&str]) -> Up {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let n = std::fs::read_dir(&self.root).unwrap().count();
+        let log = self.root.join(format!("up-{n}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_faas"))
+            .env("HOME", self.root.join("home"))
+            .env("XDG_STATE_HOME", self.root.join("xdg-state"))
+            .env("XDG_CONFIG_HOME", self.root.join("config"))
+            .env("RUST_LOG", "info")
+            .env_remove("FAAS_QUEUE")
+            .env_remove("basic_auth")
+            .args(["up", "-f"])
+            .arg(self.root.join("stack.yml"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
+            .arg(self.state_dir())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start faas up");
+        Up { child: Some(child), base: format!("http://127.0.0.1:{port}"), log }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
 }

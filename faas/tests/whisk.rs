@@ -1,0 +1,200 @@
+//! The OpenWhisk API of `faas up` (process backend) as its users reach it: driven by the
+//! official `openwhisk` npm client (tests/js/whisk.test.js: the lecture's trigger and
+//! rules example, a sequence of three shell actions and its failing variant), then
+//! entities and activation records read again after a restart.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{eventually, Sandbox, Up};
+use faas_http::client::GatewayClient;
+use http::Method;
+use serde_json::Value;
+
+const STACK: &str = "functions: {}\n";
+
+/// The OpenWhisk key `faas up` generated in its state directory.
+fn key(state: &Path) -> String {
+    std::fs::read_to_string(state.join(faas_http::whisk::WHISK_AUTH_FILE))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// GET of `path` under the caller's namespace, with the key; waits until `faas up` serves.
+async fn get(up: &Up, auth: &str, path: &str) -> (u16, Value) {
+    let client = GatewayClient::new(&up.base).unwrap().with_timeout(Duration::from_secs(30));
+    let header = format!("Basic {}", faas_core::queue::base64_encode(auth.as_bytes()));
+    eventually(60, "faas up answers /api/v1", || async {
+        let h = [("authorization".to_string(), header.clone())];
+        let r = client
+            .send(Method::GET, &format!("/api/v1/namespaces/_/{path}"), &h, Bytes::new())
+            .await
+            .ok()?;
+        Some((r.status.as_u16(), serde_json::from_slice(&r.body).unwrap_or(Value::Null)))
+    })
+    .await
+}
+
+fn js_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/js")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openwhisk_client_drives_the_api_and_state_survives_a_restart() {
+    let js = js_dir();
+    assert!(
+        js.join("node_modules/openwhisk").is_dir(),
+        "the openwhisk npm client is missing: run `npm ci` in {} (scripts/test.sh does)",
+        js.display()
+    );
+    let sb = Sandbox::new("whisk", STACK, "client");
+    let up = sb.up();
+    // Serving (the key file exists once it does).
+    let auth = eventually(60, "the OpenWhisk key", || async {
+        std::fs::read_to_string(sb.state_dir().join(faas_http::whisk::WHISK_AUTH_FILE)).ok()
+    })
+    .await;
+    let auth = auth.trim().to_string();
+    let (s, _) = get(&up, &auth, "actions").await;
+    assert_eq!(s, 200, "log:\n{}", up.log());
+
+    let out = tokio::task::spawn_blocking({
+        let (js, base, auth) = (js.clone(), up.base.clone(), auth.clone());
+        move || {
+            Command::new("node")
+                .arg("whisk.test.js")
+                .current_dir(js)
+                .env("OW_APIHOST", base)
+                .env("OW_AUTH", auth)
+                .output()
+                .expect("run node")
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "node: {}\n{}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        up.log()
+    );
+
+    let (_, before) = get(&up, &auth, "activations?docs=true&limit=200").await;
+    let before = before.as_array().unwrap().len();
+    assert!(before >= 10, "{before} activations");
+    up.stop();
+
+    let again = sb.up();
+    assert_eq!(key(&sb.state_dir()), auth, "the key is kept");
+    let (s, actions) = get(&again, &auth, "actions").await;
+    assert_eq!(s, 200);
+    let mut names: Vec<&str> =
+        actions.as_array().unwrap().iter().filter_map(|a| a["name"].as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["audit", "boom", "broken", "seq", "upper", "welcome"]);
+    let (_, rules) = get(&again, &auth, "rules").await;
+    assert_eq!(rules.as_array().unwrap().len(), 2);
+    let (_, rule) = get(&again, &auth, "rules/r-audit").await;
+    assert_eq!(rule["status"], "inactive");
+    let (_, trigger) = get(&again, &auth, "triggers/new-user").await;
+    assert_eq!(trigger["parameters"].as_array().unwrap().len(), 2);
+    let (_, after) = get(&again, &auth, "activations?docs=true&limit=200").await;
+    assert_eq!(after.as_array().unwrap().len(), before, "activations kept across the restart");
+    // The restored actions still run (the process backend redeploys their functions).
+    let client = GatewayClient::new(&again.base).unwrap().with_timeout(Duration::from_secs(30));
+    let header = format!("Basic {}", faas_core::queue::base64_encode(auth.as_bytes()));
+    let r = client
+        .send(
+            Method::POST,
+            "/api/v1/namespaces/_/actions/upper?blocking=true&result=true",
+            &[("authorization".into(), header), ("content-type".into(), "application/json".into())],
+            Bytes::from_static(br#"{"a":"b"}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}; log:\n{}", r.text(), again.log());
+    assert_eq!(serde_json::from_slice::<Value>(&r.body).unwrap(), serde_json::json!({"A": "B"}));
+    again.stop();
+}
+
+/// Runs `faas ARGS` against `up` with its OpenWhisk key; answers (success, stdout).
+fn faas(up: &Up, state: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_faas"))
+        .args(args)
+        .args(["--apihost", &up.base, "--auth-file"])
+        .arg(state.join(faas_http::whisk::WHISK_AUTH_FILE))
+        .env_remove("WHISK_AUTH")
+        .env_remove("WHISK_APIHOST")
+        .output()
+        .expect("run faas");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.success(), format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn json_of(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// The `wsk`-style verbs of `faas`: actions (a shell command on the process backend),
+/// parameters, a trigger with a rule, firing, activations, rules disabled, packages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wsk_verbs_drive_the_api() {
+    let sb = Sandbox::new("whisk", STACK, "cli");
+    let up = sb.up();
+    let state = sb.state_dir();
+    let auth = eventually(60, "the OpenWhisk key", || async {
+        std::fs::read_to_string(state.join(faas_http::whisk::WHISK_AUTH_FILE)).ok()
+    })
+    .await;
+    get(&up, auth.trim(), "actions").await;
+    let run = |args: &[&str]| {
+        let (ok, out) = faas(&up, &state, args);
+        assert!(ok, "faas {args:?}: {out}\nlog:\n{}", up.log());
+        out
+    };
+
+    run(&["action", "create", "hello", "--fprocess", "cat", "-p", "greeting", "hi"]);
+    let out = run(&["action", "invoke", "hello", "-p", "name", "ann", "--result"]);
+    assert_eq!(json_of(&out), serde_json::json!({"greeting": "hi", "name": "ann"}));
+    let (ok, out) = faas(&up, &state, &["action", "create", "hello", "--fprocess", "cat"]);
+    assert!(!ok && out.contains("already exists"), "{out}");
+    run(&["action", "update", "hello", "-t", "5000"]);
+    assert_eq!(json_of(&run(&["action", "get", "hello"]))["limits"]["timeout"], 5000);
+    let (ok, out) = faas(&up, &state, &["action", "update", "hello", "-m", "4096"]);
+    assert!(!ok && out.contains("limits.memory"), "{out}");
+
+    run(&["trigger", "create", "ping", "-p", "source", "cli"]);
+    run(&["rule", "create", "on-ping", "ping", "hello"]);
+    let fired = json_of(&run(&["trigger", "fire", "ping", "-p", "n", "1"]));
+    assert!(fired["activationId"].is_string(), "{fired}");
+    let list = eventually(30, "the rule's action ran", || async {
+        let l = json_of(&faas(&up, &state, &["activation", "list", "hello", "--full"]).1);
+        let done = l.as_array()?.iter().any(|a| a["response"]["result"]["source"] == "cli");
+        done.then_some(l)
+    })
+    .await;
+    let id = list[0]["activationId"].as_str().unwrap().to_string();
+    let result = json_of(&run(&["activation", "result", &id]));
+    assert_eq!(result["result"]["n"], 1);
+    run(&["rule", "disable", "on-ping"]);
+    assert_eq!(json_of(&run(&["rule", "get", "on-ping"]))["status"], "inactive");
+    assert!(run(&["trigger", "fire", "ping"]).contains("nothing fired"));
+
+    run(&["package", "create", "tools", "-p", "who", "package"]);
+    run(&["action", "create", "tools/echo", "--fprocess", "cat"]);
+    run(&["package", "bind", "tools", "mytools", "-p", "who", "binding"]);
+    let out = run(&["action", "invoke", "mytools/echo", "--result"]);
+    assert_eq!(json_of(&out), serde_json::json!({"who": "binding"}));
+    assert_eq!(json_of(&run(&["package", "get", "tools"]))["actions"][0]["name"], "echo");
+    run(&["action", "delete", "tools/echo"]);
+    run(&["package", "delete", "mytools"]);
+    run(&["package", "delete", "tools"]);
+    assert_eq!(json_of(&run(&["package", "list"])), serde_json::json!([]));
+    up.stop();
+}
