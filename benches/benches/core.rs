@@ -58,7 +58,7 @@ fn bench(c: &mut Criterion) {
         .layer(TraceLayer::new())
         .layer(MetricsLayer::with_registry(registry.clone()))
         .layer(ConcurrencyLimitLayer::new(10_000, 0))
-        .layer(faas_core::whisk::ActivationLayer::new(log.clone()))
+        .layer(faas_core::whisk::ActivationLayer::new(log.clone()).every_invocation(true))
         .layer(ActivatorLayer::new(backend.clone(), activator.clone()))
         .layer(TimeoutLayer::new(Duration::from_secs(60)).named("gateway upstream"))
         .service(InvokeService::new(backend.clone() as Arc<dyn Invoke>));

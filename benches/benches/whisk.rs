@@ -37,7 +37,7 @@ fn bench(c: &mut Criterion) {
         .layer(TraceLayer::new())
         .layer(MetricsLayer::with_registry(InvocationMetrics::new()))
         .layer(ConcurrencyLimitLayer::new(10_000, 0))
-        .layer(ActivationLayer::new(log.clone()))
+        .layer(ActivationLayer::new(log.clone()).every_invocation(true))
         .layer(ActivatorLayer::new(backend.clone(), Activator::new()))
         .layer(TimeoutLayer::new(Duration::from_secs(60)).named("gateway upstream"))
         .service(InvokeService::new(backend.clone() as Arc<dyn Invoke>));

@@ -41,6 +41,11 @@ pub struct GatewayConfig {
     /// of each (default 100 000 items, 256 MiB, a function at most 25 %). A call refused by
     /// them answers 429.
     pub async_queue: faas_queue::QueueLimits,
+    /// Whether every invocation gets an OpenWhisk activation record (`GET
+    /// /api/v1/namespaces/_/activations`), OpenFaaS routes and async calls included; the
+    /// OpenWhisk API's own calls (actions, triggers, sequences) always do. Off by default:
+    /// each record costs the invocation path (BENCHMARKS.md).
+    pub record_every_invocation: bool,
 }
 
 impl Default for GatewayConfig {
@@ -57,6 +62,7 @@ impl Default for GatewayConfig {
             cross_site: CrossSiteConfig::default(),
             max_async_result_bytes: 8 * 1024 * 1024,
             async_queue: faas_queue::QueueLimits::default(),
+            record_every_invocation: false,
         }
     }
 }

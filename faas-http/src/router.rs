@@ -227,7 +227,9 @@ impl GatewayStack {
             .layer(TraceLayer::new())
             .layer(MetricsLayer::with_registry(registry.clone()))
             .layer(ConcurrencyLimitLayer::new(config.max_in_flight, 0))
-            .layer(ActivationLayer::new(log.clone()))
+            .layer(
+                ActivationLayer::new(log.clone()).every_invocation(config.record_every_invocation),
+            )
             .layer(ActivatorLayer::new(invoker.clone(), activator.clone()))
             .layer(TimeoutLayer::new(config.upstream_timeout).named("gateway upstream"))
             .service(InvokeService::new(invoke));

@@ -56,7 +56,12 @@ struct Whisk {
 
 impl Whisk {
     async fn start() -> Whisk {
+        let config = faas_http::GatewayConfig {
+            record_every_invocation: true,
+            ..faas_http::GatewayConfig::default()
+        };
         let gateway = Gateway::builder(backend() as Arc<dyn Backend>)
+            .config(config)
             .whisk_key(WhiskKey::new(UUID, KEY, "guest"))
             .build();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -446,7 +451,8 @@ async fn crud_limits_errors_and_credentials() {
     assert_eq!(info["limits"]["sequence_length"], 50);
 }
 
-/// A call through the OpenFaaS route gets an activation record too.
+/// With `record_every_invocation`, a call through the OpenFaaS route gets an activation
+/// record too.
 #[tokio::test]
 async fn openfaas_invocations_are_recorded() {
     let w = Whisk::start().await;

@@ -161,6 +161,10 @@ enum Command {
         #[arg(long, env = "FAAS_MAX_ACTIVATIONS", value_name = "N", default_value_t = 100_000,
               value_parser = clap::value_parser!(u64).range(1..))]
         max_activations: u64,
+        /// Give every invocation an activation record (OpenFaaS routes and async calls
+        /// too), not only the OpenWhisk API's calls; costs the invocation path some work.
+        #[arg(long, env = "FAAS_RECORD_EVERY_INVOCATION")]
+        record_every_invocation: bool,
     },
     /// Check credentials against a gateway and save them (mode 0600) for the other
     /// subcommands.
@@ -504,6 +508,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             max_replicas_per_function,
             max_replicas_per_node,
             max_activations,
+            record_every_invocation,
         } => {
             // Before anything starts: a Kafka queue needs the `kafka` feature.
             queue.check()?;
@@ -515,6 +520,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 allowed_origins,
                 shutdown_grace,
                 max_activations: usize::try_from(max_activations).unwrap_or(usize::MAX),
+                record_every_invocation,
             };
             let limits = replica_limits(max_replicas_per_function, max_replicas_per_node);
             let backend =
@@ -846,6 +852,8 @@ struct UpAccess {
     shutdown_grace: Duration,
     /// The most activation records kept.
     max_activations: usize,
+    /// Whether every invocation gets an activation record.
+    record_every_invocation: bool,
 }
 
 /// What `faas up` prints about access: a summary after the gateway's URL, and lines below.
@@ -869,6 +877,7 @@ fn shell_word(s: &str) -> String {
 fn up_access(config: &mut GatewayConfig, access: &UpAccess, base: &str) -> Result<AccessNote> {
     config.cross_site.allowed_hosts.extend(access.allowed_hosts.iter().cloned());
     config.cross_site.allowed_origins.extend(access.allowed_origins.iter().cloned());
+    config.record_every_invocation = access.record_every_invocation;
     if access.no_auth {
         config.auth = None;
         tracing::warn!(

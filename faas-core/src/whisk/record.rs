@@ -422,23 +422,35 @@ impl ActivationLog {
     }
 }
 
-/// Notes every invocation that goes through it in an [`ActivationLog`].
+/// Notes the invocations that go through it in an [`ActivationLog`]: those the OpenWhisk
+/// API, its triggers and sequences make (they carry a [`WhiskCall`]), and, with
+/// [`ActivationLayer::every_invocation`], every other one too (OpenFaaS routes, the async
+/// queue's calls).
 #[derive(Clone, Debug)]
 pub struct ActivationLayer {
     log: ActivationLog,
+    all: bool,
 }
 
 impl ActivationLayer {
-    /// Records into `log`.
+    /// Records the OpenWhisk calls into `log`.
     pub fn new(log: ActivationLog) -> Self {
-        ActivationLayer { log }
+        ActivationLayer { log, all: false }
+    }
+
+    /// Whether every invocation is recorded, not only the OpenWhisk calls. Each record
+    /// costs the invocation path some work (measured in BENCHMARKS.md), so a gateway that
+    /// serves OpenFaaS routes at high rates leaves it off.
+    pub fn every_invocation(mut self, all: bool) -> Self {
+        self.all = all;
+        self
     }
 }
 
 impl<S> Layer<S> for ActivationLayer {
     type Service = Record<S>;
     fn layer(&self, inner: S) -> Record<S> {
-        Record { inner, log: self.log.clone() }
+        Record { inner, log: self.log.clone(), all: self.all }
     }
 }
 
@@ -447,6 +459,7 @@ impl<S> Layer<S> for ActivationLayer {
 pub struct Record<S> {
     inner: S,
     log: ActivationLog,
+    all: bool,
 }
 
 impl<S> Service<Invocation> for Record<S>
@@ -462,10 +475,14 @@ where
     }
 
     fn call(&mut self, req: Invocation) -> Self::Future {
+        let whisk = req.request.extensions().get::<Arc<WhiskCall>>().cloned();
+        if whisk.is_none() && !self.all {
+            return RecordFuture { inner: self.inner.call(req), noted: None };
+        }
         let noted = Noted {
             id: req.id.clone(),
             function: req.function.clone(),
-            whisk: req.request.extensions().get::<Arc<WhiskCall>>().cloned(),
+            whisk,
             start: SystemTime::now(),
             log: self.log.clone(),
         };
@@ -574,7 +591,7 @@ mod tests {
         let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::default());
         let log = ActivationLog::open(store.clone(), Retention::default()).unwrap();
         let stack = ServiceBuilder::new()
-            .layer(ActivationLayer::new(log.clone()))
+            .layer(ActivationLayer::new(log.clone()).every_invocation(true))
             .service(InvokeService::new(m.clone()));
         let ok = Invocation::post("echo", "hi");
         let ok_id = ok.id.clone();
