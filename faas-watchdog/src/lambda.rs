@@ -111,7 +111,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::sys;
-use crate::watchdog::{exit_message, log, pump_lines, stop_child, text, timeout_response};
+use crate::watchdog::{
+    exit_message, log, pump_lines, read_body_bounded, stop_child, text, timeout_response, BodyRead,
+};
 
 /// The Runtime API's path prefix (API version 2018-06-01).
 pub const RUNTIME_API_PREFIX: &str = "/2018-06-01/runtime";
@@ -369,14 +371,13 @@ impl LambdaRuntime {
         }
         let limit = deadline.map(|(d, _)| d).unwrap_or(Duration::from_secs(900));
         // Reading the body counts against the deadline too.
-        let read = http_body_util::Limited::new(body, MAX_PAYLOAD_BYTES).collect();
-        let body = match tokio::time::timeout_at(arrived + limit, read).await {
-            Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-            Ok(Err(e)) => {
+        let body = match read_body_bounded(body, MAX_PAYLOAD_BYTES, arrived + limit).await {
+            Ok(b) => b,
+            Err(BodyRead::TooLarge) => return too_large(),
+            Err(BodyRead::Broken(e)) => {
                 return text(StatusCode::BAD_REQUEST, "body", format!("reading the request: {e}"))
             }
-            Err(_) => {
+            Err(BodyRead::TimedOut) => {
                 return text(
                     StatusCode::REQUEST_TIMEOUT,
                     "read_timeout",

@@ -99,7 +99,8 @@ use tokio::time::Instant;
 
 use crate::sys;
 use crate::watchdog::{
-    emit_line, exit_message, for_each_line, log, now_stamp, parse_bool, stop_child, text,
+    emit_line, exit_message, for_each_line, log, now_stamp, parse_bool, read_body_bounded,
+    stop_child, text, BodyRead,
 };
 
 /// Where the runtime serves when `upstream_url` is not set.
@@ -956,25 +957,21 @@ fn epoch_ms(at: SystemTime) -> u128 {
 pub(crate) async fn handle(rt: &Arc<OwRuntime>, req: Request<Incoming>) -> Response<Body> {
     let t0 = Instant::now();
     let (parts, body) = req.into_parts();
-    let collect = http_body_util::Limited::new(body, MAX_PAYLOAD_BYTES).collect();
-    let body = match tokio::time::timeout(
-        if rt.read_timeout.is_zero() { Duration::from_secs(3600) } else { rt.read_timeout },
-        collect,
-    )
-    .await
-    {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+    let read_for =
+        if rt.read_timeout.is_zero() { Duration::from_secs(3600) } else { rt.read_timeout };
+    let body = match read_body_bounded(body, MAX_PAYLOAD_BYTES, t0 + read_for).await {
+        Ok(b) => b,
+        Err(BodyRead::TooLarge) => {
             return text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body",
                 format!("the parameters are over the limit of {MAX_PAYLOAD_BYTES} bytes"),
             )
         }
-        Ok(Err(e)) => {
+        Err(BodyRead::Broken(e)) => {
             return text(StatusCode::BAD_REQUEST, "body", format!("reading the request body: {e}"))
         }
-        Err(_) => {
+        Err(BodyRead::TimedOut) => {
             return text(
                 StatusCode::REQUEST_TIMEOUT,
                 "read_timeout",

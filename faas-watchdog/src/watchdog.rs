@@ -506,6 +506,32 @@ struct Shared {
     lambda: Option<Arc<crate::lambda::LambdaRuntime>>,
 }
 
+/// Why [`read_body_bounded`] gave up.
+#[derive(Debug)]
+pub(crate) enum BodyRead {
+    /// Over the limit.
+    TooLarge,
+    /// The body broke off (the message).
+    Broken(String),
+    /// Not all there by the deadline.
+    TimedOut,
+}
+
+/// Reads a request body of at most `limit` bytes, all of it by `deadline`.
+pub(crate) async fn read_body_bounded(
+    body: Incoming,
+    limit: usize,
+    deadline: Instant,
+) -> Result<Bytes, BodyRead> {
+    let read = http_body_util::Limited::new(body, limit).collect();
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyRead::TooLarge),
+        Ok(Err(e)) => Err(BodyRead::Broken(e.to_string())),
+        Err(_) => Err(BodyRead::TimedOut),
+    }
+}
+
 pub(crate) fn text(
     status: StatusCode,
     reason: &'static str,
