@@ -255,8 +255,14 @@ impl KafkaPublisher {
         self.inner.rebuilds.load(Ordering::Relaxed)
     }
 
-    /// The current producer, replaced first if librdkafka declared it fatally failed.
+    /// The current producer.
     fn producer(&self) -> TracedProducer {
+        lock(&self.inner.producer).clone()
+    }
+
+    /// Replaces the producer if librdkafka declared it fatally failed (checked after a
+    /// failed send only, so a healthy publication pays nothing for it).
+    fn replace_if_fatal(&self) {
         let mut p = lock(&self.inner.producer);
         if let Some((code, reason)) = p.client().fatal_error() {
             match self.inner.config.producer() {
@@ -270,7 +276,6 @@ impl KafkaPublisher {
                 }
             }
         }
-        p.clone()
     }
 
     /// Notes the outcome of a publication for [`QueuePublisher::health`].
@@ -310,6 +315,7 @@ impl KafkaPublisher {
         let (mut r, fatal) = self.send_once(key, payload, headers.clone()).await;
         if fatal {
             // The message never reached the log: send it again with a new producer.
+            self.replace_if_fatal();
             r = self.send_once(key, payload, headers).await.0;
         }
         self.outcome(&r);
@@ -350,6 +356,7 @@ impl QueuePublisher for KafkaPublisher {
         if producer.client().fatal_error().is_some() {
             // The producer failed fatally under this batch: send what did not get through
             // again, one by one, with a new one.
+            self.replace_if_fatal();
             for (item, r) in items.iter().zip(out.iter_mut()) {
                 if r.is_err() {
                     *r = match encode(item) {
