@@ -326,15 +326,6 @@ impl Inner {
         }
     }
 
-    fn spawn_remove(self: &Arc<Self>, id: String) {
-        let inner = Arc::clone(self);
-        tokio::spawn(async move {
-            if let Err(e) = inner.remove_container(&id).await {
-                tracing::warn!(container = %id, error = %e, "removing container failed");
-            }
-        });
-    }
-
     /// Creates the definition container that records a function's spec in its labels (never
     /// started), so a restarted backend finds functions even at zero replicas.
     pub async fn create_definition(&self, info: &SpecInfo, created: SystemTime) -> Result<String> {
@@ -556,22 +547,40 @@ impl Inner {
                 labels.insert(label::OWNER.to_string(), inner.settings.owner.clone());
                 labels.insert(label::SPEC_HASH.to_string(), tpl.hash());
                 let res = inner.create_instance(&tpl, &name, labels).await;
-                let mut pools = lock(&inner.pools);
-                let closed = inner.closed.load(Ordering::SeqCst);
-                if let Some(pool) = pools.get_mut(&tpl) {
-                    pool.starting = pool.starting.saturating_sub(1);
-                    match res {
-                        Ok((id, port, _)) if !closed => {
-                            pool.ready.push(Pooled { id, port, suffix })
+                let id = match res {
+                    Ok((id, port, _)) => {
+                        let mut pools = lock(&inner.pools);
+                        match pools.get_mut(&tpl) {
+                            Some(pool) if !inner.closed.load(Ordering::SeqCst) => {
+                                pool.starting = pool.starting.saturating_sub(1);
+                                pool.ready.push(Pooled { id, port, suffix });
+                                return;
+                            }
+                            _ => id,
                         }
-                        Ok((id, _, _)) => {
-                            drop(pools);
-                            inner.spawn_remove(id);
-                        }
-                        Err(e) => tracing::warn!(image = %tpl.image, error = %e, "prewarm failed"),
                     }
+                    Err(e) => {
+                        if !inner.closed.load(Ordering::SeqCst) {
+                            tracing::warn!(image = %tpl.image, error = %e, "prewarm failed");
+                        }
+                        inner.refill_done(&tpl);
+                        return;
+                    }
+                };
+                // Shut down meanwhile: the container is removed before this refill stops
+                // counting as starting, so `shutdown` waits for the removal too.
+                if let Err(e) = inner.remove_container(&id).await {
+                    tracing::warn!(container = %id, error = %e, "removing container failed");
                 }
+                inner.refill_done(&tpl);
             });
+        }
+    }
+
+    /// One pool refill of `tpl` ended without adding a container.
+    fn refill_done(&self, tpl: &Template) {
+        if let Some(pool) = lock(&self.pools).get_mut(tpl) {
+            pool.starting = pool.starting.saturating_sub(1);
         }
     }
 
