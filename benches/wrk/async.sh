@@ -9,8 +9,9 @@
 #   benches/wrk/async.sh [DURATION] [CONNECTIONS] [THREADS]     (defaults 10s 64 2)
 #
 # QUEUE=durable (the default) measures `faas up`'s default queue: every accepted call on
-# disk (a redb file in a fresh temporary directory) before its 202, with group commit;
-# QUEUE=memory the in-memory queue.
+# disk (the append-only log of faas up, in a fresh temporary directory) before its 202,
+# with group commit; QUEUE=redb the same queue in a redb file (as it was kept before it
+# had its own log); QUEUE=memory the in-memory queue.
 #
 # Needs `wrk`. Targets only 127.0.0.1. Target (issue #6): async >= 50% of the sync rate.
 set -euo pipefail
@@ -22,9 +23,10 @@ BIN="${CARGO_TARGET_DIR:-target}/release"
 STATS=$(mktemp); : >"$STATS"
 QDIR=$(mktemp -d)
 case "${QUEUE:-durable}" in
-  durable) export FAAS_BENCH_QUEUE_DIR="$QDIR" ;;
+  durable) export FAAS_BENCH_QUEUE_DIR="$QDIR"; unset FAAS_BENCH_QUEUE_STORE ;;
+  redb) export FAAS_BENCH_QUEUE_DIR="$QDIR" FAAS_BENCH_QUEUE_STORE=redb ;;
   memory) unset FAAS_BENCH_QUEUE_DIR ;;
-  *) echo "QUEUE must be durable or memory" >&2; exit 2 ;;
+  *) echo "QUEUE must be durable, redb or memory" >&2; exit 2 ;;
 esac
 "$BIN/bench-gateway-memory" "$GW" "$STATS" 2>/dev/null & P=$!
 trap 'kill $P 2>/dev/null || true; rm -f "$STATS"; rm -rf "$QDIR"' EXIT

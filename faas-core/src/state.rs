@@ -74,6 +74,12 @@ pub trait StateStore: Send + Sync + 'static {
     /// the tables written through this contract are bounded by their writers.
     fn scan(&self, table: &'static str) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 
+    /// Every key of `table`, in key order: [`StateStore::scan`] without the values, for a
+    /// store that can list keys without reading values.
+    fn scan_keys(&self, table: &'static str) -> Result<Vec<Vec<u8>>> {
+        Ok(self.scan(table)?.into_iter().map(|(k, _)| k).collect())
+    }
+
     /// Applies `ops` atomically; `Ok` once they are as durable as the store is (on disk,
     /// for an embedded store). Concurrent commits may share one write.
     async fn commit(&self, ops: Vec<StateOp>) -> Result<()>;
@@ -157,6 +163,9 @@ impl<T: StateStore + ?Sized> StateStore for std::sync::Arc<T> {
     }
     fn scan(&self, table: &'static str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         (**self).scan(table)
+    }
+    fn scan_keys(&self, table: &'static str) -> Result<Vec<Vec<u8>>> {
+        (**self).scan_keys(table)
     }
     async fn commit(&self, ops: Vec<StateOp>) -> Result<()> {
         (**self).commit(ops).await

@@ -18,8 +18,9 @@
 //!   Kafka topic, so a gateway answers for calls a worker in another process ran.
 //! - [`stored::StoredQueue`]: the in-memory queue and records kept in a
 //!   [`faas_core::state::StateStore`] as well, so that accepted calls survive a restart;
-//!   over `redb_store::RedbStore` (feature `durable`), an embedded database file with
-//!   group commit, it is the default queue of `faas up`.
+//!   over `log_store::LogStore` (feature `durable`), an append-only log with group
+//!   commit, it is the default queue of `faas up`, whose other state (functions, secrets)
+//!   is in `redb_store::RedbStore`, an embedded database file.
 //! - [`TrackedPublisher`]: a publisher that also writes the `queued` record, which is what a
 //!   gateway's `/async-function` should publish through.
 //!
@@ -57,12 +58,16 @@ pub mod gateway;
 pub mod kafka;
 #[cfg(feature = "kafka")]
 pub mod kafka_store;
+#[cfg(feature = "durable")]
+pub mod log_store;
 pub mod memory;
 #[cfg(feature = "durable")]
 pub mod redb_store;
 pub mod store;
 pub mod stored;
 pub mod worker;
+#[cfg(feature = "durable")]
+mod writer_thread;
 
 use std::sync::Arc;
 

@@ -20,8 +20,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use crate::writer_thread::{Write, WriterThread};
 use async_trait::async_trait;
 use faas_core::state::{StateOp, StateStore};
 use faas_core::{Error, Result};
@@ -35,11 +36,6 @@ const MAX_BATCHES_PER_COMMIT: usize = 4096;
 
 type Table<'a> = TableDefinition<'a, &'static [u8], &'static [u8]>;
 
-struct Write {
-    ops: Vec<StateOp>,
-    done: Option<tokio::sync::oneshot::Sender<Result<()>>>,
-}
-
 /// A [`StateStore`] in a redb file (see the module's documentation). Cheap to clone.
 #[derive(Clone)]
 pub struct RedbStore {
@@ -49,8 +45,7 @@ pub struct RedbStore {
 struct Inner {
     db: Arc<Database>,
     path: PathBuf,
-    writes: Mutex<Option<mpsc::Sender<Write>>>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    writer: WriterThread,
     /// Transactions committed.
     commits: Arc<AtomicU64>,
 }
@@ -101,24 +96,15 @@ impl RedbStore {
             e => store_err(path, e),
         })?;
         let db = Arc::new(db);
-        let (tx, rx) = mpsc::channel::<Write>();
         let writer_db = db.clone();
         let writer_path = path.to_path_buf();
         let commits = Arc::new(AtomicU64::new(0));
         let counted = commits.clone();
-        let writer = std::thread::Builder::new()
-            .name("faas-state-writer".into())
-            .spawn(move || write_loop(&writer_db, &writer_path, rx, &counted))
-            .map_err(|e| store_err(path, format!("cannot start the writer thread: {e}")))?;
-        Ok(RedbStore {
-            inner: Arc::new(Inner {
-                db,
-                path: path.to_path_buf(),
-                writes: Mutex::new(Some(tx)),
-                writer: Mutex::new(Some(writer)),
-                commits,
-            }),
+        let writer = WriterThread::spawn("faas-state-writer", move |rx| {
+            write_loop(&writer_db, &writer_path, rx, &counted)
         })
+        .map_err(|e| store_err(path, format!("cannot start the writer thread: {e}")))?;
+        Ok(RedbStore { inner: Arc::new(Inner { db, path: path.to_path_buf(), writer, commits }) })
     }
 
     /// The database file.
@@ -129,14 +115,6 @@ impl RedbStore {
     /// Transactions committed so far (each one `fsync`, however many batches it held).
     pub fn commits(&self) -> u64 {
         self.inner.commits.load(Ordering::Relaxed)
-    }
-
-    fn send(&self, write: Write) -> std::result::Result<(), Write> {
-        let writes = self.inner.writes.lock().unwrap_or_else(|p| p.into_inner());
-        match writes.as_ref() {
-            Some(tx) => tx.send(write).map_err(|e| e.0),
-            None => Err(write),
-        }
     }
 
     fn closed(&self) -> Error {
@@ -231,29 +209,19 @@ impl StateStore for RedbStore {
     }
 
     async fn commit(&self, ops: Vec<StateOp>) -> Result<()> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.send(Write { ops, done: Some(tx) }).is_err() {
-            return Err(self.closed());
-        }
-        rx.await.unwrap_or_else(|_| Err(self.closed()))
+        self.inner.writer.commit(ops, || self.closed()).await
     }
 
     fn apply(&self, ops: Vec<StateOp>) {
-        if self.send(Write { ops, done: None }).is_err() {
+        if !self.inner.writer.apply(ops) {
             tracing::debug!(path = %self.inner.path.display(), "state store closed: a write dropped");
         }
     }
 
     async fn close(&self) -> Result<()> {
-        let tx = self.inner.writes.lock().unwrap_or_else(|p| p.into_inner()).take();
-        drop(tx);
-        let writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(writer) = writer {
-            // The writer finishes what was sent, then ends.
-            let joined = tokio::task::spawn_blocking(move || writer.join()).await;
-            if !matches!(joined, Ok(Ok(()))) {
-                return Err(store_err(&self.inner.path, "the writer thread failed"));
-            }
+        // The writer finishes what was sent, then ends.
+        if !self.inner.writer.close().await {
+            return Err(store_err(&self.inner.path, "the writer thread failed"));
         }
         Ok(())
     }

@@ -54,6 +54,24 @@ fn record_key(queued_at: u64, call_id: &InvocationId) -> Vec<u8> {
     key
 }
 
+/// Moves the queue's tables ([`QUEUE_TABLE`], [`ACTIVATIONS_TABLE`]) from `from` to `to`:
+/// written to `to` first, then removed from `from`, so a crash in between leaves them in
+/// both and the next move writes the same entries again. Returns the entries moved.
+pub async fn move_tables(from: &dyn StateStore, to: &dyn StateStore) -> Result<usize> {
+    let mut moved = 0;
+    for table in [QUEUE_TABLE, ACTIVATIONS_TABLE] {
+        let entries = from.scan(table)?;
+        if entries.is_empty() {
+            continue;
+        }
+        moved += entries.len();
+        let deletes = entries.iter().map(|(k, _)| StateOp::delete(table, k.clone())).collect();
+        to.commit(entries.into_iter().map(|(k, v)| StateOp::put(table, k, v)).collect()).await?;
+        from.commit(deletes).await?;
+    }
+    Ok(moved)
+}
+
 /// The activation records a [`StoredQueue`] keeps by default (as
 /// [`MemoryActivationStore::default`]).
 pub const DEFAULT_RECORDS: usize = 100_000;
@@ -337,16 +355,16 @@ impl StoredActivations {
         self.added.store(0, Ordering::Relaxed);
         let this = self.clone();
         let prune = move || {
-            match this.store.scan(ACTIVATIONS_TABLE) {
-                Ok(entries) => {
-                    let gone: Vec<StateOp> = entries
+            match this.store.scan_keys(ACTIVATIONS_TABLE) {
+                Ok(keys) => {
+                    let gone: Vec<StateOp> = keys
                         .into_iter()
-                        .filter(|(k, _)| {
+                        .filter(|k| {
                             let id = String::from_utf8_lossy(k.get(8..).unwrap_or_default());
                             let id = InvocationId::from_string(id);
                             this.mem.progress_now(&id).is_none()
                         })
-                        .map(|(k, _)| StateOp::delete(ACTIVATIONS_TABLE, k))
+                        .map(|k| StateOp::delete(ACTIVATIONS_TABLE, k))
                         .collect();
                     if !gone.is_empty() {
                         this.store.apply(gone);

@@ -1,6 +1,7 @@
 //! The durable queue ([`StoredQueue`]) against the shared queue suite, over the in-memory
 //! state store, plus restarts: over the in-memory state store (a second `open` of the same
-//! store) and over the embedded redb file (closed and opened again), with group commit.
+//! store) and over the embedded stores (the redb file and the append-only log, closed and
+//! opened again), with group commit.
 
 mod common;
 
@@ -129,8 +130,9 @@ async fn stored_bounds_hold_and_refusals_are_recorded() {
 }
 
 #[cfg(feature = "durable")]
-mod redb {
+mod durable {
     use super::*;
+    use faas_queue::log_store::LogStore;
     use faas_queue::redb_store::RedbStore;
     use faas_queue::worker::{Worker, WorkerConfig};
 
@@ -150,28 +152,66 @@ mod redb {
             .map_or(0, |d| d.subsec_nanos().into())
     }
 
-    /// Concurrent publishes share commits (group commit); everything is there after the
-    /// file is closed and opened again; the file is 0600 and a second opener is refused.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn redb_group_commits_and_survives_reopening() {
+    /// The two embedded stores, opened in a directory.
+    #[derive(Clone, Copy)]
+    enum Kind {
+        Redb,
+        Log,
+    }
+
+    /// A store of `kind` in `dir`, the file holding its data, and its count of durable
+    /// writes (commits or `fdatasync`s).
+    struct Opened {
+        store: Arc<dyn StateStore>,
+        file: std::path::PathBuf,
+        writes: Box<dyn Fn() -> u64 + Send + Sync>,
+    }
+
+    fn open_kind(kind: Kind, dir: &std::path::Path) -> faas_core::Result<Opened> {
+        Ok(match kind {
+            Kind::Redb => {
+                let redb = RedbStore::open_dir(dir)?;
+                let counted = redb.clone();
+                Opened {
+                    file: redb.path().to_path_buf(),
+                    store: Arc::new(redb),
+                    writes: Box::new(move || counted.commits()),
+                }
+            }
+            Kind::Log => {
+                let log = LogStore::open(dir)?;
+                let counted = log.clone();
+                Opened {
+                    file: dir.join("0000000000000001.log"),
+                    store: Arc::new(log),
+                    writes: Box::new(move || counted.syncs()),
+                }
+            }
+        })
+    }
+
+    /// Concurrent publishes share durable writes (group commit); everything is there after
+    /// the store is closed and opened again; the data file is 0600, its directory 0700,
+    /// and a second opener is refused.
+    async fn group_commits_and_survives_reopening(kind: Kind) {
         let dir = temp_dir("reopen");
-        let redb = RedbStore::open_dir(&dir).unwrap();
+        let opened = open_kind(kind, &dir).unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(redb.path()).unwrap().permissions().mode();
+            let mode = std::fs::metadata(&opened.file).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
             let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o700);
         }
-        let e = RedbStore::open_dir(&dir).unwrap_err().to_string();
+        let e = open_kind(kind, &dir).err().unwrap().to_string();
         assert!(e.contains("already in use"), "{e}");
-        let store: Arc<dyn StateStore> = Arc::new(redb.clone());
+        let store = opened.store.clone();
         let q = open(&store);
         let n = 400;
         let items: Vec<_> = (0..n).map(|i| item("echo", format!("job-{i}"))).collect();
         let publisher = Arc::new(q.publisher());
-        let before = redb.commits();
+        let before = (opened.writes)();
         let tasks: Vec<_> = items
             .iter()
             .cloned()
@@ -183,9 +223,9 @@ mod redb {
         for t in tasks {
             t.await.unwrap().unwrap();
         }
-        let commits = redb.commits() - before;
-        println!("{n} concurrent publishes in {commits} commits");
-        assert!(commits < n as u64, "{commits} commits for {n} publishes: no group commit");
+        let writes = (opened.writes)() - before;
+        println!("{n} concurrent publishes in {writes} durable writes");
+        assert!(writes < n as u64, "{writes} durable writes for {n} publishes: no group commit");
         // Half are run and acknowledged.
         let c = q.consumer();
         for _ in 0..n / 2 {
@@ -195,10 +235,9 @@ mod redb {
         store.close().await.unwrap();
         assert!(store.commit(vec![]).await.is_err(), "a closed store takes no writes");
         drop(store);
-        drop(redb);
+        drop(opened);
 
-        let redb = RedbStore::open_dir(&dir).unwrap();
-        let store: Arc<dyn StateStore> = Arc::new(redb);
+        let store = open_kind(kind, &dir).unwrap().store;
         let q = open(&store);
         assert_eq!(q.restored(), n / 2);
         // Items only: their `queued` records are made from them at start (no worker ran,
@@ -209,12 +248,21 @@ mod redb {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redb_group_commits_and_survives_reopening() {
+        group_commits_and_survives_reopening(Kind::Redb).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn log_group_commits_and_survives_reopening() {
+        group_commits_and_survives_reopening(Kind::Log).await;
+    }
+
     /// A worker runs what was accepted; after a graceful stop and a reopen nothing is left
     /// to run, and the records say succeeded.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn redb_worker_outcomes_are_kept() {
+    async fn worker_outcomes_are_kept(kind: Kind) {
         let dir = temp_dir("worker");
-        let store: Arc<dyn StateStore> = Arc::new(RedbStore::open_dir(&dir).unwrap());
+        let store = open_kind(kind, &dir).unwrap().store;
         let q = open(&store);
         let rig = Rig::new();
         let records = Arc::new(q.activations());
@@ -235,7 +283,7 @@ mod redb {
         store.close().await.unwrap();
         drop(store);
 
-        let store: Arc<dyn StateStore> = Arc::new(RedbStore::open_dir(&dir).unwrap());
+        let store = open_kind(kind, &dir).unwrap().store;
         let q = open(&store);
         assert_eq!(q.restored(), 0, "every acknowledged item is gone");
         for it in &items {
@@ -244,6 +292,51 @@ mod redb {
             assert!(rec.activation.is_some());
         }
         store.close().await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redb_worker_outcomes_are_kept() {
+        worker_outcomes_are_kept(Kind::Redb).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn log_worker_outcomes_are_kept() {
+        worker_outcomes_are_kept(Kind::Log).await;
+    }
+
+    /// Items and records kept in the redb file (where the queue was before it had its own
+    /// log) move to the log: the queue over the log restores them, the file keeps none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queue_in_the_redb_file_moves_to_the_log() {
+        let dir = temp_dir("move");
+        let redb = open_kind(Kind::Redb, &dir).unwrap().store;
+        let q = open(&redb);
+        let items: Vec<_> = (0..5).map(|i| item("echo", format!("job-{i}"))).collect();
+        for r in q.publisher().publish_batch(items.clone()).await {
+            r.unwrap();
+        }
+        // One ran and has its record.
+        let c = q.consumer();
+        let first = c.next().await.unwrap().unwrap();
+        q.activations().put_queued(&[first.item().clone()]).await;
+        first.ack().await.unwrap();
+        drop((q, c));
+        // The acknowledgement's delete was applied without waiting: written by now.
+        redb.commit(vec![]).await.unwrap();
+
+        let log = open_kind(Kind::Log, &dir.join("queue")).unwrap().store;
+        let moved = faas_queue::stored::move_tables(redb.as_ref(), log.as_ref()).await.unwrap();
+        assert!(moved >= 5, "{moved} entries moved");
+        assert!(redb.scan(QUEUE_TABLE).unwrap().is_empty());
+        assert!(redb.scan(ACTIVATIONS_TABLE).unwrap().is_empty());
+        let q = open(&log);
+        assert_eq!(q.restored(), 4);
+        assert!(q.activations().get(&items[0].call_id).await.unwrap().is_some());
+        // Moving again moves nothing.
+        assert_eq!(faas_queue::stored::move_tables(redb.as_ref(), log.as_ref()).await.unwrap(), 0);
+        log.close().await.unwrap();
+        redb.close().await.unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -991,7 +991,7 @@ fn up_state_store(
     access: &UpAccess,
     queue: &faas_http::queue::QueueUrl,
     persist: bool,
-) -> Result<Option<Arc<dyn faas_core::state::StateStore>>> {
+) -> Result<Option<(Arc<dyn faas_core::state::StateStore>, PathBuf)>> {
     let durable = *queue == faas_http::queue::QueueUrl::Durable;
     if !durable && !persist {
         return Ok(None);
@@ -1009,13 +1009,39 @@ fn up_state_store(
         return Ok(None);
     };
     match open_state_store(&dir) {
-        Ok(store) => Ok(Some(store)),
+        Ok(store) => Ok(Some((store, dir))),
         Err(e @ Error::NotSupported { .. }) if !durable => {
             tracing::warn!("functions deployed through the API are not kept: {e}");
             Ok(None)
         }
         Err(e) => Err(e),
     }
+}
+
+/// The store of `faas up`'s durable queue: an append-only log in `queue/` of the state
+/// directory (`faas_queue::log_store`), made for items written once and deleted soon; the
+/// items and records an earlier version kept in the state file `state` move there.
+#[cfg(feature = "durable")]
+async fn open_queue_store(
+    state_dir: &std::path::Path,
+    state: &Arc<dyn faas_core::state::StateStore>,
+) -> Result<Arc<dyn faas_core::state::StateStore>> {
+    let log: Arc<dyn faas_core::state::StateStore> =
+        Arc::new(faas_queue::log_store::LogStore::open(&state_dir.join("queue"))?);
+    let moved = faas_queue::stored::move_tables(state.as_ref(), log.as_ref()).await?;
+    if moved > 0 {
+        tracing::info!(entries = moved, "moved the async queue from the state file to its log");
+    }
+    Ok(log)
+}
+
+/// Without the `durable` feature there is no durable queue (`up_state_store` refused it).
+#[cfg(not(feature = "durable"))]
+async fn open_queue_store(
+    _state_dir: &std::path::Path,
+    state: &Arc<dyn faas_core::state::StateStore>,
+) -> Result<Arc<dyn faas_core::state::StateStore>> {
+    Ok(state.clone())
 }
 
 /// How `faas up` runs functions.
@@ -1132,7 +1158,10 @@ async fn up(
     // forgets them when it stops, so they are kept in the state store.
     let persist = matches!(up_backend.kind, BackendKind::Process);
     // The OpenWhisk API's entities and activation records are kept there on every backend.
-    let store = up_state_store(&access, &up_queue.url, true)?;
+    let (store, state_dir) = match up_state_store(&access, &up_queue.url, true)? {
+        Some((store, dir)) => (Some(store), Some(dir)),
+        None => (None, None),
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::unavailable(format!("cannot listen on {addr}: {e}")))?;
@@ -1275,9 +1304,12 @@ async fn up(
         Err(e) => return Err(e),
     };
     let invoke = builder.stack().invoke();
-    let queue = match (&up_queue.url, &store) {
-        (faas_http::queue::QueueUrl::Durable, Some(store)) => {
-            Some(faas_http::queue::AsyncQueue::durable(store.clone(), invoke, &config)?)
+    let mut queue_store = None;
+    let queue = match (&up_queue.url, &store, &state_dir) {
+        (faas_http::queue::QueueUrl::Durable, Some(store), Some(dir)) => {
+            let log = open_queue_store(dir, store).await?;
+            queue_store = Some(log.clone());
+            Some(faas_http::queue::AsyncQueue::durable(log, invoke, &config)?)
         }
         _ => {
             faas_http::queue::AsyncQueue::start(&up_queue.url, &up_queue.options, invoke, &config)
@@ -1332,8 +1364,8 @@ async fn up(
     if let Err(e) = activation_log.flush().await {
         eprintln!("  writing the last activation records: {e}");
     }
-    if let Some(store) = store {
-        // What the worker acknowledged last reaches the disk before the exit.
+    // What the worker acknowledged last reaches the disk before the exit.
+    for store in queue_store.into_iter().chain(store) {
         if let Err(e) = store.close().await {
             eprintln!("  {e}");
         }

@@ -10,9 +10,11 @@
 //! read: with `STATS_FILE`, a line `<unix ms> <finished> <received>` is appended to it
 //! every 20 ms. With `FAAS_BENCH_AUTH=1` basic auth is on (as `faas up` has it by default:
 //! `/system/*` protected, `/function/*` open). With `FAAS_BENCH_QUEUE_DIR=DIR` the async
-//! path is `faas up`'s default instead: the durable queue (`faas_queue::StoredQueue`) in a
-//! redb file in DIR, every accepted call on disk before its 202 (group commit). See
-//! `benches/wrk/gateway.sh` and `benches/wrk/async.sh`.
+//! path is `faas up`'s default instead: the durable queue (`faas_queue::StoredQueue`) in
+//! an append-only log in DIR (`faas_queue::log_store`, as `faas up` has it), every accepted
+//! call on disk before its 202 (group commit); `FAAS_BENCH_QUEUE_STORE=redb` puts it in a
+//! redb file instead (`faas_queue::redb_store`, where it was before it had its own log).
+//! See `benches/wrk/gateway.sh` and `benches/wrk/async.sh`.
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
@@ -47,10 +49,22 @@ fn main() -> std::io::Result<()> {
             Arc<dyn ActivationStore>,
         ) = match std::env::var_os("FAAS_BENCH_QUEUE_DIR") {
             Some(dir) => {
-                let state = faas_queue::redb_store::RedbStore::open_dir(dir.as_ref())
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                let dir: &std::path::Path = dir.as_ref();
+                let state: Arc<dyn faas_core::state::StateStore> =
+                    match std::env::var("FAAS_BENCH_QUEUE_STORE").as_deref() {
+                        // The queue in the redb file, as before it had its own log: the
+                        // baseline of `benches/wrk/async.sh`'s durable rows.
+                        Ok("redb") => Arc::new(
+                            faas_queue::redb_store::RedbStore::open_dir(dir)
+                                .map_err(|e| std::io::Error::other(e.to_string()))?,
+                        ),
+                        _ => Arc::new(
+                            faas_queue::log_store::LogStore::open(dir)
+                                .map_err(|e| std::io::Error::other(e.to_string()))?,
+                        ),
+                    };
                 let queue = faas_queue::StoredQueue::open(
-                    Arc::new(state),
+                    state,
                     config.async_queue,
                     faas_queue::stored::DEFAULT_RECORDS,
                 )
