@@ -31,6 +31,7 @@ use serde::Deserialize;
 use tower::{Layer, Service, ServiceBuilder};
 
 use crate::config::GatewayConfig;
+use crate::history::{MetricsHistory, SLOT as HISTORY_SLOT};
 use crate::layers::{
     BasicAuthLayer, BasicAuthService, BodyLimit, BodyLimitLayer, BodyLimitService, CrossSiteLayer,
     CrossSiteService, RequestSpan, RequestSpanLayer,
@@ -59,6 +60,10 @@ struct Inner {
     activator: Activator,
     config: GatewayConfig,
     metrics: GatewayMetrics,
+    /// The last 15 minutes of each function's metrics, for the portal.
+    history: MetricsHistory,
+    /// The activation records (what `/system/function/{name}/activations` lists).
+    log: ActivationLog,
     queue: Option<Arc<dyn QueuePublisher>>,
     activations: Option<Arc<dyn ActivationStore>>,
     _worker: Option<faas_queue::WorkerHandle>,
@@ -397,6 +402,8 @@ impl GatewayBuilder {
             stack,
             activator,
             config: self.config,
+            history: MetricsHistory::new(registry.clone()),
+            log: self.log.clone(),
             metrics: GatewayMetrics::new(registry),
             queue,
             activations,
@@ -416,6 +423,25 @@ impl GatewayBuilder {
                         Some(inner) => inner.metrics.run_upkeep(),
                         None => return,
                     }
+                }
+            });
+            // The history's samples: one per slot, with the replicas the backend lists.
+            let weak = Arc::downgrade(&router.inner);
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(HISTORY_SLOT);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    let replicas: Vec<(FunctionRef, u64, u64)> = list_all(&inner)
+                        .await
+                        .into_iter()
+                        .map(|st| {
+                            let (d, r) = (st.replicas, st.available_replicas);
+                            (FunctionRef::new(st.name, st.namespace), d, r)
+                        })
+                        .collect();
+                    inner.history.sample(SystemTime::now(), &replicas);
                 }
             });
         }
@@ -594,7 +620,13 @@ async fn route(inner: Arc<Inner>, req: Request) -> Response {
         ("/", &Method::GET) | ("/ui", &Method::GET) => Ok(redirect("/ui/")),
         (p, m) if p.starts_with("/system/function/") => {
             if m == Method::GET {
-                function_status(&inner, req, &p["/system/function/".len()..]).await
+                let rest = &p["/system/function/".len()..];
+                match split_name(rest) {
+                    (name, "/history") => function_history(&inner, req, name),
+                    (name, "/activations") => function_activations(&inner, req, name),
+                    (name, "") => function_status(&inner, req, name).await,
+                    _ => Ok(response::text(StatusCode::NOT_FOUND, format!("no route for {p}\n"))),
+                }
             } else {
                 Ok(response::method_not_allowed("GET"))
             }
@@ -988,21 +1020,26 @@ fn dedup_call_id(mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
     headers
 }
 
-async fn metrics(inner: &Inner) -> Response {
-    let refresh = async {
+/// Every function of every namespace the backend lists within 2 s (those listed by then).
+async fn list_all(inner: &Inner) -> Vec<faas_core::FunctionStatus> {
+    let mut all = Vec::new();
+    let collect = async {
         if let Ok(namespaces) = inner.invoker.namespaces().await {
             for ns in namespaces {
                 if let Ok(list) = inner.invoker.list(&ns).await {
-                    for st in list {
-                        inner
-                            .metrics
-                            .service_count(&format!("{}.{}", st.name, st.namespace), st.replicas);
-                    }
+                    all.extend(list);
                 }
             }
         }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), refresh).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), collect).await;
+    all
+}
+
+async fn metrics(inner: &Inner) -> Response {
+    for st in list_all(inner).await {
+        inner.metrics.service_count(&format!("{}.{}", st.name, st.namespace), st.replicas);
+    }
     if let Some(q) = &inner.queue {
         inner.metrics.queue_healthy(q.health().is_ok());
     }
@@ -1128,6 +1165,58 @@ async fn function_status(inner: &Inner, req: Request, name: &str) -> Result<Resp
     let f = fref_with_ns(inner, name, query_get(&q, "namespace"))?;
     let st = inner.invoker.status(&f).await?;
     Ok(response::json(StatusCode::OK, &st))
+}
+
+/// `GET /system/function/{name}/history` (our extension): the function's last 15 minutes
+/// ([`crate::history::Series`]); 404 if it was never invoked nor listed by a sample.
+fn function_history(inner: &Inner, req: Request, name: &str) -> Result<Response> {
+    let q = parse_query(req.uri().query());
+    let f = fref_with_ns(inner, name, query_get(&q, "namespace"))?;
+    match inner.history.series(&f, SystemTime::now()) {
+        Some(s) => Ok(response::json(StatusCode::OK, &s)),
+        None => Err(Error::NotFound { kind: "function history", name: f.to_string() }),
+    }
+}
+
+/// `GET /system/function/{name}/activations?limit=N` (our extension): the function's most
+/// recent activation records, newest first, as OpenWhisk summarises them (`activationId`,
+/// `start`, `end`, `duration`, `statusCode`, `annotations`) plus `status` and `success`.
+/// Only the invocations the gateway records are there (all of them with
+/// `record_every_invocation`).
+fn function_activations(inner: &Inner, req: Request, name: &str) -> Result<Response> {
+    let q = parse_query(req.uri().query());
+    let f = fref_with_ns(inner, name, query_get(&q, "namespace"))?;
+    let limit = match query_get(&q, "limit").filter(|s| !s.is_empty()) {
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=faas_core::whisk::record::MAX_LIST_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(Error::invalid(
+                    "limit",
+                    format!(
+                        "{l:?} is not a number from 1 to {}",
+                        faas_core::whisk::record::MAX_LIST_LIMIT
+                    ),
+                ))
+            }
+        },
+        None => 30,
+    };
+    let found = inner.log.list(&faas_core::whisk::record::ActivationQuery {
+        namespace: Some(f.namespace.clone()),
+        name: Some(f.name.clone()),
+        limit,
+        ..Default::default()
+    });
+    let list: Vec<serde_json::Value> = found
+        .iter()
+        .map(|a| {
+            let mut v = faas_core::whisk::record::summary(a);
+            v["status"] = a.response.status.clone().into();
+            v["success"] = a.response.success.into();
+            v
+        })
+        .collect();
+    Ok(response::json(StatusCode::OK, &list))
 }
 
 #[derive(Deserialize)]

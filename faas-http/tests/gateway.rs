@@ -1099,3 +1099,72 @@ async fn invocations_over_max_in_flight_get_429() {
     let r = g.req(Method::POST, "/function/slow?ms=1", "").await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// The portal's function page reads a function's last 15 minutes and its recent activation
+/// records from `/system/function/{name}/history` and `/activations`, behind the same auth
+/// as the rest of `/system`.
+#[tokio::test]
+async fn function_history_and_activations_behind_auth() {
+    let creds = BasicAuth::new("admin", "history pass");
+    let g = start(GatewayConfig {
+        auth: Some(creds),
+        record_every_invocation: true,
+        ..Default::default()
+    })
+    .await;
+    g.deploy(echo("hist")).await;
+    g.deploy(FunctionSpec::new("histfail", "test/fail")).await;
+    for i in 0..3 {
+        let r = g.req(Method::POST, "/function/hist", format!("call {i}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = g.req(Method::POST, "/function/histfail", "x").await;
+    assert!(r.status.as_u16() >= 500, "{}", r.status);
+
+    let r = g.req(Method::GET, "/system/function/hist/history", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["name"], "hist");
+    assert_eq!(v["namespace"], "openfaas-fn");
+    assert_eq!(v["slotSeconds"], 15);
+    let points = v["points"].as_array().unwrap();
+    let total: u64 = points.iter().map(|p| p["invocations"].as_u64().unwrap()).sum();
+    assert_eq!(total, 3, "{v}");
+    assert!(points.iter().all(|p| p["errors"] == 0), "{v}");
+    assert!(points.iter().any(|p| p["p50Ms"].as_f64().is_some_and(|x| x > 0.0)), "{v}");
+    let r = g.req(Method::GET, "/system/function/histfail.openfaas-fn/history", "").await;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let errors: u64 =
+        v["points"].as_array().unwrap().iter().map(|p| p["errors"].as_u64().unwrap()).sum();
+    assert_eq!(errors, 1, "{v}");
+
+    let r = g.req(Method::GET, "/system/function/hist/activations?limit=2", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(list.len(), 2, "newest two of three: {list:?}");
+    assert!(list.iter().all(|a| a["success"] == true && a["name"] == "hist"), "{list:?}");
+    assert!(list.iter().all(|a| a["duration"].is_u64() && a["activationId"].is_string()));
+    let r = g.req(Method::GET, "/system/function/histfail/activations", "").await;
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["success"], false);
+    assert_ne!(list[0]["status"], "success");
+
+    // Bad input names the field; unknown functions and sub-routes are 404.
+    let r = g.req(Method::GET, "/system/function/hist/activations?limit=0", "").await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("limit"), "{}", r.text());
+    let r = g.req(Method::GET, "/system/function/nobody/history", "").await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = g.req(Method::GET, "/system/function/hist/nothing", "").await;
+    assert_eq!(r.status, 404);
+    let r = g.req(Method::POST, "/system/function/hist/history", "").await;
+    assert_eq!(r.status, 405);
+
+    // Without credentials: 401, like the rest of /system.
+    let anon = faas_http::client::GatewayClient::new(&g.base).unwrap();
+    for path in ["/system/function/hist/history", "/system/function/hist/activations"] {
+        let r = anon.send(Method::GET, path, &[], Bytes::new()).await.unwrap();
+        assert_eq!(r.status, 401, "{path}");
+    }
+}
