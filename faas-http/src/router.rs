@@ -611,6 +611,8 @@ async fn route(inner: Arc<Inner>, req: Request) -> Response {
         ("/system/info", _) => Ok(response::method_not_allowed("GET")),
         ("/system/functions", _) => functions(&inner, req).await,
         ("/system/secrets", _) => secrets(&inner, req).await,
+        ("/system/stack", &Method::POST) => deploy_stack(&inner, req).await,
+        ("/system/stack", _) => Ok(response::method_not_allowed("POST")),
         ("/system/logs", &Method::GET) => logs(&inner, req).await,
         ("/system/logs", _) => Ok(response::method_not_allowed("GET")),
         ("/system/namespaces", &Method::GET) => {
@@ -1101,30 +1103,7 @@ async fn functions(inner: &Inner, req: Request) -> Result<Response> {
         }
         m @ (Method::POST | Method::PUT) => {
             let mut spec: FunctionSpec = read_json(req.into_body(), limit).await?;
-            if spec.namespace.as_deref().is_none_or(str::is_empty) {
-                spec.namespace = match query_get(&q, "namespace") {
-                    Some(ns) if !ns.is_empty() => Some(ns.to_string()),
-                    _ if inner.config.default_namespace != DEFAULT_NAMESPACE => {
-                        Some(inner.config.default_namespace.clone())
-                    }
-                    _ => None,
-                };
-            }
-            spec.validate()?;
-            if let Some(t) = spec.timeout {
-                let g = inner.config.upstream_timeout;
-                if t > g {
-                    return Err(Error::invalid(
-                        "timeout",
-                        format!(
-                            "the function timeout {} exceeds the gateway's upstream timeout {}; \
-                             lower it or raise the gateway's upstream_timeout so they agree",
-                            format_duration(t),
-                            format_duration(g)
-                        ),
-                    ));
-                }
-            }
+            let spec = checked_spec(inner, &mut spec, query_get(&q, "namespace")).map(|()| spec)?;
             let f = spec.function_ref();
             if m == Method::POST {
                 tracing::info!(function = %f, image = %spec.image, "deploying");
@@ -1150,6 +1129,81 @@ async fn functions(inner: &Inner, req: Request) -> Result<Response> {
         }
         _ => Ok(response::method_not_allowed("GET, POST, PUT, DELETE")),
     }
+}
+
+/// Completes and checks a spec to deploy: the namespace from the query (or the gateway's
+/// default), the spec's own validation, and a timeout within the gateway's.
+fn checked_spec(inner: &Inner, spec: &mut FunctionSpec, query_ns: Option<&str>) -> Result<()> {
+    if spec.namespace.as_deref().is_none_or(str::is_empty) {
+        spec.namespace = match query_ns {
+            Some(ns) if !ns.is_empty() => Some(ns.to_string()),
+            _ if inner.config.default_namespace != DEFAULT_NAMESPACE => {
+                Some(inner.config.default_namespace.clone())
+            }
+            _ => None,
+        };
+    }
+    spec.validate()?;
+    if let Some(t) = spec.timeout {
+        let g = inner.config.upstream_timeout;
+        if t > g {
+            return Err(Error::invalid(
+                "timeout",
+                format!(
+                    "the function timeout {} exceeds the gateway's upstream timeout {}; \
+                     lower it or raise the gateway's upstream_timeout so they agree",
+                    format_duration(t),
+                    format_duration(g)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /system/stack` (our extension, what the portal's stack form sends): deploys, or
+/// updates, every function of the stack file in the body (YAML), after checking them all
+/// first, so that one bad function deploys none. Errors name the field as `faas deploy -f`
+/// does (`functions.NAME.FIELD`). Answers 202 with `{"deployed": [names]}`.
+async fn deploy_stack(inner: &Inner, req: Request) -> Result<Response> {
+    let q = parse_query(req.uri().query());
+    let limit = body_limit(&req, inner);
+    let body = req.into_body().collect_limited(limit).await?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| Error::invalid("stack", "the stack file is not UTF-8 text"))?;
+    let stack = crate::stack::Stack::parse(text)?;
+    if stack.functions.is_empty() {
+        return Err(Error::invalid("functions", "the stack file has no functions"));
+    }
+    if let Some((name, _)) = stack.functions.iter().find(|(_, f)| !f.environment_file.is_empty()) {
+        return Err(Error::invalid(
+            format!("functions.{name}.environment_file"),
+            "a pasted stack file cannot name other files: put the variables under environment",
+        ));
+    }
+    let mut specs = stack.specs()?;
+    for spec in &mut specs {
+        let name = spec.name.clone();
+        checked_spec(inner, spec, query_get(&q, "namespace")).map_err(|e| match e {
+            Error::InvalidSpec { field, reason } => {
+                Error::invalid(format!("functions.{name}.{field}"), reason)
+            }
+            other => other,
+        })?;
+    }
+    let mut deployed = Vec::new();
+    for spec in specs {
+        let f = spec.function_ref();
+        tracing::info!(function = %f, image = %spec.image, "deploying from a stack file");
+        match inner.invoker.deploy(spec.clone()).await {
+            Ok(()) => {}
+            Err(Error::AlreadyExists { .. }) => inner.invoker.update(spec).await?,
+            Err(e) => return Err(e),
+        }
+        inner.forget(&f);
+        deployed.push(f.name);
+    }
+    Ok(response::json(StatusCode::ACCEPTED, &serde_json::json!({ "deployed": deployed })))
 }
 
 fn fref_with_ns(inner: &Inner, name: &str, ns: Option<&str>) -> Result<FunctionRef> {

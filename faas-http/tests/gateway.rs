@@ -1168,3 +1168,50 @@ async fn function_history_and_activations_behind_auth() {
         assert_eq!(r.status, 401, "{path}");
     }
 }
+
+/// `POST /system/stack` deploys every function of a pasted stack.yml, or none when one is
+/// wrong, with the messages `faas deploy -f` gives (`functions.NAME.FIELD`).
+#[tokio::test]
+async fn stack_files_deploy_with_the_apis_validation() {
+    let g = start(GatewayConfig::default()).await;
+    let image = MemoryWorkload::image(Behaviour::Echo);
+    let bad = format!(
+        "functions:\n  good:\n    image: {image}\n  worse:\n    image: {image}\n    limits: {{memory: lots}}\n"
+    );
+    let r = g.req(Method::POST, "/system/stack", bad).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("functions.worse.limits.memory"), "{}", r.text());
+    let r = g.req(Method::POST, "/system/stack", "functions:\n  a:\n    imagee: x\n").await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("imagee"), "{}", r.text());
+    let r = g
+        .req(Method::POST, "/system/stack", "functions:\n  a:\n    environment_file: [x.yml]\n")
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("functions.a.environment_file"), "{}", r.text());
+    let r = g.req(Method::POST, "/system/stack", "version: 1.0\n").await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("functions"), "{}", r.text());
+    // Nothing of the refused files was deployed.
+    let r = g.req(Method::GET, "/system/function/good", "").await;
+    assert_eq!(r.status, 404);
+
+    let ok = format!(
+        "version: 1.0\nprovider: {{name: openfaas}}\nfunctions:\n  good:\n    image: {image}\n    labels: {{team: portal}}\n  other:\n    image: {image}\n"
+    );
+    let r = g.req(Method::POST, "/system/stack", ok.clone()).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["deployed"], serde_json::json!(["good", "other"]));
+    let r = g.req(Method::GET, "/system/function/good", "").await;
+    let st: FunctionStatus = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(st.labels["team"], "portal");
+    // Again: the functions are updated, not refused.
+    let r = g.req(Method::POST, "/system/stack", ok.replace("team: portal", "team: again")).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let r = g.req(Method::GET, "/system/function/good", "").await;
+    let st: FunctionStatus = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(st.labels["team"], "again");
+    let r = g.req(Method::GET, "/system/stack", "").await;
+    assert_eq!(r.status, 405);
+}
