@@ -89,6 +89,25 @@ pub struct Series {
     pub points: Vec<Point>,
 }
 
+/// Every function's recent invocations and errors: `GET /system/history`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Overview {
+    /// The slot length in seconds.
+    pub slot_seconds: u64,
+    /// By `name.namespace`.
+    pub functions: std::collections::BTreeMap<String, Sparkline>,
+}
+
+/// One function's invocations and errors per slot, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sparkline {
+    /// Invocations finished per slot.
+    pub invocations: Vec<u64>,
+    /// Of those, answered 500 or above.
+    pub errors: Vec<u64>,
+}
+
 fn slot_of(now: SystemTime) -> u64 {
     now.duration_since(UNIX_EPOCH).map(|d| d.as_secs() / SLOT.as_secs()).unwrap_or(0)
 }
@@ -214,6 +233,24 @@ impl MetricsHistory {
         }
     }
 
+    /// Notes the replicas of `function` now (desired and ready) in its open slot, as a
+    /// sample does (a reader that just asked the backend passes them on, so that a function
+    /// deployed since the last sample does not show none).
+    pub fn note_replicas(&self, function: &FunctionRef, now: SystemTime, desired: u64, ready: u64) {
+        let slot = slot_of(now);
+        let counts = self.registry.counts(function);
+        let mut map = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = map.get_mut(function) {
+            h.advance(slot, &counts.unwrap_or_default());
+            h.replicas(desired, ready);
+        } else if map.len() < MAX_FUNCTIONS {
+            // Whatever it did before counts in this slot, as in a first sample.
+            let mut h = FunctionHistory::new(slot, Counts::default());
+            h.replicas(desired, ready);
+            map.insert(function.clone(), h);
+        }
+    }
+
     /// The history of `function` at `now`, if it was ever invoked or sampled.
     pub fn series(&self, function: &FunctionRef, now: SystemTime) -> Option<Series> {
         let counts = self.registry.counts(function);
@@ -235,6 +272,30 @@ impl MetricsHistory {
             slot_seconds: SLOT.as_secs(),
             points,
         })
+    }
+
+    /// Every function's invocations and errors per slot at `now`, oldest first, the open
+    /// slot last (what the portal's overview draws sparklines from), keyed `name.namespace`.
+    pub fn overview(&self, now: SystemTime) -> Overview {
+        let slot = slot_of(now);
+        let snapshot = self.registry.snapshot();
+        let mut map = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut functions = std::collections::BTreeMap::new();
+        for (f, counts) in snapshot {
+            let points = match map.get_mut(&f) {
+                Some(h) => {
+                    h.advance(slot, &counts);
+                    h.points(&counts)
+                }
+                None => FunctionHistory::new(slot, Counts::default()).points(&counts),
+            };
+            let spark = Sparkline {
+                invocations: points.iter().map(|p| p.invocations).collect(),
+                errors: points.iter().map(|p| p.errors).collect(),
+            };
+            functions.insert(format!("{}.{}", f.name, f.namespace), spark);
+        }
+        Overview { slot_seconds: SLOT.as_secs(), functions }
     }
 
     /// How many functions have a history.
@@ -301,6 +362,20 @@ mod tests {
         assert_eq!(s.points[1].p50_ms, None);
         assert!(s.points[2].p50_ms.unwrap() > 50.0);
         assert!(h.series(&FunctionRef::new("g", "ns"), at(t0)).is_none());
+    }
+
+    #[test]
+    fn the_overview_has_every_counted_function() {
+        let reg = InvocationMetrics::new();
+        let h = MetricsHistory::new(reg.clone());
+        let t0 = 1_000_000 * SLOT.as_secs();
+        reg.function(&FunctionRef::new("a", "ns")).finished(200, Duration::from_millis(1));
+        h.sample(at(t0), &[]);
+        reg.function(&FunctionRef::new("b", "ns")).finished(500, Duration::from_millis(1));
+        let o = h.overview(at(t0 + 15));
+        assert_eq!(o.functions["a.ns"].invocations, vec![1, 0]);
+        assert_eq!(o.functions["b.ns"].invocations, vec![1]);
+        assert_eq!(o.functions["b.ns"].errors, vec![1]);
     }
 
     #[test]

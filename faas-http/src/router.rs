@@ -611,6 +611,10 @@ async fn route(inner: Arc<Inner>, req: Request) -> Response {
         ("/system/info", _) => Ok(response::method_not_allowed("GET")),
         ("/system/functions", _) => functions(&inner, req).await,
         ("/system/secrets", _) => secrets(&inner, req).await,
+        ("/system/history", &Method::GET) => {
+            Ok(response::json(StatusCode::OK, &inner.history.overview(SystemTime::now())))
+        }
+        ("/system/history", _) => Ok(response::method_not_allowed("GET")),
         ("/system/stack", &Method::POST) => deploy_stack(&inner, req).await,
         ("/system/stack", _) => Ok(response::method_not_allowed("POST")),
         ("/system/logs", &Method::GET) => logs(&inner, req).await,
@@ -624,7 +628,7 @@ async fn route(inner: Arc<Inner>, req: Request) -> Response {
             if m == Method::GET {
                 let rest = &p["/system/function/".len()..];
                 match split_name(rest) {
-                    (name, "/history") => function_history(&inner, req, name),
+                    (name, "/history") => function_history(&inner, req, name).await,
                     (name, "/activations") => function_activations(&inner, req, name),
                     (name, "") => function_status(&inner, req, name).await,
                     _ => Ok(response::text(StatusCode::NOT_FOUND, format!("no route for {p}\n"))),
@@ -1222,10 +1226,17 @@ async fn function_status(inner: &Inner, req: Request, name: &str) -> Result<Resp
 }
 
 /// `GET /system/function/{name}/history` (our extension): the function's last 15 minutes
-/// ([`crate::history::Series`]); 404 if it was never invoked nor listed by a sample.
-fn function_history(inner: &Inner, req: Request, name: &str) -> Result<Response> {
+/// ([`crate::history::Series`]), the open slot's replicas as the backend tells them now;
+/// 404 if the function is unknown and was never invoked.
+async fn function_history(inner: &Inner, req: Request, name: &str) -> Result<Response> {
     let q = parse_query(req.uri().query());
     let f = fref_with_ns(inner, name, query_get(&q, "namespace"))?;
+    // The replicas of the open slot as the backend tells them now; a function the backend
+    // does not know keeps its history (it may have been removed minutes ago).
+    if let Ok(Ok(st)) = tokio::time::timeout(Duration::from_secs(2), inner.invoker.status(&f)).await
+    {
+        inner.history.note_replicas(&f, SystemTime::now(), st.replicas, st.available_replicas);
+    }
     match inner.history.series(&f, SystemTime::now()) {
         Some(s) => Ok(response::json(StatusCode::OK, &s)),
         None => Err(Error::NotFound { kind: "function history", name: f.to_string() }),
@@ -1234,7 +1245,8 @@ fn function_history(inner: &Inner, req: Request, name: &str) -> Result<Response>
 
 /// `GET /system/function/{name}/activations?limit=N` (our extension): the function's most
 /// recent activation records, newest first, as OpenWhisk summarises them (`activationId`,
-/// `start`, `end`, `duration`, `statusCode`, `annotations`) plus `status` and `success`.
+/// `start`, `end`, `duration`, `statusCode`, `annotations`) plus `status`, `success`, and
+/// `httpStatus` (the answer's status) or `error` (the first 200 characters of the error).
 /// Only the invocations the gateway records are there (all of them with
 /// `record_every_invocation`).
 fn function_activations(inner: &Inner, req: Request, name: &str) -> Result<Response> {
@@ -1267,6 +1279,13 @@ fn function_activations(inner: &Inner, req: Request, name: &str) -> Result<Respo
             let mut v = faas_core::whisk::record::summary(a);
             v["status"] = a.response.status.clone().into();
             v["success"] = a.response.success.into();
+            // The HTTP status of an OpenFaaS call's answer, or the error of a failed call.
+            if let Some(code) = a.response.result.get("statusCode").filter(|c| c.is_u64()) {
+                v["httpStatus"] = code.clone();
+            }
+            if let Some(e) = a.response.result.get("error").and_then(|e| e.as_str()) {
+                v["error"] = e.chars().take(200).collect::<String>().into();
+            }
             v
         })
         .collect();

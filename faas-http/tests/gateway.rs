@@ -1156,6 +1156,25 @@ async fn function_history_and_activations_behind_auth() {
     assert!(r.text().contains("limit"), "{}", r.text());
     let r = g.req(Method::GET, "/system/function/nobody/history", "").await;
     assert_eq!(r.status, 404, "{}", r.text());
+    // A function deployed but never invoked has a history with the backend's replicas.
+    g.deploy(echo("quiet")).await;
+    let r = g.req(Method::GET, "/system/function/quiet", "").await;
+    let st: FunctionStatus = serde_json::from_slice(&r.body).unwrap();
+    let r = g.req(Method::GET, "/system/function/quiet/history", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let last = v["points"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["invocations"], 0);
+    assert_eq!(last["replicas"], st.replicas, "{v}");
+    assert_eq!(last["p50Ms"], serde_json::Value::Null);
+    // The overview has every invoked function's counts per slot.
+    let r = g.req(Method::GET, "/system/history", "").await;
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let inv = v["functions"]["hist.openfaas-fn"]["invocations"].as_array().unwrap();
+    assert_eq!(inv.iter().map(|n| n.as_u64().unwrap()).sum::<u64>(), 3, "{v}");
+    let errs = v["functions"]["histfail.openfaas-fn"]["errors"].as_array().unwrap();
+    assert_eq!(errs.iter().map(|n| n.as_u64().unwrap()).sum::<u64>(), 1, "{v}");
     let r = g.req(Method::GET, "/system/function/hist/nothing", "").await;
     assert_eq!(r.status, 404);
     let r = g.req(Method::POST, "/system/function/hist/history", "").await;
