@@ -235,6 +235,31 @@ impl Harness {
     }
 }
 
+impl Drop for Harness {
+    /// A test that panicked never reached [`Harness::stop`]: end the browser session anyway
+    /// (chromedriver is killed on drop, but the Chromium it started would outlive it), with
+    /// one blocking request since no runtime can be awaited here.
+    fn drop(&mut self) {
+        if self.stop_tx.is_none() {
+            return;
+        }
+        use std::io::{Read, Write};
+        let Some(addr) = self.wd.base.strip_prefix("http://") else { return };
+        if let Ok(mut conn) = std::net::TcpStream::connect(addr) {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            let req = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\
+                 Connection: close\r\n\r\n",
+                self.wd.session
+            );
+            if conn.write_all(req.as_bytes()).is_ok() {
+                let _ = conn.read_to_end(&mut Vec::new());
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn portal_deploys_and_invokes_in_chromium() {
     let h = Harness::start("deploy", GatewayConfig::default()).await;
