@@ -70,12 +70,12 @@ async fn read_commands_print_json_and_waits_are_plain_lines_off_a_terminal() {
 
     // Deploy and wait: one plain line per function, no escape sequences or spinner frames.
     let r =
-        ok(&gw, pw, &["deploy", "--name", "echo1", "--image", &echo, "-l", "team=cli", "--wait"])
+        ok(&gw, pw, &["deploy", "--name", "echo1", "--image", echo, "-l", "team=cli", "--wait"])
             .await;
     assert!(r.stderr.contains("Waiting for echo1 ... ready in "), "{}", r.stderr);
     assert_eq!(r.stderr.lines().filter(|l| l.contains("echo1")).count(), 1, "{}", r.stderr);
     assert!(!r.stderr.contains('\x1b') && !r.stderr.contains('\r'), "{:?}", r.stderr);
-    ok(&gw, pw, &["deploy", "--name", "log1", "--image", &log]).await;
+    ok(&gw, pw, &["deploy", "--name", "log1", "--image", log]).await;
 
     // list --json: the gateway's array of statuses.
     let r = ok(&gw, pw, &["list", "--json"]).await;
