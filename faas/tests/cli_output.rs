@@ -1,6 +1,6 @@
 //! The `faas` client's output modes, over real TCP against a gateway on the in-memory
-//! backend: `--json` on the read commands (what the gateway answers, parseable), plain
-//! progress lines when stderr is not a terminal (`deploy --wait`), and shell completions.
+//! backend: `--json` on the read commands (what the gateway answers, parseable), a spinner
+//! on a terminal and plain lines otherwise (`deploy --wait`), and shell completions.
 
 use std::sync::Arc;
 
@@ -61,7 +61,7 @@ async fn ok(gateway: &str, password: &str, args: &[&str]) -> Run {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_commands_print_json_and_waits_are_plain_lines_off_a_terminal() {
+async fn read_commands_print_json_and_waits_spin_only_on_a_terminal() {
     let creds = BasicAuth::new("admin", "cli output pass");
     let (gw, _stop) = gateway(&creds).await;
     let pw = creds.password();
@@ -76,6 +76,27 @@ async fn read_commands_print_json_and_waits_are_plain_lines_off_a_terminal() {
     assert_eq!(r.stderr.lines().filter(|l| l.contains("echo1")).count(), 1, "{}", r.stderr);
     assert!(!r.stderr.contains('\x1b') && !r.stderr.contains('\r'), "{:?}", r.stderr);
     ok(&gw, pw, &["deploy", "--name", "log1", "--image", log]).await;
+
+    // On a terminal (a pseudo-terminal from util-linux's `script`), the same wait is an
+    // indicatif spinner that ends as one line with the outcome.
+    let cmd = format!("{} deploy --name echo2 --image {echo} --wait", env!("CARGO_BIN_EXE_faas"));
+    let home = std::env::temp_dir().join(format!("faas-cli-output-{}", std::process::id()));
+    let out = tokio::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("HOME", &home)
+        .env("XDG_STATE_HOME", home.join("state"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("OPENFAAS_URL", &gw)
+        .env("OPENFAAS_PASSWORD", pw)
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run script (util-linux)");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(tty.contains("Waiting for echo2 ready in "), "{tty:?}");
+    assert!(!tty.contains("Waiting for echo2 ..."), "no plain line on a terminal: {tty:?}");
 
     // list --json: the gateway's array of statuses.
     let r = ok(&gw, pw, &["list", "--json"]).await;
