@@ -122,6 +122,22 @@ impl InvocationMetrics {
         }
     }
 
+    /// Every function's counts so far, all status codes summed (what a gateway's history
+    /// of recent minutes samples; see `faas_http::history`).
+    pub fn snapshot(&self) -> Vec<(FunctionRef, Counts)> {
+        let functions: Vec<(FunctionRef, FunctionMetrics)> = {
+            let map = self.functions.read().unwrap_or_else(|e| e.into_inner());
+            map.iter().map(|(f, m)| (f.clone(), m.clone())).collect()
+        };
+        functions.into_iter().map(|(f, m)| (f, m.inner.totals().counts())).collect()
+    }
+
+    /// The counts of `function` so far, if it was ever counted.
+    pub fn counts(&self, function: &FunctionRef) -> Option<Counts> {
+        let m = self.functions.read().ok()?.get(function).cloned()?;
+        Some(m.inner.totals().counts())
+    }
+
     /// The three metric families in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -142,6 +158,79 @@ pub fn label_value(v: &str) -> String {
         }
     }
     out
+}
+
+/// One function's invocations so far, all status codes summed: what
+/// [`InvocationMetrics::snapshot`] answers. Counters only grow, so two snapshots subtract.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Invocations finished.
+    pub finished: u64,
+    /// Of those, the ones answered with a status of 500 or above (the function's or the
+    /// gateway's failures; a caller's 4xx is not an error here).
+    pub errors: u64,
+    /// Finished invocations per bucket of [`SECONDS_BUCKETS`] (not cumulative); the last
+    /// entry counts those slower than the largest bucket.
+    pub buckets: [u64; SECONDS_BUCKETS.len() + 1],
+}
+
+impl Counts {
+    /// What happened between `earlier` and `self` (a counter that went back, as after a
+    /// registry starts over, counts from zero).
+    pub fn since(&self, earlier: &Counts) -> Counts {
+        let d = |a: u64, b: u64| a.checked_sub(b).unwrap_or(a);
+        let mut buckets = [0; SECONDS_BUCKETS.len() + 1];
+        for (i, b) in buckets.iter_mut().enumerate() {
+            *b = d(self.buckets[i], earlier.buckets[i]);
+        }
+        Counts {
+            finished: d(self.finished, earlier.finished),
+            errors: d(self.errors, earlier.errors),
+            buckets,
+        }
+    }
+
+    /// The `q` quantile (0 to 1) of the durations, interpolated linearly inside the bucket
+    /// it falls in as Prometheus's `histogram_quantile` does (so no finer than the
+    /// buckets); `None` without invocations. Above the largest bucket, its bound (60 s).
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let total: u64 = self.buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        for (i, n) in self.buckets.iter().enumerate() {
+            let upto = below + n;
+            if *n > 0 && upto as f64 >= rank {
+                let Some(hi) = SECONDS_BUCKETS.get(i) else { break };
+                let lo = if i == 0 { 0.0 } else { SECONDS_BUCKETS[i - 1] };
+                let secs = lo + (hi - lo) * ((rank - below as f64) / *n as f64).clamp(0.0, 1.0);
+                return Some(Duration::from_secs_f64(secs));
+            }
+            below = upto;
+        }
+        Some(Duration::from_secs_f64(SECONDS_BUCKETS[SECONDS_BUCKETS.len() - 1]))
+    }
+}
+
+impl Totals {
+    fn counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for (code, h) in &self.codes {
+            c.finished += h.count;
+            if *code >= 500 {
+                c.errors += h.count;
+            }
+            let mut within = 0;
+            for (i, n) in h.buckets.iter().enumerate() {
+                c.buckets[i] += n;
+                within += n;
+            }
+            c.buckets[SECONDS_BUCKETS.len()] += h.count.saturating_sub(within);
+        }
+        c
+    }
 }
 
 /// One function's invocation metrics (see [`InvocationMetrics::function`]); clones share
@@ -317,6 +406,33 @@ mod tests {
         assert!(text.contains(r#"{function_name="odd\"name\\\n.ns"} 1"#), "{text}");
         // One TYPE line per metric.
         assert_eq!(text.matches("# TYPE gateway_functions_seconds histogram").count(), 1);
+    }
+
+    #[test]
+    fn snapshots_sum_codes_and_subtract() {
+        let m = InvocationMetrics::new();
+        let fr = FunctionRef::new("f", "ns");
+        let f = m.function(&fr);
+        for _ in 0..98 {
+            f.finished(200, Duration::from_millis(3));
+        }
+        f.finished(404, Duration::from_millis(30));
+        f.finished(502, Duration::from_secs(90));
+        let a = m.counts(&fr).unwrap();
+        assert_eq!((a.finished, a.errors), (100, 1));
+        assert_eq!(a.buckets[0], 98);
+        assert_eq!(a.buckets[SECONDS_BUCKETS.len()], 1, "beyond 60 s");
+        // 50th of 100 falls in the first bucket (0 to 5 ms), interpolated.
+        let p50 = a.quantile(0.5).unwrap();
+        assert!(p50 > Duration::from_millis(2) && p50 < Duration::from_millis(3), "{p50:?}");
+        assert_eq!(a.quantile(1.0), Some(Duration::from_secs(60)));
+        f.finished(200, Duration::from_millis(7));
+        let b = m.snapshot().into_iter().find(|(r, _)| *r == fr).unwrap().1;
+        let d = b.since(&a);
+        assert_eq!((d.finished, d.errors, d.buckets[1]), (1, 0, 1));
+        assert_eq!(d.quantile(0.99).map(|q| q > Duration::from_millis(5)), Some(true));
+        assert_eq!(Counts::default().quantile(0.5), None);
+        assert_eq!(m.counts(&FunctionRef::new("g", "ns")), None);
     }
 
     #[test]

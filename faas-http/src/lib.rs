@@ -36,6 +36,7 @@
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod history;
 pub mod layers;
 pub mod metrics;
 mod portal;

@@ -31,6 +31,7 @@ use serde::Deserialize;
 use tower::{Layer, Service, ServiceBuilder};
 
 use crate::config::GatewayConfig;
+use crate::history::{MetricsHistory, SLOT as HISTORY_SLOT};
 use crate::layers::{
     BasicAuthLayer, BasicAuthService, BodyLimit, BodyLimitLayer, BodyLimitService, CrossSiteLayer,
     CrossSiteService, RequestSpan, RequestSpanLayer,
@@ -59,6 +60,10 @@ struct Inner {
     activator: Activator,
     config: GatewayConfig,
     metrics: GatewayMetrics,
+    /// The last 15 minutes of each function's metrics, for the portal.
+    history: MetricsHistory,
+    /// The activation records (what `/system/function/{name}/activations` lists).
+    log: ActivationLog,
     queue: Option<Arc<dyn QueuePublisher>>,
     activations: Option<Arc<dyn ActivationStore>>,
     _worker: Option<faas_queue::WorkerHandle>,
@@ -397,6 +402,8 @@ impl GatewayBuilder {
             stack,
             activator,
             config: self.config,
+            history: MetricsHistory::new(registry.clone()),
+            log: self.log.clone(),
             metrics: GatewayMetrics::new(registry),
             queue,
             activations,
@@ -416,6 +423,25 @@ impl GatewayBuilder {
                         Some(inner) => inner.metrics.run_upkeep(),
                         None => return,
                     }
+                }
+            });
+            // The history's samples: one per slot, with the replicas the backend lists.
+            let weak = Arc::downgrade(&router.inner);
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(HISTORY_SLOT);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    let replicas: Vec<(FunctionRef, u64, u64)> = list_all(&inner)
+                        .await
+                        .into_iter()
+                        .map(|st| {
+                            let (d, r) = (st.replicas, st.available_replicas);
+                            (FunctionRef::new(st.name, st.namespace), d, r)
+                        })
+                        .collect();
+                    inner.history.sample(SystemTime::now(), &replicas);
                 }
             });
         }
@@ -585,6 +611,12 @@ async fn route(inner: Arc<Inner>, req: Request) -> Response {
         ("/system/info", _) => Ok(response::method_not_allowed("GET")),
         ("/system/functions", _) => functions(&inner, req).await,
         ("/system/secrets", _) => secrets(&inner, req).await,
+        ("/system/history", &Method::GET) => {
+            Ok(response::json(StatusCode::OK, &inner.history.overview(SystemTime::now())))
+        }
+        ("/system/history", _) => Ok(response::method_not_allowed("GET")),
+        ("/system/stack", &Method::POST) => deploy_stack(&inner, req).await,
+        ("/system/stack", _) => Ok(response::method_not_allowed("POST")),
         ("/system/logs", &Method::GET) => logs(&inner, req).await,
         ("/system/logs", _) => Ok(response::method_not_allowed("GET")),
         ("/system/namespaces", &Method::GET) => {
@@ -594,7 +626,13 @@ async fn route(inner: Arc<Inner>, req: Request) -> Response {
         ("/", &Method::GET) | ("/ui", &Method::GET) => Ok(redirect("/ui/")),
         (p, m) if p.starts_with("/system/function/") => {
             if m == Method::GET {
-                function_status(&inner, req, &p["/system/function/".len()..]).await
+                let rest = &p["/system/function/".len()..];
+                match split_name(rest) {
+                    (name, "/history") => function_history(&inner, req, name).await,
+                    (name, "/activations") => function_activations(&inner, req, name),
+                    (name, "") => function_status(&inner, req, name).await,
+                    _ => Ok(response::text(StatusCode::NOT_FOUND, format!("no route for {p}\n"))),
+                }
             } else {
                 Ok(response::method_not_allowed("GET"))
             }
@@ -988,21 +1026,26 @@ fn dedup_call_id(mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
     headers
 }
 
-async fn metrics(inner: &Inner) -> Response {
-    let refresh = async {
+/// Every function of every namespace the backend lists within 2 s (those listed by then).
+async fn list_all(inner: &Inner) -> Vec<faas_core::FunctionStatus> {
+    let mut all = Vec::new();
+    let collect = async {
         if let Ok(namespaces) = inner.invoker.namespaces().await {
             for ns in namespaces {
                 if let Ok(list) = inner.invoker.list(&ns).await {
-                    for st in list {
-                        inner
-                            .metrics
-                            .service_count(&format!("{}.{}", st.name, st.namespace), st.replicas);
-                    }
+                    all.extend(list);
                 }
             }
         }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), refresh).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), collect).await;
+    all
+}
+
+async fn metrics(inner: &Inner) -> Response {
+    for st in list_all(inner).await {
+        inner.metrics.service_count(&format!("{}.{}", st.name, st.namespace), st.replicas);
+    }
     if let Some(q) = &inner.queue {
         inner.metrics.queue_healthy(q.health().is_ok());
     }
@@ -1064,30 +1107,7 @@ async fn functions(inner: &Inner, req: Request) -> Result<Response> {
         }
         m @ (Method::POST | Method::PUT) => {
             let mut spec: FunctionSpec = read_json(req.into_body(), limit).await?;
-            if spec.namespace.as_deref().is_none_or(str::is_empty) {
-                spec.namespace = match query_get(&q, "namespace") {
-                    Some(ns) if !ns.is_empty() => Some(ns.to_string()),
-                    _ if inner.config.default_namespace != DEFAULT_NAMESPACE => {
-                        Some(inner.config.default_namespace.clone())
-                    }
-                    _ => None,
-                };
-            }
-            spec.validate()?;
-            if let Some(t) = spec.timeout {
-                let g = inner.config.upstream_timeout;
-                if t > g {
-                    return Err(Error::invalid(
-                        "timeout",
-                        format!(
-                            "the function timeout {} exceeds the gateway's upstream timeout {}; \
-                             lower it or raise the gateway's upstream_timeout so they agree",
-                            format_duration(t),
-                            format_duration(g)
-                        ),
-                    ));
-                }
-            }
+            let spec = checked_spec(inner, &mut spec, query_get(&q, "namespace")).map(|()| spec)?;
             let f = spec.function_ref();
             if m == Method::POST {
                 tracing::info!(function = %f, image = %spec.image, "deploying");
@@ -1115,6 +1135,81 @@ async fn functions(inner: &Inner, req: Request) -> Result<Response> {
     }
 }
 
+/// Completes and checks a spec to deploy: the namespace from the query (or the gateway's
+/// default), the spec's own validation, and a timeout within the gateway's.
+fn checked_spec(inner: &Inner, spec: &mut FunctionSpec, query_ns: Option<&str>) -> Result<()> {
+    if spec.namespace.as_deref().is_none_or(str::is_empty) {
+        spec.namespace = match query_ns {
+            Some(ns) if !ns.is_empty() => Some(ns.to_string()),
+            _ if inner.config.default_namespace != DEFAULT_NAMESPACE => {
+                Some(inner.config.default_namespace.clone())
+            }
+            _ => None,
+        };
+    }
+    spec.validate()?;
+    if let Some(t) = spec.timeout {
+        let g = inner.config.upstream_timeout;
+        if t > g {
+            return Err(Error::invalid(
+                "timeout",
+                format!(
+                    "the function timeout {} exceeds the gateway's upstream timeout {}; \
+                     lower it or raise the gateway's upstream_timeout so they agree",
+                    format_duration(t),
+                    format_duration(g)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /system/stack` (our extension, what the portal's stack form sends): deploys, or
+/// updates, every function of the stack file in the body (YAML), after checking them all
+/// first, so that one bad function deploys none. Errors name the field as `faas deploy -f`
+/// does (`functions.NAME.FIELD`). Answers 202 with `{"deployed": [names]}`.
+async fn deploy_stack(inner: &Inner, req: Request) -> Result<Response> {
+    let q = parse_query(req.uri().query());
+    let limit = body_limit(&req, inner);
+    let body = req.into_body().collect_limited(limit).await?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| Error::invalid("stack", "the stack file is not UTF-8 text"))?;
+    let stack = crate::stack::Stack::parse(text)?;
+    if stack.functions.is_empty() {
+        return Err(Error::invalid("functions", "the stack file has no functions"));
+    }
+    if let Some((name, _)) = stack.functions.iter().find(|(_, f)| !f.environment_file.is_empty()) {
+        return Err(Error::invalid(
+            format!("functions.{name}.environment_file"),
+            "a pasted stack file cannot name other files: put the variables under environment",
+        ));
+    }
+    let mut specs = stack.specs()?;
+    for spec in &mut specs {
+        let name = spec.name.clone();
+        checked_spec(inner, spec, query_get(&q, "namespace")).map_err(|e| match e {
+            Error::InvalidSpec { field, reason } => {
+                Error::invalid(format!("functions.{name}.{field}"), reason)
+            }
+            other => other,
+        })?;
+    }
+    let mut deployed = Vec::new();
+    for spec in specs {
+        let f = spec.function_ref();
+        tracing::info!(function = %f, image = %spec.image, "deploying from a stack file");
+        match inner.invoker.deploy(spec.clone()).await {
+            Ok(()) => {}
+            Err(Error::AlreadyExists { .. }) => inner.invoker.update(spec).await?,
+            Err(e) => return Err(e),
+        }
+        inner.forget(&f);
+        deployed.push(f.name);
+    }
+    Ok(response::json(StatusCode::ACCEPTED, &serde_json::json!({ "deployed": deployed })))
+}
+
 fn fref_with_ns(inner: &Inner, name: &str, ns: Option<&str>) -> Result<FunctionRef> {
     let mut f = inner.fref(name)?;
     if !name.contains('.') {
@@ -1128,6 +1223,73 @@ async fn function_status(inner: &Inner, req: Request, name: &str) -> Result<Resp
     let f = fref_with_ns(inner, name, query_get(&q, "namespace"))?;
     let st = inner.invoker.status(&f).await?;
     Ok(response::json(StatusCode::OK, &st))
+}
+
+/// `GET /system/function/{name}/history` (our extension): the function's last 15 minutes
+/// ([`crate::history::Series`]), the open slot's replicas as the backend tells them now;
+/// 404 if the function is unknown and was never invoked.
+async fn function_history(inner: &Inner, req: Request, name: &str) -> Result<Response> {
+    let q = parse_query(req.uri().query());
+    let f = fref_with_ns(inner, name, query_get(&q, "namespace"))?;
+    // The replicas of the open slot as the backend tells them now; a function the backend
+    // does not know keeps its history (it may have been removed minutes ago).
+    if let Ok(Ok(st)) = tokio::time::timeout(Duration::from_secs(2), inner.invoker.status(&f)).await
+    {
+        inner.history.note_replicas(&f, SystemTime::now(), st.replicas, st.available_replicas);
+    }
+    match inner.history.series(&f, SystemTime::now()) {
+        Some(s) => Ok(response::json(StatusCode::OK, &s)),
+        None => Err(Error::NotFound { kind: "function history", name: f.to_string() }),
+    }
+}
+
+/// `GET /system/function/{name}/activations?limit=N` (our extension): the function's most
+/// recent activation records, newest first, as OpenWhisk summarises them (`activationId`,
+/// `start`, `end`, `duration`, `statusCode`, `annotations`) plus `status`, `success`, and
+/// `httpStatus` (the answer's status) or `error` (the first 200 characters of the error).
+/// Only the invocations the gateway records are there (all of them with
+/// `record_every_invocation`).
+fn function_activations(inner: &Inner, req: Request, name: &str) -> Result<Response> {
+    let q = parse_query(req.uri().query());
+    let f = fref_with_ns(inner, name, query_get(&q, "namespace"))?;
+    let limit = match query_get(&q, "limit").filter(|s| !s.is_empty()) {
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=faas_core::whisk::record::MAX_LIST_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(Error::invalid(
+                    "limit",
+                    format!(
+                        "{l:?} is not a number from 1 to {}",
+                        faas_core::whisk::record::MAX_LIST_LIMIT
+                    ),
+                ))
+            }
+        },
+        None => 30,
+    };
+    let found = inner.log.list(&faas_core::whisk::record::ActivationQuery {
+        namespace: Some(f.namespace.clone()),
+        name: Some(f.name.clone()),
+        limit,
+        ..Default::default()
+    });
+    let list: Vec<serde_json::Value> = found
+        .iter()
+        .map(|a| {
+            let mut v = faas_core::whisk::record::summary(a);
+            v["status"] = a.response.status.clone().into();
+            v["success"] = a.response.success.into();
+            // The HTTP status of an OpenFaaS call's answer, or the error of a failed call.
+            if let Some(code) = a.response.result.get("statusCode").filter(|c| c.is_u64()) {
+                v["httpStatus"] = code.clone();
+            }
+            if let Some(e) = a.response.result.get("error").and_then(|e| e.as_str()) {
+                v["error"] = e.chars().take(200).collect::<String>().into();
+            }
+            v
+        })
+        .collect();
+    Ok(response::json(StatusCode::OK, &list))
 }
 
 #[derive(Deserialize)]

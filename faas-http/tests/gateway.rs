@@ -1099,3 +1099,138 @@ async fn invocations_over_max_in_flight_get_429() {
     let r = g.req(Method::POST, "/function/slow?ms=1", "").await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// The portal's function page reads a function's last 15 minutes and its recent activation
+/// records from `/system/function/{name}/history` and `/activations`, behind the same auth
+/// as the rest of `/system`.
+#[tokio::test]
+async fn function_history_and_activations_behind_auth() {
+    let creds = BasicAuth::new("admin", "history pass");
+    let g = start(GatewayConfig {
+        auth: Some(creds),
+        record_every_invocation: true,
+        ..Default::default()
+    })
+    .await;
+    g.deploy(echo("hist")).await;
+    g.deploy(FunctionSpec::new("histfail", "test/fail")).await;
+    for i in 0..3 {
+        let r = g.req(Method::POST, "/function/hist", format!("call {i}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = g.req(Method::POST, "/function/histfail", "x").await;
+    assert!(r.status.as_u16() >= 500, "{}", r.status);
+
+    let r = g.req(Method::GET, "/system/function/hist/history", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["name"], "hist");
+    assert_eq!(v["namespace"], "openfaas-fn");
+    assert_eq!(v["slotSeconds"], 15);
+    let points = v["points"].as_array().unwrap();
+    let total: u64 = points.iter().map(|p| p["invocations"].as_u64().unwrap()).sum();
+    assert_eq!(total, 3, "{v}");
+    assert!(points.iter().all(|p| p["errors"] == 0), "{v}");
+    assert!(points.iter().any(|p| p["p50Ms"].as_f64().is_some_and(|x| x > 0.0)), "{v}");
+    let r = g.req(Method::GET, "/system/function/histfail.openfaas-fn/history", "").await;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let errors: u64 =
+        v["points"].as_array().unwrap().iter().map(|p| p["errors"].as_u64().unwrap()).sum();
+    assert_eq!(errors, 1, "{v}");
+
+    let r = g.req(Method::GET, "/system/function/hist/activations?limit=2", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(list.len(), 2, "newest two of three: {list:?}");
+    assert!(list.iter().all(|a| a["success"] == true && a["name"] == "hist"), "{list:?}");
+    assert!(list.iter().all(|a| a["duration"].is_u64() && a["activationId"].is_string()));
+    let r = g.req(Method::GET, "/system/function/histfail/activations", "").await;
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["success"], false);
+    assert_ne!(list[0]["status"], "success");
+
+    // Bad input names the field; unknown functions and sub-routes are 404.
+    let r = g.req(Method::GET, "/system/function/hist/activations?limit=0", "").await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("limit"), "{}", r.text());
+    let r = g.req(Method::GET, "/system/function/nobody/history", "").await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    // A function deployed but never invoked has a history with the backend's replicas.
+    g.deploy(echo("quiet")).await;
+    let r = g.req(Method::GET, "/system/function/quiet", "").await;
+    let st: FunctionStatus = serde_json::from_slice(&r.body).unwrap();
+    let r = g.req(Method::GET, "/system/function/quiet/history", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let last = v["points"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["invocations"], 0);
+    assert_eq!(last["replicas"], st.replicas, "{v}");
+    assert_eq!(last["p50Ms"], serde_json::Value::Null);
+    // The overview has every invoked function's counts per slot.
+    let r = g.req(Method::GET, "/system/history", "").await;
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let inv = v["functions"]["hist.openfaas-fn"]["invocations"].as_array().unwrap();
+    assert_eq!(inv.iter().map(|n| n.as_u64().unwrap()).sum::<u64>(), 3, "{v}");
+    let errs = v["functions"]["histfail.openfaas-fn"]["errors"].as_array().unwrap();
+    assert_eq!(errs.iter().map(|n| n.as_u64().unwrap()).sum::<u64>(), 1, "{v}");
+    let r = g.req(Method::GET, "/system/function/hist/nothing", "").await;
+    assert_eq!(r.status, 404);
+    let r = g.req(Method::POST, "/system/function/hist/history", "").await;
+    assert_eq!(r.status, 405);
+
+    // Without credentials: 401, like the rest of /system.
+    let anon = faas_http::client::GatewayClient::new(&g.base).unwrap();
+    for path in ["/system/function/hist/history", "/system/function/hist/activations"] {
+        let r = anon.send(Method::GET, path, &[], Bytes::new()).await.unwrap();
+        assert_eq!(r.status, 401, "{path}");
+    }
+}
+
+/// `POST /system/stack` deploys every function of a pasted stack.yml, or none when one is
+/// wrong, with the messages `faas deploy -f` gives (`functions.NAME.FIELD`).
+#[tokio::test]
+async fn stack_files_deploy_with_the_apis_validation() {
+    let g = start(GatewayConfig::default()).await;
+    let image = MemoryWorkload::image(Behaviour::Echo);
+    let bad = format!(
+        "functions:\n  good:\n    image: {image}\n  worse:\n    image: {image}\n    limits: {{memory: lots}}\n"
+    );
+    let r = g.req(Method::POST, "/system/stack", bad).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("functions.worse.limits.memory"), "{}", r.text());
+    let r = g.req(Method::POST, "/system/stack", "functions:\n  a:\n    imagee: x\n").await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("imagee"), "{}", r.text());
+    let r = g
+        .req(Method::POST, "/system/stack", "functions:\n  a:\n    environment_file: [x.yml]\n")
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("functions.a.environment_file"), "{}", r.text());
+    let r = g.req(Method::POST, "/system/stack", "version: 1.0\n").await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("functions"), "{}", r.text());
+    // Nothing of the refused files was deployed.
+    let r = g.req(Method::GET, "/system/function/good", "").await;
+    assert_eq!(r.status, 404);
+
+    let ok = format!(
+        "version: 1.0\nprovider: {{name: openfaas}}\nfunctions:\n  good:\n    image: {image}\n    labels: {{team: portal}}\n  other:\n    image: {image}\n"
+    );
+    let r = g.req(Method::POST, "/system/stack", ok.clone()).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["deployed"], serde_json::json!(["good", "other"]));
+    let r = g.req(Method::GET, "/system/function/good", "").await;
+    let st: FunctionStatus = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(st.labels["team"], "portal");
+    // Again: the functions are updated, not refused.
+    let r = g.req(Method::POST, "/system/stack", ok.replace("team: portal", "team: again")).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let r = g.req(Method::GET, "/system/function/good", "").await;
+    let st: FunctionStatus = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(st.labels["team"], "again");
+    let r = g.req(Method::GET, "/system/stack", "").await;
+    assert_eq!(r.status, 405);
+}

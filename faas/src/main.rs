@@ -3,6 +3,7 @@
 //! `logs`, `secret`, `scale`).
 
 mod credentials;
+mod progress;
 mod whisk_cli;
 
 use std::io::{IsTerminal, Read, Write};
@@ -197,6 +198,9 @@ enum Command {
         /// Also show image and availability.
         #[arg(short, long)]
         verbose: bool,
+        /// Print the gateway's JSON (an array of function statuses) instead of a table.
+        #[arg(long, conflicts_with = "verbose")]
+        json: bool,
     },
     /// Show one function.
     Describe {
@@ -204,6 +208,9 @@ enum Command {
         name: String,
         #[command(flatten)]
         gw: GatewayOpts,
+        /// Print the gateway's JSON (the function's status) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Deploy the functions of a stack file, or one function from flags.
     Deploy {
@@ -239,6 +246,13 @@ enum Command {
         /// Constraint (repeatable).
         #[arg(long = "constraint")]
         constraints: Vec<String>,
+        /// Wait until each function has a ready replica (a spinner on a terminal, a line
+        /// per function otherwise); fail if one is not ready within --timeout.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits for each function.
+        #[arg(long, default_value = "60s", value_parser = parse_grace, requires = "wait")]
+        timeout: Duration,
     },
     /// Invoke a function with stdin as the body.
     Invoke {
@@ -291,6 +305,9 @@ enum Command {
         /// Only the last N lines.
         #[arg(long)]
         tail: Option<usize>,
+        /// One JSON object per line (`name`, `namespace`, `instance`, `timestamp`, `text`).
+        #[arg(long)]
+        json: bool,
     },
     /// Manage secrets.
     Secret {
@@ -358,6 +375,12 @@ enum Command {
         #[command(subcommand)]
         cmd: whisk_cli::PackageCmd,
     },
+    /// Print a shell completion script, e.g. `faas completion bash >
+    /// ~/.local/share/bash-completion/completions/faas`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Run the watchdog (used by the process backend; reads the OpenFaaS watchdog env vars).
     #[command(hide = true)]
     Watchdog,
@@ -404,6 +427,9 @@ enum SecretCmd {
     List {
         #[command(flatten)]
         gw: GatewayOpts,
+        /// Print the gateway's JSON (an array of `{"name","namespace"}`).
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a secret.
     #[command(alias = "rm")]
@@ -433,6 +459,61 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout (what `--json` gives: the gateway's own fields).
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::internal(format!("encoding JSON: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Waits, at most `timeout`, until the gateway lists a ready replica of `spec`'s function,
+/// showing progress; the error says what to look at next.
+async fn wait_ready(client: &GatewayClient, spec: &FunctionSpec, timeout: Duration) -> Result<()> {
+    let step = progress::Step::start(format!("Waiting for {}", spec.name));
+    let t0 = Instant::now();
+    let backoff = faas_core::util::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    let mut retry = 0u32;
+    loop {
+        retry = retry.saturating_add(1);
+        let st = client.describe(&spec.name, spec.namespace.as_deref()).await;
+        match st {
+            Ok(st) if st.available_replicas > 0 => {
+                step.finish(&format!("ready in {} ms", t0.elapsed().as_millis()));
+                return Ok(());
+            }
+            Ok(st) => {
+                if let Some(f) = &st.failure {
+                    step.finish("failing");
+                    return Err(Error::unavailable(format!(
+                        "{} cannot start: {} (see `faas logs {}`)",
+                        spec.name, f.reason, spec.name
+                    )));
+                }
+                step.note(&format!("{} of {} replicas ready", st.available_replicas, st.replicas));
+            }
+            Err(Error::NotFound { .. }) => step.note("not listed yet"),
+            Err(e) => {
+                step.finish("failed");
+                return Err(e);
+            }
+        }
+        if t0.elapsed() >= timeout {
+            step.finish("not ready");
+            return Err(Error::unavailable(format!(
+                "{} has no ready replica after {} ms; it keeps starting: see `faas describe {}` \
+                 and `faas logs {}`, or wait longer with --timeout",
+                spec.name,
+                t0.elapsed().as_millis(),
+                spec.name,
+                spec.name
+            )));
+        }
+        let left = timeout.saturating_sub(t0.elapsed());
+        tokio::time::sleep(backoff.delay(retry).min(left)).await;
     }
 }
 
@@ -597,9 +678,11 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 println!("No credentials were saved for {gateway}");
             }
         }
-        Command::List { gw, verbose } => {
+        Command::List { gw, verbose, json } => {
             let list = gw.client()?.list(gw.ns()).await?;
-            if verbose {
+            if json {
+                print_json(&list)?;
+            } else if verbose {
                 println!(
                     "{:<28} {:<36} {:>12} {:>9} {:>9}",
                     "Function", "Image", "Invocations", "Replicas", "Available"
@@ -617,8 +700,12 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Describe { name, gw } => {
+        Command::Describe { name, gw, json } => {
             let f = gw.client()?.describe(&name, gw.ns()).await?;
+            if json {
+                print_json(&f)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let status = if f.available_replicas > 0 { "Ready" } else { "Not Ready" };
             println!("Name:               {}", f.name);
             println!("Namespace:          {}", f.namespace);
@@ -659,6 +746,8 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             annotations,
             secrets,
             constraints,
+            wait,
+            timeout,
         } => {
             let client = gw.client()?;
             let mut specs = match (&file, &name) {
@@ -696,6 +785,11 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                     t0.elapsed().as_millis()
                 );
                 println!("URL: {}/function/{}", client.base(), s.name);
+            }
+            if wait {
+                for s in &specs {
+                    wait_ready(&client, s, timeout).await?;
+                }
             }
         }
         Command::Invoke {
@@ -771,7 +865,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Logs { name, gw, follow, tail } => {
+        Command::Logs { name, gw, follow, tail, json } => {
             let client = gw.client()?.with_timeout(if follow {
                 Duration::from_secs(365 * 24 * 3600)
             } else {
@@ -780,6 +874,12 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             let mut out = std::io::stdout();
             client
                 .logs(&name, gw.ns(), tail, follow, |e| {
+                    if json {
+                        if let Ok(line) = serde_json::to_string(&e) {
+                            let _ = writeln!(out, "{line}");
+                        }
+                        return;
+                    }
                     let _ = writeln!(
                         out,
                         "{} {} ({}) {}",
@@ -802,7 +902,10 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 gw.client()?.create_secret(&name, gw.ns(), &v, true).await?;
                 println!("Updated: {name}");
             }
-            SecretCmd::List { gw } => {
+            SecretCmd::List { gw, json } if json => {
+                print_json(&gw.client()?.list_secrets(gw.ns()).await?)?;
+            }
+            SecretCmd::List { gw, .. } => {
                 println!("NAME");
                 for s in gw.client()?.list_secrets(gw.ns()).await? {
                     println!("{}", s.name);
@@ -827,6 +930,11 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 opts = opts.namespace(ns);
             }
             print!("{}", faas_backend_k8s::render_manifests(&specs, &opts)?);
+        }
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "faas", &mut std::io::stdout());
         }
         Command::Watchdog => unreachable!("handled before the runtime starts"),
     }
@@ -1202,23 +1310,23 @@ async fn up(
             break;
         }
         let f = spec.function_ref();
-        eprint!("  deploying {:<20} ", spec.name);
-        let _ = std::io::stderr().flush();
+        let step = progress::Step::start(format!("  deploying {:<20}", spec.name));
         let t0 = Instant::now();
-        match invoker.deploy(spec.clone()).await {
-            Ok(()) => {}
-            Err(Error::AlreadyExists { .. }) => invoker.update(spec.clone()).await?,
-            Err(e) => {
-                eprintln!("failed");
-                return Err(e);
-            }
+        let deployed = match invoker.deploy(spec.clone()).await {
+            Err(Error::AlreadyExists { .. }) => invoker.update(spec.clone()).await,
+            other => other,
+        };
+        if let Err(e) = deployed {
+            step.finish("failed");
+            return Err(e);
         }
         // Wait (bounded) for the first replica, showing progress.
         let min = spec.scaling_policy().map(|p| p.min).unwrap_or(1);
         if min == 0 {
-            eprintln!("deployed (scaled to zero; starts on the first request)");
+            step.finish("deployed (scaled to zero; starts on the first request)");
             continue;
         }
+        step.note("waiting for a ready replica");
         let mut ready = false;
         // A function the backend cannot place now (a swarm constraint no node meets) is
         // reported and served as pending (its calls answer 503 naming why), not waited for.
@@ -1234,23 +1342,24 @@ async fn up(
                     pending = Some(reason);
                     break;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    step.finish("failed");
+                    return Err(e);
+                }
             }
-            eprint!(".");
-            let _ = std::io::stderr().flush();
         }
         if ready {
-            eprintln!(" ready in {} ms", t0.elapsed().as_millis());
+            step.finish(&format!("ready in {} ms", t0.elapsed().as_millis()));
         } else if let Some(reason) = pending {
-            eprintln!(" pending: {reason}");
+            step.finish(&format!("pending: {reason}"));
         } else if stop_rx.borrow().is_some() {
-            eprintln!(" stopped before it was ready");
+            step.finish("stopped before it was ready");
         } else {
-            eprintln!(
-                " not ready after {} ms (it will keep starting; see `faas logs {}`)",
+            step.finish(&format!(
+                "not ready after {} ms (it will keep starting; see `faas logs {}`)",
                 t0.elapsed().as_millis(),
                 spec.name
-            );
+            ));
         }
     }
     let stopped_early = *stop_rx.borrow();

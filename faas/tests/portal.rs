@@ -1,5 +1,7 @@
 //! The portal in headless Chromium, driven over chromedriver's W3C WebDriver HTTP API:
-//! deploy a function from the form, invoke it, see the status, headers, body and time.
+//! deploy a function from the form, invoke it, see the status, headers, body and time; with
+//! auth on, deploy a stack file, then open a function's page after traffic and see its
+//! charts, activations and logs (a screenshot of the page is saved under `target/`).
 //!
 //! Needs the Debian packages `chromium` and `chromium-driver`. Without them the test fails
 //! (it never skips); `scripts/test.sh` installs them.
@@ -94,6 +96,22 @@ impl WebDriver {
             .to_string()
     }
 
+    /// Runs `script` (a function body) in the page and answers what it returns.
+    async fn script(&self, script: &str) -> Value {
+        self.cmd("POST", "/execute/sync", Some(json!({"script": script, "args": []}))).await
+    }
+
+    /// Polls until `script` returns true, at most 30 s.
+    async fn wait_script(&self, script: &str) {
+        let r = tokio::time::timeout(Duration::from_secs(30), async {
+            while self.script(script).await != Value::Bool(true) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(r.is_ok(), "never true: {script}");
+    }
+
     /// Polls until `css`'s text satisfies `ok`, at most 30 s.
     async fn wait_text(&self, css: &str, ok: impl Fn(&str) -> bool) -> String {
         let r = tokio::time::timeout(Duration::from_secs(30), async {
@@ -115,79 +133,137 @@ impl WebDriver {
     }
 }
 
+/// A gateway on the process backend (with `faas watchdog` as the watchdog) served on a
+/// loopback port, and a headless Chromium session driven by chromedriver.
+struct Harness {
+    wd: WebDriver,
+    gw_url: String,
+    invoker: Arc<dyn Backend>,
+    state: std::path::PathBuf,
+    driver_proc: tokio::process::Child,
+    stop_tx: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Harness {
+    async fn start(tag: &str, config: GatewayConfig) -> Harness {
+        // A missing browser is a failure, never a skip: scripts/test.sh installs both.
+        let (Some(chromium), Some(driver)) = (
+            find_program(&["chromium", "chromium-browser", "google-chrome"]),
+            find_program(&["chromedriver"]),
+        ) else {
+            panic!(
+                "chromium or chromedriver is missing: apt-get install -y chromium \
+                 chromium-driver (scripts/test.sh installs them)"
+            );
+        };
+        let state = std::env::temp_dir().join(format!("faas-portal-{tag}-{}", std::process::id()));
+        let invoker = faas_watchdog::process::ProcessInvoker::builder()
+            .watchdog_command(env!("CARGO_BIN_EXE_faas"), ["watchdog"])
+            .state_dir(&state)
+            .build()
+            .unwrap();
+        let invoker: Arc<dyn Backend> = Arc::new(invoker);
+        let gateway = Gateway::builder(invoker.clone()).config(config).build();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gw_url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(faas_http::serve(listener, gateway.service(), async move {
+            let _ = stop_rx.await;
+        }));
+
+        // chromedriver on a free loopback port.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let driver_proc = tokio::process::Command::new(&driver)
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start chromedriver");
+        let base = format!("http://127.0.0.1:{port}");
+        let http: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let req = http::Request::get(format!("{base}/status"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                if let Ok(r) = http.request(req).await {
+                    if r.status() == 200 {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("chromedriver ready");
+
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium.to_string_lossy(),
+                "args": ["--headless", "--no-sandbox", "--disable-gpu",
+                         "--disable-background-networking", "--disable-dev-shm-usage",
+                         "--window-size=1200,900"]
+            }
+        }}});
+        let v = WebDriver::call(&http, "POST", &format!("{base}/session"), Some(caps)).await;
+        let session = v["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {v}"))
+            .to_string();
+        let wd = WebDriver { base, session, http };
+        Harness { wd, gw_url, invoker, state, driver_proc, stop_tx: Some(stop_tx) }
+    }
+
+    async fn stop(mut self, functions: &[&str]) {
+        let url = format!("{}/session/{}", self.wd.base, self.wd.session);
+        let _ = WebDriver::call(&self.wd.http, "DELETE", &url, None).await;
+        let _ = self.driver_proc.kill().await;
+        for f in functions {
+            let _ = self.invoker.remove(&(*f).into()).await;
+        }
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+impl Drop for Harness {
+    /// A test that panicked never reached [`Harness::stop`]: end the browser session anyway
+    /// (chromedriver is killed on drop, but the Chromium it started would outlive it), with
+    /// one blocking request since no runtime can be awaited here.
+    fn drop(&mut self) {
+        if self.stop_tx.is_none() {
+            return;
+        }
+        use std::io::{Read, Write};
+        let Some(addr) = self.wd.base.strip_prefix("http://") else { return };
+        if let Ok(mut conn) = std::net::TcpStream::connect(addr) {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            let req = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\
+                 Connection: close\r\n\r\n",
+                self.wd.session
+            );
+            if conn.write_all(req.as_bytes()).is_ok() {
+                let _ = conn.read_to_end(&mut Vec::new());
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn portal_deploys_and_invokes_in_chromium() {
-    // A missing browser is a failure, never a skip: scripts/test.sh installs both.
-    let (Some(chromium), Some(driver)) = (
-        find_program(&["chromium", "chromium-browser", "google-chrome"]),
-        find_program(&["chromedriver"]),
-    ) else {
-        panic!(
-            "chromium or chromedriver is missing: apt-get install -y chromium chromium-driver \
-             (scripts/test.sh installs them)"
-        );
-    };
-
-    // The gateway on the process backend, with `faas watchdog` as the watchdog.
-    let state = std::env::temp_dir().join(format!("faas-portal-test-{}", std::process::id()));
-    let invoker = faas_watchdog::process::ProcessInvoker::builder()
-        .watchdog_command(env!("CARGO_BIN_EXE_faas"), ["watchdog"])
-        .state_dir(&state)
-        .build()
-        .unwrap();
-    let invoker: Arc<dyn Backend> = Arc::new(invoker);
-    let gateway = Gateway::builder(invoker.clone()).config(GatewayConfig::default()).build();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gw_url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(faas_http::serve(listener, gateway.service(), async move {
-        let _ = stop_rx.await;
-    }));
-
-    // chromedriver on a free loopback port.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut driver_proc = tokio::process::Command::new(&driver)
-        .arg(format!("--port={port}"))
-        .arg("--allowed-ips=127.0.0.1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start chromedriver");
-    let base = format!("http://127.0.0.1:{port}");
-    let http: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let req =
-                http::Request::get(format!("{base}/status")).body(Full::new(Bytes::new())).unwrap();
-            if let Ok(r) = http.request(req).await {
-                if r.status() == 200 {
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("chromedriver ready");
-
-    let caps = json!({"capabilities": {"alwaysMatch": {
-        "browserName": "chrome",
-        "goog:chromeOptions": {
-            "binary": chromium.to_string_lossy(),
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-dev-shm-usage", "--window-size=1200,900"]
-        }
-    }}});
-    let v = WebDriver::call(&http, "POST", &format!("{base}/session"), Some(caps)).await;
-    let session =
-        v["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {v}")).to_string();
-    let wd = WebDriver { base: base.clone(), session, http: http.clone() };
-
+    let h = Harness::start("deploy", GatewayConfig::default()).await;
+    let (wd, gw_url) = (&h.wd, &h.gw_url);
     wd.cmd("POST", "/url", Some(json!({"url": format!("{gw_url}/ui/")}))).await;
     wd.wait_text("#fn-rows", |t| t.contains("No functions yet")).await;
 
@@ -215,9 +291,138 @@ async fn portal_deploys_and_invokes_in_chromium() {
     })
     .await;
 
-    let _ = WebDriver::call(&http, "DELETE", &format!("{base}/session/{}", wd.session), None).await;
-    let _ = driver_proc.kill().await;
-    let _ = invoker.remove(&"shout".into()).await;
-    let _ = stop_tx.send(());
-    let _ = std::fs::remove_dir_all(&state);
+    h.stop(&["shout"]).await;
+}
+
+/// Where a screenshot for people to look at goes: the target directory.
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// With auth on: a stack file pasted into the portal deploys (a bad one is refused with the
+/// API's message); after traffic, the function page shows points in every chart, the calls
+/// in the activations list with their outcomes, and a line the function wrote in the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_page_shows_charts_activations_and_logs_with_auth() {
+    let creds = faas_http::BasicAuth::new("admin", "portal secret");
+    let config = GatewayConfig {
+        auth: Some(creds.clone()),
+        record_every_invocation: true,
+        ..Default::default()
+    };
+    let h = Harness::start("page", config).await;
+    let (wd, gw_url) = (&h.wd, &h.gw_url);
+
+    // The portal is behind the gateway's basic auth; the browser sends the credentials
+    // with every request, as after answering its login prompt.
+    let http: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let get = |path: &str| {
+        http::Request::get(format!("{gw_url}{path}")).body(Full::new(Bytes::new())).unwrap()
+    };
+    assert_eq!(http.request(get("/ui/")).await.unwrap().status(), 401);
+    wd.cmd("POST", "/goog/cdp/execute", Some(json!({"cmd": "Network.enable", "params": {}}))).await;
+    let headers = json!({"headers": {"Authorization": creds.header_value()}});
+    wd.cmd(
+        "POST",
+        "/goog/cdp/execute",
+        Some(json!({"cmd": "Network.setExtraHTTPHeaders", "params": headers})),
+    )
+    .await;
+    wd.cmd("POST", "/url", Some(json!({"url": format!("{gw_url}/ui/")}))).await;
+    wd.wait_text("#fn-rows", |t| t.contains("No functions yet")).await;
+
+    // A stack file with a mistake is refused with the field the API names.
+    let bad = "functions:\n  talker:\n    image: faas-rs/talker:latest\n    limits:\n      memory: lots\n";
+    wd.type_into("#stack-yaml", bad).await;
+    wd.click("#stack-btn").await;
+    let status = wd.wait_text("#stack-status", |t| t.contains("refused")).await;
+    assert!(status.contains("functions.talker.limits.memory"), "{status}");
+    // The function logs each body on stderr and fails (exit 3) on "fail".
+    let good = "version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n  talker:\n    \
+                image: faas-rs/talker:latest\n    fprocess: sh -c 'read -r x; echo \"portal log \
+                line $x\" >&2; [ \"$x\" != fail ] || exit 3; echo \"$x\" | tr a-z A-Z'\n    \
+                labels:\n      com.openfaas.scale.min: 1\n      team: portal\n    \
+                limits:\n      memory: 128Mi\n";
+    wd.type_into("#stack-yaml", good).await;
+    wd.click("#stack-btn").await;
+    wd.wait_text("#stack-status", |t| t.contains("Deployed talker")).await;
+
+    // Traffic: three good calls and a failing one.
+    let call = |body: &str| {
+        http::Request::post(format!("{gw_url}/function/talker"))
+            .body(Full::new(Bytes::from(format!("{body}\n"))))
+            .unwrap()
+    };
+    for body in ["one", "two", "hello"] {
+        let r = http.request(call(body)).await.unwrap();
+        assert_eq!(r.status(), 200, "{body}");
+    }
+    let r = http.request(call("fail")).await.unwrap();
+    assert!(r.status().is_server_error(), "{}", r.status());
+
+    // The overview links to the function page (and draws a sparkline of the traffic).
+    wd.click("#refresh-btn").await;
+    wd.wait_text("#fn-rows", |t| t.contains("talker")).await;
+    wd.wait_script("return document.querySelectorAll('#fn-rows svg.sparkline').length === 1").await;
+    wd.click("#fn-rows a[href='#/fn/talker.openfaas-fn']").await;
+    wd.wait_text("#fn-title", |t| t == "talker.openfaas-fn").await;
+    let spec = wd.wait_text("#fn-spec", |t| t.contains("faas-rs/talker:latest")).await;
+    assert!(spec.contains("team=portal"), "{spec}");
+    assert!(spec.contains("min=1"), "{spec}");
+    assert!(spec.contains("memory 128Mi"), "{spec}");
+
+    // Every chart has points; rate, errors and latency show the traffic.
+    for chart in ["rate", "errors", "latency", "replicas"] {
+        wd.wait_script(&format!(
+            "const s = document.querySelector('#chart-{chart} svg'); \
+             return !!s && Number(s.dataset.points) > 0 && s.querySelectorAll('circle').length > 0"
+        ))
+        .await;
+    }
+    for chart in ["rate", "errors", "latency", "replicas"] {
+        wd.wait_script(&format!(
+            "const s = document.querySelector('#chart-{chart} svg'); \
+             return !!s && Number(s.dataset.max) > 0"
+        ))
+        .await;
+    }
+
+    // The activations list shows the four calls with their outcomes.
+    let acts = wd
+        .wait_text("#fn-activations", |t| {
+            t.lines().filter(|l| l.contains("success") && l.contains(" 200 ")).count() == 3
+                && t.contains("exit code 3")
+        })
+        .await;
+    assert_eq!(acts.lines().count(), 4, "{acts}");
+    // The failed call: the process exited with 3, which OpenWhisk calls a developer error.
+    assert!(acts.lines().any(|l| l.contains("developer error") && l.contains("exit code 3")));
+    // A record opens from the keyboard.
+    let first = wd.find("#fn-activations button").await;
+    wd.cmd("POST", &format!("/element/{first}/value"), Some(json!({"text": "\u{E007}"}))).await;
+    wd.wait_text("#fn-record", |t| t.contains("activationId")).await;
+
+    // The logs panel follows the function's log.
+    wd.wait_text("#fn-logs", |t| t.contains("portal log line hello")).await;
+
+    // The whole page, not only the window.
+    wd.script("window.scrollTo(0, 0); document.getElementById('fn-record').hidden = true;").await;
+    let params = json!({"format": "png", "captureBeyondViewport": true});
+    let shot = wd
+        .cmd(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({"cmd": "Page.captureScreenshot", "params": params})),
+        )
+        .await;
+    let png = faas_core::queue::base64_decode(shot["data"].as_str().unwrap()).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let dir = target_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("portal-function-page.png"), png).unwrap();
+
+    h.stop(&["talker"]).await;
 }
