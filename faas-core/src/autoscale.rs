@@ -1,11 +1,11 @@
-//! Autoscaling for any backend: Knative's KPA decision model, driven by OpenFaaS's scaling
-//! labels, wrapped around any [`Backend`].
+//! Autoscaling for any backend: OpenFaaS CE's request-rate rule and Knative's KPA decision
+//! model, chosen and tuned by OpenFaaS's scaling labels, wrapped around any [`Backend`].
 //!
 //! Two parts:
 //!
-//! - [`Kpa`]: the pure decision core. Each tick it takes an [`Observation`] (average
-//!   concurrency and request rate over the tick, ready replicas) and answers the desired
-//!   replica count. Cheap (amortised O(1) per function per tick) and deterministic, so it is
+//! - [`RateRule`] and [`Kpa`]: the pure decision cores. Each tick one takes an
+//!   [`Observation`] (average concurrency and request rate over the tick, ready replicas)
+//!   and answers the desired replica count. Cheap (amortised O(1) per function per tick) and deterministic, so it is
 //!   unit tested on synthetic clocks and benchmarked alone.
 //! - [`Autoscaled`]: an [`Backend`] wrapper. It sits in the `invoke` path, measures in-flight
 //!   invocations and the request rate of every function itself, runs a tick loop (a tokio
@@ -17,7 +17,29 @@
 //!   is never dropped; past the bound the caller gets [`Error::Unavailable`] naming the
 //!   function.
 //!
-//! # The model (Knative's KPA, as its autoscaler documentation describes it)
+//! # Which rule decides
+//!
+//! - **OpenFaaS CE's rate rule** ([`RateRule`]), for a function whose labels name no
+//!   `com.openfaas.scale.type`, `.target` or `.target-proportion` (and whose spec carries
+//!   no explicit `scaling` policy): what OpenFaaS CE does with its one alert,
+//!   `sum(rate(gateway_function_invocation_total[10s])) by (function_name) > 5`. While the
+//!   function's request rate over the last [`RateRuleConfig::window`] (10 s) is above
+//!   [`RateRuleConfig::threshold`] (5 requests per second, the whole function's), it adds
+//!   `com.openfaas.scale.factor` percent of max replicas (rounded up; 20% by default) at once
+//!   and again every [`RateRuleConfig::step_interval`] (10 s) while the rate stays high, up
+//!   to max; when the rate falls back to the threshold or below (the alert resolves) it
+//!   returns to min. So with only min=1 and max=2 set, about 10 requests per second of
+//!   short calls reach 2 replicas within a few seconds, and 1 again about 10 s after the
+//!   load stops. `com.openfaas.scale.factor=0` turns the rule off (the function stays at
+//!   min), as in OpenFaaS.
+//! - **Knative's KPA** ([`Kpa`]) on the metric of `com.openfaas.scale.type` (OpenFaaS Pro's
+//!   modes), for a function that names a type, a target or a target proportion. With a
+//!   target but no type the metric is `rps` (OpenFaaS Pro's default).
+//!
+//! Both scale an idle function allowed to (`com.openfaas.scale.zero=true`) to zero once it
+//! has had no traffic for `com.openfaas.scale.zero-duration`.
+//!
+//! # The KPA model (Knative's, as its autoscaler documentation describes it)
 //!
 //! `desired = ceil(observed / (target x utilisation))`, where `observed` is the average
 //! concurrency (or requests per second) over the *stable window* (60 s). Over the *panic
@@ -37,11 +59,12 @@
 //! |---|---|---|
 //! | `com.openfaas.scale.min` | replicas while in use | 1 |
 //! | `com.openfaas.scale.max` | maximum replicas | 20 |
+//! | `com.openfaas.scale.factor` | the rate rule's step, percent of max (0 turns it off) | 20 |
 //! | `com.openfaas.scale.zero` | allow scale to zero | false |
 //! | `com.openfaas.scale.zero-duration` | idle time before zero (the grace period) | 15m |
-//! | `com.openfaas.scale.type` | `capacity` (in flight) or `rps` (`cpu` is measured as `capacity`) | capacity |
-//! | `com.openfaas.scale.target` | target per replica | 50 |
-//! | `com.openfaas.scale.target-proportion` | target utilisation, `0 < p <= 1` ([`TARGET_PROPORTION_LABEL`]) | 0.7 |
+//! | `com.openfaas.scale.type` | the KPA's metric: `rps`, `capacity` (in flight), `cpu` (measured as `capacity`) | none: the rate rule; with a target, `rps` |
+//! | `com.openfaas.scale.target` | the KPA's target per replica | 50 |
+//! | `com.openfaas.scale.target-proportion` | the KPA's target utilisation, `0 < p <= 1` ([`TARGET_PROPORTION_LABEL`]) | 0.7 |
 //!
 //! # Example
 //!
@@ -77,8 +100,10 @@ use crate::function::Response;
 use crate::invocation::{FunctionRef, Invocation};
 use crate::invoker::{Backend, LogStream, LogsRequest, ProviderInfo, Secret, SecretInfo};
 use crate::prelude::*;
-use crate::spec::{FunctionSpec, FunctionStatus, ScalingMetric, ScalingPolicy};
+use crate::spec::{labels as label, FunctionSpec, FunctionStatus, ScalingMetric, ScalingPolicy};
 use crate::util::lock;
+
+type Labels = std::collections::BTreeMap<String, String>;
 
 /// Label for the target utilisation (OpenFaaS Pro's name): the fraction of `target` each
 /// replica should run at, `0 < p <= 1`. Default 0.7 (Knative's 70%).
@@ -150,17 +175,18 @@ impl KpaConfig {
     }
 
     /// These settings with a spec's scaling policy and labels applied (including
-    /// [`TARGET_PROPORTION_LABEL`]). Bad label values give [`Error::InvalidSpec`] naming the
-    /// label.
+    /// [`TARGET_PROPORTION_LABEL`]). With neither a `scaling` policy nor a
+    /// `com.openfaas.scale.type` label the metric is `rps` (OpenFaaS Pro's default). Bad label
+    /// values give [`Error::InvalidSpec`] naming the label.
     pub fn with_spec(self, spec: &FunctionSpec) -> Result<Self> {
-        self.with_labels(spec.scaling.clone().unwrap_or_default(), &spec.labels)
+        self.with_labels(spec.scaling.as_ref(), &spec.labels)
     }
 
-    fn with_labels(
-        self,
-        base: ScalingPolicy,
-        labels: &std::collections::BTreeMap<String, String>,
-    ) -> Result<Self> {
+    fn with_labels(self, scaling: Option<&ScalingPolicy>, labels: &Labels) -> Result<Self> {
+        let base = scaling.cloned().unwrap_or_else(|| ScalingPolicy {
+            metric: ScalingMetric::Rps,
+            ..ScalingPolicy::default()
+        });
         let p = base.apply_labels(labels)?;
         p.validate()?;
         let mut c = self.with_policy(&p);
@@ -372,6 +398,221 @@ fn to_u32(x: f64) -> u32 {
     }
 }
 
+/// Settings of OpenFaaS CE's rate rule that are the same for every function (the alert's
+/// window and threshold, how often it steps). Each function's labels give the rest
+/// ([`RateRuleConfig::with_policy`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateRuleConfig {
+    /// The window the request rate is averaged over (CE's `rate(...[10s])`): 10 s.
+    pub window: Duration,
+    /// The rate, in requests per second to the whole function, above which the rule scales
+    /// up (CE's `> 5`): 5.
+    pub threshold: f64,
+    /// How often it adds another step while the rate stays above the threshold: 10 s.
+    pub step_interval: Duration,
+    /// The step in percent of `max` (`com.openfaas.scale.factor`): 20. 0 turns scaling off.
+    pub factor: u32,
+    /// Replicas while in use (at least 1).
+    pub min: u32,
+    /// Maximum replicas.
+    pub max: u32,
+    /// Whether an idle function goes to zero.
+    pub allow_zero: bool,
+    /// Time without traffic before scaling to zero.
+    pub scale_to_zero_grace: Duration,
+}
+
+impl Default for RateRuleConfig {
+    fn default() -> Self {
+        let p = ScalingPolicy::default();
+        RateRuleConfig {
+            window: Duration::from_secs(10),
+            threshold: 5.0,
+            step_interval: Duration::from_secs(10),
+            factor: p.factor,
+            min: p.min,
+            max: p.max,
+            allow_zero: p.allow_zero,
+            scale_to_zero_grace: p.idle_timeout(),
+        }
+    }
+}
+
+impl RateRuleConfig {
+    /// These window settings with a function's policy applied (min, max, factor, zero,
+    /// zero-duration).
+    pub fn with_policy(mut self, p: &ScalingPolicy) -> Self {
+        self.factor = p.factor.min(100);
+        self.min = p.min;
+        self.max = p.max.max(1);
+        self.allow_zero = p.allow_zero;
+        self.scale_to_zero_grace = p.idle_timeout();
+        self
+    }
+
+    /// These settings with a spec's scaling policy and labels applied. Bad label values give
+    /// [`Error::InvalidSpec`] naming the label.
+    pub fn with_spec(self, spec: &FunctionSpec) -> Result<Self> {
+        self.with_labels(spec.scaling.as_ref(), &spec.labels)
+    }
+
+    fn with_labels(self, scaling: Option<&ScalingPolicy>, labels: &Labels) -> Result<Self> {
+        let p = scaling.cloned().unwrap_or_default().apply_labels(labels)?;
+        p.validate()?;
+        Ok(self.with_policy(&p))
+    }
+
+    /// Replicas added per step: `factor` percent of `max`, rounded up (0 when `factor` is 0).
+    pub fn step(&self) -> u32 {
+        let step = (u64::from(self.max) * u64::from(self.factor)).div_ceil(100);
+        u32::try_from(step).unwrap_or(u32::MAX)
+    }
+
+    /// Checks the values: positive window and step interval, a threshold of at least 0,
+    /// `min <= max`.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |f: &str, r: &str| Err(Error::invalid(format!("autoscale.rateRule.{f}"), r));
+        if self.window.is_zero() {
+            return bad("window", "must be more than 0");
+        }
+        if self.step_interval.is_zero() {
+            return bad("stepInterval", "must be more than 0");
+        }
+        if !(self.threshold >= 0.0 && self.threshold.is_finite()) {
+            return bad("threshold", "must be a number of at least 0");
+        }
+        if self.max == 0 || self.min > self.max {
+            return bad("max", "max must be at least 1 and at least min");
+        }
+        Ok(())
+    }
+}
+
+/// OpenFaaS CE's rate rule for one function (see the [module docs](self)): while the request
+/// rate over the window is above the threshold, step up by `factor` percent of max every
+/// step interval; when it falls back, return to min.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use faas_core::autoscale::{Observation, RateRule, RateRuleConfig};
+///
+/// let mut rule = RateRule::new(RateRuleConfig { min: 1, max: 2, ..RateRuleConfig::default() });
+/// let t0 = Instant::now();
+/// let at = |rps: f64| Observation { concurrency: 0.1, rps, ready: 1 };
+/// // 10 requests per second for a whole window: above 5, one step of 20% of 2 (rounded up).
+/// for s in 0..5 {
+///     rule.decide(t0 + Duration::from_secs(2 * s), at(10.0));
+/// }
+/// assert!(rule.firing());
+/// assert_eq!(rule.desired(), Some(2));
+/// // The load stops: once the window's rate is 5 or less, back to min.
+/// let mut d = 2;
+/// for s in 5..10 {
+///     d = rule.decide(t0 + Duration::from_secs(2 * s), at(0.0));
+/// }
+/// assert_eq!(d, 1);
+/// ```
+#[derive(Debug, Clone)]
+pub struct RateRule {
+    config: RateRuleConfig,
+    samples: VecDeque<(Instant, f64)>,
+    last_step: Option<Instant>,
+    last_active: Option<Instant>,
+    desired: Option<u32>,
+}
+
+impl RateRule {
+    /// A rule with `config` and no history.
+    pub fn new(config: RateRuleConfig) -> Self {
+        RateRule {
+            config,
+            samples: VecDeque::new(),
+            last_step: None,
+            last_active: None,
+            desired: None,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RateRuleConfig {
+        &self.config
+    }
+
+    /// Replaces the configuration (a function was updated), keeping the history.
+    pub fn set_config(&mut self, config: RateRuleConfig) {
+        self.config = config;
+    }
+
+    /// Whether the rate is above the threshold (CE's alert is firing).
+    pub fn firing(&self) -> bool {
+        self.last_step.is_some()
+    }
+
+    /// The last decision.
+    pub fn desired(&self) -> Option<u32> {
+        self.desired
+    }
+
+    /// Records traffic at `now` outside an observation, so the grace period before scale to
+    /// zero starts again.
+    pub fn note_activity(&mut self, now: Instant) {
+        self.last_active = Some(self.last_active.map_or(now, |t| t.max(now)));
+    }
+
+    /// The average request rate over the window ending at the last observation.
+    pub fn rate(&self) -> f64 {
+        let n = self.samples.len();
+        if n == 0 {
+            return 0.0;
+        }
+        self.samples.iter().map(|&(_, v)| v).sum::<f64>() / n as f64
+    }
+
+    /// One tick: adds `obs` to the window and answers the desired replica count.
+    pub fn decide(&mut self, now: Instant, obs: Observation) -> u32 {
+        let c = self.config.clone();
+        let rps = if obs.rps.is_finite() { obs.rps.max(0.0) } else { 0.0 };
+        if obs.concurrency > 0.0 || rps > 0.0 || self.last_active.is_none() {
+            // The first observation starts the grace period.
+            self.note_activity(now);
+        }
+        self.samples.push_back((now, rps));
+        while self
+            .samples
+            .front()
+            .is_some_and(|&(t, _)| now.saturating_duration_since(t) >= c.window)
+        {
+            self.samples.pop_front();
+        }
+        let (min, max) = (c.min.max(1), c.max.max(1));
+        let current = self.desired.unwrap_or(0).max(obs.ready).clamp(min, max);
+        let step = c.step();
+        let mut desired = if self.rate() > c.threshold && step > 0 {
+            let due =
+                self.last_step.is_none_or(|t| now.saturating_duration_since(t) >= c.step_interval);
+            if due {
+                self.last_step = Some(now);
+                current.saturating_add(step).min(max)
+            } else {
+                current
+            }
+        } else {
+            // Resolved (or never fired): back to min.
+            self.last_step = None;
+            min
+        };
+        let idle = self
+            .last_active
+            .is_some_and(|t| now.saturating_duration_since(t) >= c.scale_to_zero_grace);
+        if c.allow_zero && idle && rps == 0.0 {
+            desired = 0;
+            self.last_step = None;
+        }
+        self.desired = Some(desired);
+        desired
+    }
+}
+
 /// Settings of an [`Autoscaled`] invoker.
 #[derive(Debug, Clone)]
 pub struct AutoscaleConfig {
@@ -381,8 +622,11 @@ pub struct AutoscaleConfig {
     /// [`Error::Unavailable`] (60 s). The wait is the backend's [`Deploy::wait_ready`]
     /// (woken as a replica becomes ready where the backend can).
     pub activation_timeout: Duration,
-    /// Window and rate settings; each function's labels apply over them.
+    /// The KPA's window and rate settings; each function's labels apply over them.
     pub kpa: KpaConfig,
+    /// The rate rule's window, threshold and step interval; each function's labels apply
+    /// over them.
+    pub rate_rule: RateRuleConfig,
     /// The most replicas asked for any function, whatever its policy says (no bound by
     /// default). Set it to the backend's per-function replica cap
     /// ([`crate::ReplicaLimits::per_function`]), so a function without a
@@ -396,6 +640,7 @@ impl Default for AutoscaleConfig {
             tick: DEFAULT_TICK,
             activation_timeout: Duration::from_secs(60),
             kpa: KpaConfig::default(),
+            rate_rule: RateRuleConfig::default(),
             max_replicas: u32::MAX,
         }
     }
@@ -412,6 +657,40 @@ impl AutoscaleConfig {
     pub fn activation_timeout(mut self, d: Duration) -> Self {
         self.activation_timeout = d;
         self
+    }
+
+    /// Sets the rate rule's window, threshold and step interval
+    /// ([`AutoscaleConfig::rate_rule`]); tests shorten them.
+    pub fn rate_rule(mut self, window: Duration, threshold: f64, step_interval: Duration) -> Self {
+        self.rate_rule.window = window;
+        self.rate_rule.threshold = threshold;
+        self.rate_rule.step_interval = step_interval;
+        self
+    }
+
+    /// The rule for a function with this `scaling` policy and these labels (see the
+    /// [module docs](self)). Bad label values give [`Error::InvalidSpec`] naming the label.
+    fn rule_for(&self, scaling: Option<&ScalingPolicy>, labels: &Labels) -> Result<RuleConfig> {
+        let names_kpa = [label::SCALE_TYPE, label::SCALE_TARGET, TARGET_PROPORTION_LABEL]
+            .iter()
+            .any(|k| labels.contains_key(*k));
+        let rule = if scaling.is_some() || names_kpa {
+            RuleConfig::Kpa(self.kpa.clone().with_labels(scaling, labels)?)
+        } else {
+            RuleConfig::Rate(self.rate_rule.clone().with_labels(scaling, labels)?)
+        };
+        Ok(self.capped(rule))
+    }
+
+    /// `rule` held to [`AutoscaleConfig::max_replicas`], whatever the function's policy says.
+    fn capped(&self, mut rule: RuleConfig) -> RuleConfig {
+        let (min, max) = match &mut rule {
+            RuleConfig::Kpa(c) => (&mut c.min, &mut c.max),
+            RuleConfig::Rate(c) => (&mut c.min, &mut c.max),
+        };
+        *max = (*max).min(self.max_replicas).max(1);
+        *min = (*min).min(*max);
+        rule
     }
 
     /// Sets [`AutoscaleConfig::max_replicas`] (at least 1).
@@ -455,7 +734,7 @@ impl Stats {
 #[derive(Debug)]
 struct FnState {
     stats: Mutex<Stats>,
-    kpa: Mutex<Kpa>,
+    rule: Mutex<Rule>,
     /// The replica count last set (by us or through us); `u32::MAX` = unknown.
     replicas: AtomicU32,
     /// Set while the function is at zero or waking from it: invocations go through the
@@ -465,8 +744,54 @@ struct FnState {
 
 const UNKNOWN: u32 = u32::MAX;
 
+/// The settings of the rule that decides one function's replicas.
+#[derive(Debug, Clone)]
+enum RuleConfig {
+    Rate(RateRuleConfig),
+    Kpa(KpaConfig),
+}
+
+/// The rule that decides one function's replicas, with its history.
+#[derive(Debug, Clone)]
+enum Rule {
+    Rate(RateRule),
+    Kpa(Kpa),
+}
+
+impl Rule {
+    fn new(config: RuleConfig) -> Self {
+        match config {
+            RuleConfig::Rate(c) => Rule::Rate(RateRule::new(c)),
+            RuleConfig::Kpa(c) => Rule::Kpa(Kpa::new(c)),
+        }
+    }
+
+    /// Takes the settings of an update, keeping the history while the rule stays the same.
+    fn reconfigure(&mut self, config: RuleConfig) {
+        match (self, config) {
+            (Rule::Rate(r), RuleConfig::Rate(c)) => r.set_config(c),
+            (Rule::Kpa(k), RuleConfig::Kpa(c)) => k.set_config(c),
+            (rule, config) => *rule = Rule::new(config),
+        }
+    }
+
+    fn decide(&mut self, now: Instant, obs: Observation) -> u32 {
+        match self {
+            Rule::Rate(r) => r.decide(now, obs),
+            Rule::Kpa(k) => k.decide(now, obs),
+        }
+    }
+
+    fn note_activity(&mut self, now: Instant) {
+        match self {
+            Rule::Rate(r) => r.note_activity(now),
+            Rule::Kpa(k) => k.note_activity(now),
+        }
+    }
+}
+
 impl FnState {
-    fn new(config: KpaConfig, replicas: u32) -> Self {
+    fn new(config: RuleConfig, replicas: u32) -> Self {
         let now = tokio::time::Instant::now();
         FnState {
             stats: Mutex::new(Stats {
@@ -476,7 +801,7 @@ impl FnState {
                 window_start: now,
                 requests: 0,
             }),
-            kpa: Mutex::new(Kpa::new(config)),
+            rule: Mutex::new(Rule::new(config)),
             replicas: AtomicU32::new(replicas),
             cold: AtomicBool::new(replicas == 0),
         }
@@ -581,9 +906,13 @@ impl<I: Backend> Autoscaled<I> {
         (r != UNKNOWN).then_some(r)
     }
 
-    /// Whether `function` is panicking (scaling for a burst).
+    /// Whether `function` is panicking (the KPA scaling for a burst) or its rate rule is
+    /// firing (its request rate is above the threshold).
     pub fn in_panic(&self, function: &FunctionRef) -> bool {
-        lock(&self.shared.functions).get(function).is_some_and(|st| lock(&st.kpa).in_panic())
+        lock(&self.shared.functions).get(function).is_some_and(|st| match &*lock(&st.rule) {
+            Rule::Kpa(k) => k.in_panic(),
+            Rule::Rate(r) => r.firing(),
+        })
     }
 
     /// Runs one decision round for every managed function now (the tick loop calls this).
@@ -620,13 +949,9 @@ impl<I: Backend> Autoscaled<I> {
         }
         // Deployed before we wrapped the backend: adopt it with the policy of its labels.
         let status = self.shared.inner.status(f).await.ok()?;
-        let config = self
-            .shared
-            .config
-            .kpa
-            .clone()
-            .with_labels(ScalingPolicy::default(), &status.labels)
-            .unwrap_or_else(|_| self.shared.config.kpa.clone());
+        let config = self.shared.config.rule_for(None, &status.labels).unwrap_or_else(|_| {
+            self.shared.config.capped(RuleConfig::Rate(self.shared.config.rate_rule.clone()))
+        });
         Some(self.shared.register(f, config, clamp_u32(status.replicas)))
     }
 
@@ -636,7 +961,7 @@ impl<I: Backend> Autoscaled<I> {
         let shared = &self.shared;
         if let Activation::Scaled(n) = shared.activator.activate(&shared.inner, f).await? {
             st.set_replicas(n);
-            lock(&st.kpa).note_activity(tokio::time::Instant::now().into_std());
+            lock(&st.rule).note_activity(tokio::time::Instant::now().into_std());
         }
         if st.replicas.load(Ordering::Acquire) != 0 {
             st.cold.store(false, Ordering::Release);
@@ -650,16 +975,13 @@ fn clamp_u32(x: u64) -> u32 {
 }
 
 impl<I: Backend> Shared<I> {
-    fn register(&self, f: &FunctionRef, mut config: KpaConfig, replicas: u32) -> Arc<FnState> {
-        // Never past the backend's cap, whatever the function's policy says.
-        config.max = config.max.min(self.config.max_replicas).max(1);
-        config.min = config.min.min(config.max);
-        if config.metric == ScalingMetric::Cpu {
+    fn register(&self, f: &FunctionRef, config: RuleConfig, replicas: u32) -> Arc<FnState> {
+        if matches!(&config, RuleConfig::Kpa(c) if c.metric == ScalingMetric::Cpu) {
             tracing::warn!(function = %f, "scale type cpu is not measured here; scaling on in-flight requests");
         }
         let mut fns = lock(&self.functions);
         if let Some(st) = fns.get(f) {
-            lock(&st.kpa).set_config(config);
+            lock(&st.rule).reconfigure(config);
             return st.clone();
         }
         let st = Arc::new(FnState::new(config, replicas));
@@ -685,7 +1007,7 @@ impl<I: Backend> Shared<I> {
             let now = tokio::time::Instant::now();
             let (concurrency, rps) = lock(&st.stats).take(now);
             let obs = Observation { concurrency, rps, ready: clamp_u32(status.available_replicas) };
-            let desired = lock(&st.kpa).decide(now.into_std(), obs);
+            let desired = lock(&st.rule).decide(now.into_std(), obs);
             let current = clamp_u32(status.replicas);
             // Never scale to zero under an invocation in flight (or waiting to activate).
             if desired == 0 && lock(&st.stats).in_flight > 0 {
@@ -724,7 +1046,7 @@ impl<I: Backend> Invoke for Autoscaled<I> {
 impl<I: Backend> Deploy for Autoscaled<I> {
     async fn deploy(&self, spec: FunctionSpec) -> Result<()> {
         self.ensure_ticker();
-        let config = self.shared.config.kpa.clone().with_spec(&spec)?;
+        let config = self.shared.config.rule_for(spec.scaling.as_ref(), &spec.labels)?;
         let f = spec.function_ref();
         self.shared.inner.deploy(spec).await?;
         let replicas =
@@ -735,7 +1057,7 @@ impl<I: Backend> Deploy for Autoscaled<I> {
 
     async fn update(&self, spec: FunctionSpec) -> Result<()> {
         self.ensure_ticker();
-        let config = self.shared.config.kpa.clone().with_spec(&spec)?;
+        let config = self.shared.config.rule_for(spec.scaling.as_ref(), &spec.labels)?;
         let f = spec.function_ref();
         self.shared.inner.update(spec).await?;
         let st = self.shared.register(&f, config, UNKNOWN);
