@@ -1,1 +1,90 @@
-//! faas-tests.
+//! Helpers the end-to-end tests share: steady load through a gateway over TCP, and bounded
+//! polls of a function's status.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use faas_core::FunctionStatus;
+use faas_http::client::GatewayClient;
+use http::Method;
+
+/// Open-loop load at a steady rate: one `POST /function/NAME` every `1 / rps` seconds, each
+/// its own task, whether or not earlier calls have answered (as `hey -q` does).
+#[derive(Debug)]
+pub struct RateLoad {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl RateLoad {
+    /// Starts calling `name` (`name` or `name.namespace`) through `client` at `rps` calls per
+    /// second.
+    pub fn start(client: &GatewayClient, name: &str, rps: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (client, name, flag) = (client.clone(), name.to_string(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1) / rps.max(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut calls = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                every.tick().await;
+                let (client, name) = (client.clone(), name.clone());
+                calls.push(tokio::spawn(async move {
+                    match client.invoke(&name, Method::POST, &[], Bytes::from("x"), false).await {
+                        Ok(r) if r.status == 200 => None,
+                        Ok(r) => Some(format!("{}: {}", r.status, r.text())),
+                        Err(e) => Some(e.to_string()),
+                    }
+                }));
+            }
+            let mut failures = Vec::new();
+            for c in calls {
+                match c.await {
+                    Ok(None) => {}
+                    Ok(Some(f)) => failures.push(f),
+                    Err(e) => failures.push(format!("call task: {e}")),
+                }
+            }
+            failures
+        });
+        RateLoad { stop, task }
+    }
+
+    /// Stops the load, waits for the calls in flight, and answers every call that did not
+    /// answer 200 (its status and body, or the client's error).
+    pub async fn stop(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or_else(|e| vec![format!("load task: {e}")])
+    }
+}
+
+/// Polls `GET /system/function/NAME` every 100 ms until `done` holds, for at most `within`;
+/// panics naming `what` and the last status seen when it does not.
+pub async fn wait_status(
+    client: &GatewayClient,
+    name: &str,
+    namespace: Option<&str>,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&FunctionStatus) -> bool,
+) -> FunctionStatus {
+    let mut last = None;
+    let polled = tokio::time::timeout(within, async {
+        loop {
+            if let Ok(st) = client.describe(name, namespace).await {
+                if done(&st) {
+                    return st;
+                }
+                last = Some((st.replicas, st.available_replicas));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    match polled {
+        Ok(st) => st,
+        Err(_) => panic!("{what}: not within {within:?}; last (replicas, available): {last:?}"),
+    }
+}
