@@ -2,7 +2,10 @@
 //! the engine would refuse up front is a 400 naming the field; a function whose replicas the
 //! engine refuses later is in a failed state that `GET /system/function/NAME` shows, and its
 //! invocations get a 503 naming the engine's reason from the activator at once, not its
-//! scale-from-zero timeout's.
+//! scale-from-zero timeout's. And OpenFaaS's certifier's scaling tests over the Docker
+//! backend with the autoscaler's default settings: a function with only min and max set
+//! scales up and down from its request rate, and one allowed to scale to zero goes there and
+//! comes back on the next call.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +14,8 @@ use bytes::Bytes;
 use faas_backend_docker::{testing, DockerInvoker};
 use faas_core::prelude::*;
 use faas_core::spec::labels;
-use faas_core::FunctionSpec;
+use faas_core::{Autoscaled, FunctionSpec};
+use faas_e2e::{wait_status, RateLoad};
 use faas_http::client::GatewayClient;
 use faas_http::{Gateway, GatewayConfig};
 use http::Method;
@@ -97,4 +101,118 @@ async fn engine_refusals_reach_the_gateway_api() {
     client.remove("gone", Some(&ns)).await.unwrap();
     docker.shutdown().await;
     assert_eq!(testing::instance_containers(&instance).await.unwrap(), Vec::<String>::new());
+}
+
+/// A Docker backend of its own (instance and namespace), autoscaled with the default
+/// settings (as `faas up` runs it), behind a gateway on 127.0.0.1.
+struct Autoscaling {
+    client: GatewayClient,
+    docker: DockerInvoker,
+    ns: String,
+    fixture: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    _guard: testing::InstanceGuard,
+}
+
+async fn autoscaling(test: &str) -> Autoscaling {
+    testing::require_docker(test).await;
+    let fixture = testing::fixture_image().await.unwrap();
+    let (ns, instance) = (testing::unique("t"), testing::unique("as"));
+    let guard = testing::InstanceGuard { instances: vec![instance.clone()], images: vec![] };
+    let docker = DockerInvoker::builder()
+        .instance(instance.clone())
+        .namespaces([ns.clone()])
+        .owner(instance)
+        .start_timeout(Duration::from_secs(60))
+        .health_interval(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let backend: Arc<dyn Backend> = Arc::new(Autoscaled::new(docker.clone()));
+    let gateway = Gateway::builder(backend).build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(faas_http::serve(listener, gateway.service(), async move {
+        let _ = rx.await;
+    }));
+    let client = GatewayClient::new(&base).unwrap().with_timeout(Duration::from_secs(60));
+    Autoscaling { client, docker, ns, fixture, _stop: stop, _guard: guard }
+}
+
+/// OpenFaaS's certifier's `Test_ScaleUpAndDownFromThroughPut` on Docker: min 1, max 2, about
+/// 10 calls a second of a short function: 2 replicas within 30 s, 1 again after the load
+/// stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_scales_up_and_down_from_throughput() {
+    let env = autoscaling("docker_scales_up_and_down_from_throughput").await;
+    let (client, ns) = (&env.client, Some(env.ns.as_str()));
+    let spec = FunctionSpec::new("throughput", env.fixture.clone())
+        .namespace(env.ns.clone())
+        .env("FIXTURE_BEHAVIOUR", "echo")
+        .label(labels::SCALE_MIN, "1")
+        .label(labels::SCALE_MAX, "2");
+    client.deploy(&spec).await.unwrap();
+    wait_status(client, "throughput", ns, Duration::from_secs(60), "ready", |s| {
+        s.available_replicas >= 1
+    })
+    .await;
+
+    let load = RateLoad::start(client, &format!("throughput.{}", env.ns), 10);
+    wait_status(
+        client,
+        "throughput",
+        ns,
+        Duration::from_secs(30),
+        "max replicas under load",
+        |s| s.replicas == 2 && s.available_replicas == 2,
+    )
+    .await;
+    let failures = load.stop().await;
+    assert!(failures.is_empty(), "every call under load answers 200: {failures:?}");
+    let st = wait_status(client, "throughput", ns, Duration::from_secs(60), "back to min", |s| {
+        s.replicas == 1
+    })
+    .await;
+    assert!(st.available_replicas >= 1, "min stays up: {st:?}");
+
+    client.remove("throughput", ns).await.unwrap();
+    env.docker.shutdown().await;
+}
+
+/// OpenFaaS's certifier's `Test_ScaleToZero` on Docker, with a short zero-duration: max 2
+/// and `com.openfaas.scale.zero=true`; load takes it to max, idleness to zero, and the next
+/// call scales it from zero and answers 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_scales_to_zero_and_back() {
+    let env = autoscaling("docker_scales_to_zero_and_back").await;
+    let (client, ns) = (&env.client, Some(env.ns.as_str()));
+    let spec = FunctionSpec::new("idler", env.fixture.clone())
+        .namespace(env.ns.clone())
+        .env("FIXTURE_BEHAVIOUR", "echo")
+        .label(labels::SCALE_MAX, "2")
+        .label(labels::SCALE_ZERO, "true")
+        .label(labels::SCALE_ZERO_DURATION, "3s");
+    client.deploy(&spec).await.unwrap();
+    let name = format!("idler.{}", env.ns);
+
+    let load = RateLoad::start(client, &name, 10);
+    wait_status(client, "idler", ns, Duration::from_secs(30), "max replicas under load", |s| {
+        s.replicas == 2
+    })
+    .await;
+    let failures = load.stop().await;
+    assert!(failures.is_empty(), "every call under load answers 200: {failures:?}");
+    wait_status(client, "idler", ns, Duration::from_secs(60), "zero after idling", |s| {
+        s.replicas == 0 && s.available_replicas == 0
+    })
+    .await;
+
+    let r = client.invoke(&name, Method::POST, &[], Bytes::from("again"), false).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "again"));
+    let st = client.describe("idler", ns).await.unwrap();
+    assert!(st.replicas >= 1 && st.available_replicas >= 1, "{st:?}");
+
+    client.remove("idler", ns).await.unwrap();
+    env.docker.shutdown().await;
 }
