@@ -373,10 +373,8 @@ impl Kpa {
             to_u32(want_stable)
         };
 
-        let idle = self
-            .last_active
-            .is_some_and(|t| now.saturating_duration_since(t) >= c.scale_to_zero_grace);
-        if c.allow_zero && idle && value == 0.0 {
+        if c.allow_zero && idle_since(self.last_active, now, c.scale_to_zero_grace) && value == 0.0
+        {
             desired = 0;
             self.panic_since = None;
             self.max_panic = 0;
@@ -398,9 +396,9 @@ fn to_u32(x: f64) -> u32 {
     }
 }
 
-/// Settings of OpenFaaS CE's rate rule that are the same for every function (the alert's
-/// window and threshold, how often it steps). Each function's labels give the rest
-/// ([`RateRuleConfig::with_policy`]).
+/// Settings of OpenFaaS CE's rate rule that are the same for every function: the alert's
+/// window and threshold, and how often it steps. Each function's [`ScalingPolicy`] (min, max,
+/// factor, zero, zero-duration) gives the rest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateRuleConfig {
     /// The window the request rate is averaged over (CE's `rate(...[10s])`): 10 s.
@@ -410,66 +408,20 @@ pub struct RateRuleConfig {
     pub threshold: f64,
     /// How often it adds another step while the rate stays above the threshold: 10 s.
     pub step_interval: Duration,
-    /// The step in percent of `max` (`com.openfaas.scale.factor`): 20. 0 turns scaling off.
-    pub factor: u32,
-    /// Replicas while in use (at least 1).
-    pub min: u32,
-    /// Maximum replicas.
-    pub max: u32,
-    /// Whether an idle function goes to zero.
-    pub allow_zero: bool,
-    /// Time without traffic before scaling to zero.
-    pub scale_to_zero_grace: Duration,
 }
 
 impl Default for RateRuleConfig {
     fn default() -> Self {
-        let p = ScalingPolicy::default();
         RateRuleConfig {
             window: Duration::from_secs(10),
             threshold: 5.0,
             step_interval: Duration::from_secs(10),
-            factor: p.factor,
-            min: p.min,
-            max: p.max,
-            allow_zero: p.allow_zero,
-            scale_to_zero_grace: p.idle_timeout(),
         }
     }
 }
 
 impl RateRuleConfig {
-    /// These window settings with a function's policy applied (min, max, factor, zero,
-    /// zero-duration).
-    pub fn with_policy(mut self, p: &ScalingPolicy) -> Self {
-        self.factor = p.factor.min(100);
-        self.min = p.min;
-        self.max = p.max.max(1);
-        self.allow_zero = p.allow_zero;
-        self.scale_to_zero_grace = p.idle_timeout();
-        self
-    }
-
-    /// These settings with a spec's scaling policy and labels applied. Bad label values give
-    /// [`Error::InvalidSpec`] naming the label.
-    pub fn with_spec(self, spec: &FunctionSpec) -> Result<Self> {
-        self.with_labels(spec.scaling.as_ref(), &spec.labels)
-    }
-
-    fn with_labels(self, scaling: Option<&ScalingPolicy>, labels: &Labels) -> Result<Self> {
-        let p = scaling.cloned().unwrap_or_default().apply_labels(labels)?;
-        p.validate()?;
-        Ok(self.with_policy(&p))
-    }
-
-    /// Replicas added per step: `factor` percent of `max`, rounded up (0 when `factor` is 0).
-    pub fn step(&self) -> u32 {
-        let step = (u64::from(self.max) * u64::from(self.factor)).div_ceil(100);
-        u32::try_from(step).unwrap_or(u32::MAX)
-    }
-
-    /// Checks the values: positive window and step interval, a threshold of at least 0,
-    /// `min <= max`.
+    /// Checks the values: positive window and step interval, a threshold of at least 0.
     pub fn validate(&self) -> Result<()> {
         let bad = |f: &str, r: &str| Err(Error::invalid(format!("autoscale.rateRule.{f}"), r));
         if self.window.is_zero() {
@@ -481,11 +433,13 @@ impl RateRuleConfig {
         if !(self.threshold >= 0.0 && self.threshold.is_finite()) {
             return bad("threshold", "must be a number of at least 0");
         }
-        if self.max == 0 || self.min > self.max {
-            return bad("max", "max must be at least 1 and at least min");
-        }
         Ok(())
     }
+}
+
+/// Whether a function last active at `last_active` has been idle for `grace` at `now`.
+fn idle_since(last_active: Option<Instant>, now: Instant, grace: Duration) -> bool {
+    last_active.is_some_and(|t| now.saturating_duration_since(t) >= grace)
 }
 
 /// OpenFaaS CE's rate rule for one function (see the [module docs](self)): while the request
@@ -495,11 +449,14 @@ impl RateRuleConfig {
 /// ```
 /// use std::time::{Duration, Instant};
 /// use faas_core::autoscale::{Observation, RateRule, RateRuleConfig};
+/// use faas_core::spec::ScalingPolicy;
 ///
-/// let mut rule = RateRule::new(RateRuleConfig { min: 1, max: 2, ..RateRuleConfig::default() });
+/// let policy = ScalingPolicy { min: 1, max: 2, ..ScalingPolicy::default() };
+/// let mut rule = RateRule::new(RateRuleConfig::default(), policy);
+/// assert_eq!(rule.step(), 1); // 20% of 2, rounded up
 /// let t0 = Instant::now();
 /// let at = |rps: f64| Observation { concurrency: 0.1, rps, ready: 1 };
-/// // 10 requests per second for a whole window: above 5, one step of 20% of 2 (rounded up).
+/// // 10 requests per second for a whole window: above 5, one step, to max.
 /// for s in 0..5 {
 ///     rule.decide(t0 + Duration::from_secs(2 * s), at(10.0));
 /// }
@@ -515,6 +472,7 @@ impl RateRuleConfig {
 #[derive(Debug, Clone)]
 pub struct RateRule {
     config: RateRuleConfig,
+    policy: ScalingPolicy,
     samples: VecDeque<(Instant, f64)>,
     last_step: Option<Instant>,
     last_active: Option<Instant>,
@@ -522,10 +480,11 @@ pub struct RateRule {
 }
 
 impl RateRule {
-    /// A rule with `config` and no history.
-    pub fn new(config: RateRuleConfig) -> Self {
+    /// A rule with `config`, the function's `policy` and no history.
+    pub fn new(config: RateRuleConfig, policy: ScalingPolicy) -> Self {
         RateRule {
             config,
+            policy,
             samples: VecDeque::new(),
             last_step: None,
             last_active: None,
@@ -538,9 +497,22 @@ impl RateRule {
         &self.config
     }
 
-    /// Replaces the configuration (a function was updated), keeping the history.
-    pub fn set_config(&mut self, config: RateRuleConfig) {
+    /// The function's policy.
+    pub fn policy(&self) -> &ScalingPolicy {
+        &self.policy
+    }
+
+    /// Replaces the configuration and policy (a function was updated), keeping the history.
+    pub fn set_config(&mut self, config: RateRuleConfig, policy: ScalingPolicy) {
         self.config = config;
+        self.policy = policy;
+    }
+
+    /// Replicas added per step: `factor` percent of max, rounded up (0 when `factor` is 0).
+    pub fn step(&self) -> u32 {
+        let p = &self.policy;
+        let step = (u64::from(p.max.max(1)) * u64::from(p.factor.min(100))).div_ceil(100);
+        u32::try_from(step).unwrap_or(u32::MAX)
     }
 
     /// Whether the rate is above the threshold (CE's alert is firing).
@@ -570,7 +542,7 @@ impl RateRule {
 
     /// One tick: adds `obs` to the window and answers the desired replica count.
     pub fn decide(&mut self, now: Instant, obs: Observation) -> u32 {
-        let c = self.config.clone();
+        let (c, p) = (self.config.clone(), self.policy.clone());
         let rps = if obs.rps.is_finite() { obs.rps.max(0.0) } else { 0.0 };
         if obs.concurrency > 0.0 || rps > 0.0 || self.last_active.is_none() {
             // The first observation starts the grace period.
@@ -584,9 +556,9 @@ impl RateRule {
         {
             self.samples.pop_front();
         }
-        let (min, max) = (c.min.max(1), c.max.max(1));
+        let (min, max) = (p.min.clamp(1, p.max.max(1)), p.max.max(1));
         let current = self.desired.unwrap_or(0).max(obs.ready).clamp(min, max);
-        let step = c.step();
+        let step = self.step();
         let mut desired = if self.rate() > c.threshold && step > 0 {
             let due =
                 self.last_step.is_none_or(|t| now.saturating_duration_since(t) >= c.step_interval);
@@ -601,10 +573,7 @@ impl RateRule {
             self.last_step = None;
             min
         };
-        let idle = self
-            .last_active
-            .is_some_and(|t| now.saturating_duration_since(t) >= c.scale_to_zero_grace);
-        if c.allow_zero && idle && rps == 0.0 {
+        if p.allow_zero && idle_since(self.last_active, now, p.idle_timeout()) && rps == 0.0 {
             desired = 0;
             self.last_step = None;
         }
@@ -677,7 +646,9 @@ impl AutoscaleConfig {
         let rule = if scaling.is_some() || names_kpa {
             RuleConfig::Kpa(self.kpa.clone().with_labels(scaling, labels)?)
         } else {
-            RuleConfig::Rate(self.rate_rule.clone().with_labels(scaling, labels)?)
+            let p = ScalingPolicy::default().apply_labels(labels)?;
+            p.validate()?;
+            RuleConfig::Rate(self.rate_rule.clone(), p)
         };
         Ok(self.capped(rule))
     }
@@ -686,7 +657,7 @@ impl AutoscaleConfig {
     fn capped(&self, mut rule: RuleConfig) -> RuleConfig {
         let (min, max) = match &mut rule {
             RuleConfig::Kpa(c) => (&mut c.min, &mut c.max),
-            RuleConfig::Rate(c) => (&mut c.min, &mut c.max),
+            RuleConfig::Rate(_, p) => (&mut p.min, &mut p.max),
         };
         *max = (*max).min(self.max_replicas).max(1);
         *min = (*min).min(*max);
@@ -747,7 +718,7 @@ const UNKNOWN: u32 = u32::MAX;
 /// The settings of the rule that decides one function's replicas.
 #[derive(Debug, Clone)]
 enum RuleConfig {
-    Rate(RateRuleConfig),
+    Rate(RateRuleConfig, ScalingPolicy),
     Kpa(KpaConfig),
 }
 
@@ -761,7 +732,7 @@ enum Rule {
 impl Rule {
     fn new(config: RuleConfig) -> Self {
         match config {
-            RuleConfig::Rate(c) => Rule::Rate(RateRule::new(c)),
+            RuleConfig::Rate(c, p) => Rule::Rate(RateRule::new(c, p)),
             RuleConfig::Kpa(c) => Rule::Kpa(Kpa::new(c)),
         }
     }
@@ -769,7 +740,7 @@ impl Rule {
     /// Takes the settings of an update, keeping the history while the rule stays the same.
     fn reconfigure(&mut self, config: RuleConfig) {
         match (self, config) {
-            (Rule::Rate(r), RuleConfig::Rate(c)) => r.set_config(c),
+            (Rule::Rate(r), RuleConfig::Rate(c, p)) => r.set_config(c, p),
             (Rule::Kpa(k), RuleConfig::Kpa(c)) => k.set_config(c),
             (rule, config) => *rule = Rule::new(config),
         }
@@ -950,7 +921,8 @@ impl<I: Backend> Autoscaled<I> {
         // Deployed before we wrapped the backend: adopt it with the policy of its labels.
         let status = self.shared.inner.status(f).await.ok()?;
         let config = self.shared.config.rule_for(None, &status.labels).unwrap_or_else(|_| {
-            self.shared.config.capped(RuleConfig::Rate(self.shared.config.rate_rule.clone()))
+            let rate_rule = self.shared.config.rate_rule.clone();
+            self.shared.config.capped(RuleConfig::Rate(rate_rule, ScalingPolicy::default()))
         });
         Some(self.shared.register(f, config, clamp_u32(status.replicas)))
     }

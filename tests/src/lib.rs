@@ -88,3 +88,39 @@ pub async fn wait_status(
         Err(_) => panic!("{what}: not within {within:?}; last (replicas, available): {last:?}"),
     }
 }
+
+/// Serves a gateway over `backend` with `config` on 127.0.0.1; answers a client of it (60 s
+/// per request) and the sender that stops it when dropped.
+pub async fn serve_gateway(
+    backend: std::sync::Arc<dyn faas_core::Backend>,
+    config: faas_http::GatewayConfig,
+) -> (GatewayClient, tokio::sync::oneshot::Sender<()>) {
+    let gateway = faas_http::Gateway::builder(backend).config(config).build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+    let base = format!("http://{}", listener.local_addr().expect("local address"));
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(faas_http::serve(listener, gateway.service(), async move {
+        let _ = rx.await;
+    }));
+    let client = GatewayClient::new(&base).expect("client").with_timeout(Duration::from_secs(60));
+    (client, stop)
+}
+
+/// OpenFaaS's certifier's load step: about 10 calls a second to `invoke_as` (`name` or
+/// `name.namespace`) until the function `name` has 2 replicas asked for and `available`
+/// of them ready (within 30 s), then the load stops; every call must have answered 200.
+pub async fn scale_to_two_under_load(
+    client: &GatewayClient,
+    name: &str,
+    namespace: Option<&str>,
+    invoke_as: &str,
+    available: u64,
+) {
+    let load = RateLoad::start(client, invoke_as, 10);
+    wait_status(client, name, namespace, Duration::from_secs(30), "max replicas under load", |s| {
+        s.replicas == 2 && s.available_replicas >= available
+    })
+    .await;
+    let failures = load.stop().await;
+    assert!(failures.is_empty(), "every call under load answers 200: {failures:?}");
+}

@@ -16,9 +16,9 @@ use faas_core::spec::labels;
 use faas_core::{
     scheduler_for, AutoscaleConfig, Autoscaled, Backend, FunctionRef, FunctionSpec, InvokeExt,
 };
-use faas_e2e::{wait_status, RateLoad};
+use faas_e2e::{scale_to_two_under_load, serve_gateway, wait_status};
 use faas_http::client::GatewayClient;
-use faas_http::Gateway;
+use faas_http::GatewayConfig;
 
 fn backend(tag: &str) -> (faas_watchdog::process::ProcessInvoker, std::path::PathBuf) {
     let state = std::env::temp_dir().join(format!("faas-e2e-as-{tag}-{}", std::process::id()));
@@ -112,15 +112,8 @@ async fn gateway(
     tag: &str,
 ) -> (GatewayClient, tokio::sync::oneshot::Sender<()>, std::path::PathBuf) {
     let (raw, state) = backend(tag);
-    let backend: Arc<dyn Backend> = Arc::new(Autoscaled::new(raw));
-    let gateway = Gateway::builder(backend).build();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("address"));
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(faas_http::serve(listener, gateway.service(), async move {
-        let _ = rx.await;
-    }));
-    let client = GatewayClient::new(&base).expect("client").with_timeout(Duration::from_secs(60));
+    let (client, stop) =
+        serve_gateway(Arc::new(Autoscaled::new(raw)), GatewayConfig::default()).await;
     (client, stop, state)
 }
 
@@ -139,18 +132,7 @@ async fn scales_up_and_down_from_throughput_through_the_gateway() {
     })
     .await;
 
-    let load = RateLoad::start(&client, "throughput", 10);
-    wait_status(
-        &client,
-        "throughput",
-        None,
-        Duration::from_secs(30),
-        "max replicas under load",
-        |s| s.replicas == 2 && s.available_replicas == 2,
-    )
-    .await;
-    let failures = load.stop().await;
-    assert!(failures.is_empty(), "every call under load answers 200: {failures:?}");
+    scale_to_two_under_load(&client, "throughput", None, "throughput", 2).await;
     let st =
         wait_status(&client, "throughput", None, Duration::from_secs(60), "back to min", |s| {
             s.replicas == 1
@@ -175,13 +157,7 @@ async fn scales_to_zero_and_back_through_the_gateway() {
         .label(labels::SCALE_ZERO_DURATION, "3s");
     client.deploy(&spec).await.expect("deploy");
 
-    let load = RateLoad::start(&client, "idler", 10);
-    wait_status(&client, "idler", None, Duration::from_secs(30), "max replicas under load", |s| {
-        s.replicas == 2
-    })
-    .await;
-    let failures = load.stop().await;
-    assert!(failures.is_empty(), "every call under load answers 200: {failures:?}");
+    scale_to_two_under_load(&client, "idler", None, "idler", 0).await;
     wait_status(&client, "idler", None, Duration::from_secs(60), "zero after idling", |s| {
         s.replicas == 0 && s.available_replicas == 0
     })

@@ -15,7 +15,7 @@ use faas_backend_docker::{testing, DockerInvoker};
 use faas_core::prelude::*;
 use faas_core::spec::labels;
 use faas_core::{Autoscaled, FunctionSpec};
-use faas_e2e::{wait_status, RateLoad};
+use faas_e2e::{scale_to_two_under_load, serve_gateway, wait_status};
 use faas_http::client::GatewayClient;
 use faas_http::{Gateway, GatewayConfig};
 use http::Method;
@@ -128,15 +128,8 @@ async fn autoscaling(test: &str) -> Autoscaling {
         .build()
         .await
         .unwrap();
-    let backend: Arc<dyn Backend> = Arc::new(Autoscaled::new(docker.clone()));
-    let gateway = Gateway::builder(backend).build();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(faas_http::serve(listener, gateway.service(), async move {
-        let _ = rx.await;
-    }));
-    let client = GatewayClient::new(&base).unwrap().with_timeout(Duration::from_secs(60));
+    let backend = Arc::new(Autoscaled::new(docker.clone()));
+    let (client, stop) = serve_gateway(backend, GatewayConfig::default()).await;
     Autoscaling { client, docker, ns, fixture, _stop: stop, _guard: guard }
 }
 
@@ -158,18 +151,8 @@ async fn docker_scales_up_and_down_from_throughput() {
     })
     .await;
 
-    let load = RateLoad::start(client, &format!("throughput.{}", env.ns), 10);
-    wait_status(
-        client,
-        "throughput",
-        ns,
-        Duration::from_secs(30),
-        "max replicas under load",
-        |s| s.replicas == 2 && s.available_replicas == 2,
-    )
-    .await;
-    let failures = load.stop().await;
-    assert!(failures.is_empty(), "every call under load answers 200: {failures:?}");
+    let name = format!("throughput.{}", env.ns);
+    scale_to_two_under_load(client, "throughput", ns, &name, 2).await;
     let st = wait_status(client, "throughput", ns, Duration::from_secs(60), "back to min", |s| {
         s.replicas == 1
     })
@@ -196,13 +179,7 @@ async fn docker_scales_to_zero_and_back() {
     client.deploy(&spec).await.unwrap();
     let name = format!("idler.{}", env.ns);
 
-    let load = RateLoad::start(client, &name, 10);
-    wait_status(client, "idler", ns, Duration::from_secs(30), "max replicas under load", |s| {
-        s.replicas == 2
-    })
-    .await;
-    let failures = load.stop().await;
-    assert!(failures.is_empty(), "every call under load answers 200: {failures:?}");
+    scale_to_two_under_load(client, "idler", ns, &name, 0).await;
     wait_status(client, "idler", ns, Duration::from_secs(60), "zero after idling", |s| {
         s.replicas == 0 && s.available_replicas == 0
     })

@@ -304,6 +304,16 @@ impl Logs for Recorder {
 
 type Auto = Arc<Autoscaled<Recorder>>;
 
+/// The labels of a KPA on in-flight requests with a target of 10 (7 per replica at 70%),
+/// then `extra`.
+fn in_flight_target_10(
+    extra: &[(&'static str, &'static str)],
+) -> Vec<(&'static str, &'static str)> {
+    let mut l = vec![(labels::SCALE_TYPE, "capacity"), (labels::SCALE_TARGET, "10")];
+    l.extend_from_slice(extra);
+    l
+}
+
 async fn setup(labels: &[(&str, &str)], start_delay: Duration) -> Auto {
     let rec = Recorder::new(start_delay, Duration::from_secs(1));
     let auto = Arc::new(Autoscaled::new(rec));
@@ -351,15 +361,7 @@ fn assert_gradual(log: &[(u64, u32)], from: usize) {
 #[tokio::test(start_paused = true)]
 async fn load_step_scales_straight_to_demand_without_overshoot() {
     // target 10 x 0.7 = 7 per replica; 70 in flight = 10 replicas.
-    let auto = setup(
-        &[
-            (labels::SCALE_TYPE, "capacity"),
-            (labels::SCALE_TARGET, "10"),
-            (labels::SCALE_MAX, "20"),
-        ],
-        Duration::ZERO,
-    )
-    .await;
+    let auto = setup(&in_flight_target_10(&[(labels::SCALE_MAX, "20")]), Duration::ZERO).await;
     let workers = load(&auto, 70, 10, 100);
     run_until(&auto, 99).await;
     // Load starts at t=10. The 6 s panic window averages it in over three ticks; it reaches
@@ -387,15 +389,7 @@ async fn load_step_scales_straight_to_demand_without_overshoot() {
 
 #[tokio::test(start_paused = true)]
 async fn burst_panics_to_max_then_steps_down_gradually() {
-    let auto = setup(
-        &[
-            (labels::SCALE_TYPE, "capacity"),
-            (labels::SCALE_TARGET, "10"),
-            (labels::SCALE_MAX, "15"),
-        ],
-        Duration::ZERO,
-    )
-    .await;
+    let auto = setup(&in_flight_target_10(&[(labels::SCALE_MAX, "15")]), Duration::ZERO).await;
     let base = load(&auto, 7, 0, 400);
     let burst = load(&auto, 140, 20, 24);
     run_until(&auto, 400).await;
@@ -417,15 +411,7 @@ async fn burst_panics_to_max_then_steps_down_gradually() {
 
 #[tokio::test(start_paused = true)]
 async fn slow_ramp_down_follows_demand_monotonically() {
-    let auto = setup(
-        &[
-            (labels::SCALE_TYPE, "capacity"),
-            (labels::SCALE_TARGET, "10"),
-            (labels::SCALE_MAX, "20"),
-        ],
-        Duration::ZERO,
-    )
-    .await;
+    let auto = setup(&in_flight_target_10(&[(labels::SCALE_MAX, "20")]), Duration::ZERO).await;
     // 140 in flight, then 10 fewer every 10 s: workers stop one group at a time.
     let mut workers = vec![];
     for k in 0..14u64 {
@@ -473,13 +459,11 @@ async fn slow_ramp_down_follows_demand_monotonically() {
 #[tokio::test(start_paused = true)]
 async fn idle_to_zero_after_grace_and_activation_serves_waiting_requests() {
     let auto = setup(
-        &[
-            (labels::SCALE_TYPE, "capacity"),
-            (labels::SCALE_TARGET, "10"),
+        &in_flight_target_10(&[
             (labels::SCALE_MIN, "2"),
             (labels::SCALE_ZERO, "true"),
             (labels::SCALE_ZERO_DURATION, "30s"),
-        ],
+        ]),
         Duration::from_secs(3),
     )
     .await;
@@ -640,11 +624,12 @@ fn the_labels_choose_the_rule() {
         .label(labels::SCALE_ZERO, "true")
         .label(labels::SCALE_ZERO_DURATION, "90s");
     match rule(only_bounds).unwrap() {
-        RuleConfig::Rate(c) => {
+        RuleConfig::Rate(c, p) => {
             // max held to the cap of 6; 50% of 6 is a step of 3.
-            assert_eq!((c.min, c.max, c.factor, c.step()), (2, 6, 50, 3));
-            assert!(c.allow_zero);
-            assert_eq!(c.scale_to_zero_grace, Duration::from_secs(90));
+            let rule = RateRule::new(c.clone(), p.clone());
+            assert_eq!((p.min, p.max, p.factor, rule.step()), (2, 6, 50, 3));
+            assert!(p.allow_zero);
+            assert_eq!(p.idle_timeout(), Duration::from_secs(90));
             assert_eq!((c.window, c.threshold), (Duration::from_secs(10), 5.0));
         }
         other => panic!("min/max only is the rate rule: {other:?}"),
