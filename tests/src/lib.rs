@@ -124,3 +124,35 @@ pub async fn scale_to_two_under_load(
     let failures = load.stop().await;
     assert!(failures.is_empty(), "every call under load answers 200: {failures:?}");
 }
+
+/// The JSON shapes OpenFaaS's certifier compares, through `client`, for a function `name`
+/// deployed with no env vars, constraints, secrets or annotations: those fields omitted from
+/// `GET /system/functions` and `GET /system/function/NAME` (Go's `omitempty`), the
+/// `faas_function` label on it, and a provider sha from the build in `GET /system/info`.
+pub async fn assert_openfaas_json_shapes(
+    client: &GatewayClient,
+    name: &str,
+    namespace: Option<&str>,
+) {
+    let query = namespace.map(|n| format!("?namespace={n}")).unwrap_or_default();
+    let get = |path: String| async move {
+        let r = client.send(Method::GET, &path, &[], Bytes::new()).await.expect("GET");
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        serde_json::from_slice::<serde_json::Value>(&r.body).expect("JSON")
+    };
+    let list = get(format!("/system/functions{query}")).await;
+    let listed = list.as_array().and_then(|l| l.iter().find(|f| f["name"] == name));
+    let one = get(format!("/system/function/{name}{query}")).await;
+    for f in [listed.expect("the function is listed"), &one] {
+        for field in ["envVars", "constraints", "secrets", "annotations"] {
+            assert!(f.get(field).is_none(), "{field} should be omitted when empty: {f}");
+        }
+        assert_eq!(f["labels"]["faas_function"], name, "{f}");
+    }
+    let info = get("/system/info".to_string()).await;
+    let sha = info["provider"]["version"]["sha"].as_str().unwrap_or_default();
+    assert!(
+        sha.len() == 12 && sha.chars().all(|c| c.is_ascii_hexdigit()),
+        "provider sha from the build: {info}"
+    );
+}
