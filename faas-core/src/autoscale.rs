@@ -62,8 +62,8 @@
 //! | `com.openfaas.scale.factor` | the rate rule's step, percent of max (0 turns it off) | 20 |
 //! | `com.openfaas.scale.zero` | allow scale to zero | false |
 //! | `com.openfaas.scale.zero-duration` | idle time before zero (the grace period) | 15m |
-//! | `com.openfaas.scale.type` | the KPA's metric: `rps`, `capacity` (in flight), `cpu` (measured as `capacity`) | none: the rate rule; with a target, `rps` |
-//! | `com.openfaas.scale.target` | the KPA's target per replica | 50 |
+//! | `com.openfaas.scale.type` | the KPA's metric: `rps`, `capacity` (in flight), `cpu` (millicores, from the backend's reported usage; in flight where it reports none) | none: the rate rule; with a target, `rps` |
+//! | `com.openfaas.scale.target` | the KPA's target per replica (requests per second, in flight, or millicores) | 50 |
 //! | `com.openfaas.scale.target-proportion` | the KPA's target utilisation, `0 < p <= 1` ([`TARGET_PROPORTION_LABEL`]) | 0.7 |
 //!
 //! # Example
@@ -115,8 +115,9 @@ pub const DEFAULT_TICK: Duration = Duration::from_secs(2);
 /// KPA parameters of one function.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KpaConfig {
-    /// What is measured: in-flight requests (`Capacity`, also used for `Cpu`) or requests
-    /// per second (`Rps`).
+    /// What is measured: in-flight requests (`Capacity`), requests per second (`Rps`) or
+    /// CPU use in millicores (`Cpu`; in-flight requests where the backend reports no CPU
+    /// use).
     pub metric: ScalingMetric,
     /// Target value of the metric per replica (Knative default 100).
     pub target: f64,
@@ -244,6 +245,9 @@ pub struct Observation {
     pub rps: f64,
     /// Replicas ready to serve now.
     pub ready: u32,
+    /// CPU use over all replicas in millicores, where the backend reports it
+    /// ([`FunctionStatus::usage`]; the Docker backend does).
+    pub cpu: Option<f64>,
 }
 
 /// The KPA decision core for one function: windows of past observations and the panic state.
@@ -255,7 +259,7 @@ pub struct Observation {
 /// let mut kpa = Kpa::new(KpaConfig { target: 10.0, ..KpaConfig::default() });
 /// let t0 = Instant::now();
 /// // 35 in flight on 1 replica, target 10 x 70%: 5 replicas, at once (panic).
-/// let d = kpa.decide(t0, Observation { concurrency: 35.0, rps: 0.0, ready: 1 });
+/// let d = kpa.decide(t0, Observation { concurrency: 35.0, ready: 1, ..Observation::default() });
 /// assert_eq!(d, 5);
 /// assert!(kpa.in_panic());
 /// ```
@@ -315,7 +319,9 @@ impl Kpa {
         let c = self.config.clone();
         let value = match c.metric {
             ScalingMetric::Rps => obs.rps,
-            ScalingMetric::Capacity | ScalingMetric::Cpu => obs.concurrency,
+            ScalingMetric::Capacity => obs.concurrency,
+            // Where the backend reports no CPU use, in flight stands in for it.
+            ScalingMetric::Cpu => obs.cpu.unwrap_or(obs.concurrency),
         };
         let value = if value.is_finite() { value.max(0.0) } else { 0.0 };
         if obs.concurrency > 0.0 || obs.rps > 0.0 || self.last_active.is_none() {
@@ -455,7 +461,7 @@ fn idle_since(last_active: Option<Instant>, now: Instant, grace: Duration) -> bo
 /// let mut rule = RateRule::new(RateRuleConfig::default(), policy);
 /// assert_eq!(rule.step(), 1); // 20% of 2, rounded up
 /// let t0 = Instant::now();
-/// let at = |rps: f64| Observation { concurrency: 0.1, rps, ready: 1 };
+/// let at = |rps: f64| Observation { concurrency: 0.1, rps, ready: 1, cpu: None };
 /// // 10 requests per second for a whole window: above 5, one step, to max.
 /// for s in 0..5 {
 ///     rule.decide(t0 + Duration::from_secs(2 * s), at(10.0));
@@ -948,9 +954,6 @@ fn clamp_u32(x: u64) -> u32 {
 
 impl<I: Backend> Shared<I> {
     fn register(&self, f: &FunctionRef, config: RuleConfig, replicas: u32) -> Arc<FnState> {
-        if matches!(&config, RuleConfig::Kpa(c) if c.metric == ScalingMetric::Cpu) {
-            tracing::warn!(function = %f, "scale type cpu is not measured here; scaling on in-flight requests");
-        }
         let mut fns = lock(&self.functions);
         if let Some(st) = fns.get(f) {
             lock(&st.rule).reconfigure(config);
@@ -978,7 +981,12 @@ impl<I: Backend> Shared<I> {
             };
             let now = tokio::time::Instant::now();
             let (concurrency, rps) = lock(&st.stats).take(now);
-            let obs = Observation { concurrency, rps, ready: clamp_u32(status.available_replicas) };
+            let obs = Observation {
+                concurrency,
+                rps,
+                ready: clamp_u32(status.available_replicas),
+                cpu: status.usage.as_ref().map(|u| u.cpu * 1000.0),
+            };
             let desired = lock(&st.rule).decide(now.into_std(), obs);
             let current = clamp_u32(status.replicas);
             // Never scale to zero under an invocation in flight (or waiting to activate).

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 // ---- the pure core ----
 
 fn obs(concurrency: f64, ready: u32) -> Observation {
-    Observation { concurrency, rps: 0.0, ready }
+    Observation { concurrency, ready, ..Observation::default() }
 }
 
 #[test]
@@ -29,7 +29,7 @@ fn kpa_desired_is_ceil_of_demand_over_target_times_utilisation() {
         max: 100,
         ..KpaConfig::default()
     });
-    let o = Observation { concurrency: 1.0, rps: 70.0, ready: 10 };
+    let o = Observation { concurrency: 1.0, rps: 70.0, ready: 10, cpu: None };
     assert_eq!(kpa.decide(t0, o), 10);
 }
 
@@ -160,6 +160,8 @@ struct RecState {
     log: Vec<(u64, u32)>,
     served: u64,
     failed_no_replica: u64,
+    /// CPU use over all replicas in cores, reported in `status` when set.
+    cpu: Option<f64>,
 }
 
 impl Recorder {
@@ -225,6 +227,7 @@ impl Deploy for Recorder {
             labels: s.labels.clone(),
             replicas: u64::from(s.desired),
             available_replicas: u64::from(s.ready),
+            usage: s.cpu.map(|cpu| crate::spec::Usage { cpu, total_memory_bytes: 0.0 }),
             ..Default::default()
         })
     }
@@ -754,4 +757,27 @@ async fn the_rate_rule_honours_a_short_window_and_scales_to_zero_after_zero_dura
     assert_eq!(auto.call("f", "x").await.unwrap(), "ok");
     assert_eq!(auto.inner().log().last(), Some(&(30, 1)));
     assert_eq!(lock(&auto.inner().state).failed_no_replica, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cpu_type_scales_on_the_cpu_use_the_backend_reports() {
+    // target 500 millicores x 0.7 = 350 per replica.
+    let cpu_labels =
+        [(labels::SCALE_TYPE, "cpu"), (labels::SCALE_TARGET, "500"), (labels::SCALE_MAX, "10")];
+    let auto = setup(&cpu_labels, Duration::ZERO).await;
+    // 1.4 cores over the replicas, with nothing in flight: 4 replicas, at the first tick
+    // (1400 / 350 on 1 replica is a panic).
+    lock(&auto.inner().state).cpu = Some(1.4);
+    run_until(&auto, 10).await;
+    assert_eq!(auto.inner().log(), vec![(2, 4)]);
+    // The use falls to 0.3 cores at t=10: held at 4 for a stable window after the panic
+    // (t=2 + 60), then halved, then the 1 replica 300 millicores need.
+    lock(&auto.inner().state).cpu = Some(0.3);
+    run_until(&auto, 200).await;
+    assert_eq!(auto.inner().log(), vec![(2, 4), (62, 2), (66, 1)]);
+
+    // A backend that reports no CPU use: in flight stands in (none here, so no scaling).
+    let auto = setup(&cpu_labels, Duration::ZERO).await;
+    run_until(&auto, 30).await;
+    assert_eq!(auto.inner().log(), vec![]);
 }
