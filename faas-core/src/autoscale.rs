@@ -4,9 +4,10 @@
 //! Two parts:
 //!
 //! - [`RateRule`] and [`Kpa`]: the pure decision cores. Each tick one takes an
-//!   [`Observation`] (average concurrency and request rate over the tick, ready replicas)
-//!   and answers the desired replica count. Cheap (amortised O(1) per function per tick) and deterministic, so it is
-//!   unit tested on synthetic clocks and benchmarked alone.
+//!   [`Observation`] (average concurrency and request rate over the tick, ready replicas,
+//!   CPU use where the backend reports it) and answers the desired replica count. Cheap
+//!   (amortised O(1) per function per tick) and deterministic, so they are unit tested on
+//!   synthetic clocks and benchmarked alone.
 //! - [`Autoscaled`]: an [`Backend`] wrapper. It sits in the `invoke` path, measures in-flight
 //!   invocations and the request rate of every function itself, runs a tick loop (a tokio
 //!   task, every 2 s by default) that calls the inner backend's [`Deploy::scale`], and
@@ -250,6 +251,14 @@ pub struct Observation {
     pub cpu: Option<f64>,
 }
 
+impl Observation {
+    /// No traffic: nothing in flight and no request arrived (what scale to zero waits for,
+    /// whatever the metric).
+    fn is_quiet(&self) -> bool {
+        !(self.concurrency > 0.0) && !(self.rps > 0.0)
+    }
+}
+
 /// The KPA decision core for one function: windows of past observations and the panic state.
 ///
 /// ```
@@ -324,7 +333,7 @@ impl Kpa {
             ScalingMetric::Cpu => obs.cpu.unwrap_or(obs.concurrency),
         };
         let value = if value.is_finite() { value.max(0.0) } else { 0.0 };
-        if obs.concurrency > 0.0 || obs.rps > 0.0 || self.last_active.is_none() {
+        if !obs.is_quiet() || self.last_active.is_none() {
             // The first observation starts the grace period.
             self.note_activity(now);
         }
@@ -379,7 +388,9 @@ impl Kpa {
             to_u32(want_stable)
         };
 
-        if c.allow_zero && idle_since(self.last_active, now, c.scale_to_zero_grace) && value == 0.0
+        if c.allow_zero
+            && idle_since(self.last_active, now, c.scale_to_zero_grace)
+            && obs.is_quiet()
         {
             desired = 0;
             self.panic_since = None;
@@ -550,7 +561,7 @@ impl RateRule {
     pub fn decide(&mut self, now: Instant, obs: Observation) -> u32 {
         let (c, p) = (self.config.clone(), self.policy.clone());
         let rps = if obs.rps.is_finite() { obs.rps.max(0.0) } else { 0.0 };
-        if obs.concurrency > 0.0 || rps > 0.0 || self.last_active.is_none() {
+        if !obs.is_quiet() || self.last_active.is_none() {
             // The first observation starts the grace period.
             self.note_activity(now);
         }
@@ -579,7 +590,7 @@ impl RateRule {
             self.last_step = None;
             min
         };
-        if p.allow_zero && idle_since(self.last_active, now, p.idle_timeout()) && rps == 0.0 {
+        if p.allow_zero && idle_since(self.last_active, now, p.idle_timeout()) && obs.is_quiet() {
             desired = 0;
             self.last_step = None;
         }

@@ -780,4 +780,12 @@ async fn cpu_type_scales_on_the_cpu_use_the_backend_reports() {
     let auto = setup(&cpu_labels, Duration::ZERO).await;
     run_until(&auto, 30).await;
     assert_eq!(auto.inner().log(), vec![]);
+
+    // Scale to zero waits for no traffic, not for no CPU use: an idle replica's background
+    // use does not keep it up.
+    let zero = [(labels::SCALE_ZERO, "true"), (labels::SCALE_ZERO_DURATION, "10s")];
+    let auto = setup(&[&cpu_labels[..], &zero[..]].concat(), Duration::ZERO).await;
+    lock(&auto.inner().state).cpu = Some(0.02);
+    run_until(&auto, 30).await;
+    assert_eq!(auto.inner().log(), vec![(12, 0)]);
 }
