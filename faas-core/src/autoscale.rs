@@ -255,7 +255,7 @@ impl Observation {
     /// No traffic: nothing in flight and no request arrived (what scale to zero waits for,
     /// whatever the metric).
     fn is_quiet(&self) -> bool {
-        !(self.concurrency > 0.0) && !(self.rps > 0.0)
+        self.concurrency <= 0.0 && self.rps <= 0.0
     }
 }
 
