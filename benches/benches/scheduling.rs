@@ -38,12 +38,17 @@ fn autoscaler(c: &mut Criterion) {
         // Fill the 60 s window first, as in steady state.
         for _ in 0..40 {
             now += tick;
-            kpa.decide(now, Observation { concurrency: 50.0, rps: 0.0, ready: 8 });
+            kpa.decide(now, Observation { concurrency: 50.0, ready: 8, ..Observation::default() });
         }
         b.iter(|| {
             now += tick;
             k += 1;
-            let obs = Observation { concurrency: (k % 97) as f64, rps: (k % 13) as f64, ready: 8 };
+            let obs = Observation {
+                concurrency: (k % 97) as f64,
+                rps: (k % 13) as f64,
+                ready: 8,
+                cpu: None,
+            };
             black_box(kpa.decide(now, black_box(obs)))
         })
     });

@@ -18,8 +18,7 @@ async fn the_autoscaler_scales_a_deployment_to_zero_and_back() {
     let fake = FakeApi::new();
     let server = FixtureServer::start(fake.clone()).await;
     let k8s = KubernetesInvoker::builder(fake.client()).base_url(server.base_url()).build();
-    let mut config = AutoscaleConfig::default().tick(Duration::from_secs(3600));
-    config.kpa.stable_window = Duration::from_secs(1);
+    let config = AutoscaleConfig::default().tick(Duration::from_secs(3600));
     let inv = Autoscaled::with_config(k8s, config);
     let spec = FunctionSpec::new("idle", "conformance/echo")
         .label("com.openfaas.scale.zero", "true")

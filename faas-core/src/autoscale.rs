@@ -1,12 +1,13 @@
-//! Autoscaling for any backend: Knative's KPA decision model, driven by OpenFaaS's scaling
-//! labels, wrapped around any [`Backend`].
+//! Autoscaling for any backend: OpenFaaS CE's request-rate rule and Knative's KPA decision
+//! model, chosen and tuned by OpenFaaS's scaling labels, wrapped around any [`Backend`].
 //!
 //! Two parts:
 //!
-//! - [`Kpa`]: the pure decision core. Each tick it takes an [`Observation`] (average
-//!   concurrency and request rate over the tick, ready replicas) and answers the desired
-//!   replica count. Cheap (amortised O(1) per function per tick) and deterministic, so it is
-//!   unit tested on synthetic clocks and benchmarked alone.
+//! - [`RateRule`] and [`Kpa`]: the pure decision cores. Each tick one takes an
+//!   [`Observation`] (average concurrency and request rate over the tick, ready replicas,
+//!   CPU use where the backend reports it) and answers the desired replica count. Cheap
+//!   (amortised O(1) per function per tick) and deterministic, so they are unit tested on
+//!   synthetic clocks and benchmarked alone.
 //! - [`Autoscaled`]: an [`Backend`] wrapper. It sits in the `invoke` path, measures in-flight
 //!   invocations and the request rate of every function itself, runs a tick loop (a tokio
 //!   task, every 2 s by default) that calls the inner backend's [`Deploy::scale`], and
@@ -17,7 +18,29 @@
 //!   is never dropped; past the bound the caller gets [`Error::Unavailable`] naming the
 //!   function.
 //!
-//! # The model (Knative's KPA, as its autoscaler documentation describes it)
+//! # Which rule decides
+//!
+//! - **OpenFaaS CE's rate rule** ([`RateRule`]), for a function whose labels name no
+//!   `com.openfaas.scale.type`, `.target` or `.target-proportion` (and whose spec carries
+//!   no explicit `scaling` policy): what OpenFaaS CE does with its one alert,
+//!   `sum(rate(gateway_function_invocation_total[10s])) by (function_name) > 5`. While the
+//!   function's request rate over the last [`RateRuleConfig::window`] (10 s) is above
+//!   [`RateRuleConfig::threshold`] (5 requests per second, the whole function's), it adds
+//!   `com.openfaas.scale.factor` percent of max replicas (rounded up; 20% by default) at once
+//!   and again every [`RateRuleConfig::step_interval`] (10 s) while the rate stays high, up
+//!   to max; when the rate falls back to the threshold or below (the alert resolves) it
+//!   returns to min. So with only min=1 and max=2 set, about 10 requests per second of
+//!   short calls reach 2 replicas within a few seconds, and 1 again about 10 s after the
+//!   load stops. `com.openfaas.scale.factor=0` turns the rule off (the function stays at
+//!   min), as in OpenFaaS.
+//! - **Knative's KPA** ([`Kpa`]) on the metric of `com.openfaas.scale.type` (OpenFaaS Pro's
+//!   modes), for a function that names a type, a target or a target proportion. With a
+//!   target but no type the metric is `rps` (OpenFaaS Pro's default).
+//!
+//! Both scale an idle function allowed to (`com.openfaas.scale.zero=true`) to zero once it
+//! has had no traffic for `com.openfaas.scale.zero-duration`.
+//!
+//! # The KPA model (Knative's, as its autoscaler documentation describes it)
 //!
 //! `desired = ceil(observed / (target x utilisation))`, where `observed` is the average
 //! concurrency (or requests per second) over the *stable window* (60 s). Over the *panic
@@ -37,11 +60,12 @@
 //! |---|---|---|
 //! | `com.openfaas.scale.min` | replicas while in use | 1 |
 //! | `com.openfaas.scale.max` | maximum replicas | 20 |
+//! | `com.openfaas.scale.factor` | the rate rule's step, percent of max (0 turns it off) | 20 |
 //! | `com.openfaas.scale.zero` | allow scale to zero | false |
 //! | `com.openfaas.scale.zero-duration` | idle time before zero (the grace period) | 15m |
-//! | `com.openfaas.scale.type` | `capacity` (in flight) or `rps` (`cpu` is measured as `capacity`) | capacity |
-//! | `com.openfaas.scale.target` | target per replica | 50 |
-//! | `com.openfaas.scale.target-proportion` | target utilisation, `0 < p <= 1` ([`TARGET_PROPORTION_LABEL`]) | 0.7 |
+//! | `com.openfaas.scale.type` | the KPA's metric: `rps`, `capacity` (in flight), `cpu` (millicores, from the backend's reported usage; in flight where it reports none) | none: the rate rule; with a target, `rps` |
+//! | `com.openfaas.scale.target` | the KPA's target per replica (requests per second, in flight, or millicores) | 50 |
+//! | `com.openfaas.scale.target-proportion` | the KPA's target utilisation, `0 < p <= 1` ([`TARGET_PROPORTION_LABEL`]) | 0.7 |
 //!
 //! # Example
 //!
@@ -77,8 +101,10 @@ use crate::function::Response;
 use crate::invocation::{FunctionRef, Invocation};
 use crate::invoker::{Backend, LogStream, LogsRequest, ProviderInfo, Secret, SecretInfo};
 use crate::prelude::*;
-use crate::spec::{FunctionSpec, FunctionStatus, ScalingMetric, ScalingPolicy};
+use crate::spec::{labels as label, FunctionSpec, FunctionStatus, ScalingMetric, ScalingPolicy};
 use crate::util::lock;
+
+type Labels = std::collections::BTreeMap<String, String>;
 
 /// Label for the target utilisation (OpenFaaS Pro's name): the fraction of `target` each
 /// replica should run at, `0 < p <= 1`. Default 0.7 (Knative's 70%).
@@ -90,8 +116,9 @@ pub const DEFAULT_TICK: Duration = Duration::from_secs(2);
 /// KPA parameters of one function.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KpaConfig {
-    /// What is measured: in-flight requests (`Capacity`, also used for `Cpu`) or requests
-    /// per second (`Rps`).
+    /// What is measured: in-flight requests (`Capacity`), requests per second (`Rps`) or
+    /// CPU use in millicores (`Cpu`; in-flight requests where the backend reports no CPU
+    /// use).
     pub metric: ScalingMetric,
     /// Target value of the metric per replica (Knative default 100).
     pub target: f64,
@@ -150,17 +177,18 @@ impl KpaConfig {
     }
 
     /// These settings with a spec's scaling policy and labels applied (including
-    /// [`TARGET_PROPORTION_LABEL`]). Bad label values give [`Error::InvalidSpec`] naming the
-    /// label.
+    /// [`TARGET_PROPORTION_LABEL`]). With neither a `scaling` policy nor a
+    /// `com.openfaas.scale.type` label the metric is `rps` (OpenFaaS Pro's default). Bad label
+    /// values give [`Error::InvalidSpec`] naming the label.
     pub fn with_spec(self, spec: &FunctionSpec) -> Result<Self> {
-        self.with_labels(spec.scaling.clone().unwrap_or_default(), &spec.labels)
+        self.with_labels(spec.scaling.as_ref(), &spec.labels)
     }
 
-    fn with_labels(
-        self,
-        base: ScalingPolicy,
-        labels: &std::collections::BTreeMap<String, String>,
-    ) -> Result<Self> {
+    fn with_labels(self, scaling: Option<&ScalingPolicy>, labels: &Labels) -> Result<Self> {
+        let base = scaling.cloned().unwrap_or_else(|| ScalingPolicy {
+            metric: ScalingMetric::Rps,
+            ..ScalingPolicy::default()
+        });
         let p = base.apply_labels(labels)?;
         p.validate()?;
         let mut c = self.with_policy(&p);
@@ -218,6 +246,17 @@ pub struct Observation {
     pub rps: f64,
     /// Replicas ready to serve now.
     pub ready: u32,
+    /// CPU use over all replicas in millicores, where the backend reports it
+    /// ([`FunctionStatus::usage`]; the Docker backend does).
+    pub cpu: Option<f64>,
+}
+
+impl Observation {
+    /// No traffic: nothing in flight and no request arrived (what scale to zero waits for,
+    /// whatever the metric).
+    fn is_quiet(&self) -> bool {
+        self.concurrency <= 0.0 && self.rps <= 0.0
+    }
 }
 
 /// The KPA decision core for one function: windows of past observations and the panic state.
@@ -229,7 +268,7 @@ pub struct Observation {
 /// let mut kpa = Kpa::new(KpaConfig { target: 10.0, ..KpaConfig::default() });
 /// let t0 = Instant::now();
 /// // 35 in flight on 1 replica, target 10 x 70%: 5 replicas, at once (panic).
-/// let d = kpa.decide(t0, Observation { concurrency: 35.0, rps: 0.0, ready: 1 });
+/// let d = kpa.decide(t0, Observation { concurrency: 35.0, ready: 1, ..Observation::default() });
 /// assert_eq!(d, 5);
 /// assert!(kpa.in_panic());
 /// ```
@@ -289,10 +328,12 @@ impl Kpa {
         let c = self.config.clone();
         let value = match c.metric {
             ScalingMetric::Rps => obs.rps,
-            ScalingMetric::Capacity | ScalingMetric::Cpu => obs.concurrency,
+            ScalingMetric::Capacity => obs.concurrency,
+            // Where the backend reports no CPU use, in flight stands in for it.
+            ScalingMetric::Cpu => obs.cpu.unwrap_or(obs.concurrency),
         };
         let value = if value.is_finite() { value.max(0.0) } else { 0.0 };
-        if obs.concurrency > 0.0 || obs.rps > 0.0 || self.last_active.is_none() {
+        if !obs.is_quiet() || self.last_active.is_none() {
             // The first observation starts the grace period.
             self.note_activity(now);
         }
@@ -347,10 +388,10 @@ impl Kpa {
             to_u32(want_stable)
         };
 
-        let idle = self
-            .last_active
-            .is_some_and(|t| now.saturating_duration_since(t) >= c.scale_to_zero_grace);
-        if c.allow_zero && idle && value == 0.0 {
+        if c.allow_zero
+            && idle_since(self.last_active, now, c.scale_to_zero_grace)
+            && obs.is_quiet()
+        {
             desired = 0;
             self.panic_since = None;
             self.max_panic = 0;
@@ -372,6 +413,192 @@ fn to_u32(x: f64) -> u32 {
     }
 }
 
+/// Settings of OpenFaaS CE's rate rule that are the same for every function: the alert's
+/// window and threshold, and how often it steps. Each function's [`ScalingPolicy`] (min, max,
+/// factor, zero, zero-duration) gives the rest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateRuleConfig {
+    /// The window the request rate is averaged over (CE's `rate(...[10s])`): 10 s.
+    pub window: Duration,
+    /// The rate, in requests per second to the whole function, above which the rule scales
+    /// up (CE's `> 5`): 5.
+    pub threshold: f64,
+    /// How often it adds another step while the rate stays above the threshold: 10 s.
+    pub step_interval: Duration,
+}
+
+impl Default for RateRuleConfig {
+    fn default() -> Self {
+        RateRuleConfig {
+            window: Duration::from_secs(10),
+            threshold: 5.0,
+            step_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RateRuleConfig {
+    /// Checks the values: positive window and step interval, a threshold of at least 0.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |f: &str, r: &str| Err(Error::invalid(format!("autoscale.rateRule.{f}"), r));
+        if self.window.is_zero() {
+            return bad("window", "must be more than 0");
+        }
+        if self.step_interval.is_zero() {
+            return bad("stepInterval", "must be more than 0");
+        }
+        if !(self.threshold >= 0.0 && self.threshold.is_finite()) {
+            return bad("threshold", "must be a number of at least 0");
+        }
+        Ok(())
+    }
+}
+
+/// Whether a function last active at `last_active` has been idle for `grace` at `now`.
+fn idle_since(last_active: Option<Instant>, now: Instant, grace: Duration) -> bool {
+    last_active.is_some_and(|t| now.saturating_duration_since(t) >= grace)
+}
+
+/// OpenFaaS CE's rate rule for one function (see the [module docs](self)): while the request
+/// rate over the window is above the threshold, step up by `factor` percent of max every
+/// step interval; when it falls back, return to min.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use faas_core::autoscale::{Observation, RateRule, RateRuleConfig};
+/// use faas_core::spec::ScalingPolicy;
+///
+/// let policy = ScalingPolicy { min: 1, max: 2, ..ScalingPolicy::default() };
+/// let mut rule = RateRule::new(RateRuleConfig::default(), policy);
+/// assert_eq!(rule.step(), 1); // 20% of 2, rounded up
+/// let t0 = Instant::now();
+/// let at = |rps: f64| Observation { concurrency: 0.1, rps, ready: 1, cpu: None };
+/// // 10 requests per second for a whole window: above 5, one step, to max.
+/// for s in 0..5 {
+///     rule.decide(t0 + Duration::from_secs(2 * s), at(10.0));
+/// }
+/// assert!(rule.firing());
+/// assert_eq!(rule.desired(), Some(2));
+/// // The load stops: once the window's rate is 5 or less, back to min.
+/// let mut d = 2;
+/// for s in 5..10 {
+///     d = rule.decide(t0 + Duration::from_secs(2 * s), at(0.0));
+/// }
+/// assert_eq!(d, 1);
+/// ```
+#[derive(Debug, Clone)]
+pub struct RateRule {
+    config: RateRuleConfig,
+    policy: ScalingPolicy,
+    samples: VecDeque<(Instant, f64)>,
+    last_step: Option<Instant>,
+    last_active: Option<Instant>,
+    desired: Option<u32>,
+}
+
+impl RateRule {
+    /// A rule with `config`, the function's `policy` and no history.
+    pub fn new(config: RateRuleConfig, policy: ScalingPolicy) -> Self {
+        RateRule {
+            config,
+            policy,
+            samples: VecDeque::new(),
+            last_step: None,
+            last_active: None,
+            desired: None,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RateRuleConfig {
+        &self.config
+    }
+
+    /// The function's policy.
+    pub fn policy(&self) -> &ScalingPolicy {
+        &self.policy
+    }
+
+    /// Replaces the configuration and policy (a function was updated), keeping the history.
+    pub fn set_config(&mut self, config: RateRuleConfig, policy: ScalingPolicy) {
+        self.config = config;
+        self.policy = policy;
+    }
+
+    /// Replicas added per step: `factor` percent of max, rounded up (0 when `factor` is 0).
+    pub fn step(&self) -> u32 {
+        let p = &self.policy;
+        let step = (u64::from(p.max.max(1)) * u64::from(p.factor.min(100))).div_ceil(100);
+        u32::try_from(step).unwrap_or(u32::MAX)
+    }
+
+    /// Whether the rate is above the threshold (CE's alert is firing).
+    pub fn firing(&self) -> bool {
+        self.last_step.is_some()
+    }
+
+    /// The last decision.
+    pub fn desired(&self) -> Option<u32> {
+        self.desired
+    }
+
+    /// Records traffic at `now` outside an observation, so the grace period before scale to
+    /// zero starts again.
+    pub fn note_activity(&mut self, now: Instant) {
+        self.last_active = Some(self.last_active.map_or(now, |t| t.max(now)));
+    }
+
+    /// The average request rate over the window ending at the last observation.
+    pub fn rate(&self) -> f64 {
+        let n = self.samples.len();
+        if n == 0 {
+            return 0.0;
+        }
+        self.samples.iter().map(|&(_, v)| v).sum::<f64>() / n as f64
+    }
+
+    /// One tick: adds `obs` to the window and answers the desired replica count.
+    pub fn decide(&mut self, now: Instant, obs: Observation) -> u32 {
+        let (c, p) = (self.config.clone(), self.policy.clone());
+        let rps = if obs.rps.is_finite() { obs.rps.max(0.0) } else { 0.0 };
+        if !obs.is_quiet() || self.last_active.is_none() {
+            // The first observation starts the grace period.
+            self.note_activity(now);
+        }
+        self.samples.push_back((now, rps));
+        while self
+            .samples
+            .front()
+            .is_some_and(|&(t, _)| now.saturating_duration_since(t) >= c.window)
+        {
+            self.samples.pop_front();
+        }
+        let (min, max) = (p.min.clamp(1, p.max.max(1)), p.max.max(1));
+        let current = self.desired.unwrap_or(0).max(obs.ready).clamp(min, max);
+        let step = self.step();
+        let mut desired = if self.rate() > c.threshold && step > 0 {
+            let due =
+                self.last_step.is_none_or(|t| now.saturating_duration_since(t) >= c.step_interval);
+            if due {
+                self.last_step = Some(now);
+                current.saturating_add(step).min(max)
+            } else {
+                current
+            }
+        } else {
+            // Resolved (or never fired): back to min.
+            self.last_step = None;
+            min
+        };
+        if p.allow_zero && idle_since(self.last_active, now, p.idle_timeout()) && obs.is_quiet() {
+            desired = 0;
+            self.last_step = None;
+        }
+        self.desired = Some(desired);
+        desired
+    }
+}
+
 /// Settings of an [`Autoscaled`] invoker.
 #[derive(Debug, Clone)]
 pub struct AutoscaleConfig {
@@ -381,8 +608,11 @@ pub struct AutoscaleConfig {
     /// [`Error::Unavailable`] (60 s). The wait is the backend's [`Deploy::wait_ready`]
     /// (woken as a replica becomes ready where the backend can).
     pub activation_timeout: Duration,
-    /// Window and rate settings; each function's labels apply over them.
+    /// The KPA's window and rate settings; each function's labels apply over them.
     pub kpa: KpaConfig,
+    /// The rate rule's window, threshold and step interval; each function's labels apply
+    /// over them.
+    pub rate_rule: RateRuleConfig,
     /// The most replicas asked for any function, whatever its policy says (no bound by
     /// default). Set it to the backend's per-function replica cap
     /// ([`crate::ReplicaLimits::per_function`]), so a function without a
@@ -396,6 +626,7 @@ impl Default for AutoscaleConfig {
             tick: DEFAULT_TICK,
             activation_timeout: Duration::from_secs(60),
             kpa: KpaConfig::default(),
+            rate_rule: RateRuleConfig::default(),
             max_replicas: u32::MAX,
         }
     }
@@ -412,6 +643,42 @@ impl AutoscaleConfig {
     pub fn activation_timeout(mut self, d: Duration) -> Self {
         self.activation_timeout = d;
         self
+    }
+
+    /// Sets the rate rule's window, threshold and step interval
+    /// ([`AutoscaleConfig::rate_rule`]); tests shorten them.
+    pub fn rate_rule(mut self, window: Duration, threshold: f64, step_interval: Duration) -> Self {
+        self.rate_rule.window = window;
+        self.rate_rule.threshold = threshold;
+        self.rate_rule.step_interval = step_interval;
+        self
+    }
+
+    /// The rule for a function with this `scaling` policy and these labels (see the
+    /// [module docs](self)). Bad label values give [`Error::InvalidSpec`] naming the label.
+    fn rule_for(&self, scaling: Option<&ScalingPolicy>, labels: &Labels) -> Result<RuleConfig> {
+        let names_kpa = [label::SCALE_TYPE, label::SCALE_TARGET, TARGET_PROPORTION_LABEL]
+            .iter()
+            .any(|k| labels.contains_key(*k));
+        let rule = if scaling.is_some() || names_kpa {
+            RuleConfig::Kpa(self.kpa.clone().with_labels(scaling, labels)?)
+        } else {
+            let p = ScalingPolicy::default().apply_labels(labels)?;
+            p.validate()?;
+            RuleConfig::Rate(self.rate_rule.clone(), p)
+        };
+        Ok(self.capped(rule))
+    }
+
+    /// `rule` held to [`AutoscaleConfig::max_replicas`], whatever the function's policy says.
+    fn capped(&self, mut rule: RuleConfig) -> RuleConfig {
+        let (min, max) = match &mut rule {
+            RuleConfig::Kpa(c) => (&mut c.min, &mut c.max),
+            RuleConfig::Rate(_, p) => (&mut p.min, &mut p.max),
+        };
+        *max = (*max).min(self.max_replicas).max(1);
+        *min = (*min).min(*max);
+        rule
     }
 
     /// Sets [`AutoscaleConfig::max_replicas`] (at least 1).
@@ -455,7 +722,7 @@ impl Stats {
 #[derive(Debug)]
 struct FnState {
     stats: Mutex<Stats>,
-    kpa: Mutex<Kpa>,
+    rule: Mutex<Rule>,
     /// The replica count last set (by us or through us); `u32::MAX` = unknown.
     replicas: AtomicU32,
     /// Set while the function is at zero or waking from it: invocations go through the
@@ -465,8 +732,54 @@ struct FnState {
 
 const UNKNOWN: u32 = u32::MAX;
 
+/// The settings of the rule that decides one function's replicas.
+#[derive(Debug, Clone)]
+enum RuleConfig {
+    Rate(RateRuleConfig, ScalingPolicy),
+    Kpa(KpaConfig),
+}
+
+/// The rule that decides one function's replicas, with its history.
+#[derive(Debug, Clone)]
+enum Rule {
+    Rate(RateRule),
+    Kpa(Kpa),
+}
+
+impl Rule {
+    fn new(config: RuleConfig) -> Self {
+        match config {
+            RuleConfig::Rate(c, p) => Rule::Rate(RateRule::new(c, p)),
+            RuleConfig::Kpa(c) => Rule::Kpa(Kpa::new(c)),
+        }
+    }
+
+    /// Takes the settings of an update, keeping the history while the rule stays the same.
+    fn reconfigure(&mut self, config: RuleConfig) {
+        match (self, config) {
+            (Rule::Rate(r), RuleConfig::Rate(c, p)) => r.set_config(c, p),
+            (Rule::Kpa(k), RuleConfig::Kpa(c)) => k.set_config(c),
+            (rule, config) => *rule = Rule::new(config),
+        }
+    }
+
+    fn decide(&mut self, now: Instant, obs: Observation) -> u32 {
+        match self {
+            Rule::Rate(r) => r.decide(now, obs),
+            Rule::Kpa(k) => k.decide(now, obs),
+        }
+    }
+
+    fn note_activity(&mut self, now: Instant) {
+        match self {
+            Rule::Rate(r) => r.note_activity(now),
+            Rule::Kpa(k) => k.note_activity(now),
+        }
+    }
+}
+
 impl FnState {
-    fn new(config: KpaConfig, replicas: u32) -> Self {
+    fn new(config: RuleConfig, replicas: u32) -> Self {
         let now = tokio::time::Instant::now();
         FnState {
             stats: Mutex::new(Stats {
@@ -476,7 +789,7 @@ impl FnState {
                 window_start: now,
                 requests: 0,
             }),
-            kpa: Mutex::new(Kpa::new(config)),
+            rule: Mutex::new(Rule::new(config)),
             replicas: AtomicU32::new(replicas),
             cold: AtomicBool::new(replicas == 0),
         }
@@ -581,9 +894,13 @@ impl<I: Backend> Autoscaled<I> {
         (r != UNKNOWN).then_some(r)
     }
 
-    /// Whether `function` is panicking (scaling for a burst).
+    /// Whether `function` is panicking (the KPA scaling for a burst) or its rate rule is
+    /// firing (its request rate is above the threshold).
     pub fn in_panic(&self, function: &FunctionRef) -> bool {
-        lock(&self.shared.functions).get(function).is_some_and(|st| lock(&st.kpa).in_panic())
+        lock(&self.shared.functions).get(function).is_some_and(|st| match &*lock(&st.rule) {
+            Rule::Kpa(k) => k.in_panic(),
+            Rule::Rate(r) => r.firing(),
+        })
     }
 
     /// Runs one decision round for every managed function now (the tick loop calls this).
@@ -620,13 +937,10 @@ impl<I: Backend> Autoscaled<I> {
         }
         // Deployed before we wrapped the backend: adopt it with the policy of its labels.
         let status = self.shared.inner.status(f).await.ok()?;
-        let config = self
-            .shared
-            .config
-            .kpa
-            .clone()
-            .with_labels(ScalingPolicy::default(), &status.labels)
-            .unwrap_or_else(|_| self.shared.config.kpa.clone());
+        let config = self.shared.config.rule_for(None, &status.labels).unwrap_or_else(|_| {
+            let rate_rule = self.shared.config.rate_rule.clone();
+            self.shared.config.capped(RuleConfig::Rate(rate_rule, ScalingPolicy::default()))
+        });
         Some(self.shared.register(f, config, clamp_u32(status.replicas)))
     }
 
@@ -636,7 +950,7 @@ impl<I: Backend> Autoscaled<I> {
         let shared = &self.shared;
         if let Activation::Scaled(n) = shared.activator.activate(&shared.inner, f).await? {
             st.set_replicas(n);
-            lock(&st.kpa).note_activity(tokio::time::Instant::now().into_std());
+            lock(&st.rule).note_activity(tokio::time::Instant::now().into_std());
         }
         if st.replicas.load(Ordering::Acquire) != 0 {
             st.cold.store(false, Ordering::Release);
@@ -650,16 +964,10 @@ fn clamp_u32(x: u64) -> u32 {
 }
 
 impl<I: Backend> Shared<I> {
-    fn register(&self, f: &FunctionRef, mut config: KpaConfig, replicas: u32) -> Arc<FnState> {
-        // Never past the backend's cap, whatever the function's policy says.
-        config.max = config.max.min(self.config.max_replicas).max(1);
-        config.min = config.min.min(config.max);
-        if config.metric == ScalingMetric::Cpu {
-            tracing::warn!(function = %f, "scale type cpu is not measured here; scaling on in-flight requests");
-        }
+    fn register(&self, f: &FunctionRef, config: RuleConfig, replicas: u32) -> Arc<FnState> {
         let mut fns = lock(&self.functions);
         if let Some(st) = fns.get(f) {
-            lock(&st.kpa).set_config(config);
+            lock(&st.rule).reconfigure(config);
             return st.clone();
         }
         let st = Arc::new(FnState::new(config, replicas));
@@ -684,8 +992,13 @@ impl<I: Backend> Shared<I> {
             };
             let now = tokio::time::Instant::now();
             let (concurrency, rps) = lock(&st.stats).take(now);
-            let obs = Observation { concurrency, rps, ready: clamp_u32(status.available_replicas) };
-            let desired = lock(&st.kpa).decide(now.into_std(), obs);
+            let obs = Observation {
+                concurrency,
+                rps,
+                ready: clamp_u32(status.available_replicas),
+                cpu: status.usage.as_ref().map(|u| u.cpu * 1000.0),
+            };
+            let desired = lock(&st.rule).decide(now.into_std(), obs);
             let current = clamp_u32(status.replicas);
             // Never scale to zero under an invocation in flight (or waiting to activate).
             if desired == 0 && lock(&st.stats).in_flight > 0 {
@@ -724,7 +1037,7 @@ impl<I: Backend> Invoke for Autoscaled<I> {
 impl<I: Backend> Deploy for Autoscaled<I> {
     async fn deploy(&self, spec: FunctionSpec) -> Result<()> {
         self.ensure_ticker();
-        let config = self.shared.config.kpa.clone().with_spec(&spec)?;
+        let config = self.shared.config.rule_for(spec.scaling.as_ref(), &spec.labels)?;
         let f = spec.function_ref();
         self.shared.inner.deploy(spec).await?;
         let replicas =
@@ -735,7 +1048,7 @@ impl<I: Backend> Deploy for Autoscaled<I> {
 
     async fn update(&self, spec: FunctionSpec) -> Result<()> {
         self.ensure_ticker();
-        let config = self.shared.config.kpa.clone().with_spec(&spec)?;
+        let config = self.shared.config.rule_for(spec.scaling.as_ref(), &spec.labels)?;
         let f = spec.function_ref();
         self.shared.inner.update(spec).await?;
         let st = self.shared.register(&f, config, UNKNOWN);

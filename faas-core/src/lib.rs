@@ -46,7 +46,9 @@ pub mod whisk;
 pub mod conformance;
 
 pub use activation::{Activation, ActivationResponse};
-pub use autoscale::{AutoscaleConfig, Autoscaled, Kpa, KpaConfig, Observation};
+pub use autoscale::{
+    AutoscaleConfig, Autoscaled, Kpa, KpaConfig, Observation, RateRule, RateRuleConfig,
+};
 pub use body::{Body, BoxError, CallerFault};
 pub use error::{DeveloperErrorKind, Error, Result, StatusCode};
 pub use event::{Delivery, Event, EventSource};

@@ -1,14 +1,24 @@
 //! The process backend routed by a non-default strategy and scaled by the KPA autoscaler:
 //! a load step scales it out, idleness scales it to zero, and a request at zero is held and
-//! served (activator). Real watchdog processes on 127.0.0.1.
+//! served (activator). Then OpenFaaS's certifier's scaling tests through the gateway over
+//! TCP, with the autoscaler's default settings: a function with only min and max set scales
+//! up and down from its request rate, and one allowed to scale to zero goes there and comes
+//! back on the next call. Real watchdog processes on 127.0.0.1.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::Method;
+
 use faas_core::prelude::*;
+use faas_core::spec::labels;
 use faas_core::{
     scheduler_for, AutoscaleConfig, Autoscaled, Backend, FunctionRef, FunctionSpec, InvokeExt,
 };
+use faas_e2e::{scale_to_two_under_load, serve_gateway, wait_status};
+use faas_http::client::GatewayClient;
+use faas_http::GatewayConfig;
 
 fn backend(tag: &str) -> (faas_watchdog::process::ProcessInvoker, std::path::PathBuf) {
     let state = std::env::temp_dir().join(format!("faas-e2e-as-{tag}-{}", std::process::id()));
@@ -36,6 +46,7 @@ async fn autoscaler_scales_process_functions_out_to_zero_and_back() {
         .process("sh -c 'sleep 0.5; cat'")
         .label("com.openfaas.scale.min", "1")
         .label("com.openfaas.scale.max", "4")
+        .label("com.openfaas.scale.type", "capacity")
         .label("com.openfaas.scale.target", "1")
         .label("com.openfaas.scale.zero", "true")
         .label("com.openfaas.scale.zero-duration", "3s");
@@ -92,5 +103,73 @@ async fn autoscaler_scales_process_functions_out_to_zero_and_back() {
     assert!(replicas(&*inv, &f).await >= 1);
 
     inv.remove(&f).await.expect("remove");
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// The gateway over the autoscaled process backend (the autoscaler's default settings, as
+/// `faas up` runs it), on 127.0.0.1. Stops serving when the sender drops.
+async fn gateway(
+    tag: &str,
+) -> (GatewayClient, tokio::sync::oneshot::Sender<()>, std::path::PathBuf) {
+    let (raw, state) = backend(tag);
+    let (client, stop) =
+        serve_gateway(Arc::new(Autoscaled::new(raw)), GatewayConfig::default()).await;
+    (client, stop, state)
+}
+
+/// OpenFaaS's certifier's `Test_ScaleUpAndDownFromThroughPut`: min 1, max 2, about 10 calls
+/// a second of a short function: 2 replicas within 30 s, 1 again after the load stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scales_up_and_down_from_throughput_through_the_gateway() {
+    let (client, _stop, state) = gateway("rps").await;
+    let spec = FunctionSpec::new("throughput", "x/throughput")
+        .process("sha512sum")
+        .label(labels::SCALE_MIN, "1")
+        .label(labels::SCALE_MAX, "2");
+    client.deploy(&spec).await.expect("deploy");
+    wait_status(&client, "throughput", None, Duration::from_secs(30), "ready", |s| {
+        s.available_replicas >= 1
+    })
+    .await;
+
+    scale_to_two_under_load(&client, "throughput", None, "throughput", 2).await;
+    let st =
+        wait_status(&client, "throughput", None, Duration::from_secs(60), "back to min", |s| {
+            s.replicas == 1
+        })
+        .await;
+    assert!(st.available_replicas >= 1, "min stays up: {st:?}");
+
+    client.remove("throughput", None).await.expect("remove");
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// OpenFaaS's certifier's `Test_ScaleToZero`, with a short zero-duration: max 2 and
+/// `com.openfaas.scale.zero=true`; load takes it to max, idleness to zero, and the next call
+/// scales it from zero and answers 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scales_to_zero_and_back_through_the_gateway() {
+    let (client, _stop, state) = gateway("zero").await;
+    let spec = FunctionSpec::new("idler", "x/idler")
+        .process("sha512sum")
+        .label(labels::SCALE_MAX, "2")
+        .label(labels::SCALE_ZERO, "true")
+        .label(labels::SCALE_ZERO_DURATION, "3s");
+    client.deploy(&spec).await.expect("deploy");
+
+    scale_to_two_under_load(&client, "idler", None, "idler", 0).await;
+    wait_status(&client, "idler", None, Duration::from_secs(60), "zero after idling", |s| {
+        s.replicas == 0 && s.available_replicas == 0
+    })
+    .await;
+
+    let r =
+        client.invoke("idler", Method::POST, &[], Bytes::from("again"), false).await.expect("call");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text().split_whitespace().count(), 2, "sha512sum's answer: {}", r.text());
+    let st = client.describe("idler", None).await.expect("describe");
+    assert!(st.replicas >= 1 && st.available_replicas >= 1, "{st:?}");
+
+    client.remove("idler", None).await.expect("remove");
     let _ = std::fs::remove_dir_all(&state);
 }

@@ -2,7 +2,10 @@
 //! the engine would refuse up front is a 400 naming the field; a function whose replicas the
 //! engine refuses later is in a failed state that `GET /system/function/NAME` shows, and its
 //! invocations get a 503 naming the engine's reason from the activator at once, not its
-//! scale-from-zero timeout's.
+//! scale-from-zero timeout's. And OpenFaaS's certifier's scaling tests over the Docker
+//! backend with the autoscaler's default settings: a function with only min and max set
+//! scales up and down from its request rate, and one allowed to scale to zero goes there and
+//! comes back on the next call.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +14,8 @@ use bytes::Bytes;
 use faas_backend_docker::{testing, DockerInvoker};
 use faas_core::prelude::*;
 use faas_core::spec::labels;
-use faas_core::FunctionSpec;
+use faas_core::{Autoscaled, FunctionSpec};
+use faas_e2e::{scale_to_two_under_load, serve_gateway, wait_status};
 use faas_http::client::GatewayClient;
 use faas_http::{Gateway, GatewayConfig};
 use http::Method;
@@ -97,4 +101,98 @@ async fn engine_refusals_reach_the_gateway_api() {
     client.remove("gone", Some(&ns)).await.unwrap();
     docker.shutdown().await;
     assert_eq!(testing::instance_containers(&instance).await.unwrap(), Vec::<String>::new());
+}
+
+/// A Docker backend of its own (instance and namespace), autoscaled with the default
+/// settings (as `faas up` runs it), behind a gateway on 127.0.0.1.
+struct Autoscaling {
+    client: GatewayClient,
+    docker: DockerInvoker,
+    ns: String,
+    fixture: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    _guard: testing::InstanceGuard,
+}
+
+async fn autoscaling(test: &str) -> Autoscaling {
+    testing::require_docker(test).await;
+    let fixture = testing::fixture_image().await.unwrap();
+    let (ns, instance) = (testing::unique("t"), testing::unique("as"));
+    let guard = testing::InstanceGuard { instances: vec![instance.clone()], images: vec![] };
+    let docker = DockerInvoker::builder()
+        .instance(instance.clone())
+        .namespaces([ns.clone()])
+        .owner(instance)
+        .start_timeout(Duration::from_secs(60))
+        .health_interval(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let backend = Arc::new(Autoscaled::new(docker.clone()));
+    let (client, stop) = serve_gateway(backend, GatewayConfig::default()).await;
+    Autoscaling { client, docker, ns, fixture, _stop: stop, _guard: guard }
+}
+
+/// OpenFaaS's certifier's `Test_ScaleUpAndDownFromThroughPut` on Docker: min 1, max 2, about
+/// 10 calls a second of a short function: 2 replicas within 30 s, 1 again after the load
+/// stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_scales_up_and_down_from_throughput() {
+    let env = autoscaling("docker_scales_up_and_down_from_throughput").await;
+    let (client, ns) = (&env.client, Some(env.ns.as_str()));
+    // The fixture echoes by default: no env vars, so the JSON shapes below omit them.
+    let spec = FunctionSpec::new("throughput", env.fixture.clone())
+        .namespace(env.ns.clone())
+        .label(labels::SCALE_MIN, "1")
+        .label(labels::SCALE_MAX, "2");
+    client.deploy(&spec).await.unwrap();
+    wait_status(client, "throughput", ns, Duration::from_secs(60), "ready", |s| {
+        s.available_replicas >= 1
+    })
+    .await;
+
+    // The JSON shapes OpenFaaS's certifier compares, on this backend.
+    faas_e2e::assert_openfaas_json_shapes(client, "throughput", ns).await;
+
+    let name = format!("throughput.{}", env.ns);
+    scale_to_two_under_load(client, "throughput", ns, &name, 2).await;
+    let st = wait_status(client, "throughput", ns, Duration::from_secs(60), "back to min", |s| {
+        s.replicas == 1
+    })
+    .await;
+    assert!(st.available_replicas >= 1, "min stays up: {st:?}");
+
+    client.remove("throughput", ns).await.unwrap();
+    env.docker.shutdown().await;
+}
+
+/// OpenFaaS's certifier's `Test_ScaleToZero` on Docker, with a short zero-duration: max 2
+/// and `com.openfaas.scale.zero=true`; load takes it to max, idleness to zero, and the next
+/// call scales it from zero and answers 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_scales_to_zero_and_back() {
+    let env = autoscaling("docker_scales_to_zero_and_back").await;
+    let (client, ns) = (&env.client, Some(env.ns.as_str()));
+    let spec = FunctionSpec::new("idler", env.fixture.clone())
+        .namespace(env.ns.clone())
+        .env("FIXTURE_BEHAVIOUR", "echo")
+        .label(labels::SCALE_MAX, "2")
+        .label(labels::SCALE_ZERO, "true")
+        .label(labels::SCALE_ZERO_DURATION, "3s");
+    client.deploy(&spec).await.unwrap();
+    let name = format!("idler.{}", env.ns);
+
+    scale_to_two_under_load(client, "idler", ns, &name, 0).await;
+    wait_status(client, "idler", ns, Duration::from_secs(60), "zero after idling", |s| {
+        s.replicas == 0 && s.available_replicas == 0
+    })
+    .await;
+
+    let r = client.invoke(&name, Method::POST, &[], Bytes::from("again"), false).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "again"));
+    let st = client.describe("idler", ns).await.unwrap();
+    assert!(st.replicas >= 1 && st.available_replicas >= 1, "{st:?}");
+
+    client.remove("idler", ns).await.unwrap();
+    env.docker.shutdown().await;
 }

@@ -92,6 +92,9 @@ async fn process_functions_behind_the_gateway() {
     env.client.logs("failing", None, None, false, |e| lines.push(e.text)).await.unwrap();
     assert!(lines.iter().any(|l| l.contains("oops")), "{lines:?}");
 
+    // The JSON shapes OpenFaaS's certifier compares, on this backend.
+    faas_e2e::assert_openfaas_json_shapes(&env.client, "upper", None).await;
+
     for f in ["upper", "failing", "slow"] {
         env.client.remove(f, None).await.unwrap();
     }

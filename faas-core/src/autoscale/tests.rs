@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 // ---- the pure core ----
 
 fn obs(concurrency: f64, ready: u32) -> Observation {
-    Observation { concurrency, rps: 0.0, ready }
+    Observation { concurrency, ready, ..Observation::default() }
 }
 
 #[test]
@@ -29,7 +29,7 @@ fn kpa_desired_is_ceil_of_demand_over_target_times_utilisation() {
         max: 100,
         ..KpaConfig::default()
     });
-    let o = Observation { concurrency: 1.0, rps: 70.0, ready: 10 };
+    let o = Observation { concurrency: 1.0, rps: 70.0, ready: 10, cpu: None };
     assert_eq!(kpa.decide(t0, o), 10);
 }
 
@@ -160,6 +160,8 @@ struct RecState {
     log: Vec<(u64, u32)>,
     served: u64,
     failed_no_replica: u64,
+    /// CPU use over all replicas in cores, reported in `status` when set.
+    cpu: Option<f64>,
 }
 
 impl Recorder {
@@ -225,6 +227,7 @@ impl Deploy for Recorder {
             labels: s.labels.clone(),
             replicas: u64::from(s.desired),
             available_replicas: u64::from(s.ready),
+            usage: s.cpu.map(|cpu| crate::spec::Usage { cpu, total_memory_bytes: 0.0 }),
             ..Default::default()
         })
     }
@@ -304,6 +307,16 @@ impl Logs for Recorder {
 
 type Auto = Arc<Autoscaled<Recorder>>;
 
+/// The labels of a KPA on in-flight requests with a target of 10 (7 per replica at 70%),
+/// then `extra`.
+fn in_flight_target_10(
+    extra: &[(&'static str, &'static str)],
+) -> Vec<(&'static str, &'static str)> {
+    let mut l = vec![(labels::SCALE_TYPE, "capacity"), (labels::SCALE_TARGET, "10")];
+    l.extend_from_slice(extra);
+    l
+}
+
 async fn setup(labels: &[(&str, &str)], start_delay: Duration) -> Auto {
     let rec = Recorder::new(start_delay, Duration::from_secs(1));
     let auto = Arc::new(Autoscaled::new(rec));
@@ -351,8 +364,7 @@ fn assert_gradual(log: &[(u64, u32)], from: usize) {
 #[tokio::test(start_paused = true)]
 async fn load_step_scales_straight_to_demand_without_overshoot() {
     // target 10 x 0.7 = 7 per replica; 70 in flight = 10 replicas.
-    let auto =
-        setup(&[(labels::SCALE_TARGET, "10"), (labels::SCALE_MAX, "20")], Duration::ZERO).await;
+    let auto = setup(&in_flight_target_10(&[(labels::SCALE_MAX, "20")]), Duration::ZERO).await;
     let workers = load(&auto, 70, 10, 100);
     run_until(&auto, 99).await;
     // Load starts at t=10. The 6 s panic window averages it in over three ticks; it reaches
@@ -380,8 +392,7 @@ async fn load_step_scales_straight_to_demand_without_overshoot() {
 
 #[tokio::test(start_paused = true)]
 async fn burst_panics_to_max_then_steps_down_gradually() {
-    let auto =
-        setup(&[(labels::SCALE_TARGET, "10"), (labels::SCALE_MAX, "15")], Duration::ZERO).await;
+    let auto = setup(&in_flight_target_10(&[(labels::SCALE_MAX, "15")]), Duration::ZERO).await;
     let base = load(&auto, 7, 0, 400);
     let burst = load(&auto, 140, 20, 24);
     run_until(&auto, 400).await;
@@ -403,8 +414,7 @@ async fn burst_panics_to_max_then_steps_down_gradually() {
 
 #[tokio::test(start_paused = true)]
 async fn slow_ramp_down_follows_demand_monotonically() {
-    let auto =
-        setup(&[(labels::SCALE_TARGET, "10"), (labels::SCALE_MAX, "20")], Duration::ZERO).await;
+    let auto = setup(&in_flight_target_10(&[(labels::SCALE_MAX, "20")]), Duration::ZERO).await;
     // 140 in flight, then 10 fewer every 10 s: workers stop one group at a time.
     let mut workers = vec![];
     for k in 0..14u64 {
@@ -452,12 +462,11 @@ async fn slow_ramp_down_follows_demand_monotonically() {
 #[tokio::test(start_paused = true)]
 async fn idle_to_zero_after_grace_and_activation_serves_waiting_requests() {
     let auto = setup(
-        &[
-            (labels::SCALE_TARGET, "10"),
+        &in_flight_target_10(&[
             (labels::SCALE_MIN, "2"),
             (labels::SCALE_ZERO, "true"),
             (labels::SCALE_ZERO_DURATION, "30s"),
-        ],
+        ]),
         Duration::from_secs(3),
     )
     .await;
@@ -522,6 +531,7 @@ async fn drives_the_memory_backend() {
     auto.deploy(
         FunctionSpec::new("slow", "slow:1")
             .max_concurrency(10)
+            .label(labels::SCALE_TYPE, "capacity")
             .label(labels::SCALE_TARGET, "10")
             .label(labels::SCALE_MAX, "8"),
     )
@@ -553,7 +563,10 @@ async fn never_asks_past_the_replica_cap() {
     // Demand for 10 replicas (70 in flight, 7 per replica), no scale.max label, a cap of 6.
     let rec = Recorder::new(Duration::ZERO, Duration::from_secs(1));
     let auto = Arc::new(Autoscaled::with_config(rec, AutoscaleConfig::default().max_replicas(6)));
-    auto.deploy(FunctionSpec::new("f", "img").label(labels::SCALE_TARGET, "10")).await.unwrap();
+    let spec = FunctionSpec::new("f", "img")
+        .label(labels::SCALE_TYPE, "capacity")
+        .label(labels::SCALE_TARGET, "10");
+    auto.deploy(spec).await.unwrap();
     let workers = load(&auto, 70, 10, 60);
     run_until(&auto, 59).await;
     let log = auto.inner().log();
@@ -562,4 +575,217 @@ async fn never_asks_past_the_replica_cap() {
     for w in workers {
         w.await.unwrap();
     }
+}
+
+// ---- OpenFaaS CE's rate rule, the default for functions that name no scale type ----
+
+/// A recorder whose calls take 20 ms: short calls, as in OpenFaaS's certifier.
+async fn setup_short(labels: &[(&str, &str)], config: AutoscaleConfig) -> Auto {
+    let rec = Recorder::new(Duration::ZERO, Duration::from_millis(20));
+    let auto = Arc::new(Autoscaled::with_config(rec, config));
+    let mut spec = FunctionSpec::new("f", "img");
+    for (k, v) in labels {
+        spec = spec.label(*k, *v);
+    }
+    auto.deploy(spec).await.unwrap();
+    auto
+}
+
+/// Open-loop load: `rps` calls per second from `from` to `until` seconds after the recorder
+/// started (offset by 50 ms so no call lands on a tick), each its own task. Answers how many
+/// calls were answered "ok".
+fn rate_load(auto: &Auto, rps: u32, from: u64, until: u64) -> tokio::task::JoinHandle<u64> {
+    let auto = auto.clone();
+    tokio::spawn(async move {
+        let start = auto.inner().start + Duration::from_millis(50);
+        let period = Duration::from_secs(1) / rps;
+        let mut tick = tokio::time::interval_at(start + Duration::from_secs(from), period);
+        let mut calls = Vec::new();
+        for _ in 0..u64::from(rps) * (until - from) {
+            tick.tick().await;
+            let auto = auto.clone();
+            calls.push(tokio::spawn(async move { auto.call("f", "x").await }));
+        }
+        let mut ok = 0;
+        for c in calls {
+            if c.await.expect("call task").expect("never dropped") == "ok" {
+                ok += 1;
+            }
+        }
+        ok
+    })
+}
+
+#[test]
+fn the_labels_choose_the_rule() {
+    let cfg = AutoscaleConfig::default().max_replicas(6);
+    let rule = |spec: FunctionSpec| cfg.rule_for(spec.scaling.as_ref(), &spec.labels);
+    let only_bounds = FunctionSpec::new("f", "img")
+        .label(labels::SCALE_MIN, "2")
+        .label(labels::SCALE_MAX, "10")
+        .label(labels::SCALE_FACTOR, "50")
+        .label(labels::SCALE_ZERO, "true")
+        .label(labels::SCALE_ZERO_DURATION, "90s");
+    match rule(only_bounds).unwrap() {
+        RuleConfig::Rate(c, p) => {
+            // max held to the cap of 6; 50% of 6 is a step of 3.
+            let rule = RateRule::new(c.clone(), p.clone());
+            assert_eq!((p.min, p.max, p.factor, rule.step()), (2, 6, 50, 3));
+            assert!(p.allow_zero);
+            assert_eq!(p.idle_timeout(), Duration::from_secs(90));
+            assert_eq!((c.window, c.threshold), (Duration::from_secs(10), 5.0));
+        }
+        other => panic!("min/max only is the rate rule: {other:?}"),
+    }
+    // A target with no type: the KPA on requests per second (OpenFaaS Pro's default).
+    match rule(FunctionSpec::new("f", "img").label(labels::SCALE_TARGET, "5")).unwrap() {
+        RuleConfig::Kpa(c) => assert_eq!((c.metric, c.target), (ScalingMetric::Rps, 5.0)),
+        other => panic!("{other:?}"),
+    }
+    for (ty, metric) in [
+        ("rps", ScalingMetric::Rps),
+        ("capacity", ScalingMetric::Capacity),
+        ("cpu", ScalingMetric::Cpu),
+    ] {
+        match rule(FunctionSpec::new("f", "img").label(labels::SCALE_TYPE, ty)).unwrap() {
+            RuleConfig::Kpa(c) => assert_eq!((c.metric, c.target), (metric, 50.0)),
+            other => panic!("{ty}: {other:?}"),
+        }
+    }
+    match rule(FunctionSpec::new("f", "img").label(TARGET_PROPORTION_LABEL, "0.9")).unwrap() {
+        RuleConfig::Kpa(c) => {
+            assert_eq!((c.metric, c.target_utilization), (ScalingMetric::Rps, 0.9))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Our explicit `scaling` policy keeps its own metric (capacity by default).
+    let explicit = FunctionSpec::new("f", "img").scaling(ScalingPolicy::default());
+    match rule(explicit).unwrap() {
+        RuleConfig::Kpa(c) => assert_eq!(c.metric, ScalingMetric::Capacity),
+        other => panic!("{other:?}"),
+    }
+    // Bad values name the label, whichever rule it is.
+    for (k, v) in
+        [(labels::SCALE_FACTOR, "101"), (labels::SCALE_FACTOR, "x"), (labels::SCALE_TYPE, "mem")]
+    {
+        match rule(FunctionSpec::new("f", "img").label(k, v)) {
+            Err(Error::InvalidSpec { field, .. }) => assert_eq!(field, format!("labels.{k}")),
+            other => panic!("{k}={v}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn ten_rps_of_short_calls_reach_max_and_return_to_min_with_only_min_and_max_set() {
+    let auto = setup_short(
+        &[(labels::SCALE_MIN, "1"), (labels::SCALE_MAX, "2")],
+        AutoscaleConfig::default(),
+    )
+    .await;
+    let load = rate_load(&auto, 10, 10, 40);
+    run_until(&auto, 100).await;
+    // 20 ms calls at 10 per second: 0.2 in flight, which the KPA's capacity target never
+    // scales for. The rate over the 10 s window passes 5 per second at the third tick of the
+    // load (t=16: samples 0, 0, 10, 10, 10): one step of 20% of 2, rounded up, to max.
+    // The load stops at t=40; at t=46 the window's rate is 4: resolved, back to min.
+    assert_eq!(auto.inner().log(), vec![(16, 2), (46, 1)]);
+    assert_eq!(load.await.unwrap(), 300, "every call answered");
+    assert_eq!(lock(&auto.inner().state).failed_no_replica, 0);
+    assert!(!auto.in_panic(&"f".into()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_rate_rule_steps_by_factor_percent_of_max_every_step_interval() {
+    let auto = setup_short(&[(labels::SCALE_MAX, "10")], AutoscaleConfig::default()).await;
+    let load = rate_load(&auto, 20, 0, 60);
+    run_until(&auto, 30).await;
+    assert!(auto.in_panic(&"f".into()), "firing under load");
+    run_until(&auto, 100).await;
+    // 20 per second: over 5 from the first tick (t=2), then +2 (20% of 10) every 10 s up to
+    // max; the load stops at t=60 and the rate falls under 5 at t=68: straight to min, as
+    // OpenFaaS CE does when its alert resolves.
+    assert_eq!(auto.inner().log(), vec![(2, 3), (12, 5), (22, 7), (32, 9), (42, 10), (68, 1)]);
+    assert_eq!(load.await.unwrap(), 1200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_rate_rule_leaves_a_function_under_the_threshold_or_with_factor_zero_at_min() {
+    // 4 per second never passes the threshold of 5.
+    let auto = setup_short(&[(labels::SCALE_MAX, "5")], AutoscaleConfig::default()).await;
+    let load = rate_load(&auto, 4, 0, 60);
+    run_until(&auto, 80).await;
+    assert_eq!(auto.inner().log(), vec![]);
+    assert_eq!(load.await.unwrap(), 240);
+    // `com.openfaas.scale.factor=0` turns the rule off, whatever the rate.
+    let auto = setup_short(
+        &[(labels::SCALE_MAX, "5"), (labels::SCALE_FACTOR, "0")],
+        AutoscaleConfig::default(),
+    )
+    .await;
+    let load = rate_load(&auto, 50, 0, 30);
+    run_until(&auto, 40).await;
+    assert_eq!(auto.inner().log(), vec![]);
+    assert_eq!(load.await.unwrap(), 1500);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_rate_rule_honours_a_short_window_and_scales_to_zero_after_zero_duration() {
+    // Windows shortened as a test would: a 1 s tick, a 2 s window, a step every second.
+    let config = AutoscaleConfig::default().tick(Duration::from_secs(1)).rate_rule(
+        Duration::from_secs(2),
+        5.0,
+        Duration::from_secs(1),
+    );
+    let auto = setup_short(
+        &[
+            (labels::SCALE_MAX, "2"),
+            (labels::SCALE_ZERO, "true"),
+            (labels::SCALE_ZERO_DURATION, "5s"),
+        ],
+        config,
+    )
+    .await;
+    let load = rate_load(&auto, 10, 3, 10);
+    run_until(&auto, 30).await;
+    // The load runs from t=3.05 to t=10. Up at its second tick (t=5: the window's two
+    // samples are 10 and 10; at t=4 the quiet second before it halves the rate to 5, not
+    // above 5); back to min as soon as the window's rate is 5 again (t=11: 10 and 0); zero
+    // 5 s after the last tick with traffic (t=10 + 5).
+    assert_eq!(auto.inner().log(), vec![(5, 2), (11, 1), (15, 0)]);
+    assert_eq!(load.await.unwrap(), 70);
+    // The next call scales it from zero and is served.
+    assert_eq!(auto.call("f", "x").await.unwrap(), "ok");
+    assert_eq!(auto.inner().log().last(), Some(&(30, 1)));
+    assert_eq!(lock(&auto.inner().state).failed_no_replica, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cpu_type_scales_on_the_cpu_use_the_backend_reports() {
+    // target 500 millicores x 0.7 = 350 per replica.
+    let cpu_labels =
+        [(labels::SCALE_TYPE, "cpu"), (labels::SCALE_TARGET, "500"), (labels::SCALE_MAX, "10")];
+    let auto = setup(&cpu_labels, Duration::ZERO).await;
+    // 1.4 cores over the replicas, with nothing in flight: 4 replicas, at the first tick
+    // (1400 / 350 on 1 replica is a panic).
+    lock(&auto.inner().state).cpu = Some(1.4);
+    run_until(&auto, 10).await;
+    assert_eq!(auto.inner().log(), vec![(2, 4)]);
+    // The use falls to 0.3 cores at t=10: held at 4 for a stable window after the panic
+    // (t=2 + 60), then halved, then the 1 replica 300 millicores need.
+    lock(&auto.inner().state).cpu = Some(0.3);
+    run_until(&auto, 200).await;
+    assert_eq!(auto.inner().log(), vec![(2, 4), (62, 2), (66, 1)]);
+
+    // A backend that reports no CPU use: in flight stands in (none here, so no scaling).
+    let auto = setup(&cpu_labels, Duration::ZERO).await;
+    run_until(&auto, 30).await;
+    assert_eq!(auto.inner().log(), vec![]);
+
+    // Scale to zero waits for no traffic, not for no CPU use: an idle replica's background
+    // use does not keep it up.
+    let zero = [(labels::SCALE_ZERO, "true"), (labels::SCALE_ZERO_DURATION, "10s")];
+    let auto = setup(&[&cpu_labels[..], &zero[..]].concat(), Duration::ZERO).await;
+    lock(&auto.inner().state).cpu = Some(0.02);
+    run_until(&auto, 30).await;
+    assert_eq!(auto.inner().log(), vec![(12, 0)]);
 }
