@@ -24,8 +24,9 @@
 //!
 //! One writer thread takes every batch waiting, appends them with one `write`, and, when
 //! at least one of them is a [`StateStore::commit`], makes the file durable with one
-//! `fdatasync` before answering. [`StateStore::apply`] batches are made durable by the next
-//! commit, or at the latest [`APPLY_SYNC`] later.
+//! `fdatasync` before answering. [`StateStore::apply`] batches do not wake the writer: they
+//! are written with the next commit, or a few milliseconds later, and made durable by the
+//! next commit or at the latest [`APPLY_SYNC`] later.
 //!
 //! # Space
 //!
@@ -50,14 +51,14 @@ use std::io::{BufReader, Read, Write as _};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use faas_core::state::{StateOp, StateStore};
 use faas_core::{Error, Result};
 
-use crate::writer_thread::{Write, WriterThread};
+use crate::writer_thread::{Round, Rounds, Write, WriterThread};
 
 /// A segment is closed, and the next one started, once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
@@ -65,9 +66,6 @@ pub const SEGMENT_BYTES: u64 = 64 << 20;
 /// [`StateStore::apply`] writes reach the disk at the latest this long after they were
 /// written, when no commit came meanwhile.
 pub const APPLY_SYNC: Duration = Duration::from_millis(200);
-
-/// The most write batches appended in one round (the rest go into the next).
-const MAX_WRITES_PER_ROUND: usize = 4096;
 
 /// Frames larger than this are damage, not data (a queue item is bounded far below it).
 const MAX_FRAME: u32 = 1 << 30;
@@ -345,7 +343,7 @@ impl LogStore {
             buf: Vec::new(),
             failed: None,
         };
-        let writer = WriterThread::spawn("faas-log-writer", move |rx| w.run(rx))
+        let writer = WriterThread::spawn("faas-log-writer", move |rounds| w.run(rounds))
             .map_err(|e| store_err(dir, format!("cannot start the writer thread: {e}")))?;
         Ok(LogStore {
             inner: Arc::new(Inner { dir: dir.to_path_buf(), index, writer, syncs, _lock: lock }),
@@ -466,34 +464,19 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(&mut self, rx: mpsc::Receiver<Write>) {
+    fn run(&mut self, rounds: Rounds) {
         let mut unsynced_since: Option<Instant> = None;
         loop {
-            let first = match unsynced_since {
-                None => match rx.recv() {
-                    Ok(w) => w,
-                    Err(_) => break,
-                },
-                Some(since) => {
-                    let wait = APPLY_SYNC.saturating_sub(since.elapsed());
-                    match rx.recv_timeout(wait) {
-                        Ok(w) => w,
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            let _ = self.sync();
-                            unsynced_since = None;
-                            continue;
-                        }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
+            let idle = unsynced_since.map(|since| APPLY_SYNC.saturating_sub(since.elapsed()));
+            let round = match rounds.next(idle) {
+                Round::Writes(round) => round,
+                Round::Idle => {
+                    let _ = self.sync();
+                    unsynced_since = None;
+                    continue;
                 }
+                Round::Closed => break,
             };
-            let mut round = vec![first];
-            while round.len() < MAX_WRITES_PER_ROUND {
-                match rx.try_recv() {
-                    Ok(w) => round.push(w),
-                    Err(_) => break,
-                }
-            }
             let must_sync = round.iter().any(|w| w.done.is_some())
                 || unsynced_since.is_some_and(|s| s.elapsed() >= APPLY_SYNC);
             let results = self.append(&round);

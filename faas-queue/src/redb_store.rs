@@ -19,10 +19,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
 
-use crate::writer_thread::{Write, WriterThread};
+use crate::writer_thread::{Round, Rounds, Write, WriterThread};
 use async_trait::async_trait;
 use faas_core::state::{StateOp, StateStore};
 use faas_core::{Error, Result};
@@ -100,8 +99,8 @@ impl RedbStore {
         let writer_path = path.to_path_buf();
         let commits = Arc::new(AtomicU64::new(0));
         let counted = commits.clone();
-        let writer = WriterThread::spawn("faas-state-writer", move |rx| {
-            write_loop(&writer_db, &writer_path, rx, &counted)
+        let writer = WriterThread::spawn("faas-state-writer", move |rounds| {
+            write_loop(&writer_db, &writer_path, rounds, &counted)
         })
         .map_err(|e| store_err(path, format!("cannot start the writer thread: {e}")))?;
         Ok(RedbStore { inner: Arc::new(Inner { db, path: path.to_path_buf(), writer, commits }) })
@@ -137,23 +136,20 @@ impl RedbStore {
 }
 
 /// The writer thread: one transaction and one durable commit for all batches waiting.
-fn write_loop(db: &Database, path: &Path, rx: mpsc::Receiver<Write>, commits: &AtomicU64) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCHES_PER_COMMIT {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
+fn write_loop(db: &Database, path: &Path, rounds: Rounds, commits: &AtomicU64) {
+    while let Round::Writes(mut waiting) = rounds.next(None) {
+        while !waiting.is_empty() {
+            let rest = waiting.split_off(waiting.len().min(MAX_BATCHES_PER_COMMIT));
+            let batch = std::mem::replace(&mut waiting, rest);
+            let result = write_batch(db, &batch).map_err(|e| store_err(path, e));
+            commits.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, batches = batch.len(), "state store write failed");
             }
-        }
-        let result = write_batch(db, &batch).map_err(|e| store_err(path, e));
-        commits.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, batches = batch.len(), "state store write failed");
-        }
-        for w in batch {
-            if let Some(done) = w.done {
-                let _ = done.send(result.clone());
+            for w in batch {
+                if let Some(done) = w.done {
+                    let _ = done.send(result.clone());
+                }
             }
         }
     }
