@@ -7,7 +7,9 @@
 //! pending list under a lock. The records are built, indexed, evicted and written later
 //! (by [`ActivationLog::flush`], which a background task runs, and before every read).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -136,20 +138,20 @@ impl Raw {
 struct Index {
     /// By arrival order.
     by_seq: BTreeMap<u64, Activation>,
-    by_id: HashMap<InvocationId, u64>,
+    by_id: FxHashMap<InvocationId, u64>,
     /// Arrival numbers by the record's `name`.
-    by_name: HashMap<String, BTreeSet<u64>>,
+    by_name: FxHashMap<String, BTreeSet<u64>>,
     /// Arrival numbers by the record's `namespace`.
-    by_namespace: HashMap<String, BTreeSet<u64>>,
+    by_namespace: FxHashMap<String, BTreeSet<u64>>,
     next_seq: u64,
     /// Records to write at the next flush.
-    dirty: HashSet<InvocationId>,
+    dirty: FxHashSet<InvocationId>,
     /// Records to delete at the next flush.
     evicted: Vec<InvocationId>,
 }
 
 /// Adds `seq` to `key`'s set.
-fn note_key(map: &mut HashMap<String, BTreeSet<u64>>, key: &str, seq: u64) {
+fn note_key(map: &mut FxHashMap<String, BTreeSet<u64>>, key: &str, seq: u64) {
     match map.get_mut(key) {
         Some(set) => {
             set.insert(seq);
@@ -161,7 +163,7 @@ fn note_key(map: &mut HashMap<String, BTreeSet<u64>>, key: &str, seq: u64) {
 }
 
 /// Removes `seq` from `key`'s set (and the set once empty).
-fn forget_key(map: &mut HashMap<String, BTreeSet<u64>>, key: &str, seq: u64) {
+fn forget_key(map: &mut FxHashMap<String, BTreeSet<u64>>, key: &str, seq: u64) {
     if let Some(set) = map.get_mut(key) {
         set.remove(&seq);
         if set.is_empty() {
@@ -379,11 +381,19 @@ impl ActivationLog {
         self.index_pending();
         let Ok(mut index) = self.shared.index.lock() else { return false };
         let Some(seq) = index.by_id.get(id).copied() else { return false };
-        let Some(mut a) = index.unlink(seq) else { return false };
-        f(&mut a);
-        note_key(&mut index.by_name, &a.name, seq);
-        note_key(&mut index.by_namespace, &a.namespace, seq);
-        index.by_seq.insert(seq, a);
+        let index = &mut *index;
+        let Some(a) = index.by_seq.get_mut(&seq) else { return false };
+        let (name, namespace) = (a.name.clone(), a.namespace.clone());
+        f(a);
+        // Re-indexed only if the change renamed it.
+        if a.name != name {
+            forget_key(&mut index.by_name, &name, seq);
+            note_key(&mut index.by_name, &a.name, seq);
+        }
+        if a.namespace != namespace {
+            forget_key(&mut index.by_namespace, &namespace, seq);
+            note_key(&mut index.by_namespace, &a.namespace, seq);
+        }
         index.dirty.insert(id.clone());
         true
     }
