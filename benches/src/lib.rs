@@ -48,8 +48,8 @@ pub fn watchdog_bin() -> std::path::PathBuf {
 }
 
 /// The OpenWhisk API in process, as the whisk benches measure it: the gateway's layer
-/// stack (trace, metrics, concurrency limit, activation record of every invocation,
-/// activator, timeout) over an in-memory backend with a no-op handler (image `noop`, answers
+/// stack (trace, metrics, concurrency limit, activation record of every invocation with
+/// the gateway's 200 ms flusher, activator, timeout) over an in-memory backend with a no-op handler (image `noop`, answers
 /// `{}`), and in namespace `guest`: action `noop`, sequence `seq10` (ten `noop`s), trigger
 /// `tick` with rule `on-tick` to `noop`.
 pub mod whisk {
@@ -96,6 +96,8 @@ pub mod whisk {
             );
             let backend: Arc<dyn Backend> = Arc::new(memory);
             let log = ActivationLog::default();
+            // As the gateway does: pending records are indexed off the request path.
+            log.spawn_flusher(Duration::from_millis(200));
             let stack = tower::ServiceBuilder::new()
                 .layer(TraceLayer::new())
                 .layer(MetricsLayer::with_registry(InvocationMetrics::new()))

@@ -16,7 +16,10 @@
 //! acknowledged, which [`faas_core::whisk::feeds::drive`] does once the trigger fired and
 //! its activation was written. A batch rejected (or dropped unsettled) is delivered again
 //! by the same feed; a batch still unsettled when the process dies is delivered again by
-//! the group's next member, from the last committed offset.
+//! the group's next member, from the last committed offset. An acknowledgement commits a
+//! partition only up to its oldest message still out, and only while the partition is
+//! still this member's (after a rebalance the new owner delivers it again): a message may
+//! fire twice, never none.
 //!
 //! ```no_run
 //! # async fn run(whisk: faas_core::whisk::Whisk) -> faas_core::Result<()> {
