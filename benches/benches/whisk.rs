@@ -8,8 +8,7 @@
 //! Percentiles (p50/p99) of the same calls: `bench-whisk-latency`. Figures: `BENCHMARKS.md`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use faas_benches::whisk::{full_log, Fixture};
-use faas_core::whisk::ActivationQuery;
+use faas_benches::whisk::{full_log, list_queries, Fixture};
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -40,23 +39,10 @@ fn bench(c: &mut Criterion) {
     // Listing 100 from a log of 1 000 000 records.
     let full = full_log(1_000_000);
     let mut g = c.benchmark_group("whisk_activations");
-    let cases = [
-        ("list_100_of_1m_newest", ActivationQuery { limit: 100, ..Default::default() }),
-        (
-            "list_100_of_1m_by_rare_name",
-            ActivationQuery { name: Some("rare".into()), limit: 100, ..Default::default() },
-        ),
-        (
-            "list_100_of_1m_in_rare_namespace",
-            ActivationQuery { namespace: Some("guest".into()), limit: 100, ..Default::default() },
-        ),
-        (
-            "list_100_of_1m_skip_10k",
-            ActivationQuery { skip: 10_000, limit: 100, ..Default::default() },
-        ),
-    ];
-    for (name, q) in cases {
-        g.bench_function(name, |b| b.iter(|| assert_eq!(full.list(&q).len(), 100)));
+    for (name, q) in list_queries() {
+        g.bench_function(format!("list_100_of_1m_{name}"), |b| {
+            b.iter(|| assert_eq!(full.list(&q).len(), 100))
+        });
     }
     g.finish();
 }

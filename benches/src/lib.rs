@@ -178,6 +178,28 @@ pub mod whisk {
         }
     }
 
+    /// The listings measured on [`full_log`]: the newest 100; 100 by a name in 1 % of the
+    /// records; 100 in a namespace with 1 % of them; 100 after skipping 10 000.
+    pub fn list_queries() -> Vec<(&'static str, faas_core::whisk::ActivationQuery)> {
+        use faas_core::whisk::ActivationQuery;
+        vec![
+            ("newest", ActivationQuery { limit: 100, ..Default::default() }),
+            (
+                "by_rare_name",
+                ActivationQuery { name: Some("rare".into()), limit: 100, ..Default::default() },
+            ),
+            (
+                "in_rare_namespace",
+                ActivationQuery {
+                    namespace: Some("guest".into()),
+                    limit: 100,
+                    ..Default::default()
+                },
+            ),
+            ("skip_10k", ActivationQuery { skip: 10_000, limit: 100, ..Default::default() }),
+        ]
+    }
+
     /// A log of `n` records (retention `n`): names `rare` (one in 100) and `common`, in
     /// namespaces `guest` (one in 100) and `openfaas-fn`.
     pub fn full_log(n: usize) -> ActivationLog {

@@ -69,6 +69,19 @@ fn offsets(event: &Event) -> Vec<(i64, i64)> {
         .collect()
 }
 
+/// A handler keeping the parameters of every call in `kept`.
+fn collector(kept: Arc<Mutex<Vec<Map<String, Value>>>>) -> impl faas_core::Function {
+    handler_fn(move |req: Request, _: Context| {
+        let kept = kept.clone();
+        async move {
+            let body = req.into_body().collect_bytes().await?;
+            let params = serde_json::from_slice::<Map<String, Value>>(&body);
+            kept.lock().unwrap().push(params.map_err(|e| Error::application(e.to_string()))?);
+            Ok::<_, Error>("{}")
+        }
+    })
+}
+
 async fn next(feed: &KafkaFeed) -> Delivery<Event> {
     bounded("the next event", feed.next_event()).await.expect("no error").expect("an event")
 }
@@ -81,20 +94,7 @@ async fn messages_fire_the_trigger_in_batches_and_are_committed_after_firing() {
     // An action that keeps what it is given, behind a trigger with a default parameter.
     let seen: Arc<Mutex<Vec<Map<String, Value>>>> = Arc::default();
     let memory = MemoryInvoker::new();
-    let keep = seen.clone();
-    memory.register(
-        "feed/collect",
-        handler_fn(move |req: Request, _: Context| {
-            let keep = keep.clone();
-            async move {
-                let body = req.into_body().collect_bytes().await?;
-                let params: Map<String, Value> = serde_json::from_slice(&body)
-                    .map_err(|e| Error::application(format!("not JSON: {e}")))?;
-                keep.lock().unwrap().push(params);
-                Ok::<_, Error>("{}")
-            }
-        }),
-    );
+    memory.register("feed/collect", collector(seen.clone()));
     let backend: Arc<dyn Backend> = Arc::new(memory);
     let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::default());
     let log = ActivationLog::open(store.clone(), Retention::default()).unwrap();

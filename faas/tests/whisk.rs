@@ -137,6 +137,18 @@ fn faas(up: &Up, state: &Path, args: &[&str]) -> (bool, String) {
     (out.status.success(), format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
 }
 
+/// `faas up` in `sb`, once it serves the OpenWhisk API; and its key.
+async fn serving(sb: &Sandbox) -> (Up, String) {
+    let up = sb.up();
+    let auth = eventually(60, "the OpenWhisk key", || async {
+        std::fs::read_to_string(sb.state_dir().join(faas_http::whisk::WHISK_AUTH_FILE)).ok()
+    })
+    .await;
+    let auth = auth.trim().to_string();
+    get(&up, &auth, "actions").await;
+    (up, auth)
+}
+
 fn json_of(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
@@ -146,13 +158,8 @@ fn json_of(s: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wsk_verbs_drive_the_api() {
     let sb = Sandbox::new("whisk", STACK, "cli");
-    let up = sb.up();
     let state = sb.state_dir();
-    let auth = eventually(60, "the OpenWhisk key", || async {
-        std::fs::read_to_string(state.join(faas_http::whisk::WHISK_AUTH_FILE)).ok()
-    })
-    .await;
-    get(&up, auth.trim(), "actions").await;
+    let (up, _) = serving(&sb).await;
     let run = |args: &[&str]| {
         let (ok, out) = faas(&up, &state, args);
         assert!(ok, "faas {args:?}: {out}\nlog:\n{}", up.log());
@@ -206,13 +213,7 @@ async fn wsk_verbs_drive_the_api() {
 async fn entities_and_activations_survive_restarts() {
     let sb = Sandbox::new("whisk", STACK, "restart");
     let state = sb.state_dir();
-    let up = sb.up();
-    let auth = eventually(60, "the OpenWhisk key", || async {
-        std::fs::read_to_string(state.join(faas_http::whisk::WHISK_AUTH_FILE)).ok()
-    })
-    .await;
-    let auth = auth.trim().to_string();
-    get(&up, &auth, "actions").await;
+    let (up, auth) = serving(&sb).await;
     let run = |up: &Up, args: &[&str]| {
         let (ok, out) = faas(up, &state, args);
         assert!(ok, "faas {args:?}: {out}\nlog:\n{}", up.log());

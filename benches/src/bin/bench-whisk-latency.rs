@@ -16,8 +16,7 @@ use std::future::Future;
 use std::time::Instant;
 
 use faas_benches::pct;
-use faas_benches::whisk::{full_log, Fixture};
-use faas_core::whisk::ActivationQuery;
+use faas_benches::whisk::{full_log, list_queries, Fixture};
 
 /// Microseconds of each of `n` sequential calls of `f`, appended to `out`.
 async fn time<F, Fut>(n: usize, out: &mut Vec<f64>, mut f: F)
@@ -89,28 +88,13 @@ fn main() {
     let t = Instant::now();
     let log = full_log(1_000_000);
     println!("log of 1 000 000 records built in {:.1} s", t.elapsed().as_secs_f64());
-    let cases = [
-        ("list 100 of 1M: newest", ActivationQuery { limit: 100, ..Default::default() }),
-        (
-            "list 100 of 1M: rare name",
-            ActivationQuery { name: Some("rare".into()), limit: 100, ..Default::default() },
-        ),
-        (
-            "list 100 of 1M: rare namespace",
-            ActivationQuery { namespace: Some("guest".into()), limit: 100, ..Default::default() },
-        ),
-        (
-            "list 100 of 1M: skip 10 000",
-            ActivationQuery { skip: 10_000, limit: 100, ..Default::default() },
-        ),
-    ];
-    for (name, q) in cases {
+    for (name, q) in list_queries() {
         let mut v = Vec::new();
         for _ in 0..200 {
             let t = Instant::now();
             assert_eq!(log.list(&q).len(), 100);
             v.push(t.elapsed().as_secs_f64() * 1e6);
         }
-        report(name, &mut v);
+        report(&format!("list 100 of 1M: {name}"), &mut v);
     }
 }

@@ -481,24 +481,6 @@ impl Whisk {
         })
     }
 
-    /// [`Whisk::run`] answering only the response (the record is in the log): what a
-    /// sequence needs of its components, without a copy of their records.
-    async fn run_response(
-        &self,
-        caller: &str,
-        resolved: Resolved,
-        params: Map<String, Value>,
-        id: InvocationId,
-        cause: Option<(InvocationId, &'static str)>,
-        depth: usize,
-    ) -> ActivationResponse {
-        if resolved.action.exec.is_sequence() {
-            self.run(caller, resolved, params, id, cause, depth).await.response
-        } else {
-            self.run_action(caller, &resolved, params, &id, cause).await
-        }
-    }
-
     fn call_of(
         &self,
         caller: &str,
@@ -665,16 +647,15 @@ impl Whisk {
                 }
             };
             let child_id = InvocationId::new();
-            let child = self
-                .run_response(
-                    caller,
-                    component,
-                    merged,
-                    child_id.clone(),
-                    Some((id.clone(), "sequence")),
-                    depth + 1,
-                )
-                .await;
+            let cause = Some((id.clone(), "sequence"));
+            // A plain action hands on only its response (its record is in the log).
+            let child = if component.action.exec.is_sequence() {
+                let nested =
+                    self.run(caller, component, merged, child_id.clone(), cause, depth + 1);
+                nested.await.response
+            } else {
+                self.run_action(caller, &component, merged, &child_id, cause).await
+            };
             logs.push(child_id.to_string());
             let failed = !child.success;
             response = child;
