@@ -420,7 +420,7 @@ impl DeadLetterSink for KafkaDeadLetters {
 
 /// Offsets in flight per partition, and what may be committed.
 #[derive(Default)]
-struct Tracker {
+pub(crate) struct Tracker {
     partitions: HashMap<i32, Track>,
     /// Bumped per partition on every rebalance, so acknowledgements of deliveries from an
     /// earlier assignment store nothing.
@@ -438,7 +438,7 @@ struct Track {
 }
 
 impl Tracker {
-    fn received(&mut self, partition: i32, offset: i64) -> u64 {
+    pub(crate) fn received(&mut self, partition: i32, offset: i64) -> u64 {
         let epoch = *self.epochs.get(&partition).unwrap_or(&0);
         let t = self.partitions.entry(partition).or_insert_with(|| Track {
             next: offset,
@@ -452,7 +452,7 @@ impl Tracker {
     }
 
     /// Marks `offset` done; returns the offset to store for commit if it advanced.
-    fn done(&mut self, partition: i32, offset: i64, epoch: u64) -> Option<i64> {
+    pub(crate) fn done(&mut self, partition: i32, offset: i64, epoch: u64) -> Option<i64> {
         let t = self.partitions.get_mut(&partition)?;
         if t.epoch != epoch || !t.in_flight.remove(&offset) {
             return None;
@@ -475,9 +475,9 @@ impl Tracker {
 }
 
 /// Resets the offset tracking of partitions that change hands.
-struct TrackingContext {
-    tracker: Arc<Mutex<Tracker>>,
-    topic: String,
+pub(crate) struct TrackingContext {
+    pub(crate) tracker: Arc<Mutex<Tracker>>,
+    pub(crate) topic: String,
 }
 
 impl ClientContext for TrackingContext {
@@ -514,7 +514,38 @@ impl ConsumerContext for TrackingContext {
     }
 }
 
-type Client = StreamConsumer<TrackingContext>;
+pub(crate) type Client = StreamConsumer<TrackingContext>;
+
+/// A member of `config.group_id` subscribed to `topic`, its offsets tracked in `tracker`
+/// and stored only when acknowledged: committed every `config.commit_interval` (and on
+/// leaving) with `auto_commit`, else only by explicit commits.
+pub(crate) fn group_member(
+    config: &KafkaConfig,
+    topic: &str,
+    tracker: &Arc<Mutex<Tracker>>,
+    auto_commit: bool,
+) -> Result<Client> {
+    let ctx = TrackingContext { tracker: tracker.clone(), topic: topic.to_string() };
+    let mut c = config.base();
+    c.set("group.id", &config.group_id)
+        .set("enable.auto.commit", auto_commit.to_string())
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", config.commit_interval.as_millis().max(1).to_string())
+        .set("auto.offset.reset", "earliest")
+        // Incremental rebalancing: a member joining or leaving moves only the partitions
+        // that change hands, the others keep being consumed.
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // A member that dies without leaving is noticed after 6 s (the broker's default
+        // minimum; librdkafka's default is 45 s), and its partitions go to the others.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "2000");
+    config.apply_properties(&mut c);
+    let consumer: Client = c.create_with_context(ctx).map_err(|e| config_error("consumer", e))?;
+    consumer
+        .subscribe(&[topic])
+        .map_err(|e| Error::unavailable(format!("kafka: subscribing to {topic}: {e}")))?;
+    Ok(consumer)
+}
 
 struct Shared {
     consumer: Mutex<Option<Arc<Client>>>,
@@ -543,26 +574,7 @@ impl KafkaConsumer {
     /// Joins `config.group_id` and subscribes to `config.topic`.
     pub fn new(config: &KafkaConfig) -> Result<Self> {
         let tracker = Arc::new(Mutex::new(Tracker::default()));
-        let ctx = TrackingContext { tracker: tracker.clone(), topic: config.topic.clone() };
-        let mut c = config.base();
-        c.set("group.id", &config.group_id)
-            .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", config.commit_interval.as_millis().max(1).to_string())
-            .set("auto.offset.reset", "earliest")
-            // Incremental rebalancing: a member joining or leaving moves only the partitions
-            // that change hands, the others keep being consumed.
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            // A worker that dies without leaving is noticed after 6 s (the broker's default
-            // minimum; librdkafka's default is 45 s), and its partitions go to the others.
-            .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "2000");
-        config.apply_properties(&mut c);
-        let consumer: Client =
-            c.create_with_context(ctx).map_err(|e| config_error("consumer", e))?;
-        consumer.subscribe(&[&config.topic]).map_err(|e| {
-            Error::unavailable(format!("kafka: subscribing to {}: {e}", config.topic))
-        })?;
+        let consumer = group_member(config, &config.topic, &tracker, true)?;
         Ok(KafkaConsumer {
             shared: Arc::new(Shared {
                 consumer: Mutex::new(Some(Arc::new(consumer))),
@@ -601,8 +613,7 @@ impl Drop for KafkaConsumer {
     fn drop(&mut self) {
         if let Some(c) = lock(&self.shared.consumer).take() {
             // Never block the dropping thread (see the module docs).
-            let _ =
-                std::thread::Builder::new().name("faas-kafka-close".into()).spawn(move || drop(c));
+            leave_group_detached(c);
         }
     }
 }
@@ -666,34 +677,45 @@ impl QueueConsumer for KafkaConsumer {
 
     async fn close(&self) -> Result<()> {
         let Some(client) = lock(&self.shared.consumer).take() else { return Ok(()) };
-        let timeout = self.shared.close_timeout;
-        // A `next` still running elsewhere holds the client too; if its copy were the last,
-        // the blocking leave would run where that one is dropped. Give such copies a moment
-        // to go (bounded), so the leave below is the real one.
-        let waited = tokio::time::Instant::now();
-        while Arc::strong_count(&client) > 1
-            && waited.elapsed() < timeout.min(Duration::from_secs(1))
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        // Leaving the group commits the stored (acknowledged) offsets; it blocks, and may
-        // never finish if the cluster is gone: run it on its own thread, bounded.
-        std::thread::Builder::new()
-            .name("faas-kafka-close".into())
-            .spawn(move || {
-                drop(client);
-                let _ = tx.send(());
-            })
-            .map_err(|e| Error::internal(format!("spawning the Kafka close thread: {e}")))?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(_) => Ok(()),
-            Err(_) => Err(Error::unavailable(format!(
-                "kafka: the consumer did not leave its group within {}",
-                faas_core::util::format_duration(timeout)
-            ))),
-        }
+        leave_group(client, self.shared.close_timeout).await
     }
+}
+
+/// Drops the last copy of a subscribed consumer (which leaves its group, committing what
+/// auto-commit has stored) on a thread of its own, waiting at most `timeout`: the leave
+/// blocks, and never finishes if the cluster is gone.
+pub(crate) async fn leave_group<C: Send + Sync + 'static>(
+    client: Arc<C>,
+    timeout: Duration,
+) -> Result<()> {
+    // A `recv` still running elsewhere holds the client too; if its copy were the last,
+    // the blocking leave would run where that one is dropped. Give such copies a moment to
+    // go (bounded), so the leave below is the real one.
+    let waited = tokio::time::Instant::now();
+    while Arc::strong_count(&client) > 1 && waited.elapsed() < timeout.min(Duration::from_secs(1)) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("faas-kafka-close".into())
+        .spawn(move || {
+            drop(client);
+            let _ = tx.send(());
+        })
+        .map_err(|e| Error::internal(format!("spawning the Kafka close thread: {e}")))?;
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(_) => Ok(()),
+        Err(_) => Err(Error::unavailable(format!(
+            "kafka: the consumer did not leave its group within {}",
+            faas_core::util::format_duration(timeout)
+        ))),
+    }
+}
+
+/// Hands a consumer dropped unclosed to a detached thread, so that the dropping thread
+/// never blocks on its leaving the group.
+pub(crate) fn leave_group_detached<C: Send + Sync + 'static>(client: Arc<C>) {
+    let _ = std::thread::Builder::new().name("faas-kafka-close".into()).spawn(move || drop(client));
 }
 
 /// Settles one Kafka delivery.

@@ -16,6 +16,9 @@
 //! - [`store::MemoryActivationStore`]: those records in memory.
 //! - `kafka_store::KafkaActivationStore` (feature `kafka`): those records on a compacted
 //!   Kafka topic, so a gateway answers for calls a worker in another process ran.
+//! - `kafka_feed::KafkaFeed` (feature `kafka`): a Kafka topic as an OpenWhisk feed, an
+//!   [`EventSource`](faas_core::EventSource) firing a trigger with batches of messages,
+//!   offsets committed once the trigger fired.
 //! - [`stored::StoredQueue`]: the in-memory queue and records kept in a
 //!   [`faas_core::state::StateStore`] as well, so that accepted calls survive a restart;
 //!   over `log_store::LogStore` (feature `durable`), an append-only log with group
@@ -56,6 +59,8 @@ pub mod callback;
 pub mod gateway;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "kafka")]
+pub mod kafka_feed;
 #[cfg(feature = "kafka")]
 pub mod kafka_store;
 #[cfg(feature = "durable")]

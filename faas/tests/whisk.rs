@@ -137,6 +137,18 @@ fn faas(up: &Up, state: &Path, args: &[&str]) -> (bool, String) {
     (out.status.success(), format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
 }
 
+/// `faas up` in `sb`, once it serves the OpenWhisk API; and its key.
+async fn serving(sb: &Sandbox) -> (Up, String) {
+    let up = sb.up();
+    let auth = eventually(60, "the OpenWhisk key", || async {
+        std::fs::read_to_string(sb.state_dir().join(faas_http::whisk::WHISK_AUTH_FILE)).ok()
+    })
+    .await;
+    let auth = auth.trim().to_string();
+    get(&up, &auth, "actions").await;
+    (up, auth)
+}
+
 fn json_of(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
@@ -146,13 +158,8 @@ fn json_of(s: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wsk_verbs_drive_the_api() {
     let sb = Sandbox::new("whisk", STACK, "cli");
-    let up = sb.up();
     let state = sb.state_dir();
-    let auth = eventually(60, "the OpenWhisk key", || async {
-        std::fs::read_to_string(state.join(faas_http::whisk::WHISK_AUTH_FILE)).ok()
-    })
-    .await;
-    get(&up, auth.trim(), "actions").await;
+    let (up, _) = serving(&sb).await;
     let run = |args: &[&str]| {
         let (ok, out) = faas(&up, &state, args);
         assert!(ok, "faas {args:?}: {out}\nlog:\n{}", up.log());
@@ -196,5 +203,59 @@ async fn wsk_verbs_drive_the_api() {
     run(&["package", "delete", "mytools"]);
     run(&["package", "delete", "tools"]);
     assert_eq!(json_of(&run(&["package", "list"])), serde_json::json!([]));
+    up.stop();
+}
+
+/// Packages (with a binding), actions in them, triggers, rules and activation records are
+/// there after a restart of `faas up` (driven by the `faas` verbs, no node needed): after
+/// a clean stop everything, and after `kill -9` every entity the API had accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entities_and_activations_survive_restarts() {
+    let sb = Sandbox::new("whisk", STACK, "restart");
+    let state = sb.state_dir();
+    let (up, auth) = serving(&sb).await;
+    let run = |up: &Up, args: &[&str]| {
+        let (ok, out) = faas(up, &state, args);
+        assert!(ok, "faas {args:?}: {out}\nlog:\n{}", up.log());
+        out
+    };
+    run(&up, &["package", "create", "tools", "-p", "who", "package"]);
+    run(&up, &["action", "create", "tools/echo", "--fprocess", "cat", "-p", "tool", "echo"]);
+    run(&up, &["package", "bind", "tools", "mytools", "-p", "who", "binding"]);
+    run(&up, &["trigger", "create", "ping", "-p", "source", "restart"]);
+    run(&up, &["rule", "create", "on-ping", "ping", "tools/echo"]);
+    run(&up, &["rule", "disable", "on-ping"]);
+    let invoked = json_of(&run(&up, &["action", "invoke", "mytools/echo", "--blocking"]));
+    let id = invoked["activationId"].as_str().expect("an activation id").to_string();
+    up.stop();
+
+    let up = sb.up();
+    let (s, pkg) = get(&up, &auth, "packages/tools").await;
+    assert_eq!(s, 200, "{pkg}; log:\n{}", up.log());
+    assert_eq!(pkg["parameters"], serde_json::json!([{"key": "who", "value": "package"}]));
+    let (_, binding) = get(&up, &auth, "packages/mytools").await;
+    assert_eq!(binding["binding"]["name"], "tools", "{binding}");
+    let (_, trigger) = get(&up, &auth, "triggers/ping").await;
+    assert_eq!(trigger["parameters"], serde_json::json!([{"key": "source", "value": "restart"}]));
+    let (_, rule) = get(&up, &auth, "rules/on-ping").await;
+    assert_eq!(rule["status"], "inactive", "{rule}");
+    let (s, record) = get(&up, &auth, &format!("activations/{id}")).await;
+    assert_eq!(s, 200, "the activation record is kept: {record}");
+    assert_eq!(record["response"]["result"], serde_json::json!({"who": "binding", "tool": "echo"}));
+    // The package's action still runs through the binding (its function redeployed).
+    let out = run(&up, &["action", "invoke", "mytools/echo", "--result"]);
+    assert_eq!(json_of(&out), serde_json::json!({"who": "binding", "tool": "echo"}));
+
+    // Killed outright: what the API accepted is on disk already.
+    run(&up, &["trigger", "create", "late", "-p", "after", "kill"]);
+    run(&up, &["rule", "enable", "on-ping"]);
+    up.signal("KILL");
+    let mut up = up;
+    up.wait_exit(Duration::from_secs(30));
+    let up = sb.up();
+    let (s, late) = get(&up, &auth, "triggers/late").await;
+    assert_eq!(s, 200, "{late}; log:\n{}", up.log());
+    let (_, rule) = get(&up, &auth, "rules/on-ping").await;
+    assert_eq!(rule["status"], "active", "{rule}");
     up.stop();
 }

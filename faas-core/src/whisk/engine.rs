@@ -131,7 +131,7 @@ pub enum Invoked {
 struct Resolved {
     /// The name it was invoked by.
     invoked: EntityPath,
-    action: Action,
+    action: Arc<Action>,
     bound: Bound,
 }
 
@@ -383,7 +383,7 @@ impl Whisk {
     /// one), with the parameters it is bound to.
     fn resolve(&self, path: &EntityPath) -> Result<Resolved> {
         let Some(pkg_name) = &path.package else {
-            let action: Action = self.entities.require(path)?;
+            let action = self.require_action(path)?;
             let bound = Bound::new(&[&action.parameters], &action.annotations);
             return Ok(Resolved { invoked: path.clone(), action, bound });
         };
@@ -391,7 +391,7 @@ impl Whisk {
         let pkg: Package = self.entities.require(&pkg_path)?;
         match &pkg.binding {
             None => {
-                let action: Action = self.entities.require(path)?;
+                let action = self.require_action(path)?;
                 let bound = Bound::new(&[&pkg.parameters, &action.parameters], &action.annotations);
                 Ok(Resolved { invoked: path.clone(), action, bound })
             }
@@ -399,7 +399,7 @@ impl Whisk {
                 let base_path = EntityPath::new(&b.namespace, None, &b.name);
                 let base: Package = self.entities.require(&base_path)?;
                 let real = EntityPath::new(&b.namespace, Some(&b.name), &path.name);
-                let action: Action = self.entities.require(&real)?;
+                let action = self.require_action(&real)?;
                 let bound = Bound::new(
                     &[&base.parameters, &pkg.parameters, &action.parameters],
                     &action.annotations,
@@ -407,6 +407,13 @@ impl Whisk {
                 Ok(Resolved { invoked: path.clone(), action, bound })
             }
         }
+    }
+
+    /// The action at `path`, shared with the entity store's decoded copy.
+    fn require_action(&self, path: &EntityPath) -> Result<Arc<Action>> {
+        self.entities
+            .get_shared::<Action>(path)?
+            .ok_or_else(|| Error::NotFound { kind: "action", name: path.fqn() })
     }
 
     /// The real path of a resolved action (its own namespace and package).
@@ -464,7 +471,12 @@ impl Whisk {
             if resolved.action.exec.is_sequence() {
                 self.run_sequence(caller, resolved, params, id, cause, depth).await
             } else {
-                self.run_action(caller, &resolved, params, id, cause).await
+                let start = SystemTime::now();
+                let response = self.run_action(caller, &resolved, params, &id, cause).await;
+                self.log.get(&id).unwrap_or_else(|| {
+                    let f = function_of(&Self::real_path(&resolved.action));
+                    Activation::new(id, &f, start, SystemTime::now(), response)
+                })
             }
         })
     }
@@ -488,14 +500,16 @@ impl Whisk {
         }
     }
 
+    /// Runs an action under activation id `id` and records it (the stack's record layer
+    /// notes the call, and its result is written here); answers the response.
     async fn run_action(
         &self,
         caller: &str,
         r: &Resolved,
         params: Map<String, Value>,
-        id: InvocationId,
+        id: &InvocationId,
         cause: Option<(InvocationId, &'static str)>,
-    ) -> Activation {
+    ) -> ActivationResponse {
         let call = Arc::new(self.call_of(caller, r, &cause));
         let start = SystemTime::now();
         let body = serde_json::to_vec(&params).unwrap_or_else(|_| b"{}".to_vec());
@@ -526,7 +540,7 @@ impl Whisk {
             a.end = crate::activation::epoch_millis(end).max(a.start);
             a.duration = a.end - a.start;
         };
-        if !self.log.update(&id, finish) {
+        if !self.log.update(id, finish) {
             // Refused before it reached the stack's record layer (too large, or timed out
             // before the stack answered): recorded here.
             let mut a = Activation::new(
@@ -540,15 +554,7 @@ impl Whisk {
             a.annotate("waitTime", 0.into());
             self.log.insert(a);
         }
-        self.log.get(&id).unwrap_or_else(|| {
-            Activation::new(
-                id.clone(),
-                &function_of(&Self::real_path(&r.action)),
-                start,
-                end,
-                response,
-            )
-        })
+        response
     }
 
     /// An action's answer as its activation's response: a JSON object is the result; an
@@ -599,8 +605,10 @@ impl Whisk {
     ) -> Activation {
         let start = SystemTime::now();
         let mut logs = Vec::new();
-        let mut input = params;
-        let mut response = ActivationResponse::success(Value::Object(input.clone()));
+        // What flows into the next component: the last response's result (an object, else
+        // nothing), starting with the sequence's parameters.
+        let mut response = ActivationResponse::success(Value::Object(params));
+        let empty = Map::new();
         if depth >= super::entity::MAX_SEQUENCE_LENGTH {
             response = ActivationResponse::error(&Error::invalid(
                 "exec.components",
@@ -627,7 +635,11 @@ impl Whisk {
                 }
             };
             // A component gets its own bound parameters under what flows in.
-            let merged = match component.bound.merge(&[&input], false) {
+            let input = match &response.result {
+                Value::Object(m) => m,
+                _ => &empty,
+            };
+            let merged = match component.bound.merge(&[input], false) {
                 Ok(m) => m,
                 Err(e) => {
                     response = ActivationResponse::error(&e);
@@ -635,25 +647,21 @@ impl Whisk {
                 }
             };
             let child_id = InvocationId::new();
-            let child = self
-                .run(
-                    caller,
-                    component,
-                    merged,
-                    child_id.clone(),
-                    Some((id.clone(), "sequence")),
-                    depth + 1,
-                )
-                .await;
+            let cause = Some((id.clone(), "sequence"));
+            // A plain action hands on only its response (its record is in the log).
+            let child = if component.action.exec.is_sequence() {
+                let nested =
+                    self.run(caller, component, merged, child_id.clone(), cause, depth + 1);
+                nested.await.response
+            } else {
+                self.run_action(caller, &component, merged, &child_id, cause).await
+            };
             logs.push(child_id.to_string());
-            response = child.response.clone();
-            if !child.response.success {
+            let failed = !child.success;
+            response = child;
+            if failed {
                 break;
             }
-            input = match child.response.result {
-                Value::Object(m) => m,
-                _ => Map::new(),
-            };
         }
         let end = SystemTime::now();
         let call = self.call_of(caller, &r, &cause);

@@ -78,7 +78,8 @@ impl Feeds {
 }
 
 /// Fires a trigger for every event `source` delivers, until it ends (or its trigger is
-/// deleted): an event is acknowledged once the trigger fired, and given back to the source
+/// deleted): an event is acknowledged once the trigger fired and its activation record was
+/// written (when the log has a store), and given back to the source
 /// when firing failed (tried again after a growing pause), so that none is lost.
 pub async fn drive(whisk: Whisk, source: impl EventSource) {
     let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
@@ -96,8 +97,14 @@ pub async fn drive(whisk: Whisk, source: impl EventSource) {
         };
         let event = delivery.item();
         let path = EntityPath::new(&event.namespace, None, &event.trigger);
-        match whisk.fire(&event.namespace, &path, event.params.clone()).await {
-            Ok(_) => {
+        let fired = match whisk.fire(&event.namespace, &path, event.params.clone()).await {
+            // The trigger's activation is written before the event is acknowledged (a
+            // source that commits on acknowledgement, as Kafka's, then loses nothing).
+            Ok(_) => whisk.log().flush().await,
+            Err(e) => Err(e),
+        };
+        match fired {
+            Ok(()) => {
                 failures = 0;
                 if let Err(e) = delivery.ack().await {
                     tracing::warn!("acknowledging an event of {path}: {e}");

@@ -7,7 +7,9 @@
 //! pending list under a lock. The records are built, indexed, evicted and written later
 //! (by [`ActivationLog::flush`], which a background task runs, and before every read).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -130,27 +132,64 @@ impl Raw {
     }
 }
 
-/// The records, indexed.
+/// The records, indexed: by arrival, by id, and by name and namespace (so a filtered
+/// listing walks only the records it could select, newest first, however many are kept).
 #[derive(Default)]
 struct Index {
     /// By arrival order.
     by_seq: BTreeMap<u64, Activation>,
-    by_id: HashMap<InvocationId, u64>,
+    by_id: FxHashMap<InvocationId, u64>,
+    /// Arrival numbers by the record's `name`.
+    by_name: FxHashMap<String, BTreeSet<u64>>,
+    /// Arrival numbers by the record's `namespace`.
+    by_namespace: FxHashMap<String, BTreeSet<u64>>,
     next_seq: u64,
     /// Records to write at the next flush.
-    dirty: HashSet<InvocationId>,
+    dirty: FxHashSet<InvocationId>,
     /// Records to delete at the next flush.
     evicted: Vec<InvocationId>,
 }
 
+/// Adds `seq` to `key`'s set.
+fn note_key(map: &mut FxHashMap<String, BTreeSet<u64>>, key: &str, seq: u64) {
+    match map.get_mut(key) {
+        Some(set) => {
+            set.insert(seq);
+        }
+        None => {
+            map.insert(key.to_string(), BTreeSet::from([seq]));
+        }
+    }
+}
+
+/// Removes `seq` from `key`'s set (and the set once empty).
+fn forget_key(map: &mut FxHashMap<String, BTreeSet<u64>>, key: &str, seq: u64) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(&seq);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
 impl Index {
+    /// Removes the record numbered `seq` from every index but `by_id`.
+    fn unlink(&mut self, seq: u64) -> Option<Activation> {
+        let a = self.by_seq.remove(&seq)?;
+        forget_key(&mut self.by_name, &a.name, seq);
+        forget_key(&mut self.by_namespace, &a.namespace, seq);
+        Some(a)
+    }
+
     fn insert(&mut self, a: Activation, retention: &Retention) {
         let id = a.activation_id.clone();
         if let Some(old) = self.by_id.remove(&id) {
-            self.by_seq.remove(&old);
+            self.unlink(old);
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        note_key(&mut self.by_name, &a.name, seq);
+        note_key(&mut self.by_namespace, &a.namespace, seq);
         self.by_seq.insert(seq, a);
         self.by_id.insert(id.clone(), seq);
         self.dirty.insert(id);
@@ -160,7 +199,8 @@ impl Index {
     }
 
     fn evict_first(&mut self) {
-        if let Some((_, a)) = self.by_seq.pop_first() {
+        let Some(seq) = self.by_seq.first_key_value().map(|(s, _)| *s) else { return };
+        if let Some(a) = self.unlink(seq) {
             self.by_id.remove(&a.activation_id);
             self.dirty.remove(&a.activation_id);
             self.evicted.push(a.activation_id);
@@ -341,12 +381,21 @@ impl ActivationLog {
         self.index_pending();
         let Ok(mut index) = self.shared.index.lock() else { return false };
         let Some(seq) = index.by_id.get(id).copied() else { return false };
-        if let Some(a) = index.by_seq.get_mut(&seq) {
-            f(a);
-            index.dirty.insert(id.clone());
-            return true;
+        let index = &mut *index;
+        let Some(a) = index.by_seq.get_mut(&seq) else { return false };
+        let (name, namespace) = (a.name.clone(), a.namespace.clone());
+        f(a);
+        // Re-indexed only if the change renamed it.
+        if a.name != name {
+            forget_key(&mut index.by_name, &name, seq);
+            note_key(&mut index.by_name, &a.name, seq);
         }
-        false
+        if a.namespace != namespace {
+            forget_key(&mut index.by_namespace, &namespace, seq);
+            note_key(&mut index.by_namespace, &a.namespace, seq);
+        }
+        index.dirty.insert(id.clone());
+        true
     }
 
     /// The record of `id`.
@@ -364,15 +413,40 @@ impl ActivationLog {
             n => n.min(MAX_LIST_LIMIT),
         };
         let Ok(index) = self.shared.index.lock() else { return Vec::new() };
-        index
-            .by_seq
-            .values()
-            .rev()
-            .filter(|a| query.matches(a))
-            .skip(query.skip)
-            .take(limit)
-            .cloned()
-            .collect()
+        // The smaller of the sets the filters name: the records of that name (the last
+        // segment of `package/name`, which is the record's `name`) or of that namespace.
+        let empty = BTreeSet::new();
+        let by_name = query.name.as_deref().map(|n| {
+            let key = n.rsplit('/').next().unwrap_or(n);
+            index.by_name.get(key).unwrap_or(&empty)
+        });
+        let by_ns =
+            query.namespace.as_deref().map(|ns| index.by_namespace.get(ns).unwrap_or(&empty));
+        let candidates = match (by_name, by_ns) {
+            (Some(a), Some(b)) => Some(if a.len() <= b.len() { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        let select = |a: &&Activation| query.matches(a);
+        match candidates {
+            Some(seqs) => seqs
+                .iter()
+                .rev()
+                .filter_map(|seq| index.by_seq.get(seq))
+                .filter(select)
+                .skip(query.skip)
+                .take(limit)
+                .cloned()
+                .collect(),
+            None => index
+                .by_seq
+                .values()
+                .rev()
+                .filter(select)
+                .skip(query.skip)
+                .take(limit)
+                .cloned()
+                .collect(),
+        }
     }
 
     /// How many records are kept.
@@ -661,5 +735,44 @@ mod tests {
         ));
         aged.flush().await.unwrap();
         assert!(aged.is_empty());
+    }
+
+    #[tokio::test]
+    async fn listings_by_name_and_namespace_follow_evictions_and_updates() {
+        let log = ActivationLog::in_memory(Retention { max_records: 6, ..Default::default() });
+        let now = SystemTime::now();
+        let add = |id: &str, name: &str, ns: &str| {
+            let f = FunctionRef::new(name, ns);
+            let id = InvocationId::from_string(id);
+            log.insert(Activation::new(id, &f, now, now, ActivationResponse::success(json!({}))));
+        };
+        // Eight records, six kept: a0 and b1 go.
+        for i in 0..8 {
+            let (name, ns) = if i % 2 == 0 { ("a", "x") } else { ("b", "y") };
+            add(&format!("{name}{i}"), name, ns);
+        }
+        let ids = |q: ActivationQuery| -> Vec<String> {
+            log.list(&q).into_iter().map(|a| a.activation_id.to_string()).collect()
+        };
+        let by_name = |n: &str| ActivationQuery { name: Some(n.into()), ..Default::default() };
+        assert_eq!(ids(by_name("a")), ["a6", "a4", "a2"]);
+        assert_eq!(ids(by_name("x/a")), Vec::<String>::new(), "a path's last segment is a name");
+        assert_eq!(ids(by_name("nothing")), Vec::<String>::new());
+        let in_y = ActivationQuery { namespace: Some("y".into()), skip: 1, ..Default::default() };
+        assert_eq!(ids(in_y), ["b5", "b3"]);
+        let both = ActivationQuery {
+            namespace: Some("x".into()),
+            name: Some("b".into()),
+            ..Default::default()
+        };
+        assert_eq!(ids(both), Vec::<String>::new());
+        // A record renamed by an update is found under its new name only.
+        assert!(log.update(&InvocationId::from_string("a4"), |a| a.name = "c".into()));
+        assert_eq!(ids(by_name("a")), ["a6", "a2"]);
+        assert_eq!(ids(by_name("c")), ["a4"]);
+        // Replacing a record moves it to the newest place, once.
+        add("a2", "a", "x");
+        assert_eq!(ids(by_name("a")), ["a2", "a6"]);
+        assert_eq!(log.len(), 6);
     }
 }
