@@ -12,12 +12,12 @@ use bollard::query_parameters::{
     RemoveContainerOptions, RenameContainerOptions,
 };
 use bollard::Docker;
-use faas_core::instance::InstanceClient;
+use faas_core::instance::{CallTimeout, InstanceClient, Target};
 use faas_core::scheduler::Schedulers;
 use faas_core::util::lock;
 use faas_core::{
-    DeveloperErrorKind, Error, FunctionRef, FunctionSpec, InvocationId, ReplicaLimits, Result,
-    Scheduler, StartKind,
+    DeveloperErrorKind, Error, FunctionRef, FunctionSpec, Invocation, InvocationId, ReplicaLimits,
+    Result, Scheduler, StartKind,
 };
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -511,9 +511,15 @@ impl Inner {
             info.hash.clone(),
             false,
         ));
-        // Renaming records the new owner for adoption after a restart; off the hot path.
+        self.rename_taken(pooled.id, name);
+        self.refill_pool(info.template.clone());
+        Some(r)
+    }
+
+    /// Renames a container taken from a pool after the replica it became: that records its
+    /// new owner for adoption after a restart. In the background, off the start path.
+    fn rename_taken(self: &Arc<Self>, id: String, name: String) {
         let inner = Arc::clone(self);
-        let id = pooled.id;
         tokio::spawn(async move {
             if let Err(e) =
                 inner.docker.rename_container(&id, RenameContainerOptions { name }).await
@@ -521,8 +527,85 @@ impl Inner {
                 tracing::warn!(container = %id, error = %e, "renaming a taken prewarm container failed");
             }
         });
-        self.refill_pool(info.template.clone());
+    }
+
+    /// Takes a stem cell for an OpenWhisk action ([`SpecInfo::stem_template`]), if one is
+    /// ready, and specialises it (`/init` with the action). The pool is refilled in the
+    /// background. A stem cell that cannot be specialised is removed, and `None` lets the
+    /// caller start a container cold.
+    async fn take_stem(
+        self: &Arc<Self>,
+        f: &FunctionState,
+        info: &SpecInfo,
+    ) -> Option<Arc<Replica>> {
+        let tpl = info.stem_template()?;
+        let t0 = Instant::now();
+        let pooled = lock(&self.pools).get_mut(&tpl)?.ready.pop()?;
+        self.refill_pool(tpl);
+        let name = replica_name(&f.fref, &pooled.suffix);
+        if let Err(e) = self.specialise(&f.fref, &name, pooled.port, &info.spec).await {
+            tracing::warn!(function = %f.fref, container = %pooled.id, error = %e, "specialising a stem cell failed; starting cold");
+            if let Err(e) = self.remove_container(&pooled.id).await {
+                tracing::warn!(container = %pooled.id, error = %e, "removing container failed");
+            }
+            return None;
+        }
+        let r = Arc::new(Replica::new(
+            pooled.id.clone(),
+            name.clone(),
+            pooled.port,
+            StartKind::Prewarmed,
+            t0.elapsed(),
+            info.hash.clone(),
+            false,
+        ));
+        self.rename_taken(pooled.id, name);
         Some(r)
+    }
+
+    /// Makes the stem cell at `port` an instance of the action `spec`
+    /// ([`faas_watchdog::openwhisk::SPECIALISE_PATH`]). An init failure of the action's own
+    /// is no failure here: the instance answers every activation with it, as OpenWhisk's do.
+    async fn specialise(
+        &self,
+        fref: &FunctionRef,
+        name: &str,
+        port: u16,
+        spec: &FunctionSpec,
+    ) -> Result<()> {
+        let s = faas_watchdog::openwhisk::specialisation(spec, &[])?;
+        let body = serde_json::to_vec(&s)
+            .map_err(|e| Error::internal(format!("serialising the specialisation: {e}")))?;
+        let mut req = http::Request::new(faas_core::Body::from(body));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = http::Uri::from_static(faas_watchdog::openwhisk::SPECIALISE_PATH);
+        req.headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        let base = format!("http://127.0.0.1:{port}");
+        let target = Target {
+            base: &base,
+            function: fref,
+            instance: name,
+            timeout: Some(CallTimeout {
+                name: "init",
+                after: spec.timeout.unwrap_or(DEFAULT_TIMEOUT),
+                grace: Duration::from_secs(5),
+            }),
+        };
+        match self.client.forward(Invocation::new(fref.clone(), req), &target, ()).await {
+            Ok(resp) if resp.status() == http::StatusCode::OK => Ok(()),
+            Ok(resp) => Err(Error::internal(format!(
+                "the stem cell {name} answered its specialisation with {}",
+                resp.status()
+            ))),
+            Err(e) => match e.into_error(false) {
+                Error::Developer {
+                    kind: DeveloperErrorKind::Init | DeveloperErrorKind::Timeout,
+                    ..
+                } => Ok(()),
+                e => Err(e),
+            },
+        }
     }
 
     /// Starts prewarm containers until the pool of `tpl` reaches its target.
@@ -584,13 +667,17 @@ impl Inner {
         }
     }
 
-    /// Creates one replica: from the prewarm pool when possible, else a new container.
+    /// Creates one replica: from the prewarm pool when possible, else (an OpenWhisk action)
+    /// from a stem cell of its kind, else a new container.
     pub async fn start_replica(
         self: &Arc<Self>,
         f: &FunctionState,
         info: &SpecInfo,
     ) -> Result<Arc<Replica>> {
         if let Some(r) = self.take_prewarm(f, info) {
+            return Ok(r);
+        }
+        if let Some(r) = self.take_stem(f, info).await {
             return Ok(r);
         }
         let suffix = random_suffix();

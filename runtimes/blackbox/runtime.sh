@@ -6,7 +6,8 @@
 # - POST /init {"value": {"name", "main", "code", "binary", "env"}}: with code, the action is
 #   that executable (source text starting with #!, or with "binary": true a base64 zip holding
 #   an `exec` file); without code it is the image's built-in $OW_ACTION_EXEC (default
-#   /action/exec): a blackbox action. Answers {"ok": true}, else 502 {"error": ...}; a second
+#   /action/exec): a blackbox action. The members of "env" are exported to the action (string
+#   values as they are, others as JSON text). Answers {"ok": true}, else 502 {"error": ...}; a second
 #   /init answers 403.
 # - POST /run {"value": params, "activation_id", ...}: runs the executable with the params
 #   (JSON) as its one argument and the __OW_* variables in its environment; the last line of
@@ -76,8 +77,32 @@ function value_end(s, i,   n, c, depth, instr, esc) {
   }
   return n
 }
+# A string as one sh word, in single quotes (39 is the quote character).
+function shq(v,   q, out, j, ch) {
+  q = sprintf("%c", 39); out = ""
+  for (j = 1; j <= length(v); j++) {
+    ch = substr(v, j, 1)
+    if (ch == q) out = out q "\\" q q
+    else out = out ch
+  }
+  return q out q
+}
+# mode "exports": an `export NAME=VALUE` line per top-level member of the object whose name
+# is a variable name (strings unescaped, other values as JSON text).
+function exports(s,   n, i, e, k, v) {
+  n = length(s); i = index(s, "{") + 1
+  while (i > 1 && i <= n) {
+    if (substr(s, i, 1) != "\"") { i++; continue }
+    e = value_end(s, i); k = unescape(substr(s, i + 1, e - i - 1)); i = e + 1
+    while (i <= n && index(" :\t\n\r", substr(s, i, 1)) > 0) i++
+    e = value_end(s, i); v = substr(s, i, e - i + 1); i = e + 1
+    if (substr(v, 1, 1) == "\"") v = unescape(substr(v, 2, length(v) - 2))
+    if (k ~ /^[A-Za-z_][A-Za-z0-9_]*$/) print "export " k "=" shq(v)
+  }
+}
 { s = s $0 "\n" }
 END {
+  if (mode == "exports") { exports(s); exit 0 }
   n = length(s); depth = 0; instr = 0; esc = 0; want = "\"" key "\":"
   for (i = 1; i <= n; i++) {
     c = substr(s, i, 1)
@@ -158,6 +183,7 @@ case "$path" in
     printf '%s\n' "$code" > "$exe"
     $BB chmod +x "$exe"
   fi
+  json_get env < "$OW_STATE/init.json" | $BB awk -v mode=exports "$JSON_AWK" > "$OW_STATE/env.sh"
   printf '%s' "$exe" > "$OW_STATE/exec_path"
   answer "200 OK" '{"ok":true}'
   ;;
@@ -170,6 +196,8 @@ case "$path" in
     v=$(printf '%s' "$body" | json_get "$k" str)
     export "__OW_$(echo "$k" | $BB tr a-z A-Z)=$v"
   done
+  # /init's env, exported for the action.
+  . "$OW_STATE/env.sh"
   out="$OW_STATE/out.$$"
   "$exe" "$params" > "$out"
   result=$($BB tail -n 1 "$out")
