@@ -100,9 +100,8 @@ function exports(s,   n, i, e, k, v) {
     if (k ~ /^[A-Za-z_][A-Za-z0-9_]*$/) print "export " k "=" shq(v)
   }
 }
-{ s = s $0 "\n" }
-END {
-  if (mode == "exports") { exports(s); exit 0 }
+# The raw JSON value of `key` at the top level of the object s ("" when it has none).
+function get(s, key,   n, i, c, depth, instr, esc, want) {
   n = length(s); depth = 0; instr = 0; esc = 0; want = "\"" key "\":"
   for (i = 1; i <= n; i++) {
     c = substr(s, i, 1)
@@ -116,19 +115,33 @@ END {
       if (depth == 1 && substr(s, i, length(want)) == want) {
         i += length(want)
         while (substr(s, i, 1) == " ") i++
-        v = substr(s, i, value_end(s, i) - i + 1)
-        if (mode == "str") {
-          if (substr(v, 1, 1) != "\"") exit 0
-          v = unescape(substr(v, 2, length(v) - 2))
-        }
-        printf "%s", v
-        exit 0
+        return substr(s, i, value_end(s, i) - i + 1)
       }
       instr = 1
     }
     else if (c == "{" || c == "[") depth++
     else if (c == "}" || c == "]") depth--
   }
+  return ""
+}
+# A JSON string value unescaped ("" for any other value).
+function str(v) {
+  if (substr(v, 1, 1) != "\"") return ""
+  return unescape(substr(v, 2, length(v) - 2))
+}
+{ s = s $0 "\n" }
+END {
+  if (mode == "exports") { exports(s); exit 0 }
+  # mode "run": a /run request as sh: `params=...` and the __OW_* exports, in one pass.
+  if (mode == "run") {
+    print "params=" shq(get(s, "value"))
+    split("activation_id action_name deadline api_key namespace transaction_id", ks, " ")
+    for (j = 1; j <= 6; j++) print "export __OW_" toupper(ks[j]) "=" shq(str(get(s, ks[j])))
+    exit 0
+  }
+  v = get(s, key)
+  if (mode == "str") v = str(v)
+  printf "%s", v
 }'
 json_get() { $BB awk -v key="$1" -v mode="${2:-raw}" "$JSON_AWK"; }
 
@@ -190,12 +203,9 @@ case "$path" in
 /run)
   [ -e "$OW_STATE/exec_path" ] || fail "502 Bad Gateway" "Cannot invoke an uninitialized action."
   exe=$($BB cat "$OW_STATE/exec_path")
-  params=$(printf '%s' "$body" | json_get value)
+  # The parameters and the __OW_* variables, from one awk.
+  eval "$(printf '%s' "$body" | $BB awk -v mode=run "$JSON_AWK")"
   [ -n "$params" ] || params='{}'
-  for k in activation_id action_name deadline api_key namespace transaction_id; do
-    v=$(printf '%s' "$body" | json_get "$k" str)
-    export "__OW_$(echo "$k" | $BB tr a-z A-Z)=$v"
-  done
   # /init's env, exported for the action.
   . "$OW_STATE/env.sh"
   out="$OW_STATE/out.$$"
