@@ -203,6 +203,12 @@ impl Inner {
         }
         let limits = spec.limits.clone().unwrap_or_default();
         let mut env = spec.env_vars.clone();
+        // A Lambda function's runtime reads its name from the environment (the watchdog's
+        // `lambda` mode would otherwise call it `function`); a container started for it runs
+        // this function only, so the name is part of its configuration.
+        if env.get("mode").is_some_and(|m| m.trim().eq_ignore_ascii_case("lambda")) {
+            env.entry("AWS_LAMBDA_FUNCTION_NAME".into()).or_insert_with(|| spec.name.clone());
+        }
         if let Some(t) = spec.timeout {
             // One timeout for every layer: ours fires at `t`; the watchdog's a little later
             // (it would otherwise cut at its default of 10 s), unless the spec sets its own.
