@@ -507,25 +507,32 @@ impl Inner {
             let mut pools = lock(&self.pools);
             pools.get_mut(&info.template)?.ready.pop()?
         };
+        let r = self.taken(f, info, pooled, t0.elapsed());
+        self.refill_pool(info.template.clone());
+        Some(r)
+    }
+
+    /// The replica a container taken from a pool became, started `init_time` ago. Its
+    /// container is renamed after it, which records its new owner for adoption after a
+    /// restart: in the background, off the start path.
+    fn taken(
+        self: &Arc<Self>,
+        f: &FunctionState,
+        info: &SpecInfo,
+        pooled: Pooled,
+        init_time: Duration,
+    ) -> Arc<Replica> {
         let name = replica_name(&f.fref, &pooled.suffix);
         let r = Arc::new(Replica::new(
             pooled.id.clone(),
             name.clone(),
             pooled.port,
             StartKind::Prewarmed,
-            t0.elapsed(),
+            init_time,
             info.hash.clone(),
             false,
         ));
-        self.rename_taken(pooled.id, name);
-        self.refill_pool(info.template.clone());
-        Some(r)
-    }
-
-    /// Renames a container taken from a pool after the replica it became: that records its
-    /// new owner for adoption after a restart. In the background, off the start path.
-    fn rename_taken(self: &Arc<Self>, id: String, name: String) {
-        let inner = Arc::clone(self);
+        let (inner, id) = (Arc::clone(self), pooled.id);
         tokio::spawn(async move {
             if let Err(e) =
                 inner.docker.rename_container(&id, RenameContainerOptions { name }).await
@@ -533,6 +540,7 @@ impl Inner {
                 tracing::warn!(container = %id, error = %e, "renaming a taken prewarm container failed");
             }
         });
+        r
     }
 
     /// Takes a stem cell for an OpenWhisk action ([`SpecInfo::stem_template`]), if one is
@@ -556,17 +564,7 @@ impl Inner {
             }
             return None;
         }
-        let r = Arc::new(Replica::new(
-            pooled.id.clone(),
-            name.clone(),
-            pooled.port,
-            StartKind::Prewarmed,
-            t0.elapsed(),
-            info.hash.clone(),
-            false,
-        ));
-        self.rename_taken(pooled.id, name);
-        Some(r)
+        Some(self.taken(f, info, pooled, t0.elapsed()))
     }
 
     /// Makes the stem cell at `port` an instance of the action `spec`

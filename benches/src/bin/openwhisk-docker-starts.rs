@@ -30,14 +30,6 @@ async fn activate(d: &DockerInvoker, f: &FunctionRef) -> (f64, StartKind) {
     (t0.elapsed().as_secs_f64() * 1e3, kind)
 }
 
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Scales the action to zero and times the first activation after it, `runs` times; each
 /// start must be `kind`. `ready` is waited for (untimed) before each start.
 async fn starts(
@@ -50,8 +42,11 @@ async fn starts(
     let mut v = Vec::new();
     for _ in 0..runs {
         d.scale(f, 0).await.expect("scale 0");
-        wait_for("scale to zero", || d.instances(f).map(|i| i.is_empty()).unwrap_or(false)).await;
-        wait_for("a stem cell", &ready).await;
+        faas_benches::wait_for("scale to zero", || {
+            d.instances(f).map(|i| i.is_empty()).unwrap_or(false)
+        })
+        .await;
+        faas_benches::wait_for("a stem cell", &ready).await;
         let (ms, k) = activate(d, f).await;
         assert_eq!(k, kind);
         v.push(ms);
@@ -61,11 +56,10 @@ async fn starts(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20);
     testing::require_docker("openwhisk-docker-starts").await;
+    let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20);
+    let (ns, owner) = (testing::unique("bench"), testing::unique("bench"));
     let image = testing::openwhisk_image().await.expect("OpenWhisk image");
-    let ns = testing::unique("bench");
-    let owner = testing::unique("bench");
     let backend = |stems: usize| {
         DockerInvoker::builder()
             .namespaces([ns.clone()])
@@ -105,14 +99,9 @@ async fn main() {
     stem_d.shutdown().await;
     let _ = testing::cleanup(&ns, &owner).await;
 
-    println!("| what | runs | p50 ms | p99 ms |");
-    println!("|---|---:|---:|---:|");
-    for (what, v) in [
+    faas_benches::print_p50_p99(&mut [
         ("cold start: scale from zero to first answer (container, /init, /run)", &mut cold),
         ("stem cell: scale from zero to first answer (specialise: /init; /run)", &mut stem),
         ("warm activation", &mut warm),
-    ] {
-        let (p50, p99) = (faas_benches::pct(v, 0.5), faas_benches::pct(v, 0.99));
-        println!("| {what} | {} | {p50:.1} | {p99:.1} |", v.len());
-    }
+    ]);
 }
