@@ -115,6 +115,17 @@ pub(crate) fn parse_name(name: &str) -> Option<(String, String, Option<String>)>
     Some((ns, fname, suffix))
 }
 
+/// Whether `spec` runs in the watchdog's `lambda` mode.
+fn is_lambda(spec: &FunctionSpec) -> bool {
+    spec.env_vars.get("mode").is_some_and(|m| m.trim().eq_ignore_ascii_case("lambda"))
+}
+
+/// Whether the watchdog enforces `spec`'s timeout itself (an OpenWhisk action, a Lambda
+/// function): the backend's own timer is then a backstop, a little later.
+pub(crate) fn watchdog_times_out(spec: &FunctionSpec) -> bool {
+    faas_core::runtimes::is_action(spec) || is_lambda(spec)
+}
+
 impl Inner {
     pub fn in_scope(&self, ns: &str) -> bool {
         self.settings.namespaces.as_ref().is_none_or(|s| s.contains(ns))
@@ -206,7 +217,7 @@ impl Inner {
         // A Lambda function's runtime reads its name from the environment (the watchdog's
         // `lambda` mode would otherwise call it `function`); a container started for it runs
         // this function only, so the name is part of its configuration.
-        if env.get("mode").is_some_and(|m| m.trim().eq_ignore_ascii_case("lambda")) {
+        if is_lambda(&spec) {
             env.entry("AWS_LAMBDA_FUNCTION_NAME".into()).or_insert_with(|| spec.name.clone());
         }
         if let Some(t) = spec.timeout {
@@ -216,10 +227,11 @@ impl Inner {
             for key in ["exec_timeout", "write_timeout", "read_timeout"] {
                 env.entry(key.to_string()).or_insert_with(|| w.clone());
             }
-            // An OpenWhisk action's time limit is the watchdog's exec_timeout, exactly (its
-            // message names it); the backend's own timer waits a little longer for it.
-            if faas_core::runtimes::is_action(&spec) && !spec.env_vars.contains_key("exec_timeout")
-            {
+            // An OpenWhisk action's or a Lambda function's time limit is the watchdog's
+            // exec_timeout, exactly (it answers with its own message, and stops the runtime
+            // so that the next invocation gets a fresh one); the backend's own timer waits a
+            // little longer for it.
+            if watchdog_times_out(&spec) && !spec.env_vars.contains_key("exec_timeout") {
                 env.insert("exec_timeout".into(), faas_core::util::format_duration(t));
             }
         }
