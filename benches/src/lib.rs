@@ -217,3 +217,22 @@ pub mod whisk {
         log
     }
 }
+
+/// Polls `ready` every 5 ms until it holds; panics naming `what` after 60 s.
+pub async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !ready() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(60), "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Prints a markdown table of p50 and p99 (ms) of each row of samples (ms).
+pub fn print_p50_p99(rows: &mut [(&str, &mut Vec<f64>)]) {
+    println!("| what | runs | p50 ms | p99 ms |");
+    println!("|---|---:|---:|---:|");
+    for (what, v) in rows.iter_mut() {
+        let (p50, p99) = (pct(v, 0.5), pct(v, 0.99));
+        println!("| {what} | {} | {p50:.1} | {p99:.1} |", v.len());
+    }
+}

@@ -15,7 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DUR=${1:-10s}; CONNS=${2:-64}; THREADS=${3:-2}; REPLICAS=${4:-2}
 GW=127.0.0.1:18091
-cargo build --release -q -p faas-lambda-fns --bins
+cargo build --release -q -p faas-lambda-fns --bin lambda-bench-gateway --bin lambda-fns-watchdog \
+  --bin lambda-web --bin web-http
 BIN="${CARGO_TARGET_DIR:-target}/release"
 OUT=$(mktemp)
 "$BIN/lambda-bench-gateway" "$GW" "$REPLICAS" >"$OUT" 2>/dev/null & P=$!

@@ -12,12 +12,12 @@ use bollard::query_parameters::{
     RemoveContainerOptions, RenameContainerOptions,
 };
 use bollard::Docker;
-use faas_core::instance::InstanceClient;
+use faas_core::instance::{CallTimeout, InstanceClient, Target};
 use faas_core::scheduler::Schedulers;
 use faas_core::util::lock;
 use faas_core::{
-    DeveloperErrorKind, Error, FunctionRef, FunctionSpec, InvocationId, ReplicaLimits, Result,
-    Scheduler, StartKind,
+    DeveloperErrorKind, Error, FunctionRef, FunctionSpec, Invocation, InvocationId, ReplicaLimits,
+    Result, Scheduler, StartKind,
 };
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -115,6 +115,17 @@ pub(crate) fn parse_name(name: &str) -> Option<(String, String, Option<String>)>
     Some((ns, fname, suffix))
 }
 
+/// Whether `spec` runs in the watchdog's `lambda` mode.
+fn is_lambda(spec: &FunctionSpec) -> bool {
+    spec.env_vars.get("mode").is_some_and(|m| m.trim().eq_ignore_ascii_case("lambda"))
+}
+
+/// Whether the watchdog enforces `spec`'s timeout itself (an OpenWhisk action, a Lambda
+/// function): the backend's own timer is then a backstop, a little later.
+pub(crate) fn watchdog_times_out(spec: &FunctionSpec) -> bool {
+    faas_core::runtimes::is_action(spec) || is_lambda(spec)
+}
+
 impl Inner {
     pub fn in_scope(&self, ns: &str) -> bool {
         self.settings.namespaces.as_ref().is_none_or(|s| s.contains(ns))
@@ -203,6 +214,12 @@ impl Inner {
         }
         let limits = spec.limits.clone().unwrap_or_default();
         let mut env = spec.env_vars.clone();
+        // A Lambda function's runtime reads its name from the environment (the watchdog's
+        // `lambda` mode would otherwise call it `function`); a container started for it runs
+        // this function only, so the name is part of its configuration.
+        if is_lambda(&spec) {
+            env.entry("AWS_LAMBDA_FUNCTION_NAME".into()).or_insert_with(|| spec.name.clone());
+        }
         if let Some(t) = spec.timeout {
             // One timeout for every layer: ours fires at `t`; the watchdog's a little later
             // (it would otherwise cut at its default of 10 s), unless the spec sets its own.
@@ -210,10 +227,11 @@ impl Inner {
             for key in ["exec_timeout", "write_timeout", "read_timeout"] {
                 env.entry(key.to_string()).or_insert_with(|| w.clone());
             }
-            // An OpenWhisk action's time limit is the watchdog's exec_timeout, exactly (its
-            // message names it); the backend's own timer waits a little longer for it.
-            if faas_core::runtimes::is_action(&spec) && !spec.env_vars.contains_key("exec_timeout")
-            {
+            // An OpenWhisk action's or a Lambda function's time limit is the watchdog's
+            // exec_timeout, exactly (it answers with its own message, and stops the runtime
+            // so that the next invocation gets a fresh one); the backend's own timer waits a
+            // little longer for it.
+            if watchdog_times_out(&spec) && !spec.env_vars.contains_key("exec_timeout") {
                 env.insert("exec_timeout".into(), faas_core::util::format_duration(t));
             }
         }
@@ -501,19 +519,32 @@ impl Inner {
             let mut pools = lock(&self.pools);
             pools.get_mut(&info.template)?.ready.pop()?
         };
+        let r = self.taken(f, info, pooled, t0.elapsed());
+        self.refill_pool(info.template.clone());
+        Some(r)
+    }
+
+    /// The replica a container taken from a pool became, started `init_time` ago. Its
+    /// container is renamed after it, which records its new owner for adoption after a
+    /// restart: in the background, off the start path.
+    fn taken(
+        self: &Arc<Self>,
+        f: &FunctionState,
+        info: &SpecInfo,
+        pooled: Pooled,
+        init_time: Duration,
+    ) -> Arc<Replica> {
         let name = replica_name(&f.fref, &pooled.suffix);
         let r = Arc::new(Replica::new(
             pooled.id.clone(),
             name.clone(),
             pooled.port,
             StartKind::Prewarmed,
-            t0.elapsed(),
+            init_time,
             info.hash.clone(),
             false,
         ));
-        // Renaming records the new owner for adoption after a restart; off the hot path.
-        let inner = Arc::clone(self);
-        let id = pooled.id;
+        let (inner, id) = (Arc::clone(self), pooled.id);
         tokio::spawn(async move {
             if let Err(e) =
                 inner.docker.rename_container(&id, RenameContainerOptions { name }).await
@@ -521,8 +552,76 @@ impl Inner {
                 tracing::warn!(container = %id, error = %e, "renaming a taken prewarm container failed");
             }
         });
-        self.refill_pool(info.template.clone());
-        Some(r)
+        r
+    }
+
+    /// Takes a stem cell for an OpenWhisk action ([`SpecInfo::stem_template`]), if one is
+    /// ready, and specialises it (`/init` with the action). The pool is refilled in the
+    /// background. A stem cell that cannot be specialised is removed, and `None` lets the
+    /// caller start a container cold.
+    async fn take_stem(
+        self: &Arc<Self>,
+        f: &FunctionState,
+        info: &SpecInfo,
+    ) -> Option<Arc<Replica>> {
+        let tpl = info.stem_template()?;
+        let t0 = Instant::now();
+        let pooled = lock(&self.pools).get_mut(&tpl)?.ready.pop()?;
+        self.refill_pool(tpl);
+        let name = replica_name(&f.fref, &pooled.suffix);
+        if let Err(e) = self.specialise(&f.fref, &name, pooled.port, &info.spec).await {
+            tracing::warn!(function = %f.fref, container = %pooled.id, error = %e, "specialising a stem cell failed; starting cold");
+            if let Err(e) = self.remove_container(&pooled.id).await {
+                tracing::warn!(container = %pooled.id, error = %e, "removing container failed");
+            }
+            return None;
+        }
+        Some(self.taken(f, info, pooled, t0.elapsed()))
+    }
+
+    /// Makes the stem cell at `port` an instance of the action `spec`
+    /// ([`faas_watchdog::openwhisk::SPECIALISE_PATH`]). An init failure of the action's own
+    /// is no failure here: the instance answers every activation with it, as OpenWhisk's do.
+    async fn specialise(
+        &self,
+        fref: &FunctionRef,
+        name: &str,
+        port: u16,
+        spec: &FunctionSpec,
+    ) -> Result<()> {
+        let s = faas_watchdog::openwhisk::specialisation(spec, &[])?;
+        let body = serde_json::to_vec(&s)
+            .map_err(|e| Error::internal(format!("serialising the specialisation: {e}")))?;
+        let mut req = http::Request::new(faas_core::Body::from(body));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = http::Uri::from_static(faas_watchdog::openwhisk::SPECIALISE_PATH);
+        req.headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        let base = format!("http://127.0.0.1:{port}");
+        let target = Target {
+            base: &base,
+            function: fref,
+            instance: name,
+            timeout: Some(CallTimeout {
+                name: "init",
+                after: spec.timeout.unwrap_or(DEFAULT_TIMEOUT),
+                grace: Duration::from_secs(5),
+            }),
+        };
+        match self.client.forward(Invocation::new(fref.clone(), req), &target, ()).await {
+            Ok(resp) if resp.status() == http::StatusCode::OK => Ok(()),
+            Ok(resp) => Err(Error::internal(format!(
+                "the stem cell {name} answered its specialisation with {}",
+                resp.status()
+            ))),
+            Err(e) => match e.into_error(false) {
+                Error::Developer {
+                    kind: DeveloperErrorKind::Init | DeveloperErrorKind::Timeout,
+                    ..
+                } => Ok(()),
+                e => Err(e),
+            },
+        }
     }
 
     /// Starts prewarm containers until the pool of `tpl` reaches its target.
@@ -584,13 +683,17 @@ impl Inner {
         }
     }
 
-    /// Creates one replica: from the prewarm pool when possible, else a new container.
+    /// Creates one replica: from the prewarm pool when possible, else (an OpenWhisk action)
+    /// from a stem cell of its kind, else a new container.
     pub async fn start_replica(
         self: &Arc<Self>,
         f: &FunctionState,
         info: &SpecInfo,
     ) -> Result<Arc<Replica>> {
         if let Some(r) = self.take_prewarm(f, info) {
+            return Ok(r);
+        }
+        if let Some(r) = self.take_stem(f, info).await {
             return Ok(r);
         }
         let suffix = random_suffix();

@@ -65,7 +65,10 @@
 //!   [`DockerInvokerBuilder::pause_after`] is paused and unpaused on the next request, before
 //!   forwarding; a prewarm pool of generic containers per image
 //!   ([`DockerInvokerBuilder::prewarm`]), refilled in the background, serves cold starts of
-//!   functions whose container configuration equals the pool's. Every response carries a
+//!   functions whose container configuration equals the pool's; OpenWhisk actions also take
+//!   stem cells of their kind ([`DockerInvokerBuilder::stem_cells`]: the same pools, of
+//!   runtimes started but not initialised, specialised by `/init` on first use). Every
+//!   response carries a
 //!   [`faas_core::InvocationMeta`] extension saying whether the start was cold, prewarmed,
 //!   resumed or warm.
 //! - **Faults**: a maintenance loop (every [`DockerInvokerBuilder::health_interval`]) replaces
@@ -113,6 +116,9 @@ use crate::inner::{Inner, Settings};
 pub use crate::logs::{LogRetention, DEFAULT_RETAINED_LOG_BYTES, DEFAULT_RETAINED_LOG_LINES};
 use crate::state::{FunctionState, Pool, Replica, Template};
 
+/// The most stem cells of one kind ([`DockerInvokerBuilder::stem_cells`]).
+const MAX_STEM_CELLS: usize = 64;
+
 /// The default namespace list when none is configured.
 const DEFAULT_NAMESPACES: &[&str] = &[faas_core::spec::DEFAULT_NAMESPACE];
 
@@ -122,6 +128,8 @@ pub struct DockerInvokerBuilder {
     scheduler: Option<Arc<dyn Scheduler>>,
     pause_after: Option<Duration>,
     prewarm: Vec<(Template, usize)>,
+    /// (kind, image if not the manifest's, count).
+    stem_cells: Vec<(String, Option<String>, usize)>,
     start_timeout: Duration,
     health_interval: Duration,
     secrets_dir: Option<PathBuf>,
@@ -158,6 +166,7 @@ impl Default for DockerInvokerBuilder {
             scheduler: None,
             pause_after: None,
             prewarm: Vec::new(),
+            stem_cells: Vec::new(),
             start_timeout: Duration::from_secs(30),
             health_interval: Duration::from_secs(1),
             secrets_dir: None,
@@ -216,6 +225,34 @@ impl DockerInvokerBuilder {
             read_only: template.read_only_root_filesystem,
         };
         self.prewarm.push((t, count));
+        self
+    }
+
+    /// Keeps `count` stem cells of the OpenWhisk `kind` (`python:3`, `nodejs:20`: one whose
+    /// [`faas_core::runtimes`] manifest entry names an image): running containers of the
+    /// kind's image whose watchdog has started the runtime but not initialised it
+    /// (`ow_stem=true`). A new replica of an action of that kind takes one when it finds no
+    /// prewarmed container of its own, and makes it the action's instance by
+    /// [`faas_watchdog::openwhisk::SPECIALISE_PATH`] (`/init` with the action's code; its
+    /// `envVars` reach the runtime through `/init`'s `env`) instead of creating a container;
+    /// a taken stem cell is replaced in the background. Warm replicas of the action are
+    /// reused before any of this, paused after [`pause_after`](Self::pause_after), and
+    /// removed when the function scales down (to zero after its scaling policy's idle
+    /// time). Actions with secrets, limits or a read-only root filesystem take stem cells
+    /// only of a pool with the same (none here), and actions that set their own
+    /// `envProcess` or a watchdog variable
+    /// ([`faas_watchdog::openwhisk::STEM_FIXED_VARS`]) always start cold. At most 64 per
+    /// kind; stem cells are not counted under the replica cap.
+    pub fn stem_cells(mut self, kind: &str, count: usize) -> Self {
+        self.stem_cells.push((kind.trim().to_string(), None, count));
+        self
+    }
+
+    /// [`stem_cells`](Self::stem_cells) of `kind` in `image` rather than the manifest's
+    /// image: the way to keep stem cells of a `blackbox` runtime image (which serves actions
+    /// of kind `blackbox` deployed with that image), or of a kind's own build of the image.
+    pub fn stem_cells_image(mut self, kind: &str, image: impl Into<String>, count: usize) -> Self {
+        self.stem_cells.push((kind.trim().to_string(), Some(image.into()), count));
         self
     }
 
@@ -328,16 +365,37 @@ impl DockerInvokerBuilder {
             (None, Some(dir)) => kept_instance_id(dir)?,
             (None, None) => DEFAULT_INSTANCE.to_string(),
         };
+        let mut pools = std::collections::HashMap::new();
+        for (t, n) in self.prewarm {
+            pools.entry(t).or_insert_with(Pool::default).target += n;
+        }
+        for (kind, image, n) in self.stem_cells {
+            let Some(k) = faas_core::runtimes::lookup(&kind) else {
+                return Err(Error::invalid(
+                    "stem_cells",
+                    format!("{kind:?} is not an OpenWhisk runtime kind here"),
+                ));
+            };
+            let Some(image) = image.or_else(|| k.image.map(str::to_string)) else {
+                return Err(Error::invalid(
+                    "stem_cells",
+                    format!("{kind:?} has no image of its own: give one (stem_cells_image)"),
+                ));
+            };
+            if n > MAX_STEM_CELLS {
+                return Err(Error::invalid(
+                    "stem_cells",
+                    format!("{n} is over {MAX_STEM_CELLS} for {kind}"),
+                ));
+            }
+            pools.entry(Template::stem(image, k.kind)).or_insert_with(Pool::default).target += n;
+        }
         let docker = engine::connect(self.socket.as_deref()).await?;
         let (host_limits, host_cpus) = host_limits(&docker).await;
         let limits = docker_limits.unwrap_or(host_limits);
         let secrets_dir = self
             .secrets_dir
             .unwrap_or_else(|| std::env::temp_dir().join("faas-rs-docker").join("secrets"));
-        let mut pools = std::collections::HashMap::new();
-        for (t, n) in self.prewarm {
-            pools.entry(t).or_insert_with(Pool::default).target += n;
-        }
         let inner = Arc::new(Inner {
             docker,
             schedulers: Schedulers::new(
@@ -514,6 +572,17 @@ impl DockerInvoker {
     /// How many prewarmed containers are ready now, over all pools.
     pub fn prewarmed(&self) -> usize {
         lock(&self.inner.pools).values().map(|p| p.ready.len()).sum()
+    }
+
+    /// The container ids of the ready stem cells of the OpenWhisk `kind` in `image` (the
+    /// kind's manifest image when `None`); see [`DockerInvokerBuilder::stem_cells`].
+    pub fn stem_cells(&self, kind: &str, image: Option<&str>) -> Vec<String> {
+        let Some(k) = faas_core::runtimes::lookup(kind) else { return Vec::new() };
+        let Some(image) = image.or(k.image) else { return Vec::new() };
+        lock(&self.inner.pools)
+            .get(&Template::stem(image, k.kind))
+            .map(|p| p.ready.iter().map(|c| c.id.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// Stops the maintenance loop and removes this backend's prewarm containers. Function

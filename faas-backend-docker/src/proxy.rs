@@ -137,9 +137,9 @@ impl Inner {
         };
         let wait_time = t0.elapsed();
         let timeout = f.spec().spec.timeout.unwrap_or(DEFAULT_TIMEOUT);
-        // An OpenWhisk action's watchdog answers its time limit itself, with OpenWhisk's
-        // message: ours is the backstop then.
-        let grace = if faas_core::runtimes::is_action(&f.spec().spec) {
+        // An OpenWhisk action's or Lambda function's watchdog answers its time limit itself
+        // (and restarts the runtime): ours is the backstop then.
+        let grace = if crate::inner::watchdog_times_out(&f.spec().spec) {
             Duration::from_secs(2)
         } else {
             Duration::ZERO

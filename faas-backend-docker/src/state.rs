@@ -32,6 +32,23 @@ impl Template {
         Template { image: image.into(), ..Default::default() }
     }
 
+    /// The template of a stem cell of the OpenWhisk `kind` in `image`: the watchdog in
+    /// `openwhisk` mode with its runtime started but not initialised (`ow_stem=true`), and
+    /// no watchdog time limits (a specialisation brings the action's own).
+    pub fn stem(image: impl Into<String>, kind: &str) -> Self {
+        let env = [
+            ("mode", faas_core::runtimes::OPENWHISK_MODE),
+            (faas_core::runtimes::KIND_VAR, kind),
+            ("ow_stem", "true"),
+            ("exec_timeout", "0s"),
+            ("write_timeout", "0s"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        Template { image: image.into(), env, ..Default::default() }
+    }
+
     /// The environment as `KEY=VALUE` strings, `fprocess` included.
     pub fn env_list(&self) -> Vec<String> {
         let mut v: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -60,6 +77,32 @@ pub(crate) struct SpecInfo {
     /// Routes its invocations: the one its `com.faas-rs.scheduler` label chose, else the
     /// backend's.
     pub scheduler: Arc<dyn Scheduler>,
+}
+
+impl SpecInfo {
+    /// The template of the stem cells that can become a replica of this OpenWhisk action:
+    /// its kind's stem cell in its image, with its secrets, limits and read-only root (set at
+    /// container creation). `None` for a spec that is no action, or one that sets what a
+    /// started watchdog cannot take (its own `envProcess`, a watchdog variable such as
+    /// `max_inflight`): those start cold.
+    pub fn stem_template(&self) -> Option<Template> {
+        let kind = faas_core::runtimes::kind_of(&self.spec).ok()??;
+        if self.spec.env_process.as_deref().is_some_and(|p| !p.trim().is_empty()) {
+            return None;
+        }
+        let fixed = faas_watchdog::openwhisk::STEM_FIXED_VARS;
+        if self.spec.env_vars.keys().any(|k| fixed.contains(&k.as_str())) {
+            return None;
+        }
+        let base = &self.template;
+        Some(Template {
+            binds: base.binds.clone(),
+            memory: base.memory,
+            nano_cpus: base.nano_cpus,
+            read_only: base.read_only,
+            ..Template::stem(base.image.clone(), kind.kind)
+        })
+    }
 }
 
 /// Whether a replica's container is running or paused.

@@ -200,10 +200,7 @@ pub fn workspace_root() -> PathBuf {
 static BUILD: tokio::sync::Mutex<Option<(PathBuf, PathBuf)>> = tokio::sync::Mutex::const_new(None);
 
 /// Paths of static `faas-watchdog` and `faas-fixture` binaries: `FAAS_WATCHDOG_BIN` and
-/// `FAAS_FIXTURE_BIN` if set, else built with
-/// `RUSTFLAGS="-C target-feature=+crt-static" cargo build -p faas-watchdog --bins --target
-/// x86_64-unknown-linux-gnu` into `FAAS_STATIC_TARGET_DIR` (default `<workspace>/target/static`,
-/// a target directory of its own so it does not wait on the outer cargo's lock).
+/// `FAAS_FIXTURE_BIN` if set, else built by [`static_build`] (`-p faas-watchdog --bins`).
 pub async fn static_binaries() -> Result<(PathBuf, PathBuf)> {
     let mut cached = BUILD.lock().await;
     if let Some(p) = cached.as_ref() {
@@ -215,29 +212,52 @@ pub async fn static_binaries() -> Result<(PathBuf, PathBuf)> {
         *cached = Some(p.clone());
         return Ok(p);
     }
+    let dir = static_build(&["-p", "faas-watchdog", "--bins"]).await?;
+    let p = (dir.join("faas-watchdog"), dir.join("faas-fixture"));
+    *cached = Some(p.clone());
+    Ok(p)
+}
+
+/// Builds statically linked binaries (`RUSTFLAGS="-C target-feature=+crt-static" cargo build
+/// ARGS --target x86_64-unknown-linux-gnu`, debug profile) into `FAAS_STATIC_TARGET_DIR`
+/// (default `<workspace>/target/static`, a target directory of its own so it does not wait
+/// on the outer cargo's lock); returns the directory of the binaries.
+pub async fn static_build(args: &[&str]) -> Result<PathBuf> {
     let target_dir = std::env::var_os("FAAS_STATIC_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target").join("static"));
     let triple = "x86_64-unknown-linux-gnu";
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let out = tokio::process::Command::new(cargo)
-        .args(["build", "-p", "faas-watchdog", "--bins", "--target", triple])
+        .arg("build")
+        .args(args)
+        .args(["--target", triple])
         .current_dir(workspace_root())
         .env("CARGO_TARGET_DIR", &target_dir)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .output()
         .await
-        .map_err(|e| Error::internal(format!("running cargo to build the static watchdog: {e}")))?;
+        .map_err(|e| Error::internal(format!("running cargo for a static build: {e}")))?;
     if !out.status.success() {
         return Err(Error::internal(format!(
-            "building the static watchdog failed: {}",
+            "the static build of {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         )));
     }
-    let dir = target_dir.join(triple).join("debug");
-    let p = (dir.join("faas-watchdog"), dir.join("faas-fixture"));
-    *cached = Some(p.clone());
-    Ok(p)
+    Ok(target_dir.join(triple).join("debug"))
+}
+
+/// An image of busybox with `files` (path in the image, mode, contents) and the
+/// Dockerfile-style `changes` (`CMD [...]`, `ENV k=v`), tagged `repo:<content hash>`.
+pub async fn busybox_image(
+    repo: &str,
+    files: &[(&str, u32, &[u8])],
+    changes: Vec<String>,
+) -> Result<String> {
+    let busybox = read(Path::new(BUSYBOX))?;
+    let tar = rootfs(&busybox, files);
+    let tag = fnv_hex(&[&tar, changes.join("\n").as_bytes()]);
+    import_rootfs(repo, &tag, tar, changes).await
 }
 
 /// The conformance fixture image: the static `faas-watchdog` as its command (port 8080,

@@ -2,7 +2,9 @@
 //! mode with our busybox-sh runtime (`runtimes/blackbox/runtime.sh`) runs a blackbox action
 //! (the image's built-in `/action/exec`) and native code actions (`ow_code`); a result that is
 //! no dictionary, a crash mid-activation and a timeout give OpenWhisk's developer errors, and
-//! a new runtime (a fresh `/init`) serves the next activation.
+//! a new runtime (a fresh `/init`) serves the next activation. Stem cells of that runtime
+//! are taken, specialised by `/init` and refilled; a container killed mid-activation gives a
+//! developer error and a new instance, from a stem cell.
 
 mod common;
 
@@ -129,4 +131,129 @@ async fn blackbox_and_native_code_actions_run_in_containers() {
         docker.remove(&env.fref(f)).await.unwrap();
     }
     docker.shutdown().await;
+}
+
+/// The container ids of `f`'s replicas.
+fn containers(
+    docker: &faas_backend_docker::DockerInvoker,
+    f: &faas_core::FunctionRef,
+) -> Vec<String> {
+    docker.instances(f).unwrap().into_iter().map(|i| i.container_id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stem_cell_is_taken_initialised_and_refilled() {
+    use common::eventually;
+    use std::time::Duration;
+    let env = common::setup("a_stem_cell_is_taken_initialised_and_refilled").await;
+    let _g = env.guard();
+    let image = testing::openwhisk_image().await.expect("building the OpenWhisk image");
+    let docker = env.builder().stem_cells_image("blackbox", &image, 1).build().await.unwrap();
+    let bound = Duration::from_secs(60);
+    let stem_cell = |not: Vec<String>| {
+        let (docker, image) = (&docker, &image);
+        eventually(bound, "a new stem cell", move || {
+            let not = not.clone();
+            async move {
+                docker.stem_cells("blackbox", Some(image)).into_iter().find(|c| !not.contains(c))
+            }
+        })
+    };
+    let spec = |name: &str| {
+        FunctionSpec::new(name, image.clone())
+            .namespace(env.ns.clone())
+            .env("mode", "openwhisk")
+            .env("ow_kind", "blackbox")
+    };
+
+    // The image's own action, from the stem cell: its /init comes with the first use.
+    let first = stem_cell(vec![]).await;
+    docker.deploy(spec("bb")).await.unwrap();
+    let bb = env.fref("bb");
+    let (r, logs, init) = activate(&docker, &bb, "s-1", json!({"k": 1})).await.unwrap();
+    assert_eq!(r, json!({"builtin": {"k": 1}, "id": "s-1"}));
+    assert!(init, "the stem cell was initialised for the action");
+    assert!(logs.iter().any(|l| l.ends_with("stdout: built-in got {\"k\":1}")), "{logs:?}");
+    assert_eq!(containers(&docker, &bb), vec![first.clone()], "the replica is the stem cell");
+    let (_, _, init) = activate(&docker, &bb, "s-2", json!({})).await.unwrap();
+    assert!(!init, "the same warm instance again");
+
+    // Refilled; the new one becomes a code action, its envVars reaching it through /init.
+    let second = stem_cell(vec![first.clone()]).await;
+    let code = "#!/bin/sh\n\
+        case \"$1\" in\n\
+        *sleep*) echo started; sleep 30 ;;\n\
+        *) echo \"{\\\"greeting\\\": \\\"$GREETING\\\", \\\"p\\\": $1}\" ;;\n\
+        esac\n";
+    // A quote the runtime must keep through its sh quoting.
+    let greeting = "it's a stem cell";
+    docker.deploy(spec("code").env("ow_code", code).env("GREETING", greeting)).await.unwrap();
+    let code_f = env.fref("code");
+    let (r, _, init) = activate(&docker, &code_f, "c-1", json!({"a": 1})).await.unwrap();
+    assert_eq!((r, init), (json!({"greeting": greeting, "p": {"a": 1}}), true));
+    assert_eq!(containers(&docker, &code_f), vec![second.clone()]);
+
+    // The container killed mid-activation: a developer error (status code 2), and a new
+    // instance, the refilled stem cell specialised for the action, serves the next one.
+    let third = stem_cell(vec![first.clone(), second.clone()]).await;
+    let call = {
+        let (docker, f) = (docker.clone(), code_f.clone());
+        tokio::spawn(async move { activate(&docker, &f, "c-2", json!({"sleep": 1})).await })
+    };
+    eventually(bound, "the activation running", || async {
+        docker.instances(&code_f).unwrap().iter().any(|i| i.in_flight == 1).then_some(())
+    })
+    .await;
+    testing::kill_container(&second).await.unwrap();
+    let e = call.await.unwrap().unwrap_err();
+    assert_eq!(e.status_code().as_u8(), 2, "{e}");
+    assert!(matches!(e, Error::Developer { kind: DeveloperErrorKind::Crash, .. }), "{e}");
+    // The maintenance loop notices the dead container (an inspect right after the kill may
+    // still see it running) and replaces it.
+    eventually(bound, "the dead instance replaced", || async {
+        (containers(&docker, &code_f) == vec![third.clone()]).then_some(())
+    })
+    .await;
+    let (r, _, init) = activate(&docker, &code_f, "c-3", json!({"b": 2})).await.unwrap();
+    assert_eq!((r, init), (json!({"greeting": greeting, "p": {"b": 2}}), true));
+    eventually(bound, "the dead container removed", || async {
+        (testing::container_state(&second).await.unwrap() == "missing").then_some(())
+    })
+    .await;
+
+    // An init failure in a stem cell: the runtime's message, for each activation.
+    let fourth = stem_cell(vec![first.clone(), second.clone(), third.clone()]).await;
+    docker.deploy(spec("badcode").env("ow_code", "no shebang")).await.unwrap();
+    let bad = env.fref("badcode");
+    for id in ["b-1", "b-2"] {
+        match activate(&docker, &bad, id, json!({})).await.unwrap_err() {
+            Error::Developer { kind: DeveloperErrorKind::Init, message } => {
+                assert!(message.contains("must be an executable script"), "{message}")
+            }
+            other => panic!("expected an init error, got {other:?}"),
+        }
+    }
+    assert_eq!(containers(&docker, &bad), vec![fourth]);
+
+    for f in ["bb", "code", "badcode"] {
+        docker.remove(&env.fref(f)).await.unwrap();
+    }
+    docker.shutdown().await;
+    assert!(env.leftovers().await.is_empty(), "{:?}", env.leftovers().await);
+}
+
+#[tokio::test]
+async fn stem_cells_of_an_unknown_kind_or_without_an_image_are_refused() {
+    use faas_backend_docker::DockerInvoker;
+    let builders = [
+        DockerInvoker::builder().stem_cells("cobol:1", 1),
+        // A blackbox runtime has no image of its own.
+        DockerInvoker::builder().stem_cells("blackbox", 1),
+        DockerInvoker::builder().stem_cells("python:3", 65),
+    ];
+    for b in builders {
+        // Refused before any engine is asked.
+        let e = b.socket("/nonexistent/docker.sock").build().await.unwrap_err();
+        assert!(matches!(&e, Error::InvalidSpec { field, .. } if field == "stem_cells"), "{e}");
+    }
 }

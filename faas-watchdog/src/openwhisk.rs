@@ -252,6 +252,28 @@ impl Default for OwConfig {
 /// already.
 pub const SPECIALISE_PATH: &str = "/_/openwhisk/specialise";
 
+/// The watchdog variables a stem cell cannot take after it started: a backend starts an
+/// action that sets one cold, not from a stem cell.
+pub const STEM_FIXED_VARS: &[&str] = &[
+    "fprocess",
+    "function_process",
+    "upstream_url",
+    "port",
+    "bind_address",
+    "read_timeout",
+    "write_timeout",
+    "exec_timeout",
+    "max_inflight",
+    "healthcheck_interval",
+    "prefix_logs",
+    "combine_output",
+    "content_type",
+    "static_path",
+    "log_requests",
+    "watchdog_threads",
+    "ow_stem",
+];
+
 /// What specialises a stem cell: the action and its time limit.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Specialisation {

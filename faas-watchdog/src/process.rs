@@ -1147,28 +1147,6 @@ async fn run_replica(
 // ---------------------------------------------------------------------------------------
 // Stem cells
 
-/// The watchdog variables a stem cell cannot take after it started: an action setting one
-/// starts cold.
-const WATCHDOG_VARS: &[&str] = &[
-    "fprocess",
-    "function_process",
-    "upstream_url",
-    "port",
-    "bind_address",
-    "read_timeout",
-    "write_timeout",
-    "exec_timeout",
-    "max_inflight",
-    "healthcheck_interval",
-    "prefix_logs",
-    "combine_output",
-    "content_type",
-    "static_path",
-    "log_requests",
-    "watchdog_threads",
-    "ow_stem",
-];
-
 /// The stem cells of one kind.
 #[derive(Default)]
 struct StemPool {
@@ -1209,7 +1187,7 @@ fn stem_kind(spec: &FunctionSpec) -> Option<&'static str> {
     }
     let kind = faas_core::runtimes::kind_of(spec).ok()??;
     kind.process?;
-    if spec.env_vars.keys().any(|k| WATCHDOG_VARS.contains(&k.as_str())) {
+    if spec.env_vars.keys().any(|k| crate::openwhisk::STEM_FIXED_VARS.contains(&k.as_str())) {
         return None;
     }
     Some(kind.kind)

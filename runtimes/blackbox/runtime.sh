@@ -6,7 +6,8 @@
 # - POST /init {"value": {"name", "main", "code", "binary", "env"}}: with code, the action is
 #   that executable (source text starting with #!, or with "binary": true a base64 zip holding
 #   an `exec` file); without code it is the image's built-in $OW_ACTION_EXEC (default
-#   /action/exec): a blackbox action. Answers {"ok": true}, else 502 {"error": ...}; a second
+#   /action/exec): a blackbox action. The members of "env" are exported to the action (string
+#   values as they are, others as JSON text). Answers {"ok": true}, else 502 {"error": ...}; a second
 #   /init answers 403.
 # - POST /run {"value": params, "activation_id", ...}: runs the executable with the params
 #   (JSON) as its one argument and the __OW_* variables in its environment; the last line of
@@ -76,8 +77,31 @@ function value_end(s, i,   n, c, depth, instr, esc) {
   }
   return n
 }
-{ s = s $0 "\n" }
-END {
+# A string as one sh word, in single quotes (39 is the quote character).
+function shq(v,   q, out, j, ch) {
+  q = sprintf("%c", 39); out = ""
+  for (j = 1; j <= length(v); j++) {
+    ch = substr(v, j, 1)
+    if (ch == q) out = out q "\\" q q
+    else out = out ch
+  }
+  return q out q
+}
+# mode "exports": an `export NAME=VALUE` line per top-level member of the object whose name
+# is a variable name (strings unescaped, other values as JSON text).
+function exports(s,   n, i, e, k, v) {
+  n = length(s); i = index(s, "{") + 1
+  while (i > 1 && i <= n) {
+    if (substr(s, i, 1) != "\"") { i++; continue }
+    e = value_end(s, i); k = unescape(substr(s, i + 1, e - i - 1)); i = e + 1
+    while (i <= n && index(" :\t\n\r", substr(s, i, 1)) > 0) i++
+    e = value_end(s, i); v = substr(s, i, e - i + 1); i = e + 1
+    if (substr(v, 1, 1) == "\"") v = unescape(substr(v, 2, length(v) - 2))
+    if (k ~ /^[A-Za-z_][A-Za-z0-9_]*$/) print "export " k "=" shq(v)
+  }
+}
+# The raw JSON value of `key` at the top level of the object s ("" when it has none).
+function get(s, key,   n, i, c, depth, instr, esc, want) {
   n = length(s); depth = 0; instr = 0; esc = 0; want = "\"" key "\":"
   for (i = 1; i <= n; i++) {
     c = substr(s, i, 1)
@@ -91,19 +115,33 @@ END {
       if (depth == 1 && substr(s, i, length(want)) == want) {
         i += length(want)
         while (substr(s, i, 1) == " ") i++
-        v = substr(s, i, value_end(s, i) - i + 1)
-        if (mode == "str") {
-          if (substr(v, 1, 1) != "\"") exit 0
-          v = unescape(substr(v, 2, length(v) - 2))
-        }
-        printf "%s", v
-        exit 0
+        return substr(s, i, value_end(s, i) - i + 1)
       }
       instr = 1
     }
     else if (c == "{" || c == "[") depth++
     else if (c == "}" || c == "]") depth--
   }
+  return ""
+}
+# A JSON string value unescaped ("" for any other value).
+function str(v) {
+  if (substr(v, 1, 1) != "\"") return ""
+  return unescape(substr(v, 2, length(v) - 2))
+}
+{ s = s $0 "\n" }
+END {
+  if (mode == "exports") { exports(s); exit 0 }
+  # mode "run": a /run request as sh: `params=...` and the __OW_* exports, in one pass.
+  if (mode == "run") {
+    print "params=" shq(get(s, "value"))
+    split("activation_id action_name deadline api_key namespace transaction_id", ks, " ")
+    for (j = 1; j <= 6; j++) print "export __OW_" toupper(ks[j]) "=" shq(str(get(s, ks[j])))
+    exit 0
+  }
+  v = get(s, key)
+  if (mode == "str") v = str(v)
+  printf "%s", v
 }'
 json_get() { $BB awk -v key="$1" -v mode="${2:-raw}" "$JSON_AWK"; }
 
@@ -158,18 +196,18 @@ case "$path" in
     printf '%s\n' "$code" > "$exe"
     $BB chmod +x "$exe"
   fi
+  json_get env < "$OW_STATE/init.json" | $BB awk -v mode=exports "$JSON_AWK" > "$OW_STATE/env.sh"
   printf '%s' "$exe" > "$OW_STATE/exec_path"
   answer "200 OK" '{"ok":true}'
   ;;
 /run)
   [ -e "$OW_STATE/exec_path" ] || fail "502 Bad Gateway" "Cannot invoke an uninitialized action."
   exe=$($BB cat "$OW_STATE/exec_path")
-  params=$(printf '%s' "$body" | json_get value)
+  # The parameters and the __OW_* variables, from one awk.
+  eval "$(printf '%s' "$body" | $BB awk -v mode=run "$JSON_AWK")"
   [ -n "$params" ] || params='{}'
-  for k in activation_id action_name deadline api_key namespace transaction_id; do
-    v=$(printf '%s' "$body" | json_get "$k" str)
-    export "__OW_$(echo "$k" | $BB tr a-z A-Z)=$v"
-  done
+  # /init's env, exported for the action.
+  . "$OW_STATE/env.sh"
   out="$OW_STATE/out.$$"
   "$exe" "$params" > "$out"
   result=$($BB tail -n 1 "$out")

@@ -73,14 +73,9 @@ async fn main() {
         }
         stem.push(start(&stem_inv, &format!("stem-{i}"), &mut warm).await);
     }
-    println!("| what | runs | p50 ms | p99 ms |");
-    println!("|---|---:|---:|---:|");
-    for (what, v) in [
+    faas_benches::print_p50_p99(&mut [
         ("cold start: deploy to first answer (new watchdog + runtime, /init, /run)", &mut cold),
         ("stem cell: deploy to first answer (specialise, /init, /run)", &mut stem),
         ("warm activation", &mut warm),
-    ] {
-        let (p50, p99) = (faas_benches::pct(v, 0.5), faas_benches::pct(v, 0.99));
-        println!("| {what} | {} | {p50:.1} | {p99:.1} |", v.len());
-    }
+    ]);
 }
