@@ -1,12 +1,14 @@
 //! The Swarm backend's invoke path against the Docker backend's, in the same run: N
 //! sequential warm calls of one echo function on each (p50, p99, max and the calls over
-//! 100 ms: the invoke path must make no engine call), and how long a call of a function the
+//! 100 ms: the invoke path must make no engine call), the same on the Docker backend through
+//! the default gateway over HTTP (what a user's loop of calls sees), and how long a call of a function the
 //! engine cannot place takes to fail with its 503 (it must not wait for the start timeout).
 //!
 //! Usage: `cargo run -p faas-benches --bin swarm-invoke -- [CALLS]` (default 1000). Needs a
 //! Docker engine that is a swarm manager (`docker swarm init --advertise-addr 127.0.0.1`) and
 //! busybox-static; prints a markdown table in milliseconds.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use faas_backend_docker::swarm::{Placement, SwarmInvoker};
@@ -31,6 +33,41 @@ async fn sequential(b: &dyn Backend, f: &FunctionRef, calls: usize) -> Vec<f64> 
         out.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     out
+}
+
+/// `calls` sequential echo calls of `/function/{name}` through a gateway, each timed to its
+/// whole body.
+async fn sequential_http(
+    client: &faas_http::client::GatewayClient,
+    name: &str,
+    calls: usize,
+) -> Vec<f64> {
+    let mut out = Vec::with_capacity(calls);
+    for i in 0..calls {
+        let t0 = Instant::now();
+        let body = bytes::Bytes::from(format!("call {i}"));
+        let r = client
+            .invoke(name, http::Method::POST, &[], body.clone(), false)
+            .await
+            .expect("invoke over HTTP");
+        assert_eq!((r.status.as_u16(), &r.body), (200, &body));
+        out.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    out
+}
+
+/// The default gateway over `backend` on 127.0.0.1, and a client of it.
+async fn gateway(
+    backend: Arc<dyn Backend>,
+) -> (faas_http::client::GatewayClient, tokio::sync::oneshot::Sender<()>) {
+    let gateway = faas_http::Gateway::builder(backend).build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+    let base = format!("http://{}", listener.local_addr().expect("local address"));
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(faas_http::serve(listener, gateway.service(), async move {
+        let _ = rx.await;
+    }));
+    (faas_http::client::GatewayClient::new(&base).expect("client"), stop)
 }
 
 async fn ready(b: &dyn Backend, f: &FunctionRef) {
@@ -63,11 +100,20 @@ async fn main() {
     };
     let mut rows = Vec::new();
 
-    let docker = DockerInvoker::builder().namespaces([ns.clone()]).build().await.expect("docker");
+    let docker =
+        Arc::new(DockerInvoker::builder().namespaces([ns.clone()]).build().await.expect("docker"));
     docker.deploy(spec("plain")).await.expect("deploy on docker");
     let f = FunctionRef::new("plain", ns.clone());
-    ready(&docker, &f).await;
-    rows.push(row("Docker backend, warm echo", &mut sequential(&docker, &f, calls).await));
+    ready(docker.as_ref(), &f).await;
+    rows.push(row("Docker backend, warm echo", &mut sequential(docker.as_ref(), &f, calls).await));
+    let (client, stop) = gateway(docker.clone()).await;
+    let name = format!("plain.{ns}");
+    let _ = sequential_http(&client, &name, 1).await;
+    rows.push(row(
+        "Docker backend through the gateway over HTTP, warm echo",
+        &mut sequential_http(&client, &name, calls).await,
+    ));
+    drop(stop);
     docker.remove(&f).await.expect("remove");
     docker.shutdown().await;
 
