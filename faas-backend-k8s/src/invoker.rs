@@ -239,8 +239,26 @@ struct ReadyEntry {
     info: FnInfo,
 }
 
+/// A client of the cluster the usual way: `KUBECONFIG` (or `~/.kube/config`) and its current
+/// context, else the in-cluster service account of a pod. No cluster configured, or a
+/// configuration that cannot be read, is [`Error::InvalidSpec`] naming `kubeconfig` and
+/// what to do. Nothing is sent to the cluster yet.
+pub async fn connect() -> Result<kube::Client> {
+    let config = kube::Config::infer().await.map_err(|e| {
+        Error::invalid(
+            "kubeconfig",
+            format!(
+                "no Kubernetes cluster configured ({e}): set KUBECONFIG to a kubeconfig file, \
+                 or run in a pod with a service account"
+            ),
+        )
+    })?;
+    kube::Client::try_from(config)
+        .map_err(|e| Error::invalid("kubeconfig", format!("cannot build a client from it: {e}")))
+}
+
 impl KubernetesInvoker {
-    /// A builder over `client` (build one with `kube::Client::try_default()` from the
+    /// A builder over `client` (build one with [`connect`] from the
     /// kubeconfig or in-cluster service account, or `kube::Client::new` over any tower
     /// service).
     pub fn builder(client: kube::Client) -> KubernetesInvokerBuilder {

@@ -17,5 +17,5 @@ mod error;
 pub mod invoker;
 pub mod manifests;
 
-pub use invoker::{KubernetesInvoker, KubernetesInvokerBuilder};
+pub use invoker::{connect, KubernetesInvoker, KubernetesInvokerBuilder};
 pub use manifests::{render_manifests, ManifestFormat, ManifestOptions};

@@ -73,6 +73,10 @@ enum BackendKind {
     /// Docker Swarm services (the engine must be a swarm manager): placement constraints,
     /// replicas and rolling updates by the engine.
     Swarm,
+    /// Kubernetes Deployments and Services in the cluster of `KUBECONFIG` (or
+    /// `~/.kube/config`, or the pod's service account); invocations go to the pods'
+    /// endpoints, so the gateway must run where pod IPs are reachable (in the cluster).
+    Kubernetes,
 }
 
 #[derive(Subcommand)]
@@ -1229,6 +1233,17 @@ async fn raw_backend(
                 b = b.replica_limits(l);
             }
             Ok(Arc::new(b.build().await?))
+        }
+        BackendKind::Kubernetes => {
+            eprintln!(
+                "Connecting to Kubernetes (KUBECONFIG, ~/.kube/config or the service account)..."
+            );
+            let client = faas_backend_k8s::connect().await?;
+            let mut b = faas_backend_k8s::KubernetesInvoker::builder(client).scheduler(scheduler);
+            if let Some(l) = limits {
+                b = b.replica_limits(l);
+            }
+            Ok(Arc::new(b.build()))
         }
         BackendKind::Swarm => {
             eprintln!("Connecting to the Docker Swarm manager...");
