@@ -618,6 +618,11 @@ pub struct AutoscaleConfig {
     /// ([`crate::ReplicaLimits::per_function`]), so a function without a
     /// `com.openfaas.scale.max` scales up to the cap rather than asking past it in vain.
     pub max_replicas: u32,
+    /// The idle time before scale to zero of a function that allows it
+    /// (`com.openfaas.scale.zero=true`) but sets no `com.openfaas.scale.zero-duration`: the
+    /// operator's setting, as faas-idler's `inactivity_duration` is in OpenFaaS. `None`
+    /// (the default): [`ScalingPolicy::DEFAULT_IDLE_TIMEOUT`].
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for AutoscaleConfig {
@@ -628,6 +633,7 @@ impl Default for AutoscaleConfig {
             kpa: KpaConfig::default(),
             rate_rule: RateRuleConfig::default(),
             max_replicas: u32::MAX,
+            idle_timeout: None,
         }
     }
 }
@@ -667,7 +673,21 @@ impl AutoscaleConfig {
             p.validate()?;
             RuleConfig::Rate(self.rate_rule.clone(), p)
         };
-        Ok(self.capped(rule))
+        let idle_set = labels.contains_key(label::SCALE_ZERO_DURATION)
+            || scaling.is_some_and(|s| s.idle_timeout.is_some());
+        Ok(self.capped(if idle_set { rule } else { self.idle_defaulted(rule) }))
+    }
+
+    /// `rule` with [`AutoscaleConfig::idle_timeout`] as its idle time before zero (for a
+    /// function that names none).
+    fn idle_defaulted(&self, mut rule: RuleConfig) -> RuleConfig {
+        if let Some(idle) = self.idle_timeout {
+            match &mut rule {
+                RuleConfig::Kpa(c) => c.scale_to_zero_grace = idle,
+                RuleConfig::Rate(_, p) => p.idle_timeout = Some(idle),
+            }
+        }
+        rule
     }
 
     /// `rule` held to [`AutoscaleConfig::max_replicas`], whatever the function's policy says.
@@ -684,6 +704,12 @@ impl AutoscaleConfig {
     /// Sets [`AutoscaleConfig::max_replicas`] (at least 1).
     pub fn max_replicas(mut self, n: u32) -> Self {
         self.max_replicas = n.max(1);
+        self
+    }
+
+    /// Sets [`AutoscaleConfig::idle_timeout`].
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = Some(idle);
         self
     }
 }

@@ -129,9 +129,15 @@ enum Command {
         /// warm-affinity.
         #[arg(long, default_value = "least-loaded")]
         scheduler: String,
-        /// Do not run the autoscaler (KPA driven by the `com.openfaas.scale.*` labels).
+        /// Do not run the autoscaler (driven by the `com.openfaas.scale.*` labels: OpenFaaS
+        /// CE's request-rate rule, or Knative's KPA when a scale type or target is set).
         #[arg(long)]
         no_autoscale: bool,
+        /// How long a function that allows scale to zero (`com.openfaas.scale.zero=true`)
+        /// but sets no `com.openfaas.scale.zero-duration` stays idle before it goes to zero
+        /// (`30s`, `5m`; faas-idler's `inactivity_duration` in OpenFaaS). Default 15m.
+        #[arg(long, value_parser = parse_grace)]
+        scale_to_zero_after: Option<Duration>,
         /// Where `/async-function` queues calls: `durable` (in-process queue and worker,
         /// every accepted call on disk in the state directory before its 202, run after a
         /// restart if it had not finished), `memory` (the same, lost on a restart) or
@@ -582,6 +588,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             filter,
             scheduler,
             no_autoscale,
+            scale_to_zero_after,
             queue,
             activations_topic,
             no_worker,
@@ -608,8 +615,14 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 record_every_invocation,
             };
             let limits = replica_limits(max_replicas_per_function, max_replicas_per_node);
-            let backend =
-                UpBackend { kind: backend, state_dir, scheduler, autoscale: !no_autoscale, limits };
+            let backend = UpBackend {
+                kind: backend,
+                state_dir,
+                scheduler,
+                autoscale: !no_autoscale,
+                idle_timeout: scale_to_zero_after,
+                limits,
+            };
             let queue = UpQueue {
                 url: queue,
                 options: faas_http::queue::QueueOptions {
@@ -1162,6 +1175,8 @@ struct UpBackend {
     state_dir: Option<PathBuf>,
     scheduler: Arc<dyn faas_core::Scheduler>,
     autoscale: bool,
+    /// The autoscaler's idle time before zero for functions that name none.
+    idle_timeout: Option<Duration>,
     /// The replica caps the flags set; `None` for the backend's defaults.
     limits: Option<faas_core::ReplicaLimits>,
 }
@@ -1193,6 +1208,9 @@ async fn backend(up: UpBackend) -> Result<Arc<dyn Backend>> {
         let mut config = faas_core::AutoscaleConfig::default();
         if let Some(l) = up.limits {
             config = config.max_replicas(l.per_function());
+        }
+        if let Some(idle) = up.idle_timeout {
+            config = config.idle_timeout(idle);
         }
         Ok(Arc::new(faas_core::Autoscaled::with_config(inner, config)))
     } else {

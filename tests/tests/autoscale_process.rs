@@ -111,9 +111,18 @@ async fn autoscaler_scales_process_functions_out_to_zero_and_back() {
 async fn gateway(
     tag: &str,
 ) -> (GatewayClient, tokio::sync::oneshot::Sender<()>, std::path::PathBuf) {
+    gateway_with(tag, faas_core::AutoscaleConfig::default()).await
+}
+
+/// [`gateway`] with the autoscaler's `config`.
+async fn gateway_with(
+    tag: &str,
+    config: faas_core::AutoscaleConfig,
+) -> (GatewayClient, tokio::sync::oneshot::Sender<()>, std::path::PathBuf) {
     let (raw, state) = backend(tag);
     let (client, stop) =
-        serve_gateway(Arc::new(Autoscaled::new(raw)), GatewayConfig::default()).await;
+        serve_gateway(Arc::new(Autoscaled::with_config(raw, config)), GatewayConfig::default())
+            .await;
     (client, stop, state)
 }
 
@@ -144,17 +153,19 @@ async fn scales_up_and_down_from_throughput_through_the_gateway() {
     let _ = std::fs::remove_dir_all(&state);
 }
 
-/// OpenFaaS's certifier's `Test_ScaleToZero`, with a short zero-duration: max 2 and
-/// `com.openfaas.scale.zero=true`; load takes it to max, idleness to zero, and the next call
+/// OpenFaaS's certifier's `Test_ScaleToZero`, with a short idle time set by the operator:
+/// max 2 and `com.openfaas.scale.zero=true`; load takes it to max, idleness to zero, and the next call
 /// scales it from zero and answers 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scales_to_zero_and_back_through_the_gateway() {
-    let (client, _stop, state) = gateway("zero").await;
+    // As the certifier runs it: the function sets max and zero only; the idle time is the
+    // operator's (`faas up --scale-to-zero-after 3s`, faas-idler's inactivity_duration).
+    let idle = faas_core::AutoscaleConfig::default().idle_timeout(Duration::from_secs(3));
+    let (client, _stop, state) = gateway_with("zero", idle).await;
     let spec = FunctionSpec::new("idler", "x/idler")
         .process("sha512sum")
         .label(labels::SCALE_MAX, "2")
-        .label(labels::SCALE_ZERO, "true")
-        .label(labels::SCALE_ZERO_DURATION, "3s");
+        .label(labels::SCALE_ZERO, "true");
     client.deploy(&spec).await.expect("deploy");
 
     scale_to_two_under_load(&client, "idler", None, "idler", 0).await;

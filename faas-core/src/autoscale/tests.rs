@@ -789,3 +789,38 @@ async fn cpu_type_scales_on_the_cpu_use_the_backend_reports() {
     run_until(&auto, 30).await;
     assert_eq!(auto.inner().log(), vec![(12, 0)]);
 }
+
+/// The operator's idle time ([`AutoscaleConfig::idle_timeout`], as faas-idler's
+/// `inactivity_duration`) applies to a function that allows zero but names no
+/// zero-duration; a function's own `com.openfaas.scale.zero-duration` wins over it.
+#[tokio::test(start_paused = true)]
+async fn the_operator_s_idle_time_applies_unless_the_function_names_its_own() {
+    let config = || {
+        AutoscaleConfig::default()
+            .tick(Duration::from_secs(1))
+            .rate_rule(Duration::from_secs(2), 5.0, Duration::from_secs(1))
+            .idle_timeout(Duration::from_secs(5))
+    };
+    // As OpenFaaS's certifier deploys for Test_ScaleToZero: max and zero only.
+    let auto =
+        setup_short(&[(labels::SCALE_MAX, "2"), (labels::SCALE_ZERO, "true")], config()).await;
+    let load = rate_load(&auto, 10, 3, 10);
+    run_until(&auto, 30).await;
+    // Zero 5 s after the last tick with traffic (t=10 + 5), not the 15 minutes of the default.
+    assert_eq!(auto.inner().log(), vec![(5, 2), (11, 1), (15, 0)]);
+    assert_eq!(load.await.unwrap(), 70);
+
+    let own = setup_short(
+        &[
+            (labels::SCALE_MAX, "2"),
+            (labels::SCALE_ZERO, "true"),
+            (labels::SCALE_ZERO_DURATION, "8s"),
+        ],
+        config(),
+    )
+    .await;
+    let load = rate_load(&own, 10, 3, 10);
+    run_until(&own, 30).await;
+    assert_eq!(own.inner().log(), vec![(5, 2), (11, 1), (18, 0)]);
+    assert_eq!(load.await.unwrap(), 70);
+}
