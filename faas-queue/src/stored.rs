@@ -5,8 +5,8 @@
 //! - **Publish**: an item is counted against the queue's bounds (items, bytes, a function's
 //!   share) first, then the item and its `queued` record are committed to the store, and
 //!   only then is it waiting for a worker and answered `Ok` (the gateway's 202). Over an
-//!   embedded store ([`crate::redb_store::RedbStore`]) that commit is on disk, and
-//!   concurrent publishes share one commit (group commit). An item the queue refuses gets
+//!   embedded store (`log_store::LogStore`, feature `durable`, as `faas up` has it) that
+//!   commit is on disk, and concurrent publishes share one commit (group commit). An item the queue refuses gets
 //!   a `failed` record in the same commit.
 //! - **Deliver**: from memory, as the in-memory queue does (at least once).
 //! - **Acknowledge**: removes the item from the store with the next commit

@@ -12,7 +12,7 @@ use faas_core::queue::{ActivationStore, AsyncState, QueueConsumer, QueuePublishe
 use faas_core::state::{MemoryStateStore, StateStore};
 use faas_core::Error;
 use faas_queue::memory::QueueLimits;
-use faas_queue::stored::{StoredQueue, ACTIVATIONS_TABLE, QUEUE_TABLE};
+use faas_queue::stored::{StoredQueue, QUEUE_TABLE};
 
 fn open(store: &Arc<dyn StateStore>) -> StoredQueue {
     StoredQueue::open(store.clone(), QueueLimits::default(), 10_000).unwrap()
@@ -134,6 +134,7 @@ mod durable {
     use super::*;
     use faas_queue::log_store::LogStore;
     use faas_queue::redb_store::RedbStore;
+    use faas_queue::stored::ACTIVATIONS_TABLE;
     use faas_queue::worker::{Worker, WorkerConfig};
 
     fn temp_dir(name: &str) -> std::path::PathBuf {
