@@ -21,6 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use faas_core::prelude::*;
 use faas_core::queue::{ActivationStore, QueueConsumer, QueuePublisher};
 use faas_core::Backend;
 use faas_http::{Gateway, GatewayConfig};
@@ -32,11 +33,33 @@ fn main() -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     rt.block_on(async move {
-        let invoker: Arc<dyn Backend> = Arc::new(
-            faas_benches::memory_ok("ok")
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?,
-        );
+        // `FAAS_BENCH_FUNCTIONS=N`: N more functions `f0` .. `f{N-1}` (the same handler),
+        // for `benches/wrk/many.sh`; the node's replica cap raised to hold them all (an
+        // in-memory replica is a handler, not a process).
+        let many: usize =
+            std::env::var("FAAS_BENCH_FUNCTIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let backend = if many == 0 {
+            faas_benches::memory_ok("ok").await.map_err(|e| std::io::Error::other(e.to_string()))?
+        } else {
+            let cap = u32::try_from(many + 1).unwrap_or(u32::MAX);
+            let limits = faas_core::ReplicaLimits::detect().with_per_node(cap);
+            let backend = faas_core::MemoryInvoker::builder().replica_limits(limits).build();
+            backend.register(
+                "ok",
+                faas_core::handler_fn(|_r: faas_core::Request, _c: faas_core::Context| async {
+                    Ok::<_, faas_core::Error>("ok")
+                }),
+            );
+            for name in std::iter::once("ok".to_string()).chain((0..many).map(|i| format!("f{i}")))
+            {
+                backend
+                    .deploy(faas_core::FunctionSpec::new(name, "ok"))
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+            }
+            backend
+        };
+        let invoker: Arc<dyn Backend> = Arc::new(backend);
         let mut config = GatewayConfig::default();
         if std::env::var("FAAS_BENCH_AUTH").is_ok_and(|v| v == "1") {
             config.auth = Some(faas_http::BasicAuth::new("admin", "bench-password"));
