@@ -204,19 +204,33 @@ fn encode_op(buf: &mut Vec<u8>, op: &StateOp) -> std::result::Result<(usize, u32
     Ok((value_at, op_bytes))
 }
 
-/// Appends a frame of `ops` to `buf`; on error `buf` is as it was.
-fn encode_frame(buf: &mut Vec<u8>, ops: &[StateOp]) -> std::result::Result<(), String> {
-    let start = buf.len();
+/// Appends a frame of `ops` to `buf`, and to `puts` where each put's value starts in `buf`
+/// and the put's length in bytes (as [`encode_op`] gives them); on error both are as they
+/// were.
+fn encode_frame(
+    buf: &mut Vec<u8>,
+    ops: &[StateOp],
+    puts: &mut Vec<(usize, u32)>,
+) -> std::result::Result<(), String> {
+    let (start, placed) = (buf.len(), puts.len());
+    let undo = |buf: &mut Vec<u8>, puts: &mut Vec<(usize, u32)>| {
+        buf.truncate(start);
+        puts.truncate(placed);
+    };
     buf.extend_from_slice(&[0; FRAME_HEADER as usize]);
     for op in ops {
-        if let Err(e) = encode_op(buf, op) {
-            buf.truncate(start);
-            return Err(e);
+        match encode_op(buf, op) {
+            Ok(put) if matches!(op, StateOp::Put { .. }) => puts.push(put),
+            Ok(_) => {}
+            Err(e) => {
+                undo(buf, puts);
+                return Err(e);
+            }
         }
     }
     let payload = &buf[start + FRAME_HEADER as usize..];
     let Some(len) = u32::try_from(payload.len()).ok().filter(|l| *l <= MAX_FRAME) else {
-        buf.truncate(start);
+        undo(buf, puts);
         return Err("write batch over 1 GiB".into());
     };
     let crc = crc32fast::hash(payload);
@@ -611,17 +625,17 @@ impl Writer {
             return round.iter().map(|_| Err(store_err(&self.dir, &why))).collect();
         }
         self.buf.clear();
-        let mut frames = Vec::with_capacity(round.len());
+        let mut puts = Vec::new();
+        let mut written = Vec::with_capacity(round.len());
         let mut results = Vec::with_capacity(round.len());
         for w in round {
-            let start = self.buf.len();
-            match encode_frame(&mut self.buf, &w.ops) {
+            match encode_frame(&mut self.buf, &w.ops, &mut puts) {
                 Ok(()) => {
-                    frames.push(Some(start));
+                    written.push(true);
                     results.push(Ok(()));
                 }
                 Err(e) => {
-                    frames.push(None);
+                    written.push(false);
                     results.push(Err(Error::invalid("state", e)));
                 }
             }
@@ -644,26 +658,22 @@ impl Writer {
         if let Some(s) = index.segments.get_mut(&id) {
             s.bytes = base + self.buf.len() as u64;
         }
-        for (w, start) in round.iter().zip(frames) {
-            let Some(start) = start else { continue };
-            let mut at = start + FRAME_HEADER as usize;
+        // The puts' places, in the order they were encoded.
+        let mut places = puts.into_iter();
+        for (w, _) in round.iter().zip(written).filter(|(_, ok)| *ok) {
             for op in &w.ops {
                 match op {
                     StateOp::Put { table, key, value } => {
-                        let head = 1 + 1 + table.len() + 4 + key.len() + 4;
+                        let Some((value_at, op_bytes)) = places.next() else { continue };
                         let loc = Loc {
                             segment: id,
-                            offset: base + (at + head) as u64,
+                            offset: base + value_at as u64,
                             len: value.len() as u32,
-                            op_bytes: (head + value.len()) as u32,
+                            op_bytes,
                         };
                         index.put(table, key, loc);
-                        at += head + value.len();
                     }
-                    StateOp::Delete { table, key } => {
-                        index.delete(table, key);
-                        at += 1 + 1 + table.len() + 4 + key.len();
-                    }
+                    StateOp::Delete { table, key } => index.delete(table, key),
                 }
             }
         }
