@@ -12,7 +12,7 @@ use bollard::query_parameters::{
     RemoveContainerOptions, RenameContainerOptions,
 };
 use bollard::Docker;
-use faas_core::instance::{CallTimeout, InstanceClient, Target};
+use faas_core::instance::{CallTimeout, InstanceClient, InstanceDrain, Target};
 use faas_core::scheduler::Schedulers;
 use faas_core::util::lock;
 use faas_core::{
@@ -764,12 +764,13 @@ impl Inner {
             let mut first_err = None;
             for r in results {
                 match r {
-                    Ok(r) if f.removed.load(Ordering::SeqCst) => {
-                        let _ = self.remove_container(&r.id).await;
+                    Ok(r) => {
+                        if !f.push(Arc::clone(&r)) {
+                            let _ = self.remove_container(&r.id).await;
+                        }
                     }
-                    Ok(r) => f.push(r),
                     Err(e) => {
-                        f.record_start_error(e.clone());
+                        f.record_start_error(&e);
                         first_err.get_or_insert(e);
                     }
                 }
@@ -796,36 +797,42 @@ impl Inner {
                 return Err(e);
             }
         } else if live.len() > desired {
-            let n = live.len() - desired;
-            let mut victims = live;
-            // Idle and running ones first.
-            victims.sort_by_key(|r| {
-                (r.in_flight.load(Ordering::SeqCst), !r.paused.load(Ordering::SeqCst))
-            });
-            let extra: Vec<Arc<Replica>> = victims.into_iter().take(n).collect();
-            for v in &extra {
-                v.draining.store(true, Ordering::SeqCst);
-            }
-            f.changed.notify_waiters();
-            self.spawn_drain(Arc::clone(f), extra);
+            // The instance set's choice: idle ones first, the newest of them.
+            let victims: Vec<_> = (0..live.len() - desired)
+                .map_while(|_| {
+                    let (_, v) = f.instances.victim()?;
+                    let drain = f.retire(&v);
+                    Some((v, drain))
+                })
+                .collect();
+            self.spawn_drain(Arc::clone(f), victims);
         }
         Ok(())
     }
 
-    /// Waits for draining replicas to finish their in-flight invocations, then removes them.
-    pub fn spawn_drain(self: &Arc<Self>, f: Arc<FunctionState>, victims: Vec<Arc<Replica>>) {
+    /// Waits (in the background) for retired replicas' in-flight invocations and streaming
+    /// answers to finish ([`FunctionState::retire`]), then removes them.
+    pub fn spawn_drain(
+        self: &Arc<Self>,
+        f: Arc<FunctionState>,
+        victims: Vec<(Arc<Replica>, Option<InstanceDrain>)>,
+    ) {
         let inner = Arc::clone(self);
         let bound = f.spec().spec.timeout.unwrap_or(DEFAULT_TIMEOUT) + Duration::from_secs(5);
         tokio::spawn(async move {
-            futures::future::join_all(victims.into_iter().map(|v| {
+            futures::future::join_all(victims.into_iter().map(|(v, drain)| {
                 let inner = Arc::clone(&inner);
                 let f = Arc::clone(&f);
                 async move {
                     let t0 = Instant::now();
+                    if let Some(d) = drain {
+                        let _ = tokio::time::timeout(bound, d.wait()).await;
+                    }
+                    // Answers still streaming from it.
                     while !v.idle() && t0.elapsed() < bound {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
-                    v.dead.store(true, Ordering::SeqCst);
+                    f.kill(&v);
                     if let Err(e) = inner.retire_container(&f, &v.id, &v.name).await {
                         tracing::warn!(container = %v.name, error = %e, "removing a drained replica failed");
                     }
@@ -839,7 +846,7 @@ impl Inner {
     /// A replica whose container is gone or stopped: forget it, remove what is left (keeping
     /// its log lines, which tell why it died), and start a replacement.
     pub fn replica_died(self: &Arc<Self>, f: &Arc<FunctionState>, r: &Arc<Replica>) {
-        if r.dead.swap(true, Ordering::SeqCst) {
+        if !f.kill(r) {
             return;
         }
         tracing::warn!(function = %f.fref, instance = %r.name, "replica died; replacing it");
@@ -872,7 +879,7 @@ impl Inner {
     }
 
     /// Unpauses a paused replica; true if it was paused. Must run after the invocation was
-    /// counted in flight (the pauser checks the count under the same lock).
+    /// counted as using the replica (the pauser checks the count under the same lock).
     pub async fn ensure_running(&self, r: &Replica) -> Result<bool> {
         let mut st = r.state.lock().await;
         if *st == RunState::Paused {
@@ -1058,7 +1065,8 @@ impl Inner {
                     if let Ok(slot) = self.node_slots.clone().try_acquire_owned() {
                         r.hold_slot(slot);
                     }
-                    lock(&f.replicas).push(Arc::new(r));
+                    // Not yet listed, so not being removed.
+                    let _ = f.push(Arc::new(r));
                 }
                 (Some(f), _, _) => stale_replicas.push((
                     Arc::clone(f),
