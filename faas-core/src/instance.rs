@@ -30,9 +30,7 @@ use crate::function::Response;
 use crate::invocation::{FunctionRef, Invocation};
 
 mod set;
-pub use set::{
-    AcquireLimits, InstanceDrain, InstanceKey, InstanceLease, InstanceSet, Shortage,
-};
+pub use set::{AcquireLimits, InstanceDrain, InstanceKey, InstanceLease, InstanceSet, Shortage};
 
 #[cfg(feature = "instance-client")]
 mod client;
