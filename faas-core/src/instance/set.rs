@@ -638,6 +638,21 @@ mod tests {
         }
     }
 
+    /// Spawns an acquire and returns once it waits in line.
+    async fn waiting_acquire(
+        s: &Arc<InstanceSet<u32>>,
+    ) -> tokio::task::JoinHandle<Result<InstanceLease<u32>>> {
+        let before = s.waiting();
+        let s2 = s.clone();
+        let waiter = tokio::spawn(async move {
+            s2.acquire(&LeastLoaded::new(), &limits(10), Instant::now(), |_| {}).await
+        });
+        while s.waiting() <= before {
+            tokio::task::yield_now().await;
+        }
+        waiter
+    }
+
     #[tokio::test(start_paused = true)]
     async fn routes_counts_and_releases() {
         let s = set();
@@ -756,13 +771,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn closing_fails_waiters_with_not_found() {
         let s = set();
-        let s2 = s.clone();
-        let waiter = tokio::spawn(async move {
-            s2.acquire(&LeastLoaded::new(), &limits(10), Instant::now(), |_| {}).await
-        });
-        while s.waiting() < 1 {
-            tokio::task::yield_now().await;
-        }
+        let waiter = waiting_acquire(&s).await;
         s.close();
         let r = waiter.await.expect("task");
         assert!(matches!(r, Err(Error::NotFound { kind: "function", .. })), "{r:?}");
@@ -849,13 +858,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_failed_start_ends_the_waits_for_a_start() {
         let s = set();
-        let s2 = s.clone();
-        let waiter = tokio::spawn(async move {
-            s2.acquire(&LeastLoaded::new(), &limits(10), Instant::now(), |_| {}).await
-        });
-        while s.waiting() < 1 {
-            tokio::task::yield_now().await;
-        }
+        let waiter = waiting_acquire(&s).await;
         s.start_failed(Error::unavailable("the image is gone"));
         let r = waiter.await.expect("task");
         assert!(
@@ -864,13 +867,7 @@ mod tests {
         );
         // A later invocation waits for the next start rather than failing with the old error.
         s.insert(view("a", false, None), 1);
-        let s3 = s.clone();
-        let later = tokio::spawn(async move {
-            s3.acquire(&LeastLoaded::new(), &limits(10), Instant::now(), |_| {}).await
-        });
-        while s.waiting() < 1 {
-            tokio::task::yield_now().await;
-        }
+        let later = waiting_acquire(&s).await;
         s.set_ready(s.handles()[0].0, true);
         assert!(later.await.expect("task").is_ok());
     }
