@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, PortBinding};
+use bollard::models::{
+    ContainerCreateBody, ContainerSummary, HostConfig, Mount, MountType, PortBinding,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, ListContainersOptions, LogsOptions,
     RemoveContainerOptions, RenameContainerOptions,
@@ -145,6 +147,16 @@ impl Inner {
             format!("{}=true", label::MANAGED),
             format!("{}={}", label::INSTANCE, self.settings.instance),
         ])
+    }
+
+    /// Every container of this backend, stopped ones included.
+    async fn list_own(&self) -> std::result::Result<Vec<ContainerSummary>, bollard::errors::Error> {
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(self.own_containers()),
+            ..Default::default()
+        };
+        self.docker.list_containers(Some(opts)).await
     }
 
     /// Refuses, naming the field, a container configuration the engine would refuse: a
@@ -912,12 +924,7 @@ impl Inner {
     /// One pass of the maintenance loop: detect dead replicas, pause idle ones, restore
     /// replica counts, refill prewarm pools.
     pub async fn tick(self: &Arc<Self>) {
-        let opts = ListContainersOptions {
-            all: true,
-            filters: Some(self.own_containers()),
-            ..Default::default()
-        };
-        let listed = match self.docker.list_containers(Some(opts)).await {
+        let listed = match self.list_own().await {
             Ok(l) => {
                 if self.engine_down.swap(false, Ordering::SeqCst) {
                     tracing::info!("docker engine reachable again");
@@ -980,16 +987,7 @@ impl Inner {
     /// its stopped replicas, orphans and this owner's stale prewarm containers; containers
     /// of other instances are not even listed.
     pub async fn adopt(self: &Arc<Self>) -> Result<()> {
-        let opts = ListContainersOptions {
-            all: true,
-            filters: Some(self.own_containers()),
-            ..Default::default()
-        };
-        let listed = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(|e| map_err("container list", e))?;
+        let listed = self.list_own().await.map_err(|e| map_err("container list", e))?;
         let mut adopted: HashMap<FunctionRef, Arc<FunctionState>> = HashMap::new();
         for c in &listed {
             let labels = c.labels.clone().unwrap_or_default();
@@ -1092,16 +1090,7 @@ impl Inner {
     /// Removes every container of this instance named after function `f` (replicas, taken
     /// prewarm containers, the definition), whatever this backend's view says.
     pub async fn remove_all_named(&self, f: &FunctionRef) -> Result<()> {
-        let opts = ListContainersOptions {
-            all: true,
-            filters: Some(self.own_containers()),
-            ..Default::default()
-        };
-        let listed = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(|e| map_err("container list", e))?;
+        let listed = self.list_own().await.map_err(|e| map_err("container list", e))?;
         let definition = format!("/{}", definition_name(&self.settings.instance, f));
         let ids: Vec<String> = listed
             .into_iter()

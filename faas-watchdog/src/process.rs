@@ -65,7 +65,6 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use bytes::BytesMut;
 use faas_core::instance::{
     AcquireLimits, CallTimeout, InstanceClient, InstanceKey, InstanceSet, Target,
 };
@@ -78,7 +77,7 @@ use faas_core::{
     LeastLoaded, LogEntry, LogStream, LogsRequest, Node, PlacementRequest, ProviderInfo, Response,
     Result, Scheduler, Secret, SecretInfo, StartKind,
 };
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 use tokio::sync::{broadcast, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -573,32 +572,17 @@ impl LogBook {
     }
 }
 
-async fn pump_logs<R: AsyncRead + Unpin>(mut r: R, book: Arc<LogBook>, instance: Arc<str>) {
+async fn pump_logs<R: AsyncRead + Unpin>(r: R, book: Arc<LogBook>, instance: Arc<str>) {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(book.dir.join(format!("{instance}.log")))
         .ok();
-    let mut buf = BytesMut::with_capacity(4096);
-    loop {
-        match r.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line = buf.split_to(pos + 1);
-                    let line = line[..pos].strip_suffix(b"\r").unwrap_or(&line[..pos]);
-                    book.push(&instance, String::from_utf8_lossy(line).into_owned(), &mut file);
-                }
-                if buf.len() > 64 * 1024 {
-                    let line = buf.split();
-                    book.push(&instance, String::from_utf8_lossy(&line).into_owned(), &mut file);
-                }
-            }
-        }
-    }
-    if !buf.is_empty() {
-        book.push(&instance, String::from_utf8_lossy(&buf).into_owned(), &mut file);
-    }
+    crate::watchdog::for_each_line(r, |line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        book.push(&instance, String::from_utf8_lossy(line).into_owned(), &mut file);
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------
