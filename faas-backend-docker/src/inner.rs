@@ -841,9 +841,10 @@ impl Inner {
                         let _ = tokio::time::timeout(bound, d.wait()).await;
                     }
                     // Answers still streaming from it.
-                    while !v.idle() && t0.elapsed() < bound {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
+                    let left = bound.saturating_sub(t0.elapsed());
+                    let _ =
+                        faas_core::invoker::wait_notified(&v.went_idle, left, || Ok(v.idle()))
+                            .await;
                     f.kill(&v);
                     if let Err(e) = inner.retire_container(&f, &v.id, &v.name).await {
                         tracing::warn!(container = %v.name, error = %e, "removing a drained replica failed");

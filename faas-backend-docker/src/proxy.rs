@@ -15,21 +15,23 @@ use crate::state::{FunctionState, Replica, SpecInfo};
 
 /// Counts an invocation using a replica, from its routing until its response body is
 /// dropped: the replica is not paused or removed meanwhile.
-struct Streaming {
+struct InUse {
     replica: Arc<Replica>,
 }
 
-impl Streaming {
+impl InUse {
     fn new(replica: Arc<Replica>) -> Self {
-        replica.streams.fetch_add(1, Ordering::SeqCst);
-        Streaming { replica }
+        replica.users.fetch_add(1, Ordering::SeqCst);
+        InUse { replica }
     }
 }
 
-impl Drop for Streaming {
+impl Drop for InUse {
     fn drop(&mut self) {
         self.replica.touch();
-        self.replica.streams.fetch_sub(1, Ordering::SeqCst);
+        if self.replica.users.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.replica.went_idle.notify_waiters();
+        }
     }
 }
 
@@ -85,7 +87,7 @@ impl Inner {
             .acquire(&*info.scheduler, &limits, t0.into(), |_| self.scale_from_zero(&f, &info))
             .await?;
         let replica = Arc::clone(lease.handle());
-        let streaming = Streaming::new(Arc::clone(&replica));
+        let in_use = InUse::new(Arc::clone(&replica));
         // A paused container's port accepts and then hangs: unpause before forwarding.
         let resumed = self.ensure_running(&replica).await?;
         let (start, init_time) = if lease.cold() && replica.origin != StartKind::Warm {
@@ -111,7 +113,7 @@ impl Inner {
             instance: &replica.name,
             timeout: Some(CallTimeout { name: "exec", after: timeout, grace }),
         };
-        let mut resp = match self.client.forward(inv, &target, streaming).await {
+        let mut resp = match self.client.forward(inv, &target, in_use).await {
             Ok(resp) => resp,
             Err(e) => {
                 drop(lease);

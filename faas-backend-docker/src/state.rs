@@ -134,7 +134,9 @@ pub(crate) struct Replica {
     pub key: OnceLock<InstanceKey>,
     /// Invocations using it, from their routing until their response body is dropped (it
     /// must not be paused or removed meanwhile).
-    pub streams: AtomicU32,
+    pub users: AtomicU32,
+    /// Signalled when the last invocation using it ends.
+    pub went_idle: Notify,
     pub draining: AtomicBool,
     pub dead: AtomicBool,
     /// Serialises pause and unpause with invocations.
@@ -167,7 +169,8 @@ impl Replica {
             init_time,
             spec_hash,
             key: OnceLock::new(),
-            streams: AtomicU32::new(0),
+            users: AtomicU32::new(0),
+            went_idle: Notify::new(),
             draining: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             state: tokio::sync::Mutex::new(st),
@@ -190,7 +193,7 @@ impl Replica {
 
     /// No invocation using it.
     pub fn idle(&self) -> bool {
-        self.streams.load(Ordering::SeqCst) == 0
+        self.users.load(Ordering::SeqCst) == 0
     }
 
     pub fn touch(&self) {
