@@ -15,13 +15,17 @@ use serde_json::Value;
 
 const STACK: &str = "functions: {}\n";
 
+/// The script of the `python:3` runtime, as its command line ends.
+const PY_RUNTIME: &str = "python/runtime.py";
+
 /// The action answers the process id of its runtime's parent: the watchdog it runs under.
 const ACTION: &str = "import os\ndef main(params):\n    return {\"watchdog\": os.getppid(), \
                       \"name\": params.get(\"name\", \"stranger\")}\n";
 
-/// The `faas watchdog` children of `parent` whose environment has `ow_stem=true` and
-/// `ow_kind=KIND`: its stem cells of that kind, with the port each watchdog serves on.
-fn stem_cells(parent: u32, kind: &str) -> Vec<(u32, u16)> {
+/// The `faas watchdog` children of `parent` whose environment has `ow_stem=true` and whose
+/// runtime (`fprocess`) runs the script `runtime`: its stem cells of that kind, with the
+/// port each watchdog serves on.
+fn stem_cells(parent: u32, runtime: &str) -> Vec<(u32, u16)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
@@ -38,12 +42,16 @@ fn stem_cells(parent: u32, kind: &str) -> Vec<(u32, u16)> {
         }
         let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
         let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
-        let has = |v: &str| vars.contains(&v.as_bytes());
-        let port = vars
-            .iter()
-            .find_map(|v| v.strip_prefix(b"port="))
-            .and_then(|p| std::str::from_utf8(p).ok()?.parse::<u16>().ok());
-        if let (true, Some(port)) = (has("ow_stem=true") && has(&format!("ow_kind={kind}")), port) {
+        let var = |name: &str| {
+            vars.iter().find_map(|v| {
+                std::str::from_utf8(v.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?).ok()
+            })
+        };
+        let port = var("port").and_then(|p| p.parse::<u16>().ok());
+        // The runtime's command ends in its script (`python3 '<state>/runtimes/python/runtime.py'`).
+        let stem = var("ow_stem") == Some("true")
+            && var("fprocess").is_some_and(|f| f.trim_end_matches('\'').ends_with(runtime));
+        if let (true, Some(port)) = (stem, port) {
             out.push((pid, port));
         }
     }
@@ -58,7 +66,7 @@ async fn a_code_action_runs_in_a_stem_cell_of_its_kind() {
     let pid = up.child.as_ref().unwrap().id();
     // Both stem cells started and healthy (their runtimes listen), before any action exists.
     let stems: Vec<u32> = eventually(60, "two healthy python:3 stem cells", || async {
-        let cells = stem_cells(pid, "python:3");
+        let cells = stem_cells(pid, PY_RUNTIME);
         if cells.len() < 2 {
             return None;
         }
@@ -99,7 +107,7 @@ async fn a_code_action_runs_in_a_stem_cell_of_its_kind() {
     );
     // The stem cell is the action's now; a new one takes its place.
     eventually(60, "a new stem cell", || async {
-        stem_cells(pid, "python:3").into_iter().find(|(p, _)| !stems.contains(p))
+        stem_cells(pid, PY_RUNTIME).into_iter().find(|(p, _)| !stems.contains(p))
     })
     .await;
     up.stop();
