@@ -11,16 +11,20 @@ use faas_core::prelude::*;
 use faas_core::{FunctionSpec, Invocation};
 use serde_json::{json, Value};
 
-const PY_ACTION: &str = "import sys, platform\n\
-def main(params):\n\
-    print('python got', params.get('name'))\n\
-    return {'greeting': 'hello ' + params.get('name', 'stranger'), \
-'python': sys.version_info[0], 'impl': platform.python_implementation()}\n";
+const PY_ACTION: &str = r#"
+import sys, platform
+def main(params):
+    print('python got', params.get('name'))
+    return {'greeting': 'hello ' + params.get('name', 'stranger'),
+            'python': sys.version_info[0], 'impl': platform.python_implementation()}
+"#;
 
-const JS_ACTION: &str = "function main(params) {\n\
-  console.log('node got ' + params.name);\n\
-  return { greeting: 'hello ' + (params.name || 'stranger'), node: process.versions.node };\n\
-}\n";
+const JS_ACTION: &str = r#"
+function main(params) {
+  console.log('node got ' + params.name);
+  return { greeting: 'hello ' + (params.name || 'stranger'), node: process.versions.node };
+}
+"#;
 
 /// An API activation of `f` with `params` asking for its logs: (result, logs, init time).
 async fn activate(
