@@ -16,8 +16,8 @@
 # Usage: runtimes/build-images.sh WATCHDOG [KIND...]   (KIND: python, nodejs; default both)
 #   WATCHDOG: a statically linked faas-watchdog (the Docker tests pass the one
 #   faas_backend_docker::testing::static_binaries builds). Environment: PYTHON (the
-#   interpreter to copy; default the target of /usr/bin/python3), NODE (default
-#   /usr/bin/node), BUSYBOX (default /bin/busybox).
+#   interpreter to copy; default /usr/bin/python3, else the one `python3` on PATH runs),
+#   NODE (default /usr/bin/node), BUSYBOX (default /bin/busybox).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WATCHDOG=${1:?usage: $0 STATIC_WATCHDOG [python] [nodejs]}
@@ -88,7 +88,11 @@ trap 'rm -rf "${STAGES[@]}"' EXIT
 
 python_image() {
   local py stage root stdlib dynload
-  py=$(readlink -f "${PYTHON:-/usr/bin/python3}")
+  py=${PYTHON:-/usr/bin/python3}
+  # No system python3: the interpreter that `python3` on PATH really runs (a pyenv shim
+  # names it as sys.executable).
+  [ -x "$py" ] || py=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null || true)
+  py=$(readlink -f "$py")
   case "$py" in */shims/*) die "$py is a pyenv shim: set PYTHON to a real interpreter";; esac
   [ -x "$py" ] || die "no python3 interpreter at $py (set PYTHON)"
   stdlib=$("$py" -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')

@@ -12,12 +12,12 @@
 # answered before the runs.
 #
 #   benches/wrk/lambda.sh [DURATION] [CONNECTIONS] [THREADS] [REPLICAS] [ENVS]
-#   (defaults 10s 64 2 2 4)
+#   (defaults 10s 64 2 2 1)
 #
 # Needs `wrk`. Targets only 127.0.0.1. Target (issue #17): lambda >= 0.7x http throughput.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DUR=${1:-10s}; CONNS=${2:-64}; THREADS=${3:-2}; REPLICAS=${4:-2}; ENVS=${5:-4}
+DUR=${1:-10s}; CONNS=${2:-64}; THREADS=${3:-2}; REPLICAS=${4:-2}; ENVS=${5:-1}
 GW=127.0.0.1:18091
 nice -n 10 cargo build --release -q -p faas-lambda-fns --bin lambda-bench-gateway --bin lambda-fns-watchdog \
   --bin lambda-web --bin web-http

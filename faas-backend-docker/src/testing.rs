@@ -238,12 +238,7 @@ pub async fn static_build(args: &[&str]) -> Result<PathBuf> {
         .output()
         .await
         .map_err(|e| Error::internal(format!("running cargo for a static build: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::internal(format!(
-            "the static build of {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
+    succeeded(&out, &format!("the static build of {args:?}"))?;
     Ok(target_dir.join(triple).join("debug"))
 }
 
@@ -339,15 +334,22 @@ pub async fn runtime_images() -> Result<()> {
         .output()
         .await
         .map_err(|e| Error::internal(format!("running runtimes/build-images.sh: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::internal(format!(
-            "runtimes/build-images.sh failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
+    succeeded(&out, "runtimes/build-images.sh")?;
     *built = true;
     Ok(())
+}
+
+/// An error quoting `what`'s output unless it exited 0.
+fn succeeded(out: &std::process::Output, what: &str) -> Result<()> {
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(Error::internal(format!(
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )))
 }
 
 /// Containers, networks and volumes carrying our labels that belong to `namespace` or to

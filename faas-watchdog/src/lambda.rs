@@ -878,7 +878,7 @@ async fn api(
     };
     match (req.method(), rest) {
         (&Method::GET, "/invocation/next") => next(rt, env, gen).await,
-        (&Method::POST, "/init/error") => init_error(rt, env, gen, req).await,
+        (&Method::POST, "/init/error") => init_error(&rt.envs[env], gen, req).await,
         (_, "/invocation/next") => method_not_allowed("GET"),
         (_, "/init/error") => method_not_allowed("POST"),
         (m, r) if r.starts_with("/invocation/") => {
@@ -1015,19 +1015,14 @@ async fn read_limited(mut body: Incoming) -> (Bytes, Option<usize>) {
 }
 
 /// `POST /init/error`.
-async fn init_error(
-    rt: &Arc<LambdaRuntime>,
-    env: usize,
-    gen: u64,
-    req: Request<Incoming>,
-) -> Response<Body> {
-    if *lock(&rt.envs[env].phase) != Phase::Starting {
+async fn init_error(e: &Env, gen: u64, req: Request<Incoming>) -> Response<Body> {
+    if *lock(&e.phase) != Phase::Starting {
         return invalid_transition("Ready", "InitError");
     }
     let kind = error_type(&req);
     let (body, _) = read_limited(req.into_body()).await;
     let msg = error_summary(kind.as_deref(), &body, "Runtime.InitError");
-    rt.envs[env].init_error.send_replace((gen, Some(msg.into())));
+    e.init_error.send_replace((gen, Some(msg.into())));
     accepted()
 }
 
