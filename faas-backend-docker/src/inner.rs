@@ -231,6 +231,11 @@ impl Inner {
         // this function only, so the name is part of its configuration.
         if is_lambda(&spec) {
             env.entry("AWS_LAMBDA_FUNCTION_NAME".into()).or_insert_with(|| spec.name.clone());
+            // As many execution environments as invocations the container may take at once.
+            if let Some(n) = spec.max_concurrency {
+                let n = (n as usize).clamp(1, faas_watchdog::lambda::MAX_ENVIRONMENTS);
+                env.entry("lambda_concurrency".into()).or_insert_with(|| n.to_string());
+            }
         }
         if let Some(t) = spec.timeout {
             // One timeout for every layer: ours fires at `t`; the watchdog's a little later

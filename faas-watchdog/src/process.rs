@@ -27,7 +27,8 @@
 //!   its own upstream port (the function must listen on the environment variable `port`,
 //!   which the watchdog sets). `spec.timeout` becomes the watchdog's `exec_timeout` (unset:
 //!   no limit); in `lambda` mode its memory limit becomes `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`
-//!   (in MiB) unless that is set. By default `prefix_logs=false` and
+//!   (in MiB) and its `maxConcurrency` the watchdog's `lambda_concurrency` (execution
+//!   environments per replica), unless set. By default `prefix_logs=false` and
 //!   `healthcheck_interval=0s` (the backend stops routing to a replica before it stops it).
 //! - **Secrets** are files `<state>/secrets/<namespace>/<name>`; each function gets a copy of
 //!   the secrets its spec names in its own directory, whose path is in the environment
@@ -973,6 +974,13 @@ async fn run_replica(
     if mode == Some("lambda") && !spec.env_vars.contains_key("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") {
         if let Some(b) = spec.limits.as_ref().and_then(|l| l.memory_bytes()) {
             cmd.env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", (b >> 20).max(1).to_string());
+        }
+    }
+    // As many execution environments as invocations the replica may take at once.
+    if mode == Some("lambda") && !spec.env_vars.contains_key("lambda_concurrency") {
+        if let Some(n) = spec.max_concurrency {
+            let n = (n as usize).clamp(1, crate::lambda::MAX_ENVIRONMENTS);
+            cmd.env("lambda_concurrency", n.to_string());
         }
     }
     let is_http = mode == Some("http");
