@@ -370,7 +370,7 @@ impl GatewayBuilder {
                     store.clone(),
                     config,
                 )
-                .with_dead_letters(Arc::new(faas_queue::MemoryDeadLetters::default()))
+                .with_dead_letters(Arc::new(q.dead_letters()))
                 .spawn(),
             );
             queue = Some(Arc::new(faas_queue::TrackedPublisher::new(
