@@ -274,7 +274,10 @@ impl Inner {
 
     /// The pull under way for a deploy or update of `fref`: the spec being deployed and
     /// how far the pull has got.
-    pub fn pulling(&self, fref: &FunctionRef) -> Option<(faas_core::FunctionSpec, faas_core::PullProgress)> {
+    pub fn pulling(
+        &self,
+        fref: &FunctionRef,
+    ) -> Option<(faas_core::FunctionSpec, faas_core::PullProgress)> {
         let pulls = lock(&self.pulls);
         let (spec, tracker) = pulls.get(fref)?;
         let progress = tracker.lock().unwrap_or_else(|p| p.into_inner()).progress();

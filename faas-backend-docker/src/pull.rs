@@ -81,7 +81,13 @@ impl PullTracker {
     /// Takes one progress message of the engine: layer `id` in `status`, with the
     /// message's `current` and `total` bytes where it has them. Messages that are not a
     /// layer's (`Pulling from ...`, whose id is the tag; `Digest: ...`) change nothing.
-    pub(crate) fn apply(&mut self, id: &str, status: &str, current: Option<i64>, total: Option<i64>) {
+    pub(crate) fn apply(
+        &mut self,
+        id: &str,
+        status: &str,
+        current: Option<i64>,
+        total: Option<i64>,
+    ) {
         const LAYER_STATES: [&str; 9] = [
             "Pulling fs layer",
             "Waiting",
@@ -152,7 +158,10 @@ pub(crate) async fn pull(docker: &Docker, image: &str, tracker: &SharedTracker) 
                 let id = info.id.unwrap_or_default();
                 let (current, total) =
                     info.progress_detail.map_or((None, None), |d| (d.current, d.total));
-                tracker.lock().unwrap_or_else(|p| p.into_inner()).apply(&id, &status, current, total);
+                tracker
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .apply(&id, &status, current, total);
                 // "Downloading"/"Extracting" repeat with every progress tick: log changes only.
                 if last.get(&id) != Some(&status) {
                     tracing::info!(image, layer = %id, "{status}");
@@ -212,7 +221,10 @@ mod tests {
         t.apply("", "Digest: sha256:0123", None, None);
         t.apply("", "Status: Downloaded newer image for r/a:1", None, None);
         let p = t.progress();
-        assert_eq!((p.downloaded_bytes, p.total_bytes, p.layers, p.layers_done), (10_000, 10_000, 3, 3));
+        assert_eq!(
+            (p.downloaded_bytes, p.total_bytes, p.layers, p.layers_done),
+            (10_000, 10_000, 3, 3)
+        );
     }
 
     #[test]

@@ -69,8 +69,7 @@ pub use scheduler::{
 };
 pub use spec::{
     FunctionFailure, FunctionSpec, FunctionStatus, PullProgress, ReplicaLimits, Resources,
-    ScalingMetric,
-    ScalingPolicy, Usage,
+    ScalingMetric, ScalingPolicy, Usage,
 };
 pub use whisk::{Rule, Trigger};
 

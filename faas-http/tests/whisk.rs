@@ -615,7 +615,10 @@ async fn portal_routes_reach_whisk_as_the_admin_and_show_the_queue() {
     // Entities made with the OpenWhisk key.
     let key_h = with(&[("authorization", &whisk_auth)]);
     let put = |p: &str, body: Value| send(Method::PUT, api(p), key_h.clone(), body);
-    assert_eq!(put("actions/hello", json!({"exec": {"kind": "blackbox", "image": "whisk/echo"}})).await.0, 200);
+    assert_eq!(
+        put("actions/hello", json!({"exec": {"kind": "blackbox", "image": "whisk/echo"}})).await.0,
+        200
+    );
     assert_eq!(put("triggers/ping", json!({})).await.0, 200);
     let rule = json!({"trigger": "/_/ping", "action": "/_/hello"});
     assert_eq!(put("rules/ping-hello", rule).await.0, 200);
@@ -638,19 +641,18 @@ async fn portal_routes_reach_whisk_as_the_admin_and_show_the_queue() {
     let (s, _) = send(Method::POST, portal("rules/ping-hello"), evil, off.clone()).await;
     assert_eq!(s, 403);
     // The portal itself (same origin) fires the trigger, then disables the rule.
-    let own = with(&[
-        ("authorization", &admin_h),
-        ("origin", &base),
-        ("sec-fetch-site", "same-origin"),
-    ]);
-    let (s, fired) = send(Method::POST, portal("triggers/ping"), own.clone(), json!({"n": 1})).await;
+    let own =
+        with(&[("authorization", &admin_h), ("origin", &base), ("sec-fetch-site", "same-origin")]);
+    let (s, fired) =
+        send(Method::POST, portal("triggers/ping"), own.clone(), json!({"n": 1})).await;
     assert_eq!(s, 202, "{fired}");
     assert!(fired["activationId"].is_string());
     let (s, r) = send(Method::POST, portal("rules/ping-hello"), own.clone(), off).await;
     assert_eq!((s, &r["status"]), (200, &json!("inactive")), "{r}");
     let (s, _) = send(Method::POST, portal("triggers/ping"), own.clone(), json!({})).await;
     assert_eq!(s, 204, "no active rule: nothing fired");
-    let (s, acts) = send(Method::GET, portal("activations?name=ping"), admin_only.clone(), Value::Null).await;
+    let (s, acts) =
+        send(Method::GET, portal("activations?name=ping"), admin_only.clone(), Value::Null).await;
     assert_eq!(s, 200);
     assert_eq!(acts.as_array().map(Vec::len), Some(1), "{acts}");
 
@@ -666,7 +668,8 @@ async fn portal_routes_reach_whisk_as_the_admin_and_show_the_queue() {
     assert_eq!(s, 401, "the queue's depth is the admin's");
     let depth = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
-            let (s, d) = send(Method::GET, "/system/queue".into(), admin_only.clone(), Value::Null).await;
+            let (s, d) =
+                send(Method::GET, "/system/queue".into(), admin_only.clone(), Value::Null).await;
             assert_eq!(s, 200, "{d}");
             if d["deadLetters"] == 2 {
                 return d;

@@ -27,8 +27,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use faas_core::activation::epoch_millis;
 use faas_core::queue::{
-    ActivationStore, AsyncActivation, AsyncState, ImmediateActivationStore, Progress,
-    QueueDepth, QueuePublisher, QueuedInvocation, RecordUpdate,
+    ActivationStore, AsyncActivation, AsyncState, ImmediateActivationStore, Progress, QueueDepth,
+    QueuePublisher, QueuedInvocation, RecordUpdate,
 };
 use faas_core::state::{StateOp, StateStore};
 use faas_core::{Error, InvocationId, Result};

@@ -471,7 +471,10 @@ async fn memory_depth_per_function_and_dead_letters() {
     })
     .await;
     assert_eq!(d.dead_letters, 2);
-    assert_eq!(d.functions[&format!("down.{ns}")], FunctionQueueDepth { waiting: 0, dead_letters: 2 });
+    assert_eq!(
+        d.functions[&format!("down.{ns}")],
+        FunctionQueueDepth { waiting: 0, dead_letters: 2 }
+    );
     assert!(!d.functions.contains_key(&format!("a.{ns}")), "{d:?}");
     let json = serde_json::to_value(&d).unwrap();
     assert_eq!(json["deadLetters"], 2);

@@ -808,11 +808,14 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 let mut pull = None;
                 let label = format!("Pulling the image of {}", s.name);
                 let (name, ns) = (s.name.clone(), s.namespace.clone());
-                let deployed = progress::showing_pull(&mut pull, &label, client.deploy(s), || {
-                    let (client, name, ns) = (&client, &name, &ns);
-                    async move { client.describe(name, ns.as_deref()).await.ok().and_then(|st| st.pull) }
-                })
-                .await;
+                let deployed =
+                    progress::showing_pull(&mut pull, &label, client.deploy(s), || {
+                        let (client, name, ns) = (&client, &name, &ns);
+                        async move {
+                            client.describe(name, ns.as_deref()).await.ok().and_then(|st| st.pull)
+                        }
+                    })
+                    .await;
                 if let Some(step) = pull {
                     step.finish(if deployed.is_ok() { "done" } else { "failed" });
                 }

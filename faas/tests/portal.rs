@@ -464,7 +464,11 @@ async fn overview_shows_the_queue_and_openwhisk_entities_with_auth() {
             .uri(format!("{gw_url}{path}"))
             .header("authorization", auth)
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(if body.is_null() { String::new() } else { body.to_string() })))
+            .body(Full::new(Bytes::from(if body.is_null() {
+                String::new()
+            } else {
+                body.to_string()
+            })))
             .unwrap();
         let http = http.clone();
         async move {
@@ -474,7 +478,8 @@ async fn overview_shows_the_queue_and_openwhisk_entities_with_auth() {
             (status, String::from_utf8_lossy(&bytes).into_owned())
         }
     };
-    let whisk = format!("Basic {}", faas_core::queue::base64_encode(format!("{UUID}:{KEY}").as_bytes()));
+    let whisk =
+        format!("Basic {}", faas_core::queue::base64_encode(format!("{UUID}:{KEY}").as_bytes()));
     let admin = creds.header_value();
 
     // OpenWhisk entities, made with the key: an action echoing its parameters, a sequence
@@ -484,14 +489,19 @@ async fn overview_shows_the_queue_and_openwhisk_entities_with_auth() {
                       "annotations": [{"key": "fprocess", "value": "cat"}]});
     for (path, body) in [
         ("actions/greet", echo),
-        ("actions/greet-twice", json!({"exec": {"kind": "sequence", "components": ["/_/greet", "/_/greet"]}})),
+        (
+            "actions/greet-twice",
+            json!({"exec": {"kind": "sequence", "components": ["/_/greet", "/_/greet"]}}),
+        ),
         ("triggers/ping", json!({"parameters": [{"key": "source", "value": "portal"}]})),
         ("rules/ping-greet", json!({"trigger": "/_/ping", "action": "/_/greet"})),
     ] {
         let (s, b) = send("PUT", &ws(path), whisk.clone(), body).await;
         assert_eq!(s, 200, "{path}: {b}");
     }
-    let (s, b) = send("POST", &ws("actions/greet-twice?blocking=true"), whisk.clone(), json!({"n": 1})).await;
+    let (s, b) =
+        send("POST", &ws("actions/greet-twice?blocking=true"), whisk.clone(), json!({"n": 1}))
+            .await;
     assert_eq!(s, 200, "{b}");
 
     // An OpenFaaS function that always fails, called async twice: both calls end in the
@@ -550,7 +560,13 @@ async fn overview_shows_the_queue_and_openwhisk_entities_with_auth() {
     // The rule's action ran with the trigger's and the firing's parameters.
     let greet = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            let (s, b) = send("GET", &ws("activations?name=greet&docs=true&limit=50"), whisk.clone(), Value::Null).await;
+            let (s, b) = send(
+                "GET",
+                &ws("activations?name=greet&docs=true&limit=50"),
+                whisk.clone(),
+                Value::Null,
+            )
+            .await;
             assert_eq!(s, 200, "{b}");
             let list: Vec<Value> = serde_json::from_str(&b).unwrap();
             if let Some(a) = list.into_iter().find(|a| a["cause"] == trigger_id.as_str()) {
@@ -586,7 +602,8 @@ async fn overview_shows_the_queue_and_openwhisk_entities_with_auth() {
     let acts = wd.wait_text("#wsk-activations", |t| t.contains("greet-twice")).await;
     assert!(acts.lines().all(|l| l.contains("greet-twice") && l.contains("success")), "{acts}");
     wd.click("#wsk-activations button").await;
-    wd.wait_text("#wsk-record", |t| t.contains("\"components\"") || t.contains("greet-twice")).await;
+    wd.wait_text("#wsk-record", |t| t.contains("\"components\"") || t.contains("greet-twice"))
+        .await;
 
     h.stop(&["flaky"]).await;
 }
