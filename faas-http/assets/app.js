@@ -260,18 +260,25 @@ async function loadWhisk() {
   loadWhiskActivations(null);
 }
 
-function showTriggers(list) {
-  const body = $("wsk-triggers");
-  if (list.length === 0) return message(body, 3, "No triggers (wsk trigger create NAME).", "muted");
-  body.replaceChildren(...list.map((t) => {
+/** Fills the table body `id` with a row per item of `list` (`fill(tr, item)` adds the cells), or says `empty`. */
+function fillRows(id, cols, list, empty, fill) {
+  const body = $(id);
+  if (list.length === 0) return message(body, cols, empty, "muted");
+  body.replaceChildren(...list.map((item) => {
     const tr = document.createElement("tr");
-    tr.dataset.name = t.name;
+    tr.dataset.name = item.name;
+    fill(tr, item);
+    return tr;
+  }));
+}
+
+function showTriggers(list) {
+  fillRows("wsk-triggers", 3, list, "No triggers (wsk trigger create NAME).", (tr, t) => {
     const params = (t.parameters || []).map((p) => p.key + "=" + JSON.stringify(p.value)).join(", ");
     const td = document.createElement("td");
     td.append(button("Fire", "Fire " + t.name + " with the parameters below", () => fireTrigger(t.name)));
     tr.append(cell(t.name), cell(params), td);
-    return tr;
-  }));
+  });
 }
 
 async function fireTrigger(name) {
@@ -303,11 +310,7 @@ async function fireTrigger(name) {
 }
 
 function showRules(list) {
-  const body = $("wsk-rules");
-  if (list.length === 0) return message(body, 5, "No rules (wsk rule create NAME TRIGGER ACTION).", "muted");
-  body.replaceChildren(...list.map((r) => {
-    const tr = document.createElement("tr");
-    tr.dataset.name = r.name;
+  fillRows("wsk-rules", 5, list, "No rules (wsk rule create NAME TRIGGER ACTION).", (tr, r) => {
     const active = r.status === "active";
     const st = cell(r.status);
     st.className = active ? "ok" : "muted";
@@ -315,8 +318,7 @@ function showRules(list) {
     td.append(button(active ? "Disable" : "Enable", (active ? "Disable " : "Enable ") + r.name,
       () => setRule(r.name, active ? "inactive" : "active")));
     tr.append(cell(r.name), cell(pathName(r.trigger)), cell(pathName(r.action)), st, td);
-    return tr;
-  }));
+  });
 }
 
 async function setRule(name, status) {
@@ -336,16 +338,11 @@ async function setRule(name, status) {
 }
 
 function showSequences(list) {
-  const body = $("wsk-sequences");
-  if (list.length === 0) return message(body, 3, "No sequences (wsk action create NAME --sequence A,B).", "muted");
-  body.replaceChildren(...list.map((a) => {
-    const tr = document.createElement("tr");
-    tr.dataset.name = a.name;
+  fillRows("wsk-sequences", 3, list, "No sequences (wsk action create NAME --sequence A,B).", (tr, a) => {
     const td = document.createElement("td");
     td.append(button("Activations", "Show the activations of " + a.name, () => loadWhiskActivations(a.name)));
     tr.append(cell(a.name), cell((a.exec.components || []).join(" → ")), td);
-    return tr;
-  }));
+  });
 }
 
 /** The namespace's recent activations, or those of `name` only. */
@@ -358,12 +355,9 @@ async function loadWhiskActivations(name) {
   } catch (e) {
     return message(body, 6, "Cannot list activations: " + e.message, "error");
   }
-  if (list.length === 0) return message(body, 6, "No activations yet.", "muted");
-  body.replaceChildren(...list.map((a) => {
-    const tr = document.createElement("tr");
+  fillRows("wsk-activations", 6, list, "No activations yet.", (tr, a) => {
     const code = a.statusCode !== undefined ? a.statusCode : (a.response || {}).statusCode;
     tr.className = "activation " + (code === 0 ? "ok" : "error");
-    tr.dataset.name = a.name;
     const caused = annotation(a, "causedBy") || "";
     const rec = document.createElement("td");
     const b = button(String(a.activationId).slice(0, 12), "Show the record of " + a.activationId, async () => {
@@ -380,8 +374,7 @@ async function loadWhiskActivations(name) {
     rec.append(b);
     tr.append(cell(new Date(a.start).toLocaleTimeString()), cell(a.name), cell(OUTCOMES[code] || String(code)),
       cell(a.duration + " ms"), cell(caused), rec);
-    return tr;
-  }));
+  });
 }
 
 // ---- Stack file deploy ----------------------------------------------------------------

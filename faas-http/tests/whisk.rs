@@ -48,6 +48,25 @@ fn backend() -> Arc<MemoryInvoker> {
     Arc::new(m)
 }
 
+/// A gateway over `backend` with `config` and the test's OpenWhisk key, on a loopback port:
+/// its URL, and the sender that stops it (when dropped).
+async fn serve_whisk(
+    backend: Arc<MemoryInvoker>,
+    config: faas_http::GatewayConfig,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let gateway = Gateway::builder(backend as Arc<dyn Backend>)
+        .config(config)
+        .whisk_key(WhiskKey::new(UUID, KEY, "guest"))
+        .build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(faas_http::serve(listener, gateway.service(), async move {
+        let _ = rx.await;
+    }));
+    (base, tx)
+}
+
 struct Whisk {
     client: GatewayClient,
     auth: String,
@@ -60,16 +79,7 @@ impl Whisk {
             record_every_invocation: true,
             ..faas_http::GatewayConfig::default()
         };
-        let gateway = Gateway::builder(backend() as Arc<dyn Backend>)
-            .config(config)
-            .whisk_key(WhiskKey::new(UUID, KEY, "guest"))
-            .build();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(faas_http::serve(listener, gateway.service(), async move {
-            let _ = rx.await;
-        }));
+        let (base, tx) = serve_whisk(backend(), config).await;
         let client = GatewayClient::new(&base).unwrap().with_timeout(Duration::from_secs(30));
         let auth = format!(
             "Basic {}",
@@ -581,16 +591,7 @@ async fn portal_routes_reach_whisk_as_the_admin_and_show_the_queue() {
         record_every_invocation: true,
         ..faas_http::GatewayConfig::default()
     };
-    let gateway = Gateway::builder(m as Arc<dyn Backend>)
-        .config(config)
-        .whisk_key(WhiskKey::new(UUID, KEY, "guest"))
-        .build();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(faas_http::serve(listener, gateway.service(), async move {
-        let _ = rx.await;
-    }));
+    let (base, _tx) = serve_whisk(m, config).await;
     let c = GatewayClient::new(&base).unwrap().with_timeout(Duration::from_secs(30));
     let whisk_auth =
         format!("Basic {}", faas_core::queue::base64_encode(format!("{UUID}:{KEY}").as_bytes()));

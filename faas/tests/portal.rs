@@ -96,6 +96,16 @@ impl WebDriver {
             .to_string()
     }
 
+    /// Makes the browser send `Authorization: value` with every request, as it does once
+    /// its login prompt was answered.
+    async fn send_authorization(&self, value: &str) {
+        self.cmd("POST", "/goog/cdp/execute", Some(json!({"cmd": "Network.enable", "params": {}})))
+            .await;
+        let headers = json!({"headers": {"Authorization": value}});
+        let params = json!({"cmd": "Network.setExtraHTTPHeaders", "params": headers});
+        self.cmd("POST", "/goog/cdp/execute", Some(params)).await;
+    }
+
     /// Runs `script` (a function body) in the page and answers what it returns.
     async fn script(&self, script: &str) -> Value {
         self.cmd("POST", "/execute/sync", Some(json!({"script": script, "args": []}))).await
@@ -337,14 +347,7 @@ async fn function_page_shows_charts_activations_and_logs_with_auth() {
         http::Request::get(format!("{gw_url}{path}")).body(Full::new(Bytes::new())).unwrap()
     };
     assert_eq!(http.request(get("/ui/")).await.unwrap().status(), 401);
-    wd.cmd("POST", "/goog/cdp/execute", Some(json!({"cmd": "Network.enable", "params": {}}))).await;
-    let headers = json!({"headers": {"Authorization": creds.header_value()}});
-    wd.cmd(
-        "POST",
-        "/goog/cdp/execute",
-        Some(json!({"cmd": "Network.setExtraHTTPHeaders", "params": headers})),
-    )
-    .await;
+    wd.send_authorization(&creds.header_value()).await;
     wd.cmd("POST", "/url", Some(json!({"url": format!("{gw_url}/ui/")}))).await;
     wd.wait_text("#fn-rows", |t| t.contains("No functions yet")).await;
 
@@ -515,14 +518,7 @@ async fn overview_shows_the_queue_and_openwhisk_entities_with_auth() {
     }
 
     // The browser has the admin's credentials (as after its login prompt) and nothing else.
-    wd.cmd("POST", "/goog/cdp/execute", Some(json!({"cmd": "Network.enable", "params": {}}))).await;
-    let headers = json!({"headers": {"Authorization": admin}});
-    wd.cmd(
-        "POST",
-        "/goog/cdp/execute",
-        Some(json!({"cmd": "Network.setExtraHTTPHeaders", "params": headers})),
-    )
-    .await;
+    wd.send_authorization(&admin).await;
     wd.cmd("POST", "/url", Some(json!({"url": format!("{gw_url}/ui/")}))).await;
     wd.wait_text("#fn-rows", |t| t.contains("flaky")).await;
 
