@@ -154,6 +154,12 @@ where
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // The status is asked within the select, so the work goes on while it is (a
+        // backend's status can take a while) and is never held up by it.
+        let report = async {
+            tick.tick().await;
+            pull_status().await
+        };
         tokio::select! {
             biased;
             r = &mut work => {
@@ -162,8 +168,8 @@ where
                 }
                 return r;
             }
-            _ = tick.tick() => {
-                if let Some(p) = pull_status().await {
+            p = report => {
+                if let Some(p) = p {
                     step.get_or_insert_with(|| Step::start(label)).pull(&p);
                 }
             }
@@ -221,5 +227,13 @@ mod tests {
         assert!(step.is_none(), "no pull reported: no step");
         let n = polls.load(std::sync::atomic::Ordering::SeqCst);
         assert!((8..=9).contains(&n), "polled every 250 ms for 2 s: {n}");
+
+        // A reported pull starts the step.
+        let work = tokio::time::sleep(Duration::from_secs(1));
+        showing_pull(&mut step, "Pulling", work, || async { Some(progress(5, 10, 1)) }).await;
+        let step = step.expect("a step for the reported pull");
+        // Shown: as the bar's bytes on a terminal, else as the last plain line.
+        assert!(step.pulling || step.plain.last == Some((3, 1, 5)), "{:?}", step.plain.last);
+        step.finish("done");
     }
 }
