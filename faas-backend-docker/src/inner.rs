@@ -80,6 +80,8 @@ pub(crate) struct Inner {
     /// One permit per replica, [`ReplicaLimits::per_node`] in all; each replica holds its
     /// own ([`Replica::hold_slot`]).
     pub node_slots: Arc<Semaphore>,
+    /// The image pulls of deploys and updates under way, per function.
+    pub pulls: Mutex<HashMap<FunctionRef, (faas_core::FunctionSpec, crate::pull::SharedTracker)>>,
 }
 
 fn random_suffix() -> String {
@@ -268,10 +270,35 @@ impl Inner {
         Ok(SpecInfo { spec, hash, template, min_replicas, scheduler })
     }
 
-    /// Pulls the image when the engine lacks it; `InvalidSpec(image)` with the registry's
-    /// error when the pull fails.
-    pub async fn check_image(&self, image: &str) -> Result<()> {
-        crate::pull::ensure_image(&self.docker, image).await.map(|_| ())
+    /// Pulls the image of `spec` when the engine lacks it; `InvalidSpec(image)` with the
+    /// registry's error when the pull fails. While it pulls, the function's status reports
+    /// the pull ([`Inner::pulling`]).
+    pub async fn check_image(&self, spec: &faas_core::FunctionSpec) -> Result<()> {
+        let fref = spec.function_ref();
+        let tracker: crate::pull::SharedTracker =
+            Arc::new(Mutex::new(crate::pull::PullTracker::new(&spec.image)));
+        lock(&self.pulls).insert(fref.clone(), (spec.clone(), tracker.clone()));
+        // Forgotten however the deploy ends (a caller gone mid-pull drops this future).
+        struct Forget<'a>(&'a Inner, FunctionRef);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                lock(&self.0.pulls).remove(&self.1);
+            }
+        }
+        let _forget = Forget(self, fref);
+        crate::pull::ensure_image(&self.docker, &spec.image, &tracker).await.map(|_| ())
+    }
+
+    /// The pull under way for a deploy or update of `fref`: the spec being deployed and
+    /// how far the pull has got.
+    pub fn pulling(
+        &self,
+        fref: &FunctionRef,
+    ) -> Option<(faas_core::FunctionSpec, faas_core::PullProgress)> {
+        let pulls = lock(&self.pulls);
+        let (spec, tracker) = pulls.get(fref)?;
+        let progress = tracker.lock().unwrap_or_else(|p| p.into_inner()).progress();
+        Some((spec.clone(), progress))
     }
 
     fn container_body(

@@ -429,6 +429,7 @@ impl DockerInvokerBuilder {
             closed: Default::default(),
             engine_down: Default::default(),
             node_slots: Arc::new(tokio::sync::Semaphore::new(limits.per_node() as usize)),
+            pulls: Mutex::new(Default::default()),
         });
         inner.adopt().await?;
         let templates: Vec<Template> = lock(&inner.pools).keys().cloned().collect();
@@ -681,7 +682,7 @@ impl Deploy for DockerInvoker {
         if lock(&inner.functions).contains_key(&fref) {
             return Err(Error::AlreadyExists { kind: "function", name: fref.to_string() });
         }
-        inner.check_image(&info.spec.image).await?;
+        inner.check_image(&info.spec).await?;
         placement::check_local(&inner.docker, &info.spec).await?;
         let created = SystemTime::now();
         let desired = info.min_replicas;
@@ -723,7 +724,7 @@ impl Deploy for DockerInvoker {
         let scheduler = inner.scheduler_for(&spec)?;
         let info = inner.spec_info(spec, scheduler)?;
         inner.check_engine_limits(&info.template)?;
-        inner.check_image(&info.spec.image).await?;
+        inner.check_image(&info.spec).await?;
         placement::check_local(&inner.docker, &info.spec).await?;
         let _g = f.reconcile_lock.lock().await;
         // A new spec is a new chance: the old spec's start failures no longer count.
@@ -806,10 +807,23 @@ impl Deploy for DockerInvoker {
         Ok(out)
     }
 
+    /// The function's status; while a deploy or update of it pulls its image, with the
+    /// pull's progress (a function being deployed is reported from its spec, with no
+    /// replica, until the pull ends).
     async fn status(&self, function: &FunctionRef) -> Result<FunctionStatus> {
-        let f = self.inner.function(function)?;
+        let pulling = self.inner.pulling(function);
+        let f = match self.inner.function(function) {
+            Ok(f) => f,
+            Err(e) => {
+                let Some((spec, progress)) = pulling else { return Err(e) };
+                let mut st = FunctionStatus::from_spec(&spec);
+                st.pull = Some(progress);
+                return Ok(st);
+            }
+        };
         let mut st = self.status_of(&f);
         st.usage = Some(self.usage(&f.live()).await);
+        st.pull = pulling.map(|(_, p)| p);
         Ok(st)
     }
 

@@ -239,7 +239,7 @@ impl AsyncQueue {
             activations.clone(),
             worker_config(config),
         )
-        .with_dead_letters(Arc::new(faas_queue::MemoryDeadLetters::default()))
+        .with_dead_letters(Arc::new(queue.queue().dead_letters()))
         .spawn();
         let description = format!(
             "durable queue in {} ({} calls carried over), worker in process",

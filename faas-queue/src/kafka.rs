@@ -45,7 +45,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use faas_core::event::{Acknowledge, Delivery};
 use faas_core::queue::{
-    DeadLetter, DeadLetterSink, QueueConsumer, QueuePublisher, QueuedInvocation,
+    DeadLetter, DeadLetterSink, QueueConsumer, QueueDepth, QueuePublisher, QueuedInvocation,
 };
 use faas_core::util::lock;
 use faas_core::{Error, Result};
@@ -372,6 +372,19 @@ impl QueuePublisher for KafkaPublisher {
         out
     }
 
+    /// The consumer group's lag on the topic (per partition, the high watermark less the
+    /// group's committed offset, or less the low watermark where the group committed
+    /// nothing) as what waits, and the messages the dead-letter topic holds. Kafka counts
+    /// offsets, not functions: no per-function figures, and nothing in flight (the
+    /// consumers may run in other processes).
+    async fn depth(&self) -> Result<QueueDepth> {
+        let config = self.inner.config.clone();
+        let topic = self.inner.topic.clone();
+        tokio::task::spawn_blocking(move || kafka_depth(&config, &topic))
+            .await
+            .map_err(|e| Error::internal(format!("kafka: the depth query panicked: {e}")))?
+    }
+
     fn health(&self) -> Result<()> {
         let p = lock(&self.inner.producer);
         if let Some((code, reason)) = p.client().fatal_error() {
@@ -388,6 +401,60 @@ impl QueuePublisher for KafkaPublisher {
             None => Ok(()),
         }
     }
+}
+
+/// How long one metadata, watermark or offset request of [`kafka_depth`] may take.
+const DEPTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// [`KafkaPublisher::depth`]'s figures, on a blocking thread: a consumer of the workers'
+/// group that subscribes to nothing (it only reads the group's committed offsets).
+fn kafka_depth(config: &KafkaConfig, topic: &str) -> Result<QueueDepth> {
+    let mut c = config.base();
+    c.set("group.id", &config.group_id).set("enable.auto.commit", "false");
+    config.apply_properties(&mut c);
+    let consumer: BaseConsumer = c.create().map_err(|e| config_error("consumer", e))?;
+    let unavailable = |what: &str, e: KafkaError| Error::unavailable(format!("kafka: {what}: {e}"));
+    let partitions = |t: &str| -> Result<Vec<i32>> {
+        let md = consumer
+            .fetch_metadata(Some(t), DEPTH_TIMEOUT)
+            .map_err(|e| unavailable(&format!("reading the metadata of {t}"), e))?;
+        Ok(md
+            .topics()
+            .iter()
+            .filter(|m| m.name() == t && m.error().is_none())
+            .flat_map(|m| m.partitions().iter().map(|p| p.id()))
+            .collect())
+    };
+    let mut depth = QueueDepth::default();
+    let queue_partitions = partitions(topic)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in &queue_partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = if queue_partitions.is_empty() {
+        TopicPartitionList::new()
+    } else {
+        consumer
+            .committed_offsets(tpl, DEPTH_TIMEOUT)
+            .map_err(|e| unavailable("reading the workers' committed offsets", e))?
+    };
+    for p in &queue_partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, *p, DEPTH_TIMEOUT)
+            .map_err(|e| unavailable(&format!("reading the offsets of {topic}/{p}"), e))?;
+        let from = match committed.find_partition(topic, *p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o.max(low),
+            _ => low,
+        };
+        depth.waiting += u64::try_from(high - from).unwrap_or(0);
+    }
+    for p in partitions(&config.dead_letter_topic)? {
+        let (low, high) = consumer
+            .fetch_watermarks(&config.dead_letter_topic, p, DEPTH_TIMEOUT)
+            .map_err(|e| unavailable("reading the offsets of the dead letters", e))?;
+        depth.dead_letters += u64::try_from(high - low).unwrap_or(0);
+    }
+    Ok(depth)
 }
 
 /// Dead letters as JSON messages ([`DeadLetter`]) on `config.dead_letter_topic`, keyed by

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use faas_core::activation::epoch_millis;
 use faas_core::queue::{
-    ActivationStore, AsyncActivation, AsyncState, ImmediateActivationStore, Progress,
+    ActivationStore, AsyncActivation, AsyncState, ImmediateActivationStore, Progress, QueueDepth,
     QueuePublisher, QueuedInvocation, RecordUpdate,
 };
 use faas_core::state::{StateOp, StateStore};
@@ -205,6 +205,10 @@ pub struct StoredPublisher {
 
 #[async_trait]
 impl QueuePublisher for StoredPublisher {
+    async fn depth(&self) -> Result<QueueDepth> {
+        Ok(self.queue.queue.depth())
+    }
+
     async fn publish(&self, item: QueuedInvocation) -> Result<()> {
         let mut r = self.publish_batch(vec![item]).await;
         r.pop().unwrap_or_else(|| Err(Error::internal("queue publisher: no result")))

@@ -358,6 +358,11 @@ async fn kafka_dead_letter_topic() {
     .await
     .unwrap();
 
+    // The malformed message waits (the workers' group has committed nothing yet).
+    let before = k.publisher.depth().await.unwrap();
+    assert_eq!((before.waiting, before.dead_letters), (1, 0), "{before:?}");
+    assert!(!before.per_function && before.in_flight.is_none());
+
     let rig = Rig::new();
     rig.invoker.register("down", |_req| async { Ok(response(503, "still down")) });
     let worker = faas_queue::Worker::new(
@@ -388,6 +393,18 @@ async fn kafka_dead_letter_topic() {
     assert_eq!(letter.item.attempt, 2);
     assert_eq!(letter.status, Some(503));
     assert!(letter.error.contains("still down"), "{}", letter.error);
+    // The depth: nothing waits once the workers' offsets are committed, two dead letters.
+    let after = bounded("the queue's offsets committed", async {
+        loop {
+            let d = k.publisher.depth().await.unwrap();
+            if d.waiting == 0 {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(after.dead_letters, 2, "{after:?}");
     bounded("worker shutdown", worker.shutdown()).await.unwrap();
     drop(raw);
     k.finish().await;

@@ -502,6 +502,14 @@ async fn wait_ready(client: &GatewayClient, spec: &FunctionSpec, timeout: Durati
                 step.finish(&format!("ready in {} ms", t0.elapsed().as_millis()));
                 return Ok(());
             }
+            Ok(st) if st.pull.is_some() => {
+                if let Some(p) = &st.pull {
+                    step.note(&format!(
+                        "pulling {}: {} of {} bytes",
+                        p.image, p.downloaded_bytes, p.total_bytes
+                    ));
+                }
+            }
             Ok(st) => {
                 if let Some(f) = &st.failure {
                     step.finish("failing");
@@ -861,7 +869,23 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 print!("Deploying: {} ... ", s.name);
                 let _ = std::io::stdout().flush();
                 let t0 = Instant::now();
-                let updated = client.deploy(s).await?;
+                // A backend that pulls the image reports the pull in the function's status
+                // while the deploy waits for it (the Docker backend): shown as it goes.
+                let mut pull = None;
+                let label = format!("Pulling the image of {}", s.name);
+                let (name, ns) = (s.name.clone(), s.namespace.clone());
+                let deployed =
+                    progress::showing_pull(&mut pull, &label, client.deploy(s), || {
+                        let (client, name, ns) = (&client, &name, &ns);
+                        async move {
+                            client.describe(name, ns.as_deref()).await.ok().and_then(|st| st.pull)
+                        }
+                    })
+                    .await;
+                if let Some(step) = pull {
+                    step.finish(if deployed.is_ok() { "done" } else { "failed" });
+                }
+                let updated = deployed?;
                 println!(
                     "{} in {} ms",
                     if updated { "updated" } else { "deployed" },
@@ -1418,11 +1442,21 @@ async fn up(
             break;
         }
         let f = spec.function_ref();
-        let step = progress::Step::start(format!("  deploying {:<20}", spec.name));
+        let mut step = Some(progress::Step::start(format!("  deploying {:<20}", spec.name)));
         let t0 = Instant::now();
-        let deployed = match invoker.deploy(spec.clone()).await {
-            Err(Error::AlreadyExists { .. }) => invoker.update(spec.clone()).await,
-            other => other,
+        let work = async {
+            match invoker.deploy(spec.clone()).await {
+                Err(Error::AlreadyExists { .. }) => invoker.update(spec.clone()).await,
+                other => other,
+            }
+        };
+        // The backend's image pull (Docker) shows on the step as it goes.
+        let deployed = progress::showing_pull(&mut step, "", work, || async {
+            invoker.status(&f).await.ok().and_then(|st| st.pull)
+        })
+        .await;
+        let Some(step) = step else {
+            return Err(Error::internal("the deploy's progress step went missing"));
         };
         if let Err(e) = deployed {
             step.finish("failed");
