@@ -420,3 +420,75 @@ async fn a_fatally_failed_producer_is_replaced_and_the_call_goes_through() {
     assert!(publisher.health().is_ok(), "{:?}", publisher.health());
     drop(cluster);
 }
+
+/// Two workers in one group and one hot function (no `X-Queue-Key`): its calls, keyed by
+/// call id, spread over every partition, so both workers run a fair share of them (each at
+/// least 35 %; with 4 partitions split 2 and 2, a worker below that is six standard
+/// deviations off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_one_hot_function() {
+    use faas_core::queue::AsyncState;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const N: usize = 400;
+
+    let (cluster, k) = Kafka::new(true);
+    let store = Arc::new(faas_queue::MemoryActivationStore::default());
+    let per_worker: Vec<Arc<AtomicU64>> = (0..2).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let consumers = [k.new_consumer(), k.new_consumer()];
+    let workers: Vec<_> = consumers
+        .iter()
+        .zip(&per_worker)
+        .map(|(consumer, count)| {
+            let inv = TestInvoker::new();
+            let count = count.clone();
+            inv.register("hot", move |_req| {
+                let count = count.clone();
+                async move {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    Ok(response(200, "ok"))
+                }
+            });
+            faas_queue::Worker::new(inv, consumer.clone(), store.clone(), fast_config()).spawn()
+        })
+        .collect();
+    bounded("both workers to get partitions", async {
+        while consumers.iter().any(|c| c.assignment().is_empty()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    let items: Vec<_> = (0..N).map(|i| item("hot", format!("call-{i}"))).collect();
+    let p = faas_queue::TrackedPublisher::new(k.publisher.clone(), store.clone());
+    assert!(p.publish_batch(items.clone()).await.iter().all(Result::is_ok));
+    bounded("every call to complete", async {
+        loop {
+            let n = items
+                .iter()
+                .filter(|i| {
+                    store.get_now(&i.call_id).is_some_and(|r| r.state == AsyncState::Succeeded)
+                })
+                .count();
+            if n == N {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let counts: Vec<u64> = per_worker.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    let assignments: Vec<Vec<i32>> = consumers.iter().map(|c| c.assignment()).collect();
+    eprintln!("one hot function, two workers: calls per worker {counts:?}, partitions {assignments:?}");
+    assert!(counts.iter().sum::<u64>() >= N as u64, "{counts:?}");
+    for (i, c) in counts.iter().enumerate() {
+        assert!(
+            *c * 100 >= 35 * N as u64,
+            "worker {i} ran {c} of {N} calls of the hot function (under 35 %): {counts:?}, partitions {assignments:?}"
+        );
+    }
+    for w in workers {
+        bounded("worker shutdown", w.shutdown()).await.unwrap();
+    }
+    k.finish().await;
+    drop(cluster);
+}
