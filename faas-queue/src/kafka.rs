@@ -58,6 +58,9 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
+/// How long the queue's producers wait for a batch to fill (`linger.ms`).
+const DEFAULT_LINGER: Duration = Duration::from_millis(5);
+
 /// The header counting redeliveries of a nacked message.
 pub const REDELIVERIES_HEADER: &str = "faas-redeliveries";
 /// The header carrying the parse error of a malformed message sent to the dead letters.
@@ -128,10 +131,11 @@ impl KafkaConfig {
         }
     }
 
-    fn producer(&self) -> Result<TracedProducer> {
+    /// An idempotent producer waiting at most `linger` for a batch to fill.
+    fn producer(&self, linger: Duration) -> Result<TracedProducer> {
         let mut c = self.base();
         c.set("enable.idempotence", "true")
-            .set("linger.ms", "5")
+            .set("linger.ms", (linger.as_secs_f64() * 1000.0).to_string())
             .set("message.timeout.ms", self.publish_timeout.as_millis().max(1).to_string());
         self.apply_properties(&mut c);
         c.create_with_context(TracingContext).map_err(|e| config_error("producer", e))
@@ -214,6 +218,8 @@ pub struct KafkaPublisher {
 struct PublisherInner {
     producer: Mutex<TracedProducer>,
     config: KafkaConfig,
+    /// The producer's `linger.ms`, kept for the producers that replace it.
+    linger: Duration,
     topic: String,
     rebuilds: AtomicU64,
     /// Why the last publication failed, until one succeeds.
@@ -234,10 +240,16 @@ impl KafkaPublisher {
     }
 
     fn to_topic(config: &KafkaConfig, topic: &str) -> Result<Self> {
+        Self::lingering(config, topic, DEFAULT_LINGER)
+    }
+
+    /// A publisher to `topic` whose producer waits at most `linger` for a batch to fill.
+    pub(crate) fn lingering(config: &KafkaConfig, topic: &str, linger: Duration) -> Result<Self> {
         Ok(KafkaPublisher {
             inner: Arc::new(PublisherInner {
-                producer: Mutex::new(config.producer()?),
+                producer: Mutex::new(config.producer(linger)?),
                 config: config.clone(),
+                linger,
                 topic: topic.to_string(),
                 rebuilds: AtomicU64::new(0),
                 failing: Mutex::new(None),
@@ -265,7 +277,7 @@ impl KafkaPublisher {
     fn replace_if_fatal(&self) {
         let mut p = lock(&self.inner.producer);
         if let Some((code, reason)) = p.client().fatal_error() {
-            match self.inner.config.producer() {
+            match self.inner.config.producer(self.inner.linger) {
                 Ok(fresh) => {
                     tracing::warn!(topic = %self.inner.topic, %code, %reason, "the Kafka producer failed fatally; replaced it with a new one");
                     *p = fresh;
@@ -311,7 +323,20 @@ impl KafkaPublisher {
         (r, fatal)
     }
 
-    async fn send(&self, key: &str, payload: &[u8], headers: Option<OwnedHeaders>) -> Result<()> {
+    /// Waits (blocking, at most `timeout`) until every message handed to the producer was
+    /// delivered or failed.
+    pub(crate) fn flush(&self, timeout: Duration) {
+        let _ = self.producer().flush(timeout);
+    }
+
+    /// Publishes one message and waits for the broker's acknowledgement; a producer that
+    /// failed fatally under it is replaced and the message sent again with the new one.
+    pub(crate) async fn send(
+        &self,
+        key: &str,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<()> {
         let (mut r, fatal) = self.send_once(key, payload, headers.clone()).await;
         if fatal {
             // The message never reached the log: send it again with a new producer.
@@ -657,7 +682,9 @@ impl KafkaConsumer {
             };
             let msg = match received {
                 Ok(msg) => msg,
-                Err(e) if taken.is_empty() => return Err(Error::unavailable(format!("kafka: {e}"))),
+                Err(e) if taken.is_empty() => {
+                    return Err(Error::unavailable(format!("kafka: {e}")))
+                }
                 // What was taken so far goes; the error comes again on the next call.
                 Err(_) => break,
             };
@@ -1030,8 +1057,7 @@ mod tests {
             }
         });
         // The second lane's chance to overtake the first.
-        let overtaken =
-            tokio::time::timeout(Duration::from_secs(1), &mut second).await.is_ok();
+        let overtaken = tokio::time::timeout(Duration::from_secs(1), &mut second).await.is_ok();
         release.notify_one();
         let first = first.await.expect("first lane").expect("next").expect("a delivery");
         assert_eq!(first.item().body, bytes::Bytes::from("first"));

@@ -478,7 +478,9 @@ async fn two_workers_share_one_hot_function() {
     .await;
     let counts: Vec<u64> = per_worker.iter().map(|c| c.load(Ordering::SeqCst)).collect();
     let assignments: Vec<Vec<i32>> = consumers.iter().map(|c| c.assignment()).collect();
-    eprintln!("one hot function, two workers: calls per worker {counts:?}, partitions {assignments:?}");
+    eprintln!(
+        "one hot function, two workers: calls per worker {counts:?}, partitions {assignments:?}"
+    );
     assert!(counts.iter().sum::<u64>() >= N as u64, "{counts:?}");
     for (i, c) in counts.iter().enumerate() {
         assert!(

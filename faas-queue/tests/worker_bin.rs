@@ -386,7 +386,9 @@ async fn a_killed_workers_partitions_go_to_the_others_within_10s() {
     })
     .await;
     let took = first.duration_since(killed);
-    eprintln!("takeover: A owned {owned_by_a:?}; B handled a call on one of them {took:?} after the kill");
+    eprintln!(
+        "takeover: A owned {owned_by_a:?}; B handled a call on one of them {took:?} after the kill"
+    );
     assert!(took < Duration::from_secs(10), "A's partitions went to B after {took:?}");
     bounded("every call on A's partitions to be handled", async {
         while handled.lock().unwrap().len() < owned_by_a.len() {

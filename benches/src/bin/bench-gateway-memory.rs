@@ -14,7 +14,10 @@
 //! an append-only log in DIR (`faas_queue::log_store`, as `faas up` has it), every accepted
 //! call on disk before its 202 (group commit); `FAAS_BENCH_QUEUE_STORE=redb` puts it in a
 //! redb file instead (`faas_queue::redb_store`, where it was before it had its own log).
-//! See `benches/wrk/gateway.sh` and `benches/wrk/async.sh`.
+//! With `FAAS_BENCH_QUEUE_KAFKA=kafka://HOST:PORT[/TOPIC]` it is `faas up --queue` with that
+//! URL (`faas_http::queue::AsyncQueue::start`: the Kafka publisher, the Kafka activation
+//! store and an in-process worker in group `faas-queue-worker`); the topics must exist.
+//! See `benches/wrk/gateway.sh`, `benches/wrk/async.sh` and `benches/kafka/tansu-async.sh`.
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
@@ -107,6 +110,30 @@ fn main() -> std::io::Result<()> {
                 (Arc::new(publisher), Arc::new(queue.consumer()), store)
             }
         };
+        if let Some(url) = std::env::var_os("FAAS_BENCH_QUEUE_KAFKA") {
+            // `faas up --queue kafka://...`: its queue, store and in-process worker.
+            let url: faas_http::queue::QueueUrl = url
+                .to_string_lossy()
+                .parse()
+                .map_err(|e: faas_core::Error| std::io::Error::other(e.to_string()))?;
+            let queue = faas_http::queue::AsyncQueue::start(
+                &url,
+                &faas_http::queue::QueueOptions::default(),
+                invoker.clone(),
+                &config,
+            )
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .ok_or_else(|| std::io::Error::other("FAAS_BENCH_QUEUE_KAFKA is not a Kafka URL"))?;
+            eprintln!("queue: {}", queue.description());
+            if let (Some(path), Some(stats)) = (&stats_file, queue.worker_stats()) {
+                write_stats(path, stats)?;
+            }
+            let gateway = queue.apply(Gateway::builder(invoker).config(config)).build();
+            let served = serve(&addr, gateway, cpus).await;
+            drop(queue);
+            return served;
+        }
         let worker = faas_queue::Worker::new(
             invoker.clone(),
             consumer,
@@ -119,33 +146,37 @@ fn main() -> std::io::Result<()> {
         )
         .with_dead_letters(Arc::new(faas_queue::MemoryDeadLetters::default()))
         .spawn();
-        if let Some(path) = stats_file {
-            let stats = worker.stats().clone();
-            let mut out = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-            std::thread::spawn(move || loop {
-                let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-                let line = format!(
-                    "{ms} {} {}\n",
-                    stats.finished(),
-                    stats.received.load(Ordering::Relaxed)
-                );
-                if out.write_all(line.as_bytes()).is_err() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            });
+        if let Some(path) = &stats_file {
+            write_stats(path, worker.stats().clone())?;
         }
         let gateway =
             Gateway::builder(invoker).config(config).queue(publisher).activations(store).build();
-        let listener = tokio::net::TcpListener::bind(&addr).await?;
-        eprintln!(
-            "gateway on memory listening on http://{addr}/function/ok and /async-function/ok"
-        );
-        let config = faas_http::ServeConfig::default().threads(cpus);
-        let served =
-            faas_http::serve_with(listener, gateway.service(), std::future::pending(), config)
-                .await;
+        let served = serve(&addr, gateway, cpus).await;
         drop(worker);
         served
     })
+}
+
+/// Appends a line `<unix ms> <finished> <received>` of the worker's counters to `path`
+/// every 20 ms, from a thread of its own.
+fn write_stats(path: &str, stats: Arc<faas_queue::WorkerStats>) -> std::io::Result<()> {
+    let mut out = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    std::thread::spawn(move || loop {
+        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let line =
+            format!("{ms} {} {}\n", stats.finished(), stats.received.load(Ordering::Relaxed));
+        if out.write_all(line.as_bytes()).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    });
+    Ok(())
+}
+
+/// Serves `gateway` on `addr` with one runtime per CPU, until the process is stopped.
+async fn serve(addr: &str, gateway: Gateway, cpus: usize) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    eprintln!("gateway on memory listening on http://{addr}/function/ok and /async-function/ok");
+    let config = faas_http::ServeConfig::default().threads(cpus);
+    faas_http::serve_with(listener, gateway.service(), std::future::pending(), config).await
 }
