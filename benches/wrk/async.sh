@@ -14,7 +14,8 @@
 # had its own log); QUEUE=memory the in-memory queue; QUEUE=kafka KAFKA=kafka://HOST:PORT
 # `faas up --queue kafka://HOST:PORT`'s queue on that broker, with its Kafka activation
 # store and in-process worker (the topics faas-async, faas-async-activations and
-# faas-async-dead-letters must exist; `benches/kafka/tansu-async.sh` runs it on tansu).
+# faas-async-dead-letters must exist; `benches/kafka/tansu-async.sh` runs it on tansu);
+# KAFKA=mock the same on librdkafka's mock cluster in the gateway's process.
 #
 # Needs `wrk`. Targets only 127.0.0.1. Target (issue #6): async >= 50% of the sync rate.
 set -euo pipefail

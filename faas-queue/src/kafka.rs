@@ -58,8 +58,10 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
-/// How long the queue's producers wait for a batch to fill (`linger.ms`).
-const DEFAULT_LINGER: Duration = Duration::from_millis(5);
+/// How long the producers wait for a batch to fill (`linger.ms`, librdkafka's default is
+/// 5 ms): every 202 waits for its call's acknowledgement, so the linger is part of
+/// each async call's latency, while calls arriving together still share batches.
+const LINGER: Duration = Duration::from_millis(1);
 
 /// The header counting redeliveries of a nacked message.
 pub const REDELIVERIES_HEADER: &str = "faas-redeliveries";
@@ -131,11 +133,10 @@ impl KafkaConfig {
         }
     }
 
-    /// An idempotent producer waiting at most `linger` for a batch to fill.
-    fn producer(&self, linger: Duration) -> Result<TracedProducer> {
+    fn producer(&self) -> Result<TracedProducer> {
         let mut c = self.base();
         c.set("enable.idempotence", "true")
-            .set("linger.ms", (linger.as_secs_f64() * 1000.0).to_string())
+            .set("linger.ms", (LINGER.as_secs_f64() * 1000.0).to_string())
             .set("message.timeout.ms", self.publish_timeout.as_millis().max(1).to_string());
         self.apply_properties(&mut c);
         c.create_with_context(TracingContext).map_err(|e| config_error("producer", e))
@@ -218,8 +219,6 @@ pub struct KafkaPublisher {
 struct PublisherInner {
     producer: Mutex<TracedProducer>,
     config: KafkaConfig,
-    /// The producer's `linger.ms`, kept for the producers that replace it.
-    linger: Duration,
     topic: String,
     rebuilds: AtomicU64,
     /// Why the last publication failed, until one succeeds.
@@ -239,17 +238,12 @@ impl KafkaPublisher {
         Self::to_topic(config, &config.topic)
     }
 
-    fn to_topic(config: &KafkaConfig, topic: &str) -> Result<Self> {
-        Self::lingering(config, topic, DEFAULT_LINGER)
-    }
-
-    /// A publisher to `topic` whose producer waits at most `linger` for a batch to fill.
-    pub(crate) fn lingering(config: &KafkaConfig, topic: &str, linger: Duration) -> Result<Self> {
+    /// A publisher to `topic` (the queue's, its dead letters' or the activation records').
+    pub(crate) fn to_topic(config: &KafkaConfig, topic: &str) -> Result<Self> {
         Ok(KafkaPublisher {
             inner: Arc::new(PublisherInner {
-                producer: Mutex::new(config.producer(linger)?),
+                producer: Mutex::new(config.producer()?),
                 config: config.clone(),
-                linger,
                 topic: topic.to_string(),
                 rebuilds: AtomicU64::new(0),
                 failing: Mutex::new(None),
@@ -277,7 +271,7 @@ impl KafkaPublisher {
     fn replace_if_fatal(&self) {
         let mut p = lock(&self.inner.producer);
         if let Some((code, reason)) = p.client().fatal_error() {
-            match self.inner.config.producer(self.inner.linger) {
+            match self.inner.config.producer() {
                 Ok(fresh) => {
                     tracing::warn!(topic = %self.inner.topic, %code, %reason, "the Kafka producer failed fatally; replaced it with a new one");
                     *p = fresh;
@@ -685,8 +679,11 @@ impl KafkaConsumer {
                 Err(e) if taken.is_empty() => {
                     return Err(Error::unavailable(format!("kafka: {e}")))
                 }
-                // What was taken so far goes; the error comes again on the next call.
-                Err(_) => break,
+                // The messages taken so far go; the error is only told.
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka: receiving");
+                    break;
+                }
             };
             let redeliveries = msg
                 .headers()

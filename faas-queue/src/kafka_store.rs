@@ -268,7 +268,7 @@ impl KafkaActivationStore {
             Error::internal("the Kafka activation store must be created within a tokio runtime")
         })?;
         // Replaced after a fatal error (as after a broker restarted empty), as the queue's.
-        let producer = KafkaPublisher::lingering(config, topic, Duration::from_millis(1))?;
+        let producer = KafkaPublisher::to_topic(config, topic)?;
 
         let mut c = config.base();
         config.apply_properties(&mut c);

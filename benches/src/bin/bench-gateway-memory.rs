@@ -17,6 +17,8 @@
 //! With `FAAS_BENCH_QUEUE_KAFKA=kafka://HOST:PORT[/TOPIC]` it is `faas up --queue` with that
 //! URL (`faas_http::queue::AsyncQueue::start`: the Kafka publisher, the Kafka activation
 //! store and an in-process worker in group `faas-queue-worker`); the topics must exist.
+//! `FAAS_BENCH_QUEUE_KAFKA=mock` does the same on librdkafka's mock cluster, started in
+//! this process with the topics (8, 8 and 1 partitions).
 //! See `benches/wrk/gateway.sh`, `benches/wrk/async.sh` and `benches/kafka/tansu-async.sh`.
 
 use std::io::Write;
@@ -110,12 +112,25 @@ fn main() -> std::io::Result<()> {
                 (Arc::new(publisher), Arc::new(queue.consumer()), store)
             }
         };
+        // Kept on this thread (it is not `Send`) for as long as the gateway serves.
+        let mut _mock = None;
         if let Some(url) = std::env::var_os("FAAS_BENCH_QUEUE_KAFKA") {
+            let io = |e: faas_core::Error| std::io::Error::other(e.to_string());
+            let mut url = url.to_string_lossy().into_owned();
+            if url == "mock" {
+                let mock = faas_queue::kafka::MockKafka::new(1).map_err(io)?;
+                for (topic, partitions) in [
+                    ("faas-async", 8),
+                    ("faas-async-activations", 8),
+                    ("faas-async-dead-letters", 1),
+                ] {
+                    mock.create_topic(topic, partitions).map_err(io)?;
+                }
+                url = format!("kafka://{}", mock.bootstrap_servers());
+                _mock = Some(mock);
+            }
             // `faas up --queue kafka://...`: its queue, store and in-process worker.
-            let url: faas_http::queue::QueueUrl = url
-                .to_string_lossy()
-                .parse()
-                .map_err(|e: faas_core::Error| std::io::Error::other(e.to_string()))?;
+            let url: faas_http::queue::QueueUrl = url.parse().map_err(io)?;
             let queue = faas_http::queue::AsyncQueue::start(
                 &url,
                 &faas_http::queue::QueueOptions::default(),
