@@ -118,6 +118,20 @@ impl QueueHarness for Kafka {
     }
 }
 
+/// Waits (bounded) until every one of `items` has a `succeeded` record in `store`.
+async fn all_succeeded(store: &faas_queue::MemoryActivationStore, items: &[QueuedInvocation]) {
+    use faas_core::queue::AsyncState;
+    bounded("every call to succeed", async {
+        while !items
+            .iter()
+            .all(|i| store.get_now(&i.call_id).is_some_and(|r| r.state == AsyncState::Succeeded))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_round_trip() {
     let (cluster, k) = Kafka::new(true);
@@ -225,7 +239,6 @@ async fn kafka_aborted_worker_loses_nothing() {
 /// joining late, runs part of what is published after it joined, the one that left none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_rebalance_across_workers() {
-    use faas_core::queue::AsyncState;
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -305,21 +318,7 @@ async fn kafka_rebalance_across_workers() {
     .await;
     let before: Vec<u64> = per_worker.iter().map(|c| c.load(Ordering::SeqCst)).collect();
     assert!(p.publish_batch(items[300..].to_vec()).await.iter().all(Result::is_ok));
-    bounded("every invocation to complete", async {
-        loop {
-            let n = items
-                .iter()
-                .filter(|i| {
-                    store.get_now(&i.call_id).is_some_and(|r| r.state == AsyncState::Succeeded)
-                })
-                .count();
-            if n == items.len() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    all_succeeded(&store, &items).await;
     let done = done.lock().unwrap().clone();
     assert_eq!(done.len(), items.len());
     let counts: Vec<u64> = per_worker.iter().map(|c| c.load(Ordering::SeqCst)).collect();
@@ -427,7 +426,6 @@ async fn a_fatally_failed_producer_is_replaced_and_the_call_goes_through() {
 /// deviations off).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_share_one_hot_function() {
-    use faas_core::queue::AsyncState;
     use std::sync::atomic::{AtomicU64, Ordering};
     const N: usize = 400;
 
@@ -461,21 +459,7 @@ async fn two_workers_share_one_hot_function() {
     let items: Vec<_> = (0..N).map(|i| item("hot", format!("call-{i}"))).collect();
     let p = faas_queue::TrackedPublisher::new(k.publisher.clone(), store.clone());
     assert!(p.publish_batch(items.clone()).await.iter().all(Result::is_ok));
-    bounded("every call to complete", async {
-        loop {
-            let n = items
-                .iter()
-                .filter(|i| {
-                    store.get_now(&i.call_id).is_some_and(|r| r.state == AsyncState::Succeeded)
-                })
-                .count();
-            if n == N {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    all_succeeded(&store, &items).await;
     let counts: Vec<u64> = per_worker.iter().map(|c| c.load(Ordering::SeqCst)).collect();
     let assignments: Vec<Vec<i32>> = consumers.iter().map(|c| c.assignment()).collect();
     eprintln!(
