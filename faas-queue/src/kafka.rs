@@ -13,6 +13,10 @@
 //!   lowest unfinished one for the (periodic and on-close) commit. A worker that dies
 //!   mid-invocation thus leaves the message to be delivered again to whoever gets the
 //!   partition.
+//!   Each offset is tracked as its message is taken off librdkafka's queue, in one step
+//!   under a lock that concurrent callers of [`QueueConsumer::next_batch`] share (rebalance
+//!   events come off the same queue), so the commit point never passes a message taken
+//!   but not yet tracked.
 //! - [`KafkaDeadLetters`]: dead letters as JSON on their own topic. Messages that are not a
 //!   valid [`QueuedInvocation`] go there too, raw, with a `faas-error` header, so that they
 //!   never block a partition.
