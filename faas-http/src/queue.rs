@@ -277,6 +277,11 @@ impl AsyncQueue {
         self.worker.is_some()
     }
 
+    /// The in-process worker's counters (`None` without a worker in this process).
+    pub fn worker_stats(&self) -> Option<Arc<faas_queue::WorkerStats>> {
+        self.worker.as_ref().map(|w| w.stats().clone())
+    }
+
     /// One line saying what this is, for start-up messages.
     pub fn description(&self) -> &str {
         &self.description
