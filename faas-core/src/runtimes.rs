@@ -76,9 +76,17 @@ pub const MANIFEST: &[RuntimeKind] = &[
     RuntimeKind { kind: "blackbox", image: None, process: None },
 ];
 
-/// The kind named `kind`, if the manifest has it.
+/// The kind named `kind`, if the manifest has it. `LANG:default` (what `wsk` and the
+/// `openwhisk` npm client send when no kind is given) is the manifest's kind of `LANG`, as
+/// the `default` entry of OpenWhisk's `runtimes.json` makes it.
 pub fn lookup(kind: &str) -> Option<&'static RuntimeKind> {
-    MANIFEST.iter().find(|k| k.kind == kind.trim())
+    let kind = kind.trim();
+    match kind.strip_suffix(":default") {
+        Some(lang) => {
+            MANIFEST.iter().find(|k| k.kind.split_once(':').is_some_and(|(l, _)| l == lang))
+        }
+        None => MANIFEST.iter().find(|k| k.kind == kind),
+    }
 }
 
 /// Whether `spec` is an OpenWhisk action (`envVars.mode=openwhisk`).
@@ -132,6 +140,9 @@ mod tests {
             |kind: &str| FunctionSpec::new("a", "").env("mode", "openwhisk").env(KIND_VAR, kind);
         assert_eq!(apply_image(action("python:3")).unwrap().image, PYTHON_IMAGE);
         assert_eq!(apply_image(action("nodejs:20")).unwrap().image, NODEJS_IMAGE);
+        assert_eq!(lookup("nodejs:default").map(|k| k.kind), Some("nodejs:20"));
+        assert_eq!(lookup("python:default").map(|k| k.kind), Some("python:3"));
+        assert!(lookup("java:default").is_none());
         let own = FunctionSpec::new("a", "mine:1").env("mode", "openwhisk");
         assert_eq!(apply_image(own).unwrap().image, "mine:1");
         match apply_image(action("blackbox")) {

@@ -1,7 +1,7 @@
 //! The verbs a `wsk` user expects (`faas action|trigger|rule|activation|package ...`): thin
 //! clients of the gateway's OpenWhisk REST API (`/api/v1`), printing its JSON answers.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use clap::{Args, Subcommand};
@@ -85,6 +85,17 @@ pub enum ActionCmd {
 pub struct ActionSpec {
     /// The action (`name` or `package/name`).
     name: String,
+    /// The action's code, as `wsk` takes it: a source file (`.py`, `.js`) or a `.zip`
+    /// (sent base64; needs --kind).
+    #[arg(conflicts_with_all = ["image", "sequence", "fprocess"])]
+    file: Option<PathBuf>,
+    /// The runtime kind of the code (`python:3`, `nodejs:20`); default from the file's
+    /// extension.
+    #[arg(long, requires = "file")]
+    kind: Option<String>,
+    /// The code's entry point (default `main`).
+    #[arg(long, requires = "file")]
+    main: Option<String>,
     /// The image of a blackbox action.
     #[arg(long, conflicts_with = "sequence")]
     image: Option<String>,
@@ -491,16 +502,47 @@ pub async fn run(opts: &WhiskOpts, cmd: WhiskCmd) -> Result<bool> {
     Ok(true)
 }
 
+/// The `exec` of a code action from `file`: its text, or a `.zip` in base64; the kind from
+/// `kind` or the file's extension (`.py` → `python:default`, `.js` → `nodejs:default`, as
+/// `wsk` infers it).
+fn code_exec(file: &Path, kind: Option<&str>, main: Option<&str>) -> Result<Value> {
+    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let kind = match (kind, ext.as_str()) {
+        (Some(k), _) => k.to_string(),
+        (None, "py") => "python:default".into(),
+        (None, "js") => "nodejs:default".into(),
+        (None, _) => {
+            return Err(Error::invalid("kind", "give --kind for a file that is not .py or .js"))
+        }
+    };
+    let bytes = std::fs::read(file)
+        .map_err(|e| Error::invalid("file", format!("cannot read {}: {e}", file.display())))?;
+    let binary = ext == "zip";
+    let code = if binary {
+        faas_core::queue::base64_encode(&bytes)
+    } else {
+        String::from_utf8(bytes)
+            .map_err(|_| Error::invalid("file", format!("{} is not UTF-8 text", file.display())))?
+    };
+    let mut exec = json!({"kind": kind, "code": code, "binary": binary});
+    if let Some(m) = main {
+        exec["main"] = m.into();
+    }
+    Ok(exec)
+}
+
 async fn put_action(api: &Api, spec: ActionSpec, overwrite: bool) -> Result<Value> {
     let mut body = Map::new();
     if !spec.sequence.is_empty() {
         body.insert("exec".into(), json!({"kind": "sequence", "components": spec.sequence.iter().map(|c| if c.starts_with('/') { c.clone() } else { format!("/_/{c}") }).collect::<Vec<_>>()}));
     } else if let Some(image) = &spec.image {
         body.insert("exec".into(), json!({"kind": "blackbox", "image": image}));
+    } else if let Some(file) = &spec.file {
+        body.insert("exec".into(), code_exec(file, spec.kind.as_deref(), spec.main.as_deref())?);
     } else if spec.fprocess.is_some() {
         body.insert("exec".into(), json!({"kind": "blackbox", "image": format!("faas-rs/{}", spec.name.replace('/', "-"))}));
     } else if !overwrite {
-        return Err(Error::invalid("image", "give --image, --fprocess or --sequence"));
+        return Err(Error::invalid("image", "give a code file, --image, --fprocess or --sequence"));
     }
     let params = kv_pairs(&spec.params, "param")?;
     if !params.is_empty() {

@@ -1,6 +1,7 @@
 //! The OpenWhisk API of `faas up` (process backend) as its users reach it: driven by the
 //! official `openwhisk` npm client (tests/js/whisk.test.js: the lecture's trigger and
-//! rules example, a sequence of three shell actions and its failing variant), then
+//! rules example, a sequence of three shell actions and its failing variant, a Node.js
+//! code action), then
 //! entities and activation records read again after a restart.
 
 mod common;
@@ -97,7 +98,7 @@ async fn openwhisk_client_drives_the_api_and_state_survives_a_restart() {
     let mut names: Vec<&str> =
         actions.as_array().unwrap().iter().filter_map(|a| a["name"].as_str()).collect();
     names.sort();
-    assert_eq!(names, ["audit", "boom", "broken", "seq", "upper", "welcome"]);
+    assert_eq!(names, ["audit", "boom", "broken", "js-hello", "seq", "upper", "welcome"]);
     let (_, rules) = get(&again, &auth, "rules").await;
     assert_eq!(rules.as_array().unwrap().len(), 2);
     let (_, rule) = get(&again, &auth, "rules/r-audit").await;
@@ -120,6 +121,25 @@ async fn openwhisk_client_drives_the_api_and_state_survives_a_restart() {
         .unwrap();
     assert_eq!(r.status, 200, "{}; log:\n{}", r.text(), again.log());
     assert_eq!(serde_json::from_slice::<Value>(&r.body).unwrap(), serde_json::json!({"A": "B"}));
+    // So does the Node.js code action (its code kept with the function).
+    let r = client
+        .send(
+            Method::POST,
+            "/api/v1/namespaces/_/actions/js-hello?blocking=true&result=true",
+            &[
+                (
+                    "authorization".into(),
+                    format!("Basic {}", faas_core::queue::base64_encode(auth.as_bytes())),
+                ),
+                ("content-type".into(), "application/json".into()),
+            ],
+            Bytes::from_static(br#"{"name":"again"}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}; log:\n{}", r.text(), again.log());
+    let hello: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(hello, serde_json::json!({"hello": "again", "n": 42}));
     again.stop();
 }
 
@@ -175,6 +195,20 @@ async fn wsk_verbs_drive_the_api() {
     assert_eq!(json_of(&run(&["action", "get", "hello"]))["limits"]["timeout"], 5000);
     let (ok, out) = faas(&up, &state, &["action", "update", "hello", "-m", "4096"]);
     assert!(!ok && out.contains("limits.memory"), "{out}");
+
+    // A code action from a file, as `wsk action create NAME FILE`: the kind from the
+    // extension (`python:default`), run by the python:3 runtime of the manifest.
+    let code = state.join("greet.py");
+    std::fs::write(&code, "def main(p):\n    return {'hello': p.get('name', 'world')}\n").unwrap();
+    run(&["action", "create", "greet", code.to_str().unwrap()]);
+    let out = run(&["action", "invoke", "greet", "-p", "name", "bo", "--result"]);
+    assert_eq!(json_of(&out), serde_json::json!({"hello": "bo"}));
+    let (ok, out) = faas(
+        &up,
+        &state,
+        &["action", "create", "cobol", code.to_str().unwrap(), "--kind", "cobol:1"],
+    );
+    assert!(!ok && out.contains("exec.kind"), "{out}");
 
     run(&["trigger", "create", "ping", "-p", "source", "cli"]);
     run(&["rule", "create", "on-ping", "ping", "hello"]);

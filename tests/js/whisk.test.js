@@ -1,6 +1,6 @@
 // Drives a running `faas up` with the official `openwhisk` npm client, unmodified:
-// the lecture's trigger/rules example and a sequence of three shell actions (with a failing
-// middle component variant). Run by faas/tests/whisk.rs with OW_APIHOST and OW_AUTH set.
+// the lecture's trigger/rules example, a sequence of three shell actions (with a failing
+// middle component variant), and a Node.js code action given as a string. Run by faas/tests/whisk.rs with OW_APIHOST and OW_AUTH set.
 'use strict'
 const assert = require('node:assert/strict')
 const openwhisk = require('openwhisk')
@@ -87,9 +87,18 @@ async function sequence () {
   })
 }
 
+// A code action as the client sends a string (`exec.kind` `nodejs:default`): run by the
+// manifest's nodejs:20 runtime.
+async function code () {
+  await ow.actions.create({ name: 'js-hello', action: 'function main (p) { return { hello: p.name, n: 40 + 2 } }' })
+  const result = await ow.actions.invoke({ name: 'js-hello', blocking: true, result: true, params: { name: 'node' } })
+  assert.deepEqual(result, { hello: 'node', n: 42 })
+}
+
 async function main () {
   await lecture()
   await sequence()
+  await code()
   const actions = await ow.actions.list()
   assert.ok(actions.length >= 5)
   console.log('openwhisk client: all checks passed')

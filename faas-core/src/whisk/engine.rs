@@ -185,17 +185,9 @@ fn label(s: &str) -> String {
     format!("{clean}-{:08x}", h as u32)
 }
 
-/// The image of a runtime kind (`nodejs:20` → `openwhisk/action-nodejs-v20`), as Apache
-/// OpenWhisk names them.
-pub fn runtime_image(kind: &str) -> String {
-    let (lang, version) = kind.split_once(':').unwrap_or((kind, "default"));
-    match lang {
-        "python" => format!("openwhisk/action-python-v{version}"),
-        other => format!("openwhisk/action-{other}-v{version}"),
-    }
-}
-
-/// Annotation keys of the function spec of a code action (read by the runtimes).
+/// Annotation keys of the function spec of an action: what the action was, for a reader of
+/// the function (the runtime itself is configured through the spec's `envVars`, see
+/// [`crate::runtimes`]).
 pub mod spec_keys {
     /// The action's fully qualified name.
     pub const ACTION: &str = "com.openwhisk.action";
@@ -203,8 +195,6 @@ pub mod spec_keys {
     pub const KIND: &str = "com.openwhisk.exec.kind";
     /// `exec.main`.
     pub const MAIN: &str = "com.openwhisk.exec.main";
-    /// `exec.code`.
-    pub const CODE: &str = "com.openwhisk.exec.code";
     /// `exec.binary` (`true` when the code is a base64 zip).
     pub const BINARY: &str = "com.openwhisk.exec.binary";
 }
@@ -341,19 +331,27 @@ impl Whisk {
         let exec = &action.exec;
         let image = match exec.kind.as_str() {
             "blackbox" => exec.image.clone().unwrap_or_default(),
-            kind => runtime_image(kind),
+            // A code kind runs in its kind's runtime (checked at PUT): the manifest's image
+            // on container backends, its interpreter on the process backend.
+            kind => crate::runtimes::lookup(kind).and_then(|k| k.image).unwrap_or("").to_string(),
         };
+        // `nodejs:default` runs as the manifest's `nodejs:20` (and shares its stem cells).
+        let kind = crate::runtimes::lookup(&exec.kind).map_or(exec.kind.as_str(), |k| k.kind);
         let mut spec = FunctionSpec::new(f.name, image).namespace(f.namespace);
         spec.annotations.insert(spec_keys::ACTION.into(), path.fqn());
         if exec.kind != "blackbox" {
             spec.annotations.insert(spec_keys::KIND.into(), exec.kind.clone());
+            spec.env_vars.insert("mode".into(), crate::runtimes::OPENWHISK_MODE.into());
+            spec.env_vars.insert(crate::runtimes::KIND_VAR.into(), kind.to_string());
             if let Some(m) = &exec.main {
                 spec.annotations.insert(spec_keys::MAIN.into(), m.clone());
+                spec.env_vars.insert("ow_main".into(), m.clone());
             }
             if let Some(c) = &exec.code {
-                spec.annotations.insert(spec_keys::CODE.into(), c.clone());
+                spec.env_vars.insert("ow_code".into(), c.clone());
             }
             spec.annotations.insert(spec_keys::BINARY.into(), exec.binary.to_string());
+            spec.env_vars.insert("ow_binary".into(), exec.binary.to_string());
         }
         // Our extension: a blackbox action annotated `fprocess` runs that command under the
         // watchdog (the process backend needs one; images may carry their own).

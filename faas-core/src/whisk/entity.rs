@@ -135,10 +135,23 @@ impl Exec {
                 Some(i) if !i.is_empty() => Ok(()),
                 _ => Err(Error::invalid("exec.image", "a blackbox action needs an image")),
             },
-            _ => match self.code.as_deref() {
-                Some(c) if !c.is_empty() => Ok(()),
-                _ => Err(Error::invalid("exec.code", format!("a {} action needs code", self.kind))),
-            },
+            kind => {
+                if crate::runtimes::lookup(kind).is_none_or(|k| k.image.is_none()) {
+                    let kinds: Vec<&str> =
+                        crate::runtimes::MANIFEST.iter().map(|k| k.kind).collect();
+                    return Err(Error::invalid(
+                        "exec.kind",
+                        format!(
+                            "{kind:?} is not a runtime kind here; use one of {}, or sequence",
+                            kinds.join(", ")
+                        ),
+                    ));
+                }
+                match self.code.as_deref() {
+                    Some(c) if !c.is_empty() => Ok(()),
+                    _ => Err(Error::invalid("exec.code", format!("a {kind} action needs code"))),
+                }
+            }
         }
     }
 }
