@@ -160,6 +160,39 @@ struct Plan {
 /// by the runs that follow).
 const MAX_PLANS: usize = 10_000;
 
+/// A future run in place by its caller that, dropped before it finished (the caller
+/// stopped waiting, or went away), goes on on a task of its own: an activation, once
+/// started, always ends in its record.
+struct RunOn<T: Send + 'static>(Option<BoxFuture<'static, T>>);
+
+impl<T: Send + 'static> RunOn<T> {
+    fn new(f: impl std::future::Future<Output = T> + Send + 'static) -> Self {
+        RunOn(Some(Box::pin(f)))
+    }
+}
+
+impl<T: Send + 'static> std::future::Future for RunOn<T> {
+    type Output = T;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<T> {
+        let Some(f) = self.0.as_mut() else { return std::task::Poll::Pending };
+        let out = std::task::ready!(f.as_mut().poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(out)
+    }
+}
+
+impl<T: Send + 'static> Drop for RunOn<T> {
+    fn drop(&mut self) {
+        if let (Some(f), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(f);
+        }
+    }
+}
+
 /// The OpenWhisk API's operations. Cheap to clone.
 #[derive(Clone)]
 pub struct Whisk {
@@ -479,14 +512,15 @@ impl Whisk {
         let this = self.clone();
         let caller = caller.to_string();
         let run_id = id.clone();
-        let task =
-            tokio::spawn(async move { this.run(&caller, resolved, params, run_id, None, 0).await });
+        let run = RunOn::new(async move { this.run(&caller, resolved, params, run_id, None, 0).await });
         if !blocking {
+            drop(run);
             return Ok(Invoked::Accepted(id));
         }
-        match tokio::time::timeout(self.config.blocking_wait, task).await {
-            Ok(Ok(a)) => Ok(Invoked::Done(Box::new(a))),
-            Ok(Err(e)) => Err(Error::internal(format!("the activation {id} failed: {e}"))),
+        // Run in place while the caller waits; past the wait (or if the caller goes away),
+        // it runs on, on a task of its own.
+        match tokio::time::timeout(self.config.blocking_wait, run).await {
+            Ok(a) => Ok(Invoked::Done(Box::new(a))),
             Err(_) => Ok(Invoked::Accepted(id)),
         }
     }

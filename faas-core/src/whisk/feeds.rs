@@ -459,3 +459,108 @@ impl Whisk {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryInvoker;
+    use crate::state::{MemoryStateStore, StateStore};
+    use crate::whisk::{ActivationLog, EntityStore, TriggerPut};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A feed whose runs never end, counting its starts and closes.
+    #[derive(Default)]
+    struct Counting {
+        starts: AtomicUsize,
+        closes: Arc<AtomicUsize>,
+    }
+
+    impl FeedProvider for Counting {
+        fn configure(
+            &self,
+            _: &EntityPath,
+            params: &Map<String, Value>,
+            old: Option<&Value>,
+        ) -> Result<Value> {
+            match params.get("n").or_else(|| old.map(|o| &o["n"])) {
+                Some(Value::Number(n)) => Ok(json!({ "n": n })),
+                _ => Err(Error::invalid("n", "give a number")),
+            }
+        }
+
+        fn start(&self, _: &Whisk, _: &EntityPath, _: &Value) -> Result<RunningFeed> {
+            self.starts.fetch_add(1, Ordering::SeqCst);
+            let closes = self.closes.clone();
+            Ok(RunningFeed::new(futures::future::pending()).on_close(async move {
+                closes.fetch_add(1, Ordering::SeqCst);
+            }))
+        }
+    }
+
+    fn whisk(store: Arc<dyn StateStore>, feed: &Arc<Counting>) -> Whisk {
+        let m = Arc::new(MemoryInvoker::new());
+        let w = Whisk::new(EntityStore::new(store), ActivationLog::default(), m.clone(), m, Default::default());
+        w.feeds().register("test", "count", feed.clone());
+        w
+    }
+
+    fn event(e: &str, extra: Value) -> Map<String, Value> {
+        let mut p = json!({"lifecycleEvent": e, "triggerName": "/guest/t"});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            p[k] = v.clone();
+        }
+        p.as_object().cloned().unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn registered_feed_actions_follow_the_lifecycle_and_restarts() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::default());
+        let feed = Arc::new(Counting::default());
+        let w = whisk(store.clone(), &feed);
+        let t = EntityPath::new("guest", None, "t");
+        w.put_trigger(&t, TriggerPut::default(), false).await.unwrap();
+        assert!(w.feeds().offers("test", "count") && w.feeds().offers("alarms", "alarm"));
+        assert!(!w.feeds().offers("test", "other"));
+        let e = w.feed("guest", "test", "other", event("CREATE", json!({}))).await.unwrap_err();
+        assert!(matches!(e, Error::NotFound { .. }), "{e}");
+        let e = w.feed("guest", "test", "count", event("CREATE", json!({}))).await.unwrap_err();
+        assert!(matches!(&e, Error::InvalidSpec { field, .. } if field == "n"), "{e}");
+        assert_eq!(w.feeds().running(), 0, "refused: nothing runs");
+
+        w.feed("guest", "test", "count", event("CREATE", json!({"n": 1}))).await.unwrap();
+        assert_eq!(w.feeds().running(), 1);
+        // An update keeps what it does not give, and replaces the running feed.
+        w.feed("guest", "test", "count", event("UPDATE", json!({}))).await.unwrap();
+        assert_eq!(feed.closes.load(Ordering::SeqCst), 1, "the replaced feed was closed");
+        let read = w.feed("guest", "test", "count", event("READ", json!({}))).await.unwrap();
+        assert_eq!(read, json!({"config": {"n": 1, "status": "active"}, "status": "active"}));
+        w.feed("guest", "test", "count", event("PAUSE", json!({}))).await.unwrap();
+        assert_eq!((w.feeds().running(), feed.closes.load(Ordering::SeqCst)), (0, 2));
+        w.feed("guest", "test", "count", event("UNPAUSE", json!({}))).await.unwrap();
+        assert_eq!(w.feeds().running(), 1);
+
+        // Kept: a gateway over the same store starts it again; one without the feed
+        // action skips it.
+        let again = Arc::new(Counting::default());
+        assert_eq!(whisk(store.clone(), &again).restore_feeds().unwrap(), 1);
+        assert_eq!(again.starts.load(Ordering::SeqCst), 1);
+        let m = Arc::new(MemoryInvoker::new());
+        let bare = Whisk::new(EntityStore::new(store.clone()), ActivationLog::default(), m.clone(), m, Default::default());
+        assert_eq!(bare.restore_feeds().unwrap(), 0);
+
+        // Deleting the trigger stops the feed (closed) and forgets it.
+        w.delete_trigger(&t).await.unwrap();
+        assert_eq!((w.feeds().running(), feed.closes.load(Ordering::SeqCst)), (0, 3));
+        assert!(store.get(FEEDS_TABLE, b"guest/t").unwrap().is_none());
+    }
+
+    #[test]
+    fn alarm_records_kept_before_providers_are_read() {
+        // A record written when alarms were the only feed (`spec`) reads as a config.
+        let old = json!({"feed": "/whisk.system/alarms/alarm",
+                         "spec": {"namespace": "guest", "trigger": "t", "cron": "* * * * *"}});
+        let r: FeedRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(r.config["cron"], "* * * * *");
+        assert!(!r.paused);
+    }
+}
