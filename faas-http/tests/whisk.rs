@@ -273,7 +273,8 @@ async fn sequences_compose_and_stop_at_a_failure() {
                        "parameters": kv(json!({"tag": "changed"})) });
     let (s, v) = w.call(Method::PUT, "actions/echo?overwrite=true", body).await;
     assert_eq!(s, 200, "{v}");
-    let (_, r) = w.call(Method::POST, "actions/wc?blocking=true&result=true", json!({"text": "x"})).await;
+    let (_, r) =
+        w.call(Method::POST, "actions/wc?blocking=true&result=true", json!({"text": "x"})).await;
     assert_eq!(r, json!({"count": 1, "tag": "changed"}));
     let (s, _) = w.call(Method::DELETE, "actions/count", Value::Null).await;
     assert_eq!(s, 200);

@@ -266,7 +266,8 @@ async fn kafka_feed_event(up: &Up, auth: &str, trigger: &str, event: &str) -> (u
     let client = GatewayClient::new(&up.base).unwrap().with_timeout(Duration::from_secs(30));
     let header = format!("Basic {}", faas_core::queue::base64_encode(auth.as_bytes()));
     let body = serde_json::json!({"lifecycleEvent": event, "triggerName": format!("/_/{trigger}")});
-    let h = [("authorization".to_string(), header), ("content-type".into(), "application/json".into())];
+    let h =
+        [("authorization".to_string(), header), ("content-type".into(), "application/json".into())];
     let path = "/api/v1/namespaces/whisk.system/actions/messaging/kafkaFeed?blocking=true";
     let r = client.send(Method::POST, path, &h, Bytes::from(body.to_string())).await.unwrap();
     (r.status.as_u16(), serde_json::from_slice(&r.body).unwrap_or(Value::Null))
@@ -327,7 +328,16 @@ async fn kafka_feed_fires_a_trigger_with_batched_messages() {
     let (ok, out) = faas(
         &up,
         &state,
-        &["trigger", "create", "bad", "--feed", "/whisk.system/messaging/kafkaFeed", "-p", "topic", "t"],
+        &[
+            "trigger",
+            "create",
+            "bad",
+            "--feed",
+            "/whisk.system/messaging/kafkaFeed",
+            "-p",
+            "topic",
+            "t",
+        ],
     );
     assert!(!ok && out.contains("brokers"), "{out}");
     let (s, _) = get(&up, &auth, "triggers/bad").await;
@@ -389,8 +399,19 @@ async fn kafka_feed_without_the_feature_names_the_feature() {
     let state = sb.state_dir();
     let (up, auth) = serving(&sb).await;
     let feed = "/whisk.system/messaging/kafkaFeed";
-    let args =
-        ["trigger", "create", "t", "--feed", feed, "-p", "brokers", "127.0.0.1:9092", "-p", "topic", "t"];
+    let args = [
+        "trigger",
+        "create",
+        "t",
+        "--feed",
+        feed,
+        "-p",
+        "brokers",
+        "127.0.0.1:9092",
+        "-p",
+        "topic",
+        "t",
+    ];
     let (ok, out) = faas(&up, &state, &args);
     assert!(!ok, "{out}");
     assert!(out.contains("`kafka` feature") && out.contains("--features kafka"), "{out}");

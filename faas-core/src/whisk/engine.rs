@@ -512,7 +512,8 @@ impl Whisk {
         let this = self.clone();
         let caller = caller.to_string();
         let run_id = id.clone();
-        let run = RunOn::new(async move { this.run(&caller, resolved, params, run_id, None, 0).await });
+        let run =
+            RunOn::new(async move { this.run(&caller, resolved, params, run_id, None, 0).await });
         if !blocking {
             drop(run);
             return Ok(Invoked::Accepted(id));

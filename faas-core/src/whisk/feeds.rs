@@ -233,7 +233,8 @@ impl FeedProvider for Alarms {
         params: &Map<String, Value>,
         old: Option<&Value>,
     ) -> Result<Value> {
-        let mut spec = AlarmSpec::from_params(&trigger.namespace, &trigger.name, self.once, params)?;
+        let mut spec =
+            AlarmSpec::from_params(&trigger.namespace, &trigger.name, self.once, params)?;
         if let Some(o) = old.and_then(|o| serde_json::from_value::<AlarmSpec>(o.clone()).ok()) {
             spec.cron = spec.cron.or(o.cron);
             spec.start_date = spec.start_date.or(o.start_date);
@@ -426,7 +427,11 @@ impl Whisk {
             };
             let name = record.feed.trim_start_matches(&format!("/{SYSTEM_NAMESPACE}/")).to_string();
             let Some(provider) = self.feeds().provider(&name) else {
-                tracing::warn!(key, feed = record.feed, "skipping a feed this build does not offer");
+                tracing::warn!(
+                    key,
+                    feed = record.feed,
+                    "skipping a feed this build does not offer"
+                );
                 continue;
             };
             let path = match key.split_once('/') {
@@ -499,7 +504,13 @@ mod tests {
 
     fn whisk(store: Arc<dyn StateStore>, feed: &Arc<Counting>) -> Whisk {
         let m = Arc::new(MemoryInvoker::new());
-        let w = Whisk::new(EntityStore::new(store), ActivationLog::default(), m.clone(), m, Default::default());
+        let w = Whisk::new(
+            EntityStore::new(store),
+            ActivationLog::default(),
+            m.clone(),
+            m,
+            Default::default(),
+        );
         w.feeds().register("test", "count", feed.clone());
         w
     }
@@ -545,7 +556,13 @@ mod tests {
         assert_eq!(whisk(store.clone(), &again).restore_feeds().unwrap(), 1);
         assert_eq!(again.starts.load(Ordering::SeqCst), 1);
         let m = Arc::new(MemoryInvoker::new());
-        let bare = Whisk::new(EntityStore::new(store.clone()), ActivationLog::default(), m.clone(), m, Default::default());
+        let bare = Whisk::new(
+            EntityStore::new(store.clone()),
+            ActivationLog::default(),
+            m.clone(),
+            m,
+            Default::default(),
+        );
         assert_eq!(bare.restore_feeds().unwrap(), 0);
 
         // Deleting the trigger stops the feed (closed) and forgets it.

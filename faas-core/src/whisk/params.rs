@@ -114,7 +114,10 @@ mod tests {
         // A trigger's value is ignored; new parameters still pass.
         let out = bound.merge(&[&caller], false).unwrap();
         assert_eq!(Value::Object(out), json!({"token": "bound", "x": 1}));
-        assert_eq!(Value::Object(bound.merge_owned(caller.clone())), json!({"token": "bound", "x": 1}));
+        assert_eq!(
+            Value::Object(bound.merge_owned(caller.clone())),
+            json!({"token": "bound", "x": 1})
+        );
         // Without `final`, the caller wins.
         let open = Bound::new(&[&action], &[]);
         assert_eq!(open.merge(&[&caller], true).unwrap()["token"], "mine");
