@@ -513,7 +513,7 @@ impl Whisk {
         let caller = caller.to_string();
         let run_id = id.clone();
         let run =
-            RunOn::new(async move { this.run(&caller, resolved, params, run_id, None, 0).await });
+            RunOn::new(async move { this.run_unboxed(&caller, resolved, params, run_id).await });
         if !blocking {
             drop(run);
             return Ok(Invoked::Accepted(id));
@@ -541,13 +541,40 @@ impl Whisk {
             if resolved.action.exec.is_sequence() {
                 self.run_sequence(caller, resolved, params, id, cause, depth).await
             } else {
-                let start = SystemTime::now();
-                let call = Arc::new(self.call_of(caller, &resolved, &cause));
-                let response = self.run_action(&resolved, call, params, &id).await;
-                self.log.get(&id).unwrap_or_else(|| {
-                    Activation::new(id, &resolved.function, start, SystemTime::now(), response)
-                })
+                self.run_plain(caller, resolved, params, id, cause).await
             }
+        })
+    }
+
+    /// A caller's invocation (not caused by another), as [`Whisk::run`] without its box.
+    async fn run_unboxed(
+        &self,
+        caller: &str,
+        resolved: Resolved,
+        params: Map<String, Value>,
+        id: InvocationId,
+    ) -> Activation {
+        if resolved.action.exec.is_sequence() {
+            self.run_sequence(caller, resolved, params, id, None, 0).await
+        } else {
+            self.run_plain(caller, resolved, params, id, None).await
+        }
+    }
+
+    /// Runs a plain action under activation id `id`; answers its record.
+    async fn run_plain(
+        &self,
+        caller: &str,
+        resolved: Resolved,
+        params: Map<String, Value>,
+        id: InvocationId,
+        cause: Option<(InvocationId, &'static str)>,
+    ) -> Activation {
+        let start = SystemTime::now();
+        let call = Arc::new(self.call_of(caller, &resolved, &cause));
+        let response = self.run_action(&resolved, call, params, &id).await;
+        self.log.get(&id).unwrap_or_else(|| {
+            Activation::new(id, &resolved.function, start, SystemTime::now(), response)
         })
     }
 
@@ -599,7 +626,7 @@ impl Whisk {
     ) -> ActivationResponse {
         let start = SystemTime::now();
         let body = serde_json::to_vec(&params).unwrap_or_else(|_| b"{}".to_vec());
-        let slot = Arc::new(ResultSlot::default());
+        let slot = Arc::new(ResultSlot::new(call.clone()));
         let outcome = if body.len() > self.config.max_payload {
             Err(Error::PayloadTooLarge { limit: self.config.max_payload as u64 })
         } else {
@@ -609,7 +636,6 @@ impl Whisk {
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/json"),
             );
-            req.extensions_mut().insert(call.clone());
             req.extensions_mut().insert(slot.clone());
             let inv = Invocation { id: id.clone(), function: r.function.clone(), request: req };
             let limit = Duration::from_millis(r.action.limits.timeout);

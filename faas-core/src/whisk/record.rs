@@ -74,12 +74,13 @@ impl WhiskCall {
     }
 }
 
-/// Where the API leaves an action's result for its record (an extension of the
-/// invocation's request beside its [`WhiskCall`]): the record built later from the layer's
-/// note takes it from here, so the result reaches the record without the record being
-/// built and indexed on the call's path.
-#[derive(Debug, Default)]
+/// An API call's [`WhiskCall`] and where the API leaves its result for its record (one
+/// extension of the invocation's request): the record built later from the layer's note
+/// takes the result from here, so it reaches the record without the record being built
+/// and indexed on the call's path.
+#[derive(Debug)]
 pub(crate) struct ResultSlot {
+    call: Arc<WhiskCall>,
     state: Mutex<Slot>,
 }
 
@@ -108,6 +109,11 @@ pub(crate) enum Filled {
 }
 
 impl ResultSlot {
+    /// The slot of a call described by `call`.
+    pub(crate) fn new(call: Arc<WhiskCall>) -> Self {
+        ResultSlot { call, state: Mutex::default() }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -646,14 +652,14 @@ where
     }
 
     fn call(&mut self, req: Invocation) -> Self::Future {
-        let whisk = req.request.extensions().get::<Arc<WhiskCall>>().cloned();
+        let slot = req.request.extensions().get::<Arc<ResultSlot>>().cloned();
+        let whisk = match &slot {
+            Some(s) => Some(s.call.clone()),
+            None => req.request.extensions().get::<Arc<WhiskCall>>().cloned(),
+        };
         if whisk.is_none() && !self.all {
             return RecordFuture { inner: self.inner.call(req), noted: None };
         }
-        let slot = match whisk {
-            Some(_) => req.request.extensions().get::<Arc<ResultSlot>>().cloned(),
-            None => None,
-        };
         let noted = Noted {
             id: req.id.clone(),
             function: req.function.clone(),
