@@ -137,6 +137,14 @@ fn faas(up: &Up, state: &Path, args: &[&str]) -> (bool, String) {
     (out.status.success(), format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
 }
 
+/// [`faas`] that must succeed (the assertion shows its output and `up`'s log); answers
+/// its output.
+fn run_ok(up: &Up, state: &Path, args: &[&str]) -> String {
+    let (ok, out) = faas(up, state, args);
+    assert!(ok, "faas {args:?}: {out}\nlog:\n{}", up.log());
+    out
+}
+
 /// `faas up` in `sb`, once it serves the OpenWhisk API; and its key.
 async fn serving(sb: &Sandbox) -> (Up, String) {
     let up = sb.up();
@@ -160,11 +168,7 @@ async fn wsk_verbs_drive_the_api() {
     let sb = Sandbox::new("whisk", STACK, "cli");
     let state = sb.state_dir();
     let (up, _) = serving(&sb).await;
-    let run = |args: &[&str]| {
-        let (ok, out) = faas(&up, &state, args);
-        assert!(ok, "faas {args:?}: {out}\nlog:\n{}", up.log());
-        out
-    };
+    let run = |args: &[&str]| run_ok(&up, &state, args);
 
     run(&["action", "create", "hello", "--fprocess", "cat", "-p", "greeting", "hi"]);
     let out = run(&["action", "invoke", "hello", "-p", "name", "ann", "--result"]);
@@ -214,11 +218,7 @@ async fn entities_and_activations_survive_restarts() {
     let sb = Sandbox::new("whisk", STACK, "restart");
     let state = sb.state_dir();
     let (up, auth) = serving(&sb).await;
-    let run = |up: &Up, args: &[&str]| {
-        let (ok, out) = faas(up, &state, args);
-        assert!(ok, "faas {args:?}: {out}\nlog:\n{}", up.log());
-        out
-    };
+    let run = |up: &Up, args: &[&str]| run_ok(up, &state, args);
     run(&up, &["package", "create", "tools", "-p", "who", "package"]);
     run(&up, &["action", "create", "tools/echo", "--fprocess", "cat", "-p", "tool", "echo"]);
     run(&up, &["package", "bind", "tools", "mytools", "-p", "who", "binding"]);
@@ -288,11 +288,7 @@ async fn kafka_feed_fires_a_trigger_with_batched_messages() {
     let sb = Sandbox::new("whisk", STACK, "kafka-feed");
     let state = sb.state_dir();
     let (up, auth) = serving(&sb).await;
-    let run = |up: &Up, args: &[&str]| {
-        let (ok, out) = faas(up, &state, args);
-        assert!(ok, "faas {args:?}: {out}\nlog:\n{}", up.log());
-        out
-    };
+    let run = |up: &Up, args: &[&str]| run_ok(up, &state, args);
     let create_feed = |up: &Up| {
         let feed = "/whisk.system/messaging/kafkaFeed";
         let args = ["trigger", "create", "orders-in", "--feed", feed, "-p", "brokers"];

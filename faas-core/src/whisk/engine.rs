@@ -513,7 +513,7 @@ impl Whisk {
         let caller = caller.to_string();
         let run_id = id.clone();
         let run =
-            RunOn::new(async move { this.run_unboxed(&caller, resolved, params, run_id).await });
+            RunOn::new(async move { this.run(&caller, resolved, params, run_id, None, 0).await });
         if !blocking {
             drop(run);
             return Ok(Invoked::Accepted(id));
@@ -539,42 +539,14 @@ impl Whisk {
     ) -> BoxFuture<'a, Activation> {
         Box::pin(async move {
             if resolved.action.exec.is_sequence() {
-                self.run_sequence(caller, resolved, params, id, cause, depth).await
-            } else {
-                self.run_plain(caller, resolved, params, id, cause).await
+                return self.run_sequence(caller, resolved, params, id, cause, depth).await;
             }
-        })
-    }
-
-    /// A caller's invocation (not caused by another), as [`Whisk::run`] without its box.
-    async fn run_unboxed(
-        &self,
-        caller: &str,
-        resolved: Resolved,
-        params: Map<String, Value>,
-        id: InvocationId,
-    ) -> Activation {
-        if resolved.action.exec.is_sequence() {
-            self.run_sequence(caller, resolved, params, id, None, 0).await
-        } else {
-            self.run_plain(caller, resolved, params, id, None).await
-        }
-    }
-
-    /// Runs a plain action under activation id `id`; answers its record.
-    async fn run_plain(
-        &self,
-        caller: &str,
-        resolved: Resolved,
-        params: Map<String, Value>,
-        id: InvocationId,
-        cause: Option<(InvocationId, &'static str)>,
-    ) -> Activation {
-        let start = SystemTime::now();
-        let call = Arc::new(self.call_of(caller, &resolved, &cause));
-        let response = self.run_action(&resolved, call, params, &id).await;
-        self.log.get(&id).unwrap_or_else(|| {
-            Activation::new(id, &resolved.function, start, SystemTime::now(), response)
+            let start = SystemTime::now();
+            let call = Arc::new(self.call_of(caller, &resolved, &cause));
+            let response = self.run_action(&resolved, call, params, &id).await;
+            self.log.get(&id).unwrap_or_else(|| {
+                Activation::new(id, &resolved.function, start, SystemTime::now(), response)
+            })
         })
     }
 
