@@ -413,5 +413,10 @@ async fn kafka_feed_without_the_feature_names_the_feature() {
     assert!(out.contains("`kafka` feature") && out.contains("--features kafka"), "{out}");
     let (s, _) = get(&up, &auth, "triggers/t").await;
     assert_eq!(s, 404);
+    // The feed action itself answers 501 naming the feature.
+    run_ok(&up, &state, &["trigger", "create", "t"]);
+    let (s, v) = kafka_feed_event(&up, &auth, "t", "CREATE").await;
+    assert_eq!(s, 501, "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("`kafka` feature")), "{v}");
     up.stop();
 }

@@ -176,7 +176,9 @@ struct Raw {
 }
 
 /// A record waiting to be indexed: a call the layer noted, or one built by the API (a
-/// sequence's).
+/// sequence's). The note is kept inline: it is the one pushed for every call, and a box
+/// would cost each an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Pending {
     Raw(Raw),
     Built(Box<Activation>),
