@@ -11,7 +11,11 @@
 # QUEUE=durable (the default) measures `faas up`'s default queue: every accepted call on
 # disk (the append-only log of faas up, in a fresh temporary directory) before its 202,
 # with group commit; QUEUE=redb the same queue in a redb file (as it was kept before it
-# had its own log); QUEUE=memory the in-memory queue.
+# had its own log); QUEUE=memory the in-memory queue; QUEUE=kafka KAFKA=kafka://HOST:PORT
+# `faas up --queue kafka://HOST:PORT`'s queue on that broker, with its Kafka activation
+# store and in-process worker (the topics faas-async, faas-async-activations and
+# faas-async-dead-letters must exist; `benches/kafka/tansu-async.sh` runs it on tansu);
+# KAFKA=mock the same on librdkafka's mock cluster in the gateway's process.
 #
 # Needs `wrk`. Targets only 127.0.0.1. Target (issue #6): async >= 50% of the sync rate.
 set -euo pipefail
@@ -22,11 +26,15 @@ cargo build --release -q -p faas-benches --bin bench-gateway-memory
 BIN="${CARGO_TARGET_DIR:-target}/release"
 STATS=$(mktemp); : >"$STATS"
 QDIR=$(mktemp -d)
+unset FAAS_BENCH_QUEUE_KAFKA
 case "${QUEUE:-durable}" in
   durable) export FAAS_BENCH_QUEUE_DIR="$QDIR"; unset FAAS_BENCH_QUEUE_STORE ;;
   redb) export FAAS_BENCH_QUEUE_DIR="$QDIR" FAAS_BENCH_QUEUE_STORE=redb ;;
   memory) unset FAAS_BENCH_QUEUE_DIR ;;
-  *) echo "QUEUE must be durable, redb or memory" >&2; exit 2 ;;
+  kafka)
+    unset FAAS_BENCH_QUEUE_DIR
+    export FAAS_BENCH_QUEUE_KAFKA="${KAFKA:?QUEUE=kafka needs KAFKA=kafka://HOST:PORT}" ;;
+  *) echo "QUEUE must be durable, redb, memory or kafka" >&2; exit 2 ;;
 esac
 "$BIN/bench-gateway-memory" "$GW" "$STATS" 2>/dev/null & P=$!
 trap 'kill $P 2>/dev/null || true; rm -f "$STATS"; rm -rf "$QDIR"' EXIT

@@ -8,6 +8,10 @@
 # of wrk itself, from /proc and getrusage: on a shared machine throughput depends on what
 # else runs, CPU per request much less.
 #
+# Then (d) the machine's own spawn ceiling (`benches/wrk/spawn_ceiling.c`: what fork mode
+# does per request, with no HTTP, on as many threads as the machine has cores) and the ratio
+# of (a) to it: the target of issue #19 is fork mode >= 0.8x that ceiling, same run.
+#
 # Usage: benches/wrk/watchdog.sh [duration] [connections] [threads]
 #        (defaults 10s 32 2; needs `wrk` from Debian: apt-get install wrk)
 # Env:   CARGO_TARGET_DIR (default target), SKIP_BUILD=1 to use existing release binaries.
@@ -62,6 +66,7 @@ wait_ok() { # url
   echo "not answering: $1" >&2; exit 1
 }
 
+LAST_RPS=0
 run() { # label url server-pid
   local out t0 t1
   t0=$(tree_ticks "$3")
@@ -70,6 +75,7 @@ run() { # label url server-pid
   t1=$(tree_ticks "$3")
   local rps p50 p99 errs reqs wcpu
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  LAST_RPS=$rps
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -112,7 +118,16 @@ echo
 echo "| what | req/s | p50 | p99 | errors | server CPU us/req | wrk CPU us/req |"
 echo "|---|---|---|---|---|---|---|"
 run "(a) fork mode, fprocess=cat" "http://127.0.0.1:$WD_FORK/" "$PID_A"
+FORK_RPS=$LAST_RPS
 run "(a2) fork mode, fprocess=cat, prefix_logs=false" "http://127.0.0.1:$WD_FORK2/" "$PID_A2"
 run "(b) http mode -> faas-fixture" "http://127.0.0.1:$WD_HTTP/" "$PID_B"
 run "(c) faas-fixture alone (baseline)" "http://127.0.0.1:$UP/" "$PID_C"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# (d) the spawn ceiling: fork mode's process work alone, one thread per core, same `cat`.
+command -v cc >/dev/null || { echo "cc is missing: apt-get install gcc" >&2; exit 1; }
+cc -O2 -o "$WORK/spawn_ceiling" "$ROOT/benches/wrk/spawn_ceiling.c" -lpthread
+CEIL=$("$WORK/spawn_ceiling" "$(nproc)" 2000 "$(command -v cat)" | awk '{print $(NF-1)}')
+echo "(d) spawn ceiling, $(nproc) threads x 2000 spawns of cat, no HTTP: $CEIL spawns/s"
+awk -v a="$FORK_RPS" -v c="$CEIL" 'BEGIN {
+  printf "fork mode (a) / spawn ceiling (d): %.2fx (target >= 0.8x)\n", a / c }'

@@ -6,13 +6,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, PortBinding};
+use bollard::models::{
+    ContainerCreateBody, ContainerSummary, HostConfig, Mount, MountType, PortBinding,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, ListContainersOptions, LogsOptions,
     RemoveContainerOptions, RenameContainerOptions,
 };
 use bollard::Docker;
-use faas_core::instance::{CallTimeout, InstanceClient, Target};
+use faas_core::instance::{CallTimeout, InstanceClient, InstanceDrain, Target};
 use faas_core::scheduler::Schedulers;
 use faas_core::util::lock;
 use faas_core::{
@@ -78,6 +80,8 @@ pub(crate) struct Inner {
     /// One permit per replica, [`ReplicaLimits::per_node`] in all; each replica holds its
     /// own ([`Replica::hold_slot`]).
     pub node_slots: Arc<Semaphore>,
+    /// The image pulls of deploys and updates under way, per function.
+    pub pulls: Mutex<HashMap<FunctionRef, (faas_core::FunctionSpec, crate::pull::SharedTracker)>>,
 }
 
 fn random_suffix() -> String {
@@ -145,6 +149,16 @@ impl Inner {
             format!("{}=true", label::MANAGED),
             format!("{}={}", label::INSTANCE, self.settings.instance),
         ])
+    }
+
+    /// Every container of this backend, stopped ones included.
+    async fn list_own(&self) -> std::result::Result<Vec<ContainerSummary>, bollard::errors::Error> {
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(self.own_containers()),
+            ..Default::default()
+        };
+        self.docker.list_containers(Some(opts)).await
     }
 
     /// Refuses, naming the field, a container configuration the engine would refuse: a
@@ -219,6 +233,11 @@ impl Inner {
         // this function only, so the name is part of its configuration.
         if is_lambda(&spec) {
             env.entry("AWS_LAMBDA_FUNCTION_NAME".into()).or_insert_with(|| spec.name.clone());
+            // As many execution environments as invocations the container may take at once.
+            if let Some(n) = spec.max_concurrency {
+                let n = (n as usize).clamp(1, faas_watchdog::lambda::MAX_ENVIRONMENTS);
+                env.entry("lambda_concurrency".into()).or_insert_with(|| n.to_string());
+            }
         }
         if let Some(t) = spec.timeout {
             // One timeout for every layer: ours fires at `t`; the watchdog's a little later
@@ -251,10 +270,35 @@ impl Inner {
         Ok(SpecInfo { spec, hash, template, min_replicas, scheduler })
     }
 
-    /// Pulls the image when the engine lacks it; `InvalidSpec(image)` with the registry's
-    /// error when the pull fails.
-    pub async fn check_image(&self, image: &str) -> Result<()> {
-        crate::pull::ensure_image(&self.docker, image).await.map(|_| ())
+    /// Pulls the image of `spec` when the engine lacks it; `InvalidSpec(image)` with the
+    /// registry's error when the pull fails. While it pulls, the function's status reports
+    /// the pull ([`Inner::pulling`]).
+    pub async fn check_image(&self, spec: &faas_core::FunctionSpec) -> Result<()> {
+        let fref = spec.function_ref();
+        let tracker: crate::pull::SharedTracker =
+            Arc::new(Mutex::new(crate::pull::PullTracker::new(&spec.image)));
+        lock(&self.pulls).insert(fref.clone(), (spec.clone(), tracker.clone()));
+        // Forgotten however the deploy ends (a caller gone mid-pull drops this future).
+        struct Forget<'a>(&'a Inner, FunctionRef);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                lock(&self.0.pulls).remove(&self.1);
+            }
+        }
+        let _forget = Forget(self, fref);
+        crate::pull::ensure_image(&self.docker, &spec.image, &tracker).await.map(|_| ())
+    }
+
+    /// The pull under way for a deploy or update of `fref`: the spec being deployed and
+    /// how far the pull has got.
+    pub fn pulling(
+        &self,
+        fref: &FunctionRef,
+    ) -> Option<(faas_core::FunctionSpec, faas_core::PullProgress)> {
+        let pulls = lock(&self.pulls);
+        let (spec, tracker) = pulls.get(fref)?;
+        let progress = tracker.lock().unwrap_or_else(|p| p.into_inner()).progress();
+        Some((spec.clone(), progress))
     }
 
     fn container_body(
@@ -764,12 +808,13 @@ impl Inner {
             let mut first_err = None;
             for r in results {
                 match r {
-                    Ok(r) if f.removed.load(Ordering::SeqCst) => {
-                        let _ = self.remove_container(&r.id).await;
+                    Ok(r) => {
+                        if !f.push(Arc::clone(&r)) {
+                            let _ = self.remove_container(&r.id).await;
+                        }
                     }
-                    Ok(r) => f.push(r),
                     Err(e) => {
-                        f.record_start_error(e.clone());
+                        f.record_start_error(&e);
                         first_err.get_or_insert(e);
                     }
                 }
@@ -796,36 +841,43 @@ impl Inner {
                 return Err(e);
             }
         } else if live.len() > desired {
-            let n = live.len() - desired;
-            let mut victims = live;
-            // Idle and running ones first.
-            victims.sort_by_key(|r| {
-                (r.in_flight.load(Ordering::SeqCst), !r.paused.load(Ordering::SeqCst))
-            });
-            let extra: Vec<Arc<Replica>> = victims.into_iter().take(n).collect();
-            for v in &extra {
-                v.draining.store(true, Ordering::SeqCst);
-            }
-            f.changed.notify_waiters();
-            self.spawn_drain(Arc::clone(f), extra);
+            // The instance set's choice: idle ones first, the newest of them.
+            let victims: Vec<_> = (0..live.len() - desired)
+                .map_while(|_| {
+                    let (_, v) = f.instances.victim()?;
+                    let drain = f.retire(&v);
+                    Some((v, drain))
+                })
+                .collect();
+            self.spawn_drain(Arc::clone(f), victims);
         }
         Ok(())
     }
 
-    /// Waits for draining replicas to finish their in-flight invocations, then removes them.
-    pub fn spawn_drain(self: &Arc<Self>, f: Arc<FunctionState>, victims: Vec<Arc<Replica>>) {
+    /// Waits (in the background) for retired replicas' in-flight invocations and streaming
+    /// answers to finish ([`FunctionState::retire`]), then removes them.
+    pub fn spawn_drain(
+        self: &Arc<Self>,
+        f: Arc<FunctionState>,
+        victims: Vec<(Arc<Replica>, Option<InstanceDrain>)>,
+    ) {
         let inner = Arc::clone(self);
         let bound = f.spec().spec.timeout.unwrap_or(DEFAULT_TIMEOUT) + Duration::from_secs(5);
         tokio::spawn(async move {
-            futures::future::join_all(victims.into_iter().map(|v| {
+            futures::future::join_all(victims.into_iter().map(|(v, drain)| {
                 let inner = Arc::clone(&inner);
                 let f = Arc::clone(&f);
                 async move {
                     let t0 = Instant::now();
-                    while !v.idle() && t0.elapsed() < bound {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    if let Some(d) = drain {
+                        let _ = tokio::time::timeout(bound, d.wait()).await;
                     }
-                    v.dead.store(true, Ordering::SeqCst);
+                    // Answers still streaming from it.
+                    let left = bound.saturating_sub(t0.elapsed());
+                    let _ =
+                        faas_core::invoker::wait_notified(&v.went_idle, left, || Ok(v.idle()))
+                            .await;
+                    f.kill(&v);
                     if let Err(e) = inner.retire_container(&f, &v.id, &v.name).await {
                         tracing::warn!(container = %v.name, error = %e, "removing a drained replica failed");
                     }
@@ -839,7 +891,7 @@ impl Inner {
     /// A replica whose container is gone or stopped: forget it, remove what is left (keeping
     /// its log lines, which tell why it died), and start a replacement.
     pub fn replica_died(self: &Arc<Self>, f: &Arc<FunctionState>, r: &Arc<Replica>) {
-        if r.dead.swap(true, Ordering::SeqCst) {
+        if !f.kill(r) {
             return;
         }
         tracing::warn!(function = %f.fref, instance = %r.name, "replica died; replacing it");
@@ -872,7 +924,7 @@ impl Inner {
     }
 
     /// Unpauses a paused replica; true if it was paused. Must run after the invocation was
-    /// counted in flight (the pauser checks the count under the same lock).
+    /// counted as using the replica (the pauser checks the count under the same lock).
     pub async fn ensure_running(&self, r: &Replica) -> Result<bool> {
         let mut st = r.state.lock().await;
         if *st == RunState::Paused {
@@ -905,12 +957,7 @@ impl Inner {
     /// One pass of the maintenance loop: detect dead replicas, pause idle ones, restore
     /// replica counts, refill prewarm pools.
     pub async fn tick(self: &Arc<Self>) {
-        let opts = ListContainersOptions {
-            all: true,
-            filters: Some(self.own_containers()),
-            ..Default::default()
-        };
-        let listed = match self.docker.list_containers(Some(opts)).await {
+        let listed = match self.list_own().await {
             Ok(l) => {
                 if self.engine_down.swap(false, Ordering::SeqCst) {
                     tracing::info!("docker engine reachable again");
@@ -973,16 +1020,7 @@ impl Inner {
     /// its stopped replicas, orphans and this owner's stale prewarm containers; containers
     /// of other instances are not even listed.
     pub async fn adopt(self: &Arc<Self>) -> Result<()> {
-        let opts = ListContainersOptions {
-            all: true,
-            filters: Some(self.own_containers()),
-            ..Default::default()
-        };
-        let listed = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(|e| map_err("container list", e))?;
+        let listed = self.list_own().await.map_err(|e| map_err("container list", e))?;
         let mut adopted: HashMap<FunctionRef, Arc<FunctionState>> = HashMap::new();
         for c in &listed {
             let labels = c.labels.clone().unwrap_or_default();
@@ -1058,7 +1096,8 @@ impl Inner {
                     if let Ok(slot) = self.node_slots.clone().try_acquire_owned() {
                         r.hold_slot(slot);
                     }
-                    lock(&f.replicas).push(Arc::new(r));
+                    // Not yet listed, so not being removed.
+                    let _ = f.push(Arc::new(r));
                 }
                 (Some(f), _, _) => stale_replicas.push((
                     Arc::clone(f),
@@ -1084,16 +1123,7 @@ impl Inner {
     /// Removes every container of this instance named after function `f` (replicas, taken
     /// prewarm containers, the definition), whatever this backend's view says.
     pub async fn remove_all_named(&self, f: &FunctionRef) -> Result<()> {
-        let opts = ListContainersOptions {
-            all: true,
-            filters: Some(self.own_containers()),
-            ..Default::default()
-        };
-        let listed = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(|e| map_err("container list", e))?;
+        let listed = self.list_own().await.map_err(|e| map_err("container list", e))?;
         let definition = format!("/{}", definition_name(&self.settings.instance, f));
         let ids: Vec<String> = listed
             .into_iter()

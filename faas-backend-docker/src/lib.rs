@@ -59,8 +59,13 @@
 //!   [`faas_core::LeastLoaded`]), or the strategy a function chooses with the label
 //!   `com.faas-rs.scheduler` ([`faas_core::scheduler::SCHEDULER_LABEL`], e.g. `hash` for
 //!   sticky routing; a bad value is rejected at deploy and update naming the label).
-//!   Replicas are offered to it in a stable order (by name). Invocations are forwarded over
-//!   HTTP/1.1 to `127.0.0.1:<port>`.
+//!   A function's ready replicas are the instances of its
+//!   [`faas_core::instance::InstanceSet`], the instance runtime the process, Swarm and
+//!   Kubernetes backends share: it routes (replicas in a stable order, by name), queues
+//!   invocations first come first served while every replica is busy or none has started,
+//!   and asks this backend for a start when the function has none (scale from zero).
+//!   Invocations are forwarded over HTTP/1.1 to `127.0.0.1:<port>` by the shared
+//!   [`faas_core::instance::InstanceClient`].
 //! - **Warm paths** (OpenWhisk's container pool): a replica idle for
 //!   [`DockerInvokerBuilder::pause_after`] is paused and unpaused on the next request, before
 //!   forwarding; a prewarm pool of generic containers per image
@@ -424,6 +429,7 @@ impl DockerInvokerBuilder {
             closed: Default::default(),
             engine_down: Default::default(),
             node_slots: Arc::new(tokio::sync::Semaphore::new(limits.per_node() as usize)),
+            pulls: Mutex::new(Default::default()),
         });
         inner.adopt().await?;
         let templates: Vec<Template> = lock(&inner.pools).keys().cloned().collect();
@@ -562,7 +568,7 @@ impl DockerInvoker {
                 container_id: r.id.clone(),
                 port: r.port,
                 paused: r.paused.load(Ordering::SeqCst),
-                in_flight: r.in_flight.load(Ordering::SeqCst),
+                in_flight: f.in_flight(r),
                 draining: r.draining.load(Ordering::SeqCst),
                 spec_hash: r.spec_hash.clone(),
             })
@@ -676,7 +682,7 @@ impl Deploy for DockerInvoker {
         if lock(&inner.functions).contains_key(&fref) {
             return Err(Error::AlreadyExists { kind: "function", name: fref.to_string() });
         }
-        inner.check_image(&info.spec.image).await?;
+        inner.check_image(&info.spec).await?;
         placement::check_local(&inner.docker, &info.spec).await?;
         let created = SystemTime::now();
         let desired = info.min_replicas;
@@ -718,7 +724,7 @@ impl Deploy for DockerInvoker {
         let scheduler = inner.scheduler_for(&spec)?;
         let info = inner.spec_info(spec, scheduler)?;
         inner.check_engine_limits(&info.template)?;
-        inner.check_image(&info.spec.image).await?;
+        inner.check_image(&info.spec).await?;
         placement::check_local(&inner.docker, &info.spec).await?;
         let _g = f.reconcile_lock.lock().await;
         // A new spec is a new chance: the old spec's start failures no longer count.
@@ -752,12 +758,19 @@ impl Deploy for DockerInvoker {
         }
         let old = f.live();
         f.set_spec(info);
-        for r in &old {
-            r.draining.store(true, Ordering::SeqCst);
-        }
+        // The new replicas serve before the old ones leave routing.
         for r in started {
-            f.push(r);
+            if !f.push(Arc::clone(&r)) {
+                let _ = inner.remove_container(&r.id).await;
+            }
         }
+        let old = old
+            .into_iter()
+            .map(|r| {
+                let drain = f.retire(&r);
+                (r, drain)
+            })
+            .collect();
         inner.spawn_drain(Arc::clone(&f), old);
         Ok(())
     }
@@ -767,12 +780,11 @@ impl Deploy for DockerInvoker {
         let f = lock(&inner.functions)
             .remove(function)
             .ok_or_else(|| Error::function_not_found(function.to_string()))?;
-        f.removed.store(true, Ordering::SeqCst);
-        f.changed.notify_waiters();
+        f.mark_removed();
         let _g = f.reconcile_lock.lock().await;
         let replicas = f.snapshot();
         for r in &replicas {
-            r.dead.store(true, Ordering::SeqCst);
+            f.kill(r);
         }
         let results =
             futures::future::join_all(replicas.iter().map(|r| inner.remove_container(&r.id))).await;
@@ -795,10 +807,23 @@ impl Deploy for DockerInvoker {
         Ok(out)
     }
 
+    /// The function's status; while a deploy or update of it pulls its image, with the
+    /// pull's progress (a function being deployed is reported from its spec, with no
+    /// replica, until the pull ends).
     async fn status(&self, function: &FunctionRef) -> Result<FunctionStatus> {
-        let f = self.inner.function(function)?;
+        let pulling = self.inner.pulling(function);
+        let f = match self.inner.function(function) {
+            Ok(f) => f,
+            Err(e) => {
+                let Some((spec, progress)) = pulling else { return Err(e) };
+                let mut st = FunctionStatus::from_spec(&spec);
+                st.pull = Some(progress);
+                return Ok(st);
+            }
+        };
         let mut st = self.status_of(&f);
         st.usage = Some(self.usage(&f.live()).await);
+        st.pull = pulling.map(|(_, p)| p);
         Ok(st)
     }
 
@@ -840,14 +865,16 @@ impl Deploy for DockerInvoker {
         }
     }
 
-    /// Asks the backend's own view of the replicas (no engine call: `status` also reads
-    /// container stats, about a second), at intervals growing from 1 ms to 50 ms. A
-    /// function in a failed state with no replica ends the wait at once with the reason
-    /// (503, or the start's developer error).
+    /// Woken when a replica joins the function (or a start fails, or the function is
+    /// removed); no engine call. A function in a failed state with no replica ends the wait
+    /// at once with the reason (503, or the start's developer error).
     async fn wait_ready(&self, function: &FunctionRef, timeout: Duration) -> Result<bool> {
-        faas_core::invoker::poll_with_backoff(timeout, || async {
-            let f = self.inner.function(function)?;
-            if !f.live().is_empty() {
+        let f = self.inner.function(function)?;
+        faas_core::invoker::wait_notified(&f.changed, timeout, || {
+            if f.removed.load(Ordering::SeqCst) {
+                return Err(Error::function_not_found(function.to_string()));
+            }
+            if !f.instances.is_empty() {
                 return Ok(true);
             }
             match f.failure_error() {

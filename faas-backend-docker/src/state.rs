@@ -1,10 +1,13 @@
-//! In-memory view of functions, replicas and prewarm pools.
+//! In-memory view of functions, replicas and prewarm pools. A function's serving replicas
+//! are the instances of its [`InstanceSet`] (the shared instance runtime routes, counts and
+//! queues invocations over them); this module keeps what only containers have.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use faas_core::instance::{InstanceDrain, InstanceKey, InstanceSet};
 use faas_core::util::lock;
 use faas_core::{Error, FunctionRef, FunctionSpec, InstanceView, Scheduler, StartKind};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
@@ -127,9 +130,13 @@ pub(crate) struct Replica {
     pub init_time: Duration,
     /// Hash of the spec it runs.
     pub spec_hash: String,
-    pub in_flight: AtomicU32,
-    /// Response bodies still streaming from it (it must not be paused or removed meanwhile).
-    pub streams: AtomicU32,
+    /// Its key in the function's [`InstanceSet`], once it has joined it.
+    pub key: OnceLock<InstanceKey>,
+    /// Invocations using it, from their routing until their response body is dropped (it
+    /// must not be paused or removed meanwhile).
+    pub users: AtomicU32,
+    /// Signalled when the last invocation using it ends.
+    pub went_idle: Notify,
     pub draining: AtomicBool,
     pub dead: AtomicBool,
     /// Serialises pause and unpause with invocations.
@@ -161,8 +168,9 @@ impl Replica {
             origin,
             init_time,
             spec_hash,
-            in_flight: AtomicU32::new(0),
-            streams: AtomicU32::new(0),
+            key: OnceLock::new(),
+            users: AtomicU32::new(0),
+            went_idle: Notify::new(),
             draining: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             state: tokio::sync::Mutex::new(st),
@@ -183,9 +191,9 @@ impl Replica {
         !self.dead.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
     }
 
-    /// No invocation in flight and no response body streaming.
+    /// No invocation using it.
     pub fn idle(&self) -> bool {
-        self.in_flight.load(Ordering::SeqCst) == 0 && self.streams.load(Ordering::SeqCst) == 0
+        self.users.load(Ordering::SeqCst) == 0
     }
 
     pub fn touch(&self) {
@@ -202,19 +210,21 @@ impl Replica {
 pub(crate) struct FunctionState {
     pub fref: FunctionRef,
     pub spec: RwLock<Arc<SpecInfo>>,
+    /// Every replica not yet removed, draining ones included.
     pub replicas: Mutex<Vec<Arc<Replica>>>,
+    /// The replicas that serve (not draining, not dead), routed by the shared runtime.
+    pub instances: Arc<InstanceSet<Arc<Replica>>>,
     pub desired: AtomicU32,
     /// Replicas being started now.
     pub starting: AtomicU32,
     pub invocations: AtomicU64,
     pub created_at: SystemTime,
-    /// Signalled when replicas appear, become free or fail to start.
+    /// Signalled when replicas appear or fail to start, and when the function is removed
+    /// (`wait_ready` waits on it).
     pub changed: Notify,
     /// Serialises reconcile, scale and update.
     pub reconcile_lock: tokio::sync::Mutex<()>,
     pub removed: AtomicBool,
-    /// The last start failure, numbered so waiters only see failures after they began.
-    pub start_error: Mutex<(u64, Option<Error>)>,
     /// Id of the definition container holding the spec.
     pub definition_id: Mutex<String>,
     /// The last lines of its removed replicas (bounded; dropped with the function).
@@ -243,10 +253,12 @@ impl FunctionState {
         created_at: SystemTime,
         retention: LogRetention,
     ) -> Self {
+        let instances = Arc::new(InstanceSet::new(fref.clone()));
         FunctionState {
             fref,
             spec: RwLock::new(Arc::new(info)),
             replicas: Mutex::new(Vec::new()),
+            instances,
             desired: AtomicU32::new(desired),
             starting: AtomicU32::new(0),
             invocations: AtomicU64::new(0),
@@ -254,7 +266,6 @@ impl FunctionState {
             changed: Notify::new(),
             reconcile_lock: tokio::sync::Mutex::new(()),
             removed: AtomicBool::new(false),
-            start_error: Mutex::new((0, None)),
             definition_id: Mutex::new(String::new()),
             retained: Mutex::new(RetainedLogs::new(retention)),
             failure: Mutex::new(None),
@@ -328,69 +339,88 @@ impl FunctionState {
         *self.spec.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(info);
     }
 
+    /// Every replica not yet removed, draining ones included.
     pub fn snapshot(&self) -> Vec<Arc<Replica>> {
         lock(&self.replicas).clone()
     }
 
+    /// The replicas that serve: those in the instance set.
     pub fn live(&self) -> Vec<Arc<Replica>> {
-        lock(&self.replicas).iter().filter(|r| r.live()).cloned().collect()
+        self.instances.handles().into_iter().map(|(_, r)| r).collect()
     }
 
-    pub fn push(&self, r: Arc<Replica>) {
-        lock(&self.replicas).push(r);
+    /// Adds a ready replica to the function and its instance set; false (and the replica is
+    /// not added: the caller removes its container) once the function is being removed.
+    #[must_use]
+    pub fn push(&self, r: Arc<Replica>) -> bool {
+        let mut reps = lock(&self.replicas);
+        // Checked under the lock `remove` sets it under: a replica is either refused here
+        // or in the snapshot `remove` takes afterwards.
+        if self.removed.load(Ordering::SeqCst) {
+            return false;
+        }
+        reps.push(Arc::clone(&r));
+        let view = InstanceView {
+            id: r.name.clone(),
+            node: None,
+            in_flight: 0,
+            max_concurrency: self.spec().spec.max_concurrency,
+            ready: true,
+        };
+        let key = self.instances.insert(view, Arc::clone(&r));
+        let _ = r.key.set(key);
+        drop(reps);
+        self.changed.notify_waiters();
+        true
+    }
+
+    /// Marks the function removed (see [`FunctionState::push`]): its waiting and later
+    /// invocations fail with function-not-found.
+    pub fn mark_removed(&self) {
+        {
+            let _reps = lock(&self.replicas);
+            self.removed.store(true, Ordering::SeqCst);
+        }
+        self.instances.close();
         self.changed.notify_waiters();
     }
 
+    /// Takes a replica out of routing (a scale down or an update drains it); resolves once
+    /// the invocations routed to it have been answered.
+    pub fn retire(&self, r: &Replica) -> Option<InstanceDrain> {
+        r.draining.store(true, Ordering::SeqCst);
+        self.instances.retire(*r.key.get()?).map(|(_, d)| d)
+    }
+
+    /// Marks a replica dead and takes it out of routing; false if it was dead already.
+    pub fn kill(&self, r: &Replica) -> bool {
+        if r.dead.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        if let Some(k) = r.key.get() {
+            self.instances.remove(*k);
+        }
+        true
+    }
+
+    /// Forgets a removed replica.
     pub fn forget(&self, r: &Arc<Replica>) {
         lock(&self.replicas).retain(|x| !Arc::ptr_eq(x, r));
-        self.changed.notify_waiters();
-    }
-
-    pub fn record_start_error(&self, e: Error) {
-        let mut g = lock(&self.start_error);
-        g.0 += 1;
-        g.1 = Some(e);
-        drop(g);
-        self.changed.notify_waiters();
-    }
-
-    pub fn start_error_seq(&self) -> u64 {
-        lock(&self.start_error).0
-    }
-
-    /// The start failure recorded after `seq`, if any.
-    pub fn start_error_since(&self, seq: u64) -> Option<Error> {
-        let g = lock(&self.start_error);
-        if g.0 > seq {
-            g.1.clone()
-        } else {
-            None
+        if let Some(k) = r.key.get() {
+            self.instances.remove(*k);
         }
     }
 
-    /// Picks a live replica with the scheduler and counts the invocation in flight on it.
-    pub fn route(&self, scheduler: &dyn Scheduler, max: Option<u32>) -> Option<Arc<Replica>> {
-        let reps = lock(&self.replicas);
-        let mut live: Vec<&Arc<Replica>> = reps.iter().filter(|r| r.live()).collect();
-        if live.is_empty() {
-            return None;
-        }
-        // A stable order (by name), so hashing strategies stay sticky.
-        live.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        let views: Vec<InstanceView> = live
-            .iter()
-            .map(|r| InstanceView {
-                id: r.name.clone(),
-                node: None,
-                in_flight: r.in_flight.load(Ordering::SeqCst),
-                max_concurrency: max,
-                ready: true,
-            })
-            .collect();
-        let i = scheduler.route(&self.fref, &views)?;
-        let r = live.get(i)?;
-        r.in_flight.fetch_add(1, Ordering::SeqCst);
-        Some(Arc::clone(r))
+    /// Invocations in flight on a replica (routed, not yet answered).
+    pub fn in_flight(&self, r: &Replica) -> u32 {
+        r.key.get().and_then(|k| self.instances.in_flight_of(*k)).unwrap_or(0)
+    }
+
+    /// A start failed: the invocations waiting for a start fail with the error (as
+    /// [`FunctionState::start_failed`] words it), and `wait_ready` callers look again.
+    pub fn record_start_error(&self, e: &Error) {
+        self.instances.start_failed(self.start_failed(e, None));
+        self.changed.notify_waiters();
     }
 }
 

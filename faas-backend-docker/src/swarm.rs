@@ -644,6 +644,10 @@ impl SwarmInner {
                 tracing::warn!(function = %f.fref, error = %e, "scaling a failed function to zero");
             }
         }
+        // Invocations waiting for a task learn at once that none can be placed or started.
+        if let Some(e) = Self::stuck(f) {
+            f.tasks.start_failed(e);
+        }
         f.changed.notify_waiters();
     }
 
@@ -914,8 +918,8 @@ impl SwarmInner {
     }
 
     /// Waits (in the shared instance runtime's line) for a ready task with capacity, scaling
-    /// from zero when there is none; fails at once, and as soon as the engine says it, when
-    /// no task can be placed or started.
+    /// from zero when there is none; fails at once, and as soon as the refresh loop hears it
+    /// from the engine ([`InstanceSet::start_failed`]), when no task can be placed or started.
     async fn acquire(
         self: &Arc<Self>,
         f: &Arc<SwarmFunction>,
@@ -943,23 +947,7 @@ impl SwarmInner {
             }
             self.kick.notify_one();
         };
-        let lease = f.tasks.acquire(&*deployed.scheduler, &limits, arrived.into(), scale_from_zero);
-        // The engine may say meanwhile that no task can be placed: stop waiting then.
-        let stuck = async {
-            loop {
-                let changed = f.changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                if let Some(e) = Self::stuck(f) {
-                    return e;
-                }
-                changed.await;
-            }
-        };
-        tokio::select! {
-            lease = lease => lease,
-            e = stuck => Err(e),
-        }
+        f.tasks.acquire(&*deployed.scheduler, &limits, arrived.into(), scale_from_zero).await
     }
 
     /// Whether a task's container has exited (after a failed call): its container's state

@@ -238,12 +238,7 @@ pub async fn static_build(args: &[&str]) -> Result<PathBuf> {
         .output()
         .await
         .map_err(|e| Error::internal(format!("running cargo for a static build: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::internal(format!(
-            "the static build of {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
+    succeeded(&out, &format!("the static build of {args:?}"))?;
     Ok(target_dir.join(triple).join("debug"))
 }
 
@@ -319,6 +314,42 @@ pub async fn openwhisk_image() -> Result<String> {
         "EXPOSE 8080".to_string(),
     ];
     import_rootfs("faas-rs/openwhisk-fixture", &tag, tar, changes).await
+}
+
+/// Builds the images of the `python:3` and `nodejs:20` kinds
+/// ([`faas_core::runtimes::PYTHON_IMAGE`], [`faas_core::runtimes::NODEJS_IMAGE`]) from this
+/// machine's `python3` and `node` with `runtimes/build-images.sh` and the static
+/// `faas-watchdog` of [`static_binaries`]; an image already built from the same files is
+/// kept. Serialised: tests that call it at once build once.
+pub async fn runtime_images() -> Result<()> {
+    static IMAGES: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
+    let mut built = IMAGES.lock().await;
+    if *built {
+        return Ok(());
+    }
+    let (watchdog, _) = static_binaries().await?;
+    let out = tokio::process::Command::new("bash")
+        .arg(workspace_root().join("runtimes/build-images.sh"))
+        .arg(&watchdog)
+        .output()
+        .await
+        .map_err(|e| Error::internal(format!("running runtimes/build-images.sh: {e}")))?;
+    succeeded(&out, "runtimes/build-images.sh")?;
+    *built = true;
+    Ok(())
+}
+
+/// An error quoting `what`'s output unless it exited 0.
+fn succeeded(out: &std::process::Output, what: &str) -> Result<()> {
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(Error::internal(format!(
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )))
 }
 
 /// Containers, networks and volumes carrying our labels that belong to `namespace` or to

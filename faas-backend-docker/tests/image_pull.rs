@@ -42,8 +42,36 @@ async fn docker_pulls_an_absent_image_from_the_registry_and_refuses_one_it_lacks
     let spec = FunctionSpec::new("pulled", image.clone())
         .namespace(env.ns.clone())
         .env("FIXTURE_BEHAVIOUR", "echo");
-    docker.deploy(spec).await.expect("deploy pulls the image");
+    // While the deploy pulls, the function's status reports the pull (from its spec, with
+    // no replica yet).
+    let mut seen: Option<faas_core::FunctionStatus> = None;
+    {
+        let fref = env.fref("pulled");
+        let deploy = docker.deploy(spec);
+        tokio::pin!(deploy);
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut deploy => { r.expect("deploy pulls the image"); break; }
+                st = docker.status(&fref) => {
+                    if let Ok(st) = st {
+                        if st.pull.is_some() && seen.is_none() {
+                            seen = Some(st);
+                        }
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+    let st = seen.expect("the status reported the pull while the deploy pulled");
+    let pull = st.pull.as_ref().unwrap();
+    assert_eq!(pull.image, image);
+    assert!(pull.downloaded_bytes <= pull.total_bytes, "{pull:?}");
+    assert_eq!((st.image.as_str(), st.available_replicas), (image.as_str(), 0));
     assert!(registry::present(&image), "the image was pulled");
+    let after = docker.status(&env.fref("pulled")).await.unwrap();
+    assert_eq!(after.pull, None, "no pull once deployed");
     let resp = docker.invoke(Invocation::post(env.fref("pulled"), "from the registry")).await;
     assert_eq!(resp.unwrap().into_body().collect_bytes().await.unwrap(), "from the registry");
 

@@ -17,7 +17,7 @@
 //! - **The instances of a function** ([`InstanceSet`]): routing through the scheduler,
 //!   in-flight leases, first-come-first-served waiting for a free or ready instance, and the
 //!   idle clock, shared by the backends that run instances.
-//! - **The client** (feature `instance-client`): [`InstanceClient`], a pooled keep-alive
+//! - **The client** (feature `instance-client`): `InstanceClient`, a pooled keep-alive
 //!   hyper client applying all of the above with a per-call timeout.
 
 use std::time::Duration;
@@ -30,7 +30,7 @@ use crate::function::Response;
 use crate::invocation::{FunctionRef, Invocation};
 
 mod set;
-pub use set::{AcquireLimits, InstanceKey, InstanceLease, InstanceSet, Shortage};
+pub use set::{AcquireLimits, InstanceDrain, InstanceKey, InstanceLease, InstanceSet, Shortage};
 
 #[cfg(feature = "instance-client")]
 mod client;

@@ -68,8 +68,8 @@ pub use scheduler::{
     Scheduler, Schedulers, Strategy, SCHEDULER_LABEL,
 };
 pub use spec::{
-    FunctionFailure, FunctionSpec, FunctionStatus, ReplicaLimits, Resources, ScalingMetric,
-    ScalingPolicy, Usage,
+    FunctionFailure, FunctionSpec, FunctionStatus, PullProgress, ReplicaLimits, Resources,
+    ScalingMetric, ScalingPolicy, Usage,
 };
 pub use whisk::{Rule, Trigger};
 

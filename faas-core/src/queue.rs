@@ -197,6 +197,46 @@ pub fn parse_callback_url(url: &str) -> Result<http::Uri> {
     Ok(uri)
 }
 
+/// How deep an async queue is: what waits and what was dead-lettered, in all and per
+/// function. Answered by [`QueuePublisher::depth`] (the gateway's `GET /system/queue` and
+/// the portal's overview).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueDepth {
+    /// Invocations accepted and not yet delivered to a worker.
+    pub waiting: u64,
+    /// Invocations delivered to a worker and not yet settled (running or retrying), where
+    /// the queue knows it (`None` for a queue whose consumers run elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<u64>,
+    /// Invocations that ran out of attempts and went to the dead letters (since the queue
+    /// started, or as the dead-letter topic holds them).
+    pub dead_letters: u64,
+    /// Whether [`QueueDepth::functions`] is complete: `false` for a queue that only knows
+    /// its totals (Kafka counts offsets, not functions).
+    pub per_function: bool,
+    /// Per function, keyed `name.namespace`; a function with nothing waiting and no dead
+    /// letter is left out.
+    pub functions: std::collections::BTreeMap<String, FunctionQueueDepth>,
+}
+
+/// One function's share of a [`QueueDepth`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionQueueDepth {
+    /// Its invocations waiting.
+    pub waiting: u64,
+    /// Its invocations dead-lettered.
+    pub dead_letters: u64,
+}
+
+impl QueueDepth {
+    /// The entry of function `name` in `namespace`, created empty when missing.
+    pub fn function_mut(&mut self, name: &str, namespace: &str) -> &mut FunctionQueueDepth {
+        self.functions.entry(format!("{name}.{namespace}")).or_default()
+    }
+}
+
 /// Publishes queued invocations. A full queue answers [`Error::Overloaded`]; it never drops
 /// an accepted item.
 #[async_trait]
@@ -221,6 +261,12 @@ pub trait QueuePublisher: Send + Sync + 'static {
     /// it; the default is healthy.
     fn health(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// How deep the queue is now ([`QueueDepth`]). Wrappers forward it; the default is
+    /// [`Error::NotSupported`], for a publisher that cannot tell.
+    async fn depth(&self) -> Result<QueueDepth> {
+        Err(Error::NotSupported { operation: "queue depth".into() })
     }
 }
 
@@ -670,6 +716,9 @@ impl<T: QueuePublisher + ?Sized> QueuePublisher for std::sync::Arc<T> {
     }
     fn health(&self) -> Result<()> {
         (**self).health()
+    }
+    async fn depth(&self) -> Result<QueueDepth> {
+        (**self).depth().await
     }
 }
 

@@ -622,6 +622,37 @@ pub struct FunctionStatus {
     /// a replica starts). Not in OpenFaaS's `FunctionStatus`; its clients ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<FunctionFailure>,
+    /// The image pull under way for this function's deploy or update, while the backend
+    /// pulls (absent otherwise, and from backends that do not pull). Not in OpenFaaS's
+    /// `FunctionStatus`; its clients ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullProgress>,
+}
+
+/// How far an image pull has got: what [`FunctionStatus::pull`] reports. Bytes are those
+/// of the layers the registry has announced so far (a layer's size is known once its
+/// download starts), so the total can grow while the pull goes on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct PullProgress {
+    /// The image being pulled.
+    pub image: String,
+    /// Bytes downloaded.
+    pub downloaded_bytes: u64,
+    /// Bytes of the layers known so far.
+    pub total_bytes: u64,
+    /// Layers the pull needs (those already present included).
+    pub layers: u32,
+    /// Layers downloaded and extracted, or already present.
+    pub layers_done: u32,
+}
+
+impl PullProgress {
+    /// A pull of `image` that has not started.
+    pub fn new(image: impl Into<String>) -> Self {
+        PullProgress { image: image.into(), ..Default::default() }
+    }
 }
 
 /// A function the backend keeps failing to start (an engine refusal, a missing image, a

@@ -31,24 +31,32 @@ function esc(s) {
 
 async function refresh() {
   try {
-    // The list and the sparklines in parallel; the table is built as one string (a
-    // thousand rows in one parse, see BENCHMARKS.md).
-    const [fns, spark] = await Promise.all([api("GET", "/system/functions"), sparklines()]);
+    // The list, the sparklines and the queue in parallel; the table is built as one string
+    // (a thousand rows in one parse) and each sparkline drawn only once its row comes near
+    // the window (see BENCHMARKS.md).
+    const [fns, spark, depth] = await Promise.all([api("GET", "/system/functions"), sparklines(), queueDepth()]);
     fns.sort((a, b) => a.name.localeCompare(b.name));
+    showQueue(depth);
     const rows = $("fn-rows");
     if (fns.length === 0) {
-      rows.innerHTML = '<tr><td colspan="6" class="muted">No functions yet: deploy one below.</td></tr>';
+      rows.innerHTML = '<tr><td colspan="7" class="muted">No functions yet: deploy one below.</td></tr>';
     } else {
       const html = [];
+      const perFn = depth && depth.perFunction ? depth.functions : null;
       for (const f of fns) {
         const key = f.name + "." + f.namespace;
         const h = spark[key];
+        const q = perFn ? perFn[key] || { waiting: 0, deadLetters: 0 } : null;
+        const ready = f.availableReplicas + "/" + f.replicas;
         html.push('<tr data-name="' + esc(f.name) + '"><td><a href="#/fn/' + esc(encodeURIComponent(key)) + '">' +
-          esc(f.name) + "</a></td><td>" + esc(f.namespace) + "</td><td>" + esc(f.image) + "</td><td>" +
-          esc(f.availableReplicas + "/" + f.replicas) + "</td><td>" + esc(f.invocationCount) +
-          '</td><td class="spark">' + (h ? sparkline(h.invocations, h.errors) : "") + "</td></tr>");
+          esc(f.name) + "</a></td><td>" + esc(f.namespace) + "</td><td>" + esc(f.image) + '</td><td class="' +
+          (f.availableReplicas < f.replicas ? "replicas scaling" : "replicas") + '">' + esc(ready) + "</td><td>" +
+          esc(f.invocationCount) + '</td><td class="queue' + (q && q.deadLetters ? " error" : "") + '"' +
+          (q ? ' data-waiting="' + q.waiting + '" data-dead="' + q.deadLetters + '">' + q.waiting + " / " + q.deadLetters : ">–") +
+          '</td><td class="spark" data-key="' + esc(key) + '"></td></tr>');
       }
       rows.innerHTML = html.join("");
+      drawVisibleSparklines(spark);
     }
     const select = $("invoke-fn");
     const current = select.value;
@@ -61,7 +69,7 @@ async function refresh() {
     $("fn-rows").replaceChildren();
     const tr = document.createElement("tr");
     const td = cell("Cannot list functions: " + e.message);
-    td.colSpan = 6;
+    td.colSpan = 7;
     td.className = "error";
     tr.append(td);
     $("fn-rows").append(tr);
@@ -134,6 +142,31 @@ async function info() {
   }
 }
 
+// ---- Overview: the async queue ---------------------------------------------------------
+
+/** The async queue's depth (`GET /system/queue`), or null without a queue. */
+async function queueDepth() {
+  try {
+    return await api("GET", "/system/queue");
+  } catch (e) {
+    return null;
+  }
+}
+
+function showQueue(d) {
+  const el = $("queue-summary");
+  if (!d) {
+    el.textContent = "no async queue";
+    el.className = "small muted";
+    return;
+  }
+  el.textContent = "Async queue: " + d.waiting + " waiting" +
+    (d.inFlight !== undefined ? ", " + d.inFlight + " running" : "") + ", " + d.deadLetters + " dead letters";
+  el.className = "small " + (d.deadLetters > 0 ? "error" : "muted");
+  el.dataset.waiting = d.waiting;
+  el.dataset.dead = d.deadLetters;
+}
+
 // ---- Overview sparklines -------------------------------------------------------------
 
 /** Every function's invocations and errors per slot (one request for the whole table). */
@@ -144,6 +177,25 @@ async function sparklines() {
   } catch (e) {
     return {};
   }
+}
+
+let sparkObserver = null;
+
+/**
+ * Draws the sparkline of each row as it comes within 400 px of the window: with a thousand
+ * functions only the rows on screen pay for their SVG.
+ */
+function drawVisibleSparklines(spark) {
+  if (sparkObserver) sparkObserver.disconnect();
+  sparkObserver = new IntersectionObserver((entries, observer) => {
+    for (const e of entries) {
+      if (!e.isIntersecting) continue;
+      observer.unobserve(e.target);
+      const h = spark[e.target.dataset.key];
+      if (h) e.target.innerHTML = sparkline(h.invocations, h.errors);
+    }
+  }, { rootMargin: "400px 0px" });
+  for (const td of $("fn-rows").querySelectorAll("td.spark")) sparkObserver.observe(td);
 }
 
 /**
@@ -166,6 +218,163 @@ function sparkline(inv, errs) {
     (failed > 0 && errs.length > 1 ? '<polyline class="s-err" points="' + line(errs) + '"/>' : "") +
     (last >= 0 ? '<circle class="s1" r="2" cx="' + px(last) + '" cy="' + py(inv[last]) + '"/>' : "") +
     "</svg>";
+}
+
+// ---- OpenWhisk entities ---------------------------------------------------------------
+// Through `/system/whisk/...`, the OpenWhisk API as the gateway's admin: the same basic
+// auth and cross-site checks as the rest of the portal, and no OpenWhisk key in the page.
+
+const WSK = "/system/whisk/namespaces/_/";
+const OUTCOMES = ["success", "application error", "developer error", "internal error"];
+
+function message(tbody, cols, text, cls) {
+  tbody.innerHTML = '<tr><td colspan="' + cols + '" class="' + cls + '">' + esc(text) + "</td></tr>";
+}
+
+function button(label, title, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = label;
+  b.title = title;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+const pathName = (p) => (p && p.path !== undefined ? "/" + p.path + "/" + p.name : String(p));
+
+async function loadWhisk() {
+  let triggers, rules, actions;
+  try {
+    [triggers, rules, actions] = await Promise.all([api("GET", WSK + "triggers?limit=200"),
+      api("GET", WSK + "rules?limit=200"), api("GET", WSK + "actions?limit=200")]);
+  } catch (e) {
+    for (const [id, cols] of [["wsk-triggers", 3], ["wsk-rules", 5], ["wsk-sequences", 3]]) {
+      message($(id), cols, "Cannot read the OpenWhisk entities: " + e.message, "error");
+    }
+    return;
+  }
+  $("wsk-ns").textContent = "namespace " + ((triggers[0] || rules[0] || actions[0] || {}).namespace || "");
+  showTriggers(triggers);
+  showRules(rules);
+  showSequences(actions.filter((a) => a.exec && a.exec.kind === "sequence"));
+  loadWhiskActivations(null);
+}
+
+/** Fills the table body `id` with a row per item of `list` (`fill(tr, item)` adds the cells), or says `empty`. */
+function fillRows(id, cols, list, empty, fill) {
+  const body = $(id);
+  if (list.length === 0) return message(body, cols, empty, "muted");
+  body.replaceChildren(...list.map((item) => {
+    const tr = document.createElement("tr");
+    tr.dataset.name = item.name;
+    fill(tr, item);
+    return tr;
+  }));
+}
+
+function showTriggers(list) {
+  fillRows("wsk-triggers", 3, list, "No triggers (wsk trigger create NAME).", (tr, t) => {
+    const params = (t.parameters || []).map((p) => p.key + "=" + JSON.stringify(p.value)).join(", ");
+    const td = document.createElement("td");
+    td.append(button("Fire", "Fire " + t.name + " with the parameters below", () => fireTrigger(t.name)));
+    tr.append(cell(t.name), cell(params), td);
+  });
+}
+
+async function fireTrigger(name) {
+  const status = $("wsk-fire-status");
+  let params;
+  try {
+    const text = $("wsk-fire-params").value.trim();
+    params = text ? JSON.parse(text) : {};
+    if (typeof params !== "object" || params === null || Array.isArray(params)) throw new Error("not a JSON object");
+  } catch (e) {
+    status.className = "error";
+    status.textContent = "The parameters must be a JSON object: " + e.message;
+    $("wsk-fire-params").focus();
+    return;
+  }
+  status.className = "";
+  status.textContent = "Firing " + name + "…";
+  try {
+    const r = await api("POST", WSK + "triggers/" + encodeURIComponent(name), params);
+    status.className = "ok";
+    status.textContent = r && r.activationId ? "Fired " + name + ": activation " + r.activationId
+      : "Fired " + name + ": no active rule, nothing ran";
+    status.dataset.activation = r && r.activationId ? r.activationId : "";
+    loadWhiskActivations(null);
+  } catch (e) {
+    status.className = "error";
+    status.textContent = "Firing " + name + " failed: " + e.message;
+  }
+}
+
+function showRules(list) {
+  fillRows("wsk-rules", 5, list, "No rules (wsk rule create NAME TRIGGER ACTION).", (tr, r) => {
+    const active = r.status === "active";
+    const st = cell(r.status);
+    st.className = active ? "ok" : "muted";
+    const td = document.createElement("td");
+    td.append(button(active ? "Disable" : "Enable", (active ? "Disable " : "Enable ") + r.name,
+      () => setRule(r.name, active ? "inactive" : "active")));
+    tr.append(cell(r.name), cell(pathName(r.trigger)), cell(pathName(r.action)), st, td);
+  });
+}
+
+async function setRule(name, status) {
+  const out = $("wsk-rule-status");
+  try {
+    await api("POST", WSK + "rules/" + encodeURIComponent(name), { status });
+    out.className = "ok";
+    out.textContent = "Rule " + name + " is now " + status;
+  } catch (e) {
+    out.className = "error";
+    out.textContent = "Changing rule " + name + " failed: " + e.message;
+  }
+  const rules = await api("GET", WSK + "rules?limit=200").catch(() => null);
+  if (rules) showRules(rules);
+  const again = document.querySelector('#wsk-rules tr[data-name="' + CSS.escape(name) + '"] button');
+  if (again) again.focus();
+}
+
+function showSequences(list) {
+  fillRows("wsk-sequences", 3, list, "No sequences (wsk action create NAME --sequence A,B).", (tr, a) => {
+    const td = document.createElement("td");
+    td.append(button("Activations", "Show the activations of " + a.name, () => loadWhiskActivations(a.name)));
+    tr.append(cell(a.name), cell((a.exec.components || []).join(" → ")), td);
+  });
+}
+
+/** The namespace's recent activations, or those of `name` only. */
+async function loadWhiskActivations(name) {
+  const body = $("wsk-activations");
+  $("wsk-act-of").textContent = name ? "of " + name : "(triggers fired and sequences run, newest first)";
+  let list;
+  try {
+    list = await api("GET", WSK + "activations?limit=30" + (name ? "&name=" + encodeURIComponent(name) : ""));
+  } catch (e) {
+    return message(body, 6, "Cannot list activations: " + e.message, "error");
+  }
+  fillRows("wsk-activations", 6, list, "No activations yet.", (tr, a) => {
+    const code = a.statusCode !== undefined ? a.statusCode : (a.response || {}).statusCode;
+    tr.className = "activation " + (code === 0 ? "ok" : "error");
+    const caused = annotation(a, "causedBy") || "";
+    const rec = document.createElement("td");
+    const b = button(String(a.activationId).slice(0, 12), "Show the record of " + a.activationId, async () => {
+      const pre = $("wsk-record");
+      pre.hidden = false;
+      try {
+        pre.textContent = JSON.stringify(await api("GET", WSK + "activations/" + encodeURIComponent(a.activationId)), null, 2);
+      } catch (e) {
+        pre.textContent = "Cannot read the record: " + e.message;
+      }
+      pre.focus();
+    });
+    b.className = "link";
+    rec.append(b);
+    tr.append(cell(new Date(a.start).toLocaleTimeString()), cell(a.name), cell(OUTCOMES[code] || String(code)),
+      cell(a.duration + " ms"), cell(caused), rec);
+  });
 }
 
 // ---- Stack file deploy ----------------------------------------------------------------
@@ -456,6 +665,7 @@ function route() {
     $("fn-page").hidden = true;
     $("home").hidden = false;
     refresh();
+    loadWhisk();
     return;
   }
   const key = decodeURIComponent(m[1]);
@@ -479,6 +689,7 @@ $("deploy-form").addEventListener("submit", deploy);
 $("stack-form").addEventListener("submit", deployStack);
 $("invoke-form").addEventListener("submit", invoke);
 $("refresh-btn").addEventListener("click", refresh);
+$("wsk-refresh").addEventListener("click", loadWhisk);
 $("fn-refresh").addEventListener("click", refreshPage);
 $("fn-log-follow").addEventListener("change", followLogs);
 $("fn-log-instance").addEventListener("change", followLogs);

@@ -240,7 +240,7 @@ impl AsyncQueue {
             activations.clone(),
             worker_config(config),
         )
-        .with_dead_letters(Arc::new(faas_queue::MemoryDeadLetters::default()))
+        .with_dead_letters(Arc::new(queue.queue().dead_letters()))
         .spawn();
         let description = format!(
             "durable queue in {} ({} calls carried over), worker in process",
@@ -276,6 +276,11 @@ impl AsyncQueue {
     /// Whether a worker runs in this process.
     pub fn runs_worker(&self) -> bool {
         self.worker.is_some()
+    }
+
+    /// The in-process worker's counters (`None` without a worker in this process).
+    pub fn worker_stats(&self) -> Option<Arc<faas_queue::WorkerStats>> {
+        self.worker.as_ref().map(|w| w.stats().clone())
     }
 
     /// One line saying what this is, for start-up messages.

@@ -384,7 +384,7 @@ impl GatewayBuilder {
                     store.clone(),
                     config,
                 )
-                .with_dead_letters(Arc::new(faas_queue::MemoryDeadLetters::default()))
+                .with_dead_letters(Arc::new(q.dead_letters()))
                 .spawn(),
             );
             queue = Some(Arc::new(faas_queue::TrackedPublisher::new(
@@ -633,6 +633,9 @@ async fn route(inner: Arc<Inner>, req: Request) -> Response {
             Ok(response::json(StatusCode::OK, &inner.history.overview(SystemTime::now())))
         }
         ("/system/history", _) => Ok(response::method_not_allowed("GET")),
+        ("/system/queue", &Method::GET) => queue_depth(&inner).await,
+        ("/system/queue", _) => Ok(response::method_not_allowed("GET")),
+        (p, _) if p.starts_with("/system/whisk/") => Ok(inner.whisk.handle_portal(req).await),
         ("/system/stack", &Method::POST) => deploy_stack(&inner, req).await,
         ("/system/stack", _) => Ok(response::method_not_allowed("POST")),
         ("/system/logs", &Method::GET) => logs(&inner, req).await,
@@ -675,6 +678,15 @@ async fn route(inner: Arc<Inner>, req: Request) -> Response {
         _ => Ok(response::text(StatusCode::NOT_FOUND, format!("no route for {path}\n"))),
     };
     result.unwrap_or_else(|e| response::error(&e))
+}
+
+/// `GET /system/queue`: the async queue's depth and dead letters, in all and per
+/// function ([`faas_core::queue::QueueDepth`]).
+async fn queue_depth(inner: &Inner) -> Result<Response> {
+    let Some(queue) = inner.queue.clone() else {
+        return Err(Error::unavailable("no async queue is configured on this gateway"));
+    };
+    Ok(response::json(StatusCode::OK, &queue.depth().await?))
 }
 
 fn redirect(to: &'static str) -> Response {

@@ -194,6 +194,25 @@ impl WhiskApi {
         result.unwrap_or_else(|e| error_response(&e))
     }
 
+    /// The namespace the portal acts in: the first key's, or [`DEFAULT_WHISK_NAMESPACE`]
+    /// when the API has no keys.
+    pub fn portal_namespace(&self) -> &str {
+        self.keys.first().map_or(DEFAULT_WHISK_NAMESPACE, |k| k.namespace.as_str())
+    }
+
+    /// Answers the portal's `/system/whisk/REST` as `/api/v1/REST`, acting in
+    /// [`WhiskApi::portal_namespace`]. The caller is the gateway's admin: the route is
+    /// under `/system/`, so the basic-auth and cross-site layers have already checked it,
+    /// and the browser never holds an OpenWhisk key.
+    pub async fn handle_portal(&self, req: Request) -> Response {
+        let path = req.uri().path().to_string();
+        let rest = path.trim_start_matches(PORTAL_PREFIX).trim_matches('/');
+        let segments: Vec<String> = rest.split('/').map(decode).collect();
+        let caller = self.portal_namespace().to_string();
+        let result = self.route(req, &caller, &segments).await;
+        result.unwrap_or_else(|e| error_response(&e))
+    }
+
     async fn route(&self, req: Request, caller: &str, seg: &[String]) -> Result<Response> {
         let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
         match seg.as_slice() {
@@ -551,6 +570,11 @@ mod erased {
         }
     }
 }
+
+/// Where the portal reaches the OpenWhisk API as the gateway's admin (see
+/// [`WhiskApi::handle_portal`]): `/system/whisk/namespaces/_/triggers` is
+/// `/api/v1/namespaces/_/triggers`.
+pub const PORTAL_PREFIX: &str = "/system/whisk";
 
 /// Whether a request path is the OpenWhisk API's.
 pub fn is_whisk_path(path: &str) -> bool {

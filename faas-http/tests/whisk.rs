@@ -48,6 +48,25 @@ fn backend() -> Arc<MemoryInvoker> {
     Arc::new(m)
 }
 
+/// A gateway over `backend` with `config` and the test's OpenWhisk key, on a loopback port:
+/// its URL, and the sender that stops it (when dropped).
+async fn serve_whisk(
+    backend: Arc<MemoryInvoker>,
+    config: faas_http::GatewayConfig,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let gateway = Gateway::builder(backend as Arc<dyn Backend>)
+        .config(config)
+        .whisk_key(WhiskKey::new(UUID, KEY, "guest"))
+        .build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(faas_http::serve(listener, gateway.service(), async move {
+        let _ = rx.await;
+    }));
+    (base, tx)
+}
+
 struct Whisk {
     client: GatewayClient,
     auth: String,
@@ -60,16 +79,7 @@ impl Whisk {
             record_every_invocation: true,
             ..faas_http::GatewayConfig::default()
         };
-        let gateway = Gateway::builder(backend() as Arc<dyn Backend>)
-            .config(config)
-            .whisk_key(WhiskKey::new(UUID, KEY, "guest"))
-            .build();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(faas_http::serve(listener, gateway.service(), async move {
-            let _ = rx.await;
-        }));
+        let (base, tx) = serve_whisk(backend(), config).await;
         let client = GatewayClient::new(&base).unwrap().with_timeout(Duration::from_secs(30));
         let auth = format!(
             "Basic {}",
@@ -581,4 +591,119 @@ async fn webhook_fires_with_auth_and_is_refused_without() {
     let list = w.activations_of("echo", 1).await;
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["response"]["result"]["n"], 2);
+}
+
+/// The portal's routes with auth on: `/system/whisk/...` is the OpenWhisk API acting in the
+/// key's namespace for the gateway's admin only (401 without the admin's credentials, the
+/// OpenWhisk key is not enough), state changes from another site are refused, and a rule
+/// disabled there stops its action; `/system/queue` shows a function's dead letters after
+/// its async calls ran out of attempts.
+#[tokio::test]
+async fn portal_routes_reach_whisk_as_the_admin_and_show_the_queue() {
+    use faas_http::BasicAuth;
+    let m = backend();
+    m.register(
+        "down",
+        handler_fn(|_req: Request, _ctx: Context| async move {
+            Err::<Vec<u8>, _>(Error::unavailable("down for the test"))
+        }),
+    );
+    let admin = BasicAuth::new("admin", "portal-admin-secret");
+    let config = faas_http::GatewayConfig {
+        auth: Some(admin.clone()),
+        record_every_invocation: true,
+        ..faas_http::GatewayConfig::default()
+    };
+    let (base, _tx) = serve_whisk(m, config).await;
+    let c = GatewayClient::new(&base).unwrap().with_timeout(Duration::from_secs(30));
+    let whisk_auth =
+        format!("Basic {}", faas_core::queue::base64_encode(format!("{UUID}:{KEY}").as_bytes()));
+    let json = ("content-type".to_string(), "application/json".to_string());
+    let with = |h: &[(&str, &str)]| -> Vec<(String, String)> {
+        let mut v = vec![json.clone()];
+        v.extend(h.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        v
+    };
+    let admin_h = admin.header_value();
+    let send = |method: Method, path: String, headers: Vec<(String, String)>, body: Value| {
+        let c = c.clone();
+        async move {
+            let body = if body.is_null() { Vec::new() } else { serde_json::to_vec(&body).unwrap() };
+            let r = c.send(method, &path, &headers, body.into()).await.unwrap();
+            (r.status.as_u16(), serde_json::from_slice::<Value>(&r.body).unwrap_or(Value::Null))
+        }
+    };
+    let api = |p: &str| format!("/api/v1/namespaces/_/{p}");
+    let portal = |p: &str| format!("/system/whisk/namespaces/_/{p}");
+
+    // Entities made with the OpenWhisk key.
+    let key_h = with(&[("authorization", &whisk_auth)]);
+    let put = |p: &str, body: Value| send(Method::PUT, api(p), key_h.clone(), body);
+    assert_eq!(
+        put("actions/hello", json!({"exec": {"kind": "blackbox", "image": "whisk/echo"}})).await.0,
+        200
+    );
+    assert_eq!(put("triggers/ping", json!({})).await.0, 200);
+    let rule = json!({"trigger": "/_/ping", "action": "/_/hello"});
+    assert_eq!(put("rules/ping-hello", rule).await.0, 200);
+
+    // The portal's route: not without the admin, not with the OpenWhisk key.
+    for h in [with(&[]), key_h.clone()] {
+        let (s, _) = send(Method::GET, portal("triggers"), h, Value::Null).await;
+        assert_eq!(s, 401);
+    }
+    let admin_only = with(&[("authorization", &admin_h)]);
+    let (s, list) = send(Method::GET, portal("rules"), admin_only.clone(), Value::Null).await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list[0]["name"], "ping-hello");
+    assert_eq!(list[0]["namespace"], "guest");
+    assert_eq!(list[0]["status"], "active");
+
+    // A page elsewhere cannot disable the rule through the admin's browser.
+    let evil = with(&[("authorization", &admin_h), ("origin", "http://evil.example")]);
+    let off = json!({"status": "inactive"});
+    let (s, _) = send(Method::POST, portal("rules/ping-hello"), evil, off.clone()).await;
+    assert_eq!(s, 403);
+    // The portal itself (same origin) fires the trigger, then disables the rule.
+    let own =
+        with(&[("authorization", &admin_h), ("origin", &base), ("sec-fetch-site", "same-origin")]);
+    let (s, fired) =
+        send(Method::POST, portal("triggers/ping"), own.clone(), json!({"n": 1})).await;
+    assert_eq!(s, 202, "{fired}");
+    assert!(fired["activationId"].is_string());
+    let (s, r) = send(Method::POST, portal("rules/ping-hello"), own.clone(), off).await;
+    assert_eq!((s, &r["status"]), (200, &json!("inactive")), "{r}");
+    let (s, _) = send(Method::POST, portal("triggers/ping"), own.clone(), json!({})).await;
+    assert_eq!(s, 204, "no active rule: nothing fired");
+    let (s, acts) =
+        send(Method::GET, portal("activations?name=ping"), admin_only.clone(), Value::Null).await;
+    assert_eq!(s, 200);
+    assert_eq!(acts.as_array().map(Vec::len), Some(1), "{acts}");
+
+    // The queue: async calls of a function that is down end in the dead letters.
+    let spec = json!({"service": "down", "image": "down"});
+    let (s, v) = send(Method::POST, "/system/functions".into(), admin_only.clone(), spec).await;
+    assert!(s == 200 || s == 202, "{s} {v}");
+    for _ in 0..2 {
+        let r = c.send(Method::POST, "/async-function/down", &[], "x".into()).await.unwrap();
+        assert_eq!(r.status, 202);
+    }
+    let (s, _) = send(Method::GET, "/system/queue".into(), with(&[]), Value::Null).await;
+    assert_eq!(s, 401, "the queue's depth is the admin's");
+    let depth = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let (s, d) =
+                send(Method::GET, "/system/queue".into(), admin_only.clone(), Value::Null).await;
+            assert_eq!(s, 200, "{d}");
+            if d["deadLetters"] == 2 {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("two dead letters within the retries");
+    assert_eq!(depth["functions"]["down.openfaas-fn"]["deadLetters"], 2, "{depth}");
+    assert_eq!(depth["waiting"], 0);
+    assert_eq!(depth["perFunction"], true);
 }

@@ -13,6 +13,10 @@
 //!   lowest unfinished one for the (periodic and on-close) commit. A worker that dies
 //!   mid-invocation thus leaves the message to be delivered again to whoever gets the
 //!   partition.
+//!   Each offset is tracked as its message is taken off librdkafka's queue, in one step
+//!   under a lock that concurrent callers of [`QueueConsumer::next_batch`] share (rebalance
+//!   events come off the same queue), so the commit point never passes a message taken
+//!   but not yet tracked.
 //! - [`KafkaDeadLetters`]: dead letters as JSON on their own topic. Messages that are not a
 //!   valid [`QueuedInvocation`] go there too, raw, with a `faas-error` header, so that they
 //!   never block a partition.
@@ -45,7 +49,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use faas_core::event::{Acknowledge, Delivery};
 use faas_core::queue::{
-    DeadLetter, DeadLetterSink, QueueConsumer, QueuePublisher, QueuedInvocation,
+    DeadLetter, DeadLetterSink, QueueConsumer, QueueDepth, QueuePublisher, QueuedInvocation,
 };
 use faas_core::util::lock;
 use faas_core::{Error, Result};
@@ -57,6 +61,11 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
+
+/// How long the producers wait for a batch to fill (`linger.ms`, librdkafka's default is
+/// 5 ms): every 202 waits for its call's acknowledgement, so the linger is part of
+/// each async call's latency, while calls arriving together still share batches.
+const LINGER: Duration = Duration::from_millis(1);
 
 /// The header counting redeliveries of a nacked message.
 pub const REDELIVERIES_HEADER: &str = "faas-redeliveries";
@@ -131,7 +140,7 @@ impl KafkaConfig {
     fn producer(&self) -> Result<TracedProducer> {
         let mut c = self.base();
         c.set("enable.idempotence", "true")
-            .set("linger.ms", "5")
+            .set("linger.ms", (LINGER.as_secs_f64() * 1000.0).to_string())
             .set("message.timeout.ms", self.publish_timeout.as_millis().max(1).to_string());
         self.apply_properties(&mut c);
         c.create_with_context(TracingContext).map_err(|e| config_error("producer", e))
@@ -233,7 +242,8 @@ impl KafkaPublisher {
         Self::to_topic(config, &config.topic)
     }
 
-    fn to_topic(config: &KafkaConfig, topic: &str) -> Result<Self> {
+    /// A publisher to `topic` (the queue's, its dead letters' or the activation records').
+    pub(crate) fn to_topic(config: &KafkaConfig, topic: &str) -> Result<Self> {
         Ok(KafkaPublisher {
             inner: Arc::new(PublisherInner {
                 producer: Mutex::new(config.producer()?),
@@ -311,7 +321,20 @@ impl KafkaPublisher {
         (r, fatal)
     }
 
-    async fn send(&self, key: &str, payload: &[u8], headers: Option<OwnedHeaders>) -> Result<()> {
+    /// Waits (blocking, at most `timeout`) until every message handed to the producer was
+    /// delivered or failed.
+    pub(crate) fn flush(&self, timeout: Duration) {
+        let _ = self.producer().flush(timeout);
+    }
+
+    /// Publishes one message and waits for the broker's acknowledgement; a producer that
+    /// failed fatally under it is replaced and the message sent again with the new one.
+    pub(crate) async fn send(
+        &self,
+        key: &str,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<()> {
         let (mut r, fatal) = self.send_once(key, payload, headers.clone()).await;
         if fatal {
             // The message never reached the log: send it again with a new producer.
@@ -372,6 +395,19 @@ impl QueuePublisher for KafkaPublisher {
         out
     }
 
+    /// The consumer group's lag on the topic (per partition, the high watermark less the
+    /// group's committed offset, or less the low watermark where the group committed
+    /// nothing) as what waits, and the messages the dead-letter topic holds. Kafka counts
+    /// offsets, not functions: no per-function figures, and nothing in flight (the
+    /// consumers may run in other processes).
+    async fn depth(&self) -> Result<QueueDepth> {
+        let config = self.inner.config.clone();
+        let topic = self.inner.topic.clone();
+        tokio::task::spawn_blocking(move || kafka_depth(&config, &topic))
+            .await
+            .map_err(|e| Error::internal(format!("kafka: the depth query panicked: {e}")))?
+    }
+
     fn health(&self) -> Result<()> {
         let p = lock(&self.inner.producer);
         if let Some((code, reason)) = p.client().fatal_error() {
@@ -388,6 +424,60 @@ impl QueuePublisher for KafkaPublisher {
             None => Ok(()),
         }
     }
+}
+
+/// How long one metadata, watermark or offset request of [`kafka_depth`] may take.
+const DEPTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// [`KafkaPublisher::depth`]'s figures, on a blocking thread: a consumer of the workers'
+/// group that subscribes to nothing (it only reads the group's committed offsets).
+fn kafka_depth(config: &KafkaConfig, topic: &str) -> Result<QueueDepth> {
+    let mut c = config.base();
+    c.set("group.id", &config.group_id).set("enable.auto.commit", "false");
+    config.apply_properties(&mut c);
+    let consumer: BaseConsumer = c.create().map_err(|e| config_error("consumer", e))?;
+    let unavailable = |what: &str, e: KafkaError| Error::unavailable(format!("kafka: {what}: {e}"));
+    let partitions = |t: &str| -> Result<Vec<i32>> {
+        let md = consumer
+            .fetch_metadata(Some(t), DEPTH_TIMEOUT)
+            .map_err(|e| unavailable(&format!("reading the metadata of {t}"), e))?;
+        Ok(md
+            .topics()
+            .iter()
+            .filter(|m| m.name() == t && m.error().is_none())
+            .flat_map(|m| m.partitions().iter().map(|p| p.id()))
+            .collect())
+    };
+    let mut depth = QueueDepth::default();
+    let queue_partitions = partitions(topic)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in &queue_partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = if queue_partitions.is_empty() {
+        TopicPartitionList::new()
+    } else {
+        consumer
+            .committed_offsets(tpl, DEPTH_TIMEOUT)
+            .map_err(|e| unavailable("reading the workers' committed offsets", e))?
+    };
+    for p in &queue_partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, *p, DEPTH_TIMEOUT)
+            .map_err(|e| unavailable(&format!("reading the offsets of {topic}/{p}"), e))?;
+        let from = match committed.find_partition(topic, *p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o.max(low),
+            _ => low,
+        };
+        depth.waiting += u64::try_from(high - from).unwrap_or(0);
+    }
+    for p in partitions(&config.dead_letter_topic)? {
+        let (low, high) = consumer
+            .fetch_watermarks(&config.dead_letter_topic, p, DEPTH_TIMEOUT)
+            .map_err(|e| unavailable("reading the offsets of the dead letters", e))?;
+        depth.dead_letters += u64::try_from(high - low).unwrap_or(0);
+    }
+    Ok(depth)
 }
 
 /// Dead letters as JSON messages ([`DeadLetter`]) on `config.dead_letter_topic`, keyed by
@@ -556,6 +646,14 @@ struct Shared {
     topic: String,
     nack_on_drop: bool,
     close_timeout: Duration,
+    /// Held from taking a message (or a rebalance event, which librdkafka hands out from
+    /// the same queue) until its offset is tracked. The worker's lanes receive
+    /// concurrently; without it, a lane could take offset n, another take n + 1, track and
+    /// acknowledge it, and store n + 2 for commit before n was tracked at all, so that n,
+    /// still running, would be lost if this worker stopped.
+    receiving: tokio::sync::Mutex<()>,
+    #[cfg(test)]
+    hooks: tests::Hooks,
 }
 
 /// A member of a Kafka consumer group delivering queued invocations; see the
@@ -584,6 +682,9 @@ impl KafkaConsumer {
                 topic: config.topic.clone(),
                 nack_on_drop: config.nack_on_drop,
                 close_timeout: config.close_timeout,
+                receiving: tokio::sync::Mutex::new(()),
+                #[cfg(test)]
+                hooks: tests::Hooks::default(),
             }),
         })
     }
@@ -618,26 +719,58 @@ impl Drop for KafkaConsumer {
     }
 }
 
-#[async_trait]
-impl QueueConsumer for KafkaConsumer {
-    async fn next(&self) -> Result<Option<Delivery<QueuedInvocation>>> {
-        loop {
-            let Some(client) = self.client() else { return Ok(None) };
-            let (partition, offset, payload, redeliveries) = {
-                let msg =
-                    client.recv().await.map_err(|e| Error::unavailable(format!("kafka: {e}")))?;
-                let redeliveries = msg
-                    .headers()
-                    .and_then(|h| h.iter().find(|h| h.key == REDELIVERIES_HEADER))
-                    .and_then(|h| h.value)
-                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u32>().ok())
-                    .unwrap_or(0);
-                (msg.partition(), msg.offset(), msg.payload().map(<[u8]>::to_vec), redeliveries)
+/// A message taken off the consumer's queue, its offset tracked.
+enum Taken {
+    /// A queued invocation.
+    Item(Delivery<QueuedInvocation>),
+    /// Not a queued invocation: its payload and parse error, for the dead letters.
+    Malformed(KafkaAck, Vec<u8>, String),
+}
+
+impl KafkaConsumer {
+    /// Takes up to `max` messages: waits for the first, then takes what librdkafka already
+    /// has without waiting. Holds [`Shared::receiving`] throughout, so each message's
+    /// offset is tracked before anyone else takes a message (or a rebalance event) off the
+    /// queue.
+    async fn receive(&self, client: &Arc<Client>, max: usize) -> Result<Vec<Taken>> {
+        use futures::FutureExt as _;
+        let _receiving = self.shared.receiving.lock().await;
+        let mut taken = Vec::new();
+        while taken.len() < max.max(1) {
+            let received = if taken.is_empty() {
+                client.recv().await
+            } else {
+                match client.recv().now_or_never() {
+                    Some(r) => r,
+                    None => break,
+                }
             };
+            let msg = match received {
+                Ok(msg) => msg,
+                Err(e) if taken.is_empty() => {
+                    return Err(Error::unavailable(format!("kafka: {e}")))
+                }
+                // The messages taken so far go; the error is only told.
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka: receiving");
+                    break;
+                }
+            };
+            let redeliveries = msg
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == REDELIVERIES_HEADER))
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u32>().ok())
+                .unwrap_or(0);
+            let (partition, offset) = (msg.partition(), msg.offset());
+            let payload = msg.payload().map(<[u8]>::to_vec).unwrap_or_default();
+            drop(msg);
+            #[cfg(test)]
+            self.shared.hooks.after_recv(offset).await;
             let epoch = lock(&self.shared.tracker).received(partition, offset);
             let ack = KafkaAck {
                 shared: Arc::downgrade(&self.shared),
-                client: Arc::downgrade(&client),
+                client: Arc::downgrade(client),
                 partition,
                 offset,
                 epoch,
@@ -645,32 +778,60 @@ impl QueueConsumer for KafkaConsumer {
                 redeliveries,
                 settled: false,
             };
-            let payload = payload.unwrap_or_default();
-            match serde_json::from_slice::<QueuedInvocation>(&payload) {
-                Ok(item) => {
-                    // The item comes back through the acknowledger if it is to be republished.
-                    return Ok(Some(Delivery::new(item, redeliveries, Box::new(ack))));
-                }
-                Err(e) => {
-                    // Not an invocation: park it in the dead letters so it never blocks the
-                    // partition, then count it as done.
-                    tracing::warn!(partition, offset, error = %e, "malformed message sent to the dead letters");
-                    let headers = OwnedHeaders::new().insert(Header {
-                        key: ERROR_HEADER,
-                        value: Some(&format!("not a queued invocation: {e}")),
-                    });
-                    let key = format!("malformed/{partition}/{offset}");
-                    match self.shared.dead_letters.send(&key, &payload, Some(headers)).await {
-                        Ok(()) => {
-                            let _ = Box::new(ack).ack().await;
-                        }
-                        Err(err) => {
-                            tracing::warn!(error = %err, "could not dead-letter a malformed message");
-                            // Left unsettled: retried after a restart or rebalance.
-                            ack.abandon();
-                        }
+            taken.push(match serde_json::from_slice::<QueuedInvocation>(&payload) {
+                // The item comes back through the acknowledger if it is to be republished.
+                Ok(item) => Taken::Item(Delivery::new(item, redeliveries, Box::new(ack))),
+                Err(e) => Taken::Malformed(ack, payload, e.to_string()),
+            });
+        }
+        Ok(taken)
+    }
+
+    /// Parks a message that is not a queued invocation in the dead letters so it never
+    /// blocks its partition, then counts it as done.
+    async fn dead_letter_malformed(&self, ack: KafkaAck, payload: Vec<u8>, error: String) {
+        let (partition, offset) = (ack.partition, ack.offset);
+        tracing::warn!(partition, offset, %error, "malformed message sent to the dead letters");
+        let headers = OwnedHeaders::new().insert(Header {
+            key: ERROR_HEADER,
+            value: Some(&format!("not a queued invocation: {error}")),
+        });
+        let key = format!("malformed/{partition}/{offset}");
+        match self.shared.dead_letters.send(&key, &payload, Some(headers)).await {
+            Ok(()) => {
+                let _ = Box::new(ack).ack().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "could not dead-letter a malformed message");
+                // Left unsettled: retried after a restart or rebalance.
+                ack.abandon();
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl QueueConsumer for KafkaConsumer {
+    async fn next(&self) -> Result<Option<Delivery<QueuedInvocation>>> {
+        Ok(self.next_batch(1).await?.pop())
+    }
+
+    /// Waits for one delivery, then adds what librdkafka has already fetched, up to `max`
+    /// (empty only once the consumer is closed).
+    async fn next_batch(&self, max: usize) -> Result<Vec<Delivery<QueuedInvocation>>> {
+        loop {
+            let Some(client) = self.client() else { return Ok(Vec::new()) };
+            let mut out = Vec::new();
+            for taken in self.receive(&client, max).await? {
+                match taken {
+                    Taken::Item(d) => out.push(d),
+                    Taken::Malformed(ack, payload, error) => {
+                        self.dead_letter_malformed(ack, payload, error).await
                     }
                 }
+            }
+            if !out.is_empty() {
+                return Ok(out);
             }
         }
     }
@@ -903,6 +1064,111 @@ impl MockKafka {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    type AfterRecv = Arc<dyn Fn(i64) -> BoxFuture<'static, ()> + Send + Sync>;
+
+    /// Test hooks inside the consumer.
+    #[derive(Default)]
+    pub(super) struct Hooks {
+        /// Runs after a message was taken off the queue, before its offset is tracked.
+        after_recv: Mutex<Option<AfterRecv>>,
+    }
+
+    impl Hooks {
+        pub(super) async fn after_recv(&self, offset: i64) {
+            let hook = lock(&self.after_recv).clone();
+            if let Some(hook) = hook {
+                hook(offset).await;
+            }
+        }
+    }
+
+    /// Two lanes receive from one consumer: the first takes offset 0 and is held before it
+    /// tracks it; the second must not get offset 1 (and acknowledge it, storing 2 for
+    /// commit) before offset 0 is tracked, else 0, still unfinished, would be committed
+    /// past. The second lane is given a second to go wrong before the first is let go.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_acknowledgement_never_stores_past_a_message_received_but_not_tracked() {
+        let kafka = MockKafka::new(1).expect("mock cluster");
+        let config = KafkaConfig::new(kafka.bootstrap_servers());
+        kafka.create_topic(&config.topic, 1).expect("topic");
+        kafka.create_topic(&config.dead_letter_topic, 1).expect("topic");
+        let publisher = KafkaPublisher::new(&config).expect("publisher");
+        for body in ["first", "second"] {
+            let item = QueuedInvocation {
+                call_id: faas_core::InvocationId::new(),
+                function: "f".into(),
+                namespace: "openfaas-fn".into(),
+                method: "POST".into(),
+                path: "/".into(),
+                query: String::new(),
+                headers: Vec::new(),
+                body: bytes::Bytes::from(body),
+                callback_url: None,
+                attempt: 0,
+                queued_at: 0,
+            };
+            publisher.publish(item).await.expect("published");
+        }
+        let consumer = Arc::new(KafkaConsumer::new(&config).expect("consumer"));
+        let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
+        let held_tx = Mutex::new(Some(held_tx));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let events: Arc<Mutex<Vec<String>>> = Arc::default();
+        {
+            let (release, events) = (release.clone(), events.clone());
+            *lock(&consumer.shared.hooks.after_recv) = Some(Arc::new(move |offset| {
+                let (release, events) = (release.clone(), events.clone());
+                let held = if offset == 0 { lock(&held_tx).take() } else { None };
+                Box::pin(async move {
+                    if let Some(held) = held {
+                        let released = release.notified();
+                        let _ = held.send(());
+                        released.await;
+                        lock(&events).push("offset 0 tracked".to_string());
+                    }
+                })
+            }));
+        }
+        let first = tokio::spawn({
+            let c = consumer.clone();
+            async move { c.next().await }
+        });
+        tokio::time::timeout(Duration::from_secs(30), held_rx)
+            .await
+            .expect("the first lane took offset 0")
+            .expect("hook");
+        let mut second = tokio::spawn({
+            let (c, events) = (consumer.clone(), events.clone());
+            async move {
+                let d = c.next().await.expect("next").expect("a delivery");
+                lock(&events).push(format!("acknowledged {:?}", d.item().body));
+                d.ack().await.expect("ack");
+            }
+        });
+        // The second lane's chance to overtake the first.
+        let overtaken = tokio::time::timeout(Duration::from_secs(1), &mut second).await.is_ok();
+        release.notify_one();
+        let first = first.await.expect("first lane").expect("next").expect("a delivery");
+        assert_eq!(first.item().body, bytes::Bytes::from("first"));
+        if !overtaken {
+            tokio::time::timeout(Duration::from_secs(30), second)
+                .await
+                .expect("the second lane got offset 1")
+                .expect("second lane");
+        }
+        let stored = lock(&consumer.shared.tracker).partitions.get(&0).map(|t| t.stored);
+        assert_eq!(stored, Some(0), "nothing past the unfinished offset 0 is stored");
+        assert_eq!(
+            *lock(&events),
+            ["offset 0 tracked", "acknowledged b\"second\""],
+            "offset 1 was taken and acknowledged before offset 0 was tracked"
+        );
+        first.ack().await.expect("ack");
+        let stored = lock(&consumer.shared.tracker).partitions.get(&0).map(|t| t.stored);
+        assert_eq!(stored, Some(2), "both done: the commit point moves past them");
+        consumer.close().await.expect("closed");
+    }
 
     #[test]
     fn commit_point_is_lowest_unfinished() {

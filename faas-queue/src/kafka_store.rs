@@ -39,11 +39,10 @@ use faas_core::util::lock;
 use faas_core::{Error, InvocationId, Result};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use crate::kafka::{config_error, produce_error, KafkaConfig, TracedProducer, TracingContext};
+use crate::kafka::{config_error, KafkaConfig, KafkaPublisher, TracingContext};
 
 /// The suffix of the default activations topic: records of the queue topic `faas-async`
 /// go to `faas-async-activations`.
@@ -216,7 +215,7 @@ impl Drop for DetachOnDrop {
 
 struct Shared {
     records: Arc<Mutex<Records>>,
-    producer: TracedProducer,
+    producer: KafkaPublisher,
     topic: String,
     ready: watch::Receiver<bool>,
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -268,13 +267,8 @@ impl KafkaActivationStore {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::internal("the Kafka activation store must be created within a tokio runtime")
         })?;
-        let mut p = config.base();
-        p.set("enable.idempotence", "true")
-            .set("linger.ms", "1")
-            .set("message.timeout.ms", config.publish_timeout.as_millis().max(1).to_string());
-        config.apply_properties(&mut p);
-        let producer: TracedProducer =
-            p.create_with_context(TracingContext).map_err(|e| config_error("producer", e))?;
+        // Replaced after a fatal error (as after a broker restarted empty), as the queue's.
+        let producer = KafkaPublisher::to_topic(config, topic)?;
 
         let mut c = config.base();
         config.apply_properties(&mut c);
@@ -390,22 +384,16 @@ impl KafkaActivationStore {
     }
 
     async fn publish(&self, record: &AsyncActivation) -> Result<()> {
-        send(&self.shared.producer, &self.shared.topic, record).await?;
+        send(&self.shared.producer, record).await?;
         self.shared.stats.written.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
 
-async fn send(producer: &TracedProducer, topic: &str, record: &AsyncActivation) -> Result<()> {
+async fn send(producer: &KafkaPublisher, record: &AsyncActivation) -> Result<()> {
     let payload = serde_json::to_vec(record)
         .map_err(|e| Error::internal(format!("encoding an activation record: {e}")))?;
-    let r = FutureRecord::to(topic).key(record.call_id.as_str()).payload(&payload);
-    let fut = producer.send_result(r).map_err(|(e, _)| produce_error(&e))?;
-    match fut.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(produce_error(&e)),
-        Err(_) => Err(Error::unavailable("kafka: the producer went away")),
-    }
+    producer.send(record.call_id.as_str(), &payload, None).await
 }
 
 #[async_trait]
@@ -446,7 +434,7 @@ struct ReadLoop {
     consumer: DetachOnDrop,
     topic: String,
     records: Arc<Mutex<Records>>,
-    producer: TracedProducer,
+    producer: KafkaPublisher,
     ready: watch::Sender<bool>,
     stats: Arc<KafkaStoreStats>,
 }
@@ -613,11 +601,10 @@ impl ReadLoop {
         if records.is_empty() {
             return;
         }
-        let (producer, topic, stats) =
-            (self.producer.clone(), self.topic.clone(), self.stats.clone());
+        let (producer, stats) = (self.producer.clone(), self.stats.clone());
         tokio::spawn(async move {
             for r in records {
-                match send(&producer, &topic, &r).await {
+                match send(&producer, &r).await {
                     Ok(()) => {
                         stats.republished.fetch_add(1, Ordering::Relaxed);
                     }

@@ -150,6 +150,10 @@ impl QueuePublisher for TrackedPublisher {
         self.inner.health()
     }
 
+    async fn depth(&self) -> Result<faas_core::queue::QueueDepth> {
+        self.inner.depth().await
+    }
+
     async fn publish_batch(&self, mut items: Vec<QueuedInvocation>) -> Vec<Result<()>> {
         if items.len() <= TRACKED_CHUNK {
             return self.publish_chunk(items).await;

@@ -61,7 +61,7 @@ use async_trait::async_trait;
 use faas_core::state::{StateOp, StateStore};
 use faas_core::{Error, Result};
 
-use crate::writer_thread::{Round, Rounds, Write, WriterThread};
+use crate::writer_thread::{answer_all, Answer, Round, Rounds, Write, WriterThread};
 
 /// A segment is closed, and the next one started, once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
@@ -484,7 +484,7 @@ struct Writer {
 /// commits with the outcome of their append, answered once the file is durable.
 struct ToSync {
     file: Arc<File>,
-    answers: Vec<(tokio::sync::oneshot::Sender<Result<()>>, Result<()>)>,
+    answers: Vec<(Answer, Result<()>)>,
 }
 
 /// The syncer thread: `fdatasync`s for the rounds handed to it, one for all those waiting,
@@ -527,11 +527,12 @@ fn sync_loop(
                 syncs.fetch_add(1, Ordering::Relaxed);
             }
         }
-        for t in batch {
-            for (done, r) in t.answers {
-                let _ = done.send(r.and_then(|()| synced.clone()));
-            }
-        }
+        answer_all(
+            batch
+                .into_iter()
+                .flat_map(|t| t.answers)
+                .map(|(a, r)| (a, r.and_then(|()| synced.clone()))),
+        );
     }
 }
 
@@ -582,9 +583,8 @@ impl Writer {
                 if let Err(unsent) = to_syncer.send(ToSync { file, answers }) {
                     // No syncer (it could not start): answered here, after a sync.
                     let synced = self.sync();
-                    for (done, r) in unsent.0.answers {
-                        let _ = done.send(r.and_then(|()| synced.clone()));
-                    }
+                    let answers = unsent.0.answers.into_iter();
+                    answer_all(answers.map(|(a, r)| (a, r.and_then(|()| synced.clone()))));
                 }
                 unsynced_since = None;
             } else if unsynced_since.is_none() {

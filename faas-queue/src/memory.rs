@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use faas_core::event::{Acknowledge, Delivery};
 use faas_core::queue::{
-    DeadLetter, DeadLetterSink, QueueConsumer, QueuePublisher, QueuedInvocation,
+    DeadLetter, DeadLetterSink, QueueConsumer, QueueDepth, QueuePublisher, QueuedInvocation,
 };
 use faas_core::{Error, Result};
 use futures::future::BoxFuture;
@@ -242,7 +242,12 @@ struct Inner {
     /// Wakes consumers waiting for an item.
     available: Notify,
     journal: Option<Arc<dyn Journal>>,
+    /// Dead letters per function, counted by the sinks of [`MemoryQueue::dead_letters`].
+    dead: DeadCounts,
 }
+
+/// Dead letters counted per (namespace, function) since start.
+type DeadCounts = Arc<Mutex<HashMap<(String, String), u64>>>;
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, Waiting> {
@@ -322,6 +327,7 @@ impl MemoryQueue {
                 in_flight: AtomicUsize::new(0),
                 available: Notify::new(),
                 journal,
+                dead: DeadCounts::default(),
             }),
         }
     }
@@ -375,6 +381,36 @@ impl MemoryQueue {
     /// A consumer of this queue.
     pub fn consumer(&self) -> MemoryConsumer {
         MemoryConsumer { inner: self.inner.clone() }
+    }
+
+    /// A dead-letter sink (as [`MemoryDeadLetters::default`]) whose letters this queue
+    /// counts in its [`QueuePublisher::depth`]: give it to the worker consuming the queue.
+    pub fn dead_letters(&self) -> MemoryDeadLetters {
+        MemoryDeadLetters { counts: self.inner.dead.clone(), ..MemoryDeadLetters::default() }
+    }
+
+    /// What waits, what is in flight and what was dead-lettered (see
+    /// [`MemoryQueue::dead_letters`]), in all and per function.
+    pub fn depth(&self) -> QueueDepth {
+        let mut depth = QueueDepth {
+            in_flight: Some(self.in_flight() as u64),
+            per_function: true,
+            ..QueueDepth::default()
+        };
+        {
+            let q = self.inner.lock();
+            depth.waiting = q.entries.len() as u64;
+            for ((ns, name), held) in &q.functions {
+                if held.waiting > 0 {
+                    depth.function_mut(name, ns).waiting = held.waiting as u64;
+                }
+            }
+        }
+        for ((ns, name), n) in lock_counts(&self.inner.dead).iter() {
+            depth.dead_letters += n;
+            depth.function_mut(name, ns).dead_letters = *n;
+        }
+        depth
     }
 
     /// Items waiting (not delivered).
@@ -441,6 +477,10 @@ impl MemoryPublisher {
     }
 }
 
+fn lock_counts(c: &DeadCounts) -> MutexGuard<'_, HashMap<(String, String), u64>> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[async_trait]
 impl QueuePublisher for MemoryPublisher {
     async fn publish(&self, item: QueuedInvocation) -> Result<()> {
@@ -466,6 +506,10 @@ impl QueuePublisher for MemoryPublisher {
             self.inner.available.notify_one();
         }
         results
+    }
+
+    async fn depth(&self) -> Result<QueueDepth> {
+        Ok(MemoryQueue { inner: self.inner.clone() }.depth())
     }
 }
 
@@ -645,11 +689,14 @@ impl Drop for MemoryAck {
 }
 
 /// Dead letters kept in memory (bounded: past `capacity` the oldest are dropped, with a
-/// warning). The activation store keeps each call's final state regardless.
+/// warning), and counted per function since start (those of
+/// [`MemoryQueue::dead_letters`] in the queue's [`QueuePublisher::depth`]). The activation
+/// store keeps each call's final state regardless.
 #[derive(Clone, Debug)]
 pub struct MemoryDeadLetters {
     letters: Arc<Mutex<VecDeque<DeadLetter>>>,
     capacity: usize,
+    counts: DeadCounts,
 }
 
 impl MemoryDeadLetters {
@@ -658,6 +705,7 @@ impl MemoryDeadLetters {
         MemoryDeadLetters {
             letters: Arc::new(Mutex::new(VecDeque::new())),
             capacity: capacity.max(1),
+            counts: DeadCounts::default(),
         }
     }
 
@@ -686,6 +734,9 @@ impl Default for MemoryDeadLetters {
 #[async_trait]
 impl DeadLetterSink for MemoryDeadLetters {
     async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
+        *lock_counts(&self.counts)
+            .entry((letter.item.namespace.clone(), letter.item.function.clone()))
+            .or_default() += 1;
         let mut l = self.letters.lock().unwrap_or_else(|p| p.into_inner());
         if l.len() >= self.capacity {
             tracing::warn!(capacity = self.capacity, "dead letters full: dropping the oldest");

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::writer_thread::{Round, Rounds, Write, WriterThread};
+use crate::writer_thread::{answer_all, Round, Rounds, Write, WriterThread};
 use async_trait::async_trait;
 use faas_core::state::{StateOp, StateStore};
 use faas_core::{Error, Result};
@@ -146,11 +146,7 @@ fn write_loop(db: &Database, path: &Path, rounds: Rounds, commits: &AtomicU64) {
             if let Err(e) = &result {
                 tracing::error!(error = %e, batches = batch.len(), "state store write failed");
             }
-            for w in batch {
-                if let Some(done) = w.done {
-                    let _ = done.send(result.clone());
-                }
-            }
+            answer_all(batch.into_iter().filter_map(|w| w.done).map(|a| (a, result.clone())));
         }
     }
 }

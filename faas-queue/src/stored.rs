@@ -27,7 +27,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use faas_core::activation::epoch_millis;
 use faas_core::queue::{
-    ActivationStore, AsyncActivation, AsyncState, ImmediateActivationStore, Progress,
+    ActivationStore, AsyncActivation, AsyncState, ImmediateActivationStore, Progress, QueueDepth,
     QueuePublisher, QueuedInvocation, RecordUpdate,
 };
 use faas_core::state::{StateOp, StateStore};
@@ -104,9 +104,29 @@ impl Journal for StoreJournal {
     }
 }
 
-fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| Error::internal(format!("encoding {what}: {e}")))
+/// `value` as JSON, into a buffer of `capacity` bytes to start with (an estimate of the
+/// encoding's size: growing the buffer copies it).
+fn encode<T: serde::Serialize>(what: &str, value: &T, capacity: usize) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut buf, value)
+        .map_err(|e| Error::internal(format!("encoding {what}: {e}")))?;
+    Ok(buf)
 }
+
+/// About the size of `item` as JSON: its body in base64, its headers, and its other fields.
+fn encoded_size(item: &QueuedInvocation) -> usize {
+    let headers: usize = item.headers.iter().map(|(n, v)| n.len() + v.len() + 8).sum();
+    let strings = item.function.len()
+        + item.namespace.len()
+        + item.path.len()
+        + item.query.len()
+        + item.callback_url.as_ref().map_or(0, String::len);
+    item.body.len().div_ceil(3) * 4 + headers + strings + 256
+}
+
+/// About the size of an activation record as JSON (its ids, state, times, and the
+/// activation's outcome).
+const RECORD_SIZE: usize = 768;
 
 impl StoredQueue {
     /// Opens the queue kept in `store`, within `limits`, keeping at most `records`
@@ -185,6 +205,10 @@ pub struct StoredPublisher {
 
 #[async_trait]
 impl QueuePublisher for StoredPublisher {
+    async fn depth(&self) -> Result<QueueDepth> {
+        Ok(self.queue.queue.depth())
+    }
+
     async fn publish(&self, item: QueuedInvocation) -> Result<()> {
         let mut r = self.publish_batch(vec![item]).await;
         r.pop().unwrap_or_else(|| Err(Error::internal("queue publisher: no result")))
@@ -214,9 +238,10 @@ impl QueuePublisher for StoredPublisher {
                 continue;
             }
             let reserved = q.queue.reserve(&item).and_then(|size| {
-                let value = encode("a queued item", &item).inspect_err(|_| {
-                    q.queue.unreserve(&item, size);
-                })?;
+                let value =
+                    encode("a queued item", &item, encoded_size(&item)).inspect_err(|_| {
+                        q.queue.unreserve(&item, size);
+                    })?;
                 Ok((size, value))
             });
             match reserved {
@@ -313,7 +338,7 @@ impl StoredActivations {
     /// The write that makes the store's record of `call_id` what memory holds.
     fn record_op(&self, call_id: &InvocationId) -> Option<StateOp> {
         let record = self.mem.get_now(call_id)?;
-        match encode("an activation record", &record) {
+        match encode("an activation record", &record, RECORD_SIZE) {
             Ok(value) => {
                 Some(StateOp::put(ACTIVATIONS_TABLE, record_key(record.queued_at, call_id), value))
             }

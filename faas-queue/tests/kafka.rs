@@ -118,6 +118,20 @@ impl QueueHarness for Kafka {
     }
 }
 
+/// Waits (bounded) until every one of `items` has a `succeeded` record in `store`.
+async fn all_succeeded(store: &faas_queue::MemoryActivationStore, items: &[QueuedInvocation]) {
+    use faas_core::queue::AsyncState;
+    bounded("every call to succeed", async {
+        while !items
+            .iter()
+            .all(|i| store.get_now(&i.call_id).is_some_and(|r| r.state == AsyncState::Succeeded))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_round_trip() {
     let (cluster, k) = Kafka::new(true);
@@ -225,7 +239,6 @@ async fn kafka_aborted_worker_loses_nothing() {
 /// joining late, runs part of what is published after it joined, the one that left none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_rebalance_across_workers() {
-    use faas_core::queue::AsyncState;
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -305,21 +318,7 @@ async fn kafka_rebalance_across_workers() {
     .await;
     let before: Vec<u64> = per_worker.iter().map(|c| c.load(Ordering::SeqCst)).collect();
     assert!(p.publish_batch(items[300..].to_vec()).await.iter().all(Result::is_ok));
-    bounded("every invocation to complete", async {
-        loop {
-            let n = items
-                .iter()
-                .filter(|i| {
-                    store.get_now(&i.call_id).is_some_and(|r| r.state == AsyncState::Succeeded)
-                })
-                .count();
-            if n == items.len() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    all_succeeded(&store, &items).await;
     let done = done.lock().unwrap().clone();
     assert_eq!(done.len(), items.len());
     let counts: Vec<u64> = per_worker.iter().map(|c| c.load(Ordering::SeqCst)).collect();
@@ -358,6 +357,11 @@ async fn kafka_dead_letter_topic() {
     .await
     .unwrap();
 
+    // The malformed message waits (the workers' group has committed nothing yet).
+    let before = k.publisher.depth().await.unwrap();
+    assert_eq!((before.waiting, before.dead_letters), (1, 0), "{before:?}");
+    assert!(!before.per_function && before.in_flight.is_none());
+
     let rig = Rig::new();
     rig.invoker.register("down", |_req| async { Ok(response(503, "still down")) });
     let worker = faas_queue::Worker::new(
@@ -388,6 +392,18 @@ async fn kafka_dead_letter_topic() {
     assert_eq!(letter.item.attempt, 2);
     assert_eq!(letter.status, Some(503));
     assert!(letter.error.contains("still down"), "{}", letter.error);
+    // The depth: nothing waits once the workers' offsets are committed, two dead letters.
+    let after = bounded("the queue's offsets committed", async {
+        loop {
+            let d = k.publisher.depth().await.unwrap();
+            if d.waiting == 0 {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(after.dead_letters, 2, "{after:?}");
     bounded("worker shutdown", worker.shutdown()).await.unwrap();
     drop(raw);
     k.finish().await;
@@ -418,5 +434,183 @@ async fn a_fatally_failed_producer_is_replaced_and_the_call_goes_through() {
     assert_eq!(publisher.rebuilds(), 1, "the producer was replaced ({r:?})");
     r.expect("the call went through with the new producer");
     assert!(publisher.health().is_ok(), "{:?}", publisher.health());
+    drop(cluster);
+}
+
+/// Two workers in one group and one hot function (no `X-Queue-Key`): its calls, keyed by
+/// call id, spread over every partition, so both workers run a fair share of them (each at
+/// least 35 %; with 4 partitions split 2 and 2, a worker below that is six standard
+/// deviations off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_one_hot_function() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const N: usize = 400;
+
+    let (cluster, k) = Kafka::new(true);
+    let store = Arc::new(faas_queue::MemoryActivationStore::default());
+    let per_worker: Vec<Arc<AtomicU64>> = (0..2).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let consumers = [k.new_consumer(), k.new_consumer()];
+    let workers: Vec<_> = consumers
+        .iter()
+        .zip(&per_worker)
+        .map(|(consumer, count)| {
+            let inv = TestInvoker::new();
+            let count = count.clone();
+            inv.register("hot", move |_req| {
+                let count = count.clone();
+                async move {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    Ok(response(200, "ok"))
+                }
+            });
+            faas_queue::Worker::new(inv, consumer.clone(), store.clone(), fast_config()).spawn()
+        })
+        .collect();
+    bounded("both workers to get partitions", async {
+        while consumers.iter().any(|c| c.assignment().is_empty()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    let items: Vec<_> = (0..N).map(|i| item("hot", format!("call-{i}"))).collect();
+    let p = faas_queue::TrackedPublisher::new(k.publisher.clone(), store.clone());
+    assert!(p.publish_batch(items.clone()).await.iter().all(Result::is_ok));
+    all_succeeded(&store, &items).await;
+    let counts: Vec<u64> = per_worker.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    let assignments: Vec<Vec<i32>> = consumers.iter().map(|c| c.assignment()).collect();
+    eprintln!(
+        "one hot function, two workers: calls per worker {counts:?}, partitions {assignments:?}"
+    );
+    assert!(counts.iter().sum::<u64>() >= N as u64, "{counts:?}");
+    for (i, c) in counts.iter().enumerate() {
+        assert!(
+            *c * 100 >= 35 * N as u64,
+            "worker {i} ran {c} of {N} calls of the hot function (under 35 %): {counts:?}, partitions {assignments:?}"
+        );
+    }
+    for w in workers {
+        bounded("worker shutdown", w.shutdown()).await.unwrap();
+    }
+    k.finish().await;
+    drop(cluster);
+}
+
+/// Records per call = state changes, end to end: a gateway's store (through
+/// `TrackedPublisher`) and a worker's store (another instance, as in another process) on one
+/// activations topic, calls run by a worker; half the calls finish at once (`queued`, then
+/// the final record), half have to wait (`queued`, `running`, final). Every record on the
+/// topic is a state change of its call: no call has a state twice, none goes backwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_on_the_topic_per_call_are_its_state_changes() {
+    use faas_core::queue::{ActivationStore, AsyncActivation, AsyncState};
+    use faas_queue::kafka_store::{default_activations_topic, KafkaActivationStore};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use std::collections::HashMap;
+    const N: usize = 40;
+
+    let (cluster, k) = Kafka::new(true);
+    let topic = default_activations_topic(&k.config.topic);
+    cluster.create_topic(&topic, 3, 1).expect("activations topic");
+    let gateway_store = KafkaActivationStore::new(&k.config, &topic).expect("store");
+    let worker_store = KafkaActivationStore::new(&k.config, &topic).expect("store");
+    for s in [&gateway_store, &worker_store] {
+        s.wait_caught_up(BOUND).await.expect("caught up");
+    }
+    let inv = TestInvoker::new();
+    inv.register("at-once", |_req| async { Ok(response(200, "now")) });
+    inv.register("waits", |_req| async {
+        // Pending once: the worker records `running` before the answer.
+        tokio::task::yield_now().await;
+        Ok(response(200, "later"))
+    });
+    let worker = faas_queue::Worker::new(
+        inv,
+        k.new_consumer(),
+        Arc::new(worker_store.clone()),
+        fast_config(),
+    )
+    .spawn();
+    let p = faas_queue::TrackedPublisher::new(k.publisher.clone(), Arc::new(gateway_store.clone()));
+    let items: Vec<_> = (0..N)
+        .map(|i| item(if i % 2 == 0 { "at-once" } else { "waits" }, format!("call-{i}")))
+        .collect();
+    assert!(p.publish_batch(items.clone()).await.iter().all(Result::is_ok));
+    bounded("the gateway's store to see every call succeed", async {
+        while !items.iter().all(|i| {
+            gateway_store.get_now(&i.call_id).is_some_and(|r| r.state == AsyncState::Succeeded)
+        }) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // Barriers: a record from each store read by the other, so that both have read every
+    // record before them (and sent any repair they were going to).
+    for (from, to) in [(&gateway_store, &worker_store), (&worker_store, &gateway_store)] {
+        let barrier = AsyncActivation::queued(&item("barrier", ""));
+        from.put(barrier.clone()).await.expect("barrier");
+        bounded("the barrier read back", async {
+            while to.get_now(&barrier.call_id).is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+    bounded("worker shutdown", worker.shutdown()).await.unwrap();
+
+    // Every record on the topic, in order per call (a call's records share a partition).
+    let reader: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &k.config.brokers)
+        .set("group.id", "records-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let records = tokio::task::spawn_blocking(move || {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        for p in 0..3 {
+            let (_, high) =
+                reader.fetch_watermarks(&topic, p, Duration::from_secs(10)).expect("watermarks");
+            ends.insert(p, high);
+            tpl.add_partition_offset(&topic, p, rdkafka::Offset::Beginning).unwrap();
+        }
+        reader.assign(&tpl).expect("assign");
+        let total: i64 = ends.values().sum();
+        let mut out: Vec<AsyncActivation> = Vec::new();
+        let deadline = std::time::Instant::now() + BOUND;
+        while (out.len() as i64) < total && std::time::Instant::now() < deadline {
+            if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
+                out.push(serde_json::from_slice(m.payload().unwrap_or_default()).expect("record"));
+            }
+        }
+        out
+    })
+    .await
+    .expect("reading the topic");
+    let mut per_call: HashMap<String, Vec<AsyncState>> = HashMap::new();
+    for r in &records {
+        per_call.entry(r.call_id.as_str().to_string()).or_default().push(r.state);
+    }
+    let mut total = 0;
+    for (i, it) in items.iter().enumerate() {
+        let states = per_call.get(it.call_id.as_str()).cloned().unwrap_or_default();
+        let expected: &[AsyncState] = if i % 2 == 0 {
+            &[AsyncState::Queued, AsyncState::Succeeded]
+        } else {
+            &[AsyncState::Queued, AsyncState::Running, AsyncState::Succeeded]
+        };
+        assert_eq!(states, expected, "the records of call {i} on the topic");
+        total += states.len();
+    }
+    eprintln!("{total} records on the topic for {N} calls (plus 2 barriers)");
+    assert_eq!(records.len(), total + 2, "no record but the calls' state changes and the barriers");
+    for s in [&gateway_store, &worker_store] {
+        assert_eq!(s.stats().republished.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+    for s in [gateway_store, worker_store] {
+        bounded("closing a store", s.close()).await.expect("closed");
+    }
+    k.finish().await;
     drop(cluster);
 }

@@ -280,3 +280,33 @@ async fn last_record_on_topic(brokers: &str, topic: &str, id: &InvocationId) -> 
     bounded("closing the inspector", rx).await.unwrap();
     last.expect("a record of the call")
 }
+
+/// A store whose producer librdkafka declares fatally failed (the broker answers a sequence
+/// error to a gapless idempotent producer, as a broker that restarted empty does) replaces
+/// it: the record goes through, and another store reads it, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatally_failed_store_producer_is_replaced_and_the_record_goes_through() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let (cluster, config, topic) = cluster(1);
+    let config = config.property("enable.gapless.guarantee", "true");
+    let writer = store(&config, &topic).await;
+    let reader = store(&config, &topic).await;
+    let before = record(AsyncState::Queued, 0);
+    writer.put(before.clone()).await.expect("a first record");
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let after = record(AsyncState::Queued, 0);
+    bounded("writing through a fatal error", writer.put(after.clone()))
+        .await
+        .expect("the record went through with a new producer");
+    until("the reader to see both records", || {
+        reader.get_now(&before.call_id).is_some() && reader.get_now(&after.call_id).is_some()
+    })
+    .await;
+    for s in [writer, reader] {
+        bounded("closing a store", s.close()).await.expect("closed");
+    }
+    drop(cluster);
+}

@@ -415,3 +415,69 @@ async fn memory_tracked_large_batch_results_in_order() {
     }
     assert!(c.try_next().is_none());
 }
+
+/// The queue's depth: what waits per function, what a worker holds, and the dead letters of
+/// the sink the queue made, per function and in all, through the publisher's contract
+/// method (and a `TrackedPublisher` around it).
+#[tokio::test]
+async fn memory_depth_per_function_and_dead_letters() {
+    use faas_core::queue::{AsyncState, FunctionQueueDepth};
+    let q = MemoryQueue::new(100);
+    let rig = Rig::new();
+    rig.invoker.register("down", |_req| async { Ok(response(503, "down")) });
+    let p: Arc<dyn QueuePublisher> =
+        Arc::new(faas_queue::TrackedPublisher::new(Arc::new(q.publisher()), rig.store.clone()));
+    let empty = p.depth().await.unwrap();
+    assert_eq!((empty.waiting, empty.dead_letters, empty.in_flight), (0, 0, Some(0)));
+    assert!(empty.per_function && empty.functions.is_empty());
+
+    for f in ["a", "a", "b"] {
+        p.publish(item(f, "x")).await.unwrap();
+    }
+    let d = p.depth().await.unwrap();
+    assert_eq!(d.waiting, 3);
+    let ns = faas_core::spec::DEFAULT_NAMESPACE;
+    assert_eq!(d.functions[&format!("a.{ns}")], FunctionQueueDepth { waiting: 2, dead_letters: 0 });
+    assert_eq!(d.functions[&format!("b.{ns}")].waiting, 1);
+    let delivery = q.consumer().next().await.unwrap().unwrap();
+    let d = p.depth().await.unwrap();
+    assert_eq!((d.waiting, d.in_flight), (2, Some(1)));
+    assert_eq!(d.functions[&format!("a.{ns}")].waiting, 1);
+    delivery.ack().await.unwrap();
+
+    let config = faas_queue::WorkerConfig { max_attempts: 2, ..fast_config() };
+    let worker = faas_queue::Worker::new(
+        rig.invoker.clone(),
+        Arc::new(q.consumer()),
+        rig.store.clone(),
+        config,
+    )
+    .with_dead_letters(Arc::new(q.dead_letters()))
+    .spawn();
+    let (d1, d2) = (item("down", "1"), item("down", "2"));
+    p.publish(d1.clone()).await.unwrap();
+    p.publish(d2.clone()).await.unwrap();
+    for id in [&d1.call_id, &d2.call_id] {
+        assert_eq!(wait_settled(&rig.store, id).await.state, AsyncState::DeadLettered);
+    }
+    let d = bounded("the queue drained", async {
+        loop {
+            let d = p.depth().await.unwrap();
+            if d.waiting == 0 && d.in_flight == Some(0) {
+                return d;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(d.dead_letters, 2);
+    assert_eq!(
+        d.functions[&format!("down.{ns}")],
+        FunctionQueueDepth { waiting: 0, dead_letters: 2 }
+    );
+    assert!(!d.functions.contains_key(&format!("a.{ns}")), "{d:?}");
+    let json = serde_json::to_value(&d).unwrap();
+    assert_eq!(json["deadLetters"], 2);
+    assert_eq!(json["functions"][format!("down.{ns}")]["deadLetters"], 2);
+    worker.shutdown().await.unwrap();
+}

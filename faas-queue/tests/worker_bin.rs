@@ -282,3 +282,125 @@ async fn a_killed_worker_loses_nothing() {
     gateway_task.abort();
     drop(cluster);
 }
+
+/// One worker killed: worker A, a `faas-queue-worker` process, is killed with SIGKILL;
+/// worker B, in this process, handles a call published to one of A's partitions less than
+/// 10 s after the kill (measured from the kill to B's handling it).
+///
+/// Both run with a 3 s session timeout rather than the default 6 s: a broker completes the
+/// rebalance after a member's session expired as soon as the remaining members have
+/// rejoined (B within a heartbeat), about 6-8 s after a kill with the defaults, but
+/// librdkafka's mock cluster always waits the session timeout less 1 s for them, so the
+/// same takeover takes about twice the session timeout there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_partitions_go_to_the_others_within_10s() {
+    use faas_queue::kafka::KafkaConsumer;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use std::os::unix::process::ExitStatusExt;
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    const PARTITIONS: i32 = 4;
+
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let config = KafkaConfig {
+        topic: "takeover-jobs".into(),
+        group_id: "takeover".into(),
+        ..KafkaConfig::new(cluster.bootstrap_servers())
+    }
+    .property("session.timeout.ms", "3000")
+    .property("heartbeat.interval.ms", "1000");
+    cluster.create_topic(&config.topic, PARTITIONS, 1).unwrap();
+    cluster.create_topic(&config.dead_letter_topic, 1, 1).unwrap();
+    let (gateway, gateway_task) = fake_gateway().await;
+    let mut a = Worker(
+        Command::new(env!("CARGO_BIN_EXE_faas-queue-worker"))
+            .args(["--brokers", &config.brokers, "--gateway", &gateway])
+            .args(["--topic", &config.topic, "--group", &config.group_id])
+            .args(["--activations", "memory"])
+            .args(["--kafka-property", "session.timeout.ms=3000"])
+            .args(["--kafka-property", "heartbeat.interval.ms=1000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start faas-queue-worker"),
+    );
+
+    // Worker B: which calls it handled, and when.
+    let handled: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let invoker = common::TestInvoker::new();
+    {
+        let handled = handled.clone();
+        invoker.register("shout", move |req| {
+            let handled = handled.clone();
+            async move {
+                let body = req.into_body().collect_bytes().await?;
+                handled
+                    .lock()
+                    .unwrap()
+                    .push((String::from_utf8_lossy(&body).into_owned(), Instant::now()));
+                Ok(common::response(200, "ok"))
+            }
+        });
+    }
+    let consumer_b = Arc::new(KafkaConsumer::new(&config).expect("consumer"));
+    let store = Arc::new(faas_queue::MemoryActivationStore::default());
+    let worker_b =
+        faas_queue::Worker::new(invoker, consumer_b.clone(), store, common::fast_config()).spawn();
+    let owned_by_a = bounded("A and B to share the partitions", async {
+        loop {
+            let b = consumer_b.assignment();
+            if !b.is_empty() && b.len() < PARTITIONS as usize {
+                break (0..PARTITIONS).filter(|p| !b.contains(p)).collect::<Vec<_>>();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // The crash: SIGKILL, so no LeaveGroup; then one call on each of A's partitions.
+    let _ = Command::new("kill").arg("-KILL").arg(a.0.id().to_string()).status();
+    let killed = Instant::now();
+    let status = a.exited("worker A to die").await;
+    assert_eq!(status.signal(), Some(9), "A was killed, not stopped: {status:?}");
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .create()
+        .expect("producer");
+    for p in &owned_by_a {
+        let payload = serde_json::to_vec(&item("shout", format!("partition-{p}"))).unwrap();
+        producer
+            .send(
+                FutureRecord::<(), _>::to(&config.topic).partition(*p).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("published");
+    }
+    let first = bounded("B to handle a call on one of A's partitions", async {
+        loop {
+            if let Some(at) = handled.lock().unwrap().first().map(|(_, at)| *at) {
+                break at;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let took = first.duration_since(killed);
+    eprintln!(
+        "takeover: A owned {owned_by_a:?}; B handled a call on one of them {took:?} after the kill"
+    );
+    assert!(took < Duration::from_secs(10), "A's partitions went to B after {took:?}");
+    bounded("every call on A's partitions to be handled", async {
+        while handled.lock().unwrap().len() < owned_by_a.len() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    bounded("worker B to shut down", worker_b.shutdown()).await.unwrap();
+    bounded("B to leave its group", faas_core::queue::QueueConsumer::close(&*consumer_b))
+        .await
+        .expect("closed");
+    drop(producer);
+    gateway_task.abort();
+    drop(cluster);
+}

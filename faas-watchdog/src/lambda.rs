@@ -12,9 +12,19 @@
 //!
 //! # From a request to an invocation
 //!
-//! Each request to the watchdog becomes one invocation. The runtime gets one invocation at
+//! Each request to the watchdog becomes one invocation. A runtime gets one invocation at
 //! a time (Lambda's semantics); requests that arrive while it is busy wait in line, at most
 //! `lambda_queue` of them (beyond: 429, reason `inflight`).
+//!
+//! `lambda_concurrency=N` (1 to [`MAX_ENVIRONMENTS`], default 1) runs N execution
+//! environments in the one watchdog, as Lambda runs N environments for N concurrent
+//! invocations: N runtime processes, each with a Runtime API endpoint of its own (its own
+//! `AWS_LAMBDA_RUNTIME_API` port), each taking one invocation at a time from the one line.
+//! Each environment starts again on its own when its runtime exits or times out. The
+//! process and Docker backends set it from the function's `maxConcurrency` (its in-flight
+//! cap per replica) unless the spec sets it. The watchdog is healthy once one environment
+//! has initialised; an init failure fails the invocations only once every environment
+//! has failed.
 //!
 //! - `lambda_event=http` (the default): the request becomes an API Gateway HTTP API event,
 //!   payload format 2.0, as a Function URL sends it (`version`, `routeKey` `$default`,
@@ -85,7 +95,8 @@
 //! | `LAMBDA_TASK_ROOT` | as set (the runtime then starts in that directory), else the watchdog's directory |
 //! | `AWS_LAMBDA_INITIALIZATION_TYPE` | `on-demand` |
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -125,6 +136,9 @@ pub const MAX_PAYLOAD_BYTES: usize = 6 * 1024 * 1024 + 100;
 /// The default of `lambda_queue`: how many invocations may wait for a busy runtime.
 pub const DEFAULT_QUEUE: usize = 64;
 
+/// The most execution environments (`lambda_concurrency`) one watchdog runs.
+pub const MAX_ENVIRONMENTS: usize = 64;
+
 /// The Lambda Invoke API's path prefix: a `POST` to `/2015-03-31/functions/{name}/invocations`
 /// is always a raw invocation.
 const INVOKE_API_PREFIX: &str = "/2015-03-31/functions/";
@@ -153,6 +167,9 @@ pub struct LambdaConfig {
     pub event: EventFormat,
     /// `lambda_queue`: how many invocations may wait while the runtime is busy.
     pub queue: usize,
+    /// `lambda_concurrency`: how many execution environments (runtime processes, each
+    /// taking one invocation at a time) the watchdog runs; default 1.
+    pub environments: usize,
     /// The ARN the runtime is told it was invoked as.
     pub function_arn: String,
     /// The Lambda environment of the runtime (see the [module docs](self)), less
@@ -182,6 +199,18 @@ impl LambdaConfig {
                     return Err(Error::invalid(
                         "lambda_queue",
                         format!("{v:?} is not a whole number from 1 to 100000"),
+                    ))
+                }
+            },
+        };
+        let environments = match get("lambda_concurrency") {
+            None => 1,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_ENVIRONMENTS).contains(&n) => n,
+                _ => {
+                    return Err(Error::invalid(
+                        "lambda_concurrency",
+                        format!("{v:?} is not a whole number from 1 to {MAX_ENVIRONMENTS}"),
                     ))
                 }
             },
@@ -227,6 +256,7 @@ impl LambdaConfig {
         Ok(LambdaConfig {
             event,
             queue,
+            environments,
             function_arn: format!("arn:aws:lambda:{region}:000000000000:function:{name}"),
             env,
             task_root,
@@ -281,8 +311,42 @@ enum Phase {
     Failed(Arc<str>),
 }
 
-/// The `lambda` mode of one watchdog: the runtime process, its Runtime API and the line of
-/// invocations waiting for it.
+/// One execution environment: a runtime process, started again when it exits, with a
+/// Runtime API endpoint of its own, taking one invocation at a time.
+struct Env {
+    current: Mutex<Option<Current>>,
+    /// Where this environment's runtime is.
+    phase: Mutex<Phase>,
+    /// The start (generation, counted from 1) to kill: an invocation of it timed out.
+    kill: watch::Sender<u64>,
+    /// The start (generation) that reported `/init/error`, and its message.
+    init_error: watch::Sender<(u64, Option<Arc<str>>)>,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            current: Mutex::new(None),
+            phase: Mutex::new(Phase::Starting),
+            kill: watch::channel(0).0,
+            init_error: watch::channel((0, None)).0,
+        }
+    }
+
+    /// Takes the invocation in progress if it is `id`.
+    fn take(&self, id: &str) -> Option<Current> {
+        let mut cur = lock(&self.current);
+        if cur.as_ref().is_some_and(|c| c.id == id) {
+            cur.take()
+        } else {
+            None
+        }
+    }
+}
+
+/// The `lambda` mode of one watchdog: its execution environments (runtime processes and
+/// their Runtime API endpoints) and the one line of invocations waiting for them, which
+/// every environment's `/next` takes from in turn.
 pub(crate) struct LambdaRuntime {
     cfg: LambdaConfig,
     program: OsString,
@@ -290,14 +354,11 @@ pub(crate) struct LambdaRuntime {
     prefix_logs: bool,
     jobs_tx: mpsc::Sender<Job>,
     jobs_rx: tokio::sync::Mutex<mpsc::Receiver<Job>>,
-    current: Mutex<Option<Current>>,
+    envs: Vec<Env>,
+    /// The phase of the whole: `Ready` when an environment is, `Failed` when all are.
     phase: watch::Sender<Phase>,
     /// Set once the first start has initialised or failed (health answers 200 from then).
     settled: AtomicBool,
-    /// The start (generation, counted from 1) to kill: an invocation of it timed out.
-    kill: watch::Sender<u64>,
-    /// The start (generation) that reported `/init/error`, and its message.
-    init_error: watch::Sender<(u64, Option<Arc<str>>)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -315,18 +376,46 @@ impl LambdaRuntime {
     ) -> Arc<Self> {
         let (jobs_tx, jobs_rx) = mpsc::channel(cfg.queue.max(1));
         Arc::new(LambdaRuntime {
-            cfg,
             program,
             args,
             prefix_logs,
             jobs_tx,
             jobs_rx: tokio::sync::Mutex::new(jobs_rx),
-            current: Mutex::new(None),
+            envs: (0..cfg.environments.max(1)).map(|_| Env::new()).collect(),
             phase: watch::channel(Phase::Starting).0,
             settled: AtomicBool::new(false),
-            kill: watch::channel(0).0,
-            init_error: watch::channel((0, None)).0,
+            cfg,
         })
+    }
+
+    /// Sets environment `env`'s phase, and the phase of the whole from all of them.
+    fn set_phase(&self, env: usize, p: Phase) {
+        *lock(&self.envs[env].phase) = p;
+        let phases: Vec<Phase> = self.envs.iter().map(|e| lock(&e.phase).clone()).collect();
+        let whole = if phases.contains(&Phase::Ready) {
+            Phase::Ready
+        } else {
+            match phases.iter().find_map(|p| match p {
+                Phase::Failed(m) => Some(m.clone()),
+                _ => None,
+            }) {
+                Some(m) if phases.iter().all(|p| matches!(p, Phase::Failed(_))) => Phase::Failed(m),
+                _ => Phase::Starting,
+            }
+        };
+        if whole != Phase::Starting {
+            self.settled.store(true, Ordering::Release);
+        }
+        self.phase.send_if_modified(|p| {
+            let changed = *p != whole;
+            *p = whole;
+            changed
+        });
+    }
+
+    /// Whether an environment is working on invocation `id`.
+    fn in_progress(&self, id: &str) -> bool {
+        self.envs.iter().any(|e| lock(&e.current).as_ref().is_some_and(|c| c.id == id))
     }
 
     /// Whether health should answer 200: the first start has initialised or failed.
@@ -334,14 +423,9 @@ impl LambdaRuntime {
         self.settled.load(Ordering::Acquire)
     }
 
-    /// Takes the invocation in progress if it is `id`.
-    fn take_current(&self, id: &str) -> Option<Current> {
-        let mut cur = lock(&self.current);
-        if cur.as_ref().is_some_and(|c| c.id == id) {
-            cur.take()
-        } else {
-            None
-        }
+    /// Takes the invocation in progress if it is `id`, with its environment's index.
+    fn take_current(&self, id: &str) -> Option<(usize, Current)> {
+        self.envs.iter().enumerate().find_map(|(i, e)| e.take(id).map(|c| (i, c)))
     }
 
     /// Serves one request to the function: builds the event, waits for the runtime's answer
@@ -453,7 +537,7 @@ impl LambdaRuntime {
                         _ => None,
                     };
                     if let Some(m) = failed {
-                        if lock(&self.current).as_ref().is_none_or(|c| c.id != id) {
+                        if !self.in_progress(&id) {
                             break Some(Outcome::InitFailed(m.to_string()));
                         }
                     }
@@ -468,10 +552,10 @@ impl LambdaRuntime {
 
     /// The answer to an invocation whose deadline passed.
     fn timed_out(&self, id: &str, (d, name): (Duration, &'static str)) -> Response<Body> {
-        if let Some(cur) = self.take_current(id) {
+        if let Some((env, cur)) = self.take_current(id) {
             // The runtime is still working on it: Lambda stops the runtime; the next start
             // serves the next invocation.
-            self.kill.send_replace(cur.gen);
+            self.envs[env].kill.send_replace(cur.gen);
             log(format!(
                 "{name} exceeded by Lambda invocation {id}; stopping the runtime to start it again"
             ));
@@ -534,9 +618,19 @@ fn is_invoke_api(req: &Request<Incoming>) -> bool {
 // ---------------------------------------------------------------------------------------
 // Supervising the runtime
 
-/// Starts the runtime, starts it again when it exits or times out (with backoff after
-/// failures), and stops it when `stop` turns true.
-pub(crate) async fn supervise(rt: Arc<LambdaRuntime>, mut stop: watch::Receiver<bool>) {
+/// Runs every execution environment (see [`supervise_env`]) until `stop` turns true.
+pub(crate) async fn supervise(rt: Arc<LambdaRuntime>, stop: watch::Receiver<bool>) {
+    let mut envs = tokio::task::JoinSet::new();
+    for env in 0..rt.envs.len() {
+        envs.spawn(supervise_env(rt.clone(), env, stop.clone()));
+    }
+    while envs.join_next().await.is_some() {}
+}
+
+/// Starts environment `env`'s runtime, starts it again when it exits or times out (with
+/// backoff after failures), and stops it when `stop` turns true.
+async fn supervise_env(rt: Arc<LambdaRuntime>, env: usize, mut stop: watch::Receiver<bool>) {
+    let e = &rt.envs[env];
     let backoff = faas_core::util::Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     let backoff = backoff.exact();
     let mut failures = 0u32;
@@ -547,8 +641,8 @@ pub(crate) async fn supervise(rt: Arc<LambdaRuntime>, mut stop: watch::Receiver<
         }
         gen += 1;
         // A timeout's kill request and an /init/error are for the start they happened in.
-        rt.kill.send_replace(0);
-        rt.init_error.send_replace((0, None));
+        e.kill.send_replace(0);
+        e.init_error.send_replace((0, None));
         let bound = match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await {
             Ok(l) => l.local_addr().map(|a| (l, a)),
             Err(e) => Err(e),
@@ -562,25 +656,24 @@ pub(crate) async fn supervise(rt: Arc<LambdaRuntime>, mut stop: watch::Receiver<
                 continue;
             }
         };
-        let api = tokio::spawn(serve_api(rt.clone(), listener, gen));
-        rt.phase.send_if_modified(|p| {
-            let changed = *p != Phase::Starting;
-            *p = Phase::Starting;
-            changed
-        });
+        let api = tokio::spawn(serve_api(rt.clone(), env, listener, gen));
+        if *lock(&e.phase) != Phase::Starting {
+            rt.set_phase(env, Phase::Starting);
+        }
         let started = Instant::now();
-        let (status, tail) = run_once(&rt, addr, gen, &mut stop).await;
+        let (status, tail) = run_once(&rt, env, addr, gen, &mut stop).await;
         // Its Runtime API goes with it (a long poll for /next included).
         api.abort();
         let _ = api.await;
         let Some(status) = status else { return };
-        let was_ready = *rt.phase.borrow() == Phase::Ready;
-        let timed_out = *rt.kill.borrow() == gen;
+        let was_ready = *lock(&e.phase) == Phase::Ready;
+        let timed_out = *e.kill.borrow() == gen;
         let how = match &status {
             Ok(s) => exit_message(s),
             Err(e) => e.to_string(),
         };
-        if let Some(cur) = lock(&rt.current).take() {
+        let crashed = lock(&e.current).take();
+        if let Some(cur) = crashed {
             let msg =
                 format!("Runtime.ExitError: Runtime exited with error: {how}{}", tail_note(&tail));
             log(format!("the Lambda runtime exited during invocation {} ({how})", cur.id));
@@ -595,7 +688,8 @@ pub(crate) async fn supervise(rt: Arc<LambdaRuntime>, mut stop: watch::Receiver<
             log(format!("the Lambda runtime exited ({how}); starting it again"));
         } else {
             failures += 1;
-            let msg: Arc<str> = match rt.init_error.borrow().1.clone() {
+            let reported = e.init_error.borrow().1.clone();
+            let msg: Arc<str> = match reported {
                 Some(m) => m,
                 None => format!(
                     "Runtime.ExitError: Runtime exited with error: {how} before asking for an \
@@ -605,12 +699,14 @@ pub(crate) async fn supervise(rt: Arc<LambdaRuntime>, mut stop: watch::Receiver<
                 .into(),
             };
             log(format!("the Lambda runtime failed to initialise: {msg}"));
-            rt.phase.send_replace(Phase::Failed(msg.clone()));
-            rt.settled.store(true, Ordering::Release);
-            // The invocations waiting for this start get its failure.
-            let mut rx = rt.jobs_rx.lock().await;
-            while let Ok(job) = rx.try_recv() {
-                let _ = job.reply.send(Outcome::InitFailed(msg.to_string()));
+            rt.set_phase(env, Phase::Failed(msg.clone()));
+            // Once every environment has failed, the invocations waiting get the failure.
+            let all_failed = matches!(*rt.phase.borrow(), Phase::Failed(_));
+            if all_failed {
+                let mut rx = rt.jobs_rx.lock().await;
+                while let Ok(job) = rx.try_recv() {
+                    let _ = job.reply.send(Outcome::InitFailed(msg.to_string()));
+                }
             }
         }
         if failures > 0 {
@@ -626,6 +722,7 @@ pub(crate) async fn supervise(rt: Arc<LambdaRuntime>, mut stop: watch::Receiver<
 /// `None`). Returns how it ended and the tail of its stderr.
 async fn run_once(
     rt: &Arc<LambdaRuntime>,
+    env: usize,
     addr: SocketAddr,
     gen: u64,
     stop: &mut watch::Receiver<bool>,
@@ -649,7 +746,7 @@ async fn run_once(
         Ok(c) => c,
         Err(e) => {
             let msg = format!("Runtime.InvalidEntrypoint: cannot start {:?}: {e}", rt.program);
-            rt.init_error.send_replace((gen, Some(msg.into())));
+            rt.envs[env].init_error.send_replace((gen, Some(msg.into())));
             return (Some(Err(e)), String::new());
         }
     };
@@ -661,8 +758,8 @@ async fn run_once(
     let stderr = child.stderr.take().map(|e| {
         tokio::spawn(pump_lines(TailReader { inner: e, tail: tail.clone() }, "stderr", prefix))
     });
-    let mut kill = rt.kill.subscribe();
-    let mut init_error = rt.init_error.subscribe();
+    let mut kill = rt.envs[env].kill.subscribe();
+    let mut init_error = rt.envs[env].init_error.subscribe();
     let status = tokio::select! {
         st = child.wait() => Some(st),
         _ = async { kill.wait_for(|k| *k == gen).await.is_ok() } => {
@@ -739,9 +836,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for TailReader<R> {
 // ---------------------------------------------------------------------------------------
 // The Runtime API
 
-/// Serves the Runtime API of start `gen` on `listener` until aborted (which closes its
-/// connections).
-async fn serve_api(rt: Arc<LambdaRuntime>, listener: TcpListener, gen: u64) {
+/// Serves the Runtime API of start `gen` of environment `env` on `listener` until aborted
+/// (which closes its connections).
+async fn serve_api(rt: Arc<LambdaRuntime>, env: usize, listener: TcpListener, gen: u64) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let stream = match listener.accept().await {
@@ -756,7 +853,7 @@ async fn serve_api(rt: Arc<LambdaRuntime>, listener: TcpListener, gen: u64) {
         let rt = rt.clone();
         let svc = hyper::service::service_fn(move |req| {
             let rt = rt.clone();
-            async move { Ok::<_, Infallible>(api(&rt, gen, req).await) }
+            async move { Ok::<_, Infallible>(api(&rt, env, gen, req).await) }
         });
         conns.spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
@@ -769,14 +866,19 @@ async fn serve_api(rt: Arc<LambdaRuntime>, listener: TcpListener, gen: u64) {
 }
 
 /// One Runtime API request.
-async fn api(rt: &Arc<LambdaRuntime>, gen: u64, req: Request<Incoming>) -> Response<Body> {
+async fn api(
+    rt: &Arc<LambdaRuntime>,
+    env: usize,
+    gen: u64,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     let Some(rest) = path.strip_prefix(RUNTIME_API_PREFIX) else {
         return not_found(&path);
     };
     match (req.method(), rest) {
-        (&Method::GET, "/invocation/next") => next(rt, gen).await,
-        (&Method::POST, "/init/error") => init_error(rt, gen, req).await,
+        (&Method::GET, "/invocation/next") => next(rt, env, gen).await,
+        (&Method::POST, "/init/error") => init_error(&rt.envs[env], gen, req).await,
         (_, "/invocation/next") => method_not_allowed("GET"),
         (_, "/init/error") => method_not_allowed("POST"),
         (m, r) if r.starts_with("/invocation/") => {
@@ -790,27 +892,24 @@ async fn api(rt: &Arc<LambdaRuntime>, gen: u64, req: Request<Incoming>) -> Respo
             if m != Method::POST {
                 return method_not_allowed("POST");
             }
-            answer(rt, req, &id, what == "error").await
+            answer(&rt.envs[env], req, &id, what == "error").await
         }
         _ => not_found(&path),
     }
 }
 
 /// `GET /invocation/next`: the long poll for the next invocation.
-async fn next(rt: &Arc<LambdaRuntime>, gen: u64) -> Response<Body> {
-    if lock(&rt.current).is_some() {
+async fn next(rt: &Arc<LambdaRuntime>, env: usize, gen: u64) -> Response<Body> {
+    let e = &rt.envs[env];
+    if lock(&e.current).is_some() {
         return invalid_transition("Running", "Ready");
     }
-    let first = rt.phase.send_if_modified(|p| {
-        let changed = *p != Phase::Ready;
-        *p = Phase::Ready;
-        changed
-    });
-    if first {
-        rt.settled.store(true, Ordering::Release);
+    let ready = *lock(&e.phase) == Phase::Ready;
+    if !ready {
+        rt.set_phase(env, Phase::Ready);
     }
     let mut rx = rt.jobs_rx.lock().await;
-    if lock(&rt.current).is_some() {
+    if lock(&e.current).is_some() {
         return invalid_transition("Running", "Ready");
     }
     loop {
@@ -838,18 +937,13 @@ async fn next(rt: &Arc<LambdaRuntime>, gen: u64) -> Response<Body> {
         if let Some(c) = &job.cognito_identity {
             set("lambda-runtime-cognito-identity", c);
         }
-        *lock(&rt.current) = Some(Current { id: job.id, reply: job.reply, gen });
+        *lock(&e.current) = Some(Current { id: job.id, reply: job.reply, gen });
         return r;
     }
 }
 
 /// `POST /invocation/{id}/response` and `.../error`.
-async fn answer(
-    rt: &Arc<LambdaRuntime>,
-    req: Request<Incoming>,
-    id: &str,
-    error: bool,
-) -> Response<Body> {
+async fn answer(rt: &Env, req: Request<Incoming>, id: &str, error: bool) -> Response<Body> {
     let to = if error { "InvocationErrorResponse" } else { "InvocationResponse" };
     match lock(&rt.current).as_ref() {
         None => return invalid_transition("Ready", to),
@@ -866,7 +960,7 @@ async fn answer(
     if streaming && !error {
         // Response streaming is not served: the invocation fails with a clear error rather
         // than passing on the stream's framing as a body.
-        if let Some(cur) = rt.take_current(id) {
+        if let Some(cur) = rt.take(id) {
             let m = "the watchdog's lambda mode does not support Lambda response streaming; \
                      answer with a buffered response";
             let body = json!({ "errorType": "Function.StreamingNotSupported", "errorMessage": m });
@@ -880,7 +974,7 @@ async fn answer(
     }
     let (body, too_large) = read_limited(req.into_body()).await;
     // The invocation may have timed out while the body arrived.
-    let Some(cur) = rt.take_current(id) else {
+    let Some(cur) = rt.take(id) else {
         return api_error(StatusCode::BAD_REQUEST, "InvalidRequestID", "Invalid request ID");
     };
     if let Some(n) = too_large {
@@ -893,6 +987,9 @@ async fn answer(
     }
     let outcome = if error { Outcome::FunctionError(kind, body) } else { Outcome::Response(body) };
     let _ = cur.reply.send(outcome);
+    // The caller's answer goes out before the runtime's 202: the invocation's task, woken
+    // by the send, runs first.
+    tokio::task::yield_now().await;
     accepted()
 }
 
@@ -918,14 +1015,14 @@ async fn read_limited(mut body: Incoming) -> (Bytes, Option<usize>) {
 }
 
 /// `POST /init/error`.
-async fn init_error(rt: &Arc<LambdaRuntime>, gen: u64, req: Request<Incoming>) -> Response<Body> {
-    if *rt.phase.borrow() != Phase::Starting {
+async fn init_error(e: &Env, gen: u64, req: Request<Incoming>) -> Response<Body> {
+    if *lock(&e.phase) != Phase::Starting {
         return invalid_transition("Ready", "InitError");
     }
     let kind = error_type(&req);
     let (body, _) = read_limited(req.into_body()).await;
     let msg = error_summary(kind.as_deref(), &body, "Runtime.InitError");
-    rt.init_error.send_replace((gen, Some(msg.into())));
+    e.init_error.send_replace((gen, Some(msg.into())));
     accepted()
 }
 
@@ -1012,12 +1109,20 @@ fn epoch_ms(t: SystemTime) -> u64 {
 
 /// A random (version 4) UUID, as Lambda's request ids are.
 fn uuid_v4() -> String {
-    let b: [u8; 16] = rand::random();
-    let mut b = b;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut b: [u8; 16] = rand::random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    // One allocation: this runs for every invocation.
+    let mut s = String::with_capacity(36);
+    for (i, x) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push(char::from(HEX[usize::from(x >> 4)]));
+        s.push(char::from(HEX[usize::from(x & 0x0f)]));
+    }
+    s
 }
 
 /// A new X-Ray trace header.
@@ -1061,93 +1166,150 @@ fn is_text(content_type: Option<&str>) -> bool {
         )
 }
 
+/// An API Gateway HTTP API (payload format 2.0) event, serialised straight from the
+/// request's parts (no intermediate JSON tree: this runs for every invocation).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpEvent<'a> {
+    version: &'static str,
+    route_key: &'static str,
+    raw_path: &'a str,
+    raw_query_string: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    cookies: Vec<&'a str>,
+    headers: BTreeMap<&'a str, Cow<'a, str>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    query_string_parameters: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    request_context: RequestContext<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<Cow<'a, str>>,
+    is_base64_encoded: bool,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestContext<'a> {
+    account_id: &'static str,
+    api_id: &'a str,
+    domain_name: &'a str,
+    domain_prefix: &'a str,
+    http: HttpContext<'a>,
+    request_id: Cow<'a, str>,
+    route_key: &'static str,
+    stage: &'static str,
+    time: String,
+    time_epoch: u64,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpContext<'a> {
+    method: &'a str,
+    path: &'a str,
+    protocol: &'static str,
+    source_ip: &'a str,
+    user_agent: &'a str,
+}
+
 /// The API Gateway HTTP API (payload format 2.0) event for a request.
 fn http_event(parts: &http::request::Parts, body: &[u8], now: SystemTime) -> Result<Bytes, String> {
-    let mut headers = Map::new();
+    let mut headers: BTreeMap<&str, Cow<'_, str>> = BTreeMap::new();
     let mut cookies = Vec::new();
     for name in parts.headers.keys() {
-        let values: Vec<&str> =
-            parts.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        let mut values = parts.headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
         if name == header::COOKIE {
             for v in values {
-                cookies
-                    .extend(v.split(';').map(str::trim).filter(|c| !c.is_empty()).map(Value::from));
+                cookies.extend(v.split(';').map(str::trim).filter(|c| !c.is_empty()));
             }
             continue;
         }
-        headers.insert(name.as_str().to_string(), Value::from(values.join(",")));
+        let first = values.next().unwrap_or("");
+        let value = match values.next() {
+            None => Cow::Borrowed(first),
+            Some(second) => {
+                let mut joined = format!("{first},{second}");
+                for v in values {
+                    joined.push(',');
+                    joined.push_str(v);
+                }
+                Cow::Owned(joined)
+            }
+        };
+        headers.insert(name.as_str(), value);
     }
     let raw_query = parts.uri.query().unwrap_or("");
-    let mut query: Map<String, Value> = Map::new();
+    let mut query: BTreeMap<Cow<'_, str>, Cow<'_, str>> = BTreeMap::new();
     for (k, v) in form_urlencoded::parse(raw_query.as_bytes()) {
-        match query.get_mut(k.as_ref()) {
-            Some(Value::String(s)) => {
+        match query.get_mut(&k) {
+            Some(s) => {
+                let s = s.to_mut();
                 s.push(',');
                 s.push_str(&v);
             }
-            _ => {
-                query.insert(k.into_owned(), Value::from(v.into_owned()));
+            None => {
+                query.insert(k, v);
             }
         }
     }
-    let first = |name: &str| {
-        parts.headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string())
-    };
+    let first = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let source_ip = first("x-forwarded-for")
-        .and_then(|v| v.split(',').next().map(|s| s.trim().to_string()))
+        .and_then(|v| v.split(',').next().map(str::trim))
         .or_else(|| first("x-real-ip"))
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let domain =
-        first("x-forwarded-host").or_else(|| first("host")).unwrap_or_else(|| "localhost".into());
-    let request_id = first("x-call-id").unwrap_or_else(uuid_v4);
+        .unwrap_or("127.0.0.1");
+    let domain = first("x-forwarded-host").or_else(|| first("host")).unwrap_or("localhost");
+    let request_id = first("x-call-id").map(Cow::Borrowed).unwrap_or_else(|| uuid_v4().into());
+    let prefix = domain.split('.').next().unwrap_or("");
     let path = parts.uri.path();
-    let mut event = json!({
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": path,
-        "rawQueryString": raw_query,
-        "headers": headers,
-        "requestContext": {
-            "accountId": "anonymous",
-            "apiId": domain.split('.').next().unwrap_or(""),
-            "domainName": domain,
-            "domainPrefix": domain.split('.').next().unwrap_or(""),
-            "http": {
-                "method": parts.method.as_str(),
-                "path": path,
-                "protocol": format!("{:?}", parts.version),
-                "sourceIp": source_ip,
-                "userAgent": first("user-agent").unwrap_or_default(),
-            },
-            "requestId": request_id,
-            "routeKey": "$default",
-            "stage": "$default",
-            "time": clf_time(now),
-            "timeEpoch": epoch_ms(now),
-        },
-        "isBase64Encoded": false,
-    });
-    let Some(obj) = event.as_object_mut() else { return Err("building the event".into()) };
-    if !cookies.is_empty() {
-        obj.insert("cookies".into(), Value::Array(cookies));
-    }
-    if !query.is_empty() {
-        obj.insert("queryStringParameters".into(), Value::Object(query));
-    }
-    if !body.is_empty() {
+    let (body, is_base64_encoded) = if body.is_empty() {
+        (None, false)
+    } else {
         let ct = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
         match std::str::from_utf8(body) {
-            Ok(s) if is_text(ct) => {
-                obj.insert("body".into(), Value::from(s));
-            }
-            _ => {
-                let b = base64::engine::general_purpose::STANDARD.encode(body);
-                obj.insert("body".into(), Value::from(b));
-                obj.insert("isBase64Encoded".into(), Value::Bool(true));
-            }
+            Ok(s) if is_text(ct) => (Some(Cow::Borrowed(s)), false),
+            _ => (Some(base64::engine::general_purpose::STANDARD.encode(body).into()), true),
         }
-    }
+    };
+    let event = HttpEvent {
+        version: "2.0",
+        route_key: "$default",
+        raw_path: path,
+        raw_query_string: raw_query,
+        cookies,
+        headers,
+        query_string_parameters: query,
+        request_context: RequestContext {
+            account_id: "anonymous",
+            api_id: prefix,
+            domain_name: domain,
+            domain_prefix: prefix,
+            http: HttpContext {
+                method: parts.method.as_str(),
+                path,
+                protocol: protocol(parts.version),
+                source_ip,
+                user_agent: first("user-agent").unwrap_or(""),
+            },
+            request_id,
+            route_key: "$default",
+            stage: "$default",
+            time: clf_time(now),
+            time_epoch: epoch_ms(now),
+        },
+        body,
+        is_base64_encoded,
+    };
     serde_json::to_vec(&event).map(Bytes::from).map_err(|e| format!("building the event: {e}"))
+}
+
+/// `HTTP/1.1`, as `requestContext.http.protocol` names the version.
+fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
 }
 
 /// The HTTP response for a function's answer to an HTTP event (see the [module docs](self)).
@@ -1323,6 +1485,8 @@ mod tests {
         for (k, v) in [
             ("lambda_event", "soap"),
             ("lambda_queue", "0"),
+            ("lambda_concurrency", "0"),
+            ("lambda_concurrency", "65"),
             ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "lots"),
         ] {
             match LambdaConfig::from_vars(&vars(&[(k, v)])) {
@@ -1330,6 +1494,10 @@ mod tests {
                 other => panic!("{k}={v}: {other:?}"),
             }
         }
-        assert_eq!(uuid_v4().len(), 36);
+        let id = uuid_v4();
+        let groups: Vec<usize> = id.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
+        assert_eq!(id.as_bytes()[14], b'4', "version 4: {id}");
+        assert!(matches!(id.as_bytes()[19], b'8' | b'9' | b'a' | b'b'), "variant: {id}");
     }
 }

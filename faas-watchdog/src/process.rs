@@ -27,7 +27,8 @@
 //!   its own upstream port (the function must listen on the environment variable `port`,
 //!   which the watchdog sets). `spec.timeout` becomes the watchdog's `exec_timeout` (unset:
 //!   no limit); in `lambda` mode its memory limit becomes `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`
-//!   (in MiB) unless that is set. By default `prefix_logs=false` and
+//!   (in MiB) and its `maxConcurrency` the watchdog's `lambda_concurrency` (execution
+//!   environments per replica), unless set. By default `prefix_logs=false` and
 //!   `healthcheck_interval=0s` (the backend stops routing to a replica before it stops it).
 //! - **Secrets** are files `<state>/secrets/<namespace>/<name>`; each function gets a copy of
 //!   the secrets its spec names in its own directory, whose path is in the environment
@@ -65,7 +66,6 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use bytes::BytesMut;
 use faas_core::instance::{
     AcquireLimits, CallTimeout, InstanceClient, InstanceKey, InstanceSet, Target,
 };
@@ -78,7 +78,7 @@ use faas_core::{
     LeastLoaded, LogEntry, LogStream, LogsRequest, Node, PlacementRequest, ProviderInfo, Response,
     Result, Scheduler, Secret, SecretInfo, StartKind,
 };
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 use tokio::sync::{broadcast, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -573,32 +573,17 @@ impl LogBook {
     }
 }
 
-async fn pump_logs<R: AsyncRead + Unpin>(mut r: R, book: Arc<LogBook>, instance: Arc<str>) {
+async fn pump_logs<R: AsyncRead + Unpin>(r: R, book: Arc<LogBook>, instance: Arc<str>) {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(book.dir.join(format!("{instance}.log")))
         .ok();
-    let mut buf = BytesMut::with_capacity(4096);
-    loop {
-        match r.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line = buf.split_to(pos + 1);
-                    let line = line[..pos].strip_suffix(b"\r").unwrap_or(&line[..pos]);
-                    book.push(&instance, String::from_utf8_lossy(line).into_owned(), &mut file);
-                }
-                if buf.len() > 64 * 1024 {
-                    let line = buf.split();
-                    book.push(&instance, String::from_utf8_lossy(&line).into_owned(), &mut file);
-                }
-            }
-        }
-    }
-    if !buf.is_empty() {
-        book.push(&instance, String::from_utf8_lossy(&buf).into_owned(), &mut file);
-    }
+    crate::watchdog::for_each_line(r, |line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        book.push(&instance, String::from_utf8_lossy(line).into_owned(), &mut file);
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -989,6 +974,13 @@ async fn run_replica(
     if mode == Some("lambda") && !spec.env_vars.contains_key("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") {
         if let Some(b) = spec.limits.as_ref().and_then(|l| l.memory_bytes()) {
             cmd.env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", (b >> 20).max(1).to_string());
+        }
+    }
+    // As many execution environments as invocations the replica may take at once.
+    if mode == Some("lambda") && !spec.env_vars.contains_key("lambda_concurrency") {
+        if let Some(n) = spec.max_concurrency {
+            let n = (n as usize).clamp(1, crate::lambda::MAX_ENVIRONMENTS);
+            cmd.env("lambda_concurrency", n.to_string());
         }
     }
     let is_http = mode == Some("http");

@@ -281,3 +281,68 @@ async fn invocations_wait_in_a_bounded_line_one_at_a_time() {
     assert_eq!(waiting.await.unwrap().text(), "\"done\"");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execution_environments_take_invocations_at_once() {
+    let dir = temp_dir("lambda-envs");
+    let file = dir.join("apis");
+    // Each environment's runtime appends its own Runtime API address.
+    let cmd =
+        format!("sh -c 'echo \"$AWS_LAMBDA_RUNTIME_API\" >> {}; exec sleep 600'", file.display());
+    let wd = spawn_watchdog_expect(
+        &[
+            ("mode", "lambda"),
+            ("fprocess", cmd.as_str()),
+            ("exec_timeout", "30s"),
+            ("lambda_event", "raw"),
+            ("lambda_concurrency", "2"),
+        ],
+        None,
+    )
+    .await;
+    let apis: Vec<String> = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let s = std::fs::read_to_string(&file).unwrap_or_default();
+            let lines: Vec<String> = s.lines().map(|l| format!("http://{l}{PREFIX}")).collect();
+            if lines.len() == 2 && s.ends_with('\n') {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("two runtimes, each with its own AWS_LAMBDA_RUNTIME_API");
+    assert_ne!(apis[0], apis[1], "each environment has its own endpoint");
+    let (a, b) = (&apis[0], &apis[1]);
+    let call = |body: &'static str| {
+        let url = wd.url("/");
+        tokio::spawn(async move { post(&url, body).await })
+    };
+    let first = call("\"one\"");
+    let ev_a = get(&format!("{a}/invocation/next")).await;
+    let second = call("\"two\"");
+    // The second environment takes the second invocation while the first is still busy.
+    let ev_b = get(&format!("{b}/invocation/next")).await;
+    let mut bodies = [ev_a.text(), ev_b.text()];
+    bodies.sort();
+    assert_eq!(bodies, ["\"one\"", "\"two\""]);
+    let id_a = ev_a.header("lambda-runtime-aws-request-id").unwrap().to_string();
+    let id_b = ev_b.header("lambda-runtime-aws-request-id").unwrap().to_string();
+    // An environment answers only its own invocation.
+    let r = post(&format!("{b}/invocation/{id_a}/response"), "{}").await;
+    assert_eq!(
+        (r.status, json(&r)["errorType"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("InvalidRequestID"))
+    );
+    // Answered in the other order: each caller gets its own invocation's answer.
+    let echo = |ev: &Reply| format!("{{\"echo\":{}}}", ev.text());
+    let r = post(&format!("{b}/invocation/{id_b}/response"), echo(&ev_b)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let r = post(&format!("{a}/invocation/{id_a}/response"), echo(&ev_a)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let (one, two) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!((one.status, one.text().as_str()), (StatusCode::OK, r#"{"echo":"one"}"#));
+    assert_eq!((two.status, two.text().as_str()), (StatusCode::OK, r#"{"echo":"two"}"#));
+    drop(wd);
+    let _ = std::fs::remove_dir_all(&dir);
+}

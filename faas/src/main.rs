@@ -177,6 +177,13 @@ enum Command {
         /// too), not only the OpenWhisk API's calls; costs the invocation path some work.
         #[arg(long, env = "FAAS_RECORD_EVERY_INVOCATION")]
         record_every_invocation: bool,
+        /// Keep N stem cells of the OpenWhisk kind KIND (`python:3`, `nodejs:20`): runtimes
+        /// started but not yet initialised, which the first instance of an action of that
+        /// kind takes (`/init` with its code) instead of starting cold; refilled in the
+        /// background. Repeatable, one kind each; N from 0 to 64. Process backend (the kind's
+        /// local interpreter) and Docker backend (the kind's image, `runtimes/build-images.sh`).
+        #[arg(long = "stem-cells", value_name = "KIND=N")]
+        stem_cells: Vec<String>,
     },
     /// Check credentials against a gateway and save them (mode 0600) for the other
     /// subcommands.
@@ -496,6 +503,14 @@ async fn wait_ready(client: &GatewayClient, spec: &FunctionSpec, timeout: Durati
                 step.finish(&format!("ready in {} ms", t0.elapsed().as_millis()));
                 return Ok(());
             }
+            Ok(st) if st.pull.is_some() => {
+                if let Some(p) = &st.pull {
+                    step.note(&format!(
+                        "pulling {}: {} of {} bytes",
+                        p.image, p.downloaded_bytes, p.total_bytes
+                    ));
+                }
+            }
             Ok(st) => {
                 if let Some(f) = &st.failure {
                     step.finish("failing");
@@ -541,6 +556,62 @@ fn kv(items: &[String], what: &str) -> Result<std::collections::BTreeMap<String,
                 .ok_or_else(|| Error::invalid(what, format!("{s:?} is not KEY=VALUE")))
         })
         .collect()
+}
+
+/// The most stem cells of one kind (the backends' own cap).
+const MAX_STEM_CELLS: usize = 64;
+
+/// `--stem-cells KIND=N` values: a kind of the runtime manifest with a runtime of its own
+/// (not `blackbox`), given once, and N from 0 to [`MAX_STEM_CELLS`]; only on the process and
+/// Docker backends. Errors name the flag.
+fn parse_stem_cells(items: &[String], backend: BackendKind) -> Result<Vec<(String, usize)>> {
+    const FLAG: &str = "--stem-cells";
+    if !items.is_empty() && !matches!(backend, BackendKind::Process | BackendKind::Docker) {
+        return Err(Error::invalid(FLAG, "stem cells are kept on the process and Docker backends"));
+    }
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for item in items {
+        let (kind, n) = item
+            .split_once('=')
+            .map(|(k, n)| (k.trim(), n.trim()))
+            .ok_or_else(|| Error::invalid(FLAG, format!("{item:?} is not KIND=N")))?;
+        let known = faas_core::runtimes::lookup(kind).filter(|k| k.process.is_some());
+        if known.is_none() {
+            let kinds: Vec<&str> = faas_core::runtimes::MANIFEST
+                .iter()
+                .filter(|k| k.process.is_some())
+                .map(|k| k.kind)
+                .collect();
+            return Err(Error::invalid(
+                FLAG,
+                format!(
+                    "{kind:?} is not an OpenWhisk kind with a runtime of its own ({})",
+                    kinds.join(", ")
+                ),
+            ));
+        }
+        let n = n.parse::<usize>().ok().filter(|n| *n <= MAX_STEM_CELLS).ok_or_else(|| {
+            Error::invalid(
+                FLAG,
+                format!("{n:?} in {item:?} is not a number from 0 to {MAX_STEM_CELLS}"),
+            )
+        })?;
+        if out.iter().any(|(k, _)| k == kind) {
+            return Err(Error::invalid(FLAG, format!("{kind} is given twice")));
+        }
+        out.push((kind.to_string(), n));
+    }
+    Ok(out)
+}
+
+/// A backend's `stem_cells` error, named as the flag that set it.
+fn stem_cells_flag(e: Error) -> Error {
+    match e {
+        Error::InvalidSpec { field, reason } if field == "stem_cells" => {
+            Error::invalid("--stem-cells", reason)
+        }
+        e => e,
+    }
 }
 
 fn stack_specs(file: &std::path::Path, filter: &[String]) -> Result<Vec<FunctionSpec>> {
@@ -602,6 +673,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             max_replicas_per_node,
             max_activations,
             record_every_invocation,
+            stem_cells,
         } => {
             // Before anything starts: a Kafka queue needs the `kafka` feature.
             queue.check()?;
@@ -616,8 +688,10 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 record_every_invocation,
             };
             let limits = replica_limits(max_replicas_per_function, max_replicas_per_node);
+            let stem_cells = parse_stem_cells(&stem_cells, backend)?;
             let backend = UpBackend {
                 kind: backend,
+                stem_cells,
                 state_dir,
                 scheduler,
                 autoscale: !no_autoscale,
@@ -796,7 +870,23 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 print!("Deploying: {} ... ", s.name);
                 let _ = std::io::stdout().flush();
                 let t0 = Instant::now();
-                let updated = client.deploy(s).await?;
+                // A backend that pulls the image reports the pull in the function's status
+                // while the deploy waits for it (the Docker backend): shown as it goes.
+                let mut pull = None;
+                let label = format!("Pulling the image of {}", s.name);
+                let (name, ns) = (s.name.clone(), s.namespace.clone());
+                let deployed =
+                    progress::showing_pull(&mut pull, &label, client.deploy(s), || {
+                        let (client, name, ns) = (&client, &name, &ns);
+                        async move {
+                            client.describe(name, ns.as_deref()).await.ok().and_then(|st| st.pull)
+                        }
+                    })
+                    .await;
+                if let Some(step) = pull {
+                    step.finish(if deployed.is_ok() { "done" } else { "failed" });
+                }
+                let updated = deployed?;
                 println!(
                     "{} in {} ms",
                     if updated { "updated" } else { "deployed" },
@@ -1173,6 +1263,8 @@ async fn open_queue_store(
 /// How `faas up` runs functions.
 struct UpBackend {
     kind: BackendKind,
+    /// `--stem-cells`: how many stem cells of each OpenWhisk kind.
+    stem_cells: Vec<(String, usize)>,
     state_dir: Option<PathBuf>,
     scheduler: Arc<dyn faas_core::Scheduler>,
     autoscale: bool,
@@ -1203,7 +1295,7 @@ fn replica_limits(
 }
 
 async fn backend(up: UpBackend) -> Result<Arc<dyn Backend>> {
-    let inner = raw_backend(up.kind, up.state_dir, up.scheduler, up.limits).await?;
+    let inner = raw_backend(up.kind, up.state_dir, up.scheduler, up.limits, up.stem_cells).await?;
     if up.autoscale {
         // The autoscaler asks no function for more replicas than the backend's cap.
         let mut config = faas_core::AutoscaleConfig::default();
@@ -1224,6 +1316,7 @@ async fn raw_backend(
     state_dir: Option<PathBuf>,
     scheduler: Arc<dyn faas_core::Scheduler>,
     limits: Option<faas_core::ReplicaLimits>,
+    stem_cells: Vec<(String, usize)>,
 ) -> Result<Arc<dyn Backend>> {
     match kind {
         BackendKind::Process => {
@@ -1238,7 +1331,10 @@ async fn raw_backend(
             if let Some(l) = limits {
                 b = b.replica_limits(l);
             }
-            Ok(Arc::new(b.build()?))
+            for (kind, n) in &stem_cells {
+                b = b.stem_cells(kind, *n);
+            }
+            Ok(Arc::new(b.build().map_err(stem_cells_flag)?))
         }
         BackendKind::Docker => {
             eprintln!("Connecting to the Docker engine...");
@@ -1251,7 +1347,10 @@ async fn raw_backend(
             if let Some(l) = limits {
                 b = b.replica_limits(l);
             }
-            Ok(Arc::new(b.build().await?))
+            for (kind, n) in &stem_cells {
+                b = b.stem_cells(kind, *n);
+            }
+            Ok(Arc::new(b.build().await.map_err(stem_cells_flag)?))
         }
         BackendKind::Kubernetes => {
             eprintln!(
@@ -1344,11 +1443,21 @@ async fn up(
             break;
         }
         let f = spec.function_ref();
-        let step = progress::Step::start(format!("  deploying {:<20}", spec.name));
+        let mut step = Some(progress::Step::start(format!("  deploying {:<20}", spec.name)));
         let t0 = Instant::now();
-        let deployed = match invoker.deploy(spec.clone()).await {
-            Err(Error::AlreadyExists { .. }) => invoker.update(spec.clone()).await,
-            other => other,
+        let work = async {
+            match invoker.deploy(spec.clone()).await {
+                Err(Error::AlreadyExists { .. }) => invoker.update(spec.clone()).await,
+                other => other,
+            }
+        };
+        // The backend's image pull (Docker) shows on the step as it goes.
+        let deployed = progress::showing_pull(&mut step, "", work, || async {
+            invoker.status(&f).await.ok().and_then(|st| st.pull)
+        })
+        .await;
+        let Some(step) = step else {
+            return Err(Error::internal("the deploy's progress step went missing"));
         };
         if let Err(e) = deployed {
             step.finish("failed");

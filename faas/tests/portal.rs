@@ -96,6 +96,16 @@ impl WebDriver {
             .to_string()
     }
 
+    /// Makes the browser send `Authorization: value` with every request, as it does once
+    /// its login prompt was answered.
+    async fn send_authorization(&self, value: &str) {
+        self.cmd("POST", "/goog/cdp/execute", Some(json!({"cmd": "Network.enable", "params": {}})))
+            .await;
+        let headers = json!({"headers": {"Authorization": value}});
+        let params = json!({"cmd": "Network.setExtraHTTPHeaders", "params": headers});
+        self.cmd("POST", "/goog/cdp/execute", Some(params)).await;
+    }
+
     /// Runs `script` (a function body) in the page and answers what it returns.
     async fn script(&self, script: &str) -> Value {
         self.cmd("POST", "/execute/sync", Some(json!({"script": script, "args": []}))).await
@@ -146,6 +156,15 @@ struct Harness {
 
 impl Harness {
     async fn start(tag: &str, config: GatewayConfig) -> Harness {
+        Self::start_with(tag, config, None).await
+    }
+
+    /// As [`Harness::start`], the OpenWhisk API accepting only `whisk_key` when given.
+    async fn start_with(
+        tag: &str,
+        config: GatewayConfig,
+        whisk_key: Option<faas_http::WhiskKey>,
+    ) -> Harness {
         // A missing browser is a failure, never a skip: scripts/test.sh installs both.
         let (Some(chromium), Some(driver)) = (
             find_program(&["chromium", "chromium-browser", "google-chrome"]),
@@ -163,7 +182,11 @@ impl Harness {
             .build()
             .unwrap();
         let invoker: Arc<dyn Backend> = Arc::new(invoker);
-        let gateway = Gateway::builder(invoker.clone()).config(config).build();
+        let mut builder = Gateway::builder(invoker.clone()).config(config);
+        if let Some(key) = whisk_key {
+            builder = builder.whisk_key(key);
+        }
+        let gateway = builder.build();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gw_url = format!("http://{}", listener.local_addr().unwrap());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -286,9 +309,10 @@ async fn portal_deploys_and_invokes_in_chromium() {
     assert!(wd.text("#result-time").await.ends_with("ms"));
     // The table shows the invocation count.
     wd.click("#refresh-btn").await;
-    wd.wait_text("#fn-rows", |t| {
-        t.lines().any(|l| l.contains("shout") && l.trim_end().ends_with('1'))
-    })
+    wd.wait_script(
+        "const c = document.querySelector('#fn-rows tr[data-name=\"shout\"] td:nth-child(5)'); \
+         return !!c && c.textContent === '1'",
+    )
     .await;
 
     h.stop(&["shout"]).await;
@@ -323,14 +347,7 @@ async fn function_page_shows_charts_activations_and_logs_with_auth() {
         http::Request::get(format!("{gw_url}{path}")).body(Full::new(Bytes::new())).unwrap()
     };
     assert_eq!(http.request(get("/ui/")).await.unwrap().status(), 401);
-    wd.cmd("POST", "/goog/cdp/execute", Some(json!({"cmd": "Network.enable", "params": {}}))).await;
-    let headers = json!({"headers": {"Authorization": creds.header_value()}});
-    wd.cmd(
-        "POST",
-        "/goog/cdp/execute",
-        Some(json!({"cmd": "Network.setExtraHTTPHeaders", "params": headers})),
-    )
-    .await;
+    wd.send_authorization(&creds.header_value()).await;
     wd.cmd("POST", "/url", Some(json!({"url": format!("{gw_url}/ui/")}))).await;
     wd.wait_text("#fn-rows", |t| t.contains("No functions yet")).await;
 
@@ -425,4 +442,164 @@ async fn function_page_shows_charts_activations_and_logs_with_auth() {
     std::fs::write(dir.join("portal-function-page.png"), png).unwrap();
 
     h.stop(&["talker"]).await;
+}
+
+/// With auth on and an OpenWhisk key the page never sees: after traffic, the overview shows
+/// the async queue's dead letters (in all and on the function's row) and the replicas
+/// ready of desired; the OpenWhisk section lists the trigger, rule and sequence, fires the
+/// trigger from the keyboard (its rule's action runs), disables the rule (a second firing
+/// runs nothing) and shows a sequence's activations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overview_shows_the_queue_and_openwhisk_entities_with_auth() {
+    const UUID: &str = "7c1b7f3e-2f36-4d0e-9f43-3b8e8c1b2a10";
+    const KEY: &str = "portalKey0123456789portalKey0123456789portalKey0123456789abcdef";
+    let creds = faas_http::BasicAuth::new("admin", "portal secret");
+    let config = GatewayConfig { auth: Some(creds.clone()), ..Default::default() };
+    let key = faas_http::WhiskKey::new(UUID, KEY, "guest");
+    let h = Harness::start_with("whisk", config, Some(key)).await;
+    let (wd, gw_url) = (&h.wd, &h.gw_url);
+
+    let http: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let send = |method: &str, path: &str, auth: String, body: Value| {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("{gw_url}{path}"))
+            .header("authorization", auth)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(if body.is_null() {
+                String::new()
+            } else {
+                body.to_string()
+            })))
+            .unwrap();
+        let http = http.clone();
+        async move {
+            let r = http.request(req).await.unwrap();
+            let status = r.status().as_u16();
+            let bytes = r.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        }
+    };
+    let whisk =
+        format!("Basic {}", faas_core::queue::base64_encode(format!("{UUID}:{KEY}").as_bytes()));
+    let admin = creds.header_value();
+
+    // OpenWhisk entities, made with the key: an action echoing its parameters, a sequence
+    // of it twice, a trigger and a rule from the trigger to the action; the sequence runs once.
+    let ws = |p: &str| format!("/api/v1/namespaces/_/{p}");
+    let echo = json!({"exec": {"kind": "blackbox", "image": "faas-rs/greet"},
+                      "annotations": [{"key": "fprocess", "value": "cat"}]});
+    for (path, body) in [
+        ("actions/greet", echo),
+        (
+            "actions/greet-twice",
+            json!({"exec": {"kind": "sequence", "components": ["/_/greet", "/_/greet"]}}),
+        ),
+        ("triggers/ping", json!({"parameters": [{"key": "source", "value": "portal"}]})),
+        ("rules/ping-greet", json!({"trigger": "/_/ping", "action": "/_/greet"})),
+    ] {
+        let (s, b) = send("PUT", &ws(path), whisk.clone(), body).await;
+        assert_eq!(s, 200, "{path}: {b}");
+    }
+    let (s, b) =
+        send("POST", &ws("actions/greet-twice?blocking=true"), whisk.clone(), json!({"n": 1}))
+            .await;
+    assert_eq!(s, 200, "{b}");
+
+    // An OpenFaaS function that always fails, called async twice: both calls end in the
+    // dead letters after the worker's retries.
+    let spec = json!({"service": "flaky", "image": "faas-rs/flaky:latest", "envProcess": "sh -c 'exit 1'"});
+    let (s, b) = send("POST", "/system/functions", admin.clone(), spec).await;
+    assert!(s == 200 || s == 202, "{s} {b}");
+    for _ in 0..2 {
+        let (s, b) = send("POST", "/async-function/flaky", String::new(), json!("x")).await;
+        assert_eq!(s, 202, "{b}");
+    }
+
+    // The browser has the admin's credentials (as after its login prompt) and nothing else.
+    wd.send_authorization(&admin).await;
+    wd.cmd("POST", "/url", Some(json!({"url": format!("{gw_url}/ui/")}))).await;
+    wd.wait_text("#fn-rows", |t| t.contains("flaky")).await;
+
+    // The queue: its dead letters in the summary and on the function's row (the page
+    // refreshes the overview while polled).
+    wd.wait_script(
+        "refresh(); const s = document.getElementById('queue-summary'); \
+         const q = document.querySelector('#fn-rows tr[data-name=\"flaky\"] td.queue'); \
+         return s.dataset.dead === '2' && !!q && q.dataset.dead === '2' && q.dataset.waiting === '0'",
+    )
+    .await;
+    let summary = wd.text("#queue-summary").await;
+    assert!(summary.contains("0 waiting") && summary.contains("2 dead letters"), "{summary}");
+    let row = wd.text("#fn-rows tr[data-name=\"flaky\"]").await;
+    assert!(row.contains("0 / 2"), "queued / dead: {row}");
+    // Desired vs ready replicas: the function scaled to one, ready.
+    wd.wait_script(
+        "refresh(); const r = document.querySelector('#fn-rows tr[data-name=\"flaky\"] td.replicas'); \
+         return !!r && r.textContent === '1/1'",
+    )
+    .await;
+
+    // The OpenWhisk section lists the entities of the key's namespace.
+    wd.wait_text("#wsk-triggers", |t| t.contains("ping") && t.contains("source=\"portal\"")).await;
+    wd.wait_text("#wsk-rules", |t| t.contains("ping-greet") && t.contains("active")).await;
+    let seq = wd.wait_text("#wsk-sequences", |t| t.contains("greet-twice")).await;
+    assert!(seq.contains("/guest/greet → /guest/greet") || seq.contains("greet → "), "{seq}");
+
+    // Fire the trigger from the keyboard with parameters.
+    wd.type_into("#wsk-fire-params", "{\"who\": \"keyboard\"}").await;
+    let fire = wd.find("#wsk-triggers tr[data-name=\"ping\"] button").await;
+    wd.cmd("POST", &format!("/element/{fire}/value"), Some(json!({"text": "\u{E007}"}))).await;
+    let fired = wd.wait_text("#wsk-fire-status", |t| t.contains("Fired ping: activation")).await;
+    let trigger_id = fired.rsplit(' ').next().unwrap().to_string();
+    // The rule's action ran with the trigger's and the firing's parameters.
+    let greet = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let (s, b) = send(
+                "GET",
+                &ws("activations?name=greet&docs=true&limit=50"),
+                whisk.clone(),
+                Value::Null,
+            )
+            .await;
+            assert_eq!(s, 200, "{b}");
+            let list: Vec<Value> = serde_json::from_str(&b).unwrap();
+            if let Some(a) = list.into_iter().find(|a| a["cause"] == trigger_id.as_str()) {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the rule's action ran");
+    assert_eq!(greet["response"]["result"]["who"], "keyboard", "{greet}");
+    assert_eq!(greet["response"]["result"]["source"], "portal", "{greet}");
+    // The activations list shows the firing.
+    wd.wait_script(&format!(
+        "loadWhiskActivations(null); return [...document.querySelectorAll('#wsk-activations button')]\
+         .some((b) => '{trigger_id}'.startsWith(b.textContent))"
+    ))
+    .await;
+
+    // Disable the rule from the page: the table says so, and a firing runs nothing.
+    wd.click("#wsk-rules tr[data-name=\"ping-greet\"] button").await;
+    wd.wait_text("#wsk-rule-status", |t| t.contains("ping-greet is now inactive")).await;
+    let rules = wd.wait_text("#wsk-rules", |t| t.contains("inactive")).await;
+    assert!(rules.contains("Enable"), "{rules}");
+    let (_, rule) = send("GET", &ws("rules/ping-greet"), whisk.clone(), Value::Null).await;
+    assert!(rule.contains("\"inactive\""), "{rule}");
+    wd.click("#wsk-triggers tr[data-name=\"ping\"] button").await;
+    wd.wait_text("#wsk-fire-status", |t| t.contains("no active rule")).await;
+
+    // A sequence's activations, with their outcome; a record opens.
+    wd.click("#wsk-sequences tr[data-name=\"greet-twice\"] button").await;
+    wd.wait_text("#wsk-act-of", |t| t == "of greet-twice").await;
+    let acts = wd.wait_text("#wsk-activations", |t| t.contains("greet-twice")).await;
+    assert!(acts.lines().all(|l| l.contains("greet-twice") && l.contains("success")), "{acts}");
+    wd.click("#wsk-activations button").await;
+    wd.wait_text("#wsk-record", |t| t.contains("\"components\"") || t.contains("greet-twice"))
+        .await;
+
+    h.stop(&["flaky"]).await;
 }

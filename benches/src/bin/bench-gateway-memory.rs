@@ -14,7 +14,12 @@
 //! an append-only log in DIR (`faas_queue::log_store`, as `faas up` has it), every accepted
 //! call on disk before its 202 (group commit); `FAAS_BENCH_QUEUE_STORE=redb` puts it in a
 //! redb file instead (`faas_queue::redb_store`, where it was before it had its own log).
-//! See `benches/wrk/gateway.sh` and `benches/wrk/async.sh`.
+//! With `FAAS_BENCH_QUEUE_KAFKA=kafka://HOST:PORT[/TOPIC]` it is `faas up --queue` with that
+//! URL (`faas_http::queue::AsyncQueue::start`: the Kafka publisher, the Kafka activation
+//! store and an in-process worker in group `faas-queue-worker`); the topics must exist.
+//! `FAAS_BENCH_QUEUE_KAFKA=mock` does the same on librdkafka's mock cluster, started in
+//! this process with the topics (8, 8 and 1 partitions).
+//! See `benches/wrk/gateway.sh`, `benches/wrk/async.sh` and `benches/kafka/tansu-async.sh`.
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
@@ -107,6 +112,43 @@ fn main() -> std::io::Result<()> {
                 (Arc::new(publisher), Arc::new(queue.consumer()), store)
             }
         };
+        // Kept on this thread (it is not `Send`) for as long as the gateway serves.
+        let mut _mock = None;
+        if let Some(url) = std::env::var_os("FAAS_BENCH_QUEUE_KAFKA") {
+            let io = |e: faas_core::Error| std::io::Error::other(e.to_string());
+            let mut url = url.to_string_lossy().into_owned();
+            if url == "mock" {
+                let mock = faas_queue::kafka::MockKafka::new(1).map_err(io)?;
+                for (topic, partitions) in [
+                    ("faas-async", 8),
+                    ("faas-async-activations", 8),
+                    ("faas-async-dead-letters", 1),
+                ] {
+                    mock.create_topic(topic, partitions).map_err(io)?;
+                }
+                url = format!("kafka://{}", mock.bootstrap_servers());
+                _mock = Some(mock);
+            }
+            // `faas up --queue kafka://...`: its queue, store and in-process worker.
+            let url: faas_http::queue::QueueUrl = url.parse().map_err(io)?;
+            let queue = faas_http::queue::AsyncQueue::start(
+                &url,
+                &faas_http::queue::QueueOptions::default(),
+                invoker.clone(),
+                &config,
+            )
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .ok_or_else(|| std::io::Error::other("FAAS_BENCH_QUEUE_KAFKA is not a Kafka URL"))?;
+            eprintln!("queue: {}", queue.description());
+            if let (Some(path), Some(stats)) = (&stats_file, queue.worker_stats()) {
+                write_stats(path, stats)?;
+            }
+            let gateway = queue.apply(Gateway::builder(invoker).config(config)).build();
+            let served = serve(&addr, gateway, cpus).await;
+            drop(queue);
+            return served;
+        }
         let worker = faas_queue::Worker::new(
             invoker.clone(),
             consumer,
@@ -119,33 +161,37 @@ fn main() -> std::io::Result<()> {
         )
         .with_dead_letters(Arc::new(faas_queue::MemoryDeadLetters::default()))
         .spawn();
-        if let Some(path) = stats_file {
-            let stats = worker.stats().clone();
-            let mut out = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-            std::thread::spawn(move || loop {
-                let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-                let line = format!(
-                    "{ms} {} {}\n",
-                    stats.finished(),
-                    stats.received.load(Ordering::Relaxed)
-                );
-                if out.write_all(line.as_bytes()).is_err() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            });
+        if let Some(path) = &stats_file {
+            write_stats(path, worker.stats().clone())?;
         }
         let gateway =
             Gateway::builder(invoker).config(config).queue(publisher).activations(store).build();
-        let listener = tokio::net::TcpListener::bind(&addr).await?;
-        eprintln!(
-            "gateway on memory listening on http://{addr}/function/ok and /async-function/ok"
-        );
-        let config = faas_http::ServeConfig::default().threads(cpus);
-        let served =
-            faas_http::serve_with(listener, gateway.service(), std::future::pending(), config)
-                .await;
+        let served = serve(&addr, gateway, cpus).await;
         drop(worker);
         served
     })
+}
+
+/// Appends a line `<unix ms> <finished> <received>` of the worker's counters to `path`
+/// every 20 ms, from a thread of its own.
+fn write_stats(path: &str, stats: Arc<faas_queue::WorkerStats>) -> std::io::Result<()> {
+    let mut out = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    std::thread::spawn(move || loop {
+        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let line =
+            format!("{ms} {} {}\n", stats.finished(), stats.received.load(Ordering::Relaxed));
+        if out.write_all(line.as_bytes()).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    });
+    Ok(())
+}
+
+/// Serves `gateway` on `addr` with one runtime per CPU, until the process is stopped.
+async fn serve(addr: &str, gateway: Gateway, cpus: usize) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    eprintln!("gateway on memory listening on http://{addr}/function/ok and /async-function/ok");
+    let config = faas_http::ServeConfig::default().threads(cpus);
+    faas_http::serve_with(listener, gateway.service(), std::future::pending(), config).await
 }

@@ -4,10 +4,12 @@
 //! `portal-render [N] [ROUNDS]`: a gateway on the in-memory backend with N functions, each
 //! invoked once (so each row has a sparkline), served on a loopback port; chromedriver and
 //! Chromium (Debian's `chromium` and `chromium-driver`) open `/ui/`. Printed: the time from
-//! navigation until the table has its N rows, and for ROUNDS (default 10) further runs of
-//! the page's own `refresh()` (list, history, rebuild the table, then one frame so that
-//! layout and paint are in), the median and the slowest, and the median of the two API
-//! calls alone (`/system/functions` and `/system/history`). See BENCHMARKS.md.
+//! navigation until the table has its N rows and the rows in the window their sparklines
+//! (the page draws a row's sparkline as the row comes near the window), and for ROUNDS
+//! (default 10) further runs of the page's own `refresh()` (list, history and queue,
+//! rebuild the table, then frames until the first row's sparkline is drawn, so that layout
+//! and paint are in), the median and the slowest, and the median of the two API calls
+//! alone (`/system/functions` and `/system/history`). See BENCHMARKS.md.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -115,8 +117,20 @@ async fn run(n: usize, rounds: usize) -> std::io::Result<()> {
         &format!("{s}/execute/async"),
         Some(json!({"args": [n], "script": "
             const [n, done] = arguments;
-            const check = () => document.querySelectorAll('#fn-rows tr').length >= n
-                && document.querySelectorAll('#fn-rows svg.sparkline').length >= n
+            // Every row in, and the sparklines of the rows in the window drawn.
+            const onScreen = () => {
+                const rows = document.querySelectorAll('#fn-rows tr');
+                if (rows.length < n) return false;
+                const top = rows[0].getBoundingClientRect().top;
+                const h = rows[0].getBoundingClientRect().height || 1;
+                const first = Math.max(0, Math.floor(-top / h));
+                const last = Math.min(n - 1, Math.ceil((innerHeight - top) / h));
+                for (let i = first; i <= last; i++) {
+                    if (!rows[i].querySelector('svg.sparkline')) return false;
+                }
+                return true;
+            };
+            const check = () => onScreen()
                 ? requestAnimationFrame(() => done(performance.now()))
                 : setTimeout(check, 5);
             check();"})),
@@ -134,6 +148,9 @@ async fn run(n: usize, rounds: usize) -> std::io::Result<()> {
                     let t = performance.now();
                     await refresh();
                     document.body.offsetHeight;
+                    while (!document.querySelector('#fn-rows tr:first-child svg.sparkline')) {
+                        await new Promise((r) => requestAnimationFrame(() => r()));
+                    }
                     await new Promise((r) => requestAnimationFrame(() => r()));
                     times.push(performance.now() - t);
                     t = performance.now();

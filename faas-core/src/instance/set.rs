@@ -16,6 +16,11 @@
 //!   for a start is bounded by [`AcquireLimits::start_timeout`] (then unavailable), waiting
 //!   behind busy instances by [`AcquireLimits::busy_timeout`] (then overloaded, with
 //!   `Retry-After`), and the queue by [`AcquireLimits::queue_limit`].
+//! - [`InstanceSet::start_failed`]: a start the backend made failed; the invocations waiting
+//!   for a start (the set has no ready instance) fail with its error rather than time out.
+//! - [`InstanceSet::retire`]: takes an instance out of routing (a scale down, an update) and
+//!   hands back an [`InstanceDrain`] that resolves once the leases routed to it have ended,
+//!   so the backend stops it only then.
 //! - [`InstanceSet::idle_deadline`] and [`InstanceSet::until_idle`]: when the function has
 //!   had nothing in flight and nobody waiting for its idle time.
 //!
@@ -26,7 +31,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -83,6 +88,12 @@ struct SetState<T> {
     served: u64,
     last_activity: Instant,
     closed: bool,
+    /// Starts that failed since the set was made, and the last one's error.
+    start_failures: u64,
+    start_error: Option<Error>,
+    /// Instances out of routing with leases still on them: their keys, those leases, and
+    /// the count their [`InstanceDrain`]s watch.
+    retired: Vec<(InstanceKey, u32, watch::Sender<u32>)>,
 }
 
 impl<T> SetState<T> {
@@ -144,6 +155,9 @@ impl<T: Clone> InstanceSet<T> {
                 served: 0,
                 last_activity: Instant::now(),
                 closed: false,
+                start_failures: 0,
+                start_error: None,
+                retired: Vec::new(),
             }),
         }
     }
@@ -195,6 +209,32 @@ impl<T: Clone> InstanceSet<T> {
         let h = st.remove_at(i);
         st.wake_front();
         Some(h)
+    }
+
+    /// Takes an instance out of routing, as [`InstanceSet::remove`] does; its handle, and an
+    /// [`InstanceDrain`] that resolves once the leases already routed to it have dropped.
+    pub fn retire(&self, key: InstanceKey) -> Option<(T, InstanceDrain)> {
+        let mut st = lock(&self.state);
+        let i = st.position(key)?;
+        let in_flight = st.views[i].in_flight;
+        let h = st.remove_at(i);
+        let (tx, rx) = watch::channel(in_flight);
+        if in_flight > 0 {
+            st.retired.push((key, in_flight, tx));
+        }
+        st.wake_front();
+        Some((h, InstanceDrain { rx }))
+    }
+
+    /// A start of an instance failed with `error`: the invocations waiting now while the set
+    /// has no ready instance fail with it (those arriving later wait for the next start).
+    pub fn start_failed(&self, error: Error) {
+        let mut st = lock(&self.state);
+        st.start_failures += 1;
+        st.start_error = Some(error);
+        for (_, n) in &st.waiting {
+            n.notify_one();
+        }
     }
 
     /// Removes every instance; their handles.
@@ -271,10 +311,14 @@ impl<T: Clone> InstanceSet<T> {
         lock(&self.state).in_flight
     }
 
-    /// Invocations in flight on one instance, if it is in the set.
+    /// Invocations in flight on one instance, if it is in the set or retired with leases
+    /// still on it ([`InstanceSet::retire`]).
     pub fn in_flight_of(&self, key: InstanceKey) -> Option<u32> {
         let st = lock(&self.state);
-        st.position(key).map(|i| st.views[i].in_flight)
+        match st.position(key) {
+            Some(i) => Some(st.views[i].in_flight),
+            None => st.retired.iter().find(|(k, ..)| *k == key).map(|(_, n, _)| *n),
+        }
     }
 
     /// Restarts the idle clock (a scale or an update is activity too).
@@ -371,18 +415,27 @@ impl<T: Clone> InstanceSet<T> {
         let mut ticket: Option<Ticket<'_, T>> = None;
         let mut told_empty = false;
         let mut cold = false;
+        // The start failures counted when this invocation began to wait: only later ones end
+        // its wait.
+        let mut failures_before = None;
         loop {
             let (wake, starting, empty) = {
                 let mut st = lock(&self.state);
                 if st.closed {
                     return Err(Error::function_not_found(self.function.to_string()));
                 }
+                let before = *failures_before.get_or_insert(st.start_failures);
                 let my_turn = match &ticket {
                     None => st.waiting.is_empty(),
                     Some(t) => st.waiting.front().is_some_and(|(id, _)| *id == t.id),
                 };
                 let starting = st.views.iter().any(|v| !v.ready) || st.views.is_empty();
                 cold |= starting;
+                if st.start_failures > before && !st.views.iter().any(|v| v.ready) {
+                    if let Some(e) = &st.start_error {
+                        return Err(e.clone());
+                    }
+                }
                 if my_turn {
                     if let Some(lease) = self.route(&mut st, scheduler, cold) {
                         if let Some(mut t) = ticket.take() {
@@ -534,8 +587,33 @@ impl<T: Clone> Drop for InstanceLease<T> {
                 let v = &mut st.views[i];
                 v.in_flight = v.in_flight.saturating_sub(1);
             }
+        } else if let Some(i) = st.retired.iter().position(|(k, ..)| *k == self.key) {
+            let (_, n, tx) = &mut st.retired[i];
+            *n = n.saturating_sub(1);
+            tx.send_replace(*n);
+            if *n == 0 {
+                st.retired.swap_remove(i);
+            }
         }
         st.wake_front();
+    }
+}
+
+/// Resolves once the leases on a retired instance have all dropped ([`InstanceSet::retire`]).
+#[derive(Debug)]
+pub struct InstanceDrain {
+    rx: watch::Receiver<u32>,
+}
+
+impl InstanceDrain {
+    /// Leases still on the instance.
+    pub fn in_flight(&self) -> u32 {
+        *self.rx.borrow()
+    }
+
+    /// Waits until no lease is left on the instance (or its set is gone).
+    pub async fn wait(mut self) {
+        let _ = self.rx.wait_for(|n| *n == 0).await;
     }
 }
 
@@ -558,6 +636,21 @@ mod tests {
             busy_timeout: Duration::from_secs(5),
             start_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// Spawns an acquire and returns once it waits in line.
+    async fn waiting_acquire(
+        s: &Arc<InstanceSet<u32>>,
+    ) -> tokio::task::JoinHandle<Result<InstanceLease<u32>>> {
+        let before = s.waiting();
+        let s2 = s.clone();
+        let waiter = tokio::spawn(async move {
+            s2.acquire(&LeastLoaded::new(), &limits(10), Instant::now(), |_| {}).await
+        });
+        while s.waiting() <= before {
+            tokio::task::yield_now().await;
+        }
+        waiter
     }
 
     #[tokio::test(start_paused = true)]
@@ -678,13 +771,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn closing_fails_waiters_with_not_found() {
         let s = set();
-        let s2 = s.clone();
-        let waiter = tokio::spawn(async move {
-            s2.acquire(&LeastLoaded::new(), &limits(10), Instant::now(), |_| {}).await
-        });
-        while s.waiting() < 1 {
-            tokio::task::yield_now().await;
-        }
+        let waiter = waiting_acquire(&s).await;
         s.close();
         let r = waiter.await.expect("task");
         assert!(matches!(r, Err(Error::NotFound { kind: "function", .. })), "{r:?}");
@@ -740,5 +827,48 @@ mod tests {
         assert_eq!(h, 3, "the one not ready goes first");
         s.remove(k);
         assert_eq!(s.victim().map(|(_, h)| h), Some(2), "then an idle one");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retired_instance_drains_its_leases() {
+        let s = set();
+        let sched = LeastLoaded::new();
+        let key = s.insert(view("a", true, None), 1);
+        s.insert(view("b", true, None), 2);
+        let l1 = s.try_acquire(&sched).expect("free");
+        let l2 = s.try_acquire(&sched).expect("free");
+        let (on_a, on_b) = if *l1.handle() == 1 { (l1, l2) } else { (l2, l1) };
+        drop(on_b);
+        let (h, drain) = s.retire(key).expect("in the set");
+        assert_eq!(h, 1);
+        assert_eq!(drain.in_flight(), 1);
+        assert_eq!(s.in_flight_of(key), Some(1), "counted while it drains");
+        assert!(s.views().iter().all(|v| v.id != "a"), "out of routing");
+        let waiting = tokio::spawn(drain.wait());
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a lease is still on it");
+        drop(on_a);
+        waiting.await.expect("drained");
+        assert_eq!(s.in_flight_of(key), None);
+        let (_, idle) = s.retire(s.handles()[0].0).expect("b");
+        assert_eq!(idle.in_flight(), 0);
+        idle.wait().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_start_ends_the_waits_for_a_start() {
+        let s = set();
+        let waiter = waiting_acquire(&s).await;
+        s.start_failed(Error::unavailable("the image is gone"));
+        let r = waiter.await.expect("task");
+        assert!(
+            matches!(&r, Err(Error::Unavailable { reason, .. }) if reason.contains("image is gone")),
+            "{r:?}"
+        );
+        // A later invocation waits for the next start rather than failing with the old error.
+        s.insert(view("a", false, None), 1);
+        let later = waiting_acquire(&s).await;
+        s.set_ready(s.handles()[0].0, true);
+        assert!(later.await.expect("task").is_ok());
     }
 }
