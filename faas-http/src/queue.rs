@@ -67,7 +67,7 @@ fn bad(message: impl Into<String>) -> Error {
 const FORMS: &str = "expected `durable`, `memory` or `kafka://HOST:PORT[,HOST:PORT...][/TOPIC]`";
 
 /// A Kafka topic name: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
-fn valid_topic(t: &str) -> bool {
+pub fn valid_topic(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 249
         && t != "."
@@ -75,7 +75,8 @@ fn valid_topic(t: &str) -> bool {
         && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-fn valid_broker(b: &str) -> bool {
+/// A Kafka broker address: `HOST:PORT` (an IPv6 host in brackets), the port not 0.
+pub fn valid_broker(b: &str) -> bool {
     let Some((host, port)) = b.rsplit_once(':') else { return false };
     let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     !host.is_empty()

@@ -265,6 +265,7 @@ pub struct GatewayBuilder {
     whisk_store: Option<Arc<dyn StateStore>>,
     whisk_keys: Vec<WhiskKey>,
     whisk_config: WhiskConfig,
+    feed_providers: Vec<(String, String, Arc<dyn faas_core::whisk::feeds::FeedProvider>)>,
 }
 
 impl GatewayBuilder {
@@ -294,6 +295,19 @@ impl GatewayBuilder {
     /// The OpenWhisk API's settings (blocking wait, payload limit).
     pub fn whisk_config(mut self, config: WhiskConfig) -> Self {
         self.whisk_config = config;
+        self
+    }
+
+    /// Offers `provider` as the OpenWhisk feed action `/whisk.system/{package}/{action}`
+    /// (as the `faas` binary built with `kafka` offers `messaging/kafkaFeed`); the feeds
+    /// kept in the store of such an action start again when the gateway is built.
+    pub fn feed_provider(
+        mut self,
+        package: &str,
+        action: &str,
+        provider: Arc<dyn faas_core::whisk::feeds::FeedProvider>,
+    ) -> Self {
+        self.feed_providers.push((package.to_string(), action.to_string(), provider));
         self
     }
 
@@ -388,11 +402,14 @@ impl GatewayBuilder {
             self.invoker.clone(),
             self.whisk_config,
         );
+        for (package, action, provider) in self.feed_providers {
+            whisk.feeds().register(&package, &action, provider);
+        }
         self.log.spawn_flusher(Duration::from_millis(200));
         if tokio::runtime::Handle::try_current().is_ok() {
             match whisk.restore_feeds() {
                 Ok(0) => {}
-                Ok(n) => tracing::info!("{n} feeds (alarms) started again"),
+                Ok(n) => tracing::info!("{n} feeds started again"),
                 Err(e) => tracing::warn!("the kept feeds could not be read: {e}"),
             }
         }
@@ -478,6 +495,7 @@ impl Gateway {
             log: ActivationLog::default(),
             whisk_store: None,
             whisk_keys: Vec::new(),
+            feed_providers: Vec::new(),
             whisk_config: WhiskConfig::default(),
         }
     }

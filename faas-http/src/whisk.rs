@@ -217,10 +217,10 @@ impl WhiskApi {
         let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
         match seg.as_slice() {
             ["namespaces"] => Ok(response::json(StatusCode::OK, &[caller])),
-            ["namespaces", faas_core::whisk::feeds::SYSTEM_NAMESPACE, "actions", "alarms", feed]
-                if req.method() == Method::POST =>
+            ["namespaces", faas_core::whisk::feeds::SYSTEM_NAMESPACE, "actions", package, feed]
+                if req.method() == Method::POST && self.whisk.feeds().offers(package, feed) =>
             {
-                self.feed(req, caller, feed).await
+                self.feed(req, caller, package, feed).await
             }
             ["namespaces", ns, collection, rest @ ..] => {
                 let ns = if *ns == "_" { caller } else { ns };
@@ -249,13 +249,20 @@ impl WhiskApi {
         }
     }
 
-    /// A built-in feed action (`/whisk.system/alarms/alarm` or `once`), invoked by the
-    /// clients' `feeds.create` and the CLI's `trigger create --feed`: answered as a
-    /// blocking invocation (the record, 200), and recorded.
-    async fn feed(&self, req: Request, caller: &str, feed: &str) -> Result<Response> {
+    /// A feed action of `/whisk.system` (`alarms/alarm`, `alarms/once`, and those
+    /// registered, as `messaging/kafkaFeed`), invoked by the clients' `feeds.create` and
+    /// the CLI's `trigger create --feed`: answered as a blocking invocation (the record,
+    /// 200), and recorded.
+    async fn feed(
+        &self,
+        req: Request,
+        caller: &str,
+        package: &str,
+        feed: &str,
+    ) -> Result<Response> {
         let start = std::time::SystemTime::now();
         let params = Whisk::params_of(&self.body(req).await?)?;
-        let result = self.whisk.feed(caller, feed, params).await?;
+        let result = self.whisk.feed(caller, package, feed, params).await?;
         let mut a = faas_core::Activation::new(
             InvocationId::new(),
             &faas_core::FunctionRef::new(feed, caller),
@@ -265,7 +272,7 @@ impl WhiskApi {
         );
         a.annotate(
             "path",
-            format!("{}/alarms/{feed}", faas_core::whisk::feeds::SYSTEM_NAMESPACE).into(),
+            format!("{}/{package}/{feed}", faas_core::whisk::feeds::SYSTEM_NAMESPACE).into(),
         );
         a.annotate("kind", "nodejs:default".into());
         self.whisk.log().insert(a.clone());

@@ -256,6 +256,7 @@ async fn sequences_compose_and_stop_at_a_failure() {
     assert_eq!(annotation(&a, "kind"), Some(&json!("sequence")));
     let ids = a["logs"].as_array().unwrap();
     assert_eq!(ids.len(), 3);
+    let mut results = Vec::new();
     for id in ids {
         let (s, c) = w
             .call(Method::GET, &format!("activations/{}", id.as_str().unwrap()), Value::Null)
@@ -264,12 +265,34 @@ async fn sequences_compose_and_stop_at_a_failure() {
         assert_eq!(annotation(&c, "causedBy"), Some(&json!("sequence")));
         assert_eq!(c["cause"], a["activationId"]);
         assert!(annotation(&c, "topmost").is_none());
+        // Each component's record has its own answer as its result.
+        assert_eq!(c["response"]["success"], true, "{c}");
+        results.push(c["response"]["result"].clone());
     }
+    assert_eq!(results[2], a["response"]["result"]);
+    assert_eq!(results[1]["count"], 4, "{results:?}");
+    assert!(results[0].get("count").is_none() && results[0] != results[1], "{results:?}");
 
     // result=true answers only the result.
     let (s, r) =
         w.call(Method::POST, "actions/wc?blocking=true&result=true", json!({"text": "x y"})).await;
     assert_eq!((s, r), (200, json!({"count": 2, "tag": "echoed"})));
+
+    // A component changed, or gone, is seen by the next run.
+    let body = json!({ "exec": { "kind": "blackbox", "image": "whisk/echo" },
+                       "parameters": kv(json!({"tag": "changed"})) });
+    let (s, v) = w.call(Method::PUT, "actions/echo?overwrite=true", body).await;
+    assert_eq!(s, 200, "{v}");
+    let (_, r) =
+        w.call(Method::POST, "actions/wc?blocking=true&result=true", json!({"text": "x"})).await;
+    assert_eq!(r, json!({"count": 1, "tag": "changed"}));
+    let (s, _) = w.call(Method::DELETE, "actions/count", Value::Null).await;
+    assert_eq!(s, 200);
+    let (_, a) = w.call(Method::POST, "actions/wc?blocking=true", json!({"text": "x"})).await;
+    assert_eq!(a["response"]["success"], false, "{a}");
+    assert!(a["response"]["result"]["error"].as_str().unwrap().contains("does not exist"), "{a}");
+    assert_eq!(a["logs"].as_array().unwrap().len(), 1, "{a}");
+    w.action("count", "whisk/count", json!({})).await;
 
     // A failing middle component: the chain stops, its error is the sequence's.
     w.call(Method::PUT, "actions/broken", seq(&["split", "refuse", "count"])).await;

@@ -1029,6 +1029,28 @@ impl MockKafka {
             .map_err(|e| Error::internal(format!("creating topic {topic}: {e}")))
     }
 
+    /// Produces one message (`key`, UTF-8 `value`) to partition `partition` of `topic`;
+    /// answers its offset.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: Option<&str>,
+        value: &str,
+    ) -> Result<i64> {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap_servers())
+            .create()
+            .map_err(|e| Error::internal(format!("a producer for the mock cluster: {e}")))?;
+        let mut record = FutureRecord::<str, str>::to(topic).partition(partition).payload(value);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        let sent = producer.send(record, Duration::from_secs(10)).await;
+        sent.map(|d| d.offset).map_err(|(e, _)| Error::unavailable(format!("producing: {e}")))
+    }
+
     /// Refuses the next `n` produce requests as a broker that denies writing to the topic
     /// does (`TOPIC_AUTHORIZATION_FAILED`, not retried): a broker the gateway cannot publish
     /// to, for tests of the queue's health.

@@ -3,6 +3,7 @@
 //! `logs`, `secret`, `scale`).
 
 mod credentials;
+mod feeds;
 mod progress;
 mod whisk_cli;
 
@@ -1570,6 +1571,9 @@ async fn up(
     if let Some(q) = &queue {
         builder = q.apply(builder);
     }
+    // OpenWhisk's Kafka feed (a clear error in a build without the `kafka` feature).
+    let kafka_feed = feeds::kafka_feed(up_queue.options.kafka_properties.clone());
+    builder = builder.feed_provider(feeds::PACKAGE, feeds::ACTION, kafka_feed);
     let gateway = builder.build();
     eprintln!();
     eprintln!("Gateway: {base}   ({})", access_note.summary);

@@ -157,6 +157,14 @@ fn faas(up: &Up, state: &Path, args: &[&str]) -> (bool, String) {
     (out.status.success(), format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
 }
 
+/// [`faas`] that must succeed (the assertion shows its output and `up`'s log); answers
+/// its output.
+fn run_ok(up: &Up, state: &Path, args: &[&str]) -> String {
+    let (ok, out) = faas(up, state, args);
+    assert!(ok, "faas {args:?}: {out}\nlog:\n{}", up.log());
+    out
+}
+
 /// `faas up` in `sb`, once it serves the OpenWhisk API; and its key.
 async fn serving(sb: &Sandbox) -> (Up, String) {
     let up = sb.up();
@@ -180,11 +188,7 @@ async fn wsk_verbs_drive_the_api() {
     let sb = Sandbox::new("whisk", STACK, "cli");
     let state = sb.state_dir();
     let (up, _) = serving(&sb).await;
-    let run = |args: &[&str]| {
-        let (ok, out) = faas(&up, &state, args);
-        assert!(ok, "faas {args:?}: {out}\nlog:\n{}", up.log());
-        out
-    };
+    let run = |args: &[&str]| run_ok(&up, &state, args);
 
     run(&["action", "create", "hello", "--fprocess", "cat", "-p", "greeting", "hi"]);
     let out = run(&["action", "invoke", "hello", "-p", "name", "ann", "--result"]);
@@ -248,11 +252,7 @@ async fn entities_and_activations_survive_restarts() {
     let sb = Sandbox::new("whisk", STACK, "restart");
     let state = sb.state_dir();
     let (up, auth) = serving(&sb).await;
-    let run = |up: &Up, args: &[&str]| {
-        let (ok, out) = faas(up, &state, args);
-        assert!(ok, "faas {args:?}: {out}\nlog:\n{}", up.log());
-        out
-    };
+    let run = |up: &Up, args: &[&str]| run_ok(up, &state, args);
     run(&up, &["package", "create", "tools", "-p", "who", "package"]);
     run(&up, &["action", "create", "tools/echo", "--fprocess", "cat", "-p", "tool", "echo"]);
     run(&up, &["package", "bind", "tools", "mytools", "-p", "who", "binding"]);
@@ -291,5 +291,166 @@ async fn entities_and_activations_survive_restarts() {
     assert_eq!(s, 200, "{late}; log:\n{}", up.log());
     let (_, rule) = get(&up, &auth, "rules/on-ping").await;
     assert_eq!(rule["status"], "active", "{rule}");
+    up.stop();
+}
+
+/// POSTs a lifecycle event of the Kafka feed action for trigger `trigger`; answers the
+/// status and the activation record.
+async fn kafka_feed_event(up: &Up, auth: &str, trigger: &str, event: &str) -> (u16, Value) {
+    let client = GatewayClient::new(&up.base).unwrap().with_timeout(Duration::from_secs(30));
+    let header = format!("Basic {}", faas_core::queue::base64_encode(auth.as_bytes()));
+    let body = serde_json::json!({"lifecycleEvent": event, "triggerName": format!("/_/{trigger}")});
+    let h =
+        [("authorization".to_string(), header), ("content-type".into(), "application/json".into())];
+    let path = "/api/v1/namespaces/whisk.system/actions/messaging/kafkaFeed?blocking=true";
+    let r = client.send(Method::POST, path, &h, Bytes::from(body.to_string())).await.unwrap();
+    (r.status.as_u16(), serde_json::from_slice(&r.body).unwrap_or(Value::Null))
+}
+
+/// `faas trigger create T --feed /whisk.system/messaging/kafkaFeed` on a `faas up` built
+/// with `kafka`, against librdkafka's mock cluster: the topic's messages reach the rule's
+/// action batched as OpenWhisk's messaging feed sends them; deleting the trigger stops its
+/// feed (messages produced meanwhile wait in the topic, none consumed by the stopped feed,
+/// and reach the trigger's feed created again); the feed starts again after a restart.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_feed_fires_a_trigger_with_batched_messages() {
+    use std::collections::BTreeMap;
+    let kafka = faas_queue::kafka::MockKafka::new(1).expect("mock cluster");
+    kafka.create_topic("orders", 1).unwrap();
+    let brokers = kafka.bootstrap_servers();
+    let sb = Sandbox::new("whisk", STACK, "kafka-feed");
+    let state = sb.state_dir();
+    let (up, auth) = serving(&sb).await;
+    let run = |up: &Up, args: &[&str]| run_ok(up, &state, args);
+    let create_feed = |up: &Up| {
+        let feed = "/whisk.system/messaging/kafkaFeed";
+        let args = ["trigger", "create", "orders-in", "--feed", feed, "-p", "brokers"];
+        let mut args: Vec<&str> = args.to_vec();
+        args.extend([brokers.as_str(), "-p", "topic", "orders", "-p", "isJSONData", "true"]);
+        run(up, &args);
+    };
+    // The messages the action got, by offset (how many times each).
+    let delivered = |up: &Up| -> BTreeMap<i64, (usize, Value)> {
+        let l = json_of(&faas(up, &state, &["activation", "list", "echo", "--full"]).1);
+        let mut seen: BTreeMap<i64, (usize, Value)> = BTreeMap::new();
+        for a in l.as_array().into_iter().flatten() {
+            for m in a["response"]["result"]["messages"].as_array().into_iter().flatten() {
+                let e = seen.entry(m["offset"].as_i64().unwrap()).or_insert((0, m.clone()));
+                e.0 += 1;
+            }
+        }
+        seen
+    };
+    let produce = |range: std::ops::Range<i64>| {
+        let kafka = &kafka;
+        async move {
+            for i in range {
+                let value = serde_json::json!({ "n": i }).to_string();
+                let offset = kafka.produce("orders", 0, Some(&format!("k{i}")), &value).await;
+                assert_eq!(offset.unwrap(), i);
+            }
+        }
+    };
+
+    run(&up, &["action", "create", "echo", "--fprocess", "cat"]);
+    // A bad parameter is refused naming it, and the trigger is taken back.
+    let (ok, out) = faas(
+        &up,
+        &state,
+        &[
+            "trigger",
+            "create",
+            "bad",
+            "--feed",
+            "/whisk.system/messaging/kafkaFeed",
+            "-p",
+            "topic",
+            "t",
+        ],
+    );
+    assert!(!ok && out.contains("brokers"), "{out}");
+    let (s, _) = get(&up, &auth, "triggers/bad").await;
+    assert_eq!(s, 404);
+
+    create_feed(&up);
+    run(&up, &["rule", "create", "on-orders", "orders-in", "echo"]);
+    let (s, read) = kafka_feed_event(&up, &auth, "orders-in", "READ").await;
+    assert_eq!(s, 200, "{read}");
+    assert_eq!(read["response"]["result"]["config"]["topic"], "orders", "{read}");
+    produce(0..3).await;
+    let seen = eventually(60, "the three messages reached the action", || async {
+        let seen = delivered(&up);
+        (seen.len() == 3).then_some(seen)
+    })
+    .await;
+    for (offset, (_, m)) in &seen {
+        let want = serde_json::json!({
+            "topic": "orders", "partition": 0, "offset": offset,
+            "key": format!("k{offset}"), "value": { "n": offset },
+        });
+        assert_eq!(m, &want);
+    }
+
+    // Deleted: the feed stops (its record is gone, and it consumes nothing more).
+    run(&up, &["trigger", "delete", "orders-in"]);
+    let (s, _) = kafka_feed_event(&up, &auth, "orders-in", "READ").await;
+    assert_eq!(s, 404);
+    produce(3..5).await;
+    // Created again: its consumer group goes on from what was committed, so the messages
+    // produced while it was gone arrive (a stopped feed still running would have taken
+    // them: its trigger gone, acknowledged and lost).
+    create_feed(&up);
+    eventually(60, "the messages produced while the trigger was gone", || async {
+        let seen = delivered(&up);
+        (seen.len() == 5).then_some(())
+    })
+    .await;
+
+    // Kept: after a restart the feed runs again.
+    up.stop();
+    let up = sb.up();
+    get(&up, &auth, "actions").await;
+    produce(5..6).await;
+    eventually(60, "a message after the restart", || async {
+        delivered(&up).contains_key(&5).then_some(())
+    })
+    .await;
+    up.stop();
+    drop(kafka);
+}
+
+/// Without the `kafka` feature the Kafka feed is refused with an error naming the
+/// feature, and the trigger is taken back.
+#[cfg(not(feature = "kafka"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_feed_without_the_feature_names_the_feature() {
+    let sb = Sandbox::new("whisk", STACK, "no-kafka-feed");
+    let state = sb.state_dir();
+    let (up, auth) = serving(&sb).await;
+    let feed = "/whisk.system/messaging/kafkaFeed";
+    let args = [
+        "trigger",
+        "create",
+        "t",
+        "--feed",
+        feed,
+        "-p",
+        "brokers",
+        "127.0.0.1:9092",
+        "-p",
+        "topic",
+        "t",
+    ];
+    let (ok, out) = faas(&up, &state, &args);
+    assert!(!ok, "{out}");
+    assert!(out.contains("`kafka` feature") && out.contains("--features kafka"), "{out}");
+    let (s, _) = get(&up, &auth, "triggers/t").await;
+    assert_eq!(s, 404);
+    // The feed action itself answers 501 naming the feature.
+    run_ok(&up, &state, &["trigger", "create", "t"]);
+    let (s, v) = kafka_feed_event(&up, &auth, "t", "CREATE").await;
+    assert_eq!(s, 501, "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("`kafka` feature")), "{v}");
     up.stop();
 }

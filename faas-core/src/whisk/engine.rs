@@ -5,8 +5,10 @@
 //! `Invoke` as `/function/NAME`, so the [`super::record::ActivationLayer`] in that stack
 //! records it; sequences and trigger firings add records of their own.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+
+use rustc_hash::FxHashMap;
 
 use futures::future::BoxFuture;
 use serde::Deserialize;
@@ -17,7 +19,7 @@ use super::entity::{
     KeyValues, Limits, Package, PathName, Rule, RuleStatus, Trigger,
 };
 use super::params::Bound;
-use super::record::{ActivationLog, WhiskCall};
+use super::record::{ActivationLog, Filled, ResultSlot, WhiskCall};
 use super::store::EntityStore;
 use crate::activation::{Activation, ActivationResponse};
 use crate::error::{DeveloperErrorKind, Error, Result, StatusCode};
@@ -133,6 +135,62 @@ struct Resolved {
     invoked: EntityPath,
     action: Arc<Action>,
     bound: Bound,
+    /// The function it runs as (its real path's).
+    function: FunctionRef,
+    /// Its real path's key (`namespace[/package]/name`).
+    real_key: String,
+}
+
+impl Resolved {
+    fn new(invoked: EntityPath, action: Arc<Action>, bound: Bound) -> Self {
+        let real = Whisk::real_path(&action);
+        Resolved { invoked, function: function_of(&real), real_key: real.key(), action, bound }
+    }
+}
+
+/// A sequence's components as resolved at one generation of the entity store (so that
+/// a sequence run resolves none of them while no entity changed).
+struct Plan {
+    generation: u64,
+    /// Each component, or why it cannot run (its name as given, and the error).
+    components: Vec<std::result::Result<Arc<Resolved>, (String, Error)>>,
+}
+
+/// The most sequences whose plans are kept; past it they are all dropped (and made again
+/// by the runs that follow).
+const MAX_PLANS: usize = 10_000;
+
+/// A future run in place by its caller that, dropped before it finished (the caller
+/// stopped waiting, or went away), goes on on a task of its own: an activation, once
+/// started, always ends in its record.
+struct RunOn<T: Send + 'static>(Option<BoxFuture<'static, T>>);
+
+impl<T: Send + 'static> RunOn<T> {
+    fn new(f: impl std::future::Future<Output = T> + Send + 'static) -> Self {
+        RunOn(Some(Box::pin(f)))
+    }
+}
+
+impl<T: Send + 'static> std::future::Future for RunOn<T> {
+    type Output = T;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<T> {
+        let Some(f) = self.0.as_mut() else { return std::task::Poll::Pending };
+        let out = std::task::ready!(f.as_mut().poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(out)
+    }
+}
+
+impl<T: Send + 'static> Drop for RunOn<T> {
+    fn drop(&mut self) {
+        if let (Some(f), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(f);
+        }
+    }
 }
 
 /// The OpenWhisk API's operations. Cheap to clone.
@@ -144,6 +202,8 @@ pub struct Whisk {
     deploy: Arc<dyn Deploy>,
     config: WhiskConfig,
     feeds: super::feeds::Feeds,
+    /// Sequences' plans, by the sequence's real key.
+    plans: Arc<Mutex<FxHashMap<String, Arc<Plan>>>>,
 }
 
 impl std::fmt::Debug for Whisk {
@@ -209,7 +269,15 @@ impl Whisk {
         deploy: Arc<dyn Deploy>,
         config: WhiskConfig,
     ) -> Self {
-        Whisk { entities, log, invoke, deploy, config, feeds: Default::default() }
+        Whisk {
+            entities,
+            log,
+            invoke,
+            deploy,
+            config,
+            feeds: Default::default(),
+            plans: Arc::default(),
+        }
     }
 
     /// The feeds running.
@@ -383,7 +451,7 @@ impl Whisk {
         let Some(pkg_name) = &path.package else {
             let action = self.require_action(path)?;
             let bound = Bound::new(&[&action.parameters], &action.annotations);
-            return Ok(Resolved { invoked: path.clone(), action, bound });
+            return Ok(Resolved::new(path.clone(), action, bound));
         };
         let pkg_path = EntityPath::new(&path.namespace, None, pkg_name);
         let pkg: Package = self.entities.require(&pkg_path)?;
@@ -391,7 +459,7 @@ impl Whisk {
             None => {
                 let action = self.require_action(path)?;
                 let bound = Bound::new(&[&pkg.parameters, &action.parameters], &action.annotations);
-                Ok(Resolved { invoked: path.clone(), action, bound })
+                Ok(Resolved::new(path.clone(), action, bound))
             }
             Some(b) => {
                 let base_path = EntityPath::new(&b.namespace, None, &b.name);
@@ -402,7 +470,7 @@ impl Whisk {
                     &[&base.parameters, &pkg.parameters, &action.parameters],
                     &action.annotations,
                 );
-                Ok(Resolved { invoked: path.clone(), action, bound })
+                Ok(Resolved::new(path.clone(), action, bound))
             }
         }
     }
@@ -442,14 +510,16 @@ impl Whisk {
         let this = self.clone();
         let caller = caller.to_string();
         let run_id = id.clone();
-        let task =
-            tokio::spawn(async move { this.run(&caller, resolved, params, run_id, None, 0).await });
+        let run =
+            RunOn::new(async move { this.run(&caller, resolved, params, run_id, None, 0).await });
         if !blocking {
+            drop(run);
             return Ok(Invoked::Accepted(id));
         }
-        match tokio::time::timeout(self.config.blocking_wait, task).await {
-            Ok(Ok(a)) => Ok(Invoked::Done(Box::new(a))),
-            Ok(Err(e)) => Err(Error::internal(format!("the activation {id} failed: {e}"))),
+        // Run in place while the caller waits; past the wait (or if the caller goes away),
+        // it runs on, on a task of its own.
+        match tokio::time::timeout(self.config.blocking_wait, run).await {
+            Ok(a) => Ok(Invoked::Done(Box::new(a))),
             Err(_) => Ok(Invoked::Accepted(id)),
         }
     }
@@ -467,16 +537,33 @@ impl Whisk {
     ) -> BoxFuture<'a, Activation> {
         Box::pin(async move {
             if resolved.action.exec.is_sequence() {
-                self.run_sequence(caller, resolved, params, id, cause, depth).await
-            } else {
-                let start = SystemTime::now();
-                let response = self.run_action(caller, &resolved, params, &id, cause).await;
-                self.log.get(&id).unwrap_or_else(|| {
-                    let f = function_of(&Self::real_path(&resolved.action));
-                    Activation::new(id, &f, start, SystemTime::now(), response)
-                })
+                return self.run_sequence(caller, resolved, params, id, cause, depth).await;
             }
+            let start = SystemTime::now();
+            let call = Arc::new(self.call_of(caller, &resolved, &cause));
+            let response = self.run_action(&resolved, call, params, &id).await;
+            self.log.get(&id).unwrap_or_else(|| {
+                Activation::new(id, &resolved.function, start, SystemTime::now(), response)
+            })
         })
+    }
+
+    /// Runs a resolved action (or sequence) under activation id `id` without answering
+    /// its record (a rule's action: its record is in the log).
+    async fn run_detached(
+        &self,
+        caller: &str,
+        resolved: Resolved,
+        params: Map<String, Value>,
+        id: InvocationId,
+        cause: Option<(InvocationId, &'static str)>,
+    ) {
+        if resolved.action.exec.is_sequence() {
+            self.run_sequence(caller, resolved, params, id, cause, 0).await;
+        } else {
+            let call = Arc::new(self.call_of(caller, &resolved, &cause));
+            self.run_action(&resolved, call, params, &id).await;
+        }
     }
 
     fn call_of(
@@ -485,11 +572,10 @@ impl Whisk {
         r: &Resolved,
         cause: &Option<(InvocationId, &'static str)>,
     ) -> WhiskCall {
-        let real = Self::real_path(&r.action);
         WhiskCall {
             namespace: caller.to_string(),
             name: r.invoked.name.clone(),
-            path: real.key(),
+            path: r.real_key.clone(),
             kind: r.action.exec.kind.clone(),
             version: r.action.version.clone(),
             limits: r.action.limits,
@@ -498,29 +584,30 @@ impl Whisk {
         }
     }
 
-    /// Runs an action under activation id `id` and records it (the stack's record layer
-    /// notes the call, and its result is written here); answers the response.
+    /// Runs an action under activation id `id`, described by `call`, and records it (the
+    /// stack's record layer notes the call, and its result reaches that record through a
+    /// [`ResultSlot`]); answers the response.
     async fn run_action(
         &self,
-        caller: &str,
         r: &Resolved,
+        call: Arc<WhiskCall>,
         params: Map<String, Value>,
         id: &InvocationId,
-        cause: Option<(InvocationId, &'static str)>,
     ) -> ActivationResponse {
-        let call = Arc::new(self.call_of(caller, r, &cause));
         let start = SystemTime::now();
         let body = serde_json::to_vec(&params).unwrap_or_else(|_| b"{}".to_vec());
+        let slot = Arc::new(ResultSlot::new(call.clone()));
         let outcome = if body.len() > self.config.max_payload {
             Err(Error::PayloadTooLarge { limit: self.config.max_payload as u64 })
         } else {
-            let mut inv = Invocation::post(function_of(&Self::real_path(&r.action)), body);
-            inv.id = id.clone();
-            inv.request.headers_mut().insert(
+            let mut req = http::Request::new(crate::Body::from(body));
+            *req.method_mut() = http::Method::POST;
+            req.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/json"),
             );
-            inv.request.extensions_mut().insert(call.clone());
+            req.extensions_mut().insert(slot.clone());
+            let inv = Invocation { id: id.clone(), function: r.function.clone(), request: req };
             let limit = Duration::from_millis(r.action.limits.timeout);
             match tokio::time::timeout(limit, self.invoke.invoke(inv)).await {
                 Ok(Ok(resp)) => self.read_result(resp).await,
@@ -538,21 +625,56 @@ impl Whisk {
             a.end = crate::activation::epoch_millis(end).max(a.start);
             a.duration = a.end - a.start;
         };
-        if !self.log.update(id, finish) {
+        let recorded = match slot.fill(response.clone(), end) {
+            Filled::Pending => true,
+            Filled::Built => self.log.update(id, finish),
+            Filled::Unseen => false,
+        };
+        if !recorded {
             // Refused before it reached the stack's record layer (too large, or timed out
             // before the stack answered): recorded here.
-            let mut a = Activation::new(
-                id.clone(),
-                &function_of(&Self::real_path(&r.action)),
-                start,
-                end,
-                response.clone(),
-            );
+            let mut a = Activation::new(id.clone(), &r.function, start, end, response.clone());
             call.describe(&mut a);
             a.annotate("waitTime", 0.into());
             self.log.insert(a);
         }
         response
+    }
+
+    /// The components of the sequence `r` resolved, made again only when an entity changed.
+    fn plan(&self, r: &Resolved) -> Arc<Plan> {
+        let generation = self.entities.generation();
+        if let Some(p) = self.plans.lock().ok().and_then(|m| m.get(&r.real_key).cloned()) {
+            if p.generation == generation {
+                return p;
+            }
+        }
+        let real = Self::real_path(&r.action);
+        let mut components: Vec<std::result::Result<Arc<Resolved>, (String, Error)>> = Vec::new();
+        let given = r.action.exec.components.as_deref().unwrap_or_default();
+        for (i, c) in given.iter().enumerate() {
+            // A component named again shares the first one's resolution.
+            if let Some(first) = given[..i].iter().position(|earlier| earlier == c) {
+                components.push(components[first].clone());
+                continue;
+            }
+            let resolved = EntityPath::parse("exec.components", c, &real.namespace)
+                .and_then(|p| self.resolve(&p))
+                .map(Arc::new)
+                .map_err(|e| (c.clone(), e));
+            components.push(resolved);
+        }
+        let plan = Arc::new(Plan { generation, components });
+        // Kept only if nothing was written while it was made (nor is being written).
+        if generation != u64::MAX && self.entities.generation() == generation {
+            if let Ok(mut m) = self.plans.lock() {
+                if m.len() >= MAX_PLANS {
+                    m.clear();
+                }
+                m.insert(r.real_key.clone(), plan.clone());
+            }
+        }
+        plan
     }
 
     /// An action's answer as its activation's response: a JSON object is the result; an
@@ -606,25 +728,25 @@ impl Whisk {
         // What flows into the next component: the last response's result (an object, else
         // nothing), starting with the sequence's parameters.
         let mut response = ActivationResponse::success(Value::Object(params));
-        let empty = Map::new();
         if depth >= super::entity::MAX_SEQUENCE_LENGTH {
             response = ActivationResponse::error(&Error::invalid(
                 "exec.components",
                 "sequence nesting is too deep",
             ));
         }
-        let components = r.action.exec.components.clone().unwrap_or_default();
-        let real = Self::real_path(&r.action);
-        for c in components.iter().take(if depth >= super::entity::MAX_SEQUENCE_LENGTH {
+        let plan = self.plan(&r);
+        let child_cause = Some((id.clone(), "sequence"));
+        // The record layer's description of each component's call: the same for every
+        // call of a component in this run (one per distinct component, by its plan entry).
+        let mut calls: Vec<(usize, Arc<WhiskCall>)> = Vec::new();
+        for c in plan.components.iter().take(if depth >= super::entity::MAX_SEQUENCE_LENGTH {
             0
         } else {
             usize::MAX
         }) {
-            let component = EntityPath::parse("exec.components", c, &real.namespace)
-                .and_then(|p| self.resolve(&p));
-            let component = match component {
+            let component = match c {
                 Ok(c) => c,
-                Err(e) => {
+                Err((c, e)) => {
                     response = ActivationResponse::error(&Error::developer(
                         DeveloperErrorKind::Init,
                         format!("Sequence component does not exist: {c} ({e})"),
@@ -632,27 +754,36 @@ impl Whisk {
                     break;
                 }
             };
-            // A component gets its own bound parameters under what flows in.
-            let input = match &response.result {
+            // A component gets its own bound parameters under what flows in (taken: the
+            // component's response replaces it).
+            let input = match std::mem::take(&mut response.result) {
                 Value::Object(m) => m,
-                _ => &empty,
+                _ => Map::new(),
             };
-            let merged = match component.bound.merge(&[input], false) {
-                Ok(m) => m,
-                Err(e) => {
-                    response = ActivationResponse::error(&e);
-                    break;
-                }
-            };
+            let merged = component.bound.merge_owned(input);
             let child_id = InvocationId::new();
-            let cause = Some((id.clone(), "sequence"));
             // A plain action hands on only its response (its record is in the log).
             let child = if component.action.exec.is_sequence() {
-                let nested =
-                    self.run(caller, component, merged, child_id.clone(), cause, depth + 1);
+                let nested = self.run(
+                    caller,
+                    (**component).clone(),
+                    merged,
+                    child_id.clone(),
+                    child_cause.clone(),
+                    depth + 1,
+                );
                 nested.await.response
             } else {
-                self.run_action(caller, &component, merged, &child_id, cause).await
+                let key = Arc::as_ptr(component) as usize;
+                let call = match calls.iter().find(|(k, _)| *k == key) {
+                    Some((_, call)) => call.clone(),
+                    None => {
+                        let call = Arc::new(self.call_of(caller, component, &child_cause));
+                        calls.push((key, call.clone()));
+                        call
+                    }
+                };
+                self.run_action(component, call, merged, &child_id).await
             };
             logs.push(child_id.to_string());
             let failed = !child.success;
@@ -663,13 +794,13 @@ impl Whisk {
         }
         let end = SystemTime::now();
         let call = self.call_of(caller, &r, &cause);
-        let mut a = Activation::new(id, &function_of(&real), start, end, response);
+        let mut a = Activation::new(id, &r.function, start, end, response);
         call.describe(&mut a);
         a.logs = logs;
         if call.caused_by.is_none() {
             a.annotate("topmost", true.into());
         }
-        self.log.insert(a.clone());
+        self.log.note_built(a.clone());
         a
     }
 
@@ -918,8 +1049,8 @@ impl Whisk {
                     let caller = caller.to_string();
                     let cause = id.clone();
                     tokio::spawn(async move {
-                        this.run(&caller, resolved, merged, action_id, Some((cause, "trigger")), 0)
-                            .await;
+                        let cause = Some((cause, "trigger"));
+                        this.run_detached(&caller, resolved, merged, action_id, cause).await;
                     });
                 }
                 Err(e) => logs.push(entry(e.status_code(), false, None, Some(e.to_string()))),

@@ -5,8 +5,9 @@
 //! ([`record`]: a layer of the invocation stack and a bounded log), and the operations
 //! of the REST API ([`engine::Whisk`]: create, invoke, sequences, trigger firing).
 //!
-//! Triggers fire from the API, and from event sources ([`feeds`]: the alarms of
-//! [`alarm`], or any [`crate::EventSource`]).
+//! Triggers fire from the API, and from event sources ([`feeds`]: the feed actions of
+//! `/whisk.system`, each a [`feeds::FeedProvider`] — the alarms of [`alarm`] built in,
+//! others registered, as the `faas` binary's Kafka feed — or any [`crate::EventSource`]).
 //!
 //! The REST routes themselves (`/api/v1/...`) are in `faas-http`.
 

@@ -57,6 +57,22 @@ impl Bound {
         }
         Ok(out)
     }
+
+    /// As [`Bound::merge`] with one layer of overrides taken by value (a trigger's or a
+    /// sequence's, so ignored rather than refused for a `final` action): with no bound
+    /// parameters, `overrides` as they are.
+    pub fn merge_owned(&self, overrides: Map<String, Value>) -> Map<String, Value> {
+        if self.params.is_empty() {
+            return overrides;
+        }
+        let mut out = self.params.clone();
+        for (k, v) in overrides {
+            if !(self.is_final && self.params.contains_key(&k)) {
+                out.insert(k, v);
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -98,8 +114,14 @@ mod tests {
         // A trigger's value is ignored; new parameters still pass.
         let out = bound.merge(&[&caller], false).unwrap();
         assert_eq!(Value::Object(out), json!({"token": "bound", "x": 1}));
+        assert_eq!(
+            Value::Object(bound.merge_owned(caller.clone())),
+            json!({"token": "bound", "x": 1})
+        );
         // Without `final`, the caller wins.
         let open = Bound::new(&[&action], &[]);
         assert_eq!(open.merge(&[&caller], true).unwrap()["token"], "mine");
+        assert_eq!(open.merge_owned(caller.clone())["token"], "mine");
+        assert_eq!(Bound::default().merge_owned(caller.clone()), caller);
     }
 }

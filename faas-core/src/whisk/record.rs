@@ -74,6 +74,80 @@ impl WhiskCall {
     }
 }
 
+/// An API call's [`WhiskCall`] and where the API leaves its result for its record (one
+/// extension of the invocation's request): the record built later from the layer's note
+/// takes the result from here, so it reaches the record without the record being built
+/// and indexed on the call's path.
+#[derive(Debug)]
+pub(crate) struct ResultSlot {
+    call: Arc<WhiskCall>,
+    state: Mutex<Slot>,
+}
+
+#[derive(Debug, Default)]
+enum Slot {
+    /// The record layer has not noted the call (yet, or ever: refused above it).
+    #[default]
+    Unseen,
+    /// Noted, its record not built yet.
+    Noted,
+    /// Noted, with the result (and the end) the API read.
+    Filled(ActivationResponse, SystemTime),
+    /// Its record was built.
+    Built,
+}
+
+/// What became of a result given to [`ResultSlot::fill`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Filled {
+    /// The record, when built, has it.
+    Pending,
+    /// The record was built already: the caller updates it in the log.
+    Built,
+    /// The layer never noted the call: the caller records it.
+    Unseen,
+}
+
+impl ResultSlot {
+    /// The slot of a call described by `call`.
+    pub(crate) fn new(call: Arc<WhiskCall>) -> Self {
+        ResultSlot { call, state: Mutex::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The layer noted the call.
+    fn noted(&self) {
+        let mut s = self.lock();
+        if matches!(*s, Slot::Unseen) {
+            *s = Slot::Noted;
+        }
+    }
+
+    /// The record is being built: the result, if the API gave it already.
+    fn take(&self) -> Option<(ActivationResponse, SystemTime)> {
+        match std::mem::replace(&mut *self.lock(), Slot::Built) {
+            Slot::Filled(r, end) => Some((r, end)),
+            _ => None,
+        }
+    }
+
+    /// Gives the call's result (read by the API at `end`) to its record.
+    pub(crate) fn fill(&self, response: ActivationResponse, end: SystemTime) -> Filled {
+        let mut s = self.lock();
+        match *s {
+            Slot::Unseen => Filled::Unseen,
+            Slot::Built => Filled::Built,
+            Slot::Noted | Slot::Filled(..) => {
+                *s = Slot::Filled(response, end);
+                Filled::Pending
+            }
+        }
+    }
+}
+
 /// How many records the log keeps, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
@@ -98,10 +172,30 @@ struct Raw {
     outcome: std::result::Result<u16, Error>,
     meta: Option<InvocationMeta>,
     whisk: Option<Arc<WhiskCall>>,
+    slot: Option<Arc<ResultSlot>>,
+}
+
+/// A record waiting to be indexed: a call the layer noted, or one built by the API (a
+/// sequence's). The note is kept inline: it is the one pushed for every call, and a box
+/// would cost each an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Pending {
+    Raw(Raw),
+    Built(Box<Activation>),
+}
+
+impl Pending {
+    fn into_activation(self) -> Activation {
+        match self {
+            Pending::Raw(r) => r.into_activation(),
+            Pending::Built(a) => *a,
+        }
+    }
 }
 
 impl Raw {
     fn into_activation(self) -> Activation {
+        let given = self.slot.as_ref().and_then(|s| s.take());
         let response = match &self.outcome {
             Ok(status) if *status < 400 => {
                 ActivationResponse::success(json!({ "statusCode": status }))
@@ -127,6 +221,11 @@ impl Raw {
             a.annotate_meta(meta);
         } else {
             a.annotate("waitTime", 0.into());
+        }
+        if let Some((response, end)) = given {
+            a.response = response;
+            a.end = epoch_millis(end).max(a.start);
+            a.duration = a.end - a.start;
         }
         a
     }
@@ -216,7 +315,7 @@ impl Index {
 }
 
 struct Shared {
-    pending: Mutex<Vec<Raw>>,
+    pending: Mutex<Vec<Pending>>,
     index: Mutex<Index>,
     retention: Retention,
     store: Option<Arc<dyn StateStore>>,
@@ -339,7 +438,7 @@ impl ActivationLog {
         });
     }
 
-    fn note(&self, raw: Raw) {
+    fn note(&self, raw: Pending) {
         let full = {
             let Ok(mut pending) = self.shared.pending.lock() else { return };
             pending.push(raw);
@@ -359,12 +458,18 @@ impl ActivationLog {
         if raws.is_empty() {
             return;
         }
-        let built: Vec<Activation> = raws.into_iter().map(Raw::into_activation).collect();
+        let built: Vec<Activation> = raws.into_iter().map(Pending::into_activation).collect();
         if let Ok(mut index) = self.shared.index.lock() {
             for a in built {
                 index.insert(a, &self.shared.retention);
             }
         }
+    }
+
+    /// Adds a record made elsewhere (a sequence's) as the layer's notes are added: indexed
+    /// by the next flush or read, not on the caller's path.
+    pub fn note_built(&self, activation: Activation) {
+        self.note(Pending::Built(Box::new(activation)));
     }
 
     /// Adds (or replaces) a record made elsewhere (a sequence's, a trigger's).
@@ -549,7 +654,11 @@ where
     }
 
     fn call(&mut self, req: Invocation) -> Self::Future {
-        let whisk = req.request.extensions().get::<Arc<WhiskCall>>().cloned();
+        let slot = req.request.extensions().get::<Arc<ResultSlot>>().cloned();
+        let whisk = match &slot {
+            Some(s) => Some(s.call.clone()),
+            None => req.request.extensions().get::<Arc<WhiskCall>>().cloned(),
+        };
         if whisk.is_none() && !self.all {
             return RecordFuture { inner: self.inner.call(req), noted: None };
         }
@@ -557,6 +666,7 @@ where
             id: req.id.clone(),
             function: req.function.clone(),
             whisk,
+            slot,
             start: SystemTime::now(),
             log: self.log.clone(),
         };
@@ -569,6 +679,7 @@ struct Noted {
     id: InvocationId,
     function: FunctionRef,
     whisk: Option<Arc<WhiskCall>>,
+    slot: Option<Arc<ResultSlot>>,
     start: SystemTime,
     log: ActivationLog,
 }
@@ -609,8 +720,12 @@ where
                 outcome,
                 meta,
                 whisk: n.whisk,
+                slot: n.slot,
             };
-            n.log.note(raw);
+            if let Some(s) = &raw.slot {
+                s.noted();
+            }
+            n.log.note(Pending::Raw(raw));
         }
         Poll::Ready(r)
     }

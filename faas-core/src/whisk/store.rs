@@ -81,6 +81,13 @@ impl EntityStore {
         }
     }
 
+    /// A number that changes with every write through this store (before and after the
+    /// write is committed): what was derived from entities read at one generation is still
+    /// true while the generation is the same.
+    pub fn generation(&self) -> u64 {
+        self.decoded.lock().map_or(u64::MAX, |d| d.writes)
+    }
+
     /// The store underneath (for the tables kept beside the entities: feeds).
     pub fn state(&self) -> &Arc<dyn StateStore> {
         &self.store
