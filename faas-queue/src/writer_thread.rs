@@ -4,19 +4,12 @@
 //! commit, or is written [`APPLY_DELAY`] later): a worker acknowledging thousands of calls a
 //! second costs the writer no wake-up each. Closing ends the thread once it has written
 //! what was queued.
-//!
-//! Answers go back with one wake-up per runtime per round, not one per commit: a commit made
-//! on a current-thread runtime (the gateway runs one per CPU) is answered through that
-//! runtime's [`Mailbox`], whose one task hands the answers to the waiting tasks on their own
-//! thread. Elsewhere each commit's answer wakes its task directly.
 
-use std::cell::RefCell;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::runtime::{Handle, RuntimeFlavor};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
 use faas_core::state::StateOp;
 use faas_core::{Error, Result};
@@ -33,118 +26,15 @@ pub(crate) struct Write {
     pub done: Option<Answer>,
 }
 
-/// Where a commit's answer goes: the task waiting for it, through the mailbox of the
-/// runtime it committed from when it has one.
+/// Where a commit's answer goes: the task waiting for it.
 pub(crate) struct Answer {
     tx: oneshot::Sender<Result<()>>,
-    mailbox: Option<Arc<Mailbox>>,
 }
 
-type Delivery = (oneshot::Sender<Result<()>>, Result<()>);
-
-/// Answers commits: those through a mailbox are queued there, and each mailbox touched is
-/// woken once; the others wake their tasks directly.
+/// Answers commits (each wakes its waiting task).
 pub(crate) fn answer_all(answers: impl IntoIterator<Item = (Answer, Result<()>)>) {
-    let mut touched: Vec<Arc<Mailbox>> = Vec::new();
     for (answer, result) in answers {
-        let undelivered = match answer.mailbox {
-            Some(mailbox) => match mailbox.push((answer.tx, result)) {
-                Ok(()) => {
-                    if !touched.iter().any(|m| Arc::ptr_eq(m, &mailbox)) {
-                        touched.push(mailbox);
-                    }
-                    None
-                }
-                Err(delivery) => Some(delivery),
-            },
-            None => Some((answer.tx, result)),
-        };
-        if let Some((tx, result)) = undelivered {
-            let _ = tx.send(result);
-        }
-    }
-    for mailbox in touched {
-        mailbox.wake.notify_one();
-    }
-}
-
-/// The answers waiting for one current-thread runtime's delivery task.
-pub(crate) struct Mailbox {
-    runtime: tokio::runtime::Id,
-    /// `None` once the delivery task is gone (its runtime shut down): answers then go
-    /// straight to their tasks.
-    pending: Mutex<Option<Vec<Delivery>>>,
-    wake: Notify,
-}
-
-impl Mailbox {
-    fn lock(&self) -> MutexGuard<'_, Option<Vec<Delivery>>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues `delivery` for the task; gives it back if the task is gone.
-    fn push(&self, delivery: Delivery) -> std::result::Result<(), Delivery> {
-        match &mut *self.lock() {
-            Some(pending) => {
-                pending.push(delivery);
-                Ok(())
-            }
-            None => Err(delivery),
-        }
-    }
-
-    fn open(&self) -> bool {
-        self.lock().is_some()
-    }
-
-    /// The mailbox of the current-thread runtime this thread is in (started with its
-    /// delivery task on first use); `None` outside one.
-    fn current() -> Option<Arc<Mailbox>> {
-        thread_local! {
-            static MAILBOX: RefCell<Option<Arc<Mailbox>>> = const { RefCell::new(None) };
-        }
-        let handle = Handle::try_current().ok()?;
-        if handle.runtime_flavor() != RuntimeFlavor::CurrentThread {
-            return None;
-        }
-        let runtime = handle.id();
-        MAILBOX.with(|cell| {
-            let mut cell = cell.try_borrow_mut().ok()?;
-            if let Some(mailbox) = cell.as_ref().filter(|m| m.runtime == runtime && m.open()) {
-                return Some(mailbox.clone());
-            }
-            let mailbox = Arc::new(Mailbox {
-                runtime,
-                pending: Mutex::new(Some(Vec::new())),
-                wake: Notify::new(),
-            });
-            let closing = Closing(mailbox.clone());
-            handle.spawn(async move {
-                let mailbox = closing.0.clone();
-                loop {
-                    mailbox.wake.notified().await;
-                    let answers = mailbox.lock().as_mut().map(std::mem::take).unwrap_or_default();
-                    for (tx, result) in answers {
-                        let _ = tx.send(result);
-                    }
-                }
-            });
-            *cell = Some(mailbox.clone());
-            Some(mailbox)
-        })
-    }
-}
-
-/// Held by a mailbox's delivery task: when the task is dropped (its runtime shuts down),
-/// the mailbox closes and what it still held is delivered directly.
-struct Closing(Arc<Mailbox>);
-
-impl Drop for Closing {
-    fn drop(&mut self) {
-        let left = self.0.lock().take().unwrap_or_default();
-        for (tx, result) in left {
-            let _ = tx.send(result);
-        }
+        let _ = answer.tx.send(result);
     }
 }
 
@@ -272,7 +162,7 @@ impl WriterThread {
     /// Queues `ops` and waits for the writer's answer; `closed()` once the store is closed.
     pub async fn commit(&self, ops: Vec<StateOp>, closed: impl Fn() -> Error) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        let answer = Answer { tx, mailbox: Mailbox::current() };
+        let answer = Answer { tx };
         if !self.queue(Write { ops, done: Some(answer) }) {
             return Err(closed());
         }
@@ -305,72 +195,5 @@ impl Drop for WriterThread {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
         self.shared.wake.notify_one();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A writer that answers every commit of a round with `Ok` at once.
-    fn answering_writer() -> WriterThread {
-        WriterThread::spawn("test-writer", |rounds| {
-            while let Round::Writes(round) = rounds.next(None) {
-                answer_all(round.into_iter().filter_map(|w| w.done).map(|a| (a, Ok(()))));
-            }
-        })
-        .unwrap()
-    }
-
-    fn current_thread() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-    }
-
-    #[test]
-    fn commits_on_current_thread_runtimes_are_answered_through_their_mailbox() {
-        let writer = Arc::new(answering_writer());
-        let closed = || Error::internal("closed");
-        // Two runtimes entered in turn on this thread: each answer reaches its own runtime,
-        // many commits of one round with one mailbox.
-        for _ in 0..2 {
-            for rt in [current_thread(), current_thread()] {
-                let w = writer.clone();
-                rt.block_on(async move {
-                    let commits = (0..64).map(|_| {
-                        let w = w.clone();
-                        tokio::spawn(async move { w.commit(Vec::new(), closed).await })
-                    });
-                    for c in commits.collect::<Vec<_>>() {
-                        c.await.unwrap().unwrap();
-                    }
-                    let mailbox = Mailbox::current().expect("a current-thread runtime's mailbox");
-                    assert_eq!(mailbox.runtime, Handle::current().id());
-                });
-            }
-        }
-        // A multi-thread runtime has none: answers go straight to the tasks.
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
-        rt.block_on(async {
-            assert!(Mailbox::current().is_none());
-            writer.commit(Vec::new(), closed).await.unwrap();
-        });
-    }
-
-    #[test]
-    fn a_mailbox_whose_runtime_is_gone_delivers_directly() {
-        let rt = current_thread();
-        let mailbox = rt.block_on(async { Mailbox::current().unwrap() });
-        drop(rt);
-        assert!(!mailbox.open(), "the delivery task closed it when dropped");
-        let (tx, rx) = oneshot::channel();
-        answer_all([(Answer { tx, mailbox: Some(mailbox) }, Ok(()))]);
-        assert!(matches!(rx.blocking_recv(), Ok(Ok(()))));
-        // What was pending when the task was dropped is delivered too.
-        let rt = current_thread();
-        let mailbox = rt.block_on(async { Mailbox::current().unwrap() });
-        let (tx, rx) = oneshot::channel();
-        assert!(mailbox.push((tx, Ok(()))).is_ok());
-        drop(rt);
-        assert!(matches!(rx.blocking_recv(), Ok(Ok(()))));
     }
 }
