@@ -156,6 +156,9 @@ impl Running {
     }
 }
 
+/// The most feeds one gateway runs at once ([`Feeds`]).
+pub const MAX_RUNNING_FEEDS: usize = 1024;
+
 /// The feed actions this gateway offers (by `package/action`) and the feeds running (by
 /// trigger key). Cheap to clone (clones share them).
 #[derive(Clone)]
@@ -213,6 +216,19 @@ impl Feeds {
     fn launch(&self, key: &str, feed: RunningFeed) -> Option<Running> {
         let running = Running { task: tokio::spawn(feed.run), close: feed.close };
         self.running.lock().ok().and_then(|mut m| m.insert(key.to_string(), running))
+    }
+
+    /// Whether one more feed may start for trigger `key` (one replacing its own always
+    /// may): at most [`MAX_RUNNING_FEEDS`] run, since each holds a consumer or a timer (a
+    /// Kafka feed, a client with its own threads). 429 naming the limit otherwise.
+    fn check_room(&self, key: &str) -> Result<()> {
+        let m = self.running.lock().map_err(|_| Error::internal("feeds lock poisoned"))?;
+        if m.len() >= MAX_RUNNING_FEEDS && !m.contains_key(key) {
+            return Err(Error::overloaded(format!(
+                "too many feeds: {MAX_RUNNING_FEEDS} run already (the limit); delete a feed trigger first"
+            )));
+        }
+        Ok(())
     }
 
     /// How many feeds run.
@@ -352,6 +368,7 @@ impl Whisk {
                 self.entities().require::<Trigger>(&path)?;
                 let old = if event == "UPDATE" { kept()?.map(|r| r.config) } else { None };
                 let config = provider.configure(&path, &params, old.as_ref())?;
+                self.feeds().check_room(&key)?;
                 // Started before it is kept: a feed that cannot start is refused, not kept.
                 let running = provider.start(self, &path, &config)?;
                 let record = FeedRecord { feed, config, paused: false };
@@ -521,6 +538,32 @@ mod tests {
             p[k] = v.clone();
         }
         p.as_object().cloned().unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn feeds_past_the_limit_are_refused_with_429() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::default());
+        let feed = Arc::new(Counting::default());
+        let w = whisk(store, &feed);
+        let t = EntityPath::new("guest", None, "t");
+        w.put_trigger(&t, TriggerPut::default(), false).await.unwrap();
+        for i in 0..MAX_RUNNING_FEEDS {
+            let idle = RunningFeed { run: Box::pin(std::future::pending()), close: None };
+            assert!(w.feeds().launch(&format!("other/{i}"), idle).is_none());
+        }
+        let e = w.feed("guest", "test", "count", event("CREATE", json!({"n": 1}))).await;
+        match e {
+            Err(e @ Error::Overloaded { .. }) => {
+                assert_eq!(e.http_status(), http::StatusCode::TOO_MANY_REQUESTS);
+                assert!(e.to_string().contains("too many feeds"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(feed.starts.load(Ordering::SeqCst), 0, "nothing was started");
+        // Room again once one stops.
+        w.feeds().stop("other/0").await;
+        w.feed("guest", "test", "count", event("CREATE", json!({"n": 1}))).await.unwrap();
+        assert_eq!(w.feeds().running(), MAX_RUNNING_FEEDS);
     }
 
     #[tokio::test]
