@@ -336,7 +336,9 @@ async fn start_kafka(
         tracing::warn!(error = %e, "activation records not read yet");
     }
     let activations: Arc<dyn ActivationStore> = Arc::new(store.clone());
-    let publisher: Arc<dyn QueuePublisher> = Arc::new(faas_queue::TrackedPublisher::new(
+    // The call and its `queued` record are produced at once (one acknowledgement's wait
+    // before the 202, not two); the store keeps records moving forward whatever their order.
+    let publisher: Arc<dyn QueuePublisher> = Arc::new(faas_queue::TrackedPublisher::overlapped(
         Arc::new(KafkaPublisher::new(&kafka)?),
         activations.clone(),
     ));

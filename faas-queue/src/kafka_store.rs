@@ -424,6 +424,35 @@ impl ActivationStore for KafkaActivationStore {
         }
     }
 
+    /// Each record as by [`ActivationStore::put`], all merged under one lock and published
+    /// at once (one acknowledgement's wait for the batch, not one per record).
+    async fn put_batch(&self, records: Vec<AsyncActivation>) -> Vec<Result<()>> {
+        let kept: Vec<bool> = {
+            let mut g = lock(&self.shared.records);
+            records
+                .iter()
+                .map(|r| {
+                    let kept = matches!(g.merge(r.clone(), false), Merge::Kept);
+                    if kept {
+                        g.own_in_flight(&r.call_id, true);
+                    }
+                    kept
+                })
+                .collect()
+        };
+        let sends = records.iter().zip(&kept).map(|(r, kept)| async move {
+            if !*kept {
+                return Ok(());
+            }
+            let sent = self.publish(r).await;
+            if sent.is_err() {
+                lock(&self.shared.records).own_in_flight(&r.call_id, false);
+            }
+            sent
+        });
+        futures::future::join_all(sends).await
+    }
+
     async fn get(&self, call_id: &InvocationId) -> Result<Option<AsyncActivation>> {
         Ok(self.get_now(call_id))
     }

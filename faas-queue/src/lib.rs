@@ -94,10 +94,15 @@ pub use worker::{Backoff, CallbackPolicy, Worker, WorkerConfig, WorkerHandle, Wo
 /// An item the queue refuses (full, closed) is recorded as `failed` with the refusal as its
 /// error; an item whose record cannot be written is not published (the store's error is
 /// the answer).
+///
+/// [`TrackedPublisher::overlapped`] writes the record and publishes the item at the same
+/// time instead, for a queue and a store that each wait for a remote acknowledgement
+/// (Kafka): the caller then waits for one round trip, not two.
 #[derive(Clone)]
 pub struct TrackedPublisher {
     inner: Arc<dyn QueuePublisher>,
     store: Arc<dyn ActivationStore>,
+    overlap: bool,
 }
 
 impl std::fmt::Debug for TrackedPublisher {
@@ -109,7 +114,39 @@ impl std::fmt::Debug for TrackedPublisher {
 impl TrackedPublisher {
     /// Publishes to `inner`, recording in `store`.
     pub fn new(inner: Arc<dyn QueuePublisher>, store: Arc<dyn ActivationStore>) -> Self {
-        TrackedPublisher { inner, store }
+        TrackedPublisher { inner, store, overlap: false }
+    }
+
+    /// Publishes to `inner`, recording in `store` at the same time: each item's `queued`
+    /// record is written while the item is published, and the answer is the publish's.
+    /// An item published whose record could not be written is accepted all the same (the
+    /// worker writes its record when it runs it; the failure is logged); an item the queue
+    /// refuses has its record turned `failed`, as with [`TrackedPublisher::new`]. Records
+    /// only move forward in the stores this is meant for ([`ActivationStore::put`] never
+    /// writes `queued` over a later state), so a worker that gets to the call first is not
+    /// undone by the late `queued` record.
+    pub fn overlapped(inner: Arc<dyn QueuePublisher>, store: Arc<dyn ActivationStore>) -> Self {
+        TrackedPublisher { inner, store, overlap: true }
+    }
+
+    /// [`QueuePublisher::publish_batch`] with the records written at the same time.
+    async fn publish_overlapped(&self, items: Vec<QueuedInvocation>) -> Vec<Result<()>> {
+        let records: Vec<_> = items.iter().map(faas_core::queue::AsyncActivation::queued).collect();
+        let ids: Vec<InvocationId> = items.iter().map(|i| i.call_id.clone()).collect();
+        let (written, published) =
+            tokio::join!(self.store.put_batch(records), self.inner.publish_batch(items));
+        for (id, w) in ids.iter().zip(&written) {
+            if let Err(e) = w {
+                tracing::warn!(call_id = %id.as_str(), error = %e,
+                    "the queued record was not written (the worker writes the call's record)");
+            }
+        }
+        for (id, r) in ids.iter().zip(&published) {
+            if let Err(e) = r {
+                self.refused(id, e).await;
+            }
+        }
+        published
     }
 
     /// Turns the `queued` record of a refused item into a `failed` one.
@@ -131,6 +168,12 @@ impl TrackedPublisher {
 #[async_trait]
 impl QueuePublisher for TrackedPublisher {
     async fn publish(&self, item: QueuedInvocation) -> Result<()> {
+        if self.overlap {
+            let mut out = self.publish_overlapped(vec![item]).await;
+            return out
+                .pop()
+                .unwrap_or_else(|| Err(faas_core::Error::internal("queue publisher: no result")));
+        }
         let written = self.store.put_queued(std::slice::from_ref(&item)).await;
         if let Some(Err(e)) = written.into_iter().next() {
             return Err(e);
@@ -155,6 +198,9 @@ impl QueuePublisher for TrackedPublisher {
     }
 
     async fn publish_batch(&self, mut items: Vec<QueuedInvocation>) -> Vec<Result<()>> {
+        if self.overlap {
+            return self.publish_overlapped(items).await;
+        }
         if items.len() <= TRACKED_CHUNK {
             return self.publish_chunk(items).await;
         }

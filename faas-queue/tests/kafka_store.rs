@@ -140,6 +140,36 @@ async fn records_on_the_topic_are_one_per_state_change() {
     drop(cluster);
 }
 
+/// A batch of records: each kept and published once (records already newer are skipped),
+/// one result per record, and another store reads them all from the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_records_is_published_at_once_and_read_by_another_store() {
+    let (cluster, config, topic) = cluster(3);
+    let s = store(&config, &topic).await;
+    let batch: Vec<AsyncActivation> = (0..40).map(|_| record(AsyncState::Queued, 0)).collect();
+    // One of them is already further on: its `queued` record is neither kept nor sent.
+    let mut ahead = batch[7].clone();
+    ahead.state = AsyncState::Running;
+    ahead.attempts = 1;
+    s.put(ahead).await.expect("running");
+    let results = bounded("the batch", s.put_batch(batch.clone())).await;
+    assert_eq!(results.len(), batch.len());
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(s.stats().written.load(Ordering::Relaxed), 40, "39 queued + 1 running");
+    assert_eq!(s.get_now(&batch[7].call_id).expect("kept").state, AsyncState::Running);
+    let other = store(&config, &topic).await;
+    for r in &batch {
+        let kept = other.get_now(&r.call_id).expect("read by the other store");
+        let want =
+            if r.call_id == batch[7].call_id { AsyncState::Running } else { AsyncState::Queued };
+        assert_eq!(kept.state, want);
+    }
+    assert_eq!(topic_len(&config.brokers, &topic, 3).await, 40, "one message per record sent");
+    bounded("closing", s.close()).await.expect("closed");
+    bounded("closing", other.close()).await.expect("closed");
+    drop(cluster);
+}
+
 /// Messages on `topic` (all partitions), from the watermarks.
 async fn topic_len(brokers: &str, topic: &str, partitions: i32) -> i64 {
     use rdkafka::consumer::BaseConsumer;

@@ -481,3 +481,79 @@ async fn memory_depth_per_function_and_dead_letters() {
     assert_eq!(json["functions"][format!("down.{ns}")]["deadLetters"], 2);
     worker.shutdown().await.unwrap();
 }
+
+/// A store whose `queued` writes wait at a barrier (or fail), and a publisher whose publishes wait at
+/// the same barrier: both can pass only if the record and the item are written at once.
+struct Gated<T> {
+    inner: T,
+    barrier: Arc<tokio::sync::Barrier>,
+    fail: bool,
+}
+
+#[async_trait::async_trait]
+impl faas_core::queue::ActivationStore for Gated<Arc<faas_queue::MemoryActivationStore>> {
+    async fn put(&self, record: faas_core::queue::AsyncActivation) -> faas_core::Result<()> {
+        // Only the `queued` record meets the publish (a refusal's `failed` one comes after).
+        if record.state == faas_core::queue::AsyncState::Queued {
+            self.barrier.wait().await;
+        }
+        if self.fail {
+            return Err(Error::unavailable("the store is down"));
+        }
+        self.inner.put(record).await
+    }
+    async fn get(
+        &self,
+        call_id: &faas_core::InvocationId,
+    ) -> faas_core::Result<Option<faas_core::queue::AsyncActivation>> {
+        self.inner.get(call_id).await
+    }
+}
+
+#[async_trait::async_trait]
+impl QueuePublisher for Gated<faas_queue::MemoryPublisher> {
+    async fn publish(&self, item: faas_core::queue::QueuedInvocation) -> faas_core::Result<()> {
+        self.barrier.wait().await;
+        self.inner.publish(item).await
+    }
+}
+
+/// An overlapped `TrackedPublisher` writes the `queued` record while it publishes the item
+/// (a store and a queue that each wait for one another pass; one after the other they would
+/// not), answers the publish's outcome when the record fails, and records a refusal as
+/// `failed` as the sequential one does.
+#[tokio::test]
+async fn memory_overlapped_tracking_writes_the_record_while_publishing() {
+    use faas_core::queue::AsyncState;
+    let within = std::time::Duration::from_secs(10);
+    let q = MemoryQueue::new(1);
+    let records = Arc::new(faas_queue::MemoryActivationStore::new(100));
+    let rig = |fail: bool| {
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        faas_queue::TrackedPublisher::overlapped(
+            Arc::new(Gated { inner: q.publisher(), barrier: barrier.clone(), fail: false }),
+            Arc::new(Gated { inner: records.clone(), barrier, fail }),
+        )
+    };
+    let first = item("f", "0");
+    let published = tokio::time::timeout(within, rig(false).publish(first.clone())).await;
+    assert!(matches!(published, Ok(Ok(()))), "record and publish at once: {published:?}");
+    assert_eq!(records.get_now(&first.call_id).unwrap().state, AsyncState::Queued);
+
+    // The queue is full now: refused, and its record says so.
+    let second = item("f", "1");
+    let refused = tokio::time::timeout(within, rig(false).publish(second.clone())).await;
+    assert!(matches!(refused, Ok(Err(Error::Overloaded { .. }))), "{refused:?}");
+    let rec = records.get_now(&second.call_id).expect("a refused call's record");
+    assert_eq!(rec.state, AsyncState::Failed);
+    assert!(rec.error.as_deref().unwrap_or("").contains("refused by the queue"), "{rec:?}");
+
+    // A record that cannot be written does not refuse a call the queue took.
+    let c = q.consumer();
+    c.try_next().expect("the first call").ack().await.unwrap();
+    let third = item("f", "2");
+    let accepted = tokio::time::timeout(within, rig(true).publish(third.clone())).await;
+    assert!(matches!(accepted, Ok(Ok(()))), "{accepted:?}");
+    assert!(records.get_now(&third.call_id).is_none());
+    assert_eq!(c.try_next().expect("the third call").item().call_id, third.call_id);
+}
