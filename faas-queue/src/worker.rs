@@ -49,7 +49,7 @@ use faas_core::queue::{
     DeadLetterSink, FinalAttempt, Progress, QueueConsumer, QueuedInvocation, RecordUpdate,
 };
 use faas_core::{Delivery, Error, InvocationId, InvocationMeta, Invoke};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::callback::{CallbackRequest, CallbackSender, HttpCallbackClient};
@@ -672,6 +672,9 @@ impl Inner {
             let Ok(permit) = limit.try_acquire_owned() else {
                 return Box::pin(self.handle(delivery, stop)).await;
             };
+            // Released once the function is done with the call: the final record's write
+            // (a broker's acknowledgement, for Kafka) does not hold the function's slot.
+            let mut permit = Some(permit);
             // Only the record's state and attempts: no copy of it.
             let progress = match self.store.immediate() {
                 Some(store) => store.progress_now(&delivery.item().call_id),
@@ -733,6 +736,7 @@ impl Inner {
                         prior,
                         first,
                         stop.clone(),
+                        permit.take(),
                     )))
                 };
                 match outcome {
@@ -749,16 +753,19 @@ impl Inner {
                         self.stats.finish(state);
                         Settle::Ack
                     }
-                    Outcome::Write(state, put) => match put.await {
-                        Ok(()) => {
-                            self.stats.finish(state);
-                            Settle::Ack
+                    Outcome::Write(state, put) => {
+                        drop(permit.take());
+                        match put.await {
+                            Ok(()) => {
+                                self.stats.finish(state);
+                                Settle::Ack
+                            }
+                            Err(e) => {
+                                tracing::warn!(call_id = %delivery.item().call_id.as_str(), error = %e, "activation store write failed");
+                                Settle::Nack
+                            }
                         }
-                        Err(e) => {
-                            tracing::warn!(call_id = %delivery.item().call_id.as_str(), error = %e, "activation store write failed");
-                            Settle::Nack
-                        }
-                    },
+                    }
                     Outcome::Attempts(attempts) => attempts.await,
                 }
             };
@@ -806,9 +813,9 @@ impl Inner {
     }
 
     async fn process(&self, item: &QueuedInvocation, stop: watch::Receiver<bool>) -> Settle {
-        // Held until the invocation is finished (through retries).
-        let limit = self.function_limit(item);
-        let _permit = limit.acquire().await;
+        // Held until the function is done with the call (through retries); the final
+        // record is written after.
+        let permit = self.function_limit(item).acquire_owned().await.ok();
         let existing = self.read_record(&item.call_id).await;
         let Some((rec, prior)) = self.begin(item, existing) else {
             self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -816,8 +823,9 @@ impl Inner {
         };
         // The first attempt uses the invocation built while validating; retries rebuild it.
         match self.validate(item) {
-            Ok(inv) => self.run_attempts(item, rec, prior, First::Fresh(inv), stop).await,
+            Ok(inv) => self.run_attempts(item, rec, prior, First::Fresh(inv), stop, permit).await,
             Err(e) => {
+                drop(permit);
                 let at = Attempt::from_error(e, false, SystemTime::now(), Instant::now());
                 self.finish(item, rec, AsyncState::Failed, at).await
             }
@@ -825,7 +833,8 @@ impl Inner {
     }
 
     /// Attempts until success, a final failure or the last attempt, after `prior`
-    /// attempts made earlier, starting with `first`.
+    /// attempts made earlier, starting with `first`. `permit` (the function's slot) is
+    /// held through the attempts and released before the final record is written.
     async fn run_attempts(
         &self,
         item: &QueuedInvocation,
@@ -833,6 +842,7 @@ impl Inner {
         prior: u32,
         first: First<'_>,
         mut stop: watch::Receiver<bool>,
+        mut permit: Option<OwnedSemaphorePermit>,
     ) -> Settle {
         let max = self.config.max_attempts.max(1);
         let mut attempt = prior;
@@ -859,6 +869,7 @@ impl Inner {
                                 Instant::now(),
                             )
                         });
+                        drop(permit.take());
                         return self.finish(item, rec, AsyncState::DeadLettered, at).await;
                     }
                     rec.state = AsyncState::Running;
@@ -889,9 +900,11 @@ impl Inner {
             if !at.retryable {
                 let state =
                     if at.is_success() { AsyncState::Succeeded } else { AsyncState::Failed };
+                drop(permit.take());
                 return self.finish(item, rec, state, at).await;
             }
             if attempt >= max {
+                drop(permit.take());
                 return self.finish(item, rec, AsyncState::DeadLettered, at).await;
             }
             let mut delay = self.config.backoff.delay(attempt);

@@ -482,20 +482,38 @@ async fn memory_depth_per_function_and_dead_letters() {
     worker.shutdown().await.unwrap();
 }
 
-/// A store whose `queued` writes wait at a barrier (or fail), and a publisher whose publishes wait at
-/// the same barrier: both can pass only if the record and the item are written at once.
-struct Gated<T> {
+/// What a test store holds its writes for.
+enum Hold {
+    /// `queued` records wait at the barrier (which the publisher also waits at).
+    Queued(Arc<tokio::sync::Barrier>),
+    /// Final records wait until the counter reaches the number (a store slow to
+    /// acknowledge, as a broker is).
+    Finals(Arc<std::sync::atomic::AtomicU64>, u64),
+}
+
+/// A store that holds some writes (see [`Hold`]), or fails them; and a publisher whose
+/// publishes wait at a barrier.
+struct Gated<T, H> {
     inner: T,
-    barrier: Arc<tokio::sync::Barrier>,
+    hold: H,
     fail: bool,
 }
 
 #[async_trait::async_trait]
-impl faas_core::queue::ActivationStore for Gated<Arc<faas_queue::MemoryActivationStore>> {
+impl faas_core::queue::ActivationStore for Gated<Arc<faas_queue::MemoryActivationStore>, Hold> {
     async fn put(&self, record: faas_core::queue::AsyncActivation) -> faas_core::Result<()> {
-        // Only the `queued` record meets the publish (a refusal's `failed` one comes after).
-        if record.state == faas_core::queue::AsyncState::Queued {
-            self.barrier.wait().await;
+        match &self.hold {
+            // Only the `queued` record meets the publish (a refusal's `failed` one comes
+            // after).
+            Hold::Queued(b) if record.state == faas_core::queue::AsyncState::Queued => {
+                b.wait().await;
+            }
+            Hold::Finals(n, until) if record.state.is_terminal() => {
+                while n.load(std::sync::atomic::Ordering::SeqCst) < *until {
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            }
+            _ => {}
         }
         if self.fail {
             return Err(Error::unavailable("the store is down"));
@@ -511,9 +529,9 @@ impl faas_core::queue::ActivationStore for Gated<Arc<faas_queue::MemoryActivatio
 }
 
 #[async_trait::async_trait]
-impl QueuePublisher for Gated<faas_queue::MemoryPublisher> {
+impl QueuePublisher for Gated<faas_queue::MemoryPublisher, Arc<tokio::sync::Barrier>> {
     async fn publish(&self, item: faas_core::queue::QueuedInvocation) -> faas_core::Result<()> {
-        self.barrier.wait().await;
+        self.hold.wait().await;
         self.inner.publish(item).await
     }
 }
@@ -531,8 +549,8 @@ async fn memory_overlapped_tracking_writes_the_record_while_publishing() {
     let rig = |fail: bool| {
         let barrier = Arc::new(tokio::sync::Barrier::new(2));
         faas_queue::TrackedPublisher::overlapped(
-            Arc::new(Gated { inner: q.publisher(), barrier: barrier.clone(), fail: false }),
-            Arc::new(Gated { inner: records.clone(), barrier, fail }),
+            Arc::new(Gated { inner: q.publisher(), hold: barrier.clone(), fail: false }),
+            Arc::new(Gated { inner: records.clone(), hold: Hold::Queued(barrier), fail }),
         )
     };
     let first = item("f", "0");
@@ -556,4 +574,45 @@ async fn memory_overlapped_tracking_writes_the_record_while_publishing() {
     assert!(matches!(accepted, Ok(Ok(()))), "{accepted:?}");
     assert!(records.get_now(&third.call_id).is_none());
     assert_eq!(c.try_next().expect("the third call").item().call_id, third.call_id);
+}
+
+/// The function's slot (`function_concurrency`) is held while the function runs, not while
+/// the final record is written: with one slot, the second call runs while the first one's
+/// record still waits for the store (which waits for that second call). Both for a function
+/// that answers at once and for one that has to be waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_the_function_slot_is_free_while_the_final_record_is_written() {
+    use faas_core::queue::AsyncState;
+    let invoker = TestInvoker::new();
+    let invoked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let n = invoked.clone();
+    invoker.register("quick", move |_req| {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { Ok(response(200, "quick")) }
+    });
+    let n = invoked.clone();
+    invoker.register("waits", move |_req| {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async {
+            tokio::task::yield_now().await;
+            Ok(response(200, "waits"))
+        }
+    });
+    let records = Arc::new(faas_queue::MemoryActivationStore::default());
+    for (function, until) in [("quick", 2), ("waits", 4)] {
+        let q = MemoryQueue::new(10);
+        let hold = Hold::Finals(invoked.clone(), until);
+        let store = Arc::new(Gated { inner: records.clone(), hold, fail: false });
+        let config = faas_queue::WorkerConfig { function_concurrency: 1, ..fast_config() };
+        let worker =
+            faas_queue::Worker::new(invoker.clone(), Arc::new(q.consumer()), store, config).spawn();
+        let calls = [item(function, "1"), item(function, "2")];
+        for c in &calls {
+            q.publisher().publish(c.clone()).await.unwrap();
+        }
+        for c in &calls {
+            assert_eq!(wait_settled(&records, &c.call_id).await.state, AsyncState::Succeeded);
+        }
+        worker.shutdown().await.unwrap();
+    }
 }
