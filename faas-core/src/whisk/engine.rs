@@ -121,8 +121,8 @@ pub struct RulePut {
 /// (non-blocking, or blocking past the wait).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Invoked {
-    /// It finished.
-    Done(Box<Activation>),
+    /// It finished (the record, shared with the log's copy until that is indexed).
+    Done(Arc<Activation>),
     /// Still running (or not waited for).
     Accepted(InvocationId),
 }
@@ -189,6 +189,46 @@ impl<T: Send + 'static> Drop for RunOn<T> {
     fn drop(&mut self) {
         if let (Some(f), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
             rt.spawn(f);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `inner` bounded by `limit`, counted from the first time it waits: a call that
+    /// answers at once (an in-process handler) arms no timer. Answers `None` past the
+    /// limit.
+    struct Bounded<F> {
+        #[pin]
+        inner: F,
+        limit: Duration,
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+    }
+}
+
+impl<F> Bounded<F> {
+    fn new(inner: F, limit: Duration) -> Self {
+        Bounded { inner, limit, timer: None }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Bounded<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let mut this = self.project();
+        if let std::task::Poll::Ready(out) = this.inner.poll(cx) {
+            return std::task::Poll::Ready(Some(out));
+        }
+        if this.timer.is_none() {
+            this.timer.set(Some(tokio::time::sleep(*this.limit)));
+        }
+        match this.timer.as_pin_mut() {
+            Some(timer) => timer.poll(cx).map(|()| None),
+            None => std::task::Poll::Pending,
         }
     }
 }
@@ -519,7 +559,7 @@ impl Whisk {
         // Run in place while the caller waits; past the wait (or if the caller goes away),
         // it runs on, on a task of its own.
         match tokio::time::timeout(self.config.blocking_wait, run).await {
-            Ok(a) => Ok(Invoked::Done(Box::new(a))),
+            Ok(a) => Ok(Invoked::Done(a)),
             Err(_) => Ok(Invoked::Accepted(id)),
         }
     }
@@ -534,17 +574,17 @@ impl Whisk {
         id: InvocationId,
         cause: Option<(InvocationId, &'static str)>,
         depth: usize,
-    ) -> BoxFuture<'a, Activation> {
+    ) -> BoxFuture<'a, Arc<Activation>> {
         Box::pin(async move {
             if resolved.action.exec.is_sequence() {
                 return self.run_sequence(caller, resolved, params, id, cause, depth).await;
             }
             let start = SystemTime::now();
             let call = Arc::new(self.call_of(caller, &resolved, &cause));
-            let response = self.run_action(&resolved, call, params, &id).await;
-            self.log.get(&id).unwrap_or_else(|| {
-                Activation::new(id, &resolved.function, start, SystemTime::now(), response)
-            })
+            let (response, end) = self.run_action(&resolved, call, params, &id, start).await;
+            Arc::new(self.log.get(&id).unwrap_or_else(|| {
+                Activation::new(id, &resolved.function, start, end, response)
+            }))
         })
     }
 
@@ -562,7 +602,7 @@ impl Whisk {
             self.run_sequence(caller, resolved, params, id, cause, 0).await;
         } else {
             let call = Arc::new(self.call_of(caller, &resolved, &cause));
-            self.run_action(&resolved, call, params, &id).await;
+            self.run_action(&resolved, call, params, &id, SystemTime::now()).await;
         }
     }
 
@@ -584,17 +624,18 @@ impl Whisk {
         }
     }
 
-    /// Runs an action under activation id `id`, described by `call`, and records it (the
-    /// stack's record layer notes the call, and its result reaches that record through a
-    /// [`ResultSlot`]); answers the response.
+    /// Runs an action under activation id `id`, described by `call`, from `start` (read
+    /// by the caller: a sequence's previous component's end), and records it (the stack's
+    /// record layer notes the call, and its result reaches that record through a
+    /// [`ResultSlot`]); answers the response and when it ended.
     async fn run_action(
         &self,
         r: &Resolved,
         call: Arc<WhiskCall>,
         params: Map<String, Value>,
         id: &InvocationId,
-    ) -> ActivationResponse {
-        let start = SystemTime::now();
+        start: SystemTime,
+    ) -> (ActivationResponse, SystemTime) {
         let body = serde_json::to_vec(&params).unwrap_or_else(|_| b"{}".to_vec());
         let slot = Arc::new(ResultSlot::new(call.clone()));
         let outcome = if body.len() > self.config.max_payload {
@@ -609,10 +650,10 @@ impl Whisk {
             req.extensions_mut().insert(slot.clone());
             let inv = Invocation { id: id.clone(), function: r.function.clone(), request: req };
             let limit = Duration::from_millis(r.action.limits.timeout);
-            match tokio::time::timeout(limit, self.invoke.invoke(inv)).await {
-                Ok(Ok(resp)) => self.read_result(resp).await,
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(Error::timeout("action", limit)),
+            match Bounded::new(self.invoke.invoke(inv), limit).await {
+                Some(Ok(resp)) => self.read_result(resp).await,
+                Some(Err(e)) => Err(e),
+                None => Err(Error::timeout("action", limit)),
             }
         };
         let response = match outcome {
@@ -638,7 +679,7 @@ impl Whisk {
             a.annotate("waitTime", 0.into());
             self.log.insert(a);
         }
-        response
+        (response, end)
     }
 
     /// The components of the sequence `r` resolved, made again only when an entity changed.
@@ -722,9 +763,10 @@ impl Whisk {
         id: InvocationId,
         cause: Option<(InvocationId, &'static str)>,
         depth: usize,
-    ) -> Activation {
+    ) -> Arc<Activation> {
         let start = SystemTime::now();
-        let mut logs = Vec::new();
+        // The last component's end: the next one's start, and at last the sequence's end.
+        let mut at = start;
         // What flows into the next component: the last response's result (an object, else
         // nothing), starting with the sequence's parameters.
         let mut response = ActivationResponse::success(Value::Object(params));
@@ -735,6 +777,7 @@ impl Whisk {
             ));
         }
         let plan = self.plan(&r);
+        let mut logs = Vec::with_capacity(plan.components.len());
         let child_cause = Some((id.clone(), "sequence"));
         // The record layer's description of each component's call: the same for every
         // call of a component in this run (one per distinct component, by its plan entry).
@@ -772,7 +815,9 @@ impl Whisk {
                     child_cause.clone(),
                     depth + 1,
                 );
-                nested.await.response
+                let record = nested.await;
+                at = SystemTime::now();
+                record.response.clone()
             } else {
                 let key = Arc::as_ptr(component) as usize;
                 let call = match calls.iter().find(|(k, _)| *k == key) {
@@ -783,7 +828,10 @@ impl Whisk {
                         call
                     }
                 };
-                self.run_action(component, call, merged, &child_id).await
+                let (response, end) =
+                    self.run_action(component, call, merged, &child_id, at).await;
+                at = end;
+                response
             };
             logs.push(child_id.to_string());
             let failed = !child.success;
@@ -792,14 +840,14 @@ impl Whisk {
                 break;
             }
         }
-        let end = SystemTime::now();
         let call = self.call_of(caller, &r, &cause);
-        let mut a = Activation::new(id, &r.function, start, end, response);
+        let mut a = Activation::new(id, &r.function, start, at, response);
         call.describe(&mut a);
         a.logs = logs;
         if call.caused_by.is_none() {
             a.annotate("topmost", true.into());
         }
+        let a = Arc::new(a);
         self.log.note_built(a.clone());
         a
     }
@@ -1092,4 +1140,81 @@ impl Whisk {
 /// Parameters as an OpenWhisk `[{"key","value"}]` array.
 pub fn key_values(m: &Map<String, Value>) -> KeyValues {
     m.iter().map(|(k, v)| KeyValue { key: k.clone(), value: v.clone() }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryInvoker;
+    use crate::state::MemoryStateStore;
+    use crate::{handler_fn, Context, Request};
+
+    fn blackbox(image: &str, timeout_ms: u64) -> ActionPut {
+        ActionPut {
+            exec: Some(Exec { kind: "blackbox".into(), image: Some(image.into()), ..Default::default() }),
+            limits: Some(Limits { timeout: timeout_ms, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    /// A component past its own timeout stops its sequence with OpenWhisk's developer
+    /// error, enforced by the API itself: the component's function was deployed without
+    /// a timeout, so the backend would wait for it for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_component_past_its_timeout_stops_the_sequence() {
+        let memory = Arc::new(MemoryInvoker::new());
+        memory.register("noop", handler_fn(|_: Request, _: Context| async { Ok::<_, Error>("{}") }));
+        memory.register(
+            "slow",
+            handler_fn(|_: Request, _: Context| async {
+                // Never answers within the action's limit.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, Error>("{}")
+            }),
+        );
+        // Taken over as it is by the action's creation: no timeout of the backend's.
+        memory.deploy(FunctionSpec::new("slow", "slow").namespace("guest")).await.unwrap();
+        let whisk = Whisk::new(
+            EntityStore::new(Arc::new(MemoryStateStore::default())),
+            ActivationLog::default(),
+            memory.clone(),
+            memory,
+            WhiskConfig::default(),
+        );
+        let path = |name: &str| EntityPath::new("guest", None, name);
+        whisk.put_action(&path("noop"), blackbox("noop", 60_000), false).await.unwrap();
+        whisk.put_action(&path("slow"), blackbox("slow", 1_000), false).await.unwrap();
+        let seq = Exec {
+            kind: "sequence".into(),
+            components: Some(vec!["/guest/noop".into(), "/guest/slow".into(), "/guest/noop".into()]),
+            ..Default::default()
+        };
+        let put = ActionPut { exec: Some(seq), ..Default::default() };
+        whisk.put_action(&path("seq"), put, false).await.unwrap();
+
+        let t0 = tokio::time::Instant::now();
+        let Invoked::Done(a) = whisk.invoke("guest", &path("seq"), Map::new(), true).await.unwrap()
+        else {
+            panic!("the sequence did not finish within the blocking wait");
+        };
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(2), "{waited:?}");
+        assert_eq!(a.response.status_code, StatusCode::DeveloperError, "{a:?}");
+        let error = a.response.result["error"].as_str().unwrap_or_default();
+        assert!(error.contains("action timeout of"), "{error}");
+        assert_eq!(a.logs.len(), 2, "the chain stops at the slow component: {a:?}");
+        assert_eq!(a.annotation("topmost"), Some(&Value::Bool(true)));
+
+        let slow = whisk.log().get(&InvocationId::from_string(a.logs[1].clone())).unwrap();
+        assert_eq!(slow.name, "slow");
+        assert_eq!(slow.response.status_code, StatusCode::DeveloperError, "{slow:?}");
+        assert_eq!(slow.response.result, a.response.result);
+        assert_eq!(slow.cause.as_ref(), Some(&a.activation_id));
+        assert_eq!(slow.annotation("causedBy"), Some(&Value::String("sequence".into())));
+        let first = whisk.log().get(&InvocationId::from_string(a.logs[0].clone())).unwrap();
+        assert!(first.response.success, "{first:?}");
+        assert!(first.end <= slow.start, "components run one after the other");
+        // The sequence's own record is in the log as answered.
+        assert_eq!(whisk.log().get(&a.activation_id).as_ref(), Some(&*a));
+    }
 }

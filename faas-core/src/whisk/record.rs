@@ -176,19 +176,20 @@ struct Raw {
 }
 
 /// A record waiting to be indexed: a call the layer noted, or one built by the API (a
-/// sequence's). The note is kept inline: it is the one pushed for every call, and a box
+/// sequence's, shared with its caller: copied only if the caller still holds it when it
+/// is indexed). The note is kept inline: it is the one pushed for every call, and a box
 /// would cost each an allocation.
 #[allow(clippy::large_enum_variant)]
 enum Pending {
     Raw(Raw),
-    Built(Box<Activation>),
+    Built(Arc<Activation>),
 }
 
 impl Pending {
     fn into_activation(self) -> Activation {
         match self {
             Pending::Raw(r) => r.into_activation(),
-            Pending::Built(a) => *a,
+            Pending::Built(a) => Arc::unwrap_or_clone(a),
         }
     }
 }
@@ -467,9 +468,11 @@ impl ActivationLog {
     }
 
     /// Adds a record made elsewhere (a sequence's) as the layer's notes are added: indexed
-    /// by the next flush or read, not on the caller's path.
-    pub fn note_built(&self, activation: Activation) {
-        self.note(Pending::Built(Box::new(activation)));
+    /// by the next flush or read, not on the caller's path. The record is shared with
+    /// whoever else holds it (the caller answering it), and copied only if they still do
+    /// when it is indexed.
+    pub fn note_built(&self, activation: Arc<Activation>) {
+        self.note(Pending::Built(activation));
     }
 
     /// Adds (or replaces) a record made elsewhere (a sequence's, a trigger's).
