@@ -151,14 +151,52 @@ impl Resolved {
 /// A sequence's components as resolved at one generation of the entity store (so that
 /// a sequence run resolves none of them while no entity changed).
 struct Plan {
-    generation: u64,
     /// Each component, or why it cannot run (its name as given, and the error).
     components: Vec<std::result::Result<Arc<Resolved>, (String, Error)>>,
 }
 
-/// The most sequences whose plans are kept; past it they are all dropped (and made again
-/// by the runs that follow).
-const MAX_PLANS: usize = 10_000;
+/// The most entries a [`Derived`] keeps; past it they are all dropped (and made again by
+/// the calls that follow).
+const MAX_DERIVED: usize = 10_000;
+
+/// What was derived from the entities (a resolution, a sequence's plan), by key, each
+/// with the entity store's generation it was made at: still true while that is the
+/// generation.
+struct Derived<T>(Mutex<FxHashMap<String, (u64, Arc<T>)>>);
+
+impl<T> Default for Derived<T> {
+    fn default() -> Self {
+        Derived(Mutex::default())
+    }
+}
+
+impl<T> Derived<T> {
+    /// `key`'s entry made at `entities`' generation, or `make`'s (kept only if nothing was
+    /// written while it was made, nor is being written).
+    fn get_or_make<E>(
+        &self,
+        entities: &EntityStore,
+        key: &str,
+        make: impl FnOnce() -> std::result::Result<T, E>,
+    ) -> std::result::Result<Arc<T>, E> {
+        let generation = entities.generation();
+        if let Some((g, v)) = self.0.lock().ok().and_then(|m| m.get(key).cloned()) {
+            if g == generation {
+                return Ok(v);
+            }
+        }
+        let v = Arc::new(make()?);
+        if generation != u64::MAX && entities.generation() == generation {
+            if let Ok(mut m) = self.0.lock() {
+                if m.len() >= MAX_DERIVED {
+                    m.clear();
+                }
+                m.insert(key.to_string(), (generation, v.clone()));
+            }
+        }
+        Ok(v)
+    }
+}
 
 /// A future run in place by its caller that, dropped before it finished (the caller
 /// stopped waiting, or went away), goes on on a task of its own: an activation, once
@@ -243,7 +281,9 @@ pub struct Whisk {
     config: WhiskConfig,
     feeds: super::feeds::Feeds,
     /// Sequences' plans, by the sequence's real key.
-    plans: Arc<Mutex<FxHashMap<String, Arc<Plan>>>>,
+    plans: Arc<Derived<Plan>>,
+    /// Actions resolved for invocations, by the path invoked.
+    resolved: Arc<Derived<Resolved>>,
 }
 
 impl std::fmt::Debug for Whisk {
@@ -317,6 +357,7 @@ impl Whisk {
             config,
             feeds: Default::default(),
             plans: Arc::default(),
+            resolved: Arc::default(),
         }
     }
 
@@ -544,7 +585,7 @@ impl Whisk {
         params: Map<String, Value>,
         blocking: bool,
     ) -> Result<Invoked> {
-        let resolved = self.resolve(path)?;
+        let resolved = self.resolved.get_or_make(&self.entities, &path.key(), || self.resolve(path))?;
         let params = resolved.bound.merge(&[&params], true)?;
         let id = InvocationId::new();
         let this = self.clone();
@@ -558,9 +599,9 @@ impl Whisk {
         }
         // Run in place while the caller waits; past the wait (or if the caller goes away),
         // it runs on, on a task of its own.
-        match tokio::time::timeout(self.config.blocking_wait, run).await {
-            Ok(a) => Ok(Invoked::Done(a)),
-            Err(_) => Ok(Invoked::Accepted(id)),
+        match Bounded::new(run, self.config.blocking_wait).await {
+            Some(a) => Ok(Invoked::Done(a)),
+            None => Ok(Invoked::Accepted(id)),
         }
     }
 
@@ -569,7 +610,7 @@ impl Whisk {
     fn run<'a>(
         &'a self,
         caller: &'a str,
-        resolved: Resolved,
+        resolved: Arc<Resolved>,
         params: Map<String, Value>,
         id: InvocationId,
         cause: Option<(InvocationId, &'static str)>,
@@ -593,7 +634,7 @@ impl Whisk {
     async fn run_detached(
         &self,
         caller: &str,
-        resolved: Resolved,
+        resolved: Arc<Resolved>,
         params: Map<String, Value>,
         id: InvocationId,
         cause: Option<(InvocationId, &'static str)>,
@@ -684,38 +725,29 @@ impl Whisk {
 
     /// The components of the sequence `r` resolved, made again only when an entity changed.
     fn plan(&self, r: &Resolved) -> Arc<Plan> {
-        let generation = self.entities.generation();
-        if let Some(p) = self.plans.lock().ok().and_then(|m| m.get(&r.real_key).cloned()) {
-            if p.generation == generation {
-                return p;
-            }
-        }
-        let real = Self::real_path(&r.action);
-        let mut components: Vec<std::result::Result<Arc<Resolved>, (String, Error)>> = Vec::new();
-        let given = r.action.exec.components.as_deref().unwrap_or_default();
-        for (i, c) in given.iter().enumerate() {
-            // A component named again shares the first one's resolution.
-            if let Some(first) = given[..i].iter().position(|earlier| earlier == c) {
-                components.push(components[first].clone());
-                continue;
-            }
-            let resolved = EntityPath::parse("exec.components", c, &real.namespace)
-                .and_then(|p| self.resolve(&p))
-                .map(Arc::new)
-                .map_err(|e| (c.clone(), e));
-            components.push(resolved);
-        }
-        let plan = Arc::new(Plan { generation, components });
-        // Kept only if nothing was written while it was made (nor is being written).
-        if generation != u64::MAX && self.entities.generation() == generation {
-            if let Ok(mut m) = self.plans.lock() {
-                if m.len() >= MAX_PLANS {
-                    m.clear();
+        let made = self.plans.get_or_make(&self.entities, &r.real_key, || {
+            let real = Self::real_path(&r.action);
+            let mut components: Vec<std::result::Result<Arc<Resolved>, (String, Error)>> =
+                Vec::new();
+            let given = r.action.exec.components.as_deref().unwrap_or_default();
+            for (i, c) in given.iter().enumerate() {
+                // A component named again shares the first one's resolution.
+                if let Some(first) = given[..i].iter().position(|earlier| earlier == c) {
+                    components.push(components[first].clone());
+                    continue;
                 }
-                m.insert(r.real_key.clone(), plan.clone());
+                let resolved = EntityPath::parse("exec.components", c, &real.namespace)
+                    .and_then(|p| self.resolve(&p))
+                    .map(Arc::new)
+                    .map_err(|e| (c.clone(), e));
+                components.push(resolved);
             }
+            Ok::<_, std::convert::Infallible>(Plan { components })
+        });
+        match made {
+            Ok(plan) => plan,
+            Err(never) => match never {},
         }
-        plan
     }
 
     /// An action's answer as its activation's response: a JSON object is the result; an
@@ -758,7 +790,7 @@ impl Whisk {
     async fn run_sequence(
         &self,
         caller: &str,
-        r: Resolved,
+        r: Arc<Resolved>,
         params: Map<String, Value>,
         id: InvocationId,
         cause: Option<(InvocationId, &'static str)>,
@@ -809,7 +841,7 @@ impl Whisk {
             let child = if component.action.exec.is_sequence() {
                 let nested = self.run(
                     caller,
-                    (**component).clone(),
+                    component.clone(),
                     merged,
                     child_id.clone(),
                     child_cause.clone(),
@@ -841,10 +873,11 @@ impl Whisk {
             }
         }
         let call = self.call_of(caller, &r, &cause);
+        let topmost = call.caused_by.is_none();
         let mut a = Activation::new(id, &r.function, start, at, response);
-        call.describe(&mut a);
+        call.describe_owned(&mut a);
         a.logs = logs;
-        if call.caused_by.is_none() {
+        if topmost {
             a.annotate("topmost", true.into());
         }
         let a = Arc::new(a);
@@ -1098,6 +1131,7 @@ impl Whisk {
                     let cause = id.clone();
                     tokio::spawn(async move {
                         let cause = Some((cause, "trigger"));
+                        let resolved = Arc::new(resolved);
                         this.run_detached(&caller, resolved, merged, action_id, cause).await;
                     });
                 }

@@ -60,13 +60,21 @@ impl WhiskCall {
     /// subject, name, version, cause, and the `path`, `kind`, `limits` and `causedBy`
     /// annotations.
     pub fn describe(&self, a: &mut Activation) {
-        a.namespace = self.namespace.clone();
+        self.clone().describe_owned(a);
+    }
+
+    /// As [`WhiskCall::describe`], moving the call's names into the record (for a call
+    /// described once).
+    pub fn describe_owned(self, a: &mut Activation) {
+        // These, `waitTime` or `topmost`, and room for `start` and `initTime`.
+        a.annotations.reserve(7);
         a.subject = self.namespace.clone();
-        a.name = self.name.clone();
-        a.version = self.version.clone();
-        a.cause = self.cause.clone();
-        a.annotate("path", self.path.clone().into());
-        a.annotate("kind", self.kind.clone().into());
+        a.namespace = self.namespace;
+        a.name = self.name;
+        a.version = self.version;
+        a.cause = self.cause;
+        a.annotate("path", self.path.into());
+        a.annotate("kind", self.kind.into());
         a.annotate("limits", serde_json::to_value(self.limits).unwrap_or(Value::Null));
         if let Some(by) = self.caused_by {
             a.annotate("causedBy", by.into());
