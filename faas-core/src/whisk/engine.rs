@@ -585,7 +585,8 @@ impl Whisk {
         params: Map<String, Value>,
         blocking: bool,
     ) -> Result<Invoked> {
-        let resolved = self.resolved.get_or_make(&self.entities, &path.key(), || self.resolve(path))?;
+        let resolved =
+            self.resolved.get_or_make(&self.entities, &path.key(), || self.resolve(path))?;
         let params = resolved.bound.merge(&[&params], true)?;
         let id = InvocationId::new();
         let this = self.clone();
@@ -623,9 +624,11 @@ impl Whisk {
             let start = SystemTime::now();
             let call = Arc::new(self.call_of(caller, &resolved, &cause));
             let (response, end) = self.run_action(&resolved, call, params, &id, start).await;
-            Arc::new(self.log.get(&id).unwrap_or_else(|| {
-                Activation::new(id, &resolved.function, start, end, response)
-            }))
+            Arc::new(
+                self.log.get(&id).unwrap_or_else(|| {
+                    Activation::new(id, &resolved.function, start, end, response)
+                }),
+            )
         })
     }
 
@@ -860,8 +863,7 @@ impl Whisk {
                         call
                     }
                 };
-                let (response, end) =
-                    self.run_action(component, call, merged, &child_id, at).await;
+                let (response, end) = self.run_action(component, call, merged, &child_id, at).await;
                 at = end;
                 response
             };
@@ -1185,10 +1187,66 @@ mod tests {
 
     fn blackbox(image: &str, timeout_ms: u64) -> ActionPut {
         ActionPut {
-            exec: Some(Exec { kind: "blackbox".into(), image: Some(image.into()), ..Default::default() }),
+            exec: Some(Exec {
+                kind: "blackbox".into(),
+                image: Some(image.into()),
+                ..Default::default()
+            }),
             limits: Some(Limits { timeout: timeout_ms, ..Default::default() }),
             ..Default::default()
         }
+    }
+
+    /// A memory backend with `noop` (answers `{}`) and `slow` (never answers in time), a
+    /// function `guest/slow` deployed without a timeout of the backend's (so only the
+    /// API's own bounds its calls), and the API over it.
+    async fn fixture(config: WhiskConfig) -> Whisk {
+        let memory = Arc::new(MemoryInvoker::new());
+        memory
+            .register("noop", handler_fn(|_: Request, _: Context| async { Ok::<_, Error>("{}") }));
+        memory.register(
+            "slow",
+            handler_fn(|_: Request, _: Context| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, Error>("{}")
+            }),
+        );
+        // Taken over as it is by the action's creation.
+        memory.deploy(FunctionSpec::new("slow", "slow").namespace("guest")).await.unwrap();
+        let entities = EntityStore::new(Arc::new(MemoryStateStore::default()));
+        Whisk::new(entities, ActivationLog::default(), memory.clone(), memory, config)
+    }
+
+    fn path(name: &str) -> EntityPath {
+        EntityPath::new("guest", None, name)
+    }
+
+    /// Past the blocking wait the caller gets the id; the run goes on on its own and ends
+    /// in its record (here: the action's own timeout).
+    #[tokio::test(start_paused = true)]
+    async fn past_the_blocking_wait_the_run_goes_on_to_its_record() {
+        let config = WhiskConfig { blocking_wait: Duration::from_secs(1), ..Default::default() };
+        let whisk = fixture(config).await;
+        whisk.put_action(&path("slow"), blackbox("slow", 5_000), false).await.unwrap();
+        let t0 = tokio::time::Instant::now();
+        let Invoked::Accepted(id) =
+            whisk.invoke("guest", &path("slow"), Map::new(), true).await.unwrap()
+        else {
+            panic!("a call that never answers finished");
+        };
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(2), "{waited:?}");
+        let record = loop {
+            match whisk.log().get(&id) {
+                Some(a) if a.response.result.get("error").is_some() => break a,
+                _ => {}
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "no record of {id}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(record.response.status_code, StatusCode::DeveloperError, "{record:?}");
+        assert!(record.response.result["error"].as_str().unwrap().contains("action timeout of"));
+        assert!(t0.elapsed() >= Duration::from_secs(5), "{:?}", t0.elapsed());
     }
 
     /// A component past its own timeout stops its sequence with OpenWhisk's developer
@@ -1196,31 +1254,16 @@ mod tests {
     /// a timeout, so the backend would wait for it for ever.
     #[tokio::test(start_paused = true)]
     async fn a_component_past_its_timeout_stops_the_sequence() {
-        let memory = Arc::new(MemoryInvoker::new());
-        memory.register("noop", handler_fn(|_: Request, _: Context| async { Ok::<_, Error>("{}") }));
-        memory.register(
-            "slow",
-            handler_fn(|_: Request, _: Context| async {
-                // Never answers within the action's limit.
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                Ok::<_, Error>("{}")
-            }),
-        );
-        // Taken over as it is by the action's creation: no timeout of the backend's.
-        memory.deploy(FunctionSpec::new("slow", "slow").namespace("guest")).await.unwrap();
-        let whisk = Whisk::new(
-            EntityStore::new(Arc::new(MemoryStateStore::default())),
-            ActivationLog::default(),
-            memory.clone(),
-            memory,
-            WhiskConfig::default(),
-        );
-        let path = |name: &str| EntityPath::new("guest", None, name);
+        let whisk = fixture(WhiskConfig::default()).await;
         whisk.put_action(&path("noop"), blackbox("noop", 60_000), false).await.unwrap();
         whisk.put_action(&path("slow"), blackbox("slow", 1_000), false).await.unwrap();
         let seq = Exec {
             kind: "sequence".into(),
-            components: Some(vec!["/guest/noop".into(), "/guest/slow".into(), "/guest/noop".into()]),
+            components: Some(vec![
+                "/guest/noop".into(),
+                "/guest/slow".into(),
+                "/guest/noop".into(),
+            ]),
             ..Default::default()
         };
         let put = ActionPut { exec: Some(seq), ..Default::default() };
