@@ -121,8 +121,8 @@ pub struct RulePut {
 /// (non-blocking, or blocking past the wait).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Invoked {
-    /// It finished.
-    Done(Box<Activation>),
+    /// It finished (the record, shared with the log's copy until that is indexed).
+    Done(Arc<Activation>),
     /// Still running (or not waited for).
     Accepted(InvocationId),
 }
@@ -151,14 +151,52 @@ impl Resolved {
 /// A sequence's components as resolved at one generation of the entity store (so that
 /// a sequence run resolves none of them while no entity changed).
 struct Plan {
-    generation: u64,
     /// Each component, or why it cannot run (its name as given, and the error).
     components: Vec<std::result::Result<Arc<Resolved>, (String, Error)>>,
 }
 
-/// The most sequences whose plans are kept; past it they are all dropped (and made again
-/// by the runs that follow).
-const MAX_PLANS: usize = 10_000;
+/// The most entries a [`Derived`] keeps; past it they are all dropped (and made again by
+/// the calls that follow).
+const MAX_DERIVED: usize = 10_000;
+
+/// What was derived from the entities (a resolution, a sequence's plan), by key, each
+/// with the entity store's generation it was made at: still true while that is the
+/// generation.
+struct Derived<T>(Mutex<FxHashMap<String, (u64, Arc<T>)>>);
+
+impl<T> Default for Derived<T> {
+    fn default() -> Self {
+        Derived(Mutex::default())
+    }
+}
+
+impl<T> Derived<T> {
+    /// `key`'s entry made at `entities`' generation, or `make`'s (kept only if nothing was
+    /// written while it was made, nor is being written).
+    fn get_or_make<E>(
+        &self,
+        entities: &EntityStore,
+        key: &str,
+        make: impl FnOnce() -> std::result::Result<T, E>,
+    ) -> std::result::Result<Arc<T>, E> {
+        let generation = entities.generation();
+        if let Some((g, v)) = self.0.lock().ok().and_then(|m| m.get(key).cloned()) {
+            if g == generation {
+                return Ok(v);
+            }
+        }
+        let v = Arc::new(make()?);
+        if generation != u64::MAX && entities.generation() == generation {
+            if let Ok(mut m) = self.0.lock() {
+                if m.len() >= MAX_DERIVED {
+                    m.clear();
+                }
+                m.insert(key.to_string(), (generation, v.clone()));
+            }
+        }
+        Ok(v)
+    }
+}
 
 /// A future run in place by its caller that, dropped before it finished (the caller
 /// stopped waiting, or went away), goes on on a task of its own: an activation, once
@@ -193,6 +231,46 @@ impl<T: Send + 'static> Drop for RunOn<T> {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// `inner` bounded by `limit`, counted from the first time it waits: a call that
+    /// answers at once (an in-process handler) arms no timer. Answers `None` past the
+    /// limit.
+    struct Bounded<F> {
+        #[pin]
+        inner: F,
+        limit: Duration,
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+    }
+}
+
+impl<F> Bounded<F> {
+    fn new(inner: F, limit: Duration) -> Self {
+        Bounded { inner, limit, timer: None }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Bounded<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let mut this = self.project();
+        if let std::task::Poll::Ready(out) = this.inner.poll(cx) {
+            return std::task::Poll::Ready(Some(out));
+        }
+        if this.timer.is_none() {
+            this.timer.set(Some(tokio::time::sleep(*this.limit)));
+        }
+        match this.timer.as_pin_mut() {
+            Some(timer) => timer.poll(cx).map(|()| None),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
 /// The OpenWhisk API's operations. Cheap to clone.
 #[derive(Clone)]
 pub struct Whisk {
@@ -203,7 +281,9 @@ pub struct Whisk {
     config: WhiskConfig,
     feeds: super::feeds::Feeds,
     /// Sequences' plans, by the sequence's real key.
-    plans: Arc<Mutex<FxHashMap<String, Arc<Plan>>>>,
+    plans: Arc<Derived<Plan>>,
+    /// Actions resolved for invocations, by the path invoked.
+    resolved: Arc<Derived<Resolved>>,
 }
 
 impl std::fmt::Debug for Whisk {
@@ -277,6 +357,7 @@ impl Whisk {
             config,
             feeds: Default::default(),
             plans: Arc::default(),
+            resolved: Arc::default(),
         }
     }
 
@@ -504,7 +585,8 @@ impl Whisk {
         params: Map<String, Value>,
         blocking: bool,
     ) -> Result<Invoked> {
-        let resolved = self.resolve(path)?;
+        let resolved =
+            self.resolved.get_or_make(&self.entities, &path.key(), || self.resolve(path))?;
         let params = resolved.bound.merge(&[&params], true)?;
         let id = InvocationId::new();
         let this = self.clone();
@@ -518,9 +600,9 @@ impl Whisk {
         }
         // Run in place while the caller waits; past the wait (or if the caller goes away),
         // it runs on, on a task of its own.
-        match tokio::time::timeout(self.config.blocking_wait, run).await {
-            Ok(a) => Ok(Invoked::Done(Box::new(a))),
-            Err(_) => Ok(Invoked::Accepted(id)),
+        match Bounded::new(run, self.config.blocking_wait).await {
+            Some(a) => Ok(Invoked::Done(a)),
+            None => Ok(Invoked::Accepted(id)),
         }
     }
 
@@ -529,22 +611,24 @@ impl Whisk {
     fn run<'a>(
         &'a self,
         caller: &'a str,
-        resolved: Resolved,
+        resolved: Arc<Resolved>,
         params: Map<String, Value>,
         id: InvocationId,
         cause: Option<(InvocationId, &'static str)>,
         depth: usize,
-    ) -> BoxFuture<'a, Activation> {
+    ) -> BoxFuture<'a, Arc<Activation>> {
         Box::pin(async move {
             if resolved.action.exec.is_sequence() {
                 return self.run_sequence(caller, resolved, params, id, cause, depth).await;
             }
             let start = SystemTime::now();
             let call = Arc::new(self.call_of(caller, &resolved, &cause));
-            let response = self.run_action(&resolved, call, params, &id).await;
-            self.log.get(&id).unwrap_or_else(|| {
-                Activation::new(id, &resolved.function, start, SystemTime::now(), response)
-            })
+            let (response, end) = self.run_action(&resolved, call, params, &id, start).await;
+            Arc::new(
+                self.log.get(&id).unwrap_or_else(|| {
+                    Activation::new(id, &resolved.function, start, end, response)
+                }),
+            )
         })
     }
 
@@ -553,7 +637,7 @@ impl Whisk {
     async fn run_detached(
         &self,
         caller: &str,
-        resolved: Resolved,
+        resolved: Arc<Resolved>,
         params: Map<String, Value>,
         id: InvocationId,
         cause: Option<(InvocationId, &'static str)>,
@@ -562,7 +646,7 @@ impl Whisk {
             self.run_sequence(caller, resolved, params, id, cause, 0).await;
         } else {
             let call = Arc::new(self.call_of(caller, &resolved, &cause));
-            self.run_action(&resolved, call, params, &id).await;
+            self.run_action(&resolved, call, params, &id, SystemTime::now()).await;
         }
     }
 
@@ -584,17 +668,18 @@ impl Whisk {
         }
     }
 
-    /// Runs an action under activation id `id`, described by `call`, and records it (the
-    /// stack's record layer notes the call, and its result reaches that record through a
-    /// [`ResultSlot`]); answers the response.
+    /// Runs an action under activation id `id`, described by `call`, from `start` (read
+    /// by the caller: a sequence's previous component's end), and records it (the stack's
+    /// record layer notes the call, and its result reaches that record through a
+    /// [`ResultSlot`]); answers the response and when it ended.
     async fn run_action(
         &self,
         r: &Resolved,
         call: Arc<WhiskCall>,
         params: Map<String, Value>,
         id: &InvocationId,
-    ) -> ActivationResponse {
-        let start = SystemTime::now();
+        start: SystemTime,
+    ) -> (ActivationResponse, SystemTime) {
         let body = serde_json::to_vec(&params).unwrap_or_else(|_| b"{}".to_vec());
         let slot = Arc::new(ResultSlot::new(call.clone()));
         let outcome = if body.len() > self.config.max_payload {
@@ -609,10 +694,10 @@ impl Whisk {
             req.extensions_mut().insert(slot.clone());
             let inv = Invocation { id: id.clone(), function: r.function.clone(), request: req };
             let limit = Duration::from_millis(r.action.limits.timeout);
-            match tokio::time::timeout(limit, self.invoke.invoke(inv)).await {
-                Ok(Ok(resp)) => self.read_result(resp).await,
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(Error::timeout("action", limit)),
+            match Bounded::new(self.invoke.invoke(inv), limit).await {
+                Some(Ok(resp)) => self.read_result(resp).await,
+                Some(Err(e)) => Err(e),
+                None => Err(Error::timeout("action", limit)),
             }
         };
         let response = match outcome {
@@ -638,43 +723,34 @@ impl Whisk {
             a.annotate("waitTime", 0.into());
             self.log.insert(a);
         }
-        response
+        (response, end)
     }
 
     /// The components of the sequence `r` resolved, made again only when an entity changed.
     fn plan(&self, r: &Resolved) -> Arc<Plan> {
-        let generation = self.entities.generation();
-        if let Some(p) = self.plans.lock().ok().and_then(|m| m.get(&r.real_key).cloned()) {
-            if p.generation == generation {
-                return p;
-            }
-        }
-        let real = Self::real_path(&r.action);
-        let mut components: Vec<std::result::Result<Arc<Resolved>, (String, Error)>> = Vec::new();
-        let given = r.action.exec.components.as_deref().unwrap_or_default();
-        for (i, c) in given.iter().enumerate() {
-            // A component named again shares the first one's resolution.
-            if let Some(first) = given[..i].iter().position(|earlier| earlier == c) {
-                components.push(components[first].clone());
-                continue;
-            }
-            let resolved = EntityPath::parse("exec.components", c, &real.namespace)
-                .and_then(|p| self.resolve(&p))
-                .map(Arc::new)
-                .map_err(|e| (c.clone(), e));
-            components.push(resolved);
-        }
-        let plan = Arc::new(Plan { generation, components });
-        // Kept only if nothing was written while it was made (nor is being written).
-        if generation != u64::MAX && self.entities.generation() == generation {
-            if let Ok(mut m) = self.plans.lock() {
-                if m.len() >= MAX_PLANS {
-                    m.clear();
+        let made = self.plans.get_or_make(&self.entities, &r.real_key, || {
+            let real = Self::real_path(&r.action);
+            let mut components: Vec<std::result::Result<Arc<Resolved>, (String, Error)>> =
+                Vec::new();
+            let given = r.action.exec.components.as_deref().unwrap_or_default();
+            for (i, c) in given.iter().enumerate() {
+                // A component named again shares the first one's resolution.
+                if let Some(first) = given[..i].iter().position(|earlier| earlier == c) {
+                    components.push(components[first].clone());
+                    continue;
                 }
-                m.insert(r.real_key.clone(), plan.clone());
+                let resolved = EntityPath::parse("exec.components", c, &real.namespace)
+                    .and_then(|p| self.resolve(&p))
+                    .map(Arc::new)
+                    .map_err(|e| (c.clone(), e));
+                components.push(resolved);
             }
+            Ok::<_, std::convert::Infallible>(Plan { components })
+        });
+        match made {
+            Ok(plan) => plan,
+            Err(never) => match never {},
         }
-        plan
     }
 
     /// An action's answer as its activation's response: a JSON object is the result; an
@@ -717,14 +793,15 @@ impl Whisk {
     async fn run_sequence(
         &self,
         caller: &str,
-        r: Resolved,
+        r: Arc<Resolved>,
         params: Map<String, Value>,
         id: InvocationId,
         cause: Option<(InvocationId, &'static str)>,
         depth: usize,
-    ) -> Activation {
+    ) -> Arc<Activation> {
         let start = SystemTime::now();
-        let mut logs = Vec::new();
+        // The last component's end: the next one's start, and at last the sequence's end.
+        let mut at = start;
         // What flows into the next component: the last response's result (an object, else
         // nothing), starting with the sequence's parameters.
         let mut response = ActivationResponse::success(Value::Object(params));
@@ -735,6 +812,7 @@ impl Whisk {
             ));
         }
         let plan = self.plan(&r);
+        let mut logs = Vec::with_capacity(plan.components.len());
         let child_cause = Some((id.clone(), "sequence"));
         // The record layer's description of each component's call: the same for every
         // call of a component in this run (one per distinct component, by its plan entry).
@@ -766,13 +844,15 @@ impl Whisk {
             let child = if component.action.exec.is_sequence() {
                 let nested = self.run(
                     caller,
-                    (**component).clone(),
+                    component.clone(),
                     merged,
                     child_id.clone(),
                     child_cause.clone(),
                     depth + 1,
                 );
-                nested.await.response
+                let record = nested.await;
+                at = SystemTime::now();
+                record.response.clone()
             } else {
                 let key = Arc::as_ptr(component) as usize;
                 let call = match calls.iter().find(|(k, _)| *k == key) {
@@ -783,7 +863,9 @@ impl Whisk {
                         call
                     }
                 };
-                self.run_action(component, call, merged, &child_id).await
+                let (response, end) = self.run_action(component, call, merged, &child_id, at).await;
+                at = end;
+                response
             };
             logs.push(child_id.to_string());
             let failed = !child.success;
@@ -792,14 +874,15 @@ impl Whisk {
                 break;
             }
         }
-        let end = SystemTime::now();
         let call = self.call_of(caller, &r, &cause);
-        let mut a = Activation::new(id, &r.function, start, end, response);
-        call.describe(&mut a);
+        let topmost = call.caused_by.is_none();
+        let mut a = Activation::new(id, &r.function, start, at, response);
+        call.describe_owned(&mut a);
         a.logs = logs;
-        if call.caused_by.is_none() {
+        if topmost {
             a.annotate("topmost", true.into());
         }
+        let a = Arc::new(a);
         self.log.note_built(a.clone());
         a
     }
@@ -1050,6 +1133,7 @@ impl Whisk {
                     let cause = id.clone();
                     tokio::spawn(async move {
                         let cause = Some((cause, "trigger"));
+                        let resolved = Arc::new(resolved);
                         this.run_detached(&caller, resolved, merged, action_id, cause).await;
                     });
                 }
@@ -1092,4 +1176,122 @@ impl Whisk {
 /// Parameters as an OpenWhisk `[{"key","value"}]` array.
 pub fn key_values(m: &Map<String, Value>) -> KeyValues {
     m.iter().map(|(k, v)| KeyValue { key: k.clone(), value: v.clone() }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryInvoker;
+    use crate::state::MemoryStateStore;
+    use crate::{handler_fn, Context, Request};
+
+    fn blackbox(image: &str, timeout_ms: u64) -> ActionPut {
+        ActionPut {
+            exec: Some(Exec {
+                kind: "blackbox".into(),
+                image: Some(image.into()),
+                ..Default::default()
+            }),
+            limits: Some(Limits { timeout: timeout_ms, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    /// A memory backend with `noop` (answers `{}`) and `slow` (never answers in time), a
+    /// function `guest/slow` deployed without a timeout of the backend's (so only the
+    /// API's own bounds its calls), and the API over it.
+    async fn fixture(config: WhiskConfig) -> Whisk {
+        let memory = Arc::new(MemoryInvoker::new());
+        memory
+            .register("noop", handler_fn(|_: Request, _: Context| async { Ok::<_, Error>("{}") }));
+        memory.register(
+            "slow",
+            handler_fn(|_: Request, _: Context| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, Error>("{}")
+            }),
+        );
+        // Taken over as it is by the action's creation.
+        memory.deploy(FunctionSpec::new("slow", "slow").namespace("guest")).await.unwrap();
+        let entities = EntityStore::new(Arc::new(MemoryStateStore::default()));
+        Whisk::new(entities, ActivationLog::default(), memory.clone(), memory, config)
+    }
+
+    fn path(name: &str) -> EntityPath {
+        EntityPath::new("guest", None, name)
+    }
+
+    /// Past the blocking wait the caller gets the id; the run goes on on its own and ends
+    /// in its record (here: the action's own timeout).
+    #[tokio::test(start_paused = true)]
+    async fn past_the_blocking_wait_the_run_goes_on_to_its_record() {
+        let config = WhiskConfig { blocking_wait: Duration::from_secs(1), ..Default::default() };
+        let whisk = fixture(config).await;
+        whisk.put_action(&path("slow"), blackbox("slow", 5_000), false).await.unwrap();
+        let t0 = tokio::time::Instant::now();
+        let Invoked::Accepted(id) =
+            whisk.invoke("guest", &path("slow"), Map::new(), true).await.unwrap()
+        else {
+            panic!("a call that never answers finished");
+        };
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(2), "{waited:?}");
+        let record = loop {
+            match whisk.log().get(&id) {
+                Some(a) if a.response.result.get("error").is_some() => break a,
+                _ => {}
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "no record of {id}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(record.response.status_code, StatusCode::DeveloperError, "{record:?}");
+        assert!(record.response.result["error"].as_str().unwrap().contains("action timeout of"));
+        assert!(t0.elapsed() >= Duration::from_secs(5), "{:?}", t0.elapsed());
+    }
+
+    /// A component past its own timeout stops its sequence with OpenWhisk's developer
+    /// error, enforced by the API itself: the component's function was deployed without
+    /// a timeout, so the backend would wait for it for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_component_past_its_timeout_stops_the_sequence() {
+        let whisk = fixture(WhiskConfig::default()).await;
+        whisk.put_action(&path("noop"), blackbox("noop", 60_000), false).await.unwrap();
+        whisk.put_action(&path("slow"), blackbox("slow", 1_000), false).await.unwrap();
+        let seq = Exec {
+            kind: "sequence".into(),
+            components: Some(vec![
+                "/guest/noop".into(),
+                "/guest/slow".into(),
+                "/guest/noop".into(),
+            ]),
+            ..Default::default()
+        };
+        let put = ActionPut { exec: Some(seq), ..Default::default() };
+        whisk.put_action(&path("seq"), put, false).await.unwrap();
+
+        let t0 = tokio::time::Instant::now();
+        let Invoked::Done(a) = whisk.invoke("guest", &path("seq"), Map::new(), true).await.unwrap()
+        else {
+            panic!("the sequence did not finish within the blocking wait");
+        };
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(2), "{waited:?}");
+        assert_eq!(a.response.status_code, StatusCode::DeveloperError, "{a:?}");
+        let error = a.response.result["error"].as_str().unwrap_or_default();
+        assert!(error.contains("action timeout of"), "{error}");
+        assert_eq!(a.logs.len(), 2, "the chain stops at the slow component: {a:?}");
+        assert_eq!(a.annotation("topmost"), Some(&Value::Bool(true)));
+
+        let slow = whisk.log().get(&InvocationId::from_string(a.logs[1].clone())).unwrap();
+        assert_eq!(slow.name, "slow");
+        assert_eq!(slow.response.status_code, StatusCode::DeveloperError, "{slow:?}");
+        assert_eq!(slow.response.result, a.response.result);
+        assert_eq!(slow.cause.as_ref(), Some(&a.activation_id));
+        assert_eq!(slow.annotation("causedBy"), Some(&Value::String("sequence".into())));
+        let first = whisk.log().get(&InvocationId::from_string(a.logs[0].clone())).unwrap();
+        assert!(first.response.success, "{first:?}");
+        assert!(first.end <= slow.start, "components run one after the other");
+        // The sequence's own record is in the log as answered.
+        assert_eq!(whisk.log().get(&a.activation_id).as_ref(), Some(&*a));
+    }
 }

@@ -60,13 +60,21 @@ impl WhiskCall {
     /// subject, name, version, cause, and the `path`, `kind`, `limits` and `causedBy`
     /// annotations.
     pub fn describe(&self, a: &mut Activation) {
-        a.namespace = self.namespace.clone();
+        self.clone().describe_owned(a);
+    }
+
+    /// As [`WhiskCall::describe`], moving the call's names into the record (for a call
+    /// described once).
+    pub fn describe_owned(self, a: &mut Activation) {
+        // These, `waitTime` or `topmost`, and room for `start` and `initTime`.
+        a.annotations.reserve(7);
         a.subject = self.namespace.clone();
-        a.name = self.name.clone();
-        a.version = self.version.clone();
-        a.cause = self.cause.clone();
-        a.annotate("path", self.path.clone().into());
-        a.annotate("kind", self.kind.clone().into());
+        a.namespace = self.namespace;
+        a.name = self.name;
+        a.version = self.version;
+        a.cause = self.cause;
+        a.annotate("path", self.path.into());
+        a.annotate("kind", self.kind.into());
         a.annotate("limits", serde_json::to_value(self.limits).unwrap_or(Value::Null));
         if let Some(by) = self.caused_by {
             a.annotate("causedBy", by.into());
@@ -176,19 +184,20 @@ struct Raw {
 }
 
 /// A record waiting to be indexed: a call the layer noted, or one built by the API (a
-/// sequence's). The note is kept inline: it is the one pushed for every call, and a box
+/// sequence's, shared with its caller: copied only if the caller still holds it when it
+/// is indexed). The note is kept inline: it is the one pushed for every call, and a box
 /// would cost each an allocation.
 #[allow(clippy::large_enum_variant)]
 enum Pending {
     Raw(Raw),
-    Built(Box<Activation>),
+    Built(Arc<Activation>),
 }
 
 impl Pending {
     fn into_activation(self) -> Activation {
         match self {
             Pending::Raw(r) => r.into_activation(),
-            Pending::Built(a) => *a,
+            Pending::Built(a) => Arc::unwrap_or_clone(a),
         }
     }
 }
@@ -467,9 +476,11 @@ impl ActivationLog {
     }
 
     /// Adds a record made elsewhere (a sequence's) as the layer's notes are added: indexed
-    /// by the next flush or read, not on the caller's path.
-    pub fn note_built(&self, activation: Activation) {
-        self.note(Pending::Built(Box::new(activation)));
+    /// by the next flush or read, not on the caller's path. The record is shared with
+    /// whoever else holds it (the caller answering it), and copied only if they still do
+    /// when it is indexed.
+    pub fn note_built(&self, activation: Arc<Activation>) {
+        self.note(Pending::Built(activation));
     }
 
     /// Adds (or replaces) a record made elsewhere (a sequence's, a trigger's).
