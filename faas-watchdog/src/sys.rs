@@ -130,7 +130,9 @@ impl Reaper {
         if pid == 0 {
             #[allow(unsafe_code)]
             // SAFETY: see above.
-            unsafe { reaper_main(rx.as_raw_fd(), &mut bits) }
+            unsafe {
+                reaper_main(rx.as_raw_fd(), &mut bits)
+            }
         }
         drop(rx);
         #[allow(unsafe_code)]

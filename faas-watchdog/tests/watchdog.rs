@@ -383,7 +383,11 @@ async fn in_process_serve_stops_on_the_shutdown_future() {
     assert_eq!(reapers().len(), 1, "one reaper while serving");
     tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(30), server).await.unwrap().unwrap().unwrap();
-    assert_eq!(reapers(), Vec::<u32>::new(), "the reaper is reaped (not even a zombie) once stopped");
+    assert_eq!(
+        reapers(),
+        Vec::<u32>::new(),
+        "the reaper is reaped (not even a zombie) once stopped"
+    );
 }
 
 /// Headers become environment variables in the fork modes; one too large for an
@@ -475,8 +479,7 @@ fn reaper_of(watchdog: u32) -> Option<u32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&p| p != watchdog)
         .find(|&p| {
-            stat_of(p).is_some_and(|(_, _, name)| name == REAPER)
-                && !pipes_of(p).is_disjoint(&mine)
+            stat_of(p).is_some_and(|(_, _, name)| name == REAPER) && !pipes_of(p).is_disjoint(&mine)
         })
 }
 
@@ -561,7 +564,10 @@ async fn a_fork_child_dies_when_the_watchdogs_process_group_is_killed() {
         .expect("run kill");
     assert!(st.success(), "kill -KILL -{pid}: {st}");
     let _ = wd.wait().await;
-    assert!(wait_gone(child, Duration::from_secs(10)).await, "fork child {child} outlived its group");
+    assert!(
+        wait_gone(child, Duration::from_secs(10)).await,
+        "fork child {child} outlived its group"
+    );
     assert!(wait_gone(reaper, Duration::from_secs(10)).await, "the reaper outlived its watchdog");
     call.abort();
 }
