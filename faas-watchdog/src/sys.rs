@@ -53,18 +53,18 @@ pub(crate) use libc::{SIGKILL, SIGTERM};
 /// Fork mode starts a process per request. [`die_with_parent`] would make each die with the
 /// watchdog, but a `pre_exec` hook makes std start the child with fork + exec instead of
 /// `posix_spawn` (vfork): a fork copies the page tables of the whole multi-threaded watchdog
-/// and both sides then take copy-on-write faults, which doubled the CPU time of a request
-/// (BENCHMARKS.md). So the children are spawned plainly, each in a process group of its own,
+/// and both sides then take copy-on-write faults, about a third of a request's CPU time with
+/// `cat` (BENCHMARKS.md). So the children are spawned plainly, each in a process group of its own,
 /// and that group is registered here for as long as the request runs: the reaper holds the
 /// read end of a pipe whose only write end is the watchdog's; when the watchdog is gone (the
 /// pipe reaches end of file) it kills every group still registered and exits.
 ///
 /// The reaper is the watchdog's child (reaped when the watchdog stops), runs in a process
-/// group of its own (a kill of the watchdog's group does not end it before
-/// it has done its work), ignores SIGTERM, SIGINT and SIGHUP, closes every other descriptor
-/// and only makes async-signal-safe system calls on memory allocated before the fork. A
-/// group is registered just after its spawn returns: a watchdog SIGKILLed between the two
-/// (microseconds) leaves that one child behind.
+/// group of its own (a kill of the watchdog's group does not end it before it has done its
+/// work), ignores SIGTERM, SIGINT and SIGHUP, closes every other descriptor and only makes
+/// async-signal-safe system calls on memory allocated before the fork. A group is registered
+/// just after its spawn returns: a watchdog SIGKILLed between the two (microseconds) leaves
+/// that one child behind.
 pub(crate) struct Reaper {
     /// The write end of the pipe (non-blocking, close-on-exec); `None` once dropped.
     tx: Option<OwnedFd>,
