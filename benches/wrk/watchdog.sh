@@ -127,7 +127,13 @@ echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 # (d) the spawn ceiling: fork mode's process work alone, one thread per core, same `cat`.
 command -v cc >/dev/null || { echo "cc is missing: apt-get install gcc" >&2; exit 1; }
 cc -O2 -o "$WORK/spawn_ceiling" "$ROOT/benches/wrk/spawn_ceiling.c" -lpthread
-CEIL=$("$WORK/spawn_ceiling" "$(nproc)" 2000 "$(command -v cat)" | awk '{print $(NF-1)}')
-echo "(d) spawn ceiling, $(nproc) threads x 2000 spawns of cat, no HTTP: $CEIL spawns/s"
+# (GNU time's user + system CPU includes the reaped `cat`s, like the server column above.)
+CEIL_OUT=$( { /usr/bin/time -f "CEILCPU %U %S" \
+  "$WORK/spawn_ceiling" "$(nproc)" 2000 "$(command -v cat)"; } 2>&1)
+CEIL=$(awk '/spawns\/s/ {print $(NF-1)}' <<<"$CEIL_OUT")
+CEIL_CPU=$(awk -v n="$(( $(nproc) * 2000 ))" '/CEILCPU/ {printf "%.1f", ($2 + $3) * 1e6 / n}' \
+  <<<"$CEIL_OUT")
+echo "(d) spawn ceiling, $(nproc) threads x 2000 spawns of cat, no HTTP: $CEIL spawns/s," \
+  "$CEIL_CPU us CPU per spawn"
 awk -v a="$FORK_RPS" -v c="$CEIL" 'BEGIN {
   printf "fork mode (a) / spawn ceiling (d): %.2fx (target >= 0.8x)\n", a / c }'

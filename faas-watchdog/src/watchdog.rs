@@ -616,6 +616,21 @@ where
     let lambda = config.lambda.clone().filter(|_| config.mode == Mode::Lambda).map(|l| {
         crate::lambda::LambdaRuntime::new(l, program.clone(), args.clone(), config.prefix_logs)
     });
+    // Fork mode's children are spawned without a `pre_exec` hook (so std uses posix_spawn)
+    // and left to the reaper if the watchdog is killed; see `sys::Reaper`.
+    let reaper = match config.mode {
+        Mode::Streaming | Mode::Serializing => match sys::Reaper::start() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log(format!(
+                    "cannot start the reaper ({e}): each function process will be started \
+                     with a parent-death signal instead (slower)"
+                ));
+                None
+            }
+        },
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         cfg: config,
         program,
@@ -624,7 +639,7 @@ where
         inflight: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
         upstream,
-        groups: Groups::default(),
+        groups: Arc::new(GroupSet { running: Default::default(), reaper }),
         openwhisk,
         lambda,
     });
@@ -717,6 +732,9 @@ where
     let left: Vec<u32> = groups_lock(&shared.groups).drain().collect();
     for pgid in left {
         sys::kill_group(pgid, sys::SIGKILL);
+        if let Some(r) = &shared.groups.reaper {
+            r.forget(pgid);
+        }
     }
     let _ = stop_tx.send(true);
     if let Some(h) = supervisor {
@@ -946,12 +964,20 @@ fn header_env_name(name: &str) -> String {
     out
 }
 
-/// The process groups of the fork-mode processes running now (killed when the watchdog
-/// stops).
-type Groups = Arc<std::sync::Mutex<std::collections::HashSet<u32>>>;
+/// The process groups of the fork-mode processes running now: killed when the watchdog
+/// stops, and by the [`sys::Reaper`] if it is killed outright.
+#[derive(Default)]
+struct GroupSet {
+    running: std::sync::Mutex<std::collections::HashSet<u32>>,
+    /// `None` outside the fork modes, or if the reaper could not be started: then each child
+    /// is started with [`sys::die_with_parent`] instead (fork + exec, slower).
+    reaper: Option<sys::Reaper>,
+}
+
+type Groups = Arc<GroupSet>;
 
 fn groups_lock(g: &Groups) -> std::sync::MutexGuard<'_, std::collections::HashSet<u32>> {
-    g.lock().unwrap_or_else(|e| e.into_inner())
+    g.running.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Kills the child's process group when dropped before being disarmed (timeout, client gone).
@@ -964,13 +990,24 @@ impl GroupKill {
     fn new(pgid: Option<u32>, groups: &Groups) -> Self {
         if let Some(p) = pgid {
             groups_lock(groups).insert(p);
+            if let Some(r) = &groups.reaper {
+                r.watch(p);
+            }
         }
         GroupKill { pgid, groups: groups.clone() }
     }
 
+    /// Forgets the group (its process exited; what it left running is its own).
     fn disarm(&mut self) {
         if let Some(p) = self.pgid.take() {
-            groups_lock(&self.groups).remove(&p);
+            self.forget(p);
+        }
+    }
+
+    fn forget(&self, pgid: u32) {
+        groups_lock(&self.groups).remove(&pgid);
+        if let Some(r) = &self.groups.reaper {
+            r.forget(pgid);
         }
     }
 }
@@ -979,7 +1016,7 @@ impl Drop for GroupKill {
     fn drop(&mut self) {
         if let Some(pgid) = self.pgid.take() {
             sys::kill_group(pgid, sys::SIGKILL);
-            groups_lock(&self.groups).remove(&pgid);
+            self.forget(pgid);
         }
     }
 }
@@ -1087,9 +1124,13 @@ async fn fork(shared: &Arc<Shared>, req: Request<Incoming>, streaming: bool) -> 
         std::process::Stdio::inherit()
     });
     // A group of its own, so a timeout kills the function's whole tree; and killed with the
-    // watchdog, which a kill of the watchdog's own group would not reach.
+    // watchdog, which a kill of the watchdog's own group would not reach: by the reaper the
+    // group is registered with (no `pre_exec` hook, so std can use posix_spawn), or failing
+    // that by a parent-death signal.
     cmd.process_group(0);
-    sys::die_with_parent(&mut cmd, sys::SIGKILL);
+    if shared.groups.reaper.is_none() {
+        sys::die_with_parent(&mut cmd, sys::SIGKILL);
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::ArgumentListTooLong => {

@@ -372,8 +372,22 @@ async fn in_process_serve_stops_on_the_shutdown_future() {
     }));
     let r = post(&format!("http://127.0.0.1:{port}/"), Bytes::from_static(b"in-process")).await;
     assert_eq!(r.text(), "in-process");
+    // Fork mode runs a reaper (a child of this process); a stopped watchdog has reaped it.
+    let me = std::process::id();
+    let reapers = || -> Vec<u32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&p| stat_of(p).is_some_and(|(ppid, _, n)| ppid == me && n == REAPER))
+            .collect()
+    };
+    assert_eq!(reapers().len(), 1, "one reaper while serving");
     tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(30), server).await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        reapers(),
+        Vec::<u32>::new(),
+        "the reaper is reaped (not even a zombie) once stopped"
+    );
 }
 
 /// Headers become environment variables in the fork modes; one too large for an
@@ -400,19 +414,17 @@ async fn a_header_too_large_for_the_environment_is_431() {
     }
 }
 
-/// The children of /proc entries whose parent is `pid`.
+/// The children of `pid` (from /proc), but for a fork-mode watchdog's reaper (see
+/// [`reaper_of`]).
 fn children_of(pid: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat")).ok().is_some_and(|s| {
-                // The parent pid is the second field after the parenthesised command name.
-                let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-                rest.split_whitespace().nth(1).and_then(|v| v.parse::<u32>().ok()) == Some(pid)
-            })
-        })
+        .filter(|&p| stat_of(p).is_some_and(|(ppid, _, name)| ppid == pid && name != REAPER))
         .collect()
 }
+
+/// The process name of a fork-mode watchdog's reaper.
+const REAPER: &str = "faas-reaper";
 
 /// A fork-mode child runs in a process group of its own (so a timeout can kill its whole
 /// tree), which a kill of the watchdog's group does not reach: when the watchdog is killed
@@ -438,4 +450,124 @@ async fn a_fork_child_dies_with_a_killed_watchdog() {
         "fork child {child} outlived its watchdog"
     );
     assert!(call.await.unwrap().is_err(), "the call had no answer to get");
+}
+
+/// The pipe inodes (`pipe:[N]`) among a process's open descriptors.
+fn pipes_of(pid: u32) -> std::collections::HashSet<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Default::default() };
+    dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .filter(|l| l.starts_with("pipe:"))
+        .collect()
+}
+
+/// From /proc/PID/stat: the parent's pid, the process group and the process name.
+fn stat_of(pid: u32) -> Option<(u32, u32, String)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = s.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_string();
+    let mut f = rest.split_whitespace().skip(1);
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?, name))
+}
+
+/// A fork-mode watchdog's reaper: the process named `faas-reaper` holding the other end of
+/// one of the watchdog's pipes.
+fn reaper_of(watchdog: u32) -> Option<u32> {
+    let mine = pipes_of(watchdog);
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| p != watchdog)
+        .find(|&p| {
+            stat_of(p).is_some_and(|(_, _, name)| name == REAPER) && !pipes_of(p).is_disjoint(&mine)
+        })
+}
+
+/// Polls (bounded) for the children of `pid` until there are at least `n`.
+async fn wait_children(pid: u32, n: usize) -> Vec<u32> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let c = children_of(pid);
+        if c.len() >= n {
+            return c;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{pid} has {} of {n} children", c.len());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Fork mode's children are not tied to the watchdog by a parent-death signal (which would
+/// make each spawn a fork of the whole watchdog) but registered with its reaper, a process
+/// of its own: when the watchdog is SIGKILLed the reaper kills the function's whole process
+/// group (a grandchild included, which a parent-death signal never reached), then exits.
+#[tokio::test]
+async fn a_killed_watchdogs_reaper_ends_the_fork_childs_whole_tree_then_itself() {
+    let mut wd = spawn_watchdog(&[
+        ("fprocess", "sh -c 'sleep 101 & sleep 102'"),
+        ("mode", "streaming"),
+        ("exec_timeout", "0s"),
+    ])
+    .await;
+    let pid = wd.pid();
+    let reaper = reaper_of(pid).expect("the fork-mode watchdog has a reaper");
+    let (ppid, pgid, _) = stat_of(reaper).expect("the reaper's stat");
+    assert_eq!(ppid, pid, "the reaper is the watchdog's child");
+    assert_eq!(pgid, reaper, "the reaper is in a process group of its own");
+    let url = wd.url("/");
+    let call = tokio::spawn(async move { common::try_post(&url, "x").await });
+    let sh = wait_children(pid, 1).await[0];
+    let sleeps = wait_children(sh, 2).await;
+    wd.child.start_kill().expect("SIGKILL the watchdog");
+    let _ = wd.child.wait().await;
+    for p in std::iter::once(sh).chain(sleeps) {
+        assert!(wait_gone(p, Duration::from_secs(10)).await, "{p} outlived its watchdog");
+    }
+    assert!(wait_gone(reaper, Duration::from_secs(10)).await, "the reaper outlived its watchdog");
+    assert!(call.await.unwrap().is_err(), "the call had no answer to get");
+}
+
+/// The process backend stops a replica by signalling the watchdog's process group: a
+/// SIGKILL of that group does not reach the reaper (a group of its own), which then kills the
+/// fork child's group.
+#[tokio::test]
+async fn a_fork_child_dies_when_the_watchdogs_process_group_is_killed() {
+    let port = free_port();
+    let mut cmd = tokio::process::Command::new(WATCHDOG);
+    cmd.env("port", port.to_string())
+        .env("bind_address", "127.0.0.1")
+        .env("fprocess", "sleep 100")
+        .env("exec_timeout", "0s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut wd = cmd.spawn().expect("spawn faas-watchdog");
+    let pid = wd.id().expect("the watchdog's pid");
+    let url = format!("http://127.0.0.1:{port}/");
+    let call = tokio::spawn(async move {
+        let t0 = std::time::Instant::now();
+        loop {
+            // Refused until the watchdog listens; then the call hangs until it is killed.
+            match common::try_post(&url, "x").await {
+                Err(_) if t0.elapsed() < Duration::from_secs(10) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                r => return r,
+            }
+        }
+    });
+    let child = wait_children(pid, 1).await[0];
+    let reaper = reaper_of(pid).expect("the fork-mode watchdog has a reaper");
+    let st = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -KILL -{pid}: {st}");
+    let _ = wd.wait().await;
+    assert!(
+        wait_gone(child, Duration::from_secs(10)).await,
+        "fork child {child} outlived its group"
+    );
+    assert!(wait_gone(reaper, Duration::from_secs(10)).await, "the reaper outlived its watchdog");
+    call.abort();
 }

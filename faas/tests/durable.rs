@@ -6,6 +6,7 @@
 //! - the same with SIGTERM: every callback exactly once;
 //! - a function and a secret deployed through the API are there after a restart.
 //! - `--queue memory` still serves async calls.
+//! - `kill -9` of `faas up` while a fork-mode call runs leaves no function process running.
 //!
 //! Every wait is a bounded poll. Each test runs with its own HOME and state directory.
 
@@ -263,4 +264,48 @@ async fn the_memory_queue_is_still_available() {
     assert_eq!(r.status, 202, "{}", r.text());
     eventually(60, "the callback", || async { (callbacks.distinct() == 1).then_some(()) }).await;
     assert!(up.log().contains("in-memory queue"), "log:\n{}", up.log());
+}
+
+/// Whether a process is gone (no /proc entry, or a zombie).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s.rsplit_once(')').is_some_and(|(_, r)| {
+            let state = r.trim_start();
+            state.starts_with('Z') || state.starts_with('X')
+        }),
+    }
+}
+
+/// `kill -9` of `faas up` while a fork-mode call runs: the replica's watchdog dies with it
+/// (a parent-death signal), and the watchdog's reaper then kills the function's process,
+/// which runs in a process group of its own: nothing is left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_faas_up_leaves_no_fork_mode_process_running() {
+    let sb = Sandbox::new("durable", STACK, "orphans");
+    let pid_file = sb.state_dir().with_file_name("hang.pid");
+    let mut up = sb.up();
+    let client = serving(&up, &sb.state_dir()).await;
+    let mut spec = FunctionSpec::new("hang", "faas-rs/hang");
+    spec.env_process = Some(format!("sh -c 'echo $$ > {}; exec sleep 100'", pid_file.display()));
+    client.deploy(&spec).await.unwrap();
+    eventually(60, "hang is available", || async {
+        let list = client.list(None).await.ok()?;
+        list.iter().any(|f| f.name == "hang" && f.available_replicas > 0).then_some(())
+    })
+    .await;
+    let caller = client.clone();
+    let call = tokio::spawn(async move {
+        caller.invoke("hang", Method::POST, &[], Bytes::new(), false).await.map(|r| r.status)
+    });
+    let pid: u32 = eventually(60, "the function process started", || async {
+        std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
+    })
+    .await;
+    assert!(!process_gone(pid), "the function process {pid} runs");
+    up.signal("KILL");
+    let _ = wait_exit(&mut up);
+    eventually(10, "the function process is gone", || async { process_gone(pid).then_some(()) })
+        .await;
+    call.abort();
 }
