@@ -879,7 +879,7 @@ async fn api(
     let uri = req.uri().clone();
     let path = uri.path();
     let Some(rest) = path.strip_prefix(RUNTIME_API_PREFIX) else {
-        return not_found(&path);
+        return not_found(path);
     };
     match (req.method(), rest) {
         (&Method::GET, "/invocation/next") => next(rt, env, gen).await,
