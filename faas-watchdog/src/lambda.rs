@@ -24,7 +24,9 @@
 //! process and Docker backends set it from the function's `maxConcurrency` (its in-flight
 //! cap per replica) unless the spec sets it. The watchdog is healthy once one environment
 //! has initialised; an init failure fails the invocations only once every environment
-//! has failed.
+//! has failed. Unless `watchdog_threads` says otherwise, the watchdog serves with no more
+//! threads than environments (one by default), so a caller's connection and the Runtime
+//! API's share a thread and an invocation's hand-offs never wake another one.
 //!
 //! - `lambda_event=http` (the default): the request becomes an API Gateway HTTP API event,
 //!   payload format 2.0, as a Function URL sends it (`version`, `routeKey` `$default`,
