@@ -24,7 +24,9 @@
 //! process and Docker backends set it from the function's `maxConcurrency` (its in-flight
 //! cap per replica) unless the spec sets it. The watchdog is healthy once one environment
 //! has initialised; an init failure fails the invocations only once every environment
-//! has failed.
+//! has failed. Unless `watchdog_threads` says otherwise, the watchdog serves with no more
+//! threads than environments (one by default), so a caller's connection and the Runtime
+//! API's share a thread and an invocation's hand-offs never wake another one.
 //!
 //! - `lambda_event=http` (the default): the request becomes an API Gateway HTTP API event,
 //!   payload format 2.0, as a Function URL sends it (`version`, `routeKey` `$default`,
@@ -359,6 +361,8 @@ pub(crate) struct LambdaRuntime {
     phase: watch::Sender<Phase>,
     /// Set once the first start has initialised or failed (health answers 200 from then).
     settled: AtomicBool,
+    /// `Lambda-Runtime-Invoked-Function-Arn`, built once for every `/next`.
+    arn_header: Option<HeaderValue>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -384,6 +388,7 @@ impl LambdaRuntime {
             envs: (0..cfg.environments.max(1)).map(|_| Env::new()).collect(),
             phase: watch::channel(Phase::Starting).0,
             settled: AtomicBool::new(false),
+            arn_header: HeaderValue::from_str(&cfg.function_arn).ok(),
             cfg,
         })
     }
@@ -872,9 +877,11 @@ async fn api(
     gen: u64,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let path = req.uri().path().to_string();
+    // (A `Uri` clone shares its bytes: no copy of the path per call.)
+    let uri = req.uri().clone();
+    let path = uri.path();
     let Some(rest) = path.strip_prefix(RUNTIME_API_PREFIX) else {
-        return not_found(&path);
+        return not_found(path);
     };
     match (req.method(), rest) {
         (&Method::GET, "/invocation/next") => next(rt, env, gen).await,
@@ -887,14 +894,14 @@ async fn api(
                 Some((id, w @ ("response" | "error"))) if !id.is_empty() && !id.contains('/') => {
                     (id.to_string(), w)
                 }
-                _ => return not_found(&path),
+                _ => return not_found(path),
             };
             if m != Method::POST {
                 return method_not_allowed("POST");
             }
             answer(&rt.envs[env], req, &id, what == "error").await
         }
-        _ => not_found(&path),
+        _ => not_found(path),
     }
 }
 
@@ -928,14 +935,19 @@ async fn next(rt: &Arc<LambdaRuntime>, env: usize, gen: u64) -> Response<Body> {
             }
         };
         set("lambda-runtime-aws-request-id", &job.id);
-        set("lambda-runtime-deadline-ms", &job.deadline_ms.to_string());
-        set("lambda-runtime-invoked-function-arn", &rt.cfg.function_arn);
         set("lambda-runtime-trace-id", &job.trace_id);
         if let Some(c) = &job.client_context {
             set("lambda-runtime-client-context", c);
         }
         if let Some(c) = &job.cognito_identity {
             set("lambda-runtime-cognito-identity", c);
+        }
+        h.insert(
+            HeaderName::from_static("lambda-runtime-deadline-ms"),
+            HeaderValue::from(job.deadline_ms),
+        );
+        if let Some(arn) = &rt.arn_header {
+            h.insert(HeaderName::from_static("lambda-runtime-invoked-function-arn"), arn.clone());
         }
         *lock(&e.current) = Some(Current { id: job.id, reply: job.reply, gen });
         return r;

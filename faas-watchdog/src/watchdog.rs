@@ -49,7 +49,7 @@
 //! | `static_path` | `/home/app/public` | the directory of `static` mode |
 //! | `handler`, `lambda_event`, `lambda_queue`, `lambda_concurrency` | | the `lambda` mode's `_HANDLER`, event format (`http` or `raw`), line length and execution environments (default 1); see [`crate::lambda`] |
 //! | `log_requests` | `false` | (ours) one log line per request, in of-watchdog's format (`POST / - 200 OK - ContentLength: 5B (0.0012s)`); the process backend turns it on |
-//! | `watchdog_threads` | the number of CPUs | (ours) threads serving connections, each with its own single-threaded runtime |
+//! | `watchdog_threads` | the number of CPUs (in `lambda` mode at most `lambda_concurrency`) | (ours) threads serving connections, each with its own single-threaded runtime |
 //!
 //! Durations are Go-style (`10s`, `500ms`, `1m`) or plain seconds.
 //!
@@ -405,7 +405,14 @@ impl Config {
             c.static_path = PathBuf::from(v);
         }
         if c.mode == Mode::Lambda {
-            c.lambda = Some(crate::lambda::LambdaConfig::from_vars(&vars)?);
+            let l = crate::lambda::LambdaConfig::from_vars(&vars)?;
+            // Each execution environment takes one invocation at a time, so more threads
+            // than environments only add cross-thread wake-ups between a caller's
+            // connection and the Runtime API's (see `crate::lambda`).
+            if get("watchdog_threads").is_none() {
+                c.threads = c.threads.min(l.environments).max(1);
+            }
+            c.lambda = Some(l);
         }
         Ok(c)
     }
@@ -2258,6 +2265,16 @@ mod tests {
         assert_eq!(field(&[("fprocess", "cat"), ("watchdog_threads", "x")]), "watchdog_threads");
         let c = Config::from_vars([("fprocess", "cat"), ("watchdog_threads", "3")]).unwrap();
         assert_eq!(c.threads, 3);
+        // Lambda mode: no more threads than execution environments, unless set.
+        let lambda = |v: &[(&str, &str)]| {
+            let mut all = vec![("fprocess", "cat"), ("mode", "lambda")];
+            all.extend_from_slice(v);
+            Config::from_vars(all).unwrap().threads
+        };
+        assert_eq!(lambda(&[]), 1);
+        assert_eq!(lambda(&[("watchdog_threads", "3")]), 3);
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        assert_eq!(lambda(&[("lambda_concurrency", "64")]), cpus);
         let c =
             Config::from_vars([("function_process", "cat -"), ("write_timeout", "3s")]).unwrap();
         assert_eq!(c.fprocess, vec!["cat", "-"]);
