@@ -393,6 +393,36 @@ impl MemoryActivationStore {
         self.shard(&key).records.get(&key).map(|r| r.read(call_id))
     }
 
+    /// The record of `call_id` as the durable queue keeps it in its store
+    /// ([`crate::codec`]), and the call's `queued_at`; `None` without a record. Encoded
+    /// from the compact form kept here: no activation is built for it.
+    pub(crate) fn encode_now(
+        &self,
+        call_id: &InvocationId,
+    ) -> Option<(u64, faas_core::Result<Vec<u8>>)> {
+        let key = self.key(call_id);
+        let shard = self.shard(&key);
+        let r = shard.records.get(&key)?;
+        let encoded = if r.activation.is_none() && r.callback.is_none() {
+            let parts = crate::codec::RecordParts {
+                function: &r.function,
+                namespace: &r.namespace,
+                state: r.state,
+                attempts: r.attempts,
+                queued_at: r.queued_at,
+                updated_at: r.updated_at,
+                status: r.status,
+                error: r.error.as_deref(),
+                callback_url: r.callback_url.as_deref(),
+                outcome: r.outcome.as_ref(),
+            };
+            crate::codec::encode_record(call_id, &parts)
+        } else {
+            crate::codec::encode_record_json(&r.read(call_id))
+        };
+        Some((r.queued_at, encoded))
+    }
+
     /// [`ActivationStore::progress`] without awaiting: no copy of the record.
     pub fn progress_now(&self, call_id: &InvocationId) -> Option<Progress> {
         let key = self.key(call_id);

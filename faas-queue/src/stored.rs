@@ -37,12 +37,12 @@ use crate::memory::{Journal, MemoryConsumer, MemoryQueue, QueueLimits};
 use crate::store::MemoryActivationStore;
 
 /// The table of unacknowledged items: key the publish sequence number (8 bytes, big
-/// endian, so that key order is publish order), value the item as JSON.
+/// endian, so that key order is publish order), value the item as [`crate::codec`] encodes it.
 pub const QUEUE_TABLE: &str = "async-queue";
 /// The table of activation records: key the call's `queued_at` (8 bytes, big endian) then
 /// its call id, so that records are written near each other (at the end of the table) as
 /// calls come in, rather than all over it as random call ids would; value the record as
-/// JSON. An item waiting in [`QUEUE_TABLE`] needs no record here: at start it gets its
+/// [`crate::codec`] encodes it. An item waiting in [`QUEUE_TABLE`] needs no record here: at start it gets its
 /// `queued` record from the item.
 pub const ACTIVATIONS_TABLE: &str = "async-activations";
 
@@ -104,30 +104,6 @@ impl Journal for StoreJournal {
     }
 }
 
-/// `value` as JSON, into a buffer of `capacity` bytes to start with (an estimate of the
-/// encoding's size: growing the buffer copies it).
-fn encode<T: serde::Serialize>(what: &str, value: &T, capacity: usize) -> Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(capacity);
-    serde_json::to_writer(&mut buf, value)
-        .map_err(|e| Error::internal(format!("encoding {what}: {e}")))?;
-    Ok(buf)
-}
-
-/// About the size of `item` as JSON: its body in base64, its headers, and its other fields.
-fn encoded_size(item: &QueuedInvocation) -> usize {
-    let headers: usize = item.headers.iter().map(|(n, v)| n.len() + v.len() + 8).sum();
-    let strings = item.function.len()
-        + item.namespace.len()
-        + item.path.len()
-        + item.query.len()
-        + item.callback_url.as_ref().map_or(0, String::len);
-    item.body.len().div_ceil(3) * 4 + headers + strings + 256
-}
-
-/// About the size of an activation record as JSON (its ids, state, times, and the
-/// activation's outcome).
-const RECORD_SIZE: usize = 768;
-
 impl StoredQueue {
     /// Opens the queue kept in `store`, within `limits`, keeping at most `records`
     /// activation records: the items not acknowledged before (a restart) wait again, in
@@ -142,7 +118,7 @@ impl StoredQueue {
         let mut waiting = Vec::new();
         for (key, value) in store.scan(QUEUE_TABLE)? {
             let seq = <[u8; 8]>::try_from(key.as_slice()).map(u64::from_be_bytes);
-            let item = serde_json::from_slice::<QueuedInvocation>(&value);
+            let item = crate::codec::decode_item(&value);
             match (seq, item) {
                 (Ok(seq), Ok(item)) => {
                     next = next.max(seq.saturating_add(1));
@@ -153,7 +129,7 @@ impl StoredQueue {
                 (seq, item) => {
                     tracing::warn!(
                         key_ok = seq.is_ok(),
-                        error = ?item.err().map(|e| e.to_string()),
+                        error = ?item.err(),
                         "dropping an unreadable queued item"
                     );
                     store.apply(vec![StateOp::delete(QUEUE_TABLE, key)]);
@@ -238,10 +214,9 @@ impl QueuePublisher for StoredPublisher {
                 continue;
             }
             let reserved = q.queue.reserve(&item).and_then(|size| {
-                let value =
-                    encode("a queued item", &item, encoded_size(&item)).inspect_err(|_| {
-                        q.queue.unreserve(&item, size);
-                    })?;
+                let value = crate::codec::encode_item(&item).inspect_err(|_| {
+                    q.queue.unreserve(&item, size);
+                })?;
                 Ok((size, value))
             });
             match reserved {
@@ -312,7 +287,7 @@ impl StoredActivations {
         let mem = MemoryActivationStore::new(capacity);
         let mut records = Vec::new();
         for (key, value) in store.scan(ACTIVATIONS_TABLE)? {
-            match serde_json::from_slice::<AsyncActivation>(&value) {
+            match crate::codec::decode_record(&value) {
                 Ok(r) => records.push(r),
                 Err(e) => {
                     tracing::warn!(error = %e, "dropping an unreadable activation record");
@@ -337,11 +312,9 @@ impl StoredActivations {
 
     /// The write that makes the store's record of `call_id` what memory holds.
     fn record_op(&self, call_id: &InvocationId) -> Option<StateOp> {
-        let record = self.mem.get_now(call_id)?;
-        match encode("an activation record", &record, RECORD_SIZE) {
-            Ok(value) => {
-                Some(StateOp::put(ACTIVATIONS_TABLE, record_key(record.queued_at, call_id), value))
-            }
+        let (queued_at, encoded) = self.mem.encode_now(call_id)?;
+        match encoded {
+            Ok(value) => Some(StateOp::put(ACTIVATIONS_TABLE, record_key(queued_at, call_id), value)),
             Err(e) => {
                 tracing::warn!(error = %e, "activation record not stored");
                 None

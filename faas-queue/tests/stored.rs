@@ -280,6 +280,10 @@ mod durable {
         }
         bounded("the worker to finish", worker.stats().wait_finished(200)).await;
         worker.shutdown().await.unwrap();
+        let mut before = Vec::new();
+        for it in &items {
+            before.push(q.activations().get(&it.call_id).await.unwrap().unwrap());
+        }
         drop(q);
         store.close().await.unwrap();
         drop(store);
@@ -287,10 +291,12 @@ mod durable {
         let store = open_kind(kind, &dir).unwrap().store;
         let q = open(&store);
         assert_eq!(q.restored(), 0, "every acknowledged item is gone");
-        for it in &items {
+        for (it, was) in items.iter().zip(&before) {
             let rec = q.activations().get(&it.call_id).await.unwrap().unwrap();
             assert_eq!(rec.state, AsyncState::Succeeded, "{rec:?}");
             assert!(rec.activation.is_some());
+            // Read back from the store as it was in memory, activation and all.
+            assert_eq!(&rec, was);
         }
         store.close().await.unwrap();
         let _ = std::fs::remove_dir_all(&dir);
@@ -304,6 +310,80 @@ mod durable {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn log_worker_outcomes_are_kept() {
         worker_outcomes_are_kept(Kind::Log).await;
+    }
+
+    /// A crash in the middle of writing the worker's records and acknowledgements (one
+    /// frame for many calls): the torn frame is dropped whole at the restart, so those
+    /// calls are delivered again, and the calls before it stay done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_torn_frame_of_records_and_acknowledgements_redelivers_its_calls() {
+        use std::io::Write as _;
+        let dir = temp_dir("torn-acks");
+        let store = open_kind(Kind::Log, &dir).unwrap().store;
+        let q = open(&store);
+        let items: Vec<_> = (0..20).map(|i| item("echo", format!("job-{i}"))).collect();
+        for r in q.publisher().publish_batch(items.clone()).await {
+            r.unwrap();
+        }
+        let c = q.consumer();
+        let records = q.activations();
+        let settle = |n: usize| {
+            let mut acks = Vec::new();
+            for _ in 0..n {
+                let d = c.try_next().unwrap();
+                faas_core::queue::ImmediateActivationStore::put_update_now(
+                    &records,
+                    d.item(),
+                    faas_core::queue::RecordUpdate {
+                        state: AsyncState::Succeeded,
+                        attempts: 1,
+                        status: Some(200),
+                        error: None,
+                        outcome: None,
+                        updated_at: 1,
+                    },
+                );
+                acks.push(d);
+            }
+            acks
+        };
+        // Ten settled and on disk (the empty commit syncs what was applied before it).
+        for d in settle(10) {
+            d.ack().await.unwrap();
+        }
+        store.commit(vec![]).await.unwrap();
+        let seg = dir.join("0000000000000001.log");
+        let good = std::fs::metadata(&seg).unwrap().len();
+        // Ten more: their records and acknowledgements written (one frame) ...
+        for d in settle(10) {
+            d.ack().await.unwrap();
+        }
+        store.commit(vec![]).await.unwrap();
+        drop((q, c, records));
+        store.close().await.unwrap();
+        drop(store);
+        // ... and torn: the crash left half of that last frame.
+        let bytes = std::fs::read(&seg).unwrap();
+        assert!(bytes.len() as u64 > good + 16, "the second round was written");
+        let torn = good as usize + (bytes.len() - good as usize) / 2;
+        let mut f = std::fs::File::create(&seg).unwrap();
+        f.write_all(&bytes[..torn]).unwrap();
+        drop(f);
+
+        let store = open_kind(Kind::Log, &dir).unwrap().store;
+        let q = open(&store);
+        assert_eq!(q.restored(), 10, "the torn frame's ten calls wait again");
+        let c = q.consumer();
+        let waiting: Vec<_> = (0..10).map(|_| c.try_next().unwrap()).collect();
+        let waiting: Vec<_> = waiting.iter().map(|d| d.item().clone()).collect();
+        assert_eq!(waiting, items[10..]);
+        for it in &items[..10] {
+            let rec = q.activations().get(&it.call_id).await.unwrap().unwrap();
+            assert_eq!(rec.state, AsyncState::Succeeded);
+        }
+        drop((q, c));
+        store.close().await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Items and records kept in the redb file (where the queue was before it had its own
@@ -340,6 +420,43 @@ mod durable {
         redb.close().await.unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// Items and records as earlier versions wrote them (JSON) are read: the items wait again,
+/// in publish order, and the records are there.
+#[tokio::test]
+async fn items_and_records_written_as_json_are_read() {
+    use faas_core::queue::AsyncActivation;
+    use faas_core::state::StateOp;
+    use faas_queue::stored::ACTIVATIONS_TABLE;
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::default());
+    let items: Vec<_> = (0..3).map(|i| item("echo", format!("job-{i}"))).collect();
+    let mut ops: Vec<StateOp> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| {
+            let seq = (i as u64 + 1).to_be_bytes();
+            StateOp::put(QUEUE_TABLE, seq, serde_json::to_vec(it).unwrap())
+        })
+        .collect();
+    let done = item("echo", "done");
+    let mut record = AsyncActivation::queued(&done);
+    record.state = AsyncState::Succeeded;
+    let mut key = done.queued_at.to_be_bytes().to_vec();
+    key.extend_from_slice(done.call_id.as_str().as_bytes());
+    ops.push(StateOp::put(ACTIVATIONS_TABLE, key, serde_json::to_vec(&record).unwrap()));
+    store.commit(ops).await.unwrap();
+
+    let q = open(&store);
+    assert_eq!(q.restored(), 3);
+    let c = q.consumer();
+    for it in &items {
+        let d = c.next().await.unwrap().unwrap();
+        assert_eq!(d.item(), it);
+        d.ack().await.unwrap();
+    }
+    let got = q.activations().get(&done.call_id).await.unwrap().unwrap();
+    assert_eq!(got, record);
 }
 
 /// A store that takes no writes (a full or failing disk).
