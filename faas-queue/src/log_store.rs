@@ -120,14 +120,15 @@ impl Index {
         }
     }
 
-    fn put(&mut self, table: &str, key: &[u8], loc: Loc) {
+    /// `key` (taken: the writer hands over the key it wrote, no copy) now lies at `loc`.
+    fn put(&mut self, table: &str, key: Vec<u8>, loc: Loc) {
         if let Some(s) = self.segments.get_mut(&loc.segment) {
             s.live += u64::from(loc.op_bytes);
         }
         let old = match self.tables.get_mut(table) {
-            Some(t) => t.insert(key.to_vec(), loc),
+            Some(t) => t.insert(key, loc),
             None => {
-                self.tables.entry(table.to_string()).or_default().insert(key.to_vec(), loc);
+                self.tables.entry(table.to_string()).or_default().insert(key, loc);
                 None
             }
         };
@@ -444,7 +445,7 @@ fn recover_segment(
                         len: value_len,
                         op_bytes,
                     };
-                    index.put(table, key, loc);
+                    index.put(table, key.to_vec(), loc);
                 }
                 Decoded::Delete { table, key } => index.delete(table, key),
             }
@@ -499,7 +500,8 @@ impl Writer {
             };
             let must_sync = round.iter().any(|w| w.done.is_some())
                 || unsynced_since.is_some_and(|s| s.elapsed() >= APPLY_SYNC);
-            let results = self.append(&round);
+            let mut round = round;
+            let results = self.append(&mut round);
             let mut answers = Vec::new();
             for (w, r) in round.into_iter().zip(results) {
                 match w.done {
@@ -547,7 +549,7 @@ impl Writer {
     }
 
     /// Appends one frame per write; the index learns them once they are in the file.
-    fn append(&mut self, round: &[Write]) -> Vec<Result<()>> {
+    fn append(&mut self, round: &mut [Write]) -> Vec<Result<()>> {
         if let Some(why) = self.failed() {
             return round.iter().map(|_| Err(store_err(&self.dir, &why))).collect();
         }
@@ -555,7 +557,7 @@ impl Writer {
         let mut puts = Vec::new();
         let mut written = Vec::with_capacity(round.len());
         let mut results = Vec::with_capacity(round.len());
-        for w in round {
+        for w in round.iter() {
             match encode_frame(&mut self.buf, &w.ops, &mut puts) {
                 Ok(()) => {
                     written.push(true);
@@ -587,8 +589,8 @@ impl Writer {
         }
         // The puts' places, in the order they were encoded.
         let mut places = puts.into_iter();
-        for (w, _) in round.iter().zip(written).filter(|(_, ok)| *ok) {
-            for op in &w.ops {
+        for (w, _) in round.iter_mut().zip(written).filter(|(_, ok)| *ok) {
+            for op in &mut w.ops {
                 match op {
                     StateOp::Put { table, key, value } => {
                         let Some((value_at, op_bytes)) = places.next() else { continue };
@@ -598,7 +600,7 @@ impl Writer {
                             len: value.len() as u32,
                             op_bytes,
                         };
-                        index.put(table, key, loc);
+                        index.put(table, std::mem::take(key), loc);
                     }
                     StateOp::Delete { table, key } => index.delete(table, key),
                 }
@@ -697,8 +699,8 @@ impl Writer {
     /// Appends `ops` (live entries of segment `from`) unless a newer write replaced them
     /// meanwhile: only this thread writes, so nothing did.
     fn copy(&mut self, ops: Vec<StateOp>, from: u64) -> std::io::Result<()> {
-        let round = [Write { ops, done: None }];
-        match self.append(&round).pop() {
+        let mut round = [Write { ops, done: None }];
+        match self.append(&mut round).pop() {
             Some(Err(e)) => Err(std::io::Error::other(format!("copying segment {from}: {e}"))),
             _ => Ok(()),
         }

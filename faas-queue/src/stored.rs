@@ -197,15 +197,17 @@ impl QueuePublisher for StoredPublisher {
         let mut room = Vec::with_capacity(items.len());
         let mut ops = Vec::with_capacity(2 * items.len());
         let mut refused = Vec::new();
-        let mut ids = HashSet::with_capacity(items.len());
+        // Ids seen in this batch: a batch of one (an HTTP call) needs no set.
+        let many = items.len() > 1;
+        let mut ids = HashSet::new();
         for item in items {
             // A record under this id already (or earlier in this batch): storing the call
             // would overwrite it, and a settled one would make the worker skip this call
             // after a restart. The gateway gives a reused `X-Call-Id` a new id first; this
             // catches two calls racing with the same new one. No record is written: the
             // existing one stays as it is.
-            if q.activations.mem.get_now(&item.call_id).is_some()
-                || !ids.insert(item.call_id.clone())
+            if q.activations.mem.progress_now(&item.call_id).is_some()
+                || (many && !ids.insert(item.call_id.clone()))
             {
                 results.push(Err(Error::AlreadyExists {
                     kind: "call with this X-Call-Id",
