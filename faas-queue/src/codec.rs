@@ -202,7 +202,10 @@ pub fn decode_item(value: &[u8]) -> Result<QueuedInvocation, String> {
 }
 
 /// The record of `call_id` made of `parts`, in the binary form.
-pub fn encode_record(call_id: &InvocationId, parts: &RecordParts<'_>) -> faas_core::Result<Vec<u8>> {
+pub fn encode_record(
+    call_id: &InvocationId,
+    parts: &RecordParts<'_>,
+) -> faas_core::Result<Vec<u8>> {
     let (body, error, instance) = parts.outcome.map_or((0, 0, 0), |o| {
         let body = o.body.as_ref().map_or(0, Bytes::len);
         let error = o.error.as_ref().map_or(0, |(_, m)| m.len());
@@ -310,7 +313,8 @@ mod tests {
         item.method = "PUT".into();
         item.path = "/a/b".into();
         item.query = "x=1&y=é".into();
-        item.headers = vec![("content-type".into(), "text/plain".into()), ("x-a".into(), String::new())];
+        item.headers =
+            vec![("content-type".into(), "text/plain".into()), ("x-a".into(), String::new())];
         item.body = Bytes::from((0..=255u8).cycle().take(70_000).collect::<Vec<u8>>());
         item.callback_url = Some("http://127.0.0.1:1/cb".into());
         item.attempt = 3;

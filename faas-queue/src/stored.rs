@@ -316,7 +316,9 @@ impl StoredActivations {
     fn record_op(&self, call_id: &InvocationId) -> Option<StateOp> {
         let (queued_at, encoded) = self.mem.encode_now(call_id)?;
         match encoded {
-            Ok(value) => Some(StateOp::put(ACTIVATIONS_TABLE, record_key(queued_at, call_id), value)),
+            Ok(value) => {
+                Some(StateOp::put(ACTIVATIONS_TABLE, record_key(queued_at, call_id), value))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "activation record not stored");
                 None
