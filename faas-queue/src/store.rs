@@ -226,6 +226,9 @@ struct Shard {
     /// Call ids in insertion order, for eviction.
     order: VecDeque<Key>,
     names: Names,
+    /// The records evicted (their `queued_at` and call id), kept only for a store that
+    /// asked for them ([`MemoryActivationStore::tracking_evictions`]) until it takes them.
+    evicted: Option<Vec<(u64, InvocationId)>>,
 }
 
 impl Shard {
@@ -234,6 +237,7 @@ impl Shard {
             records: HashMap::with_capacity_and_hasher(n, Default::default()),
             order: VecDeque::with_capacity(n),
             names: Names::default(),
+            evicted: None,
         }
     }
 
@@ -280,7 +284,11 @@ impl Shard {
             .position(|k| self.records.get(k).is_some_and(|r| r.state.is_terminal()))
             .unwrap_or(0);
         if let Some(k) = self.order.remove(pos) {
-            self.records.remove(&k);
+            if let Some(gone) = self.records.remove(&k) {
+                if let Some(evicted) = &mut self.evicted {
+                    evicted.push((gone.queued_at, k.id));
+                }
+            }
         }
     }
 }
@@ -346,6 +354,30 @@ impl MemoryActivationStore {
             }),
             capacity,
         }
+    }
+
+    /// [`MemoryActivationStore::new`], keeping the ids of the records it evicts until
+    /// [`MemoryActivationStore::take_evicted`] takes them (the durable queue removes them
+    /// from its store; it takes them at least once per quarter of the capacity of new
+    /// records, which bounds what is kept).
+    pub(crate) fn tracking_evictions(capacity: usize) -> Self {
+        let store = MemoryActivationStore::new(capacity);
+        for shard in store.inner.shards.iter() {
+            lock(shard).evicted = Some(Vec::new());
+        }
+        store
+    }
+
+    /// The `queued_at` and call id of every record evicted since the last call (none
+    /// unless made by [`MemoryActivationStore::tracking_evictions`]).
+    pub(crate) fn take_evicted(&self) -> Vec<(u64, InvocationId)> {
+        let mut out = Vec::new();
+        for shard in self.inner.shards.iter() {
+            if let Some(evicted) = &mut lock(shard).evicted {
+                out.append(evicted);
+            }
+        }
+        out
     }
 
     fn key(&self, call_id: &InvocationId) -> Key {

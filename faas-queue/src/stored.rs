@@ -286,11 +286,15 @@ impl std::fmt::Debug for StoredActivations {
 impl StoredActivations {
     /// The records kept in `store`, at most `capacity` of them (the newest are loaded).
     pub fn open(store: Arc<dyn StateStore>, capacity: usize) -> Result<Self> {
-        let mem = MemoryActivationStore::new(capacity);
+        let mem = MemoryActivationStore::tracking_evictions(capacity);
         let mut records = Vec::new();
+        let mut keys = Vec::new();
         for (key, value) in store.scan(ACTIVATIONS_TABLE)? {
             match crate::codec::decode_record(&value) {
-                Ok(r) => records.push(r),
+                Ok(r) => {
+                    keys.push((key, r.call_id.clone()));
+                    records.push(r);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "dropping an unreadable activation record");
                     store.apply(vec![StateOp::delete(ACTIVATIONS_TABLE, key)]);
@@ -299,8 +303,19 @@ impl StoredActivations {
         }
         // Oldest first, so that eviction keeps the newest.
         records.sort_by_key(|r| r.updated_at);
-        let added = records.len().saturating_sub(capacity);
         mem.put_batch_now(records);
+        // Records memory did not keep (over the capacity, or left by a process that
+        // stopped before it pruned them) leave the store now; from here on the store
+        // follows memory's evictions.
+        drop(mem.take_evicted());
+        let gone: Vec<StateOp> = keys
+            .into_iter()
+            .filter(|(_, id)| mem.progress_now(id).is_none())
+            .map(|(key, _)| StateOp::delete(ACTIVATIONS_TABLE, key))
+            .collect();
+        if !gone.is_empty() {
+            store.apply(gone);
+        }
         let s = StoredActivations {
             mem,
             store,
@@ -308,7 +323,6 @@ impl StoredActivations {
             added: Arc::new(AtomicUsize::new(0)),
             pruning: Arc::new(AtomicBool::new(false)),
         };
-        s.count_new(added);
         Ok(s)
     }
 
@@ -356,23 +370,22 @@ impl StoredActivations {
         }
         self.added.store(0, Ordering::Relaxed);
         let this = self.clone();
+        // The records memory evicted since the last time, not every key of the store:
+        // scanning (and copying) every key under the store's lock cost about a tenth of
+        // the gateway's CPU under load (BENCHMARKS.md).
         let prune = move || {
-            match this.store.scan_keys(ACTIVATIONS_TABLE) {
-                Ok(keys) => {
-                    let gone: Vec<StateOp> = keys
-                        .into_iter()
-                        .filter(|k| {
-                            let id = String::from_utf8_lossy(k.get(8..).unwrap_or_default());
-                            let id = InvocationId::from_string(id);
-                            this.mem.progress_now(&id).is_none()
-                        })
-                        .map(|k| StateOp::delete(ACTIVATIONS_TABLE, k))
-                        .collect();
-                    if !gone.is_empty() {
-                        this.store.apply(gone);
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "pruning activation records failed"),
+            let gone: Vec<StateOp> = this
+                .mem
+                .take_evicted()
+                .into_iter()
+                // A call recorded again since its record was evicted keeps it.
+                .filter(|(_, id)| this.mem.progress_now(id).is_none())
+                .map(|(queued_at, id)| {
+                    StateOp::delete(ACTIVATIONS_TABLE, record_key(queued_at, &id))
+                })
+                .collect();
+            if !gone.is_empty() {
+                this.store.apply(gone);
             }
             this.pruning.store(false, Ordering::Release);
         };

@@ -459,6 +459,67 @@ async fn items_and_records_written_as_json_are_read() {
     assert_eq!(got, record);
 }
 
+/// The store keeps what memory keeps: records evicted from memory leave the store (after
+/// a quarter of the capacity of new records), and at open the records over the capacity
+/// or left by a process that stopped before pruning them leave it too.
+#[test]
+fn the_store_follows_the_records_memory_keeps() {
+    use faas_core::queue::AsyncActivation;
+    use faas_core::state::StateOp;
+    use faas_queue::stored::{StoredActivations, ACTIVATIONS_TABLE};
+    use std::collections::BTreeSet;
+    // No runtime: the pruning runs inline, so each step is finished when it returns (the
+    // in-memory store answers at once: its futures are ready at the first poll).
+    fn now<T>(f: impl std::future::Future<Output = T>) -> T {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::pin::pin!(f).poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("the in-memory store did not answer at once"),
+        }
+    }
+    now(async {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::default());
+        let records = StoredActivations::open(store.clone(), 100).unwrap();
+        let stored_ids = |store: &Arc<dyn StateStore>| -> BTreeSet<String> {
+            store
+                .scan_keys(ACTIVATIONS_TABLE)
+                .unwrap()
+                .iter()
+                .map(|k| String::from_utf8(k[8..].to_vec()).unwrap())
+                .collect()
+        };
+        let memory_ids = |records: &StoredActivations| -> BTreeSet<String> {
+            records.memory().records().iter().map(|r| r.call_id.as_str().to_string()).collect()
+        };
+        let finished = |i: usize| {
+            let mut r = AsyncActivation::queued(&item("echo", format!("job-{i}")));
+            r.state = AsyncState::Succeeded;
+            r
+        };
+        for batch in 0..8 {
+            let batch: Vec<_> = (batch * 50..batch * 50 + 50).map(finished).collect();
+            assert!(records.put_batch(batch).await.iter().all(Result::is_ok));
+        }
+        assert_eq!(records.memory().len(), 100);
+        assert_eq!(stored_ids(&store), memory_ids(&records), "the store holds what memory holds");
+
+        // A record memory no longer holds, left in the store (a process stopped before
+        // pruning it): gone at the next open, with those over a smaller capacity.
+        let mut stray = finished(1000);
+        stray.updated_at = 1; // the oldest: the first to go
+        let mut key = stray.queued_at.to_be_bytes().to_vec();
+        key.extend_from_slice(stray.call_id.as_str().as_bytes());
+        store
+            .commit(vec![StateOp::put(ACTIVATIONS_TABLE, key, serde_json::to_vec(&stray).unwrap())])
+            .await
+            .unwrap();
+        drop(records);
+        let records = StoredActivations::open(store.clone(), 60).unwrap();
+        assert_eq!(records.memory().len(), 60);
+        assert_eq!(stored_ids(&store), memory_ids(&records));
+    });
+}
+
 /// A store that takes no writes (a full or failing disk).
 struct Refusing(MemoryStateStore);
 
