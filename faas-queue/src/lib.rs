@@ -56,6 +56,7 @@
 //! ```
 
 pub mod callback;
+pub mod codec;
 pub mod gateway;
 #[cfg(feature = "kafka")]
 pub mod kafka;

@@ -23,10 +23,13 @@
 //! # Group commit
 //!
 //! One writer thread takes every batch waiting and appends them with one `write`; when at
-//! least one of them is a [`StateStore::commit`], it hands the round to a syncer thread and
-//! goes on with the next round. The syncer makes the file durable with one `fdatasync` for
-//! every round handed to it meanwhile, then answers their commits: appending and syncing
-//! overlap, so the rounds grow while a sync runs instead of waiting for it.
+//! least one of them is a [`StateStore::commit`], it makes the file durable with one
+//! `fdatasync` and answers the round's commits. Commits queued while it writes and syncs
+//! wake nobody (no futex, no context switch per commit): they are the next round, so
+//! rounds grow with the time a sync takes. (A syncer thread of its own, appending the next
+//! round while a sync ran, was tried: the writer was woken for nearly every commit, two
+//! `futex` calls and one `write` per call in `strace`, while the data it wrote still waited
+//! for the next `fdatasync`.)
 //! [`StateStore::apply`] batches do not wake the writer: they are written with the next
 //! commit, or a few milliseconds later, and made durable by the next commit or at the
 //! latest [`APPLY_SYNC`] later.
@@ -61,7 +64,7 @@ use async_trait::async_trait;
 use faas_core::state::{StateOp, StateStore};
 use faas_core::{Error, Result};
 
-use crate::writer_thread::{answer_all, Answer, Round, Rounds, Write, WriterThread};
+use crate::writer_thread::{answer_all, Round, Rounds, Write, WriterThread};
 
 /// A segment is closed, and the next one started, once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
@@ -117,14 +120,15 @@ impl Index {
         }
     }
 
-    fn put(&mut self, table: &str, key: &[u8], loc: Loc) {
+    /// `key` (taken: the writer hands over the key it wrote, no copy) now lies at `loc`.
+    fn put(&mut self, table: &str, key: Vec<u8>, loc: Loc) {
         if let Some(s) = self.segments.get_mut(&loc.segment) {
             s.live += u64::from(loc.op_bytes);
         }
         let old = match self.tables.get_mut(table) {
-            Some(t) => t.insert(key.to_vec(), loc),
+            Some(t) => t.insert(key, loc),
             None => {
-                self.tables.entry(table.to_string()).or_default().insert(key.to_vec(), loc);
+                self.tables.entry(table.to_string()).or_default().insert(key, loc);
                 None
             }
         };
@@ -358,7 +362,7 @@ impl LogStore {
             syncs: syncs.clone(),
             segment_bytes: segment_bytes.max(4096),
             buf: Vec::new(),
-            failed: Arc::new(Mutex::new(None)),
+            failed: None,
         };
         let writer = WriterThread::spawn("faas-log-writer", move |rounds| w.run(rounds))
             .map_err(|e| store_err(dir, format!("cannot start the writer thread: {e}")))?;
@@ -441,7 +445,7 @@ fn recover_segment(
                         len: value_len,
                         op_bytes,
                     };
-                    index.put(table, key, loc);
+                    index.put(table, key.to_vec(), loc);
                 }
                 Decoded::Delete { table, key } => index.delete(table, key),
             }
@@ -476,89 +480,19 @@ struct Writer {
     segment_bytes: u64,
     buf: Vec<u8>,
     /// After a failed write or sync nothing more is written: what is on disk is what the
-    /// last good sync left. Shared with the syncer thread.
-    failed: Arc<Mutex<Option<String>>>,
-}
-
-/// What the writer hands the syncer: the file a round was appended to, and that round's
-/// commits with the outcome of their append, answered once the file is durable.
-struct ToSync {
-    file: Arc<File>,
-    answers: Vec<(Answer, Result<()>)>,
-}
-
-/// The syncer thread: `fdatasync`s for the rounds handed to it, one for all those waiting,
-/// while the writer goes on appending the next rounds (their data rides with the next
-/// `fdatasync`), then answers their commits.
-fn sync_loop(
-    dir: &Path,
-    rx: std::sync::mpsc::Receiver<ToSync>,
-    syncs: &AtomicU64,
-    failed: &Mutex<Option<String>>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-        }
-        let mut files: Vec<&Arc<File>> = Vec::new();
-        for t in &batch {
-            if !files.iter().any(|f| Arc::ptr_eq(f, &t.file)) {
-                files.push(&t.file);
-            }
-        }
-        let mut synced = Ok(());
-        let already = failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(why) = already {
-            synced = Err(store_err(dir, why));
-        } else {
-            for file in files {
-                if let Err(e) = file.sync_data() {
-                    // After a failed fsync the kernel may have dropped the dirty pages:
-                    // nothing written since the last good sync can be trusted to be on disk.
-                    let why = format!("fdatasync failed: {e}");
-                    tracing::error!(dir = %dir.display(), error = %why, "the state log stops taking writes");
-                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
-                    synced = Err(store_err(dir, why));
-                    break;
-                }
-            }
-            if synced.is_ok() {
-                syncs.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        answer_all(
-            batch
-                .into_iter()
-                .flat_map(|t| t.answers)
-                .map(|(a, r)| (a, r.and_then(|()| synced.clone()))),
-        );
-    }
+    /// last good sync left.
+    failed: Option<String>,
 }
 
 impl Writer {
     fn run(&mut self, rounds: Rounds) {
-        let (to_syncer, from_writer) = std::sync::mpsc::channel::<ToSync>();
-        let syncer = {
-            let (dir, syncs, failed) = (self.dir.clone(), self.syncs.clone(), self.failed.clone());
-            std::thread::Builder::new()
-                .name("faas-log-syncer".into())
-                .spawn(move || sync_loop(&dir, from_writer, &syncs, &failed))
-        };
-        let syncer = match syncer {
-            Ok(s) => Some(s),
-            Err(e) => {
-                self.fail(format!("cannot start the syncer thread: {e}"));
-                None
-            }
-        };
         let mut unsynced_since: Option<Instant> = None;
         loop {
             let idle = unsynced_since.map(|since| APPLY_SYNC.saturating_sub(since.elapsed()));
             let round = match rounds.next(idle) {
                 Round::Writes(round) => round,
                 Round::Idle => {
-                    let _ = to_syncer.send(ToSync { file: self.active().1, answers: Vec::new() });
+                    let _ = self.sync();
                     unsynced_since = None;
                     continue;
                 }
@@ -566,8 +500,8 @@ impl Writer {
             };
             let must_sync = round.iter().any(|w| w.done.is_some())
                 || unsynced_since.is_some_and(|s| s.elapsed() >= APPLY_SYNC);
-            let file = self.active().1;
-            let results = self.append(&round);
+            let mut round = round;
+            let results = self.append(&mut round);
             let mut answers = Vec::new();
             for (w, r) in round.into_iter().zip(results) {
                 match w.done {
@@ -580,12 +514,11 @@ impl Writer {
                 }
             }
             if must_sync {
-                if let Err(unsent) = to_syncer.send(ToSync { file, answers }) {
-                    // No syncer (it could not start): answered here, after a sync.
-                    let synced = self.sync();
-                    let answers = unsent.0.answers.into_iter();
-                    answer_all(answers.map(|(a, r)| (a, r.and_then(|()| synced.clone()))));
-                }
+                // Synced here, on this thread: the commits queued meanwhile wake nobody
+                // and are the next round, written with one `write` and made durable
+                // with one `fdatasync`.
+                let synced = self.sync();
+                answer_all(answers.into_iter().map(|(a, r)| (a, r.and_then(|()| synced.clone()))));
                 unsynced_since = None;
             } else if unsynced_since.is_none() {
                 unsynced_since = Some(Instant::now());
@@ -596,20 +529,16 @@ impl Writer {
                 }
             }
         }
-        drop(to_syncer);
-        if let Some(syncer) = syncer {
-            let _ = syncer.join();
-        }
         let _ = self.sync();
     }
 
     fn failed(&self) -> Option<String> {
-        self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.failed.clone()
     }
 
     fn fail(&mut self, why: String) -> Error {
         tracing::error!(dir = %self.dir.display(), error = %why, "the state log stops taking writes");
-        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+        self.failed = Some(why.clone());
         store_err(&self.dir, why)
     }
 
@@ -620,7 +549,7 @@ impl Writer {
     }
 
     /// Appends one frame per write; the index learns them once they are in the file.
-    fn append(&mut self, round: &[Write]) -> Vec<Result<()>> {
+    fn append(&mut self, round: &mut [Write]) -> Vec<Result<()>> {
         if let Some(why) = self.failed() {
             return round.iter().map(|_| Err(store_err(&self.dir, &why))).collect();
         }
@@ -628,7 +557,7 @@ impl Writer {
         let mut puts = Vec::new();
         let mut written = Vec::with_capacity(round.len());
         let mut results = Vec::with_capacity(round.len());
-        for w in round {
+        for w in round.iter() {
             match encode_frame(&mut self.buf, &w.ops, &mut puts) {
                 Ok(()) => {
                     written.push(true);
@@ -660,8 +589,8 @@ impl Writer {
         }
         // The puts' places, in the order they were encoded.
         let mut places = puts.into_iter();
-        for (w, _) in round.iter().zip(written).filter(|(_, ok)| *ok) {
-            for op in &w.ops {
+        for (w, _) in round.iter_mut().zip(written).filter(|(_, ok)| *ok) {
+            for op in &mut w.ops {
                 match op {
                     StateOp::Put { table, key, value } => {
                         let Some((value_at, op_bytes)) = places.next() else { continue };
@@ -671,7 +600,7 @@ impl Writer {
                             len: value.len() as u32,
                             op_bytes,
                         };
-                        index.put(table, key, loc);
+                        index.put(table, std::mem::take(key), loc);
                     }
                     StateOp::Delete { table, key } => index.delete(table, key),
                 }
@@ -770,8 +699,8 @@ impl Writer {
     /// Appends `ops` (live entries of segment `from`) unless a newer write replaced them
     /// meanwhile: only this thread writes, so nothing did.
     fn copy(&mut self, ops: Vec<StateOp>, from: u64) -> std::io::Result<()> {
-        let round = [Write { ops, done: None }];
-        match self.append(&round).pop() {
+        let mut round = [Write { ops, done: None }];
+        match self.append(&mut round).pop() {
             Some(Err(e)) => Err(std::io::Error::other(format!("copying segment {from}: {e}"))),
             _ => Ok(()),
         }

@@ -226,6 +226,9 @@ struct Shard {
     /// Call ids in insertion order, for eviction.
     order: VecDeque<Key>,
     names: Names,
+    /// The records evicted (their `queued_at` and call id), kept only for a store that
+    /// asked for them ([`MemoryActivationStore::tracking_evictions`]) until it takes them.
+    evicted: Option<Vec<(u64, InvocationId)>>,
 }
 
 impl Shard {
@@ -234,6 +237,7 @@ impl Shard {
             records: HashMap::with_capacity_and_hasher(n, Default::default()),
             order: VecDeque::with_capacity(n),
             names: Names::default(),
+            evicted: None,
         }
     }
 
@@ -280,7 +284,11 @@ impl Shard {
             .position(|k| self.records.get(k).is_some_and(|r| r.state.is_terminal()))
             .unwrap_or(0);
         if let Some(k) = self.order.remove(pos) {
-            self.records.remove(&k);
+            if let Some(gone) = self.records.remove(&k) {
+                if let Some(evicted) = &mut self.evicted {
+                    evicted.push((gone.queued_at, k.id));
+                }
+            }
         }
     }
 }
@@ -348,6 +356,30 @@ impl MemoryActivationStore {
         }
     }
 
+    /// [`MemoryActivationStore::new`], keeping the ids of the records it evicts until
+    /// [`MemoryActivationStore::take_evicted`] takes them (the durable queue removes them
+    /// from its store; it takes them at least once per quarter of the capacity of new
+    /// records, which bounds what is kept).
+    pub(crate) fn tracking_evictions(capacity: usize) -> Self {
+        let store = MemoryActivationStore::new(capacity);
+        for shard in store.inner.shards.iter() {
+            lock(shard).evicted = Some(Vec::new());
+        }
+        store
+    }
+
+    /// The `queued_at` and call id of every record evicted since the last call (none
+    /// unless made by [`MemoryActivationStore::tracking_evictions`]).
+    pub(crate) fn take_evicted(&self) -> Vec<(u64, InvocationId)> {
+        let mut out = Vec::new();
+        for shard in self.inner.shards.iter() {
+            if let Some(evicted) = &mut lock(shard).evicted {
+                out.append(evicted);
+            }
+        }
+        out
+    }
+
     fn key(&self, call_id: &InvocationId) -> Key {
         Key { hash: self.inner.hasher.hash_one(call_id.as_str()), id: call_id.clone() }
     }
@@ -391,6 +423,36 @@ impl MemoryActivationStore {
     pub fn get_now(&self, call_id: &InvocationId) -> Option<AsyncActivation> {
         let key = self.key(call_id);
         self.shard(&key).records.get(&key).map(|r| r.read(call_id))
+    }
+
+    /// The record of `call_id` as the durable queue keeps it in its store
+    /// ([`crate::codec`]), and the call's `queued_at`; `None` without a record. Encoded
+    /// from the compact form kept here: no activation is built for it.
+    pub(crate) fn encode_now(
+        &self,
+        call_id: &InvocationId,
+    ) -> Option<(u64, faas_core::Result<Vec<u8>>)> {
+        let key = self.key(call_id);
+        let shard = self.shard(&key);
+        let r = shard.records.get(&key)?;
+        let encoded = if r.activation.is_none() && r.callback.is_none() {
+            let parts = crate::codec::RecordParts {
+                function: &r.function,
+                namespace: &r.namespace,
+                state: r.state,
+                attempts: r.attempts,
+                queued_at: r.queued_at,
+                updated_at: r.updated_at,
+                status: r.status,
+                error: r.error.as_deref(),
+                callback_url: r.callback_url.as_deref(),
+                outcome: r.outcome.as_ref(),
+            };
+            crate::codec::encode_record(call_id, &parts)
+        } else {
+            crate::codec::encode_record_json(&r.read(call_id))
+        };
+        Some((r.queued_at, encoded))
     }
 
     /// [`ActivationStore::progress`] without awaiting: no copy of the record.

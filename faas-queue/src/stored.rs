@@ -37,12 +37,12 @@ use crate::memory::{Journal, MemoryConsumer, MemoryQueue, QueueLimits};
 use crate::store::MemoryActivationStore;
 
 /// The table of unacknowledged items: key the publish sequence number (8 bytes, big
-/// endian, so that key order is publish order), value the item as JSON.
+/// endian, so that key order is publish order), value the item as [`crate::codec`] encodes it.
 pub const QUEUE_TABLE: &str = "async-queue";
 /// The table of activation records: key the call's `queued_at` (8 bytes, big endian) then
 /// its call id, so that records are written near each other (at the end of the table) as
 /// calls come in, rather than all over it as random call ids would; value the record as
-/// JSON. An item waiting in [`QUEUE_TABLE`] needs no record here: at start it gets its
+/// [`crate::codec`] encodes it. An item waiting in [`QUEUE_TABLE`] needs no record here: at start it gets its
 /// `queued` record from the item.
 pub const ACTIVATIONS_TABLE: &str = "async-activations";
 
@@ -104,30 +104,6 @@ impl Journal for StoreJournal {
     }
 }
 
-/// `value` as JSON, into a buffer of `capacity` bytes to start with (an estimate of the
-/// encoding's size: growing the buffer copies it).
-fn encode<T: serde::Serialize>(what: &str, value: &T, capacity: usize) -> Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(capacity);
-    serde_json::to_writer(&mut buf, value)
-        .map_err(|e| Error::internal(format!("encoding {what}: {e}")))?;
-    Ok(buf)
-}
-
-/// About the size of `item` as JSON: its body in base64, its headers, and its other fields.
-fn encoded_size(item: &QueuedInvocation) -> usize {
-    let headers: usize = item.headers.iter().map(|(n, v)| n.len() + v.len() + 8).sum();
-    let strings = item.function.len()
-        + item.namespace.len()
-        + item.path.len()
-        + item.query.len()
-        + item.callback_url.as_ref().map_or(0, String::len);
-    item.body.len().div_ceil(3) * 4 + headers + strings + 256
-}
-
-/// About the size of an activation record as JSON (its ids, state, times, and the
-/// activation's outcome).
-const RECORD_SIZE: usize = 768;
-
 impl StoredQueue {
     /// Opens the queue kept in `store`, within `limits`, keeping at most `records`
     /// activation records: the items not acknowledged before (a restart) wait again, in
@@ -142,7 +118,7 @@ impl StoredQueue {
         let mut waiting = Vec::new();
         for (key, value) in store.scan(QUEUE_TABLE)? {
             let seq = <[u8; 8]>::try_from(key.as_slice()).map(u64::from_be_bytes);
-            let item = serde_json::from_slice::<QueuedInvocation>(&value);
+            let item = crate::codec::decode_item(&value);
             match (seq, item) {
                 (Ok(seq), Ok(item)) => {
                     next = next.max(seq.saturating_add(1));
@@ -153,7 +129,7 @@ impl StoredQueue {
                 (seq, item) => {
                     tracing::warn!(
                         key_ok = seq.is_ok(),
-                        error = ?item.err().map(|e| e.to_string()),
+                        error = ?item.err(),
                         "dropping an unreadable queued item"
                     );
                     store.apply(vec![StateOp::delete(QUEUE_TABLE, key)]);
@@ -221,15 +197,17 @@ impl QueuePublisher for StoredPublisher {
         let mut room = Vec::with_capacity(items.len());
         let mut ops = Vec::with_capacity(2 * items.len());
         let mut refused = Vec::new();
-        let mut ids = HashSet::with_capacity(items.len());
+        // Ids seen in this batch: a batch of one (an HTTP call) needs no set.
+        let many = items.len() > 1;
+        let mut ids = HashSet::new();
         for item in items {
             // A record under this id already (or earlier in this batch): storing the call
             // would overwrite it, and a settled one would make the worker skip this call
             // after a restart. The gateway gives a reused `X-Call-Id` a new id first; this
             // catches two calls racing with the same new one. No record is written: the
             // existing one stays as it is.
-            if q.activations.mem.get_now(&item.call_id).is_some()
-                || !ids.insert(item.call_id.clone())
+            if q.activations.mem.progress_now(&item.call_id).is_some()
+                || (many && !ids.insert(item.call_id.clone()))
             {
                 results.push(Err(Error::AlreadyExists {
                     kind: "call with this X-Call-Id",
@@ -238,10 +216,9 @@ impl QueuePublisher for StoredPublisher {
                 continue;
             }
             let reserved = q.queue.reserve(&item).and_then(|size| {
-                let value =
-                    encode("a queued item", &item, encoded_size(&item)).inspect_err(|_| {
-                        q.queue.unreserve(&item, size);
-                    })?;
+                let value = crate::codec::encode_item(&item).inspect_err(|_| {
+                    q.queue.unreserve(&item, size);
+                })?;
                 Ok((size, value))
             });
             match reserved {
@@ -309,11 +286,15 @@ impl std::fmt::Debug for StoredActivations {
 impl StoredActivations {
     /// The records kept in `store`, at most `capacity` of them (the newest are loaded).
     pub fn open(store: Arc<dyn StateStore>, capacity: usize) -> Result<Self> {
-        let mem = MemoryActivationStore::new(capacity);
+        let mem = MemoryActivationStore::tracking_evictions(capacity);
         let mut records = Vec::new();
+        let mut keys = Vec::new();
         for (key, value) in store.scan(ACTIVATIONS_TABLE)? {
-            match serde_json::from_slice::<AsyncActivation>(&value) {
-                Ok(r) => records.push(r),
+            match crate::codec::decode_record(&value) {
+                Ok(r) => {
+                    keys.push((key, r.call_id.clone()));
+                    records.push(r);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "dropping an unreadable activation record");
                     store.apply(vec![StateOp::delete(ACTIVATIONS_TABLE, key)]);
@@ -322,8 +303,19 @@ impl StoredActivations {
         }
         // Oldest first, so that eviction keeps the newest.
         records.sort_by_key(|r| r.updated_at);
-        let added = records.len().saturating_sub(capacity);
         mem.put_batch_now(records);
+        // Records memory did not keep (over the capacity, or left by a process that
+        // stopped before it pruned them) leave the store now; from here on the store
+        // follows memory's evictions.
+        drop(mem.take_evicted());
+        let gone: Vec<StateOp> = keys
+            .into_iter()
+            .filter(|(_, id)| mem.progress_now(id).is_none())
+            .map(|(key, _)| StateOp::delete(ACTIVATIONS_TABLE, key))
+            .collect();
+        if !gone.is_empty() {
+            store.apply(gone);
+        }
         let s = StoredActivations {
             mem,
             store,
@@ -331,16 +323,15 @@ impl StoredActivations {
             added: Arc::new(AtomicUsize::new(0)),
             pruning: Arc::new(AtomicBool::new(false)),
         };
-        s.count_new(added);
         Ok(s)
     }
 
     /// The write that makes the store's record of `call_id` what memory holds.
     fn record_op(&self, call_id: &InvocationId) -> Option<StateOp> {
-        let record = self.mem.get_now(call_id)?;
-        match encode("an activation record", &record, RECORD_SIZE) {
+        let (queued_at, encoded) = self.mem.encode_now(call_id)?;
+        match encoded {
             Ok(value) => {
-                Some(StateOp::put(ACTIVATIONS_TABLE, record_key(record.queued_at, call_id), value))
+                Some(StateOp::put(ACTIVATIONS_TABLE, record_key(queued_at, call_id), value))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "activation record not stored");
@@ -379,23 +370,22 @@ impl StoredActivations {
         }
         self.added.store(0, Ordering::Relaxed);
         let this = self.clone();
+        // The records memory evicted since the last time, not every key of the store:
+        // scanning (and copying) every key under the store's lock cost about a tenth of
+        // the gateway's CPU under load (BENCHMARKS.md).
         let prune = move || {
-            match this.store.scan_keys(ACTIVATIONS_TABLE) {
-                Ok(keys) => {
-                    let gone: Vec<StateOp> = keys
-                        .into_iter()
-                        .filter(|k| {
-                            let id = String::from_utf8_lossy(k.get(8..).unwrap_or_default());
-                            let id = InvocationId::from_string(id);
-                            this.mem.progress_now(&id).is_none()
-                        })
-                        .map(|k| StateOp::delete(ACTIVATIONS_TABLE, k))
-                        .collect();
-                    if !gone.is_empty() {
-                        this.store.apply(gone);
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "pruning activation records failed"),
+            let gone: Vec<StateOp> = this
+                .mem
+                .take_evicted()
+                .into_iter()
+                // A call recorded again since its record was evicted keeps it.
+                .filter(|(_, id)| this.mem.progress_now(id).is_none())
+                .map(|(queued_at, id)| {
+                    StateOp::delete(ACTIVATIONS_TABLE, record_key(queued_at, &id))
+                })
+                .collect();
+            if !gone.is_empty() {
+                this.store.apply(gone);
             }
             this.pruning.store(false, Ordering::Release);
         };

@@ -41,6 +41,8 @@ pub(crate) fn answer_all(answers: impl IntoIterator<Item = (Answer, Result<()>)>
 #[derive(Default)]
 struct Queue {
     writes: Vec<Write>,
+    /// Batches queued into `writes` (consecutive applies share one [`Write`]).
+    batches: usize,
     /// Commits among `writes`.
     commits: usize,
     /// When the oldest write in `writes` was queued.
@@ -88,10 +90,11 @@ impl Rounds {
         loop {
             let due = q.commits > 0
                 || q.closed
-                || q.writes.len() >= MAX_QUEUED
+                || q.batches >= MAX_QUEUED
                 || q.since.is_some_and(|s| s.elapsed() >= APPLY_DELAY);
             if due && !q.writes.is_empty() {
                 q.commits = 0;
+                q.batches = 0;
                 q.since = None;
                 return Round::Writes(std::mem::take(&mut q.writes));
             }
@@ -140,7 +143,18 @@ impl WriterThread {
         if q.closed {
             return false;
         }
-        q.writes.push(write);
+        // An apply right after another apply joins its batch: one frame (or transaction)
+        // for the worker's records and acknowledgements of many calls, instead of one
+        // each. Both were waiting for the same write; together they are still written
+        // whole or not at all, in order.
+        match q.writes.last_mut() {
+            Some(last) if !commit && last.done.is_none() => {
+                let mut ops = write.ops;
+                last.ops.append(&mut ops);
+            }
+            _ => q.writes.push(write),
+        }
+        q.batches += 1;
         if commit {
             q.commits += 1;
         }
@@ -151,7 +165,7 @@ impl WriterThread {
         // A commit is waited for; an apply only needs the writer to know when its delay
         // ends (the first one queued) or that the queue is full. A writer that is not
         // waiting looks at the queue before it waits again: no wake-up needed.
-        let wake = q.writer_waiting && (commit || first || q.writes.len() >= MAX_QUEUED);
+        let wake = q.writer_waiting && (commit || first || q.batches >= MAX_QUEUED);
         drop(q);
         if wake {
             self.shared.wake.notify_one();

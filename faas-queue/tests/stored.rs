@@ -280,6 +280,10 @@ mod durable {
         }
         bounded("the worker to finish", worker.stats().wait_finished(200)).await;
         worker.shutdown().await.unwrap();
+        let mut before = Vec::new();
+        for it in &items {
+            before.push(q.activations().get(&it.call_id).await.unwrap().unwrap());
+        }
         drop(q);
         store.close().await.unwrap();
         drop(store);
@@ -287,10 +291,12 @@ mod durable {
         let store = open_kind(kind, &dir).unwrap().store;
         let q = open(&store);
         assert_eq!(q.restored(), 0, "every acknowledged item is gone");
-        for it in &items {
+        for (it, was) in items.iter().zip(&before) {
             let rec = q.activations().get(&it.call_id).await.unwrap().unwrap();
             assert_eq!(rec.state, AsyncState::Succeeded, "{rec:?}");
             assert!(rec.activation.is_some());
+            // Read back from the store as it was in memory, activation and all.
+            assert_eq!(&rec, was);
         }
         store.close().await.unwrap();
         let _ = std::fs::remove_dir_all(&dir);
@@ -304,6 +310,80 @@ mod durable {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn log_worker_outcomes_are_kept() {
         worker_outcomes_are_kept(Kind::Log).await;
+    }
+
+    /// A crash in the middle of writing the worker's records and acknowledgements (one
+    /// frame for many calls): the torn frame is dropped whole at the restart, so those
+    /// calls are delivered again, and the calls before it stay done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_torn_frame_of_records_and_acknowledgements_redelivers_its_calls() {
+        use std::io::Write as _;
+        let dir = temp_dir("torn-acks");
+        let store = open_kind(Kind::Log, &dir).unwrap().store;
+        let q = open(&store);
+        let items: Vec<_> = (0..20).map(|i| item("echo", format!("job-{i}"))).collect();
+        for r in q.publisher().publish_batch(items.clone()).await {
+            r.unwrap();
+        }
+        let c = q.consumer();
+        let records = q.activations();
+        let settle = |n: usize| {
+            let mut acks = Vec::new();
+            for _ in 0..n {
+                let d = c.try_next().unwrap();
+                faas_core::queue::ImmediateActivationStore::put_update_now(
+                    &records,
+                    d.item(),
+                    faas_core::queue::RecordUpdate {
+                        state: AsyncState::Succeeded,
+                        attempts: 1,
+                        status: Some(200),
+                        error: None,
+                        outcome: None,
+                        updated_at: 1,
+                    },
+                );
+                acks.push(d);
+            }
+            acks
+        };
+        // Ten settled and on disk (the empty commit syncs what was applied before it).
+        for d in settle(10) {
+            d.ack().await.unwrap();
+        }
+        store.commit(vec![]).await.unwrap();
+        let seg = dir.join("0000000000000001.log");
+        let good = std::fs::metadata(&seg).unwrap().len();
+        // Ten more: their records and acknowledgements written (one frame) ...
+        for d in settle(10) {
+            d.ack().await.unwrap();
+        }
+        store.commit(vec![]).await.unwrap();
+        drop((q, c, records));
+        store.close().await.unwrap();
+        drop(store);
+        // ... and torn: the crash left half of that last frame.
+        let bytes = std::fs::read(&seg).unwrap();
+        assert!(bytes.len() as u64 > good + 16, "the second round was written");
+        let torn = good as usize + (bytes.len() - good as usize) / 2;
+        let mut f = std::fs::File::create(&seg).unwrap();
+        f.write_all(&bytes[..torn]).unwrap();
+        drop(f);
+
+        let store = open_kind(Kind::Log, &dir).unwrap().store;
+        let q = open(&store);
+        assert_eq!(q.restored(), 10, "the torn frame's ten calls wait again");
+        let c = q.consumer();
+        let waiting: Vec<_> = (0..10).map(|_| c.try_next().unwrap()).collect();
+        let waiting: Vec<_> = waiting.iter().map(|d| d.item().clone()).collect();
+        assert_eq!(waiting, items[10..]);
+        for it in &items[..10] {
+            let rec = q.activations().get(&it.call_id).await.unwrap().unwrap();
+            assert_eq!(rec.state, AsyncState::Succeeded);
+        }
+        drop((q, c));
+        store.close().await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Items and records kept in the redb file (where the queue was before it had its own
@@ -340,6 +420,104 @@ mod durable {
         redb.close().await.unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// Items and records as earlier versions wrote them (JSON) are read: the items wait again,
+/// in publish order, and the records are there.
+#[tokio::test]
+async fn items_and_records_written_as_json_are_read() {
+    use faas_core::queue::AsyncActivation;
+    use faas_core::state::StateOp;
+    use faas_queue::stored::ACTIVATIONS_TABLE;
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::default());
+    let items: Vec<_> = (0..3).map(|i| item("echo", format!("job-{i}"))).collect();
+    let mut ops: Vec<StateOp> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| {
+            let seq = (i as u64 + 1).to_be_bytes();
+            StateOp::put(QUEUE_TABLE, seq, serde_json::to_vec(it).unwrap())
+        })
+        .collect();
+    let done = item("echo", "done");
+    let mut record = AsyncActivation::queued(&done);
+    record.state = AsyncState::Succeeded;
+    let mut key = done.queued_at.to_be_bytes().to_vec();
+    key.extend_from_slice(done.call_id.as_str().as_bytes());
+    ops.push(StateOp::put(ACTIVATIONS_TABLE, key, serde_json::to_vec(&record).unwrap()));
+    store.commit(ops).await.unwrap();
+
+    let q = open(&store);
+    assert_eq!(q.restored(), 3);
+    let c = q.consumer();
+    for it in &items {
+        let d = c.next().await.unwrap().unwrap();
+        assert_eq!(d.item(), it);
+        d.ack().await.unwrap();
+    }
+    let got = q.activations().get(&done.call_id).await.unwrap().unwrap();
+    assert_eq!(got, record);
+}
+
+/// The store keeps what memory keeps: records evicted from memory leave the store (after
+/// a quarter of the capacity of new records), and at open the records over the capacity
+/// or left by a process that stopped before pruning them leave it too.
+#[test]
+fn the_store_follows_the_records_memory_keeps() {
+    use faas_core::queue::AsyncActivation;
+    use faas_core::state::StateOp;
+    use faas_queue::stored::{StoredActivations, ACTIVATIONS_TABLE};
+    use std::collections::BTreeSet;
+    // No runtime: the pruning runs inline, so each step is finished when it returns (the
+    // in-memory store answers at once: its futures are ready at the first poll).
+    fn now<T>(f: impl std::future::Future<Output = T>) -> T {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::pin::pin!(f).poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("the in-memory store did not answer at once"),
+        }
+    }
+    now(async {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::default());
+        let records = StoredActivations::open(store.clone(), 100).unwrap();
+        let stored_ids = |store: &Arc<dyn StateStore>| -> BTreeSet<String> {
+            store
+                .scan_keys(ACTIVATIONS_TABLE)
+                .unwrap()
+                .iter()
+                .map(|k| String::from_utf8(k[8..].to_vec()).unwrap())
+                .collect()
+        };
+        let memory_ids = |records: &StoredActivations| -> BTreeSet<String> {
+            records.memory().records().iter().map(|r| r.call_id.as_str().to_string()).collect()
+        };
+        let finished = |i: usize| {
+            let mut r = AsyncActivation::queued(&item("echo", format!("job-{i}")));
+            r.state = AsyncState::Succeeded;
+            r
+        };
+        for batch in 0..8 {
+            let batch: Vec<_> = (batch * 50..batch * 50 + 50).map(finished).collect();
+            assert!(records.put_batch(batch).await.iter().all(Result::is_ok));
+        }
+        assert_eq!(records.memory().len(), 100);
+        assert_eq!(stored_ids(&store), memory_ids(&records), "the store holds what memory holds");
+
+        // A record memory no longer holds, left in the store (a process stopped before
+        // pruning it): gone at the next open, with those over a smaller capacity.
+        let mut stray = finished(1000);
+        stray.updated_at = 1; // the oldest: the first to go
+        let mut key = stray.queued_at.to_be_bytes().to_vec();
+        key.extend_from_slice(stray.call_id.as_str().as_bytes());
+        store
+            .commit(vec![StateOp::put(ACTIVATIONS_TABLE, key, serde_json::to_vec(&stray).unwrap())])
+            .await
+            .unwrap();
+        drop(records);
+        let records = StoredActivations::open(store.clone(), 60).unwrap();
+        assert_eq!(records.memory().len(), 60);
+        assert_eq!(stored_ids(&store), memory_ids(&records));
+    });
 }
 
 /// A store that takes no writes (a full or failing disk).

@@ -1,5 +1,6 @@
 //! Decoding a queued invocation (the JSON of a Kafka message, what a queue consumer gets) and
-//! an activation record, and replaying the invocation.
+//! an activation record, and replaying the invocation; the same from the durable queue's
+//! store (`faas_queue::codec`: its binary form or JSON).
 //!
 //! Whatever decodes rebuilds an invocation or fails naming a field, never panics, and
 //! encodes back to the same value.
@@ -24,6 +25,12 @@ fuzz_target!(|data: &[u8]| {
             panic!("an encoded record does not decode ({e}): {}", String::from_utf8_lossy(&json));
         }
     }
+    if let Ok(item) = faas_queue::codec::decode_item(data) {
+        let bin = faas_queue::codec::encode_item(&item).expect("an invocation encodes");
+        let back = faas_queue::codec::decode_item(&bin).ok();
+        assert_eq!(back, Some(item), "the binary round trip changed the invocation");
+    }
+    let _ = faas_queue::codec::decode_record(data);
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(bytes) = faas_core::queue::base64_decode(text) {
             let again = faas_core::queue::base64_encode(&bytes);
