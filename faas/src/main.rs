@@ -1304,15 +1304,9 @@ fn replica_limits(
 }
 
 async fn backend(up: UpBackend) -> Result<Arc<dyn Backend>> {
-    let inner = raw_backend(
-        up.kind,
-        up.state_dir,
-        up.scheduler,
-        up.limits,
-        up.stem_cells,
-        up.watchdog,
-    )
-    .await?;
+    let inner =
+        raw_backend(up.kind, up.state_dir, up.scheduler, up.limits, up.stem_cells, up.watchdog)
+            .await?;
     if up.autoscale {
         // The autoscaler asks no function for more replicas than the backend's cap.
         let mut config = faas_core::AutoscaleConfig::default();
