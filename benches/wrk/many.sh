@@ -9,7 +9,15 @@
 # BACKEND=process: `faas up` (release build) serving a generated stack of N http-mode
 # functions plus `ok`, each one replica (our watchdog in http mode in front of
 # `faas-fixture`, a small hyper server); the memory is that of the gateway and every
-# process it started, per function.
+# process it started, per function: resident (RSS, which counts the pages of the binaries
+# that every process shares once per process) and proportional (PSS, shared pages split
+# between their processes: what the functions take from the machine).
+# With `--no-autoscale` (AUTOSCALE=0, the default) every function keeps its one replica in
+# both phases, so both measure the request path; AUTOSCALE=1 keeps OpenFaaS CE's rate rule,
+# which gives `ok` up to 20 replicas and every function called 5 times a second or more
+# (all of them, round robin) new replicas during the run. WATCHDOG=PROGRAM is the replicas'
+# watchdog (`faas up --watchdog`; default the standalone `faas-watchdog` beside `faas`;
+# empty: `faas watchdog`).
 #
 #   benches/wrk/many.sh [FUNCTIONS] [DURATION] [CONNECTIONS] [THREADS]   (defaults 1000 10s 64 2)
 #
@@ -28,6 +36,7 @@ up() { # url: waits until it answers
   echo "not answering: $1" >&2; exit 1
 }
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+pss() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
 # The resident memory of a process and its descendants, and how many they are.
 tree_rss() {
   local pids
@@ -37,7 +46,8 @@ tree_rss() {
       while (changed) { changed = 0
         for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; changed = 1 } }
       for (p in keep) print p }')
-  for p in $pids; do rss "$p" 2>/dev/null; done | awk '{ s += $1; n++ } END { printf "%d %d\n", s, n }'
+  for p in $pids; do echo "$(rss "$p" 2>/dev/null) $(pss "$p" 2>/dev/null)"; done |
+    awk 'NF == 2 { s += $1; q += $2; n++ } END { printf "%d %d %d\n", s, n, q }'
 }
 case "$BACKEND" in
   memory)
@@ -65,20 +75,25 @@ case "$BACKEND" in
       done
     } >"$WORK/stack.yml"
     # Every function keeps its one replica (no scale to zero); the cap leaves room for N + 1.
+    FLAGS=()
+    [ "${AUTOSCALE:-0}" = 1 ] || FLAGS+=(--no-autoscale)
+    WATCHDOG=${WATCHDOG-$BIN/faas-watchdog}
+    [ -z "$WATCHDOG" ] || FLAGS+=(--watchdog "$WATCHDOG")
     "$BIN/faas" up -f "$WORK/stack.yml" --listen "$ONE" --no-auth --state-dir "$WORK/state" \
-      --max-replicas-per-node $((2 * N + 16)) >"$WORK/gateway.log" 2>&1 & PIDS+=($!); P=$!
+      --max-replicas-per-node $((2 * N + 16)) "${FLAGS[@]}" >"$WORK/gateway.log" 2>&1 &
+    PIDS+=($!); P=$!
     # Each function answered once, then the memory, before any load makes the rate rule
     # (OpenFaaS CE's default) add replicas.
     for f in ok $(seq -f 'f%g' 0 $((N - 1))); do up "http://$ONE/function/$f"; done
-    read -r RSS PROCS < <(tree_rss "$P")
-    MEMORY=$(awk -v r="$RSS" -v p="$PROCS" -v n="$N" 'BEGIN {
-      printf "resident memory with %d idle functions ready: %.1f MiB in %d processes, %.1f KiB per function", n + 1, r / 1024, p, r / (n + 1) }')
+    read -r RSS PROCS PSS < <(tree_rss "$P")
+    MEMORY=$(awk -v r="$RSS" -v p="$PROCS" -v q="$PSS" -v n="$N" 'BEGIN {
+      printf "memory with %d idle functions ready, %d processes: resident %.1f MiB, %.1f KiB per function; proportional %.1f MiB, %.1f KiB per function", n + 1, p, r / 1024, r / (n + 1), q / 1024, q / (n + 1) }')
     TARGET=50 ;;
   *) echo "BACKEND must be memory or process" >&2; exit 2 ;;
 esac
 wrk -t1 -c8 -d2s "http://$ONE/function/ok" >/dev/null
 FUNCTIONS=$N wrk -t1 -c8 -d5s -s benches/wrk/round-robin.lua "http://$MANY" >/dev/null
-echo "backend: $BACKEND; load average before: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
+echo "backend: $BACKEND${FLAGS:+ (faas up ${FLAGS[*]})}; load average before: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
 rate() { awk '/Requests\/sec/ {print $2}'; }
 ONE_RPS=$(wrk -t"$THREADS" -c"$CONNS" -d"$DUR" "http://$ONE/function/ok" | rate)
 OUT=$(FUNCTIONS=$N wrk -t"$THREADS" -c"$CONNS" -d"$DUR" -s benches/wrk/round-robin.lua "http://$MANY")

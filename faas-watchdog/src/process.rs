@@ -549,8 +549,14 @@ impl LogBook {
             text,
         };
         if let Some(f) = file {
-            let _ =
-                writeln!(f, "{} {}", faas_core::spec::rfc3339::format(entry.timestamp), entry.text);
+            // One `write` per line: `writeln!` on a `File` writes each piece on its own.
+            let stamp = faas_core::spec::rfc3339::format(entry.timestamp);
+            let mut line = String::with_capacity(stamp.len() + entry.text.len() + 2);
+            line.push_str(&stamp);
+            line.push(' ');
+            line.push_str(&entry.text);
+            line.push('\n');
+            let _ = f.write_all(line.as_bytes());
         }
         {
             let mut e = lock(&self.entries);
@@ -1032,6 +1038,12 @@ async fn run_replica(
         }
     }
     let is_http = mode == Some("http");
+    // An http-mode watchdog only relays to its upstream, and the backend adds replicas (each
+    // its own watchdog) for more parallelism: one serving thread each, not one per CPU,
+    // keeps an idle replica small. The spec's `watchdog_threads`, applied above, wins.
+    if is_http && !spec.env_vars.contains_key("watchdog_threads") {
+        cmd.env("watchdog_threads", "1");
+    }
     // An OpenWhisk action's runtime gets its own port as an http-mode upstream does.
     if is_http || faas_core::runtimes::is_action(spec) {
         let path = spec

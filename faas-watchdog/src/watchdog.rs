@@ -443,7 +443,17 @@ pub(crate) fn now_stamp() -> String {
 
 /// One line of the watchdog's own log (stderr).
 pub(crate) fn log(msg: impl std::fmt::Display) {
-    let _ = writeln!(std::io::stderr().lock(), "{} watchdog: {msg}", now_stamp());
+    write_line(&mut std::io::stderr().lock(), format_args!("{} watchdog: {msg}", now_stamp()));
+}
+
+/// Writes `line` and a newline to `w` in one `write`: stderr is unbuffered, and `writeln!`
+/// writes each formatted piece on its own, which a reader of the pipe (the process backend
+/// reads every replica's output) would be woken for piece by piece.
+fn write_line(w: &mut impl std::io::Write, line: std::fmt::Arguments<'_>) {
+    let mut buf = String::with_capacity(128);
+    let _ = std::fmt::Write::write_fmt(&mut buf, line);
+    buf.push('\n');
+    let _ = w.write_all(buf.as_bytes());
 }
 
 /// Copies a child's output to ours line by line (prefixed when `prefix_logs`).
@@ -488,11 +498,11 @@ pub(crate) fn emit_line(stream: &'static str, prefix: bool, line: &[u8]) {
         let _ = o.flush();
     } else {
         let mut o = std::io::stderr().lock();
-        let _ = if prefix {
-            writeln!(o, "{} stderr: {text}", now_stamp())
+        if prefix {
+            write_line(&mut o, format_args!("{} stderr: {text}", now_stamp()));
         } else {
-            writeln!(o, "{text}")
-        };
+            write_line(&mut o, format_args!("{text}"));
+        }
     }
 }
 

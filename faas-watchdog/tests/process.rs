@@ -605,3 +605,25 @@ async fn each_call_is_logged_as_openfaas_watchdogs_log_it() {
     assert!(!quiet_logs.iter().any(|e| e.text.contains("POST /")), "{quiet_logs:#?}");
     inv.remove(&up).await.unwrap();
 }
+
+/// The threads of process `pid` (from /proc).
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_mode_watchdog_serves_on_one_thread_unless_the_spec_asks_for_more() {
+    let inv = invoker("threads");
+    inv.deploy(fixture_spec("one", "echo")).await.unwrap();
+    inv.deploy(fixture_spec("three", "echo").env("watchdog_threads", "3")).await.unwrap();
+    for (name, want) in [("one", 1), ("three", 3)] {
+        let f = FunctionRef::default_ns(name);
+        wait_available(&inv, &f, 1).await;
+        assert_eq!(inv.call(name, "hi").await.unwrap(), "hi");
+        let pid = inv.instance_pids(&f).unwrap()[0].1;
+        // The serving threads start before the watchdog answers its health check.
+        assert_eq!(threads(pid), want, "{name}: watchdog {pid}");
+    }
+    inv.remove(&FunctionRef::default_ns("one")).await.unwrap();
+    inv.remove(&FunctionRef::default_ns("three")).await.unwrap();
+}

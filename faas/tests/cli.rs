@@ -221,3 +221,23 @@ async fn faas_up_serves_the_example_stack_and_the_cli_drives_it() {
     assert!(!faas(&gw, &["list"]).status.success());
     let _ = std::fs::remove_dir_all(home());
 }
+
+#[test]
+fn faas_up_refuses_a_watchdog_program_that_is_not_a_file() {
+    let stack = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/stack.yml");
+    let state = home().join("bad-watchdog-state");
+    let missing = home().join("no-such-watchdog");
+    let out = command()
+        .args(["up", "--no-auth", "--listen", "127.0.0.1:0", "-f"])
+        .arg(&stack)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--watchdog")
+        .arg(&missing)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run faas up");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "faas up started with a missing watchdog: {err}");
+    assert!(err.contains("--watchdog") && err.contains("no-such-watchdog"), "{err}");
+}
