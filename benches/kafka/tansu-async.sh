@@ -43,10 +43,18 @@ start_tansu() { # starts an empty broker, waits for it, creates the topics
   for _ in $(seq 1 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1
   done
-  tansu topic create --broker "tcp://$BROKER" --partitions 8 faas-async >/dev/null
-  tansu topic create --broker "tcp://$BROKER" --partitions 8 faas-async-activations \
-    --config cleanup.policy=compact >/dev/null
-  tansu topic create --broker "tcp://$BROKER" --partitions 1 faas-async-dead-letters >/dev/null
+  create 8 faas-async
+  create 8 faas-async-activations --config cleanup.policy=compact
+  create 1 faas-async-dead-letters
+}
+create() { # PARTITIONS TOPIC [ARGS]: retried while the broker is starting (<= 10 s)
+  local n=$1 t=$2; shift 2
+  for _ in $(seq 1 50); do
+    tansu topic create --broker "tcp://$BROKER" --partitions "$n" "$t" "$@" >/dev/null 2>&1 &&
+      return 0
+    sleep 0.2
+  done
+  echo "could not create topic $t" >&2; exit 1
 }
 
 start_tansu
