@@ -88,7 +88,7 @@ ID=$(call); [ -n "$ID" ] && succeeded "$ID" || { echo "no async call went throug
 echo "before: call $ID succeeded"
 kill -KILL "$TANSU"; wait "$TANSU" 2>/dev/null || true
 sleep 2 # the gateway's calls fail meanwhile
-echo "broker down: /healthz $(curl -s -o /dev/null -w '%{http_code}' "http://$GW/healthz"), async call: $(curl -s -o /dev/null -m 40 -w '%{http_code}' -X POST "http://$GW/async-function/ok")"
+echo "broker down: /healthz $(curl -s -o /dev/null -w '%{http_code}' "http://$GW/healthz"), async call: $(curl -s -o /dev/null -m 40 -w '%{http_code} in %{time_total} s' -X POST "http://$GW/async-function/ok" || true)"
 start_tansu
 T0=$(date +%s.%N)
 DONE=""
@@ -96,7 +96,7 @@ HEALTH=""
 for _ in $(seq 1 240); do # <= 60 s at 250 ms
   HEALTH="$HEALTH $(curl -s -o /dev/null -w '%{http_code}' "http://$GW/healthz")"
   ID=$(curl -s -o /dev/null -D - -m 35 -X POST "http://$GW/async-function/ok" \
-    | awk 'tolower($1) == "x-call-id:" {print $2}' | tr -d '\r')
+    | awk 'tolower($1) == "x-call-id:" {print $2}' | tr -d '\r') || ID=""
   if [ -n "$ID" ] && succeeded "$ID"; then DONE=$(date +%s.%N); break; fi
   sleep 0.25
 done
