@@ -529,6 +529,12 @@ struct Track {
 
 impl Tracker {
     pub(crate) fn received(&mut self, partition: i32, offset: i64) -> u64 {
+        // Below what was stored for commit: the partition's log started again (a broker
+        // that lost its state, the fetch position reset to its start). Tracking starts over
+        // from here, and acknowledgements of deliveries from before store nothing.
+        if self.partitions.get(&partition).is_some_and(|t| offset < t.stored) {
+            self.reset(std::iter::once(partition));
+        }
         let epoch = *self.epochs.get(&partition).unwrap_or(&0);
         let t = self.partitions.entry(partition).or_insert_with(|| Track {
             next: offset,
@@ -1186,5 +1192,26 @@ mod tests {
         assert_eq!(t.done(0, 13, e), None);
         let e2 = t.received(0, 13);
         assert_eq!(t.done(0, 13, e2), Some(14));
+    }
+
+    /// A partition whose log started again (a broker restarted empty: the fetch position
+    /// goes back to 0) is tracked from its new start: its offsets are stored for commit at
+    /// once, not only after they pass the old ones; acknowledgements from before store
+    /// nothing.
+    #[test]
+    fn a_partition_that_starts_again_is_tracked_from_its_new_start() {
+        let mut t = Tracker::default();
+        let old = t.received(0, 500);
+        t.received(0, 501);
+        assert_eq!(t.done(0, 500, old), Some(501), "501 still runs");
+        let new = t.received(0, 0);
+        assert_ne!(new, old);
+        assert_eq!(t.done(0, 501, old), None, "from before the restart");
+        assert_eq!(t.done(0, 0, new), Some(1));
+        let e = t.received(0, 1);
+        assert_eq!(t.done(0, 1, e), Some(2));
+        // Other partitions are not touched.
+        let p1 = t.received(1, 40);
+        assert_eq!(t.done(1, 40, p1), Some(41));
     }
 }
