@@ -88,10 +88,13 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::os::fd::OwnedFd;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
 use tokio::net::TcpListener;
 use tokio::process::Command;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::sys;
@@ -519,6 +522,8 @@ struct Shared {
     draining: AtomicBool,
     upstream: Option<Upstream>,
     groups: Groups,
+    /// Starts the fork modes' processes.
+    spawner: Option<sys::Spawner>,
     openwhisk: Option<Arc<crate::openwhisk::OwRuntime>>,
     lambda: Option<Arc<crate::lambda::LambdaRuntime>>,
 }
@@ -648,7 +653,15 @@ where
         },
         _ => None,
     };
+    let spawner = match config.mode {
+        Mode::Streaming | Mode::Serializing => Some(
+            sys::Spawner::new(&program, &args)
+                .map_err(|e| Error::invalid("fprocess", format!("cannot be started: {e}")))?,
+        ),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
+        spawner,
         cfg: config,
         program,
         args,
@@ -1021,6 +1034,14 @@ impl GroupKill {
         }
     }
 
+    /// Kills the group now (a timeout).
+    fn fire(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
+            sys::kill_group(pgid, sys::SIGKILL);
+            self.forget(pgid);
+        }
+    }
+
     fn forget(&self, pgid: u32) {
         groups_lock(&self.groups).remove(&pgid);
         if let Some(r) = &self.groups.reaper {
@@ -1031,10 +1052,7 @@ impl GroupKill {
 
 impl Drop for GroupKill {
     fn drop(&mut self) {
-        if let Some(pgid) = self.pgid.take() {
-            sys::kill_group(pgid, sys::SIGKILL);
-            self.forget(pgid);
-        }
+        self.fire();
     }
 }
 
@@ -1070,8 +1088,11 @@ enum Input {
 
 type Deadline = Option<(Instant, Duration, &'static str)>;
 
+/// The most bytes one write to an empty pipe takes without blocking (`PIPE_BUF`: a pipe
+/// holds at least a page).
+const PIPE_BUF: usize = 4096;
+
 async fn fork(shared: &Arc<Shared>, req: Request<Incoming>, streaming: bool) -> Response<Body> {
-    use std::os::unix::ffi::OsStrExt;
     let deadline: Deadline = shared.deadline.map(|(d, name)| (Instant::now() + d, d, name));
     let (parts, body) = req.into_parts();
     let ct = response_content_type(shared, parts.headers.get(header::CONTENT_TYPE));
@@ -1114,42 +1135,29 @@ async fn fork(shared: &Arc<Shared>, req: Request<Incoming>, streaming: bool) -> 
     if let Err(msg) = check_header_env(&parts.headers) {
         return text(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers", msg);
     }
-    let mut cmd = Command::new(&shared.program);
-    cmd.args(&shared.args);
+    let Some(spawner) = &shared.spawner else {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "spawn", "fork mode is not set up");
+    };
+    let mut env = sys::EnvBlock::with_capacity(512, parts.headers.len() + 4);
     for (name, value) in &parts.headers {
-        cmd.env(header_env_name(name.as_str()), std::ffi::OsStr::from_bytes(value.as_bytes()));
+        env.push_header(name.as_str(), value.as_bytes());
     }
-    cmd.env("Http_Method", parts.method.as_str());
-    cmd.env("Http_Path", parts.uri.path());
+    env.push("Http_Method", parts.method.as_str().as_bytes());
+    env.push("Http_Path", parts.uri.path().as_bytes());
     if let Some(q) = parts.uri.query() {
-        cmd.env("Http_Query", q);
+        env.push("Http_Query", q.as_bytes());
     }
     let len = match &input {
         Input::Full(b) => Some(b.len() as u64),
         Input::Stream(b) => http_body::Body::size_hint(b).exact(),
     };
     if let Some(n) = len {
-        cmd.env("Http_ContentLength", n.to_string());
+        env.push("Http_ContentLength", n.to_string().as_bytes());
     }
     let combine = shared.cfg.combine_output;
     let pipe_stderr = combine || shared.cfg.prefix_logs;
-    cmd.stdin(std::process::Stdio::piped());
-    cmd.stdout(std::process::Stdio::piped());
-    cmd.stderr(if pipe_stderr {
-        std::process::Stdio::piped()
-    } else {
-        std::process::Stdio::inherit()
-    });
-    // A group of its own, so a timeout kills the function's whole tree; and killed with the
-    // watchdog, which a kill of the watchdog's own group would not reach: by the reaper the
-    // group is registered with (no `pre_exec` hook, so std can use posix_spawn), or failing
-    // that by a parent-death signal.
-    cmd.process_group(0);
-    if shared.groups.reaper.is_none() {
-        sys::die_with_parent(&mut cmd, sys::SIGKILL);
-    }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
+    let sp = match spawn_fork(shared, spawner, &env, input, pipe_stderr) {
+        Ok(sp) => sp,
         Err(e) if e.kind() == std::io::ErrorKind::ArgumentListTooLong => {
             // The environment (headers included) was over the system's limit after all.
             return text(
@@ -1167,15 +1175,42 @@ async fn fork(shared: &Arc<Shared>, req: Request<Incoming>, streaming: bool) -> 
             );
         }
     };
-    let mut kill = GroupKill::new(child.id(), &shared.groups);
-    let stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    if !combine {
-        if let Some(e) = stderr.take() {
-            tokio::spawn(pump_lines(e, "stderr", shared.cfg.prefix_logs));
+    // From here on a return kills the process group (`kill`) and reaps the process (`child`).
+    let mut kill = GroupKill::new(Some(sp.pid), &shared.groups);
+    let mut child = ForkChild::new(sp.pid);
+    let reader = |fd: OwnedFd| {
+        sys::set_nonblocking(&fd).and_then(|()| pipe::Receiver::from_owned_fd_unchecked(fd))
+    };
+    let (mut stdout, stderr) = match (reader(sp.stdout), sp.stderr.map(reader).transpose()) {
+        (Ok(o), Ok(e)) => (o, e),
+        (Err(e), _) | (_, Err(e)) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "spawn",
+                format!("cannot read the function process's output: {e}"),
+            )
         }
-    }
-    if let Some(mut stdin) = child.stdin.take() {
+    };
+    let mut stderr = match stderr {
+        Some(e) if !combine => {
+            tokio::spawn(pump_lines(e, "stderr", shared.cfg.prefix_logs));
+            None
+        }
+        e => e,
+    };
+    if let Some((w, input)) = sp.stdin {
+        let mut stdin = match sys::set_nonblocking(&w)
+            .and_then(|()| pipe::Sender::from_owned_fd_unchecked(w))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "spawn",
+                    format!("cannot write to the function process: {e}"),
+                )
+            }
+        };
         match input {
             Input::Full(b) if b.len() <= 16 * 1024 => {
                 // Fits in the pipe buffer: no task needed.
@@ -1206,14 +1241,11 @@ async fn fork(shared: &Arc<Shared>, req: Request<Incoming>, streaming: bool) -> 
     }
 
     if !streaming {
-        let mut stdout = stdout;
         let fut = async {
             let mut out = Vec::new();
             let mut err = Vec::new();
             let read_out = async {
-                if let Some(o) = stdout.as_mut() {
-                    let _ = o.read_to_end(&mut out).await;
-                }
+                let _ = stdout.read_to_end(&mut out).await;
             };
             let read_err = async {
                 if let Some(e) = stderr.as_mut() {
@@ -1230,7 +1262,7 @@ async fn fork(shared: &Arc<Shared>, req: Request<Incoming>, streaming: bool) -> 
         };
         return match r {
             Err(_) => {
-                drop(kill);
+                kill.fire();
                 let _ = child.wait().await;
                 let (_, d, name) =
                     deadline.unwrap_or((Instant::now(), Duration::ZERO, "exec_timeout"));
@@ -1264,11 +1296,21 @@ async fn fork(shared: &Arc<Shared>, req: Request<Incoming>, streaming: bool) -> 
         };
     }
 
-    let (tx, mut rx) = mpsc::channel::<Event>(4);
-    tokio::spawn(run_streaming(child, stdout, stderr, deadline, tx, kill));
-    match rx.recv().await {
+    let mut running = Running {
+        kill,
+        child,
+        stdout: Some(stdout),
+        stderr,
+        obuf: BytesMut::new(),
+        ebuf: BytesMut::new(),
+        deadline,
+        sleep: deadline.map(|(at, _, _)| Box::pin(tokio::time::sleep_until(at))),
+        timed_out: false,
+        done: false,
+    };
+    match std::future::poll_fn(|cx| running.poll_event(cx)).await {
         Some(Event::Data(first)) => {
-            let mut r = Response::new(Body::new(ChanBody { first: Some(first), rx, done: false }));
+            let mut r = Response::new(Body::new(ForkBody { first: Some(first), running }));
             r.headers_mut().insert(header::CONTENT_TYPE, ct);
             r
         }
@@ -1291,134 +1333,236 @@ async fn fork(shared: &Arc<Shared>, req: Request<Incoming>, streaming: bool) -> 
     }
 }
 
-async fn read_some<R: AsyncRead + Unpin>(r: &mut Option<R>, buf: &mut BytesMut) -> usize {
-    buf.reserve(16 * 1024);
-    match r {
-        Some(r) => r.read_buf(buf).await.unwrap_or(0),
-        None => std::future::pending().await,
+/// A started fork-mode process and our ends of its pipes.
+struct Spawned {
+    pid: u32,
+    /// The write end of its stdin and what is left to write, unless the whole body was
+    /// written before the start.
+    stdin: Option<(OwnedFd, Input)>,
+    stdout: OwnedFd,
+    stderr: Option<OwnedFd>,
+}
+
+/// Creates the pipes and starts the process (see [`sys::Spawner`]).
+fn spawn_fork(
+    shared: &Shared,
+    spawner: &sys::Spawner,
+    env: &sys::EnvBlock,
+    input: Input,
+    pipe_stderr: bool,
+) -> std::io::Result<Spawned> {
+    let (in_r, in_w) = sys::pipe()?;
+    let (out_r, out_w) = sys::pipe()?;
+    let (err_r, err_w) = match pipe_stderr {
+        true => sys::pipe().map(|(r, w)| (Some(r), Some(w)))?,
+        false => (None, None),
+    };
+    // A body that fits in the empty pipe is written (and its end closed) before the process
+    // starts: no non-blocking mode, no registration with the runtime, no task.
+    let stdin = match input {
+        Input::Full(b) if b.len() <= PIPE_BUF => {
+            if !b.is_empty() {
+                std::io::Write::write_all(&mut std::fs::File::from(in_w), &b)?;
+            }
+            None
+        }
+        input => Some((in_w, input)),
+    };
+    let pid = spawner.spawn(env, in_r, out_w, err_w, shared.groups.reaper.is_none())?;
+    Ok(Spawned { pid, stdin, stdout: out_r, stderr: err_r })
+}
+
+/// A fork-mode process until it is reaped ([`ForkChild::wait`]). Dropped before, it is
+/// reaped in the background once it exits (the [`GroupKill`] dropped beside it has killed
+/// it by then, unless it was disarmed because the process had exited).
+struct ForkChild {
+    pid: u32,
+    reaped: bool,
+    /// Readable once the process has exited; opened by the first wait that finds it running.
+    pidfd: Option<AsyncFd<OwnedFd>>,
+    /// Without pidfds (Linux before 5.3): the next look, with its backoff.
+    poll: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
+    /// Reaped by a task already: if that is dropped too, a thread reaps it.
+    background: bool,
+}
+
+impl ForkChild {
+    fn new(pid: u32) -> Self {
+        ForkChild { pid, reaped: false, pidfd: None, poll: None, background: false }
+    }
+
+    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<ExitStatus>> {
+        loop {
+            match sys::try_wait(self.pid) {
+                Ok(None) => {}
+                r => {
+                    self.reaped = true;
+                    return Poll::Ready(r.map(|s| s.unwrap_or_default()));
+                }
+            }
+            if self.pidfd.is_none() && self.poll.is_none() {
+                match sys::async_pidfd(self.pid) {
+                    Ok(fd) => self.pidfd = Some(fd),
+                    Err(_) => {
+                        let d = Duration::from_millis(1);
+                        self.poll = Some((Box::pin(tokio::time::sleep(d)), d));
+                    }
+                }
+            }
+            if let Some(fd) = &self.pidfd {
+                match fd.poll_read_ready(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(mut g)) => g.clear_ready(),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                }
+            } else if let Some((sleep, d)) = &mut self.poll {
+                std::task::ready!(sleep.as_mut().poll(cx));
+                *d = (*d * 2).min(Duration::from_millis(50));
+                sleep.as_mut().reset(Instant::now() + *d);
+            }
+        }
+    }
+
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        std::future::poll_fn(|cx| self.poll_wait(cx)).await
     }
 }
 
-async fn run_streaming(
-    mut child: tokio::process::Child,
-    mut stdout: Option<tokio::process::ChildStdout>,
-    mut stderr: Option<tokio::process::ChildStderr>,
-    deadline: Deadline,
-    tx: mpsc::Sender<Event>,
-    mut kill: GroupKill,
-) {
-    let sleep = tokio::time::sleep_until(
-        deadline
-            .map(|(at, _, _)| at)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365)),
-    );
-    tokio::pin!(sleep);
-    let mut obuf = BytesMut::new();
-    let mut ebuf = BytesMut::new();
-    let timed_out = |name: &'static str| async move {
-        log(format!("{name} exceeded; killed the function process group"));
-    };
-    while stdout.is_some() || stderr.is_some() {
-        tokio::select! {
-            _ = &mut sleep, if deadline.is_some() => {
-                drop(kill);
-                let _ = child.wait().await;
-                timed_out(deadline.map(|d| d.2).unwrap_or("exec_timeout")).await;
-                let _ = tx.send(Event::TimedOut).await;
-                return;
+impl Drop for ForkChild {
+    fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        let pid = self.pid;
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if !self.background => {
+                h.spawn(async move {
+                    let mut c = ForkChild::new(pid);
+                    c.background = true;
+                    let _ = c.wait().await;
+                });
             }
-            n = read_some(&mut stdout, &mut obuf), if stdout.is_some() => {
-                if n == 0 {
-                    stdout = None;
-                } else if tx.send(Event::Data(obuf.split().freeze())).await.is_err() {
-                    return; // the client went away: `kill` ends the process group
-                }
-            }
-            n = read_some(&mut stderr, &mut ebuf), if stderr.is_some() => {
-                if n == 0 {
-                    stderr = None;
-                } else if tx.send(Event::Data(ebuf.split().freeze())).await.is_err() {
-                    return;
-                }
+            _ => {
+                let _ = std::thread::Builder::new()
+                    .name("fork-reap".into())
+                    .spawn(move || sys::wait_blocking(pid));
             }
         }
     }
-    tokio::select! {
-        st = child.wait() => {
-            kill.disarm();
-            match st {
-                Ok(s) => {
-                    if !s.success() {
-                        log(format!(
-                            "function process failed with {} (its stderr is logged above)",
-                            exit_message(&s)
-                        ));
-                    }
-                    let _ = tx.send(Event::Exit(s)).await;
-                }
-                Err(e) => {
-                    let _ = tx.send(Event::Failed(format!("waiting for the function process: {e}"))).await;
+}
+
+/// A streaming fork-mode process: its output as [`Event`]s, data (stdout, and stderr with
+/// `combine_output`) and then one last event. Polled by the request until the first event,
+/// then by the response body ([`ForkBody`]); dropped before the end (the client went away),
+/// it kills the process group.
+struct Running {
+    kill: GroupKill,
+    child: ForkChild,
+    stdout: Option<pipe::Receiver>,
+    stderr: Option<pipe::Receiver>,
+    obuf: BytesMut,
+    ebuf: BytesMut,
+    deadline: Deadline,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    timed_out: bool,
+    done: bool,
+}
+
+impl Running {
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if !self.timed_out {
+            if let Some(s) = &mut self.sleep {
+                if s.as_mut().poll(cx).is_ready() {
+                    self.kill.fire();
+                    self.timed_out = true;
                 }
             }
         }
-        _ = &mut sleep, if deadline.is_some() => {
-            drop(kill);
-            let _ = child.wait().await;
-            timed_out(deadline.map(|d| d.2).unwrap_or("exec_timeout")).await;
-            let _ = tx.send(Event::TimedOut).await;
+        if self.timed_out {
+            let _ = std::task::ready!(self.child.poll_wait(cx));
+            let name = self.deadline.map_or("exec_timeout", |d| d.2);
+            log(format!("{name} exceeded; killed the function process group"));
+            self.done = true;
+            return Poll::Ready(Some(Event::TimedOut));
+        }
+        for (r, buf) in [(&mut self.stdout, &mut self.obuf), (&mut self.stderr, &mut self.ebuf)] {
+            if let Some(rx) = r {
+                match poll_read_pipe(rx, buf, cx) {
+                    Poll::Ready(0) => *r = None,
+                    Poll::Ready(_) => return Poll::Ready(Some(Event::Data(buf.split().freeze()))),
+                    Poll::Pending => {}
+                }
+            }
+        }
+        if self.stdout.is_some() || self.stderr.is_some() {
+            return Poll::Pending;
+        }
+        let st = std::task::ready!(self.child.poll_wait(cx));
+        self.done = true;
+        self.kill.disarm();
+        Poll::Ready(Some(match st {
+            Ok(s) => {
+                if !s.success() {
+                    log(format!(
+                        "function process failed with {} (its stderr is logged above)",
+                        exit_message(&s)
+                    ));
+                }
+                Event::Exit(s)
+            }
+            Err(e) => Event::Failed(format!("waiting for the function process: {e}")),
+        }))
+    }
+}
+
+/// Reads what the pipe holds into `buf`: the number of bytes, 0 at its end (or on an error).
+fn poll_read_pipe(rx: &pipe::Receiver, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<usize> {
+    buf.reserve(16 * 1024);
+    loop {
+        match rx.try_read_buf(buf) {
+            Ok(n) => return Poll::Ready(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => match rx.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(0),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Poll::Ready(0),
         }
     }
 }
 
 /// The streaming response body: the process's output as it comes; an error frame (which
 /// aborts the response) if it then fails or times out.
-struct ChanBody {
+struct ForkBody {
     first: Option<Bytes>,
-    rx: mpsc::Receiver<Event>,
-    done: bool,
+    running: Running,
 }
 
-impl http_body::Body for ChanBody {
+impl http_body::Body for ForkBody {
     type Data = Bytes;
     type Error = BoxError;
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(b) = self.first.take() {
+        let this = self.get_mut();
+        if let Some(b) = this.first.take() {
             return Poll::Ready(Some(Ok(Frame::data(b))));
         }
-        if self.done {
-            return Poll::Ready(None);
-        }
-        match self.rx.poll_recv(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Event::Data(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
-            Poll::Ready(Some(Event::Exit(s))) => {
-                self.done = true;
-                if s.success() {
-                    Poll::Ready(None)
-                } else {
-                    Poll::Ready(Some(Err(format!(
-                        "function process exited with {}",
-                        exit_message(&s)
-                    )
-                    .into())))
-                }
+        Poll::Ready(match std::task::ready!(this.running.poll_event(cx)) {
+            None => None,
+            Some(Event::Data(b)) => Some(Ok(Frame::data(b))),
+            Some(Event::Exit(s)) if s.success() => None,
+            Some(Event::Exit(s)) => {
+                Some(Err(format!("function process exited with {}", exit_message(&s)).into()))
             }
-            Poll::Ready(Some(Event::TimedOut)) => {
-                self.done = true;
-                Poll::Ready(Some(Err("the function process timed out".into())))
-            }
-            Poll::Ready(Some(Event::Failed(m))) => {
-                self.done = true;
-                Poll::Ready(Some(Err(m.into())))
-            }
-            Poll::Ready(None) => {
-                self.done = true;
-                Poll::Ready(Some(Err("the function process vanished".into())))
-            }
-        }
+            Some(Event::TimedOut) => Some(Err("the function process timed out".into())),
+            Some(Event::Failed(m)) => Some(Err(m.into())),
+        })
     }
 }
 

@@ -571,3 +571,92 @@ async fn a_fork_child_dies_when_the_watchdogs_process_group_is_killed() {
     assert!(wait_gone(reaper, Duration::from_secs(10)).await, "the reaper outlived its watchdog");
     call.abort();
 }
+
+/// A fork-mode process gets the watchdog's own environment as it was at start (read once),
+/// with the request's variables replacing any of the same name.
+#[tokio::test]
+async fn fork_mode_passes_the_watchdogs_environment_under_the_requests_variables() {
+    for mode in ["streaming", "serializing"] {
+        let w = spawn_watchdog(&[
+            ("fprocess", "env"),
+            ("mode", mode),
+            ("FROM_THE_WATCHDOG", "kept"),
+            ("Http_Method", "stale"),
+            ("Http_X_Stale", "kept too"),
+        ])
+        .await;
+        let r = request(Method::POST, &w.url("/p"), &[("x-a", "1")], "x").await;
+        assert_eq!(r.status, StatusCode::OK, "{mode}");
+        let env = r.text();
+        for want in [
+            "FROM_THE_WATCHDOG=kept",
+            "Http_X_Stale=kept too",
+            "Http_Method=POST",
+            "Http_X_A=1",
+            "Http_Path=/p",
+        ] {
+            assert!(env.lines().any(|l| l == want), "{mode}: missing {want} in:\n{env}");
+        }
+        assert!(!env.contains("Http_Method=stale"), "{mode}: the request's variable wins:\n{env}");
+        assert_eq!(env.lines().filter(|l| l.starts_with("Http_Method=")).count(), 1, "{mode}");
+    }
+}
+
+/// Bodies around the sizes where the watchdog changes how it feeds stdin (written before the
+/// start up to a pipe's atomic write, inline up to 16 KiB, by a task beyond) come back whole.
+#[tokio::test]
+async fn fork_mode_bodies_around_the_pipe_sizes_come_back_whole() {
+    for mode in ["streaming", "serializing"] {
+        let w = spawn_watchdog(&[("fprocess", "cat"), ("mode", mode)]).await;
+        for n in [0usize, 1, 4095, 4096, 4097, 16 * 1024, 16 * 1024 + 1, 70_000] {
+            let body: Vec<u8> = (0..n).map(|i| (i % 253) as u8).collect();
+            let r = post(&w.url("/"), body.clone()).await;
+            assert_eq!(r.status, StatusCode::OK, "{mode}, {n} bytes");
+            assert!(r.body == body, "{mode}, {n} bytes: the body came back altered");
+        }
+        assert!(children_of(w.pid()).is_empty(), "{mode}: a process was left unreaped");
+    }
+}
+
+/// A program that cannot be started is a 500 naming the spawn, in both fork modes.
+#[tokio::test]
+async fn fork_mode_answers_500_when_the_program_cannot_start() {
+    for mode in ["streaming", "serializing"] {
+        let w = spawn_watchdog(&[("fprocess", "/nonexistent/program"), ("mode", mode)]).await;
+        let r = post(&w.url("/"), "x").await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{mode}");
+        assert_eq!(r.header("x-watchdog-error"), Some("spawn"), "{mode}");
+    }
+}
+
+/// A client that goes away mid-stream: the process group is killed and the process reaped
+/// (no zombie left behind).
+#[tokio::test]
+async fn a_streaming_process_is_killed_and_reaped_when_the_client_goes_away() {
+    let w = spawn_watchdog(&[
+        ("fprocess", "sh -c 'echo first; exec sleep 100'"),
+        ("mode", "streaming"),
+        ("exec_timeout", "0s"),
+    ])
+    .await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", w.port)).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("first") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the first chunk in time")
+            .unwrap();
+        assert!(n > 0, "closed before the first chunk: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let child = children_of(w.pid()).into_iter().next().expect("the streaming process runs");
+    drop(s);
+    assert!(wait_gone(child, Duration::from_secs(10)).await, "{child} outlived its client");
+    let t0 = std::time::Instant::now();
+    while !children_of(w.pid()).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the killed process was not reaped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
