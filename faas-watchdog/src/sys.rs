@@ -57,10 +57,10 @@ pub(crate) use libc::{SIGKILL, SIGTERM};
 /// watchdog dies, even by SIGKILL.
 ///
 /// Fork mode starts a process per request. [`die_with_parent`] would make each die with the
-/// watchdog, but a `pre_exec` hook makes std start the child with fork + exec instead of
-/// `posix_spawn` (vfork): a fork copies the page tables of the whole multi-threaded watchdog
-/// and both sides then take copy-on-write faults, about a third of a request's CPU time with
-/// `cat` (BENCHMARKS.md). So the children are spawned plainly, each in a process group of its own,
+/// watchdog, but its `pre_exec` hook needs fork + exec instead of `posix_spawn` (vfork): a
+/// fork copies the page tables of the whole multi-threaded watchdog and both sides then take
+/// copy-on-write faults, about a third of a request's CPU time with `cat` (BENCHMARKS.md). So
+/// the children are spawned plainly ([`Spawner`]), each in a process group of its own,
 /// and that group is registered here for as long as the request runs: the reaper holds the
 /// read end of a pipe whose only write end is the watchdog's; when the watchdog is gone (the
 /// pipe reaches end of file) it kills every group still registered and exits.

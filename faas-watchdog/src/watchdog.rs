@@ -466,25 +466,37 @@ pub(crate) async fn pump_lines<R: AsyncRead + Unpin>(r: R, stream: &'static str,
 
 /// Calls `f` with each line `r` gives (without its `\n`; a line over 64 KiB in parts), until
 /// the end or an error.
-pub(crate) async fn for_each_line<R: AsyncRead + Unpin>(mut r: R, mut f: impl FnMut(&[u8])) {
-    let mut buf = BytesMut::with_capacity(4096);
+pub(crate) async fn for_each_line<R: AsyncRead + Unpin>(r: R, f: impl FnMut(&[u8])) {
+    for_each_line_after(r, BytesMut::with_capacity(4096), f).await
+}
+
+/// [`for_each_line`] when `buf` holds the start of a line read before.
+async fn for_each_line_after<R: AsyncRead + Unpin>(
+    mut r: R,
+    mut buf: BytesMut,
+    mut f: impl FnMut(&[u8]),
+) {
     loop {
         match r.read_buf(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(_) => {
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line = buf.split_to(pos + 1);
-                    f(&line[..pos]);
-                }
-                if buf.len() > 64 * 1024 {
-                    let line = buf.split();
-                    f(&line);
-                }
-            }
+            Ok(_) => take_lines(&mut buf, &mut f),
         }
     }
     if !buf.is_empty() {
         f(&buf);
+    }
+}
+
+/// Calls `f` with each whole line in `buf` (and with the start of a line over 64 KiB), and
+/// leaves the rest in `buf`.
+fn take_lines(buf: &mut BytesMut, mut f: impl FnMut(&[u8])) {
+    while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+        let line = buf.split_to(pos + 1);
+        f(&line[..pos]);
+    }
+    if buf.len() > 64 * 1024 {
+        let line = buf.split();
+        f(&line);
     }
 }
 
@@ -638,8 +650,8 @@ where
     let lambda = config.lambda.clone().filter(|_| config.mode == Mode::Lambda).map(|l| {
         crate::lambda::LambdaRuntime::new(l, program.clone(), args.clone(), config.prefix_logs)
     });
-    // Fork mode's children are spawned without a `pre_exec` hook (so std uses posix_spawn)
-    // and left to the reaper if the watchdog is killed; see `sys::Reaper`.
+    // Fork mode's children are spawned with posix_spawn (`sys::Spawner`, no parent-death
+    // signal) and left to the reaper if the watchdog is killed; see `sys::Reaper`.
     let reaper = match config.mode {
         Mode::Streaming | Mode::Serializing => match sys::Reaper::start() {
             Ok(r) => Some(r),
@@ -1191,12 +1203,15 @@ async fn fork(shared: &Arc<Shared>, req: Request<Incoming>, streaming: bool) -> 
             )
         }
     };
-    let mut stderr = match stderr {
+    // The stderr to log: in streaming mode read with the output (no task of its own),
+    // in serializing mode by a task.
+    let (mut stderr, log_stderr) = match stderr {
+        Some(e) if !combine && streaming => (None, Some(e)),
         Some(e) if !combine => {
             tokio::spawn(pump_lines(e, "stderr", shared.cfg.prefix_logs));
-            None
+            (None, None)
         }
-        e => e,
+        e => (e, None),
     };
     if let Some((w, input)) = sp.stdin {
         let mut stdin = match sys::set_nonblocking(&w)
@@ -1303,6 +1318,9 @@ async fn fork(shared: &Arc<Shared>, req: Request<Incoming>, streaming: bool) -> 
         stderr,
         obuf: BytesMut::new(),
         ebuf: BytesMut::new(),
+        log: log_stderr,
+        lbuf: BytesMut::new(),
+        prefix: shared.cfg.prefix_logs,
         deadline,
         sleep: deadline.map(|(at, _, _)| Box::pin(tokio::time::sleep_until(at))),
         timed_out: false,
@@ -1455,6 +1473,10 @@ impl Drop for ForkChild {
 /// `combine_output`) and then one last event. Polled by the request until the first event,
 /// then by the response body ([`ForkBody`]); dropped before the end (the client went away),
 /// it kills the process group.
+///
+/// Without `combine_output` it also logs the process's stderr as it comes, line by line;
+/// what is still open once it is done (a background process holding stderr) goes on being
+/// logged by a task.
 struct Running {
     kill: GroupKill,
     child: ForkChild,
@@ -1462,6 +1484,10 @@ struct Running {
     stderr: Option<pipe::Receiver>,
     obuf: BytesMut,
     ebuf: BytesMut,
+    /// The stderr to log, the start of its next line, and `prefix_logs`.
+    log: Option<pipe::Receiver>,
+    lbuf: BytesMut,
+    prefix: bool,
     deadline: Deadline,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     timed_out: bool,
@@ -1473,6 +1499,46 @@ impl Running {
         if self.done {
             return Poll::Ready(None);
         }
+        let ev = self.poll_next(cx);
+        if self.done {
+            self.release_log();
+        }
+        ev
+    }
+
+    /// Logs the stderr lines there are now; Ready at its end.
+    fn poll_log(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(rx) = &self.log else { return Poll::Ready(()) };
+        let prefix = self.prefix;
+        loop {
+            match poll_read_pipe(rx, &mut self.lbuf, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(0) => {
+                    if !self.lbuf.is_empty() {
+                        emit_line("stderr", prefix, &self.lbuf.split());
+                    }
+                    self.log = None;
+                    return Poll::Ready(());
+                }
+                Poll::Ready(_) => take_lines(&mut self.lbuf, |l| emit_line("stderr", prefix, l)),
+            }
+        }
+    }
+
+    /// Once done: reads what stderr still holds, and hands it to a task if still open.
+    fn release_log(&mut self) {
+        let waker = futures::task::noop_waker();
+        if self.poll_log(&mut Context::from_waker(&waker)).is_ready() {
+            return;
+        }
+        if let (Some(rx), Ok(h)) = (self.log.take(), tokio::runtime::Handle::try_current()) {
+            let (buf, prefix) = (self.lbuf.split(), self.prefix);
+            h.spawn(for_each_line_after(rx, buf, move |l| emit_line("stderr", prefix, l)));
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let _ = self.poll_log(cx);
         if !self.timed_out {
             if let Some(s) = &mut self.sleep {
                 if s.as_mut().poll(cx).is_ready() {
@@ -1515,6 +1581,12 @@ impl Running {
             }
             Err(e) => Event::Failed(format!("waiting for the function process: {e}")),
         }))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.release_log();
     }
 }
 

@@ -660,3 +660,22 @@ async fn a_streaming_process_is_killed_and_reaped_when_the_client_goes_away() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Streaming mode logs the process's stderr line by line, also what a background process
+/// writes to it after the response has ended, and a last line without its newline.
+#[tokio::test]
+async fn streaming_mode_logs_stderr_written_after_the_response() {
+    let w = spawn_watchdog(&[
+        (
+            "fprocess",
+            "sh -c 'echo out; echo early >&2; (sleep 0.3; printf late-no-newline >&2) >/dev/null &'",
+        ),
+        ("mode", "streaming"),
+        ("prefix_logs", "true"),
+    ])
+    .await;
+    let r = post(&w.url("/"), "").await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "out\n"));
+    w.wait_for_line("with the early stderr line", |l| l.ends_with("stderr: early")).await;
+    w.wait_for_line("with the late stderr line", |l| l.ends_with("stderr: late-no-newline")).await;
+}
