@@ -4,9 +4,10 @@
 # settings (a small POST). Everything listens on 127.0.0.1 only.
 #
 # Besides wrk's figures each row gives the CPU time per request of the server (the process
-# and all its descendants: the fork-mode processes once reaped, the http-mode upstream) and
-# of wrk itself, from /proc and getrusage: on a shared machine throughput depends on what
-# else runs, CPU per request much less.
+# and all its descendants: the fork-mode processes once reaped, the http-mode upstream), of
+# that the server's own threads' (the watchdog without the processes it starts), and of wrk
+# itself, from /proc and getrusage: on a shared machine throughput depends on what else
+# runs, CPU per request much less.
 #
 # Then (d) the machine's own spawn ceiling (`benches/wrk/spawn_ceiling.c`: what fork mode
 # does per request, with no HTTP, on as many threads as the machine has cores) and the ratio
@@ -56,6 +57,9 @@ tree_ticks() {
   echo "$t"
 }
 
+# Clock ticks (user+system) of the process's own threads, without its children.
+own_ticks() { awk '{sub(/.*\) /,""); print $12+$13}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 wait_ok() { # url
@@ -68,11 +72,13 @@ wait_ok() { # url
 
 LAST_RPS=0
 run() { # label url server-pid
-  local out t0 t1
+  local out t0 t1 o0 o1
   t0=$(tree_ticks "$3")
+  o0=$(own_ticks "$3")
   out=$( { /usr/bin/time -f "WRKCPU %U %S" \
     wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" "$2"; } 2>&1)
   t1=$(tree_ticks "$3")
+  o1=$(own_ticks "$3")
   local rps p50 p99 errs reqs wcpu
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   LAST_RPS=$rps
@@ -81,8 +87,10 @@ run() { # label url server-pid
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   wcpu=$(awk '/WRKCPU/ {print $2+$3}' <<<"$out")
   errs=$(grep -E 'Non-2xx|Socket errors' <<<"$out" | tr '\n' ' ' || true)
-  printf '| %s | %s | %s | %s | %s | %.1f | %.1f |\n' "$1" "$rps" "$p50" "$p99" "${errs:-none}" \
+  printf '| %s | %s | %s | %s | %s | %.1f | %.1f | %.1f |\n' "$1" "$rps" "$p50" "$p99" \
+    "${errs:-none}" \
     "$(awk -v t="$((t1 - t0))" -v k="$TCK" -v n="$reqs" 'BEGIN {print t / k * 1e6 / n}')" \
+    "$(awk -v t="$((o1 - o0))" -v k="$TCK" -v n="$reqs" 'BEGIN {print t / k * 1e6 / n}')" \
     "$(awk -v w="$wcpu" -v n="$reqs" 'BEGIN {print w * 1e6 / n}')"
 }
 
@@ -115,8 +123,8 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
 echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency -s post.lua (POST, 15-byte body)"
 echo
-echo "| what | req/s | p50 | p99 | errors | server CPU us/req | wrk CPU us/req |"
-echo "|---|---|---|---|---|---|---|"
+echo "| what | req/s | p50 | p99 | errors | server CPU us/req | of which its own threads | wrk CPU us/req |"
+echo "|---|---|---|---|---|---|---|---|"
 run "(a) fork mode, fprocess=cat" "http://127.0.0.1:$WD_FORK/" "$PID_A"
 FORK_RPS=$LAST_RPS
 run "(a2) fork mode, fprocess=cat, prefix_logs=false" "http://127.0.0.1:$WD_FORK2/" "$PID_A2"

@@ -452,10 +452,13 @@ impl Drop for Spawner {
     }
 }
 
+/// The error std's `Command` gives for a NUL byte in an argument or variable.
+fn nul_error() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, "nul byte found in provided data")
+}
+
 fn cstring(b: &[u8]) -> std::io::Result<std::ffi::CString> {
-    std::ffi::CString::new(b).map_err(|_| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "nul byte found in provided data")
-    })
+    std::ffi::CString::new(b).map_err(|_| nul_error())
 }
 
 impl Spawner {
@@ -528,17 +531,15 @@ impl Spawner {
         die_with_parent: bool,
     ) -> std::io::Result<u32> {
         if vars.nul {
-            return Err(cstring(&[0])
-                .err()
-                .unwrap_or_else(|| std::io::ErrorKind::InvalidInput.into()));
+            return Err(nul_error());
         }
         if die_with_parent {
             return self.spawn_std(vars, stdin, stdout, stderr);
         }
         let mut envp: Vec<*mut libc::c_char> =
             Vec::with_capacity(self.envp.len() + vars.starts.len() + 1);
+        let mine: Vec<&[u8]> = vars.names().collect();
         if self.env_has_http {
-            let mine: Vec<&[u8]> = vars.names().collect();
             for (e, p) in self.env.iter().zip(&self.envp) {
                 let b = e.as_bytes();
                 let name = &b[..b.iter().position(|&c| c == b'=').unwrap_or(b.len())];
@@ -549,9 +550,13 @@ impl Spawner {
         } else {
             envp.extend_from_slice(&self.envp);
         }
-        envp.extend(
-            vars.starts.iter().map(|&s| vars.buf[s..].as_ptr().cast::<libc::c_char>().cast_mut()),
-        );
+        for (i, &s) in vars.starts.iter().enumerate() {
+            // A variable set again later (a repeated header, a header named like one of the
+            // request's own variables) takes the later value, as std's `Command::env` does.
+            if !mine[i + 1..].contains(&mine[i]) {
+                envp.push(vars.buf[s..].as_ptr().cast::<libc::c_char>().cast_mut());
+            }
+        }
         envp.push(std::ptr::null_mut());
         let mut pid: libc::pid_t = 0;
         #[allow(unsafe_code)]

@@ -585,7 +585,8 @@ async fn fork_mode_passes_the_watchdogs_environment_under_the_requests_variables
             ("Http_X_Stale", "kept too"),
         ])
         .await;
-        let r = request(Method::POST, &w.url("/p"), &[("x-a", "1")], "x").await;
+        let headers = [("x-a", "1"), ("method", "spoofed"), ("x-dup", "one"), ("x-dup", "two")];
+        let r = request(Method::POST, &w.url("/p"), &headers, "x").await;
         assert_eq!(r.status, StatusCode::OK, "{mode}");
         let env = r.text();
         for want in [
@@ -598,7 +599,12 @@ async fn fork_mode_passes_the_watchdogs_environment_under_the_requests_variables
             assert!(env.lines().any(|l| l == want), "{mode}: missing {want} in:\n{env}");
         }
         assert!(!env.contains("Http_Method=stale"), "{mode}: the request's variable wins:\n{env}");
-        assert_eq!(env.lines().filter(|l| l.starts_with("Http_Method=")).count(), 1, "{mode}");
+        // One variable per name, the last value set: the method over a `Method` header, the
+        // last of a repeated header.
+        for (name, want) in [("Http_Method=", "POST"), ("Http_X_Dup=", "two")] {
+            let got: Vec<&str> = env.lines().filter_map(|l| l.strip_prefix(name)).collect();
+            assert_eq!(got, [want], "{mode}: {name} in:\n{env}");
+        }
     }
 }
 
