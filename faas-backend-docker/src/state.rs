@@ -364,7 +364,7 @@ impl FunctionState {
             id: r.name.clone(),
             node: None,
             in_flight: 0,
-            max_concurrency: self.spec().spec.max_concurrency,
+            max_concurrency: faas_watchdog::lambda::replica_capacity(&self.spec().spec),
             ready: true,
         };
         let key = self.instances.insert(view, Arc::clone(&r));

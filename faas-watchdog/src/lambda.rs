@@ -24,9 +24,13 @@
 //! process and Docker backends set it from the function's `maxConcurrency` (its in-flight
 //! cap per replica) unless the spec sets it. The watchdog is healthy once one environment
 //! has initialised; an init failure fails the invocations only once every environment
-//! has failed. Unless `watchdog_threads` says otherwise, the watchdog serves with no more
-//! threads than environments (one by default), so a caller's connection and the Runtime
-//! API's share a thread and an invocation's hand-offs never wake another one.
+//! has failed. The process and Docker backends send a replica whose environments are all
+//! busy `lambda_prefetch` more invocations per environment (default 1, 0 to
+//! [`MAX_PREFETCH`]; see [`replica_capacity`]): they wait in the line, so an environment's
+//! runtime gets its next invocation as soon as it asks for it. Unless `watchdog_threads`
+//! says otherwise, the watchdog serves with no more threads than environments (one by
+//! default), so a caller's connection and the Runtime API's share a thread and an
+//! invocation's hand-offs never wake another one.
 //!
 //! - `lambda_event=http` (the default): the request becomes an API Gateway HTTP API event,
 //!   payload format 2.0, as a Function URL sends it (`version`, `routeKey` `$default`,
@@ -151,6 +155,42 @@ const STDERR_TAIL_BYTES: usize = 2048;
 /// How long a runtime that reported `/init/error` has to exit before it is killed.
 const INIT_ERROR_EXIT_GRACE: Duration = Duration::from_secs(2);
 
+/// The default of `lambda_prefetch`: invocations a backend sends one replica beyond its
+/// execution environments, per environment.
+pub const DEFAULT_PREFETCH: usize = 1;
+
+/// The most invocations per execution environment `lambda_prefetch` may ask for.
+pub const MAX_PREFETCH: usize = 8;
+
+/// How many invocations a backend's router may have in flight on one replica of `spec`.
+///
+/// For a `lambda`-mode function with a `maxConcurrency` of N: the N that its execution
+/// environments run, plus `lambda_prefetch` (default [`DEFAULT_PREFETCH`]) per environment
+/// waiting in the watchdog's line (never more than `lambda_queue`). So when a runtime
+/// answers an invocation and asks for the next one, the next event is already in the
+/// watchdog and goes out at once: under load the runtime never idles for a round trip to
+/// the gateway between invocations (an idle wake-up costs the `lambda_http` client about
+/// twice its CPU per invocation). The router still sends to a replica with an idle
+/// environment first (it routes to the least loaded), so invocations wait in a line only
+/// when every environment is busy. `lambda_prefetch=0` turns this off (an invocation then
+/// never waits behind a long one while another replica frees up).
+///
+/// Any other function: its `maxConcurrency`. Values that do not parse count as unset (the
+/// watchdog refuses them when the replica starts).
+pub fn replica_capacity(spec: &faas_core::FunctionSpec) -> Option<u32> {
+    let n = spec.max_concurrency?;
+    let var = |k: &str| spec.env_vars.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    if !var("mode").is_some_and(|m| m.eq_ignore_ascii_case("lambda")) {
+        return Some(n);
+    }
+    let num = |k: &str| var(k).and_then(|v| v.parse::<usize>().ok());
+    let envs = num("lambda_concurrency").unwrap_or(n as usize).clamp(1, MAX_ENVIRONMENTS);
+    let per_env = num("lambda_prefetch").unwrap_or(DEFAULT_PREFETCH).min(MAX_PREFETCH);
+    let queue = num("lambda_queue").unwrap_or(DEFAULT_QUEUE);
+    let waiting = u32::try_from((envs * per_env).min(queue)).unwrap_or(0);
+    Some(n.saturating_add(waiting))
+}
+
 /// How a request to a Lambda function becomes its event (the variable `lambda_event`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EventFormat {
@@ -217,6 +257,16 @@ impl LambdaConfig {
                 }
             },
         };
+        // Read by the backends (see `replica_capacity`); checked here so a bad value fails
+        // the replica with the variable's name rather than being ignored.
+        if let Some(v) = get("lambda_prefetch") {
+            if !v.parse::<usize>().is_ok_and(|n| n <= MAX_PREFETCH) {
+                return Err(Error::invalid(
+                    "lambda_prefetch",
+                    format!("{v:?} is not a whole number from 0 to {MAX_PREFETCH}"),
+                ));
+            }
+        }
         let name = get("AWS_LAMBDA_FUNCTION_NAME")
             .or_else(|| get("OPENFAAS_FUNCTION_NAME"))
             .unwrap_or("function");
@@ -1144,8 +1194,24 @@ fn trace_id(now: SystemTime) -> String {
     format!("Root=1-{secs:08x}-{:024x};Parent={:016x};Sampled=0", r >> 32, rand::random::<u64>())
 }
 
-/// `05/Dec/2026:15:03:32 +0000`, API Gateway's `requestContext.time`.
+/// `05/Dec/2026:15:03:32 +0000`, API Gateway's `requestContext.time`; formatted once per
+/// second per thread (every event carries it).
 fn clf_time(t: SystemTime) -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let secs = epoch_ms(t) / 1000;
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != secs {
+            *last = (secs, format_clf_time(t));
+        }
+        last.1.clone()
+    })
+}
+
+fn format_clf_time(t: SystemTime) -> String {
     const MONTHS: [&str; 12] =
         ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let s = faas_core::spec::rfc3339::format(t);
@@ -1225,6 +1291,7 @@ struct HttpContext<'a> {
 
 /// The API Gateway HTTP API (payload format 2.0) event for a request.
 fn http_event(parts: &http::request::Parts, body: &[u8], now: SystemTime) -> Result<Bytes, String> {
+    let capacity = 1024 + body.len() / 3 * 4 + 4;
     let mut headers: BTreeMap<&str, Cow<'_, str>> = BTreeMap::new();
     let mut cookies = Vec::new();
     for name in parts.headers.keys() {
@@ -1310,7 +1377,11 @@ fn http_event(parts: &http::request::Parts, body: &[u8], now: SystemTime) -> Res
         body,
         is_base64_encoded,
     };
-    serde_json::to_vec(&event).map(Bytes::from).map_err(|e| format!("building the event: {e}"))
+    // Sized for the event's fixed part and the body (base64 at most 4/3 of it): written
+    // without growing.
+    let mut out = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut out, &event).map_err(|e| format!("building the event: {e}"))?;
+    Ok(Bytes::from(out))
 }
 
 /// `HTTP/1.1`, as `requestContext.http.protocol` names the version.
@@ -1326,6 +1397,9 @@ fn protocol(v: http::Version) -> &'static str {
 
 /// The HTTP response for a function's answer to an HTTP event (see the [module docs](self)).
 fn http_response(payload: &[u8]) -> Response<Body> {
+    if let Some(r) = plain_response(payload) {
+        return r;
+    }
     let value = match serde_json::from_slice::<Value>(payload) {
         Ok(v) => v,
         // Not JSON: passed on as the body, as API Gateway would not (it answers 502), but
@@ -1343,6 +1417,164 @@ fn http_response(payload: &[u8]) -> Response<Body> {
     }
 }
 
+/// The usual shape of a function's HTTP answer (what `lambda_http` sends), read without
+/// building a JSON tree: this runs for every invocation. Anything it does not cover (no
+/// `statusCode` number, a header value that is an object, a body that is not a string...)
+/// fails to read and takes the general path, [`structured_response`].
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PlainAnswer<'a> {
+    status_code: Option<u16>,
+    #[serde(borrow, default)]
+    headers: Option<BTreeMap<Name<'a>, PlainValue<'a>>>,
+    #[serde(borrow, default)]
+    multi_value_headers: Option<BTreeMap<Name<'a>, PlainValue<'a>>>,
+    #[serde(borrow, default)]
+    cookies: Option<Vec<PlainValue<'a>>>,
+    #[serde(borrow, default)]
+    body: Option<Cow<'a, str>>,
+    #[serde(default)]
+    is_base64_encoded: Option<bool>,
+}
+
+/// A header name in a function's answer, borrowed from it unless escaped.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Name<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match <PlainValue<'a> as serde::Deserialize<'de>>::deserialize(d)? {
+            PlainValue::Text(t) => Ok(Name(t)),
+            _ => Err(serde::de::Error::custom("not a header name")),
+        }
+    }
+}
+
+/// A header value in a function's answer: a scalar (as [`structured_response`] takes it:
+/// text, a number or a boolean as their JSON text, `null` for none) or a list of them.
+enum PlainValue<'a> {
+    Text(Cow<'a, str>),
+    Null,
+    List(Vec<PlainValue<'a>>),
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for PlainValue<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = PlainValue<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a header value or a list of them")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(PlainValue::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(PlainValue::Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(PlainValue::Text(Cow::Owned(v)))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(PlainValue::Text(Cow::Borrowed(if v { "true" } else { "false" })))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(PlainValue::Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(PlainValue::Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                // Written as serde_json writes the number, as the general path does.
+                let n = serde_json::Number::from_f64(v)
+                    .ok_or_else(|| E::custom("not a JSON number"))?;
+                Ok(PlainValue::Text(Cow::Owned(n.to_string())))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(PlainValue::Null)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(PlainValue::Null)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut all = Vec::new();
+                while let Some(v) = seq.next_element()? {
+                    all.push(v);
+                }
+                Ok(PlainValue::List(all))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The response for an answer of the usual shape ([`PlainAnswer`]); `None` for any other
+/// answer, or any that would be an error (the general path then says which).
+fn plain_response(payload: &[u8]) -> Option<Response<Body>> {
+    let a: PlainAnswer<'_> = serde_json::from_slice(payload).ok()?;
+    let status = StatusCode::from_u16(a.status_code?).ok()?;
+    let mut headers = HeaderMap::new();
+    let mut add = |name: &str, v: &PlainValue<'_>| -> Option<()> {
+        match v {
+            PlainValue::Text(t) => push_header(&mut headers, name, t).ok(),
+            PlainValue::Null => Some(()),
+            PlainValue::List(_) => None,
+        }
+    };
+    let multi = a.multi_value_headers.as_ref();
+    if let Some(m) = multi {
+        for (Name(k), vs) in m {
+            match vs {
+                PlainValue::List(vs) => {
+                    for v in vs {
+                        add(k, v)?;
+                    }
+                }
+                v => add(k, v)?,
+            }
+        }
+    }
+    if let Some(m) = &a.headers {
+        for (k, v) in m {
+            // A header in both maps keeps the multi-value one.
+            if !multi.is_some_and(|mv| mv.contains_key(k)) {
+                add(&k.0, v)?;
+            }
+        }
+    }
+    for c in a.cookies.iter().flatten() {
+        add("set-cookie", c)?;
+    }
+    let body = match a.body {
+        None => Bytes::new(),
+        Some(b) if a.is_base64_encoded.unwrap_or(false) => {
+            Bytes::from(base64::engine::general_purpose::STANDARD.decode(b.as_bytes()).ok()?)
+        }
+        Some(Cow::Borrowed(b)) => Bytes::copy_from_slice(b.as_bytes()),
+        Some(Cow::Owned(b)) => Bytes::from(b),
+    };
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    Some(r)
+}
+
+/// Appends header `name: v` of a function's answer (hop-by-hop headers and
+/// `Content-Length` left out: the response is framed here).
+fn push_header(headers: &mut HeaderMap, name: &str, v: &str) -> Result<(), String> {
+    let n = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("{name:?} is not a header name"))?;
+    let v = HeaderValue::from_str(v)
+        .map_err(|_| format!("header {name}: {v:?} is not a header value"))?;
+    if !faas_core::instance::is_hop_by_hop(&n) && n != header::CONTENT_LENGTH {
+        headers.append(n, v);
+    }
+    Ok(())
+}
+
 fn structured_response(obj: &Map<String, Value>) -> Result<Response<Body>, String> {
     let status = obj
         .get("statusCode")
@@ -1355,20 +1587,13 @@ fn structured_response(obj: &Map<String, Value>) -> Result<Response<Body>, Strin
     let mut headers = HeaderMap::new();
     let mut add = |name: &str, v: &Value| -> Result<(), String> {
         let v = match v {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
+            Value::String(s) => Cow::Borrowed(s.as_str()),
+            Value::Number(n) => Cow::Owned(n.to_string()),
+            Value::Bool(b) => Cow::Owned(b.to_string()),
             Value::Null => return Ok(()),
             other => return Err(format!("header {name}: {other} is not a header value")),
         };
-        let n = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("{name:?} is not a header name"))?;
-        let v = HeaderValue::from_str(&v)
-            .map_err(|_| format!("header {name}: {v:?} is not a header value"))?;
-        if !faas_core::instance::is_hop_by_hop(&n) && n != header::CONTENT_LENGTH {
-            headers.append(n, v);
-        }
-        Ok(())
+        push_header(&mut headers, name, &v)
     };
     if let Some(Value::Object(m)) = obj.get("multiValueHeaders") {
         for (k, vs) in m {
@@ -1477,6 +1702,75 @@ mod tests {
         assert!(String::from_utf8_lossy(&b).contains("Function.InvalidResponse"));
     }
 
+    /// The fast path for the usual answers gives what the general path gives, and leaves
+    /// every other answer to it.
+    #[tokio::test]
+    async fn plain_answers_read_as_the_general_path_reads_them() {
+        async fn parts(r: Response<Body>) -> (StatusCode, HeaderMap, Bytes) {
+            let (p, b) = r.into_parts();
+            (p.status, p.headers, b.collect().await.unwrap().to_bytes())
+        }
+        let general = |p: &[u8]| match serde_json::from_slice::<Value>(p).unwrap() {
+            Value::Object(o) => structured_response(&o).unwrap(),
+            other => panic!("{other}"),
+        };
+        let plain: &[&str] = &[
+            // What lambda_http 1.x sends.
+            r#"{"statusCode":200,"headers":{"content-type":"text/plain"},"multiValueHeaders":{"content-type":["text/plain"]},"body":"hello, world","isBase64Encoded":false,"cookies":[]}"#,
+            r#"{"statusCode":201,"headers":{"x-a":"1","x-n":5,"x-b":true,"x-f":1.5,"x-z":null},"cookies":["c=1","d=2"],"body":"aGk=","isBase64Encoded":true}"#,
+            r#"{"statusCode":204,"multiValueHeaders":{"x-m":["1","2"],"x-s":"3"},"headers":{"x-m":"0","connection":"close"}}"#,
+            r#"{"statusCode":200,"body":"caf\u00e9 \"q\"","extra":{"ignored":[1,2]},"headers":{"x-\u0061":"\u00e9"}}"#,
+            r#"{"statusCode":200,"body":null,"cookies":null,"headers":null}"#,
+        ];
+        for p in plain {
+            let fast = plain_response(p.as_bytes()).unwrap_or_else(|| panic!("not plain: {p}"));
+            assert_eq!(parts(fast).await, parts(general(p.as_bytes())).await, "{p}");
+        }
+        let other: &[&str] = &[
+            r#"{"statusCode":"200","body":"x"}"#,
+            r#"{"statusCode":null}"#,
+            r#"{"statusCode":99999}"#,
+            r#"{"statusCode":200,"body":{"json":true}}"#,
+            r#"{"statusCode":200,"headers":{"x-a":["1"]}}"#,
+            r#"{"statusCode":200,"headers":{"x-a":{"o":1}}}"#,
+            r#"{"statusCode":200,"multiValueHeaders":{"x-a":[["1"]]}}"#,
+            r#"{"statusCode":200,"headers":{"bad name":"1"}}"#,
+            r#"{"statusCode":200,"body":"!!","isBase64Encoded":true}"#,
+            r#"{"statusCode":200,"isBase64Encoded":"yes","body":"x"}"#,
+            r#"{"statusCode":200,"cookies":"c=1"}"#,
+            r#"{"hello":1}"#,
+            r#""plain""#,
+            "not json",
+        ];
+        for p in other {
+            assert!(plain_response(p.as_bytes()).is_none(), "{p}");
+        }
+    }
+
+    #[test]
+    fn a_lambda_replica_takes_one_more_invocation_per_environment() {
+        let spec = |n: Option<u32>, vars: &[(&str, &str)]| {
+            let mut s = faas_core::FunctionSpec::new("f", "img");
+            s.max_concurrency = n;
+            for (k, v) in vars {
+                s = s.env(*k, *v);
+            }
+            replica_capacity(&s)
+        };
+        let lambda = ("mode", "lambda");
+        assert_eq!(spec(Some(3), &[("mode", "http")]), Some(3));
+        assert_eq!(spec(None, &[lambda]), None);
+        assert_eq!(spec(Some(1), &[lambda]), Some(2));
+        assert_eq!(spec(Some(4), &[lambda]), Some(8));
+        assert_eq!(spec(Some(4), &[lambda, ("lambda_concurrency", "2")]), Some(6));
+        assert_eq!(spec(Some(4), &[lambda, ("lambda_prefetch", "0")]), Some(4));
+        assert_eq!(spec(Some(2), &[lambda, ("lambda_prefetch", "3")]), Some(8));
+        assert_eq!(
+            spec(Some(2), &[lambda, ("lambda_prefetch", "3"), ("lambda_queue", "5")]),
+            Some(7)
+        );
+    }
+
     #[test]
     fn config_reads_the_lambda_variables() {
         let vars = |v: &[(&str, &str)]| -> HashMap<String, String> {
@@ -1500,6 +1794,8 @@ mod tests {
             ("lambda_concurrency", "0"),
             ("lambda_concurrency", "65"),
             ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "lots"),
+            ("lambda_prefetch", "9"),
+            ("lambda_prefetch", "-1"),
         ] {
             match LambdaConfig::from_vars(&vars(&[(k, v)])) {
                 Err(Error::InvalidSpec { field, .. }) => assert_eq!(field, k),

@@ -14,7 +14,9 @@
 //!   ([`faas_core::scheduler::SCHEDULER_LABEL`], e.g. `hash` for sticky routing; a bad value
 //!   is rejected at deploy and update naming the label, before anything starts). Replicas are
 //!   offered to the scheduler sorted by id. When every replica is busy
-//!   (`spec.max_concurrency` per replica) the invocation waits in line (first come, first
+//!   (`spec.max_concurrency` per replica; a `lambda`-mode replica also takes one invocation
+//!   per execution environment into its watchdog's line, see
+//!   [`crate::lambda::replica_capacity`]) the invocation waits in line (first come, first
 //!   served; at most [`ProcessInvokerBuilder::queue_limit`] waiting), bounded by
 //!   [`ProcessInvokerBuilder::queue_timeout`] and by the caller's
 //!   [`faas_core::invocation::WaitBudget`] (the gateway's is half its upstream timeout), then
@@ -846,7 +848,7 @@ impl Func {
             id: id.to_string(),
             node: Some(shared.node.id.clone()),
             in_flight: 0,
-            max_concurrency: st.spec.max_concurrency,
+            max_concurrency: crate::lambda::replica_capacity(&st.spec),
             ready: false,
         };
         let r = self.instances.insert_with(view, |key| {

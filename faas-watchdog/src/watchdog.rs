@@ -47,7 +47,7 @@
 //! | `combine_output` | `false` | also send the process's stderr in the response body |
 //! | `content_type` | | response `Content-Type` in the fork and static modes (default: the request's, else `application/octet-stream`) |
 //! | `static_path` | `/home/app/public` | the directory of `static` mode |
-//! | `handler`, `lambda_event`, `lambda_queue`, `lambda_concurrency` | | the `lambda` mode's `_HANDLER`, event format (`http` or `raw`), line length and execution environments (default 1); see [`crate::lambda`] |
+//! | `handler`, `lambda_event`, `lambda_queue`, `lambda_concurrency`, `lambda_prefetch` | | the `lambda` mode's `_HANDLER`, event format (`http` or `raw`), line length, execution environments (default 1) and invocations a backend sends beyond them (per environment, default 1); see [`crate::lambda`] |
 //! | `log_requests` | `false` | (ours) one log line per request, in of-watchdog's format (`POST / - 200 OK - ContentLength: 5B (0.0012s)`); the process backend turns it on |
 //! | `watchdog_threads` | the number of CPUs (in `lambda` mode at most `lambda_concurrency`) | (ours) threads serving connections, each with its own single-threaded runtime |
 //!

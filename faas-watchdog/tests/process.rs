@@ -627,3 +627,71 @@ async fn an_http_mode_watchdog_serves_on_one_thread_unless_the_spec_asks_for_mor
     inv.remove(&FunctionRef::default_ns("one")).await.unwrap();
     inv.remove(&FunctionRef::default_ns("three")).await.unwrap();
 }
+
+/// A minimal Lambda runtime (Python, standard library only): each raw event
+/// `{"sleep": S, ...}` is answered with itself after S seconds.
+const SLEEPY_RUNTIME: &str = r#"
+import json, os, time, urllib.request
+api = "http://" + os.environ["AWS_LAMBDA_RUNTIME_API"] + "/2018-06-01/runtime/invocation/"
+while True:
+    with urllib.request.urlopen(api + "next") as r:
+        rid = r.headers["Lambda-Runtime-Aws-Request-Id"]
+        event = r.read()
+    time.sleep(float(json.loads(event).get("sleep", 0)))
+    answer = urllib.request.Request(api + rid + "/response", data=event, method="POST")
+    urllib.request.urlopen(answer).read()
+"#;
+
+/// A `lambda`-mode replica whose execution environments are all busy takes one more
+/// invocation per environment into its watchdog's line (`lambda_prefetch`, default 1), so
+/// the runtime finds its next event waiting; the rest wait at the backend. With
+/// `lambda_prefetch=0` the replica takes only what its environments run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_lambda_replica_takes_one_invocation_per_environment_into_its_line() {
+    let inv = invoker("lambda-prefetch");
+    let script = temp_dir("lambda-prefetch-runtime").join("runtime.py");
+    std::fs::write(&script, SLEEPY_RUNTIME).unwrap();
+    let spec = |name: &str| {
+        FunctionSpec::new(name, "x/lambda")
+            .process(format!("python3 {}", script.display()))
+            .env("mode", "lambda")
+            .env("lambda_event", "raw")
+            .max_concurrency(1)
+            .label(labels::SCALE_MIN, "1")
+            .label(labels::SCALE_MAX, "1")
+    };
+    inv.deploy(spec("fed")).await.unwrap();
+    inv.deploy(spec("unfed").env("lambda_prefetch", "0")).await.unwrap();
+    for (name, capacity) in [("fed", 2), ("unfed", 1)] {
+        let f = FunctionRef::default_ns(name);
+        wait_available(&inv, &f, 1).await;
+        assert_eq!(inv.instances(&f).unwrap()[0].max_concurrency, Some(capacity), "{name}");
+        let calls: Vec<_> = (0..3)
+            .map(|i| {
+                let (inv, f) = (inv.clone(), f.clone());
+                tokio::spawn(async move {
+                    let body = format!(r#"{{"sleep":0.3,"n":{i}}}"#);
+                    let r = inv.invoke(Invocation::post(f, body.clone())).await.unwrap();
+                    assert_eq!(r.status(), 200);
+                    assert_eq!(r.into_body().collect_bytes().await.unwrap(), body.as_bytes());
+                })
+            })
+            .collect();
+        // The replica's in-flight count reaches its capacity (one running, one in its line)
+        // and never goes beyond it, while the third call waits at the backend.
+        let mut most = 0;
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while !calls.iter().all(|c| c.is_finished()) {
+                most = most.max(inv.instances(&f).unwrap()[0].in_flight);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the invocations never finished");
+        for c in calls {
+            c.await.unwrap();
+        }
+        assert_eq!(most, capacity, "{name}");
+        inv.remove(&f).await.unwrap();
+    }
+}
