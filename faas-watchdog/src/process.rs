@@ -521,9 +521,24 @@ struct LogBook {
     limit: usize,
     bytes_limit: usize,
     entries: Mutex<LogLines>,
-    tx: Mutex<Option<broadcast::Sender<LogEntry>>>,
+    followers: Mutex<Followers>,
     dir: PathBuf,
 }
+
+/// The channel that `faas logs --follow` readers of a function receive new lines on. A
+/// broadcast channel allocates and writes all of its slots when made (1,024 lines, about
+/// 140 KiB), so it exists only while someone follows: an idle function costs none of it.
+enum Followers {
+    /// Nobody follows.
+    None,
+    /// Someone follows (or did, until the next line finds no receiver).
+    Open(broadcast::Sender<LogEntry>),
+    /// The function is removed: followers' streams end, and none start.
+    Closed,
+}
+
+/// How many lines a follower may fall behind before it misses some.
+const FOLLOW_BACKLOG: usize = 1024;
 
 /// A function's kept lines, oldest first, and the bytes they count.
 #[derive(Default)]
@@ -560,24 +575,43 @@ impl LogBook {
             line.push('\n');
             let _ = f.write_all(line.as_bytes());
         }
-        {
-            let mut e = lock(&self.entries);
-            e.bytes += entry_bytes(&entry);
-            e.lines.push_back(entry.clone());
-            while !e.lines.is_empty() && (e.lines.len() > self.limit || e.bytes > self.bytes_limit)
-            {
-                if let Some(old) = e.lines.pop_front() {
-                    e.bytes -= entry_bytes(&old);
-                }
+        let mut e = lock(&self.entries);
+        // Sent with `entries` locked, as `follow` subscribes: a new follower gets each line
+        // once, from what is kept or from the channel. Copied only when someone follows.
+        let mut followers = lock(&self.followers);
+        if let Followers::Open(tx) = &*followers {
+            if tx.send(entry.clone()).is_err() {
+                // Every follower is gone: free the channel's slots.
+                *followers = Followers::None;
             }
         }
-        if let Some(tx) = lock(&self.tx).as_ref() {
-            let _ = tx.send(entry);
+        drop(followers);
+        e.bytes += entry_bytes(&entry);
+        e.lines.push_back(entry);
+        while !e.lines.is_empty() && (e.lines.len() > self.limit || e.bytes > self.bytes_limit) {
+            if let Some(old) = e.lines.pop_front() {
+                e.bytes -= entry_bytes(&old);
+            }
+        }
+    }
+
+    /// A receiver of the lines pushed from now on; `None` once the function is removed.
+    /// Called with `entries` locked, so no line falls between those kept and those received.
+    fn follow(&self) -> Option<broadcast::Receiver<LogEntry>> {
+        let mut followers = lock(&self.followers);
+        match &*followers {
+            Followers::Closed => None,
+            Followers::Open(tx) => Some(tx.subscribe()),
+            Followers::None => {
+                let (tx, rx) = broadcast::channel(FOLLOW_BACKLOG);
+                *followers = Followers::Open(tx);
+                Some(rx)
+            }
         }
     }
 
     fn close(&self) {
-        lock(&self.tx).take();
+        *lock(&self.followers) = Followers::Closed;
     }
 }
 
@@ -1549,7 +1583,7 @@ impl Deploy for ProcessInvoker {
                 limit: sh.cfg.log_limit,
                 bytes_limit: sh.cfg.log_bytes_limit,
                 entries: Mutex::new(LogLines::default()),
-                tx: Mutex::new(Some(broadcast::channel(1024).0)),
+                followers: Mutex::new(Followers::None),
                 dir: log_dir,
             }),
             notify: Notify::new(),
@@ -1796,11 +1830,7 @@ impl Logs for ProcessInvoker {
         let (selected, follow) = {
             let entries = lock(&book.entries);
             let selected = request.select(entries.lines.iter());
-            let follow = if request.follow {
-                lock(&book.tx).as_ref().map(|tx| tx.subscribe())
-            } else {
-                None
-            };
+            let follow = if request.follow { book.follow() } else { None };
             (selected, follow)
         };
         Ok(request.stream(selected, follow))
@@ -1810,6 +1840,49 @@ impl Logs for ProcessInvoker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn book() -> LogBook {
+        LogBook {
+            fref: FunctionRef::default_ns("f"),
+            limit: 100,
+            bytes_limit: 1 << 20,
+            entries: Mutex::new(LogLines::default()),
+            followers: Mutex::new(Followers::None),
+            dir: PathBuf::new(),
+        }
+    }
+
+    fn texts(book: &LogBook) -> Vec<String> {
+        lock(&book.entries).lines.iter().map(|e| e.text.clone()).collect()
+    }
+
+    #[test]
+    fn a_follow_channel_exists_only_while_someone_follows() {
+        let book = book();
+        book.push("f-1", "kept".into(), &mut None);
+        assert!(matches!(*lock(&book.followers), Followers::None));
+        let mut a = book.follow().expect("a live function can be followed");
+        let mut b = book.follow().expect("by more than one reader");
+        book.push("f-1", "seen".into(), &mut None);
+        assert_eq!(a.try_recv().map(|e| e.text).as_deref(), Ok("seen"));
+        assert_eq!(b.try_recv().map(|e| e.text).as_deref(), Ok("seen"));
+        drop(a);
+        book.push("f-1", "one left".into(), &mut None);
+        assert!(matches!(*lock(&book.followers), Followers::Open(_)));
+        assert_eq!(b.try_recv().map(|e| e.text).as_deref(), Ok("one left"));
+        drop(b);
+        // The first line with nobody to receive it frees the channel.
+        book.push("f-1", "unfollowed".into(), &mut None);
+        assert!(matches!(*lock(&book.followers), Followers::None));
+        assert_eq!(texts(&book), ["kept", "seen", "one left", "unfollowed"]);
+        // Following again works, and removal ends the stream and refuses new followers.
+        let mut c = book.follow().expect("followed again");
+        book.close();
+        assert!(matches!(c.try_recv(), Err(broadcast::error::TryRecvError::Closed)));
+        assert!(book.follow().is_none());
+        book.push("f-1", "after removal".into(), &mut None);
+        assert!(matches!(*lock(&book.followers), Followers::Closed));
+    }
 
     #[test]
     fn replica_ports_come_from_outside_the_ephemeral_range_and_do_not_repeat() {

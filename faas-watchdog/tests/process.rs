@@ -465,6 +465,60 @@ async fn logs_of_replicas_scaled_to_zero_stay_listed_within_the_bounds() {
     inv.remove(&f).await.unwrap();
 }
 
+/// The next followed line whose text is `text`, within 30 s.
+async fn next_line(stream: &mut faas_core::LogStream, text: &str) -> faas_core::LogEntry {
+    use futures::StreamExt;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(e)) if e.text == text => return e,
+                Some(_) => {}
+                None => panic!("the stream ended before {text:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{text:?} not followed within 30 s"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_get_new_lines_until_the_function_is_removed() {
+    use faas_core::LogsRequest;
+    use futures::StreamExt;
+    let inv = invoker("logs-follow");
+    inv.deploy(fixture_spec("lf", "log")).await.unwrap();
+    let f = FunctionRef::default_ns("lf");
+    wait_available(&inv, &f, 1).await;
+    let follow = || LogsRequest { follow: true, ..LogsRequest::for_function(f.clone()) };
+    let mut a = inv.logs(follow()).await.unwrap();
+    let mut b = inv.logs(follow()).await.unwrap();
+    assert_eq!(inv.call("lf", "to-both").await.unwrap(), "logged");
+    next_line(&mut a, "to-both").await;
+    next_line(&mut b, "to-both").await;
+    drop(a);
+    assert_eq!(inv.call("lf", "to-one").await.unwrap(), "logged");
+    next_line(&mut b, "to-one").await;
+    // Nobody follows; a line is kept all the same, and a new follower gets later lines.
+    drop(b);
+    assert_eq!(inv.call("lf", "unfollowed").await.unwrap(), "logged");
+    eventually(Duration::from_secs(30), "the unfollowed line kept", || async {
+        inv.read_logs(&f).await.ok()?.into_iter().find(|e| e.text == "unfollowed")
+    })
+    .await;
+    let mut c = inv.logs(follow()).await.unwrap();
+    assert_eq!(inv.call("lf", "followed-again").await.unwrap(), "logged");
+    next_line(&mut c, "followed-again").await;
+    // Removing the function ends the stream.
+    inv.remove(&f).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(e) = c.next().await {
+            e.unwrap();
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the followed stream did not end after removal");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_log_lines_are_bounded_in_bytes() {
     let inv = ProcessInvoker::builder()
