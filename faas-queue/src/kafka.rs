@@ -137,13 +137,106 @@ impl KafkaConfig {
         }
     }
 
-    fn producer(&self) -> Result<TracedProducer> {
+    fn producer(&self, reach: &Arc<Reachability>) -> Result<TracedProducer> {
         let mut c = self.base();
         c.set("enable.idempotence", "true")
             .set("linger.ms", (LINGER.as_secs_f64() * 1000.0).to_string())
-            .set("message.timeout.ms", self.publish_timeout.as_millis().max(1).to_string());
+            .set("message.timeout.ms", self.publish_timeout.as_millis().max(1).to_string())
+            // The broker states of `Reachability` (one small JSON document a second).
+            .set("statistics.interval.ms", STATS_INTERVAL.as_millis().to_string());
         self.apply_properties(&mut c);
-        c.create_with_context(TracingContext).map_err(|e| config_error("producer", e))
+        c.create_with_context(ProducerContext { reach: reach.clone() })
+            .map_err(|e| config_error("producer", e))
+    }
+}
+
+/// How long a reachability probe waits for a broker's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often a producer reports its brokers' states (`statistics.interval.ms`).
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether a producer can reach any broker, for [`QueuePublisher::health`]: set when
+/// librdkafka reports every broker down (its `ALL_BROKERS_DOWN` error), cleared when its
+/// statistics show a broker up, a delivery succeeds or a metadata probe is answered.
+/// Publications go on meanwhile (librdkafka reconnects and delivers within the message
+/// timeout); only the health reports it.
+#[derive(Debug, Default)]
+pub(crate) struct Reachability {
+    down: Mutex<Option<(std::time::Instant, String)>>,
+    /// A metadata probe is running (at most one).
+    probing: std::sync::atomic::AtomicBool,
+}
+
+impl Reachability {
+    fn set_down(&self, reason: &str) {
+        let mut down = lock(&self.down);
+        if down.is_none() {
+            tracing::warn!(target: "librdkafka", "no Kafka broker reachable: {reason}");
+            *down = Some((std::time::Instant::now(), reason.to_string()));
+        }
+    }
+
+    fn set_up(&self) {
+        if lock(&self.down).take().is_some() {
+            tracing::info!(target: "librdkafka", "a Kafka broker is reachable again");
+        }
+    }
+
+    /// Whether no broker was reachable.
+    fn is_down(&self) -> bool {
+        lock(&self.down).is_some()
+    }
+
+    /// The health while no broker is reachable.
+    fn check(&self) -> Result<()> {
+        match &*lock(&self.down) {
+            None => Ok(()),
+            Some((since, reason)) => Err(Error::unavailable(format!(
+                "kafka: no broker reachable for {:.1} s ({reason})",
+                since.elapsed().as_secs_f64()
+            ))),
+        }
+    }
+}
+
+/// The brokers' states in librdkafka's statistics (the fields read here only).
+#[derive(serde::Deserialize)]
+struct Stats {
+    #[serde(default)]
+    brokers: HashMap<String, BrokerStats>,
+}
+
+#[derive(serde::Deserialize)]
+struct BrokerStats {
+    state: String,
+    /// -1 for a bootstrap address not yet known by its id.
+    nodeid: i32,
+}
+
+/// The producers' context: logs through `tracing`, and the brokers' reachability.
+pub(crate) struct ProducerContext {
+    reach: Arc<Reachability>,
+}
+
+impl ClientContext for ProducerContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log_to_tracing(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.reach.set_down(reason);
+        }
+        tracing::error!(target: "librdkafka", %error, "{reason}");
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(stats) = serde_json::from_slice::<Stats>(statistics) else { return };
+        // Brokers known by id (the cluster's): one of them up is enough to produce.
+        if stats.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP") {
+            self.reach.set_up();
+        }
     }
 }
 
@@ -184,7 +277,7 @@ impl ClientContext for TracingContext {
 impl ConsumerContext for TracingContext {}
 
 /// The producer type of the Kafka queue and store.
-pub(crate) type TracedProducer = FutureProducer<TracingContext>;
+pub(crate) type TracedProducer = FutureProducer<ProducerContext>;
 
 pub(crate) fn config_error(what: &str, e: KafkaError) -> Error {
     Error::invalid("kafka", format!("cannot create the Kafka {what}: {e}"))
@@ -227,6 +320,8 @@ struct PublisherInner {
     rebuilds: AtomicU64,
     /// Why the last publication failed, until one succeeds.
     failing: Mutex<Option<String>>,
+    /// Whether any broker is reachable (shared by every producer this publisher builds).
+    reach: Arc<Reachability>,
 }
 
 impl std::fmt::Debug for KafkaPublisher {
@@ -244,13 +339,15 @@ impl KafkaPublisher {
 
     /// A publisher to `topic` (the queue's, its dead letters' or the activation records').
     pub(crate) fn to_topic(config: &KafkaConfig, topic: &str) -> Result<Self> {
+        let reach = Arc::new(Reachability::default());
         Ok(KafkaPublisher {
             inner: Arc::new(PublisherInner {
-                producer: Mutex::new(config.producer()?),
+                producer: Mutex::new(config.producer(&reach)?),
                 config: config.clone(),
                 topic: topic.to_string(),
                 rebuilds: AtomicU64::new(0),
                 failing: Mutex::new(None),
+                reach,
             }),
         })
     }
@@ -275,7 +372,7 @@ impl KafkaPublisher {
     fn replace_if_fatal(&self) {
         let mut p = lock(&self.inner.producer);
         if let Some((code, reason)) = p.client().fatal_error() {
-            match self.inner.config.producer() {
+            match self.inner.config.producer(&self.inner.reach) {
                 Ok(fresh) => {
                     tracing::warn!(topic = %self.inner.topic, %code, %reason, "the Kafka producer failed fatally; replaced it with a new one");
                     *p = fresh;
@@ -288,11 +385,39 @@ impl KafkaPublisher {
         }
     }
 
+    /// Asks a broker for the topic's metadata on a thread of its own (one probe at a time),
+    /// which connects again if librdkafka has no connection: an answer means a broker is
+    /// reachable. Brokers that close idle connections make librdkafka report every broker
+    /// down while nothing is wrong; the probe clears that within one round trip.
+    fn probe(&self) {
+        let reach = self.inner.reach.clone();
+        if reach.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let producer = self.producer();
+        let topic = self.inner.topic.clone();
+        let spawned = std::thread::Builder::new().name("kafka-probe".into()).spawn({
+            let reach = reach.clone();
+            move || {
+                if producer.client().fetch_metadata(Some(&topic), PROBE_TIMEOUT).is_ok() {
+                    reach.set_up();
+                }
+                reach.probing.store(false, Ordering::Release);
+            }
+        });
+        if spawned.is_err() {
+            reach.probing.store(false, Ordering::Release);
+        }
+    }
+
     /// Notes the outcome of a publication for [`QueuePublisher::health`].
     fn outcome(&self, r: &Result<()>) {
         let mut failing = lock(&self.inner.failing);
         match r {
-            Ok(()) => *failing = None,
+            Ok(()) => {
+                *failing = None;
+                self.inner.reach.set_up();
+            }
             Err(Error::Unavailable { reason }) => *failing = Some(reason.clone()),
             Err(_) => {}
         }
@@ -416,6 +541,10 @@ impl QueuePublisher for KafkaPublisher {
             )));
         }
         drop(p);
+        if self.inner.reach.is_down() {
+            self.probe();
+            self.inner.reach.check()?;
+        }
         match &*lock(&self.inner.failing) {
             Some(reason) => Err(Error::unavailable(format!(
                 "the last publication to {} failed: {reason}",
