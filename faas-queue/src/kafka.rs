@@ -59,7 +59,7 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _, PurgeConfig};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// How long the producers wait for a batch to fill (`linger.ms`, librdkafka's default is
@@ -96,6 +96,13 @@ pub struct KafkaConfig {
     pub nack_on_drop: bool,
     /// How long [`KafkaConsumer::close`] waits for the consumer to leave its group.
     pub close_timeout: Duration,
+    /// How long a publication may wait for its acknowledgement while a broker is
+    /// reachable before the producer is taken for stuck, replaced and the message sent
+    /// again with the new one. A broker that restarted without its state answers an
+    /// idempotent producer `UNKNOWN_PRODUCER_ID`, which librdkafka may retry until the
+    /// message timeout, message after message; a new producer registers again and goes
+    /// through. While no broker is reachable, publications wait for the message timeout.
+    pub stuck_after: Duration,
     /// Further librdkafka properties, applied last (to producers and consumers alike),
     /// e.g. `("session.timeout.ms", "6000")` or security settings.
     pub properties: Vec<(String, String)>,
@@ -115,6 +122,7 @@ impl KafkaConfig {
             commit_interval: Duration::from_millis(500),
             nack_on_drop: true,
             close_timeout: Duration::from_secs(10),
+            stuck_after: Duration::from_secs(5),
             properties: Vec::new(),
         }
     }
@@ -137,13 +145,106 @@ impl KafkaConfig {
         }
     }
 
-    fn producer(&self) -> Result<TracedProducer> {
+    fn producer(&self, reach: &Arc<Reachability>) -> Result<TracedProducer> {
         let mut c = self.base();
         c.set("enable.idempotence", "true")
             .set("linger.ms", (LINGER.as_secs_f64() * 1000.0).to_string())
-            .set("message.timeout.ms", self.publish_timeout.as_millis().max(1).to_string());
+            .set("message.timeout.ms", self.publish_timeout.as_millis().max(1).to_string())
+            // The broker states of `Reachability` (one small JSON document a second).
+            .set("statistics.interval.ms", STATS_INTERVAL.as_millis().to_string());
         self.apply_properties(&mut c);
-        c.create_with_context(TracingContext).map_err(|e| config_error("producer", e))
+        c.create_with_context(ProducerContext { reach: reach.clone() })
+            .map_err(|e| config_error("producer", e))
+    }
+}
+
+/// How long a reachability probe waits for a broker's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often a producer reports its brokers' states (`statistics.interval.ms`).
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether a producer can reach any broker, for [`QueuePublisher::health`]: set when
+/// librdkafka reports every broker down (its `ALL_BROKERS_DOWN` error), cleared when its
+/// statistics show a broker up, a delivery succeeds or a metadata probe is answered.
+/// Publications go on meanwhile (librdkafka reconnects and delivers within the message
+/// timeout); only the health reports it.
+#[derive(Debug, Default)]
+pub(crate) struct Reachability {
+    down: Mutex<Option<(std::time::Instant, String)>>,
+    /// A metadata probe is running (at most one).
+    probing: std::sync::atomic::AtomicBool,
+}
+
+impl Reachability {
+    fn set_down(&self, reason: &str) {
+        let mut down = lock(&self.down);
+        if down.is_none() {
+            tracing::warn!(target: "librdkafka", "no Kafka broker reachable: {reason}");
+            *down = Some((std::time::Instant::now(), reason.to_string()));
+        }
+    }
+
+    fn set_up(&self) {
+        if lock(&self.down).take().is_some() {
+            tracing::info!(target: "librdkafka", "a Kafka broker is reachable again");
+        }
+    }
+
+    /// Whether no broker was reachable.
+    fn is_down(&self) -> bool {
+        lock(&self.down).is_some()
+    }
+
+    /// The health while no broker is reachable.
+    fn check(&self) -> Result<()> {
+        match &*lock(&self.down) {
+            None => Ok(()),
+            Some((since, reason)) => Err(Error::unavailable(format!(
+                "kafka: no broker reachable for {:.1} s ({reason})",
+                since.elapsed().as_secs_f64()
+            ))),
+        }
+    }
+}
+
+/// The brokers' states in librdkafka's statistics (the fields read here only).
+#[derive(serde::Deserialize)]
+struct Stats {
+    #[serde(default)]
+    brokers: HashMap<String, BrokerStats>,
+}
+
+#[derive(serde::Deserialize)]
+struct BrokerStats {
+    state: String,
+    /// -1 for a bootstrap address not yet known by its id.
+    nodeid: i32,
+}
+
+/// The producers' context: logs through `tracing`, and the brokers' reachability.
+pub(crate) struct ProducerContext {
+    reach: Arc<Reachability>,
+}
+
+impl ClientContext for ProducerContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log_to_tracing(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.reach.set_down(reason);
+        }
+        tracing::error!(target: "librdkafka", %error, "{reason}");
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(stats) = serde_json::from_slice::<Stats>(statistics) else { return };
+        // Brokers known by id (the cluster's): one of them up is enough to produce.
+        if stats.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP") {
+            self.reach.set_up();
+        }
     }
 }
 
@@ -183,8 +284,14 @@ impl ClientContext for TracingContext {
 /// The activation store's reader is a plain (unsubscribed) consumer.
 impl ConsumerContext for TracingContext {}
 
+/// A publisher's producer, and how many times it was replaced before.
+struct Current {
+    producer: TracedProducer,
+    generation: u64,
+}
+
 /// The producer type of the Kafka queue and store.
-pub(crate) type TracedProducer = FutureProducer<TracingContext>;
+pub(crate) type TracedProducer = FutureProducer<ProducerContext>;
 
 pub(crate) fn config_error(what: &str, e: KafkaError) -> Error {
     Error::invalid("kafka", format!("cannot create the Kafka {what}: {e}"))
@@ -221,12 +328,14 @@ pub struct KafkaPublisher {
 }
 
 struct PublisherInner {
-    producer: Mutex<TracedProducer>,
+    producer: Mutex<Current>,
     config: KafkaConfig,
     topic: String,
     rebuilds: AtomicU64,
     /// Why the last publication failed, until one succeeds.
     failing: Mutex<Option<String>>,
+    /// Whether any broker is reachable (shared by every producer this publisher builds).
+    reach: Arc<Reachability>,
 }
 
 impl std::fmt::Debug for KafkaPublisher {
@@ -244,13 +353,15 @@ impl KafkaPublisher {
 
     /// A publisher to `topic` (the queue's, its dead letters' or the activation records').
     pub(crate) fn to_topic(config: &KafkaConfig, topic: &str) -> Result<Self> {
+        let reach = Arc::new(Reachability::default());
         Ok(KafkaPublisher {
             inner: Arc::new(PublisherInner {
-                producer: Mutex::new(config.producer()?),
+                producer: Mutex::new(Current { producer: config.producer(&reach)?, generation: 0 }),
                 config: config.clone(),
                 topic: topic.to_string(),
                 rebuilds: AtomicU64::new(0),
                 failing: Mutex::new(None),
+                reach,
             }),
         })
     }
@@ -260,31 +371,108 @@ impl KafkaPublisher {
         &self.inner.topic
     }
 
-    /// How many times the producer was replaced after a fatal error.
+    /// How many times the producer was replaced (after a fatal error, or stuck).
     pub fn rebuilds(&self) -> u64 {
         self.inner.rebuilds.load(Ordering::Relaxed)
     }
 
     /// The current producer.
     fn producer(&self) -> TracedProducer {
-        lock(&self.inner.producer).clone()
+        lock(&self.inner.producer).producer.clone()
     }
 
-    /// Replaces the producer if librdkafka declared it fatally failed (checked after a
-    /// failed send only, so a healthy publication pays nothing for it).
-    fn replace_if_fatal(&self) {
-        let mut p = lock(&self.inner.producer);
-        if let Some((code, reason)) = p.client().fatal_error() {
-            match self.inner.config.producer() {
-                Ok(fresh) => {
-                    tracing::warn!(topic = %self.inner.topic, %code, %reason, "the Kafka producer failed fatally; replaced it with a new one");
-                    *p = fresh;
-                    self.inner.rebuilds.fetch_add(1, Ordering::Relaxed);
+    /// The current producer and its generation.
+    fn current(&self) -> (TracedProducer, u64) {
+        let c = lock(&self.inner.producer);
+        (c.producer.clone(), c.generation)
+    }
+
+    /// After a failed send with the producer of `generation`: replaces that producer if
+    /// librdkafka declared it fatally failed or the send found it `stuck` (checked after a
+    /// failed send only, so a healthy publication pays nothing for it). Returns whether
+    /// the producer now in use is another one (replaced here or by a concurrent send),
+    /// so that the failed message is worth sending again. The old producer's messages
+    /// are purged (their sends fail at once and go again with the new one) and it is
+    /// dropped on a thread of its own (dropping a producer waits for its threads).
+    fn renew(&self, generation: u64, stuck: bool) -> bool {
+        let mut c = lock(&self.inner.producer);
+        if c.generation != generation {
+            return true;
+        }
+        let why = match c.producer.client().fatal_error() {
+            Some((code, reason)) => format!("failed fatally ({code}: {reason})"),
+            None if stuck => format!(
+                "had no acknowledgement within {:?} while a broker was reachable",
+                self.inner.config.stuck_after
+            ),
+            None => return false,
+        };
+        match self.inner.config.producer(&self.inner.reach) {
+            Ok(fresh) => {
+                tracing::warn!(topic = %self.inner.topic, "the Kafka producer {why}; replaced it with a new one");
+                let old = std::mem::replace(&mut c.producer, fresh);
+                c.generation += 1;
+                drop(c);
+                self.inner.rebuilds.fetch_add(1, Ordering::Relaxed);
+                old.purge(PurgeConfig::default().queue().inflight());
+                let _ =
+                    std::thread::Builder::new().name("kafka-drop".into()).spawn(move || drop(old));
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the Kafka producer {why} and cannot be rebuilt");
+                false
+            }
+        }
+    }
+
+    /// Waits for a message's acknowledgement. Past [`KafkaConfig::stuck_after`] with a
+    /// broker reachable, gives up with `stuck` set (the caller replaces the producer);
+    /// while no broker is reachable, waits on for librdkafka's message timeout.
+    async fn deliver(&self, mut fut: DeliveryFuture) -> (Result<()>, bool) {
+        loop {
+            match tokio::time::timeout(self.inner.config.stuck_after, &mut fut).await {
+                Ok(Ok(Ok(_))) => return (Ok(()), false),
+                Ok(Ok(Err((e, _)))) => return (Err(produce_error(&e)), false),
+                Ok(Err(_)) => {
+                    return (Err(Error::unavailable("kafka: the producer went away")), false)
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "the Kafka producer failed fatally and cannot be rebuilt")
+                Err(_) if self.inner.reach.is_down() => continue,
+                Err(_) => {
+                    return (
+                        Err(Error::unavailable(format!(
+                            "kafka: no acknowledgement within {:?}",
+                            self.inner.config.stuck_after
+                        ))),
+                        true,
+                    )
                 }
             }
+        }
+    }
+
+    /// Asks a broker for the topic's metadata on a thread of its own (one probe at a time),
+    /// which connects again if librdkafka has no connection: an answer means a broker is
+    /// reachable. Brokers that close idle connections make librdkafka report every broker
+    /// down while nothing is wrong; the probe clears that within one round trip.
+    fn probe(&self) {
+        let reach = self.inner.reach.clone();
+        if reach.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let producer = self.producer();
+        let topic = self.inner.topic.clone();
+        let spawned = std::thread::Builder::new().name("kafka-probe".into()).spawn({
+            let reach = reach.clone();
+            move || {
+                if producer.client().fetch_metadata(Some(&topic), PROBE_TIMEOUT).is_ok() {
+                    reach.set_up();
+                }
+                reach.probing.store(false, Ordering::Release);
+            }
+        });
+        if spawned.is_err() {
+            reach.probing.store(false, Ordering::Release);
         }
     }
 
@@ -292,7 +480,10 @@ impl KafkaPublisher {
     fn outcome(&self, r: &Result<()>) {
         let mut failing = lock(&self.inner.failing);
         match r {
-            Ok(()) => *failing = None,
+            Ok(()) => {
+                *failing = None;
+                self.inner.reach.set_up();
+            }
             Err(Error::Unavailable { reason }) => *failing = Some(reason.clone()),
             Err(_) => {}
         }
@@ -303,22 +494,17 @@ impl KafkaPublisher {
         key: &str,
         payload: &[u8],
         headers: Option<OwnedHeaders>,
-    ) -> (Result<()>, bool) {
-        let producer = self.producer();
+    ) -> (Result<()>, u64, bool) {
+        let (producer, generation) = self.current();
         let mut record = FutureRecord::to(&self.inner.topic).key(key).payload(payload);
         if let Some(h) = headers {
             record = record.headers(h);
         }
-        let r = match producer.send_result(record) {
-            Err((e, _)) => Err(produce_error(&e)),
-            Ok(fut) => match fut.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(produce_error(&e)),
-                Err(_) => Err(Error::unavailable("kafka: the producer went away")),
-            },
+        let (r, stuck) = match producer.send_result(record) {
+            Err((e, _)) => (Err(produce_error(&e)), false),
+            Ok(fut) => self.deliver(fut).await,
         };
-        let fatal = r.is_err() && producer.client().fatal_error().is_some();
-        (r, fatal)
+        (r, generation, stuck)
     }
 
     /// Waits (blocking, at most `timeout`) until every message handed to the producer was
@@ -328,17 +514,18 @@ impl KafkaPublisher {
     }
 
     /// Publishes one message and waits for the broker's acknowledgement; a producer that
-    /// failed fatally under it is replaced and the message sent again with the new one.
+    /// failed fatally or got stuck under it is replaced and the message sent again with
+    /// the new one.
     pub(crate) async fn send(
         &self,
         key: &str,
         payload: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> Result<()> {
-        let (mut r, fatal) = self.send_once(key, payload, headers.clone()).await;
-        if fatal {
-            // The message never reached the log: send it again with a new producer.
-            self.replace_if_fatal();
+        let (mut r, generation, stuck) = self.send_once(key, payload, headers.clone()).await;
+        if r.is_err() && self.renew(generation, stuck) {
+            // Not acknowledged by the old producer (its messages were purged): send it
+            // again with the new one.
             r = self.send_once(key, payload, headers).await.0;
         }
         self.outcome(&r);
@@ -355,7 +542,7 @@ impl QueuePublisher for KafkaPublisher {
 
     async fn publish_batch(&self, items: Vec<QueuedInvocation>) -> Vec<Result<()>> {
         // Enqueue everything first, then wait for the acknowledgements together.
-        let producer = self.producer();
+        let (producer, generation) = self.current();
         let mut pending = Vec::with_capacity(items.len());
         for item in &items {
             let sent = encode(item).and_then(|payload| {
@@ -366,20 +553,21 @@ impl QueuePublisher for KafkaPublisher {
             pending.push(sent);
         }
         let mut out = Vec::with_capacity(pending.len());
+        let mut stuck = false;
         for p in pending {
             out.push(match p {
-                Ok(fut) => match fut.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, _))) => Err(produce_error(&e)),
-                    Err(_) => Err(Error::unavailable("kafka: the producer went away")),
-                },
+                Ok(fut) => {
+                    let (r, s) = self.deliver(fut).await;
+                    stuck |= s;
+                    r
+                }
                 Err(e) => Err(e),
             });
         }
-        if producer.client().fatal_error().is_some() {
-            // The producer failed fatally under this batch: send what did not get through
-            // again, one by one, with a new one.
-            self.replace_if_fatal();
+        drop(producer);
+        if out.iter().any(Result::is_err) && self.renew(generation, stuck) {
+            // The producer failed fatally or got stuck under this batch: send what did not
+            // get through again, one by one, with a new one.
             for (item, r) in items.iter().zip(out.iter_mut()) {
                 if r.is_err() {
                     *r = match encode(item) {
@@ -410,12 +598,16 @@ impl QueuePublisher for KafkaPublisher {
 
     fn health(&self) -> Result<()> {
         let p = lock(&self.inner.producer);
-        if let Some((code, reason)) = p.client().fatal_error() {
+        if let Some((code, reason)) = p.producer.client().fatal_error() {
             return Err(Error::unavailable(format!(
                 "kafka: the producer failed fatally ({code}: {reason}); the next call replaces it"
             )));
         }
         drop(p);
+        if self.inner.reach.is_down() {
+            self.probe();
+            self.inner.reach.check()?;
+        }
         match &*lock(&self.inner.failing) {
             Some(reason) => Err(Error::unavailable(format!(
                 "the last publication to {} failed: {reason}",

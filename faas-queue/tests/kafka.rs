@@ -437,6 +437,76 @@ async fn a_fatally_failed_producer_is_replaced_and_the_call_goes_through() {
     drop(cluster);
 }
 
+/// A broker that lost its state answers `UNKNOWN_PRODUCER_ID` to the producer's every
+/// retry (tansu does, after a restart without its data), which librdkafka would retry until
+/// the message timeout, call after call: with a broker reachable and no acknowledgement
+/// within `stuck_after`, the producer is replaced and the call goes through with the new
+/// one, long before the message timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_stuck_on_a_broker_that_lost_its_state_is_replaced() {
+    use faas_core::queue::QueuePublisher as _;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let config = KafkaConfig {
+        stuck_after: Duration::from_secs(3),
+        ..KafkaConfig::new(cluster.bootstrap_servers())
+    };
+    cluster.create_topic(&config.topic, 1, 1).expect("topic");
+    let publisher = KafkaPublisher::new(&config).expect("publisher");
+    publisher.publish(common::item("f", "before")).await.expect("a first call");
+    let lost = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID; 100_000];
+    cluster.request_errors(RDKafkaApiKey::Produce, &lost);
+    let call = tokio::spawn({
+        let publisher = publisher.clone();
+        async move { publisher.publish(common::item("f", "x")).await }
+    });
+    bounded("the stuck producer to be replaced", async {
+        while publisher.rebuilds() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    let r = bounded("the call with the new producer", call).await.expect("the call's task");
+    r.expect("the call went through with the new producer");
+    publisher.publish(common::item("f", "after")).await.expect("a call after");
+    assert!(publisher.health().is_ok(), "{:?}", publisher.health());
+    drop(cluster);
+}
+
+/// A broker that goes away makes the publisher unhealthy, naming why, without a call
+/// having to time out first; once it is back, the health is good again without any call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_follows_the_broker_going_away_and_coming_back() {
+    use faas_core::queue::QueuePublisher as _;
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let config = KafkaConfig::new(cluster.bootstrap_servers());
+    cluster.create_topic(&config.topic, 1, 1).expect("topic");
+    let publisher = KafkaPublisher::new(&config).expect("publisher");
+    publisher.publish(common::item("f", "before")).await.expect("a first call");
+    assert!(publisher.health().is_ok());
+    cluster.broker_down(1).expect("broker down");
+    let why = bounded("the health to report the broker down", async {
+        loop {
+            if let Err(e) = publisher.health() {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(why.to_string().contains("no broker reachable"), "{why}");
+    cluster.broker_up(1).expect("broker up");
+    bounded("the health to recover", async {
+        while publisher.health().is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    publisher.publish(common::item("f", "after")).await.expect("a call after");
+    drop(cluster);
+}
+
 /// Two workers in one group and one hot function (no `X-Queue-Key`): its calls, keyed by
 /// call id, spread over every partition, so both workers run a fair share of them (each at
 /// least 35 %; with 4 partitions split 2 and 2, a worker below that is six standard
