@@ -114,16 +114,7 @@ impl Reaper {
             .unwrap_or(PID_MAX_LIMIT)
             .clamp(1024, PID_MAX_LIMIT);
         let mut bits = vec![0u64; pid_max.div_ceil(64)];
-        let mut fds = [0 as libc::c_int; 2];
-        #[allow(unsafe_code)]
-        // SAFETY: pipe2(2) writes two descriptors into the array it is given.
-        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        #[allow(unsafe_code)]
-        // SAFETY: both descriptors were just created by pipe2 and are owned by nothing else.
-        let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (rx, tx) = pipe()?;
         #[allow(unsafe_code)]
         // SAFETY: the child of a multi-threaded process may only make async-signal-safe calls
         // until it execs or exits: the child calls only setpgid, prctl, signal, chdir,
