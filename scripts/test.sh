@@ -51,7 +51,10 @@ if [ ! -d tests/js/node_modules/openwhisk ]; then
 fi
 
 # Without an engine the Docker tests fail (they never skip); run the rest anyway, so one
-# missing part does not hide every other result.
+# missing part does not hide every other result. What it did is kept in its status file, which
+# a failing Docker test prints.
+export ENSURE_DOCKER_STATUS="${ENSURE_DOCKER_STATUS:-/tmp/faas-rs-ensure-docker.status}"
+rm -f "$ENSURE_DOCKER_STATUS"
 bash scripts/ensure-docker.sh || echo "!! Docker is not usable: the Docker tests will fail" >&2
 
 # The gateway library links no backend: embedding it must not compile kube, bollard or
@@ -82,6 +85,10 @@ cargo run -q -p faas-examples --example simulate -- 1 500
 # (which alone would take much of .ci/run's 30 minutes on a 2-core machine).
 echo "== compiling the benches"
 cargo build --workspace --all-features --benches
+
+# The builds above take minutes: check again that the engine still answers (and start it
+# again if it went away) right before the tests that need it.
+bash scripts/ensure-docker.sh || echo "!! Docker is not usable: the Docker tests will fail" >&2
 
 # Every feature (the Kafka queue of `faas up` included, on librdkafka's mock cluster), then
 # the one test that needs a build without Kafka (its refusal names the feature).

@@ -39,8 +39,29 @@ pub async fn require_docker(test: &str) {
         Err(e) => Some(e.to_string()),
     };
     if let Some(p) = problem {
-        panic!("{test}: Docker is not usable: {p}. Run scripts/ensure-docker.sh first.");
+        panic!(
+            "{test}: Docker is not usable: {p}. Run scripts/ensure-docker.sh first.{}",
+            engine_diagnosis()
+        );
     }
+}
+
+/// What `scripts/ensure-docker.sh` recorded (its status file) and the last lines of the
+/// dockerd log it started, so that a CI log says why the engine was missing.
+fn engine_diagnosis() -> String {
+    let tail = |var: &str, default: &str, lines: usize| {
+        let path = std::env::var(var).unwrap_or_else(|_| default.to_string());
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let all: Vec<&str> = text.lines().collect();
+                let from = all.len().saturating_sub(lines);
+                format!("\n--- last lines of {path}:\n{}", all[from..].join("\n"))
+            }
+            Err(e) => format!("\n--- {path}: {e}"),
+        }
+    };
+    tail("ENSURE_DOCKER_STATUS", "/tmp/faas-rs-ensure-docker.status", 20)
+        + &tail("DOCKERD_LOG", "/tmp/faas-rs-dockerd.log", 15)
 }
 
 /// A short unique name with a prefix, usable as a namespace or function name
