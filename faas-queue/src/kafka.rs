@@ -33,6 +33,12 @@
 //! [`KafkaConfig::property`] (`partition.assignment.strategy`, `session.timeout.ms`,
 //! `heartbeat.interval.ms`).
 //!
+//! A broker that comes back without its data (its logs start again at offset 0) would let
+//! the consumer skip, from its old position, what the new logs get below it: after the
+//! brokers went away, the consumer checks that each partition's log still holds the last
+//! message it read, and reads the partitions whose log started again from their beginning
+//! (`kafka_log_check`).
+//!
 //! librdkafka's own log lines and error events go through `tracing` (target `librdkafka`).
 //!
 //! Closing: dropping a subscribed librdkafka consumer blocks until it has left its group,
@@ -61,6 +67,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _, PurgeConfig};
 use rdkafka::{Offset, TopicPartitionList};
+
+use crate::kafka_log_check::{brokers_lost, LogCheck, Restarted};
 
 /// How long the producers wait for a batch to fill (`linger.ms`, librdkafka's default is
 /// 5 ms): every 202 waits for its call's acknowledgement, so the linger is part of
@@ -762,10 +770,12 @@ impl Tracker {
     }
 }
 
-/// Resets the offset tracking of partitions that change hands.
+/// Resets the offset tracking of partitions that change hands, and notes the brokers
+/// going away for the log check (when the member has one).
 pub(crate) struct TrackingContext {
     pub(crate) tracker: Arc<Mutex<Tracker>>,
     pub(crate) topic: String,
+    pub(crate) check: Option<Arc<LogCheck>>,
 }
 
 impl ClientContext for TrackingContext {
@@ -774,6 +784,9 @@ impl ClientContext for TrackingContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if let Some(check) = self.check.as_ref().filter(|_| brokers_lost(&error)) {
+            check.brokers_lost();
+        }
         tracing::error!(target: "librdkafka", %error, "{reason}");
     }
 }
@@ -806,14 +819,16 @@ pub(crate) type Client = StreamConsumer<TrackingContext>;
 
 /// A member of `config.group_id` subscribed to `topic`, its offsets tracked in `tracker`
 /// and stored only when acknowledged: committed every `config.commit_interval` (and on
-/// leaving) with `auto_commit`, else only by explicit commits.
+/// leaving) with `auto_commit`, else only by explicit commits. With `check`, the brokers
+/// going away are noted there.
 pub(crate) fn group_member(
     config: &KafkaConfig,
     topic: &str,
     tracker: &Arc<Mutex<Tracker>>,
     auto_commit: bool,
+    check: Option<Arc<LogCheck>>,
 ) -> Result<Client> {
-    let ctx = TrackingContext { tracker: tracker.clone(), topic: topic.to_string() };
+    let ctx = TrackingContext { tracker: tracker.clone(), topic: topic.to_string(), check };
     let mut c = config.base();
     c.set("group.id", &config.group_id)
         .set("enable.auto.commit", auto_commit.to_string())
@@ -850,6 +865,8 @@ struct Shared {
     /// acknowledge it, and store n + 2 for commit before n was tracked at all, so that n,
     /// still running, would be lost if this worker stopped.
     receiving: tokio::sync::Mutex<()>,
+    /// The last message read per partition, checked after the brokers went away.
+    check: Arc<LogCheck>,
     #[cfg(test)]
     hooks: tests::Hooks,
 }
@@ -870,21 +887,31 @@ impl KafkaConsumer {
     /// Joins `config.group_id` and subscribes to `config.topic`.
     pub fn new(config: &KafkaConfig) -> Result<Self> {
         let tracker = Arc::new(Mutex::new(Tracker::default()));
-        let consumer = group_member(config, &config.topic, &tracker, true)?;
-        Ok(KafkaConsumer {
-            shared: Arc::new(Shared {
-                consumer: Mutex::new(Some(Arc::new(consumer))),
-                tracker,
-                republish: KafkaPublisher::new(config)?,
-                dead_letters: KafkaPublisher::to_topic(config, &config.dead_letter_topic)?,
-                topic: config.topic.clone(),
-                nack_on_drop: config.nack_on_drop,
-                close_timeout: config.close_timeout,
-                receiving: tokio::sync::Mutex::new(()),
-                #[cfg(test)]
-                hooks: tests::Hooks::default(),
+        let check = LogCheck::new(&config.topic);
+        let consumer = group_member(config, &config.topic, &tracker, true, Some(check.clone()))?;
+        let shared = Arc::new(Shared {
+            consumer: Mutex::new(Some(Arc::new(consumer))),
+            tracker,
+            republish: KafkaPublisher::new(config)?,
+            dead_letters: KafkaPublisher::to_topic(config, &config.dead_letter_topic)?,
+            topic: config.topic.clone(),
+            nack_on_drop: config.nack_on_drop,
+            close_timeout: config.close_timeout,
+            receiving: tokio::sync::Mutex::new(()),
+            check: check.clone(),
+            #[cfg(test)]
+            hooks: tests::Hooks::default(),
+        });
+        let weak = Arc::downgrade(&shared);
+        check.spawn(
+            config,
+            Box::new(move |restarted: &[Restarted]| {
+                if let Some(shared) = weak.upgrade() {
+                    read_again(&shared, restarted);
+                }
             }),
-        })
+        );
+        Ok(KafkaConsumer { shared })
     }
 
     /// The partitions of the topic currently assigned to this consumer (empty before it
@@ -905,6 +932,43 @@ impl KafkaConsumer {
 
     fn client(&self) -> Option<Arc<Client>> {
         lock(&self.shared.consumer).clone()
+    }
+}
+
+/// Reads the partitions whose log started again (those still assigned to this member) from
+/// their beginning: deliveries of the old log store nothing any more, and the new log's
+/// start is stored for the commit (the old position, if committed to the new log, would
+/// make the next assignment skip what lies below it).
+fn read_again(shared: &Shared, restarted: &[Restarted]) {
+    let Some(client) = lock(&shared.consumer).clone() else { return };
+    let owned: Vec<i32> = match client.assignment() {
+        Ok(tpl) => tpl
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == shared.topic)
+            .map(|e| e.partition())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let mut start = TopicPartitionList::new();
+    for r in restarted.iter().filter(|r| owned.contains(&r.partition)) {
+        lock(&shared.tracker).reset(std::iter::once(r.partition));
+        if let Err(e) =
+            client.seek(&shared.topic, r.partition, Offset::Beginning, Duration::from_secs(5))
+        {
+            tracing::warn!(partition = r.partition, error = %e, "kafka: cannot read the partition again from its beginning");
+            continue;
+        }
+        if let Err(e) =
+            start.add_partition_offset(&shared.topic, r.partition, Offset::Offset(r.start))
+        {
+            tracing::warn!(partition = r.partition, error = %e, "kafka: the new log's start not stored");
+        }
+    }
+    if start.count() > 0 {
+        if let Err(e) = client.store_offsets(&start) {
+            tracing::warn!(error = %e, "kafka: the new logs' start not stored for the commit");
+        }
     }
 }
 
@@ -961,6 +1025,7 @@ impl KafkaConsumer {
                 .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u32>().ok())
                 .unwrap_or(0);
             let (partition, offset) = (msg.partition(), msg.offset());
+            self.shared.check.read(partition, offset, msg.timestamp().to_millis());
             let payload = msg.payload().map(<[u8]>::to_vec).unwrap_or_default();
             drop(msg);
             #[cfg(test)]
@@ -1293,20 +1358,7 @@ mod tests {
         kafka.create_topic(&config.dead_letter_topic, 1).expect("topic");
         let publisher = KafkaPublisher::new(&config).expect("publisher");
         for body in ["first", "second"] {
-            let item = QueuedInvocation {
-                call_id: faas_core::InvocationId::new(),
-                function: "f".into(),
-                namespace: "openfaas-fn".into(),
-                method: "POST".into(),
-                path: "/".into(),
-                query: String::new(),
-                headers: Vec::new(),
-                body: bytes::Bytes::from(body),
-                callback_url: None,
-                attempt: 0,
-                queued_at: 0,
-            };
-            publisher.publish(item).await.expect("published");
+            publisher.publish(item(body)).await.expect("published");
         }
         let consumer = Arc::new(KafkaConsumer::new(&config).expect("consumer"));
         let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
@@ -1365,6 +1417,112 @@ mod tests {
         first.ack().await.expect("ack");
         let stored = lock(&consumer.shared.tracker).partitions.get(&0).map(|t| t.stored);
         assert_eq!(stored, Some(2), "both done: the commit point moves past them");
+        consumer.close().await.expect("closed");
+    }
+
+    fn item(body: &'static str) -> QueuedInvocation {
+        QueuedInvocation {
+            call_id: faas_core::InvocationId::new(),
+            function: "f".into(),
+            namespace: "openfaas-fn".into(),
+            method: "POST".into(),
+            path: "/".into(),
+            query: String::new(),
+            headers: Vec::new(),
+            body: bytes::Bytes::from(body),
+            callback_url: None,
+            attempt: 0,
+            queued_at: 0,
+        }
+    }
+
+    /// Takes `n` deliveries (bounded), acknowledges them, answers their bodies. Errors
+    /// (a broker away) are taken again, as the worker does.
+    async fn take_and_ack(consumer: &KafkaConsumer, n: usize) -> Vec<bytes::Bytes> {
+        let mut bodies = Vec::new();
+        while bodies.len() < n {
+            let next = async {
+                loop {
+                    if let Ok(d) = consumer.next().await {
+                        return d;
+                    }
+                }
+            };
+            let d = tokio::time::timeout(Duration::from_secs(30), next)
+                .await
+                .unwrap_or_else(|_| panic!("delivery {} of {n} within 30 s", bodies.len() + 1))
+                .expect("a delivery");
+            bodies.push(d.item().body.clone());
+            d.ack().await.expect("ack");
+        }
+        bodies
+    }
+
+    fn stored(consumer: &KafkaConsumer) -> Option<i64> {
+        lock(&consumer.shared.tracker).partitions.get(&0).map(|t| t.stored)
+    }
+
+    /// The log check's whole path on a consumer: after the brokers went away, a partition
+    /// whose log holds another message at the offset read (a broker that restarted without
+    /// its data, played by noting another timestamp for that offset: the mock cluster keeps
+    /// its logs) is read again from its beginning, and its new start is what is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_whose_log_started_again_is_read_again_from_its_beginning() {
+        let kafka = MockKafka::new(1).expect("mock cluster");
+        let config = KafkaConfig::new(kafka.bootstrap_servers());
+        kafka.create_topic(&config.topic, 1).expect("topic");
+        kafka.create_topic(&config.dead_letter_topic, 1).expect("topic");
+        let publisher = KafkaPublisher::new(&config).expect("publisher");
+        for body in ["a", "b", "c"] {
+            publisher.publish(item(body)).await.expect("published");
+        }
+        let consumer = KafkaConsumer::new(&config).expect("consumer");
+        assert_eq!(take_and_ack(&consumer, 3).await, ["a", "b", "c"]);
+        assert_eq!(stored(&consumer), Some(3));
+        consumer.shared.check.read(0, 2, Some(1));
+        consumer.shared.check.brokers_lost();
+        assert_eq!(take_and_ack(&consumer, 3).await, ["a", "b", "c"], "read again from 0");
+        assert_eq!(stored(&consumer), Some(3));
+        publisher.publish(item("d")).await.expect("published");
+        assert_eq!(take_and_ack(&consumer, 1).await, ["d"]);
+        consumer.close().await.expect("closed");
+    }
+
+    /// A broker that goes away and comes back with its data (the mock cluster's broker
+    /// down, then up): the check finds the log read and nothing is delivered again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broker_back_with_its_data_changes_nothing() {
+        let kafka = MockKafka::new(1).expect("mock cluster");
+        let config = KafkaConfig::new(kafka.bootstrap_servers());
+        kafka.create_topic(&config.topic, 1).expect("topic");
+        kafka.create_topic(&config.dead_letter_topic, 1).expect("topic");
+        let publisher = KafkaPublisher::new(&config).expect("publisher");
+        for body in ["a", "b"] {
+            publisher.publish(item(body)).await.expect("published");
+        }
+        let consumer = Arc::new(KafkaConsumer::new(&config).expect("consumer"));
+        assert_eq!(take_and_ack(&consumer, 2).await, ["a", "b"]);
+        // A lane waits for the next delivery while the broker is away, as a worker's does.
+        let next = tokio::spawn({
+            let c = consumer.clone();
+            async move { take_and_ack(&c, 1).await }
+        });
+        kafka.cluster.broker_down(1).expect("broker down");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while consumer.shared.check.pending_for_tests().is_none() {
+            assert!(std::time::Instant::now() < deadline, "the brokers' loss not noted in 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        kafka.cluster.broker_up(1).expect("broker up");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while consumer.shared.check.pending_for_tests().is_some() {
+            assert!(std::time::Instant::now() < deadline, "the log not checked in 60 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        publisher.publish(item("c")).await.expect("published");
+        let got = tokio::time::timeout(Duration::from_secs(30), next).await.expect("bounded");
+        assert_eq!(got.expect("lane"), ["c"], "the next message, not the log again");
+        assert_eq!(stored(&consumer), Some(3));
         consumer.close().await.expect("closed");
     }
 

@@ -171,7 +171,7 @@ impl KafkaFeed {
             return Err(Error::invalid("trigger", "the feed needs a trigger and its namespace"));
         }
         let tracker = Arc::new(Mutex::new(Tracker::default()));
-        let consumer = group_member(&config.kafka, &config.kafka.topic, &tracker, false)?;
+        let consumer = group_member(&config.kafka, &config.kafka.topic, &tracker, false, None)?;
         Ok(KafkaFeed {
             shared: Arc::new(Shared {
                 consumer: Mutex::new(Some(Arc::new(consumer))),

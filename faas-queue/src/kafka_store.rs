@@ -24,6 +24,10 @@
 //! evicted, finished ones first. Partitions added to the topic after a store started are not
 //! read by it.
 //!
+//! After the brokers went away, the reader checks that each partition's log still holds the
+//! last record it read, and reads a partition whose log started again (a broker back
+//! without its data) from its beginning.
+//!
 //! Closing: the reader is not a group member, so dropping it never waits for a group to be
 //! left; it is still dropped on a detached thread (and [`KafkaActivationStore::close`] waits
 //! for it, bounded), so no caller ever blocks on librdkafka.
@@ -42,7 +46,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use crate::kafka::{config_error, KafkaConfig, KafkaPublisher, TracingContext};
+use crate::kafka::{config_error, KafkaConfig, KafkaPublisher};
+use crate::kafka_log_check::{CheckedContext, LogCheck, Restarted};
 
 /// The suffix of the default activations topic: records of the queue topic `faas-async`
 /// go to `faas-async-activations`.
@@ -191,7 +196,7 @@ pub struct KafkaStoreStats {
     pub malformed: AtomicU64,
 }
 
-type Reader = StreamConsumer<TracingContext>;
+type Reader = StreamConsumer<CheckedContext>;
 
 /// Drops the reader on a detached thread (librdkafka may block while closing), then
 /// signals `done`.
@@ -215,6 +220,9 @@ impl Drop for DetachOnDrop {
 
 struct Shared {
     records: Arc<Mutex<Records>>,
+    /// The reader's log check (the last record read per partition).
+    #[cfg_attr(not(test), allow(dead_code))]
+    check: Arc<LogCheck>,
     producer: KafkaPublisher,
     topic: String,
     ready: watch::Receiver<bool>,
@@ -278,15 +286,36 @@ impl KafkaActivationStore {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest");
-        let consumer: Reader =
-            c.create_with_context(TracingContext).map_err(|e| config_error("consumer", e))?;
+        let check = LogCheck::new(topic);
+        let consumer: Arc<Reader> = Arc::new(
+            c.create_with_context(CheckedContext { check: check.clone() })
+                .map_err(|e| config_error("consumer", e))?,
+        );
+        // A broker that restarted without its data: the partitions are read again from
+        // their beginning (records are merged idempotently).
+        let weak = Arc::downgrade(&consumer);
+        let reread_topic = topic.to_string();
+        check.spawn(
+            config,
+            Box::new(move |restarted: &[Restarted]| {
+                let Some(c) = weak.upgrade() else { return };
+                for r in restarted {
+                    if let Err(e) =
+                        c.seek(&reread_topic, r.partition, Offset::Beginning, METADATA_TIMEOUT)
+                    {
+                        tracing::warn!(topic = %reread_topic, partition = r.partition, error = %e, "activation store: cannot read the partition again");
+                    }
+                }
+            }),
+        );
 
         let records = Arc::new(Mutex::new(Records::new(capacity)));
         let stats = Arc::new(KafkaStoreStats::default());
         let (ready_tx, ready_rx) = watch::channel(false);
         let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
         let reader = ReadLoop {
-            consumer: DetachOnDrop { consumer: Some(Arc::new(consumer)), done: Some(closed_tx) },
+            consumer: DetachOnDrop { consumer: Some(consumer), done: Some(closed_tx) },
+            check: check.clone(),
             topic: topic.to_string(),
             records: records.clone(),
             producer: producer.clone(),
@@ -297,6 +326,7 @@ impl KafkaActivationStore {
         Ok(KafkaActivationStore {
             shared: Arc::new(Shared {
                 records,
+                check,
                 producer,
                 topic: topic.to_string(),
                 ready: ready_rx,
@@ -461,6 +491,8 @@ impl ActivationStore for KafkaActivationStore {
 /// The background reader of one store.
 struct ReadLoop {
     consumer: DetachOnDrop,
+    /// The last record read per partition, checked after the brokers went away.
+    check: Arc<LogCheck>,
     topic: String,
     records: Arc<Mutex<Records>>,
     producer: KafkaPublisher,
@@ -552,6 +584,7 @@ impl ReadLoop {
                 }
             };
             let (partition, offset) = (msg.partition(), msg.offset());
+            self.check.read(partition, offset, msg.timestamp().to_millis());
             let repair = match msg.payload() {
                 None => {
                     // A tombstone: the record was deleted.
@@ -658,6 +691,39 @@ mod tests {
         r.attempts = attempts;
         r.updated_at = updated_at;
         r
+    }
+
+    /// A store's reader whose partition's log holds another record at the offset read
+    /// after the brokers went away (a broker restarted without its data, played by noting
+    /// another timestamp: the mock cluster keeps its logs) reads that partition again from
+    /// its beginning.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_whose_log_started_again_is_read_again() {
+        let kafka = crate::kafka::MockKafka::new(1).expect("mock cluster");
+        let config = KafkaConfig::new(kafka.bootstrap_servers());
+        kafka.create_topic("records", 1).expect("topic");
+        let store = KafkaActivationStore::new(&config, "records").expect("store");
+        store.wait_caught_up(Duration::from_secs(30)).await.expect("caught up");
+        for (i, state) in [AsyncState::Queued, AsyncState::Running].into_iter().enumerate() {
+            store.put(rec(state, 0, i as u64)).await.expect("put");
+        }
+        let stats = store.stats().clone();
+        let read = |n: u64| {
+            let stats = stats.clone();
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while stats.read.load(Ordering::Relaxed) < n {
+                    assert!(std::time::Instant::now() < deadline, "{n} records not read in 30 s");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        read(2).await;
+        store.shared.check.read(0, 1, Some(1));
+        store.shared.check.brokers_lost();
+        read(4).await;
+        assert_eq!(store.stats().read.load(Ordering::Relaxed), 4, "the log read once more");
+        store.close().await.expect("closed");
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub mod kafka;
 #[cfg(feature = "kafka")]
 pub mod kafka_feed;
 #[cfg(feature = "kafka")]
+mod kafka_log_check;
+#[cfg(feature = "kafka")]
 pub mod kafka_store;
 #[cfg(feature = "durable")]
 pub mod log_store;

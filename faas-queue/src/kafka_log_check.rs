@@ -1,0 +1,315 @@
+//! Whether a partition's log is still the one a reader read, after the brokers went away.
+//!
+//! A broker that restarts without its data (memory storage, a lost volume) starts every
+//! partition again at offset 0, while its readers keep their fetch position from the old
+//! log. Kafka answers a fetch past the end of a log with `OFFSET_OUT_OF_RANGE`, and
+//! librdkafka then starts again from `auto.offset.reset`; a broker that does not (tansu
+//! waits for the offset to be written) lets the reader skip every message the new log gets
+//! below that position: accepted calls that never run, activation records never read. And a
+//! broker that accepts offset commits from members it no longer knows takes the old
+//! position as the new group's.
+//!
+//! So each reader notes the offset and timestamp of the last message it read per partition
+//! ([`LogCheck::read`]). When librdkafka says the brokers are gone ([`LogCheck::brokers_lost`],
+//! from the client context's error callback), those are kept aside, and a thread of the
+//! check reads, once a broker answers again, each partition's watermarks and the message at
+//! that offset: a log that ends at or before it, or holds another message there (another
+//! timestamp), started again. The reader is then told ([`Restart`]) to read those
+//! partitions again from their beginning: at least once, never a message skipped. A log
+//! that is still the one read (a broker restarted with its data) changes nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use faas_core::util::lock;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::kafka::{KafkaConfig, TracingContext};
+
+/// How often the check's thread looks for a check to run (and whether its reader is gone).
+const TICK: Duration = Duration::from_secs(1);
+/// How long one check waits for the watermarks and the message of each partition.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A message read: its offset and timestamp (milliseconds, when the message has one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Read {
+    pub(crate) offset: i64,
+    pub(crate) timestamp: Option<i64>,
+}
+
+/// A partition whose log started again, and where the new log starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Restarted {
+    pub(crate) partition: i32,
+    pub(crate) start: i64,
+}
+
+/// What a reader does with partitions whose log started again (called on the check's
+/// thread): read them again from their beginning.
+pub(crate) type Restart = Box<dyn Fn(&[Restarted]) + Send + Sync>;
+
+#[derive(Default)]
+struct State {
+    /// The last message read per partition.
+    last: HashMap<i32, Read>,
+    /// `last` when the brokers went away, until it has been checked.
+    pending: Option<HashMap<i32, Read>>,
+}
+
+/// The last message a reader read per partition, and the check after the brokers went
+/// away; see the [module docs](self).
+pub(crate) struct LogCheck {
+    topic: String,
+    state: Mutex<State>,
+}
+
+impl LogCheck {
+    pub(crate) fn new(topic: &str) -> Arc<Self> {
+        Arc::new(LogCheck { topic: topic.to_string(), state: Mutex::new(State::default()) })
+    }
+
+    /// Notes a message read from `partition`.
+    pub(crate) fn read(&self, partition: i32, offset: i64, timestamp: Option<i64>) {
+        lock(&self.state).last.insert(partition, Read { offset, timestamp });
+    }
+
+    /// Forgets what was read from `partition` (it is being read again from elsewhere).
+    pub(crate) fn forget(&self, partition: i32) {
+        lock(&self.state).last.remove(&partition);
+    }
+
+    /// The brokers went away: what was read until now is checked once one answers again.
+    /// A check already waiting keeps its older view (messages read since then may come
+    /// from a new log).
+    pub(crate) fn brokers_lost(&self) {
+        let mut s = lock(&self.state);
+        if s.pending.is_none() && !s.last.is_empty() {
+            s.pending = Some(s.last.clone());
+        }
+    }
+
+    fn pending(&self) -> Option<HashMap<i32, Read>> {
+        lock(&self.state).pending.clone()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn pending_for_tests(&self) -> Option<HashMap<i32, Read>> {
+        self.pending()
+    }
+
+    fn checked(&self) {
+        lock(&self.state).pending = None;
+    }
+
+    /// Starts the check's thread: it ends once the check is dropped (with its reader's
+    /// client). `restart` is called there with the partitions whose log started again.
+    pub(crate) fn spawn(self: &Arc<Self>, config: &KafkaConfig, restart: Restart) {
+        let weak = Arc::downgrade(self);
+        let config = config.clone();
+        let spawned = std::thread::Builder::new()
+            .name("faas-kafka-log-check".into())
+            .spawn(move || run(weak, config, restart));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "kafka: cannot start the log check; a broker that restarts without its data may leave messages unread");
+        }
+    }
+}
+
+fn run(weak: Weak<LogCheck>, config: KafkaConfig, restart: Restart) {
+    // One client per check, kept while a check fails (the brokers still away).
+    let mut client: Option<BaseConsumer<TracingContext>> = None;
+    loop {
+        std::thread::sleep(TICK);
+        let Some(check) = weak.upgrade() else { return };
+        let Some(pending) = check.pending() else {
+            client = None;
+            continue;
+        };
+        let topic = check.topic.clone();
+        // The reader may go meanwhile: the check holds no strong reference while it waits.
+        drop(check);
+        if client.is_none() {
+            match check_client(&config) {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka: cannot create the log check's client");
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_ref() else { continue };
+        match verify(c, &topic, &pending) {
+            Ok(restarted) => {
+                let Some(check) = weak.upgrade() else { return };
+                check.checked();
+                client = None;
+                if !restarted.is_empty() {
+                    for r in &restarted {
+                        check.forget(r.partition);
+                        tracing::warn!(
+                            topic = %topic,
+                            partition = r.partition,
+                            start = r.start,
+                            "kafka: the partition's log is not the one read before the brokers went away (a broker restarted without its data); reading it again from its beginning"
+                        );
+                    }
+                    restart(&restarted);
+                }
+            }
+            Err(e) => tracing::debug!(topic = %topic, error = %e, "kafka: log check not done yet"),
+        }
+    }
+}
+
+fn check_client(config: &KafkaConfig) -> Result<BaseConsumer<TracingContext>, String> {
+    let mut c = config.base();
+    config.apply_properties(&mut c);
+    // Not a group member: it only reads watermarks and one message per partition.
+    c.set("group.id", format!("{}-log-check", config.client_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "latest");
+    c.create_with_context(TracingContext).map_err(|e| e.to_string())
+}
+
+/// The partitions of `reads` whose log on `topic` is not the one read: it ends at or
+/// before the message read, or holds another message there. A message the log no longer
+/// has at its start (retention) cannot be compared and counts as the same log. Fails when a
+/// broker does not answer within the check's time.
+pub(crate) fn verify<C: rdkafka::consumer::ConsumerContext>(
+    client: &BaseConsumer<C>,
+    topic: &str,
+    reads: &HashMap<i32, Read>,
+) -> Result<Vec<Restarted>, String> {
+    let mut restarted = Vec::new();
+    let mut wanted: HashMap<i32, (Read, i64)> = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for (&partition, &read) in reads {
+        let (low, high) = client
+            .fetch_watermarks(topic, partition, CHECK_TIMEOUT)
+            .map_err(|e| format!("watermarks of {topic}/{partition}: {e}"))?;
+        if high <= read.offset {
+            restarted.push(Restarted { partition, start: low.max(0) });
+        } else if read.offset >= low && read.timestamp.is_some() {
+            tpl.add_partition_offset(topic, partition, Offset::Offset(read.offset))
+                .map_err(|e| e.to_string())?;
+            wanted.insert(partition, (read, low.max(0)));
+        }
+    }
+    if !wanted.is_empty() {
+        client.assign(&tpl).map_err(|e| format!("assigning {topic}: {e}"))?;
+        let deadline = Instant::now() + CHECK_TIMEOUT;
+        while !wanted.is_empty() && Instant::now() < deadline {
+            let Some(polled) = client.poll(Duration::from_millis(100)) else { continue };
+            let m = polled.map_err(|e| format!("reading {topic}: {e}"))?;
+            if m.topic() != topic {
+                continue;
+            }
+            if let Some((read, start)) = wanted.remove(&m.partition()) {
+                let now = Read { offset: m.offset(), timestamp: m.timestamp().to_millis() };
+                if now != read {
+                    restarted.push(Restarted { partition: m.partition(), start });
+                }
+            }
+        }
+        let _ = client.unassign();
+        if !wanted.is_empty() {
+            return Err(format!("{} partition(s) of {topic} not read back in time", wanted.len()));
+        }
+    }
+    restarted.sort_by_key(|r| r.partition);
+    Ok(restarted)
+}
+
+/// Whether a client error says the brokers went away (all of them, or a connection).
+pub(crate) fn brokers_lost(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
+    )
+}
+
+/// A plain (unsubscribed) reader's context: librdkafka's logs and errors through
+/// `tracing`, and the brokers going away noted for the log check.
+pub(crate) struct CheckedContext {
+    pub(crate) check: Arc<LogCheck>,
+}
+
+impl rdkafka::client::ClientContext for CheckedContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        crate::kafka::log_to_tracing(level, facility, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if brokers_lost(&error) {
+            self.check.brokers_lost();
+        }
+        tracing::error!(target: "librdkafka", %error, "{reason}");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for CheckedContext {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::MockKafka;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    /// The check on a real Kafka protocol peer (the mock cluster): a log that still holds
+    /// the message read is the same; one that holds another message at that offset, or ends
+    /// at or before it, started again; a message without a timestamp is compared by the
+    /// watermarks only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_is_the_one_read_only_when_it_holds_the_message_read() {
+        let kafka = MockKafka::new(1).expect("mock cluster");
+        let config = KafkaConfig::new(kafka.bootstrap_servers());
+        kafka.create_topic("t", 2).expect("topic");
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka.bootstrap_servers())
+            .create()
+            .expect("producer");
+        for (partition, ts) in [(0, 1_000), (0, 2_000), (0, 3_000), (1, 4_000)] {
+            producer
+                .send(
+                    FutureRecord::<str, str>::to("t")
+                        .partition(partition)
+                        .payload("x")
+                        .timestamp(ts),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("produced");
+        }
+        let client = check_client(&config).expect("client");
+        let check = |reads: &[(i32, i64, Option<i64>)]| {
+            let reads = reads
+                .iter()
+                .map(|&(p, offset, timestamp)| (p, Read { offset, timestamp }))
+                .collect::<HashMap<_, _>>();
+            verify(&client, "t", &reads).expect("checked")
+        };
+        assert_eq!(check(&[(0, 2, Some(3_000)), (1, 0, Some(4_000))]), vec![], "the same logs");
+        assert_eq!(
+            check(&[(0, 2, Some(2_500)), (1, 0, Some(4_000))]),
+            vec![Restarted { partition: 0, start: 0 }],
+            "another message at offset 2"
+        );
+        assert_eq!(
+            check(&[(0, 1, Some(2_000)), (1, 1, Some(4_000))]),
+            vec![Restarted { partition: 1, start: 0 }],
+            "partition 1's log ends before the offset read"
+        );
+        assert_eq!(check(&[(0, 0, None)]), vec![], "nothing to compare but the watermarks");
+        assert_eq!(
+            check(&[(0, 7, None)]),
+            vec![Restarted { partition: 0, start: 0 }],
+            "the watermarks alone"
+        );
+    }
+}
