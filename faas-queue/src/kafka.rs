@@ -68,7 +68,9 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _, PurgeConfig};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::kafka_log_check::{brokers_lost, LogCheck, Restarted};
+use crate::kafka_log_check::{
+    brokers_lost, pause_assigned, resume_assigned, LogCheck, Reader, Restarted,
+};
 
 /// How long the producers wait for a batch to fill (`linger.ms`, librdkafka's default is
 /// 5 ms): every 202 waits for its call's acknowledgement, so the linger is part of
@@ -902,15 +904,7 @@ impl KafkaConsumer {
             #[cfg(test)]
             hooks: tests::Hooks::default(),
         });
-        let weak = Arc::downgrade(&shared);
-        check.spawn(
-            config,
-            Box::new(move |restarted: &[Restarted]| {
-                if let Some(shared) = weak.upgrade() {
-                    read_again(&shared, restarted);
-                }
-            }),
-        );
+        check.spawn(config, Box::new(QueueReader(Arc::downgrade(&shared))));
         Ok(KafkaConsumer { shared })
     }
 
@@ -935,40 +929,46 @@ impl KafkaConsumer {
     }
 }
 
-/// Reads the partitions whose log started again (those still assigned to this member) from
-/// their beginning: deliveries of the old log store nothing any more, and the new log's
-/// start is stored for the commit (the old position, if committed to the new log, would
-/// make the next assignment skip what lies below it).
-fn read_again(shared: &Shared, restarted: &[Restarted]) {
-    let Some(client) = lock(&shared.consumer).clone() else { return };
-    let owned: Vec<i32> = match client.assignment() {
-        Ok(tpl) => tpl
-            .elements()
-            .iter()
-            .filter(|e| e.topic() == shared.topic)
-            .map(|e| e.partition())
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    let mut start = TopicPartitionList::new();
-    for r in restarted.iter().filter(|r| owned.contains(&r.partition)) {
-        lock(&shared.tracker).reset(std::iter::once(r.partition));
-        if let Err(e) =
-            client.seek(&shared.topic, r.partition, Offset::Beginning, Duration::from_secs(5))
-        {
-            tracing::warn!(partition = r.partition, error = %e, "kafka: cannot read the partition again from its beginning");
-            continue;
-        }
-        if let Err(e) =
-            start.add_partition_offset(&shared.topic, r.partition, Offset::Offset(r.start))
-        {
-            tracing::warn!(partition = r.partition, error = %e, "kafka: the new log's start not stored");
-        }
+/// The consumer as its log check sees it: paused while the brokers are away; a partition
+/// whose log started again is read from its beginning, deliveries of the old log store
+/// nothing any more, and the new log's start is stored for the commit (the old position,
+/// committed to the new log, would make the next assignment skip what lies below it).
+struct QueueReader(Weak<Shared>);
+
+impl QueueReader {
+    fn client(&self) -> Option<(Arc<Shared>, Arc<Client>)> {
+        let shared = self.0.upgrade()?;
+        let client = lock(&shared.consumer).clone()?;
+        Some((shared, client))
     }
-    if start.count() > 0 {
-        if let Err(e) = client.store_offsets(&start) {
-            tracing::warn!(error = %e, "kafka: the new logs' start not stored for the commit");
+}
+
+impl Reader for QueueReader {
+    fn pause(&self) -> bool {
+        let Some((shared, client)) = self.client() else { return false };
+        if let Err(e) = pause_assigned(&client, &shared.topic) {
+            tracing::debug!(error = %e, "kafka: consumer not paused");
         }
+        true
+    }
+
+    fn resume(&self, restarted: &[Restarted]) -> std::result::Result<(), String> {
+        let Some((shared, client)) = self.client() else { return Ok(()) };
+        let mut start = TopicPartitionList::new();
+        resume_assigned(&client, &shared.topic, restarted, |r| {
+            lock(&shared.tracker).reset(std::iter::once(r.partition));
+            if let Err(e) =
+                start.add_partition_offset(&shared.topic, r.partition, Offset::Offset(r.start))
+            {
+                tracing::warn!(partition = r.partition, error = %e, "kafka: the new log's start not stored");
+            }
+        })?;
+        if start.count() > 0 {
+            if let Err(e) = client.store_offsets(&start) {
+                tracing::warn!(error = %e, "kafka: the new logs' start not stored for the commit");
+            }
+        }
+        Ok(())
     }
 }
 

@@ -11,28 +11,39 @@
 //!
 //! So each reader notes the offset and timestamp of the last message it read per partition
 //! ([`LogCheck::read`]). When librdkafka says the brokers are gone ([`LogCheck::brokers_lost`],
-//! from the client context's error callback), those are kept aside, and a thread of the
-//! check reads, once a broker answers again, each partition's watermarks and the message at
-//! that offset: a log that ends at or before it, or holds another message there (another
-//! timestamp), started again. The reader is then told ([`Restart`]) to read those
-//! partitions again from their beginning: at least once, never a message skipped. A log
-//! that is still the one read (a broker restarted with its data) changes nothing.
+//! from the client context's error callback), those are kept aside and the reader's
+//! partitions are paused ([`Reader::pause`]). Once a broker answers again, a thread of the
+//! check reads each partition's watermarks and the message at that offset: a log that ends
+//! at or before it, or holds another message there (another timestamp), started again. The
+//! reader then refreshes the topic's metadata, reads those partitions again from their
+//! beginning (at least once, never a message skipped) and fetches again
+//! ([`Reader::resume`]). A log that is still the one read (a broker restarted with its
+//! data) is fetched on from where the reader was.
+//!
+//! The pause matters on its own: a topic created again after such a restart has another
+//! topic id, and a fetch naming the old one before the metadata is refreshed gets, from
+//! tansu 0.6, an unknown-topic answer with a zero topic id and leader information, on which
+//! librdkafka 2.12.1 crashes the process (a null topic name in its leader discovery).
+//! Paused partitions are not fetched, and the metadata is refreshed before they are again.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use faas_core::util::lock;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka::{KafkaConfig, TracingContext};
 
-/// How often the check's thread looks for a check to run (and whether its reader is gone).
+/// How long the check's thread waits for news (and then looks whether its reader is gone).
 const TICK: Duration = Duration::from_secs(1);
 /// How long one check waits for the watermarks and the message of each partition.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a reader stays paused while its check cannot be done; then it fetches again
+/// unchecked (a broker that never answers the check must not stop it for good).
+const MAX_PAUSE: Duration = Duration::from_secs(120);
 
 /// A message read: its offset and timestamp (milliseconds, when the message has one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +59,16 @@ pub(crate) struct Restarted {
     pub(crate) start: i64,
 }
 
-/// What a reader does with partitions whose log started again (called on the check's
-/// thread): read them again from their beginning.
-pub(crate) type Restart = Box<dyn Fn(&[Restarted]) + Send + Sync>;
+/// What the check does to its reader (on the check's thread).
+pub(crate) trait Reader: Send + Sync {
+    /// Stops fetching the partitions assigned (the brokers went away): a fetch before the
+    /// reader knows the topic as the brokers now do can name a topic id they no longer
+    /// have. Answers `false` once the reader is gone.
+    fn pause(&self) -> bool;
+    /// Reads `restarted` again from their beginning, refreshes the topic's metadata, and
+    /// fetches every partition assigned again.
+    fn resume(&self, restarted: &[Restarted]) -> Result<(), String>;
+}
 
 #[derive(Default)]
 struct State {
@@ -58,6 +76,8 @@ struct State {
     last: HashMap<i32, Read>,
     /// `last` when the brokers went away, until it has been checked.
     pending: Option<HashMap<i32, Read>>,
+    /// The brokers went away again while a check was pending: check once more.
+    lost_again: bool,
 }
 
 /// The last message a reader read per partition, and the check after the brokers went
@@ -65,11 +85,16 @@ struct State {
 pub(crate) struct LogCheck {
     topic: String,
     state: Mutex<State>,
+    wake: Condvar,
 }
 
 impl LogCheck {
     pub(crate) fn new(topic: &str) -> Arc<Self> {
-        Arc::new(LogCheck { topic: topic.to_string(), state: Mutex::new(State::default()) })
+        Arc::new(LogCheck {
+            topic: topic.to_string(),
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+        })
     }
 
     /// Notes a message read from `partition`.
@@ -77,92 +102,178 @@ impl LogCheck {
         lock(&self.state).last.insert(partition, Read { offset, timestamp });
     }
 
-    /// Forgets what was read from `partition` (it is being read again from elsewhere).
-    pub(crate) fn forget(&self, partition: i32) {
-        lock(&self.state).last.remove(&partition);
-    }
-
-    /// The brokers went away: what was read until now is checked once one answers again.
-    /// A check already waiting keeps its older view (messages read since then may come
-    /// from a new log).
+    /// The brokers went away: the reader is paused at once, and what it read until now is
+    /// checked once a broker answers again. A check already waiting keeps its older view
+    /// (messages read since then may come from a new log).
     pub(crate) fn brokers_lost(&self) {
         let mut s = lock(&self.state);
-        if s.pending.is_none() && !s.last.is_empty() {
+        if s.pending.is_none() {
             s.pending = Some(s.last.clone());
+            self.wake.notify_all();
+        } else {
+            s.lost_again = true;
         }
-    }
-
-    fn pending(&self) -> Option<HashMap<i32, Read>> {
-        lock(&self.state).pending.clone()
     }
 
     #[cfg(test)]
     pub(crate) fn pending_for_tests(&self) -> Option<HashMap<i32, Read>> {
-        self.pending()
+        lock(&self.state).pending.clone()
     }
 
-    fn checked(&self) {
-        lock(&self.state).pending = None;
+    /// Waits (at most a tick) for a pending check.
+    fn wait_pending(&self) -> Option<HashMap<i32, Read>> {
+        let s = lock(&self.state);
+        let (s, _) = self
+            .wake
+            .wait_timeout_while(s, TICK, |s| s.pending.is_none())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.pending.clone()
+    }
+
+    /// The pending check is done: `restarted` are read again from their start, the rest
+    /// is the log read. Another loss meanwhile leaves the check pending.
+    fn checked(&self, restarted: &[Restarted]) {
+        let mut s = lock(&self.state);
+        for r in restarted {
+            s.last.remove(&r.partition);
+            if let Some(p) = s.pending.as_mut() {
+                p.remove(&r.partition);
+            }
+        }
+        if std::mem::take(&mut s.lost_again) {
+            return;
+        }
+        s.pending = None;
     }
 
     /// Starts the check's thread: it ends once the check is dropped (with its reader's
-    /// client). `restart` is called there with the partitions whose log started again.
-    pub(crate) fn spawn(self: &Arc<Self>, config: &KafkaConfig, restart: Restart) {
+    /// client), or the reader is gone.
+    pub(crate) fn spawn(self: &Arc<Self>, config: &KafkaConfig, reader: Box<dyn Reader>) {
         let weak = Arc::downgrade(self);
         let config = config.clone();
         let spawned = std::thread::Builder::new()
             .name("faas-kafka-log-check".into())
-            .spawn(move || run(weak, config, restart));
+            .spawn(move || run(weak, config, reader));
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "kafka: cannot start the log check; a broker that restarts without its data may leave messages unread");
         }
     }
 }
 
-fn run(weak: Weak<LogCheck>, config: KafkaConfig, restart: Restart) {
+fn run(weak: Weak<LogCheck>, config: KafkaConfig, reader: Box<dyn Reader>) {
     // One client per check, kept while a check fails (the brokers still away).
     let mut client: Option<BaseConsumer<TracingContext>> = None;
+    let mut paused_at: Option<Instant> = None;
     loop {
-        std::thread::sleep(TICK);
         let Some(check) = weak.upgrade() else { return };
-        let Some(pending) = check.pending() else {
+        let topic = check.topic.clone();
+        let pending = check.wait_pending();
+        // The reader may go meanwhile: the check holds no strong reference while it works.
+        drop(check);
+        let Some(pending) = pending else {
             client = None;
             continue;
         };
-        let topic = check.topic.clone();
-        // The reader may go meanwhile: the check holds no strong reference while it waits.
-        drop(check);
-        if client.is_none() {
-            match check_client(&config) {
-                Ok(c) => client = Some(c),
-                Err(e) => {
-                    tracing::warn!(error = %e, "kafka: cannot create the log check's client");
-                    continue;
-                }
+        if paused_at.is_none() {
+            if !reader.pause() {
+                return;
             }
+            paused_at = Some(Instant::now());
         }
-        let Some(c) = client.as_ref() else { continue };
-        match verify(c, &topic, &pending) {
-            Ok(restarted) => {
-                let Some(check) = weak.upgrade() else { return };
-                check.checked();
-                client = None;
-                if !restarted.is_empty() {
-                    for r in &restarted {
-                        check.forget(r.partition);
-                        tracing::warn!(
-                            topic = %topic,
-                            partition = r.partition,
-                            start = r.start,
-                            "kafka: the partition's log is not the one read before the brokers went away (a broker restarted without its data); reading it again from its beginning"
-                        );
-                    }
-                    restart(&restarted);
-                }
+        let checked = if pending.is_empty() {
+            Ok(Vec::new())
+        } else {
+            match client.as_ref() {
+                Some(c) => verify(c, &topic, &pending),
+                None => match check_client(&config) {
+                    Ok(c) => verify(client.insert(c), &topic, &pending),
+                    Err(e) => Err(format!("cannot create the log check's client: {e}")),
+                },
             }
-            Err(e) => tracing::debug!(topic = %topic, error = %e, "kafka: log check not done yet"),
+        };
+        let restarted = match checked {
+            Ok(r) => r,
+            Err(e) if paused_at.is_some_and(|t| t.elapsed() < MAX_PAUSE) => {
+                tracing::debug!(topic = %topic, error = %e, "kafka: log check not done yet");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(topic = %topic, error = %e, "kafka: the log check could not be done; fetching again unchecked");
+                Vec::new()
+            }
+        };
+        for r in &restarted {
+            tracing::warn!(
+                topic = %topic,
+                partition = r.partition,
+                start = r.start,
+                "kafka: the partition's log is not the one read before the brokers went away (a broker restarted without its data); reading it again from its beginning"
+            );
+        }
+        match reader.resume(&restarted) {
+            Ok(()) => {
+                let Some(check) = weak.upgrade() else { return };
+                check.checked(&restarted);
+                paused_at = None;
+                client = None;
+            }
+            Err(e) => tracing::debug!(topic = %topic, error = %e, "kafka: reader not resumed yet"),
         }
     }
+}
+
+/// Pauses every partition of `topic` assigned to `client`.
+pub(crate) fn pause_assigned<C: ConsumerContext>(
+    client: &StreamConsumer<C>,
+    topic: &str,
+) -> Result<(), String> {
+    let tpl = assigned(client, topic)?;
+    if tpl.count() > 0 {
+        client.pause(&tpl).map_err(|e| format!("pausing {topic}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Refreshes `client`'s metadata of `topic` (so that its fetches name the topic as the
+/// brokers now know it), seeks `restarted` to their beginning (calling `each` for each one
+/// seeked), then resumes every partition of `topic` assigned to it.
+pub(crate) fn resume_assigned<C: ConsumerContext>(
+    client: &StreamConsumer<C>,
+    topic: &str,
+    restarted: &[Restarted],
+    mut each: impl FnMut(&Restarted),
+) -> Result<(), String> {
+    client
+        .fetch_metadata(Some(topic), CHECK_TIMEOUT)
+        .map_err(|e| format!("metadata of {topic}: {e}"))?;
+    let tpl = assigned(client, topic)?;
+    for r in restarted {
+        if tpl.find_partition(topic, r.partition).is_none() {
+            continue;
+        }
+        match client.seek(topic, r.partition, Offset::Beginning, CHECK_TIMEOUT) {
+            Ok(()) => each(r),
+            Err(e) => {
+                tracing::warn!(topic, partition = r.partition, error = %e, "kafka: cannot read the partition again from its beginning")
+            }
+        }
+    }
+    if tpl.count() > 0 {
+        client.resume(&tpl).map_err(|e| format!("resuming {topic}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn assigned<C: ConsumerContext>(
+    client: &StreamConsumer<C>,
+    topic: &str,
+) -> Result<TopicPartitionList, String> {
+    let all = client.assignment().map_err(|e| format!("assignment: {e}"))?;
+    let mut tpl = TopicPartitionList::new();
+    for e in all.elements().iter().filter(|e| e.topic() == topic) {
+        tpl.add_partition(topic, e.partition());
+    }
+    Ok(tpl)
 }
 
 fn check_client(config: &KafkaConfig) -> Result<BaseConsumer<TracingContext>, String> {
@@ -170,6 +281,7 @@ fn check_client(config: &KafkaConfig) -> Result<BaseConsumer<TracingContext>, St
     config.apply_properties(&mut c);
     // Not a group member: it only reads watermarks and one message per partition.
     c.set("group.id", format!("{}-log-check", config.client_id))
+        .set("client.id", format!("{}-log-check", config.client_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "latest");
@@ -225,13 +337,11 @@ pub(crate) fn verify<C: rdkafka::consumer::ConsumerContext>(
     Ok(restarted)
 }
 
-/// Whether a client error says the brokers went away (all of them, or a connection).
+/// Whether a client error says the brokers went away: all of them (one broker of several
+/// that restarts gets its logs back from the others, and a broker of the list that stays
+/// unreachable must not pause the reader again and again).
 pub(crate) fn brokers_lost(error: &rdkafka::error::KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode;
-    matches!(
-        error.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
-    )
+    error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
 }
 
 /// A plain (unsubscribed) reader's context: librdkafka's logs and errors through

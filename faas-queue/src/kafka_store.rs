@@ -47,7 +47,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::kafka::{config_error, KafkaConfig, KafkaPublisher};
-use crate::kafka_log_check::{CheckedContext, LogCheck, Restarted};
+use crate::kafka_log_check::{
+    pause_assigned, resume_assigned, CheckedContext, LogCheck, Restarted,
+};
 
 /// The suffix of the default activations topic: records of the queue topic `faas-async`
 /// go to `faas-async-activations`.
@@ -291,22 +293,9 @@ impl KafkaActivationStore {
             c.create_with_context(CheckedContext { check: check.clone() })
                 .map_err(|e| config_error("consumer", e))?,
         );
-        // A broker that restarted without its data: the partitions are read again from
-        // their beginning (records are merged idempotently).
-        let weak = Arc::downgrade(&consumer);
-        let reread_topic = topic.to_string();
         check.spawn(
             config,
-            Box::new(move |restarted: &[Restarted]| {
-                let Some(c) = weak.upgrade() else { return };
-                for r in restarted {
-                    if let Err(e) =
-                        c.seek(&reread_topic, r.partition, Offset::Beginning, METADATA_TIMEOUT)
-                    {
-                        tracing::warn!(topic = %reread_topic, partition = r.partition, error = %e, "activation store: cannot read the partition again");
-                    }
-                }
-            }),
+            Box::new(StoreReader { client: Arc::downgrade(&consumer), topic: topic.to_string() }),
         );
 
         let records = Arc::new(Mutex::new(Records::new(capacity)));
@@ -485,6 +474,29 @@ impl ActivationStore for KafkaActivationStore {
 
     async fn get(&self, call_id: &InvocationId) -> Result<Option<AsyncActivation>> {
         Ok(self.get_now(call_id))
+    }
+}
+
+/// The store's reader as its log check sees it: paused while the brokers are away, and a
+/// partition whose log started again read from its beginning (records are merged
+/// idempotently).
+struct StoreReader {
+    client: std::sync::Weak<Reader>,
+    topic: String,
+}
+
+impl crate::kafka_log_check::Reader for StoreReader {
+    fn pause(&self) -> bool {
+        let Some(client) = self.client.upgrade() else { return false };
+        if let Err(e) = pause_assigned(&client, &self.topic) {
+            tracing::debug!(error = %e, "activation store: reader not paused");
+        }
+        true
+    }
+
+    fn resume(&self, restarted: &[Restarted]) -> std::result::Result<(), String> {
+        let Some(client) = self.client.upgrade() else { return Ok(()) };
+        resume_assigned(&client, &self.topic, restarted, |_| {})
     }
 }
 
