@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The Kafka queue of `faas up` when its broker restarts without its data, on a real
+# Kafka-protocol broker: tansu (`cargo install tansu --locked --features dynostore`), memory
+# storage, on a loopback listener.
+#
+#   benches/kafka/tansu-restart.sh [RUNS]      (default 5)
+#
+# Each run: an empty tansu on 127.0.0.1:$PORT (default 19092) with the three topics of
+# `faas up --queue kafka://...`; `faas up -f examples/stack.yml` with that queue; one async
+# call to `uppercase` to the end; tansu killed (SIGKILL) and started again empty, the topics
+# created again; then an async call every 250 ms until one is accepted and its record reads
+# `succeeded` (the recovery time, from the moment the topics existed again); 20 more calls;
+# 20 s later the state of every call accepted after the restart. A gateway that crashed is
+# said so. Prints one line per run.
+#
+# FAAS_BIN: the `faas` binary (default target/debug/faas, built with the `kafka` feature:
+# `cargo build -p faas --features kafka`). Needs `tansu`, `curl`, `bc`. Targets only 127.0.0.1.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${1:-5}
+PORT=${PORT:-19092}; BROKER=127.0.0.1:$PORT; GW=127.0.0.1:${GW_PORT:-18090}
+FAAS_BIN=${FAAS_BIN:-target/debug/faas}
+command -v tansu >/dev/null || {
+  echo "tansu is not installed: cargo install tansu --locked --features dynostore" >&2; exit 2; }
+[ -x "$FAAS_BIN" ] || { echo "$FAAS_BIN missing: cargo build -p faas --features kafka" >&2; exit 2; }
+WORK=$(mktemp -d)
+TANSU=""; GWP=""
+stop() {
+  [ -n "$GWP" ] && { kill "$GWP" 2>/dev/null; wait "$GWP" 2>/dev/null; }
+  [ -n "$TANSU" ] && { kill -9 "$TANSU" 2>/dev/null; wait "$TANSU" 2>/dev/null; }
+  GWP=""; TANSU=""
+}
+trap 'stop; rm -rf "$WORK"' EXIT
+
+create() { # PARTITIONS TOPIC [ARGS]: retried while the broker is starting (<= 10 s)
+  local n=$1 t=$2; shift 2
+  for _ in $(seq 1 50); do
+    tansu topic create --broker "tcp://$BROKER" --partitions "$n" "$t" "$@" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "could not create topic $t" >&2; return 1
+}
+start_tansu() {
+  tansu broker --listener-url "tcp://$BROKER" --advertised-listener-url "tcp://$BROKER" \
+    --storage-engine memory://tansu/ >>"$WORK/tansu.log" 2>&1 &
+  TANSU=$!
+  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+  create 8 faas-async && create 8 faas-async-activations --config cleanup.policy=compact &&
+    create 1 faas-async-dead-letters
+}
+call() { curl -s -o /dev/null -D - -m 35 -X POST -d hello "http://$GW/async-function/uppercase" |
+  awk 'tolower($1) == "x-call-id:" {print $2}' | tr -d '\r'; }
+state() { curl -s "http://$GW/system/activations/$1" | sed -n 's/.*"state":"\([a-z-]*\)".*/\1/p'; }
+succeeded() { for _ in $(seq 1 40); do [ "$(state "$1")" = succeeded ] && return 0; sleep 0.25; done; return 1; }
+
+run() {
+  start_tansu || return 1
+  rm -rf "$WORK/state"; mkdir -p "$WORK/state"
+  "$FAAS_BIN" up -f examples/stack.yml --no-auth --listen "$GW" --state-dir "$WORK/state" \
+    --queue "kafka://$BROKER" >"$WORK/gateway.log" 2>&1 & GWP=$!
+  for _ in $(seq 1 300); do curl -sf -o /dev/null "http://$GW/healthz" && break; sleep 0.1; done
+  local id; id=$(call)
+  { [ -n "$id" ] && succeeded "$id"; } || { echo "no async call went through before the restart"; return 1; }
+  kill -9 "$TANSU"; wait "$TANSU" 2>/dev/null; TANSU=""
+  sleep 2
+  start_tansu || return 1
+  local t0 done="" accepted=()
+  t0=$(date +%s.%N)
+  for _ in $(seq 1 240); do # <= 60 s
+    kill -0 "$GWP" 2>/dev/null || break
+    id=$(call) || id=""
+    if [ -n "$id" ]; then accepted+=("$id"); succeeded "$id" && { done=$(date +%s.%N); break; }; fi
+    sleep 0.25
+  done
+  if ! kill -0 "$GWP" 2>/dev/null; then
+    wait "$GWP"; echo "the gateway died (exit $?) after the restart; last line: $(tail -n 1 "$WORK/gateway.log")"; return 0
+  fi
+  [ -z "$done" ] && { echo "no async call succeeded within 60 s"; return 0; }
+  for _ in $(seq 1 20); do id=$(call); [ -n "$id" ] && accepted+=("$id"); sleep 0.1; done
+  sleep 20
+  local ok=0 other=""
+  for id in "${accepted[@]}"; do
+    local s; s=$(state "$id")
+    if [ "$s" = succeeded ]; then ok=$((ok + 1)); else other="$other ${s:-none}"; fi
+  done
+  printf 'recovery %.1f s; accepted after the restart %d, succeeded %d%s; logs read again: %d\n' \
+    "$(echo "$done - $t0" | bc)" "${#accepted[@]}" "$ok" "${other:+, not:$other}" \
+    "$(grep -c 'reading it again from its beginning' "$WORK/gateway.log")"
+}
+
+for i in $(seq 1 "$RUNS"); do
+  printf 'run %d: ' "$i"
+  run
+  stop
+done
