@@ -764,6 +764,12 @@ impl Tracker {
         }
     }
 
+    /// Drops what was tracked of `partition` (its log is read again from elsewhere):
+    /// acknowledgements of its earlier deliveries store nothing.
+    pub(crate) fn forget(&mut self, partition: i32) {
+        self.reset(std::iter::once(partition));
+    }
+
     fn reset(&mut self, partitions: impl Iterator<Item = i32>) {
         for p in partitions {
             self.partitions.remove(&p);
@@ -956,7 +962,7 @@ impl Reader for QueueReader {
         let Some((shared, client)) = self.client() else { return Ok(()) };
         let mut start = TopicPartitionList::new();
         resume_assigned(&client, &shared.topic, restarted, |r| {
-            lock(&shared.tracker).reset(std::iter::once(r.partition));
+            lock(&shared.tracker).forget(r.partition);
             if let Err(e) =
                 start.add_partition_offset(&shared.topic, r.partition, Offset::Offset(r.start))
             {

@@ -53,6 +53,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Map, Value};
 
 use crate::kafka::{group_member, leave_group, leave_group_detached, Client, KafkaConfig, Tracker};
+use crate::kafka_log_check::{pause_assigned, resume_assigned, LogCheck, Reader, Restarted};
 
 /// What a [`KafkaFeed`] reads, which trigger it fires, and how it batches.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,6 +137,8 @@ struct Batch {
 struct Shared {
     consumer: Mutex<Option<Arc<Client>>>,
     tracker: Arc<Mutex<Tracker>>,
+    /// The last message read per partition, checked after the brokers went away.
+    check: Arc<LogCheck>,
     config: KafkaFeedConfig,
     /// Batches rejected or dropped unsettled, delivered again first.
     again: Mutex<VecDeque<Batch>>,
@@ -171,16 +174,20 @@ impl KafkaFeed {
             return Err(Error::invalid("trigger", "the feed needs a trigger and its namespace"));
         }
         let tracker = Arc::new(Mutex::new(Tracker::default()));
-        let consumer = group_member(&config.kafka, &config.kafka.topic, &tracker, false, None)?;
-        Ok(KafkaFeed {
-            shared: Arc::new(Shared {
-                consumer: Mutex::new(Some(Arc::new(consumer))),
-                tracker,
-                config,
-                again: Mutex::new(VecDeque::new()),
-                closed: tokio::sync::watch::Sender::new(false),
-            }),
-        })
+        let check = LogCheck::new(&config.kafka.topic);
+        let consumer =
+            group_member(&config.kafka, &config.kafka.topic, &tracker, false, Some(check.clone()))?;
+        let kafka = config.kafka.clone();
+        let shared = Arc::new(Shared {
+            consumer: Mutex::new(Some(Arc::new(consumer))),
+            tracker,
+            check: check.clone(),
+            config,
+            again: Mutex::new(VecDeque::new()),
+            closed: tokio::sync::watch::Sender::new(false),
+        });
+        check.spawn(&kafka, Box::new(FeedReader(Arc::downgrade(&shared))));
+        Ok(KafkaFeed { shared })
     }
 
     /// Stops delivering (a waiting [`EventSource::next_event`] answers `None`) and leaves
@@ -235,6 +242,7 @@ impl KafkaFeed {
                 }
             };
             let size = msg.payload_len() + msg.key().map_or(0, <[u8]>::len);
+            self.shared.check.read(msg.partition(), msg.offset(), msg.timestamp().to_millis());
             let epoch = lock(&self.shared.tracker).received(msg.partition(), msg.offset());
             offsets.push((msg.partition(), msg.offset(), epoch));
             messages.push(config.message(&msg));
@@ -254,6 +262,49 @@ impl KafkaFeed {
             payload: None,
         };
         Ok(Some(Batch { event, offsets, redeliveries: 0 }))
+    }
+}
+
+/// The feed as its log check sees it: paused while the brokers are away; a partition whose
+/// log started again is read from its beginning, acknowledgements of the old log's messages
+/// commit nothing any more, and the new log's start is committed (the old position,
+/// committed to the new log, would make the group's next member skip what lies below it).
+struct FeedReader(Weak<Shared>);
+
+impl FeedReader {
+    fn client(&self) -> Option<(Arc<Shared>, Arc<Client>)> {
+        let shared = self.0.upgrade()?;
+        let client = lock(&shared.consumer).clone()?;
+        Some((shared, client))
+    }
+}
+
+impl Reader for FeedReader {
+    fn pause(&self) -> bool {
+        let Some((shared, client)) = self.client() else { return false };
+        if let Err(e) = pause_assigned(&client, &shared.config.kafka.topic) {
+            tracing::debug!(error = %e, "kafka feed: consumer not paused");
+        }
+        true
+    }
+
+    fn resume(&self, restarted: &[Restarted]) -> std::result::Result<(), String> {
+        let Some((shared, client)) = self.client() else { return Ok(()) };
+        let topic = &shared.config.kafka.topic;
+        let mut start = TopicPartitionList::new();
+        resume_assigned(&client, topic, restarted, |r| {
+            lock(&shared.tracker).forget(r.partition);
+            if let Err(e) = start.add_partition_offset(topic, r.partition, Offset::Offset(r.start))
+            {
+                tracing::warn!(partition = r.partition, error = %e, "kafka feed: the new log's start not committed");
+            }
+        })?;
+        if start.count() > 0 {
+            if let Err(e) = client.commit(&start, CommitMode::Async) {
+                tracing::warn!(error = %e, "kafka feed: the new logs' start not committed");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -341,5 +392,62 @@ impl Acknowledge for FeedAck {
 impl Drop for FeedAck {
     fn drop(&mut self) {
         self.give_back();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::MockKafka;
+
+    fn offsets(event: &Event) -> Vec<i64> {
+        let messages = event.params["messages"].as_array().cloned().unwrap_or_default();
+        messages.iter().filter_map(|m| m["offset"].as_i64()).collect()
+    }
+
+    async fn next_batch(feed: &KafkaFeed) -> Delivery<Event> {
+        let next = async {
+            loop {
+                if let Ok(Some(d)) = feed.next_event().await {
+                    return d;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), next).await.expect("a batch within 30 s")
+    }
+
+    /// After the brokers went away, a partition whose log holds another message at the
+    /// offset read (a broker back without its data, played by noting another timestamp:
+    /// the mock cluster keeps its logs) fires its messages again from the beginning.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_whose_log_started_again_fires_again_from_its_beginning() {
+        let kafka = MockKafka::new(1).expect("mock cluster");
+        kafka.create_topic("orders", 1).expect("topic");
+        let mut config = KafkaConfig::new(kafka.bootstrap_servers());
+        config.topic = "orders".into();
+        config.group_id = "feed-restart".into();
+        let mut feed_config = KafkaFeedConfig::new(config, "guest", "orders-in");
+        feed_config.max_messages = 2;
+        for v in ["a", "b"] {
+            kafka.produce("orders", 0, None, v).await.expect("produced");
+        }
+        let feed = KafkaFeed::new(feed_config).expect("feed");
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let d = next_batch(&feed).await;
+            seen.extend(offsets(d.item()));
+            d.ack().await.expect("acknowledged");
+        }
+        assert_eq!(seen, [0, 1]);
+        feed.shared.check.read(0, 1, Some(1));
+        feed.shared.check.brokers_lost();
+        let mut again = Vec::new();
+        while again.len() < 2 {
+            let d = next_batch(&feed).await;
+            again.extend(offsets(d.item()));
+            d.ack().await.expect("acknowledged");
+        }
+        assert_eq!(again, [0, 1], "the partition fired again from its beginning");
+        feed.close().await.expect("closed");
     }
 }
