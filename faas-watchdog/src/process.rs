@@ -1378,6 +1378,9 @@ async fn start_stem(shared: Weak<Shared>, kind: String) {
     if let Some(pool) = lock(&sh.stems).get_mut(&kind) {
         pool.starting = pool.starting.saturating_sub(1);
         if let Ok(c) = cell {
+            // Said once the cell can be taken (an operator, and tests, can tell from the log
+            // that the next replica of this kind starts in it).
+            tracing::info!(kind = %kind, pid = ?c.pid(), port = c.port, "stem cell ready");
             pool.ready.push_back(c);
         }
     }

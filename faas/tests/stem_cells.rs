@@ -64,10 +64,12 @@ async fn a_code_action_runs_in_a_stem_cell_of_its_kind() {
     let sb = Sandbox::new("stem", STACK, "python");
     let up = sb.up_with(&["--no-auth", "--stem-cells", "python:3=2"]);
     let pid = up.child.as_ref().unwrap().id();
-    // Both stem cells started and healthy (their runtimes listen), before any action exists.
+    // Both stem cells started and healthy (their runtimes listen), before any action exists,
+    // and the backend has them ready to be taken (its log says so).
     let stems: Vec<u32> = eventually(60, "two healthy python:3 stem cells", || async {
         let cells = stem_cells(pid, PY_RUNTIME);
-        if cells.len() < 2 {
+        let ready = up.log().lines().filter(|l| l.contains("stem cell ready")).count();
+        if cells.len() < 2 || ready < 2 {
             return None;
         }
         for (_, port) in &cells {
