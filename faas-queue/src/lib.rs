@@ -144,29 +144,45 @@ impl TrackedPublisher {
                     "the queued record was not written (the worker writes the call's record)");
             }
         }
-        for (id, r) in ids.iter().zip(&published) {
-            if let Err(e) = r {
-                self.refused(id, e).await;
-            }
-        }
+        let refusals =
+            ids.iter().zip(&published).filter_map(|(id, r)| Some((id, r.as_ref().err()?)));
+        self.refused(refusals.collect()).await;
         published
     }
 
-    /// Turns the `queued` record of a refused item into a `failed` one.
-    async fn refused(&self, call_id: &InvocationId, error: &faas_core::Error) {
-        let Ok(Some(mut record)) = self.store.get(call_id).await else { return };
-        if record.state != AsyncState::Queued {
-            return;
+    /// Turns the `queued` records of refused items into `failed` ones. The store's writes
+    /// run on tasks of their own, and the refusal waits for them at most
+    /// [`REFUSAL_RECORD_WAIT`]: a queue that refuses because it cannot reach its brokers
+    /// usually has a store that cannot either, and waiting for that write too would hold
+    /// the caller's answer as long again (the store applies the record locally first).
+    async fn refused(&self, refusals: Vec<(&InvocationId, &faas_core::Error)>) {
+        let mut writes = Vec::new();
+        for (call_id, error) in refusals {
+            let Ok(Some(mut record)) = self.store.get(call_id).await else { continue };
+            if record.state != AsyncState::Queued {
+                continue;
+            }
+            record.state = AsyncState::Failed;
+            record.error = Some(format!("refused by the queue: {error}"));
+            record.status = Some(error.http_status().as_u16());
+            record.updated_at = epoch_millis(std::time::SystemTime::now());
+            let store = self.store.clone();
+            writes.push(tokio::spawn(async move {
+                let id = record.call_id.clone();
+                if let Err(e) = store.put(record).await {
+                    tracing::warn!(call_id = %id.as_str(), error = %e, "activation store write failed");
+                }
+            }));
         }
-        record.state = AsyncState::Failed;
-        record.error = Some(format!("refused by the queue: {error}"));
-        record.status = Some(error.http_status().as_u16());
-        record.updated_at = epoch_millis(std::time::SystemTime::now());
-        if let Err(e) = self.store.put(record).await {
-            tracing::warn!(call_id = %call_id.as_str(), error = %e, "activation store write failed");
+        if !writes.is_empty() {
+            let _ =
+                tokio::time::timeout(REFUSAL_RECORD_WAIT, futures::future::join_all(writes)).await;
         }
     }
 }
+
+/// How long a refusal waits for the `failed` records of the refused items to be written.
+pub const REFUSAL_RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[async_trait]
 impl QueuePublisher for TrackedPublisher {
@@ -184,7 +200,7 @@ impl QueuePublisher for TrackedPublisher {
         let call_id = item.call_id.clone();
         let published = self.inner.publish(item).await;
         if let Err(e) = &published {
-            self.refused(&call_id, e).await;
+            self.refused(vec![(&call_id, e)]).await;
         }
         published
     }
@@ -232,11 +248,8 @@ impl TrackedPublisher {
         if all_written {
             // The usual case: every item goes, in one batch.
             let out = self.inner.publish_batch(items).await;
-            for (id, r) in ids.iter().zip(&out) {
-                if let Err(e) = r {
-                    self.refused(id, e).await;
-                }
-            }
+            let refusals = ids.iter().zip(&out).filter_map(|(id, r)| Some((id, r.as_ref().err()?)));
+            self.refused(refusals.collect()).await;
             return out;
         }
         // Only the recorded items are published; the others answer the store's error.
@@ -258,11 +271,81 @@ impl TrackedPublisher {
                 *r = published.next().unwrap_or_else(|| {
                     Err(faas_core::Error::internal("queue publisher: no result"))
                 });
-                if let Err(e) = r {
-                    self.refused(&ids[i], e).await;
-                }
             }
         }
+        let refusals = (0..out.len())
+            .filter(|&i| keep[i])
+            .filter_map(|i| Some((&ids[i], out[i].as_ref().err()?)))
+            .collect();
+        self.refused(refusals).await;
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use faas_core::queue::AsyncActivation;
+    use faas_core::Error;
+
+    /// A queue that refuses everything, as one whose brokers are gone.
+    struct Refusing;
+
+    #[async_trait]
+    impl QueuePublisher for Refusing {
+        async fn publish(&self, _item: QueuedInvocation) -> Result<()> {
+            Err(Error::unavailable("no broker reachable"))
+        }
+    }
+
+    /// A store that keeps records in memory but never finishes writing a `failed` one, as a
+    /// store on the same unreachable brokers.
+    #[derive(Default)]
+    struct Stalling(MemoryActivationStore);
+
+    #[async_trait]
+    impl ActivationStore for Stalling {
+        async fn put(&self, record: AsyncActivation) -> Result<()> {
+            let failed = record.state == AsyncState::Failed;
+            self.0.put(record).await?;
+            if failed {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        }
+
+        async fn get(&self, call_id: &InvocationId) -> Result<Option<AsyncActivation>> {
+            self.0.get(call_id).await
+        }
+    }
+
+    /// A refusal answers after the queue's own answer and at most [`REFUSAL_RECORD_WAIT`]
+    /// more, whatever the store's write of the `failed` record does, in both modes; the
+    /// record is `failed` in the store at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_does_not_wait_for_a_stalled_record_write() {
+        for overlapped in [false, true] {
+            let store = Arc::new(Stalling::default());
+            let p = if overlapped {
+                TrackedPublisher::overlapped(Arc::new(Refusing), store.clone())
+            } else {
+                TrackedPublisher::new(Arc::new(Refusing), store.clone())
+            };
+            let items: Vec<_> = (0..3).map(|_| memory::example_item()).collect();
+            let started = tokio::time::Instant::now();
+            let out = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                p.publish_batch(items.clone()),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("overlapped {overlapped}: no answer within 60 s"));
+            assert!(out.iter().all(|r| matches!(r, Err(Error::Unavailable { .. }))), "{out:?}");
+            let waited = started.elapsed();
+            assert!(waited <= REFUSAL_RECORD_WAIT, "overlapped {overlapped}: {waited:?}");
+            for item in &items {
+                let rec = store.0.get_now(&item.call_id).expect("a record");
+                assert_eq!(rec.state, AsyncState::Failed, "overlapped {overlapped}");
+            }
+        }
     }
 }
