@@ -195,6 +195,9 @@ fn run(weak: Weak<LogCheck>, config: KafkaConfig, reader: Box<dyn Reader>) {
             Ok(r) => r,
             Err(e) if paused_at.is_some_and(|t| t.elapsed() < MAX_PAUSE) => {
                 tracing::debug!(topic = %topic, error = %e, "kafka: log check not done yet");
+                // The check stays pending, so the next wait returns at once: a tick between
+                // tries (a client that cannot be created fails without waiting).
+                std::thread::sleep(TICK);
                 continue;
             }
             Err(e) => {
@@ -217,7 +220,10 @@ fn run(weak: Weak<LogCheck>, config: KafkaConfig, reader: Box<dyn Reader>) {
                 paused_at = None;
                 client = None;
             }
-            Err(e) => tracing::debug!(topic = %topic, error = %e, "kafka: reader not resumed yet"),
+            Err(e) => {
+                tracing::debug!(topic = %topic, error = %e, "kafka: reader not resumed yet");
+                std::thread::sleep(TICK);
+            }
         }
     }
 }
