@@ -160,6 +160,22 @@ impl Activator {
         fns.read().ok().and_then(|m| m.get(function).cloned()).is_some_and(|r| self.is_ready(&r))
     }
 
+    /// Whether `function` has a ready replica now: known ready, or asked of `backend`
+    /// without waiting ([`Deploy::wait_ready`] with a zero timeout, a cheap check on the
+    /// backends that learn of readiness as it happens) and then remembered as ready. Never
+    /// scales; [`Error::NotFound`](crate::Error) for a function the backend does not have.
+    /// What accepting an async call asks before it needs the function's whole status.
+    pub async fn ready_now(&self, backend: &dyn Deploy, function: &FunctionRef) -> Result<bool> {
+        if self.is_known_ready(function) {
+            return Ok(true);
+        }
+        if backend.wait_ready(function, Duration::ZERO).await? {
+            self.mark_ready(&self.readiness(function));
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     fn mark_ready(&self, readiness: &Readiness) {
         let ttl = u64::try_from(self.shared.ready_ttl.as_nanos()).unwrap_or(u64::MAX);
         readiness.ready_until.store(self.now_nanos().saturating_add(ttl), Ordering::Relaxed);

@@ -139,3 +139,27 @@ async fn the_layer_holds_an_invocation_until_a_replica_is_ready() {
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
     assert!(!activator.is_ready(&handles.readiness), "forgotten after the 404");
 }
+
+/// What accepting an async call asks: whether the function is ready now, without waiting and
+/// without scaling it; a ready one is remembered, an unknown one is a 404.
+#[tokio::test(start_paused = true)]
+async fn ready_now_neither_waits_nor_scales_and_remembers_a_ready_function() {
+    let (memory, f) = memory_with("now", "1").await;
+    let activator = Activator::new().ready_ttl(Duration::from_secs(2));
+    let t0 = tokio::time::Instant::now();
+    assert!(!activator.ready_now(&memory, &f).await.unwrap(), "at zero: not ready");
+    assert_eq!(t0.elapsed(), Duration::ZERO, "did not wait");
+    assert_eq!(memory.status(&f).await.unwrap().replicas, 0, "did not scale");
+    assert!(!activator.is_known_ready(&f));
+
+    memory.scale(&f, 1).await.unwrap();
+    assert!(memory.wait_ready(&f, Duration::from_secs(5)).await.unwrap());
+    assert!(activator.ready_now(&memory, &f).await.unwrap());
+    assert!(activator.is_known_ready(&f), "remembered as ready");
+    // Within the TTL the backend is not asked: removed there, still known ready here.
+    memory.remove(&f).await.unwrap();
+    assert!(activator.ready_now(&memory, &f).await.unwrap());
+    activator.forget(&f);
+    let err = activator.ready_now(&memory, &f).await;
+    assert!(matches!(err, Err(Error::NotFound { .. })), "{err:?}");
+}

@@ -995,7 +995,8 @@ async fn invoke_async(inner: &Inner, req: Request, name: &str, suffix: &str) -> 
         let Some(queue) = inner.queue.clone() else {
             return Err(Error::unavailable("no async queue is configured on this gateway"));
         };
-        if !inner.activator.is_known_ready(&f) {
+        // The function must exist; a ready one is known without its whole status.
+        if !inner.activator.ready_now(&*inner.invoker, &f).await? {
             inner.invoker.status(&f).await?;
         }
         let limit = body_limit(&req, inner);

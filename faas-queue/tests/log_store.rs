@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use faas_core::state::{StateOp, StateStore};
-use faas_queue::log_store::{LogStore, APPLY_SYNC};
+use faas_queue::log_store::{LogStore, APPLY_SYNC, PREALLOC_BYTES};
 
 fn temp_dir(name: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
@@ -207,6 +207,82 @@ async fn applied_writes_are_synced_without_a_commit() {
         assert!(std::time::Instant::now() < deadline, "the applied write was never synced");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    store.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The segment being written is zero-filled ahead of its frames (so that a commit's
+/// `fdatasync` does not also journal a new file size). A crash leaves those zeros: they are
+/// no data, the open cuts them, and what comes after is read back.
+#[tokio::test]
+async fn zeros_written_ahead_are_not_data_and_are_cut_at_open() {
+    let dir = temp_dir("ahead");
+    let store = LogStore::open(&dir).unwrap();
+    for i in 0u32..100 {
+        store.commit(vec![StateOp::put("t", i.to_be_bytes(), vec![b'v'; 100])]).await.unwrap();
+    }
+    let seg = segment_files(&dir).pop().unwrap();
+    // What a `kill -9` now leaves on disk: every commit synced, then zeros.
+    let crashed = std::fs::read(&seg).unwrap();
+    assert_eq!(crashed.len() as u64, PREALLOC_BYTES, "the segment is written ahead");
+    store.close().await.unwrap();
+    drop(store);
+    let frames = std::fs::metadata(&seg).unwrap().len();
+    assert!(frames > 100 * 100 && frames < PREALLOC_BYTES, "a closed store is cut back: {frames}");
+    assert!(crashed[frames as usize..].iter().all(|b| *b == 0));
+    std::fs::write(&seg, &crashed).unwrap();
+
+    let store = LogStore::open(&dir).unwrap();
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), frames, "the zeros are cut at open");
+    assert_eq!(store.scan("t").unwrap().len(), 100);
+    store.commit(vec![StateOp::put("t", b"after", b"x")]).await.unwrap();
+    let store = reopen(store, &dir).await;
+    assert_eq!(store.scan("t").unwrap().len(), 101);
+    assert_eq!(store.get("t", b"after").unwrap().as_deref(), Some(&b"x"[..]));
+    store.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One put as a frame, written by hand from the format (`1 table key value`).
+fn frame(table: &str, key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut payload = vec![1, table.len() as u8];
+    payload.extend_from_slice(table.as_bytes());
+    payload.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    payload.extend_from_slice(key);
+    payload.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    payload.extend_from_slice(value);
+    let mut f = (payload.len() as u32).to_le_bytes().to_vec();
+    f.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    f.extend_from_slice(&payload);
+    f
+}
+
+/// Eight zero bytes are also a frame with no ops (an empty commit as earlier builds wrote
+/// it): one between frames does not end the log. And a crash that lost a frame's first page
+/// but wrote a later one leaves zeros, then stray bytes: the log is cut after its last
+/// frame and goes on from there.
+#[tokio::test]
+async fn an_empty_frame_is_read_past_and_stray_bytes_after_zeros_are_cut() {
+    let dir = temp_dir("empty-frame");
+    std::fs::create_dir_all(&dir).unwrap();
+    let seg = dir.join("0000000000000001.log");
+    let mut bytes = frame("t", b"a", b"before");
+    bytes.extend_from_slice(&[0; 8]);
+    bytes.extend_from_slice(&frame("t", b"b", b"after an empty frame"));
+    let frames = bytes.len() as u64;
+    bytes.extend_from_slice(&[0; 5000]);
+    bytes.extend_from_slice(&[0x5a; 3000]);
+    bytes.extend_from_slice(&[0; 1000]);
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let store = LogStore::open(&dir).unwrap();
+    assert_eq!(store.get("t", b"a").unwrap().as_deref(), Some(&b"before"[..]));
+    assert_eq!(store.get("t", b"b").unwrap().as_deref(), Some(&b"after an empty frame"[..]));
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), frames, "cut after the last frame");
+    store.commit(vec![StateOp::put("t", b"c", b"new")]).await.unwrap();
+    let store = reopen(store, &dir).await;
+    assert_eq!(store.scan("t").unwrap().len(), 3);
+    assert_eq!(store.get("t", b"c").unwrap().as_deref(), Some(&b"new"[..]));
     store.close().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
