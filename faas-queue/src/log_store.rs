@@ -72,6 +72,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use faas_core::state::{StateOp, StateStore};
+use faas_core::util::FastBuildHasher;
 use faas_core::{Error, Result};
 
 use crate::writer_thread::{answer_all, Round, Rounds, Write, WriterThread};
@@ -114,7 +115,8 @@ struct Segment {
 
 #[derive(Default)]
 struct Index {
-    tables: HashMap<String, BTreeMap<Vec<u8>, Loc>>,
+    /// By table name (a handful, looked up for every op: a fast hasher).
+    tables: HashMap<String, BTreeMap<Vec<u8>, Loc>, FastBuildHasher>,
     segments: BTreeMap<u64, Segment>,
 }
 

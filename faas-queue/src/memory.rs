@@ -30,6 +30,7 @@ use faas_core::event::{Acknowledge, Delivery};
 use faas_core::queue::{
     DeadLetter, DeadLetterSink, QueueConsumer, QueueDepth, QueuePublisher, QueuedInvocation,
 };
+use faas_core::util::FastBuildHasher;
 use faas_core::{Error, Result};
 use futures::future::BoxFuture;
 use tokio::sync::Notify;
@@ -133,12 +134,46 @@ struct Waiting {
     /// Items admitted but not yet waiting (see [`Waiting::reserve`]).
     reserved: usize,
     bytes: usize,
-    /// Per (namespace, function); a function holding nothing has no entry.
-    functions: HashMap<(String, String), Held>,
+    /// What each function holds; a function holding nothing has no entry.
+    functions: Shares,
 }
 
-fn function_key(item: &QueuedInvocation) -> (String, String) {
-    (item.namespace.clone(), item.function.clone())
+/// What each function holds, by namespace then name: looked up with the item's own strings
+/// (no key built per lookup; a function's first item allocates its entry).
+#[derive(Default)]
+struct Shares(HashMap<String, HashMap<String, Held, FastBuildHasher>, FastBuildHasher>);
+
+impl Shares {
+    fn get(&self, namespace: &str, function: &str) -> Held {
+        self.0.get(namespace).and_then(|f| f.get(function)).copied().unwrap_or_default()
+    }
+
+    fn get_mut(&mut self, namespace: &str, function: &str) -> Option<&mut Held> {
+        self.0.get_mut(namespace).and_then(|f| f.get_mut(function))
+    }
+
+    fn entry(&mut self, namespace: &str, function: &str) -> &mut Held {
+        let functions = match self.0.get_mut(namespace) {
+            Some(_) => self.0.get_mut(namespace),
+            None => Some(self.0.entry(namespace.to_string()).or_default()),
+        };
+        let functions = functions.expect("present or just inserted");
+        if !functions.contains_key(function) {
+            functions.insert(function.to_string(), Held::default());
+        }
+        functions.get_mut(function).expect("present or just inserted")
+    }
+
+    /// Drops the entry of a function that holds nothing any more.
+    fn remove_if_empty(&mut self, namespace: &str, function: &str) {
+        let Some(functions) = self.0.get_mut(namespace) else { return };
+        if functions.get(function).is_some_and(|h| h.waiting == 0 && h.bytes == 0) {
+            functions.remove(function);
+            if functions.is_empty() {
+                self.0.remove(namespace);
+            }
+        }
+    }
 }
 
 impl Waiting {
@@ -169,14 +204,13 @@ impl Waiting {
         if self.bytes + size > limits.bytes {
             return Err(full(format!("the async queue is full ({} bytes)", limits.bytes)));
         }
-        let key = function_key(item);
-        let held = self.functions.get(&key).copied().unwrap_or_default();
+        let held = self.functions.get(&item.namespace, &item.function);
         if held.waiting >= limits.function_items || held.bytes + size > limits.function_bytes {
             return Err(full(format!(
                 "{}.{} has {} items waiting and holds {} bytes of the async queue, its share \
                  is {} items and {} bytes",
-                key.1,
-                key.0,
+                item.function,
+                item.namespace,
                 held.waiting,
                 held.bytes,
                 limits.function_items,
@@ -184,7 +218,7 @@ impl Waiting {
             )));
         }
         self.bytes += size;
-        let h = self.functions.entry(key).or_default();
+        let h = self.functions.entry(&item.namespace, &item.function);
         h.waiting += 1;
         h.bytes += size;
         self.reserved += 1;
@@ -200,17 +234,16 @@ impl Waiting {
     /// Gives back the room of a reserved item that will not be pushed.
     fn unreserve(&mut self, item: &QueuedInvocation, size: usize) {
         self.reserved = self.reserved.saturating_sub(1);
-        let key = function_key(item);
-        if let Some(h) = self.functions.get_mut(&key) {
+        if let Some(h) = self.functions.get_mut(&item.namespace, &item.function) {
             h.waiting = h.waiting.saturating_sub(1);
         }
-        self.release(&key, size);
+        self.release(&item.namespace, &item.function, size);
     }
 
     /// Takes the first waiting item (it keeps its bytes until acknowledged).
     fn pop(&mut self) -> Option<Entry> {
         let entry = self.entries.pop_front()?;
-        if let Some(h) = self.functions.get_mut(&function_key(&entry.item)) {
+        if let Some(h) = self.functions.get_mut(&entry.item.namespace, &entry.item.function) {
             h.waiting = h.waiting.saturating_sub(1);
         }
         Some(entry)
@@ -218,18 +251,16 @@ impl Waiting {
 
     /// Puts a delivered item back first in line.
     fn push_front(&mut self, entry: Entry) {
-        self.functions.entry(function_key(&entry.item)).or_default().waiting += 1;
+        self.functions.entry(&entry.item.namespace, &entry.item.function).waiting += 1;
         self.entries.push_front(entry);
     }
 
-    /// Forgets an acknowledged item of `key` that held `size` bytes.
-    fn release(&mut self, key: &(String, String), size: usize) {
+    /// Forgets an acknowledged item of `namespace`/`function` that held `size` bytes.
+    fn release(&mut self, namespace: &str, function: &str, size: usize) {
         self.bytes = self.bytes.saturating_sub(size);
-        if let Some(h) = self.functions.get_mut(key) {
+        if let Some(h) = self.functions.get_mut(namespace, function) {
             h.bytes = h.bytes.saturating_sub(size);
-            if h.waiting == 0 && h.bytes == 0 {
-                self.functions.remove(key);
-            }
+            self.functions.remove_if_empty(namespace, function);
         }
     }
 }
@@ -268,7 +299,7 @@ impl Inner {
 
     /// An item of `key` holding `size` bytes is settled for good.
     fn settled(&self, key: &(String, String), size: usize) {
-        self.lock().release(key, size);
+        self.lock().release(&key.0, &key.1, size);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -320,7 +351,7 @@ impl MemoryQueue {
                     entries: VecDeque::with_capacity(limits.items.clamp(1, 4096)),
                     reserved: 0,
                     bytes: 0,
-                    functions: HashMap::new(),
+                    functions: Shares::default(),
                 }),
                 limits,
                 closed: AtomicBool::new(false),
@@ -367,7 +398,7 @@ impl MemoryQueue {
         let size = item_bytes(&item);
         let mut q = self.inner.lock();
         q.bytes += size;
-        let h = q.functions.entry(function_key(&item)).or_default();
+        let h = q.functions.entry(&item.namespace, &item.function);
         h.waiting += 1;
         h.bytes += size;
         q.entries.push_back(Entry { item, redeliveries: 1, size, seq });
@@ -400,7 +431,9 @@ impl MemoryQueue {
         {
             let q = self.inner.lock();
             depth.waiting = q.entries.len() as u64;
-            for ((ns, name), held) in &q.functions {
+            let held =
+                q.functions.0.iter().flat_map(|(ns, f)| f.iter().map(move |(n, h)| (ns, n, h)));
+            for (ns, name, held) in held {
                 if held.waiting > 0 {
                     depth.function_mut(name, ns).waiting = held.waiting as u64;
                 }
@@ -553,7 +586,7 @@ impl MemoryConsumer {
     /// A delivery of `entry`, already counted in flight. The queue keeps no copy: the item
     /// comes back through the acknowledger if it is rejected or dropped unsettled.
     fn delivery(&self, entry: Entry) -> Delivery<QueuedInvocation> {
-        let key = function_key(&entry.item);
+        let key = (entry.item.namespace.clone(), entry.item.function.clone());
         Delivery::new(
             entry.item,
             entry.redeliveries,
@@ -762,5 +795,42 @@ pub fn example_item() -> QueuedInvocation {
         callback_url: None,
         attempt: 0,
         queued_at: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per-function accounting costs nothing once a function holds nothing: with many
+    /// distinct functions (and namespaces) through the queue, acknowledged, unreserved or
+    /// taken back, no entry is left.
+    #[tokio::test]
+    async fn a_function_holding_nothing_keeps_no_entry() {
+        let q = MemoryQueue::new(1000);
+        let (p, c) = (q.publisher(), q.consumer());
+        let item = |ns: &str, f: &str| QueuedInvocation {
+            namespace: ns.into(),
+            function: f.into(),
+            ..example_item()
+        };
+        for i in 0..100 {
+            p.publish(item(&format!("ns{}", i % 3), &format!("f{i}"))).await.unwrap();
+        }
+        assert_eq!(q.inner.lock().functions.0.len(), 3);
+        let held = q.inner.lock().functions.get("ns1", "f1");
+        assert_eq!(held.waiting, 1);
+        // One taken back (dropped unsettled), then every delivery acknowledged.
+        drop(c.try_next());
+        while let Some(d) = c.try_next() {
+            d.ack().await.unwrap();
+        }
+        // A reserved item given back.
+        let extra = item("ns9", "reserved");
+        let size = q.reserve(&extra).unwrap();
+        q.unreserve(&extra, size);
+        let left = q.inner.lock().functions.0.len();
+        assert_eq!(left, 0, "namespaces left with entries");
+        assert_eq!(q.bytes(), 0);
     }
 }
