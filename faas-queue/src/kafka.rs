@@ -108,7 +108,8 @@ pub struct KafkaConfig {
     pub close_timeout: Duration,
     /// How long a publication may wait for its acknowledgement while a broker is
     /// reachable before the producer is taken for stuck, replaced and the message sent
-    /// again with the new one. A broker that restarted without its state answers an
+    /// again with the new one (only a producer that has delivered a message before: a new
+    /// one may still be connecting to a slow broker). A broker that restarted without its state answers an
     /// idempotent producer `UNKNOWN_PRODUCER_ID`, which librdkafka may retry until the
     /// message timeout, message after message; a new producer registers again and goes
     /// through. While no broker is reachable, publications wait for the message timeout.
@@ -342,6 +343,10 @@ struct PublisherInner {
     config: KafkaConfig,
     topic: String,
     rebuilds: AtomicU64,
+    /// The generation of the last producer that had a message acknowledged, plus one (0:
+    /// none yet). Only a producer that has delivered before is taken for stuck: a new one
+    /// may still be connecting and registering with a slow broker.
+    delivered: AtomicU64,
     /// Why the last publication failed, until one succeeds.
     failing: Mutex<Option<String>>,
     /// Whether any broker is reachable (shared by every producer this publisher builds).
@@ -370,6 +375,7 @@ impl KafkaPublisher {
                 config: config.clone(),
                 topic: topic.to_string(),
                 rebuilds: AtomicU64::new(0),
+                delivered: AtomicU64::new(0),
                 failing: Mutex::new(None),
                 reach,
             }),
@@ -436,18 +442,26 @@ impl KafkaPublisher {
         }
     }
 
-    /// Waits for a message's acknowledgement. Past [`KafkaConfig::stuck_after`] with a
-    /// broker reachable, gives up with `stuck` set (the caller replaces the producer);
-    /// while no broker is reachable, waits on for librdkafka's message timeout.
-    async fn deliver(&self, mut fut: DeliveryFuture) -> (Result<()>, bool) {
+    /// Waits for a message's acknowledgement from the producer of `generation`. Past
+    /// [`KafkaConfig::stuck_after`] with a broker reachable and a producer that has
+    /// delivered before, gives up with `stuck` set (the caller replaces the producer);
+    /// while no broker is reachable, or while the producer has delivered nothing yet (its
+    /// first connection to a slow broker), waits on for librdkafka's message timeout.
+    async fn deliver(&self, mut fut: DeliveryFuture, generation: u64) -> (Result<()>, bool) {
         loop {
             match tokio::time::timeout(self.inner.config.stuck_after, &mut fut).await {
-                Ok(Ok(Ok(_))) => return (Ok(()), false),
+                Ok(Ok(Ok(_))) => {
+                    self.inner.delivered.fetch_max(generation + 1, Ordering::Relaxed);
+                    return (Ok(()), false);
+                }
                 Ok(Ok(Err((e, _)))) => return (Err(produce_error(&e)), false),
                 Ok(Err(_)) => {
                     return (Err(Error::unavailable("kafka: the producer went away")), false)
                 }
                 Err(_) if self.inner.reach.is_down() => continue,
+                Err(_) if self.inner.delivered.load(Ordering::Relaxed) != generation + 1 => {
+                    continue
+                }
                 Err(_) => {
                     return (
                         Err(Error::unavailable(format!(
@@ -512,7 +526,7 @@ impl KafkaPublisher {
         }
         let (r, stuck) = match producer.send_result(record) {
             Err((e, _)) => (Err(produce_error(&e)), false),
-            Ok(fut) => self.deliver(fut).await,
+            Ok(fut) => self.deliver(fut, generation).await,
         };
         (r, generation, stuck)
     }
@@ -567,7 +581,7 @@ impl QueuePublisher for KafkaPublisher {
         for p in pending {
             out.push(match p {
                 Ok(fut) => {
-                    let (r, s) = self.deliver(fut).await;
+                    let (r, s) = self.deliver(fut, generation).await;
                     stuck |= s;
                     r
                 }

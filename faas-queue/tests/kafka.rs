@@ -474,6 +474,30 @@ async fn a_producer_stuck_on_a_broker_that_lost_its_state_is_replaced() {
     drop(cluster);
 }
 
+/// A broker slow to answer (here every request takes 1 s) delays a new producer's first
+/// acknowledgement past `stuck_after` while it connects and registers: that is not a stuck
+/// producer. The call goes through with the producer it started with, none replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_first_connection_is_not_taken_for_a_stuck_producer() {
+    use faas_core::queue::QueuePublisher as _;
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let config = KafkaConfig {
+        stuck_after: Duration::from_millis(500),
+        ..KafkaConfig::new(cluster.bootstrap_servers())
+    };
+    cluster.create_topic(&config.topic, 1, 1).expect("topic");
+    cluster.broker_round_trip_time(1, Duration::from_secs(1)).expect("round trip time");
+    let publisher = KafkaPublisher::new(&config).expect("publisher");
+    let t0 = std::time::Instant::now();
+    let r = bounded("the first call", publisher.publish(common::item("f", "first"))).await;
+    let took = t0.elapsed();
+    r.expect("the first call went through");
+    assert!(took > config.stuck_after, "the broker was not slow: {took:?}");
+    assert_eq!(publisher.rebuilds(), 0, "a connecting producer was taken for stuck");
+    assert!(publisher.health().is_ok(), "{:?}", publisher.health());
+    drop(cluster);
+}
+
 /// A broker that goes away makes the publisher unhealthy, naming why, without a call
 /// having to time out first; once it is back, the health is good again without any call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
