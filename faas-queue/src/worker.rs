@@ -37,7 +37,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
@@ -225,6 +225,10 @@ struct Inner {
     /// Per-function limits by namespace, then function name (looked up without allocating).
     limits: Mutex<HashMap<String, HashMap<String, Arc<Semaphore>>>>,
     stats: Arc<WorkerStats>,
+    /// Set by [`WorkerHandle::abort`] before it aborts the lanes: a lane woken meanwhile
+    /// (by deliveries an aborted lane handed back) and polled after it is set stops rather
+    /// than take any.
+    aborted: AtomicBool,
 }
 
 /// A worker loop's copies of the per-function limits it used last: most deliveries are of
@@ -330,6 +334,7 @@ impl Worker {
                 config,
                 limits: Mutex::new(HashMap::new()),
                 stats: Arc::new(WorkerStats::default()),
+                aborted: AtomicBool::new(false),
             }),
         }
     }
@@ -441,8 +446,16 @@ impl WorkerHandle {
     }
 
     /// Stops at once, as a crash would: in-flight invocations are abandoned unsettled (the
-    /// queue delivers them again) and the consumer is not closed.
+    /// queue delivers them again; a delivery may be counted as redelivered more than once)
+    /// and the consumer is not closed.
     pub async fn abort(self) {
+        // Lanes are aborted one after the other: one dropped first hands its deliveries
+        // back, which wakes another not aborted yet; the flag makes that one stop rather
+        // than take them when it is polled after this (one already in the middle of a
+        // poll may still take them: they come back once more, counted twice).
+        if let Some(inner) = self.alive.upgrade() {
+            inner.aborted.store(true, Ordering::SeqCst);
+        }
         self.join.abort();
         let _ = self.join.await;
         // Aborting the worker's task aborted its lanes; a lane running on another thread
@@ -483,7 +496,18 @@ impl Inner {
                 }
             }
             let room = max_in_flight - tasks.len();
+            let aborted = std::future::poll_fn(|_| {
+                if self.aborted.load(Ordering::SeqCst) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            });
             let next = tokio::select! {
+                // Looked at first on every poll (nothing wakes it: the abort that sets it
+                // also cancels this task, or a handed-back delivery wakes it).
+                biased;
+                () = aborted => return,
                 n = self.consumer.next_batch(room.min(DELIVERIES_PER_WAKEUP)) => n,
                 _ = stop.wait_for(|s| *s) => break,
             };

@@ -347,7 +347,9 @@ async fn memory_abort_hands_every_delivery_back() {
     let consumer = q.consumer();
     let mut back = Vec::new();
     while let Some(d) = consumer.try_next() {
-        assert_eq!(d.redeliveries, 1);
+        // Handed back at least once (a lane not yet aborted may take some that another
+        // lane handed back, and hand them back again: counted twice).
+        assert!(d.redeliveries >= 1, "{d:?}");
         back.push(d.item().clone());
         d.ack().await.unwrap();
     }
