@@ -41,8 +41,7 @@
 //! change with each append, so the `fdatasync` of a commit flushes the data alone and not
 //! a journal commit of the file's new size as well (measured here: 140-160 µs for a 4 KiB
 //! write and `fdatasync` over written zeros against 200 µs appending; BENCHMARKS.md). A
-//! segment is cut back to its frames when it
-//! is closed and when the store closes.
+//! segment is cut back to its frames when it is closed and when the store closes.
 //!
 //! A segment is closed at [`SEGMENT_BYTES`]. When the files hold more than twice the live
 //! data plus one segment, the oldest closed segment is compacted: its live entries are
@@ -54,9 +53,9 @@
 //!
 //! At open the segments are read in order. Zeros written ahead read as frames of no ops
 //! (eight zero bytes are a frame with an empty payload and its checksum); the last segment
-//! is cut back after its last frame that holds ops. A frame cut short or failing its checksum at the
-//! end of the last segment is a write the crash interrupted (never acknowledged): the file
-//! is cut back to the last whole frame. The same in an earlier segment is damage: the rest
+//! is cut back after its last frame that holds ops. A frame cut short or failing its
+//! checksum at the end of the last segment is a write the crash interrupted (never
+//! acknowledged): the file is cut back to the last whole frame. The same in an earlier segment is damage: the rest
 //! of that segment is skipped with an error in the log.
 //!
 //! A directory is used by one store at a time: an exclusive lock on a `LOCK` file in it.

@@ -153,15 +153,14 @@ impl Shares {
     }
 
     fn entry(&mut self, namespace: &str, function: &str) -> &mut Held {
-        let functions = match self.0.get_mut(namespace) {
-            Some(_) => self.0.get_mut(namespace),
-            None => Some(self.0.entry(namespace.to_string()).or_default()),
-        };
-        let functions = functions.expect("present or just inserted");
+        if !self.0.contains_key(namespace) {
+            self.0.insert(namespace.to_string(), HashMap::default());
+        }
+        let functions = self.0.get_mut(namespace).expect("inserted above");
         if !functions.contains_key(function) {
             functions.insert(function.to_string(), Held::default());
         }
-        functions.get_mut(function).expect("present or just inserted")
+        functions.get_mut(function).expect("inserted above")
     }
 
     /// Drops the entry of a function that holds nothing any more.
