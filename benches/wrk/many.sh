@@ -7,8 +7,9 @@
 # backend (FAAS_BENCH_FUNCTIONS=N: the functions share one handler); one gateway with only
 # `ok` and one with the N besides, to read the memory of the N.
 # BACKEND=process: `faas up` (release build) serving a generated stack of N http-mode
-# functions plus `ok`, each one replica (our watchdog in http mode in front of
-# `faas-fixture`, a small hyper server); the memory is that of the gateway and every
+# functions plus `ok`, each one replica (`faas-fixture`, a small hyper server, alone: the
+# backend relays to an http-mode process itself; HTTP_WATCHDOG=1 puts our watchdog in front
+# of each, `faas up --http-watchdog`); the memory is that of the gateway and every
 # process it started, per function: resident (RSS, which counts the pages of the binaries
 # that every process shares once per process) and proportional (PSS, shared pages split
 # between their processes: what the functions take from the machine).
@@ -77,6 +78,7 @@ case "$BACKEND" in
     # Every function keeps its one replica (no scale to zero); the cap leaves room for N + 1.
     FLAGS=()
     [ "${AUTOSCALE:-0}" = 1 ] || FLAGS+=(--no-autoscale)
+    [ "${HTTP_WATCHDOG:-0}" = 0 ] || FLAGS+=(--http-watchdog)
     WATCHDOG=${WATCHDOG-$BIN/faas-watchdog}
     [ -z "$WATCHDOG" ] || FLAGS+=(--watchdog "$WATCHDOG")
     "$BIN/faas" up -f "$WORK/stack.yml" --listen "$ONE" --no-auth --state-dir "$WORK/state" \

@@ -1,5 +1,8 @@
 //! The process backend: each function replica is a `faas-watchdog` process on its own
 //! `127.0.0.1` port, running the spec's `envProcess` (`fprocess`). No Docker needed.
+//! An `http`-mode replica is by default the function's process alone, listening on that port,
+//! and the backend does the watchdog's part for it (see
+//! [`ProcessInvokerBuilder::http_watchdog`]).
 //!
 //! - **Deploy** validates the spec (`envProcess` is required, except for an OpenWhisk action
 //!   whose kind has a local runtime in [`faas_core::runtimes`]: then that runtime is the
@@ -7,7 +10,8 @@
 //!   the [`Scheduler`] (so constraints or platforms this machine cannot meet give the
 //!   scheduler's clear error), and starts
 //!   `com.openfaas.scale.min` replicas in the background. An instance is ready once its
-//!   watchdog answers `/_/health` with 200.
+//!   watchdog answers `/_/health` with 200 (an `http`-mode process without a watchdog: once
+//!   it accepts connections).
 //! - **Invoke** routes to a ready replica with free capacity through
 //!   [`Scheduler::route`]: the builder's scheduler (default [`LeastLoaded`]), or the
 //!   strategy the function chooses with the label `com.faas-rs.scheduler`
@@ -27,8 +31,9 @@
 //!   `mode`, `upstream_url`, `exec_timeout`, `max_inflight`... work as for the watchdog. The
 //!   backend sets `port` and `bind_address=127.0.0.1`; in `http` mode it gives each replica
 //!   its own upstream port (the function must listen on the environment variable `port`,
-//!   which the watchdog sets). `spec.timeout` becomes the watchdog's `exec_timeout` (unset:
-//!   no limit); in `lambda` mode its memory limit becomes `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`
+//!   which the watchdog sets, or the backend for a replica without a watchdog).
+//!   `spec.timeout` becomes the watchdog's `exec_timeout` (unset: no limit; without a
+//!   watchdog the backend answers a call over it with a timeout error); in `lambda` mode its memory limit becomes `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`
 //!   (in MiB) and its `maxConcurrency` the watchdog's `lambda_concurrency` (execution
 //!   environments per replica), unless set. By default `prefix_logs=false` and
 //!   `healthcheck_interval=0s` (the backend stops routing to a replica before it stops it).
@@ -52,7 +57,11 @@
 //!   desired count and wake the function's reconciler, which starts replicas in the
 //!   background, at most [`ProcessInvokerBuilder::start_concurrency`] at once on the node.
 //! - **Crashes**: a replica whose watchdog exits is replaced by a new one (with backoff when
-//!   it keeps failing); in `http` mode the watchdog itself restarts a dead function process.
+//!   it keeps failing); in `http` mode the watchdog itself restarts a dead function process,
+//!   and a replica that is the function's process alone is replaced as a whole.
+//! - **Stopping** an `http`-mode replica without a watchdog (scale down, update) first takes
+//!   it out of routing and lets the calls already sent to it answer (bounded by
+//!   [`ProcessInvokerBuilder::stop_grace`]), as a watchdog drains before stopping its process.
 //! - **Scale to zero**: with `com.openfaas.scale.zero=true`, a function idle for its
 //!   `com.openfaas.scale.zero-duration` goes to zero replicas.
 //! - **Removal** stops every replica (SIGTERM, then SIGKILL of its process group after
@@ -62,6 +71,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io::Write as _;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -107,6 +117,31 @@ const RESTART_BACKOFF: faas_core::util::Backoff = faas_core::util::Backoff {
 /// Environment variables passed from the backend's own environment to every replica.
 const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
+/// The watchdog settings an `http`-mode function can only have from a watchdog process:
+/// set in `envVars`, its replicas run behind one (see [`ProcessInvokerBuilder::http_watchdog`]).
+pub const WATCHDOG_ONLY_VARS: &[&str] = &[
+    "max_inflight",
+    "read_timeout",
+    "write_timeout",
+    "exec_timeout",
+    "healthcheck_interval",
+    "prefix_logs",
+    "combine_output",
+    "watchdog_threads",
+];
+
+/// Whether the replicas of `spec` are its `http`-mode process alone, relayed to by the
+/// backend (see [`ProcessInvokerBuilder::http_watchdog`]).
+fn relays_directly(spec: &FunctionSpec, cfg: &ProcessInvokerBuilder) -> bool {
+    let vars = &spec.env_vars;
+    !cfg.http_watchdog
+        && vars.get("mode").is_some_and(|m| m.trim() == "http")
+        && !WATCHDOG_ONLY_VARS.iter().any(|k| vars.contains_key(*k))
+        && vars.get("upstream_url").is_none_or(|u| {
+            u.parse::<http::Uri>().is_ok_and(|u| u.path().trim_end_matches('/').is_empty())
+        })
+}
+
 fn io_err(what: impl std::fmt::Display, e: std::io::Error) -> Error {
     Error::internal(format!("{what}: {e}"))
 }
@@ -127,6 +162,7 @@ pub struct ProcessInvokerBuilder {
     start_concurrency: usize,
     queue_limit: usize,
     stem_cells: BTreeMap<String, usize>,
+    http_watchdog: bool,
 }
 
 impl std::fmt::Debug for ProcessInvokerBuilder {
@@ -143,6 +179,7 @@ impl std::fmt::Debug for ProcessInvokerBuilder {
             .field("limits", &self.limits)
             .field("start_concurrency", &self.start_concurrency)
             .field("queue_limit", &self.queue_limit)
+            .field("http_watchdog", &self.http_watchdog)
             .finish_non_exhaustive()
     }
 }
@@ -163,6 +200,7 @@ impl Default for ProcessInvokerBuilder {
             start_concurrency: default_start_concurrency(),
             queue_limit: 1024,
             stem_cells: BTreeMap::new(),
+            http_watchdog: false,
         }
     }
 }
@@ -194,6 +232,21 @@ impl ProcessInvokerBuilder {
     {
         self.watchdog =
             std::iter::once(program.into()).chain(args.into_iter().map(Into::into)).collect();
+        self
+    }
+
+    /// Whether `http`-mode replicas run behind a watchdog process (default `false`).
+    ///
+    /// By default an `http`-mode replica is the function's process alone: the backend starts
+    /// it with `port` set, takes it as ready once it accepts connections on that port, and
+    /// relays invocations to it itself, with the spec's timeout, `maxConcurrency` and one log
+    /// line per call (`log_requests`) as the watchdog would apply them. That is one process
+    /// per replica instead of two, and one relay hop less per call (see BENCHMARKS.md, many
+    /// distinct functions). A function whose `envVars` set one of [`WATCHDOG_ONLY_VARS`], or
+    /// an `upstream_url` with a path, still gets a watchdog; `true` gives every `http`-mode
+    /// replica one, as OpenFaaS runs them.
+    pub fn http_watchdog(mut self, yes: bool) -> Self {
+        self.http_watchdog = yes;
         self
     }
 
@@ -473,7 +526,7 @@ struct FState {
     node_full_logged: bool,
 }
 
-/// One replica: a watchdog process.
+/// One replica: a watchdog process, or an `http`-mode function's process alone.
 struct Replica {
     /// Its key in the function's instance set.
     key: InstanceKey,
@@ -489,6 +542,19 @@ struct Replica {
     stop: watch::Sender<bool>,
     done: watch::Sender<bool>,
     started: Instant,
+    /// The function's `http`-mode process alone: the backend relays to it, applies the
+    /// timeout, writes the request log lines and drains calls before stopping it.
+    direct: Option<Direct>,
+}
+
+/// What the backend does for a replica without a watchdog.
+struct Direct {
+    /// One log line per call (`log_requests`, default on).
+    log_requests: bool,
+    /// The replica's log file for those lines, opened at the first.
+    log_file: Mutex<Option<std::fs::File>>,
+    /// Resolves once the calls routed to the replica before its stop have answered.
+    drain: Mutex<Option<faas_core::instance::InstanceDrain>>,
 }
 
 impl Replica {
@@ -899,6 +965,13 @@ impl Func {
                 stop,
                 done,
                 started: Instant::now(),
+                direct: relays_directly(&st.spec, &shared.cfg).then(|| Direct {
+                    log_requests: st.spec.env_vars.get("log_requests").is_none_or(|v| {
+                        crate::watchdog::parse_bool("log_requests", v).unwrap_or(true)
+                    }),
+                    log_file: Mutex::new(None),
+                    drain: Mutex::new(None),
+                }),
             })
         });
         st.replicas.push(r.clone());
@@ -993,7 +1066,18 @@ impl Func {
 
     /// Stops a replica: it takes no new invocation from now on.
     fn stop_replica(&self, r: &Replica) {
-        self.instances.remove(r.key);
+        match &r.direct {
+            // Without a watchdog to drain them, the backend lets the calls already routed
+            // to the replica answer before it stops the process.
+            Some(d) => {
+                if let Some((_, drain)) = self.instances.retire(r.key) {
+                    *lock(&d.drain) = Some(drain);
+                }
+            }
+            None => {
+                self.instances.remove(r.key);
+            }
+        }
         r.request_stop();
     }
 
@@ -1029,8 +1113,34 @@ async fn run_replica(
         return;
     };
     let spec = &launch.spec;
-    let mut cmd = tokio::process::Command::new(&sh.cfg.watchdog[0]);
-    cmd.args(&sh.cfg.watchdog[1..]);
+    let fprocess = crate::openwhisk::process_command(spec, &sh.state).unwrap_or_default();
+    let mut cmd = match &r.direct {
+        None => {
+            let mut cmd = tokio::process::Command::new(&sh.cfg.watchdog[0]);
+            cmd.args(&sh.cfg.watchdog[1..]);
+            cmd
+        }
+        // Checked at deploy: the command splits and is not empty.
+        Some(_) => match crate::watchdog::split_command(&fprocess).ok().filter(|a| !a.is_empty()) {
+            Some(argv) => {
+                let mut cmd = tokio::process::Command::new(&argv[0]);
+                cmd.args(&argv[1..]);
+                cmd
+            }
+            None => {
+                let mut none = None;
+                func.logs.push(
+                    &r.id,
+                    format!("cannot start: no command in {fprocess:?}"),
+                    &mut none,
+                );
+                r.exited.store(true, Ordering::SeqCst);
+                r.done.send_replace(true);
+                func.wake.notify_one();
+                return;
+            }
+        },
+    };
     cmd.env_clear();
     for k in INHERITED_ENV {
         if let Some(v) = std::env::var_os(k) {
@@ -1039,9 +1149,13 @@ async fn run_replica(
     }
     // A log line per request, as OpenFaaS's watchdogs write (`faas logs` shows the calls);
     // the spec's envVars, applied below, may turn it off.
-    cmd.env("prefix_logs", "false").env("healthcheck_interval", "0s").env("log_requests", "true");
-    if spec.timeout.is_none() {
-        cmd.env("exec_timeout", "0s").env("write_timeout", "0s");
+    if r.direct.is_none() {
+        cmd.env("prefix_logs", "false")
+            .env("healthcheck_interval", "0s")
+            .env("log_requests", "true");
+        if spec.timeout.is_none() {
+            cmd.env("exec_timeout", "0s").env("write_timeout", "0s");
+        }
     }
     for (k, v) in &spec.env_vars {
         cmd.env(k, v);
@@ -1055,7 +1169,7 @@ async fn run_replica(
         }
         cmd.env_remove("ow_code").env("ow_code_file", &path);
     }
-    if let Some(t) = spec.timeout {
+    if let Some(t) = spec.timeout.filter(|_| r.direct.is_none()) {
         cmd.env("exec_timeout", faas_core::util::format_duration(t));
         cmd.env("write_timeout", faas_core::util::format_duration(t + Duration::from_secs(5)));
     }
@@ -1077,11 +1191,14 @@ async fn run_replica(
     // An http-mode watchdog only relays to its upstream, and the backend adds replicas (each
     // its own watchdog) for more parallelism: one serving thread each, not one per CPU,
     // keeps an idle replica small. The spec's `watchdog_threads`, applied above, wins.
-    if is_http && !spec.env_vars.contains_key("watchdog_threads") {
+    if is_http && r.direct.is_none() && !spec.env_vars.contains_key("watchdog_threads") {
         cmd.env("watchdog_threads", "1");
     }
-    // An OpenWhisk action's runtime gets its own port as an http-mode upstream does.
-    if is_http || faas_core::runtimes::is_action(spec) {
+    // An OpenWhisk action's runtime gets its own port as an http-mode upstream does (a
+    // replica without a watchdog is its process alone, on the replica's port).
+    if r.direct.is_some() {
+        cmd.env_remove("upstream_url");
+    } else if is_http || faas_core::runtimes::is_action(spec) {
         let path = spec
             .env_vars
             .get("upstream_url")
@@ -1102,8 +1219,7 @@ async fn run_replica(
             }
         }
     }
-    let fprocess = crate::openwhisk::process_command(spec, &sh.state).unwrap_or_default();
-    cmd.env("fprocess", fprocess)
+    cmd.env("fprocess", &fprocess)
         .env("port", r.port.to_string())
         .env("bind_address", "127.0.0.1")
         .env(SECRETS_DIR_ENV, &launch.secrets_dir)
@@ -1146,7 +1262,8 @@ async fn run_replica(
         Ok(c) => c,
         Err(e) => {
             let mut none = None;
-            func.logs.push(&r.id, format!("cannot start the watchdog: {e}"), &mut none);
+            let what = if r.direct.is_some() { "the function's process" } else { "the watchdog" };
+            func.logs.push(&r.id, format!("cannot start {what}: {e}"), &mut none);
             r.exited.store(true, Ordering::SeqCst);
             r.done.send_replace(true);
             func.wake.notify_one();
@@ -1163,9 +1280,18 @@ async fn run_replica(
     }
     let mut stop = r.stop.subscribe();
     // A watchdog answers its health check a few ms after the spawn: the one backoff (1 ms
-    // doubling to 50 ms) keeps a scale from zero from being held by the probe.
+    // doubling to 50 ms) keeps a scale from zero from being held by the probe. A function's
+    // process alone is ready once it accepts connections (as a watchdog judges its upstream;
+    // replica ports are outside the ephemeral range, so the probe cannot meet itself).
+    let port = r.port;
+    let direct = r.direct.is_some();
     let probe = async {
         faas_core::invoker::poll_with_backoff(start_timeout, || async {
+            if direct {
+                return Ok(tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+                    .await
+                    .is_ok());
+            }
             Ok(client.healthy(&r.base, Duration::from_secs(2)).await)
         })
         .await
@@ -1206,6 +1332,10 @@ async fn run_replica(
     }
     r.ready.store(false, Ordering::SeqCst);
     if stopped {
+        let drain = r.direct.as_ref().and_then(|d| lock(&d.drain).take());
+        if let Some(drain) = drain {
+            let _ = tokio::time::timeout(grace, drain.wait()).await;
+        }
         sys::kill_pid(pid, sys::SIGTERM);
         if tokio::time::timeout(grace, child.wait()).await.is_err() {
             kill_tree(pid);
@@ -1460,8 +1590,9 @@ impl ProcessInvoker {
             .unwrap_or_default()
     }
 
-    /// The process ids of a function's running watchdog processes (each leads a process
-    /// group holding its function processes).
+    /// The process ids of a function's running replicas: their watchdog processes (each leads
+    /// a process group holding its function processes), or an `http`-mode function's process
+    /// where it runs without a watchdog.
     pub fn instance_pids(&self, function: &FunctionRef) -> Result<Vec<(String, u32)>> {
         let f = self.inner.function(function)?;
         let st = lock(&f.state);
@@ -1531,13 +1662,24 @@ impl Invoke for ProcessInvoker {
             base: &replica.base,
             function: &func.fref,
             instance: &replica.id,
-            // The watchdog enforces the timeout (and kills the process); this is the backstop.
+            // A watchdog enforces the timeout (and kills the process); this is the backstop.
+            // Without one, this is the timeout.
             timeout: timeout.map(|after| CallTimeout {
                 name: "exec",
                 after,
-                grace: Duration::from_secs(10),
+                grace: if replica.direct.is_some() {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(10)
+                },
             }),
         };
+        let log_line = replica
+            .direct
+            .as_ref()
+            .filter(|d| d.log_requests)
+            .map(|_| (invocation.request.method().clone(), invocation.request.uri().clone()));
+        let called = Instant::now();
         let resp = match sh.client.forward(invocation, &target, ()).await {
             Ok(r) => r,
             Err(e) => {
@@ -1550,6 +1692,24 @@ impl Invoke for ProcessInvoker {
                 return Err(e.into_error(exited));
             }
         };
+        if let (Some((method, uri)), Some(d)) = (log_line, &replica.direct) {
+            let len = resp
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .or_else(|| http_body::Body::size_hint(resp.body()).exact());
+            let line =
+                crate::watchdog::request_line(&method, &uri, resp.status(), len, called.elapsed());
+            let mut file = lock(&d.log_file);
+            if file.is_none() {
+                *file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(func.logs.dir.join(format!("{}.log", replica.id)))
+                    .ok();
+            }
+            func.logs.push(&replica.id, line, &mut file);
+        }
         let (mut parts, body) = resp.into_parts();
         parts.extensions.insert(InvocationMeta {
             instance: replica.id.to_string(),

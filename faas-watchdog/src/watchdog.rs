@@ -869,6 +869,24 @@ impl Drop for InflightGuard {
     }
 }
 
+/// OpenFaaS's of-watchdog line for a call:
+/// `POST /path - 200 OK - ContentLength: 5B (0.0012s)` (`-` for a length not known).
+pub(crate) fn request_line(
+    method: &Method,
+    uri: &http::Uri,
+    status: StatusCode,
+    len: Option<u64>,
+    took: Duration,
+) -> String {
+    let len = len.map_or_else(|| "-".to_string(), |n| format!("{n}B"));
+    format!(
+        "{method} {uri} - {} {} - ContentLength: {len} ({:.4}s)",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        took.as_secs_f64()
+    )
+}
+
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>, slot: &ConnSlot) -> Response<Body> {
     match req.uri().path() {
         "/_/health" => return health(&shared, false),
@@ -907,17 +925,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, slot: &ConnSlot) ->
         },
     };
     if let Some((m, u, t0)) = log_req {
-        // OpenFaaS's of-watchdog line: `POST /path - 200 OK - ContentLength: 5B (0.0012s)`.
-        let status = resp.status();
-        let len = http_body::Body::size_hint(resp.body())
-            .exact()
-            .map_or_else(|| "-".to_string(), |n| format!("{n}B"));
-        log(format!(
-            "{m} {u} - {} {} - ContentLength: {len} ({:.4}s)",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            t0.elapsed().as_secs_f64()
-        ));
+        let len = http_body::Body::size_hint(resp.body()).exact();
+        log(request_line(&m, &u, resp.status(), len, t0.elapsed()));
     }
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, Body::new(faas_core::body::Guarded::new(body, guard)))

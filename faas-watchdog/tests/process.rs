@@ -667,7 +667,7 @@ fn threads(pid: u32) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_mode_watchdog_serves_on_one_thread_unless_the_spec_asks_for_more() {
-    let inv = invoker("threads");
+    let inv = common::invoker_builder("threads").http_watchdog(true).build().unwrap();
     inv.deploy(fixture_spec("one", "echo")).await.unwrap();
     inv.deploy(fixture_spec("three", "echo").env("watchdog_threads", "3")).await.unwrap();
     for (name, want) in [("one", 1), ("three", 3)] {
@@ -748,4 +748,107 @@ async fn a_busy_lambda_replica_takes_one_invocation_per_environment_into_its_lin
         assert_eq!(most, capacity, "{name}");
         inv.remove(&f).await.unwrap();
     }
+}
+
+/// The command line of process `pid`, its arguments joined by spaces.
+fn cmdline(pid: u32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&raw)
+        .split('\0')
+        .filter(|a| !a.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// An `http`-mode replica is the function's process alone, unless the spec sets a setting
+/// only a watchdog applies (`max_inflight`) or the backend is built to keep watchdogs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_mode_replica_is_the_functions_process_alone_unless_a_watchdog_is_asked_for() {
+    let inv = invoker("alone");
+    let kept = common::invoker_builder("alone-kept").http_watchdog(true).build().unwrap();
+    inv.deploy(fixture_spec("alone", "echo")).await.unwrap();
+    inv.deploy(fixture_spec("guarded", "echo").env("max_inflight", "4")).await.unwrap();
+    kept.deploy(fixture_spec("kept", "echo")).await.unwrap();
+    for (inv, name, watchdog) in
+        [(&inv, "alone", false), (&inv, "guarded", true), (&kept, "kept", true)]
+    {
+        let f = FunctionRef::default_ns(name);
+        wait_available(inv, &f, 1).await;
+        assert_eq!(inv.call(name, "hi").await.unwrap(), "hi", "{name}");
+        let pid = inv.instance_pids(&f).unwrap()[0].1;
+        let (cmd, children) = (cmdline(pid), descendants(pid));
+        if watchdog {
+            assert!(cmd.contains(WATCHDOG), "{name}: {pid} is {cmd:?}");
+            assert!(children.iter().any(|c| cmdline(*c).contains(FIXTURE)), "{name}: {children:?}");
+        } else {
+            assert!(cmd.contains(FIXTURE), "{name}: {pid} is {cmd:?}");
+            assert!(children.is_empty(), "{name}: {pid} has children {children:?}");
+        }
+        inv.remove(&f).await.unwrap();
+        assert!(wait_gone(pid, Duration::from_secs(10)).await, "{name}: {pid} survived removal");
+    }
+}
+
+/// Without a watchdog the backend writes the watchdog's line per call (unless
+/// `log_requests=false`) and enforces the spec's timeout itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_mode_process_alone_gets_its_call_lines_and_its_timeout() {
+    let inv = invoker("alone-lines");
+    inv.deploy(fixture_spec("web", "sleep").timeout(Duration::from_millis(500))).await.unwrap();
+    inv.deploy(fixture_spec("quiet", "echo").env("log_requests", "false")).await.unwrap();
+    let (web, quiet) = (FunctionRef::default_ns("web"), FunctionRef::default_ns("quiet"));
+    assert_eq!(inv.call("quiet", "abc").await.unwrap(), "abc");
+    let r = inv.invoke(Invocation::get(web.clone(), "/sleep?ms=1")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let instance = inv.instance_pids(&web).unwrap()[0].0.clone();
+    let line = eventually(Duration::from_secs(10), "the call's log line", || async {
+        let logs = inv.read_logs(&web).await.ok()?;
+        logs.into_iter().find(|e| e.text.contains("GET /sleep?ms=1 - 200 OK - ContentLength: 5B ("))
+    })
+    .await;
+    assert_eq!(line.instance, instance);
+    assert!(line.text.ends_with("s)"), "{}", line.text);
+    let file = inv.state_dir().join(format!("logs/openfaas-fn/web/{instance}.log"));
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(written.contains("GET /sleep?ms=1 - 200 OK"), "{written}");
+    let quiet_logs = inv.read_logs(&quiet).await.unwrap();
+    assert!(!quiet_logs.iter().any(|e| e.text.contains("POST /")), "{quiet_logs:#?}");
+
+    // Over the timeout: a timeout error naming it, and the replica serves the next call.
+    let err = inv.invoke(Invocation::get(web.clone(), "/?ms=5000")).await.unwrap_err();
+    match &err {
+        Error::Developer { kind, message } => {
+            assert_eq!(*kind, faas_core::error::DeveloperErrorKind::Timeout, "{err:?}");
+            assert!(message.contains("exec timeout of 500ms exceeded"), "{message}");
+        }
+        other => panic!("not a timeout: {other:?}"),
+    }
+    let r = inv.invoke(Invocation::get(web.clone(), "/?ms=1")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(inv.instance_pids(&web).unwrap()[0].0, instance, "the replica was replaced");
+    inv.remove(&web).await.unwrap();
+    inv.remove(&quiet).await.unwrap();
+}
+
+/// A scale down lets the calls already routed to an `http`-mode process alone answer before
+/// the backend stops it (the fixture exits at SIGTERM, dropping what it serves).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_down_lets_the_calls_in_flight_on_a_process_alone_answer() {
+    let inv = invoker("alone-drain");
+    inv.deploy(fixture_spec("slow", "sleep")).await.unwrap();
+    let f = FunctionRef::default_ns("slow");
+    wait_available(&inv, &f, 1).await;
+    let pid = inv.instance_pids(&f).unwrap()[0].1;
+    let (loads, handles) = concurrent_in_flight(&inv, &f, 2, 1500).await;
+    assert_eq!(loads, [2]);
+    inv.scale(&f, 0).await.unwrap();
+    // Out of routing; the process stays until both calls have answered.
+    eventually(Duration::from_secs(10), "no replica available", || async {
+        (inv.status(&f).await.ok()?.available_replicas == 0).then_some(())
+    })
+    .await;
+    assert!(!process_gone(pid), "{pid} stopped with calls in flight");
+    assert_eq!(fixture_ids(handles).await.len(), 1);
+    assert!(wait_gone(pid, Duration::from_secs(10)).await, "{pid} was not stopped");
+    inv.remove(&f).await.unwrap();
 }

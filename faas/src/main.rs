@@ -189,6 +189,13 @@ enum Command {
         /// same source keeps about 0.6 MiB less private memory per replica (BENCHMARKS.md).
         #[arg(long, env = "FAAS_WATCHDOG", value_name = "PROGRAM")]
         watchdog: Option<PathBuf>,
+        /// Run every `http`-mode replica of the process backend behind a watchdog process, as
+        /// OpenFaaS does. By default such a replica is the function's process alone and the
+        /// gateway relays to it, applying the timeout, `maxConcurrency` and the request log
+        /// line itself (a function setting a watchdog-only variable such as `max_inflight`
+        /// still gets one).
+        #[arg(long)]
+        http_watchdog: bool,
     },
     /// Check credentials against a gateway and save them (mode 0600) for the other
     /// subcommands.
@@ -680,6 +687,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             record_every_invocation,
             stem_cells,
             watchdog,
+            http_watchdog,
         } => {
             // Before anything starts: a Kafka queue needs the `kafka` feature.
             queue.check()?;
@@ -698,7 +706,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             let backend = UpBackend {
                 kind: backend,
                 stem_cells,
-                watchdog,
+                watchdog: ProcessWatchdog { program: watchdog, http: http_watchdog },
                 state_dir,
                 scheduler,
                 autoscale: !no_autoscale,
@@ -1272,8 +1280,8 @@ struct UpBackend {
     kind: BackendKind,
     /// `--stem-cells`: how many stem cells of each OpenWhisk kind.
     stem_cells: Vec<(String, usize)>,
-    /// `--watchdog`: the process backend's watchdog program instead of `faas watchdog`.
-    watchdog: Option<PathBuf>,
+    /// `--watchdog` and `--http-watchdog`.
+    watchdog: ProcessWatchdog,
     state_dir: Option<PathBuf>,
     scheduler: Arc<dyn faas_core::Scheduler>,
     autoscale: bool,
@@ -1281,6 +1289,14 @@ struct UpBackend {
     idle_timeout: Option<Duration>,
     /// The replica caps the flags set; `None` for the backend's defaults.
     limits: Option<faas_core::ReplicaLimits>,
+}
+
+/// The process backend's watchdog.
+struct ProcessWatchdog {
+    /// `--watchdog`: the program instead of `faas watchdog`.
+    program: Option<PathBuf>,
+    /// `--http-watchdog`: `http`-mode replicas behind a watchdog too.
+    http: bool,
 }
 
 /// The replica caps of `--max-replicas-per-function`/`--max-replicas-per-node`, over this
@@ -1328,12 +1344,12 @@ async fn raw_backend(
     scheduler: Arc<dyn faas_core::Scheduler>,
     limits: Option<faas_core::ReplicaLimits>,
     stem_cells: Vec<(String, usize)>,
-    watchdog: Option<PathBuf>,
+    watchdog: ProcessWatchdog,
 ) -> Result<Arc<dyn Backend>> {
     match kind {
         BackendKind::Process => {
-            let b = faas_watchdog::process::ProcessInvoker::builder();
-            let b = match watchdog {
+            let b = faas_watchdog::process::ProcessInvoker::builder().http_watchdog(watchdog.http);
+            let b = match watchdog.program {
                 Some(program) if !program.is_file() => {
                     return Err(Error::invalid(
                         "--watchdog",
