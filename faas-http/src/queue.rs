@@ -329,7 +329,9 @@ async fn start_kafka(
     kafka.properties = options.kafka_properties.clone();
     let records_topic =
         options.activations_topic.clone().unwrap_or_else(|| default_activations_topic(topic));
-    let store = KafkaActivationStore::new(&kafka, &records_topic)?;
+    // One producer for the calls and their records (see `KafkaActivationStore::sharing`).
+    let calls = KafkaPublisher::new(&kafka)?;
+    let store = KafkaActivationStore::sharing(&calls, &kafka, &records_topic)?;
     // Known records let the worker skip a redelivered call that already finished; a
     // cluster that is down is worth saying at start-up (the store keeps trying).
     if let Err(e) = store.wait_caught_up(std::time::Duration::from_secs(10)).await {
@@ -338,10 +340,8 @@ async fn start_kafka(
     let activations: Arc<dyn ActivationStore> = Arc::new(store.clone());
     // The call and its `queued` record are produced at once (one acknowledgement's wait
     // before the 202, not two); the store keeps records moving forward whatever their order.
-    let publisher: Arc<dyn QueuePublisher> = Arc::new(faas_queue::TrackedPublisher::overlapped(
-        Arc::new(KafkaPublisher::new(&kafka)?),
-        activations.clone(),
-    ));
+    let publisher: Arc<dyn QueuePublisher> =
+        Arc::new(faas_queue::TrackedPublisher::overlapped(Arc::new(calls), activations.clone()));
     let worker = if options.run_worker {
         Some(
             faas_queue::Worker::new(

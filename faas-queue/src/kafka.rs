@@ -336,12 +336,14 @@ fn encode(item: &QueuedInvocation) -> Result<Vec<u8>> {
 #[derive(Clone)]
 pub struct KafkaPublisher {
     inner: Arc<PublisherInner>,
+    topic: Arc<str>,
 }
 
+/// The producer of one or more publishers ([`KafkaPublisher::sharing_with`]) and its
+/// replacement state.
 struct PublisherInner {
     producer: Mutex<Current>,
     config: KafkaConfig,
-    topic: String,
     rebuilds: AtomicU64,
     /// The generation of the last producer that had a message acknowledged, plus one (0:
     /// none yet). Only a producer that has delivered before is taken for stuck: a new one
@@ -355,7 +357,7 @@ struct PublisherInner {
 
 impl std::fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaPublisher").field("topic", &self.inner.topic).finish()
+        f.debug_struct("KafkaPublisher").field("topic", &self.topic).finish()
     }
 }
 
@@ -373,18 +375,26 @@ impl KafkaPublisher {
             inner: Arc::new(PublisherInner {
                 producer: Mutex::new(Current { producer: config.producer(&reach)?, generation: 0 }),
                 config: config.clone(),
-                topic: topic.to_string(),
                 rebuilds: AtomicU64::new(0),
                 delivered: AtomicU64::new(0),
                 failing: Mutex::new(None),
                 reach,
             }),
+            topic: topic.into(),
         })
+    }
+
+    /// A publisher to `topic` on this one's producer: one librdkafka client (its threads
+    /// and broker connections) for both, so records of both topics produced in the same
+    /// linger go to a broker in one request. The producer's replacement after a fatal error
+    /// or a stuck send, its health and its counters are shared too.
+    pub fn sharing_with(&self, topic: &str) -> KafkaPublisher {
+        KafkaPublisher { inner: self.inner.clone(), topic: topic.into() }
     }
 
     /// The topic.
     pub fn topic(&self) -> &str {
-        &self.inner.topic
+        &self.topic
     }
 
     /// How many times the producer was replaced (after a fatal error, or stuck).
@@ -425,7 +435,7 @@ impl KafkaPublisher {
         };
         match self.inner.config.producer(&self.inner.reach) {
             Ok(fresh) => {
-                tracing::warn!(topic = %self.inner.topic, "the Kafka producer {why}; replaced it with a new one");
+                tracing::warn!(topic = %self.topic, "the Kafka producer {why}; replaced it with a new one");
                 let old = std::mem::replace(&mut c.producer, fresh);
                 c.generation += 1;
                 drop(c);
@@ -485,7 +495,7 @@ impl KafkaPublisher {
             return;
         }
         let producer = self.producer();
-        let topic = self.inner.topic.clone();
+        let topic = self.topic.clone();
         let spawned = std::thread::Builder::new().name("kafka-probe".into()).spawn({
             let reach = reach.clone();
             move || {
@@ -520,7 +530,7 @@ impl KafkaPublisher {
         headers: Option<OwnedHeaders>,
     ) -> (Result<()>, u64, bool) {
         let (producer, generation) = self.current();
-        let mut record = FutureRecord::to(&self.inner.topic).key(key).payload(payload);
+        let mut record = FutureRecord::to(&self.topic).key(key).payload(payload);
         if let Some(h) = headers {
             record = record.headers(h);
         }
@@ -571,7 +581,7 @@ impl QueuePublisher for KafkaPublisher {
         for item in &items {
             let sent = encode(item).and_then(|payload| {
                 let key = item.key();
-                let record = FutureRecord::to(&self.inner.topic).key(&key).payload(&payload);
+                let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
                 producer.send_result(record).map_err(|(e, _)| produce_error(&e))
             });
             pending.push(sent);
@@ -614,7 +624,7 @@ impl QueuePublisher for KafkaPublisher {
     /// consumers may run in other processes).
     async fn depth(&self) -> Result<QueueDepth> {
         let config = self.inner.config.clone();
-        let topic = self.inner.topic.clone();
+        let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || kafka_depth(&config, &topic))
             .await
             .map_err(|e| Error::internal(format!("kafka: the depth query panicked: {e}")))?
@@ -635,7 +645,7 @@ impl QueuePublisher for KafkaPublisher {
         match &*lock(&self.inner.failing) {
             Some(reason) => Err(Error::unavailable(format!(
                 "the last publication to {} failed: {reason}",
-                self.inner.topic
+                self.topic
             ))),
             None => Ok(()),
         }

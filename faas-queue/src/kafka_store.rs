@@ -271,6 +271,22 @@ impl KafkaActivationStore {
 
     /// [`KafkaActivationStore::new`] keeping at most `capacity` records (at least 1).
     pub fn with_capacity(config: &KafkaConfig, topic: &str, capacity: usize) -> Result<Self> {
+        Self::build(config, topic, capacity, None)
+    }
+
+    /// [`KafkaActivationStore::new`] publishing its records with the producer of `publisher`
+    /// ([`KafkaPublisher::sharing_with`]): a gateway that publishes calls and their `queued`
+    /// records together sends both in one request, and runs one producer instead of two.
+    pub fn sharing(publisher: &KafkaPublisher, config: &KafkaConfig, topic: &str) -> Result<Self> {
+        Self::build(config, topic, DEFAULT_CAPACITY, Some(publisher))
+    }
+
+    fn build(
+        config: &KafkaConfig,
+        topic: &str,
+        capacity: usize,
+        publisher: Option<&KafkaPublisher>,
+    ) -> Result<Self> {
         if topic.is_empty() {
             return Err(Error::invalid("activations-topic", "must not be empty"));
         }
@@ -278,7 +294,10 @@ impl KafkaActivationStore {
             Error::internal("the Kafka activation store must be created within a tokio runtime")
         })?;
         // Replaced after a fatal error (as after a broker restarted empty), as the queue's.
-        let producer = KafkaPublisher::to_topic(config, topic)?;
+        let producer = match publisher {
+            Some(p) => p.sharing_with(topic),
+            None => KafkaPublisher::to_topic(config, topic)?,
+        };
 
         let mut c = config.base();
         config.apply_properties(&mut c);

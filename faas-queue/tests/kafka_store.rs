@@ -311,18 +311,28 @@ async fn last_record_on_topic(brokers: &str, topic: &str, id: &InvocationId) -> 
     last.expect("a record of the call")
 }
 
-/// A store whose producer librdkafka declares fatally failed (the broker answers a sequence
-/// error to a gapless idempotent producer, as a broker that restarted empty does) replaces
-/// it: the record goes through, and another store reads it, without a restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fatally_failed_store_producer_is_replaced_and_the_record_goes_through() {
+/// Waits (bounded) until `reader` has read `records`, then closes both stores.
+async fn read_both_and_close(
+    writer: KafkaActivationStore,
+    reader: KafkaActivationStore,
+    records: [AsyncActivation; 2],
+) {
+    until("the reader to see both records", || {
+        records.iter().all(|r| reader.get_now(&r.call_id).is_some())
+    })
+    .await;
+    for s in [writer, reader] {
+        bounded("closing a store", s.close()).await.expect("closed");
+    }
+}
+
+/// Makes the cluster answer the next produce request with a sequence error (fatal for an
+/// idempotent producer with `enable.gapless.guarantee`), then writes a record through it.
+async fn put_through_a_fatal_error(
+    cluster: &Cluster,
+    writer: &KafkaActivationStore,
+) -> AsyncActivation {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-    let (cluster, config, topic) = cluster(1);
-    let config = config.property("enable.gapless.guarantee", "true");
-    let writer = store(&config, &topic).await;
-    let reader = store(&config, &topic).await;
-    let before = record(AsyncState::Queued, 0);
-    writer.put(before.clone()).await.expect("a first record");
     cluster.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
@@ -331,12 +341,49 @@ async fn a_fatally_failed_store_producer_is_replaced_and_the_record_goes_through
     bounded("writing through a fatal error", writer.put(after.clone()))
         .await
         .expect("the record went through with a new producer");
-    until("the reader to see both records", || {
-        reader.get_now(&before.call_id).is_some() && reader.get_now(&after.call_id).is_some()
-    })
-    .await;
-    for s in [writer, reader] {
-        bounded("closing a store", s.close()).await.expect("closed");
-    }
+    after
+}
+
+/// A store whose producer librdkafka declares fatally failed (the broker answers a sequence
+/// error to a gapless idempotent producer, as a broker that restarted empty does) replaces
+/// it: the record goes through, and another store reads it, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatally_failed_store_producer_is_replaced_and_the_record_goes_through() {
+    let (cluster, config, topic) = cluster(1);
+    let config = config.property("enable.gapless.guarantee", "true");
+    let writer = store(&config, &topic).await;
+    let reader = store(&config, &topic).await;
+    let before = record(AsyncState::Queued, 0);
+    writer.put(before.clone()).await.expect("a first record");
+    let after = put_through_a_fatal_error(&cluster, &writer).await;
+    read_both_and_close(writer, reader, [before, after]).await;
+    drop(cluster);
+}
+
+/// A store built on a queue publisher's producer (`KafkaActivationStore::sharing`) writes
+/// its records with that one client: a fatal error of the producer is repaired once for
+/// both (one rebuild), and calls and records both go through after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_sharing_the_publishers_producer_recovers_with_it() {
+    use faas_core::queue::QueuePublisher;
+    use faas_queue::kafka::KafkaPublisher;
+    let (cluster, config, topic) = cluster(1);
+    cluster.create_topic(&config.topic, 1, 1).expect("calls topic");
+    let config = config.property("enable.gapless.guarantee", "true");
+    let calls = KafkaPublisher::new(&config).expect("publisher");
+    let writer = KafkaActivationStore::sharing(&calls, &config, &topic).expect("store");
+    writer.wait_caught_up(common::BOUND).await.expect("caught up");
+    let reader = store(&config, &topic).await;
+    let before = record(AsyncState::Queued, 0);
+    writer.put(before.clone()).await.expect("a first record");
+    calls.publish(example_item()).await.expect("a first call");
+    assert_eq!(calls.rebuilds(), 0);
+    let after = put_through_a_fatal_error(&cluster, &writer).await;
+    assert_eq!(calls.rebuilds(), 1, "the store's producer is the publisher's");
+    bounded("publishing after the store's repair", calls.publish(example_item()))
+        .await
+        .expect("the call went through on the repaired producer");
+    assert_eq!(calls.rebuilds(), 1, "repaired once for both");
+    read_both_and_close(writer, reader, [before, after]).await;
     drop(cluster);
 }
