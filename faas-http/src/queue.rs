@@ -329,7 +329,8 @@ async fn start_kafka(
     kafka.properties = options.kafka_properties.clone();
     let records_topic =
         options.activations_topic.clone().unwrap_or_else(|| default_activations_topic(topic));
-    // One producer for the calls and their records (see `KafkaActivationStore::sharing`).
+    // One producer for the calls, their records, the worker's republished calls and the dead
+    // letters (see `KafkaPublisher::sharing_with`): one librdkafka client, not four.
     let calls = KafkaPublisher::new(&kafka)?;
     let store = KafkaActivationStore::sharing(&calls, &kafka, &records_topic)?;
     // Known records let the worker skip a redelivered call that already finished; a
@@ -340,17 +341,19 @@ async fn start_kafka(
     let activations: Arc<dyn ActivationStore> = Arc::new(store.clone());
     // The call and its `queued` record are produced at once (one acknowledgement's wait
     // before the 202, not two); the store keeps records moving forward whatever their order.
-    let publisher: Arc<dyn QueuePublisher> =
-        Arc::new(faas_queue::TrackedPublisher::overlapped(Arc::new(calls), activations.clone()));
+    let publisher: Arc<dyn QueuePublisher> = Arc::new(faas_queue::TrackedPublisher::overlapped(
+        Arc::new(calls.clone()),
+        activations.clone(),
+    ));
     let worker = if options.run_worker {
         Some(
             faas_queue::Worker::new(
                 invoker,
-                Arc::new(KafkaConsumer::new(&kafka)?),
+                Arc::new(KafkaConsumer::sharing(&calls, &kafka)?),
                 activations.clone(),
                 worker_config(config),
             )
-            .with_dead_letters(Arc::new(KafkaDeadLetters::new(&kafka)?))
+            .with_dead_letters(Arc::new(KafkaDeadLetters::sharing(&calls, &kafka)))
             .spawn(),
         )
     } else {

@@ -720,6 +720,12 @@ impl KafkaDeadLetters {
             publisher: KafkaPublisher::to_topic(config, &config.dead_letter_topic)?,
         })
     }
+
+    /// Dead letters to `config.dead_letter_topic` with the producer of `publisher`
+    /// ([`KafkaPublisher::sharing_with`]).
+    pub fn sharing(publisher: &KafkaPublisher, config: &KafkaConfig) -> Self {
+        KafkaDeadLetters { publisher: publisher.sharing_with(&config.dead_letter_topic) }
+    }
 }
 
 #[async_trait]
@@ -918,14 +924,32 @@ impl std::fmt::Debug for KafkaConsumer {
 impl KafkaConsumer {
     /// Joins `config.group_id` and subscribes to `config.topic`.
     pub fn new(config: &KafkaConfig) -> Result<Self> {
+        Self::build(config, None)
+    }
+
+    /// [`KafkaConsumer::new`], republishing nacked items and sending malformed messages to
+    /// the dead letters with the producer of `publisher` ([`KafkaPublisher::sharing_with`])
+    /// instead of two producers of its own.
+    pub fn sharing(publisher: &KafkaPublisher, config: &KafkaConfig) -> Result<Self> {
+        Self::build(config, Some(publisher))
+    }
+
+    fn build(config: &KafkaConfig, publisher: Option<&KafkaPublisher>) -> Result<Self> {
+        let (republish, dead_letters) = match publisher {
+            Some(p) => (p.sharing_with(&config.topic), p.sharing_with(&config.dead_letter_topic)),
+            None => (
+                KafkaPublisher::new(config)?,
+                KafkaPublisher::to_topic(config, &config.dead_letter_topic)?,
+            ),
+        };
         let tracker = Arc::new(Mutex::new(Tracker::default()));
         let check = LogCheck::new(&config.topic);
         let consumer = group_member(config, &config.topic, &tracker, true, Some(check.clone()))?;
         let shared = Arc::new(Shared {
             consumer: Mutex::new(Some(Arc::new(consumer))),
             tracker,
-            republish: KafkaPublisher::new(config)?,
-            dead_letters: KafkaPublisher::to_topic(config, &config.dead_letter_topic)?,
+            republish,
+            dead_letters,
             topic: config.topic.clone(),
             nack_on_drop: config.nack_on_drop,
             close_timeout: config.close_timeout,

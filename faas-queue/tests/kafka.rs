@@ -45,7 +45,17 @@ impl Kafka {
     }
 
     fn new_consumer(&self) -> Arc<KafkaConsumer> {
-        let c = Arc::new(KafkaConsumer::new(&self.config).expect("consumer"));
+        self.keep(KafkaConsumer::new(&self.config).expect("consumer"))
+    }
+
+    /// A consumer republishing and dead-lettering with the publisher's producer, as
+    /// `faas up`'s is.
+    fn new_sharing_consumer(&self) -> Arc<KafkaConsumer> {
+        self.keep(KafkaConsumer::sharing(&self.publisher, &self.config).expect("consumer"))
+    }
+
+    fn keep(&self, c: KafkaConsumer) -> Arc<KafkaConsumer> {
+        let c = Arc::new(c);
         self.consumers.lock().unwrap().push(c.clone());
         c
     }
@@ -364,13 +374,18 @@ async fn kafka_dead_letter_topic() {
 
     let rig = Rig::new();
     rig.invoker.register("down", |_req| async { Ok(response(503, "still down")) });
+    // The consumer (malformed messages) and the worker (exhausted calls) dead-letter with
+    // the publisher's producer, as in `faas up`.
     let worker = faas_queue::Worker::new(
         rig.invoker.clone(),
-        k.new_consumer(),
+        k.new_sharing_consumer(),
         rig.store.clone(),
         faas_queue::WorkerConfig { max_attempts: 2, ..fast_config() },
     )
-    .with_dead_letters(Arc::new(faas_queue::kafka::KafkaDeadLetters::new(&k.config).unwrap()))
+    .with_dead_letters(Arc::new(faas_queue::kafka::KafkaDeadLetters::sharing(
+        &k.publisher,
+        &k.config,
+    )))
     .spawn();
     let good = item("echo", "fine");
     let down = item("down", "x");

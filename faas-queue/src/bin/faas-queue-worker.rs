@@ -29,7 +29,7 @@ use faas_core::queue::ActivationStore;
 use faas_core::util::{format_duration, parse_duration};
 use faas_core::Result;
 use faas_queue::gateway::GatewayInvoker;
-use faas_queue::kafka::{KafkaConfig, KafkaConsumer, KafkaDeadLetters};
+use faas_queue::kafka::{KafkaConfig, KafkaConsumer, KafkaDeadLetters, KafkaPublisher};
 use faas_queue::kafka_store::{default_activations_topic, KafkaActivationStore};
 use faas_queue::{MemoryActivationStore, Worker, WorkerConfig};
 
@@ -172,11 +172,13 @@ async fn run(args: Args) -> Result<()> {
     let (kafka, worker_config, invoke_timeout) = config(&args);
     let gateway = &args.gateway;
     let invoker = Arc::new(GatewayInvoker::new(gateway, invoke_timeout)?);
-    let consumer = Arc::new(KafkaConsumer::new(&kafka)?);
-    let dead_letters = Arc::new(KafkaDeadLetters::new(&kafka)?);
+    // One producer for the republished calls, the dead letters and the records.
+    let producer = KafkaPublisher::new(&kafka)?;
+    let consumer = Arc::new(KafkaConsumer::sharing(&producer, &kafka)?);
+    let dead_letters = Arc::new(KafkaDeadLetters::sharing(&producer, &kafka));
     let (store, kafka_store): (Arc<dyn ActivationStore>, _) = match records(&args, &kafka) {
         Records::Kafka(topic) => {
-            let s = KafkaActivationStore::new(&kafka, &topic)?;
+            let s = KafkaActivationStore::sharing(&producer, &kafka, &topic)?;
             // Known records let a redelivered, already finished call be skipped.
             if let Err(e) = s.wait_caught_up(Duration::from_secs(30)).await {
                 eprintln!("faas-queue-worker: {e} (going on; it keeps reading)");
