@@ -1734,12 +1734,16 @@ async fn supervise_upstream(shared: Arc<Shared>, mut stop: watch::Receiver<bool>
                     tokio::spawn(pump_lines(e, "stderr", shared.cfg.prefix_logs));
                 }
                 let addr = up.addr;
+                // A server binds a few ms after its start: the first tries come soon (1 ms,
+                // doubling to 10 ms), so a replica's first call is not held by the probe.
                 let probe = async move {
+                    let mut pause = Duration::from_millis(1);
                     loop {
                         if tokio::net::TcpStream::connect(addr).await.is_ok() {
                             break;
                         }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(10));
                     }
                 };
                 let early = tokio::select! {

@@ -1,12 +1,14 @@
 //! Process backend start-path benchmark, through the gateway over HTTP on 127.0.0.1: scale
-//! from zero to the first response (the request waits while a watchdog replica starts), a
-//! warm call of the same function, and the machine's own baseline of spawning the watchdog
-//! binary and waiting for its health answer outside the backend.
+//! from zero to the first response (the request waits while a replica starts), a warm call
+//! of the same function, and the machine's own baseline of spawning the watchdog binary and
+//! waiting for its health answer outside the backend. Three functions: `upper` (fork mode,
+//! `tr a-z A-Z` behind a watchdog), `web` (`faas-fixture` in http mode, the process alone)
+//! and `web-watchdog` (the same behind a watchdog: its spec sets `watchdog_threads`).
 //!
 //! Usage: `cargo build --release -p faas-watchdog --bins && cargo run --release -p
 //! faas-benches --bin process-starts -- [RUNS]` (default 20). The watchdog is
-//! `target/release/faas-watchdog` (override with `FAAS_WATCHDOG_BIN`). Prints a markdown
-//! table of p50/p99 in milliseconds.
+//! `target/release/faas-watchdog` (override with `FAAS_WATCHDOG_BIN`), `faas-fixture` the one
+//! beside it. Prints a markdown table of p50/p99 in milliseconds.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,14 +23,15 @@ use faas_http::{Gateway, GatewayConfig};
 use faas_watchdog::process::ProcessInvoker;
 use http::Method;
 
-async fn call(client: &GatewayClient) -> f64 {
+/// Calls `name` with `hello`, checks it answered `expect`; the milliseconds it took.
+async fn call(client: &GatewayClient, name: &str, expect: &str) -> f64 {
     let t0 = Instant::now();
     let r = client
-        .invoke("upper", Method::POST, &[], Bytes::from_static(b"hello"), false)
+        .invoke(name, Method::POST, &[], Bytes::from_static(b"hello"), false)
         .await
         .expect("invoke");
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.text(), "HELLO");
+    assert_eq!(r.text(), expect);
     t0.elapsed().as_secs_f64() * 1e3
 }
 
@@ -80,35 +83,52 @@ async fn main() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(faas_http::serve(listener, gateway.service(), std::future::pending()));
     let client = GatewayClient::new(&format!("http://{addr}")).unwrap();
-    let spec = FunctionSpec::new("upper", "local")
-        .process("tr a-z A-Z")
-        .label(labels::SCALE_MIN, "0")
-        .label(labels::SCALE_ZERO, "true");
-    backend.deploy(spec).await.expect("deploy");
-    let f = FunctionRef::default_ns("upper");
-
-    let (mut cold, mut warm, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+    let fixture = bin.with_file_name("faas-fixture").display().to_string();
+    let specs = [
+        ("upper", "HELLO", FunctionSpec::new("upper", "local").process("tr a-z A-Z")),
+        ("web", "hello", FunctionSpec::new("web", "local").process(&fixture).env("mode", "http")),
+        (
+            "web-watchdog",
+            "hello",
+            FunctionSpec::new("web-watchdog", "local")
+                .process(&fixture)
+                .env("mode", "http")
+                .env("watchdog_threads", "1"),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (name, expect, spec) in specs {
+        let spec = spec.label(labels::SCALE_MIN, "0").label(labels::SCALE_ZERO, "true");
+        backend.deploy(spec).await.expect("deploy");
+        let f = FunctionRef::default_ns(name);
+        let (mut cold, mut warm) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            backend.scale(&f, 0).await.unwrap();
+            let t0 = Instant::now();
+            while backend.status(&f).await.unwrap().available_replicas > 0 {
+                assert!(t0.elapsed() < Duration::from_secs(10), "replica never stopped");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            cold.push(call(&client, name, expect).await);
+            for _ in 0..5 {
+                warm.push(call(&client, name, expect).await);
+            }
+        }
+        backend.remove(&f).await.unwrap();
+        rows.push((
+            format!("{name}: scale from zero to first response, through the gateway"),
+            cold,
+        ));
+        rows.push((format!("{name}: warm call, through the gateway"), warm));
+    }
+    let mut bare = Vec::new();
     for _ in 0..runs {
-        backend.scale(&f, 0).await.unwrap();
-        let t0 = Instant::now();
-        while backend.status(&f).await.unwrap().available_replicas > 0 {
-            assert!(t0.elapsed() < Duration::from_secs(10), "replica never stopped");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        cold.push(call(&client).await);
-        for _ in 0..5 {
-            warm.push(call(&client).await);
-        }
         bare.push(bare_start(&bin).await);
     }
-    backend.remove(&f).await.unwrap();
+    rows.push(("baseline: spawn the watchdog by hand until /_/health answers".into(), bare));
     let _ = std::fs::remove_dir_all(&state);
     println!("| what | runs | p50 ms | p99 ms |\n|---|---:|---:|---:|");
-    for (what, v) in [
-        ("scale from zero to first response, through the gateway", &mut cold),
-        ("warm call, through the gateway", &mut warm),
-        ("baseline: spawn the watchdog by hand until /_/health answers", &mut bare),
-    ] {
+    for (what, v) in &mut rows {
         println!(
             "| {what} | {} | {:.1} | {:.1} |",
             v.len(),
