@@ -108,8 +108,9 @@ pub struct KafkaConfig {
     pub close_timeout: Duration,
     /// How long a publication may wait for its acknowledgement while a broker is
     /// reachable before the producer is taken for stuck, replaced and the message sent
-    /// again with the new one (only a producer that has delivered a message before: a new
-    /// one may still be connecting to a slow broker). A broker that restarted without its state answers an
+    /// again with the new one (only a producer that has delivered a message before, a new
+    /// one may still be connecting to a slow broker; and only when no message at all was
+    /// acknowledged within that time, a backlog draining behind a slow broker is progress). A broker that restarted without its state answers an
     /// idempotent producer `UNKNOWN_PRODUCER_ID`, which librdkafka may retry until the
     /// message timeout, message after message; a new producer registers again and goes
     /// through. While no broker is reachable, publications wait for the message timeout.
@@ -349,6 +350,11 @@ struct PublisherInner {
     /// none yet). Only a producer that has delivered before is taken for stuck: a new one
     /// may still be connecting and registering with a slow broker.
     delivered: AtomicU64,
+    /// When the last acknowledgement came, in ms after `born`: a producer acknowledging
+    /// messages is making progress, even while one waits behind a backlog past
+    /// [`KafkaConfig::stuck_after`].
+    last_ack_ms: AtomicU64,
+    born: std::time::Instant,
     /// Why the last publication failed, until one succeeds.
     failing: Mutex<Option<String>>,
     /// Whether any broker is reachable (shared by every producer this publisher builds).
@@ -377,6 +383,8 @@ impl KafkaPublisher {
                 config: config.clone(),
                 rebuilds: AtomicU64::new(0),
                 delivered: AtomicU64::new(0),
+                last_ack_ms: AtomicU64::new(0),
+                born: std::time::Instant::now(),
                 failing: Mutex::new(None),
                 reach,
             }),
@@ -453,15 +461,21 @@ impl KafkaPublisher {
     }
 
     /// Waits for a message's acknowledgement from the producer of `generation`. Past
-    /// [`KafkaConfig::stuck_after`] with a broker reachable and a producer that has
-    /// delivered before, gives up with `stuck` set (the caller replaces the producer);
-    /// while no broker is reachable, or while the producer has delivered nothing yet (its
-    /// first connection to a slow broker), waits on for librdkafka's message timeout.
+    /// [`KafkaConfig::stuck_after`] with a broker reachable, a producer that has delivered
+    /// before and no acknowledgement of any message within the last `stuck_after`, gives up
+    /// with `stuck` set (the caller replaces the producer); while no broker is reachable,
+    /// while the producer has delivered nothing yet (its first connection to a slow broker),
+    /// or while other messages are acknowledged (a backlog draining), waits on, at most for
+    /// librdkafka's message timeout.
     async fn deliver(&self, mut fut: DeliveryFuture, generation: u64) -> (Result<()>, bool) {
+        let stuck_after = self.inner.config.stuck_after;
         loop {
-            match tokio::time::timeout(self.inner.config.stuck_after, &mut fut).await {
+            match tokio::time::timeout(stuck_after, &mut fut).await {
                 Ok(Ok(Ok(_))) => {
                     self.inner.delivered.fetch_max(generation + 1, Ordering::Relaxed);
+                    let now =
+                        u64::try_from(self.inner.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    self.inner.last_ack_ms.fetch_max(now, Ordering::Relaxed);
                     return (Ok(()), false);
                 }
                 Ok(Ok(Err((e, _)))) => return (Err(produce_error(&e)), false),
@@ -472,6 +486,7 @@ impl KafkaPublisher {
                 Err(_) if self.inner.delivered.load(Ordering::Relaxed) != generation + 1 => {
                     continue
                 }
+                Err(_) if self.acknowledged_within(stuck_after) => continue,
                 Err(_) => {
                     return (
                         Err(Error::unavailable(format!(
@@ -483,6 +498,12 @@ impl KafkaPublisher {
                 }
             }
         }
+    }
+
+    /// Whether any message was acknowledged within the last `d`.
+    fn acknowledged_within(&self, d: Duration) -> bool {
+        let last = Duration::from_millis(self.inner.last_ack_ms.load(Ordering::Relaxed));
+        self.inner.born.elapsed().saturating_sub(last) < d
     }
 
     /// Asks a broker for the topic's metadata on a thread of its own (one probe at a time),

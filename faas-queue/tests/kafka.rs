@@ -513,6 +513,36 @@ async fn a_slow_first_connection_is_not_taken_for_a_stuck_producer() {
     drop(cluster);
 }
 
+/// A backlog behind a slow broker (here one message per request, one request at a time,
+/// each taking 100 ms) makes the last calls wait past `stuck_after` while the producer
+/// keeps getting acknowledgements: that is progress, not a stuck producer. Every call goes
+/// through with the producer it started with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_on_a_slow_broker_is_not_taken_for_a_stuck_producer() {
+    use faas_core::queue::QueuePublisher as _;
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let config = KafkaConfig {
+        stuck_after: Duration::from_millis(500),
+        ..KafkaConfig::new(cluster.bootstrap_servers())
+            .property("batch.num.messages", "1")
+            .property("max.in.flight.requests.per.connection", "1")
+    };
+    cluster.create_topic(&config.topic, 1, 1).expect("topic");
+    let publisher = KafkaPublisher::new(&config).expect("publisher");
+    publisher.publish(common::item("f", "first")).await.expect("a first call");
+    cluster.broker_round_trip_time(1, Duration::from_millis(100)).expect("round trip time");
+    let t0 = std::time::Instant::now();
+    let calls = (0..20).map(|i| publisher.publish(common::item("f", format!("call {i}"))));
+    let results = bounded("the backlog", futures::future::join_all(calls)).await;
+    let took = t0.elapsed();
+    assert!(took > config.stuck_after * 2, "no backlog formed: {took:?}");
+    assert_eq!(publisher.rebuilds(), 0, "a producer making progress was taken for stuck");
+    for r in results {
+        r.expect("every call went through");
+    }
+    drop(cluster);
+}
+
 /// A broker that goes away makes the publisher unhealthy, naming why, without a call
 /// having to time out first; once it is back, the health is good again without any call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
