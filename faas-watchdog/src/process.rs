@@ -33,9 +33,10 @@
 //!   its own upstream port (the function must listen on the environment variable `port`,
 //!   which the watchdog sets, or the backend for a replica without a watchdog).
 //!   `spec.timeout` becomes the watchdog's `exec_timeout` (unset: no limit; without a
-//!   watchdog the backend answers a call over it with a timeout error); in `lambda` mode its memory limit becomes `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`
-//!   (in MiB) and its `maxConcurrency` the watchdog's `lambda_concurrency` (execution
-//!   environments per replica), unless set. By default `prefix_logs=false` and
+//!   watchdog the backend answers a call over it with a timeout error); in `lambda` mode
+//!   its memory limit becomes `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` (in MiB) and its
+//!   `maxConcurrency` the watchdog's `lambda_concurrency` (execution environments per
+//!   replica), unless set. By default `prefix_logs=false` and
 //!   `healthcheck_interval=0s` (the backend stops routing to a replica before it stops it).
 //! - **Secrets** are files `<state>/secrets/<namespace>/<name>`; each function gets a copy of
 //!   the secrets its spec names in its own directory, whose path is in the environment
