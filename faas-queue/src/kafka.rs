@@ -106,14 +106,15 @@ pub struct KafkaConfig {
     pub nack_on_drop: bool,
     /// How long [`KafkaConsumer::close`] waits for the consumer to leave its group.
     pub close_timeout: Duration,
-    /// How long a publication may wait for its acknowledgement while a broker is
-    /// reachable before the producer is taken for stuck, replaced and the message sent
-    /// again with the new one (only a producer that has delivered a message before, a new
-    /// one may still be connecting to a slow broker; and only when no message at all was
-    /// acknowledged within that time, a backlog draining behind a slow broker is progress). A broker that restarted without its state answers an
-    /// idempotent producer `UNKNOWN_PRODUCER_ID`, which librdkafka may retry until the
-    /// message timeout, message after message; a new producer registers again and goes
-    /// through. While no broker is reachable, publications wait for the message timeout.
+    /// How long a publication may wait for its acknowledgement while a broker is reachable
+    /// before the producer is taken for stuck, replaced and the message sent again with the
+    /// new one (only a producer that has delivered a message before, a new one may still be
+    /// connecting to a slow broker; and only when no message at all was acknowledged within
+    /// that time, a backlog draining behind a slow broker is progress). A broker that
+    /// restarted without its state answers an idempotent producer `UNKNOWN_PRODUCER_ID`,
+    /// which librdkafka may retry until the message timeout, message after message; a new
+    /// producer registers again and goes through. While no broker is reachable,
+    /// publications wait for the message timeout.
     pub stuck_after: Duration,
     /// Further librdkafka properties, applied last (to producers and consumers alike),
     /// e.g. `("session.timeout.ms", "6000")` or security settings.
