@@ -880,7 +880,9 @@ impl Inner {
                 // Started and waiting: make `running`, with the attempt number, visible
                 // while it does. A failed write is logged; the final record decides
                 // whether the delivery is settled.
-                Some(First::InFlight(call)) => tokio::join!(self.put(&mut rec), call).1,
+                Some(First::InFlight(call)) => {
+                    self.running_while(&mut rec, call, &mut permit, attempt >= max).await
+                }
                 fresh => {
                     if attempt > max {
                         let at = last.unwrap_or_else(|| {
@@ -914,7 +916,10 @@ impl Inner {
                                 // Finished without waiting: no reader could have seen it
                                 // running, so the final record is the next write.
                                 Poll::Ready(at) => at,
-                                Poll::Pending => tokio::join!(self.put(&mut rec), call).1,
+                                Poll::Pending => {
+                                    let last = attempt >= max;
+                                    self.running_while(&mut rec, call, &mut permit, last).await
+                                }
                             }
                         }
                         Err(e) => Attempt::from_error(e, false, SystemTime::now(), Instant::now()),
@@ -953,6 +958,27 @@ impl Inner {
                 return Settle::Nack;
             }
         }
+    }
+
+    /// Writes `rec` (`running`) while `call`, an attempt in flight, goes on, and waits for
+    /// both. The function's slot (`permit`) goes as soon as the attempt ends if it is
+    /// `last` or will not be retried: the record's write (a broker's acknowledgement, for
+    /// Kafka) does not hold the slot, so the function's next call need not wait for it.
+    async fn running_while(
+        &self,
+        rec: &mut AsyncActivation,
+        call: impl Future<Output = Attempt>,
+        permit: &mut Option<OwnedSemaphorePermit>,
+        last: bool,
+    ) -> Attempt {
+        let call = async {
+            let at = call.await;
+            if last || !at.retryable {
+                drop(permit.take());
+            }
+            at
+        };
+        tokio::join!(self.put(rec), call).1
     }
 
     /// One attempt. The invocation moves into the invoker's future at once, so that the

@@ -491,6 +491,8 @@ enum Hold {
     /// Final records wait until the counter reaches the number (a store slow to
     /// acknowledge, as a broker is).
     Finals(Arc<std::sync::atomic::AtomicU64>, u64),
+    /// `running` records wait until the counter reaches the number.
+    Running(Arc<std::sync::atomic::AtomicU64>, u64),
 }
 
 /// A store that holds some writes (see [`Hold`]), or fails them; and a publisher whose
@@ -510,7 +512,11 @@ impl faas_core::queue::ActivationStore for Gated<Arc<faas_queue::MemoryActivatio
             Hold::Queued(b) if record.state == faas_core::queue::AsyncState::Queued => {
                 b.wait().await;
             }
-            Hold::Finals(n, until) if record.state.is_terminal() => {
+            Hold::Finals(n, until) | Hold::Running(n, until)
+                if matches!(&self.hold, Hold::Finals(..)) && record.state.is_terminal()
+                    || matches!(&self.hold, Hold::Running(..))
+                        && record.state == faas_core::queue::AsyncState::Running =>
+            {
                 while n.load(std::sync::atomic::Ordering::SeqCst) < *until {
                     tokio::time::sleep(std::time::Duration::from_millis(2)).await;
                 }
@@ -579,11 +585,13 @@ async fn memory_overlapped_tracking_writes_the_record_while_publishing() {
 }
 
 /// The function's slot (`function_concurrency`) is held while the function runs, not while
-/// the final record is written: with one slot, the second call runs while the first one's
-/// record still waits for the store (which waits for that second call). Both for a function
-/// that answers at once and for one that has to be waited for.
+/// the call's records are written: with one slot, the second call runs while the first
+/// one's final record still waits for the store (which waits for that second call), both
+/// for a function that answers at once and for one that has to be waited for; and while the
+/// `running` record of a call the worker waited for waits so (as a broker's acknowledgement
+/// takes longer than a quick function).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_the_function_slot_is_free_while_the_final_record_is_written() {
+async fn memory_the_function_slot_is_free_while_the_records_are_written() {
     use faas_core::queue::AsyncState;
     let invoker = TestInvoker::new();
     let invoked = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -601,9 +609,13 @@ async fn memory_the_function_slot_is_free_while_the_final_record_is_written() {
         }
     });
     let records = Arc::new(faas_queue::MemoryActivationStore::default());
-    for (function, until) in [("quick", 2), ("waits", 4)] {
+    let holds = [
+        ("quick", Hold::Finals(invoked.clone(), 2)),
+        ("waits", Hold::Finals(invoked.clone(), 4)),
+        ("waits", Hold::Running(invoked.clone(), 6)),
+    ];
+    for (function, hold) in holds {
         let q = MemoryQueue::new(10);
-        let hold = Hold::Finals(invoked.clone(), until);
         let store = Arc::new(Gated { inner: records.clone(), hold, fail: false });
         let config = faas_queue::WorkerConfig { function_concurrency: 1, ..fast_config() };
         let worker =
@@ -613,7 +625,8 @@ async fn memory_the_function_slot_is_free_while_the_final_record_is_written() {
             q.publisher().publish(c.clone()).await.unwrap();
         }
         for c in &calls {
-            assert_eq!(wait_settled(&records, &c.call_id).await.state, AsyncState::Succeeded);
+            let rec = wait_settled(&records, &c.call_id).await;
+            assert_eq!((rec.state, rec.attempts), (AsyncState::Succeeded, 1));
         }
         worker.shutdown().await.unwrap();
     }
