@@ -2,6 +2,11 @@
 //! OpenFaaS-compatible gateway (`login`, `list`, `describe`, `deploy`, `invoke`, `remove`,
 //! `logs`, `secret`, `scale`).
 
+/// The binary's allocator (feature `mimalloc`, on by default): see `Cargo.toml`.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod credentials;
 mod feeds;
 mod progress;
