@@ -36,26 +36,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_tansu() { # starts an empty broker, waits for it, creates the topics
-  tansu broker --listener-url "tcp://$BROKER" --advertised-listener-url "tcp://$BROKER" \
-    --storage-engine memory://tansu/ >>"$LOGDIR/tansu.log" 2>&1 &
-  TANSU=$!
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1
-  done
-  create 8 faas-async
-  create 8 faas-async-activations --config cleanup.policy=compact
-  create 1 faas-async-dead-letters
-}
-create() { # PARTITIONS TOPIC [ARGS]: retried while the broker is starting (<= 10 s)
-  local n=$1 t=$2; shift 2
-  for _ in $(seq 1 50); do
-    tansu topic create --broker "tcp://$BROKER" --partitions "$n" "$t" "$@" >/dev/null 2>&1 &&
-      return 0
-    sleep 0.2
-  done
-  echo "could not create topic $t" >&2; exit 1
-}
+. benches/kafka/tansu.sh
+start_tansu() { tansu_start "$LOGDIR/tansu.log" || exit 1; }
 
 start_tansu
 echo "tansu $(tansu --version 2>/dev/null | head -1) on $BROKER (memory storage)"

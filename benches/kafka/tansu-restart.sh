@@ -32,22 +32,8 @@ stop() {
 }
 trap 'stop; rm -rf "$WORK"' EXIT
 
-create() { # PARTITIONS TOPIC [ARGS]: retried while the broker is starting (<= 10 s)
-  local n=$1 t=$2; shift 2
-  for _ in $(seq 1 50); do
-    tansu topic create --broker "tcp://$BROKER" --partitions "$n" "$t" "$@" >/dev/null 2>&1 && return 0
-    sleep 0.2
-  done
-  echo "could not create topic $t" >&2; return 1
-}
-start_tansu() {
-  tansu broker --listener-url "tcp://$BROKER" --advertised-listener-url "tcp://$BROKER" \
-    --storage-engine memory://tansu/ >>"$WORK/tansu.log" 2>&1 &
-  TANSU=$!
-  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
-  create 8 faas-async && create 8 faas-async-activations --config cleanup.policy=compact &&
-    create 1 faas-async-dead-letters
-}
+. benches/kafka/tansu.sh
+start_tansu() { tansu_start "$WORK/tansu.log"; }
 call() { curl -s -o /dev/null -D - -m 35 -X POST -d hello "http://$GW/async-function/uppercase" |
   awk 'tolower($1) == "x-call-id:" {print $2}' | tr -d '\r'; }
 state() { curl -s "http://$GW/system/activations/$1" | sed -n 's/.*"state":"\([a-z-]*\)".*/\1/p'; }
