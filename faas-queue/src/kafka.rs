@@ -873,6 +873,25 @@ impl ConsumerContext for TrackingContext {
         );
         lock(&self.tracker).reset(parts.into_iter());
     }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let (Rebalance::Assign(assigned), Some(check)) = (rebalance, &self.check) else {
+            return;
+        };
+        let mut tpl = TopicPartitionList::new();
+        for e in assigned.elements().iter().filter(|e| e.topic() == self.topic) {
+            tpl.add_partition(&self.topic, e.partition());
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        check.settle_assigned(|paused| {
+            let settled = if paused { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+            if let Err(e) = settled {
+                tracing::warn!(topic = %self.topic, paused, error = %e, "kafka: the partitions assigned not settled");
+            }
+        });
+    }
 }
 
 pub(crate) type Client = StreamConsumer<TrackingContext>;
@@ -1599,6 +1618,69 @@ mod tests {
         let got = tokio::time::timeout(Duration::from_secs(30), next).await.expect("bounded");
         assert_eq!(got.expect("lane"), ["c"], "the next message, not the log again");
         assert_eq!(stored(&consumer), Some(3));
+        consumer.close().await.expect("closed");
+    }
+
+    /// librdkafka keeps a partition's pause across a revoke and a new assignment: paused by
+    /// the log check when the brokers went away, revoked (the session expired) before the
+    /// check resumed the reader, and assigned again after it (tansu, a 36 s outage), it was
+    /// never fetched again. A partition assigned while the check does not hold the reader
+    /// paused is fetched; one assigned while it does waits for the check.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_assigned_again_after_the_check_is_fetched() {
+        let kafka = MockKafka::new(1).expect("mock cluster");
+        let config = KafkaConfig::new(kafka.bootstrap_servers());
+        kafka.create_topic(&config.topic, 1).expect("topic");
+        kafka.create_topic(&config.dead_letter_topic, 1).expect("topic");
+        let publisher = KafkaPublisher::new(&config).expect("publisher");
+        publisher.publish(item("a")).await.expect("published");
+        let consumer = Arc::new(KafkaConsumer::new(&config).expect("consumer"));
+        assert_eq!(take_and_ack(&consumer, 1).await, ["a"]);
+        let client = lock(&consumer.shared.consumer).clone().expect("client");
+        let next = tokio::spawn({
+            let c = consumer.clone();
+            async move { take_and_ack(&c, 1).await }
+        });
+        // Paused as the check pauses it, then revoked and assigned again with the check
+        // not (or no longer) holding the reader paused.
+        pause_assigned(&client, &config.topic).expect("paused");
+        client.unsubscribe();
+        client.subscribe(&[config.topic.as_str()]).expect("subscribed again");
+        publisher.publish(item("b")).await.expect("published");
+        let got = tokio::time::timeout(Duration::from_secs(30), next).await;
+        assert_eq!(got.expect("fetched within 30 s").expect("lane"), ["b"]);
+        // While the check holds the reader paused, a partition assigned again waits.
+        let next = tokio::spawn({
+            let c = consumer.clone();
+            async move { take_and_ack(&c, 1).await }
+        });
+        {
+            let mut paused = lock(&consumer.shared.check.paused);
+            pause_assigned(&client, &config.topic).expect("paused");
+            *paused = true;
+        }
+        client.unsubscribe();
+        client.subscribe(&[config.topic.as_str()]).expect("subscribed again");
+        publisher.publish(item("c")).await.expect("published");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while client.assignment().expect("assignment").count() == 0 {
+            assert!(std::time::Instant::now() < deadline, "not assigned again in 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let early = tokio::time::timeout(Duration::from_secs(2), async {
+            while !next.is_finished() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(early.is_err(), "fetched while the check held the reader paused");
+        {
+            let mut paused = lock(&consumer.shared.check.paused);
+            resume_assigned(&client, &config.topic, &[], |_| {}).expect("resumed");
+            *paused = false;
+        }
+        let got = tokio::time::timeout(Duration::from_secs(30), next).await;
+        assert_eq!(got.expect("fetched within 30 s").expect("lane"), ["c"]);
         consumer.close().await.expect("closed");
     }
 

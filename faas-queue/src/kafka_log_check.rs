@@ -86,6 +86,10 @@ pub(crate) struct LogCheck {
     topic: String,
     state: Mutex<State>,
     wake: Condvar,
+    /// Whether the check keeps its reader paused; held while the check pauses or resumes
+    /// the reader and while a group rebalance settles the partitions it assigns
+    /// ([`LogCheck::settle_assigned`]), so that the two never cross.
+    pub(crate) paused: Mutex<bool>,
 }
 
 impl LogCheck {
@@ -94,7 +98,19 @@ impl LogCheck {
             topic: topic.to_string(),
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
+            paused: Mutex::new(false),
         })
+    }
+
+    /// Settles partitions a group rebalance has just assigned to the reader: `pause(true)`
+    /// while the check keeps the reader paused (its resume takes them along), else
+    /// `pause(false)`, which resumes them. librdkafka keeps a partition's pause across a
+    /// revoke and a new assignment: a partition paused when the brokers went away, revoked
+    /// (the session timed out) before the check resumed the reader, and assigned again
+    /// after it, would otherwise never be fetched again.
+    pub(crate) fn settle_assigned(&self, pause: impl FnOnce(bool)) {
+        let paused = lock(&self.paused);
+        pause(*paused);
     }
 
     /// Notes a message read from `partition`.
@@ -175,9 +191,12 @@ fn run(weak: Weak<LogCheck>, config: KafkaConfig, reader: Box<dyn Reader>) {
             continue;
         };
         if paused_at.is_none() {
+            let Some(check) = weak.upgrade() else { return };
+            let mut paused = lock(&check.paused);
             if !reader.pause() {
                 return;
             }
+            *paused = true;
             paused_at = Some(Instant::now());
         }
         let checked = if pending.is_empty() {
@@ -213,9 +232,12 @@ fn run(weak: Weak<LogCheck>, config: KafkaConfig, reader: Box<dyn Reader>) {
                 "kafka: the partition's log is not the one read before the brokers went away (a broker restarted without its data); reading it again from its beginning"
             );
         }
+        let Some(check) = weak.upgrade() else { return };
+        let mut paused = lock(&check.paused);
         match reader.resume(&restarted) {
             Ok(()) => {
-                let Some(check) = weak.upgrade() else { return };
+                *paused = false;
+                drop(paused);
                 check.checked(&restarted);
                 paused_at = None;
                 client = None;
