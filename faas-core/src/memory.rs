@@ -599,14 +599,17 @@ impl LogBook {
     }
 
     fn push(&self, instance: &str, line: &str) {
+        let text = line.trim_end_matches(['\n', '\r']).to_string();
+        let mut entries = lock(&self.entries);
+        // Stamped with `entries` locked, so lines from concurrent writers are kept (and
+        // sent to followers) in time order.
         let entry = LogEntry {
             name: self.fref.name.clone(),
             namespace: self.fref.namespace.clone(),
             instance: instance.to_string(),
             timestamp: SystemTime::now(),
-            text: line.trim_end_matches(['\n', '\r']).to_string(),
+            text,
         };
-        let mut entries = lock(&self.entries);
         let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
         if self.limit > 0 {
             if entries.len() >= self.limit {
@@ -1446,6 +1449,26 @@ mod tests {
         assert_eq!(kept, ["c", "d", "e"], "oldest dropped, newline trimmed");
         assert_eq!(book.lines("i1", from, to), ["c"]);
         assert!(book.lines("i2", from, to).is_empty(), "b was dropped by the bound");
+    }
+
+    #[test]
+    fn lines_logged_at_once_by_two_instances_are_kept_in_time_order() {
+        let book = Arc::new(LogBook::new(Arc::new(FunctionRef::default_ns("f")), 100_000));
+        std::thread::scope(|s| {
+            for instance in ["i1", "i2"] {
+                let sink = book.sink(instance.into());
+                s.spawn(move || {
+                    for i in 0..20_000 {
+                        sink.log(&format!("{instance} {i}"));
+                    }
+                });
+            }
+        });
+        let entries = lock(&book.entries);
+        assert_eq!(entries.len(), 40_000);
+        let pairs = entries.iter().zip(entries.iter().skip(1));
+        let out_of_order = pairs.filter(|((_, a), (_, b))| a.timestamp > b.timestamp).count();
+        assert_eq!(out_of_order, 0, "kept lines out of time order");
     }
 
     #[test]

@@ -625,6 +625,9 @@ fn entry_bytes(e: &LogEntry) -> usize {
 
 impl LogBook {
     fn push(&self, instance: &str, text: String, file: &mut Option<std::fs::File>) {
+        let mut e = lock(&self.entries);
+        // Stamped with `entries` locked: a replica's stdout and stderr are pumped by two
+        // tasks, and the kept lines must stay in time order for `logs` and its `since`.
         let entry = LogEntry {
             name: self.fref.name.clone(),
             namespace: self.fref.namespace.clone(),
@@ -632,17 +635,15 @@ impl LogBook {
             timestamp: SystemTime::now(),
             text,
         };
-        if let Some(f) = file {
-            // One `write` per line: `writeln!` on a `File` writes each piece on its own.
+        let line = file.is_some().then(|| {
             let stamp = faas_core::spec::rfc3339::format(entry.timestamp);
             let mut line = String::with_capacity(stamp.len() + entry.text.len() + 2);
             line.push_str(&stamp);
             line.push(' ');
             line.push_str(&entry.text);
             line.push('\n');
-            let _ = f.write_all(line.as_bytes());
-        }
-        let mut e = lock(&self.entries);
+            line
+        });
         // Sent with `entries` locked, as `follow` subscribes: a new follower gets each line
         // once, from what is kept or from the channel. Copied only when someone follows.
         let mut followers = lock(&self.followers);
@@ -659,6 +660,11 @@ impl LogBook {
             if let Some(old) = e.lines.pop_front() {
                 e.bytes -= entry_bytes(&old);
             }
+        }
+        drop(e);
+        if let (Some(f), Some(line)) = (file, line) {
+            // One `write` per line: `writeln!` on a `File` writes each piece on its own.
+            let _ = f.write_all(line.as_bytes());
         }
     }
 
@@ -2046,6 +2052,26 @@ mod tests {
         assert!(book.follow().is_none());
         book.push("f-1", "after removal".into(), &mut None);
         assert!(matches!(*lock(&book.followers), Followers::Closed));
+    }
+
+    #[test]
+    fn lines_pushed_at_once_from_stdout_and_stderr_are_kept_in_time_order() {
+        let book = LogBook { limit: 100_000, bytes_limit: 1 << 30, ..book() };
+        std::thread::scope(|s| {
+            for stream in ["out", "err"] {
+                let book = &book;
+                s.spawn(move || {
+                    for i in 0..20_000 {
+                        book.push("f-1", format!("{stream} {i}"), &mut None);
+                    }
+                });
+            }
+        });
+        let e = lock(&book.entries);
+        assert_eq!(e.lines.len(), 40_000);
+        let out_of_order = e.lines.iter().zip(e.lines.iter().skip(1));
+        let out_of_order = out_of_order.filter(|(a, b)| a.timestamp > b.timestamp).count();
+        assert_eq!(out_of_order, 0, "kept lines out of time order");
     }
 
     #[test]
