@@ -5,7 +5,7 @@
 //!
 //! - [`memory::MemoryQueue`]: a bounded in-memory queue with backpressure (a full queue
 //!   answers [`faas_core::Error::Overloaded`]); the default for tests and embedded gateways.
-//! - `kafka` (feature `kafka`, on by default): the same contract over Kafka with an
+//! - `kafka` (feature `kafka`): the same contract over Kafka with an
 //!   idempotent producer, a consumer group, and offsets committed only once an invocation
 //!   has finished.
 //! - [`worker::Worker`]: invokes what a queue delivers through any
