@@ -15,6 +15,7 @@
 # 20 s later the state of every call accepted after the restart. A gateway that crashed is
 # said so. Prints one line per run.
 #
+# KEEP=DIR keeps the gateway's and tansu's logs of a run that did not recover in DIR/run-N.
 # FAAS_BIN: the `faas` binary (default target/debug/faas, built with the `kafka` feature:
 # `cargo build -p faas --features kafka`). Needs `tansu`, `curl`, `bc`. Targets only 127.0.0.1.
 set -uo pipefail
@@ -65,7 +66,12 @@ run() {
   fi
   if [ -z "$done" ]; then
     echo "no async call succeeded within 60 s; the gateway's last lines:"
-    tail -n 8 "$WORK/gateway.log"; return 0
+    tail -n 8 "$WORK/gateway.log"
+    if [ -n "${KEEP:-}" ]; then
+      mkdir -p "$KEEP/run-$1" && cp "$WORK/gateway.log" "$WORK/tansu.log" "$KEEP/run-$1/" &&
+        echo "logs kept in $KEEP/run-$1"
+    fi
+    return 0
   fi
   for _ in $(seq 1 20); do id=$(call); [ -n "$id" ] && accepted+=("$id"); sleep 0.1; done
   sleep 20
@@ -81,6 +87,6 @@ run() {
 
 for i in $(seq 1 "$RUNS"); do
   printf 'run %d: ' "$i"
-  run
+  run "$i"
   stop
 done

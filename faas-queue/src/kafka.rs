@@ -242,14 +242,14 @@ pub(crate) struct ProducerContext {
 
 impl ClientContext for ProducerContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        log_to_tracing(level, facility, message);
+        log_to_tracing("producer", level, facility, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.reach.set_down(reason);
         }
-        tracing::error!(target: "librdkafka", %error, "{reason}");
+        error_to_tracing("producer", &error, reason);
     }
 
     fn stats_raw(&self, statistics: &[u8]) {
@@ -261,40 +261,52 @@ impl ClientContext for ProducerContext {
     }
 }
 
-/// librdkafka's log lines and error events as `tracing` events (target `librdkafka`), so
-/// they reach the gateway's log like every other line.
-pub(crate) fn log_to_tracing(level: RDKafkaLogLevel, facility: &str, message: &str) {
+/// librdkafka's log lines as `tracing` events (target `librdkafka`), so they reach the
+/// gateway's log like every other line; `client` says which of a process's Kafka clients
+/// wrote the line (librdkafka's lines do not).
+pub(crate) fn log_to_tracing(client: &str, level: RDKafkaLogLevel, facility: &str, message: &str) {
     match level {
         RDKafkaLogLevel::Emerg
         | RDKafkaLogLevel::Alert
         | RDKafkaLogLevel::Critical
         | RDKafkaLogLevel::Error => {
-            tracing::error!(target: "librdkafka", facility, "{message}")
+            tracing::error!(target: "librdkafka", client, facility, "{message}")
         }
-        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+        RDKafkaLogLevel::Warning => {
+            tracing::warn!(target: "librdkafka", client, facility, "{message}")
+        }
         RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-            tracing::info!(target: "librdkafka", facility, "{message}")
+            tracing::info!(target: "librdkafka", client, facility, "{message}")
         }
-        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+        RDKafkaLogLevel::Debug => {
+            tracing::debug!(target: "librdkafka", client, facility, "{message}")
+        }
     }
 }
 
-/// The context of every Kafka client here but the consumer's (which adds rebalance
-/// tracking): librdkafka's logs and errors through `tracing`.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct TracingContext;
+/// librdkafka's error events as `tracing` events, as [`log_to_tracing`] does its lines.
+pub(crate) fn error_to_tracing(client: &str, error: &KafkaError, reason: &str) {
+    tracing::error!(target: "librdkafka", client, %error, "{reason}");
+}
+
+/// The context of the Kafka clients here that need nothing more: librdkafka's logs and
+/// errors through `tracing`, with the client's role (`client`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TracingContext {
+    pub(crate) client: &'static str,
+}
 
 impl ClientContext for TracingContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        log_to_tracing(level, facility, message);
+        log_to_tracing(self.client, level, facility, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::error!(target: "librdkafka", %error, "{reason}");
+        error_to_tracing(self.client, &error, reason);
     }
 }
 
-/// The activation store's reader is a plain (unsubscribed) consumer.
+/// A plain (unsubscribed) consumer needs no rebalance hooks.
 impl ConsumerContext for TracingContext {}
 
 /// A publisher's producer, and how many times it was replaced before.
@@ -836,18 +848,20 @@ pub(crate) struct TrackingContext {
     pub(crate) tracker: Arc<Mutex<Tracker>>,
     pub(crate) topic: String,
     pub(crate) check: Option<Arc<LogCheck>>,
+    /// The client's role in log lines: "consumer of TOPIC".
+    pub(crate) client: String,
 }
 
 impl ClientContext for TrackingContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        log_to_tracing(level, facility, message);
+        log_to_tracing(&self.client, level, facility, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         if let Some(check) = self.check.as_ref().filter(|_| brokers_lost(&error)) {
             check.brokers_lost();
         }
-        tracing::error!(target: "librdkafka", %error, "{reason}");
+        error_to_tracing(&self.client, &error, reason);
     }
 }
 
@@ -907,7 +921,12 @@ pub(crate) fn group_member(
     auto_commit: bool,
     check: Option<Arc<LogCheck>>,
 ) -> Result<Client> {
-    let ctx = TrackingContext { tracker: tracker.clone(), topic: topic.to_string(), check };
+    let ctx = TrackingContext {
+        tracker: tracker.clone(),
+        topic: topic.to_string(),
+        check,
+        client: format!("consumer of {topic}"),
+    };
     let mut c = config.base();
     c.set("group.id", &config.group_id)
         .set("enable.auto.commit", auto_commit.to_string())

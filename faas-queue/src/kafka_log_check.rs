@@ -313,7 +313,7 @@ fn check_client(config: &KafkaConfig) -> Result<BaseConsumer<TracingContext>, St
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "latest");
-    c.create_with_context(TracingContext).map_err(|e| e.to_string())
+    c.create_with_context(TracingContext { client: "log check" }).map_err(|e| e.to_string())
 }
 
 /// The partitions of `reads` whose log on `topic` is not the one read: it ends at or
@@ -376,18 +376,20 @@ pub(crate) fn brokers_lost(error: &rdkafka::error::KafkaError) -> bool {
 /// `tracing`, and the brokers going away noted for the log check.
 pub(crate) struct CheckedContext {
     pub(crate) check: Arc<LogCheck>,
+    /// The reader's role in log lines.
+    pub(crate) client: &'static str,
 }
 
 impl rdkafka::client::ClientContext for CheckedContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
-        crate::kafka::log_to_tracing(level, facility, message);
+        crate::kafka::log_to_tracing(self.client, level, facility, message);
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         if brokers_lost(&error) {
             self.check.brokers_lost();
         }
-        tracing::error!(target: "librdkafka", %error, "{reason}");
+        crate::kafka::error_to_tracing(self.client, &error, reason);
     }
 }
 

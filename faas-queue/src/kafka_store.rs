@@ -309,8 +309,11 @@ impl KafkaActivationStore {
             .set("auto.offset.reset", "earliest");
         let check = LogCheck::new(topic);
         let consumer: Arc<Reader> = Arc::new(
-            c.create_with_context(CheckedContext { check: check.clone() })
-                .map_err(|e| config_error("consumer", e))?,
+            c.create_with_context(CheckedContext {
+                check: check.clone(),
+                client: "activations reader",
+            })
+            .map_err(|e| config_error("consumer", e))?,
         );
         check.spawn(
             config,

@@ -161,6 +161,56 @@ fn the_worker_binary_reads_its_environment_variables() {
     assert!(err.contains("--max-attempts"), "{err}");
 }
 
+/// librdkafka's lines reach the worker's log through `tracing`, each naming which of the
+/// process's Kafka clients wrote it: with no broker listening, both the producer and the
+/// consumer of the queue topic report the brokers down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_lines_name_the_client_that_wrote_them() {
+    use std::io::BufRead;
+    // A port nothing listens on: connections are refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_faas-queue-worker"))
+        .args(["--brokers", &closed.to_string(), "--gateway", "http://127.0.0.1:1"])
+        .args(["--topic", "jobs", "--activations", "memory"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start faas-queue-worker");
+    let mut worker = Worker(child);
+    let stderr = worker.0.stderr.take().expect("the worker's stderr");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let wanted = ["client=\"producer\"", "client=\"consumer of jobs\""];
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        while !wanted
+            .iter()
+            .all(|w| seen.iter().any(|l: &String| l.contains("librdkafka") && l.contains(w)))
+        {
+            match rx.recv().await {
+                Some(line) => seen.push(line),
+                None => return false,
+            }
+        }
+        true
+    })
+    .await;
+    assert_eq!(found, Ok(true), "both clients' lines within 60 s; the worker wrote: {seen:#?}");
+    assert!(
+        seen.iter().any(|l| l.contains("client=\"producer\"") && l.contains("brokers are down")),
+        "{seen:#?}"
+    );
+    drop(worker);
+}
+
 /// What the crash test's gateway has seen: the bodies of the calls it answered, how many it
 /// is holding unanswered, and whether it still holds calls past `quota`.
 #[derive(Default)]
