@@ -289,26 +289,6 @@ pub(crate) fn error_to_tracing(client: &str, error: &KafkaError, reason: &str) {
     tracing::error!(target: "librdkafka", client, %error, "{reason}");
 }
 
-/// The context of the Kafka clients here that need nothing more: librdkafka's logs and
-/// errors through `tracing`, with the client's role (`client`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct TracingContext {
-    pub(crate) client: &'static str,
-}
-
-impl ClientContext for TracingContext {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        log_to_tracing(self.client, level, facility, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        error_to_tracing(self.client, &error, reason);
-    }
-}
-
-/// A plain (unsubscribed) consumer needs no rebalance hooks.
-impl ConsumerContext for TracingContext {}
-
 /// A publisher's producer, and how many times it was replaced before.
 struct Current {
     producer: TracedProducer,
@@ -1426,6 +1406,21 @@ impl MockKafka {
         }
         let sent = producer.send(record, Duration::from_secs(10)).await;
         sent.map(|d| d.offset).map_err(|(e, _)| Error::unavailable(format!("producing: {e}")))
+    }
+
+    /// Takes broker `id` (1 to the cluster's size) down, as a stopped broker: its
+    /// connections are closed and new ones refused until [`MockKafka::broker_up`].
+    pub fn broker_down(&self, id: i32) -> Result<()> {
+        self.cluster
+            .broker_down(id)
+            .map_err(|e| Error::internal(format!("taking broker {id} down: {e}")))
+    }
+
+    /// Brings broker `id` back after [`MockKafka::broker_down`].
+    pub fn broker_up(&self, id: i32) -> Result<()> {
+        self.cluster
+            .broker_up(id)
+            .map_err(|e| Error::internal(format!("bringing broker {id} up: {e}")))
     }
 
     /// Refuses the next `n` produce requests as a broker that denies writing to the topic

@@ -35,7 +35,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer}
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::kafka::{KafkaConfig, TracingContext};
+use crate::kafka::KafkaConfig;
 
 /// How long the check's thread waits for news (and then looks whether its reader is gone).
 const TICK: Duration = Duration::from_secs(1);
@@ -178,7 +178,7 @@ impl LogCheck {
 
 fn run(weak: Weak<LogCheck>, config: KafkaConfig, reader: Box<dyn Reader>) {
     // One client per check, kept while a check fails (the brokers still away).
-    let mut client: Option<BaseConsumer<TracingContext>> = None;
+    let mut client: Option<BaseConsumer<CheckContext>> = None;
     let mut paused_at: Option<Instant> = None;
     loop {
         let Some(check) = weak.upgrade() else { return };
@@ -304,7 +304,7 @@ fn assigned<C: ConsumerContext>(
     Ok(tpl)
 }
 
-fn check_client(config: &KafkaConfig) -> Result<BaseConsumer<TracingContext>, String> {
+fn check_client(config: &KafkaConfig) -> Result<BaseConsumer<CheckContext>, String> {
     let mut c = config.base();
     config.apply_properties(&mut c);
     // Not a group member: it only reads watermarks and one message per partition.
@@ -313,8 +313,25 @@ fn check_client(config: &KafkaConfig) -> Result<BaseConsumer<TracingContext>, St
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "latest");
-    c.create_with_context(TracingContext { client: "log check" }).map_err(|e| e.to_string())
+    c.create_with_context(CheckContext).map_err(|e| e.to_string())
 }
+
+/// The check client's context: librdkafka's lines through `tracing`; its error events at
+/// debug level only, as they repeat late what the reader's own client reported when it
+/// happened (the check's client hands out the errors of a whole outage when it next polls).
+struct CheckContext;
+
+impl rdkafka::client::ClientContext for CheckContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        crate::kafka::log_to_tracing("log check", level, facility, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", client = "log check", %error, "{reason}");
+    }
+}
+
+impl ConsumerContext for CheckContext {}
 
 /// The partitions of `reads` whose log on `topic` is not the one read: it ends at or
 /// before the message read, or holds another message there. A message the log no longer
@@ -345,7 +362,13 @@ pub(crate) fn verify<C: rdkafka::consumer::ConsumerContext>(
         let deadline = Instant::now() + CHECK_TIMEOUT;
         while !wanted.is_empty() && Instant::now() < deadline {
             let Some(polled) = client.poll(Duration::from_millis(100)) else { continue };
-            let m = polled.map_err(|e| format!("reading {topic}: {e}"))?;
+            let m = match polled {
+                Ok(m) => m,
+                // The client's own connection errors, queued while the brokers were away
+                // and handed out only now that it polls: not an answer about the log.
+                Err(e) if connection_error(&e) => continue,
+                Err(e) => return Err(format!("reading {topic}: {e}")),
+            };
             if m.topic() != topic {
                 continue;
             }
@@ -363,6 +386,17 @@ pub(crate) fn verify<C: rdkafka::consumer::ConsumerContext>(
     }
     restarted.sort_by_key(|r| r.partition);
     Ok(restarted)
+}
+
+/// Whether a client error is about its connections to the brokers rather than a
+/// partition: a client that was not polled while the brokers were away hands out one such
+/// error per failed connection when it next polls (hundreds after a long outage).
+fn connection_error(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(Code::AllBrokersDown | Code::BrokerTransportFailure | Code::Resolve)
+    )
 }
 
 /// Whether a client error says the brokers went away: all of them (one broker of several
@@ -451,5 +485,44 @@ mod tests {
             vec![Restarted { partition: 0, start: 0 }],
             "the watermarks alone"
         );
+    }
+
+    /// The check's client is not polled while the brokers are away, and then holds one
+    /// connection error per failed attempt; those must not fail the checks once a broker
+    /// answers again (a check failing on each of them kept a reader paused for minutes).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connection_errors_queued_during_an_outage_do_not_fail_the_check() {
+        let kafka = MockKafka::new(1).expect("mock cluster");
+        let config = KafkaConfig::new(kafka.bootstrap_servers())
+            .property("reconnect.backoff.ms", "10")
+            .property("reconnect.backoff.max.ms", "100");
+        kafka.create_topic("t", 1).expect("topic");
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka.bootstrap_servers())
+            .create()
+            .expect("producer");
+        let record = FutureRecord::<str, str>::to("t").partition(0).payload("x").timestamp(1_000);
+        producer.send(record, Duration::from_secs(10)).await.expect("produced");
+        let reads = HashMap::from([(0, Read { offset: 0, timestamp: Some(1_000) })]);
+        let client = check_client(&config).expect("client");
+        assert_eq!(verify(&client, "t", &reads), Ok(vec![]), "checked before the outage");
+
+        // The outage: a check fails (the watermarks are not answered) while the client
+        // tries to connect again and again, queueing its errors.
+        kafka.broker_down(1).expect("broker down");
+        assert!(verify(&client, "t", &reads).is_err(), "checked with the broker down");
+        kafka.broker_up(1).expect("broker up");
+
+        // The broker is back: a check passes within a few tries (the client reconnects).
+        let mut outcomes = Vec::new();
+        for _ in 0..3 {
+            let outcome = verify(&client, "t", &reads);
+            let passed = outcome.is_ok();
+            outcomes.push(outcome);
+            if passed {
+                break;
+            }
+        }
+        assert_eq!(outcomes.last(), Some(&Ok(vec![])), "checks after the outage: {outcomes:?}");
     }
 }
