@@ -923,7 +923,8 @@ where
 // ---------------------------------------------------------------------------------------
 // Trace
 
-/// Runs each invocation in a `tracing` span `invocation` (level INFO) with fields
+/// Runs each invocation in a `tracing` span `invocation` (level DEBUG, as tower-http's
+/// spans are, so that a subscriber at the usual `info` level pays nothing for it) with fields
 /// `function` (`name.namespace`), `invocation_id`, and, once done, `status` (the HTTP status
 /// code) or `error`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -965,7 +966,7 @@ where
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "invocation",
             function = tracing::field::Empty,
             invocation_id = tracing::field::Empty,

@@ -313,7 +313,7 @@ async fn metrics_use_openfaas_names() {
 // ---------------------------------------------------------------------------------------
 // Trace
 
-/// A subscriber recording each span's name and fields.
+/// A subscriber recording each span's name and fields (and its level, as field `level`).
 type SpanLog = Vec<(String, HashMap<String, String>)>;
 
 #[derive(Default, Clone)]
@@ -337,6 +337,7 @@ impl tracing::Subscriber for Spans {
     fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
         let mut fields = HashMap::new();
         span.record(&mut Fields(&mut fields));
+        fields.insert("level".into(), span.metadata().level().to_string());
         let mut spans = self.0.lock().unwrap();
         spans.push((span.metadata().name().to_string(), fields));
         tracing::span::Id::from_u64(spans.len() as u64)
@@ -372,6 +373,8 @@ async fn trace_span_carries_function_id_and_status() {
     assert_eq!(spans.len(), 2);
     let (name, fields) = &spans[0];
     assert_eq!(name, "invocation");
+    // DEBUG: a subscriber at the usual `info` level pays nothing per invocation for it.
+    assert_eq!(fields["level"], "DEBUG");
     assert_eq!(fields["function"], "echo.dev");
     assert_eq!(fields["invocation_id"], id);
     assert_eq!(fields["status"], "200");

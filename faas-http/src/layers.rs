@@ -444,8 +444,10 @@ where
     }
 }
 
-/// Runs each request in a `tracing` span `request` with `method`, `path`, and records
-/// `status` and `took_ms` when answered.
+/// Runs each request in a `tracing` span `request` (level DEBUG) with `method`, `path`, and
+/// records `status` and `took_ms` when answered. DEBUG, as tower-http's spans are: a span
+/// per request costs a gateway at the usual `info` level about a tenth of its CPU per call
+/// (BENCHMARKS.md), so it is paid only when asked for (`RUST_LOG=debug`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RequestSpanLayer;
 
@@ -477,7 +479,7 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "request",
             method = %req.method(),
             path = %req.uri().path(),
@@ -506,5 +508,56 @@ where
             }
             .instrument(span),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tower::ServiceExt;
+
+    /// A subscriber that enables what `max` allows and notes each span it is given.
+    struct Levels {
+        max: tracing::Level,
+        spans: Arc<Mutex<Vec<(String, tracing::Level)>>>,
+    }
+
+    impl tracing::Subscriber for Levels {
+        fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
+            *m.level() <= self.max
+        }
+        fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            let mut spans = self.spans.lock().unwrap();
+            spans.push((span.metadata().name().to_string(), *span.metadata().level()));
+            tracing::span::Id::from_u64(spans.len() as u64)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, _: &tracing::Event<'_>) {}
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// The request span is DEBUG: a subscriber at `info` (the gateway's usual level) gets
+    /// none, one at `debug` gets one per request.
+    #[tokio::test]
+    async fn the_request_span_is_made_only_at_debug_level() {
+        for (max, expected) in [(tracing::Level::INFO, 0), (tracing::Level::DEBUG, 1)] {
+            let spans = Arc::new(Mutex::new(Vec::new()));
+            let subscriber = Levels { max, spans: spans.clone() };
+            let _guard = tracing::subscriber::set_default(subscriber);
+            let svc = RequestSpanLayer.layer(tower::service_fn(|_req: Request| async {
+                Ok::<_, Infallible>(Response::new(Body::empty()))
+            }));
+            let req = http::Request::builder().uri("/function/f").body(Body::empty()).unwrap();
+            let resp = svc.oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), http::StatusCode::OK);
+            let spans = spans.lock().unwrap();
+            assert_eq!(spans.len(), expected, "at {max}: {spans:?}");
+            if let Some((name, level)) = spans.first() {
+                assert_eq!((name.as_str(), *level), ("request", tracing::Level::DEBUG));
+            }
+        }
     }
 }
