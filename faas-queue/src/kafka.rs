@@ -1455,17 +1455,24 @@ mod tests {
         }
     }
 
+    /// A mock cluster with the queue topic (one partition) and the dead-letter topic, its
+    /// config and a publisher to it.
+    fn one_partition_queue() -> (MockKafka, KafkaConfig, KafkaPublisher) {
+        let kafka = MockKafka::new(1).expect("mock cluster");
+        let config = KafkaConfig::new(kafka.bootstrap_servers());
+        kafka.create_topic(&config.topic, 1).expect("topic");
+        kafka.create_topic(&config.dead_letter_topic, 1).expect("topic");
+        let publisher = KafkaPublisher::new(&config).expect("publisher");
+        (kafka, config, publisher)
+    }
+
     /// Two lanes receive from one consumer: the first takes offset 0 and is held before it
     /// tracks it; the second must not get offset 1 (and acknowledge it, storing 2 for
     /// commit) before offset 0 is tracked, else 0, still unfinished, would be committed
     /// past. The second lane is given a second to go wrong before the first is let go.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_acknowledgement_never_stores_past_a_message_received_but_not_tracked() {
-        let kafka = MockKafka::new(1).expect("mock cluster");
-        let config = KafkaConfig::new(kafka.bootstrap_servers());
-        kafka.create_topic(&config.topic, 1).expect("topic");
-        kafka.create_topic(&config.dead_letter_topic, 1).expect("topic");
-        let publisher = KafkaPublisher::new(&config).expect("publisher");
+        let (_kafka, config, publisher) = one_partition_queue();
         for body in ["first", "second"] {
             publisher.publish(item(body)).await.expect("published");
         }
@@ -1577,11 +1584,7 @@ mod tests {
     /// its logs) is read again from its beginning, and its new start is what is stored.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_partition_whose_log_started_again_is_read_again_from_its_beginning() {
-        let kafka = MockKafka::new(1).expect("mock cluster");
-        let config = KafkaConfig::new(kafka.bootstrap_servers());
-        kafka.create_topic(&config.topic, 1).expect("topic");
-        kafka.create_topic(&config.dead_letter_topic, 1).expect("topic");
-        let publisher = KafkaPublisher::new(&config).expect("publisher");
+        let (_kafka, config, publisher) = one_partition_queue();
         for body in ["a", "b", "c"] {
             publisher.publish(item(body)).await.expect("published");
         }
@@ -1601,11 +1604,7 @@ mod tests {
     /// down, then up): the check finds the log read and nothing is delivered again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_broker_back_with_its_data_changes_nothing() {
-        let kafka = MockKafka::new(1).expect("mock cluster");
-        let config = KafkaConfig::new(kafka.bootstrap_servers());
-        kafka.create_topic(&config.topic, 1).expect("topic");
-        kafka.create_topic(&config.dead_letter_topic, 1).expect("topic");
-        let publisher = KafkaPublisher::new(&config).expect("publisher");
+        let (kafka, config, publisher) = one_partition_queue();
         for body in ["a", "b"] {
             publisher.publish(item(body)).await.expect("published");
         }
@@ -1642,11 +1641,7 @@ mod tests {
     /// paused is fetched; one assigned while it does waits for the check.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_partition_assigned_again_after_the_check_is_fetched() {
-        let kafka = MockKafka::new(1).expect("mock cluster");
-        let config = KafkaConfig::new(kafka.bootstrap_servers());
-        kafka.create_topic(&config.topic, 1).expect("topic");
-        kafka.create_topic(&config.dead_letter_topic, 1).expect("topic");
-        let publisher = KafkaPublisher::new(&config).expect("publisher");
+        let (_kafka, config, publisher) = one_partition_queue();
         publisher.publish(item("a")).await.expect("published");
         let consumer = Arc::new(KafkaConsumer::new(&config).expect("consumer"));
         assert_eq!(take_and_ack(&consumer, 1).await, ["a"]);
