@@ -29,6 +29,7 @@ pub mod instance;
 pub mod invocation;
 pub mod invoker;
 pub mod layers;
+pub mod logbook;
 pub mod memory;
 pub mod metrics;
 pub mod persisted;

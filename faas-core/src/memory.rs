@@ -29,8 +29,10 @@
 //!   the next invocation scales it back to `max(1, min)` replicas and waits for the
 //!   simulated cold start ([`MemoryInvokerBuilder::cold_start`]). Everything runs on tokio
 //!   time, so tests can use `#[tokio::test(start_paused = true)]`.
-//! - Log lines a handler writes with [`Context::log`] are kept per function and instance
-//!   (bounded), and survive scale to zero; [`Logs::logs`] reads them, `follow` included.
+//! - Log lines a handler writes with [`Context::log`] are kept per function and instance in
+//!   a [`LogBook`] (bounded in lines and bytes: [`MemoryInvokerBuilder::log_limit`],
+//!   [`MemoryInvokerBuilder::log_bytes_limit`]), and survive scale to zero; [`Logs::logs`]
+//!   reads them, `follow` included.
 //! - Every completed invocation leaves an OpenWhisk [`Activation`] record in a bounded store
 //!   ([`MemoryInvoker::activation`], [`MemoryInvoker::activations`]); the response carries an
 //!   [`InvocationMeta`] in its extensions.
@@ -100,7 +102,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
-use tokio::sync::{broadcast, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -109,7 +111,8 @@ use crate::error::{DeveloperErrorKind, Error, Result, StatusCode};
 use crate::function::{boxed, BoxFunction, Function, Request, Response};
 use crate::invocation::StartKind;
 use crate::invocation::{Context, FunctionRef, Invocation, InvocationId, InvocationMeta, LogSink};
-use crate::invoker::{LogEntry, LogStream, LogsRequest, ProviderInfo, Secret, SecretInfo};
+use crate::invoker::{LogStream, LogsRequest, ProviderInfo, Secret, SecretInfo};
+use crate::logbook::{LogBook, DEFAULT_LOG_BYTES_LIMIT};
 use crate::prelude::*;
 use crate::scheduler::{InstanceView, LeastLoaded, Scheduler};
 use crate::spec::{
@@ -133,6 +136,7 @@ pub struct MemoryInvokerBuilder {
     queue_limit: usize,
     queue_timeout: Duration,
     log_limit: usize,
+    log_bytes_limit: usize,
     limits: ReplicaLimits,
 }
 
@@ -144,6 +148,7 @@ impl std::fmt::Debug for MemoryInvokerBuilder {
             .field("queue_limit", &self.queue_limit)
             .field("queue_timeout", &self.queue_timeout)
             .field("log_limit", &self.log_limit)
+            .field("log_bytes_limit", &self.log_bytes_limit)
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
@@ -158,6 +163,7 @@ impl Default for MemoryInvokerBuilder {
             queue_limit: 1024,
             queue_timeout: Duration::from_secs(60),
             log_limit: 10_000,
+            log_bytes_limit: DEFAULT_LOG_BYTES_LIMIT,
             limits: ReplicaLimits::detect(),
         }
     }
@@ -207,6 +213,13 @@ impl MemoryInvokerBuilder {
     /// How many log lines to keep per function, oldest dropped first (default 10 000).
     pub fn log_limit(mut self, n: usize) -> Self {
         self.log_limit = n;
+        self
+    }
+
+    /// How many bytes of log lines to keep per function, oldest dropped first (default
+    /// [`DEFAULT_LOG_BYTES_LIMIT`]; see [`LogBook::new`] for what a line counts).
+    pub fn log_bytes_limit(mut self, bytes: usize) -> Self {
+        self.log_bytes_limit = bytes;
         self
     }
 
@@ -567,78 +580,6 @@ fn try_claim(
     })
 }
 
-// ---------------------------------------------------------------------------------------
-// Logs
-
-struct LogBook {
-    fref: Arc<FunctionRef>,
-    limit: usize,
-    next_seq: AtomicU64,
-    entries: Mutex<VecDeque<(u64, LogEntry)>>,
-    tx: Mutex<Option<broadcast::Sender<LogEntry>>>,
-}
-
-impl LogBook {
-    fn new(fref: Arc<FunctionRef>, limit: usize) -> Self {
-        LogBook {
-            fref,
-            limit,
-            next_seq: AtomicU64::new(0),
-            entries: Mutex::new(VecDeque::new()),
-            tx: Mutex::new(Some(broadcast::channel(1024).0)),
-        }
-    }
-
-    fn sink(self: &Arc<Self>, instance: Arc<str>) -> LogSink {
-        let book = self.clone();
-        LogSink::new(move |line| book.push(&instance, line))
-    }
-
-    fn seq(&self) -> u64 {
-        self.next_seq.load(Ordering::Acquire)
-    }
-
-    fn push(&self, instance: &str, line: &str) {
-        let text = line.trim_end_matches(['\n', '\r']).to_string();
-        let mut entries = lock(&self.entries);
-        // Stamped with `entries` locked, so lines from concurrent writers are kept (and
-        // sent to followers) in time order.
-        let entry = LogEntry {
-            name: self.fref.name.clone(),
-            namespace: self.fref.namespace.clone(),
-            instance: instance.to_string(),
-            timestamp: SystemTime::now(),
-            text,
-        };
-        let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
-        if self.limit > 0 {
-            if entries.len() >= self.limit {
-                entries.pop_front();
-            }
-            entries.push_back((seq, entry.clone()));
-        }
-        if let Some(tx) = lock(&self.tx).as_ref() {
-            let _ = tx.send(entry);
-        }
-    }
-
-    /// Lines of `instance` with sequence numbers in `from..to`.
-    fn lines(&self, instance: &str, from: u64, to: u64) -> Vec<String> {
-        if from == to {
-            return Vec::new();
-        }
-        lock(&self.entries)
-            .iter()
-            .filter(|(s, e)| *s >= from && *s < to && e.instance == instance)
-            .map(|(_, e)| e.text.clone())
-            .collect()
-    }
-
-    fn close(&self) {
-        lock(&self.tx).take();
-    }
-}
-
 /// Waits until an instance of `d` can take an invocation that arrived at `arrived`: scales
 /// from zero, queues behind busy instances (bounded by `queue_limit` and `queue_timeout`).
 /// The slow path of [`MemoryInvoker::invoke`], boxed there so its state stays out of the
@@ -943,7 +884,7 @@ impl Record {
             Err(e) => ActivationResponse::error(e),
         };
         let (start, end) = (self.start.time(), self.end.time());
-        let mut a = Activation::new(self.id.clone(), &self.logs.fref, start, end, response);
+        let mut a = Activation::new(self.id.clone(), self.logs.function(), start, end, response);
         a.annotate_meta(&InvocationMeta {
             instance: self.instance.to_string(),
             start: self.kind,
@@ -998,7 +939,7 @@ impl MemoryInvoker {
                 store
                     .iter()
                     .rev()
-                    .filter(|r| *r.logs.fref == *function)
+                    .filter(|r| **r.logs.function() == *function)
                     .take(limit)
                     .map(|r| (r.end, r.to_activation())),
             );
@@ -1164,7 +1105,11 @@ impl Deploy for MemoryInvoker {
             node_slots: self.inner.node_slots.clone(),
             created: SystemTime::now(),
             cold_start: self.inner.cfg.cold_start,
-            logs: Arc::new(LogBook::new(fref.clone(), self.inner.cfg.log_limit)),
+            logs: Arc::new(LogBook::new(
+                fref.clone(),
+                self.inner.cfg.log_limit,
+                self.inner.cfg.log_bytes_limit,
+            )),
             notify: Notify::new(),
             state: Mutex::new(State {
                 spec,
@@ -1372,18 +1317,7 @@ impl Logs for MemoryInvoker {
             .function
             .as_ref()
             .ok_or_else(|| Error::invalid("name", "a function name is required"))?;
-        let d = self.inner.function(function)?;
-        let (selected, follow) = {
-            let entries = lock(&d.logs.entries);
-            let selected = request.select(entries.iter().map(|(_, e)| e));
-            let follow = if request.follow {
-                lock(&d.logs.tx).as_ref().map(|tx| tx.subscribe())
-            } else {
-                None
-            };
-            (selected, follow)
-        };
-        Ok(request.stream(selected, follow))
+        Ok(self.inner.function(function)?.logs.read(&request))
     }
 }
 
@@ -1433,42 +1367,28 @@ mod tests {
         assert_eq!(peak.load(Ordering::SeqCst), 2);
     }
 
-    #[test]
-    fn log_book_is_bounded_and_ranges_by_sequence() {
-        let book = Arc::new(LogBook::new(Arc::new(FunctionRef::default_ns("f")), 3));
-        let sink = book.sink("i1".into());
-        let other = book.sink("i2".into());
-        sink.log("a\n");
-        let from = book.seq();
-        other.log("b");
-        sink.log("c");
-        let to = book.seq();
-        sink.log("d");
-        sink.log("e");
-        let kept: Vec<_> = lock(&book.entries).iter().map(|(_, e)| e.text.clone()).collect();
-        assert_eq!(kept, ["c", "d", "e"], "oldest dropped, newline trimmed");
-        assert_eq!(book.lines("i1", from, to), ["c"]);
-        assert!(book.lines("i2", from, to).is_empty(), "b was dropped by the bound");
-    }
-
-    #[test]
-    fn lines_logged_at_once_by_two_instances_are_kept_in_time_order() {
-        let book = Arc::new(LogBook::new(Arc::new(FunctionRef::default_ns("f")), 100_000));
-        std::thread::scope(|s| {
-            for instance in ["i1", "i2"] {
-                let sink = book.sink(instance.into());
-                s.spawn(move || {
-                    for i in 0..20_000 {
-                        sink.log(&format!("{instance} {i}"));
-                    }
-                });
-            }
-        });
-        let entries = lock(&book.entries);
-        assert_eq!(entries.len(), 40_000);
-        let pairs = entries.iter().zip(entries.iter().skip(1));
-        let out_of_order = pairs.filter(|((_, a), (_, b))| a.timestamp > b.timestamp).count();
-        assert_eq!(out_of_order, 0, "kept lines out of time order");
+    #[tokio::test]
+    async fn kept_log_lines_are_bounded_in_bytes() {
+        let inv = MemoryInvoker::builder().log_bytes_limit(64 << 10).build();
+        inv.register(
+            "chatty",
+            handler_fn(|_: Request, cx: Context| async move {
+                // 8 lines of 4 KiB per call.
+                for i in 0..8 {
+                    cx.log(format!("{i}{}", "x".repeat(4095)));
+                }
+                Ok::<_, Error>("ok")
+            }),
+        );
+        inv.deploy(FunctionSpec::new("c", "chatty")).await.unwrap();
+        for _ in 0..10 {
+            assert_eq!(inv.call("c", "").await.unwrap(), "ok");
+        }
+        let kept = inv.read_logs(&"c".into()).await.unwrap();
+        let bytes: usize = kept.iter().map(|e| e.text.len()).sum();
+        assert!(!kept.is_empty() && bytes <= 64 << 10, "{} lines, {bytes} bytes kept", kept.len());
+        assert!(kept.len() >= 12, "only {} lines of 4 KiB kept within 64 KiB", kept.len());
+        assert!(kept.last().is_some_and(|e| e.text.starts_with('7')), "the newest line is kept");
     }
 
     #[test]

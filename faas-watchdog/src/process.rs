@@ -82,17 +82,18 @@ use async_trait::async_trait;
 use faas_core::instance::{
     AcquireLimits, CallTimeout, InstanceClient, InstanceKey, InstanceSet, Target,
 };
+use faas_core::logbook::LogBook;
 use faas_core::prelude::*;
 use faas_core::scheduler::{Capacity as NodeResources, Schedulers};
 use faas_core::spec::{validate_secret_name, ReplicaLimits, ScalingPolicy, DEFAULT_NAMESPACE};
 use faas_core::util::lock;
 use faas_core::{
     Error, FunctionRef, FunctionSpec, FunctionStatus, InstanceView, Invocation, InvocationMeta,
-    LeastLoaded, LogEntry, LogStream, LogsRequest, Node, PlacementRequest, ProviderInfo, Response,
-    Result, Scheduler, Secret, SecretInfo, StartKind,
+    LeastLoaded, LogStream, LogsRequest, Node, PlacementRequest, ProviderInfo, Response, Result,
+    Scheduler, Secret, SecretInfo, StartKind,
 };
 use tokio::io::AsyncRead;
-use tokio::sync::{broadcast, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::sys;
@@ -104,7 +105,7 @@ pub const SECRETS_DIR_ENV: &str = "OPENFAAS_SECRETS_DIR";
 pub const PROVIDER: &str = "faas-rs-process";
 
 /// The default of [`ProcessInvokerBuilder::log_bytes_limit`]: 8 MiB of log lines per function.
-pub const DEFAULT_LOG_BYTES_LIMIT: usize = 8 << 20;
+pub use faas_core::logbook::DEFAULT_LOG_BYTES_LIMIT;
 
 /// The pause before replacing a replica that crashed within 10 s of its start: 200 ms
 /// doubling to 5 s, without jitter (one function's restarts need no spreading).
@@ -499,7 +500,7 @@ struct Func {
     fref: FunctionRef,
     created: SystemTime,
     dir: PathBuf,
-    logs: Arc<LogBook>,
+    logs: Arc<FuncLogs>,
     /// Wakes `wait_ready` callers when a replica turns ready.
     notify: Notify,
     /// The replicas that can serve (not stopping), as the scheduler routes over them, and
@@ -583,112 +584,42 @@ impl Replica {
 // ---------------------------------------------------------------------------------------
 // Logs
 
-struct LogBook {
-    fref: FunctionRef,
-    limit: usize,
-    bytes_limit: usize,
-    entries: Mutex<LogLines>,
-    followers: Mutex<Followers>,
+/// A function's kept log lines and the directory its replicas' log files are in.
+struct FuncLogs {
+    book: LogBook,
     dir: PathBuf,
 }
 
-/// The channel that `faas logs --follow` readers of a function receive new lines on. A
-/// broadcast channel allocates and writes all of its slots when made (1,024 lines, about
-/// 140 KiB), so it exists only while someone follows: an idle function costs none of it.
-enum Followers {
-    /// Nobody follows.
-    None,
-    /// Someone follows (or did, until the next line finds no receiver).
-    Open(broadcast::Sender<LogEntry>),
-    /// The function is removed: followers' streams end, and none start.
-    Closed,
+impl std::ops::Deref for FuncLogs {
+    type Target = LogBook;
+
+    fn deref(&self) -> &LogBook {
+        &self.book
+    }
 }
 
-/// How many lines a follower may fall behind before it misses some.
-const FOLLOW_BACKLOG: usize = 1024;
-
-/// A function's kept lines, oldest first, and the bytes they count.
-#[derive(Default)]
-struct LogLines {
-    lines: VecDeque<LogEntry>,
-    bytes: usize,
-}
-
-/// What a kept line counts against [`ProcessInvokerBuilder::log_bytes_limit`].
-fn entry_bytes(e: &LogEntry) -> usize {
-    std::mem::size_of::<LogEntry>()
-        + e.name.len()
-        + e.namespace.len()
-        + e.instance.len()
-        + e.text.len()
-}
-
-impl LogBook {
+impl FuncLogs {
+    /// Keeps the line (see [`LogBook::push`]) and appends it, stamped, to `file` if given.
     fn push(&self, instance: &str, text: String, file: &mut Option<std::fs::File>) {
-        let mut e = lock(&self.entries);
-        // Stamped with `entries` locked: a replica's stdout and stderr are pumped by two
-        // tasks, and the kept lines must stay in time order for `logs` and its `since`.
-        let entry = LogEntry {
-            name: self.fref.name.clone(),
-            namespace: self.fref.namespace.clone(),
-            instance: instance.to_string(),
-            timestamp: SystemTime::now(),
-            text,
-        };
-        let line = file.is_some().then(|| {
-            let stamp = faas_core::spec::rfc3339::format(entry.timestamp);
-            let mut line = String::with_capacity(stamp.len() + entry.text.len() + 2);
-            line.push_str(&stamp);
-            line.push(' ');
-            line.push_str(&entry.text);
-            line.push('\n');
-            line
+        let line = self.book.push_with(instance, text, |entry| {
+            file.is_some().then(|| {
+                let stamp = faas_core::spec::rfc3339::format(entry.timestamp);
+                let mut line = String::with_capacity(stamp.len() + entry.text.len() + 2);
+                line.push_str(&stamp);
+                line.push(' ');
+                line.push_str(&entry.text);
+                line.push('\n');
+                line
+            })
         });
-        // Sent with `entries` locked, as `follow` subscribes: a new follower gets each line
-        // once, from what is kept or from the channel. Copied only when someone follows.
-        let mut followers = lock(&self.followers);
-        if let Followers::Open(tx) = &*followers {
-            if tx.send(entry.clone()).is_err() {
-                // Every follower is gone: free the channel's slots.
-                *followers = Followers::None;
-            }
-        }
-        drop(followers);
-        e.bytes += entry_bytes(&entry);
-        e.lines.push_back(entry);
-        while !e.lines.is_empty() && (e.lines.len() > self.limit || e.bytes > self.bytes_limit) {
-            if let Some(old) = e.lines.pop_front() {
-                e.bytes -= entry_bytes(&old);
-            }
-        }
-        drop(e);
         if let (Some(f), Some(line)) = (file, line) {
             // One `write` per line: `writeln!` on a `File` writes each piece on its own.
             let _ = f.write_all(line.as_bytes());
         }
     }
-
-    /// A receiver of the lines pushed from now on; `None` once the function is removed.
-    /// Called with `entries` locked, so no line falls between those kept and those received.
-    fn follow(&self) -> Option<broadcast::Receiver<LogEntry>> {
-        let mut followers = lock(&self.followers);
-        match &*followers {
-            Followers::Closed => None,
-            Followers::Open(tx) => Some(tx.subscribe()),
-            Followers::None => {
-                let (tx, rx) = broadcast::channel(FOLLOW_BACKLOG);
-                *followers = Followers::Open(tx);
-                Some(rx)
-            }
-        }
-    }
-
-    fn close(&self) {
-        *lock(&self.followers) = Followers::Closed;
-    }
 }
 
-async fn pump_logs<R: AsyncRead + Unpin>(r: R, book: Arc<LogBook>, instance: Arc<str>) {
+async fn pump_logs<R: AsyncRead + Unpin>(r: R, book: Arc<FuncLogs>, instance: Arc<str>) {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -1748,12 +1679,12 @@ impl Deploy for ProcessInvoker {
             fref: fref.clone(),
             created: SystemTime::now(),
             dir: sh.function_dir(&fref),
-            logs: Arc::new(LogBook {
-                fref: fref.clone(),
-                limit: sh.cfg.log_limit,
-                bytes_limit: sh.cfg.log_bytes_limit,
-                entries: Mutex::new(LogLines::default()),
-                followers: Mutex::new(Followers::None),
+            logs: Arc::new(FuncLogs {
+                book: LogBook::new(
+                    Arc::new(fref.clone()),
+                    sh.cfg.log_limit,
+                    sh.cfg.log_bytes_limit,
+                ),
                 dir: log_dir,
             }),
             notify: Notify::new(),
@@ -1995,84 +1926,13 @@ impl Logs for ProcessInvoker {
             .function
             .as_ref()
             .ok_or_else(|| Error::invalid("name", "a function name is required"))?;
-        let func = self.inner.function(function)?;
-        let book = func.logs.clone();
-        let (selected, follow) = {
-            let entries = lock(&book.entries);
-            let selected = request.select(entries.lines.iter());
-            let follow = if request.follow { book.follow() } else { None };
-            (selected, follow)
-        };
-        Ok(request.stream(selected, follow))
+        Ok(self.inner.function(function)?.logs.read(&request))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn book() -> LogBook {
-        LogBook {
-            fref: FunctionRef::default_ns("f"),
-            limit: 100,
-            bytes_limit: 1 << 20,
-            entries: Mutex::new(LogLines::default()),
-            followers: Mutex::new(Followers::None),
-            dir: PathBuf::new(),
-        }
-    }
-
-    fn texts(book: &LogBook) -> Vec<String> {
-        lock(&book.entries).lines.iter().map(|e| e.text.clone()).collect()
-    }
-
-    #[test]
-    fn a_follow_channel_exists_only_while_someone_follows() {
-        let book = book();
-        book.push("f-1", "kept".into(), &mut None);
-        assert!(matches!(*lock(&book.followers), Followers::None));
-        let mut a = book.follow().expect("a live function can be followed");
-        let mut b = book.follow().expect("by more than one reader");
-        book.push("f-1", "seen".into(), &mut None);
-        assert_eq!(a.try_recv().map(|e| e.text).as_deref(), Ok("seen"));
-        assert_eq!(b.try_recv().map(|e| e.text).as_deref(), Ok("seen"));
-        drop(a);
-        book.push("f-1", "one left".into(), &mut None);
-        assert!(matches!(*lock(&book.followers), Followers::Open(_)));
-        assert_eq!(b.try_recv().map(|e| e.text).as_deref(), Ok("one left"));
-        drop(b);
-        // The first line with nobody to receive it frees the channel.
-        book.push("f-1", "unfollowed".into(), &mut None);
-        assert!(matches!(*lock(&book.followers), Followers::None));
-        assert_eq!(texts(&book), ["kept", "seen", "one left", "unfollowed"]);
-        // Following again works, and removal ends the stream and refuses new followers.
-        let mut c = book.follow().expect("followed again");
-        book.close();
-        assert!(matches!(c.try_recv(), Err(broadcast::error::TryRecvError::Closed)));
-        assert!(book.follow().is_none());
-        book.push("f-1", "after removal".into(), &mut None);
-        assert!(matches!(*lock(&book.followers), Followers::Closed));
-    }
-
-    #[test]
-    fn lines_pushed_at_once_from_stdout_and_stderr_are_kept_in_time_order() {
-        let book = LogBook { limit: 100_000, bytes_limit: 1 << 30, ..book() };
-        std::thread::scope(|s| {
-            for stream in ["out", "err"] {
-                let book = &book;
-                s.spawn(move || {
-                    for i in 0..20_000 {
-                        book.push("f-1", format!("{stream} {i}"), &mut None);
-                    }
-                });
-            }
-        });
-        let e = lock(&book.entries);
-        assert_eq!(e.lines.len(), 40_000);
-        let out_of_order = e.lines.iter().zip(e.lines.iter().skip(1));
-        let out_of_order = out_of_order.filter(|(a, b)| a.timestamp > b.timestamp).count();
-        assert_eq!(out_of_order, 0, "kept lines out of time order");
-    }
 
     #[test]
     fn replica_ports_come_from_outside_the_ephemeral_range_and_do_not_repeat() {
