@@ -932,17 +932,18 @@ impl MemoryInvoker {
 
     /// The latest `limit` activation records of `function`, newest first.
     pub fn activations(&self, function: &FunctionRef, limit: usize) -> Vec<Activation> {
-        // Newest first across shards: each shard's latest `limit`, merged by end time.
+        // Newest first across shards: each shard's `limit` latest by end time (a shard is
+        // in the order its records were written, which a wall clock set back between two
+        // invocations' starts can make differ from their ends' order), merged by end time.
         let mut latest: Vec<(Nanos, Activation)> = Vec::new();
         self.inner.activations.each(|store| {
-            latest.extend(
-                store
-                    .iter()
-                    .rev()
-                    .filter(|r| **r.logs.function() == *function)
-                    .take(limit)
-                    .map(|r| (r.end, r.to_activation())),
-            );
+            let mut own: Vec<&Record> =
+                store.iter().filter(|r| **r.logs.function() == *function).collect();
+            if own.len() > limit {
+                own.select_nth_unstable_by_key(limit, |r| std::cmp::Reverse(r.end));
+                own.truncate(limit);
+            }
+            latest.extend(own.into_iter().map(|r| (r.end, r.to_activation())));
         });
         latest.sort_by_key(|a| std::cmp::Reverse(a.0));
         latest.into_iter().take(limit).map(|(_, a)| a).collect()
@@ -1389,6 +1390,37 @@ mod tests {
         assert!(!kept.is_empty() && bytes <= 64 << 10, "{} lines, {bytes} bytes kept", kept.len());
         assert!(kept.len() >= 12, "only {} lines of 4 KiB kept within 64 KiB", kept.len());
         assert!(kept.last().is_some_and(|e| e.text.starts_with('7')), "the newest line is kept");
+    }
+
+    #[tokio::test]
+    async fn activations_are_the_latest_by_end_time_whatever_order_they_were_written_in() {
+        let inv = MemoryInvoker::new();
+        inv.register("ok", handler_fn(|_: Request, _: Context| async { Ok::<_, Error>("ok") }));
+        inv.deploy(FunctionSpec::new("f", "ok")).await.unwrap();
+        let logs = inv.inner.function(&"f".into()).unwrap().logs.clone();
+        let record = |id: &str, end_s: u64| Record {
+            id: InvocationId::from_string(id),
+            start: Nanos::of(Duration::from_secs(end_s - 1)),
+            end: Nanos::of(Duration::from_secs(end_s)),
+            outcome: Ok(200),
+            instance: "f-1".into(),
+            kind: StartKind::Warm,
+            wait_time: Nanos::NONE,
+            init_time: Nanos::NONE,
+            logs: logs.clone(),
+            seq: (0, 0),
+        };
+        // Written on one thread (one shard), the newest first: as after the wall clock was
+        // set back between the invocations' starts.
+        for (id, end) in [("c", 30), ("b", 20), ("a", 10)] {
+            inv.inner.record(record(id, end));
+        }
+        let ids =
+            |n| inv.activations(&"f".into(), n).into_iter().map(|a| a.activation_id.to_string());
+        assert_eq!(ids(1).collect::<Vec<_>>(), ["c"]);
+        assert_eq!(ids(2).collect::<Vec<_>>(), ["c", "b"]);
+        assert_eq!(ids(5).collect::<Vec<_>>(), ["c", "b", "a"]);
+        assert!(ids(0).next().is_none());
     }
 
     #[test]
