@@ -24,6 +24,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The binary's allocator: mimalloc, as the `faas` binary's (see the feature `bin`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, ValueEnum};
 use faas_core::queue::ActivationStore;
 use faas_core::util::{format_duration, parse_duration};
