@@ -139,7 +139,7 @@ fn the_worker_binary_lists_its_options_and_variables() {
         .filter_map(|l| l.strip_prefix("      --")?.split(' ').next())
         .filter(|o| !["help", "kafka-property"].contains(o))
         .collect();
-    assert_eq!(options.len(), 15, "{help}");
+    assert_eq!(options.len(), 16, "{help}");
     for o in options {
         let env = format!("[env: FAAS_QUEUE_{}=", o.to_uppercase().replace('-', "_"));
         assert!(help.contains(&env), "{env} in {help}");

@@ -9,7 +9,7 @@
 //!     [--backoff 100ms] [--max-backoff 30s] [--function-concurrency 16] \
 //!     [--max-in-flight 256] [--invoke-timeout 60s] [--max-payload-bytes 1048576] \
 //!     [--activations kafka|memory] [--activations-topic faas-async-activations] \
-//!     [--kafka-property KEY=VALUE]...
+//!     [--linger 5ms] [--kafka-property KEY=VALUE]...
 //! ```
 //!
 //! Activation records (what `GET /system/activations/{call-id}` shows) go to the Kafka
@@ -96,9 +96,22 @@ struct Args {
     /// The topic of activation records [default: the queue topic + "-activations"].
     #[arg(long, env = "FAAS_QUEUE_ACTIVATIONS_TOPIC")]
     activations_topic: Option<String>,
+    /// How long the producer of activation records waits for a batch to fill (linger.ms)
+    /// [default: 5ms, at most 1s].
+    #[arg(long, env = "FAAS_QUEUE_LINGER", value_name = "DURATION", value_parser = parse_linger)]
+    linger: Option<Duration>,
     /// Any librdkafka property (repeatable).
     #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
     kafka_properties: Vec<(String, String)>,
+}
+
+/// `--linger`: a duration of at most a second (the records wait that long for company).
+fn parse_linger(s: &str) -> std::result::Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > Duration::from_secs(1) {
+        return Err(format!("{s:?} is longer than the 1s a record may wait for a batch"));
+    }
+    Ok(d)
 }
 
 /// The list of `--retry-statuses`, one value to clap.
@@ -154,6 +167,7 @@ fn config(a: &Args) -> (KafkaConfig, WorkerConfig, Duration) {
     if let Some(g) = &a.group {
         kafka.group_id.clone_from(g);
     }
+    kafka.linger = a.linger.unwrap_or(faas_queue::kafka::WORKER_LINGER);
     kafka.properties = a.kafka_properties.clone();
     let d = WorkerConfig::default();
     let mut w = WorkerConfig {
@@ -285,6 +299,7 @@ mod tests {
         "max-payload-bytes",
         "activations",
         "activations-topic",
+        "linger",
     ];
 
     #[test]
@@ -347,9 +362,12 @@ mod tests {
         assert_eq!(w.backoff.max, Duration::from_secs(60));
         assert_eq!((w.max_attempts, w.max_payload_bytes), (3, 10));
         assert_eq!(timeout, Duration::from_secs(5));
+        assert_eq!(kafka.linger, faas_queue::kafka::WORKER_LINGER, "the worker's default");
         assert!(matches!(records(&a, &kafka), Records::Memory));
         let a = Args { activations: Some(Activations::Kafka), activations_topic: None, ..a };
         assert!(matches!(records(&a, &kafka), Records::Kafka(t) if t == "jobs-activations"));
+        let a = Args::try_parse_from(["w", "--brokers", "b", "--gateway", "g", "--linger", "0ms"]);
+        assert_eq!(config(&a.unwrap()).0.linger, Duration::ZERO);
     }
 
     #[test]
@@ -361,6 +379,8 @@ mod tests {
             &["--kafka-property", "novalue"],
             &["--retry-statuses", "500,abc"],
             &["--backoff", "soon"],
+            &["--linger", "later"],
+            &["--linger", "2s"],
             &["--activations", "disk"],
             &["--bogus", "1"],
             &["stray"],
