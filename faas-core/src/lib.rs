@@ -15,8 +15,9 @@
 //!
 //! Plus the shared types ([`FunctionSpec`], [`FunctionStatus`], [`Invocation`],
 //! [`Activation`]), one [`Error`] with OpenWhisk's 0-3 taxonomy, the in-memory backend,
-//! tower layers, the conformance suite (feature `conformance`), and the one HTTP client to
-//! function instances ([`instance`], the client behind feature `instance-client`).
+//! tower layers, the conformance suite (feature `conformance`), the one HTTP client to
+//! function instances ([`instance`], the client behind feature `instance-client`), and the
+//! bounded log keeping of backends that collect their instances' output ([`logbook`]).
 
 pub mod activation;
 pub mod activator;
