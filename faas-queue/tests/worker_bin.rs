@@ -76,24 +76,32 @@ impl Drop for Worker {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_worker_binary_publishes_activation_records() {
+/// A one-broker mock cluster with `topic` and its records' topic (2 partitions each) and
+/// the dead letters, and the command of a worker of `topic` invoking through `gateway`.
+fn cluster_and_worker(
+    topic: &str,
+    gateway: &str,
+) -> (MockCluster<'static, rdkafka::producer::DefaultProducerContext>, KafkaConfig, Command) {
     let cluster = MockCluster::new(1).expect("mock cluster");
     let config = KafkaConfig::new(cluster.bootstrap_servers());
-    cluster.create_topic("jobs", 2, 1).unwrap();
-    cluster.create_topic("jobs-activations", 2, 1).unwrap();
+    cluster.create_topic(topic, 2, 1).unwrap();
+    cluster.create_topic(&format!("{topic}-activations"), 2, 1).unwrap();
     cluster.create_topic(&config.dead_letter_topic, 1, 1).unwrap();
-    let (gateway, gateway_task) = fake_gateway().await;
-
-    let child = Command::new(env!("CARGO_BIN_EXE_faas-queue-worker"))
-        .args(["--brokers", &config.brokers, "--gateway", &gateway, "--topic", "jobs"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_faas-queue-worker"));
+    cmd.args(["--brokers", &config.brokers, "--gateway", gateway, "--topic", topic])
         .args(["--kafka-property", "session.timeout.ms=6000"])
         .env_remove("FAAS_QUEUE_ACTIVATIONS")
         .env_remove("FAAS_QUEUE_ACTIVATIONS_TOPIC")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start faas-queue-worker");
+        .env_remove("FAAS_QUEUE_LISTEN")
+        .stdout(Stdio::null());
+    (cluster, config, cmd)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_binary_publishes_activation_records() {
+    let (gateway, gateway_task) = fake_gateway().await;
+    let (cluster, config, mut cmd) = cluster_and_worker("jobs", &gateway);
+    let child = cmd.stderr(Stdio::inherit()).spawn().expect("start faas-queue-worker");
     let pid = child.id();
     let mut worker = Worker(child);
 
@@ -139,7 +147,7 @@ fn the_worker_binary_lists_its_options_and_variables() {
         .filter_map(|l| l.strip_prefix("      --")?.split(' ').next())
         .filter(|o| !["help", "kafka-property"].contains(o))
         .collect();
-    assert_eq!(options.len(), 16, "{help}");
+    assert_eq!(options.len(), 17, "{help}");
     for o in options {
         let env = format!("[env: FAAS_QUEUE_{}=", o.to_uppercase().replace('-', "_"));
         assert!(help.contains(&env), "{env} in {help}");
@@ -451,6 +459,102 @@ async fn a_killed_workers_partitions_go_to_the_others_within_10s() {
         .await
         .expect("closed");
     drop(producer);
+    gateway_task.abort();
+    drop(cluster);
+}
+
+/// `GET path` on `addr`, one request per connection: the status and the body.
+async fn get(addr: &str, path: &str) -> (u16, String) {
+    let (addr, path) = (addr.to_string(), path.to_string());
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect to the worker");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("a read timeout");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).expect("send the request");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read the answer");
+        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    })
+    .await
+    .expect("the request's thread")
+}
+
+/// Polls `GET path` (bounded) until `want` says yes; gives that answer.
+async fn poll(addr: &str, path: &str, what: &str, want: impl Fn(u16, &str) -> bool) -> String {
+    bounded(what, async {
+        loop {
+            let (status, body) = get(addr, path).await;
+            if want(status, &body) {
+                break body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+/// `--listen`: `/healthz` follows the brokers (503 naming why while every broker is down, 200
+/// again once one is back), `/metrics` counts the calls the worker finished, and other
+/// paths and methods get clear errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_binary_serves_its_health_and_metrics() {
+    let (gateway, gateway_task) = fake_gateway().await;
+    let (cluster, config, mut cmd) = cluster_and_worker("probed", &gateway);
+    let mut child = cmd
+        .args(["--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start faas-queue-worker");
+    let stderr = child.stderr.take().expect("its stderr");
+    let pid = child.id();
+    let mut worker = Worker(child);
+    // Its log goes on to the test's, and names the address it serves on.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("/healthz and /metrics on http://").nth(1) {
+                let _ = tx.send(addr.trim().to_string());
+            }
+            eprintln!("{line}");
+        }
+    });
+    let addr = bounded("the worker's status address in its log", async {
+        loop {
+            if let Ok(a) = rx.try_recv() {
+                break a;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(poll(&addr, "/healthz", "healthy", |s, _| s == 200).await, "ok\n");
+
+    let publisher =
+        KafkaPublisher::new(&KafkaConfig { topic: "probed".into(), ..config.clone() }).unwrap();
+    publisher.publish(item("shout", "counted")).await.unwrap();
+    let metrics = poll(&addr, "/metrics", "one call counted", |s, b| {
+        s == 200 && b.contains("\nfaas_queue_worker_succeeded_total 1\n")
+    })
+    .await;
+    assert!(metrics.contains("\nfaas_queue_worker_received_total 1\n"), "{metrics}");
+    assert!(metrics.contains("\nfaas_queue_worker_healthy 1\n"), "{metrics}");
+    assert_eq!(get(&addr, "/nowhere").await.0, 404);
+
+    // Every broker down: 503 with the reason, and the gauge at 0.
+    cluster.broker_down(1).expect("broker down");
+    let why = poll(&addr, "/healthz", "unhealthy while the broker is down", |s, _| s == 503).await;
+    assert!(why.contains("no broker reachable"), "{why}");
+    assert!(get(&addr, "/metrics").await.1.contains("\nfaas_queue_worker_healthy 0\n"));
+    cluster.broker_up(1).expect("broker up");
+    poll(&addr, "/healthz", "healthy again once the broker is back", |s, _| s == 200).await;
+
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let status = worker.exited("the worker to exit").await;
+    assert!(status.success(), "{status:?}");
     gateway_task.abort();
     drop(cluster);
 }

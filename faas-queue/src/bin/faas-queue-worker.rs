@@ -9,8 +9,13 @@
 //!     [--backoff 100ms] [--max-backoff 30s] [--function-concurrency 16] \
 //!     [--max-in-flight 256] [--invoke-timeout 60s] [--max-payload-bytes 1048576] \
 //!     [--activations kafka|memory] [--activations-topic faas-async-activations] \
-//!     [--linger 5ms] [--kafka-property KEY=VALUE]...
+//!     [--linger 5ms] [--listen 127.0.0.1:8081] [--kafka-property KEY=VALUE]...
 //! ```
+//!
+//! With `--listen`, `GET /healthz` answers 200 while a broker can be reached (503 naming
+//! why not: every broker down, a producer failed fatally, a refused publication), for a
+//! liveness or readiness probe, and `GET /metrics` the worker's counters in Prometheus's
+//! text format (`faas_queue_worker_*_total`, `faas_queue_worker_healthy`).
 //!
 //! Activation records (what `GET /system/activations/{call-id}` shows) go to the Kafka
 //! topic `--activations-topic` (default: the queue topic followed by `-activations`), where
@@ -21,6 +26,7 @@
 //! `FAAS_QUEUE_MAX_ATTEMPTS`, `--brokers` is `FAAS_QUEUE_BROKERS`, and so on. SIGINT or
 //! SIGTERM stops it gracefully (in-flight invocations finish, the group is left).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,6 +106,11 @@ struct Args {
     /// [default: 5ms, at most 1s].
     #[arg(long, env = "FAAS_QUEUE_LINGER", value_name = "DURATION", value_parser = parse_linger)]
     linger: Option<Duration>,
+    /// Serve GET /healthz (200, or 503 naming why the brokers cannot be reached) and GET
+    /// /metrics (the worker's counters, Prometheus text) on this address, e.g.
+    /// 127.0.0.1:8081 [default: none].
+    #[arg(long, env = "FAAS_QUEUE_LISTEN", value_name = "HOST:PORT")]
+    listen: Option<SocketAddr>,
     /// Any librdkafka property (repeatable).
     #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
     kafka_properties: Vec<(String, String)>,
@@ -217,7 +228,21 @@ async fn run(args: Args) -> Result<()> {
     let worker =
         Worker::new(invoker, consumer, store, worker_config).with_dead_letters(dead_letters);
     let stats = worker.stats();
+    let status = match args.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                faas_core::Error::invalid("listen", format!("cannot listen on {addr}: {e}"))
+            })?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            eprintln!("faas-queue-worker: /healthz and /metrics on http://{bound}");
+            Some(tokio::spawn(status::serve(listener, producer.clone(), stats.clone())))
+        }
+        None => None,
+    };
     let result = worker.run_until(shutdown_signal()).await;
+    if let Some(task) = status {
+        task.abort();
+    }
     if let Some(s) = kafka_store {
         if let Err(e) = s.close().await {
             eprintln!("faas-queue-worker: {e}");
@@ -231,6 +256,126 @@ async fn run(args: Args) -> Result<()> {
         stats.dead_lettered.load(std::sync::atomic::Ordering::Relaxed),
     );
     Ok(())
+}
+
+/// The `--listen` endpoint: `/healthz` and `/metrics`.
+mod status {
+    use std::convert::Infallible;
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use faas_core::queue::QueuePublisher;
+    use faas_queue::kafka::KafkaPublisher;
+    use faas_queue::WorkerStats;
+    use http::{Method, Request, Response, StatusCode};
+    use http_body_util::Full;
+    use hyper::body::Incoming;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tokio::sync::Semaphore;
+
+    /// Connections served at once; more wait to be accepted.
+    const MAX_CONNECTIONS: usize = 64;
+    /// How long a client may take to send a request's head.
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Serves `listener` until aborted.
+    pub(crate) async fn serve(
+        listener: tokio::net::TcpListener,
+        producer: KafkaPublisher,
+        stats: Arc<WorkerStats>,
+    ) {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let Ok(permit) = slots.clone().acquire_owned().await else { return };
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "status endpoint: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (producer, stats) = (producer.clone(), stats.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let answer = answer(&req, &producer, &stats);
+                    async move { Ok::<_, Infallible>(answer) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+                drop(permit);
+            });
+        }
+    }
+
+    fn answer(
+        req: &Request<Incoming>,
+        producer: &KafkaPublisher,
+        stats: &WorkerStats,
+    ) -> Response<Full<Bytes>> {
+        let health = producer.health();
+        let (status, content_type, body) = match (req.method(), req.uri().path()) {
+            (&Method::GET | &Method::HEAD, "/healthz") => match &health {
+                Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+                Err(e) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{e}\n")),
+            },
+            (&Method::GET | &Method::HEAD, "/metrics") => {
+                (StatusCode::OK, "text/plain; version=0.0.4", metrics(stats, health.is_ok()))
+            }
+            (_, "/healthz" | "/metrics") => {
+                (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n".to_string())
+            }
+            (_, path) => {
+                (StatusCode::NOT_FOUND, "text/plain", format!("no {path}: /healthz, /metrics\n"))
+            }
+        };
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = status;
+        resp.headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+        resp
+    }
+
+    /// The counters in Prometheus's text format, written out here: ten lines do not need a
+    /// metrics registry.
+    pub(crate) fn metrics(stats: &WorkerStats, healthy: bool) -> String {
+        let counters = [
+            ("received", "Deliveries received", &stats.received),
+            ("succeeded", "Invocations finished succeeded", &stats.succeeded),
+            ("failed", "Invocations finished failed", &stats.failed),
+            ("dead_lettered", "Invocations dead-lettered", &stats.dead_lettered),
+            ("retries", "Attempts after the first", &stats.retries),
+            ("duplicates", "Deliveries of finished calls skipped", &stats.duplicates),
+            ("callbacks_delivered", "Callbacks delivered", &stats.callbacks_delivered),
+            ("callbacks_failed", "Callbacks given up", &stats.callbacks_failed),
+            ("nacked", "Deliveries given back unfinished", &stats.nacked),
+        ];
+        let mut out = String::new();
+        for (name, help, v) in counters {
+            let _ = write!(
+                out,
+                "# HELP faas_queue_worker_{name}_total {help}.\n\
+                 # TYPE faas_queue_worker_{name}_total counter\n\
+                 faas_queue_worker_{name}_total {}\n",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let _ = write!(
+            out,
+            "# HELP faas_queue_worker_healthy 1 while a broker can be reached.\n\
+             # TYPE faas_queue_worker_healthy gauge\n\
+             faas_queue_worker_healthy {}\n",
+            u8::from(healthy)
+        );
+        out
+    }
 }
 
 async fn shutdown_signal() {
@@ -300,6 +445,7 @@ mod tests {
         "activations",
         "activations-topic",
         "linger",
+        "listen",
     ];
 
     #[test]
@@ -366,8 +512,31 @@ mod tests {
         assert!(matches!(records(&a, &kafka), Records::Memory));
         let a = Args { activations: Some(Activations::Kafka), activations_topic: None, ..a };
         assert!(matches!(records(&a, &kafka), Records::Kafka(t) if t == "jobs-activations"));
+        assert_eq!(a.listen, None);
         let a = Args::try_parse_from(["w", "--brokers", "b", "--gateway", "g", "--linger", "0ms"]);
         assert_eq!(config(&a.unwrap()).0.linger, Duration::ZERO);
+        let a =
+            Args::try_parse_from(["w", "--brokers", "b", "--gateway", "g", "--listen", "[::1]:81"]);
+        assert_eq!(a.unwrap().listen, Some("[::1]:81".parse().unwrap()));
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let stats = faas_queue::WorkerStats::default();
+        stats.succeeded.store(3, std::sync::atomic::Ordering::Relaxed);
+        let text = status::metrics(&stats, false);
+        assert!(text.contains("# TYPE faas_queue_worker_succeeded_total counter\n"), "{text}");
+        assert!(text.contains("\nfaas_queue_worker_succeeded_total 3\n"), "{text}");
+        assert!(text.contains("\nfaas_queue_worker_nacked_total 0\n"), "{text}");
+        assert!(text.ends_with("\nfaas_queue_worker_healthy 0\n"), "{text}");
+        // Every sample line is a name and a number.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.split_once(' ').expect(line);
+            assert!(
+                name.starts_with("faas_queue_worker_") && value.parse::<u64>().is_ok(),
+                "{line}"
+            );
+        }
     }
 
     #[test]
@@ -381,6 +550,7 @@ mod tests {
             &["--backoff", "soon"],
             &["--linger", "later"],
             &["--linger", "2s"],
+            &["--listen", "8081"],
             &["--activations", "disk"],
             &["--bogus", "1"],
             &["stray"],
