@@ -14,8 +14,10 @@
 //!
 //! With `--listen`, `GET /healthz` answers 200 while a broker can be reached (503 naming
 //! why not: every broker down, a producer failed fatally, a refused publication), for a
-//! liveness or readiness probe, and `GET /metrics` the worker's counters in Prometheus's
-//! text format (`faas_queue_worker_*_total`, `faas_queue_worker_healthy`).
+//! readiness probe or an alert (not for a liveness probe: restarting workers does not bring
+//! Kafka back, and the worker recovers on its own when it is), and `GET /metrics` the
+//! worker's counters in Prometheus's text format (`faas_queue_worker_*_total`,
+//! `faas_queue_worker_healthy`).
 //!
 //! Activation records (what `GET /system/activations/{call-id}` shows) go to the Kafka
 //! topic `--activations-topic` (default: the queue topic followed by `-activations`), where
