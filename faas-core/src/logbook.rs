@@ -167,11 +167,6 @@ impl LogBook {
             .collect()
     }
 
-    /// The texts of all kept lines, oldest first.
-    pub fn texts(&self) -> Vec<String> {
-        lock(&self.kept).lines.iter().map(|(_, e)| e.text.clone()).collect()
-    }
-
     /// The answer to `request` (its function is not checked): the kept lines it selects
     /// and, if it follows, each new line that passes its filters until the book is closed.
     pub fn read(&self, request: &LogsRequest) -> LogStream {
@@ -182,11 +177,6 @@ impl LogBook {
         let follow = if request.follow { self.follow() } else { None };
         drop(kept);
         request.stream(selected, follow)
-    }
-
-    /// Whether anyone follows (a channel is open).
-    pub fn followed(&self) -> bool {
-        matches!(*lock(&self.followers), Followers::Open(_))
     }
 
     fn follow(&self) -> Option<broadcast::Receiver<LogEntry>> {
@@ -213,6 +203,18 @@ impl LogBook {
 mod tests {
     use super::*;
     use futures::StreamExt;
+
+    impl LogBook {
+        /// The texts of all kept lines, oldest first.
+        fn texts(&self) -> Vec<String> {
+            lock(&self.kept).lines.iter().map(|(_, e)| e.text.clone()).collect()
+        }
+
+        /// Whether anyone follows (a channel is open).
+        fn followed(&self) -> bool {
+            matches!(*lock(&self.followers), Followers::Open(_))
+        }
+    }
 
     fn book(limit: usize, bytes_limit: usize) -> Arc<LogBook> {
         Arc::new(LogBook::new(Arc::new(FunctionRef::default_ns("f")), limit, bytes_limit))

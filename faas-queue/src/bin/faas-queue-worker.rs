@@ -282,6 +282,9 @@ mod status {
     const MAX_CONNECTIONS: usize = 64;
     /// How long a client may take to send a request's head.
     const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    /// How long one connection may stay (one request each: probes and scrapes need no
+    /// keep-alive), so a client that sends nothing cannot hold a slot.
+    const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
     /// Serves `listener` until aborted.
     pub(crate) async fn serve(
@@ -307,11 +310,12 @@ mod status {
                     let answer = answer(&req, &producer, &stats);
                     async move { Ok::<_, Infallible>(answer) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
+                let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), svc);
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
                 drop(permit);
             });
         }
@@ -322,14 +326,14 @@ mod status {
         producer: &KafkaPublisher,
         stats: &WorkerStats,
     ) -> Response<Full<Bytes>> {
-        let health = producer.health();
         let (status, content_type, body) = match (req.method(), req.uri().path()) {
-            (&Method::GET | &Method::HEAD, "/healthz") => match &health {
+            (&Method::GET | &Method::HEAD, "/healthz") => match producer.health() {
                 Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
                 Err(e) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{e}\n")),
             },
             (&Method::GET | &Method::HEAD, "/metrics") => {
-                (StatusCode::OK, "text/plain; version=0.0.4", metrics(stats, health.is_ok()))
+                let healthy = producer.health().is_ok();
+                (StatusCode::OK, "text/plain; version=0.0.4", metrics(stats, healthy))
             }
             (_, "/healthz" | "/metrics") => {
                 (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n".to_string())
