@@ -9,21 +9,24 @@
 # processes, each taking one invocation at a time: `lambda_concurrency`); the same replicas
 # and the same machine serve both. Two loads: one connection per replica (one invocation
 # per replica at a time), then CONNECTIONS. All warm: the replicas have started and
-# answered before the runs.
+# answered before the runs. SETUP `default`: both as the process backend runs them by
+# default (the http function's process alone, relayed to by the backend; the lambda
+# function's runtimes run by the backend, which serves their Runtime API itself); SETUP
+# `watchdog`: both behind a watchdog process (the two protocols through one watchdog).
 #
-#   benches/wrk/lambda.sh [DURATION] [CONNECTIONS] [THREADS] [REPLICAS] [ENVS]
-#   (defaults 10s 64 2 2 1)
+#   benches/wrk/lambda.sh [DURATION] [CONNECTIONS] [THREADS] [REPLICAS] [ENVS] [SETUP]
+#   (defaults 10s 64 2 2 1 default)
 #
 # Needs `wrk`. Targets only 127.0.0.1. Target (issue #17): lambda >= 0.7x http throughput.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DUR=${1:-10s}; CONNS=${2:-64}; THREADS=${3:-2}; REPLICAS=${4:-2}; ENVS=${5:-1}
+DUR=${1:-10s}; CONNS=${2:-64}; THREADS=${3:-2}; REPLICAS=${4:-2}; ENVS=${5:-1}; SETUP=${6:-default}
 GW=127.0.0.1:18091
 nice -n 10 cargo build --release -q -p faas-lambda-fns --bin lambda-bench-gateway --bin lambda-fns-watchdog \
   --bin lambda-web --bin web-http
 BIN="${CARGO_TARGET_DIR:-target}/release"
 OUT=$(mktemp)
-"$BIN/lambda-bench-gateway" "$GW" "$REPLICAS" "$ENVS" >"$OUT" 2>/dev/null & P=$!
+"$BIN/lambda-bench-gateway" "$GW" "$REPLICAS" "$ENVS" "$SETUP" >"$OUT" 2>/dev/null & P=$!
 trap 'kill $P 2>/dev/null || true; rm -f "$OUT"' EXIT
 for _ in $(seq 1 300); do grep -q ready "$OUT" && break; sleep 0.1; done
 grep -q ready "$OUT" || { echo "the bench gateway did not get ready" >&2; exit 1; }
@@ -38,7 +41,7 @@ run() { # url conns -> "rps p99_ms"
 L="http://$GW/function/lambda/hello"; H="http://$GW/function/http/hello"
 wrk -t1 -c"$REPLICAS" -d2s "$L" >/dev/null; wrk -t1 -c"$REPLICAS" -d2s "$H" >/dev/null
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
-echo "wrk -t$THREADS -d$DUR --latency; $REPLICAS replica(s) per function; $ENVS execution environment(s) per lambda replica"
+echo "wrk -t$THREADS -d$DUR --latency; $REPLICAS replica(s) per function; $ENVS execution environment(s) per lambda replica; setup $SETUP"
 printf "%-34s %12s %10s\n" "function" "req/s" "p99 ms"
 for c in "$REPLICAS" "$CONNS"; do
   t=$THREADS; [ "$c" -lt "$t" ] && t=$c

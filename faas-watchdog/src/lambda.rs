@@ -10,6 +10,13 @@
 //! this: the `lambda_runtime` and `lambda_http` crates, `awslambdaric` for Python, the
 //! `provided.al2023` custom runtimes.
 //!
+//! The process backend runs this same code in its own process for a `lambda`-mode replica
+//! (see [`crate::process::ProcessInvokerBuilder::lambda_watchdog`]): the replica is then its
+//! runtimes alone, everything below holds as written with "the backend" for "the watchdog",
+//! the runtimes' output and the messages about them go to the function's log (the messages
+//! prefixed `lambda:`), and the runtimes' environment is the one the backend would have
+//! given the watchdog.
+//!
 //! # From a request to an invocation
 //!
 //! Each request to the watchdog becomes one invocation. A runtime gets one invocation at
@@ -129,7 +136,8 @@ use tokio::time::Instant;
 
 use crate::sys;
 use crate::watchdog::{
-    exit_message, log, pump_lines, read_body_bounded, stop_child, text, timeout_response, BodyRead,
+    exit_message, for_each_line, log, pump_lines, read_body_bounded, stop_child, text,
+    timeout_response, BodyRead,
 };
 
 /// The Runtime API's path prefix (API version 2018-06-01).
@@ -373,6 +381,8 @@ struct Env {
     kill: watch::Sender<u64>,
     /// The start (generation) that reported `/init/error`, and its message.
     init_error: watch::Sender<(u64, Option<Arc<str>>)>,
+    /// The process group of the running runtime (0: none).
+    pgid: std::sync::atomic::AtomicU32,
 }
 
 impl Env {
@@ -382,6 +392,7 @@ impl Env {
             phase: Mutex::new(Phase::Starting),
             kill: watch::channel(0).0,
             init_error: watch::channel((0, None)).0,
+            pgid: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -403,7 +414,10 @@ pub(crate) struct LambdaRuntime {
     cfg: LambdaConfig,
     program: OsString,
     args: Vec<String>,
-    prefix_logs: bool,
+    output: Output,
+    /// When set, the runtime's whole environment (before the Lambda variables); otherwise
+    /// it inherits this process's.
+    base_env: Option<Vec<(OsString, OsString)>>,
     jobs_tx: mpsc::Sender<Job>,
     jobs_rx: tokio::sync::Mutex<mpsc::Receiver<Job>>,
     envs: Vec<Env>,
@@ -415,24 +429,44 @@ pub(crate) struct LambdaRuntime {
     arn_header: Option<HeaderValue>,
 }
 
+/// Where the runtimes' output and the host's own messages about them go.
+#[derive(Clone)]
+pub(crate) enum Output {
+    /// The watchdog's stdout and stderr (its messages on stderr), each line of the runtime's
+    /// prefixed with its stream when `prefix` (`prefix_logs`).
+    Watchdog {
+        /// `prefix_logs`.
+        prefix: bool,
+    },
+    /// Each line (without its newline), to a function's log: the process backend hosting
+    /// the execution environments itself.
+    Lines(LineSink),
+}
+
+/// Takes one line of output (without its newline).
+pub(crate) type LineSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl LambdaRuntime {
-    /// The mode's state for `cfg`, running `program` with `args` (its output prefixed when
-    /// `prefix_logs`); [`supervise`] starts the runtime.
+    /// The mode's state for `cfg`, running `program` with `args`, its output and the
+    /// messages about it to `output`, in `base_env` (else this process's environment) plus
+    /// the Lambda variables; [`supervise`] starts the runtimes.
     pub(crate) fn new(
         cfg: LambdaConfig,
         program: OsString,
         args: Vec<String>,
-        prefix_logs: bool,
+        output: Output,
+        base_env: Option<Vec<(OsString, OsString)>>,
     ) -> Arc<Self> {
         let (jobs_tx, jobs_rx) = mpsc::channel(cfg.queue.max(1));
         Arc::new(LambdaRuntime {
             program,
             args,
-            prefix_logs,
+            output,
+            base_env,
             jobs_tx,
             jobs_rx: tokio::sync::Mutex::new(jobs_rx),
             envs: (0..cfg.environments.max(1)).map(|_| Env::new()).collect(),
@@ -441,6 +475,38 @@ impl LambdaRuntime {
             arn_header: HeaderValue::from_str(&cfg.function_arn).ok(),
             cfg,
         })
+    }
+
+    /// A message about the runtimes, where their output goes.
+    fn note(&self, msg: String) {
+        match &self.output {
+            Output::Watchdog { .. } => log(msg),
+            Output::Lines(f) => f(format!("lambda: {msg}").as_bytes()),
+        }
+    }
+
+    /// Kills every running runtime's process group at once (for a host going away without
+    /// the time to stop them in order; [`supervise`] starts them again unless stopped).
+    pub(crate) fn kill_all(&self) {
+        for e in &self.envs {
+            let p = e.pgid.swap(0, Ordering::SeqCst);
+            if p != 0 {
+                sys::kill_group(p, sys::SIGKILL);
+            }
+        }
+    }
+
+    /// The process ids of the running runtimes (each leads a process group of its own).
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.envs.iter().map(|e| e.pgid.load(Ordering::SeqCst)).filter(|p| *p != 0).collect()
+    }
+
+    /// Resolves once the first start of an environment has initialised or every one has
+    /// failed: from then on invocations are answered (by the function or with its init
+    /// failure).
+    pub(crate) async fn wait_settled(&self) {
+        let mut rx = self.phase.subscribe();
+        let _ = rx.wait_for(|p| *p != Phase::Starting).await;
     }
 
     /// Sets environment `env`'s phase, and the phase of the whole from all of them.
@@ -486,11 +552,15 @@ impl LambdaRuntime {
     /// Serves one request to the function: builds the event, waits for the runtime's answer
     /// within `deadline` (the watchdog's per-request deadline, with its variable's name),
     /// and turns the answer into the response.
-    pub(crate) async fn invoke(
+    pub(crate) async fn invoke<B>(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<B>,
         deadline: Option<(Duration, &'static str)>,
-    ) -> Response<Body> {
+    ) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let arrived = Instant::now();
         let now = SystemTime::now();
         let raw = self.cfg.event == EventFormat::Raw || is_invoke_api(&req);
@@ -611,7 +681,7 @@ impl LambdaRuntime {
             // The runtime is still working on it: Lambda stops the runtime; the next start
             // serves the next invocation.
             self.envs[env].kill.send_replace(cur.gen);
-            log(format!(
+            self.note(format!(
                 "{name} exceeded by Lambda invocation {id}; stopping the runtime to start it again"
             ));
             return timeout_response(name, d);
@@ -660,7 +730,7 @@ impl LambdaRuntime {
     }
 }
 
-fn is_invoke_api(req: &Request<Incoming>) -> bool {
+fn is_invoke_api<B>(req: &Request<B>) -> bool {
     req.method() == Method::POST
         && req
             .uri()
@@ -705,7 +775,7 @@ async fn supervise_env(rt: Arc<LambdaRuntime>, env: usize, mut stop: watch::Rece
         let (listener, addr) = match bound {
             Ok(x) => x,
             Err(e) => {
-                log(format!("cannot listen for the Lambda Runtime API: {e}"));
+                rt.note(format!("cannot listen for the Lambda Runtime API: {e}"));
                 failures += 1;
                 tokio::time::sleep(backoff.delay(failures)).await;
                 continue;
@@ -731,7 +801,7 @@ async fn supervise_env(rt: Arc<LambdaRuntime>, env: usize, mut stop: watch::Rece
         if let Some(cur) = crashed {
             let msg =
                 format!("Runtime.ExitError: Runtime exited with error: {how}{}", tail_note(&tail));
-            log(format!("the Lambda runtime exited during invocation {} ({how})", cur.id));
+            rt.note(format!("the Lambda runtime exited during invocation {} ({how})", cur.id));
             let _ = cur.reply.send(Outcome::Crashed(msg));
         }
         if timed_out {
@@ -740,7 +810,7 @@ async fn supervise_env(rt: Arc<LambdaRuntime>, env: usize, mut stop: watch::Rece
             // A runtime that ran for a while starts the backoff over; one that keeps exiting
             // soon after its start is started again ever more slowly.
             failures = if started.elapsed() > Duration::from_secs(10) { 1 } else { failures + 1 };
-            log(format!("the Lambda runtime exited ({how}); starting it again"));
+            rt.note(format!("the Lambda runtime exited ({how}); starting it again"));
         } else {
             failures += 1;
             let reported = e.init_error.borrow().1.clone();
@@ -753,7 +823,7 @@ async fn supervise_env(rt: Arc<LambdaRuntime>, env: usize, mut stop: watch::Rece
                 )
                 .into(),
             };
-            log(format!("the Lambda runtime failed to initialise: {msg}"));
+            rt.note(format!("the Lambda runtime failed to initialise: {msg}"));
             rt.set_phase(env, Phase::Failed(msg.clone()));
             // Once every environment has failed, the invocations waiting get the failure.
             let all_failed = matches!(*rt.phase.borrow(), Phase::Failed(_));
@@ -785,6 +855,9 @@ async fn run_once(
     let tail = Arc::new(Mutex::new(Vec::<u8>::new()));
     let mut cmd = Command::new(&rt.program);
     cmd.args(&rt.args);
+    if let Some(base) = &rt.base_env {
+        cmd.env_clear().envs(base.iter().map(|(k, v)| (k, v)));
+    }
     for (k, v) in &rt.cfg.env {
         cmd.env(k, v);
     }
@@ -806,12 +879,12 @@ async fn run_once(
         }
     };
     let pgid = child.id();
-    let prefix = rt.prefix_logs;
+    rt.envs[env].pgid.store(pgid.unwrap_or(0), Ordering::SeqCst);
     if let Some(o) = child.stdout.take() {
-        tokio::spawn(pump_lines(o, "stdout", prefix));
+        tokio::spawn(pump(rt.output.clone(), o, "stdout"));
     }
     let stderr = child.stderr.take().map(|e| {
-        tokio::spawn(pump_lines(TailReader { inner: e, tail: tail.clone() }, "stderr", prefix))
+        tokio::spawn(pump(rt.output.clone(), TailReader { inner: e, tail: tail.clone() }, "stderr"))
     });
     let mut kill = rt.envs[env].kill.subscribe();
     let mut init_error = rt.envs[env].init_error.subscribe();
@@ -840,6 +913,7 @@ async fn run_once(
             None
         }
     };
+    rt.envs[env].pgid.store(0, Ordering::SeqCst);
     if let Some(p) = pgid {
         sys::kill_group(p, sys::SIGKILL);
     }
@@ -850,6 +924,16 @@ async fn run_once(
     }
     let tail = String::from_utf8_lossy(&lock(&tail)).trim().to_string();
     (status, tail)
+}
+
+/// Reads one of a runtime's output pipes to its end, line by line, to `output`.
+async fn pump<R: AsyncRead + Unpin>(output: Output, r: R, stream: &'static str) {
+    match output {
+        Output::Watchdog { prefix } => pump_lines(r, stream, prefix).await,
+        Output::Lines(f) => {
+            for_each_line(r, |line| f(line.strip_suffix(b"\r").unwrap_or(line))).await
+        }
+    }
 }
 
 fn tail_note(tail: &str) -> String {
@@ -899,7 +983,7 @@ async fn serve_api(rt: Arc<LambdaRuntime>, env: usize, listener: TcpListener, ge
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                log(format!("Lambda Runtime API accept: {e}"));
+                rt.note(format!("Lambda Runtime API accept: {e}"));
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }

@@ -2,7 +2,9 @@
 //! `127.0.0.1` port, running the spec's `envProcess` (`fprocess`). No Docker needed.
 //! An `http`-mode replica is by default the function's process alone, listening on that port,
 //! and the backend does the watchdog's part for it (see
-//! [`ProcessInvokerBuilder::http_watchdog`]).
+//! [`ProcessInvokerBuilder::http_watchdog`]); a `lambda`-mode replica is by default its
+//! Lambda runtimes alone, started by the backend, which serves their Runtime API and hands
+//! them the invocations itself (see [`ProcessInvokerBuilder::lambda_watchdog`]).
 //!
 //! - **Deploy** validates the spec (`envProcess` is required, except for an OpenWhisk action
 //!   whose kind has a local runtime in [`faas_core::runtimes`]: then that runtime is the
@@ -144,6 +146,22 @@ fn relays_directly(spec: &FunctionSpec, cfg: &ProcessInvokerBuilder) -> bool {
         })
 }
 
+/// Whether the backend runs the execution environments of `spec`'s replicas itself (see
+/// [`ProcessInvokerBuilder::lambda_watchdog`]).
+fn hosts_lambda(spec: &FunctionSpec, cfg: &ProcessInvokerBuilder) -> bool {
+    const NEEDS_WATCHDOG: &[&str] = &[
+        "max_inflight",
+        "read_timeout",
+        "healthcheck_interval",
+        "combine_output",
+        "watchdog_threads",
+    ];
+    let vars = &spec.env_vars;
+    !cfg.lambda_watchdog
+        && vars.get("mode").is_some_and(|m| m.trim() == "lambda")
+        && !NEEDS_WATCHDOG.iter().any(|k| vars.contains_key(*k))
+}
+
 fn io_err(what: impl std::fmt::Display, e: std::io::Error) -> Error {
     Error::internal(format!("{what}: {e}"))
 }
@@ -165,6 +183,7 @@ pub struct ProcessInvokerBuilder {
     queue_limit: usize,
     stem_cells: BTreeMap<String, usize>,
     http_watchdog: bool,
+    lambda_watchdog: bool,
 }
 
 impl std::fmt::Debug for ProcessInvokerBuilder {
@@ -182,6 +201,7 @@ impl std::fmt::Debug for ProcessInvokerBuilder {
             .field("start_concurrency", &self.start_concurrency)
             .field("queue_limit", &self.queue_limit)
             .field("http_watchdog", &self.http_watchdog)
+            .field("lambda_watchdog", &self.lambda_watchdog)
             .finish_non_exhaustive()
     }
 }
@@ -203,6 +223,7 @@ impl Default for ProcessInvokerBuilder {
             queue_limit: 1024,
             stem_cells: BTreeMap::new(),
             http_watchdog: false,
+            lambda_watchdog: false,
         }
     }
 }
@@ -249,6 +270,25 @@ impl ProcessInvokerBuilder {
     /// replica one, as OpenFaaS runs them.
     pub fn http_watchdog(mut self, yes: bool) -> Self {
         self.http_watchdog = yes;
+        self
+    }
+
+    /// Whether `lambda`-mode replicas run behind a watchdog process (default `false`).
+    ///
+    /// By default the backend runs a `lambda`-mode replica's execution environments itself:
+    /// it starts the function's runtime processes (`lambda_concurrency` of them) with
+    /// `AWS_LAMBDA_RUNTIME_API` pointing at a Runtime API endpoint it serves on `127.0.0.1`,
+    /// hands each invocation to a runtime's waiting `/next` and answers the call from its
+    /// `/response` or `/error`, exactly as the watchdog's `lambda` mode does (see
+    /// [`crate::lambda`]: the same code, in this process): the same environment, deadlines
+    /// (`spec.timeout`, or the variables `exec_timeout`/`write_timeout`), errors, restarts
+    /// and log lines (one per call, `log_requests`). That is one process less per replica
+    /// and one relay hop less per invocation (see BENCHMARKS.md, Lambda mode). A function
+    /// whose `envVars` set `max_inflight`, `read_timeout`, `healthcheck_interval`,
+    /// `combine_output` or `watchdog_threads` still gets a watchdog; `true` gives every
+    /// `lambda`-mode replica one.
+    pub fn lambda_watchdog(mut self, yes: bool) -> Self {
+        self.lambda_watchdog = yes;
         self
     }
 
@@ -551,6 +591,9 @@ struct Replica {
 
 /// What the backend does for a replica without a watchdog.
 struct Direct {
+    /// A `lambda`-mode replica's execution environments, run by the backend: set once they
+    /// are set up, before the replica is ready.
+    lambda: Option<std::sync::OnceLock<Hosted>>,
     /// One log line per call (`log_requests`, default on).
     log_requests: bool,
     /// The replica's log file for those lines, opened at the first.
@@ -563,6 +606,10 @@ impl Replica {
     /// Kills the watchdog, its process group, and every descendant's process group (the
     /// watchdog starts each function process in a group of its own).
     fn kill_now(&self) {
+        if let Some(h) = self.direct.as_ref().and_then(|d| d.lambda.as_ref()?.get()) {
+            h.stop.send_replace(true);
+            h.runtime.kill_all();
+        }
         let pid = self.pid.load(Ordering::SeqCst);
         if pid != 0 {
             kill_tree(pid);
@@ -579,6 +626,15 @@ impl Replica {
         let mut rx = self.done.subscribe();
         let _ = rx.wait_for(|d| *d).await;
     }
+}
+
+/// A `lambda`-mode replica run by the backend (see [`ProcessInvokerBuilder::lambda_watchdog`]).
+struct Hosted {
+    runtime: Arc<crate::lambda::LambdaRuntime>,
+    /// Stops the environments' supervisor (each runtime gets SIGTERM, then SIGKILL).
+    stop: watch::Sender<bool>,
+    /// The per-invocation deadline, with the variable it comes from.
+    deadline: Option<(Duration, &'static str)>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -903,7 +959,10 @@ impl Func {
                 stop,
                 done,
                 started: Instant::now(),
-                direct: relays_directly(&st.spec, &shared.cfg).then(|| Direct {
+                direct: (relays_directly(&st.spec, &shared.cfg)
+                    || hosts_lambda(&st.spec, &shared.cfg))
+                .then(|| Direct {
+                    lambda: hosts_lambda(&st.spec, &shared.cfg).then(std::sync::OnceLock::new),
                     log_requests: st.spec.env_vars.get("log_requests").is_none_or(|v| {
                         crate::watchdog::parse_bool("log_requests", v).unwrap_or(true)
                     }),
@@ -1002,6 +1061,15 @@ impl Func {
         self.notify.notify_waiters();
     }
 
+    /// Marks replica `r` ready: routed to, the callers waiting for one woken, and the
+    /// reconciler told (it may start the next replicas).
+    fn replica_ready(&self, r: &Replica) {
+        r.ready.store(true, Ordering::SeqCst);
+        self.instances.set_ready(r.key, true);
+        self.notify.notify_waiters();
+        self.wake.notify_one();
+    }
+
     /// Stops a replica: it takes no new invocation from now on.
     fn stop_replica(&self, r: &Replica) {
         match &r.direct {
@@ -1034,6 +1102,111 @@ impl Func {
     }
 }
 
+/// Sets up a hosted Lambda replica's execution environments from `cmd`, the watchdog
+/// command the replica would otherwise run (its environment is the watchdog's).
+fn host_lambda(func: &Arc<Func>, r: &Replica, cmd: &std::process::Command) -> Result<Hosted> {
+    let env: Vec<(OsString, OsString)> =
+        cmd.get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))).collect();
+    let vars = env.iter().filter_map(|(k, v)| Some((k.to_str()?, v.to_str()?)));
+    let config = crate::watchdog::Config::from_vars(vars)?;
+    let lambda = config.lambda.clone().ok_or_else(|| Error::internal("not in lambda mode"))?;
+    let (program, args) = config
+        .fprocess
+        .split_first()
+        .map(|(p, rest)| (OsString::from(p), rest.to_vec()))
+        .ok_or_else(|| Error::invalid("fprocess", "is empty"))?;
+    let logs = func.logs.clone();
+    let id = r.id.clone();
+    let file = Mutex::new(None::<std::fs::File>);
+    let opened = AtomicBool::new(false);
+    let output = crate::lambda::Output::Lines(Arc::new(move |line: &[u8]| {
+        let mut f = lock(&file);
+        if !opened.swap(true, Ordering::Relaxed) {
+            *f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(logs.dir.join(format!("{id}.log")))
+                .ok();
+        }
+        logs.push(&id, String::from_utf8_lossy(line).into_owned(), &mut f);
+    }));
+    Ok(Hosted {
+        runtime: crate::lambda::LambdaRuntime::new(lambda, program, args, output, Some(env)),
+        stop: watch::channel(false).0,
+        deadline: config.deadline(),
+    })
+}
+
+/// The life of a hosted Lambda replica: its execution environments supervised until the
+/// replica stops; ready once the first start has initialised (or failed: then every
+/// invocation gets the function's init error, as from a watchdog).
+async fn run_hosted(
+    func: Arc<Func>,
+    r: &Replica,
+    slot: &std::sync::OnceLock<Hosted>,
+    setup: Result<Hosted>,
+    start_permit: OwnedSemaphorePermit,
+    start_timeout: Duration,
+    grace: Duration,
+) {
+    let finish = |func: &Func| {
+        func.instances.remove(r.key);
+        r.ready.store(false, Ordering::SeqCst);
+        r.exited.store(true, Ordering::SeqCst);
+        r.done.send_replace(true);
+        func.wake.notify_one();
+        func.notify.notify_waiters();
+    };
+    let (runtime, stop_envs) = match setup {
+        Ok(h) => {
+            let h = slot.get_or_init(|| h);
+            (h.runtime.clone(), h.stop.clone())
+        }
+        Err(e) => {
+            let mut none = None;
+            func.logs.push(&r.id, format!("cannot start: {e}"), &mut none);
+            finish(&func);
+            return;
+        }
+    };
+    let supervisor = tokio::spawn(crate::lambda::supervise(runtime.clone(), stop_envs.subscribe()));
+    let mut stop = r.stop.subscribe();
+    let mut stopped = false;
+    tokio::select! {
+        settled = tokio::time::timeout(start_timeout, runtime.wait_settled()) => {
+            if settled.is_ok() {
+                func.replica_ready(r);
+            } else {
+                let mut none = None;
+                func.logs.push(
+                    &r.id,
+                    format!(
+                        "the Lambda runtime did not initialise within the start timeout of {}; \
+                         stopping it",
+                        faas_core::util::format_duration(start_timeout)
+                    ),
+                    &mut none,
+                );
+                stopped = true;
+            }
+        }
+        _ = stop.wait_for(|s| *s) => stopped = true,
+    }
+    drop(start_permit);
+    if !stopped {
+        let _ = stop.wait_for(|s| *s).await;
+    }
+    r.ready.store(false, Ordering::SeqCst);
+    let drain = r.direct.as_ref().and_then(|d| lock(&d.drain).take());
+    if let Some(drain) = drain {
+        let _ = tokio::time::timeout(grace, drain.wait()).await;
+    }
+    // Each environment's runtime gets SIGTERM, then SIGKILL (see `crate::lambda`).
+    stop_envs.send_replace(true);
+    let _ = supervisor.await;
+    finish(&func);
+}
+
 /// The life of one replica: spawn the watchdog, wait for health, wait for exit or stop.
 ///
 /// `slot` is the replica's place under the node cap, held until the process has exited.
@@ -1052,12 +1225,17 @@ async fn run_replica(
     };
     let spec = &launch.spec;
     let fprocess = crate::openwhisk::process_command(spec, &sh.state).unwrap_or_default();
+    let hosted = r.direct.as_ref().and_then(|d| d.lambda.as_ref());
+    // A hosted Lambda replica's environment is built as a watchdog's would be: its runtimes
+    // get what they would inherit from one.
+    let watchdog_env = r.direct.is_none() || hosted.is_some();
     let mut cmd = match &r.direct {
         None => {
             let mut cmd = tokio::process::Command::new(&sh.cfg.watchdog[0]);
             cmd.args(&sh.cfg.watchdog[1..]);
             cmd
         }
+        Some(_) if hosted.is_some() => tokio::process::Command::new(&sh.cfg.watchdog[0]),
         // Checked at deploy: the command splits and is not empty.
         Some(_) => match crate::watchdog::split_command(&fprocess).ok().filter(|a| !a.is_empty()) {
             Some(argv) => {
@@ -1087,7 +1265,7 @@ async fn run_replica(
     }
     // A log line per request, as OpenFaaS's watchdogs write (`faas logs` shows the calls);
     // the spec's envVars, applied below, may turn it off.
-    if r.direct.is_none() {
+    if watchdog_env {
         cmd.env("prefix_logs", "false")
             .env("healthcheck_interval", "0s")
             .env("log_requests", "true");
@@ -1107,7 +1285,7 @@ async fn run_replica(
         }
         cmd.env_remove("ow_code").env("ow_code_file", &path);
     }
-    if let Some(t) = spec.timeout.filter(|_| r.direct.is_none()) {
+    if let Some(t) = spec.timeout.filter(|_| watchdog_env) {
         cmd.env("exec_timeout", faas_core::util::format_duration(t));
         cmd.env("write_timeout", faas_core::util::format_duration(t + Duration::from_secs(5)));
     }
@@ -1134,7 +1312,7 @@ async fn run_replica(
     }
     // An OpenWhisk action's runtime gets its own port as an http-mode upstream does (a
     // replica without a watchdog is its process alone, on the replica's port).
-    if r.direct.is_some() {
+    if r.direct.is_some() && hosted.is_none() {
         cmd.env_remove("upstream_url");
     } else if is_http || faas_core::runtimes::is_action(spec) {
         let path = spec
@@ -1186,6 +1364,11 @@ async fn run_replica(
         r.exited.store(true, Ordering::SeqCst);
         r.done.send_replace(true);
         func.wake.notify_one();
+        return;
+    }
+    if let Some(slot) = hosted {
+        let setup = host_lambda(&func, &r, cmd.as_std());
+        run_hosted(func, &r, slot, setup, start_permit, start_timeout, grace).await;
         return;
     }
     let adopted = match launch.stem.take() {
@@ -1241,11 +1424,7 @@ async fn run_replica(
         st = child.wait() => status = Some(st),
         ok = probe => {
             if ok {
-                r.ready.store(true, Ordering::SeqCst);
-                func.instances.set_ready(r.key, true);
-                func.notify.notify_waiters();
-                // The reconciler may start the next replicas.
-                func.wake.notify_one();
+                func.replica_ready(&r);
             } else {
                 let mut none = None;
                 func.logs.push(
@@ -1529,20 +1708,23 @@ impl ProcessInvoker {
     }
 
     /// The process ids of a function's running replicas: their watchdog processes (each leads
-    /// a process group holding its function processes), or an `http`-mode function's process
-    /// where it runs without a watchdog.
+    /// a process group holding its function processes), an `http`-mode function's process
+    /// where it runs without a watchdog, or the Lambda runtimes the backend runs itself (one
+    /// per execution environment that is running).
     pub fn instance_pids(&self, function: &FunctionRef) -> Result<Vec<(String, u32)>> {
         let f = self.inner.function(function)?;
         let st = lock(&f.state);
-        Ok(st
-            .replicas
-            .iter()
-            .filter(|r| !r.exited.load(Ordering::SeqCst))
-            .filter_map(|r| {
-                let pid = r.pid.load(Ordering::SeqCst);
-                (pid != 0).then(|| (r.id.to_string(), pid))
-            })
-            .collect())
+        let mut out = Vec::new();
+        for r in st.replicas.iter().filter(|r| !r.exited.load(Ordering::SeqCst)) {
+            let pid = r.pid.load(Ordering::SeqCst);
+            if pid != 0 {
+                out.push((r.id.to_string(), pid));
+            }
+            if let Some(h) = r.direct.as_ref().and_then(|d| d.lambda.as_ref()?.get()) {
+                out.extend(h.runtime.pids().into_iter().map(|p| (r.id.to_string(), p)));
+            }
+        }
+        Ok(out)
     }
 
     /// A function's instances as the router sees them.
@@ -1618,7 +1800,12 @@ impl Invoke for ProcessInvoker {
             .filter(|d| d.log_requests)
             .map(|_| (invocation.request.method().clone(), invocation.request.uri().clone()));
         let called = Instant::now();
-        let resp = match sh.client.forward(invocation, &target, ()).await {
+        let hosted = replica.direct.as_ref().and_then(|d| d.lambda.as_ref()?.get());
+        let forwarded = match hosted {
+            Some(h) => Ok(call_hosted(h, invocation).await),
+            None => sh.client.forward(invocation, &target, ()).await,
+        };
+        let resp = match forwarded {
             Ok(r) => r,
             Err(e) => {
                 let exited = e.is_transport()
@@ -1648,6 +1835,13 @@ impl Invoke for ProcessInvoker {
             }
             func.logs.push(&replica.id, line, &mut file);
         }
+        // A hosted runtime's error answers are a watchdog's, mapped as the client maps them.
+        let resp = match hosted {
+            Some(_) => {
+                faas_core::instance::check_watchdog_error(resp, &func.fref, &replica.id).await?
+            }
+            None => resp,
+        };
         let (mut parts, body) = resp.into_parts();
         parts.extensions.insert(InvocationMeta {
             instance: replica.id.to_string(),
@@ -1660,6 +1854,24 @@ impl Invoke for ProcessInvoker {
         drop(lease);
         Ok(Response::from_parts(parts, body))
     }
+}
+
+/// Hands `invocation` to a hosted Lambda replica's runtimes, the request as a watchdog
+/// would get it (hop-by-hop headers dropped, `X-Call-Id` set); the answer is as a
+/// watchdog's, error answers included.
+async fn call_hosted(h: &Hosted, invocation: Invocation) -> Response {
+    let Invocation { id, function: _, request } = invocation;
+    let (mut parts, body) = request.into_parts();
+    faas_core::instance::strip_hop_by_hop(&mut parts.headers);
+    let call_id = faas_core::instance::X_CALL_ID;
+    if parts.headers.get(&call_id).map(http::HeaderValue::as_bytes) != Some(id.as_str().as_bytes())
+    {
+        match http::HeaderValue::from_str(id.as_str()) {
+            Ok(v) => parts.headers.insert(call_id, v),
+            Err(_) => parts.headers.remove(call_id),
+        };
+    }
+    h.runtime.invoke(http::Request::from_parts(parts, body), h.deadline).await
 }
 
 #[async_trait]

@@ -427,7 +427,7 @@ impl Config {
 
     /// The per-request deadline: the smaller of the non-zero `exec_timeout` and
     /// `write_timeout`, with the variable's name.
-    fn deadline(&self) -> Option<(Duration, &'static str)> {
+    pub(crate) fn deadline(&self) -> Option<(Duration, &'static str)> {
         let e = (!self.exec_timeout.is_zero()).then_some((self.exec_timeout, "exec_timeout"));
         let w = (!self.write_timeout.is_zero()).then_some((self.write_timeout, "write_timeout"));
         match (e, w) {
@@ -552,11 +552,15 @@ pub(crate) enum BodyRead {
 }
 
 /// Reads a request body of at most `limit` bytes, all of it by `deadline`.
-pub(crate) async fn read_body_bounded(
-    body: Incoming,
+pub(crate) async fn read_body_bounded<B>(
+    body: B,
     limit: usize,
     deadline: Instant,
-) -> Result<Bytes, BodyRead> {
+) -> Result<Bytes, BodyRead>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let read = http_body_util::Limited::new(body, limit).collect();
     match tokio::time::timeout_at(deadline, read).await {
         Ok(Ok(b)) => Ok(b.to_bytes()),
@@ -648,7 +652,13 @@ where
         _ => None,
     };
     let lambda = config.lambda.clone().filter(|_| config.mode == Mode::Lambda).map(|l| {
-        crate::lambda::LambdaRuntime::new(l, program.clone(), args.clone(), config.prefix_logs)
+        crate::lambda::LambdaRuntime::new(
+            l,
+            program.clone(),
+            args.clone(),
+            crate::lambda::Output::Watchdog { prefix: config.prefix_logs },
+            None,
+        )
     });
     // Fork mode's children are spawned with posix_spawn (`sys::Spawner`, no parent-death
     // signal) and left to the reaper if the watchdog is killed; see `sys::Reaper`.

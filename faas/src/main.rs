@@ -201,6 +201,12 @@ enum Command {
         /// still gets one).
         #[arg(long)]
         http_watchdog: bool,
+        /// Run every `lambda`-mode replica of the process backend behind a watchdog process.
+        /// By default the gateway runs such a replica's Lambda runtimes itself and serves
+        /// their Runtime API (a function setting a watchdog-only variable such as
+        /// `max_inflight` still gets one).
+        #[arg(long)]
+        lambda_watchdog: bool,
     },
     /// Check credentials against a gateway and save them (mode 0600) for the other
     /// subcommands.
@@ -693,6 +699,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             stem_cells,
             watchdog,
             http_watchdog,
+            lambda_watchdog,
         } => {
             // Before anything starts: a Kafka queue needs the `kafka` feature.
             queue.check()?;
@@ -711,7 +718,11 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             let backend = UpBackend {
                 kind: backend,
                 stem_cells,
-                watchdog: ProcessWatchdog { program: watchdog, http: http_watchdog },
+                watchdog: ProcessWatchdog {
+                    program: watchdog,
+                    http: http_watchdog,
+                    lambda: lambda_watchdog,
+                },
                 state_dir,
                 scheduler,
                 autoscale: !no_autoscale,
@@ -1285,7 +1296,7 @@ struct UpBackend {
     kind: BackendKind,
     /// `--stem-cells`: how many stem cells of each OpenWhisk kind.
     stem_cells: Vec<(String, usize)>,
-    /// `--watchdog` and `--http-watchdog`.
+    /// `--watchdog`, `--http-watchdog` and `--lambda-watchdog`.
     watchdog: ProcessWatchdog,
     state_dir: Option<PathBuf>,
     scheduler: Arc<dyn faas_core::Scheduler>,
@@ -1302,6 +1313,8 @@ struct ProcessWatchdog {
     program: Option<PathBuf>,
     /// `--http-watchdog`: `http`-mode replicas behind a watchdog too.
     http: bool,
+    /// `--lambda-watchdog`: `lambda`-mode replicas behind a watchdog too.
+    lambda: bool,
 }
 
 /// The replica caps of `--max-replicas-per-function`/`--max-replicas-per-node`, over this
@@ -1353,7 +1366,9 @@ async fn raw_backend(
 ) -> Result<Arc<dyn Backend>> {
     match kind {
         BackendKind::Process => {
-            let b = faas_watchdog::process::ProcessInvoker::builder().http_watchdog(watchdog.http);
+            let b = faas_watchdog::process::ProcessInvoker::builder()
+                .http_watchdog(watchdog.http)
+                .lambda_watchdog(watchdog.lambda);
             let b = match watchdog.program {
                 Some(program) if !program.is_file() => {
                     return Err(Error::invalid(
