@@ -159,11 +159,21 @@ pub struct QueueOptions {
     pub run_worker: bool,
     /// Further librdkafka properties (security settings and such).
     pub kafka_properties: Vec<(String, String)>,
+    /// Create the Kafka topics that do not exist yet before starting (default): the calls'
+    /// and the records' (compacted) with [`faas_queue::kafka::DEFAULT_PARTITIONS`]
+    /// partitions, the dead letters' with one (see `faas_queue::kafka::ensure_topics`). A
+    /// failure (no right to create topics, say) is logged and the queue starts anyway.
+    pub create_topics: bool,
 }
 
 impl Default for QueueOptions {
     fn default() -> Self {
-        QueueOptions { activations_topic: None, run_worker: true, kafka_properties: Vec::new() }
+        QueueOptions {
+            activations_topic: None,
+            run_worker: true,
+            kafka_properties: Vec::new(),
+            create_topics: true,
+        }
     }
 }
 
@@ -329,6 +339,18 @@ async fn start_kafka(
     kafka.properties = options.kafka_properties.clone();
     let records_topic =
         options.activations_topic.clone().unwrap_or_else(|| default_activations_topic(topic));
+    if options.create_topics {
+        let wait = std::time::Duration::from_secs(10);
+        let partitions = faas_queue::kafka::DEFAULT_PARTITIONS;
+        match faas_queue::kafka::ensure_topics(&kafka, Some(&records_topic), partitions, wait).await
+        {
+            Ok(r) if !r.created.is_empty() => {
+                tracing::info!(topics = ?r.created, partitions, "created the Kafka topics");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "the Kafka topics were not created; going on"),
+        }
+    }
     // One producer for the calls, their records, the worker's republished calls and the dead
     // letters (see `KafkaPublisher::sharing_with`): one librdkafka client, not four.
     let calls = KafkaPublisher::new(&kafka)?;

@@ -180,6 +180,121 @@ impl KafkaConfig {
     }
 }
 
+/// The partitions [`ensure_topics`] gives the calls' and the records' topics by default.
+pub const DEFAULT_PARTITIONS: i32 = 8;
+
+/// What [`ensure_topics`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicsReport {
+    /// The topics it created.
+    pub created: Vec<String>,
+    /// The topics that were there already.
+    pub existing: Vec<String>,
+}
+
+/// The admin client's context: logs through `tracing`.
+struct AdminContext;
+
+impl ClientContext for AdminContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log_to_tracing("topic admin", level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        error_to_tracing("topic admin", &error, reason);
+    }
+}
+
+/// Creates the queue's topics that do not exist yet: `cfg.topic` (the calls) and
+/// `records_topic` (the activation records, compacted: `cleanup.policy=compact`) with
+/// `partitions` partitions each, and `cfg.dead_letter_topic` with one. Topics that exist are
+/// left as they are (partitions and settings included); each new topic gets the brokers'
+/// default replication factor (`default.replication.factor`).
+///
+/// Fails with [`Error::Unavailable`] naming each topic that could not be created and why
+/// (no broker answered within `timeout`, the principal may not create topics, a broker that
+/// does not implement topic creation...); the topics may still exist or be created by
+/// other means, so a caller can go on after saying so.
+pub async fn ensure_topics(
+    cfg: &KafkaConfig,
+    records_topic: Option<&str>,
+    partitions: i32,
+    timeout: Duration,
+) -> Result<TopicsReport> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let mut c = cfg.base();
+    cfg.apply_properties(&mut c);
+    let admin: AdminClient<AdminContext> =
+        c.create_with_context(AdminContext).map_err(|e| config_error("topic admin client", e))?;
+    let admin = Arc::new(admin);
+    // The topics there already, from the cluster's metadata (a blocking call): asking to
+    // create only the missing ones keeps brokers that cannot create topics out of it when
+    // there is nothing to create.
+    let existing: BTreeSet<String> = {
+        let admin = admin.clone();
+        let listed = tokio::task::spawn_blocking(move || {
+            admin.inner().fetch_metadata(None, timeout).map(|m| {
+                m.topics().iter().map(|t| t.name().to_string()).collect::<BTreeSet<String>>()
+            })
+        })
+        .await;
+        match listed {
+            Ok(Ok(names)) => names,
+            Ok(Err(e)) => return Err(Error::unavailable(format!("listing the Kafka topics: {e}"))),
+            Err(e) => return Err(Error::internal(format!("listing the Kafka topics: {e}"))),
+        }
+    };
+    let partitions = partitions.max(1);
+    let mut wanted = vec![(cfg.topic.as_str(), partitions, false)];
+    if let Some(r) = records_topic {
+        wanted.push((r, partitions, true));
+    }
+    wanted.push((cfg.dead_letter_topic.as_str(), 1, false));
+    let mut report = TopicsReport::default();
+    let mut topics = Vec::new();
+    for (name, n, compact) in wanted {
+        if existing.contains(name) {
+            report.existing.push(name.to_string());
+            continue;
+        }
+        let t = NewTopic::new(name, n, TopicReplication::Fixed(-1));
+        topics.push(if compact { t.set("cleanup.policy", "compact") } else { t });
+    }
+    if topics.is_empty() {
+        return Ok(report);
+    }
+    let options =
+        AdminOptions::new().request_timeout(Some(timeout)).operation_timeout(Some(timeout));
+    let results = match tokio::time::timeout(
+        timeout + Duration::from_secs(1),
+        admin.create_topics(&topics, &options),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(Error::unavailable(format!("creating the Kafka topics: {e}"))),
+        Err(_) => {
+            return Err(Error::unavailable(format!(
+                "creating the Kafka topics: no answer within {}",
+                faas_core::util::format_duration(timeout)
+            )))
+        }
+    };
+    let mut failed = Vec::new();
+    for r in results {
+        match r {
+            Ok(t) => report.created.push(t),
+            Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => report.existing.push(t),
+            Err((t, code)) => failed.push(format!("{t}: {code}")),
+        }
+    }
+    if failed.is_empty() {
+        Ok(report)
+    } else {
+        Err(Error::unavailable(format!("cannot create Kafka topics: {}", failed.join("; "))))
+    }
+}
+
 /// How long a reachability probe waits for a broker's answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -1607,6 +1722,39 @@ mod tests {
         publisher.publish(item("d")).await.expect("published");
         assert_eq!(take_and_ack(&consumer, 1).await, ["d"]);
         consumer.close().await.expect("closed");
+    }
+
+    /// A broker that cannot create topics (the mock cluster implements no CreateTopics):
+    /// `ensure_topics` gives up within its time; topics that exist need no broker help.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn topics_a_broker_cannot_create_are_named() {
+        let kafka = MockKafka::new(1).expect("mock cluster");
+        let config = KafkaConfig::new(kafka.bootstrap_servers());
+        let started = std::time::Instant::now();
+        let e = ensure_topics(&config, Some("faas-async-activations"), 8, Duration::from_secs(1))
+            .await
+            .expect_err("the mock cluster created topics");
+        let m = e.to_string();
+        assert!(
+            matches!(e, Error::Unavailable { .. }) && m.contains("creating the Kafka topics"),
+            "{m}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        // Topics that exist are left alone, and nothing is asked of the broker.
+        for (t, n) in
+            [("faas-async", 3), ("faas-async-activations", 3), ("faas-async-dead-letters", 1)]
+        {
+            kafka.create_topic(t, n).expect("topic");
+        }
+        let report =
+            ensure_topics(&config, Some("faas-async-activations"), 8, Duration::from_secs(1))
+                .await
+                .expect("existing topics");
+        assert!(report.created.is_empty(), "{report:?}");
+        assert_eq!(
+            report.existing,
+            ["faas-async", "faas-async-activations", "faas-async-dead-letters"]
+        );
     }
 
     /// A broker that goes away and comes back with its data (the mock cluster's broker

@@ -147,7 +147,7 @@ fn the_worker_binary_lists_its_options_and_variables() {
         .filter_map(|l| l.strip_prefix("      --")?.split(' ').next())
         .filter(|o| !["help", "kafka-property"].contains(o))
         .collect();
-    assert_eq!(options.len(), 17, "{help}");
+    assert_eq!(options.len(), 18, "{help}");
     for o in options {
         let env = format!("[env: FAAS_QUEUE_{}=", o.to_uppercase().replace('-', "_"));
         assert!(help.contains(&env), "{env} in {help}");
@@ -179,7 +179,7 @@ async fn librdkafka_lines_name_the_client_that_wrote_them() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_faas-queue-worker"))
         .args(["--brokers", &closed.to_string(), "--gateway", "http://127.0.0.1:1"])
-        .args(["--topic", "jobs", "--activations", "memory"])
+        .args(["--topic", "jobs", "--activations", "memory", "--no-create-topics"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

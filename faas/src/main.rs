@@ -163,6 +163,11 @@ enum Command {
         /// A librdkafka property KEY=VALUE for the Kafka queue (repeatable).
         #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
         kafka_properties: Vec<String>,
+        /// With a Kafka queue, do not create its missing topics at start (by default the
+        /// calls' and the records' topics are created with 8 partitions, the records'
+        /// compacted, and the dead letters' with 1; existing topics are left as they are).
+        #[arg(long)]
+        no_create_topics: bool,
         /// The most replicas one function may ask for (default 8 x CPUs, at least 20, at
         /// most the node cap); scaling labels or scale requests over it are refused (400).
         #[arg(long, env = "FAAS_MAX_REPLICAS_PER_FUNCTION", value_name = "N",
@@ -688,6 +693,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             activations_topic,
             no_worker,
             kafka_properties,
+            no_create_topics,
             no_auth,
             allowed_hosts,
             allowed_origins,
@@ -737,6 +743,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                     kafka_properties: kv(&kafka_properties, "kafka-property")?
                         .into_iter()
                         .collect(),
+                    create_topics: !no_create_topics,
                 },
             };
             up(file, listen, backend, filter, queue, access).await?;

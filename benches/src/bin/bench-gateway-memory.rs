@@ -16,7 +16,7 @@
 //! redb file instead (`faas_queue::redb_store`, where it was before it had its own log).
 //! With `FAAS_BENCH_QUEUE_KAFKA=kafka://HOST:PORT[/TOPIC]` it is `faas up --queue` with that
 //! URL (`faas_http::queue::AsyncQueue::start`: the Kafka publisher, the Kafka activation
-//! store and an in-process worker in group `faas-queue-worker`); the topics must exist.
+//! store and an in-process worker in group `faas-queue-worker`; missing topics created).
 //! `FAAS_BENCH_QUEUE_KAFKA=mock` does the same on librdkafka's mock cluster, started in
 //! this process with the topics (8, 8 and 1 partitions).
 //! See `benches/wrk/gateway.sh`, `benches/wrk/async.sh` and `benches/kafka/tansu-async.sh`.

@@ -116,6 +116,11 @@ struct Args {
     /// Any librdkafka property (repeatable).
     #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
     kafka_properties: Vec<(String, String)>,
+    /// Do not create missing topics at start (by default the queue's and the records'
+    /// topics are created with 8 partitions, the records' compacted, and the dead letters'
+    /// with 1; existing topics are left as they are).
+    #[arg(long, env = "FAAS_QUEUE_NO_CREATE_TOPICS")]
+    no_create_topics: bool,
 }
 
 /// `--linger`: a duration of at most a second (the records wait that long for company).
@@ -201,6 +206,22 @@ fn config(a: &Args) -> (KafkaConfig, WorkerConfig, Duration) {
 
 async fn run(args: Args) -> Result<()> {
     let (kafka, worker_config, invoke_timeout) = config(&args);
+    if !args.no_create_topics {
+        let records = match records(&args, &kafka) {
+            Records::Kafka(topic) => Some(topic),
+            Records::Memory => None,
+        };
+        let partitions = faas_queue::kafka::DEFAULT_PARTITIONS;
+        let wait = Duration::from_secs(10);
+        match faas_queue::kafka::ensure_topics(&kafka, records.as_deref(), partitions, wait).await {
+            Ok(r) if !r.created.is_empty() => eprintln!(
+                "faas-queue-worker: created the topics {} ({partitions} partitions; dead letters 1)",
+                r.created.join(", ")
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("faas-queue-worker: {e} (going on)"),
+        }
+    }
     let gateway = &args.gateway;
     let invoker = Arc::new(GatewayInvoker::new(gateway, invoke_timeout)?);
     // One producer for the republished calls, the dead letters and the records.
