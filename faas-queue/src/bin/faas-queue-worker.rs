@@ -473,6 +473,7 @@ mod tests {
         "activations-topic",
         "linger",
         "listen",
+        "no-create-topics",
     ];
 
     #[test]
@@ -540,6 +541,10 @@ mod tests {
         let a = Args { activations: Some(Activations::Kafka), activations_topic: None, ..a };
         assert!(matches!(records(&a, &kafka), Records::Kafka(t) if t == "jobs-activations"));
         assert_eq!(a.listen, None);
+        assert!(!a.no_create_topics, "topics are created by default");
+        let a =
+            Args::try_parse_from(["w", "--brokers", "b", "--gateway", "g", "--no-create-topics"]);
+        assert!(a.unwrap().no_create_topics);
         let a = Args::try_parse_from(["w", "--brokers", "b", "--gateway", "g", "--linger", "0ms"]);
         assert_eq!(config(&a.unwrap()).0.linger, Duration::ZERO);
         let a =
