@@ -83,7 +83,8 @@
 //!   and is started again (with the same backoff while it keeps exiting within 10 s of its
 //!   start); the invocations waiting in line go to the new start.
 //!
-//! `/_/health` answers 503 until the first start has initialised or failed.
+//! `/_/health` answers 503 until the first start has initialised or failed. Each
+//! environment's Runtime API serves at most [`MAX_API_CONNECTIONS`] connections at once.
 //!
 //! # The Runtime API's own answers
 //!
@@ -975,8 +976,13 @@ impl<R: AsyncRead + Unpin> AsyncRead for TailReader<R> {
 // ---------------------------------------------------------------------------------------
 // The Runtime API
 
+/// The most connections one Runtime API endpoint serves at once: a runtime uses one or two;
+/// a connection over it is closed at once, so a local process cannot pile them up in the
+/// process serving the API (the gateway's, on the process backend).
+pub const MAX_API_CONNECTIONS: usize = 16;
+
 /// Serves the Runtime API of start `gen` of environment `env` on `listener` until aborted
-/// (which closes its connections).
+/// (which closes its connections), at most [`MAX_API_CONNECTIONS`] at once.
 async fn serve_api(rt: Arc<LambdaRuntime>, env: usize, listener: TcpListener, gen: u64) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -988,6 +994,12 @@ async fn serve_api(rt: Arc<LambdaRuntime>, env: usize, listener: TcpListener, ge
                 continue;
             }
         };
+        // Finished connections are reaped as new ones come.
+        while conns.try_join_next().is_some() {}
+        if conns.len() >= MAX_API_CONNECTIONS {
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let rt = rt.clone();
         let svc = hyper::service::service_fn(move |req| {
@@ -999,8 +1011,6 @@ async fn serve_api(rt: Arc<LambdaRuntime>, env: usize, listener: TcpListener, ge
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
-        // Finished connections are reaped as new ones come.
-        while conns.try_join_next().is_some() {}
     }
 }
 

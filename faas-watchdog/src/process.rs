@@ -945,6 +945,7 @@ impl Func {
             max_concurrency: crate::lambda::replica_capacity(&st.spec),
             ready: false,
         };
+        let hosted = hosts_lambda(&st.spec, &shared.cfg);
         let r = self.instances.insert_with(view, |key| {
             Arc::new(Replica {
                 key,
@@ -959,10 +960,8 @@ impl Func {
                 stop,
                 done,
                 started: Instant::now(),
-                direct: (relays_directly(&st.spec, &shared.cfg)
-                    || hosts_lambda(&st.spec, &shared.cfg))
-                .then(|| Direct {
-                    lambda: hosts_lambda(&st.spec, &shared.cfg).then(std::sync::OnceLock::new),
+                direct: (hosted || relays_directly(&st.spec, &shared.cfg)).then(|| Direct {
+                    lambda: hosted.then(std::sync::OnceLock::new),
                     log_requests: st.spec.env_vars.get("log_requests").is_none_or(|v| {
                         crate::watchdog::parse_bool("log_requests", v).unwrap_or(true)
                     }),

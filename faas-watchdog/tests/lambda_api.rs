@@ -346,3 +346,46 @@ async fn execution_environments_take_invocations_at_once() {
     drop(wd);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One Runtime API endpoint serves at most `MAX_API_CONNECTIONS` connections at once: those
+/// over it are closed at once, the ones it holds keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_api_connections_are_bounded() {
+    use faas_watchdog::lambda::MAX_API_CONNECTIONS;
+    let (dir, _wd, api) = with_stand_in("lambda-api-conns", &[]).await;
+    let addr = api.trim_start_matches("http://").split('/').next().unwrap().to_string();
+    let mut held = Vec::new();
+    for _ in 0..MAX_API_CONNECTIONS {
+        held.push(tokio::net::TcpStream::connect(&addr).await.expect("connect"));
+    }
+    // One over the bound: accepted, then closed without an answer.
+    let mut over = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), over.read(&mut buf))
+        .await
+        .expect("the connection over the bound was not closed");
+    assert_eq!(n.unwrap_or(0), 0, "the connection over the bound was answered");
+    // A held one still serves the API.
+    let c = &mut held[0];
+    let req = format!("POST {PREFIX}/invocation/nobody/response HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{{}}");
+    c.write_all(req.as_bytes()).await.expect("write");
+    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+        .await
+        .expect("no answer on a held connection")
+        .expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 "), "{:?}", &buf[..n]);
+    // Closing them frees their places.
+    drop(held);
+    let fresh = async {
+        loop {
+            let mut c = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+            c.write_all(req.as_bytes()).await.expect("write");
+            if matches!(c.read(&mut buf).await, Ok(n) if n > 0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), fresh).await.expect("no place freed");
+    let _ = std::fs::remove_dir_all(dir);
+}
