@@ -91,21 +91,26 @@ cargo build --workspace --all-features --benches
 bash scripts/ensure-docker.sh || echo "!! Docker is not usable: the Docker tests will fail" >&2
 
 # Every feature (the Kafka queue of `faas up` included, on librdkafka's mock cluster), then
-# the one test that needs a `faas` binary without Kafka (its refusal names the feature). That
-# build turns on every other feature of the workspace, so that the dependencies resolve to the
-# same features and are not compiled (and stored) a second time: only `faas` itself is rebuilt.
+# the one test that needs a `faas` binary without Kafka (its refusal names the feature): the
+# `kafka` features of `faas` and `faas-http` off (and faas-benches, which turns faas-http's
+# on, left out), every other feature of the workspace on, so that the dependencies resolve
+# to the same features and are not compiled (and stored) a second time: only faas-http and
+# `faas` are rebuilt.
 no_kafka_features=$(cargo metadata --no-deps --format-version 1 | python3 -c '
 import json, sys
 m = json.load(sys.stdin)
+off = {("faas", "kafka"), ("faas-http", "kafka")}
 print(",".join(sorted(p["name"] + "/" + f for p in m["packages"] for f in p["features"]
-                      if f != "default" and (p["name"], f) != ("faas", "kafka"))))')
+                      if f != "default" and (p["name"], f) not in off)))')
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-features --no-fail-fast "$@"
-  cargo nextest run --workspace --features "$no_kafka_features" --test cli_queue --no-fail-fast
+  cargo nextest run --workspace --exclude faas-benches --features "$no_kafka_features" \
+    --test cli_queue --no-fail-fast
   cargo test --workspace --all-features --doc
 else
   cargo test --workspace --all-features --no-fail-fast "$@"
-  cargo test --workspace --features "$no_kafka_features" --test cli_queue --no-fail-fast
+  cargo test --workspace --exclude faas-benches --features "$no_kafka_features" \
+    --test cli_queue --no-fail-fast
 fi
 
 # Every fuzz target, briefly (seconds each), so that they keep compiling and the committed

@@ -12,6 +12,9 @@
 # empty, the topics created again; then an async call every 250 ms, for at most 60 s,
 # until one is accepted and its record reads `succeeded` (the recovery time, from the
 # moment the topics existed again); 20 more calls;
+# With TOPICS=gateway the script creates no topics: the gateway creates them at its start
+# and again after the restart (`keep_topics`), and the recovery time counts from the moment
+# tansu listened again.
 # 20 s later the state of every call accepted after the restart. A gateway that crashed is
 # said so. Prints one line per run.
 #
@@ -36,7 +39,10 @@ stop() {
 trap 'stop; rm -rf "$WORK"' EXIT
 
 . benches/kafka/tansu.sh
-start_tansu() { tansu_start "$WORK/tansu.log"; }
+TOPICS=${TOPICS:-script}
+case "$TOPICS" in script) BARE="" ;; gateway) BARE=bare ;;
+  *) echo "TOPICS is script or gateway" >&2; exit 2 ;; esac
+start_tansu() { tansu_start "$WORK/tansu.log" $BARE; }
 call() { curl -s -o /dev/null -D - -m 35 -X POST -d hello "http://$GW/async-function/uppercase" |
   awk 'tolower($1) == "x-call-id:" {print $2}' | tr -d '\r'; }
 state() { curl -s "http://$GW/system/activations/$1" | sed -n 's/.*"state":"\([a-z-]*\)".*/\1/p'; }

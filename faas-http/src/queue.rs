@@ -162,7 +162,10 @@ pub struct QueueOptions {
     /// Create the Kafka topics that do not exist yet before starting (default): the calls'
     /// and the records' (compacted) with [`faas_queue::kafka::DEFAULT_PARTITIONS`]
     /// partitions, the dead letters' with one (see `faas_queue::kafka::ensure_topics`). A
-    /// failure (no right to create topics, say) is logged and the queue starts anyway.
+    /// failure (no right to create topics, say) is logged and the queue starts anyway. The
+    /// topics are checked and created again when a broker is reachable after all were down
+    /// or a publication finds its topic missing (a cluster back without its data; see
+    /// `faas_queue::kafka::KafkaPublisher::keep_topics`).
     pub create_topics: bool,
 }
 
@@ -354,6 +357,10 @@ async fn start_kafka(
     // One producer for the calls, their records, the worker's republished calls and the dead
     // letters (see `KafkaPublisher::sharing_with`): one librdkafka client, not four.
     let calls = KafkaPublisher::new(&kafka)?;
+    if options.create_topics {
+        // A cluster back without its data gets the topics again (see `keep_topics`).
+        calls.keep_topics(Some(&records_topic), faas_queue::kafka::DEFAULT_PARTITIONS)?;
+    }
     let store = KafkaActivationStore::sharing(&calls, &kafka, &records_topic)?;
     // Known records let the worker skip a redelivered call that already finished; a
     // cluster that is down is worth saying at start-up (the store keeps trying).

@@ -295,6 +295,102 @@ pub async fn ensure_topics(
     }
 }
 
+/// How long [`TopicKeeper`] waits between two checks of the topics.
+const TOPIC_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How many times one [`TopicKeeper`] check tries (a broker that just came back may not
+/// answer yet), [`TOPIC_CHECK_INTERVAL`] apart.
+const TOPIC_CHECK_TRIES: u32 = 6;
+
+/// Creates a queue's topics again when they go missing: a cluster that lost its data (a
+/// broker restarted empty) has none of them, and nothing can be published or read until
+/// they exist. Checks with [`ensure_topics`] when a broker is reachable again after all were
+/// down, and when a publication fails for an unknown topic; one check at a time, at most
+/// one every [`TOPIC_CHECK_INTERVAL`], each trying up to [`TOPIC_CHECK_TRIES`] times.
+pub(crate) struct TopicKeeper {
+    config: KafkaConfig,
+    records_topic: Option<String>,
+    partitions: i32,
+    runtime: tokio::runtime::Handle,
+    /// A check is running.
+    running: std::sync::atomic::AtomicBool,
+    /// When the last check started.
+    last: Mutex<Option<std::time::Instant>>,
+    /// Checks started (for tests).
+    checks: AtomicU64,
+    /// Topics created by the checks.
+    created: AtomicU64,
+}
+
+impl std::fmt::Debug for TopicKeeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicKeeper")
+            .field("topic", &self.config.topic)
+            .field("records_topic", &self.records_topic)
+            .finish()
+    }
+}
+
+impl TopicKeeper {
+    /// Starts a check on the runtime unless one is running or one started within
+    /// [`TOPIC_CHECK_INTERVAL`]. Called from librdkafka's threads too: never blocks.
+    fn check(self: &Arc<Self>, why: &'static str) {
+        {
+            let mut last = lock(&self.last);
+            if last.is_some_and(|t| t.elapsed() < TOPIC_CHECK_INTERVAL)
+                || self.running.swap(true, Ordering::AcqRel)
+            {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        let keeper = self.clone();
+        self.runtime.spawn(async move {
+            for attempt in 1..=TOPIC_CHECK_TRIES {
+                let r = ensure_topics(
+                    &keeper.config,
+                    keeper.records_topic.as_deref(),
+                    keeper.partitions,
+                    TOPIC_CHECK_INTERVAL,
+                )
+                .await;
+                match r {
+                    Ok(r) => {
+                        if !r.created.is_empty() {
+                            keeper.created.fetch_add(r.created.len() as u64, Ordering::Relaxed);
+                            tracing::warn!(
+                                topics = ?r.created, partitions = keeper.partitions, why,
+                                "the Kafka topics were missing; created them again"
+                            );
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, attempt, why, "checking the Kafka topics");
+                        if attempt < TOPIC_CHECK_TRIES {
+                            tokio::time::sleep(TOPIC_CHECK_INTERVAL).await;
+                        }
+                    }
+                }
+            }
+            keeper.running.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Whether a publication failed because its topic or partition does not exist.
+fn unknown_topic(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownPartition
+        )
+    )
+}
+
 /// How long a reachability probe waits for a broker's answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -311,6 +407,8 @@ pub(crate) struct Reachability {
     down: Mutex<Option<(std::time::Instant, String)>>,
     /// A metadata probe is running (at most one).
     probing: std::sync::atomic::AtomicBool,
+    /// Checks the topics when a broker is reachable again ([`KafkaPublisher::keep_topics`]).
+    keeper: std::sync::OnceLock<Arc<TopicKeeper>>,
 }
 
 impl Reachability {
@@ -325,6 +423,9 @@ impl Reachability {
     fn set_up(&self) {
         if lock(&self.down).take().is_some() {
             tracing::info!(target: "librdkafka", "a Kafka broker is reachable again");
+            if let Some(k) = self.keeper.get() {
+                k.check("a broker is reachable again");
+            }
         }
     }
 
@@ -527,6 +628,48 @@ impl KafkaPublisher {
         self.inner.rebuilds.load(Ordering::Relaxed)
     }
 
+    /// Keeps the queue's topics (those [`ensure_topics`] creates with `records_topic` and
+    /// `partitions`) in existence: when a broker is reachable again after every broker was
+    /// down, and when a publication fails for an unknown topic, the topics are checked and
+    /// the missing ones created again, on the current tokio runtime, so that a cluster that
+    /// came back without its data takes calls again without a restart. Shared by every
+    /// publisher of this producer ([`KafkaPublisher::sharing_with`]); a second call changes
+    /// nothing. Fails outside a tokio runtime.
+    pub fn keep_topics(&self, records_topic: Option<&str>, partitions: i32) -> Result<()> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            Error::internal(format!("keeping the Kafka topics needs a tokio runtime: {e}"))
+        })?;
+        let _ = self.inner.reach.keeper.set(Arc::new(TopicKeeper {
+            config: self.inner.config.clone(),
+            records_topic: records_topic.map(str::to_string),
+            partitions: partitions.max(1),
+            runtime,
+            running: Default::default(),
+            last: Mutex::new(None),
+            checks: AtomicU64::new(0),
+            created: AtomicU64::new(0),
+        }));
+        Ok(())
+    }
+
+    /// How many topic checks [`KafkaPublisher::keep_topics`] started, and how many topics
+    /// they created.
+    pub fn topic_checks(&self) -> (u64, u64) {
+        self.inner.reach.keeper.get().map_or((0, 0), |k| {
+            (k.checks.load(Ordering::Relaxed), k.created.load(Ordering::Relaxed))
+        })
+    }
+
+    /// A publication's error; a missing topic starts a check of the topics.
+    fn failed(&self, e: &KafkaError) -> Error {
+        if unknown_topic(e) {
+            if let Some(k) = self.inner.reach.keeper.get() {
+                k.check("a publication found its topic missing");
+            }
+        }
+        produce_error(e)
+    }
+
     /// The current producer.
     fn producer(&self) -> TracedProducer {
         lock(&self.inner.producer).producer.clone()
@@ -595,7 +738,7 @@ impl KafkaPublisher {
                     self.inner.last_ack_ms.fetch_max(now, Ordering::Relaxed);
                     return (Ok(()), false);
                 }
-                Ok(Ok(Err((e, _)))) => return (Err(produce_error(&e)), false),
+                Ok(Ok(Err((e, _)))) => return (Err(self.failed(&e)), false),
                 Ok(Err(_)) => {
                     return (Err(Error::unavailable("kafka: the producer went away")), false)
                 }
@@ -673,7 +816,7 @@ impl KafkaPublisher {
             record = record.headers(h);
         }
         let (r, stuck) = match producer.send_result(record) {
-            Err((e, _)) => (Err(produce_error(&e)), false),
+            Err((e, _)) => (Err(self.failed(&e)), false),
             Ok(fut) => self.deliver(fut, generation).await,
         };
         (r, generation, stuck)
@@ -720,7 +863,7 @@ impl QueuePublisher for KafkaPublisher {
             let sent = encode(item).and_then(|payload| {
                 let key = item.key();
                 let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
-                producer.send_result(record).map_err(|(e, _)| produce_error(&e))
+                producer.send_result(record).map_err(|(e, _)| self.failed(&e))
             });
             pending.push(sent);
         }

@@ -544,16 +544,22 @@ async fn a_backlog_on_a_slow_broker_is_not_taken_for_a_stuck_producer() {
 }
 
 /// A broker that goes away makes the publisher unhealthy, naming why, without a call
-/// having to time out first; once it is back, the health is good again without any call.
+/// having to time out first; once it is back, the health is good again without any call,
+/// and the topics are checked (`keep_topics`: a cluster back without its data gets them
+/// again; the mock cluster keeps its topics, so none is created here; tansu, which loses
+/// them, in `benches/kafka/tansu-restart.sh` with `TOPICS=gateway`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_follows_the_broker_going_away_and_coming_back() {
     use faas_core::queue::QueuePublisher as _;
     let cluster = MockCluster::new(1).expect("mock cluster");
     let config = KafkaConfig::new(cluster.bootstrap_servers());
     cluster.create_topic(&config.topic, 1, 1).expect("topic");
+    cluster.create_topic(&config.dead_letter_topic, 1, 1).expect("topic");
     let publisher = KafkaPublisher::new(&config).expect("publisher");
+    publisher.keep_topics(None, 1).expect("in a runtime");
     publisher.publish(common::item("f", "before")).await.expect("a first call");
     assert!(publisher.health().is_ok());
+    assert_eq!(publisher.topic_checks(), (0, 0), "no check while the broker answers");
     cluster.broker_down(1).expect("broker down");
     let why = bounded("the health to report the broker down", async {
         loop {
@@ -572,7 +578,14 @@ async fn the_health_follows_the_broker_going_away_and_coming_back() {
         }
     })
     .await;
+    bounded("the topics to be checked once the broker is back", async {
+        while publisher.topic_checks().0 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     publisher.publish(common::item("f", "after")).await.expect("a call after");
+    assert_eq!(publisher.topic_checks(), (1, 0), "every topic was there");
     drop(cluster);
 }
 

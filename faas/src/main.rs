@@ -163,9 +163,10 @@ enum Command {
         /// A librdkafka property KEY=VALUE for the Kafka queue (repeatable).
         #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
         kafka_properties: Vec<String>,
-        /// With a Kafka queue, do not create its missing topics at start (by default the
-        /// calls' and the records' topics are created with 8 partitions, the records'
-        /// compacted, and the dead letters' with 1; existing topics are left as they are).
+        /// With a Kafka queue, do not create its missing topics (by default the calls' and
+        /// the records' topics are created with 8 partitions, the records' compacted, and
+        /// the dead letters' with 1, at start and again when the cluster comes back without
+        /// them; existing topics are left as they are).
         #[arg(long)]
         no_create_topics: bool,
         /// The most replicas one function may ask for (default 8 x CPUs, at least 20, at

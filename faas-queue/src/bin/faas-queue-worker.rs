@@ -116,9 +116,10 @@ struct Args {
     /// Any librdkafka property (repeatable).
     #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
     kafka_properties: Vec<(String, String)>,
-    /// Do not create missing topics at start (by default the queue's and the records'
-    /// topics are created with 8 partitions, the records' compacted, and the dead letters'
-    /// with 1; existing topics are left as they are).
+    /// Do not create missing topics (by default the queue's and the records' topics are
+    /// created with 8 partitions, the records' compacted, and the dead letters' with 1, at
+    /// start and again when a cluster comes back without them; existing topics are left as
+    /// they are).
     #[arg(long, env = "FAAS_QUEUE_NO_CREATE_TOPICS")]
     no_create_topics: bool,
 }
@@ -226,6 +227,14 @@ async fn run(args: Args) -> Result<()> {
     let invoker = Arc::new(GatewayInvoker::new(gateway, invoke_timeout)?);
     // One producer for the republished calls, the dead letters and the records.
     let producer = KafkaPublisher::new(&kafka)?;
+    if !args.no_create_topics {
+        // A cluster back without its data gets the topics again (see `keep_topics`).
+        let records = match records(&args, &kafka) {
+            Records::Kafka(topic) => Some(topic),
+            Records::Memory => None,
+        };
+        producer.keep_topics(records.as_deref(), faas_queue::kafka::DEFAULT_PARTITIONS)?;
+    }
     let consumer = Arc::new(KafkaConsumer::sharing(&producer, &kafka)?);
     let dead_letters = Arc::new(KafkaDeadLetters::sharing(&producer, &kafka));
     let (store, kafka_store): (Arc<dyn ActivationStore>, _) = match records(&args, &kafka) {
