@@ -9,6 +9,11 @@
 # itself, from /proc and getrusage: on a shared machine throughput depends on what else
 # runs, CPU per request much less.
 #
+# (e) is the floor of any proxy on this machine (`proxy-floor`, in the faas-benches crate: a
+# byte relay with one upstream connection per client connection and nothing else, as many
+# threads as the watchdog) in front of the same upstream as (c): http mode (b) against it
+# says how much of the gap to the bare upstream any proxy pays here.
+#
 # Then (d) the machine's own spawn ceiling (`benches/wrk/spawn_ceiling.c`: what fork mode
 # does per request, with no HTTP, on as many threads as the machine has cores) and the ratio
 # of (a) to it: the target of issue #19 is fork mode >= 0.8x that ceiling, same run.
@@ -27,7 +32,7 @@ BIN=$TARGET/release
 
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  (cd "$ROOT" && cargo build --release -p faas-watchdog --bins)
+  (cd "$ROOT" && cargo build --release -p faas-watchdog --bins -p faas-benches --bin proxy-floor)
 fi
 
 WORK=$(mktemp -d)
@@ -114,7 +119,13 @@ env mode=streaming fprocess=cat prefix_logs=false port=$WD_FORK2 bind_address=12
   "$BIN/faas-watchdog" >/dev/null 2>&1 &
 PIDS+=($!); PID_A2=$!
 
+# (e) the byte relay in front of (c)'s upstream.
+PF=$(free_port)
+"$BIN/proxy-floor" "127.0.0.1:$PF" "127.0.0.1:$UP" >/dev/null 2>&1 &
+PIDS+=($!); PID_E=$!
+
 wait_ok "http://127.0.0.1:$UP/"
+wait_ok "http://127.0.0.1:$PF/"
 wait_ok "http://127.0.0.1:$WD_HTTP/"
 wait_ok "http://127.0.0.1:$WD_FORK/"
 wait_ok "http://127.0.0.1:$WD_FORK2/"
@@ -129,7 +140,11 @@ run "(a) fork mode, fprocess=cat" "http://127.0.0.1:$WD_FORK/" "$PID_A"
 FORK_RPS=$LAST_RPS
 run "(a2) fork mode, fprocess=cat, prefix_logs=false" "http://127.0.0.1:$WD_FORK2/" "$PID_A2"
 run "(b) http mode -> faas-fixture" "http://127.0.0.1:$WD_HTTP/" "$PID_B"
+HTTP_RPS=$LAST_RPS
 run "(c) faas-fixture alone (baseline)" "http://127.0.0.1:$UP/" "$PID_C"
+BARE_RPS=$LAST_RPS
+run "(e) byte relay -> faas-fixture (the floor of a proxy)" "http://127.0.0.1:$PF/" "$PID_E"
+FLOOR_RPS=$LAST_RPS
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # (d) the spawn ceiling: fork mode's process work alone, one thread per core, same `cat`.
@@ -145,3 +160,5 @@ echo "(d) spawn ceiling, $(nproc) threads x 2000 spawns of cat, no HTTP: $CEIL s
   "$CEIL_CPU us CPU per spawn"
 awk -v a="$FORK_RPS" -v c="$CEIL" 'BEGIN {
   printf "fork mode (a) / spawn ceiling (d): %.2fx (target >= 0.8x)\n", a / c }'
+awk -v b="$HTTP_RPS" -v c="$BARE_RPS" -v e="$FLOOR_RPS" 'BEGIN {
+  printf "http mode (b) / bare (c): %.2fx (target >= 0.5x); byte relay (e) / bare (c): %.2fx; (b) / (e): %.2fx\n", b / c, e / c, b / e }'
