@@ -1993,6 +1993,21 @@ mod tests {
         consumer.close().await.expect("closed");
     }
 
+    /// A publication failing for a missing topic (locally known or the broker's answer)
+    /// starts a topic check; other failures do not.
+    #[test]
+    fn missing_topics_are_told_from_other_failures() {
+        use RDKafkaErrorCode as C;
+        for code in [C::UnknownTopicOrPartition, C::UnknownTopic, C::UnknownPartition] {
+            assert!(unknown_topic(&KafkaError::MessageProduction(code)), "{code:?}");
+        }
+        for code in
+            [C::QueueFull, C::MessageTimedOut, C::TopicAuthorizationFailed, C::AllBrokersDown]
+        {
+            assert!(!unknown_topic(&KafkaError::MessageProduction(code)), "{code:?}");
+        }
+    }
+
     #[test]
     fn commit_point_is_lowest_unfinished() {
         let mut t = Tracker::default();
