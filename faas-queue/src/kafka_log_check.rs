@@ -271,9 +271,19 @@ pub(crate) fn resume_assigned<C: ConsumerContext>(
     restarted: &[Restarted],
     mut each: impl FnMut(&Restarted),
 ) -> Result<(), String> {
-    client
+    let md = client
         .fetch_metadata(Some(topic), CHECK_TIMEOUT)
         .map_err(|e| format!("metadata of {topic}: {e}"))?;
+    // Not before the brokers know the topic again: fetches by the id it had before (a
+    // broker back without its data) can be answered in ways librdkafka crashes on (a
+    // leader change for topic id zero, as tansu answers).
+    if !md
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+    {
+        return Err(format!("{topic} does not exist (yet)"));
+    }
     let tpl = assigned(client, topic)?;
     for r in restarted {
         if tpl.find_partition(topic, r.partition).is_none() {
@@ -434,6 +444,28 @@ mod tests {
     use super::*;
     use crate::kafka::MockKafka;
     use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    /// A reader is resumed only once the brokers know its topic again: fetches by the id a
+    /// topic had before a broker lost its data can be answered in ways librdkafka crashes
+    /// on (tansu's leader change for topic id zero).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_is_not_resumed_while_its_topic_is_missing() {
+        let kafka = MockKafka::new(1).expect("mock cluster");
+        let client: Arc<StreamConsumer> = Arc::new(
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", kafka.bootstrap_servers())
+                .set("group.id", "reader")
+                .create()
+                .expect("consumer"),
+        );
+        let resume = |client: Arc<StreamConsumer>| {
+            tokio::task::spawn_blocking(move || resume_assigned(&client, "t", &[], |_| {}))
+        };
+        let e = resume(client.clone()).await.expect("joined").expect_err("resumed");
+        assert!(e.contains("t does not exist"), "{e}");
+        kafka.create_topic("t", 1).expect("topic");
+        resume(client).await.expect("joined").expect("resumed once the topic exists");
+    }
 
     /// The check on a real Kafka protocol peer (the mock cluster): a log that still holds
     /// the message read is the same; one that holds another message at that offset, or ends
