@@ -207,14 +207,16 @@ fn config(a: &Args) -> (KafkaConfig, WorkerConfig, Duration) {
 
 async fn run(args: Args) -> Result<()> {
     let (kafka, worker_config, invoke_timeout) = config(&args);
+    // The records' topic, when the records go to Kafka: created and kept with the queue's.
+    let records_topic = match records(&args, &kafka) {
+        Records::Kafka(topic) => Some(topic),
+        Records::Memory => None,
+    };
+    let partitions = faas_queue::kafka::DEFAULT_PARTITIONS;
     if !args.no_create_topics {
-        let records = match records(&args, &kafka) {
-            Records::Kafka(topic) => Some(topic),
-            Records::Memory => None,
-        };
-        let partitions = faas_queue::kafka::DEFAULT_PARTITIONS;
         let wait = Duration::from_secs(10);
-        match faas_queue::kafka::ensure_topics(&kafka, records.as_deref(), partitions, wait).await {
+        let records = records_topic.as_deref();
+        match faas_queue::kafka::ensure_topics(&kafka, records, partitions, wait).await {
             Ok(r) if !r.created.is_empty() => eprintln!(
                 "faas-queue-worker: created the topics {} ({partitions} partitions; dead letters 1)",
                 r.created.join(", ")
@@ -229,11 +231,7 @@ async fn run(args: Args) -> Result<()> {
     let producer = KafkaPublisher::new(&kafka)?;
     if !args.no_create_topics {
         // A cluster back without its data gets the topics again (see `keep_topics`).
-        let records = match records(&args, &kafka) {
-            Records::Kafka(topic) => Some(topic),
-            Records::Memory => None,
-        };
-        producer.keep_topics(records.as_deref(), faas_queue::kafka::DEFAULT_PARTITIONS)?;
+        producer.keep_topics(records_topic.as_deref(), partitions)?;
     }
     let consumer = Arc::new(KafkaConsumer::sharing(&producer, &kafka)?);
     let dead_letters = Arc::new(KafkaDeadLetters::sharing(&producer, &kafka));
