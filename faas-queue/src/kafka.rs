@@ -114,14 +114,20 @@ pub struct KafkaConfig {
     pub close_timeout: Duration,
     /// How long a publication may wait for its acknowledgement while a broker is reachable
     /// before the producer is taken for stuck, replaced and the message sent again with the
-    /// new one (only a producer that has delivered a message before, a new one may still be
-    /// connecting to a slow broker; and only when no message at all was acknowledged within
-    /// that time, a backlog draining behind a slow broker is progress). A broker that
+    /// new one (only a producer that has delivered a message before or is older than
+    /// [`KafkaConfig::first_delivery_within`], a new one may still be connecting to a slow
+    /// broker; and only when no message at all was acknowledged within that time, a
+    /// backlog draining behind a slow broker is progress). A broker that
     /// restarted without its state answers an idempotent producer `UNKNOWN_PRODUCER_ID`,
     /// which librdkafka may retry until the message timeout, message after message; a new
     /// producer registers again and goes through. While no broker is reachable,
     /// publications wait for the message timeout.
     pub stuck_after: Duration,
+    /// How long a producer that has delivered nothing yet is given to connect and register
+    /// before [`KafkaConfig::stuck_after`] applies to it as to one that has: a producer
+    /// built before the broker lost its state, which never delivered before that (a gateway
+    /// that took no call), is replaced then like one that had.
+    pub first_delivery_within: Duration,
     /// How long the producer waits for a batch to fill (`linger.ms`; default [`LINGER`]).
     pub linger: Duration,
     /// Further librdkafka properties, applied last (to producers and consumers alike),
@@ -144,6 +150,7 @@ impl KafkaConfig {
             nack_on_drop: true,
             close_timeout: Duration::from_secs(10),
             stuck_after: Duration::from_secs(5),
+            first_delivery_within: Duration::from_secs(30),
             linger: LINGER,
             properties: Vec::new(),
         }
@@ -514,10 +521,11 @@ pub(crate) fn error_to_tracing(client: &str, error: &KafkaError, reason: &str) {
     tracing::error!(target: "librdkafka", client, %error, "{reason}");
 }
 
-/// A publisher's producer, and how many times it was replaced before.
+/// A publisher's producer, how many times it was replaced before, and when it was built.
 struct Current {
     producer: TracedProducer,
     generation: u64,
+    built: std::time::Instant,
 }
 
 /// The producer type of the Kafka queue and store.
@@ -597,7 +605,11 @@ impl KafkaPublisher {
         let reach = Arc::new(Reachability::default());
         Ok(KafkaPublisher {
             inner: Arc::new(PublisherInner {
-                producer: Mutex::new(Current { producer: config.producer(&reach)?, generation: 0 }),
+                producer: Mutex::new(Current {
+                    producer: config.producer(&reach)?,
+                    generation: 0,
+                    built: std::time::Instant::now(),
+                }),
                 config: config.clone(),
                 rebuilds: AtomicU64::new(0),
                 delivered: AtomicU64::new(0),
@@ -675,10 +687,10 @@ impl KafkaPublisher {
         lock(&self.inner.producer).producer.clone()
     }
 
-    /// The current producer and its generation.
-    fn current(&self) -> (TracedProducer, u64) {
+    /// The current producer, its generation and when it was built.
+    fn current(&self) -> (TracedProducer, u64, std::time::Instant) {
         let c = lock(&self.inner.producer);
-        (c.producer.clone(), c.generation)
+        (c.producer.clone(), c.generation, c.built)
     }
 
     /// After a failed send with the producer of `generation`: replaces that producer if
@@ -706,6 +718,7 @@ impl KafkaPublisher {
                 tracing::warn!(topic = %self.topic, "the Kafka producer {why}; replaced it with a new one");
                 let old = std::mem::replace(&mut c.producer, fresh);
                 c.generation += 1;
+                c.built = std::time::Instant::now();
                 drop(c);
                 self.inner.rebuilds.fetch_add(1, Ordering::Relaxed);
                 old.purge(PurgeConfig::default().queue().inflight());
@@ -720,14 +733,20 @@ impl KafkaPublisher {
         }
     }
 
-    /// Waits for a message's acknowledgement from the producer of `generation`. Past
-    /// [`KafkaConfig::stuck_after`] with a broker reachable, a producer that has delivered
-    /// before and no acknowledgement of any message within the last `stuck_after`, gives up
-    /// with `stuck` set (the caller replaces the producer); while no broker is reachable,
-    /// while the producer has delivered nothing yet (its first connection to a slow broker),
+    /// Waits for a message's acknowledgement from the producer of `generation`, built at
+    /// `built`. Past [`KafkaConfig::stuck_after`] with a broker reachable, a producer that
+    /// has delivered before (or is older than [`KafkaConfig::first_delivery_within`]) and
+    /// no acknowledgement of any message within the last `stuck_after`, gives up with
+    /// `stuck` set (the caller replaces the producer); while no broker is reachable, while
+    /// a young producer has delivered nothing yet (its first connection to a slow broker),
     /// or while other messages are acknowledged (a backlog draining), waits on, at most for
     /// librdkafka's message timeout.
-    async fn deliver(&self, mut fut: DeliveryFuture, generation: u64) -> (Result<()>, bool) {
+    async fn deliver(
+        &self,
+        mut fut: DeliveryFuture,
+        generation: u64,
+        built: std::time::Instant,
+    ) -> (Result<()>, bool) {
         let stuck_after = self.inner.config.stuck_after;
         loop {
             match tokio::time::timeout(stuck_after, &mut fut).await {
@@ -743,7 +762,10 @@ impl KafkaPublisher {
                     return (Err(Error::unavailable("kafka: the producer went away")), false)
                 }
                 Err(_) if self.inner.reach.is_down() => continue,
-                Err(_) if self.inner.delivered.load(Ordering::Relaxed) != generation + 1 => {
+                Err(_)
+                    if self.inner.delivered.load(Ordering::Relaxed) != generation + 1
+                        && built.elapsed() < self.inner.config.first_delivery_within =>
+                {
                     continue
                 }
                 Err(_) if self.acknowledged_within(stuck_after) => continue,
@@ -810,14 +832,14 @@ impl KafkaPublisher {
         payload: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> (Result<()>, u64, bool) {
-        let (producer, generation) = self.current();
+        let (producer, generation, built) = self.current();
         let mut record = FutureRecord::to(&self.topic).key(key).payload(payload);
         if let Some(h) = headers {
             record = record.headers(h);
         }
         let (r, stuck) = match producer.send_result(record) {
             Err((e, _)) => (Err(self.failed(&e)), false),
-            Ok(fut) => self.deliver(fut, generation).await,
+            Ok(fut) => self.deliver(fut, generation, built).await,
         };
         (r, generation, stuck)
     }
@@ -857,7 +879,7 @@ impl QueuePublisher for KafkaPublisher {
 
     async fn publish_batch(&self, items: Vec<QueuedInvocation>) -> Vec<Result<()>> {
         // Enqueue everything first, then wait for the acknowledgements together.
-        let (producer, generation) = self.current();
+        let (producer, generation, built) = self.current();
         let mut pending = Vec::with_capacity(items.len());
         for item in &items {
             let sent = encode(item).and_then(|payload| {
@@ -872,7 +894,7 @@ impl QueuePublisher for KafkaPublisher {
         for p in pending {
             out.push(match p {
                 Ok(fut) => {
-                    let (r, s) = self.deliver(fut, generation).await;
+                    let (r, s) = self.deliver(fut, generation, built).await;
                     stuck |= s;
                     r
                 }

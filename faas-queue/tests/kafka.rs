@@ -452,6 +452,34 @@ async fn a_fatally_failed_producer_is_replaced_and_the_call_goes_through() {
     drop(cluster);
 }
 
+/// Makes the cluster answer `UNKNOWN_PRODUCER_ID` to every produce request, as a broker
+/// that lost its state does, until the errors are cleared.
+fn lose_producer_ids(cluster: &Cluster) {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let lost = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID; 100_000];
+    cluster.request_errors(RDKafkaApiKey::Produce, &lost);
+}
+
+/// Starts a call with `body` and waits (bounded) until the publisher has replaced its
+/// producer; the call's task is returned unfinished.
+async fn publish_until_replaced(
+    publisher: &KafkaPublisher,
+    body: &'static str,
+) -> tokio::task::JoinHandle<faas_core::Result<()>> {
+    use faas_core::queue::QueuePublisher as _;
+    let call = tokio::spawn({
+        let publisher = publisher.clone();
+        async move { publisher.publish(common::item("f", body)).await }
+    });
+    bounded("the producer to be replaced", async {
+        while publisher.rebuilds() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    call
+}
+
 /// A broker that lost its state answers `UNKNOWN_PRODUCER_ID` to the producer's every
 /// retry (tansu does, after a restart without its data), which librdkafka would retry until
 /// the message timeout, call after call: with a broker reachable and no acknowledgement
@@ -460,7 +488,7 @@ async fn a_fatally_failed_producer_is_replaced_and_the_call_goes_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_stuck_on_a_broker_that_lost_its_state_is_replaced() {
     use faas_core::queue::QueuePublisher as _;
-    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    use rdkafka::types::RDKafkaApiKey;
     let cluster = MockCluster::new(1).expect("mock cluster");
     let config = KafkaConfig {
         stuck_after: Duration::from_secs(3),
@@ -469,22 +497,43 @@ async fn a_producer_stuck_on_a_broker_that_lost_its_state_is_replaced() {
     cluster.create_topic(&config.topic, 1, 1).expect("topic");
     let publisher = KafkaPublisher::new(&config).expect("publisher");
     publisher.publish(common::item("f", "before")).await.expect("a first call");
-    let lost = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID; 100_000];
-    cluster.request_errors(RDKafkaApiKey::Produce, &lost);
-    let call = tokio::spawn({
-        let publisher = publisher.clone();
-        async move { publisher.publish(common::item("f", "x")).await }
-    });
-    bounded("the stuck producer to be replaced", async {
-        while publisher.rebuilds() == 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    lose_producer_ids(&cluster);
+    let call = publish_until_replaced(&publisher, "x").await;
     cluster.clear_request_errors(RDKafkaApiKey::Produce);
     let r = bounded("the call with the new producer", call).await.expect("the call's task");
     r.expect("the call went through with the new producer");
     publisher.publish(common::item("f", "after")).await.expect("a call after");
+    assert!(publisher.health().is_ok(), "{:?}", publisher.health());
+    drop(cluster);
+}
+
+/// A producer that has delivered nothing (a gateway that took no call before the broker
+/// lost its state) and gets no acknowledgement from a reachable broker is replaced too,
+/// once it is older than `first_delivery_within`, and the call goes through with the new
+/// one, long before the message timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_never_delivered_is_replaced_once_past_its_first_delivery_time() {
+    use faas_core::queue::QueuePublisher as _;
+    use rdkafka::types::RDKafkaApiKey;
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let config = KafkaConfig {
+        stuck_after: Duration::from_secs(1),
+        first_delivery_within: Duration::from_secs(3),
+        ..KafkaConfig::new(cluster.bootstrap_servers())
+    };
+    cluster.create_topic(&config.topic, 1, 1).expect("topic");
+    lose_producer_ids(&cluster);
+    let built = std::time::Instant::now();
+    let publisher = KafkaPublisher::new(&config).expect("publisher");
+    let call = publish_until_replaced(&publisher, "first").await;
+    let replaced_after = built.elapsed();
+    assert!(
+        replaced_after >= config.first_delivery_within,
+        "replaced after {replaced_after:?}, within its first delivery time"
+    );
+    cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    let r = bounded("the call with the new producer", call).await.expect("the call's task");
+    r.expect("the call went through with the new producer");
     assert!(publisher.health().is_ok(), "{:?}", publisher.health());
     drop(cluster);
 }
