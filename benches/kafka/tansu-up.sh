@@ -13,6 +13,11 @@
 #
 #   benches/kafka/tansu-up.sh [DURATION] [CONNECTIONS...]   (defaults 10s 64 256)
 #
+# More connections let the gateway's producer put more calls in each request to the broker
+# (it waits at most 1 ms to fill one): 1024 is where the accepting side was measured at
+# 20k/s and more with its worker on the same two cores (BENCHMARKS.md, 2026-12-07).
+# wrk's socket errors and non-2xx answers are printed (`!!`) when there are any.
+#
 # BENCH_BIN=DIR runs prebuilt release binaries (`faas` built with `--features kafka`,
 # `faas-fixture`) from DIR; otherwise they are built. LINGER=MS sets the producers'
 # `linger.ms` (`--kafka-property`; the queue's default is 1). Needs `tansu` (`cargo install
@@ -80,10 +85,13 @@ for c in "${CONNS[@]}"; do
     a=$(finished); sleep 0.1; [ "$a" = "$(finished)" ] && break
   done
   F0=$(finished); T0=$(date +%s.%N)
-  OUT=$(wrk -t2 -c"$c" -d"$DUR" "http://$GW/async-function/ok")
+  OUT=$(wrk -t2 -c"$c" -d"$DUR" --latency "http://$GW/async-function/ok")
+  LAT="202s with the worker: p50 $(awk '$1=="50%" {print $2}' <<<"$OUT"), p99 $(awk '$1=="99%" {print $2}' <<<"$OUT")"
   N=$(awk '/requests in/ {print $1}' <<<"$OUT"); ACC=$(field Requests/sec <<<"$OUT")
   BAD=$(awk '/Non-2xx/ {print $5}' <<<"$OUT")
   [ -z "$BAD" ] || echo "!! $BAD non-2xx answers" >&2
+  SOCK=$(grep 'Socket errors' <<<"$OUT" || true)
+  [ -z "$SOCK" ] || echo "!! c$c async:$SOCK" >&2
   T1=""
   for _ in $(seq 1 1200); do # <= 120 s for the backlog
     F1=$(finished); [ $((F1 - F0)) -ge "$N" ] && { T1=$(date +%s.%N); break; }; sleep 0.1
@@ -96,10 +104,13 @@ for c in "${CONNS[@]}"; do
   OUT=$(wrk -t2 -c"$c" -d"$DUR" "http://$GW/async-function/ok")
   G1=$(ticks "$GWP"); B1=$(ticks "$TANSU")
   NA=$(awk '/requests in/ {print $1}' <<<"$OUT"); ALONE=$(field Requests/sec <<<"$OUT")
+  SOCK=$(grep -E 'Socket errors|Non-2xx' <<<"$OUT" || true)
+  [ -z "$SOCK" ] || echo "!! c$c accepting alone: $SOCK" >&2
   stop
   awk -v c="$c" -v s="$SYNC" -v a="$ACC" -v r="$RATE" -v al="$ALONE" -v n="$NA" -v k="$TCK" \
     -v g="$((G1 - G0))" -v b="$((B1 - B0))" 'BEGIN {
     printf "%-6s %10.0f %12.0f %12.0f %7.2fx | %14.0f %9.1f %9.1f\n", "c" c, s, a, r, r / s, al,
       g / k * 1e6 / n, b / k * 1e6 / n }'
+  echo "       $LAT"
 done
 echo "targets (#19): accepted >= 20k/s; finished end to end >= 0.3x of sync"
