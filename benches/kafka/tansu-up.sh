@@ -11,7 +11,7 @@
 # and of tansu. Each phase on a fresh broker (tansu keeps a killed gateway's consumer in
 # its group).
 #
-#   benches/kafka/tansu-up.sh [DURATION] [CONNECTIONS...]   (defaults 10s 64 256)
+#   benches/kafka/tansu-up.sh [DURATION] [CONNECTIONS...]   (defaults 10s 64 256 1024)
 #
 # More connections let the gateway's producer put more calls in each request to the broker
 # (it waits at most 1 ms to fill one): 1024 is where the accepting side was measured at
@@ -25,7 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DUR=${1:-10s}; shift || true
-CONNS=("$@"); [ ${#CONNS[@]} -gt 0 ] || CONNS=(64 256)
+CONNS=("$@"); [ ${#CONNS[@]} -gt 0 ] || CONNS=(64 256 1024)
 PORT=${PORT:-19092}
 BROKER=127.0.0.1:$PORT
 GW=127.0.0.1:18088
