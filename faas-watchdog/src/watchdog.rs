@@ -14,7 +14,9 @@
 //!   every request to it over keep-alive connections (each client connection gets its own
 //!   upstream connection, reused for its requests). The process sees the environment
 //!   variable `port` set to the upstream port. If it dies it is restarted (with backoff),
-//!   and requests wait (within their timeout) until it is back.
+//!   and requests wait (within their timeout) until it is back. Plain HTTP/1.1 requests
+//!   (no body or a small one of known length) are read and answered by the watchdog's own
+//!   HTTP/1 code, everything else by hyper.
 //! - `static`: serve the files under `static_path` (default `/home/app/public`).
 //! - `openwhisk`: start `fprocess` once as an OpenWhisk action runtime serving `/init` and
 //!   `/run` at `upstream_url` (default `http://127.0.0.1:8081`), initialise it once, and run
@@ -98,6 +100,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::sys;
+
+mod h1;
 // The one hop-by-hop list: the proxy does not forward these (it frames bodies itself).
 use faas_core::instance::is_hop_by_hop;
 
@@ -709,7 +713,7 @@ where
         })
     };
 
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let drain = Drain::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new());
     if !shared.cfg.read_timeout.is_zero() {
@@ -744,7 +748,7 @@ where
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let (s, http, watcher) = (shared.clone(), http.clone(), graceful.watcher());
+                let (s, http, watcher) = (shared.clone(), http.clone(), drain.watcher());
                 next = (next + 1) % (workers.len() + 1);
                 match next.checked_sub(1) {
                     None => {
@@ -774,11 +778,11 @@ where
         shared.deadline.map(|(d, _)| d.max(shared.cfg.write_timeout) + Duration::from_secs(1));
     match drain_bound {
         Some(b) => {
-            if tokio::time::timeout(b, graceful.shutdown()).await.is_err() {
+            if tokio::time::timeout(b, drain.shutdown()).await.is_err() {
                 log("drain bound reached; closing remaining connections");
             }
         }
-        None => graceful.shutdown().await,
+        None => drain.shutdown().await,
     }
     workers.stop().await;
     let left: Vec<u32> = groups_lock(&shared.groups).drain().collect();
@@ -799,20 +803,71 @@ where
     Ok(())
 }
 
+/// Tells the connections to finish (their request in progress, then close) and waits for
+/// them to.
+struct Drain(watch::Sender<bool>);
+
+impl Drain {
+    fn new() -> Drain {
+        Drain(watch::channel(false).0)
+    }
+
+    /// What a connection watches: it turns true when the connection should finish.
+    fn watcher(&self) -> watch::Receiver<bool> {
+        self.0.subscribe()
+    }
+
+    /// Tells every connection to finish; completes once all of them have.
+    async fn shutdown(&self) {
+        self.0.send_replace(true);
+        self.0.closed().await;
+    }
+}
+
+/// Completes when a connection should finish (its [`Drain`] shut down or gone).
+async fn drained(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 /// One connection, from its first request to its close, on the runtime it was spawned on.
 async fn serve_conn(
     shared: Arc<Shared>,
     http: hyper::server::conn::http1::Builder,
-    watcher: hyper_util::server::graceful::Watcher,
+    stop: watch::Receiver<bool>,
     stream: tokio::net::TcpStream,
 ) {
-    // In http mode the connection's upstream connection, kept between its requests.
-    let slot = ConnSlot::default();
+    if shared.cfg.mode == Mode::Http && shared.upstream.is_some() {
+        h1::serve(shared, http, stop, stream).await
+    } else {
+        serve_hyper(shared, http, stop, stream, ConnSlot::default()).await
+    }
+}
+
+/// Serves a connection with hyper; `slot` is the connection's upstream connection in http
+/// mode (kept from [`h1::serve`] when that hands a connection over).
+async fn serve_hyper<I>(
+    shared: Arc<Shared>,
+    http: hyper::server::conn::http1::Builder,
+    mut stop: watch::Receiver<bool>,
+    io: I,
+    slot: ConnSlot,
+) where
+    I: AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc = hyper::service::service_fn(move |req| {
         let (s, slot) = (shared.clone(), slot.clone());
         async move { Ok::<_, Infallible>(handle(s, req, &slot).await) }
     });
-    let _ = watcher.watch(http.serve_connection(TokioIo::new(stream), svc)).await;
+    let conn = http.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = drained(&mut stop) => {}
+    }
+    // hyper finishes the request in progress (answering it with `connection: close`), or
+    // closes an idle connection at once.
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 /// Reads [`Config::from_env`], listens on its address and serves until SIGTERM or SIGINT.
@@ -1800,10 +1855,34 @@ async fn supervise_upstream(shared: Arc<Shared>, mut stop: watch::Receiver<bool>
 }
 
 async fn proxy(shared: &Arc<Shared>, req: Request<Incoming>, slot: &ConnSlot) -> Response<Body> {
+    let deadline = request_deadline(shared);
+    proxy_at(shared, Outgoing::Parsed(req), slot, deadline).await
+}
+
+/// When a request that starts now must be answered by (`exec_timeout`), if at all.
+fn request_deadline(shared: &Shared) -> Deadline {
+    shared.deadline.map(|(d, name)| (Instant::now() + d, d, name))
+}
+
+/// A request for the upstream, as the proxy gets it.
+enum Outgoing {
+    /// From hyper, still to be turned into an [`UpRequest`].
+    Parsed(Request<Incoming>),
+    /// Already in wire form (the plain requests `h1` reads itself).
+    Ready(UpRequest),
+}
+
+/// Proxies one request to the upstream, waiting for the upstream to be ready, all by
+/// `deadline`; the upstream's response, or the watchdog's 502, 503 or 504.
+async fn proxy_at(
+    shared: &Arc<Shared>,
+    req: Outgoing,
+    slot: &ConnSlot,
+    deadline: Deadline,
+) -> Response<Body> {
     let Some(up) = shared.upstream.as_ref() else {
         return text(StatusCode::INTERNAL_SERVER_ERROR, "upstream", "no upstream configured");
     };
-    let deadline: Deadline = shared.deadline.map(|(d, name)| (Instant::now() + d, d, name));
     if !*up.ready.borrow() {
         let mut rx = up.ready.subscribe();
         let wait = async move { rx.wait_for(|r| *r).await.is_ok() };
@@ -1819,7 +1898,13 @@ async fn proxy(shared: &Arc<Shared>, req: Request<Incoming>, slot: &ConnSlot) ->
             );
         }
     }
-    let fut = forward(up, req, slot);
+    let fut = async {
+        let req = match req {
+            Outgoing::Parsed(req) => up_request(up, req).await?,
+            Outgoing::Ready(req) => req,
+        };
+        send(up, req, slot).await
+    };
     let r = match deadline {
         Some((at, d, name)) => match tokio::time::timeout_at(at, fut).await {
             Ok(r) => r,
@@ -1893,39 +1978,65 @@ enum Chunk {
     Trailer,
 }
 
-/// Forwards one request over the connection's upstream connection (opening one if needed).
-async fn forward(
-    up: &Upstream,
-    req: Request<Incoming>,
-    slot: &ConnSlot,
-) -> Result<Response<Body>, String> {
+/// A request in the form the proxy sends it upstream.
+struct UpRequest {
+    /// The request line and headers up to the empty line, then the body when it is
+    /// buffered.
+    head: BytesMut,
+    /// The body to stream after the head (chunked when its length is unknown), when it is
+    /// not in `head`; then the request cannot be sent again.
+    stream: Option<(Incoming, bool)>,
+    /// Whether the request may be sent again on a fresh connection.
+    idempotent: bool,
+    /// A `HEAD` request (its response has no body).
+    head_request: bool,
+}
+
+/// Whether a request with this method may be sent again after the upstream closed a kept
+/// connection without answering.
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Starts an upstream request head: `METHOD <prefix><path> HTTP/1.1`.
+fn push_request_line(head: &mut BytesMut, up: &Upstream, method: &str, path: &str) {
+    head.extend_from_slice(method.as_bytes());
+    head.extend_from_slice(b" ");
+    head.extend_from_slice(up.prefix.as_bytes());
+    head.extend_from_slice(path.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+}
+
+/// Appends one `name: value` header line.
+fn push_header(head: &mut BytesMut, name: &[u8], value: &[u8]) {
+    head.extend_from_slice(name);
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
+
+/// Turns a request hyper parsed into the upstream request: hop-by-hop headers dropped, a
+/// body of known length up to [`BUFFER_BODY_UP_TO`] read into the head.
+async fn up_request(up: &Upstream, req: Request<Incoming>) -> Result<UpRequest, String> {
     let (parts, body) = req.into_parts();
     let exact = http_body::Body::size_hint(&body).exact();
     let mut head = BytesMut::with_capacity(512);
-    head.extend_from_slice(parts.method.as_str().as_bytes());
-    head.extend_from_slice(b" ");
-    head.extend_from_slice(up.prefix.as_bytes());
-    head.extend_from_slice(
-        parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").as_bytes(),
-    );
-    head.extend_from_slice(b" HTTP/1.1\r\n");
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    push_request_line(&mut head, up, parts.method.as_str(), path);
     for (name, value) in &parts.headers {
         if is_hop_by_hop(name) || (name == header::CONTENT_LENGTH && exact.is_none()) {
             continue;
         }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
+        push_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
     }
     if !parts.headers.contains_key(header::HOST) {
-        head.extend_from_slice(b"host: ");
-        head.extend_from_slice(up.authority.as_bytes());
-        head.extend_from_slice(b"\r\n");
+        push_header(&mut head, b"host", up.authority.as_bytes());
     }
     let has_cl = parts.headers.contains_key(header::CONTENT_LENGTH);
-    // Some(body) when the body is streamed after the head (then no retry is possible).
-    let (mut stream_body, chunked) = match exact {
+    let stream = match exact {
         Some(n) if n <= BUFFER_BODY_UP_TO => {
             let b = body
                 .collect()
@@ -1937,25 +2048,32 @@ async fn forward(
             }
             head.extend_from_slice(b"\r\n");
             head.extend_from_slice(&b);
-            (None, false)
+            None
         }
         Some(n) => {
             if !has_cl {
                 head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
             }
             head.extend_from_slice(b"\r\n");
-            (Some(body), false)
+            Some((body, false))
         }
         None => {
             head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-            (Some(body), true)
+            Some((body, true))
         }
     };
-    let idempotent = matches!(
-        parts.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    );
-    let no_body = parts.method == Method::HEAD;
+    Ok(UpRequest {
+        head,
+        stream,
+        idempotent: is_idempotent(&parts.method),
+        head_request: parts.method == Method::HEAD,
+    })
+}
+
+/// Sends one request over the connection's upstream connection (opening one if needed) and
+/// reads the response head; the body follows as the response's body.
+async fn send(up: &Upstream, req: UpRequest, slot: &ConnSlot) -> Result<Response<Body>, String> {
+    let UpRequest { head, stream: mut stream_body, idempotent, head_request: no_body } = req;
     let mut retried = false;
     loop {
         let (mut conn, reused) = match slot.take_live() {
@@ -1974,10 +2092,10 @@ async fn forward(
             return Err(format!("writing to the upstream: {e}"));
         }
         let mut body_done = stream_body.is_none();
-        let got = if let Some(body) = stream_body.as_mut() {
+        let got = if let Some((body, chunked)) = stream_body.as_mut() {
             let (mut rh, mut wh) = conn.io.split();
             let write = async {
-                let r = write_body(&mut wh, body, chunked).await;
+                let r = write_body(&mut wh, body, *chunked).await;
                 // The response is not complete before the request is: wait for the read.
                 if r.is_err() {
                     std::future::pending::<()>().await;

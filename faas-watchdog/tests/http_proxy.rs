@@ -17,8 +17,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
+/// What the upstream read of one request.
+struct Got {
+    method: String,
+    /// The path and how the body was framed (`length`, `chunked` or `none`).
+    what: String,
+    body: Vec<u8>,
+    /// The header names as received, lowercased, with `host`'s value: `host=wd,x-a`.
+    names: String,
+}
+
 /// Reads one request (head and body) from `s`; None at end of stream.
-async fn read_request(s: &mut TcpStream, buf: &mut BytesMut) -> Option<(String, String, Vec<u8>)> {
+async fn read_request(s: &mut TcpStream, buf: &mut BytesMut) -> Option<Got> {
     loop {
         let mut hs = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut hs);
@@ -31,6 +41,15 @@ async fn read_request(s: &mut TcpStream, buf: &mut BytesMut) -> Option<(String, 
                     .find(|h| h.name.eq_ignore_ascii_case(name))
                     .map(|h| String::from_utf8_lossy(h.value).into_owned())
             };
+            let names = req
+                .headers
+                .iter()
+                .map(|h| match h.name.to_ascii_lowercase().as_str() {
+                    "host" => format!("host={}", String::from_utf8_lossy(h.value)),
+                    n => n.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
             let len = header("content-length").map(|v| v.parse::<usize>().unwrap());
             let chunked = header("transfer-encoding").is_some_and(|v| v.contains("chunked"));
             let framing = match (len, chunked) {
@@ -47,30 +66,9 @@ async fn read_request(s: &mut TcpStream, buf: &mut BytesMut) -> Option<(String, 
                 }
                 body = buf.split_to(len).to_vec();
             } else if chunked {
-                loop {
-                    let pos = loop {
-                        if let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
-                            break p;
-                        }
-                        assert!(s.read_buf(buf).await.unwrap() > 0, "eof in chunk size");
-                    };
-                    let size = usize::from_str_radix(
-                        std::str::from_utf8(&buf[..pos]).unwrap().split(';').next().unwrap(),
-                        16,
-                    )
-                    .unwrap();
-                    let _ = buf.split_to(pos + 2);
-                    while buf.len() < size + 2 {
-                        assert!(s.read_buf(buf).await.unwrap() > 0, "eof in chunk");
-                    }
-                    body.extend_from_slice(&buf[..size]);
-                    let _ = buf.split_to(size + 2);
-                    if size == 0 {
-                        break;
-                    }
-                }
+                body = read_chunked(s, buf).await;
             }
-            return Some((method, format!("{path} {framing}"), body));
+            return Some(Got { method, what: format!("{path} {framing}"), body, names });
         }
         if s.read_buf(buf).await.unwrap_or(0) == 0 {
             return None;
@@ -87,7 +85,8 @@ async fn upstream(listener: TcpListener, conns: Arc<AtomicUsize>, closed: Arc<No
         let closed = closed.clone();
         tokio::spawn(async move {
             let mut buf = BytesMut::new();
-            while let Some((method, what, body)) = read_request(&mut s, &mut buf).await {
+            while let Some(Got { method, what, body, names }) = read_request(&mut s, &mut buf).await
+            {
                 let path = what.split(' ').next().unwrap().to_string();
                 let summary = format!("{method} {what} {}", body.len());
                 let out = match path.as_str() {
@@ -116,7 +115,8 @@ async fn upstream(listener: TcpListener, conns: Arc<AtomicUsize>, closed: Arc<No
                     }
                     _ => {
                         let mut r = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-summary: {summary}\r\n\r\n",
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-summary: {summary}\r\n\
+                             x-names: {names}\r\n\r\n",
                             body.len()
                         )
                         .into_bytes();
@@ -205,18 +205,7 @@ async fn http_mode_forwards_every_framing_and_keeps_upstream_connections() {
     assert_eq!(h["x-summary"], "POST /echo?q=1 length 5");
     // The upstream may have seen a probe connection from the readiness check: count from here.
     let base = conns.load(Ordering::SeqCst);
-    // Large body of known length: streamed after the head.
-    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    let (st, h, b) = c.send(Method::PUT, "/echo", full(big.clone())).await;
-    assert_eq!(st, StatusCode::OK);
-    assert_eq!(h["x-summary"], "PUT /echo length 300000");
-    assert!(b[..] == big[..], "large body altered");
-    // Body of unknown length: forwarded chunked.
-    let parts = vec![Bytes::from_static(b"ab"), Bytes::from(vec![b'c'; 70_000])];
-    let (st, h, b) = c.send(Method::POST, "/echo", chunks(parts)).await;
-    assert_eq!(st, StatusCode::OK);
-    assert_eq!(h["x-summary"], "POST /echo chunked 70002");
-    assert_eq!(b.len(), 70_002);
+    // The watchdog reads these plain requests itself (`h1`).
     // Chunked response (with an extension and a trailer): decoded and re-framed.
     let (st, h, b) = c.send(Method::GET, "/chunked", full("")).await;
     assert_eq!(st, StatusCode::OK);
@@ -231,6 +220,19 @@ async fn http_mode_forwards_every_framing_and_keeps_upstream_connections() {
     let (st, _, b) = c.send(Method::POST, "/continue", full("x")).await;
     assert_eq!(st, StatusCode::CREATED);
     assert_eq!(&b[..], b"made");
+    // These two it hands to hyper, with the connection and its upstream connection.
+    // Large body of known length: streamed after the head.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let (st, h, b) = c.send(Method::PUT, "/echo", full(big.clone())).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(h["x-summary"], "PUT /echo length 300000");
+    assert!(b[..] == big[..], "large body altered");
+    // Body of unknown length: forwarded chunked.
+    let parts = vec![Bytes::from_static(b"ab"), Bytes::from(vec![b'c'; 70_000])];
+    let (st, h, b) = c.send(Method::POST, "/echo", chunks(parts)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(h["x-summary"], "POST /echo chunked 70002");
+    assert_eq!(b.len(), 70_002);
     // All of that over one upstream connection.
     assert_eq!(conns.load(Ordering::SeqCst), base, "the upstream connection was not kept");
 
@@ -254,6 +256,22 @@ async fn http_mode_forwards_every_framing_and_keeps_upstream_connections() {
         assert_eq!(b, format!("n{i}"), "round {i}");
     }
 
+    // The same on a connection the watchdog serves itself from start to end (`c` is
+    // hyper's by now): a close-delimited response, and a kept upstream connection closed
+    // between two requests.
+    let mut own = Conn::open(port).await;
+    let (st, h, b) = own.send(Method::GET, "/close", full("")).await;
+    assert_eq!((st, &b[..]), (StatusCode::OK, &b"until the end"[..]));
+    assert_eq!(h["transfer-encoding"], "chunked", "a body of unknown length is sent chunked");
+    for i in 0..3 {
+        let (st, _, b) = own.send(Method::GET, "/bye", full("")).await;
+        assert_eq!((st, &b[..]), (StatusCode::OK, &b"bye"[..]), "round {i}");
+        closed.notified().await;
+        let (st, _, b) = own.send(Method::POST, "/echo", full(format!("m{i}"))).await;
+        assert_eq!(st, StatusCode::OK, "round {i}: {}", String::from_utf8_lossy(&b));
+        assert_eq!(b, format!("m{i}"), "round {i}");
+    }
+
     // Other client connections get their own upstream connections, on both threads.
     let mut others = Vec::new();
     for _ in 0..4 {
@@ -264,7 +282,7 @@ async fn http_mode_forwards_every_framing_and_keeps_upstream_connections() {
         assert_eq!((st, b), (StatusCode::OK, Bytes::from(format!("c{i}"))));
     }
 
-    drop((c, others));
+    drop((c, own, others));
     tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(30), server).await.unwrap().unwrap().unwrap();
 }
@@ -304,4 +322,331 @@ async fn http_mode_answers_502_for_a_malformed_upstream_response() {
     drop(c);
     tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(30), server).await.unwrap().unwrap().unwrap();
+}
+
+/// A watchdog in http mode in front of [`upstream`], served until dropped or stopped.
+struct Watchdog {
+    port: u16,
+    up_port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<Result<(), faas_core::Error>>,
+}
+
+impl Watchdog {
+    async fn start(extra: &[(&str, &str)]) -> Watchdog {
+        let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up_port = up.local_addr().unwrap().port();
+        tokio::spawn(upstream(up, Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new())));
+        Watchdog::start_with(up_port, extra).await
+    }
+
+    async fn start_with(up_port: u16, extra: &[(&str, &str)]) -> Watchdog {
+        let url = format!("http://127.0.0.1:{up_port}");
+        let mut vars = vec![
+            ("mode", "http"),
+            ("fprocess", "sleep 600"),
+            ("upstream_url", url.as_str()),
+            ("healthcheck_interval", "0s"),
+        ];
+        vars.extend_from_slice(extra);
+        let cfg = Config::from_vars(vars).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(cfg, listener, async move {
+            let _ = rx.await;
+        }));
+        Watchdog { port, up_port, stop: Some(tx), server }
+    }
+
+    async fn connect(&self) -> TcpStream {
+        TcpStream::connect(("127.0.0.1", self.port)).await.unwrap()
+    }
+
+    /// Opens a connection and writes `bytes` on it; the connection and its read buffer.
+    async fn send_raw(&self, bytes: &[u8]) -> (TcpStream, BytesMut) {
+        let mut s = self.connect().await;
+        s.write_all(bytes).await.unwrap();
+        (s, BytesMut::new())
+    }
+
+    /// Starts the shutdown; completes once the listener is closed (the connections have
+    /// been told to finish by then).
+    async fn begin_stop(&mut self) {
+        let _ = self.stop.take().expect("stopped once").send(());
+        for _ in 0..1000 {
+            if TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the listener is still open 10 s after the shutdown began");
+    }
+
+    async fn finish(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), self.server)
+            .await
+            .expect("the watchdog did not stop")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// A response as read off the wire.
+#[derive(Debug)]
+struct Wire {
+    status: u16,
+    /// Lowercased names.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Wire {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads a chunked body from `buf` and `s`.
+async fn read_chunked(s: &mut TcpStream, buf: &mut BytesMut) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let pos = loop {
+            if let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
+                break p;
+            }
+            assert!(s.read_buf(buf).await.unwrap() > 0, "eof in chunk size");
+        };
+        let line = std::str::from_utf8(&buf[..pos]).unwrap();
+        let size = usize::from_str_radix(line.split(';').next().unwrap(), 16).unwrap();
+        let _ = buf.split_to(pos + 2);
+        while buf.len() < size + 2 {
+            assert!(s.read_buf(buf).await.unwrap() > 0, "eof in chunk");
+        }
+        body.extend_from_slice(&buf[..size]);
+        let _ = buf.split_to(size + 2);
+        if size == 0 {
+            return body;
+        }
+    }
+}
+
+/// Reads one response from `s` (within 10 s); None at the end of the stream.
+async fn read_response(s: &mut TcpStream, buf: &mut BytesMut) -> Option<Wire> {
+    let read = async {
+        loop {
+            let mut hs = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut hs);
+            if let httparse::Status::Complete(n) = resp.parse(buf).expect("malformed response") {
+                let status = resp.code.unwrap();
+                let headers: Vec<(String, String)> = resp
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        let v = String::from_utf8(h.value.to_vec()).unwrap();
+                        (h.name.to_ascii_lowercase(), v)
+                    })
+                    .collect();
+                let _ = buf.split_to(n);
+                let mut wire = Wire { status, headers, body: Vec::new() };
+                if (100..200).contains(&status) || status == 204 {
+                    return Some(wire);
+                }
+                if let Some(len) = wire.header("content-length") {
+                    let len: usize = len.parse().unwrap();
+                    while buf.len() < len {
+                        assert!(s.read_buf(buf).await.unwrap() > 0, "eof in body");
+                    }
+                    wire.body = buf.split_to(len).to_vec();
+                } else if wire.header("transfer-encoding") == Some("chunked") {
+                    wire.body = read_chunked(s, buf).await;
+                } else {
+                    while s.read_buf(buf).await.unwrap() > 0 {}
+                    wire.body = buf.split().to_vec();
+                }
+                return Some(wire);
+            }
+            match s.read_buf(buf).await {
+                Ok(0) | Err(_) if buf.is_empty() => return None,
+                Ok(0) => panic!("eof in a response head: {:?}", String::from_utf8_lossy(buf)),
+                Err(e) => panic!("reading a response: {e}"),
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("no response within 10 s")
+}
+
+/// Reads a response that must be there.
+async fn response(s: &mut TcpStream, buf: &mut BytesMut) -> Wire {
+    read_response(s, buf).await.expect("the connection closed instead of answering")
+}
+
+/// Asserts that the watchdog closes the connection (within 10 s) with nothing more to read.
+async fn assert_closed(s: &mut TcpStream, buf: &mut BytesMut) {
+    let r = read_response(s, buf).await;
+    assert!(r.is_none(), "expected the connection to close, got {r:?}");
+}
+
+#[tokio::test]
+async fn plain_requests_are_answered_in_order_and_the_rest_handed_to_hyper_mid_connection() {
+    let wd = Watchdog::start(&[]).await;
+    let mut s = wd.connect().await;
+    let mut buf = BytesMut::new();
+    // Four plain requests in one write: hop-by-hop headers are not forwarded, a missing
+    // Host is supplied, the health endpoint is the watchdog's.
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: wd\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\
+          Keep-Alive: timeout=5\r\nTE: trailers\r\nX-A: 1\r\n\r\nhello\
+          GET /echo?x=1 HTTP/1.1\r\nhost: wd\r\n\r\n\
+          DELETE /echo HTTP/1.1\r\n\r\n\
+          GET /_/health HTTP/1.1\r\nHost: wd\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let r = response(&mut s, &mut buf).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"hello"[..]));
+    assert_eq!(r.header("x-summary"), Some("POST /echo length 5"));
+    assert_eq!(r.header("x-names"), Some("host=wd,content-length,x-a"));
+    assert_eq!(r.header("content-length"), Some("5"));
+    let date = r.header("date").expect("a date header");
+    httpdate::parse_http_date(date).expect("an HTTP date");
+    assert_eq!(r.header("connection"), None);
+    let r = response(&mut s, &mut buf).await;
+    assert_eq!(r.header("x-summary"), Some("GET /echo?x=1 none 0"));
+    assert_eq!(r.header("x-names"), Some("host=wd"));
+    let r = response(&mut s, &mut buf).await;
+    assert_eq!(r.header("x-summary"), Some("DELETE /echo none 0"));
+    let host = format!("host=127.0.0.1:{}", wd.up_port);
+    assert_eq!(r.header("x-names"), Some(host.as_str()));
+    let r = response(&mut s, &mut buf).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"OK"[..]));
+    assert_eq!(r.header("x-summary"), None, "the health endpoint reached the upstream");
+
+    // A chunked request goes to hyper together with the plain one written after it: both
+    // answered, in order, and the connection stays hyper's.
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: wd\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3\r\nabc\r\n0\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: wd\r\nContent-Length: 2\r\n\r\nzz",
+    )
+    .await
+    .unwrap();
+    let r = response(&mut s, &mut buf).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"abc"[..]));
+    assert_eq!(r.header("x-summary"), Some("POST /echo chunked 3"));
+    let r = response(&mut s, &mut buf).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"zz"[..]));
+    assert_eq!(r.header("x-summary"), Some("POST /echo length 2"));
+
+    // `Connection: close` is answered with it, then the connection closes.
+    let (mut s, mut buf) =
+        wd.send_raw(b"GET /echo HTTP/1.1\r\nHost: wd\r\nConnection: close\r\n\r\n").await;
+    let r = response(&mut s, &mut buf).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_closed(&mut s, &mut buf).await;
+
+    // A malformed request is hyper's to answer: 400.
+    let (mut s, mut buf) =
+        wd.send_raw(b"GET /echo HTTP/1.1\r\nHost: wd\r\nno colon here\r\n\r\n").await;
+    let r = response(&mut s, &mut buf).await;
+    assert_eq!(r.status, 400);
+
+    // So are `Expect: 100-continue` (the interim answer comes before the body is sent)...
+    let (mut s, mut buf) = wd
+        .send_raw(
+            b"POST /echo HTTP/1.1\r\nHost: wd\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await;
+    let r = response(&mut s, &mut buf).await;
+    assert_eq!(r.status, 100);
+    s.write_all(b"data").await.unwrap();
+    let r = response(&mut s, &mut buf).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"data"[..]));
+    assert_eq!(r.header("x-summary"), Some("POST /echo length 4"));
+
+    // ...and HTTP/1.0, whose connection closes after the answer.
+    let (mut s, mut buf) =
+        wd.send_raw(b"POST /echo HTTP/1.0\r\nHost: wd\r\nContent-Length: 3\r\n\r\nold").await;
+    let r = response(&mut s, &mut buf).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"old"[..]));
+    assert_closed(&mut s, &mut buf).await;
+    wd.finish().await;
+}
+
+#[tokio::test]
+async fn slow_request_heads_and_bodies_time_out_and_idle_connections_close() {
+    let wd = Watchdog::start(&[("read_timeout", "300ms"), ("exec_timeout", "300ms")]).await;
+    // A head that does not finish within read_timeout: 408, then the connection closes.
+    let (mut s, mut buf) = wd.send_raw(b"GET /echo HTTP/1.1\r\nHo").await;
+    let r = response(&mut s, &mut buf).await;
+    assert_eq!(r.status, 408);
+    assert_closed(&mut s, &mut buf).await;
+
+    // A kept connection with no next request within read_timeout is closed.
+    let (mut s, mut buf) = wd.send_raw(b"GET /echo HTTP/1.1\r\nHost: wd\r\n\r\n").await;
+    assert_eq!(response(&mut s, &mut buf).await.status, 200);
+    assert_closed(&mut s, &mut buf).await;
+
+    // A body that does not arrive within exec_timeout: 504 naming it, then the connection
+    // closes (the rest of the body would be read as the next request).
+    let (mut s, mut buf) =
+        wd.send_raw(b"POST /echo HTTP/1.1\r\nHost: wd\r\nContent-Length: 10\r\n\r\nabc").await;
+    let r = response(&mut s, &mut buf).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.header("x-watchdog-error"), Some("exec_timeout"));
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_closed(&mut s, &mut buf).await;
+    wd.finish().await;
+}
+
+#[tokio::test]
+async fn draining_answers_the_request_in_flight_and_closes_idle_connections() {
+    // An upstream that holds `/slow` until told to answer.
+    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_port = up.local_addr().unwrap().port();
+    let (got, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let (g, r) = (got.clone(), go.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = up.accept().await.unwrap();
+            let (got, go) = (g.clone(), r.clone());
+            tokio::spawn(async move {
+                let mut buf = BytesMut::new();
+                while let Some(req) = read_request(&mut s, &mut buf).await {
+                    if req.what.starts_with("/slow") {
+                        got.notify_one();
+                        go.notified().await;
+                    }
+                    let out = "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone";
+                    if s.write_all(out.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut wd = Watchdog::start_with(up_port, &[]).await;
+    let mut idle = wd.connect().await;
+    let mut idle_buf = BytesMut::new();
+    idle.write_all(b"GET /x HTTP/1.1\r\nHost: wd\r\n\r\n").await.unwrap();
+    assert_eq!(response(&mut idle, &mut idle_buf).await.status, 200);
+    let mut busy = wd.connect().await;
+    let mut busy_buf = BytesMut::new();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: wd\r\n\r\n").await.unwrap();
+    got.notified().await;
+
+    wd.begin_stop().await;
+    // The idle connection is closed; the busy one gets its answer, marked as the last.
+    assert_closed(&mut idle, &mut idle_buf).await;
+    go.notify_one();
+    let r = response(&mut busy, &mut busy_buf).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"done"[..]));
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_closed(&mut busy, &mut busy_buf).await;
+    wd.finish().await;
 }

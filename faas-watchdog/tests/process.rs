@@ -780,6 +780,12 @@ async fn an_http_mode_replica_is_the_functions_process_alone_unless_a_watchdog_i
         if watchdog {
             assert!(cmd.contains(WATCHDOG), "{name}: {pid} is {cmd:?}");
             assert!(children.iter().any(|c| cmdline(*c).contains(FIXTURE)), "{name}: {children:?}");
+            // The watchdog logs the call (its own HTTP/1 server side serves this request).
+            eventually(Duration::from_secs(10), "the call's log line", || async {
+                let logs = inv.read_logs(&f).await.ok()?;
+                logs.into_iter().find(|e| e.text.contains("POST / - 200 OK - ContentLength: 2B ("))
+            })
+            .await;
         } else {
             assert!(cmd.contains(FIXTURE), "{name}: {pid} is {cmd:?}");
             assert!(children.is_empty(), "{name}: {pid} has children {children:?}");
