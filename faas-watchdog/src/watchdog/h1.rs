@@ -33,7 +33,7 @@ const WRITE_CHUNK: usize = 64 * 1024;
 pub(super) async fn serve(
     shared: Arc<Shared>,
     http: hyper::server::conn::http1::Builder,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     mut io: tokio::net::TcpStream,
 ) {
     let slot = ConnSlot::default();
@@ -41,8 +41,14 @@ pub(super) async fn serve(
     let mut out = BytesMut::new();
     // One timer per connection, reset for each request head.
     let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
+    // One wait for the drain per connection, polled while the connection is idle (a new
+    // wait per request would register with the channel each time).
+    let mut drain_rx = stop.clone();
+    let drain = async move { drained(&mut drain_rx).await };
+    tokio::pin!(drain);
     loop {
-        let plain = match next_request(&shared, &mut io, &mut buf, &mut stop, &mut timer).await {
+        let next = next_request(&shared, &mut io, &mut buf, drain.as_mut(), &mut timer).await;
+        let plain = match next {
             Next::Plain(p) => p,
             Next::Close => return,
             Next::Hyper => break,
@@ -185,7 +191,7 @@ async fn next_request(
     shared: &Shared,
     io: &mut tokio::net::TcpStream,
     buf: &mut BytesMut,
-    stop: &mut watch::Receiver<bool>,
+    mut drain: Pin<&mut impl Future<Output = ()>>,
     timer: &mut Pin<Box<tokio::time::Sleep>>,
 ) -> Next {
     let Some(up) = shared.upstream.as_ref() else { return Next::Hyper };
@@ -206,7 +212,8 @@ async fn next_request(
         let read = tokio::select! {
             biased;
             r = io.read_buf(buf) => r,
-            _ = drained(stop), if idle => return Next::Close,
+            // Once complete it is not polled again: the connection closes.
+            _ = drain.as_mut(), if idle => return Next::Close,
             _ = timer.as_mut(), if !limit.is_zero() => {
                 if !idle {
                     // What hyper answers a head that took too long.
@@ -239,7 +246,7 @@ async fn answer(
     stop: &watch::Receiver<bool>,
 ) -> std::io::Result<bool> {
     let Plain { head_len, body_len, method, health, close, mut up_head, uri } = p;
-    let started = Instant::now();
+    let started = uri.is_some().then(Instant::now);
     let deadline = request_deadline(shared);
     let need = head_len + body_len;
     if buf.len() < need {
@@ -292,9 +299,9 @@ async fn answer(
                     head_request,
                 };
                 let resp = proxy_at(shared, Outgoing::Ready(req), slot, deadline).await;
-                if let Some(uri) = &uri {
+                if let (Some(uri), Some(t0)) = (&uri, started) {
                     let len = http_body::Body::size_hint(resp.body()).exact();
-                    log(request_line(&method, uri, resp.status(), len, started.elapsed()));
+                    log(request_line(&method, uri, resp.status(), len, t0.elapsed()));
                 }
                 resp
             }
@@ -361,7 +368,8 @@ async fn write_response(
     let chunked = match http_body::Body::size_hint(&body).exact() {
         _ if no_body => false,
         Some(n) => {
-            push_header(out, b"content-length", n.to_string().as_bytes());
+            use std::fmt::Write as _;
+            let _ = write!(out, "content-length: {n}\r\n");
             false
         }
         None => {
@@ -393,7 +401,8 @@ async fn write_response(
                 },
             };
             if chunked {
-                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                use std::fmt::Write as _;
+                let _ = write!(out, "{:x}\r\n", data.len());
             }
             if data.len() >= WRITE_CHUNK {
                 io.write_all(out).await?;
