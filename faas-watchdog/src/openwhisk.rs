@@ -582,7 +582,17 @@ impl OwRuntime {
         })
     }
 
+    /// Asks the supervisor for a new runtime in place of generation `gen`. A ready `gen`
+    /// stops being ready at once, so that the next activation waits for the new runtime
+    /// instead of reaching the one being replaced (which may have crashed already).
     fn request_restart(&self, gen: u64) {
+        self.state.send_if_modified(|s| match s {
+            State::Ready { gen: g, .. } if *g == gen => {
+                *s = State::Starting;
+                true
+            }
+            _ => false,
+        });
         self.restart.send_if_modified(|g| {
             let newer = *g < gen;
             if newer {
@@ -1301,6 +1311,26 @@ mod tests {
         assert_eq!(m["__ow_path"], "");
         let m = params(&parts("/", &[]), &Bytes::from_static(&[0xff, 0xfe])).unwrap();
         assert_eq!(m["__ow_body"], "//4=");
+    }
+
+    #[tokio::test]
+    async fn a_runtime_asked_to_be_replaced_is_no_longer_ready_at_once() {
+        let cfg = OwConfig::from_vars(|k| (k == "OPENFAAS_FUNCTION_NAME").then_some("f")).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let d = Duration::from_secs(1);
+        let rt = OwRuntime::new(cfg, "x".into(), vec![], addr, String::new(), d, d, false);
+        let ready = |gen| State::Ready { gen, init_ms: 1, fresh: Arc::default() };
+        rt.state.send_replace(ready(2));
+        // An older generation's failure leaves the current runtime alone.
+        rt.request_restart(1);
+        assert!(matches!(*rt.state.borrow(), State::Ready { gen: 2, .. }));
+        // Replacing the current one: the next activation waits (in `settled`) for the new
+        // runtime instead of being sent to the one that crashed or timed out.
+        rt.request_restart(2);
+        assert!(matches!(*rt.state.borrow(), State::Starting));
+        assert_eq!(*rt.restart.borrow(), 2);
+        let waited = rt.settled(Instant::now() + Duration::from_millis(20)).await;
+        assert!(waited.is_err(), "an activation found the replaced runtime ready");
     }
 
     #[test]

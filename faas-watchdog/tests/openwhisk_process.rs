@@ -236,16 +236,23 @@ async fn developer_errors_have_openwhisks_messages_and_a_new_runtime_follows() {
     let (r, _, init) = activate(&inv, "act", "e-2", json!({})).await.unwrap();
     assert_eq!((r["pid"].clone(), init), (first["pid"].clone(), None));
 
-    // A crash mid-activation, then a new runtime with a fresh /init.
-    let e = activate(&inv, "act", "e-3", json!({"crash": true})).await.unwrap_err();
-    developer(
-        e,
-        DeveloperErrorKind::Crash,
-        "The action did not produce a valid response and exited unexpectedly.",
-    );
-    let (after_crash, _, init) = activate(&inv, "act", "e-4", json!({})).await.unwrap();
-    assert_ne!(after_crash["pid"], first["pid"]);
-    assert!(init.is_some(), "the new runtime was initialised");
+    // A crash mid-activation, then a new runtime with a fresh /init: the activation right
+    // after the crash waits for it rather than reaching the dead one (three times over).
+    let mut after_crash = first.clone();
+    for round in 0..3 {
+        let e = activate(&inv, "act", &format!("e-3-{round}"), json!({"crash": true}))
+            .await
+            .unwrap_err();
+        developer(
+            e,
+            DeveloperErrorKind::Crash,
+            "The action did not produce a valid response and exited unexpectedly.",
+        );
+        let (r, _, init) = activate(&inv, "act", &format!("e-4-{round}"), json!({})).await.unwrap();
+        assert_ne!(r["pid"], after_crash["pid"], "round {round}");
+        assert!(init.is_some(), "round {round}: the new runtime was initialised");
+        after_crash = r;
+    }
 
     // A timeout: the runtime is replaced too.
     let e = activate(&inv, "act", "e-5", json!({"sleep": 30})).await.unwrap_err();
