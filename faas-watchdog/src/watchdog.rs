@@ -2341,6 +2341,54 @@ pub fn parse_response_head(bytes: &[u8], head_request: bool) -> Result<ResponseH
     Ok(ResponseHead { response, framing, keep_alive, rest: buf.freeze() })
 }
 
+/// What the `http` mode makes of a request head, as [`parse_request_head`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestHead {
+    /// Not a whole head yet (more bytes may make it one).
+    Partial,
+    /// Not a plain request: hyper serves it, and the rest of its connection.
+    Hyper,
+    /// A plain request, read and answered by the watchdog's own HTTP/1 code.
+    Plain {
+        /// Bytes of the head in the input.
+        head_len: usize,
+        /// Bytes of its body after the head (at most 64 KiB).
+        body_len: usize,
+        /// `Some(ready)` for the health endpoints (`/_/ready`, `/_/health`), which the
+        /// watchdog answers itself.
+        health: Option<bool>,
+        /// The client asked for the connection to close after this request.
+        close: bool,
+        /// The request line and headers sent upstream, without the empty line that ends
+        /// them, for an upstream at `http://127.0.0.1:8081/base`.
+        upstream_head: Bytes,
+    },
+}
+
+/// Reads a request head from the start of `bytes` exactly as the `http` mode does on its
+/// connections, for an upstream at `http://127.0.0.1:8081/base`: whether the request is
+/// plain (and then what goes upstream) or is left to hyper. For fuzzing and tests. Never
+/// panics, whatever the input.
+pub fn parse_request_head(bytes: &[u8]) -> RequestHead {
+    let up = Upstream {
+        authority: "127.0.0.1:8081".into(),
+        prefix: "/base".into(),
+        addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8081),
+        ready: watch::channel(false).0,
+    };
+    match h1::parse(false, &up, bytes) {
+        h1::Parsed::Partial => RequestHead::Partial,
+        h1::Parsed::Hyper => RequestHead::Hyper,
+        h1::Parsed::Plain(p) => RequestHead::Plain {
+            head_len: p.head_len,
+            body_len: p.body_len,
+            health: p.health,
+            close: p.close,
+            upstream_head: p.up_head.freeze(),
+        },
+    }
+}
+
 /// A response body still arriving from the upstream. When it is complete the connection
 /// goes back to its slot for the next request; dropped before that, it is closed.
 struct UpBody {

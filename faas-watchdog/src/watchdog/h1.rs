@@ -73,24 +73,24 @@ enum Next {
 }
 
 /// A plain request whose head is at the start of the connection's buffer.
-struct Plain {
+pub(super) struct Plain {
     /// Bytes of the head.
-    head_len: usize,
+    pub(super) head_len: usize,
     /// Bytes of the body after it.
-    body_len: usize,
+    pub(super) body_len: usize,
     method: Method,
     /// Whether it asks for a health endpoint (`Some(ready)`) rather than the function.
-    health: Option<bool>,
+    pub(super) health: Option<bool>,
     /// The client asked for the connection to close after this request.
-    close: bool,
+    pub(super) close: bool,
     /// The upstream request: its request line and headers, without the empty line.
-    up_head: BytesMut,
+    pub(super) up_head: BytesMut,
     /// The request's URI, when requests are logged.
     uri: Option<http::Uri>,
 }
 
 /// What [`parse`] made of the buffer.
-enum Parsed {
+pub(super) enum Parsed {
     /// Not a whole head yet.
     Partial,
     /// Not a plain request.
@@ -113,8 +113,9 @@ fn parse_length(v: &[u8]) -> Option<u64> {
     v.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
 }
 
-/// Reads a request head from the start of `buf`, deciding whether it is plain.
-fn parse(shared: &Shared, up: &Upstream, buf: &[u8]) -> Parsed {
+/// Reads a request head from the start of `buf`, deciding whether it is plain; the URI is
+/// kept when requests are logged.
+pub(super) fn parse(log_requests: bool, up: &Upstream, buf: &[u8]) -> Parsed {
     let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut hs);
     let head_len = match req.parse(buf) {
@@ -172,7 +173,7 @@ fn parse(shared: &Shared, up: &Upstream, buf: &[u8]) -> Parsed {
     if !host {
         push_header(&mut up_head, b"host", up.authority.as_bytes());
     }
-    let uri = if shared.cfg.log_requests { http::Uri::try_from(path).ok() } else { None };
+    let uri = if log_requests { http::Uri::try_from(path).ok() } else { None };
     Parsed::Plain(Plain {
         head_len,
         // At most BUFFER_BODY_UP_TO.
@@ -201,7 +202,7 @@ async fn next_request(
     }
     loop {
         if !buf.is_empty() {
-            match parse(shared, up, buf) {
+            match parse(shared.cfg.log_requests, up, buf) {
                 Parsed::Partial => {}
                 Parsed::Hyper => return Next::Hyper,
                 Parsed::Plain(p) => return Next::Plain(p),
