@@ -30,14 +30,16 @@ OUT=$(mktemp)
 trap 'kill $P 2>/dev/null || true; rm -f "$OUT"' EXIT
 for _ in $(seq 1 300); do grep -q ready "$OUT" && break; sleep 0.1; done
 grep -q ready "$OUT" || { echo "the bench gateway did not get ready" >&2; exit 1; }
-run() { # url conns -> "rps p99_ms requests"
-  local out; out=$(wrk -t"$THREADS" -c"$2" -d"$DUR" --latency "$1")
+run() { # url conns -> "rps p99_ms requests wrk_cpu_seconds"
+  local out
+  out=$( { /usr/bin/time -f "WRKCPU %U %S" wrk -t"$THREADS" -c"$2" -d"$DUR" --latency "$1"; } 2>&1)
   local rps; rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   local p99; p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out")
   local bad; bad=$(awk '/Non-2xx/ {print $5}' <<<"$out")
   [ -z "$bad" ] || echo "!! $bad non-2xx answers from $1" >&2
   local n; n=$(awk '/requests in/ {print $1}' <<<"$out")
-  echo "$rps $p99 $n"
+  local w; w=$(awk '/WRKCPU/ {print $2+$3}' <<<"$out")
+  echo "$rps $p99 $n $w"
 }
 # CPU clock ticks (user+system) of every `lambda-web` runtime process now running.
 runtime_ticks() {
@@ -58,16 +60,16 @@ printf "%-34s %12s %10s\n" "function" "req/s" "p99 ms"
 for c in "$REPLICAS" "$CONNS"; do
   t=$THREADS; [ "$c" -lt "$t" ] && t=$c
   T0=$(runtime_ticks); G0=$(gateway_ticks)
-  read -r LR LP LN < <(THREADS=$t run "$L" "$c")
+  read -r LR LP LN LW < <(THREADS=$t run "$L" "$c")
   T1=$(runtime_ticks); G1=$(gateway_ticks)
-  read -r HR HP _ < <(THREADS=$t run "$H" "$c")
+  read -r HR HP _ _ < <(THREADS=$t run "$H" "$c")
   printf "%-34s %12s %10s\n" "lambda mode (lambda_http), -c$c" "$LR" "$LP"
   printf "%-34s %12s %10s\n" "http mode (same handler), -c$c" "$HR" "$HP"
   awk -v l="$LR" -v h="$HR" -v c="$c" 'BEGIN { printf "lambda/http throughput at -c%d: %.2fx (target >= 0.7x)\n", c, l/h }'
   # What the unmodified runtimes cost per invocation, against what the whole machine may
   # spend per invocation (runtimes, backend, gateway, wrk) for lambda to reach 0.7x of http.
-  awk -v a="$T0" -v b="$T1" -v g0="$G0" -v g1="$G1" -v n="$LN" -v tck="$TCK" -v h="$HR" \
-    -v cores="$(nproc)" -v c="$c" 'BEGIN {
-    printf "  -c%d: CPU per invocation: the lambda_http runtimes %.0f us, the gateway %.0f us; 0.7x of http leaves %.0f us per invocation for everything (runtimes, gateway, wrk)\n",
-      c, (b - a) / tck * 1e6 / n, (g1 - g0) / tck * 1e6 / n, cores * 1e6 / (0.7 * h) }'
+  awk -v a="$T0" -v b="$T1" -v g0="$G0" -v g1="$G1" -v n="$LN" -v w="$LW" -v tck="$TCK" \
+    -v h="$HR" -v cores="$(nproc)" -v c="$c" 'BEGIN {
+    printf "  -c%d: CPU per invocation: the lambda_http runtimes %.0f us, the gateway %.0f us, wrk %.0f us; 0.7x of http leaves %.0f us per invocation for all of them\n",
+      c, (b - a) / tck * 1e6 / n, (g1 - g0) / tck * 1e6 / n, w * 1e6 / n, cores * 1e6 / (0.7 * h) }'
 done
