@@ -132,6 +132,26 @@ async fn upstream(listener: TcpListener, conns: Arc<AtomicUsize>, closed: Arc<No
     }
 }
 
+/// Waits (at most 10 s) until a connection to `up_port` on 127.0.0.1 is in CLOSE_WAIT: the
+/// upstream's FIN has reached the watchdog's socket, so the watchdog's reactor sees the close
+/// no later than the next request (on a loaded machine the FIN can otherwise arrive after
+/// it, and a POST on the closed connection cannot be sent again).
+async fn fin_reached(up_port: u16) {
+    let want = format!("0100007F:{up_port:04X}");
+    for _ in 0..2000 {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let found = table.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[2] == want && f[3] == "08"
+        });
+        if found {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no connection to port {up_port} reached CLOSE_WAIT within 10 s");
+}
+
 /// One keep-alive client connection to the watchdog.
 struct Conn(
     hyper::client::conn::http1::SendRequest<
@@ -249,8 +269,10 @@ async fn http_mode_forwards_every_framing_and_keeps_upstream_connections() {
     for i in 0..5 {
         let (st, _, b) = c.send(Method::GET, "/bye", full("")).await;
         assert_eq!((st, &b[..]), (StatusCode::OK, &b"bye"[..]), "round {i}");
-        // Once the upstream has closed it (as an idle timeout would between requests).
+        // Once the upstream has closed it (as an idle timeout would between requests), and
+        // the FIN has reached the watchdog's end.
         closed.notified().await;
+        fin_reached(up_port).await;
         let (st, _, b) = c.send(Method::POST, "/echo", full(format!("n{i}"))).await;
         assert_eq!(st, StatusCode::OK, "round {i}: {}", String::from_utf8_lossy(&b));
         assert_eq!(b, format!("n{i}"), "round {i}");
@@ -267,6 +289,7 @@ async fn http_mode_forwards_every_framing_and_keeps_upstream_connections() {
         let (st, _, b) = own.send(Method::GET, "/bye", full("")).await;
         assert_eq!((st, &b[..]), (StatusCode::OK, &b"bye"[..]), "round {i}");
         closed.notified().await;
+        fin_reached(up_port).await;
         let (st, _, b) = own.send(Method::POST, "/echo", full(format!("m{i}"))).await;
         assert_eq!(st, StatusCode::OK, "round {i}: {}", String::from_utf8_lossy(&b));
         assert_eq!(b, format!("m{i}"), "round {i}");
