@@ -928,6 +928,35 @@ pub fn main_from_env() -> std::process::ExitCode {
 
 struct InflightGuard(Arc<Shared>);
 
+/// Counts a request in flight for as long as the guard lives; over `max_inflight`, the 429
+/// to answer instead.
+fn admit(shared: &Arc<Shared>) -> Result<InflightGuard, Box<Response<Body>>> {
+    let n = shared.inflight.fetch_add(1, Ordering::AcqRel) + 1;
+    let guard = InflightGuard(shared.clone());
+    let max = shared.cfg.max_inflight;
+    if max > 0 && n > max {
+        return Err(Box::new(text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "inflight",
+            format!("concurrent request limit (max_inflight={max}) exceeded"),
+        )));
+    }
+    Ok(guard)
+}
+
+/// The watchdog's readiness endpoint (its liveness one is [`faas_core::instance::HEALTH_PATH`]).
+const READY_PATH: &str = "/_/ready";
+
+/// Whether `path` (without its query) is one of the watchdog's health endpoints, and then
+/// whether it is the readiness one.
+fn health_route(path: &str) -> Option<bool> {
+    match path {
+        faas_core::instance::HEALTH_PATH => Some(false),
+        READY_PATH => Some(true),
+        _ => None,
+    }
+}
+
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::AcqRel);
@@ -954,8 +983,7 @@ pub(crate) fn request_line(
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>, slot: &ConnSlot) -> Response<Body> {
     match req.uri().path() {
-        "/_/health" => return health(&shared, false),
-        "/_/ready" => return health(&shared, true),
+        p if health_route(p).is_some() => return health(&shared, p == READY_PATH),
         crate::openwhisk::SPECIALISE_PATH => {
             if let Some(rt) = &shared.openwhisk {
                 return crate::openwhisk::specialise(rt, req).await;
@@ -963,16 +991,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, slot: &ConnSlot) ->
         }
         _ => {}
     }
-    let n = shared.inflight.fetch_add(1, Ordering::AcqRel) + 1;
-    let guard = InflightGuard(shared.clone());
-    let max = shared.cfg.max_inflight;
-    if max > 0 && n > max {
-        return text(
-            StatusCode::TOO_MANY_REQUESTS,
-            "inflight",
-            format!("concurrent request limit (max_inflight={max}) exceeded"),
-        );
-    }
+    let guard = match admit(&shared) {
+        Ok(g) => g,
+        Err(too_many) => return *too_many,
+    };
     let log_req =
         shared.cfg.log_requests.then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
     let resp = match shared.cfg.mode {

@@ -133,11 +133,7 @@ pub(super) fn parse(log_requests: bool, up: &Upstream, buf: &[u8]) -> Parsed {
     {
         return Parsed::Hyper;
     }
-    let health = match path.split('?').next() {
-        Some("/_/health") => Some(false),
-        Some("/_/ready") => Some(true),
-        _ => None,
-    };
+    let health = health_route(path.split('?').next().unwrap_or(path));
     let mut up_head = BytesMut::with_capacity(head_len + up.prefix.len() + 64);
     push_request_line(&mut up_head, up, method.as_str(), path);
     let (mut length, mut close, mut host) = (None, false, false);
@@ -279,17 +275,10 @@ async fn answer(
     let mut _guard = None;
     let resp = match health {
         Some(ready) => super::health(shared, ready),
-        None => {
-            let n = shared.inflight.fetch_add(1, Ordering::AcqRel) + 1;
-            _guard = Some(InflightGuard(shared.clone()));
-            let max = shared.cfg.max_inflight;
-            if max > 0 && n > max {
-                text(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "inflight",
-                    format!("concurrent request limit (max_inflight={max}) exceeded"),
-                )
-            } else {
+        None => match admit(shared) {
+            Err(too_many) => *too_many,
+            Ok(guard) => {
+                _guard = Some(guard);
                 up_head.extend_from_slice(b"\r\n");
                 up_head.extend_from_slice(&request[head_len..]);
                 drop(request);
@@ -306,7 +295,7 @@ async fn answer(
                 }
                 resp
             }
-        }
+        },
     };
     let keep = !close && !*stop.borrow();
     write_response(io, out, resp, head_request, keep).await?;
