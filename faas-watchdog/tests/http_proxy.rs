@@ -673,3 +673,67 @@ async fn draining_answers_the_request_in_flight_and_closes_idle_connections() {
     assert_closed(&mut busy, &mut busy_buf).await;
     wd.finish().await;
 }
+
+/// A pipelined stream of requests, written in pieces of every size from one byte up, is
+/// answered exactly as when written whole: the http mode's own parser resumes correctly
+/// wherever a read ends (inside the request line, a header, the empty line, a body, and
+/// where the connection is handed to hyper).
+#[tokio::test]
+async fn pipelined_requests_split_anywhere_are_answered_the_same() {
+    // One serving thread, this test's: each piece is read before the next is written.
+    let wd = Watchdog::start(&[("watchdog_threads", "1")]).await;
+    let big: Vec<u8> = (0..3000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut stream = Vec::new();
+    stream.extend_from_slice(
+        b"POST /echo HTTP/1.1\r\nHost: wd\r\nContent-Length: 5\r\nKeep-Alive: timeout=5\r\n\
+          X-A: 1\r\n\r\nhello\
+          GET /echo?x=1 HTTP/1.1\r\nhost: wd\r\n\r\n",
+    );
+    stream.extend_from_slice(b"PUT /echo HTTP/1.1\r\nHost: wd\r\nContent-Length: 3000\r\n\r\n");
+    stream.extend_from_slice(&big);
+    stream.extend_from_slice(
+        b"GET /_/health HTTP/1.1\r\nHost: wd\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: wd\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3\r\nabc\r\n0\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: wd\r\nContent-Length: 2\r\n\r\nzz",
+    );
+    let expected: [(&str, &[u8]); 6] = [
+        ("POST /echo length 5", b"hello"),
+        ("GET /echo?x=1 none 0", b""),
+        ("PUT /echo length 3000", &big),
+        ("", b"OK"),
+        ("POST /echo chunked 3", b"abc"),
+        ("POST /echo length 2", b"zz"),
+    ];
+    // Piece sizes: all ones, then a fixed pseudo-random sequence per round (1..=97 bytes).
+    let mut seed = 0x9e37_79b9_u32;
+    for round in 0..24 {
+        let mut s = wd.connect().await;
+        s.set_nodelay(true).unwrap();
+        let mut at = 0;
+        while at < stream.len() {
+            let size = if round == 0 {
+                1
+            } else {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                1 + (seed % 97) as usize
+            };
+            let end = (at + size).min(stream.len());
+            s.write_all(&stream[at..end]).await.unwrap();
+            at = end;
+            // Lets the watchdog's task read this piece before the next one is written.
+            tokio::task::yield_now().await;
+        }
+        let mut buf = BytesMut::new();
+        for (i, (summary, body)) in expected.iter().enumerate() {
+            let r = response(&mut s, &mut buf).await;
+            let what = format!("round {round}, response {i}");
+            assert_eq!(r.status, 200, "{what}");
+            assert_eq!(r.header("x-summary").unwrap_or(""), *summary, "{what}");
+            assert!(r.body == *body, "{what}: body of {} bytes", r.body.len());
+        }
+    }
+    wd.finish().await;
+}
