@@ -674,6 +674,48 @@ async fn draining_answers_the_request_in_flight_and_closes_idle_connections() {
     wd.finish().await;
 }
 
+/// Piece sizes for writing a stream in pieces: all ones, or a pseudo-random sequence
+/// (xorshift) from a seed, 1 to `max` bytes each.
+struct Pieces {
+    seq: Option<u32>,
+    max: u32,
+}
+
+impl Pieces {
+    fn ones() -> Pieces {
+        Pieces { seq: None, max: 1 }
+    }
+
+    fn seeded(seed: u32, max: u32) -> Pieces {
+        Pieces { seq: Some(seed | 1), max }
+    }
+
+    fn next_size(&mut self) -> usize {
+        let Some(x) = self.seq.as_mut() else { return 1 };
+        *x ^= *x << 13;
+        *x ^= *x >> 17;
+        *x ^= *x << 5;
+        1 + (*x % self.max) as usize
+    }
+}
+
+/// Writes `bytes` in pieces, yielding after each so that a reader on this thread takes
+/// each piece before the next is written.
+async fn write_in_pieces(
+    s: &mut TcpStream,
+    bytes: &[u8],
+    pieces: &mut Pieces,
+) -> std::io::Result<()> {
+    let mut at = 0;
+    while at < bytes.len() {
+        let end = (at + pieces.next_size()).min(bytes.len());
+        s.write_all(&bytes[at..end]).await?;
+        at = end;
+        tokio::task::yield_now().await;
+    }
+    Ok(())
+}
+
 /// A pipelined stream of requests, written in pieces of every size from one byte up, is
 /// answered exactly as when written whole: the http mode's own parser resumes correctly
 /// wherever a read ends (inside the request line, a header, the empty line, a body, and
@@ -705,27 +747,16 @@ async fn pipelined_requests_split_anywhere_are_answered_the_same() {
         ("POST /echo chunked 3", b"abc"),
         ("POST /echo length 2", b"zz"),
     ];
-    // Piece sizes: all ones, then a fixed pseudo-random sequence per round (1..=97 bytes).
-    let mut seed = 0x9e37_79b9_u32;
-    for round in 0..24 {
+    for round in 0..24u32 {
         let mut s = wd.connect().await;
         s.set_nodelay(true).unwrap();
-        let mut at = 0;
-        while at < stream.len() {
-            let size = if round == 0 {
-                1
-            } else {
-                seed ^= seed << 13;
-                seed ^= seed >> 17;
-                seed ^= seed << 5;
-                1 + (seed % 97) as usize
-            };
-            let end = (at + size).min(stream.len());
-            s.write_all(&stream[at..end]).await.unwrap();
-            at = end;
-            // Lets the watchdog's task read this piece before the next one is written.
-            tokio::task::yield_now().await;
-        }
+        // Pieces of one byte, then of 1 to 97 bytes, differently each round.
+        let mut pieces = if round == 0 {
+            Pieces::ones()
+        } else {
+            Pieces::seeded(round.wrapping_mul(0x9e37_79b9), 97)
+        };
+        write_in_pieces(&mut s, &stream, &mut pieces).await.unwrap();
         let mut buf = BytesMut::new();
         for (i, (summary, body)) in expected.iter().enumerate() {
             let r = response(&mut s, &mut buf).await;
@@ -733,6 +764,85 @@ async fn pipelined_requests_split_anywhere_are_answered_the_same() {
             assert_eq!(r.status, 200, "{what}");
             assert_eq!(r.header("x-summary").unwrap_or(""), *summary, "{what}");
             assert!(r.body == *body, "{what}: body of {} bytes", r.body.len());
+        }
+    }
+    wd.finish().await;
+}
+
+/// The upstream's answers, written in pieces of every size from one byte up, reach the
+/// client as when written whole: a body of known length, a chunked body with an extension
+/// and a trailer, an interim 100 before the answer, a 204, and a close-delimited body.
+#[tokio::test]
+async fn upstream_answers_split_anywhere_are_forwarded_the_same() {
+    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_port = up.local_addr().unwrap().port();
+    let long: Vec<u8> = (0..1500u32).map(|i| b'A' + (i % 26) as u8).collect();
+    let long_up = long.clone();
+    tokio::spawn(async move {
+        for conn in 0u32.. {
+            let (mut s, _) = up.accept().await.unwrap();
+            s.set_nodelay(true).unwrap();
+            // Pieces of one byte on the first connection, then of 1 to 61 bytes.
+            let mut pieces = if conn == 0 {
+                Pieces::ones()
+            } else {
+                Pieces::seeded(conn.wrapping_mul(0x2545_f491), 61)
+            };
+            let long = long_up.clone();
+            tokio::spawn(async move {
+                let mut buf = BytesMut::new();
+                while let Some(req) = read_request(&mut s, &mut buf).await {
+                    let path = req.what.split(' ').next().unwrap().to_string();
+                    let mut out = match path.as_str() {
+                        "/len" => {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 1500\r\nx-k: v\r\n\r\n".to_vec()
+                        }
+                        "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                            5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n"
+                            .to_vec(),
+                        "/continue" => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\n\
+                            content-length: 4\r\n\r\nmade"
+                            .to_vec(),
+                        "/empty" => b"HTTP/1.1 204 No Content\r\nx-k: v\r\n\r\n".to_vec(),
+                        _ => b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end".to_vec(),
+                    };
+                    if path == "/len" {
+                        out.extend_from_slice(&long);
+                    }
+                    if write_in_pieces(&mut s, &out, &mut pieces).await.is_err() {
+                        return;
+                    }
+                    if path == "/close" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    // One serving thread, this test's, so that the pieces are read one at a time.
+    let wd = Watchdog::start_with(up_port, &[("watchdog_threads", "1")]).await;
+    for round in 0..16 {
+        let mut s = wd.connect().await;
+        let mut buf = BytesMut::new();
+        let what = |path: &str| format!("round {round}, {path}");
+        for path in ["/len", "/chunked", "/continue", "/empty", "/len", "/close"] {
+            let req = format!("GET {path} HTTP/1.1\r\nHost: wd\r\n\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+            let r = response(&mut s, &mut buf).await;
+            match path {
+                "/len" => {
+                    assert_eq!(r.status, 200, "{}", what(path));
+                    assert_eq!(r.header("x-k"), Some("v"), "{}", what(path));
+                    assert!(r.body == long, "{}: {} bytes", what(path), r.body.len());
+                }
+                "/chunked" => assert_eq!((r.status, &r.body[..]), (200, &b"hello, world"[..])),
+                "/continue" => assert_eq!((r.status, &r.body[..]), (201, &b"made"[..])),
+                "/empty" => {
+                    assert_eq!(r.status, 204, "{}", what(path));
+                    assert_eq!(r.header("x-k"), Some("v"), "{}", what(path));
+                }
+                _ => assert_eq!((r.status, &r.body[..]), (200, &b"until the end"[..])),
+            }
         }
     }
     wd.finish().await;
