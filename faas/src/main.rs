@@ -89,9 +89,11 @@ enum BackendKind {
 enum Command {
     /// Serve the functions of a stack file on a local gateway.
     Up {
-        /// The stack file.
-        #[arg(short = 'f', long = "yaml", default_value = "stack.yml")]
-        file: PathBuf,
+        /// The stack file [default: stack.yml, when there is one; without it the gateway
+        /// starts with no functions, to deploy with `faas deploy`, `faas-cli` or `faas action
+        /// create`].
+        #[arg(short = 'f', long = "yaml")]
+        file: Option<PathBuf>,
         /// Address to listen on.
         #[arg(long, env = "FAAS_LISTEN", default_value = "127.0.0.1:8080")]
         listen: String,
@@ -1442,8 +1444,30 @@ async fn raw_backend(
     }
 }
 
+/// The functions `faas up` starts with and the stack file they come from: the file given,
+/// else `stack.yml` when there is one, else none (the filter then has nothing to choose
+/// from).
+fn up_specs(
+    file: Option<PathBuf>,
+    filter: &[String],
+) -> Result<(Vec<FunctionSpec>, Option<PathBuf>)> {
+    let default = PathBuf::from("stack.yml");
+    let file = match file {
+        Some(f) => f,
+        None if default.exists() => default,
+        None if filter.is_empty() => return Ok((Vec::new(), None)),
+        None => {
+            return Err(Error::invalid(
+                "filter",
+                "there is no stack file to choose functions from (no stack.yml here; give -f)",
+            ))
+        }
+    };
+    Ok((stack_specs(&file, filter)?, Some(file)))
+}
+
 async fn up(
-    file: PathBuf,
+    file: Option<PathBuf>,
     listen: String,
     up_backend: UpBackend,
     filter: Vec<String>,
@@ -1457,7 +1481,7 @@ async fn up(
     tokio::spawn(async move {
         let _ = stop_tx.send(Some(stop.await));
     });
-    let specs = stack_specs(&file, &filter)?;
+    let (specs, file) = up_specs(file, &filter)?;
     let mut config = GatewayConfig::from_env()?;
     let addr: std::net::SocketAddr =
         listen.parse().map_err(|e| Error::invalid("listen", format!("{listen:?}: {e}")))?;
@@ -1498,11 +1522,13 @@ async fn up(
         None => invoker.clone(),
     };
     let info = invoker.info();
+    let source = match &file {
+        Some(f) => format!("{} functions from {}", specs.len(), f.display()),
+        None => "no stack.yml here: starting with no functions".to_string(),
+    };
     eprintln!(
-        "faas-rs {}: {} functions from {} on the {} backend",
+        "faas-rs {}: {source} on the {} backend",
         env!("CARGO_PKG_VERSION"),
-        specs.len(),
-        file.display(),
         info.orchestration
     );
     let start_timeout = config.scale_from_zero_timeout;

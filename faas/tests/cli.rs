@@ -241,3 +241,61 @@ fn faas_up_refuses_a_watchdog_program_that_is_not_a_file() {
     assert!(!out.status.success(), "faas up started with a missing watchdog: {err}");
     assert!(err.contains("--watchdog") && err.contains("no-such-watchdog"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faas_up_without_a_stack_file_starts_with_no_functions() {
+    let dir = home().join("no-stack");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let up_in_dir = |args: &[&str]| {
+        let mut c = command();
+        c.current_dir(&dir).args(["up", "--no-auth", "--listen"]).args(args);
+        c
+    };
+    // A stack file given but missing, or a filter with no stack file: an error naming it.
+    for (args, named) in [
+        (vec!["127.0.0.1:0", "-f", "missing.yml"], "missing.yml"),
+        (vec!["127.0.0.1:0", "--filter", "hello"], "filter"),
+    ] {
+        let out = up_in_dir(&args).stdin(Stdio::null()).output().expect("run faas up");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "faas up {args:?} started: {err}");
+        assert!(err.contains(named), "faas up {args:?}: {err}");
+    }
+
+    // No stack.yml where it runs: a gateway with no functions, which takes deployments.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let gw = format!("http://127.0.0.1:{port}");
+    let log = dir.join("up.log");
+    let child = up_in_dir(&[&format!("127.0.0.1:{port}"), "--state-dir", "state"])
+        .env_remove("basic_auth")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start faas up");
+    let _up = Up(child);
+    let client = GatewayClient::new(&gw).unwrap().with_timeout(Duration::from_secs(30));
+    let listed = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Ok(list) = client.list(None).await {
+                break list;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("faas up answers within 60 s");
+    assert!(listed.is_empty(), "{listed:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("no stack.yml here: starting with no functions"), "{text}");
+
+    ok(&gw, &["deploy", "--name", "echo", "--fprocess", "cat", "--wait"]);
+    let r =
+        client.invoke("echo", Method::POST, &[], Bytes::from_static(b"hi"), false).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "hi");
+    let _ = std::fs::remove_dir_all(home());
+}
