@@ -20,6 +20,8 @@
 #
 # Usage: benches/wrk/watchdog.sh [duration] [connections] [threads]
 #        (defaults 10s 32 2; needs `wrk` from Debian: apt-get install wrk)
+# Env:   ROUNDS=N (default 0) adds N rounds of (c), (b), (e) back to back, ROUND_DURATION
+#        each (default 5s), and their median ratios.
 # Env:   CARGO_TARGET_DIR (default target), SKIP_BUILD=1 to use existing release binaries.
 set -euo pipefail
 
@@ -135,3 +137,29 @@ awk -v a="$FORK_RPS" -v c="$CEIL" 'BEGIN {
   printf "fork mode (a) / spawn ceiling (d): %.2fx (target >= 0.8x)\n", a / c }'
 awk -v b="$HTTP_RPS" -v c="$BARE_RPS" -v e="$FLOOR_RPS" 'BEGIN {
   printf "http mode (b) / bare (c): %.2fx (target >= 0.5x); byte relay (e) / bare (c): %.2fx; (b) / (e): %.2fx\n", b / c, e / c, b / e }'
+
+# Optional: ROUNDS more rounds of (c), (b) and (e) back to back, ROUND_DURATION each (the
+# http-mode ratio of one run moves with the bare run as much as with the watchdog: rounds
+# taken close together, read at their median, move less).
+if [ "${ROUNDS:-0}" -gt 0 ]; then
+  echo
+  echo "$ROUNDS rounds of (c), (b), (e), ${ROUND_DURATION:-5s} each"
+  echo
+  echo "| round | (c) bare | (b) http mode | (e) byte relay | (b)/(c) | (e)/(c) | (b)/(e) |"
+  echo "|---|---|---|---|---|---|---|"
+  rps() { wrk -t"$THREADS" -c"$CONNS" -d"${ROUND_DURATION:-5s}" -s "$WORK/post.lua" "$1" |
+    awk '/Requests\/sec/ {print $2}'; }
+  for i in $(seq 1 "$ROUNDS"); do
+    c=$(rps "http://127.0.0.1:$UP/")
+    b=$(rps "http://127.0.0.1:$WD_HTTP/")
+    e=$(rps "http://127.0.0.1:$PF/")
+    awk -v i="$i" -v b="$b" -v c="$c" -v e="$e" 'BEGIN {
+      printf "| %d | %s | %s | %s | %.3f | %.3f | %.3f |\n", i, c, b, e, b / c, e / c, b / e }'
+  done | tee "$WORK/rounds"
+  median() { # column
+    awk -F'|' -v k="$1" '{gsub(/ /, "", $k); print $k}' "$WORK/rounds" | sort -n |
+      awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'
+  }
+  echo
+  echo "medians over the rounds: (b)/(c) $(median 6)x (target >= 0.5x); (e)/(c) $(median 7)x; (b)/(e) $(median 8)x"
+fi
