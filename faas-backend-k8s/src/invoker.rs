@@ -198,10 +198,7 @@ impl KubernetesInvokerBuilder {
         let limits = self.limits.unwrap_or_else(|| {
             ReplicaLimits::new(ReplicaLimits::detect().per_function(), u32::MAX)
         });
-        let http = InstanceClient::builder()
-            .pool_idle_timeout(Duration::from_secs(90))
-            .connect_timeout(Some(Duration::from_secs(10)))
-            .build();
+        let http = InstanceClient::builder().connect_timeout(Some(Duration::from_secs(10))).build();
         KubernetesInvoker {
             inner: Arc::new(Inner {
                 client: self.client,

@@ -35,7 +35,10 @@ pub use set::{AcquireLimits, InstanceDrain, InstanceKey, InstanceLease, Instance
 #[cfg(feature = "instance-client")]
 mod client;
 #[cfg(feature = "instance-client")]
-pub use client::{CallError, CallTimeout, InstanceClient, InstanceClientBuilder, Target};
+pub use client::{
+    CallError, CallTimeout, InstanceClient, InstanceClientBuilder, Target,
+    DEFAULT_POOL_IDLE_TIMEOUT,
+};
 
 /// The response header on answers a watchdog produced itself; the value names the reason
 /// (see [`WatchdogError`]).

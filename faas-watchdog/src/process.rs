@@ -132,6 +132,7 @@ pub const WATCHDOG_ONLY_VARS: &[&str] = &[
     "prefix_logs",
     "combine_output",
     "watchdog_threads",
+    "upstream_keepalive",
 ];
 
 /// Whether the replicas of `spec` are its `http`-mode process alone, relayed to by the

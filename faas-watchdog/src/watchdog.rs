@@ -51,6 +51,7 @@
 //! | `static_path` | `/home/app/public` | the directory of `static` mode |
 //! | `handler`, `lambda_event`, `lambda_queue`, `lambda_concurrency`, `lambda_prefetch` | | the `lambda` mode's `_HANDLER`, event format (`http` or `raw`), line length, execution environments (default 1) and invocations a backend sends beyond them (per environment, default 1); see [`crate::lambda`] |
 //! | `log_requests` | `false` | (ours) one log line per request, in of-watchdog's format (`POST / - 200 OK - ContentLength: 5B (0.0012s)`); the process backend turns it on |
+//! | `upstream_keepalive` | `1s` | (ours) in `http` mode, how long an idle connection to the upstream is kept for the next request (`0`: a new connection for every request); shorter than common servers' own idle timeouts (gunicorn 2 s, Node.js and uvicorn 5 s), so a request is never sent on a kept connection at the moment the upstream closes it, which would fail it with a 502 |
 //! | `watchdog_threads` | the number of CPUs (in `lambda` mode at most `lambda_concurrency`) | (ours) threads serving connections, each with its own single-threaded runtime |
 //!
 //! Durations are Go-style (`10s`, `500ms`, `1m`) or plain seconds.
@@ -191,6 +192,9 @@ pub struct Config {
     pub static_path: PathBuf,
     /// `log_requests`.
     pub log_requests: bool,
+    /// `upstream_keepalive`: how long an idle connection to the `http` mode's upstream is
+    /// kept for the next request (zero: a new connection for every request).
+    pub upstream_keepalive: Duration,
     /// `watchdog_threads`: how many threads serve connections (at least 1). Each accepted
     /// connection is handed to one of them round-robin and stays there, together with
     /// everything its requests do (the fork-mode process's pipes, the `http` mode's upstream
@@ -213,6 +217,7 @@ impl Default for Config {
             bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            upstream_keepalive: Duration::from_secs(1),
             exec_timeout: Duration::from_secs(10),
             max_inflight: 0,
             healthcheck_interval: Duration::from_secs(10),
@@ -376,6 +381,7 @@ impl Config {
         c.read_timeout = dur("read_timeout", c.read_timeout)?;
         c.write_timeout = dur("write_timeout", c.write_timeout)?;
         c.exec_timeout = dur("exec_timeout", c.exec_timeout)?;
+        c.upstream_keepalive = dur("upstream_keepalive", c.upstream_keepalive)?;
         c.healthcheck_interval = dur("healthcheck_interval", c.write_timeout)?;
         if let Some(m) = get("max_inflight") {
             c.max_inflight = m.trim().parse().map_err(|_| {
@@ -633,7 +639,7 @@ where
         None => (OsString::new(), Vec::new()),
     };
     let upstream = match (config.mode, &config.upstream_url) {
-        (Mode::Http, Some(u)) => Some(Upstream::new(u).await?),
+        (Mode::Http, Some(u)) => Some(Upstream::new(u, config.upstream_keepalive).await?),
         (Mode::Http, None) => {
             return Err(Error::invalid("upstream_url", "is required in http mode"))
         }
@@ -641,7 +647,7 @@ where
     };
     let openwhisk = match (&config.openwhisk, &config.upstream_url) {
         (Some(ow), Some(u)) if config.mode == Mode::OpenWhisk => {
-            let up = Upstream::new(u).await?;
+            let up = Upstream::new(u, Duration::ZERO).await?;
             Some(Arc::new(crate::openwhisk::OwRuntime::new(
                 ow.clone(),
                 program.clone(),
@@ -1742,10 +1748,12 @@ struct Upstream {
     prefix: String,
     addr: SocketAddr,
     ready: watch::Sender<bool>,
+    /// How long an idle connection is kept for the next request.
+    keepalive: Duration,
 }
 
 impl Upstream {
-    async fn new(uri: &http::Uri) -> Result<Upstream, Error> {
+    async fn new(uri: &http::Uri, keepalive: Duration) -> Result<Upstream, Error> {
         let authority = uri
             .authority()
             .ok_or_else(|| Error::invalid("upstream_url", "needs a host and port"))?;
@@ -1773,6 +1781,7 @@ impl Upstream {
             prefix: uri.path().trim_end_matches('/').to_string(),
             addr,
             ready: watch::channel(false).0,
+            keepalive,
         })
     }
 }
@@ -1947,6 +1956,8 @@ async fn proxy_at(
 struct UpConn {
     io: tokio::net::TcpStream,
     buf: BytesMut,
+    /// When it was last given back.
+    idle_since: Instant,
 }
 
 /// The upstream connection of one downstream connection, kept between its requests (which
@@ -1957,10 +1968,14 @@ struct UpConn {
 struct ConnSlot(Arc<std::sync::Mutex<Option<UpConn>>>);
 
 impl ConnSlot {
-    /// The kept connection, unless the upstream closed it (or sent something unasked) while
-    /// it was idle.
-    fn take_live(&self) -> Option<UpConn> {
+    /// The kept connection, unless it has been idle for `keepalive` or longer (then the
+    /// upstream may be closing it right now) or the upstream closed it (or sent something
+    /// unasked) while it was idle.
+    fn take_live(&self, keepalive: Duration) -> Option<UpConn> {
         let c = self.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        if c.idle_since.elapsed() >= keepalive {
+            return None;
+        }
         let mut probe = [0u8; 1];
         match c.io.try_read(&mut probe) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(c),
@@ -1968,7 +1983,8 @@ impl ConnSlot {
         }
     }
 
-    fn put(&self, c: UpConn) {
+    fn put(&self, mut c: UpConn) {
+        c.idle_since = Instant::now();
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
     }
 }
@@ -2098,7 +2114,7 @@ async fn send(up: &Upstream, req: UpRequest, slot: &ConnSlot) -> Result<Response
     let UpRequest { head, stream: mut stream_body, idempotent, head_request: no_body } = req;
     let mut retried = false;
     loop {
-        let (mut conn, reused) = match slot.take_live() {
+        let (mut conn, reused) = match slot.take_live(up.keepalive) {
             Some(c) => (c, true),
             None => (connect_upstream(up.addr).await?, false),
         };
@@ -2174,7 +2190,7 @@ async fn connect_upstream(addr: SocketAddr) -> Result<UpConn, String> {
         .await
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
     let _ = io.set_nodelay(true);
-    Ok(UpConn { io, buf: BytesMut::with_capacity(8 * 1024) })
+    Ok(UpConn { io, buf: BytesMut::with_capacity(8 * 1024), idle_since: Instant::now() })
 }
 
 /// Streams a request body after its head (chunked when its length is unknown).
@@ -2397,6 +2413,7 @@ pub fn parse_request_head(bytes: &[u8]) -> RequestHead {
         prefix: "/base".into(),
         addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8081),
         ready: watch::channel(false).0,
+        keepalive: Duration::ZERO,
     };
     match h1::parse(false, &up, bytes) {
         h1::Parsed::Partial => RequestHead::Partial,

@@ -208,6 +208,8 @@ async fn http_mode_forwards_every_framing_and_keeps_upstream_connections() {
         ("upstream_url", &format!("http://127.0.0.1:{up_port}")),
         ("healthcheck_interval", "0s"),
         ("watchdog_threads", "2"),
+        // Connections are reused below however slow the machine is between two requests.
+        ("upstream_keepalive", "10m"),
     ])
     .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -845,5 +847,53 @@ async fn upstream_answers_split_anywhere_are_forwarded_the_same() {
             }
         }
     }
+    wd.finish().await;
+}
+
+/// A kept upstream connection is reused only while it has been idle for less than
+/// `upstream_keepalive`: after that a request opens a new one (so a request never goes out on
+/// a connection the upstream's own idle timeout is closing), and `0` opens one per request.
+#[tokio::test]
+async fn idle_upstream_connections_are_reused_only_within_upstream_keepalive() {
+    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_port = up.local_addr().unwrap().port();
+    let conns = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(upstream(up, conns.clone(), Arc::new(Notify::new())));
+    for (keepalive, idle, expect_new) in [("1s", None, false), ("1s", Some(1200), true)] {
+        let wd = Watchdog::start_with(up_port, &[("upstream_keepalive", keepalive)]).await;
+        let mut s = wd.connect().await;
+        let mut buf = BytesMut::new();
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: wd\r\nContent-Length: 1\r\n\r\na")
+            .await
+            .unwrap();
+        assert_eq!(response(&mut s, &mut buf).await.status, 200);
+        let before = conns.load(Ordering::SeqCst);
+        if let Some(ms) = idle {
+            // The connection's idle time is what is under test.
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: wd\r\nContent-Length: 1\r\n\r\nb")
+            .await
+            .unwrap();
+        let r = response(&mut s, &mut buf).await;
+        assert_eq!((r.status, &r.body[..]), (200, &b"b"[..]));
+        let opened = conns.load(Ordering::SeqCst) - before;
+        assert_eq!(opened, usize::from(expect_new), "keepalive {keepalive}, idle {idle:?} ms");
+        wd.finish().await;
+    }
+    // Zero: a new connection for every request.
+    let wd = Watchdog::start_with(up_port, &[("upstream_keepalive", "0")]).await;
+    let mut s = wd.connect().await;
+    let mut buf = BytesMut::new();
+    // Counted from the first answer on (the readiness check connects to the upstream too).
+    let mut before = 0;
+    for i in 0..4 {
+        s.write_all(b"GET /echo HTTP/1.1\r\nHost: wd\r\n\r\n").await.unwrap();
+        assert_eq!(response(&mut s, &mut buf).await.status, 200, "request {i}");
+        if i == 0 {
+            before = conns.load(Ordering::SeqCst);
+        }
+    }
+    assert_eq!(conns.load(Ordering::SeqCst) - before, 3);
     wd.finish().await;
 }

@@ -101,6 +101,14 @@ impl std::fmt::Display for CallError {
 
 impl std::error::Error for CallError {}
 
+/// How long an idle keep-alive connection to an instance is reused by default: 1 s, below the
+/// idle timeouts of the servers at the other end (our watchdog closes an idle connection after
+/// its `read_timeout`, 10 s by default; gunicorn after 2 s, Node.js and uvicorn after 5 s), so
+/// that no call goes out on a connection its server is closing at that moment, where a call
+/// that was already sent cannot be sent again. A busy function's connections are never idle
+/// that long; a function called less often than once a second opens a connection per call.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Configures an [`InstanceClient`].
 #[derive(Debug, Clone)]
 pub struct InstanceClientBuilder {
@@ -112,7 +120,7 @@ pub struct InstanceClientBuilder {
 impl Default for InstanceClientBuilder {
     fn default() -> Self {
         InstanceClientBuilder {
-            pool_idle_timeout: Duration::from_secs(30),
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             pool_max_idle_per_host: 256,
             connect_timeout: None,
         }
@@ -120,7 +128,8 @@ impl Default for InstanceClientBuilder {
 }
 
 impl InstanceClientBuilder {
-    /// How long an idle keep-alive connection stays in the pool (default 30 s).
+    /// How long an idle keep-alive connection stays in the pool (default
+    /// [`DEFAULT_POOL_IDLE_TIMEOUT`]).
     pub fn pool_idle_timeout(mut self, d: Duration) -> Self {
         self.pool_idle_timeout = d;
         self
@@ -259,15 +268,25 @@ mod tests {
     use crate::error::DeveloperErrorKind;
     use crate::instance::{WatchdogError, WATCHDOG_ERROR_HEADER};
 
-    /// A one-connection-at-a-time HTTP/1.1 server on a real socket that answers each
-    /// request with `answer(request head)`; `None` closes the connection unanswered.
+    /// An HTTP/1.1 server on a real socket that answers each request with `answer(request
+    /// head)`; `None` closes the connection unanswered.
     async fn serve(answer: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> String {
+        serve_counting(answer).await.0
+    }
+
+    /// [`serve`], and the number of connections it accepted.
+    async fn serve_counting(
+        answer: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let answer = Arc::new(answer);
+        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = conns.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut sock, _)) = listener.accept().await else { return };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let answer = answer.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
@@ -295,7 +314,7 @@ mod tests {
                 });
             }
         });
-        format!("http://{addr}")
+        (format!("http://{addr}"), conns)
     }
 
     fn ok(body: &str, extra: &str) -> String {
@@ -344,6 +363,25 @@ mod tests {
             assert!(!head.contains("x-secret") && !head.contains("\r\nte:"), "{head}");
             assert!(!head.contains("stale"), "{head}");
         }
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_reused_only_within_the_pool_idle_timeout() {
+        let (base, conns) = serve_counting(|_| Some(ok("hi", ""))).await;
+        let f = FunctionRef::default_ns("f");
+        let client =
+            InstanceClient::builder().pool_idle_timeout(Duration::from_millis(500)).build();
+        let call = || async {
+            let resp = client.forward(Invocation::get("f", "/"), &target(&base, &f), ()).await;
+            assert_eq!(text(resp.unwrap()).await, "hi");
+        };
+        call().await;
+        call().await;
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1, "reused at once");
+        // The connection's idle time is what is under test.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        call().await;
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2, "not reused when idle");
     }
 
     #[tokio::test]
