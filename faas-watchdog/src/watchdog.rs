@@ -647,7 +647,7 @@ where
     };
     let openwhisk = match (&config.openwhisk, &config.upstream_url) {
         (Some(ow), Some(u)) if config.mode == Mode::OpenWhisk => {
-            let up = Upstream::new(u, Duration::ZERO).await?;
+            let up = Upstream::new(u, config.upstream_keepalive).await?;
             Some(Arc::new(crate::openwhisk::OwRuntime::new(
                 ow.clone(),
                 program.clone(),

@@ -897,3 +897,15 @@ async fn idle_upstream_connections_are_reused_only_within_upstream_keepalive() {
     assert_eq!(conns.load(Ordering::SeqCst) - before, 3);
     wd.finish().await;
 }
+
+#[test]
+fn a_malformed_upstream_keepalive_is_refused_naming_it() {
+    let e = Config::from_vars([
+        ("mode", "http"),
+        ("fprocess", "sleep 600"),
+        ("upstream_url", "http://127.0.0.1:8081"),
+        ("upstream_keepalive", "soon"),
+    ])
+    .expect_err("a malformed upstream_keepalive is refused");
+    assert!(e.to_string().contains("upstream_keepalive"), "{e}");
+}
